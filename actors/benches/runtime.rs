@@ -1,0 +1,140 @@
+//! Micro-benchmarks of the invocation path, in process (no HTTP):
+//! - `execute/echo`: one MEU — fresh Store, instantiate from the preheated `InstancePre`, run
+//!   echo to completion (the "instantiate + run echo" target: p50 ≤ 30 µs);
+//! - `pipeline/echo`: the same through the supervised actor chain (Ingress → Decomposer →
+//!   SchedulerAgent → RuntimePool), to show what the actors cost per request;
+//! - `*_x64`: 64 concurrent requests per iteration, the throughput view (no single mailbox
+//!   may cap throughput: compare pipeline_x64 with execute_x64).
+//!
+//! Needs `functions/dist/echo.wasm` (scripts/build-functions.sh).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ractor::Actor;
+use tern_actors::isolation::InProcess;
+use tern_actors::metrics::Metrics;
+use tern_actors::placement::LocalFirst;
+use tern_actors::runtime::{Meu, Runtime, RuntimeConfig};
+use tern_actors::{Invocation, NodeSupervisor, Pipeline, Services, ServicesConfig};
+use tern_wire::{FunctionInfo, FunctionName};
+
+fn echo_wasm() -> Bytes {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../functions/dist/echo.wasm");
+    Bytes::from(std::fs::read(path).expect("build the functions first: scripts/build-functions.sh"))
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name: FunctionName = "echo".parse().expect("name");
+    let (runtime, pipeline) = rt.block_on(async {
+        let metrics = Arc::new(Metrics::default());
+        let runtime = Runtime::new(RuntimeConfig::new("bench", dir.path()), metrics.clone())
+            .expect("runtime");
+        let prepared = runtime.prepare(echo_wasm()).await.expect("prepare");
+        let info = FunctionInfo {
+            name: name.clone(),
+            hash: prepared.hash,
+            version: 1,
+            timeout_ms: 10_000,
+            memory_mb: 128,
+            size_bytes: prepared.size_bytes,
+            deployed_at_ms: 0,
+        };
+        runtime.install(info, prepared);
+        let services = Services::new(
+            ServicesConfig {
+                node_name: "bench".into(),
+                queue_cap: 100_000,
+                map_parallelism: 2,
+            },
+            runtime.clone(),
+            metrics,
+            Arc::new(InProcess {
+                max_output_bytes: 1 << 20,
+            }),
+            Arc::new(LocalFirst),
+        );
+        Actor::spawn(None, NodeSupervisor, services.clone())
+            .await
+            .expect("supervisor");
+        (runtime, Pipeline::new(services))
+    });
+    let sandbox = InProcess {
+        max_output_bytes: 1 << 20,
+    };
+    let meu = Meu {
+        request_id: "bench".into(),
+        function: name.clone(),
+        input: Bytes::from_static(b"hello"),
+        items: 1,
+    };
+    let inv = Invocation {
+        request_id: "bench".into(),
+        function: name,
+        input: Bytes::from_static(b"hello"),
+        map: false,
+    };
+
+    let mut g = c.benchmark_group("single");
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("execute/echo", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = runtime.execute(meu.clone(), &sandbox).await.expect("echo");
+            assert_eq!(&out.output[..], b"hello");
+        })
+    });
+    g.bench_function("pipeline/echo", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = pipeline.invoke(inv.clone()).await.expect("echo");
+            assert_eq!(&out.output[..], b"hello");
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("concurrent");
+    g.measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("execute_x64/echo", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (runtime, meu) = (runtime.clone(), meu.clone());
+                    tokio::spawn(async move {
+                        let sandbox = InProcess {
+                            max_output_bytes: 1 << 20,
+                        };
+                        runtime.execute(meu, &sandbox).await.map(|o| o.output.len())
+                    })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.expect("join").expect("echo"), 5);
+            }
+        })
+    });
+    g.bench_function("pipeline_x64/echo", |b| {
+        b.to_async(&rt).iter(|| async {
+            let tasks: Vec<_> = (0..64)
+                .map(|_| {
+                    let (pipeline, inv) = (pipeline.clone(), inv.clone());
+                    tokio::spawn(async move { pipeline.invoke(inv).await.map(|o| o.output.len()) })
+                })
+                .collect();
+            for t in tasks {
+                assert_eq!(t.await.expect("join").expect("echo"), 5);
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,150 @@
+//! Decomposer: turns an invocation into minimum execution units. A plain call is one MEU,
+//! forwarded straight on with the caller's reply channel; a `map` is split by
+//! [`crate::decompose`] and joined by a task of its own (never in the handler).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::decompose::{MapPlan, join_map, plan_map};
+use crate::pipeline::forward;
+use crate::runtime::{Meu, Timings};
+use crate::scheduler::SchedulerMsg;
+use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
+
+pub enum DecomposerMsg {
+    Decompose(Invocation, Reply),
+}
+impl ractor::Message for DecomposerMsg {}
+
+pub struct Decomposer;
+
+impl Actor for Decomposer {
+    type Msg = DecomposerMsg;
+    type State = Arc<Services>;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        services: Arc<Services>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(services)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        services: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let DecomposerMsg::Decompose(inv, reply) = msg;
+        if !inv.map {
+            let meu = Meu {
+                request_id: inv.request_id,
+                function: inv.function,
+                input: inv.input,
+                items: 1,
+            };
+            forward(
+                services,
+                ActorKind::Scheduler,
+                SchedulerMsg::Dispatch(meu, reply),
+            );
+            return Ok(());
+        }
+        let cost = services.cost_of(inv.function.as_str());
+        match plan_map(&inv.input, cost, services.config.map_parallelism) {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(plan) => {
+                tokio::spawn(run_map(services.clone(), inv, plan, reply));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply: Reply) {
+    let sizes: Vec<usize> = plan.chunks.iter().map(|c| c.items).collect();
+    let handles: Vec<_> = plan
+        .chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let meu = Meu {
+                request_id: format!("{}.{i}", inv.request_id).into(),
+                function: inv.function.clone(),
+                input: Bytes::from(chunk.input),
+                items: chunk.items,
+            };
+            tokio::spawn(dispatch_until_answered(services.clone(), meu))
+        })
+        .collect();
+    let mut outputs = Vec::with_capacity(handles.len());
+    let mut cold_start = false;
+    let mut timings = Timings::default();
+    let mut node: Arc<str> = services.config.node_name.as_str().into();
+    let mut first_error = None;
+    for h in handles {
+        match h.await {
+            Ok(Ok(o)) => {
+                cold_start |= o.cold_start;
+                timings.pre_us += o.timings.pre_us;
+                timings.load_us += o.timings.load_us;
+                timings.reuse_us += o.timings.reuse_us;
+                timings.inst_us += o.timings.inst_us;
+                timings.exec_us += o.timings.exec_us;
+                node = o.node;
+                outputs.push(o.output);
+            }
+            Ok(Err(e)) => {
+                first_error.get_or_insert(e);
+            }
+            Err(e) => {
+                first_error.get_or_insert(Error::Internal(format!("map chunk task: {e}")));
+            }
+        }
+    }
+    let result = match first_error {
+        Some(e) => Err(e),
+        None => join_map(&sizes, &outputs).map(|joined| Outcome {
+            output: Bytes::from(joined),
+            cold_start,
+            meus: sizes.len(),
+            timings,
+            node,
+        }),
+    };
+    let _ = reply.send(result);
+}
+
+/// Dispatches one MEU of a map, re-sending it if the scheduler or runtime pool dies holding it.
+async fn dispatch_until_answered(services: Arc<Services>, meu: Meu) -> Result<Outcome, Error> {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let (tx, rx) = oneshot::channel();
+        if forward(
+            &services,
+            ActorKind::Scheduler,
+            SchedulerMsg::Dispatch(meu.clone(), tx),
+        ) && let Ok(result) = rx.await
+        {
+            return result;
+        }
+        services.metrics.resubmissions.fetch_add(1, Relaxed);
+        if Instant::now() >= give_up {
+            return Err(Error::Unavailable(
+                "the scheduler did not recover in time".into(),
+            ));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,50 @@
+//! Ingress: the entry of the actor chain. The HTTP server (node crate) authenticates, applies
+//! admission through [`crate::Pipeline`] and submits here; the Ingress hands the invocation to
+//! the Decomposer. It is the seam where tenant authentication and per-tenant admission
+//! (Eq. 6 quotas) plug in.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::decomposer::DecomposerMsg;
+use crate::pipeline::forward;
+use crate::{ActorKind, Invocation, Reply, Services};
+
+pub enum IngressMsg {
+    Submit(Invocation, Reply),
+}
+impl ractor::Message for IngressMsg {}
+
+pub struct Ingress;
+
+impl Actor for Ingress {
+    type Msg = IngressMsg;
+    type State = Arc<Services>;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        services: Arc<Services>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(services)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        services: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let IngressMsg::Submit(inv, reply) = msg;
+        // If the Decomposer is down, the message (and its reply channel) is dropped here and
+        // the Pipeline re-submits once it is back.
+        forward(
+            services,
+            ActorKind::Decomposer,
+            DecomposerMsg::Decompose(inv, reply),
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The Isolator's seam. Tern has two walls: WebAssembly's software fault isolation (always),
+//! and OS isolation of tenants in worker processes (namespaces, cgroups, seccomp; a later
+//! addition). This module decides the limits one MEU runs under; today the only mode is
+//! in-process, where the limits are wasmtime `StoreLimits`, an epoch deadline and an output cap.
+
+use std::time::Duration;
+
+use crate::runtime::Deployed;
+
+/// How tenants are separated on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IsolationMode {
+    /// Guests run in the node process: wasm SFI, store limits, deadlines. No OS isolation.
+    InProcess,
+}
+
+impl IsolationMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationMode::InProcess => "in-process",
+        }
+    }
+}
+
+/// The limits one MEU runs under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxSpec {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+    pub max_output_bytes: usize,
+}
+
+/// Chooses where and under which limits a MEU runs. Implementations must be cheap: this is on
+/// the hot path of every MEU.
+pub trait Sandbox: Send + Sync + 'static {
+    fn mode(&self) -> IsolationMode;
+    fn spec_for(&self, function: &Deployed) -> SandboxSpec;
+}
+
+/// In-process isolation: the function's own limits, the node's output cap.
+#[derive(Debug, Clone)]
+pub struct InProcess {
+    pub max_output_bytes: usize,
+}
+
+impl Sandbox for InProcess {
+    fn mode(&self) -> IsolationMode {
+        IsolationMode::InProcess
+    }
+
+    fn spec_for(&self, function: &Deployed) -> SandboxSpec {
+        SandboxSpec {
+            memory_bytes: function.info.memory_mb as usize * (1 << 20),
+            timeout: Duration::from_millis(u64::from(function.info.timeout_ms)),
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+}

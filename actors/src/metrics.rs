@@ -1,0 +1,414 @@
+//! Lock-free counters and histograms on the hot path, rendered as Prometheus text on demand.
+//!
+//! Recording is a few relaxed atomic adds: metrics must never become the bottleneck they are
+//! meant to reveal. The MetricsCollector actor only renders and derives ratios.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tern_wire::ErrorCode;
+
+/// Upper bucket bounds in microseconds.
+const BOUNDS_US: [u64; 19] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS_US.len()],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe_us(&self, us: u64) {
+        if let Some(i) = BOUNDS_US.iter().position(|b| us <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.sum_us.fetch_add(us, Relaxed);
+        self.count.fetch_add(1, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, bound) in BOUNDS_US.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per-function counters. The deployment holds an `Arc` to its own, so recording needs no map
+/// lookup.
+#[derive(Debug, Default)]
+pub struct FunctionMetrics {
+    /// End-to-end latency of whole invocations (Eq. 7 mean latency = sum / count).
+    pub latency: Histogram,
+    /// Eq. 3 terms, per minimum execution unit.
+    pub t_pre: Histogram,
+    pub t_load: Histogram,
+    pub t_reuse: Histogram,
+    pub t_inst: Histogram,
+    pub t_exec: Histogram,
+    pub meus: AtomicU64,
+    pub cold_starts: AtomicU64,
+    /// MEUs served without compiling or loading the module.
+    pub reuse_hits: AtomicU64,
+    pub ok: AtomicU64,
+    pub errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl FunctionMetrics {
+    pub fn record_error(&self, code: ErrorCode) {
+        self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+}
+
+/// All of a node's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    functions: RwLock<BTreeMap<String, Arc<FunctionMetrics>>>,
+    /// Invocations admitted and not yet answered (the admission queue depth).
+    pub in_flight: AtomicI64,
+    /// MEUs waiting for a free instance slot.
+    pub waiting_for_slot: AtomicI64,
+    /// MEUs currently running a guest.
+    pub executing: AtomicI64,
+    pub rejected_overloaded: AtomicU64,
+    /// Errors for requests that never reached a function (unknown name, bad input…).
+    pub request_errors: [AtomicU64; ErrorCode::ALL.len()],
+    pub compiles: AtomicU64,
+    pub compile_time: Histogram,
+    pub deploys: AtomicU64,
+    pub loaded_modules: AtomicI64,
+    /// Invocations re-submitted because a pipeline actor died while holding them.
+    pub resubmissions: AtomicU64,
+    pub actor_restarts: Mutex<BTreeMap<String, u64>>,
+    /// Guests moved to the low-priority lane after using a full time slice.
+    pub slow_lane_moves: AtomicU64,
+}
+
+impl Metrics {
+    /// The metrics of `function`, created on first use.
+    pub fn function(&self, function: &str) -> Arc<FunctionMetrics> {
+        if let Some(m) = self.read_functions().get(function) {
+            return m.clone();
+        }
+        let mut map = self.functions.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(function.to_owned()).or_default().clone()
+    }
+
+    fn read_functions(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<FunctionMetrics>>> {
+        self.functions.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record_restart(&self, actor: &str) {
+        let mut map = self
+            .actor_restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *map.entry(actor.to_owned()).or_default() += 1;
+    }
+
+    pub fn restarts(&self, actor: &str) -> u64 {
+        let map = self
+            .actor_restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(actor).copied().unwrap_or(0)
+    }
+
+    /// Totals over all functions: (meus, reuse hits, cold starts).
+    pub fn reuse_totals(&self) -> (u64, u64, u64) {
+        self.read_functions()
+            .values()
+            .fold((0, 0, 0), |(m, r, c), f| {
+                (
+                    m + f.meus.load(Relaxed),
+                    r + f.reuse_hits.load(Relaxed),
+                    c + f.cold_starts.load(Relaxed),
+                )
+            })
+    }
+
+    /// Share of MEUs served without compiling or loading; `None` before the first MEU.
+    pub fn reuse_hit_rate(&self) -> Option<f64> {
+        let (meus, hits, _) = self.reuse_totals();
+        (meus > 0).then(|| hits as f64 / meus as f64)
+    }
+
+    /// Prometheus text exposition format.
+    pub fn render(&self, node: &str, max_instances: u32) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        let node = escape(node);
+        let counter = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        };
+        let hist = |out: &mut String, name: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        };
+        let functions: Vec<(String, Arc<FunctionMetrics>)> = self
+            .read_functions()
+            .iter()
+            .map(|(k, v)| (escape(k), v.clone()))
+            .collect();
+
+        counter(
+            &mut out,
+            "tern_invocations_total",
+            "Finished invocations by function and outcome.",
+        );
+        for (f, m) in &functions {
+            let _ = writeln!(
+                out,
+                "tern_invocations_total{{function=\"{f}\",outcome=\"ok\"}} {}",
+                m.ok.load(Relaxed)
+            );
+            for code in ErrorCode::ALL {
+                let n = m.errors[code.index()].load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tern_invocations_total{{function=\"{f}\",outcome=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        counter(
+            &mut out,
+            "tern_request_errors_total",
+            "Requests refused before reaching a function, by error code.",
+        );
+        for code in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "tern_request_errors_total{{code=\"{code}\"}} {}",
+                self.request_errors[code.index()].load(Relaxed)
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "tern_meus_total",
+                "Minimum execution units run.",
+                (|m: &FunctionMetrics| &m.meus) as fn(&FunctionMetrics) -> &AtomicU64,
+            ),
+            (
+                "tern_cold_starts_total",
+                "MEUs that had to compile or load their module.",
+                |m| &m.cold_starts,
+            ),
+            (
+                "tern_module_reuse_total",
+                "MEUs served without compiling or loading (reuse hits).",
+                |m| &m.reuse_hits,
+            ),
+        ] {
+            counter(&mut out, name, help);
+            for (f, m) in &functions {
+                let _ = writeln!(out, "{name}{{function=\"{f}\"}} {}", pick(m).load(Relaxed));
+            }
+        }
+        gauge(
+            &mut out,
+            "tern_reuse_hit_ratio",
+            "Share of MEUs served without compiling or loading since start.",
+        );
+        let _ = writeln!(
+            out,
+            "tern_reuse_hit_ratio{{node=\"{node}\"}} {}",
+            self.reuse_hit_rate().unwrap_or(0.0)
+        );
+        for (name, help, pick) in [
+            (
+                "tern_invocation_duration_seconds",
+                "End-to-end invocation latency on this node.",
+                (|m: &FunctionMetrics| &m.latency) as fn(&FunctionMetrics) -> &Histogram,
+            ),
+            (
+                "tern_meu_pre_seconds",
+                "Eq. 3 T_pre: compile time paid on the request path.",
+                |m| &m.t_pre,
+            ),
+            (
+                "tern_meu_load_seconds",
+                "Eq. 3 T_load: module load time paid on the request path (cold).",
+                |m| &m.t_load,
+            ),
+            (
+                "tern_meu_reuse_seconds",
+                "Eq. 3 T_reuse: time to find the preheated module (warm).",
+                |m| &m.t_reuse,
+            ),
+            (
+                "tern_meu_instantiate_seconds",
+                "Eq. 3 T_inst: instantiation time.",
+                |m| &m.t_inst,
+            ),
+            ("tern_meu_exec_seconds", "Guest execution time.", |m| {
+                &m.t_exec
+            }),
+        ] {
+            hist(&mut out, name, help);
+            for (f, m) in &functions {
+                pick(m).render(&mut out, name, &format!("function=\"{f}\""));
+            }
+        }
+        for (name, help, v) in [
+            (
+                "tern_queue_in_flight",
+                "Invocations admitted and not yet answered.",
+                self.in_flight.load(Relaxed),
+            ),
+            (
+                "tern_queue_waiting_for_slot",
+                "MEUs waiting for a free instance slot.",
+                self.waiting_for_slot.load(Relaxed),
+            ),
+            (
+                "tern_executing",
+                "MEUs currently running a guest.",
+                self.executing.load(Relaxed),
+            ),
+            (
+                "tern_loaded_modules",
+                "Modules loaded and ready to instantiate.",
+                self.loaded_modules.load(Relaxed),
+            ),
+        ] {
+            gauge(&mut out, name, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        gauge(
+            &mut out,
+            "tern_instance_utilisation",
+            "Share of instance slots in use.",
+        );
+        let used = self.executing.load(Relaxed).max(0) as f64;
+        let _ = writeln!(
+            out,
+            "tern_instance_utilisation {}",
+            used / f64::from(max_instances.max(1))
+        );
+        for (name, help, v) in [
+            (
+                "tern_admission_rejected_total",
+                "Invocations refused with 429 because the queue was full.",
+                self.rejected_overloaded.load(Relaxed),
+            ),
+            (
+                "tern_compiles_total",
+                "Modules compiled (at deploy or on a missing artifact).",
+                self.compiles.load(Relaxed),
+            ),
+            (
+                "tern_deploys_total",
+                "Successful deploys.",
+                self.deploys.load(Relaxed),
+            ),
+            (
+                "tern_resubmissions_total",
+                "Invocations re-submitted after a pipeline actor died holding them.",
+                self.resubmissions.load(Relaxed),
+            ),
+            (
+                "tern_slow_lane_moves_total",
+                "Guests moved to the low-priority lane after a full time slice.",
+                self.slow_lane_moves.load(Relaxed),
+            ),
+        ] {
+            counter(&mut out, name, help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+        hist(&mut out, "tern_compile_seconds", "Module compile time.");
+        self.compile_time
+            .render(&mut out, "tern_compile_seconds", "");
+        counter(
+            &mut out,
+            "tern_actor_restarts_total",
+            "Actor restarts by the node supervisor.",
+        );
+        for (actor, n) in self
+            .actor_restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "tern_actor_restarts_total{{actor=\"{}\"}} {n}",
+                escape(actor)
+            );
+        }
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        for us in [5, 30, 30, 2_000_000, 99_000_000] {
+            h.observe_us(us);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "f=\"a\"");
+        assert!(
+            out.contains("x_bucket{f=\"a\",le=\"0.00001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{f=\"a\",le=\"0.00005\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_bucket{f=\"a\",le=\"10\"} 4\n"), "{out}");
+        assert!(out.contains("x_bucket{f=\"a\",le=\"+Inf\"} 5\n"), "{out}");
+        assert!(out.contains("x_count{f=\"a\"} 5\n"), "{out}");
+    }
+
+    #[test]
+    fn reuse_rate_and_render() {
+        let m = Metrics::default();
+        assert_eq!(m.reuse_hit_rate(), None);
+        let f = m.function("echo");
+        f.meus.fetch_add(4, Relaxed);
+        f.reuse_hits.fetch_add(3, Relaxed);
+        f.cold_starts.fetch_add(1, Relaxed);
+        f.record_error(ErrorCode::Timeout);
+        assert_eq!(m.reuse_hit_rate(), Some(0.75));
+        let text = m.render("n\"1", 10);
+        assert!(text.contains("tern_meus_total{function=\"echo\"} 4\n"));
+        assert!(text.contains("tern_invocations_total{function=\"echo\",outcome=\"timeout\"} 1\n"));
+        assert!(text.contains("tern_reuse_hit_ratio{node=\"n\\\"1\"} 0.75\n"));
+    }
+}

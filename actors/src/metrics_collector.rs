@@ -1,0 +1,56 @@
+//! MetricsCollector: renders the node's metrics as Prometheus text. Recording happens lock-free
+//! wherever the work is done ([`crate::metrics`]); this actor only reads.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
+
+use crate::Services;
+
+pub enum MetricsMsg {
+    Render(oneshot::Sender<String>),
+}
+impl ractor::Message for MetricsMsg {}
+
+pub struct MetricsCollector;
+
+/// Renders `services`' metrics (also used directly when the actor is restarting).
+pub fn render(services: &Services) -> String {
+    let mut text = services.metrics.render(
+        &services.config.node_name,
+        services.runtime.config().max_instances,
+    );
+    text.push_str("# HELP tern_isolation_mode Isolation mode in force (label), always 1.\n");
+    text.push_str("# TYPE tern_isolation_mode gauge\n");
+    text.push_str(&format!(
+        "tern_isolation_mode{{mode=\"{}\"}} 1\n",
+        services.sandbox.mode().as_str()
+    ));
+    text
+}
+
+impl Actor for MetricsCollector {
+    type Msg = MetricsMsg;
+    type State = Arc<Services>;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        services: Arc<Services>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(services)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        services: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let MetricsMsg::Render(reply) = msg;
+        let _ = reply.send(render(services));
+        Ok(())
+    }
+}

@@ -1,0 +1,144 @@
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ractor::{ActorRef, Message};
+use tern_wire::{ErrorCode, FunctionName};
+use tokio::sync::oneshot;
+
+use crate::admission::{Admission, Permit};
+use crate::ingress::IngressMsg;
+use crate::runtime::Timings;
+use crate::{ActorKind, Error, Services};
+
+/// One request to run a function, as the Ingress accepts it.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    pub request_id: Arc<str>,
+    pub function: FunctionName,
+    pub input: Bytes,
+    /// Split a JSON array input into MEUs and join the results (`?map=1`).
+    pub map: bool,
+}
+
+/// The answer to an invocation.
+#[derive(Debug)]
+pub struct Outcome {
+    pub output: Bytes,
+    /// Whether any MEU had to compile or load its module.
+    pub cold_start: bool,
+    pub meus: usize,
+    /// Summed over MEUs.
+    pub timings: Timings,
+    /// Node that ran the (last) MEU.
+    pub node: Arc<str>,
+}
+
+/// The reply channel that travels with an invocation through the actor chain.
+pub type Reply = oneshot::Sender<Result<Outcome, Error>>;
+
+/// How long an invocation is re-submitted while pipeline actors are being restarted.
+const RESUBMIT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Sends a message to the actor of `kind`. If it is not running, the message is dropped, and
+/// with it the reply channel it carries: the waiting side sees the channel close and submits
+/// again, so a drop here never loses an accepted invocation.
+pub(crate) fn forward<M: Message>(services: &Services, kind: ActorKind, msg: M) -> bool {
+    match ActorRef::<M>::where_is(services.name(kind)) {
+        Some(actor) => actor.cast(msg).is_ok(),
+        None => false,
+    }
+}
+
+/// The front door used by the HTTP server: admission, then the actor chain, with re-submission
+/// if an actor dies while holding the invocation.
+#[derive(Clone)]
+pub struct Pipeline {
+    services: Arc<Services>,
+    admission: Arc<Admission>,
+}
+
+impl Pipeline {
+    pub fn new(services: Arc<Services>) -> Self {
+        let admission = Admission::new(services.config.queue_cap, services.metrics.clone());
+        Self {
+            services,
+            admission,
+        }
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        &self.services
+    }
+
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
+    }
+
+    /// Reserves a place in the admission queue; hold it for as long as the work is accepted
+    /// but unanswered (async invocations hold it across their journaled lifetime).
+    pub fn admit(&self) -> Result<Permit, Error> {
+        self.admission.try_admit().inspect_err(|e| {
+            self.services.metrics.request_errors[e.code().index()].fetch_add(1, Relaxed);
+        })
+    }
+
+    /// Admits and runs one invocation.
+    pub async fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
+        let permit = self.admit()?;
+        self.invoke_admitted(inv, permit).await
+    }
+
+    /// Runs an invocation that already holds an admission permit.
+    pub async fn invoke_admitted(
+        &self,
+        inv: Invocation,
+        _permit: Permit,
+    ) -> Result<Outcome, Error> {
+        let Some(deployed) = self.services.runtime.get(&inv.function) else {
+            let err = Error::FunctionNotFound(inv.function.clone());
+            self.services.metrics.request_errors[ErrorCode::NotFound.index()].fetch_add(1, Relaxed);
+            return Err(err);
+        };
+        let started = Instant::now();
+        let result = self.submit_until_answered(inv).await;
+        let m = &deployed.metrics;
+        m.latency.observe_us(started.elapsed().as_micros() as u64);
+        match &result {
+            Ok(_) => m.ok.fetch_add(1, Relaxed),
+            Err(e) => {
+                m.record_error(e.code());
+                0
+            }
+        };
+        result
+    }
+
+    async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {
+        let give_up = Instant::now() + RESUBMIT_WINDOW;
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            let (tx, rx) = oneshot::channel();
+            if forward(
+                &self.services,
+                ActorKind::Ingress,
+                IngressMsg::Submit(inv.clone(), tx),
+            ) && let Ok(result) = rx.await
+            {
+                return result;
+            }
+            // An actor of the chain died holding the invocation, or is being restarted. The
+            // invocation had not reached a guest (the RuntimePool replies from the task that
+            // runs it), so submitting it again is safe.
+            self.services.metrics.resubmissions.fetch_add(1, Relaxed);
+            if Instant::now() >= give_up {
+                return Err(Error::Unavailable(
+                    "the invocation pipeline did not recover in time".into(),
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(50));
+        }
+    }
+}

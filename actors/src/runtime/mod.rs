@@ -1,0 +1,595 @@
+//! The engine room of the RuntimePool: a content-addressed store of precompiled artifacts, a
+//! cache of ready-to-instantiate modules, and execution of one minimum execution unit (MEU)
+//! in a fresh wasmtime `Store`.
+//!
+//! Design (see design.md §3 step 4): modules are compiled once at deploy into an artifact
+//! keyed by module hash and engine compatibility hash, loaded with `Module::deserialize_file`
+//! (mmap) and kept as an `InstancePre`; every MEU gets a fresh `Store` from the pooling
+//! allocator (copy-on-write memory images, `linear_memory_keep_resident`), `StoreLimits` and an
+//! epoch deadline. A MEU that finds its module ready is a *reuse hit*; one that must load or
+//! compile it is a *cold start* (Eq. 3: T_exec = T_pre + min(T_load, T_reuse) + T_inst).
+
+mod capped_pipe;
+mod lanes;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
+use tokio::sync::Semaphore;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
+
+use self::capped_pipe::CappedPipe;
+use self::lanes::Lanes;
+use crate::Error;
+use crate::isolation::{Sandbox, SandboxSpec};
+use crate::metrics::{FunctionMetrics, Metrics};
+
+/// Tunables of the runtime pool. Defaults suit a small edge node.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// This node's name, given to guests as `TERN_NODE`.
+    pub node_name: String,
+    /// Where precompiled artifacts live.
+    pub artifact_dir: PathBuf,
+    /// Modules larger than this are refused before parsing.
+    pub max_module_bytes: usize,
+    /// Upper bound on one compilation. Cranelift cannot be cancelled, so a compile that runs
+    /// over is reported as `compile_timeout` while it finishes in the background, still holding
+    /// its compile slot (so compile concurrency stays bounded).
+    pub compile_timeout: Duration,
+    /// Modules compiled at the same time.
+    pub compile_concurrency: usize,
+    /// Instance slots of the pooling allocator: the most guests running at once. MEUs beyond
+    /// this wait for a slot.
+    pub max_instances: u32,
+    /// The largest `memory_mb` a function may ask for (the size of a pool memory slot).
+    pub max_memory_mb: u32,
+    /// Bytes of each linear memory kept resident (memset instead of madvise) between uses.
+    pub keep_resident_bytes: usize,
+    /// Most modules kept loaded; beyond this the least recently used is unloaded and a later
+    /// MEU pays T_load (a cold start).
+    pub max_loaded_modules: usize,
+    /// Cap on a guest's stdout.
+    pub max_output_bytes: usize,
+    /// Epoch tick: the granularity of deadlines and of the fast-lane time slice.
+    pub epoch_tick: Duration,
+    /// Threads of the low-priority lane for guests that outlive one time slice.
+    pub slow_lane_threads: usize,
+}
+
+impl RuntimeConfig {
+    pub fn new(node_name: impl Into<String>, artifact_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            artifact_dir: artifact_dir.into(),
+            max_module_bytes: 64 << 20,
+            compile_timeout: Duration::from_secs(60),
+            compile_concurrency: 1,
+            max_instances: 1000,
+            max_memory_mb: 512,
+            keep_resident_bytes: 1 << 20,
+            max_loaded_modules: 1024,
+            max_output_bytes: 16 << 20,
+            epoch_tick: Duration::from_millis(1),
+            slow_lane_threads: 1,
+        }
+    }
+}
+
+/// A function as the runtime serves it.
+#[derive(Debug)]
+pub struct Deployed {
+    pub info: FunctionInfo,
+    pub metrics: Arc<FunctionMetrics>,
+}
+
+/// One minimum execution unit.
+#[derive(Clone, Debug)]
+pub struct Meu {
+    pub request_id: Arc<str>,
+    pub function: FunctionName,
+    pub input: Bytes,
+    /// Items of a `map` input in this unit (1 for a plain call).
+    pub items: usize,
+}
+
+/// Where the time of one MEU went (Eq. 3), in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub pre_us: u64,
+    pub load_us: u64,
+    pub reuse_us: u64,
+    pub inst_us: u64,
+    pub exec_us: u64,
+}
+
+#[derive(Debug)]
+pub struct MeuOutcome {
+    pub output: Bytes,
+    pub cold_start: bool,
+    pub timings: Timings,
+}
+
+/// A module compiled (or found compiled) and ready to install.
+pub struct Prepared {
+    pub hash: ModuleHash,
+    pub size_bytes: u64,
+    /// Whether this call compiled it (false when the artifact already existed).
+    pub compiled: bool,
+    pre: InstancePre<HostState>,
+}
+
+struct HostState {
+    wasi: WasiP1Ctx,
+    limits: StoreLimits,
+}
+
+struct LoadedModule {
+    pre: InstancePre<HostState>,
+    last_used: u64,
+}
+
+#[derive(Default)]
+struct ModuleCache {
+    modules: HashMap<ModuleHash, LoadedModule>,
+    clock: u64,
+}
+
+/// The runtime pool's shared state. Cheap to share (`Arc`), safe to use from many tasks.
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    engine: Engine,
+    linker: Linker<HostState>,
+    compat: String,
+    functions: RwLock<HashMap<FunctionName, Arc<Deployed>>>,
+    modules: Mutex<ModuleCache>,
+    compile_slots: Arc<Semaphore>,
+    instance_slots: Arc<Semaphore>,
+    lanes: Lanes,
+    metrics: Arc<Metrics>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    pub fn new(cfg: RuntimeConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, Error> {
+        std::fs::create_dir_all(&cfg.artifact_dir)?;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(cfg.max_instances)
+            .total_memories(cfg.max_instances)
+            .total_tables(cfg.max_instances)
+            .total_stacks(cfg.max_instances)
+            .max_memory_size(cfg.max_memory_mb as usize * (1 << 20))
+            .linear_memory_keep_resident(cfg.keep_resident_bytes)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("engine: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)
+            .map_err(|e| Error::Internal(format!("linker: {e}")))?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), cfg.epoch_tick, ticker_stop.clone())?;
+        Ok(Arc::new(Self {
+            compile_slots: Arc::new(Semaphore::new(cfg.compile_concurrency.max(1))),
+            instance_slots: Arc::new(Semaphore::new(cfg.max_instances as usize)),
+            lanes: Lanes::new(cfg.slow_lane_threads)?,
+            cfg,
+            engine,
+            linker,
+            compat,
+            functions: RwLock::default(),
+            modules: Mutex::default(),
+            metrics,
+            ticker_stop,
+        }))
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// Identifies this node's class of artifacts (engine settings + CPU features).
+    pub fn compatibility(&self) -> &str {
+        &self.compat
+    }
+
+    pub fn module_hash(bytes: &[u8]) -> ModuleHash {
+        ModuleHash(Sha256::digest(bytes).into())
+    }
+
+    fn artifact_path(&self, hash: &ModuleHash) -> PathBuf {
+        self.cfg
+            .artifact_dir
+            .join(format!("{}-{}.cwasm", hash.to_hex(), self.compat))
+    }
+
+    /// Validates, compiles (on the bounded compile pool, unless an artifact already exists)
+    /// and loads `bytes`. Does not make it callable: see [`Runtime::install`].
+    pub async fn prepare(&self, bytes: Bytes) -> Result<Prepared, Error> {
+        if bytes.len() > self.cfg.max_module_bytes {
+            return Err(Error::ModuleTooLarge {
+                size: bytes.len(),
+                limit: self.cfg.max_module_bytes,
+            });
+        }
+        let hash = Self::module_hash(&bytes);
+        let path = self.artifact_path(&hash);
+        let mut compiled = false;
+        let module = match self.load_artifact(&path).await {
+            Ok(m) => m,
+            Err(_) => {
+                self.compile_to(&bytes, &path).await?;
+                compiled = true;
+                self.load_artifact(&path).await?
+            }
+        };
+        if !matches!(
+            module.get_export("_start"),
+            Some(wasmtime::ExternType::Func(_))
+        ) {
+            return Err(Error::InvalidModule(
+                "not a WASI command: it exports no `_start` function".into(),
+            ));
+        }
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+        Ok(Prepared {
+            hash,
+            size_bytes: bytes.len() as u64,
+            compiled,
+            pre,
+        })
+    }
+
+    async fn compile_to(&self, bytes: &Bytes, path: &Path) -> Result<(), Error> {
+        let permit = self
+            .compile_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("compile pool closed".into()))?;
+        let engine = self.engine.clone();
+        let bytes = bytes.clone();
+        let path = path.to_owned();
+        let metrics = self.metrics.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let start = Instant::now();
+            let artifact = engine
+                .precompile_module(&bytes)
+                .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+            metrics.compiles.fetch_add(1, Relaxed);
+            metrics
+                .compile_time
+                .observe_us(start.elapsed().as_micros() as u64);
+            write_artifact(&path, &artifact)
+        });
+        match tokio::time::timeout(self.cfg.compile_timeout, job).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(Error::Internal(format!("compile task: {e}"))),
+            Err(_) => Err(Error::CompileTimeout(self.cfg.compile_timeout)),
+        }
+    }
+
+    async fn load_artifact(&self, path: &Path) -> Result<Module, Error> {
+        let engine = self.engine.clone();
+        let path = path.to_owned();
+        tokio::task::spawn_blocking(move || load_verified_artifact(&engine, &path))
+            .await
+            .map_err(|e| Error::Internal(format!("load task: {e}")))?
+    }
+
+    /// Makes `prepared` the current version of `info.name` and keeps it loaded (preheating).
+    pub fn install(&self, info: FunctionInfo, prepared: Prepared) -> Arc<Deployed> {
+        self.cache_module(prepared.hash, prepared.pre);
+        let deployed = Arc::new(Deployed {
+            metrics: self.metrics.function(info.name.as_str()),
+            info,
+        });
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(deployed.info.name.clone(), deployed.clone());
+        deployed
+    }
+
+    /// Makes `name` uncallable. Its artifact stays on disk (other names may share the module).
+    pub fn remove(&self, name: &FunctionName) -> Option<Arc<Deployed>> {
+        self.functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+    }
+
+    pub fn get(&self, name: &FunctionName) -> Option<Arc<Deployed>> {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        let mut out: Vec<_> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|d| d.info.clone())
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn cache_module(&self, hash: ModuleHash, pre: InstancePre<HostState>) {
+        let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        cache.clock += 1;
+        let clock = cache.clock;
+        cache.modules.insert(
+            hash,
+            LoadedModule {
+                pre,
+                last_used: clock,
+            },
+        );
+        while cache.modules.len() > self.cfg.max_loaded_modules.max(1) {
+            let Some(oldest) = cache
+                .modules
+                .iter()
+                .min_by_key(|(_, m)| m.last_used)
+                .map(|(h, _)| *h)
+            else {
+                break;
+            };
+            cache.modules.remove(&oldest);
+        }
+        self.metrics
+            .loaded_modules
+            .store(cache.modules.len() as i64, Relaxed);
+    }
+
+    fn cached_module(&self, hash: &ModuleHash) -> Option<InstancePre<HostState>> {
+        let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        cache.clock += 1;
+        let clock = cache.clock;
+        let m = cache.modules.get_mut(hash)?;
+        m.last_used = clock;
+        Some(m.pre.clone())
+    }
+
+    /// Whether `hash` is loaded right now (a MEU for it would be a reuse hit).
+    pub fn is_loaded(&self, hash: &ModuleHash) -> bool {
+        let cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        cache.modules.contains_key(hash)
+    }
+
+    /// Runs one MEU to completion under the limits `sandbox` gives its function.
+    pub async fn execute(&self, meu: Meu, sandbox: &dyn Sandbox) -> Result<MeuOutcome, Error> {
+        let deployed = self
+            .get(&meu.function)
+            .ok_or_else(|| Error::FunctionNotFound(meu.function.clone()))?;
+        let sandbox = sandbox.spec_for(&deployed);
+        let metrics = deployed.metrics.clone();
+        metrics.meus.fetch_add(1, Relaxed);
+        let mut timings = Timings::default();
+
+        let lookup = Instant::now();
+        let (pre, cold_start) = match self.cached_module(&deployed.info.hash) {
+            Some(pre) => {
+                timings.reuse_us = lookup.elapsed().as_micros() as u64;
+                metrics.reuse_hits.fetch_add(1, Relaxed);
+                metrics.t_reuse.observe_us(timings.reuse_us);
+                (pre, false)
+            }
+            None => {
+                metrics.cold_starts.fetch_add(1, Relaxed);
+                let path = self.artifact_path(&deployed.info.hash);
+                let module = self.load_artifact(&path).await?;
+                timings.load_us = lookup.elapsed().as_micros() as u64;
+                metrics.t_load.observe_us(timings.load_us);
+                let pre = self
+                    .linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+                self.cache_module(deployed.info.hash, pre.clone());
+                (pre, true)
+            }
+        };
+        metrics.t_pre.observe_us(timings.pre_us);
+
+        self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
+        let slot = self.instance_slots.clone().acquire_owned().await;
+        self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
+        let slot = slot.map_err(|_| Error::Unavailable("runtime pool closed".into()))?;
+
+        let stdout = CappedPipe::new(sandbox.max_output_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdin(MemoryInputPipe::new(meu.input.clone()))
+            .stdout(stdout.clone())
+            .stderr(SinkOutputStream)
+            .env("TERN_FUNCTION", meu.function.as_str())
+            .env("TERN_REQUEST_ID", &*meu.request_id)
+            .env("TERN_NODE", &self.cfg.node_name);
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(sandbox.memory_bytes)
+            .instances(1)
+            .memories(1)
+            .tables(4)
+            .trap_on_grow_failure(false)
+            .build();
+        let mut store = Store::new(
+            &self.engine,
+            HostState {
+                wasi: wasi.build_p1(),
+                limits,
+            },
+        );
+        store.limiter(|s| &mut s.limits);
+        let deadline = Instant::now() + sandbox.timeout;
+        // The first slice is two ticks so that a short guest never yields just because it
+        // started right before a tick; after that it yields every tick until the deadline.
+        store.set_epoch_deadline(2);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline {
+                UpdateDeadline::Interrupt
+            } else {
+                UpdateDeadline::Yield(1)
+            })
+        });
+
+        let host_metrics = self.metrics.clone();
+        let guest = async move {
+            let _slot = slot;
+            host_metrics.executing.fetch_add(1, Relaxed);
+            let _executing = DecrementOnDrop(&host_metrics.executing);
+            let inst_start = Instant::now();
+            let instance = pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| Error::GuestTrap(format!("instantiation failed: {e:#}")))?;
+            let inst_us = inst_start.elapsed().as_micros() as u64;
+            let start = instance
+                .get_typed_func::<(), ()>(&mut store, "_start")
+                .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+            let exec_start = Instant::now();
+            let result = start.call_async(&mut store, ()).await;
+            Ok((result, inst_us, exec_start.elapsed().as_micros() as u64))
+        };
+        let moved_metrics = self.metrics.clone();
+        // Backstop for a guest queued on a busy slow lane past its deadline: its own epoch
+        // check fires only when it next runs.
+        let hard_limit = sandbox.timeout + self.cfg.epoch_tick * 2 + Duration::from_secs(1);
+        let run = self.lanes.run(guest, move || {
+            moved_metrics.slow_lane_moves.fetch_add(1, Relaxed);
+        });
+        let (result, inst_us, exec_us) = match tokio::time::timeout(hard_limit, run).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    timeout_ms: sandbox.timeout.as_millis() as u32,
+                });
+            }
+        };
+        timings.inst_us = inst_us;
+        timings.exec_us = exec_us;
+        metrics.t_inst.observe_us(inst_us);
+        metrics.t_exec.observe_us(exec_us);
+        if stdout.overflowed() {
+            return Err(Error::OutputTooLarge {
+                limit: sandbox.max_output_bytes,
+            });
+        }
+        classify(result, &sandbox)?;
+        let output = stdout.take();
+        Ok(MeuOutcome {
+            output,
+            cold_start,
+            timings,
+        })
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Relaxed);
+    }
+}
+
+struct DecrementOnDrop<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Turns the guest's result into success or a typed error.
+fn classify(result: wasmtime::Result<()>, sandbox: &SandboxSpec) -> Result<(), Error> {
+    let Err(err) = result else {
+        return Ok(());
+    };
+    if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return match exit.0 {
+            0 => Ok(()),
+            code => Err(Error::GuestExit { code }),
+        };
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        return Err(match trap {
+            Trap::Interrupt => Error::Timeout {
+                timeout_ms: sandbox.timeout.as_millis() as u32,
+            },
+            other => Error::GuestTrap(other.to_string()),
+        });
+    }
+    Err(Error::GuestTrap(format!("{err:#}")))
+}
+
+fn spawn_epoch_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("tern-epoch".into())
+        .spawn(move || {
+            while !stop.load(Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })?;
+    Ok(())
+}
+
+/// Writes the artifact and, beside it, its SHA-256, each through a temporary file and a rename
+/// so that a crash never leaves a half-written artifact under the final name.
+fn write_artifact(path: &Path, artifact: &[u8]) -> Result<(), Error> {
+    let digest = ModuleHash(Sha256::digest(artifact).into()).to_hex();
+    let sum_path = path.with_extension("sha256");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, artifact)?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::write(&tmp, digest)?;
+    std::fs::rename(&tmp, &sum_path)?;
+    Ok(())
+}
+
+/// Loads an artifact only if its bytes still match the digest written beside it: a truncated
+/// or bit-flipped file on disk must be recompiled, never executed.
+fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Module, Error> {
+    let bytes = std::fs::read(path)?;
+    let expected = std::fs::read_to_string(path.with_extension("sha256"))?;
+    let actual = ModuleHash(Sha256::digest(&bytes).into()).to_hex();
+    if expected.trim() != actual {
+        return Err(Error::Internal(format!(
+            "artifact {} does not match its digest",
+            path.display()
+        )));
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: `path` is in the node's own artifact directory, was written by
+    // `Engine::precompile_module` of an engine with this compatibility hash (it is part of the
+    // file name), and its bytes were just checked against the digest written with it.
+    // wasmtime additionally refuses artifacts from an incompatible engine.
+    let module = unsafe { Module::deserialize_file(engine, path) }
+        .map_err(|e| Error::Internal(format!("artifact {}: {e:#}", path.display())))?;
+    Ok(module)
+}

@@ -1,0 +1,63 @@
+//! RuntimePool: runs MEUs on this node. The handler only spawns a task per MEU — the guest runs
+//! there (see [`crate::runtime`]) and the task answers the reply channel — so the mailbox
+//! never waits on WebAssembly.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use crate::runtime::Meu;
+use crate::{Outcome, Reply, Services};
+
+pub enum RuntimePoolMsg {
+    Execute(Meu, Reply),
+}
+impl ractor::Message for RuntimePoolMsg {}
+
+pub struct RuntimePool;
+
+impl Actor for RuntimePool {
+    type Msg = RuntimePoolMsg;
+    type State = Arc<Services>;
+    type Arguments = Arc<Services>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        services: Arc<Services>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(services)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        services: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let RuntimePoolMsg::Execute(meu, reply) = msg;
+        let services = services.clone();
+        tokio::spawn(async move {
+            let function = meu.function.clone();
+            let items = meu.items;
+            let result = services.runtime.execute(meu, &*services.sandbox).await;
+            let result = result.map(|o| {
+                services.observe_cost(
+                    function.as_str(),
+                    items,
+                    o.timings.inst_us,
+                    o.timings.exec_us,
+                );
+                Outcome {
+                    output: o.output,
+                    cold_start: o.cold_start,
+                    meus: 1,
+                    timings: o.timings,
+                    node: services.config.node_name.as_str().into(),
+                }
+            });
+            let _ = reply.send(result);
+        });
+        Ok(())
+    }
+}

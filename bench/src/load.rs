@@ -1,0 +1,651 @@
+//! The load generator: closed loop (N connections, each send → wait → repeat) or open
+//! loop (requests scheduled at a fixed rate over a pool of N connections, latency
+//! measured from the *intended* send time, so there is no coordinated omission).
+//!
+//! # Design
+//!
+//! All connections are opened before the clock starts (at most
+//! [`CONNECT_CONCURRENCY`] at a time, so 10 000 connections do not overflow the
+//! server's accept backlog). They are then spread over at most [`MAX_LANES`] *lanes*:
+//! a lane is one tokio task that drives its connections concurrently
+//! (`FuturesUnordered`) and owns a private latency histogram and counters, so the hot
+//! path takes no lock; lanes are merged at the end. (A histogram per connection would
+//! cost ~140 KiB each, i.e. gigabytes for 10 000 connections.)
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use hdrhistogram::Histogram;
+use hyper::Method;
+use tokio::sync::Semaphore;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
+
+use crate::BenchError;
+use crate::http::{HttpConn, Prepared, request_once};
+use crate::prom;
+use crate::report::{ConfigEcho, LatencySummary, ModeName, Report, ServerStats};
+
+/// At most this many connection attempts are in flight while opening the pool.
+pub const CONNECT_CONCURRENCY: usize = 256;
+/// Connections are multiplexed onto at most this many tasks (each with one histogram).
+pub const MAX_LANES: usize = 64;
+/// Highest recordable latency; slower requests are recorded as this value.
+pub const MAX_LATENCY_US: u64 = 60_000_000;
+/// Pause after a transport error before the connection is used (re-opened) again.
+const ERROR_BACKOFF: Duration = Duration::from_millis(10);
+/// Minimum time allowed for opening a connection of the initial pool.
+const MIN_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Minimum time allowed for a `/metrics` scrape.
+const MIN_SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Error code for transport failures (connection refused/reset/closed mid-request).
+pub const CODE_IO: &str = "io";
+/// Error code for requests that did not complete within `request_timeout`.
+pub const CODE_CLIENT_TIMEOUT: &str = "client_timeout";
+
+/// How requests are issued.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LoadMode {
+    /// Each of `connections` sends a request, waits for the response, and repeats.
+    Closed { connections: usize },
+    /// Requests are scheduled at `rate_per_sec` (intended send times `t0 + i/rate`) and
+    /// sent on whichever of `connections` is free; if none is, the request waits and
+    /// the wait counts in its latency.
+    Open {
+        rate_per_sec: f64,
+        connections: usize,
+    },
+}
+
+impl LoadMode {
+    pub fn connections(&self) -> usize {
+        match *self {
+            LoadMode::Closed { connections } | LoadMode::Open { connections, .. } => connections,
+        }
+    }
+}
+
+/// What to run. Every request of a run is identical.
+#[derive(Debug, Clone)]
+pub struct LoadConfig {
+    pub addr: SocketAddr,
+    pub method: Method,
+    /// Origin-form target, e.g. `/invoke/echo?x=1`.
+    pub path_and_query: String,
+    /// Extra request headers (`Host` is added unless given).
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub mode: LoadMode,
+    /// Length of the measured window (after warm-up).
+    pub duration: Duration,
+    /// Requests scheduled during warm-up are sent but not recorded.
+    pub warmup: Duration,
+    /// Draw a self-overwriting progress line on stderr (~4×/s).
+    pub progress: bool,
+    /// Per-request timeout (closed loop: from the send; open loop: from the intended
+    /// send time, so a request queued longer than this is counted as `client_timeout`
+    /// without being sent). Also bounds how long the run drains after the window.
+    pub request_timeout: Duration,
+}
+
+/// Run the load described by `cfg` and report on the measured window.
+///
+/// Fails only if the configuration is invalid or the connection pool cannot be opened
+/// (e.g. [`BenchError::TooManyOpenFiles`]: raise `ulimit -n`). Failed requests are
+/// counted in the report; a missing `/metrics` endpoint only leaves
+/// [`Report::server`] unavailable.
+pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
+    validate(cfg)?;
+    let header_refs: Vec<(&str, &str)> = cfg
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let prepared = Prepared::new(cfg.method.clone(), &cfg.path_and_query, &header_refs)?;
+    let connections = cfg.mode.connections();
+    let conns = connect_all(
+        cfg.addr,
+        connections,
+        cfg.request_timeout.max(MIN_CONNECT_TIMEOUT),
+    )
+    .await?;
+
+    let addr = cfg.addr;
+    let scrape_timeout = cfg.request_timeout.max(MIN_SCRAPE_TIMEOUT);
+    // With no warm-up, scrape before the first request; otherwise when warm-up ends.
+    let before_now = if cfg.warmup.is_zero() {
+        Some(scrape(addr, scrape_timeout).await)
+    } else {
+        None
+    };
+
+    let t0 = Instant::now();
+    let warmup_end = t0 + cfg.warmup;
+    let end = warmup_end + cfg.duration;
+    let before = match before_now {
+        Some(snapshot) => tokio::spawn(std::future::ready(snapshot)),
+        None => tokio::spawn(async move {
+            sleep_until(warmup_end).await;
+            scrape(addr, scrape_timeout).await
+        }),
+    };
+
+    let ctx = Arc::new(Ctx {
+        addr,
+        prepared,
+        body: cfg.body.clone(),
+        request_timeout: cfg.request_timeout,
+        t0,
+        warmup_end,
+        end,
+        rate: match cfg.mode {
+            LoadMode::Closed { .. } => None,
+            LoadMode::Open { rate_per_sec, .. } => Some(rate_per_sec),
+        },
+        next_slot: AtomicU64::new(0),
+        done: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+
+    let progress = cfg
+        .progress
+        .then(|| tokio::spawn(progress_loop(ctx.clone())));
+
+    let lanes = connections.min(MAX_LANES);
+    let mut groups: Vec<Vec<HttpConn>> = (0..lanes).map(|_| Vec::new()).collect();
+    for (i, conn) in conns.into_iter().enumerate() {
+        groups[i % lanes].push(conn);
+    }
+    let mut set = JoinSet::new();
+    for group in groups {
+        set.spawn(lane(group, ctx.clone()));
+    }
+    let mut total = LaneStats::new();
+    while let Some(res) = set.join_next().await {
+        total.merge(res.unwrap_or_else(propagate_panic));
+    }
+
+    if let Some(p) = progress {
+        p.abort();
+        let _ = p.await;
+        // Final line: the average rate over the whole run (warm-up included).
+        let now = Instant::now();
+        let secs = now.saturating_duration_since(ctx.t0).as_secs_f64();
+        let avg = if secs > 0.0 {
+            ctx.done.load(Ordering::Relaxed) as f64 / secs
+        } else {
+            0.0
+        };
+        draw_progress(&ctx, now, avg);
+        eprintln!();
+    }
+
+    let before = before.await.unwrap_or_else(propagate_panic);
+    let after = scrape(addr, scrape_timeout).await;
+
+    let errors: u64 = total.errors.values().sum();
+    let requests = total.ok + errors;
+    Ok(Report {
+        config: ConfigEcho {
+            mode: match cfg.mode {
+                LoadMode::Closed { .. } => ModeName::Closed,
+                LoadMode::Open { .. } => ModeName::Open,
+            },
+            connections,
+            rate_per_sec: ctx.rate,
+            duration_secs: cfg.duration.as_secs_f64(),
+            warmup_secs: cfg.warmup.as_secs_f64(),
+            method: cfg.method.to_string(),
+            path: cfg.path_and_query.clone(),
+        },
+        requests,
+        ok: total.ok,
+        errors_by_code: total.errors,
+        throughput_rps: requests as f64 / cfg.duration.as_secs_f64(),
+        latency_us: LatencySummary::from_histogram(&total.hist),
+        cold_start_responses: total.cold,
+        server: server_stats(before, after),
+    })
+}
+
+fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
+    if cfg.mode.connections() == 0 {
+        return Err(BenchError::Config("connections must be at least 1".into()));
+    }
+    if let LoadMode::Open { rate_per_sec, .. } = cfg.mode
+        && !(rate_per_sec.is_finite() && rate_per_sec > 0.0)
+    {
+        return Err(BenchError::Config(format!(
+            "rate must be a positive number of requests per second, got {rate_per_sec}"
+        )));
+    }
+    if cfg.duration.is_zero() {
+        return Err(BenchError::Config("duration must be positive".into()));
+    }
+    if cfg.request_timeout.is_zero() {
+        return Err(BenchError::Config(
+            "request timeout must be positive".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn propagate_panic<T>(e: JoinError) -> T {
+    match e.try_into_panic() {
+        Ok(payload) => std::panic::resume_unwind(payload),
+        // Only reachable if the runtime is shutting down underneath us.
+        Err(e) => panic!("load task cancelled: {e}"),
+    }
+}
+
+/// Open `n` connections, at most [`CONNECT_CONCURRENCY`] attempts at a time; the first
+/// failure aborts the rest and is returned.
+async fn connect_all(
+    addr: SocketAddr,
+    n: usize,
+    connect_timeout: Duration,
+) -> Result<Vec<HttpConn>, BenchError> {
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let permits = permits.clone();
+        set.spawn(async move {
+            let _permit = permits
+                .acquire_owned()
+                .await
+                .expect("the connect semaphore is never closed");
+            match timeout(connect_timeout, HttpConn::connect(addr)).await {
+                Ok(res) => res,
+                Err(_) => Err(BenchError::ConnectTimeout {
+                    addr,
+                    timeout: connect_timeout,
+                }),
+            }
+        });
+    }
+    let mut conns = Vec::with_capacity(n);
+    while let Some(res) = set.join_next().await {
+        match res.unwrap_or_else(propagate_panic) {
+            Ok(conn) => conns.push(conn),
+            Err(e) => {
+                set.abort_all();
+                return Err(match e {
+                    BenchError::TooManyOpenFiles { addr, source, .. } => {
+                        BenchError::TooManyOpenFiles {
+                            addr,
+                            opened: conns.len(),
+                            source,
+                        }
+                    }
+                    BenchError::NoLocalPort { addr, source, .. } => BenchError::NoLocalPort {
+                        addr,
+                        opened: conns.len(),
+                        source,
+                    },
+                    other => other,
+                });
+            }
+        }
+    }
+    Ok(conns)
+}
+
+/// State shared by all lanes (read-only apart from the atomics).
+struct Ctx {
+    addr: SocketAddr,
+    prepared: Prepared,
+    body: Bytes,
+    request_timeout: Duration,
+    t0: Instant,
+    warmup_end: Instant,
+    end: Instant,
+    /// `Some` in open-loop mode.
+    rate: Option<f64>,
+    /// Open loop: index of the next request slot to be claimed.
+    next_slot: AtomicU64,
+    /// Progress only: all completed requests (incl. warm-up) and the failed ones.
+    done: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The result of one request.
+struct Outcome {
+    /// Scheduled inside the measured window?
+    recorded: bool,
+    latency_us: u64,
+    result: Result<(), Cow<'static, str>>,
+    cold: bool,
+}
+
+/// Per-lane (and finally merged) measurements.
+struct LaneStats {
+    hist: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    cold: u64,
+}
+
+impl LaneStats {
+    fn new() -> Self {
+        LaneStats {
+            hist: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("1 µs .. 60 s at 3 significant figures is a valid histogram range"),
+            ok: 0,
+            errors: BTreeMap::new(),
+            cold: 0,
+        }
+    }
+
+    fn record(&mut self, o: Outcome) {
+        if !o.recorded {
+            return;
+        }
+        if o.cold {
+            self.cold += 1;
+        }
+        match o.result {
+            Ok(()) => {
+                self.ok += 1;
+                self.hist.saturating_record(o.latency_us.max(1));
+            }
+            Err(code) => match self.errors.get_mut(code.as_ref()) {
+                Some(n) => *n += 1,
+                None => {
+                    self.errors.insert(code.into_owned(), 1);
+                }
+            },
+        }
+    }
+
+    fn merge(&mut self, other: LaneStats) {
+        self.hist
+            .add(&other.hist)
+            .expect("all lane histograms have the same bounds");
+        self.ok += other.ok;
+        for (code, n) in other.errors {
+            *self.errors.entry(code).or_default() += n;
+        }
+        self.cold += other.cold;
+    }
+}
+
+/// Drive a group of connections until the schedule is exhausted.
+async fn lane(conns: Vec<HttpConn>, ctx: Arc<Ctx>) -> LaneStats {
+    let mut stats = LaneStats::new();
+    let mut in_flight = FuturesUnordered::new();
+    for conn in conns {
+        in_flight.push(one_request(Some(conn), ctx.clone()));
+    }
+    while let Some((conn, outcome)) = in_flight.next().await {
+        // `None`: no more requests to schedule; this connection retires.
+        let Some(outcome) = outcome else { continue };
+        ctx.done.fetch_add(1, Ordering::Relaxed);
+        if outcome.result.is_err() {
+            ctx.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        stats.record(outcome);
+        in_flight.push(one_request(conn, ctx.clone()));
+    }
+    stats
+}
+
+/// Claim the next request (closed loop: now; open loop: the next rate slot), send it on
+/// `conn` (re-opening it if needed) and hand the connection back with the outcome.
+/// Returns `None` as outcome once the schedule is over.
+async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>, Option<Outcome>) {
+    let scheduled = match ctx.rate {
+        None => {
+            let now = Instant::now();
+            if now >= ctx.end {
+                return (conn, None);
+            }
+            now
+        }
+        Some(rate) => {
+            let slot = ctx.next_slot.fetch_add(1, Ordering::Relaxed);
+            let Ok(offset) = Duration::try_from_secs_f64(slot as f64 / rate) else {
+                return (conn, None);
+            };
+            let intended = ctx.t0 + offset;
+            if intended >= ctx.end {
+                return (conn, None);
+            }
+            sleep_until(intended).await;
+            intended
+        }
+    };
+    let recorded = scheduled >= ctx.warmup_end;
+    let deadline = scheduled + ctx.request_timeout;
+    let failure = |code: &'static str| Outcome {
+        recorded,
+        latency_us: 0,
+        result: Err(Cow::Borrowed(code)),
+        cold: false,
+    };
+
+    let mut conn = match conn.filter(|c| !c.is_closed()) {
+        Some(c) => c,
+        None => match timeout_at(deadline, HttpConn::connect(ctx.addr)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(_)) => {
+                sleep(ERROR_BACKOFF).await;
+                return (None, Some(failure(CODE_IO)));
+            }
+            Err(_) => return (None, Some(failure(CODE_CLIENT_TIMEOUT))),
+        },
+    };
+    if Instant::now() >= deadline {
+        // Open loop, queued behind busy connections for longer than the timeout.
+        return (Some(conn), Some(failure(CODE_CLIENT_TIMEOUT)));
+    }
+    match timeout_at(deadline, conn.send(&ctx.prepared, ctx.body.clone())).await {
+        // The connection is mid-exchange: it cannot be reused.
+        Err(_) => (None, Some(failure(CODE_CLIENT_TIMEOUT))),
+        Ok(Err(_)) => {
+            sleep(ERROR_BACKOFF).await;
+            (None, Some(failure(CODE_IO)))
+        }
+        Ok(Ok(resp)) => {
+            let latency = Instant::now().saturating_duration_since(scheduled);
+            let cold = resp
+                .headers()
+                .get("x-tern-cold-start")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
+            let status = resp.status().as_u16();
+            let result = if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(Cow::Owned(error_code(status, resp.body())))
+            };
+            let outcome = Outcome {
+                recorded,
+                latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                result,
+                cold,
+            };
+            (Some(conn), Some(outcome))
+        }
+    }
+}
+
+/// The error code of a non-2xx response: `error.code` from a Tern JSON error body for
+/// statuses >= 400, else `http_<status>`.
+pub fn error_code(status: u16, body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: Inner,
+    }
+    #[derive(serde::Deserialize)]
+    struct Inner {
+        code: String,
+    }
+    if status >= 400
+        && let Ok(b) = serde_json::from_slice::<Body>(body)
+        && !b.error.code.is_empty()
+    {
+        return b.error.code;
+    }
+    format!("http_{status}")
+}
+
+/// The three server counters, summed over label sets.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    /// At least one of the three metrics was present.
+    found: bool,
+    cold_starts: f64,
+    meus: f64,
+    reuse: f64,
+}
+
+/// `GET /metrics`; `None` if it fails or is not a 200 (never an error for the run).
+async fn scrape(addr: SocketAddr, limit: Duration) -> Option<Snapshot> {
+    let resp = timeout(
+        limit,
+        request_once(addr, Method::GET, "/metrics", &[], Bytes::new()),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if resp.status != 200 {
+        return None;
+    }
+    let text = std::str::from_utf8(&resp.body).ok()?;
+    let cold_starts = prom::sum(text, "tern_cold_starts_total");
+    let meus = prom::sum(text, "tern_meus_total");
+    let reuse = prom::sum(text, "tern_module_reuse_total");
+    // A labelled counter that has not been touched yet is absent: that is 0.
+    Some(Snapshot {
+        found: cold_starts.is_some() || meus.is_some() || reuse.is_some(),
+        cold_starts: cold_starts.unwrap_or(0.0),
+        meus: meus.unwrap_or(0.0),
+        reuse: reuse.unwrap_or(0.0),
+    })
+}
+
+fn server_stats(before: Option<Snapshot>, after: Option<Snapshot>) -> ServerStats {
+    // Both scrapes must work, and the endpoint must look like Tern's at least once
+    // (a fresh node may not have emitted its labelled counters before the run).
+    let (Some(b), Some(a)) = (before, after) else {
+        return ServerStats::default();
+    };
+    if !(b.found || a.found) {
+        return ServerStats::default();
+    }
+    // Counters only go up; a negative delta means a server restart: report 0.
+    let delta = |after: f64, before: f64| {
+        let d = (after - before).round();
+        if d.is_finite() && d > 0.0 {
+            d as u64
+        } else {
+            0
+        }
+    };
+    let meus = delta(a.meus, b.meus);
+    let reuse_hits = delta(a.reuse, b.reuse);
+    ServerStats {
+        available: true,
+        cold_starts: delta(a.cold_starts, b.cold_starts),
+        meus,
+        reuse_hits,
+        reuse_hit_rate: (meus > 0).then(|| reuse_hits as f64 / meus as f64),
+    }
+}
+
+async fn progress_loop(ctx: Arc<Ctx>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_done = ctx.done.load(Ordering::Relaxed);
+    let mut last_at = Instant::now();
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let done = ctx.done.load(Ordering::Relaxed);
+        let dt = now.saturating_duration_since(last_at).as_secs_f64();
+        let rps = if dt > 0.0 {
+            (done - last_done) as f64 / dt
+        } else {
+            0.0
+        };
+        draw_progress(&ctx, now, rps);
+        last_done = done;
+        last_at = now;
+    }
+}
+
+fn draw_progress(ctx: &Ctx, now: Instant, rps: f64) {
+    let phase = if now < ctx.warmup_end {
+        "warm-up"
+    } else if now < ctx.end {
+        "measure"
+    } else {
+        "drain"
+    };
+    let elapsed = now.saturating_duration_since(ctx.t0).as_secs_f64();
+    let total = ctx.end.saturating_duration_since(ctx.t0).as_secs_f64();
+    let line = format!(
+        "\r[{phase:<7} {elapsed:6.1}/{total:.1} s] {:>10} req {rps:>10.0} req/s {:>8} err  ",
+        ctx.done.load(Ordering::Relaxed),
+        ctx.failed.load(Ordering::Relaxed),
+    );
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(line.as_bytes());
+    let _ = err.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes() {
+        let body = br#"{"error":{"code":"overloaded","message":"x"}}"#;
+        assert_eq!(error_code(429, body), "overloaded");
+        assert_eq!(error_code(500, b"not json"), "http_500");
+        assert_eq!(error_code(404, br#"{"error":{"message":"x"}}"#), "http_404");
+        assert_eq!(error_code(302, body), "http_302");
+    }
+
+    #[test]
+    fn server_stats_deltas() {
+        let b = Snapshot {
+            found: true,
+            cold_starts: 2.0,
+            meus: 10.0,
+            reuse: 5.0,
+        };
+        let a = Snapshot {
+            found: true,
+            cold_starts: 3.0,
+            meus: 30.0,
+            reuse: 20.0,
+        };
+        let s = server_stats(Some(b), Some(a));
+        assert!(s.available);
+        assert_eq!((s.cold_starts, s.meus, s.reuse_hits), (1, 20, 15));
+        assert_eq!(s.reuse_hit_rate, Some(0.75));
+        let same = server_stats(Some(b), Some(b));
+        assert_eq!(same.reuse_hit_rate, None);
+        assert!(same.available);
+        assert_eq!(server_stats(None, Some(a)), ServerStats::default());
+        assert_eq!(server_stats(Some(a), None).reuse_hit_rate, None);
+        // A fresh node: nothing before, counters after.
+        let empty = Snapshot {
+            found: false,
+            cold_starts: 0.0,
+            meus: 0.0,
+            reuse: 0.0,
+        };
+        assert_eq!(server_stats(Some(empty), Some(a)).meus, 30);
+        // Not a Tern /metrics at all.
+        assert!(!server_stats(Some(empty), Some(empty)).available);
+    }
+}

@@ -1,0 +1,492 @@
+//! End-to-end tests of the load generator against an in-process hyper server.
+#![allow(clippy::unwrap_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tern_bench::http::HttpConn;
+use tern_bench::load::{LoadConfig, LoadMode};
+use tern_bench::report::ModeName;
+use tern_bench::{BenchError, request_once};
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct Counts {
+    /// Accepted TCP connections.
+    accepted: AtomicU64,
+    /// Every request except `/metrics`.
+    total: AtomicU64,
+    echo: AtomicU64,
+    flaky: AtomicU64,
+    cold_sent: AtomicBool,
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+}
+
+impl TestServer {
+    fn get(&self, f: impl Fn(&Counts) -> &AtomicU64) -> u64 {
+        f(&self.counts).load(Ordering::SeqCst)
+    }
+}
+
+async fn start_server() -> TestServer {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let counts = Arc::new(Counts::default());
+    let c = counts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            c.accepted.fetch_add(1, Ordering::SeqCst);
+            let c = c.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(req, c.clone()));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    TestServer { addr, counts }
+}
+
+fn metrics_text(c: &Counts) -> String {
+    let total = c.total.load(Ordering::SeqCst);
+    let cold = u64::from(c.cold_sent.load(Ordering::SeqCst));
+    format!(
+        "# HELP tern_meus_total Executions.\n\
+         # TYPE tern_meus_total counter\n\
+         tern_meus_total{{function=\"even\"}} {}\n\
+         tern_meus_total{{function=\"odd \\\"q\\\"\"}} {}\n\
+         # TYPE tern_cold_starts_total counter\n\
+         tern_cold_starts_total{{function=\"even\"}} {cold}\n\
+         tern_module_reuse_total{{function=\"even\"}} {}\n\
+         tern_module_reuse_total{{function=\"odd \\\"q\\\"\"}} 0\n",
+        total.div_ceil(2),
+        total / 2,
+        total - cold,
+    )
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    c: Arc<Counts>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/metrics" {
+        return Ok(Response::new(Full::new(Bytes::from(metrics_text(&c)))));
+    }
+    c.total.fetch_add(1, Ordering::SeqCst);
+    let cold = !c.cold_sent.swap(true, Ordering::SeqCst);
+    let mut resp = match (req.method().clone(), path.as_str()) {
+        (Method::POST, "/echo") => {
+            c.echo.fetch_add(1, Ordering::SeqCst);
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(Full::new(body))
+        }
+        (Method::GET, "/flaky") => {
+            let n = c.flaky.fetch_add(1, Ordering::SeqCst) + 1;
+            if n.is_multiple_of(5) {
+                let mut r = Response::new(Full::new(Bytes::from_static(
+                    br#"{"error":{"code":"overloaded","message":"x"}}"#,
+                )));
+                *r.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                r
+            } else {
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            }
+        }
+        (Method::GET, "/slow") => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Response::new(Full::new(Bytes::new()))
+        }
+        (Method::GET, "/hang") => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Response::new(Full::new(Bytes::new()))
+        }
+        _ => {
+            let mut r = Response::new(Full::new(Bytes::from_static(b"nope")));
+            *r.status_mut() = StatusCode::NOT_FOUND;
+            r
+        }
+    };
+    if cold {
+        resp.headers_mut()
+            .insert("x-tern-cold-start", "true".parse().unwrap());
+    }
+    Ok(resp)
+}
+
+fn config(addr: SocketAddr, method: Method, path: &str, mode: LoadMode, ms: u64) -> LoadConfig {
+    LoadConfig {
+        addr,
+        method,
+        path_and_query: path.to_owned(),
+        headers: vec![("x-test".to_owned(), "1".to_owned())],
+        body: Bytes::from_static(b"hello tern"),
+        mode,
+        duration: Duration::from_millis(ms),
+        warmup: Duration::ZERO,
+        progress: false,
+        request_timeout: Duration::from_secs(5),
+    }
+}
+
+fn assert_percentiles_ordered(r: &tern_bench::Report) {
+    let l = &r.latency_us;
+    assert!(l.p50 > 0, "{l:?}");
+    assert!(
+        l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.p999 && l.p999 <= l.max,
+        "{l:?}"
+    );
+    assert!(l.mean > 0.0 && l.mean <= l.max as f64, "{l:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_conn_keeps_alive_and_reads_responses() {
+    let s = start_server().await;
+    let mut conn = HttpConn::connect(s.addr).await.unwrap();
+    for i in 0..3 {
+        let body = Bytes::from(format!("ping {i}"));
+        let r = conn
+            .request(Method::POST, "/echo", &[("X-A", "b")], body.clone())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, body);
+        assert_eq!(r.header("Content-Length"), Some("6"));
+        // Only the very first request of the server is a cold start.
+        assert_eq!(r.header("X-TERN-COLD-START"), (i == 0).then_some("true"));
+    }
+    assert_eq!(s.get(|c| &c.accepted), 1, "one connection for 3 requests");
+    for _ in 0..4 {
+        let r = conn
+            .request(Method::GET, "/flaky", &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let r = request_once(s.addr, Method::GET, "/flaky", &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429);
+    assert_eq!(
+        tern_bench::load::error_code(r.status, &r.body),
+        "overloaded"
+    );
+    assert_eq!(s.get(|c| &c.accepted), 2);
+    let bad = conn
+        .request(Method::GET, "no-slash", &[], Bytes::new())
+        .await;
+    assert!(matches!(bad, Err(BenchError::InvalidRequest(_))), "{bad:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_loop_counts_match_the_server() {
+    let s = start_server().await;
+    let cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 8 },
+        700,
+    );
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    let served = s.get(|c| &c.echo);
+    assert!(r.requests > 50, "{r:?}");
+    assert_eq!(r.requests, served, "every request sent in the window");
+    assert_eq!(r.ok, r.requests);
+    assert!(r.errors_by_code.is_empty(), "{:?}", r.errors_by_code);
+    assert_percentiles_ordered(&r);
+    let expected_rps = r.requests as f64 / 0.7;
+    assert!((r.throughput_rps - expected_rps).abs() < 1e-6 * expected_rps);
+    // Keep-alive: 8 pool connections + the two /metrics scrapes, nothing else.
+    assert_eq!(s.get(|c| &c.accepted), 10);
+    assert_eq!(r.cold_start_responses, 1);
+    assert!(r.server.available);
+    assert_eq!(r.server.meus, r.requests);
+    assert_eq!(r.server.cold_starts, 1);
+    assert_eq!(r.server.reuse_hits, r.requests - 1);
+    let rate = r.server.reuse_hit_rate.unwrap();
+    assert!((rate - (r.requests - 1) as f64 / r.requests as f64).abs() < 1e-12);
+    assert_eq!(r.config.mode, ModeName::Closed);
+    assert_eq!(r.config.connections, 8);
+    assert_eq!(r.config.rate_per_sec, None);
+    // The text rendering and the JSON of a real run.
+    let text = r.render_text();
+    assert!(text.contains("closed loop, 8 connection(s)"), "{text}");
+    let back = tern_bench::Report::from_json(&r.to_json_pretty()).unwrap();
+    assert_eq!(back.requests, r.requests);
+    assert_eq!(back.latency_us.p99, r.latency_us.p99);
+    assert_eq!(back.server.meus, r.server.meus);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_by_code() {
+    let s = start_server().await;
+    let cfg = config(
+        s.addr,
+        Method::GET,
+        "/flaky",
+        LoadMode::Closed { connections: 4 },
+        600,
+    );
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    let served = s.get(|c| &c.flaky);
+    assert!(served >= 50, "too few requests to judge: {served}");
+    assert_eq!(r.requests, served);
+    let overloaded = r.errors_by_code.get("overloaded").copied().unwrap_or(0);
+    assert_eq!(overloaded, served / 5, "{:?}", r.errors_by_code);
+    assert_eq!(r.errors_by_code.len(), 1, "{:?}", r.errors_by_code);
+    assert_eq!(r.ok, served - served / 5);
+    assert_eq!(r.errors(), overloaded);
+    let share = overloaded as f64 / r.requests as f64;
+    assert!((share - 0.2).abs() < 0.02, "{share}");
+    assert_percentiles_ordered(&r);
+    assert!(r.render_text().contains("overloaded"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmup_requests_are_sent_but_not_recorded() {
+    let s = start_server().await;
+    let mut cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 2 },
+        500,
+    );
+    cfg.warmup = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let served = s.get(|c| &c.echo);
+    assert!(r.requests > 20, "{r:?}");
+    assert!(r.requests < served, "warm-up requests were sent");
+    // The cold start happened during warm-up.
+    assert_eq!(r.cold_start_responses, 0);
+    assert_eq!(r.server.cold_starts, 0);
+    // The window is 5/8 of the run; allow for timing noise on a busy machine.
+    let share = r.requests as f64 / served as f64;
+    assert!((0.4..0.85).contains(&share), "{share}");
+    // The server saw about what we recorded in the window (scraped at warm-up end).
+    let diff = r.server.meus.abs_diff(r.requests) as f64;
+    assert!(
+        diff <= 0.15 * r.requests as f64 + 4.0,
+        "{} vs {}",
+        r.server.meus,
+        r.requests
+    );
+    assert_eq!(r.ok, r.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_sends_at_the_scheduled_rate() {
+    let s = start_server().await;
+    let mut cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Open {
+            rate_per_sec: 200.0,
+            connections: 4,
+        },
+        1000,
+    );
+    cfg.warmup = Duration::from_millis(250);
+    cfg.progress = true;
+    let started = std::time::Instant::now();
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(1240), "{elapsed:?}");
+    assert!((170..=230).contains(&r.requests), "{}", r.requests);
+    assert_eq!(r.ok, r.requests);
+    let served = s.get(|c| &c.echo);
+    assert!((212..=288).contains(&served), "{served}");
+    assert!(
+        (r.throughput_rps - 200.0).abs() <= 30.0,
+        "{}",
+        r.throughput_rps
+    );
+    assert_percentiles_ordered(&r);
+    assert_eq!(r.config.mode, ModeName::Open);
+    assert_eq!(r.config.rate_per_sec, Some(200.0));
+    assert!(r.render_text().contains("open loop, 200 req/s"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_latency_includes_queueing() {
+    // One connection, 50 ms per request, 40 req/s scheduled: requests queue up and the
+    // k-th one (intended at 25k ms) completes at ~50(k+1) ms.
+    let s = start_server().await;
+    let cfg = config(
+        s.addr,
+        Method::GET,
+        "/slow",
+        LoadMode::Open {
+            rate_per_sec: 40.0,
+            connections: 1,
+        },
+        500,
+    );
+    let open = tern_bench::load::run(&cfg).await.unwrap();
+    assert_eq!(open.requests, 20);
+    assert_eq!(open.ok, 20);
+    assert!(open.latency_us.max >= 450_000, "{:?}", open.latency_us);
+    assert!(open.latency_us.p50 >= 220_000, "{:?}", open.latency_us);
+
+    // The same endpoint in a closed loop only ever sees the service time.
+    let closed_cfg = config(
+        s.addr,
+        Method::GET,
+        "/slow",
+        LoadMode::Closed { connections: 1 },
+        300,
+    );
+    let closed = tern_bench::load::run(&closed_cfg).await.unwrap();
+    assert!(closed.latency_us.p50 >= 50_000, "{:?}", closed.latency_us);
+    assert!(closed.latency_us.p50 < 200_000, "{:?}", closed.latency_us);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_time_out_and_reconnect() {
+    let s = start_server().await;
+    let mut cfg = config(
+        s.addr,
+        Method::GET,
+        "/hang",
+        LoadMode::Closed { connections: 2 },
+        400,
+    );
+    cfg.request_timeout = Duration::from_millis(150);
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    let timeouts = r.errors_by_code.get("client_timeout").copied().unwrap_or(0);
+    assert!(timeouts >= 4, "{:?}", r.errors_by_code);
+    assert_eq!(r.requests, timeouts);
+    assert_eq!(r.ok, 0);
+    assert_eq!(r.latency_us.max, 0);
+    // Each timed-out connection was replaced by a fresh one.
+    assert!(
+        s.get(|c| &c.accepted) >= 2 + timeouts,
+        "{}",
+        s.get(|c| &c.accepted)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_connections_count_as_io_and_missing_metrics_is_fine() {
+    // Accepts connections and closes them at once: every request fails, and so does
+    // the /metrics scrape.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let cfg = config(
+        addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 2 },
+        300,
+    );
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    assert_eq!(r.ok, 0);
+    assert!(r.requests >= 4, "{r:?}");
+    assert_eq!(r.errors_by_code.keys().collect::<Vec<_>>(), ["io"]);
+    assert!(!r.server.available);
+    assert_eq!(r.server.reuse_hit_rate, None);
+    assert!(r.render_text().contains("/metrics unavailable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_runs_are_errors() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let cfg = config(
+        addr,
+        Method::GET,
+        "/",
+        LoadMode::Closed { connections: 3 },
+        100,
+    );
+    let err = tern_bench::load::run(&cfg).await.unwrap_err();
+    assert!(matches!(err, BenchError::Connect { .. }), "{err:?}");
+    assert!(
+        request_once(addr, Method::GET, "/", &[], Bytes::new())
+            .await
+            .is_err()
+    );
+
+    let mut zero = cfg.clone();
+    zero.mode = LoadMode::Closed { connections: 0 };
+    assert!(matches!(
+        tern_bench::load::run(&zero).await,
+        Err(BenchError::Config(_))
+    ));
+    let mut no_rate = cfg.clone();
+    no_rate.mode = LoadMode::Open {
+        rate_per_sec: 0.0,
+        connections: 1,
+    };
+    assert!(matches!(
+        tern_bench::load::run(&no_rate).await,
+        Err(BenchError::Config(_))
+    ));
+    let mut bad_header = cfg;
+    bad_header.headers = vec![("bad header".into(), "x".into())];
+    assert!(matches!(
+        tern_bench::load::run(&bad_header).await,
+        Err(BenchError::InvalidRequest(_))
+    ));
+}
+
+/// Soft RLIMIT_NOFILE from /proc (Linux); a conservative 1024 elsewhere.
+fn fd_soft_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3).map(str::to_owned))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections() {
+    // Client and server share the process: each connection costs two fds. Other tests
+    // run concurrently, so leave plenty of headroom.
+    let n = (fd_soft_limit().saturating_sub(400) / 3).clamp(100, 1500) as usize;
+    let s = start_server().await;
+    let cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: n },
+        400,
+    );
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    assert!(r.errors_by_code.is_empty(), "{:?}", r.errors_by_code);
+    assert!(r.requests >= n as u64, "{} < {n}", r.requests);
+    assert_eq!(r.requests, s.get(|c| &c.echo));
+    assert_eq!(s.get(|c| &c.accepted), n as u64 + 2);
+    assert_percentiles_ordered(&r);
+}

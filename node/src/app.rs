@@ -1,0 +1,271 @@
+//! What the HTTP handlers call: deploys, async invocations and their journal. Shared by every
+//! connection through one `Arc<App>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tern_actors::admission::Permit;
+use tern_actors::{Invocation, Pipeline, Services};
+use tern_wire::{
+    ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvocationStatus,
+};
+
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::store::{FunctionRecord, Store};
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub pipeline: Pipeline,
+    pub ids: IdGen,
+    /// Serialises the version bump and install of deploys (not their compilation, so a slow
+    /// compile never holds up other deploys).
+    deploy_lock: tokio::sync::Mutex<()>,
+}
+
+/// Node-unique ids: the boot time in milliseconds, then a sequence number.
+pub struct IdGen {
+    prefix: u64,
+    seq: AtomicU64,
+}
+
+impl IdGen {
+    pub fn new() -> Self {
+        Self {
+            prefix: now_ms(),
+            seq: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> InvocationId {
+        InvocationId::from_parts(self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for IdGen {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl App {
+    pub fn new(config: Config, store: Store, pipeline: Pipeline) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            store,
+            pipeline,
+            ids: IdGen::new(),
+            deploy_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        self.pipeline.services()
+    }
+
+    /// Validates, precompiles, stores and installs a module under `name`. Returns once the
+    /// deployment is durable and callable.
+    pub async fn deploy(
+        &self,
+        name: FunctionName,
+        bytes: Bytes,
+        timeout_ms: Option<u32>,
+        memory_mb: Option<u32>,
+    ) -> Result<FunctionInfo, NodeError> {
+        let timeout_ms = timeout_ms.unwrap_or(self.config.default_timeout_ms);
+        let memory_mb = memory_mb.unwrap_or(self.config.default_memory_mb);
+        if timeout_ms == 0 || timeout_ms > self.config.max_timeout_ms {
+            return Err(NodeError::BadRequest(format!(
+                "timeout_ms must be in 1..={}",
+                self.config.max_timeout_ms
+            )));
+        }
+        if memory_mb == 0 || memory_mb > self.config.max_memory_mb {
+            return Err(NodeError::BadRequest(format!(
+                "memory_mb must be in 1..={}",
+                self.config.max_memory_mb
+            )));
+        }
+        let runtime = &self.services().runtime;
+        let prepared = runtime.prepare(bytes.clone()).await?;
+        let _guard = self.deploy_lock.lock().await;
+        let version = self
+            .store
+            .function(&name)?
+            .map(|r| r.info.version + 1)
+            .unwrap_or(1);
+        let info = FunctionInfo {
+            name,
+            hash: prepared.hash,
+            version,
+            timeout_ms,
+            memory_mb,
+            size_bytes: prepared.size_bytes,
+            deployed_at_ms: now_ms(),
+        };
+        self.store.put_module(&info.hash, &bytes)?;
+        self.store
+            .put_function(&FunctionRecord { info: info.clone() })?;
+        self.store.flush().await?;
+        runtime.install(info.clone(), prepared);
+        self.services()
+            .metrics
+            .deploys
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(function = %info.name, version, hash = %info.hash, "deployed");
+        Ok(info)
+    }
+
+    pub async fn remove(&self, name: &FunctionName) -> Result<FunctionInfo, NodeError> {
+        let _guard = self.deploy_lock.lock().await;
+        let record = self
+            .store
+            .function(name)?
+            .ok_or_else(|| NodeError::NotFound(format!("function {name} is not deployed")))?;
+        self.store.remove_function(name)?;
+        self.store.flush().await?;
+        self.services().runtime.remove(name);
+        Ok(record.info)
+    }
+
+    /// Loads every stored function (from its artifact; recompiling only if the artifact is
+    /// missing, stale or damaged) so the first request after a restart is warm. A function that
+    /// cannot be loaded is reported and left out; the node still starts.
+    pub async fn preheat(&self) -> Result<usize, NodeError> {
+        let mut loaded = 0;
+        for record in self.store.functions()? {
+            let info = record.info;
+            let Some(bytes) = self.store.module(&info.hash)? else {
+                tracing::error!(function = %info.name, hash = %info.hash, "module bytes missing from the store; function not loaded");
+                continue;
+            };
+            match self.services().runtime.prepare(Bytes::from(bytes)).await {
+                Ok(prepared) => {
+                    self.services().runtime.install(info, prepared);
+                    loaded += 1;
+                }
+                Err(e) => {
+                    tracing::error!(function = %info.name, error = %e, "cannot load function")
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    /// Accepts an asynchronous invocation: journaled durably before the id is returned, then run
+    /// in the background. It holds its admission place until it finishes.
+    pub async fn accept_async(
+        self: &Arc<Self>,
+        function: FunctionName,
+        input: Bytes,
+        map: bool,
+    ) -> Result<InvocationId, NodeError> {
+        let permit = self.pipeline.admit()?;
+        if self.services().runtime.get(&function).is_none() {
+            return Err(tern_actors::Error::FunctionNotFound(function).into());
+        }
+        let record = InvocationRecord {
+            id: self.ids.next(),
+            function,
+            map,
+            status: InvocationStatus::Pending,
+            input: input.to_vec(),
+            output: None,
+            error: None,
+            accepted_at_ms: now_ms(),
+            finished_at_ms: None,
+            attempts: 0,
+        };
+        self.store.put_invocation(&record)?;
+        self.store.flush().await?;
+        let id = record.id.clone();
+        tokio::spawn(self.clone().run_async(record, permit));
+        Ok(id)
+    }
+
+    async fn run_async(self: Arc<Self>, mut record: InvocationRecord, permit: Permit) {
+        record.attempts += 1;
+        if let Err(e) = self.store.put_invocation(&record) {
+            tracing::warn!(id = %record.id, error = %e, "cannot record attempt");
+        }
+        let inv = Invocation {
+            request_id: record.id.as_str().into(),
+            function: record.function.clone(),
+            input: Bytes::from(std::mem::take(&mut record.input)),
+            map: record.map,
+        };
+        let input = inv.input.clone();
+        let result = self.pipeline.invoke_admitted(inv, permit).await;
+        record.finished_at_ms = Some(now_ms());
+        match result {
+            Ok(outcome) => {
+                record.status = InvocationStatus::Succeeded;
+                record.output = Some(outcome.output.to_vec());
+            }
+            Err(e) => {
+                record.status = InvocationStatus::Failed;
+                record.error = Some(e.to_api());
+            }
+        }
+        if let Err(e) = self.store.put_invocation(&record) {
+            // Keep the input so the journal still holds a replayable record.
+            record.input = input.to_vec();
+            tracing::error!(id = %record.id, error = %e, "cannot record the result");
+        }
+    }
+
+    /// Re-runs invocations that were accepted but not finished when the node last stopped
+    /// (at-least-once: one may have run before the crash).
+    pub async fn replay_journal(self: &Arc<Self>) -> Result<usize, NodeError> {
+        let mut replayed = 0;
+        for record in self.store.invocations()? {
+            if record.status != InvocationStatus::Pending {
+                continue;
+            }
+            let permit = loop {
+                match self.pipeline.admit() {
+                    Ok(p) => break p,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            };
+            if self.services().runtime.get(&record.function).is_none() {
+                let mut record = record;
+                record.status = InvocationStatus::Failed;
+                record.finished_at_ms = Some(now_ms());
+                record.input.clear();
+                record.error = Some(ApiError::new(
+                    tern_wire::ErrorCode::NotFound,
+                    format!("function {} is no longer deployed", record.function),
+                ));
+                self.store.put_invocation(&record)?;
+                continue;
+            }
+            tokio::spawn(self.clone().run_async(record, permit));
+            replayed += 1;
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes finished async results older than the retention period.
+    pub fn expire_results(&self) -> Result<usize, NodeError> {
+        let cutoff = now_ms().saturating_sub(self.config.result_ttl_secs.saturating_mul(1000));
+        let mut removed = 0;
+        for record in self.store.invocations()? {
+            if record.finished_at_ms.is_some_and(|t| t < cutoff) {
+                self.store.remove_invocation(&record.id)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,215 @@
+//! Node configuration: built-in defaults, overridden by a TOML file, overridden by `TERN_*`
+//! environment variables, overridden by command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Every setting of a node. Field names are the TOML keys; the environment variable of a field
+/// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// Where sled and the compiled artifacts live.
+    pub data_dir: PathBuf,
+    /// Name of this node (`x-tern-node`, `TERN_NODE` in guests).
+    pub node_name: String,
+    /// Directory of example `.wasm` files that `tern up` deploys at start.
+    pub examples_dir: PathBuf,
+    /// Which examples to deploy (file stem = function name).
+    pub examples: Vec<String>,
+    /// Most invocations in flight (sync and async) before 429 `overloaded`.
+    pub queue_cap: usize,
+    /// Largest invocation request body.
+    pub max_body_bytes: usize,
+    /// Largest module upload; checked before parsing.
+    pub max_module_bytes: usize,
+    pub default_timeout_ms: u32,
+    pub max_timeout_ms: u32,
+    pub default_memory_mb: u32,
+    pub max_memory_mb: u32,
+    /// Cap on a guest's stdout.
+    pub max_output_bytes: usize,
+    /// Guests running at once (pooling allocator slots); more wait for a slot.
+    pub max_instances: u32,
+    pub compile_timeout_ms: u64,
+    pub compile_concurrency: usize,
+    pub keep_resident_bytes: usize,
+    pub max_loaded_modules: usize,
+    pub epoch_tick_us: u64,
+    /// Workers a `map` is spread over; 0 = number of CPUs.
+    pub map_parallelism: usize,
+    /// Finished async results are kept this long.
+    pub result_ttl_secs: u64,
+    /// Idle keep-alive connections and slow request headers are cut after this long.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            data_dir: PathBuf::from("./tern-data"),
+            node_name: "local".into(),
+            examples_dir: PathBuf::from("functions/dist"),
+            examples: vec!["echo".into(), "matmul-json".into()],
+            queue_cap: 16_384,
+            max_body_bytes: 6 << 20,
+            max_module_bytes: 64 << 20,
+            default_timeout_ms: 10_000,
+            max_timeout_ms: 900_000,
+            default_memory_mb: 128,
+            max_memory_mb: 512,
+            max_output_bytes: 16 << 20,
+            max_instances: 1000,
+            compile_timeout_ms: 60_000,
+            compile_concurrency: 1,
+            keep_resident_bytes: 1 << 20,
+            max_loaded_modules: 1024,
+            epoch_tick_us: 1000,
+            map_parallelism: 0,
+            result_ttl_secs: 3600,
+            header_read_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults ← `file` (if any) ← `TERN_*` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let file_table: toml::Table = toml::from_str(&text)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            table.extend(file_table);
+        }
+        for (key, value) in env {
+            let Some(field) = key.strip_prefix("TERN_") else {
+                continue;
+            };
+            let field = field.to_ascii_lowercase();
+            if !table.contains_key(&field) {
+                continue; // TERN_SERVER and friends belong to the CLI, not the node.
+            }
+            table.insert(field, env_value(&value));
+        }
+        let config: Config = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.queue_cap == 0 {
+            return bad("queue_cap must be at least 1");
+        }
+        if self.max_instances == 0 {
+            return bad("max_instances must be at least 1");
+        }
+        if self.default_timeout_ms == 0 || self.default_timeout_ms > self.max_timeout_ms {
+            return bad("default_timeout_ms must be in 1..=max_timeout_ms");
+        }
+        if self.default_memory_mb == 0 || self.default_memory_mb > self.max_memory_mb {
+            return bad("default_memory_mb must be in 1..=max_memory_mb");
+        }
+        if self.epoch_tick_us == 0 {
+            return bad("epoch_tick_us must be at least 1");
+        }
+        if self.node_name.is_empty() {
+            return bad("node_name must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn epoch_tick(&self) -> Duration {
+        Duration::from_micros(self.epoch_tick_us)
+    }
+}
+
+/// An environment value as TOML: integers and booleans as such, `[..]` as an array, otherwise a
+/// string.
+fn env_value(raw: &str) -> toml::Value {
+    if let Ok(i) = raw.parse::<i64>() {
+        return toml::Value::Integer(i);
+    }
+    if let Ok(b) = raw.parse::<bool>() {
+        return toml::Value::Boolean(b);
+    }
+    if raw.starts_with('[')
+        && let Ok(v) = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        && let Some(v) = v.get("v")
+    {
+        return v.clone();
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tern.toml");
+        std::fs::write(&file, "queue_cap = 5\nnode_name = \"edge-1\"\n").unwrap();
+        let env = vec![
+            ("TERN_QUEUE_CAP".to_string(), "7".to_string()),
+            ("TERN_LISTEN".to_string(), "0.0.0.0:9000".to_string()),
+            ("TERN_EXAMPLES".to_string(), "[\"echo\"]".to_string()),
+            ("TERN_SERVER".to_string(), "ignored".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let c = Config::load(Some(&file), env).unwrap();
+        assert_eq!(c.queue_cap, 7);
+        assert_eq!(c.node_name, "edge-1");
+        assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(c.examples, vec!["echo".to_string()]);
+        assert_eq!(c.max_instances, Config::default().max_instances);
+    }
+
+    #[test]
+    fn bad_values_are_typed_errors() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(Config::load(None, env("TERN_QUEUE_CAP", "0")).is_err());
+        assert!(Config::load(None, env("TERN_QUEUE_CAP", "lots")).is_err());
+        assert!(Config::load(None, env("TERN_LISTEN", "nowhere")).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "no_such_key = 1\n").unwrap();
+        assert!(matches!(
+            Config::load(Some(&file), Vec::new()),
+            Err(ConfigError::Invalid(_))
+        ));
+        assert!(matches!(
+            Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+}

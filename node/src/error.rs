@@ -1,0 +1,53 @@
+use tern_wire::{ApiError, ErrorCode};
+
+use crate::config::ConfigError;
+use crate::store::StoreError;
+
+/// Everything that can go wrong in the node: starting it, or serving one request.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Runtime(#[from] tern_actors::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the actors: {0}")]
+    Spawn(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body over the {limit}-byte limit")]
+    BodyTooLarge { limit: usize },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl NodeError {
+    pub fn to_api(&self) -> ApiError {
+        match self {
+            NodeError::Runtime(e) => e.to_api(),
+            NodeError::BadRequest(m) => ApiError::new(ErrorCode::InvalidRequest, m.clone()),
+            NodeError::BodyTooLarge { .. } => {
+                ApiError::new(ErrorCode::PayloadTooLarge, self.to_string())
+            }
+            NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
+            NodeError::MethodNotAllowed => {
+                ApiError::new(ErrorCode::MethodNotAllowed, self.to_string())
+            }
+            NodeError::Config(_)
+            | NodeError::Store(_)
+            | NodeError::Bind { .. }
+            | NodeError::Spawn(_)
+            | NodeError::Io(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The HTTP API (hyper, HTTP/1.1). Routing is a match on method and path segments; every error
+//! is `{"error":{"code":"...","message":"..."}}` with the status its code maps to.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tern_actors::{ActorKind, Invocation};
+use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvocationRecord};
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, watch};
+
+use crate::app::App;
+use crate::error::NodeError;
+
+type Body = Full<Bytes>;
+
+/// Accepts connections until `shutdown` flips to true, then lets open connections finish their
+/// current request.
+pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
+    let header_timeout = Duration::from_millis(app.config.header_read_timeout_ms);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(app, req).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let result = match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, ["metrics"]) => Ok(metrics(&app).await),
+        (&Method::GET, ["v1", "functions"]) => {
+            Ok(json(StatusCode::OK, &app.services().runtime.list()))
+        }
+        (&Method::PUT, ["v1", "functions", name]) => deploy(&app, name, req).await,
+        (&Method::GET, ["v1", "functions", name]) => get_function(&app, name),
+        (&Method::DELETE, ["v1", "functions", name]) => remove(&app, name).await,
+        (&Method::POST, ["v1", "functions", name, "invoke"]) => {
+            // Server-side time on every answer, errors included, so clients can tell queueing
+            // and network time apart from the node's.
+            let started = Instant::now();
+            let mut resp = invoke(&app, name, req)
+                .await
+                .unwrap_or_else(|e| error_response(&e.to_api()));
+            resp.headers_mut().insert(
+                "x-tern-duration-us",
+                HeaderValue::from(started.elapsed().as_micros() as u64),
+            );
+            Ok(resp)
+        }
+        (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, id),
+        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..] | ["v1", "invocations", _]) => {
+            Err(NodeError::MethodNotAllowed)
+        }
+        _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
+    };
+    result.unwrap_or_else(|e| error_response(&e.to_api()))
+}
+
+fn parse_name(name: &str) -> Result<FunctionName, NodeError> {
+    name.parse()
+        .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (kv.to_owned(), String::new()),
+        })
+        .collect()
+}
+
+fn query_u32(q: &HashMap<String, String>, key: &str) -> Result<Option<u32>, NodeError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<u32>()
+                .map_err(|_| NodeError::BadRequest(format!("{key} must be a non-negative integer")))
+        })
+        .transpose()
+}
+
+fn query_flag(q: &HashMap<String, String>, key: &str) -> Result<bool, NodeError> {
+    match q.get(key).map(String::as_str) {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("") | Some("1") | Some("true") => Ok(true),
+        Some(other) => Err(NodeError::BadRequest(format!(
+            "{key} must be 1, 0, true or false, not {other:?}"
+        ))),
+    }
+}
+
+/// Reads the whole body, refusing it as soon as it is known to exceed `limit` — from the
+/// Content-Length header before reading anything, or while streaming otherwise.
+async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(NodeError::BodyTooLarge { limit });
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(NodeError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(NodeError::BadRequest(format!(
+            "cannot read the request body: {e}"
+        ))),
+    }
+}
+
+async fn deploy(
+    app: &Arc<App>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let name = parse_name(name)?;
+    let q = query(&req);
+    let timeout_ms = query_u32(&q, "timeout_ms")?;
+    let memory_mb = query_u32(&q, "memory_mb")?;
+    let limit = app.config.max_module_bytes;
+    let bytes = read_body(req, limit).await.map_err(|e| match e {
+        NodeError::BodyTooLarge { .. } => NodeError::Runtime(tern_actors::Error::ModuleTooLarge {
+            size: limit + 1,
+            limit,
+        }),
+        other => other,
+    })?;
+    let info = app.deploy(name, bytes, timeout_ms, memory_mb).await?;
+    Ok(json(StatusCode::CREATED, &info))
+}
+
+fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = parse_name(name)?;
+    let deployed = app
+        .services()
+        .runtime
+        .get(&name)
+        .ok_or_else(|| NodeError::NotFound(format!("function {name} is not deployed")))?;
+    Ok(json(StatusCode::OK, &deployed.info))
+}
+
+async fn remove(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = parse_name(name)?;
+    let info = app.remove(&name).await?;
+    Ok(json(StatusCode::OK, &info))
+}
+
+async fn invoke(
+    app: &Arc<App>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let name = parse_name(name)?;
+    let q = query(&req);
+    let map = query_flag(&q, "map")?;
+    let asynchronous = match q.get("mode").map(String::as_str) {
+        None | Some("sync") => false,
+        Some("async") => true,
+        Some(other) => {
+            return Err(NodeError::BadRequest(format!(
+                "mode must be sync or async, not {other:?}"
+            )));
+        }
+    };
+    let request_id = req
+        .headers()
+        .get("x-tern-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<InvocationId>().ok())
+        .unwrap_or_else(|| app.ids.next());
+    let input = read_body(req, app.config.max_body_bytes).await?;
+    if asynchronous {
+        let id = app.accept_async(name, input, map).await?;
+        let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        return Ok(resp);
+    }
+    let outcome = app
+        .pipeline
+        .invoke(Invocation {
+            request_id: request_id.as_str().into(),
+            function: name,
+            input,
+            map,
+        })
+        .await?;
+    let mut resp = Response::new(Full::new(outcome.output));
+    let h = resp.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(
+        "x-tern-cold-start",
+        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
+        h.insert("x-tern-node", v);
+    }
+    h.insert("x-tern-meus", HeaderValue::from(outcome.meus as u64));
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        h.insert("x-tern-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// `GET /v1/invocations/{id}` body.
+#[derive(Serialize)]
+struct InvocationView<'a> {
+    id: &'a InvocationId,
+    function: &'a FunctionName,
+    status: tern_wire::InvocationStatus,
+    /// The guest's stdout if it is UTF-8.
+    result: Option<String>,
+    /// The guest's stdout, base64, if it is not UTF-8.
+    result_base64: Option<String>,
+    error: Option<&'a ApiError>,
+    accepted_at_ms: u64,
+    finished_at_ms: Option<u64>,
+    attempts: u32,
+}
+
+fn get_invocation(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
+    let id: InvocationId = id
+        .parse()
+        .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
+    let record: InvocationRecord = app
+        .store
+        .invocation(&id)?
+        .ok_or_else(|| NodeError::NotFound(format!("no invocation {id}")))?;
+    let (result, result_base64) = match &record.output {
+        None => (None, None),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(s) => (Some(s.to_owned()), None),
+            Err(_) => (None, Some(base64(bytes))),
+        },
+    };
+    Ok(json(
+        StatusCode::OK,
+        &InvocationView {
+            id: &record.id,
+            function: &record.function,
+            status: record.status,
+            result,
+            result_base64,
+            error: record.error.as_ref(),
+            accepted_at_ms: record.accepted_at_ms,
+            finished_at_ms: record.finished_at_ms,
+            attempts: record.attempts,
+        },
+    ))
+}
+
+async fn metrics(app: &Arc<App>) -> Response<Body> {
+    let services = app.services();
+    let (tx, rx) = oneshot::channel();
+    let via_actor = ractor::ActorRef::<tern_actors::metrics_collector::MetricsMsg>::where_is(
+        services.name(ActorKind::MetricsCollector),
+    )
+    .is_some_and(|a| {
+        a.cast(tern_actors::metrics_collector::MetricsMsg::Render(tx))
+            .is_ok()
+    });
+    let body = match via_actor {
+        true => match tokio::time::timeout(Duration::from_secs(2), rx).await {
+            Ok(Ok(text)) => text,
+            _ => tern_actors::metrics_collector::render(services),
+        },
+        // While the collector restarts, render directly: metrics must stay scrapeable.
+        false => tern_actors::metrics_collector::render(services),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => {
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            *resp.status_mut() = status;
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => error_response(&ApiError::new(ErrorCode::Internal, e.to_string())),
+    }
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(e.to_json())));
+    *resp.status_mut() =
+        StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if e.code == ErrorCode::Overloaded {
+        h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Binds the listener (separately from serving, so callers learn the port first).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { addr, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::base64;
+
+    #[test]
+    fn base64_matches_rfc4648_vectors() {
+        for (input, want) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            assert_eq!(base64(input.as_bytes()), want);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The Tern node: configuration, the HTTP API, durable storage (sled) and the wiring of the
+//! supervised actors. The `tern` binary (main.rs) is a thin CLI over this library, and the
+//! integration tests start nodes in-process through [`node::start`].
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+mod error;
+pub mod http;
+pub mod node;
+pub mod store;
+
+pub use config::Config;
+pub use error::NodeError;
+pub use node::{NodeHandle, start};

@@ -1,0 +1,357 @@
+//! `tern`: run a node, deploy and invoke functions, and benchmark a node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use hyper::Method;
+use tern_bench::{LoadConfig, LoadMode};
+use tern_node::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "tern",
+    version,
+    about = "Serverless WebAssembly functions at the edge"
+)]
+struct Cli {
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `tern=debug`.
+    #[arg(long, env = "TERN_LOG", default_value = "info", global = true)]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct Server {
+    /// Address of the node's HTTP API.
+    #[arg(long, env = "TERN_SERVER", default_value = "127.0.0.1:7878")]
+    server: SocketAddr,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (and deploy the example functions found in `examples_dir`).
+    Up {
+        /// TOML config file; `TERN_*` environment variables and these flags override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory (sled and compiled artifacts).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        node_name: Option<String>,
+        /// Directory with the example functions' `.wasm` files.
+        #[arg(long)]
+        examples_dir: Option<PathBuf>,
+    },
+    /// Deploy (or replace) a function.
+    Deploy {
+        name: String,
+        file: PathBuf,
+        #[arg(long)]
+        timeout_ms: Option<u32>,
+        #[arg(long)]
+        memory_mb: Option<u32>,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Invoke a function and print its output.
+    Invoke {
+        name: String,
+        /// Request body: literal text, or `@FILE`.
+        #[arg(long, default_value = "")]
+        data: String,
+        /// Return an invocation id at once; fetch the result with `tern result ID`.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        /// Split a JSON array input into parallel units and join the results.
+        #[arg(long)]
+        map: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Show the status and result of an async invocation.
+    Result {
+        id: String,
+        /// Poll until it has finished.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List deployed functions.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Remove a function.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Load-test a function over HTTP and report latency percentiles and throughput.
+    Bench {
+        #[arg(long, default_value = "echo")]
+        function: String,
+        /// Request body: literal text, or `@FILE`.
+        #[arg(long, default_value = "hello")]
+        data: String,
+        /// Connections (closed loop: each sends, waits, repeats).
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Open loop at this many requests per second instead of a closed loop.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Measured duration, e.g. `10s`, `500ms`, `1m`.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        timeout: Duration,
+        #[arg(long)]
+        map: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        #[arg(long)]
+        no_progress: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+fn body_arg(data: &str) -> Result<Bytes> {
+    match data.strip_prefix('@') {
+        Some(path) => Ok(Bytes::from(
+            std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        )),
+        None => Ok(Bytes::from(data.to_owned())),
+    }
+}
+
+async fn call(
+    server: &Server,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<tern_bench::Response> {
+    let req = tern_bench::request_once(server.server, method, path, &[], body);
+    tokio::time::timeout(Duration::from_secs(120), req)
+        .await
+        .context("request timed out")?
+        .with_context(|| format!("cannot reach the node at {}", server.server))
+}
+
+/// Prints a successful body, or turns an API error into a non-zero exit.
+fn finish(resp: tern_bench::Response) -> Result<()> {
+    if (200..300).contains(&resp.status) {
+        use std::io::Write;
+        let mut out = std::io::stdout();
+        out.write_all(&resp.body)?;
+        if !resp.body.ends_with(b"\n") {
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
+    match tern_wire::ApiError::from_json(&resp.body) {
+        Some(e) => bail!("{} ({}): {}", e.code, resp.status, e.message),
+        None => bail!(
+            "HTTP {}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        ),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
+        .with_writer(std::io::stderr)
+        .init();
+    // Thousands of concurrent connections need thousands of descriptors.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
+    match cli.command {
+        Command::Up {
+            config,
+            listen,
+            data,
+            node_name,
+            examples_dir,
+        } => {
+            let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+            if let Some(v) = listen {
+                cfg.listen = v;
+            }
+            if let Some(v) = data {
+                cfg.data_dir = v;
+            }
+            if let Some(v) = node_name {
+                cfg.node_name = v;
+            }
+            if let Some(v) = examples_dir {
+                cfg.examples_dir = v;
+            }
+            let node = tern_node::start(cfg).await?;
+            eprintln!("tern node listening on http://{}", node.addr());
+            shutdown_signal().await;
+            eprintln!("shutting down");
+            node.shutdown().await?;
+            Ok(())
+        }
+        Command::Deploy {
+            name,
+            file,
+            timeout_ms,
+            memory_mb,
+            server,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let mut path = format!("/v1/functions/{name}");
+            let mut sep = '?';
+            for (k, v) in [("timeout_ms", timeout_ms), ("memory_mb", memory_mb)] {
+                if let Some(v) = v {
+                    path.push_str(&format!("{sep}{k}={v}"));
+                    sep = '&';
+                }
+            }
+            finish(call(&server, Method::PUT, &path, Bytes::from(bytes)).await?)
+        }
+        Command::Invoke {
+            name,
+            data,
+            asynchronous,
+            map,
+            server,
+        } => {
+            let mut path = format!("/v1/functions/{name}/invoke");
+            match (asynchronous, map) {
+                (true, true) => path.push_str("?mode=async&map=1"),
+                (true, false) => path.push_str("?mode=async"),
+                (false, true) => path.push_str("?map=1"),
+                (false, false) => {}
+            }
+            finish(call(&server, Method::POST, &path, body_arg(&data)?).await?)
+        }
+        Command::Result { id, wait, server } => loop {
+            let resp = call(
+                &server,
+                Method::GET,
+                &format!("/v1/invocations/{id}"),
+                Bytes::new(),
+            )
+            .await?;
+            let pending = resp.status == 200
+                && serde_json::from_slice::<serde_json::Value>(&resp.body)
+                    .is_ok_and(|v| v["status"] == "pending");
+            if wait && pending {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            break finish(resp);
+        },
+        Command::List { server } => {
+            finish(call(&server, Method::GET, "/v1/functions", Bytes::new()).await?)
+        }
+        Command::Remove { name, server } => finish(
+            call(
+                &server,
+                Method::DELETE,
+                &format!("/v1/functions/{name}"),
+                Bytes::new(),
+            )
+            .await?,
+        ),
+        Command::Bench {
+            function,
+            data,
+            connections,
+            rate,
+            duration,
+            warmup,
+            timeout,
+            map,
+            json,
+            no_progress,
+            server,
+        } => {
+            let mode = match rate {
+                Some(rate_per_sec) => LoadMode::Open {
+                    rate_per_sec,
+                    connections,
+                },
+                None => LoadMode::Closed { connections },
+            };
+            let cfg = LoadConfig {
+                addr: server.server,
+                method: Method::POST,
+                path_and_query: format!(
+                    "/v1/functions/{function}/invoke{}",
+                    if map { "?map=1" } else { "" }
+                ),
+                headers: Vec::new(),
+                body: body_arg(&data)?,
+                mode,
+                duration,
+                warmup,
+                progress: !no_progress,
+                request_timeout: timeout,
+            };
+            let report = tern_bench::run(&cfg).await?;
+            println!("{}", report.render_text());
+            if let Some(path) = json {
+                std::fs::write(&path, report.to_json_pretty())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

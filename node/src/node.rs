@@ -1,0 +1,173 @@
+//! Starting and stopping one node: storage, runtime, supervised actors, preheating, journal
+//! replay, HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ractor::{Actor, ActorRef};
+use tern_actors::isolation::InProcess;
+use tern_actors::metrics::Metrics;
+use tern_actors::placement::LocalFirst;
+use tern_actors::runtime::{Runtime, RuntimeConfig};
+use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
+use tern_wire::FunctionName;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::error::NodeError;
+use crate::http;
+use crate::store::Store;
+
+/// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<()>,
+    janitor: JoinHandle<()>,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl NodeHandle {
+    /// The address the HTTP API listens on (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    pub fn services(&self) -> &Arc<Services> {
+        self.app.services()
+    }
+
+    /// Stops accepting, lets open requests finish (up to 10 s), stops the actors, flushes the
+    /// store. Unfinished async invocations stay journaled and run again at the next start.
+    pub async fn shutdown(self) -> Result<(), NodeError> {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        let admission = self.app.pipeline.admission().clone();
+        for _ in 0..1000 {
+            if admission.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.janitor.abort();
+        let (tx, rx) = oneshot::channel();
+        if self.supervisor.cast(SupervisorMsg::Shutdown(tx)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+        self.app.store.flush().await?;
+        Ok(())
+    }
+}
+
+/// Starts a node: everything is ready (functions preheated, journal replayed, socket bound)
+/// when this returns.
+pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = Store::open(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let mut rt = RuntimeConfig::new(config.node_name.clone(), config.data_dir.join("artifacts"));
+    rt.max_module_bytes = config.max_module_bytes;
+    rt.compile_timeout = Duration::from_millis(config.compile_timeout_ms);
+    rt.compile_concurrency = config.compile_concurrency;
+    rt.max_instances = config.max_instances;
+    rt.max_memory_mb = config.max_memory_mb;
+    rt.keep_resident_bytes = config.keep_resident_bytes;
+    rt.max_loaded_modules = config.max_loaded_modules;
+    rt.max_output_bytes = config.max_output_bytes;
+    rt.epoch_tick = config.epoch_tick();
+    let runtime = Runtime::new(rt, metrics.clone())?;
+    let parallelism = match config.map_parallelism {
+        0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+        n => n,
+    };
+    let services = Services::new(
+        ServicesConfig {
+            node_name: config.node_name.clone(),
+            queue_cap: config.queue_cap,
+            map_parallelism: parallelism,
+        },
+        runtime,
+        metrics,
+        Arc::new(InProcess {
+            max_output_bytes: config.max_output_bytes,
+        }),
+        Arc::new(LocalFirst),
+    );
+    let (supervisor, _) = Actor::spawn(None, NodeSupervisor, services.clone())
+        .await
+        .map_err(|e| NodeError::Spawn(e.to_string()))?;
+    let pipeline = Pipeline::new(services);
+    let listener = http::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let app = App::new(config, store, pipeline);
+
+    let preheated = app.preheat().await?;
+    deploy_examples(&app).await;
+    let replayed = app.replay_journal().await?;
+    tracing::info!(%addr, preheated, replayed, node = %app.config.node_name, "node ready");
+
+    let (shutdown, rx) = watch::channel(false);
+    let server = tokio::spawn(http::serve(listener, app.clone(), rx));
+    let janitor = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.expire_results() {
+                    tracing::warn!(error = %e, "cannot expire old results");
+                }
+            }
+        }
+    });
+    Ok(NodeHandle {
+        addr,
+        app,
+        shutdown,
+        server,
+        janitor,
+        supervisor,
+    })
+}
+
+/// Deploys the configured examples found in `examples_dir`, skipping any already deployed with
+/// the same bytes (so a restart does not bump versions). Missing files are reported, not fatal.
+async fn deploy_examples(app: &Arc<App>) {
+    for example in &app.config.examples {
+        let path = app.config.examples_dir.join(format!("{example}.wasm"));
+        let Ok(name) = example.parse::<FunctionName>() else {
+            tracing::warn!(example, "not a valid function name; skipped");
+            continue;
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "example not found; run scripts/build-functions.sh");
+                continue;
+            }
+        };
+        let hash = Runtime::module_hash(&bytes);
+        if app
+            .services()
+            .runtime
+            .get(&name)
+            .is_some_and(|d| d.info.hash == hash)
+        {
+            continue;
+        }
+        match app.deploy(name, bytes, None, None).await {
+            Ok(info) => tracing::info!(function = %info.name, "example deployed"),
+            Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot deploy example"),
+        }
+    }
+}

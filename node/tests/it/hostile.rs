@@ -1,0 +1,227 @@
+//! Bad modules, bad guests and bad clients never take the node down; each gets a typed error
+//! and the node keeps answering a canary.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::support::*;
+
+/// A module importing a host function that does not exist.
+const UNKNOWN_IMPORT: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type section: () -> ()
+    0x02, 0x0b, 0x01, 0x03, b'e', b'n', b'v', 0x03, b'f', b'o', b'o', 0x00,
+    0x00, // import env.foo
+];
+/// A valid module that is not a WASI command (no `_start`).
+const EMPTY_MODULE: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+
+async fn canary(addr: std::net::SocketAddr) {
+    let r = invoke(addr, "echo", "still here").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"still here"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_modules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_module_bytes = 200_000;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let compiles = metric(addr, "tern_compiles_total").await;
+
+    for (bytes, why) in [
+        (Bytes::from_static(b"definitely not wasm"), "magic"),
+        (Bytes::from_static(UNKNOWN_IMPORT), "env::foo"),
+        (Bytes::from_static(EMPTY_MODULE), "_start"),
+        (wasm("echo").slice(..1000), "truncated"),
+    ] {
+        let r = request(addr, Method::PUT, "/v1/functions/bad", bytes).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "invalid_module"),
+            "{why}"
+        );
+        let _ = why;
+        canary(addr).await;
+    }
+    // Over the cap: refused from Content-Length, before anything is parsed or compiled.
+    let big = vec![0u8; 200_001];
+    let r = request(addr, Method::PUT, "/v1/functions/big", big).await;
+    assert_eq!((r.status, code(&r).as_str()), (413, "payload_too_large"));
+    let after = metric(addr, "tern_compiles_total").await;
+    // Only the three modules that parsed far enough to reach the compiler count; not the big one.
+    assert!(after - compiles <= 3.0, "{compiles} -> {after}");
+    let r = request(addr, Method::GET, "/v1/functions/bad", Bytes::new()).await;
+    assert_eq!(r.status, 404, "a refused module must not be deployed");
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_time_bound_is_enforced_and_other_work_proceeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.compile_timeout_ms = 1;
+    cfg.examples.clear();
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = deploy(addr, "sandbox-probe", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (504, "compile_timeout"));
+    let r = request(addr, Method::GET, "/healthz", Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_get_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_output_bytes = 1 << 20;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    for f in [
+        "loop",
+        "membomb",
+        "recurse",
+        "trap",
+        "bigoutput",
+        "exit-code",
+        "sandbox-probe",
+    ] {
+        // Generous deadlines except for the looper: on a VM, the first touch of fresh memory
+        // can take seconds, and these tests are about the kind of error, not its timing.
+        let timeout = if f == "loop" { 300 } else { 20_000 };
+        let r = deploy(addr, f, &format!("?timeout_ms={timeout}&memory_mb=64")).await;
+        assert_eq!(r.status, 201, "{f}: {}", String::from_utf8_lossy(&r.body));
+    }
+
+    let t = Instant::now();
+    let r = invoke(addr, "loop", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (504, "timeout"));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "timeout took {:?}",
+        t.elapsed()
+    );
+    canary(addr).await;
+
+    // memory.grow fails at the 64 MiB cap instead of growing the host.
+    let r = invoke(addr, "membomb", "").await;
+    assert_eq!(r.status, 200);
+    let pages = json(&r)["total_pages"].as_u64().unwrap();
+    assert!(pages <= 64 * 16, "grew to {pages} pages past a 64 MiB cap");
+    assert!(
+        pages > 60 * 16,
+        "should grow close to the cap, got {pages} pages"
+    );
+    let r = invoke(addr, "membomb", "alloc").await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_trap"));
+
+    let r = invoke(addr, "recurse", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_trap"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("stack"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    let r = invoke(addr, "trap", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_trap"));
+
+    // 64 MiB of output against a 1 MiB cap: a typed error, never truncated output.
+    let r = invoke(addr, "bigoutput", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (502, "output_too_large"));
+    let r = invoke(addr, "bigoutput", "1048576").await;
+    assert_eq!((r.status, r.body.len()), (200, 1 << 20));
+    let r = invoke(addr, "bigoutput", "1048577").await;
+    assert_eq!(code(&r), "output_too_large");
+
+    let r = invoke(addr, "exit-code", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_error"));
+    assert!(String::from_utf8_lossy(&r.body).contains("status 3"));
+
+    // No files, no sockets, and only the documented environment.
+    let r = invoke(addr, "sandbox-probe", "").await;
+    assert_eq!(r.status, 200);
+    let probe = json(&r);
+    for attempt in [
+        "open_etc_passwd",
+        "read_dir_root",
+        "read_dir_cwd",
+        "tcp_connect",
+    ] {
+        assert_eq!(probe[attempt]["ok"], false, "{attempt} succeeded: {probe}");
+    }
+    let env = probe["env"].as_object().unwrap();
+    let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["TERN_FUNCTION", "TERN_NODE", "TERN_REQUEST_ID"]);
+    assert_eq!(env["TERN_FUNCTION"], "sandbox-probe");
+    assert_eq!(env["TERN_NODE"], "test-node");
+
+    canary(addr).await;
+    let errors = metric(addr, "tern_invocations_total").await;
+    assert!(errors >= 10.0);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stack_overflow_a_thousand_times_leaves_the_node_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    deploy(addr, "recurse", "").await;
+    let mut conn = conn(addr).await;
+    for i in 0..1000 {
+        let r = conn
+            .request(
+                Method::POST,
+                "/v1/functions/recurse/invoke",
+                &[],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 500, "repeat {i}");
+    }
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.queue_cap = 4;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    deploy(addr, "loop", "?timeout_ms=400").await;
+    let tasks: Vec<_> = (0..12)
+        .map(|_| tokio::spawn(async move { invoke(addr, "loop", "").await }))
+        .collect();
+    let (mut timeouts, mut rejected) = (0, 0);
+    for t in tasks {
+        let r = t.await.unwrap();
+        match r.status {
+            504 => timeouts += 1,
+            429 => {
+                assert_eq!(code(&r), "overloaded");
+                assert_eq!(r.header("retry-after"), Some("1"));
+                rejected += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(timeouts + rejected, 12);
+    assert!(timeouts >= 4, "the admitted ones ran to their deadline");
+    assert!(rejected >= 1, "the queue cap must refuse some");
+    assert_eq!(
+        metric(addr, "tern_admission_rejected_total").await,
+        f64::from(rejected)
+    );
+    // The queue recovers once the loopers finish.
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}

@@ -1,0 +1,13 @@
+//! Tern's integration tests: real nodes (in-process, HTTP on 127.0.0.1 port 0) running the
+//! real guest functions from `functions/`. All in one test binary, as wasmtime does.
+//!
+//! Tests under `timing::` measure latency or memory and are run on their own, one at a time
+//! (`scripts/test.sh` does this), so that other tests do not disturb them.
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod hostile;
+mod persistence;
+mod supervision;
+mod support;
+mod timing;

@@ -1,0 +1,119 @@
+//! Helpers shared by the integration tests: in-process nodes on port 0, the guest functions,
+//! and a small HTTP client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_bench::{HttpConn, Response};
+use tern_node::{Config, NodeHandle};
+
+/// `functions/dist`, built on first use if missing (the test script builds it beforehand).
+pub fn functions_dir() -> PathBuf {
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dist = root.join("functions/dist");
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built && !dist.join("echo.wasm").exists() {
+        let status = std::process::Command::new("bash")
+            .arg(root.join("scripts/build-functions.sh"))
+            .status()
+            .expect("running scripts/build-functions.sh");
+        assert!(status.success(), "scripts/build-functions.sh failed");
+    }
+    *built = true;
+    dist
+}
+
+pub fn wasm(name: &str) -> Bytes {
+    let path = functions_dir().join(format!("{name}.wasm"));
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A node config for tests: port 0, its own data dir, echo and matmul-json deployed.
+pub fn config(data: &Path) -> Config {
+    Config {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: data.to_owned(),
+        node_name: "test-node".into(),
+        examples_dir: functions_dir(),
+        max_instances: 200,
+        ..Config::default()
+    }
+}
+
+pub async fn start(config: Config) -> NodeHandle {
+    tern_node::start(config).await.expect("node starts")
+}
+
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Response {
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tern_bench::request_once(addr, method, path, &[], body.into()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed")
+}
+
+pub async fn deploy(addr: SocketAddr, name: &str, query: &str) -> Response {
+    request(
+        addr,
+        Method::PUT,
+        &format!("/v1/functions/{name}{query}"),
+        wasm(name),
+    )
+    .await
+}
+
+pub async fn invoke(addr: SocketAddr, name: &str, body: impl Into<Bytes>) -> Response {
+    request(
+        addr,
+        Method::POST,
+        &format!("/v1/functions/{name}/invoke"),
+        body,
+    )
+    .await
+}
+
+/// The error code of an API error body.
+pub fn code(resp: &Response) -> String {
+    tern_wire::ApiError::from_json(&resp.body)
+        .map(|e| e.code.as_str().to_owned())
+        .unwrap_or_else(|| format!("not an API error: {}", String::from_utf8_lossy(&resp.body)))
+}
+
+pub fn json(resp: &Response) -> serde_json::Value {
+    serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&resp.body)))
+}
+
+/// Sum of all samples of `name` in the node's /metrics.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let resp = request(addr, Method::GET, "/metrics", Bytes::new()).await;
+    assert_eq!(resp.status, 200);
+    tern_bench::prom::sum(
+        std::str::from_utf8(&resp.body).expect("utf-8 metrics"),
+        name,
+    )
+    .unwrap_or(0.0)
+}
+
+pub async fn conn(addr: SocketAddr) -> HttpConn {
+    HttpConn::connect(addr).await.expect("connect")
+}
+
+/// p-th percentile (0..=100) of `samples` (sorted in place).
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let idx = ((samples.len() as f64 - 1.0) * p / 100.0).round() as usize;
+    samples[idx.min(samples.len() - 1)]
+}

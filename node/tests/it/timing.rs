@@ -1,0 +1,179 @@
+//! Latency, deadline and memory bounds. Run alone (`--test-threads=1`, see scripts/test.sh):
+//! other tests running beside them would measure the machine, not Tern.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_bench::{LoadConfig, LoadMode};
+
+use crate::support::*;
+
+async fn echo_latencies(addr: std::net::SocketAddr, n: usize) -> Vec<Duration> {
+    let mut conn = conn(addr).await;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = conn
+            .request(
+                Method::POST,
+                "/v1/functions/echo/invoke",
+                &[],
+                Bytes::from_static(b"canary"),
+            )
+            .await
+            .unwrap();
+        out.push(t.elapsed());
+        assert_eq!(r.status, 200);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_p99_stays_under_twice_solo_while_50_loopers_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    deploy(addr, "loop", "?timeout_ms=20000").await;
+    echo_latencies(addr, 200).await; // warm up connections, caches, allocator
+    let mut solo = echo_latencies(addr, 1000).await;
+    let solo_p99 = percentile(&mut solo, 99.0);
+
+    for _ in 0..50 {
+        let r = request(
+            addr,
+            Method::POST,
+            "/v1/functions/loop/invoke?mode=async",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 202);
+    }
+    // Let every looper use up its first slice and move to the low-priority lane.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric(addr, "tern_executing").await,
+        50.0,
+        "all 50 loopers must be running"
+    );
+    let mut loaded = echo_latencies(addr, 1000).await;
+    let loaded_p99 = percentile(&mut loaded, 99.0);
+    assert_eq!(
+        metric(addr, "tern_executing").await,
+        50.0,
+        "loopers still running at the end"
+    );
+    eprintln!("canary p99: solo {solo_p99:?}, with 50 loopers {loaded_p99:?}");
+    assert!(
+        loaded_p99 < solo_p99 * 2,
+        "p99 with 50 loopers {loaded_p99:?} is not under twice solo {solo_p99:?}"
+    );
+    drop(node); // loopers would hold shutdown for their 20 s deadline
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_traps_within_deadline_plus_two_ticks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.epoch_tick_us = 5_000;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    deploy(addr, "loop", "?timeout_ms=100").await;
+    for _ in 0..5 {
+        let r = invoke(addr, "loop", "").await;
+        assert_eq!((r.status, code(&r).as_str()), (504, "timeout"));
+        let server_us: u64 = r.header("x-tern-duration-us").unwrap().parse().unwrap();
+        assert!(server_us >= 100_000, "trapped early: {server_us} µs");
+        assert!(
+            server_us <= 110_000,
+            "trapped at {server_us} µs, past 100 ms + 2 × 5 ms ticks"
+        );
+    }
+    node.shutdown().await.unwrap();
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bombs_are_capped_and_do_not_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    deploy(addr, "membomb", "?memory_mb=128").await;
+    let mut conn = conn(addr).await;
+    let before = rss_bytes();
+    let mut peak = before;
+    for i in 0u32..100 {
+        let body = if i.is_multiple_of(2) { "" } else { "alloc" };
+        let r = conn
+            .request(
+                Method::POST,
+                "/v1/functions/membomb/invoke",
+                &[],
+                Bytes::from(body),
+            )
+            .await
+            .unwrap();
+        if i.is_multiple_of(2) {
+            assert_eq!(r.status, 200);
+            assert!(json(&r)["total_pages"].as_u64().unwrap() <= 128 * 16);
+        } else {
+            assert_eq!(code(&r), "guest_trap");
+        }
+        peak = peak.max(rss_bytes());
+    }
+    let after = rss_bytes();
+    let cap = 128 << 20;
+    eprintln!(
+        "rss before {} MiB, peak {} MiB, after {} MiB",
+        before >> 20,
+        peak >> 20,
+        after >> 20
+    );
+    assert!(
+        peak - before < cap + (16 << 20),
+        "RSS grew by {} MiB",
+        (peak - before) >> 20
+    );
+    assert!(
+        after.saturating_sub(before) < 16 << 20,
+        "leak: RSS {} -> {} MiB",
+        before >> 20,
+        after >> 20
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_thousand_concurrent_connections_get_no_errors() {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let report = tern_bench::run(&LoadConfig {
+        addr: node.addr(),
+        method: Method::POST,
+        path_and_query: "/v1/functions/echo/invoke".into(),
+        headers: Vec::new(),
+        body: Bytes::from_static(b"hello"),
+        mode: LoadMode::Closed { connections: 3000 },
+        duration: Duration::from_secs(3),
+        warmup: Duration::from_millis(500),
+        progress: false,
+        request_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    eprintln!("{}", report.render_text());
+    assert!(
+        report.errors_by_code.is_empty(),
+        "errors: {:?}",
+        report.errors_by_code
+    );
+    assert!(report.ok > 3000, "only {} requests completed", report.ok);
+    assert_eq!(report.server.cold_starts, 0);
+    node.shutdown().await.unwrap();
+}

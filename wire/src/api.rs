@@ -1,0 +1,406 @@
+//! The public vocabulary of the HTTP API and the journal: names, hashes, ids, error codes.
+//!
+//! Parse, don't validate: a [`FunctionName`] or [`InvocationId`] that exists is valid, so code
+//! deeper in the node never re-checks them (and never builds a path or key from raw input).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::WireError;
+
+/// A deployed function's name: 1–64 characters of `[a-z0-9_-]`, starting with a letter or digit.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FunctionName(String);
+
+impl FunctionName {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FunctionName {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |reason: &str| WireError::Invalid {
+            what: "function name",
+            reason: reason.to_owned(),
+        };
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(invalid("must be 1 to 64 characters"));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(invalid("only a-z, 0-9, '-' and '_' are allowed"));
+        }
+        if !s.as_bytes()[0].is_ascii_alphanumeric() {
+            return Err(invalid("must start with a letter or digit"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// SHA-256 of a module's bytes: the key of the content-addressed module store.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ModuleHash(pub [u8; 32]);
+
+impl ModuleHash {
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+}
+
+impl fmt::Debug for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModuleHash({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for ModuleHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl FromStr for ModuleHash {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || WireError::Invalid {
+            what: "module hash",
+            reason: "expected 64 lowercase hex digits".to_owned(),
+        };
+        if s.len() != 64 {
+            return Err(invalid());
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let hex = std::str::from_utf8(chunk).map_err(|_| invalid())?;
+            out[i] = u8::from_str_radix(hex, 16).map_err(|_| invalid())?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl Serialize for ModuleHash {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleHash {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+macro_rules! string_newtype_serde {
+    ($ty:ty) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+string_newtype_serde!(FunctionName);
+string_newtype_serde!(InvocationId);
+
+/// Identifies one accepted invocation: 1–64 characters of `[0-9a-z-]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InvocationId(String);
+
+impl InvocationId {
+    /// Builds an id from a node-unique prefix and a sequence number.
+    pub fn from_parts(prefix: u64, seq: u64) -> Self {
+        Self(format!("{prefix:012x}-{seq:08x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for InvocationId {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || b == b'-');
+        if !ok {
+            return Err(WireError::Invalid {
+                what: "invocation id",
+                reason: "expected 1 to 64 characters of 0-9, a-z and '-'".to_owned(),
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for InvocationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The stable, documented error codes of the API. Each maps to one HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The uploaded bytes are not a valid WebAssembly module, or it imports something the host
+    /// does not provide.
+    InvalidModule,
+    /// The request itself is malformed (bad name, bad query value, map input not a JSON array).
+    InvalidRequest,
+    NotFound,
+    MethodNotAllowed,
+    /// Request body or module larger than the configured cap; refused before parsing.
+    PayloadTooLarge,
+    /// Admission control refused the request: the queue is full. Retry after `Retry-After`.
+    Overloaded,
+    /// The guest trapped (unreachable, stack overflow, out-of-bounds access, memory exhausted…).
+    GuestTrap,
+    /// The guest exited with a non-zero status.
+    GuestError,
+    /// The guest wrote more than the output cap to stdout.
+    OutputTooLarge,
+    /// The invocation exceeded its time limit.
+    Timeout,
+    /// Compiling a module exceeded the compile time bound.
+    CompileTimeout,
+    /// The node could not run the work right now (a component was restarting for too long).
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 13] = [
+        ErrorCode::InvalidModule,
+        ErrorCode::InvalidRequest,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::Overloaded,
+        ErrorCode::GuestTrap,
+        ErrorCode::GuestError,
+        ErrorCode::OutputTooLarge,
+        ErrorCode::Timeout,
+        ErrorCode::CompileTimeout,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidModule => "invalid_module",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::GuestTrap => "guest_trap",
+            ErrorCode::GuestError => "guest_error",
+            ErrorCode::OutputTooLarge => "output_too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::CompileTimeout => "compile_timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidModule | ErrorCode::InvalidRequest => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::Overloaded => 429,
+            ErrorCode::GuestTrap | ErrorCode::GuestError | ErrorCode::Internal => 500,
+            ErrorCode::OutputTooLarge => 502,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout | ErrorCode::CompileTimeout => 504,
+        }
+    }
+
+    /// Position in [`ErrorCode::ALL`], for array-indexed counters.
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error as the API returns it: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApiErrorEnvelope {
+    error: ApiError,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON body the HTTP API sends.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(&ApiErrorEnvelope {
+            error: self.clone(),
+        })
+        .unwrap_or_else(|_| format!("{{\"error\":{{\"code\":\"{}\"}}}}", self.code))
+    }
+
+    /// Parses an API error body; `None` if the body is not one.
+    pub fn from_json(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<ApiErrorEnvelope>(body)
+            .ok()
+            .map(|e| e.error)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// What `PUT /v1/functions/{name}` returns and `GET /v1/functions` lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionInfo {
+    pub name: FunctionName,
+    pub hash: ModuleHash,
+    /// Increases by one on every deploy of this name.
+    pub version: u64,
+    pub timeout_ms: u32,
+    pub memory_mb: u32,
+    pub size_bytes: u64,
+    pub deployed_at_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InvocationStatus {
+    /// Accepted and journaled, not finished yet.
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+/// One accepted asynchronous invocation, as journaled and as `GET /v1/invocations/{id}` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvocationRecord {
+    pub id: InvocationId,
+    pub function: FunctionName,
+    /// Whether the input is split as a `map` (a JSON array).
+    pub map: bool,
+    pub status: InvocationStatus,
+    /// Kept until the invocation finishes so that a restart can run it again.
+    pub input: Vec<u8>,
+    pub output: Option<Vec<u8>>,
+    pub error: Option<ApiError>,
+    pub accepted_at_ms: u64,
+    pub finished_at_ms: Option<u64>,
+    /// How many times execution was started (more than one after a crash and replay).
+    pub attempts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn function_names_are_parsed_strictly() {
+        for ok in ["echo", "matmul-json", "a", "0_x", &"a".repeat(64)] {
+            assert_eq!(ok.parse::<FunctionName>().unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "-x",
+            "_x",
+            "Echo",
+            "a/b",
+            "..",
+            "a b",
+            &"a".repeat(65),
+            "é",
+        ] {
+            assert!(bad.parse::<FunctionName>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn module_hash_hex_round_trip_and_rejects_garbage() {
+        let h = ModuleHash([0xab; 32]);
+        assert_eq!(h.to_hex().parse::<ModuleHash>().unwrap(), h);
+        assert!("zz".repeat(32).parse::<ModuleHash>().is_err());
+        assert!("ab".parse::<ModuleHash>().is_err());
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(serde_json::from_str::<ModuleHash>(&json).unwrap(), h);
+    }
+
+    #[test]
+    fn error_codes_have_stable_strings_and_statuses() {
+        let e = ApiError::new(ErrorCode::Overloaded, "queue full");
+        assert_eq!(
+            e.to_json(),
+            r#"{"error":{"code":"overloaded","message":"queue full"}}"#
+        );
+        assert_eq!(ApiError::from_json(e.to_json().as_bytes()).unwrap(), e);
+        assert_eq!(ErrorCode::InvalidModule.http_status(), 400);
+        assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);
+        assert_eq!(ErrorCode::Timeout.http_status(), 504);
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+            let json = serde_json::to_string(c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+
+    #[test]
+    fn invocation_ids() {
+        let id = InvocationId::from_parts(0x1234, 7);
+        assert_eq!(id.as_str(), "000000001234-00000007");
+        assert_eq!(id.as_str().parse::<InvocationId>().unwrap(), id);
+        assert!("../etc".parse::<InvocationId>().is_err());
+    }
+}

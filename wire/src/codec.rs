@@ -1,0 +1,130 @@
+//! bincode 2 (serde mode) with an explicit byte limit on every decode.
+//!
+//! All encoding goes through this module so that a later switch away from bincode
+//! (flagged unmaintained, RUSTSEC-2025-0141) touches one file.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::WireError;
+
+/// The largest message any Tern process decodes. Callers pass smaller limits where they can.
+pub const MAX_MESSAGE: usize = 64 << 20;
+
+fn config() -> impl bincode::config::Config {
+    // The limit here bounds allocations *during* decoding (a length prefix claiming 4 GiB is
+    // refused before anything is allocated); `decode` checks the caller's tighter limit first.
+    bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
+/// Encodes `value`, refusing to produce more than `limit` bytes.
+pub fn encode<T: Serialize>(value: &T, limit: usize) -> Result<Vec<u8>, WireError> {
+    let bytes = bincode::serde::encode_to_vec(value, config())
+        .map_err(|e| WireError::Encode(e.to_string()))?;
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes exactly one `T` from `bytes`. Inputs longer than `limit`, malformed inputs and
+/// inputs with trailing bytes are typed errors; this never panics on any input.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+    let limit = limit.min(MAX_MESSAGE);
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    if read != bytes.len() {
+        return Err(WireError::TrailingBytes {
+            len: bytes.len() - read,
+        });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::{InvocationRecord, InvocationStatus};
+
+    fn record() -> InvocationRecord {
+        InvocationRecord {
+            id: "0001-0002".parse().unwrap(),
+            function: "echo".parse().unwrap(),
+            map: false,
+            status: InvocationStatus::Succeeded,
+            input: b"hello".to_vec(),
+            output: Some(b"hello".to_vec()),
+            error: None,
+            accepted_at_ms: 1,
+            finished_at_ms: Some(2),
+            attempts: 1,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let bytes = encode(&record(), 1024).unwrap();
+        let back: InvocationRecord = decode(&bytes, 1024).unwrap();
+        assert_eq!(back, record());
+    }
+
+    #[test]
+    fn limits_are_enforced_both_ways() {
+        let bytes = encode(&record(), 1024).unwrap();
+        assert!(matches!(
+            encode(&record(), 4),
+            Err(WireError::TooLarge { limit: 4, .. })
+        ));
+        assert!(matches!(
+            decode::<InvocationRecord>(&bytes, bytes.len() - 1),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn trailing_and_truncated_bytes_are_typed_errors() {
+        let mut bytes = encode(&record(), 1024).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<InvocationRecord>(&bytes, 1024),
+            Err(WireError::TrailingBytes { len: 1 })
+        ));
+        bytes.truncate(bytes.len() - 4);
+        assert!(matches!(
+            decode::<InvocationRecord>(&bytes, 1024),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn length_prefix_bomb_is_refused_without_allocating() {
+        // A Vec<u8> whose varint length prefix claims ~2^60 bytes.
+        let bomb = [0xFFu8, 0, 0, 0, 0, 0, 0, 0x10, 0];
+        assert!(decode::<Vec<u8>>(&bomb, 1024).is_err());
+    }
+
+    #[test]
+    fn every_truncation_and_bit_flip_is_an_error_or_a_value_never_a_panic() {
+        let bytes = encode(&record(), 1024).unwrap();
+        for cut in 0..bytes.len() {
+            let _ = decode::<InvocationRecord>(&bytes[..cut], 1024);
+        }
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[i] ^= 1 << bit;
+                let _ = decode::<InvocationRecord>(&flipped, 1024);
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! Every type that crosses a Tern process boundary, and the bounded codec that carries it.
+//!
+//! Keep this crate free of I/O: it is shared by the node, the client library, chaos and bench
+//! tools. Decoding is the first line of defence against hostile peers, so every decoder here
+//! takes an explicit byte limit and returns a typed [`WireError`] instead of panicking.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod codec;
+pub mod frame;
+
+pub use api::{
+    ApiError, ErrorCode, FunctionInfo, FunctionName, InvocationId, InvocationRecord,
+    InvocationStatus, ModuleHash,
+};
+pub use codec::{decode, encode};
+pub use frame::{FrameDecoder, encode_frame};
+
+/// Version of the wire protocol spoken between Tern processes. Bumped on any incompatible change
+/// to a type in this crate that is persisted or sent between nodes.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Everything that can go wrong turning bytes into Tern types, or back.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("{len} trailing bytes after the message")]
+    TrailingBytes { len: usize },
+    #[error("could not encode message: {0}")]
+    Encode(String),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+}
