@@ -17,13 +17,25 @@ use ractor::Actor;
 use tern_actors::isolation::InProcess;
 use tern_actors::metrics::Metrics;
 use tern_actors::placement::LocalFirst;
-use tern_actors::runtime::{Meu, Runtime, RuntimeConfig};
+use tern_actors::runtime::{Meu, Prepared, Runtime, RuntimeConfig};
 use tern_actors::{Invocation, NodeSupervisor, Pipeline, Services, ServicesConfig};
 use tern_wire::{FunctionInfo, FunctionName};
 
 fn echo_wasm() -> Bytes {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../functions/dist/echo.wasm");
     Bytes::from(std::fs::read(path).expect("build the functions first: scripts/build-functions.sh"))
+}
+
+fn info_for(name: &FunctionName, prepared: &Prepared) -> FunctionInfo {
+    FunctionInfo {
+        name: name.clone(),
+        hash: prepared.hash,
+        version: 1,
+        timeout_ms: 10_000,
+        memory_mb: 128,
+        size_bytes: prepared.size_bytes,
+        deployed_at_ms: 0,
+    }
 }
 
 fn bench(c: &mut Criterion) {
@@ -39,16 +51,7 @@ fn bench(c: &mut Criterion) {
         let runtime = Runtime::new(RuntimeConfig::new("bench", dir.path()), metrics.clone())
             .expect("runtime");
         let prepared = runtime.prepare(echo_wasm()).await.expect("prepare");
-        let info = FunctionInfo {
-            name: name.clone(),
-            hash: prepared.hash,
-            version: 1,
-            timeout_ms: 10_000,
-            memory_mb: 128,
-            size_bytes: prepared.size_bytes,
-            deployed_at_ms: 0,
-        };
-        runtime.install(info, prepared);
+        runtime.install(info_for(&name, &prepared), prepared);
         let services = Services::new(
             ServicesConfig {
                 node_name: "bench".into(),
@@ -82,6 +85,29 @@ fn bench(c: &mut Criterion) {
         input: Bytes::from_static(b"hello"),
         map: false,
     };
+
+    // Side by side in one run: how much of each linear memory stays resident between
+    // instances (memset instead of madvise + page faults).
+    let mut g = c.benchmark_group("keep_resident");
+    g.measurement_time(Duration::from_secs(4));
+    for kib in [0usize, 1024, 4096] {
+        let runtime = rt.block_on(async {
+            let mut cfg = RuntimeConfig::new("bench", dir.path().join(format!("kr{kib}")));
+            cfg.keep_resident_bytes = kib << 10;
+            cfg.max_instances = 128;
+            let runtime = Runtime::new(cfg, Arc::new(Metrics::default())).expect("runtime");
+            let prepared = runtime.prepare(echo_wasm()).await.expect("prepare");
+            runtime.install(info_for(&meu.function, &prepared), prepared);
+            runtime
+        });
+        g.bench_function(format!("execute/echo/{kib}KiB"), |b| {
+            b.to_async(&rt).iter(|| async {
+                let out = runtime.execute(meu.clone(), &sandbox).await.expect("echo");
+                assert_eq!(&out.output[..], b"hello");
+            })
+        });
+    }
+    g.finish();
 
     let mut g = c.benchmark_group("single");
     g.measurement_time(Duration::from_secs(5));

@@ -24,6 +24,24 @@ pub struct App {
     /// Serialises the version bump and install of deploys (not their compilation, so a slow
     /// compile never holds up other deploys).
     deploy_lock: tokio::sync::Mutex<()>,
+    /// Async invocations running in the background; shutdown waits for them.
+    background: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts one background task for as long as it lives.
+struct BackgroundTask(Arc<std::sync::atomic::AtomicUsize>);
+
+impl BackgroundTask {
+    fn new(counter: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for BackgroundTask {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Node-unique ids: the boot time in milliseconds, then a sequence number.
@@ -66,7 +84,13 @@ impl App {
             pipeline,
             ids: IdGen::new(),
             deploy_lock: tokio::sync::Mutex::new(()),
+            background: Arc::default(),
         })
+    }
+
+    /// Async invocations still running.
+    pub fn background_tasks(&self) -> usize {
+        self.background.load(Ordering::Acquire)
     }
 
     pub fn services(&self) -> &Arc<Services> {
@@ -189,8 +213,17 @@ impl App {
         self.store.put_invocation(&record)?;
         self.store.flush().await?;
         let id = record.id.clone();
-        tokio::spawn(self.clone().run_async(record, permit));
+        self.spawn_async(record, permit);
         Ok(id)
+    }
+
+    fn spawn_async(self: &Arc<Self>, record: InvocationRecord, permit: Permit) {
+        let task = BackgroundTask::new(&self.background);
+        let app = self.clone();
+        tokio::spawn(async move {
+            app.run_async(record, permit).await;
+            drop(task);
+        });
     }
 
     async fn run_async(self: Arc<Self>, mut record: InvocationRecord, permit: Permit) {
@@ -250,7 +283,7 @@ impl App {
                 self.store.put_invocation(&record)?;
                 continue;
             }
-            tokio::spawn(self.clone().run_async(record, permit));
+            self.spawn_async(record, permit);
             replayed += 1;
         }
         Ok(replayed)

@@ -79,7 +79,7 @@ impl Default for Config {
             max_instances: 1000,
             compile_timeout_ms: 60_000,
             compile_concurrency: 1,
-            keep_resident_bytes: 1 << 20,
+            keep_resident_bytes: 4 << 20,
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,

@@ -30,6 +30,7 @@ type Body = Full<Bytes>;
 /// current request.
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let header_timeout = Duration::from_millis(app.config.header_read_timeout_ms);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -41,12 +42,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     continue;
                 }
             },
+            // Reap finished connections so the set does not grow with the node's uptime.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let mut shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(app, req).await) }
@@ -65,6 +68,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                 }
             }
         });
+    }
+    drop(listener);
+    // Open connections finish their current request; give them 10 s, then cut them.
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        connections.shutdown().await;
     }
 }
 

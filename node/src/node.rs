@@ -51,14 +51,16 @@ impl NodeHandle {
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
-        let admission = self.app.pipeline.admission().clone();
+        self.janitor.abort();
+        let _ = self.janitor.await;
+        // Async invocations finish (their results are journaled) or, past 10 s, are left
+        // pending in the journal to run again at the next start.
         for _ in 0..1000 {
-            if admission.in_flight() == 0 {
+            if self.app.background_tasks() == 0 && self.app.pipeline.admission().in_flight() == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.janitor.abort();
         let (tx, rx) = oneshot::channel();
         if self.supervisor.cast(SupervisorMsg::Shutdown(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;

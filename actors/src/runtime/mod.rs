@@ -80,7 +80,7 @@ impl RuntimeConfig {
             compile_concurrency: 1,
             max_instances: 1000,
             max_memory_mb: 512,
-            keep_resident_bytes: 1 << 20,
+            keep_resident_bytes: 4 << 20,
             max_loaded_modules: 1024,
             max_output_bytes: 16 << 20,
             epoch_tick: Duration::from_millis(1),
@@ -448,15 +448,26 @@ impl Runtime {
         );
         store.limiter(|s| &mut s.limits);
         let deadline = Instant::now() + sandbox.timeout;
-        // The first slice is two ticks so that a short guest never yields just because it
-        // started right before a tick; after that it yields every tick until the deadline.
+        // Ticks are wall-clock, so a tick passing does not mean the guest used the CPU: on a
+        // busy machine the OS may simply have preempted it. A guest yields (and so moves to the
+        // slow lane) only once it has itself burnt a full slice of CPU time; until then it
+        // keeps running on the fast lane. Thread CPU time is a valid measure here because,
+        // until its first yield, the guest runs without interruption on the thread that
+        // created the store. The first check comes after two ticks so a short guest that
+        // started just before a tick is never checked at all.
+        let slice = self.cfg.epoch_tick;
+        let cpu_start = thread_cpu_time();
+        let mut yielded = false;
         store.set_epoch_deadline(2);
         store.epoch_deadline_callback(move |_| {
-            Ok(if Instant::now() >= deadline {
-                UpdateDeadline::Interrupt
-            } else {
-                UpdateDeadline::Yield(1)
-            })
+            if Instant::now() >= deadline {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if !yielded && thread_cpu_time().saturating_sub(cpu_start) < slice {
+                return Ok(UpdateDeadline::Continue(1));
+            }
+            yielded = true;
+            Ok(UpdateDeadline::Yield(1))
         });
 
         let host_metrics = self.metrics.clone();
@@ -545,6 +556,15 @@ fn classify(result: wasmtime::Result<()>, sandbox: &SandboxSpec) -> Result<(), E
         });
     }
     Err(Error::GuestTrap(format!("{err:#}")))
+}
+
+/// CPU time consumed by the calling thread.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 fn spawn_epoch_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), Error> {
