@@ -44,10 +44,21 @@ impl Lanes {
             return fut.await;
         };
         moved();
-        match slow.spawn(fut).await {
+        // If the caller stops waiting (deadline), the guest must stop too, not linger on the
+        // slow lane until it is next scheduled.
+        let mut task = AbortOnDrop(slow.spawn(fut));
+        match (&mut task.0).await {
             Ok(out) => out,
             Err(e) => Err(Error::Internal(format!("guest task failed: {e}"))),
         }
+    }
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
