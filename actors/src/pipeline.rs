@@ -102,7 +102,13 @@ impl Pipeline {
             return Err(err);
         };
         let started = Instant::now();
-        let result = self.submit_until_answered(inv).await;
+        let span = tracing::debug_span!(
+            "invocation",
+            function = %inv.function,
+            request_id = %inv.request_id,
+            map = inv.map
+        );
+        let result = tracing::Instrument::instrument(self.submit_until_answered(inv), span).await;
         let m = &deployed.metrics;
         m.latency.observe_us(started.elapsed().as_micros() as u64);
         match &result {

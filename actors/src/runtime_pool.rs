@@ -37,7 +37,13 @@ impl Actor for RuntimePool {
     ) -> Result<(), ActorProcessingErr> {
         let RuntimePoolMsg::Execute(meu, reply) = msg;
         let services = services.clone();
-        tokio::spawn(async move {
+        let span = tracing::debug_span!(
+            "meu",
+            function = %meu.function,
+            request_id = %meu.request_id,
+            items = meu.items
+        );
+        let task = async move {
             let function = meu.function.clone();
             let items = meu.items;
             let result = services.runtime.execute(meu, &*services.sandbox).await;
@@ -56,8 +62,12 @@ impl Actor for RuntimePool {
                     node: services.config.node_name.as_str().into(),
                 }
             });
+            if let Err(e) = &result {
+                tracing::debug!(error = %e, "meu failed");
+            }
             let _ = reply.send(result);
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(())
     }
 }

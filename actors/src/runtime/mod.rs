@@ -496,7 +496,8 @@ impl Runtime {
         let run = self.lanes.run(guest, move || {
             moved_metrics.slow_lane_moves.fetch_add(1, Relaxed);
         });
-        let (result, inst_us, exec_us) = match tokio::time::timeout_at(answer_by.into(), run).await {
+        let (result, inst_us, exec_us) = match tokio::time::timeout_at(answer_by.into(), run).await
+        {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::Timeout {
@@ -506,6 +507,14 @@ impl Runtime {
         };
         timings.inst_us = inst_us;
         timings.exec_us = exec_us;
+        tracing::debug!(
+            cold_start,
+            load_us = timings.load_us,
+            reuse_us = timings.reuse_us,
+            inst_us,
+            exec_us,
+            "guest finished"
+        );
         metrics.t_inst.observe_us(inst_us);
         metrics.t_exec.observe_us(exec_us);
         if stdout.overflowed() {
