@@ -3,15 +3,12 @@
 //! [`crate::decompose`] and joined by a task of its own (never in the handler).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
 
 use crate::decompose::{MapPlan, join_map, plan_map};
-use crate::pipeline::forward;
+use crate::pipeline::{forward, send_until_answered};
 use crate::runtime::{Meu, Timings};
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
@@ -126,25 +123,8 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
 
 /// Dispatches one MEU of a map, re-sending it if the scheduler or runtime pool dies holding it.
 async fn dispatch_until_answered(services: Arc<Services>, meu: Meu) -> Result<Outcome, Error> {
-    let give_up = Instant::now() + Duration::from_secs(10);
-    let mut backoff = Duration::from_millis(1);
-    loop {
-        let (tx, rx) = oneshot::channel();
-        if forward(
-            &services,
-            ActorKind::Scheduler,
-            SchedulerMsg::Dispatch(meu.clone(), tx),
-        ) && let Ok(result) = rx.await
-        {
-            return result;
-        }
-        services.metrics.resubmissions.fetch_add(1, Relaxed);
-        if Instant::now() >= give_up {
-            return Err(Error::Unavailable(
-                "the scheduler did not recover in time".into(),
-            ));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(50));
-    }
+    send_until_answered(&services, ActorKind::Scheduler, |reply| {
+        SchedulerMsg::Dispatch(meu.clone(), reply)
+    })
+    .await
 }

@@ -122,29 +122,41 @@ impl Pipeline {
     }
 
     async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {
-        let give_up = Instant::now() + RESUBMIT_WINDOW;
-        let mut backoff = Duration::from_millis(1);
-        loop {
-            let (tx, rx) = oneshot::channel();
-            if forward(
-                &self.services,
-                ActorKind::Ingress,
-                IngressMsg::Submit(inv.clone(), tx),
-            ) && let Ok(result) = rx.await
-            {
-                return result;
-            }
-            // An actor of the chain died holding the invocation, or is being restarted. The
-            // invocation had not reached a guest (the RuntimePool replies from the task that
-            // runs it), so submitting it again is safe.
-            self.services.metrics.resubmissions.fetch_add(1, Relaxed);
-            if Instant::now() >= give_up {
-                return Err(Error::Unavailable(
-                    "the invocation pipeline did not recover in time".into(),
-                ));
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_millis(50));
+        send_until_answered(&self.services, ActorKind::Ingress, |reply| {
+            IngressMsg::Submit(inv.clone(), reply)
+        })
+        .await
+    }
+}
+
+/// Sends the message built by `make` to the actor of `kind` and waits for the answer. If the
+/// reply channel closes unanswered (an actor of the chain died holding the message, or was
+/// being restarted), the message is sent again, for up to [`RESUBMIT_WINDOW`].
+///
+/// Sending again is safe: work reaches a guest only after the RuntimePool has handed it to
+/// its own task, and that task holds the reply channel until it answers.
+pub(crate) async fn send_until_answered<M: Message>(
+    services: &Services,
+    kind: ActorKind,
+    mut make: impl FnMut(Reply) -> M,
+) -> Result<Outcome, Error> {
+    let give_up = Instant::now() + RESUBMIT_WINDOW;
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let (tx, rx) = oneshot::channel();
+        if forward(services, kind, make(tx))
+            && let Ok(result) = rx.await
+        {
+            return result;
         }
+        services.metrics.resubmissions.fetch_add(1, Relaxed);
+        if Instant::now() >= give_up {
+            return Err(Error::Unavailable(format!(
+                "the {} did not recover within {RESUBMIT_WINDOW:?}",
+                kind.label()
+            )));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_millis(50));
     }
 }

@@ -183,14 +183,7 @@ async fn deploy(
     let q = query(&req);
     let timeout_ms = query_u32(&q, "timeout_ms")?;
     let memory_mb = query_u32(&q, "memory_mb")?;
-    let limit = app.config.max_module_bytes;
-    let bytes = read_body(req, limit).await.map_err(|e| match e {
-        NodeError::BodyTooLarge { .. } => NodeError::Runtime(tern_actors::Error::ModuleTooLarge {
-            size: limit + 1,
-            limit,
-        }),
-        other => other,
-    })?;
+    let bytes = read_body(req, app.config.max_module_bytes).await?;
     let info = app.deploy(name, bytes, timeout_ms, memory_mb).await?;
     Ok(json(StatusCode::CREATED, &info))
 }

@@ -158,22 +158,7 @@ async fn async_invocations_are_journaled_and_answered() {
         resp.header("location").unwrap(),
         format!("/v1/invocations/{id}")
     );
-    let mut status = serde_json::Value::Null;
-    for _ in 0..500 {
-        status = json(
-            &request(
-                addr,
-                Method::GET,
-                &format!("/v1/invocations/{id}"),
-                Bytes::new(),
-            )
-            .await,
-        );
-        if status["status"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let status = wait_finished(addr, &id).await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(status["result"], "later");
     assert_eq!(status["attempts"], 1);
@@ -192,21 +177,7 @@ async fn async_invocations_are_journaled_and_answered() {
         .as_str()
         .unwrap()
         .to_owned();
-    for _ in 0..500 {
-        status = json(
-            &request(
-                addr,
-                Method::GET,
-                &format!("/v1/invocations/{id}"),
-                Bytes::new(),
-            )
-            .await,
-        );
-        if status["status"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let status = wait_finished(addr, &id).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "guest_trap");
 

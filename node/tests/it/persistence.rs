@@ -1,7 +1,5 @@
 //! Deployments, artifacts and accepted async work survive a restart.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use hyper::Method;
 use tern_node::store::Store;
@@ -89,14 +87,7 @@ async fn pending_async_invocations_are_replayed_at_start() {
     }
     let node = start(cfg).await;
     let addr = node.addr();
-    let mut status = serde_json::Value::Null;
-    for _ in 0..500 {
-        status = json(&request(addr, Method::GET, "/v1/invocations/crashed-1", Bytes::new()).await);
-        if status["status"] != "pending" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let status = wait_finished(addr, "crashed-1").await;
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(status["result"], "replayed");
     assert_eq!(

@@ -117,3 +117,24 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     let idx = ((samples.len() as f64 - 1.0) * p / 100.0).round() as usize;
     samples[idx.min(samples.len() - 1)]
 }
+
+/// Polls `GET /v1/invocations/{id}` until the invocation has finished; returns its record.
+pub async fn wait_finished(addr: SocketAddr, id: &str) -> serde_json::Value {
+    let mut status = serde_json::Value::Null;
+    for _ in 0..500 {
+        status = json(
+            &request(
+                addr,
+                Method::GET,
+                &format!("/v1/invocations/{id}"),
+                Bytes::new(),
+            )
+            .await,
+        );
+        if status["status"] != "pending" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    status
+}
