@@ -128,3 +128,32 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod random_input {
+    use super::*;
+    use crate::api::{FunctionInfo, InvocationRecord};
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+    }
+
+    #[test]
+    fn random_bytes_never_panic_and_never_allocate_past_the_limit() {
+        let mut rng = Rng(0x7e57_0001);
+        for _ in 0..50_000 {
+            let len = (rng.next() % 96) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = decode::<InvocationRecord>(&bytes, 1 << 16);
+            let _ = decode::<FunctionInfo>(&bytes, 1 << 16);
+            let _ = decode::<Vec<String>>(&bytes, 1 << 16);
+        }
+    }
+}

@@ -225,3 +225,59 @@ async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
     canary(addr).await;
     node.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_connections_are_cut_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.header_read_timeout_ms = 300;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    // Ten clients that send half a request line and then nothing.
+    let mut slow = Vec::new();
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // And ten that finish one request, then sit idle on the kept-alive connection.
+    for _ in 0..10 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        slow.push(s);
+    }
+    canary(addr).await;
+    let started = Instant::now();
+    for mut s in slow {
+        let mut buf = [0u8; 1024];
+        // The server closes the connection (possibly after a 408): read reaches EOF.
+        let closed = tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a slow connection was not cut");
+    }
+    // Idle timeout + 1 s (reliability.md row 15).
+    assert!(
+        started.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        started.elapsed()
+    );
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
