@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what .ci/run calls): builds the guest
-# functions, runs every test in the workspace, then the timing-sensitive tests one at a time.
+# functions, runs every test in the workspace, the timing-sensitive tests one at a time, the
+# tch backend's lane (installs torch from PyPI), and smoke runs of the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { echo "+ $*"; "$@"; }
@@ -9,3 +10,10 @@ run bash scripts/build-functions.sh
 run cargo test --workspace -- --skip timing::
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
 run cargo test -p tern-node --test it timing:: -- --test-threads=1
+# tern-policy with the tch backend: torch 2.13.0 from PyPI in a venv (~4.7 GB, cached in
+# ~/.cache/tern), then the crate's tests and clippy with `--features tch`.
+run env CARGO_TARGET_DIR="$PWD/target" bash policy/ci/tch-lane.sh
+# Benchmarks are not tests, but their harnesses must keep working: each criterion benchmark
+# runs once, and the policy benchmark on a short slice of the trace.
+run cargo test -p tern-actors --benches
+run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-bench-smoke

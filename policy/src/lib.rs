@@ -1,2 +1,36 @@
-//! The learned scheduler (issue 4): under construction.
+//! `tern-policy`: Tern's learned scheduler.
+//!
+//! Pure: no I/O, no clock. Time and inputs are arguments, so the SchedulerAgent (an actor) is a
+//! thin shell and everything here is tested without sockets or timers.
+//!
+//! - [`policy`]: the dispatch and quota networks and the serving-time decisions (Eq. 1) over a
+//!   plain-Rust forward pass ([`mlp`]).
+//! - [`quota`]: tenant quota math (Eq. 6).
+//! - [`baselines`]: round-robin, random, least-loaded, warm affinity, histogram keep-alive.
+//! - [`sim`], [`trace`]: the deterministic cluster simulator and its workloads.
+//! - [`ppo`], [`candle_backend`] (and `tch_backend` with `--features tch`), [`train`]: PPO
+//!   (Eq. 5) with a backend trait, and training in the simulator.
+//! - [`online`]: background training with atomic weight swaps and a heuristic fallback guard.
+//!
+//! See `policy/README.md` for the model, the decisions behind it and the benchmark results.
 #![forbid(unsafe_code)]
+
+pub mod baselines;
+pub mod candle_backend;
+pub mod error;
+pub mod features;
+pub mod mlp;
+pub mod online;
+pub mod policy;
+pub mod ppo;
+pub mod quota;
+pub mod rng;
+pub mod sim;
+#[cfg(feature = "tch")]
+pub mod tch_backend;
+pub mod trace;
+pub mod train;
+
+pub use error::{PolicyError, Result};
+pub use features::{NodeFeatures, QuotaFeatures};
+pub use policy::{DispatchScorer, PolicyWeights, QuotaDecision};
