@@ -20,6 +20,7 @@
 pub mod admission;
 pub mod decompose;
 pub mod decomposer;
+pub mod energy;
 mod error;
 pub mod ingress;
 pub mod isolation;

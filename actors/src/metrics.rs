@@ -150,6 +150,14 @@ impl Metrics {
             })
     }
 
+    /// Invocations finished (successfully or not) over all functions.
+    pub fn finished_invocations(&self) -> u64 {
+        self.read_functions()
+            .values()
+            .map(|f| f.ok.load(Relaxed) + f.errors.iter().map(|e| e.load(Relaxed)).sum::<u64>())
+            .sum()
+    }
+
     /// Share of MEUs served without compiling or loading; `None` before the first MEU.
     pub fn reuse_hit_rate(&self) -> Option<f64> {
         let (meus, hits, _) = self.reuse_totals();

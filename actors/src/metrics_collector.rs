@@ -27,6 +27,19 @@ pub fn render(services: &Services) -> String {
         "tern_isolation_mode{{mode=\"{}\"}} 1\n",
         services.sandbox.mode().as_str()
     ));
+    let joules = services.energy.joules();
+    let source = services.energy.source().as_str();
+    let finished = services.metrics.finished_invocations();
+    text.push_str(&format!(
+        "# HELP tern_energy_joules_total Energy used since start (RAPL, or a CPU-time model: {} W per busy core).\n\
+         # TYPE tern_energy_joules_total counter\n\
+         tern_energy_joules_total{{source=\"{source}\"}} {joules}\n\
+         # HELP tern_requests_per_joule Eq. 8: finished invocations per joule since start.\n\
+         # TYPE tern_requests_per_joule gauge\n\
+         tern_requests_per_joule{{source=\"{source}\"}} {}\n",
+        crate::energy::MODEL_WATTS_PER_CORE,
+        crate::energy::requests_per_joule(finished, joules).unwrap_or(0.0)
+    ));
     text
 }
 

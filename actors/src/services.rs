@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::decompose::ItemCost;
+use crate::energy::EnergyMeter;
 use crate::isolation::Sandbox;
 use crate::metrics::Metrics;
 use crate::placement::Placement;
@@ -58,6 +59,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub sandbox: Arc<dyn Sandbox>,
     pub placement: Arc<dyn Placement>,
+    /// Energy since the node started (Eq. 8).
+    pub energy: EnergyMeter,
     names: HashMap<ActorKind, String>,
     costs: Mutex<HashMap<String, ItemCost>>,
 }
@@ -87,6 +90,7 @@ impl Services {
             metrics,
             sandbox,
             placement,
+            energy: EnergyMeter::start(),
             names,
             costs: Mutex::default(),
         })
