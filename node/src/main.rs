@@ -96,6 +96,9 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Cluster administration.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Load-test a function over HTTP and report latency percentiles and throughput.
     Bench {
         #[arg(long, default_value = "echo")]
@@ -125,6 +128,19 @@ enum Command {
         no_progress: bool,
         #[command(flatten)]
         server: Server,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Create a cluster CA and one mTLS certificate per node (`ca.pem`, `NAME.pem`, `NAME.key`).
+    /// Refuses to overwrite existing files.
+    Init {
+        #[arg(long)]
+        out: PathBuf,
+        /// Comma-separated node names, e.g. `a,b,c`.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
     },
 }
 
@@ -186,9 +202,29 @@ fn finish(resp: tern_bench::Response) -> Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One readable line with its causes, not a backtrace: these are user errors.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
         .with_writer(std::io::stderr)
@@ -277,6 +313,16 @@ async fn main() -> Result<()> {
             }
             break finish(resp);
         },
+        Command::Cluster(ClusterCommand::Init { out, nodes }) => {
+            let names = nodes
+                .iter()
+                .map(|n| n.parse::<tern_cluster::NodeName>())
+                .collect::<Result<Vec<_>, _>>()?;
+            for path in tern_cluster::pki::init(&out, &names)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
         Command::List { server } => {
             finish(call(&server, Method::GET, "/v1/functions", Bytes::new()).await?)
         }

@@ -1,0 +1,297 @@
+//! The cluster PKI behind `tern cluster init --out DIR --nodes a,b,c`: one ECDSA P-256 CA and,
+//! per node, a certificate whose only subject alternative name is `<node>.node.tern`.
+//!
+//! The CA key is not written anywhere: with it, anyone could mint a node identity, and this
+//! slice has no "add a node later" command (see README). The CA is also name-constrained to
+//! `node.tern`, so even a mis-issued leaf cannot claim another DNS name.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    PKCS_ECDSA_P256_SHA256,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::name::DNS_SUFFIX;
+use crate::{ClusterError, NodeName};
+
+pub const CA_FILE: &str = "ca.pem";
+
+/// A node's credentials: its certificate, its key, and the cluster CA it trusts.
+#[derive(Debug)]
+pub struct NodeIdentity {
+    pub name: NodeName,
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    pub ca: CertificateDer<'static>,
+}
+
+impl Clone for NodeIdentity {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl NodeIdentity {
+    /// Builds an identity from PEM text without checking that `cert` is for `name`: peers
+    /// check that themselves (and tests use this to build impostors). Prefer [`load`].
+    pub fn from_pem(
+        name: NodeName,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        ca_pem: &[u8],
+    ) -> Result<Self, ClusterError> {
+        let bad = |what: &str, e: rustls::pki_types::pem::Error| ClusterError::BadPem {
+            path: PathBuf::from(what),
+            reason: e.to_string(),
+        };
+        Ok(Self {
+            cert: CertificateDer::from_pem_slice(cert_pem).map_err(|e| bad("cert", e))?,
+            key: PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| bad("key", e))?,
+            ca: CertificateDer::from_pem_slice(ca_pem).map_err(|e| bad("ca", e))?,
+            name,
+        })
+    }
+}
+
+fn cert_file(dir: &Path, name: &NodeName) -> PathBuf {
+    dir.join(format!("{name}.pem"))
+}
+
+fn key_file(dir: &Path, name: &NodeName) -> PathBuf {
+    dir.join(format!("{name}.key"))
+}
+
+/// Creates `ca.pem` and `<node>.pem` / `<node>.key` for every node in `dir` (created if
+/// missing). Refuses, before writing anything, if any of these files already exists: silently
+/// replacing a CA would split the cluster.
+pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for n in nodes {
+        if !seen.insert(n) {
+            return Err(ClusterError::DuplicateNode(n.to_string()));
+        }
+    }
+    let mut targets = vec![dir.join(CA_FILE)];
+    for n in nodes {
+        targets.push(cert_file(dir, n));
+        targets.push(key_file(dir, n));
+    }
+    if let Some(existing) = targets.iter().find(|p| p.exists()) {
+        return Err(ClusterError::AlreadyExists(existing.clone()));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "Tern cluster CA");
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: vec![GeneralSubtree::DnsName(DNS_SUFFIX.to_owned())],
+        excluded_subtrees: Vec::new(),
+    });
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+
+    let mut written = Vec::new();
+    write_new(
+        &dir.join(CA_FILE),
+        ca_cert.pem().as_bytes(),
+        false,
+        &mut written,
+    )?;
+    for n in nodes {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(vec![n.dns_name()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, n.as_str());
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        // Every node is both a TLS server (accepting) and a TLS client (dialling).
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &issuer)?;
+        write_new(
+            &cert_file(dir, n),
+            cert.pem().as_bytes(),
+            false,
+            &mut written,
+        )?;
+        write_new(
+            &key_file(dir, n),
+            key.serialize_pem().as_bytes(),
+            true,
+            &mut written,
+        )?;
+    }
+    Ok(written)
+}
+
+/// Writes a file that must not exist yet (`create_new` closes the check-then-write race).
+fn write_new(
+    path: &Path,
+    bytes: &[u8],
+    secret: bool,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), ClusterError> {
+    let io = |source| ClusterError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Keys readable by the owner only.
+        opts.mode(if secret { 0o600 } else { 0o644 });
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            ClusterError::AlreadyExists(path.to_owned())
+        } else {
+            io(e)
+        }
+    })?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    written.push(path.to_owned());
+    Ok(())
+}
+
+/// Loads node `name`'s identity from `dir` and checks that its certificate really is for
+/// `name`, so a mixed-up file fails here rather than at every peer.
+pub fn load(dir: &Path, name: &NodeName) -> Result<NodeIdentity, ClusterError> {
+    let read = |path: PathBuf| {
+        std::fs::read(&path)
+            .map(|b| (path.clone(), b))
+            .map_err(|source| ClusterError::Io { path, source })
+    };
+    let bad = |path: &Path, e: rustls::pki_types::pem::Error| ClusterError::BadPem {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    let (cp, cert) = read(cert_file(dir, name))?;
+    let (kp, key) = read(key_file(dir, name))?;
+    let (ap, ca) = read(dir.join(CA_FILE))?;
+    let id = NodeIdentity {
+        name: name.clone(),
+        cert: CertificateDer::from_pem_slice(&cert).map_err(|e| bad(&cp, e))?,
+        key: PrivateKeyDer::from_pem_slice(&key).map_err(|e| bad(&kp, e))?,
+        ca: CertificateDer::from_pem_slice(&ca).map_err(|e| bad(&ap, e))?,
+    };
+    check_cert_name(&id.cert, name)?;
+    Ok(id)
+}
+
+/// Checks that `cert` carries the DNS name of node `name`. Chain validation is rustls's job;
+/// this is the name binding on top of it.
+pub(crate) fn check_cert_name(
+    cert: &CertificateDer<'_>,
+    name: &NodeName,
+) -> Result<(), ClusterError> {
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| ClusterError::BadPeerCertificate(e.to_string()))?;
+    let server_name = ServerName::try_from(name.dns_name())
+        .map_err(|e| ClusterError::BadPeerCertificate(e.to_string()))?;
+    ee.verify_is_valid_for_subject_name(&server_name)
+        .map_err(|_| ClusterError::IdentityMismatch {
+            expected: name.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn names(s: &[&str]) -> Vec<NodeName> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn init_creates_files_refuses_overwrite_and_load_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("pki");
+        let nodes = names(&["a", "b", "c"]);
+        let written = init(&out, &nodes).unwrap();
+        assert_eq!(written.len(), 7);
+        for f in [
+            "ca.pem", "a.pem", "a.key", "b.pem", "b.key", "c.pem", "c.key",
+        ] {
+            assert!(out.join(f).is_file(), "{f}");
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(out.join("a.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "key must not be group/world readable");
+        }
+        let before = std::fs::read(out.join("ca.pem")).unwrap();
+        let err = init(&out, &names(&["d"])).unwrap_err();
+        assert!(matches!(err, ClusterError::AlreadyExists(p) if p.ends_with("ca.pem")));
+        assert_eq!(std::fs::read(out.join("ca.pem")).unwrap(), before);
+        assert!(!out.join("d.pem").exists(), "nothing written on refusal");
+
+        let b = load(&out, &nodes[1]).unwrap();
+        assert_eq!(b.name, nodes[1]);
+        check_cert_name(&b.cert, &nodes[1]).unwrap();
+        assert!(matches!(
+            check_cert_name(&b.cert, &nodes[2]),
+            Err(ClusterError::IdentityMismatch { .. })
+        ));
+        let missing = load(&out, &"zz".parse().unwrap()).unwrap_err();
+        assert!(matches!(missing, ClusterError::Io { .. }));
+    }
+
+    #[test]
+    fn load_rejects_a_cert_for_another_node() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &names(&["a", "b"])).unwrap();
+        // Operator error: b's files copied over a's.
+        std::fs::copy(dir.path().join("b.pem"), dir.path().join("a2.pem")).unwrap();
+        std::fs::copy(dir.path().join("b.key"), dir.path().join("a2.key")).unwrap();
+        let err = load(dir.path(), &"a2".parse().unwrap()).unwrap_err();
+        assert!(matches!(err, ClusterError::IdentityMismatch { .. }));
+    }
+
+    #[test]
+    fn duplicate_and_garbage_inputs_are_typed_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            init(dir.path(), &names(&["a", "a"])),
+            Err(ClusterError::DuplicateNode(_))
+        ));
+        std::fs::write(dir.path().join("x.pem"), b"not pem").unwrap();
+        std::fs::write(dir.path().join("x.key"), b"not pem").unwrap();
+        std::fs::write(dir.path().join("ca.pem"), b"not pem").unwrap();
+        assert!(matches!(
+            load(dir.path(), &"x".parse().unwrap()),
+            Err(ClusterError::BadPem { .. })
+        ));
+    }
+}

@@ -1,0 +1,566 @@
+//! One QUIC endpoint per node, mutual TLS from the cluster CA, and the stream protocol.
+//!
+//! Connection setup:
+//! 1. QUIC + TLS 1.3 handshake. The server requires a client certificate chained to the
+//!    cluster CA; the client verifies the server's certificate against the CA for the server
+//!    name `<peer>.node.tern`. aws-lc-rs is passed explicitly everywhere (design §4).
+//! 2. Hello: the dialler opens the first bidirectional stream with kind [`KIND_HELLO`] and one
+//!    frame holding the name it claims; the acceptor checks that the client certificate is
+//!    for that name and answers with its own name. On any mismatch the connection is closed
+//!    with [`codes::IDENTITY`]. A valid certificate alone proves membership of the cluster, not
+//!    which node you are: without this check an impostor could take over another node's
+//!    session (design §4, "identity"). Only connections that passed it leave this module, so
+//!    only they can ever produce a membership change.
+//!
+//! Streams: the first byte of every later bidirectional stream is its kind. [`KIND_DATA`]
+//! carries one length-prefixed frame (tern-wire framing) each way. An oversized or late frame
+//! is refused by stopping and resetting that stream only; the connection and its other streams
+//! carry on. [`KIND_RACTOR`] is reserved for ractor_cluster sessions (a later slice) and
+//! refused for now.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, RecvStream, SendStream, VarInt};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use tern_wire::frame::HEADER_LEN;
+use tern_wire::{FrameDecoder, WireError, encode_frame};
+use tokio::sync::{Mutex, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::pki::check_cert_name;
+use crate::{ClusterError, NodeIdentity, NodeName};
+
+/// First byte of the hello stream, the first stream a dialler opens.
+pub const KIND_HELLO: u8 = 0x00;
+/// Reserved for ractor_cluster sessions; refused in this slice.
+pub const KIND_RACTOR: u8 = 0x01;
+/// Data-plane request/response: one frame each way.
+pub const KIND_DATA: u8 = 0x02;
+
+/// ALPN protocol id; a peer speaking anything else fails the handshake.
+const ALPN: &[u8] = b"tern-mesh/1";
+/// A hello frame holds a node name (≤ 64 bytes); anything bigger is hostile.
+const MAX_HELLO: usize = 256;
+/// Largest chunk read from a stream at once; bounds how far past a frame limit we read.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// QUIC application error codes used when closing connections or refusing streams.
+pub mod codes {
+    /// Normal shutdown.
+    pub const SHUTDOWN: u32 = 0;
+    /// The peer's certificate is not for the name it claims, or the hello was malformed.
+    pub const IDENTITY: u32 = 0x10;
+    /// A frame was larger than the receiver's limit.
+    pub const FRAME_TOO_LARGE: u32 = 0x20;
+    /// The stream kind byte is unknown or not supported yet.
+    pub const UNSUPPORTED_KIND: u32 = 0x21;
+    /// The request did not arrive in time.
+    pub const TIMEOUT: u32 = 0x22;
+    /// The stream ended early or carried garbage.
+    pub const PROTOCOL: u32 = 0x23;
+}
+
+/// Transport knobs. The defaults detect a dead or frozen peer in ≤ 1.5 s (reliability row 2).
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// No packet for this long closes the connection (quinn `max_idle_timeout`).
+    pub idle_timeout: Duration,
+    /// Keep-alives keep an idle but healthy connection from timing out; must be well below
+    /// `idle_timeout` so a few lost ones are tolerated.
+    pub keep_alive: Duration,
+    /// Largest data-plane frame accepted or sent.
+    pub max_frame: usize,
+    /// Bound on handshake + hello, so a slow or silent dialler cannot hold a slot forever.
+    pub handshake_timeout: Duration,
+    /// Bound on one request/response exchange, on both sides.
+    pub request_timeout: Duration,
+    /// Concurrent bidirectional streams a peer may open; bounds buffered frames per peer.
+    pub max_concurrent_streams: u32,
+    /// Verified connections waiting for `accept`.
+    pub accept_backlog: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(1),
+            keep_alive: Duration::from_millis(250),
+            max_frame: 16 << 20,
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 64,
+            accept_backlog: 64,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn quinn(&self) -> Result<quinn::TransportConfig, ClusterError> {
+        if self.keep_alive >= self.idle_timeout {
+            return Err(ClusterError::Config(
+                "keep_alive must be shorter than idle_timeout",
+            ));
+        }
+        if self.accept_backlog == 0 {
+            return Err(ClusterError::Config("accept_backlog must be at least 1"));
+        }
+        let mut t = quinn::TransportConfig::default();
+        t.max_idle_timeout(Some(
+            IdleTimeout::try_from(self.idle_timeout)
+                .map_err(|_| ClusterError::Config("idle_timeout out of range"))?,
+        ));
+        t.keep_alive_interval(Some(self.keep_alive));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_streams));
+        // Nothing uses unidirectional streams yet; do not let peers open any.
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        Ok(t)
+    }
+}
+
+/// This node's QUIC endpoint: dials peers and accepts their (verified) connections.
+/// Must be created inside a tokio runtime.
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    name: NodeName,
+    client_config: quinn::ClientConfig,
+    cfg: Arc<TransportConfig>,
+    incoming: Mutex<mpsc::Receiver<Connection>>,
+    rejected: Arc<AtomicU64>,
+    accept_task: JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// Binds a UDP socket on `addr` and starts accepting connections in the background.
+    pub fn bind(
+        identity: &NodeIdentity,
+        addr: SocketAddr,
+        cfg: TransportConfig,
+    ) -> Result<Self, ClusterError> {
+        let transport = Arc::new(cfg.quinn()?);
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(identity.ca.clone())?;
+        let roots = Arc::new(roots);
+
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build()?;
+        let mut server_tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+        server_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let server_quic = QuicServerConfig::try_from(server_tls)
+            .map_err(|_| ClusterError::NoInitialCipherSuite)?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_quic));
+        server_config.transport_config(transport.clone());
+
+        let mut client_tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
+        client_tls.alpn_protocols = vec![ALPN.to_vec()];
+        let client_quic = QuicClientConfig::try_from(client_tls)
+            .map_err(|_| ClusterError::NoInitialCipherSuite)?;
+        let mut client_config = quinn::ClientConfig::new(Arc::new(client_quic));
+        client_config.transport_config(transport);
+
+        let inner = quinn::Endpoint::server(server_config, addr).map_err(ClusterError::Bind)?;
+        let cfg = Arc::new(cfg);
+        let (tx, rx) = mpsc::channel(cfg.accept_backlog);
+        let rejected = Arc::new(AtomicU64::new(0));
+        let accept_task = tokio::spawn(accept_loop(
+            inner.clone(),
+            identity.name.clone(),
+            cfg.clone(),
+            tx,
+            rejected.clone(),
+        ));
+        Ok(Self {
+            inner,
+            name: identity.name.clone(),
+            client_config,
+            cfg,
+            incoming: Mutex::new(rx),
+            rejected,
+            accept_task,
+        })
+    }
+
+    pub fn name(&self) -> &NodeName {
+        &self.name
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, ClusterError> {
+        self.inner.local_addr().map_err(ClusterError::Bind)
+    }
+
+    /// Incoming connections that failed the handshake or the identity check so far
+    /// (reliability row 17: "an error metric counts it").
+    pub fn rejected_handshakes(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Dials `peer` at `addr` and verifies it is `peer`. Fails with a typed error (never a
+    /// half-verified connection) on a wrong CA, a wrong name, or a timeout.
+    pub async fn connect(
+        &self,
+        peer: &NodeName,
+        addr: SocketAddr,
+    ) -> Result<Connection, ClusterError> {
+        let fut = async {
+            let conn = self
+                .inner
+                .connect_with(self.client_config.clone(), addr, &peer.dns_name())?
+                .await?;
+            match client_hello(&conn, &self.name, peer).await {
+                Ok(()) => Ok(Connection::new(conn, peer.clone(), self.cfg.clone())),
+                Err(e) => {
+                    conn.close(VarInt::from_u32(close_code(&e)), b"identity check failed");
+                    Err(e)
+                }
+            }
+        };
+        tokio::time::timeout(self.cfg.handshake_timeout, fut)
+            .await
+            .map_err(|_| ClusterError::Timeout("connect"))?
+    }
+
+    /// The next incoming connection whose peer passed the identity check.
+    pub async fn accept(&self) -> Result<Connection, ClusterError> {
+        self.incoming
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or(ClusterError::EndpointClosed)
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.accept_task.abort();
+        self.inner
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        // The accept loop holds a handle to the quinn endpoint and would keep the socket open.
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    me: NodeName,
+    cfg: Arc<TransportConfig>,
+    tx: mpsc::Sender<Connection>,
+    rejected: Arc<AtomicU64>,
+) {
+    while let Some(incoming) = endpoint.accept().await {
+        let (me, cfg, tx, rejected) = (me.clone(), cfg.clone(), tx.clone(), rejected.clone());
+        // One task per handshake: a slow dialler must not hold up the others.
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let result =
+                tokio::time::timeout(cfg.handshake_timeout, server_handshake(incoming, &me, &cfg))
+                    .await
+                    .unwrap_or(Err(ClusterError::Timeout("handshake")));
+            match result {
+                Ok(conn) => {
+                    // If nobody accepts any more, dropping the connection closes it.
+                    let _ = tx.send(conn).await;
+                }
+                Err(e) => {
+                    rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%remote, error = %e, "rejected incoming peer connection");
+                }
+            }
+        });
+    }
+}
+
+async fn server_handshake(
+    incoming: quinn::Incoming,
+    me: &NodeName,
+    cfg: &Arc<TransportConfig>,
+) -> Result<Connection, ClusterError> {
+    let conn = incoming.await?;
+    let hello = async {
+        let leaf = peer_leaf(&conn)?;
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let kind = read_kind(&mut recv).await?;
+        if kind != KIND_HELLO {
+            return Err(ClusterError::UnsupportedStreamKind(kind));
+        }
+        let claimed = parse_name(&read_frame(&mut recv, MAX_HELLO).await?)?;
+        // The binding of name to certificate: rustls proved the chain, this proves the name.
+        check_cert_name(&leaf, &claimed)?;
+        send.write_all(&encode_frame(me.as_str().as_bytes(), MAX_HELLO)?)
+            .await?;
+        send.finish()?;
+        Ok(claimed)
+    };
+    match hello.await {
+        Ok(peer) => Ok(Connection::new(conn, peer, cfg.clone())),
+        Err(e) => {
+            conn.close(VarInt::from_u32(close_code(&e)), b"identity check failed");
+            Err(e)
+        }
+    }
+}
+
+async fn client_hello(
+    conn: &quinn::Connection,
+    me: &NodeName,
+    peer: &NodeName,
+) -> Result<(), ClusterError> {
+    // rustls already checked the server name; checking again here keeps the name binding
+    // explicit and independent of how the TLS verifier is configured.
+    check_cert_name(&peer_leaf(conn)?, peer)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&[KIND_HELLO]).await?;
+    send.write_all(&encode_frame(me.as_str().as_bytes(), MAX_HELLO)?)
+        .await?;
+    send.finish()?;
+    // The answer also confirms the server accepted our certificate: in TLS 1.3 the client
+    // finishes its handshake before the server has verified it.
+    let answered = parse_name(&read_frame(&mut recv, MAX_HELLO).await?)?;
+    if &answered != peer {
+        return Err(ClusterError::WrongPeer {
+            claimed: peer.to_string(),
+            answered: answered.to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn close_code(e: &ClusterError) -> u32 {
+    match e {
+        ClusterError::Timeout(_) => codes::TIMEOUT,
+        _ => codes::IDENTITY,
+    }
+}
+
+fn parse_name(bytes: &[u8]) -> Result<NodeName, ClusterError> {
+    std::str::from_utf8(bytes)
+        .map_err(|_| ClusterError::InvalidNodeName {
+            name: String::from_utf8_lossy(bytes).chars().take(80).collect(),
+            reason: "not UTF-8",
+        })?
+        .parse()
+}
+
+fn peer_leaf(conn: &quinn::Connection) -> Result<CertificateDer<'static>, ClusterError> {
+    let identity = conn
+        .peer_identity()
+        .ok_or(ClusterError::NoPeerCertificate)?;
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| ClusterError::NoPeerCertificate)?;
+    chain
+        .into_iter()
+        .next()
+        .ok_or(ClusterError::NoPeerCertificate)
+}
+
+fn frame_error(e: WireError) -> ClusterError {
+    match e {
+        WireError::TooLarge { size, limit } => ClusterError::FrameTooLarge { size, limit },
+        other => ClusterError::Wire(other),
+    }
+}
+
+async fn read_kind(recv: &mut RecvStream) -> Result<u8, ClusterError> {
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => ClusterError::Truncated,
+        quinn::ReadExactError::ReadError(e) => e.into(),
+    })?;
+    Ok(kind[0])
+}
+
+/// Reads one frame of at most `limit` bytes. An oversized header is refused as soon as it
+/// arrives, before any of the body is read.
+async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, ClusterError> {
+    let mut decoder = FrameDecoder::new(limit);
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(frame_error)? {
+            return Ok(frame);
+        }
+        // Read the header on its own so an oversized frame is refused after 4 bytes, not
+        // after a whole chunk (reliability row 14).
+        let want = match decoder.buffered() {
+            b if b < HEADER_LEN => HEADER_LEN - b,
+            _ => READ_CHUNK,
+        };
+        match recv.read_chunk(want, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes).map_err(frame_error)?,
+            None => return Err(ClusterError::Truncated),
+        }
+    }
+}
+
+/// Refuses a stream in both directions with `code`; the connection is untouched.
+fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
+    // Errors here only mean the stream is already closed, which is what we want anyway.
+    let _ = recv.stop(VarInt::from_u32(code));
+    let _ = send.reset(VarInt::from_u32(code));
+}
+
+/// A verified connection to one peer. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    inner: quinn::Connection,
+    peer: NodeName,
+    cfg: Arc<TransportConfig>,
+}
+
+impl Connection {
+    fn new(inner: quinn::Connection, peer: NodeName, cfg: Arc<TransportConfig>) -> Self {
+        Self { inner, peer, cfg }
+    }
+
+    /// The peer's node name, verified against its certificate.
+    pub fn peer(&self) -> &NodeName {
+        &self.peer
+    }
+
+    /// Distinguishes this connection from earlier or later ones to the same peer
+    /// (see `Membership::connection_lost`).
+    pub fn id(&self) -> u64 {
+        self.inner.stable_id() as u64
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        self.inner.remote_address()
+    }
+
+    /// Sends `payload` on a new data-plane stream and waits for the one-frame answer.
+    pub async fn request(&self, payload: &[u8]) -> Result<Vec<u8>, ClusterError> {
+        let frame = encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?;
+        let exchange = async {
+            let (mut send, mut recv) = self.inner.open_bi().await?;
+            send.write_all(&[KIND_DATA]).await?;
+            send.write_all(&frame).await?;
+            send.finish()?;
+            let answer = read_frame(&mut recv, self.cfg.max_frame).await;
+            if let Err(ClusterError::FrameTooLarge { .. }) = &answer {
+                let _ = recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
+            }
+            answer
+        };
+        tokio::time::timeout(self.cfg.request_timeout, exchange)
+            .await
+            .map_err(|_| ClusterError::Timeout("request"))?
+    }
+
+    /// Opens a stream of the given kind and writes the kind byte. Only [`KIND_DATA`] is
+    /// supported in this slice.
+    pub async fn open_stream(&self, kind: u8) -> Result<(SendStream, RecvStream), ClusterError> {
+        if kind != KIND_DATA {
+            return Err(ClusterError::UnsupportedStreamKind(kind));
+        }
+        self.open_raw_stream(kind).await
+    }
+
+    /// Like `open_stream` without the kind check, so tests can send what a hostile or newer
+    /// peer would.
+    #[doc(hidden)]
+    pub async fn open_raw_stream(
+        &self,
+        first_byte: u8,
+    ) -> Result<(SendStream, RecvStream), ClusterError> {
+        let (mut send, recv) = self.inner.open_bi().await?;
+        send.write_all(&[first_byte]).await?;
+        Ok((send, recv))
+    }
+
+    /// Serves data-plane requests from this peer with `handler` until the connection ends, and
+    /// returns why it ended. Each stream runs in its own task; a bad stream is refused alone.
+    pub async fn serve<F, Fut>(&self, handler: F) -> ClusterError
+    where
+        F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<u8>> + Send + 'static,
+    {
+        let handler = Arc::new(handler);
+        // A JoinSet so that stream tasks die with `serve` rather than outlive it.
+        let mut tasks = JoinSet::new();
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let (send, recv) = match self.inner.accept_bi().await {
+                Ok(streams) => streams,
+                Err(e) => return e.into(),
+            };
+            let (handler, cfg, peer) = (handler.clone(), self.cfg.clone(), self.peer.clone());
+            tasks.spawn(async move {
+                if let Err(e) = serve_stream(send, recv, &*handler, &cfg).await {
+                    tracing::debug!(%peer, error = %e, "refused a data-plane stream");
+                }
+            });
+        }
+    }
+
+    /// Resolves when the connection ends: idle timeout (dead or frozen peer), close, or reset.
+    pub async fn closed(&self) -> ClusterError {
+        self.inner.closed().await.into()
+    }
+
+    pub fn close(&self) {
+        self.inner
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"shutdown");
+    }
+}
+
+async fn serve_stream<F, Fut>(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    handler: &F,
+    cfg: &TransportConfig,
+) -> Result<(), ClusterError>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = Vec<u8>>,
+{
+    let request = tokio::time::timeout(cfg.request_timeout, async {
+        let kind = read_kind(&mut recv).await?;
+        if kind != KIND_DATA {
+            return Err(ClusterError::UnsupportedStreamKind(kind));
+        }
+        read_frame(&mut recv, cfg.max_frame).await
+    })
+    .await
+    .unwrap_or(Err(ClusterError::Timeout("request")));
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match &e {
+                ClusterError::FrameTooLarge { .. } => codes::FRAME_TOO_LARGE,
+                ClusterError::UnsupportedStreamKind(_) => codes::UNSUPPORTED_KIND,
+                ClusterError::Timeout(_) => codes::TIMEOUT,
+                _ => codes::PROTOCOL,
+            };
+            refuse(&mut send, &mut recv, code);
+            return Err(e);
+        }
+    };
+    let response = handler(request).await;
+    match encode_frame(&response, cfg.max_frame) {
+        Ok(frame) => {
+            send.write_all(&frame).await?;
+            send.finish()?;
+            Ok(())
+        }
+        Err(e) => {
+            refuse(&mut send, &mut recv, codes::FRAME_TOO_LARGE);
+            Err(frame_error(e))
+        }
+    }
+}

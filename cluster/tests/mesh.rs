@@ -1,0 +1,375 @@
+//! End-to-end tests of the QUIC mesh, all in-process on 127.0.0.1 with ephemeral ports.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tern_cluster::membership::{BackoffConfig, LossReason, Membership, PeerState};
+use tern_cluster::transport::{KIND_DATA, KIND_RACTOR, codes};
+use tern_cluster::{
+    ClusterError, Connection, Endpoint, NodeIdentity, NodeName, TransportConfig, pki,
+};
+
+fn n(s: &str) -> NodeName {
+    s.parse().unwrap()
+}
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn cluster(dir: &Path, nodes: &[&str]) {
+    let names: Vec<NodeName> = nodes.iter().map(|s| n(s)).collect();
+    pki::init(dir, &names).unwrap();
+}
+
+fn bind(dir: &Path, name: &str, cfg: TransportConfig) -> Endpoint {
+    let id = pki::load(dir, &n(name)).unwrap();
+    Endpoint::bind(&id, any_port(), cfg).unwrap()
+}
+
+/// Accepts one connection on `ep` and serves it with a handler that echoes with a prefix,
+/// sleeping first when asked to (to keep a stream open while others are refused).
+fn serve_one(ep: &std::sync::Arc<Endpoint>) -> tokio::task::JoinHandle<Connection> {
+    let ep = ep.clone();
+    tokio::spawn(async move {
+        let conn = ep.accept().await.unwrap();
+        let server = conn.clone();
+        tokio::spawn(async move {
+            server
+                .serve(|req: Vec<u8>| async move {
+                    if req == b"slow" {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let mut out = b"echo:".to_vec();
+                    out.extend(req);
+                    out
+                })
+                .await
+        });
+        conn
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_ca_peers_connect_verify_names_and_exchange_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = std::sync::Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let accepted = serve_one(&b);
+
+    let t0 = Instant::now();
+    let mut membership = Membership::new(n("a"), [n("b")], BackoffConfig::default(), 1, t0);
+    let (dials, _) = membership.tick(t0);
+    assert_eq!(dials.len(), 1);
+
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    assert_eq!(conn.peer(), &n("b"));
+    let events = membership.connected(conn.peer(), conn.id(), Instant::now());
+    assert_eq!(events[0].state, PeerState::Up);
+
+    let server_side = accepted.await.unwrap();
+    assert_eq!(
+        server_side.peer(),
+        &n("a"),
+        "acceptor learns the verified dialler name"
+    );
+
+    assert_eq!(conn.request(b"hello").await.unwrap(), b"echo:hello");
+    assert_eq!(conn.request(b"").await.unwrap(), b"echo:");
+    // Many concurrent requests on one connection.
+    let mut handles = Vec::new();
+    for i in 0..20u8 {
+        let c = conn.clone();
+        handles.push(tokio::spawn(async move { c.request(&[i; 1000]).await }));
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.await.unwrap().unwrap();
+        assert_eq!(&out[5..], &[i as u8; 1000][..]);
+    }
+    assert_eq!(a.rejected_handshakes() + b.rejected_handshakes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_from_another_ca_is_rejected_both_ways() {
+    let ours = tempfile::tempdir().unwrap();
+    let theirs = tempfile::tempdir().unwrap();
+    cluster(ours.path(), &["a", "b"]);
+    cluster(theirs.path(), &["a", "b"]);
+    let a = bind(ours.path(), "a", TransportConfig::default());
+    let foreign_b = bind(theirs.path(), "b", TransportConfig::default());
+
+    // We dial them: their server certificate does not chain to our CA.
+    let err = a
+        .connect(&n("b"), foreign_b.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    println!("dialling a foreign node: {err}");
+    assert!(matches!(err, ClusterError::Connection(_)), "{err:?}");
+
+    // They dial us: our server refuses their client certificate.
+    let foreign_a = bind(theirs.path(), "a", TransportConfig::default());
+    let b = bind(ours.path(), "b", TransportConfig::default());
+    let err = foreign_a
+        .connect(&n("b"), b.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    println!("dialled by a foreign node: {err}");
+    assert!(
+        matches!(
+            err,
+            ClusterError::Connection(_) | ClusterError::Rejected { .. }
+        ),
+        "{err:?}"
+    );
+    // Nothing reaches accept; the rejection is counted.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), b.accept())
+            .await
+            .is_err()
+    );
+    wait_for(|| b.rejected_handshakes() >= 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_impostor_with_a_valid_cert_is_rejected_and_changes_no_membership() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b", "c"]);
+    let read = |f: &str| std::fs::read(dir.path().join(f)).unwrap();
+    // Holds b's valid certificate and key but claims to be c.
+    let impostor_id =
+        NodeIdentity::from_pem(n("c"), &read("b.pem"), &read("b.key"), &read("ca.pem")).unwrap();
+    let impostor = Endpoint::bind(&impostor_id, any_port(), TransportConfig::default()).unwrap();
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = bind(dir.path(), "b", TransportConfig::default());
+
+    // `a`'s view: only connections that come out of accept()/connect() verified may call
+    // `connected`; everything else must leave membership untouched.
+    let t0 = Instant::now();
+    let mut membership = Membership::new(n("a"), [n("b"), n("c")], BackoffConfig::default(), 9, t0);
+    let mut events = Vec::new();
+
+    // 1. The impostor dials `a` claiming to be `c` (names sort so `a` would normally dial,
+    //    but any dialler is checked the same way).
+    let err = impostor
+        .connect(&n("a"), a.local_addr().unwrap())
+        .await
+        .unwrap_err();
+    println!("impostor dialling: {err}");
+    assert!(
+        matches!(err, ClusterError::Rejected { code, .. } if code == u64::from(codes::IDENTITY)),
+        "{err:?}"
+    );
+    if let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_millis(300), a.accept()).await {
+        events.extend(membership.connected(conn.peer(), conn.id(), Instant::now()));
+    }
+    wait_for(|| a.rejected_handshakes() == 1).await;
+
+    // 2. `a` dials the real `b` at its address but as `c`: b's certificate is not c's.
+    let (dials, ev) = membership.tick(Instant::now());
+    events.extend(ev);
+    assert_eq!(dials.len(), 2);
+    match a.connect(&n("c"), b.local_addr().unwrap()).await {
+        Ok(conn) => events.extend(membership.connected(conn.peer(), conn.id(), Instant::now())),
+        Err(e) => {
+            println!("dialling b as c: {e}");
+            events.extend(membership.dial_failed(&n("c"), Instant::now()));
+        }
+    }
+
+    assert!(
+        events.iter().all(|e| e.state != PeerState::Up),
+        "no peer may come up: {events:?}"
+    );
+    assert_eq!(membership.state(&n("c")), Some(PeerState::Down));
+    assert_eq!(membership.up().count(), 0);
+    wait_for(|| b.rejected_handshakes() == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_frame_is_refused_on_its_stream_only() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let small = TransportConfig {
+        max_frame: 1024,
+        ..TransportConfig::default()
+    };
+    let b = std::sync::Arc::new(bind(dir.path(), "b", small));
+    let _accepted = serve_one(&b);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+
+    // A request in flight on another stream while the big one is refused.
+    let slow = {
+        let c = conn.clone();
+        tokio::spawn(async move { c.request(b"slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let err = conn.request(&vec![7u8; 64 * 1024]).await.unwrap_err();
+    assert!(
+        matches!(err, ClusterError::StreamRefused(code) if code == u64::from(codes::FRAME_TOO_LARGE)),
+        "{err:?}"
+    );
+    assert_eq!(slow.await.unwrap().unwrap(), b"echo:slow");
+    assert_eq!(
+        conn.request(b"still here").await.unwrap(),
+        b"echo:still here"
+    );
+
+    // A length-prefix bomb: the header alone claims 4 GiB.
+    let (mut send, mut recv) = conn.open_stream(KIND_DATA).await.unwrap();
+    send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    match recv.read_to_end(1024).await {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code.into_inner(), u64::from(codes::FRAME_TOO_LARGE));
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+
+    // The reserved ractor stream kind is refused locally and by the peer.
+    assert!(matches!(
+        conn.open_stream(KIND_RACTOR).await,
+        Err(ClusterError::UnsupportedStreamKind(0x01))
+    ));
+    let (mut send, mut recv) = conn.open_raw_stream(KIND_RACTOR).await.unwrap();
+    send.finish().unwrap();
+    match recv.read_to_end(1024).await {
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+            assert_eq!(code.into_inner(), u64::from(codes::UNSUPPORTED_KIND));
+        }
+        other => panic!("expected a reset, got {other:?}"),
+    }
+
+    // Our own limit applies to what we send too.
+    let a_small = bind(
+        dir.path(),
+        "a",
+        TransportConfig {
+            max_frame: 16,
+            ..TransportConfig::default()
+        },
+    );
+    let _accepted2 = serve_one(&b);
+    let conn2 = a_small
+        .connect(&n("b"), b.local_addr().unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn2.request(&[0; 17]).await,
+        Err(ClusterError::FrameTooLarge {
+            size: 17,
+            limit: 16
+        })
+    ));
+    // The response ("echo:" + 12 bytes) exceeds a's 16-byte limit: refused, typed.
+    assert!(matches!(
+        conn2.request(&[1; 12]).await,
+        Err(ClusterError::FrameTooLarge { .. })
+    ));
+    assert_eq!(conn2.request(b"ok").await.unwrap(), b"echo:ok");
+    assert_eq!(
+        conn.request(b"first conn").await.unwrap(),
+        b"echo:first conn"
+    );
+}
+
+enum Death {
+    /// The peer's runtime is blocked: like SIGSTOP, nothing is read or sent.
+    Freeze,
+    /// The peer's runtime and everything in it is dropped without a goodbye.
+    Drop,
+}
+
+/// Runs `b` on its own single-threaded runtime so the test can freeze or kill it whole.
+async fn peer_death_is_noticed(death: Death) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let b_id = pki::load(dir.path(), &n("b")).unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (die_tx, die_rx) = tokio::sync::oneshot::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let ep = std::sync::Arc::new(
+                Endpoint::bind(&b_id, any_port(), TransportConfig::default()).unwrap(),
+            );
+            addr_tx.send(ep.local_addr().unwrap()).unwrap();
+            let keep = (ep.clone(), serve_one(&ep));
+            die_rx.await.unwrap();
+            match death {
+                Death::Freeze => {
+                    std::thread::sleep(Duration::from_secs(3));
+                    drop(keep);
+                }
+                // Leaves the endpoint inside a task; dropping the runtime drops it undriven.
+                Death::Drop => {
+                    tokio::spawn(async move {
+                        let _keep = keep;
+                        std::future::pending::<()>().await
+                    });
+                }
+            }
+        });
+        drop(rt);
+    });
+    let b_addr = addr_rx.recv().unwrap();
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let conn = a.connect(&n("b"), b_addr).await.unwrap();
+    assert_eq!(conn.request(b"ping").await.unwrap(), b"echo:ping");
+
+    let mut membership = Membership::new(
+        n("a"),
+        [n("b")],
+        BackoffConfig::default(),
+        1,
+        Instant::now(),
+    );
+    membership.tick(Instant::now());
+    membership.connected(conn.peer(), conn.id(), Instant::now());
+
+    let t0 = Instant::now();
+    die_tx.send(()).unwrap();
+    let why = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    let reason = match &why {
+        ClusterError::Connection(quinn::ConnectionError::TimedOut) => LossReason::TimedOut,
+        _ => LossReason::Other(why.to_string()),
+    };
+    let events = membership.connection_lost(&n("b"), conn.id(), Instant::now(), reason);
+    assert_eq!(events[0].state, PeerState::Down);
+    println!("peer death noticed after {took:?}: {why}");
+    assert!(took <= Duration::from_millis(2500), "took {took:?}");
+    // Later requests fail typed and fast instead of hanging.
+    assert!(conn.request(b"late").await.is_err());
+    tokio::task::spawn_blocking(move || peer.join().unwrap())
+        .await
+        .unwrap();
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_peer_is_detected_within_the_idle_timeout() {
+    peer_death_is_noticed(Death::Freeze).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abruptly_dropped_peer_is_detected_within_the_idle_timeout() {
+    peer_death_is_noticed(Death::Drop).await;
+}
+
+async fn wait_for(cond: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("condition not reached within 2 s");
+}
