@@ -58,7 +58,31 @@ pub struct Config {
     pub result_ttl_secs: u64,
     /// Idle keep-alive connections and slow request headers are cut after this long.
     pub header_read_timeout_ms: u64,
+
+    // --- cluster (issue 3); all off by default, so `tern up` alone is a single node ---
+    /// Directory written by `tern cluster init` (`ca.pem`, `<node>.pem`, `<node>.key`).
+    /// Setting it turns the node into a cluster member named `node_name`.
+    pub cluster_dir: Option<PathBuf>,
+    /// UDP address of this node's QUIC mesh endpoint.
+    pub cluster_listen: SocketAddr,
+    /// The other members, as `name=host:port` (their `cluster_listen`).
+    pub peers: Vec<String>,
+    /// `standard`, `edge-small` (128 MiB, 50 ms) or `cpu-burst` (512 MiB, 900 ms): the most
+    /// memory and time a function may need to be placed on this node (design §5, Eq. 2).
+    pub node_class: String,
+    /// `warm-affinity` (consistent hashing by function, spill to least loaded) or
+    /// `local-first`.
+    pub placement: String,
+    /// UDP address of the QUIC API for `tern-client` (needs `cluster_dir` for its
+    /// certificate); off when unset.
+    pub client_listen: Option<SocketAddr>,
+    /// Tenant tokens accepted on the client API; empty = no token needed.
+    pub client_tokens: Vec<String>,
 }
+
+/// Keys whose default is "unset", so they are absent from the defaults table but may still be
+/// set from the environment.
+const OPTIONAL_KEYS: &[&str] = &["cluster_dir", "client_listen"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -85,6 +109,13 @@ impl Default for Config {
             map_parallelism: 0,
             result_ttl_secs: 3600,
             header_read_timeout_ms: 30_000,
+            cluster_dir: None,
+            cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7900)),
+            peers: Vec::new(),
+            node_class: "standard".into(),
+            placement: "warm-affinity".into(),
+            client_listen: None,
+            client_tokens: Vec::new(),
         }
     }
 }
@@ -111,7 +142,7 @@ impl Config {
                 continue;
             };
             let field = field.to_ascii_lowercase();
-            if !table.contains_key(&field) {
+            if !table.contains_key(&field) && !OPTIONAL_KEYS.contains(&field.as_str()) {
                 continue; // TERN_SERVER and friends belong to the CLI, not the node.
             }
             table.insert(field, env_value(&value));
@@ -143,11 +174,105 @@ impl Config {
         if self.node_name.is_empty() {
             return bad("node_name must not be empty");
         }
+        NodeClass::from_name(&self.node_class)?;
+        if !["warm-affinity", "local-first"].contains(&self.placement.as_str()) {
+            return bad("placement must be warm-affinity or local-first");
+        }
+        self.parsed_peers()?;
         Ok(())
+    }
+
+    /// `peers` parsed as `(name, address)`.
+    pub fn parsed_peers(&self) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+        self.peers
+            .iter()
+            .map(|p| {
+                let (name, addr) = p.split_once('=').ok_or_else(|| {
+                    ConfigError::Invalid(format!("peer {p:?} is not name=host:port"))
+                })?;
+                let addr = addr.parse().map_err(|e| {
+                    ConfigError::Invalid(format!("peer {p:?}: bad address: {e}"))
+                })?;
+                Ok((name.to_owned(), addr))
+            })
+            .collect()
+    }
+
+    /// The limits of this node's class.
+    pub fn class(&self) -> NodeClass {
+        NodeClass::from_name(&self.node_class).unwrap_or(NodeClass::Standard {
+            max_memory_mb: self.max_memory_mb,
+            max_timeout_ms: self.max_timeout_ms,
+        })
+        .with_standard(self.max_memory_mb, self.max_timeout_ms)
     }
 
     pub fn epoch_tick(&self) -> Duration {
         Duration::from_micros(self.epoch_tick_us)
+    }
+}
+
+/// What a node can run (design §5, Eq. 2: the paper's two platforms). A function is only
+/// placed on nodes whose class admits its memory and time limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeClass {
+    /// The node's own `max_memory_mb` / `max_timeout_ms`.
+    Standard { max_memory_mb: u32, max_timeout_ms: u32 },
+    /// 128 MiB, 50 ms.
+    EdgeSmall,
+    /// 512 MiB, 900 ms.
+    CpuBurst,
+}
+
+impl NodeClass {
+    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
+        match name {
+            "standard" => Ok(NodeClass::Standard {
+                max_memory_mb: 0,
+                max_timeout_ms: 0,
+            }),
+            "edge-small" => Ok(NodeClass::EdgeSmall),
+            "cpu-burst" => Ok(NodeClass::CpuBurst),
+            other => Err(ConfigError::Invalid(format!(
+                "node_class {other:?} is not standard, edge-small or cpu-burst"
+            ))),
+        }
+    }
+
+    fn with_standard(self, max_memory_mb: u32, max_timeout_ms: u32) -> Self {
+        match self {
+            NodeClass::Standard { .. } => NodeClass::Standard {
+                max_memory_mb,
+                max_timeout_ms,
+            },
+            other => other,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeClass::Standard { .. } => "standard",
+            NodeClass::EdgeSmall => "edge-small",
+            NodeClass::CpuBurst => "cpu-burst",
+        }
+    }
+
+    /// Largest `memory_mb` a function may have to run here.
+    pub fn max_memory_mb(self) -> u32 {
+        match self {
+            NodeClass::Standard { max_memory_mb, .. } => max_memory_mb,
+            NodeClass::EdgeSmall => 128,
+            NodeClass::CpuBurst => 512,
+        }
+    }
+
+    /// Largest `timeout_ms` a function may have to run here.
+    pub fn max_timeout_ms(self) -> u32 {
+        match self {
+            NodeClass::Standard { max_timeout_ms, .. } => max_timeout_ms,
+            NodeClass::EdgeSmall => 50,
+            NodeClass::CpuBurst => 900,
+        }
     }
 }
 
@@ -185,6 +310,11 @@ mod tests {
             ("TERN_EXAMPLES".to_string(), "[\"echo\"]".to_string()),
             ("TERN_SERVER".to_string(), "ignored".to_string()),
             ("HOME".to_string(), "/root".to_string()),
+            ("TERN_CLUSTER_DIR".to_string(), "/etc/tern/cluster".to_string()),
+            (
+                "TERN_PEERS".to_string(),
+                "[\"b=127.0.0.1:7901\"]".to_string(),
+            ),
         ];
         let c = Config::load(Some(&file), env).unwrap();
         assert_eq!(c.queue_cap, 7);
@@ -192,6 +322,26 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(c.examples, vec!["echo".to_string()]);
         assert_eq!(c.max_instances, Config::default().max_instances);
+        assert_eq!(c.cluster_dir, Some(PathBuf::from("/etc/tern/cluster")));
+        assert_eq!(
+            c.parsed_peers().unwrap(),
+            vec![("b".to_string(), "127.0.0.1:7901".parse().unwrap())]
+        );
+        assert_eq!(c.client_listen, None);
+    }
+
+    #[test]
+    fn node_classes_and_peers_are_checked() {
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        let c = Config::load(None, env("TERN_NODE_CLASS", "edge-small")).unwrap();
+        assert_eq!(c.class().max_memory_mb(), 128);
+        assert_eq!(c.class().max_timeout_ms(), 50);
+        let c = Config::default();
+        assert_eq!(c.class().max_timeout_ms(), c.max_timeout_ms);
+        assert!(Config::load(None, env("TERN_NODE_CLASS", "huge")).is_err());
+        assert!(Config::load(None, env("TERN_PLACEMENT", "psychic")).is_err());
+        assert!(Config::load(None, env("TERN_PEERS", "[\"b\"]")).is_err());
+        assert!(Config::load(None, env("TERN_PEERS", "[\"b=nowhere\"]")).is_err());
     }
 
     #[test]

@@ -49,6 +49,21 @@ enum Command {
         /// Directory with the example functions' `.wasm` files.
         #[arg(long)]
         examples_dir: Option<PathBuf>,
+        /// Join a cluster: the directory written by `tern cluster init` (needs --node-name).
+        #[arg(long)]
+        cluster_dir: Option<PathBuf>,
+        /// UDP address of this node's mesh endpoint.
+        #[arg(long)]
+        cluster_listen: Option<SocketAddr>,
+        /// Another member, as `name=host:port`; repeat for each.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// `standard`, `edge-small` or `cpu-burst`.
+        #[arg(long)]
+        node_class: Option<String>,
+        /// UDP address of the QUIC API for tern-client.
+        #[arg(long)]
+        client_listen: Option<SocketAddr>,
     },
     /// Deploy (or replace) a function.
     Deploy {
@@ -240,6 +255,11 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             node_name,
             examples_dir,
+            cluster_dir,
+            cluster_listen,
+            peers,
+            node_class,
+            client_listen,
         } => {
             let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
             if let Some(v) = listen {
@@ -254,6 +274,22 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some(v) = examples_dir {
                 cfg.examples_dir = v;
             }
+            if cluster_dir.is_some() {
+                cfg.cluster_dir = cluster_dir;
+            }
+            if let Some(v) = cluster_listen {
+                cfg.cluster_listen = v;
+            }
+            if !peers.is_empty() {
+                cfg.peers = peers;
+            }
+            if let Some(v) = node_class {
+                cfg.node_class = v;
+            }
+            if client_listen.is_some() {
+                cfg.client_listen = client_listen;
+            }
+            cfg.validate()?;
             let node = tern_node::start(cfg).await?;
             eprintln!("tern node listening on http://{}", node.addr());
             shutdown_signal().await;
