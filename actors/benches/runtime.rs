@@ -57,6 +57,8 @@ fn bench(c: &mut Criterion) {
                 node_name: "bench".into(),
                 queue_cap: 100_000,
                 map_parallelism: 2,
+                class_max_memory_mb: 512,
+                class_max_timeout_ms: 900_000,
             },
             runtime.clone(),
             metrics,

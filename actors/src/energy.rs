@@ -61,7 +61,8 @@ fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn process_cpu_time() -> Duration {
+/// CPU time used by this process so far.
+pub fn process_cpu_time() -> Duration {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
     Duration::new(
         t.tv_sec.max(0) as u64,

@@ -31,6 +31,12 @@ pub enum Error {
     Timeout { timeout_ms: u32 },
     #[error("{0}")]
     Unavailable(String),
+    /// An error another node answered with, passed through unchanged.
+    #[error("{} (on node {node})", .error.message)]
+    Remote {
+        node: String,
+        error: tern_wire::ApiError,
+    },
     #[error("artifact store I/O: {0}")]
     ArtifactIo(#[from] std::io::Error),
     #[error("internal error: {0}")]
@@ -51,6 +57,7 @@ impl Error {
             Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Remote { error, .. } => error.code,
             Error::ArtifactIo(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }

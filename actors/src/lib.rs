@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod metrics_collector;
 mod pipeline;
 pub mod placement;
+pub mod remote;
 pub mod runtime;
 pub mod runtime_pool;
 pub mod scheduler;

@@ -32,6 +32,10 @@ impl Histogram {
         self.count.fetch_add(1, Relaxed);
     }
 
+    pub fn sum_us(&self) -> u64 {
+        self.sum_us.load(Relaxed)
+    }
+
     pub fn count(&self) -> u64 {
         self.count.load(Relaxed)
     }
@@ -103,6 +107,18 @@ pub struct Metrics {
     pub actor_restarts: Mutex<BTreeMap<String, u64>>,
     /// Guests moved to the low-priority lane after using a full time slice.
     pub slow_lane_moves: AtomicU64,
+    /// MEUs this node sent to another node to run.
+    pub forwarded: AtomicU64,
+    /// MEUs this node ran for another node.
+    pub served_for_peers: AtomicU64,
+    /// MEUs run again elsewhere because the node running them was lost or refused them.
+    pub failover_reruns: AtomicU64,
+    /// Peers currently connected (cluster mode).
+    pub peers_up: AtomicI64,
+    /// Incoming mesh connections refused by the handshake or identity check.
+    pub rejected_handshakes: AtomicU64,
+    /// Registry entries applied from other nodes.
+    pub replicated: AtomicU64,
 }
 
 impl Metrics {
@@ -113,6 +129,14 @@ impl Metrics {
         }
         let mut map = self.functions.write().unwrap_or_else(|p| p.into_inner());
         map.entry(function.to_owned()).or_default().clone()
+    }
+
+    /// Invocations answered and their summed latency, over all functions (for a node's
+    /// recent-latency status: the difference of two readings).
+    pub fn latency_totals(&self) -> (u64, u64) {
+        self.read_functions().values().fold((0, 0), |(n, sum), m| {
+            (n + m.latency.count(), sum + m.latency.sum_us())
+        })
     }
 
     fn read_functions(
@@ -304,6 +328,11 @@ impl Metrics {
                 "Modules loaded and ready to instantiate.",
                 self.loaded_modules.load(Relaxed),
             ),
+            (
+                "tern_cluster_peers_up",
+                "Peers this node has a verified connection to.",
+                self.peers_up.load(Relaxed),
+            ),
         ] {
             gauge(&mut out, name, help);
             let _ = writeln!(out, "{name} {v}");
@@ -344,6 +373,31 @@ impl Metrics {
                 "tern_slow_lane_moves_total",
                 "Guests moved to the low-priority lane after a full time slice.",
                 self.slow_lane_moves.load(Relaxed),
+            ),
+            (
+                "tern_forwarded_meus_total",
+                "MEUs sent to another node to run.",
+                self.forwarded.load(Relaxed),
+            ),
+            (
+                "tern_served_for_peers_total",
+                "MEUs run for another node.",
+                self.served_for_peers.load(Relaxed),
+            ),
+            (
+                "tern_failover_reruns_total",
+                "MEUs run again elsewhere after the node running them was lost or refused them.",
+                self.failover_reruns.load(Relaxed),
+            ),
+            (
+                "tern_rejected_handshakes_total",
+                "Mesh connections refused by the TLS handshake or the node-name check.",
+                self.rejected_handshakes.load(Relaxed),
+            ),
+            (
+                "tern_replicated_entries_total",
+                "Registry entries (deploys, removals) applied from other nodes.",
+                self.replicated.load(Relaxed),
             ),
         ] {
             counter(&mut out, name, help);

@@ -9,10 +9,28 @@ use crate::Error;
 pub struct NodeView {
     pub name: String,
     pub alive: bool,
+    /// Whether the node's class admits the function's memory and time limits (Eq. 2).
+    pub fits: bool,
     /// Invocations admitted and unanswered on that node.
     pub queue_depth: usize,
+    /// Its admission capacity: a node at capacity is full and masked.
+    pub queue_cap: usize,
     /// Whether the MEU's module is loaded there (no cold start).
     pub warm: bool,
+}
+
+impl NodeView {
+    /// Live, of a fitting class, and not full.
+    pub fn usable(&self) -> bool {
+        self.alive && self.fits && self.queue_depth < self.queue_cap
+    }
+}
+
+fn no_node() -> Error {
+    Error::Unavailable(
+        "no live node of a class that admits this function's memory and time limits has room"
+            .into(),
+    )
 }
 
 /// What the scheduler knows about the MEU being placed.
@@ -41,10 +59,77 @@ impl Placement for LocalFirst {
     fn place(&self, _meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
         nodes
             .iter()
-            .position(|n| n.alive && n.warm)
-            .or_else(|| nodes.iter().position(|n| n.alive))
-            .ok_or_else(|| Error::Unavailable("no live node to run the work".into()))
+            .position(|n| n.usable() && n.warm)
+            .or_else(|| nodes.iter().position(NodeView::usable))
+            .ok_or_else(no_node)
     }
+}
+
+/// Warm affinity (issue 3's default): each function has an owner node chosen by rendezvous
+/// (highest-random-weight) hashing over the usable nodes, so its instances stay warm in one
+/// place and only the functions of a lost node move when membership changes. When the owner's
+/// queue reaches `spill_at`, the MEU spills to the least-loaded usable node (ties go to the
+/// node the function would hash to next, so spilling is deterministic too).
+#[derive(Debug, Clone, Copy)]
+pub struct WarmAffinity {
+    pub spill_at: usize,
+}
+
+impl WarmAffinity {
+    /// Rendezvous weight of `node` for `function`: a fixed hash, identical on every node, so
+    /// all nodes agree on owners without talking.
+    pub fn weight(function: &str, node: &str) -> u64 {
+        mix(fnv1a(function.as_bytes()) ^ mix(fnv1a(node.as_bytes())))
+    }
+
+    /// The index of the owner of `function` among the usable `nodes`.
+    pub fn owner(function: &str, nodes: &[NodeView]) -> Option<usize> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.usable())
+            .max_by_key(|(_, n)| Self::weight(function, &n.name))
+            .map(|(i, _)| i)
+    }
+}
+
+impl Placement for WarmAffinity {
+    fn name(&self) -> &'static str {
+        "warm-affinity"
+    }
+
+    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
+        let owner = Self::owner(meu.function, nodes).ok_or_else(no_node)?;
+        if nodes[owner].queue_depth < self.spill_at {
+            return Ok(owner);
+        }
+        let least = nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.usable())
+            .min_by_key(|(_, n)| {
+                (
+                    n.queue_depth,
+                    std::cmp::Reverse(Self::weight(meu.function, &n.name)),
+                )
+            })
+            .map(|(i, _)| i)
+            .unwrap_or(owner);
+        Ok(least)
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finaliser: spreads FNV's weak low bits over the whole word.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -56,9 +141,87 @@ mod tests {
         NodeView {
             name: name.into(),
             alive,
+            fits: true,
             queue_depth: 0,
+            queue_cap: 100,
             warm,
         }
+    }
+
+    fn meu(function: &str) -> MeuView<'_> {
+        MeuView { function, items: 1 }
+    }
+
+    #[test]
+    fn warm_affinity_spreads_functions_and_every_node_agrees() {
+        let nodes: Vec<NodeView> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, true, true))
+            .collect();
+        let p = WarmAffinity { spill_at: 8 };
+        let mut owners = [0usize; 3];
+        for i in 0..300 {
+            let f = format!("fn-{i}");
+            let chosen = p.place(&meu(&f), &nodes).unwrap();
+            owners[chosen] += 1;
+            // Order of the candidate list does not matter: same owner by name.
+            let mut reversed = nodes.clone();
+            reversed.reverse();
+            let again = p.place(&meu(&f), &reversed).unwrap();
+            assert_eq!(reversed[again].name, nodes[chosen].name);
+        }
+        for n in owners {
+            assert!((60..=140).contains(&n), "unbalanced owners {owners:?}");
+        }
+    }
+
+    #[test]
+    fn warm_affinity_moves_only_a_lost_nodes_functions() {
+        let mut nodes: Vec<NodeView> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, true, true))
+            .collect();
+        let p = WarmAffinity { spill_at: 8 };
+        let before: Vec<String> = (0..100)
+            .map(|i| {
+                nodes[p.place(&meu(&format!("f{i}")), &nodes).unwrap()]
+                    .name
+                    .clone()
+            })
+            .collect();
+        nodes[1].alive = false;
+        for (i, owner) in before.iter().enumerate() {
+            let now = &nodes[p.place(&meu(&format!("f{i}")), &nodes).unwrap()].name;
+            assert_ne!(now, "b");
+            if owner != "b" {
+                assert_eq!(now, owner, "f{i} moved although its owner is alive");
+            }
+        }
+    }
+
+    #[test]
+    fn warm_affinity_spills_to_the_least_loaded_and_masks_full_or_unfit_nodes() {
+        let mut nodes: Vec<NodeView> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, true, true))
+            .collect();
+        let p = WarmAffinity { spill_at: 4 };
+        let owner = p.place(&meu("f"), &nodes).unwrap();
+        nodes[owner].queue_depth = 4;
+        let others: Vec<usize> = (0..3).filter(|&i| i != owner).collect();
+        nodes[others[0]].queue_depth = 3;
+        nodes[others[1]].queue_depth = 1;
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), others[1]);
+        // Full (at capacity) and unfit nodes are never chosen.
+        nodes[others[1]].queue_depth = 100;
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), others[0]);
+        nodes[others[0]].fits = false;
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), owner);
+        nodes[owner].alive = false;
+        assert!(matches!(
+            p.place(&meu("f"), &nodes),
+            Err(Error::Unavailable(_))
+        ));
     }
 
     #[test]

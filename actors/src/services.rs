@@ -1,12 +1,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decompose::ItemCost;
 use crate::energy::EnergyMeter;
 use crate::isolation::Sandbox;
 use crate::metrics::Metrics;
 use crate::placement::Placement;
+use crate::remote::Remote;
 use crate::runtime::Runtime;
 
 /// The actors of one node.
@@ -50,6 +51,9 @@ pub struct ServicesConfig {
     pub queue_cap: usize,
     /// Workers a `map` is spread over (chunk sizing).
     pub map_parallelism: usize,
+    /// This node's class limits (Eq. 2): functions needing more run elsewhere.
+    pub class_max_memory_mb: u32,
+    pub class_max_timeout_ms: u32,
 }
 
 /// What the actors of one node share. Survives actor restarts.
@@ -59,6 +63,8 @@ pub struct Services {
     pub metrics: Arc<Metrics>,
     pub sandbox: Arc<dyn Sandbox>,
     pub placement: Arc<dyn Placement>,
+    /// Other nodes, once the node has joined a cluster (set at most once).
+    pub remote: OnceLock<Arc<dyn Remote>>,
     /// Energy since the node started (Eq. 8).
     pub energy: EnergyMeter,
     names: HashMap<ActorKind, String>,
@@ -90,6 +96,7 @@ impl Services {
             metrics,
             sandbox,
             placement,
+            remote: OnceLock::new(),
             energy: EnergyMeter::start(),
             names,
             costs: Mutex::default(),

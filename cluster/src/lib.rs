@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod membership;
+pub mod mesh;
 pub mod pki;
 pub mod transport;
 
@@ -14,6 +15,7 @@ mod name;
 
 pub use error::ClusterError;
 pub use membership::{Membership, MembershipEvent, PeerState};
+pub use mesh::{Mesh, MeshConfig};
 pub use name::NodeName;
 pub use pki::NodeIdentity;
 pub use transport::{Connection, Endpoint, TransportConfig};

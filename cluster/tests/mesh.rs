@@ -373,3 +373,141 @@ async fn wait_for(cond: impl Fn() -> bool) {
     }
     panic!("condition not reached within 2 s");
 }
+
+mod shell {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use tern_cluster::mesh::Handler;
+    use tern_cluster::{Mesh, MeshConfig};
+
+    use super::*;
+
+    fn handler() -> Handler {
+        Arc::new(|peer: NodeName, req: Vec<u8>| {
+            Box::pin(async move {
+                let mut out = format!("{peer}:").into_bytes();
+                out.extend(req);
+                out
+            })
+        })
+    }
+
+    fn start(ep: Endpoint, peers: &[(NodeName, SocketAddr)]) -> Mesh {
+        let cfg = MeshConfig {
+            peers: peers.to_vec(),
+            backoff: BackoffConfig {
+                base: Duration::from_millis(50),
+                max: Duration::from_millis(400),
+            },
+            seed: 7,
+        };
+        Mesh::start(ep, cfg, handler())
+    }
+
+    async fn wait_for(mesh: &Mesh, want: &[(&str, PeerState)], within: Duration) -> Duration {
+        let t0 = Instant::now();
+        let want: BTreeMap<NodeName, PeerState> =
+            want.iter().map(|(name, s)| (n(name), *s)).collect();
+        let mut watch = mesh.watch();
+        loop {
+            let view = watch.borrow_and_update().clone();
+            if want.iter().all(|(k, v)| view.get(k) == Some(v)) {
+                return t0.elapsed();
+            }
+            let left = within.saturating_sub(t0.elapsed());
+            assert!(
+                !left.is_zero(),
+                "{}: wanted {want:?}, have {view:?}",
+                mesh.name()
+            );
+            let _ = tokio::time::timeout(left, watch.changed()).await;
+        }
+    }
+
+    /// Three nodes form a full mesh by themselves, serve requests both ways, notice a node that
+    /// vanished within the liveness bound, and take it back when it restarts on its address.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_form_a_mesh_detect_loss_and_rejoin() {
+        let dir = tempfile::tempdir().unwrap();
+        cluster(dir.path(), &["a", "b", "c"]);
+        let eps: Vec<Endpoint> = ["a", "b", "c"]
+            .iter()
+            .map(|name| bind(dir.path(), name, TransportConfig::default()))
+            .collect();
+        let peers: Vec<(NodeName, SocketAddr)> = eps
+            .iter()
+            .map(|ep| (ep.name().clone(), ep.local_addr().unwrap()))
+            .collect();
+        let c_addr = peers[2].1;
+        let mut meshes: Vec<Mesh> = eps.into_iter().map(|ep| start(ep, &peers)).collect();
+        let all_up = Duration::from_secs(10);
+        wait_for(
+            &meshes[0],
+            &[("b", PeerState::Up), ("c", PeerState::Up)],
+            all_up,
+        )
+        .await;
+        wait_for(
+            &meshes[1],
+            &[("a", PeerState::Up), ("c", PeerState::Up)],
+            all_up,
+        )
+        .await;
+        wait_for(
+            &meshes[2],
+            &[("a", PeerState::Up), ("b", PeerState::Up)],
+            all_up,
+        )
+        .await;
+
+        // c did not dial a (a is lower), yet it can send on a's connection: one link per pair.
+        let to_a = meshes[2].connection(&n("a")).unwrap();
+        assert_eq!(to_a.request(b"hi").await.unwrap(), b"c:hi");
+        drop(to_a); // a live handle would keep c's socket open after c stops
+        let to_c = meshes[0].connection(&n("c")).unwrap();
+        assert_eq!(to_c.request(b"yo").await.unwrap(), b"a:yo");
+
+        // c stops (a crash without goodbye is the `kill -9` test of tern-node, and the frozen
+        // peer test above).
+        let mut events = meshes[0].subscribe();
+        let c = meshes.pop().unwrap();
+        c.shutdown();
+        let lost = wait_for(
+            &meshes[0],
+            &[("c", PeerState::Down)],
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(lost <= Duration::from_millis(1500), "c lost after {lost:?}");
+        wait_for(
+            &meshes[1],
+            &[("c", PeerState::Down)],
+            Duration::from_secs(5),
+        )
+        .await;
+        let event = events.recv().await.unwrap();
+        assert_eq!((event.node, event.state), (n("c"), PeerState::Down));
+        drop(c);
+
+        // c restarts on the same address; a and b (both lower) redial it.
+        // The old socket is released once quinn's driver has finished closing.
+        let id = pki::load(dir.path(), &n("c")).unwrap();
+        let t0 = Instant::now();
+        let ep = loop {
+            match Endpoint::bind(&id, c_addr, TransportConfig::default()) {
+                Ok(ep) => break ep,
+                Err(e) if t0.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind c: {e}"),
+            }
+        };
+        let c = start(ep, &peers);
+        wait_for(&c, &[("a", PeerState::Up), ("b", PeerState::Up)], all_up).await;
+        wait_for(&meshes[0], &[("c", PeerState::Up)], all_up).await;
+        let to_c = meshes[0].connection(&n("c")).unwrap();
+        assert_eq!(to_c.request(b"back").await.unwrap(), b"a:back");
+    }
+}

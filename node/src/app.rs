@@ -12,9 +12,11 @@ use tern_wire::{
     ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvocationStatus,
 };
 
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::error::NodeError;
-use crate::store::{FunctionRecord, Store};
+use crate::store::Store;
+use tern_wire::peer::RegistryEntry;
 
 pub struct App {
     pub config: Config,
@@ -26,6 +28,8 @@ pub struct App {
     deploy_lock: tokio::sync::Mutex<()>,
     /// Async invocations running in the background; shutdown waits for them.
     background: Arc<std::sync::atomic::AtomicUsize>,
+    /// The cluster link, when the node is a cluster member (set once at start).
+    pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
 }
 
 /// Counts one background task for as long as it lives.
@@ -85,6 +89,7 @@ impl App {
             ids: IdGen::new(),
             deploy_lock: tokio::sync::Mutex::new(()),
             background: Arc::default(),
+            cluster: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,9 +142,13 @@ impl App {
             size_bytes: prepared.size_bytes,
             deployed_at_ms: now_ms(),
         };
+        let entry = RegistryEntry {
+            info: info.clone(),
+            removed: false,
+            origin: self.config.node_name.clone(),
+        };
         self.store.put_module(&info.hash, &bytes)?;
-        self.store
-            .put_function(&FunctionRecord { info: info.clone() })?;
+        self.store.put_function(&entry)?;
         self.store.flush().await?;
         runtime.install(info.clone(), prepared);
         self.services()
@@ -147,19 +156,109 @@ impl App {
             .deploys
             .fetch_add(1, Ordering::Relaxed);
         tracing::info!(function = %info.name, version, hash = %info.hash, "deployed");
+        self.announce(entry);
         Ok(info)
     }
 
+    /// Removes `name`. The removal is a tombstone one version above the deployment, so it
+    /// replicates like a deploy and a node that was away cannot bring the function back.
     pub async fn remove(&self, name: &FunctionName) -> Result<FunctionInfo, NodeError> {
         let _guard = self.deploy_lock.lock().await;
         let record = self
             .store
             .function(name)?
+            .filter(|e| !e.removed)
             .ok_or_else(|| NodeError::NotFound(format!("function {name} is not deployed")))?;
-        self.store.remove_function(name)?;
+        let mut tombstone = record.clone();
+        tombstone.removed = true;
+        tombstone.info.version += 1;
+        tombstone.info.deployed_at_ms = now_ms();
+        tombstone.origin = self.config.node_name.clone();
+        self.store.put_function(&tombstone)?;
         self.store.flush().await?;
         self.services().runtime.remove(name);
+        self.announce(tombstone);
         Ok(record.info)
+    }
+
+    fn announce(&self, entry: RegistryEntry) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.announce(vec![entry]);
+        }
+    }
+
+    /// Every registry entry, tombstones included (for peers' anti-entropy).
+    pub fn registry(&self) -> Result<Vec<RegistryEntry>, NodeError> {
+        Ok(self.store.functions()?)
+    }
+
+    /// Applies a registry entry learnt from `from` if it is newer than ours (last writer wins,
+    /// see [`RegistryEntry::supersedes`]). A deployment's module is fetched by hash from the
+    /// peer if this node lacks it, checked against its hash, and compiled for this node before
+    /// the function is installed (so a function is "ready" here only once it is callable).
+    /// Returns whether anything changed.
+    pub async fn apply_entry(
+        &self,
+        entry: RegistryEntry,
+        from: &tern_cluster::NodeName,
+    ) -> Result<bool, NodeError> {
+        let current = self.store.function(&entry.info.name)?;
+        if !entry.supersedes(current.as_ref()) {
+            return Ok(false);
+        }
+        let runtime = &self.services().runtime;
+        let prepared = if entry.removed {
+            None
+        } else {
+            let hash = entry.info.hash;
+            let bytes = match self.store.module(&hash)? {
+                Some(b) => Bytes::from(b),
+                None => {
+                    let cluster = self
+                        .cluster
+                        .get()
+                        .ok_or_else(|| NodeError::Replication("not a cluster member".to_owned()))?;
+                    cluster.fetch_module(from, &hash).await?
+                }
+            };
+            let prepared = runtime.prepare(bytes.clone()).await?;
+            if prepared.hash != hash {
+                return Err(NodeError::Replication(format!(
+                    "module from {from} hashes to {}, not {hash}",
+                    prepared.hash
+                )));
+            }
+            self.store.put_module(&hash, &bytes)?;
+            Some(prepared)
+        };
+        let _guard = self.deploy_lock.lock().await;
+        // A newer entry may have been applied while this one compiled.
+        if !entry.supersedes(self.store.function(&entry.info.name)?.as_ref()) {
+            return Ok(false);
+        }
+        self.store.put_function(&entry)?;
+        self.store.flush().await?;
+        match prepared {
+            Some(prepared) => {
+                runtime.install(entry.info.clone(), prepared);
+            }
+            None => {
+                runtime.remove(&entry.info.name);
+            }
+        }
+        self.services()
+            .metrics
+            .replicated
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            function = %entry.info.name,
+            version = entry.info.version,
+            removed = entry.removed,
+            origin = %entry.origin,
+            %from,
+            "applied a replicated registry entry"
+        );
+        Ok(true)
     }
 
     /// Loads every stored function (from its artifact; recompiling only if the artifact is
@@ -168,6 +267,9 @@ impl App {
     pub async fn preheat(&self) -> Result<usize, NodeError> {
         let mut loaded = 0;
         for record in self.store.functions()? {
+            if record.removed {
+                continue;
+            }
             let info = record.info;
             let Some(bytes) = self.store.module(&info.hash)? else {
                 tracing::error!(function = %info.name, hash = %info.hash, "module bytes missing from the store; function not loaded");

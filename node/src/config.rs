@@ -190,9 +190,9 @@ impl Config {
                 let (name, addr) = p.split_once('=').ok_or_else(|| {
                     ConfigError::Invalid(format!("peer {p:?} is not name=host:port"))
                 })?;
-                let addr = addr.parse().map_err(|e| {
-                    ConfigError::Invalid(format!("peer {p:?}: bad address: {e}"))
-                })?;
+                let addr = addr
+                    .parse()
+                    .map_err(|e| ConfigError::Invalid(format!("peer {p:?}: bad address: {e}")))?;
                 Ok((name.to_owned(), addr))
             })
             .collect()
@@ -200,11 +200,12 @@ impl Config {
 
     /// The limits of this node's class.
     pub fn class(&self) -> NodeClass {
-        NodeClass::from_name(&self.node_class).unwrap_or(NodeClass::Standard {
-            max_memory_mb: self.max_memory_mb,
-            max_timeout_ms: self.max_timeout_ms,
-        })
-        .with_standard(self.max_memory_mb, self.max_timeout_ms)
+        NodeClass::from_name(&self.node_class)
+            .unwrap_or(NodeClass::Standard {
+                max_memory_mb: self.max_memory_mb,
+                max_timeout_ms: self.max_timeout_ms,
+            })
+            .with_standard(self.max_memory_mb, self.max_timeout_ms)
     }
 
     pub fn epoch_tick(&self) -> Duration {
@@ -217,7 +218,10 @@ impl Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeClass {
     /// The node's own `max_memory_mb` / `max_timeout_ms`.
-    Standard { max_memory_mb: u32, max_timeout_ms: u32 },
+    Standard {
+        max_memory_mb: u32,
+        max_timeout_ms: u32,
+    },
     /// 128 MiB, 50 ms.
     EdgeSmall,
     /// 512 MiB, 900 ms.
@@ -310,7 +314,10 @@ mod tests {
             ("TERN_EXAMPLES".to_string(), "[\"echo\"]".to_string()),
             ("TERN_SERVER".to_string(), "ignored".to_string()),
             ("HOME".to_string(), "/root".to_string()),
-            ("TERN_CLUSTER_DIR".to_string(), "/etc/tern/cluster".to_string()),
+            (
+                "TERN_CLUSTER_DIR".to_string(),
+                "/etc/tern/cluster".to_string(),
+            ),
             (
                 "TERN_PEERS".to_string(),
                 "[\"b=127.0.0.1:7901\"]".to_string(),

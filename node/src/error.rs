@@ -29,6 +29,11 @@ pub enum NodeError {
     MethodNotAllowed,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cluster: {0}")]
+    Cluster(#[from] tern_cluster::ClusterError),
+    /// A registry entry from a peer could not be applied (module missing or damaged).
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 impl NodeError {
@@ -47,7 +52,9 @@ impl NodeError {
             | NodeError::Store(_)
             | NodeError::Bind { .. }
             | NodeError::Spawn(_)
-            | NodeError::Io(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
+            | NodeError::Io(_)
+            | NodeError::Cluster(_)
+            | NodeError::Replication(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
         }
     }
 }

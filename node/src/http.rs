@@ -107,9 +107,15 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             Ok(resp)
         }
         (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, id),
-        (_, ["healthz"] | ["metrics"] | ["v1", "functions", ..] | ["v1", "invocations", _]) => {
-            Err(NodeError::MethodNotAllowed)
-        }
+        (&Method::GET, ["v1", "cluster"]) => Ok(cluster(&app)),
+        (
+            _,
+            ["healthz"]
+            | ["metrics"]
+            | ["v1", "cluster"]
+            | ["v1", "functions", ..]
+            | ["v1", "invocations", _],
+        ) => Err(NodeError::MethodNotAllowed),
         _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
     };
     result.unwrap_or_else(|e| error_response(&e.to_api()))
@@ -342,6 +348,23 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *resp.status_mut() = status;
     resp
+}
+
+/// This node and its peers: `{"node", "members": [{"node", "state", ...}]}`; a node outside
+/// a cluster has no members.
+fn cluster(app: &App) -> Response<Body> {
+    #[derive(Serialize)]
+    struct View {
+        node: String,
+        class: &'static str,
+        members: Vec<crate::cluster::MemberView>,
+    }
+    let view = View {
+        node: app.config.node_name.clone(),
+        class: app.config.class().name(),
+        members: app.cluster.get().map(|c| c.members()).unwrap_or_default(),
+    };
+    json(StatusCode::OK, &view)
 }
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tern_actors::isolation::InProcess;
 use tern_actors::metrics::Metrics;
-use tern_actors::placement::LocalFirst;
+use tern_actors::placement::{LocalFirst, Placement, WarmAffinity};
 use tern_actors::runtime::{Runtime, RuntimeConfig};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
 use tern_wire::FunctionName;
@@ -17,6 +17,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::http;
@@ -36,6 +37,11 @@ impl NodeHandle {
     /// The address the HTTP API listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The cluster link, when the node is a cluster member.
+    pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
+        self.app.cluster.get()
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -60,6 +66,11 @@ impl NodeHandle {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Peers see this node leave at once (not after the idle timeout) and stop placing work
+        // here; work they already sent has been answered above.
+        if let Some(cluster) = self.app.cluster.get() {
+            cluster.shutdown();
         }
         let (tx, rx) = oneshot::channel();
         if self.supervisor.cast(SupervisorMsg::Shutdown(tx)).is_ok() {
@@ -97,13 +108,15 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             node_name: config.node_name.clone(),
             queue_cap: config.queue_cap,
             map_parallelism: parallelism,
+            class_max_memory_mb: config.class().max_memory_mb(),
+            class_max_timeout_ms: config.class().max_timeout_ms(),
         },
         runtime,
         metrics,
         Arc::new(InProcess {
             max_output_bytes: config.max_output_bytes,
         }),
-        Arc::new(LocalFirst),
+        placement(&config, parallelism),
     );
     let (supervisor, _) = Actor::spawn(None, NodeSupervisor, services.clone())
         .await
@@ -115,6 +128,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;
+    if app.config.cluster_dir.is_some() {
+        let link = ClusterLink::start(&app)?;
+        tracing::info!(mesh = %link.local_addr()?, "joined the cluster mesh");
+    }
     let replayed = app.replay_journal().await?;
     tracing::info!(%addr, preheated, replayed, node = %app.config.node_name, "node ready");
 
@@ -140,6 +157,16 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         janitor,
         supervisor,
     })
+}
+
+fn placement(config: &Config, parallelism: usize) -> Arc<dyn Placement> {
+    match config.placement.as_str() {
+        "local-first" => Arc::new(LocalFirst),
+        // A queue of a few MEUs per core on the owner is normal; past that, spill.
+        _ => Arc::new(WarmAffinity {
+            spill_at: (4 * parallelism).max(8),
+        }),
+    }
 }
 
 /// Deploys the configured examples found in `examples_dir`, skipping any already deployed with

@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use tern_wire::{FunctionInfo, FunctionName, InvocationId, InvocationRecord, ModuleHash};
+use serde::Serialize;
+use tern_wire::peer::RegistryEntry;
+use tern_wire::{FunctionName, InvocationId, InvocationRecord, ModuleHash};
 
 /// Largest record we ever decode from the store (a journaled input is at most the body cap).
 const RECORD_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
@@ -24,12 +25,6 @@ pub enum StoreError {
     },
     #[error("cannot encode a {what} record: {detail}")]
     Encode { what: &'static str, detail: String },
-}
-
-/// A function as persisted.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct FunctionRecord {
-    pub info: FunctionInfo,
 }
 
 #[derive(Clone)]
@@ -86,25 +81,24 @@ impl Store {
         Ok(self.modules.get(hash.0)?.map(|v| v.to_vec()))
     }
 
-    pub fn put_function(&self, record: &FunctionRecord) -> Result<(), StoreError> {
-        let bytes = encode("function", record)?;
+    /// Writes a function's registry entry (a deployment or a removal tombstone).
+    pub fn put_function(&self, entry: &RegistryEntry) -> Result<(), StoreError> {
+        let bytes = encode("function", entry)?;
         self.functions
-            .insert(record.info.name.as_str().as_bytes(), bytes)?;
+            .insert(entry.info.name.as_str().as_bytes(), bytes)?;
         Ok(())
     }
 
-    pub fn function(&self, name: &FunctionName) -> Result<Option<FunctionRecord>, StoreError> {
+    /// The registry entry of `name`, tombstones included.
+    pub fn function(&self, name: &FunctionName) -> Result<Option<RegistryEntry>, StoreError> {
         self.functions
             .get(name.as_str().as_bytes())?
             .map(|v| decode("function", name.as_str(), &v))
             .transpose()
     }
 
-    pub fn remove_function(&self, name: &FunctionName) -> Result<bool, StoreError> {
-        Ok(self.functions.remove(name.as_str().as_bytes())?.is_some())
-    }
-
-    pub fn functions(&self) -> Result<Vec<FunctionRecord>, StoreError> {
+    /// Every registry entry, tombstones included.
+    pub fn functions(&self) -> Result<Vec<RegistryEntry>, StoreError> {
         self.functions
             .iter()
             .map(|kv| {
@@ -172,7 +166,15 @@ fn decode<T: serde::de::DeserializeOwned>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use tern_wire::InvocationStatus;
+    use tern_wire::{FunctionInfo, InvocationStatus};
+
+    fn entry(name: &str) -> RegistryEntry {
+        RegistryEntry {
+            info: info(name),
+            removed: false,
+            origin: "n1".into(),
+        }
+    }
 
     fn info(name: &str) -> FunctionInfo {
         FunctionInfo {
@@ -191,7 +193,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = Store::open(dir.path()).unwrap();
-            s.put_function(&FunctionRecord { info: info("a") }).unwrap();
+            s.put_function(&entry("a")).unwrap();
             s.put_module(&ModuleHash([7; 32]), b"\0asm").unwrap();
             s.put_invocation(&InvocationRecord {
                 id: "x-1".parse().unwrap(),
@@ -209,10 +211,7 @@ mod tests {
             s.db.flush().unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            s.functions().unwrap(),
-            vec![FunctionRecord { info: info("a") }]
-        );
+        assert_eq!(s.functions().unwrap(), vec![entry("a")]);
         assert_eq!(s.module(&ModuleHash([7; 32])).unwrap().unwrap(), b"\0asm");
         assert_eq!(s.invocations().unwrap().len(), 1);
     }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod codec;
 pub mod frame;
+pub mod peer;
 
 pub use api::{
     ApiError, ErrorCode, FunctionInfo, FunctionName, InvocationId, InvocationRecord,

@@ -380,6 +380,12 @@ impl Runtime {
     }
 
     /// Whether `hash` is loaded right now (a MEU for it would be a reuse hit).
+    /// Hashes of the modules loaded right now (warm).
+    pub fn loaded_hashes(&self) -> Vec<ModuleHash> {
+        let cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
+        cache.modules.keys().copied().collect()
+    }
+
     pub fn is_loaded(&self, hash: &ModuleHash) -> bool {
         let cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         cache.modules.contains_key(hash)

@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod cluster;
+mod cluster_process;
 mod hostile;
 mod persistence;
 mod supervision;

@@ -1,0 +1,34 @@
+//! The seam between the SchedulerAgent and other nodes. The cluster layer (tern-node on top
+//! of tern-cluster) implements [`Remote`]; this crate only decides *where* an MEU runs and
+//! what to do when a node is lost, so the decision logic is tested without a network.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tern_wire::FunctionInfo;
+
+use crate::placement::NodeView;
+use crate::runtime::Meu;
+use crate::{Error, Outcome};
+
+/// Why running an MEU on another node did not produce its answer.
+#[derive(Debug)]
+pub enum RemoteFailure {
+    /// The link broke or the node vanished before answering: the MEU may or may not have run
+    /// there. Functions are stateless, so it is re-run elsewhere (at-least-once).
+    Lost(Error),
+    /// The node refused before running it (full, not ready for this version): try another.
+    Refused(Error),
+    /// It ran and failed (trap, timeout, bad input…): this is the answer.
+    Failed(Error),
+}
+
+pub type RemoteFuture = Pin<Box<dyn Future<Output = Result<Outcome, RemoteFailure>> + Send>>;
+
+/// Other nodes of the cluster, as the SchedulerAgent uses them.
+pub trait Remote: Send + Sync + 'static {
+    /// Appends the live peers that have `info`'s version ready, as placement candidates.
+    fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>);
+    /// Runs `meu` (of version `info`) on `node`; `attempt` counts reruns after failover.
+    fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture;
+}

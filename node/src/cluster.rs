@@ -1,0 +1,589 @@
+//! The node's cluster link: joins the QUIC mesh (tern-cluster), serves peers' data-plane
+//! requests, publishes this node's status, replicates the registry, and implements the
+//! SchedulerAgent's [`Remote`] seam (forwarding MEUs to peers).
+//!
+//! Every exchange is one request frame and one answer frame on its own QUIC stream
+//! ([`PeerRequest`] / [`PeerResponse`] in tern-wire), so a module transfer never delays an
+//! invocation or a status update.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tern_actors::placement::NodeView;
+use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
+use tern_actors::runtime::{Meu, Timings};
+use tern_actors::{Error as RuntimeError, Outcome};
+use tern_cluster::membership::BackoffConfig;
+use tern_cluster::{Endpoint, Mesh, MeshConfig, NodeName, PeerState, TransportConfig, pki};
+use tern_wire::peer::{
+    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
+};
+use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
+use tokio::task::JoinHandle;
+
+use crate::app::App;
+use crate::error::NodeError;
+
+/// How often a node publishes its status to each peer ("a few times a second").
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
+/// A peer whose last status is older than this is not offered to placement.
+const STATUS_STALE: Duration = Duration::from_secs(2);
+/// Bound on a status or registry exchange (forwarded MEUs are bounded by the function's own
+/// time limit instead).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct ClusterLink {
+    name: NodeName,
+    mesh: Mesh,
+    app: Weak<App>,
+    statuses: RwLock<HashMap<NodeName, (NodeStatus, Instant)>>,
+    frame_limit: usize,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub node: String,
+    pub state: &'static str,
+    /// Milliseconds since its last status (absent before the first).
+    pub status_age_ms: Option<u64>,
+    pub queue_depth: Option<u32>,
+    pub class: Option<String>,
+}
+
+impl ClusterLink {
+    /// Joins the mesh as `config.node_name` and plugs the link into the scheduler.
+    pub fn start(app: &Arc<App>) -> Result<Arc<Self>, NodeError> {
+        let c = &app.config;
+        let dir = c
+            .cluster_dir
+            .as_deref()
+            .ok_or_else(|| NodeError::Replication("cluster_dir is not set".into()))?;
+        let name: NodeName = c.node_name.parse()?;
+        let identity = pki::load(dir, &name)?;
+        let frame_limit = c
+            .max_body_bytes
+            .max(c.max_module_bytes)
+            .max(c.max_output_bytes)
+            .saturating_add(64 << 10);
+        let transport = TransportConfig {
+            max_frame: frame_limit,
+            // A forwarded MEU may legitimately run for the longest function time limit.
+            request_timeout: Duration::from_millis(u64::from(c.max_timeout_ms))
+                + Duration::from_secs(10),
+            max_concurrent_streams: 4096,
+            ..TransportConfig::default()
+        };
+        let endpoint = Endpoint::bind(&identity, c.cluster_listen, transport)?;
+        let mut peers = Vec::new();
+        for (peer, addr) in c.parsed_peers()? {
+            peers.push((peer.parse::<NodeName>()?, addr));
+        }
+        let seed = tern_actors::placement::WarmAffinity::weight("mesh-seed", name.as_str());
+        let link = Arc::new_cyclic(|weak: &Weak<ClusterLink>| {
+            let handler_link = weak.clone();
+            let handler: tern_cluster::mesh::Handler = Arc::new(move |peer, bytes| {
+                let link = handler_link.clone();
+                Box::pin(async move {
+                    match link.upgrade() {
+                        Some(link) => link.handle(peer, bytes).await,
+                        None => Vec::new(),
+                    }
+                })
+            });
+            let mesh = Mesh::start(
+                endpoint,
+                MeshConfig {
+                    peers,
+                    backoff: BackoffConfig::default(),
+                    seed,
+                },
+                handler,
+            );
+            ClusterLink {
+                name,
+                mesh,
+                app: Arc::downgrade(app),
+                statuses: RwLock::default(),
+                frame_limit,
+                tasks: Mutex::default(),
+            }
+        });
+        let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
+        let watcher = tokio::spawn(watch_membership(Arc::downgrade(&link)));
+        lock(&link.tasks).extend([publisher, watcher]);
+        if app.cluster.set(link.clone()).is_err()
+            || app.services().remote.set(link.clone()).is_err()
+        {
+            return Err(NodeError::Replication("cluster link started twice".into()));
+        }
+        Ok(link)
+    }
+
+    pub fn local_addr(&self) -> Result<std::net::SocketAddr, NodeError> {
+        Ok(self.mesh.local_addr()?)
+    }
+
+    /// Every configured peer with its state and last status.
+    pub fn members(&self) -> Vec<MemberView> {
+        let statuses = read(&self.statuses);
+        self.mesh
+            .members()
+            .into_iter()
+            .map(|(node, state)| {
+                let status = statuses.get(&node);
+                MemberView {
+                    node: node.to_string(),
+                    state: match state {
+                        PeerState::Up => "up",
+                        PeerState::Joining => "joining",
+                        PeerState::Down => "down",
+                    },
+                    status_age_ms: status.map(|(_, at)| at.elapsed().as_millis() as u64),
+                    queue_depth: status.map(|(s, _)| s.queue_depth),
+                    class: status.map(|(s, _)| s.class.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Stops the mesh (connections close; peers see this node leave at once).
+    pub fn shutdown(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.mesh.shutdown();
+    }
+
+    /// Sends registry entries to every connected peer, in the background. A peer that misses
+    /// them (down, or the send fails) catches up by anti-entropy when its link comes up.
+    pub fn announce(self: &Arc<Self>, entries: Vec<RegistryEntry>) {
+        let members = self.mesh.members();
+        for (peer, state) in members {
+            if state != PeerState::Up {
+                continue;
+            }
+            let link = self.clone();
+            let entries = entries.clone();
+            tokio::spawn(async move {
+                match link.control(&peer, PeerRequest::Announce(entries)).await {
+                    Ok(PeerResponse::Ack) => {}
+                    Ok(other) => {
+                        tracing::warn!(%peer, ?other, "peer did not apply an announcement")
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "cannot announce to peer"),
+                }
+            });
+        }
+    }
+
+    /// The bytes of module `hash`, from `peer`, checked against the hash.
+    pub async fn fetch_module(
+        &self,
+        peer: &NodeName,
+        hash: &ModuleHash,
+    ) -> Result<Bytes, NodeError> {
+        let conn = self
+            .mesh
+            .connection(peer)
+            .ok_or_else(|| NodeError::Replication(format!("{peer} is not connected")))?;
+        let bytes = self.encode(&PeerRequest::FetchModule(*hash))?;
+        let answer = conn.request(&bytes).await?;
+        match self.decode_response(&answer)? {
+            PeerResponse::Module(bytes) => {
+                let got = tern_actors::runtime::Runtime::module_hash(&bytes);
+                if got != *hash {
+                    return Err(NodeError::Replication(format!(
+                        "{peer} sent module {got} for {hash}"
+                    )));
+                }
+                Ok(Bytes::from(bytes))
+            }
+            PeerResponse::Error(e) => Err(NodeError::Replication(format!(
+                "{peer} cannot send module {hash}: {}",
+                e.message
+            ))),
+            other => Err(NodeError::Replication(format!(
+                "{peer} answered a module fetch with {other:?}"
+            ))),
+        }
+    }
+
+    /// Pulls `peer`'s registry and applies what is newer (anti-entropy when a link comes up,
+    /// which also covers a node that restarted or missed announcements).
+    async fn sync_registry(&self, peer: &NodeName) -> Result<usize, NodeError> {
+        let PeerResponse::Registry(entries) = self.control(peer, PeerRequest::Registry).await?
+        else {
+            return Err(NodeError::Replication(format!("{peer} sent no registry")));
+        };
+        let Some(app) = self.app.upgrade() else {
+            return Ok(0);
+        };
+        let mut applied = 0;
+        for entry in entries {
+            match app.apply_entry(entry, peer).await {
+                Ok(true) => applied += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%peer, error = %e, "cannot apply a registry entry"),
+            }
+        }
+        Ok(applied)
+    }
+
+    /// A small request with a short bound.
+    async fn control(&self, peer: &NodeName, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        let conn = self
+            .mesh
+            .connection(peer)
+            .ok_or_else(|| NodeError::Replication(format!("{peer} is not connected")))?;
+        let bytes = self.encode(&req)?;
+        let answer = tokio::time::timeout(CONTROL_TIMEOUT, conn.request(&bytes))
+            .await
+            .map_err(|_| NodeError::Replication(format!("{peer} did not answer in time")))??;
+        self.decode_response(&answer)
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, NodeError> {
+        tern_wire::encode(value, self.frame_limit)
+            .map_err(|e| NodeError::Replication(format!("cannot encode a peer message: {e}")))
+    }
+
+    fn decode_response(&self, bytes: &[u8]) -> Result<PeerResponse, NodeError> {
+        tern_wire::decode(bytes, self.frame_limit)
+            .map_err(|e| NodeError::Replication(format!("bad answer from a peer: {e}")))
+    }
+
+    /// Answers one data-plane request from `peer`. Never panics on what a peer sends; every
+    /// failure is an `Error` answer.
+    async fn handle(&self, peer: NodeName, bytes: Vec<u8>) -> Vec<u8> {
+        let response = match tern_wire::decode::<PeerRequest>(&bytes, self.frame_limit) {
+            Ok(req) => self.serve(peer, req).await,
+            Err(e) => PeerResponse::Error(ApiError::new(ErrorCode::InvalidRequest, e.to_string())),
+        };
+        tern_wire::encode(&response, self.frame_limit).unwrap_or_else(|e| {
+            let fallback = PeerResponse::Error(ApiError::new(ErrorCode::Internal, e.to_string()));
+            tern_wire::encode(&fallback, self.frame_limit).unwrap_or_default()
+        })
+    }
+
+    async fn serve(&self, peer: NodeName, req: PeerRequest) -> PeerResponse {
+        let Some(app) = self.app.upgrade() else {
+            return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "node stopping"));
+        };
+        let fail = |e: NodeError| PeerResponse::Error(e.to_api());
+        match req {
+            PeerRequest::Status(status) => {
+                // Keyed by the verified peer name, whatever the status claims.
+                write(&self.statuses).insert(peer, (status, Instant::now()));
+                PeerResponse::Ack
+            }
+            PeerRequest::Announce(entries) => {
+                for entry in entries {
+                    if let Err(e) = app.apply_entry(entry, &peer).await {
+                        return fail(e);
+                    }
+                }
+                PeerResponse::Ack
+            }
+            PeerRequest::Registry => match app.registry() {
+                Ok(entries) => PeerResponse::Registry(entries),
+                Err(e) => fail(e),
+            },
+            PeerRequest::FetchModule(hash) => match app.store.module(&hash) {
+                Ok(Some(bytes)) => PeerResponse::Module(bytes),
+                Ok(None) => PeerResponse::Error(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("module {hash} is not stored here"),
+                )),
+                Err(e) => fail(e.into()),
+            },
+            PeerRequest::Execute(meu) => execute_for_peer(&app, meu).await,
+        }
+    }
+
+    fn status(&self, app: &App, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
+        let runtime = &app.services().runtime;
+        let class = app.config.class();
+        NodeStatus {
+            node: self.name.to_string(),
+            class: class.name().to_owned(),
+            max_memory_mb: class.max_memory_mb(),
+            max_timeout_ms: class.max_timeout_ms(),
+            queue_depth: app.pipeline.admission().in_flight().min(u32::MAX as usize) as u32,
+            queue_cap: app.config.queue_cap.min(u32::MAX as usize) as u32,
+            ready: runtime.list().into_iter().map(|f| f.hash).collect(),
+            warm: runtime.loaded_hashes(),
+            cpu_percent,
+            memory_bytes: resident_bytes(),
+            recent_mean_us,
+            seq,
+        }
+    }
+}
+
+impl Remote for ClusterLink {
+    fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
+        let statuses = read(&self.statuses);
+        for (node, state) in self.mesh.members() {
+            let Some((status, at)) = statuses.get(&node) else {
+                continue;
+            };
+            if state != PeerState::Up
+                || at.elapsed() > STATUS_STALE
+                || !status.ready.contains(&info.hash)
+            {
+                continue;
+            }
+            out.push(NodeView {
+                name: node.to_string(),
+                alive: true,
+                fits: info.memory_mb <= status.max_memory_mb
+                    && info.timeout_ms <= status.max_timeout_ms,
+                queue_depth: status.queue_depth as usize,
+                queue_cap: status.queue_cap as usize,
+                warm: status.warm.contains(&info.hash),
+            });
+        }
+    }
+
+    fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
+        let conn = node
+            .parse::<NodeName>()
+            .ok()
+            .and_then(|n| self.mesh.connection(&n));
+        let request = PeerRequest::Execute(RemoteMeu {
+            request_id: meu.request_id.to_string(),
+            function: meu.function.clone(),
+            hash: info.hash,
+            input: meu.input.to_vec(),
+            items: meu.items.min(u32::MAX as usize) as u32,
+            attempt,
+        });
+        let encoded = self.encode(&request);
+        let limit = self.frame_limit;
+        let node = node.to_owned();
+        Box::pin(async move {
+            let lost = |detail: String| {
+                RemoteFailure::Lost(RuntimeError::Unavailable(format!("node {node}: {detail}")))
+            };
+            let Some(conn) = conn else {
+                return Err(RemoteFailure::Refused(RuntimeError::Unavailable(format!(
+                    "node {node} is not connected"
+                ))));
+            };
+            let encoded = encoded
+                .map_err(|e| RemoteFailure::Failed(RuntimeError::Internal(e.to_string())))?;
+            let answer = conn
+                .request(&encoded)
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+            match tern_wire::decode::<PeerResponse>(&answer, limit) {
+                Ok(PeerResponse::Executed(o)) => Ok(Outcome {
+                    output: Bytes::from(o.output),
+                    cold_start: o.cold_start,
+                    meus: 1,
+                    timings: Timings {
+                        pre_us: o.timings[0],
+                        load_us: o.timings[1],
+                        reuse_us: o.timings[2],
+                        inst_us: o.timings[3],
+                        exec_us: o.timings[4],
+                    },
+                    node: o.node.into(),
+                }),
+                Ok(PeerResponse::Error(error)) => {
+                    let retry_elsewhere = matches!(
+                        error.code,
+                        ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::NotFound
+                    );
+                    let e = RuntimeError::Remote { node, error };
+                    Err(if retry_elsewhere {
+                        RemoteFailure::Refused(e)
+                    } else {
+                        RemoteFailure::Failed(e)
+                    })
+                }
+                Ok(other) => Err(lost(format!("unexpected answer {other:?}"))),
+                Err(e) => Err(lost(format!("bad answer: {e}"))),
+            }
+        })
+    }
+}
+
+/// Runs an MEU another node placed here, if this node has exactly that version ready.
+async fn execute_for_peer(app: &App, meu: RemoteMeu) -> PeerResponse {
+    let ready = app
+        .services()
+        .runtime
+        .get(&meu.function)
+        .is_some_and(|d| d.info.hash == meu.hash);
+    if !ready {
+        return PeerResponse::Error(ApiError::new(
+            ErrorCode::NotFound,
+            format!("{} version {} is not ready here", meu.function, meu.hash),
+        ));
+    }
+    let permit = match app.pipeline.admit() {
+        Ok(p) => p,
+        Err(e) => return PeerResponse::Error(e.to_api()),
+    };
+    if meu.attempt > 1 {
+        tracing::info!(request_id = %meu.request_id, attempt = meu.attempt, "running a re-placed MEU");
+    }
+    let local = Meu {
+        request_id: meu.request_id.into(),
+        function: meu.function,
+        input: Bytes::from(meu.input),
+        items: meu.items as usize,
+    };
+    match app.pipeline.execute_for_peer(local, permit).await {
+        Ok(o) => PeerResponse::Executed(RemoteOutcome {
+            output: o.output.to_vec(),
+            cold_start: o.cold_start,
+            timings: [
+                o.timings.pre_us,
+                o.timings.load_us,
+                o.timings.reuse_us,
+                o.timings.inst_us,
+                o.timings.exec_us,
+            ],
+            node: o.node.to_string(),
+        }),
+        Err(e) => PeerResponse::Error(e.to_api()),
+    }
+}
+
+/// Publishes this node's status to every connected peer every [`STATUS_INTERVAL`].
+async fn publish_status(link: Weak<ClusterLink>) {
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut last_cpu = tern_actors::energy::process_cpu_time();
+    let mut last_at = Instant::now();
+    let mut last_lat = (0u64, 0u64);
+    loop {
+        tick.tick().await;
+        let Some(link) = link.upgrade() else {
+            return;
+        };
+        let Some(app) = link.app.upgrade() else {
+            return;
+        };
+        seq += 1;
+        let cpu = tern_actors::energy::process_cpu_time();
+        let wall = last_at.elapsed().max(Duration::from_millis(1));
+        let cpu_percent =
+            (cpu.saturating_sub(last_cpu).as_secs_f64() / wall.as_secs_f64() * 100.0) as u32;
+        (last_cpu, last_at) = (cpu, Instant::now());
+        let lat = app.services().metrics.latency_totals();
+        let (dn, dsum) = (
+            lat.0.saturating_sub(last_lat.0),
+            lat.1.saturating_sub(last_lat.1),
+        );
+        last_lat = lat;
+        let recent = dsum.checked_div(dn).unwrap_or(0);
+        let status = PeerRequest::Status(link.status(&app, seq, cpu_percent, recent));
+        let Ok(bytes) = link.encode(&status) else {
+            continue;
+        };
+        for (peer, state) in link.mesh.members() {
+            let Some(conn) = link.mesh.connection(&peer) else {
+                continue;
+            };
+            if state != PeerState::Up {
+                continue;
+            }
+            let bytes = bytes.clone();
+            // Each send in its own task: a frozen peer must not delay the others' statuses.
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(STATUS_INTERVAL * 5, conn.request(&bytes)).await;
+            });
+        }
+    }
+}
+
+/// Keeps the peer gauge and the rejected-handshake counter current, drops the status of lost
+/// peers, and runs anti-entropy with every peer whose link comes up.
+async fn watch_membership(link: Weak<ClusterLink>) {
+    let Some(mut events) = link.upgrade().map(|l| l.mesh.subscribe()) else {
+        return;
+    };
+    // Peers that were up before we subscribed are synced too.
+    let initial: Vec<NodeName> = link
+        .upgrade()
+        .map(|l| {
+            l.mesh
+                .members()
+                .into_iter()
+                .filter(|(_, s)| *s == PeerState::Up)
+                .map(|(n, _)| n)
+                .collect()
+        })
+        .unwrap_or_default();
+    for peer in initial {
+        spawn_sync(&link, peer);
+    }
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+        let Some(l) = link.upgrade() else { return };
+        if let Some(app) = l.app.upgrade() {
+            let m = &app.services().metrics;
+            let up = l
+                .mesh
+                .members()
+                .values()
+                .filter(|s| **s == PeerState::Up)
+                .count();
+            m.peers_up.store(up as i64, Relaxed);
+            m.rejected_handshakes
+                .store(l.mesh.rejected_handshakes(), Relaxed);
+        }
+        match event {
+            Ok(Ok(event)) => match event.state {
+                PeerState::Up => spawn_sync(&link, event.node),
+                PeerState::Down => {
+                    write(&l.statuses).remove(&event.node);
+                }
+                PeerState::Joining => {}
+            },
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+        }
+    }
+}
+
+fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
+    let link = link.clone();
+    tokio::spawn(async move {
+        let Some(l) = link.upgrade() else { return };
+        match l.sync_registry(&peer).await {
+            Ok(n) => tracing::info!(%peer, applied = n, "registry synced"),
+            Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),
+        }
+    });
+}
+
+/// Resident memory of this process (Linux `/proc/self/statm`), 0 when unknown.
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,242 @@
+//! Cluster behaviour with three in-process nodes on 127.0.0.1: registry replication, module
+//! transfer by hash, warm-affinity placement and forwarding, removal tombstones, failover.
+//! The `kill -9` test with real processes is in `cluster_process.rs`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_actors::placement::WarmAffinity;
+use tern_cluster::{NodeName, pki};
+use tern_node::{Config, NodeHandle};
+
+use crate::support::*;
+
+pub const NAMES: [&str; 3] = ["a", "b", "c"];
+
+/// Free UDP ports on loopback (bound then released: peers must know each other's address
+/// before they start).
+pub fn udp_ports(n: usize) -> Vec<SocketAddr> {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+}
+
+pub fn init_pki(dir: &Path) {
+    let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
+    pki::init(dir, &names).unwrap();
+}
+
+/// Config of member `i` of a three-node cluster, without example functions.
+pub fn member_config(root: &Path, i: usize, mesh: &[SocketAddr]) -> Config {
+    let data = root.join(NAMES[i]);
+    std::fs::create_dir_all(&data).unwrap();
+    Config {
+        node_name: NAMES[i].into(),
+        examples: Vec::new(),
+        cluster_dir: Some(root.join("pki")),
+        cluster_listen: mesh[i],
+        peers: (0..3)
+            .filter(|&j| j != i)
+            .map(|j| format!("{}={}", NAMES[j], mesh[j]))
+            .collect(),
+        ..config(&data)
+    }
+}
+
+/// A function name whose warm-affinity owner among a, b, c is `owner`.
+pub fn name_owned_by(owner: &str) -> String {
+    (0..)
+        .map(|i| format!("echo-{i}"))
+        .find(|f| {
+            NAMES
+                .iter()
+                .max_by_key(|n| WarmAffinity::weight(f, n))
+                .is_some_and(|n| *n == owner)
+        })
+        .unwrap()
+}
+
+/// Waits until `node` reports every other member up.
+pub async fn wait_all_up(addr: SocketAddr, within: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let view = json(&request(addr, Method::GET, "/v1/cluster", Bytes::new()).await);
+        let members = view["members"].as_array().unwrap();
+        if members.len() == 2 && members.iter().all(|m| m["state"] == "up") {
+            return;
+        }
+        assert!(t0.elapsed() < within, "members never all up: {view}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls until `f` returns Some, or panics with `what` after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(t0.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn start_three(root: &Path) -> Vec<NodeHandle> {
+    init_pki(&root.join("pki"));
+    let mesh = udp_ports(3);
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start(member_config(root, i, &mesh)).await);
+    }
+    for n in &nodes {
+        wait_all_up(n.addr(), Duration::from_secs(20)).await;
+    }
+    nodes
+}
+
+/// Deploy on a, invoke through c, run on b because placement says b owns the function; the
+/// module travelled by hash. Removal on b replicates as a tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    let f = name_owned_by("b");
+
+    let resp = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    let deployed = json(&resp);
+
+    // Callable on every node, same version and hash.
+    for addr in [b, c] {
+        let info = eventually("replicated", Duration::from_secs(20), || async {
+            let r = request(
+                addr,
+                Method::GET,
+                &format!("/v1/functions/{f}"),
+                Bytes::new(),
+            )
+            .await;
+            (r.status == 200).then(|| json(&r))
+        })
+        .await;
+        assert_eq!(info["hash"], deployed["hash"]);
+        assert_eq!(info["version"], deployed["version"]);
+    }
+
+    // Once c has b's status (a few hundred ms), c forwards to b.
+    eventually("c forwards to b", Duration::from_secs(10), || async {
+        let r = invoke(c, &f, "ping").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(&r.body[..], b"ping");
+        (r.header("x-tern-node") == Some("b")).then_some(())
+    })
+    .await;
+    for i in 0..20 {
+        let body = format!("hello {i}");
+        let r = invoke(c, &f, body.clone()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, Bytes::from(body));
+        assert_eq!(r.header("x-tern-node"), Some("b"), "owner is stable");
+    }
+    assert!(metric(c, "tern_forwarded_meus_total").await >= 20.0);
+    assert!(metric(b, "tern_served_for_peers_total").await >= 20.0);
+    assert!(metric(b, "tern_replicated_entries_total").await >= 1.0);
+
+    // A map spreads its MEUs through the scheduler too; every item comes back in order.
+    let items: Vec<u32> = (0..40).collect();
+    let r = request(
+        a,
+        Method::POST,
+        &format!("/v1/functions/{f}/invoke?map=1"),
+        serde_json::to_vec(&items).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r), serde_json::to_value(&items).unwrap());
+
+    // Removal on b replicates as a tombstone: gone everywhere.
+    let r = request(
+        b,
+        Method::DELETE,
+        &format!("/v1/functions/{f}"),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    for addr in [a, c] {
+        eventually("removal replicated", Duration::from_secs(10), || async {
+            let r = request(
+                addr,
+                Method::GET,
+                &format!("/v1/functions/{f}"),
+                Bytes::new(),
+            )
+            .await;
+            (r.status == 404).then_some(())
+        })
+        .await;
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A node that was down while a function was deployed catches up when it comes back
+/// (anti-entropy), and placement fails over to a live node while the owner is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = udp_ports(3);
+    let a = start(member_config(root.path(), 0, &mesh)).await;
+    let b = start(member_config(root.path(), 1, &mesh)).await;
+    let f = name_owned_by("c");
+    eventually("a and b connected", Duration::from_secs(20), || async {
+        let v = json(&request(a.addr(), Method::GET, "/v1/cluster", Bytes::new()).await);
+        (v["members"][0]["state"] == "up").then_some(())
+    })
+    .await;
+    let r = request(
+        a.addr(),
+        Method::PUT,
+        &format!("/v1/functions/{f}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    // c is down: its functions run on a live node.
+    let bv = b.addr();
+    let r = eventually("b has it", Duration::from_secs(20), || async {
+        let r = invoke(bv, &f, "while c is away").await;
+        (r.status == 200).then_some(r)
+    })
+    .await;
+    assert_ne!(r.header("x-tern-node"), Some("c"));
+
+    let c = start(member_config(root.path(), 2, &mesh)).await;
+    let cv = c.addr();
+    eventually("c caught up", Duration::from_secs(20), || async {
+        let r = request(cv, Method::GET, &format!("/v1/functions/{f}"), Bytes::new()).await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    eventually("b places on c again", Duration::from_secs(10), || async {
+        let r = invoke(b.addr(), &f, "c is back").await;
+        assert_eq!(r.status, 200);
+        (r.header("x-tern-node") == Some("c")).then_some(())
+    })
+    .await;
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
