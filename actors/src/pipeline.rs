@@ -121,18 +121,16 @@ impl Pipeline {
         result
     }
 
-    /// Runs one MEU that another node placed here, straight on the RuntimePool (the sender
-    /// already decomposed and placed it; placing it again could bounce it between nodes).
+    /// Runs one MEU that another node placed here, on this node (the sender already
+    /// decomposed and placed it; placing it again could bounce it between nodes). It runs in
+    /// the caller's task: the peer request already has one, so no actor hop is needed.
     pub async fn execute_for_peer(
         &self,
         meu: crate::runtime::Meu,
         _permit: Permit,
     ) -> Result<Outcome, Error> {
         self.services.metrics.served_for_peers.fetch_add(1, Relaxed);
-        send_until_answered(&self.services, ActorKind::RuntimePool, |reply| {
-            crate::runtime_pool::RuntimePoolMsg::Execute(meu.clone(), reply)
-        })
-        .await
+        crate::runtime_pool::run_meu(&self.services, meu).await
     }
 
     async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {

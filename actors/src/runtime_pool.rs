@@ -44,30 +44,38 @@ impl Actor for RuntimePool {
             items = meu.items
         );
         let task = async move {
-            let function = meu.function.clone();
-            let items = meu.items;
-            let result = services.runtime.execute(meu, &*services.sandbox).await;
-            let result = result.map(|o| {
-                services.observe_cost(
-                    function.as_str(),
-                    items,
-                    o.timings.inst_us,
-                    o.timings.exec_us,
-                );
-                Outcome {
-                    output: o.output,
-                    cold_start: o.cold_start,
-                    meus: 1,
-                    timings: o.timings,
-                    node: services.config.node_name.as_str().into(),
-                }
-            });
-            if let Err(e) = &result {
-                tracing::debug!(error = %e, "meu failed");
-            }
+            let result = run_meu(&services, meu).await;
             let _ = reply.send(result);
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(())
     }
+}
+
+/// Runs one MEU on this node and records its cost: the body of the RuntimePool's per-MEU task,
+/// also called directly by the cluster link for MEUs another node placed here (that request
+/// already has its own task, so a mailbox hop would only add latency).
+pub async fn run_meu(services: &Services, meu: Meu) -> Result<Outcome, crate::Error> {
+    let function = meu.function.clone();
+    let items = meu.items;
+    let result = services.runtime.execute(meu, &*services.sandbox).await;
+    let result = result.map(|o| {
+        services.observe_cost(
+            function.as_str(),
+            items,
+            o.timings.inst_us,
+            o.timings.exec_us,
+        );
+        Outcome {
+            output: o.output,
+            cold_start: o.cold_start,
+            meus: 1,
+            timings: o.timings,
+            node: services.config.node_name.as_str().into(),
+        }
+    });
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "meu failed");
+    }
+    result
 }

@@ -70,6 +70,34 @@ pub enum ClusterError {
     ClosedStream,
     #[error("wire: {0}")]
     Wire(#[from] tern_wire::WireError),
+
+    // --- ractor_cluster sessions ---
+    #[error("session streams on this connection are already claimed")]
+    SessionStreamsClaimed,
+    #[error("a session is already attached to connection {connection_id} with {peer}")]
+    SessionAlreadyAttached { peer: String, connection_id: u64 },
+    #[error("this connection already carries a ractor session")]
+    SessionExists,
+    #[error("{peer} sent a session stream, but this node opens the session of this pair")]
+    SessionRole { peer: String },
+    #[error("session stream from {expected} claims to be {claimed:?} in its first ractor frame")]
+    SessionIdentity { expected: String, claimed: String },
+    #[error("session handshake from {peer}: {reason}")]
+    SessionProtocol { peer: String, reason: &'static str },
+    #[error("could not start the ractor_cluster node server: {0}")]
+    NodeServer(String),
+    #[error("the ractor_cluster node server is gone")]
+    NodeServerGone,
+    #[error("no ractor session with {0} is ready")]
+    SessionNotReady(String),
+    #[error("message of {size} bytes exceeds the control-message limit of {limit} bytes")]
+    MessageTooLarge { size: usize, limit: usize },
+    #[error("this message type cannot be sent to a remote actor")]
+    NotRemotable,
+    #[error("the target actor is gone")]
+    ActorGone,
+    #[error("the remote call was dropped without a reply")]
+    NoReply,
 }
 
 impl From<quinn::ClosedStream> for ClusterError {

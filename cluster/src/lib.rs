@@ -1,13 +1,14 @@
-//! Tern's inter-node mesh (issue 3), first slice: node names, the cluster PKI, the pure
-//! membership state machine, and the QUIC transport with mutual TLS and data-plane streams.
+//! Tern's inter-node mesh (issue 3): node names, the cluster PKI, the pure membership state
+//! machine, the QUIC transport with mutual TLS and data-plane streams, and ractor_cluster
+//! sessions over QUIC streams with a name check (`session`).
 //!
-//! ractor_cluster sessions over QUIC, module replication and the node wiring come later; see
-//! `README.md`.
+//! Module replication and the node wiring come later; see `README.md`.
 #![forbid(unsafe_code)]
 
 pub mod membership;
 pub mod mesh;
 pub mod pki;
+pub mod session;
 pub mod transport;
 
 mod error;
@@ -18,4 +19,5 @@ pub use membership::{Membership, MembershipEvent, PeerState};
 pub use mesh::{Mesh, MeshConfig};
 pub use name::NodeName;
 pub use pki::NodeIdentity;
+pub use session::{SessionConfig, SessionEvent, SessionInfo, Sessions};
 pub use transport::{Connection, Endpoint, TransportConfig};

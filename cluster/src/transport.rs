@@ -15,8 +15,10 @@
 //! Streams: the first byte of every later bidirectional stream is its kind. [`KIND_DATA`]
 //! carries one length-prefixed frame (tern-wire framing) each way. An oversized or late frame
 //! is refused by stopping and resetting that stream only; the connection and its other streams
-//! carry on. [`KIND_RACTOR`] is reserved for ractor_cluster sessions (a later slice) and
-//! refused for now.
+//! carry on. [`KIND_RACTOR`] streams carry a ractor_cluster session (see `session.rs`): `serve`
+//! hands them, unread past the kind byte, to whoever claimed them with
+//! [`Connection::claim_session_streams`]; on a connection nobody claimed them on they are
+//! refused like an unknown kind.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,7 +41,7 @@ use crate::{ClusterError, NodeIdentity, NodeName};
 
 /// First byte of the hello stream, the first stream a dialler opens.
 pub const KIND_HELLO: u8 = 0x00;
-/// Reserved for ractor_cluster sessions; refused in this slice.
+/// A ractor_cluster session stream (`session.rs`); refused unless claimed on the connection.
 pub const KIND_RACTOR: u8 = 0x01;
 /// Data-plane request/response: one frame each way.
 pub const KIND_DATA: u8 = 0x02;
@@ -65,7 +67,26 @@ pub mod codes {
     pub const TIMEOUT: u32 = 0x22;
     /// The stream ended early or carried garbage.
     pub const PROTOCOL: u32 = 0x23;
+    /// Session stream refused: its first ractor_cluster frame is not a name message for the
+    /// peer's verified node name (or the dialler's peer answered as someone else).
+    pub const SESSION_IDENTITY: u32 = 0x30;
+    /// Session stream refused: this connection already carries a session, or claims are
+    /// backed up.
+    pub const SESSION_EXISTS: u32 = 0x31;
+    /// Session stream refused: the lower node name opens the session, so this side does not
+    /// accept one from its peer.
+    pub const SESSION_ROLE: u32 = 0x32;
+    /// Connection closed because the ractor_cluster session on it ended while it was alive,
+    /// so the peer redials and a fresh connection gets a fresh session.
+    pub const SESSION_LOST: u32 = 0x33;
 }
+
+/// A ractor_cluster session stream accepted by [`Connection::serve`], the kind byte already read.
+pub type SessionStream = (SendStream, RecvStream);
+
+/// Where [`Connection::serve`] delivers session streams; shared by the clones of a connection.
+#[derive(Debug, Default)]
+struct SessionSink(std::sync::Mutex<Option<mpsc::Sender<SessionStream>>>);
 
 /// Transport knobs. The defaults detect a dead or frozen peer in ≤ 1.5 s (reliability row 2).
 #[derive(Clone, Debug)]
@@ -409,7 +430,7 @@ async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, Clus
 }
 
 /// Refuses a stream in both directions with `code`; the connection is untouched.
-fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
+pub(crate) fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
     // Errors here only mean the stream is already closed, which is what we want anyway.
     let _ = recv.stop(VarInt::from_u32(code));
     let _ = send.reset(VarInt::from_u32(code));
@@ -421,11 +442,55 @@ pub struct Connection {
     inner: quinn::Connection,
     peer: NodeName,
     cfg: Arc<TransportConfig>,
+    sessions: Arc<SessionSink>,
 }
 
 impl Connection {
     fn new(inner: quinn::Connection, peer: NodeName, cfg: Arc<TransportConfig>) -> Self {
-        Self { inner, peer, cfg }
+        Self {
+            inner,
+            peer,
+            cfg,
+            sessions: Arc::default(),
+        }
+    }
+
+    /// From now on, [`KIND_RACTOR`] streams that `serve` accepts on this connection are
+    /// delivered to the returned receiver instead of being refused. At most one claim per
+    /// connection ([`ClusterError::SessionStreamsClaimed`] otherwise). Claim before calling
+    /// `serve`: a session stream that `serve` accepts before the claim is refused.
+    /// Streams that arrive while `backlog` are already waiting are refused with
+    /// [`codes::SESSION_EXISTS`].
+    pub fn claim_session_streams(
+        &self,
+        backlog: usize,
+    ) -> Result<mpsc::Receiver<SessionStream>, ClusterError> {
+        let mut slot = self
+            .sessions
+            .0
+            .lock()
+            .map_err(|_| ClusterError::SessionStreamsClaimed)?;
+        if slot.is_some() {
+            return Err(ClusterError::SessionStreamsClaimed);
+        }
+        let (tx, rx) = mpsc::channel(backlog.max(1));
+        *slot = Some(tx);
+        Ok(rx)
+    }
+
+    /// Opens the [`KIND_RACTOR`] stream of a session (used by `session.rs`).
+    pub(crate) async fn open_session_stream(&self) -> Result<SessionStream, ClusterError> {
+        self.open_raw_stream(KIND_RACTOR).await
+    }
+
+    /// Closes the connection with an application `code` (e.g. [`codes::SESSION_LOST`]).
+    pub(crate) fn close_with(&self, code: u32, reason: &[u8]) {
+        self.inner.close(VarInt::from_u32(code), reason);
+    }
+
+    /// Whether the connection has already ended.
+    pub fn is_closed(&self) -> bool {
+        self.inner.close_reason().is_some()
     }
 
     /// The peer's node name, verified against its certificate.
@@ -485,6 +550,8 @@ impl Connection {
 
     /// Serves data-plane requests from this peer with `handler` until the connection ends, and
     /// returns why it ended. Each stream runs in its own task; a bad stream is refused alone.
+    /// [`KIND_RACTOR`] streams go to the receiver of [`Connection::claim_session_streams`], if
+    /// any (else they are refused with [`codes::UNSUPPORTED_KIND`]).
     pub async fn serve<F, Fut>(&self, handler: F) -> ClusterError
     where
         F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
@@ -500,8 +567,9 @@ impl Connection {
                 Err(e) => return e.into(),
             };
             let (handler, cfg, peer) = (handler.clone(), self.cfg.clone(), self.peer.clone());
+            let sessions = self.sessions.clone();
             tasks.spawn(async move {
-                if let Err(e) = serve_stream(send, recv, &*handler, &cfg).await {
+                if let Err(e) = serve_stream(send, recv, &*handler, &cfg, &sessions).await {
                     tracing::debug!(%peer, error = %e, "refused a data-plane stream");
                 }
             });
@@ -519,11 +587,37 @@ impl Connection {
     }
 }
 
+/// Hands a [`KIND_RACTOR`] stream to the session layer, or refuses it when nobody claimed
+/// session streams on this connection (as before sessions existed) or the claim is backed up.
+fn deliver_session_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    sessions: &SessionSink,
+) -> Result<(), ClusterError> {
+    let sender = sessions.0.lock().ok().and_then(|slot| slot.clone());
+    let Some(sender) = sender else {
+        refuse(&mut send, &mut recv, codes::UNSUPPORTED_KIND);
+        return Err(ClusterError::UnsupportedStreamKind(KIND_RACTOR));
+    };
+    match sender.try_send((send, recv)) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full((mut send, mut recv))) => {
+            refuse(&mut send, &mut recv, codes::SESSION_EXISTS);
+            Err(ClusterError::SessionExists)
+        }
+        Err(mpsc::error::TrySendError::Closed((mut send, mut recv))) => {
+            refuse(&mut send, &mut recv, codes::UNSUPPORTED_KIND);
+            Err(ClusterError::UnsupportedStreamKind(KIND_RACTOR))
+        }
+    }
+}
+
 async fn serve_stream<F, Fut>(
     mut send: SendStream,
     mut recv: RecvStream,
     handler: &F,
     cfg: &TransportConfig,
+    sessions: &SessionSink,
 ) -> Result<(), ClusterError>
 where
     F: Fn(Vec<u8>) -> Fut,
@@ -531,15 +625,19 @@ where
 {
     let request = tokio::time::timeout(cfg.request_timeout, async {
         let kind = read_kind(&mut recv).await?;
+        if kind == KIND_RACTOR {
+            return Ok(None);
+        }
         if kind != KIND_DATA {
             return Err(ClusterError::UnsupportedStreamKind(kind));
         }
-        read_frame(&mut recv, cfg.max_frame).await
+        read_frame(&mut recv, cfg.max_frame).await.map(Some)
     })
     .await
     .unwrap_or(Err(ClusterError::Timeout("request")));
     let request = match request {
-        Ok(r) => r,
+        Ok(Some(r)) => r,
+        Ok(None) => return deliver_session_stream(send, recv, sessions),
         Err(e) => {
             let code = match &e {
                 ClusterError::FrameTooLarge { .. } => codes::FRAME_TOO_LARGE,
