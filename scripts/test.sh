@@ -7,6 +7,12 @@ cd "$(dirname "$0")/.."
 run() { echo "+ $*"; "$@"; }
 
 run bash scripts/build-functions.sh
+# tern-client must stay light: no wasmtime, tch or candle (nor ring) in its dependency graph.
+client_deps=$(cargo tree -p tern-client -e normal,build --prefix none)
+if grep -E '^(wasmtime|tch|torch-sys|candle|ring) ' <<<"$client_deps"; then
+  echo "tern-client depends on a heavy or forbidden crate (above)" >&2
+  exit 1
+fi
 run cargo test --workspace -- --skip timing::
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
 run cargo test -p tern-node --test it timing:: -- --test-threads=1

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::membership::{BackoffConfig, LossReason};
+use crate::session::Sessions;
 use crate::{ClusterError, Connection, Endpoint, Membership, MembershipEvent, NodeName, PeerState};
 
 /// Answers one data-plane request from `peer`.
@@ -56,6 +57,17 @@ enum Input {
 impl Mesh {
     /// Starts the shell on `endpoint`. Peers this node dials are dialled at once.
     pub fn start(endpoint: Endpoint, cfg: MeshConfig, handler: Handler) -> Self {
+        Self::start_with_sessions(endpoint, cfg, handler, None)
+    }
+
+    /// Like [`Mesh::start`], and runs a ractor_cluster session (see [`Sessions`]) on every
+    /// verified connection, attached before the connection is served.
+    pub fn start_with_sessions(
+        endpoint: Endpoint,
+        cfg: MeshConfig,
+        handler: Handler,
+        sessions: Option<Sessions>,
+    ) -> Self {
         let now = Instant::now();
         let membership = Membership::new(
             endpoint.name().clone(),
@@ -79,7 +91,7 @@ impl Mesh {
             view,
         });
         let addrs = cfg.peers.into_iter().collect();
-        let task = tokio::spawn(run(shared.clone(), membership, addrs, handler));
+        let task = tokio::spawn(run(shared.clone(), membership, addrs, handler, sessions));
         Self { shared, task }
     }
 
@@ -146,6 +158,7 @@ async fn run(
     mut membership: Membership,
     addrs: HashMap<NodeName, SocketAddr>,
     handler: Handler,
+    sessions: Option<Sessions>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Input>();
     // Aborted with the mesh task: a JoinHandle in a guard would be tidier, but the accept
@@ -203,6 +216,11 @@ async fn run(
                 let replaced = write(&shared.conns).insert(peer.clone(), conn.clone());
                 if let Some(old) = replaced.filter(|old| old.id() != conn.id()) {
                     old.close();
+                }
+                if let Some(sessions) = &sessions
+                    && let Err(e) = sessions.attach(&conn)
+                {
+                    tracing::warn!(%peer, error = %e, "cannot attach a ractor_cluster session");
                 }
                 tokio::spawn(serve(conn, handler.clone(), tx.clone()));
                 events

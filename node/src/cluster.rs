@@ -18,7 +18,9 @@ use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
 use tern_actors::runtime::{Meu, Timings};
 use tern_actors::{Error as RuntimeError, Outcome};
 use tern_cluster::membership::BackoffConfig;
-use tern_cluster::{Endpoint, Mesh, MeshConfig, NodeName, PeerState, TransportConfig, pki};
+use tern_cluster::{
+    Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
+};
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
 };
@@ -43,6 +45,8 @@ pub struct ClusterLink {
     statuses: RwLock<HashMap<NodeName, (NodeStatus, Instant)>>,
     frame_limit: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// ractor_cluster sessions over the peer links (`ractor_sessions`).
+    sessions: Option<Sessions>,
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -54,11 +58,14 @@ pub struct MemberView {
     pub status_age_ms: Option<u64>,
     pub queue_depth: Option<u32>,
     pub class: Option<String>,
+    /// Whether the ractor_cluster session with the peer is ready (absent when sessions are
+    /// off).
+    pub session: Option<bool>,
 }
 
 impl ClusterLink {
     /// Joins the mesh as `config.node_name` and plugs the link into the scheduler.
-    pub fn start(app: &Arc<App>) -> Result<Arc<Self>, NodeError> {
+    pub async fn start(app: &Arc<App>) -> Result<Arc<Self>, NodeError> {
         let c = &app.config;
         let dir = c
             .cluster_dir
@@ -85,6 +92,11 @@ impl ClusterLink {
             peers.push((peer.parse::<NodeName>()?, addr));
         }
         let seed = tern_actors::placement::WarmAffinity::weight("mesh-seed", name.as_str());
+        let sessions = if c.ractor_sessions {
+            Some(Sessions::start(&name, SessionConfig::default()).await?)
+        } else {
+            None
+        };
         let link = Arc::new_cyclic(|weak: &Weak<ClusterLink>| {
             let handler_link = weak.clone();
             let handler: tern_cluster::mesh::Handler = Arc::new(move |peer, bytes| {
@@ -96,7 +108,7 @@ impl ClusterLink {
                     }
                 })
             });
-            let mesh = Mesh::start(
+            let mesh = Mesh::start_with_sessions(
                 endpoint,
                 MeshConfig {
                     peers,
@@ -104,6 +116,7 @@ impl ClusterLink {
                     seed,
                 },
                 handler,
+                sessions.clone(),
             );
             ClusterLink {
                 name,
@@ -112,6 +125,7 @@ impl ClusterLink {
                 statuses: RwLock::default(),
                 frame_limit,
                 tasks: Mutex::default(),
+                sessions,
             }
         });
         let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
@@ -147,17 +161,22 @@ impl ClusterLink {
                     status_age_ms: status.map(|(_, at)| at.elapsed().as_millis() as u64),
                     queue_depth: status.map(|(s, _)| s.queue_depth),
                     class: status.map(|(s, _)| s.class.clone()),
+                    session: self.sessions.as_ref().map(|s| s.ready(&node).is_some()),
                 }
             })
             .collect()
     }
 
-    /// Stops the mesh (connections close; peers see this node leave at once).
-    pub fn shutdown(&self) {
+    /// Stops the mesh (connections close; peers see this node leave at once) and the
+    /// ractor_cluster NodeServer.
+    pub async fn shutdown(&self) {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
         self.mesh.shutdown();
+        if let Some(sessions) = &self.sessions {
+            sessions.shutdown().await;
+        }
     }
 
     /// Sends registry entries to every connected peer, in the background. A peer that misses

@@ -78,6 +78,8 @@ pub struct Config {
     pub client_listen: Option<SocketAddr>,
     /// Tenant tokens accepted on the client API; empty = no token needed.
     pub client_tokens: Vec<String>,
+    /// Run a ractor_cluster session over each peer link (QUIC stream kind 0x01).
+    pub ractor_sessions: bool,
 }
 
 /// Keys whose default is "unset", so they are absent from the defaults table but may still be
@@ -116,6 +118,7 @@ impl Default for Config {
             placement: "warm-affinity".into(),
             client_listen: None,
             client_tokens: Vec::new(),
+            ractor_sessions: true,
         }
     }
 }
@@ -179,6 +182,9 @@ impl Config {
             return bad("placement must be warm-affinity or local-first");
         }
         self.parsed_peers()?;
+        if self.client_listen.is_some() && self.cluster_dir.is_none() {
+            return bad("client_listen needs cluster_dir (the node's certificate)");
+        }
         Ok(())
     }
 
@@ -349,6 +355,22 @@ mod tests {
         assert!(Config::load(None, env("TERN_PLACEMENT", "psychic")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b\"]")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b=nowhere\"]")).is_err());
+    }
+
+    #[test]
+    fn the_client_api_needs_a_cluster_dir() {
+        let listen = (
+            "TERN_CLIENT_LISTEN".to_string(),
+            "127.0.0.1:7901".to_string(),
+        );
+        let err = Config::load(None, vec![listen.clone()]).unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(m) if m.contains("cluster_dir")));
+        let dir = (
+            "TERN_CLUSTER_DIR".to_string(),
+            "/etc/tern/cluster".to_string(),
+        );
+        let c = Config::load(None, vec![listen, dir]).unwrap();
+        assert_eq!(c.client_listen, Some("127.0.0.1:7901".parse().unwrap()));
     }
 
     #[test]

@@ -34,6 +34,8 @@ pub enum NodeError {
     /// A registry entry from a peer could not be applied (module missing or damaged).
     #[error("replication: {0}")]
     Replication(String),
+    #[error("client API: {0}")]
+    ClientApi(#[from] crate::client_api::ClientApiError),
 }
 
 impl NodeError {
@@ -54,7 +56,8 @@ impl NodeError {
             | NodeError::Spawn(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)
-            | NodeError::Replication(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
+            | NodeError::Replication(_)
+            | NodeError::ClientApi(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
         }
     }
 }

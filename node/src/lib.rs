@@ -4,10 +4,12 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod client_api;
 pub mod cluster;
 pub mod config;
 mod error;
 pub mod http;
+pub mod idempotency;
 pub mod node;
 pub mod store;
 

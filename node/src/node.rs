@@ -31,6 +31,7 @@ pub struct NodeHandle {
     server: JoinHandle<()>,
     janitor: JoinHandle<()>,
     supervisor: ActorRef<SupervisorMsg>,
+    client_api: Option<crate::client_api::ClientApi>,
 }
 
 impl NodeHandle {
@@ -42,6 +43,11 @@ impl NodeHandle {
     /// The cluster link, when the node is a cluster member.
     pub fn cluster(&self) -> Option<&Arc<ClusterLink>> {
         self.app.cluster.get()
+    }
+
+    /// The UDP address of the QUIC client API, if `client_listen` is set.
+    pub fn client_addr(&self) -> Option<SocketAddr> {
+        self.client_api.as_ref().map(|c| c.local_addr())
     }
 
     pub fn app(&self) -> &Arc<App> {
@@ -56,6 +62,9 @@ impl NodeHandle {
     /// store. Unfinished async invocations stay journaled and run again at the next start.
     pub async fn shutdown(self) -> Result<(), NodeError> {
         let _ = self.shutdown.send(true);
+        if let Some(client_api) = self.client_api {
+            client_api.shutdown().await;
+        }
         let _ = self.server.await;
         self.janitor.abort();
         let _ = self.janitor.await;
@@ -70,7 +79,7 @@ impl NodeHandle {
         // Peers see this node leave at once (not after the idle timeout) and stop placing work
         // here; work they already sent has been answered above.
         if let Some(cluster) = self.app.cluster.get() {
-            cluster.shutdown();
+            cluster.shutdown().await;
         }
         let (tx, rx) = oneshot::channel();
         if self.supervisor.cast(SupervisorMsg::Shutdown(tx)).is_ok() {
@@ -85,6 +94,7 @@ impl NodeHandle {
 /// when this returns.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     config.validate()?;
+    let client_listener = crate::client_api::ClientApi::bind(&config)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
@@ -129,12 +139,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;
     if app.config.cluster_dir.is_some() {
-        let link = ClusterLink::start(&app)?;
+        let link = ClusterLink::start(&app).await?;
         tracing::info!(mesh = %link.local_addr()?, "joined the cluster mesh");
     }
     let replayed = app.replay_journal().await?;
     tracing::info!(%addr, preheated, replayed, node = %app.config.node_name, "node ready");
 
+    let client_api = client_listener.map(|l| l.serve(&app)).transpose()?;
     let (shutdown, rx) = watch::channel(false);
     let server = tokio::spawn(http::serve(listener, app.clone(), rx));
     let janitor = tokio::spawn({
@@ -156,6 +167,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         server,
         janitor,
         supervisor,
+        client_api,
     })
 }
 

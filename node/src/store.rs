@@ -64,6 +64,12 @@ impl Store {
         })
     }
 
+    /// Opens (creating if needed) another tree of the same database, for state kept by other
+    /// modules (e.g. the client API's idempotency keys).
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.db.open_tree(name)?)
+    }
+
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.db.flush_async().await?;

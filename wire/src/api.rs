@@ -196,10 +196,13 @@ pub enum ErrorCode {
     /// The node could not run the work right now (a component was restarting for too long).
     Unavailable,
     Internal,
+    /// The client API refused the request: no valid tenant token and no client certificate
+    /// from the cluster CA.
+    Unauthorized,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -213,6 +216,7 @@ impl ErrorCode {
         ErrorCode::CompileTimeout,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Unauthorized,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -230,12 +234,14 @@ impl ErrorCode {
             ErrorCode::CompileTimeout => "compile_timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthorized => "unauthorized",
         }
     }
 
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::InvalidModule | ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::PayloadTooLarge => 413,
@@ -389,10 +395,20 @@ mod tests {
         assert_eq!(ErrorCode::InvalidModule.http_status(), 400);
         assert_eq!(ErrorCode::PayloadTooLarge.http_status(), 413);
         assert_eq!(ErrorCode::Timeout.http_status(), 504);
+        assert_eq!(ErrorCode::Unauthorized.http_status(), 401);
+        assert_eq!(ErrorCode::Unauthorized.as_str(), "unauthorized");
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(c.index(), i);
             let json = serde_json::to_string(c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
+        }
+    }
+
+    #[test]
+    fn error_code_bincode_tags_are_positions_in_all() {
+        // Journaled records hold error codes as bincode variant tags: new codes go at the end.
+        for (i, c) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(crate::codec::encode(c, 16).unwrap(), vec![i as u8]);
         }
     }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod client_proto;
 pub mod codec;
 pub mod frame;
 pub mod peer;
@@ -13,6 +14,10 @@ pub mod peer;
 pub use api::{
     ApiError, ErrorCode, FunctionInfo, FunctionName, InvocationId, InvocationRecord,
     InvocationStatus, ModuleHash,
+};
+pub use client_proto::{
+    CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, InvokeReply,
+    check_idempotency_key,
 };
 pub use codec::{decode, encode};
 pub use frame::{FrameDecoder, encode_frame};

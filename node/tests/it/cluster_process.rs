@@ -95,15 +95,27 @@ async fn spawn_node(root: &Path, i: usize, http: &[SocketAddr], mesh: &[SocketAd
     }
 }
 
-async fn member_state(addr: SocketAddr, peer: &str) -> String {
+async fn member(addr: SocketAddr, peer: &str) -> serde_json::Value {
     let view = json(&request(addr, Method::GET, "/v1/cluster", Bytes::new()).await);
     view["members"]
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["node"] == peer)
-        .map(|m| m["state"].as_str().unwrap_or("").to_owned())
+        .cloned()
         .unwrap_or_default()
+}
+
+async fn member_state(addr: SocketAddr, peer: &str) -> String {
+    member(addr, peer).await["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Whether `addr`'s ractor_cluster session with `peer` is ready.
+async fn session_ready(addr: SocketAddr, peer: &str) -> bool {
+    member(addr, peer).await["session"] == true
 }
 
 /// Steady load through `entry`: sequential invocations on one keep-alive connection until
@@ -150,6 +162,10 @@ async fn kill_9_under_load_loses_nothing_and_the_node_rejoins() {
             if peer != NAMES[http.iter().position(|h| *h == addr).unwrap()] {
                 eventually("mesh up", Duration::from_secs(30), || async {
                     (member_state(addr, peer).await == "up").then_some(())
+                })
+                .await;
+                eventually("ractor session", Duration::from_secs(30), || async {
+                    session_ready(addr, peer).await.then_some(())
                 })
                 .await;
             }
@@ -240,6 +256,12 @@ async fn kill_9_under_load_loses_nothing_and_the_node_rejoins() {
         eventually("b rejoined", Duration::from_secs(30), || async {
             (member_state(entry, "b").await == "up").then_some(())
         })
+        .await;
+        eventually(
+            "a new ractor session with b",
+            Duration::from_secs(30),
+            || async { session_ready(entry, "b").await.then_some(()) },
+        )
         .await;
         eventually("work back on b", Duration::from_secs(30), || async {
             let r = invoke(entry, &f, "again").await;

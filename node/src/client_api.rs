@@ -1,0 +1,671 @@
+//! The QUIC client API for `tern-client` (ALPN `tern-client/1`, protocol in
+//! `tern_wire::client_proto`), on `client_listen`.
+//!
+//! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
+//!   `cluster_dir`). Clients may present a certificate; if they do, it must chain to the cluster
+//!   CA or the handshake fails.
+//! - **Authentication**, per request: a verified client certificate, or a token listed in
+//!   `client_tokens`. With no tokens configured, every client is let in. Otherwise the answer
+//!   is `unauthorized`.
+//! - **Requests** map onto the same [`App`] methods as the HTTP handlers. A request that cannot
+//!   be read (oversized, truncated, undecodable) is answered with a typed error on its own
+//!   stream; the connection and the endpoint carry on.
+//! - **Limits:** a request frame holds at most `max(max_body_bytes, max_module_bytes)` plus a
+//!   small overhead; each connection may have at most [`MAX_STREAMS`] requests open at once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{IdleTimeout, RecvStream, SendStream, VarInt};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use rustls::server::WebPkiClientVerifier;
+use tern_actors::Invocation;
+use tern_cluster::{ClusterError, NodeName};
+use tern_wire::client_proto::FRAME_OVERHEAD;
+use tern_wire::frame::HEADER_LEN;
+use tern_wire::{
+    ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
+    FrameDecoder, FunctionName, InvokeReply, WireError, encode_frame,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::error::NodeError;
+use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
+
+/// Requests a connection may have open at once (QUIC stream limit).
+pub const MAX_STREAMS: u32 = 64;
+/// Connections served at once; more are refused.
+const MAX_CONNECTIONS: usize = 4096;
+/// Bound on the QUIC + TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that hears nothing for this long is closed (clients send keep-alives).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open requests get this long to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest chunk read from a stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// A whole request must arrive within `max(header_read_timeout_ms, this)`; a module upload
+/// takes longer than request headers do.
+const MIN_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// Request bytes buffered at once across all connections, before authentication, are capped
+/// at `max(2 × frame cap, this)`: 64 streams × 64 MiB per connection would otherwise let
+/// anyone who can complete a handshake make the node buffer gigabytes.
+const MIN_READ_BUDGET: usize = 256 << 20;
+
+/// QUIC application codes of the client API.
+pub mod codes {
+    /// Normal close (node shutting down).
+    pub const SHUTDOWN: u32 = 0;
+    /// The request frame is over the limit; the node stops reading it.
+    pub const FRAME_TOO_LARGE: u32 = 0x20;
+    /// The request did not arrive in time.
+    pub const TIMEOUT: u32 = 0x22;
+}
+
+/// Why the client API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientApiError {
+    #[error("node_name is not a valid cluster node name: {0}")]
+    NodeName(#[source] ClusterError),
+    #[error("cannot load this node's certificate: {0}")]
+    Identity(#[source] ClusterError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("the crypto provider lacks the QUIC initial cipher suite")]
+    NoInitialCipherSuite,
+    #[error("cannot listen on {addr} (UDP): {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The running client API endpoint.
+pub struct ClientApi {
+    addr: SocketAddr,
+    endpoint: quinn::Endpoint,
+    shutdown: watch::Sender<bool>,
+    accept: JoinHandle<()>,
+    janitor: JoinHandle<()>,
+}
+
+/// What every stream handler shares.
+struct Ctx {
+    app: Arc<App>,
+    tokens: Vec<Vec<u8>>,
+    /// Largest request frame payload.
+    frame_cap: usize,
+    /// Largest response payload.
+    response_cap: usize,
+    read_timeout: Duration,
+    /// Request bytes being read or handled, in KiB (see [`MIN_READ_BUDGET`]).
+    read_budget: Arc<Semaphore>,
+    async_keys: AsyncKeys,
+    sync_cache: Arc<SyncCache>,
+}
+
+/// The client API's endpoint, bound (so misconfiguration fails before the node does any
+/// work) but not serving yet.
+pub struct ClientApiListener {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+}
+
+impl ClientApi {
+    /// Loads the node's certificate and binds the endpoint if `client_listen` is set (`None`
+    /// otherwise). Connections wait until [`ClientApiListener::serve`].
+    pub fn bind(config: &Config) -> Result<Option<ClientApiListener>, NodeError> {
+        let Some(listen) = config.client_listen else {
+            return Ok(None);
+        };
+        let Some(dir) = &config.cluster_dir else {
+            return Err(ConfigError::Invalid(
+                "client_listen needs cluster_dir (the node's certificate)".into(),
+            )
+            .into());
+        };
+        let name: NodeName = config.node_name.parse().map_err(ClientApiError::NodeName)?;
+        let identity = tern_cluster::pki::load(dir, &name).map_err(ClientApiError::Identity)?;
+        let server_config = server_config(identity)?;
+        let endpoint = quinn::Endpoint::server(server_config, listen).map_err(|source| {
+            ClientApiError::Bind {
+                addr: listen,
+                source,
+            }
+        })?;
+        let addr = endpoint.local_addr()?;
+        Ok(Some(ClientApiListener { endpoint, addr }))
+    }
+}
+
+impl ClientApiListener {
+    /// Starts serving requests with `app`.
+    pub fn serve(self, app: &Arc<App>) -> Result<ClientApi, NodeError> {
+        let Self { endpoint, addr } = self;
+        let config = &app.config;
+        let frame_cap = config
+            .max_body_bytes
+            .max(config.max_module_bytes)
+            .saturating_add(FRAME_OVERHEAD);
+        let ctx = Arc::new(Ctx {
+            app: app.clone(),
+            tokens: config
+                .client_tokens
+                .iter()
+                .map(|t| t.as_bytes().to_vec())
+                .collect(),
+            frame_cap,
+            response_cap: frame_cap
+                .max(config.max_output_bytes.saturating_add(FRAME_OVERHEAD))
+                .min(tern_wire::codec::MAX_MESSAGE),
+            read_timeout: Duration::from_millis(config.header_read_timeout_ms)
+                .max(MIN_READ_TIMEOUT),
+            read_budget: Arc::new(Semaphore::new(
+                frame_cap
+                    .saturating_mul(2)
+                    .max(MIN_READ_BUDGET)
+                    .div_ceil(1024)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
+            async_keys: AsyncKeys::open(&app.store, config.result_ttl_secs)?,
+            sync_cache: SyncCache::new(SyncCacheLimits::default()),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), rx));
+        let janitor = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Err(e) = ctx.async_keys.expire() {
+                    tracing::warn!(error = %e, "cannot expire idempotency keys");
+                }
+            }
+        });
+        tracing::info!(%addr, "client API listening (QUIC)");
+        Ok(ClientApi {
+            addr,
+            endpoint,
+            shutdown,
+            accept,
+            janitor,
+        })
+    }
+}
+
+impl ClientApi {
+    /// The UDP address the client API listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets open requests finish (up to 10 s), then closes every
+    /// connection; clients fail over to another node.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.accept.await;
+        self.janitor.abort();
+        let _ = self.janitor.await;
+        self.endpoint
+            .close(VarInt::from_u32(codes::SHUTDOWN), b"node shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn server_config(
+    identity: tern_cluster::NodeIdentity,
+) -> Result<quinn::ServerConfig, ClientApiError> {
+    // aws-lc-rs passed explicitly: with ring kept out of the build there is no default.
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(identity.ca.clone())?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![identity.cert], identity.key)?;
+    tls.alpn_protocols = vec![CLIENT_ALPN.to_vec()];
+    let quic = QuicServerConfig::try_from(tls).map_err(|_| ClientApiError::NoInitialCipherSuite)?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS));
+    transport.max_concurrent_uni_streams(VarInt::from_u32(0));
+    transport.max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    server_config.transport_config(Arc::new(transport));
+    Ok(server_config)
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(i) => i,
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        if connections.len() >= MAX_CONNECTIONS {
+            incoming.refuse();
+            continue;
+        }
+        connections.spawn(serve_connection(incoming, ctx.clone(), shutdown.clone()));
+    }
+    endpoint.set_server_config(None);
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        connections.shutdown().await;
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, async { incoming.await }).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "client handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%remote, "client handshake timed out");
+            return;
+        }
+    };
+    // rustls has verified any certificate presented; its presence authenticates the client.
+    let has_cert = conn
+        .peer_identity()
+        .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .is_some_and(|chain| !chain.is_empty());
+    let mut streams = JoinSet::new();
+    loop {
+        let (send, recv) = tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "client connection ended");
+                    break;
+                }
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        streams.spawn(serve_stream(ctx.clone(), has_cert, send, recv));
+    }
+    let drain = async { while streams.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        streams.shutdown().await;
+    }
+    conn.close(VarInt::from_u32(codes::SHUTDOWN), b"node shutting down");
+}
+
+/// Why a request frame could not be read.
+enum ReadFail {
+    TooLarge,
+    Truncated,
+    Malformed(WireError),
+    /// Reset by the client or connection lost: nobody to answer.
+    Gone,
+}
+
+/// Reads one request frame of at most `limit` bytes. The header is read alone, so an oversized
+/// frame is refused after 4 bytes; the body is read only once `budget` has room for it.
+async fn read_frame(
+    recv: &mut RecvStream,
+    limit: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, OwnedSemaphorePermit), ReadFail> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header).await.map_err(|e| match e {
+        quinn::ReadExactError::FinishedEarly(_) => ReadFail::Truncated,
+        quinn::ReadExactError::ReadError(_) => ReadFail::Gone,
+    })?;
+    let fail = |e: WireError| match e {
+        WireError::TooLarge { .. } => ReadFail::TooLarge,
+        other => ReadFail::Malformed(other),
+    };
+    let mut decoder = FrameDecoder::new(limit);
+    decoder.push(&header).map_err(fail)?;
+    let len = u32::from_be_bytes(header) as usize;
+    let kib = u32::try_from(len.div_ceil(1024).max(1)).map_err(|_| ReadFail::TooLarge)?;
+    let permit = budget
+        .clone()
+        .acquire_many_owned(kib)
+        .await
+        .map_err(|_| ReadFail::Gone)?;
+    loop {
+        if let Some(frame) = decoder.next_frame().map_err(fail)? {
+            return Ok((frame, permit));
+        }
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => decoder.push(&chunk.bytes).map_err(fail)?,
+            Ok(None) => return Err(ReadFail::Truncated),
+            Err(_) => return Err(ReadFail::Gone),
+        }
+    }
+}
+
+fn api(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
+    ClientResponse::Err(ApiError::new(code, message))
+}
+
+async fn serve_stream(ctx: Arc<Ctx>, has_cert: bool, mut send: SendStream, mut recv: RecvStream) {
+    let read = read_frame(&mut recv, ctx.frame_cap, &ctx.read_budget);
+    // Held until the answer is written: the request's bytes live that long.
+    let mut _budget = None;
+    let response = match tokio::time::timeout(ctx.read_timeout, read).await {
+        Ok(Ok((bytes, permit))) => {
+            _budget = Some(permit);
+            handle(&ctx, has_cert, &bytes).await
+        }
+        Ok(Err(ReadFail::Gone)) => return,
+        Ok(Err(ReadFail::TooLarge)) => {
+            let _ = recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
+            api(
+                ErrorCode::PayloadTooLarge,
+                format!("request frame over the {}-byte limit", ctx.frame_cap),
+            )
+        }
+        Ok(Err(ReadFail::Truncated)) => api(
+            ErrorCode::InvalidRequest,
+            "the request stream ended before a whole frame arrived",
+        ),
+        Ok(Err(ReadFail::Malformed(e))) => {
+            api(ErrorCode::InvalidRequest, format!("malformed frame: {e}"))
+        }
+        Err(_) => {
+            let _ = recv.stop(VarInt::from_u32(codes::TIMEOUT));
+            api(
+                ErrorCode::InvalidRequest,
+                format!("no whole request within {:?}", ctx.read_timeout),
+            )
+        }
+    };
+    if let ClientResponse::Err(e) = &response
+        && matches!(
+            e.code,
+            ErrorCode::Unauthorized | ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge
+        )
+    {
+        ctx.app.services().metrics.request_errors[e.code.index()].fetch_add(1, Relaxed);
+    }
+    let payload = match tern_wire::encode(&response, ctx.response_cap) {
+        Ok(p) => p,
+        Err(e) => {
+            let fallback = api(
+                ErrorCode::OutputTooLarge,
+                format!("the answer does not fit in a frame: {e}"),
+            );
+            match tern_wire::encode(&fallback, FRAME_OVERHEAD) {
+                Ok(p) => p,
+                Err(_) => return,
+            }
+        }
+    };
+    let Ok(frame) = encode_frame(&payload, usize::MAX) else {
+        return;
+    };
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+/// Constant-time comparison, so a token cannot be guessed byte by byte from response times.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(ctx: &Ctx, has_cert: bool, token: Option<&str>) -> bool {
+    if has_cert || ctx.tokens.is_empty() {
+        return true;
+    }
+    let Some(token) = token else {
+        return false;
+    };
+    // Compare against every token (no early exit) to keep the timing flat.
+    ctx.tokens
+        .iter()
+        .fold(false, |ok, t| ok | ct_eq(t, token.as_bytes()))
+}
+
+async fn handle(ctx: &Arc<Ctx>, has_cert: bool, bytes: &[u8]) -> ClientResponse {
+    let request: ClientRequest = match tern_wire::decode(bytes, ctx.frame_cap) {
+        Ok(r) => r,
+        Err(e) => return api(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
+    };
+    if !authorized(ctx, has_cert, request.token.as_deref()) {
+        return api(
+            ErrorCode::Unauthorized,
+            "a valid tenant token or a client certificate from the cluster CA is required",
+        );
+    }
+    let kind = request.op.kind();
+    match dispatch(ctx, request.op).await {
+        Ok(reply) => ClientResponse::Ok(reply),
+        Err(e) => {
+            tracing::debug!(op = kind, error = %e, "client API request failed");
+            ClientResponse::Err(e)
+        }
+    }
+}
+
+fn check_key(key: Option<&str>) -> Result<(), ApiError> {
+    match key {
+        Some(k) => tern_wire::check_idempotency_key(k)
+            .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string())),
+        None => Ok(()),
+    }
+}
+
+fn check_input(ctx: &Ctx, input: &[u8]) -> Result<(), ApiError> {
+    let limit = ctx.app.config.max_body_bytes;
+    if input.len() > limit {
+        return Err(NodeError::BodyTooLarge { limit }.to_api());
+    }
+    Ok(())
+}
+
+async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError> {
+    let app = &ctx.app;
+    let node_err = |e: NodeError| e.to_api();
+    match op {
+        ClientOp::Deploy {
+            name,
+            module,
+            timeout_ms,
+            memory_mb,
+        } => {
+            let limit = app.config.max_module_bytes;
+            if module.len() > limit {
+                return Err(ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("module over the {limit}-byte limit"),
+                ));
+            }
+            app.deploy(name, Bytes::from(module), timeout_ms, memory_mb)
+                .await
+                .map(ClientReply::Deployed)
+                .map_err(node_err)
+        }
+        ClientOp::Invoke {
+            name,
+            input,
+            map,
+            idempotency_key,
+            timeout_ms,
+        } => {
+            check_input(ctx, &input)?;
+            check_key(idempotency_key.as_deref())?;
+            if timeout_ms == Some(0) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "timeout_ms must be at least 1",
+                ));
+            }
+            let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+            invoke(ctx, name, Bytes::from(input), map, idempotency_key, wait)
+                .await
+                .map(ClientReply::Output)
+        }
+        ClientOp::InvokeAsync {
+            name,
+            input,
+            map,
+            idempotency_key,
+        } => {
+            check_input(ctx, &input)?;
+            check_key(idempotency_key.as_deref())?;
+            let input = Bytes::from(input);
+            let id = match idempotency_key {
+                Some(key) => ctx.async_keys.accept(app, &key, name, input, map).await,
+                None => app.accept_async(name, input, map).await,
+            }
+            .map_err(node_err)?;
+            Ok(ClientReply::Accepted {
+                id,
+                node: app.config.node_name.clone(),
+            })
+        }
+        ClientOp::Result { id } => {
+            let mut record = app
+                .store
+                .invocation(&id)
+                .map_err(|e| NodeError::from(e).to_api())?
+                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no invocation {id}")))?;
+            record.input = Vec::new();
+            Ok(ClientReply::Invocation(record))
+        }
+        ClientOp::List => Ok(ClientReply::Functions(app.services().runtime.list())),
+        ClientOp::Remove { name } => app
+            .remove(&name)
+            .await
+            .map(ClientReply::Removed)
+            .map_err(node_err),
+    }
+}
+
+/// Runs one invocation through the pipeline (what `POST /v1/functions/{name}/invoke` does).
+async fn run(
+    app: &Arc<App>,
+    function: FunctionName,
+    input: Bytes,
+    map: bool,
+) -> Result<InvokeReply, ApiError> {
+    let started = Instant::now();
+    let request_id = app.ids.next();
+    let outcome = app
+        .pipeline
+        .invoke(Invocation {
+            request_id: request_id.as_str().into(),
+            function,
+            input,
+            map,
+        })
+        .await
+        .map_err(|e| e.to_api())?;
+    Ok(InvokeReply {
+        output: outcome.output.to_vec(),
+        node: outcome.node.to_string(),
+        cold_start: outcome.cold_start,
+        meus: u32::try_from(outcome.meus).unwrap_or(u32::MAX),
+        duration_us: started.elapsed().as_micros() as u64,
+        replayed: false,
+    })
+}
+
+async fn within<F>(wait: Option<Duration>, fut: F) -> Result<InvokeReply, ApiError>
+where
+    F: Future<Output = Result<InvokeReply, ApiError>>,
+{
+    match wait {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
+            Err(ApiError::new(
+                ErrorCode::Timeout,
+                format!(
+                    "no result within {} ms; with an idempotency key the invocation carries on \
+                     and a retry with the same key returns its result",
+                    limit.as_millis()
+                ),
+            ))
+        }),
+    }
+}
+
+async fn invoke(
+    ctx: &Arc<Ctx>,
+    function: FunctionName,
+    input: Bytes,
+    map: bool,
+    key: Option<String>,
+    wait: Option<Duration>,
+) -> Result<InvokeReply, ApiError> {
+    let app = ctx.app.clone();
+    let Some(key) = key else {
+        return within(wait, run(&app, function, input, map)).await;
+    };
+    match ctx.sync_cache.begin(&function, &key) {
+        Begin::Done(result) => {
+            let mut reply = result.as_ref().clone()?;
+            reply.replayed = true;
+            Ok(reply)
+        }
+        Begin::Wait(rx) => {
+            let mut reply = within(wait, idempotency::wait(rx)).await?;
+            reply.replayed = true;
+            Ok(reply)
+        }
+        Begin::Run(guard) => {
+            let Some(rx) = guard.subscribe() else {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "idempotency slot closed",
+                ));
+            };
+            // Its own task, so the invocation finishes (and is remembered for retries) even if
+            // this caller goes away.
+            tokio::spawn(async move {
+                let result = run(&app, function, input, map).await;
+                guard.finish(result);
+            });
+            within(wait, idempotency::wait(rx)).await
+        }
+        Begin::Uncached => within(wait, run(&app, function, input, map)).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ct_eq;
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(ct_eq(b"secret", b"secret"));
+        assert!(!ct_eq(b"secret", b"secreT"));
+        assert!(!ct_eq(b"secret", b"secret2"));
+        assert!(ct_eq(b"", b""));
+    }
+}

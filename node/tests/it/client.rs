@@ -1,0 +1,559 @@
+//! The QUIC client API and `tern-client` end to end: every operation, authentication by token
+//! and by certificate, hostile frames, idempotency keys, and failover between two nodes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_client::{
+    Client, ClientConfig, ClientError, DeployOptions, ErrorCode, InvocationStatus, InvokeOptions,
+};
+use tern_node::config::ConfigError;
+use tern_node::{Config, NodeError, NodeHandle};
+use tern_wire::client_proto::{ClientOp, ClientRequest, ClientResponse};
+use tern_wire::{decode, encode, encode_frame};
+
+use crate::support::*;
+
+/// `tern cluster init` for nodes `a` and `b` in `dir/name`.
+fn init_pki(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    tern_cluster::pki::init(&out, &["a".parse().unwrap(), "b".parse().unwrap()]).unwrap();
+    out
+}
+
+/// A node named `name` with the client API on a free UDP port and only `echo` deployed.
+fn node_config(dir: &Path, pki: &Path, name: &str, tokens: &[&str]) -> Config {
+    Config {
+        node_name: name.into(),
+        cluster_dir: Some(pki.to_owned()),
+        client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        // A cluster member without peers: its mesh endpoint must not collide with others.
+        cluster_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        client_tokens: tokens.iter().map(|t| t.to_string()).collect(),
+        examples: vec!["echo".into()],
+        ..config(&dir.join(format!("data-{name}")))
+    }
+}
+
+fn client_addr(node: &NodeHandle) -> SocketAddr {
+    node.client_addr().expect("client API is on")
+}
+
+/// Generous per-request bounds (slow VM), short backoff so tests stay fast.
+fn client_config(pki: &Path, seeds: &[(&str, SocketAddr)]) -> ClientConfig {
+    let mut c = ClientConfig::new(
+        seeds.iter().map(|(n, a)| (n.to_string(), *a)).collect(),
+        pki.join("ca.pem"),
+    );
+    c.request_timeout = Duration::from_secs(20);
+    c.connect_timeout = Duration::from_secs(3);
+    c.idle_timeout = Duration::from_secs(3);
+    c.backoff_base = Duration::from_millis(20);
+    c.backoff_max = Duration::from_millis(200);
+    c
+}
+
+async fn connect(config: ClientConfig) -> Client {
+    tokio::time::timeout(Duration::from_secs(30), Client::connect(config))
+        .await
+        .expect("connect timed out")
+        .expect("client connects")
+}
+
+fn api_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    match r {
+        Err(ClientError::Api(e)) => e.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Times `echo` ran successfully on `node`.
+fn echo_runs(node: &NodeHandle) -> u64 {
+    node.services()
+        .runtime
+        .get(&"echo".parse().unwrap())
+        .unwrap()
+        .metrics
+        .ok
+        .load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_deploys_lists_invokes_and_removes() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let client = connect(client_config(&pki, &[("a", client_addr(&node))])).await;
+    assert_eq!(client.connected_node().await.as_deref(), Some("a"));
+
+    let names = |l: Vec<tern_client::FunctionInfo>| -> Vec<String> {
+        l.into_iter().map(|f| f.name.to_string()).collect()
+    };
+    assert_eq!(names(client.list().await.unwrap()), ["echo"]);
+
+    let opts = DeployOptions {
+        timeout_ms: Some(500),
+        memory_mb: Some(64),
+    };
+    let info = client
+        .deploy_with("echo2", wasm("echo").to_vec(), opts)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            info.name.as_str(),
+            info.version,
+            info.timeout_ms,
+            info.memory_mb
+        ),
+        ("echo2", 1, 500, 64)
+    );
+    assert_eq!(names(client.list().await.unwrap()), ["echo", "echo2"]);
+    let bad = client.deploy("bad", b"not wasm".to_vec()).await;
+    assert_eq!(api_code(bad), ErrorCode::InvalidModule);
+
+    let out = client
+        .invoke("echo2", b"hello tern".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(&out.output[..], b"hello tern");
+    assert_eq!(out.node, "a");
+    assert!(!out.replayed);
+    assert!(out.duration_us > 0);
+
+    let map = InvokeOptions {
+        map: true,
+        ..Default::default()
+    };
+    let out = client
+        .invoke_with("echo2", b"[1,2,3,4]".to_vec(), map)
+        .await
+        .unwrap();
+    let joined: serde_json::Value = serde_json::from_slice(&out.output).unwrap();
+    assert_eq!(joined, serde_json::json!([1, 2, 3, 4]));
+
+    let id = client
+        .invoke_async("echo2", b"later".to_vec())
+        .await
+        .unwrap();
+    let record = client
+        .wait_result(&id, Duration::from_millis(10), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(record.status, InvocationStatus::Succeeded);
+    assert_eq!(record.output.as_deref(), Some(&b"later"[..]));
+    assert!(record.input.is_empty(), "inputs are not sent back");
+    let missing = client.result(&"0000-0000".parse().unwrap()).await;
+    assert_eq!(api_code(missing), ErrorCode::NotFound);
+
+    let removed = client.remove("echo2").await.unwrap();
+    assert_eq!(removed.name.as_str(), "echo2");
+    assert_eq!(
+        api_code(client.invoke("echo2", b"x".to_vec()).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(api_code(client.remove("echo2").await), ErrorCode::NotFound);
+    assert_eq!(names(client.list().await.unwrap()), ["echo"]);
+    // Refused locally, before anything is sent.
+    assert!(matches!(
+        client.invoke("Not A Name", Vec::new()).await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(node_config(dir.path(), &pki, "a", &["s3cret", "other"])).await;
+    let seeds = [("a", client_addr(&node))];
+
+    // No token, then a wrong one: unauthorized, not retried.
+    let anonymous = connect(client_config(&pki, &seeds)).await;
+    assert_eq!(api_code(anonymous.list().await), ErrorCode::Unauthorized);
+    let wrong = connect(client_config(&pki, &seeds).with_token("s3cre")).await;
+    let started = Instant::now();
+    assert_eq!(
+        api_code(wrong.invoke("echo", b"x".to_vec()).await),
+        ErrorCode::Unauthorized
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The right token, and a certificate from the cluster CA without any token.
+    let tenant = connect(client_config(&pki, &seeds).with_token("s3cret")).await;
+    let out = tenant.invoke("echo", b"hi".to_vec()).await.unwrap();
+    assert_eq!(&out.output[..], b"hi");
+    let with_cert =
+        connect(client_config(&pki, &seeds).with_client_cert(pki.join("b.pem"), pki.join("b.key")))
+            .await;
+    assert_eq!(with_cert.list().await.unwrap().len(), 1);
+
+    // A certificate from another CA fails the handshake, even with a good token.
+    let foreign = init_pki(dir.path(), "foreign");
+    let impostor = client_config(&pki, &seeds)
+        .with_token("s3cret")
+        .with_client_cert(foreign.join("a.pem"), foreign.join("a.key"));
+    let result = async {
+        let c = Client::connect(impostor).await?;
+        c.invoke("echo", b"x".to_vec()).await
+    };
+    let result = tokio::time::timeout(Duration::from_secs(20), result)
+        .await
+        .unwrap();
+    assert!(
+        matches!(result, Err(ClientError::Rejected { ref node, .. }) if node == "a"),
+        "{result:?}"
+    );
+
+    // The node still serves, and counted the refusals.
+    assert_eq!(
+        &tenant.invoke("echo", b"ok".to_vec()).await.unwrap().output[..],
+        b"ok"
+    );
+    let metrics = request(node.addr(), Method::GET, "/metrics", Bytes::new()).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let unauthorized = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_request_errors_total{code=\"unauthorized\"} "))
+        .unwrap();
+    assert_eq!(unauthorized, "2");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let client = connect(client_config(&pki, &[("a", client_addr(&node))])).await;
+
+    let answer = |raw: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            let bytes = client.raw_request(&raw).await.unwrap();
+            match decode::<ClientResponse>(&bytes, 1 << 20).unwrap() {
+                ClientResponse::Err(e) => e,
+                ok => panic!("expected an error, got {ok:?}"),
+            }
+        }
+    };
+    let limit = 1 << 20;
+    let request = |op: ClientOp| encode(&ClientRequest { token: None, op }, limit).unwrap();
+
+    // Not bincode of a request.
+    let e = answer(encode_frame(b"\xff\xfe\xfd garbage", limit).unwrap()).await;
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
+    // A valid request with trailing bytes.
+    let mut trailing = request(ClientOp::List);
+    trailing.push(0);
+    let e = answer(encode_frame(&trailing, limit).unwrap()).await;
+    assert_eq!(e.code, ErrorCode::InvalidRequest, "{e}");
+    // A header announcing 1 GiB: refused from the header.
+    let mut bomb = (1u32 << 30).to_be_bytes().to_vec();
+    bomb.extend_from_slice(&[0; 64]);
+    let e = answer(bomb).await;
+    assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{e}");
+    // Truncated frame, and an empty stream.
+    let mut short = 100u32.to_be_bytes().to_vec();
+    short.extend_from_slice(&[1; 10]);
+    assert_eq!(answer(short).await.code, ErrorCode::InvalidRequest);
+    assert_eq!(answer(Vec::new()).await.code, ErrorCode::InvalidRequest);
+    // Bad idempotency keys are typed errors too.
+    for key in ["", "has space", "tab\tkey", &"k".repeat(129)] {
+        let op = ClientOp::InvokeAsync {
+            name: "echo".parse().unwrap(),
+            input: Vec::new(),
+            map: false,
+            idempotency_key: Some(key.to_owned()),
+        };
+        let e = answer(encode_frame(&request(op), limit).unwrap()).await;
+        assert_eq!(e.code, ErrorCode::InvalidRequest, "{key:?}: {e}");
+        assert!(e.message.contains("idempotency key"), "{e}");
+    }
+    // An input over max_body_bytes.
+    let op = ClientOp::Invoke {
+        name: "echo".parse().unwrap(),
+        input: vec![0; (6 << 20) + 1],
+        map: false,
+        idempotency_key: None,
+        timeout_ms: None,
+    };
+    let big = encode(&ClientRequest { token: None, op }, 8 << 20).unwrap();
+    let e = answer(encode_frame(&big, 8 << 20).unwrap()).await;
+    assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{e}");
+
+    // The same connection, the endpoint and HTTP all still serve.
+    let out = client.invoke("echo", b"still here".to_vec()).await.unwrap();
+    assert_eq!(&out.output[..], b"still here");
+    let fresh = connect(client_config(&pki, &[("a", client_addr(&node))])).await;
+    assert_eq!(fresh.list().await.unwrap().len(), 1);
+    assert_eq!(invoke(node.addr(), "echo", "http").await.status, 200);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_make_retries_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let client = connect(client_config(&pki, &[("a", client_addr(&node))])).await;
+    let keyed = |key: &str| InvokeOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+
+    // Sync: the same key runs once; a retry gets the first result back.
+    let before = echo_runs(&node);
+    let first = client
+        .invoke_with("echo", b"one".to_vec(), keyed("sync-1"))
+        .await
+        .unwrap();
+    let again = client
+        .invoke_with("echo", b"two".to_vec(), keyed("sync-1"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert!(again.replayed);
+    assert_eq!(
+        &again.output[..],
+        b"one",
+        "the first call's result is replayed"
+    );
+    assert_eq!(echo_runs(&node), before + 1);
+    // Two concurrent calls with one key: one runs, the other waits for it.
+    let (x, y) = tokio::join!(
+        client.invoke_with("echo", b"same".to_vec(), keyed("sync-2")),
+        client.invoke_with("echo", b"same".to_vec(), keyed("sync-2")),
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!((&x.output[..], &y.output[..]), (&b"same"[..], &b"same"[..]));
+    assert_eq!(u8::from(x.replayed) + u8::from(y.replayed), 1);
+    assert_eq!(echo_runs(&node), before + 2);
+    // Without a key of its own, each call gets a fresh one and runs.
+    client.invoke("echo", b"a".to_vec()).await.unwrap();
+    client.invoke("echo", b"a".to_vec()).await.unwrap();
+    assert_eq!(echo_runs(&node), before + 4);
+    // A bad key is refused locally.
+    assert!(matches!(
+        client
+            .invoke_with("echo", Vec::new(), keyed("bad key"))
+            .await,
+        Err(ClientError::InvalidArgument(_))
+    ));
+
+    // Async: the same key gives the same id; another key another id.
+    let id1 = client
+        .invoke_async_with("echo", b"job".to_vec(), keyed("order-17"))
+        .await
+        .unwrap();
+    let id2 = client
+        .invoke_async_with("echo", b"job".to_vec(), keyed("order-17"))
+        .await
+        .unwrap();
+    let id3 = client
+        .invoke_async_with("echo", b"job".to_vec(), keyed("order-18"))
+        .await
+        .unwrap();
+    assert_eq!(id1, id2);
+    assert_ne!(id1, id3);
+    for id in [&id1, &id3] {
+        let r = client
+            .wait_result(id, Duration::from_millis(10), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(r.status, InvocationStatus::Succeeded);
+        assert_eq!(r.attempts, 1);
+    }
+    assert_eq!(echo_runs(&node), before + 6, "order-17 ran once");
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_when_its_node_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    // No replication yet: each node has echo deployed on its own (from the examples).
+    let a = start(node_config(dir.path(), &pki, "a", &["t"])).await;
+    let b = start(node_config(dir.path(), &pki, "b", &["t"])).await;
+    let seeds = [("a", client_addr(&a)), ("b", client_addr(&b))];
+    let client = connect(client_config(&pki, &seeds).with_token("t")).await;
+
+    let out = client.invoke("echo", b"before".to_vec()).await.unwrap();
+    assert_eq!((&out.output[..], out.node.as_str()), (&b"before"[..], "a"));
+
+    a.shutdown().await.unwrap();
+    let started = Instant::now();
+    let out = client.invoke("echo", b"after".to_vec()).await.unwrap();
+    assert_eq!((&out.output[..], out.node.as_str()), (&b"after"[..], "b"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failover took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(client.connected_node().await.as_deref(), Some("b"));
+    // And it stays on b.
+    assert_eq!(client.list().await.unwrap().len(), 1);
+    let out = client.invoke("echo", b"again".to_vec()).await.unwrap();
+    assert_eq!(out.node, "b");
+    b.shutdown().await.unwrap();
+}
+
+/// A UDP relay in front of a node that can go silent: what a client sees when the node
+/// crashes or is cut off, without any QUIC close reaching it.
+struct Relay {
+    addr: SocketAddr,
+    silent: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn relay(target: SocketAddr) -> Relay {
+    use tokio::net::UdpSocket;
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(target).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let silent = silent.clone();
+        async move {
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = r else { continue };
+                        client = Some(from);
+                        if !silent.load(Ordering::Relaxed) {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    }
+                    r = back.recv(&mut down) => {
+                        let Ok(n) = r else { continue };
+                        if let Some(c) = client
+                            && !silent.load(Ordering::Relaxed)
+                        {
+                            let _ = front.send_to(&down[..n], c).await;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Relay { addr, silent, task }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_when_its_node_goes_silent() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let a = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let b = start(node_config(dir.path(), &pki, "b", &[])).await;
+    let relay = relay(client_addr(&a)).await;
+    let mut config = client_config(&pki, &[("a", relay.addr), ("b", client_addr(&b))]);
+    config.idle_timeout = Duration::from_secs(2);
+    let client = connect(config).await;
+    assert_eq!(
+        client.invoke("echo", b"x".to_vec()).await.unwrap().node,
+        "a"
+    );
+
+    // a vanishes mid-conversation: no close ever reaches the client, the request is lost.
+    relay.silent.store(true, Ordering::Relaxed);
+    let (a_runs, b_runs) = (echo_runs(&a), echo_runs(&b));
+    let started = Instant::now();
+    let out = client
+        .invoke("echo", b"lost in transit".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (&out.output[..], out.node.as_str()),
+        (&b"lost in transit"[..], "b")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failover took {:?}",
+        started.elapsed()
+    );
+    assert_eq!((echo_runs(&a), echo_runs(&b)), (a_runs, b_runs + 1));
+    relay.task.abort();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_seeds_and_impostors_are_skipped_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let b = start(node_config(dir.path(), &pki, "b", &[])).await;
+    // Sockets that swallow every packet: a node that never answers.
+    let silent1 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent2 = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dead1 = silent1.local_addr().unwrap();
+    let dead2 = silent2.local_addr().unwrap();
+    let quick = |seeds: &[(&str, SocketAddr)]| {
+        let mut c = client_config(&pki, seeds);
+        c.connect_timeout = Duration::from_millis(500);
+        c.retries = 1;
+        c
+    };
+
+    // The first seed never answers: the client connects to the second.
+    let client = connect(quick(&[("a", dead1), ("b", client_addr(&b))])).await;
+    assert_eq!(
+        client.invoke("echo", b"x".to_vec()).await.unwrap().node,
+        "b"
+    );
+
+    // No seed answers: a typed error listing every attempt (2 seeds x 2 rounds).
+    let err = Client::connect(quick(&[("a", dead1), ("b", dead2)]))
+        .await
+        .err()
+        .unwrap();
+    match &err {
+        ClientError::AllNodesUnreachable { tried } => {
+            assert_eq!(tried.len(), 4, "{err}");
+            assert_eq!(tried[0].node, "a");
+            assert_eq!(tried[1].node, "b");
+            assert!(tried.iter().all(|f| !f.rejected));
+        }
+        other => panic!("expected AllNodesUnreachable, got {other:?}"),
+    }
+    assert!(err.is_retryable());
+
+    // b's address under the name a: b's certificate is not a's, so the client refuses it.
+    let err = Client::connect(quick(&[("a", client_addr(&b))]))
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, ClientError::AllNodesUnreachable { tried } if tried.len() == 2),
+        "{err:?}"
+    );
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_listen_needs_a_cluster_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..config(dir.path())
+    };
+    let err = tern_node::start(config).await.err().unwrap();
+    assert!(
+        matches!(&err, NodeError::Config(ConfigError::Invalid(m)) if m.contains("cluster_dir")),
+        "{err}"
+    );
+    // A cluster dir without this node's certificate is a typed error too.
+    let pki = init_pki(dir.path(), "pki");
+    let mut config = node_config(dir.path(), &pki, "zed", &[]);
+    config.examples.clear();
+    let err = tern_node::start(config).await.err().unwrap();
+    assert!(matches!(err, NodeError::ClientApi(_)), "{err}");
+}
