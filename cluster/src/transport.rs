@@ -513,8 +513,12 @@ impl Connection {
         let frame = encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?;
         let exchange = async {
             let (mut send, mut recv) = self.inner.open_bi().await?;
-            send.write_all(&[KIND_DATA]).await?;
-            send.write_all(&frame).await?;
+            // Kind byte and frame in one write, so a small request leaves in one packet.
+            let mut chunks = [
+                bytes::Bytes::from_static(&[KIND_DATA]),
+                bytes::Bytes::from(frame),
+            ];
+            send.write_all_chunks(&mut chunks).await?;
             send.finish()?;
             let answer = read_frame(&mut recv, self.cfg.max_frame).await;
             if let Err(ClusterError::FrameTooLarge { .. }) = &answer {

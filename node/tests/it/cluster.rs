@@ -49,10 +49,15 @@ pub fn member_config(root: &Path, i: usize, mesh: &[SocketAddr]) -> Config {
 
 /// A function name whose warm-affinity owner among a, b, c is `owner`.
 pub fn name_owned_by(owner: &str) -> String {
+    name_owned_among(owner, &NAMES, "echo")
+}
+
+/// A name starting with `prefix` whose warm-affinity owner among `nodes` is `owner`.
+pub fn name_owned_among(owner: &str, nodes: &[&str], prefix: &str) -> String {
     (0..)
-        .map(|i| format!("echo-{i}"))
+        .map(|i| format!("{prefix}-{i}"))
         .find(|f| {
-            NAMES
+            nodes
                 .iter()
                 .max_by_key(|n| WarmAffinity::weight(f, n))
                 .is_some_and(|n| *n == owner)
@@ -237,6 +242,74 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     })
     .await;
     for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Node classes steer placement (Eq. 2): an `edge-small` node (128 MiB, 50 ms) is only given
+/// functions whose limits fit it, even when it owns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = udp_ports(3);
+    let a = start(member_config(root.path(), 0, &mesh)).await;
+    let b = start(Config {
+        node_class: "edge-small".into(),
+        ..member_config(root.path(), 1, &mesh)
+    })
+    .await;
+    let (av, bv) = (a.addr(), b.addr());
+    eventually("a and b connected", Duration::from_secs(20), || async {
+        let v = json(&request(av, Method::GET, "/v1/cluster", Bytes::new()).await);
+        let b = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["node"] == "b")
+            .cloned();
+        b.filter(|m| m["state"] == "up" && m["class"] == "edge-small")
+            .map(|_| ())
+    })
+    .await;
+    // Both functions are owned by b; only the one within 128 MiB and 50 ms may run there.
+    let small = name_owned_among("b", &["a", "b"], "small");
+    let big = name_owned_among("b", &["a", "b"], "big");
+    for (f, query) in [
+        (&small, "?timeout_ms=50&memory_mb=64"),
+        (&big, "?timeout_ms=10000"),
+    ] {
+        let r = request(
+            av,
+            Method::PUT,
+            &format!("/v1/functions/{f}{query}"),
+            wasm("echo"),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    eventually("small runs on b", Duration::from_secs(20), || async {
+        let r = invoke(av, &small, "s").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        (r.header("x-tern-node") == Some("b")).then_some(())
+    })
+    .await;
+    for _ in 0..10 {
+        let r = invoke(av, &big, "b").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("x-tern-node"),
+            Some("a"),
+            "big must not run on edge-small b"
+        );
+    }
+    // Entering through b, the big function still runs on a.
+    eventually("b forwards big to a", Duration::from_secs(20), || async {
+        let r = invoke(bv, &big, "via b").await;
+        (r.status == 200 && r.header("x-tern-node") == Some("a")).then_some(())
+    })
+    .await;
+    for n in [a, b] {
         n.shutdown().await.unwrap();
     }
 }

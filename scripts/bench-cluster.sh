@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Cluster benchmarks (issue 3), three `tern` processes on loopback plus the load generator, all
+# on this machine:
+#   1. forwarded vs local invocation latency (1 connection, closed loop, alternated twice);
+#   2. echo throughput: one standalone node vs three nodes with the load spread over all three;
+#   3. replication: a 1 MiB module deployed on a, time until callable on b and c.
+# Usage: scripts/bench-cluster.sh [OUT_DIR]   (default bench/reports/cluster)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/reports/cluster}
+mkdir -p "$out"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+bash scripts/build-functions.sh >/dev/null
+cargo build --release -p tern-node
+tern=target/release/tern
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+dur=${BENCH_DURATION:-10s}
+# BENCH_QUICK=1: only part 1 (forwarding overhead), for iterating on the forwarding path.
+quick=${BENCH_QUICK:-0}
+
+names=(a b c)
+http=(127.0.0.1:7911 127.0.0.1:7912 127.0.0.1:7913)
+mesh=(127.0.0.1:7921 127.0.0.1:7922 127.0.0.1:7923)
+$tern cluster init --out "$work/pki" --nodes a,b,c >/dev/null
+
+wait_http() {
+  for _ in $(seq 300); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done
+  echo "node at $1 did not start" >&2
+  return 1
+}
+
+for i in 0 1 2; do
+  peers=()
+  for j in 0 1 2; do
+    [ "$i" = "$j" ] || peers+=(--peer "${names[$j]}=${mesh[$j]}")
+  done
+  TERN_EXAMPLES='[]' $tern up --node-name "${names[$i]}" --listen "${http[$i]}" \
+    --data "$work/${names[$i]}" --cluster-dir "$work/pki" --cluster-listen "${mesh[$i]}" \
+    "${peers[@]}" --log warn &
+  pids+=($!)
+done
+for h in "${http[@]}"; do wait_http "$h"; done
+for h in "${http[@]}"; do
+  for _ in $(seq 300); do
+    [ "$(curl -sf "http://$h/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
+    sleep 0.1
+  done
+done
+
+# Deploy echo under several names and learn each name's owner from where it runs.
+declare -A owner_of
+for k in $(seq 0 11); do
+  $tern deploy "echo-$k" functions/dist/echo.wasm --server "${http[0]}" >/dev/null
+done
+sleep 1 # replication + a few status rounds
+for k in $(seq 0 11); do
+  owner_of[echo-$k]=$(curl -s -D - -o /dev/null -X POST "http://${http[2]}/v1/functions/echo-$k/invoke" -d x \
+    | tr -d '\r' | awk -F': ' 'tolower($1)=="x-tern-node"{print $2}')
+done
+pick() { for k in $(seq 0 11); do [ "${owner_of[echo-$k]}" = "$1" ] && { echo "echo-$k"; return; }; done; }
+fa=$(pick a); fb=$(pick b); fc=$(pick c)
+echo "owners: $fa->a $fb->b $fc->c"
+
+echo "== 1. forwarded vs local, 1 connection through c (local: $fc on c; forwarded: $fb on b)"
+for round in 1 2; do
+  $tern bench --server "${http[2]}" --function "$fc" --connections 1 --duration "$dur" --warmup 2s \
+    --no-progress --json "$out/local-$round.json" | tail -n 3
+  $tern bench --server "${http[2]}" --function "$fb" --connections 1 --duration "$dur" --warmup 2s \
+    --no-progress --json "$out/forwarded-$round.json" | tail -n 3
+done
+
+if [ "$quick" = 1 ]; then
+  for r in 1 2; do
+    python3 -c "import json,sys;l=json.load(open(sys.argv[1]));f=json.load(open(sys.argv[2]));print('round', sys.argv[3], 'local p50', l['latency_us']['p50'], 'forwarded p50', f['latency_us']['p50'], 'extra', f['latency_us']['p50']-l['latency_us']['p50'])" "$out/local-$r.json" "$out/forwarded-$r.json" $r
+  done
+  exit 0
+fi
+
+echo "== 2a. three nodes, 64 connections spread over a, b, c, each on a function it owns"
+$tern bench --server "${http[0]}" --function "$fa" --connections 22 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-a.json" >/dev/null &
+b1=$!
+$tern bench --server "${http[1]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-b.json" >/dev/null &
+b2=$!
+$tern bench --server "${http[2]}" --function "$fc" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-c.json" >/dev/null &
+b3=$!
+wait $b1 $b2 $b3
+
+echo "== 2b. three nodes, 64 connections spread over a, b, c, all on one function owned by b"
+$tern bench --server "${http[0]}" --function "$fb" --connections 22 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-a.json" >/dev/null &
+b1=$!
+$tern bench --server "${http[1]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-b.json" >/dev/null &
+b2=$!
+$tern bench --server "${http[2]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-c.json" >/dev/null &
+b3=$!
+wait $b1 $b2 $b3
+
+echo "== 3. replication of a 1 MiB module (5 deploys on a; time until callable on b and c)"
+python3 - functions/dist/echo.wasm "$work/big.wasm" <<'EOF'
+import sys
+src, dst = sys.argv[1], sys.argv[2]
+wasm = open(src, "rb").read()
+name = b"tern-padding"
+def leb(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+payload = leb(len(name)) + name + bytes(1 << 20)
+open(dst, "wb").write(wasm + b"\x00" + leb(len(payload)) + payload)
+EOF
+: >"$out/replication-ms.txt"
+for r in $(seq 5); do
+  # A distinct module each round (one differing byte), so nothing is cached on b or c.
+  python3 -c "import sys;b=bytearray(open(sys.argv[1],'rb').read());b[-1]=$r;open(sys.argv[2],'wb').write(b)" "$work/big.wasm" "$work/big-$r.wasm"
+  $tern deploy "big-$r" "$work/big-$r.wasm" --server "${http[0]}" >/dev/null
+  t0=$(date +%s%N)
+  for h in "${http[1]}" "${http[2]}"; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$h/v1/functions/big-$r/invoke" -d x)" = 200 ]; do
+      sleep 0.005
+    done
+  done
+  echo $(( ($(date +%s%N) - t0) / 1000000 )) | tee -a "$out/replication-ms.txt"
+done
+
+echo "== 2c. one standalone node (no cluster), 64 connections, same function"
+kill -9 "${pids[@]}" 2>/dev/null || true
+pids=()
+TERN_EXAMPLES='["echo"]' $tern up --listen 127.0.0.1:7914 --data "$work/single" --log warn &
+pids+=($!)
+wait_http 127.0.0.1:7914
+$tern bench --server 127.0.0.1:7914 --function echo --connections 64 --duration "$dur" --warmup 2s \
+  --no-progress --json "$out/single.json" >/dev/null
+
+python3 - "$out" <<'EOF'
+import json, os, sys
+out = sys.argv[1]
+def load(n): return json.load(open(os.path.join(out, n)))
+lines = []
+for r in (1, 2):
+    l, f = load(f"local-{r}.json"), load(f"forwarded-{r}.json")
+    lines.append(f"round {r}: local p50 {l['latency_us']['p50']} us p99 {l['latency_us']['p99']} us; "
+                 f"forwarded p50 {f['latency_us']['p50']} us p99 {f['latency_us']['p99']} us; "
+                 f"extra p50 {f['latency_us']['p50'] - l['latency_us']['p50']} us")
+single = load("single.json")["throughput_rps"]
+spread = sum(load(f"spread-{n}.json")["throughput_rps"] for n in "abc")
+onefn = sum(load(f"onefn-{n}.json")["throughput_rps"] for n in "abc")
+errs = sum(load(f"{p}-{n}.json")["requests"] - load(f"{p}-{n}.json")["ok"] for p in ("spread", "onefn") for n in "abc")
+lines.append(f"throughput: single node {single:.0f} req/s; three nodes, own functions {spread:.0f} req/s "
+             f"({spread / single:.2f}x); three nodes, one function owned by b {onefn:.0f} req/s ({onefn / single:.2f}x); "
+             f"errors {errs}")
+ms = sorted(int(x) for x in open(os.path.join(out, "replication-ms.txt")).read().split())
+lines.append(f"replication of 1 MiB: median {ms[len(ms)//2]} ms, max {ms[-1]} ms over {len(ms)} deploys")
+open(os.path.join(out, "summary.txt"), "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
