@@ -47,7 +47,8 @@ pub const KIND_RACTOR: u8 = 0x01;
 pub const KIND_DATA: u8 = 0x02;
 
 /// ALPN protocol id; a peer speaking anything else fails the handshake.
-const ALPN: &[u8] = b"tern-mesh/1";
+/// ALPN of the mesh protocol.
+pub const ALPN: &[u8] = b"tern-mesh/1";
 /// A hello frame holds a node name (≤ 64 bytes); anything bigger is hostile.
 const MAX_HELLO: usize = 256;
 /// Largest chunk read from a stream at once; bounds how far past a frame limit we read.
@@ -106,6 +107,9 @@ pub struct TransportConfig {
     pub max_concurrent_streams: u32,
     /// Verified connections waiting for `accept`.
     pub accept_backlog: usize,
+    /// Incoming handshakes (TLS + hello) in progress at once; more are refused at once, so a
+    /// flood of connection attempts cannot hold unbounded memory for `handshake_timeout`.
+    pub max_handshakes: usize,
 }
 
 impl Default for TransportConfig {
@@ -118,6 +122,7 @@ impl Default for TransportConfig {
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 64,
             accept_backlog: 64,
+            max_handshakes: 64,
         }
     }
 }
@@ -131,6 +136,9 @@ impl TransportConfig {
         }
         if self.accept_backlog == 0 {
             return Err(ClusterError::Config("accept_backlog must be at least 1"));
+        }
+        if self.max_handshakes == 0 {
+            return Err(ClusterError::Config("max_handshakes must be at least 1"));
         }
         let mut t = quinn::TransportConfig::default();
         t.max_idle_timeout(Some(
@@ -285,10 +293,18 @@ async fn accept_loop(
     tx: mpsc::Sender<Connection>,
     rejected: Arc<AtomicU64>,
 ) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes));
     while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes in progress; refused");
+            incoming.refuse();
+            continue;
+        };
         let (me, cfg, tx, rejected) = (me.clone(), cfg.clone(), tx.clone(), rejected.clone());
         // One task per handshake: a slow dialler must not hold up the others.
         tokio::spawn(async move {
+            let _permit = permit;
             let remote = incoming.remote_address();
             let result =
                 tokio::time::timeout(cfg.handshake_timeout, server_handshake(incoming, &me, &cfg))

@@ -511,3 +511,74 @@ mod shell {
         assert_eq!(to_c.request(b"back").await.unwrap(), b"a:back");
     }
 }
+
+/// A dialler that completes TLS but never sends its hello holds a handshake slot until the
+/// handshake timeout; with every slot held, further dials are refused at once (and counted),
+/// and a slot freed lets the next dial in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_in_progress_are_bounded() {
+    use std::sync::Arc;
+
+    use quinn::crypto::rustls::QuicClientConfig;
+    use rustls::RootCertStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b", "c"]);
+    let cfg = TransportConfig {
+        max_handshakes: 1,
+        handshake_timeout: Duration::from_secs(30),
+        ..TransportConfig::default()
+    };
+    let b = Arc::new(bind(dir.path(), "b", cfg));
+    let b_addr = b.local_addr().unwrap();
+    let _accepted = serve_one(&b);
+
+    // c completes TLS with a valid certificate, then stays silent.
+    let c = pki::load(dir.path(), &n("c")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    roots.add(c.ca.clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![c.cert.clone()], c.key.clone_key())
+        .unwrap();
+    tls.alpn_protocols = vec![tern_cluster::transport::ALPN.to_vec()];
+    let client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls).unwrap()));
+    let mut silent = quinn::Endpoint::client(any_port()).unwrap();
+    silent.set_default_client_config(client);
+    let stuck = silent
+        .connect(b_addr, &n("b").dns_name())
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The only slot is taken: a's dial is refused, not queued.
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let before = b.rejected_handshakes();
+    let t0 = Instant::now();
+    assert!(a.connect(&n("b"), b_addr).await.is_err());
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "refusal was not immediate"
+    );
+    assert_eq!(b.rejected_handshakes(), before + 1);
+
+    // The silent dialler leaves; its slot frees once b notices, and a gets in.
+    stuck.close(0u32.into(), b"bye");
+    let t0 = Instant::now();
+    let conn = loop {
+        match a.connect(&n("b"), b_addr).await {
+            Ok(conn) => break conn,
+            Err(e) => {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(10),
+                    "slot never freed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(conn.request(b"in").await.unwrap(), b"echo:in");
+}
