@@ -82,23 +82,25 @@ if [ "$quick" = 1 ]; then
   exit 0
 fi
 
+# Three closed loops at once, 22 + 21 + 21 connections through a, b and c.
+# Usage: three_entries REPORT_PREFIX FUNCTION_VIA_A FUNCTION_VIA_B FUNCTION_VIA_C
+three_entries() {
+  local prefix=$1 i bench=()
+  shift
+  local fns=("$@")
+  for i in 0 1 2; do
+    $tern bench --server "${http[$i]}" --function "${fns[$i]}" --connections $((i == 0 ? 22 : 21)) \
+      --duration "$dur" --warmup 2s --no-progress --json "$out/$prefix-${names[$i]}.json" >/dev/null &
+    bench+=($!)
+  done
+  wait "${bench[@]}"
+}
+
 echo "== 2a. three nodes, 64 connections spread over a, b, c, each on a function it owns"
-$tern bench --server "${http[0]}" --function "$fa" --connections 22 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-a.json" >/dev/null &
-b1=$!
-$tern bench --server "${http[1]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-b.json" >/dev/null &
-b2=$!
-$tern bench --server "${http[2]}" --function "$fc" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/spread-c.json" >/dev/null &
-b3=$!
-wait $b1 $b2 $b3
+three_entries spread "$fa" "$fb" "$fc"
 
 echo "== 2b. three nodes, 64 connections spread over a, b, c, all on one function owned by b"
-$tern bench --server "${http[0]}" --function "$fb" --connections 22 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-a.json" >/dev/null &
-b1=$!
-$tern bench --server "${http[1]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-b.json" >/dev/null &
-b2=$!
-$tern bench --server "${http[2]}" --function "$fb" --connections 21 --duration "$dur" --warmup 2s --no-progress --json "$out/onefn-c.json" >/dev/null &
-b3=$!
-wait $b1 $b2 $b3
+three_entries onefn "$fb" "$fb" "$fb"
 
 echo "== 3. replication of a 1 MiB module (5 deploys on a; time until callable on b and c)"
 python3 - functions/dist/echo.wasm "$work/big.wasm" <<'EOF'

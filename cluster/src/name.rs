@@ -32,23 +32,11 @@ impl FromStr for NodeName {
     type Err = ClusterError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason: &'static str| ClusterError::InvalidNodeName {
+        tern_wire::api::check_name(s).map_err(|reason| ClusterError::InvalidNodeName {
             // Truncate so a hostile peer cannot make us log megabytes.
             name: s.chars().take(80).collect(),
             reason,
-        };
-        if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(invalid("must be 1 to 64 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(invalid("only a-z, 0-9, '-' and '_' are allowed"));
-        }
-        if !s.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid("must start with a letter or digit"));
-        }
+        })?;
         Ok(Self(s.to_owned()))
     }
 }

@@ -22,26 +22,32 @@ impl FunctionName {
     }
 }
 
+/// The naming rule shared by functions and nodes: 1–64 characters of `[a-z0-9_-]`, starting
+/// with a letter or digit. Returns why a name breaks it.
+pub fn check_name(s: &str) -> Result<(), &'static str> {
+    if s.is_empty() || s.len() > FunctionName::MAX_LEN {
+        return Err("must be 1 to 64 characters");
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err("only a-z, 0-9, '-' and '_' are allowed");
+    }
+    if !s.as_bytes()[0].is_ascii_alphanumeric() {
+        return Err("must start with a letter or digit");
+    }
+    Ok(())
+}
+
 impl FromStr for FunctionName {
     type Err = WireError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason: &str| WireError::Invalid {
+        check_name(s).map_err(|reason| WireError::Invalid {
             what: "function name",
             reason: reason.to_owned(),
-        };
-        if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(invalid("must be 1 to 64 characters"));
-        }
-        if !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(invalid("only a-z, 0-9, '-' and '_' are allowed"));
-        }
-        if !s.as_bytes()[0].is_ascii_alphanumeric() {
-            return Err(invalid("must start with a letter or digit"));
-        }
+        })?;
         Ok(Self(s.to_owned()))
     }
 }
