@@ -8,6 +8,7 @@ run() { echo "+ $*"; "$@"; }
 
 run bash scripts/build-functions.sh
 # tern-client must stay light: no wasmtime, tch or candle (nor ring) in its dependency graph.
+echo "+ cargo tree -p tern-client -e normal,build  # must not contain wasmtime, tch, candle or ring"
 client_deps=$(cargo tree -p tern-client -e normal,build --prefix none)
 if grep -E '^(wasmtime|tch|torch-sys|candle|ring) ' <<<"$client_deps"; then
   echo "tern-client depends on a heavy or forbidden crate (above)" >&2
