@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
                 map_parallelism: 2,
                 class_max_memory_mb: 512,
                 class_max_timeout_ms: 900_000,
+                class_name: "standard".into(),
             },
             runtime.clone(),
             metrics,

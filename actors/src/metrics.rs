@@ -119,6 +119,18 @@ pub struct Metrics {
     pub rejected_handshakes: AtomicU64,
     /// Registry entries applied from other nodes.
     pub replicated: AtomicU64,
+    /// Placement decisions made by the learned policy (`placement = "learned"`).
+    pub placement_learned: AtomicU64,
+    /// Placement decisions the learned placement handed to its heuristic fallback (policy
+    /// output unusable).
+    pub placement_fallback: AtomicU64,
+    /// This node's load as last published to peers (cluster mode; 0 before the first status):
+    /// CPU use of the process in percent of one core, resident bytes, mean invocation latency
+    /// over the last status interval in µs. The SchedulerAgent's own placement candidate reads
+    /// them, so this node is described like its peers.
+    pub status_cpu_percent: AtomicU64,
+    pub status_memory_bytes: AtomicU64,
+    pub status_recent_mean_us: AtomicU64,
 }
 
 impl Metrics {
@@ -403,6 +415,21 @@ impl Metrics {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {v}");
         }
+        counter(
+            &mut out,
+            "tern_placement_decisions_total",
+            "Placement decisions of the learned placement, by the policy that made them.",
+        );
+        for (policy, v) in [
+            ("learned", &self.placement_learned),
+            ("fallback", &self.placement_fallback),
+        ] {
+            let _ = writeln!(
+                out,
+                "tern_placement_decisions_total{{policy=\"{policy}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
         hist(&mut out, "tern_compile_seconds", "Module compile time.");
         self.compile_time
             .render(&mut out, "tern_compile_seconds", "");
@@ -472,5 +499,10 @@ mod tests {
         assert!(text.contains("tern_meus_total{function=\"echo\"} 4\n"));
         assert!(text.contains("tern_invocations_total{function=\"echo\",outcome=\"timeout\"} 1\n"));
         assert!(text.contains("tern_reuse_hit_ratio{node=\"n\\\"1\"} 0.75\n"));
+        m.placement_learned.fetch_add(2, Relaxed);
+        m.placement_fallback.fetch_add(1, Relaxed);
+        let text = m.render("n", 10);
+        assert!(text.contains("tern_placement_decisions_total{policy=\"learned\"} 2\n"));
+        assert!(text.contains("tern_placement_decisions_total{policy=\"fallback\"} 1\n"));
     }
 }

@@ -4,8 +4,11 @@
 
 use crate::Error;
 
-/// A node as the scheduler sees it.
-#[derive(Clone, Debug, PartialEq)]
+/// A node as the scheduler sees it: this node from its own counters, peers from their last
+/// published status (`tern_wire::peer::NodeStatus`). The load fields are what the learned
+/// dispatch policy's per-node features are computed from; the heuristics only use the first
+/// six. `Default` is an empty, dead node (fill at least `name`, `alive`, `fits`, `queue_cap`).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct NodeView {
     pub name: String,
     pub alive: bool,
@@ -17,6 +20,19 @@ pub struct NodeView {
     pub queue_cap: usize,
     /// Whether the MEU's module is loaded there (no cold start).
     pub warm: bool,
+    /// Node class name (`standard`, `edge-small`, `cpu-burst`).
+    pub class: String,
+    /// Class limits (Eq. 2): most memory and time a function may need to run there.
+    pub max_memory_mb: u32,
+    pub max_timeout_ms: u32,
+    /// CPU use of the node process over its last status interval, percent of one core.
+    pub cpu_percent: u32,
+    /// Resident memory of the node process.
+    pub memory_bytes: u64,
+    /// Mean invocation latency on the node over its last status interval, µs (0 = no traffic).
+    pub recent_mean_us: u64,
+    /// Round-trip time from the deciding node, µs (0 for the deciding node itself).
+    pub rtt_us: u64,
 }
 
 impl NodeView {
@@ -34,10 +50,16 @@ fn no_node() -> Error {
 }
 
 /// What the scheduler knows about the MEU being placed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct MeuView<'a> {
     pub function: &'a str,
     pub items: usize,
+    /// The function's limits (its class must admit them; already folded into `fits`).
+    pub memory_mb: u32,
+    pub timeout_ms: u32,
+    /// Mean guest execution time of one MEU of this function on this node so far, µs (0 when
+    /// it has not run here yet).
+    pub mean_exec_us: u64,
 }
 
 pub trait Placement: Send + Sync + 'static {
@@ -145,11 +167,16 @@ mod tests {
             queue_depth: 0,
             queue_cap: 100,
             warm,
+            ..NodeView::default()
         }
     }
 
     fn meu(function: &str) -> MeuView<'_> {
-        MeuView { function, items: 1 }
+        MeuView {
+            function,
+            items: 1,
+            ..MeuView::default()
+        }
     }
 
     #[test]
@@ -229,6 +256,7 @@ mod tests {
         let meu = MeuView {
             function: "f",
             items: 1,
+            ..MeuView::default()
         };
         let p = LocalFirst;
         assert_eq!(p.place(&meu, &[node("a", true, false)]).unwrap(), 0);

@@ -60,13 +60,27 @@ impl Actor for SchedulerAgent {
         if let Some(remote) = services.remote.get() {
             remote.candidates(&deployed.info, &mut nodes);
         }
-        match place(services, &meu, &nodes) {
+        let meu_view = MeuView {
+            function: meu.function.as_str(),
+            items: meu.items,
+            memory_mb: deployed.info.memory_mb,
+            timeout_ms: deployed.info.timeout_ms,
+            mean_exec_us: deployed
+                .metrics
+                .t_exec
+                .sum_us()
+                .checked_div(deployed.metrics.t_exec.count())
+                .unwrap_or(0),
+        };
+        match services.placement.place(&meu_view, &nodes) {
             Ok(0) => run_here(services, meu, reply),
             Ok(chosen) => {
+                let exec_us = meu_view.mean_exec_us;
                 tokio::spawn(run_remote(
                     services.clone(),
                     meu,
                     deployed.info.clone(),
+                    exec_us,
                     nodes,
                     chosen,
                     reply,
@@ -84,22 +98,41 @@ impl Actor for SchedulerAgent {
 /// has room is checked like any other node.
 fn local_view(services: &Services, info: &FunctionInfo) -> NodeView {
     let c = &services.config;
+    let m = &services.metrics;
     NodeView {
         name: c.node_name.clone(),
         alive: true,
         fits: info.memory_mb <= c.class_max_memory_mb && info.timeout_ms <= c.class_max_timeout_ms,
-        queue_depth: services.metrics.in_flight.load(Relaxed).max(0) as usize,
+        queue_depth: m.in_flight.load(Relaxed).max(0) as usize,
         // The local MEU already holds an admission permit, so the local node is never "full"
         // for it.
         queue_cap: usize::MAX,
         warm: services.runtime.is_loaded(&info.hash),
+        class: c.class_name.clone(),
+        max_memory_mb: c.class_max_memory_mb,
+        max_timeout_ms: c.class_max_timeout_ms,
+        // Same measurements as the status this node publishes to its peers.
+        cpu_percent: m.status_cpu_percent.load(Relaxed).min(u64::from(u32::MAX)) as u32,
+        memory_bytes: m.status_memory_bytes.load(Relaxed),
+        recent_mean_us: m.status_recent_mean_us.load(Relaxed),
+        rtt_us: 0,
     }
 }
 
-fn place(services: &Services, meu: &Meu, nodes: &[NodeView]) -> Result<usize, crate::Error> {
+/// Re-placement after a failover: the function's limits come from `info`.
+fn place(
+    services: &Services,
+    meu: &Meu,
+    info: &FunctionInfo,
+    mean_exec_us: u64,
+    nodes: &[NodeView],
+) -> Result<usize, crate::Error> {
     let view = MeuView {
         function: meu.function.as_str(),
         items: meu.items,
+        memory_mb: info.memory_mb,
+        timeout_ms: info.timeout_ms,
+        mean_exec_us,
     };
     services.placement.place(&view, nodes)
 }
@@ -118,6 +151,7 @@ async fn run_remote(
     services: Arc<Services>,
     meu: Meu,
     info: FunctionInfo,
+    mean_exec_us: u64,
     mut nodes: Vec<NodeView>,
     mut chosen: usize,
     reply: Reply,
@@ -159,7 +193,7 @@ async fn run_remote(
         attempt += 1;
         // The local node can always take it back (it holds the admission permit); only an
         // unfit class stops it, and then the error says why.
-        chosen = match place(&services, &meu, &nodes) {
+        chosen = match place(&services, &meu, &info, mean_exec_us, &nodes) {
             Ok(i) => i,
             Err(_) if nodes[0].fits => 0,
             Err(e) => {

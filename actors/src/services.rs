@@ -54,6 +54,8 @@ pub struct ServicesConfig {
     /// This node's class limits (Eq. 2): functions needing more run elsewhere.
     pub class_max_memory_mb: u32,
     pub class_max_timeout_ms: u32,
+    /// This node's class name (`standard`, `edge-small`, `cpu-burst`), as peers see it.
+    pub class_name: String,
 }
 
 /// What the actors of one node share. Survives actor restarts.

@@ -524,6 +524,12 @@ impl Connection {
         self.inner.remote_address()
     }
 
+    /// QUIC's smoothed round-trip time estimate for this connection (quinn's `rtt()`; the
+    /// handshake's estimate until traffic refines it).
+    pub fn rtt(&self) -> Duration {
+        self.inner.rtt()
+    }
+
     /// Sends `payload` on a new data-plane stream and waits for the one-frame answer.
     pub async fn request(&self, payload: &[u8]) -> Result<Vec<u8>, ClusterError> {
         let frame = encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?;

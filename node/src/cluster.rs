@@ -358,6 +358,10 @@ impl Remote for ClusterLink {
             {
                 continue;
             }
+            let rtt_us = self
+                .mesh
+                .connection(&node)
+                .map_or(0, |c| c.rtt().as_micros().min(u128::from(u64::MAX)) as u64);
             out.push(NodeView {
                 name: node.to_string(),
                 alive: true,
@@ -366,6 +370,13 @@ impl Remote for ClusterLink {
                 queue_depth: status.queue_depth as usize,
                 queue_cap: status.queue_cap as usize,
                 warm: status.warm.contains(&info.hash),
+                class: status.class.clone(),
+                max_memory_mb: status.max_memory_mb,
+                max_timeout_ms: status.max_timeout_ms,
+                cpu_percent: status.cpu_percent,
+                memory_bytes: status.memory_bytes,
+                recent_mean_us: status.recent_mean_us,
+                rtt_us,
             });
         }
     }
@@ -506,7 +517,15 @@ async fn publish_status(link: Weak<ClusterLink>) {
         );
         last_lat = lat;
         let recent = dsum.checked_div(dn).unwrap_or(0);
-        let status = PeerRequest::Status(link.status(&app, seq, cpu_percent, recent));
+        let status = link.status(&app, seq, cpu_percent, recent);
+        // The SchedulerAgent describes this node with the same numbers (`local_view`).
+        let m = &app.services().metrics;
+        m.status_cpu_percent
+            .store(u64::from(status.cpu_percent), Relaxed);
+        m.status_memory_bytes.store(status.memory_bytes, Relaxed);
+        m.status_recent_mean_us
+            .store(status.recent_mean_us, Relaxed);
+        let status = PeerRequest::Status(status);
         let Ok(bytes) = link.encode(&status) else {
             continue;
         };

@@ -16,6 +16,10 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// `policy_checkpoint` is unreadable, not a safetensors checkpoint of the learned policy,
+    /// or has the wrong layer widths.
+    #[error("policy_checkpoint {path}: {message}")]
+    PolicyCheckpoint { path: String, message: String },
 }
 
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
@@ -70,9 +74,18 @@ pub struct Config {
     /// `standard`, `edge-small` (128 MiB, 50 ms) or `cpu-burst` (512 MiB, 900 ms): the most
     /// memory and time a function may need to be placed on this node (design §5, Eq. 2).
     pub node_class: String,
-    /// `warm-affinity` (consistent hashing by function, spill to least loaded) or
-    /// `local-first`.
+    /// `warm-affinity` (consistent hashing by function, spill to least loaded),
+    /// `local-first`, or `learned`: the PPO dispatch network of tern-policy scores every
+    /// candidate node from its load features and picks the argmax of score − λ · expected
+    /// cold-start ms (Eq. 1); dead, full and unfit nodes are masked, and an unusable policy
+    /// output falls back to warm affinity (`tern_placement_decisions_total{policy=…}`).
+    /// `learned` needs `policy_checkpoint`.
     pub placement: String,
+    /// Exported weights of the learned policy (a safetensors checkpoint written by
+    /// tern-policy, e.g. `policy/reports/ppo-weights.safetensors`), read once at start.
+    /// Required by `placement = "learned"`; a missing, unreadable or wrongly shaped file is a
+    /// start-up error. Unset by default.
+    pub policy_checkpoint: Option<PathBuf>,
     /// UDP address of the QUIC API for `tern-client` (needs `cluster_dir` for its
     /// certificate); off when unset.
     pub client_listen: Option<SocketAddr>,
@@ -84,7 +97,7 @@ pub struct Config {
 
 /// Keys whose default is "unset", so they are absent from the defaults table but may still be
 /// set from the environment.
-const OPTIONAL_KEYS: &[&str] = &["cluster_dir", "client_listen"];
+const OPTIONAL_KEYS: &[&str] = &["cluster_dir", "client_listen", "policy_checkpoint"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -116,6 +129,7 @@ impl Default for Config {
             peers: Vec::new(),
             node_class: "standard".into(),
             placement: "warm-affinity".into(),
+            policy_checkpoint: None,
             client_listen: None,
             client_tokens: Vec::new(),
             ractor_sessions: true,
@@ -178,8 +192,13 @@ impl Config {
             return bad("node_name must not be empty");
         }
         NodeClass::from_name(&self.node_class)?;
-        if !["warm-affinity", "local-first"].contains(&self.placement.as_str()) {
-            return bad("placement must be warm-affinity or local-first");
+        if !["warm-affinity", "local-first", "learned"].contains(&self.placement.as_str()) {
+            return bad("placement must be warm-affinity, local-first or learned");
+        }
+        if self.placement == "learned" && self.policy_checkpoint.is_none() {
+            return bad(
+                "placement = \"learned\" needs policy_checkpoint (exported policy weights)",
+            );
         }
         self.parsed_peers()?;
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
@@ -390,5 +409,32 @@ mod tests {
             Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn learned_placement_needs_a_checkpoint() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert!(matches!(
+            Config::load(None, env(&[("TERN_PLACEMENT", "learned")])),
+            Err(ConfigError::Invalid(m)) if m.contains("policy_checkpoint")
+        ));
+        assert!(Config::load(None, env(&[("TERN_PLACEMENT", "ppo")])).is_err());
+        let c = Config::load(
+            None,
+            env(&[
+                ("TERN_PLACEMENT", "learned"),
+                ("TERN_POLICY_CHECKPOINT", "/x/dispatch.safetensors"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy_checkpoint.as_deref(),
+            Some(Path::new("/x/dispatch.safetensors"))
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 mod error;
 pub mod http;
 pub mod idempotency;
+pub mod learned;
 pub mod node;
 pub mod store;
 

@@ -18,9 +18,10 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::cluster::ClusterLink;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::error::NodeError;
 use crate::http;
+use crate::learned::LearnedPlacement;
 use crate::store::Store;
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -120,13 +121,14 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             map_parallelism: parallelism,
             class_max_memory_mb: config.class().max_memory_mb(),
             class_max_timeout_ms: config.class().max_timeout_ms(),
+            class_name: config.class().name().to_owned(),
         },
         runtime,
-        metrics,
+        metrics.clone(),
         Arc::new(InProcess {
             max_output_bytes: config.max_output_bytes,
         }),
-        placement(&config, parallelism),
+        placement(&config, parallelism, &metrics)?,
     );
     let (supervisor, _) = Actor::spawn(None, NodeSupervisor, services.clone())
         .await
@@ -171,14 +173,26 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     })
 }
 
-fn placement(config: &Config, parallelism: usize) -> Arc<dyn Placement> {
-    match config.placement.as_str() {
+fn placement(
+    config: &Config,
+    parallelism: usize,
+    metrics: &Arc<Metrics>,
+) -> Result<Arc<dyn Placement>, NodeError> {
+    Ok(match config.placement.as_str() {
         "local-first" => Arc::new(LocalFirst),
+        "learned" => {
+            let path = config.policy_checkpoint.as_deref().ok_or_else(|| {
+                ConfigError::Invalid("placement = \"learned\" needs policy_checkpoint".into())
+            })?;
+            let learned = LearnedPlacement::load(path, parallelism, metrics.clone())?;
+            tracing::info!(checkpoint = %path.display(), "learned placement loaded");
+            Arc::new(learned)
+        }
         // A queue of a few MEUs per core on the owner is normal; past that, spill.
         _ => Arc::new(WarmAffinity {
             spill_at: (4 * parallelism).max(8),
         }),
-    }
+    })
 }
 
 /// Deploys the configured examples found in `examples_dir`, skipping any already deployed with

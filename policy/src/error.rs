@@ -37,6 +37,7 @@ pub enum PolicyError {
     Trainer(String),
 }
 
+#[cfg(feature = "candle")]
 impl From<candle_core::Error> for PolicyError {
     fn from(e: candle_core::Error) -> Self {
         PolicyError::Backend(e.to_string())

@@ -8,20 +8,24 @@
 //! - [`quota`]: tenant quota math (Eq. 6).
 //! - [`baselines`]: round-robin, random, least-loaded, warm affinity, histogram keep-alive.
 //! - [`sim`], [`trace`]: the deterministic cluster simulator and its workloads.
-//! - [`ppo`], [`candle_backend`] (and `tch_backend` with `--features tch`), [`train`]: PPO
-//!   (Eq. 5) with a backend trait, and training in the simulator.
-//! - [`online`]: background training with atomic weight swaps and a heuristic fallback guard.
+//! - `ppo`, `candle_backend` (and `tch_backend` with `--features tch`), `train`: PPO (Eq. 5)
+//!   with a backend trait, and training in the simulator. Behind the default-on `candle`
+//!   feature: the serving path builds with `default-features = false`.
+//! - [`online`]: atomic weight swaps and a heuristic fallback guard; the background trainer
+//!   (`OnlineLearner`) needs the `candle` feature.
 //!
 //! See `policy/README.md` for the model, the decisions behind it and the benchmark results.
 #![forbid(unsafe_code)]
 
 pub mod baselines;
+#[cfg(feature = "candle")]
 pub mod candle_backend;
 pub mod error;
 pub mod features;
 pub mod mlp;
 pub mod online;
 pub mod policy;
+#[cfg(feature = "candle")]
 pub mod ppo;
 pub mod quota;
 pub mod rng;
@@ -29,8 +33,9 @@ pub mod sim;
 #[cfg(feature = "tch")]
 pub mod tch_backend;
 pub mod trace;
+#[cfg(feature = "candle")]
 pub mod train;
 
 pub use error::{PolicyError, Result};
 pub use features::{NodeFeatures, QuotaFeatures};
-pub use policy::{DispatchScorer, PolicyWeights, QuotaDecision};
+pub use policy::{DEFAULT_LAMBDA_DISPATCH, DispatchScorer, PolicyWeights, QuotaDecision};

@@ -4,17 +4,14 @@
 //!
 //! No clock and no I/O here: the agent passes rewards in; the trainer thread only computes.
 
-use crate::candle_backend::CandleBackend;
-use crate::error::{PolicyError, Result};
 use crate::features::{NodeFeatures, QuotaFeatures};
-use crate::policy::{CPU_SHARES, KEEP_WARM, MEM_TIERS_MB, PolicyWeights, QuotaDecision};
-use crate::ppo::{DispatchRollout, PpoConfig, QuotaRollout, ppo_update};
-use crate::rng::Rng;
+use crate::policy::{PolicyWeights, QuotaDecision};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+
+#[cfg(feature = "candle")]
+pub use learner::{OnlineConfig, OnlineLearner};
 
 /// Holder of the serving weights. Readers take an `Arc` snapshot (a pointer copy under a
 /// briefly-held lock), so a swap never tears a decision in half and never waits for readers.
@@ -82,238 +79,253 @@ pub struct QuotaTransition {
     /// Reward over the interval.
     pub reward: f32,
 }
+#[cfg(feature = "candle")]
+mod learner {
+    //! The background trainer (PPO with the candle backend): only with the `candle` feature.
+    use super::{QuotaTransition, Transition, WeightCell};
+    use crate::candle_backend::CandleBackend;
+    use crate::error::{PolicyError, Result};
+    use crate::policy::{CPU_SHARES, KEEP_WARM, MEM_TIERS_MB, PolicyWeights};
+    use crate::ppo::{DispatchRollout, PpoConfig, QuotaRollout, ppo_update};
+    use crate::rng::Rng;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+    use std::thread::JoinHandle;
 
-/// Configuration of the background learner.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct OnlineConfig {
-    /// Transitions per PPO update.
-    pub batch: usize,
-    /// Capacity of the hand-off channel (in transitions); `record` drops when it is full.
-    pub queue: usize,
-    /// PPO hyper-parameters.
-    pub ppo: PpoConfig,
-    /// Training seed.
-    pub seed: u64,
-}
-
-impl Default for OnlineConfig {
-    fn default() -> Self {
-        OnlineConfig {
-            batch: 2048,
-            queue: 16_384,
-            ppo: PpoConfig::default(),
-            seed: 1,
-        }
-    }
-}
-
-enum Msg {
-    T(Box<Transition>),
-    Q(Box<QuotaTransition>),
-    Flush,
-}
-
-/// The online learner: a background trainer thread fed through a bounded channel.
-#[derive(Debug)]
-pub struct OnlineLearner {
-    cell: Arc<WeightCell>,
-    tx: Option<SyncSender<Msg>>,
-    handle: Option<JoinHandle<()>>,
-    dropped: AtomicU64,
-    updates: Arc<AtomicU64>,
-}
-
-impl OnlineLearner {
-    /// Start the trainer thread from `init` weights.
-    pub fn start(init: PolicyWeights, cfg: OnlineConfig) -> Result<Self> {
-        init.validate()?;
-        let cell = Arc::new(WeightCell::new(init.clone()));
-        let (tx, rx) = sync_channel(cfg.queue.max(1));
-        let updates = Arc::new(AtomicU64::new(0));
-        let (c2, u2) = (cell.clone(), updates.clone());
-        let handle = std::thread::Builder::new()
-            .name("tern-policy-trainer".into())
-            .spawn(move || trainer(rx, init, cfg, c2, u2))
-            .map_err(|e| PolicyError::Trainer(e.to_string()))?;
-        Ok(OnlineLearner {
-            cell,
-            tx: Some(tx),
-            handle: Some(handle),
-            dropped: AtomicU64::new(0),
-            updates,
-        })
+    /// Configuration of the background learner.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    pub struct OnlineConfig {
+        /// Transitions per PPO update.
+        pub batch: usize,
+        /// Capacity of the hand-off channel (in transitions); `record` drops when it is full.
+        pub queue: usize,
+        /// PPO hyper-parameters.
+        pub ppo: PpoConfig,
+        /// Training seed.
+        pub seed: u64,
     }
 
-    /// The serving weights (share this with the SchedulerAgent).
-    pub fn weights(&self) -> Arc<WeightCell> {
-        self.cell.clone()
-    }
-
-    /// Hand one transition to the trainer. Never blocks: when the queue is full the transition
-    /// is dropped and counted (the hot path must not wait for training).
-    pub fn record(&self, t: Transition) -> Result<()> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
-        match tx.try_send(Msg::T(Box::new(t))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                Err(PolicyError::Trainer("trainer exited".into()))
+    impl Default for OnlineConfig {
+        fn default() -> Self {
+            OnlineConfig {
+                batch: 2048,
+                queue: 16_384,
+                ppo: PpoConfig::default(),
+                seed: 1,
             }
         }
     }
 
-    /// Hand one quota transition to the trainer (same non-blocking contract as `record`). Quota
-    /// transitions are trained together with the next dispatch batch.
-    pub fn record_quota(&self, t: QuotaTransition) -> Result<()> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
-        match tx.try_send(Msg::Q(Box::new(t))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                Err(PolicyError::Trainer("trainer exited".into()))
-            }
+    enum Msg {
+        T(Box<Transition>),
+        Q(Box<QuotaTransition>),
+        Flush,
+    }
+
+    /// The online learner: a background trainer thread fed through a bounded channel.
+    #[derive(Debug)]
+    pub struct OnlineLearner {
+        cell: Arc<WeightCell>,
+        tx: Option<SyncSender<Msg>>,
+        handle: Option<JoinHandle<()>>,
+        dropped: AtomicU64,
+        updates: Arc<AtomicU64>,
+    }
+
+    impl OnlineLearner {
+        /// Start the trainer thread from `init` weights.
+        pub fn start(init: PolicyWeights, cfg: OnlineConfig) -> Result<Self> {
+            init.validate()?;
+            let cell = Arc::new(WeightCell::new(init.clone()));
+            let (tx, rx) = sync_channel(cfg.queue.max(1));
+            let updates = Arc::new(AtomicU64::new(0));
+            let (c2, u2) = (cell.clone(), updates.clone());
+            let handle = std::thread::Builder::new()
+                .name("tern-policy-trainer".into())
+                .spawn(move || trainer(rx, init, cfg, c2, u2))
+                .map_err(|e| PolicyError::Trainer(e.to_string()))?;
+            Ok(OnlineLearner {
+                cell,
+                tx: Some(tx),
+                handle: Some(handle),
+                dropped: AtomicU64::new(0),
+                updates,
+            })
         }
-    }
 
-    /// Ask the trainer to train on whatever it has (at least 2 transitions) now.
-    pub fn flush(&self) -> Result<()> {
-        let tx = self
-            .tx
-            .as_ref()
-            .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
-        tx.send(Msg::Flush)
-            .map_err(|_| PolicyError::Trainer("trainer exited".into()))
-    }
-
-    /// Transitions dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
-    }
-
-    /// PPO updates completed.
-    pub fn updates(&self) -> u64 {
-        self.updates.load(Ordering::Acquire)
-    }
-
-    /// Stop the trainer and wait for it.
-    pub fn stop(&mut self) -> Result<()> {
-        self.tx = None;
-        if let Some(h) = self.handle.take() {
-            h.join()
-                .map_err(|_| PolicyError::Trainer("trainer thread panicked".into()))?;
+        /// The serving weights (share this with the SchedulerAgent).
+        pub fn weights(&self) -> Arc<WeightCell> {
+            self.cell.clone()
         }
-        Ok(())
-    }
-}
 
-impl Drop for OnlineLearner {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-fn trainer(
-    rx: Receiver<Msg>,
-    init: PolicyWeights,
-    cfg: OnlineConfig,
-    cell: Arc<WeightCell>,
-    updates: Arc<AtomicU64>,
-) {
-    let Ok(mut backend) = CandleBackend::new(&init) else {
-        return;
-    };
-    let mut rng = Rng::new(cfg.seed);
-    let mut buf = DispatchRollout::default();
-    let mut qbuf = QuotaRollout::default();
-    while let Ok(msg) = rx.recv() {
-        let flush = match msg {
-            Msg::T(t) => {
-                // A transition whose candidate count differs from the buffer's starts a new
-                // batch boundary: train on what we have first (a cluster resize).
-                if !buf.is_empty() && t.candidates.len() != buf.nodes {
-                    train_once(
-                        &mut backend,
-                        &mut buf,
-                        &mut qbuf,
-                        &cfg,
-                        &mut rng,
-                        &cell,
-                        &updates,
-                    );
+        /// Hand one transition to the trainer. Never blocks: when the queue is full the transition
+        /// is dropped and counted (the hot path must not wait for training).
+        pub fn record(&self, t: Transition) -> Result<()> {
+            let tx = self
+                .tx
+                .as_ref()
+                .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
+            match tx.try_send(Msg::T(Box::new(t))) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
                 }
-                // Invalid transitions (masked action, NaN reward) are skipped, not trained on.
-                let _ = buf.push(&t.candidates, t.action, t.logp, t.value, t.reward, false);
-                buf.len() >= cfg.batch.max(2)
-            }
-            Msg::Q(q) => {
-                let ok = q.features.is_finite()
-                    && [q.logp, q.value, q.reward].iter().all(|v| v.is_finite())
-                    && q.decision.cpu < CPU_SHARES.len()
-                    && q.decision.mem < MEM_TIERS_MB.len()
-                    && q.decision.keep_warm < KEEP_WARM.len();
-                if ok {
-                    qbuf.obs.extend_from_slice(&q.features.to_vector());
-                    qbuf.actions.extend(
-                        [q.decision.cpu, q.decision.mem, q.decision.keep_warm].map(|a| a as u32),
-                    );
-                    qbuf.logp.push(q.logp);
-                    qbuf.values.push(q.value);
-                    qbuf.rewards.push(q.reward);
-                    qbuf.dones.push(false);
+                Err(TrySendError::Disconnected(_)) => {
+                    Err(PolicyError::Trainer("trainer exited".into()))
                 }
-                false
             }
-            Msg::Flush => buf.len() >= 2 || qbuf.len() >= 2,
+        }
+
+        /// Hand one quota transition to the trainer (same non-blocking contract as `record`). Quota
+        /// transitions are trained together with the next dispatch batch.
+        pub fn record_quota(&self, t: QuotaTransition) -> Result<()> {
+            let tx = self
+                .tx
+                .as_ref()
+                .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
+            match tx.try_send(Msg::Q(Box::new(t))) {
+                Ok(()) => Ok(()),
+                Err(TrySendError::Full(_)) => {
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    Ok(())
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    Err(PolicyError::Trainer("trainer exited".into()))
+                }
+            }
+        }
+
+        /// Ask the trainer to train on whatever it has (at least 2 transitions) now.
+        pub fn flush(&self) -> Result<()> {
+            let tx = self
+                .tx
+                .as_ref()
+                .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
+            tx.send(Msg::Flush)
+                .map_err(|_| PolicyError::Trainer("trainer exited".into()))
+        }
+
+        /// Transitions dropped because the queue was full.
+        pub fn dropped(&self) -> u64 {
+            self.dropped.load(Ordering::Relaxed)
+        }
+
+        /// PPO updates completed.
+        pub fn updates(&self) -> u64 {
+            self.updates.load(Ordering::Acquire)
+        }
+
+        /// Stop the trainer and wait for it.
+        pub fn stop(&mut self) -> Result<()> {
+            self.tx = None;
+            if let Some(h) = self.handle.take() {
+                h.join()
+                    .map_err(|_| PolicyError::Trainer("trainer thread panicked".into()))?;
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for OnlineLearner {
+        fn drop(&mut self) {
+            let _ = self.stop();
+        }
+    }
+
+    fn trainer(
+        rx: Receiver<Msg>,
+        init: PolicyWeights,
+        cfg: OnlineConfig,
+        cell: Arc<WeightCell>,
+        updates: Arc<AtomicU64>,
+    ) {
+        let Ok(mut backend) = CandleBackend::new(&init) else {
+            return;
         };
-        if flush {
-            train_once(
-                &mut backend,
-                &mut buf,
-                &mut qbuf,
-                &cfg,
-                &mut rng,
-                &cell,
-                &updates,
-            );
+        let mut rng = Rng::new(cfg.seed);
+        let mut buf = DispatchRollout::default();
+        let mut qbuf = QuotaRollout::default();
+        while let Ok(msg) = rx.recv() {
+            let flush = match msg {
+                Msg::T(t) => {
+                    // A transition whose candidate count differs from the buffer's starts a new
+                    // batch boundary: train on what we have first (a cluster resize).
+                    if !buf.is_empty() && t.candidates.len() != buf.nodes {
+                        train_once(
+                            &mut backend,
+                            &mut buf,
+                            &mut qbuf,
+                            &cfg,
+                            &mut rng,
+                            &cell,
+                            &updates,
+                        );
+                    }
+                    // Invalid transitions (masked action, NaN reward) are skipped, not trained on.
+                    let _ = buf.push(&t.candidates, t.action, t.logp, t.value, t.reward, false);
+                    buf.len() >= cfg.batch.max(2)
+                }
+                Msg::Q(q) => {
+                    let ok = q.features.is_finite()
+                        && [q.logp, q.value, q.reward].iter().all(|v| v.is_finite())
+                        && q.decision.cpu < CPU_SHARES.len()
+                        && q.decision.mem < MEM_TIERS_MB.len()
+                        && q.decision.keep_warm < KEEP_WARM.len();
+                    if ok {
+                        qbuf.obs.extend_from_slice(&q.features.to_vector());
+                        qbuf.actions.extend(
+                            [q.decision.cpu, q.decision.mem, q.decision.keep_warm]
+                                .map(|a| a as u32),
+                        );
+                        qbuf.logp.push(q.logp);
+                        qbuf.values.push(q.value);
+                        qbuf.rewards.push(q.reward);
+                        qbuf.dones.push(false);
+                    }
+                    false
+                }
+                Msg::Flush => buf.len() >= 2 || qbuf.len() >= 2,
+            };
+            if flush {
+                train_once(
+                    &mut backend,
+                    &mut buf,
+                    &mut qbuf,
+                    &cfg,
+                    &mut rng,
+                    &cell,
+                    &updates,
+                );
+            }
         }
     }
-}
 
-#[allow(clippy::too_many_arguments)]
-fn train_once(
-    backend: &mut CandleBackend,
-    buf: &mut DispatchRollout,
-    qbuf: &mut QuotaRollout,
-    cfg: &OnlineConfig,
-    rng: &mut Rng,
-    cell: &WeightCell,
-    updates: &AtomicU64,
-) {
-    let mut ro = std::mem::take(buf);
-    let mut qro = std::mem::take(qbuf);
-    // Decisions are a continuing stream; treat the batch end as a truncation.
-    if let Some(d) = ro.dones.last_mut() {
-        *d = true;
-    }
-    if let Some(d) = qro.dones.last_mut() {
-        *d = true;
-    }
-    let ok = ppo_update(backend, &ro, &qro, &cfg.ppo, usize::MAX, rng).is_ok();
-    if ok && let Ok(w) = crate::ppo::Backend::export(backend) {
-        cell.store(w);
-        updates.fetch_add(1, Ordering::AcqRel);
+    #[allow(clippy::too_many_arguments)]
+    fn train_once(
+        backend: &mut CandleBackend,
+        buf: &mut DispatchRollout,
+        qbuf: &mut QuotaRollout,
+        cfg: &OnlineConfig,
+        rng: &mut Rng,
+        cell: &WeightCell,
+        updates: &AtomicU64,
+    ) {
+        let mut ro = std::mem::take(buf);
+        let mut qro = std::mem::take(qbuf);
+        // Decisions are a continuing stream; treat the batch end as a truncation.
+        if let Some(d) = ro.dones.last_mut() {
+            *d = true;
+        }
+        if let Some(d) = qro.dones.last_mut() {
+            *d = true;
+        }
+        let ok = ppo_update(backend, &ro, &qro, &cfg.ppo, usize::MAX, rng).is_ok();
+        if ok && let Ok(w) = crate::ppo::Backend::export(backend) {
+            cell.store(w);
+            updates.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -437,8 +449,10 @@ mod tests {
         assert_eq!(*cell.load(), b);
     }
 
+    #[cfg(feature = "candle")]
     #[test]
     fn background_trainer_swaps_in_new_weights() {
+        use crate::rng::Rng;
         let init = PolicyWeights::init(5).unwrap();
         let mut l = OnlineLearner::start(
             init.clone(),

@@ -15,6 +15,9 @@ pub const MEM_TIERS_MB: [f32; 3] = [128.0, 256.0, 512.0];
 pub const KEEP_WARM: [u32; 4] = [0, 1, 2, 4];
 /// Width of the quota network's output: the three categorical heads side by side.
 pub const QUOTA_OUTPUTS: usize = CPU_SHARES.len() + MEM_TIERS_MB.len() + KEEP_WARM.len();
+/// λ of Eq. 1 (logits per expected cold-start ms) the committed checkpoints were trained with;
+/// `PpoConfig::lambda_dispatch` defaults to it. Serve with the λ the network was trained with.
+pub const DEFAULT_LAMBDA_DISPATCH: f32 = 0.02;
 /// Hidden widths of the shared per-node dispatch MLP.
 pub const DISPATCH_HIDDEN: [usize; 2] = [32, 16];
 /// Hidden width of the other MLPs.

@@ -45,7 +45,7 @@ impl Default for PpoConfig {
             epochs: 4,
             minibatch: 512,
             max_grad_norm: 0.5,
-            lambda_dispatch: 0.02,
+            lambda_dispatch: crate::policy::DEFAULT_LAMBDA_DISPATCH,
         }
     }
 }

@@ -313,3 +313,165 @@ async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// `tern_placement_decisions_total{policy="<policy>"}` on `addr`.
+async fn placement_decisions(addr: SocketAddr, policy: &str) -> f64 {
+    let resp = request(addr, Method::GET, "/metrics", Bytes::new()).await;
+    assert_eq!(resp.status, 200);
+    let text = String::from_utf8(resp.body.to_vec()).unwrap();
+    let labels = format!("policy=\"{policy}\"");
+    tern_bench::prom::samples(&text)
+        .filter(|s| s.name == "tern_placement_decisions_total" && s.labels == labels)
+        .map(|s| s.value)
+        .sum()
+}
+
+/// `placement = "learned"` on all three nodes with the committed checkpoint: invocations
+/// through every node are answered correctly, the decisions are the learned policy's (none
+/// fell back), and once a node is shut down no MEU is placed on it. `a` is `edge-small` and the
+/// function needs 10 s, so everything entering through `a` is the policy's choice between `b`
+/// and `c`, and after `c` stops, between `b` and a node that must be masked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() {
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = udp_ports(3);
+    let checkpoint =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors");
+    let learned = |i: usize| Config {
+        placement: "learned".into(),
+        policy_checkpoint: Some(checkpoint.clone()),
+        node_class: if i == 0 { "edge-small" } else { "standard" }.into(),
+        ..member_config(root.path(), i, &mesh)
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start(learned(i)).await);
+    }
+    for n in &nodes {
+        wait_all_up(n.addr(), Duration::from_secs(20)).await;
+    }
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
+    let f = "learned-echo";
+    let r = request(
+        addrs[0],
+        Method::PUT,
+        &format!("/v1/functions/{f}?timeout_ms=10000"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for &addr in &addrs[1..] {
+        eventually("replicated", Duration::from_secs(20), || async {
+            let r = request(
+                addr,
+                Method::GET,
+                &format!("/v1/functions/{f}"),
+                Bytes::new(),
+            )
+            .await;
+            (r.status == 200).then_some(())
+        })
+        .await;
+    }
+    // Every node's status (with the function ready) reaches the others within a few
+    // hundred ms; from then on each decision has three candidates.
+    let av = addrs[0];
+    eventually("a forwards to b or c", Duration::from_secs(20), || async {
+        let r = invoke(av, f, "first").await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+
+    let mut ran_on = std::collections::BTreeMap::<(&str, String), usize>::new();
+    for (i, &addr) in addrs.iter().enumerate() {
+        for k in 0..15 {
+            let body = format!("via {} #{k}", NAMES[i]);
+            let r = invoke(addr, f, body.clone()).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.body, Bytes::from(body));
+            let node = r.header("x-tern-node").unwrap_or("?").to_owned();
+            assert_ne!(node, "a", "edge-small a cannot run a 10 s function");
+            *ran_on.entry((NAMES[i], node)).or_default() += 1;
+        }
+        assert!(
+            placement_decisions(addr, "learned").await >= 15.0,
+            "{} did not place with the learned policy",
+            NAMES[i]
+        );
+        assert_eq!(placement_decisions(addr, "fallback").await, 0.0);
+    }
+    println!("learned placement, (entered through, ran on): {ran_on:?}");
+
+    // Stop c; a and b drop it from their candidates and place nothing there.
+    let c = nodes.pop().unwrap();
+    c.shutdown().await.unwrap();
+    for &addr in &addrs[..2] {
+        eventually("c seen down", Duration::from_secs(20), || async {
+            let v = json(&request(addr, Method::GET, "/v1/cluster", Bytes::new()).await);
+            let members = v["members"].as_array().unwrap().clone();
+            members
+                .iter()
+                .any(|m| m["node"] == "c" && m["state"] != "up")
+                .then_some(())
+        })
+        .await;
+    }
+    // The peers a and b offer to placement: c is absent (or at least masked).
+    for (i, n) in nodes.iter().enumerate() {
+        let info = n
+            .services()
+            .runtime
+            .get(&f.parse().unwrap())
+            .unwrap()
+            .info
+            .clone();
+        let mut candidates = Vec::new();
+        tern_actors::remote::Remote::candidates(
+            n.cluster().unwrap().as_ref(),
+            &info,
+            &mut candidates,
+        );
+        assert!(
+            candidates.iter().all(|v| v.name != "c" || !v.usable()),
+            "{candidates:?}"
+        );
+        let other = NAMES[1 - i];
+        assert!(
+            candidates.iter().any(|v| v.name == other && v.alive),
+            "{candidates:?}"
+        );
+    }
+    let reruns_before = [
+        metric(addrs[0], "tern_failover_reruns_total").await,
+        metric(addrs[1], "tern_failover_reruns_total").await,
+    ];
+    let learned_before = placement_decisions(addrs[0], "learned").await;
+    for (i, &addr) in addrs[..2].iter().enumerate() {
+        for k in 0..20 {
+            let body = format!("after c, via {} #{k}", NAMES[i]);
+            let r = invoke(addr, f, body.clone()).await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.body, Bytes::from(body));
+            assert_ne!(
+                r.header("x-tern-node"),
+                Some("c"),
+                "placed on a stopped node"
+            );
+        }
+    }
+    // Nothing was even tried on c (a try would show up as a failover rerun).
+    for (i, before) in reruns_before.into_iter().enumerate() {
+        assert_eq!(
+            metric(addrs[i], "tern_failover_reruns_total").await,
+            before,
+            "{} tried to place on the stopped node",
+            NAMES[i]
+        );
+    }
+    assert!(placement_decisions(addrs[0], "learned").await >= learned_before + 20.0);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
