@@ -162,30 +162,22 @@ mod learner {
         /// Hand one transition to the trainer. Never blocks: when the queue is full the transition
         /// is dropped and counted (the hot path must not wait for training).
         pub fn record(&self, t: Transition) -> Result<()> {
-            let tx = self
-                .tx
-                .as_ref()
-                .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
-            match tx.try_send(Msg::T(Box::new(t))) {
-                Ok(()) => Ok(()),
-                Err(TrySendError::Full(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    Ok(())
-                }
-                Err(TrySendError::Disconnected(_)) => {
-                    Err(PolicyError::Trainer("trainer exited".into()))
-                }
-            }
+            self.offer(Msg::T(Box::new(t)))
         }
 
         /// Hand one quota transition to the trainer (same non-blocking contract as `record`). Quota
         /// transitions are trained together with the next dispatch batch.
         pub fn record_quota(&self, t: QuotaTransition) -> Result<()> {
+            self.offer(Msg::Q(Box::new(t)))
+        }
+
+        /// The non-blocking send both `record`s share: a full queue drops and counts.
+        fn offer(&self, msg: Msg) -> Result<()> {
             let tx = self
                 .tx
                 .as_ref()
                 .ok_or_else(|| PolicyError::Trainer("stopped".into()))?;
-            match tx.try_send(Msg::Q(Box::new(t))) {
+            match tx.try_send(msg) {
                 Ok(()) => Ok(()),
                 Err(TrySendError::Full(_)) => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -523,72 +523,63 @@ pub fn ppo_update(
     d.validate()?;
     q.validate()?;
     let mut stats = UpdateStats::default();
-    let mb = cfg.minibatch.max(1);
     if !d.is_empty() {
-        let (mut adv, ret) = gae(
-            &d.rewards,
-            &d.values,
-            &d.dones,
-            0.0,
-            cfg.gamma,
-            cfg.gae_lambda,
+        let (loss, samples) = update_head(
+            (&d.rewards, &d.values, &d.dones),
+            cfg,
+            max_samples,
+            rng,
+            |idx, adv, ret| backend.step_dispatch(&dispatch_batch(d, idx, adv, ret), cfg),
         )?;
-        let mut sel = shuffled(d.len(), rng);
-        sel.truncate(max_samples.max(1));
-        let mut sub_adv: Vec<f32> = sel.iter().map(|&i| adv[i]).collect();
-        normalize(&mut sub_adv);
-        for (k, &i) in sel.iter().enumerate() {
-            adv[i] = sub_adv[k];
-        }
-        let mut steps = 0.0;
-        for _ in 0..cfg.epochs {
-            let order = shuffled(sel.len(), rng);
-            for chunk in order.chunks(mb) {
-                let idx: Vec<usize> = chunk.iter().map(|&k| sel[k]).collect();
-                let b = dispatch_batch(d, &idx, &adv, &ret);
-                let s = backend.step_dispatch(&b, cfg)?;
-                acc(&mut stats.dispatch, &s, 1.0);
-                steps += 1.0;
-            }
-        }
-        let tmp = stats.dispatch;
-        stats.dispatch = LossStats::default();
-        acc(&mut stats.dispatch, &tmp, 1.0 / f32::max(steps, 1.0));
-        stats.dispatch_samples = sel.len();
+        stats.dispatch = loss;
+        stats.dispatch_samples = samples;
     }
     if !q.is_empty() {
-        let (mut adv, ret) = gae(
-            &q.rewards,
-            &q.values,
-            &q.dones,
-            0.0,
-            cfg.gamma,
-            cfg.gae_lambda,
+        let (loss, samples) = update_head(
+            (&q.rewards, &q.values, &q.dones),
+            cfg,
+            max_samples,
+            rng,
+            |idx, adv, ret| backend.step_quota(&quota_batch(q, idx, adv, ret), cfg),
         )?;
-        let mut sel = shuffled(q.len(), rng);
-        sel.truncate(max_samples.max(1));
-        let mut sub_adv: Vec<f32> = sel.iter().map(|&i| adv[i]).collect();
-        normalize(&mut sub_adv);
-        for (k, &i) in sel.iter().enumerate() {
-            adv[i] = sub_adv[k];
-        }
-        let mut steps = 0.0;
-        for _ in 0..cfg.epochs {
-            let order = shuffled(sel.len(), rng);
-            for chunk in order.chunks(mb) {
-                let idx: Vec<usize> = chunk.iter().map(|&k| sel[k]).collect();
-                let b = quota_batch(q, &idx, &adv, &ret);
-                let s = backend.step_quota(&b, cfg)?;
-                acc(&mut stats.quota, &s, 1.0);
-                steps += 1.0;
-            }
-        }
-        let tmp = stats.quota;
-        stats.quota = LossStats::default();
-        acc(&mut stats.quota, &tmp, 1.0 / f32::max(steps, 1.0));
-        stats.quota_samples = sel.len();
+        stats.quota = loss;
+        stats.quota_samples = samples;
     }
     Ok(stats)
+}
+
+/// The PPO update of one head (dispatch or quota), the same for both: GAE over the rollout,
+/// a random subset of at most `max_samples` with normalised advantages, then `cfg.epochs` passes
+/// of shuffled minibatches through `step` (which builds the head's batch from sample indices,
+/// advantages and returns). Returns the mean loss statistics and the samples used.
+fn update_head(
+    (rewards, values, dones): (&[f32], &[f32], &[bool]),
+    cfg: &PpoConfig,
+    max_samples: usize,
+    rng: &mut Rng,
+    mut step: impl FnMut(&[usize], &[f32], &[f32]) -> Result<LossStats>,
+) -> Result<(LossStats, usize)> {
+    let (mut adv, ret) = gae(rewards, values, dones, 0.0, cfg.gamma, cfg.gae_lambda)?;
+    let mut sel = shuffled(rewards.len(), rng);
+    sel.truncate(max_samples.max(1));
+    let mut sub_adv: Vec<f32> = sel.iter().map(|&i| adv[i]).collect();
+    normalize(&mut sub_adv);
+    for (k, &i) in sel.iter().enumerate() {
+        adv[i] = sub_adv[k];
+    }
+    let mut total = LossStats::default();
+    let mut steps = 0.0;
+    for _ in 0..cfg.epochs {
+        let order = shuffled(sel.len(), rng);
+        for chunk in order.chunks(cfg.minibatch.max(1)) {
+            let idx: Vec<usize> = chunk.iter().map(|&k| sel[k]).collect();
+            acc(&mut total, &step(&idx, &adv, &ret)?, 1.0);
+            steps += 1.0;
+        }
+    }
+    let mut mean = LossStats::default();
+    acc(&mut mean, &total, 1.0 / f32::max(steps, 1.0));
+    Ok((mean, sel.len()))
 }
 
 /// Behaviour policy for dispatch during rollouts: samples from softmax(Eq. 1 scores) and records
