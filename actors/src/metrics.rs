@@ -117,6 +117,9 @@ pub struct Metrics {
     pub peers_up: AtomicI64,
     /// Incoming mesh connections refused by the handshake or identity check.
     pub rejected_handshakes: AtomicU64,
+    /// ractor_cluster session streams refused by the first-frame name check (or a second
+    /// session on one link).
+    pub rejected_session_streams: AtomicU64,
     /// Registry entries applied from other nodes.
     pub replicated: AtomicU64,
     /// Placement decisions made by the learned policy (`placement = "learned"`).
@@ -405,6 +408,11 @@ impl Metrics {
                 "tern_rejected_handshakes_total",
                 "Mesh connections refused by the TLS handshake or the node-name check.",
                 self.rejected_handshakes.load(Relaxed),
+            ),
+            (
+                "tern_rejected_session_streams_total",
+                "ractor_cluster session streams refused by the node-name check.",
+                self.rejected_session_streams.load(Relaxed),
             ),
             (
                 "tern_replicated_entries_total",

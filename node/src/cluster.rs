@@ -580,6 +580,10 @@ async fn watch_membership(link: Weak<ClusterLink>) {
             m.peers_up.store(up as i64, Relaxed);
             m.rejected_handshakes
                 .store(l.mesh.rejected_handshakes(), Relaxed);
+            if let Some(sessions) = &l.sessions {
+                m.rejected_session_streams
+                    .store(sessions.rejected_streams(), Relaxed);
+            }
         }
         match event {
             Ok(Ok(event)) => match event.state {

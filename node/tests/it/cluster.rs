@@ -156,6 +156,8 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
     assert!(metric(c, "tern_forwarded_meus_total").await >= 20.0);
     assert!(metric(b, "tern_served_for_peers_total").await >= 20.0);
     assert!(metric(b, "tern_replicated_entries_total").await >= 1.0);
+    assert_eq!(metric(c, "tern_cluster_peers_up").await, 2.0);
+    assert_eq!(metric(c, "tern_rejected_handshakes_total").await, 0.0);
 
     // A map spreads its MEUs through the scheduler too; every item comes back in order.
     let items: Vec<u32> = (0..40).collect();
