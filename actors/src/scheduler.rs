@@ -50,16 +50,14 @@ impl Actor for SchedulerAgent {
         let SchedulerMsg::Dispatch(meu, reply) = msg;
         // An unknown function is answered by the RuntimePool (typed NotFound), and a node
         // without peers has nothing to decide: both take the direct path.
-        let (Some(deployed), Some(_)) =
+        let (Some(deployed), Some(remote)) =
             (services.runtime.get(&meu.function), services.remote.get())
         else {
             run_here(services, meu, reply);
             return Ok(());
         };
         let mut nodes = vec![local_view(services, &deployed.info)];
-        if let Some(remote) = services.remote.get() {
-            remote.candidates(&deployed.info, &mut nodes);
-        }
+        remote.candidates(&deployed.info, &mut nodes);
         let meu_view = MeuView {
             function: meu.function.as_str(),
             items: meu.items,

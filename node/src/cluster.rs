@@ -6,7 +6,7 @@
 //! ([`PeerRequest`] / [`PeerResponse`] in tern-wire), so a module transfer never delays an
 //! invocation or a status update.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -42,7 +42,7 @@ pub struct ClusterLink {
     name: NodeName,
     mesh: Mesh,
     app: Weak<App>,
-    statuses: RwLock<HashMap<NodeName, (NodeStatus, Instant)>>,
+    statuses: RwLock<BTreeMap<NodeName, (NodeStatus, Instant)>>,
     frame_limit: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
@@ -347,21 +347,19 @@ impl ClusterLink {
 
 impl Remote for ClusterLink {
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
+        // On the hot path (once per MEU): only peers with a fresh status are candidates, and
+        // the mesh holds a connection to a peer exactly while it is up, so one lookup gives
+        // both liveness and the RTT. Sorted by name, so order-sensitive placements are
+        // deterministic.
         let statuses = read(&self.statuses);
-        for (node, state) in self.mesh.members() {
-            let Some((status, at)) = statuses.get(&node) else {
-                continue;
-            };
-            if state != PeerState::Up
-                || at.elapsed() > STATUS_STALE
-                || !status.ready.contains(&info.hash)
-            {
+        for (node, (status, at)) in statuses.iter() {
+            if at.elapsed() > STATUS_STALE || !status.ready.contains(&info.hash) {
                 continue;
             }
-            let rtt_us = self
-                .mesh
-                .connection(&node)
-                .map_or(0, |c| c.rtt().as_micros().min(u128::from(u64::MAX)) as u64);
+            let Some(conn) = self.mesh.connection(node) else {
+                continue;
+            };
+            let rtt_us = conn.rtt().as_micros().min(u128::from(u64::MAX)) as u64;
             out.push(NodeView {
                 name: node.to_string(),
                 alive: true,
