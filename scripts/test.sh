@@ -14,9 +14,12 @@ if grep -E '^(wasmtime|tch|torch-sys|candle|ring) ' <<<"$client_deps"; then
   echo "tern-client depends on a heavy or forbidden crate (above)" >&2
   exit 1
 fi
-run cargo test --workspace -- --skip timing::
+# `online-learning` links tern-policy's trainer into the node (its tests need it); the
+# workspace build has candle anyway, for tern-policy's own tests.
+run cargo test --workspace --features tern-node/online-learning -- --skip timing::
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
-run cargo test -p tern-node --test it timing:: -- --test-threads=1
+# Same features as above, so nothing is rebuilt.
+run cargo test -p tern-node --features online-learning --test it timing:: -- --test-threads=1
 # tern-policy with the tch backend: torch 2.13.0 from PyPI in a venv (~4.7 GB, cached in
 # ~/.cache/tern), then the crate's tests and clippy with `--features tch`.
 run env CARGO_TARGET_DIR="$PWD/target" bash policy/ci/tch-lane.sh

@@ -127,6 +127,18 @@ pub struct Metrics {
     /// Placement decisions the learned placement handed to its heuristic fallback (policy
     /// output unusable).
     pub placement_fallback: AtomicU64,
+    /// Placement decisions the rolling-reward guard gave to the heuristic (it is in charge, or
+    /// a probe while the learned policy is).
+    pub placement_heuristic: AtomicU64,
+    /// Placement outcomes fed back to the learned placement (guard and online learning).
+    pub placement_observed: AtomicU64,
+    /// 1 while the guard keeps the learned policy in charge, 0 while the heuristic is
+    /// (learned placement only).
+    pub placement_guard_learned: AtomicI64,
+    /// Online PPO updates whose weights now serve (`online_learning`).
+    pub policy_updates: AtomicU64,
+    /// Transitions the online learner dropped because its queue was full.
+    pub policy_dropped_transitions: AtomicU64,
     /// This node's load as last published to peers (cluster mode; 0 before the first status):
     /// CPU use of the process in percent of one core, resident bytes, mean invocation latency
     /// over the last status interval in µs. The SchedulerAgent's own placement candidate reads
@@ -348,6 +360,11 @@ impl Metrics {
                 "Peers this node has a verified connection to.",
                 self.peers_up.load(Relaxed),
             ),
+            (
+                "tern_placement_guard_learned_in_charge",
+                "1 while the rolling-reward guard keeps the learned policy in charge, 0 while the heuristic is.",
+                self.placement_guard_learned.load(Relaxed),
+            ),
         ] {
             gauge(&mut out, name, help);
             let _ = writeln!(out, "{name} {v}");
@@ -419,6 +436,21 @@ impl Metrics {
                 "Registry entries (deploys, removals) applied from other nodes.",
                 self.replicated.load(Relaxed),
             ),
+            (
+                "tern_placement_observations_total",
+                "Placement outcomes fed back to the learned placement.",
+                self.placement_observed.load(Relaxed),
+            ),
+            (
+                "tern_policy_updates_total",
+                "Online PPO updates whose weights now serve.",
+                self.policy_updates.load(Relaxed),
+            ),
+            (
+                "tern_policy_transitions_dropped_total",
+                "Transitions the online learner dropped because its queue was full.",
+                self.policy_dropped_transitions.load(Relaxed),
+            ),
         ] {
             counter(&mut out, name, help);
             let _ = writeln!(out, "{name} {v}");
@@ -431,6 +463,7 @@ impl Metrics {
         for (policy, v) in [
             ("learned", &self.placement_learned),
             ("fallback", &self.placement_fallback),
+            ("heuristic", &self.placement_heuristic),
         ] {
             let _ = writeln!(
                 out,
@@ -512,5 +545,12 @@ mod tests {
         let text = m.render("n", 10);
         assert!(text.contains("tern_placement_decisions_total{policy=\"learned\"} 2\n"));
         assert!(text.contains("tern_placement_decisions_total{policy=\"fallback\"} 1\n"));
+        m.placement_heuristic.fetch_add(3, Relaxed);
+        m.placement_guard_learned.store(1, Relaxed);
+        m.policy_updates.fetch_add(4, Relaxed);
+        let text = m.render("n", 10);
+        assert!(text.contains("tern_placement_decisions_total{policy=\"heuristic\"} 3\n"));
+        assert!(text.contains("tern_placement_guard_learned_in_charge 1\n"));
+        assert!(text.contains("tern_policy_updates_total 4\n"));
     }
 }

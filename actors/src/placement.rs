@@ -62,10 +62,59 @@ pub struct MeuView<'a> {
     pub mean_exec_us: u64,
 }
 
+/// A placement decision: the chosen node, and an opaque tag the placement gets back with the
+/// outcome in [`Placement::observe`] (e.g. which arm of a guard made the decision, and with
+/// which weights).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into the candidate list.
+    pub node: usize,
+    pub tag: u64,
+}
+
+/// What became of a placed MEU, as the SchedulerAgent measured it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// From the decision to the answer, µs: forwarding, queueing and failover included.
+    pub latency_us: u64,
+    /// Whether the node had to load or compile the module.
+    pub cold_start: bool,
+    /// Module load and instantiation time, µs.
+    pub cold_us: u64,
+    /// Guest execution time, µs.
+    pub exec_us: u64,
+    /// `false` when the MEU ended in an error (guest error, timeout, no node): its latency
+    /// says little about the placement.
+    pub ok: bool,
+}
+
 pub trait Placement: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Index into `nodes` of the node that should run the MEU.
     fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error>;
+
+    /// [`Placement::place`] with a tag for [`Placement::observe`]. The SchedulerAgent calls
+    /// this one.
+    fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, Error> {
+        self.place(meu, nodes).map(|node| Decision { node, tag: 0 })
+    }
+
+    /// Whether this placement learns from outcomes. Only then does the SchedulerAgent pay for
+    /// measuring them (one extra task per MEU) and call [`Placement::observe`].
+    fn observes(&self) -> bool {
+        false
+    }
+
+    /// The outcome of `decision`, taken over the same `meu` and candidate `nodes`. Called
+    /// after the caller has its answer, off the decision path.
+    fn observe(
+        &self,
+        _meu: &MeuView<'_>,
+        _nodes: &[NodeView],
+        _decision: Decision,
+        _outcome: &Observed,
+    ) {
+    }
 }
 
 /// Single-node placement: the first live node (a one-node cluster has only itself). Prefers a

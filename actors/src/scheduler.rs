@@ -10,12 +10,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tern_wire::FunctionInfo;
+use tokio::sync::oneshot;
 
-use crate::pipeline::forward;
-use crate::placement::{MeuView, NodeView};
+use crate::pipeline::{Outcome, forward};
+use crate::placement::{Decision, MeuView, NodeView, Observed};
 use crate::remote::RemoteFailure;
 use crate::runtime::Meu;
 use crate::runtime_pool::RuntimePoolMsg;
@@ -70,9 +72,21 @@ impl Actor for SchedulerAgent {
                 .checked_div(deployed.metrics.t_exec.count())
                 .unwrap_or(0),
         };
-        match services.placement.place(&meu_view, &nodes) {
-            Ok(0) => run_here(services, meu, reply),
-            Ok(chosen) => {
+        let decision = match services.placement.decide(&meu_view, &nodes) {
+            Ok(d) => d,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return Ok(());
+            }
+        };
+        let reply = if services.placement.observes() {
+            observed_reply(services, &meu_view, nodes.clone(), decision, reply)
+        } else {
+            reply
+        };
+        match decision.node {
+            0 => run_here(services, meu, reply),
+            chosen => {
                 let exec_us = meu_view.mean_exec_us;
                 tokio::spawn(run_remote(
                     services.clone(),
@@ -84,12 +98,54 @@ impl Actor for SchedulerAgent {
                     reply,
                 ));
             }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-            }
         }
         Ok(())
     }
+}
+
+/// A reply channel that measures what becomes of `decision`: the answer goes on to `reply`
+/// first, then the placement observes it. If the chain drops the channel (an actor was
+/// restarting), `reply` is dropped with it and the caller re-submits, as without observing.
+fn observed_reply(
+    services: &Arc<Services>,
+    meu: &MeuView<'_>,
+    nodes: Vec<NodeView>,
+    decision: Decision,
+    reply: Reply,
+) -> Reply {
+    let (tx, rx) = oneshot::channel::<Result<Outcome, crate::Error>>();
+    let placement = services.placement.clone();
+    let function = meu.function.to_owned();
+    let (items, memory_mb, timeout_ms, mean_exec_us) =
+        (meu.items, meu.memory_mb, meu.timeout_ms, meu.mean_exec_us);
+    let started = Instant::now();
+    tokio::spawn(async move {
+        let Ok(result) = rx.await else { return };
+        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let observed = match &result {
+            Ok(o) => Observed {
+                latency_us,
+                cold_start: o.cold_start,
+                cold_us: o.timings.load_us + o.timings.inst_us,
+                exec_us: o.timings.exec_us,
+                ok: true,
+            },
+            Err(_) => Observed {
+                latency_us,
+                ..Observed::default()
+            },
+        };
+        let _ = reply.send(result);
+        let view = MeuView {
+            function: &function,
+            items,
+            memory_mb,
+            timeout_ms,
+            mean_exec_us,
+        };
+        placement.observe(&view, &nodes, decision, &observed);
+    });
+    tx
 }
 
 /// This node as a placement candidate. It is always alive; whether it fits the function and

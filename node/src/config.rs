@@ -86,6 +86,19 @@ pub struct Config {
     /// Required by `placement = "learned"`; a missing, unreadable or wrongly shaped file is a
     /// start-up error. Unset by default.
     pub policy_checkpoint: Option<PathBuf>,
+    /// `learned` placement only: a rolling-reward guard hands decisions to warm affinity while
+    /// the learned policy's mean reward over the last `placement_guard_window` observed MEUs
+    /// is more than `placement_guard_margin_ms` below the heuristic's. Every 20th decision
+    /// goes to the arm not in charge, so both estimates stay fresh.
+    pub placement_guard: bool,
+    pub placement_guard_window: usize,
+    pub placement_guard_margin_ms: f64,
+    /// `learned` placement only: train the dispatch network online (PPO, in a background
+    /// thread) from the outcomes of its own decisions, `online_batch` transitions per update,
+    /// and swap the new weights in atomically. Needs a `tern` built with
+    /// `--features online-learning` (the training backend, candle).
+    pub online_learning: bool,
+    pub online_batch: usize,
     /// UDP address of the QUIC API for `tern-client` (needs `cluster_dir` for its
     /// certificate); off when unset.
     pub client_listen: Option<SocketAddr>,
@@ -130,6 +143,11 @@ impl Default for Config {
             node_class: "standard".into(),
             placement: "warm-affinity".into(),
             policy_checkpoint: None,
+            placement_guard: true,
+            placement_guard_window: 256,
+            placement_guard_margin_ms: 0.1,
+            online_learning: false,
+            online_batch: 512,
             client_listen: None,
             client_tokens: Vec::new(),
             ractor_sessions: true,
@@ -199,6 +217,26 @@ impl Config {
             return bad(
                 "placement = \"learned\" needs policy_checkpoint (exported policy weights)",
             );
+        }
+        if self.placement_guard_window < 4 {
+            return bad("placement_guard_window must be at least 4");
+        }
+        if !(self.placement_guard_margin_ms.is_finite() && self.placement_guard_margin_ms >= 0.0) {
+            return bad("placement_guard_margin_ms must be a finite number ≥ 0");
+        }
+        if self.online_learning {
+            if self.placement != "learned" {
+                return bad("online_learning needs placement = \"learned\"");
+            }
+            if !cfg!(feature = "online-learning") {
+                return bad(
+                    "online_learning needs a tern built with the training backend: \
+                     cargo build --release -p tern-node --features online-learning",
+                );
+            }
+            if self.online_batch < 2 {
+                return bad("online_batch must be at least 2");
+            }
         }
         self.parsed_peers()?;
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
@@ -310,6 +348,12 @@ impl NodeClass {
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(i) = raw.parse::<i64>() {
         return toml::Value::Integer(i);
+    }
+    // Only with a decimal point: a name like `1e5` or `inf` stays a string.
+    if raw.contains('.')
+        && let Ok(f) = raw.parse::<f64>()
+    {
+        return toml::Value::Float(f);
     }
     if let Ok(b) = raw.parse::<bool>() {
         return toml::Value::Boolean(b);
@@ -436,5 +480,46 @@ mod tests {
             c.policy_checkpoint.as_deref(),
             Some(Path::new("/x/dispatch.safetensors"))
         );
+        assert!(c.placement_guard, "the guard is on by default");
+        assert!(!c.online_learning, "online learning is opt-in");
+        let learned = [
+            ("TERN_PLACEMENT", "learned"),
+            ("TERN_POLICY_CHECKPOINT", "/x/dispatch.safetensors"),
+        ];
+        let with = |extra: &[(&str, &str)]| {
+            let mut pairs = learned.to_vec();
+            pairs.extend_from_slice(extra);
+            Config::load(None, env(&pairs))
+        };
+        for (key, value, message) in [
+            ("TERN_PLACEMENT_GUARD_WINDOW", "2", "placement_guard_window"),
+            (
+                "TERN_PLACEMENT_GUARD_MARGIN_MS",
+                "-1.0",
+                "placement_guard_margin_ms",
+            ),
+        ] {
+            assert!(
+                matches!(with(&[(key, value)]), Err(ConfigError::Invalid(m)) if m.contains(message)),
+                "{key}={value}"
+            );
+        }
+        // Online learning needs the learned placement, and a build with the trainer.
+        assert!(matches!(
+            Config::load(None, env(&[("TERN_ONLINE_LEARNING", "true")])),
+            Err(ConfigError::Invalid(m)) if m.contains("placement")
+        ));
+        let online = with(&[("TERN_ONLINE_LEARNING", "true")]);
+        if cfg!(feature = "online-learning") {
+            assert!(online.unwrap().online_learning);
+            assert!(matches!(
+                with(&[("TERN_ONLINE_LEARNING", "true"), ("TERN_ONLINE_BATCH", "1")]),
+                Err(ConfigError::Invalid(m)) if m.contains("online_batch")
+            ));
+        } else {
+            assert!(
+                matches!(online, Err(ConfigError::Invalid(m)) if m.contains("--features online-learning"))
+            );
+        }
     }
 }

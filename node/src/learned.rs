@@ -1,5 +1,5 @@
 //! `placement = "learned"`: the PPO dispatch network of tern-policy behind the SchedulerAgent's
-//! [`Placement`] seam.
+//! [`Placement`] seam, with its rolling-reward guard and (optionally) online learning.
 //!
 //! Every candidate [`NodeView`] (this node first, then the peers from their published status)
 //! is mapped to tern-policy's per-node [`NodeFeatures`]; one shared MLP scores each node and the
@@ -9,24 +9,33 @@
 //! [`DispatchScorer`] over exported weights (no candle, no allocation for up to
 //! [`STACK_CANDIDATES`] candidates).
 //!
-//! Guard: when the policy gives no usable answer (every score non-finite, e.g. weights that
-//! overflow) while some node is usable, the decision goes to [`WarmAffinity`], the heuristic
-//! the node uses by default. Decisions are counted by the policy that made them
-//! (`tern_placement_decisions_total{policy="learned"|"fallback"}`).
+//! Three safety nets, counted by `tern_placement_decisions_total{policy=…}`:
+//! - **fallback**: when the policy gives no usable answer (every score non-finite) while some
+//!   node is usable, the decision goes to [`WarmAffinity`], the node's default heuristic;
+//! - **guard** ([`tern_policy::online::Guard`]): the SchedulerAgent reports each MEU's outcome
+//!   ([`Placement::observe`]); its reward (tern-policy's `RewardConfig`: latency, cold start,
+//!   energy, SLA) feeds the guard, which keeps the learned policy in charge while its rolling
+//!   mean reward is no worse than warm affinity's minus a margin, and hands decisions to warm
+//!   affinity otherwise. A small share of decisions probes the arm not in charge
+//!   (`policy="heuristic"` counts the heuristic's), so it can hand back;
+//! - **online learning** (`online_learning`, feature `online-learning`): outcomes of the
+//!   learned arm's decisions become PPO transitions for tern-policy's background trainer;
+//!   new weights are swapped in between two decisions, never during one.
 //!
 //! This lives in tern-node (not tern-actors) so the actors do not depend on tern-policy.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use tern_actors::Error;
 use tern_actors::metrics::Metrics;
-use tern_actors::placement::{MeuView, NodeView, Placement, WarmAffinity};
+use tern_actors::placement::{Decision, MeuView, NodeView, Observed, Placement, WarmAffinity};
 use tern_policy::PolicyError;
 use tern_policy::features::NodeFeatures;
+use tern_policy::online::{Arm, Guard};
 use tern_policy::policy::{DEFAULT_LAMBDA_DISPATCH, DispatchScorer, PolicyWeights};
-use tern_policy::sim::NodeClass as SimClass;
+use tern_policy::sim::{NodeClass as SimClass, RewardConfig};
 
 use crate::config::ConfigError;
 
@@ -36,10 +45,30 @@ pub const STACK_CANDIDATES: usize = 32;
 /// Memory assumed when `/proc/meminfo` cannot be read (the features need a fraction).
 const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
 
+/// Every `GUARD_PROBE_EVERY`-th decision goes to the arm not in charge (5 %).
+pub const GUARD_PROBE_EVERY: u64 = 20;
+
+/// Which arm made a decision: the low bits of [`Decision::tag`]; the weights version that
+/// served it is in the bits above.
+const TAG_LEARNED: u64 = 0;
+const TAG_FALLBACK: u64 = 1;
+const TAG_HEURISTIC: u64 = 2;
+const TAG_BITS: u32 = 2;
+
+/// Settings of the rolling-reward guard (config `placement_guard_*`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GuardSettings {
+    /// Observed MEUs per arm in the rolling means.
+    pub window: usize,
+    /// How much worse (ms of latency-equivalent cost per MEU) the learned policy may be
+    /// before the heuristic takes over.
+    pub margin_ms: f64,
+}
+
 /// The learned dispatch policy as a [`Placement`].
 #[derive(Debug)]
 pub struct LearnedPlacement {
-    scorer: DispatchScorer,
+    serving: RwLock<Serving>,
     /// λ of Eq. 1, logits per expected cold-start ms: the one the weights were trained with.
     lambda: f32,
     fallback: WarmAffinity,
@@ -48,19 +77,38 @@ pub struct LearnedPlacement {
     slots: f32,
     /// Memory assumed per node, for the memory-use fraction (same assumption).
     memory_total_bytes: f64,
+    reward: RewardConfig,
+    guard: Option<Mutex<Guard>>,
+    #[cfg(feature = "online-learning")]
+    online: Option<tern_policy::online::OnlineLearner>,
+    /// Draws made by sampled decisions: the counter of a deterministic uniform sequence.
+    #[cfg(feature = "online-learning")]
+    draws: std::sync::atomic::AtomicU64,
     metrics: Arc<Metrics>,
 }
 
+/// The scorer that serves, and the version of the online learner's weights it was built from
+/// (0 without online learning).
+#[derive(Debug)]
+struct Serving {
+    version: u64,
+    scorer: DispatchScorer,
+}
+
 impl LearnedPlacement {
-    /// From weights already in memory. Errors if the dispatch network does not have the
-    /// scorer's fixed widths or has a non-finite weight. `slots` is this node's parallelism.
+    /// From weights already in memory, without guard or online learning. Errors if the
+    /// dispatch network does not have the scorer's fixed widths or has a non-finite weight.
+    /// `slots` is this node's parallelism.
     pub fn new(
         weights: &PolicyWeights,
         slots: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PolicyError> {
         Ok(LearnedPlacement {
-            scorer: DispatchScorer::from_mlp(&weights.dispatch)?,
+            serving: RwLock::new(Serving {
+                version: 0,
+                scorer: DispatchScorer::from_mlp(&weights.dispatch)?,
+            }),
             lambda: DEFAULT_LAMBDA_DISPATCH,
             // Same setting as `placement = "warm-affinity"`.
             fallback: WarmAffinity {
@@ -68,22 +116,53 @@ impl LearnedPlacement {
             },
             slots: slots.max(1) as f32,
             memory_total_bytes: system_memory_bytes() as f64,
+            reward: RewardConfig::default(),
+            guard: None,
+            #[cfg(feature = "online-learning")]
+            online: None,
+            #[cfg(feature = "online-learning")]
+            draws: std::sync::atomic::AtomicU64::new(0),
             metrics,
         })
+    }
+
+    /// Turns the rolling-reward guard on (the learned policy starts in charge).
+    pub fn with_guard(mut self, settings: GuardSettings) -> Self {
+        // The guard compares rewards, which are costs in ms / 100.
+        let margin = (settings.margin_ms / 100.0) as f32;
+        self.guard = Some(Mutex::new(Guard::new(
+            settings.window,
+            margin,
+            GUARD_PROBE_EVERY,
+        )));
+        self.metrics.placement_guard_learned.store(1, Relaxed);
+        self
+    }
+
+    /// Trains the dispatch network online from `weights` (the ones this placement serves),
+    /// `batch` transitions per PPO update, in tern-policy's background trainer thread.
+    #[cfg(feature = "online-learning")]
+    pub fn with_online_learning(
+        mut self,
+        weights: PolicyWeights,
+        batch: usize,
+    ) -> Result<Self, PolicyError> {
+        use tern_policy::online::{OnlineConfig, OnlineLearner};
+        let cfg = OnlineConfig {
+            batch,
+            queue: (4 * batch).max(1024),
+            ..OnlineConfig::default()
+        };
+        self.online = Some(OnlineLearner::start(weights, cfg)?);
+        Ok(self)
     }
 
     /// From a safetensors checkpoint written by tern-policy (`policy_checkpoint`). Every
     /// failure (unreadable, not safetensors, missing tensors, wrong widths, NaN) is a typed
     /// [`ConfigError::PolicyCheckpoint`].
     pub fn load(path: &Path, slots: usize, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError::PolicyCheckpoint {
-            path: path.display().to_string(),
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let (weights, _meta) =
-            PolicyWeights::from_safetensors(&bytes).map_err(|e| err(e.to_string()))?;
-        Self::new(&weights, slots, metrics).map_err(|e| err(e.to_string()))
+        Self::new(&read_checkpoint(path)?, slots, metrics)
+            .map_err(|e| checkpoint_error(path, e.to_string()))
     }
 
     /// The per-node features the dispatch network sees for placing `meu` on `n`.
@@ -126,25 +205,194 @@ impl LearnedPlacement {
     }
 
     /// The policy's pick (Eq. 1 over the unmasked candidates), `None` when it has no usable
-    /// answer. No fallback, no counting.
+    /// answer. No guard, no fallback, no counting.
     pub fn policy_choice(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Option<usize> {
+        self.policy_choice_versioned(meu, nodes).0
+    }
+
+    /// [`Self::policy_choice`] and the weights version that made it.
+    fn policy_choice_versioned(
+        &self,
+        meu: &MeuView<'_>,
+        nodes: &[NodeView],
+    ) -> (Option<usize>, u64) {
+        self.refresh_weights();
+        let serving = self.serving.read().unwrap_or_else(PoisonError::into_inner);
         let pick = if nodes.len() <= STACK_CANDIDATES {
             let mut buf = [NodeFeatures::default(); STACK_CANDIDATES];
             for (i, (f, n)) in buf.iter_mut().zip(nodes).enumerate() {
                 *f = self.candidate_features(meu, i, n);
             }
-            self.scorer.choose(&buf[..nodes.len()], self.lambda)
+            serving.scorer.choose(&buf[..nodes.len()], self.lambda)
         } else {
-            let feats: Vec<NodeFeatures> = nodes
-                .iter()
-                .enumerate()
-                .map(|(i, n)| self.candidate_features(meu, i, n))
-                .collect();
-            self.scorer.choose(&feats, self.lambda)
+            let feats = self.all_features(meu, nodes);
+            serving.scorer.choose(&feats, self.lambda)
         };
         // The scorer masks exactly the non-usable nodes; re-check so that a mapping bug can
         // never send work to a dead or full node.
-        pick.filter(|&i| nodes.get(i).is_some_and(NodeView::usable))
+        let pick = pick.filter(|&i| nodes.get(i).is_some_and(NodeView::usable));
+        (pick, serving.version)
+    }
+
+    fn all_features(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Vec<NodeFeatures> {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.candidate_features(meu, i, n))
+            .collect()
+    }
+
+    /// Swaps in the online learner's newest weights, if there are any (one atomic load on the
+    /// decision path otherwise).
+    fn refresh_weights(&self) {
+        #[cfg(feature = "online-learning")]
+        if let Some(online) = &self.online {
+            let cell = online.weights();
+            let version = cell.version();
+            if self.serving_version() == version {
+                return;
+            }
+            let weights = cell.load();
+            // The trainer validates what it exports; weights that still do not fit the
+            // scorer are not served (the previous ones stay).
+            let Ok(scorer) = DispatchScorer::from_mlp(&weights.dispatch) else {
+                return;
+            };
+            let mut serving = self.serving.write().unwrap_or_else(PoisonError::into_inner);
+            if serving.version < version {
+                *serving = Serving { version, scorer };
+            }
+            self.metrics.policy_updates.store(online.updates(), Relaxed);
+        }
+    }
+
+    #[cfg(feature = "online-learning")]
+    fn serving_version(&self) -> u64 {
+        self.serving
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .version
+    }
+
+    /// Reward of one observed MEU on `node` (tern-policy's reward: latency, cold start,
+    /// energy of the guest's CPU time on that node class, SLA).
+    pub fn reward(&self, node: &NodeView, outcome: &Observed) -> f32 {
+        let cold_ms = if outcome.cold_start {
+            outcome.cold_us as f64 / 1000.0
+        } else {
+            0.0
+        };
+        let watts = sim_class(class_index(&node.class)).busy_w_per_core as f64;
+        let energy_j = outcome.exec_us as f64 / 1e6 * watts;
+        self.reward
+            .reward(outcome.latency_us as f64 / 1000.0, cold_ms, energy_j)
+    }
+
+    /// The arm the guard has in charge (`Learned` without a guard).
+    pub fn in_charge(&self) -> Arm {
+        self.guard.as_ref().map_or(Arm::Learned, |g| {
+            g.lock().unwrap_or_else(PoisonError::into_inner).in_charge()
+        })
+    }
+
+    fn heuristic(
+        &self,
+        meu: &MeuView<'_>,
+        nodes: &[NodeView],
+        tag: u64,
+    ) -> Result<Decision, Error> {
+        let node = self.fallback.place(meu, nodes)?;
+        let counter = if tag == TAG_HEURISTIC {
+            &self.metrics.placement_heuristic
+        } else {
+            &self.metrics.placement_fallback
+        };
+        counter.fetch_add(1, Relaxed);
+        Ok(Decision { node, tag })
+    }
+
+    /// While learning online, the learned arm samples from the policy's softmax over the
+    /// Eq. 1 scores instead of taking the argmax: PPO needs the actions its log-probabilities
+    /// describe, and a policy that never tries another node cannot learn that it is better.
+    /// A trained policy is sharp, so this rarely differs from the argmax. `None` (not
+    /// learning online) means serve the argmax.
+    #[cfg(feature = "online-learning")]
+    fn sampled_choice(
+        &self,
+        meu: &MeuView<'_>,
+        nodes: &[NodeView],
+    ) -> Option<(Option<usize>, u64)> {
+        let online = self.online.as_ref()?;
+        let cell = online.weights();
+        // Version first: weights newer than their tag make `learn` skip the transition,
+        // never train on a mislabelled one.
+        let version = cell.version();
+        let weights = cell.load();
+        let features = self.all_features(meu, nodes);
+        let mut scores = Vec::with_capacity(features.len());
+        weights.dispatch_scores(&features, self.lambda, &mut scores);
+        let usable = |i: usize| nodes.get(i).is_some_and(NodeView::usable);
+        let max = scores
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.filter(|_| usable(i)))
+            .fold(f32::NEG_INFINITY, f32::max);
+        if !max.is_finite() {
+            return Some((None, version));
+        }
+        let mass: Vec<f64> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.filter(|_| usable(i))
+                    .map_or(0.0, |s| f64::from(s - max).exp())
+            })
+            .collect();
+        let n = self.draws.fetch_add(1, Relaxed);
+        let mut u = unit_interval(n) * mass.iter().sum::<f64>();
+        let mut pick = None;
+        for (i, m) in mass.iter().enumerate() {
+            if *m > 0.0 {
+                pick = Some(i);
+                if u < *m {
+                    break;
+                }
+                u -= m;
+            }
+        }
+        Some((pick, version))
+    }
+
+    /// Hands a learned decision's outcome to the online learner as a PPO transition, if the
+    /// weights that made it still serve (a decision of replaced weights is off-policy).
+    #[cfg(feature = "online-learning")]
+    fn learn(&self, meu: &MeuView<'_>, nodes: &[NodeView], decision: Decision, reward: f32) {
+        use tern_policy::online::Transition;
+        let Some(online) = &self.online else { return };
+        let cell = online.weights();
+        let weights = cell.load();
+        if decision.tag >> TAG_BITS != cell.version() {
+            return;
+        }
+        let candidates = self.all_features(meu, nodes);
+        let Some(logp) = weights.dispatch_log_prob(&candidates, self.lambda, decision.node) else {
+            return;
+        };
+        let value = weights.dispatch_value(&candidates);
+        // A full queue drops (counted); a stopped trainer is reported once per transition.
+        if let Err(e) = online.record(Transition {
+            candidates,
+            action: decision.node,
+            logp,
+            value,
+            reward,
+        }) {
+            tracing::warn!(error = %e, "online learner refused a transition");
+        }
+        self.metrics
+            .policy_dropped_transitions
+            .store(online.dropped(), Relaxed);
+        self.refresh_weights();
     }
 }
 
@@ -154,17 +402,110 @@ impl Placement for LearnedPlacement {
     }
 
     fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
-        if let Some(i) = self.policy_choice(meu, nodes) {
-            self.metrics.placement_learned.fetch_add(1, Relaxed);
-            return Ok(i);
-        }
-        // Only a decision the policy could have made counts as a fallback; with no usable
-        // node the heuristic fails the same typed way.
-        if nodes.iter().any(NodeView::usable) {
-            self.metrics.placement_fallback.fetch_add(1, Relaxed);
-        }
-        self.fallback.place(meu, nodes)
+        self.decide(meu, nodes).map(|d| d.node)
     }
+
+    fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, Error> {
+        let arm = self.guard.as_ref().map_or(Arm::Learned, |g| {
+            g.lock().unwrap_or_else(PoisonError::into_inner).next_arm()
+        });
+        if arm == Arm::Heuristic {
+            return self.heuristic(meu, nodes, TAG_HEURISTIC);
+        }
+        #[cfg(feature = "online-learning")]
+        let choice = match self.sampled_choice(meu, nodes) {
+            Some(sampled) => sampled,
+            None => self.policy_choice_versioned(meu, nodes),
+        };
+        #[cfg(not(feature = "online-learning"))]
+        let choice = self.policy_choice_versioned(meu, nodes);
+        match choice {
+            (Some(node), version) => {
+                self.metrics.placement_learned.fetch_add(1, Relaxed);
+                Ok(Decision {
+                    node,
+                    tag: version << TAG_BITS | TAG_LEARNED,
+                })
+            }
+            // Only a decision the policy could have made counts as a fallback; with no
+            // usable node the heuristic fails the same typed way.
+            (None, _) if !nodes.iter().any(NodeView::usable) => {
+                self.fallback.place(meu, nodes).map(|node| Decision {
+                    node,
+                    tag: TAG_FALLBACK,
+                })
+            }
+            (None, _) => self.heuristic(meu, nodes, TAG_FALLBACK),
+        }
+    }
+
+    fn observes(&self) -> bool {
+        #[cfg(feature = "online-learning")]
+        if self.online.is_some() {
+            return true;
+        }
+        self.guard.is_some()
+    }
+
+    fn observe(
+        &self,
+        meu: &MeuView<'_>,
+        nodes: &[NodeView],
+        decision: Decision,
+        outcome: &Observed,
+    ) {
+        // An error (guest trap, timeout) says little about where it ran.
+        let Some(node) = nodes.get(decision.node).filter(|_| outcome.ok) else {
+            return;
+        };
+        self.metrics.placement_observed.fetch_add(1, Relaxed);
+        let reward = self.reward(node, outcome);
+        let arm = match decision.tag & ((1 << TAG_BITS) - 1) {
+            TAG_LEARNED => Arm::Learned,
+            TAG_HEURISTIC => Arm::Heuristic,
+            // A fallback is neither arm's doing.
+            _ => return,
+        };
+        if let Some(guard) = &self.guard {
+            let mut g = guard.lock().unwrap_or_else(PoisonError::into_inner);
+            g.record(arm, reward);
+            let learned = i64::from(g.in_charge() == Arm::Learned);
+            self.metrics.placement_guard_learned.store(learned, Relaxed);
+        }
+        #[cfg(feature = "online-learning")]
+        if arm == Arm::Learned {
+            self.learn(meu, nodes, decision, reward);
+        }
+        #[cfg(not(feature = "online-learning"))]
+        let _ = meu;
+    }
+}
+
+/// Reads a tern-policy checkpoint (`policy_checkpoint`) as a typed config error.
+pub fn read_checkpoint(path: &Path) -> Result<PolicyWeights, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| checkpoint_error(path, e.to_string()))?;
+    let (weights, _meta) = PolicyWeights::from_safetensors(&bytes)
+        .map_err(|e| checkpoint_error(path, e.to_string()))?;
+    Ok(weights)
+}
+
+/// The typed error for the checkpoint at `path`.
+pub fn checkpoint_error(path: &Path, message: String) -> ConfigError {
+    ConfigError::PolicyCheckpoint {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+/// The `n`-th number of a fixed uniform sequence in [0, 1) (splitmix64 of `n`): sampling
+/// needs no lock and no clock, and a run is reproducible.
+#[cfg(feature = "online-learning")]
+fn unit_interval(n: u64) -> f64 {
+    let mut z = n.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    (z >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// tern-policy's class index of a Tern node class: 0 edge, 1 standard, 2 CPU-burst.
@@ -176,13 +517,16 @@ pub fn class_index(class: &str) -> u8 {
     }
 }
 
-fn class_cold_start_ms(class: u8) -> f32 {
+fn sim_class(class: u8) -> SimClass {
     match class {
         0 => SimClass::edge(),
         2 => SimClass::burst(),
         _ => SimClass::standard(),
     }
-    .cold_start_ms
+}
+
+fn class_cold_start_ms(class: u8) -> f32 {
+    sim_class(class).cold_start_ms
 }
 
 /// `MemTotal` of `/proc/meminfo`, or 8 GiB when unknown.
@@ -519,5 +863,152 @@ mod tests {
         nodes[0].alive = false;
         nodes[2].alive = false;
         assert_eq!(p.place(&meu(), &nodes).unwrap(), 1);
+    }
+
+    fn ran_in(latency_us: u64) -> Observed {
+        Observed {
+            latency_us,
+            exec_us: latency_us / 2,
+            ok: true,
+            ..Observed::default()
+        }
+    }
+
+    /// Feature 6 is log RTT: a policy that prefers the farthest node.
+    const RTT_FEATURE: usize = 6;
+
+    #[test]
+    fn the_guard_hands_over_to_warm_affinity_while_the_policy_does_worse_and_back() {
+        let (p, metrics) = placement(&weights_scoring_feature(RTT_FEATURE, 10.0));
+        let p = p.with_guard(GuardSettings {
+            window: 40,
+            margin_ms: 0.1,
+        });
+        let mut nodes: Vec<NodeView> = ["a", "b", "c"].iter().map(|n| node(n)).collect();
+        let owner = WarmAffinity::owner("f", &nodes).unwrap();
+        let far = (owner + 1) % 3;
+        nodes[far].rtt_us = 2_000;
+        assert_eq!(p.policy_choice(&meu(), &nodes), Some(far));
+        assert_eq!(p.in_charge(), Arm::Learned);
+        // Decide, then report 5 ms on `slow` and 0.5 ms anywhere else.
+        let run = |slow: usize, n: usize| {
+            for _ in 0..n {
+                let d = p.decide(&meu(), &nodes).unwrap();
+                let latency = if d.node == slow { 5_000 } else { 500 };
+                p.observe(&meu(), &nodes, d, &ran_in(latency));
+            }
+        };
+        let count = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        run(far, 400);
+        assert_eq!(p.in_charge(), Arm::Heuristic, "the policy's node is slow");
+        assert_eq!(metrics.placement_guard_learned.load(Relaxed), 0);
+        let (learned, heuristic) = (
+            count(&metrics.placement_learned),
+            count(&metrics.placement_heuristic),
+        );
+        run(far, 100);
+        assert_eq!(
+            count(&metrics.placement_heuristic) - heuristic,
+            95,
+            "in charge: all but the probes (1 in {GUARD_PROBE_EVERY})"
+        );
+        assert_eq!(count(&metrics.placement_learned) - learned, 5);
+        // Now the owner is the slow one: the learned probes show it and the policy is back.
+        run(owner, 400);
+        assert_eq!(p.in_charge(), Arm::Learned);
+        assert_eq!(metrics.placement_guard_learned.load(Relaxed), 1);
+        assert_eq!(count(&metrics.placement_observed), 900);
+        assert_eq!(count(&metrics.placement_fallback), 0);
+        // Failed MEUs say nothing about placement: not observed, the guard does not move.
+        for _ in 0..400 {
+            let d = p.decide(&meu(), &nodes).unwrap();
+            let failed = Observed {
+                latency_us: if d.node == far { 9_000_000 } else { 1 },
+                ..Observed::default()
+            };
+            p.observe(&meu(), &nodes, d, &failed);
+        }
+        assert_eq!(p.in_charge(), Arm::Learned);
+        assert_eq!(count(&metrics.placement_observed), 900);
+    }
+
+    #[test]
+    fn rewards_charge_latency_cold_starts_energy_and_the_sla() {
+        let (p, _) = placement(&PolicyWeights::init(1).unwrap());
+        let warm = p.reward(&node("a"), &ran_in(1_000));
+        let cold = p.reward(
+            &node("a"),
+            &Observed {
+                cold_start: true,
+                cold_us: 20_000,
+                ..ran_in(1_000)
+            },
+        );
+        let slower = p.reward(&node("a"), &ran_in(2_000));
+        let late = p.reward(&node("a"), &ran_in(200_000));
+        assert!(warm < 0.0 && warm > -0.1, "{warm}");
+        assert!(slower < warm && cold < slower, "{warm} {slower} {cold}");
+        assert!(late < -1.0, "past the 150 ms SLA: {late}");
+        // The same guest time costs more energy on a class with hungrier cores.
+        let edge = NodeView {
+            class: "edge-small".into(),
+            ..node("a")
+        };
+        assert!(p.reward(&edge, &ran_in(10_000)) > p.reward(&node("a"), &ran_in(10_000)));
+    }
+
+    /// Online learning in the node: decisions sample from the policy, their outcomes become
+    /// PPO transitions, the trainer's weights are swapped in and serve, and they have learned
+    /// to avoid the node that answers slowly.
+    #[cfg(feature = "online-learning")]
+    #[test]
+    fn online_learning_swaps_in_weights_that_avoid_the_slow_node() {
+        let weights = PolicyWeights::init(11).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let p = LearnedPlacement::new(&weights, 4, metrics.clone())
+            .unwrap()
+            .with_online_learning(weights.clone(), 64)
+            .unwrap();
+        assert!(p.observes());
+        let nodes: Vec<NodeView> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeView {
+                rtt_us: 300 * i as u64,
+                ..node(n)
+            })
+            .collect();
+        // The farthest node is the slow one (a score rising or falling with one feature is
+        // quick to learn from a near-uniform start).
+        let slow = 2;
+        let features = p.all_features(&meu(), &nodes);
+        let p_slow = |w: &PolicyWeights| {
+            w.dispatch_log_prob(&features, DEFAULT_LAMBDA_DISPATCH, slow)
+                .unwrap()
+                .exp()
+        };
+        let before = p_slow(&weights);
+        let mut picks = [0usize; 3];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while metrics.policy_updates.load(Relaxed) < 60 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} updates",
+                metrics.policy_updates.load(Relaxed)
+            );
+            let d = p.decide(&meu(), &nodes).unwrap();
+            picks[d.node] += 1;
+            let latency = if d.node == slow { 40_000 } else { 1_000 };
+            p.observe(&meu(), &nodes, d, &ran_in(latency));
+            std::thread::yield_now();
+        }
+        assert!(
+            picks.iter().all(|&n| n > 0),
+            "sampling tries every node: {picks:?}"
+        );
+        let after = p_slow(&p.online.as_ref().unwrap().weights().load());
+        println!("P(slow node): {before:.3} → {after:.3}; picks {picks:?}");
+        assert!(after < before * 0.5, "P(slow node) {before} → {after}");
+        assert_eq!(metrics.placement_fallback.load(Relaxed), 0);
     }
 }

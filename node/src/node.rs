@@ -21,7 +21,7 @@ use crate::cluster::ClusterLink;
 use crate::config::{Config, ConfigError};
 use crate::error::NodeError;
 use crate::http;
-use crate::learned::LearnedPlacement;
+use crate::learned::{GuardSettings, LearnedPlacement, checkpoint_error, read_checkpoint};
 use crate::store::Store;
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -184,8 +184,27 @@ fn placement(
             let path = config.policy_checkpoint.as_deref().ok_or_else(|| {
                 ConfigError::Invalid("placement = \"learned\" needs policy_checkpoint".into())
             })?;
-            let learned = LearnedPlacement::load(path, parallelism, metrics.clone())?;
-            tracing::info!(checkpoint = %path.display(), "learned placement loaded");
+            let weights = read_checkpoint(path)?;
+            let mut learned = LearnedPlacement::new(&weights, parallelism, metrics.clone())
+                .map_err(|e| checkpoint_error(path, e.to_string()))?;
+            if config.placement_guard {
+                learned = learned.with_guard(GuardSettings {
+                    window: config.placement_guard_window,
+                    margin_ms: config.placement_guard_margin_ms,
+                });
+            }
+            #[cfg(feature = "online-learning")]
+            if config.online_learning {
+                learned = learned
+                    .with_online_learning(weights, config.online_batch)
+                    .map_err(|e| ConfigError::Invalid(format!("online learning: {e}")))?;
+            }
+            tracing::info!(
+                checkpoint = %path.display(),
+                guard = config.placement_guard,
+                online_learning = config.online_learning,
+                "learned placement loaded"
+            );
             Arc::new(learned)
         }
         // A queue of a few MEUs per core on the owner is normal; past that, spill.

@@ -344,6 +344,9 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
         placement: "learned".into(),
         policy_checkpoint: Some(checkpoint.clone()),
         node_class: if i == 0 { "edge-small" } else { "standard" }.into(),
+        // This test is about the policy's own decisions; the guard's probes (1 in 20 to warm
+        // affinity) are tested with online learning below.
+        placement_guard: false,
         ..member_config(root.path(), i, &mesh)
     };
     let mut nodes = Vec::new();
@@ -473,6 +476,100 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
         );
     }
     assert!(placement_decisions(addrs[0], "learned").await >= learned_before + 20.0);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// The learned placement closes its loop in a running cluster: with the guard and online
+/// learning on, every answered MEU is observed, the guard's probes go to warm affinity, the
+/// trainer's weights are swapped in and keep serving correct answers on both nodes.
+#[cfg(feature = "online-learning")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learned_placement_learns_online_behind_its_guard() {
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = udp_ports(3);
+    let checkpoint =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors");
+    let config = |i: usize| Config {
+        placement: "learned".into(),
+        policy_checkpoint: Some(checkpoint.clone()),
+        placement_guard_window: 8,
+        online_learning: true,
+        online_batch: 16,
+        ..member_config(root.path(), i, &mesh)
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start(config(i)).await);
+    }
+    for n in &nodes {
+        wait_all_up(n.addr(), Duration::from_secs(20)).await;
+    }
+    // Invocations enter through a and b; c is one more candidate.
+    let addrs: Vec<SocketAddr> = nodes[..2].iter().map(|n| n.addr()).collect();
+    let f = "online-echo";
+    let r = request(
+        addrs[0],
+        Method::PUT,
+        &format!("/v1/functions/{f}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for n in &nodes[1..] {
+        eventually("replicated", Duration::from_secs(20), || async {
+            let path = format!("/v1/functions/{f}");
+            let r = request(n.addr(), Method::GET, &path, Bytes::new()).await;
+            (r.status == 200).then_some(())
+        })
+        .await;
+    }
+    let mut sent = [0u64; 2];
+    for (i, &addr) in addrs.iter().enumerate() {
+        // Updates are counted when new weights are swapped in, at a decision: keep invoking.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while metric(addr, "tern_policy_updates_total").await < 2.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: no online update after {} invocations",
+                NAMES[i],
+                sent[i]
+            );
+            for k in 0..20 {
+                let body = format!("via {} #{k}", NAMES[i]);
+                let r = invoke(addr, f, body.clone()).await;
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                assert_eq!(r.body, Bytes::from(body));
+                sent[i] += 1;
+            }
+        }
+    }
+    for (i, &addr) in addrs.iter().enumerate() {
+        let learned = placement_decisions(addr, "learned").await;
+        let heuristic = placement_decisions(addr, "heuristic").await;
+        assert_eq!(placement_decisions(addr, "fallback").await, 0.0);
+        assert!(
+            learned + heuristic >= sent[i] as f64,
+            "{}: {learned} + {heuristic} decisions for {} invocations",
+            NAMES[i],
+            sent[i]
+        );
+        assert!(heuristic >= 1.0, "{}: the guard never probed", NAMES[i]);
+        // Observations arrive after the answers: wait for the last ones.
+        eventually("all observed", Duration::from_secs(10), || async {
+            (metric(addr, "tern_placement_observations_total").await >= sent[i] as f64)
+                .then_some(())
+        })
+        .await;
+        let in_charge = metric(addr, "tern_placement_guard_learned_in_charge").await;
+        assert!(in_charge == 0.0 || in_charge == 1.0, "{in_charge}");
+        println!(
+            "{}: {} invocations, {learned} learned / {heuristic} heuristic decisions, learned in charge: {in_charge}",
+            NAMES[i], sent[i]
+        );
+    }
     for n in nodes {
         n.shutdown().await.unwrap();
     }
