@@ -9,6 +9,7 @@ pub mod membership;
 pub mod mesh;
 pub mod pki;
 pub mod session;
+pub mod sync;
 pub mod transport;
 
 mod error;

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::membership::{BackoffConfig, LossReason};
 use crate::session::Sessions;
+use crate::sync::{read, write};
 use crate::{ClusterError, Connection, Endpoint, Membership, MembershipEvent, NodeName, PeerState};
 
 /// Answers one data-plane request from `peer`.
@@ -143,14 +144,6 @@ impl Drop for Mesh {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn run(

@@ -56,7 +56,7 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -73,6 +73,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::membership::should_dial;
+use crate::sync::lock;
 use crate::transport::{SessionStream, codes, refuse};
 use crate::{ClusterError, Connection, NodeName};
 
@@ -178,11 +179,6 @@ struct Shared {
 struct State {
     ready: HashMap<NodeName, SessionInfo>,
     attached: HashMap<u64, Connection>,
-}
-
-/// A poisoned lock only means another thread panicked mid-update; the maps stay usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl std::fmt::Debug for Sessions {

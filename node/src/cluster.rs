@@ -18,6 +18,7 @@ use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
 use tern_actors::runtime::{Meu, Timings};
 use tern_actors::{Error as RuntimeError, Outcome};
 use tern_cluster::membership::BackoffConfig;
+use tern_cluster::sync::{lock, read, write};
 use tern_cluster::{
     Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
 };
@@ -201,19 +202,18 @@ impl ClusterLink {
         }
     }
 
-    /// The bytes of module `hash`, from `peer`, checked against the hash.
+    /// The bytes of module `hash`, from `peer`, checked against the hash. Unbounded in time:
+    /// a large module on a slow link takes what it takes (the connection's idle timeout still
+    /// catches a dead peer).
     pub async fn fetch_module(
         &self,
         peer: &NodeName,
         hash: &ModuleHash,
     ) -> Result<Bytes, NodeError> {
-        let conn = self
-            .mesh
-            .connection(peer)
-            .ok_or_else(|| NodeError::Replication(format!("{peer} is not connected")))?;
-        let bytes = self.encode(&PeerRequest::FetchModule(*hash))?;
-        let answer = conn.request(&bytes).await?;
-        match self.decode_response(&answer)? {
+        match self
+            .exchange(peer, &PeerRequest::FetchModule(*hash), None)
+            .await?
+        {
             PeerResponse::Module(bytes) => {
                 let got = tern_actors::runtime::Runtime::module_hash(&bytes);
                 if got != *hash {
@@ -256,14 +256,27 @@ impl ClusterLink {
 
     /// A small request with a short bound.
     async fn control(&self, peer: &NodeName, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+        self.exchange(peer, &req, Some(CONTROL_TIMEOUT)).await
+    }
+
+    /// One request to `peer` on its own stream and its decoded answer, within `bound` if set.
+    async fn exchange(
+        &self,
+        peer: &NodeName,
+        req: &PeerRequest,
+        bound: Option<Duration>,
+    ) -> Result<PeerResponse, NodeError> {
         let conn = self
             .mesh
             .connection(peer)
             .ok_or_else(|| NodeError::Replication(format!("{peer} is not connected")))?;
-        let bytes = self.encode(&req)?;
-        let answer = tokio::time::timeout(CONTROL_TIMEOUT, conn.request(&bytes))
-            .await
-            .map_err(|_| NodeError::Replication(format!("{peer} did not answer in time")))??;
+        let bytes = self.encode(req)?;
+        let answer = match bound {
+            Some(bound) => tokio::time::timeout(bound, conn.request(&bytes))
+                .await
+                .map_err(|_| NodeError::Replication(format!("{peer} did not answer in time")))??,
+            None => conn.request(&bytes).await?,
+        };
         self.decode_response(&answer)
     }
 
@@ -614,16 +627,4 @@ fn resident_bytes() -> u64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .map_or(0, |pages| pages * 4096)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|p| p.into_inner())
 }

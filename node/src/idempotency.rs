@@ -243,7 +243,7 @@ impl SyncCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncInner> {
         // The state stays consistent at every await-free step, so a poisoned lock is usable.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        tern_cluster::sync::lock(&self.inner)
     }
 
     /// Looks `key` up, registering a new running call if it is unknown.

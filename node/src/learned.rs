@@ -26,11 +26,12 @@
 
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tern_actors::Error;
 use tern_actors::metrics::Metrics;
 use tern_actors::placement::{Decision, MeuView, NodeView, Observed, Placement, WarmAffinity};
+use tern_cluster::sync::{lock, read, write};
 use tern_policy::PolicyError;
 use tern_policy::features::NodeFeatures;
 use tern_policy::online::{Arm, Guard};
@@ -217,7 +218,7 @@ impl LearnedPlacement {
         nodes: &[NodeView],
     ) -> (Option<usize>, u64) {
         self.refresh_weights();
-        let serving = self.serving.read().unwrap_or_else(PoisonError::into_inner);
+        let serving = read(&self.serving);
         let pick = if nodes.len() <= STACK_CANDIDATES {
             let mut buf = [NodeFeatures::default(); STACK_CANDIDATES];
             for (i, (f, n)) in buf.iter_mut().zip(nodes).enumerate() {
@@ -258,7 +259,7 @@ impl LearnedPlacement {
             let Ok(scorer) = DispatchScorer::from_mlp(&weights.dispatch) else {
                 return;
             };
-            let mut serving = self.serving.write().unwrap_or_else(PoisonError::into_inner);
+            let mut serving = write(&self.serving);
             if serving.version < version {
                 *serving = Serving { version, scorer };
             }
@@ -268,10 +269,7 @@ impl LearnedPlacement {
 
     #[cfg(feature = "online-learning")]
     fn serving_version(&self) -> u64 {
-        self.serving
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .version
+        read(&self.serving).version
     }
 
     /// Reward of one observed MEU on `node` (tern-policy's reward: latency, cold start,
@@ -290,9 +288,9 @@ impl LearnedPlacement {
 
     /// The arm the guard has in charge (`Learned` without a guard).
     pub fn in_charge(&self) -> Arm {
-        self.guard.as_ref().map_or(Arm::Learned, |g| {
-            g.lock().unwrap_or_else(PoisonError::into_inner).in_charge()
-        })
+        self.guard
+            .as_ref()
+            .map_or(Arm::Learned, |g| lock(g).in_charge())
     }
 
     fn heuristic(
@@ -406,9 +404,10 @@ impl Placement for LearnedPlacement {
     }
 
     fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, Error> {
-        let arm = self.guard.as_ref().map_or(Arm::Learned, |g| {
-            g.lock().unwrap_or_else(PoisonError::into_inner).next_arm()
-        });
+        let arm = self
+            .guard
+            .as_ref()
+            .map_or(Arm::Learned, |g| lock(g).next_arm());
         if arm == Arm::Heuristic {
             return self.heuristic(meu, nodes, TAG_HEURISTIC);
         }
@@ -467,7 +466,7 @@ impl Placement for LearnedPlacement {
             _ => return,
         };
         if let Some(guard) = &self.guard {
-            let mut g = guard.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut g = lock(guard);
             g.record(arm, reward);
             let learned = i64::from(g.in_charge() == Arm::Learned);
             self.metrics.placement_guard_learned.store(learned, Relaxed);

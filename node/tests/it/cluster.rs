@@ -96,11 +96,20 @@ where
 }
 
 async fn start_three(root: &Path) -> Vec<NodeHandle> {
+    start_three_with(root, |_, c| c).await
+}
+
+/// Starts a, b and c, each with its `member_config` changed by `adjust(i, config)`, and waits
+/// until every one of them sees all three up.
+async fn start_three_with(
+    root: &Path,
+    adjust: impl Fn(usize, Config) -> Config,
+) -> Vec<NodeHandle> {
     init_pki(&root.join("pki"));
     let mesh = udp_ports(3);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(start(member_config(root, i, &mesh)).await);
+        nodes.push(start(adjust(i, member_config(root, i, &mesh))).await);
     }
     for n in &nodes {
         wait_all_up(n.addr(), Duration::from_secs(20)).await;
@@ -328,6 +337,11 @@ async fn placement_decisions(addr: SocketAddr, policy: &str) -> f64 {
         .sum()
 }
 
+/// The learned policy's weights committed with tern-policy's benchmark report.
+fn shipped_checkpoint() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors")
+}
+
 /// `placement = "learned"` on all three nodes with the committed checkpoint: invocations
 /// through every node are answered correctly, the decisions are the learned policy's (none
 /// fell back), and once a node is shut down no MEU is placed on it. `a` is `edge-small` and the
@@ -336,26 +350,16 @@ async fn placement_decisions(addr: SocketAddr, policy: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() {
     let root = tempfile::tempdir().unwrap();
-    init_pki(&root.path().join("pki"));
-    let mesh = udp_ports(3);
-    let checkpoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors");
-    let learned = |i: usize| Config {
+    let mut nodes = start_three_with(root.path(), |i, c| Config {
         placement: "learned".into(),
-        policy_checkpoint: Some(checkpoint.clone()),
+        policy_checkpoint: Some(shipped_checkpoint()),
         node_class: if i == 0 { "edge-small" } else { "standard" }.into(),
         // This test is about the policy's own decisions; the guard's probes (1 in 20 to warm
         // affinity) are tested with online learning below.
         placement_guard: false,
-        ..member_config(root.path(), i, &mesh)
-    };
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(start(learned(i)).await);
-    }
-    for n in &nodes {
-        wait_all_up(n.addr(), Duration::from_secs(20)).await;
-    }
+        ..c
+    })
+    .await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
     let f = "learned-echo";
     let r = request(
@@ -488,25 +492,15 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learned_placement_learns_online_behind_its_guard() {
     let root = tempfile::tempdir().unwrap();
-    init_pki(&root.path().join("pki"));
-    let mesh = udp_ports(3);
-    let checkpoint =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors");
-    let config = |i: usize| Config {
+    let nodes = start_three_with(root.path(), |_, c| Config {
         placement: "learned".into(),
-        policy_checkpoint: Some(checkpoint.clone()),
+        policy_checkpoint: Some(shipped_checkpoint()),
         placement_guard_window: 8,
         online_learning: true,
         online_batch: 16,
-        ..member_config(root.path(), i, &mesh)
-    };
-    let mut nodes = Vec::new();
-    for i in 0..3 {
-        nodes.push(start(config(i)).await);
-    }
-    for n in &nodes {
-        wait_all_up(n.addr(), Duration::from_secs(20)).await;
-    }
+        ..c
+    })
+    .await;
     // Invocations enter through a and b; c is one more candidate.
     let addrs: Vec<SocketAddr> = nodes[..2].iter().map(|n| n.addr()).collect();
     let f = "online-echo";
