@@ -1,5 +1,6 @@
-//! The failover test with real `tern` processes: `kill -9` of a node under steady load.
-//! Detected within 1.5 s, no accepted invocation lost, and the node rejoins after a restart.
+//! Failover tests with real `tern` processes: `kill -9` of a node under steady load, and a
+//! paused node (`SIGSTOP`, then `SIGCONT`). Either is detected within 1.5 s, no accepted
+//! invocation is lost, and the node rejoins (after a restart, or when it resumes).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -146,8 +147,37 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
     (sent, failures)
 }
 
+/// What happens to node b under load.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// `kill -9`, then a restart with the same data.
+    Kill,
+    /// `SIGSTOP` for a few seconds, then `SIGCONT`: b's connections have been closed by its
+    /// peers meanwhile, so anything it answers late goes nowhere (the connection is the
+    /// fence), and it rejoins without a restart.
+    Pause,
+}
+
+fn signal(proc: &Proc, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(proc.child.id().to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_nothing_and_the_node_rejoins() {
+    fault_under_load(Fault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_node_is_fenced_loses_nothing_and_rejoins_when_it_resumes() {
+    fault_under_load(Fault::Pause).await;
+}
+
+async fn fault_under_load(fault: Fault) {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     init_pki(&root.join("pki"));
@@ -204,9 +234,11 @@ async fn kill_9_under_load_loses_nothing_and_the_node_rejoins() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // kill -9 b.
     let killed_at = Instant::now();
-    drop(procs[1].take());
+    match fault {
+        Fault::Kill => drop(procs[1].take()),
+        Fault::Pause => signal(procs[1].as_ref().unwrap(), "STOP"),
+    }
     let mut detected = [Duration::ZERO; 2];
     for (k, entry) in [a, c].into_iter().enumerate() {
         detected[k] = eventually("b detected down", Duration::from_secs(10), || async {
@@ -246,12 +278,18 @@ async fn kill_9_under_load_loses_nothing_and_the_node_rejoins() {
         + metric(c, "tern_failover_reruns_total").await;
     assert!(reruns >= 1.0, "no MEU was re-placed");
     eprintln!(
-        "kill -9: {total} sync requests, 0 lost, {reruns} re-placed MEUs, detected after {:?} (a) / {:?} (c)",
+        "{fault:?}: {total} sync requests, 0 lost, {reruns} re-placed MEUs, detected after {:?} (a) / {:?} (c)",
         detected[0], detected[1]
     );
 
-    // b restarts with its data and rejoins; work goes back to it.
-    procs[1] = Some(spawn_node(root, 1, &http, &mesh).await);
+    // b restarts with its data (or resumes) and rejoins; work goes back to it.
+    match fault {
+        Fault::Kill => procs[1] = Some(spawn_node(root, 1, &http, &mesh).await),
+        Fault::Pause => {
+            // Paused past its peers' idle timeout: they closed their connections to it.
+            signal(procs[1].as_ref().unwrap(), "CONT");
+        }
+    }
     for entry in [a, c] {
         eventually("b rejoined", Duration::from_secs(30), || async {
             (member_state(entry, "b").await == "up").then_some(())
