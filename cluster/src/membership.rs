@@ -63,7 +63,11 @@ impl Default for BackoffConfig {
     fn default() -> Self {
         Self {
             base: Duration::from_millis(100),
-            max: Duration::from_secs(5),
+            // A dial to an unreachable peer costs a few packets, and after a partition heals
+            // the link must be back within 2 s (reliability row 1): the dial in flight at the
+            // heal resends its Initial at most ~1 s later or gives up (`dial_timeout`), and
+            // the next one starts at most 500 ms later.
+            max: Duration::from_millis(500),
         }
     }
 }
@@ -374,12 +378,13 @@ mod tests {
             delays.push((due - now).as_millis() as u64);
             now = due;
         }
-        // Failure k waits in [d/2, d] with d = min(100·2^k, 5000).
+        // Failure k waits in [d/2, d] with d = min(100·2^k, 500).
         for (i, d) in delays.iter().enumerate() {
-            let cap = (100u64 << (i + 1)).min(5000);
+            let cap = (100u64 << (i + 1)).min(500);
             assert!(*d >= cap / 2 && *d <= cap, "attempt {i}: {d} vs cap {cap}");
         }
-        assert!(delays.iter().all(|d| *d <= 5000));
+        assert!(delays.iter().all(|d| *d <= 500));
+        assert!(delays[11] >= 250, "capped, not reset: {delays:?}");
         // Success resets the exponent: the next loss redials after ~base again.
         m.tick(now);
         m.connected(&n("b"), 9, now);

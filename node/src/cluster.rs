@@ -44,6 +44,8 @@ pub struct ClusterLink {
     mesh: Mesh,
     app: Weak<App>,
     statuses: RwLock<BTreeMap<NodeName, (NodeStatus, Instant)>>,
+    /// When each peer entered its current membership state (from the mesh's events).
+    state_since: RwLock<BTreeMap<NodeName, Instant>>,
     frame_limit: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
@@ -55,6 +57,8 @@ pub struct ClusterLink {
 pub struct MemberView {
     pub node: String,
     pub state: &'static str,
+    /// Milliseconds since it entered `state` (absent until its first change seen here).
+    pub state_age_ms: Option<u64>,
     /// Milliseconds since its last status (absent before the first).
     pub status_age_ms: Option<u64>,
     pub queue_depth: Option<u32>,
@@ -124,6 +128,7 @@ impl ClusterLink {
                 mesh,
                 app: Arc::downgrade(app),
                 statuses: RwLock::default(),
+                state_since: RwLock::default(),
                 frame_limit,
                 tasks: Mutex::default(),
                 sessions,
@@ -147,6 +152,7 @@ impl ClusterLink {
     /// Every configured peer with its state and last status.
     pub fn members(&self) -> Vec<MemberView> {
         let statuses = read(&self.statuses);
+        let since = read(&self.state_since);
         self.mesh
             .members()
             .into_iter()
@@ -159,6 +165,7 @@ impl ClusterLink {
                         PeerState::Joining => "joining",
                         PeerState::Down => "down",
                     },
+                    state_age_ms: since.get(&node).map(|at| at.elapsed().as_millis() as u64),
                     status_age_ms: status.map(|(_, at)| at.elapsed().as_millis() as u64),
                     queue_depth: status.map(|(s, _)| s.queue_depth),
                     class: status.map(|(s, _)| s.class.clone()),
@@ -595,6 +602,9 @@ async fn watch_membership(link: Weak<ClusterLink>) {
                 m.rejected_session_streams
                     .store(sessions.rejected_streams(), Relaxed);
             }
+        }
+        if let Ok(Ok(event)) = &event {
+            write(&l.state_since).insert(event.node.clone(), event.at);
         }
         match event {
             Ok(Ok(event)) => match event.state {
