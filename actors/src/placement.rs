@@ -72,6 +72,34 @@ pub struct Decision {
     pub tag: u64,
 }
 
+/// How a placed MEU ended, as far as placement is concerned.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Fate {
+    /// Answered (output or not, the node did its job).
+    #[default]
+    Answered,
+    /// Hit its time limit: a slow or busy node may be to blame; the latency says how bad.
+    TimedOut,
+    /// The node could not take or finish it (overloaded, unavailable, internal error): a
+    /// placement that keeps choosing such nodes is doing badly.
+    Refused,
+    /// The guest or the request failed (trap, bad exit, bad input): the same anywhere, so it
+    /// says nothing about the placement.
+    GuestError,
+}
+
+impl Fate {
+    /// The fate of an MEU that ended with an error of this code.
+    pub fn of_error(code: tern_wire::ErrorCode) -> Fate {
+        use tern_wire::ErrorCode as C;
+        match code {
+            C::Timeout => Fate::TimedOut,
+            C::Overloaded | C::Unavailable | C::Internal => Fate::Refused,
+            _ => Fate::GuestError,
+        }
+    }
+}
+
 /// What became of a placed MEU, as the SchedulerAgent measured it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Observed {
@@ -83,9 +111,7 @@ pub struct Observed {
     pub cold_us: u64,
     /// Guest execution time, µs.
     pub exec_us: u64,
-    /// `false` when the MEU ended in an error (guest error, timeout, no node): its latency
-    /// says little about the placement.
-    pub ok: bool,
+    pub fate: Fate,
 }
 
 pub trait Placement: Send + Sync + 'static {

@@ -17,7 +17,7 @@ use tern_wire::FunctionInfo;
 use tokio::sync::oneshot;
 
 use crate::pipeline::{Outcome, forward};
-use crate::placement::{Decision, MeuView, NodeView, Observed};
+use crate::placement::{Decision, Fate, MeuView, NodeView, Observed};
 use crate::remote::RemoteFailure;
 use crate::runtime::Meu;
 use crate::runtime_pool::RuntimePoolMsg;
@@ -122,16 +122,18 @@ fn observed_reply(
     tokio::spawn(async move {
         let Ok(result) = rx.await else { return };
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        // Timings may come from a peer: saturate rather than trust them to be sane.
         let observed = match &result {
             Ok(o) => Observed {
                 latency_us,
                 cold_start: o.cold_start,
-                cold_us: o.timings.load_us + o.timings.inst_us,
+                cold_us: o.timings.load_us.saturating_add(o.timings.inst_us),
                 exec_us: o.timings.exec_us,
-                ok: true,
+                fate: Fate::Answered,
             },
-            Err(_) => Observed {
+            Err(e) => Observed {
                 latency_us,
+                fate: Fate::of_error(e.code()),
                 ..Observed::default()
             },
         };

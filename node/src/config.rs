@@ -108,6 +108,10 @@ pub struct Config {
     pub ractor_sessions: bool,
 }
 
+const MAX_GUARD_WINDOW: usize = 1 << 16;
+const MAX_GUARD_MARGIN_MS: f64 = 60_000.0;
+const MAX_ONLINE_BATCH: usize = 1 << 16;
+
 /// Keys whose default is "unset", so they are absent from the defaults table but may still be
 /// set from the environment.
 const OPTIONAL_KEYS: &[&str] = &["cluster_dir", "client_listen", "policy_checkpoint"];
@@ -218,11 +222,13 @@ impl Config {
                 "placement = \"learned\" needs policy_checkpoint (exported policy weights)",
             );
         }
-        if self.placement_guard_window < 4 {
-            return bad("placement_guard_window must be at least 4");
+        // Upper bounds keep the guard able to switch at all (it needs window/4 samples per
+        // arm) and the trainer's queue (4 × batch) allocatable.
+        if !(4..=MAX_GUARD_WINDOW).contains(&self.placement_guard_window) {
+            return bad("placement_guard_window must be in 4..=65536");
         }
-        if !(self.placement_guard_margin_ms.is_finite() && self.placement_guard_margin_ms >= 0.0) {
-            return bad("placement_guard_margin_ms must be a finite number ≥ 0");
+        if !(0.0..=MAX_GUARD_MARGIN_MS).contains(&self.placement_guard_margin_ms) {
+            return bad("placement_guard_margin_ms must be in 0..=60000 (NaN is not)");
         }
         if self.online_learning {
             if self.placement != "learned" {
@@ -234,8 +240,8 @@ impl Config {
                      cargo build --release -p tern-node --features online-learning",
                 );
             }
-            if self.online_batch < 2 {
-                return bad("online_batch must be at least 2");
+            if !(2..=MAX_ONLINE_BATCH).contains(&self.online_batch) {
+                return bad("online_batch must be in 2..=65536");
             }
         }
         self.parsed_peers()?;
@@ -343,8 +349,8 @@ impl NodeClass {
     }
 }
 
-/// An environment value as TOML: integers and booleans as such, `[..]` as an array, otherwise a
-/// string.
+/// An environment value as TOML: integers, floats (only with a decimal point) and booleans as
+/// such, `[..]` as an array, otherwise a string.
 fn env_value(raw: &str) -> toml::Value {
     if let Ok(i) = raw.parse::<i64>() {
         return toml::Value::Integer(i);
@@ -494,6 +500,16 @@ mod tests {
         for (key, value, message) in [
             ("TERN_PLACEMENT_GUARD_WINDOW", "2", "placement_guard_window"),
             (
+                "TERN_PLACEMENT_GUARD_WINDOW",
+                "100000",
+                "placement_guard_window",
+            ),
+            (
+                "TERN_PLACEMENT_GUARD_MARGIN_MS",
+                "1e999.0",
+                "placement_guard_margin_ms",
+            ),
+            (
                 "TERN_PLACEMENT_GUARD_MARGIN_MS",
                 "-1.0",
                 "placement_guard_margin_ms",
@@ -514,6 +530,10 @@ mod tests {
             assert!(online.unwrap().online_learning);
             assert!(matches!(
                 with(&[("TERN_ONLINE_LEARNING", "true"), ("TERN_ONLINE_BATCH", "1")]),
+                Err(ConfigError::Invalid(m)) if m.contains("online_batch")
+            ));
+            assert!(matches!(
+                with(&[("TERN_ONLINE_LEARNING", "true"), ("TERN_ONLINE_BATCH", "9999999999")]),
                 Err(ConfigError::Invalid(m)) if m.contains("online_batch")
             ));
         } else {

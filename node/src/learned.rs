@@ -30,8 +30,12 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tern_actors::Error;
 use tern_actors::metrics::Metrics;
-use tern_actors::placement::{Decision, MeuView, NodeView, Observed, Placement, WarmAffinity};
-use tern_cluster::sync::{lock, read, write};
+use tern_actors::placement::{
+    Decision, Fate, MeuView, NodeView, Observed, Placement, WarmAffinity,
+};
+#[cfg(feature = "online-learning")]
+use tern_cluster::sync::write;
+use tern_cluster::sync::{lock, read};
 use tern_policy::PolicyError;
 use tern_policy::features::NodeFeatures;
 use tern_policy::online::{Arm, Guard};
@@ -45,6 +49,9 @@ pub const STACK_CANDIDATES: usize = 32;
 
 /// Memory assumed when `/proc/meminfo` cannot be read (the features need a fraction).
 const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
+
+/// tern-policy's rewards are clipped to [−10, 0].
+const MIN_REWARD: f32 = -10.0;
 
 /// Every `GUARD_PROBE_EVERY`-th decision goes to the arm not in charge (5 %).
 pub const GUARD_PROBE_EVERY: u64 = 20;
@@ -85,6 +92,9 @@ pub struct LearnedPlacement {
     /// Draws made by sampled decisions: the counter of a deterministic uniform sequence.
     #[cfg(feature = "online-learning")]
     draws: std::sync::atomic::AtomicU64,
+    /// Set once the trainer has been seen gone (reported once, not per transition).
+    #[cfg(feature = "online-learning")]
+    trainer_gone: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -105,6 +115,8 @@ impl LearnedPlacement {
         slots: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PolicyError> {
+        // Without a guard the learned policy is always in charge.
+        metrics.placement_guard_learned.store(1, Relaxed);
         Ok(LearnedPlacement {
             serving: RwLock::new(Serving {
                 version: 0,
@@ -123,6 +135,8 @@ impl LearnedPlacement {
             online: None,
             #[cfg(feature = "online-learning")]
             draws: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "online-learning")]
+            trainer_gone: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -151,7 +165,7 @@ impl LearnedPlacement {
         use tern_policy::online::{OnlineConfig, OnlineLearner};
         let cfg = OnlineConfig {
             batch,
-            queue: (4 * batch).max(1024),
+            queue: batch.saturating_mul(4).clamp(1024, 1 << 18),
             ..OnlineConfig::default()
         };
         self.online = Some(OnlineLearner::start(weights, cfg)?);
@@ -273,8 +287,13 @@ impl LearnedPlacement {
     }
 
     /// Reward of one observed MEU on `node` (tern-policy's reward: latency, cold start,
-    /// energy of the guest's CPU time on that node class, SLA).
+    /// energy of the guest's CPU time on that node class, SLA). A refusal (overloaded,
+    /// unavailable) gets the lowest reward: it answered fast, but not with the work done. A
+    /// timeout is charged its latency, which is past the SLA.
     pub fn reward(&self, node: &NodeView, outcome: &Observed) -> f32 {
+        if outcome.fate == Fate::Refused {
+            return MIN_REWARD;
+        }
         let cold_ms = if outcome.cold_start {
             outcome.cold_us as f64 / 1000.0
         } else {
@@ -284,6 +303,34 @@ impl LearnedPlacement {
         let energy_j = outcome.exec_us as f64 / 1e6 * watts;
         self.reward
             .reward(outcome.latency_us as f64 / 1000.0, cold_ms, energy_j)
+    }
+
+    /// The learned arm's `choice` (node, weights version) as a counted decision; no choice
+    /// while some node is usable goes to the heuristic as a fallback.
+    fn learned_or_fallback(
+        &self,
+        meu: &MeuView<'_>,
+        nodes: &[NodeView],
+        choice: (Option<usize>, u64),
+    ) -> Result<Decision, Error> {
+        match choice {
+            (Some(node), version) => {
+                self.metrics.placement_learned.fetch_add(1, Relaxed);
+                Ok(Decision {
+                    node,
+                    tag: version << TAG_BITS | TAG_LEARNED,
+                })
+            }
+            // Only a decision the policy could have made counts as a fallback; with no
+            // usable node the heuristic fails the same typed way.
+            (None, _) if !nodes.iter().any(NodeView::usable) => {
+                self.fallback.place(meu, nodes).map(|node| Decision {
+                    node,
+                    tag: TAG_FALLBACK,
+                })
+            }
+            (None, _) => self.heuristic(meu, nodes, TAG_FALLBACK),
+        }
     }
 
     /// The arm the guard has in charge (`Learned` without a guard).
@@ -321,6 +368,7 @@ impl LearnedPlacement {
         nodes: &[NodeView],
     ) -> Option<(Option<usize>, u64)> {
         let online = self.online.as_ref()?;
+        self.metrics.policy_updates.store(online.updates(), Relaxed);
         let cell = online.weights();
         // Version first: weights newer than their tag make `learn` skip the transition,
         // never train on a mislabelled one.
@@ -377,15 +425,16 @@ impl LearnedPlacement {
             return;
         };
         let value = weights.dispatch_value(&candidates);
-        // A full queue drops (counted); a stopped trainer is reported once per transition.
+        // A full queue drops (counted); a trainer that has stopped is reported once.
         if let Err(e) = online.record(Transition {
             candidates,
             action: decision.node,
             logp,
             value,
             reward,
-        }) {
-            tracing::warn!(error = %e, "online learner refused a transition");
+        }) && !self.trainer_gone.swap(true, Relaxed)
+        {
+            tracing::error!(error = %e, "the online learner stopped; serving its last weights");
         }
         self.metrics
             .policy_dropped_transitions
@@ -399,8 +448,16 @@ impl Placement for LearnedPlacement {
         "learned"
     }
 
+    /// Re-placement after a failover (the SchedulerAgent's only use of `place`): the arm in
+    /// charge decides, greedily, without a probe, so that failovers neither shift the guard's
+    /// probe schedule nor get sampled. Its outcome is credited to the first decision.
     fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
-        self.decide(meu, nodes).map(|d| d.node)
+        let decision = if self.in_charge() == Arm::Heuristic {
+            self.heuristic(meu, nodes, TAG_HEURISTIC)
+        } else {
+            self.learned_or_fallback(meu, nodes, self.policy_choice_versioned(meu, nodes))
+        };
+        decision.map(|d| d.node)
     }
 
     fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, Error> {
@@ -418,24 +475,7 @@ impl Placement for LearnedPlacement {
         };
         #[cfg(not(feature = "online-learning"))]
         let choice = self.policy_choice_versioned(meu, nodes);
-        match choice {
-            (Some(node), version) => {
-                self.metrics.placement_learned.fetch_add(1, Relaxed);
-                Ok(Decision {
-                    node,
-                    tag: version << TAG_BITS | TAG_LEARNED,
-                })
-            }
-            // Only a decision the policy could have made counts as a fallback; with no
-            // usable node the heuristic fails the same typed way.
-            (None, _) if !nodes.iter().any(NodeView::usable) => {
-                self.fallback.place(meu, nodes).map(|node| Decision {
-                    node,
-                    tag: TAG_FALLBACK,
-                })
-            }
-            (None, _) => self.heuristic(meu, nodes, TAG_FALLBACK),
-        }
+        self.learned_or_fallback(meu, nodes, choice)
     }
 
     fn observes(&self) -> bool {
@@ -453,8 +493,11 @@ impl Placement for LearnedPlacement {
         decision: Decision,
         outcome: &Observed,
     ) {
-        // An error (guest trap, timeout) says little about where it ran.
-        let Some(node) = nodes.get(decision.node).filter(|_| outcome.ok) else {
+        // A guest's own error is the same on any node: it says nothing about the placement.
+        let Some(node) = nodes
+            .get(decision.node)
+            .filter(|_| outcome.fate != Fate::GuestError)
+        else {
             return;
         };
         self.metrics.placement_observed.fetch_add(1, Relaxed);
@@ -868,7 +911,7 @@ mod tests {
         Observed {
             latency_us,
             exec_us: latency_us / 2,
-            ok: true,
+            fate: Fate::Answered,
             ..Observed::default()
         }
     }
@@ -918,17 +961,41 @@ mod tests {
         assert_eq!(metrics.placement_guard_learned.load(Relaxed), 1);
         assert_eq!(count(&metrics.placement_observed), 900);
         assert_eq!(count(&metrics.placement_fallback), 0);
-        // Failed MEUs say nothing about placement: not observed, the guard does not move.
+        // A guest's own errors say nothing about placement: not observed, the guard stays.
         for _ in 0..400 {
             let d = p.decide(&meu(), &nodes).unwrap();
             let failed = Observed {
                 latency_us: if d.node == far { 9_000_000 } else { 1 },
+                fate: Fate::GuestError,
                 ..Observed::default()
             };
             p.observe(&meu(), &nodes, d, &failed);
         }
         assert_eq!(p.in_charge(), Arm::Learned);
         assert_eq!(count(&metrics.placement_observed), 900);
+        // A node that refuses (overloaded, unavailable) answers fast, but counts as the worst
+        // outcome: the policy that keeps choosing it loses charge.
+        for _ in 0..400 {
+            let d = p.decide(&meu(), &nodes).unwrap();
+            let outcome = if d.node == far {
+                Observed {
+                    latency_us: 10,
+                    fate: Fate::Refused,
+                    ..Observed::default()
+                }
+            } else {
+                ran_in(2_000)
+            };
+            p.observe(&meu(), &nodes, d, &outcome);
+        }
+        assert_eq!(p.in_charge(), Arm::Heuristic);
+        // A failover re-placement follows the arm in charge, without probing or counting a
+        // heuristic decision twice.
+        let probes = count(&metrics.placement_learned);
+        for _ in 0..40 {
+            assert_eq!(p.place(&meu(), &nodes).unwrap(), owner);
+        }
+        assert_eq!(count(&metrics.placement_learned), probes);
     }
 
     #[test]
@@ -988,19 +1055,28 @@ mod tests {
         };
         let before = p_slow(&weights);
         let mut picks = [0usize; 3];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while metrics.policy_updates.load(Relaxed) < 60 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "only {} updates",
-                metrics.policy_updates.load(Relaxed)
-            );
-            let d = p.decide(&meu(), &nodes).unwrap();
-            picks[d.node] += 1;
-            let latency = if d.node == slow { 40_000 } else { 1_000 };
-            p.observe(&meu(), &nodes, d, &ran_in(latency));
-            std::thread::yield_now();
+        // Rounds of one batch each: every round's decisions are made with the weights the
+        // trainer last swapped in, so none is dropped as stale and the run is reproducible.
+        for round in 1..=60u64 {
+            for _ in 0..64 {
+                let d = p.decide(&meu(), &nodes).unwrap();
+                picks[d.node] += 1;
+                let latency = if d.node == slow { 40_000 } else { 1_000 };
+                p.observe(&meu(), &nodes, d, &ran_in(latency));
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while p.online.as_ref().unwrap().updates() < round {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: no update"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
+        assert_eq!(metrics.policy_dropped_transitions.load(Relaxed), 0);
+        // The next decision swaps the last weights in.
+        p.decide(&meu(), &nodes).unwrap();
+        assert_eq!(metrics.policy_updates.load(Relaxed), 60);
         assert!(
             picks.iter().all(|&n| n > 0),
             "sampling tries every node: {picks:?}"

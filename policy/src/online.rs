@@ -89,7 +89,7 @@ mod learner {
     use crate::ppo::{DispatchRollout, PpoConfig, QuotaRollout, ppo_update};
     use crate::rng::Rng;
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
     use std::thread::JoinHandle;
 
@@ -131,6 +131,9 @@ mod learner {
         handle: Option<JoinHandle<()>>,
         dropped: AtomicU64,
         updates: Arc<AtomicU64>,
+        /// Set by `stop`: the trainer leaves at once instead of training on what is queued
+        /// (a node shutting down must not wait for PPO updates).
+        stopping: Arc<AtomicBool>,
     }
 
     impl OnlineLearner {
@@ -140,10 +143,11 @@ mod learner {
             let cell = Arc::new(WeightCell::new(init.clone()));
             let (tx, rx) = sync_channel(cfg.queue.max(1));
             let updates = Arc::new(AtomicU64::new(0));
-            let (c2, u2) = (cell.clone(), updates.clone());
+            let stopping = Arc::new(AtomicBool::new(false));
+            let (c2, u2, s2) = (cell.clone(), updates.clone(), stopping.clone());
             let handle = std::thread::Builder::new()
                 .name("tern-policy-trainer".into())
-                .spawn(move || trainer(rx, init, cfg, c2, u2))
+                .spawn(move || trainer(rx, init, cfg, c2, u2, s2))
                 .map_err(|e| PolicyError::Trainer(e.to_string()))?;
             Ok(OnlineLearner {
                 cell,
@@ -151,6 +155,7 @@ mod learner {
                 handle: Some(handle),
                 dropped: AtomicU64::new(0),
                 updates,
+                stopping,
             })
         }
 
@@ -209,7 +214,8 @@ mod learner {
             self.updates.load(Ordering::Acquire)
         }
 
-        /// Stop the trainer and wait for it.
+        /// Stop the trainer and wait for it: what is already queued is trained on first
+        /// (a pending `flush` included). Dropping the learner stops it without that.
         pub fn stop(&mut self) -> Result<()> {
             self.tx = None;
             if let Some(h) = self.handle.take() {
@@ -221,7 +227,10 @@ mod learner {
     }
 
     impl Drop for OnlineLearner {
+        /// Leaves queued transitions untrained, so that dropping the learner (a node shutting
+        /// down, maybe on an async runtime's thread) waits at most for an update in progress.
         fn drop(&mut self) {
+            self.stopping.store(true, Ordering::Release);
             let _ = self.stop();
         }
     }
@@ -232,6 +241,7 @@ mod learner {
         cfg: OnlineConfig,
         cell: Arc<WeightCell>,
         updates: Arc<AtomicU64>,
+        stopping: Arc<AtomicBool>,
     ) {
         let Ok(mut backend) = CandleBackend::new(&init) else {
             return;
@@ -240,6 +250,9 @@ mod learner {
         let mut buf = DispatchRollout::default();
         let mut qbuf = QuotaRollout::default();
         while let Ok(msg) = rx.recv() {
+            if stopping.load(Ordering::Acquire) {
+                return;
+            }
             let flush = match msg {
                 Msg::T(t) => {
                     // A transition whose candidate count differs from the buffer's starts a new
@@ -338,10 +351,33 @@ pub struct Guard {
     window: usize,
     margin: f32,
     probe_every: u64,
-    learned: VecDeque<f32>,
-    heuristic: VecDeque<f32>,
+    learned: Window,
+    heuristic: Window,
     n: u64,
     in_charge: Arm,
+}
+
+/// The last rewards of one arm with their running sum, so a record is O(1).
+#[derive(Debug, Clone, Default)]
+struct Window {
+    rewards: VecDeque<f32>,
+    sum: f64,
+}
+
+impl Window {
+    fn push(&mut self, reward: f32, cap: usize) {
+        self.rewards.push_back(reward);
+        self.sum += f64::from(reward);
+        if self.rewards.len() > cap
+            && let Some(old) = self.rewards.pop_front()
+        {
+            self.sum -= f64::from(old);
+        }
+    }
+
+    fn mean(&self) -> f64 {
+        self.sum / self.rewards.len().max(1) as f64
+    }
 }
 
 impl Guard {
@@ -351,8 +387,8 @@ impl Guard {
             window: window.max(1),
             margin,
             probe_every: probe_every.max(2),
-            learned: VecDeque::new(),
-            heuristic: VecDeque::new(),
+            learned: Window::default(),
+            heuristic: Window::default(),
             n: 0,
             in_charge: Arm::Learned,
         }
@@ -376,23 +412,19 @@ impl Guard {
         if !reward.is_finite() {
             return;
         }
-        let q = match arm {
-            Arm::Learned => &mut self.learned,
-            Arm::Heuristic => &mut self.heuristic,
-        };
-        q.push_back(reward);
-        if q.len() > self.window {
-            q.pop_front();
+        match arm {
+            Arm::Learned => self.learned.push(reward, self.window),
+            Arm::Heuristic => self.heuristic.push(reward, self.window),
         }
         // Decide only once both arms have a meaningful sample.
         let min = (self.window / 4).max(1);
-        if self.learned.len() >= min && self.heuristic.len() >= min {
-            let m = |q: &VecDeque<f32>| q.iter().sum::<f32>() / q.len() as f32;
-            self.in_charge = if m(&self.learned) + self.margin >= m(&self.heuristic) {
-                Arm::Learned
-            } else {
-                Arm::Heuristic
-            };
+        if self.learned.rewards.len() >= min && self.heuristic.rewards.len() >= min {
+            self.in_charge =
+                if self.learned.mean() + f64::from(self.margin) >= self.heuristic.mean() {
+                    Arm::Learned
+                } else {
+                    Arm::Heuristic
+                };
         }
     }
 

@@ -558,7 +558,6 @@ async fn learned_placement_learns_online_behind_its_guard() {
         })
         .await;
         let in_charge = metric(addr, "tern_placement_guard_learned_in_charge").await;
-        assert!(in_charge == 0.0 || in_charge == 1.0, "{in_charge}");
         println!(
             "{}: {} invocations, {learned} learned / {heuristic} heuristic decisions, learned in charge: {in_charge}",
             NAMES[i], sent[i]
