@@ -9,6 +9,7 @@ mod api;
 mod client;
 mod cluster;
 mod cluster_process;
+mod cluster_wire;
 mod hostile;
 mod persistence;
 mod supervision;
