@@ -1,9 +1,11 @@
 //! The cluster PKI behind `tern cluster init --out DIR --nodes a,b,c`: one ECDSA P-256 CA and,
 //! per node, a certificate whose only subject alternative name is `<node>.node.tern`.
 //!
-//! The CA key is not written anywhere: with it, anyone could mint a node identity, and this
-//! slice has no "add a node later" command (see README). The CA is also name-constrained to
-//! `node.tern`, so even a mis-issued leaf cannot claim another DNS name.
+//! The CA key is written only where the operator asks (`--ca-key FILE`, mode 0600), never into
+//! the cluster directory that is copied to every node: with it, anyone could mint a node
+//! identity. With it, `tern cluster add-node` issues a certificate for a new node that every
+//! existing node trusts. The CA is also name-constrained to `node.tern`, so even a mis-issued
+//! leaf cannot claim another DNS name.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -73,9 +75,19 @@ fn key_file(dir: &Path, name: &NodeName) -> PathBuf {
 }
 
 /// Creates `ca.pem` and `<node>.pem` / `<node>.key` for every node in `dir` (created if
-/// missing). Refuses, before writing anything, if any of these files already exists: silently
-/// replacing a CA would split the cluster.
+/// missing), and throws the CA key away. See [`init_keeping_ca_key`].
 pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError> {
+    init_keeping_ca_key(dir, nodes, None)
+}
+
+/// [`init`], also writing the CA key to `ca_key` (mode 0600) when given, so that nodes can
+/// be added later ([`add_node`]). Refuses, before writing anything, if any of these files
+/// already exists: silently replacing a CA would split the cluster.
+pub fn init_keeping_ca_key(
+    dir: &Path,
+    nodes: &[NodeName],
+    ca_key: Option<&Path>,
+) -> Result<Vec<PathBuf>, ClusterError> {
     let mut seen = std::collections::BTreeSet::new();
     for n in nodes {
         if !seen.insert(n) {
@@ -83,6 +95,7 @@ pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError
         }
     }
     let mut targets = vec![dir.join(CA_FILE)];
+    targets.extend(ca_key.map(Path::to_owned));
     for n in nodes {
         targets.push(cert_file(dir, n));
         targets.push(key_file(dir, n));
@@ -95,7 +108,78 @@ pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError
         source,
     })?;
 
-    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let ca_key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let ca_params = ca_params()?;
+    let ca_cert = ca_params.self_signed(&ca_key_pair)?;
+    let ca_key_pem = ca_key_pair.serialize_pem();
+    let issuer = Issuer::new(ca_params, ca_key_pair);
+
+    let mut written = Vec::new();
+    if let Some(path) = ca_key {
+        write_new(path, ca_key_pem.as_bytes(), true, &mut written)?;
+    }
+    write_new(
+        &dir.join(CA_FILE),
+        ca_cert.pem().as_bytes(),
+        false,
+        &mut written,
+    )?;
+    for n in nodes {
+        issue(dir, &issuer, n, &mut written)?;
+    }
+    Ok(written)
+}
+
+/// Issues `<node>.pem` / `<node>.key` in `dir` for a node joining an existing cluster, signed
+/// by the CA whose key `init_keeping_ca_key` wrote to `ca_key`. Refuses to overwrite, and
+/// checks that the key belongs to the CA in `dir/ca.pem` (a key from another cluster would
+/// issue certificates nobody here trusts).
+pub fn add_node(dir: &Path, ca_key: &Path, node: &NodeName) -> Result<Vec<PathBuf>, ClusterError> {
+    for path in [cert_file(dir, node), key_file(dir, node)] {
+        if path.exists() {
+            return Err(ClusterError::AlreadyExists(path));
+        }
+    }
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let key_pem = read(ca_key)?;
+    let ca_key_pair = KeyPair::from_pem(&key_pem).map_err(|e| ClusterError::BadPem {
+        path: ca_key.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let ca_path = dir.join(CA_FILE);
+    let ca = CertificateDer::from_pem_slice(read(&ca_path)?.as_bytes()).map_err(|e| {
+        ClusterError::BadPem {
+            path: ca_path.clone(),
+            reason: e.to_string(),
+        }
+    })?;
+    // The CA certificate is ours (same subject, constraints, key usages), so rebuilding its
+    // parameters with its key gives an issuer whose leaves chain to it: same issuer name,
+    // same key identifier. Its public key (the EC point, last in the SubjectPublicKeyInfo)
+    // must be the one in ca.pem.
+    let spki = webpki::anchor_from_trusted_cert(&ca)
+        .map_err(|e| ClusterError::BadPeerCertificate(e.to_string()))?
+        .subject_public_key_info
+        .to_vec();
+    if !spki.ends_with(ca_key_pair.public_key_raw()) {
+        return Err(ClusterError::BadPem {
+            path: ca_key.to_owned(),
+            reason: format!("not the key of the CA in {}", ca_path.display()),
+        });
+    }
+    let issuer = Issuer::new(ca_params()?, ca_key_pair);
+    let mut written = Vec::new();
+    issue(dir, &issuer, node, &mut written)?;
+    Ok(written)
+}
+
+/// The cluster CA's parameters: identical at `init` and at every `add_node`.
+fn ca_params() -> Result<CertificateParams, ClusterError> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, "Tern cluster CA");
@@ -106,17 +190,17 @@ pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError
         permitted_subtrees: vec![GeneralSubtree::DnsName(DNS_SUFFIX.to_owned())],
         excluded_subtrees: Vec::new(),
     });
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
+    Ok(ca_params)
+}
 
-    let mut written = Vec::new();
-    write_new(
-        &dir.join(CA_FILE),
-        ca_cert.pem().as_bytes(),
-        false,
-        &mut written,
-    )?;
-    for n in nodes {
+/// Writes node `n`'s certificate (signed by `issuer`) and new key into `dir`.
+fn issue(
+    dir: &Path,
+    issuer: &Issuer<'_, KeyPair>,
+    n: &NodeName,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), ClusterError> {
+    {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(vec![n.dns_name()])?;
         let mut dn = DistinguishedName::new();
@@ -129,21 +213,16 @@ pub fn init(dir: &Path, nodes: &[NodeName]) -> Result<Vec<PathBuf>, ClusterError
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer)?;
-        write_new(
-            &cert_file(dir, n),
-            cert.pem().as_bytes(),
-            false,
-            &mut written,
-        )?;
+        let cert = params.signed_by(&key, issuer)?;
+        write_new(&cert_file(dir, n), cert.pem().as_bytes(), false, written)?;
         write_new(
             &key_file(dir, n),
             key.serialize_pem().as_bytes(),
             true,
-            &mut written,
+            written,
         )?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Writes a file that must not exist yet (`create_new` closes the check-then-write race).

@@ -52,6 +52,54 @@ fn serve_one(ep: &std::sync::Arc<Endpoint>) -> tokio::task::JoinHandle<Connectio
     })
 }
 
+/// A node added later with the kept CA key (`tern cluster add-node`) is trusted by the
+/// original nodes, both ways; a key from another cluster cannot add one, and nothing is
+/// overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_added_with_the_kept_ca_key_is_trusted_by_the_original_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki_dir, ca_key) = (dir.path().join("pki"), dir.path().join("ca.key"));
+    let written = pki::init_keeping_ca_key(&pki_dir, &[n("a"), n("b")], Some(&ca_key)).unwrap();
+    assert!(written.contains(&ca_key));
+    assert!(
+        !pki_dir.join("ca.key").exists(),
+        "the CA key stays out of the shared dir"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&ca_key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "CA key must be private");
+    }
+    let added = pki::add_node(&pki_dir, &ca_key, &n("d")).unwrap();
+    assert_eq!(added, vec![pki_dir.join("d.pem"), pki_dir.join("d.key")]);
+    assert!(matches!(
+        pki::add_node(&pki_dir, &ca_key, &n("d")),
+        Err(ClusterError::AlreadyExists(_))
+    ));
+    // Another cluster's CA key is refused before anything is written.
+    let other = dir.path().join("other");
+    let other_key = dir.path().join("other-ca.key");
+    pki::init_keeping_ca_key(&other, &[n("x")], Some(&other_key)).unwrap();
+    assert!(matches!(
+        pki::add_node(&pki_dir, &other_key, &n("e")),
+        Err(ClusterError::BadPem { .. })
+    ));
+    assert!(!pki_dir.join("e.pem").exists());
+
+    // d dials a (d > a, so only a test does that) and a dials d: verified both ways.
+    let a = std::sync::Arc::new(bind(&pki_dir, "a", TransportConfig::default()));
+    let d = std::sync::Arc::new(bind(&pki_dir, "d", TransportConfig::default()));
+    let at_a = serve_one(&a);
+    let conn = d.connect(&n("a"), a.local_addr().unwrap()).await.unwrap();
+    assert_eq!(conn.request(b"hi").await.unwrap(), b"echo:hi");
+    assert_eq!(at_a.await.unwrap().peer(), &n("d"));
+    let at_d = serve_one(&d);
+    let conn = a.connect(&n("d"), d.local_addr().unwrap()).await.unwrap();
+    assert_eq!(conn.request(b"yo").await.unwrap(), b"echo:yo");
+    assert_eq!(at_d.await.unwrap().peer(), &n("a"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_ca_peers_connect_verify_names_and_exchange_requests() {
     let dir = tempfile::tempdir().unwrap();

@@ -156,6 +156,23 @@ enum ClusterCommand {
         /// Comma-separated node names, e.g. `a,b,c`.
         #[arg(long, value_delimiter = ',', required = true)]
         nodes: Vec<String>,
+        /// Also write the CA key here (mode 0600), to add nodes later with `add-node`. Keep it
+        /// outside `--out` (which is copied to every node) and offline. Without it the CA key
+        /// is discarded and the node set is final.
+        #[arg(long)]
+        ca_key: Option<PathBuf>,
+    },
+    /// Issue the certificate of a new node (`NAME.pem`, `NAME.key` in `--dir`) with the CA key
+    /// kept by `init --ca-key`. Then start the node with every member as `--peer`, and restart
+    /// the members one at a time with the new node added to their peers.
+    AddNode {
+        /// The cluster directory written by `init`.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        node: String,
     },
 }
 
@@ -349,12 +366,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
             break finish(resp);
         },
-        Command::Cluster(ClusterCommand::Init { out, nodes }) => {
+        Command::Cluster(ClusterCommand::Init { out, nodes, ca_key }) => {
             let names = nodes
                 .iter()
                 .map(|n| n.parse::<tern_cluster::NodeName>())
                 .collect::<Result<Vec<_>, _>>()?;
-            for path in tern_cluster::pki::init(&out, &names)? {
+            for path in tern_cluster::pki::init_keeping_ca_key(&out, &names, ca_key.as_deref())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::AddNode { dir, ca_key, node }) => {
+            let name = node.parse::<tern_cluster::NodeName>()?;
+            for path in tern_cluster::pki::add_node(&dir, &ca_key, &name)? {
                 println!("{}", path.display());
             }
             Ok(())

@@ -567,3 +567,138 @@ async fn learned_placement_learns_online_behind_its_guard() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Adding a node to a running cluster: `tern cluster init --ca-key` kept the CA key, `tern
+/// cluster add-node` issues d's certificate, d starts with a, b and c as peers, and a, b, c
+/// are restarted one at a time with d added. d catches up on what was deployed before it
+/// joined, serves invocations, and the others place work on it; the cluster keeps answering
+/// throughout the rolling restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let (pki_dir, ca_key) = (root.join("pki"), root.join("ca.key"));
+    let tern = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tern {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let (pki_s, key_s) = (pki_dir.to_str().unwrap(), ca_key.to_str().unwrap());
+    tern(&[
+        "cluster", "init", "--out", pki_s, "--nodes", "a,b,c", "--ca-key", key_s,
+    ]);
+    let names = ["a", "b", "c", "d"];
+    let mesh = udp_ports(4);
+    let node = |i: usize, members: usize| {
+        let data = root.join(names[i]);
+        std::fs::create_dir_all(&data).unwrap();
+        Config {
+            node_name: names[i].into(),
+            examples: Vec::new(),
+            cluster_dir: Some(pki_dir.clone()),
+            cluster_listen: mesh[i],
+            peers: (0..members)
+                .filter(|&j| j != i)
+                .map(|j| format!("{}={}", names[j], mesh[j]))
+                .collect(),
+            ..config(&data)
+        }
+    };
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(start(node(i, 3)).await);
+    }
+    for n in &nodes {
+        wait_all_up(n.addr(), Duration::from_secs(20)).await;
+    }
+    let before = "deployed-before-d";
+    let r = request(
+        nodes[0].addr(),
+        Method::PUT,
+        &format!("/v1/functions/{before}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for n in &nodes[1..] {
+        eventually("replicated", Duration::from_secs(20), || async {
+            (invoke(n.addr(), before, "x").await.status == 200).then_some(())
+        })
+        .await;
+    }
+
+    tern(&[
+        "cluster", "add-node", "--dir", pki_s, "--ca-key", key_s, "--node", "d",
+    ]);
+    // d knows the members, but they do not know d yet: it has no link (the lower name dials,
+    // and a member refuses a name outside its peers) until they come back knowing it.
+    let d = start(node(3, 4)).await;
+    // Rolling restart: each member comes back knowing d; the others keep serving meanwhile.
+    for i in 0..3 {
+        nodes.remove(i).shutdown().await.unwrap();
+        let r = invoke(nodes[0].addr(), before, "during the restart").await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        nodes.insert(i, restart(node(i, 4)).await);
+    }
+    let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).chain([d.addr()]).collect();
+    for &addr in &all {
+        eventually("four members up", Duration::from_secs(30), || async {
+            let v = json(&request(addr, Method::GET, "/v1/cluster", Bytes::new()).await);
+            let members = v["members"].as_array().unwrap().clone();
+            (members.len() == 3 && members.iter().all(|m| m["state"] == "up")).then_some(())
+        })
+        .await;
+    }
+    // d caught up on the registry, and serves.
+    eventually(
+        "d has the old function",
+        Duration::from_secs(20),
+        || async {
+            let r = invoke(d.addr(), before, "via d").await;
+            (r.status == 200 && r.body[..] == *b"via d").then_some(())
+        },
+    )
+    .await;
+    // A function whose owner among the four is d runs on d, whoever receives it.
+    let f = name_owned_among("d", &names, "echo");
+    let r = request(
+        all[0],
+        Method::PUT,
+        &format!("/v1/functions/{f}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for &entry in &all[..3] {
+        eventually("placed on d", Duration::from_secs(20), || async {
+            let r = invoke(entry, &f, "x").await;
+            (r.status == 200 && r.header("x-tern-node") == Some("d")).then_some(())
+        })
+        .await;
+    }
+    for n in nodes.into_iter().chain([d]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Starts a node whose previous incarnation in this process just shut down: its UDP port is
+/// released once quinn's driver has finished closing, so retry the bind for a while.
+async fn restart(config: Config) -> NodeHandle {
+    let t0 = Instant::now();
+    loop {
+        match tern_node::start(config.clone()).await {
+            Ok(node) => return node,
+            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
+                assert!(e.to_string().contains("in use"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("node did not restart: {e}"),
+        }
+    }
+}
