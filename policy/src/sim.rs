@@ -5,8 +5,11 @@
 //! keep-alive expiry and eviction events are resolved lazily from timestamps instead of being
 //! pushed through a heap: the outcome is identical and a run is ~10⁵–10⁶ decisions per second.
 //!
-//! Latency of one request = RTT + queueing wait + cold-start cost (0 on a warm hit; a third of the
-//! class's cold start if the node still holds the compiled module) + execution time. Requests
+//! Latency of one request = the class's access RTT + the hop RTT if it runs off its entry node +
+//! queueing wait + cold-start cost (0 on a warm hit; a third of the class's cold start if the
+//! node still holds the compiled module) + execution time. Requests enter the cluster at nodes in
+//! turn (round-robin over arrivals); the `rtt_ms` feature of a candidate is the hop from the entry
+//! node: 0 for the entry node itself, [`SimConfig::hop_rtt_ms`] for every other node. Requests
 //! that exceed the node class's time limit are killed at the limit and retried once on a
 //! reference node (cost: limit + full cold start + execution), and counted as timeouts.
 //! Energy is the dynamic part only (busy CPU share × time × per-core power, plus memory held by
@@ -38,7 +41,8 @@ pub struct NodeClass {
     pub cold_start_ms: f32,
     /// CPU speed relative to the reference (1.0).
     pub speed: f32,
-    /// RTT from the scheduler, ms.
+    /// Access RTT of the class, ms (client ↔ node): part of the latency of every request the
+    /// node serves. Not the `rtt_ms` feature, which is the hop from the entry node.
     pub rtt_ms: f32,
     /// Dynamic power per busy core, W.
     pub busy_w_per_core: f32,
@@ -180,6 +184,9 @@ pub struct SimConfig {
     /// policy (a real scheduler knows the limits; without this the heuristics lose mostly by
     /// sending heavy functions to edge nodes to time out, which flatters the learned policy).
     pub mask_infeasible: bool,
+    /// RTT between two nodes, ms: a request placed off its entry node pays it once (forwarding
+    /// and the reply). Entry nodes are assigned round-robin over arrivals.
+    pub hop_rtt_ms: f64,
 }
 
 impl SimConfig {
@@ -198,6 +205,7 @@ impl SimConfig {
             exec_noise: 0.3,
             seed,
             mask_infeasible: true,
+            hop_rtt_ms: 0.2,
         }
     }
 }
@@ -260,6 +268,8 @@ pub struct SimReport {
     pub timeouts: u64,
     /// Requests over the SLA.
     pub sla_misses: u64,
+    /// Requests placed on another node than their entry node (they paid the hop RTT).
+    pub off_entry: u64,
     /// Dynamic energy, J.
     pub energy_j: f64,
     /// Reward of each dispatch decision, in the order the dispatcher was called (rejections
@@ -292,6 +302,8 @@ pub struct Summary {
     pub timeout_rate: f64,
     /// Rejected requests.
     pub rejected: u64,
+    /// Requests placed off their entry node / requests.
+    pub off_entry_rate: f64,
     /// Mean dispatch reward.
     pub mean_reward: f64,
 }
@@ -322,6 +334,7 @@ impl SimReport {
             energy_mj_per_req: self.energy_j * 1000.0 / div,
             timeout_rate: self.timeouts as f64 / div,
             rejected: self.rejected,
+            off_entry_rate: self.off_entry as f64 / div,
             mean_reward: self.dispatch_rewards.iter().map(|&x| x as f64).sum::<f64>()
                 / (self.dispatch_rewards.len() as f64).max(1.0),
         }
@@ -435,7 +448,7 @@ impl Simulator {
         node.mem_used -= freed;
     }
 
-    fn features(&self, f: usize, ni: usize, now: f64) -> NodeFeatures {
+    fn features(&self, f: usize, ni: usize, entry: usize, now: f64) -> NodeFeatures {
         let node = &self.nodes[ni];
         let c = &node.class;
         let act = self.action(f);
@@ -475,7 +488,11 @@ impl Simulator {
             mem_util: node.mem_used / c.mem_mb,
             expected_cold_ms: cold,
             recent_latency_ms: node.ewma_latency as f32,
-            rtt_ms: c.rtt_ms,
+            rtt_ms: if ni == entry {
+                0.0
+            } else {
+                self.cfg.hop_rtt_ms as f32
+            },
             expected_exec_ms: exec,
             time_limit_ms: c.time_limit_ms,
             speed: c.speed,
@@ -640,7 +657,8 @@ impl Simulator {
             }
             let mut cands = std::mem::take(&mut self.candidates);
             cands.clear();
-            cands.extend((0..self.nodes.len()).map(|ni| self.features(f, ni, now)));
+            let entry = (decision % self.nodes.len().max(1) as u64) as usize;
+            cands.extend((0..self.nodes.len()).map(|ni| self.features(f, ni, entry, now)));
             while let Some(Reverse((t, k, r))) = done.peek().copied()
                 && t.0 <= now
             {
@@ -666,7 +684,13 @@ impl Simulator {
                 }
                 continue;
             };
-            let (latency, reward) = self.admit(f, ni, now, &mut energy);
+            let hop = if ni == entry {
+                0.0
+            } else {
+                self.report.off_entry += 1;
+                self.cfg.hop_rtt_ms
+            };
+            let (latency, reward) = self.admit(f, ni, now, hop, &mut energy);
             done.push(Reverse((OrdF64(now + latency), seq, OrdF64(reward as f64))));
         }
         // Requests still in flight at the end complete after the last arrival.
@@ -685,8 +709,16 @@ impl Simulator {
         std::mem::take(&mut self.report)
     }
 
-    /// Place request `f` on node `ni`; returns its latency (ms) and reward.
-    fn admit(&mut self, f: usize, ni: usize, now: f64, energy: &mut f64) -> (f64, f32) {
+    /// Place request `f` on node `ni`, `hop_ms` away from its entry node; returns its latency (ms)
+    /// and reward.
+    fn admit(
+        &mut self,
+        f: usize,
+        ni: usize,
+        now: f64,
+        hop_ms: f64,
+        energy: &mut f64,
+    ) -> (f64, f32) {
         let act = self.action(f);
         let class = self.nodes[ni].class.clone();
         let base = self.exec_ms(f, &class, &act.decision);
@@ -723,7 +755,7 @@ impl Simulator {
         let timed_out = exec > limit;
         let service = cold_ms + exec.min(limit);
         let end = start + service;
-        let mut latency = class.rtt_ms as f64 + (start - now) + service;
+        let mut latency = class.rtt_ms as f64 + hop_ms + (start - now) + service;
         if timed_out {
             // Retry once on the reference node: full cold start and reference-speed execution.
             latency += NodeClass::standard().cold_start_ms as f64 + base * class.speed as f64;
@@ -1169,6 +1201,47 @@ mod tests {
         );
         assert!(same.learned_share() > 0.8, "{}", same.learned_share());
         assert_eq!(s, wa, "two identical arms behave like one");
+    }
+
+    #[test]
+    fn requests_placed_off_their_entry_node_pay_the_hop() {
+        // Two identical nodes; entries alternate 0, 1, 0, …; the dispatcher always picks node 1
+        // and records the rtt feature it saw.
+        struct Second(Vec<Vec<f32>>);
+        impl Dispatcher for Second {
+            fn name(&self) -> String {
+                "second".into()
+            }
+            fn dispatch(&mut self, _: &DispatchCtx, c: &[NodeFeatures]) -> Option<usize> {
+                self.0.push(c.iter().map(|n| n.rtt_ms).collect());
+                Some(1)
+            }
+        }
+        let cfg = SimConfig {
+            nodes: vec![NodeClass::standard(); 2],
+            exec_noise: 0.0,
+            hop_rtt_ms: 2.0,
+            ..SimConfig::heterogeneous(1)
+        };
+        let f = vec![FunctionSpec {
+            key: 1,
+            tenant: 0,
+            mem_mb: 128.0,
+            exec_ms: 10.0,
+        }];
+        let mut sim = Simulator::new(cfg, f);
+        let arr: Vec<Arrival> = (0..3)
+            .map(|k| Arrival {
+                t_ms: 1_000.0 * k as f64,
+                function: 0,
+            })
+            .collect();
+        let mut d = Second(Vec::new());
+        let rep = sim.run(&arr, &mut d, &mut FixedQuota::default());
+        assert_eq!(d.0, vec![vec![0.0, 2.0], vec![2.0, 0.0], vec![0.0, 2.0]]);
+        // cold via entry 0: 6 + 2 + 25 + 10; warm via entry 1 (local): 6 + 10; warm via 0: + 2.
+        assert_eq!(rep.latencies_ms, vec![43.0, 16.0, 18.0]);
+        assert_eq!(rep.off_entry, 2);
     }
 
     #[test]
