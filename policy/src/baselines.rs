@@ -3,6 +3,7 @@
 
 use crate::features::NodeFeatures;
 use crate::features::QuotaFeatures;
+use crate::online::{Arm, Guard};
 use crate::policy::{DispatchScorer, PolicyWeights, QuotaDecision};
 use crate::rng::Rng;
 
@@ -22,6 +23,13 @@ pub trait Dispatcher {
     fn name(&self) -> String;
     /// Index of the chosen candidate, or `None` when none is selectable.
     fn dispatch(&mut self, ctx: &DispatchCtx, candidates: &[NodeFeatures]) -> Option<usize>;
+    /// Feedback: the request placed by this dispatcher's `decision`-th call (0-based count of
+    /// `dispatch` calls) completed with `reward` ([`crate::sim::RewardConfig::reward`]). The
+    /// simulator delivers it in completion-time order, before the first decision taken after the
+    /// completion. Ignored by default.
+    fn on_complete(&mut self, decision: u64, reward: f32) {
+        let _ = (decision, reward);
+    }
 }
 
 /// Cycle through selectable nodes.
@@ -207,6 +215,158 @@ impl Dispatcher for LearnedDispatch {
     }
     fn dispatch(&mut self, _: &DispatchCtx, c: &[NodeFeatures]) -> Option<usize> {
         self.scorer.choose(c, self.lambda)
+    }
+}
+
+/// A deliberately bad dispatcher for testing the guard: the *lowest* Eq. 1 score among
+/// selectable candidates (the learned policy's scores inverted).
+#[derive(Debug, Clone)]
+pub struct InvertedDispatch {
+    scorer: DispatchScorer,
+    /// Cold-start penalty weight λ of Eq. 1.
+    pub lambda: f32,
+}
+
+impl InvertedDispatch {
+    /// Inverted dispatcher from exported weights.
+    pub fn new(weights: &PolicyWeights, lambda: f32) -> crate::error::Result<Self> {
+        Ok(InvertedDispatch {
+            scorer: DispatchScorer::from_mlp(&weights.dispatch)?,
+            lambda,
+        })
+    }
+}
+
+impl Dispatcher for InvertedDispatch {
+    fn name(&self) -> String {
+        "inverted ppo".into()
+    }
+    fn dispatch(&mut self, _: &DispatchCtx, c: &[NodeFeatures]) -> Option<usize> {
+        let mut worst: Option<(usize, f32)> = None;
+        for (i, n) in c.iter().enumerate() {
+            if !n.selectable() {
+                continue;
+            }
+            let s = self.scorer.logit(&n.to_vector()) - self.lambda * n.expected_cold_ms;
+            if s.is_finite() && worst.is_none_or(|(_, w)| s < w) {
+                worst = Some((i, s));
+            }
+        }
+        worst.map(|(i, _)| i)
+    }
+}
+
+/// The learned dispatcher behind the rolling-reward [`Guard`]: each decision asks the guard
+/// which arm serves it, and each completed request's reward goes back to the guard under the
+/// arm that placed it. The guard (see [`Guard`]) keeps the learned arm in charge while its
+/// rolling mean reward is within a margin of the heuristic's, and probes the other arm with a
+/// fixed share of decisions.
+pub struct GuardedDispatch {
+    learned: Box<dyn Dispatcher>,
+    heuristic: Box<dyn Dispatcher>,
+    guard: Guard,
+    /// Arm of each decision whose request has not completed yet.
+    pending: std::collections::BTreeMap<u64, Arm>,
+    seq: u64,
+    served: [u64; 2],
+    switches: u64,
+    last_in_charge: Arm,
+}
+
+impl std::fmt::Debug for GuardedDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardedDispatch")
+            .field("learned", &self.learned.name())
+            .field("heuristic", &self.heuristic.name())
+            .field("guard", &self.guard)
+            .field("served", &self.served)
+            .field("switches", &self.switches)
+            .finish()
+    }
+}
+
+impl GuardedDispatch {
+    /// Guard `learned` with `heuristic` as the fallback.
+    pub fn new(learned: Box<dyn Dispatcher>, heuristic: Box<dyn Dispatcher>, guard: Guard) -> Self {
+        let last_in_charge = guard.in_charge();
+        GuardedDispatch {
+            learned,
+            heuristic,
+            guard,
+            pending: std::collections::BTreeMap::new(),
+            seq: 0,
+            served: [0; 2],
+            switches: 0,
+            last_in_charge,
+        }
+    }
+
+    /// The guard settings the simulator benchmark uses: a 1,000-reward window per arm, a margin
+    /// of 0.02 reward units (2 ms-equivalent) and every 20th decision probing the other arm.
+    pub fn default_guard() -> Guard {
+        Guard::new(1000, 0.02, 20)
+    }
+
+    /// Decisions served by the learned arm and by the heuristic arm.
+    pub fn served(&self) -> (u64, u64) {
+        (self.served[0], self.served[1])
+    }
+
+    /// Share of decisions served by the learned arm (0 before any decision).
+    pub fn learned_share(&self) -> f64 {
+        let total = self.served[0] + self.served[1];
+        if total == 0 {
+            0.0
+        } else {
+            self.served[0] as f64 / total as f64
+        }
+    }
+
+    /// How many times the arm in charge changed.
+    pub fn switches(&self) -> u64 {
+        self.switches
+    }
+
+    /// The arm currently in charge.
+    pub fn in_charge(&self) -> Arm {
+        self.guard.in_charge()
+    }
+}
+
+impl Dispatcher for GuardedDispatch {
+    fn name(&self) -> String {
+        format!(
+            "{} + guard (fallback: {})",
+            self.learned.name(),
+            self.heuristic.name()
+        )
+    }
+    fn dispatch(&mut self, ctx: &DispatchCtx, c: &[NodeFeatures]) -> Option<usize> {
+        let seq = self.seq;
+        self.seq += 1;
+        let arm = self.guard.next_arm();
+        let choice = match arm {
+            Arm::Learned => {
+                self.served[0] += 1;
+                self.learned.dispatch(ctx, c)
+            }
+            Arm::Heuristic => {
+                self.served[1] += 1;
+                self.heuristic.dispatch(ctx, c)
+            }
+        };
+        self.pending.insert(seq, arm);
+        choice
+    }
+    fn on_complete(&mut self, decision: u64, reward: f32) {
+        if let Some(arm) = self.pending.remove(&decision) {
+            self.guard.record(arm, reward);
+            let now = self.guard.in_charge();
+            if now != self.last_in_charge {
+                self.switches += 1;
+                self.last_in_charge = now;
+            }
+        }
     }
 }
 
