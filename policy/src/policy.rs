@@ -111,6 +111,32 @@ impl DispatchScorer {
         }
         best.map(|(i, _)| i)
     }
+
+    /// The two otherwise identical idle warm candidates (one per node class: edge, standard,
+    /// burst) that tell whether the network learned the hop cost: one local (RTT 0), one
+    /// `rtt_ms` away. Reports and tests compare their logits.
+    pub fn hop_probe(rtt_ms: f32) -> [(NodeFeatures, NodeFeatures); 3] {
+        [(0u8, 50.0, 0.7), (1, 300.0, 1.0), (2, 900.0, 1.6)].map(|(class, limit, speed)| {
+            let local = NodeFeatures {
+                warm_instances: 1.0,
+                concurrency: 8.0,
+                expected_exec_ms: 12.0 / speed,
+                recent_latency_ms: 20.0,
+                time_limit_ms: limit,
+                speed,
+                class,
+                ..NodeFeatures::default()
+            };
+            (local, NodeFeatures { rtt_ms, ..local })
+        })
+    }
+
+    /// Logit of the local minus the remote candidate of [`DispatchScorer::hop_probe`], per
+    /// class: positive where the network prefers not to forward.
+    pub fn local_preference(&self, rtt_ms: f32) -> [f32; 3] {
+        Self::hop_probe(rtt_ms)
+            .map(|(local, remote)| self.logit(&local.to_vector()) - self.logit(&remote.to_vector()))
+    }
 }
 
 /// All weights of the learned scheduler.
@@ -565,21 +591,8 @@ mod tests {
         );
         let (w, _) = PolicyWeights::from_safetensors(&std::fs::read(path).unwrap()).unwrap();
         let scorer = DispatchScorer::from_mlp(&w.dispatch).unwrap();
-        for (class, limit, speed) in [(0u8, 50.0, 0.7), (1, 300.0, 1.0), (2, 900.0, 1.6)] {
-            let local = NodeFeatures {
-                warm_instances: 1.0,
-                concurrency: 8.0,
-                expected_exec_ms: 12.0 / speed,
-                recent_latency_ms: 20.0,
-                time_limit_ms: limit,
-                speed,
-                class,
-                ..NodeFeatures::default()
-            };
-            let remote = NodeFeatures {
-                rtt_ms: 2.0,
-                ..local
-            };
+        for (local, remote) in DispatchScorer::hop_probe(2.0) {
+            let class = local.class;
             let (l, r) = (
                 scorer.logit(&local.to_vector()),
                 scorer.logit(&remote.to_vector()),

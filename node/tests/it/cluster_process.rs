@@ -166,6 +166,22 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
     (sent, failures)
 }
 
+/// Deploys an echo function owned by b through `a`, and waits until `a` and `c` forward it
+/// to b.
+async fn deploy_owned_by_b(a: SocketAddr, c: SocketAddr) -> String {
+    let f = name_owned_by("b");
+    let r = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for entry in [a, c] {
+        eventually("forwarding to b", Duration::from_secs(30), || async {
+            let r = invoke(entry, &f, "x").await;
+            (r.status == 200 && r.header("x-tern-node") == Some("b")).then_some(())
+        })
+        .await;
+    }
+    f
+}
+
 /// What happens to node b under load.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -221,17 +237,7 @@ async fn fault_under_load(fault: Fault) {
         }
     }
 
-    // A function owned by b, deployed through a, so a and c forward to b.
-    let f = name_owned_by("b");
-    let r = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    for entry in [a, c] {
-        eventually("forwarding to b", Duration::from_secs(30), || async {
-            let r = invoke(entry, &f, "x").await;
-            (r.status == 200 && r.header("x-tern-node") == Some("b")).then_some(())
-        })
-        .await;
-    }
+    let f = deploy_owned_by_b(a, c).await;
 
     // Steady load through a and c, plus async invocations accepted by a.
     let stop = Arc::new(AtomicBool::new(false));
@@ -546,16 +552,7 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
         eventually("mesh up", Duration::from_secs(30), || all_up(i)).await;
     }
     let (a, b, c) = (http[0], http[1], http[2]);
-    let f = name_owned_by("b");
-    let r = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    for entry in [a, c] {
-        eventually("forwarding to b", Duration::from_secs(30), || async {
-            let r = invoke(entry, &f, "x").await;
-            (r.status == 200 && r.header("x-tern-node") == Some("b")).then_some(())
-        })
-        .await;
-    }
+    let f = deploy_owned_by_b(a, c).await;
     eventually("b has the function", Duration::from_secs(30), || async {
         (invoke(b, &f, "x").await.status == 200).then_some(())
     })

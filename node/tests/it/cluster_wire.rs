@@ -13,7 +13,7 @@ use hyper::Method;
 use tern_node::Config;
 use tokio::net::UdpSocket;
 
-use crate::cluster::{NAMES, eventually, init_pki, name_owned_by, udp_ports};
+use crate::cluster::{eventually, init_pki, member_config, name_owned_by, udp_ports};
 use crate::support::*;
 
 /// A UDP relay in front of `target` for one dialler. Each datagram, either way, is dropped
@@ -87,20 +87,12 @@ async fn forwarding_survives_loss_delay_and_reordering_and_a_dead_link_is_replac
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     init_pki(&root.join("pki"));
-    let mesh = udp_ports(2);
+    let mesh = udp_ports(3);
     // a reaches b only through the relay (a dials b: the lower name dials); c never starts.
     let (relay, loss) = lossy_relay(mesh[1], Duration::from_millis(4), 7).await;
-    let node = |i: usize, peer: String| {
-        let data = root.join(NAMES[i]);
-        std::fs::create_dir_all(&data).unwrap();
-        Config {
-            node_name: NAMES[i].into(),
-            examples: Vec::new(),
-            cluster_dir: Some(root.join("pki")),
-            cluster_listen: mesh[i],
-            peers: vec![peer],
-            ..config(&data)
-        }
+    let node = |i: usize, peer: String| Config {
+        peers: vec![peer],
+        ..member_config(root, i, &mesh)
     };
     let a = start(node(0, format!("b={relay}"))).await;
     let b = start(node(1, format!("a={}", mesh[0]))).await;

@@ -542,23 +542,8 @@ fn run_seed(args: &Args, trace: &Trace, seed: u64, w: Windows) -> Result<SeedRun
 /// Dispatch logit of an idle warm node with rtt 0 minus that of the same node `rtt_ms` away, for
 /// an edge, a standard and a burst node (NaN if the weights do not load into the scorer).
 fn local_pref(w: &PolicyWeights, rtt_ms: f32) -> [f32; 3] {
-    let Ok(scorer) = tern_policy::policy::DispatchScorer::from_mlp(&w.dispatch) else {
-        return [f32::NAN; 3];
-    };
-    [(0u8, 50.0, 0.7), (1, 300.0, 1.0), (2, 900.0, 1.6)].map(|(class, limit, speed)| {
-        let local = tern_policy::features::NodeFeatures {
-            warm_instances: 1.0,
-            concurrency: 8.0,
-            expected_exec_ms: 12.0 / speed,
-            recent_latency_ms: 20.0,
-            time_limit_ms: limit,
-            speed,
-            class,
-            ..Default::default()
-        };
-        let remote = tern_policy::features::NodeFeatures { rtt_ms, ..local };
-        scorer.logit(&local.to_vector()) - scorer.logit(&remote.to_vector())
-    })
+    tern_policy::policy::DispatchScorer::from_mlp(&w.dispatch)
+        .map_or([f32::NAN; 3], |scorer| scorer.local_preference(rtt_ms))
 }
 
 /// Median (mean of the two middle values for an even count); NaN for no values.
