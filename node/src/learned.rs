@@ -50,6 +50,10 @@ pub const STACK_CANDIDATES: usize = 32;
 /// Memory assumed when `/proc/meminfo` cannot be read (the features need a fraction).
 const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
 
+/// Weight versions whose decisions are still learned from when their outcome arrives.
+#[cfg(feature = "online-learning")]
+const RECENT_WEIGHTS: usize = 4;
+
 /// tern-policy's rewards are clipped to [−10, 0].
 const MIN_REWARD: f32 = -10.0;
 
@@ -95,6 +99,9 @@ pub struct LearnedPlacement {
     /// Set once the trainer has been seen gone (reported once, not per transition).
     #[cfg(feature = "online-learning")]
     trainer_gone: std::sync::atomic::AtomicBool,
+    /// The weights of the last few versions that made decisions, by version.
+    #[cfg(feature = "online-learning")]
+    recent: Mutex<std::collections::VecDeque<(u64, Arc<PolicyWeights>)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -137,6 +144,8 @@ impl LearnedPlacement {
             draws: std::sync::atomic::AtomicU64::new(0),
             #[cfg(feature = "online-learning")]
             trainer_gone: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(feature = "online-learning")]
+            recent: Mutex::default(),
             metrics,
         })
     }
@@ -372,8 +381,8 @@ impl LearnedPlacement {
         let cell = online.weights();
         // Version first: weights newer than their tag make `learn` skip the transition,
         // never train on a mislabelled one.
-        let version = cell.version();
-        let weights = cell.load();
+        let (version, weights) = cell.load_versioned();
+        self.remember(version, &weights);
         let features = self.all_features(meu, nodes);
         let mut scores = Vec::with_capacity(features.len());
         weights.dispatch_scores(&features, self.lambda, &mut scores);
@@ -409,17 +418,35 @@ impl LearnedPlacement {
         Some((pick, version))
     }
 
-    /// Hands a learned decision's outcome to the online learner as a PPO transition, if the
-    /// weights that made it still serve (a decision of replaced weights is off-policy).
+    /// Keeps the weights of the last [`RECENT_WEIGHTS`] versions that decided, so that an
+    /// outcome arriving after a swap is still learned from with the weights that made it.
+    #[cfg(feature = "online-learning")]
+    fn remember(&self, version: u64, weights: &Arc<PolicyWeights>) {
+        let mut recent = lock(&self.recent);
+        if recent.back().is_none_or(|(v, _)| *v != version) {
+            recent.push_back((version, weights.clone()));
+            if recent.len() > RECENT_WEIGHTS {
+                recent.pop_front();
+            }
+        }
+    }
+
+    /// Hands a learned decision's outcome to the online learner as a PPO transition, with the
+    /// log-probability under the weights that made the decision (PPO's clipped ratio tolerates
+    /// them being a few updates old; older ones are skipped). Slow outcomes arrive after more
+    /// swaps, so dropping every outcome of replaced weights would under-count them.
     #[cfg(feature = "online-learning")]
     fn learn(&self, meu: &MeuView<'_>, nodes: &[NodeView], decision: Decision, reward: f32) {
         use tern_policy::online::Transition;
         let Some(online) = &self.online else { return };
-        let cell = online.weights();
-        let weights = cell.load();
-        if decision.tag >> TAG_BITS != cell.version() {
+        let version = decision.tag >> TAG_BITS;
+        let Some(weights) = lock(&self.recent)
+            .iter()
+            .find(|(v, _)| *v == version)
+            .map(|(_, w)| w.clone())
+        else {
             return;
-        }
+        };
         let candidates = self.all_features(meu, nodes);
         let Some(logp) = weights.dispatch_log_prob(&candidates, self.lambda, decision.node) else {
             return;
@@ -1085,5 +1112,43 @@ mod tests {
         println!("P(slow node): {before:.3} → {after:.3}; picks {picks:?}");
         assert!(after < before * 0.5, "P(slow node) {before} → {after}");
         assert_eq!(metrics.placement_fallback.load(Relaxed), 0);
+    }
+
+    /// An outcome that arrives after the weights that decided it were replaced is still
+    /// trained on (with those weights' log-probability): the second batch fills only with it.
+    #[cfg(feature = "online-learning")]
+    #[test]
+    fn a_late_outcome_is_learned_with_the_weights_that_decided_it() {
+        let weights = PolicyWeights::init(5).unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let p = LearnedPlacement::new(&weights, 4, metrics)
+            .unwrap()
+            .with_online_learning(weights, 64)
+            .unwrap();
+        let nodes: Vec<NodeView> = ["a", "b"].iter().map(|n| node(n)).collect();
+        let online = p.online.as_ref().unwrap();
+        let wait_for = |updates: u64| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while online.updates() < updates {
+                assert!(std::time::Instant::now() < deadline, "no update {updates}");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        };
+        let decisions: Vec<Decision> = (0..65).map(|_| p.decide(&meu(), &nodes).unwrap()).collect();
+        for d in &decisions[..64] {
+            p.observe(&meu(), &nodes, *d, &ran_in(1_000));
+        }
+        wait_for(1);
+        // 63 decisions by the swapped-in weights, then the 65th outcome arrives, late: it
+        // completes the second batch.
+        for _ in 0..63 {
+            let d = p.decide(&meu(), &nodes).unwrap();
+            assert_eq!(d.tag >> TAG_BITS, 1, "decided by the swapped-in weights");
+            p.observe(&meu(), &nodes, d, &ran_in(1_000));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(online.updates(), 1, "63 transitions do not make a batch");
+        p.observe(&meu(), &nodes, decisions[64], &ran_in(1_000));
+        wait_for(2);
     }
 }

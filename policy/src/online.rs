@@ -37,6 +37,12 @@ impl WeightCell {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+    /// Snapshot of the current weights with their version, read together (a swap cannot fall
+    /// between the two).
+    pub fn load_versioned(&self) -> (u64, Arc<PolicyWeights>) {
+        let g = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        (self.version.load(Ordering::Acquire), g.clone())
+    }
     /// Replace the weights; returns the new version.
     pub fn store(&self, w: PolicyWeights) -> u64 {
         let mut g = self.current.lock().unwrap_or_else(PoisonError::into_inner);
@@ -343,9 +349,14 @@ pub enum Arm {
     Heuristic,
 }
 
-/// Rolling-reward guard. Every `probe_every`-th decision goes to the arm *not* currently in
-/// charge, so both arms keep fresh reward estimates; the learned policy is in charge while its
-/// rolling mean reward is at least the heuristic's minus `margin`. Deterministic (counter-based).
+/// Rolling-reward guard. One decision in every block of `probe_every` goes to the arm *not*
+/// currently in charge, so both arms keep fresh reward estimates; its position in the block is
+/// pseudo-random, so probes do not alias with a workload that cycles through functions.
+///
+/// The learned policy loses charge when its rolling mean reward falls more than `margin` below
+/// the heuristic's, and takes it back only once it is at least as good (hysteresis: no flapping
+/// inside the margin band); after a switch, the next one waits for a quarter window of new
+/// rewards. Deterministic (counter-based).
 #[derive(Debug, Clone)]
 pub struct Guard {
     window: usize,
@@ -355,6 +366,8 @@ pub struct Guard {
     heuristic: Window,
     n: u64,
     in_charge: Arm,
+    /// Rewards recorded since the last switch.
+    since_switch: usize,
 }
 
 /// The last rewards of one arm with their running sum, so a record is O(1).
@@ -391,13 +404,15 @@ impl Guard {
             heuristic: Window::default(),
             n: 0,
             in_charge: Arm::Learned,
+            since_switch: 0,
         }
     }
 
     /// Arm for the next decision.
     pub fn next_arm(&mut self) -> Arm {
+        let (block, pos) = (self.n / self.probe_every, self.n % self.probe_every);
         self.n += 1;
-        if self.n.is_multiple_of(self.probe_every) {
+        if pos == splitmix(block) % self.probe_every {
             match self.in_charge {
                 Arm::Learned => Arm::Heuristic,
                 Arm::Heuristic => Arm::Learned,
@@ -416,15 +431,25 @@ impl Guard {
             Arm::Learned => self.learned.push(reward, self.window),
             Arm::Heuristic => self.heuristic.push(reward, self.window),
         }
-        // Decide only once both arms have a meaningful sample.
+        self.since_switch = self.since_switch.saturating_add(1);
+        // Decide only once both arms have a meaningful sample, and not again right after a
+        // switch.
         let min = (self.window / 4).max(1);
-        if self.learned.rewards.len() >= min && self.heuristic.rewards.len() >= min {
-            self.in_charge =
-                if self.learned.mean() + f64::from(self.margin) >= self.heuristic.mean() {
-                    Arm::Learned
-                } else {
-                    Arm::Heuristic
-                };
+        if self.learned.rewards.len() < min
+            || self.heuristic.rewards.len() < min
+            || self.since_switch < min
+        {
+            return;
+        }
+        let (learned, heuristic) = (self.learned.mean(), self.heuristic.mean());
+        let next = match self.in_charge {
+            Arm::Learned if learned + f64::from(self.margin) < heuristic => Arm::Heuristic,
+            Arm::Heuristic if learned >= heuristic => Arm::Learned,
+            keep => keep,
+        };
+        if next != self.in_charge {
+            self.in_charge = next;
+            self.since_switch = 0;
         }
     }
 
@@ -434,10 +459,62 @@ impl Guard {
     }
 }
 
+/// splitmix64's finaliser: the probe position of a block.
+fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn probes_are_one_per_block_and_do_not_alias_with_a_cycle() {
+        let mut g = Guard::new(40, 0.01, 5);
+        let arms: Vec<Arm> = (0..1000).map(|_| g.next_arm()).collect();
+        for block in arms.chunks(5) {
+            assert_eq!(block.iter().filter(|a| **a == Arm::Heuristic).count(), 1);
+        }
+        // A workload cycling through 5 functions: every function gets probed, not just one.
+        let mut probed = [0usize; 5];
+        for (i, a) in arms.iter().enumerate() {
+            probed[i % 5] += usize::from(*a == Arm::Heuristic);
+        }
+        assert!(probed.iter().all(|&p| p >= 20), "{probed:?}");
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_arm_in_charge_inside_the_margin() {
+        let mut g = Guard::new(40, 0.1, 5);
+        // Learned slightly worse (inside the margin): it stays in charge.
+        for _ in 0..400 {
+            let arm = g.next_arm();
+            g.record(arm, if arm == Arm::Learned { -0.25 } else { -0.2 });
+        }
+        assert_eq!(g.in_charge(), Arm::Learned);
+        // Clearly worse: the heuristic takes over.
+        for _ in 0..400 {
+            let arm = g.next_arm();
+            g.record(arm, if arm == Arm::Learned { -0.5 } else { -0.2 });
+        }
+        assert_eq!(g.in_charge(), Arm::Heuristic);
+        // Back inside the margin but still worse: the heuristic keeps charge (no flapping).
+        for _ in 0..400 {
+            let arm = g.next_arm();
+            g.record(arm, if arm == Arm::Learned { -0.25 } else { -0.2 });
+        }
+        assert_eq!(g.in_charge(), Arm::Heuristic);
+        // At least as good: the learned policy is back.
+        for _ in 0..1000 {
+            let arm = g.next_arm();
+            g.record(arm, if arm == Arm::Learned { -0.19 } else { -0.2 });
+        }
+        assert_eq!(g.in_charge(), Arm::Learned);
+    }
 
     #[test]
     fn guard_falls_back_and_recovers() {

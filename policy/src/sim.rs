@@ -1185,9 +1185,10 @@ mod tests {
         assert!(guarded.mean_reward > wa.mean_reward - 0.25 * gap);
         assert!(guarded.mean_ms < 1.2 * wa.mean_ms);
 
-        // An arm exactly as good as the fallback keeps most decisions: with a 200-reward window
-        // the rolling means are noisy enough to flip the guard now and then (20 switches here),
-        // which costs nothing only because the arms are identical.
+        // An arm exactly as good as the fallback keeps most decisions. With a 200-reward window
+        // the rolling means are noisy enough to hand over now and then; the hysteresis (back
+        // only when at least as good) and the dwell keep that to a few switches (20 without
+        // them), and the arm in charge then keeps it a while: harmless, the arms are identical.
         let mut same = GuardedDispatch::new(
             Box::new(WarmAffinity::default()),
             Box::new(WarmAffinity::default()),
@@ -1199,7 +1200,8 @@ mod tests {
             same.learned_share(),
             same.switches()
         );
-        assert!(same.learned_share() > 0.8, "{}", same.learned_share());
+        assert!(same.learned_share() > 0.6, "{}", same.learned_share());
+        assert!(same.switches() <= 6, "{}", same.switches());
         assert_eq!(s, wa, "two identical arms behave like one");
     }
 
