@@ -490,30 +490,22 @@ mod tests {
     #[test]
     fn hysteresis_keeps_the_arm_in_charge_inside_the_margin() {
         let mut g = Guard::new(40, 0.1, 5);
+        // `n` decisions, each rewarded `learned` or -0.2 (the heuristic) by the arm it went to.
+        let mut run = |n: usize, learned: f32| {
+            for _ in 0..n {
+                let arm = g.next_arm();
+                g.record(arm, if arm == Arm::Learned { learned } else { -0.2 });
+            }
+            g.in_charge()
+        };
         // Learned slightly worse (inside the margin): it stays in charge.
-        for _ in 0..400 {
-            let arm = g.next_arm();
-            g.record(arm, if arm == Arm::Learned { -0.25 } else { -0.2 });
-        }
-        assert_eq!(g.in_charge(), Arm::Learned);
+        assert_eq!(run(400, -0.25), Arm::Learned);
         // Clearly worse: the heuristic takes over.
-        for _ in 0..400 {
-            let arm = g.next_arm();
-            g.record(arm, if arm == Arm::Learned { -0.5 } else { -0.2 });
-        }
-        assert_eq!(g.in_charge(), Arm::Heuristic);
+        assert_eq!(run(400, -0.5), Arm::Heuristic);
         // Back inside the margin but still worse: the heuristic keeps charge (no flapping).
-        for _ in 0..400 {
-            let arm = g.next_arm();
-            g.record(arm, if arm == Arm::Learned { -0.25 } else { -0.2 });
-        }
-        assert_eq!(g.in_charge(), Arm::Heuristic);
+        assert_eq!(run(400, -0.25), Arm::Heuristic);
         // At least as good: the learned policy is back.
-        for _ in 0..1000 {
-            let arm = g.next_arm();
-            g.record(arm, if arm == Arm::Learned { -0.19 } else { -0.2 });
-        }
-        assert_eq!(g.in_charge(), Arm::Learned);
+        assert_eq!(run(1000, -0.19), Arm::Learned);
     }
 
     #[test]

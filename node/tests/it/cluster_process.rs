@@ -182,6 +182,25 @@ async fn deploy_owned_by_b(a: SocketAddr, c: SocketAddr) -> String {
     f
 }
 
+/// Stops the `load` workers and returns how many requests they sent; every one must have
+/// been answered correctly.
+async fn stop_load(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<(u64, Vec<String>)>>,
+) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (sent, failures) = w.await.unwrap();
+        total += sent;
+        assert!(
+            failures.is_empty(),
+            "accepted invocations failed: {failures:?}"
+        );
+    }
+    total
+}
+
 /// What happens to node b under load.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Fault {
@@ -273,16 +292,7 @@ async fn fault_under_load(fault: Fault) {
         .await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for w in workers {
-        let (sent, failures) = w.await.unwrap();
-        total += sent;
-        assert!(
-            failures.is_empty(),
-            "accepted invocations failed: {failures:?}"
-        );
-    }
+    let total = stop_load(&stop, workers).await;
     assert!(total > 50, "too little load to mean anything: {total}");
     for (k, d) in detected.iter().enumerate() {
         assert!(
@@ -603,16 +613,7 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
         eprintln!("{entry} sees {peer} up {t:?} after the heal");
         back = back.max(t);
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut total = 0;
-    for w in workers {
-        let (sent, failures) = w.await.unwrap();
-        total += sent;
-        assert!(
-            failures.is_empty(),
-            "accepted invocations failed: {failures:?}"
-        );
-    }
+    let total = stop_load(&stop, workers).await;
     let reruns = metric(a, "tern_failover_reruns_total").await
         + metric(c, "tern_failover_reruns_total").await;
     eprintln!(

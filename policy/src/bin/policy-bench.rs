@@ -546,6 +546,15 @@ fn local_pref(w: &PolicyWeights, rtt_ms: f32) -> [f32; 3] {
         .map_or([f32::NAN; 3], |scorer| scorer.local_preference(rtt_ms))
 }
 
+/// The nine numeric columns of the per-seed table (p99 least-loaded / warm affinity / PPO,
+/// PPO vs least-loaded, cold-start rates, mean latencies), one format for seeds and medians.
+fn seed_columns(v: &[f64]) -> String {
+    format!(
+        "{:.1} | {:.1} | {:.1} | {:+.1} % | {:.2} | {:.2} | {:.2} | {:.1} | {:.1}",
+        v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]
+    )
+}
+
 /// Median (mean of the two middle values for an even count); NaN for no values.
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -865,17 +874,9 @@ fn report(
         }
         let _ = writeln!(
             md,
-            "| {} | {:.1} | {:.1} | {:.1} | {:+.1} % | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             r.seed,
-            ll.p99_ms,
-            wa.p99_ms,
-            ppo.p99_ms,
-            -t.d_ll,
-            ll.cold_rate * 100.0,
-            wa.cold_rate * 100.0,
-            ppo.cold_rate * 100.0,
-            ppo.mean_ms,
-            wa.mean_ms,
+            seed_columns(&vals),
             yn(t.vs_ll),
             yn(t.vs_wa_p99),
             yn(t.vs_wa_cold)
@@ -884,8 +885,11 @@ fn report(
     let m: Vec<f64> = cols.iter().map(|c| median(c.clone())).collect();
     let _ = writeln!(
         md,
-        "| **median** | {:.1} | {:.1} | {:.1} | {:+.1} % | {:.2} | {:.2} | {:.2} | {:.1} | {:.1} | {}/{n} seeds | {}/{n} seeds | {}/{n} seeds |",
-        m[0], m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], met[0], met[1], met[2]
+        "| **median** | {} | {}/{n} seeds | {}/{n} seeds | {}/{n} seeds |",
+        seed_columns(&m),
+        met[0],
+        met[1],
+        met[2]
     );
     let _ = writeln!(
         md,
