@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cluster benchmarks (issue 3), three `tern` processes on loopback plus the load generator, all
 # on this machine:
-#   1. forwarded vs local invocation latency (1 connection, closed loop, alternated twice);
+#   1. forwarded vs local invocation latency (1 connection, closed loop, BENCH_ROUNDS alternated
+#      rounds, default 5);
 #   2. echo throughput: one standalone node vs three nodes with the load spread over all three;
 #   3. replication: a 1 MiB module deployed on a, time until callable on b and c.
 # Usage: scripts/bench-cluster.sh [OUT_DIR]   (default bench/reports/cluster)
@@ -67,20 +68,53 @@ pick() { for k in $(seq 0 11); do [ "${owner_of[echo-$k]}" = "$1" ] && { echo "e
 fa=$(pick a); fb=$(pick b); fc=$(pick c)
 echo "owners: $fa->a $fb->b $fc->c"
 
-echo "== 1. forwarded vs local, 1 connection through c (local: $fc on c; forwarded: $fb on b)"
-for round in 1 2; do
+# UDP datagrams sent on this machine so far (all of them are mesh traffic here: the load
+# generator speaks HTTP over TCP).
+udp_out() { awk '/^Udp:/ { n++ } /^Udp:/ && n == 2 { print $5 }' /proc/net/snmp; }
+# Writes the datagrams sent during the measured part of a run (after its 2 s warmup) to FILE.
+measure_udp() {
+  local t0
+  sleep 2
+  t0=$(udp_out)
+  sleep "${dur%s}"
+  echo $(($(udp_out) - t0)) >"$1"
+}
+
+rounds=${BENCH_ROUNDS:-5}
+echo "== 1. forwarded vs local, 1 connection through c (local: $fc on c; forwarded: $fb on b), $rounds alternated rounds"
+for round in $(seq "$rounds"); do
   $tern bench --server "${http[2]}" --function "$fc" --connections 1 --duration "$dur" --warmup 2s \
     --no-progress --json "$out/local-$round.json" | tail -n 3
+  measure_udp "$out/forwarded-$round-datagrams.txt" &
+  udp_job=$!
   $tern bench --server "${http[2]}" --function "$fb" --connections 1 --duration "$dur" --warmup 2s \
     --no-progress --json "$out/forwarded-$round.json" | tail -n 3
+  wait "$udp_job"
 done
 
 if [ "$quick" = 1 ]; then
-  for r in 1 2; do
-    python3 -c "import json,sys;l=json.load(open(sys.argv[1]));f=json.load(open(sys.argv[2]));print('round', sys.argv[3], 'local p50', l['latency_us']['p50'], 'forwarded p50', f['latency_us']['p50'], 'extra', f['latency_us']['p50']-l['latency_us']['p50'])" "$out/local-$r.json" "$out/forwarded-$r.json" $r
+  for r in $(seq "$rounds"); do
+    python3 -c "import json,sys;l=json.load(open(sys.argv[1]));f=json.load(open(sys.argv[2]));d=int(open(sys.argv[4]).read());print('round', sys.argv[3], 'local p50', l['latency_us']['p50'], 'forwarded p50', f['latency_us']['p50'], 'extra', f['latency_us']['p50']-l['latency_us']['p50'], 'datagrams per forwarded request %.2f' % (d / (f['throughput_rps'] * float(sys.argv[5]))))" "$out/local-$r.json" "$out/forwarded-$r.json" $r "$out/forwarded-$r-datagrams.txt" "${dur%s}"
   done
   exit 0
 fi
+
+# CPU time (clock ticks) the given processes have used so far.
+cpu_ticks() {
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done
+  echo "$t"
+}
+# Writes the node processes' CPU ticks over the measured part of a run (after its 2 s warmup)
+# to FILE; call it in the background when the run starts.
+measure_cpu() {
+  local file=$1 t0
+  shift
+  sleep 2
+  t0=$(cpu_ticks "$@")
+  sleep "${dur%s}"
+  echo $(($(cpu_ticks "$@") - t0)) >"$file"
+}
 
 # Three closed loops at once, 22 + 21 + 21 connections through a, b and c.
 # Usage: three_entries REPORT_PREFIX FUNCTION_VIA_A FUNCTION_VIA_B FUNCTION_VIA_C
@@ -88,6 +122,8 @@ three_entries() {
   local prefix=$1 i bench=()
   shift
   local fns=("$@")
+  measure_cpu "$out/$prefix-cpu-ticks.txt" "${pids[@]}" &
+  bench+=($!)
   for i in 0 1 2; do
     $tern bench --server "${http[$i]}" --function "${fns[$i]}" --connections $((i == 0 ? 22 : 21)) \
       --duration "$dur" --warmup 2s --no-progress --json "$out/$prefix-${names[$i]}.json" >/dev/null &
@@ -139,19 +175,30 @@ pids=()
 TERN_EXAMPLES='["echo"]' $tern up --listen 127.0.0.1:7914 --data "$work/single" --log warn &
 pids+=($!)
 wait_http 127.0.0.1:7914
+measure_cpu "$out/single-cpu-ticks.txt" "${pids[@]}" &
+cpu_job=$!
 $tern bench --server 127.0.0.1:7914 --function echo --connections 64 --duration "$dur" --warmup 2s \
   --no-progress --json "$out/single.json" >/dev/null
+wait "$cpu_job"
 
-python3 - "$out" <<'EOF'
+python3 - "$out" "${dur%s}" "$(getconf CLK_TCK)" "$rounds" <<'EOF'
 import json, os, sys
-out = sys.argv[1]
+out, dur, tck, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 def load(n): return json.load(open(os.path.join(out, n)))
 lines = []
-for r in (1, 2):
+extras, grams = [], []
+for r in range(1, rounds + 1):
     l, f = load(f"local-{r}.json"), load(f"forwarded-{r}.json")
     lines.append(f"round {r}: local p50 {l['latency_us']['p50']} us p99 {l['latency_us']['p99']} us; "
                  f"forwarded p50 {f['latency_us']['p50']} us p99 {f['latency_us']['p99']} us; "
                  f"extra p50 {f['latency_us']['p50'] - l['latency_us']['p50']} us")
+    extras.append(f['latency_us']['p50'] - l['latency_us']['p50'])
+    grams.append(int(open(os.path.join(out, f"forwarded-{r}-datagrams.txt")).read())
+                 / (f['throughput_rps'] * dur))
+extras.sort()
+lines.append(f"extra p50 over {rounds} rounds: median {extras[len(extras) // 2]} us, "
+             f"min {extras[0]} us, max {extras[-1]} us; "
+             f"UDP datagrams per forwarded request (both ways) {min(grams):.2f}-{max(grams):.2f}")
 single = load("single.json")["throughput_rps"]
 spread = sum(load(f"spread-{n}.json")["throughput_rps"] for n in "abc")
 onefn = sum(load(f"onefn-{n}.json")["throughput_rps"] for n in "abc")
@@ -159,6 +206,16 @@ errs = sum(load(f"{p}-{n}.json")["requests"] - load(f"{p}-{n}.json")["ok"] for p
 lines.append(f"throughput: single node {single:.0f} req/s; three nodes, own functions {spread:.0f} req/s "
              f"({spread / single:.2f}x); three nodes, one function owned by b {onefn:.0f} req/s ({onefn / single:.2f}x); "
              f"errors {errs}")
+# Node CPU per request over the measured window: what each configuration costs, whatever
+# the cores it had. A projection, not a measurement, of 3 nodes on 3 machines of this size:
+# 3 x single-node throughput x (single-node CPU per request / cluster CPU per request).
+def cpu_us(prefix, rps):
+    ticks = int(open(os.path.join(out, f"{prefix}-cpu-ticks.txt")).read())
+    return ticks * 1e6 / tck / (rps * dur)
+c1, cs, co = cpu_us("single", single), cpu_us("spread", spread), cpu_us("onefn", onefn)
+lines.append(f"node CPU per request: single node {c1:.0f} us; three nodes, own functions {cs:.0f} us; "
+             f"one function owned by b {co:.0f} us; projected 3-machine throughput "
+             f"{3 * c1 / cs:.2f}x / {3 * c1 / co:.2f}x one node")
 ms = sorted(int(x) for x in open(os.path.join(out, "replication-ms.txt")).read().split())
 lines.append(f"replication of 1 MiB: median {ms[len(ms)//2]} ms, max {ms[-1]} ms over {len(ms)} deploys")
 open(os.path.join(out, "summary.txt"), "w").write("\n".join(lines) + "\n")

@@ -13,12 +13,15 @@
 //!    only they can ever produce a membership change.
 //!
 //! Streams: the first byte of every later bidirectional stream is its kind. [`KIND_DATA`]
-//! carries one length-prefixed frame (tern-wire framing) each way. An oversized or late frame
-//! is refused by stopping and resetting that stream only; the connection and its other streams
-//! carry on. [`KIND_RACTOR`] streams carry a ractor_cluster session (see `session.rs`): `serve`
-//! hands them, unread past the kind byte, to whoever claimed them with
-//! [`Connection::claim_session_streams`]; on a connection nobody claimed them on they are
-//! refused like an unknown kind.
+//! carries length-prefixed frames (tern-wire framing), one request then its answer, as many
+//! times as the requester likes: [`Connection::request`] keeps such streams open as lanes
+//! and reuses them, because opening and closing a stream per request cost about four extra
+//! datagrams (stream credit and the ACKs it elicits), each waking the peer process. An
+//! oversized or late frame is refused by stopping and resetting that stream only; the
+//! connection and its other streams carry on. [`KIND_RACTOR`] streams carry a ractor_cluster
+//! session (see `session.rs`): `serve` hands them, unread past the kind byte, to whoever
+//! claimed them with [`Connection::claim_session_streams`]; on a connection nobody claimed
+//! them on they are refused like an unknown kind.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,7 +46,8 @@ use crate::{ClusterError, NodeIdentity, NodeName};
 pub const KIND_HELLO: u8 = 0x00;
 /// A ractor_cluster session stream (`session.rs`); refused unless claimed on the connection.
 pub const KIND_RACTOR: u8 = 0x01;
-/// Data-plane request/response: one frame each way.
+/// Data-plane request/response: a request frame, then its answer, repeated until the
+/// requester finishes the stream.
 pub const KIND_DATA: u8 = 0x02;
 
 /// ALPN protocol id; a peer speaking anything else fails the handshake.
@@ -68,6 +72,8 @@ pub mod codes {
     pub const TIMEOUT: u32 = 0x22;
     /// The stream ended early or carried garbage.
     pub const PROTOCOL: u32 = 0x23;
+    /// The requester gave up on the exchange (its own timeout, or it was cancelled).
+    pub const CANCELLED: u32 = 0x24;
     /// Session stream refused: its first ractor_cluster frame is not a name message for the
     /// peer's verified node name (or the dialler's peer answered as someone else).
     pub const SESSION_IDENTITY: u32 = 0x30;
@@ -115,6 +121,10 @@ pub struct TransportConfig {
     pub request_timeout: Duration,
     /// Concurrent bidirectional streams a peer may open; bounds buffered frames per peer.
     pub max_concurrent_streams: u32,
+    /// Idle data-plane streams ("lanes") kept open per connection for later requests. Idle
+    /// lanes hold the peer's stream credit, so at most half of `max_concurrent_streams` are
+    /// kept whatever this says. 0 opens and finishes a stream per request.
+    pub max_idle_lanes: usize,
     /// Verified connections waiting for `accept`.
     pub accept_backlog: usize,
     /// Incoming handshakes (TLS + hello) in progress at once; more are refused at once, so a
@@ -133,6 +143,7 @@ impl Default for TransportConfig {
             initial_rtt: Duration::from_millis(100),
             request_timeout: Duration::from_secs(10),
             max_concurrent_streams: 64,
+            max_idle_lanes: 32,
             accept_backlog: 64,
             max_handshakes: 64,
         }
@@ -441,7 +452,14 @@ async fn read_kind(recv: &mut RecvStream) -> Result<u8, ClusterError> {
 /// Reads one frame of at most `limit` bytes. An oversized header is refused as soon as it
 /// arrives, before any of the body is read.
 async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, ClusterError> {
-    let mut decoder = FrameDecoder::new(limit);
+    read_frame_into(recv, &mut FrameDecoder::new(limit)).await
+}
+
+/// Reads the next frame through `decoder`, which keeps any bytes past it.
+async fn read_frame_into(
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+) -> Result<Vec<u8>, ClusterError> {
     loop {
         if let Some(frame) = decoder.next_frame().map_err(frame_error)? {
             return Ok(frame);
@@ -459,11 +477,117 @@ async fn read_frame(recv: &mut RecvStream, limit: usize) -> Result<Vec<u8>, Clus
     }
 }
 
+/// Waits for the next request on a data stream: `Ok(None)` when the peer finished the stream
+/// between requests. An idle stream may wait for ever (it costs a task and one unit of
+/// stream credit, both bounded by `max_concurrent_streams`); once a request has started it
+/// must arrive within `request_timeout`.
+async fn next_request(
+    recv: &mut RecvStream,
+    decoder: &mut FrameDecoder,
+    cfg: &TransportConfig,
+) -> Result<Option<Vec<u8>>, ClusterError> {
+    if decoder.buffered() == 0 {
+        match recv.read_chunk(HEADER_LEN, true).await? {
+            Some(chunk) => decoder.push(&chunk.bytes).map_err(frame_error)?,
+            None => return Ok(None),
+        }
+    }
+    tokio::time::timeout(cfg.request_timeout, read_frame_into(recv, decoder))
+        .await
+        .unwrap_or(Err(ClusterError::Timeout("request")))
+        .map(Some)
+}
+
 /// Refuses a stream in both directions with `code`; the connection is untouched.
 pub(crate) fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
     // Errors here only mean the stream is already closed, which is what we want anyway.
     let _ = recv.stop(VarInt::from_u32(code));
     let _ = send.reset(VarInt::from_u32(code));
+}
+
+/// A [`KIND_DATA`] stream that carries one request/response exchange at a time, and is kept
+/// for the next one. The decoder keeps what arrived past a frame, so a peer that answers
+/// twice is noticed (and its lane dropped) instead of desynchronising the next exchange.
+#[derive(Debug)]
+struct Lane {
+    send: SendStream,
+    recv: RecvStream,
+    decoder: FrameDecoder,
+    /// The kind byte has been written (it goes out with the first request).
+    opened: bool,
+}
+
+impl Lane {
+    fn new(send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
+        Self {
+            send,
+            recv,
+            decoder: FrameDecoder::new(max_frame),
+            opened: false,
+        }
+    }
+
+    async fn exchange(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
+        if self.opened {
+            self.send.write_all(&frame).await?;
+        } else {
+            // Kind byte and frame in one write, so a small request leaves in one packet.
+            let mut chunks = [
+                bytes::Bytes::from_static(&[KIND_DATA]),
+                bytes::Bytes::from(frame),
+            ];
+            self.send.write_all_chunks(&mut chunks).await?;
+            self.opened = true;
+        }
+        let answer = read_frame_into(&mut self.recv, &mut self.decoder).await;
+        if let Err(ClusterError::FrameTooLarge { .. }) = &answer {
+            let _ = self.recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
+        }
+        answer
+    }
+}
+
+/// Idle lanes of one connection, most recently used last.
+#[derive(Debug, Default)]
+struct LanePool {
+    idle: std::sync::Mutex<Vec<Lane>>,
+    opened: AtomicU64,
+}
+
+impl LanePool {
+    fn take(&self) -> Option<Lane> {
+        crate::sync::lock(&self.idle).pop()
+    }
+}
+
+/// A lane in use. Unless given back after a clean exchange, it is reset on drop (an error,
+/// a timeout, or a cancelled caller), so a half-done exchange is never reused.
+struct LentLane<'a> {
+    lane: Option<Lane>,
+    pool: &'a LanePool,
+}
+
+impl LentLane<'_> {
+    /// Returns the lane to the pool, or finishes it when `cap` lanes are already idle.
+    fn give_back(mut self, cap: usize) {
+        let Some(mut lane) = self.lane.take() else {
+            return;
+        };
+        let mut idle = crate::sync::lock(&self.pool.idle);
+        if idle.len() < cap {
+            idle.push(lane);
+        } else {
+            let _ = lane.send.finish();
+        }
+    }
+}
+
+impl Drop for LentLane<'_> {
+    fn drop(&mut self) {
+        if let Some(mut lane) = self.lane.take() {
+            refuse(&mut lane.send, &mut lane.recv, codes::CANCELLED);
+        }
+    }
 }
 
 /// A verified connection to one peer. Cheap to clone.
@@ -473,6 +597,7 @@ pub struct Connection {
     peer: NodeName,
     cfg: Arc<TransportConfig>,
     sessions: Arc<SessionSink>,
+    lanes: Arc<LanePool>,
 }
 
 impl Connection {
@@ -482,6 +607,7 @@ impl Connection {
             peer,
             cfg,
             sessions: Arc::default(),
+            lanes: Arc::default(),
         }
     }
 
@@ -544,27 +670,50 @@ impl Connection {
         self.inner.rtt()
     }
 
-    /// Sends `payload` on a new data-plane stream and waits for the one-frame answer.
+    /// Sends `payload` on a data-plane stream and waits for the one-frame answer.
+    ///
+    /// Streams are kept open between requests (see [`Lane`]): a stream per request cost
+    /// about four extra datagrams per exchange on loopback (stream credit and the ACKs they
+    /// elicit), each one waking the peer process.
     pub async fn request(&self, payload: &[u8]) -> Result<Vec<u8>, ClusterError> {
         let frame = encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?;
         let exchange = async {
-            let (mut send, mut recv) = self.inner.open_bi().await?;
-            // Kind byte and frame in one write, so a small request leaves in one packet.
-            let mut chunks = [
-                bytes::Bytes::from_static(&[KIND_DATA]),
-                bytes::Bytes::from(frame),
-            ];
-            send.write_all_chunks(&mut chunks).await?;
-            send.finish()?;
-            let answer = read_frame(&mut recv, self.cfg.max_frame).await;
-            if let Err(ClusterError::FrameTooLarge { .. }) = &answer {
-                let _ = recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
+            let mut lent = LentLane {
+                lane: self.lanes.take(),
+                pool: &self.lanes,
+            };
+            let lane = match &mut lent.lane {
+                Some(lane) => lane,
+                None => {
+                    let (send, recv) = self.inner.open_bi().await?;
+                    self.lanes.opened.fetch_add(1, Ordering::Relaxed);
+                    lent.lane.insert(Lane::new(send, recv, self.cfg.max_frame))
+                }
+            };
+            let answer = lane.exchange(frame).await;
+            if answer.is_ok() && lane.decoder.buffered() == 0 {
+                let cap = self
+                    .cfg
+                    .max_idle_lanes
+                    .min(self.cfg.max_concurrent_streams as usize / 2);
+                lent.give_back(cap);
             }
             answer
         };
         tokio::time::timeout(self.cfg.request_timeout, exchange)
             .await
             .map_err(|_| ClusterError::Timeout("request"))?
+    }
+
+    /// Data-plane streams this side has opened for [`Connection::request`]; each carries
+    /// many requests, one at a time, so this grows with concurrency, not with requests.
+    pub fn lanes_opened(&self) -> u64 {
+        self.lanes.opened.load(Ordering::Relaxed)
+    }
+
+    /// UDP datagrams this side has sent on the connection (quinn's statistics).
+    pub fn datagrams_sent(&self) -> u64 {
+        self.inner.stats().udp_tx.datagrams
     }
 
     /// Opens a stream of the given kind and writes the kind byte. Only [`KIND_DATA`] is
@@ -663,42 +812,51 @@ where
     F: Fn(Vec<u8>) -> Fut,
     Fut: Future<Output = Vec<u8>>,
 {
-    let request = tokio::time::timeout(cfg.request_timeout, async {
-        let kind = read_kind(&mut recv).await?;
-        if kind == KIND_RACTOR {
-            return Ok(None);
+    let mut decoder = FrameDecoder::new(cfg.max_frame);
+    // The kind byte and the first request arrive together, under one deadline.
+    let first = tokio::time::timeout(cfg.request_timeout, async {
+        match read_kind(&mut recv).await? {
+            KIND_RACTOR => Ok(None),
+            KIND_DATA => read_frame_into(&mut recv, &mut decoder).await.map(Some),
+            other => Err(ClusterError::UnsupportedStreamKind(other)),
         }
-        if kind != KIND_DATA {
-            return Err(ClusterError::UnsupportedStreamKind(kind));
-        }
-        read_frame(&mut recv, cfg.max_frame).await.map(Some)
     })
     .await
     .unwrap_or(Err(ClusterError::Timeout("request")));
-    let request = match request {
-        Ok(Some(r)) => r,
+    let mut first = match first {
         Ok(None) => return deliver_session_stream(send, recv, sessions),
-        Err(e) => {
-            let code = match &e {
-                ClusterError::FrameTooLarge { .. } => codes::FRAME_TOO_LARGE,
-                ClusterError::UnsupportedStreamKind(_) => codes::UNSUPPORTED_KIND,
-                ClusterError::Timeout(_) => codes::TIMEOUT,
-                _ => codes::PROTOCOL,
-            };
-            refuse(&mut send, &mut recv, code);
-            return Err(e);
-        }
+        first => Some(first),
     };
-    let response = handler(request).await;
-    match encode_frame(&response, cfg.max_frame) {
-        Ok(frame) => {
-            send.write_all(&frame).await?;
-            send.finish()?;
-            Ok(())
-        }
-        Err(e) => {
-            refuse(&mut send, &mut recv, codes::FRAME_TOO_LARGE);
-            Err(frame_error(e))
+    loop {
+        let request = match first.take() {
+            Some(first) => first,
+            None => next_request(&mut recv, &mut decoder, cfg).await,
+        };
+        let request = match request {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // The requester finished the stream between requests: a clean end.
+                let _ = send.finish();
+                return Ok(());
+            }
+            Err(e) => {
+                let code = match &e {
+                    ClusterError::FrameTooLarge { .. } => codes::FRAME_TOO_LARGE,
+                    ClusterError::UnsupportedStreamKind(_) => codes::UNSUPPORTED_KIND,
+                    ClusterError::Timeout(_) => codes::TIMEOUT,
+                    _ => codes::PROTOCOL,
+                };
+                refuse(&mut send, &mut recv, code);
+                return Err(e);
+            }
+        };
+        let response = handler(request).await;
+        match encode_frame(&response, cfg.max_frame) {
+            Ok(frame) => send.write_all(&frame).await?,
+            Err(e) => {
+                refuse(&mut send, &mut recv, codes::FRAME_TOO_LARGE);
+                return Err(frame_error(e));
+            }
         }
     }
 }

@@ -323,6 +323,144 @@ async fn an_oversized_frame_is_refused_on_its_stream_only() {
     );
 }
 
+/// Requests reuse a few long-lived streams: sequential requests share one, concurrent ones
+/// open at most one each, and a request costs the requester about one datagram (a stream
+/// per request cost three: the request, and ACKs for the answer and for stream credit).
+/// An idle lane outlives `request_timeout` on the serving side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reuse_lanes_and_send_about_one_datagram_each() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let short = TransportConfig {
+        request_timeout: Duration::from_millis(200),
+        ..TransportConfig::default()
+    };
+    let b = std::sync::Arc::new(bind(dir.path(), "b", short));
+    let _accepted = serve_one(&b);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+
+    assert_eq!(conn.request(b"warm").await.unwrap(), b"echo:warm");
+    let sent = conn.datagrams_sent();
+    for i in 0..200u32 {
+        let req = i.to_be_bytes();
+        let mut want = b"echo:".to_vec();
+        want.extend(req);
+        assert_eq!(conn.request(&req).await.unwrap(), want);
+    }
+    let per_request = (conn.datagrams_sent() - sent) as f64 / 200.0;
+    assert!(
+        per_request < 1.5,
+        "{per_request:.2} datagrams sent per request"
+    );
+    assert_eq!(conn.lanes_opened(), 1, "sequential requests share one lane");
+
+    // Idle for longer than the server's request timeout: the lane is still good.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(conn.request(b"later").await.unwrap(), b"echo:later");
+    assert_eq!(conn.lanes_opened(), 1);
+
+    // Concurrent requests open at most one lane each, and every answer is its own.
+    let handles: Vec<_> = (0..8u8)
+        .map(|i| {
+            let c = conn.clone();
+            tokio::spawn(async move { (i, c.request(&[i; 100]).await.unwrap()) })
+        })
+        .collect();
+    for h in handles {
+        let (i, answer) = h.await.unwrap();
+        assert_eq!(&answer[5..], &[i; 100]);
+    }
+    assert!(conn.lanes_opened() <= 9, "{}", conn.lanes_opened());
+
+    // Without idle lanes every request opens (and finishes) a stream of its own.
+    let one_shot = bind(
+        dir.path(),
+        "a",
+        TransportConfig {
+            max_idle_lanes: 0,
+            ..TransportConfig::default()
+        },
+    );
+    let _accepted2 = serve_one(&b);
+    let conn2 = one_shot
+        .connect(&n("b"), b.local_addr().unwrap())
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert_eq!(conn2.request(b"x").await.unwrap(), b"echo:x");
+    }
+    assert_eq!(conn2.lanes_opened(), 3);
+}
+
+/// A request abandoned mid-exchange (its timeout fired while the server was still working)
+/// never leaves a lane whose late answer the next request would read as its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_does_not_leak_its_answer_into_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let impatient = TransportConfig {
+        request_timeout: Duration::from_millis(100),
+        ..TransportConfig::default()
+    };
+    let a = bind(dir.path(), "a", impatient);
+    let b = std::sync::Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let _accepted = serve_one(&b);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    assert_eq!(conn.request(b"first").await.unwrap(), b"echo:first");
+    assert!(matches!(
+        conn.request(b"slow").await,
+        Err(ClusterError::Timeout(_))
+    ));
+    // The slow answer arrives while these run; none of them may see it.
+    for i in 0..5u8 {
+        assert_eq!(
+            conn.request(&[i]).await.unwrap(),
+            [b"echo:".as_slice(), &[i]].concat()
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(
+        conn.lanes_opened(),
+        2,
+        "the abandoned lane is replaced once"
+    );
+}
+
+/// The serving side answers every request on a stream in order, whether the requester keeps
+/// the stream (a lane) or finishes it after pipelining several requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_stream_carries_several_requests_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = std::sync::Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let _accepted = serve_one(&b);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    let (mut send, mut recv) = conn.open_stream(KIND_DATA).await.unwrap();
+    for req in [b"one".as_slice(), b"two", b""] {
+        send.write_all(&tern_wire::encode_frame(req, 1024).unwrap())
+            .await
+            .unwrap();
+    }
+    send.finish().unwrap();
+    let answers = recv.read_to_end(1024).await.unwrap();
+    let mut decoder = tern_wire::FrameDecoder::new(1024);
+    decoder.push(&answers).unwrap();
+    let mut got = Vec::new();
+    while let Some(frame) = decoder.next_frame().unwrap() {
+        got.push(frame);
+    }
+    assert_eq!(
+        got,
+        vec![
+            b"echo:one".to_vec(),
+            b"echo:two".to_vec(),
+            b"echo:".to_vec()
+        ]
+    );
+}
+
 enum Death {
     /// The peer's runtime is blocked: like SIGSTOP, nothing is read or sent.
     Freeze,

@@ -89,6 +89,7 @@ impl ClusterLink {
             request_timeout: Duration::from_millis(u64::from(c.max_timeout_ms))
                 + Duration::from_secs(10),
             max_concurrent_streams: 4096,
+            max_idle_lanes: c.cluster_idle_lanes,
             ..TransportConfig::default()
         };
         let endpoint = Endpoint::bind(&identity, c.cluster_listen, transport)?;

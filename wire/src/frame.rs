@@ -7,6 +7,9 @@ use crate::WireError;
 
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 4;
+/// Buffer capacity a decoder keeps once it is empty. A decoder may live for many frames (a
+/// kept-open stream), and one big frame must not pin its size in memory for ever.
+const RETAINED_CAPACITY: usize = 64 * 1024;
 
 /// Prepends the length header to `payload`.
 pub fn encode_frame(payload: &[u8], max_len: usize) -> Result<Vec<u8>, WireError> {
@@ -72,6 +75,9 @@ impl FrameDecoder {
         }
         let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
         self.buf.drain(..HEADER_LEN + len);
+        if self.buf.is_empty() && self.buf.capacity() > RETAINED_CAPACITY {
+            self.buf = Vec::new();
+        }
         Ok(Some(payload))
     }
 
@@ -103,6 +109,26 @@ mod tests {
             assert_eq!(got, vec![b"hello".to_vec(), vec![], b"world!".to_vec()]);
             assert_eq!(dec.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn a_big_frame_does_not_pin_its_buffer() {
+        let mut dec = FrameDecoder::new(4 << 20);
+        dec.push(&encode_frame(&vec![1; 1 << 20], 4 << 20).unwrap())
+            .unwrap();
+        assert!(dec.buf.capacity() >= 1 << 20);
+        assert_eq!(dec.next_frame().unwrap().unwrap().len(), 1 << 20);
+        assert!(
+            dec.buf.capacity() <= RETAINED_CAPACITY,
+            "{}",
+            dec.buf.capacity()
+        );
+        // Small frames keep their buffer (no reallocation per frame).
+        dec.push(&encode_frame(&[2; 100], 4 << 20).unwrap())
+            .unwrap();
+        let kept = dec.buf.capacity();
+        assert_eq!(dec.next_frame().unwrap().unwrap(), vec![2; 100]);
+        assert_eq!(dec.buf.capacity(), kept);
     }
 
     #[test]
