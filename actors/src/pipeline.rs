@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ractor::{ActorRef, Message};
-use tern_wire::{ErrorCode, FunctionName};
+use tern_wire::FunctionName;
 use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Permit};
@@ -84,6 +84,28 @@ impl Pipeline {
         })
     }
 
+    /// The error for a function this node does not have: `FunctionNotFound`, unless this
+    /// node is a cluster member that has not synced the registry yet (just started or
+    /// restarted, peers not reached), when the function may exist and the answer is a
+    /// retryable `Unavailable`. Counted as a request error.
+    pub fn unknown_function(&self, function: FunctionName) -> Error {
+        let synced = self
+            .services
+            .remote
+            .get()
+            .is_none_or(|r| r.registry_synced());
+        let err = if synced {
+            Error::FunctionNotFound(function)
+        } else {
+            Error::Unavailable(format!(
+                "function {function} is not known here, and this node has not synced the \
+                 cluster registry yet; retry"
+            ))
+        };
+        self.services.metrics.request_errors[err.code().index()].fetch_add(1, Relaxed);
+        err
+    }
+
     /// Admits and runs one invocation.
     pub async fn invoke(&self, inv: Invocation) -> Result<Outcome, Error> {
         let permit = self.admit()?;
@@ -97,9 +119,7 @@ impl Pipeline {
         _permit: Permit,
     ) -> Result<Outcome, Error> {
         let Some(deployed) = self.services.runtime.get(&inv.function) else {
-            let err = Error::FunctionNotFound(inv.function.clone());
-            self.services.metrics.request_errors[ErrorCode::NotFound.index()].fetch_add(1, Relaxed);
-            return Err(err);
+            return Err(self.unknown_function(inv.function));
         };
         let started = Instant::now();
         let span = tracing::debug_span!(

@@ -31,4 +31,11 @@ pub trait Remote: Send + Sync + 'static {
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>);
     /// Runs `meu` (of version `info`) on `node`; `attempt` counts reruns after failover.
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture;
+    /// Whether this node knows the cluster's registry: it has pulled a peer's since it
+    /// started, has no peers, or has given up waiting. Until then a function it does not
+    /// know may exist in the cluster, so asking for it is answered `Unavailable` (retry,
+    /// perhaps through another node) instead of `NotFound`.
+    fn registry_synced(&self) -> bool {
+        true
+    }
 }

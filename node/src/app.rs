@@ -298,7 +298,7 @@ impl App {
     ) -> Result<InvocationId, NodeError> {
         let permit = self.pipeline.admit()?;
         if self.services().runtime.get(&function).is_none() {
-            return Err(tern_actors::Error::FunctionNotFound(function).into());
+            return Err(self.pipeline.unknown_function(function).into());
         }
         let record = InvocationRecord {
             id: self.ids.next(),

@@ -7,6 +7,7 @@
 //! invocation or a status update.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -50,6 +51,10 @@ pub struct ClusterLink {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
     sessions: Option<Sessions>,
+    /// A peer's registry has been pulled since start (or there is no peer to pull from).
+    synced: AtomicBool,
+    /// Past this, a node that reached no peer stops waiting and answers for what it has.
+    sync_deadline: Instant,
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -93,10 +98,12 @@ impl ClusterLink {
             ..TransportConfig::default()
         };
         let endpoint = Endpoint::bind(&identity, c.cluster_listen, transport)?;
+        let sync_deadline = Instant::now() + Duration::from_millis(c.cluster_sync_grace_ms);
         let mut peers = Vec::new();
         for (peer, addr) in c.parsed_peers()? {
             peers.push((peer.parse::<NodeName>()?, addr));
         }
+        let no_peers = peers.is_empty();
         let seed = tern_actors::placement::WarmAffinity::weight("mesh-seed", name.as_str());
         let sessions = if c.ractor_sessions {
             Some(Sessions::start(&name, SessionConfig::default()).await?)
@@ -126,6 +133,8 @@ impl ClusterLink {
             );
             ClusterLink {
                 name,
+                synced: AtomicBool::new(no_peers),
+                sync_deadline,
                 mesh,
                 app: Arc::downgrade(app),
                 statuses: RwLock::default(),
@@ -367,6 +376,10 @@ impl ClusterLink {
 }
 
 impl Remote for ClusterLink {
+    fn registry_synced(&self) -> bool {
+        self.synced.load(Relaxed) || Instant::now() >= self.sync_deadline
+    }
+
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
         // On the hot path (once per MEU): only peers with a fresh status are candidates, and
         // the mesh holds a connection to a peer exactly while it is up, so one lookup gives
@@ -626,7 +639,10 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
     tokio::spawn(async move {
         let Some(l) = link.upgrade() else { return };
         match l.sync_registry(&peer).await {
-            Ok(n) => tracing::info!(%peer, applied = n, "registry synced"),
+            Ok(n) => {
+                l.synced.store(true, Relaxed);
+                tracing::info!(%peer, applied = n, "registry synced");
+            }
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),
         }
     });

@@ -110,6 +110,10 @@ pub struct Config {
     /// takes one, and gives it back). 0 opens a stream per request, which costs about four
     /// extra datagrams per forwarded invocation.
     pub cluster_idle_lanes: usize,
+    /// After (re)starting, a member answers 503 instead of 404 for a function it does not
+    /// know until it has pulled a peer's registry, or for at most this long when it reaches
+    /// no peer.
+    pub cluster_sync_grace_ms: u64,
 }
 
 const MAX_GUARD_WINDOW: usize = 1 << 16;
@@ -160,6 +164,7 @@ impl Default for Config {
             client_tokens: Vec::new(),
             ractor_sessions: true,
             cluster_idle_lanes: 256,
+            cluster_sync_grace_ms: 10_000,
         }
     }
 }

@@ -241,6 +241,18 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
 
     let c = start(member_config(root.path(), 2, &mesh)).await;
     let cv = c.addr();
+    // Until c has pulled a peer's registry it cannot know that f exists: it says "retry"
+    // (503), never "no such function" (404).
+    eventually("c serves f", Duration::from_secs(20), || async {
+        let r = invoke(cv, &f, "c is starting").await;
+        assert!(
+            r.status == 200 || (r.status == 503 && code(&r) == "unavailable"),
+            "c answered {} while catching up",
+            r.status
+        );
+        (r.status == 200).then_some(())
+    })
+    .await;
     eventually("c caught up", Duration::from_secs(20), || async {
         let r = request(cv, Method::GET, &format!("/v1/functions/{f}"), Bytes::new()).await;
         (r.status == 200).then_some(())
@@ -255,6 +267,44 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     for n in [a, b, c] {
         n.shutdown().await.unwrap();
     }
+}
+
+/// A member that has reached no peer yet cannot tell an unknown function from one it has not
+/// heard of: it answers 503 `unavailable` (retryable, so clients try another node), for sync
+/// and async invocations alike, until `cluster_sync_grace_ms` has passed; then 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = udp_ports(3);
+    let grace = Duration::from_millis(1500);
+    let started = Instant::now();
+    let a = start(Config {
+        cluster_sync_grace_ms: grace.as_millis() as u64,
+        ..member_config(root.path(), 0, &mesh)
+    })
+    .await;
+    let r = invoke(a.addr(), "ghost", "anyone?").await;
+    assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
+    let message = tern_wire::ApiError::from_json(&r.body).unwrap().message;
+    assert!(message.contains("not synced"), "{message}");
+    let r = request(
+        a.addr(),
+        Method::POST,
+        "/v1/functions/ghost/invoke?mode=async",
+        Bytes::from_static(b"later?"),
+    )
+    .await;
+    assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
+    assert!(
+        started.elapsed() < grace,
+        "the test machine was too slow to check the grace"
+    );
+
+    tokio::time::sleep(grace.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
+    let r = invoke(a.addr(), "ghost", "anyone?").await;
+    assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    a.shutdown().await.unwrap();
 }
 
 /// Node classes steer placement (Eq. 2): an `edge-small` node (128 MiB, 50 ms) is only given
