@@ -2,9 +2,10 @@
 //! requests, publishes this node's status, replicates the registry, and implements the
 //! SchedulerAgent's [`Remote`] seam (forwarding MEUs to peers).
 //!
-//! Every exchange is one request frame and one answer frame on its own QUIC stream
-//! ([`PeerRequest`] / [`PeerResponse`] in tern-wire), so a module transfer never delays an
-//! invocation or a status update.
+//! Every exchange is one request frame and one answer frame on a QUIC stream that carries
+//! nothing else meanwhile ([`PeerRequest`] / [`PeerResponse`] in tern-wire; the stream is a
+//! lane kept for later exchanges), so a module transfer never delays an invocation or a
+//! status update.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -276,7 +277,7 @@ impl ClusterLink {
         self.exchange(peer, &req, Some(CONTROL_TIMEOUT)).await
     }
 
-    /// One request to `peer` on its own stream and its decoded answer, within `bound` if set.
+    /// One request to `peer` on a lane of its own and its decoded answer, within `bound` if set.
     async fn exchange(
         &self,
         peer: &NodeName,

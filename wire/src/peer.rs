@@ -1,6 +1,7 @@
-//! Node-to-node data-plane messages: one [`PeerRequest`] frame on a fresh QUIC stream, one
-//! [`PeerResponse`] frame back. Each exchange has its own stream, so a module transfer never
-//! holds up an invocation or a status update (design §4, "message size").
+//! Node-to-node data-plane messages: one [`PeerRequest`] frame on a QUIC stream, one
+//! [`PeerResponse`] frame back. A stream carries one exchange at a time (it is kept open for
+//! later ones: a lane, see tern-cluster's transport), so a module transfer never holds up an
+//! invocation or a status update (design §4, "message size").
 
 use serde::{Deserialize, Serialize};
 
