@@ -84,16 +84,21 @@ impl Pipeline {
         })
     }
 
-    /// The error for a function this node does not have: `FunctionNotFound`, unless this
-    /// node is a cluster member that has not synced the registry yet (just started or
-    /// restarted, peers not reached), when the function may exist and the answer is a
-    /// retryable `Unavailable`. Counted as a request error.
-    pub fn unknown_function(&self, function: FunctionName) -> Error {
-        let synced = self
-            .services
+    /// Whether this node knows the cluster's registry (always, outside a cluster; see
+    /// [`crate::remote::Remote::registry_synced`]). Read it *before* looking a function up,
+    /// so a sync that installs the function in between cannot turn "retry" into "not found".
+    pub fn registry_synced(&self) -> bool {
+        self.services
             .remote
             .get()
-            .is_none_or(|r| r.registry_synced());
+            .is_none_or(|r| r.registry_synced())
+    }
+
+    /// The error for a function this node does not have: `FunctionNotFound`, unless the
+    /// node had not synced the cluster registry (`synced`, read before the lookup) when the
+    /// function may exist elsewhere and the answer is a retryable `Unavailable`. Counted as
+    /// a request error.
+    pub fn unknown_function(&self, function: FunctionName, synced: bool) -> Error {
         let err = if synced {
             Error::FunctionNotFound(function)
         } else {
@@ -118,8 +123,9 @@ impl Pipeline {
         inv: Invocation,
         _permit: Permit,
     ) -> Result<Outcome, Error> {
+        let synced = self.registry_synced();
         let Some(deployed) = self.services.runtime.get(&inv.function) else {
-            return Err(self.unknown_function(inv.function));
+            return Err(self.unknown_function(inv.function, synced));
         };
         let started = Instant::now();
         let span = tracing::debug_span!(

@@ -487,6 +487,8 @@ async fn next_request(
     cfg: &TransportConfig,
 ) -> Result<Option<Vec<u8>>, ClusterError> {
     if decoder.buffered() == 0 {
+        // An idle lane holds no buffer while it waits.
+        decoder.release();
         match recv.read_chunk(HEADER_LEN, true).await? {
             Some(chunk) => decoder.push(&chunk.bytes).map_err(frame_error)?,
             None => return Ok(None),
@@ -506,15 +508,17 @@ pub(crate) fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
 }
 
 /// A [`KIND_DATA`] stream that carries one request/response exchange at a time, and is kept
-/// for the next one. The decoder keeps what arrived past a frame, so a peer that answers
-/// twice is noticed (and its lane dropped) instead of desynchronising the next exchange.
+/// for the next one. The decoder keeps what arrived past a frame in the same read, so a peer
+/// that answers twice at once is noticed (and its lane dropped); a peer that sends a second
+/// answer later could still desynchronise the lane, but such a peer can lie in its answers
+/// anyway.
 #[derive(Debug)]
 struct Lane {
     send: SendStream,
     recv: RecvStream,
     decoder: FrameDecoder,
-    /// The kind byte has been written (it goes out with the first request).
-    opened: bool,
+    /// Exchanges started on this lane; the kind byte goes out with the first request.
+    uses: u64,
 }
 
 impl Lane {
@@ -523,27 +527,35 @@ impl Lane {
             send,
             recv,
             decoder: FrameDecoder::new(max_frame),
-            opened: false,
+            uses: 0,
         }
     }
 
-    async fn exchange(&mut self, frame: Vec<u8>) -> Result<Vec<u8>, ClusterError> {
-        if self.opened {
-            self.send.write_all(&frame).await?;
+    async fn exchange(&mut self, frame: &bytes::Bytes) -> Result<Vec<u8>, ClusterError> {
+        self.uses += 1;
+        if self.uses > 1 {
+            self.send.write_all(frame).await?;
         } else {
             // Kind byte and frame in one write, so a small request leaves in one packet.
-            let mut chunks = [
-                bytes::Bytes::from_static(&[KIND_DATA]),
-                bytes::Bytes::from(frame),
-            ];
+            let mut chunks = [bytes::Bytes::from_static(&[KIND_DATA]), frame.clone()];
             self.send.write_all_chunks(&mut chunks).await?;
-            self.opened = true;
         }
         let answer = read_frame_into(&mut self.recv, &mut self.decoder).await;
         if let Err(ClusterError::FrameTooLarge { .. }) = &answer {
             let _ = self.recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
         }
         answer
+    }
+
+    /// After a failed exchange on a lane used before: the peer ended or refused the stream
+    /// with code 0 before a byte of the answer came. That is how a node of the previous mesh
+    /// version (one exchange per stream) treats a second request; it never read it. This
+    /// version never ends a lane in use nor refuses with code 0.
+    fn ended_unread(&self, e: &ClusterError) -> bool {
+        // `uses` already counts the failed exchange.
+        self.uses > 1
+            && self.decoder.buffered() == 0
+            && matches!(e, ClusterError::Truncated | ClusterError::StreamRefused(0))
     }
 }
 
@@ -552,11 +564,20 @@ impl Lane {
 struct LanePool {
     idle: std::sync::Mutex<Vec<Lane>>,
     opened: AtomicU64,
+    /// Signalled when a lane is given back, for requests waiting for stream credit.
+    returned: tokio::sync::Notify,
 }
 
 impl LanePool {
     fn take(&self) -> Option<Lane> {
         crate::sync::lock(&self.idle).pop()
+    }
+
+    /// Finishes every idle lane, so the peer gives their stream credit back.
+    fn release_idle(&self) {
+        for mut lane in crate::sync::lock(&self.idle).drain(..) {
+            let _ = lane.send.finish();
+        }
     }
 }
 
@@ -575,7 +596,10 @@ impl LentLane<'_> {
         };
         let mut idle = crate::sync::lock(&self.pool.idle);
         if idle.len() < cap {
+            lane.decoder.release();
             idle.push(lane);
+            drop(idle);
+            self.pool.returned.notify_one();
         } else {
             let _ = lane.send.finish();
         }
@@ -676,22 +700,26 @@ impl Connection {
     /// about four extra datagrams per exchange on loopback (stream credit and the ACKs they
     /// elicit), each one waking the peer process.
     pub async fn request(&self, payload: &[u8]) -> Result<Vec<u8>, ClusterError> {
-        let frame = encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?;
+        let frame =
+            bytes::Bytes::from(encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?);
         let exchange = async {
-            let mut lent = LentLane {
-                lane: self.lanes.take(),
-                pool: &self.lanes,
-            };
-            let lane = match &mut lent.lane {
-                Some(lane) => lane,
-                None => {
-                    let (send, recv) = self.inner.open_bi().await?;
-                    self.lanes.opened.fetch_add(1, Ordering::Relaxed);
-                    lent.lane.insert(Lane::new(send, recv, self.cfg.max_frame))
+            let mut lent = self.lend().await?;
+            let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
+            let answer = match lane.exchange(&frame).await {
+                Err(e) if lane.ended_unread(&e) => {
+                    // Not executed there: send it once more, on a stream of its own.
+                    drop(lent);
+                    lent = self.lend_new().await?;
+                    let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
+                    lane.exchange(&frame).await
                 }
+                answer => answer,
             };
-            let answer = lane.exchange(frame).await;
-            if answer.is_ok() && lane.decoder.buffered() == 0 {
+            let clean = lent
+                .lane
+                .as_ref()
+                .is_some_and(|l| l.decoder.buffered() == 0);
+            if answer.is_ok() && clean {
                 let cap = self
                     .cfg
                     .max_idle_lanes
@@ -703,6 +731,45 @@ impl Connection {
         tokio::time::timeout(self.cfg.request_timeout, exchange)
             .await
             .map_err(|_| ClusterError::Timeout("request"))?
+    }
+
+    /// A lane for one exchange: an idle one, else a new stream. While the peer's stream
+    /// credit is used up, whichever comes first: a lane given back, or new credit.
+    async fn lend(&self) -> Result<LentLane<'_>, ClusterError> {
+        loop {
+            let returned = self.lanes.returned.notified();
+            tokio::pin!(returned);
+            // Registered before looking, so a lane given back after the look wakes us.
+            returned.as_mut().enable();
+            if let Some(lane) = self.lanes.take() {
+                return Ok(LentLane {
+                    lane: Some(lane),
+                    pool: &self.lanes,
+                });
+            }
+            tokio::select! {
+                biased;
+                opened = self.inner.open_bi() => return self.new_lane(opened?),
+                () = &mut returned => {}
+            }
+        }
+    }
+
+    /// A lane on a new stream.
+    async fn lend_new(&self) -> Result<LentLane<'_>, ClusterError> {
+        let opened = self.inner.open_bi().await?;
+        self.new_lane(opened)
+    }
+
+    fn new_lane(
+        &self,
+        (send, recv): (SendStream, RecvStream),
+    ) -> Result<LentLane<'_>, ClusterError> {
+        self.lanes.opened.fetch_add(1, Ordering::Relaxed);
+        Ok(LentLane {
+            lane: Some(Lane::new(send, recv, self.cfg.max_frame)),
+            pool: &self.lanes,
+        })
     }
 
     /// Data-plane streams this side has opened for [`Connection::request`]; each carries
@@ -725,6 +792,13 @@ impl Connection {
         self.open_raw_stream(kind).await
     }
 
+    /// The next stream the peer opens, unread, bypassing `serve`: lets tests play a peer of
+    /// another protocol version.
+    #[doc(hidden)]
+    pub async fn accept_raw_stream(&self) -> Result<(SendStream, RecvStream), ClusterError> {
+        Ok(self.inner.accept_bi().await?)
+    }
+
     /// Like `open_stream` without the kind check, so tests can send what a hostile or newer
     /// peer would.
     #[doc(hidden)]
@@ -732,7 +806,19 @@ impl Connection {
         &self,
         first_byte: u8,
     ) -> Result<(SendStream, RecvStream), ClusterError> {
-        let (mut send, recv) = self.inner.open_bi().await?;
+        let opened = tokio::select! {
+            biased;
+            opened = self.inner.open_bi() => Some(opened),
+            () = std::future::ready(()) => None,
+        };
+        let (mut send, recv) = match opened {
+            Some(opened) => opened?,
+            None => {
+                // The peer's stream credit is used up, perhaps by idle lanes: give theirs back.
+                self.lanes.release_idle();
+                self.inner.open_bi().await?
+            }
+        };
         send.write_all(&[first_byte]).await?;
         Ok((send, recv))
     }

@@ -427,6 +427,87 @@ async fn an_abandoned_request_does_not_leak_its_answer_into_the_next() {
     );
 }
 
+/// A node of the previous mesh version answers one request per stream, then finishes it.
+/// A lane kept after such an answer is refused or ended on its next use, before the request
+/// is read: it is sent again on a fresh stream, so every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_answers_once_per_stream_still_gets_every_request() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = std::sync::Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let server = b.clone();
+    let old_peer = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        let mut served = 0u32;
+        while let Ok((mut send, mut recv)) = conn.accept_raw_stream().await {
+            let mut kind = [0u8; 1];
+            recv.read_exact(&mut kind).await.unwrap();
+            assert_eq!(kind[0], KIND_DATA);
+            let mut header = [0u8; 4];
+            recv.read_exact(&mut header).await.unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            recv.read_exact(&mut body).await.unwrap();
+            let answer = [b"old:".as_slice(), &body].concat();
+            send.write_all(&tern_wire::encode_frame(&answer, 1024).unwrap())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            drop(recv);
+            served += 1;
+        }
+        served
+    });
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    for i in 0..10u8 {
+        assert_eq!(
+            conn.request(&[i]).await.unwrap(),
+            [b"old:".as_slice(), &[i]].concat()
+        );
+    }
+    conn.close();
+    assert_eq!(old_peer.await.unwrap(), 10, "each request was read once");
+}
+
+/// Idle lanes hold the peer's stream credit. A peer that grants fewer streams than this side
+/// would keep idle: a request waiting for credit takes a lane given back instead, and
+/// opening another kind of stream gives the idle lanes' credit back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_lanes_never_starve_other_streams_of_credit() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let stingy = TransportConfig {
+        max_concurrent_streams: 4,
+        ..TransportConfig::default()
+    };
+    let b = std::sync::Arc::new(bind(dir.path(), "b", stingy));
+    let _accepted = serve_one(&b);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    let slow: Vec<_> = (0..6)
+        .map(|_| {
+            let c = conn.clone();
+            tokio::spawn(async move { c.request(b"slow").await })
+        })
+        .collect();
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap(), b"echo:slow");
+    }
+    assert!(conn.lanes_opened() <= 4, "{}", conn.lanes_opened());
+    // All four streams b grants are idle lanes now.
+    let opened = tokio::time::timeout(Duration::from_secs(2), conn.open_stream(KIND_DATA)).await;
+    let (mut send, mut recv) = opened
+        .expect("no stream credit while lanes sat idle")
+        .unwrap();
+    send.write_all(&tern_wire::encode_frame(b"raw", 64).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(64).await.unwrap();
+    assert_eq!(&answer[4..], b"echo:raw");
+    assert_eq!(conn.request(b"after").await.unwrap(), b"echo:after");
+}
+
 /// The serving side answers every request on a stream in order, whether the requester keeps
 /// the stream (a lane) or finishes it after pipelining several requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -164,11 +164,15 @@ impl App {
     /// replicates like a deploy and a node that was away cannot bring the function back.
     pub async fn remove(&self, name: &FunctionName) -> Result<FunctionInfo, NodeError> {
         let _guard = self.deploy_lock.lock().await;
-        let record = self
-            .store
-            .function(name)?
-            .filter(|e| !e.removed)
-            .ok_or_else(|| NodeError::NotFound(format!("function {name} is not deployed")))?;
+        let synced = self.pipeline.registry_synced();
+        let Some(record) = self.store.function(name)?.filter(|e| !e.removed) else {
+            // Unsynced, "not deployed" could be wrong, and the removal would be lost.
+            return Err(if synced {
+                NodeError::NotFound(format!("function {name} is not deployed"))
+            } else {
+                self.pipeline.unknown_function(name.clone(), false).into()
+            });
+        };
         let mut tombstone = record.clone();
         tombstone.removed = true;
         tombstone.info.version += 1;
@@ -297,8 +301,9 @@ impl App {
         map: bool,
     ) -> Result<InvocationId, NodeError> {
         let permit = self.pipeline.admit()?;
+        let synced = self.pipeline.registry_synced();
         if self.services().runtime.get(&function).is_none() {
-            return Err(self.pipeline.unknown_function(function).into());
+            return Err(self.pipeline.unknown_function(function, synced).into());
         }
         let record = InvocationRecord {
             id: self.ids.next(),

@@ -8,8 +8,9 @@
 //! status update.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{Acquire, Release};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -52,9 +53,12 @@ pub struct ClusterLink {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
     sessions: Option<Sessions>,
-    /// A peer's registry has been pulled since start (or there is no peer to pull from).
+    /// A peer's registry has been pulled and applied since start (or there is no peer).
     synced: AtomicBool,
-    /// Past this, a node that reached no peer stops waiting and answers for what it has.
+    /// Registry syncs under way: while one runs, the deadline below does not apply.
+    syncing: AtomicUsize,
+    /// Past this, a node that is not syncing with anyone stops waiting and answers for what
+    /// it has.
     sync_deadline: Instant,
 }
 
@@ -135,6 +139,7 @@ impl ClusterLink {
             ClusterLink {
                 name,
                 synced: AtomicBool::new(no_peers),
+                syncing: AtomicUsize::new(0),
                 sync_deadline,
                 mesh,
                 app: Arc::downgrade(app),
@@ -378,7 +383,8 @@ impl ClusterLink {
 
 impl Remote for ClusterLink {
     fn registry_synced(&self) -> bool {
-        self.synced.load(Relaxed) || Instant::now() >= self.sync_deadline
+        self.synced.load(Acquire)
+            || (self.syncing.load(Acquire) == 0 && Instant::now() >= self.sync_deadline)
     }
 
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
@@ -636,12 +642,24 @@ async fn watch_membership(link: Weak<ClusterLink>) {
 }
 
 fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
-    let link = link.clone();
+    let Some(l) = link.upgrade() else { return };
+    // Counted from before the task starts until it ends however it ends, so there is no
+    // moment where a reached peer's registry is neither pulled nor being pulled.
+    struct Syncing(Arc<ClusterLink>);
+    impl Drop for Syncing {
+        fn drop(&mut self) {
+            self.0.syncing.fetch_sub(1, Release);
+        }
+    }
+    l.syncing.fetch_add(1, Release);
+    let syncing = Syncing(l);
     tokio::spawn(async move {
-        let Some(l) = link.upgrade() else { return };
+        let l = &syncing.0;
         match l.sync_registry(&peer).await {
+            // Entries that failed to apply were logged; they will not become ready by
+            // waiting, so they do not hold the node in "not synced".
             Ok(n) => {
-                l.synced.store(true, Relaxed);
+                l.synced.store(true, Release);
                 tracing::info!(%peer, applied = n, "registry synced");
             }
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),

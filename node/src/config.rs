@@ -111,8 +111,8 @@ pub struct Config {
     /// extra datagrams per forwarded invocation.
     pub cluster_idle_lanes: usize,
     /// After (re)starting, a member answers 503 instead of 404 for a function it does not
-    /// know until it has pulled a peer's registry, or for at most this long when it reaches
-    /// no peer.
+    /// know until it has pulled and applied a peer's registry; while no sync is under way
+    /// (no peer reached), for at most this long.
     pub cluster_sync_grace_ms: u64,
 }
 

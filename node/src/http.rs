@@ -196,11 +196,14 @@ async fn deploy(
 
 fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
     let name = parse_name(name)?;
-    let deployed = app
-        .services()
-        .runtime
-        .get(&name)
-        .ok_or_else(|| NodeError::NotFound(format!("function {name} is not deployed")))?;
+    let synced = app.pipeline.registry_synced();
+    let Some(deployed) = app.services().runtime.get(&name) else {
+        return Err(if synced {
+            NodeError::NotFound(format!("function {name} is not deployed"))
+        } else {
+            app.pipeline.unknown_function(name, false).into()
+        });
+    };
     Ok(json(StatusCode::OK, &deployed.info))
 }
 

@@ -81,6 +81,13 @@ impl FrameDecoder {
         Ok(Some(payload))
     }
 
+    /// Frees the buffer if nothing is waiting in it, e.g. before a long idle wait.
+    pub fn release(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+
     /// Bytes received but not yet returned as a frame.
     pub fn buffered(&self) -> usize {
         self.buf.len()
@@ -129,6 +136,12 @@ mod tests {
         let kept = dec.buf.capacity();
         assert_eq!(dec.next_frame().unwrap().unwrap(), vec![2; 100]);
         assert_eq!(dec.buf.capacity(), kept);
+        // An idle decoder can give all of it back, but never drops unread bytes.
+        dec.release();
+        assert_eq!(dec.buf.capacity(), 0);
+        dec.push(&[0, 0]).unwrap();
+        dec.release();
+        assert_eq!(dec.buffered(), 2);
     }
 
     #[test]

@@ -271,7 +271,8 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
 
 /// A member that has reached no peer yet cannot tell an unknown function from one it has not
 /// heard of: it answers 503 `unavailable` (retryable, so clients try another node), for sync
-/// and async invocations alike, until `cluster_sync_grace_ms` has passed; then 404.
+/// and async invocations, describe and remove alike, until `cluster_sync_grace_ms` has passed
+/// (no sync is under way: it reaches no peer); then 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     let root = tempfile::tempdir().unwrap();
@@ -296,6 +297,20 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     )
     .await;
     assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
+    for method in [Method::GET, Method::DELETE] {
+        let r = request(
+            a.addr(),
+            method.clone(),
+            "/v1/functions/ghost",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (503, "unavailable"),
+            "{method}"
+        );
+    }
     assert!(
         started.elapsed() < grace,
         "the test machine was too slow to check the grace"
@@ -304,6 +319,20 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     tokio::time::sleep(grace.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
     let r = invoke(a.addr(), "ghost", "anyone?").await;
     assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    for method in [Method::GET, Method::DELETE] {
+        let r = request(
+            a.addr(),
+            method.clone(),
+            "/v1/functions/ghost",
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (404, "not_found"),
+            "{method}"
+        );
+    }
     a.shutdown().await.unwrap();
 }
 
