@@ -96,17 +96,21 @@ impl Pipeline {
 
     /// The error for a function this node does not have: `FunctionNotFound`, unless the
     /// node had not synced the cluster registry (`synced`, read before the lookup) when the
-    /// function may exist elsewhere and the answer is a retryable `Unavailable`. Counted as
-    /// a request error.
-    pub fn unknown_function(&self, function: FunctionName, synced: bool) -> Error {
-        let err = if synced {
+    /// function may exist elsewhere and the answer is a retryable `Unavailable`.
+    pub fn missing_function(function: FunctionName, synced: bool) -> Error {
+        if synced {
             Error::FunctionNotFound(function)
         } else {
             Error::Unavailable(format!(
                 "function {function} is not known here, and this node has not synced the \
                  cluster registry yet; retry"
             ))
-        };
+        }
+    }
+
+    /// [`Pipeline::missing_function`] for an invocation, counted as a request error.
+    pub fn unknown_function(&self, function: FunctionName, synced: bool) -> Error {
+        let err = Self::missing_function(function, synced);
         self.services.metrics.request_errors[err.code().index()].fetch_add(1, Relaxed);
         err
     }

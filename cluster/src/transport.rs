@@ -749,7 +749,7 @@ impl Connection {
             }
             tokio::select! {
                 biased;
-                opened = self.inner.open_bi() => return self.new_lane(opened?),
+                opened = self.inner.open_bi() => return Ok(self.new_lane(opened?)),
                 () = &mut returned => {}
             }
         }
@@ -758,18 +758,15 @@ impl Connection {
     /// A lane on a new stream.
     async fn lend_new(&self) -> Result<LentLane<'_>, ClusterError> {
         let opened = self.inner.open_bi().await?;
-        self.new_lane(opened)
+        Ok(self.new_lane(opened))
     }
 
-    fn new_lane(
-        &self,
-        (send, recv): (SendStream, RecvStream),
-    ) -> Result<LentLane<'_>, ClusterError> {
+    fn new_lane(&self, (send, recv): (SendStream, RecvStream)) -> LentLane<'_> {
         self.lanes.opened.fetch_add(1, Ordering::Relaxed);
-        Ok(LentLane {
+        LentLane {
             lane: Some(Lane::new(send, recv, self.cfg.max_frame)),
             pool: &self.lanes,
-        })
+        }
     }
 
     /// Data-plane streams this side has opened for [`Connection::request`]; each carries

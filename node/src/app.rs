@@ -167,11 +167,7 @@ impl App {
         let synced = self.pipeline.registry_synced();
         let Some(record) = self.store.function(name)?.filter(|e| !e.removed) else {
             // Unsynced, "not deployed" could be wrong, and the removal would be lost.
-            return Err(if synced {
-                NodeError::NotFound(format!("function {name} is not deployed"))
-            } else {
-                self.pipeline.unknown_function(name.clone(), false).into()
-            });
+            return Err(Pipeline::missing_function(name.clone(), synced).into());
         };
         let mut tombstone = record.clone();
         tombstone.removed = true;

@@ -16,7 +16,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tern_actors::{ActorKind, Invocation};
+use tern_actors::{ActorKind, Invocation, Pipeline};
 use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvocationRecord};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
@@ -198,11 +198,7 @@ fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError>
     let name = parse_name(name)?;
     let synced = app.pipeline.registry_synced();
     let Some(deployed) = app.services().runtime.get(&name) else {
-        return Err(if synced {
-            NodeError::NotFound(format!("function {name} is not deployed"))
-        } else {
-            app.pipeline.unknown_function(name, false).into()
-        });
+        return Err(Pipeline::missing_function(name, synced).into());
     };
     Ok(json(StatusCode::OK, &deployed.info))
 }

@@ -297,20 +297,7 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     )
     .await;
     assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
-    for method in [Method::GET, Method::DELETE] {
-        let r = request(
-            a.addr(),
-            method.clone(),
-            "/v1/functions/ghost",
-            Bytes::new(),
-        )
-        .await;
-        assert_eq!(
-            (r.status, code(&r).as_str()),
-            (503, "unavailable"),
-            "{method}"
-        );
-    }
+    describe_and_remove_answer(a.addr(), 503, "unavailable").await;
     assert!(
         started.elapsed() < grace,
         "the test machine was too slow to check the grace"
@@ -319,21 +306,16 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     tokio::time::sleep(grace.saturating_sub(started.elapsed()) + Duration::from_millis(100)).await;
     let r = invoke(a.addr(), "ghost", "anyone?").await;
     assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
-    for method in [Method::GET, Method::DELETE] {
-        let r = request(
-            a.addr(),
-            method.clone(),
-            "/v1/functions/ghost",
-            Bytes::new(),
-        )
-        .await;
-        assert_eq!(
-            (r.status, code(&r).as_str()),
-            (404, "not_found"),
-            "{method}"
-        );
-    }
+    describe_and_remove_answer(a.addr(), 404, "not_found").await;
     a.shutdown().await.unwrap();
+}
+
+/// `GET` and `DELETE` of the unknown function "ghost" both answer `status` with `code`.
+async fn describe_and_remove_answer(addr: SocketAddr, status: u16, code_: &str) {
+    for method in [Method::GET, Method::DELETE] {
+        let r = request(addr, method.clone(), "/v1/functions/ghost", Bytes::new()).await;
+        assert_eq!((r.status, code(&r).as_str()), (status, code_), "{method}");
+    }
 }
 
 /// Node classes steer placement (Eq. 2): an `edge-small` node (128 MiB, 50 ms) is only given
