@@ -12,8 +12,14 @@ out=${1:-bench/reports/cluster}
 mkdir -p "$out"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 bash scripts/build-functions.sh >/dev/null
-cargo build --release -p tern-node
-tern=target/release/tern
+# TERN_BIN=PATH runs that binary instead of building this tree (to compare two builds side by
+# side in one session).
+if [ -n "${TERN_BIN:-}" ]; then
+  tern=$TERN_BIN
+else
+  cargo build --release -p tern-node
+  tern=target/release/tern
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -1,8 +1,8 @@
 //! Micro-benchmarks of the invocation path, in process (no HTTP):
 //! - `execute/echo`: one MEU — fresh Store, instantiate from the preheated `InstancePre`, run
 //!   echo to completion (the "instantiate + run echo" target: p50 ≤ 30 µs);
-//! - `pipeline/echo`: the same through the supervised actor chain (Ingress → Decomposer →
-//!   SchedulerAgent → RuntimePool), to show what the actors cost per request;
+//! - `pipeline/echo`: the same through `Pipeline::invoke` and the supervised actors (a plain
+//!   call: SchedulerAgent → RuntimePool), to show what the actors cost per request;
 //! - `*_x64`: 64 concurrent requests per iteration, the throughput view (no single mailbox
 //!   may cap throughput: compare pipeline_x64 with execute_x64).
 //!

@@ -1,6 +1,7 @@
-//! Decomposer: turns an invocation into minimum execution units. A plain call is one MEU,
-//! forwarded straight on with the caller's reply channel; a `map` is split by
-//! [`crate::decompose`] and joined by a task of its own (never in the handler).
+//! Decomposer: turns an invocation into minimum execution units. A `map` is split by
+//! [`crate::decompose`] and joined by a task of its own (never in the handler). A plain call
+//! is one MEU ([`Meu::single`]): the Pipeline sends those to the SchedulerAgent itself, and
+//! one that reaches the Decomposer anyway is forwarded with the caller's reply channel.
 
 use std::sync::Arc;
 
@@ -41,12 +42,7 @@ impl Actor for Decomposer {
     ) -> Result<(), ActorProcessingErr> {
         let DecomposerMsg::Decompose(inv, reply) = msg;
         if !inv.map {
-            let meu = Meu {
-                request_id: inv.request_id,
-                function: inv.function,
-                input: inv.input,
-                items: 1,
-            };
+            let meu = Meu::single(inv);
             forward(
                 services,
                 ActorKind::Scheduler,

@@ -1,7 +1,9 @@
-//! Ingress: the entry of the actor chain. The HTTP server (node crate) authenticates, applies
-//! admission through [`crate::Pipeline`] and submits here; the Ingress hands the invocation to
-//! the Decomposer. It is the seam where tenant authentication and per-tenant admission
-//! (Eq. 6 quotas) plug in.
+//! Ingress: the entry of the actor chain for invocations that need decomposing (`map`). The
+//! HTTP server (node crate) authenticates and applies admission through [`crate::Pipeline`],
+//! which submits a `map` here; the Ingress hands it to the Decomposer. A plain call skips the
+//! Ingress and the Decomposer (they would only pass it on) and goes to the SchedulerAgent, so
+//! tenant authentication and per-tenant admission (Eq. 6 quotas) belong in the Pipeline, which
+//! every invocation passes, not here.
 
 use std::sync::Arc;
 

@@ -1,7 +1,8 @@
 //! Tern's supervised actors and the pure logic they wrap.
 //!
 //! The invocation path is a chain of ractor actors — [`ingress`] → [`decomposer`] →
-//! [`scheduler`] → [`runtime_pool`] — under a [`NodeSupervisor`] that restarts any that fails,
+//! [`scheduler`] → [`runtime_pool`] for a `map`, [`scheduler`] → [`runtime_pool`] for a plain
+//! call (see [`Pipeline`]) — under a [`NodeSupervisor`] that restarts any that fails,
 //! with an [`isolator`] and a [`metrics_collector`] beside them. Actors are thin shells:
 //! decisions live in pure modules ([`decompose`], [`placement`], [`admission`], [`isolation`])
 //! and heavy state lives in shared objects ([`runtime::Runtime`], [`metrics::Metrics`]) that

@@ -107,6 +107,8 @@ pub struct Metrics {
     pub actor_restarts: Mutex<BTreeMap<String, u64>>,
     /// Guests moved to the low-priority lane after using a full time slice.
     pub slow_lane_moves: AtomicU64,
+    /// Epoch ticks so far (the ticker parks while no guest runs).
+    pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
     pub forwarded: AtomicU64,
     /// MEUs this node ran for another node.
@@ -405,6 +407,11 @@ impl Metrics {
                 "tern_slow_lane_moves_total",
                 "Guests moved to the low-priority lane after a full time slice.",
                 self.slow_lane_moves.load(Relaxed),
+            ),
+            (
+                "tern_epoch_ticks_total",
+                "Epoch ticks (deadline clock); they stop while no guest runs.",
+                self.epoch_ticks.load(Relaxed),
             ),
             (
                 "tern_forwarded_meus_total",

@@ -9,7 +9,8 @@ use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Permit};
 use crate::ingress::IngressMsg;
-use crate::runtime::Timings;
+use crate::runtime::{Meu, Timings};
+use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Services};
 
 /// One request to run a function, as the Ingress accepts it.
@@ -51,7 +52,7 @@ pub(crate) fn forward<M: Message>(services: &Services, kind: ActorKind, msg: M) 
     }
 }
 
-/// The front door used by the HTTP server: admission, then the actor chain, with re-submission
+/// The front door used by the HTTP server: admission, then the actors, with re-submission
 /// if an actor dies while holding the invocation.
 #[derive(Clone)]
 pub struct Pipeline {
@@ -163,7 +164,21 @@ impl Pipeline {
         crate::runtime_pool::run_meu(&self.services, meu).await
     }
 
+    /// A plain call is one MEU and goes straight to the SchedulerAgent: admission has run
+    /// above, and decomposing a plain call is the identity, so the Ingress actor and the
+    /// Decomposer would only pass it on. Each mailbox hop is a task wake, and tokio runs at
+    /// most three woken tasks in a row on one worker before it queues the next and wakes
+    /// another worker thread; through all four actors, every forwarded request paid such a
+    /// wake (about one futex wake and two context switches, `bench/reports/cluster`). A
+    /// `map` goes through the Ingress and the Decomposer, which splits it.
     async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {
+        if !inv.map {
+            let meu = Meu::single(inv);
+            return send_until_answered(&self.services, ActorKind::Scheduler, |reply| {
+                SchedulerMsg::Dispatch(meu.clone(), reply)
+            })
+            .await;
+        }
         send_until_answered(&self.services, ActorKind::Ingress, |reply| {
             IngressMsg::Submit(inv.clone(), reply)
         })

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::app::App;
 use crate::error::NodeError;
+use crate::self_wake::RepollOnSelfWake;
 
 type Body = Full<Bytes>;
 
@@ -49,7 +50,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let mut shutdown = shutdown.clone();
-        connections.spawn(async move {
+        // hyper passes the request body to the service inside this task, which wakes the
+        // task while it runs: poll again at once rather than through the scheduler.
+        connections.spawn(RepollOnSelfWake::new(async move {
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(app, req).await) }
@@ -67,7 +70,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
                     let _ = conn.await;
                 }
             }
-        });
+        }));
     }
     drop(listener);
     // Open connections finish their current request; give them 10 s, then cut them.

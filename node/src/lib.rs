@@ -12,6 +12,7 @@ pub mod http;
 pub mod idempotency;
 pub mod learned;
 pub mod node;
+pub mod self_wake;
 pub mod store;
 
 pub use config::Config;

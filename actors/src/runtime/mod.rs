@@ -10,12 +10,13 @@
 //! compile it is a *cold start* (Eq. 3: T_exec = T_pre + min(T_load, T_reuse) + T_inst).
 
 mod capped_pipe;
+pub mod epoch;
 mod lanes;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 
 use self::capped_pipe::CappedPipe;
+use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
 use self::lanes::Lanes;
 use crate::Error;
 use crate::isolation::{Sandbox, SandboxSpec};
@@ -106,6 +108,18 @@ pub struct Meu {
     pub items: usize,
 }
 
+impl Meu {
+    /// The one MEU of a plain (not `map`) invocation.
+    pub fn single(inv: crate::Invocation) -> Self {
+        Self {
+            request_id: inv.request_id,
+            function: inv.function,
+            input: inv.input,
+            items: 1,
+        }
+    }
+}
+
 /// Where the time of one MEU went (Eq. 3), in microseconds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Timings {
@@ -160,7 +174,7 @@ pub struct Runtime {
     instance_slots: Arc<Semaphore>,
     lanes: Lanes,
     metrics: Arc<Metrics>,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: EpochTicker,
 }
 
 impl Runtime {
@@ -187,8 +201,12 @@ impl Runtime {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
 
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_ticker(engine.clone(), cfg.epoch_tick, ticker_stop.clone())?;
+        let ticker = EpochTicker::spawn(
+            engine.clone(),
+            cfg.epoch_tick,
+            IDLE_BEFORE_PARK,
+            metrics.epoch_ticks.clone(),
+        )?;
         Ok(Arc::new(Self {
             compile_slots: Arc::new(Semaphore::new(cfg.compile_concurrency.max(1))),
             instance_slots: Arc::new(Semaphore::new(cfg.max_instances as usize)),
@@ -200,7 +218,7 @@ impl Runtime {
             functions: RwLock::default(),
             modules: Mutex::default(),
             metrics,
-            ticker_stop,
+            ticker,
         }))
     }
 
@@ -477,8 +495,11 @@ impl Runtime {
         });
 
         let host_metrics = self.metrics.clone();
+        // Epochs advance only while some guest holds one of these (an idle ticker parks).
+        let ticking = self.ticker.guest_running();
         let guest = async move {
             let _slot = slot;
+            let _ticking = ticking;
             host_metrics.executing.fetch_add(1, Relaxed);
             let _executing = DecrementOnDrop(&host_metrics.executing);
             let inst_start = Instant::now();
@@ -538,12 +559,6 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Relaxed);
-    }
-}
-
 struct DecrementOnDrop<'a>(&'a std::sync::atomic::AtomicI64);
 
 impl Drop for DecrementOnDrop<'_> {
@@ -581,18 +596,6 @@ fn thread_cpu_time() -> Duration {
         t.tv_sec.max(0) as u64,
         t.tv_nsec.clamp(0, 999_999_999) as u32,
     )
-}
-
-fn spawn_epoch_ticker(engine: Engine, tick: Duration, stop: Arc<AtomicBool>) -> Result<(), Error> {
-    std::thread::Builder::new()
-        .name("tern-epoch".into())
-        .spawn(move || {
-            while !stop.load(Relaxed) {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        })?;
-    Ok(())
 }
 
 /// Writes the artifact and, beside it, its SHA-256, each through a temporary file and a rename

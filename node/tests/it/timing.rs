@@ -80,6 +80,10 @@ async fn infinite_loop_traps_within_deadline_plus_two_ticks() {
     let addr = node.addr();
     deploy(addr, "loop", "?timeout_ms=100").await;
     for _ in 0..5 {
+        // Each loop starts on an idle node whose epoch ticker has parked: the guest must wake
+        // it, or nothing would stop the loop (the test then hangs: the spinning guest holds
+        // a worker of this test's runtime).
+        wait_for_parked_ticker(addr).await;
         let r = invoke(addr, "loop", "").await;
         assert_eq!((r.status, code(&r).as_str()), (504, "timeout"));
         let server_us: u64 = r.header("x-tern-duration-us").unwrap().parse().unwrap();
@@ -88,8 +92,38 @@ async fn infinite_loop_traps_within_deadline_plus_two_ticks() {
             server_us <= 110_000,
             "trapped at {server_us} µs, past 100 ms + 2 × 5 ms ticks"
         );
+        // The answer comes at the deadline regardless; the guest itself must have stopped too
+        // (it does only when epochs advance).
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while metric(addr, "tern_executing").await > 0.0 {
+            assert!(
+                Instant::now() < give_up,
+                "the loop still runs past its deadline"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     node.shutdown().await.unwrap();
+}
+
+/// Waits until the node's epoch ticks stop advancing (no guest running for 100 ms parks the
+/// ticker), checking over 40 ms windows (eight 5 ms ticks).
+async fn wait_for_parked_ticker(addr: std::net::SocketAddr) {
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut last = metric(addr, "tern_epoch_ticks_total").await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let now = metric(addr, "tern_epoch_ticks_total").await;
+        assert!(now > 0.0, "tern_epoch_ticks_total is not exported");
+        if now == last {
+            return;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the idle epoch ticker never parked"
+        );
+        last = now;
+    }
 }
 
 fn rss_bytes() -> u64 {
