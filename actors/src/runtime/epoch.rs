@@ -37,6 +37,10 @@ struct Shared {
     stop: AtomicBool,
     /// Epoch increments so far (exported as `tern_epoch_ticks_total`).
     ticks: Arc<AtomicU64>,
+    /// Runs when the ticker has decided to park, just before it announces it: lets a test
+    /// start a guest in exactly the window the re-read of `running` exists for.
+    #[cfg(test)]
+    before_park: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 /// Held while a guest may run wasm: keeps the ticker ticking.
@@ -63,6 +67,8 @@ impl EpochTicker {
             parked: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             ticks,
+            #[cfg(test)]
+            before_park: std::sync::Mutex::new(None),
         });
         let idle_ticks_before_park = idle_before_park
             .as_nanos()
@@ -117,6 +123,15 @@ fn run(engine: &Engine, tick: Duration, idle_ticks_before_park: u128, shared: &S
         idle_ticks += 1;
         if idle_ticks < idle_ticks_before_park {
             continue;
+        }
+        #[cfg(test)]
+        if let Some(hook) = shared
+            .before_park
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_mut()
+        {
+            hook();
         }
         shared.parked.store(true, SeqCst);
         // Re-read after announcing the park (see the module comment); `park` may also return
@@ -215,6 +230,53 @@ mod tests {
             ticks.load(SeqCst),
             stopped_at,
             "the thread ends with its last guest"
+        );
+    }
+
+    /// The interleaving the re-read of `running` is for: a guest starts after the ticker
+    /// decided to park but before it announced it, so the guest sees `parked == false` and
+    /// does not unpark. The ticker must notice the guest and keep ticking.
+    #[test]
+    fn a_guest_starting_as_the_ticker_decides_to_park_still_gets_ticks() {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = EpochTicker::spawn(
+            engine(),
+            Duration::from_millis(1),
+            Duration::from_millis(5),
+            ticks.clone(),
+        )
+        .unwrap();
+        let guest_slot = Arc::new(std::sync::Mutex::new(None::<RunningGuest>));
+        let (shared, slot) = (ticker.shared.clone(), guest_slot.clone());
+        *ticker.shared.before_park.lock().unwrap() = Some(Box::new(move || {
+            let mut slot = slot.lock().unwrap();
+            if slot.is_none() {
+                // What `guest_running` does, at the worst moment: `parked` is still false.
+                shared.running.fetch_add(1, SeqCst);
+                assert!(!shared.parked.load(SeqCst));
+                *slot = Some(RunningGuest {
+                    shared: shared.clone(),
+                });
+            }
+        }));
+        wait_until(
+            "the guest started in the window",
+            Duration::from_secs(5),
+            || guest_slot.lock().unwrap().is_some(),
+        );
+        let at_start = ticks.load(SeqCst);
+        wait_until(
+            "ticks go on for the guest (a lost wake parks the ticker)",
+            Duration::from_secs(2),
+            || ticks.load(SeqCst) >= at_start + 20,
+        );
+        assert!(!ticker.is_parked());
+        *ticker.shared.before_park.lock().unwrap() = None;
+        drop(guest_slot.lock().unwrap().take());
+        wait_until(
+            "it parks once the guest ends",
+            Duration::from_secs(5),
+            || ticker.is_parked(),
         );
     }
 
