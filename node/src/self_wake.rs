@@ -157,6 +157,16 @@ mod tests {
         }
     }
 
+    /// A [`SelfWaking`] future inside the wrapper, and its poll counter.
+    fn wrapped_self_waking(self_wakes: usize) -> (RepollOnSelfWake<SelfWaking>, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let fut = RepollOnSelfWake::new(SelfWaking {
+            self_wakes,
+            polls: polls.clone(),
+        });
+        (fut, polls)
+    }
+
     fn task_waker() -> (Arc<CountWakes>, Waker) {
         let count = Arc::new(CountWakes(AtomicUsize::new(0)));
         (count.clone(), Waker::from(count))
@@ -165,11 +175,8 @@ mod tests {
     #[test]
     fn a_self_wake_during_a_poll_polls_again_without_waking_the_task() {
         let (count, waker) = task_waker();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let mut fut = std::pin::pin!(RepollOnSelfWake::new(SelfWaking {
-            self_wakes: 2,
-            polls: polls.clone(),
-        }));
+        let (fut, polls) = wrapped_self_waking(2);
+        let mut fut = std::pin::pin!(fut);
         let ready = fut.as_mut().poll(&mut Context::from_waker(&waker));
         assert!(ready.is_ready());
         assert_eq!(polls.load(Relaxed), 3);
@@ -183,11 +190,8 @@ mod tests {
     #[test]
     fn a_future_that_keeps_waking_itself_still_yields_to_the_scheduler() {
         let (count, waker) = task_waker();
-        let polls = Arc::new(AtomicUsize::new(0));
-        let mut fut = std::pin::pin!(RepollOnSelfWake::new(SelfWaking {
-            self_wakes: usize::MAX,
-            polls: polls.clone(),
-        }));
+        let (fut, polls) = wrapped_self_waking(usize::MAX);
+        let mut fut = std::pin::pin!(fut);
         assert!(
             fut.as_mut()
                 .poll(&mut Context::from_waker(&waker))

@@ -158,6 +158,13 @@ mod tests {
         Engine::new(&config).unwrap()
     }
 
+    /// A ticker on a fresh engine, and its tick counter.
+    fn ticker(tick: Duration, idle_before_park: Duration) -> (EpochTicker, Arc<AtomicU64>) {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = EpochTicker::spawn(engine(), tick, idle_before_park, ticks.clone()).unwrap();
+        (ticker, ticks)
+    }
+
     fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
         let give_up = Instant::now() + limit;
         while !f() {
@@ -168,14 +175,7 @@ mod tests {
 
     #[test]
     fn parks_when_idle_and_ticks_again_for_a_guest() {
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticker = EpochTicker::spawn(
-            engine(),
-            Duration::from_millis(1),
-            Duration::from_millis(20),
-            ticks.clone(),
-        )
-        .unwrap();
+        let (ticker, ticks) = ticker(Duration::from_millis(1), Duration::from_millis(20));
         wait_until("the idle ticker parks", Duration::from_secs(5), || {
             ticker.is_parked()
         });
@@ -206,14 +206,7 @@ mod tests {
 
     #[test]
     fn a_dropped_ticker_ticks_until_its_last_guest_ends() {
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticker = EpochTicker::spawn(
-            engine(),
-            Duration::from_millis(1),
-            Duration::from_millis(20),
-            ticks.clone(),
-        )
-        .unwrap();
+        let (ticker, ticks) = ticker(Duration::from_millis(1), Duration::from_millis(20));
         let guest = ticker.guest_running();
         drop(ticker);
         let at_drop = ticks.load(SeqCst);
@@ -238,14 +231,7 @@ mod tests {
     /// does not unpark. The ticker must notice the guest and keep ticking.
     #[test]
     fn a_guest_starting_as_the_ticker_decides_to_park_still_gets_ticks() {
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticker = EpochTicker::spawn(
-            engine(),
-            Duration::from_millis(1),
-            Duration::from_millis(5),
-            ticks.clone(),
-        )
-        .unwrap();
+        let (ticker, ticks) = ticker(Duration::from_millis(1), Duration::from_millis(5));
         let guest_slot = Arc::new(std::sync::Mutex::new(None::<RunningGuest>));
         let (shared, slot) = (ticker.shared.clone(), guest_slot.clone());
         *ticker.shared.before_park.lock().unwrap() = Some(Box::new(move || {
@@ -284,16 +270,8 @@ mod tests {
     /// must see the epoch advance (a lost unpark would leave one waiting forever).
     #[test]
     fn no_guest_ever_runs_without_ticks() {
-        let ticks = Arc::new(AtomicU64::new(0));
-        let ticker = Arc::new(
-            EpochTicker::spawn(
-                engine(),
-                Duration::from_micros(200),
-                Duration::from_micros(400),
-                ticks.clone(),
-            )
-            .unwrap(),
-        );
+        let (ticker, ticks) = ticker(Duration::from_micros(200), Duration::from_micros(400));
+        let ticker = Arc::new(ticker);
         let threads: Vec<_> = (0..4u64)
             .map(|t| {
                 let ticker = ticker.clone();
