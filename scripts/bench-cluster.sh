@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cluster benchmarks (issue 3), three `tern` processes on loopback plus the load generator, all
+# Cluster benchmarks, three `tern` processes on loopback plus the load generator, all
 # on this machine:
 #   1. forwarded vs local invocation latency (1 connection, closed loop, BENCH_ROUNDS alternated
 #      rounds, default 5);

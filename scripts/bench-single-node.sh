@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Macro benchmarks of one node (issue 2): echo over HTTP at 64 connections, first call after
+# Macro benchmarks of one node: echo over HTTP at 64 connections, first call after
 # deploy, and 3,000 / 10,000 concurrent connections. Load generator on the same machine.
 # Usage: scripts/bench-single-node.sh [OUT_DIR]   (default bench/reports/single-node)
 set -euo pipefail

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what .ci/run calls): builds the guest
-# functions, runs every test in the workspace, the timing-sensitive tests one at a time, the
-# tch backend's lane (installs torch from PyPI), and smoke runs of the benchmarks.
+# functions, runs every test in the workspace, the timing-sensitive tests one at a time, and
+# smoke runs of the benchmarks. With --with-tch (as .ci/run calls it) it also runs the tch
+# backend's lane, which installs torch from PyPI (about 4.7 GB, cached).
+#
+# Usage: bash scripts/test.sh [--with-tch]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run() { echo "+ $*"; "$@"; }
+
+with_tch=0
+for arg in "$@"; do
+  case $arg in
+    --with-tch) with_tch=1 ;;
+    *) echo "usage: bash scripts/test.sh [--with-tch]" >&2; exit 2 ;;
+  esac
+done
 
 run bash scripts/build-functions.sh
 # tern-client must stay light: no wasmtime, tch or candle (nor ring) in its dependency graph.
@@ -24,7 +35,14 @@ run cargo test -p tern-node --features online-learning --test it timing:: -- --t
 run cargo test -p tern-node --lib
 # tern-policy with the tch backend: torch 2.13.0 from PyPI in a venv (~4.7 GB, cached in
 # ~/.cache/tern), then the crate's tests and clippy with `--features tch`.
-run env CARGO_TARGET_DIR="$PWD/target" bash policy/ci/tch-lane.sh
+if [[ $with_tch == 1 ]]; then
+  run env CARGO_TARGET_DIR="$PWD/target" bash policy/ci/tch-lane.sh
+else
+  echo "+ (tch lane not run: pass --with-tch to install torch and test tern-policy's tch backend)"
+fi
+# tern-sync's loom models (the epoch ticker's park gate, RepollOnSelfWake): every interleaving,
+# in a couple of seconds. `--cfg loom` in its own target dir, so the main one is not rebuilt.
+run env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target-loom" cargo test -p tern-sync --release --test loom
 # Benchmarks are not tests, but their harnesses must keep working: each criterion benchmark
 # runs once, and the policy benchmark on a short slice of the trace.
 run cargo test -p tern-actors --benches

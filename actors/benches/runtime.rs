@@ -1,6 +1,6 @@
 //! Micro-benchmarks of the invocation path, in process (no HTTP):
 //! - `execute/echo`: one MEU — fresh Store, instantiate from the preheated `InstancePre`, run
-//!   echo to completion (the "instantiate + run echo" target: p50 ≤ 30 µs);
+//!   echo to completion (our "instantiate + run echo" target: p50 ≤ 30 µs);
 //! - `pipeline/echo`: the same through `Pipeline::invoke` and the supervised actors (a plain
 //!   call: SchedulerAgent → RuntimePool), to show what the actors cost per request;
 //! - `*_x64`: 64 concurrent requests per iteration, the throughput view (no single mailbox
@@ -15,10 +15,10 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ractor::Actor;
 use tern_actors::isolation::InProcess;
-use tern_actors::metrics::Metrics;
 use tern_actors::placement::LocalFirst;
 use tern_actors::runtime::{Meu, Prepared, Runtime, RuntimeConfig};
 use tern_actors::{Invocation, NodeSupervisor, Pipeline, Services, ServicesConfig};
+use tern_metrics::Metrics;
 use tern_wire::{FunctionInfo, FunctionName};
 
 fn echo_wasm() -> Bytes {
@@ -59,7 +59,7 @@ fn bench(c: &mut Criterion) {
                 map_parallelism: 2,
                 class_max_memory_mb: 512,
                 class_max_timeout_ms: 900_000,
-                class_name: "standard".into(),
+                class: tern_wire::NodeClass::Standard,
             },
             runtime.clone(),
             metrics,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::Error;
-use crate::metrics::Metrics;
+use tern_metrics::Metrics;
 
 #[derive(Debug)]
 pub struct Admission {

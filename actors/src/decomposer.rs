@@ -1,7 +1,7 @@
-//! Decomposer: turns an invocation into minimum execution units. A `map` is split by
+//! Decomposer: turns a `map` invocation into minimum execution units, split by
 //! [`crate::decompose`] and joined by a task of its own (never in the handler). A plain call
-//! is one MEU ([`Meu::single`]): the Pipeline sends those to the SchedulerAgent itself, and
-//! one that reaches the Decomposer anyway is forwarded with the caller's reply channel.
+//! is one MEU ([`Meu::single`](crate::runtime::Meu::single)) and never comes here: the
+//! Pipeline sends it to the SchedulerAgent itself.
 
 use std::sync::Arc;
 
@@ -9,13 +9,14 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decompose::{MapPlan, join_map, plan_map};
-use crate::pipeline::{forward, send_until_answered};
+use crate::pipeline::send_until_answered;
 use crate::runtime::{Meu, Timings};
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
 
 pub enum DecomposerMsg {
-    Decompose(Invocation, Reply),
+    /// A `map` invocation to split, run and join.
+    Map(Invocation, Reply),
 }
 impl ractor::Message for DecomposerMsg {}
 
@@ -40,16 +41,7 @@ impl Actor for Decomposer {
         msg: Self::Msg,
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let DecomposerMsg::Decompose(inv, reply) = msg;
-        if !inv.map {
-            let meu = Meu::single(inv);
-            forward(
-                services,
-                ActorKind::Scheduler,
-                SchedulerMsg::Dispatch(meu, reply),
-            );
-            return Ok(());
-        }
+        let DecomposerMsg::Map(inv, reply) = msg;
         let cost = services.cost_of(inv.function.as_str());
         match plan_map(&inv.input, cost, services.config.map_parallelism) {
             Err(e) => {
@@ -88,7 +80,6 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
         match h.await {
             Ok(Ok(o)) => {
                 cold_start |= o.cold_start;
-                timings.pre_us += o.timings.pre_us;
                 timings.load_us += o.timings.load_us;
                 timings.reuse_us += o.timings.reuse_us;
                 timings.inst_us += o.timings.inst_us;
@@ -100,7 +91,10 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::Internal(format!("map chunk task: {e}")));
+                first_error.get_or_insert(Error::TaskFailed {
+                    task: "map chunk",
+                    detail: e.to_string(),
+                });
             }
         }
     }

@@ -2,7 +2,7 @@
 //! HTTP server (node crate) authenticates and applies admission through [`crate::Pipeline`],
 //! which submits a `map` here; the Ingress hands it to the Decomposer. A plain call skips the
 //! Ingress and the Decomposer (they would only pass it on) and goes to the SchedulerAgent, so
-//! tenant authentication and per-tenant admission (Eq. 6 quotas) belong in the Pipeline, which
+//! tenant authentication and per-tenant admission (the paper's Eq. 6 weighted quotas) belong in the Pipeline, which
 //! every invocation passes, not here.
 
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use crate::pipeline::forward;
 use crate::{ActorKind, Invocation, Reply, Services};
 
 pub enum IngressMsg {
-    Submit(Invocation, Reply),
+    /// A `map` invocation, admitted by the Pipeline.
+    SubmitMap(Invocation, Reply),
 }
 impl ractor::Message for IngressMsg {}
 
@@ -39,13 +40,13 @@ impl Actor for Ingress {
         msg: Self::Msg,
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let IngressMsg::Submit(inv, reply) = msg;
+        let IngressMsg::SubmitMap(inv, reply) = msg;
         // If the Decomposer is down, the message (and its reply channel) is dropped here and
         // the Pipeline re-submits once it is back.
         forward(
             services,
             ActorKind::Decomposer,
-            DecomposerMsg::Decompose(inv, reply),
+            DecomposerMsg::Map(inv, reply),
         );
         Ok(())
     }

@@ -1,20 +1,19 @@
 //! Isolator: owns how tenants are separated on this node. In-process mode (wasm SFI, store
 //! limits, deadlines) needs no per-MEU work from the actor — the RuntimePool asks the
-//! [`Sandbox`](crate::isolation::Sandbox) directly on the hot path. The actor is the home of
-//! the worker-process mode to come (pre-forked sandboxes to manage and replace), and answers
-//! which mode is in force.
+//! [`Sandbox`](crate::isolation::Sandbox) directly on the hot path — so today the actor only
+//! announces the mode in force when it starts, and takes no messages. It is the home of the
+//! worker-process mode to come (pre-forked cells to manage and replace).
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::oneshot;
 
 use crate::Services;
 use crate::isolation::IsolationMode;
 
-pub enum IsolatorMsg {
-    Mode(oneshot::Sender<IsolationMode>),
-}
+/// No messages yet: in-process isolation has no per-MEU work for the actor (uninhabited, so
+/// nothing can be sent that would go unanswered).
+pub enum IsolatorMsg {}
 impl ractor::Message for IsolatorMsg {}
 
 pub struct Isolator;
@@ -43,10 +42,8 @@ impl Actor for Isolator {
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        services: &mut Self::State,
+        _services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let IsolatorMsg::Mode(reply) = msg;
-        let _ = reply.send(services.sandbox.mode());
-        Ok(())
+        match msg {}
     }
 }

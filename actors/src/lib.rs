@@ -5,7 +5,7 @@
 //! call (see [`Pipeline`]) — under a [`NodeSupervisor`] that restarts any that fails,
 //! with an [`isolator`] and a [`metrics_collector`] beside them. Actors are thin shells:
 //! decisions live in pure modules ([`decompose`], [`placement`], [`admission`], [`isolation`])
-//! and heavy state lives in shared objects ([`runtime::Runtime`], [`metrics::Metrics`]) that
+//! and heavy state lives in shared objects ([`runtime::Runtime`], [`tern_metrics::Metrics`]) that
 //! survive an actor restart.
 //!
 //! Rules the shells follow:
@@ -23,10 +23,10 @@ pub mod decompose;
 pub mod decomposer;
 pub mod energy;
 mod error;
+pub mod failover;
 pub mod ingress;
 pub mod isolation;
 pub mod isolator;
-pub mod metrics;
 pub mod metrics_collector;
 mod pipeline;
 pub mod placement;

@@ -1,5 +1,5 @@
 //! MetricsCollector: renders the node's metrics as Prometheus text. Recording happens lock-free
-//! wherever the work is done ([`crate::metrics`]); this actor only reads.
+//! wherever the work is done ([`tern_metrics`]); this actor only reads.
 
 use std::sync::Arc;
 

@@ -102,10 +102,7 @@ impl Pipeline {
         if synced {
             Error::FunctionNotFound(function)
         } else {
-            Error::Unavailable(format!(
-                "function {function} is not known here, and this node has not synced the \
-                 cluster registry yet; retry"
-            ))
+            Error::RegistryNotSynced(function)
         }
     }
 
@@ -180,7 +177,7 @@ impl Pipeline {
             .await;
         }
         send_until_answered(&self.services, ActorKind::Ingress, |reply| {
-            IngressMsg::Submit(inv.clone(), reply)
+            IngressMsg::SubmitMap(inv.clone(), reply)
         })
         .await
     }
@@ -208,10 +205,10 @@ pub(crate) async fn send_until_answered<M: Message>(
         }
         services.metrics.resubmissions.fetch_add(1, Relaxed);
         if Instant::now() >= give_up {
-            return Err(Error::Unavailable(format!(
-                "the {} did not recover within {RESUBMIT_WINDOW:?}",
-                kind.label()
-            )));
+            return Err(Error::ActorDown {
+                actor: kind.label(),
+                window: RESUBMIT_WINDOW,
+            });
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_millis(50));

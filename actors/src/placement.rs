@@ -12,7 +12,7 @@ use crate::Error;
 pub struct NodeView {
     pub name: String,
     pub alive: bool,
-    /// Whether the node's class admits the function's memory and time limits (Eq. 2).
+    /// Whether the node's class admits the function's memory and time limits (the paper's Eq. 2: one executable per platform, here a node class).
     pub fits: bool,
     /// Invocations admitted and unanswered on that node.
     pub queue_depth: usize,
@@ -20,9 +20,8 @@ pub struct NodeView {
     pub queue_cap: usize,
     /// Whether the MEU's module is loaded there (no cold start).
     pub warm: bool,
-    /// Node class name (`standard`, `edge-small`, `cpu-burst`).
-    pub class: String,
-    /// Class limits (Eq. 2): most memory and time a function may need to run there.
+    pub class: tern_wire::NodeClass,
+    /// Class limits: most memory and time a function may need to run there.
     pub max_memory_mb: u32,
     pub max_timeout_ms: u32,
     /// CPU use of the node process over its last status interval, percent of one core.
@@ -43,10 +42,7 @@ impl NodeView {
 }
 
 fn no_node() -> Error {
-    Error::Unavailable(
-        "no live node of a class that admits this function's memory and time limits has room"
-            .into(),
-    )
+    Error::NoNodeFits
 }
 
 /// What the scheduler knows about the MEU being placed.
@@ -94,7 +90,7 @@ impl Fate {
         use tern_wire::ErrorCode as C;
         match code {
             C::Timeout => Fate::TimedOut,
-            C::Overloaded | C::Unavailable | C::Internal => Fate::Refused,
+            c if c.is_retryable() || c == C::Internal => Fate::Refused,
             _ => Fate::GuestError,
         }
     }
@@ -162,7 +158,7 @@ impl Placement for LocalFirst {
     }
 }
 
-/// Warm affinity (issue 3's default): each function has an owner node chosen by rendezvous
+/// Warm affinity (the default): each function has an owner node chosen by rendezvous
 /// (highest-random-weight) hashing over the usable nodes, so its instances stay warm in one
 /// place and only the functions of a lost node move when membership changes. When the owner's
 /// queue reaches `spill_at`, the MEU spills to the least-loaded usable node (ties go to the
@@ -320,10 +316,7 @@ mod tests {
         nodes[others[0]].fits = false;
         assert_eq!(p.place(&meu("f"), &nodes).unwrap(), owner);
         nodes[owner].alive = false;
-        assert!(matches!(
-            p.place(&meu("f"), &nodes),
-            Err(Error::Unavailable(_))
-        ));
+        assert!(matches!(p.place(&meu("f"), &nodes), Err(Error::NoNodeFits)));
     }
 
     #[test]
@@ -347,7 +340,7 @@ mod tests {
         );
         assert!(matches!(
             p.place(&meu, &[node("a", false, true)]),
-            Err(Error::Unavailable(_))
+            Err(Error::NoNodeFits)
         ));
         assert!(p.place(&meu, &[]).is_err());
     }

@@ -16,6 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tern_wire::FunctionInfo;
 use tokio::sync::oneshot;
 
+use crate::failover::{Failover, Next};
 use crate::pipeline::{Outcome, forward};
 use crate::placement::{Decision, Fate, MeuView, NodeView, Observed};
 use crate::remote::RemoteFailure;
@@ -164,7 +165,7 @@ fn local_view(services: &Services, info: &FunctionInfo) -> NodeView {
         // for it.
         queue_cap: usize::MAX,
         warm: services.runtime.is_loaded(&info.hash),
-        class: c.class_name.clone(),
+        class: c.class,
         max_memory_mb: c.class_max_memory_mb,
         max_timeout_ms: c.class_max_timeout_ms,
         // Same measurements as the status this node publishes to its peers.
@@ -175,24 +176,6 @@ fn local_view(services: &Services, info: &FunctionInfo) -> NodeView {
     }
 }
 
-/// Re-placement after a failover: the function's limits come from `info`.
-fn place(
-    services: &Services,
-    meu: &Meu,
-    info: &FunctionInfo,
-    mean_exec_us: u64,
-    nodes: &[NodeView],
-) -> Result<usize, crate::Error> {
-    let view = MeuView {
-        function: meu.function.as_str(),
-        items: meu.items,
-        memory_mb: info.memory_mb,
-        timeout_ms: info.timeout_ms,
-        mean_exec_us,
-    };
-    services.placement.place(&view, nodes)
-}
-
 fn run_here(services: &Services, meu: Meu, reply: Reply) {
     forward(
         services,
@@ -201,32 +184,38 @@ fn run_here(services: &Services, meu: Meu, reply: Reply) {
     );
 }
 
-/// Runs `meu` on `nodes[chosen]`; when that node is lost or refuses, marks it dead and places
-/// the MEU again among the rest (this node included), until it is answered.
+/// Runs `meu` on `nodes[chosen]`; when that node is lost or refuses, [`Failover`] marks it
+/// dead and places the MEU again among the rest (this node included), until it is answered.
 async fn run_remote(
     services: Arc<Services>,
     meu: Meu,
     info: FunctionInfo,
     mean_exec_us: u64,
-    mut nodes: Vec<NodeView>,
-    mut chosen: usize,
+    nodes: Vec<NodeView>,
+    chosen: usize,
     reply: Reply,
 ) {
     let Some(remote) = services.remote.get() else {
         run_here(&services, meu, reply);
         return;
     };
-    let mut attempt = 1;
+    let mut failover = Failover::new(nodes, chosen);
+    let mut next = failover.next();
     loop {
-        if chosen == 0 {
-            run_here(&services, meu, reply);
-            return;
-        }
+        let (chosen, attempt) = match next {
+            Next::Here => {
+                run_here(&services, meu, reply);
+                return;
+            }
+            Next::GiveUp(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+            Next::Peer { node, attempt } => (node, attempt),
+        };
+        let node = failover.nodes()[chosen].name.clone();
         services.metrics.forwarded.fetch_add(1, Relaxed);
-        let failure = match remote
-            .execute(&nodes[chosen].name, meu.clone(), &info, attempt)
-            .await
-        {
+        let failure = match remote.execute(&node, meu.clone(), &info, attempt).await {
             Ok(outcome) => {
                 let _ = reply.send(Ok(outcome));
                 return;
@@ -239,23 +228,19 @@ async fn run_remote(
         };
         tracing::info!(
             request_id = %meu.request_id,
-            node = %nodes[chosen].name,
+            node = %node,
             attempt,
             error = %failure,
             "re-placing an MEU after its node failed"
         );
         services.metrics.failover_reruns.fetch_add(1, Relaxed);
-        nodes[chosen].alive = false;
-        attempt += 1;
-        // The local node can always take it back (it holds the admission permit); only an
-        // unfit class stops it, and then the error says why.
-        chosen = match place(&services, &meu, &info, mean_exec_us, &nodes) {
-            Ok(i) => i,
-            Err(_) if nodes[0].fits => 0,
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        let view = MeuView {
+            function: meu.function.as_str(),
+            items: meu.items,
+            memory_mb: info.memory_mb,
+            timeout_ms: info.timeout_ms,
+            mean_exec_us,
         };
+        next = failover.failed(services.placement.as_ref(), &view);
     }
 }

@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::decompose::ItemCost;
 use crate::energy::EnergyMeter;
 use crate::isolation::Sandbox;
-use crate::metrics::Metrics;
 use crate::placement::Placement;
 use crate::remote::Remote;
 use crate::runtime::Runtime;
+use tern_metrics::Metrics;
 
 /// The actors of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -51,11 +51,11 @@ pub struct ServicesConfig {
     pub queue_cap: usize,
     /// Workers a `map` is spread over (chunk sizing).
     pub map_parallelism: usize,
-    /// This node's class limits (Eq. 2): functions needing more run elsewhere.
+    /// This node's class limits (the paper's platforms, Eq. 2): functions needing more run elsewhere.
     pub class_max_memory_mb: u32,
     pub class_max_timeout_ms: u32,
-    /// This node's class name (`standard`, `edge-small`, `cpu-burst`), as peers see it.
-    pub class_name: String,
+    /// This node's class, as peers see it.
+    pub class: tern_wire::NodeClass,
 }
 
 /// What the actors of one node share. Survives actor restarts.
@@ -67,7 +67,7 @@ pub struct Services {
     pub placement: Arc<dyn Placement>,
     /// Other nodes, once the node has joined a cluster (set at most once).
     pub remote: OnceLock<Arc<dyn Remote>>,
-    /// Energy since the node started (Eq. 8).
+    /// Energy since the node started (for the paper's Eq. 8, requests per joule).
     pub energy: EnergyMeter,
     names: HashMap<ActorKind, String>,
     costs: Mutex<HashMap<String, ItemCost>>,

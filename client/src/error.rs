@@ -94,14 +94,9 @@ impl ClientError {
     /// Whether trying the same call again later could succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Api(e) => is_retryable_code(e.code),
+            ClientError::Api(e) => e.code.is_retryable(),
             ClientError::Timeout(_) | ClientError::AllNodesUnreachable { .. } => true,
             _ => false,
         }
     }
-}
-
-/// API errors worth retrying: the node did not run the work, or could not right now.
-pub(crate) fn is_retryable_code(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Overloaded | ErrorCode::Unavailable)
 }

@@ -618,7 +618,7 @@ impl Client {
                 Ok(Ok(payload)) => {
                     match tern_wire::decode::<ClientResponse>(&payload, config.max_response_bytes) {
                         Ok(ClientResponse::Ok(reply)) => return Ok((reply, index)),
-                        Ok(ClientResponse::Err(api)) if error::is_retryable_code(api.code) => {
+                        Ok(ClientResponse::Err(api)) if api.code.is_retryable() => {
                             ClientError::Api(api)
                         }
                         Ok(ClientResponse::Err(api)) => return Err(ClientError::Api(api)),

@@ -1,4 +1,4 @@
-//! Tern's inter-node mesh (issue 3): node names, the cluster PKI, the pure membership state
+//! Tern's inter-node mesh: node names, the cluster PKI, the pure membership state
 //! machine, the QUIC transport with mutual TLS and data-plane streams, and ractor_cluster
 //! sessions over QUIC streams with a name check (`session`).
 //!

@@ -3,8 +3,8 @@
 //! The actor shell feeds it what the transport saw (`connected`, `connection_lost`,
 //! `dial_failed`) with the current monotonic time, calls `tick` to learn which peers to dial,
 //! and fans the returned [`MembershipEvent`]s out to subscribers. Keeping it pure makes every
-//! transition testable without sockets or sleeps (design §2), and using `Instant` only keeps
-//! wall-clock jumps out of it (reliability row 4).
+//! transition testable without sockets or sleeps, and using `Instant` only keeps
+//! wall-clock jumps out of it (a clock stepped by NTP must not kill or revive a peer).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -64,7 +64,7 @@ impl Default for BackoffConfig {
         Self {
             base: Duration::from_millis(100),
             // A dial to an unreachable peer costs a few packets, and after a partition heals
-            // the link must be back within 2 s (reliability row 1): the dial in flight at the
+            // the link must be back within 2 s of a healed partition: the dial in flight at the
             // heal resends its Initial at most ~1 s later or gives up (`dial_timeout`), and
             // the next one starts at most 500 ms later.
             max: Duration::from_millis(500),
@@ -73,7 +73,7 @@ impl Default for BackoffConfig {
 }
 
 /// Only the lower name of a pair dials, so each pair has one connection and no dial races
-/// (design §4, "inter-node transport").
+/// (ARCHITECTURE.md §5).
 pub fn should_dial(self_name: &NodeName, peer: &NodeName) -> bool {
     self_name < peer
 }
@@ -177,7 +177,7 @@ impl Membership {
     }
 
     /// A connection to `node` passed identity verification. Call only for verified
-    /// connections: an unverified one must never change membership (reliability row 17).
+    /// connections: an unverified one must never change membership.
     /// A new connection replaces the previous one.
     pub fn connected(
         &mut self,

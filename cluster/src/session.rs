@@ -1,4 +1,4 @@
-//! ractor_cluster sessions over QUIC (design §4, "inter-node transport", "identity",
+//! ractor_cluster sessions over QUIC (ARCHITECTURE.md §5: inter-node transport, identity,
 //! "remote actor refs", "message size").
 //!
 //! Each node runs one ractor_cluster [`NodeServer`] in [`NodeConnectionMode::Isolated`] (it never
@@ -77,7 +77,7 @@ use crate::sync::lock;
 use crate::transport::{SessionStream, codes, refuse};
 use crate::{ClusterError, Connection, NodeName};
 
-/// Default cap on one message sent to a remote actor (design §4, "message size").
+/// Default cap on one message sent to a remote actor (ARCHITECTURE.md §5).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;
 /// A first ractor frame (a name, a status or a challenge) is tiny; anything bigger is hostile.
 const MAX_CLAIM_FRAME: u64 = 4096;
@@ -454,7 +454,7 @@ fn send_capped<M: ractor::Message>(
 }
 
 /// Keeps the remote actors of one pg group per peer, looked up again on every session-ready
-/// and dropped on session-down (design §4, "remote actor refs").
+/// and dropped on session-down (ARCHITECTURE.md §5).
 pub struct RemoteGroup {
     sessions: Sessions,
     group: String,
@@ -994,7 +994,7 @@ impl ClusterBidiStream for QuicSessionStream {
 
 /// TLS for the TCP listener ractor_cluster insists on: it demands a client certificate from a
 /// CA generated here and dropped at once, so no handshake there can ever succeed. aws-lc-rs is
-/// passed explicitly (design §4, "crypto provider").
+/// passed explicitly (ARCHITECTURE.md §5).
 fn unusable_tls_acceptor() -> Result<tokio_rustls::TlsAcceptor, ClusterError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let nobody = rcgen::generate_simple_self_signed(vec!["nobody.invalid".to_owned()])?;

@@ -3,13 +3,13 @@
 //! Connection setup:
 //! 1. QUIC + TLS 1.3 handshake. The server requires a client certificate chained to the
 //!    cluster CA; the client verifies the server's certificate against the CA for the server
-//!    name `<peer>.node.tern`. aws-lc-rs is passed explicitly everywhere (design §4).
+//!    name `<peer>.node.tern`. aws-lc-rs is passed explicitly everywhere (ARCHITECTURE.md §5).
 //! 2. Hello: the dialler opens the first bidirectional stream with kind [`KIND_HELLO`] and one
 //!    frame holding the name it claims; the acceptor checks that the client certificate is
 //!    for that name and answers with its own name. On any mismatch the connection is closed
 //!    with [`codes::IDENTITY`]. A valid certificate alone proves membership of the cluster, not
 //!    which node you are: without this check an impostor could take over another node's
-//!    session (design §4, "identity"). Only connections that passed it leave this module, so
+//!    session (ARCHITECTURE.md §5). Only connections that passed it leave this module, so
 //!    only they can ever produce a membership change.
 //!
 //! Streams: the first byte of every later bidirectional stream is its kind. [`KIND_DATA`]
@@ -95,7 +95,7 @@ pub type SessionStream = (SendStream, RecvStream);
 #[derive(Debug, Default)]
 struct SessionSink(std::sync::Mutex<Option<mpsc::Sender<SessionStream>>>);
 
-/// Transport knobs. The defaults detect a dead or frozen peer in ≤ 1.5 s (reliability row 2).
+/// Transport knobs. The defaults detect a dead or frozen peer in ≤ 1.5 s.
 #[derive(Clone, Debug)]
 pub struct TransportConfig {
     /// No packet for this long closes the connection (quinn `max_idle_timeout`).
@@ -255,7 +255,7 @@ impl Endpoint {
     }
 
     /// Incoming connections that failed the handshake or the identity check so far
-    /// (reliability row 17: "an error metric counts it").
+    /// (an error metric counts it).
     pub fn rejected_handshakes(&self) -> u64 {
         self.rejected.load(Ordering::Relaxed)
     }
@@ -465,7 +465,7 @@ async fn read_frame_into(
             return Ok(frame);
         }
         // Read the header on its own so an oversized frame is refused after 4 bytes, not
-        // after a whole chunk (reliability row 14).
+        // after a whole chunk: a slow peer cannot hold memory by trickling.
         let want = match decoder.buffered() {
             b if b < HEADER_LEN => HEADER_LEN - b,
             _ => READ_CHUNK,

@@ -8,8 +8,7 @@
 //! status update.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use tern_actors::placement::NodeView;
 use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
-use tern_actors::runtime::{Meu, Timings};
+use tern_actors::runtime::Meu;
 use tern_actors::{Error as RuntimeError, Outcome};
 use tern_cluster::membership::BackoffConfig;
 use tern_cluster::sync::{lock, read, write};
@@ -32,6 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::App;
 use crate::error::NodeError;
+use crate::registry_sync::RegistrySync;
 
 /// How often a node publishes its status to each peer ("a few times a second").
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
@@ -52,13 +52,8 @@ pub struct ClusterLink {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
     sessions: Option<Sessions>,
-    /// A peer's registry has been pulled and applied since start (or there is no peer).
-    synced: AtomicBool,
-    /// Registry syncs under way: while one runs, the deadline below does not apply.
-    syncing: AtomicUsize,
-    /// Past this, a node that is not syncing with anyone stops waiting and answers for what
-    /// it has.
-    sync_deadline: Instant,
+    /// Whether this node knows the cluster registry yet.
+    sync: Arc<RegistrySync>,
 }
 
 /// One member as `GET /v1/cluster` shows it.
@@ -71,7 +66,7 @@ pub struct MemberView {
     /// Milliseconds since its last status (absent before the first).
     pub status_age_ms: Option<u64>,
     pub queue_depth: Option<u32>,
-    pub class: Option<String>,
+    pub class: Option<tern_wire::NodeClass>,
     /// Whether the ractor_cluster session with the peer is ready (absent when sessions are
     /// off).
     pub session: Option<bool>,
@@ -137,9 +132,7 @@ impl ClusterLink {
             );
             ClusterLink {
                 name,
-                synced: AtomicBool::new(no_peers),
-                syncing: AtomicUsize::new(0),
-                sync_deadline,
+                sync: Arc::new(RegistrySync::new(no_peers, sync_deadline)),
                 mesh,
                 app: Arc::downgrade(app),
                 statuses: RwLock::default(),
@@ -183,7 +176,7 @@ impl ClusterLink {
                     state_age_ms: since.get(&node).map(|at| at.elapsed().as_millis() as u64),
                     status_age_ms: status.map(|(_, at)| at.elapsed().as_millis() as u64),
                     queue_depth: status.map(|(s, _)| s.queue_depth),
-                    class: status.map(|(s, _)| s.class.clone()),
+                    class: status.map(|(s, _)| s.class),
                     session: self.sessions.as_ref().map(|s| s.ready(&node).is_some()),
                 }
             })
@@ -362,12 +355,12 @@ impl ClusterLink {
 
     fn status(&self, app: &App, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
         let runtime = &app.services().runtime;
-        let class = app.config.class();
+        let limits = app.config.class_limits();
         NodeStatus {
             node: self.name.to_string(),
-            class: class.name().to_owned(),
-            max_memory_mb: class.max_memory_mb(),
-            max_timeout_ms: class.max_timeout_ms(),
+            class: app.config.node_class,
+            max_memory_mb: limits.max_memory_mb,
+            max_timeout_ms: limits.max_timeout_ms,
             queue_depth: app.pipeline.admission().in_flight().min(u32::MAX as usize) as u32,
             queue_cap: app.config.queue_cap.min(u32::MAX as usize) as u32,
             ready: runtime.list().into_iter().map(|f| f.hash).collect(),
@@ -382,8 +375,7 @@ impl ClusterLink {
 
 impl Remote for ClusterLink {
     fn registry_synced(&self) -> bool {
-        self.synced.load(Acquire)
-            || (self.syncing.load(Acquire) == 0 && Instant::now() >= self.sync_deadline)
+        self.sync.is_synced(Instant::now())
     }
 
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
@@ -408,7 +400,7 @@ impl Remote for ClusterLink {
                 queue_depth: status.queue_depth as usize,
                 queue_cap: status.queue_cap as usize,
                 warm: status.warm.contains(&info.hash),
-                class: status.class.clone(),
+                class: status.class,
                 max_memory_mb: status.max_memory_mb,
                 max_timeout_ms: status.max_timeout_ms,
                 cpu_percent: status.cpu_percent,
@@ -437,15 +429,18 @@ impl Remote for ClusterLink {
         let node = node.to_owned();
         Box::pin(async move {
             let lost = |detail: String| {
-                RemoteFailure::Lost(RuntimeError::Unavailable(format!("node {node}: {detail}")))
+                RemoteFailure::Lost(RuntimeError::PeerLost {
+                    node: node.clone(),
+                    detail,
+                })
             };
             let Some(conn) = conn else {
-                return Err(RemoteFailure::Refused(RuntimeError::Unavailable(format!(
-                    "node {node} is not connected"
-                ))));
+                return Err(RemoteFailure::Refused(RuntimeError::PeerNotConnected(
+                    node.clone(),
+                )));
             };
-            let encoded = encoded
-                .map_err(|e| RemoteFailure::Failed(RuntimeError::Internal(e.to_string())))?;
+            let encoded =
+                encoded.map_err(|e| RemoteFailure::Failed(RuntimeError::Encode(e.to_string())))?;
             let answer = conn
                 .request(&encoded)
                 .await
@@ -455,20 +450,11 @@ impl Remote for ClusterLink {
                     output: Bytes::from(o.output),
                     cold_start: o.cold_start,
                     meus: 1,
-                    timings: Timings {
-                        pre_us: o.timings[0],
-                        load_us: o.timings[1],
-                        reuse_us: o.timings[2],
-                        inst_us: o.timings[3],
-                        exec_us: o.timings[4],
-                    },
+                    timings: o.timings,
                     node: o.node.into(),
                 }),
                 Ok(PeerResponse::Error(error)) => {
-                    let retry_elsewhere = matches!(
-                        error.code,
-                        ErrorCode::Overloaded | ErrorCode::Unavailable | ErrorCode::NotFound
-                    );
+                    let retry_elsewhere = error.code.is_retryable();
                     let e = RuntimeError::Remote { node, error };
                     Err(if retry_elsewhere {
                         RemoteFailure::Refused(e)
@@ -491,10 +477,13 @@ async fn execute_for_peer(app: &App, meu: RemoteMeu) -> PeerResponse {
         .get(&meu.function)
         .is_some_and(|d| d.info.hash == meu.hash);
     if !ready {
-        return PeerResponse::Error(ApiError::new(
-            ErrorCode::NotFound,
-            format!("{} version {} is not ready here", meu.function, meu.hash),
-        ));
+        return PeerResponse::Error(
+            RuntimeError::VersionNotReady {
+                function: meu.function,
+                hash: meu.hash,
+            }
+            .to_api(),
+        );
     }
     let permit = match app.pipeline.admit() {
         Ok(p) => p,
@@ -513,13 +502,7 @@ async fn execute_for_peer(app: &App, meu: RemoteMeu) -> PeerResponse {
         Ok(o) => PeerResponse::Executed(RemoteOutcome {
             output: o.output.to_vec(),
             cold_start: o.cold_start,
-            timings: [
-                o.timings.pre_us,
-                o.timings.load_us,
-                o.timings.reuse_us,
-                o.timings.inst_us,
-                o.timings.exec_us,
-            ],
+            timings: o.timings,
             node: o.node.to_string(),
         }),
         Err(e) => PeerResponse::Error(e.to_api()),
@@ -644,21 +627,14 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
     let Some(l) = link.upgrade() else { return };
     // Counted from before the task starts until it ends however it ends, so there is no
     // moment where a reached peer's registry is neither pulled nor being pulled.
-    struct Syncing(Arc<ClusterLink>);
-    impl Drop for Syncing {
-        fn drop(&mut self) {
-            self.0.syncing.fetch_sub(1, Release);
-        }
-    }
-    l.syncing.fetch_add(1, Release);
-    let syncing = Syncing(l);
+    let pulling = l.sync.pull_started();
     tokio::spawn(async move {
-        let l = &syncing.0;
+        let _pulling = pulling;
         match l.sync_registry(&peer).await {
             // Entries that failed to apply were logged; they will not become ready by
             // waiting, so they do not hold the node in "not synced".
             Ok(n) => {
-                l.synced.store(true, Release);
+                l.sync.pulled();
                 tracing::info!(%peer, applied = n, "registry synced");
             }
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),

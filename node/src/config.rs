@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+pub use tern_wire::NodeClass;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,7 +64,7 @@ pub struct Config {
     /// Idle keep-alive connections and slow request headers are cut after this long.
     pub header_read_timeout_ms: u64,
 
-    // --- cluster (issue 3); all off by default, so `tern up` alone is a single node ---
+    // --- cluster; all off by default, so `tern up` alone is a single node ---
     /// Directory written by `tern cluster init` (`ca.pem`, `<node>.pem`, `<node>.key`).
     /// Setting it turns the node into a cluster member named `node_name`.
     pub cluster_dir: Option<PathBuf>,
@@ -72,8 +73,9 @@ pub struct Config {
     /// The other members, as `name=host:port` (their `cluster_listen`).
     pub peers: Vec<String>,
     /// `standard`, `edge-small` (128 MiB, 50 ms) or `cpu-burst` (512 MiB, 900 ms): the most
-    /// memory and time a function may need to be placed on this node (design §5, Eq. 2).
-    pub node_class: String,
+    /// memory and time a function may need to be placed on this node (the paper's Eq. 2
+    /// bounds a function's needs by its platform).
+    pub node_class: NodeClass,
     /// `warm-affinity` (consistent hashing by function, spill to least loaded),
     /// `local-first`, or `learned`: the PPO dispatch network of tern-policy scores every
     /// candidate node from its load features and picks the argmax of score − λ · expected
@@ -152,7 +154,7 @@ impl Default for Config {
             cluster_dir: None,
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7900)),
             peers: Vec::new(),
-            node_class: "standard".into(),
+            node_class: NodeClass::Standard,
             placement: "warm-affinity".into(),
             policy_checkpoint: None,
             placement_guard: true,
@@ -223,7 +225,6 @@ impl Config {
         if self.node_name.is_empty() {
             return bad("node_name must not be empty");
         }
-        NodeClass::from_name(&self.node_class)?;
         if !["warm-affinity", "local-first", "learned"].contains(&self.placement.as_str()) {
             return bad("placement must be warm-affinity, local-first or learned");
         }
@@ -277,14 +278,17 @@ impl Config {
             .collect()
     }
 
-    /// The limits of this node's class.
-    pub fn class(&self) -> NodeClass {
-        NodeClass::from_name(&self.node_class)
-            .unwrap_or(NodeClass::Standard {
-                max_memory_mb: self.max_memory_mb,
-                max_timeout_ms: self.max_timeout_ms,
-            })
-            .with_standard(self.max_memory_mb, self.max_timeout_ms)
+    /// The most memory and time a function may need to be placed on this node: its class's
+    /// fixed limits, or for `standard` the node's own maximums.
+    pub fn class_limits(&self) -> ClassLimits {
+        let (max_memory_mb, max_timeout_ms) = self
+            .node_class
+            .fixed_limits()
+            .unwrap_or((self.max_memory_mb, self.max_timeout_ms));
+        ClassLimits {
+            max_memory_mb,
+            max_timeout_ms,
+        }
     }
 
     pub fn epoch_tick(&self) -> Duration {
@@ -292,71 +296,11 @@ impl Config {
     }
 }
 
-/// What a node can run (design §5, Eq. 2: the paper's two platforms). A function is only
-/// placed on nodes whose class admits its memory and time limit.
+/// Largest limits a function may have to be placed on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeClass {
-    /// The node's own `max_memory_mb` / `max_timeout_ms`.
-    Standard {
-        max_memory_mb: u32,
-        max_timeout_ms: u32,
-    },
-    /// 128 MiB, 50 ms.
-    EdgeSmall,
-    /// 512 MiB, 900 ms.
-    CpuBurst,
-}
-
-impl NodeClass {
-    pub fn from_name(name: &str) -> Result<Self, ConfigError> {
-        match name {
-            "standard" => Ok(NodeClass::Standard {
-                max_memory_mb: 0,
-                max_timeout_ms: 0,
-            }),
-            "edge-small" => Ok(NodeClass::EdgeSmall),
-            "cpu-burst" => Ok(NodeClass::CpuBurst),
-            other => Err(ConfigError::Invalid(format!(
-                "node_class {other:?} is not standard, edge-small or cpu-burst"
-            ))),
-        }
-    }
-
-    fn with_standard(self, max_memory_mb: u32, max_timeout_ms: u32) -> Self {
-        match self {
-            NodeClass::Standard { .. } => NodeClass::Standard {
-                max_memory_mb,
-                max_timeout_ms,
-            },
-            other => other,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            NodeClass::Standard { .. } => "standard",
-            NodeClass::EdgeSmall => "edge-small",
-            NodeClass::CpuBurst => "cpu-burst",
-        }
-    }
-
-    /// Largest `memory_mb` a function may have to run here.
-    pub fn max_memory_mb(self) -> u32 {
-        match self {
-            NodeClass::Standard { max_memory_mb, .. } => max_memory_mb,
-            NodeClass::EdgeSmall => 128,
-            NodeClass::CpuBurst => 512,
-        }
-    }
-
-    /// Largest `timeout_ms` a function may have to run here.
-    pub fn max_timeout_ms(self) -> u32 {
-        match self {
-            NodeClass::Standard { max_timeout_ms, .. } => max_timeout_ms,
-            NodeClass::EdgeSmall => 50,
-            NodeClass::CpuBurst => 900,
-        }
-    }
+pub struct ClassLimits {
+    pub max_memory_mb: u32,
+    pub max_timeout_ms: u32,
 }
 
 /// An environment value as TOML: integers, floats (only with a decimal point) and booleans as
@@ -426,10 +370,12 @@ mod tests {
     fn node_classes_and_peers_are_checked() {
         let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
         let c = Config::load(None, env("TERN_NODE_CLASS", "edge-small")).unwrap();
-        assert_eq!(c.class().max_memory_mb(), 128);
-        assert_eq!(c.class().max_timeout_ms(), 50);
+        assert_eq!(c.node_class, NodeClass::EdgeSmall);
+        assert_eq!(c.class_limits().max_memory_mb, 128);
+        assert_eq!(c.class_limits().max_timeout_ms, 50);
         let c = Config::default();
-        assert_eq!(c.class().max_timeout_ms(), c.max_timeout_ms);
+        assert_eq!(c.class_limits().max_timeout_ms, c.max_timeout_ms);
+        assert_eq!(c.class_limits().max_memory_mb, c.max_memory_mb);
         assert!(Config::load(None, env("TERN_NODE_CLASS", "huge")).is_err());
         assert!(Config::load(None, env("TERN_PLACEMENT", "psychic")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b\"]")).is_err());

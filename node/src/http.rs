@@ -363,7 +363,7 @@ fn cluster(app: &App) -> Response<Body> {
     }
     let view = View {
         node: app.config.node_name.clone(),
-        class: app.config.class().name(),
+        class: app.config.node_class.name(),
         members: app.cluster.get().map(|c| c.members()).unwrap_or_default(),
     };
     json(StatusCode::OK, &view)

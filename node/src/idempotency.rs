@@ -297,7 +297,7 @@ impl SyncCache {
         let keep = match result.as_ref() {
             Ok(_) => true,
             // Refusals did not run the function: a retry must run it.
-            Err(e) => !matches!(e.code, ErrorCode::Overloaded | ErrorCode::Unavailable),
+            Err(e) => !e.code.is_retryable(),
         };
         let bytes = result_bytes(key, &result);
         if !keep || bytes > self.limits.max_bytes {

@@ -3,7 +3,7 @@
 //!
 //! Every candidate [`NodeView`] (this node first, then the peers from their published status)
 //! is mapped to tern-policy's per-node [`NodeFeatures`]; one shared MLP scores each node and the
-//! node with the highest `score − λ · expected cold-start ms` (Eq. 1) wins. Nodes that are not
+//! node with the highest `score − λ · expected cold-start ms` (the paper's Eq. 1) wins. Nodes that are not
 //! [`NodeView::usable`] (dead, full, or of a class that does not admit the function) are masked
 //! and never chosen, whatever their score. The forward pass is tern-policy's plain-Rust
 //! [`DispatchScorer`] over exported weights (no candle, no allocation for up to
@@ -29,18 +29,19 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 
 use tern_actors::Error;
-use tern_actors::metrics::Metrics;
 use tern_actors::placement::{
     Decision, Fate, MeuView, NodeView, Observed, Placement, WarmAffinity,
 };
 #[cfg(feature = "online-learning")]
 use tern_cluster::sync::write;
 use tern_cluster::sync::{lock, read};
+use tern_metrics::Metrics;
 use tern_policy::PolicyError;
 use tern_policy::features::NodeFeatures;
 use tern_policy::online::{Arm, Guard};
 use tern_policy::policy::{DEFAULT_LAMBDA_DISPATCH, DispatchScorer, PolicyWeights};
 use tern_policy::sim::{NodeClass as SimClass, RewardConfig};
+use tern_wire::NodeClass;
 
 use crate::config::ConfigError;
 
@@ -191,7 +192,7 @@ impl LearnedPlacement {
 
     /// The per-node features the dispatch network sees for placing `meu` on `n`.
     pub fn features(&self, meu: &MeuView<'_>, n: &NodeView) -> NodeFeatures {
-        let class = class_index(&n.class);
+        let class = class_index(n.class);
         NodeFeatures {
             warm_instances: if n.warm { 1.0 } else { 0.0 },
             queue_depth: n.queue_depth as f32,
@@ -308,7 +309,7 @@ impl LearnedPlacement {
         } else {
             0.0
         };
-        let watts = sim_class(class_index(&node.class)).busy_w_per_core as f64;
+        let watts = sim_class(class_index(node.class)).busy_w_per_core as f64;
         let energy_j = outcome.exec_us as f64 / 1e6 * watts;
         self.reward
             .reward(outcome.latency_us as f64 / 1000.0, cold_ms, energy_j)
@@ -578,11 +579,11 @@ fn unit_interval(n: u64) -> f64 {
 }
 
 /// tern-policy's class index of a Tern node class: 0 edge, 1 standard, 2 CPU-burst.
-pub fn class_index(class: &str) -> u8 {
+pub fn class_index(class: NodeClass) -> u8 {
     match class {
-        "edge-small" => 0,
-        "cpu-burst" => 2,
-        _ => 1,
+        NodeClass::EdgeSmall => 0,
+        NodeClass::Standard => 1,
+        NodeClass::CpuBurst => 2,
     }
 }
 
@@ -627,7 +628,7 @@ mod tests {
             queue_depth: 0,
             queue_cap: 100,
             warm: true,
-            class: "standard".into(),
+            class: NodeClass::Standard,
             max_memory_mb: 512,
             max_timeout_ms: 900_000,
             ..NodeView::default()
@@ -696,7 +697,7 @@ mod tests {
             memory_bytes: 1 << 30,
             recent_mean_us: 12_500,
             rtt_us: 800,
-            class: "edge-small".into(),
+            class: NodeClass::EdgeSmall,
             max_timeout_ms: 50,
             ..node("b")
         };
@@ -718,9 +719,9 @@ mod tests {
             p.features(&meu(), &n).expected_cold_ms,
             SimClass::edge().cold_start_ms
         );
-        assert_eq!(class_index("standard"), 1);
-        assert_eq!(class_index("cpu-burst"), 2);
-        assert_eq!(class_index("unknown"), 1);
+        // An unknown class can no longer reach here: it is refused when the status decodes.
+        assert_eq!(class_index(NodeClass::Standard), 1);
+        assert_eq!(class_index(NodeClass::CpuBurst), 2);
         // Masking follows `usable()` exactly.
         for (view, usable) in [
             (node("a"), true),
@@ -771,10 +772,7 @@ mod tests {
         assert_eq!(metrics.placement_learned.load(Relaxed), 4);
         assert_eq!(metrics.placement_fallback.load(Relaxed), 0);
         nodes[0].alive = false;
-        assert!(matches!(
-            p.place(&meu(), &nodes),
-            Err(Error::Unavailable(_))
-        ));
+        assert!(matches!(p.place(&meu(), &nodes), Err(Error::NoNodeFits)));
         assert_eq!(metrics.placement_fallback.load(Relaxed), 0);
         // Larger than the stack buffer: same answer through the Vec path.
         let mut many: Vec<NodeView> = (0..40).map(|i| node(&format!("n{i}"))).collect();
@@ -898,7 +896,7 @@ mod tests {
     }
 
     #[test]
-    fn the_committed_checkpoint_serves_and_decisions_are_fast() {
+    fn the_committed_checkpoint_places_every_decision_on_a_usable_node() {
         let path =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../policy/reports/ppo-weights.safetensors");
         let metrics = Arc::new(Metrics::default());
@@ -1044,7 +1042,7 @@ mod tests {
         assert!(late < -1.0, "past the 150 ms SLA: {late}");
         // The same guest time costs more energy on a class with hungrier cores.
         let edge = NodeView {
-            class: "edge-small".into(),
+            class: NodeClass::EdgeSmall,
             ..node("a")
         };
         assert!(p.reward(&edge, &ran_in(10_000)) > p.reward(&node("a"), &ran_in(10_000)));

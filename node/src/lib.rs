@@ -12,7 +12,9 @@ pub mod http;
 pub mod idempotency;
 pub mod learned;
 pub mod node;
-pub mod self_wake;
+mod registry_sync;
+// `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
+pub use tern_sync::self_wake;
 pub mod store;
 
 pub use config::Config;

@@ -60,7 +60,7 @@ enum Command {
         peers: Vec<String>,
         /// `standard`, `edge-small` or `cpu-burst`.
         #[arg(long)]
-        node_class: Option<String>,
+        node_class: Option<tern_wire::NodeClass>,
         /// UDP address of the QUIC API for tern-client.
         #[arg(long)]
         client_listen: Option<SocketAddr>,

@@ -8,10 +8,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tern_actors::isolation::InProcess;
-use tern_actors::metrics::Metrics;
 use tern_actors::placement::{LocalFirst, Placement, WarmAffinity};
 use tern_actors::runtime::{Runtime, RuntimeConfig};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
+use tern_metrics::Metrics;
 use tern_wire::FunctionName;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -119,9 +119,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
             node_name: config.node_name.clone(),
             queue_cap: config.queue_cap,
             map_parallelism: parallelism,
-            class_max_memory_mb: config.class().max_memory_mb(),
-            class_max_timeout_ms: config.class().max_timeout_ms(),
-            class_name: config.class().name().to_owned(),
+            class_max_memory_mb: config.class_limits().max_memory_mb,
+            class_max_timeout_ms: config.class_limits().max_timeout_ms,
+            class: config.node_class,
         },
         runtime,
         metrics.clone(),

@@ -1,5 +1,12 @@
 //! `tern-policy`: Tern's learned scheduler.
 //!
+//! "Eq. N" in this crate is an equation of the paper Tern follows (a 2026 paper on serverless
+//! WebAssembly at the edge); ARCHITECTURE.md §4 maps each one to code. The ones used here:
+//! Eq. 1, dispatch = argmax over nodes of a learned score minus λ · expected cold-start cost;
+//! Eq. 2, one function mapped to an executable per platform (node class); Eq. 5, PPO's
+//! clipped surrogate objective (ε = 0.2); Eq. 6, tenant quota R_i = w_i·D_i / Σ w_j with
+//! demand D_i = α_i·L_i + β_i·H_i; Eq. 7, mean latency; Eq. 8, requests per joule.
+//!
 //! Pure: no I/O, no clock. Time and inputs are arguments, so the SchedulerAgent (an actor) is a
 //! thin shell and everything here is tested without sockets or timers.
 //!

@@ -259,6 +259,16 @@ impl ErrorCode {
         }
     }
 
+    /// Whether the same call may succeed if tried again, here later or on another node: the
+    /// node refused it before running the function (`overloaded`) or could not reach the
+    /// state that runs it (`unavailable`). Every other code is the call's own answer and
+    /// would come back the same. The client's retries, the cluster link's re-placement of a
+    /// refused MEU, the idempotency cache (which forgets refusals so a retry runs the
+    /// function) and placement's view of a node all ask this one question.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Overloaded | ErrorCode::Unavailable)
+    }
+
     /// Position in [`ErrorCode::ALL`], for array-indexed counters.
     pub fn index(self) -> usize {
         Self::ALL.iter().position(|c| *c == self).unwrap_or(0)
@@ -408,6 +418,15 @@ mod tests {
             let json = serde_json::to_string(c).unwrap();
             assert_eq!(json, format!("\"{}\"", c.as_str()));
         }
+    }
+
+    #[test]
+    fn only_refusals_are_retryable() {
+        let retryable: Vec<ErrorCode> = ErrorCode::ALL
+            .into_iter()
+            .filter(|c| c.is_retryable())
+            .collect();
+        assert_eq!(retryable, [ErrorCode::Overloaded, ErrorCode::Unavailable]);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub use client_proto::{
 };
 pub use codec::{decode, encode};
 pub use frame::{FrameDecoder, encode_frame};
+pub use peer::{NodeClass, Timings};
 
 /// Version of the wire protocol spoken between Tern processes. Bumped on any incompatible change
 /// to a type in this crate that is persisted or sent between nodes.

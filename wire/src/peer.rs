@@ -1,9 +1,12 @@
 //! Node-to-node data-plane messages: one [`PeerRequest`] frame on a QUIC stream, one
 //! [`PeerResponse`] frame back. A stream carries one exchange at a time (it is kept open for
 //! later ones: a lane, see tern-cluster's transport), so a module transfer never holds up an
-//! invocation or a status update (design §4, "message size").
+//! invocation or a status update.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{ApiError, FunctionInfo, FunctionName, ModuleHash};
 
@@ -62,8 +65,8 @@ impl RegistryEntry {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub node: String,
-    /// Node class limits: functions needing more are not placed there.
-    pub class: String,
+    /// Node class: functions needing more memory or time than it admits are not placed there.
+    pub class: NodeClass,
     pub max_memory_mb: u32,
     pub max_timeout_ms: u32,
     /// Invocations admitted and unanswered.
@@ -104,9 +107,100 @@ pub struct RemoteMeu {
 pub struct RemoteOutcome {
     pub output: Vec<u8>,
     pub cold_start: bool,
-    /// Eq. 3 terms, microseconds: pre, load, reuse, inst, exec.
-    pub timings: [u64; 5],
+    pub timings: Timings,
     pub node: String,
+}
+
+/// What a node can run: the paper's two platforms (edge devices and servers, Eq. 2 of the
+/// paper bounds a function's memory and time by its platform) plus a node that sets its own
+/// limits. Sent to peers as its name, so a status reads the same in JSON and on the wire.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum NodeClass {
+    /// The node's own `max_memory_mb` / `max_timeout_ms`.
+    #[default]
+    Standard,
+    /// An edge device: 128 MiB, 50 ms.
+    EdgeSmall,
+    /// A server for CPU bursts: 512 MiB, 900 ms.
+    CpuBurst,
+}
+
+impl NodeClass {
+    pub const ALL: [NodeClass; 3] = [
+        NodeClass::Standard,
+        NodeClass::EdgeSmall,
+        NodeClass::CpuBurst,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NodeClass::Standard => "standard",
+            NodeClass::EdgeSmall => "edge-small",
+            NodeClass::CpuBurst => "cpu-burst",
+        }
+    }
+
+    /// The class's fixed (memory MiB, time ms) limits; `None` for `standard`, whose limits are
+    /// the node's configured maximums.
+    pub fn fixed_limits(self) -> Option<(u32, u32)> {
+        match self {
+            NodeClass::Standard => None,
+            NodeClass::EdgeSmall => Some((128, 50)),
+            NodeClass::CpuBurst => Some((512, 900)),
+        }
+    }
+}
+
+impl fmt::Display for NodeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NodeClass {
+    type Err = crate::WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NodeClass::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| crate::WireError::Invalid {
+                what: "node class",
+                reason: format!("{s:?} is not standard, edge-small or cpu-burst"),
+            })
+    }
+}
+
+impl Serialize for NodeClass {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeClass {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Where the time of one MEU went, in microseconds: the terms of the paper's Eq. 3 (latency
+/// = preprocessing + either loading the module or reusing a loaded one + instantiation, plus
+/// the guest's execution).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Decoding, verifying and compiling the module (the paper's T_pre). Tern compiles at
+    /// deploy, before any MEU runs, so an MEU's is always 0 (the compile time is the
+    /// node's `tern_compile_seconds`); the term keeps the five-term wire layout.
+    pub pre_us: u64,
+    /// Loading (or compiling) the module when it was not warm.
+    pub load_us: u64,
+    /// Finding and resetting a reusable instance slot.
+    pub reuse_us: u64,
+    /// Instantiating the module in that slot.
+    pub inst_us: u64,
+    /// Running the guest.
+    pub exec_us: u64,
 }
 
 #[cfg(test)]
@@ -178,5 +272,44 @@ mod tests {
         }
         let bad_name = encode(&(4u32, "r", "Bad Name"), 1 << 20).unwrap();
         assert!(decode::<PeerRequest>(&bad_name, 1 << 20).is_err());
+    }
+
+    #[test]
+    fn node_class_crosses_the_wire_as_its_name_and_unknown_names_are_typed_errors() {
+        for class in NodeClass::ALL {
+            // The bytes of the name as a string: a status from a node that sent `class` as a
+            // plain string decodes the same.
+            let bytes = encode(&class, 64).unwrap();
+            assert_eq!(bytes, encode(&class.name().to_owned(), 64).unwrap());
+            assert_eq!(decode::<NodeClass>(&bytes, 64).unwrap(), class);
+            assert_eq!(class.name().parse::<NodeClass>().unwrap(), class);
+            assert_eq!(
+                serde_json::to_string(&class).unwrap(),
+                format!("\"{class}\"")
+            );
+        }
+        let unknown = encode(&"gpu-huge".to_owned(), 64).unwrap();
+        assert!(decode::<NodeClass>(&unknown, 64).is_err());
+        assert!(matches!(
+            "".parse::<NodeClass>(),
+            Err(crate::WireError::Invalid {
+                what: "node class",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn timings_encode_as_the_five_unlabelled_terms_they_replace() {
+        let t = Timings {
+            pre_us: 1,
+            load_us: 2,
+            reuse_us: 3,
+            inst_us: 4,
+            exec_us: 5,
+        };
+        let bytes = encode(&t, 64).unwrap();
+        assert_eq!(bytes, encode(&[1u64, 2, 3, 4, 5], 64).unwrap());
+        assert_eq!(decode::<Timings>(&bytes, 64).unwrap(), t);
     }
 }

@@ -8,17 +8,17 @@
 //! unparks it before running any wasm.
 //!
 //! No wake may be lost, or a guest could spin past its deadline with no epoch to stop it. The
-//! ticker announces `parked` and then re-reads `running`; a guest increments `running` and then
-//! reads `parked`. All four are `SeqCst`, so at least one side sees the other: either the
-//! ticker sees the guest and does not park, or the guest sees `parked` and unparks it (an
-//! unpark before the park makes the park return at once).
+//! park/unpark protocol is [`tern_sync::ParkGate`]'s (see its module comment): the ticker
+//! announces `parked` and then re-reads `running`; a guest increments `running` and then reads
+//! `parked`, so at least one side sees the other. tern-sync model-checks it with loom.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::SeqCst;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
-use std::thread::Thread;
 use std::time::Duration;
 
+pub use tern_sync::RunningGuest;
+use tern_sync::{ParkGate, Ticker};
 use wasmtime::Engine;
 
 /// How long the ticker keeps ticking with no guest running before it parks.
@@ -26,97 +26,63 @@ pub const IDLE_BEFORE_PARK: Duration = Duration::from_millis(100);
 
 /// Owns the ticker thread; stops it when dropped (once no guest runs).
 pub struct EpochTicker {
-    shared: Arc<Shared>,
-    thread: Thread,
-}
-
-struct Shared {
-    /// Guests running now (each holds a [`RunningGuest`]).
-    running: AtomicUsize,
-    parked: AtomicBool,
-    stop: AtomicBool,
-    /// Epoch increments so far (exported as `tern_epoch_ticks_total`).
-    ticks: Arc<AtomicU64>,
-    /// Runs when the ticker has decided to park, just before it announces it: lets a test
-    /// start a guest in exactly the window the re-read of `running` exists for.
-    #[cfg(test)]
-    before_park: std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>,
-}
-
-/// Held while a guest may run wasm: keeps the ticker ticking.
-pub struct RunningGuest {
-    shared: Arc<Shared>,
-}
-
-impl Drop for RunningGuest {
-    fn drop(&mut self) {
-        self.shared.running.fetch_sub(1, SeqCst);
-    }
+    gate: ParkGate,
 }
 
 impl EpochTicker {
-    /// Starts the thread. `ticks` counts the epoch increments.
+    /// Starts the thread. `ticks` counts the epoch increments (exported as
+    /// `tern_epoch_ticks_total`).
     pub fn spawn(
         engine: Engine,
         tick: Duration,
         idle_before_park: Duration,
         ticks: Arc<AtomicU64>,
     ) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            running: AtomicUsize::new(0),
-            parked: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
-            ticks,
-            #[cfg(test)]
-            before_park: std::sync::Mutex::new(None),
-        });
         let idle_ticks_before_park = idle_before_park
             .as_nanos()
             .div_ceil(tick.as_nanos().max(1))
             .max(1);
-        let thread_shared = shared.clone();
-        let handle = std::thread::Builder::new()
-            .name("tern-epoch".into())
-            .spawn(move || run(&engine, tick, idle_ticks_before_park, &thread_shared))?;
-        Ok(Self {
-            shared,
-            thread: handle.thread().clone(),
-        })
+        let gate = ParkGate::start(|ticker| {
+            std::thread::Builder::new()
+                .name("tern-epoch".into())
+                .spawn(move || run(&engine, tick, idle_ticks_before_park, &ticks, &ticker))
+                .map(|handle| handle.thread().clone())
+        })?;
+        Ok(Self { gate })
     }
 
     /// Call before a guest runs any wasm, and hold the guard until it cannot run any more.
     pub fn guest_running(&self) -> RunningGuest {
-        self.shared.running.fetch_add(1, SeqCst);
-        if self.shared.parked.load(SeqCst) {
-            self.thread.unpark();
-        }
-        RunningGuest {
-            shared: self.shared.clone(),
-        }
+        self.gate.guest_running()
     }
 
     /// Whether the thread is parked (or about to park) for want of running guests.
     pub fn is_parked(&self) -> bool {
-        self.shared.parked.load(SeqCst)
+        self.gate.is_parked()
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.shared.stop.store(true, SeqCst);
-        self.thread.unpark();
+        self.gate.stop();
     }
 }
 
-fn run(engine: &Engine, tick: Duration, idle_ticks_before_park: u128, shared: &Shared) {
+fn run(
+    engine: &Engine,
+    tick: Duration,
+    idle_ticks_before_park: u128,
+    ticks: &AtomicU64,
+    ticker: &Ticker,
+) {
     let mut idle_ticks = 0u128;
     // After a stop, keep ticking while guests still run (one spinning on a slow-lane thread
     // when the runtime is dropped must still meet its deadline and end).
-    while !shared.stop.load(SeqCst) || shared.running.load(SeqCst) > 0 {
+    while ticker.should_tick_on() {
         std::thread::sleep(tick);
         engine.increment_epoch();
-        shared.ticks.fetch_add(1, SeqCst);
-        if shared.running.load(SeqCst) > 0 {
+        ticks.fetch_add(1, SeqCst);
+        if !ticker.is_idle() {
             idle_ticks = 0;
             continue;
         }
@@ -124,22 +90,8 @@ fn run(engine: &Engine, tick: Duration, idle_ticks_before_park: u128, shared: &S
         if idle_ticks < idle_ticks_before_park {
             continue;
         }
-        #[cfg(test)]
-        if let Some(hook) = shared
-            .before_park
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_mut()
-        {
-            hook();
-        }
-        shared.parked.store(true, SeqCst);
-        // Re-read after announcing the park (see the module comment); `park` may also return
-        // spuriously, hence the loop.
-        while shared.running.load(SeqCst) == 0 && !shared.stop.load(SeqCst) {
-            std::thread::park();
-        }
-        shared.parked.store(false, SeqCst);
+        // Until a guest starts or the ticker is stopped.
+        ticker.park_while_idle();
         idle_ticks = 0;
     }
 }
@@ -233,18 +185,17 @@ mod tests {
     fn a_guest_starting_as_the_ticker_decides_to_park_still_gets_ticks() {
         let (ticker, ticks) = ticker(Duration::from_millis(1), Duration::from_millis(5));
         let guest_slot = Arc::new(std::sync::Mutex::new(None::<RunningGuest>));
-        let (shared, slot) = (ticker.shared.clone(), guest_slot.clone());
-        *ticker.shared.before_park.lock().unwrap() = Some(Box::new(move || {
+        let (gate, slot) = (ticker.gate.clone(), guest_slot.clone());
+        ticker.gate.set_before_park(Some(Box::new(move || {
             let mut slot = slot.lock().unwrap();
             if slot.is_none() {
-                // What `guest_running` does, at the worst moment: `parked` is still false.
-                shared.running.fetch_add(1, SeqCst);
-                assert!(!shared.parked.load(SeqCst));
-                *slot = Some(RunningGuest {
-                    shared: shared.clone(),
-                });
+                // A guest starting at the worst moment: `parked` is still false, so
+                // `guest_running` does not unpark the ticker.
+                let guest = gate.guest_running();
+                assert!(!gate.is_parked());
+                *slot = Some(guest);
             }
-        }));
+        })));
         wait_until(
             "the guest started in the window",
             Duration::from_secs(5),
@@ -257,7 +208,7 @@ mod tests {
             || ticks.load(SeqCst) >= at_start + 20,
         );
         assert!(!ticker.is_parked());
-        *ticker.shared.before_park.lock().unwrap() = None;
+        ticker.gate.set_before_park(None);
         drop(guest_slot.lock().unwrap().take());
         wait_until(
             "it parks once the guest ends",

@@ -49,7 +49,10 @@ impl Lanes {
         let mut task = AbortOnDrop(slow.spawn(fut));
         match (&mut task.0).await {
             Ok(out) => out,
-            Err(e) => Err(Error::Internal(format!("guest task failed: {e}"))),
+            Err(e) => Err(Error::TaskFailed {
+                task: "guest",
+                detail: e.to_string(),
+            }),
         }
     }
 }

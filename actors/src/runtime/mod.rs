@@ -2,7 +2,7 @@
 //! cache of ready-to-instantiate modules, and execution of one minimum execution unit (MEU)
 //! in a fresh wasmtime `Store`.
 //!
-//! Design (see design.md §3 step 4): modules are compiled once at deploy into an artifact
+//! Design (ARCHITECTURE.md §5): modules are compiled once at deploy into an artifact
 //! keyed by module hash and engine compatibility hash, loaded with `Module::deserialize_file`
 //! (mmap) and kept as an `InstancePre`; every MEU gets a fresh `Store` from the pooling
 //! allocator (copy-on-write memory images, `linear_memory_keep_resident`), `StoreLimits` and an
@@ -37,7 +37,7 @@ use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
 use self::lanes::Lanes;
 use crate::Error;
 use crate::isolation::{Sandbox, SandboxSpec};
-use crate::metrics::{FunctionMetrics, Metrics};
+use tern_metrics::{FunctionMetrics, Metrics};
 
 /// Tunables of the runtime pool. Defaults suit a small edge node.
 #[derive(Clone, Debug)]
@@ -120,15 +120,8 @@ impl Meu {
     }
 }
 
-/// Where the time of one MEU went (Eq. 3), in microseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Timings {
-    pub pre_us: u64,
-    pub load_us: u64,
-    pub reuse_us: u64,
-    pub inst_us: u64,
-    pub exec_us: u64,
-}
+/// Where the time of one MEU went (the terms of the paper's Eq. 3), in microseconds.
+pub use tern_wire::Timings;
 
 #[derive(Debug)]
 pub struct MeuOutcome {
@@ -193,10 +186,11 @@ impl Runtime {
             .epoch_interruption(true)
             .memory_init_cow(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(|e| Error::Internal(format!("engine: {e}")))?;
+        let engine =
+            Engine::new(&config).map_err(|e| Error::EngineSetup(format!("engine: {e}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)
-            .map_err(|e| Error::Internal(format!("linker: {e}")))?;
+            .map_err(|e| Error::EngineSetup(format!("linker: {e}")))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -287,7 +281,7 @@ impl Runtime {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| Error::Unavailable("compile pool closed".into()))?;
+            .map_err(|_| Error::PoolClosed("compile"))?;
         let engine = self.engine.clone();
         let bytes = bytes.clone();
         let path = path.to_owned();
@@ -306,7 +300,10 @@ impl Runtime {
         });
         match tokio::time::timeout(self.cfg.compile_timeout, job).await {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) => Err(Error::Internal(format!("compile task: {e}"))),
+            Ok(Err(e)) => Err(Error::TaskFailed {
+                task: "compile",
+                detail: e.to_string(),
+            }),
             Err(_) => Err(Error::CompileTimeout(self.cfg.compile_timeout)),
         }
     }
@@ -316,7 +313,10 @@ impl Runtime {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || load_verified_artifact(&engine, &path))
             .await
-            .map_err(|e| Error::Internal(format!("load task: {e}")))?
+            .map_err(|e| Error::TaskFailed {
+                task: "load",
+                detail: e.to_string(),
+            })?
     }
 
     /// Makes `prepared` the current version of `info.name` and keeps it loaded (preheating).
@@ -441,12 +441,11 @@ impl Runtime {
                 (pre, true)
             }
         };
-        metrics.t_pre.observe_us(timings.pre_us);
 
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
         let slot = self.instance_slots.clone().acquire_owned().await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
-        let slot = slot.map_err(|_| Error::Unavailable("runtime pool closed".into()))?;
+        let slot = slot.map_err(|_| Error::PoolClosed("instance"))?;
 
         let stdout = CappedPipe::new(sandbox.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();
@@ -618,17 +617,20 @@ fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Module, Error>
     let expected = std::fs::read_to_string(path.with_extension("sha256"))?;
     let actual = ModuleHash(Sha256::digest(&bytes).into()).to_hex();
     if expected.trim() != actual {
-        return Err(Error::Internal(format!(
-            "artifact {} does not match its digest",
-            path.display()
-        )));
+        return Err(Error::BadArtifact {
+            path: path.display().to_string(),
+            reason: "does not match its digest".into(),
+        });
     }
     #[allow(unsafe_code)]
     // SAFETY: `path` is in the node's own artifact directory, was written by
     // `Engine::precompile_module` of an engine with this compatibility hash (it is part of the
     // file name), and its bytes were just checked against the digest written with it.
     // wasmtime additionally refuses artifacts from an incompatible engine.
-    let module = unsafe { Module::deserialize_file(engine, path) }
-        .map_err(|e| Error::Internal(format!("artifact {}: {e:#}", path.display())))?;
+    let module =
+        unsafe { Module::deserialize_file(engine, path) }.map_err(|e| Error::BadArtifact {
+            path: path.display().to_string(),
+            reason: format!("{e:#}"),
+        })?;
     Ok(module)
 }

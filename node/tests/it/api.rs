@@ -314,7 +314,7 @@ async fn metrics_report_invocations_reuse_and_eq3_terms() {
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");
     }
-    // Eq. 8: energy is counted (this VM has no RAPL: the CPU-time model) and so are
+    // The paper's Eq. 8 (requests per joule): energy is counted (this VM has no RAPL: the CPU-time model) and so are
     // requests per joule.
     assert!(metric(addr, "tern_energy_joules_total").await > 0.0);
     assert!(metric(addr, "tern_requests_per_joule").await > 0.0);

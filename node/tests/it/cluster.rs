@@ -11,6 +11,7 @@ use hyper::Method;
 use tern_actors::placement::WarmAffinity;
 use tern_cluster::{NodeName, pki};
 use tern_node::{Config, NodeHandle};
+use tern_wire::NodeClass;
 
 use crate::support::*;
 
@@ -318,7 +319,7 @@ async fn describe_and_remove_answer(addr: SocketAddr, status: u16, code_: &str) 
     }
 }
 
-/// Node classes steer placement (Eq. 2): an `edge-small` node (128 MiB, 50 ms) is only given
+/// Node classes (the paper's platforms) steer placement: an `edge-small` node (128 MiB, 50 ms) is only given
 /// functions whose limits fit it, even when it owns them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
@@ -327,7 +328,7 @@ async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
     let mesh = udp_ports(3);
     let a = start(member_config(root.path(), 0, &mesh)).await;
     let b = start(Config {
-        node_class: "edge-small".into(),
+        node_class: NodeClass::EdgeSmall,
         ..member_config(root.path(), 1, &mesh)
     })
     .await;
@@ -414,7 +415,11 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
     let mut nodes = start_three_with(root.path(), |i, c| Config {
         placement: "learned".into(),
         policy_checkpoint: Some(shipped_checkpoint()),
-        node_class: if i == 0 { "edge-small" } else { "standard" }.into(),
+        node_class: if i == 0 {
+            NodeClass::EdgeSmall
+        } else {
+            NodeClass::Standard
+        },
         // This test is about the policy's own decisions; the guard's probes (1 in 20 to warm
         // affinity) are tested with online learning below.
         placement_guard: false,

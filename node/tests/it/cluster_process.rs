@@ -365,7 +365,7 @@ impl Lab {
                 line.split_whitespace().nth(1)?.parse::<u32>().ok()
             });
         if uid != Some(0) {
-            eprintln!("skipping the partition test: it needs root (network namespaces)");
+            skip_or_fail("the partition test needs root (network namespaces)");
             return None;
         }
         let pid = std::process::id();
@@ -376,7 +376,9 @@ impl Lab {
         match lab.build() {
             Ok(()) => Some(lab),
             Err(e) => {
-                eprintln!("skipping the partition test: cannot build network namespaces: {e}");
+                skip_or_fail(&format!(
+                    "the partition test cannot build network namespaces: {e}"
+                ));
                 None
             }
         }

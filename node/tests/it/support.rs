@@ -12,6 +12,19 @@ use tern_bench::{HttpConn, Response};
 use tern_node::{Config, NodeHandle};
 
 /// `functions/dist`, built on first use if missing (the test script builds it beforehand).
+/// Skips a test that needs a host feature this machine lacks (root, network namespaces), with
+/// a `SKIPPED: <why>` line written past the test harness's output capture so it shows in the
+/// run's log. Where a skip would hide a regression — `TERN_NO_SKIP=1`, which `.ci/run` sets
+/// when it runs as root — the test fails instead.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var_os("TERN_NO_SKIP").is_some_and(|v| v == "1") {
+        panic!("TERN_NO_SKIP=1 but this test would have skipped: {why}");
+    }
+    use std::io::Write as _;
+    // Not `eprintln!`: libtest captures that for passing tests, and a skip must be seen.
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
+}
+
 pub fn functions_dir() -> PathBuf {
     static BUILT: Mutex<bool> = Mutex::new(false);
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");

@@ -65,8 +65,8 @@ impl Histogram {
 pub struct FunctionMetrics {
     /// End-to-end latency of whole invocations (Eq. 7 mean latency = sum / count).
     pub latency: Histogram,
-    /// Eq. 3 terms, per minimum execution unit.
-    pub t_pre: Histogram,
+    /// The paper's Eq. 3 terms, per minimum execution unit. Its T_pre (decode, verify,
+    /// compile) is paid once at deploy, never by an MEU: it is `tern_compile_seconds`.
     pub t_load: Histogram,
     pub t_reuse: Histogram,
     pub t_inst: Histogram,
@@ -306,11 +306,6 @@ impl Metrics {
                 "tern_invocation_duration_seconds",
                 "End-to-end invocation latency on this node.",
                 (|m: &FunctionMetrics| &m.latency) as fn(&FunctionMetrics) -> &Histogram,
-            ),
-            (
-                "tern_meu_pre_seconds",
-                "Eq. 3 T_pre: compile time paid on the request path.",
-                |m| &m.t_pre,
             ),
             (
                 "tern_meu_load_seconds",
