@@ -14,11 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ractor::Actor;
-use tern_actors::isolation::InProcess;
 use tern_actors::placement::LocalFirst;
-use tern_actors::runtime::{Meu, Prepared, Runtime, RuntimeConfig};
 use tern_actors::{Invocation, NodeSupervisor, Pipeline, Services, ServicesConfig};
 use tern_metrics::Metrics;
+use tern_runtime::isolation::InProcess;
+use tern_runtime::{Meu, Prepared, Runtime, RuntimeConfig};
 use tern_wire::{FunctionInfo, FunctionName};
 
 fn echo_wasm() -> Bytes {

@@ -1,6 +1,6 @@
 //! Decomposer: turns a `map` invocation into minimum execution units, split by
 //! [`crate::decompose`] and joined by a task of its own (never in the handler). A plain call
-//! is one MEU ([`Meu::single`](crate::runtime::Meu::single)) and never comes here: the
+//! is one MEU (see `Pipeline`) and never comes here: the
 //! Pipeline sends it to the SchedulerAgent itself.
 
 use std::sync::Arc;
@@ -10,9 +10,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decompose::{MapPlan, join_map, plan_map};
 use crate::pipeline::send_until_answered;
-use crate::runtime::{Meu, Timings};
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
+use tern_runtime::{Meu, Timings};
 
 pub enum DecomposerMsg {
     /// A `map` invocation to split, run and join.
@@ -91,10 +91,7 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
                 first_error.get_or_insert(e);
             }
             Err(e) => {
-                first_error.get_or_insert(Error::TaskFailed {
-                    task: "map chunk",
-                    detail: e.to_string(),
-                });
+                first_error.get_or_insert(Error::MapChunkFailed(e.to_string()));
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Isolator: owns how tenants are separated on this node. In-process mode (wasm SFI, store
 //! limits, deadlines) needs no per-MEU work from the actor — the RuntimePool asks the
-//! [`Sandbox`](crate::isolation::Sandbox) directly on the hot path — so today the actor only
+//! [`Sandbox`](tern_runtime::isolation::Sandbox) directly on the hot path — so today the actor only
 //! announces the mode in force when it starts, and takes no messages. It is the home of the
 //! worker-process mode to come (pre-forked cells to manage and replace).
 
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::Services;
-use crate::isolation::IsolationMode;
+use tern_runtime::isolation::IsolationMode;
 
 /// No messages yet: in-process isolation has no per-MEU work for the actor (uninhabited, so
 /// nothing can be sent that would go unanswered).

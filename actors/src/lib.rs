@@ -5,7 +5,7 @@
 //! call (see [`Pipeline`]) — under a [`NodeSupervisor`] that restarts any that fails,
 //! with an [`isolator`] and a [`metrics_collector`] beside them. Actors are thin shells:
 //! decisions live in pure modules ([`decompose`], [`placement`], [`admission`], [`isolation`])
-//! and heavy state lives in shared objects ([`runtime::Runtime`], [`tern_metrics::Metrics`]) that
+//! and heavy state lives in shared objects ([`tern_runtime::Runtime`], [`tern_metrics::Metrics`]) that
 //! survive an actor restart.
 //!
 //! Rules the shells follow:
@@ -25,13 +25,11 @@ pub mod energy;
 mod error;
 pub mod failover;
 pub mod ingress;
-pub mod isolation;
 pub mod isolator;
 pub mod metrics_collector;
 mod pipeline;
 pub mod placement;
 pub mod remote;
-pub mod runtime;
 pub mod runtime_pool;
 pub mod scheduler;
 mod services;

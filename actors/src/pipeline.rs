@@ -9,9 +9,9 @@ use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Permit};
 use crate::ingress::IngressMsg;
-use crate::runtime::{Meu, Timings};
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Services};
+use tern_runtime::{Meu, Timings};
 
 /// One request to run a function, as the Ingress accepts it.
 #[derive(Clone, Debug)]
@@ -21,6 +21,16 @@ pub struct Invocation {
     pub input: Bytes,
     /// Split a JSON array input into MEUs and join the results (`?map=1`).
     pub map: bool,
+}
+
+/// The one MEU of a plain (not `map`) invocation.
+fn single_meu(inv: Invocation) -> Meu {
+    Meu {
+        request_id: inv.request_id,
+        function: inv.function,
+        input: inv.input,
+        items: 1,
+    }
 }
 
 /// The answer to an invocation.
@@ -100,7 +110,7 @@ impl Pipeline {
     /// function may exist elsewhere and the answer is a retryable `Unavailable`.
     pub fn missing_function(function: FunctionName, synced: bool) -> Error {
         if synced {
-            Error::FunctionNotFound(function)
+            Error::Runtime(tern_runtime::Error::FunctionNotFound(function))
         } else {
             Error::RegistryNotSynced(function)
         }
@@ -152,11 +162,7 @@ impl Pipeline {
     /// Runs one MEU that another node placed here, on this node (the sender already
     /// decomposed and placed it; placing it again could bounce it between nodes). It runs in
     /// the caller's task: the peer request already has one, so no actor hop is needed.
-    pub async fn execute_for_peer(
-        &self,
-        meu: crate::runtime::Meu,
-        _permit: Permit,
-    ) -> Result<Outcome, Error> {
+    pub async fn execute_for_peer(&self, meu: Meu, _permit: Permit) -> Result<Outcome, Error> {
         self.services.metrics.served_for_peers.fetch_add(1, Relaxed);
         crate::runtime_pool::run_meu(&self.services, meu).await
     }
@@ -170,7 +176,7 @@ impl Pipeline {
     /// `map` goes through the Ingress and the Decomposer, which splits it.
     async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {
         if !inv.map {
-            let meu = Meu::single(inv);
+            let meu = single_meu(inv);
             return send_until_answered(&self.services, ActorKind::Scheduler, |reply| {
                 SchedulerMsg::Dispatch(meu.clone(), reply)
             })

@@ -8,8 +8,8 @@ use std::pin::Pin;
 use tern_wire::FunctionInfo;
 
 use crate::placement::NodeView;
-use crate::runtime::Meu;
 use crate::{Error, Outcome};
+use tern_runtime::Meu;
 
 /// Why running an MEU on another node did not produce its answer.
 #[derive(Debug)]

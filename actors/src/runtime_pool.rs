@@ -1,13 +1,13 @@
 //! RuntimePool: runs MEUs on this node. The handler only spawns a task per MEU — the guest runs
-//! there (see [`crate::runtime`]) and the task answers the reply channel — so the mailbox
+//! there (see [`tern_runtime`]) and the task answers the reply channel — so the mailbox
 //! never waits on WebAssembly.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::runtime::Meu;
 use crate::{Outcome, Reply, Services};
+use tern_runtime::Meu;
 
 pub enum RuntimePoolMsg {
     Execute(Meu, Reply),
@@ -77,5 +77,5 @@ pub async fn run_meu(services: &Services, meu: Meu) -> Result<Outcome, crate::Er
     if let Err(e) = &result {
         tracing::debug!(error = %e, "meu failed");
     }
-    result
+    Ok(result?)
 }

@@ -20,9 +20,9 @@ use crate::failover::{Failover, Next};
 use crate::pipeline::{Outcome, forward};
 use crate::placement::{Decision, Fate, MeuView, NodeView, Observed};
 use crate::remote::RemoteFailure;
-use crate::runtime::Meu;
 use crate::runtime_pool::RuntimePoolMsg;
 use crate::{ActorKind, Reply, Services};
+use tern_runtime::Meu;
 
 pub enum SchedulerMsg {
     Dispatch(Meu, Reply),

@@ -4,11 +4,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decompose::ItemCost;
 use crate::energy::EnergyMeter;
-use crate::isolation::Sandbox;
 use crate::placement::Placement;
 use crate::remote::Remote;
-use crate::runtime::Runtime;
 use tern_metrics::Metrics;
+use tern_runtime::Runtime;
+use tern_runtime::isolation::Sandbox;
 
 /// The actors of one node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

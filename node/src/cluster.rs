@@ -16,13 +16,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use tern_actors::placement::NodeView;
 use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
-use tern_actors::runtime::Meu;
 use tern_actors::{Error as RuntimeError, Outcome};
 use tern_cluster::membership::BackoffConfig;
 use tern_cluster::sync::{lock, read, write};
 use tern_cluster::{
     Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
 };
+use tern_runtime::Meu;
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
 };
@@ -230,7 +230,7 @@ impl ClusterLink {
             .await?
         {
             PeerResponse::Module(bytes) => {
-                let got = tern_actors::runtime::Runtime::module_hash(&bytes);
+                let got = tern_runtime::Runtime::module_hash(&bytes);
                 if got != *hash {
                     return Err(NodeError::Replication(format!(
                         "{peer} sent module {got} for {hash}"

@@ -38,6 +38,12 @@ pub enum NodeError {
     ClientApi(#[from] crate::client_api::ClientApiError),
 }
 
+impl From<tern_runtime::Error> for NodeError {
+    fn from(e: tern_runtime::Error) -> Self {
+        NodeError::Runtime(e.into())
+    }
+}
+
 impl NodeError {
     pub fn to_api(&self) -> ApiError {
         match self {

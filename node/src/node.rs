@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorRef};
-use tern_actors::isolation::InProcess;
 use tern_actors::placement::{LocalFirst, Placement, WarmAffinity};
-use tern_actors::runtime::{Runtime, RuntimeConfig};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
 use tern_metrics::Metrics;
+use tern_runtime::isolation::InProcess;
+use tern_runtime::{Runtime, RuntimeConfig};
 use tern_wire::FunctionName;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;

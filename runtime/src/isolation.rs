@@ -1,11 +1,11 @@
-//! The Isolator's seam. Tern has two walls: WebAssembly's software fault isolation (always),
+//! The Isolator's seam: the limits one MEU runs under. Tern has two walls: WebAssembly's software fault isolation (always),
 //! and OS isolation of tenants in worker processes (namespaces, cgroups, seccomp; a later
 //! addition). This module decides the limits one MEU runs under; today the only mode is
 //! in-process, where the limits are wasmtime `StoreLimits`, an epoch deadline and an output cap.
 
 use std::time::Duration;
 
-use crate::runtime::Deployed;
+use crate::Deployed;
 
 /// How tenants are separated on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

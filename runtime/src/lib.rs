@@ -1,6 +1,11 @@
-//! The engine room of the RuntimePool: a content-addressed store of precompiled artifacts, a
-//! cache of ready-to-instantiate modules, and execution of one minimum execution unit (MEU)
-//! in a fresh wasmtime `Store`.
+//! `tern-runtime`: Tern's WebAssembly engine, the engine room of the RuntimePool actor. A
+//! content-addressed store of precompiled artifacts, a cache of ready-to-instantiate modules
+//! (preheating), and execution of one minimum execution unit (MEU) in a fresh wasmtime
+//! `Store` under the limits the [`isolation::Sandbox`] gives it: memory, deadline (the
+//! [`epoch`] ticker), output cap (`capped_pipe`), and CPU fairness (the slow lane, `lanes`).
+//!
+//! Front door: [`Runtime`] (`new`, `prepare`, `install`, `execute`). It knows nothing of
+//! actors, placement or the network; the actors crate drives it.
 //!
 //! Design (ARCHITECTURE.md §5): modules are compiled once at deploy into an artifact
 //! keyed by module hash and engine compatibility hash, loaded with `Module::deserialize_file`
@@ -9,9 +14,15 @@
 //! epoch deadline. A MEU that finds its module ready is a *reuse hit*; one that must load or
 //! compile it is a *cold start* (Eq. 3: T_exec = T_pre + min(T_load, T_reuse) + T_inst).
 
+#![deny(unsafe_code)]
+
 mod capped_pipe;
 pub mod epoch;
+mod error;
+pub mod isolation;
 mod lanes;
+
+pub use error::Error;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -35,7 +46,6 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use self::capped_pipe::CappedPipe;
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
 use self::lanes::Lanes;
-use crate::Error;
 use crate::isolation::{Sandbox, SandboxSpec};
 use tern_metrics::{FunctionMetrics, Metrics};
 
@@ -106,18 +116,6 @@ pub struct Meu {
     pub input: Bytes,
     /// Items of a `map` input in this unit (1 for a plain call).
     pub items: usize,
-}
-
-impl Meu {
-    /// The one MEU of a plain (not `map`) invocation.
-    pub fn single(inv: crate::Invocation) -> Self {
-        Self {
-            request_id: inv.request_id,
-            function: inv.function,
-            input: inv.input,
-            items: 1,
-        }
-    }
 }
 
 /// Where the time of one MEU went (the terms of the paper's Eq. 3), in microseconds.

@@ -1,0 +1,63 @@
+use std::time::Duration;
+
+use tern_wire::{ApiError, ErrorCode, FunctionName};
+
+/// Everything that can go wrong compiling, loading or running a function on this node's
+/// engine. Each variant maps to one stable API [`ErrorCode`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("module is {size} bytes, over the {limit}-byte cap")]
+    ModuleTooLarge { size: usize, limit: usize },
+    #[error("invalid module: {0}")]
+    InvalidModule(String),
+    #[error("compiling the module took longer than {0:?}")]
+    CompileTimeout(Duration),
+    #[error("function {0} is not deployed")]
+    FunctionNotFound(FunctionName),
+    #[error("guest trapped: {0}")]
+    GuestTrap(String),
+    #[error("guest exited with status {code}")]
+    GuestExit { code: i32 },
+    #[error("guest wrote more than {limit} bytes to stdout")]
+    OutputTooLarge { limit: usize },
+    #[error("invocation exceeded its time limit of {timeout_ms} ms")]
+    Timeout { timeout_ms: u32 },
+    /// The node is stopping: its compile or instance pool is closed.
+    #[error("the {0} pool is closed: the node is stopping")]
+    PoolClosed(&'static str),
+    #[error("artifact store I/O: {0}")]
+    ArtifactIo(#[from] std::io::Error),
+    /// The wasmtime engine or linker could not be built from the configuration.
+    #[error("engine setup: {0}")]
+    EngineSetup(String),
+    /// A compiled artifact on disk is corrupt or was built by another engine.
+    #[error("artifact {path}: {reason}")]
+    BadArtifact { path: String, reason: String },
+    /// A background task (compile, load, guest) panicked or was cancelled.
+    #[error("{task} task failed: {detail}")]
+    TaskFailed { task: &'static str, detail: String },
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::ModuleTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            Error::InvalidModule(_) => ErrorCode::InvalidModule,
+            Error::CompileTimeout(_) => ErrorCode::CompileTimeout,
+            Error::FunctionNotFound(_) => ErrorCode::NotFound,
+            Error::GuestTrap(_) => ErrorCode::GuestTrap,
+            Error::GuestExit { .. } => ErrorCode::GuestError,
+            Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
+            Error::Timeout { .. } => ErrorCode::Timeout,
+            Error::PoolClosed(_) => ErrorCode::Unavailable,
+            Error::ArtifactIo(_)
+            | Error::EngineSetup(_)
+            | Error::BadArtifact { .. }
+            | Error::TaskFailed { .. } => ErrorCode::Internal,
+        }
+    }
+
+    pub fn to_api(&self) -> ApiError {
+        ApiError::new(self.code(), self.to_string())
+    }
+}
