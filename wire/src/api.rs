@@ -92,7 +92,9 @@ impl FromStr for ModuleHash {
             what: "module hash",
             reason: "expected 64 lowercase hex digits".to_owned(),
         };
-        if s.len() != 64 {
+        // `u8::from_str_radix` alone would also take upper case and a leading '+': a hash
+        // has exactly one spelling, the one `to_hex` writes.
+        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(invalid());
         }
         let mut out = [0u8; 32];

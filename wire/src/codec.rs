@@ -12,9 +12,33 @@ use crate::WireError;
 pub const MAX_MESSAGE: usize = 64 << 20;
 
 fn config() -> impl bincode::config::Config {
-    // The limit here bounds allocations *during* decoding (a length prefix claiming 4 GiB is
-    // refused before anything is allocated); `decode` checks the caller's tighter limit first.
     bincode::config::standard().with_limit::<MAX_MESSAGE>()
+}
+
+/// How much a decode may let length prefixes claim, per byte of input. A string claims its
+/// length in bytes; nothing a valid message holds claims more than a few times its encoded
+/// size, so 64× leaves room while a 10-byte input can no longer make bincode allocate the
+/// 60 MiB its length prefix claims before finding the input too short.
+const CLAIM_PER_INPUT_BYTE: usize = 64;
+
+/// Decodes with the smallest of a few allocation budgets that is at least
+/// [`CLAIM_PER_INPUT_BYTE`] times the input. bincode checks every length claim against its
+/// limit *before* allocating, but the limit is a type-level constant, hence the buckets.
+fn decode_bounded<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    use bincode::config::standard;
+    use bincode::serde::decode_from_slice;
+    let budget = bytes.len().saturating_mul(CLAIM_PER_INPUT_BYTE);
+    if budget <= 16 << 10 {
+        decode_from_slice(bytes, standard().with_limit::<{ 16 << 10 }>())
+    } else if budget <= 1 << 20 {
+        decode_from_slice(bytes, standard().with_limit::<{ 1 << 20 }>())
+    } else if budget <= 16 << 20 {
+        decode_from_slice(bytes, standard().with_limit::<{ 16 << 20 }>())
+    } else {
+        decode_from_slice(bytes, config())
+    }
 }
 
 /// Encodes `value`, refusing to produce more than `limit` bytes.
@@ -40,8 +64,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Wire
             limit,
         });
     }
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (value, read) = decode_bounded(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     if read != bytes.len() {
         return Err(WireError::TrailingBytes {
             len: bytes.len() - read,
