@@ -31,8 +31,9 @@ run cargo test --workspace --features tern-node/online-learning -- --skip timing
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
 # Same features as above, so nothing is rebuilt.
 run cargo test -p tern-node --features online-learning --test it timing:: -- --test-threads=1
-# The node as `tern up` builds it (no training backend): its unit tests, config included.
-run cargo test -p tern-node --lib
+# The node as `tern up` builds it (no training backend): its unit tests, config included, and
+# learned placement's without online learning.
+run cargo test -p tern-node -p tern-placement --lib
 # tern-policy with the tch backend: torch 2.13.0 from PyPI in a venv (~4.7 GB, cached in
 # ~/.cache/tern), then the crate's tests and clippy with `--features tch`.
 if [[ $with_tch == 1 ]]; then

@@ -17,8 +17,8 @@ pub enum Error {
     #[error("map contract violated: {0}")]
     MapContract(String),
     /// No usable node (live, of a class that admits the function's limits, with room).
-    #[error("no live node of a class that admits this function's memory and time limits has room")]
-    NoNodeFits,
+    #[error(transparent)]
+    NoNodeFits(#[from] tern_placement::NoNodeFits),
     /// The function is not known here and the node has not pulled the cluster registry yet:
     /// it may exist on another node.
     #[error(
@@ -66,7 +66,7 @@ impl Error {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::Overloaded { .. } => ErrorCode::Overloaded,
             Error::MapContract(_) => ErrorCode::GuestError,
-            Error::NoNodeFits
+            Error::NoNodeFits(_)
             | Error::RegistryNotSynced(_)
             | Error::VersionNotReady { .. }
             | Error::ActorDown { .. }

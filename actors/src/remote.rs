@@ -7,8 +7,8 @@ use std::pin::Pin;
 
 use tern_wire::FunctionInfo;
 
-use crate::placement::NodeView;
 use crate::{Error, Outcome};
+use tern_placement::NodeView;
 use tern_runtime::Meu;
 
 /// Why running an MEU on another node did not produce its answer.

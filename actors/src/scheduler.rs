@@ -5,7 +5,7 @@
 //! The handler only decides: a local MEU goes straight to the RuntimePool, a remote one is
 //! handed to a task that waits for the peer, so a slow peer never blocks the mailbox.
 //!
-//! [`Placement`]: crate::placement::Placement
+//! [`Placement`]: tern_placement::Placement
 //! [`Remote`]: crate::remote::Remote
 
 use std::sync::Arc;
@@ -16,12 +16,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tern_wire::FunctionInfo;
 use tokio::sync::oneshot;
 
-use crate::failover::{Failover, Next};
 use crate::pipeline::{Outcome, forward};
-use crate::placement::{Decision, Fate, MeuView, NodeView, Observed};
 use crate::remote::RemoteFailure;
 use crate::runtime_pool::RuntimePoolMsg;
 use crate::{ActorKind, Reply, Services};
+use tern_placement::failover::{Failover, Next};
+use tern_placement::{Decision, Fate, MeuView, NodeView, Observed};
 use tern_runtime::Meu;
 
 pub enum SchedulerMsg {
@@ -76,7 +76,7 @@ impl Actor for SchedulerAgent {
         let decision = match services.placement.decide(&meu_view, &nodes) {
             Ok(d) => d,
             Err(e) => {
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(e.into()));
                 return Ok(());
             }
         };
@@ -208,7 +208,7 @@ async fn run_remote(
                 return;
             }
             Next::GiveUp(e) => {
-                let _ = reply.send(Err(e));
+                let _ = reply.send(Err(e.into()));
                 return;
             }
             Next::Peer { node, attempt } => (node, attempt),

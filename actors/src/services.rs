@@ -4,9 +4,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::decompose::ItemCost;
 use crate::energy::EnergyMeter;
-use crate::placement::Placement;
 use crate::remote::Remote;
 use tern_metrics::Metrics;
+use tern_placement::Placement;
 use tern_runtime::Runtime;
 use tern_runtime::isolation::Sandbox;
 

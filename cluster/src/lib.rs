@@ -9,7 +9,6 @@ pub mod membership;
 pub mod mesh;
 pub mod pki;
 pub mod session;
-pub mod sync;
 pub mod transport;
 
 mod error;

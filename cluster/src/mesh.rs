@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::membership::{BackoffConfig, LossReason};
 use crate::session::Sessions;
-use crate::sync::{read, write};
 use crate::{ClusterError, Connection, Endpoint, Membership, MembershipEvent, NodeName, PeerState};
+use tern_sync::poison::{read, write};
 
 /// Answers one data-plane request from `peer`.
 pub type Handler =

@@ -73,9 +73,9 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::membership::should_dial;
-use crate::sync::lock;
 use crate::transport::{SessionStream, codes, refuse};
 use crate::{ClusterError, Connection, NodeName};
+use tern_sync::poison::lock;
 
 /// Default cap on one message sent to a remote actor (ARCHITECTURE.md §5).
 pub const DEFAULT_MAX_MESSAGE: usize = 1 << 20;

@@ -570,12 +570,12 @@ struct LanePool {
 
 impl LanePool {
     fn take(&self) -> Option<Lane> {
-        crate::sync::lock(&self.idle).pop()
+        tern_sync::poison::lock(&self.idle).pop()
     }
 
     /// Finishes every idle lane, so the peer gives their stream credit back.
     fn release_idle(&self) {
-        for mut lane in crate::sync::lock(&self.idle).drain(..) {
+        for mut lane in tern_sync::poison::lock(&self.idle).drain(..) {
             let _ = lane.send.finish();
         }
     }
@@ -594,7 +594,7 @@ impl LentLane<'_> {
         let Some(mut lane) = self.lane.take() else {
             return;
         };
-        let mut idle = crate::sync::lock(&self.pool.idle);
+        let mut idle = tern_sync::poison::lock(&self.pool.idle);
         if idle.len() < cap {
             lane.decoder.release();
             idle.push(lane);

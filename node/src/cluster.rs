@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tern_actors::placement::NodeView;
 use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
 use tern_actors::{Error as RuntimeError, Outcome};
 use tern_cluster::membership::BackoffConfig;
-use tern_cluster::sync::{lock, read, write};
 use tern_cluster::{
     Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
 };
+use tern_placement::NodeView;
 use tern_runtime::Meu;
+use tern_sync::poison::{lock, read, write};
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
 };
@@ -103,7 +103,7 @@ impl ClusterLink {
             peers.push((peer.parse::<NodeName>()?, addr));
         }
         let no_peers = peers.is_empty();
-        let seed = tern_actors::placement::WarmAffinity::weight("mesh-seed", name.as_str());
+        let seed = tern_placement::WarmAffinity::weight("mesh-seed", name.as_str());
         let sessions = if c.ractor_sessions {
             Some(Sessions::start(&name, SessionConfig::default()).await?)
         } else {

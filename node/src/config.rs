@@ -23,6 +23,15 @@ pub enum ConfigError {
     PolicyCheckpoint { path: String, message: String },
 }
 
+impl From<tern_placement::learned::CheckpointError> for ConfigError {
+    fn from(e: tern_placement::learned::CheckpointError) -> Self {
+        ConfigError::PolicyCheckpoint {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}
+
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
 /// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -243,7 +243,7 @@ impl SyncCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncInner> {
         // The state stays consistent at every await-free step, so a poisoned lock is usable.
-        tern_cluster::sync::lock(&self.inner)
+        tern_sync::poison::lock(&self.inner)
     }
 
     /// Looks `key` up, registering a new running call if it is unknown.

@@ -10,7 +10,6 @@ pub mod config;
 mod error;
 pub mod http;
 pub mod idempotency;
-pub mod learned;
 pub mod node;
 mod registry_sync;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use ractor::{Actor, ActorRef};
-use tern_actors::placement::{LocalFirst, Placement, WarmAffinity};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
 use tern_metrics::Metrics;
+use tern_placement::learned::{CheckpointError, GuardSettings, LearnedPlacement, read_checkpoint};
+use tern_placement::{LocalFirst, Placement, WarmAffinity};
 use tern_runtime::isolation::InProcess;
 use tern_runtime::{Runtime, RuntimeConfig};
 use tern_wire::FunctionName;
@@ -21,7 +22,6 @@ use crate::cluster::ClusterLink;
 use crate::config::{Config, ConfigError};
 use crate::error::NodeError;
 use crate::http;
-use crate::learned::{GuardSettings, LearnedPlacement, checkpoint_error, read_checkpoint};
 use crate::store::Store;
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
@@ -184,9 +184,9 @@ fn placement(
             let path = config.policy_checkpoint.as_deref().ok_or_else(|| {
                 ConfigError::Invalid("placement = \"learned\" needs policy_checkpoint".into())
             })?;
-            let weights = read_checkpoint(path)?;
+            let weights = read_checkpoint(path).map_err(ConfigError::from)?;
             let mut learned = LearnedPlacement::new(&weights, parallelism, metrics.clone())
-                .map_err(|e| checkpoint_error(path, e.to_string()))?;
+                .map_err(|e| ConfigError::from(CheckpointError::new(path, e.to_string())))?;
             if config.placement_guard {
                 learned = learned.with_guard(GuardSettings {
                     window: config.placement_guard_window,

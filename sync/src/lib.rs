@@ -6,7 +6,9 @@
 //! ```
 //!
 //! - [`ParkGate`]: how the epoch ticker parks when no guest runs, without losing the wake of
-//!   the next guest (used by `tern-actors`' runtime).
+//!   the next guest (used by `tern-runtime`'s epoch ticker).
+//! - [`poison`]: lock access that ignores poisoning (everything those locks guard is valid
+//!   after any single update).
 //! - [`RepollOnSelfWake`]: a future wrapper that turns a task waking itself during its own
 //!   poll into an immediate re-poll (used by `tern-node`'s HTTP server).
 //!
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod park_gate;
+pub mod poison;
 pub mod self_wake;
 pub mod shim;
 

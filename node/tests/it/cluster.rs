@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
-use tern_actors::placement::WarmAffinity;
 use tern_cluster::{NodeName, pki};
 use tern_node::{Config, NodeHandle};
+use tern_placement::WarmAffinity;
 use tern_wire::NodeClass;
 
 use crate::support::*;

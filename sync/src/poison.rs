@@ -1,4 +1,5 @@
-//! Poison-tolerant lock access, shared by the mesh, the sessions and the node's cluster link.
+//! Poison-tolerant lock access, shared by the mesh, the sessions, the node's cluster link and
+//! learned placement. Plain std locks (not the loom shim): nothing here is a protocol to model.
 //!
 //! A poisoned lock only means another thread panicked while holding it. Everything these locks
 //! guard (membership maps, connection tables, status snapshots) is valid after any single

@@ -10,8 +10,7 @@
 //! re-placement marks one more node dead, so an MEU is sent at most once per candidate and
 //! the loop ends.
 
-use crate::Error;
-use crate::placement::{MeuView, NodeView, Placement};
+use crate::{MeuView, NoNodeFits, NodeView, Placement};
 
 /// Where an MEU goes next.
 #[derive(Debug)]
@@ -21,7 +20,7 @@ pub enum Next {
     /// Send it to `nodes[node]`; `attempt` is 1 for the first try and counts re-runs.
     Peer { node: usize, attempt: u32 },
     /// No node can take it: answer the caller with this error.
-    GiveUp(Error),
+    GiveUp(NoNodeFits),
 }
 
 /// The failover state of one MEU: its candidates (index 0 is this node), the node it is on
@@ -85,7 +84,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-    use crate::placement::{LocalFirst, WarmAffinity};
+    use crate::{LocalFirst, WarmAffinity};
 
     fn node(name: &str) -> NodeView {
         NodeView {
@@ -119,7 +118,7 @@ mod tests {
         placement: &dyn Placement,
         mut failover: Failover,
         peers: &BTreeMap<usize, PeerDoes>,
-    ) -> (Vec<(usize, u32)>, Option<Error>) {
+    ) -> (Vec<(usize, u32)>, Option<NoNodeFits>) {
         let mut visited = Vec::new();
         let mut next = failover.next();
         loop {
@@ -181,7 +180,7 @@ mod tests {
         let peers = BTreeMap::from([(1, PeerDoes::Fails), (2, PeerDoes::Fails)]);
         let (visited, end) = drive(&LocalFirst, Failover::new(nodes, 1), &peers);
         assert_eq!(visited, [(1, 1), (2, 2)]);
-        assert!(matches!(end, Some(Error::NoNodeFits)));
+        assert!(matches!(end, Some(NoNodeFits)));
     }
 
     /// A placement that always offers the first candidate, dead or alive.
@@ -190,7 +189,7 @@ mod tests {
         fn name(&self) -> &'static str {
             "stubborn"
         }
-        fn place(&self, _meu: &MeuView<'_>, _nodes: &[NodeView]) -> Result<usize, Error> {
+        fn place(&self, _meu: &MeuView<'_>, _nodes: &[NodeView]) -> Result<usize, NoNodeFits> {
             Ok(1)
         }
     }

@@ -1,8 +1,21 @@
-//! The SchedulerAgent's seam: which node runs a MEU. Pure: the cluster view and the MEU are
-//! arguments, there is no I/O and no clock, so policies are tested deterministically. The
-//! learned PPO policy (tern-policy) and the cluster's heuristics plug in here.
+//! `tern-placement`: which node runs each minimum execution unit (MEU). The SchedulerAgent
+//! asks a [`Placement`] over this node and its live peers ([`NodeView`]s); the cluster's
+//! heuristics ([`LocalFirst`], [`WarmAffinity`]) and the learned PPO dispatch policy
+//! ([`learned::LearnedPlacement`], tern-policy's network behind a rolling-reward guard) plug in
+//! here, and [`failover::Failover`] decides where an MEU goes when its node is lost.
+//!
+//! Pure: the cluster view and the MEU are arguments, there is no I/O and no clock (the one
+//! exception is reading the machine's memory size once when a learned placement is built), so
+//! every policy is tested deterministically.
 
-use crate::Error;
+pub mod failover;
+pub mod learned;
+
+/// No node can take the MEU: none is live, of a class that admits the function's memory and
+/// time limits, and with room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("no live node of a class that admits this function's memory and time limits has room")]
+pub struct NoNodeFits;
 
 /// A node as the scheduler sees it: this node from its own counters, peers from their last
 /// published status (`tern_wire::peer::NodeStatus`). The load fields are what the learned
@@ -41,8 +54,8 @@ impl NodeView {
     }
 }
 
-fn no_node() -> Error {
-    Error::NoNodeFits
+fn no_node() -> NoNodeFits {
+    NoNodeFits
 }
 
 /// What the scheduler knows about the MEU being placed.
@@ -113,11 +126,11 @@ pub struct Observed {
 pub trait Placement: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Index into `nodes` of the node that should run the MEU.
-    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error>;
+    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, NoNodeFits>;
 
     /// [`Placement::place`] with a tag for [`Placement::observe`]. The SchedulerAgent calls
     /// this one.
-    fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, Error> {
+    fn decide(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<Decision, NoNodeFits> {
         self.place(meu, nodes).map(|node| Decision { node, tag: 0 })
     }
 
@@ -149,7 +162,7 @@ impl Placement for LocalFirst {
         "local-first"
     }
 
-    fn place(&self, _meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
+    fn place(&self, _meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, NoNodeFits> {
         nodes
             .iter()
             .position(|n| n.usable() && n.warm)
@@ -191,7 +204,7 @@ impl Placement for WarmAffinity {
         "warm-affinity"
     }
 
-    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, Error> {
+    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, NoNodeFits> {
         let owner = Self::owner(meu.function, nodes).ok_or_else(no_node)?;
         if nodes[owner].queue_depth < self.spill_at {
             return Ok(owner);
@@ -316,7 +329,7 @@ mod tests {
         nodes[others[0]].fits = false;
         assert_eq!(p.place(&meu("f"), &nodes).unwrap(), owner);
         nodes[owner].alive = false;
-        assert!(matches!(p.place(&meu("f"), &nodes), Err(Error::NoNodeFits)));
+        assert!(matches!(p.place(&meu("f"), &nodes), Err(NoNodeFits)));
     }
 
     #[test]
@@ -340,7 +353,7 @@ mod tests {
         );
         assert!(matches!(
             p.place(&meu, &[node("a", false, true)]),
-            Err(Error::NoNodeFits)
+            Err(NoNodeFits)
         ));
         assert!(p.place(&meu, &[]).is_err());
     }

@@ -1,0 +1,99 @@
+//! What the dispatch network sees of a candidate node: a [`NodeView`] mapped to tern-policy's
+//! per-node [`NodeFeatures`], and a Tern node class mapped to the simulator's class.
+
+use tern_policy::features::NodeFeatures;
+use tern_policy::sim::NodeClass as SimClass;
+use tern_wire::NodeClass;
+
+use super::LearnedPlacement;
+use crate::{MeuView, NodeView};
+
+/// Memory assumed when `/proc/meminfo` cannot be read (the features need a fraction).
+const DEFAULT_MEMORY_BYTES: u64 = 8 << 30;
+
+impl LearnedPlacement {
+    /// The per-node features the dispatch network sees for placing `meu` on `n`.
+    pub fn features(&self, meu: &MeuView<'_>, n: &NodeView) -> NodeFeatures {
+        let class = class_index(n.class);
+        NodeFeatures {
+            warm_instances: if n.warm { 1.0 } else { 0.0 },
+            queue_depth: n.queue_depth as f32,
+            concurrency: self.slots,
+            cpu_util: n.cpu_percent as f32 / (100.0 * self.slots),
+            mem_util: (n.memory_bytes as f64 / self.memory_total_bytes) as f32,
+            // A ready module is compiled on that node: a cold start there is a load and
+            // instantiation, costed like the class the network was trained on.
+            expected_cold_ms: if n.warm {
+                0.0
+            } else {
+                class_cold_start_ms(class)
+            },
+            recent_latency_ms: n.recent_mean_us as f32 / 1000.0,
+            rtt_ms: n.rtt_us as f32 / 1000.0,
+            expected_exec_ms: meu.mean_exec_us as f32 / 1000.0,
+            time_limit_ms: n.max_timeout_ms as f32,
+            // Nodes are not benchmarked: all run at the reference speed.
+            speed: 1.0,
+            class,
+            alive: n.alive,
+            has_capacity: n.fits && n.queue_depth < n.queue_cap,
+        }
+    }
+
+    /// Features of candidate `i`. The SchedulerAgent lists this node first, and its queue
+    /// depth counts the invocation being placed (it holds an admission permit) where a peer's
+    /// does not: that one is left out so that this node is not penalised for it.
+    pub(super) fn candidate_features(
+        &self,
+        meu: &MeuView<'_>,
+        i: usize,
+        n: &NodeView,
+    ) -> NodeFeatures {
+        let mut f = self.features(meu, n);
+        if i == 0 && n.rtt_us == 0 {
+            f.queue_depth = (f.queue_depth - 1.0).max(0.0);
+        }
+        f
+    }
+
+    pub(super) fn all_features(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Vec<NodeFeatures> {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| self.candidate_features(meu, i, n))
+            .collect()
+    }
+}
+
+/// tern-policy's class index of a Tern node class: 0 edge, 1 standard, 2 CPU-burst.
+pub fn class_index(class: NodeClass) -> u8 {
+    match class {
+        NodeClass::EdgeSmall => 0,
+        NodeClass::Standard => 1,
+        NodeClass::CpuBurst => 2,
+    }
+}
+
+pub(super) fn sim_class(class: u8) -> SimClass {
+    match class {
+        0 => SimClass::edge(),
+        2 => SimClass::burst(),
+        _ => SimClass::standard(),
+    }
+}
+
+fn class_cold_start_ms(class: u8) -> f32 {
+    sim_class(class).cold_start_ms
+}
+
+/// `MemTotal` of `/proc/meminfo`, or 8 GiB when unknown.
+pub(super) fn system_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(DEFAULT_MEMORY_BYTES, |kib| kib * 1024)
+        .max(1)
+}
