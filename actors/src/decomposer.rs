@@ -9,7 +9,7 @@ use bytes::Bytes;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decompose::{MapPlan, join_map, plan_map};
-use crate::pipeline::send_until_answered;
+use crate::delivery::send_until_answered;
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
 use tern_runtime::{Meu, Timings};

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::decomposer::DecomposerMsg;
-use crate::pipeline::forward;
+use crate::delivery::forward;
 use crate::{ActorKind, Invocation, Reply, Services};
 
 pub enum IngressMsg {

@@ -21,10 +21,12 @@
 pub mod admission;
 pub mod decompose;
 pub mod decomposer;
+mod delivery;
 pub mod energy;
 mod error;
 pub mod ingress;
 pub mod isolator;
+mod message;
 pub mod metrics_collector;
 mod pipeline;
 pub mod remote;
@@ -34,6 +36,7 @@ mod services;
 mod supervisor;
 
 pub use error::Error;
-pub use pipeline::{Invocation, Outcome, Pipeline, Reply};
+pub use message::{Invocation, Outcome, Reply};
+pub use pipeline::Pipeline;
 pub use services::{ActorKind, Services, ServicesConfig};
 pub use supervisor::{NodeSupervisor, SupervisorMsg};

@@ -1,66 +1,19 @@
+//! The front door of the actors: admission, then the chain, with re-submission if an actor
+//! dies holding the invocation.
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bytes::Bytes;
-use ractor::{ActorRef, Message};
+use tern_runtime::Meu;
 use tern_wire::FunctionName;
-use tokio::sync::oneshot;
 
 use crate::admission::{Admission, Permit};
+use crate::delivery::send_until_answered;
 use crate::ingress::IngressMsg;
+use crate::message::{Invocation, Outcome, single_meu};
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Services};
-use tern_runtime::{Meu, Timings};
-
-/// One request to run a function, as the Ingress accepts it.
-#[derive(Clone, Debug)]
-pub struct Invocation {
-    pub request_id: Arc<str>,
-    pub function: FunctionName,
-    pub input: Bytes,
-    /// Split a JSON array input into MEUs and join the results (`?map=1`).
-    pub map: bool,
-}
-
-/// The one MEU of a plain (not `map`) invocation.
-fn single_meu(inv: Invocation) -> Meu {
-    Meu {
-        request_id: inv.request_id,
-        function: inv.function,
-        input: inv.input,
-        items: 1,
-    }
-}
-
-/// The answer to an invocation.
-#[derive(Debug)]
-pub struct Outcome {
-    pub output: Bytes,
-    /// Whether any MEU had to compile or load its module.
-    pub cold_start: bool,
-    pub meus: usize,
-    /// Summed over MEUs.
-    pub timings: Timings,
-    /// Node that ran the (last) MEU.
-    pub node: Arc<str>,
-}
-
-/// The reply channel that travels with an invocation through the actor chain.
-pub type Reply = oneshot::Sender<Result<Outcome, Error>>;
-
-/// How long an invocation is re-submitted while pipeline actors are being restarted.
-const RESUBMIT_WINDOW: Duration = Duration::from_secs(10);
-
-/// Sends a message to the actor of `kind`. If it is not running, the message is dropped, and
-/// with it the reply channel it carries: the waiting side sees the channel close and submits
-/// again, so a drop here never loses an accepted invocation.
-pub(crate) fn forward<M: Message>(services: &Services, kind: ActorKind, msg: M) -> bool {
-    match ActorRef::<M>::where_is(services.name(kind)) {
-        Some(actor) => actor.cast(msg).is_ok(),
-        None => false,
-    }
-}
 
 /// The front door used by the HTTP server: admission, then the actors, with re-submission
 /// if an actor dies while holding the invocation.
@@ -186,37 +139,5 @@ impl Pipeline {
             IngressMsg::SubmitMap(inv.clone(), reply)
         })
         .await
-    }
-}
-
-/// Sends the message built by `make` to the actor of `kind` and waits for the answer. If the
-/// reply channel closes unanswered (an actor of the chain died holding the message, or was
-/// being restarted), the message is sent again, for up to [`RESUBMIT_WINDOW`].
-///
-/// Sending again is safe: work reaches a guest only after the RuntimePool has handed it to
-/// its own task, and that task holds the reply channel until it answers.
-pub(crate) async fn send_until_answered<M: Message>(
-    services: &Services,
-    kind: ActorKind,
-    mut make: impl FnMut(Reply) -> M,
-) -> Result<Outcome, Error> {
-    let give_up = Instant::now() + RESUBMIT_WINDOW;
-    let mut backoff = Duration::from_millis(1);
-    loop {
-        let (tx, rx) = oneshot::channel();
-        if forward(services, kind, make(tx))
-            && let Ok(result) = rx.await
-        {
-            return result;
-        }
-        services.metrics.resubmissions.fetch_add(1, Relaxed);
-        if Instant::now() >= give_up {
-            return Err(Error::ActorDown {
-                actor: kind.label(),
-                window: RESUBMIT_WINDOW,
-            });
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_millis(50));
     }
 }

@@ -16,7 +16,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tern_wire::FunctionInfo;
 use tokio::sync::oneshot;
 
-use crate::pipeline::{Outcome, forward};
+use crate::delivery::forward;
+use crate::message::Outcome;
 use crate::remote::RemoteFailure;
 use crate::runtime_pool::RuntimePoolMsg;
 use crate::{ActorKind, Reply, Services};

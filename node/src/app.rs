@@ -12,11 +12,14 @@ use tern_wire::{
     ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvocationStatus,
 };
 
-use crate::cluster::ClusterLink;
+use crate::cluster::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::store::Store;
-use tern_wire::peer::RegistryEntry;
+use tern_metrics::Metrics;
+use tern_runtime::Meu;
+use tern_wire::ModuleHash;
+use tern_wire::peer::{NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome};
 
 pub struct App {
     pub config: Config,
@@ -30,6 +33,94 @@ pub struct App {
     background: Arc<std::sync::atomic::AtomicUsize>,
     /// The cluster link, when the node is a cluster member (set once at start).
     pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
+}
+
+/// The cluster link's view of this node.
+impl LocalNode for App {
+    fn apply_entry<'a>(
+        &'a self,
+        entry: RegistryEntry,
+        peer: &'a tern_cluster::NodeName,
+    ) -> LocalFuture<'a, Result<bool, NodeError>> {
+        Box::pin(App::apply_entry(self, entry, peer))
+    }
+
+    fn registry(&self) -> Result<Vec<RegistryEntry>, NodeError> {
+        App::registry(self)
+    }
+
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, NodeError> {
+        Ok(self.store.module(hash)?)
+    }
+
+    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse> {
+        Box::pin(self.run_for_peer(meu))
+    }
+
+    fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
+        let runtime = &self.services().runtime;
+        let limits = self.config.class_limits();
+        NodeStatus {
+            node: self.config.node_name.clone(),
+            class: self.config.node_class,
+            max_memory_mb: limits.max_memory_mb,
+            max_timeout_ms: limits.max_timeout_ms,
+            queue_depth: self.pipeline.admission().in_flight().min(u32::MAX as usize) as u32,
+            queue_cap: self.config.queue_cap.min(u32::MAX as usize) as u32,
+            ready: runtime.list().into_iter().map(|f| f.hash).collect(),
+            warm: runtime.loaded_hashes(),
+            cpu_percent,
+            memory_bytes: resident_bytes(),
+            recent_mean_us,
+            seq,
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.services().metrics
+    }
+}
+
+impl App {
+    /// Runs an MEU another node placed here, if this node has exactly that version ready.
+    async fn run_for_peer(&self, meu: RemoteMeu) -> PeerResponse {
+        let ready = self
+            .services()
+            .runtime
+            .get(&meu.function)
+            .is_some_and(|d| d.info.hash == meu.hash);
+        if !ready {
+            return PeerResponse::Error(
+                tern_actors::Error::VersionNotReady {
+                    function: meu.function,
+                    hash: meu.hash,
+                }
+                .to_api(),
+            );
+        }
+        let permit = match self.pipeline.admit() {
+            Ok(p) => p,
+            Err(e) => return PeerResponse::Error(e.to_api()),
+        };
+        if meu.attempt > 1 {
+            tracing::info!(request_id = %meu.request_id, attempt = meu.attempt, "running a re-placed MEU");
+        }
+        let local = Meu {
+            request_id: meu.request_id.into(),
+            function: meu.function,
+            input: Bytes::from(meu.input),
+            items: meu.items as usize,
+        };
+        match self.pipeline.execute_for_peer(local, permit).await {
+            Ok(o) => PeerResponse::Executed(RemoteOutcome {
+                output: o.output.to_vec(),
+                cold_start: o.cold_start,
+                timings: o.timings,
+                node: o.node.to_string(),
+            }),
+            Err(e) => PeerResponse::Error(e.to_api()),
+        }
+    }
 }
 
 /// Counts one background task for as long as it lives.

@@ -25,7 +25,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
 use tern_actors::Invocation;
-use tern_cluster::{ClusterError, NodeName};
+use tern_cluster::NodeName;
 use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
@@ -37,7 +37,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
-use crate::error::NodeError;
+use crate::error::{ClientApiError, NodeError};
 use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
 
 /// Requests a connection may have open at once (QUIC stream limit).
@@ -68,27 +68,6 @@ pub mod codes {
     pub const FRAME_TOO_LARGE: u32 = 0x20;
     /// The request did not arrive in time.
     pub const TIMEOUT: u32 = 0x22;
-}
-
-/// Why the client API could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientApiError {
-    #[error("node_name is not a valid cluster node name: {0}")]
-    NodeName(#[source] ClusterError),
-    #[error("cannot load this node's certificate: {0}")]
-    Identity(#[source] ClusterError),
-    #[error("TLS configuration: {0}")]
-    Tls(#[from] rustls::Error),
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[from] rustls::server::VerifierBuilderError),
-    #[error("the crypto provider lacks the QUIC initial cipher suite")]
-    NoInitialCipherSuite,
-    #[error("cannot listen on {addr} (UDP): {source}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// The running client API endpoint.

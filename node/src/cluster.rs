@@ -8,6 +8,8 @@
 //! status update.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -20,16 +22,15 @@ use tern_cluster::membership::BackoffConfig;
 use tern_cluster::{
     Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
 };
+use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
-use tern_wire::peer::{
-    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
-};
+use tern_wire::peer::{NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
 use tokio::task::JoinHandle;
 
-use crate::app::App;
+use crate::config::Config;
 use crate::error::NodeError;
 use crate::registry_sync::RegistrySync;
 
@@ -41,10 +42,36 @@ const STATUS_STALE: Duration = Duration::from_secs(2);
 /// time limit instead).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A boxed future borrowing its receiver, for the object-safe [`LocalNode`].
+pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the cluster link needs of the node it links: its registry and modules, running an
+/// MEU for a peer, its load, and its metrics. The node's `App` implements it; the link holds
+/// it weakly and knows nothing else of the node, so it can be driven by a stand-in in tests
+/// and moved next to the transport.
+pub trait LocalNode: Send + Sync + 'static {
+    /// Applies a registry entry learnt from `peer` if it is newer (last writer wins);
+    /// whether anything changed.
+    fn apply_entry<'a>(
+        &'a self,
+        entry: RegistryEntry,
+        peer: &'a NodeName,
+    ) -> LocalFuture<'a, Result<bool, NodeError>>;
+    /// This node's whole registry, tombstones included.
+    fn registry(&self) -> Result<Vec<RegistryEntry>, NodeError>;
+    /// The bytes of a stored module.
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, NodeError>;
+    /// Runs an MEU a peer placed here, if exactly that version is ready; every failure is an
+    /// `Error` answer.
+    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse>;
+    /// This node's status as published to peers, with the measurements the link made.
+    fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus;
+    fn metrics(&self) -> &Metrics;
+}
+
 pub struct ClusterLink {
-    name: NodeName,
     mesh: Mesh,
-    app: Weak<App>,
+    node: Weak<dyn LocalNode>,
     statuses: RwLock<BTreeMap<NodeName, (NodeStatus, Instant)>>,
     /// When each peer entered its current membership state (from the mesh's events).
     state_since: RwLock<BTreeMap<NodeName, Instant>>,
@@ -73,9 +100,9 @@ pub struct MemberView {
 }
 
 impl ClusterLink {
-    /// Joins the mesh as `config.node_name` and plugs the link into the scheduler.
-    pub async fn start(app: &Arc<App>) -> Result<Arc<Self>, NodeError> {
-        let c = &app.config;
+    /// Joins the mesh as `c.node_name`, serving peers on behalf of `node`. The caller plugs
+    /// the link into the scheduler (it is the [`Remote`]).
+    pub async fn start(c: &Config, node: Weak<dyn LocalNode>) -> Result<Arc<Self>, NodeError> {
         let dir = c
             .cluster_dir
             .as_deref()
@@ -131,10 +158,9 @@ impl ClusterLink {
                 sessions.clone(),
             );
             ClusterLink {
-                name,
                 sync: Arc::new(RegistrySync::new(no_peers, sync_deadline)),
                 mesh,
-                app: Arc::downgrade(app),
+                node,
                 statuses: RwLock::default(),
                 state_since: RwLock::default(),
                 frame_limit,
@@ -145,11 +171,6 @@ impl ClusterLink {
         let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
         let watcher = tokio::spawn(watch_membership(Arc::downgrade(&link)));
         lock(&link.tasks).extend([publisher, watcher]);
-        if app.cluster.set(link.clone()).is_err()
-            || app.services().remote.set(link.clone()).is_err()
-        {
-            return Err(NodeError::Replication("cluster link started twice".into()));
-        }
         Ok(link)
     }
 
@@ -255,12 +276,12 @@ impl ClusterLink {
         else {
             return Err(NodeError::Replication(format!("{peer} sent no registry")));
         };
-        let Some(app) = self.app.upgrade() else {
+        let Some(node) = self.node.upgrade() else {
             return Ok(0);
         };
         let mut applied = 0;
         for entry in entries {
-            match app.apply_entry(entry, peer).await {
+            match node.apply_entry(entry, peer).await {
                 Ok(true) => applied += 1,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(%peer, error = %e, "cannot apply a registry entry"),
@@ -319,7 +340,7 @@ impl ClusterLink {
     }
 
     async fn serve(&self, peer: NodeName, req: PeerRequest) -> PeerResponse {
-        let Some(app) = self.app.upgrade() else {
+        let Some(node) = self.node.upgrade() else {
             return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "node stopping"));
         };
         let fail = |e: NodeError| PeerResponse::Error(e.to_api());
@@ -331,44 +352,25 @@ impl ClusterLink {
             }
             PeerRequest::Announce(entries) => {
                 for entry in entries {
-                    if let Err(e) = app.apply_entry(entry, &peer).await {
+                    if let Err(e) = node.apply_entry(entry, &peer).await {
                         return fail(e);
                     }
                 }
                 PeerResponse::Ack
             }
-            PeerRequest::Registry => match app.registry() {
+            PeerRequest::Registry => match node.registry() {
                 Ok(entries) => PeerResponse::Registry(entries),
                 Err(e) => fail(e),
             },
-            PeerRequest::FetchModule(hash) => match app.store.module(&hash) {
+            PeerRequest::FetchModule(hash) => match node.module(&hash) {
                 Ok(Some(bytes)) => PeerResponse::Module(bytes),
                 Ok(None) => PeerResponse::Error(ApiError::new(
                     ErrorCode::NotFound,
                     format!("module {hash} is not stored here"),
                 )),
-                Err(e) => fail(e.into()),
+                Err(e) => fail(e),
             },
-            PeerRequest::Execute(meu) => execute_for_peer(&app, meu).await,
-        }
-    }
-
-    fn status(&self, app: &App, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
-        let runtime = &app.services().runtime;
-        let limits = app.config.class_limits();
-        NodeStatus {
-            node: self.name.to_string(),
-            class: app.config.node_class,
-            max_memory_mb: limits.max_memory_mb,
-            max_timeout_ms: limits.max_timeout_ms,
-            queue_depth: app.pipeline.admission().in_flight().min(u32::MAX as usize) as u32,
-            queue_cap: app.config.queue_cap.min(u32::MAX as usize) as u32,
-            ready: runtime.list().into_iter().map(|f| f.hash).collect(),
-            warm: runtime.loaded_hashes(),
-            cpu_percent,
-            memory_bytes: resident_bytes(),
-            recent_mean_us,
-            seq,
+            PeerRequest::Execute(meu) => node.execute_for_peer(meu).await,
         }
     }
 }
@@ -469,46 +471,6 @@ impl Remote for ClusterLink {
     }
 }
 
-/// Runs an MEU another node placed here, if this node has exactly that version ready.
-async fn execute_for_peer(app: &App, meu: RemoteMeu) -> PeerResponse {
-    let ready = app
-        .services()
-        .runtime
-        .get(&meu.function)
-        .is_some_and(|d| d.info.hash == meu.hash);
-    if !ready {
-        return PeerResponse::Error(
-            RuntimeError::VersionNotReady {
-                function: meu.function,
-                hash: meu.hash,
-            }
-            .to_api(),
-        );
-    }
-    let permit = match app.pipeline.admit() {
-        Ok(p) => p,
-        Err(e) => return PeerResponse::Error(e.to_api()),
-    };
-    if meu.attempt > 1 {
-        tracing::info!(request_id = %meu.request_id, attempt = meu.attempt, "running a re-placed MEU");
-    }
-    let local = Meu {
-        request_id: meu.request_id.into(),
-        function: meu.function,
-        input: Bytes::from(meu.input),
-        items: meu.items as usize,
-    };
-    match app.pipeline.execute_for_peer(local, permit).await {
-        Ok(o) => PeerResponse::Executed(RemoteOutcome {
-            output: o.output.to_vec(),
-            cold_start: o.cold_start,
-            timings: o.timings,
-            node: o.node.to_string(),
-        }),
-        Err(e) => PeerResponse::Error(e.to_api()),
-    }
-}
-
 /// Publishes this node's status to every connected peer every [`STATUS_INTERVAL`].
 async fn publish_status(link: Weak<ClusterLink>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
@@ -522,7 +484,7 @@ async fn publish_status(link: Weak<ClusterLink>) {
         let Some(link) = link.upgrade() else {
             return;
         };
-        let Some(app) = link.app.upgrade() else {
+        let Some(node) = link.node.upgrade() else {
             return;
         };
         seq += 1;
@@ -531,16 +493,16 @@ async fn publish_status(link: Weak<ClusterLink>) {
         let cpu_percent =
             (cpu.saturating_sub(last_cpu).as_secs_f64() / wall.as_secs_f64() * 100.0) as u32;
         (last_cpu, last_at) = (cpu, Instant::now());
-        let lat = app.services().metrics.latency_totals();
+        let lat = node.metrics().latency_totals();
         let (dn, dsum) = (
             lat.0.saturating_sub(last_lat.0),
             lat.1.saturating_sub(last_lat.1),
         );
         last_lat = lat;
         let recent = dsum.checked_div(dn).unwrap_or(0);
-        let status = link.status(&app, seq, cpu_percent, recent);
+        let status = node.status(seq, cpu_percent, recent);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).
-        let m = &app.services().metrics;
+        let m = node.metrics();
         m.status_cpu_percent
             .store(u64::from(status.cpu_percent), Relaxed);
         m.status_memory_bytes.store(status.memory_bytes, Relaxed);
@@ -590,8 +552,8 @@ async fn watch_membership(link: Weak<ClusterLink>) {
     loop {
         let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
         let Some(l) = link.upgrade() else { return };
-        if let Some(app) = l.app.upgrade() {
-            let m = &app.services().metrics;
+        if let Some(node) = l.node.upgrade() {
+            let m = node.metrics();
             let up = l
                 .mesh
                 .members()
@@ -643,7 +605,7 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
 }
 
 /// Resident memory of this process (Linux `/proc/self/statm`), 0 when unknown.
-fn resident_bytes() -> u64 {
+pub(crate) fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())

@@ -35,7 +35,7 @@ pub enum NodeError {
     #[error("replication: {0}")]
     Replication(String),
     #[error("client API: {0}")]
-    ClientApi(#[from] crate::client_api::ClientApiError),
+    ClientApi(#[from] ClientApiError),
 }
 
 impl From<tern_runtime::Error> for NodeError {
@@ -66,4 +66,25 @@ impl NodeError {
             | NodeError::ClientApi(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
         }
     }
+}
+
+/// Why the client API could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientApiError {
+    #[error("node_name is not a valid cluster node name: {0}")]
+    NodeName(#[source] tern_cluster::ClusterError),
+    #[error("cannot load this node's certificate: {0}")]
+    Identity(#[source] tern_cluster::ClusterError),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    #[error("the crypto provider lacks the QUIC initial cipher suite")]
+    NoInitialCipherSuite,
+    #[error("cannot listen on {addr} (UDP): {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -141,7 +141,13 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;
     if app.config.cluster_dir.is_some() {
-        let link = ClusterLink::start(&app).await?;
+        let node: std::sync::Weak<dyn crate::cluster::LocalNode> = Arc::downgrade(&app) as _;
+        let link = ClusterLink::start(&app.config, node).await?;
+        if app.cluster.set(link.clone()).is_err()
+            || app.services().remote.set(link.clone()).is_err()
+        {
+            return Err(NodeError::Replication("cluster link started twice".into()));
+        }
         tracing::info!(mesh = %link.local_addr()?, "joined the cluster mesh");
     }
     let replayed = app.replay_journal().await?;

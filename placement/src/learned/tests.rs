@@ -529,7 +529,11 @@ fn a_late_outcome_is_learned_with_the_weights_that_decided_it() {
         p.observe(&meu(), &nodes, d, &ran_in(1_000));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(online.learner.updates(), 1, "63 transitions do not make a batch");
+    assert_eq!(
+        online.learner.updates(),
+        1,
+        "63 transitions do not make a batch"
+    );
     p.observe(&meu(), &nodes, decisions[64], &ran_in(1_000));
     wait_for(2);
 }
