@@ -13,12 +13,14 @@ use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvokeReply};
 use tokio::sync::watch;
+// tokio's clock, so tests can pause and advance time instead of sleeping.
+use tokio::time::Instant;
 
 use crate::app::{App, now_ms};
 use crate::error::NodeError;
@@ -464,8 +466,8 @@ mod tests {
         assert!(matches!(cache.begin(&f(), "k"), Begin::Done(_)));
     }
 
-    #[test]
-    fn keys_bytes_and_age_are_bounded() {
+    #[tokio::test(start_paused = true)]
+    async fn keys_bytes_and_age_are_bounded() {
         let cache = SyncCache::new(SyncCacheLimits {
             max_keys: 3,
             max_bytes: 100,
@@ -500,7 +502,9 @@ mod tests {
         // Expired results are not replayed.
         let g = run("old");
         g.finish(Ok(reply("o")));
-        std::thread::sleep(Duration::from_millis(60));
+        tokio::time::advance(Duration::from_millis(49)).await;
+        assert!(matches!(cache.begin(&f(), "old"), Begin::Done(_)));
+        tokio::time::advance(Duration::from_millis(11)).await;
         assert!(matches!(cache.begin(&f(), "old"), Begin::Run(_)));
     }
 
