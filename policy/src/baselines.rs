@@ -3,7 +3,7 @@
 
 use crate::features::NodeFeatures;
 use crate::features::QuotaFeatures;
-use crate::online::{Arm, Guard};
+use crate::guard::{Arm, Guard};
 use crate::policy::{DispatchScorer, PolicyWeights, QuotaDecision};
 use crate::rng::Rng;
 

@@ -18,8 +18,8 @@
 //! - `ppo`, `candle_backend` (and `tch_backend` with `--features tch`), `train`: PPO (Eq. 5)
 //!   with a backend trait, and training in the simulator. Behind the default-on `candle`
 //!   feature: the serving path builds with `default-features = false`.
-//! - [`online`]: atomic weight swaps and a heuristic fallback guard; the background trainer
-//!   (`OnlineLearner`) needs the `candle` feature.
+//! - [`online`]: atomic weight swaps; the background trainer (`OnlineLearner`) needs the
+//!   `candle` feature. [`guard`]: the rolling-reward guard that falls back to a heuristic.
 //!
 //! See `policy/README.md` for the model, the decisions behind it and the benchmark results.
 #![forbid(unsafe_code)]
@@ -29,6 +29,7 @@ pub mod baselines;
 pub mod candle_backend;
 pub mod error;
 pub mod features;
+pub mod guard;
 pub mod mlp;
 pub mod online;
 pub mod policy;
