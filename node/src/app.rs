@@ -12,10 +12,10 @@ use tern_wire::{
     ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvocationStatus,
 };
 
-use crate::cluster::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use crate::config::Config;
 use crate::error::NodeError;
 use crate::store::Store;
+use tern_link::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use tern_metrics::Metrics;
 use tern_runtime::Meu;
 use tern_wire::ModuleHash;
@@ -41,16 +41,22 @@ impl LocalNode for App {
         &'a self,
         entry: RegistryEntry,
         peer: &'a tern_cluster::NodeName,
-    ) -> LocalFuture<'a, Result<bool, NodeError>> {
-        Box::pin(App::apply_entry(self, entry, peer))
+    ) -> LocalFuture<'a, Result<bool, ApiError>> {
+        Box::pin(async move {
+            App::apply_entry(self, entry, peer)
+                .await
+                .map_err(|e| e.to_api())
+        })
     }
 
-    fn registry(&self) -> Result<Vec<RegistryEntry>, NodeError> {
-        App::registry(self)
+    fn registry(&self) -> Result<Vec<RegistryEntry>, ApiError> {
+        App::registry(self).map_err(|e| e.to_api())
     }
 
-    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, NodeError> {
-        Ok(self.store.module(hash)?)
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, ApiError> {
+        self.store
+            .module(hash)
+            .map_err(|e| NodeError::from(e).to_api())
     }
 
     fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse> {

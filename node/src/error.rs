@@ -31,6 +31,8 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
     #[error("cluster: {0}")]
     Cluster(#[from] tern_cluster::ClusterError),
+    #[error("cluster link: {0}")]
+    Link(#[from] tern_link::LinkError),
     /// A registry entry from a peer could not be applied (module missing or damaged).
     #[error("replication: {0}")]
     Replication(String),
@@ -62,6 +64,7 @@ impl NodeError {
             | NodeError::Spawn(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)
+            | NodeError::Link(_)
             | NodeError::Replication(_)
             | NodeError::ClientApi(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
         }

@@ -359,7 +359,7 @@ fn cluster(app: &App) -> Response<Body> {
     struct View {
         node: String,
         class: &'static str,
-        members: Vec<crate::cluster::MemberView>,
+        members: Vec<tern_link::MemberView>,
     }
     let view = View {
         node: app.config.node_name.clone(),

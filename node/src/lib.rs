@@ -5,13 +5,11 @@
 
 pub mod app;
 pub mod client_api;
-pub mod cluster;
 pub mod config;
 mod error;
 pub mod http;
 pub mod idempotency;
 pub mod node;
-mod registry_sync;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;
 pub mod store;

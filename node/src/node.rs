@@ -18,11 +18,11 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::app::App;
-use crate::cluster::ClusterLink;
 use crate::config::{Config, ConfigError};
 use crate::error::NodeError;
 use crate::http;
 use crate::store::Store;
+use tern_link::{ClusterLink, LinkConfig, LocalNode};
 
 /// A running node. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
@@ -141,8 +141,8 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;
     if app.config.cluster_dir.is_some() {
-        let node: std::sync::Weak<dyn crate::cluster::LocalNode> = Arc::downgrade(&app) as _;
-        let link = ClusterLink::start(&app.config, node).await?;
+        let node: std::sync::Weak<dyn LocalNode> = Arc::downgrade(&app) as _;
+        let link = ClusterLink::start(link_config(&app.config)?, node).await?;
         if app.cluster.set(link.clone()).is_err()
             || app.services().remote.set(link.clone()).is_err()
         {
@@ -176,6 +176,35 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         janitor,
         supervisor,
         client_api,
+    })
+}
+
+/// How the cluster link joins the mesh, from the node's configuration.
+fn link_config(c: &Config) -> Result<LinkConfig, NodeError> {
+    let cluster_dir = c
+        .cluster_dir
+        .clone()
+        .ok_or_else(|| NodeError::Replication("cluster_dir is not set".into()))?;
+    let mut peers = Vec::new();
+    for (peer, addr) in c.parsed_peers()? {
+        peers.push((peer.parse()?, addr));
+    }
+    Ok(LinkConfig {
+        node_name: c.node_name.parse()?,
+        cluster_dir,
+        listen: c.cluster_listen,
+        peers,
+        frame_limit: c
+            .max_body_bytes
+            .max(c.max_module_bytes)
+            .max(c.max_output_bytes)
+            .saturating_add(64 << 10),
+        // A forwarded MEU may legitimately run for the longest function time limit.
+        request_timeout: Duration::from_millis(u64::from(c.max_timeout_ms))
+            + Duration::from_secs(10),
+        idle_lanes: c.cluster_idle_lanes,
+        sync_grace: Duration::from_millis(c.cluster_sync_grace_ms),
+        ractor_sessions: c.ractor_sessions,
     })
 }
 

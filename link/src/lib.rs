@@ -1,6 +1,7 @@
-//! The node's cluster link: joins the QUIC mesh (tern-cluster), serves peers' data-plane
-//! requests, publishes this node's status, replicates the registry, and implements the
-//! SchedulerAgent's [`Remote`] seam (forwarding MEUs to peers).
+//! `tern-link`: the node's cluster link. Joins the QUIC mesh (tern-cluster), serves peers'
+//! data-plane requests, publishes this node's status, replicates the registry, and implements
+//! the SchedulerAgent's [`Remote`] seam (forwarding MEUs to peers). It reaches the node it
+//! links only through [`LocalNode`], and is configured by a [`LinkConfig`].
 //!
 //! Every exchange is one request frame and one answer frame on a QUIC stream that carries
 //! nothing else meanwhile ([`PeerRequest`] / [`PeerResponse`] in tern-wire; the stream is a
@@ -30,9 +31,13 @@ use tern_wire::peer::{NodeStatus, PeerRequest, PeerResponse, RegistryEntry, Remo
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
-use crate::error::NodeError;
-use crate::registry_sync::RegistrySync;
+mod registry_sync;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use registry_sync::RegistrySync;
+use tern_wire::ApiError as PeerError;
 
 /// How often a node publishes its status to each peer ("a few times a second").
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
@@ -45,6 +50,38 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A boxed future borrowing its receiver, for the object-safe [`LocalNode`].
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Everything that can go wrong starting the link or talking to a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// The mesh: identity, endpoint, connection.
+    #[error(transparent)]
+    Cluster(#[from] tern_cluster::ClusterError),
+    /// A peer is not connected, did not answer in time, or answered something unusable.
+    #[error("{0}")]
+    Peer(String),
+}
+
+/// How the link joins the mesh.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    pub node_name: NodeName,
+    /// Directory written by `tern cluster init` (`ca.pem`, `<node>.pem`, `<node>.key`).
+    pub cluster_dir: PathBuf,
+    /// UDP address of this node's mesh endpoint.
+    pub listen: SocketAddr,
+    pub peers: Vec<(NodeName, SocketAddr)>,
+    /// Largest frame on the mesh (the largest body, module or output, plus headroom).
+    pub frame_limit: usize,
+    /// Bound on one forwarded MEU (the longest function time limit, plus headroom).
+    pub request_timeout: Duration,
+    /// Idle lanes kept per peer.
+    pub idle_lanes: usize,
+    /// How long a member with peers waits to pull a registry before answering "not found".
+    pub sync_grace: Duration,
+    /// Run ractor_cluster sessions over the peer links.
+    pub ractor_sessions: bool,
+}
+
 /// What the cluster link needs of the node it links: its registry and modules, running an
 /// MEU for a peer, its load, and its metrics. The node's `App` implements it; the link holds
 /// it weakly and knows nothing else of the node, so it can be driven by a stand-in in tests
@@ -56,11 +93,11 @@ pub trait LocalNode: Send + Sync + 'static {
         &'a self,
         entry: RegistryEntry,
         peer: &'a NodeName,
-    ) -> LocalFuture<'a, Result<bool, NodeError>>;
+    ) -> LocalFuture<'a, Result<bool, PeerError>>;
     /// This node's whole registry, tombstones included.
-    fn registry(&self) -> Result<Vec<RegistryEntry>, NodeError>;
+    fn registry(&self) -> Result<Vec<RegistryEntry>, PeerError>;
     /// The bytes of a stored module.
-    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, NodeError>;
+    fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, PeerError>;
     /// Runs an MEU a peer placed here, if exactly that version is ready; every failure is an
     /// `Error` answer.
     fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse>;
@@ -102,33 +139,20 @@ pub struct MemberView {
 impl ClusterLink {
     /// Joins the mesh as `c.node_name`, serving peers on behalf of `node`. The caller plugs
     /// the link into the scheduler (it is the [`Remote`]).
-    pub async fn start(c: &Config, node: Weak<dyn LocalNode>) -> Result<Arc<Self>, NodeError> {
-        let dir = c
-            .cluster_dir
-            .as_deref()
-            .ok_or_else(|| NodeError::Replication("cluster_dir is not set".into()))?;
-        let name: NodeName = c.node_name.parse()?;
-        let identity = pki::load(dir, &name)?;
-        let frame_limit = c
-            .max_body_bytes
-            .max(c.max_module_bytes)
-            .max(c.max_output_bytes)
-            .saturating_add(64 << 10);
+    pub async fn start(c: LinkConfig, node: Weak<dyn LocalNode>) -> Result<Arc<Self>, LinkError> {
+        let name = c.node_name.clone();
+        let identity = pki::load(&c.cluster_dir, &name)?;
+        let frame_limit = c.frame_limit;
         let transport = TransportConfig {
             max_frame: frame_limit,
-            // A forwarded MEU may legitimately run for the longest function time limit.
-            request_timeout: Duration::from_millis(u64::from(c.max_timeout_ms))
-                + Duration::from_secs(10),
+            request_timeout: c.request_timeout,
             max_concurrent_streams: 4096,
-            max_idle_lanes: c.cluster_idle_lanes,
+            max_idle_lanes: c.idle_lanes,
             ..TransportConfig::default()
         };
-        let endpoint = Endpoint::bind(&identity, c.cluster_listen, transport)?;
-        let sync_deadline = Instant::now() + Duration::from_millis(c.cluster_sync_grace_ms);
-        let mut peers = Vec::new();
-        for (peer, addr) in c.parsed_peers()? {
-            peers.push((peer.parse::<NodeName>()?, addr));
-        }
+        let endpoint = Endpoint::bind(&identity, c.listen, transport)?;
+        let sync_deadline = Instant::now() + c.sync_grace;
+        let peers = c.peers;
         let no_peers = peers.is_empty();
         let seed = tern_placement::WarmAffinity::weight("mesh-seed", name.as_str());
         let sessions = if c.ractor_sessions {
@@ -174,7 +198,7 @@ impl ClusterLink {
         Ok(link)
     }
 
-    pub fn local_addr(&self) -> Result<std::net::SocketAddr, NodeError> {
+    pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
         Ok(self.mesh.local_addr()?)
     }
 
@@ -245,7 +269,7 @@ impl ClusterLink {
         &self,
         peer: &NodeName,
         hash: &ModuleHash,
-    ) -> Result<Bytes, NodeError> {
+    ) -> Result<Bytes, LinkError> {
         match self
             .exchange(peer, &PeerRequest::FetchModule(*hash), None)
             .await?
@@ -253,17 +277,17 @@ impl ClusterLink {
             PeerResponse::Module(bytes) => {
                 let got = tern_runtime::Runtime::module_hash(&bytes);
                 if got != *hash {
-                    return Err(NodeError::Replication(format!(
+                    return Err(LinkError::Peer(format!(
                         "{peer} sent module {got} for {hash}"
                     )));
                 }
                 Ok(Bytes::from(bytes))
             }
-            PeerResponse::Error(e) => Err(NodeError::Replication(format!(
+            PeerResponse::Error(e) => Err(LinkError::Peer(format!(
                 "{peer} cannot send module {hash}: {}",
                 e.message
             ))),
-            other => Err(NodeError::Replication(format!(
+            other => Err(LinkError::Peer(format!(
                 "{peer} answered a module fetch with {other:?}"
             ))),
         }
@@ -271,10 +295,10 @@ impl ClusterLink {
 
     /// Pulls `peer`'s registry and applies what is newer (anti-entropy when a link comes up,
     /// which also covers a node that restarted or missed announcements).
-    async fn sync_registry(&self, peer: &NodeName) -> Result<usize, NodeError> {
+    async fn sync_registry(&self, peer: &NodeName) -> Result<usize, LinkError> {
         let PeerResponse::Registry(entries) = self.control(peer, PeerRequest::Registry).await?
         else {
-            return Err(NodeError::Replication(format!("{peer} sent no registry")));
+            return Err(LinkError::Peer(format!("{peer} sent no registry")));
         };
         let Some(node) = self.node.upgrade() else {
             return Ok(0);
@@ -291,7 +315,7 @@ impl ClusterLink {
     }
 
     /// A small request with a short bound.
-    async fn control(&self, peer: &NodeName, req: PeerRequest) -> Result<PeerResponse, NodeError> {
+    async fn control(&self, peer: &NodeName, req: PeerRequest) -> Result<PeerResponse, LinkError> {
         self.exchange(peer, &req, Some(CONTROL_TIMEOUT)).await
     }
 
@@ -301,29 +325,29 @@ impl ClusterLink {
         peer: &NodeName,
         req: &PeerRequest,
         bound: Option<Duration>,
-    ) -> Result<PeerResponse, NodeError> {
+    ) -> Result<PeerResponse, LinkError> {
         let conn = self
             .mesh
             .connection(peer)
-            .ok_or_else(|| NodeError::Replication(format!("{peer} is not connected")))?;
+            .ok_or_else(|| LinkError::Peer(format!("{peer} is not connected")))?;
         let bytes = self.encode(req)?;
         let answer = match bound {
             Some(bound) => tokio::time::timeout(bound, conn.request(&bytes))
                 .await
-                .map_err(|_| NodeError::Replication(format!("{peer} did not answer in time")))??,
+                .map_err(|_| LinkError::Peer(format!("{peer} did not answer in time")))??,
             None => conn.request(&bytes).await?,
         };
         self.decode_response(&answer)
     }
 
-    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, NodeError> {
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, LinkError> {
         tern_wire::encode(value, self.frame_limit)
-            .map_err(|e| NodeError::Replication(format!("cannot encode a peer message: {e}")))
+            .map_err(|e| LinkError::Peer(format!("cannot encode a peer message: {e}")))
     }
 
-    fn decode_response(&self, bytes: &[u8]) -> Result<PeerResponse, NodeError> {
+    fn decode_response(&self, bytes: &[u8]) -> Result<PeerResponse, LinkError> {
         tern_wire::decode(bytes, self.frame_limit)
-            .map_err(|e| NodeError::Replication(format!("bad answer from a peer: {e}")))
+            .map_err(|e| LinkError::Peer(format!("bad answer from a peer: {e}")))
     }
 
     /// Answers one data-plane request from `peer`. Never panics on what a peer sends; every
@@ -343,7 +367,7 @@ impl ClusterLink {
         let Some(node) = self.node.upgrade() else {
             return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "node stopping"));
         };
-        let fail = |e: NodeError| PeerResponse::Error(e.to_api());
+        let fail = PeerResponse::Error;
         match req {
             PeerRequest::Status(status) => {
                 // Keyed by the verified peer name, whatever the status claims.
@@ -605,7 +629,7 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
 }
 
 /// Resident memory of this process (Linux `/proc/self/statm`), 0 when unknown.
-pub(crate) fn resident_bytes() -> u64 {
+pub fn resident_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
