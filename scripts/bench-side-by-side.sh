@@ -119,7 +119,9 @@ t_old_build=$(($(date +%s) - t0))
 run cp "$old_target/release/tern" "$old_bin"
 
 new_commit=$(git rev-parse HEAD)
-new_status=$(git --no-optional-locks status --short --untracked-files=all -- . ':!scripts/bench-side-by-side.sh' ":!$out" | head -n 40)
+# (bench/reports/ and this script cannot change the binary: left out.)
+new_status=$(git --no-optional-locks status --short --untracked-files=all -- . ':!scripts/bench-side-by-side.sh' \
+  ':!bench/reports' ":!$out" | head -n 40)
 t0=$(date +%s)
 run timeout 5400 cargo build --release --locked -p tern-node \
   >"$logs/new.log" 2>&1 \
@@ -129,7 +131,8 @@ run cp target/release/tern "$new_bin"
 new_commit_after=$(git rev-parse HEAD)
 # Other people may commit or edit while this builds: say what the new binary was built from.
 tree_note="the tree was clean at build time"
-[ -n "$(git --no-optional-locks status --short --untracked-files=no)" ] || [ -n "$new_status" ] \
+[ -n "$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' ':!scripts/bench-side-by-side.sh')" ] \
+  || [ -n "$new_status" ] \
   && tree_note="uncommitted changes in the tree at build time (see build.txt)"
 [ "$new_commit" = "$new_commit_after" ] \
   || tree_note="$tree_note; HEAD moved during the build, to $new_commit_after"
