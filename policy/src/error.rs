@@ -35,6 +35,9 @@ pub enum PolicyError {
     /// The background trainer is gone (thread panicked or was shut down).
     #[error("trainer unavailable: {0}")]
     Trainer(String),
+    /// Benchmark data cannot be written as or read from JSON.
+    #[error("benchmark data: {0}")]
+    BenchData(String),
 }
 
 #[cfg(feature = "candle")]

@@ -98,7 +98,7 @@ impl Guard {
         self.since_switch = self.since_switch.saturating_add(1);
         // Decide only once both arms have a meaningful sample, and not again right after a
         // switch.
-        let min = (self.window / 4).max(1);
+        let min = self.min_between_switches();
         if self.learned.rewards.len() < min
             || self.heuristic.rewards.len() < min
             || self.since_switch < min
@@ -120,6 +120,28 @@ impl Guard {
     /// Arm currently in charge.
     pub fn in_charge(&self) -> Arm {
         self.in_charge
+    }
+
+    /// Rewards kept per arm.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    /// How far the learned arm's rolling mean may fall below the heuristic's before it loses
+    /// charge.
+    pub fn margin(&self) -> f32 {
+        self.margin
+    }
+
+    /// Block length: one decision in every block probes the arm not in charge.
+    pub fn probe_every(&self) -> u64 {
+        self.probe_every
+    }
+
+    /// Rewards each arm needs before the first decision, and rewards recorded after a switch
+    /// before the next one: a quarter window.
+    pub fn min_between_switches(&self) -> usize {
+        (self.window / 4).max(1)
     }
 }
 

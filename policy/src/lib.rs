@@ -20,11 +20,15 @@
 //!   feature: the serving path builds with `default-features = false`.
 //! - [`online`]: atomic weight swaps; the background trainer (`OnlineLearner`) needs the
 //!   `candle` feature. [`guard`]: the rolling-reward guard that falls back to a heuristic.
+//! - `bench` (`candle` feature): the `policy-bench` protocol, its results as data, and the
+//!   markdown / SVG renderers. Its clock and progress output are the caller's.
 //!
 //! See `policy/README.md` for the model, the decisions behind it and the benchmark results.
 #![forbid(unsafe_code)]
 
 pub mod baselines;
+#[cfg(feature = "candle")]
+pub mod bench;
 #[cfg(feature = "candle")]
 pub mod candle_backend;
 pub mod error;
