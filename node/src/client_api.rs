@@ -102,27 +102,43 @@ pub struct ClientApiListener {
 }
 
 impl ClientApi {
-    /// Loads the node's certificate and binds the endpoint if `client_listen` is set (`None`
-    /// otherwise). Connections wait until [`ClientApiListener::serve`].
-    pub fn bind(config: &Config) -> Result<Option<ClientApiListener>, NodeError> {
-        let Some(listen) = config.client_listen else {
+    /// Loads the node's certificate and sets up the endpoint on `socket` if one is given (a
+    /// socket bound beforehand), else on `client_listen` if that is set; `None` when neither
+    /// is. Connections wait until [`ClientApiListener::serve`].
+    pub fn bind(
+        config: &Config,
+        socket: Option<std::net::UdpSocket>,
+    ) -> Result<Option<ClientApiListener>, NodeError> {
+        if socket.is_none() && config.client_listen.is_none() {
             return Ok(None);
-        };
+        }
         let Some(dir) = &config.cluster_dir else {
             return Err(ConfigError::Invalid(
-                "client_listen needs cluster_dir (the node's certificate)".into(),
+                "the client API (client_listen or a client socket) needs cluster_dir (the \
+                 node's certificate)"
+                    .into(),
             )
             .into());
         };
         let name: NodeName = config.node_name.parse().map_err(ClientApiError::NodeName)?;
         let identity = tern_cluster::pki::load(dir, &name).map_err(ClientApiError::Identity)?;
         let server_config = server_config(identity)?;
-        let endpoint = quinn::Endpoint::server(server_config, listen).map_err(|source| {
-            ClientApiError::Bind {
-                addr: listen,
-                source,
+        let endpoint = match (socket, config.client_listen) {
+            (Some(socket), _) => {
+                let addr = socket.local_addr()?;
+                // What `quinn::Endpoint::server` does after binding.
+                quinn::Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    Some(server_config),
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+                .map_err(|source| ClientApiError::Bind { addr, source })?
             }
-        })?;
+            (None, Some(addr)) => quinn::Endpoint::server(server_config, addr)
+                .map_err(|source| ClientApiError::Bind { addr, source })?,
+            (None, None) => return Ok(None),
+        };
         let addr = endpoint.local_addr()?;
         Ok(Some(ClientApiListener { endpoint, addr }))
     }

@@ -422,6 +422,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, NodeError> {
         .map_err(|source| NodeError::Bind { addr, source })
 }
 
+/// The HTTP listener from a socket bound beforehand (a test's, or one inherited through
+/// socket activation, which may come blocking: tokio needs it non-blocking).
+pub fn from_std(listener: std::net::TcpListener) -> Result<TcpListener, NodeError> {
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::base64;

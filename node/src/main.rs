@@ -236,6 +236,17 @@ fn finish(resp: tern_bench::Response) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Taken before the runtime starts its threads: taking them edits the environment.
+    let inherited = match &cli.command {
+        Command::Up { .. } => match tern_node::Sockets::from_listen_fds() {
+            Ok(sockets) => sockets,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        _ => tern_node::Sockets::default(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -246,7 +257,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, inherited)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable line with its causes, not a backtrace: these are user errors.
@@ -256,7 +267,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
         .with_writer(std::io::stderr)
@@ -307,7 +318,7 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.client_listen = client_listen;
             }
             cfg.validate()?;
-            let node = tern_node::start(cfg).await?;
+            let node = tern_node::start_with(cfg, inherited).await?;
             eprintln!("tern node listening on http://{}", node.addr());
             shutdown_signal().await;
             eprintln!("shutting down");

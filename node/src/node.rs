@@ -21,6 +21,7 @@ use crate::app::App;
 use crate::config::{Config, ConfigError};
 use crate::error::NodeError;
 use crate::http;
+use crate::sockets::Sockets;
 use crate::store::Store;
 use tern_link::{ClusterLink, LinkConfig, LocalNode};
 
@@ -94,8 +95,21 @@ impl NodeHandle {
 /// Starts a node: everything is ready (functions preheated, journal replayed, socket bound)
 /// when this returns.
 pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
+    start_with(config, Sockets::default()).await
+}
+
+/// [`start`] on sockets bound beforehand (by a test, or inherited through socket activation):
+/// each one given is used instead of binding the address the configuration names for it.
+pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, NodeError> {
     config.validate()?;
-    let client_listener = crate::client_api::ClientApi::bind(&config)?;
+    let Sockets { http, mesh, client } = sockets;
+    if mesh.is_some() && config.cluster_dir.is_none() {
+        return Err(ConfigError::Invalid(
+            "a mesh socket was passed but cluster_dir is not set".into(),
+        )
+        .into());
+    }
+    let client_listener = crate::client_api::ClientApi::bind(&config, client)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir)?;
     let metrics = Arc::new(Metrics::default());
@@ -134,7 +148,10 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let pipeline = Pipeline::new(services);
-    let listener = http::bind(config.listen).await?;
+    let listener = match http {
+        Some(listener) => http::from_std(listener)?,
+        None => http::bind(config.listen).await?,
+    };
     let addr = listener.local_addr()?;
     let app = App::new(config, store, pipeline);
 
@@ -142,7 +159,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     deploy_examples(&app).await;
     if app.config.cluster_dir.is_some() {
         let node: std::sync::Weak<dyn LocalNode> = Arc::downgrade(&app) as _;
-        let link = ClusterLink::start(link_config(&app.config)?, node).await?;
+        let link = ClusterLink::start(link_config(&app.config, mesh)?, node).await?;
         if app.cluster.set(link.clone()).is_err()
             || app.services().remote.set(link.clone()).is_err()
         {
@@ -179,8 +196,9 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
     })
 }
 
-/// How the cluster link joins the mesh, from the node's configuration.
-fn link_config(c: &Config) -> Result<LinkConfig, NodeError> {
+/// How the cluster link joins the mesh, from the node's configuration and, if one was
+/// passed, the mesh socket.
+fn link_config(c: &Config, mesh: Option<std::net::UdpSocket>) -> Result<LinkConfig, NodeError> {
     let cluster_dir = c
         .cluster_dir
         .clone()
@@ -193,6 +211,7 @@ fn link_config(c: &Config) -> Result<LinkConfig, NodeError> {
         node_name: c.node_name.parse()?,
         cluster_dir,
         listen: c.cluster_listen,
+        mesh_socket: mesh.map(Arc::new),
         peers,
         frame_limit: c
             .max_body_bytes

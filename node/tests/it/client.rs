@@ -557,3 +557,50 @@ async fn client_listen_needs_a_cluster_dir() {
     let err = tern_node::start(config).await.err().unwrap();
     assert!(matches!(err, NodeError::ClientApi(_)), "{err}");
 }
+
+/// A node started on sockets bound beforehand serves on exactly those: HTTP on the listener,
+/// the client API on its UDP socket (which turns the client API on without `client_listen`).
+/// A mesh socket for a node that is no cluster member is refused, not silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serves_on_the_sockets_it_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (http_addr, client_at) = (http.local_addr().unwrap(), client.local_addr().unwrap());
+    let member = Config {
+        client_listen: None,
+        ..node_config(dir.path(), &pki, "a", &[])
+    };
+    let sockets = tern_node::Sockets {
+        http: Some(http),
+        client: Some(client),
+        ..Default::default()
+    };
+    let node = tern_node::start_with(member, sockets).await.unwrap();
+    assert_eq!(
+        (node.addr(), node.client_addr()),
+        (http_addr, Some(client_at))
+    );
+    let r = request(http_addr, Method::GET, "/healthz", Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    let c = connect(client_config(&pki, &[("a", client_at)])).await;
+    let out = c.invoke("echo", b"given".to_vec()).await.unwrap();
+    assert_eq!(&out.output[..], b"given");
+    node.shutdown().await.unwrap();
+
+    let mesh = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sockets = tern_node::Sockets {
+        mesh: Some(mesh),
+        ..Default::default()
+    };
+    let single = Config {
+        examples: Vec::new(),
+        ..config(&dir.path().join("data-single"))
+    };
+    let err = tern_node::start_with(single, sockets).await.err().unwrap();
+    assert!(
+        matches!(&err, NodeError::Config(ConfigError::Invalid(m)) if m.contains("cluster_dir")),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 use tern_cluster::{NodeName, pki};
-use tern_node::{Config, NodeHandle};
+use tern_node::{Config, NodeHandle, Sockets};
 use tern_placement::WarmAffinity;
 use tern_wire::NodeClass;
 
@@ -17,13 +17,41 @@ use crate::support::*;
 
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
-/// Free UDP ports on loopback (bound then released: peers must know each other's address
-/// before they start).
-pub fn udp_ports(n: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+/// Mesh sockets of in-process members, bound once on loopback port 0. Members must know each
+/// other's address before they start; handing each node its bound socket, rather than a port
+/// number to bind again, leaves no moment in which another process could take the port. The
+/// test keeps the sockets and the nodes run on duplicates, so a restarted member gets its
+/// port back.
+pub struct MeshSockets(Vec<std::net::UdpSocket>);
+
+impl MeshSockets {
+    pub fn bind(n: usize) -> Self {
+        Self(
+            (0..n)
+                .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+                .collect(),
+        )
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.iter().map(|s| s.local_addr().unwrap()).collect()
+    }
+
+    /// A duplicate of member `i`'s socket (the same socket, the same port).
+    pub fn socket(&self, i: usize) -> std::net::UdpSocket {
+        self.0[i].try_clone().unwrap()
+    }
+
+    /// Starts member `i` with `config` on (a duplicate of) its mesh socket.
+    pub async fn start(&self, i: usize, config: Config) -> NodeHandle {
+        let sockets = Sockets {
+            mesh: Some(self.socket(i)),
+            ..Sockets::default()
+        };
+        tern_node::start_with(config, sockets)
+            .await
+            .expect("node starts")
+    }
 }
 
 pub fn init_pki(dir: &Path) {
@@ -32,7 +60,8 @@ pub fn init_pki(dir: &Path) {
 }
 
 /// Config of member `i` of a three-node cluster, without example functions.
-pub fn member_config(root: &Path, i: usize, mesh: &[SocketAddr]) -> Config {
+pub fn member_config(root: &Path, i: usize, mesh: &MeshSockets) -> Config {
+    let mesh = mesh.addrs();
     let data = root.join(NAMES[i]);
     std::fs::create_dir_all(&data).unwrap();
     Config {
@@ -107,10 +136,13 @@ async fn start_three_with(
     adjust: impl Fn(usize, Config) -> Config,
 ) -> Vec<NodeHandle> {
     init_pki(&root.join("pki"));
-    let mesh = udp_ports(3);
+    let mesh = MeshSockets::bind(3);
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(start(adjust(i, member_config(root, i, &mesh))).await);
+        nodes.push(
+            mesh.start(i, adjust(i, member_config(root, i, &mesh)))
+                .await,
+        );
     }
     for n in &nodes {
         wait_all_up(n.addr(), Duration::from_secs(20)).await;
@@ -214,9 +246,9 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
 async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
-    let mesh = udp_ports(3);
-    let a = start(member_config(root.path(), 0, &mesh)).await;
-    let b = start(member_config(root.path(), 1, &mesh)).await;
+    let mesh = MeshSockets::bind(3);
+    let a = mesh.start(0, member_config(root.path(), 0, &mesh)).await;
+    let b = mesh.start(1, member_config(root.path(), 1, &mesh)).await;
     let f = name_owned_by("c");
     eventually("a and b connected", Duration::from_secs(20), || async {
         let v = json(&request(a.addr(), Method::GET, "/v1/cluster", Bytes::new()).await);
@@ -240,7 +272,7 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     .await;
     assert_ne!(r.header("x-tern-node"), Some("c"));
 
-    let c = start(member_config(root.path(), 2, &mesh)).await;
+    let c = mesh.start(2, member_config(root.path(), 2, &mesh)).await;
     let cv = c.addr();
     // Until c has pulled a peer's registry it cannot know that f exists: it says "retry"
     // (503), never "no such function" (404).
@@ -278,14 +310,18 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
 async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
-    let mesh = udp_ports(3);
+    let mesh = MeshSockets::bind(3);
     let grace = Duration::from_millis(1500);
     let started = Instant::now();
-    let a = start(Config {
-        cluster_sync_grace_ms: grace.as_millis() as u64,
-        ..member_config(root.path(), 0, &mesh)
-    })
-    .await;
+    let a = mesh
+        .start(
+            0,
+            Config {
+                cluster_sync_grace_ms: grace.as_millis() as u64,
+                ..member_config(root.path(), 0, &mesh)
+            },
+        )
+        .await;
     let r = invoke(a.addr(), "ghost", "anyone?").await;
     assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
     let message = tern_wire::ApiError::from_json(&r.body).unwrap().message;
@@ -325,13 +361,17 @@ async fn describe_and_remove_answer(addr: SocketAddr, status: u16, code_: &str) 
 async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
-    let mesh = udp_ports(3);
-    let a = start(member_config(root.path(), 0, &mesh)).await;
-    let b = start(Config {
-        node_class: NodeClass::EdgeSmall,
-        ..member_config(root.path(), 1, &mesh)
-    })
-    .await;
+    let mesh = MeshSockets::bind(3);
+    let a = mesh.start(0, member_config(root.path(), 0, &mesh)).await;
+    let b = mesh
+        .start(
+            1,
+            Config {
+                node_class: NodeClass::EdgeSmall,
+                ..member_config(root.path(), 1, &mesh)
+            },
+        )
+        .await;
     let (av, bv) = (a.addr(), b.addr());
     eventually("a and b connected", Duration::from_secs(20), || async {
         let v = json(&request(av, Method::GET, "/v1/cluster", Bytes::new()).await);
@@ -660,7 +700,8 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
         "cluster", "init", "--out", pki_s, "--nodes", "a,b,c", "--ca-key", key_s,
     ]);
     let names = ["a", "b", "c", "d"];
-    let mesh = udp_ports(4);
+    let sockets = MeshSockets::bind(4);
+    let mesh = sockets.addrs();
     let node = |i: usize, members: usize| {
         let data = root.join(names[i]);
         std::fs::create_dir_all(&data).unwrap();
@@ -678,7 +719,7 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
     };
     let mut nodes = Vec::new();
     for i in 0..3 {
-        nodes.push(start(node(i, 3)).await);
+        nodes.push(sockets.start(i, node(i, 3)).await);
     }
     for n in &nodes {
         wait_all_up(n.addr(), Duration::from_secs(20)).await;
@@ -704,13 +745,14 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
     ]);
     // d knows the members, but they do not know d yet: it has no link (the lower name dials,
     // and a member refuses a name outside its peers) until they come back knowing it.
-    let d = start(node(3, 4)).await;
+    let d = sockets.start(3, node(3, 4)).await;
     // Rolling restart: each member comes back knowing d; the others keep serving meanwhile.
     for i in 0..3 {
         nodes.remove(i).shutdown().await.unwrap();
         let r = invoke(nodes[0].addr(), before, "during the restart").await;
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        nodes.insert(i, restart(node(i, 4)).await);
+        // Back on its own socket: the test kept it, so the port was never free.
+        nodes.insert(i, sockets.start(i, node(i, 4)).await);
     }
     let all: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).chain([d.addr()]).collect();
     for &addr in &all {
@@ -750,21 +792,5 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
     }
     for n in nodes.into_iter().chain([d]) {
         n.shutdown().await.unwrap();
-    }
-}
-
-/// Starts a node whose previous incarnation in this process just shut down: its UDP port is
-/// released once quinn's driver has finished closing, so retry the bind for a while.
-async fn restart(config: Config) -> NodeHandle {
-    let t0 = Instant::now();
-    loop {
-        match tern_node::start(config.clone()).await {
-            Ok(node) => return node,
-            Err(e) if t0.elapsed() < Duration::from_secs(10) => {
-                assert!(e.to_string().contains("in use"), "{e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("node did not restart: {e}"),
-        }
     }
 }

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 
-use crate::cluster::{NAMES, eventually, init_pki, name_owned_by, udp_ports};
+use command_fds::{CommandFdExt, FdMapping};
+
+use crate::cluster::{MeshSockets, NAMES, eventually, init_pki, name_owned_by};
 use crate::support::*;
 
 /// A `tern up` child process, killed when dropped (also when a test panics).
@@ -28,29 +30,68 @@ impl Drop for Proc {
     }
 }
 
-fn tcp_ports(n: usize) -> Vec<SocketAddr> {
-    let sockets: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    sockets.iter().map(|s| s.local_addr().unwrap()).collect()
+/// The HTTP listeners and mesh sockets of the three nodes, bound once by the test and passed
+/// to every `tern up` (a restarted one too) by socket activation, so no other process can
+/// take a port between the test choosing it and the node using it.
+struct Listeners {
+    http: Vec<std::net::TcpListener>,
+    mesh: MeshSockets,
+}
+
+impl Listeners {
+    fn bind() -> Self {
+        Self {
+            http: (0..3)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+                .collect(),
+            mesh: MeshSockets::bind(3),
+        }
+    }
+
+    fn http_addrs(&self) -> Vec<SocketAddr> {
+        self.http.iter().map(|l| l.local_addr().unwrap()).collect()
+    }
+}
+
+/// Where node `i` gets its sockets.
+#[derive(Clone, Copy)]
+enum Listen<'a> {
+    /// Inherited from the test (`LISTEN_FDS`, named `http` and `mesh`).
+    Inherited(&'a Listeners),
+    /// Bound by the node on these addresses (HTTP, mesh): each node in a network namespace
+    /// of its own, where nothing else can take them.
+    Bind {
+        http: &'a [SocketAddr],
+        mesh: &'a [SocketAddr],
+    },
+}
+
+impl Listen<'_> {
+    fn http(&self, i: usize) -> SocketAddr {
+        match self {
+            Listen::Inherited(l) => l.http_addrs()[i],
+            Listen::Bind { http, .. } => http[i],
+        }
+    }
+
+    fn mesh(&self) -> Vec<SocketAddr> {
+        match self {
+            Listen::Inherited(l) => l.mesh.addrs(),
+            Listen::Bind { mesh, .. } => mesh.to_vec(),
+        }
+    }
 }
 
 fn log_path(root: &Path, i: usize) -> PathBuf {
     root.join(format!("{}.log", NAMES[i]))
 }
 
-async fn spawn_node(root: &Path, i: usize, http: &[SocketAddr], mesh: &[SocketAddr]) -> Proc {
-    spawn_node_in(None, root, i, http, mesh).await
+async fn spawn_node(root: &Path, i: usize, listeners: &Listeners) -> Proc {
+    spawn_node_in(None, root, i, Listen::Inherited(listeners)).await
 }
 
 /// Starts node `i`, inside network namespace `netns` if given.
-async fn spawn_node_in(
-    netns: Option<&str>,
-    root: &Path,
-    i: usize,
-    http: &[SocketAddr],
-    mesh: &[SocketAddr],
-) -> Proc {
+async fn spawn_node_in(netns: Option<&str>, root: &Path, i: usize, listen: Listen<'_>) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -66,8 +107,6 @@ async fn spawn_node_in(
         None => Command::new(env!("CARGO_BIN_EXE_tern")),
     };
     cmd.arg("up")
-        .arg("--listen")
-        .arg(http[i].to_string())
         .arg("--data")
         .arg(root.join(NAMES[i]))
         .arg("--node-name")
@@ -75,9 +114,35 @@ async fn spawn_node_in(
         .arg("--examples-dir")
         .arg(functions_dir())
         .arg("--cluster-dir")
-        .arg(root.join("pki"))
-        .arg("--cluster-listen")
-        .arg(mesh[i].to_string());
+        .arg(root.join("pki"));
+    match listen {
+        Listen::Inherited(l) => {
+            // systemd's socket activation: the sockets as fds 3 and 4, named in order. No
+            // LISTEN_PID: the child's pid is not known before it runs, and the node takes an
+            // unset LISTEN_PID as "for me".
+            cmd.fd_mappings(vec![
+                FdMapping {
+                    parent_fd: l.http[i].try_clone().unwrap().into(),
+                    child_fd: 3,
+                },
+                FdMapping {
+                    parent_fd: l.mesh.socket(i).into(),
+                    child_fd: 4,
+                },
+            ])
+            .unwrap()
+            .env("LISTEN_FDS", "2")
+            .env("LISTEN_FDNAMES", "http:mesh")
+            .env_remove("LISTEN_PID");
+        }
+        Listen::Bind { http, mesh } => {
+            cmd.arg("--listen")
+                .arg(http[i].to_string())
+                .arg("--cluster-listen")
+                .arg(mesh[i].to_string());
+        }
+    }
+    let mesh = listen.mesh();
     for j in (0..3).filter(|&j| j != i) {
         cmd.arg("--peer").arg(format!("{}={}", NAMES[j], mesh[j]));
     }
@@ -91,11 +156,13 @@ async fn spawn_node_in(
         .expect("spawn tern");
     let proc = Proc {
         child,
-        http: http[i],
+        http: listen.http(i),
     };
     let addr = proc.http;
     let t0 = Instant::now();
     loop {
+        // With an inherited listener the kernel accepts the connection before the node runs;
+        // the node answers once it is ready, as with a listener it binds when ready.
         if let Ok(Ok(r)) = tokio::time::timeout(
             Duration::from_secs(2),
             tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
@@ -235,10 +302,11 @@ async fn fault_under_load(fault: Fault) {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     init_pki(&root.join("pki"));
-    let (http, mesh) = (tcp_ports(3), udp_ports(3));
+    let listeners = Listeners::bind();
+    let http = listeners.http_addrs();
     let mut procs = Vec::new();
     for i in 0..3 {
-        procs.push(Some(spawn_node(root, i, &http, &mesh).await));
+        procs.push(Some(spawn_node(root, i, &listeners).await));
     }
     let (a, c) = (http[0], http[2]);
     for addr in [a, http[1], c] {
@@ -320,7 +388,8 @@ async fn fault_under_load(fault: Fault) {
 
     // b restarts with its data (or resumes) and rejoins; work goes back to it.
     match fault {
-        Fault::Kill => procs[1] = Some(spawn_node(root, 1, &http, &mesh).await),
+        // On the sockets the test kept: nothing else could take b's ports meanwhile.
+        Fault::Kill => procs[1] = Some(spawn_node(root, 1, &listeners).await),
         Fault::Pause => {
             // Paused past its peers' idle timeout: they closed their connections to it.
             signal(procs[1].as_ref().unwrap(), "CONT");
@@ -547,7 +616,11 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
     let mesh: Vec<SocketAddr> = (0..3).map(|i| lab.mesh_addr(i)).collect();
     let mut procs = Vec::new();
     for i in 0..3 {
-        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, &http, &mesh).await);
+        let listen = Listen::Bind {
+            http: &http,
+            mesh: &mesh,
+        };
+        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, listen).await);
     }
     let all_up = |i: usize| {
         let addr = http[i];

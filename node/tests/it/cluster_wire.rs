@@ -13,7 +13,7 @@ use hyper::Method;
 use tern_node::Config;
 use tokio::net::UdpSocket;
 
-use crate::cluster::{eventually, init_pki, member_config, name_owned_by, udp_ports};
+use crate::cluster::{MeshSockets, eventually, init_pki, member_config, name_owned_by};
 use crate::support::*;
 
 /// A UDP relay in front of `target` for one dialler. Each datagram, either way, is dropped
@@ -87,15 +87,16 @@ async fn forwarding_survives_loss_delay_and_reordering_and_a_dead_link_is_replac
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     init_pki(&root.join("pki"));
-    let mesh = udp_ports(3);
+    let mesh = MeshSockets::bind(3);
+    let addrs = mesh.addrs();
     // a reaches b only through the relay (a dials b: the lower name dials); c never starts.
-    let (relay, loss) = lossy_relay(mesh[1], Duration::from_millis(4), 7).await;
+    let (relay, loss) = lossy_relay(addrs[1], Duration::from_millis(4), 7).await;
     let node = |i: usize, peer: String| Config {
         peers: vec![peer],
         ..member_config(root, i, &mesh)
     };
-    let a = start(node(0, format!("b={relay}"))).await;
-    let b = start(node(1, format!("a={}", mesh[0]))).await;
+    let a = mesh.start(0, node(0, format!("b={relay}"))).await;
+    let b = mesh.start(1, node(1, format!("a={}", addrs[0]))).await;
     let f = name_owned_by("b");
     let r = request(
         a.addr(),

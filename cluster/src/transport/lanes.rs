@@ -1,0 +1,121 @@
+//! Lanes: [`KIND_DATA`] streams kept open between requests, so [`super::Connection::request`]
+//! does not pay for opening and finishing a stream per exchange (about four extra datagrams
+//! each on loopback, every one waking the peer). Holds the lane itself, the per-connection pool
+//! of idle lanes and the loan that resets a lane whose exchange did not finish cleanly.
+
+use std::sync::atomic::AtomicU64;
+
+use quinn::{RecvStream, SendStream, VarInt};
+use tern_wire::FrameDecoder;
+
+use super::frame::{read_frame_into, refuse};
+use super::{KIND_DATA, codes};
+use crate::ClusterError;
+
+/// A [`KIND_DATA`] stream that carries one request/response exchange at a time, and is kept
+/// for the next one. The decoder keeps what arrived past a frame in the same read, so a peer
+/// that answers twice at once is noticed (and its lane dropped); a peer that sends a second
+/// answer later could still desynchronise the lane, but such a peer can lie in its answers
+/// anyway.
+#[derive(Debug)]
+pub(super) struct Lane {
+    send: SendStream,
+    recv: RecvStream,
+    pub(super) decoder: FrameDecoder,
+    /// Exchanges started on this lane; the kind byte goes out with the first request.
+    uses: u64,
+}
+
+impl Lane {
+    pub(super) fn new(send: SendStream, recv: RecvStream, max_frame: usize) -> Self {
+        Self {
+            send,
+            recv,
+            decoder: FrameDecoder::new(max_frame),
+            uses: 0,
+        }
+    }
+
+    /// Sends one encoded request frame and reads its answer.
+    pub(super) async fn exchange(&mut self, frame: &bytes::Bytes) -> Result<Vec<u8>, ClusterError> {
+        self.uses += 1;
+        if self.uses > 1 {
+            self.send.write_all(frame).await?;
+        } else {
+            // Kind byte and frame in one write, so a small request leaves in one packet.
+            let mut chunks = [bytes::Bytes::from_static(&[KIND_DATA]), frame.clone()];
+            self.send.write_all_chunks(&mut chunks).await?;
+        }
+        let answer = read_frame_into(&mut self.recv, &mut self.decoder).await;
+        if let Err(ClusterError::FrameTooLarge { .. }) = &answer {
+            let _ = self.recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
+        }
+        answer
+    }
+
+    /// After a failed exchange on a lane used before: the peer ended or refused the stream
+    /// with code 0 before a byte of the answer came. That is how a node of the previous mesh
+    /// version (one exchange per stream) treats a second request; it never read it. This
+    /// version never ends a lane in use nor refuses with code 0.
+    pub(super) fn ended_unread(&self, e: &ClusterError) -> bool {
+        // `uses` already counts the failed exchange.
+        self.uses > 1
+            && self.decoder.buffered() == 0
+            && matches!(e, ClusterError::Truncated | ClusterError::StreamRefused(0))
+    }
+}
+
+/// Idle lanes of one connection, most recently used last.
+#[derive(Debug, Default)]
+pub(super) struct LanePool {
+    idle: std::sync::Mutex<Vec<Lane>>,
+    pub(super) opened: AtomicU64,
+    /// Signalled when a lane is given back, for requests waiting for stream credit.
+    pub(super) returned: tokio::sync::Notify,
+}
+
+impl LanePool {
+    pub(super) fn take(&self) -> Option<Lane> {
+        tern_sync::poison::lock(&self.idle).pop()
+    }
+
+    /// Finishes every idle lane, so the peer gives their stream credit back.
+    pub(super) fn release_idle(&self) {
+        for mut lane in tern_sync::poison::lock(&self.idle).drain(..) {
+            let _ = lane.send.finish();
+        }
+    }
+}
+
+/// A lane in use. Unless given back after a clean exchange, it is reset on drop (an error,
+/// a timeout, or a cancelled caller), so a half-done exchange is never reused.
+pub(super) struct LentLane<'a> {
+    pub(super) lane: Option<Lane>,
+    pub(super) pool: &'a LanePool,
+}
+
+impl LentLane<'_> {
+    /// Returns the lane to the pool, or finishes it when `cap` lanes are already idle.
+    pub(super) fn give_back(mut self, cap: usize) {
+        let Some(mut lane) = self.lane.take() else {
+            return;
+        };
+        let mut idle = tern_sync::poison::lock(&self.pool.idle);
+        if idle.len() < cap {
+            lane.decoder.release();
+            idle.push(lane);
+            drop(idle);
+            self.pool.returned.notify_one();
+        } else {
+            let _ = lane.send.finish();
+        }
+    }
+}
+
+impl Drop for LentLane<'_> {
+    fn drop(&mut self) {
+        if let Some(mut lane) = self.lane.take() {
+            refuse(&mut lane.send, &mut lane.recv, codes::CANCELLED);
+        }
+    }
+}
