@@ -18,11 +18,12 @@ use tokio::sync::oneshot;
 
 use crate::delivery::forward;
 use crate::message::Outcome;
-use crate::remote::RemoteFailure;
+use crate::remote::{Remote, RemoteFailure};
 use crate::runtime_pool::RuntimePoolMsg;
 use crate::{ActorKind, Reply, Services};
+use tern_metrics::Metrics;
 use tern_placement::failover::{Failover, Next};
-use tern_placement::{Decision, Fate, MeuView, NodeView, Observed};
+use tern_placement::{Decision, Fate, MeuView, NodeView, Observed, Placement};
 use tern_runtime::Meu;
 
 pub enum SchedulerMsg {
@@ -200,31 +201,63 @@ async fn run_remote(
         run_here(&services, meu, reply);
         return;
     };
+    let placed = run_on_peers(
+        remote.as_ref(),
+        services.placement.as_ref(),
+        &services.metrics,
+        meu,
+        &info,
+        mean_exec_us,
+        nodes,
+        chosen,
+    )
+    .await;
+    match placed {
+        Placed::Here(meu) => run_here(&services, meu, reply),
+        Placed::Answered(result) => {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// What became of an MEU sent to other nodes.
+#[derive(Debug)]
+pub enum Placed {
+    /// Failover brought it back to this node: run it here.
+    Here(Meu),
+    /// A node answered it (an outcome or the function's own failure), or no node can take
+    /// it.
+    Answered(Result<Outcome, crate::Error>),
+}
+
+/// The failover loop of one MEU placed on `nodes[chosen]` (a peer): sends it through
+/// `remote`, and each time the node is lost or refuses it, lets [`Failover`] re-place it with
+/// `placement` among the nodes that have not failed it, until a node answers or it comes back
+/// here. Free of actors, so the cluster link's tests drive it over an in-memory mesh.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_on_peers(
+    remote: &dyn Remote,
+    placement: &dyn Placement,
+    metrics: &Metrics,
+    meu: Meu,
+    info: &FunctionInfo,
+    mean_exec_us: u64,
+    nodes: Vec<NodeView>,
+    chosen: usize,
+) -> Placed {
     let mut failover = Failover::new(nodes, chosen);
     let mut next = failover.next();
     loop {
         let (chosen, attempt) = match next {
-            Next::Here => {
-                run_here(&services, meu, reply);
-                return;
-            }
-            Next::GiveUp(e) => {
-                let _ = reply.send(Err(e.into()));
-                return;
-            }
+            Next::Here => return Placed::Here(meu),
+            Next::GiveUp(e) => return Placed::Answered(Err(e.into())),
             Next::Peer { node, attempt } => (node, attempt),
         };
         let node = failover.nodes()[chosen].name.clone();
-        services.metrics.forwarded.fetch_add(1, Relaxed);
-        let failure = match remote.execute(&node, meu.clone(), &info, attempt).await {
-            Ok(outcome) => {
-                let _ = reply.send(Ok(outcome));
-                return;
-            }
-            Err(RemoteFailure::Failed(e)) => {
-                let _ = reply.send(Err(e));
-                return;
-            }
+        metrics.forwarded.fetch_add(1, Relaxed);
+        let failure = match remote.execute(&node, meu.clone(), info, attempt).await {
+            Ok(outcome) => return Placed::Answered(Ok(outcome)),
+            Err(RemoteFailure::Failed(e)) => return Placed::Answered(Err(e)),
             Err(RemoteFailure::Lost(e) | RemoteFailure::Refused(e)) => e,
         };
         tracing::info!(
@@ -234,7 +267,7 @@ async fn run_remote(
             error = %failure,
             "re-placing an MEU after its node failed"
         );
-        services.metrics.failover_reruns.fetch_add(1, Relaxed);
+        metrics.failover_reruns.fetch_add(1, Relaxed);
         let view = MeuView {
             function: meu.function.as_str(),
             items: meu.items,
@@ -242,6 +275,6 @@ async fn run_remote(
             timeout_ms: info.timeout_ms,
             mean_exec_us,
         };
-        next = failover.failed(services.placement.as_ref(), &view);
+        next = failover.failed(placement, &view);
     }
 }

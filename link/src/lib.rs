@@ -7,9 +7,17 @@
 //! nothing else meanwhile ([`PeerRequest`] / [`PeerResponse`] in tern-wire; the stream is a
 //! lane kept for later exchanges), so a module transfer never delays an invocation or a
 //! status update.
+//!
+//! The decisions are pure and tested without a network: what the peers' statuses make of
+//! the placement candidates and what a membership change asks for ([`peers`]), what a
+//! forwarded MEU's answer means for failover ([`forward`]), when the node knows the
+//! registry ([`RegistrySync`]). [`ClusterLink`] is the shell that feeds them events and
+//! time over a [`PeerNet`]: the QUIC mesh in a node, the in-memory mesh ([`memory`]) in
+//! deterministic tests. Time is tokio's clock, so tests run it paused.
 
-use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -17,9 +25,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
-use tern_actors::remote::{Remote, RemoteFailure, RemoteFuture};
-use tern_actors::{Error as RuntimeError, Outcome};
+use tern_actors::remote::{Remote, RemoteFuture};
 use tern_cluster::membership::BackoffConfig;
+use tern_cluster::mesh::Handler;
 use tern_cluster::{
     Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
 };
@@ -27,17 +35,22 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
+use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
 use tokio::task::JoinHandle;
 
+pub mod control;
+pub mod forward;
+pub mod memory;
+pub mod net;
+pub mod peers;
 mod registry_sync;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-
+pub use net::PeerNet;
+pub use peers::MemberView;
+use peers::{LoadMeter, MembershipAction, PeerTable};
 pub use registry_sync::RegistrySync;
-use tern_wire::ApiError as PeerError;
 
 /// How often a node publishes its status to each peer ("a few times a second").
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
@@ -53,12 +66,30 @@ pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Everything that can go wrong starting the link or talking to a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
-    /// The mesh: identity, endpoint, connection.
+    /// The mesh: identity, endpoint, connection, a frame on the QUIC transport.
     #[error(transparent)]
     Cluster(#[from] tern_cluster::ClusterError),
-    /// A peer is not connected, did not answer in time, or answered something unusable.
-    #[error("{0}")]
-    Peer(String),
+    /// There is no connection to the peer: nothing was sent.
+    #[error("peer {0} is not connected")]
+    NotConnected(NodeName),
+    /// The peer did not answer within the exchange's bound.
+    #[error("peer {0} did not answer in time")]
+    TimedOut(NodeName),
+    /// The link broke while the exchange was under way (it may have been served).
+    #[error("the link to {peer} was lost: {detail}")]
+    Lost { peer: NodeName, detail: String },
+    /// The peer's answer is not one this request can have, or does not check out.
+    #[error("peer {peer} answered badly: {detail}")]
+    BadAnswer { peer: NodeName, detail: String },
+    /// The peer answered with an error.
+    #[error("peer {peer} refused: {}", .error.message)]
+    Refused { peer: NodeName, error: ApiError },
+    /// A message to a peer could not be encoded (larger than the frame limit, say).
+    #[error("cannot encode a peer message: {0}")]
+    Encode(tern_wire::WireError),
+    /// The in-memory mesh has no socket address.
+    #[error("an in-memory mesh has no socket address")]
+    NoSocket,
 }
 
 /// How the link joins the mesh.
@@ -69,6 +100,10 @@ pub struct LinkConfig {
     pub cluster_dir: PathBuf,
     /// UDP address of this node's mesh endpoint.
     pub listen: SocketAddr,
+    /// A UDP socket already bound for the mesh endpoint (by a test, or inherited through
+    /// socket activation), used instead of binding `listen`. Shared so that the config stays
+    /// `Clone`; the endpoint runs on a duplicate of it.
+    pub mesh_socket: Option<Arc<std::net::UdpSocket>>,
     pub peers: Vec<(NodeName, SocketAddr)>,
     /// Largest frame on the mesh (the largest body, module or output, plus headroom).
     pub frame_limit: usize,
@@ -106,12 +141,28 @@ pub trait LocalNode: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
 }
 
+/// How a link behaves, whatever mesh it runs over.
+#[derive(Clone, Debug)]
+pub struct LinkOptions {
+    pub node_name: NodeName,
+    /// Largest frame on the mesh.
+    pub frame_limit: usize,
+    /// How long a member with peers waits to pull a registry before answering "not found".
+    pub sync_grace: Duration,
+    /// Whether any peer is configured (a node alone knows the registry from the start).
+    pub has_peers: bool,
+}
+
+/// Now, on tokio's clock: the real time in a node, the paused clock in tests.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 pub struct ClusterLink {
-    mesh: Mesh,
+    net: Box<dyn PeerNet>,
     node: Weak<dyn LocalNode>,
-    statuses: RwLock<BTreeMap<NodeName, (NodeStatus, Instant)>>,
-    /// When each peer entered its current membership state (from the mesh's events).
-    state_since: RwLock<BTreeMap<NodeName, Instant>>,
+    /// Peers' statuses and membership ages: the pure core the shell feeds.
+    peers: RwLock<PeerTable>,
     frame_limit: usize,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
@@ -120,49 +171,69 @@ pub struct ClusterLink {
     sync: Arc<RegistrySync>,
 }
 
-/// One member as `GET /v1/cluster` shows it.
-#[derive(Debug, Serialize)]
-pub struct MemberView {
-    pub node: String,
-    pub state: &'static str,
-    /// Milliseconds since it entered `state` (absent until its first change seen here).
-    pub state_age_ms: Option<u64>,
-    /// Milliseconds since its last status (absent before the first).
-    pub status_age_ms: Option<u64>,
-    pub queue_depth: Option<u32>,
-    pub class: Option<tern_wire::NodeClass>,
-    /// Whether the ractor_cluster session with the peer is ready (absent when sessions are
-    /// off).
-    pub session: Option<bool>,
-}
-
 impl ClusterLink {
     /// Joins the mesh as `c.node_name`, serving peers on behalf of `node`. The caller plugs
     /// the link into the scheduler (it is the [`Remote`]).
     pub async fn start(c: LinkConfig, node: Weak<dyn LocalNode>) -> Result<Arc<Self>, LinkError> {
         let name = c.node_name.clone();
         let identity = pki::load(&c.cluster_dir, &name)?;
-        let frame_limit = c.frame_limit;
         let transport = TransportConfig {
-            max_frame: frame_limit,
+            max_frame: c.frame_limit,
             request_timeout: c.request_timeout,
             max_concurrent_streams: 4096,
             max_idle_lanes: c.idle_lanes,
             ..TransportConfig::default()
         };
-        let endpoint = Endpoint::bind(&identity, c.listen, transport)?;
-        let sync_deadline = Instant::now() + c.sync_grace;
-        let peers = c.peers;
-        let no_peers = peers.is_empty();
+        let endpoint = match &c.mesh_socket {
+            Some(socket) => {
+                let socket = socket
+                    .try_clone()
+                    .map_err(tern_cluster::ClusterError::Bind)?;
+                Endpoint::from_socket(&identity, socket, transport)?
+            }
+            None => Endpoint::bind(&identity, c.listen, transport)?,
+        };
         let seed = tern_placement::WarmAffinity::weight("mesh-seed", name.as_str());
         let sessions = if c.ractor_sessions {
             Some(Sessions::start(&name, SessionConfig::default()).await?)
         } else {
             None
         };
+        let options = LinkOptions {
+            node_name: name,
+            frame_limit: c.frame_limit,
+            sync_grace: c.sync_grace,
+            has_peers: !c.peers.is_empty(),
+        };
+        let peers = c.peers;
+        let mesh_sessions = sessions.clone();
+        Ok(Self::with_net(options, node, sessions, move |handler| {
+            Box::new(Mesh::start_with_sessions(
+                endpoint,
+                MeshConfig {
+                    peers,
+                    backoff: BackoffConfig::default(),
+                    seed,
+                },
+                handler,
+                mesh_sessions,
+            ))
+        }))
+    }
+
+    /// A link over the mesh `net` builds from the handler that serves peers' requests: the
+    /// QUIC mesh in [`ClusterLink::start`], an in-memory one ([`memory::MemoryNet::attach`])
+    /// in tests. Starts the status publisher and the membership watcher.
+    pub fn with_net(
+        options: LinkOptions,
+        node: Weak<dyn LocalNode>,
+        sessions: Option<Sessions>,
+        net: impl FnOnce(Handler) -> Box<dyn PeerNet>,
+    ) -> Arc<Self> {
+        let sync_deadline = now() + options.sync_grace;
         let link = Arc::new_cyclic(|weak: &Weak<ClusterLink>| {
             let handler_link = weak.clone();
-            let handler: tern_cluster::mesh::Handler = Arc::new(move |peer, bytes| {
+            let handler: Handler = Arc::new(move |peer, bytes| {
                 let link = handler_link.clone();
                 Box::pin(async move {
                     match link.upgrade() {
@@ -171,23 +242,12 @@ impl ClusterLink {
                     }
                 })
             });
-            let mesh = Mesh::start_with_sessions(
-                endpoint,
-                MeshConfig {
-                    peers,
-                    backoff: BackoffConfig::default(),
-                    seed,
-                },
-                handler,
-                sessions.clone(),
-            );
             ClusterLink {
-                sync: Arc::new(RegistrySync::new(no_peers, sync_deadline)),
-                mesh,
+                sync: Arc::new(RegistrySync::new(!options.has_peers, sync_deadline)),
+                net: net(handler),
                 node,
-                statuses: RwLock::default(),
-                state_since: RwLock::default(),
-                frame_limit,
+                peers: RwLock::new(PeerTable::new(STATUS_STALE)),
+                frame_limit: options.frame_limit,
                 tasks: Mutex::default(),
                 sessions,
             }
@@ -195,37 +255,18 @@ impl ClusterLink {
         let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
         let watcher = tokio::spawn(watch_membership(Arc::downgrade(&link)));
         lock(&link.tasks).extend([publisher, watcher]);
-        Ok(link)
+        link
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, LinkError> {
-        Ok(self.mesh.local_addr()?)
+        self.net.local_addr()
     }
 
     /// Every configured peer with its state and last status.
     pub fn members(&self) -> Vec<MemberView> {
-        let statuses = read(&self.statuses);
-        let since = read(&self.state_since);
-        self.mesh
-            .members()
-            .into_iter()
-            .map(|(node, state)| {
-                let status = statuses.get(&node);
-                MemberView {
-                    node: node.to_string(),
-                    state: match state {
-                        PeerState::Up => "up",
-                        PeerState::Joining => "joining",
-                        PeerState::Down => "down",
-                    },
-                    state_age_ms: since.get(&node).map(|at| at.elapsed().as_millis() as u64),
-                    status_age_ms: status.map(|(_, at)| at.elapsed().as_millis() as u64),
-                    queue_depth: status.map(|(s, _)| s.queue_depth),
-                    class: status.map(|(s, _)| s.class),
-                    session: self.sessions.as_ref().map(|s| s.ready(&node).is_some()),
-                }
-            })
-            .collect()
+        read(&self.peers).members(self.net.members(), now(), |peer| {
+            self.sessions.as_ref().map(|s| s.ready(peer).is_some())
+        })
     }
 
     /// Stops the mesh (connections close; peers see this node leave at once) and the
@@ -234,7 +275,7 @@ impl ClusterLink {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
-        self.mesh.shutdown();
+        self.net.shutdown();
         if let Some(sessions) = &self.sessions {
             sessions.shutdown().await;
         }
@@ -243,7 +284,7 @@ impl ClusterLink {
     /// Sends registry entries to every connected peer, in the background. A peer that misses
     /// them (down, or the send fails) catches up by anti-entropy when its link comes up.
     pub fn announce(self: &Arc<Self>, entries: Vec<RegistryEntry>) {
-        let members = self.mesh.members();
+        let members = self.net.members();
         for (peer, state) in members {
             if state != PeerState::Up {
                 continue;
@@ -277,28 +318,41 @@ impl ClusterLink {
             PeerResponse::Module(bytes) => {
                 let got = tern_runtime::Runtime::module_hash(&bytes);
                 if got != *hash {
-                    return Err(LinkError::Peer(format!(
-                        "{peer} sent module {got} for {hash}"
-                    )));
+                    return Err(LinkError::BadAnswer {
+                        peer: peer.clone(),
+                        detail: format!("sent module {got} for {hash}"),
+                    });
                 }
                 Ok(Bytes::from(bytes))
             }
-            PeerResponse::Error(e) => Err(LinkError::Peer(format!(
-                "{peer} cannot send module {hash}: {}",
-                e.message
-            ))),
-            other => Err(LinkError::Peer(format!(
-                "{peer} answered a module fetch with {other:?}"
-            ))),
+            PeerResponse::Error(error) => Err(LinkError::Refused {
+                peer: peer.clone(),
+                error,
+            }),
+            other => Err(LinkError::BadAnswer {
+                peer: peer.clone(),
+                detail: format!("answered a module fetch with {other:?}"),
+            }),
         }
     }
 
     /// Pulls `peer`'s registry and applies what is newer (anti-entropy when a link comes up,
     /// which also covers a node that restarted or missed announcements).
     async fn sync_registry(&self, peer: &NodeName) -> Result<usize, LinkError> {
-        let PeerResponse::Registry(entries) = self.control(peer, PeerRequest::Registry).await?
-        else {
-            return Err(LinkError::Peer(format!("{peer} sent no registry")));
+        let entries = match self.control(peer, PeerRequest::Registry).await? {
+            PeerResponse::Registry(entries) => entries,
+            PeerResponse::Error(error) => {
+                return Err(LinkError::Refused {
+                    peer: peer.clone(),
+                    error,
+                });
+            }
+            other => {
+                return Err(LinkError::BadAnswer {
+                    peer: peer.clone(),
+                    detail: format!("answered a registry pull with {other:?}"),
+                });
+            }
         };
         let Some(node) = self.node.upgrade() else {
             return Ok(0);
@@ -326,28 +380,25 @@ impl ClusterLink {
         req: &PeerRequest,
         bound: Option<Duration>,
     ) -> Result<PeerResponse, LinkError> {
-        let conn = self
-            .mesh
-            .connection(peer)
-            .ok_or_else(|| LinkError::Peer(format!("{peer} is not connected")))?;
         let bytes = self.encode(req)?;
+        let exchange = self
+            .net
+            .request(peer, bytes)
+            .ok_or_else(|| LinkError::NotConnected(peer.clone()))?;
         let answer = match bound {
-            Some(bound) => tokio::time::timeout(bound, conn.request(&bytes))
+            Some(bound) => tokio::time::timeout(bound, exchange)
                 .await
-                .map_err(|_| LinkError::Peer(format!("{peer} did not answer in time")))??,
-            None => conn.request(&bytes).await?,
+                .map_err(|_| LinkError::TimedOut(peer.clone()))??,
+            None => exchange.await?,
         };
-        self.decode_response(&answer)
+        tern_wire::decode(&answer, self.frame_limit).map_err(|e| LinkError::BadAnswer {
+            peer: peer.clone(),
+            detail: e.to_string(),
+        })
     }
 
     fn encode<T: Serialize>(&self, value: &T) -> Result<Vec<u8>, LinkError> {
-        tern_wire::encode(value, self.frame_limit)
-            .map_err(|e| LinkError::Peer(format!("cannot encode a peer message: {e}")))
-    }
-
-    fn decode_response(&self, bytes: &[u8]) -> Result<PeerResponse, LinkError> {
-        tern_wire::decode(bytes, self.frame_limit)
-            .map_err(|e| LinkError::Peer(format!("bad answer from a peer: {e}")))
+        tern_wire::encode(value, self.frame_limit).map_err(LinkError::Encode)
     }
 
     /// Answers one data-plane request from `peer`. Never panics on what a peer sends; every
@@ -371,7 +422,7 @@ impl ClusterLink {
         match req {
             PeerRequest::Status(status) => {
                 // Keyed by the verified peer name, whatever the status claims.
-                write(&self.statuses).insert(peer, (status, Instant::now()));
+                write(&self.peers).on_status(peer, status, now());
                 PeerResponse::Ack
             }
             PeerRequest::Announce(entries) => {
@@ -401,96 +452,38 @@ impl ClusterLink {
 
 impl Remote for ClusterLink {
     fn registry_synced(&self) -> bool {
-        self.sync.is_synced(Instant::now())
+        self.sync.is_synced(now())
     }
 
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
-        // On the hot path (once per MEU): only peers with a fresh status are candidates, and
-        // the mesh holds a connection to a peer exactly while it is up, so one lookup gives
-        // both liveness and the RTT. Sorted by name, so order-sensitive placements are
-        // deterministic.
-        let statuses = read(&self.statuses);
-        for (node, (status, at)) in statuses.iter() {
-            if at.elapsed() > STATUS_STALE || !status.ready.contains(&info.hash) {
-                continue;
-            }
-            let Some(conn) = self.mesh.connection(node) else {
-                continue;
-            };
-            let rtt_us = conn.rtt().as_micros().min(u128::from(u64::MAX)) as u64;
-            out.push(NodeView {
-                name: node.to_string(),
-                alive: true,
-                fits: info.memory_mb <= status.max_memory_mb
-                    && info.timeout_ms <= status.max_timeout_ms,
-                queue_depth: status.queue_depth as usize,
-                queue_cap: status.queue_cap as usize,
-                warm: status.warm.contains(&info.hash),
-                class: status.class,
-                max_memory_mb: status.max_memory_mb,
-                max_timeout_ms: status.max_timeout_ms,
-                cpu_percent: status.cpu_percent,
-                memory_bytes: status.memory_bytes,
-                recent_mean_us: status.recent_mean_us,
-                rtt_us,
-            });
-        }
+        // On the hot path (once per MEU): the mesh holds a connection to a peer exactly
+        // while it is up, so one lookup gives both liveness and the RTT.
+        read(&self.peers).candidates(info, now(), |peer| self.net.rtt(peer), out);
     }
 
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
-        let conn = node
-            .parse::<NodeName>()
-            .ok()
-            .and_then(|n| self.mesh.connection(&n));
-        let request = PeerRequest::Execute(RemoteMeu {
-            request_id: meu.request_id.to_string(),
-            function: meu.function.clone(),
-            hash: info.hash,
-            input: meu.input.to_vec(),
-            items: meu.items.min(u32::MAX as usize) as u32,
-            attempt,
-        });
-        let encoded = self.encode(&request);
+        let request = PeerRequest::Execute(forward::remote_meu(&meu, info, attempt));
+        let exchange = match (node.parse::<NodeName>(), self.encode(&request)) {
+            (Ok(peer), Ok(frame)) => self
+                .net
+                .request(&peer, frame)
+                .ok_or(LinkError::NotConnected(peer)),
+            (Err(e), _) => Err(LinkError::Cluster(e)),
+            (_, Err(e)) => Err(e),
+        };
         let limit = self.frame_limit;
         let node = node.to_owned();
         Box::pin(async move {
-            let lost = |detail: String| {
-                RemoteFailure::Lost(RuntimeError::PeerLost {
-                    node: node.clone(),
-                    detail,
-                })
-            };
-            let Some(conn) = conn else {
-                return Err(RemoteFailure::Refused(RuntimeError::PeerNotConnected(
-                    node.clone(),
-                )));
-            };
-            let encoded =
-                encoded.map_err(|e| RemoteFailure::Failed(RuntimeError::Encode(e.to_string())))?;
-            let answer = conn
-                .request(&encoded)
-                .await
-                .map_err(|e| lost(e.to_string()))?;
-            match tern_wire::decode::<PeerResponse>(&answer, limit) {
-                Ok(PeerResponse::Executed(o)) => Ok(Outcome {
-                    output: Bytes::from(o.output),
-                    cold_start: o.cold_start,
-                    meus: 1,
-                    timings: o.timings,
-                    node: o.node.into(),
-                }),
-                Ok(PeerResponse::Error(error)) => {
-                    let retry_elsewhere = error.code.is_retryable();
-                    let e = RuntimeError::Remote { node, error };
-                    Err(if retry_elsewhere {
-                        RemoteFailure::Refused(e)
-                    } else {
-                        RemoteFailure::Failed(e)
-                    })
+            let answer = match exchange {
+                Ok(exchange) => exchange.await,
+                Err(LinkError::Encode(e)) => {
+                    return Err(tern_actors::remote::RemoteFailure::Failed(
+                        tern_actors::Error::Encode(e.to_string()),
+                    ));
                 }
-                Ok(other) => Err(lost(format!("unexpected answer {other:?}"))),
-                Err(e) => Err(lost(format!("bad answer: {e}"))),
-            }
+                Err(e) => Err(e),
+            };
+            forward::classify(&node, answer, limit)
         })
     }
 }
@@ -500,9 +493,7 @@ async fn publish_status(link: Weak<ClusterLink>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
-    let mut last_cpu = tern_actors::energy::process_cpu_time();
-    let mut last_at = Instant::now();
-    let mut last_lat = (0u64, 0u64);
+    let mut meter: Option<LoadMeter> = None;
     loop {
         tick.tick().await;
         let Some(link) = link.upgrade() else {
@@ -513,18 +504,18 @@ async fn publish_status(link: Weak<ClusterLink>) {
         };
         seq += 1;
         let cpu = tern_actors::energy::process_cpu_time();
-        let wall = last_at.elapsed().max(Duration::from_millis(1));
-        let cpu_percent =
-            (cpu.saturating_sub(last_cpu).as_secs_f64() / wall.as_secs_f64() * 100.0) as u32;
-        (last_cpu, last_at) = (cpu, Instant::now());
-        let lat = node.metrics().latency_totals();
-        let (dn, dsum) = (
-            lat.0.saturating_sub(last_lat.0),
-            lat.1.saturating_sub(last_lat.1),
-        );
-        last_lat = lat;
-        let recent = dsum.checked_div(dn).unwrap_or(0);
-        let status = node.status(seq, cpu_percent, recent);
+        let latency = node.metrics().latency_totals();
+        let load = match &mut meter {
+            Some(meter) => meter.read(cpu, now(), latency),
+            None => {
+                meter = Some(LoadMeter::new(cpu, now(), latency));
+                peers::Load {
+                    cpu_percent: 0,
+                    recent_mean_us: 0,
+                }
+            }
+        };
+        let status = node.status(seq, load.cpu_percent, load.recent_mean_us);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).
         let m = node.metrics();
         m.status_cpu_percent
@@ -536,17 +527,16 @@ async fn publish_status(link: Weak<ClusterLink>) {
         let Ok(bytes) = link.encode(&status) else {
             continue;
         };
-        for (peer, state) in link.mesh.members() {
-            let Some(conn) = link.mesh.connection(&peer) else {
-                continue;
-            };
+        for (peer, state) in link.net.members() {
             if state != PeerState::Up {
                 continue;
             }
-            let bytes = bytes.clone();
+            let Some(exchange) = link.net.request(&peer, bytes.clone()) else {
+                continue;
+            };
             // Each send in its own task: a frozen peer must not delay the others' statuses.
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(STATUS_INTERVAL * 5, conn.request(&bytes)).await;
+                let _ = tokio::time::timeout(STATUS_INTERVAL * 5, exchange).await;
             });
         }
     }
@@ -555,14 +545,14 @@ async fn publish_status(link: Weak<ClusterLink>) {
 /// Keeps the peer gauge and the rejected-handshake counter current, drops the status of lost
 /// peers, and runs anti-entropy with every peer whose link comes up.
 async fn watch_membership(link: Weak<ClusterLink>) {
-    let Some(mut events) = link.upgrade().map(|l| l.mesh.subscribe()) else {
+    let Some(mut events) = link.upgrade().map(|l| l.net.subscribe()) else {
         return;
     };
     // Peers that were up before we subscribed are synced too.
     let initial: Vec<NodeName> = link
         .upgrade()
         .map(|l| {
-            l.mesh
+            l.net
                 .members()
                 .into_iter()
                 .filter(|(_, s)| *s == PeerState::Up)
@@ -579,30 +569,26 @@ async fn watch_membership(link: Weak<ClusterLink>) {
         if let Some(node) = l.node.upgrade() {
             let m = node.metrics();
             let up = l
-                .mesh
+                .net
                 .members()
                 .values()
                 .filter(|s| **s == PeerState::Up)
                 .count();
             m.peers_up.store(up as i64, Relaxed);
             m.rejected_handshakes
-                .store(l.mesh.rejected_handshakes(), Relaxed);
+                .store(l.net.rejected_handshakes(), Relaxed);
             if let Some(sessions) = &l.sessions {
                 m.rejected_session_streams
                     .store(sessions.rejected_streams(), Relaxed);
             }
         }
-        if let Ok(Ok(event)) = &event {
-            write(&l.state_since).insert(event.node.clone(), event.at);
-        }
         match event {
-            Ok(Ok(event)) => match event.state {
-                PeerState::Up => spawn_sync(&link, event.node),
-                PeerState::Down => {
-                    write(&l.statuses).remove(&event.node);
+            Ok(Ok(event)) => {
+                let action = write(&l.peers).on_membership(event.node, event.state, event.at);
+                if let MembershipAction::PullRegistry(peer) = action {
+                    spawn_sync(&link, peer);
                 }
-                PeerState::Joining => {}
-            },
+            }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
         }

@@ -1,0 +1,431 @@
+//! What this node knows of its peers: their last status, when each entered its membership
+//! state, and from that the placement candidates for an MEU. Pure state: time is passed in
+//! and the transport is asked nothing but the RTT, so every rule is tested without a clock or
+//! a network.
+//!
+//! The rules:
+//! - a peer is a candidate only while its last status is fresh (younger than `stale_after`),
+//!   names the function's exact version as ready, and the transport has a connection to it;
+//! - a peer that goes down loses its status at once (it is not offered until it publishes
+//!   again);
+//! - a peer coming up must have its registry pulled (anti-entropy), whatever it was before.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tern_cluster::{NodeName, PeerState};
+use tern_placement::NodeView;
+use tern_wire::FunctionInfo;
+use tern_wire::peer::NodeStatus;
+
+/// What the shell must do after a membership change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MembershipAction {
+    /// Pull this peer's registry and apply what is newer.
+    PullRegistry(NodeName),
+    /// Nothing.
+    None,
+}
+
+/// Statuses and membership ages of the peers.
+#[derive(Debug)]
+pub struct PeerTable {
+    statuses: BTreeMap<NodeName, (NodeStatus, Instant)>,
+    state_since: BTreeMap<NodeName, Instant>,
+    stale_after: Duration,
+}
+
+/// One member as `GET /v1/cluster` shows it.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct MemberView {
+    pub node: String,
+    pub state: &'static str,
+    /// Milliseconds since it entered `state` (absent until its first change seen here).
+    pub state_age_ms: Option<u64>,
+    /// Milliseconds since its last status (absent before the first).
+    pub status_age_ms: Option<u64>,
+    pub queue_depth: Option<u32>,
+    pub class: Option<tern_wire::NodeClass>,
+    /// Whether the ractor_cluster session with the peer is ready (absent when sessions are
+    /// off).
+    pub session: Option<bool>,
+}
+
+impl PeerTable {
+    /// A table whose statuses stop counting `stale_after` they were received.
+    pub fn new(stale_after: Duration) -> Self {
+        Self {
+            statuses: BTreeMap::new(),
+            state_since: BTreeMap::new(),
+            stale_after,
+        }
+    }
+
+    /// A status from `peer` (the verified name of the sender, whatever the status claims),
+    /// received at `now`.
+    pub fn on_status(&mut self, peer: NodeName, status: NodeStatus, now: Instant) {
+        self.statuses.insert(peer, (status, now));
+    }
+
+    /// `peer` entered `state` at `at`.
+    pub fn on_membership(
+        &mut self,
+        peer: NodeName,
+        state: PeerState,
+        at: Instant,
+    ) -> MembershipAction {
+        self.state_since.insert(peer.clone(), at);
+        match state {
+            PeerState::Up => MembershipAction::PullRegistry(peer),
+            PeerState::Down => {
+                self.statuses.remove(&peer);
+                MembershipAction::None
+            }
+            PeerState::Joining => MembershipAction::None,
+        }
+    }
+
+    /// Appends to `out` the peers that can run `info` now: fresh status with that version
+    /// ready, and connected (`rtt` answers `None` for a peer the transport has no connection
+    /// to). Sorted by name, so order-sensitive placements are deterministic.
+    pub fn candidates(
+        &self,
+        info: &FunctionInfo,
+        now: Instant,
+        rtt: impl Fn(&NodeName) -> Option<Duration>,
+        out: &mut Vec<NodeView>,
+    ) {
+        for (node, (status, at)) in &self.statuses {
+            if now.saturating_duration_since(*at) > self.stale_after
+                || !status.ready.contains(&info.hash)
+            {
+                continue;
+            }
+            let Some(rtt) = rtt(node) else {
+                continue;
+            };
+            out.push(NodeView {
+                name: node.to_string(),
+                alive: true,
+                fits: info.memory_mb <= status.max_memory_mb
+                    && info.timeout_ms <= status.max_timeout_ms,
+                queue_depth: status.queue_depth as usize,
+                queue_cap: status.queue_cap as usize,
+                warm: status.warm.contains(&info.hash),
+                class: status.class,
+                max_memory_mb: status.max_memory_mb,
+                max_timeout_ms: status.max_timeout_ms,
+                cpu_percent: status.cpu_percent,
+                memory_bytes: status.memory_bytes,
+                recent_mean_us: status.recent_mean_us,
+                rtt_us: rtt.as_micros().min(u128::from(u64::MAX)) as u64,
+            });
+        }
+    }
+
+    /// Every member the transport knows, with what this table knows of it, at `now`.
+    /// `session` says whether a peer's ractor_cluster session is ready (`None` when sessions
+    /// are off).
+    pub fn members(
+        &self,
+        states: BTreeMap<NodeName, PeerState>,
+        now: Instant,
+        session: impl Fn(&NodeName) -> Option<bool>,
+    ) -> Vec<MemberView> {
+        let age_ms = |at: &Instant| now.saturating_duration_since(*at).as_millis() as u64;
+        states
+            .into_iter()
+            .map(|(node, state)| {
+                let status = self.statuses.get(&node);
+                MemberView {
+                    node: node.to_string(),
+                    state: match state {
+                        PeerState::Up => "up",
+                        PeerState::Joining => "joining",
+                        PeerState::Down => "down",
+                    },
+                    state_age_ms: self.state_since.get(&node).map(age_ms),
+                    status_age_ms: status.map(|(_, at)| age_ms(at)),
+                    queue_depth: status.map(|(s, _)| s.queue_depth),
+                    class: status.map(|(s, _)| s.class),
+                    session: session(&node),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Turns the node's cumulative counters into the per-interval numbers a status carries: CPU
+/// use in percent of one core, and the mean latency of the invocations answered since the
+/// previous status. Fed with readings, so it is tested without `/proc` or a clock.
+#[derive(Debug)]
+pub struct LoadMeter {
+    last_cpu: Duration,
+    last_at: Instant,
+    last_latency: (u64, u64),
+}
+
+/// One interval's load, as published.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Load {
+    pub cpu_percent: u32,
+    pub recent_mean_us: u64,
+}
+
+impl LoadMeter {
+    pub fn new(cpu: Duration, at: Instant, latency_totals: (u64, u64)) -> Self {
+        Self {
+            last_cpu: cpu,
+            last_at: at,
+            last_latency: latency_totals,
+        }
+    }
+
+    /// The load since the previous reading, given the process CPU time, the time, and the
+    /// latency totals (count, sum in µs) now. Counters that go backwards count as zero.
+    pub fn read(&mut self, cpu: Duration, at: Instant, latency_totals: (u64, u64)) -> Load {
+        let wall = at
+            .saturating_duration_since(self.last_at)
+            .max(Duration::from_millis(1));
+        let cpu_percent =
+            (cpu.saturating_sub(self.last_cpu).as_secs_f64() / wall.as_secs_f64() * 100.0) as u32;
+        let n = latency_totals.0.saturating_sub(self.last_latency.0);
+        let sum = latency_totals.1.saturating_sub(self.last_latency.1);
+        (self.last_cpu, self.last_at, self.last_latency) = (cpu, at, latency_totals);
+        Load {
+            cpu_percent,
+            recent_mean_us: sum.checked_div(n).unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tern_wire::{ModuleHash, NodeClass};
+
+    fn n(s: &str) -> NodeName {
+        s.parse().unwrap()
+    }
+
+    fn info(hash: ModuleHash) -> FunctionInfo {
+        FunctionInfo {
+            name: "f".parse().unwrap(),
+            hash,
+            version: 1,
+            timeout_ms: 1000,
+            memory_mb: 64,
+            size_bytes: 0,
+            deployed_at_ms: 0,
+        }
+    }
+
+    fn status(ready: &[ModuleHash], warm: &[ModuleHash]) -> NodeStatus {
+        NodeStatus {
+            class: NodeClass::EdgeSmall,
+            max_memory_mb: 128,
+            max_timeout_ms: 2000,
+            queue_depth: 3,
+            queue_cap: 10,
+            ready: ready.to_vec(),
+            warm: warm.to_vec(),
+            ..NodeStatus::default()
+        }
+    }
+
+    const H1: ModuleHash = ModuleHash([1; 32]);
+    const H2: ModuleHash = ModuleHash([2; 32]);
+    const STALE: Duration = Duration::from_secs(2);
+
+    fn connected(_: &NodeName) -> Option<Duration> {
+        Some(Duration::from_micros(250))
+    }
+
+    #[test]
+    fn a_fresh_status_with_the_version_ready_makes_a_connected_candidate() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H1], &[H1]), t0);
+        let mut out = Vec::new();
+        table.candidates(
+            &info(H1),
+            t0 + Duration::from_millis(500),
+            connected,
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        let b = &out[0];
+        assert_eq!(b.name, "b");
+        assert!(b.alive && b.fits && b.warm);
+        assert_eq!((b.queue_depth, b.queue_cap, b.rtt_us), (3, 10, 250));
+        assert_eq!(b.class, NodeClass::EdgeSmall);
+    }
+
+    #[test]
+    fn a_peer_without_that_version_ready_is_not_a_candidate() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H2], &[]), t0);
+        let mut out = Vec::new();
+        table.candidates(&info(H1), t0, connected, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_status_older_than_stale_after_is_ignored_until_the_next_one() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H1], &[]), t0);
+        let mut out = Vec::new();
+        table.candidates(&info(H1), t0 + STALE, connected, &mut out);
+        assert_eq!(out.len(), 1, "exactly stale_after old still counts");
+        out.clear();
+        let late = t0 + STALE + Duration::from_millis(1);
+        table.candidates(&info(H1), late, connected, &mut out);
+        assert!(out.is_empty());
+        table.on_status(n("b"), status(&[H1], &[]), late);
+        table.candidates(&info(H1), late, connected, &mut out);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn an_unconnected_peer_is_not_a_candidate_even_with_a_fresh_status() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H1], &[]), t0);
+        let mut out = Vec::new();
+        table.candidates(&info(H1), t0, |_| None, &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_function_larger_than_the_peer_class_is_offered_as_not_fitting() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H1], &[]), t0);
+        let big = FunctionInfo {
+            memory_mb: 129,
+            ..info(H1)
+        };
+        let mut out = Vec::new();
+        table.candidates(&big, t0, connected, &mut out);
+        assert!(!out[0].fits);
+    }
+
+    #[test]
+    fn candidates_come_sorted_by_name() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        for peer in ["d", "b", "c"] {
+            table.on_status(n(peer), status(&[H1], &[]), t0);
+        }
+        let mut out = Vec::new();
+        table.candidates(&info(H1), t0, connected, &mut out);
+        let names: Vec<_> = out.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn a_peer_going_down_loses_its_status_and_coming_up_asks_for_a_registry_pull() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_status(n("b"), status(&[H1], &[]), t0);
+        assert_eq!(
+            table.on_membership(n("b"), PeerState::Down, t0),
+            MembershipAction::None
+        );
+        let mut out = Vec::new();
+        table.candidates(&info(H1), t0, connected, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(
+            table.on_membership(n("b"), PeerState::Up, t0),
+            MembershipAction::PullRegistry(n("b"))
+        );
+        assert_eq!(
+            table.on_membership(n("b"), PeerState::Joining, t0),
+            MembershipAction::None
+        );
+    }
+
+    #[test]
+    fn members_show_state_ages_and_last_status() {
+        let t0 = Instant::now();
+        let mut table = PeerTable::new(STALE);
+        table.on_membership(n("b"), PeerState::Up, t0);
+        table.on_status(n("b"), status(&[H1], &[]), t0 + Duration::from_millis(100));
+        let states = BTreeMap::from([(n("b"), PeerState::Up), (n("c"), PeerState::Joining)]);
+        let view = table.members(states, t0 + Duration::from_millis(350), |p| {
+            Some(p.as_str() == "b")
+        });
+        assert_eq!(
+            view,
+            vec![
+                MemberView {
+                    node: "b".into(),
+                    state: "up",
+                    state_age_ms: Some(350),
+                    status_age_ms: Some(250),
+                    queue_depth: Some(3),
+                    class: Some(NodeClass::EdgeSmall),
+                    session: Some(true),
+                },
+                MemberView {
+                    node: "c".into(),
+                    state: "joining",
+                    state_age_ms: None,
+                    status_age_ms: None,
+                    queue_depth: None,
+                    class: None,
+                    session: Some(false),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn load_meter_reports_cpu_share_and_mean_latency_of_the_interval() {
+        let t0 = Instant::now();
+        let mut meter = LoadMeter::new(Duration::from_millis(100), t0, (10, 1_000));
+        let load = meter.read(
+            Duration::from_millis(150),
+            t0 + Duration::from_millis(200),
+            (14, 1_800),
+        );
+        assert_eq!(
+            load,
+            Load {
+                cpu_percent: 25,
+                recent_mean_us: 200
+            }
+        );
+        // No traffic and no CPU in the next interval.
+        let idle = meter.read(
+            Duration::from_millis(150),
+            t0 + Duration::from_millis(400),
+            (14, 1_800),
+        );
+        assert_eq!(
+            idle,
+            Load {
+                cpu_percent: 0,
+                recent_mean_us: 0
+            }
+        );
+    }
+
+    #[test]
+    fn load_meter_treats_counters_going_backwards_as_zero() {
+        let t0 = Instant::now();
+        let mut meter = LoadMeter::new(Duration::from_secs(5), t0, (100, 10_000));
+        let load = meter.read(Duration::from_secs(1), t0, (1, 5));
+        assert_eq!(
+            load,
+            Load {
+                cpu_percent: 0,
+                recent_mean_us: 0
+            }
+        );
+    }
+}

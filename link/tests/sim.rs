@@ -1,0 +1,615 @@
+//! The cluster link's distributed behaviour over the in-memory mesh, on tokio's paused clock:
+//! statuses and candidates, partitions (both ways and one way), crashes, registry
+//! anti-entropy, and the SchedulerAgent's failover loop forwarding MEUs through real
+//! `ClusterLink`s. No socket and no sleep in real time: seconds of cluster time run in
+//! milliseconds, and each scenario runs over several seeds (the mesh's frame delays).
+//!
+//! The nodes behind the links are stand-ins ([`FakeNode`]) that keep a registry with the
+//! product's last-writer-wins rule (`RegistryEntry::supersedes`) and "run" an MEU by waiting a
+//! fixed virtual time and echoing who ran it.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_actors::remote::Remote;
+use tern_actors::scheduler::{Placed, run_on_peers};
+use tern_cluster::NodeName;
+use tern_link::memory::MemoryNet;
+use tern_link::{ClusterLink, LinkOptions, LocalFuture, LocalNode};
+use tern_metrics::Metrics;
+use tern_placement::{NodeView, WarmAffinity};
+use tern_runtime::Meu;
+use tern_wire::peer::{NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome};
+use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash, NodeClass};
+use tokio::time::sleep;
+
+const SEEDS: u64 = 8;
+/// One-way frame delay range of the mesh.
+const DELAY: (Duration, Duration) = (Duration::from_micros(100), Duration::from_millis(3));
+/// How long a stand-in takes to run an MEU.
+const EXEC: Duration = Duration::from_millis(50);
+const GRACE: Duration = Duration::from_secs(3);
+
+fn n(s: &str) -> NodeName {
+    s.parse().unwrap()
+}
+
+fn info(name: &str, version: u64, hash: u8, origin_ms: u64) -> FunctionInfo {
+    FunctionInfo {
+        name: name.parse().unwrap(),
+        hash: ModuleHash([hash; 32]),
+        version,
+        timeout_ms: 1000,
+        memory_mb: 64,
+        size_bytes: 1,
+        deployed_at_ms: origin_ms,
+    }
+}
+
+fn entry(info: FunctionInfo, removed: bool, origin: &str) -> RegistryEntry {
+    RegistryEntry {
+        info,
+        removed,
+        origin: origin.into(),
+    }
+}
+
+/// How a stand-in answers MEUs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
+    Run,
+    /// Full: refuses before running (retryable).
+    Refuse,
+    /// The guest traps (not retryable).
+    Trap,
+}
+
+/// A node behind a link: a registry, and MEUs that take [`EXEC`] of virtual time.
+struct FakeNode {
+    name: NodeName,
+    registry: Mutex<BTreeMap<String, RegistryEntry>>,
+    answer: Mutex<Answer>,
+    /// (request id, attempt) of every MEU it was asked to run.
+    ran: Mutex<Vec<(String, u32)>>,
+    stopped: AtomicBool,
+    metrics: Metrics,
+}
+
+impl FakeNode {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: n(name),
+            registry: Mutex::default(),
+            answer: Mutex::new(Answer::Run),
+            ran: Mutex::default(),
+            stopped: AtomicBool::new(false),
+            metrics: Metrics::default(),
+        })
+    }
+
+    /// Applies `e` locally (a deploy or removal on this node), by the same rule as a peer's.
+    fn put(&self, e: RegistryEntry) -> bool {
+        let mut registry = self.registry.lock().unwrap();
+        let name = e.info.name.to_string();
+        if e.supersedes(registry.get(&name)) {
+            registry.insert(name, e);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn get(&self, function: &str) -> Option<RegistryEntry> {
+        self.registry.lock().unwrap().get(function).cloned()
+    }
+
+    fn ran(&self) -> Vec<(String, u32)> {
+        self.ran.lock().unwrap().clone()
+    }
+}
+
+impl LocalNode for FakeNode {
+    fn apply_entry<'a>(
+        &'a self,
+        entry: RegistryEntry,
+        _peer: &'a NodeName,
+    ) -> LocalFuture<'a, Result<bool, ApiError>> {
+        Box::pin(async move { Ok(self.put(entry)) })
+    }
+
+    fn registry(&self) -> Result<Vec<RegistryEntry>, ApiError> {
+        Ok(self.registry.lock().unwrap().values().cloned().collect())
+    }
+
+    fn module(&self, _hash: &ModuleHash) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(None)
+    }
+
+    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse> {
+        Box::pin(async move {
+            if self.stopped.load(Ordering::SeqCst) {
+                return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "stopped"));
+            }
+            self.ran
+                .lock()
+                .unwrap()
+                .push((meu.request_id.clone(), meu.attempt));
+            let answer = *self.answer.lock().unwrap();
+            match answer {
+                Answer::Refuse => {
+                    PeerResponse::Error(ApiError::new(ErrorCode::Overloaded, "queue full"))
+                }
+                Answer::Trap => {
+                    sleep(EXEC).await;
+                    PeerResponse::Error(ApiError::new(ErrorCode::GuestTrap, "unreachable"))
+                }
+                Answer::Run => {
+                    sleep(EXEC).await;
+                    PeerResponse::Executed(RemoteOutcome {
+                        output: format!("{}:{}", self.name, String::from_utf8_lossy(&meu.input))
+                            .into_bytes(),
+                        cold_start: false,
+                        timings: Default::default(),
+                        node: self.name.to_string(),
+                    })
+                }
+            }
+        })
+    }
+
+    fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
+        let ready = self
+            .registry
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|e| !e.removed)
+            .map(|e| e.info.hash)
+            .collect::<Vec<_>>();
+        NodeStatus {
+            node: self.name.to_string(),
+            class: NodeClass::Standard,
+            max_memory_mb: 512,
+            max_timeout_ms: 10_000,
+            queue_depth: 0,
+            queue_cap: 64,
+            warm: ready.clone(),
+            ready,
+            cpu_percent,
+            memory_bytes: 0,
+            recent_mean_us,
+            seq,
+        }
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+/// Nodes on one in-memory mesh, each with its link.
+struct Cluster {
+    net: MemoryNet,
+    nodes: BTreeMap<String, (Arc<FakeNode>, Arc<ClusterLink>)>,
+}
+
+impl Cluster {
+    /// `names` all declared as peers of each other; only `running` start now.
+    fn start(seed: u64, names: &[&str], running: &[&str]) -> Self {
+        let all: Vec<NodeName> = names.iter().map(|s| n(s)).collect();
+        let mut cluster = Self {
+            net: MemoryNet::new(seed, &all, DELAY),
+            nodes: BTreeMap::new(),
+        };
+        for name in running {
+            cluster.boot(name, FakeNode::new(name));
+        }
+        cluster
+    }
+
+    /// Starts `node` (again) as `name`.
+    fn boot(&mut self, name: &str, node: Arc<FakeNode>) {
+        let weak: Weak<dyn LocalNode> = Arc::downgrade(&node) as Weak<FakeNode>;
+        let options = LinkOptions {
+            node_name: n(name),
+            frame_limit: 1 << 20,
+            sync_grace: GRACE,
+            has_peers: true,
+        };
+        let net = self.net.clone();
+        let link = ClusterLink::with_net(options, weak, None, |handler| {
+            Box::new(net.attach(&n(name), handler).unwrap())
+        });
+        self.nodes.insert(name.to_owned(), (node, link));
+    }
+
+    fn node(&self, name: &str) -> &Arc<FakeNode> {
+        &self.nodes[name].0
+    }
+
+    fn link(&self, name: &str) -> &Arc<ClusterLink> {
+        &self.nodes[name].1
+    }
+
+    /// Deploys `e` on every running node, as if replication had already happened.
+    fn deploy_everywhere(&self, e: &RegistryEntry) {
+        for (node, _) in self.nodes.values() {
+            node.put(e.clone());
+        }
+    }
+
+    fn candidates(&self, from: &str, f: &FunctionInfo) -> Vec<String> {
+        let mut out = Vec::new();
+        self.link(from).candidates(f, &mut out);
+        out.into_iter().map(|v| v.name).collect()
+    }
+
+    async fn stop(self) {
+        for (_, link) in self.nodes.values() {
+            link.shutdown().await;
+        }
+    }
+}
+
+/// This node as the SchedulerAgent describes itself to placement.
+fn local_view(name: &str) -> NodeView {
+    NodeView {
+        name: name.into(),
+        alive: true,
+        fits: true,
+        queue_depth: 0,
+        queue_cap: usize::MAX,
+        warm: true,
+        class: NodeClass::Standard,
+        max_memory_mb: 512,
+        max_timeout_ms: 10_000,
+        ..NodeView::default()
+    }
+}
+
+fn meu(id: &str, f: &FunctionInfo) -> Meu {
+    Meu {
+        request_id: id.into(),
+        function: f.name.clone(),
+        input: Bytes::from(id.to_owned()),
+        items: 1,
+    }
+}
+
+/// Runs `meu` from `from` the way its SchedulerAgent does once placement chose `chosen`.
+async fn forward(
+    c: &Cluster,
+    from: &str,
+    m: Meu,
+    f: &FunctionInfo,
+    chosen: &str,
+) -> (Placed, Vec<String>) {
+    let mut nodes = vec![local_view(from)];
+    c.link(from).candidates(f, &mut nodes);
+    let names = nodes.iter().map(|v| v.name.clone()).collect::<Vec<_>>();
+    let chosen = names.iter().position(|x| x == chosen).unwrap();
+    let placement = WarmAffinity { spill_at: 8 };
+    let link: &dyn Remote = c.link(from).as_ref();
+    let placed = run_on_peers(
+        link,
+        &placement,
+        &c.node(from).metrics,
+        m,
+        f,
+        0,
+        nodes,
+        chosen,
+    )
+    .await;
+    (placed, names)
+}
+
+fn answered_by(placed: &Placed) -> String {
+    match placed {
+        Placed::Answered(Ok(o)) => o.node.to_string(),
+        Placed::Here(_) => "here".into(),
+        Placed::Answered(Err(e)) => panic!("the MEU failed: {e}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_over_the_mesh_make_every_peer_with_the_version_a_candidate() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        // g only on c: put there after the start-up anti-entropy, and not announced.
+        let g = info("g", 1, 2, 10);
+        c.node("c").put(entry(g.clone(), false, "c"));
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(c.candidates("a", &f), ["b", "c"], "seed {seed}");
+        assert_eq!(c.candidates("a", &g), ["c"], "seed {seed}");
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_peer_stops_being_a_candidate_at_once_and_returns_after_the_heal() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        c.net.partition(&n("a"), &n("c"), true);
+        // The membership event is delivered to the watcher task; give it a turn.
+        sleep(Duration::from_millis(1)).await;
+        assert_eq!(c.candidates("a", &f), ["b"], "seed {seed}");
+        assert_eq!(c.candidates("c", &f), ["b"], "seed {seed}");
+        c.net.partition(&n("a"), &n("c"), false);
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(c.candidates("a", &f), ["b", "c"], "seed {seed}");
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_whose_statuses_stop_arriving_drops_out_when_the_last_goes_stale() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b"], &["a", "b"]);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.candidates("a", &f), ["b"]);
+        // One-way: b's frames to a vanish, the link stays up.
+        c.net.drop_frames(&n("b"), &n("a"), true);
+        sleep(Duration::from_millis(1500)).await;
+        assert_eq!(c.candidates("a", &f), ["b"], "still fresh, seed {seed}");
+        sleep(Duration::from_millis(1000)).await;
+        assert!(c.candidates("a", &f).is_empty(), "stale, seed {seed}");
+        assert!(c.net.is_up(&n("a"), &n("b")));
+        c.net.drop_frames(&n("b"), &n("a"), false);
+        sleep(Duration::from_millis(500)).await;
+        assert_eq!(c.candidates("a", &f), ["b"], "back, seed {seed}");
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn registries_changed_on_both_sides_of_a_partition_converge_after_the_heal() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b"], &["a", "b"]);
+        let v1 = entry(info("f", 1, 1, 10), false, "a");
+        let doomed = entry(info("gone", 1, 3, 10), false, "a");
+        c.deploy_everywhere(&v1);
+        c.deploy_everywhere(&doomed);
+        sleep(Duration::from_millis(500)).await;
+        c.net.partition(&n("a"), &n("b"), true);
+        sleep(Duration::from_millis(1)).await;
+        // a deploys f v2; b removes `gone` and deploys `new`. Announcements cannot get
+        // through (the link is down).
+        let v2 = entry(info("f", 2, 2, 20), false, "a");
+        c.node("a").put(v2.clone());
+        c.link("a").announce(vec![v2.clone()]);
+        let tomb = entry(info("gone", 2, 3, 30), true, "b");
+        let new = entry(info("new", 1, 4, 30), false, "b");
+        c.node("b").put(tomb.clone());
+        c.node("b").put(new.clone());
+        c.link("b").announce(vec![tomb.clone(), new.clone()]);
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(c.node("b").get("f"), Some(v1.clone()), "seed {seed}");
+        c.net.partition(&n("a"), &n("b"), false);
+        sleep(Duration::from_secs(1)).await;
+        for node in ["a", "b"] {
+            let node = c.node(node);
+            assert_eq!(node.get("f"), Some(v2.clone()), "seed {seed}");
+            assert_eq!(node.get("gone"), Some(tomb.clone()), "seed {seed}");
+            assert_eq!(node.get("new"), Some(new.clone()), "seed {seed}");
+        }
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_whose_peers_are_unreachable_knows_the_registry_only_at_the_end_of_its_grace() {
+    let c = Cluster::start(0, &["a", "b", "c"], &["a"]);
+    sleep(GRACE - Duration::from_millis(10)).await;
+    assert!(!c.link("a").registry_synced());
+    sleep(Duration::from_millis(20)).await;
+    assert!(c.link("a").registry_synced());
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_member_knows_the_registry_as_soon_as_it_pulled_one_peer() {
+    for seed in 0..SEEDS {
+        let mut c = Cluster::start(seed, &["a", "b", "c"], &["b"]);
+        let f = entry(info("f", 1, 1, 10), false, "b");
+        c.node("b").put(f.clone());
+        c.boot("a", FakeNode::new("a"));
+        assert!(!c.link("a").registry_synced());
+        sleep(Duration::from_millis(50)).await;
+        assert!(c.link("a").registry_synced(), "seed {seed}");
+        assert_eq!(c.node("a").get("f"), Some(f), "seed {seed}");
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_meu_is_answered_by_the_peer_it_was_placed_on() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        let (placed, _) = forward(&c, "a", meu("r1", &f), &f, "b").await;
+        let Placed::Answered(Ok(outcome)) = placed else {
+            panic!("{placed:?}")
+        };
+        assert_eq!(&outcome.output[..], b"b:r1");
+        assert_eq!(c.node("b").ran(), [("r1".to_owned(), 1)]);
+        assert!(c.node("c").ran().is_empty());
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_meu_whose_peer_crashes_mid_run_is_rerun_once_elsewhere_and_answered_once() {
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        let crash = {
+            let net = c.net.clone();
+            tokio::spawn(async move {
+                sleep(EXEC / 2).await;
+                net.crash(&n("b"));
+            })
+        };
+        let (placed, nodes) = forward(&c, "a", meu("r2", &f), &f, "b").await;
+        crash.await.unwrap();
+        // WarmAffinity re-places among a and c by rendezvous hashing.
+        let expected = if WarmAffinity::weight("f", "a") > WarmAffinity::weight("f", "c") {
+            "here"
+        } else {
+            "c"
+        };
+        assert_eq!(answered_by(&placed), expected, "seed {seed}, {nodes:?}");
+        assert_eq!(c.node("b").ran(), [("r2".to_owned(), 1)], "seed {seed}");
+        let reruns = c.node("c").ran();
+        if expected == "c" {
+            assert_eq!(reruns, [("r2".to_owned(), 2)], "seed {seed}");
+        } else {
+            assert!(reruns.is_empty(), "seed {seed}");
+        }
+        assert_eq!(
+            c.node("a").metrics.failover_reruns.load(Ordering::Relaxed),
+            1
+        );
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_refuses_is_skipped_and_a_guest_failure_is_the_answer() {
+    let c = Cluster::start(0, &["a", "b", "c"], &["a", "b", "c"]);
+    let f = info("f", 1, 1, 10);
+    c.deploy_everywhere(&entry(f.clone(), false, "a"));
+    sleep(Duration::from_secs(1)).await;
+
+    *c.node("b").answer.lock().unwrap() = Answer::Refuse;
+    let (placed, _) = forward(&c, "a", meu("r3", &f), &f, "b").await;
+    assert_ne!(answered_by(&placed), "b");
+    assert_eq!(c.node("b").ran(), [("r3".to_owned(), 1)]);
+
+    *c.node("b").answer.lock().unwrap() = Answer::Trap;
+    let (placed, _) = forward(&c, "a", meu("r4", &f), &f, "b").await;
+    let Placed::Answered(Err(e)) = placed else {
+        panic!("{placed:?}")
+    };
+    assert_eq!(e.code(), ErrorCode::GuestTrap);
+    assert!(
+        !c.node("c").ran().iter().any(|(id, _)| id == "r4"),
+        "a guest failure must not be re-run"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_crashes_and_partitions_never_lose_or_duplicate_an_answer() {
+    for seed in 0..SEEDS {
+        let names = ["a", "b", "c", "d"];
+        let c = Arc::new(Cluster::start(seed, &names, &names));
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        // Faults: a seeded schedule over 400 ms of partitions, heals and one crash.
+        let faults = {
+            let net = c.net.clone();
+            tokio::spawn(async move {
+                let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+                let mut next = || {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x
+                };
+                for step in 0..20 {
+                    sleep(Duration::from_millis(20)).await;
+                    let peer = n(names[1 + (next() % 3) as usize]);
+                    match next() % 3 {
+                        0 => net.partition(&n("a"), &peer, true),
+                        1 => net.partition(&n("a"), &peer, false),
+                        _ if step == 10 => net.crash(&peer),
+                        _ => {}
+                    }
+                }
+            })
+        };
+        let mut runs = Vec::new();
+        for i in 0..24 {
+            let c = c.clone();
+            let f = f.clone();
+            runs.push(tokio::spawn(async move {
+                sleep(Duration::from_millis(15 * i)).await;
+                let mut nodes = vec![local_view("a")];
+                c.link("a").candidates(&f, &mut nodes);
+                let placement = WarmAffinity { spill_at: 8 };
+                let Ok(chosen) = tern_placement::Placement::place(
+                    &placement,
+                    &tern_placement::MeuView {
+                        function: "f",
+                        items: 1,
+                        memory_mb: 64,
+                        timeout_ms: 1000,
+                        mean_exec_us: 0,
+                    },
+                    &nodes,
+                ) else {
+                    unreachable!("this node always fits")
+                };
+                let id = format!("m{i}");
+                if chosen == 0 {
+                    return (id, "here".to_owned());
+                }
+                let link: &dyn Remote = c.link("a").as_ref();
+                let placed = run_on_peers(
+                    link,
+                    &placement,
+                    &c.node("a").metrics,
+                    meu(&id, &f),
+                    &f,
+                    0,
+                    nodes,
+                    chosen,
+                )
+                .await;
+                (id, answered_by(&placed))
+            }));
+        }
+        let mut answers = BTreeMap::new();
+        for run in runs {
+            let (id, by) = tokio::time::timeout(Duration::from_secs(30), run)
+                .await
+                .expect("an MEU was never answered")
+                .unwrap();
+            assert!(answers.insert(id, by).is_none());
+        }
+        faults.await.unwrap();
+        assert_eq!(answers.len(), 24, "seed {seed}");
+        // Every peer's answer is to an MEU it was asked to run, and an answered MEU was
+        // answered by exactly the node whose output came back.
+        for (id, by) in &answers {
+            if by != "here" {
+                assert!(
+                    c.node(by).ran().iter().any(|(r, _)| r == id),
+                    "seed {seed}: {id} answered by {by}, which never ran it"
+                );
+            }
+        }
+        match Arc::try_unwrap(c) {
+            Ok(c) => c.stop().await,
+            Err(_) => panic!("a task still holds the cluster"),
+        }
+    }
+}
