@@ -15,6 +15,8 @@ use crate::WireError;
 use crate::api::{ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord};
 
 /// ALPN protocol id of the client API; a peer speaking anything else fails the handshake.
+// Its number is `PROTOCOL_VERSION` (a test holds them together): a client and a node whose
+// messages would not decode at each other fail the handshake instead.
 pub const CLIENT_ALPN: &[u8] = b"tern-client/1";
 
 /// Bytes a request or response frame may carry beyond its payload bytes (module, input or
@@ -171,6 +173,12 @@ mod tests {
     use crate::frame::{FrameDecoder, encode_frame};
 
     const LIMIT: usize = 1 << 20;
+
+    #[test]
+    fn the_client_alpn_carries_the_wire_protocol_version() {
+        let expected = format!("tern-client/{}", crate::PROTOCOL_VERSION);
+        assert_eq!(CLIENT_ALPN, expected.as_bytes());
+    }
 
     fn info() -> FunctionInfo {
         FunctionInfo {

@@ -24,7 +24,9 @@ pub use frame::{FrameDecoder, encode_frame};
 pub use peer::{NodeClass, Timings};
 
 /// Version of the wire protocol spoken between Tern processes. Bumped on any incompatible change
-/// to a type in this crate that is persisted or sent between nodes.
+/// to a type in this crate that is persisted or sent between nodes. The mesh and client-API
+/// handshakes carry it in their ALPN ids (`tern-mesh/N`, [`CLIENT_ALPN`]), so processes of
+/// different versions refuse each other at connect time.
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// Everything that can go wrong turning bytes into Tern types, or back.

@@ -60,7 +60,9 @@ pub const KIND_RACTOR: u8 = 0x01;
 /// requester finishes the stream.
 pub const KIND_DATA: u8 = 0x02;
 
-/// ALPN protocol id of the mesh; a peer speaking anything else fails the handshake.
+/// ALPN protocol id of the mesh; a peer speaking anything else fails the handshake. Its
+/// number is tern-wire's `PROTOCOL_VERSION` (a test holds them together), so nodes whose
+/// messages would not decode at each other refuse to connect instead.
 pub const ALPN: &[u8] = b"tern-mesh/1";
 
 /// QUIC application error codes used when closing connections or refusing streams.
@@ -172,5 +174,16 @@ impl TransportConfig {
         // Nothing uses unidirectional streams yet; do not let peers open any.
         t.max_concurrent_uni_streams(VarInt::from_u32(0));
         Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mesh_alpn_carries_the_wire_protocol_version() {
+        let expected = format!("tern-mesh/{}", tern_wire::PROTOCOL_VERSION);
+        assert_eq!(ALPN, expected.as_bytes());
     }
 }
