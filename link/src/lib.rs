@@ -493,7 +493,7 @@ async fn publish_status(link: Weak<ClusterLink>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
-    let mut meter: Option<LoadMeter> = None;
+    let mut meter = LoadMeter::new(tern_actors::energy::process_cpu_time(), now(), (0, 0));
     loop {
         tick.tick().await;
         let Some(link) = link.upgrade() else {
@@ -503,18 +503,11 @@ async fn publish_status(link: Weak<ClusterLink>) {
             return;
         };
         seq += 1;
-        let cpu = tern_actors::energy::process_cpu_time();
-        let latency = node.metrics().latency_totals();
-        let load = match &mut meter {
-            Some(meter) => meter.read(cpu, now(), latency),
-            None => {
-                meter = Some(LoadMeter::new(cpu, now(), latency));
-                peers::Load {
-                    cpu_percent: 0,
-                    recent_mean_us: 0,
-                }
-            }
-        };
+        let load = meter.read(
+            tern_actors::energy::process_cpu_time(),
+            now(),
+            node.metrics().latency_totals(),
+        );
         let status = node.status(seq, load.cpu_percent, load.recent_mean_us);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).
         let m = node.metrics();
