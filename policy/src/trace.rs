@@ -140,7 +140,15 @@ pub struct Arrival {
 }
 
 /// Synthetic load shapes from the paper's experiments.
+///
+/// With the `candle` feature it is serialisable, internally tagged (`{"kind": "steady", "rps":
+/// …}`): `policy-bench` writes it to its JSON as is, so a change here changes that format.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(
+    feature = "candle",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(tag = "kind", rename_all = "snake_case")
+)]
 pub enum Profile {
     /// Poisson arrivals at a constant rate (the paper's steady 200 req/s).
     Steady {

@@ -2,9 +2,9 @@
 //! setup they describe, with a JSON form so a committed report can be re-rendered later without
 //! re-running the protocol.
 //!
-//! The types mirror the simulator's (`Stats` for `Summary`, `ProfileSpec` for `Profile`) instead
-//! of deriving serde on them, so the serving path does not pull in serde and the file format
-//! changes only when this module does.
+//! Statistics and load shapes are the simulator's own [`Summary`] and [`Profile`], which derive
+//! serde only with the `candle` feature (the serving path builds without serde). A change to
+//! either type is a change to this file format too.
 
 use super::protocol::Options;
 use crate::error::{PolicyError, Result};
@@ -137,58 +137,13 @@ pub struct GuardSetup {
     pub min_between_switches: usize,
 }
 
-/// Summary statistics of one simulator run (mirror of [`Summary`]).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
-pub struct Stats {
-    /// Requests served.
-    pub requests: u64,
-    /// Mean latency, ms.
-    pub mean_ms: f64,
-    /// Median latency, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency, ms.
-    pub p99_ms: f64,
-    /// Cold starts / requests.
-    pub cold_rate: f64,
-    /// Reuse hits / requests.
-    pub reuse_rate: f64,
-    /// Dynamic energy per request, mJ.
-    pub energy_mj_per_req: f64,
-    /// Timeouts / requests.
-    pub timeout_rate: f64,
-    /// Rejected requests.
-    pub rejected: u64,
-    /// Requests placed off their entry node / requests.
-    pub off_entry_rate: f64,
-    /// Mean dispatch reward.
-    pub mean_reward: f64,
-}
-
-impl From<Summary> for Stats {
-    fn from(s: Summary) -> Self {
-        Stats {
-            requests: s.requests,
-            mean_ms: s.mean_ms,
-            p50_ms: s.p50_ms,
-            p99_ms: s.p99_ms,
-            cold_rate: s.cold_rate,
-            reuse_rate: s.reuse_rate,
-            energy_mj_per_req: s.energy_mj_per_req,
-            timeout_rate: s.timeout_rate,
-            rejected: s.rejected,
-            off_entry_rate: s.off_entry_rate,
-            mean_reward: s.mean_reward,
-        }
-    }
-}
-
 /// One policy's run on a seed's test window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyRow {
     /// Policy name as printed (also the key the report looks rows up by).
     pub name: String,
     /// Test-window statistics.
-    pub stats: Stats,
+    pub stats: Summary,
     /// Wall time of the run, s.
     pub wall_s: f64,
     /// For a policy behind the guard: how the guard shared the decisions.
@@ -262,7 +217,7 @@ pub struct SeedResult {
 
 impl SeedResult {
     /// Statistics of the policy named `name`, if it ran.
-    pub fn get(&self, name: &str) -> Option<Stats> {
+    pub fn get(&self, name: &str) -> Option<Summary> {
         self.row(name).map(|r| r.stats)
     }
 
@@ -311,80 +266,17 @@ pub struct SyntheticRow {
     /// Name as printed.
     pub name: String,
     /// The load shape.
-    pub profile: ProfileSpec,
+    pub profile: Profile,
     /// Arrivals generated.
     pub requests: usize,
     /// Least-loaded + fixed quota.
-    pub least_loaded: Stats,
+    pub least_loaded: Summary,
     /// Warm affinity + fixed quota.
-    pub warm_affinity: Stats,
+    pub warm_affinity: Summary,
     /// Warm affinity + 2 cores, keep-warm 1.
-    pub warm_affinity_2_cores: Stats,
+    pub warm_affinity_2_cores: Summary,
     /// PPO dispatch + PPO quota.
-    pub ppo: Stats,
-}
-
-/// A synthetic load shape (mirror of [`Profile`]).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ProfileSpec {
-    /// Poisson arrivals at a constant rate.
-    Steady {
-        /// Requests per second.
-        rps: f64,
-    },
-    /// Alternating base and burst phases.
-    Bursty {
-        /// Base rate, req/s.
-        base_rps: f64,
-        /// Lowest burst rate, req/s.
-        burst_lo: f64,
-        /// Highest burst rate, req/s.
-        burst_hi: f64,
-        /// Burst length, s.
-        burst_s: f64,
-        /// Period between burst starts, s.
-        period_s: f64,
-    },
-    /// Waves of `tasks` invocations within `spread_ms`.
-    Concurrent {
-        /// Tasks per wave.
-        tasks: usize,
-        /// Arrival spread of a wave, ms.
-        spread_ms: f64,
-        /// Seconds between waves.
-        period_s: f64,
-    },
-}
-
-impl From<Profile> for ProfileSpec {
-    fn from(p: Profile) -> Self {
-        match p {
-            Profile::Steady { rps } => ProfileSpec::Steady { rps },
-            Profile::Bursty {
-                base_rps,
-                burst_lo,
-                burst_hi,
-                burst_s,
-                period_s,
-            } => ProfileSpec::Bursty {
-                base_rps,
-                burst_lo,
-                burst_hi,
-                burst_s,
-                period_s,
-            },
-            Profile::Concurrent {
-                tasks,
-                spread_ms,
-                period_s,
-            } => ProfileSpec::Concurrent {
-                tasks,
-                spread_ms,
-                period_s,
-            },
-        }
-    }
+    pub ppo: Summary,
 }
 
 impl BenchData {

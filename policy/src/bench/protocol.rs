@@ -230,7 +230,7 @@ pub fn run(options: &Options, trace: &Trace, host: &mut dyn Host) -> Result<Outc
         let arr = synthetic(profile, SYNTHETIC_FUNCTIONS, synth_s, EVAL_SEED);
         let run = |d: &mut dyn Dispatcher, q: &mut dyn QuotaPolicy| {
             let mut sim = Simulator::new(sel.scenario.sim.clone(), synth_functions.to_vec());
-            sim.run(&arr, d, q).summary().into()
+            sim.run(&arr, d, q).summary()
         };
         let least_loaded = run(&mut LeastLoaded, &mut FixedQuota::default());
         let warm_affinity = run(&mut WarmAffinity::default(), &mut FixedQuota::default());
@@ -244,7 +244,7 @@ pub fn run(options: &Options, trace: &Trace, host: &mut dyn Host) -> Result<Outc
         let warm_affinity_2_cores = run(&mut WarmAffinity::default(), &mut fixed(2, 1, 1));
         synth_rows.push(SyntheticRow {
             name: name.to_string(),
-            profile: profile.into(),
+            profile,
             requests: arr.len(),
             least_loaded,
             warm_affinity,
@@ -426,7 +426,7 @@ fn run_seed(
         ));
         rows.push(PolicyRow {
             name: name.to_string(),
-            stats: rep.summary().into(),
+            stats: rep.summary(),
             wall_s,
             guard: None,
         });
@@ -509,7 +509,7 @@ fn run_seed(
         )?;
         rows.push(PolicyRow {
             name: name.to_string(),
-            stats: rep.summary().into(),
+            stats: rep.summary(),
             wall_s: host.now_s() - t0,
             guard: None,
         });
@@ -575,7 +575,7 @@ fn run_seed(
         ));
         rows.push(PolicyRow {
             name,
-            stats: rep.summary().into(),
+            stats: rep.summary(),
             wall_s: host.now_s() - t0,
             guard,
         });

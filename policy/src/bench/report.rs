@@ -3,10 +3,12 @@
 //! learning curves and every policy's row. Numbers in the prose come from the data; what is fixed
 //! text is the protocol's history (what was decided when), which no run can measure.
 
-use super::data::{BenchData, NodeGroup, ProfileSpec, SeedResult, Stats};
+use super::data::{BenchData, NodeGroup, SeedResult};
 use super::{
     INITIAL, INVERTED, LEAST_LOADED, PPO, PPO_GUARD, WARM_AFFINITY, bad_alone, bad_guarded, median,
 };
+use crate::sim::Summary;
+use crate::trace::Profile;
 use std::fmt::Write as _;
 
 /// Header of the per-seed table of every policy.
@@ -136,7 +138,7 @@ struct Targets {
     vs_wa_cold: bool,
 }
 
-fn targets(ll: &Stats, wa: &Stats, ppo: &Stats, cut_pct: f64) -> Targets {
+fn targets(ll: &Summary, wa: &Summary, ppo: &Summary, cut_pct: f64) -> Targets {
     let d_ll = (1.0 - ppo.p99_ms / ll.p99_ms) * 100.0;
     Targets {
         d_ll,
@@ -517,7 +519,7 @@ fn synthetic(md: &mut String, d: &BenchData) {
     }
     let c = &d.setup.cluster;
     let wave = s.rows.iter().find_map(|r| match r.profile {
-        ProfileSpec::Concurrent {
+        Profile::Concurrent {
             tasks, spread_ms, ..
         } => Some(format!(
             ": a wave of {} tasks within {spread_ms} ms overflows it for every policy",

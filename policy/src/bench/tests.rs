@@ -4,8 +4,7 @@
 
 use super::data::{
     BenchData, Cluster, CrossRow, CurvePoint, GuardSetup, GuardStats, LastIteration, NodeGroup,
-    PolicyRow, ProfileSpec, SeedResult, Selection, Setup, Span, Stats, Synthetic, SyntheticRow,
-    ValidationRef,
+    PolicyRow, SeedResult, Selection, Setup, Span, Synthetic, SyntheticRow, ValidationRef,
 };
 use super::protocol::{Host, Options, PROTOCOL_SEEDS};
 use super::{
@@ -13,22 +12,22 @@ use super::{
     report, svg,
 };
 use crate::error::PolicyError;
-use crate::sim::SimConfig;
-use crate::trace::Trace;
+use crate::sim::{SimConfig, Summary};
+use crate::trace::{Profile, Trace};
 
-fn stats(p99_ms: f64, cold_rate: f64, mean_ms: f64) -> Stats {
-    Stats {
+fn stats(p99_ms: f64, cold_rate: f64, mean_ms: f64) -> Summary {
+    Summary {
         requests: 1000,
         mean_ms,
         p50_ms: mean_ms,
         p99_ms,
         cold_rate,
         mean_reward: -p99_ms / 100.0,
-        ..Stats::default()
+        ..Summary::default()
     }
 }
 
-fn row(name: &str, s: Stats, guard: Option<GuardStats>) -> PolicyRow {
+fn row(name: &str, s: Summary, guard: Option<GuardStats>) -> PolicyRow {
     PolicyRow {
         name: name.to_string(),
         stats: s,
@@ -39,7 +38,7 @@ fn row(name: &str, s: Stats, guard: Option<GuardStats>) -> PolicyRow {
 
 /// One seed with least-loaded, warm affinity, PPO (given as (p99, cold rate, mean)), PPO behind
 /// the guard, and the two bad policies alone and guarded.
-fn seed(seed: u64, ll: Stats, wa: Stats, ppo: Stats) -> SeedResult {
+fn seed(seed: u64, ll: Summary, wa: Summary, ppo: Summary) -> SeedResult {
     let guarded = Some(GuardStats {
         learned_share: 0.9,
         switches: 2,
@@ -158,7 +157,7 @@ fn fixture() -> BenchData {
             functions: 100,
             rows: vec![SyntheticRow {
                 name: "3,000 concurrent".into(),
-                profile: ProfileSpec::Concurrent {
+                profile: Profile::Concurrent {
                     tasks: 3000,
                     spread_ms: 200.0,
                     period_s: 20.0,

@@ -29,7 +29,11 @@ pub struct SimReport {
 }
 
 /// Summary statistics of a report.
+///
+/// With the `candle` feature it is serialisable: `policy-bench` writes it to its JSON as is, so a
+/// renamed or added field changes that format (and a committed JSON may no longer load).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[cfg_attr(feature = "candle", derive(serde::Serialize, serde::Deserialize))]
 pub struct Summary {
     /// Requests served.
     pub requests: u64,
