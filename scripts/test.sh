@@ -46,5 +46,5 @@ fi
 run env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target-loom" cargo test -p tern-sync --release --test loom
 # Benchmarks are not tests, but their harnesses must keep working: each criterion benchmark
 # runs once, and the policy benchmark on a short slice of the trace.
-run cargo test -p tern-actors --benches
+run cargo test -p tern-actors -p tern-link --benches
 run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-bench-smoke

@@ -2,13 +2,16 @@
 //! membership, carried as ractor messages between the nodes' [`ControlPlane`] actors, while
 //! the data plane (forwarded MEUs, module bytes, registry pulls) stays on lanes.
 //!
-//! **Intended wiring** (not done here; `ClusterLink` does it when sessions are on): start one
-//! [`ControlPlane`] right after `Sessions::start`, with the configured peers and a
+//! **How the link uses it** (`ClusterLink`, when `ractor_sessions` is on): one
+//! [`ControlPlane`] starts right after the link, with the configured peers and a
 //! [`ControlSink`] that writes statuses into the peer table, applies announced entries through
-//! `LocalNode::apply_entry`, and on [`PeerChange::Up`] pulls the peer's registry over a lane
-//! (anti-entropy) and on [`PeerChange::Down`] drops its status. The status publisher calls
-//! [`ControlPlane::publish_status`] instead of one lane request per peer, and
-//! `ClusterLink::announce` calls [`ControlPlane::announce`].
+//! `LocalNode::apply_entry`, pulls the peer's registry over a lane on [`PeerChange::Up`]
+//! (anti-entropy: casts sent while a session was down are lost) and drops its status on
+//! [`PeerChange::Down`]. The status publisher calls [`ControlPlane::publish_status`] and
+//! `ClusterLink::announce` calls [`ControlPlane::announce`]; both say which peers they reached,
+//! and the link sends to every other connected peer over a lane (the moments before tickets
+//! are confirmed, or a peer running without sessions), so nothing depends on the handshake
+//! having finished.
 //!
 //! **What it costs, measured** (`scripts/bench-control-paths.sh`, report in
 //! `bench/reports/control-plane/`: two nodes in one process over QUIC on 127.0.0.1, 2 shared
@@ -17,7 +20,7 @@
 //!
 //! | per status | wall | CPU |
 //! | --- | --- | --- |
-//! | lane request/answer, one at a time (today) | 254 µs | 263 µs |
+//! | lane request/answer, one at a time | 254 µs | 263 µs |
 //! | ractor cast, one at a time, until the peer has it | 237 µs | 261 µs |
 //! | [`ControlPlane::publish_status`], one at a time | 254 µs | 279 µs |
 //! | ractor call round trip | 287 µs | 333 µs |
@@ -112,8 +115,8 @@ const TICK: Duration = Duration::from_millis(250);
 /// A peer's `hello` re-sends its ticket at most this often: a hello is unauthenticated.
 const REGRANT_EVERY: Duration = Duration::from_millis(200);
 /// Announcement chunks kept for a peer whose session is up but whose ticket is not confirmed
-/// yet (a few milliseconds after the session comes up); beyond, the oldest go, and the peer
-/// catches up by anti-entropy on its next link-up.
+/// yet (a few milliseconds after the session comes up); beyond, announcements to the peer
+/// are left to the caller (the link sends them over a lane).
 const MAX_QUEUED_CHUNKS: usize = 256;
 /// Remote refs kept per group; only reached if refs were never pruned (they are, when dead).
 const MAX_REFS_PER_GROUP: usize = 64;
@@ -167,6 +170,15 @@ impl Default for ControlConfig {
             call_timeout: Duration::from_secs(2),
         }
     }
+}
+
+/// What [`ControlPlane::announce`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Announced {
+    /// Chunks the entries were split into.
+    pub chunks: usize,
+    /// Peers the chunks were cast or queued to.
+    pub peers: Vec<NodeName>,
 }
 
 /// Counts since start, for metrics and tests.
@@ -251,15 +263,17 @@ impl ControlPlane {
         })
     }
 
-    /// Sends `status` to every peer whose session is ready and whose ticket is confirmed.
-    /// Returns at once (casts); a peer that misses one gets the next.
+    /// Sends `status` to every peer whose session is ready and whose ticket is confirmed;
+    /// returns those peers (the caller reaches any other peer another way). Returns at once
+    /// (casts); a peer that misses one gets the next.
     ///
     /// Sent from the caller's thread through the routes the actor keeps, not through the
     /// actor's mailbox, so a status never waits behind a peer's large announcement being
     /// decoded there.
-    pub fn publish_status(&self, status: &NodeStatus) -> Result<(), LinkError> {
+    pub fn publish_status(&self, status: &NodeStatus) -> Result<Vec<NodeName>, LinkError> {
         let body = tern_wire::encode(status, self.budget(STATUS)).map_err(LinkError::Encode)?;
         let outlets = lock(&self.outlets.0).clone();
+        let mut reached = Vec::with_capacity(outlets.len());
         for outlet in outlets {
             let args = signed(&outlet.ticket, &body);
             match self.sessions.cast(
@@ -269,24 +283,34 @@ impl ControlPlane {
                     args,
                 },
             ) {
-                Ok(()) => self.counters.sent.fetch_add(1, Relaxed),
+                Ok(()) => {
+                    self.counters.sent.fetch_add(1, Relaxed);
+                    reached.push(outlet.peer);
+                }
                 // The route died since the actor last looked: it will have news shortly.
-                Err(_) => self.counters.send_failed.fetch_add(1, Relaxed),
-            };
+                Err(_) => {
+                    self.counters.send_failed.fetch_add(1, Relaxed);
+                }
+            }
         }
-        Ok(())
+        Ok(reached)
     }
 
     /// Sends `entries` to every peer with a ready session, split into chunks under the
-    /// message cap; returns the number of chunks. A peer whose ticket is not confirmed yet
-    /// gets them once it is; a peer without a session pulls the registry when it comes up.
-    pub fn announce(&self, entries: &[RegistryEntry]) -> Result<usize, LinkError> {
+    /// message cap. A peer whose ticket is not confirmed yet gets them once it is. Returns
+    /// the chunk count and the peers the chunks went or are queued to; a peer that is not
+    /// among them is not reached through the control plane (the caller sends another way,
+    /// or the peer pulls the registry when its session comes up).
+    pub async fn announce(&self, entries: &[RegistryEntry]) -> Result<Announced, LinkError> {
         let chunks = chunk_entries(entries, self.budget(ANNOUNCE)).map_err(LinkError::Encode)?;
         let n = chunks.len();
-        if n > 0 {
-            self.tell(Msg::Announce(chunks.into_iter().map(Arc::from).collect()))?;
+        if n == 0 {
+            return Ok(Announced::default());
         }
-        Ok(n)
+        let chunks = chunks.into_iter().map(Arc::from).collect();
+        let peers = ractor::call!(self.actor, Msg::Announce, chunks)
+            .map_err(|_| LinkError::from(ClusterError::ActorGone))?;
+        Ok(Announced { chunks: n, peers })
     }
 
     /// The peers a status goes to now (session ready, ticket confirmed, route known).
@@ -333,12 +357,6 @@ impl ControlPlane {
     /// by the session's cap) and the ticket.
     fn budget(&self, variant: &str) -> usize {
         self.max_message.saturating_sub(variant.len() + TICKET_LEN)
-    }
-
-    fn tell(&self, msg: Msg) -> Result<(), LinkError> {
-        self.actor
-            .cast(msg)
-            .map_err(|_| ClusterError::ActorGone.into())
     }
 }
 
@@ -436,6 +454,7 @@ struct Outlets(Arc<Mutex<Vec<Outlet>>>);
 
 #[derive(Clone)]
 struct Outlet {
+    peer: NodeName,
     cell: ActorCell,
     ticket: Ticket,
 }
@@ -524,7 +543,7 @@ enum Msg {
     },
     Session(SessionEvent),
     Resync,
-    Announce(Vec<Arc<[u8]>>),
+    Announce(Vec<Arc<[u8]>>, RpcReplyPort<Vec<NodeName>>),
     Confirmed {
         peer: NodeName,
         node_id: u64,
@@ -741,7 +760,7 @@ impl Actor for ControlActor {
         // Whether the peers a status goes to may have changed (not on the hot path).
         let refresh = !matches!(
             msg,
-            Msg::Cast { .. } | Msg::Call { .. } | Msg::Announce(_) | Msg::Linked(_)
+            Msg::Cast { .. } | Msg::Call { .. } | Msg::Announce(..) | Msg::Linked(_)
         );
         match msg {
             Msg::Cast { variant, args } => state.on_cast(&myself, &variant, args),
@@ -753,7 +772,10 @@ impl Actor for ControlActor {
             Msg::Session(SessionEvent::Ready(info)) => state.session_ready(&myself, info),
             Msg::Session(SessionEvent::Down(info)) => state.session_down(&info),
             Msg::Resync => state.resync(&myself),
-            Msg::Announce(chunks) => state.announce(chunks),
+            Msg::Announce(chunks, reply) => {
+                let peers = state.announce(chunks);
+                let _ = reply.send(peers);
+            }
             Msg::Confirmed {
                 peer,
                 node_id,
@@ -887,39 +909,43 @@ impl State {
             .into_iter()
             .filter_map(|(peer, node_id, ticket)| {
                 let cell = self.routes.find(&group(STATUS_FAMILY, &peer), node_id)?;
-                Some(Outlet { cell, ticket })
+                Some(Outlet { peer, cell, ticket })
             })
             .collect();
         *lock(&self.outlets.0) = fresh;
     }
 
-    fn announce(&mut self, chunks: Vec<Arc<[u8]>>) {
+    /// Casts `chunks` to every peer with a session, or queues them until its ticket is
+    /// confirmed; returns the peers reached so. A peer whose route failed, or whose queue is
+    /// full (a handshake that does not finish), is left out for the caller to reach another
+    /// way: nothing is dropped here.
+    fn announce(&mut self, chunks: Vec<Arc<[u8]>>) -> Vec<NodeName> {
         let peers: Vec<NodeName> = self
             .peers
             .iter()
             .filter(|(_, p)| p.session.is_some())
             .map(|(n, _)| n.clone())
             .collect();
+        let mut reached = Vec::with_capacity(peers.len());
         for peer in peers {
             let outbound = self.peers.get(&peer).and_then(|p| p.outbound);
-            match outbound {
-                Some(ticket) => {
-                    for chunk in &chunks {
-                        self.cast(&peer, REGISTRY_FAMILY, ANNOUNCE, signed(&ticket, chunk));
-                    }
-                }
-                None => {
-                    if let Some(p) = self.peers.get_mut(&peer) {
+            let ok = match outbound {
+                Some(ticket) => chunks.iter().all(|chunk| {
+                    self.cast(&peer, REGISTRY_FAMILY, ANNOUNCE, signed(&ticket, chunk))
+                }),
+                None => match self.peers.get_mut(&peer) {
+                    Some(p) if p.queued.len() + chunks.len() <= MAX_QUEUED_CHUNKS => {
                         p.queued.extend(chunks.iter().cloned());
-                        let excess = p.queued.len().saturating_sub(MAX_QUEUED_CHUNKS);
-                        if excess > 0 {
-                            p.queued.drain(..excess);
-                            tracing::warn!(%peer, excess, "dropped queued announcement chunks");
-                        }
+                        true
                     }
-                }
+                    _ => false,
+                },
+            };
+            if ok {
+                reached.push(peer);
             }
         }
+        reached
     }
 
     fn session_ready(&mut self, myself: &ActorRef<Msg>, info: SessionInfo) {

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -47,6 +47,7 @@ pub mod net;
 pub mod peers;
 mod registry_sync;
 
+use control::{ControlConfig, ControlPlane, ControlSink, PeerChange};
 pub use net::PeerNet;
 pub use peers::MemberView;
 use peers::{LoadMeter, MembershipAction, PeerTable};
@@ -56,6 +57,9 @@ pub use registry_sync::RegistrySync;
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(200);
 /// A peer whose last status is older than this is not offered to placement.
 const STATUS_STALE: Duration = Duration::from_secs(2);
+/// With the control plane on, how long a peer whose mesh link came up has to bring its
+/// session up before its registry is pulled over a lane anyway.
+const SESSION_WAIT: Duration = Duration::from_secs(3);
 /// Bound on a status or registry exchange (forwarded MEUs are bounded by the function's own
 /// time limit instead).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,6 +171,9 @@ pub struct ClusterLink {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// ractor_cluster sessions over the peer links (`ractor_sessions`).
     sessions: Option<Sessions>,
+    /// The control plane over `sessions`: statuses, announcements and membership as ractor
+    /// messages. Set once, right after the link starts, when sessions are on.
+    control: OnceLock<ControlPlane>,
     /// Whether this node knows the cluster registry yet.
     sync: Arc<RegistrySync>,
 }
@@ -206,8 +213,9 @@ impl ClusterLink {
             has_peers: !c.peers.is_empty(),
         };
         let peers = c.peers;
+        let peer_names = peers.iter().map(|(n, _)| n.clone()).collect();
         let mesh_sessions = sessions.clone();
-        Ok(Self::with_net(options, node, sessions, move |handler| {
+        let link = Self::with_net(options, node, sessions, move |handler| {
             Box::new(Mesh::start_with_sessions(
                 endpoint,
                 MeshConfig {
@@ -218,7 +226,42 @@ impl ClusterLink {
                 handler,
                 mesh_sessions,
             ))
-        }))
+        });
+        if let Err(e) = link.start_control(peer_names).await {
+            link.shutdown().await;
+            return Err(e);
+        }
+        Ok(link)
+    }
+
+    /// Starts the control plane over the link's sessions, if it has sessions and peers: from
+    /// then on statuses and announcements go to peers with a linked control plane as ractor
+    /// casts, and session membership drives anti-entropy. A peer not linked yet (tickets are
+    /// confirmed a few milliseconds after its session comes up) is reached over a lane.
+    async fn start_control(self: &Arc<Self>, peers: Vec<NodeName>) -> Result<(), LinkError> {
+        // A node without peers has nothing to control.
+        let Some(sessions) = self.sessions.as_ref().filter(|_| !peers.is_empty()) else {
+            return Ok(());
+        };
+        let sink = Arc::new(LinkSink(Arc::downgrade(self)));
+        let control = ControlPlane::start(
+            sessions,
+            sink,
+            ControlConfig {
+                peers,
+                ..ControlConfig::default()
+            },
+        )
+        .await?;
+        if let Err(control) = self.control.set(control) {
+            control.stop().await;
+        }
+        Ok(())
+    }
+
+    /// The control plane, when sessions are on.
+    pub fn control(&self) -> Option<&ControlPlane> {
+        self.control.get()
     }
 
     /// A link over the mesh `net` builds from the handler that serves peers' requests: the
@@ -250,6 +293,7 @@ impl ClusterLink {
                 frame_limit: options.frame_limit,
                 tasks: Mutex::default(),
                 sessions,
+                control: OnceLock::new(),
             }
         });
         let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
@@ -275,32 +319,51 @@ impl ClusterLink {
         for task in lock(&self.tasks).drain(..) {
             task.abort();
         }
+        if let Some(control) = self.control.get() {
+            control.stop().await;
+        }
         self.net.shutdown();
         if let Some(sessions) = &self.sessions {
             sessions.shutdown().await;
         }
     }
 
-    /// Sends registry entries to every connected peer, in the background. A peer that misses
-    /// them (down, or the send fails) catches up by anti-entropy when its link comes up.
+    /// Sends registry entries to every connected peer, in the background: as ractor casts to
+    /// peers with a linked control plane, over a lane to the others. A peer that misses them
+    /// (down, or the send fails) catches up by anti-entropy when its link or session comes up.
     pub fn announce(self: &Arc<Self>, entries: Vec<RegistryEntry>) {
-        let members = self.net.members();
-        for (peer, state) in members {
-            if state != PeerState::Up {
-                continue;
-            }
-            let link = self.clone();
-            let entries = entries.clone();
-            tokio::spawn(async move {
-                match link.control(&peer, PeerRequest::Announce(entries)).await {
-                    Ok(PeerResponse::Ack) => {}
-                    Ok(other) => {
-                        tracing::warn!(%peer, ?other, "peer did not apply an announcement")
+        let link = self.clone();
+        tokio::spawn(async move {
+            let reached = match link.control.get() {
+                Some(control) => match control.announce(&entries).await {
+                    Ok(announced) => announced.peers,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot announce over the control plane");
+                        Vec::new()
                     }
-                    Err(e) => tracing::warn!(%peer, error = %e, "cannot announce to peer"),
+                },
+                None => Vec::new(),
+            };
+            for (peer, state) in link.net.members() {
+                if state != PeerState::Up || reached.contains(&peer) {
+                    continue;
                 }
-            });
-        }
+                let link = link.clone();
+                let entries = entries.clone();
+                tokio::spawn(async move {
+                    match link
+                        .small_exchange(&peer, PeerRequest::Announce(entries))
+                        .await
+                    {
+                        Ok(PeerResponse::Ack) => {}
+                        Ok(other) => {
+                            tracing::warn!(%peer, ?other, "peer did not apply an announcement")
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "cannot announce to peer"),
+                    }
+                });
+            }
+        });
     }
 
     /// The bytes of module `hash`, from `peer`, checked against the hash. Unbounded in time:
@@ -339,7 +402,7 @@ impl ClusterLink {
     /// Pulls `peer`'s registry and applies what is newer (anti-entropy when a link comes up,
     /// which also covers a node that restarted or missed announcements).
     async fn sync_registry(&self, peer: &NodeName) -> Result<usize, LinkError> {
-        let entries = match self.control(peer, PeerRequest::Registry).await? {
+        let entries = match self.small_exchange(peer, PeerRequest::Registry).await? {
             PeerResponse::Registry(entries) => entries,
             PeerResponse::Error(error) => {
                 return Err(LinkError::Refused {
@@ -369,7 +432,11 @@ impl ClusterLink {
     }
 
     /// A small request with a short bound.
-    async fn control(&self, peer: &NodeName, req: PeerRequest) -> Result<PeerResponse, LinkError> {
+    async fn small_exchange(
+        &self,
+        peer: &NodeName,
+        req: PeerRequest,
+    ) -> Result<PeerResponse, LinkError> {
         self.exchange(peer, &req, Some(CONTROL_TIMEOUT)).await
     }
 
@@ -421,11 +488,13 @@ impl ClusterLink {
         let fail = PeerResponse::Error;
         match req {
             PeerRequest::Status(status) => {
+                node.metrics().statuses_via_lane.fetch_add(1, Relaxed);
                 // Keyed by the verified peer name, whatever the status claims.
                 write(&self.peers).on_status(peer, status, now());
                 PeerResponse::Ack
             }
             PeerRequest::Announce(entries) => {
+                node.metrics().announcements_via_lane.fetch_add(1, Relaxed);
                 for entry in entries {
                     if let Err(e) = node.apply_entry(entry, &peer).await {
                         return fail(e);
@@ -516,15 +585,27 @@ async fn publish_status(link: Weak<ClusterLink>) {
         m.status_memory_bytes.store(status.memory_bytes, Relaxed);
         m.status_recent_mean_us
             .store(status.recent_mean_us, Relaxed);
-        let status = PeerRequest::Status(status);
-        let Ok(bytes) = link.encode(&status) else {
-            continue;
+        // Casts to peers with a linked control plane, a lane request to the others.
+        let reached = match link.control.get() {
+            Some(control) => control.publish_status(&status).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot publish a status over the control plane");
+                Vec::new()
+            }),
+            None => Vec::new(),
         };
+        let mut frame = None;
         for (peer, state) in link.net.members() {
-            if state != PeerState::Up {
+            if state != PeerState::Up || reached.contains(&peer) {
                 continue;
             }
-            let Some(exchange) = link.net.request(&peer, bytes.clone()) else {
+            if frame.is_none() {
+                match link.encode(&PeerRequest::Status(status.clone())) {
+                    Ok(bytes) => frame = Some(bytes),
+                    Err(_) => break,
+                }
+            }
+            let Some(bytes) = frame.clone() else { break };
+            let Some(exchange) = link.net.request(&peer, bytes) else {
                 continue;
             };
             // Each send in its own task: a frozen peer must not delay the others' statuses.
@@ -574,12 +655,19 @@ async fn watch_membership(link: Weak<ClusterLink>) {
                 m.rejected_session_streams
                     .store(sessions.rejected_streams(), Relaxed);
             }
+            if let Some(control) = l.control.get() {
+                m.control_refused.store(control.counters().refused, Relaxed);
+            }
         }
         match event {
             Ok(Ok(event)) => {
                 let action = write(&l.peers).on_membership(event.node, event.state, event.at);
                 if let MembershipAction::PullRegistry(peer) = action {
-                    spawn_sync(&link, peer);
+                    if l.control.get().is_some() {
+                        spawn_sync_unless_session(&link, peer);
+                    } else {
+                        spawn_sync(&link, peer);
+                    }
                 }
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
@@ -605,6 +693,72 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),
         }
     });
+}
+
+/// With the control plane on, a session coming up triggers the registry pull
+/// ([`LinkSink::on_membership`]) and a mesh link coming up does not, so one link-up is one
+/// pull (a session that fails is closed with its connection, which is dialled again). As a
+/// safety net, a link that is up [`SESSION_WAIT`] later without a session is pulled from over
+/// a lane all the same. Counted as a pull under way meanwhile, so the sync grace does not end
+/// in between.
+fn spawn_sync_unless_session(link: &Weak<ClusterLink>, peer: NodeName) {
+    let Some(l) = link.upgrade() else { return };
+    let expecting = l.sync.pull_started();
+    let link = link.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(SESSION_WAIT).await;
+        let Some(l) = link.upgrade() else { return };
+        let session_up = l
+            .sessions
+            .as_ref()
+            .is_some_and(|s| s.ready(&peer).is_some());
+        if !session_up && l.net.members().get(&peer) == Some(&PeerState::Up) {
+            spawn_sync(&link, peer);
+        }
+        drop(expecting);
+    });
+}
+
+/// What the control plane delivers, applied to the link: statuses into the peer table,
+/// announced entries into the node, session membership into anti-entropy.
+struct LinkSink(Weak<ClusterLink>);
+
+impl ControlSink for LinkSink {
+    fn on_status(&self, peer: NodeName, status: NodeStatus) {
+        let Some(link) = self.0.upgrade() else { return };
+        if let Some(node) = link.node.upgrade() {
+            node.metrics().statuses_via_session.fetch_add(1, Relaxed);
+        }
+        write(&link.peers).on_status(peer, status, now());
+    }
+
+    fn on_announce(&self, peer: NodeName, entries: Vec<RegistryEntry>) -> LocalFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(node) = self.0.upgrade().and_then(|l| l.node.upgrade()) else {
+                return;
+            };
+            node.metrics()
+                .announcements_via_session
+                .fetch_add(1, Relaxed);
+            for entry in entries {
+                if let Err(e) = node.apply_entry(entry, &peer).await {
+                    tracing::warn!(%peer, error = %e, "cannot apply an announced registry entry");
+                }
+            }
+        })
+    }
+
+    fn on_membership(&self, peer: NodeName, change: PeerChange) {
+        match change {
+            // Casts sent while the session was down are lost: pull what they carried.
+            PeerChange::Up => spawn_sync(&self.0, peer),
+            PeerChange::Down => {
+                if let Some(link) = self.0.upgrade() {
+                    write(&link.peers).forget_status(&peer);
+                }
+            }
+        }
+    }
 }
 
 /// Resident memory of this process (Linux `/proc/self/statm`), 0 when unknown.

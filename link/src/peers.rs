@@ -68,6 +68,11 @@ impl PeerTable {
         self.statuses.insert(peer, (status, now));
     }
 
+    /// Drops `peer`'s status (its control session ended: nothing vouches for it now).
+    pub fn forget_status(&mut self, peer: &NodeName) {
+        self.statuses.remove(peer);
+    }
+
     /// `peer` entered `state` at `at`.
     pub fn on_membership(
         &mut self,

@@ -241,7 +241,8 @@ async fn a_status_reaches_only_the_peer_it_was_sent_to_labelled_by_the_session_n
     assert_eq!(b.control.linked().await.unwrap(), vec![n("a1")]);
 
     // b1 claims to be c1 in its status: the label comes from b1's ticket, from the session.
-    b.control.publish_status(&status("c1", 7)).unwrap();
+    let reached = b.control.publish_status(&status("c1", 7)).unwrap();
+    assert_eq!(reached, vec![n("a1")], "a status goes to linked peers only");
     wait_for("a1 has b1's status", || !a.sink.statuses().is_empty()).await;
     settle().await;
     assert_eq!(a.sink.statuses(), vec![(n("b1"), status("c1", 7))]);
@@ -311,8 +312,10 @@ async fn an_announcement_over_the_cap_arrives_whole_in_chunks_under_it() {
     .await;
     // About 100 bytes an entry: well over the 1 MiB cap in all.
     let entries: Vec<RegistryEntry> = (0..25_000).map(entry).collect();
-    let chunks = a.control.announce(&entries).unwrap();
+    let announced = a.control.announce(&entries).await.unwrap();
+    let chunks = announced.chunks;
     assert!(chunks >= 2, "{chunks} chunk(s)");
+    assert_eq!(announced.peers, vec![n("b3")], "reached (cast or queued)");
     wait_for("every entry applied at b3", || {
         b.sink.announced_entries().len() >= entries.len()
     })

@@ -124,6 +124,17 @@ pub struct Metrics {
     pub rejected_session_streams: AtomicU64,
     /// Registry entries applied from other nodes.
     pub replicated: AtomicU64,
+    /// Peers' statuses received over ractor_cluster sessions (the control plane).
+    pub statuses_via_session: AtomicU64,
+    /// Peers' statuses received over lanes (peers without a linked control plane).
+    pub statuses_via_lane: AtomicU64,
+    /// Announcements (chunks of registry entries) received over ractor_cluster sessions.
+    pub announcements_via_session: AtomicU64,
+    /// Announcements received over lanes.
+    pub announcements_via_lane: AtomicU64,
+    /// Control-plane messages refused: unknown ticket or variant, malformed, oversized, or a
+    /// grant its named granter did not confirm.
+    pub control_refused: AtomicU64,
     /// Placement decisions made by the learned policy (`placement = "learned"`).
     pub placement_learned: AtomicU64,
     /// Placement decisions the learned placement handed to its heuristic fallback (policy
@@ -473,6 +484,35 @@ impl Metrics {
                 v.load(Relaxed)
             );
         }
+        for (name, help, session, lane) in [
+            (
+                "tern_peer_statuses_received_total",
+                "Peers' statuses received, by path: session (ractor control plane) or lane.",
+                &self.statuses_via_session,
+                &self.statuses_via_lane,
+            ),
+            (
+                "tern_peer_announcements_received_total",
+                "Registry announcements (chunks of entries) received from peers, by path.",
+                &self.announcements_via_session,
+                &self.announcements_via_lane,
+            ),
+        ] {
+            counter(&mut out, name, help);
+            for (path, v) in [("session", session), ("lane", lane)] {
+                let _ = writeln!(out, "{name}{{path=\"{path}\"}} {}", v.load(Relaxed));
+            }
+        }
+        counter(
+            &mut out,
+            "tern_control_refused_total",
+            "Control-plane messages refused (bad ticket, malformed, oversized, unconfirmed grant).",
+        );
+        let _ = writeln!(
+            out,
+            "tern_control_refused_total {}",
+            self.control_refused.load(Relaxed)
+        );
         hist(&mut out, "tern_compile_seconds", "Module compile time.");
         self.compile_time
             .render(&mut out, "tern_compile_seconds", "");

@@ -50,6 +50,14 @@
 //! ([`Sessions::call`]). Messages to remote actors are capped on send
 //! ([`SessionConfig::max_message`], 1 MiB): bytes go on data-plane streams.
 //!
+//! **One node per process.** pg groups and actor pids are process-wide, each session
+//! advertises every remotable actor of the process, and every NodeServer numbers its
+//! sessions from 0. With several nodes in one process (tests), [`Sessions::remote_members`]
+//! and [`RemoteGroup`] may therefore return another node's actors (a remote id names the
+//! session number and the pid, not the NodeServer), and pg may keep only one of two refs
+//! with equal ids. Name groups after the node that owns the actor, as tern-link's control
+//! plane does (`tern.status.v1@b`), and do not run two nodes of the same name in one process.
+//!
 //! The files, one layer each:
 //! - this one: [`Sessions`] (starting the NodeServer, attaching a connection, readiness),
 //!   its config and its events;
@@ -347,7 +355,8 @@ impl Sessions {
 
     /// The actors of `peer` in pg group `group`, as seen through the current session with
     /// `peer`. Call again after every [`SessionEvent::Ready`]: refs from an earlier session
-    /// are dead.
+    /// are dead. With several nodes in one process this may include other nodes' actors (see
+    /// "One node per process" in the module doc).
     pub fn remote_members(
         &self,
         peer: &NodeName,

@@ -125,6 +125,16 @@ where
     }
 }
 
+/// Serialises the tests that run a cluster of nodes in this process. ractor's process groups
+/// are process-wide and every session advertises every actor of the process, so two clusters
+/// whose nodes share names (every test here uses a, b, c) would reach each other's control
+/// actors: their messages would be refused (tickets are per node) and statuses lost. One node
+/// per process, as in production, has no such ambiguity.
+pub async fn one_cluster_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
+
 async fn start_three(root: &Path) -> Vec<NodeHandle> {
     start_three_with(root, |_, c| c).await
 }
@@ -154,6 +164,7 @@ async fn start_three_with(
 /// module travelled by hash. Removal on b replicates as a tombstone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     let nodes = start_three(root.path()).await;
     let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
@@ -244,6 +255,7 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
 /// (anti-entropy), and placement fails over to a live node while the owner is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
     let mesh = MeshSockets::bind(3);
@@ -308,6 +320,7 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
 /// (no sync is under way: it reaches no peer); then 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
     let mesh = MeshSockets::bind(3);
@@ -359,6 +372,7 @@ async fn describe_and_remove_answer(addr: SocketAddr, status: u16, code_: &str) 
 /// functions whose limits fit it, even when it owns them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     init_pki(&root.path().join("pki"));
     let mesh = MeshSockets::bind(3);
@@ -451,6 +465,7 @@ fn shipped_checkpoint() -> std::path::PathBuf {
 /// and `c`, and after `c` stops, between `b` and a node that must be masked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_three_with(root.path(), |i, c| Config {
         placement: "learned".into(),
@@ -597,6 +612,7 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
 #[cfg(feature = "online-learning")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn learned_placement_learns_online_behind_its_guard() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     let nodes = start_three_with(root.path(), |_, c| Config {
         placement: "learned".into(),
@@ -681,6 +697,7 @@ async fn learned_placement_learns_online_behind_its_guard() {
 /// throughout the rolling restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     let (pki_dir, ca_key) = (root.join("pki"), root.join("ca.key"));
@@ -791,6 +808,174 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
         .await;
     }
     for n in nodes.into_iter().chain([d]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
+const SESSION: &str = "path=\"session\"";
+const LANE: &str = "path=\"lane\"";
+
+/// Peers' statuses received by `addr`, by path.
+async fn statuses(addr: SocketAddr) -> (f64, f64) {
+    let name = "tern_peer_statuses_received_total";
+    (
+        metric_labelled(addr, name, SESSION).await,
+        metric_labelled(addr, name, LANE).await,
+    )
+}
+
+/// With ractor sessions on (the default), the control plane carries the cluster's control
+/// messages: once the nodes' control actors are linked, every status arrives as a ractor
+/// message and none over a lane, and a deploy reaches the other nodes as an announcement
+/// over the sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn statuses_and_announcements_travel_as_ractor_messages_between_linked_nodes() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(NodeHandle::addr).collect();
+    // Linked when statuses from both peers arrive over sessions (one a tick from each).
+    for &addr in &addrs {
+        eventually(
+            "statuses over sessions",
+            Duration::from_secs(20),
+            || async { (statuses(addr).await.0 >= 4.0).then_some(()) },
+        )
+        .await;
+    }
+    // Tickets are confirmed in both directions a moment after statuses start to flow one
+    // way; wait out that moment, then watch a second (5 status intervals per peer).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut before = Vec::new();
+    for &addr in &addrs {
+        before.push(statuses(addr).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, &addr) in addrs.iter().enumerate() {
+        let (session, lane) = statuses(addr).await;
+        assert!(
+            session - before[i].0 >= 6.0,
+            "{}: {} statuses over sessions in a second",
+            NAMES[i],
+            session - before[i].0
+        );
+        assert_eq!(lane, before[i].1, "{}: a status came over a lane", NAMES[i]);
+    }
+
+    let f = name_owned_by("b");
+    let r = request(
+        addrs[0],
+        Method::PUT,
+        &format!("/v1/functions/{f}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let announcements = "tern_peer_announcements_received_total";
+    for &addr in &addrs[1..] {
+        eventually("deploy announced", Duration::from_secs(10), || async {
+            let r = request(
+                addr,
+                Method::GET,
+                &format!("/v1/functions/{f}"),
+                Bytes::new(),
+            )
+            .await;
+            (r.status == 200).then_some(())
+        })
+        .await;
+        assert!(metric_labelled(addr, announcements, SESSION).await >= 1.0);
+        assert_eq!(metric_labelled(addr, announcements, LANE).await, 0.0);
+    }
+    // And the function runs where placement put it, from the statuses that came by session.
+    eventually("c forwards to b", Duration::from_secs(10), || async {
+        let r = invoke(addrs[2], &f, "ping").await;
+        (r.status == 200 && r.header("x-tern-node") == Some("b")).then_some(())
+    })
+    .await;
+    for &addr in &addrs {
+        assert_eq!(metric(addr, "tern_control_refused_total").await, 0.0);
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// With ractor sessions off on every node, lanes carry what the control plane would:
+/// statuses and announcements arrive over lanes, and members that come up later pull the
+/// registry when their mesh link comes up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_sessions_lanes_carry_statuses_announcements_and_registry_pulls() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    init_pki(&root.path().join("pki"));
+    let mesh = MeshSockets::bind(3);
+    let plain = |i: usize| Config {
+        ractor_sessions: false,
+        ..member_config(root.path(), i, &mesh)
+    };
+    // c starts alone and gets a function before anyone else is up.
+    let c = mesh.start(2, plain(2)).await;
+    let early = name_owned_by("c");
+    let r = request(
+        c.addr(),
+        Method::PUT,
+        &format!("/v1/functions/{early}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let a = mesh.start(0, plain(0)).await;
+    let b = mesh.start(1, plain(1)).await;
+    for addr in [a.addr(), b.addr(), c.addr()] {
+        wait_all_up(addr, Duration::from_secs(20)).await;
+    }
+    // a and b learn c's function by pulling c's registry when their links come up.
+    for addr in [a.addr(), b.addr()] {
+        eventually("pulled from c", Duration::from_secs(20), || async {
+            let r = invoke(addr, &early, "x").await;
+            (r.status == 200).then_some(())
+        })
+        .await;
+    }
+    for addr in [a.addr(), b.addr(), c.addr()] {
+        eventually("statuses over lanes", Duration::from_secs(20), || async {
+            let (session, lane) = statuses(addr).await;
+            assert_eq!(session, 0.0, "no sessions, no control plane");
+            (lane >= 6.0).then_some(())
+        })
+        .await;
+    }
+    let late = name_owned_by("a");
+    let r = request(
+        a.addr(),
+        Method::PUT,
+        &format!("/v1/functions/{late}"),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let announcements = "tern_peer_announcements_received_total";
+    for addr in [b.addr(), c.addr()] {
+        eventually(
+            "late deploy replicated",
+            Duration::from_secs(10),
+            || async {
+                let r = request(
+                    addr,
+                    Method::GET,
+                    &format!("/v1/functions/{late}"),
+                    Bytes::new(),
+                )
+                .await;
+                (r.status == 200).then_some(())
+            },
+        )
+        .await;
+        assert!(metric_labelled(addr, announcements, LANE).await >= 1.0);
+        assert_eq!(metric_labelled(addr, announcements, SESSION).await, 0.0);
+    }
+    for n in [a, b, c] {
         n.shutdown().await.unwrap();
     }
 }

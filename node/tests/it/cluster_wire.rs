@@ -13,7 +13,9 @@ use hyper::Method;
 use tern_node::Config;
 use tokio::net::UdpSocket;
 
-use crate::cluster::{MeshSockets, eventually, init_pki, member_config, name_owned_by};
+use crate::cluster::{
+    MeshSockets, eventually, init_pki, member_config, name_owned_by, one_cluster_at_a_time,
+};
 use crate::support::*;
 
 /// A UDP relay in front of `target` for one dialler. Each datagram, either way, is dropped
@@ -84,6 +86,7 @@ fn next(s: &mut u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forwarding_survives_loss_delay_and_reordering_and_a_dead_link_is_replaced_not_hung() {
+    let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     init_pki(&root.join("pki"));

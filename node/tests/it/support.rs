@@ -120,6 +120,16 @@ pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// The value of `name` with exactly the labels `labels` (`path="session"`), 0 when absent.
+pub async fn metric_labelled(addr: SocketAddr, name: &str, labels: &str) -> f64 {
+    let resp = request(addr, Method::GET, "/metrics", Bytes::new()).await;
+    assert_eq!(resp.status, 200);
+    tern_bench::prom::samples(std::str::from_utf8(&resp.body).expect("utf-8 metrics"))
+        .filter(|s| s.name == name && s.labels == labels)
+        .map(|s| s.value)
+        .sum()
+}
+
 pub async fn conn(addr: SocketAddr) -> HttpConn {
     HttpConn::connect(addr).await.expect("connect")
 }
