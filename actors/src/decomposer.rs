@@ -12,11 +12,11 @@ use crate::decompose::{MapPlan, join_map, plan_map};
 use crate::delivery::send_until_answered;
 use crate::scheduler::SchedulerMsg;
 use crate::{ActorKind, Error, Invocation, Outcome, Reply, Services};
-use tern_runtime::{Meu, Timings};
+use tern_runtime::{Lease, Meu, Timings};
 
 pub enum DecomposerMsg {
-    /// A `map` invocation to split, run and join.
-    Map(Invocation, Reply),
+    /// A `map` invocation to split, run and join; each of its MEUs holds the lease.
+    Map(Invocation, Lease, Reply),
 }
 impl ractor::Message for DecomposerMsg {}
 
@@ -41,21 +41,33 @@ impl Actor for Decomposer {
         msg: Self::Msg,
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let DecomposerMsg::Map(inv, reply) = msg;
+        let DecomposerMsg::Map(inv, lease, reply) = msg;
         let cost = services.cost_of(inv.function.as_str());
         match plan_map(&inv.input, cost, services.config.map_parallelism) {
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
             Ok(plan) => {
-                tokio::spawn(run_map(services.clone(), inv, plan, reply));
+                let services = services.clone();
+                tokio::spawn(async move {
+                    // A caller that goes away cancels the chunks not answered yet.
+                    let join = run_map(services, inv, plan, lease);
+                    crate::message::answer_unless_abandoned(reply, join).await;
+                });
             }
         }
         Ok(())
     }
 }
 
-async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply: Reply) {
+/// Runs the chunks of `plan` and joins their outputs. Dropped, it aborts the chunks still
+/// running, and their MEUs are cancelled.
+async fn run_map(
+    services: Arc<Services>,
+    inv: Invocation,
+    plan: MapPlan,
+    lease: Lease,
+) -> Result<Outcome, Error> {
     let sizes: Vec<usize> = plan.chunks.iter().map(|c| c.items).collect();
     let handles: Vec<_> = plan
         .chunks
@@ -63,12 +75,15 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
         .enumerate()
         .map(|(i, chunk)| {
             let meu = Meu {
-                request_id: format!("{}.{i}", inv.request_id).into(),
-                function: inv.function.clone(),
-                input: Bytes::from(chunk.input),
-                items: chunk.items,
+                lease: Some(lease.clone()),
+                ..Meu::new(
+                    format!("{}.{i}", inv.request_id),
+                    inv.function.clone(),
+                    Bytes::from(chunk.input),
+                    chunk.items,
+                )
             };
-            tokio::spawn(dispatch_until_answered(services.clone(), meu))
+            AbortOnDrop(tokio::spawn(dispatch_until_answered(services.clone(), meu)))
         })
         .collect();
     let mut outputs = Vec::with_capacity(handles.len());
@@ -76,8 +91,8 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
     let mut timings = Timings::default();
     let mut node: Arc<str> = services.config.node_name.as_str().into();
     let mut first_error = None;
-    for h in handles {
-        match h.await {
+    for mut h in handles {
+        match (&mut h.0).await {
             Ok(Ok(o)) => {
                 cold_start |= o.cold_start;
                 timings.load_us += o.timings.load_us;
@@ -95,7 +110,7 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
             }
         }
     }
-    let result = match first_error {
+    match first_error {
         Some(e) => Err(e),
         None => join_map(&sizes, &outputs).map(|joined| Outcome {
             output: Bytes::from(joined),
@@ -104,8 +119,16 @@ async fn run_map(services: Arc<Services>, inv: Invocation, plan: MapPlan, reply:
             timings,
             node,
         }),
-    };
-    let _ = reply.send(result);
+    }
+}
+
+/// A chunk's task, aborted if the map is dropped before it is joined.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Dispatches one MEU of a map, re-sending it if the scheduler or runtime pool dies holding it.

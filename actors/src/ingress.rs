@@ -12,10 +12,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::decomposer::DecomposerMsg;
 use crate::delivery::forward;
 use crate::{ActorKind, Invocation, Reply, Services};
+use tern_runtime::Lease;
 
 pub enum IngressMsg {
-    /// A `map` invocation, admitted by the Pipeline.
-    SubmitMap(Invocation, Reply),
+    /// A `map` invocation, admitted by the Pipeline, with the lease its MEUs hold.
+    SubmitMap(Invocation, Lease, Reply),
 }
 impl ractor::Message for IngressMsg {}
 
@@ -40,13 +41,13 @@ impl Actor for Ingress {
         msg: Self::Msg,
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let IngressMsg::SubmitMap(inv, reply) = msg;
+        let IngressMsg::SubmitMap(inv, lease, reply) = msg;
         // If the Decomposer is down, the message (and its reply channel) is dropped here and
         // the Pipeline re-submits once it is back.
         forward(
             services,
             ActorKind::Decomposer,
-            DecomposerMsg::Map(inv, reply),
+            DecomposerMsg::Map(inv, lease, reply),
         );
         Ok(())
     }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tern_runtime::{Meu, Timings};
+use std::time::Instant;
+
+use tern_runtime::{Lease, Meu, Timings};
 use tern_wire::FunctionName;
 use tokio::sync::oneshot;
 
@@ -20,13 +22,15 @@ pub struct Invocation {
     pub map: bool,
 }
 
-/// The one MEU of a plain (not `map`) invocation.
-pub(crate) fn single_meu(inv: Invocation) -> Meu {
+/// The one MEU of a plain (not `map`) invocation accepted at `accepted_at`, holding `lease`.
+pub(crate) fn single_meu(inv: Invocation, accepted_at: Instant, lease: Lease) -> Meu {
     Meu {
         request_id: inv.request_id,
         function: inv.function,
         input: inv.input,
         items: 1,
+        accepted_at,
+        lease: Some(lease),
     }
 }
 
@@ -43,5 +47,28 @@ pub struct Outcome {
     pub node: Arc<str>,
 }
 
-/// The reply channel that travels with an invocation through the actor chain.
+/// The reply channel that travels with an invocation through the actor chain. Whoever holds
+/// it while work runs also watches it: once the caller has gone (`closed`), the work is
+/// cancelled, guest included.
 pub type Reply = oneshot::Sender<Result<Outcome, Error>>;
+
+/// Runs `work` and sends its result on `reply`, unless the caller goes away first: then
+/// `work` is dropped (a running guest is cancelled with it) and `false` is returned.
+pub(crate) async fn answer_unless_abandoned<F>(mut reply: Reply, work: F) -> bool
+where
+    F: std::future::Future<Output = Result<Outcome, Error>>,
+{
+    let work = std::pin::pin!(work);
+    let result = tokio::select! {
+        biased;
+        result = work => Some(result),
+        () = reply.closed() => None,
+    };
+    match result {
+        Some(result) => {
+            let _ = reply.send(result);
+            true
+        }
+        None => false,
+    }
+}

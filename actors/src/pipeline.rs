@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-use tern_runtime::Meu;
+use tern_runtime::{Lease, Meu};
 use tern_wire::FunctionName;
 
 use crate::admission::{Admission, Permit};
@@ -82,12 +82,13 @@ impl Pipeline {
         self.invoke_admitted(inv, permit).await
     }
 
-    /// Runs an invocation that already holds an admission permit.
-    pub async fn invoke_admitted(
-        &self,
-        inv: Invocation,
-        _permit: Permit,
-    ) -> Result<Outcome, Error> {
+    /// Runs an invocation that already holds an admission permit. The permit is released
+    /// when the invocation is answered and its last guest has ended, whichever is later; if
+    /// the caller drops this future, its MEUs are cancelled (guests included) and the permit
+    /// goes with the last of them.
+    pub async fn invoke_admitted(&self, inv: Invocation, permit: Permit) -> Result<Outcome, Error> {
+        let accepted_at = Instant::now();
+        let lease: Lease = Arc::new(permit);
         let synced = self.registry_synced();
         let Some(deployed) = self.services.runtime.get(&inv.function) else {
             return Err(self.unknown_function(inv.function, synced));
@@ -99,7 +100,11 @@ impl Pipeline {
             request_id = %inv.request_id,
             map = inv.map
         );
-        let result = tracing::Instrument::instrument(self.submit_until_answered(inv), span).await;
+        let result = tracing::Instrument::instrument(
+            self.submit_until_answered(inv, accepted_at, lease),
+            span,
+        )
+        .await;
         let m = &deployed.metrics;
         m.latency.observe_us(started.elapsed().as_micros() as u64);
         match &result {
@@ -115,8 +120,11 @@ impl Pipeline {
     /// Runs one MEU that another node placed here, on this node (the sender already
     /// decomposed and placed it; placing it again could bounce it between nodes). It runs in
     /// the caller's task: the peer request already has one, so no actor hop is needed.
-    pub async fn execute_for_peer(&self, meu: Meu, _permit: Permit) -> Result<Outcome, Error> {
+    /// The permit is the MEU's lease, held until its guest ends; dropping the future (the
+    /// peer gave up on it) cancels the guest.
+    pub async fn execute_for_peer(&self, mut meu: Meu, permit: Permit) -> Result<Outcome, Error> {
         self.services.metrics.served_for_peers.fetch_add(1, Relaxed);
+        meu.lease = Some(Arc::new(permit));
         crate::runtime_pool::run_meu(&self.services, meu).await
     }
 
@@ -127,16 +135,21 @@ impl Pipeline {
     /// another worker thread; through all four actors, every forwarded request paid such a
     /// wake (about one futex wake and two context switches, `bench/reports/cluster`). A
     /// `map` goes through the Ingress and the Decomposer, which splits it.
-    async fn submit_until_answered(&self, inv: Invocation) -> Result<Outcome, Error> {
+    async fn submit_until_answered(
+        &self,
+        inv: Invocation,
+        accepted_at: Instant,
+        lease: Lease,
+    ) -> Result<Outcome, Error> {
         if !inv.map {
-            let meu = single_meu(inv);
+            let meu = single_meu(inv, accepted_at, lease);
             return send_until_answered(&self.services, ActorKind::Scheduler, |reply| {
                 SchedulerMsg::Dispatch(meu.clone(), reply)
             })
             .await;
         }
         send_until_answered(&self.services, ActorKind::Ingress, |reply| {
-            IngressMsg::SubmitMap(inv.clone(), reply)
+            IngressMsg::SubmitMap(inv.clone(), lease.clone(), reply)
         })
         .await
     }

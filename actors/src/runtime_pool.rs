@@ -3,6 +3,7 @@
 //! never waits on WebAssembly.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
@@ -43,9 +44,11 @@ impl Actor for RuntimePool {
             request_id = %meu.request_id,
             items = meu.items
         );
+        // The caller going away cancels the MEU, waiting or running.
         let task = async move {
-            let result = run_meu(&services, meu).await;
-            let _ = reply.send(result);
+            if !crate::message::answer_unless_abandoned(reply, run_meu(&services, meu)).await {
+                services.metrics.abandoned_meus.fetch_add(1, Relaxed);
+            }
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(())

@@ -122,8 +122,15 @@ fn observed_reply(
     let (items, memory_mb, timeout_ms, mean_exec_us) =
         (meu.items, meu.memory_mb, meu.timeout_ms, meu.mean_exec_us);
     let started = Instant::now();
+    let mut reply = reply;
     tokio::spawn(async move {
-        let Ok(result) = rx.await else { return };
+        // Dropping `rx` when the caller has gone passes the cancellation on to the MEU.
+        let result = tokio::select! {
+            biased;
+            result = rx => result,
+            () = reply.closed() => return,
+        };
+        let Ok(result) = result else { return };
         let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         // Timings may come from a peer: saturate rather than trust them to be sane.
         let observed = match &result {
@@ -201,17 +208,26 @@ async fn run_remote(
         run_here(&services, meu, reply);
         return;
     };
-    let placed = run_on_peers(
-        remote.as_ref(),
-        services.placement.as_ref(),
-        &services.metrics,
-        meu,
-        &info,
-        mean_exec_us,
-        nodes,
-        chosen,
-    )
-    .await;
+    let mut reply = reply;
+    // A caller that goes away drops the exchange: the lane is reset and the peer cancels the
+    // MEU it runs.
+    let placed = tokio::select! {
+        biased;
+        placed = run_on_peers(
+            remote.as_ref(),
+            services.placement.as_ref(),
+            &services.metrics,
+            meu,
+            &info,
+            mean_exec_us,
+            nodes,
+            chosen,
+        ) => placed,
+        () = reply.closed() => {
+            services.metrics.abandoned_meus.fetch_add(1, Relaxed);
+            return;
+        }
+    };
     match placed {
         Placed::Here(meu) => run_here(&services, meu, reply),
         Placed::Answered(result) => {

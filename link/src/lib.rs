@@ -60,6 +60,10 @@ const STATUS_STALE: Duration = Duration::from_secs(2);
 /// With the control plane on, how long a peer whose mesh link came up has to bring its
 /// session up before its registry is pulled over a lane anyway.
 const SESSION_WAIT: Duration = Duration::from_secs(3);
+/// A forwarded MEU is answered by the end of its function's time limit (counted from its
+/// admission on the entry node) plus this, for the answer to travel back; past it the
+/// exchange is dropped (the peer cancels the guest) and the answer is a timeout.
+pub const FORWARD_GRACE: Duration = Duration::from_millis(500);
 /// Bound on a status or registry exchange (forwarded MEUs are bounded by the function's own
 /// time limit instead).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -542,9 +546,20 @@ impl Remote for ClusterLink {
         };
         let limit = self.frame_limit;
         let node = node.to_owned();
+        let timeout_ms = info.timeout_ms;
+        let answer_by = meu.accepted_at + Duration::from_millis(timeout_ms.into()) + FORWARD_GRACE;
         Box::pin(async move {
             let answer = match exchange {
-                Ok(exchange) => exchange.await,
+                Ok(exchange) => match tokio::time::timeout_at(answer_by.into(), exchange).await {
+                    Ok(answer) => answer,
+                    Err(_) => {
+                        return Err(tern_actors::remote::RemoteFailure::Failed(
+                            tern_actors::Error::Runtime(tern_runtime::Error::Timeout {
+                                timeout_ms,
+                            }),
+                        ));
+                    }
+                },
                 Err(LinkError::Encode(e)) => {
                     return Err(tern_actors::remote::RemoteFailure::Failed(
                         tern_actors::Error::Encode(e.to_string()),

@@ -272,12 +272,7 @@ fn local_view(name: &str) -> NodeView {
 }
 
 fn meu(id: &str, f: &FunctionInfo) -> Meu {
-    Meu {
-        request_id: id.into(),
-        function: f.name.clone(),
-        input: Bytes::from(id.to_owned()),
-        items: 1,
-    }
+    Meu::new(id, f.name.clone(), Bytes::from(id.to_owned()), 1)
 }
 
 /// Runs `meu` from `from` the way its SchedulerAgent does once placement chose `chosen`.

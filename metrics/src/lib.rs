@@ -111,6 +111,8 @@ pub struct Metrics {
     pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
     pub forwarded: AtomicU64,
+    /// MEUs cancelled because their caller went away before the answer (waiting or running).
+    pub abandoned_meus: AtomicU64,
     /// MEUs this node ran for another node.
     pub served_for_peers: AtomicU64,
     /// MEUs run again elsewhere because the node running them was lost or refused them.
@@ -423,6 +425,11 @@ impl Metrics {
                 "tern_forwarded_meus_total",
                 "MEUs sent to another node to run.",
                 self.forwarded.load(Relaxed),
+            ),
+            (
+                "tern_abandoned_meus_total",
+                "MEUs cancelled, waiting or running, because their caller went away.",
+                self.abandoned_meus.load(Relaxed),
             ),
             (
                 "tern_served_for_peers_total",

@@ -111,12 +111,12 @@ impl App {
         if meu.attempt > 1 {
             tracing::info!(request_id = %meu.request_id, attempt = meu.attempt, "running a re-placed MEU");
         }
-        let local = Meu {
-            request_id: meu.request_id.into(),
-            function: meu.function,
-            input: Bytes::from(meu.input),
-            items: meu.items as usize,
-        };
+        let local = Meu::new(
+            meu.request_id,
+            meu.function,
+            Bytes::from(meu.input),
+            meu.items as usize,
+        );
         match self.pipeline.execute_for_peer(local, permit).await {
             Ok(o) => PeerResponse::Executed(RemoteOutcome {
                 output: o.output.to_vec(),

@@ -22,6 +22,15 @@ pub enum Error {
     OutputTooLarge { limit: usize },
     #[error("invocation exceeded its time limit of {timeout_ms} ms")]
     Timeout { timeout_ms: u32 },
+    /// Every instance slot stayed busy until the function's time limit (which runs from
+    /// acceptance) was spent waiting: overload, answered with 429 like a full queue.
+    #[error(
+        "no instance slot became free within the function's time limit ({waited_ms} ms waited; all {slots} slots busy)"
+    )]
+    NoInstanceSlot { waited_ms: u64, slots: u32 },
+    /// wasmtime's instance pool refused an instance although a slot was granted.
+    #[error("the instance pool is full: {0}")]
+    InstancePoolFull(String),
     /// The node is stopping: its compile or instance pool is closed.
     #[error("the {0} pool is closed: the node is stopping")]
     PoolClosed(&'static str),
@@ -49,6 +58,7 @@ impl Error {
             Error::GuestExit { .. } => ErrorCode::GuestError,
             Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
             Error::Timeout { .. } => ErrorCode::Timeout,
+            Error::NoInstanceSlot { .. } | Error::InstancePoolFull(_) => ErrorCode::Overloaded,
             Error::PoolClosed(_) => ErrorCode::Unavailable,
             Error::ArtifactIo(_)
             | Error::EngineSetup(_)

@@ -108,6 +108,11 @@ pub struct Deployed {
     pub metrics: Arc<FunctionMetrics>,
 }
 
+/// Something an MEU holds for exactly as long as its guest holds an instance slot, so that
+/// its owner learns from the drop that the guest is gone: the node's admission permit, so a
+/// caller that goes away cannot free a place in the queue while its guest still runs.
+pub type Lease = Arc<dyn std::any::Any + Send + Sync>;
+
 /// One minimum execution unit.
 #[derive(Clone, Debug)]
 pub struct Meu {
@@ -116,6 +121,31 @@ pub struct Meu {
     pub input: Bytes,
     /// Items of a `map` input in this unit (1 for a plain call).
     pub items: usize,
+    /// When the unit was accepted (the invocation's admission, or the map chunk's creation):
+    /// the function's time limit runs from here, through the wait for an instance slot.
+    pub accepted_at: Instant,
+    /// Held until the guest ends (see [`Lease`]).
+    pub lease: Option<Lease>,
+}
+
+impl Meu {
+    /// An MEU accepted now, without a lease.
+    pub fn new(
+        request_id: impl Into<Arc<str>>,
+        function: FunctionName,
+        input: Bytes,
+        items: usize,
+    ) -> Self {
+        Self {
+            request_id: request_id.into(),
+            function,
+            input,
+            items,
+            // tokio's clock: the real one in a node, the paused one in tests that pause it.
+            accepted_at: tokio::time::Instant::now().into_std(),
+            lease: None,
+        }
+    }
 }
 
 /// Where the time of one MEU went (the terms of the paper's Eq. 3), in microseconds.
@@ -440,10 +470,23 @@ impl Runtime {
             }
         };
 
+        // The time limit runs from acceptance: waiting for a slot is part of it, and a unit
+        // that finds none in time is refused as overload, not run late.
+        let deadline = meu.accepted_at + sandbox.timeout;
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
-        let slot = self.instance_slots.clone().acquire_owned().await;
+        let slot =
+            tokio::time::timeout_at(deadline.into(), self.instance_slots.clone().acquire_owned())
+                .await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
-        let slot = slot.map_err(|_| Error::PoolClosed("instance"))?;
+        let slot = match slot {
+            Ok(slot) => slot.map_err(|_| Error::PoolClosed("instance"))?,
+            Err(_) => {
+                return Err(Error::NoInstanceSlot {
+                    waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
+                    slots: self.cfg.max_instances,
+                });
+            }
+        };
 
         let stdout = CappedPipe::new(sandbox.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();
@@ -468,7 +511,6 @@ impl Runtime {
             },
         );
         store.limiter(|s| &mut s.limits);
-        let deadline = Instant::now() + sandbox.timeout;
         // Ticks are wall-clock, so a tick passing does not mean the guest used the CPU: on a
         // busy machine the OS may simply have preempted it. A guest yields (and so moves to the
         // slow lane) only once it has itself burnt a full slice of CPU time; until then it
@@ -494,22 +536,29 @@ impl Runtime {
         let host_metrics = self.metrics.clone();
         // Epochs advance only while some guest holds one of these (an idle ticker parks).
         let ticking = self.ticker.guest_running();
+        let lease = meu.lease;
         let guest = async move {
-            let _slot = slot;
+            // The store goes back to the pool before the slot is released (field order), so
+            // the next unit to get the slot finds a pooled instance free.
+            let mut held = Held {
+                store,
+                _slot: slot,
+                _lease: lease,
+            };
             let _ticking = ticking;
             host_metrics.executing.fetch_add(1, Relaxed);
             let _executing = DecrementOnDrop(&host_metrics.executing);
             let inst_start = Instant::now();
             let instance = pre
-                .instantiate_async(&mut store)
+                .instantiate_async(&mut held.store)
                 .await
-                .map_err(|e| Error::GuestTrap(format!("instantiation failed: {e:#}")))?;
+                .map_err(instantiation_error)?;
             let inst_us = inst_start.elapsed().as_micros() as u64;
             let start = instance
-                .get_typed_func::<(), ()>(&mut store, "_start")
+                .get_typed_func::<(), ()>(&mut held.store, "_start")
                 .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
             let exec_start = Instant::now();
-            let result = start.call_async(&mut store, ()).await;
+            let result = start.call_async(&mut held.store, ()).await;
             Ok((result, inst_us, exec_start.elapsed().as_micros() as u64))
         };
         let moved_metrics = self.metrics.clone();
@@ -553,6 +602,27 @@ impl Runtime {
             cold_start,
             timings,
         })
+    }
+}
+
+/// What a running guest holds, dropped in this order: its store (the pooled instance goes
+/// back to wasmtime's pool), then its instance slot, then its lease. Released the other way
+/// round, a unit woken by the free slot could find the pool still full.
+struct Held {
+    store: Store<HostState>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+    _lease: Option<Lease>,
+}
+
+/// An instantiation failure: the pool being full is overload (a slot was granted, so this
+/// should not happen), anything else is the guest's (its start section trapped, say).
+fn instantiation_error(e: wasmtime::Error) -> Error {
+    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+        .is_some()
+    {
+        Error::InstancePoolFull(format!("{e:#}"))
+    } else {
+        Error::GuestTrap(format!("instantiation failed: {e:#}"))
     }
 }
 

@@ -65,7 +65,14 @@ where
                 return Err(e);
             }
         };
-        let response = handler(request).await;
+        // A requester that gives up resets the lane (STOP_SENDING reaches us): the work is
+        // dropped, a running guest with it, rather than finished for nobody.
+        let stopped = send.stopped();
+        let response = tokio::select! {
+            biased;
+            response = handler(request) => response,
+            _ = stopped => return Ok(()),
+        };
         match encode_frame(&response, cfg.max_frame) {
             Ok(frame) => send.write_all(&frame).await?,
             Err(e) => {

@@ -979,3 +979,50 @@ async fn without_sessions_lanes_carry_statuses_announcements_and_registry_pulls(
         n.shutdown().await.unwrap();
     }
 }
+
+/// A caller that goes away cancels its MEU where it runs, on another node too: the entry
+/// node drops the exchange, the lane is reset, and the peer drops the guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    let f = name_owned_among("b", &NAMES, "loop");
+    let r = request(
+        a,
+        Method::PUT,
+        &format!("/v1/functions/{f}?timeout_ms=30000"),
+        wasm("loop"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for addr in [b, c] {
+        eventually("replicated", Duration::from_secs(20), || async {
+            let path = format!("/v1/functions/{f}");
+            (request(addr, Method::GET, &path, Bytes::new()).await.status == 200).then_some(())
+        })
+        .await;
+    }
+    // Three status intervals: c has heard from b that b has the function ready.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let caller = send_invoke(c, &f).await;
+    metric_until(b, "tern_executing", Duration::from_secs(10), |v| v == 1.0).await;
+    assert_eq!(metric(c, "tern_executing").await, 0.0, "placed on b, not c");
+    drop(caller);
+    metric_until(
+        c,
+        "tern_abandoned_meus_total",
+        Duration::from_secs(3),
+        |v| v == 1.0,
+    )
+    .await;
+    metric_until(b, "tern_executing", Duration::from_secs(3), |v| v == 0.0).await;
+    metric_until(b, "tern_queue_in_flight", Duration::from_secs(3), |v| {
+        v == 0.0
+    })
+    .await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -281,3 +281,114 @@ async fn slowloris_connections_are_cut_and_others_are_served() {
     canary(addr).await;
     node.shutdown().await.unwrap();
 }
+
+/// The abandonment attack: callers flood a function that loops for 30 s and go away. Their
+/// guests are cancelled (waiting or running), admission and the instance slots are free
+/// again at once, and the next caller is served; nothing is counted as a guest fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_that_go_away_cancel_their_guests_and_free_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_instances = 4;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    assert_eq!(deploy(addr, "loop", "?timeout_ms=30000").await.status, 201);
+    let mut callers = Vec::new();
+    for _ in 0..12 {
+        callers.push(send_invoke(addr, "loop").await);
+    }
+    // All four slots run a looping guest; the other eight wait for one.
+    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
+        v == 4.0
+    })
+    .await;
+    metric_until(addr, "tern_queue_in_flight", Duration::from_secs(10), |v| {
+        v == 12.0
+    })
+    .await;
+    let left = Instant::now();
+    drop(callers);
+    metric_until(
+        addr,
+        "tern_abandoned_meus_total",
+        Duration::from_secs(3),
+        |v| v == 12.0,
+    )
+    .await;
+    metric_until(addr, "tern_executing", Duration::from_secs(3), |v| v == 0.0).await;
+    metric_until(addr, "tern_queue_in_flight", Duration::from_secs(3), |v| {
+        v == 0.0
+    })
+    .await;
+    assert!(
+        left.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        left.elapsed()
+    );
+    let t0 = Instant::now();
+    canary(addr).await;
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let body = request(addr, Method::GET, "/metrics", Bytes::new())
+        .await
+        .body;
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains("function=\"loop\",outcome=\"guest_trap\""),
+        "an abandoned call was counted as a guest fault"
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// With every instance slot busy, a call waits for one only as long as its function's time
+/// limit (which runs from admission), then gets 429 `overloaded`, never a guest error; and a
+/// slot freed under heavy contention always finds a pooled instance free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_429_within_the_deadline_and_freed_slots_are_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_instances = 2;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    assert_eq!(deploy(addr, "loop", "?timeout_ms=1500").await.status, 201);
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/echo-brief?timeout_ms=200",
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let loopers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { invoke(addr, "loop", "").await }))
+        .collect();
+    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
+        v == 2.0
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = invoke(addr, "echo-brief", "hi").await;
+    let waited = t0.elapsed();
+    assert_eq!(r.status, 429, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(code(&r), "overloaded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(
+        waited >= Duration::from_millis(190) && waited < Duration::from_millis(1000),
+        "waited {waited:?} for a slot with a 200 ms limit"
+    );
+    for l in loopers {
+        let r = l.await.unwrap();
+        assert_eq!((r.status, code(&r).as_str()), (504, "timeout"));
+    }
+    // Two slots, 48 callers at once, three times over: every slot handed on is usable.
+    for _ in 0..3 {
+        let calls: Vec<_> = (0..48)
+            .map(|i| tokio::spawn(async move { invoke(addr, "echo", format!("x{i}")).await }))
+            .collect();
+        for (i, c) in calls.into_iter().enumerate() {
+            let r = c.await.unwrap();
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.body, Bytes::from(format!("x{i}")));
+        }
+    }
+    node.shutdown().await.unwrap();
+}

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::Method;
@@ -160,4 +160,34 @@ pub async fn wait_finished(addr: SocketAddr, id: &str) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     status
+}
+
+/// Opens a connection and sends a whole `POST /v1/functions/{name}/invoke` with an empty body,
+/// without reading the answer: a caller that can walk away.
+pub async fn send_invoke(addr: SocketAddr, name: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST /v1/functions/{name}/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    s
+}
+
+/// Polls `name` in `addr`'s metrics until `ok` holds, or panics after `within`.
+pub async fn metric_until(
+    addr: SocketAddr,
+    name: &str,
+    within: Duration,
+    ok: impl Fn(f64) -> bool,
+) -> f64 {
+    let t0 = Instant::now();
+    loop {
+        let v = metric(addr, name).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(t0.elapsed() < within, "{name} = {v} after {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
