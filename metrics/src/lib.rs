@@ -111,6 +111,8 @@ pub struct Metrics {
     pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
     pub forwarded: AtomicU64,
+    /// HTTP connections answered 429 and closed because a connection cap was reached.
+    pub http_connections_refused: AtomicU64,
     /// MEUs cancelled because their caller went away before the answer (waiting or running).
     pub abandoned_meus: AtomicU64,
     /// MEUs this node ran for another node.
@@ -425,6 +427,11 @@ impl Metrics {
                 "tern_forwarded_meus_total",
                 "MEUs sent to another node to run.",
                 self.forwarded.load(Relaxed),
+            ),
+            (
+                "tern_http_connections_refused_total",
+                "HTTP connections answered 429 and closed: max_connections or max_connections_per_ip reached.",
+                self.http_connections_refused.load(Relaxed),
             ),
             (
                 "tern_abandoned_meus_total",

@@ -159,8 +159,20 @@ impl IdGen {
         }
     }
 
+    /// A request id: unique on this node, cheap, and not a secret (a caller may also choose
+    /// its own with `x-tern-request-id`).
     pub fn next(&self) -> InvocationId {
         InvocationId::from_parts(self.prefix, self.seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An async invocation's id: 128 random bits from the OS, so that knowing one id says
+    /// nothing about any other (the id is what reads the result back).
+    pub fn unguessable(&self) -> Result<InvocationId, NodeError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).map_err(|e| NodeError::Randomness(e.to_string()))?;
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        hex.parse()
+            .map_err(|e: tern_wire::WireError| NodeError::Randomness(e.to_string()))
     }
 }
 
@@ -394,12 +406,25 @@ impl App {
         map: bool,
     ) -> Result<InvocationId, NodeError> {
         let permit = self.pipeline.admit()?;
+        self.accept_async_admitted(function, input, map, permit)
+            .await
+    }
+
+    /// [`App::accept_async`] for a caller that already holds an admission permit (the HTTP
+    /// front door admits before it reads the body).
+    pub async fn accept_async_admitted(
+        self: &Arc<Self>,
+        function: FunctionName,
+        input: Bytes,
+        map: bool,
+        permit: Permit,
+    ) -> Result<InvocationId, NodeError> {
         let synced = self.pipeline.registry_synced();
         if self.services().runtime.get(&function).is_none() {
             return Err(self.pipeline.unknown_function(function, synced).into());
         }
         let record = InvocationRecord {
-            id: self.ids.next(),
+            id: self.ids.unguessable()?,
             function,
             map,
             status: InvocationStatus::Pending,

@@ -72,6 +72,15 @@ pub struct Config {
     pub result_ttl_secs: u64,
     /// Idle keep-alive connections and slow request headers are cut after this long.
     pub header_read_timeout_ms: u64,
+    /// A request body must arrive within this long, plus its length at
+    /// `min_body_bytes_per_sec`; past it the answer is 408 `request_timeout`.
+    pub body_read_timeout_ms: u64,
+    /// The slowest body upload accepted beyond `body_read_timeout_ms`.
+    pub min_body_bytes_per_sec: u64,
+    /// Open HTTP connections; more are answered 429 `overloaded` and closed at once.
+    pub max_connections: usize,
+    /// Open HTTP connections from one IP address; more are answered 429 and closed at once.
+    pub max_connections_per_ip: usize,
 
     // --- cluster; all off by default, so `tern up` alone is a single node ---
     /// Directory written by `tern cluster init` (`ca.pem`, `<node>.pem`, `<node>.key`).
@@ -160,6 +169,10 @@ impl Default for Config {
             map_parallelism: 0,
             result_ttl_secs: 3600,
             header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            min_body_bytes_per_sec: 64 << 10,
+            max_connections: 16_384,
+            max_connections_per_ip: 4096,
             cluster_dir: None,
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7900)),
             peers: Vec::new(),
@@ -230,6 +243,12 @@ impl Config {
         }
         if self.epoch_tick_us == 0 {
             return bad("epoch_tick_us must be at least 1");
+        }
+        if self.max_connections == 0 || self.max_connections_per_ip == 0 {
+            return bad("max_connections and max_connections_per_ip must be at least 1");
+        }
+        if self.body_read_timeout_ms == 0 || self.min_body_bytes_per_sec == 0 {
+            return bad("body_read_timeout_ms and min_body_bytes_per_sec must be at least 1");
         }
         if self.node_name.is_empty() {
             return bad("node_name must not be empty");

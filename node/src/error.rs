@@ -23,6 +23,12 @@ pub enum NodeError {
     BadRequest(String),
     #[error("request body over the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
+    /// The body did not arrive within its deadline (a slow or stalled upload).
+    #[error("the request body did not arrive within {allowed_ms} ms")]
+    BodyTimeout { allowed_ms: u64 },
+    /// No randomness for an unguessable id.
+    #[error("cannot draw random bytes: {0}")]
+    Randomness(String),
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -55,6 +61,9 @@ impl NodeError {
                 ApiError::new(ErrorCode::PayloadTooLarge, self.to_string())
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
+            NodeError::BodyTimeout { .. } => {
+                ApiError::new(ErrorCode::RequestTimeout, self.to_string())
+            }
             NodeError::MethodNotAllowed => {
                 ApiError::new(ErrorCode::MethodNotAllowed, self.to_string())
             }
@@ -62,6 +71,7 @@ impl NodeError {
             | NodeError::Store(_)
             | NodeError::Bind { .. }
             | NodeError::Spawn(_)
+            | NodeError::Randomness(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)
             | NodeError::Link(_)

@@ -32,8 +32,12 @@ type Body = Full<Bytes>;
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
     let header_timeout = Duration::from_millis(app.config.header_read_timeout_ms);
     let mut connections = tokio::task::JoinSet::new();
+    let open = Arc::new(OpenConnections::new(
+        app.config.max_connections,
+        app.config.max_connections_per_ip,
+    ));
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => {
@@ -47,12 +51,21 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
+        let Some(counted) = open.admit(peer.ip()) else {
+            refuse_connection(&stream);
+            app.services()
+                .metrics
+                .http_connections_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         let mut shutdown = shutdown.clone();
         // hyper passes the request body to the service inside this task, which wakes the
         // task while it runs: poll again at once rather than through the scheduler.
         connections.spawn(RepollOnSelfWake::new(async move {
+            let _counted = counted;
             let service = service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(app, req).await) }
@@ -162,8 +175,10 @@ fn query_flag(q: &HashMap<String, String>, key: &str) -> Result<bool, NodeError>
 }
 
 /// Reads the whole body, refusing it as soon as it is known to exceed `limit` — from the
-/// Content-Length header before reading anything, or while streaming otherwise.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeError> {
+/// Content-Length header before reading anything, or while streaming otherwise — and
+/// within its deadline: `body_read_timeout_ms` plus its declared length (else `limit`) at
+/// `min_body_bytes_per_sec`, so a stalled or trickling upload cannot hold the request.
+async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -172,7 +187,16 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeEr
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(NodeError::BodyTooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let c = &app.config;
+    let expected = declared.unwrap_or(limit as u64);
+    let allowed_ms = c
+        .body_read_timeout_ms
+        .saturating_add(expected.saturating_mul(1000) / c.min_body_bytes_per_sec);
+    let read = Limited::new(req.into_body(), limit).collect();
+    let collected = tokio::time::timeout(Duration::from_millis(allowed_ms), read)
+        .await
+        .map_err(|_| NodeError::BodyTimeout { allowed_ms })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(NodeError::BodyTooLarge { limit })
@@ -181,6 +205,72 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeEr
             "cannot read the request body: {e}"
         ))),
     }
+}
+
+/// Open HTTP connections, in all and per IP address, against their caps.
+struct OpenConnections {
+    max: usize,
+    max_per_ip: usize,
+    counts: std::sync::Mutex<(usize, HashMap<std::net::IpAddr, usize>)>,
+}
+
+impl OpenConnections {
+    fn new(max: usize, max_per_ip: usize) -> Self {
+        Self {
+            max,
+            max_per_ip,
+            counts: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Counts a new connection from `ip`, or `None` if a cap is reached.
+    fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<CountedConnection> {
+        let mut counts = tern_sync::poison::lock(&self.counts);
+        let from_ip = counts.1.get(&ip).copied().unwrap_or(0);
+        if counts.0 >= self.max || from_ip >= self.max_per_ip {
+            return None;
+        }
+        counts.0 += 1;
+        counts.1.insert(ip, from_ip + 1);
+        Some(CountedConnection {
+            open: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection; uncounted when its task ends.
+struct CountedConnection {
+    open: Arc<OpenConnections>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for CountedConnection {
+    fn drop(&mut self) {
+        let mut counts = tern_sync::poison::lock(&self.open.counts);
+        counts.0 = counts.0.saturating_sub(1);
+        if let Some(n) = counts.1.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection over a cap with 429 `overloaded` and closes it, without waiting: the
+/// answer is written only if the socket takes it at once.
+fn refuse_connection(stream: &tokio::net::TcpStream) {
+    let body = ApiError::new(
+        ErrorCode::Overloaded,
+        "too many open connections; retry later",
+    )
+    .to_json();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
 }
 
 async fn deploy(
@@ -192,7 +282,7 @@ async fn deploy(
     let q = query(&req);
     let timeout_ms = query_u32(&q, "timeout_ms")?;
     let memory_mb = query_u32(&q, "memory_mb")?;
-    let bytes = read_body(req, app.config.max_module_bytes).await?;
+    let bytes = read_body(app, req, app.config.max_module_bytes).await?;
     let info = app.deploy(name, bytes, timeout_ms, memory_mb).await?;
     Ok(json(StatusCode::CREATED, &info))
 }
@@ -235,9 +325,12 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<InvocationId>().ok())
         .unwrap_or_else(|| app.ids.next());
-    let input = read_body(req, app.config.max_body_bytes).await?;
+    // Admitted before the body is read: a full node refuses at once instead of taking in
+    // megabytes it would then refuse.
+    let permit = app.pipeline.admit()?;
+    let input = read_body(app, req, app.config.max_body_bytes).await?;
     if asynchronous {
-        let id = app.accept_async(name, input, map).await?;
+        let id = app.accept_async_admitted(name, input, map, permit).await?;
         let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
         if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
             resp.headers_mut().insert(LOCATION, v);
@@ -246,12 +339,15 @@ async fn invoke(
     }
     let outcome = app
         .pipeline
-        .invoke(Invocation {
-            request_id: request_id.as_str().into(),
-            function: name,
-            input,
-            map,
-        })
+        .invoke_admitted(
+            Invocation {
+                request_id: request_id.as_str().into(),
+                function: name,
+                input,
+                map,
+            },
+            permit,
+        )
         .await?;
     let mut resp = Response::new(Full::new(outcome.output));
     let h = resp.headers_mut();

@@ -207,10 +207,14 @@ pub enum ErrorCode {
     /// The client API refused the request: no valid tenant token and no client certificate
     /// from the cluster CA.
     Unauthorized,
+    /// The HTTP request body did not arrive in time (`body_read_timeout_ms`, plus its length at
+    /// `min_body_bytes_per_sec`). Only the HTTP front door answers it, so no older peer or
+    /// client is ever sent a code it cannot decode.
+    RequestTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -225,6 +229,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
+        ErrorCode::RequestTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -243,6 +248,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -252,6 +258,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Overloaded => 429,
             ErrorCode::GuestTrap | ErrorCode::GuestError | ErrorCode::Internal => 500,
@@ -415,6 +422,7 @@ mod tests {
         assert_eq!(ErrorCode::Timeout.http_status(), 504);
         assert_eq!(ErrorCode::Unauthorized.http_status(), 401);
         assert_eq!(ErrorCode::Unauthorized.as_str(), "unauthorized");
+        assert_eq!(ErrorCode::RequestTimeout.http_status(), 408);
         for (i, c) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(c.index(), i);
             let json = serde_json::to_string(c).unwrap();

@@ -141,7 +141,7 @@ async fn map_splits_runs_in_parallel_and_joins_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_invocations_are_journaled_and_answered() {
+async fn async_invocations_are_journaled_answered_and_have_unguessable_ids() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(config(dir.path())).await;
     let addr = node.addr();
@@ -162,6 +162,7 @@ async fn async_invocations_are_journaled_and_answered() {
     assert_eq!(status["status"], "succeeded", "{status}");
     assert_eq!(status["result"], "later");
     assert_eq!(status["attempts"], 1);
+    let first_id = id;
 
     // A failing async invocation records its typed error.
     deploy(addr, "trap", "").await;
@@ -180,6 +181,45 @@ async fn async_invocations_are_journaled_and_answered() {
     let status = wait_finished(addr, &id).await;
     assert_eq!(status["status"], "failed");
     assert_eq!(status["error"]["code"], "guest_trap");
+
+    // Ids are 128 random bits: 32 hex digits, and ids taken one after another share no
+    // prefix to walk from.
+    let ids: Vec<String> = {
+        let mut ids = vec![first_id.clone(), id.clone()];
+        for _ in 0..6 {
+            let r = request(
+                addr,
+                Method::POST,
+                "/v1/functions/echo/invoke?mode=async",
+                "x",
+            )
+            .await;
+            assert_eq!(r.status, 202);
+            ids.push(json(&r)["id"].as_str().unwrap().to_owned());
+        }
+        ids
+    };
+    for id in &ids {
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+            "{id}"
+        );
+    }
+    let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len());
+    let common_prefix =
+        |a: &str, b: &str| a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
+    let longest = ids
+        .windows(2)
+        .map(|w| common_prefix(&w[0], &w[1]))
+        .max()
+        .unwrap();
+    assert!(
+        longest < 8,
+        "consecutive ids share {longest} leading digits: {ids:?}"
+    );
 
     let resp = request(
         addr,

@@ -221,7 +221,12 @@ async fn full_queue_answers_429_with_retry_after_and_loses_nothing() {
         metric(addr, "tern_admission_rejected_total").await,
         f64::from(rejected)
     );
-    // The queue recovers once the loopers finish.
+    // The queue recovers once the loopers' guests have ended (a permit is held until then,
+    // which may be a moment after the 504 was sent).
+    metric_until(addr, "tern_queue_in_flight", Duration::from_secs(2), |v| {
+        v == 0.0
+    })
+    .await;
     canary(addr).await;
     node.shutdown().await.unwrap();
 }
@@ -390,5 +395,167 @@ async fn a_full_instance_pool_answers_429_within_the_deadline_and_freed_slots_ar
             assert_eq!(r.body, Bytes::from(format!("x{i}")));
         }
     }
+    node.shutdown().await.unwrap();
+}
+
+/// Reads from `s` until the server closes it (or 3 s pass) and returns what came.
+async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A body that trickles in is cut at its deadline (`body_read_timeout_ms` plus its length at
+/// the minimum rate) with 408 `request_timeout`, and the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_at_its_deadline() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.body_read_timeout_ms = 300;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t0 = Instant::now();
+    s.write_all(
+        b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab",
+    )
+    .await
+    .unwrap();
+    let answer = read_to_close(&mut s).await;
+    let took = t0.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(2000),
+        "{took:?}"
+    );
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
+
+/// Past `max_connections` in all, or `max_connections_per_ip` from one address, a new
+/// connection is answered 429 `overloaded` and closed at once; the open ones are served,
+/// and a place freed is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_caps_are_refused_and_open_ones_are_served() {
+    use tokio::io::AsyncWriteExt;
+    for (max, per_ip) in [(3, 100), (100, 3)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path());
+        cfg.max_connections = max;
+        cfg.max_connections_per_ip = per_ip;
+        let node = start(cfg).await;
+        let addr = node.addr();
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(tern_bench::HttpConn::connect(addr).await.unwrap());
+        }
+        // A fourth is over the cap: answered and closed, whatever it sends.
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let answer = read_to_close(&mut extra).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 429"),
+            "({max}, {per_ip}): {answer}"
+        );
+        assert!(answer.contains("\"overloaded\""), "{answer}");
+        assert_eq!(
+            metric_on(&mut held[0], "tern_http_connections_refused_total").await,
+            1.0
+        );
+        // The held connections are served.
+        for c in &mut held {
+            let r = c
+                .request(
+                    Method::POST,
+                    "/v1/functions/echo/invoke",
+                    &[],
+                    Bytes::from("held"),
+                )
+                .await
+                .unwrap();
+            assert_eq!((r.status, &r.body[..]), (200, &b"held"[..]));
+        }
+        // Closing one frees its place.
+        held.pop();
+        let t0 = Instant::now();
+        loop {
+            let r = tokio::time::timeout(
+                Duration::from_secs(5),
+                tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
+            )
+            .await
+            .unwrap();
+            if matches!(&r, Ok(r) if r.status == 200) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(3),
+                "the place was not freed: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        node.shutdown().await.unwrap();
+    }
+}
+
+/// `/metrics` read over an open connection (a new one might be over the cap).
+async fn metric_on(conn: &mut tern_bench::HttpConn, name: &str) -> f64 {
+    let r = conn
+        .request(Method::GET, "/metrics", &[], Bytes::new())
+        .await
+        .unwrap();
+    tern_bench::prom::sum(std::str::from_utf8(&r.body).unwrap(), name).unwrap_or(0.0)
+}
+
+/// A full node refuses an invocation before reading its body: the 429 comes back at once
+/// even though the body (declared 5 MB) is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_comes_before_the_body_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.queue_cap = 1;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    assert_eq!(deploy(addr, "loop", "?timeout_ms=2000").await.status, 201);
+    let looper = send_invoke(addr, "loop").await;
+    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
+        v == 1.0
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let t0 = Instant::now();
+    s.write_all(
+        b"POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    drop(looper);
     node.shutdown().await.unwrap();
 }
