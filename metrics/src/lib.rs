@@ -111,6 +111,8 @@ pub struct Metrics {
     pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
     pub forwarded: AtomicU64,
+    /// The memory budget of running guests, MiB.
+    pub memory_budget_mb: AtomicU64,
     /// HTTP connections answered 429 and closed because a connection cap was reached.
     pub http_connections_refused: AtomicU64,
     /// MEUs cancelled because their caller went away before the answer (waiting or running).
@@ -371,6 +373,11 @@ impl Metrics {
                 "tern_cluster_peers_up",
                 "Peers this node has a verified connection to.",
                 self.peers_up.load(Relaxed),
+            ),
+            (
+                "tern_memory_budget_mb",
+                "MiB that running guests may claim together (each its function's memory_mb).",
+                self.memory_budget_mb.load(Relaxed) as i64,
             ),
             (
                 "tern_placement_guard_learned_in_charge",

@@ -234,6 +234,12 @@ impl App {
                 self.config.max_memory_mb
             )));
         }
+        // A member that has not pulled the cluster registry yet does not know the version in
+        // force: its deploy could be numbered below it and overwritten by anti-entropy after
+        // it was acknowledged.
+        if !self.pipeline.registry_synced() {
+            return Err(NodeError::NotSynced);
+        }
         let runtime = &self.services().runtime;
         let prepared = runtime.prepare(bytes.clone()).await?;
         let _guard = self.deploy_lock.lock().await;

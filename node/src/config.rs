@@ -61,6 +61,9 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// Guests running at once (pooling allocator slots); more wait for a slot.
     pub max_instances: u32,
+    /// MiB that running guests may claim together (each its function's `memory_mb`); more
+    /// wait, within their time limit. 0 = three quarters of the machine's memory.
+    pub memory_budget_mb: u64,
     pub compile_timeout_ms: u64,
     pub compile_concurrency: usize,
     pub keep_resident_bytes: usize,
@@ -161,6 +164,7 @@ impl Default for Config {
             max_memory_mb: 512,
             max_output_bytes: 16 << 20,
             max_instances: 1000,
+            memory_budget_mb: 0,
             compile_timeout_ms: 60_000,
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
@@ -225,6 +229,35 @@ impl Config {
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The memory budget in force: `memory_budget_mb` if set, else three quarters of
+    /// `mem_total_kib` (the machine's memory), else (memory unknown) enough for every slot at
+    /// the largest size.
+    pub fn memory_budget_mb(&self, mem_total_kib: Option<u64>) -> u64 {
+        if self.memory_budget_mb > 0 {
+            return self.memory_budget_mb;
+        }
+        match mem_total_kib {
+            Some(kib) => kib / 1024 * 3 / 4,
+            None => u64::from(self.max_instances) * u64::from(self.max_memory_mb),
+        }
+    }
+
+    /// Checks the memory budget against the limits: a function of `max_memory_mb` must be able
+    /// to run. Returns, when the slots at the largest size would claim more than the budget,
+    /// how many such guests run at once (the budget, not `max_instances`, is then the cap).
+    pub fn check_memory_budget(&self, budget_mb: u64) -> Result<Option<u64>, ConfigError> {
+        if u64::from(self.max_memory_mb) > budget_mb {
+            return Err(ConfigError::Invalid(format!(
+                "max_memory_mb ({} MiB) is more than the memory budget ({budget_mb} MiB): a \
+                 function of that size could never run; lower max_memory_mb or raise \
+                 memory_budget_mb",
+                self.max_memory_mb
+            )));
+        }
+        let claimed = u64::from(self.max_instances) * u64::from(self.max_memory_mb);
+        Ok((claimed > budget_mb).then(|| budget_mb / u64::from(self.max_memory_mb)))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -525,5 +558,32 @@ mod tests {
                 matches!(online, Err(ConfigError::Invalid(m)) if m.contains("--features online-learning"))
             );
         }
+    }
+
+    #[test]
+    fn the_memory_budget_is_three_quarters_of_the_machine_unless_set_and_fits_the_largest_guest() {
+        let c = Config::default();
+        assert_eq!(c.memory_budget_mb(Some(16 << 20)), 12 << 10);
+        assert_eq!(
+            c.memory_budget_mb(None),
+            u64::from(c.max_instances) * u64::from(c.max_memory_mb)
+        );
+        let set = Config {
+            memory_budget_mb: 4096,
+            ..Config::default()
+        };
+        assert_eq!(set.memory_budget_mb(Some(16 << 20)), 4096);
+        // 1000 slots of 512 MiB would claim 500 GiB: the budget holds 8 at once.
+        assert_eq!(set.check_memory_budget(4096).unwrap(), Some(8));
+        assert_eq!(
+            Config {
+                max_instances: 8,
+                ..Config::default()
+            }
+            .check_memory_budget(4096)
+            .unwrap(),
+            None
+        );
+        assert!(c.check_memory_budget(511).is_err());
     }
 }

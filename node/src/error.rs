@@ -26,6 +26,12 @@ pub enum NodeError {
     /// The body did not arrive within its deadline (a slow or stalled upload).
     #[error("the request body did not arrive within {allowed_ms} ms")]
     BodyTimeout { allowed_ms: u64 },
+    /// A deploy on a cluster member that has not synced the cluster registry yet.
+    #[error(
+        "this node has not synced the cluster registry yet; retry the deploy in a moment \
+         (a deploy now could be numbered below the cluster's version and lost)"
+    )]
+    NotSynced,
     /// No randomness for an unguessable id.
     #[error("cannot draw random bytes: {0}")]
     Randomness(String),
@@ -61,6 +67,7 @@ impl NodeError {
                 ApiError::new(ErrorCode::PayloadTooLarge, self.to_string())
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
+            NodeError::NotSynced => ApiError::new(ErrorCode::Unavailable, self.to_string()),
             NodeError::BodyTimeout { .. } => {
                 ApiError::new(ErrorCode::RequestTimeout, self.to_string())
             }

@@ -213,6 +213,29 @@ async fn call(
         .with_context(|| format!("cannot reach the node at {}", server.server))
 }
 
+/// [`call`], again while the node answers a retryable refusal (`overloaded`, `unavailable`:
+/// a full node, or a cluster member that has not synced the registry yet), with a growing
+/// pause, for up to 30 s.
+async fn call_retrying(
+    server: &Server,
+    method: Method,
+    path: &str,
+    body: Bytes,
+) -> Result<tern_bench::Response> {
+    let give_up = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let resp = call(server, method.clone(), path, body.clone()).await?;
+        let retryable = tern_wire::ApiError::from_json(&resp.body)
+            .is_some_and(|e| e.code.is_retryable() && !(200..300).contains(&resp.status));
+        if !retryable || std::time::Instant::now() + pause > give_up {
+            return Ok(resp);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+    }
+}
+
 /// Prints a successful body, or turns an API error into a non-zero exit.
 fn finish(resp: tern_bench::Response) -> Result<()> {
     if (200..300).contains(&resp.status) {
@@ -342,7 +365,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     sep = '&';
                 }
             }
-            finish(call(&server, Method::PUT, &path, Bytes::from(bytes)).await?)
+            finish(call_retrying(&server, Method::PUT, &path, Bytes::from(bytes)).await?)
         }
         Command::Invoke {
             name,

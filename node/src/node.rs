@@ -118,6 +118,20 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     rt.compile_timeout = Duration::from_millis(config.compile_timeout_ms);
     rt.compile_concurrency = config.compile_concurrency;
     rt.max_instances = config.max_instances;
+    let budget_mb = config.memory_budget_mb(mem_total_kib());
+    if let Some(at_once) = config.check_memory_budget(budget_mb)? {
+        tracing::warn!(
+            budget_mb,
+            max_instances = config.max_instances,
+            max_memory_mb = config.max_memory_mb,
+            "the memory budget holds {at_once} guests of max_memory_mb at once, fewer than \
+             max_instances: larger guests wait for memory (set memory_budget_mb to change it)"
+        );
+    }
+    rt.memory_budget_mb = budget_mb;
+    metrics
+        .memory_budget_mb
+        .store(budget_mb, std::sync::atomic::Ordering::Relaxed);
     rt.max_memory_mb = config.max_memory_mb;
     rt.keep_resident_bytes = config.keep_resident_bytes;
     rt.max_loaded_modules = config.max_loaded_modules;
@@ -298,4 +312,17 @@ async fn deploy_examples(app: &Arc<App>) {
             Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot deploy example"),
         }
     }
+}
+
+/// The machine's memory in KiB (`MemTotal` in `/proc/meminfo`), if it can be read.
+fn mem_total_kib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }

@@ -28,6 +28,16 @@ pub enum Error {
         "no instance slot became free within the function's time limit ({waited_ms} ms waited; all {slots} slots busy)"
     )]
     NoInstanceSlot { waited_ms: u64, slots: u32 },
+    /// Running guests had claimed the memory budget until the function's time limit was
+    /// spent waiting: overload, 429.
+    #[error(
+        "the node's memory budget did not free {memory_mb} MiB within the function's time limit ({waited_ms} ms waited; budget {budget_mb} MiB)"
+    )]
+    NoMemoryBudget {
+        waited_ms: u64,
+        memory_mb: u64,
+        budget_mb: u64,
+    },
     /// wasmtime's instance pool refused an instance although a slot was granted.
     #[error("the instance pool is full: {0}")]
     InstancePoolFull(String),
@@ -58,7 +68,9 @@ impl Error {
             Error::GuestExit { .. } => ErrorCode::GuestError,
             Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
             Error::Timeout { .. } => ErrorCode::Timeout,
-            Error::NoInstanceSlot { .. } | Error::InstancePoolFull(_) => ErrorCode::Overloaded,
+            Error::NoInstanceSlot { .. }
+            | Error::NoMemoryBudget { .. }
+            | Error::InstancePoolFull(_) => ErrorCode::Overloaded,
             Error::PoolClosed(_) => ErrorCode::Unavailable,
             Error::ArtifactIo(_)
             | Error::EngineSetup(_)

@@ -67,6 +67,10 @@ pub struct RuntimeConfig {
     /// Instance slots of the pooling allocator: the most guests running at once. MEUs beyond
     /// this wait for a slot.
     pub max_instances: u32,
+    /// MiB that running guests may claim together: each holds its function's `memory_mb`
+    /// from before it is instantiated until it ends, so the memory guests may commit stays
+    /// within what the machine has. MEUs beyond it wait, within their deadline.
+    pub memory_budget_mb: u64,
     /// The largest `memory_mb` a function may ask for (the size of a pool memory slot).
     pub max_memory_mb: u32,
     /// Bytes of each linear memory kept resident (memset instead of madvise) between uses.
@@ -91,6 +95,7 @@ impl RuntimeConfig {
             compile_timeout: Duration::from_secs(60),
             compile_concurrency: 1,
             max_instances: 1000,
+            memory_budget_mb: 1000 * 512,
             max_memory_mb: 512,
             keep_resident_bytes: 4 << 20,
             max_loaded_modules: 1024,
@@ -193,6 +198,8 @@ pub struct Runtime {
     modules: Mutex<ModuleCache>,
     compile_slots: Arc<Semaphore>,
     instance_slots: Arc<Semaphore>,
+    /// One permit per MiB of `memory_budget_mb`.
+    memory_budget: Arc<Semaphore>,
     lanes: Lanes,
     metrics: Arc<Metrics>,
     ticker: EpochTicker,
@@ -232,6 +239,11 @@ impl Runtime {
         Ok(Arc::new(Self {
             compile_slots: Arc::new(Semaphore::new(cfg.compile_concurrency.max(1))),
             instance_slots: Arc::new(Semaphore::new(cfg.max_instances as usize)),
+            memory_budget: Arc::new(Semaphore::new(
+                usize::try_from(cfg.memory_budget_mb)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
             lanes: Lanes::new(cfg.slow_lane_threads)?,
             cfg,
             engine,
@@ -473,14 +485,21 @@ impl Runtime {
         // The time limit runs from acceptance: waiting for a slot is part of it, and a unit
         // that finds none in time is refused as overload, not run late.
         let deadline = meu.accepted_at + sandbox.timeout;
+        let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1);
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
-        let slot =
-            tokio::time::timeout_at(deadline.into(), self.instance_slots.clone().acquire_owned())
-                .await;
+        let reserved = self.reserve(memory_mb, deadline).await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
-        let slot = match slot {
-            Ok(slot) => slot.map_err(|_| Error::PoolClosed("instance"))?,
-            Err(_) => {
+        let (memory, slot) = match reserved {
+            Ok(held) => held,
+            Err(Reserve::Closed) => return Err(Error::PoolClosed("instance")),
+            Err(Reserve::Memory) => {
+                return Err(Error::NoMemoryBudget {
+                    waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
+                    memory_mb: memory_mb as u64,
+                    budget_mb: self.cfg.memory_budget_mb,
+                });
+            }
+            Err(Reserve::Slot) => {
                 return Err(Error::NoInstanceSlot {
                     waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
                     slots: self.cfg.max_instances,
@@ -543,6 +562,7 @@ impl Runtime {
             let mut held = Held {
                 store,
                 _slot: slot,
+                _memory: memory,
                 _lease: lease,
             };
             let _ticking = ticking;
@@ -606,12 +626,51 @@ impl Runtime {
 }
 
 /// What a running guest holds, dropped in this order: its store (the pooled instance goes
-/// back to wasmtime's pool), then its instance slot, then its lease. Released the other way
-/// round, a unit woken by the free slot could find the pool still full.
+/// back to wasmtime's pool), then its instance slot and its memory reservation, then its
+/// lease. Released the other way round, a unit woken by the free slot could find the pool
+/// still full.
 struct Held {
     store: Store<HostState>,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    _slot: Permit,
+    _memory: Permit,
     _lease: Option<Lease>,
+}
+
+/// Why [`Runtime::reserve`] gave nothing.
+enum Reserve {
+    /// The deadline passed waiting for the memory budget.
+    Memory,
+    /// The deadline passed waiting for an instance slot.
+    Slot,
+    /// The node is stopping.
+    Closed,
+}
+
+type Permit = tokio::sync::OwnedSemaphorePermit;
+
+impl Runtime {
+    /// `memory_mb` of the memory budget, then an instance slot, both by `deadline`. Memory
+    /// first: a unit holding a slot while it waits for memory would keep a slot idle.
+    async fn reserve(
+        &self,
+        memory_mb: usize,
+        deadline: Instant,
+    ) -> Result<(Permit, Permit), Reserve> {
+        let want = u32::try_from(memory_mb).unwrap_or(u32::MAX);
+        let memory = tokio::time::timeout_at(
+            deadline.into(),
+            self.memory_budget.clone().acquire_many_owned(want),
+        )
+        .await
+        .map_err(|_| Reserve::Memory)?
+        .map_err(|_| Reserve::Closed)?;
+        let slot =
+            tokio::time::timeout_at(deadline.into(), self.instance_slots.clone().acquire_owned())
+                .await
+                .map_err(|_| Reserve::Slot)?
+                .map_err(|_| Reserve::Closed)?;
+        Ok((memory, slot))
+    }
 }
 
 /// An instantiation failure: the pool being full is overload (a slot was granted, so this

@@ -316,8 +316,8 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
 
 /// A member that has reached no peer yet cannot tell an unknown function from one it has not
 /// heard of: it answers 503 `unavailable` (retryable, so clients try another node), for sync
-/// and async invocations, describe and remove alike, until `cluster_sync_grace_ms` has passed
-/// (no sync is under way: it reaches no peer); then 404.
+/// and async invocations, describe, remove and deploy alike, until `cluster_sync_grace_ms` has
+/// passed (no sync is under way: it reaches no peer); then 404, and deploys are taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     let _one = one_cluster_at_a_time().await;
@@ -348,6 +348,9 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     .await;
     assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
     describe_and_remove_answer(a.addr(), 503, "unavailable").await;
+    // A deploy too: numbered without knowing the cluster's version, it could be lost.
+    let r = request(a.addr(), Method::PUT, "/v1/functions/early", wasm("echo")).await;
+    assert_eq!((r.status, code(&r).as_str()), (503, "unavailable"));
     assert!(
         started.elapsed() < grace,
         "the test machine was too slow to check the grace"
@@ -357,6 +360,8 @@ async fn an_unsynced_member_says_retry_not_not_found_until_its_grace_ends() {
     let r = invoke(a.addr(), "ghost", "anyone?").await;
     assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
     describe_and_remove_answer(a.addr(), 404, "not_found").await;
+    let r = request(a.addr(), Method::PUT, "/v1/functions/early", wasm("echo")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     a.shutdown().await.unwrap();
 }
 
@@ -914,17 +919,29 @@ async fn without_sessions_lanes_carry_statuses_announcements_and_registry_pulls(
         ractor_sessions: false,
         ..member_config(root.path(), i, &mesh)
     };
-    // c starts alone and gets a function before anyone else is up.
-    let c = mesh.start(2, plain(2)).await;
+    // c starts alone and, once its sync grace has passed, takes a function before anyone
+    // else is up.
+    let c = mesh
+        .start(
+            2,
+            Config {
+                cluster_sync_grace_ms: 300,
+                ..plain(2)
+            },
+        )
+        .await;
     let early = name_owned_by("c");
-    let r = request(
-        c.addr(),
-        Method::PUT,
-        &format!("/v1/functions/{early}"),
-        wasm("echo"),
-    )
+    eventually("c takes the deploy", Duration::from_secs(10), || async {
+        let r = request(
+            c.addr(),
+            Method::PUT,
+            &format!("/v1/functions/{early}"),
+            wasm("echo"),
+        )
+        .await;
+        (r.status == 201).then_some(())
+    })
     .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let a = mesh.start(0, plain(0)).await;
     let b = mesh.start(1, plain(1)).await;
     for addr in [a.addr(), b.addr(), c.addr()] {

@@ -101,14 +101,23 @@ async fn forwarding_survives_loss_delay_and_reordering_and_a_dead_link_is_replac
     let a = mesh.start(0, node(0, format!("b={relay}"))).await;
     let b = mesh.start(1, node(1, format!("a={}", addrs[0]))).await;
     let f = name_owned_by("b");
-    let r = request(
-        a.addr(),
-        Method::PUT,
-        &format!("/v1/functions/{f}"),
-        wasm("echo"),
-    )
+    // A member refuses deploys (503, retryable) until it has synced with a peer.
+    eventually("a takes the deploy", Duration::from_secs(20), || async {
+        let r = request(
+            a.addr(),
+            Method::PUT,
+            &format!("/v1/functions/{f}"),
+            wasm("echo"),
+        )
+        .await;
+        assert!(
+            r.status == 201 || r.status == 503,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        (r.status == 201).then_some(())
+    })
     .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     eventually("a forwards to b", Duration::from_secs(20), || async {
         let r = invoke(a.addr(), &f, "x").await;
         (r.status == 200 && r.header("x-tern-node") == Some("b")).then_some(())

@@ -559,3 +559,64 @@ async fn admission_comes_before_the_body_is_read() {
     drop(looper);
     node.shutdown().await.unwrap();
 }
+
+/// Running guests claim their function's `memory_mb` from the node's memory budget: with
+/// 256 MiB, two 128 MiB loopers fill it, and a third call waits only its time limit, then
+/// gets 429 `overloaded`. A node whose `max_memory_mb` exceeds its budget refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_guests_stay_within_the_memory_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.memory_budget_mb = 256;
+    cfg.max_memory_mb = 128;
+    cfg.default_memory_mb = 128;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    assert_eq!(metric(addr, "tern_memory_budget_mb").await, 256.0);
+    assert_eq!(deploy(addr, "loop", "?timeout_ms=1500").await.status, 201);
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/echo-brief?timeout_ms=200",
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let loopers: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(async move { invoke(addr, "loop", "").await }))
+        .collect();
+    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
+        v == 2.0
+    })
+    .await;
+    let t0 = Instant::now();
+    let r = invoke(addr, "echo-brief", "hi").await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "overloaded"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("memory budget"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(190),
+        "{:?}",
+        t0.elapsed()
+    );
+    for l in loopers {
+        assert_eq!(l.await.unwrap().status, 504);
+    }
+    // Once the loopers have ended, their memory is free again.
+    metric_until(addr, "tern_queue_in_flight", Duration::from_secs(2), |v| {
+        v == 0.0
+    })
+    .await;
+    let r = invoke(addr, "echo-brief", "again").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"again"[..]));
+    node.shutdown().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.memory_budget_mb = 100;
+    let refused = tern_node::start(cfg).await.err().expect("refused to start");
+    assert!(refused.to_string().contains("memory budget"), "{refused}");
+}
