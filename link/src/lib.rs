@@ -499,12 +499,23 @@ impl ClusterLink {
             }
             PeerRequest::Announce(entries) => {
                 node.metrics().announcements_via_lane.fetch_add(1, Relaxed);
-                for entry in entries {
-                    if let Err(e) = node.apply_entry(entry, &peer).await {
-                        return fail(e);
+                // Applied in a task of its own: a requester that gives up resets the lane
+                // and this handler is dropped, which must not stop an entry between being
+                // stored and being installed.
+                let applying = tokio::spawn(async move {
+                    for entry in entries {
+                        node.apply_entry(entry, &peer).await?;
                     }
+                    Ok::<(), PeerError>(())
+                });
+                match applying.await {
+                    Ok(Ok(())) => PeerResponse::Ack,
+                    Ok(Err(e)) => fail(e),
+                    Err(e) => fail(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("applying an announcement failed: {e}"),
+                    )),
                 }
-                PeerResponse::Ack
             }
             PeerRequest::Registry => match node.registry() {
                 Ok(entries) => PeerResponse::Registry(entries),

@@ -19,6 +19,9 @@ pub enum NodeError {
     },
     #[error("cannot start the actors: {0}")]
     Spawn(String),
+    /// A task running a registry change panicked or was cancelled.
+    #[error("a registry change did not finish: {0}")]
+    ChangeFailed(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("request body over the {limit}-byte limit")]
@@ -78,6 +81,7 @@ impl NodeError {
             | NodeError::Store(_)
             | NodeError::Bind { .. }
             | NodeError::Spawn(_)
+            | NodeError::ChangeFailed(_)
             | NodeError::Randomness(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)

@@ -170,7 +170,7 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
     let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
     let f = name_owned_by("b");
 
-    let resp = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
+    let resp = put_when_synced(a, &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
     let deployed = json(&resp);
 
@@ -267,13 +267,7 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
         (v["members"][0]["state"] == "up").then_some(())
     })
     .await;
-    let r = request(
-        a.addr(),
-        Method::PUT,
-        &format!("/v1/functions/{f}"),
-        wasm("echo"),
-    )
-    .await;
+    let r = put_when_synced(a.addr(), &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201);
     // c is down: its functions run on a live node.
     let bv = b.addr();
@@ -411,13 +405,7 @@ async fn an_edge_small_node_only_gets_functions_that_fit_its_class() {
         (&small, "?timeout_ms=50&memory_mb=64"),
         (&big, "?timeout_ms=10000"),
     ] {
-        let r = request(
-            av,
-            Method::PUT,
-            &format!("/v1/functions/{f}{query}"),
-            wasm("echo"),
-        )
-        .await;
+        let r = put_when_synced(av, &format!("/v1/functions/{f}{query}"), wasm("echo")).await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     }
     eventually("small runs on b", Duration::from_secs(20), || async {
@@ -488,9 +476,8 @@ async fn learned_placement_serves_through_every_node_and_avoids_a_stopped_one() 
     .await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
     let f = "learned-echo";
-    let r = request(
+    let r = put_when_synced(
         addrs[0],
-        Method::PUT,
         &format!("/v1/functions/{f}?timeout_ms=10000"),
         wasm("echo"),
     )
@@ -631,13 +618,7 @@ async fn learned_placement_learns_online_behind_its_guard() {
     // Invocations enter through a and b; c is one more candidate.
     let addrs: Vec<SocketAddr> = nodes[..2].iter().map(|n| n.addr()).collect();
     let f = "online-echo";
-    let r = request(
-        addrs[0],
-        Method::PUT,
-        &format!("/v1/functions/{f}"),
-        wasm("echo"),
-    )
-    .await;
+    let r = put_when_synced(addrs[0], &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     for n in &nodes[1..] {
         eventually("replicated", Duration::from_secs(20), || async {
@@ -747,9 +728,8 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
         wait_all_up(n.addr(), Duration::from_secs(20)).await;
     }
     let before = "deployed-before-d";
-    let r = request(
+    let r = put_when_synced(
         nodes[0].addr(),
-        Method::PUT,
         &format!("/v1/functions/{before}"),
         wasm("echo"),
     )
@@ -797,13 +777,7 @@ async fn a_node_is_added_to_a_running_cluster_by_a_rolling_restart() {
     .await;
     // A function whose owner among the four is d runs on d, whoever receives it.
     let f = name_owned_among("d", &names, "echo");
-    let r = request(
-        all[0],
-        Method::PUT,
-        &format!("/v1/functions/{f}"),
-        wasm("echo"),
-    )
-    .await;
+    let r = put_when_synced(all[0], &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     for &entry in &all[..3] {
         eventually("placed on d", Duration::from_secs(20), || async {
@@ -868,13 +842,7 @@ async fn statuses_and_announcements_travel_as_ractor_messages_between_linked_nod
     }
 
     let f = name_owned_by("b");
-    let r = request(
-        addrs[0],
-        Method::PUT,
-        &format!("/v1/functions/{f}"),
-        wasm("echo"),
-    )
-    .await;
+    let r = put_when_synced(addrs[0], &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let announcements = "tern_peer_announcements_received_total";
     for &addr in &addrs[1..] {
@@ -932,13 +900,7 @@ async fn without_sessions_lanes_carry_statuses_announcements_and_registry_pulls(
         .await;
     let early = name_owned_by("c");
     eventually("c takes the deploy", Duration::from_secs(10), || async {
-        let r = request(
-            c.addr(),
-            Method::PUT,
-            &format!("/v1/functions/{early}"),
-            wasm("echo"),
-        )
-        .await;
+        let r = put_when_synced(c.addr(), &format!("/v1/functions/{early}"), wasm("echo")).await;
         (r.status == 201).then_some(())
     })
     .await;
@@ -964,13 +926,7 @@ async fn without_sessions_lanes_carry_statuses_announcements_and_registry_pulls(
         .await;
     }
     let late = name_owned_by("a");
-    let r = request(
-        a.addr(),
-        Method::PUT,
-        &format!("/v1/functions/{late}"),
-        wasm("echo"),
-    )
-    .await;
+    let r = put_when_synced(a.addr(), &format!("/v1/functions/{late}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let announcements = "tern_peer_announcements_received_total";
     for addr in [b.addr(), c.addr()] {
@@ -1006,9 +962,8 @@ async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
     let nodes = start_three(root.path()).await;
     let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
     let f = name_owned_among("b", &NAMES, "loop");
-    let r = request(
+    let r = put_when_synced(
         a,
-        Method::PUT,
         &format!("/v1/functions/{f}?timeout_ms=30000"),
         wasm("loop"),
     )

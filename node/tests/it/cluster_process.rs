@@ -237,7 +237,7 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
 /// to b.
 async fn deploy_owned_by_b(a: SocketAddr, c: SocketAddr) -> String {
     let f = name_owned_by("b");
-    let r = request(a, Method::PUT, &format!("/v1/functions/{f}"), wasm("echo")).await;
+    let r = put_when_synced(a, &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     for entry in [a, c] {
         eventually("forwarding to b", Duration::from_secs(30), || async {

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::Method;
 use tern_node::Config;
 use tokio::net::UdpSocket;
 
@@ -103,13 +102,7 @@ async fn forwarding_survives_loss_delay_and_reordering_and_a_dead_link_is_replac
     let f = name_owned_by("b");
     // A member refuses deploys (503, retryable) until it has synced with a peer.
     eventually("a takes the deploy", Duration::from_secs(20), || async {
-        let r = request(
-            a.addr(),
-            Method::PUT,
-            &format!("/v1/functions/{f}"),
-            wasm("echo"),
-        )
-        .await;
+        let r = put_when_synced(a.addr(), &format!("/v1/functions/{f}"), wasm("echo")).await;
         assert!(
             r.status == 201 || r.status == 503,
             "{}",

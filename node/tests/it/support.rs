@@ -191,3 +191,17 @@ pub async fn metric_until(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A PUT (a deploy), sent again while the node answers 503 `unavailable`: a cluster member
+/// refuses deploys until it has synced the registry, a moment after its peers are up.
+pub async fn put_when_synced(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Response {
+    let body = body.into();
+    let t0 = Instant::now();
+    loop {
+        let r = request(addr, Method::PUT, path, body.clone()).await;
+        if r.status != 503 || t0.elapsed() > Duration::from_secs(20) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
