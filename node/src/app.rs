@@ -319,6 +319,10 @@ impl App {
     ) -> Result<bool, NodeError> {
         let current = self.store.function(&entry.info.name)?;
         if !entry.supersedes(current.as_ref()) {
+            // A concurrent apply of this entry (a pull from another peer) stores it before it
+            // installs it, both under the deploy lock: wait for that to finish, so that when a
+            // registry pull has been applied its functions are served, not only stored.
+            drop(self.deploy_lock.lock().await);
             return Ok(false);
         }
         let runtime = &self.services().runtime;

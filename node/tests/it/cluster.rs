@@ -308,6 +308,53 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     }
 }
 
+/// Two pulls from two peers that carry the same new entry run concurrently on a member that
+/// is catching up. Whichever finishes first, the function must already be callable: the node
+/// counts itself synced after the first applied pull, and from then on answers "not found"
+/// for what it cannot serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_entry_applied_by_two_pulls_at_once_is_served_when_either_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let echo = json(&request(node.addr(), Method::GET, "/v1/functions/echo", Bytes::new()).await);
+    let echo: tern_wire::FunctionInfo = serde_json::from_value(echo).unwrap();
+    for i in 0..40 {
+        let name: tern_wire::FunctionName = format!("copy-{i}").parse().unwrap();
+        let entry = tern_wire::peer::RegistryEntry {
+            info: tern_wire::FunctionInfo {
+                name: name.clone(),
+                version: 1,
+                ..echo.clone()
+            },
+            removed: false,
+            origin: "elsewhere".into(),
+        };
+        let pulls: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|peer| {
+                let (app, services, entry, name) = (
+                    node.app().clone(),
+                    node.services().clone(),
+                    entry.clone(),
+                    name.clone(),
+                );
+                tokio::spawn(async move {
+                    let peer: NodeName = peer.parse().unwrap();
+                    app.apply_entry(entry, &peer).await.unwrap();
+                    services.runtime.get(&name).is_some()
+                })
+            })
+            .collect();
+        for pull in pulls {
+            assert!(
+                pull.await.unwrap(),
+                "{name} was applied but is not callable yet"
+            );
+        }
+    }
+    node.shutdown().await.unwrap();
+}
+
 /// A member that has reached no peer yet cannot tell an unknown function from one it has not
 /// heard of: it answers 503 `unavailable` (retryable, so clients try another node), for sync
 /// and async invocations, describe, remove and deploy alike, until `cluster_sync_grace_ms` has
