@@ -117,6 +117,18 @@ pub struct Metrics {
     pub http_connections_refused: AtomicU64,
     /// MEUs cancelled because their caller went away before the answer (waiting or running).
     pub abandoned_meus: AtomicU64,
+    /// Records in the journal of asynchronous invocations (pending and finished).
+    pub stored_results: AtomicI64,
+    /// Bytes of those records, as stored.
+    pub stored_result_bytes: AtomicI64,
+    /// Asynchronous invocations refused because the journal was at a cap.
+    pub journal_full_refusals: AtomicU64,
+    /// Corrupt store records moved to the quarantine tree.
+    pub store_quarantined: AtomicU64,
+    /// Stored modules deleted because no live function uses them.
+    pub gc_modules_removed: AtomicU64,
+    /// Compiled artifacts deleted because no live function uses their module.
+    pub gc_artifacts_removed: AtomicU64,
     /// MEUs this node ran for another node.
     pub served_for_peers: AtomicU64,
     /// MEUs run again elsewhere because the node running them was lost or refused them.
@@ -375,6 +387,16 @@ impl Metrics {
                 self.peers_up.load(Relaxed),
             ),
             (
+                "tern_stored_results",
+                "Records in the journal of asynchronous invocations (pending and finished).",
+                self.stored_results.load(Relaxed),
+            ),
+            (
+                "tern_stored_result_bytes",
+                "Bytes of the journal of asynchronous invocations, as stored.",
+                self.stored_result_bytes.load(Relaxed),
+            ),
+            (
                 "tern_memory_budget_mb",
                 "MiB that running guests may claim together (each its function's memory_mb).",
                 self.memory_budget_mb.load(Relaxed) as i64,
@@ -444,6 +466,26 @@ impl Metrics {
                 "tern_abandoned_meus_total",
                 "MEUs cancelled, waiting or running, because their caller went away.",
                 self.abandoned_meus.load(Relaxed),
+            ),
+            (
+                "tern_journal_full_refusals_total",
+                "Asynchronous invocations refused with 429: max_stored_results or max_stored_result_mb reached.",
+                self.journal_full_refusals.load(Relaxed),
+            ),
+            (
+                "tern_store_quarantined_total",
+                "Corrupt store records moved to the quarantine tree (the node goes on without them).",
+                self.store_quarantined.load(Relaxed),
+            ),
+            (
+                "tern_gc_modules_removed_total",
+                "Stored modules deleted because no live function uses them.",
+                self.gc_modules_removed.load(Relaxed),
+            ),
+            (
+                "tern_gc_artifacts_removed_total",
+                "Compiled artifacts deleted because no live function uses their module.",
+                self.gc_artifacts_removed.load(Relaxed),
             ),
             (
                 "tern_served_for_peers_total",

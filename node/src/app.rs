@@ -1,6 +1,7 @@
 //! What the HTTP handlers call: deploys, async invocations and their journal. Shared by every
 //! connection through one `Arc<App>`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -347,14 +348,22 @@ impl App {
                     prepared.hash
                 )));
             }
-            self.store.put_module(&hash, &bytes)?;
-            Some(prepared)
+            Some((prepared, bytes))
         };
         let _guard = self.deploy_lock.lock().await;
         // A newer entry may have been applied while this one compiled.
         if !entry.supersedes(self.store.function(&entry.info.name)?.as_ref()) {
             return Ok(false);
         }
+        // The module is stored under the lock with its entry, so garbage collection (which
+        // takes the lock) never sees one without the other.
+        let prepared = match prepared {
+            Some((prepared, bytes)) => {
+                self.store.put_module(&entry.info.hash, &bytes)?;
+                Some(prepared)
+            }
+            None => None,
+        };
         self.store.put_function(&entry)?;
         self.store.flush().await?;
         match prepared {
@@ -433,6 +442,7 @@ impl App {
         if self.services().runtime.get(&function).is_none() {
             return Err(self.pipeline.unknown_function(function, synced).into());
         }
+        self.check_journal_room(input.len())?;
         let record = InvocationRecord {
             id: self.ids.unguessable()?,
             function,
@@ -492,11 +502,54 @@ impl App {
         }
     }
 
+    /// Copies the store's sizes and quarantine count into the metrics (before a scrape).
+    pub fn publish_store_gauges(&self) {
+        let m = &self.services().metrics;
+        let usage = self.store.results();
+        m.stored_results.store(
+            i64::try_from(usage.count).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        m.stored_result_bytes.store(
+            i64::try_from(usage.bytes).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+        m.store_quarantined
+            .store(self.store.quarantined(), Ordering::Relaxed);
+    }
+
+    /// Refuses a new asynchronous invocation whose `input_len` bytes would take the journal
+    /// past `max_stored_results` or `max_stored_result_mb`.
+    fn check_journal_room(&self, input_len: usize) -> Result<(), NodeError> {
+        let usage = self.store.results();
+        let (max_count, max_mib) = (
+            self.config.max_stored_results,
+            self.config.max_stored_result_mb,
+        );
+        let bytes_after = usage.bytes.saturating_add(input_len as u64);
+        if usage.count >= max_count || bytes_after > max_mib.saturating_mul(1 << 20) {
+            self.services()
+                .metrics
+                .journal_full_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(NodeError::JournalFull {
+                count: usage.count,
+                mib: usage.bytes >> 20,
+                max_count,
+                max_mib,
+            });
+        }
+        Ok(())
+    }
+
     /// Re-runs invocations that were accepted but not finished when the node last stopped
-    /// (at-least-once: one may have run before the crash).
+    /// (at-least-once: one may have run before the crash). The journal is read one record at
+    /// a time; each replay waits for an admission permit, so what is held in memory is
+    /// bounded by the admission queue, not by the journal.
     pub async fn replay_journal(self: &Arc<Self>) -> Result<usize, NodeError> {
         let mut replayed = 0;
-        for record in self.store.invocations()? {
+        for record in self.store.invocations() {
+            let record = record?;
             if record.status != InvocationStatus::Pending {
                 continue;
             }
@@ -524,11 +577,13 @@ impl App {
         Ok(replayed)
     }
 
-    /// Deletes finished async results older than the retention period.
+    /// Deletes finished async results older than the retention period, reading the journal
+    /// one record at a time.
     pub fn expire_results(&self) -> Result<usize, NodeError> {
         let cutoff = now_ms().saturating_sub(self.config.result_ttl_secs.saturating_mul(1000));
         let mut removed = 0;
-        for record in self.store.invocations()? {
+        for record in self.store.invocations() {
+            let record = record?;
             if record.finished_at_ms.is_some_and(|t| t < cutoff) {
                 self.store.remove_invocation(&record.id)?;
                 removed += 1;
@@ -536,4 +591,62 @@ impl App {
         }
         Ok(removed)
     }
+
+    /// Deletes what no function needs any more: stored modules that no live registry entry
+    /// names (older versions, removed functions, modules a newer entry superseded while they
+    /// were fetched), and this node's compiled artifacts of those modules and of modules that
+    /// never became functions (rejected after compiling, or compiled past the time bound).
+    /// Runs under the deploy lock, so no deploy or replicated entry is between storing its
+    /// module and its entry; artifacts younger than `artifact_grace` are kept, since a
+    /// compile still under way writes its artifact before its function exists (the janitor
+    /// passes [`ARTIFACT_GRACE`]).
+    pub async fn collect_garbage(&self, artifact_grace: Duration) -> Result<Garbage, NodeError> {
+        let _guard = self.deploy_lock.lock().await;
+        let mut live = HashSet::new();
+        for entry in self.store.functions()? {
+            if !entry.removed {
+                live.insert(entry.info.hash);
+            }
+        }
+        let mut garbage = Garbage::default();
+        let stale: Vec<ModuleHash> = self
+            .store
+            .module_hashes()
+            .filter(|h| h.as_ref().map_or(true, |h| !live.contains(h)))
+            .collect::<Result<_, _>>()?;
+        for hash in stale {
+            if self.store.remove_module(&hash)? {
+                garbage.modules += 1;
+            }
+        }
+        garbage.artifacts = self
+            .services()
+            .runtime
+            .remove_artifacts_except(&live, artifact_grace)?;
+        let m = &self.services().metrics;
+        m.gc_modules_removed
+            .fetch_add(garbage.modules, Ordering::Relaxed);
+        m.gc_artifacts_removed
+            .fetch_add(garbage.artifacts, Ordering::Relaxed);
+        if garbage != Garbage::default() {
+            tracing::info!(
+                modules = garbage.modules,
+                artifacts = garbage.artifacts,
+                "removed modules and artifacts no function uses"
+            );
+        }
+        Ok(garbage)
+    }
+}
+
+/// Artifacts this recent are never collected: a compile under way (up to
+/// `compile_timeout_ms`, whose thread may finish after the caller gave up) writes its
+/// artifact before any function names it.
+pub const ARTIFACT_GRACE: Duration = Duration::from_secs(30 * 60);
+
+/// What one [`App::collect_garbage`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Garbage {
+    pub modules: u64,
+    pub artifacts: u64,
 }

@@ -73,6 +73,13 @@ pub struct Config {
     pub map_parallelism: usize,
     /// Finished async results are kept this long.
     pub result_ttl_secs: u64,
+    /// Most asynchronous invocations the journal holds (pending and finished results); past
+    /// it, new ones are refused with 429 `overloaded` until results expire.
+    pub max_stored_results: u64,
+    /// Most MiB of journal (inputs and results, as stored); past it, new asynchronous
+    /// invocations are refused with 429 `overloaded`. Results of work already accepted are
+    /// always stored, so the journal can pass this by at most what is in flight.
+    pub max_stored_result_mb: u64,
     /// Idle keep-alive connections and slow request headers are cut after this long.
     pub header_read_timeout_ms: u64,
     /// A request body must arrive within this long, plus its length at
@@ -172,6 +179,8 @@ impl Default for Config {
             epoch_tick_us: 1000,
             map_parallelism: 0,
             result_ttl_secs: 3600,
+            max_stored_results: 100_000,
+            max_stored_result_mb: 4096,
             header_read_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
             min_body_bytes_per_sec: 64 << 10,
@@ -279,6 +288,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return bad("max_connections and max_connections_per_ip must be at least 1");
+        }
+        if self.max_stored_results == 0 || self.max_stored_result_mb == 0 {
+            return bad("max_stored_results and max_stored_result_mb must be at least 1");
         }
         if self.body_read_timeout_ms == 0 || self.min_body_bytes_per_sec == 0 {
             return bad("body_read_timeout_ms and min_body_bytes_per_sec must be at least 1");

@@ -35,6 +35,18 @@ pub enum NodeError {
          (a deploy now could be numbered below the cluster's version and lost)"
     )]
     NotSynced,
+    /// The journal of asynchronous invocations is at one of its caps.
+    #[error(
+        "this node holds the most asynchronous invocations it may ({count} records, {mib} MiB; \
+         max_stored_results = {max_count}, max_stored_result_mb = {max_mib}); retry once results \
+         expire, or invoke synchronously"
+    )]
+    JournalFull {
+        count: u64,
+        mib: u64,
+        max_count: u64,
+        max_mib: u64,
+    },
     /// No randomness for an unguessable id.
     #[error("cannot draw random bytes: {0}")]
     Randomness(String),
@@ -71,6 +83,7 @@ impl NodeError {
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
             NodeError::NotSynced => ApiError::new(ErrorCode::Unavailable, self.to_string()),
+            NodeError::JournalFull { .. } => ApiError::new(ErrorCode::Overloaded, self.to_string()),
             NodeError::BodyTimeout { .. } => {
                 ApiError::new(ErrorCode::RequestTimeout, self.to_string())
             }

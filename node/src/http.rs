@@ -431,6 +431,7 @@ fn get_invocation(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError>
 }
 
 async fn metrics(app: &Arc<App>) -> Response<Body> {
+    app.publish_store_gauges();
     let services = app.services();
     let (tx, rx) = oneshot::channel();
     let via_actor = ractor::ActorRef::<tern_actors::metrics_collector::MetricsMsg>::where_is(

@@ -196,6 +196,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
                 if let Err(e) = app.expire_results() {
                     tracing::warn!(error = %e, "cannot expire old results");
                 }
+                if let Err(e) = app.collect_garbage(crate::app::ARTIFACT_GRACE).await {
+                    tracing::warn!(error = %e, "cannot collect unused modules and artifacts");
+                }
             }
         }
     });

@@ -1,8 +1,22 @@
 //! Durable state in sled: deployed functions, module bytes by hash, and the journal of accepted
 //! asynchronous invocations. Values are `tern-wire` bincode with byte limits, so a corrupted
 //! store yields typed errors, never a panic.
+//!
+//! What the store promises about size and damage:
+//! - the journal is read one record at a time (expiry and replay stream; nothing loads every
+//!   record at once);
+//! - it knows how many invocation records it holds and their bytes ([`Store::results`]), kept
+//!   exact on every write and counted once at open, so callers can refuse work before the
+//!   journal outgrows its caps;
+//! - a record that does not decode is moved, bytes intact, to the `quarantine` tree and
+//!   reported (log and [`Store::quarantined`]); the node keeps serving everything else. The
+//!   quarantine only ever receives bytes that were already in the store, so it cannot grow the
+//!   store.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 
 use serde::Serialize;
 use tern_wire::peer::RegistryEntry;
@@ -17,7 +31,8 @@ pub enum StoreError {
     Open { path: String, source: sled::Error },
     #[error("store I/O: {0}")]
     Sled(#[from] sled::Error),
-    #[error("corrupt {what} record {key:?} in the store: {detail}")]
+    /// The record was moved to the quarantine tree; the store goes on without it.
+    #[error("corrupt {what} record {key:?} in the store (quarantined): {detail}")]
     Corrupt {
         what: &'static str,
         key: String,
@@ -27,12 +42,28 @@ pub enum StoreError {
     Encode { what: &'static str, detail: String },
 }
 
+/// How many invocation records the journal holds, and their encoded bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResultUsage {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    results: AtomicU64,
+    result_bytes: AtomicU64,
+    quarantined: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
     functions: sled::Tree,
     modules: sled::Tree,
     invocations: sled::Tree,
+    quarantine: sled::Tree,
+    counters: Arc<Counters>,
 }
 
 impl Store {
@@ -56,10 +87,20 @@ impl Store {
                 }
             }
         };
+        let invocations = db.open_tree("invocations")?;
+        let counters = Counters::default();
+        // One pass over the journal, one record in memory at a time.
+        for kv in invocations.iter() {
+            let (_, v) = kv?;
+            counters.results.fetch_add(1, Relaxed);
+            counters.result_bytes.fetch_add(v.len() as u64, Relaxed);
+        }
         Ok(Self {
             functions: db.open_tree("functions")?,
             modules: db.open_tree("modules")?,
-            invocations: db.open_tree("invocations")?,
+            quarantine: db.open_tree("quarantine")?,
+            invocations,
+            counters: Arc::new(counters),
             db,
         })
     }
@@ -87,6 +128,21 @@ impl Store {
         Ok(self.modules.get(hash.0)?.map(|v| v.to_vec()))
     }
 
+    /// The hashes of every stored module (read lazily).
+    pub fn module_hashes(&self) -> impl Iterator<Item = Result<ModuleHash, StoreError>> + '_ {
+        self.modules.iter().keys().filter_map(|k| match k {
+            Ok(k) => <[u8; 32]>::try_from(k.as_ref())
+                .ok()
+                .map(|h| Ok(ModuleHash(h))),
+            Err(e) => Some(Err(e.into())),
+        })
+    }
+
+    /// Deletes a module's bytes; returns whether it was there.
+    pub fn remove_module(&self, hash: &ModuleHash) -> Result<bool, StoreError> {
+        Ok(self.modules.remove(hash.0)?.is_some())
+    }
+
     /// Writes a function's registry entry (a deployment or a removal tombstone).
     pub fn put_function(&self, entry: &RegistryEntry) -> Result<(), StoreError> {
         let bytes = encode("function", entry)?;
@@ -95,53 +151,148 @@ impl Store {
         Ok(())
     }
 
-    /// The registry entry of `name`, tombstones included.
+    /// The registry entry of `name`, tombstones included. A corrupt entry is quarantined and
+    /// reported as [`StoreError::Corrupt`]; asked again, the name is unknown.
     pub fn function(&self, name: &FunctionName) -> Result<Option<RegistryEntry>, StoreError> {
+        let key = name.as_str().as_bytes();
         self.functions
-            .get(name.as_str().as_bytes())?
-            .map(|v| decode("function", name.as_str(), &v))
+            .get(key)?
+            .map(|v| self.decode_or_quarantine(&self.functions, "function", key, &v))
             .transpose()
     }
 
-    /// Every registry entry, tombstones included.
+    /// Every registry entry, tombstones included. Corrupt entries are quarantined and left
+    /// out (each is logged and counted).
     pub fn functions(&self) -> Result<Vec<RegistryEntry>, StoreError> {
-        self.functions
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
-                decode("function", &String::from_utf8_lossy(&k), &v)
-            })
-            .collect()
+        self.records(&self.functions, "function").collect()
     }
 
+    /// Writes an invocation record (new, or its next state) and keeps [`Store::results`]
+    /// exact.
     pub fn put_invocation(&self, record: &InvocationRecord) -> Result<(), StoreError> {
         let bytes = encode("invocation", record)?;
-        self.invocations
+        let len = bytes.len() as u64;
+        let old = self
+            .invocations
             .insert(record.id.as_str().as_bytes(), bytes)?;
+        match old {
+            Some(old) => {
+                let c = &self.counters.result_bytes;
+                c.fetch_add(len, Relaxed);
+                c.fetch_sub(old.len() as u64, Relaxed);
+            }
+            None => {
+                self.counters.results.fetch_add(1, Relaxed);
+                self.counters.result_bytes.fetch_add(len, Relaxed);
+            }
+        }
         Ok(())
     }
 
+    /// An invocation record. A corrupt one is quarantined and reported as
+    /// [`StoreError::Corrupt`]; asked again, the id is unknown.
     pub fn invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, StoreError> {
+        let key = id.as_str().as_bytes();
         self.invocations
-            .get(id.as_str().as_bytes())?
-            .map(|v| decode("invocation", id.as_str(), &v))
+            .get(key)?
+            .map(|v| self.decode_or_quarantine(&self.invocations, "invocation", key, &v))
             .transpose()
     }
 
     pub fn remove_invocation(&self, id: &InvocationId) -> Result<(), StoreError> {
-        self.invocations.remove(id.as_str().as_bytes())?;
+        if let Some(old) = self.invocations.remove(id.as_str().as_bytes())? {
+            self.counters.results.fetch_sub(1, Relaxed);
+            self.counters
+                .result_bytes
+                .fetch_sub(old.len() as u64, Relaxed);
+        }
         Ok(())
     }
 
-    /// Every journaled invocation. Corrupt records are reported, not skipped silently.
-    pub fn invocations(&self) -> Result<Vec<InvocationRecord>, StoreError> {
-        self.invocations
+    /// Every journaled invocation, read one at a time. Corrupt records are quarantined and
+    /// left out (each is logged and counted); an error is an I/O failure of the store.
+    pub fn invocations(&self) -> impl Iterator<Item = Result<InvocationRecord, StoreError>> + '_ {
+        self.records(&self.invocations, "invocation")
+    }
+
+    /// The journal's size now: records and encoded bytes.
+    pub fn results(&self) -> ResultUsage {
+        ResultUsage {
+            count: self.counters.results.load(Relaxed),
+            bytes: self.counters.result_bytes.load(Relaxed),
+        }
+    }
+
+    /// Records moved to quarantine since this store was opened.
+    pub fn quarantined(&self) -> u64 {
+        self.counters.quarantined.load(Relaxed)
+    }
+
+    /// The quarantined records, as `(what/key, bytes)`, for an operator to inspect.
+    pub fn quarantine(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.quarantine
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                decode("invocation", &String::from_utf8_lossy(&k), &v)
+                Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
             .collect()
+    }
+
+    fn records<'a, T: serde::de::DeserializeOwned>(
+        &'a self,
+        tree: &'a sled::Tree,
+        what: &'static str,
+    ) -> impl Iterator<Item = Result<T, StoreError>> + 'a {
+        tree.iter().filter_map(move |kv| match kv {
+            Err(e) => Some(Err(e.into())),
+            // Reported (logged and counted) by decode_or_quarantine; the rest goes on.
+            Ok((k, v)) => self.decode_or_quarantine(tree, what, &k, &v).ok().map(Ok),
+        })
+    }
+
+    fn decode_or_quarantine<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<T, StoreError> {
+        decode(what, &String::from_utf8_lossy(key), bytes).inspect_err(|e| {
+            tracing::error!(error = %e, "moving a corrupt record to the store's quarantine");
+            if let Err(io) = self.move_to_quarantine(tree, what, key, bytes) {
+                tracing::error!(error = %io, "cannot quarantine a corrupt record");
+            }
+        })
+    }
+
+    fn move_to_quarantine(
+        &self,
+        tree: &sled::Tree,
+        what: &'static str,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut qkey = format!("{what}/").into_bytes();
+        qkey.extend_from_slice(key);
+        // Copied before it is removed, so a crash in between loses nothing; removed only if
+        // it is still the same bytes, so a good record written meanwhile stays.
+        self.quarantine.insert(&qkey, bytes)?;
+        if tree
+            .compare_and_swap(key, Some(bytes), None::<&[u8]>)?
+            .is_err()
+        {
+            self.quarantine.remove(&qkey)?;
+            return Ok(());
+        }
+        if tree.name() == self.invocations.name() {
+            self.counters.results.fetch_sub(1, Relaxed);
+            self.counters
+                .result_bytes
+                .fetch_sub(bytes.len() as u64, Relaxed);
+        }
+        self.counters.quarantined.fetch_add(1, Relaxed);
+        Ok(())
     }
 }
 
@@ -219,21 +370,152 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.functions().unwrap(), vec![entry("a")]);
         assert_eq!(s.module(&ModuleHash([7; 32])).unwrap().unwrap(), b"\0asm");
-        assert_eq!(s.invocations().unwrap().len(), 1);
+        assert_eq!(s.invocations().count(), 1);
+    }
+
+    fn record(id: &str, input: &[u8]) -> InvocationRecord {
+        InvocationRecord {
+            id: id.parse().unwrap(),
+            function: "a".parse().unwrap(),
+            map: false,
+            status: InvocationStatus::Pending,
+            input: input.to_vec(),
+            output: None,
+            error: None,
+            accepted_at_ms: 1,
+            finished_at_ms: None,
+            attempts: 0,
+        }
+    }
+
+    fn encoded_len(r: &InvocationRecord) -> u64 {
+        encode("invocation", r).unwrap().len() as u64
     }
 
     #[test]
-    fn corrupt_record_is_a_typed_error() {
+    fn a_corrupt_function_entry_is_quarantined_and_the_rest_is_read() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
+        s.put_function(&entry("a")).unwrap();
         s.functions.insert(b"bad", &b"\xff\xff\xff"[..]).unwrap();
+        assert_eq!(s.functions().unwrap(), vec![entry("a")]);
+        assert_eq!(s.quarantined(), 1);
+        assert_eq!(
+            s.quarantine().unwrap(),
+            vec![("function/bad".to_owned(), b"\xff\xff\xff".to_vec())],
+            "the damaged bytes are kept for inspection"
+        );
+        assert_eq!(s.functions().unwrap(), vec![entry("a")]);
+        assert_eq!(s.quarantined(), 1, "moved once, not found again");
+    }
+
+    #[test]
+    fn a_corrupt_record_read_by_key_is_a_typed_error_then_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.functions.insert(b"bad", &b"\xff"[..]).unwrap();
+        let bad: FunctionName = "bad".parse().unwrap();
         assert!(matches!(
-            s.functions(),
+            s.function(&bad),
             Err(StoreError::Corrupt {
                 what: "function",
                 ..
             })
         ));
+        assert!(s.function(&bad).unwrap().is_none());
+        assert_eq!(s.quarantined(), 1);
+    }
+
+    #[test]
+    fn journal_usage_is_exact_across_writes_removals_quarantine_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (record("x-1", b"in"), record("x-2", &[9; 1000]));
+        let mut a_done = a.clone();
+        a_done.status = InvocationStatus::Succeeded;
+        a_done.output = Some(vec![1; 5000]);
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(s.results(), ResultUsage::default());
+            s.put_invocation(&a).unwrap();
+            s.put_invocation(&b).unwrap();
+            assert_eq!(
+                s.results(),
+                ResultUsage {
+                    count: 2,
+                    bytes: encoded_len(&a) + encoded_len(&b)
+                }
+            );
+            s.put_invocation(&a_done).unwrap();
+            assert_eq!(
+                s.results(),
+                ResultUsage {
+                    count: 2,
+                    bytes: encoded_len(&a_done) + encoded_len(&b)
+                },
+                "an overwrite counts the new size, not both"
+            );
+            s.remove_invocation(&b.id).unwrap();
+            s.remove_invocation(&b.id).unwrap();
+            assert_eq!(
+                s.results(),
+                ResultUsage {
+                    count: 1,
+                    bytes: encoded_len(&a_done)
+                },
+                "a second removal changes nothing"
+            );
+            s.invocations.insert(b"x-3", &[0xff; 40][..]).unwrap();
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.results(),
+            ResultUsage {
+                count: 2,
+                bytes: encoded_len(&a_done) + 40
+            },
+            "counted again at open, damaged record included"
+        );
+        let read: Vec<_> = s.invocations().map(Result::unwrap).collect();
+        assert_eq!(read, vec![a_done.clone()]);
+        assert_eq!(s.quarantined(), 1);
+        assert_eq!(
+            s.results(),
+            ResultUsage {
+                count: 1,
+                bytes: encoded_len(&a_done)
+            },
+            "a quarantined record leaves the journal's usage"
+        );
+    }
+
+    #[test]
+    fn a_record_rewritten_while_being_quarantined_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let good = record("x-1", b"in");
+        s.put_invocation(&good).unwrap();
+        // A reader saw damaged bytes that are no longer what the key holds.
+        s.move_to_quarantine(&s.invocations, "invocation", b"x-1", b"\xff")
+            .unwrap();
+        assert_eq!(s.invocation(&good.id).unwrap(), Some(good));
+        assert_eq!(s.quarantined(), 0);
+        assert!(s.quarantine().unwrap().is_empty());
+    }
+
+    #[test]
+    fn modules_are_listed_and_removed_by_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let (h1, h2) = (ModuleHash([1; 32]), ModuleHash([2; 32]));
+        s.put_module(&h1, b"one").unwrap();
+        s.put_module(&h2, b"two").unwrap();
+        let listed: Vec<_> = s.module_hashes().map(Result::unwrap).collect();
+        assert_eq!(listed, vec![h1, h2]);
+        assert!(s.remove_module(&h1).unwrap());
+        assert!(!s.remove_module(&h1).unwrap());
+        assert_eq!(s.module(&h1).unwrap(), None);
+        assert_eq!(s.module(&h2).unwrap().unwrap(), b"two");
     }
 
     #[test]
@@ -248,7 +530,7 @@ mod tests {
             // Either a typed error, or a store holding nothing it did not acknowledge.
             if let Ok(store) = opened {
                 assert!(store.functions().unwrap().is_empty());
-                assert!(store.invocations().unwrap().is_empty());
+                assert_eq!(store.invocations().count(), 0);
             }
         }
     }

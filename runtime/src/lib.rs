@@ -24,7 +24,7 @@ mod lanes;
 
 pub use error::Error;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
@@ -295,18 +295,27 @@ impl Runtime {
                 self.load_artifact(&path).await?
             }
         };
-        if !matches!(
+        let checked = if matches!(
             module.get_export("_start"),
             Some(wasmtime::ExternType::Func(_))
         ) {
-            return Err(Error::InvalidModule(
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| Error::InvalidModule(format!("{e:#}")))
+        } else {
+            Err(Error::InvalidModule(
                 "not a WASI command: it exports no `_start` function".into(),
-            ));
-        }
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+            ))
+        };
+        let pre = match checked {
+            Ok(pre) => pre,
+            Err(e) => {
+                // A module refused after compiling leaves nothing on disk: a caller sending
+                // distinct invalid modules must not fill the artifact directory.
+                remove_artifact_files(&path);
+                return Err(e);
+            }
+        };
         Ok(Prepared {
             hash,
             size_bytes: bytes.len() as u64,
@@ -371,6 +380,53 @@ impl Runtime {
             .unwrap_or_else(|p| p.into_inner())
             .insert(deployed.info.name.clone(), deployed.clone());
         deployed
+    }
+
+    /// Deletes this node's artifact files (artifact, digest, half-written temporary) except
+    /// those of `keep` compiled with the current engine settings, and except files modified
+    /// within `grace` (a compile under way writes its artifact before any function names
+    /// it). Artifacts of other engine settings or CPU features are never loaded again, so
+    /// they go too. Returns how many artifacts (not files) were deleted.
+    pub fn remove_artifacts_except(
+        &self,
+        keep: &HashSet<ModuleHash>,
+        grace: Duration,
+    ) -> Result<u64, Error> {
+        let suffix = format!("-{}", self.compat);
+        let mut removed = 0;
+        for dirent in std::fs::read_dir(&self.cfg.artifact_dir)? {
+            let dirent = dirent?;
+            let path = dirent.path();
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            if !["cwasm", "sha256", "tmp"].contains(&ext) {
+                continue;
+            }
+            let ours = stem
+                .strip_suffix(&suffix)
+                .and_then(|hex| hex.parse::<ModuleHash>().ok())
+                .is_some_and(|hash| keep.contains(&hash));
+            let recent = dirent
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < grace);
+            if ours || recent {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) if ext == "cwasm" => removed += 1,
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(removed)
     }
 
     /// Makes `name` uncallable. Its artifact stays on disk (other names may share the module).
@@ -722,6 +778,18 @@ fn thread_cpu_time() -> Duration {
         t.tv_sec.max(0) as u64,
         t.tv_nsec.clamp(0, 999_999_999) as u32,
     )
+}
+
+/// Deletes an artifact and its digest, if present (best effort: a leftover is collected
+/// later by [`Runtime::remove_artifacts_except`]).
+fn remove_artifact_files(path: &Path) {
+    for p in [path.to_owned(), path.with_extension("sha256")] {
+        if let Err(e) = std::fs::remove_file(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "cannot delete a refused module's artifact");
+        }
+    }
 }
 
 /// Writes the artifact and, beside it, its SHA-256, each through a temporary file and a rename

@@ -112,3 +112,244 @@ async fn corrupt_store_refuses_to_start_with_a_typed_error() {
         .expect("must refuse");
     assert!(err.to_string().contains("store"), "{err}");
 }
+
+/// The journal of asynchronous invocations has caps: past them a new one is refused with 429
+/// `overloaded` (nothing is accepted that could not be stored), and room comes back as
+/// results expire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_invocations_past_the_journal_caps_get_429_until_results_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.max_stored_results = 3;
+    cfg.result_ttl_secs = 0;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let accept = |body: &'static str| async move {
+        request(
+            addr,
+            Method::POST,
+            "/v1/functions/echo/invoke?mode=async",
+            body,
+        )
+        .await
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = accept("kept").await;
+        assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+        ids.push(json(&r)["id"].as_str().unwrap().to_owned());
+    }
+    let r = accept("one too many").await;
+    assert_eq!(r.status, 429);
+    assert_eq!(code(&r), "overloaded");
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("max_stored_results = 3"),
+        "the refusal names the cap: {}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(metric(addr, "tern_journal_full_refusals_total").await, 1.0);
+    assert_eq!(metric(addr, "tern_stored_results").await, 3.0);
+    for id in &ids {
+        assert_eq!(wait_finished(addr, id).await["result"], "kept");
+    }
+    // Past the retention period (0 s here) the janitor's pass makes room.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(node.app().expire_results().unwrap(), 3);
+    assert_eq!(metric(addr, "tern_stored_results").await, 0.0);
+    assert_eq!(metric(addr, "tern_stored_result_bytes").await, 0.0);
+    let r = accept("room again").await;
+    assert_eq!(r.status, 202);
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_byte_cap_counts_inputs_and_stored_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.max_stored_result_mb = 1;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let big = Bytes::from(vec![b'x'; 600 << 10]);
+    let r = request(
+        addr,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        big.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id = json(&r)["id"].as_str().unwrap().to_owned();
+    wait_finished(addr, &id).await;
+    // The pending record held the input; the finished one holds the echoed output.
+    let stored = metric(addr, "tern_stored_result_bytes").await;
+    assert!(stored > f64::from(600 << 10), "{stored}");
+    let r = request(
+        addr,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        big,
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert!(String::from_utf8_lossy(&r.body).contains("max_stored_result_mb = 1"));
+    // Synchronous calls store nothing and are not affected.
+    let r = invoke(addr, "echo", "sync").await;
+    assert_eq!(r.status, 200);
+    node.shutdown().await.unwrap();
+}
+
+/// A journal record that no longer decodes is moved aside and counted; the node starts and
+/// replays everything else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_journal_record_is_quarantined_and_the_node_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    start(cfg.clone()).await.shutdown().await.unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .put_invocation(&InvocationRecord {
+                id: "good-1".parse().unwrap(),
+                function: "echo".parse().unwrap(),
+                map: false,
+                status: InvocationStatus::Pending,
+                input: b"still here".to_vec(),
+                output: None,
+                error: None,
+                accepted_at_ms: 1,
+                finished_at_ms: None,
+                attempts: 1,
+            })
+            .unwrap();
+        store
+            .tree("invocations")
+            .unwrap()
+            .insert(b"bad-1", &b"\xff\x00 torn write"[..])
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let node = start(cfg).await;
+    let addr = node.addr();
+    assert_eq!(wait_finished(addr, "good-1").await["result"], "still here");
+    assert_eq!(metric(addr, "tern_store_quarantined_total").await, 1.0);
+    let r = request(addr, Method::GET, "/v1/invocations/bad-1", Bytes::new()).await;
+    assert_eq!(r.status, 404, "a quarantined record is no longer served");
+    let quarantined = node.app().store.quarantine().unwrap();
+    assert_eq!(
+        quarantined,
+        vec![(
+            "invocation/bad-1".to_owned(),
+            b"\xff\x00 torn write".to_vec()
+        )]
+    );
+    node.shutdown().await.unwrap();
+}
+
+fn artifact_files(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("artifacts"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Modules and artifacts that no live function uses are deleted (an older version, a removed
+/// function); those of live functions stay and still run without compiling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_no_function_uses_are_collected_with_their_artifacts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let store = &node.app().store;
+    let v1 = json(&request(addr, Method::PUT, "/v1/functions/f", wasm("trap")).await);
+    let v2 = json(&request(addr, Method::PUT, "/v1/functions/f", wasm("exit-code")).await);
+    let g = json(&request(addr, Method::PUT, "/v1/functions/g", wasm("loop")).await);
+    let r = request(addr, Method::DELETE, "/v1/functions/g", Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    let hash = |v: &serde_json::Value| -> tern_wire::ModuleHash {
+        v["hash"].as_str().unwrap().parse().unwrap()
+    };
+    let echo: tern_wire::ModuleHash =
+        json(&request(addr, Method::GET, "/v1/functions/echo", Bytes::new()).await)["hash"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+    assert_eq!(
+        artifact_files(dir.path()).len(),
+        8,
+        "4 artifacts and digests"
+    );
+
+    // Within the grace period artifacts stay (a compile may be under way); modules go.
+    let first = node
+        .app()
+        .collect_garbage(std::time::Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!((first.modules, first.artifacts), (2, 0));
+    let gone = node
+        .app()
+        .collect_garbage(std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((gone.modules, gone.artifacts), (0, 2));
+    for unused in [hash(&v1), hash(&g)] {
+        assert_eq!(store.module(&unused).unwrap(), None);
+    }
+    for used in [hash(&v2), echo] {
+        assert!(store.module(&used).unwrap().is_some());
+    }
+    let left = artifact_files(dir.path());
+    assert_eq!(left.len(), 4, "{left:?}");
+    for used in [hash(&v2), echo] {
+        assert!(
+            left.iter().any(|f| f.starts_with(&used.to_hex())),
+            "{left:?}"
+        );
+    }
+    assert_eq!(metric(addr, "tern_gc_modules_removed_total").await, 2.0);
+    assert_eq!(metric(addr, "tern_gc_artifacts_removed_total").await, 2.0);
+    // What is left still serves, from its artifact.
+    let compiles = metric(addr, "tern_compiles_total").await;
+    let r = invoke(addr, "echo", "still warm").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"still warm"[..]));
+    assert_eq!(metric(addr, "tern_compiles_total").await, compiles);
+    node.shutdown().await.unwrap();
+}
+
+/// A module refused after it compiled (not a WASI command, or importing what the host does
+/// not provide) leaves no artifact behind: distinct bad uploads cannot fill the disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_refused_after_compiling_leave_no_artifact() {
+    /// Valid WebAssembly with no `_start`.
+    const NO_START: &[u8] = &[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let before = artifact_files(dir.path());
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/bad",
+        Bytes::from_static(NO_START),
+    )
+    .await;
+    assert_eq!((r.status, code(&r).as_str()), (400, "invalid_module"));
+    assert_eq!(
+        metric(addr, "tern_compiles_total").await,
+        2.0,
+        "it was compiled"
+    );
+    assert_eq!(artifact_files(dir.path()), before);
+    node.shutdown().await.unwrap();
+}
