@@ -664,27 +664,14 @@ async fn watch_membership(link: Weak<ClusterLink>) {
         spawn_sync(&link, peer);
     }
     loop {
+        // Refreshed before each wait, not after it: peers that came up before this task
+        // subscribed send no event, and the gauge must not wait for the timeout to count them.
+        match link.upgrade() {
+            Some(l) => refresh_link_gauges(&l),
+            None => return,
+        }
         let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
         let Some(l) = link.upgrade() else { return };
-        if let Some(node) = l.node.upgrade() {
-            let m = node.metrics();
-            let up = l
-                .net
-                .members()
-                .values()
-                .filter(|s| **s == PeerState::Up)
-                .count();
-            m.peers_up.store(up as i64, Relaxed);
-            m.rejected_handshakes
-                .store(l.net.rejected_handshakes(), Relaxed);
-            if let Some(sessions) = &l.sessions {
-                m.rejected_session_streams
-                    .store(sessions.rejected_streams(), Relaxed);
-            }
-            if let Some(control) = l.control.get() {
-                m.control_refused.store(control.counters().refused, Relaxed);
-            }
-        }
         match event {
             Ok(Ok(event)) => {
                 let action = write(&l.peers).on_membership(event.node, event.state, event.at);
@@ -698,6 +685,29 @@ async fn watch_membership(link: Weak<ClusterLink>) {
             }
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
+        }
+    }
+}
+
+/// Copies the link's membership and refusal counts into the node's metrics.
+fn refresh_link_gauges(l: &ClusterLink) {
+    if let Some(node) = l.node.upgrade() {
+        let m = node.metrics();
+        let up = l
+            .net
+            .members()
+            .values()
+            .filter(|s| **s == PeerState::Up)
+            .count();
+        m.peers_up.store(up as i64, Relaxed);
+        m.rejected_handshakes
+            .store(l.net.rejected_handshakes(), Relaxed);
+        if let Some(sessions) = &l.sessions {
+            m.rejected_session_streams
+                .store(sessions.rejected_streams(), Relaxed);
+        }
+        if let Some(control) = l.control.get() {
+            m.control_refused.store(control.counters().refused, Relaxed);
         }
     }
 }

@@ -639,6 +639,17 @@ impl App {
     }
 }
 
+/// Runs a registry change in a task of its own and waits for it: a caller that goes away
+/// drops this future, not the change, which could otherwise stop between storing an entry
+/// and installing it.
+pub(crate) async fn to_completion<T: Send + 'static>(
+    change: impl std::future::Future<Output = Result<T, NodeError>> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::spawn(change)
+        .await
+        .map_err(|e| NodeError::ChangeFailed(e.to_string()))?
+}
+
 /// Artifacts this recent are never collected: a compile under way (up to
 /// `compile_timeout_ms`, whose thread may finish after the caller gave up) writes its
 /// artifact before any function names it.

@@ -500,10 +500,14 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
                     format!("module over the {limit}-byte limit"),
                 ));
             }
-            app.deploy(name, Bytes::from(module), timeout_ms, memory_mb)
-                .await
-                .map(ClientReply::Deployed)
-                .map_err(node_err)
+            let app = app.clone();
+            crate::app::to_completion(async move {
+                app.deploy(name, Bytes::from(module), timeout_ms, memory_mb)
+                    .await
+            })
+            .await
+            .map(ClientReply::Deployed)
+            .map_err(node_err)
         }
         ClientOp::Invoke {
             name,
@@ -554,11 +558,13 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
             Ok(ClientReply::Invocation(record))
         }
         ClientOp::List => Ok(ClientReply::Functions(app.services().runtime.list())),
-        ClientOp::Remove { name } => app
-            .remove(&name)
-            .await
-            .map(ClientReply::Removed)
-            .map_err(node_err),
+        ClientOp::Remove { name } => {
+            let app = app.clone();
+            crate::app::to_completion(async move { app.remove(&name).await })
+                .await
+                .map(ClientReply::Removed)
+                .map_err(node_err)
+        }
     }
 }
 

@@ -285,19 +285,11 @@ async fn deploy(
     let bytes = read_body(app, req, app.config.max_module_bytes).await?;
     let app = app.clone();
     let info =
-        to_completion(async move { app.deploy(name, bytes, timeout_ms, memory_mb).await }).await?;
+        crate::app::to_completion(
+            async move { app.deploy(name, bytes, timeout_ms, memory_mb).await },
+        )
+        .await?;
     Ok(json(StatusCode::CREATED, &info))
-}
-
-/// Runs a registry change in a task of its own and waits for it: a caller that goes away
-/// drops this future, not the change, which could otherwise stop between storing an entry
-/// and installing it.
-async fn to_completion<T: Send + 'static>(
-    change: impl std::future::Future<Output = Result<T, NodeError>> + Send + 'static,
-) -> Result<T, NodeError> {
-    tokio::spawn(change)
-        .await
-        .map_err(|e| NodeError::ChangeFailed(e.to_string()))?
 }
 
 fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
@@ -312,7 +304,7 @@ fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError>
 async fn remove(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
     let name = parse_name(name)?;
     let app = app.clone();
-    let info = to_completion(async move { app.remove(&name).await }).await?;
+    let info = crate::app::to_completion(async move { app.remove(&name).await }).await?;
     Ok(json(StatusCode::OK, &info))
 }
 
