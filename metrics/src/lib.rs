@@ -83,12 +83,20 @@ impl FunctionMetrics {
     pub fn record_error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
     }
+
+    /// Invocations answered, successfully or not.
+    pub fn finished(&self) -> u64 {
+        self.ok.load(Relaxed) + self.errors.iter().map(|e| e.load(Relaxed)).sum::<u64>()
+    }
 }
 
 /// All of a node's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
     functions: RwLock<BTreeMap<String, Arc<FunctionMetrics>>>,
+    /// What removed functions counted, so node-wide totals never go backwards when a
+    /// function's series is dropped.
+    retired: Retired,
     /// Invocations admitted and not yet answered (the admission queue depth).
     pub in_flight: AtomicI64,
     /// MEUs waiting for a free instance slot.
@@ -179,7 +187,44 @@ pub struct Metrics {
     pub status_recent_mean_us: AtomicU64,
 }
 
+/// Totals of functions whose series were dropped ([`Metrics::retire`]).
+#[derive(Debug, Default)]
+struct Retired {
+    meus: AtomicU64,
+    reuse_hits: AtomicU64,
+    cold_starts: AtomicU64,
+    finished: AtomicU64,
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+}
+
 impl Metrics {
+    /// Drops `function`'s series (it is no longer deployed here), keeping what it counted in
+    /// the node-wide totals. Without this, deploying and removing ever new names would grow
+    /// the node's memory and its exposition without bound. A guest of the removed function
+    /// still running records into the dropped series; that little is not in the totals.
+    pub fn retire(&self, function: &str) {
+        let removed = self
+            .functions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(function);
+        let Some(f) = removed else { return };
+        let r = &self.retired;
+        r.meus.fetch_add(f.meus.load(Relaxed), Relaxed);
+        r.reuse_hits.fetch_add(f.reuse_hits.load(Relaxed), Relaxed);
+        r.cold_starts
+            .fetch_add(f.cold_starts.load(Relaxed), Relaxed);
+        r.finished.fetch_add(f.finished(), Relaxed);
+        r.latency_count.fetch_add(f.latency.count(), Relaxed);
+        r.latency_sum_us.fetch_add(f.latency.sum_us(), Relaxed);
+    }
+
+    /// Functions with a series of their own.
+    pub fn function_count(&self) -> usize {
+        self.read_functions().len()
+    }
+
     /// The metrics of `function`, created on first use.
     pub fn function(&self, function: &str) -> Arc<FunctionMetrics> {
         if let Some(m) = self.read_functions().get(function) {
@@ -192,7 +237,12 @@ impl Metrics {
     /// Invocations answered and their summed latency, over all functions (for a node's
     /// recent-latency status: the difference of two readings).
     pub fn latency_totals(&self) -> (u64, u64) {
-        self.read_functions().values().fold((0, 0), |(n, sum), m| {
+        let r = &self.retired;
+        let retired = (
+            r.latency_count.load(Relaxed),
+            r.latency_sum_us.load(Relaxed),
+        );
+        self.read_functions().values().fold(retired, |(n, sum), m| {
             (n + m.latency.count(), sum + m.latency.sum_us())
         })
     }
@@ -221,9 +271,15 @@ impl Metrics {
 
     /// Totals over all functions: (meus, reuse hits, cold starts).
     pub fn reuse_totals(&self) -> (u64, u64, u64) {
+        let r = &self.retired;
+        let retired = (
+            r.meus.load(Relaxed),
+            r.reuse_hits.load(Relaxed),
+            r.cold_starts.load(Relaxed),
+        );
         self.read_functions()
             .values()
-            .fold((0, 0, 0), |(m, r, c), f| {
+            .fold(retired, |(m, r, c), f| {
                 (
                     m + f.meus.load(Relaxed),
                     r + f.reuse_hits.load(Relaxed),
@@ -234,10 +290,12 @@ impl Metrics {
 
     /// Invocations finished (successfully or not) over all functions.
     pub fn finished_invocations(&self) -> u64 {
-        self.read_functions()
-            .values()
-            .map(|f| f.ok.load(Relaxed) + f.errors.iter().map(|e| e.load(Relaxed)).sum::<u64>())
-            .sum()
+        self.retired.finished.load(Relaxed)
+            + self
+                .read_functions()
+                .values()
+                .map(|f| f.finished())
+                .sum::<u64>()
     }
 
     /// Share of MEUs served without compiling or loading; `None` before the first MEU.
@@ -629,6 +687,43 @@ mod tests {
         assert!(out.contains("x_bucket{f=\"a\",le=\"10\"} 4\n"), "{out}");
         assert!(out.contains("x_bucket{f=\"a\",le=\"+Inf\"} 5\n"), "{out}");
         assert!(out.contains("x_count{f=\"a\"} 5\n"), "{out}");
+    }
+
+    #[test]
+    fn a_retired_function_loses_its_series_but_not_its_share_of_the_totals() {
+        let m = Metrics::default();
+        for (name, meus, hits) in [("a", 4, 3), ("b", 6, 1)] {
+            let f = m.function(name);
+            f.meus.fetch_add(meus, Relaxed);
+            f.reuse_hits.fetch_add(hits, Relaxed);
+            f.cold_starts.fetch_add(meus - hits, Relaxed);
+            f.ok.fetch_add(meus - 1, Relaxed);
+            f.record_error(ErrorCode::Timeout);
+            f.latency.observe_us(100 * meus);
+        }
+        let before = (
+            m.reuse_totals(),
+            m.finished_invocations(),
+            m.latency_totals(),
+        );
+        m.retire("b");
+        m.retire("b");
+        m.retire("never-deployed");
+        assert_eq!(m.function_count(), 1);
+        assert_eq!(
+            (
+                m.reuse_totals(),
+                m.finished_invocations(),
+                m.latency_totals()
+            ),
+            before
+        );
+        let text = m.render("n", 1);
+        assert!(!text.contains("function=\"b\""), "{text}");
+        assert!(text.contains("function=\"a\""), "{text}");
+        // Deployed again, it starts a fresh series; the totals keep growing.
+        m.function("b").meus.fetch_add(1, Relaxed);
+        assert_eq!(m.reuse_totals().0, before.0.0 + 1);
     }
 
     #[test]

@@ -429,12 +429,19 @@ impl Runtime {
         Ok(removed)
     }
 
-    /// Makes `name` uncallable. Its artifact stays on disk (other names may share the module).
+    /// Makes `name` uncallable and drops its metric series (its counts stay in the node's
+    /// totals). Its artifact stays on disk until garbage collection (other names may share
+    /// the module).
     pub fn remove(&self, name: &FunctionName) -> Option<Arc<Deployed>> {
-        self.functions
+        let removed = self
+            .functions
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
+            .remove(name);
+        if removed.is_some() {
+            self.metrics.retire(name.as_str());
+        }
+        removed
     }
 
     pub fn get(&self, name: &FunctionName) -> Option<Arc<Deployed>> {

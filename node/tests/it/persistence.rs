@@ -353,3 +353,40 @@ async fn modules_refused_after_compiling_leave_no_artifact() {
     assert_eq!(artifact_files(dir.path()), before);
     node.shutdown().await.unwrap();
 }
+
+/// Deploying and removing ever new names leaves nothing behind in the node's metrics: the
+/// removed function's series go, what it counted stays in the node-wide totals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_functions_leave_no_metric_series_and_totals_keep_their_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    let node = start(cfg).await;
+    let addr = node.addr();
+    for i in 0..5 {
+        let name = format!("brief-{i}");
+        let r = request(
+            addr,
+            Method::PUT,
+            &format!("/v1/functions/{name}"),
+            wasm("echo"),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        assert_eq!(invoke(addr, &name, "x").await.status, 200);
+        let r = request(
+            addr,
+            Method::DELETE,
+            &format!("/v1/functions/{name}"),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(node.services().metrics.function_count(), 1, "only echo");
+    let text = request(addr, Method::GET, "/metrics", Bytes::new()).await;
+    let text = String::from_utf8_lossy(&text.body);
+    assert!(!text.contains("brief-"), "{text}");
+    assert_eq!(node.services().metrics.finished_invocations(), 5);
+    node.shutdown().await.unwrap();
+}
