@@ -352,12 +352,15 @@ impl Config {
     }
 
     /// The most memory and time a function may need to be placed on this node: its class's
-    /// fixed limits, or for `standard` the node's own maximums.
+    /// fixed limits, or for `standard` the node's own maximums, and never more than those
+    /// maximums (a class promises at most what the node is configured to give).
     pub fn class_limits(&self) -> ClassLimits {
         let (max_memory_mb, max_timeout_ms) = self
             .node_class
             .fixed_limits()
-            .unwrap_or((self.max_memory_mb, self.max_timeout_ms));
+            .map_or((self.max_memory_mb, self.max_timeout_ms), |(m, t)| {
+                (m.min(self.max_memory_mb), t.min(self.max_timeout_ms))
+            });
         ClassLimits {
             max_memory_mb,
             max_timeout_ms,
@@ -446,6 +449,15 @@ mod tests {
         assert_eq!(c.node_class, NodeClass::EdgeSmall);
         assert_eq!(c.class_limits().max_memory_mb, 128);
         assert_eq!(c.class_limits().max_timeout_ms, 50);
+        let tighter = Config {
+            max_memory_mb: 64,
+            max_timeout_ms: 20,
+            default_memory_mb: 64,
+            default_timeout_ms: 20,
+            ..c
+        };
+        assert_eq!(tighter.class_limits().max_memory_mb, 64);
+        assert_eq!(tighter.class_limits().max_timeout_ms, 20);
         let c = Config::default();
         assert_eq!(c.class_limits().max_timeout_ms, c.max_timeout_ms);
         assert_eq!(c.class_limits().max_memory_mb, c.max_memory_mb);
