@@ -241,9 +241,12 @@ impl App {
         if !self.pipeline.registry_synced() {
             return Err(NodeError::NotSynced);
         }
+        // Checked before compiling (no work for a refusal) and again under the lock.
+        self.check_function_room(&name)?;
         let runtime = &self.services().runtime;
         let prepared = runtime.prepare(bytes.clone()).await?;
         let _guard = self.deploy_lock.lock().await;
+        self.check_function_room(&name)?;
         let version = self
             .store
             .function(&name)?
@@ -500,6 +503,16 @@ impl App {
             record.input = input.to_vec();
             tracing::error!(id = %record.id, error = %e, "cannot record the result");
         }
+    }
+
+    /// Refuses a deploy of a name not deployed yet when `max_functions` are.
+    fn check_function_room(&self, name: &FunctionName) -> Result<(), NodeError> {
+        let runtime = &self.services().runtime;
+        let max = self.config.max_functions;
+        if runtime.get(name).is_none() && runtime.function_count() >= max {
+            return Err(NodeError::TooManyFunctions { max });
+        }
+        Ok(())
     }
 
     /// Copies the store's sizes and quarantine count into the metrics (before a scrape).

@@ -73,6 +73,11 @@ pub struct Config {
     pub map_parallelism: usize,
     /// Finished async results are kept this long.
     pub result_ttl_secs: u64,
+    /// Most functions deployed at once. A deploy of a new name past it is refused with 429
+    /// `quota_exceeded`; new versions of deployed names are not. Replicated entries are
+    /// applied regardless, so a cluster's registries still converge (set the same value on
+    /// every node).
+    pub max_functions: usize,
     /// Most asynchronous invocations the journal holds (pending and finished results); past
     /// it, new ones are refused with 429 `overloaded` until results expire.
     pub max_stored_results: u64,
@@ -179,6 +184,7 @@ impl Default for Config {
             epoch_tick_us: 1000,
             map_parallelism: 0,
             result_ttl_secs: 3600,
+            max_functions: 10_000,
             max_stored_results: 100_000,
             max_stored_result_mb: 4096,
             header_read_timeout_ms: 30_000,
@@ -288,6 +294,9 @@ impl Config {
         }
         if self.max_connections == 0 || self.max_connections_per_ip == 0 {
             return bad("max_connections and max_connections_per_ip must be at least 1");
+        }
+        if self.max_functions == 0 {
+            return bad("max_functions must be at least 1");
         }
         if self.max_stored_results == 0 || self.max_stored_result_mb == 0 {
             return bad("max_stored_results and max_stored_result_mb must be at least 1");

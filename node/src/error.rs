@@ -47,6 +47,12 @@ pub enum NodeError {
         max_count: u64,
         max_mib: u64,
     },
+    /// A deploy of a new name when `max_functions` are deployed.
+    #[error(
+        "this node holds the most functions it may (max_functions = {max}); remove one \
+         before deploying a new name"
+    )]
+    TooManyFunctions { max: usize },
     /// No randomness for an unguessable id.
     #[error("cannot draw random bytes: {0}")]
     Randomness(String),
@@ -84,6 +90,9 @@ impl NodeError {
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
             NodeError::NotSynced => ApiError::new(ErrorCode::Unavailable, self.to_string()),
             NodeError::JournalFull { .. } => ApiError::new(ErrorCode::Overloaded, self.to_string()),
+            NodeError::TooManyFunctions { .. } => {
+                ApiError::new(ErrorCode::QuotaExceeded, self.to_string())
+            }
             NodeError::BodyTimeout { .. } => {
                 ApiError::new(ErrorCode::RequestTimeout, self.to_string())
             }

@@ -452,6 +452,14 @@ impl Runtime {
             .cloned()
     }
 
+    /// Functions installed (callable) here.
+    pub fn function_count(&self) -> usize {
+        self.functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     pub fn list(&self) -> Vec<FunctionInfo> {
         let mut out: Vec<_> = self
             .functions

@@ -208,13 +208,15 @@ pub enum ErrorCode {
     /// from the cluster CA.
     Unauthorized,
     /// The HTTP request body did not arrive in time (`body_read_timeout_ms`, plus its length at
-    /// `min_body_bytes_per_sec`). Only the HTTP front door answers it, so no older peer or
-    /// client is ever sent a code it cannot decode.
+    /// `min_body_bytes_per_sec`). Only the HTTP front door answers it.
     RequestTimeout,
+    /// A limit on what may be kept was reached (for example `max_functions`); the message
+    /// names it. Trying again does not help until something is removed.
+    QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -230,6 +232,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::RequestTimeout,
+        ErrorCode::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -249,6 +252,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
 
@@ -260,7 +264,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::Overloaded => 429,
+            ErrorCode::Overloaded | ErrorCode::QuotaExceeded => 429,
             ErrorCode::GuestTrap | ErrorCode::GuestError | ErrorCode::Internal => 500,
             ErrorCode::OutputTooLarge => 502,
             ErrorCode::Unavailable => 503,

@@ -620,3 +620,35 @@ async fn running_guests_stay_within_the_memory_budget() {
     let refused = tern_node::start(cfg).await.err().expect("refused to start");
     assert!(refused.to_string().contains("memory budget"), "{refused}");
 }
+
+/// The number of deployed functions is capped: a new name past `max_functions` is refused
+/// with 429 `quota_exceeded` before it is compiled; new versions of deployed names, and new
+/// names once one is removed, are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_of_new_names_past_max_functions_get_quota_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.max_functions = 2;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let put = |name: &'static str| async move {
+        request(addr, Method::PUT, &format!("/v1/functions/{name}"), wasm("echo")).await
+    };
+    assert_eq!(put("second").await.status, 201);
+    let compiles = metric(addr, "tern_compiles_total").await;
+    let r = put("third").await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("max_functions = 2"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(metric(addr, "tern_compiles_total").await, compiles);
+    assert_eq!(put("second").await.status, 201, "a new version is not a new name");
+    let r = request(addr, Method::DELETE, "/v1/functions/second", Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(put("third").await.status, 201);
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
