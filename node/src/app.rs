@@ -34,6 +34,8 @@ pub struct App {
     background: Arc<std::sync::atomic::AtomicUsize>,
     /// The cluster link, when the node is a cluster member (set once at start).
     pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
+    /// Who may use the HTTP API.
+    pub auth: crate::auth::Auth,
 }
 
 /// The cluster link's view of this node.
@@ -191,8 +193,14 @@ pub fn now_ms() -> u64 {
 }
 
 impl App {
-    pub fn new(config: Config, store: Store, pipeline: Pipeline) -> Arc<Self> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        pipeline: Pipeline,
+        auth: crate::auth::Auth,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            auth,
             config,
             store,
             pipeline,

@@ -32,6 +32,18 @@ impl From<tern_placement::learned::CheckpointError> for ConfigError {
     }
 }
 
+/// How the HTTP API authenticates callers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every caller may do everything.
+    #[default]
+    Off,
+    /// `Authorization: Bearer <token>` on every request but `/healthz`; roles decide what a
+    /// token may do.
+    Tokens,
+}
+
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
 /// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -139,6 +151,9 @@ pub struct Config {
     pub client_listen: Option<SocketAddr>,
     /// Tenant tokens accepted on the client API; empty = no token needed.
     pub client_tokens: Vec<String>,
+    /// Who may use the HTTP API: `off` (anyone who reaches it) or `tokens` (a bearer token
+    /// with a role; the first start writes an admin token to `<data_dir>/admin.token`).
+    pub auth: AuthMode,
     /// Run a ractor_cluster session over each peer link (QUIC stream kind 0x01).
     pub ractor_sessions: bool,
     /// Idle data-plane streams kept open per peer for later forwarded requests (each request
@@ -205,6 +220,7 @@ impl Default for Config {
             online_batch: 512,
             client_listen: None,
             client_tokens: Vec::new(),
+            auth: AuthMode::Off,
             ractor_sessions: true,
             cluster_idle_lanes: 256,
             cluster_sync_grace_ms: 10_000,
@@ -338,6 +354,12 @@ impl Config {
             }
         }
         self.parsed_peers()?;
+        if self.auth == AuthMode::Tokens && !self.peers.is_empty() {
+            return bad(
+                "auth = \"tokens\" runs on a single node for now: tokens are not replicated \
+                 between cluster members yet",
+            );
+        }
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
             return bad("client_listen needs cluster_dir (the node's certificate)");
         }
@@ -471,6 +493,9 @@ mod tests {
         assert_eq!(c.class_limits().max_timeout_ms, c.max_timeout_ms);
         assert_eq!(c.class_limits().max_memory_mb, c.max_memory_mb);
         assert!(Config::load(None, env("TERN_NODE_CLASS", "huge")).is_err());
+        let c = Config::load(None, env("TERN_AUTH", "tokens")).unwrap();
+        assert_eq!(c.auth, AuthMode::Tokens);
+        assert!(Config::load(None, env("TERN_AUTH", "maybe")).is_err());
         assert!(Config::load(None, env("TERN_PLACEMENT", "psychic")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b\"]")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b=nowhere\"]")).is_err());

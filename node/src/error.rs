@@ -53,6 +53,21 @@ pub enum NodeError {
          before deploying a new name"
     )]
     TooManyFunctions { max: usize },
+    /// `auth = "tokens"` and no valid bearer token (none, malformed, unknown, wrong secret,
+    /// or revoked: the caller is not told which).
+    #[error("a valid bearer token is needed (Authorization: Bearer <token>)")]
+    Unauthorized,
+    /// The token's role does not allow this action.
+    #[error("this token's role does not allow this")]
+    Forbidden,
+    /// The admin token could not be written at first start.
+    #[error("cannot write the admin token to {path}: {source}")]
+    TokenFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("tenancy: {0}")]
+    Tenancy(tern_tenancy::Error),
     /// No randomness for an unguessable id.
     #[error("cannot draw random bytes: {0}")]
     Randomness(String),
@@ -90,6 +105,8 @@ impl NodeError {
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
             NodeError::NotSynced => ApiError::new(ErrorCode::Unavailable, self.to_string()),
             NodeError::JournalFull { .. } => ApiError::new(ErrorCode::Overloaded, self.to_string()),
+            NodeError::Unauthorized => ApiError::new(ErrorCode::Unauthorized, self.to_string()),
+            NodeError::Forbidden => ApiError::new(ErrorCode::Forbidden, self.to_string()),
             NodeError::TooManyFunctions { .. } => {
                 ApiError::new(ErrorCode::QuotaExceeded, self.to_string())
             }
@@ -105,6 +122,8 @@ impl NodeError {
             | NodeError::Spawn(_)
             | NodeError::ChangeFailed(_)
             | NodeError::Randomness(_)
+            | NodeError::TokenFile { .. }
+            | NodeError::Tenancy(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)
             | NodeError::Link(_)

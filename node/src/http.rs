@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER};
+use hyper::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -100,8 +103,18 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = req.method().clone();
+    // Before anything else, the body included: a caller without a valid token learns nothing
+    // and costs no more than this check.
+    let need = crate::auth::need(&method, &segments);
+    let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+    if let Err(e) = app.auth.check(authorization, need) {
+        return error_response(&e.to_api());
+    }
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::POST, ["v1", "tokens"]) => create_token(&app, req).await,
+        (&Method::GET, ["v1", "tokens"]) => Ok(json(StatusCode::OK, &app.auth.list())),
+        (&Method::DELETE, ["v1", "tokens", id]) => revoke_token(&app, id),
         (&Method::GET, ["metrics"]) => Ok(metrics(&app).await),
         (&Method::GET, ["v1", "functions"]) => {
             Ok(json(StatusCode::OK, &app.services().runtime.list()))
@@ -130,11 +143,63 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             | ["metrics"]
             | ["v1", "cluster"]
             | ["v1", "functions", ..]
-            | ["v1", "invocations", _],
+            | ["v1", "invocations", _]
+            | ["v1", "tokens"]
+            | ["v1", "tokens", _],
         ) => Err(NodeError::MethodNotAllowed),
         _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
     };
     result.unwrap_or_else(|e| error_response(&e.to_api()))
+}
+
+/// `POST /v1/tokens` with `{"role": "admin" | "developer" | "invoker"}` (and optionally
+/// `"tenant"`, which must be `default`): the new token, shown this once.
+async fn create_token(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, NodeError> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewToken {
+        role: String,
+        tenant: Option<String>,
+    }
+    #[derive(Serialize)]
+    struct Created {
+        #[serde(flatten)]
+        info: tern_tenancy::TokenInfo,
+        /// The secret: shown once, stored nowhere.
+        token: String,
+    }
+    let body = read_body(app, req, 4096).await?;
+    let asked: NewToken = serde_json::from_slice(&body).map_err(|e| {
+        NodeError::BadRequest(format!(
+            "expected {{\"role\": \"admin\" | \"developer\" | \"invoker\"}}: {e}"
+        ))
+    })?;
+    let role: tern_tenancy::Role = asked
+        .role
+        .parse()
+        .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?;
+    let tenant = match asked.tenant {
+        Some(t) => t
+            .parse()
+            .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?,
+        None => tern_tenancy::TenantName::default_tenant(),
+    };
+    let (secret, info) = app.auth.create(tenant, role)?;
+    Ok(json(
+        StatusCode::CREATED,
+        &Created {
+            info,
+            token: secret.expose().to_owned(),
+        },
+    ))
+}
+
+/// `DELETE /v1/tokens/{id}`: the token never authenticates again.
+fn revoke_token(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
+    let id: tern_tenancy::TokenId = id
+        .parse()
+        .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?;
+    Ok(json(StatusCode::OK, &app.auth.revoke(&id)?))
 }
 
 fn parse_name(name: &str) -> Result<FunctionName, NodeError> {
@@ -493,6 +558,9 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
     h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if e.code == ErrorCode::Overloaded {
         h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if e.code == ErrorCode::Unauthorized {
+        h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     }
     resp
 }

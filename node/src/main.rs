@@ -30,6 +30,28 @@ struct Server {
     /// Address of the node's HTTP API.
     #[arg(long, env = "TERN_SERVER", default_value = "127.0.0.1:7878")]
     server: SocketAddr,
+    /// Bearer token for a node with `auth = "tokens"`. Unset: the admin token a node with the
+    /// default data directory wrote, `./tern-data/admin.token`, if there is one.
+    #[arg(long, env = "TERN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Server {
+    /// The `Authorization` header value to send, if any token is known.
+    fn authorization(&self) -> Option<String> {
+        let token = match &self.token {
+            Some(t) => t.trim().to_owned(),
+            None => std::fs::read_to_string(
+                tern_node::Config::default()
+                    .data_dir
+                    .join(tern_node::auth::ADMIN_TOKEN_FILE),
+            )
+            .ok()?
+            .trim()
+            .to_owned(),
+        };
+        (!token.is_empty()).then(|| format!("Bearer {token}"))
+    }
 }
 
 #[derive(Subcommand)]
@@ -114,6 +136,9 @@ enum Command {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Bearer tokens of a node with `auth = "tokens"` (admin token needed).
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Load-test a function over HTTP and report latency percentiles and throughput.
     Bench {
         #[arg(long, default_value = "echo")]
@@ -141,6 +166,30 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         no_progress: bool,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it with its secret (shown this once).
+    Create {
+        /// `admin`, `developer` (deploy, remove, invoke, read) or `invoker` (invoke, read
+        /// results).
+        #[arg(long)]
+        role: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Revoke a token for good.
+    Revoke {
+        id: String,
         #[command(flatten)]
         server: Server,
     },
@@ -206,7 +255,12 @@ async fn call(
     path: &str,
     body: Bytes,
 ) -> Result<tern_bench::Response> {
-    let req = tern_bench::request_once(server.server, method, path, &[], body);
+    let authorization = server.authorization();
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    let req = tern_bench::request_once(server.server, method, path, &headers, body);
     tokio::time::timeout(Duration::from_secs(120), req)
         .await
         .context("request timed out")?
@@ -417,6 +471,22 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             }
             Ok(())
         }
+        Command::Token(TokenCommand::Create { role, server }) => {
+            let body = serde_json::json!({ "role": role }).to_string();
+            finish(call(&server, Method::POST, "/v1/tokens", Bytes::from(body)).await?)
+        }
+        Command::Token(TokenCommand::List { server }) => {
+            finish(call(&server, Method::GET, "/v1/tokens", Bytes::new()).await?)
+        }
+        Command::Token(TokenCommand::Revoke { id, server }) => finish(
+            call(
+                &server,
+                Method::DELETE,
+                &format!("/v1/tokens/{id}"),
+                Bytes::new(),
+            )
+            .await?,
+        ),
         Command::List { server } => {
             finish(call(&server, Method::GET, "/v1/functions", Bytes::new()).await?)
         }
@@ -456,7 +526,10 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     "/v1/functions/{function}/invoke{}",
                     if map { "?map=1" } else { "" }
                 ),
-                headers: Vec::new(),
+                headers: server
+                    .authorization()
+                    .map(|a| vec![("authorization".to_owned(), a)])
+                    .unwrap_or_default(),
                 body: body_arg(&data)?,
                 mode,
                 duration,

@@ -167,7 +167,8 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         None => http::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
-    let app = App::new(config, store, pipeline);
+    let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir)?;
+    let app = App::new(config, store, pipeline, auth);
 
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;

@@ -204,19 +204,22 @@ pub enum ErrorCode {
     /// The node could not run the work right now (a component was restarting for too long).
     Unavailable,
     Internal,
-    /// The client API refused the request: no valid tenant token and no client certificate
-    /// from the cluster CA.
+    /// No valid token: the HTTP API with `auth = "tokens"` (no, malformed, unknown, wrong or
+    /// revoked bearer token), or the client API (no valid token and no client certificate
+    /// from the cluster CA).
     Unauthorized,
     /// The HTTP request body did not arrive in time (`body_read_timeout_ms`, plus its length at
     /// `min_body_bytes_per_sec`). Only the HTTP front door answers it.
     RequestTimeout,
+    /// The caller's token is valid but its role does not allow this action.
+    Forbidden,
     /// A limit on what may be kept was reached (for example `max_functions`); the message
     /// names it. Trying again does not help until something is removed.
     QuotaExceeded,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -232,6 +235,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Unauthorized,
         ErrorCode::RequestTimeout,
+        ErrorCode::Forbidden,
         ErrorCode::QuotaExceeded,
     ];
 
@@ -252,6 +256,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::QuotaExceeded => "quota_exceeded",
         }
     }
@@ -260,6 +265,7 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidModule | ErrorCode::InvalidRequest => 400,
             ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RequestTimeout => 408,

@@ -633,7 +633,13 @@ async fn deploys_of_new_names_past_max_functions_get_quota_exceeded() {
     let node = start(cfg).await;
     let addr = node.addr();
     let put = |name: &'static str| async move {
-        request(addr, Method::PUT, &format!("/v1/functions/{name}"), wasm("echo")).await
+        request(
+            addr,
+            Method::PUT,
+            &format!("/v1/functions/{name}"),
+            wasm("echo"),
+        )
+        .await
     };
     assert_eq!(put("second").await.status, 201);
     let compiles = metric(addr, "tern_compiles_total").await;
@@ -645,7 +651,11 @@ async fn deploys_of_new_names_past_max_functions_get_quota_exceeded() {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(metric(addr, "tern_compiles_total").await, compiles);
-    assert_eq!(put("second").await.status, 201, "a new version is not a new name");
+    assert_eq!(
+        put("second").await.status,
+        201,
+        "a new version is not a new name"
+    );
     let r = request(addr, Method::DELETE, "/v1/functions/second", Bytes::new()).await;
     assert_eq!(r.status, 200);
     assert_eq!(put("third").await.status, 201);

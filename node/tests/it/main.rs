@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod api;
+mod auth;
 mod client;
 mod cluster;
 mod cluster_process;

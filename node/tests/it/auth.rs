@@ -1,0 +1,354 @@
+//! `auth = "tokens"`: every route of the HTTP API against no token, a bad token, a revoked
+//! token, and each role.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_node::config::AuthMode;
+
+use crate::support::*;
+
+async fn with_token(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: impl Into<Bytes>,
+) -> tern_bench::Response {
+    let header = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = header
+        .as_deref()
+        .map(|h| vec![("authorization", h)])
+        .unwrap_or_default();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        tern_bench::request_once(addr, method, path, &headers, body.into()),
+    )
+    .await
+    .expect("request timed out")
+    .expect("request failed")
+}
+
+async fn new_token(addr: SocketAddr, admin: &str, role: &str) -> (String, String) {
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/tokens",
+        Some(admin),
+        format!(r#"{{"role":"{role}"}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let v = json(&r);
+    assert_eq!(v["role"], role);
+    assert_eq!(v["tenant"], "default");
+    (
+        v["token"].as_str().unwrap().to_owned(),
+        v["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Callers, in the order of each row's expected statuses.
+const CALLERS: [&str; 6] = ["none", "bad", "revoked", "invoker", "developer", "admin"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_each_caller_as_its_role_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    let (invoker, _) = new_token(addr, &admin, "invoker").await;
+    let (developer, _) = new_token(addr, &admin, "developer").await;
+    let (revoked, revoked_id) = new_token(addr, &admin, "admin").await;
+    let r = with_token(
+        addr,
+        Method::DELETE,
+        &format!("/v1/tokens/{revoked_id}"),
+        Some(&admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(json(&r)["revoked_at_ms"].is_u64());
+    // Well formed, unknown id: the same 401 as garbage.
+    let bad = "tern_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let token = |caller: &str| -> Option<&str> {
+        match caller {
+            "none" => None,
+            "bad" => Some(bad),
+            "revoked" => Some(&revoked),
+            "invoker" => Some(&invoker),
+            "developer" => Some(&developer),
+            "admin" => Some(&admin),
+            _ => unreachable!(),
+        }
+    };
+    // Resources each caller acts on in turn.
+    for caller in CALLERS {
+        let r = with_token(
+            addr,
+            Method::PUT,
+            &format!("/v1/functions/gone-{caller}"),
+            Some(&admin),
+            wasm("echo"),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        Some(&admin),
+        "async",
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let invocation = json(&r)["id"].as_str().unwrap().to_owned();
+
+    type Row = (Method, String, &'static str, [u16; 6]);
+    let rows: Vec<Row> = vec![
+        (Method::GET, "/healthz".into(), "", [200; 6]),
+        (
+            Method::GET,
+            "/metrics".into(),
+            "",
+            [401, 401, 401, 403, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/v1/cluster".into(),
+            "",
+            [401, 401, 401, 403, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/v1/functions".into(),
+            "",
+            [401, 401, 401, 403, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/v1/functions/echo".into(),
+            "",
+            [401, 401, 401, 403, 200, 200],
+        ),
+        (
+            Method::PUT,
+            "/v1/functions/fresh-{caller}".into(),
+            "echo",
+            [401, 401, 401, 403, 201, 201],
+        ),
+        (
+            Method::DELETE,
+            "/v1/functions/gone-{caller}".into(),
+            "",
+            [401, 401, 401, 403, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/functions/echo/invoke".into(),
+            "hi",
+            [401, 401, 401, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            format!("/v1/invocations/{invocation}"),
+            "",
+            [401, 401, 401, 200, 200, 200],
+        ),
+        (
+            Method::GET,
+            "/v1/tokens".into(),
+            "",
+            [401, 401, 401, 403, 403, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/tokens".into(),
+            r#"{"role":"invoker"}"#,
+            [401, 401, 401, 403, 403, 201],
+        ),
+        (
+            Method::GET,
+            "/no/such/route".into(),
+            "",
+            [401, 401, 401, 404, 404, 404],
+        ),
+    ];
+    for (method, path, body, expected) in rows {
+        for (caller, want) in CALLERS.into_iter().zip(expected) {
+            let path = path.replace("{caller}", caller);
+            let body = match body {
+                "echo" => wasm("echo"),
+                other => Bytes::from(other),
+            };
+            let r = with_token(addr, method.clone(), &path, token(caller), body).await;
+            assert_eq!(
+                r.status,
+                want,
+                "{method} {path} as {caller}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            match want {
+                401 => {
+                    assert_eq!(code(&r), "unauthorized");
+                    assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+                }
+                403 => assert_eq!(code(&r), "forbidden"),
+                _ => {}
+            }
+        }
+    }
+    // A revoked or refused caller changed nothing: only the developer's and the admin's
+    // deploys exist.
+    let r = with_token(
+        addr,
+        Method::GET,
+        "/v1/functions",
+        Some(&admin),
+        Bytes::new(),
+    )
+    .await;
+    let names: Vec<String> = json(&r)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .filter(|n| n.starts_with("fresh-"))
+        .collect();
+    assert_eq!(names, ["fresh-admin", "fresh-developer"]);
+    node.shutdown().await.unwrap();
+}
+
+/// Token secrets are shown once and never listed; the listing shows who holds what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_listings_carry_no_secret_and_bad_token_requests_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let (secret, _) = new_token(addr, admin, "developer").await;
+    let r = with_token(addr, Method::GET, "/v1/tokens", Some(admin), Bytes::new()).await;
+    let listing = String::from_utf8_lossy(&r.body).into_owned();
+    assert_eq!(json(&r).as_array().unwrap().len(), 2, "{listing}");
+    assert!(!listing.contains(&secret[20..]), "{listing}");
+    assert!(!listing.contains(&admin[20..]), "{listing}");
+    for (body, why) in [
+        (r#"{"role":"owner"}"#, "unknown role"),
+        (r#"{"role":"invoker","tenant":"other"}"#, "unknown tenant"),
+        (r#"{"role":"invoker","extra":1}"#, "unknown field"),
+        ("not json", "not JSON"),
+    ] {
+        let r = with_token(addr, Method::POST, "/v1/tokens", Some(admin), body).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "invalid_request"),
+            "{why}"
+        );
+    }
+    for id in ["nope", "0123456789abcdef"] {
+        let r = with_token(
+            addr,
+            Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            Some(admin),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, if id == "nope" { 400 } else { 404 }, "{id}");
+    }
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_refused_on_a_cluster_member_until_they_replicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.auth = AuthMode::Tokens;
+    cfg.peers = vec!["b=127.0.0.1:9".into()];
+    let err = tern_node::start(cfg).await.err().expect("must refuse");
+    assert!(err.to_string().contains("single node"), "{err}");
+}
+
+/// The CLI sends `TERN_TOKEN` (or `--token`), and manages tokens with the admin token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_carries_tern_token_and_manages_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    let node = start(cfg).await;
+    let server = node.addr().to_string();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    // Run from an empty directory, so no ./tern-data/admin.token is picked up.
+    let cwd = tempfile::tempdir().unwrap();
+    let tern = |token: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tern"));
+        cmd.current_dir(cwd.path())
+            .env_remove("TERN_TOKEN")
+            .env("TERN_SERVER", &server)
+            .args(args);
+        if let Some(t) = token {
+            cmd.env("TERN_TOKEN", t.trim());
+        }
+        cmd.output().unwrap()
+    };
+    let out = tern(Some(&admin), &["token", "create", "--role", "invoker"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let invoker = created["token"].as_str().unwrap().to_owned();
+
+    let out = tern(
+        Some(&invoker),
+        &["invoke", "echo", "--data", "with a token"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "with a token");
+
+    let out = tern(None, &["invoke", "echo", "--data", "without"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized (401)"));
+
+    let wasm_path = functions_dir().join("echo.wasm");
+    let out = tern(
+        Some(&invoker),
+        &["deploy", "mine", wasm_path.to_str().unwrap()],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden (403)"));
+
+    let out = tern(Some(&admin), &["token", "list"]);
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+
+    let id = created["id"].as_str().unwrap();
+    let out = tern(Some(&admin), &["token", "revoke", id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tern(Some(&invoker), &["invoke", "echo", "--data", "revoked"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized (401)"));
+    node.shutdown().await.unwrap();
+}
