@@ -35,6 +35,7 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
+use tern_tenancy::TokenRecord;
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
@@ -147,6 +148,10 @@ pub trait LocalNode: Send + Sync + 'static {
     /// This node's status as published to peers, with the measurements the link made.
     fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus;
     fn metrics(&self) -> &Metrics;
+    /// Every bearer-token record this node knows (hashes, never secrets).
+    fn tokens(&self) -> Result<Vec<TokenRecord>, PeerError>;
+    /// Merges token records learnt from a peer (revocation wins); how many changed.
+    fn apply_tokens(&self, records: Vec<TokenRecord>) -> Result<usize, PeerError>;
 }
 
 /// How a link behaves, whatever mesh it runs over.
@@ -370,6 +375,56 @@ impl ClusterLink {
         });
     }
 
+    /// Sends token records (new or revoked) to every connected peer over lanes, in the
+    /// background. Tokens change rarely; a peer that misses them pulls them with the
+    /// registry when its link comes up again.
+    pub fn announce_tokens(self: &Arc<Self>, records: Vec<TokenRecord>) {
+        for (peer, state) in self.net.members() {
+            if state != PeerState::Up {
+                continue;
+            }
+            let link = self.clone();
+            let records = records.clone();
+            tokio::spawn(async move {
+                match link
+                    .small_exchange(&peer, PeerRequest::AnnounceTokens(records))
+                    .await
+                {
+                    Ok(PeerResponse::Ack) => {}
+                    Ok(other) => tracing::warn!(%peer, ?other, "peer did not store tokens"),
+                    Err(e) => tracing::warn!(%peer, error = %e, "cannot send tokens to peer"),
+                }
+            });
+        }
+    }
+
+    /// Pulls `peer`'s token records and merges them; how many changed here.
+    async fn sync_tokens(&self, peer: &NodeName) -> Result<usize, LinkError> {
+        let records = match self.small_exchange(peer, PeerRequest::Tokens).await? {
+            PeerResponse::Tokens(records) => records,
+            PeerResponse::Error(error) => {
+                return Err(LinkError::Refused {
+                    peer: peer.clone(),
+                    error,
+                });
+            }
+            other => {
+                return Err(LinkError::BadAnswer {
+                    peer: peer.clone(),
+                    detail: format!("answered a token pull with {other:?}"),
+                });
+            }
+        };
+        let Some(node) = self.node.upgrade() else {
+            return Ok(0);
+        };
+        node.apply_tokens(records)
+            .map_err(|error| LinkError::Refused {
+                peer: peer.clone(),
+                error,
+            })
+    }
+
     /// The bytes of module `hash`, from `peer`, checked against the hash. Unbounded in time:
     /// a large module on a slow link takes what it takes (the connection's idle timeout still
     /// catches a dead peer).
@@ -530,6 +585,14 @@ impl ClusterLink {
                 Err(e) => fail(e),
             },
             PeerRequest::Execute(meu) => node.execute_for_peer(meu).await,
+            PeerRequest::AnnounceTokens(records) => match node.apply_tokens(records) {
+                Ok(_) => PeerResponse::Ack,
+                Err(e) => fail(e),
+            },
+            PeerRequest::Tokens => match node.tokens() {
+                Ok(records) => PeerResponse::Tokens(records),
+                Err(e) => fail(e),
+            },
         }
     }
 }
@@ -718,7 +781,6 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
     // moment where a reached peer's registry is neither pulled nor being pulled.
     let pulling = l.sync.pull_started();
     tokio::spawn(async move {
-        let _pulling = pulling;
         match l.sync_registry(&peer).await {
             // Entries that failed to apply were logged; they will not become ready by
             // waiting, so they do not hold the node in "not synced".
@@ -727,6 +789,13 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
                 tracing::info!(%peer, applied = n, "registry synced");
             }
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),
+        }
+        drop(pulling);
+        // Tokens come with the registry; they do not hold the node in "not synced" (a
+        // token a node has not heard of yet is refused, never wrongly accepted).
+        match l.sync_tokens(&peer).await {
+            Ok(n) => tracing::debug!(%peer, changed = n, "tokens synced"),
+            Err(e) => tracing::warn!(%peer, error = %e, "token sync failed"),
         }
     });
 }

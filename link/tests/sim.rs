@@ -23,6 +23,7 @@ use tern_link::{ClusterLink, LinkOptions, LocalFuture, LocalNode};
 use tern_metrics::Metrics;
 use tern_placement::{NodeView, WarmAffinity};
 use tern_runtime::Meu;
+use tern_tenancy::{Role, TenantName, Token, TokenBook, TokenRecord};
 use tern_wire::peer::{NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash, NodeClass};
 use tokio::time::sleep;
@@ -77,6 +78,8 @@ struct FakeNode {
     ran: Mutex<Vec<(String, u32)>>,
     stopped: AtomicBool,
     metrics: Metrics,
+    /// Bearer-token records, merged by the product's rule (`TokenBook::apply`).
+    tokens: Mutex<TokenBook>,
 }
 
 impl FakeNode {
@@ -88,6 +91,7 @@ impl FakeNode {
             ran: Mutex::default(),
             stopped: AtomicBool::new(false),
             metrics: Metrics::default(),
+            tokens: Mutex::default(),
         })
     }
 
@@ -119,6 +123,18 @@ impl LocalNode for FakeNode {
         _peer: &'a NodeName,
     ) -> LocalFuture<'a, Result<bool, ApiError>> {
         Box::pin(async move { Ok(self.put(entry)) })
+    }
+
+    fn tokens(&self) -> Result<Vec<TokenRecord>, ApiError> {
+        Ok(self.tokens.lock().unwrap().records().cloned().collect())
+    }
+
+    fn apply_tokens(&self, records: Vec<TokenRecord>) -> Result<usize, ApiError> {
+        let mut book = self.tokens.lock().unwrap();
+        Ok(records
+            .into_iter()
+            .filter(|r| book.apply(r.clone()))
+            .count())
     }
 
     fn registry(&self) -> Result<Vec<RegistryEntry>, ApiError> {
@@ -400,6 +416,41 @@ async fn registries_changed_on_both_sides_of_a_partition_converge_after_the_heal
             assert_eq!(node.get("gone"), Some(tomb.clone()), "seed {seed}");
             assert_eq!(node.get("new"), Some(new.clone()), "seed {seed}");
         }
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_reach_every_peer_revocations_win_and_a_returning_node_pulls_them() {
+    for seed in 0..SEEDS {
+        let mut c = Cluster::start(seed, &["a", "b", "c"], &["a", "b"]);
+        sleep(Duration::from_millis(500)).await;
+        let (secret, record) =
+            Token::generate(TenantName::default_tenant(), Role::Invoker, 10).unwrap();
+        c.node("a").apply_tokens(vec![record.clone()]).unwrap();
+        c.link("a").announce_tokens(vec![record.clone()]);
+        sleep(Duration::from_millis(100)).await;
+        let knows = |node: &FakeNode| {
+            node.tokens
+                .lock()
+                .unwrap()
+                .authenticate(secret.expose())
+                .is_ok()
+        };
+        assert!(knows(c.node("b")), "seed {seed}: announced to b");
+        // b revokes; a hears of it; c, away, hears of neither yet.
+        let revoked = {
+            let mut book = c.node("b").tokens.lock().unwrap();
+            book.revoke(&record.id, 20).unwrap().clone()
+        };
+        c.link("b").announce_tokens(vec![revoked]);
+        sleep(Duration::from_millis(100)).await;
+        assert!(!knows(c.node("a")), "seed {seed}: the revocation reached a");
+        c.boot("c", FakeNode::new("c"));
+        sleep(Duration::from_millis(200)).await;
+        let c_book = c.node("c").tokens.lock().unwrap().clone();
+        let got = c_book.get(&record.id).expect("c pulled the token");
+        assert!(got.is_revoked(), "seed {seed}: and its revocation");
         c.stop().await;
     }
 }

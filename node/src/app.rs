@@ -88,6 +88,14 @@ impl LocalNode for App {
     fn metrics(&self) -> &Metrics {
         &self.services().metrics
     }
+
+    fn tokens(&self) -> Result<Vec<tern_tenancy::TokenRecord>, ApiError> {
+        Ok(self.auth.records())
+    }
+
+    fn apply_tokens(&self, records: Vec<tern_tenancy::TokenRecord>) -> Result<usize, ApiError> {
+        self.auth.apply(records).map_err(|e| e.to_api())
+    }
 }
 
 impl App {

@@ -6,8 +6,9 @@
 //! maps each HTTP route to the action it needs.
 //!
 //! One tenant exists so far, `default`: every function and invocation belongs to it, and
-//! tokens are issued for it. Tokens live in this node's store and are not replicated, so the
-//! configuration refuses `auth = "tokens"` on a cluster member.
+//! tokens are issued for it. Token records live in every node's store: the node that issues
+//! or revokes one announces it to its peers, and a node whose link comes up pulls them all,
+//! merging so that a revocation anywhere wins (see [`TokenBook::apply`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,7 +86,8 @@ impl Auth {
             tree,
         };
         if mode == AuthMode::Tokens && auth.read().is_empty() {
-            let (secret, info) = auth.create(TenantName::default_tenant(), Role::Admin)?;
+            let (secret, record) = auth.create(TenantName::default_tenant(), Role::Admin)?;
+            let info = record.info();
             let path = data_dir.join(ADMIN_TOKEN_FILE);
             write_secret_file(&path, &secret).map_err(|source| NodeError::TokenFile {
                 path: path.clone(),
@@ -134,9 +136,13 @@ impl Auth {
         Ok(principal)
     }
 
-    /// A new token for `tenant` with `role`: the secret (shown once, never stored) and what
-    /// is listed about it. Durable when this returns.
-    pub fn create(&self, tenant: TenantName, role: Role) -> Result<(Secret, TokenInfo), NodeError> {
+    /// A new token for `tenant` with `role`: the secret (shown once, never stored) and its
+    /// record (to announce to peers). Durable when this returns.
+    pub fn create(
+        &self,
+        tenant: TenantName,
+        role: Role,
+    ) -> Result<(Secret, TokenRecord), NodeError> {
         if tenant != TenantName::default_tenant() {
             return Err(NodeError::BadRequest(format!(
                 "unknown tenant {tenant}: only the default tenant exists on this node"
@@ -148,11 +154,12 @@ impl Auth {
         self.write()
             .insert(record.clone())
             .map_err(NodeError::Tenancy)?;
-        Ok((secret, record.info()))
+        Ok((secret, record))
     }
 
-    /// Revokes a token for good (revoking again keeps the first time).
-    pub fn revoke(&self, id: &TokenId) -> Result<TokenInfo, NodeError> {
+    /// Revokes a token for good (revoking again keeps the first time); the record to
+    /// announce.
+    pub fn revoke(&self, id: &TokenId) -> Result<TokenRecord, NodeError> {
         let record = {
             let mut book = self.write();
             book.revoke(id, crate::app::now_ms())
@@ -160,7 +167,34 @@ impl Auth {
                 .clone()
         };
         self.persist(&record)?;
-        Ok(record.info())
+        Ok(record)
+    }
+
+    /// Every token record (hashes, not secrets), for peers.
+    pub fn records(&self) -> Vec<TokenRecord> {
+        self.read().records().cloned().collect()
+    }
+
+    /// Merges records learnt from a peer (a revocation on either side wins) and stores what
+    /// changed; how many changed. Kept whatever `auth` is, so a node switched to tokens later
+    /// knows them.
+    pub fn apply(&self, records: Vec<TokenRecord>) -> Result<usize, NodeError> {
+        let mut changed = Vec::new();
+        {
+            let mut book = self.write();
+            for record in records {
+                let id = record.id;
+                if book.apply(record)
+                    && let Some(merged) = book.get(&id)
+                {
+                    changed.push(merged.clone());
+                }
+            }
+        }
+        for record in &changed {
+            self.persist(record)?;
+        }
+        Ok(changed.len())
     }
 
     /// Every token (without secrets or hashes), in id order.

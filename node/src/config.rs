@@ -354,12 +354,6 @@ impl Config {
             }
         }
         self.parsed_peers()?;
-        if self.auth == AuthMode::Tokens && !self.peers.is_empty() {
-            return bad(
-                "auth = \"tokens\" runs on a single node for now: tokens are not replicated \
-                 between cluster members yet",
-            );
-        }
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
             return bad("client_listen needs cluster_dir (the node's certificate)");
         }

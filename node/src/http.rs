@@ -184,11 +184,14 @@ async fn create_token(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?,
         None => tern_tenancy::TenantName::default_tenant(),
     };
-    let (secret, info) = app.auth.create(tenant, role)?;
+    let (secret, record) = app.auth.create(tenant, role)?;
+    if let Some(cluster) = app.cluster.get() {
+        cluster.announce_tokens(vec![record.clone()]);
+    }
     Ok(json(
         StatusCode::CREATED,
         &Created {
-            info,
+            info: record.info(),
             token: secret.expose().to_owned(),
         },
     ))
@@ -199,7 +202,11 @@ fn revoke_token(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
     let id: tern_tenancy::TokenId = id
         .parse()
         .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?;
-    Ok(json(StatusCode::OK, &app.auth.revoke(&id)?))
+    let record = app.auth.revoke(&id)?;
+    if let Some(cluster) = app.cluster.get() {
+        cluster.announce_tokens(vec![record.clone()]);
+    }
+    Ok(json(StatusCode::OK, &record.info()))
 }
 
 fn parse_name(name: &str) -> Result<FunctionName, NodeError> {

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use tern_tenancy::TokenRecord;
+
 use crate::{ApiError, FunctionInfo, FunctionName, ModuleHash};
 
 /// What one node asks of another.
@@ -24,6 +26,11 @@ pub enum PeerRequest {
     FetchModule(ModuleHash),
     /// Run one MEU here.
     Execute(RemoteMeu),
+    /// Bearer-token records created or revoked on (or learnt by) the sender: only hashes,
+    /// never secrets. Answered [`PeerResponse::Ack`] once stored.
+    AnnounceTokens(Vec<TokenRecord>),
+    /// The receiver's token records (anti-entropy, with the registry pull).
+    Tokens,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -34,6 +41,7 @@ pub enum PeerResponse {
     Module(Vec<u8>),
     Executed(RemoteOutcome),
     Error(ApiError),
+    Tokens(Vec<TokenRecord>),
 }
 
 /// One function's registry entry, replicated to every node. Last writer wins, ordered by

@@ -122,7 +122,9 @@ async fn async_invocations_past_the_journal_caps_get_429_until_results_expire() 
     let mut cfg = config(dir.path());
     cfg.examples = vec!["echo".into()];
     cfg.max_stored_results = 3;
-    cfg.result_ttl_secs = 0;
+    // Long enough that the janitor's first pass (at start, possibly delayed on a busy
+    // machine) cannot expire the first results before the refusal is checked.
+    cfg.result_ttl_secs = 2;
     let node = start(cfg).await;
     let addr = node.addr();
     let accept = |body: &'static str| async move {
@@ -154,8 +156,8 @@ async fn async_invocations_past_the_journal_caps_get_429_until_results_expire() 
     for id in &ids {
         assert_eq!(wait_finished(addr, id).await["result"], "kept");
     }
-    // Past the retention period (0 s here) the janitor's pass makes room.
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // Past the retention period the janitor's pass makes room.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     assert_eq!(node.app().expire_results().unwrap(), 3);
     assert_eq!(metric(addr, "tern_stored_results").await, 0.0);
     assert_eq!(metric(addr, "tern_stored_result_bytes").await, 0.0);

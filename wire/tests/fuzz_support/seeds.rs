@@ -12,6 +12,20 @@ use tern_wire::{
 
 use super::{API_ERROR_DIR, FRAME_DIR, Kind, LIMIT, TEXT_DIRS, TEXT_FILE, frame_all};
 
+/// A token record with fixed fields (records are only ever made with fresh randomness, so
+/// seeds are built from their serialized form).
+pub fn token_record(id: &str, role: &str, revoked_at_ms: Option<u64>) -> tern_tenancy::TokenRecord {
+    serde_json::from_value(serde_json::json!({
+        "id": id,
+        "tenant": "default",
+        "role": role,
+        "created_at_ms": 1_700_000_000_000u64,
+        "revoked_at_ms": revoked_at_ms,
+        "hash": vec![7u8; 32],
+    }))
+    .expect("seed token record")
+}
+
 fn name(s: &str) -> FunctionName {
     s.parse().expect("seed function name")
 }
@@ -134,6 +148,18 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
         ("fetch-module", PeerRequest::FetchModule(varied_hash())),
         ("execute", PeerRequest::Execute(meu(b"hi".to_vec()))),
         ("execute-big-input", PeerRequest::Execute(meu(big_bytes()))),
+        (
+            "announce-tokens-empty",
+            PeerRequest::AnnounceTokens(Vec::new()),
+        ),
+        (
+            "announce-tokens-live-and-revoked",
+            PeerRequest::AnnounceTokens(vec![
+                token_record("0123456789abcdef", "invoker", None),
+                token_record("fedcba9876543210", "admin", Some(u64::MAX)),
+            ]),
+        ),
+        ("tokens", PeerRequest::Tokens),
     ]
 }
 
@@ -175,6 +201,11 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
         (
             "error-unauthorized",
             PeerResponse::Error(ApiError::new(ErrorCode::Unauthorized, "")),
+        ),
+        ("tokens-empty", PeerResponse::Tokens(Vec::new())),
+        (
+            "tokens-one",
+            PeerResponse::Tokens(vec![token_record("00000000000000ff", "developer", None)]),
         ),
     ]
 }

@@ -185,6 +185,29 @@ pub fn remote_outcome() -> impl Strategy<Value = RemoteOutcome> {
     })
 }
 
+/// Any valid token record (built through its serialized form: its hash is private).
+pub fn token_record() -> impl Strategy<Value = tern_tenancy::TokenRecord> {
+    (
+        any::<u64>(),
+        select(vec!["default", "team-a", "z"]),
+        select(vec!["admin", "developer", "invoker"]),
+        any::<u64>(),
+        proptest::option::of(any::<u64>()),
+        any::<[u8; 32]>(),
+    )
+        .prop_map(|(id, tenant, role, created, revoked, hash)| {
+            serde_json::from_value(serde_json::json!({
+                "id": format!("{id:016x}"),
+                "tenant": tenant,
+                "role": role,
+                "created_at_ms": created,
+                "revoked_at_ms": revoked,
+                "hash": hash.to_vec(),
+            }))
+            .expect("valid token record")
+        })
+}
+
 pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
     prop_oneof![
         node_status().prop_map(PeerRequest::Status),
@@ -192,6 +215,8 @@ pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
         Just(PeerRequest::Registry),
         module_hash().prop_map(PeerRequest::FetchModule),
         remote_meu().prop_map(PeerRequest::Execute),
+        vec(token_record(), 0..4).prop_map(PeerRequest::AnnounceTokens),
+        Just(PeerRequest::Tokens),
     ]
 }
 
@@ -202,6 +227,7 @@ pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
         payload().prop_map(PeerResponse::Module),
         remote_outcome().prop_map(PeerResponse::Executed),
         api_error().prop_map(PeerResponse::Error),
+        vec(token_record(), 0..4).prop_map(PeerResponse::Tokens),
     ]
 }
 
