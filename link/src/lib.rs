@@ -35,9 +35,10 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
-use tern_tenancy::TokenRecord;
 use tern_wire::ApiError as PeerError;
-use tern_wire::peer::{NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu};
+use tern_wire::peer::{
+    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
+};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
 use tokio::task::JoinHandle;
 
@@ -148,10 +149,11 @@ pub trait LocalNode: Send + Sync + 'static {
     /// This node's status as published to peers, with the measurements the link made.
     fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus;
     fn metrics(&self) -> &Metrics;
-    /// Every bearer-token record this node knows (hashes, never secrets).
-    fn tokens(&self) -> Result<Vec<TokenRecord>, PeerError>;
-    /// Merges token records learnt from a peer (revocation wins); how many changed.
-    fn apply_tokens(&self, records: Vec<TokenRecord>) -> Result<usize, PeerError>;
+    /// Every tenant entry and bearer-token record this node knows (hashes, never secrets).
+    fn tenancy(&self) -> Result<TenancyRecords, PeerError>;
+    /// Merges tenant entries (last writer wins) and token records (revocation wins) learnt
+    /// from a peer; how many changed.
+    fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, PeerError>;
 }
 
 /// How a link behaves, whatever mesh it runs over.
@@ -375,10 +377,10 @@ impl ClusterLink {
         });
     }
 
-    /// Sends token records (new or revoked) to every connected peer over lanes, in the
-    /// background. Tokens change rarely; a peer that misses them pulls them with the
-    /// registry when its link comes up again.
-    pub fn announce_tokens(self: &Arc<Self>, records: Vec<TokenRecord>) {
+    /// Sends tenant entries and token records (new, changed or revoked) to every connected
+    /// peer over lanes, in the background. They change rarely; a peer that misses them pulls
+    /// them with the registry when its link comes up again.
+    pub fn announce_tenancy(self: &Arc<Self>, records: TenancyRecords) {
         for (peer, state) in self.net.members() {
             if state != PeerState::Up {
                 continue;
@@ -387,21 +389,25 @@ impl ClusterLink {
             let records = records.clone();
             tokio::spawn(async move {
                 match link
-                    .small_exchange(&peer, PeerRequest::AnnounceTokens(records))
+                    .small_exchange(&peer, PeerRequest::AnnounceTenancy(records))
                     .await
                 {
                     Ok(PeerResponse::Ack) => {}
-                    Ok(other) => tracing::warn!(%peer, ?other, "peer did not store tokens"),
-                    Err(e) => tracing::warn!(%peer, error = %e, "cannot send tokens to peer"),
+                    Ok(other) => {
+                        tracing::warn!(%peer, ?other, "peer did not store tenancy records")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "cannot send tenancy records to peer")
+                    }
                 }
             });
         }
     }
 
-    /// Pulls `peer`'s token records and merges them; how many changed here.
-    async fn sync_tokens(&self, peer: &NodeName) -> Result<usize, LinkError> {
-        let records = match self.small_exchange(peer, PeerRequest::Tokens).await? {
-            PeerResponse::Tokens(records) => records,
+    /// Pulls `peer`'s tenant and token records and merges them; how many changed here.
+    async fn sync_tenancy(&self, peer: &NodeName) -> Result<usize, LinkError> {
+        let records = match self.small_exchange(peer, PeerRequest::Tenancy).await? {
+            PeerResponse::Tenancy(records) => records,
             PeerResponse::Error(error) => {
                 return Err(LinkError::Refused {
                     peer: peer.clone(),
@@ -411,14 +417,14 @@ impl ClusterLink {
             other => {
                 return Err(LinkError::BadAnswer {
                     peer: peer.clone(),
-                    detail: format!("answered a token pull with {other:?}"),
+                    detail: format!("answered a tenancy pull with {other:?}"),
                 });
             }
         };
         let Some(node) = self.node.upgrade() else {
             return Ok(0);
         };
-        node.apply_tokens(records)
+        node.apply_tenancy(records)
             .map_err(|error| LinkError::Refused {
                 peer: peer.clone(),
                 error,
@@ -585,12 +591,12 @@ impl ClusterLink {
                 Err(e) => fail(e),
             },
             PeerRequest::Execute(meu) => node.execute_for_peer(meu).await,
-            PeerRequest::AnnounceTokens(records) => match node.apply_tokens(records) {
+            PeerRequest::AnnounceTenancy(records) => match node.apply_tenancy(records) {
                 Ok(_) => PeerResponse::Ack,
                 Err(e) => fail(e),
             },
-            PeerRequest::Tokens => match node.tokens() {
-                Ok(records) => PeerResponse::Tokens(records),
+            PeerRequest::Tenancy => match node.tenancy() {
+                Ok(records) => PeerResponse::Tenancy(records),
                 Err(e) => fail(e),
             },
         }
@@ -791,11 +797,11 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
             Err(e) => tracing::warn!(%peer, error = %e, "registry sync failed"),
         }
         drop(pulling);
-        // Tokens come with the registry; they do not hold the node in "not synced" (a
-        // token a node has not heard of yet is refused, never wrongly accepted).
-        match l.sync_tokens(&peer).await {
-            Ok(n) => tracing::debug!(%peer, changed = n, "tokens synced"),
-            Err(e) => tracing::warn!(%peer, error = %e, "token sync failed"),
+        // Tenants and tokens come with the registry; they do not hold the node in "not
+        // synced" (a token a node has not heard of yet is refused, never wrongly accepted).
+        match l.sync_tenancy(&peer).await {
+            Ok(n) => tracing::debug!(%peer, changed = n, "tenancy records synced"),
+            Err(e) => tracing::warn!(%peer, error = %e, "tenancy sync failed"),
         }
     });
 }

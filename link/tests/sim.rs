@@ -23,8 +23,10 @@ use tern_link::{ClusterLink, LinkOptions, LocalFuture, LocalNode};
 use tern_metrics::Metrics;
 use tern_placement::{NodeView, WarmAffinity};
 use tern_runtime::Meu;
-use tern_tenancy::{Role, TenantName, Token, TokenBook, TokenRecord};
-use tern_wire::peer::{NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome};
+use tern_tenancy::{Role, TenantEntry, TenantName, TenantSpec, Token, TokenBook};
+use tern_wire::peer::{
+    NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+};
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash, NodeClass};
 use tokio::time::sleep;
 
@@ -80,6 +82,7 @@ struct FakeNode {
     metrics: Metrics,
     /// Bearer-token records, merged by the product's rule (`TokenBook::apply`).
     tokens: Mutex<TokenBook>,
+    tenants: Mutex<BTreeMap<TenantName, TenantEntry>>,
 }
 
 impl FakeNode {
@@ -92,6 +95,7 @@ impl FakeNode {
             stopped: AtomicBool::new(false),
             metrics: Metrics::default(),
             tokens: Mutex::default(),
+            tenants: Mutex::default(),
         })
     }
 
@@ -125,16 +129,29 @@ impl LocalNode for FakeNode {
         Box::pin(async move { Ok(self.put(entry)) })
     }
 
-    fn tokens(&self) -> Result<Vec<TokenRecord>, ApiError> {
-        Ok(self.tokens.lock().unwrap().records().cloned().collect())
+    fn tenancy(&self) -> Result<TenancyRecords, ApiError> {
+        Ok(TenancyRecords {
+            tenants: self.tenants.lock().unwrap().values().cloned().collect(),
+            tokens: self.tokens.lock().unwrap().records().cloned().collect(),
+        })
     }
 
-    fn apply_tokens(&self, records: Vec<TokenRecord>) -> Result<usize, ApiError> {
+    fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, ApiError> {
+        let mut tenants = self.tenants.lock().unwrap();
+        let mut changed = 0;
+        for entry in records.tenants {
+            if entry.supersedes(tenants.get(entry.name())) {
+                tenants.insert(entry.name().clone(), entry);
+                changed += 1;
+            }
+        }
         let mut book = self.tokens.lock().unwrap();
-        Ok(records
-            .into_iter()
-            .filter(|r| book.apply(r.clone()))
-            .count())
+        Ok(changed
+            + records
+                .tokens
+                .into_iter()
+                .filter(|r| book.apply(r.clone()))
+                .count())
     }
 
     fn registry(&self) -> Result<Vec<RegistryEntry>, ApiError> {
@@ -421,15 +438,26 @@ async fn registries_changed_on_both_sides_of_a_partition_converge_after_the_heal
 }
 
 #[tokio::test(start_paused = true)]
-async fn tokens_reach_every_peer_revocations_win_and_a_returning_node_pulls_them() {
+async fn tenants_and_tokens_reach_every_peer_revocations_and_removals_win_and_a_returning_node_pulls_them()
+ {
     for seed in 0..SEEDS {
         let mut c = Cluster::start(seed, &["a", "b", "c"], &["a", "b"]);
         sleep(Duration::from_millis(500)).await;
-        let (secret, record) =
-            Token::generate(TenantName::default_tenant(), Role::Invoker, 10).unwrap();
-        c.node("a").apply_tokens(vec![record.clone()]).unwrap();
-        c.link("a").announce_tokens(vec![record.clone()]);
+        let acme: TenantName = "acme".parse().unwrap();
+        let created = TenantEntry::create(acme.clone(), TenantSpec::default(), 10, "a");
+        let (secret, record) = Token::generate(acme.clone(), Role::Invoker, 10).unwrap();
+        let both = TenancyRecords {
+            tenants: vec![created.clone()],
+            tokens: vec![record.clone()],
+        };
+        assert_eq!(c.node("a").apply_tenancy(both.clone()).unwrap(), 2);
+        c.link("a").announce_tenancy(both);
         sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            c.node("b").tenants.lock().unwrap().get(&acme),
+            Some(&created),
+            "seed {seed}: the tenant was announced to b"
+        );
         let knows = |node: &FakeNode| {
             node.tokens
                 .lock()
@@ -443,14 +471,33 @@ async fn tokens_reach_every_peer_revocations_win_and_a_returning_node_pulls_them
             let mut book = c.node("b").tokens.lock().unwrap();
             book.revoke(&record.id, 20).unwrap().clone()
         };
-        c.link("b").announce_tokens(vec![revoked]);
+        let removed = created.remove(20, "b");
+        c.node("b")
+            .tenants
+            .lock()
+            .unwrap()
+            .insert(acme.clone(), removed.clone());
+        c.link("b").announce_tenancy(TenancyRecords {
+            tenants: vec![removed.clone()],
+            tokens: vec![revoked],
+        });
         sleep(Duration::from_millis(100)).await;
         assert!(!knows(c.node("a")), "seed {seed}: the revocation reached a");
+        assert_eq!(
+            c.node("a").tenants.lock().unwrap().get(&acme),
+            Some(&removed),
+            "seed {seed}: and the removal"
+        );
         c.boot("c", FakeNode::new("c"));
         sleep(Duration::from_millis(200)).await;
         let c_book = c.node("c").tokens.lock().unwrap().clone();
         let got = c_book.get(&record.id).expect("c pulled the token");
         assert!(got.is_revoked(), "seed {seed}: and its revocation");
+        assert_eq!(
+            c.node("c").tenants.lock().unwrap().get(&acme),
+            Some(&removed),
+            "seed {seed}: c pulled the tenant's tombstone"
+        );
         c.stop().await;
     }
 }

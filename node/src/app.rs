@@ -20,7 +20,9 @@ use tern_link::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use tern_metrics::Metrics;
 use tern_runtime::Meu;
 use tern_wire::ModuleHash;
-use tern_wire::peer::{NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome};
+use tern_wire::peer::{
+    NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+};
 
 pub struct App {
     pub config: Config,
@@ -36,6 +38,8 @@ pub struct App {
     pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
     /// Who may use the HTTP API.
     pub auth: crate::auth::Auth,
+    /// The cluster's tenants.
+    pub tenants: crate::tenants::Tenants,
 }
 
 /// The cluster link's view of this node.
@@ -89,12 +93,20 @@ impl LocalNode for App {
         &self.services().metrics
     }
 
-    fn tokens(&self) -> Result<Vec<tern_tenancy::TokenRecord>, ApiError> {
-        Ok(self.auth.records())
+    fn tenancy(&self) -> Result<TenancyRecords, ApiError> {
+        Ok(TenancyRecords {
+            tenants: self.tenants.entries(),
+            tokens: self.auth.records(),
+        })
     }
 
-    fn apply_tokens(&self, records: Vec<tern_tenancy::TokenRecord>) -> Result<usize, ApiError> {
-        self.auth.apply(records).map_err(|e| e.to_api())
+    fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, ApiError> {
+        let tenants = self
+            .tenants
+            .apply(records.tenants)
+            .map_err(|e| e.to_api())?;
+        let tokens = self.auth.apply(records.tokens).map_err(|e| e.to_api())?;
+        Ok(tenants.len() + tokens)
     }
 }
 
@@ -206,9 +218,11 @@ impl App {
         store: Store,
         pipeline: Pipeline,
         auth: crate::auth::Auth,
+        tenants: crate::tenants::Tenants,
     ) -> Arc<Self> {
         Arc::new(Self {
             auth,
+            tenants,
             config,
             store,
             pipeline,
@@ -237,7 +251,14 @@ impl App {
         timeout_ms: Option<u32>,
         memory_mb: Option<u32>,
     ) -> Result<FunctionInfo, NodeError> {
-        let timeout_ms = timeout_ms.unwrap_or(self.config.default_timeout_ms);
+        // Without one asked for, the node's default timeout, but never past what the
+        // owning tenant may use.
+        let timeout_ms = timeout_ms.unwrap_or_else(|| {
+            let default = self.config.default_timeout_ms;
+            self.tenants
+                .get(&name.tenant())
+                .map_or(default, |t| default.min(t.spec.quotas.max_timeout_ms))
+        });
         let memory_mb = memory_mb.unwrap_or(self.config.default_memory_mb);
         if timeout_ms == 0 || timeout_ms > self.config.max_timeout_ms {
             return Err(NodeError::BadRequest(format!(
@@ -258,11 +279,17 @@ impl App {
             return Err(NodeError::NotSynced);
         }
         // Checked before compiling (no work for a refusal) and again under the lock.
-        self.check_function_room(&name)?;
+        let asked = |module_bytes: u64| tern_tenancy::Deploy {
+            module_bytes,
+            timeout_ms,
+            memory_bytes: u64::from(memory_mb) << 20,
+            replaces_module_bytes: None,
+        };
+        self.check_function_room(&name, asked(bytes.len() as u64))?;
         let runtime = &self.services().runtime;
         let prepared = runtime.prepare(bytes.clone()).await?;
         let _guard = self.deploy_lock.lock().await;
-        self.check_function_room(&name)?;
+        self.check_function_room(&name, asked(prepared.size_bytes))?;
         let version = self
             .store
             .function(&name)?
@@ -521,14 +548,79 @@ impl App {
         }
     }
 
-    /// Refuses a deploy of a name not deployed yet when `max_functions` are.
-    fn check_function_room(&self, name: &FunctionName) -> Result<(), NodeError> {
+    /// Refuses a deploy of a name not deployed yet when `max_functions` are, a deploy for a
+    /// tenant that does not exist, and one over its tenant's quotas (functions, module
+    /// bytes, timeout, memory).
+    fn check_function_room(
+        &self,
+        name: &FunctionName,
+        mut asked: tern_tenancy::Deploy,
+    ) -> Result<(), NodeError> {
         let runtime = &self.services().runtime;
+        let existing = runtime.get(name);
         let max = self.config.max_functions;
-        if runtime.get(name).is_none() && runtime.function_count() >= max {
+        if existing.is_none() && runtime.function_count() >= max {
             return Err(NodeError::TooManyFunctions { max });
         }
-        Ok(())
+        let owner = name.tenant();
+        let tenant = self
+            .tenants
+            .get(&owner)
+            .ok_or_else(|| crate::tenants::no_such_tenant(&owner))?;
+        asked.replaces_module_bytes = existing.map(|d| d.info.size_bytes);
+        let usage = self.tenant_usage(&owner);
+        let quotas = &tenant.spec.quotas;
+        quotas.check_deploy(&usage, &asked).map_err(|e| match e {
+            tern_tenancy::Error::QuotaExceeded { which, .. } => NodeError::TenantQuota {
+                tenant: owner,
+                which,
+                detail: crate::tenants::quota_limit(quotas, which),
+            },
+            other => NodeError::Tenancy(other),
+        })
+    }
+
+    /// What `tenant`'s deployed functions take (counted from the functions installed here,
+    /// which every member has).
+    pub fn tenant_usage(&self, tenant: &tern_tenancy::TenantName) -> tern_tenancy::Usage {
+        let mut usage = tern_tenancy::Usage::default();
+        for f in self.services().runtime.list() {
+            if f.name.tenant() == *tenant {
+                usage.functions = usage.functions.saturating_add(1);
+                usage.module_bytes = usage.module_bytes.saturating_add(f.size_bytes);
+            }
+        }
+        usage
+    }
+
+    /// Removes a tenant that owns no function, and revokes its tokens; both are announced
+    /// to peers.
+    pub async fn remove_tenant(
+        &self,
+        name: &tern_tenancy::TenantName,
+    ) -> Result<tern_tenancy::TenantEntry, NodeError> {
+        // Under the deploy lock, so no deploy for it lands between the check and removal.
+        let _guard = self.deploy_lock.lock().await;
+        let owned = self.tenant_usage(name).functions;
+        if owned > 0 {
+            return Err(NodeError::Conflict(format!(
+                "tenant {name} still owns {owned} function(s); remove them first"
+            )));
+        }
+        let tombstone = self.tenants.remove(name, now_ms())?;
+        let tokens = self.auth.revoke_tenant(name)?;
+        self.announce_tenancy(TenancyRecords {
+            tenants: vec![tombstone.clone()],
+            tokens,
+        });
+        Ok(tombstone)
+    }
+
+    /// Sends tenant and token changes to the cluster, if this node is in one.
+    pub fn announce_tenancy(&self, records: TenancyRecords) {
+        if let Some(cluster) = self.cluster.get() {
+            cluster.announce_tenancy(records);
+        }
     }
 
     /// Copies the store's sizes and quarantine count into the metrics (before a scrape).

@@ -17,10 +17,12 @@ use std::sync::RwLock;
 use hyper::Method;
 use tern_tenancy::{Action, AuthError, Denied, Principal, Role, Secret, TenantName};
 use tern_tenancy::{Token, TokenBook, TokenId, TokenInfo, TokenRecord};
+use tern_wire::FunctionName;
 
 use crate::config::AuthMode;
 use crate::error::NodeError;
 use crate::store::{Store, StoreError};
+use crate::tenants::Tenants;
 
 /// File name of the admin token written at first start, in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -30,7 +32,8 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub enum Need {
     /// Open to everyone (liveness).
     Nothing,
-    /// `action` on a resource of the (single, `default`) tenant.
+    /// `action` on a resource of a tenant: the caller's own unless the route names another
+    /// (checked again by the handler once it knows the resource's tenant).
     Tenant(Action),
     /// `action` on node-wide data: admins only.
     Node(Action),
@@ -45,6 +48,8 @@ pub fn need(method: &Method, segments: &[&str]) -> Need {
         (_, ["healthz"]) => Need::Nothing,
         (_, ["metrics"] | ["v1", "cluster"]) => Need::Node(ReadNodeMetrics),
         (_, ["v1", "tokens", ..]) => Need::Node(ManageTokens),
+        (&Method::GET, ["v1", "tenants", _]) => Need::Tenant(ReadTenant),
+        (_, ["v1", "tenants", ..]) => Need::Node(ManageTenants),
         (&Method::PUT, ["v1", "functions", _]) => Need::Tenant(Deploy),
         (&Method::DELETE, ["v1", "functions", _]) => Need::Tenant(Remove),
         (&Method::POST, ["v1", "functions", _, "invoke"]) => Need::Tenant(Invoke),
@@ -67,7 +72,12 @@ impl Auth {
     /// Loads the tokens from the store. With `auth = "tokens"` and no token at all (first
     /// start), creates an admin token of the default tenant and writes it to
     /// `<data_dir>/admin.token` with mode 0600.
-    pub fn open(mode: AuthMode, store: &Store, data_dir: &Path) -> Result<Self, NodeError> {
+    pub fn open(
+        mode: AuthMode,
+        store: &Store,
+        data_dir: &Path,
+        tenants: &Tenants,
+    ) -> Result<Self, NodeError> {
         let tree = store.tree("tokens")?;
         let mut book = TokenBook::new();
         for kv in tree.iter() {
@@ -86,7 +96,8 @@ impl Auth {
             tree,
         };
         if mode == AuthMode::Tokens && auth.read().is_empty() {
-            let (secret, record) = auth.create(TenantName::default_tenant(), Role::Admin)?;
+            let (secret, record) =
+                auth.create(TenantName::default_tenant(), Role::Admin, tenants)?;
             let info = record.info();
             let path = data_dir.join(ADMIN_TOKEN_FILE);
             write_secret_file(&path, &secret).map_err(|source| NodeError::TokenFile {
@@ -102,19 +113,26 @@ impl Auth {
         self.mode
     }
 
-    /// Checks a request's `Authorization` header against what its route needs. `Ok(None)`
-    /// when auth is off or the route is open.
-    pub fn check(
+    /// Who sent a request, checked against what its route needs before anything else is
+    /// read: 401 without a valid token (a token of a removed tenant is not valid), 403 when
+    /// the role never allows the action. Whether the resource's tenant is the caller's is
+    /// for the handler to ask ([`Caller::may`]) once it knows the resource.
+    pub fn caller(
         &self,
         authorization: Option<&[u8]>,
         need: Need,
-    ) -> Result<Option<Principal>, NodeError> {
+        tenants: &Tenants,
+    ) -> Result<Caller, NodeError> {
         if self.mode == AuthMode::Off || need == Need::Nothing {
-            return Ok(None);
+            return Ok(Caller::unchecked());
         }
         let principal = match bearer(authorization) {
             Some(token) => match self.read().authenticate(token) {
-                Ok(p) => Some(p),
+                Ok(p) if tenants.is_live(&p.tenant) => Some(p),
+                Ok(p) => {
+                    tracing::debug!(token = %p.token, tenant = %p.tenant, "refused a token of a removed tenant");
+                    None
+                }
                 Err(e) => {
                     log_refusal(e);
                     None
@@ -122,18 +140,16 @@ impl Auth {
             },
             None => None,
         };
-        let default = TenantName::default_tenant();
-        let (action, tenant) = match need {
-            Need::Nothing => return Ok(None),
-            Need::Tenant(action) => (action, Some(&default)),
-            Need::Node(action) => (action, None),
+        let caller = Caller {
+            checked: true,
+            principal,
         };
-        tern_tenancy::authorize(principal.as_ref(), action, tenant).map_err(|d| match d {
-            Denied::Unauthorized => NodeError::Unauthorized,
-            Denied::Forbidden => NodeError::Forbidden,
-            Denied::NotFound => NodeError::NotFound("not found".into()),
-        })?;
-        Ok(principal)
+        match need {
+            Need::Nothing => {}
+            Need::Tenant(action) => caller.may(action, Some(&caller.tenant()))?,
+            Need::Node(action) => caller.may(action, None)?,
+        }
+        Ok(caller)
     }
 
     /// A new token for `tenant` with `role`: the secret (shown once, never stored) and its
@@ -142,11 +158,10 @@ impl Auth {
         &self,
         tenant: TenantName,
         role: Role,
+        tenants: &Tenants,
     ) -> Result<(Secret, TokenRecord), NodeError> {
-        if tenant != TenantName::default_tenant() {
-            return Err(NodeError::BadRequest(format!(
-                "unknown tenant {tenant}: only the default tenant exists on this node"
-            )));
+        if !tenants.is_live(&tenant) {
+            return Err(crate::tenants::no_such_tenant(&tenant));
         }
         let (secret, record) =
             Token::generate(tenant, role, crate::app::now_ms()).map_err(NodeError::Tenancy)?;
@@ -168,6 +183,15 @@ impl Auth {
         };
         self.persist(&record)?;
         Ok(record)
+    }
+
+    /// Revokes every token of `tenant` (when it is removed); the records to announce.
+    pub fn revoke_tenant(&self, tenant: &TenantName) -> Result<Vec<TokenRecord>, NodeError> {
+        let records = self.write().revoke_tenant(tenant, crate::app::now_ms());
+        for record in &records {
+            self.persist(record)?;
+        }
+        Ok(records)
     }
 
     /// Every token record (hashes, not secrets), for peers.
@@ -197,9 +221,9 @@ impl Auth {
         Ok(changed.len())
     }
 
-    /// Every token (without secrets or hashes), in id order.
-    pub fn list(&self) -> Vec<TokenInfo> {
-        self.read().list(None)
+    /// Tokens (without secrets or hashes) of one tenant or of all, in id order.
+    pub fn list(&self, tenant: Option<&TenantName>) -> Vec<TokenInfo> {
+        self.read().list(tenant)
     }
 
     fn persist(&self, record: &TokenRecord) -> Result<(), NodeError> {
@@ -220,6 +244,88 @@ impl Auth {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, TokenBook> {
         self.book.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Who sent a request, once [`Auth::caller`] let it through.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// Whether tokens are checked (`auth = "tokens"` on a route that needs one).
+    checked: bool,
+    principal: Option<Principal>,
+}
+
+impl Caller {
+    /// A caller nothing is checked for (`auth = "off"`, or an open route): acts as an admin
+    /// of `default`.
+    pub fn unchecked() -> Self {
+        Self {
+            checked: false,
+            principal: None,
+        }
+    }
+
+    /// The tenant a function name without one means for this caller.
+    pub fn tenant(&self) -> TenantName {
+        self.principal
+            .as_ref()
+            .map_or_else(TenantName::default_tenant, |p| p.tenant.clone())
+    }
+
+    /// Whether this caller sees every tenant's resources (an admin, or no checks at all).
+    pub fn sees_every_tenant(&self) -> bool {
+        !self.checked
+            || self
+                .principal
+                .as_ref()
+                .is_some_and(|p| p.role == Role::Admin)
+    }
+
+    /// May this caller do `action` on a resource of `tenant` (`None`: node-wide)? A resource
+    /// of another tenant is a plain [`NodeError::NotFound`].
+    pub fn may(&self, action: Action, tenant: Option<&TenantName>) -> Result<(), NodeError> {
+        self.may_or(action, tenant, || NodeError::NotFound("not found".into()))
+    }
+
+    /// [`Caller::may`], answering a resource of another tenant with `missing()`.
+    pub fn may_or(
+        &self,
+        action: Action,
+        tenant: Option<&TenantName>,
+        missing: impl FnOnce() -> NodeError,
+    ) -> Result<(), NodeError> {
+        if !self.checked {
+            return Ok(());
+        }
+        tern_tenancy::authorize(self.principal.as_ref(), action, tenant).map_err(|d| match d {
+            Denied::Unauthorized => NodeError::Unauthorized,
+            Denied::Forbidden => NodeError::Forbidden,
+            Denied::NotFound => missing(),
+        })
+    }
+
+    /// The function a path segment names for this caller: `name` is in the caller's tenant,
+    /// `tenant.name` in that tenant. Another tenant's function is answered by `missing`, as
+    /// if it did not exist.
+    pub fn function(
+        &self,
+        segment: &str,
+        action: Action,
+        missing: impl FnOnce(FunctionName) -> NodeError,
+    ) -> Result<FunctionName, NodeError> {
+        let name: FunctionName = segment
+            .parse()
+            .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
+        // Whether the segment named a tenant, `default.` included (which the parsed name no
+        // longer shows: `default.echo` is spelled `echo`).
+        let name = if segment.contains('.') {
+            name
+        } else {
+            name.in_tenant(&self.tenant())
+        };
+        let owner = name.tenant();
+        self.may_or(action, Some(&owner), || missing(name.clone()))?;
+        Ok(name)
     }
 }
 
@@ -258,53 +364,63 @@ mod tests {
 
     use super::*;
 
-    fn open(dir: &Path, mode: AuthMode) -> Auth {
+    fn open(dir: &Path, mode: AuthMode) -> (Auth, Tenants) {
         let store = Store::open(dir).unwrap();
-        Auth::open(mode, &store, dir).unwrap()
+        let tenants = Tenants::open(&store, "a").unwrap();
+        (Auth::open(mode, &store, dir, &tenants).unwrap(), tenants)
+    }
+
+    fn default() -> TenantName {
+        TenantName::default_tenant()
+    }
+
+    fn header(secret: &Secret) -> String {
+        format!("Bearer {}", secret.expose())
     }
 
     #[test]
     fn the_first_start_writes_an_admin_token_readable_by_its_owner_only() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = open(dir.path(), AuthMode::Tokens);
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
         let path = dir.path().join(ADMIN_TOKEN_FILE);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let token = std::fs::read_to_string(&path).unwrap();
         let header = format!("Bearer {}", token.trim());
-        let p = auth
-            .check(Some(header.as_bytes()), Need::Node(Action::ManageTokens))
-            .unwrap()
+        let caller = auth
+            .caller(
+                Some(header.as_bytes()),
+                Need::Node(Action::ManageTokens),
+                &tenants,
+            )
             .unwrap();
-        assert_eq!(p.role, Role::Admin);
-        assert_eq!(auth.list().len(), 1);
+        assert!(caller.sees_every_tenant());
+        assert_eq!(auth.list(None).len(), 1);
     }
 
     #[test]
     fn tokens_survive_a_restart_and_no_second_admin_token_is_made() {
         let dir = tempfile::tempdir().unwrap();
         let (secret, id) = {
-            let auth = open(dir.path(), AuthMode::Tokens);
-            let (secret, info) = auth
-                .create(TenantName::default_tenant(), Role::Invoker)
-                .unwrap();
-            (secret, info.id)
+            let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+            let (secret, record) = auth.create(default(), Role::Invoker, &tenants).unwrap();
+            (secret, record.id)
         };
         let first_admin = std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).unwrap();
-        let auth = open(dir.path(), AuthMode::Tokens);
-        assert_eq!(auth.list().len(), 2);
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+        assert_eq!(auth.list(None).len(), 2);
         assert_eq!(
             std::fs::read_to_string(dir.path().join(ADMIN_TOKEN_FILE)).unwrap(),
             first_admin
         );
-        let header = format!("bearer {}", secret.expose());
+        let h = header(&secret);
         let invoke = Need::Tenant(Action::Invoke);
-        assert!(auth.check(Some(header.as_bytes()), invoke).is_ok());
+        assert!(auth.caller(Some(h.as_bytes()), invoke, &tenants).is_ok());
         auth.revoke(&id).unwrap();
-        drop(auth);
-        let auth = open(dir.path(), AuthMode::Tokens);
+        drop((auth, tenants));
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
         assert!(matches!(
-            auth.check(Some(header.as_bytes()), invoke),
+            auth.caller(Some(h.as_bytes()), invoke, &tenants),
             Err(NodeError::Unauthorized)
         ));
     }
@@ -312,60 +428,107 @@ mod tests {
     #[test]
     fn roles_and_missing_or_bad_tokens_get_401_or_403() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = open(dir.path(), AuthMode::Tokens);
-        let (invoker, _) = auth
-            .create(TenantName::default_tenant(), Role::Invoker)
-            .unwrap();
-        let (developer, _) = auth
-            .create(TenantName::default_tenant(), Role::Developer)
-            .unwrap();
-        let h = |s: &Secret| format!("Bearer {}", s.expose());
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+        let (invoker, _) = auth.create(default(), Role::Invoker, &tenants).unwrap();
+        let (developer, _) = auth.create(default(), Role::Developer, &tenants).unwrap();
         let deploy = Need::Tenant(Action::Deploy);
-        assert!(matches!(
-            auth.check(None, deploy),
-            Err(NodeError::Unauthorized)
-        ));
+        let check = |h: Option<&str>, need| auth.caller(h.map(str::as_bytes), need, &tenants);
+        assert!(matches!(check(None, deploy), Err(NodeError::Unauthorized)));
         for bad in ["Bearer", "Bearer tern_nope", "Basic abc", "\u{0}"] {
             assert!(matches!(
-                auth.check(Some(bad.as_bytes()), deploy),
+                check(Some(bad), deploy),
                 Err(NodeError::Unauthorized)
             ));
         }
         assert!(matches!(
-            auth.check(Some(h(&invoker).as_bytes()), deploy),
+            check(Some(&header(&invoker)), deploy),
             Err(NodeError::Forbidden)
         ));
-        assert!(auth.check(Some(h(&developer).as_bytes()), deploy).is_ok());
+        assert!(check(Some(&header(&developer)), deploy).is_ok());
         assert!(matches!(
-            auth.check(
-                Some(h(&developer).as_bytes()),
+            check(
+                Some(&header(&developer)),
                 Need::Node(Action::ReadNodeMetrics)
             ),
             Err(NodeError::Forbidden)
         ));
-        assert!(auth.check(None, Need::Nothing).unwrap().is_none());
+        assert!(check(None, Need::Nothing).is_ok());
     }
 
     #[test]
     fn with_auth_off_nothing_is_checked_and_no_token_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = open(dir.path(), AuthMode::Off);
-        assert!(
-            auth.check(None, Need::Node(Action::ManageTokens))
-                .unwrap()
-                .is_none()
-        );
+        let (auth, tenants) = open(dir.path(), AuthMode::Off);
+        let caller = auth
+            .caller(None, Need::Node(Action::ManageTokens), &tenants)
+            .unwrap();
+        assert!(caller.sees_every_tenant());
+        let acme: TenantName = "acme".parse().unwrap();
+        assert!(caller.may(Action::Deploy, Some(&acme)).is_ok());
         assert!(!dir.path().join(ADMIN_TOKEN_FILE).exists());
     }
 
     #[test]
-    fn only_the_default_tenant_gets_tokens() {
+    fn tokens_are_issued_only_for_live_tenants_and_die_with_their_tenant() {
         let dir = tempfile::tempdir().unwrap();
-        let auth = open(dir.path(), AuthMode::Tokens);
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+        let acme: TenantName = "acme".parse().unwrap();
         assert!(matches!(
-            auth.create("other".parse().unwrap(), Role::Developer),
+            auth.create(acme.clone(), Role::Developer, &tenants),
+            Err(NodeError::NotFound(_))
+        ));
+        tenants.create(acme.clone(), Default::default(), 1).unwrap();
+        let (secret, _) = auth
+            .create(acme.clone(), Role::Developer, &tenants)
+            .unwrap();
+        let h = header(&secret);
+        let deploy = Need::Tenant(Action::Deploy);
+        assert!(auth.caller(Some(h.as_bytes()), deploy, &tenants).is_ok());
+        // Removed: refused at once, even before the revocations are written.
+        tenants.remove(&acme, 2).unwrap();
+        assert!(matches!(
+            auth.caller(Some(h.as_bytes()), deploy, &tenants),
+            Err(NodeError::Unauthorized)
+        ));
+        let revoked = auth.revoke_tenant(&acme).unwrap();
+        assert_eq!(revoked.len(), 1);
+        // Re-created under the same name: the old token stays dead.
+        tenants.create(acme, Default::default(), 3).unwrap();
+        assert!(matches!(
+            auth.caller(Some(h.as_bytes()), deploy, &tenants),
+            Err(NodeError::Unauthorized)
+        ));
+    }
+
+    #[test]
+    fn a_callers_function_names_mean_its_own_tenant_and_others_are_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+        let acme: TenantName = "acme".parse().unwrap();
+        tenants.create(acme.clone(), Default::default(), 1).unwrap();
+        let (dev, _) = auth.create(acme, Role::Developer, &tenants).unwrap();
+        let h = header(&dev);
+        let caller = auth
+            .caller(Some(h.as_bytes()), Need::Tenant(Action::Invoke), &tenants)
+            .unwrap();
+        let missing = |n: FunctionName| NodeError::NotFound(format!("no function {n}"));
+        let own = caller.function("echo", Action::Invoke, missing).unwrap();
+        assert_eq!(own.as_str(), "acme.echo");
+        let spelled = caller
+            .function("acme.echo", Action::Invoke, missing)
+            .unwrap();
+        assert_eq!(spelled, own);
+        for other in ["default.echo", "globex.echo"] {
+            match caller.function(other, Action::Invoke, missing) {
+                Err(NodeError::NotFound(m)) => assert!(m.starts_with("no function"), "{m}"),
+                r => panic!("{other}: {r:?}"),
+            }
+        }
+        assert!(matches!(
+            caller.function("Bad!", Action::Invoke, missing),
             Err(NodeError::BadRequest(_))
         ));
+        assert!(!caller.sees_every_tenant());
     }
 
     #[test]
@@ -382,6 +545,11 @@ mod tests {
                 "v1/tokens/0123456789abcdef",
                 Need::Node(ManageTokens),
             ),
+            (Method::GET, "v1/tenants", Need::Node(ManageTenants)),
+            (Method::POST, "v1/tenants", Need::Node(ManageTenants)),
+            (Method::GET, "v1/tenants/acme", Need::Tenant(ReadTenant)),
+            (Method::PUT, "v1/tenants/acme", Need::Node(ManageTenants)),
+            (Method::DELETE, "v1/tenants/acme", Need::Node(ManageTenants)),
             (Method::GET, "v1/functions", Need::Tenant(ListFunctions)),
             (Method::GET, "v1/functions/f", Need::Tenant(ListFunctions)),
             (Method::PUT, "v1/functions/f", Need::Tenant(Deploy)),

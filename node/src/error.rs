@@ -73,6 +73,17 @@ pub enum NodeError {
     Randomness(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with what exists (a tenant name taken, the default tenant).
+    #[error("{0}")]
+    Conflict(String),
+    /// A deploy over one of its tenant's quotas; trying again does not help until something
+    /// is removed or the quota raised.
+    #[error("tenant {tenant}: {which} quota exceeded ({detail})")]
+    TenantQuota {
+        tenant: tern_tenancy::TenantName,
+        which: tern_tenancy::QuotaKind,
+        detail: String,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("i/o: {0}")]
@@ -103,6 +114,25 @@ impl NodeError {
                 ApiError::new(ErrorCode::PayloadTooLarge, self.to_string())
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
+            NodeError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m.clone()),
+            NodeError::TenantQuota { .. } => {
+                ApiError::new(ErrorCode::QuotaExceeded, self.to_string())
+            }
+            NodeError::Tenancy(e) => {
+                let code = match e.http_status() {
+                    400 => ErrorCode::InvalidRequest,
+                    401 => ErrorCode::Unauthorized,
+                    403 => ErrorCode::Forbidden,
+                    404 => ErrorCode::NotFound,
+                    409 => ErrorCode::Conflict,
+                    429 if matches!(e, tern_tenancy::Error::Overloaded { .. }) => {
+                        ErrorCode::Overloaded
+                    }
+                    429 => ErrorCode::QuotaExceeded,
+                    _ => ErrorCode::Internal,
+                };
+                ApiError::new(code, e.public_message())
+            }
             NodeError::NotSynced => ApiError::new(ErrorCode::Unavailable, self.to_string()),
             NodeError::JournalFull { .. } => ApiError::new(ErrorCode::Overloaded, self.to_string()),
             NodeError::Unauthorized => ApiError::new(ErrorCode::Unauthorized, self.to_string()),
@@ -123,7 +153,6 @@ impl NodeError {
             | NodeError::ChangeFailed(_)
             | NodeError::Randomness(_)
             | NodeError::TokenFile { .. }
-            | NodeError::Tenancy(_)
             | NodeError::Io(_)
             | NodeError::Cluster(_)
             | NodeError::Link(_)

@@ -20,11 +20,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tern_actors::{ActorKind, Invocation, Pipeline};
+use tern_tenancy::{Action, TenantName, TenantSpec};
+use tern_wire::peer::TenancyRecords;
 use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvocationRecord};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 use crate::app::App;
+use crate::auth::Caller;
 use crate::error::NodeError;
 use crate::self_wake::RepollOnSelfWake;
 
@@ -107,26 +110,30 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     // and costs no more than this check.
     let need = crate::auth::need(&method, &segments);
     let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
-    if let Err(e) = app.auth.check(authorization, need) {
-        return error_response(&e.to_api());
-    }
+    let caller = match app.auth.caller(authorization, need, &app.tenants) {
+        Ok(caller) => caller,
+        Err(e) => return error_response(&e.to_api()),
+    };
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
         (&Method::POST, ["v1", "tokens"]) => create_token(&app, req).await,
-        (&Method::GET, ["v1", "tokens"]) => Ok(json(StatusCode::OK, &app.auth.list())),
+        (&Method::GET, ["v1", "tokens"]) => list_tokens(&app, &req),
         (&Method::DELETE, ["v1", "tokens", id]) => revoke_token(&app, id),
+        (&Method::GET, ["v1", "tenants"]) => Ok(json(StatusCode::OK, &app.tenants.list())),
+        (&Method::POST, ["v1", "tenants"]) => create_tenant(&app, req).await,
+        (&Method::GET, ["v1", "tenants", name]) => get_tenant(&app, &caller, name),
+        (&Method::PUT, ["v1", "tenants", name]) => update_tenant(&app, name, req).await,
+        (&Method::DELETE, ["v1", "tenants", name]) => remove_tenant(&app, name).await,
         (&Method::GET, ["metrics"]) => Ok(metrics(&app).await),
-        (&Method::GET, ["v1", "functions"]) => {
-            Ok(json(StatusCode::OK, &app.services().runtime.list()))
-        }
-        (&Method::PUT, ["v1", "functions", name]) => deploy(&app, name, req).await,
-        (&Method::GET, ["v1", "functions", name]) => get_function(&app, name),
-        (&Method::DELETE, ["v1", "functions", name]) => remove(&app, name).await,
+        (&Method::GET, ["v1", "functions"]) => Ok(list_functions(&app, &caller)),
+        (&Method::PUT, ["v1", "functions", name]) => deploy(&app, &caller, name, req).await,
+        (&Method::GET, ["v1", "functions", name]) => get_function(&app, &caller, name),
+        (&Method::DELETE, ["v1", "functions", name]) => remove(&app, &caller, name).await,
         (&Method::POST, ["v1", "functions", name, "invoke"]) => {
             // Server-side time on every answer, errors included, so clients can tell queueing
             // and network time apart from the node's.
             let started = Instant::now();
-            let mut resp = invoke(&app, name, req)
+            let mut resp = invoke(&app, &caller, name, req)
                 .await
                 .unwrap_or_else(|e| error_response(&e.to_api()));
             resp.headers_mut().insert(
@@ -135,7 +142,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             );
             Ok(resp)
         }
-        (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, id),
+        (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, &caller, id),
         (&Method::GET, ["v1", "cluster"]) => Ok(cluster(&app)),
         (
             _,
@@ -145,15 +152,17 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             | ["v1", "functions", ..]
             | ["v1", "invocations", _]
             | ["v1", "tokens"]
-            | ["v1", "tokens", _],
+            | ["v1", "tokens", _]
+            | ["v1", "tenants"]
+            | ["v1", "tenants", _],
         ) => Err(NodeError::MethodNotAllowed),
         _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
     };
     result.unwrap_or_else(|e| error_response(&e.to_api()))
 }
 
-/// `POST /v1/tokens` with `{"role": "admin" | "developer" | "invoker"}` (and optionally
-/// `"tenant"`, which must be `default`): the new token, shown this once.
+/// `POST /v1/tokens` with `{"role": "admin" | "developer" | "invoker"}` and optionally
+/// `"tenant"` (a live tenant; `default` if absent): the new token, shown this once.
 async fn create_token(app: &Arc<App>, req: Request<Incoming>) -> Result<Response<Body>, NodeError> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
@@ -184,10 +193,11 @@ async fn create_token(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
             .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?,
         None => tern_tenancy::TenantName::default_tenant(),
     };
-    let (secret, record) = app.auth.create(tenant, role)?;
-    if let Some(cluster) = app.cluster.get() {
-        cluster.announce_tokens(vec![record.clone()]);
-    }
+    let (secret, record) = app.auth.create(tenant, role, &app.tenants)?;
+    app.announce_tenancy(TenancyRecords {
+        tenants: Vec::new(),
+        tokens: vec![record.clone()],
+    });
     Ok(json(
         StatusCode::CREATED,
         &Created {
@@ -203,15 +213,193 @@ fn revoke_token(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
         .parse()
         .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?;
     let record = app.auth.revoke(&id)?;
-    if let Some(cluster) = app.cluster.get() {
-        cluster.announce_tokens(vec![record.clone()]);
-    }
+    app.announce_tenancy(TenancyRecords {
+        tenants: Vec::new(),
+        tokens: vec![record.clone()],
+    });
     Ok(json(StatusCode::OK, &record.info()))
 }
 
-fn parse_name(name: &str) -> Result<FunctionName, NodeError> {
+/// `GET /v1/tokens`, or `?tenant=NAME` for one tenant's.
+fn list_tokens(app: &Arc<App>, req: &Request<Incoming>) -> Result<Response<Body>, NodeError> {
+    let tenant = query(req)
+        .get("tenant")
+        .map(|t| parse_tenant(t))
+        .transpose()?;
+    Ok(json(StatusCode::OK, &app.auth.list(tenant.as_ref())))
+}
+
+fn parse_tenant(name: &str) -> Result<TenantName, NodeError> {
     name.parse()
-        .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))
+        .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))
+}
+
+/// A tenant's settings as `POST /v1/tenants` and `PUT /v1/tenants/{name}` take them. Every
+/// field is optional: what is left out keeps its current value (its default for a new
+/// tenant). `quotas` takes any subset of the quota fields.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantBody {
+    name: Option<String>,
+    weight: Option<u32>,
+    sla: Option<String>,
+    quotas: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl TenantBody {
+    async fn read(app: &App, req: Request<Incoming>) -> Result<Self, NodeError> {
+        let body = read_body(app, req, 16 << 10).await?;
+        serde_json::from_slice(&body).map_err(|e| {
+            NodeError::BadRequest(format!(
+                "expected {{\"name\", \"weight\", \"sla\", \"quotas\": {{...}}}}: {e}"
+            ))
+        })
+    }
+
+    /// `base` with this body's changes.
+    fn apply(self, mut spec: TenantSpec) -> Result<TenantSpec, NodeError> {
+        let bad = |e: tern_tenancy::Error| NodeError::BadRequest(e.to_string());
+        if let Some(w) = self.weight {
+            spec.weight = tern_tenancy::Weight::new(w).map_err(bad)?;
+        }
+        if let Some(sla) = self.sla {
+            spec.sla = sla.parse().map_err(bad)?;
+        }
+        if let Some(changes) = self.quotas {
+            // Through JSON so that the quotas' own decoding (which validates) has the last
+            // word, and an unknown field is an error rather than ignored.
+            let mut quotas = match serde_json::to_value(&spec.quotas) {
+                Ok(serde_json::Value::Object(m)) => m,
+                _ => return Err(NodeError::BadRequest("cannot read the quotas".into())),
+            };
+            for (k, v) in changes {
+                if !quotas.contains_key(&k) {
+                    return Err(NodeError::BadRequest(format!(
+                        "unknown quota {k:?}; known: {}",
+                        quotas.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                quotas.insert(k, v);
+            }
+            spec.quotas = serde_json::from_value(serde_json::Value::Object(quotas))
+                .map_err(|e| NodeError::BadRequest(format!("invalid quotas: {e}")))?;
+        }
+        Ok(spec)
+    }
+}
+
+/// A tenant as the API shows it: its record and what it uses.
+#[derive(Serialize)]
+struct TenantView {
+    #[serde(flatten)]
+    tenant: tern_tenancy::Tenant,
+    usage: tern_tenancy::Usage,
+}
+
+/// `POST /v1/tenants`: a new tenant (201), announced to the cluster.
+async fn create_tenant(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let body = TenantBody::read(app, req).await?;
+    let name = parse_tenant(
+        body.name
+            .as_deref()
+            .ok_or_else(|| NodeError::BadRequest("a new tenant needs a \"name\"".into()))?,
+    )?;
+    let spec = body.apply(TenantSpec::default())?;
+    let entry = app.tenants.create(name, spec, crate::app::now_ms())?;
+    app.announce_tenancy(TenancyRecords {
+        tenants: vec![entry.clone()],
+        tokens: Vec::new(),
+    });
+    Ok(json(
+        StatusCode::CREATED,
+        &TenantView {
+            usage: app.tenant_usage(entry.name()),
+            tenant: entry.tenant,
+        },
+    ))
+}
+
+/// `GET /v1/tenants/{name}`: for admins, and for the tenant's own developers.
+fn get_tenant(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = parse_tenant(name)?;
+    let missing = || crate::tenants::no_such_tenant(&name);
+    caller.may_or(Action::ReadTenant, Some(&name), missing)?;
+    let tenant = app.tenants.get(&name).ok_or_else(missing)?;
+    Ok(json(
+        StatusCode::OK,
+        &TenantView {
+            usage: app.tenant_usage(&name),
+            tenant,
+        },
+    ))
+}
+
+/// `PUT /v1/tenants/{name}`: changes a live tenant's weight, class or quotas.
+async fn update_tenant(
+    app: &Arc<App>,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let name = parse_tenant(name)?;
+    let body = TenantBody::read(app, req).await?;
+    if body.name.as_deref().is_some_and(|n| n != name.as_str()) {
+        return Err(NodeError::BadRequest(
+            "a tenant cannot be renamed; create another".into(),
+        ));
+    }
+    let current = app
+        .tenants
+        .get(&name)
+        .ok_or_else(|| crate::tenants::no_such_tenant(&name))?;
+    let spec = body.apply(current.spec)?;
+    let entry = app.tenants.update(&name, spec, crate::app::now_ms())?;
+    app.announce_tenancy(TenancyRecords {
+        tenants: vec![entry.clone()],
+        tokens: Vec::new(),
+    });
+    Ok(json(
+        StatusCode::OK,
+        &TenantView {
+            usage: app.tenant_usage(&name),
+            tenant: entry.tenant,
+        },
+    ))
+}
+
+/// `DELETE /v1/tenants/{name}`: removes a tenant that owns no function (409 otherwise) and
+/// revokes its tokens.
+async fn remove_tenant(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = parse_tenant(name)?;
+    let app = app.clone();
+    let entry = crate::app::to_completion(async move { app.remove_tenant(&name).await }).await?;
+    Ok(json(StatusCode::OK, &entry.tenant))
+}
+
+/// `GET /v1/functions`: the caller's tenant's functions (every tenant's for an admin).
+fn list_functions(app: &Arc<App>, caller: &Caller) -> Response<Body> {
+    let mut functions = app.services().runtime.list();
+    if !caller.sees_every_tenant() {
+        let own = caller.tenant();
+        functions.retain(|f| f.name.tenant() == own);
+    }
+    json(StatusCode::OK, &functions)
+}
+
+/// The function a path segment names for `caller`; another tenant's is answered exactly as
+/// a missing one.
+fn function_for(
+    app: &App,
+    caller: &Caller,
+    segment: &str,
+    action: Action,
+) -> Result<FunctionName, NodeError> {
+    let synced = app.pipeline.registry_synced();
+    caller.function(segment, action, |name| {
+        Pipeline::missing_function(name, synced).into()
+    })
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -347,10 +535,11 @@ fn refuse_connection(stream: &tokio::net::TcpStream) {
 
 async fn deploy(
     app: &Arc<App>,
+    caller: &Caller,
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
-    let name = parse_name(name)?;
+    let name = function_for(app, caller, name, Action::Deploy)?;
     let q = query(&req);
     let timeout_ms = query_u32(&q, "timeout_ms")?;
     let memory_mb = query_u32(&q, "memory_mb")?;
@@ -364,8 +553,8 @@ async fn deploy(
     Ok(json(StatusCode::CREATED, &info))
 }
 
-fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
-    let name = parse_name(name)?;
+fn get_function(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = function_for(app, caller, name, Action::ListFunctions)?;
     let synced = app.pipeline.registry_synced();
     let Some(deployed) = app.services().runtime.get(&name) else {
         return Err(Pipeline::missing_function(name, synced).into());
@@ -373,8 +562,8 @@ fn get_function(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError>
     Ok(json(StatusCode::OK, &deployed.info))
 }
 
-async fn remove(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError> {
-    let name = parse_name(name)?;
+async fn remove(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
+    let name = function_for(app, caller, name, Action::Remove)?;
     let app = app.clone();
     let info = crate::app::to_completion(async move { app.remove(&name).await }).await?;
     Ok(json(StatusCode::OK, &info))
@@ -382,10 +571,11 @@ async fn remove(app: &Arc<App>, name: &str) -> Result<Response<Body>, NodeError>
 
 async fn invoke(
     app: &Arc<App>,
+    caller: &Caller,
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
-    let name = parse_name(name)?;
+    let name = function_for(app, caller, name, Action::Invoke)?;
     let q = query(&req);
     let map = query_flag(&q, "map")?;
     let asynchronous = match q.get("mode").map(String::as_str) {
@@ -463,14 +653,14 @@ struct InvocationView<'a> {
     attempts: u32,
 }
 
-fn get_invocation(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
+fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<Body>, NodeError> {
     let id: InvocationId = id
         .parse()
         .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
-    let record: InvocationRecord = app
-        .store
-        .invocation(&id)?
-        .ok_or_else(|| NodeError::NotFound(format!("no invocation {id}")))?;
+    let missing = || NodeError::NotFound(format!("no invocation {id}"));
+    let record: InvocationRecord = app.store.invocation(&id)?.ok_or_else(missing)?;
+    // Another tenant's invocation is answered exactly as one that does not exist.
+    caller.may_or(Action::ReadResult, Some(&record.function.tenant()), missing)?;
     let (result, result_base64) = match &record.output {
         None => (None, None),
         Some(bytes) => match std::str::from_utf8(bytes) {

@@ -16,6 +16,7 @@ pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;
 pub mod store;
+pub mod tenants;
 
 pub use config::Config;
 pub use error::NodeError;

@@ -139,6 +139,9 @@ enum Command {
     /// Bearer tokens of a node with `auth = "tokens"` (admin token needed).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tenants: who owns functions and tokens, with weights and quotas (admin token needed).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
     /// Load-test a function over HTTP and report latency percentiles and throughput.
     Bench {
         #[arg(long, default_value = "echo")]
@@ -179,17 +182,111 @@ enum TokenCommand {
         /// results).
         #[arg(long)]
         role: String,
+        /// The tenant the token acts for.
+        #[arg(long, default_value = "default")]
+        tenant: String,
         #[command(flatten)]
         server: Server,
     },
     /// List tokens (never their secrets).
     List {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
         #[command(flatten)]
         server: Server,
     },
     /// Revoke a token for good.
     Revoke {
         id: String,
+        #[command(flatten)]
+        server: Server,
+    },
+}
+
+/// A tenant's settings; what is left out keeps its current value (its default for a new
+/// tenant).
+#[derive(clap::Args)]
+struct TenantSettings {
+    /// Share weight under contention (1..=10000).
+    #[arg(long)]
+    weight: Option<u32>,
+    /// `latency-critical`, `standard` or `batch`.
+    #[arg(long)]
+    sla: Option<String>,
+    /// A quota, `NAME=VALUE` (repeatable): max_concurrent, memory_budget_bytes, max_queued,
+    /// max_timeout_ms, max_functions, max_module_bytes, max_stored_results,
+    /// max_stored_result_bytes.
+    #[arg(long = "quota", value_name = "NAME=VALUE", value_parser = parse_quota)]
+    quotas: Vec<(String, u64)>,
+}
+
+impl TenantSettings {
+    fn body(&self, name: Option<&str>) -> String {
+        let mut body = serde_json::Map::new();
+        if let Some(name) = name {
+            body.insert("name".into(), name.into());
+        }
+        if let Some(w) = self.weight {
+            body.insert("weight".into(), w.into());
+        }
+        if let Some(sla) = &self.sla {
+            body.insert("sla".into(), sla.as_str().into());
+        }
+        if !self.quotas.is_empty() {
+            let quotas: serde_json::Map<String, serde_json::Value> = self
+                .quotas
+                .iter()
+                .map(|(k, v)| (k.clone(), (*v).into()))
+                .collect();
+            body.insert("quotas".into(), quotas.into());
+        }
+        serde_json::Value::Object(body).to_string()
+    }
+}
+
+fn parse_quota(s: &str) -> Result<(String, u64), String> {
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    let value = value
+        .parse()
+        .map_err(|_| format!("{name}: {value:?} is not a non-negative integer"))?;
+    Ok((name.to_owned(), value))
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant.
+    Create {
+        name: String,
+        #[command(flatten)]
+        settings: TenantSettings,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Show one tenant with what it uses.
+    Show {
+        name: String,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Change a tenant's weight, class or quotas.
+    Update {
+        name: String,
+        #[command(flatten)]
+        settings: TenantSettings,
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Remove a tenant that owns no function; its tokens are revoked.
+    Remove {
+        name: String,
         #[command(flatten)]
         server: Server,
     },
@@ -471,13 +568,58 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             }
             Ok(())
         }
-        Command::Token(TokenCommand::Create { role, server }) => {
-            let body = serde_json::json!({ "role": role }).to_string();
+        Command::Token(TokenCommand::Create {
+            role,
+            tenant,
+            server,
+        }) => {
+            let body = serde_json::json!({ "role": role, "tenant": tenant }).to_string();
             finish(call(&server, Method::POST, "/v1/tokens", Bytes::from(body)).await?)
         }
-        Command::Token(TokenCommand::List { server }) => {
-            finish(call(&server, Method::GET, "/v1/tokens", Bytes::new()).await?)
+        Command::Token(TokenCommand::List { tenant, server }) => {
+            let path = match tenant {
+                Some(t) => format!("/v1/tokens?tenant={t}"),
+                None => "/v1/tokens".to_owned(),
+            };
+            finish(call(&server, Method::GET, &path, Bytes::new()).await?)
         }
+        Command::Tenant(TenantCommand::Create {
+            name,
+            settings,
+            server,
+        }) => {
+            let body = Bytes::from(settings.body(Some(&name)));
+            finish(call(&server, Method::POST, "/v1/tenants", body).await?)
+        }
+        Command::Tenant(TenantCommand::List { server }) => {
+            finish(call(&server, Method::GET, "/v1/tenants", Bytes::new()).await?)
+        }
+        Command::Tenant(TenantCommand::Show { name, server }) => finish(
+            call(
+                &server,
+                Method::GET,
+                &format!("/v1/tenants/{name}"),
+                Bytes::new(),
+            )
+            .await?,
+        ),
+        Command::Tenant(TenantCommand::Update {
+            name,
+            settings,
+            server,
+        }) => {
+            let body = Bytes::from(settings.body(None));
+            finish(call(&server, Method::PUT, &format!("/v1/tenants/{name}"), body).await?)
+        }
+        Command::Tenant(TenantCommand::Remove { name, server }) => finish(
+            call(
+                &server,
+                Method::DELETE,
+                &format!("/v1/tenants/{name}"),
+                Bytes::new(),
+            )
+            .await?,
+        ),
         Command::Token(TokenCommand::Revoke { id, server }) => finish(
             call(
                 &server,

@@ -167,8 +167,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         None => http::bind(config.listen).await?,
     };
     let addr = listener.local_addr()?;
-    let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir)?;
-    let app = App::new(config, store, pipeline, auth);
+    let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
+    let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
+    let app = App::new(config, store, pipeline, auth, tenants);
 
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;

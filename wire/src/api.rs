@@ -8,17 +8,57 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use tern_tenancy::TenantName;
+
 use crate::WireError;
 
-/// A deployed function's name: 1–64 characters of `[a-z0-9_-]`, starting with a letter or digit.
+/// A deployed function's name, which says which tenant owns it: `name` for the `default`
+/// tenant, `tenant.name` for any other. `name` is 1–64 characters of `[a-z0-9_-]` starting
+/// with a letter or digit; `tenant` is a [`TenantName`] (no `.` in either, so the split is
+/// unambiguous). `default.name` is accepted and means `name`: one function, one spelling.
+///
+/// The owner is part of the name so that every store key, registry entry, metric label,
+/// idempotency scope and journal record already says whose function it is, and two tenants
+/// can both have an `echo`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FunctionName(String);
 
 impl FunctionName {
+    /// Longest name within a tenant (the part after the tenant's `.`).
     pub const MAX_LEN: usize = 64;
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The tenant that owns this function.
+    pub fn tenant(&self) -> TenantName {
+        match self.0.split_once('.') {
+            // Checked when the name was parsed.
+            Some((tenant, _)) => tenant
+                .parse()
+                .unwrap_or_else(|_| TenantName::default_tenant()),
+            None => TenantName::default_tenant(),
+        }
+    }
+
+    /// The name within its tenant.
+    pub fn local(&self) -> &str {
+        self.0.split_once('.').map_or(&self.0, |(_, local)| local)
+    }
+
+    /// Whether the name says its tenant (`tenant.name`) rather than meaning `default`.
+    pub fn is_qualified(&self) -> bool {
+        self.0.contains('.')
+    }
+
+    /// This function's name within `tenant` (whatever tenant it named before).
+    pub fn in_tenant(&self, tenant: &TenantName) -> FunctionName {
+        if tenant.as_str() == TenantName::DEFAULT {
+            FunctionName(self.local().to_owned())
+        } else {
+            FunctionName(format!("{tenant}.{}", self.local()))
+        }
     }
 }
 
@@ -44,11 +84,25 @@ impl FromStr for FunctionName {
     type Err = WireError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        check_name(s).map_err(|reason| WireError::Invalid {
+        let invalid = |reason: String| WireError::Invalid {
             what: "function name",
-            reason: reason.to_owned(),
-        })?;
-        Ok(Self(s.to_owned()))
+            reason,
+        };
+        let (tenant, local) = match s.split_once('.') {
+            Some((tenant, local)) => {
+                let tenant: TenantName = tenant
+                    .parse()
+                    .map_err(|e: tern_tenancy::Error| invalid(format!("before the '.': {e}")))?;
+                (Some(tenant), local)
+            }
+            None => (None, s),
+        };
+        check_name(local).map_err(|reason| invalid(reason.to_owned()))?;
+        let name = Self(local.to_owned());
+        Ok(match tenant {
+            Some(t) => name.in_tenant(&t),
+            None => name,
+        })
     }
 }
 
@@ -216,10 +270,13 @@ pub enum ErrorCode {
     /// A limit on what may be kept was reached (for example `max_functions`); the message
     /// names it. Trying again does not help until something is removed.
     QuotaExceeded,
+    /// The request conflicts with what exists: creating a tenant whose name is taken, or
+    /// removing one that still owns functions.
+    Conflict,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -237,6 +294,7 @@ impl ErrorCode {
         ErrorCode::RequestTimeout,
         ErrorCode::Forbidden,
         ErrorCode::QuotaExceeded,
+        ErrorCode::Conflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -258,6 +316,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::Conflict => "conflict",
         }
     }
 
@@ -268,6 +327,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Overloaded | ErrorCode::QuotaExceeded => 429,
@@ -401,12 +461,42 @@ mod tests {
             "Echo",
             "a/b",
             "..",
+            ".echo",
+            "acme.",
+            "Acme.echo",
+            "a.b.c",
+            "-acme.echo",
+            &format!("{}.echo", "a".repeat(33)),
             "a b",
             &"a".repeat(65),
             "é",
         ] {
             assert!(bad.parse::<FunctionName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn a_function_name_says_its_tenant_and_default_has_one_spelling() {
+        let own: FunctionName = "acme.echo".parse().unwrap();
+        assert_eq!(
+            (own.tenant().as_str(), own.local(), own.is_qualified()),
+            ("acme", "echo", true)
+        );
+        let plain: FunctionName = "echo".parse().unwrap();
+        assert_eq!(
+            (plain.tenant().as_str(), plain.local(), plain.is_qualified()),
+            ("default", "echo", false)
+        );
+        let spelled: FunctionName = "default.echo".parse().unwrap();
+        assert_eq!(spelled, plain);
+        let acme: TenantName = "acme".parse().unwrap();
+        assert_eq!(plain.in_tenant(&acme), own);
+        assert_eq!(own.in_tenant(&TenantName::default_tenant()), plain);
+        assert_ne!(own, plain, "two tenants may both have an echo");
+        // Round trip through serde, as the store and the wire do.
+        let json = serde_json::to_string(&own).unwrap();
+        assert_eq!(serde_json::from_str::<FunctionName>(&json).unwrap(), own);
+        assert!(serde_json::from_str::<FunctionName>("\"x.y.z\"").is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use tern_tenancy::TokenRecord;
+use tern_tenancy::{TenantEntry, TokenRecord};
 
 use crate::{ApiError, FunctionInfo, FunctionName, ModuleHash};
 
@@ -26,11 +26,11 @@ pub enum PeerRequest {
     FetchModule(ModuleHash),
     /// Run one MEU here.
     Execute(RemoteMeu),
-    /// Bearer-token records created or revoked on (or learnt by) the sender: only hashes,
-    /// never secrets. Answered [`PeerResponse::Ack`] once stored.
-    AnnounceTokens(Vec<TokenRecord>),
-    /// The receiver's token records (anti-entropy, with the registry pull).
-    Tokens,
+    /// Tenant entries and bearer-token records created, changed or revoked on (or learnt by)
+    /// the sender. Answered [`PeerResponse::Ack`] once stored.
+    AnnounceTenancy(TenancyRecords),
+    /// The receiver's tenant and token records (anti-entropy, with the registry pull).
+    Tenancy,
 }
 
 /// The answer to a [`PeerRequest`].
@@ -41,7 +41,22 @@ pub enum PeerResponse {
     Module(Vec<u8>),
     Executed(RemoteOutcome),
     Error(ApiError),
-    Tokens(Vec<TokenRecord>),
+    Tenancy(TenancyRecords),
+}
+
+/// Who may use the cluster: tenant entries (versioned, tombstoned, last writer wins) and
+/// bearer-token records (only hashes of secrets; a revocation wins). Replicated to every node
+/// like the function registry; the receiver applies tenants before tokens.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TenancyRecords {
+    pub tenants: Vec<TenantEntry>,
+    pub tokens: Vec<TokenRecord>,
+}
+
+impl TenancyRecords {
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty() && self.tokens.is_empty()
+    }
 }
 
 /// One function's registry entry, replicated to every node. Last writer wins, ordered by

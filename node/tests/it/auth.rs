@@ -10,7 +10,7 @@ use tern_node::config::AuthMode;
 
 use crate::support::*;
 
-async fn with_token(
+pub(crate) async fn with_token(
     addr: SocketAddr,
     method: Method,
     path: &str,
@@ -32,18 +32,28 @@ async fn with_token(
 }
 
 async fn new_token(addr: SocketAddr, admin: &str, role: &str) -> (String, String) {
+    new_token_for(addr, admin, role, "default").await
+}
+
+/// A new token of `tenant` with `role`: (secret, id).
+pub(crate) async fn new_token_for(
+    addr: SocketAddr,
+    admin: &str,
+    role: &str,
+    tenant: &str,
+) -> (String, String) {
     let r = with_token(
         addr,
         Method::POST,
         "/v1/tokens",
         Some(admin),
-        format!(r#"{{"role":"{role}"}}"#),
+        format!(r#"{{"role":"{role}","tenant":"{tenant}"}}"#),
     )
     .await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let v = json(&r);
     assert_eq!(v["role"], role);
-    assert_eq!(v["tenant"], "default");
+    assert_eq!(v["tenant"], tenant);
     (
         v["token"].as_str().unwrap().to_owned(),
         v["id"].as_str().unwrap().to_owned(),
@@ -177,6 +187,30 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
         ),
         (
             Method::GET,
+            "/v1/tenants".into(),
+            "",
+            [401, 401, 401, 403, 403, 200],
+        ),
+        (
+            Method::GET,
+            "/v1/tenants/default".into(),
+            "",
+            [401, 401, 401, 403, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/tenants".into(),
+            r#"{"name":"made-by-admin"}"#,
+            [401, 401, 401, 403, 403, 201],
+        ),
+        (
+            Method::PUT,
+            "/v1/tenants/default".into(),
+            r#"{"weight":2}"#,
+            [401, 401, 401, 403, 403, 200],
+        ),
+        (
+            Method::GET,
             "/no/such/route".into(),
             "",
             [401, 401, 401, 404, 404, 404],
@@ -246,7 +280,10 @@ async fn token_listings_carry_no_secret_and_bad_token_requests_are_typed_errors(
     assert!(!listing.contains(&admin[20..]), "{listing}");
     for (body, why) in [
         (r#"{"role":"owner"}"#, "unknown role"),
-        (r#"{"role":"invoker","tenant":"other"}"#, "unknown tenant"),
+        (
+            r#"{"role":"invoker","tenant":"Not A Name"}"#,
+            "invalid tenant name",
+        ),
         (r#"{"role":"invoker","extra":1}"#, "unknown field"),
         ("not json", "not JSON"),
     ] {
@@ -257,6 +294,19 @@ async fn token_listings_carry_no_secret_and_bad_token_requests_are_typed_errors(
             "{why}"
         );
     }
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/tokens",
+        Some(admin),
+        r#"{"role":"invoker","tenant":"other"}"#,
+    )
+    .await;
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (404, "not_found"),
+        "a tenant that does not exist"
+    );
     for id in ["nope", "0123456789abcdef"] {
         let r = with_token(
             addr,
@@ -272,12 +322,12 @@ async fn token_listings_carry_no_secret_and_bad_token_requests_are_typed_errors(
 }
 
 /// A result id nobody has: a caller the node lets through gets 404, one it refuses 401.
-const NO_SUCH_RESULT: &str = "/v1/invocations/0123456789abcdef0123456789abcdef";
+pub(crate) const NO_SUCH_RESULT: &str = "/v1/invocations/0123456789abcdef0123456789abcdef";
 
-/// In a cluster, a token made on one node works on every node, and a revocation on any node
-/// holds everywhere; each node's first-start admin token is known to all.
+/// In a cluster, a tenant or token made on one node works on every node, and a revocation
+/// on any node holds everywhere; each node's first-start admin token is known to all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tokens_and_revocations_replicate_across_the_cluster() {
+async fn tenants_tokens_and_revocations_replicate_across_the_cluster() {
     use crate::cluster::{MeshSockets, eventually, init_pki, member_config, one_cluster_at_a_time};
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
@@ -318,6 +368,61 @@ async fn tokens_and_revocations_replicate_across_the_cluster() {
             .await;
         }
     }
+    // A tenant made on a, with a developer token made on a, deploys through c.
+    let r = with_token(
+        addrs[0],
+        Method::POST,
+        "/v1/tenants",
+        Some(&admins[0]),
+        r#"{"name":"acme","weight":4}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let (acme, _) = new_token_for(addrs[0], &admins[0], "developer", "acme").await;
+    let c = addrs[2];
+    eventually(
+        "the tenant and its token replicated",
+        Duration::from_secs(10),
+        || {
+            let acme = acme.clone();
+            async move {
+                let r = with_token(c, Method::GET, "/v1/tenants/acme", Some(&acme), "").await;
+                (r.status == 200).then(|| assert_eq!(json(&r)["spec"]["weight"], 4))
+            }
+        },
+    )
+    .await;
+    let r = with_token(
+        addrs[2],
+        Method::PUT,
+        "/v1/functions/work",
+        Some(&acme),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(json(&r)["name"], "acme.work");
+    let b = addrs[1];
+    eventually(
+        "acme's function runs through b",
+        Duration::from_secs(10),
+        || {
+            let acme = acme.clone();
+            async move {
+                let r = with_token(
+                    b,
+                    Method::POST,
+                    "/v1/functions/work/invoke",
+                    Some(&acme),
+                    "from b",
+                )
+                .await;
+                (r.status == 200).then(|| assert_eq!(&r.body[..], b"from b"))
+            }
+        },
+    )
+    .await;
+
     let (invoker, id) = new_token(addrs[0], &admins[0], "invoker").await;
     for &addr in &addrs[1..] {
         eventually("a new token replicated", Duration::from_secs(10), || {

@@ -15,4 +15,5 @@ mod hostile;
 mod persistence;
 mod supervision;
 mod support;
+mod tenants;
 mod timing;

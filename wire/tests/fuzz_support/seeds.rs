@@ -3,7 +3,7 @@
 
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
-    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
+    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -24,6 +24,20 @@ pub fn token_record(id: &str, role: &str, revoked_at_ms: Option<u64>) -> tern_te
         "hash": vec![7u8; 32],
     }))
     .expect("seed token record")
+}
+
+pub fn tenant_entry(name: &str, removed: bool) -> tern_tenancy::TenantEntry {
+    let entry = tern_tenancy::TenantEntry::create(
+        name.parse().expect("seed tenant name"),
+        tern_tenancy::TenantSpec::default(),
+        1_700_000_000_000,
+        "a",
+    );
+    if removed {
+        entry.remove(1_700_000_000_001, "b")
+    } else {
+        entry
+    }
 }
 
 fn name(s: &str) -> FunctionName {
@@ -149,17 +163,20 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
         ("execute", PeerRequest::Execute(meu(b"hi".to_vec()))),
         ("execute-big-input", PeerRequest::Execute(meu(big_bytes()))),
         (
-            "announce-tokens-empty",
-            PeerRequest::AnnounceTokens(Vec::new()),
+            "announce-tenancy-empty",
+            PeerRequest::AnnounceTenancy(TenancyRecords::default()),
         ),
         (
-            "announce-tokens-live-and-revoked",
-            PeerRequest::AnnounceTokens(vec![
-                token_record("0123456789abcdef", "invoker", None),
-                token_record("fedcba9876543210", "admin", Some(u64::MAX)),
-            ]),
+            "announce-tenancy-tenants-and-tokens",
+            PeerRequest::AnnounceTenancy(TenancyRecords {
+                tenants: vec![tenant_entry("acme", false), tenant_entry("gone", true)],
+                tokens: vec![
+                    token_record("0123456789abcdef", "invoker", None),
+                    token_record("fedcba9876543210", "admin", Some(u64::MAX)),
+                ],
+            }),
         ),
-        ("tokens", PeerRequest::Tokens),
+        ("tenancy", PeerRequest::Tenancy),
     ]
 }
 
@@ -202,10 +219,16 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
             "error-unauthorized",
             PeerResponse::Error(ApiError::new(ErrorCode::Unauthorized, "")),
         ),
-        ("tokens-empty", PeerResponse::Tokens(Vec::new())),
         (
-            "tokens-one",
-            PeerResponse::Tokens(vec![token_record("00000000000000ff", "developer", None)]),
+            "tenancy-empty",
+            PeerResponse::Tenancy(TenancyRecords::default()),
+        ),
+        (
+            "tenancy-one-each",
+            PeerResponse::Tenancy(TenancyRecords {
+                tenants: vec![tenant_entry("default", false)],
+                tokens: vec![token_record("00000000000000ff", "developer", None)],
+            }),
         ),
     ]
 }

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
-    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
+    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -186,6 +186,36 @@ pub fn remote_outcome() -> impl Strategy<Value = RemoteOutcome> {
 }
 
 /// Any valid token record (built through its serialized form: its hash is private).
+pub fn tenant_entry() -> impl Strategy<Value = tern_tenancy::TenantEntry> {
+    (
+        select(vec!["default", "acme", "a-b-c"]),
+        1u32..=tern_tenancy::Weight::MAX,
+        any::<u64>(),
+        any::<u64>(),
+        any::<bool>(),
+        select(vec!["a", "node-7"]),
+    )
+        .prop_map(|(name, weight, version, at, removed, origin)| {
+            let mut entry = tern_tenancy::TenantEntry::create(
+                name.parse().expect("valid tenant name"),
+                tern_tenancy::TenantSpec {
+                    weight: tern_tenancy::Weight::new(weight).expect("weight in range"),
+                    ..Default::default()
+                },
+                at,
+                origin,
+            );
+            entry.tenant.version = version;
+            entry.removed = removed;
+            entry
+        })
+}
+
+pub fn tenancy_records() -> impl Strategy<Value = TenancyRecords> {
+    (vec(tenant_entry(), 0..3), vec(token_record(), 0..4))
+        .prop_map(|(tenants, tokens)| TenancyRecords { tenants, tokens })
+}
+
 pub fn token_record() -> impl Strategy<Value = tern_tenancy::TokenRecord> {
     (
         any::<u64>(),
@@ -215,8 +245,8 @@ pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
         Just(PeerRequest::Registry),
         module_hash().prop_map(PeerRequest::FetchModule),
         remote_meu().prop_map(PeerRequest::Execute),
-        vec(token_record(), 0..4).prop_map(PeerRequest::AnnounceTokens),
-        Just(PeerRequest::Tokens),
+        tenancy_records().prop_map(PeerRequest::AnnounceTenancy),
+        Just(PeerRequest::Tenancy),
     ]
 }
 
@@ -227,7 +257,7 @@ pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
         payload().prop_map(PeerResponse::Module),
         remote_outcome().prop_map(PeerResponse::Executed),
         api_error().prop_map(PeerResponse::Error),
-        vec(token_record(), 0..4).prop_map(PeerResponse::Tokens),
+        tenancy_records().prop_map(PeerResponse::Tenancy),
     ]
 }
 

@@ -1,0 +1,288 @@
+//! The cluster's tenants as this node keeps them: who may own functions and tokens, with
+//! their weight, quotas and SLA class.
+//!
+//! The records and their merge rule are tern-tenancy's ([`TenantEntry`]: versioned, last
+//! writer wins, removal as a tombstone). This module keeps them in memory for the request
+//! path, persists every change in the store's `tenants` tree before it is acknowledged or
+//! announced, and applies what peers announce. Every node starts with the `default` tenant:
+//! the same first version everywhere (written at time 0 by no node), so fresh nodes agree on
+//! it without exchanging anything and any change made later supersedes it.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use tern_tenancy::{QuotaKind, Quotas, Tenant, TenantEntry, TenantName, TenantSpec};
+
+use crate::error::NodeError;
+use crate::store::{Store, StoreError};
+
+/// Largest encoded tenant entry read back from the store.
+const MAX_ENTRY_BYTES: usize = 4096;
+
+/// Every tenant entry this node knows, tombstones included.
+pub struct Tenants {
+    entries: RwLock<BTreeMap<TenantName, TenantEntry>>,
+    tree: sled::Tree,
+    /// This node's name, recorded as the origin of the changes made here.
+    origin: String,
+}
+
+impl Tenants {
+    /// Loads the tenants from the store and makes sure `default` exists.
+    pub fn open(store: &Store, origin: &str) -> Result<Self, NodeError> {
+        let tree = store.tree("tenants")?;
+        let mut entries = BTreeMap::new();
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(StoreError::from)?;
+            let entry: TenantEntry =
+                tern_wire::decode(&v, MAX_ENTRY_BYTES).map_err(|e| StoreError::Corrupt {
+                    what: "tenant",
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    detail: e.to_string(),
+                })?;
+            entries.insert(entry.name().clone(), entry);
+        }
+        let tenants = Self {
+            entries: RwLock::new(entries),
+            tree,
+            origin: origin.to_owned(),
+        };
+        let default = TenantName::default_tenant();
+        if tenants.read().get(&default).is_none() {
+            let first = TenantEntry::default_tenant(0, "");
+            tenants.persist(&first)?;
+            tenants.write().insert(default, first);
+        }
+        Ok(tenants)
+    }
+
+    /// The live tenant called `name`, if there is one.
+    pub fn get(&self, name: &TenantName) -> Option<Tenant> {
+        self.read()
+            .get(name)
+            .filter(|e| e.is_live())
+            .map(|e| e.tenant.clone())
+    }
+
+    pub fn is_live(&self, name: &TenantName) -> bool {
+        self.read().get(name).is_some_and(TenantEntry::is_live)
+    }
+
+    /// The live tenants, by name.
+    pub fn list(&self) -> Vec<Tenant> {
+        self.read()
+            .values()
+            .filter(|e| e.is_live())
+            .map(|e| e.tenant.clone())
+            .collect()
+    }
+
+    /// Every entry, tombstones included (for peers).
+    pub fn entries(&self) -> Vec<TenantEntry> {
+        self.read().values().cloned().collect()
+    }
+
+    /// Creates tenant `name`. A name that was removed before is created again with a version
+    /// above its tombstone, so the new tenant wins on every node. Durable when this returns.
+    pub fn create(
+        &self,
+        name: TenantName,
+        spec: TenantSpec,
+        now_ms: u64,
+    ) -> Result<TenantEntry, NodeError> {
+        self.change(&name, |current| match current {
+            Some(e) if e.is_live() => Err(NodeError::Conflict(format!(
+                "tenant {name} exists; update it instead"
+            ))),
+            Some(tombstone) => Ok(tombstone.update(spec, now_ms, &self.origin)),
+            None => Ok(TenantEntry::create(
+                name.clone(),
+                spec,
+                now_ms,
+                &self.origin,
+            )),
+        })
+    }
+
+    /// Replaces the weight, quotas and class of live tenant `name`.
+    pub fn update(
+        &self,
+        name: &TenantName,
+        spec: TenantSpec,
+        now_ms: u64,
+    ) -> Result<TenantEntry, NodeError> {
+        self.change(name, |current| match current {
+            Some(e) if e.is_live() => Ok(e.update(spec, now_ms, &self.origin)),
+            _ => Err(no_such_tenant(name)),
+        })
+    }
+
+    /// Removes live tenant `name` (a tombstone, replicated like any change). `default` is
+    /// never removed: functions deployed without a tenant belong to it.
+    pub fn remove(&self, name: &TenantName, now_ms: u64) -> Result<TenantEntry, NodeError> {
+        if *name == TenantName::default_tenant() {
+            return Err(NodeError::Conflict(
+                "the default tenant cannot be removed".into(),
+            ));
+        }
+        self.change(name, |current| match current {
+            Some(e) if e.is_live() => Ok(e.remove(now_ms, &self.origin)),
+            _ => Err(no_such_tenant(name)),
+        })
+    }
+
+    /// Merges entries learnt from a peer (last writer wins) and stores what changed; the
+    /// entries that changed here.
+    pub fn apply(&self, incoming: Vec<TenantEntry>) -> Result<Vec<TenantEntry>, NodeError> {
+        let mut changed = Vec::new();
+        let mut entries = self.write();
+        for entry in incoming {
+            if entry.supersedes(entries.get(entry.name())) {
+                self.persist(&entry)?;
+                entries.insert(entry.name().clone(), entry.clone());
+                changed.push(entry);
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Computes the next entry of `name` from its current one, stores it, then makes it
+    /// visible: all under the write lock, so two changes of one tenant are never numbered
+    /// alike on this node.
+    fn change(
+        &self,
+        name: &TenantName,
+        next: impl FnOnce(Option<&TenantEntry>) -> Result<TenantEntry, NodeError>,
+    ) -> Result<TenantEntry, NodeError> {
+        let mut entries = self.write();
+        let entry = next(entries.get(name))?;
+        self.persist(&entry)?;
+        entries.insert(name.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    fn persist(&self, entry: &TenantEntry) -> Result<(), NodeError> {
+        let bytes = tern_wire::encode(entry, MAX_ENTRY_BYTES).map_err(|e| StoreError::Encode {
+            what: "tenant",
+            detail: e.to_string(),
+        })?;
+        self.tree
+            .insert(entry.name().as_str().as_bytes(), bytes)
+            .map_err(StoreError::from)?;
+        self.tree.flush().map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TenantName, TenantEntry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TenantName, TenantEntry>> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn no_such_tenant(name: &TenantName) -> NodeError {
+    NodeError::NotFound(format!("no tenant named {name}"))
+}
+
+/// The limit `which` sets in `quotas`, as the API names it (for a refusal's message).
+pub fn quota_limit(quotas: &Quotas, which: QuotaKind) -> String {
+    match which {
+        QuotaKind::Concurrency => format!("max_concurrent = {}", quotas.max_concurrent),
+        QuotaKind::Memory => format!("memory_budget_mb = {}", quotas.memory_budget_bytes >> 20),
+        QuotaKind::Queue => format!("max_queued = {}", quotas.max_queued),
+        QuotaKind::Functions => format!("max_functions = {}", quotas.max_functions),
+        QuotaKind::ModuleBytes => format!("max_module_mb = {}", quotas.max_module_bytes >> 20),
+        QuotaKind::StoredResults => {
+            format!("max_stored_results = {}", quotas.max_stored_results)
+        }
+        QuotaKind::StoredResultBytes => format!(
+            "max_stored_result_mb = {}",
+            quotas.max_stored_result_bytes >> 20
+        ),
+        QuotaKind::Timeout => format!("max_timeout_ms = {}", quotas.max_timeout_ms),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use tern_tenancy::Weight;
+
+    use super::*;
+
+    fn name(s: &str) -> TenantName {
+        s.parse().unwrap()
+    }
+
+    fn weighted(w: u32) -> TenantSpec {
+        TenantSpec {
+            weight: Weight::new(w).unwrap(),
+            ..TenantSpec::default()
+        }
+    }
+
+    #[test]
+    fn every_node_starts_with_the_same_default_tenant() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let ta = Tenants::open(&Store::open(a.path()).unwrap(), "a").unwrap();
+        let tb = Tenants::open(&Store::open(b.path()).unwrap(), "b").unwrap();
+        assert_eq!(ta.entries(), tb.entries());
+        assert_eq!(ta.list().len(), 1);
+        assert!(ta.is_live(&TenantName::default_tenant()));
+        assert!(matches!(
+            ta.remove(&TenantName::default_tenant(), 1),
+            Err(NodeError::Conflict(_))
+        ));
+    }
+
+    #[test]
+    fn create_update_remove_and_recreate_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = name("acme");
+        {
+            let t = Tenants::open(&Store::open(dir.path()).unwrap(), "a").unwrap();
+            t.create(acme.clone(), weighted(3), 10).unwrap();
+            assert!(matches!(
+                t.create(acme.clone(), weighted(1), 11),
+                Err(NodeError::Conflict(_))
+            ));
+            let v2 = t.update(&acme, weighted(5), 12).unwrap();
+            assert_eq!(v2.tenant.version, 2);
+            assert!(matches!(
+                t.update(&name("nobody"), weighted(5), 12),
+                Err(NodeError::NotFound(_))
+            ));
+        }
+        let t = Tenants::open(&Store::open(dir.path()).unwrap(), "a").unwrap();
+        assert_eq!(t.get(&acme).unwrap().spec.weight.get(), 5);
+        let tomb = t.remove(&acme, 13).unwrap();
+        assert!(!tomb.is_live());
+        assert!(t.get(&acme).is_none());
+        assert!(matches!(t.remove(&acme, 14), Err(NodeError::NotFound(_))));
+        let again = t.create(acme.clone(), weighted(2), 15).unwrap();
+        assert!(
+            again.supersedes(Some(&tomb)),
+            "re-creation beats the tombstone"
+        );
+        assert_eq!(t.get(&acme).unwrap().spec.weight.get(), 2);
+    }
+
+    #[test]
+    fn applying_peer_entries_keeps_the_latest_and_reports_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tenants::open(&Store::open(dir.path()).unwrap(), "a").unwrap();
+        let v1 = TenantEntry::create(name("acme"), weighted(1), 10, "b");
+        let v2 = v1.update(weighted(4), 20, "c");
+        assert_eq!(t.apply(vec![v2.clone()]).unwrap(), vec![v2.clone()]);
+        assert!(
+            t.apply(vec![v1]).unwrap().is_empty(),
+            "an older version loses"
+        );
+        assert_eq!(t.get(&name("acme")).unwrap().spec.weight.get(), 4);
+        let gone = v2.remove(30, "b");
+        assert_eq!(t.apply(vec![gone.clone()]).unwrap(), vec![gone]);
+        assert!(!t.is_live(&name("acme")));
+    }
+}

@@ -1,0 +1,600 @@
+//! Tenants over HTTP (`auth = "tokens"`): records an admin manages, functions each tenant
+//! owns under its own names, nothing of one tenant visible to another, and quotas on what a
+//! tenant deploys.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use hyper::Method;
+use tern_node::config::AuthMode;
+
+use crate::auth::{new_token_for, with_token};
+use crate::support::*;
+
+struct Node {
+    node: tern_node::node::NodeHandle,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn node_with_tokens() -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    let node = start(cfg).await;
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    Node {
+        node,
+        admin: admin.trim().to_owned(),
+        _dir: dir,
+    }
+}
+
+async fn create_tenant(addr: SocketAddr, admin: &str, body: &str) -> tern_bench::Response {
+    with_token(
+        addr,
+        Method::POST,
+        "/v1/tenants",
+        Some(admin),
+        body.to_owned(),
+    )
+    .await
+}
+
+fn body(r: &tern_bench::Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+fn names(r: &tern_bench::Response) -> Vec<String> {
+    let mut names: Vec<String> = json(r)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_own_their_functions_and_see_nothing_of_each_other() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    for t in ["acme", "globex"] {
+        let r = create_tenant(addr, &n.admin, &format!(r#"{{"name":"{t}"}}"#)).await;
+        assert_eq!(r.status, 201, "{}", body(&r));
+    }
+    let (acme, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
+    let (globex, _) = new_token_for(addr, &n.admin, "developer", "globex").await;
+    let call = |method: Method, path: String, token: String, body: Bytes| async move {
+        with_token(addr, method, &path, Some(&token), body).await
+    };
+
+    // Both deploy a function called `work`: two functions, one name each.
+    let r = call(
+        Method::PUT,
+        "/v1/functions/work".into(),
+        acme.clone(),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(json(&r)["name"], "acme.work");
+    let r = call(
+        Method::PUT,
+        "/v1/functions/work".into(),
+        globex.clone(),
+        wasm("trap"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(json(&r)["name"], "globex.work");
+
+    // Each runs its own.
+    let invoke = "/v1/functions/work/invoke".to_owned();
+    let r = call(Method::POST, invoke.clone(), acme.clone(), "hi".into()).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hi"[..]));
+    let r = call(Method::POST, invoke.clone(), globex.clone(), "hi".into()).await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_trap"));
+    // The tenant-qualified spelling is the same function for its owner.
+    let r = call(
+        Method::POST,
+        "/v1/functions/acme.work/invoke".into(),
+        acme.clone(),
+        "again".into(),
+    )
+    .await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"again"[..]));
+
+    // Listings: each tenant its own; the admin everything.
+    let r = call(
+        Method::GET,
+        "/v1/functions".into(),
+        acme.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(names(&r), ["acme.work"]);
+    let r = call(
+        Method::GET,
+        "/v1/functions".into(),
+        n.admin.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(names(&r), ["acme.work", "echo", "globex.work"]);
+
+    // Another tenant's function, by any spelling and any route, is answered exactly like one
+    // that does not exist.
+    let absent = call(
+        Method::GET,
+        "/v1/functions/acme.nothing".into(),
+        acme.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((absent.status, code(&absent).as_str()), (404, "not_found"));
+    for (method, path, payload) in [
+        (Method::GET, "/v1/functions/globex.work", Bytes::new()),
+        (Method::POST, "/v1/functions/globex.work/invoke", "x".into()),
+        (Method::DELETE, "/v1/functions/globex.work", Bytes::new()),
+        (Method::PUT, "/v1/functions/globex.work", wasm("echo")),
+        (Method::GET, "/v1/functions/default.echo", Bytes::new()),
+        (
+            Method::POST,
+            "/v1/functions/default.echo/invoke",
+            "x".into(),
+        ),
+    ] {
+        let r = call(method.clone(), path.into(), acme.clone(), payload).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (404, "not_found"),
+            "{method} {path}: {}",
+            body(&r)
+        );
+        // Same message but for the name (`default.echo` is spelled `echo`).
+        let name = path
+            .split('/')
+            .nth(3)
+            .unwrap()
+            .trim_start_matches("default.");
+        assert_eq!(
+            body(&r).replace(name, "NAME"),
+            body(&absent).replace("acme.nothing", "NAME"),
+            "{method} {path}: worded like a missing function"
+        );
+    }
+    // globex's function is untouched by acme's attempts.
+    let r = call(
+        Method::GET,
+        "/v1/functions/work".into(),
+        globex.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((r.status, json(&r)["version"].as_u64()), (200, Some(1)));
+
+    // Asynchronous results: only the invoking tenant (or an admin) reads them.
+    let r = call(
+        Method::POST,
+        "/v1/functions/work/invoke?mode=async".into(),
+        acme.clone(),
+        "later".into(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id = json(&r)["id"].as_str().unwrap().to_owned();
+    let result = format!("/v1/invocations/{id}");
+    let r = call(Method::GET, result.clone(), globex.clone(), Bytes::new()).await;
+    assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    assert_eq!(body(&r).replace(&id, "X"), {
+        let none = call(
+            Method::GET,
+            "/v1/invocations/0123456789abcdef0123456789abcdef".into(),
+            globex.clone(),
+            Bytes::new(),
+        )
+        .await;
+        body(&none).replace("0123456789abcdef0123456789abcdef", "X")
+    });
+    for token in [&acme, &n.admin] {
+        crate::cluster::eventually(
+            "the owner reads its result",
+            std::time::Duration::from_secs(10),
+            || {
+                let (path, token) = (result.clone(), token.clone());
+                async move {
+                    let r = with_token(addr, Method::GET, &path, Some(&token), Bytes::new()).await;
+                    assert_eq!(r.status, 200, "{}", body(&r));
+                    (json(&r)["status"] == "succeeded").then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    // A developer reads its own tenant's record, with what it uses, and no other.
+    let r = call(
+        Method::GET,
+        "/v1/tenants/acme".into(),
+        acme.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(json(&r)["usage"]["functions"], 1);
+    let r = call(
+        Method::GET,
+        "/v1/tenants/globex".into(),
+        acme.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    let r = call(
+        Method::GET,
+        "/v1/tenants".into(),
+        acme.clone(),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((r.status, code(&r).as_str()), (403, "forbidden"));
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_quotas_refuse_deploys_and_removal_needs_an_empty_tenant_and_ends_its_tokens() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    let r = create_tenant(
+        addr,
+        &n.admin,
+        r#"{"name":"acme","weight":3,"sla":"batch","quotas":{"max_functions":1,"max_timeout_ms":5000}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let v = json(&r);
+    assert_eq!(
+        (&v["spec"]["weight"], &v["spec"]["sla"]),
+        (&3.into(), &"batch".into())
+    );
+    assert_eq!(v["spec"]["quotas"]["max_functions"], 1);
+    assert_eq!(
+        v["spec"]["quotas"]["max_concurrent"], 250,
+        "quotas left out keep their defaults"
+    );
+    let (dev, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
+    let deploy = |name: &'static str, query: &'static str| {
+        let dev = dev.clone();
+        async move {
+            with_token(
+                addr,
+                Method::PUT,
+                &format!("/v1/functions/{name}{query}"),
+                Some(&dev),
+                wasm("echo"),
+            )
+            .await
+        }
+    };
+    let r = deploy("too-slow", "?timeout_ms=6000").await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    assert!(body(&r).contains("max_timeout_ms = 5000"), "{}", body(&r));
+    assert!(r.header("retry-after").is_none(), "waiting does not help");
+    let r = deploy("one", "").await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(
+        json(&r)["timeout_ms"],
+        5000,
+        "the default timeout is capped at the tenant's"
+    );
+    let r = deploy("two", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    assert!(
+        body(&r).contains("tenant acme") && body(&r).contains("max_functions = 1"),
+        "{}",
+        body(&r)
+    );
+    assert_eq!(
+        deploy("one", "").await.status,
+        201,
+        "a new version of a deployed function is not a new function"
+    );
+    // Raising the quota lets the deploy through; the rest of the record is kept.
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/tenants/acme",
+        Some(&n.admin),
+        r#"{"quotas":{"max_functions":2}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    assert_eq!(json(&r)["spec"]["weight"], 3);
+    assert_eq!(json(&r)["version"], 2);
+    assert_eq!(deploy("two", "").await.status, 201);
+    // The default tenant's functions do not count against acme's quota, nor acme's
+    // against default's.
+    let r = with_token(
+        addr,
+        Method::GET,
+        "/v1/tenants/default",
+        Some(&n.admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(json(&r)["usage"]["functions"], 1);
+
+    // A tenant that owns functions is not removed; once empty it is, and its tokens die.
+    let remove = || async {
+        with_token(
+            addr,
+            Method::DELETE,
+            "/v1/tenants/acme",
+            Some(&n.admin),
+            Bytes::new(),
+        )
+        .await
+    };
+    let r = remove().await;
+    assert_eq!((r.status, code(&r).as_str()), (409, "conflict"));
+    assert!(body(&r).contains("2 function"), "{}", body(&r));
+    for f in ["one", "two"] {
+        let r = with_token(
+            addr,
+            Method::DELETE,
+            &format!("/v1/functions/{f}"),
+            Some(&dev),
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(remove().await.status, 200);
+    assert_eq!(remove().await.status, 404, "removed already");
+    assert_eq!(deploy("three", "").await.status, 401, "its tokens are dead");
+    // Created again, it starts empty, and the old tokens stay dead.
+    let r = create_tenant(addr, &n.admin, r#"{"name":"acme"}"#).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(json(&r)["spec"]["quotas"]["max_functions"], 1000);
+    assert_eq!(deploy("three", "").await.status, 401);
+    let r = with_token(
+        addr,
+        Method::GET,
+        "/v1/tokens?tenant=acme",
+        Some(&n.admin),
+        Bytes::new(),
+    )
+    .await;
+    let tokens = json(&r);
+    assert_eq!(tokens.as_array().unwrap().len(), 1);
+    assert!(tokens[0]["revoked_at_ms"].is_u64());
+    n.node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tenant_requests_get_typed_errors_and_change_nothing() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    assert_eq!(
+        create_tenant(addr, &n.admin, r#"{"name":"acme"}"#)
+            .await
+            .status,
+        201
+    );
+    let cases: [(Method, &str, &str, u16, &str); 11] = [
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"acme"}"#,
+            409,
+            "conflict",
+        ),
+        (Method::POST, "/v1/tenants", r#"{}"#, 400, "invalid_request"),
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"Not Valid"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"x","weight":0}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"x","sla":"gold"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"x","quotas":{"max_concurrent":0}}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::POST,
+            "/v1/tenants",
+            r#"{"name":"x","quotas":{"max_cpus":4}}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            Method::PUT,
+            "/v1/tenants/nobody",
+            r#"{"weight":2}"#,
+            404,
+            "not_found",
+        ),
+        (
+            Method::PUT,
+            "/v1/tenants/acme",
+            r#"{"name":"other"}"#,
+            400,
+            "invalid_request",
+        ),
+        (Method::DELETE, "/v1/tenants/default", "", 409, "conflict"),
+        (
+            Method::PATCH,
+            "/v1/tenants/acme",
+            "",
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    for (method, path, payload, status, want) in cases {
+        let r = with_token(
+            addr,
+            method.clone(),
+            path,
+            Some(&n.admin),
+            payload.to_owned(),
+        )
+        .await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (status, want),
+            "{method} {path} {payload}: {}",
+            body(&r)
+        );
+    }
+    let r = with_token(
+        addr,
+        Method::GET,
+        "/v1/tenants",
+        Some(&n.admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        names(&r),
+        ["acme", "default"],
+        "nothing was created by a bad request"
+    );
+    let r = with_token(
+        addr,
+        Method::GET,
+        "/v1/tenants/acme",
+        Some(&n.admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        json(&r)["version"],
+        1,
+        "nothing was changed by a bad request"
+    );
+    n.node.shutdown().await.unwrap();
+}
+
+/// `tern tenant create|list|show|update|remove` and `tern token create --tenant`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_manages_tenants_and_their_tokens() {
+    let n = node_with_tokens().await;
+    let server = n.node.addr().to_string();
+    // Run from an empty directory, so no ./tern-data/admin.token is picked up.
+    let cwd = tempfile::tempdir().unwrap();
+    let tern = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .current_dir(cwd.path())
+            .env("TERN_TOKEN", token)
+            .env("TERN_SERVER", &server)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let admin = n.admin.as_str();
+    let (ok, out, err) = tern(
+        admin,
+        &[
+            "tenant",
+            "create",
+            "acme",
+            "--weight",
+            "2",
+            "--sla",
+            "latency-critical",
+            "--quota",
+            "max_functions=3",
+        ],
+    );
+    assert!(ok, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["spec"]["sla"], "latency-critical");
+    assert_eq!(created["spec"]["quotas"]["max_functions"], 3);
+    let (ok, _, err) = tern(admin, &["tenant", "create", "acme"]);
+    assert!(!ok);
+    assert!(err.contains("conflict (409)"), "{err}");
+    let (ok, _, err) = tern(
+        admin,
+        &["tenant", "create", "x", "--quota", "max_functions"],
+    );
+    assert!(!ok);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+
+    let (ok, out, err) = tern(
+        admin,
+        &["token", "create", "--role", "developer", "--tenant", "acme"],
+    );
+    assert!(ok, "{err}");
+    let token: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dev = token["token"].as_str().unwrap().to_owned();
+    let wasm_path = functions_dir().join("echo.wasm");
+    let (ok, out, err) = tern(&dev, &["deploy", "work", wasm_path.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("acme.work"), "{out}");
+    let (ok, out, err) = tern(&dev, &["invoke", "work", "--data", "hello acme"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "hello acme");
+
+    let (ok, out, err) = tern(&dev, &["tenant", "show", "acme"]);
+    assert!(ok, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["usage"]["functions"], 1);
+    let (ok, out, err) = tern(admin, &["tenant", "update", "acme", "--weight", "7"]);
+    assert!(ok, "{err}");
+    let updated: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (
+            &updated["spec"]["weight"],
+            &updated["spec"]["quotas"]["max_functions"]
+        ),
+        (&7.into(), &3.into())
+    );
+    let (ok, out, err) = tern(admin, &["tenant", "list"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let (ok, _, err) = tern(admin, &["tenant", "remove", "acme"]);
+    assert!(!ok);
+    assert!(err.contains("conflict (409)"), "{err}");
+    let (ok, _, err) = tern(&dev, &["remove", "work"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = tern(admin, &["tenant", "remove", "acme"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = tern(admin, &["token", "list", "--tenant", "acme"]);
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(listed[0]["revoked_at_ms"].is_u64(), "{out}");
+    n.node.shutdown().await.unwrap();
+}
