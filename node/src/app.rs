@@ -105,6 +105,7 @@ impl LocalNode for App {
             .tenants
             .apply(records.tenants)
             .map_err(|e| e.to_api())?;
+        self.tenants_changed(&tenants);
         let tokens = self.auth.apply(records.tokens).map_err(|e| e.to_api())?;
         Ok(tenants.len() + tokens)
     }
@@ -608,12 +609,29 @@ impl App {
             )));
         }
         let tombstone = self.tenants.remove(name, now_ms())?;
+        self.tenants_changed(std::slice::from_ref(&tombstone));
         let tokens = self.auth.revoke_tenant(name)?;
         self.announce_tenancy(TenancyRecords {
             tenants: vec![tombstone.clone()],
             tokens,
         });
         Ok(tombstone)
+    }
+
+    /// Gives the runtime the weights and limits of changed tenants, so instance slots are
+    /// shared by them (a removed tenant's waiting units are refused).
+    pub fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
+        let runtime = &self.services().runtime;
+        for entry in entries {
+            if entry.is_live() {
+                runtime.set_tenant(
+                    entry.name().clone(),
+                    tern_tenancy::LaneConfig::from(&entry.tenant.spec),
+                );
+            } else {
+                runtime.remove_tenant(entry.name());
+            }
+        }
     }
 
     /// Sends tenant and token changes to the cluster, if this node is in one.

@@ -309,6 +309,7 @@ async fn create_tenant(
     )?;
     let spec = body.apply(TenantSpec::default())?;
     let entry = app.tenants.create(name, spec, crate::app::now_ms())?;
+    app.tenants_changed(std::slice::from_ref(&entry));
     app.announce_tenancy(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),
@@ -356,6 +357,7 @@ async fn update_tenant(
         .ok_or_else(|| crate::tenants::no_such_tenant(&name))?;
     let spec = body.apply(current.spec)?;
     let entry = app.tenants.update(&name, spec, crate::app::now_ms())?;
+    app.tenants_changed(std::slice::from_ref(&entry));
     app.announce_tenancy(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),

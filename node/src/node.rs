@@ -170,6 +170,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
     let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
     let app = App::new(config, store, pipeline, auth, tenants);
+    app.tenants_changed(&app.tenants.entries());
 
     let preheated = app.preheat().await?;
     deploy_examples(&app).await;

@@ -38,6 +38,15 @@ pub enum Error {
         memory_mb: u64,
         budget_mb: u64,
     },
+    /// The owning tenant's limits refused the unit before it waited: its queue for slots
+    /// is full (`retryable`: a slot frees up), or one instance needs more memory than the
+    /// tenant's whole budget (never).
+    #[error("tenant {tenant}: {refused}")]
+    TenantLimit {
+        tenant: tern_tenancy::TenantName,
+        refused: String,
+        retryable: bool,
+    },
     /// wasmtime's instance pool refused an instance although a slot was granted.
     #[error("the instance pool is full: {0}")]
     InstancePoolFull(String),
@@ -71,6 +80,12 @@ impl Error {
             Error::NoInstanceSlot { .. }
             | Error::NoMemoryBudget { .. }
             | Error::InstancePoolFull(_) => ErrorCode::Overloaded,
+            Error::TenantLimit {
+                retryable: true, ..
+            } => ErrorCode::Overloaded,
+            Error::TenantLimit {
+                retryable: false, ..
+            } => ErrorCode::QuotaExceeded,
             Error::PoolClosed(_) => ErrorCode::Unavailable,
             Error::ArtifactIo(_)
             | Error::EngineSetup(_)

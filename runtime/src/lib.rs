@@ -19,6 +19,7 @@
 mod capped_pipe;
 pub mod epoch;
 mod error;
+pub mod fair_slots;
 pub mod isolation;
 mod lanes;
 
@@ -45,6 +46,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 
 use self::capped_pipe::CappedPipe;
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
+use self::fair_slots::{FairSlots, Refused, SlotGuard};
 use self::lanes::Lanes;
 use crate::isolation::{Sandbox, SandboxSpec};
 use tern_metrics::{FunctionMetrics, Metrics};
@@ -84,6 +86,8 @@ pub struct RuntimeConfig {
     pub epoch_tick: Duration,
     /// Threads of the low-priority lane for guests that outlive one time slice.
     pub slow_lane_threads: usize,
+    /// Eq. 6 parameters for sharing instance slots between tenants.
+    pub share: tern_tenancy::ShareParams,
 }
 
 impl RuntimeConfig {
@@ -102,6 +106,7 @@ impl RuntimeConfig {
             max_output_bytes: 16 << 20,
             epoch_tick: Duration::from_millis(1),
             slow_lane_threads: 1,
+            share: tern_tenancy::ShareParams::default(),
         }
     }
 }
@@ -197,13 +202,17 @@ pub struct Runtime {
     functions: RwLock<HashMap<FunctionName, Arc<Deployed>>>,
     modules: Mutex<ModuleCache>,
     compile_slots: Arc<Semaphore>,
-    instance_slots: Arc<Semaphore>,
+    /// Instance slots, shared between tenants by weighted fair queueing.
+    instance_slots: Arc<FairSlots>,
     /// One permit per MiB of `memory_budget_mb`.
     memory_budget: Arc<Semaphore>,
     lanes: Lanes,
     metrics: Arc<Metrics>,
     ticker: EpochTicker,
 }
+
+/// Most units waiting for an instance slot over all tenants (see `Runtime::new`).
+const MAX_WAITING_FOR_SLOTS: usize = 1 << 20;
 
 impl Runtime {
     pub fn new(cfg: RuntimeConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, Error> {
@@ -238,7 +247,13 @@ impl Runtime {
         )?;
         Ok(Arc::new(Self {
             compile_slots: Arc::new(Semaphore::new(cfg.compile_concurrency.max(1))),
-            instance_slots: Arc::new(Semaphore::new(cfg.max_instances as usize)),
+            // Waiting units are bounded by the node's admission (`queue_cap`) already; this
+            // bound only keeps the queue finite if a caller bypasses it.
+            instance_slots: FairSlots::new(
+                cfg.max_instances as usize,
+                MAX_WAITING_FOR_SLOTS,
+                cfg.share,
+            ),
             memory_budget: Arc::new(Semaphore::new(
                 usize::try_from(cfg.memory_budget_mb)
                     .unwrap_or(usize::MAX)
@@ -254,6 +269,22 @@ impl Runtime {
             metrics,
             ticker,
         }))
+    }
+
+    /// Sets a tenant's share weight and limits on this node's instance slots (a tenant
+    /// never set gets the default ones).
+    pub fn set_tenant(&self, tenant: tern_tenancy::TenantName, lane: tern_tenancy::LaneConfig) {
+        self.instance_slots.set_tenant(tenant, lane);
+    }
+
+    /// Forgets a removed tenant: its waiting units are refused; running guests finish.
+    pub fn remove_tenant(&self, tenant: &tern_tenancy::TenantName) {
+        self.instance_slots.remove_tenant(tenant);
+    }
+
+    /// A tenant's running guests and units waiting for a slot on this node.
+    pub fn tenant_slots(&self, tenant: &tern_tenancy::TenantName) -> Option<(u32, u32)> {
+        self.instance_slots.tenant_counts(tenant)
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -558,11 +589,21 @@ impl Runtime {
         let deadline = meu.accepted_at + sandbox.timeout;
         let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1);
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
-        let reserved = self.reserve(memory_mb, deadline).await;
+        let tenant = meu.function.tenant();
+        let reserved = self
+            .reserve(memory_mb, sandbox.memory_bytes as u64, &tenant, deadline)
+            .await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
         let (memory, slot) = match reserved {
             Ok(held) => held,
             Err(Reserve::Closed) => return Err(Error::PoolClosed("instance")),
+            Err(Reserve::Tenant(refused)) => {
+                return Err(Error::TenantLimit {
+                    tenant,
+                    refused: refused.to_string(),
+                    retryable: refused.retry_after_ms().is_some(),
+                });
+            }
             Err(Reserve::Memory) => {
                 return Err(Error::NoMemoryBudget {
                     waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
@@ -702,7 +743,7 @@ impl Runtime {
 /// still full.
 struct Held {
     store: Store<HostState>,
-    _slot: Permit,
+    _slot: SlotGuard,
     _memory: Permit,
     _lease: Option<Lease>,
 }
@@ -715,18 +756,23 @@ enum Reserve {
     Slot,
     /// The node is stopping.
     Closed,
+    /// The tenant's own limits refused the unit at once.
+    Tenant(tern_tenancy::Error),
 }
 
 type Permit = tokio::sync::OwnedSemaphorePermit;
 
 impl Runtime {
-    /// `memory_mb` of the memory budget, then an instance slot, both by `deadline`. Memory
-    /// first: a unit holding a slot while it waits for memory would keep a slot idle.
+    /// `memory_mb` of the memory budget, then an instance slot granted fairly among
+    /// tenants (within `tenant`'s caps), both by `deadline`. Memory first: a unit holding a
+    /// slot while it waits for memory would keep a slot idle.
     async fn reserve(
         &self,
         memory_mb: usize,
+        memory_bytes: u64,
+        tenant: &tern_tenancy::TenantName,
         deadline: Instant,
-    ) -> Result<(Permit, Permit), Reserve> {
+    ) -> Result<(Permit, SlotGuard), Reserve> {
         let want = u32::try_from(memory_mb).unwrap_or(u32::MAX);
         let memory = tokio::time::timeout_at(
             deadline.into(),
@@ -735,11 +781,15 @@ impl Runtime {
         .await
         .map_err(|_| Reserve::Memory)?
         .map_err(|_| Reserve::Closed)?;
-        let slot =
-            tokio::time::timeout_at(deadline.into(), self.instance_slots.clone().acquire_owned())
-                .await
-                .map_err(|_| Reserve::Slot)?
-                .map_err(|_| Reserve::Closed)?;
+        let slot = self
+            .instance_slots
+            .acquire(tenant, memory_bytes, deadline)
+            .await
+            .map_err(|refused| match refused {
+                Refused::Deadline => Reserve::Slot,
+                Refused::TenantRemoved => Reserve::Closed,
+                Refused::Tenancy(e) => Reserve::Tenant(e),
+            })?;
         Ok((memory, slot))
     }
 }

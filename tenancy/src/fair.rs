@@ -361,6 +361,21 @@ impl<T> FairQueue<T> {
         }
     }
 
+    /// A granted slot that was never used (its waiter had gone when the grant reached it):
+    /// frees it against the tenant's caps like [`FairQueue::complete`], without counting a
+    /// service time that would drag the `Retry-After` estimates towards zero.
+    pub fn return_unused(&mut self, slot: Slot) {
+        self.running = self.running.saturating_sub(1);
+        let Some(lane) = self.lanes.get_mut(&slot.tenant) else {
+            return;
+        };
+        lane.running = lane.running.saturating_sub(1);
+        lane.memory_bytes = lane.memory_bytes.saturating_sub(slot.memory_bytes);
+        if lane.closed && lane.running == 0 {
+            self.lanes.remove(&slot.tenant);
+        }
+    }
+
     /// Takes out of `tenant`'s queue every item `cancelled` says yes to (e.g. those of a
     /// caller that went away), keeping the others in order.
     pub fn cancel(&mut self, tenant: &TenantName, mut cancelled: impl FnMut(&T) -> bool) -> Vec<T> {
@@ -470,6 +485,19 @@ mod tests {
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
         assert_eq!(q.running(), 5);
         assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn an_unused_slot_frees_its_tenants_cap_without_moving_the_service_estimate() {
+        let mut q = queue(&[("a", config(1, 1, 10))]);
+        q.push(&name("a"), 0, 0).unwrap();
+        q.push(&name("a"), 1, 0).unwrap();
+        let g = q.grant().unwrap();
+        assert!(q.grant().is_none(), "at its cap of 1");
+        let before = q.service_ms;
+        q.return_unused(g.slot);
+        assert_eq!((q.running(), q.service_ms), (0, before));
+        assert_eq!(q.grant().unwrap().item, 1, "the cap is free again");
     }
 
     #[test]

@@ -65,6 +65,22 @@ impl Default for Quotas {
 }
 
 impl Quotas {
+    /// No per-tenant limit at all: only the node's own limits apply. What the `default`
+    /// tenant starts with, so a node used by one team behaves as it would without tenancy
+    /// (an admin may lower them like any tenant's).
+    pub fn unlimited() -> Self {
+        Self {
+            max_concurrent: u32::MAX,
+            memory_budget_bytes: u64::MAX,
+            max_queued: u32::MAX,
+            max_timeout_ms: u32::MAX,
+            max_functions: u32::MAX,
+            max_module_bytes: u64::MAX,
+            max_stored_results: u32::MAX,
+            max_stored_result_bytes: u64::MAX,
+        }
+    }
+
     /// Refuses quotas under which the tenant could never run anything: no instance, no
     /// memory, no timeout, or no place to wait for a slot (every invocation passes through
     /// the queue, even when a slot is free).

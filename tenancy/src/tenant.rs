@@ -224,11 +224,16 @@ impl TenantEntry {
         }
     }
 
-    /// The `default` tenant a fresh node creates, with default weight, quotas and class.
+    /// The `default` tenant a fresh node creates: default weight and class, and
+    /// [`Quotas::unlimited`], so that only the node's own limits bound it until an admin
+    /// sets others.
     pub fn default_tenant(now_ms: u64, origin: &str) -> Self {
         Self::create(
             TenantName::default_tenant(),
-            TenantSpec::default(),
+            TenantSpec {
+                quotas: Quotas::unlimited(),
+                ..TenantSpec::default()
+            },
             now_ms,
             origin,
         )
@@ -382,6 +387,11 @@ mod tests {
         assert_eq!(e.tenant.updated_at_ms, 7);
         assert!(e.is_live());
         e.tenant.spec.quotas.validate().unwrap();
+        assert_eq!(
+            e.tenant.spec.quotas,
+            Quotas::unlimited(),
+            "only the node's limits bound it"
+        );
     }
 
     #[test]

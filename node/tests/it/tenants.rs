@@ -598,3 +598,86 @@ async fn the_cli_manages_tenants_and_their_tokens() {
     assert!(listed[0]["revoked_at_ms"].is_u64(), "{out}");
     n.node.shutdown().await.unwrap();
 }
+
+/// One tenant floods a function that never returns; its instance slots stay within its
+/// `max_concurrent`, its extra calls are refused (429) instead of queueing without bound, and
+/// another tenant's short-deadline calls keep finding free slots: none fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_tenant_is_held_to_its_cap_and_another_tenants_calls_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.max_instances = 6;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = request(
+        addr,
+        Method::POST,
+        "/v1/tenants",
+        r#"{"name":"attacker","quotas":{"max_concurrent":2,"max_queued":3}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = request(addr, Method::POST, "/v1/tenants", r#"{"name":"victim"}"#).await;
+    assert_eq!(r.status, 201);
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/attacker.loop?timeout_ms=1500",
+        wasm("loop"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    // The victim's calls must start within 300 ms: with the attacker holding every slot
+    // they could not.
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/victim.echo?timeout_ms=300",
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+
+    let flood: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(async move { invoke(addr, "attacker.loop", "").await }))
+        .collect();
+    let attacker: tern_tenancy::TenantName = "attacker".parse().unwrap();
+    let runtime = node.app().services().runtime.clone();
+    let mut most_running = 0;
+    let mut victim_failures = Vec::new();
+    for i in 0..30 {
+        if let Some((running, waiting)) = runtime.tenant_slots(&attacker) {
+            most_running = most_running.max(running);
+            assert!(waiting <= 3, "the attacker's queue is bounded: {waiting}");
+        }
+        let r = invoke(addr, "victim.echo", format!("call {i}")).await;
+        if r.status != 200 {
+            victim_failures.push((r.status, body(&r)));
+        }
+    }
+    let mut statuses = Vec::new();
+    for f in flood {
+        let r = f.await.unwrap();
+        statuses.push(r.status);
+        assert!(
+            r.status == 504 || r.status == 429,
+            "the attacker gets timeouts and refusals, never a guest fault: {} {}",
+            r.status,
+            body(&r)
+        );
+    }
+    assert!(victim_failures.is_empty(), "{victim_failures:?}");
+    assert!(
+        most_running >= 1,
+        "the flood was running while the victim called"
+    );
+    assert!(
+        most_running <= 2,
+        "held to max_concurrent = 2: {most_running}"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 15,
+        "beyond 2 running and 3 queued the attacker is refused: {statuses:?}"
+    );
+    node.shutdown().await.unwrap();
+}

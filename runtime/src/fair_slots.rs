@@ -1,0 +1,315 @@
+//! Instance slots shared fairly between tenants.
+//!
+//! The pooling allocator has `max_instances` slots. Who gets the next free one is decided by
+//! tern-tenancy's [`FairQueue`]: weighted fair queueing by the paper's Eq. 6 share, with each
+//! tenant held to its own concurrency cap, memory budget and queue bound. This module is the
+//! async shell around that pure queue: a waiter queues a oneshot sender, grants are handed out
+//! whenever a slot is free, and a [`SlotGuard`] gives its slot back (to the queue's accounting
+//! and to the next waiter) when the guest ends.
+//!
+//! A waiter that gives up (its deadline passed, or its caller went away and the future was
+//! dropped) never holds a slot: a grant that reaches a waiter that is gone is returned at
+//! once and goes to the next one.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tern_tenancy::{FairQueue, LaneConfig, ShareParams, Slot, TenantName, TenantSpec};
+use tokio::sync::oneshot;
+
+/// Why no slot was given.
+#[derive(Debug, PartialEq)]
+pub enum Refused {
+    /// Refused at the door by the tenant's limits (queue full, an instance larger than its
+    /// memory budget) or the node's waiting bound.
+    Tenancy(tern_tenancy::Error),
+    /// The deadline passed in the queue.
+    Deadline,
+    /// The tenant was removed while the unit waited.
+    TenantRemoved,
+}
+
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Slot>,
+}
+
+struct State {
+    queue: FairQueue<Waiter>,
+    free: usize,
+    next_id: u64,
+}
+
+/// `max_instances` slots, granted by weighted fair queueing over tenants.
+pub struct FairSlots {
+    state: Mutex<State>,
+}
+
+/// One instance slot, held until dropped.
+pub struct SlotGuard {
+    slots: Arc<FairSlots>,
+    slot: Option<Slot>,
+    since: Instant,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            let ms = self.since.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
+            let mut state = self.slots.lock();
+            state.queue.complete(slot, ms);
+            state.free += 1;
+            dispatch(&mut state);
+        }
+    }
+}
+
+impl FairSlots {
+    /// `slots` instance slots; at most `max_waiting` units queued for them over all tenants.
+    pub fn new(slots: usize, max_waiting: usize, params: ShareParams) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                queue: FairQueue::new(params, max_waiting),
+                free: slots,
+                next_id: 0,
+            }),
+        })
+    }
+
+    /// Adds a tenant or changes its limits (running guests keep their slots).
+    pub fn set_tenant(&self, tenant: TenantName, config: LaneConfig) {
+        let mut state = self.lock();
+        state.queue.upsert_tenant(tenant, config);
+        // A raised cap may let queued work start now.
+        dispatch(&mut state);
+    }
+
+    /// Removes a tenant: its queued units are refused at once; its running guests finish.
+    pub fn remove_tenant(&self, tenant: &TenantName) {
+        // Dropping the senders wakes their waiters with `TenantRemoved`.
+        let drained = self.lock().queue.remove_tenant(tenant);
+        drop(drained);
+    }
+
+    /// Waits for a slot for a guest of `tenant` that may use `memory_bytes`, until
+    /// `deadline`. A tenant the node has not configured yet (its record still replicating)
+    /// gets the default limits.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        tenant: &TenantName,
+        memory_bytes: u64,
+        deadline: Instant,
+    ) -> Result<SlotGuard, Refused> {
+        let (id, rx) = {
+            let mut state = self.lock();
+            if state.queue.stats(tenant).is_none() {
+                state
+                    .queue
+                    .upsert_tenant(tenant.clone(), LaneConfig::from(&TenantSpec::default()));
+            }
+            let id = state.next_id;
+            state.next_id += 1;
+            let (tx, rx) = oneshot::channel();
+            state
+                .queue
+                .push(tenant, Waiter { id, tx }, memory_bytes)
+                .map_err(|r| Refused::Tenancy(r.error))?;
+            dispatch(&mut state);
+            (id, rx)
+        };
+        // Dropped before the grant (the caller went away, or the deadline below), the
+        // receiver makes the grant's send fail and the slot goes straight to the next waiter.
+        let mut rx = rx;
+        match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+            Ok(Ok(slot)) => Ok(self.guard(slot)),
+            Ok(Err(_)) => Err(Refused::TenantRemoved),
+            Err(_) => {
+                // Out of the queue, unless a grant raced the deadline: then the slot is ours
+                // and goes back at once.
+                let cancelled = self.lock().queue.cancel(tenant, |w| w.id == id);
+                if cancelled.is_empty()
+                    && let Ok(slot) = rx.try_recv()
+                {
+                    drop(self.guard(slot));
+                }
+                Err(Refused::Deadline)
+            }
+        }
+    }
+
+    /// Guests running and units waiting, over all tenants.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.queue.running(), state.queue.queued())
+    }
+
+    /// One tenant's running and waiting units.
+    pub fn tenant_counts(&self, tenant: &TenantName) -> Option<(u32, u32)> {
+        self.lock()
+            .queue
+            .stats(tenant)
+            .map(|s| (s.running, s.queued))
+    }
+
+    fn guard(self: &Arc<Self>, slot: Slot) -> SlotGuard {
+        SlotGuard {
+            slots: self.clone(),
+            slot: Some(slot),
+            since: Instant::now(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        tern_sync::poison::lock(&self.state)
+    }
+}
+
+/// Hands free slots to the waiters the queue picks, while both last. A waiter that is gone
+/// gives its slot straight back.
+fn dispatch(state: &mut State) {
+    while state.free > 0 {
+        let Some(grant) = state.queue.grant() else {
+            return;
+        };
+        state.free -= 1;
+        if let Err(slot) = grant.item.tx.send(grant.slot) {
+            state.queue.return_unused(slot);
+            state.free += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use tern_tenancy::Weight;
+
+    use super::*;
+
+    fn name(s: &str) -> TenantName {
+        s.parse().unwrap()
+    }
+
+    fn lane(weight: u32, max_concurrent: u32, max_queued: u32) -> LaneConfig {
+        LaneConfig {
+            weight: Weight::new(weight).unwrap(),
+            max_concurrent,
+            memory_budget_bytes: 1 << 40,
+            max_queued,
+            latency_target_ms: 500,
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// Two backlogged tenants with weights 1:3 on 2 slots: the slots they get match their
+    /// weights within ±10 %.
+    #[tokio::test(start_paused = true)]
+    async fn backlogged_tenants_get_slots_in_proportion_to_their_weights() {
+        let slots = FairSlots::new(2, 10_000, ShareParams::weights_only());
+        slots.set_tenant(name("a"), lane(1, 100, 1000));
+        slots.set_tenant(name("b"), lane(3, 100, 1000));
+        let served: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let tenant = if i % 2 == 0 { "a" } else { "b" };
+            let (slots, served) = (slots.clone(), served.clone());
+            tasks.push(tokio::spawn(async move {
+                let guard = slots.acquire(&name(tenant), 0, far()).await.unwrap();
+                *served.lock().unwrap().entry(tenant.to_owned()).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(guard);
+            }));
+        }
+        // Both stay backlogged for the first 200 grants (200 of each queued).
+        tokio::time::sleep(Duration::from_millis(10 * 100 + 5)).await;
+        let counts = served.lock().unwrap().clone();
+        let (a, b) = (counts["a"] as f64, counts["b"] as f64);
+        let share_b = b / (a + b);
+        assert!(
+            (share_b - 0.75).abs() <= 0.075,
+            "b got {share_b:.3} of the slots ({counts:?})"
+        );
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(slots.counts(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_at_its_cap_waits_while_another_gets_the_free_slots() {
+        let slots = FairSlots::new(4, 100, ShareParams::weights_only());
+        slots.set_tenant(name("greedy"), lane(10, 1, 10));
+        let held = slots.acquire(&name("greedy"), 0, far()).await.unwrap();
+        let waiting = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(&name("greedy"), 0, far()).await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(slots.tenant_counts(&name("greedy")), Some((1, 1)));
+        // Three slots free, none for greedy: an unconfigured tenant gets one at once.
+        let other = slots.acquire(&name("other"), 0, far()).await.unwrap();
+        assert_eq!(slots.tenant_counts(&name("other")), Some((1, 0)));
+        drop(held);
+        waiting.await.unwrap().unwrap();
+        drop(other);
+        assert_eq!(slots.counts(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_past_its_deadline_or_dropped_holds_no_slot_and_no_place() {
+        let slots = FairSlots::new(1, 100, ShareParams::weights_only());
+        let t = name("t");
+        let held = slots.acquire(&t, 0, far()).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            slots.acquire(&t, 0, soon).await.err(),
+            Some(Refused::Deadline)
+        );
+        assert_eq!(slots.counts(), (1, 0), "out of the queue");
+        // A waiter whose caller goes away: the grant that reaches it comes straight back.
+        let abandoned = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(&name("t"), 0, far()).await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        drop(held);
+        let next = slots.acquire(&t, 0, soon + Duration::from_secs(1)).await;
+        assert!(
+            next.is_ok(),
+            "the slot was not lost to the abandoned waiter"
+        );
+        drop(next);
+        assert_eq!(slots.counts(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_tenant_queue_is_refused_at_once_and_a_removed_tenants_waiters_are_told() {
+        let slots = FairSlots::new(1, 100, ShareParams::weights_only());
+        let t = name("t");
+        slots.set_tenant(t.clone(), lane(1, 1, 1));
+        let held = slots.acquire(&t, 0, far()).await.unwrap();
+        let queued = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(&name("t"), 0, far()).await.map(drop) })
+        };
+        tokio::task::yield_now().await;
+        match slots.acquire(&t, 0, far()).await {
+            Err(Refused::Tenancy(tern_tenancy::Error::QuotaExceeded { which, .. })) => {
+                assert_eq!(which, tern_tenancy::QuotaKind::Queue)
+            }
+            other => panic!("{:?}", other.err()),
+        }
+        slots.remove_tenant(&t);
+        assert_eq!(queued.await.unwrap().err(), Some(Refused::TenantRemoved));
+        drop(held);
+        assert_eq!(slots.counts(), (0, 0));
+    }
+}
