@@ -705,12 +705,35 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         // While the collector restarts, render directly: metrics must stay scrapeable.
         false => tern_actors::metrics_collector::render(services),
     };
+    let body = body + &tenant_slot_metrics(&services.runtime.tenants_slots());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
+}
+
+/// Each tenant's instance slots on this node, in Prometheus text: who holds the slots and
+/// who waits for one (a tenant at its `max_concurrent` shows waiting units while others run).
+/// Tenant names need no escaping: they are `[a-z0-9-]`.
+fn tenant_slot_metrics(tenants: &[(TenantName, u32, u32)]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "# HELP tern_tenant_running Guests of the tenant holding an instance slot on this node.\n\
+         # TYPE tern_tenant_running gauge\n",
+    );
+    for (tenant, running, _) in tenants {
+        let _ = writeln!(out, "tern_tenant_running{{tenant=\"{tenant}\"}} {running}");
+    }
+    out.push_str(
+        "# HELP tern_tenant_waiting Units of the tenant waiting for an instance slot on this node.\n\
+         # TYPE tern_tenant_waiting gauge\n",
+    );
+    for (tenant, _, waiting) in tenants {
+        let _ = writeln!(out, "tern_tenant_waiting{{tenant=\"{tenant}\"}} {waiting}");
+    }
+    out
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

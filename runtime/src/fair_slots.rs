@@ -151,6 +151,15 @@ impl FairSlots {
             .map(|s| (s.running, s.queued))
     }
 
+    /// Every tenant's running and waiting units, by name.
+    pub fn all_tenant_counts(&self) -> Vec<(TenantName, u32, u32)> {
+        self.lock()
+            .queue
+            .all_stats()
+            .map(|(t, s)| (t.clone(), s.running, s.queued))
+            .collect()
+    }
+
     fn guard(self: &Arc<Self>, slot: Slot) -> SlotGuard {
         SlotGuard {
             slots: self.clone(),

@@ -287,6 +287,11 @@ impl Runtime {
         self.instance_slots.tenant_counts(tenant)
     }
 
+    /// Every tenant's running guests and waiting units on this node, by name.
+    pub fn tenants_slots(&self) -> Vec<(tern_tenancy::TenantName, u32, u32)> {
+        self.instance_slots.all_tenant_counts()
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.cfg
     }

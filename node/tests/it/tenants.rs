@@ -645,11 +645,14 @@ async fn a_flooding_tenant_is_held_to_its_cap_and_another_tenants_calls_all_succ
     let runtime = node.app().services().runtime.clone();
     let mut most_running = 0;
     let mut victim_failures = Vec::new();
+    let mut most_running_scraped = 0.0f64;
     for i in 0..30 {
         if let Some((running, waiting)) = runtime.tenant_slots(&attacker) {
             most_running = most_running.max(running);
             assert!(waiting <= 3, "the attacker's queue is bounded: {waiting}");
         }
+        let scraped = metric_labelled(addr, "tern_tenant_running", r#"tenant="attacker""#).await;
+        most_running_scraped = most_running_scraped.max(scraped);
         let r = invoke(addr, "victim.echo", format!("call {i}")).await;
         if r.status != 200 {
             victim_failures.push((r.status, body(&r)));
@@ -674,6 +677,10 @@ async fn a_flooding_tenant_is_held_to_its_cap_and_another_tenants_calls_all_succ
     assert!(
         most_running <= 2,
         "held to max_concurrent = 2: {most_running}"
+    );
+    assert!(
+        (1.0..=2.0).contains(&most_running_scraped),
+        "/metrics shows the attacker's slots: {most_running_scraped}"
     );
     assert!(
         statuses.iter().filter(|s| **s == 429).count() >= 15,
