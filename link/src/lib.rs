@@ -406,21 +406,11 @@ impl ClusterLink {
 
     /// Pulls `peer`'s tenant and token records and merges them; how many changed here.
     async fn sync_tenancy(&self, peer: &NodeName) -> Result<usize, LinkError> {
-        let records = match self.small_exchange(peer, PeerRequest::Tenancy).await? {
-            PeerResponse::Tenancy(records) => records,
-            PeerResponse::Error(error) => {
-                return Err(LinkError::Refused {
-                    peer: peer.clone(),
-                    error,
-                });
-            }
-            other => {
-                return Err(LinkError::BadAnswer {
-                    peer: peer.clone(),
-                    detail: format!("answered a tenancy pull with {other:?}"),
-                });
-            }
-        };
+        let answer = self.small_exchange(peer, PeerRequest::Tenancy).await?;
+        let records = expect(peer, answer, "a tenancy pull", |answer| match answer {
+            PeerResponse::Tenancy(records) => Ok(records),
+            other => Err(other),
+        })?;
         let Some(node) = self.node.upgrade() else {
             return Ok(0);
         };
@@ -439,49 +429,31 @@ impl ClusterLink {
         peer: &NodeName,
         hash: &ModuleHash,
     ) -> Result<Bytes, LinkError> {
-        match self
+        let answer = self
             .exchange(peer, &PeerRequest::FetchModule(*hash), None)
-            .await?
-        {
-            PeerResponse::Module(bytes) => {
-                let got = tern_runtime::Runtime::module_hash(&bytes);
-                if got != *hash {
-                    return Err(LinkError::BadAnswer {
-                        peer: peer.clone(),
-                        detail: format!("sent module {got} for {hash}"),
-                    });
-                }
-                Ok(Bytes::from(bytes))
-            }
-            PeerResponse::Error(error) => Err(LinkError::Refused {
+            .await?;
+        let bytes = expect(peer, answer, "a module fetch", |answer| match answer {
+            PeerResponse::Module(bytes) => Ok(bytes),
+            other => Err(other),
+        })?;
+        let got = tern_runtime::Runtime::module_hash(&bytes);
+        if got != *hash {
+            return Err(LinkError::BadAnswer {
                 peer: peer.clone(),
-                error,
-            }),
-            other => Err(LinkError::BadAnswer {
-                peer: peer.clone(),
-                detail: format!("answered a module fetch with {other:?}"),
-            }),
+                detail: format!("sent module {got} for {hash}"),
+            });
         }
+        Ok(Bytes::from(bytes))
     }
 
     /// Pulls `peer`'s registry and applies what is newer (anti-entropy when a link comes up,
     /// which also covers a node that restarted or missed announcements).
     async fn sync_registry(&self, peer: &NodeName) -> Result<usize, LinkError> {
-        let entries = match self.small_exchange(peer, PeerRequest::Registry).await? {
-            PeerResponse::Registry(entries) => entries,
-            PeerResponse::Error(error) => {
-                return Err(LinkError::Refused {
-                    peer: peer.clone(),
-                    error,
-                });
-            }
-            other => {
-                return Err(LinkError::BadAnswer {
-                    peer: peer.clone(),
-                    detail: format!("answered a registry pull with {other:?}"),
-                });
-            }
-        };
+        let answer = self.small_exchange(peer, PeerRequest::Registry).await?;
+        let entries = expect(peer, answer, "a registry pull", |answer| match answer {
+            PeerResponse::Registry(entries) => Ok(entries),
+            other => Err(other),
+        })?;
         let Some(node) = self.node.upgrade() else {
             return Ok(0);
         };
@@ -755,6 +727,28 @@ async fn watch_membership(link: Weak<ClusterLink>) {
             Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
         }
+    }
+}
+
+/// What a peer answered, as the variant that was asked for (`pick` returns the answer back
+/// when it is another variant): a peer's `Error` becomes [`LinkError::Refused`], any other
+/// variant [`LinkError::BadAnswer`] naming what was `asked`.
+fn expect<T>(
+    peer: &NodeName,
+    answer: PeerResponse,
+    asked: &str,
+    pick: impl FnOnce(PeerResponse) -> Result<T, PeerResponse>,
+) -> Result<T, LinkError> {
+    match pick(answer) {
+        Ok(value) => Ok(value),
+        Err(PeerResponse::Error(error)) => Err(LinkError::Refused {
+            peer: peer.clone(),
+            error,
+        }),
+        Err(other) => Err(LinkError::BadAnswer {
+            peer: peer.clone(),
+            detail: format!("answered {asked} with {other:?}"),
+        }),
     }
 }
 

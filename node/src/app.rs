@@ -584,14 +584,7 @@ impl App {
     /// What `tenant`'s deployed functions take (counted from the functions installed here,
     /// which every member has).
     pub fn tenant_usage(&self, tenant: &tern_tenancy::TenantName) -> tern_tenancy::Usage {
-        let mut usage = tern_tenancy::Usage::default();
-        for f in self.services().runtime.list() {
-            if f.name.tenant() == *tenant {
-                usage.functions = usage.functions.saturating_add(1);
-                usage.module_bytes = usage.module_bytes.saturating_add(f.size_bytes);
-            }
-        }
-        usage
+        self.services().runtime.tenant_usage(tenant)
     }
 
     /// Removes a tenant that owns no function, and revokes its tokens; both are announced
@@ -609,9 +602,8 @@ impl App {
             )));
         }
         let tombstone = self.tenants.remove(name, now_ms())?;
-        self.tenants_changed(std::slice::from_ref(&tombstone));
         let tokens = self.auth.revoke_tenant(name)?;
-        self.announce_tenancy(TenancyRecords {
+        self.tenancy_changed_here(TenancyRecords {
             tenants: vec![tombstone.clone()],
             tokens,
         });
@@ -620,7 +612,7 @@ impl App {
 
     /// Gives the runtime the weights and limits of changed tenants, so instance slots are
     /// shared by them (a removed tenant's waiting units are refused).
-    pub fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
+    pub(crate) fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
         let runtime = &self.services().runtime;
         for entry in entries {
             if entry.is_live() {
@@ -634,8 +626,10 @@ impl App {
         }
     }
 
-    /// Sends tenant and token changes to the cluster, if this node is in one.
-    pub fn announce_tenancy(&self, records: TenancyRecords) {
+    /// After tenants or tokens changed on this node (an API call): the runtime takes the
+    /// tenants' new weights and limits, and the records go to the cluster if there is one.
+    pub fn tenancy_changed_here(&self, records: TenancyRecords) {
+        self.tenants_changed(&records.tenants);
         if let Some(cluster) = self.cluster.get() {
             cluster.announce_tenancy(records);
         }

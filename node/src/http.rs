@@ -194,7 +194,7 @@ async fn create_token(app: &Arc<App>, req: Request<Incoming>) -> Result<Response
         None => tern_tenancy::TenantName::default_tenant(),
     };
     let (secret, record) = app.auth.create(tenant, role, &app.tenants)?;
-    app.announce_tenancy(TenancyRecords {
+    app.tenancy_changed_here(TenancyRecords {
         tenants: Vec::new(),
         tokens: vec![record.clone()],
     });
@@ -213,7 +213,7 @@ fn revoke_token(app: &Arc<App>, id: &str) -> Result<Response<Body>, NodeError> {
         .parse()
         .map_err(|e: tern_tenancy::Error| NodeError::BadRequest(e.to_string()))?;
     let record = app.auth.revoke(&id)?;
-    app.announce_tenancy(TenancyRecords {
+    app.tenancy_changed_here(TenancyRecords {
         tenants: Vec::new(),
         tokens: vec![record.clone()],
     });
@@ -309,8 +309,7 @@ async fn create_tenant(
     )?;
     let spec = body.apply(TenantSpec::default())?;
     let entry = app.tenants.create(name, spec, crate::app::now_ms())?;
-    app.tenants_changed(std::slice::from_ref(&entry));
-    app.announce_tenancy(TenancyRecords {
+    app.tenancy_changed_here(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),
     });
@@ -357,8 +356,7 @@ async fn update_tenant(
         .ok_or_else(|| crate::tenants::no_such_tenant(&name))?;
     let spec = body.apply(current.spec)?;
     let entry = app.tenants.update(&name, spec, crate::app::now_ms())?;
-    app.tenants_changed(std::slice::from_ref(&entry));
-    app.announce_tenancy(TenancyRecords {
+    app.tenancy_changed_here(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),
     });
@@ -385,7 +383,7 @@ fn list_functions(app: &Arc<App>, caller: &Caller) -> Response<Body> {
     let mut functions = app.services().runtime.list();
     if !caller.sees_every_tenant() {
         let own = caller.tenant();
-        functions.retain(|f| f.name.tenant() == own);
+        functions.retain(|f| f.name.is_owned_by(&own));
     }
     json(StatusCode::OK, &functions)
 }

@@ -116,6 +116,8 @@ impl RuntimeConfig {
 pub struct Deployed {
     pub info: FunctionInfo,
     pub metrics: Arc<FunctionMetrics>,
+    /// The owner, parsed once at install rather than from the name on every call.
+    pub tenant: tern_tenancy::TenantName,
 }
 
 /// Something an MEU holds for exactly as long as its guest holds an instance slot, so that
@@ -409,6 +411,7 @@ impl Runtime {
         self.cache_module(prepared.hash, prepared.pre);
         let deployed = Arc::new(Deployed {
             metrics: self.metrics.function(info.name.as_str()),
+            tenant: info.name.tenant(),
             info,
         });
         self.functions
@@ -494,6 +497,22 @@ impl Runtime {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .len()
+    }
+
+    /// How many functions `tenant` has installed here, and their modules' bytes.
+    pub fn tenant_usage(&self, tenant: &tern_tenancy::TenantName) -> tern_tenancy::Usage {
+        let mut usage = tern_tenancy::Usage::default();
+        for d in self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|d| d.tenant == *tenant)
+        {
+            usage.functions = usage.functions.saturating_add(1);
+            usage.module_bytes = usage.module_bytes.saturating_add(d.info.size_bytes);
+        }
+        usage
     }
 
     pub fn list(&self) -> Vec<FunctionInfo> {
@@ -594,7 +613,7 @@ impl Runtime {
         let deadline = meu.accepted_at + sandbox.timeout;
         let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1);
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
-        let tenant = meu.function.tenant();
+        let tenant = deployed.tenant.clone();
         let reserved = self
             .reserve(memory_mb, sandbox.memory_bytes as u64, &tenant, deadline)
             .await;

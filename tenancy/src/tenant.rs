@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,8 +18,11 @@ use crate::quota::Quotas;
 /// A tenant's name: 1–32 characters of `[a-z0-9-]`, starting and ending with a letter or
 /// digit. Stricter than a function name (no `_`, shorter) so it is also a valid DNS label and
 /// can be carried in a client certificate's name, a metric label or a store key unescaped.
+///
+/// Shared, not copied: the runtime keys its fair queue and every granted slot by tenant, so
+/// a clone on the invocation path is a reference count, not an allocation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantName(String);
+pub struct TenantName(Arc<str>);
 
 impl TenantName {
     pub const MAX_LEN: usize = 32;
@@ -26,7 +30,9 @@ impl TenantName {
     pub const DEFAULT: &'static str = "default";
 
     pub fn default_tenant() -> Self {
-        Self(Self::DEFAULT.to_owned())
+        static DEFAULT: std::sync::LazyLock<TenantName> =
+            std::sync::LazyLock::new(|| TenantName(Arc::from(TenantName::DEFAULT)));
+        DEFAULT.clone()
     }
 
     pub fn as_str(&self) -> &str {
@@ -55,7 +61,7 @@ impl FromStr for TenantName {
 
     fn from_str(s: &str) -> Result<Self, Error> {
         check_tenant_name(s).map_err(|reason| Error::InvalidTenantName { reason })?;
-        Ok(Self(s.to_owned()))
+        Ok(Self(Arc::from(s)))
     }
 }
 

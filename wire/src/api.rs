@@ -42,6 +42,14 @@ impl FunctionName {
         }
     }
 
+    /// Whether `tenant` owns this function (without building the owner's name).
+    pub fn is_owned_by(&self, tenant: &TenantName) -> bool {
+        match self.0.split_once('.') {
+            Some((owner, _)) => owner == tenant.as_str(),
+            None => tenant.as_str() == TenantName::DEFAULT,
+        }
+    }
+
     /// The name within its tenant.
     pub fn local(&self) -> &str {
         self.0.split_once('.').map_or(&self.0, |(_, local)| local)
@@ -493,6 +501,11 @@ mod tests {
         assert_eq!(plain.in_tenant(&acme), own);
         assert_eq!(own.in_tenant(&TenantName::default_tenant()), plain);
         assert_ne!(own, plain, "two tenants may both have an echo");
+        let default = TenantName::default_tenant();
+        assert!(own.is_owned_by(&acme) && !own.is_owned_by(&default));
+        assert!(plain.is_owned_by(&default) && !plain.is_owned_by(&acme));
+        let acmex: TenantName = "acmex".parse().unwrap();
+        assert!(!own.is_owned_by(&acmex), "a prefix is not the owner");
         // Round trip through serde, as the store and the wire do.
         let json = serde_json::to_string(&own).unwrap();
         assert_eq!(serde_json::from_str::<FunctionName>(&json).unwrap(), own);
