@@ -36,6 +36,15 @@ http=(127.0.0.1:7911 127.0.0.1:7912 127.0.0.1:7913)
 mesh=(127.0.0.1:7921 127.0.0.1:7922 127.0.0.1:7923)
 $tern cluster init --out "$work/pki" --nodes a,b,c >/dev/null
 
+# Bearer tokens are on, as by default (set explicitly, so an older binary compared side by side
+# runs the same way); each node writes its own admin token at its first start. A binary from
+# before tokens writes none and needs none.
+export TERN_AUTH=tokens
+# token DATA_DIR: the admin token a node with that data directory wrote (empty if none).
+token() { cat "$1/admin.token" 2>/dev/null || true; }
+# auth DATA_DIR: the curl header that goes with it.
+auth() { local t; t=$(token "$1"); if [ -n "$t" ]; then echo "Authorization: Bearer $t"; else echo "X-Tern-No-Token: 1"; fi; }
+
 wait_http() {
   for _ in $(seq 300); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done
   echo "node at $1 did not start" >&2
@@ -53,9 +62,9 @@ for i in 0 1 2; do
   pids+=($!)
 done
 for h in "${http[@]}"; do wait_http "$h"; done
-for h in "${http[@]}"; do
+for i in 0 1 2; do
   for _ in $(seq 300); do
-    [ "$(curl -sf "http://$h/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
+    [ "$(curl -sf -H "$(auth "$work/${names[$i]}")" "http://${http[$i]}/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
     sleep 0.1
   done
 done
@@ -63,11 +72,11 @@ done
 # Deploy echo under several names and learn each name's owner from where it runs.
 declare -A owner_of
 for k in $(seq 0 11); do
-  $tern deploy "echo-$k" functions/dist/echo.wasm --server "${http[0]}" >/dev/null
+  TERN_TOKEN=$(token "$work/a") $tern deploy "echo-$k" functions/dist/echo.wasm --server "${http[0]}" >/dev/null
 done
 sleep 1 # replication + a few status rounds
 for k in $(seq 0 11); do
-  owner_of[echo-$k]=$(curl -s -D - -o /dev/null -X POST "http://${http[2]}/v1/functions/echo-$k/invoke" -d x \
+  owner_of[echo-$k]=$(curl -s -D - -o /dev/null -H "$(auth "$work/c")" -X POST "http://${http[2]}/v1/functions/echo-$k/invoke" -d x \
     | tr -d '\r' | awk -F': ' 'tolower($1)=="x-tern-node"{print $2}')
 done
 pick() { for k in $(seq 0 11); do [ "${owner_of[echo-$k]}" = "$1" ] && { echo "echo-$k"; return; }; done; }
@@ -89,11 +98,11 @@ measure_udp() {
 rounds=${BENCH_ROUNDS:-5}
 echo "== 1. forwarded vs local, 1 connection through c (local: $fc on c; forwarded: $fb on b), $rounds alternated rounds"
 for round in $(seq "$rounds"); do
-  $tern bench --server "${http[2]}" --function "$fc" --connections 1 --duration "$dur" --warmup 2s \
+  TERN_TOKEN=$(token "$work/c") $tern bench --server "${http[2]}" --function "$fc" --connections 1 --duration "$dur" --warmup 2s \
     --no-progress --json "$out/local-$round.json" | tail -n 3
   measure_udp "$out/forwarded-$round-datagrams.txt" &
   udp_job=$!
-  $tern bench --server "${http[2]}" --function "$fb" --connections 1 --duration "$dur" --warmup 2s \
+  TERN_TOKEN=$(token "$work/c") $tern bench --server "${http[2]}" --function "$fb" --connections 1 --duration "$dur" --warmup 2s \
     --no-progress --json "$out/forwarded-$round.json" | tail -n 3
   wait "$udp_job"
 done
@@ -131,7 +140,7 @@ three_entries() {
   measure_cpu "$out/$prefix-cpu-ticks.txt" "${pids[@]}" &
   bench+=($!)
   for i in 0 1 2; do
-    $tern bench --server "${http[$i]}" --function "${fns[$i]}" --connections $((i == 0 ? 22 : 21)) \
+    TERN_TOKEN=$(token "$work/${names[$i]}") $tern bench --server "${http[$i]}" --function "${fns[$i]}" --connections $((i == 0 ? 22 : 21)) \
       --duration "$dur" --warmup 2s --no-progress --json "$out/$prefix-${names[$i]}.json" >/dev/null &
     bench+=($!)
   done
@@ -165,10 +174,10 @@ EOF
 for r in $(seq 5); do
   # A distinct module each round (one differing byte), so nothing is cached on b or c.
   python3 -c "import sys;b=bytearray(open(sys.argv[1],'rb').read());b[-1]=$r;open(sys.argv[2],'wb').write(b)" "$work/big.wasm" "$work/big-$r.wasm"
-  $tern deploy "big-$r" "$work/big-$r.wasm" --server "${http[0]}" >/dev/null
+  TERN_TOKEN=$(token "$work/a") $tern deploy "big-$r" "$work/big-$r.wasm" --server "${http[0]}" >/dev/null
   t0=$(date +%s%N)
-  for h in "${http[1]}" "${http[2]}"; do
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' -X POST "http://$h/v1/functions/big-$r/invoke" -d x)" = 200 ]; do
+  for i in 1 2; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$(auth "$work/${names[$i]}")" -X POST "http://${http[$i]}/v1/functions/big-$r/invoke" -d x)" = 200 ]; do
       sleep 0.005
     done
   done
@@ -183,7 +192,7 @@ pids+=($!)
 wait_http 127.0.0.1:7914
 measure_cpu "$out/single-cpu-ticks.txt" "${pids[@]}" &
 cpu_job=$!
-$tern bench --server 127.0.0.1:7914 --function echo --connections 64 --duration "$dur" --warmup 2s \
+TERN_TOKEN=$(token "$work/single") $tern bench --server 127.0.0.1:7914 --function echo --connections 64 --duration "$dur" --warmup 2s \
   --no-progress --json "$out/single.json" >/dev/null
 wait "$cpu_job"
 

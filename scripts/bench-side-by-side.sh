@@ -4,7 +4,8 @@
 # the two binaries alternated round by round (old,new / new,old / old,new / ...):
 #   1. one node, echo over HTTP, load generator on the same machine: a fresh node per binary
 #      per round, `tern bench --connections 1` (p50) then `--connections 64` (req/s, p99),
-#      each `--duration 6s --warmup 2s` (as in bench/reports/single-node/fewer-wakes-side-by-side.txt);
+#      each `--duration 6s --warmup 2s` (as in bench/reports/single-node/fewer-wakes-side-by-side.txt),
+#      with bearer tokens on (`TERN_AUTH=tokens`, the default since tokens became one);
 #   2. forwarded-call overhead on a 3-node loopback cluster (forwarded p50 minus local p50,
 #      1 connection through node c): `TERN_BIN=<binary> BENCH_QUICK=1 BENCH_ROUNDS=$CLUSTER_ROUNDS
 #      BENCH_DURATION=6s scripts/bench-cluster.sh DIR` (this tree's script for both binaries).
@@ -187,18 +188,22 @@ single() {
   wait_ports_free "${single_addr##*:}"
   node_data=$(mktemp -d)
   log "== round $r $name: single node"
-  logcmd "$bin" up --data "$node_data" --listen "$single_addr" --log warn
-  "$bin" up --data "$node_data" --listen "$single_addr" --log warn \
+  # Bearer tokens on, as by default (explicitly, so both binaries run the same way; one from
+  # before tokens ignores the variable, writes no token and needs none).
+  logcmd env TERN_AUTH=tokens "$bin" up --data "$node_data" --listen "$single_addr" --log warn
+  TERN_AUTH=tokens "$bin" up --data "$node_data" --listen "$single_addr" --log warn \
     >"$out/raw/r$r-$name-single-node.log" 2>&1 &
   node_pid=$!
   wait_http "$single_addr"
+  local token
+  token=$(cat "$node_data/admin.token" 2>/dev/null || true)
   for _ in $(seq 100); do
-    [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' -X POST "http://$single_addr/v1/functions/echo/invoke" -d hi)" = 200 ] && break
+    [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" -X POST "http://$single_addr/v1/functions/echo/invoke" -d hi)" = 200 ] && break
     sleep 0.1
   done
   for c in 1 64; do
     base=$out/raw/r$r-$name-single-c$c
-    run timeout 120 "$bin" bench --server "$single_addr" --function echo --connections "$c" \
+    TERN_TOKEN=$token run timeout 120 "$bin" bench --server "$single_addr" --function echo --connections "$c" \
       --duration "$dur" --warmup "$warmup" --no-progress --json "$base.json" >"$base.txt" 2>&1
   done
   kill "$node_pid" 2>/dev/null || true
@@ -311,7 +316,8 @@ head = [
     + ("  ** 1-minute load average above 1.5 at the start **" if float(load_start[0]) > 1.5 else ""),
     f"waited {waited} s after the builds for the load to settle; builds took {b_old} s (old) and {b_new} s (new)",
     f"measurements took {t_meas} s; whole run {t_total} s",
-    f"single node: fresh node per binary per round, tern bench --function echo --connections 1, then 64,"
+    f"single node: fresh node per binary per round (TERN_AUTH=tokens, the bench sends the admin token),"
+    f" tern bench --function echo --connections 1, then 64,"
     f" --duration/--warmup {durs.replace(' ', '/')} each",
     f"cluster: TERN_BIN=<binary> BENCH_QUICK=1 BENCH_ROUNDS={crounds} BENCH_DURATION={durs.split()[0]}"
     f" scripts/bench-cluster.sh (extra = forwarded p50 - local p50, 1 connection through c)",

@@ -36,11 +36,12 @@ impl From<tern_placement::learned::CheckpointError> for ConfigError {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
-    /// Every caller may do everything.
-    #[default]
+    /// Every caller may do everything. Allowed only when `listen` is a loopback address: a
+    /// node reachable from other machines without authentication refuses to start.
     Off,
     /// `Authorization: Bearer <token>` on every request but `/healthz`; roles decide what a
-    /// token may do.
+    /// token may do. The default: a node hosts other people's functions.
+    #[default]
     Tokens,
 }
 
@@ -151,8 +152,9 @@ pub struct Config {
     pub client_listen: Option<SocketAddr>,
     /// Tenant tokens accepted on the client API; empty = no token needed.
     pub client_tokens: Vec<String>,
-    /// Who may use the HTTP API: `off` (anyone who reaches it) or `tokens` (a bearer token
-    /// with a role; the first start writes an admin token to `<data_dir>/admin.token`).
+    /// Who may use the HTTP API: `tokens` (the default: a bearer token with a role; the first
+    /// start writes an admin token to `<data_dir>/admin.token`, mode 0600) or `off` (anyone
+    /// who reaches it; only on a loopback `listen` address).
     pub auth: AuthMode,
     /// Run a ractor_cluster session over each peer link (QUIC stream kind 0x01).
     pub ractor_sessions: bool,
@@ -220,7 +222,7 @@ impl Default for Config {
             online_batch: 512,
             client_listen: None,
             client_tokens: Vec::new(),
-            auth: AuthMode::Off,
+            auth: AuthMode::Tokens,
             ractor_sessions: true,
             cluster_idle_lanes: 256,
             cluster_sync_grace_ms: 10_000,
@@ -357,6 +359,20 @@ impl Config {
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
             return bad("client_listen needs cluster_dir (the node's certificate)");
         }
+        self.check_open_listener(self.listen)?;
+        Ok(())
+    }
+
+    /// Refuses `auth = "off"` on an HTTP listener at `addr` that is not loopback: anyone who
+    /// reached it could deploy, remove and invoke any function.
+    pub fn check_open_listener(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        if self.auth == AuthMode::Off && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "auth = \"off\" lets anyone who reaches {addr} deploy, remove and invoke any \
+                 function; it is allowed only on a loopback listen address. Use auth = \
+                 \"tokens\" (the default) or listen on 127.0.0.1"
+            )));
+        }
         Ok(())
     }
 
@@ -487,12 +503,34 @@ mod tests {
         assert_eq!(c.class_limits().max_timeout_ms, c.max_timeout_ms);
         assert_eq!(c.class_limits().max_memory_mb, c.max_memory_mb);
         assert!(Config::load(None, env("TERN_NODE_CLASS", "huge")).is_err());
-        let c = Config::load(None, env("TERN_AUTH", "tokens")).unwrap();
-        assert_eq!(c.auth, AuthMode::Tokens);
+        assert_eq!(Config::default().auth, AuthMode::Tokens);
+        let c = Config::load(None, env("TERN_AUTH", "off")).unwrap();
+        assert_eq!(c.auth, AuthMode::Off);
         assert!(Config::load(None, env("TERN_AUTH", "maybe")).is_err());
         assert!(Config::load(None, env("TERN_PLACEMENT", "psychic")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b\"]")).is_err());
         assert!(Config::load(None, env("TERN_PEERS", "[\"b=nowhere\"]")).is_err());
+    }
+
+    #[test]
+    fn auth_is_on_by_default_and_off_is_refused_unless_the_listener_is_loopback() {
+        let load = |listen: &str, auth: Option<&str>| {
+            let mut vars = vec![("TERN_LISTEN".to_string(), listen.to_string())];
+            if let Some(auth) = auth {
+                vars.push(("TERN_AUTH".to_string(), auth.to_string()));
+            }
+            Config::load(None, vars)
+        };
+        assert_eq!(load("0.0.0.0:7878", None).unwrap().auth, AuthMode::Tokens);
+        for open in ["0.0.0.0:7878", "10.1.2.3:7878", "[::]:7878"] {
+            assert!(
+                matches!(load(open, Some("off")), Err(ConfigError::Invalid(m)) if m.contains("loopback")),
+                "auth off on {open}"
+            );
+        }
+        for loopback in ["127.0.0.1:7878", "127.0.0.2:7878", "[::1]:7878"] {
+            assert_eq!(load(loopback, Some("off")).unwrap().auth, AuthMode::Off);
+        }
     }
 
     #[test]

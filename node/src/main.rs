@@ -492,8 +492,17 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 cfg.client_listen = client_listen;
             }
             cfg.validate()?;
+            let token_file = (cfg.auth == tern_node::config::AuthMode::Tokens)
+                .then(|| cfg.data_dir.join(tern_node::auth::ADMIN_TOKEN_FILE));
             let node = tern_node::start_with(cfg, inherited).await?;
-            eprintln!("tern node listening on http://{}", node.addr());
+            match token_file.filter(|f| f.exists()) {
+                Some(f) => eprintln!(
+                    "tern node listening on http://{} (bearer tokens on; admin token in {})",
+                    node.addr(),
+                    f.display()
+                ),
+                None => eprintln!("tern node listening on http://{}", node.addr()),
+            }
             shutdown_signal().await;
             eprintln!("shutting down");
             node.shutdown().await?;

@@ -109,6 +109,11 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         )
         .into());
     }
+    // `validate` checked the configured address; an inherited listener may be bound to
+    // another one.
+    if let Some(inherited) = &http {
+        config.check_open_listener(inherited.local_addr()?)?;
+    }
     let client_listener = crate::client_api::ClientApi::bind(&config, client)?;
     std::fs::create_dir_all(&config.data_dir)?;
     let store = Store::open(&config.data_dir)?;

@@ -531,3 +531,53 @@ async fn the_cli_carries_tern_token_and_manages_tokens() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized (401)"));
     node.shutdown().await.unwrap();
 }
+
+/// A node without authentication must not be reachable from other machines: `auth = "off"`
+/// on an inherited listener bound to every address is refused at start, and the same
+/// listener is served with tokens (the default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_node_refuses_a_listener_that_is_not_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let everywhere = || std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    let open = tern_node::start_with(
+        config(dir.path()),
+        tern_node::Sockets {
+            http: Some(everywhere()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(&open, Err(tern_node::NodeError::Config(tern_node::config::ConfigError::Invalid(m))) if m.contains("loopback")),
+        "{:?}",
+        open.err()
+    );
+    let listener = everywhere();
+    let port = listener.local_addr().unwrap().port();
+    let node = tern_node::start_with(
+        tern_node::Config {
+            auth: AuthMode::Tokens,
+            ..config(dir.path())
+        },
+        tern_node::Sockets {
+            http: Some(listener),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("starts with tokens");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let anonymous = with_token(addr, Method::GET, "/v1/functions", None, Bytes::new()).await;
+    assert_eq!(anonymous.status, 401);
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let listed = with_token(
+        addr,
+        Method::GET,
+        "/v1/functions",
+        Some(admin.trim()),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    node.shutdown().await.unwrap();
+}

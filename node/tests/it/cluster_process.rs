@@ -170,6 +170,10 @@ async fn spawn_node_in(netns: Option<&str>, root: &Path, i: usize, listen: Liste
         .await
             && r.status == 200
         {
+            // Bearer tokens are on, as by default; the first start wrote the admin token.
+            let token = std::fs::read_to_string(root.join(NAMES[i]).join("admin.token"))
+                .expect("the node wrote its admin token");
+            use_admin_token(addr, token.trim().to_owned());
             return proc;
         }
         assert!(
@@ -213,8 +217,14 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
     while !stop.load(Ordering::Relaxed) {
         let body = format!("req-{sent}");
         let path = format!("/v1/functions/{f}/invoke");
+        let bearer = bearer_for(entry);
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("authorization", b))
+            .into_iter()
+            .collect();
         match conn
-            .request(Method::POST, &path, &[], Bytes::from(body.clone()))
+            .request(Method::POST, &path, &headers, Bytes::from(body.clone()))
             .await
         {
             Ok(r) if r.status == 200 && r.body[..] == *body.as_bytes() => {}

@@ -54,6 +54,9 @@ pub fn config(data: &Path) -> Config {
         node_name: "test-node".into(),
         examples_dir: functions_dir(),
         max_instances: 200,
+        // Open on loopback, so tests of other things need no token; the auth and tenant
+        // tests turn tokens on.
+        auth: tern_node::config::AuthMode::Off,
         ..Config::default()
     }
 }
@@ -62,15 +65,44 @@ pub async fn start(config: Config) -> NodeHandle {
     tern_node::start(config).await.expect("node starts")
 }
 
+/// Admin tokens of nodes that run with bearer tokens (the default) although their test is
+/// about something else (nodes in their own processes), by HTTP address: [`request`] and
+/// [`auth_headers`] send them. A node not listed here is open (`auth = "off"`) or is one an
+/// auth test talks to with explicit headers.
+static ADMIN_TOKENS: Mutex<Vec<(SocketAddr, String)>> = Mutex::new(Vec::new());
+
+/// From now on, the helpers call the node at `addr` as its admin, with `token`.
+pub fn use_admin_token(addr: SocketAddr, token: String) {
+    let mut tokens = ADMIN_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    tokens.retain(|(a, _)| *a != addr);
+    tokens.push((addr, token));
+}
+
+/// The `authorization` header value for the node at `addr`, if [`use_admin_token`] gave one.
+pub fn bearer_for(addr: SocketAddr) -> Option<String> {
+    ADMIN_TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(a, _)| *a == addr)
+        .map(|(_, t)| format!("Bearer {t}"))
+}
+
 pub async fn request(
     addr: SocketAddr,
     method: Method,
     path: &str,
     body: impl Into<Bytes>,
 ) -> Response {
+    let bearer = bearer_for(addr);
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| ("authorization", b))
+        .into_iter()
+        .collect();
     tokio::time::timeout(
         Duration::from_secs(60),
-        tern_bench::request_once(addr, method, path, &[], body.into()),
+        tern_bench::request_once(addr, method, path, &headers, body.into()),
     )
     .await
     .expect("request timed out")
