@@ -489,7 +489,7 @@ impl App {
         if self.services().runtime.get(&function).is_none() {
             return Err(self.pipeline.unknown_function(function, synced).into());
         }
-        self.check_journal_room(input.len())?;
+        self.check_journal_room(&function, input.len())?;
         let record = InvocationRecord {
             id: self.ids.unguessable()?,
             function,
@@ -533,10 +533,22 @@ impl App {
         let result = self.pipeline.invoke_admitted(inv, permit).await;
         record.finished_at_ms = Some(now_ms());
         match result {
-            Ok(outcome) => {
-                record.status = InvocationStatus::Succeeded;
-                record.output = Some(outcome.output.to_vec());
-            }
+            // The output takes the input's place in the record; one that would take the
+            // tenant past its stored-result bytes is not kept, and the record says why.
+            Ok(outcome) => match self.check_tenant_results(
+                &record.function,
+                outcome.output.len() as u64,
+                Some(input.len() as u64),
+            ) {
+                Ok(()) => {
+                    record.status = InvocationStatus::Succeeded;
+                    record.output = Some(outcome.output.to_vec());
+                }
+                Err(e) => {
+                    record.status = InvocationStatus::Failed;
+                    record.error = Some(e.to_api());
+                }
+            },
             Err(e) => {
                 record.status = InvocationStatus::Failed;
                 record.error = Some(e.to_api());
@@ -651,9 +663,15 @@ impl App {
             .store(self.store.quarantined(), Ordering::Relaxed);
     }
 
-    /// Refuses a new asynchronous invocation whose `input_len` bytes would take the journal
-    /// past `max_stored_results` or `max_stored_result_mb`.
-    fn check_journal_room(&self, input_len: usize) -> Result<(), NodeError> {
+    /// Refuses a new asynchronous invocation of `function` whose `input_len` bytes would take
+    /// the journal past `max_stored_results` or `max_stored_result_mb`, or the function's
+    /// tenant past its stored-result quotas.
+    fn check_journal_room(
+        &self,
+        function: &FunctionName,
+        input_len: usize,
+    ) -> Result<(), NodeError> {
+        self.check_tenant_results(function, input_len as u64, None)?;
         let usage = self.store.results();
         let (max_count, max_mib) = (
             self.config.max_stored_results,
@@ -673,6 +691,47 @@ impl App {
             });
         }
         Ok(())
+    }
+
+    /// Refuses a stored result of `bytes` for `function`'s tenant that would take it past its
+    /// quotas: a new record, or one `replacing` a record of that many bytes (a result
+    /// written over its pending record). Counted on this node's journal: an asynchronous
+    /// result is stored by the node that accepted it.
+    fn check_tenant_results(
+        &self,
+        function: &FunctionName,
+        bytes: u64,
+        replacing: Option<u64>,
+    ) -> Result<(), NodeError> {
+        let owner = function.tenant();
+        let Some(tenant) = self.tenants.get(&owner) else {
+            // Removed meanwhile; the invocation is refused elsewhere.
+            return Ok(());
+        };
+        let stored = self.store.results_of(&owner);
+        let (count, bytes_now) = match replacing {
+            Some(old) => (
+                stored.count.saturating_sub(1),
+                stored.bytes.saturating_sub(old),
+            ),
+            None => (stored.count, stored.bytes),
+        };
+        let usage = tern_tenancy::Usage {
+            stored_results: u32::try_from(count).unwrap_or(u32::MAX),
+            stored_result_bytes: bytes_now,
+            ..Default::default()
+        };
+        let quotas = &tenant.spec.quotas;
+        quotas
+            .check_store_result(&usage, bytes)
+            .map_err(|e| match e {
+                tern_tenancy::Error::QuotaExceeded { which, .. } => NodeError::TenantQuota {
+                    tenant: owner,
+                    which,
+                    detail: crate::tenants::quota_limit(quotas, which),
+                },
+                other => NodeError::Tenancy(other),
+            })
     }
 
     /// Re-runs invocations that were accepted but not finished when the node last stopped

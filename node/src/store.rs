@@ -5,20 +5,23 @@
 //! What the store promises about size and damage:
 //! - the journal is read one record at a time (expiry and replay stream; nothing loads every
 //!   record at once);
-//! - it knows how many invocation records it holds and their bytes ([`Store::results`]), kept
-//!   exact on every write and counted once at open, so callers can refuse work before the
-//!   journal outgrows its caps;
+//! - it knows how many invocation records it holds and their bytes ([`Store::results`]), in
+//!   all and per tenant ([`Store::results_of`]), kept exact on every write and counted once at
+//!   open, so callers can refuse work before the journal outgrows its caps or a tenant its
+//!   quota;
 //! - a record that does not decode is moved, bytes intact, to the `quarantine` tree and
 //!   reported (log and [`Store::quarantined`]); the node keeps serving everything else. The
 //!   quarantine only ever receives bytes that were already in the store, so it cannot grow the
 //!   store.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tern_tenancy::TenantName;
 use tern_wire::peer::RegistryEntry;
 use tern_wire::{FunctionName, InvocationId, InvocationRecord, ModuleHash};
 
@@ -54,6 +57,42 @@ struct Counters {
     results: AtomicU64,
     result_bytes: AtomicU64,
     quarantined: AtomicU64,
+    /// The journal by owner. A tenant with nothing stored has no entry, so the map is bounded
+    /// by the tenants that have results, not by every tenant that ever had one.
+    by_tenant: Mutex<HashMap<TenantName, ResultUsage>>,
+}
+
+impl Counters {
+    /// Adds a record of `tenant` (`records` is 1 for a new one, 0 for a rewrite) and its
+    /// change in bytes.
+    fn add(&self, tenant: TenantName, records: u64, bytes_added: u64, bytes_removed: u64) {
+        self.results.fetch_add(records, Relaxed);
+        self.result_bytes.fetch_add(bytes_added, Relaxed);
+        self.result_bytes.fetch_sub(bytes_removed, Relaxed);
+        let mut by_tenant = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let usage = by_tenant.entry(tenant).or_default();
+        usage.count += records;
+        usage.bytes = (usage.bytes + bytes_added).saturating_sub(bytes_removed);
+    }
+
+    /// Takes away a record of `encoded` bytes; its owner is read from its leading fields
+    /// (when even those are damaged, only the totals change).
+    fn remove(&self, encoded: &[u8]) {
+        self.results.fetch_sub(1, Relaxed);
+        self.result_bytes.fetch_sub(encoded.len() as u64, Relaxed);
+        let Ok(function) = InvocationRecord::function_of(encoded) else {
+            return;
+        };
+        let mut by_tenant = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let tenant = function.tenant();
+        if let Some(usage) = by_tenant.get_mut(&tenant) {
+            usage.count = usage.count.saturating_sub(1);
+            usage.bytes = usage.bytes.saturating_sub(encoded.len() as u64);
+            if usage.count == 0 {
+                by_tenant.remove(&tenant);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -92,8 +131,14 @@ impl Store {
         // One pass over the journal, one record in memory at a time.
         for kv in invocations.iter() {
             let (_, v) = kv?;
-            counters.results.fetch_add(1, Relaxed);
-            counters.result_bytes.fetch_add(v.len() as u64, Relaxed);
+            match InvocationRecord::function_of(&v) {
+                Ok(function) => counters.add(function.tenant(), 1, v.len() as u64, 0),
+                // Damaged: counted in the totals until a read quarantines it.
+                Err(_) => {
+                    counters.results.fetch_add(1, Relaxed);
+                    counters.result_bytes.fetch_add(v.len() as u64, Relaxed);
+                }
+            }
         }
         Ok(Self {
             functions: db.open_tree("functions")?,
@@ -175,16 +220,10 @@ impl Store {
         let old = self
             .invocations
             .insert(record.id.as_str().as_bytes(), bytes)?;
+        let tenant = record.function.tenant();
         match old {
-            Some(old) => {
-                let c = &self.counters.result_bytes;
-                c.fetch_add(len, Relaxed);
-                c.fetch_sub(old.len() as u64, Relaxed);
-            }
-            None => {
-                self.counters.results.fetch_add(1, Relaxed);
-                self.counters.result_bytes.fetch_add(len, Relaxed);
-            }
+            Some(old) => self.counters.add(tenant, 0, len, old.len() as u64),
+            None => self.counters.add(tenant, 1, len, 0),
         }
         Ok(())
     }
@@ -201,10 +240,7 @@ impl Store {
 
     pub fn remove_invocation(&self, id: &InvocationId) -> Result<(), StoreError> {
         if let Some(old) = self.invocations.remove(id.as_str().as_bytes())? {
-            self.counters.results.fetch_sub(1, Relaxed);
-            self.counters
-                .result_bytes
-                .fetch_sub(old.len() as u64, Relaxed);
+            self.counters.remove(&old);
         }
         Ok(())
     }
@@ -221,6 +257,17 @@ impl Store {
             count: self.counters.results.load(Relaxed),
             bytes: self.counters.result_bytes.load(Relaxed),
         }
+    }
+
+    /// What `tenant`'s records in the journal take now.
+    pub fn results_of(&self, tenant: &TenantName) -> ResultUsage {
+        self.counters
+            .by_tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Records moved to quarantine since this store was opened.
@@ -286,10 +333,7 @@ impl Store {
             return Ok(());
         }
         if tree.name() == self.invocations.name() {
-            self.counters.results.fetch_sub(1, Relaxed);
-            self.counters
-                .result_bytes
-                .fetch_sub(bytes.len() as u64, Relaxed);
+            self.counters.remove(bytes);
         }
         self.counters.quarantined.fetch_add(1, Relaxed);
         Ok(())
@@ -487,6 +531,53 @@ mod tests {
             },
             "a quarantined record leaves the journal's usage"
         );
+    }
+
+    #[test]
+    fn each_tenants_journal_usage_is_exact_across_writes_removals_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme: TenantName = "acme".parse().unwrap();
+        let default = TenantName::default_tenant();
+        let theirs = |id: &str, input: &[u8]| InvocationRecord {
+            function: "acme.work".parse().unwrap(),
+            ..record(id, input)
+        };
+        let (a1, a2, d1) = (
+            theirs("x-1", b"in"),
+            theirs("x-2", &[3; 700]),
+            record("x-3", b"d"),
+        );
+        let mut a1_done = a1.clone();
+        a1_done.output = Some(vec![1; 4000]);
+        let usage = |count, bytes| ResultUsage { count, bytes };
+        {
+            let s = Store::open(dir.path()).unwrap();
+            for r in [&a1, &a2, &d1] {
+                s.put_invocation(r).unwrap();
+            }
+            s.put_invocation(&a1_done).unwrap();
+            assert_eq!(
+                s.results_of(&acme),
+                usage(2, encoded_len(&a1_done) + encoded_len(&a2))
+            );
+            assert_eq!(s.results_of(&default), usage(1, encoded_len(&d1)));
+            s.remove_invocation(&a2.id).unwrap();
+            assert_eq!(s.results_of(&acme), usage(1, encoded_len(&a1_done)));
+            s.db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.results_of(&acme),
+            usage(1, encoded_len(&a1_done)),
+            "counted again at open"
+        );
+        s.remove_invocation(&a1.id).unwrap();
+        assert_eq!(s.results_of(&acme), ResultUsage::default());
+        assert!(
+            !s.counters.by_tenant.lock().unwrap().contains_key(&acme),
+            "a tenant with nothing stored leaves no entry"
+        );
+        assert_eq!(s.results_of(&default), usage(1, encoded_len(&d1)));
     }
 
     #[test]

@@ -190,16 +190,16 @@ pub fn no_such_tenant(name: &TenantName) -> NodeError {
 pub fn quota_limit(quotas: &Quotas, which: QuotaKind) -> String {
     match which {
         QuotaKind::Concurrency => format!("max_concurrent = {}", quotas.max_concurrent),
-        QuotaKind::Memory => format!("memory_budget_mb = {}", quotas.memory_budget_bytes >> 20),
+        QuotaKind::Memory => format!("memory_budget_bytes = {}", quotas.memory_budget_bytes),
         QuotaKind::Queue => format!("max_queued = {}", quotas.max_queued),
         QuotaKind::Functions => format!("max_functions = {}", quotas.max_functions),
-        QuotaKind::ModuleBytes => format!("max_module_mb = {}", quotas.max_module_bytes >> 20),
+        QuotaKind::ModuleBytes => format!("max_module_bytes = {}", quotas.max_module_bytes),
         QuotaKind::StoredResults => {
             format!("max_stored_results = {}", quotas.max_stored_results)
         }
         QuotaKind::StoredResultBytes => format!(
-            "max_stored_result_mb = {}",
-            quotas.max_stored_result_bytes >> 20
+            "max_stored_result_bytes = {}",
+            quotas.max_stored_result_bytes
         ),
         QuotaKind::Timeout => format!("max_timeout_ms = {}", quotas.max_timeout_ms),
     }

@@ -435,6 +435,8 @@ pub enum InvocationStatus {
 }
 
 /// One accepted asynchronous invocation, as journaled and as `GET /v1/invocations/{id}` shows it.
+/// `id` and `function` come first and stay first: [`InvocationRecord::function_of`] reads the
+/// owner from the encoded record without decoding the input and output after them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvocationRecord {
     pub id: InvocationId,
@@ -450,6 +452,20 @@ pub struct InvocationRecord {
     pub finished_at_ms: Option<u64>,
     /// How many times execution was started (more than one after a crash and replay).
     pub attempts: u32,
+}
+
+impl InvocationRecord {
+    /// The function of an encoded record (as [`crate::encode`] wrote it), read from its
+    /// leading fields only.
+    pub fn function_of(encoded: &[u8]) -> Result<FunctionName, WireError> {
+        #[derive(Deserialize)]
+        struct Leading {
+            // Read to get past it (fields are positional), not used.
+            _id: InvocationId,
+            function: FunctionName,
+        }
+        crate::codec::decode_prefix::<Leading>(encoded).map(|l| l.function)
+    }
 }
 
 #[cfg(test)]

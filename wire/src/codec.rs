@@ -73,11 +73,36 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Wire
     Ok(value)
 }
 
+/// Decodes the `T` that `bytes` starts with and ignores the rest: for reading the leading
+/// fields of a large record (a journaled invocation's owner) without decoding its payload.
+/// Never panics; a `T` that does not fit in `bytes` is [`WireError::Malformed`].
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, WireError> {
+    let bytes = &bytes[..bytes.len().min(MAX_MESSAGE)];
+    decode_bounded(bytes)
+        .map(|(value, _)| value)
+        .map_err(|e| WireError::Malformed(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::api::{InvocationRecord, InvocationStatus};
+
+    #[test]
+    fn the_owner_of_an_encoded_record_is_read_from_its_leading_fields_only() {
+        let mut big = record();
+        big.function = "acme.work".parse().unwrap();
+        big.output = Some(vec![7; 1 << 20]);
+        let bytes = encode(&big, MAX_MESSAGE).unwrap();
+        assert_eq!(InvocationRecord::function_of(&bytes).unwrap(), big.function);
+        // Only the leading fields need to be intact.
+        let cut = &bytes[..bytes.len() / 2];
+        assert_eq!(InvocationRecord::function_of(cut).unwrap(), big.function);
+        assert!(decode::<InvocationRecord>(cut, MAX_MESSAGE).is_err());
+        assert!(InvocationRecord::function_of(&[]).is_err());
+        assert!(InvocationRecord::function_of(&[0xff; 40]).is_err());
+    }
 
     fn record() -> InvocationRecord {
         InvocationRecord {

@@ -688,3 +688,92 @@ async fn a_flooding_tenant_is_held_to_its_cap_and_another_tenants_calls_all_succ
     );
     node.shutdown().await.unwrap();
 }
+
+/// A tenant's asynchronous results are held to its stored-result quotas: past
+/// `max_stored_results` a call is refused with 429 `quota_exceeded` naming the quota, a result
+/// whose output would pass `max_stored_result_bytes` is not kept (the invocation fails and
+/// says why), and another tenant's calls are not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_stored_results_are_held_to_its_quotas() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    for (name, quotas) in [
+        ("acme", r#"{"max_stored_results":2}"#),
+        ("globex", r#"{"max_stored_result_bytes":100000}"#),
+    ] {
+        let r = create_tenant(
+            addr,
+            &n.admin,
+            &format!(r#"{{"name":"{name}","quotas":{quotas}}}"#),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", body(&r));
+    }
+    let (acme, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
+    let (globex, _) = new_token_for(addr, &n.admin, "developer", "globex").await;
+    for (token, function, module) in [
+        (&acme, "work", "echo"),
+        (&globex, "work", "echo"),
+        (&globex, "big", "bigoutput"),
+    ] {
+        let path = format!("/v1/functions/{function}");
+        let r = with_token(addr, Method::PUT, &path, Some(token), wasm(module)).await;
+        assert_eq!(r.status, 201, "{}", body(&r));
+    }
+    let start = |token: &str, function: &str, input: Bytes| {
+        let (token, path) = (
+            token.to_owned(),
+            format!("/v1/functions/{function}/invoke?mode=async"),
+        );
+        async move { with_token(addr, Method::POST, &path, Some(&token), input).await }
+    };
+    let finished = |token: &str, id: &str| {
+        let (token, path) = (token.to_owned(), format!("/v1/invocations/{id}"));
+        async move {
+            crate::cluster::eventually("finished", std::time::Duration::from_secs(30), || async {
+                let v =
+                    json(&with_token(addr, Method::GET, &path, Some(&token), Bytes::new()).await);
+                (v["status"] != "pending").then_some(v)
+            })
+            .await
+        }
+    };
+
+    // Count: two kept, the third refused, the default tenant unaffected.
+    for _ in 0..2 {
+        let r = start(&acme, "work", Bytes::from_static(b"hi")).await;
+        assert_eq!(r.status, 202, "{}", body(&r));
+    }
+    let r = start(&acme, "work", Bytes::from_static(b"hi")).await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    assert!(
+        body(&r).contains("tenant acme") && body(&r).contains("max_stored_results = 2"),
+        "{}",
+        body(&r)
+    );
+    let r = start(&n.admin, "echo", Bytes::from_static(b"hi")).await;
+    assert_eq!(r.status, 202, "{}", body(&r));
+
+    // Bytes: an output past the quota is not kept; one within it is, and then counts.
+    let r = start(&globex, "big", Bytes::from_static(b"200000")).await;
+    assert_eq!(r.status, 202, "{}", body(&r));
+    let v = finished(&globex, json(&r)["id"].as_str().unwrap()).await;
+    assert_eq!(v["status"], "failed", "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_stored_result_bytes = 100000"),
+        "{v}"
+    );
+    assert!(v["output"].is_null(), "{v}");
+    let r = start(&globex, "big", Bytes::from_static(b"50000")).await;
+    let v = finished(&globex, json(&r)["id"].as_str().unwrap()).await;
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let r = start(&globex, "work", Bytes::from(vec![b'x'; 60_000])).await;
+    assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    assert!(body(&r).contains("max_stored_result_bytes"), "{}", body(&r));
+    let r = start(&globex, "work", Bytes::from(vec![b'x'; 10_000])).await;
+    assert_eq!(r.status, 202, "still room for a smaller one: {}", body(&r));
+}
