@@ -108,12 +108,9 @@ impl Pipeline {
         let m = &deployed.metrics;
         m.latency.observe_us(started.elapsed().as_micros() as u64);
         match &result {
-            Ok(_) => m.ok.fetch_add(1, Relaxed),
-            Err(e) => {
-                m.record_error(e.code());
-                0
-            }
-        };
+            Ok(_) => m.record_ok(),
+            Err(e) => m.record_error(e.code()),
+        }
         result
     }
 

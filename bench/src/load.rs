@@ -120,9 +120,16 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
 
     let addr = cfg.addr;
     let scrape_timeout = cfg.request_timeout.max(MIN_SCRAPE_TIMEOUT);
+    // `/metrics` needs a token on a node with authentication: the one the load sends (an
+    // admin's, for the server's counters to show).
+    let authorization: Option<Arc<str>> = cfg
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| Arc::from(v.as_str()));
     // With no warm-up, scrape before the first request; otherwise when warm-up ends.
     let before_now = if cfg.warmup.is_zero() {
-        Some(scrape(addr, scrape_timeout).await)
+        Some(scrape(addr, authorization.as_deref(), scrape_timeout).await)
     } else {
         None
     };
@@ -132,10 +139,13 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
     let end = warmup_end + cfg.duration;
     let before = match before_now {
         Some(snapshot) => tokio::spawn(std::future::ready(snapshot)),
-        None => tokio::spawn(async move {
-            sleep_until(warmup_end).await;
-            scrape(addr, scrape_timeout).await
-        }),
+        None => {
+            let authorization = authorization.clone();
+            tokio::spawn(async move {
+                sleep_until(warmup_end).await;
+                scrape(addr, authorization.as_deref(), scrape_timeout).await
+            })
+        }
     };
 
     let ctx = Arc::new(Ctx {
@@ -189,7 +199,7 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
     }
 
     let before = before.await.unwrap_or_else(propagate_panic);
-    let after = scrape(addr, scrape_timeout).await;
+    let after = scrape(addr, authorization.as_deref(), scrape_timeout).await;
 
     let errors: u64 = total.errors.values().sum();
     let requests = total.ok + errors;
@@ -507,10 +517,18 @@ struct Snapshot {
 }
 
 /// `GET /metrics`; `None` if it fails or is not a 200 (never an error for the run).
-async fn scrape(addr: SocketAddr, limit: Duration) -> Option<Snapshot> {
+async fn scrape(
+    addr: SocketAddr,
+    authorization: Option<&str>,
+    limit: Duration,
+) -> Option<Snapshot> {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
     let resp = timeout(
         limit,
-        request_once(addr, Method::GET, "/metrics", &[], Bytes::new()),
+        request_once(addr, Method::GET, "/metrics", &headers, Bytes::new()),
     )
     .await
     .ok()?

@@ -28,6 +28,9 @@ struct Counts {
     echo: AtomicU64,
     flaky: AtomicU64,
     cold_sent: AtomicBool,
+    /// `/metrics` answers 401 without `authorization: Bearer t0ken`, as a node with
+    /// authentication does.
+    metrics_need_token: AtomicBool,
 }
 
 struct TestServer {
@@ -88,6 +91,15 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     if path == "/metrics" {
+        let authorized = req
+            .headers()
+            .get("authorization")
+            .is_some_and(|v| v == "Bearer t0ken");
+        if c.metrics_need_token.load(Ordering::SeqCst) && !authorized {
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+            return Ok(resp);
+        }
         return Ok(Response::new(Full::new(Bytes::from(metrics_text(&c)))));
     }
     c.total.fetch_add(1, Ordering::SeqCst);
@@ -233,6 +245,29 @@ async fn closed_loop_counts_match_the_server() {
     assert_eq!(back.requests, r.requests);
     assert_eq!(back.latency_us.p99, r.latency_us.p99);
     assert_eq!(back.server.meus, r.server.meus);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_scrape_sends_the_loads_bearer_token() {
+    let s = start_server().await;
+    s.counts.metrics_need_token.store(true, Ordering::SeqCst);
+    let mut cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 2 },
+        200,
+    );
+    let without = tern_bench::load::run(&cfg).await.unwrap();
+    assert!(
+        !without.server.available,
+        "401 on /metrics: no server counters"
+    );
+    cfg.headers
+        .push(("Authorization".to_owned(), "Bearer t0ken".to_owned()));
+    let with = tern_bench::load::run(&cfg).await.unwrap();
+    assert!(with.server.available);
+    assert!(with.server.meus > 0, "{:?}", with.server);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

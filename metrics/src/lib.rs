@@ -59,6 +59,29 @@ impl Histogram {
     }
 }
 
+/// Per-tenant outcome counters: every invocation of the tenant's functions, and calls refused
+/// for the tenant before they reached one (its stored-result quotas). A function's metrics
+/// hold an `Arc` to their tenant's, so recording stays a few atomic adds.
+#[derive(Debug, Default)]
+pub struct TenantMetrics {
+    pub ok: AtomicU64,
+    pub errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+impl TenantMetrics {
+    pub fn record_error(&self, code: ErrorCode) {
+        self.errors[code.index()].fetch_add(1, Relaxed);
+    }
+}
+
+/// The tenant a function name says owns it (`tenant.name`, or `default` for a plain name);
+/// the naming rule of the node's function names.
+fn tenant_of(function: &str) -> &str {
+    function
+        .split_once('.')
+        .map_or("default", |(tenant, _)| tenant)
+}
+
 /// Per-function counters. The deployment holds an `Arc` to its own, so recording needs no map
 /// lookup.
 #[derive(Debug, Default)]
@@ -77,11 +100,21 @@ pub struct FunctionMetrics {
     pub reuse_hits: AtomicU64,
     pub ok: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// The owner's counters, counted with this function's outcomes.
+    tenant: Arc<TenantMetrics>,
 }
 
 impl FunctionMetrics {
+    /// One invocation answered successfully (counted for the function and its tenant).
+    pub fn record_ok(&self) {
+        self.ok.fetch_add(1, Relaxed);
+        self.tenant.ok.fetch_add(1, Relaxed);
+    }
+
+    /// One invocation answered with `code` (counted for the function and its tenant).
     pub fn record_error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
+        self.tenant.record_error(code);
     }
 
     /// Invocations answered, successfully or not.
@@ -94,6 +127,9 @@ impl FunctionMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     functions: RwLock<BTreeMap<String, Arc<FunctionMetrics>>>,
+    /// By tenant name; an entry lives until its tenant is removed ([`Metrics::retire_tenant`]),
+    /// so a tenant's counters do not go backwards when one of its functions is removed.
+    tenants: RwLock<BTreeMap<String, Arc<TenantMetrics>>>,
     /// What removed functions counted, so node-wide totals never go backwards when a
     /// function's series is dropped.
     retired: Retired,
@@ -230,8 +266,38 @@ impl Metrics {
         if let Some(m) = self.read_functions().get(function) {
             return m.clone();
         }
+        let tenant = self.tenant(tenant_of(function));
         let mut map = self.functions.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(function.to_owned()).or_default().clone()
+        map.entry(function.to_owned())
+            .or_insert_with(|| {
+                Arc::new(FunctionMetrics {
+                    tenant,
+                    ..FunctionMetrics::default()
+                })
+            })
+            .clone()
+    }
+
+    /// The counters of `tenant`, created on first use.
+    pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
+        if let Some(m) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return m.clone();
+        }
+        let mut map = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        map.entry(tenant.to_owned()).or_default().clone()
+    }
+
+    /// Drops a removed tenant's series (it owns no function by then).
+    pub fn retire_tenant(&self, tenant: &str) {
+        self.tenants
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
     }
 
     /// Invocations answered and their summed latency, over all functions (for a node's
@@ -340,6 +406,35 @@ impl Metrics {
                     let _ = writeln!(
                         out,
                         "tern_invocations_total{{function=\"{f}\",outcome=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        counter(
+            &mut out,
+            "tern_tenant_invocations_total",
+            "Invocations of the tenant's functions by outcome, and its calls refused by its \
+             stored-result quotas (outcome quota_exceeded).",
+        );
+        let tenants: Vec<(String, Arc<TenantMetrics>)> = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (escape(k), v.clone()))
+            .collect();
+        for (t, m) in &tenants {
+            let _ = writeln!(
+                out,
+                "tern_tenant_invocations_total{{tenant=\"{t}\",outcome=\"ok\"}} {}",
+                m.ok.load(Relaxed)
+            );
+            for code in ErrorCode::ALL {
+                let n = m.errors[code.index()].load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tern_tenant_invocations_total{{tenant=\"{t}\",outcome=\"{code}\"}} {n}"
                     );
                 }
             }
@@ -724,6 +819,38 @@ mod tests {
         // Deployed again, it starts a fresh series; the totals keep growing.
         m.function("b").meus.fetch_add(1, Relaxed);
         assert_eq!(m.reuse_totals().0, before.0.0 + 1);
+    }
+
+    #[test]
+    fn a_tenants_outcomes_add_up_its_functions_and_outlive_their_removal() {
+        let m = Metrics::default();
+        let (work, other, plain) = (
+            m.function("acme.work"),
+            m.function("acme.other"),
+            m.function("echo"),
+        );
+        work.record_ok();
+        work.record_ok();
+        other.record_error(ErrorCode::QuotaExceeded);
+        plain.record_ok();
+        m.tenant("acme").record_error(ErrorCode::QuotaExceeded);
+        m.retire("acme.work");
+        let text = m.render("n", 1);
+        for line in [
+            "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"ok\"} 2\n",
+            "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 2\n",
+            "tern_tenant_invocations_total{tenant=\"default\",outcome=\"ok\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.function("acme.work").record_ok();
+        assert_eq!(
+            m.tenant("acme").ok.load(Relaxed),
+            3,
+            "redeployed, same tenant series"
+        );
+        m.retire_tenant("acme");
+        assert!(!m.render("n", 1).contains("tenant=\"acme\""));
     }
 
     #[test]

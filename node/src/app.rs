@@ -634,6 +634,7 @@ impl App {
                 );
             } else {
                 runtime.remove_tenant(entry.name());
+                self.services().metrics.retire_tenant(entry.name().as_str());
             }
         }
     }
@@ -671,7 +672,13 @@ impl App {
         function: &FunctionName,
         input_len: usize,
     ) -> Result<(), NodeError> {
-        self.check_tenant_results(function, input_len as u64, None)?;
+        self.check_tenant_results(function, input_len as u64, None)
+            .inspect_err(|e| {
+                self.services()
+                    .metrics
+                    .tenant(function.tenant().as_str())
+                    .record_error(e.to_api().code);
+            })?;
         let usage = self.store.results();
         let (max_count, max_mib) = (
             self.config.max_stored_results,

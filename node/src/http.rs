@@ -703,7 +703,9 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         // While the collector restarts, render directly: metrics must stay scrapeable.
         false => tern_actors::metrics_collector::render(services),
     };
-    let body = body + &tenant_slot_metrics(&services.runtime.tenants_slots());
+    let body = body
+        + &tenant_slot_metrics(&services.runtime.tenants_slots())
+        + &tenant_stored_metrics(app);
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -730,6 +732,45 @@ fn tenant_slot_metrics(tenants: &[(TenantName, u32, u32)]) -> String {
     );
     for (tenant, _, waiting) in tenants {
         let _ = writeln!(out, "tern_tenant_waiting{{tenant=\"{tenant}\"}} {waiting}");
+    }
+    out
+}
+
+/// What each live tenant's asynchronous results take in this node's journal, to read against
+/// its `max_stored_results` and `max_stored_result_bytes`.
+fn tenant_stored_metrics(app: &App) -> String {
+    use std::fmt::Write as _;
+    let usage: Vec<_> = app
+        .tenants
+        .entries()
+        .into_iter()
+        .filter(|e| e.is_live())
+        .map(|e| {
+            let stored = app.store.results_of(e.name());
+            (e.name().clone(), stored)
+        })
+        .collect();
+    let mut out = String::from(
+        "# HELP tern_tenant_stored_results Asynchronous invocation records of the tenant in this node's journal.\n\
+         # TYPE tern_tenant_stored_results gauge\n",
+    );
+    for (tenant, stored) in &usage {
+        let _ = writeln!(
+            out,
+            "tern_tenant_stored_results{{tenant=\"{tenant}\"}} {}",
+            stored.count
+        );
+    }
+    out.push_str(
+        "# HELP tern_tenant_stored_result_bytes Bytes of those records, as stored.\n\
+         # TYPE tern_tenant_stored_result_bytes gauge\n",
+    );
+    for (tenant, stored) in &usage {
+        let _ = writeln!(
+            out,
+            "tern_tenant_stored_result_bytes{{tenant=\"{tenant}\"}} {}",
+            stored.bytes
+        );
     }
     out
 }

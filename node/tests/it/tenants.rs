@@ -753,6 +753,20 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
     );
     let r = start(&n.admin, "echo", Bytes::from_static(b"hi")).await;
     assert_eq!(r.status, 202, "{}", body(&r));
+    // The refusal and the usage show per tenant on /metrics.
+    let text = String::from_utf8(
+        with_token(addr, Method::GET, "/metrics", Some(&n.admin), Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    for line in [
+        "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 1\n",
+        "tern_tenant_stored_results{tenant=\"acme\"} 2\n",
+    ] {
+        assert!(text.contains(line), "{line} in /metrics");
+    }
 
     // Bytes: an output past the quota is not kept; one within it is, and then counts.
     let r = start(&globex, "big", Bytes::from_static(b"200000")).await;
