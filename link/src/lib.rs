@@ -458,12 +458,29 @@ impl ClusterLink {
             return Ok(0);
         };
         let mut applied = 0;
-        for entry in entries {
-            match node.apply_entry(entry, peer).await {
-                Ok(true) => applied += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(%peer, error = %e, "cannot apply a registry entry"),
+        let mut pending = entries;
+        // An entry can fail for a passing reason (its module's fetch timed out, the compile
+        // pool was full): tried again after a short pause, so the node does not count itself
+        // synced while missing a function it could have had. One that still fails is logged
+        // and does not hold the node back any longer (a bad module will not get better).
+        for (attempt, pause) in SYNC_RETRY_PAUSES.iter().map(Some).chain([None]).enumerate() {
+            let mut failed = Vec::new();
+            for entry in pending {
+                match node.apply_entry(entry.clone(), peer).await {
+                    Ok(true) => applied += 1,
+                    Ok(false) => {}
+                    Err(e) if pause.is_some() => {
+                        tracing::debug!(%peer, attempt, error = %e, "registry entry not applied yet");
+                        failed.push(entry);
+                    }
+                    Err(e) => tracing::warn!(%peer, error = %e, "cannot apply a registry entry"),
+                }
             }
+            match pause {
+                Some(pause) if !failed.is_empty() => tokio::time::sleep(*pause).await,
+                _ => break,
+            }
+            pending = failed;
         }
         Ok(applied)
     }
@@ -730,6 +747,10 @@ async fn watch_membership(link: Weak<ClusterLink>) {
     }
 }
 
+/// Pauses before applying again the entries of a registry pull that failed (then once more
+/// without a retry).
+const SYNC_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
+
 /// What a peer answered, as the variant that was asked for (`pick` returns the answer back
 /// when it is another variant): a peer's `Error` becomes [`LinkError::Refused`], any other
 /// variant [`LinkError::BadAnswer`] naming what was `asked`.
@@ -782,8 +803,9 @@ fn spawn_sync(link: &Weak<ClusterLink>, peer: NodeName) {
     let pulling = l.sync.pull_started();
     tokio::spawn(async move {
         match l.sync_registry(&peer).await {
-            // Entries that failed to apply were logged; they will not become ready by
-            // waiting, so they do not hold the node in "not synced".
+            // Entries that failed to apply were tried again, then logged; one that still
+            // fails will not become ready by waiting, so it does not hold the node in "not
+            // synced".
             Ok(n) => {
                 l.sync.pulled();
                 tracing::info!(%peer, applied = n, "registry synced");

@@ -83,6 +83,8 @@ struct FakeNode {
     /// Bearer-token records, merged by the product's rule (`TokenBook::apply`).
     tokens: Mutex<TokenBook>,
     tenants: Mutex<BTreeMap<TenantName, TenantEntry>>,
+    /// Registry entries from peers still to be refused (as a module fetch that timed out).
+    failing_applies: std::sync::atomic::AtomicU32,
 }
 
 impl FakeNode {
@@ -96,6 +98,7 @@ impl FakeNode {
             metrics: Metrics::default(),
             tokens: Mutex::default(),
             tenants: Mutex::default(),
+            failing_applies: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -126,7 +129,16 @@ impl LocalNode for FakeNode {
         entry: RegistryEntry,
         _peer: &'a NodeName,
     ) -> LocalFuture<'a, Result<bool, ApiError>> {
-        Box::pin(async move { Ok(self.put(entry)) })
+        Box::pin(async move {
+            let refuse = self
+                .failing_applies
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if refuse {
+                return Err(ApiError::new(ErrorCode::Internal, "module fetch timed out"));
+            }
+            Ok(self.put(entry))
+        })
     }
 
     fn tenancy(&self) -> Result<TenancyRecords, ApiError> {
@@ -523,6 +535,33 @@ async fn a_member_knows_the_registry_as_soon_as_it_pulled_one_peer() {
         sleep(Duration::from_millis(50)).await;
         assert!(c.link("a").registry_synced(), "seed {seed}");
         assert_eq!(c.node("a").get("f"), Some(f), "seed {seed}");
+        c.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_entry_that_fails_to_apply_is_tried_again_before_the_member_counts_itself_synced() {
+    for (failures, applied) in [(1, true), (2, true), (u32::MAX, false)] {
+        let mut c = Cluster::start(0, &["a", "b", "c"], &["b"]);
+        let f = entry(info("f", 1, 1, 10), false, "b");
+        c.node("b").put(f.clone());
+        let a = FakeNode::new("a");
+        a.failing_applies.store(failures, Ordering::SeqCst);
+        c.boot("a", a);
+        for _ in 0..100 {
+            sleep(Duration::from_millis(10)).await;
+            let has_f = c.node("a").get("f").is_some();
+            assert!(
+                !c.link("a").registry_synced() || has_f || !applied,
+                "synced without f after {failures} failure(s)"
+            );
+        }
+        assert!(c.link("a").registry_synced(), "{failures} failure(s)");
+        assert_eq!(
+            c.node("a").get("f").is_some(),
+            applied,
+            "a bad entry does not hold the member back forever"
+        );
         c.stop().await;
     }
 }

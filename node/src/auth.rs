@@ -126,7 +126,18 @@ impl Auth {
         if self.mode == AuthMode::Off || need == Need::Nothing {
             return Ok(Caller::unchecked());
         }
-        let principal = match bearer(authorization) {
+        self.caller_with_token(bearer(authorization), need, tenants)
+    }
+
+    /// [`Auth::caller`] for a token that came without an HTTP header (the QUIC client API),
+    /// checked whatever `auth` is.
+    pub fn caller_with_token(
+        &self,
+        token: Option<&str>,
+        need: Need,
+        tenants: &Tenants,
+    ) -> Result<Caller, NodeError> {
+        let principal = match token {
             Some(token) => match self.read().authenticate(token) {
                 Ok(p) if tenants.is_live(&p.tenant) => Some(p),
                 Ok(p) => {

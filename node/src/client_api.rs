@@ -4,9 +4,12 @@
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
 //!   `cluster_dir`). Clients may present a certificate; if they do, it must chain to the cluster
 //!   CA or the handshake fails.
-//! - **Authentication**, per request: a verified client certificate, or a token listed in
-//!   `client_tokens`. With no tokens configured, every client is let in. Otherwise the answer
-//!   is `unauthorized`.
+//! - **Authentication**, per request: a verified client certificate or a token listed in
+//!   `client_tokens` (both act for every tenant, like an admin), or a bearer token of the
+//!   node's token book (the HTTP API's: it acts for its tenant with its role, under the same
+//!   rules as on HTTP — another tenant's function or result is `not_found`). With
+//!   `auth = "off"` and no `client_tokens`, every client is let in; otherwise anything else is
+//!   `unauthorized` (`forbidden` for a role that never allows the operation).
 //! - **Requests** map onto the same [`App`] methods as the HTTP handlers. A request that cannot
 //!   be read (oversized, truncated, undecodable) is answered with a typed error on its own
 //!   stream; the connection and the endpoint carry on.
@@ -36,9 +39,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::app::App;
+use crate::auth::{Caller, Need};
+use crate::config::AuthMode;
 use crate::config::{Config, ConfigError};
 use crate::error::{ClientApiError, NodeError};
 use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
+use tern_tenancy::Action;
 
 /// Requests a connection may have open at once (QUIC stream limit).
 pub const MAX_STREAMS: u32 = 64;
@@ -126,6 +132,7 @@ impl ClientApi {
         let endpoint = match (socket, config.client_listen) {
             (Some(socket), _) => {
                 let addr = socket.local_addr()?;
+                config.check_open_client_listener(addr)?;
                 // What `quinn::Endpoint::server` does after binding.
                 quinn::Endpoint::new(
                     quinn::EndpointConfig::default(),
@@ -433,17 +440,54 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(ctx: &Ctx, has_cert: bool, token: Option<&str>) -> bool {
-    if has_cert || ctx.tokens.is_empty() {
-        return true;
+/// Who sent a request, or why it is refused: see the module's "Authentication".
+fn caller(
+    ctx: &Ctx,
+    has_cert: bool,
+    token: Option<&str>,
+    op: &ClientOp,
+) -> Result<Caller, ApiError> {
+    // Compare against every listed token (no early exit) to keep the timing flat.
+    let listed = token.is_some_and(|token| {
+        ctx.tokens
+            .iter()
+            .fold(false, |ok, t| ok | ct_eq(t, token.as_bytes()))
+    });
+    if has_cert || listed {
+        return Ok(Caller::unchecked());
     }
-    let Some(token) = token else {
-        return false;
-    };
-    // Compare against every token (no early exit) to keep the timing flat.
-    ctx.tokens
-        .iter()
-        .fold(false, |ok, t| ok | ct_eq(t, token.as_bytes()))
+    let app = &ctx.app;
+    if app.config.auth == AuthMode::Off {
+        return match ctx.tokens.is_empty() {
+            true => Ok(Caller::unchecked()),
+            false => Err(unauthorized()),
+        };
+    }
+    app.auth
+        .caller_with_token(token, Need::Tenant(action_of(op)), &app.tenants)
+        .map_err(|e| match e {
+            NodeError::Unauthorized => unauthorized(),
+            other => other.to_api(),
+        })
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(
+        ErrorCode::Unauthorized,
+        "a valid token (the node's bearer token, or one of its client_tokens) or a client \
+         certificate from the cluster CA is required",
+    )
+}
+
+/// What an operation does, as the token roles see it.
+fn action_of(op: &ClientOp) -> Action {
+    match op {
+        ClientOp::Deploy { .. } => Action::Deploy,
+        ClientOp::Invoke { .. } | ClientOp::InvokeAsync { .. } => Action::Invoke,
+        ClientOp::Result { .. } => Action::ReadResult,
+        ClientOp::List => Action::ListFunctions,
+        ClientOp::Remove { .. } => Action::Remove,
+    }
 }
 
 async fn handle(ctx: &Arc<Ctx>, has_cert: bool, bytes: &[u8]) -> ClientResponse {
@@ -451,14 +495,12 @@ async fn handle(ctx: &Arc<Ctx>, has_cert: bool, bytes: &[u8]) -> ClientResponse 
         Ok(r) => r,
         Err(e) => return api(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
     };
-    if !authorized(ctx, has_cert, request.token.as_deref()) {
-        return api(
-            ErrorCode::Unauthorized,
-            "a valid tenant token or a client certificate from the cluster CA is required",
-        );
-    }
+    let caller = match caller(ctx, has_cert, request.token.as_deref(), &request.op) {
+        Ok(caller) => caller,
+        Err(e) => return ClientResponse::Err(e),
+    };
     let kind = request.op.kind();
-    match dispatch(ctx, request.op).await {
+    match dispatch(ctx, &caller, request.op).await {
         Ok(reply) => ClientResponse::Ok(reply),
         Err(e) => {
             tracing::debug!(op = kind, error = %e, "client API request failed");
@@ -483,9 +525,13 @@ fn check_input(ctx: &Ctx, input: &[u8]) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError> {
+async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<ClientReply, ApiError> {
     let app = &ctx.app;
     let node_err = |e: NodeError| e.to_api();
+    // The function a request names, for this caller (`name` is in the caller's tenant).
+    let named = |name: &FunctionName, action| {
+        crate::http::function_for(app, caller, name.as_str(), action).map_err(node_err)
+    };
     match op {
         ClientOp::Deploy {
             name,
@@ -500,6 +546,7 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
                     format!("module over the {limit}-byte limit"),
                 ));
             }
+            let name = named(&name, Action::Deploy)?;
             let app = app.clone();
             crate::app::to_completion(async move {
                 app.deploy(name, Bytes::from(module), timeout_ms, memory_mb)
@@ -525,6 +572,7 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
                 ));
             }
             let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+            let name = named(&name, Action::Invoke)?;
             invoke(ctx, name, Bytes::from(input), map, idempotency_key, wait)
                 .await
                 .map(ClientReply::Output)
@@ -537,6 +585,7 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
         } => {
             check_input(ctx, &input)?;
             check_key(idempotency_key.as_deref())?;
+            let name = named(&name, Action::Invoke)?;
             let input = Bytes::from(input);
             let id = match idempotency_key {
                 Some(key) => ctx.async_keys.accept(app, &key, name, input, map).await,
@@ -549,16 +598,29 @@ async fn dispatch(ctx: &Arc<Ctx>, op: ClientOp) -> Result<ClientReply, ApiError>
             })
         }
         ClientOp::Result { id } => {
+            let missing = || NodeError::NotFound(format!("no invocation {id}"));
             let mut record = app
                 .store
                 .invocation(&id)
                 .map_err(|e| NodeError::from(e).to_api())?
-                .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no invocation {id}")))?;
+                .ok_or_else(|| missing().to_api())?;
+            // Another tenant's invocation is answered exactly as one that does not exist.
+            caller
+                .may_or(Action::ReadResult, Some(&record.function.tenant()), missing)
+                .map_err(node_err)?;
             record.input = Vec::new();
             Ok(ClientReply::Invocation(record))
         }
-        ClientOp::List => Ok(ClientReply::Functions(app.services().runtime.list())),
+        ClientOp::List => {
+            let mut functions = app.services().runtime.list();
+            if !caller.sees_every_tenant() {
+                let own = caller.tenant();
+                functions.retain(|f| f.name.is_owned_by(&own));
+            }
+            Ok(ClientReply::Functions(functions))
+        }
         ClientOp::Remove { name } => {
+            let name = named(&name, Action::Remove)?;
             let app = app.clone();
             crate::app::to_completion(async move { app.remove(&name).await })
                 .await

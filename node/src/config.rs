@@ -360,6 +360,9 @@ impl Config {
             return bad("client_listen needs cluster_dir (the node's certificate)");
         }
         self.check_open_listener(self.listen)?;
+        if let Some(client) = self.client_listen {
+            self.check_open_client_listener(client)?;
+        }
         Ok(())
     }
 
@@ -371,6 +374,20 @@ impl Config {
                 "auth = \"off\" lets anyone who reaches {addr} deploy, remove and invoke any \
                  function; it is allowed only on a loopback listen address. Use auth = \
                  \"tokens\" (the default) or listen on 127.0.0.1"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses `auth = "off"` without `client_tokens` on a client API listener at `addr` that
+    /// is not loopback: any QUIC client reaching it could do anything.
+    pub fn check_open_client_listener(&self, addr: SocketAddr) -> Result<(), ConfigError> {
+        if self.auth == AuthMode::Off && self.client_tokens.is_empty() && !addr.ip().is_loopback() {
+            return Err(ConfigError::Invalid(format!(
+                "auth = \"off\" without client_tokens lets any client that reaches the client \
+                 API on {addr} deploy, remove and invoke any function; it is allowed only on a \
+                 loopback client_listen address. Use auth = \"tokens\" (the default), set \
+                 client_tokens, or listen on 127.0.0.1"
             )));
         }
         Ok(())

@@ -388,9 +388,9 @@ fn list_functions(app: &Arc<App>, caller: &Caller) -> Response<Body> {
     json(StatusCode::OK, &functions)
 }
 
-/// The function a path segment names for `caller`; another tenant's is answered exactly as
-/// a missing one.
-fn function_for(
+/// The function a path segment (or a client API request's name) names for `caller`; another
+/// tenant's is answered exactly as a missing one.
+pub(crate) fn function_for(
     app: &App,
     caller: &Caller,
     segment: &str,

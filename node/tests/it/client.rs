@@ -604,3 +604,125 @@ async fn a_node_serves_on_the_sockets_it_is_given() {
         "{err}"
     );
 }
+
+/// With `auth = "tokens"` the client API takes the node's bearer tokens under the HTTP API's
+/// rules: a token acts for its tenant with its role, names without a tenant are its tenant's,
+/// another tenant's function or result is `not_found`, and a client with neither a token nor
+/// a certificate is refused even though `client_tokens` is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(Config {
+        auth: tern_node::config::AuthMode::Tokens,
+        ..node_config(dir.path(), &pki, "a", &[])
+    })
+    .await;
+    let seeds = [("a", client_addr(&node))];
+    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    let r = crate::auth::with_token(
+        node.addr(),
+        Method::POST,
+        "/v1/tenants",
+        Some(&admin),
+        r#"{"name":"acme"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let (developer, _) = crate::auth::new_token_for(node.addr(), &admin, "developer", "acme").await;
+    let (invoker, _) = crate::auth::new_token_for(node.addr(), &admin, "invoker", "acme").await;
+    let with = |token: Option<&str>| {
+        let mut c = client_config(&pki, &seeds);
+        c.token = token.map(str::to_owned);
+        connect(c)
+    };
+
+    let anonymous = with(None).await;
+    assert_eq!(api_code(anonymous.list().await), ErrorCode::Unauthorized);
+    let wrong = with(Some("tern_not-a-real-token")).await;
+    assert_eq!(
+        api_code(wrong.invoke("echo", "x").await),
+        ErrorCode::Unauthorized
+    );
+
+    let dev = with(Some(&developer)).await;
+    let deployed = dev.deploy("work", wasm("echo").to_vec()).await.unwrap();
+    assert_eq!(deployed.name.as_str(), "acme.work");
+    assert_eq!(&dev.invoke("work", "hi").await.unwrap().output[..], b"hi");
+    let listed: Vec<String> = dev
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["acme.work"], "only its own tenant's functions");
+    // `echo` is the default tenant's: for acme's token it does not exist, spelled either way.
+    assert_eq!(api_code(dev.invoke("echo", "x").await), ErrorCode::NotFound);
+    assert_eq!(
+        api_code(dev.invoke("default.echo", "x").await),
+        ErrorCode::NotFound
+    );
+
+    let inv = with(Some(&invoker)).await;
+    assert_eq!(
+        &inv.invoke("acme.work", "ok").await.unwrap().output[..],
+        b"ok"
+    );
+    assert_eq!(
+        api_code(inv.deploy("other", wasm("echo").to_vec()).await),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(api_code(inv.remove("work").await), ErrorCode::Forbidden);
+
+    // Results: the tenant's own are readable, another tenant's answer as missing.
+    let id = inv.invoke_async("work", "later").await.unwrap();
+    let done = dev
+        .wait_result(&id, Duration::from_millis(20), Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(done.output.as_deref(), Some(&b"later"[..]));
+    let root = with(Some(&admin)).await;
+    let theirs = root.invoke_async("echo", "default's").await.unwrap();
+    assert_eq!(api_code(dev.result(&theirs).await), ErrorCode::NotFound);
+
+    // An admin token sees every tenant.
+    let mut all: Vec<String> = root
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name.as_str().to_owned())
+        .collect();
+    all.sort();
+    assert_eq!(all, ["acme.work", "echo"]);
+    assert_eq!(
+        &root.invoke("acme.work", "x").await.unwrap().output[..],
+        b"x"
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// `auth = "off"` with no `client_tokens` would leave the client API open to anyone who
+/// reaches it: refused unless it listens on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_client_api_must_listen_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let open = Config {
+        client_listen: Some(SocketAddr::from(([0, 0, 0, 0], 0))),
+        ..node_config(dir.path(), &pki, "a", &[])
+    };
+    let err = tern_node::start(open.clone()).await.err().unwrap();
+    assert!(
+        matches!(&err, NodeError::Config(ConfigError::Invalid(m)) if m.contains("loopback")),
+        "{err}"
+    );
+    let with_tokens = Config {
+        client_tokens: vec!["t".into()],
+        ..open
+    };
+    let node = start(with_tokens).await;
+    node.shutdown().await.unwrap();
+}
