@@ -109,6 +109,14 @@ pub struct Config {
     pub max_connections: usize,
     /// Open HTTP connections from one IP address; more are answered 429 and closed at once.
     pub max_connections_per_ip: usize,
+    /// Eq. 6's α: how much a tenant's waits beyond its SLA class's latency target raise its
+    /// share of instance slots.
+    pub share_alpha: f64,
+    /// Eq. 6's β: how much a tenant's queue fill (queued / `max_queued`) raises its share.
+    pub share_beta: f64,
+    /// Eq. 6's cap E on the latency term (waits of more than `1 + E` times the target count
+    /// as `1 + E`), so no tenant's urgency can starve the others.
+    pub share_max_latency_excess: f64,
 
     // --- cluster; all off by default, so `tern up` alone is a single node ---
     /// Directory written by `tern cluster init` (`ca.pem`, `<node>.pem`, `<node>.key`).
@@ -209,6 +217,9 @@ impl Default for Config {
             min_body_bytes_per_sec: 64 << 10,
             max_connections: 16_384,
             max_connections_per_ip: 4096,
+            share_alpha: 1.0,
+            share_beta: 1.0,
+            share_max_latency_excess: 2.0,
             cluster_dir: None,
             cluster_listen: SocketAddr::from(([127, 0, 0, 1], 7900)),
             peers: Vec::new(),
@@ -359,11 +370,26 @@ impl Config {
         if self.client_listen.is_some() && self.cluster_dir.is_none() {
             return bad("client_listen needs cluster_dir (the node's certificate)");
         }
+        self.share_params()?;
         self.check_open_listener(self.listen)?;
         if let Some(client) = self.client_listen {
             self.check_open_client_listener(client)?;
         }
         Ok(())
+    }
+
+    /// Eq. 6's parameters: α, β and E must be finite and non-negative.
+    pub fn share_params(&self) -> Result<tern_tenancy::ShareParams, ConfigError> {
+        tern_tenancy::ShareParams::new(
+            self.share_alpha,
+            self.share_beta,
+            self.share_max_latency_excess,
+        )
+        .map_err(|e| {
+            ConfigError::Invalid(format!(
+                "share_alpha, share_beta and share_max_latency_excess: {e}"
+            ))
+        })
     }
 
     /// Refuses `auth = "off"` on an HTTP listener at `addr` that is not loopback: anyone who
@@ -547,6 +573,34 @@ mod tests {
         }
         for loopback in ["127.0.0.1:7878", "127.0.0.2:7878", "[::1]:7878"] {
             assert_eq!(load(loopback, Some("off")).unwrap().auth, AuthMode::Off);
+        }
+    }
+
+    #[test]
+    fn eq6_parameters_are_read_and_nonsense_is_refused() {
+        let load = |vars: &[(&str, &str)]| {
+            Config::load(
+                None,
+                vars.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let c = load(&[("TERN_SHARE_ALPHA", "0.5"), ("TERN_SHARE_BETA", "0")]).unwrap();
+        let params = c.share_params().unwrap();
+        assert_eq!(
+            (params.alpha(), params.beta(), params.max_latency_excess()),
+            (0.5, 0.0, 2.0)
+        );
+        for (key, value) in [
+            ("TERN_SHARE_ALPHA", "-1"),
+            ("TERN_SHARE_BETA", "-0.5"),
+            ("TERN_SHARE_MAX_LATENCY_EXCESS", "-2"),
+        ] {
+            assert!(
+                matches!(load(&[(key, value)]), Err(ConfigError::Invalid(m)) if m.contains("share_alpha")),
+                "{key}={value}"
+            );
         }
     }
 

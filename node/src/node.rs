@@ -142,6 +142,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     rt.max_loaded_modules = config.max_loaded_modules;
     rt.max_output_bytes = config.max_output_bytes;
     rt.epoch_tick = config.epoch_tick();
+    rt.share = config.share_params()?;
     let runtime = Runtime::new(rt, metrics.clone())?;
     let parallelism = match config.map_parallelism {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),

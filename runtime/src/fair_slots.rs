@@ -32,6 +32,8 @@ pub enum Refused {
 struct Waiter {
     id: u64,
     tx: oneshot::Sender<Slot>,
+    /// When it was queued: its wait is the tenant's latency sample (Eq. 6's `L_i`).
+    queued_at: tokio::time::Instant,
 }
 
 struct State {
@@ -112,7 +114,15 @@ impl FairSlots {
             let (tx, rx) = oneshot::channel();
             state
                 .queue
-                .push(tenant, Waiter { id, tx }, memory_bytes)
+                .push(
+                    tenant,
+                    Waiter {
+                        id,
+                        tx,
+                        queued_at: tokio::time::Instant::now(),
+                    },
+                    memory_bytes,
+                )
                 .map_err(|r| Refused::Tenancy(r.error))?;
             dispatch(&mut state);
             (id, rx)
@@ -125,8 +135,16 @@ impl FairSlots {
             Ok(Err(_)) => Err(Refused::TenantRemoved),
             Err(_) => {
                 // Out of the queue, unless a grant raced the deadline: then the slot is ours
-                // and goes back at once.
-                let cancelled = self.lock().queue.cancel(tenant, |w| w.id == id);
+                // and goes back at once. The whole wait counts as the tenant's latency: a
+                // tenant whose units time out waiting is the one most behind its target.
+                let mut state = self.lock();
+                let cancelled = state.queue.cancel(tenant, |w| w.id == id);
+                if let Some(waiter) = cancelled.first() {
+                    state
+                        .queue
+                        .record_wait(tenant, millis(waiter.queued_at.elapsed()));
+                }
+                drop(state);
                 if cancelled.is_empty()
                     && let Ok(slot) = rx.try_recv()
                 {
@@ -181,11 +199,17 @@ fn dispatch(state: &mut State) {
             return;
         };
         state.free -= 1;
+        let waited = millis(grant.item.queued_at.elapsed());
+        state.queue.record_wait(grant.slot.tenant(), waited);
         if let Err(slot) = grant.item.tx.send(grant.slot) {
             state.queue.return_unused(slot);
             state.free += 1;
         }
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -247,6 +271,55 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
+        assert_eq!(slots.counts(), (0, 0));
+    }
+
+    /// Eq. 6's latency term, fed by the waits the slots measure: two backlogged tenants of
+    /// equal weight wait hundreds of ms; that is far past one's 5 ms target (its demand
+    /// factor reaches the cap, 1 + α·E = 3) and well within the other's 60 s one (1), so the
+    /// first gets 3/4 of the slots (±10 %) instead of half.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_waiting_past_its_latency_target_gets_a_larger_share() {
+        let slots = FairSlots::new(1, 10_000, ShareParams::new(1.0, 0.0, 2.0).unwrap());
+        for (tenant, target) in [("urgent", 5), ("patient", 60_000)] {
+            let config = LaneConfig {
+                latency_target_ms: target,
+                ..lane(1, 100, 1000)
+            };
+            slots.set_tenant(name(tenant), config);
+        }
+        let start = tokio::time::Instant::now();
+        let grants: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
+        let mut tasks = Vec::new();
+        for i in 0..600 {
+            let tenant = if i % 2 == 0 { "urgent" } else { "patient" };
+            let (slots, grants) = (slots.clone(), grants.clone());
+            tasks.push(tokio::spawn(async move {
+                let guard = slots.acquire(&name(tenant), 0, far()).await.unwrap();
+                grants.lock().unwrap().push((tenant, start.elapsed()));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(guard);
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Grants 100 to 300 (1 s to 3 s): both tenants backlogged, latency levels built up.
+        let window = Duration::from_secs(1)..Duration::from_secs(3);
+        let grants = grants.lock().unwrap().clone();
+        let in_window: Vec<_> = grants
+            .iter()
+            .filter(|(_, at)| window.contains(at))
+            .collect();
+        let urgent = in_window.iter().filter(|(t, _)| *t == "urgent").count() as f64;
+        let share = urgent / in_window.len() as f64;
+        assert!(
+            (share - 0.75).abs() <= 0.075,
+            "urgent got {share:.3} of {} grants",
+            in_window.len()
+        );
+        let urgent_stats = slots.lock().queue.stats(&name("urgent")).unwrap();
+        assert!(urgent_stats.latency_ms > 5.0, "{urgent_stats:?}");
         assert_eq!(slots.counts(), (0, 0));
     }
 

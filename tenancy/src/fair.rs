@@ -117,12 +117,14 @@ impl<T> From<Rejected<T>> for Error {
 }
 
 /// A tenant's lane at one moment, for metrics and tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LaneStats {
     pub queued: u32,
     pub running: u32,
     /// Sum of the memory limits of running items.
     pub memory_bytes: u64,
+    /// The latency level `L_i` Eq. 6 uses (ms).
+    pub latency_ms: f64,
 }
 
 struct Lane<T> {
@@ -181,6 +183,7 @@ impl<T> Lane<T> {
             queued: saturating_u32(self.queue.len()),
             running: self.running,
             memory_bytes: self.memory_bytes,
+            latency_ms: self.latency_ms,
         }
     }
 }
@@ -394,6 +397,16 @@ impl<T> FairQueue<T> {
         lane.queue = kept;
         self.queued -= out.len();
         out
+    }
+
+    /// One of `tenant`'s items waited `wait_ms` between being queued and getting a slot (or
+    /// giving up at its deadline): folded into the tenant's latency level `L_i`, an
+    /// exponentially weighted average of its recent waits, Eq. 6's latency input from the next
+    /// grant on.
+    pub fn record_wait(&mut self, tenant: &TenantName, wait_ms: u64) {
+        if let Some(lane) = self.lanes.get_mut(tenant) {
+            lane.latency_ms = ewma(lane.latency_ms, wait_ms);
+        }
     }
 
     /// The tenant's recent latency level `L_i` (ms), as the node measures it: Eq. 6's latency
