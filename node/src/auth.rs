@@ -80,15 +80,10 @@ impl Auth {
     ) -> Result<Self, NodeError> {
         let tree = store.tree("tokens")?;
         let mut book = TokenBook::new();
-        for kv in tree.iter() {
-            let (k, v) = kv.map_err(StoreError::from)?;
-            let record: TokenRecord =
-                tern_wire::decode(&v, 4096).map_err(|e| StoreError::Corrupt {
-                    what: "token",
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    detail: e.to_string(),
-                })?;
-            book.apply(record);
+        // A damaged record is quarantined and left out: that token no longer authenticates
+        // here (the safe side; a peer's copy, revoked or not, brings it back).
+        for record in store.decoded::<TokenRecord>(&tree, "token") {
+            book.apply(record?);
         }
         let auth = Self {
             mode,
@@ -434,6 +429,43 @@ mod tests {
             auth.caller(Some(h.as_bytes()), invoke, &tenants),
             Err(NodeError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn damaged_token_and_tenant_records_are_quarantined_and_the_node_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme: TenantName = "acme".parse().unwrap();
+        let (secret, damaged_id) = {
+            let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
+            tenants
+                .create(acme.clone(), tern_tenancy::TenantSpec::default(), 1)
+                .unwrap();
+            let (secret, _) = auth.create(acme.clone(), Role::Invoker, &tenants).unwrap();
+            let (_, damaged) = auth.create(acme.clone(), Role::Invoker, &tenants).unwrap();
+            (secret, damaged.id)
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let tokens = store.tree("tokens").unwrap();
+            tokens
+                .insert(damaged_id.to_string().as_bytes(), &[0xff; 12][..])
+                .unwrap();
+            let tenants = store.tree("tenants").unwrap();
+            tenants.insert(b"zzz", &b"not a tenant"[..]).unwrap();
+            store.tree("tokens").unwrap().flush().unwrap();
+            tenants.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let tenants = Tenants::open(&store, "a").unwrap();
+        let auth = Auth::open(AuthMode::Tokens, &store, dir.path(), &tenants).unwrap();
+        assert_eq!(store.quarantined(), 2, "one token, one tenant record");
+        assert!(tenants.is_live(&acme), "the other records are read");
+        let h = header(&secret);
+        assert!(
+            auth.caller(Some(h.as_bytes()), Need::Tenant(Action::Invoke), &tenants)
+                .is_ok()
+        );
+        assert_eq!(auth.list(Some(&acme)).len(), 1, "the damaged token is gone");
     }
 
     #[test]

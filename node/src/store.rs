@@ -286,6 +286,18 @@ impl Store {
             .collect()
     }
 
+    /// Every record of `tree` (another tree of this store, from [`Store::tree`]) decoded as a
+    /// `what`, one at a time. A record that does not decode is moved to the quarantine and
+    /// left out, as the store's own are, so damage to one record of another module's state
+    /// does not stop the node.
+    pub fn decoded<'a, T: serde::de::DeserializeOwned>(
+        &'a self,
+        tree: &'a sled::Tree,
+        what: &'static str,
+    ) -> impl Iterator<Item = Result<T, StoreError>> + 'a {
+        self.records(tree, what)
+    }
+
     fn records<'a, T: serde::de::DeserializeOwned>(
         &'a self,
         tree: &'a sled::Tree,

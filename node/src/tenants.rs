@@ -16,7 +16,7 @@ use tern_tenancy::{QuotaKind, Quotas, Tenant, TenantEntry, TenantName, TenantSpe
 use crate::error::NodeError;
 use crate::store::{Store, StoreError};
 
-/// Largest encoded tenant entry read back from the store.
+/// Largest encoded tenant entry written to the store.
 const MAX_ENTRY_BYTES: usize = 4096;
 
 /// Every tenant entry this node knows, tombstones included.
@@ -32,14 +32,10 @@ impl Tenants {
     pub fn open(store: &Store, origin: &str) -> Result<Self, NodeError> {
         let tree = store.tree("tenants")?;
         let mut entries = BTreeMap::new();
-        for kv in tree.iter() {
-            let (k, v) = kv.map_err(StoreError::from)?;
-            let entry: TenantEntry =
-                tern_wire::decode(&v, MAX_ENTRY_BYTES).map_err(|e| StoreError::Corrupt {
-                    what: "tenant",
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    detail: e.to_string(),
-                })?;
+        // A damaged entry is quarantined and left out: the tenant is unknown here (its tokens
+        // refused, the safe side) until a peer's copy arrives; `default` is recreated below.
+        for entry in store.decoded::<TenantEntry>(&tree, "tenant") {
+            let entry = entry?;
             entries.insert(entry.name().clone(), entry);
         }
         let tenants = Self {
