@@ -154,6 +154,9 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Merges tenant entries (last writer wins) and token records (revocation wins) learnt
     /// from a peer; how many changed.
     fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, PeerError>;
+    /// How many peers are up now (called whenever the link refreshes its view, whether or not
+    /// the number changed): cluster-wide limits are split over the members that are up.
+    fn peers_up(&self, _up: usize) {}
 }
 
 /// How a link behaves, whatever mesh it runs over.
@@ -784,6 +787,7 @@ fn refresh_link_gauges(l: &ClusterLink) {
             .filter(|s| **s == PeerState::Up)
             .count();
         m.peers_up.store(up as i64, Relaxed);
+        node.peers_up(up);
         m.rejected_handshakes
             .store(l.net.rejected_handshakes(), Relaxed);
         if let Some(sessions) = &l.sessions {

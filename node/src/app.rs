@@ -40,6 +40,9 @@ pub struct App {
     pub auth: crate::auth::Auth,
     /// The cluster's tenants.
     pub tenants: crate::tenants::Tenants,
+    /// Peers up as the link last said: tenants' `max_concurrent` is split over them and this
+    /// node.
+    peers_up: std::sync::atomic::AtomicUsize,
 }
 
 /// The cluster link's view of this node.
@@ -98,6 +101,12 @@ impl LocalNode for App {
             tenants: self.tenants.entries(),
             tokens: self.auth.records(),
         })
+    }
+
+    fn peers_up(&self, up: usize) {
+        if self.peers_up.swap(up, Ordering::Relaxed) != up {
+            self.tenants_changed(&self.tenants.entries());
+        }
     }
 
     fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, ApiError> {
@@ -231,6 +240,7 @@ impl App {
             deploy_lock: tokio::sync::Mutex::new(()),
             background: Arc::default(),
             cluster: std::sync::OnceLock::new(),
+            peers_up: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -623,15 +633,21 @@ impl App {
     }
 
     /// Gives the runtime the weights and limits of changed tenants, so instance slots are
-    /// shared by them (a removed tenant's waiting units are refused).
+    /// shared by them (a removed tenant's waiting units are refused). A tenant's
+    /// `max_concurrent` holds for the cluster: this node enforces its part
+    /// ([`tern_tenancy::node_share`]) of it.
     pub(crate) fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
         let runtime = &self.services().runtime;
+        let members_up = u32::try_from(self.peers_up.load(Ordering::Relaxed))
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         for entry in entries {
             if entry.is_live() {
-                runtime.set_tenant(
-                    entry.name().clone(),
-                    tern_tenancy::LaneConfig::from(&entry.tenant.spec),
-                );
+                let spec = &entry.tenant.spec;
+                let mut lane = tern_tenancy::LaneConfig::from(spec);
+                lane.max_concurrent =
+                    tern_tenancy::node_share(spec.quotas.max_concurrent, members_up);
+                runtime.set_tenant(entry.name().clone(), lane);
             } else {
                 runtime.remove_tenant(entry.name());
                 self.services().metrics.retire_tenant(entry.name().as_str());

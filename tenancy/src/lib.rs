@@ -31,7 +31,7 @@ pub mod token;
 pub use authz::{Action, authorize};
 pub use error::{AuthError, Denied, Error, QuotaKind};
 pub use fair::{FairQueue, Grant, LaneConfig, LaneStats, Rejected, Slot};
-pub use quota::{Deploy, Quotas, Usage};
+pub use quota::{Deploy, Quotas, Usage, node_share};
 pub use share::{ShareParams, TenantLoad};
 pub use tenant::{SlaClass, Tenant, TenantEntry, TenantName, TenantSpec, Weight};
 pub use token::{Principal, Role, Secret, Token, TokenBook, TokenId, TokenInfo, TokenRecord};

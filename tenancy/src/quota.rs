@@ -185,6 +185,23 @@ impl TryFrom<UncheckedQuotas> for Quotas {
     }
 }
 
+/// One node's part of a tenant's cluster-wide `max_concurrent`: an even split over the
+/// members that are up, this node included, rounded up so that every member can run at least
+/// one guest of a tenant allowed any. Each node enforces its part on its own instance slots,
+/// so the tenant's guests running in the whole cluster stay within
+/// `quota + members_up - 1` (the rounding) while the members agree on who is up. While they
+/// do not (a link just went down or came back, a partition), each side splits over what it
+/// sees, and the total can reach the quota once per side. `u32::MAX` means no limit and stays
+/// so.
+///
+/// Even, not by demand: a tenant whose calls reach only some nodes gets only their parts.
+pub fn node_share(quota: u32, members_up: u32) -> u32 {
+    if quota == u32::MAX {
+        return u32::MAX;
+    }
+    quota.div_ceil(members_up.max(1))
+}
+
 /// What a tenant currently stores, as counted by the node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -210,6 +227,27 @@ pub struct Deploy {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_cluster_wide_quota_is_split_evenly_and_the_parts_overshoot_only_by_rounding() {
+        for quota in [1u32, 2, 5, 50, 250, 1001] {
+            for members in 1u32..=7 {
+                let part = super::node_share(quota, members);
+                assert!(part >= 1, "every member may run one ({quota}/{members})");
+                let total = part * members;
+                assert!(
+                    total >= quota && total < quota + members,
+                    "{members} parts of {part} for a quota of {quota}"
+                );
+            }
+        }
+        assert_eq!(super::node_share(50, 0), 50, "alone: the whole quota");
+        assert_eq!(
+            super::node_share(u32::MAX, 3),
+            u32::MAX,
+            "no limit stays no limit"
+        );
+    }
 
     fn small() -> Quotas {
         Quotas {

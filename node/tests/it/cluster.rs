@@ -1045,3 +1045,89 @@ async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A tenant's `max_concurrent` holds for the cluster, not per node: each of the three nodes
+/// enforces its part, the quota split evenly and rounded up (7 → 3 each), so with calls
+/// flooding in through every node the tenant's guests running in the whole cluster never
+/// exceed the quota plus the rounding (at most members − 1 = 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
+    let r = request(
+        addrs[0],
+        Method::POST,
+        "/v1/tenants",
+        r#"{"name":"acme","quotas":{"max_concurrent":7,"max_queued":100}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = put_when_synced(
+        addrs[0],
+        "/v1/functions/acme.loop?timeout_ms=1500",
+        wasm("loop"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for &addr in &addrs {
+        eventually(
+            "tenant and function replicated",
+            Duration::from_secs(20),
+            || async move {
+                let tenant = request(addr, Method::GET, "/v1/tenants/acme", Bytes::new()).await;
+                let f = request(addr, Method::GET, "/v1/functions/acme.loop", Bytes::new()).await;
+                (tenant.status == 200 && f.status == 200).then_some(())
+            },
+        )
+        .await;
+    }
+
+    let flood: Vec<_> = addrs
+        .iter()
+        .flat_map(|&addr| (0..12).map(move |_| addr))
+        .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
+        .collect();
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    let (mut most_in_cluster, mut most_on_a_node) = (0, 0);
+    for _ in 0..60 {
+        let running: Vec<u32> = nodes
+            .iter()
+            .map(|n| {
+                n.app()
+                    .services()
+                    .runtime
+                    .tenant_slots(&acme)
+                    .map_or(0, |(running, _)| running)
+            })
+            .collect();
+        most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
+        most_on_a_node = most_on_a_node.max(*running.iter().max().unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for f in flood {
+        let r = f.await.unwrap();
+        assert!(
+            [504, 429, 503].contains(&r.status),
+            "timeouts and refusals only: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert!(
+        most_on_a_node <= 3,
+        "a node ran {most_on_a_node} > its part 3"
+    );
+    assert!(
+        most_in_cluster <= 7 + 2,
+        "{most_in_cluster} running in the cluster, quota 7 + rounding 2"
+    );
+    assert!(
+        most_on_a_node == 3,
+        "the flood filled at least one node's part: {most_on_a_node}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
