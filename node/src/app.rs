@@ -43,6 +43,9 @@ pub struct App {
     /// Peers up as the link last said: tenants' `max_concurrent` is split over them and this
     /// node.
     peers_up: std::sync::atomic::AtomicUsize,
+    /// Serialises giving tenants' limits to the runtime, so a split computed with an older
+    /// member count is never written after a newer one.
+    tenants_to_runtime: std::sync::Mutex<()>,
 }
 
 /// The cluster link's view of this node.
@@ -241,6 +244,7 @@ impl App {
             background: Arc::default(),
             cluster: std::sync::OnceLock::new(),
             peers_up: std::sync::atomic::AtomicUsize::new(0),
+            tenants_to_runtime: std::sync::Mutex::new(()),
         })
     }
 
@@ -638,6 +642,7 @@ impl App {
     /// ([`tern_tenancy::node_share`]) of it.
     pub(crate) fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
         let runtime = &self.services().runtime;
+        let _one_at_a_time = tern_sync::poison::lock(&self.tenants_to_runtime);
         let members_up = u32::try_from(self.peers_up.load(Ordering::Relaxed))
             .unwrap_or(u32::MAX)
             .saturating_add(1);

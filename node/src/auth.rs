@@ -80,10 +80,19 @@ impl Auth {
     ) -> Result<Self, NodeError> {
         let tree = store.tree("tokens")?;
         let mut book = TokenBook::new();
-        // A damaged record is quarantined and left out: that token no longer authenticates
-        // here (the safe side; a peer's copy, revoked or not, brings it back).
+        // A damaged record is quarantined and left out; its token no longer authenticates.
         for record in store.decoded::<TokenRecord>(&tree, "token") {
             book.apply(record?);
+        }
+        // A quarantined record may have held a revocation: its id is denied for good, so a
+        // peer's live copy cannot bring the token back.
+        for (key, _) in store.quarantine()? {
+            if let Some(id) = key
+                .strip_prefix("token/")
+                .and_then(|id| id.parse::<TokenId>().ok())
+            {
+                book.deny(id, crate::app::now_ms());
+            }
         }
         let auth = Self {
             mode,
@@ -435,15 +444,17 @@ mod tests {
     fn damaged_token_and_tenant_records_are_quarantined_and_the_node_opens() {
         let dir = tempfile::tempdir().unwrap();
         let acme: TenantName = "acme".parse().unwrap();
-        let (secret, damaged_id) = {
+        let (secret, damaged_secret, damaged) = {
             let (auth, tenants) = open(dir.path(), AuthMode::Tokens);
             tenants
                 .create(acme.clone(), tern_tenancy::TenantSpec::default(), 1)
                 .unwrap();
             let (secret, _) = auth.create(acme.clone(), Role::Invoker, &tenants).unwrap();
-            let (_, damaged) = auth.create(acme.clone(), Role::Invoker, &tenants).unwrap();
-            (secret, damaged.id)
+            let (damaged_secret, damaged) =
+                auth.create(acme.clone(), Role::Invoker, &tenants).unwrap();
+            (secret, damaged_secret, damaged)
         };
+        let damaged_id = damaged.id;
         {
             let store = Store::open(dir.path()).unwrap();
             let tokens = store.tree("tokens").unwrap();
@@ -465,7 +476,21 @@ mod tests {
             auth.caller(Some(h.as_bytes()), Need::Tenant(Action::Invoke), &tenants)
                 .is_ok()
         );
-        assert_eq!(auth.list(Some(&acme)).len(), 1, "the damaged token is gone");
+        assert_eq!(
+            auth.list(Some(&acme))
+                .iter()
+                .filter(|t| t.revoked_at_ms.is_none())
+                .count(),
+            1,
+            "the damaged token no longer counts as live"
+        );
+        // A peer that still has the damaged token's live record cannot bring it back.
+        auth.apply(vec![damaged]).unwrap();
+        let h = header(&damaged_secret);
+        assert!(matches!(
+            auth.caller(Some(h.as_bytes()), Need::Tenant(Action::Invoke), &tenants),
+            Err(NodeError::Unauthorized)
+        ));
     }
 
     #[test]

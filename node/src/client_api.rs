@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/2`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/3`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
@@ -33,7 +33,7 @@ use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
     ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
-    FrameDecoder, FunctionName, InvokeReply, WireError, encode_frame,
+    FrameDecoder, FunctionName, FunctionRef, InvokeReply, WireError, encode_frame,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -474,8 +474,8 @@ fn caller(
 fn unauthorized() -> ApiError {
     ApiError::new(
         ErrorCode::Unauthorized,
-        "a valid token (the node's bearer token, or one of its client_tokens) or a client \
-         certificate from the cluster CA is required",
+        "a valid token (one of the node's client_tokens, or with auth = \"tokens\" one of its \
+         bearer tokens) or a client certificate from the cluster CA is required",
     )
 }
 
@@ -529,7 +529,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
     let app = &ctx.app;
     let node_err = |e: NodeError| e.to_api();
     // The function a request names, for this caller (`name` is in the caller's tenant).
-    let named = |name: &FunctionName, action| {
+    let named = |name: &FunctionRef, action| {
         crate::http::function_for(app, caller, name.as_str(), action).map_err(node_err)
     };
     match op {

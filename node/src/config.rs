@@ -158,7 +158,9 @@ pub struct Config {
     /// UDP address of the QUIC API for `tern-client` (needs `cluster_dir` for its
     /// certificate); off when unset.
     pub client_listen: Option<SocketAddr>,
-    /// Tenant tokens accepted on the client API; empty = no token needed.
+    /// Extra tokens accepted on the client API, each acting for every tenant (besides CA
+    /// client certificates and, with `auth = "tokens"`, the node's bearer tokens). With
+    /// `auth = "off"` and none set, the client API is open (loopback only).
     pub client_tokens: Vec<String>,
     /// Who may use the HTTP API: `tokens` (the default: a bearer token with a role; the first
     /// start writes an admin token to `<data_dir>/admin.token`, mode 0600) or `off` (anyone

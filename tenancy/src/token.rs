@@ -368,6 +368,22 @@ impl TokenBook {
         }
     }
 
+    /// Makes token `id` dead for good, whatever record of it this book has or learns later:
+    /// for a token whose record was lost (damaged on disk), which may have been revoked.
+    /// A revoked record created at time 0 with an all-zero hash, which no secret hashes to:
+    /// by the merge rule it wins over any real record of that id, here and on every peer it
+    /// reaches. Returns whether anything changed.
+    pub fn deny(&mut self, id: TokenId, at_ms: u64) -> bool {
+        self.apply(TokenRecord {
+            id,
+            tenant: TenantName::default_tenant(),
+            role: Role::Invoker,
+            created_at_ms: 0,
+            revoked_at_ms: Some(at_ms),
+            hash: [0; 32],
+        })
+    }
+
     /// Merges a record from a peer or from disk; returns whether anything changed.
     ///
     /// Records never change except by revocation, and revocation is permanent: the merge
@@ -577,6 +593,33 @@ mod tests {
             book.authenticate(wrong.expose()),
             Err(AuthError::WrongSecret)
         );
+    }
+
+    #[test]
+    fn a_denied_id_never_authenticates_whatever_record_of_it_arrives() {
+        let (secret, live) = fixed(4, 7, "acme", Role::Admin);
+        // Denied before its live record arrives (a peer that missed the revocation).
+        let mut book = TokenBook::new();
+        assert!(book.deny(live.id, 10));
+        assert!(
+            !book.apply(live.clone()),
+            "the live copy does not replace the denial"
+        );
+        assert!(book.authenticate(secret.expose()).is_err());
+        // Denied after: the denial wins too, and denying again changes nothing.
+        let mut book = TokenBook::new();
+        book.insert(live.clone()).unwrap();
+        assert!(book.authenticate(secret.expose()).is_ok());
+        assert!(book.deny(live.id, 10));
+        assert!(!book.deny(live.id, 20));
+        assert!(book.authenticate(secret.expose()).is_err());
+        // The denial travels: a peer that merges it denies the token as well.
+        let mut peer = TokenBook::new();
+        peer.insert(live).unwrap();
+        for record in book.records().cloned().collect::<Vec<_>>() {
+            peer.apply(record);
+        }
+        assert!(peer.authenticate(secret.expose()).is_err());
     }
 
     #[test]

@@ -114,6 +114,40 @@ impl FromStr for FunctionName {
     }
 }
 
+/// A function name as a caller wrote it, spelling kept: `name` or `tenant.name`, with
+/// `default.name` kept apart from `name`. Valid exactly when it parses as a [`FunctionName`];
+/// which function it means depends on who asks (`name` is the caller's own tenant's), so the
+/// node resolves it once it knows the caller. The client API carries names this way.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FunctionRef(String);
+
+impl FunctionRef {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for FunctionRef {
+    type Err = WireError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<FunctionName>()?;
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<FunctionName> for FunctionRef {
+    fn from(name: FunctionName) -> Self {
+        Self(name.0)
+    }
+}
+
 impl fmt::Display for FunctionName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -197,6 +231,7 @@ macro_rules! string_newtype_serde {
     };
 }
 string_newtype_serde!(FunctionName);
+string_newtype_serde!(FunctionRef);
 string_newtype_serde!(InvocationId);
 
 /// Identifies one accepted invocation: 1–64 characters of `[0-9a-z-]`.
@@ -526,6 +561,12 @@ mod tests {
         let json = serde_json::to_string(&own).unwrap();
         assert_eq!(serde_json::from_str::<FunctionName>(&json).unwrap(), own);
         assert!(serde_json::from_str::<FunctionName>("\"x.y.z\"").is_err());
+        // As written: `default.echo` stays apart from `echo` until a node resolves it.
+        let written: FunctionRef = "default.echo".parse().unwrap();
+        assert_eq!(written.as_str(), "default.echo");
+        assert_ne!(written, "echo".parse::<FunctionRef>().unwrap());
+        assert!("x.y.z".parse::<FunctionRef>().is_err());
+        assert!(serde_json::from_str::<FunctionRef>("\"Bad\"").is_err());
     }
 
     #[test]

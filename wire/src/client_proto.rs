@@ -12,12 +12,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::WireError;
-use crate::api::{ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord};
+use crate::api::{ApiError, FunctionInfo, FunctionRef, InvocationId, InvocationRecord};
 
 /// ALPN protocol id of the client API; a peer speaking anything else fails the handshake.
 // Its number is `PROTOCOL_VERSION` (a test holds them together): a client and a node whose
 // messages would not decode at each other fail the handshake instead.
-pub const CLIENT_ALPN: &[u8] = b"tern-client/2";
+pub const CLIENT_ALPN: &[u8] = b"tern-client/3";
 
 /// Bytes a request or response frame may carry beyond its payload bytes (module, input or
 /// output): names, keys, the token, the frame header and bincode length prefixes.
@@ -38,12 +38,13 @@ pub struct ClientRequest {
     pub op: ClientOp,
 }
 
-/// The operations of the client API. They map one to one onto the HTTP API.
+/// The operations of the client API. They map one to one onto the HTTP API. Names are as the
+/// caller wrote them ([`FunctionRef`]): as on HTTP, `name` means the caller's tenant's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientOp {
     /// Like `PUT /v1/functions/{name}`: `None` limits take the node's defaults.
     Deploy {
-        name: FunctionName,
+        name: FunctionRef,
         module: Vec<u8>,
         timeout_ms: Option<u32>,
         memory_mb: Option<u32>,
@@ -53,7 +54,7 @@ pub enum ClientOp {
     /// `timeout_ms` bounds how long the node waits for the result (the guest's own deadline is
     /// the function's `timeout_ms`).
     Invoke {
-        name: FunctionName,
+        name: FunctionRef,
         input: Vec<u8>,
         map: bool,
         idempotency_key: Option<String>,
@@ -62,7 +63,7 @@ pub enum ClientOp {
     /// Like `POST /v1/functions/{name}/invoke?mode=async`. With an idempotency key, the same
     /// key on the same node returns the same [`InvocationId`].
     InvokeAsync {
-        name: FunctionName,
+        name: FunctionRef,
         input: Vec<u8>,
         map: bool,
         idempotency_key: Option<String>,
@@ -72,7 +73,7 @@ pub enum ClientOp {
     /// Like `GET /v1/functions`.
     List,
     /// Like `DELETE /v1/functions/{name}`.
-    Remove { name: FunctionName },
+    Remove { name: FunctionRef },
 }
 
 impl ClientOp {
@@ -193,7 +194,7 @@ mod tests {
     }
 
     fn requests() -> Vec<ClientRequest> {
-        let name: FunctionName = "echo".parse().unwrap();
+        let name: FunctionRef = "default.echo".parse().unwrap();
         [
             ClientOp::Deploy {
                 name: name.clone(),
@@ -280,7 +281,7 @@ mod tests {
     #[test]
     fn names_are_checked_while_decoding() {
         // Encode a request whose name field is raw text, then decode it as a ClientRequest:
-        // the FunctionName inside must refuse it.
+        // the FunctionRef inside must refuse it.
         #[derive(Serialize)]
         enum RawOp {
             #[allow(dead_code)]

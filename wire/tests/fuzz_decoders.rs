@@ -281,7 +281,7 @@ fn length_sites() -> Vec<LengthSite> {
             &request(
                 None,
                 ClientOp::Deploy {
-                    name: echo.clone(),
+                    name: echo.clone().into(),
                     module: vec![9],
                     timeout_ms: None,
                     memory_mb: None,
@@ -303,11 +303,11 @@ fn length_sites() -> Vec<LengthSite> {
             &request(Some("t"), ClientOp::List),
             1,
         ),
-        // ClientRequest { token: None, op: Remove { name: FunctionName (a string) } }
+        // ClientRequest { token: None, op: Remove { name: FunctionRef (a string) } }
         site(
             Kind::ClientRequest,
             true,
-            &request(None, ClientOp::Remove { name: echo }),
+            &request(None, ClientOp::Remove { name: echo.into() }),
             2,
         ),
         // InvocationRecord { id: InvocationId (a string), .. }

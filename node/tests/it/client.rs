@@ -658,12 +658,28 @@ async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
         .map(|f| f.name.as_str().to_owned())
         .collect();
     assert_eq!(listed, ["acme.work"], "only its own tenant's functions");
-    // `echo` is the default tenant's: for acme's token it does not exist, spelled either way.
+    // `echo` is the default tenant's: for acme's token it does not exist.
     assert_eq!(api_code(dev.invoke("echo", "x").await), ErrorCode::NotFound);
+    // Once acme has an `echo` of its own, `echo` is acme's and `default.echo` still is not:
+    // names travel as written, so the node resolves them as HTTP does.
+    dev.deploy("echo", wasm("echo").to_vec()).await.unwrap();
+    assert_eq!(
+        &dev.invoke("echo", "mine").await.unwrap().output[..],
+        b"mine"
+    );
     assert_eq!(
         api_code(dev.invoke("default.echo", "x").await),
         ErrorCode::NotFound
     );
+    assert_eq!(
+        api_code(dev.remove("default.echo").await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        &dev.invoke("acme.echo", "kept").await.unwrap().output[..],
+        b"kept"
+    );
+    dev.remove("echo").await.unwrap();
 
     let inv = with(Some(&invoker)).await;
     assert_eq!(

@@ -44,6 +44,11 @@ fn name(s: &str) -> FunctionName {
     s.parse().expect("seed function name")
 }
 
+/// A name as a client writes it.
+fn fref(s: &str) -> tern_wire::FunctionRef {
+    s.parse().expect("seed function name")
+}
+
 fn id(s: &str) -> InvocationId {
     s.parse().expect("seed invocation id")
 }
@@ -238,7 +243,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
         (
             "deploy",
             ClientOp::Deploy {
-                name: name("echo"),
+                name: fref("echo"),
                 module: b"\0asm\x01\0\0\0".to_vec(),
                 timeout_ms: Some(500),
                 memory_mb: None,
@@ -247,7 +252,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
         (
             "deploy-big",
             ClientOp::Deploy {
-                name: name("matmul-json"),
+                name: fref("matmul-json"),
                 module: big_bytes(),
                 timeout_ms: None,
                 memory_mb: Some(u32::MAX),
@@ -256,7 +261,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
         (
             "invoke",
             ClientOp::Invoke {
-                name: name("echo"),
+                name: fref("echo"),
                 input: b"hello".to_vec(),
                 map: false,
                 idempotency_key: Some("tc-0123abcd".into()),
@@ -266,7 +271,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
         (
             "invoke-async-map",
             ClientOp::InvokeAsync {
-                name: name("0_x"),
+                name: fref("0_x"),
                 input: b"[1,2]".to_vec(),
                 map: true,
                 idempotency_key: None,
@@ -279,7 +284,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
             },
         ),
         ("list", ClientOp::List),
-        ("remove", ClientOp::Remove { name: name("echo") }),
+        ("remove", ClientOp::Remove { name: fref("echo") }),
     ];
     ops.into_iter()
         .enumerate()

@@ -321,7 +321,7 @@ pub fn client_op() -> impl Strategy<Value = ClientOp> {
     prop_oneof![
         (function_name(), payload(), opt32(), opt32()).prop_map(
             |(name, module, timeout_ms, memory_mb)| ClientOp::Deploy {
-                name,
+                name: name.into(),
                 module,
                 timeout_ms,
                 memory_mb,
@@ -336,7 +336,7 @@ pub fn client_op() -> impl Strategy<Value = ClientOp> {
         )
             .prop_map(
                 |(name, input, map, idempotency_key, timeout_ms)| ClientOp::Invoke {
-                    name,
+                    name: name.into(),
                     input,
                     map,
                     idempotency_key,
@@ -345,7 +345,7 @@ pub fn client_op() -> impl Strategy<Value = ClientOp> {
             ),
         (function_name(), payload(), any::<bool>(), maybe_key()).prop_map(
             |(name, input, map, idempotency_key)| ClientOp::InvokeAsync {
-                name,
+                name: name.into(),
                 input,
                 map,
                 idempotency_key,
@@ -353,7 +353,7 @@ pub fn client_op() -> impl Strategy<Value = ClientOp> {
         ),
         invocation_id().prop_map(|id| ClientOp::Result { id }),
         Just(ClientOp::List),
-        function_name().prop_map(|name| ClientOp::Remove { name }),
+        function_name().prop_map(|name| ClientOp::Remove { name: name.into() }),
     ]
 }
 
