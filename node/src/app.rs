@@ -46,6 +46,9 @@ pub struct App {
     /// Serialises giving tenants' limits to the runtime, so a split computed with an older
     /// member count is never written after a newer one.
     tenants_to_runtime: std::sync::Mutex<()>,
+    /// Held from a journal room check to the write it allows, so concurrent accepts (or
+    /// results) cannot all pass a check that only one of them fits.
+    journal_room: std::sync::Mutex<()>,
 }
 
 /// The cluster link's view of this node.
@@ -245,6 +248,7 @@ impl App {
             cluster: std::sync::OnceLock::new(),
             peers_up: std::sync::atomic::AtomicUsize::new(0),
             tenants_to_runtime: std::sync::Mutex::new(()),
+            journal_room: std::sync::Mutex::new(()),
         })
     }
 
@@ -503,20 +507,24 @@ impl App {
         if self.services().runtime.get(&function).is_none() {
             return Err(self.pipeline.unknown_function(function, synced).into());
         }
-        self.check_journal_room(&function, input.len())?;
-        let record = InvocationRecord {
-            id: self.ids.unguessable()?,
-            function,
-            map,
-            status: InvocationStatus::Pending,
-            input: input.to_vec(),
-            output: None,
-            error: None,
-            accepted_at_ms: now_ms(),
-            finished_at_ms: None,
-            attempts: 0,
+        let record = {
+            let _room = tern_sync::poison::lock(&self.journal_room);
+            self.check_journal_room(&function, input.len())?;
+            let record = InvocationRecord {
+                id: self.ids.unguessable()?,
+                function,
+                map,
+                status: InvocationStatus::Pending,
+                input: input.to_vec(),
+                output: None,
+                error: None,
+                accepted_at_ms: now_ms(),
+                finished_at_ms: None,
+                attempts: 0,
+            };
+            self.store.put_invocation(&record)?;
+            record
         };
-        self.store.put_invocation(&record)?;
         self.store.flush().await?;
         let id = record.id.clone();
         self.spawn_async(record, permit);
@@ -546,6 +554,7 @@ impl App {
         let input = inv.input.clone();
         let result = self.pipeline.invoke_admitted(inv, permit).await;
         record.finished_at_ms = Some(now_ms());
+        let _room = tern_sync::poison::lock(&self.journal_room);
         match result {
             // The output takes the input's place in the record; one that would take the
             // tenant past its stored-result bytes is not kept, and the record says why.

@@ -791,3 +791,51 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
     let r = start(&globex, "work", Bytes::from(vec![b'x'; 10_000])).await;
     assert_eq!(r.status, 202, "still room for a smaller one: {}", body(&r));
 }
+
+/// Concurrent asynchronous calls cannot all pass a stored-result check that only some of them
+/// fit: with `max_stored_results = 5` and 40 calls at once, exactly 5 are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_async_calls_get_exactly_the_stored_result_quota() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    let r = create_tenant(
+        addr,
+        &n.admin,
+        r#"{"name":"acme","quotas":{"max_stored_results":5}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let (dev, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/work",
+        Some(&dev),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let dev = dev.clone();
+            tokio::spawn(async move {
+                with_token(
+                    addr,
+                    Method::POST,
+                    "/v1/functions/work/invoke?mode=async",
+                    Some(&dev),
+                    format!("call {i}"),
+                )
+                .await
+                .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in calls {
+        statuses.push(c.await.unwrap());
+    }
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((accepted, refused), (5, 35), "{statuses:?}");
+}
