@@ -395,20 +395,14 @@ impl Metrics {
             "Finished invocations by function and outcome.",
         );
         for (f, m) in &functions {
-            let _ = writeln!(
-                out,
-                "tern_invocations_total{{function=\"{f}\",outcome=\"ok\"}} {}",
-                m.ok.load(Relaxed)
+            let labels = format!("function=\"{f}\"");
+            render_outcomes(
+                &mut out,
+                "tern_invocations_total",
+                &labels,
+                &m.ok,
+                &m.errors,
             );
-            for code in ErrorCode::ALL {
-                let n = m.errors[code.index()].load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "tern_invocations_total{{function=\"{f}\",outcome=\"{code}\"}} {n}"
-                    );
-                }
-            }
         }
         counter(
             &mut out,
@@ -424,20 +418,14 @@ impl Metrics {
             .map(|(k, v)| (escape(k), v.clone()))
             .collect();
         for (t, m) in &tenants {
-            let _ = writeln!(
-                out,
-                "tern_tenant_invocations_total{{tenant=\"{t}\",outcome=\"ok\"}} {}",
-                m.ok.load(Relaxed)
+            let labels = format!("tenant=\"{t}\"");
+            render_outcomes(
+                &mut out,
+                "tern_tenant_invocations_total",
+                &labels,
+                &m.ok,
+                &m.errors,
             );
-            for code in ErrorCode::ALL {
-                let n = m.errors[code.index()].load(Relaxed);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "tern_tenant_invocations_total{{tenant=\"{t}\",outcome=\"{code}\"}} {n}"
-                    );
-                }
-            }
         }
         counter(
             &mut out,
@@ -750,6 +738,27 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// One series of `name` per outcome: `ok` always, each error code once it has happened.
+fn render_outcomes(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    ok: &AtomicU64,
+    errors: &[AtomicU64; ErrorCode::ALL.len()],
+) {
+    let _ = writeln!(
+        out,
+        "{name}{{{labels},outcome=\"ok\"}} {}",
+        ok.load(Relaxed)
+    );
+    for code in ErrorCode::ALL {
+        let n = errors[code.index()].load(Relaxed);
+        if n > 0 {
+            let _ = writeln!(out, "{name}{{{labels},outcome=\"{code}\"}} {n}");
+        }
     }
 }
 

@@ -218,11 +218,7 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
         let body = format!("req-{sent}");
         let path = format!("/v1/functions/{f}/invoke");
         let bearer = bearer_for(entry);
-        let headers: Vec<(&str, &str)> = bearer
-            .as_deref()
-            .map(|b| ("authorization", b))
-            .into_iter()
-            .collect();
+        let headers = authorization(&bearer);
         match conn
             .request(Method::POST, &path, &headers, Bytes::from(body.clone()))
             .await

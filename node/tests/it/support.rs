@@ -88,6 +88,15 @@ pub fn bearer_for(addr: SocketAddr) -> Option<String> {
         .map(|(_, t)| format!("Bearer {t}"))
 }
 
+/// The request headers that send `bearer` (none without one).
+pub fn authorization(bearer: &Option<String>) -> Vec<(&str, &str)> {
+    bearer
+        .as_deref()
+        .map(|b| ("authorization", b))
+        .into_iter()
+        .collect()
+}
+
 pub async fn request(
     addr: SocketAddr,
     method: Method,
@@ -95,11 +104,7 @@ pub async fn request(
     body: impl Into<Bytes>,
 ) -> Response {
     let bearer = bearer_for(addr);
-    let headers: Vec<(&str, &str)> = bearer
-        .as_deref()
-        .map(|b| ("authorization", b))
-        .into_iter()
-        .collect();
+    let headers = authorization(&bearer);
     tokio::time::timeout(
         Duration::from_secs(60),
         tern_bench::request_once(addr, method, path, &headers, body.into()),
