@@ -69,6 +69,13 @@ fn status() -> NodeStatus {
         memory_bytes: 812 << 20,
         recent_mean_us: 1450,
         seq: 123_456,
+        // Four tenants with a rate quota and recent calls here.
+        tenant_demand: (0..4)
+            .map(|i| tern_wire::peer::TenantDemand {
+                tenant: format!("team-{i}").parse().expect("valid tenant name"),
+                per_s: 250 * (i + 1),
+            })
+            .collect(),
     }
 }
 

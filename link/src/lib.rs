@@ -15,6 +15,7 @@
 //! time over a [`PeerNet`]: the QUIC mesh in a node, the in-memory mesh ([`memory`]) in
 //! deterministic tests. Time is tokio's clock, so tests run it paused.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
+use tern_tenancy::TenantName;
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
@@ -157,6 +159,10 @@ pub trait LocalNode: Send + Sync + 'static {
     /// How many peers are up now (called whenever the link refreshes its view, whether or not
     /// the number changed): cluster-wide limits are split over the members that are up.
     fn peers_up(&self, _up: usize) {}
+    /// After each status this node publishes: every tenant's demand at the other members
+    /// with a fresh status (calls a second, summed), and how many members are up with this
+    /// one. Cluster-wide rate quotas are split by these.
+    fn cluster_demand(&self, _others: HashMap<TenantName, u64>, _members_up: usize) {}
 }
 
 /// How a link behaves, whatever mesh it runs over.
@@ -665,6 +671,8 @@ async fn publish_status(link: Weak<ClusterLink>) {
             node.metrics().latency_totals(),
         );
         let status = node.status(seq, load.cpu_percent, load.recent_mean_us);
+        let others = read(&link.peers).tenant_demand(now());
+        node.cluster_demand(others, up_count(&link) + 1);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).
         let m = node.metrics();
         m.status_cpu_percent
@@ -776,16 +784,20 @@ fn expect<T>(
     }
 }
 
+/// How many peers are up.
+fn up_count(l: &ClusterLink) -> usize {
+    l.net
+        .members()
+        .values()
+        .filter(|s| **s == PeerState::Up)
+        .count()
+}
+
 /// Copies the link's membership and refusal counts into the node's metrics.
 fn refresh_link_gauges(l: &ClusterLink) {
     if let Some(node) = l.node.upgrade() {
         let m = node.metrics();
-        let up = l
-            .net
-            .members()
-            .values()
-            .filter(|s| **s == PeerState::Up)
-            .count();
+        let up = up_count(l);
         m.peers_up.store(up as i64, Relaxed);
         node.peers_up(up);
         m.rejected_handshakes

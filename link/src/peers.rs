@@ -10,14 +10,15 @@
 //!   again);
 //! - a peer coming up must have its registry pulled (anti-entropy), whatever it was before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tern_cluster::{NodeName, PeerState};
 use tern_placement::NodeView;
+use tern_tenancy::TenantName;
 use tern_wire::FunctionInfo;
-use tern_wire::peer::NodeStatus;
+use tern_wire::peer::{MAX_TENANT_DEMANDS, NodeStatus};
 
 /// What the shell must do after a membership change.
 #[derive(Debug, PartialEq, Eq)]
@@ -89,6 +90,22 @@ impl PeerTable {
             }
             PeerState::Joining => MembershipAction::None,
         }
+    }
+
+    /// Each tenant's demand at the peers with a fresh status (calls a second, summed over
+    /// them), reading at most [`MAX_TENANT_DEMANDS`] entries of each status.
+    pub fn tenant_demand(&self, now: Instant) -> HashMap<TenantName, u64> {
+        let mut sum: HashMap<TenantName, u64> = HashMap::new();
+        for (status, at) in self.statuses.values() {
+            if now.saturating_duration_since(*at) > self.stale_after {
+                continue;
+            }
+            for d in status.tenant_demand.iter().take(MAX_TENANT_DEMANDS) {
+                let total = sum.entry(d.tenant.clone()).or_default();
+                *total = total.saturating_add(d.per_s);
+            }
+        }
+        sum
     }
 
     /// Appends to `out` the peers that can run `info` now: fresh status with that version
@@ -431,6 +448,46 @@ mod tests {
                 cpu_percent: 0,
                 recent_mean_us: 0
             }
+        );
+    }
+
+    #[test]
+    fn tenant_demand_sums_fresh_statuses_only_and_reads_a_bounded_number_of_entries() {
+        use tern_wire::peer::TenantDemand;
+        let t0 = Instant::now();
+        let demand = |pairs: &[(&str, u64)]| NodeStatus {
+            tenant_demand: pairs
+                .iter()
+                .map(|(t, per_s)| TenantDemand {
+                    tenant: t.parse().unwrap(),
+                    per_s: *per_s,
+                })
+                .collect(),
+            ..NodeStatus::default()
+        };
+        let mut table = PeerTable::new(Duration::from_secs(1));
+        table.on_status(n("b"), demand(&[("acme", 100), ("zed", 5)]), t0);
+        table.on_status(n("c"), demand(&[("acme", 50)]), t0);
+        let sum = table.tenant_demand(t0);
+        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&150));
+        assert_eq!(sum.get(&"zed".parse().unwrap()), Some(&5));
+        // c's status goes stale: only b counts.
+        table.on_status(
+            n("b"),
+            demand(&[("acme", 100)]),
+            t0 + Duration::from_secs(2),
+        );
+        let sum = table.tenant_demand(t0 + Duration::from_secs(2));
+        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&100));
+        // A status listing more tenants than allowed: the rest is not read.
+        let many: Vec<(String, u64)> = (0..MAX_TENANT_DEMANDS + 10)
+            .map(|i| (format!("t{i}"), 1))
+            .collect();
+        let pairs: Vec<(&str, u64)> = many.iter().map(|(t, d)| (t.as_str(), *d)).collect();
+        table.on_status(n("b"), demand(&pairs), t0 + Duration::from_secs(2));
+        assert_eq!(
+            table.tenant_demand(t0 + Duration::from_secs(2)).len(),
+            MAX_TENANT_DEMANDS
         );
     }
 }

@@ -228,6 +228,7 @@ impl LocalNode for FakeNode {
             memory_bytes: 0,
             recent_mean_us,
             seq,
+            tenant_demand: Vec::new(),
         }
     }
 

@@ -49,6 +49,8 @@ pub struct App {
     /// Held from a journal room check to the write it allows, so concurrent accepts (or
     /// results) cannot all pass a check that only one of them fits.
     journal_room: std::sync::Mutex<()>,
+    /// Tenants' request-rate buckets, at this node's part of each cluster-wide rate.
+    pub rates: crate::rates::NodeRates,
 }
 
 /// The cluster link's view of this node.
@@ -95,6 +97,7 @@ impl LocalNode for App {
             memory_bytes: resident_bytes(),
             recent_mean_us,
             seq,
+            tenant_demand: self.rates.take_demand(),
         }
     }
 
@@ -113,6 +116,15 @@ impl LocalNode for App {
         if self.peers_up.swap(up, Ordering::Relaxed) != up {
             self.tenants_changed(&self.tenants.entries());
         }
+    }
+
+    fn cluster_demand(
+        &self,
+        others: std::collections::HashMap<tern_tenancy::TenantName, u64>,
+        members_up: usize,
+    ) {
+        self.rates
+            .share(&others, u32::try_from(members_up).unwrap_or(u32::MAX));
     }
 
     fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, ApiError> {
@@ -249,6 +261,7 @@ impl App {
             peers_up: std::sync::atomic::AtomicUsize::new(0),
             tenants_to_runtime: std::sync::Mutex::new(()),
             journal_room: std::sync::Mutex::new(()),
+            rates: crate::rates::NodeRates::new(),
         })
     }
 
@@ -662,8 +675,11 @@ impl App {
                 lane.max_concurrent =
                     tern_tenancy::node_share(spec.quotas.max_concurrent, members_up);
                 runtime.set_tenant(entry.name().clone(), lane);
+                self.rates
+                    .set(entry.name().clone(), spec.quotas.rate(), members_up);
             } else {
                 runtime.remove_tenant(entry.name());
+                self.rates.remove(entry.name());
                 self.services().metrics.retire_tenant(entry.name().as_str());
             }
         }
@@ -676,6 +692,18 @@ impl App {
         if let Some(cluster) = self.cluster.get() {
             cluster.announce_tenancy(records);
         }
+    }
+
+    /// Charges one call of `function` to its tenant's request rate. Both front doors call
+    /// this before they read the call's body; a refusal counts on the tenant's metrics.
+    pub fn admit_rate(&self, function: &FunctionName) -> Result<(), NodeError> {
+        let tenant = function.tenant();
+        self.rates.admit(&tenant).inspect_err(|e| {
+            self.services()
+                .metrics
+                .tenant(tenant.as_str())
+                .record_error(e.to_api().code);
+        })
     }
 
     /// Copies the store's sizes and quarantine count into the metrics (before a scrape).

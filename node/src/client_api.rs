@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/3`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/4`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
@@ -573,6 +573,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             }
             let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
             let name = named(&name, Action::Invoke)?;
+            app.admit_rate(&name).map_err(node_err)?;
             invoke(ctx, name, Bytes::from(input), map, idempotency_key, wait)
                 .await
                 .map(ClientReply::Output)
@@ -586,6 +587,7 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             check_input(ctx, &input)?;
             check_key(idempotency_key.as_deref())?;
             let name = named(&name, Action::Invoke)?;
+            app.admit_rate(&name).map_err(node_err)?;
             let input = Bytes::from(input);
             let id = match idempotency_key {
                 Some(key) => ctx.async_keys.accept(app, &key, name, input, map).await,

@@ -84,6 +84,19 @@ pub enum NodeError {
         which: tern_tenancy::QuotaKind,
         detail: String,
     },
+    /// A call over its tenant's request rate on this node; it fits again after
+    /// `retry_after_ms`.
+    #[error(
+        "tenant {tenant}: rate quota exceeded (this node admits {per_s} calls a second, \
+         {burst} at once, as its part of the tenant's cluster-wide rate); retry in \
+         {retry_after_ms} ms"
+    )]
+    RateLimited {
+        tenant: tern_tenancy::TenantName,
+        per_s: u32,
+        burst: u32,
+        retry_after_ms: u64,
+    },
     #[error("method not allowed")]
     MethodNotAllowed,
     #[error("i/o: {0}")]
@@ -106,6 +119,16 @@ impl From<tern_runtime::Error> for NodeError {
 }
 
 impl NodeError {
+    /// When trying again can succeed, for `Retry-After`: `None` when waiting does not help
+    /// or the node cannot tell.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            NodeError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            NodeError::Tenancy(e) => e.retry_after_ms(),
+            _ => None,
+        }
+    }
+
     pub fn to_api(&self) -> ApiError {
         match self {
             NodeError::Runtime(e) => e.to_api(),
@@ -115,7 +138,7 @@ impl NodeError {
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
             NodeError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m.clone()),
-            NodeError::TenantQuota { .. } => {
+            NodeError::TenantQuota { .. } | NodeError::RateLimited { .. } => {
                 ApiError::new(ErrorCode::QuotaExceeded, self.to_string())
             }
             NodeError::Tenancy(e) => {

@@ -135,7 +135,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             let started = Instant::now();
             let mut resp = invoke(&app, &caller, name, req)
                 .await
-                .unwrap_or_else(|e| error_response(&e.to_api()));
+                .unwrap_or_else(|e| node_error_response(&e));
             resp.headers_mut().insert(
                 "x-tern-duration-us",
                 HeaderValue::from(started.elapsed().as_micros() as u64),
@@ -158,7 +158,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         ) => Err(NodeError::MethodNotAllowed),
         _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
     };
-    result.unwrap_or_else(|e| error_response(&e.to_api()))
+    result.unwrap_or_else(|e| node_error_response(&e))
 }
 
 /// `POST /v1/tokens` with `{"role": "admin" | "developer" | "invoker"}` and optionally
@@ -576,6 +576,9 @@ async fn invoke(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
     let name = function_for(app, caller, name, Action::Invoke)?;
+    // Charged to the function's tenant before the body is read: a tenant over its rate costs
+    // the node this check only.
+    app.admit_rate(&name)?;
     let q = query(&req);
     let map = query_flag(&q, "map")?;
     let asynchronous = match q.get("mode").map(String::as_str) {
@@ -809,6 +812,17 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
         }
         Err(e) => error_response(&ApiError::new(ErrorCode::Internal, e.to_string())),
     }
+}
+
+/// The answer to a failed request: [`error_response`], with `Retry-After` in whole seconds
+/// (rounded up) when the error says when trying again can succeed.
+fn node_error_response(e: &NodeError) -> Response<Body> {
+    let mut resp = error_response(&e.to_api());
+    if let Some(ms) = e.retry_after_ms() {
+        resp.headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(ms.div_ceil(1000).max(1)));
+    }
+    resp
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {

@@ -216,7 +216,7 @@ struct TenantSettings {
     sla: Option<String>,
     /// A quota, `NAME=VALUE` (repeatable): max_concurrent, memory_budget_bytes, max_queued,
     /// max_timeout_ms, max_functions, max_module_bytes, max_stored_results,
-    /// max_stored_result_bytes.
+    /// max_stored_result_bytes, max_rate_per_s, rate_burst.
     #[arg(long = "quota", value_name = "NAME=VALUE", value_parser = parse_quota)]
     quotas: Vec<(String, u64)>,
 }

@@ -19,6 +19,124 @@ use crate::store::{Store, StoreError};
 /// Largest encoded tenant entry written to the store.
 const MAX_ENTRY_BYTES: usize = 4096;
 
+/// The store tree of tenant entries in their current layout.
+const TREE: &str = "tenants.2";
+
+/// Tenant entries as nodes before request-rate quotas stored them (tree `tenants`). Read once
+/// at start, rewritten in the current layout with no rate limit (what they had) and removed.
+/// A separate tree, so no record is ever decoded in the wrong layout.
+mod legacy {
+    use serde::Deserialize;
+    use tern_tenancy::{Quotas, SlaClass, Tenant, TenantName, TenantSpec, Weight};
+
+    pub const TREE: &str = "tenants";
+
+    #[derive(Deserialize)]
+    pub struct TenantEntry {
+        tenant: LegacyTenant,
+        removed: bool,
+        origin: String,
+    }
+
+    #[derive(Deserialize)]
+    struct LegacyTenant {
+        name: TenantName,
+        spec: LegacySpec,
+        version: u64,
+        updated_at_ms: u64,
+    }
+
+    #[derive(Deserialize)]
+    struct LegacySpec {
+        weight: Weight,
+        quotas: LegacyQuotas,
+        sla: SlaClass,
+    }
+
+    /// Validated on the way in, as current records are (`Quotas::validate`).
+    #[derive(Deserialize)]
+    #[serde(try_from = "RawQuotas")]
+    struct LegacyQuotas(Quotas);
+
+    #[derive(Deserialize)]
+    struct RawQuotas {
+        max_concurrent: u32,
+        memory_budget_bytes: u64,
+        max_queued: u32,
+        max_timeout_ms: u32,
+        max_functions: u32,
+        max_module_bytes: u64,
+        max_stored_results: u32,
+        max_stored_result_bytes: u64,
+    }
+
+    impl TryFrom<RawQuotas> for LegacyQuotas {
+        type Error = tern_tenancy::Error;
+
+        fn try_from(r: RawQuotas) -> Result<Self, Self::Error> {
+            let q = Quotas {
+                max_concurrent: r.max_concurrent,
+                memory_budget_bytes: r.memory_budget_bytes,
+                max_queued: r.max_queued,
+                max_timeout_ms: r.max_timeout_ms,
+                max_functions: r.max_functions,
+                max_module_bytes: r.max_module_bytes,
+                max_stored_results: r.max_stored_results,
+                max_stored_result_bytes: r.max_stored_result_bytes,
+                max_rate_per_s: u32::MAX,
+                rate_burst: u32::MAX,
+            };
+            q.validate()?;
+            Ok(Self(q))
+        }
+    }
+
+    impl From<TenantEntry> for tern_tenancy::TenantEntry {
+        fn from(e: TenantEntry) -> Self {
+            Self {
+                tenant: Tenant {
+                    name: e.tenant.name,
+                    spec: TenantSpec {
+                        weight: e.tenant.spec.weight,
+                        quotas: e.tenant.spec.quotas.0,
+                        sla: e.tenant.spec.sla,
+                    },
+                    version: e.tenant.version,
+                    updated_at_ms: e.tenant.updated_at_ms,
+                },
+                removed: e.removed,
+                origin: e.origin,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub mod encode {
+        //! The old layout, written as old nodes wrote it (for the migration test).
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        pub struct Entry<'a> {
+            pub tenant: Tenant<'a>,
+            pub removed: bool,
+            pub origin: &'a str,
+        }
+        #[derive(Serialize)]
+        pub struct Tenant<'a> {
+            pub name: &'a str,
+            pub spec: Spec,
+            pub version: u64,
+            pub updated_at_ms: u64,
+        }
+        #[derive(Serialize)]
+        pub struct Spec {
+            pub weight: u32,
+            pub quotas: [u64; 8],
+            pub sla: tern_tenancy::SlaClass,
+        }
+    }
+}
+
 /// Every tenant entry this node knows, tombstones included.
 pub struct Tenants {
     entries: RwLock<BTreeMap<TenantName, TenantEntry>>,
@@ -30,7 +148,7 @@ pub struct Tenants {
 impl Tenants {
     /// Loads the tenants from the store and makes sure `default` exists.
     pub fn open(store: &Store, origin: &str) -> Result<Self, NodeError> {
-        let tree = store.tree("tenants")?;
+        let tree = store.tree(TREE)?;
         let mut entries = BTreeMap::new();
         // A damaged entry is quarantined and left out: the tenant is unknown here (its tokens
         // refused, the safe side) until a peer's copy arrives; `default` is recreated below.
@@ -38,11 +156,35 @@ impl Tenants {
             let entry = entry?;
             entries.insert(entry.name().clone(), entry);
         }
+        let legacy = store.tree(legacy::TREE)?;
+        let mut migrated = Vec::new();
+        for entry in store.decoded::<legacy::TenantEntry>(&legacy, "tenant (before rate quotas)") {
+            let entry = TenantEntry::from(entry?);
+            migrated.push(entry.name().clone());
+            entries.entry(entry.name().clone()).or_insert(entry);
+        }
         let tenants = Self {
             entries: RwLock::new(entries),
             tree,
             origin: origin.to_owned(),
         };
+        // Rewritten in the current layout before the old copies go, so a crash in between
+        // only means migrating again.
+        for name in &migrated {
+            let entry = tenants.read().get(name).cloned();
+            if let Some(entry) = entry {
+                tenants.persist(&entry)?;
+            }
+            legacy
+                .remove(name.as_str().as_bytes())
+                .map_err(StoreError::from)?;
+        }
+        if !migrated.is_empty() {
+            tracing::info!(
+                tenants = migrated.len(),
+                "tenant records moved to the current layout (no rate quota until one is set)"
+            );
+        }
         let default = TenantName::default_tenant();
         if tenants.read().get(&default).is_none() {
             let first = TenantEntry::default_tenant(0, "");
@@ -198,6 +340,10 @@ pub fn quota_limit(quotas: &Quotas, which: QuotaKind) -> String {
             quotas.max_stored_result_bytes
         ),
         QuotaKind::Timeout => format!("max_timeout_ms = {}", quotas.max_timeout_ms),
+        QuotaKind::Rate => format!(
+            "max_rate_per_s = {}, rate_burst = {}",
+            quotas.max_rate_per_s, quotas.rate_burst
+        ),
     }
 }
 
@@ -216,6 +362,57 @@ mod tests {
         TenantSpec {
             weight: Weight::new(w).unwrap(),
             ..TenantSpec::default()
+        }
+    }
+
+    #[test]
+    fn tenants_stored_before_rate_quotas_are_read_migrated_once_and_keep_no_rate_limit() {
+        use super::legacy::encode::{Entry, Spec, Tenant};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let old = Entry {
+                tenant: Tenant {
+                    name: "acme",
+                    spec: Spec {
+                        weight: 3,
+                        quotas: [7, 1 << 30, 20, 5000, 4, 1 << 20, 9, 1 << 10],
+                        sla: tern_tenancy::SlaClass::Batch,
+                    },
+                    version: 4,
+                    updated_at_ms: 1234,
+                },
+                removed: false,
+                origin: "node-a",
+            };
+            let bytes = tern_wire::encode(&old, MAX_ENTRY_BYTES).unwrap();
+            store
+                .tree(legacy::TREE)
+                .unwrap()
+                .insert("acme", bytes)
+                .unwrap();
+        }
+        for _restart in 0..2 {
+            let store = Store::open(dir.path()).unwrap();
+            let tenants = Tenants::open(&store, "b").unwrap();
+            let acme = tenants
+                .entries()
+                .into_iter()
+                .find(|e| e.name().as_str() == "acme")
+                .unwrap();
+            assert_eq!(acme.tenant.version, 4);
+            assert_eq!(acme.origin, "node-a");
+            assert_eq!(acme.tenant.spec.weight.get(), 3);
+            assert_eq!(acme.tenant.spec.sla, tern_tenancy::SlaClass::Batch);
+            let q = &acme.tenant.spec.quotas;
+            assert_eq!(
+                (q.max_concurrent, q.max_queued, q.max_functions),
+                (7, 20, 4)
+            );
+            assert_eq!(q.max_stored_result_bytes, 1 << 10);
+            assert!(q.rate().is_unlimited(), "{q:?}");
+            assert!(store.tree(legacy::TREE).unwrap().is_empty());
+            assert_eq!(store.quarantined(), 0);
         }
     }
 

@@ -31,10 +31,12 @@ pub enum QuotaKind {
     StoredResultBytes,
     /// Longest timeout a function may ask for.
     Timeout,
+    /// Invocations a second (with a burst).
+    Rate,
 }
 
 impl QuotaKind {
-    pub const ALL: [QuotaKind; 8] = [
+    pub const ALL: [QuotaKind; 9] = [
         QuotaKind::Concurrency,
         QuotaKind::Memory,
         QuotaKind::Queue,
@@ -43,6 +45,7 @@ impl QuotaKind {
         QuotaKind::StoredResults,
         QuotaKind::StoredResultBytes,
         QuotaKind::Timeout,
+        QuotaKind::Rate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -55,6 +58,7 @@ impl QuotaKind {
             QuotaKind::StoredResults => "stored_results",
             QuotaKind::StoredResultBytes => "stored_result_bytes",
             QuotaKind::Timeout => "timeout",
+            QuotaKind::Rate => "rate",
         }
     }
 }

@@ -12,6 +12,8 @@
 //! - [`tenant`]: `TenantName`, `Weight`, `SlaClass`, `TenantSpec`, `Tenant`, and the
 //!   replicated, last-writer-wins `TenantEntry`.
 //! - [`quota`]: `Quotas`, `Usage`, and the deploy and stored-result checks.
+//! - [`rate`]: request-rate quotas: a token bucket per tenant (`RateBook`) and each node's
+//!   part of a tenant's cluster-wide rate by where its calls arrive (`rate_part`).
 //! - [`token`]: `Role`, `Token` (generate, parse), the hashed `TokenRecord`, `TokenBook`
 //!   (authenticate, revoke, list, replicate) and the authenticated `Principal`.
 //! - [`authz`]: `Action` and `authorize` → 401 / 403 / 404.
@@ -24,6 +26,7 @@ pub mod authz;
 pub mod error;
 pub mod fair;
 pub mod quota;
+pub mod rate;
 pub mod share;
 pub mod tenant;
 pub mod token;
@@ -32,6 +35,7 @@ pub use authz::{Action, authorize};
 pub use error::{AuthError, Denied, Error, QuotaKind};
 pub use fair::{FairQueue, Grant, LaneConfig, LaneStats, Rejected, Slot};
 pub use quota::{Deploy, Quotas, Usage, node_share};
+pub use rate::{RateBook, RateLimit, rate_part};
 pub use share::{ShareParams, TenantLoad};
 pub use tenant::{SlaClass, Tenant, TenantEntry, TenantName, TenantSpec, Weight};
 pub use token::{Principal, Role, Secret, Token, TokenBook, TokenId, TokenInfo, TokenRecord};

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, QuotaKind};
+use crate::rate::RateLimit;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -40,6 +41,10 @@ pub struct Quotas {
     pub max_stored_results: u32,
     /// Bytes of asynchronous results kept at once.
     pub max_stored_result_bytes: u64,
+    /// Invocations a second, on average, across the cluster (see [`crate::rate`]).
+    pub max_rate_per_s: u32,
+    /// Invocations that may arrive at once above the average rate.
+    pub rate_burst: u32,
 }
 
 impl Default for Quotas {
@@ -60,6 +65,11 @@ impl Default for Quotas {
             max_module_bytes: 4 * GIB,
             max_stored_results: 10_000,
             max_stored_result_bytes: GIB,
+            // A node serves the smallest function at roughly 14,000 calls a second: one
+            // tenant alone takes at most about a seventh of that, with a second's worth more
+            // at once.
+            max_rate_per_s: 2_000,
+            rate_burst: 2_000,
         }
     }
 }
@@ -78,12 +88,14 @@ impl Quotas {
             max_module_bytes: u64::MAX,
             max_stored_results: u32::MAX,
             max_stored_result_bytes: u64::MAX,
+            max_rate_per_s: u32::MAX,
+            rate_burst: u32::MAX,
         }
     }
 
     /// Refuses quotas under which the tenant could never run anything: no instance, no
-    /// memory, no timeout, or no place to wait for a slot (every invocation passes through
-    /// the queue, even when a slot is free).
+    /// memory, no timeout, no place to wait for a slot (every invocation passes through
+    /// the queue, even when a slot is free), or no call a second.
     pub fn validate(&self) -> Result<(), Error> {
         let zero = |which| Error::InvalidQuota {
             which,
@@ -100,6 +112,9 @@ impl Quotas {
         }
         if self.max_timeout_ms == 0 {
             return Err(zero(QuotaKind::Timeout));
+        }
+        if self.max_rate_per_s == 0 || self.rate_burst == 0 {
+            return Err(zero(QuotaKind::Rate));
         }
         Ok(())
     }
@@ -135,6 +150,14 @@ impl Quotas {
         Ok(())
     }
 
+    /// The tenant's cluster-wide request rate.
+    pub fn rate(&self) -> RateLimit {
+        RateLimit {
+            per_s: self.max_rate_per_s,
+            burst: self.rate_burst,
+        }
+    }
+
     /// Whether one more asynchronous result of `bytes` may be stored. Results expire, so
     /// waiting may help, but only the node knows when the oldest one goes: it fills in
     /// `Retry-After` if it wants to.
@@ -164,6 +187,8 @@ struct UncheckedQuotas {
     max_module_bytes: u64,
     max_stored_results: u32,
     max_stored_result_bytes: u64,
+    max_rate_per_s: u32,
+    rate_burst: u32,
 }
 
 impl TryFrom<UncheckedQuotas> for Quotas {
@@ -179,6 +204,8 @@ impl TryFrom<UncheckedQuotas> for Quotas {
             max_module_bytes: u.max_module_bytes,
             max_stored_results: u.max_stored_results,
             max_stored_result_bytes: u.max_stored_result_bytes,
+            max_rate_per_s: u.max_rate_per_s,
+            rate_burst: u.rate_burst,
         };
         q.validate()?;
         Ok(q)
@@ -259,6 +286,8 @@ mod tests {
             max_module_bytes: 10 * MIB,
             max_stored_results: 3,
             max_stored_result_bytes: 1000,
+            max_rate_per_s: 10,
+            rate_burst: 5,
         }
     }
 
@@ -286,11 +315,13 @@ mod tests {
     #[test]
     fn zero_is_refused_only_where_the_tenant_could_never_run() {
         type Case = (fn(&mut Quotas), Option<QuotaKind>);
-        let cases: [Case; 8] = [
+        let cases: [Case; 10] = [
             (|q| q.max_concurrent = 0, Some(QuotaKind::Concurrency)),
             (|q| q.memory_budget_bytes = 0, Some(QuotaKind::Memory)),
             (|q| q.max_queued = 0, Some(QuotaKind::Queue)),
             (|q| q.max_timeout_ms = 0, Some(QuotaKind::Timeout)),
+            (|q| q.max_rate_per_s = 0, Some(QuotaKind::Rate)),
+            (|q| q.rate_burst = 0, Some(QuotaKind::Rate)),
             // Zero stored things is a restriction, not a contradiction.
             (|q| q.max_functions = 0, None),
             (|q| q.max_module_bytes = 0, None),

@@ -8,7 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use tern_tenancy::{TenantEntry, TokenRecord};
+use tern_tenancy::{TenantEntry, TenantName, TokenRecord};
 
 use crate::{ApiError, FunctionInfo, FunctionName, ModuleHash};
 
@@ -108,6 +108,21 @@ pub struct NodeStatus {
     pub recent_mean_us: u64,
     /// Increases with every status from one boot of the node.
     pub seq: u64,
+    /// Calls a second that reached this node over its last status interval, per tenant with
+    /// a finite rate quota and any calls, busiest first, at most [`MAX_TENANT_DEMANDS`]: the
+    /// members split each tenant's cluster-wide rate by these.
+    pub tenant_demand: Vec<TenantDemand>,
+}
+
+/// The most tenants a status reports demand for (a receiver reads no more than these).
+pub const MAX_TENANT_DEMANDS: usize = 256;
+
+/// One tenant's recent demand at a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantDemand {
+    pub tenant: TenantName,
+    /// Calls a second, admitted or not.
+    pub per_s: u64,
 }
 
 /// One MEU sent to another node to run.

@@ -717,6 +717,33 @@ async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
         &root.invoke("acme.work", "x").await.unwrap().output[..],
         b"x"
     );
+
+    // Request-rate quotas hold on this front door too, charged to the function's tenant
+    // whoever calls, and are not retried by the client.
+    let r = crate::auth::with_token(
+        node.addr(),
+        Method::PUT,
+        "/v1/tenants/acme",
+        Some(&admin),
+        r#"{"quotas":{"max_rate_per_s":1,"rate_burst":1}}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let started = std::time::Instant::now();
+    let outcomes = [
+        dev.invoke("work", "1").await.map(|_| ()),
+        root.invoke("acme.work", "2").await.map(|_| ()),
+        inv.invoke_async("work", "3").await.map(|_| ()),
+    ];
+    if started.elapsed() < Duration::from_millis(900) {
+        let refused = outcomes
+            .into_iter()
+            .filter(|o| matches!(o, Err(ClientError::Api(e)) if e.code == ErrorCode::QuotaExceeded))
+            .count();
+        assert_eq!(refused, 2, "a burst of 1: one call in, two refused");
+    } else {
+        eprintln!("the machine was too slow to check the rate edge (a refill came first)");
+    }
     node.shutdown().await.unwrap();
 }
 

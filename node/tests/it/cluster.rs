@@ -1046,6 +1046,46 @@ async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
     }
 }
 
+/// Three nodes where tenant `acme` has `quotas` (JSON) and the example `module` is deployed
+/// as `acme.{module}` (with `query` on the deploy), known to every node.
+async fn three_with_acme_function(
+    root: &std::path::Path,
+    quotas: &str,
+    module: &str,
+    query: &str,
+) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
+    let nodes = start_three(root).await;
+    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
+    let r = request(
+        addrs[0],
+        Method::POST,
+        "/v1/tenants",
+        format!(r#"{{"name":"acme","quotas":{quotas}}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let function = format!("/v1/functions/acme.{module}");
+    let r = put_when_synced(addrs[0], &format!("{function}?{query}"), wasm(module)).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    for &addr in &addrs {
+        let function = function.clone();
+        eventually(
+            "tenant and function replicated",
+            Duration::from_secs(20),
+            || {
+                let function = function.clone();
+                async move {
+                    let tenant = request(addr, Method::GET, "/v1/tenants/acme", Bytes::new()).await;
+                    let f = request(addr, Method::GET, &function, Bytes::new()).await;
+                    (tenant.status == 200 && f.status == 200).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+    (nodes, addrs)
+}
+
 /// A tenant's `max_concurrent` holds for the cluster, not per node: each of the three nodes
 /// enforces its part, the quota split evenly and rounded up (7 → 3 each), so with calls
 /// flooding in through every node the tenant's guests running in the whole cluster never
@@ -1054,35 +1094,13 @@ async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
 async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let nodes = start_three(root.path()).await;
-    let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
-    let r = request(
-        addrs[0],
-        Method::POST,
-        "/v1/tenants",
-        r#"{"name":"acme","quotas":{"max_concurrent":7,"max_queued":100}}"#,
+    let (nodes, addrs) = three_with_acme_function(
+        root.path(),
+        r#"{"max_concurrent":7,"max_queued":100}"#,
+        "loop",
+        "timeout_ms=1500",
     )
     .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    let r = put_when_synced(
-        addrs[0],
-        "/v1/functions/acme.loop?timeout_ms=1500",
-        wasm("loop"),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
-    for &addr in &addrs {
-        eventually(
-            "tenant and function replicated",
-            Duration::from_secs(20),
-            || async move {
-                let tenant = request(addr, Method::GET, "/v1/tenants/acme", Bytes::new()).await;
-                let f = request(addr, Method::GET, "/v1/functions/acme.loop", Bytes::new()).await;
-                (tenant.status == 200 && f.status == 200).then_some(())
-            },
-        )
-        .await;
-    }
 
     let flood: Vec<_> = addrs
         .iter()
@@ -1126,6 +1144,111 @@ async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
     assert!(
         most_on_a_node == 3,
         "the flood filled at least one node's part: {most_on_a_node}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Calls `name` through each of `addrs` from `loops` tasks per address, a few milliseconds
+/// apart, for `run`: (calls answered 200, calls refused 429 `quota_exceeded`, seconds).
+async fn rate_flood(
+    addrs: &[SocketAddr],
+    name: &'static str,
+    loops: usize,
+    run: Duration,
+) -> (u64, u64, f64) {
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = addrs
+        .iter()
+        .flat_map(|&addr| (0..loops).map(move |_| addr))
+        .map(|addr| {
+            tokio::spawn(async move {
+                let (mut ok, mut refused) = (0u64, 0u64);
+                while started.elapsed() < run {
+                    let r = invoke(addr, name, "x").await;
+                    match r.status {
+                        200 => ok += 1,
+                        429 => {
+                            assert_eq!(code(&r), "quota_exceeded");
+                            refused += 1;
+                        }
+                        other => panic!("{other}: {}", String::from_utf8_lossy(&r.body)),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        let (o, r) = t.await.unwrap();
+        ok += o;
+        refused += r;
+    }
+    (ok, refused, started.elapsed().as_secs_f64())
+}
+
+/// A tenant's request rate holds for the cluster, split by where its calls arrive: calls
+/// through one node get (almost) the whole rate there, not a third of it, and calls through
+/// all three nodes together stay within the quota plus the documented slack (rounding,
+/// floors, and each node's burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_rate_quota_holds_across_the_cluster_and_follows_its_demand() {
+    const RATE: f64 = 40.0;
+    const BURST: f64 = 10.0;
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = three_with_acme_function(
+        root.path(),
+        r#"{"max_rate_per_s":40,"rate_burst":10}"#,
+        "echo",
+        "",
+    )
+    .await;
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    for n in &nodes {
+        // Every node starts with an even third of the rate.
+        eventually("rate split", Duration::from_secs(20), || async {
+            (n.app().rates.part(&acme)
+                == Some(tern_tenancy::RateLimit {
+                    per_s: 14,
+                    burst: 4,
+                }))
+            .then_some(())
+        })
+        .await;
+    }
+
+    // Through one node only: after its demand shows (one status, 200 ms), that node
+    // admits the tenant's whole rate; an even split would cap it near 14 a second.
+    let (ok, refused, secs) = rate_flood(&addrs[..1], "acme.echo", 4, Duration::from_secs(3)).await;
+    eprintln!("through one node: {ok} admitted, {refused} refused in {secs:.2} s");
+    assert!(refused > 0, "the flood went past the rate");
+    assert!(
+        ok as f64 <= RATE * secs + BURST + 2.0,
+        "{ok} admitted in {secs:.2} s through one node"
+    );
+    assert!(
+        ok as f64 >= 0.6 * RATE * secs,
+        "{ok} admitted in {secs:.2} s through one node: the demand split did not follow"
+    );
+
+    // Through all three at once: the cluster as a whole stays within the quota. Slack: each
+    // node's bucket may start full (the bursts, at most the quota's burst plus floors) and
+    // parts round up (one a second per member) while demands move.
+    let (ok, refused, secs) = rate_flood(&addrs, "acme.echo", 3, Duration::from_secs(3)).await;
+    eprintln!("through three nodes: {ok} admitted, {refused} refused in {secs:.2} s");
+    assert!(refused > 0, "the flood went past the rate");
+    let slack = BURST + 3.0 + 3.0 * secs + (RATE / 10.0) * secs;
+    assert!(
+        ok as f64 <= RATE * secs + slack,
+        "{ok} admitted in {secs:.2} s through three nodes (quota {RATE}/s, slack {slack:.0})"
+    );
+    assert!(
+        ok as f64 >= 0.6 * RATE * secs,
+        "{ok} admitted in {secs:.2} s through three nodes"
     );
     for n in nodes {
         n.shutdown().await.unwrap();

@@ -42,6 +42,55 @@ async fn create_tenant(addr: SocketAddr, admin: &str, body: &str) -> tern_bench:
     .await
 }
 
+/// Creates tenant `acme` with `quotas` (JSON) and deploys the `echo` example as its `work`;
+/// a developer token of acme.
+async fn acme_with_work(n: &Node, quotas: &str) -> String {
+    let addr = n.node.addr();
+    let r = create_tenant(
+        addr,
+        &n.admin,
+        &format!(r#"{{"name":"acme","quotas":{quotas}}}"#),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let (dev, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/work",
+        Some(&dev),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    dev
+}
+
+/// `PUT /v1/tenants/acme` with `body`, as the admin.
+async fn update_acme(n: &Node, body: &str) -> tern_bench::Response {
+    with_token(
+        n.node.addr(),
+        Method::PUT,
+        "/v1/tenants/acme",
+        Some(&n.admin),
+        body.to_owned(),
+    )
+    .await
+}
+
+/// The node's `/metrics` text, read with the admin token.
+async fn metrics_text(n: &Node) -> String {
+    let r = with_token(
+        n.node.addr(),
+        Method::GET,
+        "/metrics",
+        Some(&n.admin),
+        Bytes::new(),
+    )
+    .await;
+    String::from_utf8(r.body.to_vec()).unwrap()
+}
+
 fn body(r: &tern_bench::Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
@@ -303,14 +352,7 @@ async fn tenant_quotas_refuse_deploys_and_removal_needs_an_empty_tenant_and_ends
         "a new version of a deployed function is not a new function"
     );
     // Raising the quota lets the deploy through; the rest of the record is kept.
-    let r = with_token(
-        addr,
-        Method::PUT,
-        "/v1/tenants/acme",
-        Some(&n.admin),
-        r#"{"quotas":{"max_functions":2}}"#,
-    )
-    .await;
+    let r = update_acme(&n, r#"{"quotas":{"max_functions":2}}"#).await;
     assert_eq!(r.status, 200, "{}", body(&r));
     assert_eq!(json(&r)["spec"]["weight"], 3);
     assert_eq!(json(&r)["version"], 2);
@@ -754,13 +796,7 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
     let r = start(&n.admin, "echo", Bytes::from_static(b"hi")).await;
     assert_eq!(r.status, 202, "{}", body(&r));
     // The refusal and the usage show per tenant on /metrics.
-    let text = String::from_utf8(
-        with_token(addr, Method::GET, "/metrics", Some(&n.admin), Bytes::new())
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(&n).await;
     for line in [
         "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 1\n",
         "tern_tenant_stored_results{tenant=\"acme\"} 2\n",
@@ -798,23 +834,7 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
 async fn concurrent_async_calls_get_exactly_the_stored_result_quota() {
     let n = node_with_tokens().await;
     let addr = n.node.addr();
-    let r = create_tenant(
-        addr,
-        &n.admin,
-        r#"{"name":"acme","quotas":{"max_stored_results":5}}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", body(&r));
-    let (dev, _) = new_token_for(addr, &n.admin, "developer", "acme").await;
-    let r = with_token(
-        addr,
-        Method::PUT,
-        "/v1/functions/work",
-        Some(&dev),
-        wasm("echo"),
-    )
-    .await;
-    assert_eq!(r.status, 201, "{}", body(&r));
+    let dev = acme_with_work(&n, r#"{"max_stored_results":5}"#).await;
     let calls: Vec<_> = (0..40)
         .map(|i| {
             let dev = dev.clone();
@@ -838,4 +858,78 @@ async fn concurrent_async_calls_get_exactly_the_stored_result_quota() {
     let accepted = statuses.iter().filter(|s| **s == 202).count();
     let refused = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((accepted, refused), (5, 35), "{statuses:?}");
+}
+
+/// A tenant's request rate: calls beyond `rate_burst` at once, or `max_rate_per_s` on average,
+/// get 429 `quota_exceeded` naming the rate, with `Retry-After`, before their body is read;
+/// other tenants are not slowed; a raised quota applies at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_not() {
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    let acme = acme_with_work(&n, r#"{"max_rate_per_s":1,"rate_burst":3}"#).await;
+    let r = with_token(addr, Method::GET, "/v1/tenants/acme", Some(&n.admin), "").await;
+    assert_eq!(json(&r)["spec"]["quotas"]["max_rate_per_s"], 1);
+    let call = |token: &str, path: &str| {
+        let (token, path) = (token.to_owned(), path.to_owned());
+        async move { with_token(addr, Method::POST, &path, Some(&token), "hi").await }
+    };
+
+    // The burst, then refused: 1 a second refills one call every second.
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let r = call(&acme, "/v1/functions/work/invoke").await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    let r = call(&acme, "/v1/functions/work/invoke").await;
+    let checked_edge = started.elapsed() < std::time::Duration::from_millis(600);
+    if checked_edge {
+        assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert!(
+            body(&r).contains("tenant acme: rate quota exceeded"),
+            "{}",
+            body(&r)
+        );
+        // Async calls are charged the same way, before anything is journaled.
+        let r = call(&acme, "/v1/functions/work/invoke?mode=async").await;
+        assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
+    } else {
+        eprintln!("the machine was too slow to check the burst edge (a refill came first)");
+    }
+    // Another tenant (default, no rate quota) is not held back.
+    for _ in 0..20 {
+        let r = call(&n.admin, "/v1/functions/echo/invoke").await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    // After a refill interval, acme's calls fit again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = call(&acme, "/v1/functions/work/invoke").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+
+    let text = metrics_text(&n).await;
+    let refused = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} ",
+            )
+        })
+        .map(|v| v.parse::<u64>().unwrap())
+        .unwrap_or(0);
+    if checked_edge {
+        assert_eq!(refused, 2, "both refusals counted for acme");
+    }
+
+    // Raised: 50 calls in a row fit.
+    let r = update_acme(&n, r#"{"quotas":{"max_rate_per_s":1000,"rate_burst":100}}"#).await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    for _ in 0..50 {
+        let r = call(&acme, "/v1/functions/work/invoke").await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    // A rate of zero could never admit anything: refused as a bad quota.
+    let r = update_acme(&n, r#"{"quotas":{"max_rate_per_s":0}}"#).await;
+    assert_eq!(r.status, 400, "{}", body(&r));
+    assert!(body(&r).contains("rate"), "{}", body(&r));
 }

@@ -4,6 +4,7 @@
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+    TenantDemand,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -109,6 +110,16 @@ fn status_full(class: NodeClass) -> NodeStatus {
         memory_bytes: 1 << 33,
         recent_mean_us: 1234,
         seq: u64::MAX,
+        tenant_demand: vec![
+            TenantDemand {
+                tenant: "acme".parse().expect("valid tenant name"),
+                per_s: 1500,
+            },
+            TenantDemand {
+                tenant: "default".parse().expect("valid tenant name"),
+                per_s: u64::MAX,
+            },
+        ],
     }
 }
 

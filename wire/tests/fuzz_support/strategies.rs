@@ -7,6 +7,7 @@ use proptest::sample::select;
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+    TenantDemand,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -131,11 +132,13 @@ pub fn node_status() -> impl Strategy<Value = NodeStatus> {
             num64(),
             num64(),
         ),
+        vec((select(vec!["default", "acme", "a-b-c"]), num64()), 0..3),
     )
         .prop_map(
             |(
                 (node, class, max_memory_mb, max_timeout_ms, queue_depth, queue_cap),
                 (ready, warm, cpu_percent, memory_bytes, recent_mean_us, seq),
+                demand,
             )| NodeStatus {
                 node,
                 class,
@@ -149,6 +152,13 @@ pub fn node_status() -> impl Strategy<Value = NodeStatus> {
                 memory_bytes,
                 recent_mean_us,
                 seq,
+                tenant_demand: demand
+                    .into_iter()
+                    .map(|(tenant, per_s)| TenantDemand {
+                        tenant: tenant.parse().expect("valid tenant name"),
+                        per_s,
+                    })
+                    .collect(),
             },
         )
 }
