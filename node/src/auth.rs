@@ -280,6 +280,11 @@ impl Caller {
         }
     }
 
+    /// Whether the caller is who it says: no checks at all, or a token that authenticated.
+    pub fn is_authenticated(&self) -> bool {
+        !self.checked || self.principal.is_some()
+    }
+
     /// The tenant a function name without one means for this caller.
     pub fn tenant(&self) -> TenantName {
         self.principal

@@ -4,7 +4,11 @@
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
 //!   `cluster_dir`). Clients may present a certificate; if they do, it must chain to the cluster
 //!   CA or the handshake fails.
-//! - **Authentication**, per request: a verified client certificate or a token listed in
+//! - **Authentication**, per request, on its leading bytes: the token is the first field of a
+//!   request, so the node reads the frame's header and just enough for the longest token
+//!   ([`tern_wire::client_proto::MAX_TOKEN`]), authenticates, and only
+//!   then grants read budget for the rest (a request that cannot authenticate is refused
+//!   without its body being read). A verified client certificate or a token listed in
 //!   `client_tokens` (both act for every tenant, like an admin), or a bearer token of the
 //!   node's token book (the HTTP API's: it acts for its tenant with its role, under the same
 //!   rules as on HTTP — another tenant's function or result is `not_found`). With
@@ -33,7 +37,7 @@ use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
     ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
-    FrameDecoder, FunctionName, FunctionRef, InvokeReply, WireError, encode_frame,
+    FunctionName, FunctionRef, InvokeReply, encode_frame,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -61,10 +65,15 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A whole request must arrive within `max(header_read_timeout_ms, this)`; a module upload
 /// takes longer than request headers do.
 const MIN_READ_TIMEOUT: Duration = Duration::from_secs(120);
-/// Request bytes buffered at once across all connections, before authentication, are capped
-/// at `max(2 × frame cap, this)`: 64 streams × 64 MiB per connection would otherwise let
-/// anyone who can complete a handshake make the node buffer gigabytes.
+/// Request bytes buffered at once across all connections are capped at
+/// `max(2 × frame cap, this)`: 64 streams × 64 MiB per connection would otherwise let one
+/// client make the node buffer gigabytes. Only authenticated requests draw on it.
 const MIN_READ_BUDGET: usize = 256 << 20;
+/// Leading bytes of a request read before any of the read budget is granted: a
+/// `ClientRequest` starts with its token, which is checked on these alone, so a client that
+/// cannot authenticate costs the node at most this much per stream. Room for the longest
+/// token the protocol allows after bincode's option tag (1 byte) and length (at most 9).
+const AUTH_PREFIX: usize = tern_wire::client_proto::MAX_TOKEN + 10;
 
 /// QUIC application codes of the client API.
 pub mod codes {
@@ -74,6 +83,8 @@ pub mod codes {
     pub const FRAME_TOO_LARGE: u32 = 0x20;
     /// The request did not arrive in time.
     pub const TIMEOUT: u32 = 0x22;
+    /// The request's leading bytes did not authenticate; the node stops reading it.
+    pub const UNAUTHORIZED: u32 = 0x23;
 }
 
 /// The running client API endpoint.
@@ -325,46 +336,59 @@ async fn serve_connection(
 enum ReadFail {
     TooLarge,
     Truncated,
-    Malformed(WireError),
+    /// The leading bytes did not authenticate; the rest is not read.
+    Refused(ApiError),
     /// Reset by the client or connection lost: nobody to answer.
     Gone,
 }
 
-/// Reads one request frame of at most `limit` bytes. The header is read alone, so an oversized
-/// frame is refused after 4 bytes; the body is read only once `budget` has room for it.
-async fn read_frame(
-    recv: &mut RecvStream,
-    limit: usize,
-    budget: &Arc<Semaphore>,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), ReadFail> {
-    let mut header = [0u8; HEADER_LEN];
-    recv.read_exact(&mut header).await.map_err(|e| match e {
+/// Reads a request frame's header and its first [`AUTH_PREFIX`] bytes (all of it if it is
+/// shorter): the frame's length and those bytes. Refused from the header alone if the frame
+/// is over `limit`. Nothing of the read budget is taken.
+async fn read_prefix(recv: &mut RecvStream, limit: usize) -> Result<(usize, Vec<u8>), ReadFail> {
+    let ended = |e| match e {
         quinn::ReadExactError::FinishedEarly(_) => ReadFail::Truncated,
         quinn::ReadExactError::ReadError(_) => ReadFail::Gone,
-    })?;
-    let fail = |e: WireError| match e {
-        WireError::TooLarge { .. } => ReadFail::TooLarge,
-        other => ReadFail::Malformed(other),
     };
-    let mut decoder = FrameDecoder::new(limit);
-    decoder.push(&header).map_err(fail)?;
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header).await.map_err(ended)?;
     let len = u32::from_be_bytes(header) as usize;
+    if len > limit {
+        return Err(ReadFail::TooLarge);
+    }
+    let mut prefix = vec![0u8; len.min(AUTH_PREFIX)];
+    recv.read_exact(&mut prefix).await.map_err(ended)?;
+    Ok((len, prefix))
+}
+
+/// Reads the rest of a frame of `len` bytes whose first bytes are `prefix`, once `budget` has
+/// room for all of it.
+async fn read_rest(
+    recv: &mut RecvStream,
+    len: usize,
+    mut prefix: Vec<u8>,
+    budget: &Arc<Semaphore>,
+) -> Result<(Vec<u8>, OwnedSemaphorePermit), ReadFail> {
     let kib = u32::try_from(len.div_ceil(1024).max(1)).map_err(|_| ReadFail::TooLarge)?;
     let permit = budget
         .clone()
         .acquire_many_owned(kib)
         .await
         .map_err(|_| ReadFail::Gone)?;
-    loop {
-        if let Some(frame) = decoder.next_frame().map_err(fail)? {
-            return Ok((frame, permit));
-        }
-        match recv.read_chunk(READ_CHUNK, true).await {
-            Ok(Some(chunk)) => decoder.push(&chunk.bytes).map_err(fail)?,
+    let start = prefix.len();
+    prefix.resize(len, 0);
+    let mut filled = start;
+    while filled < len {
+        match recv
+            .read(&mut prefix[filled..len.min(filled + READ_CHUNK)])
+            .await
+        {
+            Ok(Some(n)) => filled += n,
             Ok(None) => return Err(ReadFail::Truncated),
             Err(_) => return Err(ReadFail::Gone),
         }
     }
+    Ok((prefix, permit))
 }
 
 fn api(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
@@ -372,15 +396,24 @@ fn api(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
 }
 
 async fn serve_stream(ctx: Arc<Ctx>, has_cert: bool, mut send: SendStream, mut recv: RecvStream) {
-    let read = read_frame(&mut recv, ctx.frame_cap, &ctx.read_budget);
+    let read = async {
+        let (len, prefix) = read_prefix(&mut recv, ctx.frame_cap).await?;
+        let caller = authenticate(&ctx, has_cert, &prefix, len).map_err(ReadFail::Refused)?;
+        let (bytes, permit) = read_rest(&mut recv, len, prefix, &ctx.read_budget).await?;
+        Ok((caller, bytes, permit))
+    };
     // Held until the answer is written: the request's bytes live that long.
     let mut _budget = None;
     let response = match tokio::time::timeout(ctx.read_timeout, read).await {
-        Ok(Ok((bytes, permit))) => {
+        Ok(Ok((caller, bytes, permit))) => {
             _budget = Some(permit);
-            handle(&ctx, has_cert, &bytes).await
+            handle(&ctx, &caller, &bytes).await
         }
         Ok(Err(ReadFail::Gone)) => return,
+        Ok(Err(ReadFail::Refused(e))) => {
+            let _ = recv.stop(VarInt::from_u32(codes::UNAUTHORIZED));
+            ClientResponse::Err(e)
+        }
         Ok(Err(ReadFail::TooLarge)) => {
             let _ = recv.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE));
             api(
@@ -392,9 +425,6 @@ async fn serve_stream(ctx: Arc<Ctx>, has_cert: bool, mut send: SendStream, mut r
             ErrorCode::InvalidRequest,
             "the request stream ended before a whole frame arrived",
         ),
-        Ok(Err(ReadFail::Malformed(e))) => {
-            api(ErrorCode::InvalidRequest, format!("malformed frame: {e}"))
-        }
         Err(_) => {
             let _ = recv.stop(VarInt::from_u32(codes::TIMEOUT));
             api(
@@ -440,13 +470,23 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Who sent a request, or why it is refused: see the module's "Authentication".
-fn caller(
-    ctx: &Ctx,
-    has_cert: bool,
-    token: Option<&str>,
-    op: &ClientOp,
-) -> Result<Caller, ApiError> {
+/// Who sent a request, from its leading bytes (`prefix` of a frame of `len` bytes), or why
+/// it is refused: see the module's "Authentication". Only who the caller is; what its role
+/// allows is checked once the whole request is read ([`handle`]).
+fn authenticate(ctx: &Ctx, has_cert: bool, prefix: &[u8], len: usize) -> Result<Caller, ApiError> {
+    let token: Option<String> = match tern_wire::codec::decode_prefix(prefix) {
+        Ok(token) => token,
+        // The whole frame was read: it is not a request at all.
+        Err(e) if prefix.len() == len => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("malformed request: {e}"),
+            ));
+        }
+        // A token longer than the bytes read first (or damaged bytes): not one we issue.
+        Err(_) => return Err(unauthorized()),
+    };
+    let token = token.as_deref();
     // Compare against every listed token (no early exit) to keep the timing flat.
     let listed = token.is_some_and(|token| {
         ctx.tokens
@@ -463,12 +503,14 @@ fn caller(
             false => Err(unauthorized()),
         };
     }
-    app.auth
-        .caller_with_token(token, Need::Tenant(action_of(op)), &app.tenants)
-        .map_err(|e| match e {
-            NodeError::Unauthorized => unauthorized(),
-            other => other.to_api(),
-        })
+    match app
+        .auth
+        .caller_with_token(token, Need::Nothing, &app.tenants)
+    {
+        Ok(caller) if caller.is_authenticated() => Ok(caller),
+        Ok(_) | Err(NodeError::Unauthorized) => Err(unauthorized()),
+        Err(other) => Err(other.to_api()),
+    }
 }
 
 fn unauthorized() -> ApiError {
@@ -490,17 +532,20 @@ fn action_of(op: &ClientOp) -> Action {
     }
 }
 
-async fn handle(ctx: &Arc<Ctx>, has_cert: bool, bytes: &[u8]) -> ClientResponse {
+async fn handle(ctx: &Arc<Ctx>, caller: &Caller, bytes: &[u8]) -> ClientResponse {
     let request: ClientRequest = match tern_wire::decode(bytes, ctx.frame_cap) {
         Ok(r) => r,
         Err(e) => return api(ErrorCode::InvalidRequest, format!("malformed request: {e}")),
     };
-    let caller = match caller(ctx, has_cert, request.token.as_deref(), &request.op) {
-        Ok(caller) => caller,
-        Err(e) => return ClientResponse::Err(e),
-    };
+    // The role against the operation, as HTTP checks it against the route.
+    if let Err(e) = caller.may(action_of(&request.op), Some(&caller.tenant())) {
+        return ClientResponse::Err(match e {
+            NodeError::Unauthorized => unauthorized(),
+            other => other.to_api(),
+        });
+    }
     let kind = request.op.kind();
-    match dispatch(ctx, &caller, request.op).await {
+    match dispatch(ctx, caller, request.op).await {
         Ok(reply) => ClientResponse::Ok(reply),
         Err(e) => {
             tracing::debug!(op = kind, error = %e, "client API request failed");

@@ -211,6 +211,48 @@ async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
         "{result:?}"
     );
 
+    // A request that does not authenticate is refused on its leading bytes: announced as
+    // 5 MiB, only its first 2 KiB sent, the answer is `unauthorized`, not "truncated" (the
+    // node never waited for, or budgeted, the rest).
+    let op = ClientOp::Invoke {
+        name: "echo".parse().unwrap(),
+        input: vec![7; 5 << 20],
+        map: false,
+        idempotency_key: None,
+        timeout_ms: None,
+    };
+    let whole = encode(
+        &ClientRequest {
+            token: Some("s3cre".into()),
+            op,
+        },
+        8 << 20,
+    )
+    .unwrap();
+    let framed = encode_frame(&whole, 8 << 20).unwrap();
+    let bytes = anonymous.raw_request(&framed[..2048]).await.unwrap();
+    match decode::<ClientResponse>(&bytes, 1 << 20).unwrap() {
+        ClientResponse::Err(e) => assert_eq!(e.code, ErrorCode::Unauthorized, "{e}"),
+        ok => panic!("expected unauthorized, got {ok:?}"),
+    }
+    // A token too long to be read first is refused the same way.
+    let long = encode(
+        &ClientRequest {
+            token: Some("t".repeat(4096)),
+            op: ClientOp::List,
+        },
+        1 << 20,
+    )
+    .unwrap();
+    let bytes = anonymous
+        .raw_request(&encode_frame(&long, 1 << 20).unwrap())
+        .await
+        .unwrap();
+    assert!(matches!(
+        decode::<ClientResponse>(&bytes, 1 << 20).unwrap(),
+        ClientResponse::Err(e) if e.code == ErrorCode::Unauthorized
+    ));
+
     // The node still serves, and counted the refusals.
     assert_eq!(
         &tenant.invoke("echo", b"ok".to_vec()).await.unwrap().output[..],
@@ -222,7 +264,7 @@ async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
         .lines()
         .find_map(|l| l.strip_prefix("tern_request_errors_total{code=\"unauthorized\"} "))
         .unwrap();
-    assert_eq!(unauthorized, "2");
+    assert_eq!(unauthorized, "4", "two clients, two raw requests");
     node.shutdown().await.unwrap();
 }
 
