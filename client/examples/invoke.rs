@@ -7,7 +7,7 @@
 //!
 //! Flags: `--ca FILE` (required), `--seed NAME=HOST:PORT` (repeatable, at least one),
 //! `--token TOKEN` (or `TERN_TOKEN`), `--cert FILE --cert-key FILE` (a client certificate from
-//! the cluster CA), `--async` (start it and poll for the result), `--map`, `--timeout-ms N`,
+//! the cluster's client CA, `tern cluster client-cert`), `--async` (start it and poll for the result), `--map`, `--timeout-ms N`,
 //! `--idempotency-key KEY`. Then the function name and its input: text, `@FILE`,
 //! or `-` for stdin. The guest's stdout goes to stdout; details go to stderr.
 

@@ -59,8 +59,10 @@ pub struct ClientConfig {
     /// Tenant token, sent with every request. Needed when the nodes have tokens configured,
     /// unless `client_cert` is set.
     pub token: Option<String>,
-    /// Client certificate and key (PEM) signed by the cluster CA; authenticates instead of a
-    /// token. A certificate from another CA makes the node refuse the connection.
+    /// Client certificate and key (PEM) from the cluster's client CA
+    /// (`tern cluster client-cert`); it acts for the tenant and role it names, instead of a
+    /// token. A certificate from another CA (a node's included) makes the node refuse the
+    /// connection.
     pub client_cert: Option<(Pem, Pem)>,
     /// Bound on one request/response exchange with one node (not on the whole call with its
     /// retries).

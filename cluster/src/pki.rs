@@ -109,7 +109,7 @@ pub fn init_keeping_ca_key(
     })?;
 
     let ca_key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let ca_params = ca_params()?;
+    let ca_params = ca_params(CLUSTER_CA)?;
     let ca_cert = ca_params.self_signed(&ca_key_pair)?;
     let ca_key_pem = ca_key_pair.serialize_pem();
     let issuer = Issuer::new(ca_params, ca_key_pair);
@@ -140,6 +140,51 @@ pub fn add_node(dir: &Path, ca_key: &Path, node: &NodeName) -> Result<Vec<PathBu
             return Err(ClusterError::AlreadyExists(path));
         }
     }
+    let issuer = issuer_from_key(&dir.join(CA_FILE), ca_key, CLUSTER_CA)?;
+    let mut written = Vec::new();
+    issue(dir, &issuer, node, &mut written)?;
+    Ok(written)
+}
+
+/// One of the two CAs: its common name and the DNS subtree its leaves are confined to.
+#[derive(Clone, Copy)]
+struct CaKind {
+    common_name: &'static str,
+    suffix: &'static str,
+}
+
+const CLUSTER_CA: CaKind = CaKind {
+    common_name: "Tern cluster CA",
+    suffix: DNS_SUFFIX,
+};
+
+const CLIENT_CA: CaKind = CaKind {
+    common_name: "Tern client CA",
+    suffix: CLIENT_DNS_SUFFIX,
+};
+
+/// A CA's parameters: identical when it is created and whenever it issues later.
+fn ca_params(kind: CaKind) -> Result<CertificateParams, ClusterError> {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, kind.common_name);
+    ca_params.distinguished_name = dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.name_constraints = Some(NameConstraints {
+        permitted_subtrees: vec![GeneralSubtree::DnsName(kind.suffix.to_owned())],
+        excluded_subtrees: Vec::new(),
+    });
+    Ok(ca_params)
+}
+
+/// The issuer of the CA certificate at `ca_path` whose key is at `ca_key`: refuses a key that
+/// is not that CA's (a key from another cluster would issue certificates nobody here trusts).
+fn issuer_from_key(
+    ca_path: &Path,
+    ca_key: &Path,
+    kind: CaKind,
+) -> Result<Issuer<'static, KeyPair>, ClusterError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|source| ClusterError::Io {
             path: path.to_owned(),
@@ -151,17 +196,16 @@ pub fn add_node(dir: &Path, ca_key: &Path, node: &NodeName) -> Result<Vec<PathBu
         path: ca_key.to_owned(),
         reason: e.to_string(),
     })?;
-    let ca_path = dir.join(CA_FILE);
-    let ca = CertificateDer::from_pem_slice(read(&ca_path)?.as_bytes()).map_err(|e| {
+    let ca = CertificateDer::from_pem_slice(read(ca_path)?.as_bytes()).map_err(|e| {
         ClusterError::BadPem {
-            path: ca_path.clone(),
+            path: ca_path.to_owned(),
             reason: e.to_string(),
         }
     })?;
     // The CA certificate is ours (same subject, constraints, key usages), so rebuilding its
     // parameters with its key gives an issuer whose leaves chain to it: same issuer name,
     // same key identifier. Its public key (the EC point, last in the SubjectPublicKeyInfo)
-    // must be the one in ca.pem.
+    // must be the one in the CA file.
     let spki = webpki::anchor_from_trusted_cert(&ca)
         .map_err(|e| ClusterError::BadPeerCertificate(e.to_string()))?
         .subject_public_key_info
@@ -172,25 +216,111 @@ pub fn add_node(dir: &Path, ca_key: &Path, node: &NodeName) -> Result<Vec<PathBu
             reason: format!("not the key of the CA in {}", ca_path.display()),
         });
     }
-    let issuer = Issuer::new(ca_params()?, ca_key_pair);
+    Ok(Issuer::new(ca_params(kind)?, ca_key_pair))
+}
+
+/// The client CA's certificate, in the cluster directory (copied to every node): the client
+/// API accepts certificates it issued, and no others.
+pub const CLIENT_CA_FILE: &str = "client-ca.pem";
+
+/// Every client certificate's DNS name ends in this; the client CA may issue no other.
+pub const CLIENT_DNS_SUFFIX: &str = "client.tern";
+
+/// Creates the client CA of the cluster in `dir`: `dir/client-ca.pem`, and its key at `key`
+/// (mode 0600; keep it outside `dir`, which is copied to every node, and offline). Separate
+/// from the cluster CA, so a client certificate can never join the mesh and a node
+/// certificate is never a client credential. Refuses to overwrite either file.
+pub fn init_client_ca(dir: &Path, key: &Path) -> Result<Vec<PathBuf>, ClusterError> {
+    let cert_path = dir.join(CLIENT_CA_FILE);
+    for path in [&cert_path, key] {
+        if path.exists() {
+            return Err(ClusterError::AlreadyExists(path.to_owned()));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|source| ClusterError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let key_pair = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = ca_params(CLIENT_CA)?.self_signed(&key_pair)?;
     let mut written = Vec::new();
-    issue(dir, &issuer, node, &mut written)?;
+    write_new(key, key_pair.serialize_pem().as_bytes(), true, &mut written)?;
+    write_new(&cert_path, cert.pem().as_bytes(), false, &mut written)?;
     Ok(written)
 }
 
-/// The cluster CA's parameters: identical at `init` and at every `add_node`.
-fn ca_params() -> Result<CertificateParams, ClusterError> {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+/// Issues a client certificate whose only name is `<label>.client.tern`, signed by the
+/// client CA of the cluster in `dir` (key at `ca_key`), as `out/<stem>.pem` and
+/// `out/<stem>.key` (0600). What `label` means is the client API's business.
+pub fn issue_client(
+    dir: &Path,
+    ca_key: &Path,
+    label: &str,
+    out: &Path,
+    stem: &str,
+) -> Result<Vec<PathBuf>, ClusterError> {
+    let (cert_path, key_path) = (
+        out.join(format!("{stem}.pem")),
+        out.join(format!("{stem}.key")),
+    );
+    for path in [&cert_path, &key_path] {
+        if path.exists() {
+            return Err(ClusterError::AlreadyExists(path.to_owned()));
+        }
+    }
+    let issuer = issuer_from_key(&dir.join(CLIENT_CA_FILE), ca_key, CLIENT_CA)?;
+    std::fs::create_dir_all(out).map_err(|source| ClusterError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(vec![format!("{label}.{CLIENT_DNS_SUFFIX}")])?;
     let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, "Tern cluster CA");
-    ca_params.distinguished_name = dn;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca_params.name_constraints = Some(NameConstraints {
-        permitted_subtrees: vec![GeneralSubtree::DnsName(DNS_SUFFIX.to_owned())],
-        excluded_subtrees: Vec::new(),
-    });
-    Ok(ca_params)
+    dn.push(DnType::CommonName, label);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer)?;
+    let mut written = Vec::new();
+    write_new(&cert_path, cert.pem().as_bytes(), false, &mut written)?;
+    write_new(
+        &key_path,
+        key.serialize_pem().as_bytes(),
+        true,
+        &mut written,
+    )?;
+    Ok(written)
+}
+
+/// The client CA of the cluster in `dir`, if one was created ([`init_client_ca`]).
+pub fn load_client_ca(dir: &Path) -> Result<Option<CertificateDer<'static>>, ClusterError> {
+    let path = dir.join(CLIENT_CA_FILE);
+    match std::fs::read(&path) {
+        Ok(pem) => {
+            CertificateDer::from_pem_slice(&pem)
+                .map(Some)
+                .map_err(|e| ClusterError::BadPem {
+                    path,
+                    reason: e.to_string(),
+                })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(ClusterError::Io { path, source }),
+    }
+}
+
+/// The labels of a client certificate: its DNS names under `client.tern`, without that
+/// suffix. For a certificate rustls has already verified against the client CA (which can
+/// issue no other names): this reads who it is, it does not check that it is valid.
+pub fn client_labels(cert: &CertificateDer<'_>) -> Result<Vec<String>, ClusterError> {
+    let ee = webpki::EndEntityCert::try_from(cert)
+        .map_err(|e| ClusterError::BadPeerCertificate(e.to_string()))?;
+    let suffix = format!(".{CLIENT_DNS_SUFFIX}");
+    Ok(ee
+        .valid_dns_names()
+        .filter_map(|name| name.strip_suffix(&suffix).map(str::to_owned))
+        .collect())
 }
 
 /// Writes node `n`'s certificate (signed by `issuer`) and new key into `dir`.
@@ -370,6 +500,44 @@ mod tests {
         std::fs::write(dir.path().join("ca.pem"), b"not pem").unwrap();
         assert!(matches!(
             load(dir.path(), &"x".parse().unwrap()),
+            Err(ClusterError::BadPem { .. })
+        ));
+    }
+
+    #[test]
+    fn client_certificates_carry_their_label_and_only_the_client_cas_key_issues_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        let key = dir.path().join("client-ca.key");
+        init(&pki, &names(&["a"])).unwrap();
+        assert_eq!(load_client_ca(&pki).unwrap(), None, "none until created");
+        init_client_ca(&pki, &key).unwrap();
+        assert!(matches!(
+            init_client_ca(&pki, &dir.path().join("again.key")),
+            Err(ClusterError::AlreadyExists(_))
+        ));
+        let client_ca = load_client_ca(&pki).unwrap().unwrap();
+        let cluster_ca = load(&pki, &names(&["a"])[0]).unwrap().ca;
+        assert_ne!(client_ca, cluster_ca, "two separate CAs");
+
+        let out = dir.path().join("clients");
+        issue_client(&pki, &key, "alice.developer.acme", &out, "alice").unwrap();
+        let cert =
+            CertificateDer::from_pem_slice(&std::fs::read(out.join("alice.pem")).unwrap()).unwrap();
+        assert_eq!(client_labels(&cert).unwrap(), ["alice.developer.acme"]);
+        // A node certificate has no client label.
+        let node = load(&pki, &names(&["a"])[0]).unwrap().cert;
+        assert!(client_labels(&node).unwrap().is_empty());
+        assert!(matches!(
+            issue_client(&pki, &key, "alice.developer.acme", &out, "alice"),
+            Err(ClusterError::AlreadyExists(_))
+        ));
+        // The cluster CA's key (or any other) cannot issue client certificates.
+        let cluster_key = dir.path().join("ca.key");
+        let other = dir.path().join("other");
+        init_keeping_ca_key(&other, &names(&["x"]), Some(&cluster_key)).unwrap();
+        assert!(matches!(
+            issue_client(&pki, &cluster_key, "eve.admin.default", &out, "eve"),
             Err(ClusterError::BadPem { .. })
         ));
     }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use hyper::Method;
-use tern_tenancy::{Action, AuthError, Denied, Principal, Role, Secret, TenantName};
+use tern_tenancy::{Action, Actor, AuthError, Denied, Role, Secret, TenantName};
 use tern_tenancy::{Token, TokenBook, TokenId, TokenInfo, TokenRecord};
 use tern_wire::FunctionName;
 
@@ -157,7 +157,7 @@ impl Auth {
         };
         let caller = Caller {
             checked: true,
-            principal,
+            principal: principal.as_ref().map(Actor::from),
         };
         match need {
             Need::Nothing => {}
@@ -267,7 +267,7 @@ impl Auth {
 pub struct Caller {
     /// Whether tokens are checked (`auth = "tokens"` on a route that needs one).
     checked: bool,
-    principal: Option<Principal>,
+    principal: Option<Actor>,
 }
 
 impl Caller {
@@ -277,6 +277,15 @@ impl Caller {
         Self {
             checked: false,
             principal: None,
+        }
+    }
+
+    /// A caller that proved who it is without a token (a client certificate naming `actor`'s
+    /// tenant and role), checked like a token's holder.
+    pub fn certified(actor: Actor) -> Self {
+        Self {
+            checked: true,
+            principal: Some(actor),
         }
     }
 

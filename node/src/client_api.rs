@@ -2,18 +2,20 @@
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
-//!   `cluster_dir`). Clients may present a certificate; if they do, it must chain to the cluster
-//!   CA or the handshake fails.
-//! - **Authentication**, per request, on its leading bytes: the token is the first field of a
-//!   request, so the node reads the frame's header and just enough for the longest token
-//!   ([`tern_wire::client_proto::MAX_TOKEN`]), authenticates, and only
-//!   then grants read budget for the rest (a request that cannot authenticate is refused
-//!   without its body being read). A verified client certificate or a token listed in
-//!   `client_tokens` (both act for every tenant, like an admin), or a bearer token of the
-//!   node's token book (the HTTP API's: it acts for its tenant with its role, under the same
-//!   rules as on HTTP — another tenant's function or result is `not_found`). With
-//!   `auth = "off"` and no `client_tokens`, every client is let in; otherwise anything else is
-//!   `unauthorized` (`forbidden` for a role that never allows the operation).
+//!   `cluster_dir`). If the cluster has a client CA (`client-ca.pem` in `cluster_dir`), clients
+//!   may present a certificate, and it must chain to that CA or the handshake fails; the
+//!   cluster CA is never trusted for clients, so a node certificate is no client credential.
+//!   Without a client CA no certificate is asked for.
+//! - **Authentication**, per request, before any of the read budget is granted: a client
+//!   certificate names `<client>.<role>.<tenant>.client.tern` and acts for that tenant with
+//!   that role (whatever token the request carries); otherwise the token, the request's first
+//!   field, read with the frame's header and just enough bytes for the longest token
+//!   ([`tern_wire::client_proto::MAX_TOKEN`]). A token listed in `client_tokens` acts for
+//!   every tenant, like an admin; a bearer token of the node's token book (the HTTP API's)
+//!   acts for its tenant with its role, under the same rules as on HTTP — another tenant's
+//!   function or result is `not_found`. With `auth = "off"` and no `client_tokens`, every
+//!   client is let in; otherwise anything else is `unauthorized` (`forbidden` for a role that
+//!   never allows the operation), answered without the request's body being read.
 //! - **Requests** map onto the same [`App`] methods as the HTTP handlers. A request that cannot
 //!   be read (oversized, truncated, undecodable) is answered with a typed error on its own
 //!   stream; the connection and the endpoint carry on.
@@ -48,7 +50,7 @@ use crate::config::AuthMode;
 use crate::config::{Config, ConfigError};
 use crate::error::{ClientApiError, NodeError};
 use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
-use tern_tenancy::Action;
+use tern_tenancy::{Action, Actor};
 
 /// Requests a connection may have open at once (QUIC stream limit).
 pub const MAX_STREAMS: u32 = 64;
@@ -139,7 +141,8 @@ impl ClientApi {
         };
         let name: NodeName = config.node_name.parse().map_err(ClientApiError::NodeName)?;
         let identity = tern_cluster::pki::load(dir, &name).map_err(ClientApiError::Identity)?;
-        let server_config = server_config(identity)?;
+        let client_ca = tern_cluster::pki::load_client_ca(dir).map_err(ClientApiError::Identity)?;
+        let server_config = server_config(identity, client_ca)?;
         let endpoint = match (socket, config.client_listen) {
             (Some(socket), _) => {
                 let addr = socket.local_addr()?;
@@ -235,20 +238,29 @@ impl ClientApi {
     }
 }
 
+/// TLS for the client API: the node's cluster certificate; client certificates are asked for
+/// only if the cluster has a client CA, and only ones it issued are accepted (never the
+/// cluster CA's: a node certificate is not a client credential).
 fn server_config(
     identity: tern_cluster::NodeIdentity,
+    client_ca: Option<CertificateDer<'static>>,
 ) -> Result<quinn::ServerConfig, ClientApiError> {
     // aws-lc-rs passed explicitly: with ring kept out of the build there is no default.
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    roots.add(identity.ca.clone())?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![identity.cert], identity.key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            roots.add(ca)?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder.with_single_cert(vec![identity.cert], identity.key)?;
     tls.alpn_protocols = vec![CLIENT_ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|_| ClientApiError::NoInitialCipherSuite)?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
@@ -305,11 +317,13 @@ async fn serve_connection(
             return;
         }
     };
-    // rustls has verified any certificate presented; its presence authenticates the client.
-    let has_cert = conn
+    // rustls has verified any certificate presented against the client CA.
+    let cert = conn
         .peer_identity()
         .and_then(|id| id.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .is_some_and(|chain| !chain.is_empty());
+        .and_then(|chain| chain.first().cloned())
+        .map_or(Certificate::None, |leaf| Certificate::read(&leaf));
+    let cert = Arc::new(cert);
     let mut streams = JoinSet::new();
     loop {
         let (send, recv) = tokio::select! {
@@ -323,7 +337,7 @@ async fn serve_connection(
             Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        streams.spawn(serve_stream(ctx.clone(), has_cert, send, recv));
+        streams.spawn(serve_stream(ctx.clone(), cert.clone(), send, recv));
     }
     let drain = async { while streams.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
@@ -395,10 +409,15 @@ fn api(code: ErrorCode, message: impl Into<String>) -> ClientResponse {
     ClientResponse::Err(ApiError::new(code, message))
 }
 
-async fn serve_stream(ctx: Arc<Ctx>, has_cert: bool, mut send: SendStream, mut recv: RecvStream) {
+async fn serve_stream(
+    ctx: Arc<Ctx>,
+    cert: Arc<Certificate>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let read = async {
         let (len, prefix) = read_prefix(&mut recv, ctx.frame_cap).await?;
-        let caller = authenticate(&ctx, has_cert, &prefix, len).map_err(ReadFail::Refused)?;
+        let caller = authenticate(&ctx, &cert, &prefix, len).map_err(ReadFail::Refused)?;
         let (bytes, permit) = read_rest(&mut recv, len, prefix, &ctx.read_budget).await?;
         Ok((caller, bytes, permit))
     };
@@ -473,7 +492,12 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 /// Who sent a request, from its leading bytes (`prefix` of a frame of `len` bytes), or why
 /// it is refused: see the module's "Authentication". Only who the caller is; what its role
 /// allows is checked once the whole request is read ([`handle`]).
-fn authenticate(ctx: &Ctx, has_cert: bool, prefix: &[u8], len: usize) -> Result<Caller, ApiError> {
+fn authenticate(
+    ctx: &Ctx,
+    cert: &Certificate,
+    prefix: &[u8],
+    len: usize,
+) -> Result<Caller, ApiError> {
     let token: Option<String> = match tern_wire::codec::decode_prefix(prefix) {
         Ok(token) => token,
         // The whole frame was read: it is not a request at all.
@@ -493,10 +517,27 @@ fn authenticate(ctx: &Ctx, has_cert: bool, prefix: &[u8], len: usize) -> Result<
             .iter()
             .fold(false, |ok, t| ok | ct_eq(t, token.as_bytes()))
     });
-    if has_cert || listed {
+    let app = &ctx.app;
+    match cert {
+        // The connection's certificate is who the caller is, whatever token it sends.
+        Certificate::Names(actor) if app.tenants.is_live(&actor.tenant) => {
+            return Ok(Caller::certified(actor.clone()));
+        }
+        Certificate::Names(actor) => {
+            tracing::debug!(tenant = %actor.tenant, "refused a client certificate of a removed tenant");
+            return Err(unauthorized());
+        }
+        Certificate::Unreadable(why) => {
+            return Err(ApiError::new(
+                ErrorCode::Unauthorized,
+                format!("the client certificate does not name a client: {why}"),
+            ));
+        }
+        Certificate::None => {}
+    }
+    if listed {
         return Ok(Caller::unchecked());
     }
-    let app = &ctx.app;
     if app.config.auth == AuthMode::Off {
         return match ctx.tokens.is_empty() {
             true => Ok(Caller::unchecked()),
@@ -513,11 +554,65 @@ fn authenticate(ctx: &Ctx, has_cert: bool, prefix: &[u8], len: usize) -> Result<
     }
 }
 
+/// What a connection's TLS handshake proved about the client.
+enum Certificate {
+    None,
+    /// A certificate from the client CA naming a tenant and a role.
+    Names(Actor),
+    /// A certificate from the client CA whose name is not `<client>.<role>.<tenant>`.
+    Unreadable(String),
+}
+
+impl Certificate {
+    /// Reads who a verified client certificate names: its one name under `client.tern`,
+    /// `<client>.<role>.<tenant>` (what `tern cluster client-cert` issues).
+    fn read(leaf: &CertificateDer<'_>) -> Self {
+        let labels = match tern_cluster::pki::client_labels(leaf) {
+            Ok(labels) => labels,
+            Err(e) => return Self::Unreadable(e.to_string()),
+        };
+        let [label] = labels.as_slice() else {
+            return Self::Unreadable(format!("{} client names, expected one", labels.len()));
+        };
+        match parse_client_label(label) {
+            Ok(actor) => Self::Names(actor),
+            Err(why) => Self::Unreadable(format!("{label}: {why}")),
+        }
+    }
+}
+
+/// `<client>.<role>.<tenant>` → the tenant and role it acts as.
+pub fn parse_client_label(label: &str) -> Result<Actor, String> {
+    let parts: Vec<&str> = label.split('.').collect();
+    let [client, role, tenant] = parts.as_slice() else {
+        return Err("expected <client>.<role>.<tenant>".into());
+    };
+    let label_ok = (1..=63).contains(&client.len())
+        && client
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !client.starts_with('-')
+        && !client.ends_with('-');
+    if !label_ok {
+        return Err(format!(
+            "client name {client:?}: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'"
+        ));
+    }
+    Ok(Actor {
+        role: role
+            .parse()
+            .map_err(|e: tern_tenancy::Error| e.to_string())?,
+        tenant: tenant
+            .parse()
+            .map_err(|e: tern_tenancy::Error| e.to_string())?,
+    })
+}
+
 fn unauthorized() -> ApiError {
     ApiError::new(
         ErrorCode::Unauthorized,
         "a valid token (one of the node's client_tokens, or with auth = \"tokens\" one of its \
-         bearer tokens) or a client certificate from the cluster CA is required",
+         bearer tokens) or a client certificate from the cluster's client CA is required",
     )
 }
 
@@ -769,7 +864,8 @@ async fn invoke(
 
 #[cfg(test)]
 mod tests {
-    use super::ct_eq;
+    #![allow(clippy::unwrap_used)]
+    use super::{ct_eq, parse_client_label};
 
     #[test]
     fn constant_time_eq_is_eq() {
@@ -777,5 +873,23 @@ mod tests {
         assert!(!ct_eq(b"secret", b"secreT"));
         assert!(!ct_eq(b"secret", b"secret2"));
         assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn a_client_label_names_one_client_one_role_and_one_live_tenant_name() {
+        let actor = parse_client_label("alice.developer.acme").unwrap();
+        assert_eq!(actor.tenant.as_str(), "acme");
+        assert_eq!(actor.role, tern_tenancy::Role::Developer);
+        for bad in [
+            "developer.acme",
+            "a.b.developer.acme",
+            "alice.superuser.acme",
+            "alice.developer.Acme",
+            "-alice.developer.acme",
+            ".developer.acme",
+            "alice_x.developer.acme",
+        ] {
+            assert!(parse_client_label(bad).is_err(), "{bad}");
+        }
     }
 }

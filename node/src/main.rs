@@ -320,6 +320,37 @@ enum ClusterCommand {
         #[arg(long)]
         node: String,
     },
+    /// Create the cluster's client CA: `client-ca.pem` in `--dir` (copy it to every node with
+    /// the rest of the directory; the client API then accepts certificates it issues, and no
+    /// others) and its key at `--key` (mode 0600; keep it offline, outside `--dir`).
+    ClientCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Issue a client certificate for the QUIC client API: it acts for `--tenant` with
+    /// `--role`, like a bearer token of that tenant and role (`NAME.pem`, `NAME.key` in
+    /// `--out`). Needs the client CA key written by `client-ca`.
+    ClientCert {
+        /// The cluster directory holding `client-ca.pem`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The client CA key.
+        #[arg(long)]
+        key: PathBuf,
+        /// Who holds it: a DNS label (a-z, 0-9, '-').
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        tenant: String,
+        /// admin, developer or invoker.
+        #[arg(long)]
+        role: String,
+        /// Where to write the certificate and key (default: the current directory).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -566,6 +597,28 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 .map(|n| n.parse::<tern_cluster::NodeName>())
                 .collect::<Result<Vec<_>, _>>()?;
             for path in tern_cluster::pki::init_keeping_ca_key(&out, &names, ca_key.as_deref())? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::ClientCa { dir, key }) => {
+            for path in tern_cluster::pki::init_client_ca(&dir, &key)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::ClientCert {
+            dir,
+            key,
+            name,
+            tenant,
+            role,
+            out,
+        }) => {
+            let label = format!("{name}.{role}.{tenant}");
+            tern_node::client_api::parse_client_label(&label)
+                .map_err(|why| anyhow::anyhow!("cannot issue {label}: {why}"))?;
+            for path in tern_cluster::pki::issue_client(&dir, &key, &label, &out, &name)? {
                 println!("{}", path.display());
             }
             Ok(())

@@ -74,29 +74,46 @@ pub fn role_allows(role: Role, action: Action) -> bool {
     }
 }
 
-/// May `principal` do `action` on a resource of `resource_tenant`?
+/// May `actor` do `action` on a resource of `resource_tenant`?
 ///
-/// `principal` is `None` when the request had no token or its token did not authenticate.
+/// `actor` is `None` when the request had no credential or it did not authenticate.
 /// `resource_tenant` is the tenant owning the function, invocation, tenant record or metrics
 /// acted on, or `None` for node-wide resources that belong to no single tenant (and for
 /// requests that span tenants, like listing every tenant's functions): only admins reach
 /// those.
 pub fn authorize(
-    principal: Option<&Principal>,
+    actor: Option<&Actor>,
     action: Action,
     resource_tenant: Option<&TenantName>,
 ) -> Result<(), Denied> {
-    let principal = principal.ok_or(Denied::Unauthorized)?;
-    if principal.role == Role::Admin {
+    let actor = actor.ok_or(Denied::Unauthorized)?;
+    if actor.role == Role::Admin {
         return Ok(());
     }
-    if !role_allows(principal.role, action) {
+    if !role_allows(actor.role, action) {
         return Err(Denied::Forbidden);
     }
     match resource_tenant {
-        Some(t) if *t == principal.tenant => Ok(()),
+        Some(t) if *t == actor.tenant => Ok(()),
         Some(_) => Err(Denied::NotFound),
         None => Err(Denied::Forbidden),
+    }
+}
+
+/// Who acts, whatever proved it: a bearer token ([`Principal`]) or a client certificate
+/// naming a tenant and a role. Authorization looks at nothing else.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub tenant: TenantName,
+    pub role: Role,
+}
+
+impl From<&Principal> for Actor {
+    fn from(p: &Principal) -> Self {
+        Self {
+            tenant: p.tenant.clone(),
+            role: p.role,
+        }
     }
 }
 
@@ -142,12 +159,12 @@ mod tests {
         ]
     }
 
-    fn principal(role: Role) -> Principal {
-        Principal {
+    fn principal(role: Role) -> Actor {
+        Actor::from(&Principal {
             token: "0123456789abcdef".parse::<TokenId>().unwrap(),
             tenant: "acme".parse().unwrap(),
             role,
-        }
+        })
     }
 
     #[test]

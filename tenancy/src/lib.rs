@@ -31,7 +31,7 @@ pub mod share;
 pub mod tenant;
 pub mod token;
 
-pub use authz::{Action, authorize};
+pub use authz::{Action, Actor, authorize};
 pub use error::{AuthError, Denied, Error, QuotaKind};
 pub use fair::{FairQueue, Grant, LaneConfig, LaneStats, Rejected, Slot};
 pub use quota::{Deploy, Quotas, Usage, node_share};

@@ -32,8 +32,9 @@ pub const MAX_TOKEN: usize = 1024;
 /// One request: the operation and the caller's tenant token (if any).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRequest {
-    /// Tenant token. Needed when the node has tokens configured, unless the connection
-    /// presented a client certificate signed by the cluster CA.
+    /// Bearer token. Needed when the node has tokens configured, unless the connection
+    /// presented a client certificate from the cluster's client CA. The first field, so the
+    /// node can authenticate a request on its leading bytes.
     pub token: Option<String>,
     pub op: ClientOp,
 }

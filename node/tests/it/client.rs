@@ -168,7 +168,7 @@ async fn client_deploys_lists_invokes_and_removes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
+async fn tokens_authenticate_and_node_certificates_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let pki = init_pki(dir.path(), "pki");
     let node = start(node_config(dir.path(), &pki, "a", &["s3cret", "other"])).await;
@@ -185,31 +185,15 @@ async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    // The right token, and a certificate from the cluster CA without any token.
+    // The right token works; a node's certificate is no credential at all (the cluster has
+    // no client CA, so the node does not even ask for one).
     let tenant = connect(client_config(&pki, &seeds).with_token("s3cret")).await;
     let out = tenant.invoke("echo", b"hi".to_vec()).await.unwrap();
     assert_eq!(&out.output[..], b"hi");
     let with_cert =
         connect(client_config(&pki, &seeds).with_client_cert(pki.join("b.pem"), pki.join("b.key")))
             .await;
-    assert_eq!(with_cert.list().await.unwrap().len(), 1);
-
-    // A certificate from another CA fails the handshake, even with a good token.
-    let foreign = init_pki(dir.path(), "foreign");
-    let impostor = client_config(&pki, &seeds)
-        .with_token("s3cret")
-        .with_client_cert(foreign.join("a.pem"), foreign.join("a.key"));
-    let result = async {
-        let c = Client::connect(impostor).await?;
-        c.invoke("echo", b"x".to_vec()).await
-    };
-    let result = tokio::time::timeout(Duration::from_secs(20), result)
-        .await
-        .unwrap();
-    assert!(
-        matches!(result, Err(ClientError::Rejected { ref node, .. }) if node == "a"),
-        "{result:?}"
-    );
+    assert_eq!(api_code(with_cert.list().await), ErrorCode::Unauthorized);
 
     // A request that does not authenticate is refused on its leading bytes: announced as
     // 5 MiB, only its first 2 KiB sent, the answer is `unauthorized`, not "truncated" (the
@@ -264,7 +248,178 @@ async fn tokens_and_cluster_certificates_authenticate_and_nothing_else_does() {
         .lines()
         .find_map(|l| l.strip_prefix("tern_request_errors_total{code=\"unauthorized\"} "))
         .unwrap();
-    assert_eq!(unauthorized, "4", "two clients, two raw requests");
+    assert_eq!(
+        unauthorized, "5",
+        "three clients (one with a node certificate), two raw requests"
+    );
+    node.shutdown().await.unwrap();
+}
+
+/// With a client CA (`tern cluster client-ca`), a client certificate it issued acts for the
+/// tenant and role it names (`<client>.<role>.<tenant>.client.tern`) exactly as a bearer
+/// token of that tenant and role would; a certificate naming a tenant that does not exist is
+/// refused; node certificates and certificates of another client CA fail the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_act_for_their_tenant_and_role_and_node_certificates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let ca_key = dir.path().join("client-ca.key");
+    let certs = dir.path().join("certs");
+    // Through the CLI, as an operator would.
+    let tern = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let (pki_s, key_s, certs_s) = (
+        pki.to_str().unwrap(),
+        ca_key.to_str().unwrap(),
+        certs.to_str().unwrap(),
+    );
+    let out = tern(&["cluster", "client-ca", "--dir", pki_s, "--key", key_s]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, role, tenant) in [
+        ("alice", "developer", "acme"),
+        ("ivan", "invoker", "acme"),
+        ("root", "admin", "default"),
+        ("ghost", "developer", "gone"),
+    ] {
+        let out = tern(&[
+            "cluster",
+            "client-cert",
+            "--dir",
+            pki_s,
+            "--key",
+            key_s,
+            "--name",
+            name,
+            "--role",
+            role,
+            "--tenant",
+            tenant,
+            "--out",
+            certs_s,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = tern(&[
+        "cluster",
+        "client-cert",
+        "--dir",
+        pki_s,
+        "--key",
+        key_s,
+        "--name",
+        "eve",
+        "--role",
+        "root",
+        "--tenant",
+        "acme",
+        "--out",
+        certs_s,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid role"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = start(Config {
+        auth: tern_node::config::AuthMode::Tokens,
+        ..node_config(dir.path(), &pki, "a", &[])
+    })
+    .await;
+    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
+    let r = crate::auth::with_token(
+        node.addr(),
+        Method::POST,
+        "/v1/tenants",
+        Some(admin.trim()),
+        r#"{"name":"acme"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let seeds = [("a", client_addr(&node))];
+    let as_holder = |stem: &str| {
+        connect(client_config(&pki, &seeds).with_client_cert(
+            certs.join(format!("{stem}.pem")),
+            certs.join(format!("{stem}.key")),
+        ))
+    };
+
+    let alice = as_holder("alice").await;
+    let deployed = alice.deploy("work", wasm("echo").to_vec()).await.unwrap();
+    assert_eq!(deployed.name.as_str(), "acme.work");
+    assert_eq!(&alice.invoke("work", "hi").await.unwrap().output[..], b"hi");
+    assert_eq!(
+        api_code(alice.invoke("echo", "x").await),
+        ErrorCode::NotFound
+    );
+    let listed: Vec<String> = alice
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.name.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, ["acme.work"]);
+
+    let ivan = as_holder("ivan").await;
+    assert_eq!(&ivan.invoke("work", "ok").await.unwrap().output[..], b"ok");
+    assert_eq!(
+        api_code(ivan.deploy("other", wasm("echo").to_vec()).await),
+        ErrorCode::Forbidden
+    );
+
+    let root = as_holder("root").await;
+    assert_eq!(
+        root.list().await.unwrap().len(),
+        2,
+        "an admin sees every tenant"
+    );
+
+    let ghost = as_holder("ghost").await;
+    assert_eq!(api_code(ghost.list().await), ErrorCode::Unauthorized);
+
+    // A node certificate, and a certificate from another cluster's client CA, fail the
+    // handshake: the node trusts its client CA alone for clients.
+    let foreign = init_pki(dir.path(), "foreign");
+    let foreign_key = dir.path().join("foreign-client-ca.key");
+    tern_cluster::pki::init_client_ca(&foreign, &foreign_key).unwrap();
+    tern_cluster::pki::issue_client(
+        &foreign,
+        &foreign_key,
+        "mallory.admin.default",
+        &certs,
+        "mallory",
+    )
+    .unwrap();
+    for (cert, key) in [
+        (pki.join("b.pem"), pki.join("b.key")),
+        (certs.join("mallory.pem"), certs.join("mallory.key")),
+    ] {
+        let impostor = client_config(&pki, &seeds).with_client_cert(cert, key);
+        let result = async {
+            let c = Client::connect(impostor).await?;
+            c.list().await
+        };
+        let result = tokio::time::timeout(Duration::from_secs(20), result)
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, Err(ClientError::Rejected { ref node, .. }) if node == "a"),
+            "{result:?}"
+        );
+    }
     node.shutdown().await.unwrap();
 }
 
