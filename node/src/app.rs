@@ -662,18 +662,27 @@ impl App {
     /// shared by them (a removed tenant's waiting units are refused). A tenant's
     /// `max_concurrent` holds for the cluster: this node enforces its part
     /// ([`tern_tenancy::node_share`]) of it.
+    /// Members up, this node included.
+    fn members_up(&self) -> u32 {
+        u32::try_from(self.peers_up.load(Ordering::Relaxed))
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+
+    /// This node's part of a tenant's cluster-wide `max_concurrent`.
+    pub fn concurrency_part(&self, quota: u32) -> u32 {
+        tern_tenancy::node_share(quota, self.members_up())
+    }
+
     pub(crate) fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
         let runtime = &self.services().runtime;
         let _one_at_a_time = tern_sync::poison::lock(&self.tenants_to_runtime);
-        let members_up = u32::try_from(self.peers_up.load(Ordering::Relaxed))
-            .unwrap_or(u32::MAX)
-            .saturating_add(1);
+        let members_up = self.members_up();
         for entry in entries {
             if entry.is_live() {
                 let spec = &entry.tenant.spec;
                 let mut lane = tern_tenancy::LaneConfig::from(spec);
-                lane.max_concurrent =
-                    tern_tenancy::node_share(spec.quotas.max_concurrent, members_up);
+                lane.max_concurrent = self.concurrency_part(spec.quotas.max_concurrent);
                 runtime.set_tenant(entry.name().clone(), lane);
                 self.rates
                     .set(entry.name().clone(), spec.quotas.rate(), members_up);

@@ -708,7 +708,8 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
     };
     let body = body
         + &tenant_slot_metrics(&services.runtime.tenants_slots())
-        + &tenant_stored_metrics(app);
+        + &tenant_stored_metrics(app)
+        + &tenant_quota_metrics(app);
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,
@@ -776,6 +777,85 @@ fn tenant_stored_metrics(app: &App) -> String {
         );
     }
     out
+}
+
+/// Each live tenant's quotas, to read its usage against: the cluster-wide values of its
+/// record, and this node's part of those split between the members. Quotas without a limit
+/// are left out.
+fn tenant_quota_metrics(app: &App) -> String {
+    use std::fmt::Write as _;
+    let mut quotas = String::from(
+        "# HELP tern_tenant_quota A quota of the tenant, as its record sets it (cluster-wide for max_concurrent, max_rate_per_s and rate_burst).\n\
+         # TYPE tern_tenant_quota gauge\n",
+    );
+    let mut parts = String::from(
+        "# HELP tern_tenant_node_part This node's part of a cluster-wide quota of the tenant (what it enforces here).\n\
+         # TYPE tern_tenant_node_part gauge\n",
+    );
+    for entry in app.tenants.entries().into_iter().filter(|e| e.is_live()) {
+        let tenant = entry.name();
+        let q = &entry.tenant.spec.quotas;
+        let finite = [
+            (
+                "max_concurrent",
+                u64::from(q.max_concurrent),
+                u64::from(u32::MAX),
+            ),
+            ("memory_budget_bytes", q.memory_budget_bytes, u64::MAX),
+            ("max_queued", u64::from(q.max_queued), u64::from(u32::MAX)),
+            (
+                "max_timeout_ms",
+                u64::from(q.max_timeout_ms),
+                u64::from(u32::MAX),
+            ),
+            (
+                "max_functions",
+                u64::from(q.max_functions),
+                u64::from(u32::MAX),
+            ),
+            ("max_module_bytes", q.max_module_bytes, u64::MAX),
+            (
+                "max_stored_results",
+                u64::from(q.max_stored_results),
+                u64::from(u32::MAX),
+            ),
+            (
+                "max_stored_result_bytes",
+                q.max_stored_result_bytes,
+                u64::MAX,
+            ),
+            (
+                "max_rate_per_s",
+                u64::from(q.max_rate_per_s),
+                u64::from(u32::MAX),
+            ),
+            ("rate_burst", u64::from(q.rate_burst), u64::from(u32::MAX)),
+        ];
+        for (name, value, unlimited) in finite {
+            if value != unlimited {
+                let _ = writeln!(
+                    quotas,
+                    "tern_tenant_quota{{tenant=\"{tenant}\",quota=\"{name}\"}} {value}"
+                );
+            }
+        }
+        let concurrent = app.concurrency_part(q.max_concurrent);
+        if concurrent != u32::MAX {
+            let _ = writeln!(
+                parts,
+                "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"max_concurrent\"}} {concurrent}"
+            );
+        }
+        if let Some(rate) = app.rates.part(tenant) {
+            let _ = writeln!(
+                parts,
+                "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"max_rate_per_s\"}} {}\n\
+                 tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"rate_burst\"}} {}",
+                rate.per_s, rate.burst
+            );
+        }
+    }
+    quotas + &parts
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

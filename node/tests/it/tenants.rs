@@ -928,6 +928,19 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
         let r = call(&acme, "/v1/functions/work/invoke").await;
         assert_eq!(r.status, 200, "{}", body(&r));
     }
+    // Usage can be read against the quotas on /metrics: the record's values, and this
+    // node's part (alone, the whole); `default` has no limits, so no lines.
+    let text = metrics_text(&n).await;
+    for line in [
+        "tern_tenant_quota{tenant=\"acme\",quota=\"max_rate_per_s\"} 1000\n",
+        "tern_tenant_quota{tenant=\"acme\",quota=\"rate_burst\"} 100\n",
+        "tern_tenant_quota{tenant=\"acme\",quota=\"max_concurrent\"} 250\n",
+        "tern_tenant_node_part{tenant=\"acme\",quota=\"max_rate_per_s\"} 1000\n",
+        "tern_tenant_node_part{tenant=\"acme\",quota=\"max_concurrent\"} 250\n",
+    ] {
+        assert!(text.contains(line), "{line} in /metrics");
+    }
+    assert!(!text.contains("tern_tenant_quota{tenant=\"default\""));
     // A rate of zero could never admit anything: refused as a bad quota.
     let r = update_acme(&n, r#"{"quotas":{"max_rate_per_s":0}}"#).await;
     assert_eq!(r.status, 400, "{}", body(&r));
