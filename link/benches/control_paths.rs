@@ -74,6 +74,8 @@ fn status() -> NodeStatus {
             .map(|i| tern_wire::peer::TenantDemand {
                 tenant: format!("team-{i}").parse().expect("valid tenant name"),
                 per_s: 250 * (i + 1),
+                slots: 4 * (i + 1),
+                running: 2 * (i + 1),
             })
             .collect(),
     }

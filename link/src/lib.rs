@@ -36,7 +36,7 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
-use tern_tenancy::TenantName;
+use tern_tenancy::{Demand, TenantName};
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
@@ -160,9 +160,9 @@ pub trait LocalNode: Send + Sync + 'static {
     /// the number changed): cluster-wide limits are split over the members that are up.
     fn peers_up(&self, _up: usize) {}
     /// After each status this node publishes: every tenant's demand at the other members
-    /// with a fresh status (calls a second, summed), and how many members are up with this
-    /// one. Cluster-wide rate quotas are split by these.
-    fn cluster_demand(&self, _others: HashMap<TenantName, u64>, _members_up: usize) {}
+    /// with a fresh status (summed), and how many members are up with this one. Tenants'
+    /// cluster-wide quotas are split by these.
+    fn cluster_demand(&self, _others: HashMap<TenantName, Demand>, _members_up: usize) {}
 }
 
 /// How a link behaves, whatever mesh it runs over.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tern_cluster::{NodeName, PeerState};
 use tern_placement::NodeView;
-use tern_tenancy::TenantName;
+use tern_tenancy::{Demand, TenantName};
 use tern_wire::FunctionInfo;
 use tern_wire::peer::{MAX_TENANT_DEMANDS, NodeStatus};
 
@@ -92,17 +92,21 @@ impl PeerTable {
         }
     }
 
-    /// Each tenant's demand at the peers with a fresh status (calls a second, summed over
-    /// them), reading at most [`MAX_TENANT_DEMANDS`] entries of each status.
-    pub fn tenant_demand(&self, now: Instant) -> HashMap<TenantName, u64> {
-        let mut sum: HashMap<TenantName, u64> = HashMap::new();
+    /// Each tenant's demand at the peers with a fresh status, summed over them, reading at
+    /// most [`MAX_TENANT_DEMANDS`] entries of each status.
+    pub fn tenant_demand(&self, now: Instant) -> HashMap<TenantName, Demand> {
+        let mut sum: HashMap<TenantName, Demand> = HashMap::new();
         for (status, at) in self.statuses.values() {
             if now.saturating_duration_since(*at) > self.stale_after {
                 continue;
             }
             for d in status.tenant_demand.iter().take(MAX_TENANT_DEMANDS) {
                 let total = sum.entry(d.tenant.clone()).or_default();
-                *total = total.saturating_add(d.per_s);
+                *total = total.saturating_add(Demand {
+                    calls_per_s: d.per_s,
+                    slots: d.slots,
+                    running: d.running,
+                });
             }
         }
         sum
@@ -461,6 +465,8 @@ mod tests {
                 .map(|(t, per_s)| TenantDemand {
                     tenant: t.parse().unwrap(),
                     per_s: *per_s,
+                    slots: 1,
+                    running: 1,
                 })
                 .collect(),
             ..NodeStatus::default()
@@ -469,8 +475,13 @@ mod tests {
         table.on_status(n("b"), demand(&[("acme", 100), ("zed", 5)]), t0);
         table.on_status(n("c"), demand(&[("acme", 50)]), t0);
         let sum = table.tenant_demand(t0);
-        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&150));
-        assert_eq!(sum.get(&"zed".parse().unwrap()), Some(&5));
+        let summed = |calls_per_s, n| Demand {
+            calls_per_s,
+            slots: n,
+            running: n,
+        };
+        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&summed(150, 2)));
+        assert_eq!(sum.get(&"zed".parse().unwrap()), Some(&summed(5, 1)));
         // c's status goes stale: only b counts.
         table.on_status(
             n("b"),
@@ -478,7 +489,7 @@ mod tests {
             t0 + Duration::from_secs(2),
         );
         let sum = table.tenant_demand(t0 + Duration::from_secs(2));
-        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&100));
+        assert_eq!(sum.get(&"acme".parse().unwrap()), Some(&summed(100, 1)));
         // A status listing more tenants than allowed: the rest is not read.
         let many: Vec<(String, u64)> = (0..MAX_TENANT_DEMANDS + 10)
             .map(|i| (format!("t{i}"), 1))

@@ -49,8 +49,8 @@ pub struct App {
     /// Held from a journal room check to the write it allows, so concurrent accepts (or
     /// results) cannot all pass a check that only one of them fits.
     journal_room: std::sync::Mutex<()>,
-    /// Tenants' request-rate buckets, at this node's part of each cluster-wide rate.
-    pub rates: crate::rates::NodeRates,
+    /// This node's parts of tenants' cluster-wide quotas (rate buckets, `max_concurrent`).
+    pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
 }
 
 /// The cluster link's view of this node.
@@ -97,7 +97,13 @@ impl LocalNode for App {
             memory_bytes: resident_bytes(),
             recent_mean_us,
             seq,
-            tenant_demand: self.rates.take_demand(),
+            tenant_demand: self.cluster_quotas.take_demand(
+                &runtime
+                    .tenants_slots()
+                    .into_iter()
+                    .map(|(t, running, waiting)| (t, (u64::from(running), u64::from(waiting))))
+                    .collect(),
+            ),
         }
     }
 
@@ -120,11 +126,22 @@ impl LocalNode for App {
 
     fn cluster_demand(
         &self,
-        others: std::collections::HashMap<tern_tenancy::TenantName, u64>,
+        others: std::collections::HashMap<tern_tenancy::TenantName, tern_tenancy::Demand>,
         members_up: usize,
     ) {
-        self.rates
+        let runtime = &self.services().runtime;
+        let _one_at_a_time = tern_sync::poison::lock(&self.tenants_to_runtime);
+        let changed = self
+            .cluster_quotas
             .share(&others, u32::try_from(members_up).unwrap_or(u32::MAX));
+        for (tenant, max_concurrent) in changed {
+            // A live tenant only (`get` answers no other).
+            if let Some(live) = self.tenants.get(&tenant) {
+                let mut lane = tern_tenancy::LaneConfig::from(&live.spec);
+                lane.max_concurrent = max_concurrent;
+                runtime.set_tenant(tenant, lane);
+            }
+        }
     }
 
     fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, ApiError> {
@@ -261,7 +278,7 @@ impl App {
             peers_up: std::sync::atomic::AtomicUsize::new(0),
             tenants_to_runtime: std::sync::Mutex::new(()),
             journal_room: std::sync::Mutex::new(()),
-            rates: crate::rates::NodeRates::new(),
+            cluster_quotas: crate::cluster_quotas::ClusterQuotas::new(),
         })
     }
 
@@ -658,10 +675,6 @@ impl App {
         Ok(tombstone)
     }
 
-    /// Gives the runtime the weights and limits of changed tenants, so instance slots are
-    /// shared by them (a removed tenant's waiting units are refused). A tenant's
-    /// `max_concurrent` holds for the cluster: this node enforces its part
-    /// ([`tern_tenancy::node_share`]) of it.
     /// Members up, this node included.
     fn members_up(&self) -> u32 {
         u32::try_from(self.peers_up.load(Ordering::Relaxed))
@@ -669,11 +682,10 @@ impl App {
             .saturating_add(1)
     }
 
-    /// This node's part of a tenant's cluster-wide `max_concurrent`.
-    pub fn concurrency_part(&self, quota: u32) -> u32 {
-        tern_tenancy::node_share(quota, self.members_up())
-    }
-
+    /// Gives the runtime the weights and limits of changed tenants, so instance slots are
+    /// shared by them (a removed tenant's waiting units are refused). A tenant's
+    /// `max_concurrent` and request rate hold for the cluster: this node enforces its parts
+    /// ([`crate::cluster_quotas`]).
     pub(crate) fn tenants_changed(&self, entries: &[tern_tenancy::TenantEntry]) {
         let runtime = &self.services().runtime;
         let _one_at_a_time = tern_sync::poison::lock(&self.tenants_to_runtime);
@@ -681,14 +693,17 @@ impl App {
         for entry in entries {
             if entry.is_live() {
                 let spec = &entry.tenant.spec;
+                let parts = self.cluster_quotas.set(
+                    entry.name().clone(),
+                    spec.quotas.cluster(),
+                    members_up,
+                );
                 let mut lane = tern_tenancy::LaneConfig::from(spec);
-                lane.max_concurrent = self.concurrency_part(spec.quotas.max_concurrent);
+                lane.max_concurrent = parts.max_concurrent;
                 runtime.set_tenant(entry.name().clone(), lane);
-                self.rates
-                    .set(entry.name().clone(), spec.quotas.rate(), members_up);
             } else {
                 runtime.remove_tenant(entry.name());
-                self.rates.remove(entry.name());
+                self.cluster_quotas.remove(entry.name());
                 self.services().metrics.retire_tenant(entry.name().as_str());
             }
         }
@@ -707,7 +722,7 @@ impl App {
     /// this before they read the call's body; a refusal counts on the tenant's metrics.
     pub fn admit_rate(&self, function: &FunctionName) -> Result<(), NodeError> {
         let tenant = function.tenant();
-        self.rates.admit(&tenant).inspect_err(|e| {
+        self.cluster_quotas.admit(&tenant).inspect_err(|e| {
             self.services()
                 .metrics
                 .tenant(tenant.as_str())

@@ -839,20 +839,20 @@ fn tenant_quota_metrics(app: &App) -> String {
                 );
             }
         }
-        let concurrent = app.concurrency_part(q.max_concurrent);
-        if concurrent != u32::MAX {
-            let _ = writeln!(
-                parts,
-                "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"max_concurrent\"}} {concurrent}"
-            );
-        }
-        if let Some(rate) = app.rates.part(tenant) {
-            let _ = writeln!(
-                parts,
-                "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"max_rate_per_s\"}} {}\n\
-                 tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"rate_burst\"}} {}",
-                rate.per_s, rate.burst
-            );
+        let Some(part) = app.cluster_quotas.parts(tenant) else {
+            continue;
+        };
+        for (name, value) in [
+            ("max_concurrent", part.max_concurrent),
+            ("max_rate_per_s", part.rate.per_s),
+            ("rate_burst", part.rate.burst),
+        ] {
+            if value != u32::MAX {
+                let _ = writeln!(
+                    parts,
+                    "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"{name}\"}} {value}"
+                );
+            }
         }
     }
     quotas + &parts

@@ -7,12 +7,12 @@
 pub mod app;
 pub mod auth;
 pub mod client_api;
+pub mod cluster_quotas;
 pub mod config;
 mod error;
 pub mod http;
 pub mod idempotency;
 pub mod node;
-pub mod rates;
 pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;

@@ -12,8 +12,9 @@
 //! - [`tenant`]: `TenantName`, `Weight`, `SlaClass`, `TenantSpec`, `Tenant`, and the
 //!   replicated, last-writer-wins `TenantEntry`.
 //! - [`quota`]: `Quotas`, `Usage`, and the deploy and stored-result checks.
-//! - [`rate`]: request-rate quotas: a token bucket per tenant (`RateBook`) and each node's
-//!   part of a tenant's cluster-wide rate by where its calls arrive (`rate_part`).
+//! - [`rate`]: `RateLimit` and the token `Bucket` behind request-rate quotas.
+//! - [`demand`]: each node's part of a tenant's cluster-wide quotas (rate, `max_concurrent`)
+//!   by where its work is (`demand_part`, `DemandBook`).
 //! - [`token`]: `Role`, `Token` (generate, parse), the hashed `TokenRecord`, `TokenBook`
 //!   (authenticate, revoke, list, replicate) and the authenticated `Principal`.
 //! - [`authz`]: `Action` and `authorize` → 401 / 403 / 404.
@@ -23,6 +24,7 @@
 //! - [`error`]: `Error` (with HTTP status and API code), `AuthError`, `Denied`, `QuotaKind`.
 
 pub mod authz;
+pub mod demand;
 pub mod error;
 pub mod fair;
 pub mod quota;
@@ -32,10 +34,11 @@ pub mod tenant;
 pub mod token;
 
 pub use authz::{Action, Actor, authorize};
+pub use demand::{ClusterQuota, Demand, DemandBook, Parts, demand_part};
 pub use error::{AuthError, Denied, Error, QuotaKind};
 pub use fair::{FairQueue, Grant, LaneConfig, LaneStats, Rejected, Slot};
-pub use quota::{Deploy, Quotas, Usage, node_share};
-pub use rate::{RateBook, RateLimit, rate_part};
+pub use quota::{Deploy, Quotas, Usage};
+pub use rate::{Bucket, RateLimit};
 pub use share::{ShareParams, TenantLoad};
 pub use tenant::{SlaClass, Tenant, TenantEntry, TenantName, TenantSpec, Weight};
 pub use token::{Principal, Role, Secret, Token, TokenBook, TokenId, TokenInfo, TokenRecord};

@@ -24,7 +24,8 @@ const GIB: u64 = 1 << 30;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "UncheckedQuotas")]
 pub struct Quotas {
-    /// Instances of this tenant running at once on a node.
+    /// Instances of this tenant running at once in the cluster (each node enforces its part,
+    /// see [`crate::demand`]).
     pub max_concurrent: u32,
     /// Sum of the memory limits (`memory_mb`, in bytes) of this tenant's running instances.
     pub memory_budget_bytes: u64,
@@ -41,7 +42,7 @@ pub struct Quotas {
     pub max_stored_results: u32,
     /// Bytes of asynchronous results kept at once.
     pub max_stored_result_bytes: u64,
-    /// Invocations a second, on average, across the cluster (see [`crate::rate`]).
+    /// Invocations a second, on average, across the cluster (see [`crate::demand`]).
     pub max_rate_per_s: u32,
     /// Invocations that may arrive at once above the average rate.
     pub rate_burst: u32,
@@ -158,6 +159,14 @@ impl Quotas {
         }
     }
 
+    /// The quotas that hold for the whole cluster, each node enforcing its part.
+    pub fn cluster(&self) -> crate::demand::ClusterQuota {
+        crate::demand::ClusterQuota {
+            rate: self.rate(),
+            max_concurrent: self.max_concurrent,
+        }
+    }
+
     /// Whether one more asynchronous result of `bytes` may be stored. Results expire, so
     /// waiting may help, but only the node knows when the oldest one goes: it fills in
     /// `Retry-After` if it wants to.
@@ -212,23 +221,6 @@ impl TryFrom<UncheckedQuotas> for Quotas {
     }
 }
 
-/// One node's part of a tenant's cluster-wide `max_concurrent`: an even split over the
-/// members that are up, this node included, rounded up so that every member can run at least
-/// one guest of a tenant allowed any. Each node enforces its part on its own instance slots,
-/// so the tenant's guests running in the whole cluster stay within
-/// `quota + members_up - 1` (the rounding) while the members agree on who is up. While they
-/// do not (a link just went down or came back, a partition), each side splits over what it
-/// sees, and the total can reach the quota once per side. `u32::MAX` means no limit and stays
-/// so.
-///
-/// Even, not by demand: a tenant whose calls reach only some nodes gets only their parts.
-pub fn node_share(quota: u32, members_up: u32) -> u32 {
-    if quota == u32::MAX {
-        return u32::MAX;
-    }
-    quota.div_ceil(members_up.max(1))
-}
-
 /// What a tenant currently stores, as counted by the node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -254,27 +246,6 @@ pub struct Deploy {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn a_cluster_wide_quota_is_split_evenly_and_the_parts_overshoot_only_by_rounding() {
-        for quota in [1u32, 2, 5, 50, 250, 1001] {
-            for members in 1u32..=7 {
-                let part = super::node_share(quota, members);
-                assert!(part >= 1, "every member may run one ({quota}/{members})");
-                let total = part * members;
-                assert!(
-                    total >= quota && total < quota + members,
-                    "{members} parts of {part} for a quota of {quota}"
-                );
-            }
-        }
-        assert_eq!(super::node_share(50, 0), 50, "alone: the whole quota");
-        assert_eq!(
-            super::node_share(u32::MAX, 3),
-            u32::MAX,
-            "no limit stays no limit"
-        );
-    }
 
     fn small() -> Quotas {
         Quotas {

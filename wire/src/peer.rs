@@ -108,9 +108,9 @@ pub struct NodeStatus {
     pub recent_mean_us: u64,
     /// Increases with every status from one boot of the node.
     pub seq: u64,
-    /// Calls a second that reached this node over its last status interval, per tenant with
-    /// a finite rate quota and any calls, busiest first, at most [`MAX_TENANT_DEMANDS`]: the
-    /// members split each tenant's cluster-wide rate by these.
+    /// Each tenant's demand here, for tenants with a cluster-wide quota and any demand,
+    /// busiest first, at most [`MAX_TENANT_DEMANDS`]: the members split each tenant's
+    /// cluster-wide quotas by these.
     pub tenant_demand: Vec<TenantDemand>,
 }
 
@@ -121,8 +121,12 @@ pub const MAX_TENANT_DEMANDS: usize = 256;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TenantDemand {
     pub tenant: TenantName,
-    /// Calls a second, admitted or not.
+    /// Calls a second over the last status interval, admitted or not (splits the rate).
     pub per_s: u64,
+    /// Guests running or waiting for an instance slot (splits `max_concurrent`).
+    pub slots: u64,
+    /// Of those, the guests running (the others' parts leave room for them).
+    pub running: u64,
 }
 
 /// One MEU sent to another node to run.

@@ -1054,7 +1054,18 @@ async fn three_with_acme_function(
     module: &str,
     query: &str,
 ) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
-    let nodes = start_three(root).await;
+    three_with_acme_function_and(root, quotas, module, query, |_, c| c).await
+}
+
+/// [`three_with_acme_function`] with each node's configuration adjusted first.
+async fn three_with_acme_function_and(
+    root: &std::path::Path,
+    quotas: &str,
+    module: &str,
+    query: &str,
+    adjust: impl Fn(usize, Config) -> Config,
+) -> (Vec<NodeHandle>, Vec<SocketAddr>) {
+    let nodes = start_three_with(root, adjust).await;
     let addrs: Vec<SocketAddr> = nodes.iter().map(|n| n.addr()).collect();
     let r = request(
         addrs[0],
@@ -1086,64 +1097,127 @@ async fn three_with_acme_function(
     (nodes, addrs)
 }
 
-/// A tenant's `max_concurrent` holds for the cluster, not per node: each of the three nodes
-/// enforces its part, the quota split evenly and rounded up (7 → 3 each), so with calls
-/// flooding in through every node the tenant's guests running in the whole cluster never
-/// exceed the quota plus the rounding (at most members − 1 = 2).
+/// A tenant's `max_concurrent` holds for the cluster, not per node, and follows where its
+/// guests are: each node enforces its part of the quota in proportion to the tenant's guests
+/// running or waiting there, as the members publish it (7 over three idle nodes is 3 each).
+/// Calls flooding in through one node (local-first placement) get (almost) the whole quota
+/// there; calls flooding in through every node stay within the quota plus the documented
+/// slack (rounding: members − 1; guests started under a larger part keep running until they
+/// end).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let (nodes, addrs) = three_with_acme_function(
+    let (nodes, addrs) = three_with_acme_function_and(
         root.path(),
         r#"{"max_concurrent":7,"max_queued":100}"#,
         "loop",
         "timeout_ms=1500",
+        |_, c| Config {
+            placement: "local-first".into(),
+            ..c
+        },
     )
     .await;
-
-    let flood: Vec<_> = addrs
-        .iter()
-        .flat_map(|&addr| (0..12).map(move |_| addr))
-        .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
-        .collect();
     let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
-    let (mut most_in_cluster, mut most_on_a_node) = (0, 0);
-    for _ in 0..60 {
-        let running: Vec<u32> = nodes
+    // 12 calls through each of `first`, and 500 ms later through each of `then`; running
+    // guests on each node sampled every 25 ms meanwhile: the most seen on one node, and in
+    // the cluster at once.
+    let flood = |first: Vec<SocketAddr>, then: Vec<SocketAddr>| {
+        let nodes = &nodes;
+        let acme = &acme;
+        async move {
+            let start = |through: Vec<SocketAddr>| -> Vec<_> {
+                through
+                    .into_iter()
+                    .flat_map(|addr| (0..12).map(move |_| addr))
+                    .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
+                    .collect()
+            };
+            let mut calls = start(first);
+            let (mut most_in_cluster, mut most_on_a_node) = (0, 0);
+            for i in 0..70 {
+                if i == 20 {
+                    calls.extend(start(then.clone()));
+                }
+                let running: Vec<u32> = nodes
+                    .iter()
+                    .map(|n| {
+                        n.app()
+                            .services()
+                            .runtime
+                            .tenant_slots(acme)
+                            .map_or(0, |(running, _)| running)
+                    })
+                    .collect();
+                most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
+                most_on_a_node = most_on_a_node.max(*running.iter().max().unwrap());
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            for c in calls {
+                let r = c.await.unwrap();
+                assert!(
+                    [504, 429, 503].contains(&r.status),
+                    "timeouts and refusals only: {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
+            }
+            (most_in_cluster, most_on_a_node)
+        }
+    };
+    let even = |nodes: &[NodeHandle]| {
+        nodes
             .iter()
-            .map(|n| {
+            .all(|n| {
                 n.app()
-                    .services()
-                    .runtime
-                    .tenant_slots(&acme)
-                    .map_or(0, |(running, _)| running)
+                    .cluster_quotas
+                    .parts(&acme)
+                    .map(|p| p.max_concurrent)
+                    == Some(3)
             })
-            .collect();
-        most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
-        most_on_a_node = most_on_a_node.max(*running.iter().max().unwrap());
-        tokio::time::sleep(Duration::from_millis(25)).await;
+            .then_some(())
+    };
+    for n in &nodes {
+        eventually("an even split", Duration::from_secs(20), || async {
+            even(std::slice::from_ref(n))
+        })
+        .await;
     }
-    for f in flood {
-        let r = f.await.unwrap();
-        assert!(
-            [504, 429, 503].contains(&r.status),
-            "timeouts and refusals only: {} {}",
-            r.status,
-            String::from_utf8_lossy(&r.body)
-        );
-    }
+
+    // Through one node: its part grows to the whole quota once its demand shows.
+    let (in_cluster, on_a_node) = flood(vec![addrs[0]], Vec::new()).await;
+    eprintln!("through one node: at most {in_cluster} in the cluster, {on_a_node} on a node");
+    assert!(on_a_node >= 6, "the busy node got the quota: {on_a_node}");
     assert!(
-        most_on_a_node <= 3,
-        "a node ran {most_on_a_node} > its part 3"
+        in_cluster <= 7 + 2,
+        "{in_cluster} running, quota 7 + rounding 2"
     );
+
+    // Idle again: back to even parts before the next flood.
+    eventually("an even split again", Duration::from_secs(20), || async {
+        even(&nodes)
+    })
+    .await;
+    let (in_cluster, on_a_node) = flood(addrs.clone(), Vec::new()).await;
+    eprintln!("through three nodes: at most {in_cluster} in the cluster, {on_a_node} on a node");
     assert!(
-        most_in_cluster <= 7 + 2,
-        "{most_in_cluster} running in the cluster, quota 7 + rounding 2"
+        in_cluster <= 7 + 2,
+        "{in_cluster} running in the cluster, quota 7 + rounding 2"
     );
+    assert!(in_cluster >= 6, "the flood used the quota: {in_cluster}");
+
+    // Through one node, then all three while the first node's guests still run: the others
+    // take only what those guests leave free.
+    eventually("an even split again", Duration::from_secs(20), || async {
+        even(&nodes)
+    })
+    .await;
+    let (in_cluster, on_a_node) = flood(vec![addrs[0]], addrs[1..].to_vec()).await;
+    eprintln!("one node, then three: at most {in_cluster} in the cluster, {on_a_node} on a node");
     assert!(
-        most_on_a_node == 3,
-        "the flood filled at least one node's part: {most_on_a_node}"
+        in_cluster <= 7 + 2,
+        "{in_cluster} running in the cluster, quota 7 + rounding 2"
     );
     for n in nodes {
         n.shutdown().await.unwrap();
@@ -1211,7 +1285,7 @@ async fn a_tenants_rate_quota_holds_across_the_cluster_and_follows_its_demand() 
     for n in &nodes {
         // Every node starts with an even third of the rate.
         eventually("rate split", Duration::from_secs(20), || async {
-            (n.app().rates.part(&acme)
+            (n.app().cluster_quotas.parts(&acme).map(|p| p.rate)
                 == Some(tern_tenancy::RateLimit {
                     per_s: 14,
                     burst: 4,

@@ -114,10 +114,14 @@ fn status_full(class: NodeClass) -> NodeStatus {
             TenantDemand {
                 tenant: "acme".parse().expect("valid tenant name"),
                 per_s: 1500,
+                slots: 7,
+                running: 3,
             },
             TenantDemand {
                 tenant: "default".parse().expect("valid tenant name"),
                 per_s: u64::MAX,
+                slots: u64::MAX,
+                running: u64::MAX,
             },
         ],
     }

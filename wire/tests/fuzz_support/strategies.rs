@@ -132,7 +132,15 @@ pub fn node_status() -> impl Strategy<Value = NodeStatus> {
             num64(),
             num64(),
         ),
-        vec((select(vec!["default", "acme", "a-b-c"]), num64()), 0..3),
+        vec(
+            (
+                select(vec!["default", "acme", "a-b-c"]),
+                num64(),
+                num64(),
+                num64(),
+            ),
+            0..3,
+        ),
     )
         .prop_map(
             |(
@@ -154,9 +162,11 @@ pub fn node_status() -> impl Strategy<Value = NodeStatus> {
                 seq,
                 tenant_demand: demand
                     .into_iter()
-                    .map(|(tenant, per_s)| TenantDemand {
+                    .map(|(tenant, per_s, slots, running)| TenantDemand {
                         tenant: tenant.parse().expect("valid tenant name"),
                         per_s,
+                        slots,
+                        running,
                     })
                     .collect(),
             },
