@@ -39,7 +39,7 @@ use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
     ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
-    FunctionName, FunctionRef, InvokeReply, encode_frame,
+    FunctionName, InvokeReply, encode_frame,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -50,6 +50,7 @@ use crate::config::AuthMode;
 use crate::config::{Config, ConfigError};
 use crate::error::{ClientApiError, NodeError};
 use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
+use crate::service;
 use tern_tenancy::{Action, Actor};
 
 /// Requests a connection may have open at once (QUIC stream limit).
@@ -657,45 +658,21 @@ fn check_key(key: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-fn check_input(ctx: &Ctx, input: &[u8]) -> Result<(), ApiError> {
-    let limit = ctx.app.config.max_body_bytes;
-    if input.len() > limit {
-        return Err(NodeError::BodyTooLarge { limit }.to_api());
-    }
-    Ok(())
-}
-
 async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<ClientReply, ApiError> {
     let app = &ctx.app;
     let node_err = |e: NodeError| e.to_api();
-    // The function a request names, for this caller (`name` is in the caller's tenant).
-    let named = |name: &FunctionRef, action| {
-        crate::http::function_for(app, caller, name.as_str(), action).map_err(node_err)
-    };
     match op {
         ClientOp::Deploy {
             name,
             module,
             timeout_ms,
             memory_mb,
-        } => {
-            let limit = app.config.max_module_bytes;
-            if module.len() > limit {
-                return Err(ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!("module over the {limit}-byte limit"),
-                ));
-            }
-            let name = named(&name, Action::Deploy)?;
-            let app = app.clone();
-            crate::app::to_completion(async move {
-                app.deploy(name, Bytes::from(module), timeout_ms, memory_mb)
-                    .await
-            })
+        } => service::Deploy::authorize(app, caller, name.as_str())
+            .map_err(node_err)?
+            .run(app, Bytes::from(module), timeout_ms, memory_mb)
             .await
             .map(ClientReply::Deployed)
-            .map_err(node_err)
-        }
+            .map_err(node_err),
         ClientOp::Invoke {
             name,
             input,
@@ -703,7 +680,6 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             idempotency_key,
             timeout_ms,
         } => {
-            check_input(ctx, &input)?;
             check_key(idempotency_key.as_deref())?;
             if timeout_ms == Some(0) {
                 return Err(ApiError::new(
@@ -712,8 +688,9 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
                 ));
             }
             let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
-            let name = named(&name, Action::Invoke)?;
-            app.admit_rate(&name).map_err(node_err)?;
+            let name = service::Invoke::admit(app, caller, name.as_str())
+                .and_then(|call| call.with_input(app, &input))
+                .map_err(node_err)?;
             invoke(ctx, name, Bytes::from(input), map, idempotency_key, wait)
                 .await
                 .map(ClientReply::Output)
@@ -724,10 +701,10 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             map,
             idempotency_key,
         } => {
-            check_input(ctx, &input)?;
             check_key(idempotency_key.as_deref())?;
-            let name = named(&name, Action::Invoke)?;
-            app.admit_rate(&name).map_err(node_err)?;
+            let name = service::Invoke::admit(app, caller, name.as_str())
+                .and_then(|call| call.with_input(app, &input))
+                .map_err(node_err)?;
             let input = Bytes::from(input);
             let id = match idempotency_key {
                 Some(key) => ctx.async_keys.accept(app, &key, name, input, map).await,
@@ -740,35 +717,15 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             })
         }
         ClientOp::Result { id } => {
-            let missing = || NodeError::NotFound(format!("no invocation {id}"));
-            let mut record = app
-                .store
-                .invocation(&id)
-                .map_err(|e| NodeError::from(e).to_api())?
-                .ok_or_else(|| missing().to_api())?;
-            // Another tenant's invocation is answered exactly as one that does not exist.
-            caller
-                .may_or(Action::ReadResult, Some(&record.function.tenant()), missing)
-                .map_err(node_err)?;
+            let mut record = service::invocation(app, caller, &id).map_err(node_err)?;
             record.input = Vec::new();
             Ok(ClientReply::Invocation(record))
         }
-        ClientOp::List => {
-            let mut functions = app.services().runtime.list();
-            if !caller.sees_every_tenant() {
-                let own = caller.tenant();
-                functions.retain(|f| f.name.is_owned_by(&own));
-            }
-            Ok(ClientReply::Functions(functions))
-        }
-        ClientOp::Remove { name } => {
-            let name = named(&name, Action::Remove)?;
-            let app = app.clone();
-            crate::app::to_completion(async move { app.remove(&name).await })
-                .await
-                .map(ClientReply::Removed)
-                .map_err(node_err)
-        }
+        ClientOp::List => Ok(ClientReply::Functions(service::list(app, caller))),
+        ClientOp::Remove { name } => service::remove(app, caller, name.as_str())
+            .await
+            .map(ClientReply::Removed)
+            .map_err(node_err),
     }
 }
 

@@ -26,6 +26,8 @@ pub enum NodeError {
     BadRequest(String),
     #[error("request body over the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
+    #[error("module over the {limit}-byte limit (max_module_bytes)")]
+    ModuleTooLarge { limit: usize },
     /// The body did not arrive within its deadline (a slow or stalled upload).
     #[error("the request body did not arrive within {allowed_ms} ms")]
     BodyTimeout { allowed_ms: u64 },
@@ -133,7 +135,7 @@ impl NodeError {
         match self {
             NodeError::Runtime(e) => e.to_api(),
             NodeError::BadRequest(m) => ApiError::new(ErrorCode::InvalidRequest, m.clone()),
-            NodeError::BodyTooLarge { .. } => {
+            NodeError::BodyTooLarge { .. } | NodeError::ModuleTooLarge { .. } => {
                 ApiError::new(ErrorCode::PayloadTooLarge, self.to_string())
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),

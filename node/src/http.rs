@@ -19,10 +19,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tern_actors::{ActorKind, Invocation, Pipeline};
+use tern_actors::{ActorKind, Invocation};
 use tern_tenancy::{Action, TenantName, TenantSpec};
 use tern_wire::peer::TenancyRecords;
-use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvocationRecord};
+use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId};
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -30,6 +30,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::error::NodeError;
 use crate::self_wake::RepollOnSelfWake;
+use crate::service;
 
 type Body = Full<Bytes>;
 
@@ -380,26 +381,7 @@ async fn remove_tenant(app: &Arc<App>, name: &str) -> Result<Response<Body>, Nod
 
 /// `GET /v1/functions`: the caller's tenant's functions (every tenant's for an admin).
 fn list_functions(app: &Arc<App>, caller: &Caller) -> Response<Body> {
-    let mut functions = app.services().runtime.list();
-    if !caller.sees_every_tenant() {
-        let own = caller.tenant();
-        functions.retain(|f| f.name.is_owned_by(&own));
-    }
-    json(StatusCode::OK, &functions)
-}
-
-/// The function a path segment (or a client API request's name) names for `caller`; another
-/// tenant's is answered exactly as a missing one.
-pub(crate) fn function_for(
-    app: &App,
-    caller: &Caller,
-    segment: &str,
-    action: Action,
-) -> Result<FunctionName, NodeError> {
-    let synced = app.pipeline.registry_synced();
-    caller.function(segment, action, |name| {
-        Pipeline::missing_function(name, synced).into()
-    })
+    json(StatusCode::OK, &service::list(app, caller))
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
@@ -539,34 +521,24 @@ async fn deploy(
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
-    let name = function_for(app, caller, name, Action::Deploy)?;
+    let deploy = service::Deploy::authorize(app, caller, name)?;
     let q = query(&req);
     let timeout_ms = query_u32(&q, "timeout_ms")?;
     let memory_mb = query_u32(&q, "memory_mb")?;
     let bytes = read_body(app, req, app.config.max_module_bytes).await?;
-    let app = app.clone();
-    let info =
-        crate::app::to_completion(
-            async move { app.deploy(name, bytes, timeout_ms, memory_mb).await },
-        )
-        .await?;
+    let info = deploy.run(app, bytes, timeout_ms, memory_mb).await?;
     Ok(json(StatusCode::CREATED, &info))
 }
 
 fn get_function(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
-    let name = function_for(app, caller, name, Action::ListFunctions)?;
-    let synced = app.pipeline.registry_synced();
-    let Some(deployed) = app.services().runtime.get(&name) else {
-        return Err(Pipeline::missing_function(name, synced).into());
-    };
-    Ok(json(StatusCode::OK, &deployed.info))
+    Ok(json(StatusCode::OK, &service::describe(app, caller, name)?))
 }
 
 async fn remove(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
-    let name = function_for(app, caller, name, Action::Remove)?;
-    let app = app.clone();
-    let info = crate::app::to_completion(async move { app.remove(&name).await }).await?;
-    Ok(json(StatusCode::OK, &info))
+    Ok(json(
+        StatusCode::OK,
+        &service::remove(app, caller, name).await?,
+    ))
 }
 
 async fn invoke(
@@ -575,10 +547,7 @@ async fn invoke(
     name: &str,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
-    let name = function_for(app, caller, name, Action::Invoke)?;
-    // Charged to the function's tenant before the body is read: a tenant over its rate costs
-    // the node this check only.
-    app.admit_rate(&name)?;
+    let call = service::Invoke::admit(app, caller, name)?;
     let q = query(&req);
     let map = query_flag(&q, "map")?;
     let asynchronous = match q.get("mode").map(String::as_str) {
@@ -600,6 +569,7 @@ async fn invoke(
     // megabytes it would then refuse.
     let permit = app.pipeline.admit()?;
     let input = read_body(app, req, app.config.max_body_bytes).await?;
+    let name = call.with_input(app, &input)?;
     if asynchronous {
         let id = app.accept_async_admitted(name, input, map, permit).await?;
         let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
@@ -660,10 +630,7 @@ fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<
     let id: InvocationId = id
         .parse()
         .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
-    let missing = || NodeError::NotFound(format!("no invocation {id}"));
-    let record: InvocationRecord = app.store.invocation(&id)?.ok_or_else(missing)?;
-    // Another tenant's invocation is answered exactly as one that does not exist.
-    caller.may_or(Action::ReadResult, Some(&record.function.tenant()), missing)?;
+    let record = service::invocation(app, caller, &id)?;
     let (result, result_base64) = match &record.output {
         None => (None, None),
         Some(bytes) => match std::str::from_utf8(bytes) {

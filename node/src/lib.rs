@@ -13,6 +13,7 @@ mod error;
 pub mod http;
 pub mod idempotency;
 pub mod node;
+pub mod service;
 pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;

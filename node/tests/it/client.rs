@@ -966,3 +966,121 @@ async fn an_open_client_api_must_listen_on_loopback() {
     let node = start(with_tokens).await;
     node.shutdown().await.unwrap();
 }
+
+/// Every client API operation × every kind of caller → the documented answer, as
+/// `every_route_answers_each_caller_as_its_role_allows` checks for HTTP: no, bad or revoked
+/// token → `unauthorized`; a role that never allows the operation → `forbidden`; another
+/// tenant's function or invocation → `not_found`, as if it did not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_operation_answers_each_caller_as_its_role_and_tenant_allow() {
+    use ErrorCode::{Forbidden as F, NotFound as NF, Unauthorized as U};
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(Config {
+        auth: tern_node::config::AuthMode::Tokens,
+        ..node_config(dir.path(), &pki, "a", &[])
+    })
+    .await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    let r = crate::auth::with_token(
+        addr,
+        Method::POST,
+        "/v1/tenants",
+        Some(&admin),
+        r#"{"name":"acme"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let (invoker, _) = crate::auth::new_token_for(addr, &admin, "invoker", "default").await;
+    let (developer, _) = crate::auth::new_token_for(addr, &admin, "developer", "default").await;
+    let (other, _) = crate::auth::new_token_for(addr, &admin, "developer", "acme").await;
+    let (revoked, revoked_id) = crate::auth::new_token_for(addr, &admin, "admin", "default").await;
+    let r = crate::auth::with_token(
+        addr,
+        Method::DELETE,
+        &format!("/v1/tokens/{revoked_id}"),
+        Some(&admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let bad = "tern_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned();
+    // Callers, in the order of each row's answers; `other` is a developer of another tenant,
+    // and every row names `default`'s resources.
+    let callers: [(&str, Option<String>); 7] = [
+        ("none", None),
+        ("bad", Some(bad)),
+        ("revoked", Some(revoked)),
+        ("invoker", Some(invoker)),
+        ("developer", Some(developer)),
+        ("admin", Some(admin.clone())),
+        ("other", Some(other)),
+    ];
+    let seeds = [("a", client_addr(&node))];
+    let root = connect(client_config(&pki, &seeds).with_token(admin.clone())).await;
+    for (caller, _) in &callers {
+        root.deploy(&format!("gone-{caller}"), wasm("echo").to_vec())
+            .await
+            .unwrap();
+    }
+    let invocation = root.invoke_async("echo", "async").await.unwrap();
+
+    type Row = (&'static str, [Option<ErrorCode>; 7]);
+    let rows: [Row; 6] = [
+        (
+            "list",
+            [Some(U), Some(U), Some(U), Some(F), None, None, None],
+        ),
+        (
+            "deploy",
+            [Some(U), Some(U), Some(U), Some(F), None, None, Some(NF)],
+        ),
+        (
+            "remove",
+            [Some(U), Some(U), Some(U), Some(F), None, None, Some(NF)],
+        ),
+        (
+            "invoke",
+            [Some(U), Some(U), Some(U), None, None, None, Some(NF)],
+        ),
+        (
+            "invoke_async",
+            [Some(U), Some(U), Some(U), None, None, None, Some(NF)],
+        ),
+        (
+            "result",
+            [Some(U), Some(U), Some(U), None, None, None, Some(NF)],
+        ),
+    ];
+    for (caller_index, (caller, token)) in callers.iter().enumerate() {
+        let mut config = client_config(&pki, &seeds);
+        config.token = token.clone();
+        let client = connect(config).await;
+        for (op, answers) in &rows {
+            let outcome: Result<(), ClientError> = match *op {
+                "list" => client.list().await.map(|_| ()),
+                "deploy" => client
+                    .deploy(&format!("default.fresh-{caller}"), wasm("echo").to_vec())
+                    .await
+                    .map(|_| ()),
+                "remove" => client
+                    .remove(&format!("default.gone-{caller}"))
+                    .await
+                    .map(|_| ()),
+                "invoke" => client.invoke("default.echo", "hi").await.map(|_| ()),
+                "invoke_async" => client.invoke_async("default.echo", "hi").await.map(|_| ()),
+                "result" => client.result(&invocation).await.map(|_| ()),
+                _ => unreachable!(),
+            };
+            let got = match outcome {
+                Ok(()) => None,
+                Err(ClientError::Api(e)) => Some(e.code),
+                Err(other) => panic!("{caller} {op}: {other:?}"),
+            };
+            assert_eq!(got, answers[caller_index], "{caller} {op}");
+        }
+    }
+    node.shutdown().await.unwrap();
+}

@@ -1,0 +1,144 @@
+//! The operations behind both front doors.
+//!
+//! HTTP (`http.rs`) and the QUIC client API (`client_api.rs`) each find out who is calling
+//! their own way (a bearer header; a token field or a client certificate) and speak their own
+//! protocol, but everything between is decided here, once: which function a name means for
+//! the caller (`name` is the caller's tenant's; another tenant's function or invocation is
+//! answered exactly as a missing one), whether the caller's role allows the action, the
+//! tenant's request rate, and the node's limits on what is sent.
+//!
+//! An operation decided before its body is read comes in two steps: a handle only this module
+//! makes ([`Deploy::authorize`], [`Invoke::admit`]), then the run with the body. A front door
+//! cannot deploy or invoke without going through the check.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_actors::Pipeline;
+use tern_tenancy::Action;
+use tern_wire::{FunctionInfo, FunctionName, InvocationId, InvocationRecord};
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::error::NodeError;
+
+/// The function `name` (as the caller wrote it) means for `caller`, if the caller may do
+/// `action` on it; another tenant's is answered exactly as a missing one.
+fn resolve(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    action: Action,
+) -> Result<FunctionName, NodeError> {
+    let synced = app.pipeline.registry_synced();
+    caller.function(name, action, |name| {
+        Pipeline::missing_function(name, synced).into()
+    })
+}
+
+/// A deploy the caller may make.
+#[derive(Debug)]
+pub struct Deploy {
+    name: FunctionName,
+}
+
+impl Deploy {
+    /// May `caller` deploy (or replace) `name`? Decided before the module is read.
+    pub fn authorize(app: &App, caller: &Caller, name: &str) -> Result<Self, NodeError> {
+        Ok(Self {
+            name: resolve(app, caller, name, Action::Deploy)?,
+        })
+    }
+
+    /// Deploys `module` (at most `max_module_bytes`). Runs to completion even if the caller
+    /// goes away, so an acknowledged deploy is never half done.
+    pub async fn run(
+        self,
+        app: &Arc<App>,
+        module: Bytes,
+        timeout_ms: Option<u32>,
+        memory_mb: Option<u32>,
+    ) -> Result<FunctionInfo, NodeError> {
+        let limit = app.config.max_module_bytes;
+        if module.len() > limit {
+            return Err(NodeError::ModuleTooLarge { limit });
+        }
+        let app = app.clone();
+        let name = self.name;
+        crate::app::to_completion(
+            async move { app.deploy(name, module, timeout_ms, memory_mb).await },
+        )
+        .await
+    }
+}
+
+/// A call the caller may make now: authorized, and charged to the function's tenant's request
+/// rate.
+#[derive(Debug)]
+pub struct Invoke {
+    name: FunctionName,
+}
+
+impl Invoke {
+    /// May `caller` invoke `name`, and does the function's tenant's request rate allow one
+    /// more call now? Decided before the input is read, so a tenant over its rate costs the
+    /// node this check only.
+    pub fn admit(app: &App, caller: &Caller, name: &str) -> Result<Self, NodeError> {
+        let name = resolve(app, caller, name, Action::Invoke)?;
+        app.admit_rate(&name)?;
+        Ok(Self { name })
+    }
+
+    /// The function to run, once the input fits the node's `max_body_bytes`.
+    pub fn with_input(self, app: &App, input: &[u8]) -> Result<FunctionName, NodeError> {
+        let limit = app.config.max_body_bytes;
+        if input.len() > limit {
+            return Err(NodeError::BodyTooLarge { limit });
+        }
+        Ok(self.name)
+    }
+}
+
+/// The record of `name` as deployed on this node.
+pub fn describe(app: &App, caller: &Caller, name: &str) -> Result<FunctionInfo, NodeError> {
+    let name = resolve(app, caller, name, Action::ListFunctions)?;
+    let synced = app.pipeline.registry_synced();
+    match app.services().runtime.get(&name) {
+        Some(deployed) => Ok(deployed.info.clone()),
+        None => Err(Pipeline::missing_function(name, synced).into()),
+    }
+}
+
+/// Removes `name`; what was removed. Runs to completion even if the caller goes away.
+pub async fn remove(
+    app: &Arc<App>,
+    caller: &Caller,
+    name: &str,
+) -> Result<FunctionInfo, NodeError> {
+    let name = resolve(app, caller, name, Action::Remove)?;
+    let app = app.clone();
+    crate::app::to_completion(async move { app.remove(&name).await }).await
+}
+
+/// The functions the caller may see: its tenant's, or every tenant's for an admin.
+pub fn list(app: &App, caller: &Caller) -> Vec<FunctionInfo> {
+    let mut functions = app.services().runtime.list();
+    if !caller.sees_every_tenant() {
+        let own = caller.tenant();
+        functions.retain(|f| f.name.is_owned_by(&own));
+    }
+    functions
+}
+
+/// The record of asynchronous invocation `id`, if the caller may read it.
+pub fn invocation(
+    app: &App,
+    caller: &Caller,
+    id: &InvocationId,
+) -> Result<InvocationRecord, NodeError> {
+    let missing = || NodeError::NotFound(format!("no invocation {id}"));
+    let record = app.store.invocation(id)?.ok_or_else(missing)?;
+    // Another tenant's invocation is answered exactly as one that does not exist.
+    caller.may_or(Action::ReadResult, Some(&record.function.tenant()), missing)?;
+    Ok(record)
+}
