@@ -45,6 +45,28 @@ pub enum AuthMode {
     Tokens,
 }
 
+/// How guests' linear memories are bounds-checked and recycled (the runtime's
+/// [`tern_runtime::MemoryProfile`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MemoryProfile {
+    /// Guard pages and copy-on-write images, Spectre mitigations on (wasmtime's defaults).
+    #[default]
+    GuardPages,
+    /// No virtual-memory work per instance: explicit bounds checks, no guard pages, memory
+    /// reset by `memset`, and no Spectre mitigations for heap and table accesses.
+    ExplicitBounds,
+}
+
+impl From<MemoryProfile> for tern_runtime::MemoryProfile {
+    fn from(p: MemoryProfile) -> Self {
+        match p {
+            MemoryProfile::GuardPages => tern_runtime::MemoryProfile::GuardPages,
+            MemoryProfile::ExplicitBounds => tern_runtime::MemoryProfile::ExplicitBounds,
+        }
+    }
+}
+
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
 /// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -80,6 +102,10 @@ pub struct Config {
     pub compile_timeout_ms: u64,
     pub compile_concurrency: usize,
     pub keep_resident_bytes: usize,
+    /// `guard-pages` (the default) or `explicit-bounds`: no `mprotect` per instance, at the
+    /// price of bounds checks in guest code and of Cranelift's Spectre mitigations for heap
+    /// and table accesses (see the README before turning it on where tenants share a node).
+    pub memory_profile: MemoryProfile,
     pub max_loaded_modules: usize,
     pub epoch_tick_us: u64,
     /// Workers a `map` is spread over; 0 = number of CPUs.
@@ -207,6 +233,7 @@ impl Default for Config {
             compile_timeout_ms: 60_000,
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
+            memory_profile: MemoryProfile::GuardPages,
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,
@@ -549,6 +576,9 @@ mod tests {
         assert_eq!(c.class_limits().max_memory_mb, c.max_memory_mb);
         assert!(Config::load(None, env("TERN_NODE_CLASS", "huge")).is_err());
         assert_eq!(Config::default().auth, AuthMode::Tokens);
+        let c = Config::load(None, env("TERN_MEMORY_PROFILE", "explicit-bounds")).unwrap();
+        assert_eq!(c.memory_profile, MemoryProfile::ExplicitBounds);
+        assert!(Config::load(None, env("TERN_MEMORY_PROFILE", "no-checks")).is_err());
         let c = Config::load(None, env("TERN_AUTH", "off")).unwrap();
         assert_eq!(c.auth, AuthMode::Off);
         assert!(Config::load(None, env("TERN_AUTH", "maybe")).is_err());

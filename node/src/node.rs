@@ -139,6 +139,14 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         .store(budget_mb, std::sync::atomic::Ordering::Relaxed);
     rt.max_memory_mb = config.max_memory_mb;
     rt.keep_resident_bytes = config.keep_resident_bytes;
+    rt.memory_profile = config.memory_profile.into();
+    if config.memory_profile == crate::config::MemoryProfile::ExplicitBounds {
+        tracing::warn!(
+            "memory_profile = \"explicit-bounds\": guests run without Spectre mitigations for \
+             heap and table accesses; a guest may be able to infer memory of other guests on \
+             this node"
+        );
+    }
     rt.max_loaded_modules = config.max_loaded_modules;
     rt.max_output_bytes = config.max_output_bytes;
     rt.epoch_tick = config.epoch_tick();

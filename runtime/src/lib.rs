@@ -88,6 +88,41 @@ pub struct RuntimeConfig {
     pub slow_lane_threads: usize,
     /// Eq. 6 parameters for sharing instance slots between tenants.
     pub share: tern_tenancy::ShareParams,
+    /// How guests' linear memories are bounds-checked and recycled.
+    pub memory_profile: MemoryProfile,
+}
+
+/// How guests' linear memories are bounds-checked and recycled between instances. Every
+/// profile gives each invocation a fresh instance whose memory starts as its module says,
+/// caps memory at the function's `memory_mb` and traps out-of-bounds accesses; they differ in
+/// what the host does per instance and what the compiled code checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemoryProfile {
+    /// wasmtime's defaults: out-of-bounds accesses hit guard pages (no bounds checks in the
+    /// compiled code), memory images are mapped copy-on-write, and Cranelift's Spectre
+    /// mitigations for heap and table accesses are on. A guest that grew its memory costs
+    /// the next instance in its slot an `mprotect` to shrink it back, and every `mprotect`
+    /// a TLB shootdown across the node's CPUs.
+    #[default]
+    GuardPages,
+    /// No virtual-memory work per instance: explicit bounds checks in the compiled code
+    /// (signals-based traps off), no guard pages, no copy-on-write images (data segments
+    /// copied in), memory reset by `memset` up to `keep_resident_bytes`. Costs guest speed
+    /// (a check on every memory access) and **Spectre protection**: wasmtime requires
+    /// Cranelift's heap and table access Spectre mitigations off without signals-based traps,
+    /// so a guest could use speculative execution past a bounds check to infer memory of the
+    /// host process, including other tenants' guests in it. Offered for measurement and for
+    /// nodes that run one party's code; not the default.
+    ExplicitBounds,
+}
+
+impl MemoryProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemoryProfile::GuardPages => "guard-pages",
+            MemoryProfile::ExplicitBounds => "explicit-bounds",
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -107,6 +142,7 @@ impl RuntimeConfig {
             epoch_tick: Duration::from_millis(1),
             slow_lane_threads: 1,
             share: tern_tenancy::ShareParams::default(),
+            memory_profile: MemoryProfile::GuardPages,
         }
     }
 }
@@ -213,27 +249,48 @@ pub struct Runtime {
     ticker: EpochTicker,
 }
 
+/// The wasmtime engine every guest of a runtime with `cfg` runs in.
+fn engine(cfg: &RuntimeConfig) -> Result<Engine, Error> {
+    let max_memory = cfg.max_memory_mb as usize * (1 << 20);
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_core_instances(cfg.max_instances)
+        .total_memories(cfg.max_instances)
+        .total_tables(cfg.max_instances)
+        .total_stacks(cfg.max_instances)
+        .max_memory_size(max_memory)
+        .linear_memory_keep_resident(cfg.keep_resident_bytes)
+        .table_keep_resident(64 << 10);
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    match cfg.memory_profile {
+        MemoryProfile::GuardPages => {
+            config.memory_init_cow(true);
+        }
+        MemoryProfile::ExplicitBounds => {
+            // With signals-based traps off, wasmtime turns the Spectre mitigations for heap
+            // and table accesses off itself (they rely on faulting loads), and resets a
+            // recycled slot's memory without changing its protection (`cow.rs`,
+            // `MemoryImageSlot::instantiate`: only with guard pages or virtual-memory bounds
+            // checks is the accessible region shrunk back).
+            config
+                .signals_based_traps(false)
+                .memory_guard_size(0)
+                .guard_before_linear_memory(false)
+                .memory_reservation(max_memory as u64)
+                .memory_init_cow(false);
+        }
+    }
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| Error::EngineSetup(format!("engine: {e}")))
+}
+
 /// Most units waiting for an instance slot over all tenants (see `Runtime::new`).
 const MAX_WAITING_FOR_SLOTS: usize = 1 << 20;
 
 impl Runtime {
     pub fn new(cfg: RuntimeConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, Error> {
         std::fs::create_dir_all(&cfg.artifact_dir)?;
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(cfg.max_instances)
-            .total_memories(cfg.max_instances)
-            .total_tables(cfg.max_instances)
-            .total_stacks(cfg.max_instances)
-            .max_memory_size(cfg.max_memory_mb as usize * (1 << 20))
-            .linear_memory_keep_resident(cfg.keep_resident_bytes)
-            .table_keep_resident(64 << 10);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .memory_init_cow(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine =
-            Engine::new(&config).map_err(|e| Error::EngineSetup(format!("engine: {e}")))?;
+        let engine = engine(&cfg)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::EngineSetup(format!("linker: {e}")))?;
@@ -917,4 +974,84 @@ fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Module, Error>
             reason: format!("{e:#}"),
         })?;
     Ok(module)
+}
+
+#[cfg(test)]
+mod memory_profile_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use wasmtime::Instance;
+
+    /// `(memory 1 16)` and three exports: `poke(addr, byte)`, `peek(addr) -> byte` and
+    /// `grow(pages) -> old pages`, encoded by hand (the build has no WAT parser).
+    const PROBE: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x0b, 0x02, 0x60, 0x02, 0x7f, 0x7f, 0x00, 0x60, 0x01, 0x7f, 0x01, 0x7f, // types
+        0x03, 0x04, 0x03, 0x00, 0x01, 0x01, // functions
+        0x05, 0x04, 0x01, 0x01, 0x01, 0x10, // memory 1..16 pages
+        0x07, 0x16, 0x03, // exports
+        0x04, b'p', b'o', b'k', b'e', 0x00, 0x00, //
+        0x04, b'p', b'e', b'e', b'k', 0x00, 0x01, //
+        0x04, b'g', b'r', b'o', b'w', 0x00, 0x02, //
+        0x0a, 0x1a, 0x03, // code
+        0x09, 0x00, 0x20, 0x00, 0x20, 0x01, 0x3a, 0x00, 0x00, 0x0b, // i32.store8
+        0x07, 0x00, 0x20, 0x00, 0x2d, 0x00, 0x00, 0x0b, // i32.load8_u
+        0x06, 0x00, 0x20, 0x00, 0x40, 0x00, 0x0b, // memory.grow
+    ];
+
+    /// Whatever the profile: a recycled slot starts with the module's memory (nothing the
+    /// previous guest wrote, not the size it grew to), out-of-bounds accesses trap, and
+    /// memory grows no further than the module's maximum.
+    #[test]
+    fn every_memory_profile_gives_each_instance_fresh_bounded_memory() {
+        for profile in [MemoryProfile::GuardPages, MemoryProfile::ExplicitBounds] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cfg = RuntimeConfig::new("test", dir.path());
+            // One slot, so the second instance reuses the first one's memory.
+            cfg.max_instances = 1;
+            cfg.max_memory_mb = 1;
+            cfg.keep_resident_bytes = 1 << 20;
+            cfg.memory_profile = profile;
+            let engine = engine(&cfg).unwrap();
+            let module = Module::new(&engine, PROBE).unwrap();
+            let page = 65_536;
+            {
+                let mut store = Store::new(&engine, ());
+                store.set_epoch_deadline(u64::MAX / 2);
+                let instance = Instance::new(&mut store, &module, &[]).unwrap();
+                let grow = instance
+                    .get_typed_func::<i32, i32>(&mut store, "grow")
+                    .unwrap();
+                let poke = instance
+                    .get_typed_func::<(i32, i32), ()>(&mut store, "poke")
+                    .unwrap();
+                assert_eq!(grow.call(&mut store, 3).unwrap(), 1, "{profile:?}");
+                poke.call(&mut store, (10, 7)).unwrap();
+                poke.call(&mut store, (2 * page + 5, 42)).unwrap();
+                assert_eq!(grow.call(&mut store, 100).unwrap(), -1, "past the maximum");
+            }
+            let mut store = Store::new(&engine, ());
+            store.set_epoch_deadline(u64::MAX / 2);
+            let instance = Instance::new(&mut store, &module, &[]).unwrap();
+            let peek = instance
+                .get_typed_func::<i32, i32>(&mut store, "peek")
+                .unwrap();
+            let grow = instance
+                .get_typed_func::<i32, i32>(&mut store, "grow")
+                .unwrap();
+            assert_eq!(peek.call(&mut store, 10).unwrap(), 0, "{profile:?}: reset");
+            let trap = peek.call(&mut store, 2 * page + 5).unwrap_err();
+            assert_eq!(
+                trap.downcast_ref::<Trap>(),
+                Some(&Trap::MemoryOutOfBounds),
+                "{profile:?}: back to one page"
+            );
+            assert_eq!(grow.call(&mut store, 2).unwrap(), 1);
+            assert_eq!(
+                peek.call(&mut store, 2 * page + 5).unwrap(),
+                0,
+                "{profile:?}"
+            );
+        }
+    }
 }

@@ -77,9 +77,21 @@ async fn compile_time_bound_is_enforced_and_other_work_proceeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_get_typed_errors() {
+    hostile_guests_get_typed_errors_under(tern_node::config::MemoryProfile::GuardPages).await;
+}
+
+/// The same guests under the memory profile without guard pages (explicit bounds checks):
+/// the same typed errors, the same caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_get_the_same_typed_errors_with_explicit_bounds_checks() {
+    hostile_guests_get_typed_errors_under(tern_node::config::MemoryProfile::ExplicitBounds).await;
+}
+
+async fn hostile_guests_get_typed_errors_under(profile: tern_node::config::MemoryProfile) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.max_output_bytes = 1 << 20;
+    cfg.memory_profile = profile;
     let node = start(cfg).await;
     let addr = node.addr();
     for f in [
