@@ -9,6 +9,8 @@
 # warm-up each, with the node's admin token. The load generator shares the two cores.
 #
 # Usage: scripts/bench-configs.sh OUT_DIR ROUNDS NAME=VAR=VALUE[,VAR=VALUE...] ...
+# BENCH_FUNCTION (default echo) and BENCH_DATA (default hello) choose the example function and
+# the request body, e.g. BENCH_FUNCTION=matmul-json BENCH_DATA='{"task_id":"b","n":64,"seed":1}'.
 # Writes to OUT_DIR: summary.txt (generated from raw/; never edit it by hand), raw/ (the JSON
 # of every run, the CPU readings) and commands.log (every command, with the load average).
 # Ratios are against the first configuration.
@@ -31,6 +33,8 @@ bash scripts/build-functions.sh >/dev/null
 cargo build --release -p tern-node
 tern=target/release/tern
 addr=127.0.0.1:7935
+function=${BENCH_FUNCTION:-echo}
+body=${BENCH_DATA:-hello}
 commit=$(git rev-parse HEAD)
 dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | awk '{print $2}' | paste -sd, -)
 [ -n "$dirty" ] || dirty=0
@@ -61,9 +65,9 @@ one() {
   for _ in $(seq 300); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
   token=$(cat "$data/admin.token" 2>/dev/null || true)
   for c in 1 64; do
-    log "TERN_TOKEN=<admin token> $tern bench --server $addr --function echo --connections $c --duration 6s --warmup 2s"
+    log "TERN_TOKEN=<admin token> $tern bench --server $addr --function $function --data '$body' --connections $c --duration 6s --warmup 2s"
     before=$(cpu_ticks "$node")
-    TERN_TOKEN=$token $tern bench --server "$addr" --function echo --connections "$c" \
+    TERN_TOKEN=$token $tern bench --server "$addr" --function "$function" --data "$body" --connections "$c" \
       --duration 6s --warmup 2s --no-progress --json "$out/raw/r$r-$name-c$c.json" >/dev/null
     after=$(cpu_ticks "$node")
     echo "$((after - before))" >"$out/raw/r$r-$name-c$c.cpu_ticks"
@@ -84,11 +88,11 @@ for r in $(seq "$rounds"); do
   echo "round $r done"
 done
 
-python3 - "$out" "$rounds" "$commit" "$dirty" "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" "$clk" "${names[@]}" -- "${envs[@]}" <<'PY' | tee "$out/summary.txt"
+python3 - "$out" "$rounds" "$commit" "$dirty" "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" "$(nproc)" "$clk" "$function" "$body" "${names[@]}" -- "${envs[@]}" <<'PY' | tee "$out/summary.txt"
 import json, os, statistics, sys
 from datetime import datetime, timezone
-out, rounds, commit, dirty, load_start, load_end, nproc, clk = sys.argv[1:9]
-rest = sys.argv[9:]
+out, rounds, commit, dirty, load_start, load_end, nproc, clk, function, body = sys.argv[1:11]
+rest = sys.argv[11:]
 sep = rest.index("--")
 names, envs = rest[:sep], rest[sep + 1:]
 rounds, clk = int(rounds), int(clk)
@@ -102,7 +106,8 @@ print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
 print(f"commit: {commit}" + (f" plus uncommitted changes to {dirty}" if dirty != "0" else " (clean tree)"))
 print(f"machine: nproc {nproc}; load average at start {load_start}, at end {load_end}")
 print("runs: a fresh node per run on 127.0.0.1 (release, defaults plus the configuration's variables, "
-      "admin token), tern bench --function echo --connections 1 then 64, 6 s after a 2 s warm-up; "
+      f"admin token), tern bench --function {function} --data '{body}' --connections 1 then 64, "
+      "6 s after a 2 s warm-up; "
       "CPU per request = node utime+stime over the 64-connection run (warm-up included) / (req/s x 8 s)")
 for name, env in zip(names, envs):
     print(f"configuration {name}: {env.replace(',', ' ')}")
