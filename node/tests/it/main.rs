@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod cluster_process;
 mod cluster_wire;
+mod dashboard;
 mod hostile;
 mod persistence;
 mod supervision;
