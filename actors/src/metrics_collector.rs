@@ -27,6 +27,14 @@ pub fn render(services: &Services) -> String {
         "tern_isolation_mode{{mode=\"{}\"}} 1\n",
         services.sandbox.mode().as_str()
     ));
+    text.push_str(
+        "# HELP tern_memory_profile How guests' memories are bounds-checked and recycled (label), always 1.\n\
+         # TYPE tern_memory_profile gauge\n",
+    );
+    text.push_str(&format!(
+        "tern_memory_profile{{profile=\"{}\"}} 1\n",
+        services.runtime.config().memory_profile.as_str()
+    ));
     let joules = services.energy.joules();
     let source = services.energy.source().as_str();
     let finished = services.metrics.finished_invocations();

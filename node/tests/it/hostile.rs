@@ -94,6 +94,20 @@ async fn hostile_guests_get_typed_errors_under(profile: tern_node::config::Memor
     cfg.memory_profile = profile;
     let node = start(cfg).await;
     let addr = node.addr();
+    let text = String::from_utf8(
+        request(addr, Method::GET, "/metrics", Bytes::new())
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let in_force = tern_runtime::MemoryProfile::from(profile).as_str();
+    assert!(
+        text.contains(&format!(
+            "tern_memory_profile{{profile=\"{in_force}\"}} 1\n"
+        )),
+        "the profile in force is on /metrics"
+    );
     for f in [
         "loop",
         "membomb",
