@@ -42,8 +42,9 @@ $tern cluster init --out "$work/pki" --nodes a,b,c >/dev/null
 export TERN_AUTH=tokens
 # token DATA_DIR: the admin token a node with that data directory wrote (empty if none).
 token() { cat "$1/admin.token" 2>/dev/null || true; }
-# auth DATA_DIR: the curl header that goes with it.
-auth() { local t; t=$(token "$1"); if [ -n "$t" ]; then echo "Authorization: Bearer $t"; else echo "X-Tern-No-Token: 1"; fi; }
+# auth DATA_DIR: a file holding the curl header that goes with it (`curl -H @FILE`).
+source scripts/lib/auth-header.sh
+auth() { auth_header_file "$1/admin.token" "$1.auth-header"; }
 
 wait_http() {
   for _ in $(seq 300); do curl -sf "http://$1/healthz" >/dev/null && return 0; sleep 0.1; done
@@ -64,7 +65,7 @@ done
 for h in "${http[@]}"; do wait_http "$h"; done
 for i in 0 1 2; do
   for _ in $(seq 300); do
-    [ "$(curl -sf -H "$(auth "$work/${names[$i]}")" "http://${http[$i]}/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
+    [ "$(curl -sf -H @"$(auth "$work/${names[$i]}")" "http://${http[$i]}/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
     sleep 0.1
   done
 done
@@ -76,7 +77,7 @@ for k in $(seq 0 11); do
 done
 sleep 1 # replication + a few status rounds
 for k in $(seq 0 11); do
-  owner_of[echo-$k]=$(curl -s -D - -o /dev/null -H "$(auth "$work/c")" -X POST "http://${http[2]}/v1/functions/echo-$k/invoke" -d x \
+  owner_of[echo-$k]=$(curl -s -D - -o /dev/null -H @"$(auth "$work/c")" -X POST "http://${http[2]}/v1/functions/echo-$k/invoke" -d x \
     | tr -d '\r' | awk -F': ' 'tolower($1)=="x-tern-node"{print $2}')
 done
 pick() { for k in $(seq 0 11); do [ "${owner_of[echo-$k]}" = "$1" ] && { echo "echo-$k"; return; }; done; }
@@ -177,7 +178,7 @@ for r in $(seq 5); do
   TERN_TOKEN=$(token "$work/a") $tern deploy "big-$r" "$work/big-$r.wasm" --server "${http[0]}" >/dev/null
   t0=$(date +%s%N)
   for i in 1 2; do
-    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$(auth "$work/${names[$i]}")" -X POST "http://${http[$i]}/v1/functions/big-$r/invoke" -d x)" = 200 ]; do
+    until [ "$(curl -s -o /dev/null -w '%{http_code}' -H @"$(auth "$work/${names[$i]}")" -X POST "http://${http[$i]}/v1/functions/big-$r/invoke" -d x)" = 200 ]; do
       sleep 0.005
     done
   done

@@ -14,6 +14,7 @@
 # Writes summary.txt (generated from raw/; never edit it by hand) and raw/ (every run's JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/auth-header.sh
 out=${1:-bench/reports/shares}
 rm -rf "$out/raw"
 mkdir -p "$out/raw"
@@ -46,15 +47,15 @@ scenario() {
   TERN_MAX_INSTANCES=1 $tern up --data "$data" --listen "$addr" --log warn >"$out/raw/$name-node.log" 2>&1 &
   node=$!
   for _ in $(seq 300); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
-  admin="Authorization: Bearer $(cat "$data/admin.token")"
+  admin=$(auth_header_file "$data/admin.token" "$data/admin.header")
   for spec in "$@"; do
     t=${spec%=*} w=${spec#*=}
-    curl -sf -H "$admin" -X POST "http://$addr/v1/tenants" \
+    curl -sf -H @"$admin" -X POST "http://$addr/v1/tenants" \
       -d "{\"name\":\"$t\",\"weight\":$w,\"sla\":\"batch\"}" >/dev/null
-    token=$(curl -sf -H "$admin" -X POST "http://$addr/v1/tokens" \
+    token=$(curl -sf -H @"$admin" -X POST "http://$addr/v1/tokens" \
       -d "{\"role\":\"developer\",\"tenant\":\"$t\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    echo "$token" >"$data/$t.token"
-    curl -sf -H "Authorization: Bearer $token" -X PUT --data-binary @functions/dist/matmul-json.wasm \
+    (umask 077 && echo "$token" >"$data/$t.token")
+    curl -sf -H @"$(auth_header_file "$data/$t.token" "$data/$t.header")" -X PUT --data-binary @functions/dist/matmul-json.wasm \
       "http://$addr/v1/functions/work" >/dev/null
   done
   for spec in "$@"; do

@@ -23,6 +23,7 @@
 # does not rebuild everything); the binaries are copied to /tmp/tern-old-bin and /tmp/tern-new-bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/auth-header.sh
 root=$PWD
 
 usage() { echo "usage: $0 OLD_REV [ROUNDS]" >&2; exit 2; }
@@ -195,10 +196,11 @@ single() {
     >"$out/raw/r$r-$name-single-node.log" 2>&1 &
   node_pid=$!
   wait_http "$single_addr"
-  local token
+  local token header
   token=$(cat "$node_data/admin.token" 2>/dev/null || true)
+  header=$(auth_header_file "$node_data/admin.token" "$node_data/auth.header")
   for _ in $(seq 100); do
-    [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" -X POST "http://$single_addr/v1/functions/echo/invoke" -d hi)" = 200 ] && break
+    [ "$(curl -s -m 2 -o /dev/null -w '%{http_code}' -H @"$header" -X POST "http://$single_addr/v1/functions/echo/invoke" -d hi)" = 200 ] && break
     sleep 0.1
   done
   for c in 1 64; do

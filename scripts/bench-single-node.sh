@@ -29,8 +29,10 @@ node=$!
 trap 'kill $node 2>/dev/null; rm -rf "$data"' EXIT
 for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
 # Bearer tokens are on (the default): the first start wrote the admin token; `tern` reads
-# TERN_TOKEN.
+# TERN_TOKEN, curl a header file.
 export TERN_TOKEN=$(cat "$data/admin.token")
+source scripts/lib/auth-header.sh
+header=$(auth_header_file "$data/admin.token" "$data/auth.header")
 
 echo "== echo, closed loop, 64 connections"
 $tern bench --server $addr --function echo --connections 64 --duration 15s --warmup 3s \
@@ -39,7 +41,7 @@ $tern bench --server $addr --function echo --connections 64 --duration 15s --war
 echo "== first invocation after deploy (server-side x-tern-duration-us), 20 fresh functions"
 for i in $(seq 20); do
   $tern deploy "first-$i" functions/dist/echo.wasm --server $addr >/dev/null
-  curl -s -o /dev/null -D - -H "Authorization: Bearer $TERN_TOKEN" -X POST "http://$addr/v1/functions/first-$i/invoke" -d hi \
+  curl -s -o /dev/null -D - -H @"$header" -X POST "http://$addr/v1/functions/first-$i/invoke" -d hi \
     | tr -d '\r' | awk -F': ' 'tolower($1)=="x-tern-duration-us"{print $2}'
 done | sort -n | tee "$out/first-call-us.txt" | awk '{a[NR]=$1} END {print "first call after deploy: median " a[int((NR+1)/2)] " us, max " a[NR] " us"}'
 
