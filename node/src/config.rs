@@ -99,6 +99,12 @@ pub struct Config {
     /// MiB that running guests may claim together (each its function's `memory_mb`); more
     /// wait, within their time limit. 0 = three quarters of the machine's memory.
     pub memory_budget_mb: u64,
+    /// Percentage (1-100) of the memory budget that one tenant with a finite
+    /// `memory_budget_bytes` quota may hold on this node, at least one guest of
+    /// `max_memory_mb`. Quotas are the same on every node, nodes are not: this keeps a quota
+    /// sized for a large node from letting one tenant take a small one. A tenant whose
+    /// memory quota is unlimited (`default`, unless an admin set one) is not held to it.
+    pub tenant_memory_percent: u8,
     pub compile_timeout_ms: u64,
     pub compile_concurrency: usize,
     pub keep_resident_bytes: usize,
@@ -230,6 +236,7 @@ impl Default for Config {
             max_output_bytes: 16 << 20,
             max_instances: 1000,
             memory_budget_mb: 0,
+            tenant_memory_percent: 25,
             compile_timeout_ms: 60_000,
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
@@ -340,6 +347,9 @@ impl Config {
         }
         if self.max_instances == 0 {
             return bad("max_instances must be at least 1");
+        }
+        if !(1..=100).contains(&self.tenant_memory_percent) {
+            return bad("tenant_memory_percent must be in 1..=100");
         }
         if self.default_timeout_ms == 0 || self.default_timeout_ms > self.max_timeout_ms {
             return bad("default_timeout_ms must be in 1..=max_timeout_ms");
@@ -658,6 +668,14 @@ mod tests {
         assert!(Config::load(None, env("TERN_QUEUE_CAP", "0")).is_err());
         assert!(Config::load(None, env("TERN_QUEUE_CAP", "lots")).is_err());
         assert!(Config::load(None, env("TERN_LISTEN", "nowhere")).is_err());
+        for percent in ["0", "101"] {
+            assert!(
+                Config::load(None, env("TERN_TENANT_MEMORY_PERCENT", percent)).is_err(),
+                "{percent}"
+            );
+        }
+        let c = Config::load(None, env("TERN_TENANT_MEMORY_PERCENT", "60")).unwrap();
+        assert_eq!(c.tenant_memory_percent, 60);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "no_such_key = 1\n").unwrap();

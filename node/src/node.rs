@@ -138,6 +138,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         .memory_budget_mb
         .store(budget_mb, std::sync::atomic::Ordering::Relaxed);
     rt.max_memory_mb = config.max_memory_mb;
+    rt.tenant_memory_percent = config.tenant_memory_percent;
     rt.keep_resident_bytes = config.keep_resident_bytes;
     rt.memory_profile = config.memory_profile.into();
     if config.memory_profile == crate::config::MemoryProfile::ExplicitBounds {

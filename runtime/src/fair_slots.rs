@@ -1,8 +1,12 @@
-//! Instance slots shared fairly between tenants.
+//! Instance slots and the node's memory budget, shared fairly between tenants.
 //!
-//! The pooling allocator has `max_instances` slots. Who gets the next free one is decided by
-//! tern-tenancy's [`FairQueue`]: weighted fair queueing by the paper's Eq. 6 share, with each
-//! tenant held to its own concurrency cap, memory budget and queue bound. This module is the
+//! The pooling allocator has `max_instances` slots, and the guests running at once may use at
+//! most the node's memory budget (the sum of their memory limits). Who gets the next free
+//! slot, with the memory its guest needs, is decided by tern-tenancy's [`FairQueue`]: weighted
+//! fair queueing by the paper's Eq. 6 share, with each tenant held to its own concurrency cap,
+//! memory budget and queue bound. Slots and memory are granted together, in that one order: a
+//! tenant that floods the node waits in its own bounded lane and cannot push ahead of another
+//! tenant for either. This module is the
 //! async shell around that pure queue: a waiter queues a oneshot sender, grants are handed out
 //! whenever a slot is free, and a [`SlotGuard`] gives its slot back (to the queue's accounting
 //! and to the next waiter) when the guest ends.
@@ -23,8 +27,12 @@ pub enum Refused {
     /// Refused at the door by the tenant's limits (queue full, an instance larger than its
     /// memory budget) or the node's waiting bound.
     Tenancy(tern_tenancy::Error),
-    /// The deadline passed in the queue.
-    Deadline,
+    /// The deadline passed in the queue. `memory`: slots were free at that moment but the
+    /// node's free memory was less than the unit needs, so the node's memory budget is what
+    /// held it back (else its tenant's caps or the slots did).
+    Deadline { memory: bool },
+    /// The unit's memory limit is larger than the node's whole memory budget.
+    LargerThanNode,
     /// The tenant was removed while the unit waited.
     TenantRemoved,
 }
@@ -39,6 +47,11 @@ struct Waiter {
 struct State {
     queue: FairQueue<Waiter>,
     free: usize,
+    /// Bytes of the node's memory budget not held by a running guest.
+    free_memory: u64,
+    memory_budget: u64,
+    /// The most of `memory_budget` one tenant with a finite memory quota may hold.
+    tenant_memory_cap: u64,
     next_id: u64,
 }
 
@@ -59,6 +72,7 @@ impl Drop for SlotGuard {
         if let Some(slot) = self.slot.take() {
             let ms = self.since.elapsed().as_millis().min(u128::from(u64::MAX)) as u64;
             let mut state = self.slots.lock();
+            state.free_memory = state.free_memory.saturating_add(slot.memory_bytes());
             state.queue.complete(slot, ms);
             state.free += 1;
             dispatch(&mut state);
@@ -67,20 +81,34 @@ impl Drop for SlotGuard {
 }
 
 impl FairSlots {
-    /// `slots` instance slots; at most `max_waiting` units queued for them over all tenants.
-    pub fn new(slots: usize, max_waiting: usize, params: ShareParams) -> Arc<Self> {
+    /// `slots` instance slots and `memory_budget` bytes for the guests holding them, of which
+    /// one tenant with a finite memory quota holds at most `tenant_memory_cap`; at most
+    /// `max_waiting` units queued for them over all tenants.
+    pub fn new(
+        slots: usize,
+        memory_budget: u64,
+        tenant_memory_cap: u64,
+        max_waiting: usize,
+        params: ShareParams,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State {
                 queue: FairQueue::new(params, max_waiting),
                 free: slots,
+                free_memory: memory_budget,
+                memory_budget,
+                tenant_memory_cap,
                 next_id: 0,
             }),
         })
     }
 
-    /// Adds a tenant or changes its limits (running guests keep their slots).
+    /// Adds a tenant or changes its limits (running guests keep their slots). A finite
+    /// memory quota is held to the node's per-tenant cap; an unlimited one (`u64::MAX`, the
+    /// `default` tenant's) may use the whole budget.
     pub fn set_tenant(&self, tenant: TenantName, config: LaneConfig) {
         let mut state = self.lock();
+        let config = state.capped(config);
         state.queue.upsert_tenant(tenant, config);
         // A raised cap may let queued work start now.
         dispatch(&mut state);
@@ -104,10 +132,12 @@ impl FairSlots {
     ) -> Result<SlotGuard, Refused> {
         let (id, rx) = {
             let mut state = self.lock();
+            if memory_bytes > state.memory_budget {
+                return Err(Refused::LargerThanNode);
+            }
             if state.queue.stats(tenant).is_none() {
-                state
-                    .queue
-                    .upsert_tenant(tenant.clone(), LaneConfig::from(&TenantSpec::default()));
+                let config = state.capped(LaneConfig::from(&TenantSpec::default()));
+                state.queue.upsert_tenant(tenant.clone(), config);
             }
             let id = state.next_id;
             state.next_id += 1;
@@ -144,13 +174,16 @@ impl FairSlots {
                         .queue
                         .record_wait(tenant, millis(waiter.queued_at.elapsed()));
                 }
+                let memory = state.free > 0 && memory_bytes > state.free_memory;
+                // The unit may have been what held its lane back: another may fit now.
+                dispatch(&mut state);
                 drop(state);
                 if cancelled.is_empty()
                     && let Ok(slot) = rx.try_recv()
                 {
                     drop(self.guard(slot));
                 }
-                Err(Refused::Deadline)
+                Err(Refused::Deadline { memory })
             }
         }
     }
@@ -191,17 +224,28 @@ impl FairSlots {
     }
 }
 
-/// Hands free slots to the waiters the queue picks, while both last. A waiter that is gone
-/// gives its slot straight back.
+impl State {
+    fn capped(&self, mut config: LaneConfig) -> LaneConfig {
+        if config.memory_budget_bytes != u64::MAX {
+            config.memory_budget_bytes = config.memory_budget_bytes.min(self.tenant_memory_cap);
+        }
+        config
+    }
+}
+
+/// Hands free slots, with their memory, to the waiters the queue picks, while any fits. A
+/// waiter that is gone gives its slot and memory straight back.
 fn dispatch(state: &mut State) {
     while state.free > 0 {
-        let Some(grant) = state.queue.grant() else {
+        let Some(grant) = state.queue.grant_within(state.free_memory) else {
             return;
         };
         state.free -= 1;
+        state.free_memory -= grant.slot.memory_bytes();
         let waited = millis(grant.item.queued_at.elapsed());
         state.queue.record_wait(grant.slot.tenant(), waited);
         if let Err(slot) = grant.item.tx.send(grant.slot) {
+            state.free_memory += slot.memory_bytes();
             state.queue.return_unused(slot);
             state.free += 1;
         }
@@ -244,7 +288,7 @@ mod tests {
     /// weights within ±10 %.
     #[tokio::test(start_paused = true)]
     async fn backlogged_tenants_get_slots_in_proportion_to_their_weights() {
-        let slots = FairSlots::new(2, 10_000, ShareParams::weights_only());
+        let slots = FairSlots::new(2, u64::MAX, u64::MAX, 10_000, ShareParams::weights_only());
         slots.set_tenant(name("a"), lane(1, 100, 1000));
         slots.set_tenant(name("b"), lane(3, 100, 1000));
         let served: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
@@ -280,7 +324,13 @@ mod tests {
     /// first gets 3/4 of the slots (±10 %) instead of half.
     #[tokio::test(start_paused = true)]
     async fn a_tenant_waiting_past_its_latency_target_gets_a_larger_share() {
-        let slots = FairSlots::new(1, 10_000, ShareParams::new(1.0, 0.0, 2.0).unwrap());
+        let slots = FairSlots::new(
+            1,
+            u64::MAX,
+            u64::MAX,
+            10_000,
+            ShareParams::new(1.0, 0.0, 2.0).unwrap(),
+        );
         for (tenant, target) in [("urgent", 5), ("patient", 60_000)] {
             let config = LaneConfig {
                 latency_target_ms: target,
@@ -325,7 +375,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_tenant_at_its_cap_waits_while_another_gets_the_free_slots() {
-        let slots = FairSlots::new(4, 100, ShareParams::weights_only());
+        let slots = FairSlots::new(4, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         slots.set_tenant(name("greedy"), lane(10, 1, 10));
         let held = slots.acquire(&name("greedy"), 0, far()).await.unwrap();
         let waiting = {
@@ -343,15 +393,126 @@ mod tests {
         assert_eq!(slots.counts(), (0, 0));
     }
 
+    /// The node's memory budget is granted in the same fair order as slots: a tenant that
+    /// holds it all and keeps a backlog does not get the memory its guests free ahead of
+    /// another tenant's waiting unit, and a unit that waits for memory past its deadline says
+    /// memory (not slots) held it back.
+    #[tokio::test(start_paused = true)]
+    async fn node_memory_is_granted_by_fair_order_not_first_come() {
+        const MIB: u64 = 1 << 20;
+        let slots = FairSlots::new(10, 256 * MIB, u64::MAX, 100, ShareParams::weights_only());
+        let (flood, other) = (name("flood"), name("other"));
+        let a = slots.acquire(&flood, 128 * MIB, far()).await.unwrap();
+        let b = slots.acquire(&flood, 128 * MIB, far()).await.unwrap();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(
+            slots.acquire(&other, 128 * MIB, soon).await.err(),
+            Some(Refused::Deadline { memory: true }),
+            "nine slots free; the memory is what was missing"
+        );
+        let flood_waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move { slots.acquire(&name("flood"), 128 * MIB, far()).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let victim = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.acquire(&name("other"), 128 * MIB, far()).await })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(slots.tenant_counts(&flood), Some((2, 3)));
+        drop(a);
+        let victim = victim.await.unwrap().unwrap();
+        assert_eq!(
+            slots.tenant_counts(&flood),
+            Some((1, 3)),
+            "the freed memory went to the other tenant, queued last"
+        );
+        drop(victim);
+        drop(b);
+        for w in flood_waiters {
+            drop(w.await.unwrap().unwrap());
+        }
+        assert_eq!(slots.counts(), (0, 0));
+        assert_eq!(
+            slots.acquire(&other, 512 * MIB, far()).await.err(),
+            Some(Refused::LargerThanNode)
+        );
+    }
+
+    /// A tenant whose memory quota is larger than the node's per-tenant cap is held to the
+    /// cap (so the rest of the node stays free for others); an unlimited one, and a tenant
+    /// the node has not configured yet, likewise to theirs.
+    #[tokio::test(start_paused = true)]
+    async fn a_finite_memory_quota_is_held_to_the_nodes_per_tenant_cap() {
+        const MIB: u64 = 1 << 20;
+        let slots = FairSlots::new(10, 1024 * MIB, 256 * MIB, 100, ShareParams::weights_only());
+        let mut big = lane(1, 10, 10);
+        big.memory_budget_bytes = 100 * 1024 * MIB;
+        slots.set_tenant(name("big"), big);
+        let mut unlimited = lane(1, 10, 10);
+        unlimited.memory_budget_bytes = u64::MAX;
+        slots.set_tenant(name("unlimited"), unlimited);
+        let soon = Instant::now() + Duration::from_millis(50);
+        for tenant in ["big", "unconfigured"] {
+            let held = slots
+                .acquire(&name(tenant), 256 * MIB, far())
+                .await
+                .unwrap();
+            assert_eq!(
+                slots.acquire(&name(tenant), 128 * MIB, soon).await.err(),
+                Some(Refused::Deadline { memory: false }),
+                "{tenant}: held to 256 MiB with 768 MiB of the node free"
+            );
+            drop(held);
+        }
+        let held: Vec<_> = acquire_n(&slots, "unlimited", 4, 256 * MIB).await;
+        assert_eq!(slots.tenant_counts(&name("unlimited")), Some((4, 0)));
+        drop(held);
+        assert_eq!(slots.counts(), (0, 0));
+    }
+
+    #[test]
+    fn the_per_tenant_memory_cap_is_a_percentage_of_the_budget_and_at_least_one_largest_guest() {
+        let mut cfg = crate::RuntimeConfig::new("n", "/nonexistent");
+        cfg.memory_budget_mb = 18_000;
+        cfg.max_memory_mb = 512;
+        cfg.tenant_memory_percent = 25;
+        assert_eq!(cfg.tenant_memory_cap_bytes(), 4_500 << 20);
+        cfg.memory_budget_mb = 1_000;
+        assert_eq!(
+            cfg.tenant_memory_cap_bytes(),
+            512 << 20,
+            "one 512 MiB guest"
+        );
+        cfg.tenant_memory_percent = 100;
+        assert_eq!(cfg.tenant_memory_cap_bytes(), 1_000 << 20);
+    }
+
+    async fn acquire_n(
+        slots: &Arc<FairSlots>,
+        tenant: &str,
+        n: usize,
+        memory: u64,
+    ) -> Vec<SlotGuard> {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            held.push(slots.acquire(&name(tenant), memory, far()).await.unwrap());
+        }
+        held
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_waiter_past_its_deadline_or_dropped_holds_no_slot_and_no_place() {
-        let slots = FairSlots::new(1, 100, ShareParams::weights_only());
+        let slots = FairSlots::new(1, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         let t = name("t");
         let held = slots.acquire(&t, 0, far()).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
             slots.acquire(&t, 0, soon).await.err(),
-            Some(Refused::Deadline)
+            Some(Refused::Deadline { memory: false })
         );
         assert_eq!(slots.counts(), (1, 0), "out of the queue");
         // A waiter whose caller goes away: the grant that reaches it comes straight back.
@@ -374,7 +535,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_full_tenant_queue_is_refused_at_once_and_a_removed_tenants_waiters_are_told() {
-        let slots = FairSlots::new(1, 100, ShareParams::weights_only());
+        let slots = FairSlots::new(1, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         let t = name("t");
         slots.set_tenant(t.clone(), lane(1, 1, 1));
         let held = slots.acquire(&t, 0, far()).await.unwrap();

@@ -75,6 +75,10 @@ pub struct RuntimeConfig {
     pub memory_budget_mb: u64,
     /// The largest `memory_mb` a function may ask for (the size of a pool memory slot).
     pub max_memory_mb: u32,
+    /// The percentage of `memory_budget_mb` one tenant with a finite memory quota may hold
+    /// on this node (never less than one guest of `max_memory_mb`), so that no such tenant
+    /// can take the whole node even when its quota, sized for a larger node, would allow it.
+    pub tenant_memory_percent: u8,
     /// Bytes of each linear memory kept resident (memset instead of madvise) between uses.
     pub keep_resident_bytes: usize,
     /// Most modules kept loaded; beyond this the least recently used is unloaded and a later
@@ -126,6 +130,14 @@ impl MemoryProfile {
 }
 
 impl RuntimeConfig {
+    /// Bytes of the memory budget one tenant with a finite memory quota may hold:
+    /// `tenant_memory_percent` of it, but at least one guest of `max_memory_mb`.
+    pub fn tenant_memory_cap_bytes(&self) -> u64 {
+        let budget = self.memory_budget_mb.saturating_mul(1 << 20);
+        let part = budget / 100 * u64::from(self.tenant_memory_percent.min(100));
+        part.max(u64::from(self.max_memory_mb) << 20).min(budget)
+    }
+
     pub fn new(node_name: impl Into<String>, artifact_dir: impl Into<PathBuf>) -> Self {
         Self {
             node_name: node_name.into(),
@@ -136,6 +148,7 @@ impl RuntimeConfig {
             max_instances: 1000,
             memory_budget_mb: 1000 * 512,
             max_memory_mb: 512,
+            tenant_memory_percent: 25,
             keep_resident_bytes: 4 << 20,
             max_loaded_modules: 1024,
             max_output_bytes: 16 << 20,
@@ -240,10 +253,9 @@ pub struct Runtime {
     functions: RwLock<HashMap<FunctionName, Arc<Deployed>>>,
     modules: Mutex<ModuleCache>,
     compile_slots: Arc<Semaphore>,
-    /// Instance slots, shared between tenants by weighted fair queueing.
+    /// Instance slots and the memory budget, shared between tenants by weighted fair
+    /// queueing.
     instance_slots: Arc<FairSlots>,
-    /// One permit per MiB of `memory_budget_mb`.
-    memory_budget: Arc<Semaphore>,
     lanes: Lanes,
     metrics: Arc<Metrics>,
     ticker: EpochTicker,
@@ -310,14 +322,11 @@ impl Runtime {
             // bound only keeps the queue finite if a caller bypasses it.
             instance_slots: FairSlots::new(
                 cfg.max_instances as usize,
+                cfg.memory_budget_mb.saturating_mul(1 << 20),
+                cfg.tenant_memory_cap_bytes(),
                 MAX_WAITING_FOR_SLOTS,
                 cfg.share,
             ),
-            memory_budget: Arc::new(Semaphore::new(
-                usize::try_from(cfg.memory_budget_mb)
-                    .unwrap_or(usize::MAX)
-                    .min(Semaphore::MAX_PERMITS),
-            )),
             lanes: Lanes::new(cfg.slow_lane_threads)?,
             cfg,
             engine,
@@ -668,33 +677,37 @@ impl Runtime {
         // The time limit runs from acceptance: waiting for a slot is part of it, and a unit
         // that finds none in time is refused as overload, not run late.
         let deadline = meu.accepted_at + sandbox.timeout;
-        let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1);
+        // An instance slot and the guest's memory limit out of the node's memory budget,
+        // granted together by weighted fair queueing among tenants (within `tenant`'s caps).
+        let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1) as u64;
         self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
         let tenant = deployed.tenant.clone();
         let reserved = self
-            .reserve(memory_mb, sandbox.memory_bytes as u64, &tenant, deadline)
+            .instance_slots
+            .acquire(&tenant, sandbox.memory_bytes as u64, deadline)
             .await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
-        let (memory, slot) = match reserved {
-            Ok(held) => held,
-            Err(Reserve::Closed) => return Err(Error::PoolClosed("instance")),
-            Err(Reserve::Tenant(refused)) => {
+        let waited_ms = || meu.accepted_at.elapsed().as_millis() as u64;
+        let slot = match reserved {
+            Ok(slot) => slot,
+            Err(Refused::TenantRemoved) => return Err(Error::PoolClosed("instance")),
+            Err(Refused::Tenancy(refused)) => {
                 return Err(Error::TenantLimit {
                     tenant,
                     refused: refused.to_string(),
                     retryable: refused.retry_after_ms().is_some(),
                 });
             }
-            Err(Reserve::Memory) => {
+            Err(Refused::Deadline { memory: true } | Refused::LargerThanNode) => {
                 return Err(Error::NoMemoryBudget {
-                    waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
-                    memory_mb: memory_mb as u64,
+                    waited_ms: waited_ms(),
+                    memory_mb,
                     budget_mb: self.cfg.memory_budget_mb,
                 });
             }
-            Err(Reserve::Slot) => {
+            Err(Refused::Deadline { memory: false }) => {
                 return Err(Error::NoInstanceSlot {
-                    waited_ms: meu.accepted_at.elapsed().as_millis() as u64,
+                    waited_ms: waited_ms(),
                     slots: self.cfg.max_instances,
                 });
             }
@@ -755,7 +768,6 @@ impl Runtime {
             let mut held = Held {
                 store,
                 _slot: slot,
-                _memory: memory,
                 _lease: lease,
             };
             let _ticking = ticking;
@@ -819,60 +831,13 @@ impl Runtime {
 }
 
 /// What a running guest holds, dropped in this order: its store (the pooled instance goes
-/// back to wasmtime's pool), then its instance slot and its memory reservation, then its
+/// back to wasmtime's pool), then its instance slot with its memory reservation, then its
 /// lease. Released the other way round, a unit woken by the free slot could find the pool
 /// still full.
 struct Held {
     store: Store<HostState>,
     _slot: SlotGuard,
-    _memory: Permit,
     _lease: Option<Lease>,
-}
-
-/// Why [`Runtime::reserve`] gave nothing.
-enum Reserve {
-    /// The deadline passed waiting for the memory budget.
-    Memory,
-    /// The deadline passed waiting for an instance slot.
-    Slot,
-    /// The node is stopping.
-    Closed,
-    /// The tenant's own limits refused the unit at once.
-    Tenant(tern_tenancy::Error),
-}
-
-type Permit = tokio::sync::OwnedSemaphorePermit;
-
-impl Runtime {
-    /// `memory_mb` of the memory budget, then an instance slot granted fairly among
-    /// tenants (within `tenant`'s caps), both by `deadline`. Memory first: a unit holding a
-    /// slot while it waits for memory would keep a slot idle.
-    async fn reserve(
-        &self,
-        memory_mb: usize,
-        memory_bytes: u64,
-        tenant: &tern_tenancy::TenantName,
-        deadline: Instant,
-    ) -> Result<(Permit, SlotGuard), Reserve> {
-        let want = u32::try_from(memory_mb).unwrap_or(u32::MAX);
-        let memory = tokio::time::timeout_at(
-            deadline.into(),
-            self.memory_budget.clone().acquire_many_owned(want),
-        )
-        .await
-        .map_err(|_| Reserve::Memory)?
-        .map_err(|_| Reserve::Closed)?;
-        let slot = self
-            .instance_slots
-            .acquire(tenant, memory_bytes, deadline)
-            .await
-            .map_err(|refused| match refused {
-                Refused::Deadline => Reserve::Slot,
-                Refused::TenantRemoved => Reserve::Closed,
-                Refused::Tenancy(e) => Reserve::Tenant(e),
-            })?;
-        Ok((memory, slot))
-    }
 }
 
 /// An instantiation failure: the pool being full is overload (a slot was granted, so this

@@ -13,7 +13,8 @@
 //!   current virtual time: it cannot bank credit while it had nothing to run, and it is served
 //!   within one grant per other lane of arriving (no starvation);
 //! - a lane is eligible only if it has queued work, is below its concurrency cap and the
-//!   memory limit of its oldest item fits its memory budget; otherwise it is skipped and the
+//!   memory limit of its oldest item fits its memory budget and the node's free memory
+//!   ([`FairQueue::grant_within`]); otherwise it is skipped and the
 //!   slot goes to someone else (work-conserving: a slot is never left idle while any lane
 //!   could use it).
 //!
@@ -154,10 +155,12 @@ impl<T> Lane<T> {
         }
     }
 
-    fn eligible(&self) -> bool {
+    /// Queued work whose oldest item fits the tenant's caps and `free_memory`.
+    fn eligible(&self, free_memory: u64) -> bool {
         self.queue.front().is_some_and(|(_, memory)| {
             self.running < self.config.max_concurrent
                 && self.memory_bytes.saturating_add(*memory) <= self.config.memory_budget_bytes
+                && *memory <= free_memory
         })
     }
 
@@ -313,11 +316,18 @@ impl<T> FairQueue<T> {
     /// The item that gets the next free slot, or `None` if no lane can use one (nothing
     /// queued, or every lane with queued work at its concurrency cap or memory budget).
     pub fn grant(&mut self) -> Option<Grant<T>> {
+        self.grant_within(u64::MAX)
+    }
+
+    /// As [`FairQueue::grant`], for a slot that comes with only `free_memory` bytes of the
+    /// node's memory: a lane whose oldest item needs more is skipped like one at its cap, so
+    /// the node's memory is shared by the same weighted fair order as its slots.
+    pub fn grant_within(&mut self, free_memory: u64) -> Option<Grant<T>> {
         let v = self.vtime;
         let mut best: Option<(&TenantName, u128)> = None;
         // BTreeMap order: equal start tags go to the first tenant by name, deterministically.
         for (name, lane) in &self.lanes {
-            if !lane.eligible() {
+            if !lane.eligible(free_memory) {
                 continue;
             }
             let start = lane.pass.max(v);
@@ -583,6 +593,23 @@ mod tests {
         q.complete(g.slot, 1);
         assert_eq!(q.grant().unwrap().item, 2);
         assert_eq!(q.stats(&name("a")).unwrap().memory_bytes, 256 * MIB);
+    }
+
+    #[test]
+    fn node_memory_goes_to_the_lane_whose_item_fits_and_then_by_fair_order() {
+        let mut q = queue(&[("a", config(1, 10, 10)), ("b", config(1, 10, 10))]);
+        q.push(&name("a"), 1, 256 * MIB).unwrap();
+        q.push(&name("a"), 2, 256 * MIB).unwrap();
+        q.push(&name("b"), 3, 64 * MIB).unwrap();
+        q.push(&name("b"), 4, 64 * MIB).unwrap();
+        assert!(q.grant_within(32 * MIB).is_none(), "nothing fits 32 MiB");
+        let g = q.grant_within(128 * MIB).unwrap();
+        assert_eq!(g.item, 3, "only b's oldest item fits 128 MiB");
+        // With room for either, a (not yet served) comes next and catches up with b's one
+        // grant (equal tags go to the first name), then b: two grants each.
+        assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 1);
+        assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 2);
+        assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 4);
     }
 
     #[test]
