@@ -16,20 +16,17 @@
 # of every run) and commands.log (every command, with the load average before it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/bench-node.sh
 out=${1:-bench/reports/auth}
 rounds=${2:-8}
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [OUT_DIR] [ROUNDS]" >&2; exit 2; }
 rm -rf "$out/raw" "$out/commands.log"
 mkdir -p "$out/raw"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-bash scripts/build-functions.sh >/dev/null
-cargo build --release -p tern-node
+bench_build
 tern=target/release/tern
 addr=127.0.0.1:7933
 commit=$(git rev-parse HEAD)
-# Uncommitted changes to tracked files when the binary was built (reports excluded), by path.
-dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | awk '{print $2}' | paste -sd, -)
-[ -n "$dirty" ] || dirty=0
+dirty=$(tree_dirty)
 sleep 20 # let the build's load settle
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -57,7 +54,7 @@ one() {
   log "TERN_AUTH=$auth $tern up --data $data --listen $addr --log warn"
   TERN_AUTH=$auth $tern up --data "$data" --listen "$addr" --log warn >"$out/raw/r$r-$mode-node.log" 2>&1 &
   node=$!
-  for _ in $(seq 300); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+  wait_healthy "$addr"
   token=$(cat "$data/admin.token" 2>/dev/null || true)
   if [ "$mode" = quotas ]; then
     # Tokens travel in TERN_TOKEN, never on a command line.

@@ -16,6 +16,7 @@
 # Ratios are against the first configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/bench-node.sh
 [ $# -ge 4 ] || { echo "usage: $0 OUT_DIR ROUNDS NAME=VAR=VALUE[,VAR=VALUE...] NAME=... [...]" >&2; exit 2; }
 out=$1 rounds=$2
 shift 2
@@ -28,16 +29,13 @@ for spec in "$@"; do
 done
 rm -rf "$out/raw" "$out/commands.log"
 mkdir -p "$out/raw"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-bash scripts/build-functions.sh >/dev/null
-cargo build --release -p tern-node
+bench_build
 tern=target/release/tern
 addr=127.0.0.1:7935
 function=${BENCH_FUNCTION:-echo}
 body=${BENCH_DATA:-hello}
 commit=$(git rev-parse HEAD)
-dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | awk '{print $2}' | paste -sd, -)
-[ -n "$dirty" ] || dirty=0
+dirty=$(tree_dirty)
 clk=$(getconf CLK_TCK)
 sleep 20 # let the build's load settle
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -62,7 +60,7 @@ one() {
   log "env ${vars[*]} $tern up --data $data --listen $addr --log warn"
   env "${vars[@]}" $tern up --data "$data" --listen "$addr" --log warn >"$out/raw/r$r-$name-node.log" 2>&1 &
   node=$!
-  for _ in $(seq 300); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+  wait_healthy "$addr"
   token=$(cat "$data/admin.token" 2>/dev/null || true)
   for c in 1 64; do
     log "TERN_TOKEN=<admin token> $tern bench --server $addr --function $function --data '$body' --connections $c --duration 6s --warmup 2s"

@@ -14,19 +14,16 @@
 # Writes summary.txt (generated from raw/; never edit it by hand) and raw/ (every run's JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/bench-node.sh
 source scripts/lib/auth-header.sh
 out=${1:-bench/reports/shares}
 rm -rf "$out/raw"
 mkdir -p "$out/raw"
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-bash scripts/build-functions.sh >/dev/null
-cargo build --release -p tern-node
+bench_build
 tern=target/release/tern
 addr=127.0.0.1:7934
 commit=$(git rev-parse HEAD)
-# Uncommitted changes to tracked files when the binary was built (reports excluded), by path.
-dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | awk '{print $2}' | paste -sd, -)
-[ -n "$dirty" ] || dirty=0
+dirty=$(tree_dirty)
 sleep 20 # let the build's load settle
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -41,20 +38,16 @@ trap cleanup EXIT
 
 # scenario NAME TENANT=WEIGHT...: a fresh node, the tenants, one load per tenant at once.
 scenario() {
-  local name=$1 spec t w admin token pids=()
+  local name=$1 spec t w admin pids=()
   shift
   data=$(mktemp -d)
   TERN_MAX_INSTANCES=1 $tern up --data "$data" --listen "$addr" --log warn >"$out/raw/$name-node.log" 2>&1 &
   node=$!
-  for _ in $(seq 300); do curl -sf "http://$addr/healthz" >/dev/null && break; sleep 0.1; done
+  wait_healthy "$addr"
   admin=$(auth_header_file "$data/admin.token" "$data/admin.header")
   for spec in "$@"; do
     t=${spec%=*} w=${spec#*=}
-    curl -sf -H @"$admin" -X POST "http://$addr/v1/tenants" \
-      -d "{\"name\":\"$t\",\"weight\":$w,\"sla\":\"batch\"}" >/dev/null
-    token=$(curl -sf -H @"$admin" -X POST "http://$addr/v1/tokens" \
-      -d "{\"role\":\"developer\",\"tenant\":\"$t\"}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-    (umask 077 && echo "$token" >"$data/$t.token")
+    tenant_token "$admin" "$addr" "$t" "{\"name\":\"$t\",\"weight\":$w,\"sla\":\"batch\"}" "$data/$t.token"
     curl -sf -H @"$(auth_header_file "$data/$t.token" "$data/$t.header")" -X PUT --data-binary @functions/dist/matmul-json.wasm \
       "http://$addr/v1/functions/work" >/dev/null
   done

@@ -151,6 +151,9 @@ pub struct Metrics {
     pub actor_restarts: Mutex<BTreeMap<String, u64>>,
     /// Guests moved to the low-priority lane after using a full time slice.
     pub slow_lane_moves: AtomicU64,
+    /// Guests started on the low-priority lane because their function's recent guests all
+    /// outlived their first time slice.
+    pub slow_lane_starts: AtomicU64,
     /// Epoch ticks so far (the ticker parks while no guest runs).
     pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
@@ -587,6 +590,12 @@ impl Metrics {
                 "tern_slow_lane_moves_total",
                 "Guests moved to the low-priority lane after a full time slice.",
                 self.slow_lane_moves.load(Relaxed),
+            ),
+            (
+                "tern_slow_lane_starts_total",
+                "Guests started on the low-priority lane: their function's recent guests outlived \
+                 their first time slice.",
+                self.slow_lane_starts.load(Relaxed),
             ),
             (
                 "tern_epoch_ticks_total",

@@ -1,14 +1,22 @@
 //! Two execution lanes for guests, so that a flood of long-running guests cannot starve short
 //! requests on a 2-core machine.
 //!
-//! Every guest starts on the caller's task (the fast lane, normal OS priority). A guest that
+//! A guest starts on the caller's task (the fast lane, normal OS priority). A guest that
 //! uses a whole epoch slice yields (wasmtime epoch interruption with `UpdateDeadline::Yield`);
 //! at that first yield its future is moved, boxed, to the slow lane: a separate tokio runtime
 //! whose threads run at the lowest OS priority (nice 19). Short requests therefore keep
 //! preempting CPU hogs, which still run to their deadline when the CPU is otherwise idle.
+//!
+//! That first slice is spent on a fast-lane worker, so a flood of calls to a CPU hog (or of
+//! calls that are abandoned and retried, each starting a fresh guest) would still hold the
+//! workers a slice per call, and short requests would wait behind those slices. A function
+//! whose guests keep outliving their slice therefore starts on the slow lane directly
+//! ([`LaneHistory`]), except for a probe every few starts that tells when it stops doing so.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::Poll;
 
 use crate::Error;
@@ -28,22 +36,26 @@ impl Lanes {
         Ok(Self { slow: Some(slow) })
     }
 
-    /// Runs `fut` to completion: inline until its first yield, then on the slow lane.
-    /// `moved` is called once if the future moves.
+    /// Runs `fut` to completion: inline until its first yield, then on the slow lane; or,
+    /// with `start_slow`, on the slow lane from the start. `moved` is called once if the
+    /// future moves.
     pub(crate) async fn run<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, Error>> + Send + 'static,
+        start_slow: bool,
         moved: impl FnOnce(),
     ) -> Result<T, Error> {
         let mut fut: Pin<Box<dyn Future<Output = Result<T, Error>> + Send>> = Box::pin(fut);
-        let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-        if let Poll::Ready(out) = first {
-            return out;
+        if !start_slow {
+            let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+            if let Poll::Ready(out) = first {
+                return out;
+            }
+            moved();
         }
         let Some(slow) = &self.slow else {
             return fut.await;
         };
-        moved();
         // If the caller stops waiting (deadline), the guest must stop too, not linger on the
         // slow lane until it is next scheduled.
         let mut task = AbortOnDrop(slow.spawn(fut));
@@ -53,6 +65,61 @@ impl Lanes {
                 task: "guest",
                 detail: e.to_string(),
             }),
+        }
+    }
+}
+
+/// Consecutive guests of a function that outlived their first slice before its guests start
+/// on the slow lane.
+const HOG_STREAK: u32 = 4;
+/// Of a hog's starts, one in this many is still on the fast lane at first: a probe that
+/// resets the streak if the function has stopped outliving its slice. Each probe that moves
+/// too doubles the interval, up to `MAX_PROBE_EVERY`, so a function that stays a hog costs
+/// the fast lane fewer and fewer slices.
+const PROBE_EVERY: u32 = 8;
+const MAX_PROBE_EVERY: u32 = 1024;
+
+/// How a function's recent guests ran, to choose the lane its next guest starts on. Only
+/// guests started on the fast lane are reported: a guest started on the slow lane cannot
+/// tell whether it would have outlived its slice there.
+#[derive(Debug, Default)]
+pub(crate) struct LaneHistory {
+    /// Fast-lane guests in a row that moved to the slow lane.
+    streak: AtomicU32,
+    /// Starts since the last probe.
+    starts: AtomicU32,
+    /// Starts per probe; 0 before the first probe (then `PROBE_EVERY`).
+    probe_every: AtomicU32,
+}
+
+impl LaneHistory {
+    /// Whether the next guest starts on the slow lane.
+    pub(crate) fn start_slow(&self) -> bool {
+        if self.streak.load(Relaxed) < HOG_STREAK {
+            return false;
+        }
+        let every = self.probe_every.load(Relaxed).max(PROBE_EVERY);
+        !self.starts.fetch_add(1, Relaxed).is_multiple_of(every)
+    }
+
+    /// A guest started on the fast lane moved to the slow lane (`true`) or finished within
+    /// its slice (`false`).
+    pub(crate) fn ran(&self, moved: bool) {
+        if moved {
+            let before = self
+                .streak
+                .fetch_update(Relaxed, Relaxed, |s| Some(s.saturating_add(1)))
+                .unwrap_or(u32::MAX);
+            if before >= HOG_STREAK {
+                // A probe moved: still a hog.
+                let _ = self.probe_every.fetch_update(Relaxed, Relaxed, |e| {
+                    Some(e.max(PROBE_EVERY).saturating_mul(2).min(MAX_PROBE_EVERY))
+                });
+                self.starts.store(1, Relaxed);
+            }
+        } else if self.streak.swap(0, Relaxed) != 0 {
+            self.starts.store(0, Relaxed);
+            self.probe_every.store(0, Relaxed);
         }
     }
 }
@@ -79,5 +146,93 @@ fn lower_this_threads_priority() {
     // calling thread. Failure only costs fairness, so it is logged, not fatal.
     if let Err(e) = rustix::process::setpriority_process(None, 19) {
         tracing::warn!(error = %e, "could not lower the slow lane's thread priority");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The lanes `n` starts take: `true` for slow. Every fast start is reported as moving.
+    fn starts_of_a_hog(h: &LaneHistory, n: u32) -> Vec<bool> {
+        (0..n)
+            .map(|_| {
+                let slow = h.start_slow();
+                if !slow {
+                    h.ran(true);
+                }
+                slow
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_function_whose_guests_keep_outliving_their_slice_starts_slow_with_ever_rarer_probes() {
+        let h = LaneHistory::default();
+        for _ in 0..HOG_STREAK - 1 {
+            h.ran(true);
+            assert!(!h.start_slow(), "not yet a hog");
+        }
+        h.ran(true);
+        let starts = starts_of_a_hog(&h, 1 + 16 + 32);
+        let probes: Vec<usize> = (0..starts.len()).filter(|i| !starts[*i]).collect();
+        assert_eq!(
+            probes,
+            vec![0, 16, 48],
+            "the first start is a probe, then one after 16 starts, then after 32"
+        );
+        let _backing_off = starts_of_a_hog(&h, 2 * MAX_PROBE_EVERY);
+        let later = starts_of_a_hog(&h, 10 * MAX_PROBE_EVERY);
+        let fast = later.iter().filter(|slow| !**slow).count();
+        assert!(
+            (9..=11).contains(&fast),
+            "one probe in {MAX_PROBE_EVERY} once backed off: {fast}"
+        );
+    }
+
+    #[test]
+    fn a_probe_that_finishes_within_its_slice_ends_the_streak() {
+        let h = LaneHistory::default();
+        for _ in 0..HOG_STREAK {
+            h.ran(true);
+        }
+        let _ = starts_of_a_hog(&h, 100);
+        assert!(h.start_slow());
+        // The next probe (the function changed, or the machine got idler) finishes in time.
+        while h.start_slow() {}
+        h.ran(false);
+        assert!((0..PROBE_EVERY).all(|_| !h.start_slow()), "short again");
+        // A hog once more: probes start again from the shortest interval.
+        for _ in 0..HOG_STREAK {
+            h.ran(true);
+        }
+        let starts = starts_of_a_hog(&h, 17);
+        assert_eq!(
+            starts.iter().filter(|slow| !**slow).count(),
+            2,
+            "{starts:?}"
+        );
+    }
+
+    fn thread_name() -> String {
+        std::thread::current().name().unwrap_or("").to_owned()
+    }
+
+    #[tokio::test]
+    async fn start_slow_runs_the_future_on_the_slow_lane_from_its_first_poll() {
+        let lanes = Lanes::new(1).unwrap();
+        let mut moves = 0;
+        let fast = lanes
+            .run(async { Ok(thread_name()) }, false, || moves += 1)
+            .await
+            .unwrap();
+        assert_ne!(fast, "tern-slow-lane");
+        let slow = lanes
+            .run(async { Ok(thread_name()) }, true, || moves += 1)
+            .await
+            .unwrap();
+        assert_eq!(slow, "tern-slow-lane");
+        assert_eq!(moves, 0, "neither moved: one finished, one started there");
     }
 }

@@ -167,6 +167,8 @@ pub struct Deployed {
     pub metrics: Arc<FunctionMetrics>,
     /// The owner, parsed once at install rather than from the name on every call.
     pub tenant: tern_tenancy::TenantName,
+    /// How this version's recent guests ran: the lane its next guest starts on.
+    lane_history: lanes::LaneHistory,
 }
 
 /// Something an MEU holds for exactly as long as its guest holds an instance slot, so that
@@ -479,6 +481,7 @@ impl Runtime {
             metrics: self.metrics.function(info.name.as_str()),
             tenant: info.name.tenant(),
             info,
+            lane_history: lanes::LaneHistory::default(),
         });
         self.functions
             .write()
@@ -743,9 +746,12 @@ impl Runtime {
         // until its first yield, the guest runs without interruption on the thread that
         // created the store. The first check comes after two ticks so a short guest that
         // started just before a tick is never checked at all.
+        // A known CPU hog starts on the slow lane, yielding every tick from the start (its
+        // thread is not the one measured here).
+        let start_slow = deployed.lane_history.start_slow();
         let slice = self.cfg.epoch_tick;
         let cpu_start = thread_cpu_time();
-        let mut yielded = false;
+        let mut yielded = start_slow;
         store.set_epoch_deadline(2);
         store.epoch_deadline_callback(move |_| {
             if Instant::now() >= deadline {
@@ -787,16 +793,27 @@ impl Runtime {
             Ok((result, inst_us, exec_start.elapsed().as_micros() as u64))
         };
         let moved_metrics = self.metrics.clone();
+        let moved = std::sync::atomic::AtomicBool::new(false);
         // A guest's own epoch check traps it within a tick of the deadline while it runs; one
         // waiting on a busy low-priority lane may not run again for a while. The caller is
         // answered at deadline + 2 ticks regardless, and the guest's task is cancelled.
         let answer_by = deadline + self.cfg.epoch_tick * 2;
-        let run = self.lanes.run(guest, move || {
+        if start_slow {
+            self.metrics.slow_lane_starts.fetch_add(1, Relaxed);
+        }
+        let run = self.lanes.run(guest, start_slow, || {
             moved_metrics.slow_lane_moves.fetch_add(1, Relaxed);
+            moved.store(true, Relaxed);
+            deployed.lane_history.ran(true);
         });
         let (result, inst_us, exec_us) = match tokio::time::timeout_at(answer_by.into(), run).await
         {
-            Ok(r) => r?,
+            Ok(r) => {
+                if !start_slow && !moved.load(Relaxed) {
+                    deployed.lane_history.ran(false);
+                }
+                r?
+            }
             Err(_) => {
                 return Err(Error::Timeout {
                     timeout_ms: sandbox.timeout.as_millis() as u32,

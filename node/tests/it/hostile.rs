@@ -370,6 +370,37 @@ async fn callers_that_go_away_cancel_their_guests_and_free_their_places() {
     node.shutdown().await.unwrap();
 }
 
+/// A function whose guests keep outliving their first time slice has its next guests started
+/// on the low-priority lane directly, except for one fast-lane probe in eight, so a flood of
+/// its calls does not spend a fast-lane slice each; a function whose guests finish within
+/// the slice never does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_whose_guests_outlive_their_slice_starts_them_on_the_slow_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    assert_eq!(deploy(addr, "loop", "?timeout_ms=200").await.status, 201);
+    assert_eq!(deploy(addr, "echo", "").await.status, 201);
+    for i in 0..20 {
+        let r = invoke(addr, "echo", format!("call {i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(metric(addr, "tern_slow_lane_moves_total").await, 0.0);
+    for _ in 0..12 {
+        let r = invoke(addr, "loop", "").await;
+        assert_eq!(r.status, 504, "{:?}", r.body);
+    }
+    // Four moves make a hog; of the next eight starts the first is a probe (it moves too).
+    assert_eq!(metric(addr, "tern_slow_lane_moves_total").await, 5.0);
+    assert_eq!(metric(addr, "tern_slow_lane_starts_total").await, 7.0);
+    for i in 0..20 {
+        let r = invoke(addr, "echo", format!("call {i}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(metric(addr, "tern_slow_lane_starts_total").await, 7.0);
+    node.shutdown().await.unwrap();
+}
+
 /// With every instance slot busy, a call waits for one only as long as its function's time
 /// limit (which runs from admission), then gets 429 `overloaded`, never a guest error; and a
 /// slot freed under heavy contention always finds a pooled instance free.

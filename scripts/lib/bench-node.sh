@@ -1,0 +1,42 @@
+# Sourced by the bench scripts: the pieces every run of a release node on this machine shares.
+
+# bench_build: the example functions and a release `tern`, with room for many connections.
+bench_build() {
+  ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+  bash scripts/build-functions.sh >/dev/null
+  cargo build --release -p tern-node
+}
+
+# tree_dirty: the tracked files (reports excluded) with uncommitted changes, comma-separated,
+# or 0 for a clean tree. Recorded in every report beside the commit it was built from.
+tree_dirty() {
+  local dirty
+  dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | awk '{print $2}' | paste -sd, -)
+  echo "${dirty:-0}"
+}
+
+# wait_healthy ADDR: waits up to 30 s for the node at ADDR to answer /healthz; fails (and says
+# so) if it does not, so a run never measures a node that is not there.
+wait_healthy() {
+  local _
+  for _ in $(seq 300); do
+    curl -sf -m 1 "http://$1/healthz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node at $1 did not become healthy within 30 s" >&2
+  return 1
+}
+
+# tenant_token ADMIN_HEADER_FILE ADDR TENANT BODY TOKEN_FILE: creates TENANT (BODY: its JSON
+# record, e.g. {"name":"a","weight":3}) and writes a developer token of it to TOKEN_FILE (mode
+# 0600). Tokens never appear on a command line.
+tenant_token() {
+  local admin=$1 addr=$2 tenant=$3 body=$4 token_file=$5
+  curl -sf -H @"$admin" -X POST "http://$addr/v1/tenants" -d "$body" >/dev/null
+  (
+    umask 077
+    curl -sf -H @"$admin" -X POST "http://$addr/v1/tokens" \
+      -d "{\"role\":\"developer\",\"tenant\":\"$tenant\"}" |
+      python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$token_file"
+  )
+}
