@@ -1,7 +1,7 @@
 //! What the HTTP handlers call: deploys, async invocations and their journal. Shared by every
 //! connection through one `Arc<App>`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,9 +49,16 @@ pub struct App {
     /// Held from a journal room check to the write it allows, so concurrent accepts (or
     /// results) cannot all pass a check that only one of them fits.
     journal_room: std::sync::Mutex<()>,
+    /// When each tenant's oldest finished result expires (ms since the epoch), as the last
+    /// expiry sweep found: the `Retry-After` of a call refused by a stored-result quota.
+    /// Bounded by the tenants with finished results.
+    result_expiry: std::sync::Mutex<HashMap<tern_tenancy::TenantName, u64>>,
     /// This node's parts of tenants' cluster-wide quotas (rate buckets, `max_concurrent`).
     pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
 }
+
+/// How often the janitor removes expired results (and collects unused modules).
+pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The cluster link's view of this node.
 impl LocalNode for App {
@@ -278,6 +285,7 @@ impl App {
             peers_up: std::sync::atomic::AtomicUsize::new(0),
             tenants_to_runtime: std::sync::Mutex::new(()),
             journal_room: std::sync::Mutex::new(()),
+            result_expiry: std::sync::Mutex::default(),
             cluster_quotas: crate::cluster_quotas::ClusterQuotas::new(),
         })
     }
@@ -814,7 +822,17 @@ impl App {
         quotas
             .check_store_result(&usage, bytes)
             .map_err(|e| match e {
-                tern_tenancy::Error::QuotaExceeded { which, .. } => NodeError::TenantQuota {
+                // A result too large for what the tenant may store: waiting does not help
+                // the result already computed.
+                tern_tenancy::Error::QuotaExceeded { which, .. } if replacing.is_some() => {
+                    NodeError::TenantQuota {
+                        tenant: owner,
+                        which,
+                        detail: crate::tenants::quota_limit(quotas, which),
+                    }
+                }
+                tern_tenancy::Error::QuotaExceeded { which, .. } => NodeError::ResultQuota {
+                    retry_after_ms: self.result_retry_after_ms(&owner),
                     tenant: owner,
                     which,
                     detail: crate::tenants::quota_limit(quotas, which),
@@ -861,16 +879,43 @@ impl App {
     /// Deletes finished async results older than the retention period, reading the journal
     /// one record at a time.
     pub fn expire_results(&self) -> Result<usize, NodeError> {
-        let cutoff = now_ms().saturating_sub(self.config.result_ttl_secs.saturating_mul(1000));
+        let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
+        let cutoff = now_ms().saturating_sub(ttl_ms);
         let mut removed = 0;
+        let mut expiry: HashMap<tern_tenancy::TenantName, u64> = HashMap::new();
         for record in self.store.invocations() {
             let record = record?;
-            if record.finished_at_ms.is_some_and(|t| t < cutoff) {
-                self.store.remove_invocation(&record.id)?;
-                removed += 1;
+            match record.finished_at_ms {
+                Some(t) if t < cutoff => {
+                    self.store.remove_invocation(&record.id)?;
+                    removed += 1;
+                }
+                Some(t) => {
+                    let at = t.saturating_add(ttl_ms);
+                    expiry
+                        .entry(record.function.tenant())
+                        .and_modify(|e| *e = (*e).min(at))
+                        .or_insert(at);
+                }
+                None => {}
             }
         }
+        *tern_sync::poison::lock(&self.result_expiry) = expiry;
         Ok(removed)
+    }
+
+    /// How long until a call of `tenant` refused by its stored-result quotas may fit: until
+    /// its oldest finished result expires (as the last sweep found) plus one sweep interval,
+    /// since results are removed by the sweep; with no finished result known, a whole
+    /// retention period plus one interval.
+    fn result_retry_after_ms(&self, tenant: &tern_tenancy::TenantName) -> u64 {
+        let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
+        let sweep_ms = EXPIRY_SWEEP_INTERVAL.as_millis() as u64;
+        let until = match tern_sync::poison::lock(&self.result_expiry).get(tenant) {
+            Some(at) => at.saturating_sub(now_ms()),
+            None => ttl_ms,
+        };
+        until.saturating_add(sweep_ms).max(1000)
     }
 
     /// Deletes what no function needs any more: stored modules that no live registry entry

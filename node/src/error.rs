@@ -86,6 +86,19 @@ pub enum NodeError {
         which: tern_tenancy::QuotaKind,
         detail: String,
     },
+    /// An asynchronous call over its tenant's stored-result quotas; room is made as the
+    /// tenant's results expire, the oldest in about `retry_after_ms`.
+    #[error(
+        "tenant {tenant}: {which} quota exceeded ({detail}); results expire after the \
+         retention period, the tenant's oldest in about {} s",
+        retry_after_ms.div_ceil(1000)
+    )]
+    ResultQuota {
+        tenant: tern_tenancy::TenantName,
+        which: tern_tenancy::QuotaKind,
+        detail: String,
+        retry_after_ms: u64,
+    },
     /// A call over its tenant's request rate on this node; it fits again after
     /// `retry_after_ms`.
     #[error(
@@ -125,7 +138,8 @@ impl NodeError {
     /// or the node cannot tell.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            NodeError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            NodeError::RateLimited { retry_after_ms, .. }
+            | NodeError::ResultQuota { retry_after_ms, .. } => Some(*retry_after_ms),
             NodeError::Tenancy(e) => e.retry_after_ms(),
             _ => None,
         }
@@ -140,7 +154,9 @@ impl NodeError {
             }
             NodeError::NotFound(m) => ApiError::new(ErrorCode::NotFound, m.clone()),
             NodeError::Conflict(m) => ApiError::new(ErrorCode::Conflict, m.clone()),
-            NodeError::TenantQuota { .. } | NodeError::RateLimited { .. } => {
+            NodeError::TenantQuota { .. }
+            | NodeError::ResultQuota { .. }
+            | NodeError::RateLimited { .. } => {
                 ApiError::new(ErrorCode::QuotaExceeded, self.to_string())
             }
             NodeError::Tenancy(e) => {

@@ -208,7 +208,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let janitor = tokio::spawn({
         let app = app.clone();
         async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            let mut tick = tokio::time::interval(crate::app::EXPIRY_SWEEP_INTERVAL);
             loop {
                 tick.tick().await;
                 if let Err(e) = app.expire_results() {

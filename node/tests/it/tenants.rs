@@ -782,9 +782,11 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
     };
 
     // Count: two kept, the third refused, the default tenant unaffected.
+    let mut kept = Vec::new();
     for _ in 0..2 {
         let r = start(&acme, "work", Bytes::from_static(b"hi")).await;
         assert_eq!(r.status, 202, "{}", body(&r));
+        kept.push(json(&r)["id"].as_str().unwrap().to_owned());
     }
     let r = start(&acme, "work", Bytes::from_static(b"hi")).await;
     assert_eq!((r.status, code(&r).as_str()), (429, "quota_exceeded"));
@@ -793,12 +795,26 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
         "{}",
         body(&r)
     );
+    // Before any expiry sweep has seen a finished result: a whole retention period (3,600 s
+    // by default) plus one sweep interval (60 s).
+    assert_eq!(r.header("retry-after"), Some("3660"), "{:?}", r.headers);
+    // Once a sweep has seen acme's finished results: until the oldest expires, plus the
+    // interval; the results finished moments ago, so just under 3,660 s.
+    for id in &kept {
+        finished(&acme, id).await;
+    }
+    n.node.app().expire_results().unwrap();
+    let r = start(&acme, "work", Bytes::from_static(b"hi")).await;
+    assert_eq!(r.status, 429);
+    let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((3630..=3660).contains(&after), "{after}");
+    assert!(body(&r).contains("oldest in about"), "{}", body(&r));
     let r = start(&n.admin, "echo", Bytes::from_static(b"hi")).await;
     assert_eq!(r.status, 202, "{}", body(&r));
     // The refusal and the usage show per tenant on /metrics.
     let text = metrics_text(&n).await;
     for line in [
-        "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 1\n",
+        "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 2\n",
         "tern_tenant_stored_results{tenant=\"acme\"} 2\n",
     ] {
         assert!(text.contains(line), "{line} in /metrics");
