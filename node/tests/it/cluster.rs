@@ -1224,6 +1224,62 @@ async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
     }
 }
 
+/// At a larger scale: a tenant capped at 50 concurrent guests, flooded with 30 calls through
+/// each of three nodes at once (90 for 50), never runs more than 50 + members − 1 in the
+/// cluster, and the flood does use most of the quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_capped_at_50_concurrent_runs_at_most_50_plus_rounding_across_three_nodes() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = three_with_acme_function_and(
+        root.path(),
+        r#"{"max_concurrent":50,"max_queued":1000}"#,
+        "loop",
+        "timeout_ms=2000",
+        |_, c| Config {
+            placement: "local-first".into(),
+            ..c
+        },
+    )
+    .await;
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    let calls: Vec<_> = addrs
+        .iter()
+        .flat_map(|&addr| (0..30).map(move |_| addr))
+        .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
+        .collect();
+    let mut most = 0;
+    for _ in 0..100 {
+        let running: u32 = nodes
+            .iter()
+            .map(|n| {
+                n.app()
+                    .services()
+                    .runtime
+                    .tenant_slots(&acme)
+                    .map_or(0, |(running, _)| running)
+            })
+            .sum();
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for c in calls {
+        let r = c.await.unwrap();
+        assert!(
+            [504, 429, 503].contains(&r.status),
+            "timeouts and refusals only: {} {}",
+            r.status,
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    eprintln!("quota 50 through three nodes: at most {most} running in the cluster");
+    assert!(most <= 50 + 2, "{most} running, quota 50 + rounding 2");
+    assert!(most >= 40, "the flood used the quota: {most}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Calls `name` through each of `addrs` from `loops` tasks per address, a few milliseconds
 /// apart, for `run`: (calls answered 200, calls refused 429 `quota_exceeded`, seconds).
 async fn rate_flood(
