@@ -410,8 +410,9 @@ impl Metrics {
         counter(
             &mut out,
             "tern_tenant_invocations_total",
-            "Invocations of the tenant's functions by outcome, and its calls refused by its \
-             stored-result quotas (outcome quota_exceeded).",
+            "Invocations of the tenant's functions by outcome, its calls refused by its \
+             quotas (outcome quota_exceeded), and its callers' requests refused for their role \
+             (outcome forbidden).",
         );
         let tenants: Vec<(String, Arc<TenantMetrics>)> = self
             .tenants

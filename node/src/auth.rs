@@ -167,6 +167,15 @@ impl Auth {
         Ok(caller)
     }
 
+    /// The tenant of the token in an `Authorization` header, if it authenticates (for
+    /// counting a refusal against it).
+    pub fn tenant_of(&self, authorization: Option<&[u8]>) -> Option<TenantName> {
+        self.read()
+            .authenticate(bearer(authorization)?)
+            .ok()
+            .map(|p| p.tenant)
+    }
+
     /// A new token for `tenant` with `role`: the secret (shown once, never stored) and its
     /// record (to announce to peers). Durable when this returns.
     pub fn create(

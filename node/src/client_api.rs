@@ -635,16 +635,23 @@ async fn handle(ctx: &Arc<Ctx>, caller: &Caller, bytes: &[u8]) -> ClientResponse
     };
     // The role against the operation, as HTTP checks it against the route.
     if let Err(e) = caller.may(action_of(&request.op), Some(&caller.tenant())) {
-        return ClientResponse::Err(match e {
+        let e = match e {
             NodeError::Unauthorized => unauthorized(),
             other => other.to_api(),
-        });
+        };
+        if e.code == ErrorCode::Forbidden {
+            service::count_refusal(&ctx.app, e.code, Some(&caller.tenant()));
+        }
+        return ClientResponse::Err(e);
     }
     let kind = request.op.kind();
     match dispatch(ctx, caller, request.op).await {
         Ok(reply) => ClientResponse::Ok(reply),
         Err(e) => {
             tracing::debug!(op = kind, error = %e, "client API request failed");
+            if e.code == ErrorCode::Forbidden {
+                service::count_refusal(&ctx.app, e.code, Some(&caller.tenant()));
+            }
             ClientResponse::Err(e)
         }
     }

@@ -113,7 +113,14 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let authorization = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
     let caller = match app.auth.caller(authorization, need, &app.tenants) {
         Ok(caller) => caller,
-        Err(e) => return error_response(&e.to_api()),
+        Err(e) => {
+            let e = e.to_api();
+            let tenant = (e.code == ErrorCode::Forbidden)
+                .then(|| app.auth.tenant_of(authorization))
+                .flatten();
+            crate::service::count_refusal(&app, e.code, tenant.as_ref());
+            return error_response(&e);
+        }
     };
     let result = match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
@@ -159,7 +166,10 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         ) => Err(NodeError::MethodNotAllowed),
         _ => Err(NodeError::NotFound(format!("no route for {method} {path}"))),
     };
-    result.unwrap_or_else(|e| node_error_response(&e))
+    result.unwrap_or_else(|e| {
+        crate::service::count_refusal(&app, e.to_api().code, Some(&caller.tenant()));
+        node_error_response(&e)
+    })
 }
 
 /// `POST /v1/tokens` with `{"role": "admin" | "developer" | "invoker"}` and optionally

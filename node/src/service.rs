@@ -36,6 +36,27 @@ fn resolve(
     })
 }
 
+/// Counts a request refused for who is calling: 401 and 403 node-wide by code
+/// (`tern_request_errors_total`), and a 403 also against the caller's tenant
+/// (`tern_tenant_invocations_total{outcome="forbidden"}`); a 401 has no tenant to charge.
+pub fn count_refusal(
+    app: &App,
+    code: tern_wire::ErrorCode,
+    tenant: Option<&tern_tenancy::TenantName>,
+) {
+    use tern_wire::ErrorCode;
+    if !matches!(code, ErrorCode::Unauthorized | ErrorCode::Forbidden) {
+        return;
+    }
+    let metrics = &app.services().metrics;
+    metrics.request_errors[code.index()].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if code == ErrorCode::Forbidden
+        && let Some(tenant) = tenant
+    {
+        metrics.tenant(tenant.as_str()).record_error(code);
+    }
+}
+
 /// A deploy the caller may make.
 #[derive(Debug)]
 pub struct Deploy {

@@ -216,6 +216,7 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
             [401, 401, 401, 404, 404, 404],
         ),
     ];
+    let (mut unauthorized, mut forbidden) = (0, 0);
     for (method, path, body, expected) in rows {
         for (caller, want) in CALLERS.into_iter().zip(expected) {
             let path = path.replace("{caller}", caller);
@@ -234,12 +235,34 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
                 401 => {
                     assert_eq!(code(&r), "unauthorized");
                     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+                    unauthorized += 1;
                 }
-                403 => assert_eq!(code(&r), "forbidden"),
+                403 => {
+                    assert_eq!(code(&r), "forbidden");
+                    forbidden += 1;
+                }
                 _ => {}
             }
         }
     }
+    // Every refusal is counted by code, and every 403 against the caller's tenant (all of
+    // these callers are of `default`).
+    let text = String::from_utf8_lossy(
+        &with_token(addr, Method::GET, "/metrics", Some(&admin), Bytes::new())
+            .await
+            .body,
+    )
+    .into_owned();
+    for line in [
+        format!("tern_request_errors_total{{code=\"unauthorized\"}} {unauthorized}\n"),
+        format!("tern_request_errors_total{{code=\"forbidden\"}} {forbidden}\n"),
+        format!(
+            "tern_tenant_invocations_total{{tenant=\"default\",outcome=\"forbidden\"}} {forbidden}\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} in /metrics");
+    }
+    assert!(unauthorized > 0 && forbidden > 0);
     // A revoked or refused caller changed nothing: only the developer's and the admin's
     // deploys exist.
     let r = with_token(

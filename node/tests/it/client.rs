@@ -1082,5 +1082,26 @@ async fn every_client_operation_answers_each_caller_as_its_role_and_tenant_allow
             assert_eq!(got, answers[caller_index], "{caller} {op}");
         }
     }
+    // Each 403 is counted by code and against the caller's tenant (the invoker's: default).
+    let forbidden = rows
+        .iter()
+        .flat_map(|(_, answers)| answers.iter())
+        .filter(|a| **a == Some(F))
+        .count();
+    assert!(forbidden > 0);
+    let text = String::from_utf8_lossy(
+        &crate::auth::with_token(addr, Method::GET, "/metrics", Some(&admin), Bytes::new())
+            .await
+            .body,
+    )
+    .into_owned();
+    for line in [
+        format!("tern_request_errors_total{{code=\"forbidden\"}} {forbidden}\n"),
+        format!(
+            "tern_tenant_invocations_total{{tenant=\"default\",outcome=\"forbidden\"}} {forbidden}\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} in /metrics");
+    }
     node.shutdown().await.unwrap();
 }
