@@ -333,21 +333,7 @@ async fn client_certificates_act_for_their_tenant_and_role_and_node_certificates
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let node = start(Config {
-        auth: tern_node::config::AuthMode::Tokens,
-        ..node_config(dir.path(), &pki, "a", &[])
-    })
-    .await;
-    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
-    let r = crate::auth::with_token(
-        node.addr(),
-        Method::POST,
-        "/v1/tenants",
-        Some(admin.trim()),
-        r#"{"name":"acme"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
+    let (node, _admin) = tokens_node_with_acme(dir.path(), &pki).await;
     let seeds = [("a", client_addr(&node))];
     let as_holder = |stem: &str| {
         connect(client_config(&pki, &seeds).with_client_cert(
@@ -802,21 +788,18 @@ async fn a_node_serves_on_the_sockets_it_is_given() {
     );
 }
 
-/// With `auth = "tokens"` the client API takes the node's bearer tokens under the HTTP API's
-/// rules: a token acts for its tenant with its role, names without a tenant are its tenant's,
-/// another tenant's function or result is `not_found`, and a client with neither a token nor
-/// a certificate is refused even though `client_tokens` is empty.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = init_pki(dir.path(), "pki");
+/// Node `a` with bearer tokens on (its client API too) and a tenant `acme`, and the admin
+/// token the node wrote at its first start.
+async fn tokens_node_with_acme(
+    dir: &std::path::Path,
+    pki: &std::path::Path,
+) -> (tern_node::node::NodeHandle, String) {
     let node = start(Config {
         auth: tern_node::config::AuthMode::Tokens,
-        ..node_config(dir.path(), &pki, "a", &[])
+        ..node_config(dir, pki, "a", &[])
     })
     .await;
-    let seeds = [("a", client_addr(&node))];
-    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
+    let admin = std::fs::read_to_string(dir.join("data-a").join("admin.token")).unwrap();
     let admin = admin.trim().to_owned();
     let r = crate::auth::with_token(
         node.addr(),
@@ -827,6 +810,19 @@ async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
     )
     .await;
     assert_eq!(r.status, 201);
+    (node, admin)
+}
+
+/// With `auth = "tokens"` the client API takes the node's bearer tokens under the HTTP API's
+/// rules: a token acts for its tenant with its role, names without a tenant are its tenant's,
+/// another tenant's function or result is `not_found`, and a client with neither a token nor
+/// a certificate is refused even though `client_tokens` is empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_api_takes_bearer_tokens_for_their_tenant_and_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let (node, admin) = tokens_node_with_acme(dir.path(), &pki).await;
+    let seeds = [("a", client_addr(&node))];
     let (developer, _) = crate::auth::new_token_for(node.addr(), &admin, "developer", "acme").await;
     let (invoker, _) = crate::auth::new_token_for(node.addr(), &admin, "invoker", "acme").await;
     let with = |token: Option<&str>| {
@@ -976,23 +972,8 @@ async fn every_client_operation_answers_each_caller_as_its_role_and_tenant_allow
     use ErrorCode::{Forbidden as F, NotFound as NF, Unauthorized as U};
     let dir = tempfile::tempdir().unwrap();
     let pki = init_pki(dir.path(), "pki");
-    let node = start(Config {
-        auth: tern_node::config::AuthMode::Tokens,
-        ..node_config(dir.path(), &pki, "a", &[])
-    })
-    .await;
+    let (node, admin) = tokens_node_with_acme(dir.path(), &pki).await;
     let addr = node.addr();
-    let admin = std::fs::read_to_string(dir.path().join("data-a").join("admin.token")).unwrap();
-    let admin = admin.trim().to_owned();
-    let r = crate::auth::with_token(
-        addr,
-        Method::POST,
-        "/v1/tenants",
-        Some(&admin),
-        r#"{"name":"acme"}"#,
-    )
-    .await;
-    assert_eq!(r.status, 201);
     let (invoker, _) = crate::auth::new_token_for(addr, &admin, "invoker", "default").await;
     let (developer, _) = crate::auth::new_token_for(addr, &admin, "developer", "default").await;
     let (other, _) = crate::auth::new_token_for(addr, &admin, "developer", "acme").await;
