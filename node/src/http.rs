@@ -766,7 +766,7 @@ fn tenant_quota_metrics(app: &App) -> String {
          # TYPE tern_tenant_quota gauge\n",
     );
     let mut parts = String::from(
-        "# HELP tern_tenant_node_part This node's part of a cluster-wide quota of the tenant (what it enforces here).\n\
+        "# HELP tern_tenant_node_part What this node enforces of a quota of the tenant: its part of a cluster-wide quota, or a memory budget held to the node's per-tenant cap.\n\
          # TYPE tern_tenant_node_part gauge\n",
     );
     for entry in app.tenants.entries().into_iter().filter(|e| e.is_live()) {
@@ -815,6 +815,15 @@ fn tenant_quota_metrics(app: &App) -> String {
                     "tern_tenant_quota{{tenant=\"{tenant}\",quota=\"{name}\"}} {value}"
                 );
             }
+        }
+        // Memory is per node: a finite budget is held to this node's per-tenant cap.
+        if q.memory_budget_bytes != u64::MAX {
+            let cap = app.services().runtime.config().tenant_memory_cap_bytes();
+            let _ = writeln!(
+                parts,
+                "tern_tenant_node_part{{tenant=\"{tenant}\",quota=\"memory_budget_bytes\"}} {}",
+                q.memory_budget_bytes.min(cap)
+            );
         }
         let Some(part) = app.cluster_quotas.parts(tenant) else {
             continue;

@@ -957,6 +957,20 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
         assert!(text.contains(line), "{line} in /metrics");
     }
     assert!(!text.contains("tern_tenant_quota{tenant=\"default\""));
+    // The memory budget is per node, held to a quarter of the node's budget
+    // (`tenant_memory_percent`), at least one largest guest (512 MiB).
+    let budget_mb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tern_memory_budget_mb "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let quota = 250 * 128 << 20;
+    let cap = (budget_mb << 20) / 100 * 25;
+    let want = quota.min(cap.max(512 << 20));
+    let line =
+        format!("tern_tenant_node_part{{tenant=\"acme\",quota=\"memory_budget_bytes\"}} {want}\n");
+    assert!(text.contains(&line), "{line} in /metrics");
     // A rate of zero could never admit anything: refused as a bad quota.
     let r = update_acme(&n, r#"{"quotas":{"max_rate_per_s":0}}"#).await;
     assert_eq!(r.status, 400, "{}", body(&r));
