@@ -965,7 +965,7 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
         .unwrap()
         .parse()
         .unwrap();
-    let quota = 250 * 128 << 20;
+    let quota: u64 = (250 * 128) << 20;
     let cap = (budget_mb << 20) / 100 * 25;
     let want = quota.min(cap.max(512 << 20));
     let line =
