@@ -44,8 +44,10 @@ load_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
 node=
 attack=
+sampler=
 data=$(mktemp -d)
 cleanup() {
+  [ -n "$sampler" ] && kill "$sampler" 2>/dev/null || true
   [ -n "$attack" ] && kill "$attack" 2>/dev/null || true
   [ -n "$node" ] && kill "$node" 2>/dev/null || true
   rm -rf "$data"
@@ -53,9 +55,10 @@ cleanup() {
 }
 trap cleanup EXIT
 log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
-# metric NAME_AND_LABELS: the value of one sample on /metrics (0 when absent).
+# metric NAME_AND_LABELS: the value of one sample on /metrics (0 when absent or when the
+# scrape fails: a sample, never a reason to stop the run).
 metric() {
-  curl -sf -m 2 -H @"$admin" "http://$addr/metrics" |
+  { curl -sf -m 2 -H @"$admin" "http://$addr/metrics" || true; } |
     awk -v m="$1" '$1 == m { v = $2 } END { print v + 0 }'
 }
 
@@ -85,7 +88,7 @@ victim() {
 
 # attacked MODE ROUND: the flood, the victim under it, the samples, then the flood stops.
 attacked() {
-  local mode=$1 r=$2 sampler nice=0
+  local mode=$1 r=$2 nice=0
   [ "$mode" = attacked ] && nice=19
   log "TERN_TOKEN=<attacker developer token> nice -n $nice $tern bench --server $addr --function loop --connections $attacker_connections --timeout 1s --duration 60s --warmup 0s"
   TERN_TOKEN=$(cat "$data/attacker.token") nice -n "$nice" $tern bench --server "$addr" --function loop --data x \
@@ -99,9 +102,10 @@ attacked() {
   sampler=$!
   sleep 2
   victim "r$r-$mode"
-  kill "$sampler"
+  kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
-  kill "$attack"
+  sampler=
+  kill "$attack" 2>/dev/null || true
   wait "$attack" 2>/dev/null || true
   attack=
   sleep 3

@@ -831,6 +831,16 @@ impl App {
                         detail: crate::tenants::quota_limit(quotas, which),
                     }
                 }
+                // One that could never fit, however many results expire.
+                tern_tenancy::Error::QuotaExceeded { which, .. }
+                    if quotas.max_stored_results == 0 || bytes > quotas.max_stored_result_bytes =>
+                {
+                    NodeError::TenantQuota {
+                        tenant: owner,
+                        which,
+                        detail: crate::tenants::quota_limit(quotas, which),
+                    }
+                }
                 tern_tenancy::Error::QuotaExceeded { which, .. } => NodeError::ResultQuota {
                     retry_after_ms: self.result_retry_after_ms(&owner),
                     tenant: owner,

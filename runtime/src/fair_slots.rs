@@ -27,14 +27,24 @@ pub enum Refused {
     /// Refused at the door by the tenant's limits (queue full, an instance larger than its
     /// memory budget) or the node's waiting bound.
     Tenancy(tern_tenancy::Error),
-    /// The deadline passed in the queue. `memory`: slots were free at that moment but the
-    /// node's free memory was less than the unit needs, so the node's memory budget is what
-    /// held it back (else its tenant's caps or the slots did).
-    Deadline { memory: bool },
+    /// The deadline passed in the queue; `held_by` says what kept the unit waiting at that
+    /// moment.
+    Deadline { held_by: HeldBy },
     /// The unit's memory limit is larger than the node's whole memory budget.
     LargerThanNode,
     /// The tenant was removed while the unit waited.
     TenantRemoved,
+}
+
+/// What a unit that waited until its deadline was held back by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeldBy {
+    /// Its tenant's own `max_concurrent` or memory budget on this node.
+    TenantCaps,
+    /// Every instance slot was busy (or other tenants' units were ahead of it).
+    Slots,
+    /// Slots were free but the node's memory budget had not enough left for it.
+    NodeMemory,
 }
 
 struct Waiter {
@@ -168,13 +178,19 @@ impl FairSlots {
                 // and goes back at once. The whole wait counts as the tenant's latency: a
                 // tenant whose units time out waiting is the one most behind its target.
                 let mut state = self.lock();
+                let held_by = if !state.queue.within_caps(tenant, memory_bytes) {
+                    HeldBy::TenantCaps
+                } else if state.free > 0 && memory_bytes > state.free_memory {
+                    HeldBy::NodeMemory
+                } else {
+                    HeldBy::Slots
+                };
                 let cancelled = state.queue.cancel(tenant, |w| w.id == id);
                 if let Some(waiter) = cancelled.first() {
                     state
                         .queue
                         .record_wait(tenant, millis(waiter.queued_at.elapsed()));
                 }
-                let memory = state.free > 0 && memory_bytes > state.free_memory;
                 // The unit may have been what held its lane back: another may fit now.
                 dispatch(&mut state);
                 drop(state);
@@ -183,7 +199,7 @@ impl FairSlots {
                 {
                     drop(self.guard(slot));
                 }
-                Err(Refused::Deadline { memory })
+                Err(Refused::Deadline { held_by })
             }
         }
     }
@@ -407,7 +423,9 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
             slots.acquire(&other, 128 * MIB, soon).await.err(),
-            Some(Refused::Deadline { memory: true }),
+            Some(Refused::Deadline {
+                held_by: HeldBy::NodeMemory
+            }),
             "nine slots free; the memory is what was missing"
         );
         let flood_waiters: Vec<_> = (0..3)
@@ -463,7 +481,9 @@ mod tests {
                 .unwrap();
             assert_eq!(
                 slots.acquire(&name(tenant), 128 * MIB, soon).await.err(),
-                Some(Refused::Deadline { memory: false }),
+                Some(Refused::Deadline {
+                    held_by: HeldBy::TenantCaps
+                }),
                 "{tenant}: held to 256 MiB with 768 MiB of the node free"
             );
             drop(held);
@@ -512,7 +532,9 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
             slots.acquire(&t, 0, soon).await.err(),
-            Some(Refused::Deadline { memory: false })
+            Some(Refused::Deadline {
+                held_by: HeldBy::Slots
+            })
         );
         assert_eq!(slots.counts(), (1, 0), "out of the queue");
         // A waiter whose caller goes away: the grant that reaches it comes straight back.

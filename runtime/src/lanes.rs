@@ -79,47 +79,71 @@ const HOG_STREAK: u32 = 4;
 const PROBE_EVERY: u32 = 8;
 const MAX_PROBE_EVERY: u32 = 1024;
 
+/// Where a guest starts, as [`LaneHistory::start`] decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// The fast lane, as every guest of a function not known to outlive its slice.
+    Fast,
+    /// The fast lane, as a hog's probe.
+    Probe,
+    /// The slow lane from the start.
+    Slow,
+}
+
 /// How a function's recent guests ran, to choose the lane its next guest starts on. Only
 /// guests started on the fast lane are reported: a guest started on the slow lane cannot
-/// tell whether it would have outlived its slice there.
+/// tell whether it would have outlived its slice there. Any fast-lane guest that finishes
+/// within its slice ends the streak: a function whose guests are sometimes short is never
+/// started slow for long (so a tenant can keep its hog on the fast lane by making the
+/// probes short, at the cost of its own calls' latency; the slice per start is the bound).
 #[derive(Debug, Default)]
 pub(crate) struct LaneHistory {
     /// Fast-lane guests in a row that moved to the slow lane.
     streak: AtomicU32,
-    /// Starts since the last probe.
+    /// Starts since the last probe (or since the function became a hog).
     starts: AtomicU32,
-    /// Starts per probe; 0 before the first probe (then `PROBE_EVERY`).
+    /// Starts per probe; 0 until a probe has moved (then `PROBE_EVERY` doubled per probe).
     probe_every: AtomicU32,
 }
 
 impl LaneHistory {
-    /// Whether the next guest starts on the slow lane.
-    pub(crate) fn start_slow(&self) -> bool {
+    /// Where the next guest starts.
+    pub(crate) fn start(&self) -> Start {
         if self.streak.load(Relaxed) < HOG_STREAK {
-            return false;
+            return Start::Fast;
         }
         let every = self.probe_every.load(Relaxed).max(PROBE_EVERY);
-        !self.starts.fetch_add(1, Relaxed).is_multiple_of(every)
+        let n = self.starts.fetch_add(1, Relaxed).saturating_add(1);
+        if n.is_multiple_of(every) {
+            Start::Probe
+        } else {
+            Start::Slow
+        }
     }
 
-    /// A guest started on the fast lane moved to the slow lane (`true`) or finished within
-    /// its slice (`false`).
-    pub(crate) fn ran(&self, moved: bool) {
-        if moved {
-            let before = self
-                .streak
-                .fetch_update(Relaxed, Relaxed, |s| Some(s.saturating_add(1)))
-                .unwrap_or(u32::MAX);
-            if before >= HOG_STREAK {
-                // A probe moved: still a hog.
-                let _ = self.probe_every.fetch_update(Relaxed, Relaxed, |e| {
-                    Some(e.max(PROBE_EVERY).saturating_mul(2).min(MAX_PROBE_EVERY))
-                });
-                self.starts.store(1, Relaxed);
+    /// A guest started on the fast lane (`start`) moved to the slow lane (`true`) or finished
+    /// within its slice (`false`).
+    pub(crate) fn ran(&self, start: Start, moved: bool) {
+        if !moved {
+            if self.streak.swap(0, Relaxed) != 0 {
+                self.starts.store(0, Relaxed);
+                self.probe_every.store(0, Relaxed);
             }
-        } else if self.streak.swap(0, Relaxed) != 0 {
+            return;
+        }
+        let before = self
+            .streak
+            .fetch_update(Relaxed, Relaxed, |s| Some(s.saturating_add(1)))
+            .unwrap_or(u32::MAX);
+        if start == Start::Probe {
+            // A probe moved: still a hog, probe less often.
+            let _ = self.probe_every.fetch_update(Relaxed, Relaxed, |e| {
+                Some(e.max(PROBE_EVERY).saturating_mul(2).min(MAX_PROBE_EVERY))
+            });
             self.starts.store(0, Relaxed);
-            self.probe_every.store(0, Relaxed);
+        } else if before.saturating_add(1) == HOG_STREAK {
+            // Just became a hog: the first probe comes after `PROBE_EVERY` starts.
+            self.starts.store(0, Relaxed);
         }
     }
 }
@@ -158,11 +182,11 @@ mod tests {
     fn starts_of_a_hog(h: &LaneHistory, n: u32) -> Vec<bool> {
         (0..n)
             .map(|_| {
-                let slow = h.start_slow();
-                if !slow {
-                    h.ran(true);
+                let start = h.start();
+                if start != Start::Slow {
+                    h.ran(start, true);
                 }
-                slow
+                start == Start::Slow
             })
             .collect()
     }
@@ -171,46 +195,68 @@ mod tests {
     fn a_function_whose_guests_keep_outliving_their_slice_starts_slow_with_ever_rarer_probes() {
         let h = LaneHistory::default();
         for _ in 0..HOG_STREAK - 1 {
-            h.ran(true);
-            assert!(!h.start_slow(), "not yet a hog");
+            h.ran(Start::Fast, true);
+            assert_eq!(h.start(), Start::Fast, "not yet a hog");
         }
-        h.ran(true);
-        let starts = starts_of_a_hog(&h, 1 + 16 + 32);
+        h.ran(Start::Fast, true);
+        let starts = starts_of_a_hog(&h, 8 + 16 + 32);
         let probes: Vec<usize> = (0..starts.len()).filter(|i| !starts[*i]).collect();
         assert_eq!(
             probes,
-            vec![0, 16, 48],
-            "the first start is a probe, then one after 16 starts, then after 32"
+            vec![7, 23, 55],
+            "a probe after 8 starts, then after 16, then after 32"
         );
         let _backing_off = starts_of_a_hog(&h, 2 * MAX_PROBE_EVERY);
         let later = starts_of_a_hog(&h, 10 * MAX_PROBE_EVERY);
         let fast = later.iter().filter(|slow| !**slow).count();
-        assert!(
-            (9..=11).contains(&fast),
-            "one probe in {MAX_PROBE_EVERY} once backed off: {fast}"
+        assert_eq!(fast, 10, "one probe in {MAX_PROBE_EVERY} once backed off");
+    }
+
+    #[test]
+    fn only_probes_back_the_interval_off() {
+        let h = LaneHistory::default();
+        // Many fast-lane guests started before the function was known to be a hog move one
+        // after another: none is a probe.
+        for _ in 0..50 {
+            h.ran(Start::Fast, true);
+        }
+        let starts = starts_of_a_hog(&h, 8);
+        assert_eq!(
+            starts.iter().filter(|slow| !**slow).count(),
+            1,
+            "{starts:?}"
         );
+        assert!(!starts[7], "the first probe still comes after 8 starts");
     }
 
     #[test]
     fn a_probe_that_finishes_within_its_slice_ends_the_streak() {
         let h = LaneHistory::default();
         for _ in 0..HOG_STREAK {
-            h.ran(true);
+            h.ran(Start::Fast, true);
         }
         let _ = starts_of_a_hog(&h, 100);
-        assert!(h.start_slow());
         // The next probe (the function changed, or the machine got idler) finishes in time.
-        while h.start_slow() {}
-        h.ran(false);
-        assert!((0..PROBE_EVERY).all(|_| !h.start_slow()), "short again");
+        let probe = loop {
+            match h.start() {
+                Start::Slow => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(probe, Start::Probe);
+        h.ran(probe, false);
+        assert!(
+            (0..PROBE_EVERY).all(|_| h.start() == Start::Fast),
+            "short again"
+        );
         // A hog once more: probes start again from the shortest interval.
         for _ in 0..HOG_STREAK {
-            h.ran(true);
+            h.ran(Start::Fast, true);
         }
-        let starts = starts_of_a_hog(&h, 17);
+        let starts = starts_of_a_hog(&h, 8);
         assert_eq!(
             starts.iter().filter(|slow| !**slow).count(),
-            2,
+            1,
             "{starts:?}"
         );
     }

@@ -46,7 +46,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 
 use self::capped_pipe::CappedPipe;
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
-use self::fair_slots::{FairSlots, Refused, SlotGuard};
+use self::fair_slots::{FairSlots, HeldBy, Refused, SlotGuard};
 use self::lanes::Lanes;
 use crate::isolation::{Sandbox, SandboxSpec};
 use tern_metrics::{FunctionMetrics, Metrics};
@@ -701,14 +701,34 @@ impl Runtime {
                     retryable: refused.retry_after_ms().is_some(),
                 });
             }
-            Err(Refused::Deadline { memory: true } | Refused::LargerThanNode) => {
+            Err(Refused::Deadline {
+                held_by: HeldBy::TenantCaps,
+            }) => {
+                return Err(Error::TenantLimit {
+                    tenant,
+                    refused: format!(
+                        "its guests held all of its max_concurrent slots or memory budget on \
+                         this node until the function's time limit ({} ms waited)",
+                        waited_ms()
+                    ),
+                    retryable: true,
+                });
+            }
+            Err(
+                Refused::Deadline {
+                    held_by: HeldBy::NodeMemory,
+                }
+                | Refused::LargerThanNode,
+            ) => {
                 return Err(Error::NoMemoryBudget {
                     waited_ms: waited_ms(),
                     memory_mb,
                     budget_mb: self.cfg.memory_budget_mb,
                 });
             }
-            Err(Refused::Deadline { memory: false }) => {
+            Err(Refused::Deadline {
+                held_by: HeldBy::Slots,
+            }) => {
                 return Err(Error::NoInstanceSlot {
                     waited_ms: waited_ms(),
                     slots: self.cfg.max_instances,
@@ -748,7 +768,8 @@ impl Runtime {
         // started just before a tick is never checked at all.
         // A known CPU hog starts on the slow lane, yielding every tick from the start (its
         // thread is not the one measured here).
-        let start_slow = deployed.lane_history.start_slow();
+        let start = deployed.lane_history.start();
+        let start_slow = start == lanes::Start::Slow;
         let slice = self.cfg.epoch_tick;
         let cpu_start = thread_cpu_time();
         let mut yielded = start_slow;
@@ -804,13 +825,13 @@ impl Runtime {
         let run = self.lanes.run(guest, start_slow, || {
             moved_metrics.slow_lane_moves.fetch_add(1, Relaxed);
             moved.store(true, Relaxed);
-            deployed.lane_history.ran(true);
+            deployed.lane_history.ran(start, true);
         });
         let (result, inst_us, exec_us) = match tokio::time::timeout_at(answer_by.into(), run).await
         {
             Ok(r) => {
                 if !start_slow && !moved.load(Relaxed) {
-                    deployed.lane_history.ran(false);
+                    deployed.lane_history.ran(start, false);
                 }
                 r?
             }

@@ -13,10 +13,12 @@
 //!   current virtual time: it cannot bank credit while it had nothing to run, and it is served
 //!   within one grant per other lane of arriving (no starvation);
 //! - a lane is eligible only if it has queued work, is below its concurrency cap and the
-//!   memory limit of its oldest item fits its memory budget and the node's free memory
-//!   ([`FairQueue::grant_within`]); otherwise it is skipped and the
+//!   memory limit of its oldest item fits its memory budget; otherwise it is skipped and the
 //!   slot goes to someone else (work-conserving: a slot is never left idle while any lane
-//!   could use it).
+//!   could use it);
+//! - the node's memory is the one exception: with [`FairQueue::grant_within`], the lane whose
+//!   turn it is waits for enough free memory for its oldest item, and no other lane is served
+//!   meanwhile, so large items are not starved by smaller ones.
 //!
 //! Fairness is over slot *grants*: with equal service times that is fairness of slot time;
 //! with unequal ones the per-tenant concurrency cap bounds how much slot time a tenant with
@@ -155,13 +157,17 @@ impl<T> Lane<T> {
         }
     }
 
-    /// Queued work whose oldest item fits the tenant's caps and `free_memory`.
-    fn eligible(&self, free_memory: u64) -> bool {
-        self.queue.front().is_some_and(|(_, memory)| {
-            self.running < self.config.max_concurrent
-                && self.memory_bytes.saturating_add(*memory) <= self.config.memory_budget_bytes
-                && *memory <= free_memory
-        })
+    /// Queued work whose oldest item fits the tenant's own caps.
+    fn eligible(&self) -> bool {
+        self.queue
+            .front()
+            .is_some_and(|(_, memory)| self.within_caps(*memory))
+    }
+
+    /// One more item of `memory` bytes would stay within the tenant's caps.
+    fn within_caps(&self, memory: u64) -> bool {
+        self.running < self.config.max_concurrent
+            && self.memory_bytes.saturating_add(memory) <= self.config.memory_budget_bytes
     }
 
     fn load(&self) -> TenantLoad {
@@ -320,14 +326,16 @@ impl<T> FairQueue<T> {
     }
 
     /// As [`FairQueue::grant`], for a slot that comes with only `free_memory` bytes of the
-    /// node's memory: a lane whose oldest item needs more is skipped like one at its cap, so
-    /// the node's memory is shared by the same weighted fair order as its slots.
+    /// node's memory. The node's memory follows the same weighted fair order as its slots:
+    /// if the oldest item of the lane whose turn it is needs more than `free_memory`, nothing
+    /// is granted and the memory freed next is kept for it, so a stream of smaller items from
+    /// other lanes cannot starve a larger one (a slot may stay idle meanwhile).
     pub fn grant_within(&mut self, free_memory: u64) -> Option<Grant<T>> {
         let v = self.vtime;
         let mut best: Option<(&TenantName, u128)> = None;
         // BTreeMap order: equal start tags go to the first tenant by name, deterministically.
         for (name, lane) in &self.lanes {
-            if !lane.eligible(free_memory) {
+            if !lane.eligible() {
                 continue;
             }
             let start = lane.pass.max(v);
@@ -338,6 +346,13 @@ impl<T> FairQueue<T> {
         let (name, start) = best?;
         let name = name.clone();
         let lane = self.lanes.get_mut(&name)?;
+        if lane
+            .queue
+            .front()
+            .is_none_or(|(_, memory)| *memory > free_memory)
+        {
+            return None;
+        }
         // D_i as the lane is now, its queue including the item about to leave it.
         let wd = f64::from(lane.config.weight.get()) * share::demand(&self.params, &lane.load());
         let stride = (STRIDE_SCALE / wd).ceil().max(1.0) as u128;
@@ -355,6 +370,15 @@ impl<T> FairQueue<T> {
                 memory_bytes,
             },
         })
+    }
+
+    /// Whether one more item of `memory` bytes of `tenant` would stay within the tenant's
+    /// own caps (an unknown tenant: no). Tells a unit that waited in vain whether its
+    /// tenant's caps or the node held it back.
+    pub fn within_caps(&self, tenant: &TenantName, memory: u64) -> bool {
+        self.lanes
+            .get(tenant)
+            .is_some_and(|l| l.within_caps(memory))
     }
 
     /// A granted item's guest has ended (finished, failed, timed out or was cancelled) after
@@ -596,20 +620,44 @@ mod tests {
     }
 
     #[test]
-    fn node_memory_goes_to_the_lane_whose_item_fits_and_then_by_fair_order() {
+    fn node_memory_is_kept_for_the_lane_whose_turn_it_is() {
         let mut q = queue(&[("a", config(1, 10, 10)), ("b", config(1, 10, 10))]);
         q.push(&name("a"), 1, 256 * MIB).unwrap();
         q.push(&name("a"), 2, 256 * MIB).unwrap();
         q.push(&name("b"), 3, 64 * MIB).unwrap();
         q.push(&name("b"), 4, 64 * MIB).unwrap();
-        assert!(q.grant_within(32 * MIB).is_none(), "nothing fits 32 MiB");
-        let g = q.grant_within(128 * MIB).unwrap();
-        assert_eq!(g.item, 3, "only b's oldest item fits 128 MiB");
-        // With room for either, a (not yet served) comes next and catches up with b's one
-        // grant (equal tags go to the first name), then b: two grants each.
-        assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 1);
+        // a's turn (equal tags go to the first name): b's smaller item, which would fit, does
+        // not pass it.
+        assert!(q.grant_within(128 * MIB).is_none());
+        assert_eq!(q.grant_within(256 * MIB).unwrap().item, 1);
+        // Now b's turn, then alternately.
+        assert_eq!(q.grant_within(64 * MIB).unwrap().item, 3);
+        assert!(q.grant_within(128 * MIB).is_none(), "a's turn, 256 MiB");
         assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 2);
         assert_eq!(q.grant_within(1024 * MIB).unwrap().item, 4);
+    }
+
+    #[test]
+    fn a_lane_held_by_its_own_caps_does_not_hold_the_node_memory() {
+        let mut c = config(1, 1, 10);
+        c.memory_budget_bytes = 1024 * MIB;
+        let mut q = queue(&[("a", c), ("b", config(1, 10, 10))]);
+        q.push(&name("a"), 1, 64 * MIB).unwrap();
+        q.push(&name("a"), 2, 64 * MIB).unwrap();
+        let first = q.grant_within(1024 * MIB).unwrap();
+        assert_eq!(first.item, 1);
+        assert!(
+            !q.within_caps(&name("a"), 64 * MIB),
+            "a is at max_concurrent 1"
+        );
+        q.push(&name("b"), 3, 512 * MIB).unwrap();
+        assert_eq!(
+            q.grant_within(512 * MIB).unwrap().item,
+            3,
+            "a is at its cap, so b's turn"
+        );
+        assert!(q.within_caps(&name("b"), 64 * MIB));
+        assert!(!q.within_caps(&name("nobody"), 0));
     }
 
     #[test]
