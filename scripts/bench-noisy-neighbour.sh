@@ -192,6 +192,8 @@ for mode in MODES[1:]:
               f"(per round {min(x):.2f}-{max(x):.2f}; target <= 2)")
 print(f"attacker: at most {max(held):.0f} guests running in any sample; {started} of its calls reached the runtime "
       f"(tern_meus_total), {abandoned} calls cancelled because their caller went away (tern_abandoned_meus_total, "
-      "node-wide; only the attacker gives up); its calls answered, by outcome: "
-      + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none"))
+      "node-wide; only the attacker gives up); its requests answered, by outcome: "
+      + (", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())) or "none")
+      + (" (forbidden: tern bench's own /metrics scrapes with the attacker's developer token, "
+         "which may not read node metrics)" if "forbidden" in outcomes else ""))
 PY
