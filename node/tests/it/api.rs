@@ -332,13 +332,7 @@ async fn metrics_report_invocations_reuse_and_eq3_terms() {
         assert_eq!(invoke(addr, "echo", "x").await.status, 200);
     }
     invoke(addr, "nope", "x").await;
-    let text = String::from_utf8(
-        request(addr, Method::GET, "/metrics", Bytes::new())
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(addr, None).await;
     for needle in [
         "tern_invocations_total{function=\"echo\",outcome=\"ok\"} 5",
         "tern_meus_total{function=\"echo\"} 5",

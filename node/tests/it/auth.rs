@@ -35,6 +35,22 @@ async fn new_token(addr: SocketAddr, admin: &str, role: &str) -> (String, String
     new_token_for(addr, admin, role, "default").await
 }
 
+/// The secret of an admin token of `default` that has been revoked.
+pub(crate) async fn revoked_admin_token(addr: SocketAddr, admin: &str) -> String {
+    let (secret, id) = new_token(addr, admin, "admin").await;
+    let r = with_token(
+        addr,
+        Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        Some(admin),
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(json(&r)["revoked_at_ms"].is_u64());
+    secret
+}
+
 /// A new token of `tenant` with `role`: (secret, id).
 pub(crate) async fn new_token_for(
     addr: SocketAddr,
@@ -75,17 +91,7 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
     let admin = admin.trim().to_owned();
     let (invoker, _) = new_token(addr, &admin, "invoker").await;
     let (developer, _) = new_token(addr, &admin, "developer").await;
-    let (revoked, revoked_id) = new_token(addr, &admin, "admin").await;
-    let r = with_token(
-        addr,
-        Method::DELETE,
-        &format!("/v1/tokens/{revoked_id}"),
-        Some(&admin),
-        Bytes::new(),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(json(&r)["revoked_at_ms"].is_u64());
+    let revoked = revoked_admin_token(addr, &admin).await;
     // Well formed, unknown id: the same 401 as garbage.
     let bad = "tern_0123456789abcdef_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
     let token = |caller: &str| -> Option<&str> {
@@ -247,12 +253,7 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
     }
     // Every refusal is counted by code, and every 403 against the caller's tenant (all of
     // these callers are of `default`).
-    let text = String::from_utf8_lossy(
-        &with_token(addr, Method::GET, "/metrics", Some(&admin), Bytes::new())
-            .await
-            .body,
-    )
-    .into_owned();
+    let text = metrics_text(addr, Some(&admin)).await;
     for line in [
         format!("tern_request_errors_total{{code=\"unauthorized\"}} {unauthorized}\n"),
         format!("tern_request_errors_total{{code=\"forbidden\"}} {forbidden}\n"),

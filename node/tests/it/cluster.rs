@@ -1120,51 +1120,8 @@ async fn a_tenants_concurrency_quota_holds_across_the_cluster() {
     )
     .await;
     let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
-    // 12 calls through each of `first`, and 500 ms later through each of `then`; running
-    // guests on each node sampled every 25 ms meanwhile: the most seen on one node, and in
-    // the cluster at once.
     let flood = |first: Vec<SocketAddr>, then: Vec<SocketAddr>| {
-        let nodes = &nodes;
-        let acme = &acme;
-        async move {
-            let start = |through: Vec<SocketAddr>| -> Vec<_> {
-                through
-                    .into_iter()
-                    .flat_map(|addr| (0..12).map(move |_| addr))
-                    .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
-                    .collect()
-            };
-            let mut calls = start(first);
-            let (mut most_in_cluster, mut most_on_a_node) = (0, 0);
-            for i in 0..70 {
-                if i == 20 {
-                    calls.extend(start(then.clone()));
-                }
-                let running: Vec<u32> = nodes
-                    .iter()
-                    .map(|n| {
-                        n.app()
-                            .services()
-                            .runtime
-                            .tenant_slots(acme)
-                            .map_or(0, |(running, _)| running)
-                    })
-                    .collect();
-                most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
-                most_on_a_node = most_on_a_node.max(*running.iter().max().unwrap());
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            for c in calls {
-                let r = c.await.unwrap();
-                assert!(
-                    [504, 429, 503].contains(&r.status),
-                    "timeouts and refusals only: {} {}",
-                    r.status,
-                    String::from_utf8_lossy(&r.body)
-                );
-            }
-            (most_in_cluster, most_on_a_node)
-        }
+        acme_loop_flood(&nodes, &acme, first, then, 12, 70)
     };
     let even = |nodes: &[NodeHandle]| {
         nodes
@@ -1246,24 +1203,55 @@ async fn a_tenant_capped_at_50_concurrent_runs_at_most_50_plus_rounding_across_t
     )
     .await;
     let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
-    let calls: Vec<_> = addrs
-        .iter()
-        .flat_map(|&addr| (0..30).map(move |_| addr))
-        .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
-        .collect();
-    let mut most = 0;
-    for _ in 0..100 {
-        let running: u32 = nodes
+    let (most, _) = acme_loop_flood(&nodes, &acme, addrs.clone(), Vec::new(), 30, 100).await;
+    eprintln!("quota 50 through three nodes: at most {most} running in the cluster");
+    assert!(most <= 50 + 2, "{most} running, quota 50 + rounding 2");
+    assert!(most >= 40, "the flood used the quota: {most}");
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// `per_address` calls of `acme.loop` through each of `first`, and 500 ms later through each
+/// of `then`; the guests `acme` runs on each node sampled every 25 ms, `samples` times,
+/// meanwhile. Every call must end in a timeout or a refusal. Returns the most seen running
+/// in the cluster at once, and on one node.
+async fn acme_loop_flood(
+    nodes: &[NodeHandle],
+    acme: &tern_tenancy::TenantName,
+    first: Vec<SocketAddr>,
+    then: Vec<SocketAddr>,
+    per_address: usize,
+    samples: usize,
+) -> (u32, u32) {
+    let start = |through: Vec<SocketAddr>| -> Vec<_> {
+        through
+            .into_iter()
+            .flat_map(|addr| (0..per_address).map(move |_| addr))
+            .map(|addr| tokio::spawn(async move { invoke(addr, "acme.loop", "").await }))
+            .collect()
+    };
+    let mut calls = start(first);
+    let mut then = Some(then);
+    let (mut most_in_cluster, mut most_on_a_node) = (0, 0);
+    for i in 0..samples {
+        if i == 20
+            && let Some(then) = then.take()
+        {
+            calls.extend(start(then));
+        }
+        let running: Vec<u32> = nodes
             .iter()
             .map(|n| {
                 n.app()
                     .services()
                     .runtime
-                    .tenant_slots(&acme)
+                    .tenant_slots(acme)
                     .map_or(0, |(running, _)| running)
             })
-            .sum();
-        most = most.max(running);
+            .collect();
+        most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
+        most_on_a_node = most_on_a_node.max(running.iter().copied().max().unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     for c in calls {
@@ -1275,12 +1263,7 @@ async fn a_tenant_capped_at_50_concurrent_runs_at_most_50_plus_rounding_across_t
             String::from_utf8_lossy(&r.body)
         );
     }
-    eprintln!("quota 50 through three nodes: at most {most} running in the cluster");
-    assert!(most <= 50 + 2, "{most} running, quota 50 + rounding 2");
-    assert!(most >= 40, "the flood used the quota: {most}");
-    for n in nodes {
-        n.shutdown().await.unwrap();
-    }
+    (most_in_cluster, most_on_a_node)
 }
 
 /// Calls `name` through each of `addrs` from `loops` tasks per address, a few milliseconds

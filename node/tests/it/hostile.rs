@@ -94,13 +94,7 @@ async fn hostile_guests_get_typed_errors_under(profile: tern_node::config::Memor
     cfg.memory_profile = profile;
     let node = start(cfg).await;
     let addr = node.addr();
-    let text = String::from_utf8(
-        request(addr, Method::GET, "/metrics", Bytes::new())
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let text = metrics_text(addr, None).await;
     let in_force = tern_runtime::MemoryProfile::from(profile).as_str();
     assert!(
         text.contains(&format!(
@@ -359,10 +353,7 @@ async fn callers_that_go_away_cancel_their_guests_and_free_their_places() {
     let t0 = Instant::now();
     canary(addr).await;
     assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
-    let body = request(addr, Method::GET, "/metrics", Bytes::new())
-        .await
-        .body;
-    let text = String::from_utf8_lossy(&body);
+    let text = metrics_text(addr, None).await;
     assert!(
         !text.contains("function=\"loop\",outcome=\"guest_trap\""),
         "an abandoned call was counted as a guest fault"

@@ -146,6 +146,14 @@ pub fn json(resp: &Response) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&resp.body)))
 }
 
+/// The node's `/metrics` text, read with `token` (a node with bearer tokens answers only an
+/// admin).
+pub async fn metrics_text(addr: SocketAddr, token: Option<&str>) -> String {
+    let r = crate::auth::with_token(addr, Method::GET, "/metrics", token, Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body.to_vec()).expect("utf-8 metrics")
+}
+
 /// Sum of all samples of `name` in the node's /metrics.
 pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
     let resp = request(addr, Method::GET, "/metrics", Bytes::new()).await;

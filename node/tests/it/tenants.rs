@@ -79,16 +79,8 @@ async fn update_acme(n: &Node, body: &str) -> tern_bench::Response {
 }
 
 /// The node's `/metrics` text, read with the admin token.
-async fn metrics_text(n: &Node) -> String {
-    let r = with_token(
-        n.node.addr(),
-        Method::GET,
-        "/metrics",
-        Some(&n.admin),
-        Bytes::new(),
-    )
-    .await;
-    String::from_utf8(r.body.to_vec()).unwrap()
+async fn admin_metrics_text(n: &Node) -> String {
+    metrics_text(n.node.addr(), Some(&n.admin)).await
 }
 
 fn body(r: &tern_bench::Response) -> String {
@@ -813,7 +805,7 @@ async fn a_tenants_stored_results_are_held_to_its_quotas() {
     let r = start(&n.admin, "echo", Bytes::from_static(b"hi")).await;
     assert_eq!(r.status, 202, "{}", body(&r));
     // The refusal and the usage show per tenant on /metrics.
-    let text = metrics_text(&n).await;
+    let text = admin_metrics_text(&n).await;
     for line in [
         "tern_tenant_invocations_total{tenant=\"acme\",outcome=\"quota_exceeded\"} 2\n",
         "tern_tenant_stored_results{tenant=\"acme\"} 2\n",
@@ -934,7 +926,7 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
     let r = call(&acme, "/v1/functions/work/invoke").await;
     assert_eq!(r.status, 200, "{}", body(&r));
 
-    let text = metrics_text(&n).await;
+    let text = admin_metrics_text(&n).await;
     let refused = text
         .lines()
         .find_map(|l| {
@@ -957,7 +949,7 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
     }
     // Usage can be read against the quotas on /metrics: the record's values, and this
     // node's part (alone, the whole); `default` has no limits, so no lines.
-    let text = metrics_text(&n).await;
+    let text = admin_metrics_text(&n).await;
     for line in [
         "tern_tenant_quota{tenant=\"acme\",quota=\"max_rate_per_s\"} 1000\n",
         "tern_tenant_quota{tenant=\"acme\",quota=\"rate_burst\"} 100\n",
