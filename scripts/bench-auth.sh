@@ -27,8 +27,7 @@ tern=target/release/tern
 addr=127.0.0.1:7933
 commit=$(git rev-parse HEAD)
 dirty=$(tree_dirty)
-sleep 20 # let the build's load settle
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+bench_settle
 
 # The tenant of the `quotas` runs: every limit finite, none reached by this load (a node
 # serves ~15,000 echo calls a second; 1000 slots is the node's own max_instances).
@@ -36,15 +35,7 @@ quota_flags=(--quota max_rate_per_s=10000000 --quota rate_burst=10000000
   --quota max_concurrent=1000 --quota max_queued=100000)
 modes=(off tokens quotas)
 
-node=
-data=
-cleanup() {
-  [ -n "$node" ] && kill "$node" 2>/dev/null || true
-  [ -n "$data" ] && rm -rf "$data"
-  return 0
-}
-trap cleanup EXIT
-log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
+trap cleanup_node EXIT
 
 # one MODE ROUND: a fresh node in configuration MODE, echo at 1 then 64 connections.
 one() {

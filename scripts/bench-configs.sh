@@ -37,18 +37,9 @@ body=${BENCH_DATA:-hello}
 commit=$(git rev-parse HEAD)
 dirty=$(tree_dirty)
 clk=$(getconf CLK_TCK)
-sleep 20 # let the build's load settle
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+bench_settle
 
-node=
-data=
-cleanup() {
-  [ -n "$node" ] && kill "$node" 2>/dev/null || true
-  [ -n "$data" ] && rm -rf "$data"
-  return 0
-}
-trap cleanup EXIT
-log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
+trap cleanup_node EXIT
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # one INDEX ROUND: a fresh node in configuration INDEX, echo at 1 then 64 connections.

@@ -39,22 +39,17 @@ tern=target/release/tern
 addr=127.0.0.1:7936
 commit=$(git rev-parse HEAD)
 dirty=$(tree_dirty)
-sleep 20 # let the build's load settle
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+bench_settle
 
-node=
 attack=
 sampler=
 data=$(mktemp -d)
 cleanup() {
   [ -n "$sampler" ] && kill "$sampler" 2>/dev/null || true
   [ -n "$attack" ] && kill "$attack" 2>/dev/null || true
-  [ -n "$node" ] && kill "$node" 2>/dev/null || true
-  rm -rf "$data"
-  return 0
+  cleanup_node
 }
 trap cleanup EXIT
-log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
 # metric NAME_AND_LABELS: the value of one sample on /metrics (0 when absent or when the
 # scrape fails: a sample, never a reason to stop the run).
 metric() {

@@ -24,17 +24,9 @@ tern=target/release/tern
 addr=127.0.0.1:7934
 commit=$(git rev-parse HEAD)
 dirty=$(tree_dirty)
-sleep 20 # let the build's load settle
-load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+bench_settle
 
-node=
-data=
-cleanup() {
-  [ -n "$node" ] && kill "$node" 2>/dev/null || true
-  [ -n "$data" ] && rm -rf "$data"
-  return 0
-}
-trap cleanup EXIT
+trap cleanup_node EXIT
 
 # scenario NAME TENANT=WEIGHT...: a fresh node, the tenants, one load per tenant at once.
 scenario() {

@@ -40,3 +40,23 @@ tenant_token() {
       python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])' >"$token_file"
   )
 }
+
+# bench_settle: waits for the build's load to settle, then records the load average in
+# load_start.
+bench_settle() {
+  sleep 20
+  load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+}
+
+# The node a run measures and its data directory, while one is up: cleanup_node stops the one
+# and removes the other (for `trap cleanup_node EXIT`).
+node=
+data=
+cleanup_node() {
+  [ -n "$node" ] && kill "$node" 2>/dev/null || true
+  [ -n "$data" ] && rm -rf "$data"
+  return 0
+}
+
+# log MESSAGE: appends MESSAGE to "$out/commands.log" with the time and the load average.
+log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
