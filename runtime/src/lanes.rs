@@ -125,7 +125,9 @@ impl LaneHistory {
     /// within its slice (`false`).
     pub(crate) fn ran(&self, start: Start, moved: bool) {
         if !moved {
-            if self.streak.swap(0, Relaxed) != 0 {
+            // Read first: most calls are of short functions, whose streak is already 0, and a
+            // write on every call would bounce this line between the workers' caches.
+            if self.streak.load(Relaxed) != 0 && self.streak.swap(0, Relaxed) != 0 {
                 self.starts.store(0, Relaxed);
                 self.probe_every.store(0, Relaxed);
             }
