@@ -35,6 +35,7 @@ fn info_for(name: &FunctionName, prepared: &Prepared) -> FunctionInfo {
         memory_mb: 128,
         size_bytes: prepared.size_bytes,
         deployed_at_ms: 0,
+        max_instances: None,
     }
 }
 

@@ -1,7 +1,7 @@
 //! `tern-client`: a client library for Tern nodes.
 //!
 //! It talks to a node's QUIC client API (`client_listen` in the node's configuration, ALPN
-//! `tern-client/4`) with TLS 1.3, verifying the node's certificate against the cluster CA
+//! `tern-client/5`) with TLS 1.3, verifying the node's certificate against the cluster CA
 //! written by `tern cluster init`. It authenticates with a tenant token, a client
 //! certificate signed by the cluster CA, or both.
 //!
@@ -78,6 +78,9 @@ pub struct DeployOptions {
     pub timeout_ms: Option<u32>,
     /// The function's memory cap (node default 128 MiB).
     pub memory_mb: Option<u32>,
+    /// At most this many instances of the function at once on each node; calls beyond it
+    /// wait for one of them within their deadline (default: only the tenant's caps).
+    pub max_instances: Option<u32>,
 }
 
 /// Options of [`Client::invoke_with`] and [`Client::invoke_async_with`].
@@ -249,6 +252,7 @@ impl Client {
             module: module.into(),
             timeout_ms: options.timeout_ms,
             memory_mb: options.memory_mb,
+            max_instances: options.max_instances,
         };
         match self.call(op, None, None).await? {
             (ClientReply::Deployed(info), _) => Ok(info),

@@ -1227,6 +1227,7 @@ mod tests {
                 memory_mb: 64,
                 size_bytes: 1 << 20,
                 deployed_at_ms: i * 7,
+                max_instances: None,
             },
             removed: i.is_multiple_of(3),
             origin: "a".to_owned(),

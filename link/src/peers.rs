@@ -245,6 +245,7 @@ mod tests {
             memory_mb: 64,
             size_bytes: 0,
             deployed_at_ms: 0,
+            max_instances: None,
         }
     }
 

@@ -192,6 +192,7 @@ fn entry(i: u64) -> RegistryEntry {
             memory_mb: 64,
             size_bytes: 4096,
             deployed_at_ms: i,
+            max_instances: None,
         },
         removed: false,
         origin: "somewhere".to_owned(),

@@ -50,6 +50,7 @@ fn info(name: &str, version: u64, hash: u8, origin_ms: u64) -> FunctionInfo {
         memory_mb: 64,
         size_bytes: 1,
         deployed_at_ms: origin_ms,
+        max_instances: None,
     }
 }
 

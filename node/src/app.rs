@@ -57,6 +57,19 @@ pub struct App {
     pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
 }
 
+/// The largest per-function `max_instances` a deploy may ask for: far above any node's
+/// instance slots, a bound on what a caller can store rather than a limit anyone reaches.
+pub const MAX_FUNCTION_INSTANCES: u32 = 1_000_000;
+
+/// What a deploy asks of its function; `None` takes the node's default (for `max_instances`:
+/// no per-function cap, only the tenant's).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FunctionLimits {
+    pub timeout_ms: Option<u32>,
+    pub memory_mb: Option<u32>,
+    pub max_instances: Option<u32>,
+}
+
 /// How often the janitor removes expired results (and collects unused modules).
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -305,9 +318,13 @@ impl App {
         &self,
         name: FunctionName,
         bytes: Bytes,
-        timeout_ms: Option<u32>,
-        memory_mb: Option<u32>,
+        limits: FunctionLimits,
     ) -> Result<FunctionInfo, NodeError> {
+        let FunctionLimits {
+            timeout_ms,
+            memory_mb,
+            max_instances,
+        } = limits;
         // Without one asked for, the node's default timeout, but never past what the
         // owning tenant may use.
         let timeout_ms = timeout_ms.unwrap_or_else(|| {
@@ -327,6 +344,12 @@ impl App {
             return Err(NodeError::BadRequest(format!(
                 "memory_mb must be in 1..={}",
                 self.config.max_memory_mb
+            )));
+        }
+        if max_instances.is_some_and(|n| n == 0 || n > MAX_FUNCTION_INSTANCES) {
+            return Err(NodeError::BadRequest(format!(
+                "max_instances must be in 1..={MAX_FUNCTION_INSTANCES} (leave it out for no \
+                 per-function cap)"
             )));
         }
         // A member that has not pulled the cluster registry yet does not know the version in
@@ -360,6 +383,7 @@ impl App {
             memory_mb,
             size_bytes: prepared.size_bytes,
             deployed_at_ms: now_ms(),
+            max_instances,
         };
         let entry = RegistryEntry {
             info: info.clone(),

@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/4`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/5`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
@@ -674,9 +674,18 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             module,
             timeout_ms,
             memory_mb,
+            max_instances,
         } => service::Deploy::authorize(app, caller, name.as_str())
             .map_err(node_err)?
-            .run(app, Bytes::from(module), timeout_ms, memory_mb)
+            .run(
+                app,
+                Bytes::from(module),
+                crate::app::FunctionLimits {
+                    timeout_ms,
+                    memory_mb,
+                    max_instances,
+                },
+            )
             .await
             .map(ClientReply::Deployed)
             .map_err(node_err),

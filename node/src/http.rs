@@ -533,10 +533,13 @@ async fn deploy(
 ) -> Result<Response<Body>, NodeError> {
     let deploy = service::Deploy::authorize(app, caller, name)?;
     let q = query(&req);
-    let timeout_ms = query_u32(&q, "timeout_ms")?;
-    let memory_mb = query_u32(&q, "memory_mb")?;
+    let limits = crate::app::FunctionLimits {
+        timeout_ms: query_u32(&q, "timeout_ms")?,
+        memory_mb: query_u32(&q, "memory_mb")?,
+        max_instances: query_u32(&q, "max_instances")?,
+    };
     let bytes = read_body(app, req, app.config.max_module_bytes).await?;
-    let info = deploy.run(app, bytes, timeout_ms, memory_mb).await?;
+    let info = deploy.run(app, bytes, limits).await?;
     Ok(json(StatusCode::CREATED, &info))
 }
 

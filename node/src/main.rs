@@ -95,6 +95,10 @@ enum Command {
         timeout_ms: Option<u32>,
         #[arg(long)]
         memory_mb: Option<u32>,
+        /// At most this many instances of the function at once on each node (default: only
+        /// the tenant's caps).
+        #[arg(long)]
+        max_instances: Option<u32>,
         #[command(flatten)]
         server: Server,
     },
@@ -544,13 +548,18 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             file,
             timeout_ms,
             memory_mb,
+            max_instances,
             server,
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let mut path = format!("/v1/functions/{name}");
             let mut sep = '?';
-            for (k, v) in [("timeout_ms", timeout_ms), ("memory_mb", memory_mb)] {
+            for (k, v) in [
+                ("timeout_ms", timeout_ms),
+                ("memory_mb", memory_mb),
+                ("max_instances", max_instances),
+            ] {
                 if let Some(v) = v {
                     path.push_str(&format!("{sep}{k}={v}"));
                     sep = '&';

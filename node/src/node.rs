@@ -328,7 +328,10 @@ async fn deploy_examples(app: &Arc<App>) {
         {
             continue;
         }
-        match app.deploy(name, bytes, None, None).await {
+        match app
+            .deploy(name, bytes, crate::app::FunctionLimits::default())
+            .await
+        {
             Ok(info) => tracing::info!(function = %info.name, "example deployed"),
             Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot deploy example"),
         }

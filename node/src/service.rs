@@ -77,8 +77,7 @@ impl Deploy {
         self,
         app: &Arc<App>,
         module: Bytes,
-        timeout_ms: Option<u32>,
-        memory_mb: Option<u32>,
+        limits: crate::app::FunctionLimits,
     ) -> Result<FunctionInfo, NodeError> {
         let limit = app.config.max_module_bytes;
         if module.len() > limit {
@@ -86,10 +85,7 @@ impl Deploy {
         }
         let app = app.clone();
         let name = self.name;
-        crate::app::to_completion(
-            async move { app.deploy(name, module, timeout_ms, memory_mb).await },
-        )
-        .await
+        crate::app::to_completion(async move { app.deploy(name, module, limits).await }).await
     }
 }
 

@@ -28,6 +28,59 @@ use tern_wire::{FunctionName, InvocationId, InvocationRecord, ModuleHash};
 /// Largest record we ever decode from the store (a journaled input is at most the body cap).
 const RECORD_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
 
+/// The tree of registry entries in their current layout.
+const FUNCTIONS: &str = "functions.2";
+
+/// Registry entries as nodes before per-function `max_instances` stored them (tree
+/// `functions`). Read once at open, rewritten in the current layout with no `max_instances`
+/// (what they had) and removed. A separate tree, so no record is ever decoded in the wrong
+/// layout.
+mod legacy {
+    use serde::{Deserialize, Serialize};
+    use tern_wire::peer::RegistryEntry;
+    use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
+
+    pub const TREE: &str = "functions";
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Entry {
+        pub info: Info,
+        pub removed: bool,
+        pub origin: String,
+    }
+
+    #[derive(Serialize, Deserialize)]
+    pub struct Info {
+        pub name: FunctionName,
+        pub hash: ModuleHash,
+        pub version: u64,
+        pub timeout_ms: u32,
+        pub memory_mb: u32,
+        pub size_bytes: u64,
+        pub deployed_at_ms: u64,
+    }
+
+    impl From<Entry> for RegistryEntry {
+        fn from(e: Entry) -> Self {
+            let i = e.info;
+            RegistryEntry {
+                info: FunctionInfo {
+                    name: i.name,
+                    hash: i.hash,
+                    version: i.version,
+                    timeout_ms: i.timeout_ms,
+                    memory_mb: i.memory_mb,
+                    size_bytes: i.size_bytes,
+                    deployed_at_ms: i.deployed_at_ms,
+                    max_instances: None,
+                },
+                removed: e.removed,
+                origin: e.origin,
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the store at {path}: {source}")]
@@ -140,14 +193,50 @@ impl Store {
                 }
             }
         }
-        Ok(Self {
-            functions: db.open_tree("functions")?,
+        let store = Self {
+            functions: db.open_tree(FUNCTIONS)?,
             modules: db.open_tree("modules")?,
             quarantine: db.open_tree("quarantine")?,
             invocations,
             counters: Arc::new(counters),
             db,
-        })
+        };
+        store.migrate_functions()?;
+        Ok(store)
+    }
+
+    /// Moves registry entries of the previous layout into the current tree: each is written
+    /// in the new layout before its old copy goes, so a crash in between only means migrating
+    /// it again. A damaged old record is quarantined like any other.
+    fn migrate_functions(&self) -> Result<(), StoreError> {
+        let legacy = self.db.open_tree(legacy::TREE)?;
+        let mut moved = 0usize;
+        for kv in legacy.iter() {
+            let (key, bytes) = kv?;
+            let Ok(old) = self.decode_or_quarantine::<legacy::Entry>(
+                &legacy,
+                "function (before max_instances)",
+                &key,
+                &bytes,
+            ) else {
+                continue;
+            };
+            // An entry already in the current tree was written later: it wins.
+            if !self.functions.contains_key(&key)? {
+                self.functions
+                    .insert(&key, encode("function", &RegistryEntry::from(old))?)?;
+            }
+            legacy.remove(&key)?;
+            moved += 1;
+        }
+        if moved > 0 {
+            self.db.flush()?;
+            tracing::info!(
+                functions = moved,
+                "registry entries moved to the current layout (no max_instances)"
+            );
+        }
+        Ok(())
     }
 
     /// Opens (creating if needed) another tree of the same database, for state kept by other
@@ -398,7 +487,58 @@ mod tests {
             memory_mb: 64,
             size_bytes: 10,
             deployed_at_ms: 5,
+            max_instances: None,
         }
+    }
+
+    #[test]
+    fn entries_of_the_previous_layout_are_moved_to_the_current_tree_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = |name: &str, version: u64| legacy::Entry {
+            info: legacy::Info {
+                name: name.parse().unwrap(),
+                hash: ModuleHash([7; 32]),
+                version,
+                timeout_ms: 100,
+                memory_mb: 64,
+                size_bytes: 10,
+                deployed_at_ms: 5,
+            },
+            removed: false,
+            origin: "n1".into(),
+        };
+        {
+            let db = sled::Config::new()
+                .path(dir.path().join("db"))
+                .open()
+                .unwrap();
+            let tree = db.open_tree(legacy::TREE).unwrap();
+            tree.insert(b"a", encode("function", &old("a", 3)).unwrap())
+                .unwrap();
+            tree.insert(b"bad", &b"\xff\xff"[..]).unwrap();
+            db.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.functions().unwrap(), vec![entry("a")]);
+        assert_eq!(s.quarantined(), 1, "the damaged old record");
+        let legacy_tree = s.db.open_tree(legacy::TREE).unwrap();
+        assert!(legacy_tree.is_empty(), "old copies removed");
+        // Reopened: nothing left to move, the entry stays.
+        s.put_function(&RegistryEntry {
+            info: FunctionInfo {
+                max_instances: Some(3),
+                ..info("a")
+            },
+            ..entry("a")
+        })
+        .unwrap();
+        drop((s, legacy_tree));
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            s.functions().unwrap()[0].info.max_instances,
+            Some(3),
+            "a later write is not overwritten by a second migration"
+        );
     }
 
     #[test]

@@ -47,6 +47,16 @@ pub enum Error {
         refused: String,
         retryable: bool,
     },
+    /// The function's own instances held all of its `max_instances` on this node until its
+    /// time limit was spent waiting: overload, 429.
+    #[error(
+        "function {function}: its {max_instances} instances (its max_instances on this node) stayed busy until the function's time limit ({waited_ms} ms waited)"
+    )]
+    FunctionLimit {
+        function: FunctionName,
+        max_instances: u32,
+        waited_ms: u64,
+    },
     /// wasmtime's instance pool refused an instance although a slot was granted.
     #[error("the instance pool is full: {0}")]
     InstancePoolFull(String),
@@ -79,6 +89,7 @@ impl Error {
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::NoInstanceSlot { .. }
             | Error::NoMemoryBudget { .. }
+            | Error::FunctionLimit { .. }
             | Error::InstancePoolFull(_) => ErrorCode::Overloaded,
             Error::TenantLimit {
                 retryable: true, ..

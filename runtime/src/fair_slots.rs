@@ -18,7 +18,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tern_tenancy::{FairQueue, LaneConfig, ShareParams, Slot, TenantName, TenantSpec};
+use tern_tenancy::{FairQueue, GroupCap, LaneConfig, ShareParams, Slot, TenantName, TenantSpec};
 use tokio::sync::oneshot;
 
 /// Why no slot was given.
@@ -39,6 +39,8 @@ pub enum Refused {
 /// What a unit that waited until its deadline was held back by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeldBy {
+    /// Its function's own `max_instances` on this node.
+    FunctionCap,
     /// Its tenant's own `max_concurrent` or memory budget on this node.
     TenantCaps,
     /// Every instance slot was busy (or other tenants' units were ahead of it).
@@ -132,12 +134,13 @@ impl FairSlots {
     }
 
     /// Waits for a slot for a guest of `tenant` that may use `memory_bytes`, until
-    /// `deadline`. A tenant the node has not configured yet (its record still replicating)
-    /// gets the default limits.
+    /// `deadline`; with `cap`, the guest also counts against its function's cap. A tenant the
+    /// node has not configured yet (its record still replicating) gets the default limits.
     pub async fn acquire(
         self: &Arc<Self>,
         tenant: &TenantName,
         memory_bytes: u64,
+        cap: Option<&GroupCap>,
         deadline: Instant,
     ) -> Result<SlotGuard, Refused> {
         let (id, rx) = {
@@ -154,7 +157,7 @@ impl FairSlots {
             let (tx, rx) = oneshot::channel();
             state
                 .queue
-                .push(
+                .push_in_group(
                     tenant,
                     Waiter {
                         id,
@@ -162,6 +165,7 @@ impl FairSlots {
                         queued_at: tokio::time::Instant::now(),
                     },
                     memory_bytes,
+                    cap.cloned(),
                 )
                 .map_err(|r| Refused::Tenancy(r.error))?;
             dispatch(&mut state);
@@ -178,7 +182,9 @@ impl FairSlots {
                 // and goes back at once. The whole wait counts as the tenant's latency: a
                 // tenant whose units time out waiting is the one most behind its target.
                 let mut state = self.lock();
-                let held_by = if !state.queue.within_caps(tenant, memory_bytes) {
+                let held_by = if cap.is_some_and(|c| !state.queue.group_has_room(tenant, c)) {
+                    HeldBy::FunctionCap
+                } else if !state.queue.within_caps(tenant, memory_bytes) {
                     HeldBy::TenantCaps
                 } else if state.free > 0 && memory_bytes > state.free_memory {
                     HeldBy::NodeMemory
@@ -313,7 +319,7 @@ mod tests {
             let tenant = if i % 2 == 0 { "a" } else { "b" };
             let (slots, served) = (slots.clone(), served.clone());
             tasks.push(tokio::spawn(async move {
-                let guard = slots.acquire(&name(tenant), 0, far()).await.unwrap();
+                let guard = slots.acquire(&name(tenant), 0, None, far()).await.unwrap();
                 *served.lock().unwrap().entry(tenant.to_owned()).or_default() += 1;
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 drop(guard);
@@ -361,7 +367,7 @@ mod tests {
             let tenant = if i % 2 == 0 { "urgent" } else { "patient" };
             let (slots, grants) = (slots.clone(), grants.clone());
             tasks.push(tokio::spawn(async move {
-                let guard = slots.acquire(&name(tenant), 0, far()).await.unwrap();
+                let guard = slots.acquire(&name(tenant), 0, None, far()).await.unwrap();
                 grants.lock().unwrap().push((tenant, start.elapsed()));
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 drop(guard);
@@ -393,15 +399,23 @@ mod tests {
     async fn a_tenant_at_its_cap_waits_while_another_gets_the_free_slots() {
         let slots = FairSlots::new(4, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         slots.set_tenant(name("greedy"), lane(10, 1, 10));
-        let held = slots.acquire(&name("greedy"), 0, far()).await.unwrap();
+        let held = slots
+            .acquire(&name("greedy"), 0, None, far())
+            .await
+            .unwrap();
         let waiting = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(&name("greedy"), 0, far()).await.map(drop) })
+            tokio::spawn(async move {
+                slots
+                    .acquire(&name("greedy"), 0, None, far())
+                    .await
+                    .map(drop)
+            })
         };
         tokio::task::yield_now().await;
         assert_eq!(slots.tenant_counts(&name("greedy")), Some((1, 1)));
         // Three slots free, none for greedy: an unconfigured tenant gets one at once.
-        let other = slots.acquire(&name("other"), 0, far()).await.unwrap();
+        let other = slots.acquire(&name("other"), 0, None, far()).await.unwrap();
         assert_eq!(slots.tenant_counts(&name("other")), Some((1, 0)));
         drop(held);
         waiting.await.unwrap().unwrap();
@@ -418,11 +432,11 @@ mod tests {
         const MIB: u64 = 1 << 20;
         let slots = FairSlots::new(10, 256 * MIB, u64::MAX, 100, ShareParams::weights_only());
         let (flood, other) = (name("flood"), name("other"));
-        let a = slots.acquire(&flood, 128 * MIB, far()).await.unwrap();
-        let b = slots.acquire(&flood, 128 * MIB, far()).await.unwrap();
+        let a = slots.acquire(&flood, 128 * MIB, None, far()).await.unwrap();
+        let b = slots.acquire(&flood, 128 * MIB, None, far()).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            slots.acquire(&other, 128 * MIB, soon).await.err(),
+            slots.acquire(&other, 128 * MIB, None, soon).await.err(),
             Some(Refused::Deadline {
                 held_by: HeldBy::NodeMemory
             }),
@@ -431,13 +445,15 @@ mod tests {
         let flood_waiters: Vec<_> = (0..3)
             .map(|_| {
                 let slots = slots.clone();
-                tokio::spawn(async move { slots.acquire(&name("flood"), 128 * MIB, far()).await })
+                tokio::spawn(
+                    async move { slots.acquire(&name("flood"), 128 * MIB, None, far()).await },
+                )
             })
             .collect();
         tokio::task::yield_now().await;
         let victim = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(&name("other"), 128 * MIB, far()).await })
+            tokio::spawn(async move { slots.acquire(&name("other"), 128 * MIB, None, far()).await })
         };
         tokio::task::yield_now().await;
         assert_eq!(slots.tenant_counts(&flood), Some((2, 3)));
@@ -455,7 +471,7 @@ mod tests {
         }
         assert_eq!(slots.counts(), (0, 0));
         assert_eq!(
-            slots.acquire(&other, 512 * MIB, far()).await.err(),
+            slots.acquire(&other, 512 * MIB, None, far()).await.err(),
             Some(Refused::LargerThanNode)
         );
     }
@@ -476,11 +492,14 @@ mod tests {
         let soon = Instant::now() + Duration::from_millis(50);
         for tenant in ["big", "unconfigured"] {
             let held = slots
-                .acquire(&name(tenant), 256 * MIB, far())
+                .acquire(&name(tenant), 256 * MIB, None, far())
                 .await
                 .unwrap();
             assert_eq!(
-                slots.acquire(&name(tenant), 128 * MIB, soon).await.err(),
+                slots
+                    .acquire(&name(tenant), 128 * MIB, None, soon)
+                    .await
+                    .err(),
                 Some(Refused::Deadline {
                     held_by: HeldBy::TenantCaps
                 }),
@@ -519,19 +538,65 @@ mod tests {
     ) -> Vec<SlotGuard> {
         let mut held = Vec::new();
         for _ in 0..n {
-            held.push(slots.acquire(&name(tenant), memory, far()).await.unwrap());
+            held.push(
+                slots
+                    .acquire(&name(tenant), memory, None, far())
+                    .await
+                    .unwrap(),
+            );
         }
         held
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_function_at_its_cap_waits_and_says_so_while_the_tenants_other_functions_run() {
+        let slots = FairSlots::new(8, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
+        let t = name("t");
+        slots.set_tenant(t.clone(), lane(1, 8, 100));
+        let capped = GroupCap {
+            key: Arc::from("t.slow"),
+            max_running: 2,
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(slots.acquire(&t, 0, Some(&capped), far()).await.unwrap());
+        }
+        let soon = Instant::now() + Duration::from_millis(50);
+        // A third of `slow` waits, and at its deadline says its function's cap held it.
+        let third = {
+            let (slots, capped) = (slots.clone(), capped.clone());
+            tokio::spawn(async move {
+                let t = name("t");
+                slots.acquire(&t, 0, Some(&capped), soon).await.err()
+            })
+        };
+        tokio::task::yield_now().await;
+        // Meanwhile another function of the same tenant is not held back by it.
+        let other = slots.acquire(&t, 0, None, soon).await;
+        assert!(
+            other.is_ok(),
+            "an uncapped function waited behind a capped one"
+        );
+        assert_eq!(
+            third.await.unwrap(),
+            Some(Refused::Deadline {
+                held_by: HeldBy::FunctionCap
+            })
+        );
+        // One of `slow` ends: the next of `slow` starts.
+        drop(held.pop());
+        let later = Instant::now() + Duration::from_millis(50);
+        assert!(slots.acquire(&t, 0, Some(&capped), later).await.is_ok());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiter_past_its_deadline_or_dropped_holds_no_slot_and_no_place() {
         let slots = FairSlots::new(1, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         let t = name("t");
-        let held = slots.acquire(&t, 0, far()).await.unwrap();
+        let held = slots.acquire(&t, 0, None, far()).await.unwrap();
         let soon = Instant::now() + Duration::from_millis(50);
         assert_eq!(
-            slots.acquire(&t, 0, soon).await.err(),
+            slots.acquire(&t, 0, None, soon).await.err(),
             Some(Refused::Deadline {
                 held_by: HeldBy::Slots
             })
@@ -540,13 +605,15 @@ mod tests {
         // A waiter whose caller goes away: the grant that reaches it comes straight back.
         let abandoned = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(&name("t"), 0, far()).await.map(drop) })
+            tokio::spawn(async move { slots.acquire(&name("t"), 0, None, far()).await.map(drop) })
         };
         tokio::task::yield_now().await;
         abandoned.abort();
         let _ = abandoned.await;
         drop(held);
-        let next = slots.acquire(&t, 0, soon + Duration::from_secs(1)).await;
+        let next = slots
+            .acquire(&t, 0, None, soon + Duration::from_secs(1))
+            .await;
         assert!(
             next.is_ok(),
             "the slot was not lost to the abandoned waiter"
@@ -560,13 +627,13 @@ mod tests {
         let slots = FairSlots::new(1, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
         let t = name("t");
         slots.set_tenant(t.clone(), lane(1, 1, 1));
-        let held = slots.acquire(&t, 0, far()).await.unwrap();
+        let held = slots.acquire(&t, 0, None, far()).await.unwrap();
         let queued = {
             let slots = slots.clone();
-            tokio::spawn(async move { slots.acquire(&name("t"), 0, far()).await.map(drop) })
+            tokio::spawn(async move { slots.acquire(&name("t"), 0, None, far()).await.map(drop) })
         };
         tokio::task::yield_now().await;
-        match slots.acquire(&t, 0, far()).await {
+        match slots.acquire(&t, 0, None, far()).await {
             Err(Refused::Tenancy(tern_tenancy::Error::QuotaExceeded { which, .. })) => {
                 assert_eq!(which, tern_tenancy::QuotaKind::Queue)
             }

@@ -167,6 +167,8 @@ pub struct Deployed {
     pub metrics: Arc<FunctionMetrics>,
     /// The owner, parsed once at install rather than from the name on every call.
     pub tenant: tern_tenancy::TenantName,
+    /// The function's `max_instances` as a cap inside its tenant's lane.
+    instance_cap: Option<tern_tenancy::GroupCap>,
     /// How this version's recent guests ran: the lane its next guest starts on.
     lane_history: lanes::LaneHistory,
 }
@@ -480,6 +482,12 @@ impl Runtime {
         let deployed = Arc::new(Deployed {
             metrics: self.metrics.function(info.name.as_str()),
             tenant: info.name.tenant(),
+            instance_cap: info
+                .max_instances
+                .map(|max_running| tern_tenancy::GroupCap {
+                    key: Arc::from(info.name.as_str()),
+                    max_running,
+                }),
             info,
             lane_history: lanes::LaneHistory::default(),
         });
@@ -687,7 +695,12 @@ impl Runtime {
         let tenant = deployed.tenant.clone();
         let reserved = self
             .instance_slots
-            .acquire(&tenant, sandbox.memory_bytes as u64, deadline)
+            .acquire(
+                &tenant,
+                sandbox.memory_bytes as u64,
+                deployed.instance_cap.as_ref(),
+                deadline,
+            )
             .await;
         self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
         let waited_ms = || meu.accepted_at.elapsed().as_millis() as u64;
@@ -699,6 +712,15 @@ impl Runtime {
                     tenant,
                     refused: refused.to_string(),
                     retryable: refused.retry_after_ms().is_some(),
+                });
+            }
+            Err(Refused::Deadline {
+                held_by: HeldBy::FunctionCap,
+            }) => {
+                return Err(Error::FunctionLimit {
+                    function: meu.function.clone(),
+                    max_instances: deployed.info.max_instances.unwrap_or(0),
+                    waited_ms: waited_ms(),
                 });
             }
             Err(Refused::Deadline {

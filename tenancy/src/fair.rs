@@ -16,6 +16,10 @@
 //!   memory limit of its oldest item fits its memory budget; otherwise it is skipped and the
 //!   slot goes to someone else (work-conserving: a slot is never left idle while any lane
 //!   could use it);
+//! - inside a lane, an item may belong to a *group* with its own cap ([`GroupCap`]: the node
+//!   uses one per function, its `max_instances`); an item whose group is at its cap is passed
+//!   over and the lane's next item goes instead, so one capped function does not hold back the
+//!   tenant's others (the lane's order is otherwise FIFO; finding the item scans the lane);
 //! - the node's memory is the one exception: with [`FairQueue::grant_within`], the lane whose
 //!   turn it is waits for enough free memory for its oldest item, and no other lane is served
 //!   meanwhile, so large items are not starved by smaller ones.
@@ -30,8 +34,9 @@
 //! ends, with the [`Slot`] the grant carried. Generic over the item, so the node queues its own
 //! MEU handles. Choosing the next lane scans the lanes, O(tenants) per grant.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
+use std::sync::Arc;
 
 use crate::error::{Error, QuotaKind};
 use crate::share::{self, ShareParams, TenantLoad};
@@ -73,6 +78,14 @@ impl From<&TenantSpec> for LaneConfig {
     }
 }
 
+/// A cap on a group of one tenant's items: at most `max_running` items with this `key` hold
+/// slots at once. The node makes one per function with a `max_instances`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupCap {
+    pub key: Arc<str>,
+    pub max_running: u32,
+}
+
 /// One granted instance slot. Hand it back to [`FairQueue::complete`] when the guest ends:
 /// it is deliberately not `Clone`, so a slot cannot be completed twice.
 #[must_use = "a slot that is never completed keeps counting against its tenant's caps"]
@@ -80,6 +93,7 @@ impl From<&TenantSpec> for LaneConfig {
 pub struct Slot {
     tenant: TenantName,
     memory_bytes: u64,
+    group: Option<Arc<str>>,
 }
 
 impl Slot {
@@ -89,6 +103,11 @@ impl Slot {
 
     pub fn memory_bytes(&self) -> u64 {
         self.memory_bytes
+    }
+
+    /// The group (function) the slot counts against, if its item had one.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
     }
 }
 
@@ -130,10 +149,19 @@ pub struct LaneStats {
     pub latency_ms: f64,
 }
 
+/// An item waiting in its lane, with what it will hold once granted.
+struct Queued<T> {
+    item: T,
+    memory: u64,
+    group: Option<GroupCap>,
+}
+
 struct Lane<T> {
     config: LaneConfig,
-    queue: VecDeque<(T, u64)>,
+    queue: VecDeque<Queued<T>>,
     running: u32,
+    /// Running items per group key; a key leaves the map when its last item completes.
+    groups: HashMap<Arc<str>, u32>,
     memory_bytes: u64,
     pass: u128,
     latency_ms: f64,
@@ -149,6 +177,7 @@ impl<T> Lane<T> {
             config,
             queue: VecDeque::new(),
             running: 0,
+            groups: HashMap::new(),
             memory_bytes: 0,
             pass: 0,
             latency_ms: 0.0,
@@ -157,11 +186,38 @@ impl<T> Lane<T> {
         }
     }
 
-    /// Queued work whose oldest item fits the tenant's own caps.
-    fn eligible(&self) -> bool {
-        self.queue
-            .front()
-            .is_some_and(|(_, memory)| self.within_caps(*memory))
+    /// The position of the item this lane would run next: its oldest whose group is below
+    /// its cap, if that item also fits the tenant's own caps.
+    fn next(&self) -> Option<usize> {
+        let at = self
+            .queue
+            .iter()
+            .position(|q| q.group.as_ref().is_none_or(|g| self.group_has_room(g)))?;
+        self.within_caps(self.queue[at].memory).then_some(at)
+    }
+
+    fn group_has_room(&self, group: &GroupCap) -> bool {
+        self.groups.get(&group.key).copied().unwrap_or(0) < group.max_running
+    }
+
+    /// Counts a slot of `group` granted (`grant`) or freed.
+    fn count_group(&mut self, group: Option<&Arc<str>>, grant: bool) {
+        let Some(key) = group else { return };
+        if grant {
+            *self.groups.entry(key.clone()).or_default() += 1;
+        } else if let Some(n) = self.groups.get_mut(key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.groups.remove(key);
+            }
+        }
+    }
+
+    /// Frees a slot against the lane's caps.
+    fn release(&mut self, slot: &Slot) {
+        self.running = self.running.saturating_sub(1);
+        self.memory_bytes = self.memory_bytes.saturating_sub(slot.memory_bytes);
+        self.count_group(slot.group.as_ref(), false);
     }
 
     /// One more item of `memory` bytes would stay within the tenant's caps.
@@ -259,7 +315,7 @@ impl<T> FairQueue<T> {
         let Some(lane) = self.lanes.get_mut(tenant) else {
             return Vec::new();
         };
-        let drained: Vec<T> = lane.queue.drain(..).map(|(item, _)| item).collect();
+        let drained: Vec<T> = lane.queue.drain(..).map(|q| q.item).collect();
         self.queued -= drained.len();
         if lane.running == 0 {
             self.lanes.remove(tenant);
@@ -281,6 +337,18 @@ impl<T> FairQueue<T> {
         tenant: &TenantName,
         item: T,
         memory_bytes: u64,
+    ) -> Result<(), Rejected<T>> {
+        self.push_in_group(tenant, item, memory_bytes, None)
+    }
+
+    /// As [`FairQueue::push`], for an item that also counts against `group`'s cap while it
+    /// runs.
+    pub fn push_in_group(
+        &mut self,
+        tenant: &TenantName,
+        item: T,
+        memory_bytes: u64,
+        group: Option<GroupCap>,
     ) -> Result<(), Rejected<T>> {
         let reject = |item, error| Err(Rejected { item, error });
         let Some(lane) = self.lanes.get_mut(tenant).filter(|l| !l.closed) else {
@@ -314,7 +382,11 @@ impl<T> FairQueue<T> {
                 },
             );
         }
-        lane.queue.push_back((item, memory_bytes));
+        lane.queue.push_back(Queued {
+            item,
+            memory: memory_bytes,
+            group,
+        });
         self.queued += 1;
         Ok(())
     }
@@ -332,25 +404,21 @@ impl<T> FairQueue<T> {
     /// other lanes cannot starve a larger one (a slot may stay idle meanwhile).
     pub fn grant_within(&mut self, free_memory: u64) -> Option<Grant<T>> {
         let v = self.vtime;
-        let mut best: Option<(&TenantName, u128)> = None;
+        let mut best: Option<(&TenantName, u128, usize)> = None;
         // BTreeMap order: equal start tags go to the first tenant by name, deterministically.
         for (name, lane) in &self.lanes {
-            if !lane.eligible() {
+            let Some(at) = lane.next() else {
                 continue;
-            }
+            };
             let start = lane.pass.max(v);
-            if best.is_none_or(|(_, b)| start < b) {
-                best = Some((name, start));
+            if best.is_none_or(|(_, b, _)| start < b) {
+                best = Some((name, start, at));
             }
         }
-        let (name, start) = best?;
+        let (name, start, at) = best?;
         let name = name.clone();
         let lane = self.lanes.get_mut(&name)?;
-        if lane
-            .queue
-            .front()
-            .is_none_or(|(_, memory)| *memory > free_memory)
-        {
+        if lane.queue.get(at).is_none_or(|q| q.memory > free_memory) {
             return None;
         }
         // D_i as the lane is now, its queue including the item about to leave it.
@@ -358,9 +426,15 @@ impl<T> FairQueue<T> {
         let stride = (STRIDE_SCALE / wd).ceil().max(1.0) as u128;
         lane.pass = start.saturating_add(stride);
         self.vtime = start;
-        let (item, memory_bytes) = lane.queue.pop_front()?;
+        let Queued {
+            item,
+            memory: memory_bytes,
+            group,
+        } = lane.queue.remove(at)?;
+        let group = group.map(|g| g.key);
         lane.running += 1;
         lane.memory_bytes = lane.memory_bytes.saturating_add(memory_bytes);
+        lane.count_group(group.as_ref(), true);
         self.queued -= 1;
         self.running += 1;
         Some(Grant {
@@ -368,6 +442,7 @@ impl<T> FairQueue<T> {
             slot: Slot {
                 tenant: name,
                 memory_bytes,
+                group,
             },
         })
     }
@@ -381,6 +456,14 @@ impl<T> FairQueue<T> {
             .is_some_and(|l| l.within_caps(memory))
     }
 
+    /// Whether `group` of `tenant` is below its cap (an unknown tenant: yes, nothing of it
+    /// runs). Tells a unit that waited in vain whether its function's cap held it back.
+    pub fn group_has_room(&self, tenant: &TenantName, group: &GroupCap) -> bool {
+        self.lanes
+            .get(tenant)
+            .is_none_or(|l| l.group_has_room(group))
+    }
+
     /// A granted item's guest has ended (finished, failed, timed out or was cancelled) after
     /// `service_ms` in its slot. Frees the slot against the tenant's caps; the time feeds the
     /// `Retry-After` estimates.
@@ -390,8 +473,7 @@ impl<T> FairQueue<T> {
         let Some(lane) = self.lanes.get_mut(&slot.tenant) else {
             return;
         };
-        lane.running = lane.running.saturating_sub(1);
-        lane.memory_bytes = lane.memory_bytes.saturating_sub(slot.memory_bytes);
+        lane.release(&slot);
         lane.service_ms = ewma(lane.service_ms, service_ms);
         if lane.closed && lane.running == 0 {
             self.lanes.remove(&slot.tenant);
@@ -406,8 +488,7 @@ impl<T> FairQueue<T> {
         let Some(lane) = self.lanes.get_mut(&slot.tenant) else {
             return;
         };
-        lane.running = lane.running.saturating_sub(1);
-        lane.memory_bytes = lane.memory_bytes.saturating_sub(slot.memory_bytes);
+        lane.release(&slot);
         if lane.closed && lane.running == 0 {
             self.lanes.remove(&slot.tenant);
         }
@@ -421,11 +502,11 @@ impl<T> FairQueue<T> {
         };
         let mut out = Vec::new();
         let mut kept = VecDeque::with_capacity(lane.queue.len());
-        for (item, memory) in lane.queue.drain(..) {
-            if cancelled(&item) {
-                out.push(item);
+        for queued in lane.queue.drain(..) {
+            if cancelled(&queued.item) {
+                out.push(queued.item);
             } else {
-                kept.push_back((item, memory));
+                kept.push_back(queued);
             }
         }
         lane.queue = kept;
@@ -532,6 +613,34 @@ mod tests {
         assert_eq!(order, vec![0, 1, 2, 3, 4]);
         assert_eq!(q.running(), 5);
         assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn a_group_at_its_cap_is_passed_over_for_the_tenants_next_item() {
+        let mut q = queue(&[("a", config(1, 10, 10))]);
+        let slow = GroupCap {
+            key: Arc::from("slow"),
+            max_running: 2,
+        };
+        for i in 0..4 {
+            q.push_in_group(&name("a"), i, 0, Some(slow.clone()))
+                .unwrap();
+        }
+        q.push(&name("a"), 10, 0).unwrap();
+        q.push_in_group(&name("a"), 11, 0, Some(slow.clone()))
+            .unwrap();
+        let first: Vec<Grant<u32>> = std::iter::from_fn(|| q.grant()).collect();
+        let items: Vec<u32> = first.iter().map(|g| g.item).collect();
+        assert_eq!(items, vec![0, 1, 10], "two of `slow`, then past it to 10");
+        assert!(!q.group_has_room(&name("a"), &slow));
+        assert_eq!(first[0].slot.group(), Some("slow"));
+        assert_eq!(first[2].slot.group(), None);
+        // One of `slow` ends: its oldest waiting item goes next, in arrival order.
+        let mut first = first.into_iter();
+        q.complete(first.next().unwrap().slot, 1);
+        assert_eq!(q.grant().map(|g| g.item), Some(2));
+        assert!(q.grant().is_none(), "`slow` is at its cap again");
+        assert_eq!(q.queued(), 2);
     }
 
     #[test]
@@ -783,16 +892,29 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        Push { tenant: usize, memory: u64 },
+        Push {
+            tenant: usize,
+            memory: u64,
+            group: Option<usize>,
+        },
         Grant,
-        Complete { pick: usize },
-        Cancel { tenant: usize, modulus: u32 },
-        Latency { tenant: usize, ms: u32 },
+        Complete {
+            pick: usize,
+        },
+        Cancel {
+            tenant: usize,
+            modulus: u32,
+        },
+        Latency {
+            tenant: usize,
+            ms: u32,
+        },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            4 => (0usize..3, 0u64..6).prop_map(|(tenant, memory)| Op::Push { tenant, memory }),
+            4 => (0usize..3, 0u64..6, proptest::option::of(0usize..2))
+                .prop_map(|(tenant, memory, group)| Op::Push { tenant, memory, group }),
             4 => Just(Op::Grant),
             3 => any::<usize>().prop_map(|pick| Op::Complete { pick }),
             1 => (0usize..3, 1u32..4).prop_map(|(tenant, modulus)| Op::Cancel { tenant, modulus }),
@@ -817,13 +939,33 @@ mod tests {
                 ..config(2, 3, 5)
             },
         ];
+        // Two groups (functions) per tenant, capped at 1 and 2 running.
+        let group_cap = |g: usize| GroupCap {
+            key: Arc::from(format!("f{g}")),
+            max_running: g as u32 + 1,
+        };
         let mut q: FairQueue<u64> = FairQueue::new(ShareParams::default(), 10);
         for (n, c) in names.iter().zip(configs) {
             q.upsert_tenant(n.clone(), c);
         }
-        // The model: each tenant's FIFO of (id, memory), and its running set.
-        let mut model: [VecDeque<(u64, u64)>; 3] = Default::default();
-        let mut running: Vec<(usize, u64, Slot)> = Vec::new();
+        // The model: each tenant's queue of (id, memory, group) in arrival order, and the
+        // running set as (tenant, memory, group, slot).
+        let mut model: [VecDeque<(u64, u64, Option<usize>)>; 3] = Default::default();
+        let mut running: Vec<(usize, u64, Option<usize>, Slot)> = Vec::new();
+        // The oldest item of tenant `t` whose group is below its cap.
+        let next = |model: &[VecDeque<(u64, u64, Option<usize>)>; 3],
+                    running: &[(usize, u64, Option<usize>, Slot)],
+                    t: usize| {
+            model[t].iter().position(|(_, _, g)| {
+                g.is_none_or(|g| {
+                    let n = running
+                        .iter()
+                        .filter(|r| r.0 == t && r.2 == Some(g))
+                        .count();
+                    (n as u32) < group_cap(g).max_running
+                })
+            })
+        };
         // Every item that left the queue, granted or cancelled.
         let mut out: Vec<u64> = Vec::new();
         let mut accepted: Vec<u64> = Vec::new();
@@ -831,11 +973,15 @@ mod tests {
 
         for op in ops {
             match op {
-                Op::Push { tenant, memory } => {
+                Op::Push {
+                    tenant,
+                    memory,
+                    group,
+                } => {
                     next_id += 1;
-                    match q.push(&names[tenant], next_id, memory) {
+                    match q.push_in_group(&names[tenant], next_id, memory, group.map(group_cap)) {
                         Ok(()) => {
-                            model[tenant].push_back((next_id, memory));
+                            model[tenant].push_back((next_id, memory, group));
                             accepted.push(next_id);
                         }
                         Err(r) => {
@@ -851,19 +997,26 @@ mod tests {
                 Op::Grant => match q.grant() {
                     Some(g) => {
                         let t = names.iter().position(|n| n == g.slot.tenant()).unwrap();
-                        let (id, memory) = model[t].pop_front().unwrap();
-                        prop_assert_eq!(g.item, id, "FIFO within a tenant");
+                        let at = next(&model, &running, t).unwrap();
+                        let (id, memory, group) = model[t].remove(at).unwrap();
+                        prop_assert_eq!(
+                            g.item,
+                            id,
+                            "the tenant's oldest item whose group has room"
+                        );
                         prop_assert_eq!(g.slot.memory_bytes(), memory);
+                        let key = group.map(|g| group_cap(g).key);
+                        prop_assert_eq!(g.slot.group(), key.as_deref());
                         out.push(g.item);
-                        running.push((t, memory, g.slot));
+                        running.push((t, memory, group, g.slot));
                     }
                     None => {
                         for t in 0..3 {
                             let used: u64 = running.iter().filter(|r| r.0 == t).map(|r| r.1).sum();
                             let count = running.iter().filter(|r| r.0 == t).count() as u32;
-                            let could_run = model[t].front().is_some_and(|(_, m)| {
+                            let could_run = next(&model, &running, t).is_some_and(|at| {
                                 count < configs[t].max_concurrent
-                                    && used + m <= configs[t].memory_budget_bytes
+                                    && used + model[t][at].1 <= configs[t].memory_budget_bytes
                             });
                             prop_assert!(!could_run, "tenant {} left waiting with a slot free", t);
                         }
@@ -871,7 +1024,7 @@ mod tests {
                 },
                 Op::Complete { pick } => {
                     if !running.is_empty() {
-                        let (_, _, slot) = running.swap_remove(pick % running.len());
+                        let (_, _, _, slot) = running.swap_remove(pick % running.len());
                         q.complete(slot, 10);
                     }
                 }
@@ -879,11 +1032,11 @@ mod tests {
                     let gone = q.cancel(&names[tenant], |id| id % u64::from(modulus) == 0);
                     let expected: Vec<u64> = model[tenant]
                         .iter()
-                        .map(|(id, _)| *id)
+                        .map(|(id, _, _)| *id)
                         .filter(|id| id % u64::from(modulus) == 0)
                         .collect();
                     prop_assert_eq!(&gone, &expected);
-                    model[tenant].retain(|(id, _)| id % u64::from(modulus) != 0);
+                    model[tenant].retain(|(id, _, _)| id % u64::from(modulus) != 0);
                     out.extend(gone);
                 }
                 Op::Latency { tenant, ms } => q.set_latency(&names[tenant], f64::from(ms)),
@@ -898,17 +1051,24 @@ mod tests {
                     s.running as usize,
                     running.iter().filter(|r| r.0 == t).count()
                 );
+                for g in 0..2 {
+                    let n = running
+                        .iter()
+                        .filter(|r| r.0 == t && r.2 == Some(g))
+                        .count();
+                    prop_assert!(n as u32 <= group_cap(g).max_running, "group cap exceeded");
+                }
             }
             prop_assert!(q.queued() <= 10);
         }
 
         // Drain: everything accepted comes out exactly once, granted or cancelled.
-        for (_, _, slot) in running.drain(..) {
+        for (_, _, _, slot) in running.drain(..) {
             q.complete(slot, 1);
         }
         while let Some(g) = q.grant() {
             let t = names.iter().position(|n| n == g.slot.tenant()).unwrap();
-            prop_assert_eq!(model[t].pop_front().map(|(id, _)| id), Some(g.item));
+            prop_assert_eq!(model[t].pop_front().map(|(id, _, _)| id), Some(g.item));
             out.push(g.item);
             q.complete(g.slot, 1);
         }
@@ -927,8 +1087,9 @@ mod tests {
 
     proptest! {
         /// For any sequence of pushes, grants, completions, cancellations and latency
-        /// changes: no cap, budget or queue bound is ever exceeded; each tenant's items leave
-        /// in arrival order; nothing queued is lost or granted twice; and `grant` returns
+        /// changes: no cap (tenant or group), budget or queue bound is ever exceeded; each
+        /// tenant's items leave in arrival order except those passed over while their group
+        /// was at its cap; nothing queued is lost or granted twice; and `grant` returns
         /// `None` only when no tenant could use a slot.
         #[test]
         fn caps_hold_and_no_item_is_lost_or_duplicated(

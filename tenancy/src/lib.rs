@@ -20,7 +20,7 @@
 //! - [`authz`]: `Action` and `authorize` → 401 / 403 / 404.
 //! - [`share`]: Eq. 6, `R_i = w_i·D_i / Σ_j w_j·D_j`, with the demand factor `D_i`.
 //! - [`fair`]: `FairQueue`, start-time fair queueing of instance slots by Eq. 6 shares, with
-//!   per-tenant caps and bounded queues.
+//!   per-tenant caps, per-group (function) caps inside a lane, and bounded queues.
 //! - [`error`]: `Error` (with HTTP status and API code), `AuthError`, `Denied`, `QuotaKind`.
 
 pub mod authz;
@@ -36,7 +36,7 @@ pub mod token;
 pub use authz::{Action, Actor, authorize};
 pub use demand::{ClusterQuota, Demand, DemandBook, Parts, demand_part};
 pub use error::{AuthError, Denied, Error, QuotaKind};
-pub use fair::{FairQueue, Grant, LaneConfig, LaneStats, Rejected, Slot};
+pub use fair::{FairQueue, Grant, GroupCap, LaneConfig, LaneStats, Rejected, Slot};
 pub use quota::{Deploy, Quotas, Usage};
 pub use rate::{Bucket, RateLimit};
 pub use share::{ShareParams, TenantLoad};

@@ -458,6 +458,10 @@ pub struct FunctionInfo {
     pub memory_mb: u32,
     pub size_bytes: u64,
     pub deployed_at_ms: u64,
+    /// At most this many instances of the function run at once on each node (`None`: only
+    /// its tenant's caps apply). Calls beyond it wait for one of its instances, within their
+    /// deadline, while the tenant's other functions go ahead.
+    pub max_instances: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use crate::api::{ApiError, FunctionInfo, FunctionRef, InvocationId, InvocationRe
 /// ALPN protocol id of the client API; a peer speaking anything else fails the handshake.
 // Its number is `PROTOCOL_VERSION` (a test holds them together): a client and a node whose
 // messages would not decode at each other fail the handshake instead.
-pub const CLIENT_ALPN: &[u8] = b"tern-client/4";
+pub const CLIENT_ALPN: &[u8] = b"tern-client/5";
 
 /// Bytes a request or response frame may carry beyond its payload bytes (module, input or
 /// output): names, keys, the token, the frame header and bincode length prefixes.
@@ -43,12 +43,14 @@ pub struct ClientRequest {
 /// caller wrote them ([`FunctionRef`]): as on HTTP, `name` means the caller's tenant's.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientOp {
-    /// Like `PUT /v1/functions/{name}`: `None` limits take the node's defaults.
+    /// Like `PUT /v1/functions/{name}`: `None` limits take the node's defaults (no
+    /// `max_instances`: only the tenant's caps).
     Deploy {
         name: FunctionRef,
         module: Vec<u8>,
         timeout_ms: Option<u32>,
         memory_mb: Option<u32>,
+        max_instances: Option<u32>,
     },
     /// Like `POST /v1/functions/{name}/invoke`. With an idempotency key, a retry of the same
     /// call on the same node returns the first call's result instead of running it again.
@@ -191,6 +193,7 @@ mod tests {
             memory_mb: 64,
             size_bytes: 1234,
             deployed_at_ms: 99,
+            max_instances: None,
         }
     }
 
@@ -202,6 +205,7 @@ mod tests {
                 module: b"\0asm\x01\0\0\0".to_vec(),
                 timeout_ms: Some(500),
                 memory_mb: None,
+                max_instances: Some(4),
             },
             ClientOp::Invoke {
                 name: name.clone(),

@@ -261,6 +261,7 @@ mod tests {
                 memory_mb: 64,
                 size_bytes: 10,
                 deployed_at_ms: at,
+                max_instances: None,
             },
             removed,
             origin: origin.into(),

@@ -285,6 +285,7 @@ fn length_sites() -> Vec<LengthSite> {
                     module: vec![9],
                     timeout_ms: None,
                     memory_mb: None,
+                    max_instances: None,
                 },
             ),
             7,

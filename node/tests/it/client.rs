@@ -99,6 +99,7 @@ async fn client_deploys_lists_invokes_and_removes() {
     let opts = DeployOptions {
         timeout_ms: Some(500),
         memory_mb: Some(64),
+        max_instances: Some(3),
     };
     let info = client
         .deploy_with("echo2", wasm("echo").to_vec(), opts)
@@ -109,9 +110,10 @@ async fn client_deploys_lists_invokes_and_removes() {
             info.name.as_str(),
             info.version,
             info.timeout_ms,
-            info.memory_mb
+            info.memory_mb,
+            info.max_instances
         ),
-        ("echo2", 1, 500, 64)
+        ("echo2", 1, 500, 64, Some(3))
     );
     assert_eq!(names(client.list().await.unwrap()), ["echo", "echo2"]);
     let bad = client.deploy("bad", b"not wasm".to_vec()).await;

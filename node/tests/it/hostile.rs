@@ -446,6 +446,88 @@ async fn a_full_instance_pool_answers_429_within_the_deadline_and_freed_slots_ar
     node.shutdown().await.unwrap();
 }
 
+/// A function deployed with `max_instances` runs at most that many guests on the node, even
+/// across a redeploy; a call over it waits within its deadline, then gets 429 `overloaded`
+/// naming the cap; the tenant's other functions run meanwhile; a bad cap is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_held_to_its_max_instances_leaves_the_tenants_other_functions_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    for bad in ["0", "1000001", "two"] {
+        let r = deploy(addr, "loop", &format!("?max_instances={bad}")).await;
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "invalid_request"),
+            "{bad}"
+        );
+    }
+    let r = deploy(addr, "loop", "?timeout_ms=3000&max_instances=2").await;
+    assert_eq!(r.status, 201);
+    assert_eq!(json(&r)["max_instances"], 2);
+    let loopers: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { invoke(addr, "loop", "").await }))
+        .collect();
+    let running = |text: &str, what: &str| -> f64 {
+        let line = format!("tern_tenant_{what}{{tenant=\"default\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    // Two run, the third waits for one of them although 62 other slots are free.
+    let t0 = Instant::now();
+    loop {
+        let text = metrics_text(addr, None).await;
+        if running(&text, "running") == 2.0 && running(&text, "waiting") == 1.0 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = invoke(addr, "echo", "still served").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"still served"[..]));
+    // A redeploy with a short limit: its calls count against the same cap, which the first
+    // version's guests still fill, so they wait out their 300 ms and are told why.
+    let r = deploy(addr, "loop", "?timeout_ms=300&max_instances=2").await;
+    assert_eq!(r.status, 201);
+    let t1 = Instant::now();
+    let r = invoke(addr, "loop", "").await;
+    let waited = t1.elapsed();
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (429, "overloaded"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("max_instances"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert!(
+        waited >= Duration::from_millis(290) && waited < Duration::from_millis(2000),
+        "waited {waited:?} with a 300 ms limit"
+    );
+    // The two that ran time out at their limit. The third's limit ends within moments of
+    // theirs: it either got a freed instance and timed out too, or was refused at its limit.
+    let mut answers = Vec::new();
+    for l in loopers {
+        let r = l.await.unwrap();
+        answers.push((r.status, code(&r)));
+    }
+    let timeouts = answers
+        .iter()
+        .filter(|a| **a == (504, "timeout".into()))
+        .count();
+    let refused = answers
+        .iter()
+        .filter(|a| **a == (429, "overloaded".into()))
+        .count();
+    assert!(timeouts >= 2 && timeouts + refused == 3, "{answers:?}");
+    node.shutdown().await.unwrap();
+}
+
 /// Reads from `s` until the server closes it (or 3 s pass) and returns what came.
 async fn read_to_close(s: &mut tokio::net::TcpStream) -> String {
     use tokio::io::AsyncReadExt;

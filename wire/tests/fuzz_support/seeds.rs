@@ -73,6 +73,7 @@ fn info(n: &str) -> FunctionInfo {
         memory_mb: 64,
         size_bytes: 1234,
         deployed_at_ms: 1_700_000_000_000,
+        max_instances: None,
     }
 }
 
@@ -85,6 +86,7 @@ fn info_max() -> FunctionInfo {
         memory_mb: u32::MAX,
         size_bytes: u64::MAX,
         deployed_at_ms: u64::MAX,
+        max_instances: Some(u32::MAX),
     }
 }
 
@@ -262,6 +264,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 module: b"\0asm\x01\0\0\0".to_vec(),
                 timeout_ms: Some(500),
                 memory_mb: None,
+                max_instances: None,
             },
         ),
         (
@@ -271,6 +274,7 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 module: big_bytes(),
                 timeout_ms: None,
                 memory_mb: Some(u32::MAX),
+                max_instances: Some(u32::MAX),
             },
         ),
         (

@@ -97,9 +97,19 @@ pub fn function_info() -> impl Strategy<Value = FunctionInfo> {
         num32(),
         num64(),
         num64(),
+        proptest::option::of(num32()),
     )
         .prop_map(
-            |(name, hash, version, timeout_ms, memory_mb, size_bytes, deployed_at_ms)| {
+            |(
+                name,
+                hash,
+                version,
+                timeout_ms,
+                memory_mb,
+                size_bytes,
+                deployed_at_ms,
+                max_instances,
+            )| {
                 FunctionInfo {
                     name,
                     hash,
@@ -108,6 +118,7 @@ pub fn function_info() -> impl Strategy<Value = FunctionInfo> {
                     memory_mb,
                     size_bytes,
                     deployed_at_ms,
+                    max_instances,
                 }
             },
         )
@@ -339,12 +350,13 @@ fn maybe_key() -> impl Strategy<Value = Option<String>> {
 pub fn client_op() -> impl Strategy<Value = ClientOp> {
     let opt32 = || proptest::option::of(num32());
     prop_oneof![
-        (function_name(), payload(), opt32(), opt32()).prop_map(
-            |(name, module, timeout_ms, memory_mb)| ClientOp::Deploy {
+        (function_name(), payload(), opt32(), opt32(), opt32()).prop_map(
+            |(name, module, timeout_ms, memory_mb, max_instances)| ClientOp::Deploy {
                 name: name.into(),
                 module,
                 timeout_ms,
                 memory_mb,
+                max_instances,
             }
         ),
         (
