@@ -470,15 +470,16 @@ impl ClusterLink {
         let mut pending = entries;
         // An entry can fail for a passing reason (its module's fetch timed out, the compile
         // pool was full): tried again after a short pause, so the node does not count itself
-        // synced while missing a function it could have had. One that still fails is logged
-        // and does not hold the node back any longer (a bad module will not get better).
+        // synced while missing a function it could have had. One refused for good (an invalid
+        // module, a local limit) or that still fails is logged and does not hold the node
+        // back any longer.
         for (attempt, pause) in SYNC_RETRY_PAUSES.iter().map(Some).chain([None]).enumerate() {
             let mut failed = Vec::new();
             for entry in pending {
                 match node.apply_entry(entry.clone(), peer).await {
                     Ok(true) => applied += 1,
                     Ok(false) => {}
-                    Err(e) if pause.is_some() => {
+                    Err(e) if pause.is_some() && may_pass(&e) => {
                         tracing::debug!(%peer, attempt, error = %e, "registry entry not applied yet");
                         failed.push(entry);
                     }
@@ -756,6 +757,18 @@ async fn watch_membership(link: Weak<ClusterLink>) {
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
         }
     }
+}
+
+/// Whether a registry entry that failed to apply may succeed if applied again: the node was
+/// busy or unavailable, or something internal (a module fetch, store I/O) or a time bound
+/// failed. An invalid module, a quota or any other answer about the entry itself would come
+/// back the same.
+fn may_pass(e: &PeerError) -> bool {
+    e.code.is_retryable()
+        || matches!(
+            e.code,
+            ErrorCode::Internal | ErrorCode::Timeout | ErrorCode::CompileTimeout
+        )
 }
 
 /// Pauses before applying again the entries of a registry pull that failed (then once more

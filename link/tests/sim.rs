@@ -84,8 +84,12 @@ struct FakeNode {
     /// Bearer-token records, merged by the product's rule (`TokenBook::apply`).
     tokens: Mutex<TokenBook>,
     tenants: Mutex<BTreeMap<TenantName, TenantEntry>>,
-    /// Registry entries from peers still to be refused (as a module fetch that timed out).
+    /// Registry entries from peers still to be refused, with `failing_code` (by default
+    /// `internal`, as a module fetch that timed out).
     failing_applies: std::sync::atomic::AtomicU32,
+    failing_code: Mutex<ErrorCode>,
+    /// Registry entries from peers it was asked to apply.
+    apply_attempts: std::sync::atomic::AtomicU32,
 }
 
 impl FakeNode {
@@ -100,6 +104,8 @@ impl FakeNode {
             tokens: Mutex::default(),
             tenants: Mutex::default(),
             failing_applies: std::sync::atomic::AtomicU32::new(0),
+            failing_code: Mutex::new(ErrorCode::Internal),
+            apply_attempts: std::sync::atomic::AtomicU32::new(0),
         })
     }
 
@@ -131,12 +137,14 @@ impl LocalNode for FakeNode {
         _peer: &'a NodeName,
     ) -> LocalFuture<'a, Result<bool, ApiError>> {
         Box::pin(async move {
+            self.apply_attempts.fetch_add(1, Ordering::SeqCst);
             let refuse = self
                 .failing_applies
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok();
             if refuse {
-                return Err(ApiError::new(ErrorCode::Internal, "module fetch timed out"));
+                let code = *self.failing_code.lock().unwrap();
+                return Err(ApiError::new(code, "refused by the stand-in"));
             }
             Ok(self.put(entry))
         })
@@ -564,6 +572,34 @@ async fn an_entry_that_fails_to_apply_is_tried_again_before_the_member_counts_it
             applied,
             "a bad entry does not hold the member back forever"
         );
+        c.stop().await;
+    }
+}
+
+/// A refusal that would come back the same (an invalid module, a quota) is not tried again;
+/// one that may pass (internal, overloaded, unavailable, a timeout) is.
+#[tokio::test(start_paused = true)]
+async fn an_entry_refused_for_good_is_tried_once_and_a_passing_failure_again() {
+    for (code, attempts) in [
+        (ErrorCode::InvalidModule, 1),
+        (ErrorCode::QuotaExceeded, 1),
+        (ErrorCode::Overloaded, 2),
+        (ErrorCode::Internal, 2),
+    ] {
+        let mut c = Cluster::start(0, &["a", "b", "c"], &["b"]);
+        c.node("b").put(entry(info("f", 1, 1, 10), false, "b"));
+        let a = FakeNode::new("a");
+        a.failing_applies.store(1, Ordering::SeqCst);
+        *a.failing_code.lock().unwrap() = code;
+        c.boot("a", a);
+        sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            c.node("a").apply_attempts.load(Ordering::SeqCst),
+            attempts,
+            "{code}"
+        );
+        assert_eq!(c.node("a").get("f").is_some(), attempts == 2, "{code}");
+        assert!(c.link("a").registry_synced(), "{code}");
         c.stop().await;
     }
 }

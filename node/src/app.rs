@@ -55,6 +55,9 @@ pub struct App {
     result_expiry: std::sync::Mutex<HashMap<tern_tenancy::TenantName, u64>>,
     /// This node's parts of tenants' cluster-wide quotas (rate buckets, `max_concurrent`).
     pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
+    /// Wakes the janitor early: a tenant was removed, or a function of a removed tenant
+    /// arrived, so there may be functions to remove with their tenant.
+    pub janitor_wake: tokio::sync::Notify,
 }
 
 /// The largest per-function `max_instances` a deploy may ask for: far above any node's
@@ -300,6 +303,7 @@ impl App {
             journal_room: std::sync::Mutex::new(()),
             result_expiry: std::sync::Mutex::default(),
             cluster_quotas: crate::cluster_quotas::ClusterQuotas::new(),
+            janitor_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -496,6 +500,9 @@ impl App {
         match prepared {
             Some(prepared) => {
                 runtime.install(entry.info.clone(), prepared);
+                if self.tenants.is_removed(&entry.info.name.tenant()) {
+                    self.janitor_wake.notify_one();
+                }
             }
             None => {
                 runtime.remove(&entry.info.name);
@@ -737,8 +744,41 @@ impl App {
                 runtime.remove_tenant(entry.name());
                 self.cluster_quotas.remove(entry.name());
                 self.services().metrics.retire_tenant(entry.name().as_str());
+                // Functions of it that this node has (deployed elsewhere before the removal
+                // was known there) go with it.
+                self.janitor_wake.notify_one();
             }
         }
+    }
+
+    /// Removes every function whose tenant was removed, as a removal made here (a
+    /// tombstone, announced): a tenant is removed only when it owns no function on the
+    /// node that removes it, but a deploy on another member that had not yet learnt of the
+    /// removal, or an entry still in flight, can leave one behind. Every member that finds
+    /// one removes it, and their tombstones agree by the registry's last-writer-wins rule.
+    /// A function whose tenant is merely unknown here (its record still replicating) stays.
+    /// How many were removed.
+    pub async fn remove_functions_of_removed_tenants(&self) -> Result<usize, NodeError> {
+        let orphans: Vec<FunctionName> = self
+            .store
+            .functions()?
+            .into_iter()
+            .filter(|e| !e.removed && self.tenants.is_removed(&e.info.name.tenant()))
+            .map(|e| e.info.name)
+            .collect();
+        let mut removed = 0;
+        for name in orphans {
+            match self.remove(&name).await {
+                Ok(_) => {
+                    removed += 1;
+                    tracing::info!(function = %name, "removed a function whose tenant was removed");
+                }
+                // Removed meanwhile by an entry from a peer.
+                Err(e) if e.to_api().code == tern_wire::ErrorCode::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     /// After tenants or tokens changed on this node (an API call): the runtime takes the

@@ -210,7 +210,13 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         async move {
             let mut tick = tokio::time::interval(crate::app::EXPIRY_SWEEP_INTERVAL);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = app.janitor_wake.notified() => {}
+                }
+                if let Err(e) = app.remove_functions_of_removed_tenants().await {
+                    tracing::warn!(error = %e, "cannot remove functions of removed tenants");
+                }
                 if let Err(e) = app.expire_results() {
                     tracing::warn!(error = %e, "cannot expire old results");
                 }

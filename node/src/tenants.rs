@@ -206,6 +206,11 @@ impl Tenants {
         self.read().get(name).is_some_and(TenantEntry::is_live)
     }
 
+    /// Whether `name` is known here as removed (a tombstone), not merely unknown.
+    pub fn is_removed(&self, name: &TenantName) -> bool {
+        self.read().get(name).is_some_and(|e| !e.is_live())
+    }
+
     /// The live tenants, by name.
     pub fn list(&self) -> Vec<Tenant> {
         self.read()

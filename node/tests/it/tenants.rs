@@ -979,3 +979,72 @@ async fn a_tenant_over_its_rate_gets_429_with_retry_after_and_other_tenants_do_n
     assert_eq!(r.status, 400, "{}", body(&r));
     assert!(body(&r).contains("rate"), "{}", body(&r));
 }
+
+/// A tenant removed on another member that had not yet seen one of its functions: when the
+/// removal arrives here, the function goes with it (a tombstone made here, so it
+/// replicates). A function whose tenant is merely unknown stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_tenant_removal_takes_the_tenants_remaining_functions_with_it() {
+    use tern_link::LocalNode;
+    let n = node_with_tokens().await;
+    let addr = n.node.addr();
+    acme_with_work(&n, "{}").await;
+    let app = n.node.app();
+    let work: tern_wire::FunctionName = "acme.work".parse().unwrap();
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    // A function of a tenant this node has not heard of yet is left alone.
+    let mut stray = app.store.function(&work).unwrap().unwrap();
+    stray.info.name = "later.f".parse().unwrap();
+    stray.origin = "elsewhere".into();
+    let peer: tern_cluster::NodeName = "elsewhere".parse().unwrap();
+    assert!(app.apply_entry(stray, &peer).await.unwrap());
+    // The removal as another member made it.
+    let live = app
+        .tenants
+        .entries()
+        .into_iter()
+        .find(|e| e.name() == &acme)
+        .unwrap();
+    let tombstone = live.remove(live.tenant.updated_at_ms + 1, "elsewhere");
+    app.apply_tenancy(tern_wire::peer::TenancyRecords {
+        tenants: vec![tombstone],
+        tokens: Vec::new(),
+    })
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = with_token(
+            addr,
+            Method::GET,
+            "/v1/functions/acme.work",
+            Some(&n.admin),
+            "",
+        )
+        .await;
+        if r.status == 404 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "acme.work still there: {}",
+            body(&r)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let entry = app.store.function(&work).unwrap().unwrap();
+    assert!(entry.removed, "a tombstone, not a deleted record");
+    assert_eq!(
+        entry.origin, app.config.node_name,
+        "made here, so it replicates"
+    );
+    let later = app
+        .store
+        .function(&"later.f".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert!(
+        !later.removed,
+        "a tenant not yet known is not a removed one"
+    );
+    n.node.shutdown().await.unwrap();
+}
