@@ -168,8 +168,8 @@ impl Hierarchy {
     }
 }
 
-/// One cell's cgroup.
-#[derive(Debug)]
+/// One cell's cgroup (a handle: its directories).
+#[derive(Clone, Debug)]
 pub struct CellCgroup {
     version: CgroupVersion,
     dirs: BTreeMap<Controller, PathBuf>,

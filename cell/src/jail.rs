@@ -105,6 +105,11 @@ pub fn enter(spec: &JailSpec) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether this process runs as root (then a cell needs no user namespace).
+pub fn is_root() -> bool {
+    Uid::effective().is_root()
+}
+
 /// Drops every capability from every set (bounding first, while `CAP_SETPCAP` is still
 /// held) and sets `no_new_privs`, so nothing the cell runs can gain one back.
 pub fn drop_privileges() -> Result<(), Error> {

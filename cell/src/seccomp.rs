@@ -70,6 +70,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_exit_group,
     libc::SYS_getrandom,
     libc::SYS_prlimit64,
+    // The slow lane lowers its threads' priority (raising it needs a capability the cell has
+    // not got; its PID namespace holds only its own threads).
+    libc::SYS_setpriority,
+    libc::SYS_getpriority,
     // Signals: wasmtime's trap handlers, and a thread signalling itself (abort).
     libc::SYS_rt_sigaction,
     libc::SYS_rt_sigprocmask,
@@ -83,6 +87,9 @@ const ALLOWED: &[libc::c_long] = &[
 const ALLOWED_X86_64: &[libc::c_long] = &[libc::SYS_poll, libc::SYS_epoll_wait];
 #[cfg(not(target_arch = "x86_64"))]
 const ALLOWED_X86_64: &[libc::c_long] = &[];
+
+/// `prctl(PR_GET_AUXV)` (Linux 6.4; not in the libc crate yet).
+const PR_GET_AUXV: u64 = 0x4155_5856;
 
 /// The compiled filters, in the order they are installed.
 pub struct Policy {
@@ -130,12 +137,14 @@ impl Policy {
             libc::SYS_ioctl,
             vec![rule(vec![cond(1, SeccompCmpOp::Eq, libc::FIONBIO)?])?],
         );
-        // Thread names, nothing else.
+        // Thread names, and reading the process's own auxiliary vector (CPU feature
+        // detection asks for it), nothing else.
         rules.insert(
             libc::SYS_prctl,
             vec![
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?])?,
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_GET_NAME as u64)?])?,
+                rule(vec![cond(0, SeccompCmpOp::Eq, PR_GET_AUXV)?])?,
             ],
         );
         let allow_list = SeccompFilter::new(

@@ -403,19 +403,7 @@ impl Runtime {
                 self.load_artifact(&path).await?
             }
         };
-        let checked = if matches!(
-            module.get_export("_start"),
-            Some(wasmtime::ExternType::Func(_))
-        ) {
-            self.linker
-                .instantiate_pre(&module)
-                .map_err(|e| Error::InvalidModule(format!("{e:#}")))
-        } else {
-            Err(Error::InvalidModule(
-                "not a WASI command: it exports no `_start` function".into(),
-            ))
-        };
-        let pre = match checked {
+        let pre = match self.command_pre(&module) {
             Ok(pre) => pre,
             Err(e) => {
                 // A module refused after compiling leaves nothing on disk: a caller sending
@@ -430,6 +418,39 @@ impl Runtime {
             compiled,
             pre,
         })
+    }
+
+    /// Loads the artifact another runtime with the same engine settings compiled for module
+    /// `hash` (`size_bytes` long), without compiling and without writing anything: how a
+    /// cell, whose artifact directory is read-only, gets a function the node deployed.
+    pub async fn load_compiled(
+        &self,
+        hash: ModuleHash,
+        size_bytes: u64,
+    ) -> Result<Prepared, Error> {
+        let module = self.load_artifact(&self.artifact_path(&hash)).await?;
+        Ok(Prepared {
+            hash,
+            size_bytes,
+            compiled: false,
+            pre: self.command_pre(&module)?,
+        })
+    }
+
+    /// `module` linked against the host, if it is a WASI command.
+    fn command_pre(&self, module: &Module) -> Result<InstancePre<HostState>, Error> {
+        if matches!(
+            module.get_export("_start"),
+            Some(wasmtime::ExternType::Func(_))
+        ) {
+            self.linker
+                .instantiate_pre(module)
+                .map_err(|e| Error::InvalidModule(format!("{e:#}")))
+        } else {
+            Err(Error::InvalidModule(
+                "not a WASI command: it exports no `_start` function".into(),
+            ))
+        }
     }
 
     async fn compile_to(&self, bytes: &Bytes, path: &Path) -> Result<(), Error> {

@@ -1,0 +1,24 @@
+use std::time::Duration;
+
+use tern_wire::ApiError;
+
+/// Everything that can go wrong with a cell process.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("starting a cell: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Its cgroup could not be made or joined.
+    #[error("cell: {0}")]
+    Cell(#[from] tern_cell::Error),
+    #[error("the cell was not ready within {0:?}")]
+    StartTimeout(Duration),
+    /// The cell died (killed, crashed, a seccomp violation, the OOM killer) or broke the
+    /// protocol and was killed; what the node saw.
+    #[error("isolation fault: {0}")]
+    CellExited(String),
+    #[error("cell protocol: {0}")]
+    Protocol(String),
+    /// The cell answered with an error of its own runtime (the guest trapped, timed out…).
+    #[error("{0}")]
+    Guest(ApiError),
+}

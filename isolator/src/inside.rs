@@ -1,0 +1,402 @@
+//! The cell's own process: waits for the node's go, jails itself, starts the WebAssembly
+//! runtime, closes the last gates (capabilities, seccomp) and serves the node's requests on
+//! its standard input and output until the node closes them.
+//!
+//! Order matters: the jail forks, so it comes while the process is single-threaded; the
+//! runtime opens and maps artifacts and starts its threads (tokio workers, the epoch ticker,
+//! the slow lane) before the seccomp filter is installed, and every thread started later
+//! inherits the filter.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_runtime::isolation::InProcess;
+use tern_runtime::{MemoryProfile, Meu, Runtime, RuntimeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::proto::{FromCell, GO, Outcome, ToCell};
+
+/// Answers queued for the node before the cell stops reading (a slow node holds back the
+/// cell, not the other way round).
+const ANSWER_QUEUE: usize = 256;
+
+/// How a cell is configured: built by the node ([`CellArgs::to_args`]) and parsed by the cell
+/// ([`CellArgs::parse`]). The engine settings must be the node's, or the artifacts the node
+/// compiled are not the cell's (their file names carry the engine's compatibility hash).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CellArgs {
+    pub artifacts: PathBuf,
+    pub root: PathBuf,
+    pub hostname: String,
+    pub user_namespace: bool,
+    /// Given to guests as `TERN_NODE`.
+    pub node_name: String,
+    pub max_instances: u32,
+    pub memory_budget_mb: u64,
+    pub max_memory_mb: u32,
+    pub keep_resident_bytes: usize,
+    pub max_output_bytes: usize,
+    pub memory_profile: MemoryProfile,
+    pub epoch_tick: Duration,
+    /// Largest frame either side accepts.
+    pub max_frame: usize,
+    /// `RLIMIT_NOFILE` inside the cell.
+    pub max_open_files: u64,
+}
+
+impl CellArgs {
+    /// A cell for a node running `cfg`, building its root in `root`.
+    pub fn for_node(cfg: &RuntimeConfig, root: PathBuf, max_frame: usize) -> Self {
+        Self {
+            artifacts: cfg.artifact_dir.clone(),
+            root,
+            hostname: "cell".into(),
+            user_namespace: !tern_cell::jail::is_root(),
+            node_name: cfg.node_name.clone(),
+            max_instances: cfg.max_instances,
+            memory_budget_mb: cfg.memory_budget_mb,
+            max_memory_mb: cfg.max_memory_mb,
+            keep_resident_bytes: cfg.keep_resident_bytes,
+            max_output_bytes: cfg.max_output_bytes,
+            memory_profile: cfg.memory_profile,
+            epoch_tick: cfg.epoch_tick,
+            max_frame,
+            max_open_files: 64,
+        }
+    }
+
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--artifacts".into(),
+            self.artifacts.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+            "--hostname".into(),
+            self.hostname.clone(),
+            "--node-name".into(),
+            self.node_name.clone(),
+            "--max-instances".into(),
+            self.max_instances.to_string(),
+            "--memory-budget-mb".into(),
+            self.memory_budget_mb.to_string(),
+            "--max-memory-mb".into(),
+            self.max_memory_mb.to_string(),
+            "--keep-resident-bytes".into(),
+            self.keep_resident_bytes.to_string(),
+            "--max-output-bytes".into(),
+            self.max_output_bytes.to_string(),
+            "--memory-profile".into(),
+            self.memory_profile.as_str().into(),
+            "--epoch-tick-us".into(),
+            self.epoch_tick.as_micros().to_string(),
+            "--max-frame".into(),
+            self.max_frame.to_string(),
+            "--max-open-files".into(),
+            self.max_open_files.to_string(),
+        ];
+        if self.user_namespace {
+            a.push("--user-namespace".into());
+        }
+        a
+    }
+
+    pub fn parse(args: &[String]) -> Result<Self, String> {
+        let mut values: HashMap<&str, &str> = HashMap::new();
+        let mut user_namespace = false;
+        let mut it = args.iter();
+        while let Some(key) = it.next() {
+            if key == "--user-namespace" {
+                user_namespace = true;
+                continue;
+            }
+            let name = key
+                .strip_prefix("--")
+                .ok_or_else(|| format!("unexpected argument {key:?}"))?;
+            let value = it.next().ok_or_else(|| format!("{key} needs a value"))?;
+            values.insert(name, value);
+        }
+        let text = |k: &str| {
+            values
+                .get(k)
+                .map(|v| (*v).to_owned())
+                .ok_or_else(|| format!("--{k} is missing"))
+        };
+        fn num<T: std::str::FromStr>(k: &str, v: String) -> Result<T, String> {
+            v.parse()
+                .map_err(|_| format!("--{k} {v:?} is not a number"))
+        }
+        let memory_profile = match text("memory-profile")?.as_str() {
+            "guard-pages" => MemoryProfile::GuardPages,
+            "explicit-bounds" => MemoryProfile::ExplicitBounds,
+            other => return Err(format!("--memory-profile {other:?} is unknown")),
+        };
+        Ok(Self {
+            artifacts: text("artifacts")?.into(),
+            root: text("root")?.into(),
+            hostname: text("hostname")?,
+            user_namespace,
+            node_name: text("node-name")?,
+            max_instances: num("max-instances", text("max-instances")?)?,
+            memory_budget_mb: num("memory-budget-mb", text("memory-budget-mb")?)?,
+            max_memory_mb: num("max-memory-mb", text("max-memory-mb")?)?,
+            keep_resident_bytes: num("keep-resident-bytes", text("keep-resident-bytes")?)?,
+            max_output_bytes: num("max-output-bytes", text("max-output-bytes")?)?,
+            memory_profile,
+            epoch_tick: Duration::from_micros(num("epoch-tick-us", text("epoch-tick-us")?)?),
+            max_frame: num("max-frame", text("max-frame")?)?,
+            max_open_files: num("max-open-files", text("max-open-files")?)?,
+        })
+    }
+
+    fn runtime_config(&self) -> RuntimeConfig {
+        let mut cfg = RuntimeConfig::new(self.node_name.clone(), self.artifacts_inside());
+        cfg.max_instances = self.max_instances;
+        cfg.memory_budget_mb = self.memory_budget_mb;
+        cfg.max_memory_mb = self.max_memory_mb;
+        cfg.keep_resident_bytes = self.keep_resident_bytes;
+        cfg.max_output_bytes = self.max_output_bytes;
+        cfg.memory_profile = self.memory_profile;
+        cfg.epoch_tick = self.epoch_tick;
+        cfg
+    }
+
+    fn artifacts_inside(&self) -> PathBuf {
+        PathBuf::from(tern_cell::ARTIFACTS)
+    }
+}
+
+/// The cell process's main: its exit code. 0 when the node closed the connection; 2 for
+/// bad arguments or no go; 3 when a layer could not be built (the message on stderr).
+pub fn main(args: &[String]) -> i32 {
+    let args = match CellArgs::parse(args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tern cell: {e}");
+            return 2;
+        }
+    };
+    let mut go = [0u8; 1];
+    if std::io::stdin().read_exact(&mut go).is_err() || go[0] != GO {
+        eprintln!("tern cell: no go from the node");
+        return 2;
+    }
+    let spec = tern_cell::JailSpec {
+        root: args.root.clone(),
+        artifacts: Some(args.artifacts.clone()),
+        hostname: args.hostname.clone(),
+        max_open_files: args.max_open_files,
+        user_namespace: args.user_namespace,
+    };
+    if let Err(e) = tern_cell::enter(&spec) {
+        eprintln!("tern cell: jail: {e}");
+        return 3;
+    }
+    let threads = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    match threads {
+        Ok(rt) => rt.block_on(serve(args)),
+        Err(e) => {
+            eprintln!("tern cell: tokio: {e}");
+            3
+        }
+    }
+}
+
+async fn serve(args: CellArgs) -> i32 {
+    let runtime = match Runtime::new(
+        args.runtime_config(),
+        Arc::new(tern_metrics::Metrics::default()),
+    ) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tern cell: runtime: {e}");
+            return 3;
+        }
+    };
+    let gates = tern_cell::drop_privileges()
+        .and_then(|()| tern_cell::Policy::cell())
+        .and_then(|p| p.install());
+    if let Err(e) = gates {
+        eprintln!("tern cell: {e}");
+        return 3;
+    }
+    let stream = match std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::os::unix::net::UnixStream::from)
+        .and_then(|s| {
+            s.set_nonblocking(true)?;
+            tokio::net::UnixStream::from_std(s)
+        }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tern cell: the node's socket: {e}");
+            return 3;
+        }
+    };
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<FromCell>(ANSWER_QUEUE);
+    let max_frame = args.max_frame;
+    let writing = tokio::spawn(async move {
+        while let Some(answer) = rx.recv().await {
+            let frame = tern_wire::encode(&answer, max_frame)
+                .and_then(|b| tern_wire::encode_frame(&b, max_frame));
+            let frame = match frame {
+                Ok(f) => f,
+                // An answer too large to send (an output over the frame limit) becomes an
+                // error answer with the same id, so the node is never left waiting.
+                Err(e) => match too_large(answer, &e.to_string())
+                    .and_then(|a| tern_wire::encode(&a, max_frame).ok())
+                    .and_then(|b| tern_wire::encode_frame(&b, max_frame).ok())
+                {
+                    Some(f) => f,
+                    None => continue,
+                },
+            };
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    if tx.send(FromCell::Ready).await.is_err() {
+        return 0;
+    }
+    let sandbox = InProcess {
+        max_output_bytes: args.max_output_bytes,
+    };
+    let running: Arc<Mutex<HashMap<u64, tokio::task::AbortHandle>>> = Arc::default();
+    let mut decoder = tern_wire::FrameDecoder::new(args.max_frame);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let frame = match decoder.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if decoder.push(&buf[..n]).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            },
+            Err(_) => break,
+        };
+        let Ok(request) = tern_wire::decode::<ToCell>(&frame, args.max_frame) else {
+            break;
+        };
+        match request {
+            ToCell::Install { id, info } => {
+                let result = runtime
+                    .load_compiled(info.hash, info.size_bytes)
+                    .await
+                    .map(|prepared| {
+                        runtime.install(info, prepared);
+                    })
+                    .map_err(|e| e.to_api());
+                if tx.send(FromCell::Installed { id, result }).await.is_err() {
+                    break;
+                }
+            }
+            ToCell::Remove(name) => {
+                runtime.remove(&name);
+            }
+            ToCell::Run {
+                id,
+                function,
+                input,
+                items,
+            } => {
+                let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
+                let sandbox = sandbox.clone();
+                let task = tokio::spawn(async move {
+                    let meu =
+                        Meu::new(id.to_string(), function, Bytes::from(input), items as usize);
+                    let result = runtime
+                        .execute(meu, &sandbox)
+                        .await
+                        .map(|o| Outcome {
+                            output: o.output.to_vec(),
+                            cold_start: o.cold_start,
+                            timings: o.timings,
+                        })
+                        .map_err(|e| e.to_api());
+                    running_map
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    let _ = tx.send(FromCell::Ran { id, result }).await;
+                });
+                running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id, task.abort_handle());
+            }
+            ToCell::Cancel { id } => {
+                if let Some(task) = running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id)
+                {
+                    task.abort();
+                }
+            }
+        }
+    }
+    // The node went away (or broke the protocol): nothing more will be asked or read.
+    drop(tx);
+    writing.abort();
+    0
+}
+
+/// The error answer for an answer that cannot be sent as it is.
+fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
+    let error = tern_wire::ApiError::new(
+        tern_wire::ErrorCode::OutputTooLarge,
+        format!("the answer does not fit the cell's frame limit: {why}"),
+    );
+    match answer {
+        FromCell::Ran { id, .. } => Some(FromCell::Ran {
+            id,
+            result: Err(error),
+        }),
+        FromCell::Installed { id, .. } => Some(FromCell::Installed {
+            id,
+            result: Err(error),
+        }),
+        FromCell::Ready => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn cell_arguments_round_trip_and_bad_ones_are_named() {
+        let mut cfg = RuntimeConfig::new("n1", "/data/artifacts");
+        cfg.memory_profile = MemoryProfile::ExplicitBounds;
+        cfg.max_instances = 7;
+        let args = CellArgs::for_node(&cfg, "/data/cells/acme".into(), 1 << 20);
+        assert_eq!(CellArgs::parse(&args.to_args()).unwrap(), args);
+        let mut bad = args.to_args();
+        let at = bad.iter().position(|a| a == "--max-instances").unwrap();
+        bad[at + 1] = "many".into();
+        assert_eq!(
+            CellArgs::parse(&bad).unwrap_err(),
+            "--max-instances \"many\" is not a number"
+        );
+        assert_eq!(
+            CellArgs::parse(&["--root".into()]).unwrap_err(),
+            "--root needs a value"
+        );
+    }
+}

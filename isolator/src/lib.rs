@@ -1,0 +1,19 @@
+//! `tern-isolator`: cell processes, both sides.
+//!
+//! - [`process`]: the node's [`CellProcess`]: starts a cell in its cgroup, installs
+//!   functions, runs MEUs with a bound on those in flight, cancels what callers abandon, and
+//!   answers every waiting caller with [`Error::CellExited`] when the cell dies;
+//! - [`inside`]: the cell's own main: go, jail, runtime, privileges dropped, seccomp, serve;
+//! - [`proto`]: the frames between them.
+//!
+//! The layers themselves are `tern-cell`'s. The node's Isolator actor will own cells through
+//! this crate; until then guests run in-process.
+
+pub mod error;
+pub mod inside;
+pub mod process;
+pub mod proto;
+
+pub use error::Error;
+pub use inside::CellArgs;
+pub use process::{CellProcess, CellSpec};

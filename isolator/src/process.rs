@@ -1,0 +1,416 @@
+//! The node's handle on one cell process: starts it in its cgroup, installs functions in
+//! it, runs MEUs in it with a bounded number in flight, and turns its death into typed errors
+//! for every caller waiting on it.
+//!
+//! Trust: a cell runs strangers' code, so its answers are checked like a peer's: frames are
+//! bounded and must decode, an answer must name an id this handle is waiting on with the
+//! kind of request it sent. Anything else ends the cell (`SIGKILL`), and every waiting caller
+//! gets [`Error::CellExited`].
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tern_cell::{CellCgroup, CellLimits, Hierarchy};
+use tern_wire::{ApiError, FunctionInfo, FunctionName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::error::Error;
+use crate::inside::CellArgs;
+use crate::proto::{FromCell, GO, Outcome, ToCell};
+
+/// Requests queued for the cell's socket.
+const REQUEST_QUEUE: usize = 256;
+
+/// How to start a cell.
+#[derive(Clone, Debug)]
+pub struct CellSpec {
+    /// Names the cell's cgroup (`[a-z0-9_-]`, at most 64).
+    pub name: String,
+    /// The executable whose main is [`crate::inside::main`] (the node's own binary with its
+    /// `cell` subcommand, or `tern-cell`), and the arguments before the cell's own.
+    pub program: PathBuf,
+    pub program_args: Vec<String>,
+    pub args: CellArgs,
+    pub limits: CellLimits,
+    /// MEUs sent to the cell and not answered yet, at most.
+    pub max_in_flight: usize,
+    /// From spawn to the cell's `Ready`.
+    pub start_timeout: Duration,
+}
+
+/// What a waiting caller is owed.
+enum Waiting {
+    Install(oneshot::Sender<Result<(), ApiError>>),
+    Run(oneshot::Sender<Result<Outcome, ApiError>>),
+}
+
+struct Shared {
+    waiting: Mutex<HashMap<u64, Waiting>>,
+    /// Set once the cell is gone (with why); waiting callers are answered then, new ones
+    /// refused.
+    ended: watch::Sender<Option<String>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The cell is gone: every waiting caller learns why.
+    fn end(&self, why: String) {
+        self.ended.send_replace(Some(why.clone()));
+        for (_, waiting) in self.lock().drain() {
+            let error = ApiError::new(tern_wire::ErrorCode::Internal, why.clone());
+            match waiting {
+                Waiting::Install(tx) => drop(tx.send(Err(error))),
+                Waiting::Run(tx) => drop(tx.send(Err(error))),
+            }
+        }
+    }
+}
+
+/// One running cell.
+pub struct CellProcess {
+    name: String,
+    pid: u32,
+    cgroup: CellCgroup,
+    requests: mpsc::Sender<ToCell>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    in_flight: Semaphore,
+    kill: mpsc::Sender<()>,
+    exit: watch::Receiver<Option<std::process::ExitStatus>>,
+}
+
+impl CellProcess {
+    /// Starts a cell: spawns it, puts it in its cgroup (created under `hierarchy` with the
+    /// spec's limits), lets it jail itself and waits for its `Ready`.
+    pub async fn start(hierarchy: &Hierarchy, spec: CellSpec) -> Result<Arc<Self>, Error> {
+        let (node_end, cell_end) = std::os::unix::net::UnixStream::pair().map_err(Error::Spawn)?;
+        let cell_in = OwnedFd::from(cell_end.try_clone().map_err(Error::Spawn)?);
+        let cell_out = OwnedFd::from(cell_end);
+        let mut child = tokio::process::Command::new(&spec.program)
+            .args(&spec.program_args)
+            .args(spec.args.to_args())
+            .stdin(Stdio::from(cell_in))
+            .stdout(Stdio::from(cell_out))
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(Error::Spawn)?;
+        let pid = child
+            .id()
+            .ok_or(Error::Protocol("the cell exited at once".into()))?;
+        let placed = hierarchy
+            .create(&spec.name, &spec.limits)
+            .and_then(|cgroup| cgroup.add_process(pid).map(|()| cgroup));
+        let cgroup = match placed {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = child.start_kill();
+                return Err(Error::Cell(e));
+            }
+        };
+        node_end.set_nonblocking(true).map_err(Error::Spawn)?;
+        let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::Spawn)?;
+        let (mut reader, mut writer) = stream.into_split();
+        writer.write_all(&[GO]).await.map_err(Error::Spawn)?;
+
+        let shared = Arc::new(Shared {
+            waiting: Mutex::default(),
+            ended: watch::channel(None).0,
+        });
+        let (requests, mut outgoing) = mpsc::channel::<ToCell>(REQUEST_QUEUE);
+        let max_frame = spec.args.max_frame;
+        tokio::spawn(async move {
+            while let Some(request) = outgoing.recv().await {
+                let frame = tern_wire::encode(&request, max_frame)
+                    .and_then(|b| tern_wire::encode_frame(&b, max_frame));
+                // Callers check sizes before queueing; a request that still does not fit is
+                // dropped here and its caller answered by the reader's end of the cell.
+                let Ok(frame) = frame else { continue };
+                if writer.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // The child is owned by one task: it kills on request, reaps, and reports.
+        let (kill, mut kills) = mpsc::channel::<()>(1);
+        let (exit_tx, exit) = watch::channel(None);
+        {
+            let (shared, cgroup) = (shared.clone(), cgroup.clone());
+            tokio::spawn(async move {
+                let status = tokio::select! {
+                    status = child.wait() => status,
+                    _ = kills.recv() => {
+                        let _ = child.start_kill();
+                        child.wait().await
+                    }
+                };
+                let why = match &status {
+                    Ok(s) => format!("the cell exited ({})", describe(s)),
+                    Err(e) => format!("the cell could not be waited for: {e}"),
+                };
+                shared.end(why);
+                remove_when_empty(cgroup).await;
+                exit_tx.send_replace(status.ok());
+            });
+        }
+        let (ready_tx, ready_rx) = oneshot::channel();
+        {
+            let (shared, kill) = (shared.clone(), kill.clone());
+            tokio::spawn(async move {
+                let why = read_answers(&mut reader, max_frame, &shared, ready_tx).await;
+                // Whatever ended the conversation, the cell is of no further use.
+                let _ = kill.try_send(());
+                shared.end(why);
+            });
+        }
+        let cell = Arc::new(Self {
+            name: spec.name,
+            pid,
+            cgroup,
+            requests,
+            shared,
+            next_id: AtomicU64::new(1),
+            in_flight: Semaphore::new(spec.max_in_flight.max(1)),
+            kill,
+            exit,
+        });
+        match tokio::time::timeout(spec.start_timeout, ready_rx).await {
+            Ok(Ok(())) => Ok(cell),
+            Ok(Err(_)) => Err(Error::CellExited(cell.wait_exit().await)),
+            Err(_) => {
+                cell.kill();
+                Err(Error::StartTimeout(spec.start_timeout))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The cell's process as the node sees it (the one that waits for the cell's PID 1).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn cgroup(&self) -> &CellCgroup {
+        &self.cgroup
+    }
+
+    /// Makes `info` callable in the cell (its artifact must be in the artifact directory).
+    pub async fn install(&self, info: FunctionInfo) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(id, Waiting::Install(tx), ToCell::Install { id, info })
+            .await?;
+        self.answer(rx).await
+    }
+
+    pub async fn remove(&self, name: FunctionName) -> Result<(), Error> {
+        self.requests
+            .send(ToCell::Remove(name))
+            .await
+            .map_err(|_| self.ended())
+    }
+
+    /// Runs one MEU of `function` in the cell. At most `max_in_flight` wait for the cell at
+    /// once; the rest wait for their turn here. Dropped before the answer (the caller went
+    /// away), the MEU is cancelled in the cell.
+    pub async fn run(
+        &self,
+        function: FunctionName,
+        input: Vec<u8>,
+        items: u32,
+    ) -> Result<Outcome, Error> {
+        let _permit = self.in_flight.acquire().await.map_err(|_| self.ended())?;
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.send(
+            id,
+            Waiting::Run(tx),
+            ToCell::Run {
+                id,
+                function,
+                input,
+                items,
+            },
+        )
+        .await?;
+        let mut cancel = CancelOnDrop {
+            id: Some(id),
+            cell: self,
+        };
+        let answer = self.answer(rx).await;
+        cancel.id = None;
+        answer
+    }
+
+    /// Kills the cell; every waiting caller gets [`Error::CellExited`].
+    pub fn kill(&self) {
+        let _ = self.kill.try_send(());
+    }
+
+    /// Waits until the cell process has exited; how it ended.
+    pub async fn wait_exit(&self) -> String {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(status) => status.as_ref().map_or_else(String::new, describe),
+            Err(_) => "unknown".into(),
+        }
+    }
+
+    /// Whether the cell has ended.
+    pub fn has_ended(&self) -> bool {
+        self.shared.ended.borrow().is_some()
+    }
+
+    async fn send(&self, id: u64, waiting: Waiting, request: ToCell) -> Result<(), Error> {
+        {
+            // Registered under the same lock `end` drains, so a caller is either answered by
+            // the end or sees it here.
+            let mut map = self.shared.lock();
+            if self.has_ended() {
+                return Err(self.ended());
+            }
+            map.insert(id, waiting);
+        }
+        if self.requests.send(request).await.is_err() {
+            self.shared.lock().remove(&id);
+            return Err(self.ended());
+        }
+        Ok(())
+    }
+
+    async fn answer<T>(&self, rx: oneshot::Receiver<Result<T, ApiError>>) -> Result<T, Error> {
+        match rx.await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if self.has_ended() && e.code == tern_wire::ErrorCode::Internal => {
+                Err(Error::CellExited(e.message))
+            }
+            Ok(Err(e)) => Err(Error::Guest(e)),
+            Err(_) => Err(self.ended()),
+        }
+    }
+
+    fn ended(&self) -> Error {
+        Error::CellExited(
+            self.shared
+                .ended
+                .borrow()
+                .clone()
+                .unwrap_or_else(|| "the cell is stopping".into()),
+        )
+    }
+}
+
+impl Drop for CellProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Cancels MEU `id` in the cell unless the answer came (then `id` is taken out first).
+struct CancelOnDrop<'a> {
+    id: Option<u64>,
+    cell: &'a CellProcess,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.cell.shared.lock().remove(&id);
+            // Best effort: a full queue means the cell is far behind, and the answer, when
+            // it comes, names an id no one waits for any more (dropped, not a violation).
+            let _ = self.cell.requests.try_send(ToCell::Cancel { id });
+        }
+    }
+}
+
+/// Reads the cell's answers until the stream ends or the cell breaks the protocol; why it
+/// stopped.
+async fn read_answers(
+    reader: &mut tokio::net::unix::OwnedReadHalf,
+    max_frame: usize,
+    shared: &Shared,
+    ready: oneshot::Sender<()>,
+) -> String {
+    let mut ready = Some(ready);
+    let mut decoder = tern_wire::FrameDecoder::new(max_frame);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let frame = match decoder.next_frame() {
+            Ok(Some(f)) => f,
+            Ok(None) => match reader.read(&mut buf).await {
+                Ok(0) => return "the cell closed its socket".into(),
+                Err(e) => return format!("reading from the cell: {e}"),
+                Ok(n) => {
+                    if let Err(e) = decoder.push(&buf[..n]) {
+                        return format!("the cell sent a bad frame: {e}");
+                    }
+                    continue;
+                }
+            },
+            Err(e) => return format!("the cell sent a bad frame: {e}"),
+        };
+        let answer = match tern_wire::decode::<FromCell>(&frame, max_frame) {
+            Ok(a) => a,
+            Err(e) => return format!("the cell sent an undecodable answer: {e}"),
+        };
+        match answer {
+            FromCell::Ready => match ready.take() {
+                Some(tx) => drop(tx.send(())),
+                None => return "the cell said ready twice".into(),
+            },
+            FromCell::Installed { id, result } => match shared.lock().remove(&id) {
+                Some(Waiting::Install(tx)) => drop(tx.send(result)),
+                Some(Waiting::Run(_)) => {
+                    return format!("the cell answered run {id} as an install");
+                }
+                None => return format!("the cell answered install {id}, which was not asked"),
+            },
+            FromCell::Ran { id, result } => match shared.lock().remove(&id) {
+                Some(Waiting::Run(tx)) => drop(tx.send(result)),
+                Some(Waiting::Install(_)) => {
+                    return format!("the cell answered install {id} as a run");
+                }
+                // A cancelled run whose answer crossed the cancel: nobody waits for it.
+                None => {}
+            },
+        }
+    }
+}
+
+/// Removes a dead cell's cgroup once the kernel has taken its last process out (the cell's
+/// PID 1 dies with its parent, a moment after it); left in place, and logged, if that takes
+/// longer than a second.
+async fn remove_when_empty(cgroup: CellCgroup) {
+    for _ in 0..100 {
+        if cgroup.processes().is_ok_and(|p| p.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!(error = %e, "cannot remove a dead cell's cgroup");
+    }
+}
+
+fn describe(status: &std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        // The jail's first process reports its cell's death by signal s as 128 + s.
+        (Some(code), _) if code > 128 => format!("killed by signal {}", code - 128),
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "unknown".into(),
+    }
+}

@@ -1,0 +1,56 @@
+//! The node ↔ cell protocol: tern-wire frames (a `u32` length, then bincode) over the socket
+//! pair that is the cell's standard input and output.
+//!
+//! Before any frame the node writes one byte, [`GO`], once the cell's process is in its
+//! cgroup; the cell jails itself only then, so everything it starts is limited. The cell's
+//! first frame is [`FromCell::Ready`]. After that, requests carry ids the node chose and
+//! answers name them; the node trusts nothing else a cell sends (an id it did not ask, a
+//! frame over the limit or one that does not decode ends the cell).
+
+use serde::{Deserialize, Serialize};
+use tern_wire::{ApiError, FunctionInfo, FunctionName, Timings};
+
+/// The byte that lets a cell start jailing itself.
+pub const GO: u8 = b'!';
+
+/// From the node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToCell {
+    /// Load `info`'s artifact (compiled by the node into the artifact directory) and keep it
+    /// ready; answered by [`FromCell::Installed`] with the same `id`.
+    Install { id: u64, info: FunctionInfo },
+    /// Forget a function (no answer).
+    Remove(FunctionName),
+    /// Run one MEU; answered by [`FromCell::Ran`] with the same `id`, unless cancelled.
+    Run {
+        id: u64,
+        function: FunctionName,
+        input: Vec<u8>,
+        items: u32,
+    },
+    /// The caller went away: stop MEU `id`, waiting or running (no answer).
+    Cancel { id: u64 },
+}
+
+/// From the cell.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FromCell {
+    /// Jailed, runtime up, seccomp installed.
+    Ready,
+    Installed {
+        id: u64,
+        result: Result<(), ApiError>,
+    },
+    Ran {
+        id: u64,
+        result: Result<Outcome, ApiError>,
+    },
+}
+
+/// A finished MEU.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub output: Vec<u8>,
+    pub cold_start: bool,
+    pub timings: Timings,
+}
