@@ -1,8 +1,9 @@
-//! Isolator: owns how tenants are separated on this node. In-process mode (wasm SFI, store
-//! limits, deadlines) needs no per-MEU work from the actor — the RuntimePool asks the
-//! [`Sandbox`](tern_runtime::isolation::Sandbox) directly on the hot path — so today the actor only
-//! announces the mode in force when it starts, and takes no messages. It is the home of the
-//! worker-process mode to come (pre-forked cells to manage and replace).
+//! Isolator: owns how tenants are separated on this node. Neither mode needs per-MEU work
+//! from the actor — the RuntimePool asks the [`Sandbox`](tern_runtime::isolation::Sandbox)
+//! directly on the hot path, and with `lci` the runtime's `CellRunner` (tern-isolator's
+//! `Cells`) starts, feeds and replaces tenants' cells — so today the actor only announces the
+//! mode in force when it starts, and takes no messages. Health checks and reaping idle cells
+//! are to come here.
 
 use std::sync::Arc;
 
@@ -29,11 +30,15 @@ impl Actor for Isolator {
         services: Arc<Services>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mode = services.sandbox.mode();
-        if mode == IsolationMode::InProcess {
-            tracing::info!(
+        match mode {
+            IsolationMode::InProcess => tracing::info!(
                 "isolation: in-process (WebAssembly SFI, store limits, deadlines); \
                  no OS-level tenant isolation on this node"
-            );
+            ),
+            IsolationMode::Lci => tracing::info!(
+                "isolation: lci (each tenant's guests in a cell of its own, besides \
+                 WebAssembly SFI, store limits and deadlines)"
+            ),
         }
         Ok(services)
     }

@@ -31,6 +31,9 @@ pub enum Error {
     Capabilities(String),
     #[error("seccomp filter: {0}")]
     Seccomp(String),
+    /// The host cannot give cells; the message names every missing piece.
+    #[error("this host cannot run cells: {0}")]
+    HostUnsupported(String),
 }
 
 impl Error {

@@ -197,8 +197,10 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("tern cell: jail: {e}");
         return 3;
     }
+    // Threads are bounded: the cell's `pids.max` counts them.
     let threads = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build();
     match threads {

@@ -9,11 +9,13 @@
 //! The layers themselves are `tern-cell`'s. The node's Isolator actor will own cells through
 //! this crate; until then guests run in-process.
 
+pub mod cells;
 pub mod error;
 pub mod inside;
 pub mod process;
 pub mod proto;
 
+pub use cells::{Cells, CellsConfig};
 pub use error::Error;
 pub use inside::CellArgs;
 pub use process::{CellProcess, CellSpec};

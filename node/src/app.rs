@@ -55,6 +55,8 @@ pub struct App {
     result_expiry: std::sync::Mutex<HashMap<tern_tenancy::TenantName, u64>>,
     /// This node's parts of tenants' cluster-wide quotas (rate buckets, `max_concurrent`).
     pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
+    /// Tenants' cells, with `isolation = "lci"` (set once at start).
+    pub cells: std::sync::OnceLock<Arc<tern_isolator::Cells>>,
     /// Wakes the janitor early: a tenant was removed, or a function of a removed tenant
     /// arrived, so there may be functions to remove with their tenant.
     pub janitor_wake: tokio::sync::Notify,
@@ -304,6 +306,7 @@ impl App {
             result_expiry: std::sync::Mutex::default(),
             cluster_quotas: crate::cluster_quotas::ClusterQuotas::new(),
             janitor_wake: tokio::sync::Notify::new(),
+            cells: std::sync::OnceLock::new(),
         })
     }
 
@@ -740,8 +743,21 @@ impl App {
                 let mut lane = tern_tenancy::LaneConfig::from(spec);
                 lane.max_concurrent = parts.max_concurrent;
                 runtime.set_tenant(entry.name().clone(), lane);
+                if let Some(cells) = self.cells.get() {
+                    let limits = cell_limits(spec, runtime.config());
+                    let (cells, tenant) = (cells.clone(), entry.name().clone());
+                    spawn_if_in_runtime(async move {
+                        if let Err(e) = cells.set_limits(&tenant, limits).await {
+                            tracing::warn!(%tenant, error = %e, "cannot set a cell's limits");
+                        }
+                    });
+                }
             } else {
                 runtime.remove_tenant(entry.name());
+                if let Some(cells) = self.cells.get() {
+                    let (cells, tenant) = (cells.clone(), entry.name().clone());
+                    spawn_if_in_runtime(async move { cells.stop(&tenant).await });
+                }
                 self.cluster_quotas.remove(entry.name());
                 self.services().metrics.retire_tenant(entry.name().as_str());
                 // Functions of it that this node has (deployed elsewhere before the removal
@@ -1060,4 +1076,37 @@ pub const ARTIFACT_GRACE: Duration = Duration::from_secs(30 * 60);
 pub struct Garbage {
     pub modules: u64,
     pub artifacts: u64,
+}
+
+/// Memory a cell needs beyond its guests' (its runtime, thread stacks, page tables).
+const CELL_OVERHEAD_BYTES: u64 = 256 << 20;
+/// Tasks (processes and threads) one cell may have: its runtime needs about 15.
+const CELL_MAX_TASKS: u64 = 128;
+
+/// A tenant's cell limits from its record: CPU weight in proportion to its weight (1 ↔ the
+/// cgroup default of 100), memory what its guests may hold on this node plus the cell's own.
+fn cell_limits(
+    spec: &tern_tenancy::TenantSpec,
+    runtime: &tern_runtime::RuntimeConfig,
+) -> tern_cell::CellLimits {
+    let budget = runtime.memory_budget_mb.saturating_mul(1 << 20);
+    let guests = match spec.quotas.memory_budget_bytes {
+        u64::MAX => budget,
+        quota => quota.min(runtime.tenant_memory_cap_bytes()),
+    };
+    tern_cell::CellLimits {
+        cpu_weight: spec.weight.get().saturating_mul(100).clamp(1, 10_000),
+        cpu_max: None,
+        memory_max: Some(guests.saturating_add(CELL_OVERHEAD_BYTES)),
+        memory_high: None,
+        pids_max: Some(CELL_MAX_TASKS),
+    }
+}
+
+/// Runs `task` on the current tokio runtime, if there is one (there always is in a running
+/// node; unit tests may call without).
+fn spawn_if_in_runtime(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(task);
+    }
 }

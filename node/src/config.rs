@@ -67,6 +67,19 @@ impl From<MemoryProfile> for tern_runtime::MemoryProfile {
     }
 }
 
+/// How tenants' guests are separated on a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// In the node process: WebAssembly SFI, store limits, deadlines.
+    #[default]
+    InProcess,
+    /// Light-container isolation: each tenant's guests in a cell of its own (namespaces, a
+    /// cgroup, capabilities dropped, seccomp). The node refuses to start where the host cannot
+    /// give cells, naming what is missing.
+    Lci,
+}
+
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
 /// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -112,6 +125,10 @@ pub struct Config {
     /// price of bounds checks in guest code and of Cranelift's Spectre mitigations for heap
     /// and table accesses (see the README before turning it on where tenants share a node).
     pub memory_profile: MemoryProfile,
+    /// `in-process` (the default) or `lci`: each tenant's guests in a cell of its own.
+    pub isolation: Isolation,
+    /// The executable cells run (with `cell` as its first argument); unset: this node's own.
+    pub cell_program: Option<PathBuf>,
     pub max_loaded_modules: usize,
     pub epoch_tick_us: u64,
     /// Workers a `map` is spread over; 0 = number of CPUs.
@@ -216,7 +233,12 @@ const MAX_ONLINE_BATCH: usize = 1 << 16;
 
 /// Keys whose default is "unset", so they are absent from the defaults table but may still be
 /// set from the environment.
-const OPTIONAL_KEYS: &[&str] = &["cluster_dir", "client_listen", "policy_checkpoint"];
+const OPTIONAL_KEYS: &[&str] = &[
+    "cluster_dir",
+    "client_listen",
+    "policy_checkpoint",
+    "cell_program",
+];
 
 impl Default for Config {
     fn default() -> Self {
@@ -241,6 +263,8 @@ impl Default for Config {
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
             memory_profile: MemoryProfile::GuardPages,
+            isolation: Isolation::InProcess,
+            cell_program: None,
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,
@@ -589,6 +613,12 @@ mod tests {
         let c = Config::load(None, env("TERN_MEMORY_PROFILE", "explicit-bounds")).unwrap();
         assert_eq!(c.memory_profile, MemoryProfile::ExplicitBounds);
         assert!(Config::load(None, env("TERN_MEMORY_PROFILE", "no-checks")).is_err());
+        assert_eq!(Config::default().isolation, Isolation::InProcess);
+        let c = Config::load(None, env("TERN_ISOLATION", "lci")).unwrap();
+        assert_eq!(c.isolation, Isolation::Lci);
+        assert!(Config::load(None, env("TERN_ISOLATION", "vm")).is_err());
+        let c = Config::load(None, env("TERN_CELL_PROGRAM", "/opt/tern/bin/tern")).unwrap();
+        assert_eq!(c.cell_program, Some(PathBuf::from("/opt/tern/bin/tern")));
         let c = Config::load(None, env("TERN_AUTH", "off")).unwrap();
         assert_eq!(c.auth, AuthMode::Off);
         assert!(Config::load(None, env("TERN_AUTH", "maybe")).is_err());

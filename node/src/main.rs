@@ -444,6 +444,13 @@ fn finish(resp: tern_bench::Response) -> Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
+    // `tern cell …` is how a node with `isolation = "lci"` starts a tenant's cell: not a user
+    // command, and it must jail itself while still single-threaded, before any runtime.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("cell") {
+        let code = tern_isolator::inside::main(&args[2..]);
+        return std::process::ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = Cli::parse();
     // Taken before the runtime starts its threads: taking them edits the environment.
     let inherited = match &cli.command {

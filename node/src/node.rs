@@ -153,6 +153,18 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     rt.epoch_tick = config.epoch_tick();
     rt.share = config.share_params()?;
     let runtime = Runtime::new(rt, metrics.clone())?;
+    let cells = match config.isolation {
+        crate::config::Isolation::InProcess => None,
+        crate::config::Isolation::Lci => Some(start_cells(&config, &runtime)?),
+    };
+    let sandbox: Arc<dyn tern_runtime::isolation::Sandbox> = match cells {
+        None => Arc::new(InProcess {
+            max_output_bytes: config.max_output_bytes,
+        }),
+        Some(_) => Arc::new(tern_runtime::isolation::InCells {
+            max_output_bytes: config.max_output_bytes,
+        }),
+    };
     let parallelism = match config.map_parallelism {
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
@@ -168,9 +180,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         },
         runtime,
         metrics.clone(),
-        Arc::new(InProcess {
-            max_output_bytes: config.max_output_bytes,
-        }),
+        sandbox,
         placement(&config, parallelism, &metrics)?,
     );
     let (supervisor, _) = Actor::spawn(None, NodeSupervisor, services.clone())
@@ -185,6 +195,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
     let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
     let app = App::new(config, store, pipeline, auth, tenants);
+    if let Some(cells) = cells {
+        let _ = app.cells.set(cells);
+    }
     app.tenants_changed(&app.tenants.entries());
 
     let preheated = app.preheat().await?;
@@ -236,6 +249,43 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         client_api,
     })
 }
+
+/// Checks that this host can run cells (refusing to start, naming what is missing, if not)
+/// and makes the runtime run guests in them.
+fn start_cells(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+) -> Result<Arc<tern_isolator::Cells>, NodeError> {
+    let hierarchy = tern_cell::host_support().map_err(|e| {
+        NodeError::Config(crate::config::ConfigError::Invalid(format!(
+            "isolation = \"lci\": {e}"
+        )))
+    })?;
+    let program = match &config.cell_program {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?,
+    };
+    // A frame carries one MEU's input or output, whichever is larger, and its envelope.
+    let max_frame = config.max_body_bytes.max(config.max_output_bytes) + (64 << 10);
+    let args =
+        tern_isolator::CellArgs::for_node(runtime.config(), std::path::PathBuf::new(), max_frame);
+    let cells = tern_isolator::Cells::new(
+        hierarchy,
+        tern_isolator::CellsConfig {
+            program,
+            program_args: vec!["cell".into()],
+            roots: config.data_dir.join("cells"),
+            args,
+            max_in_flight: config.max_instances as usize,
+            start_timeout: CELL_START_TIMEOUT,
+        },
+    );
+    runtime.set_cell_runner(cells.clone());
+    Ok(cells)
+}
+
+/// From spawning a cell to its `Ready` (it takes about 10–20 ms).
+const CELL_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the cluster link joins the mesh, from the node's configuration and, if one was
 /// passed, the mesh socket.

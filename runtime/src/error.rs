@@ -57,6 +57,14 @@ pub enum Error {
         max_instances: u32,
         waited_ms: u64,
     },
+    /// The tenant's cell died (killed, out of memory, a forbidden system call) before it
+    /// answered; what the node saw.
+    #[error("isolation fault: {0}")]
+    IsolationFault(String),
+    /// The cell's own runtime refused or failed the MEU (the guest trapped, timed out…): its
+    /// answer, passed on as it is.
+    #[error("{0}")]
+    InCell(ApiError),
     /// wasmtime's instance pool refused an instance although a slot was granted.
     #[error("the instance pool is full: {0}")]
     InstancePoolFull(String),
@@ -98,6 +106,8 @@ impl Error {
                 retryable: false, ..
             } => ErrorCode::QuotaExceeded,
             Error::PoolClosed(_) => ErrorCode::Unavailable,
+            Error::IsolationFault(_) => ErrorCode::IsolationFault,
+            Error::InCell(e) => e.code,
             Error::ArtifactIo(_)
             | Error::EngineSetup(_)
             | Error::BadArtifact { .. }
@@ -106,6 +116,9 @@ impl Error {
     }
 
     pub fn to_api(&self) -> ApiError {
-        ApiError::new(self.code(), self.to_string())
+        match self {
+            Error::InCell(e) => e.clone(),
+            other => ApiError::new(other.code(), other.to_string()),
+        }
     }
 }

@@ -263,6 +263,24 @@ pub struct Runtime {
     lanes: Lanes,
     metrics: Arc<Metrics>,
     ticker: EpochTicker,
+    /// Where guests run when tenants are isolated in cells (`None`: in this process).
+    cells: std::sync::OnceLock<Arc<dyn CellRunner>>,
+}
+
+/// Runs MEUs in tenants' cells (isolated worker processes) instead of this process. The
+/// runtime still admits each MEU here (an instance slot and its memory, in the tenants' fair
+/// order, within the deadline) and holds the slot while the cell runs it.
+pub trait CellRunner: Send + Sync + 'static {
+    /// Runs `meu` of `function` in its tenant's cell.
+    fn run(
+        &self,
+        function: &FunctionInfo,
+        meu: Meu,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<MeuOutcome, Error>> + Send>>;
+    /// `function` was installed (deployed, replicated or preheated) on this node.
+    fn installed(&self, function: &FunctionInfo);
+    /// `name` was removed from this node.
+    fn removed(&self, name: &FunctionName);
 }
 
 /// The wasmtime engine every guest of a runtime with `cfg` runs in.
@@ -340,7 +358,18 @@ impl Runtime {
             modules: Mutex::default(),
             metrics,
             ticker,
+            cells: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Runs guests in cells from now on (set once, at start, before any MEU).
+    pub fn set_cell_runner(&self, cells: Arc<dyn CellRunner>) {
+        let _ = self.cells.set(cells);
+    }
+
+    /// Whether guests run in cells.
+    pub fn runs_in_cells(&self) -> bool {
+        self.cells.get().is_some()
     }
 
     /// Sets a tenant's share weight and limits on this node's instance slots (a tenant
@@ -516,6 +545,9 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(deployed.info.name.clone(), deployed.clone());
+        if let Some(cells) = self.cells.get() {
+            cells.installed(&deployed.info);
+        }
         deployed
     }
 
@@ -577,6 +609,9 @@ impl Runtime {
             .remove(name);
         if removed.is_some() {
             self.metrics.retire(name.as_str());
+            if let Some(cells) = self.cells.get() {
+                cells.removed(name);
+            }
         }
         removed
     }
@@ -673,6 +708,113 @@ impl Runtime {
         cache.modules.contains_key(hash)
     }
 
+    /// An instance slot and the guest's memory limit out of the node's memory budget, granted
+    /// together by weighted fair queueing among tenants (within the tenant's caps and the
+    /// function's `max_instances`) by `deadline`, or the typed refusal.
+    async fn acquire_slot(
+        &self,
+        deployed: &Deployed,
+        meu: &Meu,
+        sandbox: &SandboxSpec,
+        deadline: Instant,
+    ) -> Result<SlotGuard, Error> {
+        let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1) as u64;
+        self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
+        let tenant = deployed.tenant.clone();
+        let reserved = self
+            .instance_slots
+            .acquire(
+                &tenant,
+                sandbox.memory_bytes as u64,
+                deployed.instance_cap.as_ref(),
+                deadline,
+            )
+            .await;
+        self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
+        let waited_ms = || meu.accepted_at.elapsed().as_millis() as u64;
+        match reserved {
+            Ok(slot) => Ok(slot),
+            Err(Refused::TenantRemoved) => Err(Error::PoolClosed("instance")),
+            Err(Refused::Tenancy(refused)) => Err(Error::TenantLimit {
+                tenant,
+                refused: refused.to_string(),
+                retryable: refused.retry_after_ms().is_some(),
+            }),
+            Err(Refused::Deadline {
+                held_by: HeldBy::FunctionCap,
+            }) => Err(Error::FunctionLimit {
+                function: meu.function.clone(),
+                max_instances: deployed.info.max_instances.unwrap_or(0),
+                waited_ms: waited_ms(),
+            }),
+            Err(Refused::Deadline {
+                held_by: HeldBy::TenantCaps,
+            }) => Err(Error::TenantLimit {
+                tenant,
+                refused: format!(
+                    "its guests held all of its max_concurrent slots or memory budget on \
+                         this node until the function's time limit ({} ms waited)",
+                    waited_ms()
+                ),
+                retryable: true,
+            }),
+            Err(
+                Refused::Deadline {
+                    held_by: HeldBy::NodeMemory,
+                }
+                | Refused::LargerThanNode,
+            ) => Err(Error::NoMemoryBudget {
+                waited_ms: waited_ms(),
+                memory_mb,
+                budget_mb: self.cfg.memory_budget_mb,
+            }),
+            Err(Refused::Deadline {
+                held_by: HeldBy::Slots,
+            }) => Err(Error::NoInstanceSlot {
+                waited_ms: waited_ms(),
+                slots: self.cfg.max_instances,
+            }),
+        }
+    }
+
+    /// The rest of [`Runtime::execute`] when guests run in cells: the cell runs the guest,
+    /// the slot (and the MEU's lease) are held until it answers or the deadline passes.
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_in_cell(
+        &self,
+        cells: &dyn CellRunner,
+        deployed: &Deployed,
+        mut meu: Meu,
+        slot: SlotGuard,
+        deadline: Instant,
+        cold_start: bool,
+        mut timings: Timings,
+    ) -> Result<MeuOutcome, Error> {
+        let _held = (slot, meu.lease.take());
+        self.metrics.executing.fetch_add(1, Relaxed);
+        let _executing = DecrementOnDrop(&self.metrics.executing);
+        let answer_by = deadline + self.cfg.epoch_tick * 2;
+        let run = cells.run(&deployed.info, meu);
+        let outcome = match tokio::time::timeout_at(answer_by.into(), run).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    timeout_ms: deployed.info.timeout_ms,
+                });
+            }
+        };
+        timings.inst_us = outcome.timings.inst_us;
+        timings.exec_us = outcome.timings.exec_us;
+        deployed.metrics.t_inst.observe_us(timings.inst_us);
+        deployed.metrics.t_exec.observe_us(timings.exec_us);
+        Ok(MeuOutcome {
+            output: outcome.output,
+            // A cold start here (the node loading the module) or in the cell.
+            cold_start: cold_start || outcome.cold_start,
+            timings,
+        })
+    }
+
     /// Runs one MEU to completion under the limits `sandbox` gives its function.
     pub async fn execute(&self, meu: Meu, sandbox: &dyn Sandbox) -> Result<MeuOutcome, Error> {
         let deployed = self
@@ -709,75 +851,22 @@ impl Runtime {
         // The time limit runs from acceptance: waiting for a slot is part of it, and a unit
         // that finds none in time is refused as overload, not run late.
         let deadline = meu.accepted_at + sandbox.timeout;
-        // An instance slot and the guest's memory limit out of the node's memory budget,
-        // granted together by weighted fair queueing among tenants (within `tenant`'s caps).
-        let memory_mb = sandbox.memory_bytes.div_ceil(1 << 20).max(1) as u64;
-        self.metrics.waiting_for_slot.fetch_add(1, Relaxed);
-        let tenant = deployed.tenant.clone();
-        let reserved = self
-            .instance_slots
-            .acquire(
-                &tenant,
-                sandbox.memory_bytes as u64,
-                deployed.instance_cap.as_ref(),
-                deadline,
-            )
-            .await;
-        self.metrics.waiting_for_slot.fetch_sub(1, Relaxed);
-        let waited_ms = || meu.accepted_at.elapsed().as_millis() as u64;
-        let slot = match reserved {
-            Ok(slot) => slot,
-            Err(Refused::TenantRemoved) => return Err(Error::PoolClosed("instance")),
-            Err(Refused::Tenancy(refused)) => {
-                return Err(Error::TenantLimit {
-                    tenant,
-                    refused: refused.to_string(),
-                    retryable: refused.retry_after_ms().is_some(),
-                });
-            }
-            Err(Refused::Deadline {
-                held_by: HeldBy::FunctionCap,
-            }) => {
-                return Err(Error::FunctionLimit {
-                    function: meu.function.clone(),
-                    max_instances: deployed.info.max_instances.unwrap_or(0),
-                    waited_ms: waited_ms(),
-                });
-            }
-            Err(Refused::Deadline {
-                held_by: HeldBy::TenantCaps,
-            }) => {
-                return Err(Error::TenantLimit {
-                    tenant,
-                    refused: format!(
-                        "its guests held all of its max_concurrent slots or memory budget on \
-                         this node until the function's time limit ({} ms waited)",
-                        waited_ms()
-                    ),
-                    retryable: true,
-                });
-            }
-            Err(
-                Refused::Deadline {
-                    held_by: HeldBy::NodeMemory,
-                }
-                | Refused::LargerThanNode,
-            ) => {
-                return Err(Error::NoMemoryBudget {
-                    waited_ms: waited_ms(),
-                    memory_mb,
-                    budget_mb: self.cfg.memory_budget_mb,
-                });
-            }
-            Err(Refused::Deadline {
-                held_by: HeldBy::Slots,
-            }) => {
-                return Err(Error::NoInstanceSlot {
-                    waited_ms: waited_ms(),
-                    slots: self.cfg.max_instances,
-                });
-            }
-        };
+        let slot = self
+            .acquire_slot(&deployed, &meu, &sandbox, deadline)
+            .await?;
+        if let Some(cells) = self.cells.get() {
+            return self
+                .execute_in_cell(
+                    cells.as_ref(),
+                    &deployed,
+                    meu,
+                    slot,
+                    deadline,
+                    cold_start,
+                    timings,
+                )
+                .await;
+        }
 
         let stdout = CappedPipe::new(sandbox.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();

@@ -316,10 +316,14 @@ pub enum ErrorCode {
     /// The request conflicts with what exists: creating a tenant whose name is taken, or
     /// removing one that still owns functions.
     Conflict,
+    /// The tenant's cell (its isolated worker process) died while running the call: killed,
+    /// out of memory, or stopped for a forbidden system call. The cell is restarted; the call
+    /// was not answered by the guest.
+    IsolationFault,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidModule,
         ErrorCode::InvalidRequest,
         ErrorCode::NotFound,
@@ -338,6 +342,7 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::QuotaExceeded,
         ErrorCode::Conflict,
+        ErrorCode::IsolationFault,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -360,6 +365,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::IsolationFault => "isolation_fault",
         }
     }
 
@@ -374,7 +380,10 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => 408,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::Overloaded | ErrorCode::QuotaExceeded => 429,
-            ErrorCode::GuestTrap | ErrorCode::GuestError | ErrorCode::Internal => 500,
+            ErrorCode::GuestTrap
+            | ErrorCode::GuestError
+            | ErrorCode::Internal
+            | ErrorCode::IsolationFault => 500,
             ErrorCode::OutputTooLarge => 502,
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout | ErrorCode::CompileTimeout => 504,

@@ -13,6 +13,7 @@ mod cluster_process;
 mod cluster_wire;
 mod dashboard;
 mod hostile;
+mod lci;
 mod persistence;
 mod supervision;
 mod support;

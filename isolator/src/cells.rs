@@ -1,0 +1,355 @@
+//! Every tenant's cell on this node, as the runtime's [`CellRunner`]: a tenant's cell is
+//! started at its first deploy here (ahead of its first call) or, failing that, by its first
+//! call; it gets each of the tenant's functions as they are installed, and again before a
+//! call if it missed one; a cell that died is replaced by the next call, with a back-off
+//! when cells keep dying young.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tern_cell::{CellLimits, Hierarchy};
+use tern_runtime::{CellRunner, Meu, MeuOutcome};
+use tern_tenancy::TenantName;
+use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::inside::CellArgs;
+use crate::process::{CellProcess, CellSpec};
+
+/// A cell that dies within this long of its start died young.
+const YOUNG: Duration = Duration::from_secs(1);
+/// Young deaths in a row before starts are spaced out.
+const YOUNG_DEATHS_ALLOWED: u32 = 3;
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How this node's cells are started.
+#[derive(Clone, Debug)]
+pub struct CellsConfig {
+    /// The cell executable and the arguments before the cell's own (the node's binary and
+    /// `cell`).
+    pub program: PathBuf,
+    pub program_args: Vec<String>,
+    /// Each tenant's cell builds its root in `<roots>/<tenant>` (an empty directory).
+    pub roots: PathBuf,
+    /// The cell's arguments; `root` is replaced per tenant.
+    pub args: CellArgs,
+    pub max_in_flight: usize,
+    pub start_timeout: Duration,
+}
+
+/// When a tenant's next cell may start, given how its last ones ended. Pure.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backoff {
+    young_deaths: u32,
+}
+
+impl Backoff {
+    /// A cell that lived `lived` has died.
+    pub fn died(&mut self, lived: Duration) {
+        if lived < YOUNG {
+            self.young_deaths = self.young_deaths.saturating_add(1);
+        } else {
+            self.young_deaths = 0;
+        }
+    }
+
+    /// How long to wait before the next start (zero while cells do not keep dying young).
+    pub fn delay(&self) -> Duration {
+        match self.young_deaths.checked_sub(YOUNG_DEATHS_ALLOWED + 1) {
+            None => Duration::ZERO,
+            Some(n) => FIRST_BACKOFF
+                .saturating_mul(1u32 << n.min(16))
+                .min(MAX_BACKOFF),
+        }
+    }
+}
+
+struct Running {
+    process: Arc<CellProcess>,
+    started: Instant,
+    /// The version of each function the cell has.
+    installed: Mutex<HashMap<FunctionName, ModuleHash>>,
+}
+
+#[derive(Default)]
+struct TenantCells {
+    current: Option<Arc<Running>>,
+    backoff: Backoff,
+    /// No start before this (after young deaths).
+    not_before: Option<Instant>,
+    limits: CellLimits,
+}
+
+/// The cells of one node.
+pub struct Cells {
+    this: Weak<Cells>,
+    hierarchy: Hierarchy,
+    config: CellsConfig,
+    tenants: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>>,
+    generation: AtomicU64,
+    starts: AtomicU64,
+    deaths: AtomicU64,
+}
+
+/// Counters for the node's metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellStats {
+    pub running: u64,
+    pub starts: u64,
+    pub deaths: u64,
+}
+
+impl Cells {
+    pub fn new(hierarchy: Hierarchy, config: CellsConfig) -> Arc<Self> {
+        Arc::new_cyclic(|this| Self {
+            this: this.clone(),
+            hierarchy,
+            config,
+            tenants: Mutex::default(),
+            generation: AtomicU64::new(0),
+            starts: AtomicU64::new(0),
+            deaths: AtomicU64::new(0),
+        })
+    }
+
+    /// Sets a tenant's cell limits (applied to its running cell at once, and to later ones).
+    pub async fn set_limits(&self, tenant: &TenantName, limits: CellLimits) -> Result<(), Error> {
+        let slot = self.slot(tenant);
+        let mut cells = slot.lock().await;
+        cells.limits = limits;
+        if let Some(running) = &cells.current {
+            running.process.cgroup().apply(&limits)?;
+        }
+        Ok(())
+    }
+
+    /// Stops a tenant's cell (the tenant was removed).
+    pub async fn stop(&self, tenant: &TenantName) {
+        let slot = self.lock_tenants().remove(tenant);
+        if let Some(slot) = slot
+            && let Some(running) = slot.lock().await.current.take()
+        {
+            running.process.kill();
+        }
+    }
+
+    /// The processes in `tenant`'s running cell (empty if it has none).
+    pub async fn processes(&self, tenant: &TenantName) -> Vec<u32> {
+        let slot = self.slot(tenant);
+        let current = slot.lock().await.current.clone();
+        current
+            .filter(|r| !r.process.has_ended())
+            .and_then(|r| r.process.cgroup().processes().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn stats(&self) -> CellStats {
+        let running = self
+            .lock_tenants()
+            .values()
+            .filter(|s| {
+                s.try_lock()
+                    .map(|c| c.current.as_ref().is_some_and(|r| !r.process.has_ended()))
+                    .unwrap_or(true)
+            })
+            .count() as u64;
+        CellStats {
+            running,
+            starts: self.starts.load(Ordering::Relaxed),
+            deaths: self.deaths.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tenant's running cell, started if it has none (or its last one died).
+    async fn running(&self, tenant: &TenantName) -> Result<Arc<Running>, Error> {
+        let slot = self.slot(tenant);
+        let mut cells = slot.lock().await;
+        if let Some(running) = &cells.current {
+            if !running.process.has_ended() {
+                return Ok(running.clone());
+            }
+            let lived = running.started.elapsed();
+            self.deaths.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%tenant, lived_ms = lived.as_millis() as u64, "a cell died; starting another");
+            cells.backoff.died(lived);
+            cells.current = None;
+            let delay = cells.backoff.delay();
+            cells.not_before = (!delay.is_zero()).then(|| Instant::now() + delay);
+        }
+        if let Some(when) = cells.not_before
+            && Instant::now() < when
+        {
+            return Err(Error::CellExited(format!(
+                "tenant {tenant}'s cells keep dying young; the next start is in {} ms",
+                (when - Instant::now()).as_millis()
+            )));
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let root = self.config.roots.join(tenant.as_str());
+        std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
+        let mut args = self.config.args.clone();
+        args.root = root;
+        let spec = CellSpec {
+            name: format!("{tenant}-{generation}"),
+            program: self.config.program.clone(),
+            program_args: self.config.program_args.clone(),
+            args,
+            limits: cells.limits,
+            max_in_flight: self.config.max_in_flight,
+            start_timeout: self.config.start_timeout,
+        };
+        let process = CellProcess::start(&self.hierarchy, spec).await?;
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%tenant, pid = process.pid(), "cell started");
+        let running = Arc::new(Running {
+            process,
+            started: Instant::now(),
+            installed: Mutex::default(),
+        });
+        cells.current = Some(running.clone());
+        Ok(running)
+    }
+
+    fn slot(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<TenantCells>> {
+        self.lock_tenants()
+            .entry(tenant.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn lock_tenants(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>> {
+        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn run_in_cell(
+        self: Arc<Self>,
+        info: FunctionInfo,
+        meu: Meu,
+    ) -> Result<MeuOutcome, tern_runtime::Error> {
+        let fault = |e: Error| match e {
+            Error::Guest(api) => tern_runtime::Error::InCell(api),
+            other => tern_runtime::Error::IsolationFault(other.to_string()),
+        };
+        let running = self.running(&info.name.tenant()).await.map_err(fault)?;
+        install_if_missing(&running, &info).await.map_err(fault)?;
+        let outcome = running
+            .process
+            .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
+            .await
+            .map_err(fault)?;
+        Ok(MeuOutcome {
+            output: Bytes::from(outcome.output),
+            cold_start: outcome.cold_start,
+            timings: outcome.timings,
+        })
+    }
+}
+
+/// Installs `info` in the cell unless it has that version already.
+async fn install_if_missing(running: &Running, info: &FunctionInfo) -> Result<(), Error> {
+    let has = running
+        .installed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&info.name)
+        == Some(&info.hash);
+    if has {
+        return Ok(());
+    }
+    running.process.install(info.clone()).await?;
+    running
+        .installed
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(info.name.clone(), info.hash);
+    Ok(())
+}
+
+impl CellRunner for Cells {
+    fn run(
+        &self,
+        function: &FunctionInfo,
+        meu: Meu,
+    ) -> Pin<Box<dyn Future<Output = Result<MeuOutcome, tern_runtime::Error>> + Send>> {
+        let this = self.this.upgrade();
+        let info = function.clone();
+        Box::pin(async move {
+            match this {
+                Some(cells) => cells.run_in_cell(info, meu).await,
+                None => Err(tern_runtime::Error::PoolClosed("cell")),
+            }
+        })
+    }
+
+    /// Starts the tenant's cell ahead of its first call and gives it the function.
+    fn installed(&self, function: &FunctionInfo) {
+        let Some(cells) = self.this.upgrade() else {
+            return;
+        };
+        let info = function.clone();
+        tokio::spawn(async move {
+            let tenant = info.name.tenant();
+            let installed = match cells.running(&tenant).await {
+                Ok(running) => install_if_missing(&running, &info).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = installed {
+                tracing::warn!(function = %info.name, error = %e, "cannot preheat a function in its cell; its next call tries again");
+            }
+        });
+    }
+
+    fn removed(&self, name: &FunctionName) {
+        let Some(cells) = self.this.upgrade() else {
+            return;
+        };
+        let name = name.clone();
+        tokio::spawn(async move {
+            let slot = cells.slot(&name.tenant());
+            let current = slot.lock().await.current.clone();
+            if let Some(running) = current {
+                running
+                    .installed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&name);
+                let _ = running.process.remove(name).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_spaced_out_only_when_cells_keep_dying_young() {
+        let mut b = Backoff::default();
+        for _ in 0..YOUNG_DEATHS_ALLOWED {
+            b.died(Duration::from_millis(10));
+            assert_eq!(b.delay(), Duration::ZERO);
+        }
+        b.died(Duration::from_millis(10));
+        assert_eq!(b.delay(), FIRST_BACKOFF);
+        b.died(Duration::from_millis(10));
+        assert_eq!(b.delay(), FIRST_BACKOFF * 2);
+        for _ in 0..40 {
+            b.died(Duration::ZERO);
+        }
+        assert_eq!(b.delay(), MAX_BACKOFF);
+        // One cell that lived past its youth: back to starting at once.
+        b.died(YOUNG);
+        assert_eq!(b.delay(), Duration::ZERO);
+    }
+}

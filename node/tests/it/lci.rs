@@ -1,0 +1,121 @@
+//! `isolation = "lci"` on a real node (root): each tenant's guests run in a cell of its own,
+//! and a cell killed under load costs only its own callers, with typed errors.
+
+use std::time::{Duration, Instant};
+
+use hyper::Method;
+use tern_node::config::{AuthMode, Isolation};
+
+use crate::auth::{new_token_for, with_token};
+use crate::support::*;
+
+fn body(r: &tern_bench::Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_its_callers() {
+    if !nix_is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    cfg.isolation = Isolation::Lci;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    use_admin_token(addr, admin.to_owned());
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/tenants",
+        Some(admin),
+        r#"{"name":"acme"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let (dev, _) = new_token_for(addr, admin, "developer", "acme").await;
+    for (name, module, query) in [("work", "echo", ""), ("spin", "loop", "?timeout_ms=10000")] {
+        let path = format!("/v1/functions/{name}{query}");
+        let r = with_token(addr, Method::PUT, &path, Some(&dev), wasm(module)).await;
+        assert_eq!(r.status, 201, "{}", body(&r));
+    }
+    let call = |token: String, name: &'static str, input: &'static str| async move {
+        with_token(
+            addr,
+            Method::POST,
+            &format!("/v1/functions/{name}/invoke"),
+            Some(&token),
+            input,
+        )
+        .await
+    };
+    let r = call(admin.to_owned(), "echo", "default's").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "default's"));
+    let r = call(dev.clone(), "work", "acme's").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "acme's"));
+    let text = metrics_text(addr, Some(admin)).await;
+    assert!(
+        text.contains("tern_isolation_mode{mode=\"lci\"} 1"),
+        "{text}"
+    );
+    let cells = node.app().cells.get().unwrap().clone();
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    let default = tern_tenancy::TenantName::default_tenant();
+    let acme_cell = cells.processes(&acme).await;
+    let default_cell = cells.processes(&default).await;
+    assert!(!acme_cell.is_empty() && !default_cell.is_empty());
+    assert!(
+        acme_cell.iter().all(|p| !default_cell.contains(p)),
+        "two tenants, two cells"
+    );
+    assert!(
+        !acme_cell.contains(&std::process::id()),
+        "guests do not run in the node process"
+    );
+
+    // A long call in acme's cell, then the cell is killed.
+    let spinning = tokio::spawn(call(dev.clone(), "spin", ""));
+    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
+        v >= 1.0
+    })
+    .await;
+    for pid in &acme_cell {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let t0 = Instant::now();
+    let r = spinning.await.unwrap();
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (500, "isolation_fault"),
+        "{}",
+        body(&r)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+    // The other tenant never noticed; acme's next call gets a new cell.
+    let r = call(admin.to_owned(), "echo", "still here").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "still here"));
+    let r = call(dev.clone(), "work", "again").await;
+    assert_eq!(
+        (r.status, body(&r).as_str()),
+        (200, "again"),
+        "{}",
+        body(&r)
+    );
+    let new_cell = cells.processes(&acme).await;
+    assert!(!new_cell.is_empty() && new_cell.iter().all(|p| !acme_cell.contains(p)));
+    let stats = cells.stats();
+    assert!(stats.starts >= 3 && stats.deaths >= 1, "{stats:?}");
+    node.shutdown().await.unwrap();
+}
+
+fn nix_is_root() -> bool {
+    tern_cell::jail::is_root()
+}
