@@ -4,8 +4,9 @@
 # variables, e.g. guard-pages=TERN_MEMORY_PROFILE=guard-pages), rotated round by round so each
 # runs first, second, ... equally often. Each run: a fresh node with the product's defaults
 # plus those variables, `tern bench --function echo --connections 1` (p50) then
-# `--connections 64` (req/s, p99, and the node's CPU per request: its utime + stime over the
-# 64-connection run, warm-up included, divided by req/s × the run's length), 6 s after a 2 s
+# `--connections 64` (req/s, p99, and the node's CPU per request: the utime + stime of the node
+# and every process under it — its cells with isolation = "lci" — over the 64-connection run,
+# warm-up included, divided by req/s × the run's length), 6 s after a 2 s
 # warm-up each, with the node's admin token. The load generator shares the two cores.
 #
 # Usage: scripts/bench-configs.sh OUT_DIR ROUNDS NAME=VAR=VALUE[,VAR=VALUE...] ...
@@ -40,7 +41,18 @@ clk=$(getconf CLK_TCK)
 bench_settle
 
 trap cleanup_node EXIT
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# utime + stime of process $1 and of every process below it (a node's cells), in clock ticks.
+# A process that ends between the listing and the read is counted as 0.
+cpu_ticks() {
+  local pid total=0 queue=("$1") t
+  while [ ${#queue[@]} -gt 0 ]; do
+    pid=${queue[0]} queue=("${queue[@]:1}")
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+    queue+=($(cat /proc/"$pid"/task/*/children 2>/dev/null || true))
+  done
+  echo "$total"
+}
 
 # one INDEX ROUND: a fresh node in configuration INDEX, echo at 1 then 64 connections.
 one() {
@@ -97,7 +109,8 @@ print(f"machine: nproc {nproc}; load average at start {load_start}, at end {load
 print("runs: a fresh node per run on 127.0.0.1 (release, defaults plus the configuration's variables, "
       f"admin token), tern bench --function {function} --data '{body}' --connections 1 then 64, "
       "6 s after a 2 s warm-up; "
-      "CPU per request = node utime+stime over the 64-connection run (warm-up included) / (req/s x 8 s)")
+      "CPU per request = utime+stime of the node and the processes under it (cells) over the "
+      "64-connection run (warm-up included) / (req/s x 8 s)")
 for name, env in zip(names, envs):
     print(f"configuration {name}: {env.replace(',', ' ')}")
 base = names[0]
