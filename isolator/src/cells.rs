@@ -238,15 +238,31 @@ impl Cells {
     ) -> Result<MeuOutcome, tern_runtime::Error> {
         let fault = |e: Error| match e {
             Error::Guest(api) => tern_runtime::Error::InCell(api),
+            Error::CellExited(why) | Error::EndedBeforeStart(why) => {
+                tern_runtime::Error::IsolationFault(why)
+            }
             other => tern_runtime::Error::IsolationFault(other.to_string()),
         };
-        let running = self.running(&info.name.tenant()).await.map_err(fault)?;
-        install_if_missing(&running, &info).await.map_err(fault)?;
-        let outcome = running
-            .process
-            .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
-            .await
-            .map_err(fault)?;
+        let tenant = info.name.tenant();
+        // A cell found dead before it started the MEU (it died since its last call, say):
+        // the MEU did not run, so it runs in the cell that replaces it. Once: a cell that
+        // dies before starting anything twice in a row is not tried a third time here.
+        let mut attempts = 0;
+        let outcome = loop {
+            attempts += 1;
+            let running = self.running(&tenant).await.map_err(fault)?;
+            install_if_missing(&running, &info).await.map_err(fault)?;
+            match running
+                .process
+                .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
+                .await
+            {
+                Err(Error::EndedBeforeStart(why)) if attempts < 2 => {
+                    tracing::info!(%tenant, %why, "a call found its cell dead; running it in a new one");
+                }
+                other => break other.map_err(fault)?,
+            }
+        };
         Ok(MeuOutcome {
             output: Bytes::from(outcome.output),
             cold_start: outcome.cold_start,

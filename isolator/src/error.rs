@@ -16,6 +16,9 @@ pub enum Error {
     /// protocol and was killed; what the node saw.
     #[error("isolation fault: {0}")]
     CellExited(String),
+    /// The cell died before it started the MEU: safe to run it again in another cell.
+    #[error("the cell ended before the call started: {0}")]
+    EndedBeforeStart(String),
     #[error("cell protocol: {0}")]
     Protocol(String),
     /// The cell answered with an error of its own runtime (the guest trapped, timed out…).

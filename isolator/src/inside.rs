@@ -319,6 +319,9 @@ async fn serve(args: CellArgs) -> i32 {
                 let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
                 let sandbox = sandbox.clone();
                 let task = tokio::spawn(async move {
+                    if tx.send(FromCell::Started { id }).await.is_err() {
+                        return;
+                    }
                     let meu =
                         Meu::new(id.to_string(), function, Bytes::from(input), items as usize);
                     let result = runtime
@@ -373,7 +376,7 @@ fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
             id,
             result: Err(error),
         }),
-        FromCell::Ready => None,
+        FromCell::Ready | FromCell::Started { .. } => None,
     }
 }
 

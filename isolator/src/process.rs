@@ -47,7 +47,11 @@ pub struct CellSpec {
 /// What a waiting caller is owed.
 enum Waiting {
     Install(oneshot::Sender<Result<(), ApiError>>),
-    Run(oneshot::Sender<Result<Outcome, ApiError>>),
+    Run {
+        answer: oneshot::Sender<Result<Outcome, ApiError>>,
+        /// The cell said it started the MEU.
+        started: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 struct Shared {
@@ -69,7 +73,7 @@ impl Shared {
             let error = ApiError::new(tern_wire::ErrorCode::Internal, why.clone());
             match waiting {
                 Waiting::Install(tx) => drop(tx.send(Err(error))),
-                Waiting::Run(tx) => drop(tx.send(Err(error))),
+                Waiting::Run { answer, .. } => drop(answer.send(Err(error))),
             }
         }
     }
@@ -224,34 +228,48 @@ impl CellProcess {
 
     /// Runs one MEU of `function` in the cell. At most `max_in_flight` wait for the cell at
     /// once; the rest wait for their turn here. Dropped before the answer (the caller went
-    /// away), the MEU is cancelled in the cell.
+    /// away), the MEU is cancelled in the cell. If the cell dies, the error says whether the
+    /// MEU had started ([`Error::CellExited`]) or certainly had not
+    /// ([`Error::EndedBeforeStart`]: safe to run again).
     pub async fn run(
         &self,
         function: FunctionName,
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
-        let _permit = self.in_flight.acquire().await.map_err(|_| self.ended())?;
+        let not_started = |e: Error| match e {
+            Error::CellExited(why) => Error::EndedBeforeStart(why),
+            other => other,
+        };
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| not_started(self.ended()))?;
         let (tx, rx) = oneshot::channel();
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.send(
+        let waiting = Waiting::Run {
+            answer: tx,
+            started: started.clone(),
+        };
+        let request = ToCell::Run {
             id,
-            Waiting::Run(tx),
-            ToCell::Run {
-                id,
-                function,
-                input,
-                items,
-            },
-        )
-        .await?;
+            function,
+            input,
+            items,
+        };
+        self.send(id, waiting, request).await.map_err(not_started)?;
         let mut cancel = CancelOnDrop {
             id: Some(id),
             cell: self,
         };
         let answer = self.answer(rx).await;
         cancel.id = None;
-        answer
+        match answer {
+            Err(e) if !started.load(Ordering::Acquire) => Err(not_started(e)),
+            other => other,
+        }
     }
 
     /// Kills the cell; every waiting caller gets [`Error::CellExited`].
@@ -372,13 +390,21 @@ async fn read_answers(
             },
             FromCell::Installed { id, result } => match shared.lock().remove(&id) {
                 Some(Waiting::Install(tx)) => drop(tx.send(result)),
-                Some(Waiting::Run(_)) => {
+                Some(Waiting::Run { .. }) => {
                     return format!("the cell answered run {id} as an install");
                 }
                 None => return format!("the cell answered install {id}, which was not asked"),
             },
+            FromCell::Started { id } => match shared.lock().get(&id) {
+                Some(Waiting::Run { started, .. }) => started.store(true, Ordering::Release),
+                Some(Waiting::Install(_)) => {
+                    return format!("the cell started install {id} as a run");
+                }
+                // Cancelled meanwhile.
+                None => {}
+            },
             FromCell::Ran { id, result } => match shared.lock().remove(&id) {
-                Some(Waiting::Run(tx)) => drop(tx.send(result)),
+                Some(Waiting::Run { answer, .. }) => drop(answer.send(result)),
                 Some(Waiting::Install(_)) => {
                     return format!("the cell answered install {id} as a run");
                 }

@@ -41,6 +41,9 @@ pub enum FromCell {
         id: u64,
         result: Result<(), ApiError>,
     },
+    /// MEU `id` is about to run: from here a death of the cell may have cut it short, so
+    /// it is not run again elsewhere. Before it, it certainly did not run.
+    Started { id: u64 },
     Ran {
         id: u64,
         result: Result<Outcome, ApiError>,

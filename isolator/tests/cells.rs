@@ -198,6 +198,7 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
     tokio::time::sleep(Duration::from_millis(200)).await;
     let killed = Instant::now();
     cell.kill();
+    // They had started: their answers are lost with the cell, and they say so.
     for w in waiters {
         match w.await.unwrap() {
             Err(Error::CellExited(why)) => assert!(why.contains("signal 9"), "{why}"),
@@ -209,9 +210,10 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
         "{:?}",
         killed.elapsed()
     );
+    // A call on the dead cell certainly did not start: it says so, so it may be run again.
     assert!(matches!(
         cell.run(echo, Vec::new(), 1).await,
-        Err(Error::CellExited(_))
+        Err(Error::EndedBeforeStart(_))
     ));
     let exit = cell.wait_exit().await;
     assert!(exit.contains("signal 9"), "{exit}");

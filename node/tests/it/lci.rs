@@ -79,12 +79,28 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         "guests do not run in the node process"
     );
 
-    // A long call in acme's cell, then the cell is killed.
+    // A long call in acme's cell, killed once the guest is surely running in it (the cell
+    // has burnt CPU for it; before that, the call would rightly run again in a new cell).
+    let cpu_ticks = || -> u64 {
+        acme_cell
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+            .filter_map(|s| {
+                let f: Vec<&str> = s.rsplit(')').next()?.split_whitespace().collect();
+                Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+            })
+            .sum()
+    };
+    let before = cpu_ticks();
     let spinning = tokio::spawn(call(dev.clone(), "spin", ""));
-    metric_until(addr, "tern_executing", Duration::from_secs(10), |v| {
-        v >= 1.0
-    })
-    .await;
+    let t0 = Instant::now();
+    while cpu_ticks() < before + 20 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the guest never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     for pid in &acme_cell {
         let _ = std::process::Command::new("kill")
             .args(["-9", &pid.to_string()])
@@ -111,6 +127,20 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     );
     let new_cell = cells.processes(&acme).await;
     assert!(!new_cell.is_empty() && new_cell.iter().all(|p| !acme_cell.contains(p)));
+    // Killed again with nothing running: the next call had not started in it, so it runs in
+    // the cell that replaces it instead of failing.
+    for pid in &new_cell {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    let r = call(dev.clone(), "work", "after a quiet kill").await;
+    assert_eq!(
+        (r.status, body(&r).as_str()),
+        (200, "after a quiet kill"),
+        "{}",
+        body(&r)
+    );
     let stats = cells.stats();
     assert!(stats.starts >= 3 && stats.deaths >= 1, "{stats:?}");
     node.shutdown().await.unwrap();
