@@ -17,6 +17,7 @@
 # Ratios are against the first configuration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/auth-header.sh
 source scripts/lib/bench-node.sh
 [ $# -ge 4 ] || { echo "usage: $0 OUT_DIR ROUNDS NAME=VAR=VALUE[,VAR=VALUE...] NAME=... [...]" >&2; exit 2; }
 out=$1 rounds=$2
@@ -73,6 +74,9 @@ one() {
     after=$(cpu_ticks "$node")
     echo "$((after - before))" >"$out/raw/r$r-$name-c$c.cpu_ticks"
   done
+  # What the node says it ran (isolation mode, memory profile, cells), for the summary.
+  curl -sf -m 2 -H @"$(auth_header_file "$data/admin.token" "$data/admin.header")" \
+    "http://$addr/metrics" >"$out/raw/r$r-$name-metrics.txt" || true
   kill "$node"
   wait "$node" 2>/dev/null || true
   node=
@@ -111,8 +115,17 @@ print("runs: a fresh node per run on 127.0.0.1 (release, defaults plus the confi
       "6 s after a 2 s warm-up; "
       "CPU per request = utime+stime of the node and the processes under it (cells) over the "
       "64-connection run (warm-up included) / (req/s x 8 s)")
+def in_force(name):
+    # What the node reported at the end of its last run (not what it was asked for).
+    path = os.path.join(out, "raw", f"r{rounds}-{name}-metrics.txt")
+    keep = ("tern_isolation_mode{", "tern_memory_profile{", "tern_cells_running ", "tern_cell_starts_total ")
+    try:
+        lines = [l.strip() for l in open(path) if l.startswith(keep)]
+    except OSError:
+        return "unknown (no /metrics)"
+    return ", ".join(lines) or "unknown"
 for name, env in zip(names, envs):
-    print(f"configuration {name}: {env.replace(',', ' ')}")
+    print(f"configuration {name}: {env.replace(',', ' ')}; node reported: {in_force(name)}")
 base = names[0]
 ratios = {n: {"rps": [], "p50": [], "p99": [], "cpu": []} for n in names[1:]}
 errors = 0
