@@ -97,6 +97,8 @@ pub struct Cells {
     generation: AtomicU64,
     starts: AtomicU64,
     deaths: AtomicU64,
+    /// From spawning a cell to its `Ready`.
+    start_time: tern_metrics::Histogram,
 }
 
 /// Counters for the node's metrics.
@@ -117,6 +119,7 @@ impl Cells {
             generation: AtomicU64::new(0),
             starts: AtomicU64::new(0),
             deaths: AtomicU64::new(0),
+            start_time: tern_metrics::Histogram::default(),
         })
     }
 
@@ -149,6 +152,29 @@ impl Cells {
             .filter(|r| !r.process.has_ended())
             .and_then(|r| r.process.cgroup().processes().ok())
             .unwrap_or_default()
+    }
+
+    /// The cells' metrics in Prometheus text.
+    pub fn render_metrics(&self) -> String {
+        let stats = self.stats();
+        let mut out = format!(
+            "# HELP tern_cells_running Tenants' cells running on this node.\n\
+             # TYPE tern_cells_running gauge\n\
+             tern_cells_running {}\n\
+             # HELP tern_cell_starts_total Cells started (first starts and replacements).\n\
+             # TYPE tern_cell_starts_total counter\n\
+             tern_cell_starts_total {}\n\
+             # HELP tern_cell_deaths_total Cells found dead (killed, out of memory, seccomp) \
+             and replaced.\n\
+             # TYPE tern_cell_deaths_total counter\n\
+             tern_cell_deaths_total {}\n\
+             # HELP tern_cell_start_seconds From spawning a cell to its ready message.\n\
+             # TYPE tern_cell_start_seconds histogram\n",
+            stats.running, stats.starts, stats.deaths
+        );
+        self.start_time
+            .render(&mut out, "tern_cell_start_seconds", "");
+        out
     }
 
     pub fn stats(&self) -> CellStats {
@@ -206,9 +232,12 @@ impl Cells {
             max_in_flight: self.config.max_in_flight,
             start_timeout: self.config.start_timeout,
         };
+        let spawned = Instant::now();
         let process = CellProcess::start(&self.hierarchy, spec).await?;
+        let start_us = u64::try_from(spawned.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.start_time.observe_us(start_us);
         self.starts.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%tenant, pid = process.pid(), "cell started");
+        tracing::info!(%tenant, pid = process.pid(), start_us, "cell started");
         let running = Arc::new(Running {
             process,
             started: Instant::now(),

@@ -693,7 +693,7 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         + &app
             .cells
             .get()
-            .map(|c| cell_metrics(c.stats()))
+            .map(|c| c.render_metrics())
             .unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
@@ -701,22 +701,6 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     resp
-}
-
-/// Tenants' cells (with `isolation = "lci"`), in Prometheus text.
-fn cell_metrics(stats: tern_isolator::cells::CellStats) -> String {
-    format!(
-        "# HELP tern_cells_running Tenants' cells running on this node.\n\
-         # TYPE tern_cells_running gauge\n\
-         tern_cells_running {}\n\
-         # HELP tern_cell_starts_total Cells started (first starts and replacements).\n\
-         # TYPE tern_cell_starts_total counter\n\
-         tern_cell_starts_total {}\n\
-         # HELP tern_cell_deaths_total Cells found dead (killed, out of memory, seccomp) and replaced.\n\
-         # TYPE tern_cell_deaths_total counter\n\
-         tern_cell_deaths_total {}\n",
-        stats.running, stats.starts, stats.deaths
-    )
 }
 
 /// Each tenant's instance slots on this node, in Prometheus text: who holds the slots and

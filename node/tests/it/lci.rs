@@ -64,6 +64,11 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         text.contains("tern_isolation_mode{mode=\"lci\"} 1"),
         "{text}"
     );
+    assert!(text.contains("tern_cells_running 2\n"), "{text}");
+    assert!(
+        text.contains("tern_cell_start_seconds_count{} 2\n"),
+        "{text}"
+    );
     let cells = node.app().cells.get().unwrap().clone();
     let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
     let default = tern_tenancy::TenantName::default_tenant();
