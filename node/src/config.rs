@@ -78,6 +78,9 @@ pub enum Isolation {
     /// cgroup, capabilities dropped, seccomp). The node refuses to start where the host cannot
     /// give cells, naming what is missing.
     Lci,
+    /// `lci` where the host can give cells, else `in-process` with a warning at start naming
+    /// what is missing.
+    Auto,
 }
 
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
@@ -125,7 +128,8 @@ pub struct Config {
     /// price of bounds checks in guest code and of Cranelift's Spectre mitigations for heap
     /// and table accesses (see the README before turning it on where tenants share a node).
     pub memory_profile: MemoryProfile,
-    /// `in-process` (the default) or `lci`: each tenant's guests in a cell of its own.
+    /// `in-process` (the default), `lci` (each tenant's guests in a cell of its own) or
+    /// `auto` (`lci` where the host allows it).
     pub isolation: Isolation,
     /// The executable cells run (with `cell` as its first argument); unset: this node's own.
     pub cell_program: Option<PathBuf>,
@@ -617,6 +621,8 @@ mod tests {
         let c = Config::load(None, env("TERN_ISOLATION", "lci")).unwrap();
         assert_eq!(c.isolation, Isolation::Lci);
         assert!(Config::load(None, env("TERN_ISOLATION", "vm")).is_err());
+        let c = Config::load(None, env("TERN_ISOLATION", "auto")).unwrap();
+        assert_eq!(c.isolation, Isolation::Auto);
         let c = Config::load(None, env("TERN_CELL_PROGRAM", "/opt/tern/bin/tern")).unwrap();
         assert_eq!(c.cell_program, Some(PathBuf::from("/opt/tern/bin/tern")));
         let c = Config::load(None, env("TERN_AUTH", "off")).unwrap();

@@ -156,6 +156,16 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let cells = match config.isolation {
         crate::config::Isolation::InProcess => None,
         crate::config::Isolation::Lci => Some(start_cells(&config, &runtime)?),
+        crate::config::Isolation::Auto => match start_cells(&config, &runtime) {
+            Ok(cells) => Some(cells),
+            Err(e) => {
+                tracing::warn!(
+                    "isolation = \"auto\": running guests in-process, with no OS-level \
+                     isolation between tenants: {e}"
+                );
+                None
+            }
+        },
     };
     let sandbox: Arc<dyn tern_runtime::isolation::Sandbox> = match cells {
         None => Arc::new(InProcess {

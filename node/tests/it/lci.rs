@@ -154,3 +154,26 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
 fn nix_is_root() -> bool {
     tern_cell::jail::is_root()
 }
+
+/// `isolation = "auto"` on a host that can give cells (root here) runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_isolation_runs_cells_where_the_host_allows_them() {
+    if !nix_is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.isolation = Isolation::Auto;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let node = start(cfg).await;
+    let r = invoke(node.addr(), "echo", "in a cell").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "in a cell"));
+    let text = metrics_text(node.addr(), None).await;
+    assert!(
+        text.contains("tern_isolation_mode{mode=\"lci\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tern_cells_running 1\n"), "{text}");
+    node.shutdown().await.unwrap();
+}
