@@ -154,6 +154,13 @@ impl Cells {
             .unwrap_or_default()
     }
 
+    /// CPU time `tenant`'s running cell has used, in microseconds (from its cgroup).
+    pub async fn cpu_usage_us(&self, tenant: &TenantName) -> Option<u64> {
+        let slot = self.slot(tenant);
+        let current = slot.lock().await.current.clone();
+        current.and_then(|r| r.process.cgroup().cpu_usage_us().ok())
+    }
+
     /// The cells' metrics in Prometheus text.
     pub fn render_metrics(&self) -> String {
         let stats = self.stats();

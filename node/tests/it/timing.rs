@@ -211,3 +211,107 @@ async fn three_thousand_concurrent_connections_get_no_errors() {
     assert_eq!(report.server.cold_starts, 0);
     node.shutdown().await.unwrap();
 }
+
+/// Two tenants with weights 1 and 3 whose cells compete for one CPU (both pinned to CPU 0)
+/// with CPU-bound guests get CPU time, as their cells' cgroups measure it, in a ratio within
+/// ±10 % of 1:3: the weight in the tenant record reaches the cell's cgroup and the kernel
+/// applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_share_a_cpu_by_their_tenants_weights() {
+    use crate::auth::{new_token_for, with_token};
+    if !tern_cell::jail::is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.auth = tern_node::config::AuthMode::Tokens;
+    cfg.isolation = tern_node::config::Isolation::Lci;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim();
+    let mut devs = Vec::new();
+    for (tenant, weight) in [("light", 1), ("heavy", 3)] {
+        let body = format!(r#"{{"name":"{tenant}","weight":{weight}}}"#);
+        let r = with_token(addr, Method::POST, "/v1/tenants", Some(admin), body).await;
+        assert_eq!(r.status, 201);
+        let (dev, _) = new_token_for(addr, admin, "developer", tenant).await;
+        let r = with_token(
+            addr,
+            Method::PUT,
+            "/v1/functions/spin?timeout_ms=7000",
+            Some(&dev),
+            wasm("loop"),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+        devs.push(dev);
+    }
+    let calls: Vec<_> = devs
+        .iter()
+        .flat_map(|dev| std::iter::repeat_n(dev.clone(), 6))
+        .map(|dev| {
+            tokio::spawn(async move {
+                with_token(
+                    addr,
+                    Method::POST,
+                    "/v1/functions/spin/invoke",
+                    Some(&dev),
+                    "",
+                )
+                .await
+            })
+        })
+        .collect();
+    let cells = node.app().cells.get().unwrap().clone();
+    let (light, heavy): (tern_tenancy::TenantName, tern_tenancy::TenantName) =
+        ("light".parse().unwrap(), "heavy".parse().unwrap());
+    // Both cells running their guests, then pinned to one CPU so they compete for it.
+    let t0 = Instant::now();
+    loop {
+        let l = cells.cpu_usage_us(&light).await.unwrap_or(0);
+        let h = cells.cpu_usage_us(&heavy).await.unwrap_or(0);
+        if l > 50_000 && h > 50_000 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "guests not running: {l} {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for tenant in [&light, &heavy] {
+        for pid in cells.processes(tenant).await {
+            let pinned = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", "0", &pid.to_string()])
+                .output()
+                .unwrap();
+            assert!(pinned.status.success(), "{pinned:?}");
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let usage = || async {
+        (
+            cells.cpu_usage_us(&light).await.unwrap(),
+            cells.cpu_usage_us(&heavy).await.unwrap(),
+        )
+    };
+    let (l0, h0) = usage().await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (l1, h1) = usage().await;
+    let ratio = (h1 - h0) as f64 / (l1 - l0) as f64;
+    eprintln!("heavy/light CPU on one core: {ratio:.3}");
+    assert!(
+        (2.7..=3.3).contains(&ratio),
+        "heavy/light CPU {ratio:.2} (light {} us, heavy {} us)",
+        l1 - l0,
+        h1 - h0
+    );
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!((r.status, code(&r).as_str()), (504, "timeout"));
+    }
+    node.shutdown().await.unwrap();
+}
