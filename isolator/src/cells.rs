@@ -75,6 +75,10 @@ impl Backoff {
 struct Running {
     process: Arc<CellProcess>,
     started: Instant,
+    /// When a call last ended (or the cell started), and how many are under way: a cell idle
+    /// past the keep-warm time is stopped.
+    last_used: Mutex<Instant>,
+    calls: AtomicU64,
     /// The version of each function the cell has.
     installed: Mutex<HashMap<FunctionName, ModuleHash>>,
 }
@@ -97,6 +101,7 @@ pub struct Cells {
     generation: AtomicU64,
     starts: AtomicU64,
     deaths: AtomicU64,
+    reaped: AtomicU64,
     /// From spawning a cell to its `Ready`.
     start_time: tern_metrics::Histogram,
 }
@@ -119,6 +124,7 @@ impl Cells {
             generation: AtomicU64::new(0),
             starts: AtomicU64::new(0),
             deaths: AtomicU64::new(0),
+            reaped: AtomicU64::new(0),
             start_time: tern_metrics::Histogram::default(),
         })
     }
@@ -154,6 +160,34 @@ impl Cells {
             .unwrap_or_default()
     }
 
+    /// Stops the cells that have had no call for `keep_warm` (a tenant's next call starts a
+    /// new one); how many. A cell busy with a call, or whose tenant is being served right
+    /// now, is left alone.
+    pub fn reap_idle(&self, keep_warm: Duration) -> usize {
+        let slots: Vec<_> = self.lock_tenants().values().cloned().collect();
+        let mut reaped = 0;
+        for slot in slots {
+            let Ok(mut cells) = slot.try_lock() else {
+                continue;
+            };
+            let idle = cells.current.as_ref().is_some_and(|r| {
+                r.calls.load(Ordering::Acquire) == 0
+                    && !r.process.has_ended()
+                    && r.last_used
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .elapsed()
+                        >= keep_warm
+            });
+            if idle && let Some(running) = cells.current.take() {
+                running.process.kill();
+                reaped += 1;
+            }
+        }
+        self.reaped.fetch_add(reaped as u64, Ordering::Relaxed);
+        reaped
+    }
+
     /// CPU time `tenant`'s running cell has used, in microseconds (from its cgroup).
     pub async fn cpu_usage_us(&self, tenant: &TenantName) -> Option<u64> {
         let slot = self.slot(tenant);
@@ -175,9 +209,15 @@ impl Cells {
              and replaced.\n\
              # TYPE tern_cell_deaths_total counter\n\
              tern_cell_deaths_total {}\n\
+             # HELP tern_cells_reaped_total Idle cells stopped after the keep-warm time.\n\
+             # TYPE tern_cells_reaped_total counter\n\
+             tern_cells_reaped_total {}\n\
              # HELP tern_cell_start_seconds From spawning a cell to its ready message.\n\
              # TYPE tern_cell_start_seconds histogram\n",
-            stats.running, stats.starts, stats.deaths
+            stats.running,
+            stats.starts,
+            stats.deaths,
+            self.reaped.load(Ordering::Relaxed)
         );
         self.start_time
             .render(&mut out, "tern_cell_start_seconds", "");
@@ -248,6 +288,8 @@ impl Cells {
         let running = Arc::new(Running {
             process,
             started: Instant::now(),
+            last_used: Mutex::new(Instant::now()),
+            calls: AtomicU64::new(0),
             installed: Mutex::default(),
         });
         cells.current = Some(running.clone());
@@ -287,6 +329,7 @@ impl Cells {
         let outcome = loop {
             attempts += 1;
             let running = self.running(&tenant).await.map_err(fault)?;
+            let _call = InCall::new(&running);
             install_if_missing(&running, &info).await.map_err(fault)?;
             match running
                 .process
@@ -304,6 +347,23 @@ impl Cells {
             cold_start: outcome.cold_start,
             timings: outcome.timings,
         })
+    }
+}
+
+/// Counts a call under way in a cell, and marks the cell used when it ends.
+struct InCall<'a>(&'a Running);
+
+impl<'a> InCall<'a> {
+    fn new(running: &'a Running) -> Self {
+        running.calls.fetch_add(1, Ordering::AcqRel);
+        Self(running)
+    }
+}
+
+impl Drop for InCall<'_> {
+    fn drop(&mut self) {
+        *self.0.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.0.calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -133,6 +133,8 @@ pub struct Config {
     pub isolation: Isolation,
     /// The executable cells run (with `cell` as its first argument); unset: this node's own.
     pub cell_program: Option<PathBuf>,
+    /// A cell with no call for this long is stopped (its tenant's next call starts a new one).
+    pub cell_keep_warm_secs: u64,
     pub max_loaded_modules: usize,
     pub epoch_tick_us: u64,
     /// Workers a `map` is spread over; 0 = number of CPUs.
@@ -269,6 +271,7 @@ impl Default for Config {
             memory_profile: MemoryProfile::GuardPages,
             isolation: Isolation::InProcess,
             cell_program: None,
+            cell_keep_warm_secs: 600,
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,

@@ -291,6 +291,20 @@ fn start_cells(
         },
     );
     runtime.set_cell_runner(cells.clone());
+    let keep_warm = Duration::from_secs(config.cell_keep_warm_secs);
+    let every = (keep_warm / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let weak = Arc::downgrade(&cells);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            let Some(cells) = weak.upgrade() else { return };
+            let reaped = cells.reap_idle(keep_warm);
+            if reaped > 0 {
+                tracing::info!(reaped, "stopped cells idle past cell_keep_warm_secs");
+            }
+        }
+    });
     Ok(cells)
 }
 

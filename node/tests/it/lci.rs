@@ -177,3 +177,35 @@ async fn auto_isolation_runs_cells_where_the_host_allows_them() {
     assert!(text.contains("tern_cells_running 1\n"), "{text}");
     node.shutdown().await.unwrap();
 }
+
+/// A cell with no call for `cell_keep_warm_secs` is stopped, and its tenant's next call
+/// starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_cell_is_stopped_after_its_keep_warm_time_and_comes_back_on_the_next_call() {
+    if !nix_is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.isolation = Isolation::Lci;
+    cfg.cell_keep_warm_secs = 1;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = invoke(addr, "echo", "warm").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "warm"));
+    metric_until(
+        addr,
+        "tern_cells_reaped_total",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    )
+    .await;
+    assert_eq!(metric(addr, "tern_cells_running").await, 0.0);
+    let r = invoke(addr, "echo", "again").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "again"));
+    assert_eq!(metric(addr, "tern_cells_running").await, 1.0);
+    assert_eq!(metric(addr, "tern_cell_starts_total").await, 2.0);
+    node.shutdown().await.unwrap();
+}
