@@ -102,6 +102,7 @@ pub struct Cells {
     starts: AtomicU64,
     deaths: AtomicU64,
     reaped: AtomicU64,
+    hangs: AtomicU64,
     /// From spawning a cell to its `Ready`.
     start_time: tern_metrics::Histogram,
 }
@@ -125,6 +126,7 @@ impl Cells {
             starts: AtomicU64::new(0),
             deaths: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
+            hangs: AtomicU64::new(0),
             start_time: tern_metrics::Histogram::default(),
         })
     }
@@ -188,6 +190,36 @@ impl Cells {
         reaped
     }
 
+    /// Pings every running cell at once and kills those that do not answer within `within`
+    /// (alive but serving nothing: stopped, or wedged); how many. Their waiting callers get
+    /// `isolation_fault`, and the tenant's next call starts a new cell.
+    pub async fn check_health(&self, within: Duration) -> usize {
+        let slots: Vec<_> = self.lock_tenants().values().cloned().collect();
+        let mut pings = tokio::task::JoinSet::new();
+        for slot in slots {
+            let current = slot.lock().await.current.clone();
+            if let Some(running) = current.filter(|r| !r.process.has_ended()) {
+                pings.spawn(async move {
+                    let alive = running.process.ping(within).await;
+                    (running, alive)
+                });
+            }
+        }
+        let mut hung = 0;
+        while let Some(Ok((running, alive))) = pings.join_next().await {
+            if !alive && !running.process.has_ended() {
+                tracing::warn!(
+                    cell = running.process.name(),
+                    "a cell did not answer a ping; killing it"
+                );
+                running.process.kill();
+                hung += 1;
+            }
+        }
+        self.hangs.fetch_add(hung as u64, Ordering::Relaxed);
+        hung
+    }
+
     /// CPU time `tenant`'s running cell has used, in microseconds (from its cgroup).
     pub async fn cpu_usage_us(&self, tenant: &TenantName) -> Option<u64> {
         let slot = self.slot(tenant);
@@ -212,12 +244,16 @@ impl Cells {
              # HELP tern_cells_reaped_total Idle cells stopped after the keep-warm time.\n\
              # TYPE tern_cells_reaped_total counter\n\
              tern_cells_reaped_total {}\n\
+             # HELP tern_cell_hangs_total Cells killed for not answering a health check.\n\
+             # TYPE tern_cell_hangs_total counter\n\
+             tern_cell_hangs_total {}\n\
              # HELP tern_cell_start_seconds From spawning a cell to its ready message.\n\
              # TYPE tern_cell_start_seconds histogram\n",
             stats.running,
             stats.starts,
             stats.deaths,
-            self.reaped.load(Ordering::Relaxed)
+            self.reaped.load(Ordering::Relaxed),
+            self.hangs.load(Ordering::Relaxed)
         );
         self.start_time
             .render(&mut out, "tern_cell_start_seconds", "");

@@ -344,6 +344,11 @@ async fn serve(args: CellArgs) -> i32 {
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(id, task.abort_handle());
             }
+            ToCell::Ping { id } => {
+                if tx.send(FromCell::Pong { id }).await.is_err() {
+                    break;
+                }
+            }
             ToCell::Cancel { id } => {
                 if let Some(task) = running
                     .lock()
@@ -376,7 +381,7 @@ fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
             id,
             result: Err(error),
         }),
-        FromCell::Ready | FromCell::Started { .. } => None,
+        FromCell::Ready | FromCell::Started { .. } | FromCell::Pong { .. } => None,
     }
 }
 

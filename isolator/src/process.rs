@@ -47,6 +47,7 @@ pub struct CellSpec {
 /// What a waiting caller is owed.
 enum Waiting {
     Install(oneshot::Sender<Result<(), ApiError>>),
+    Ping(oneshot::Sender<()>),
     Run {
         answer: oneshot::Sender<Result<Outcome, ApiError>>,
         /// The cell said it started the MEU.
@@ -73,6 +74,7 @@ impl Shared {
             let error = ApiError::new(tern_wire::ErrorCode::Internal, why.clone());
             match waiting {
                 Waiting::Install(tx) => drop(tx.send(Err(error))),
+                Waiting::Ping(_) => {}
                 Waiting::Run { answer, .. } => drop(answer.send(Err(error))),
             }
         }
@@ -272,6 +274,23 @@ impl CellProcess {
         }
     }
 
+    /// Whether the cell answers a ping within `within` (a cell that does not is hung: its
+    /// process lives but it serves nothing).
+    pub async fn ping(&self, within: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self
+            .send(id, Waiting::Ping(tx), ToCell::Ping { id })
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let answered = matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())));
+        self.shared.lock().remove(&id);
+        answered
+    }
+
     /// Kills the cell; every waiting caller gets [`Error::CellExited`].
     pub fn kill(&self) {
         let _ = self.kill.try_send(());
@@ -390,24 +409,24 @@ async fn read_answers(
             },
             FromCell::Installed { id, result } => match shared.lock().remove(&id) {
                 Some(Waiting::Install(tx)) => drop(tx.send(result)),
-                Some(Waiting::Run { .. }) => {
-                    return format!("the cell answered run {id} as an install");
-                }
+                Some(_) => return format!("the cell answered {id} as an install"),
                 None => return format!("the cell answered install {id}, which was not asked"),
+            },
+            FromCell::Pong { id } => match shared.lock().remove(&id) {
+                Some(Waiting::Ping(tx)) => drop(tx.send(())),
+                Some(_) => return format!("the cell answered {id} with a pong"),
+                // A ping that timed out meanwhile.
+                None => {}
             },
             FromCell::Started { id } => match shared.lock().get(&id) {
                 Some(Waiting::Run { started, .. }) => started.store(true, Ordering::Release),
-                Some(Waiting::Install(_)) => {
-                    return format!("the cell started install {id} as a run");
-                }
+                Some(_) => return format!("the cell started {id} as a run"),
                 // Cancelled meanwhile.
                 None => {}
             },
             FromCell::Ran { id, result } => match shared.lock().remove(&id) {
                 Some(Waiting::Run { answer, .. }) => drop(answer.send(result)),
-                Some(Waiting::Install(_)) => {
-                    return format!("the cell answered install {id} as a run");
-                }
+                Some(_) => return format!("the cell answered {id} as a run"),
                 // A cancelled run whose answer crossed the cancel: nobody waits for it.
                 None => {}
             },

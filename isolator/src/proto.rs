@@ -30,6 +30,8 @@ pub enum ToCell {
     },
     /// The caller went away: stop MEU `id`, waiting or running (no answer).
     Cancel { id: u64 },
+    /// Are you there? Answered by [`FromCell::Pong`] with the same `id`.
+    Ping { id: u64 },
 }
 
 /// From the cell.
@@ -37,13 +39,18 @@ pub enum ToCell {
 pub enum FromCell {
     /// Jailed, runtime up, seccomp installed.
     Ready,
+    Pong {
+        id: u64,
+    },
     Installed {
         id: u64,
         result: Result<(), ApiError>,
     },
     /// MEU `id` is about to run: from here a death of the cell may have cut it short, so
     /// it is not run again elsewhere. Before it, it certainly did not run.
-    Started { id: u64 },
+    Started {
+        id: u64,
+    },
     Ran {
         id: u64,
         result: Result<Outcome, ApiError>,

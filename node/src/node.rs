@@ -303,10 +303,15 @@ fn start_cells(
             if reaped > 0 {
                 tracing::info!(reaped, "stopped cells idle past cell_keep_warm_secs");
             }
+            cells.check_health(CELL_HEALTH_TIMEOUT).await;
         }
     });
     Ok(cells)
 }
+
+/// How long a cell has to answer a health check (it answers from its reader, apart from the
+/// guests, in well under a millisecond).
+const CELL_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// From spawning a cell to its `Ready` (it takes about 10–20 ms).
 const CELL_START_TIMEOUT: Duration = Duration::from_secs(5);

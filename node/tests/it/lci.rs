@@ -209,3 +209,44 @@ async fn an_idle_cell_is_stopped_after_its_keep_warm_time_and_comes_back_on_the_
     assert_eq!(metric(addr, "tern_cell_starts_total").await, 2.0);
     node.shutdown().await.unwrap();
 }
+
+/// A cell that is alive but answers nothing (stopped here with SIGSTOP) fails its health
+/// check, is killed, and its tenant's next call runs in a new cell.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_that_stops_answering_is_killed_by_its_health_check_and_replaced() {
+    if !nix_is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.isolation = Isolation::Lci;
+    // Checks every second (a quarter of the keep-warm time, at least 1 s).
+    cfg.cell_keep_warm_secs = 4;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = invoke(addr, "echo", "before").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "before"));
+    let cells = node.app().cells.get().unwrap().clone();
+    let default = tern_tenancy::TenantName::default_tenant();
+    let stopped = cells.processes(&default).await;
+    assert!(!stopped.is_empty());
+    for pid in &stopped {
+        let _ = std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status();
+    }
+    metric_until(
+        addr,
+        "tern_cell_hangs_total",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    )
+    .await;
+    let r = invoke(addr, "echo", "after").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "after"));
+    let now = cells.processes(&default).await;
+    assert!(!now.is_empty() && now.iter().all(|p| !stopped.contains(p)));
+    node.shutdown().await.unwrap();
+}
