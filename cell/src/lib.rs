@@ -6,7 +6,8 @@
 //!   and every capability dropped;
 //! - [`cgroup`]: the cell's cgroup under the node's own, on cgroup v2 or v1, with its
 //!   [`limits`] (CPU weight and bandwidth, memory, tasks) and its measurements;
-//! - [`seccomp`]: the allow-list of system calls, installed last.
+//! - [`seccomp`]: the allow-list of system calls, installed last;
+//! - [`strength`]: the paper's Eq. 4, isolation strength from the separation in force.
 //!
 //! The node drives cells through these; this crate starts no process of its own and holds no
 //! state, so each layer is tested on its own (the escape probes in `tests/escape.rs` run a
@@ -17,6 +18,7 @@ pub mod error;
 pub mod jail;
 pub mod limits;
 pub mod seccomp;
+pub mod strength;
 
 pub use cgroup::{CellCgroup, Hierarchy};
 pub use error::Error;

@@ -43,6 +43,8 @@ pub struct CellsConfig {
     pub args: CellArgs,
     pub max_in_flight: usize,
     pub start_timeout: Duration,
+    /// Eq. 4's weight of each resource dimension.
+    pub strength_weights: tern_cell::strength::Weights,
 }
 
 /// When a tenant's next cell may start, given how its last ones ended. Pure.
@@ -257,7 +259,57 @@ impl Cells {
         );
         self.start_time
             .render(&mut out, "tern_cell_start_seconds", "");
+        out.push_str(&self.render_strength());
         out
+    }
+
+    /// Eq. 4 for each tenant with a running cell, and the sharing ratios it is computed from.
+    fn render_strength(&self) -> String {
+        use std::fmt::Write as _;
+        use tern_cell::strength::{Resource, Sharing};
+        let slots: Vec<_> = self
+            .lock_tenants()
+            .iter()
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
+        let mut weights = Vec::new();
+        for (tenant, slot) in slots {
+            // A tenant being started or served right now shows at the next scrape.
+            let Ok(cells) = slot.try_lock() else { continue };
+            if cells
+                .current
+                .as_ref()
+                .is_some_and(|r| !r.process.has_ended())
+            {
+                weights.push((tenant, cells.limits.cpu_weight));
+            }
+        }
+        let total: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+        let mut out = String::from(
+            "# HELP tern_isolation_strength Eq. 4 isolation strength of the tenant's cell, 0..1 \
+             with unit weights.\n# TYPE tern_isolation_strength gauge\n",
+        );
+        let mut ratios = String::from(
+            "# HELP tern_isolation_sharing The sharing ratio rho of each resource Eq. 4 reads \
+             (0 own, 1 shared with every tenant).\n# TYPE tern_isolation_sharing gauge\n",
+        );
+        for (tenant, weight) in &weights {
+            let sharing = Sharing::of_cell(*weight, total);
+            let strength = sharing.strength(&self.config.strength_weights);
+            let _ = writeln!(
+                out,
+                "tern_isolation_strength{{tenant=\"{tenant}\"}} {strength:.4}"
+            );
+            for r in Resource::ALL {
+                let _ = writeln!(
+                    ratios,
+                    "tern_isolation_sharing{{tenant=\"{tenant}\",resource=\"{}\"}} {:.4}",
+                    r.as_str(),
+                    sharing.of(r)
+                );
+            }
+        }
+        out + &ratios
     }
 
     pub fn stats(&self) -> CellStats {

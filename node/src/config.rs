@@ -83,6 +83,50 @@ pub enum Isolation {
     Auto,
 }
 
+/// The weight of each resource dimension in the paper's Eq. 4 (`tern_isolation_strength`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IsolationWeights {
+    pub cpu: f64,
+    pub memory: f64,
+    pub pid: f64,
+    pub net: f64,
+    pub vfs: f64,
+    pub syscalls: f64,
+}
+
+impl Default for IsolationWeights {
+    fn default() -> Self {
+        Self {
+            cpu: 1.0,
+            memory: 1.0,
+            pid: 1.0,
+            net: 1.0,
+            vfs: 1.0,
+            syscalls: 1.0,
+        }
+    }
+}
+
+impl IsolationWeights {
+    fn all(&self) -> [f64; 6] {
+        [
+            self.cpu,
+            self.memory,
+            self.pid,
+            self.net,
+            self.vfs,
+            self.syscalls,
+        ]
+    }
+}
+
+impl From<IsolationWeights> for tern_cell::strength::Weights {
+    fn from(w: IsolationWeights) -> Self {
+        Self(w.all())
+    }
+}
+
 /// Every setting of a node. Field names are the TOML keys; the environment variable of a field
 /// is `TERN_` + its name in upper case (e.g. `TERN_QUEUE_CAP=20000`).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -135,6 +179,8 @@ pub struct Config {
     pub cell_program: Option<PathBuf>,
     /// A cell with no call for this long is stopped (its tenant's next call starts a new one).
     pub cell_keep_warm_secs: u64,
+    /// Eq. 4's weight of each resource dimension.
+    pub isolation_weights: IsolationWeights,
     pub max_loaded_modules: usize,
     pub epoch_tick_us: u64,
     /// Workers a `map` is spread over; 0 = number of CPUs.
@@ -272,6 +318,7 @@ impl Default for Config {
             isolation: Isolation::InProcess,
             cell_program: None,
             cell_keep_warm_secs: 600,
+            isolation_weights: IsolationWeights::default(),
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,
@@ -375,6 +422,14 @@ impl Config {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.queue_cap == 0 {
             return bad("queue_cap must be at least 1");
+        }
+        if !self
+            .isolation_weights
+            .all()
+            .iter()
+            .all(|w| w.is_finite() && *w >= 0.0)
+        {
+            return bad("isolation_weights must be finite and not negative");
         }
         if self.max_instances == 0 {
             return bad("max_instances must be at least 1");
@@ -726,6 +781,20 @@ mod tests {
             Config::load(Some(&dir.path().join("missing.toml")), Vec::new()),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn isolation_weights_come_from_a_table_default_to_one_and_must_not_be_negative() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(&file, "[isolation_weights]\ncpu = 2.0\nsyscalls = 0.5\n").unwrap();
+        let c = Config::load(Some(&file), Vec::new()).unwrap();
+        let w = c.isolation_weights;
+        assert_eq!((w.cpu, w.memory, w.syscalls), (2.0, 1.0, 0.5));
+        for bad in ["cpu = -1.0\n", "disk = 1.0\n", "cpu = nan\n"] {
+            std::fs::write(&file, format!("[isolation_weights]\n{bad}")).unwrap();
+            assert!(Config::load(Some(&file), Vec::new()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -288,6 +288,7 @@ fn start_cells(
             args,
             max_in_flight: config.max_instances as usize,
             start_timeout: CELL_START_TIMEOUT,
+            strength_weights: config.isolation_weights.into(),
         },
     );
     runtime.set_cell_runner(cells.clone());

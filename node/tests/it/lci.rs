@@ -65,6 +65,16 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         "{text}"
     );
     assert!(text.contains("tern_cells_running 2\n"), "{text}");
+    // Eq. 4 with unit weights: two cells of equal weight share the CPU half and half and
+    // nothing else, so (0.5 + 5) / 6.
+    assert!(
+        text.contains("tern_isolation_strength{tenant=\"acme\"} 0.9167\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tern_isolation_sharing{tenant=\"acme\",resource=\"cpu\"} 0.5000\n"),
+        "{text}"
+    );
     assert!(
         text.contains("tern_cell_start_seconds_count{} 2\n"),
         "{text}"
