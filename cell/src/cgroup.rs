@@ -132,6 +132,59 @@ impl Hierarchy {
         self.dirs.get(&controller).map(PathBuf::as_path)
     }
 
+    /// Gets the hierarchy ready for cells before the first one starts: on v2, enables the
+    /// cells' controllers below the node's cgroup (moving the node into a leaf of its own if
+    /// it must) and creates `tern-cells`, so a cell spawned in the node's cgroup can be moved
+    /// into its own; on both, removes the empty cgroups of cells of an earlier run. Returns how
+    /// many were removed.
+    pub fn prepare(&self) -> Result<usize, Error> {
+        if self.version == CgroupVersion::V2 {
+            let own = &self.dirs[&Controller::Cpu];
+            enable_v2_controllers(own)?;
+            let cells = own.join(CELLS_DIR);
+            make_dir(&cells)?;
+            write(&cells.join("cgroup.subtree_control"), V2_SUBTREE)?;
+        }
+        let mut removed = 0;
+        let mut seen = std::collections::BTreeSet::new();
+        for own in self.dirs.values() {
+            let Ok(entries) = std::fs::read_dir(own.join(CELLS_DIR)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                // A cell of an earlier run: empty, it goes; still busy, it stays.
+                if path.is_dir()
+                    && std::fs::remove_dir(&path).is_ok()
+                    && seen.insert(entry.file_name())
+                {
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    /// The handle of cell `name`'s cgroup, without creating it.
+    pub fn cell(&self, name: &str) -> Result<CellCgroup, Error> {
+        check_name(name)?;
+        let dirs = match self.version {
+            CgroupVersion::V2 => {
+                let dir = self.dirs[&Controller::Cpu].join(CELLS_DIR).join(name);
+                CONTROLLERS.iter().map(|c| (*c, dir.clone())).collect()
+            }
+            CgroupVersion::V1 => self
+                .dirs
+                .iter()
+                .map(|(c, own)| (*c, own.join(CELLS_DIR).join(name)))
+                .collect(),
+        };
+        Ok(CellCgroup {
+            version: self.version,
+            dirs,
+        })
+    }
+
     /// Creates (or reuses) the cgroup of cell `name` and gives it `limits`.
     pub fn create(&self, name: &str, limits: &CellLimits) -> Result<CellCgroup, Error> {
         check_name(name)?;

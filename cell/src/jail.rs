@@ -81,6 +81,9 @@ pub fn enter(spec: &JailSpec) -> Result<(), Error> {
     #[allow(unsafe_code)]
     let forked = unsafe { nix::unistd::fork() }.map_err(Error::jail("fork"))?;
     if let ForkResult::Parent { child } = forked {
+        // It only waits from here on: it needs no capability, and keeps none a process that
+        // reached it could use. (Best effort: it is not the cell, and must still report.)
+        let _ = drop_privileges();
         let code = loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => break code,

@@ -199,7 +199,10 @@ impl Cells {
         let slots: Vec<_> = self.lock_tenants().values().cloned().collect();
         let mut pings = tokio::task::JoinSet::new();
         for slot in slots {
-            let current = slot.lock().await.current.clone();
+            // A tenant whose cell is starting right now is checked next time.
+            let Ok(cells) = slot.try_lock() else { continue };
+            let current = cells.current.clone();
+            drop(cells);
             if let Some(running) = current.filter(|r| !r.process.has_ended()) {
                 pings.spawn(async move {
                     let alive = running.process.ping(within).await;
@@ -317,9 +320,10 @@ impl Cells {
             .lock_tenants()
             .values()
             .filter(|s| {
+                // A tenant being started or served right now shows at the next look.
                 s.try_lock()
                     .map(|c| c.current.as_ref().is_some_and(|r| !r.process.has_ended()))
-                    .unwrap_or(true)
+                    .unwrap_or(false)
             })
             .count() as u64;
         CellStats {
@@ -330,12 +334,33 @@ impl Cells {
     }
 
     /// The tenant's running cell, started if it has none (or its last one died).
-    async fn running(&self, tenant: &TenantName) -> Result<Arc<Running>, Error> {
+    /// The tenant's running cell, with a call counted in it (so it is not reaped under the
+    /// caller), started if it has none (or its last one died). A start runs in a task of its
+    /// own: a caller that goes away does not abort a start other callers wait for too.
+    async fn running(&self, tenant: &TenantName) -> Result<InCall, Error> {
+        {
+            let slot = self.slot(tenant);
+            let cells = slot.lock().await;
+            if let Some(running) = cells.current.as_ref().filter(|r| !r.process.has_ended()) {
+                return Ok(InCall::new(running.clone()));
+            }
+        }
+        let this = self
+            .this
+            .upgrade()
+            .ok_or(Error::Unavailable("the node is stopping".into()))?;
+        let tenant = tenant.clone();
+        tokio::spawn(async move { this.start_or_join(&tenant).await })
+            .await
+            .map_err(|e| Error::Unavailable(format!("starting a cell: {e}")))?
+    }
+
+    async fn start_or_join(&self, tenant: &TenantName) -> Result<InCall, Error> {
         let slot = self.slot(tenant);
         let mut cells = slot.lock().await;
         if let Some(running) = &cells.current {
             if !running.process.has_ended() {
-                return Ok(running.clone());
+                return Ok(InCall::new(running.clone()));
             }
             let lived = running.started.elapsed();
             self.deaths.fetch_add(1, Ordering::Relaxed);
@@ -348,8 +373,8 @@ impl Cells {
         if let Some(when) = cells.not_before
             && Instant::now() < when
         {
-            return Err(Error::CellExited(format!(
-                "tenant {tenant}'s cells keep dying young; the next start is in {} ms",
+            return Err(Error::Unavailable(format!(
+                "tenant {tenant}'s cells keep dying or failing to start; the next start is in {} ms",
                 (when - Instant::now()).as_millis()
             )));
         }
@@ -368,7 +393,20 @@ impl Cells {
             start_timeout: self.config.start_timeout,
         };
         let spawned = Instant::now();
-        let process = CellProcess::start(&self.hierarchy, spec).await?;
+        let process = match CellProcess::start(&self.hierarchy, spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                // A start that fails counts as a cell dying young: a broken host is not
+                // asked to spawn a process on every call.
+                cells.backoff.died(Duration::ZERO);
+                let delay = cells.backoff.delay();
+                cells.not_before = (!delay.is_zero()).then(|| Instant::now() + delay);
+                tracing::warn!(%tenant, error = %e, "a cell did not start");
+                return Err(Error::Unavailable(format!(
+                    "tenant {tenant}'s cell did not start: {e}"
+                )));
+            }
+        };
         let start_us = u64::try_from(spawned.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.start_time.observe_us(start_us);
         self.starts.fetch_add(1, Ordering::Relaxed);
@@ -381,7 +419,7 @@ impl Cells {
             installed: Mutex::default(),
         });
         cells.current = Some(running.clone());
-        Ok(running)
+        Ok(InCall::new(running))
     }
 
     fn slot(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<TenantCells>> {
@@ -402,53 +440,98 @@ impl Cells {
         info: FunctionInfo,
         meu: Meu,
     ) -> Result<MeuOutcome, tern_runtime::Error> {
+        use tern_runtime::Error as RtError;
         let fault = |e: Error| match e {
-            Error::Guest(api) => tern_runtime::Error::InCell(api),
-            Error::CellExited(why) | Error::EndedBeforeStart(why) => {
-                tern_runtime::Error::IsolationFault(why)
-            }
-            other => tern_runtime::Error::IsolationFault(other.to_string()),
+            Error::Guest(api) => guest_error(api),
+            Error::CellExited(why) | Error::EndedBeforeStart(why) => RtError::IsolationFault(why),
+            Error::Unavailable(why) => RtError::IsolationUnavailable(why),
+            other => RtError::IsolationUnavailable(other.to_string()),
         };
         let tenant = info.name.tenant();
-        // A cell found dead before it started the MEU (it died since its last call, say):
-        // the MEU did not run, so it runs in the cell that replaces it. Once: a cell that
-        // dies before starting anything twice in a row is not tried a third time here.
+        let called = Instant::now();
+        // A cell found dead before it started the MEU (it died since its last call, or while
+        // the function was being installed): the MEU did not run, so it runs in the cell that
+        // replaces it. Once: a cell that dies before starting anything twice in a row is not
+        // tried a third time here.
         let mut attempts = 0;
-        let outcome = loop {
+        let (call, outcome) = loop {
             attempts += 1;
-            let running = self.running(&tenant).await.map_err(fault)?;
-            let _call = InCall::new(&running);
-            install_if_missing(&running, &info).await.map_err(fault)?;
-            match running
-                .process
-                .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
-                .await
-            {
+            let call = self.running(&tenant).await.map_err(fault)?;
+            let ran = match install_if_missing(&call.0, &info).await {
+                Ok(()) => {
+                    call.0
+                        .process
+                        .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
+                        .await
+                }
+                Err(Error::CellExited(why)) => Err(Error::EndedBeforeStart(why)),
+                Err(e) => Err(e),
+            };
+            match ran {
                 Err(Error::EndedBeforeStart(why)) if attempts < 2 => {
                     tracing::info!(%tenant, %why, "a call found its cell dead; running it in a new one");
                 }
-                other => break other.map_err(fault)?,
+                other => break (call, other.map_err(fault)?),
             }
         };
+        // What a cell says is checked like a peer's: no more output than the node allows
+        // (a cell claiming more is broken or hostile, and is ended), and times no longer than
+        // the call took here.
+        if outcome.output.len() > self.config.args.max_output_bytes {
+            call.0.process.kill();
+            return Err(RtError::IsolationFault(format!(
+                "the cell answered {} bytes, over the output cap of {}",
+                outcome.output.len(),
+                self.config.args.max_output_bytes
+            )));
+        }
+        let took = u64::try_from(called.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut timings = outcome.timings;
+        for t in [
+            &mut timings.pre_us,
+            &mut timings.load_us,
+            &mut timings.reuse_us,
+            &mut timings.inst_us,
+            &mut timings.exec_us,
+        ] {
+            *t = (*t).min(took);
+        }
         Ok(MeuOutcome {
             output: Bytes::from(outcome.output),
             cold_start: outcome.cold_start,
-            timings: outcome.timings,
+            timings,
         })
     }
 }
 
-/// Counts a call under way in a cell, and marks the cell used when it ends.
-struct InCall<'a>(&'a Running);
+/// A cell's error answer, passed on only if it is one a guest can cause; any other code (one
+/// that would make the node or its peers retry, re-place or blame the node) from a cell is
+/// treated as the cell failing.
+fn guest_error(api: tern_wire::ApiError) -> tern_runtime::Error {
+    use tern_wire::ErrorCode as C;
+    match api.code {
+        C::GuestTrap | C::GuestError | C::OutputTooLarge | C::Timeout | C::InvalidModule => {
+            tern_runtime::Error::InCell(api)
+        }
+        other => tern_runtime::Error::IsolationFault(format!(
+            "the cell answered {other}: {}",
+            api.message
+        )),
+    }
+}
 
-impl<'a> InCall<'a> {
-    fn new(running: &'a Running) -> Self {
+/// A call under way in a cell (counted, so the cell is not reaped under it); marks the cell
+/// used when it ends.
+struct InCall(Arc<Running>);
+
+impl InCall {
+    fn new(running: Arc<Running>) -> Self {
         running.calls.fetch_add(1, Ordering::AcqRel);
         Self(running)
     }
 }
 
-impl Drop for InCall<'_> {
+impl Drop for InCall {
     fn drop(&mut self) {
         *self.0.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         self.0.calls.fetch_sub(1, Ordering::AcqRel);
@@ -500,7 +583,7 @@ impl CellRunner for Cells {
         tokio::spawn(async move {
             let tenant = info.name.tenant();
             let installed = match cells.running(&tenant).await {
-                Ok(running) => install_if_missing(&running, &info).await,
+                Ok(call) => install_if_missing(&call.0, &info).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = installed {
@@ -532,6 +615,29 @@ impl CellRunner for Cells {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_errors_a_guest_can_cause_pass_through_from_a_cell() {
+        use tern_wire::{ApiError, ErrorCode};
+        for code in [
+            ErrorCode::GuestTrap,
+            ErrorCode::Timeout,
+            ErrorCode::OutputTooLarge,
+        ] {
+            let e = guest_error(ApiError::new(code, "x"));
+            assert_eq!(e.code(), code);
+        }
+        // A cell saying "overloaded" or "unavailable" would have its call placed again
+        // elsewhere after it may have run, and the node marked as refusing.
+        for code in [
+            ErrorCode::Overloaded,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+        ] {
+            let e = guest_error(ApiError::new(code, "x"));
+            assert_eq!(e.code(), ErrorCode::IsolationFault, "{code}");
+        }
+    }
 
     #[test]
     fn starts_are_spaced_out_only_when_cells_keep_dying_young() {

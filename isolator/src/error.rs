@@ -21,6 +21,10 @@ pub enum Error {
     EndedBeforeStart(String),
     #[error("cell protocol: {0}")]
     Protocol(String),
+    /// No cell can serve the call now (it would not start, or is being restarted too often);
+    /// trying again later may work.
+    #[error("no cell available: {0}")]
+    Unavailable(String),
     /// The cell answered with an error of its own runtime (the guest trapped, timed out…).
     #[error("{0}")]
     Guest(ApiError),

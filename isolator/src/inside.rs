@@ -2,10 +2,11 @@
 //! runtime, closes the last gates (capabilities, seccomp) and serves the node's requests on
 //! its standard input and output until the node closes them.
 //!
-//! Order matters: the jail forks, so it comes while the process is single-threaded; the
-//! runtime opens and maps artifacts and starts its threads (tokio workers, the epoch ticker,
-//! the slow lane) before the seccomp filter is installed, and every thread started later
-//! inherits the filter.
+//! Order matters: the jail forks, so it comes while the process is single-threaded, and so
+//! does dropping capabilities (they are per thread: every thread started afterwards has
+//! none); the runtime opens and maps artifacts and starts its threads (tokio workers, the
+//! epoch ticker, the slow lane) before the seccomp filter is installed on all of them, and
+//! every thread started later inherits the filter.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -197,6 +198,12 @@ pub fn main(args: &[String]) -> i32 {
         eprintln!("tern cell: jail: {e}");
         return 3;
     }
+    // Capabilities belong to each thread: dropped while this is still the only one, so no
+    // thread started later (tokio's, the runtime's) ever has one.
+    if let Err(e) = tern_cell::drop_privileges() {
+        eprintln!("tern cell: {e}");
+        return 3;
+    }
     // Threads are bounded: the cell's `pids.max` counts them.
     let threads = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -223,9 +230,9 @@ async fn serve(args: CellArgs) -> i32 {
             return 3;
         }
     };
-    let gates = tern_cell::drop_privileges()
-        .and_then(|()| tern_cell::Policy::cell())
-        .and_then(|p| p.install());
+    // Last: on every thread (the filter is synchronised to all of them), after the runtime
+    // has mapped what it needs.
+    let gates = tern_cell::Policy::cell().and_then(|p| p.install());
     if let Err(e) = gates {
         eprintln!("tern cell: {e}");
         return 3;
@@ -296,16 +303,18 @@ async fn serve(args: CellArgs) -> i32 {
         };
         match request {
             ToCell::Install { id, info } => {
-                let result = runtime
-                    .load_compiled(info.hash, info.size_bytes)
-                    .await
-                    .map(|prepared| {
-                        runtime.install(info, prepared);
-                    })
-                    .map_err(|e| e.to_api());
-                if tx.send(FromCell::Installed { id, result }).await.is_err() {
-                    break;
-                }
+                // Off the reading loop: loading an artifact must not hold up pings or runs.
+                let (runtime, tx) = (runtime.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let result = runtime
+                        .load_compiled(info.hash, info.size_bytes)
+                        .await
+                        .map(|prepared| {
+                            runtime.install(info, prepared);
+                        })
+                        .map_err(|e| e.to_api());
+                    let _ = tx.send(FromCell::Installed { id, result }).await;
+                });
             }
             ToCell::Remove(name) => {
                 runtime.remove(&name);
@@ -318,6 +327,9 @@ async fn serve(args: CellArgs) -> i32 {
             } => {
                 let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
                 let sandbox = sandbox.clone();
+                // Spawned and registered under the map's lock, which the task takes to remove
+                // itself: a task that ends at once cannot leave its entry behind.
+                let mut map = running.lock().unwrap_or_else(|p| p.into_inner());
                 let task = tokio::spawn(async move {
                     if tx.send(FromCell::Started { id }).await.is_err() {
                         return;
@@ -339,10 +351,7 @@ async fn serve(args: CellArgs) -> i32 {
                         .remove(&id);
                     let _ = tx.send(FromCell::Ran { id, result }).await;
                 });
-                running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id, task.abort_handle());
+                map.insert(id, task.abort_handle());
             }
             ToCell::Ping { id } => {
                 if tx.send(FromCell::Pong { id }).await.is_err() {

@@ -26,6 +26,8 @@ use crate::proto::{FromCell, GO, Outcome, ToCell};
 
 /// Requests queued for the cell's socket.
 const REQUEST_QUEUE: usize = 256;
+/// How long the reader and the reaper of a dead cell wait for each other.
+const READ_OUT: Duration = Duration::from_secs(1);
 
 /// How to start a cell.
 #[derive(Clone, Debug)]
@@ -60,6 +62,12 @@ struct Shared {
     /// Set once the cell is gone (with why); waiting callers are answered then, new ones
     /// refused.
     ended: watch::Sender<Option<String>>,
+    /// The next request id: an answer naming one at or above it was never asked.
+    next_id: AtomicU64,
+    /// Answers the node may still get for requests it stopped waiting for (a cancelled run
+    /// may yet be started and answered, a timed-out ping answered). An answer for no waiter
+    /// beyond these is a cell flooding the node: a protocol violation.
+    tolerated: AtomicU64,
 }
 
 impl Shared {
@@ -67,9 +75,15 @@ impl Shared {
         self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The cell is gone: every waiting caller learns why.
+    /// The cell is gone: every waiting caller learns why (the first reason given stays).
     fn end(&self, why: String) {
-        self.ended.send_replace(Some(why.clone()));
+        self.ended.send_if_modified(|ended| {
+            let first = ended.is_none();
+            if first {
+                *ended = Some(why.clone());
+            }
+            first
+        });
         for (_, waiting) in self.lock().drain() {
             let error = ApiError::new(tern_wire::ErrorCode::Internal, why.clone());
             match waiting {
@@ -88,10 +102,11 @@ pub struct CellProcess {
     cgroup: CellCgroup,
     requests: mpsc::Sender<ToCell>,
     shared: Arc<Shared>,
-    next_id: AtomicU64,
     in_flight: Semaphore,
     kill: mpsc::Sender<()>,
     exit: watch::Receiver<Option<std::process::ExitStatus>>,
+    /// Set once the dead cell's cgroup has been removed (or left, logged).
+    cleaned_up: watch::Receiver<bool>,
 }
 
 impl CellProcess {
@@ -104,6 +119,8 @@ impl CellProcess {
         let mut child = tokio::process::Command::new(&spec.program)
             .args(&spec.program_args)
             .args(spec.args.to_args())
+            // Nothing of the node's environment (credentials, paths) reaches a cell.
+            .env_clear()
             .stdin(Stdio::from(cell_in))
             .stdout(Stdio::from(cell_out))
             .stderr(Stdio::inherit())
@@ -120,17 +137,35 @@ impl CellProcess {
             Ok(c) => c,
             Err(e) => {
                 let _ = child.start_kill();
+                let _ = child.wait().await;
+                if let Ok(c) = hierarchy.cell(&spec.name) {
+                    remove_when_empty(c).await;
+                }
                 return Err(Error::Cell(e));
             }
         };
-        node_end.set_nonblocking(true).map_err(Error::Spawn)?;
-        let stream = tokio::net::UnixStream::from_std(node_end).map_err(Error::Spawn)?;
-        let (mut reader, mut writer) = stream.into_split();
-        writer.write_all(&[GO]).await.map_err(Error::Spawn)?;
+        let go = async {
+            node_end.set_nonblocking(true)?;
+            let stream = tokio::net::UnixStream::from_std(node_end)?;
+            let (reader, mut writer) = stream.into_split();
+            writer.write_all(&[GO]).await?;
+            Ok::<_, std::io::Error>((reader, writer))
+        };
+        let (mut reader, mut writer) = match go.await {
+            Ok(halves) => halves,
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                remove_when_empty(cgroup).await;
+                return Err(Error::Spawn(e));
+            }
+        };
 
         let shared = Arc::new(Shared {
             waiting: Mutex::default(),
             ended: watch::channel(None).0,
+            next_id: AtomicU64::new(1),
+            tolerated: AtomicU64::new(0),
         });
         let (requests, mut outgoing) = mpsc::channel::<ToCell>(REQUEST_QUEUE);
         let max_frame = spec.args.max_frame;
@@ -149,6 +184,7 @@ impl CellProcess {
         // The child is owned by one task: it kills on request, reaps, and reports.
         let (kill, mut kills) = mpsc::channel::<()>(1);
         let (exit_tx, exit) = watch::channel(None);
+        let (cleaned_tx, cleaned_up) = watch::channel(false);
         {
             let (shared, cgroup) = (shared.clone(), cgroup.clone());
             tokio::spawn(async move {
@@ -163,18 +199,35 @@ impl CellProcess {
                     Ok(s) => format!("the cell exited ({})", describe(s)),
                     Err(e) => format!("the cell could not be waited for: {e}"),
                 };
-                shared.end(why);
-                remove_when_empty(cgroup).await;
                 exit_tx.send_replace(status.ok());
+                // The reader answers the waiters once it has read what the cell sent before
+                // it died (a result in the socket is still a result); if it does not within
+                // a second, the waiters are answered from here.
+                let mut ended = shared.ended.subscribe();
+                let read_out = tokio::time::timeout(READ_OUT, ended.wait_for(Option::is_some));
+                if !matches!(read_out.await, Ok(Ok(_))) {
+                    shared.end(why);
+                }
+                remove_when_empty(cgroup).await;
+                cleaned_tx.send_replace(true);
             });
         }
         let (ready_tx, ready_rx) = oneshot::channel();
         {
-            let (shared, kill) = (shared.clone(), kill.clone());
+            let (shared, kill, mut exit) = (shared.clone(), kill.clone(), exit.clone());
             tokio::spawn(async move {
                 let why = read_answers(&mut reader, max_frame, &shared, ready_tx).await;
                 // Whatever ended the conversation, the cell is of no further use.
                 let _ = kill.try_send(());
+                // Say how the cell ended if it did (it closing its socket is how it ends).
+                let status = tokio::time::timeout(READ_OUT, exit.wait_for(Option::is_some)).await;
+                let why = match status {
+                    Ok(Ok(status)) => match status.as_ref() {
+                        Some(s) => format!("the cell exited ({}); {why}", describe(s)),
+                        None => why,
+                    },
+                    _ => why,
+                };
                 shared.end(why);
             });
         }
@@ -184,10 +237,10 @@ impl CellProcess {
             cgroup,
             requests,
             shared,
-            next_id: AtomicU64::new(1),
             in_flight: Semaphore::new(spec.max_in_flight.max(1)),
             kill,
             exit,
+            cleaned_up,
         });
         match tokio::time::timeout(spec.start_timeout, ready_rx).await {
             Ok(Ok(())) => Ok(cell),
@@ -215,7 +268,7 @@ impl CellProcess {
     /// Makes `info` callable in the cell (its artifact must be in the artifact directory).
     pub async fn install(&self, info: FunctionInfo) -> Result<(), Error> {
         let (tx, rx) = oneshot::channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         self.send(id, Waiting::Install(tx), ToCell::Install { id, info })
             .await?;
         self.answer(rx).await
@@ -250,7 +303,7 @@ impl CellProcess {
             .map_err(|_| not_started(self.ended()))?;
         let (tx, rx) = oneshot::channel();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let waiting = Waiting::Run {
             answer: tx,
             started: started.clone(),
@@ -278,16 +331,20 @@ impl CellProcess {
     /// process lives but it serves nothing).
     pub async fn ping(&self, within: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        if self
-            .send(id, Waiting::Ping(tx), ToCell::Ping { id })
-            .await
-            .is_err()
-        {
-            return false;
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // The whole exchange is bounded: a cell so far behind that its request queue is full
+        // is as good as hung.
+        let exchange = async {
+            self.send(id, Waiting::Ping(tx), ToCell::Ping { id })
+                .await
+                .ok()?;
+            rx.await.ok()
+        };
+        let answered = matches!(tokio::time::timeout(within, exchange).await, Ok(Some(())));
+        if self.shared.lock().remove(&id).is_some() {
+            // Asked and not answered: its pong may still come.
+            self.shared.tolerated.fetch_add(1, Ordering::Relaxed);
         }
-        let answered = matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())));
-        self.shared.lock().remove(&id);
         answered
     }
 
@@ -296,8 +353,9 @@ impl CellProcess {
         let _ = self.kill.try_send(());
     }
 
-    /// Waits until the cell process has exited; how it ended.
+    /// Waits until the cell process has exited and its cgroup is gone; how it ended.
     pub async fn wait_exit(&self) -> String {
+        let _ = self.cleaned_up.clone().wait_for(|done| *done).await;
         let mut exit = self.exit.clone();
         match exit.wait_for(Option::is_some).await {
             Ok(status) => status.as_ref().map_or_else(String::new, describe),
@@ -365,11 +423,26 @@ impl Drop for CancelOnDrop<'_> {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
             self.cell.shared.lock().remove(&id);
-            // Best effort: a full queue means the cell is far behind, and the answer, when
-            // it comes, names an id no one waits for any more (dropped, not a violation).
+            // Its `Started` and `Ran` may still come, for no one.
+            self.cell.shared.tolerated.fetch_add(2, Ordering::Relaxed);
+            // Best effort: a full queue means the cell is far behind, and the answers, when
+            // they come, are tolerated above.
             let _ = self.cell.requests.try_send(ToCell::Cancel { id });
         }
     }
+}
+
+/// An answer for request `id` that no one waits for: tolerated only for an id the node asked
+/// and then stopped waiting for, as many times as such answers may come.
+fn unsolicited(shared: &Shared, id: u64) -> Result<(), String> {
+    if id >= shared.next_id.load(Ordering::Relaxed) {
+        return Err(format!("the cell answered {id}, which was never asked"));
+    }
+    shared
+        .tolerated
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .map(drop)
+        .map_err(|_| format!("the cell answered {id} again or unasked"))
 }
 
 /// Reads the cell's answers until the stream ends or the cell breaks the protocol; why it
@@ -416,19 +489,31 @@ async fn read_answers(
                 Some(Waiting::Ping(tx)) => drop(tx.send(())),
                 Some(_) => return format!("the cell answered {id} with a pong"),
                 // A ping that timed out meanwhile.
-                None => {}
+                None => {
+                    if let Err(violation) = unsolicited(shared, id) {
+                        return violation;
+                    }
+                }
             },
             FromCell::Started { id } => match shared.lock().get(&id) {
                 Some(Waiting::Run { started, .. }) => started.store(true, Ordering::Release),
                 Some(_) => return format!("the cell started {id} as a run"),
                 // Cancelled meanwhile.
-                None => {}
+                None => {
+                    if let Err(violation) = unsolicited(shared, id) {
+                        return violation;
+                    }
+                }
             },
             FromCell::Ran { id, result } => match shared.lock().remove(&id) {
                 Some(Waiting::Run { answer, .. }) => drop(answer.send(result)),
                 Some(_) => return format!("the cell answered {id} as a run"),
                 // A cancelled run whose answer crossed the cancel: nobody waits for it.
-                None => {}
+                None => {
+                    if let Err(violation) = unsolicited(shared, id) {
+                        return violation;
+                    }
+                }
             },
         }
     }
@@ -457,5 +542,24 @@ fn describe(status: &std::process::ExitStatus) -> String {
         (Some(code), _) => format!("exit code {code}"),
         (None, Some(signal)) => format!("killed by signal {signal}"),
         _ => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_for_no_one_are_tolerated_only_as_often_as_requests_were_abandoned() {
+        let shared = Shared {
+            waiting: Mutex::default(),
+            ended: watch::channel(None).0,
+            next_id: AtomicU64::new(10),
+            tolerated: AtomicU64::new(2),
+        };
+        assert!(unsolicited(&shared, 10).is_err(), "never asked");
+        assert!(unsolicited(&shared, 3).is_ok());
+        assert!(unsolicited(&shared, 4).is_ok());
+        assert!(unsolicited(&shared, 5).is_err(), "one more than abandoned");
     }
 }

@@ -114,6 +114,18 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
         .await
         .unwrap();
     eprintln!("cell ready in {:?}", t0.elapsed());
+    // No thread of any process of the cell holds a capability (they are per thread).
+    let pids = cell.cgroup().processes().unwrap();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+            for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+                let line = status.lines().find(|l| l.starts_with(set)).unwrap();
+                assert!(line.ends_with("0000000000000000"), "pid {pid}: {line}");
+            }
+        }
+    }
     for info in &infos {
         cell.install(info.clone()).await.unwrap();
     }

@@ -266,11 +266,19 @@ fn start_cells(
     config: &Config,
     runtime: &Arc<Runtime>,
 ) -> Result<Arc<tern_isolator::Cells>, NodeError> {
-    let hierarchy = tern_cell::host_support().map_err(|e| {
+    let lci = |e: tern_cell::Error| {
         NodeError::Config(crate::config::ConfigError::Invalid(format!(
             "isolation = \"lci\": {e}"
         )))
-    })?;
+    };
+    let hierarchy = tern_cell::host_support().map_err(lci)?;
+    let leftovers = hierarchy.prepare().map_err(lci)?;
+    if leftovers > 0 {
+        tracing::info!(
+            leftovers,
+            "removed the empty cgroups of an earlier run's cells"
+        );
+    }
     let program = match &config.cell_program {
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
@@ -293,10 +301,9 @@ fn start_cells(
     );
     runtime.set_cell_runner(cells.clone());
     let keep_warm = Duration::from_secs(config.cell_keep_warm_secs);
-    let every = (keep_warm / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let weak = Arc::downgrade(&cells);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(CELL_UPKEEP_EVERY);
         loop {
             tick.tick().await;
             let Some(cells) = weak.upgrade() else { return };
@@ -309,6 +316,9 @@ fn start_cells(
     });
     Ok(cells)
 }
+
+/// How often idle cells are looked for and every cell is pinged.
+const CELL_UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a cell has to answer a health check (it answers from its reader, apart from the
 /// guests, in well under a millisecond).

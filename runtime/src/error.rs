@@ -61,6 +61,10 @@ pub enum Error {
     /// answered; what the node saw.
     #[error("isolation fault: {0}")]
     IsolationFault(String),
+    /// No cell could take the MEU (one would not start, or its tenant's cells are being
+    /// restarted too often): 503, try again later.
+    #[error("isolation unavailable: {0}")]
+    IsolationUnavailable(String),
     /// The cell's own runtime refused or failed the MEU (the guest trapped, timed out…): its
     /// answer, passed on as it is.
     #[error("{0}")]
@@ -107,6 +111,7 @@ impl Error {
             } => ErrorCode::QuotaExceeded,
             Error::PoolClosed(_) => ErrorCode::Unavailable,
             Error::IsolationFault(_) => ErrorCode::IsolationFault,
+            Error::IsolationUnavailable(_) => ErrorCode::Unavailable,
             Error::InCell(e) => e.code,
             Error::ArtifactIo(_)
             | Error::EngineSetup(_)
