@@ -461,7 +461,12 @@ impl Cells {
                 Ok(()) => {
                     call.0
                         .process
-                        .run(info.name.clone(), meu.input.to_vec(), meu.items as u32)
+                        .run(
+                            info.name.clone(),
+                            info.hash,
+                            meu.input.to_vec(),
+                            meu.items as u32,
+                        )
                         .await
                 }
                 Err(Error::CellExited(why)) => Err(Error::EndedBeforeStart(why)),
@@ -470,6 +475,17 @@ impl Cells {
             match ran {
                 Err(Error::EndedBeforeStart(why)) if attempts < 2 => {
                     tracing::info!(%tenant, %why, "a call found its cell dead; running it in a new one");
+                }
+                // The cell has another version than it was given (two installs raced): give it
+                // this one again, then ask again.
+                Err(Error::Guest(api))
+                    if attempts < 2 && api.code == tern_wire::ErrorCode::NotFound =>
+                {
+                    call.0
+                        .installed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&info.name);
                 }
                 other => break (call, other.map_err(fault)?),
             }

@@ -322,9 +322,26 @@ async fn serve(args: CellArgs) -> i32 {
             ToCell::Run {
                 id,
                 function,
+                hash,
                 input,
                 items,
             } => {
+                // Only the version the node asked for runs (two installs racing may have left
+                // another one here); the node installs it and asks again.
+                if runtime.get(&function).map(|d| d.info.hash) != Some(hash) {
+                    let missing = tern_wire::ApiError::new(
+                        tern_wire::ErrorCode::NotFound,
+                        format!("version {hash} of {function} is not installed in this cell"),
+                    );
+                    let answer = FromCell::Ran {
+                        id,
+                        result: Err(missing),
+                    };
+                    if tx.send(answer).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
                 let sandbox = sandbox.clone();
                 // Spawned and registered under the map's lock, which the task takes to remove

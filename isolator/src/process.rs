@@ -289,6 +289,7 @@ impl CellProcess {
     pub async fn run(
         &self,
         function: FunctionName,
+        hash: tern_wire::ModuleHash,
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
@@ -311,6 +312,7 @@ impl CellProcess {
         let request = ToCell::Run {
             id,
             function,
+            hash,
             input,
             items,
         };

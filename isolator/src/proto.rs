@@ -8,7 +8,7 @@
 //! frame over the limit or one that does not decode ends the cell).
 
 use serde::{Deserialize, Serialize};
-use tern_wire::{ApiError, FunctionInfo, FunctionName, Timings};
+use tern_wire::{ApiError, FunctionInfo, FunctionName, ModuleHash, Timings};
 
 /// The byte that lets a cell start jailing itself.
 pub const GO: u8 = b'!';
@@ -21,10 +21,13 @@ pub enum ToCell {
     Install { id: u64, info: FunctionInfo },
     /// Forget a function (no answer).
     Remove(FunctionName),
-    /// Run one MEU; answered by [`FromCell::Ran`] with the same `id`, unless cancelled.
+    /// Run one MEU of version `hash` of `function`; answered by [`FromCell::Ran`] with the
+    /// same `id`, unless cancelled (`not_found`, without `Started`, if the cell has another
+    /// version of it).
     Run {
         id: u64,
         function: FunctionName,
+        hash: ModuleHash,
         input: Vec<u8>,
         items: u32,
     },

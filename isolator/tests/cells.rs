@@ -130,8 +130,18 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
         cell.install(info.clone()).await.unwrap();
     }
     let echo: tern_wire::FunctionName = "echo".parse().unwrap();
+    let hashes: std::collections::HashMap<String, tern_wire::ModuleHash> =
+        infos.iter().map(|i| (i.name.to_string(), i.hash)).collect();
+    // A function's version, or one no cell has for a function never installed.
+    let hash = |n: &str| {
+        hashes
+            .get(n)
+            .copied()
+            .unwrap_or(tern_wire::ModuleHash([9; 32]))
+    };
+    let echo_hash = hash("echo");
     let out = cell
-        .run(echo.clone(), b"hello cell".to_vec(), 1)
+        .run(echo.clone(), echo_hash, b"hello cell".to_vec(), 1)
         .await
         .unwrap();
     assert_eq!(out.output, b"hello cell");
@@ -139,7 +149,10 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
     let calls: Vec<_> = (0..24)
         .map(|i| {
             let (cell, echo) = (cell.clone(), echo.clone());
-            tokio::spawn(async move { cell.run(echo, format!("call {i}").into_bytes(), 1).await })
+            tokio::spawn(async move {
+                cell.run(echo, echo_hash, format!("call {i}").into_bytes(), 1)
+                    .await
+            })
         })
         .collect();
     for (i, c) in calls.into_iter().enumerate() {
@@ -154,19 +167,30 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
         other => panic!("{other:?}"),
     };
     assert_eq!(
-        guest_code(cell.run("loop".parse().unwrap(), Vec::new(), 1).await),
+        guest_code(
+            cell.run("loop".parse().unwrap(), hash("loop"), Vec::new(), 1)
+                .await
+        ),
         ErrorCode::Timeout
     );
     // A memory bomb is held to its function's 32 MiB (512 pages) inside the cell too.
     let bomb = cell
-        .run("membomb".parse().unwrap(), Vec::new(), 1)
+        .run("membomb".parse().unwrap(), hash("membomb"), Vec::new(), 1)
         .await
         .unwrap();
     let report: serde_json::Value = serde_json::from_slice(&bomb.output).unwrap();
     let pages = report["total_pages"].as_u64().unwrap();
     assert!((256..=512).contains(&pages), "{report}");
     assert_eq!(
-        guest_code(cell.run("absent".parse().unwrap(), Vec::new(), 1).await),
+        guest_code(
+            cell.run("absent".parse().unwrap(), hash("absent"), Vec::new(), 1)
+                .await
+        ),
+        ErrorCode::NotFound
+    );
+    // Another version than the one installed is refused, not run.
+    assert_eq!(
+        guest_code(cell.run(echo.clone(), hash("loop"), Vec::new(), 1).await),
         ErrorCode::NotFound
     );
     // wasmtime's trap paths (a stack overflow is a fault its signal handler turns into a
@@ -178,12 +202,15 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
         ("bigoutput", "", ErrorCode::OutputTooLarge),
         ("exit-code", "", ErrorCode::GuestError),
     ] {
-        let r = cell.run(function.parse().unwrap(), input.into(), 1).await;
+        let r = cell
+            .run(function.parse().unwrap(), hash(function), input.into(), 1)
+            .await;
         assert_eq!(guest_code(r), code, "{function}");
     }
     let matmul = cell
         .run(
             "matmul-json".parse().unwrap(),
+            hash("matmul-json"),
             br#"{"n":32,"seed":7}"#.to_vec(),
             1,
         )
@@ -201,10 +228,14 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
     long.name = "long".parse().unwrap();
     long.timeout_ms = 60_000;
     cell.install(long).await.unwrap();
+    let loop_hash = hash("loop");
     let waiters: Vec<_> = (0..3)
         .map(|_| {
             let cell = cell.clone();
-            tokio::spawn(async move { cell.run("long".parse().unwrap(), Vec::new(), 1).await })
+            tokio::spawn(async move {
+                cell.run("long".parse().unwrap(), loop_hash, Vec::new(), 1)
+                    .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -224,7 +255,7 @@ async fn a_cell_behind_every_layer_runs_guests_and_its_death_answers_every_waite
     );
     // A call on the dead cell certainly did not start: it says so, so it may be run again.
     assert!(matches!(
-        cell.run(echo, Vec::new(), 1).await,
+        cell.run(echo, echo_hash, Vec::new(), 1).await,
         Err(Error::EndedBeforeStart(_))
     ));
     let exit = cell.wait_exit().await;

@@ -59,6 +59,29 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     assert_eq!((r.status, body(&r).as_str()), (200, "default's"));
     let r = call(dev.clone(), "work", "acme's").await;
     assert_eq!((r.status, body(&r).as_str()), (200, "acme's"));
+    // A redeploy reaches the cell: the next call runs the new version.
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/other",
+        Some(&dev),
+        wasm("exit-code"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = call(dev.clone(), "other", "").await;
+    assert_eq!(code(&r), "guest_error", "{}", body(&r));
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/other",
+        Some(&dev),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = call(dev.clone(), "other", "new version").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "new version"));
     let text = metrics_text(addr, Some(admin)).await;
     assert!(
         text.contains("tern_isolation_mode{mode=\"lci\"} 1"),
