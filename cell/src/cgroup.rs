@@ -235,6 +235,15 @@ impl CellCgroup {
         for (controller, file, value) in limits.files(self.version) {
             write(&self.dirs[&controller].join(file), &value)?;
         }
+        // No swap: memory.max must bound what the cell takes from the host. The file exists
+        // only where the kernel accounts swap (v1 has no per-cgroup swap limit without
+        // memsw accounting, and a limit of its own is not needed for a host without swap).
+        if self.version == CgroupVersion::V2 {
+            let swap = self.dirs[&Controller::Memory].join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+        }
         Ok(())
     }
 
@@ -460,6 +469,9 @@ mod tests {
     fn a_v2_cell_is_created_below_the_node_with_its_controllers_and_limits() {
         let tree = tempfile::tempdir().unwrap();
         let h = Hierarchy::v2_at(tree.path().to_owned());
+        // The kernel creates memory.swap.max where it accounts swap.
+        std::fs::create_dir_all(tree.path().join("tern-cells/acme")).unwrap();
+        std::fs::write(tree.path().join("tern-cells/acme/memory.swap.max"), "max").unwrap();
         let limits = CellLimits {
             cpu_weight: 250,
             cpu_max: Some(CpuMax {
@@ -482,6 +494,7 @@ mod tests {
         assert_eq!(read("tern-cells/acme/memory.max"), "67108864");
         assert_eq!(read("tern-cells/acme/memory.high"), "50331648");
         assert_eq!(read("tern-cells/acme/pids.max"), "32");
+        assert_eq!(read("tern-cells/acme/memory.swap.max"), "0", "no swap past memory.max");
         cell.add_process(4242).unwrap();
         assert_eq!(cell.processes().unwrap(), vec![4242]);
         std::fs::write(
