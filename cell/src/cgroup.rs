@@ -494,7 +494,11 @@ mod tests {
         assert_eq!(read("tern-cells/acme/memory.max"), "67108864");
         assert_eq!(read("tern-cells/acme/memory.high"), "50331648");
         assert_eq!(read("tern-cells/acme/pids.max"), "32");
-        assert_eq!(read("tern-cells/acme/memory.swap.max"), "0", "no swap past memory.max");
+        assert_eq!(
+            read("tern-cells/acme/memory.swap.max"),
+            "0",
+            "no swap past memory.max"
+        );
         cell.add_process(4242).unwrap();
         assert_eq!(cell.processes().unwrap(), vec![4242]);
         std::fs::write(
