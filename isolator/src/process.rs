@@ -123,10 +123,13 @@ impl CellProcess {
             .env_clear()
             .stdin(Stdio::from(cell_in))
             .stdout(Stdio::from(cell_out))
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(Error::Spawn)?;
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(forward_stderr(spec.name.clone(), stderr));
+        }
         let pid = child
             .id()
             .ok_or(Error::Protocol("the cell exited at once".into()))?;
@@ -518,6 +521,48 @@ async fn read_answers(
                 }
             },
         }
+    }
+}
+
+/// Longest line of a cell's stderr the node logs (longer ones are cut).
+const STDERR_LINE: usize = 512;
+/// Bytes of a cell's stderr the node logs per minute; beyond them lines are counted, not
+/// logged, so a cell cannot flood the node's log.
+const STDERR_PER_MINUTE: usize = 16 << 10;
+
+/// Logs what a cell writes to stderr (its own errors: guests' stderr is discarded), named by
+/// the cell, each line cut to [`STDERR_LINE`] and at most [`STDERR_PER_MINUTE`] bytes a
+/// minute.
+async fn forward_stderr(cell: String, stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::new();
+    let mut window = tokio::time::Instant::now();
+    let (mut logged, mut dropped) = (0usize, 0u64);
+    loop {
+        line.clear();
+        // Read at most a line's worth past the cap, so a line without an end cannot grow
+        // this buffer without bound.
+        let mut limited = (&mut reader).take(STDERR_LINE as u64 * 2);
+        match limited.read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if window.elapsed() >= Duration::from_secs(60) {
+            if dropped > 0 {
+                tracing::warn!(%cell, dropped, "lines of the cell's stderr were not logged");
+            }
+            window = tokio::time::Instant::now();
+            (logged, dropped) = (0, 0);
+        }
+        let text = String::from_utf8_lossy(&line[..line.len().min(STDERR_LINE)]);
+        let text = text.trim_end();
+        if logged + text.len() > STDERR_PER_MINUTE {
+            dropped += 1;
+            continue;
+        }
+        logged += text.len();
+        tracing::warn!(%cell, "cell stderr: {text}");
     }
 }
 
