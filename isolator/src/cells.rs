@@ -154,11 +154,16 @@ impl Cells {
         }
     }
 
+    /// `tenant`'s current cell, if it has one (it may have died since; the next call finds
+    /// out).
+    async fn current(&self, tenant: &TenantName) -> Option<Arc<Running>> {
+        self.slot(tenant).lock().await.current.clone()
+    }
+
     /// The processes in `tenant`'s running cell (empty if it has none).
     pub async fn processes(&self, tenant: &TenantName) -> Vec<u32> {
-        let slot = self.slot(tenant);
-        let current = slot.lock().await.current.clone();
-        current
+        self.current(tenant)
+            .await
             .filter(|r| !r.process.has_ended())
             .and_then(|r| r.process.cgroup().processes().ok())
             .unwrap_or_default()
@@ -227,9 +232,9 @@ impl Cells {
 
     /// CPU time `tenant`'s running cell has used, in microseconds (from its cgroup).
     pub async fn cpu_usage_us(&self, tenant: &TenantName) -> Option<u64> {
-        let slot = self.slot(tenant);
-        let current = slot.lock().await.current.clone();
-        current.and_then(|r| r.process.cgroup().cpu_usage_us().ok())
+        self.current(tenant)
+            .await
+            .and_then(|r| r.process.cgroup().cpu_usage_us().ok())
     }
 
     /// The cells' metrics in Prometheus text.
@@ -614,9 +619,7 @@ impl CellRunner for Cells {
         };
         let name = name.clone();
         tokio::spawn(async move {
-            let slot = cells.slot(&name.tenant());
-            let current = slot.lock().await.current.clone();
-            if let Some(running) = current {
+            if let Some(running) = cells.current(&name.tenant()).await {
                 running
                     .installed
                     .lock()

@@ -73,34 +73,25 @@ impl CellArgs {
     }
 
     pub fn to_args(&self) -> Vec<String> {
-        let mut a = vec![
-            "--artifacts".into(),
-            self.artifacts.display().to_string(),
-            "--root".into(),
-            self.root.display().to_string(),
-            "--hostname".into(),
-            self.hostname.clone(),
-            "--node-name".into(),
-            self.node_name.clone(),
-            "--max-instances".into(),
-            self.max_instances.to_string(),
-            "--memory-budget-mb".into(),
-            self.memory_budget_mb.to_string(),
-            "--max-memory-mb".into(),
-            self.max_memory_mb.to_string(),
-            "--keep-resident-bytes".into(),
-            self.keep_resident_bytes.to_string(),
-            "--max-output-bytes".into(),
-            self.max_output_bytes.to_string(),
-            "--memory-profile".into(),
-            self.memory_profile.as_str().into(),
-            "--epoch-tick-us".into(),
-            self.epoch_tick.as_micros().to_string(),
-            "--max-frame".into(),
-            self.max_frame.to_string(),
-            "--max-open-files".into(),
-            self.max_open_files.to_string(),
+        let values = [
+            ("artifacts", self.artifacts.display().to_string()),
+            ("root", self.root.display().to_string()),
+            ("hostname", self.hostname.clone()),
+            ("node-name", self.node_name.clone()),
+            ("max-instances", self.max_instances.to_string()),
+            ("memory-budget-mb", self.memory_budget_mb.to_string()),
+            ("max-memory-mb", self.max_memory_mb.to_string()),
+            ("keep-resident-bytes", self.keep_resident_bytes.to_string()),
+            ("max-output-bytes", self.max_output_bytes.to_string()),
+            ("memory-profile", self.memory_profile.as_str().to_owned()),
+            ("epoch-tick-us", self.epoch_tick.as_micros().to_string()),
+            ("max-frame", self.max_frame.to_string()),
+            ("max-open-files", self.max_open_files.to_string()),
         ];
+        let mut a: Vec<String> = values
+            .into_iter()
+            .flat_map(|(key, value)| [format!("--{key}"), value])
+            .collect();
         if self.user_namespace {
             a.push("--user-namespace".into());
         }

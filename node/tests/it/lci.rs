@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use tern_node::config::{AuthMode, Isolation};
+use tern_node::config::{AuthMode, Config, Isolation};
 
 use crate::auth::{new_token_for, with_token};
 use crate::support::*;
@@ -15,16 +15,12 @@ fn body(r: &tern_bench::Response) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_its_callers() {
-    if !nix_is_root() {
-        skip_or_fail("cells need root (namespaces, cgroups)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
     cfg.examples = vec!["echo".into()];
     cfg.auth = AuthMode::Tokens;
-    cfg.isolation = Isolation::Lci;
-    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
     let node = start(cfg).await;
     let addr = node.addr();
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
@@ -139,11 +135,7 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    for pid in &acme_cell {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    signal_all(&acme_cell, "-9");
     let t0 = Instant::now();
     let r = spinning.await.unwrap();
     assert_eq!(
@@ -167,11 +159,7 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     assert!(!new_cell.is_empty() && new_cell.iter().all(|p| !acme_cell.contains(p)));
     // Killed again with nothing running: the next call had not started in it, so it runs in
     // the cell that replaces it instead of failing.
-    for pid in &new_cell {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
-    }
+    signal_all(&new_cell, "-9");
     let r = call(dev.clone(), "work", "after a quiet kill").await;
     assert_eq!(
         (r.status, body(&r).as_str()),
@@ -184,21 +172,36 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     node.shutdown().await.unwrap();
 }
 
-fn nix_is_root() -> bool {
-    tern_cell::jail::is_root()
+/// A node configuration in `dir` with `isolation` and this build's `tern` as the cell
+/// program, or `None` after a loud SKIPPED line (a failure where skips are not allowed) when
+/// this process is not root.
+pub(crate) fn cells_config(dir: &std::path::Path, isolation: Isolation) -> Option<Config> {
+    if !tern_cell::jail::is_root() {
+        skip_or_fail("cells need root (namespaces, cgroups)");
+        return None;
+    }
+    let mut cfg = config(dir);
+    cfg.isolation = isolation;
+    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    Some(cfg)
+}
+
+/// Sends `signal` (`kill`'s name for it) to each of `pids`.
+fn signal_all(pids: &[u32], signal: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
+    }
 }
 
 /// `isolation = "auto"` on a host that can give cells (root here) runs them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_isolation_runs_cells_where_the_host_allows_them() {
-    if !nix_is_root() {
-        skip_or_fail("cells need root (namespaces, cgroups)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.isolation = Isolation::Auto;
-    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
+    let Some(cfg) = cells_config(dir.path(), Isolation::Auto) else {
+        return;
+    };
     let node = start(cfg).await;
     let r = invoke(node.addr(), "echo", "in a cell").await;
     assert_eq!((r.status, body(&r).as_str()), (200, "in a cell"));
@@ -215,15 +218,11 @@ async fn auto_isolation_runs_cells_where_the_host_allows_them() {
 /// starts a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_cell_is_stopped_after_its_keep_warm_time_and_comes_back_on_the_next_call() {
-    if !nix_is_root() {
-        skip_or_fail("cells need root (namespaces, cgroups)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.isolation = Isolation::Lci;
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
     cfg.cell_keep_warm_secs = 1;
-    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
     let node = start(cfg).await;
     let addr = node.addr();
     let r = invoke(addr, "echo", "warm").await;
@@ -249,16 +248,12 @@ async fn an_idle_cell_is_stopped_after_its_keep_warm_time_and_comes_back_on_the_
 /// check, is killed, and its tenant's next call runs in a new cell.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cell_that_stops_answering_is_killed_by_its_health_check_and_replaced() {
-    if !nix_is_root() {
-        skip_or_fail("cells need root (namespaces, cgroups)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
-    cfg.isolation = Isolation::Lci;
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
     // Checked every second; never idle long enough to be reaped instead.
     cfg.cell_keep_warm_secs = 600;
-    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
     let node = start(cfg).await;
     let addr = node.addr();
     let r = invoke(addr, "echo", "before").await;
@@ -267,11 +262,7 @@ async fn a_cell_that_stops_answering_is_killed_by_its_health_check_and_replaced(
     let default = tern_tenancy::TenantName::default_tenant();
     let stopped = cells.processes(&default).await;
     assert!(!stopped.is_empty());
-    for pid in &stopped {
-        let _ = std::process::Command::new("kill")
-            .args(["-STOP", &pid.to_string()])
-            .status();
-    }
+    signal_all(&stopped, "-STOP");
     metric_until(
         addr,
         "tern_cell_hangs_total",

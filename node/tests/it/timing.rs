@@ -219,15 +219,12 @@ async fn three_thousand_concurrent_connections_get_no_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cells_share_a_cpu_by_their_tenants_weights() {
     use crate::auth::{new_token_for, with_token};
-    if !tern_cell::jail::is_root() {
-        skip_or_fail("cells need root (namespaces, cgroups)");
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    let Some(mut cfg) = crate::lci::cells_config(dir.path(), tern_node::config::Isolation::Lci)
+    else {
+        return;
+    };
     cfg.auth = tern_node::config::AuthMode::Tokens;
-    cfg.isolation = tern_node::config::Isolation::Lci;
-    cfg.cell_program = Some(env!("CARGO_BIN_EXE_tern").into());
     let node = start(cfg).await;
     let addr = node.addr();
     let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
