@@ -20,14 +20,8 @@ source scripts/lib/bench-node.sh
 out=${1:-bench/reports/auth}
 rounds=${2:-8}
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [OUT_DIR] [ROUNDS]" >&2; exit 2; }
-rm -rf "$out/raw" "$out/commands.log"
-mkdir -p "$out/raw"
-bench_build
-tern=target/release/tern
+bench_prepare
 addr=127.0.0.1:7933
-commit=$(git rev-parse HEAD)
-dirty=$(tree_dirty)
-bench_settle
 
 # The tenant of the `quotas` runs: every limit finite, none reached by this load (a node
 # serves ~15,000 echo calls a second; 1000 slots is the node's own max_instances).

@@ -22,14 +22,8 @@ source scripts/lib/bench-node.sh
 out=$1 tenants=${2:-10}
 [[ $tenants =~ ^[1-9][0-9]*$ ]] || { echo "TENANTS must be a positive integer" >&2; exit 2; }
 [ "$(id -u)" = 0 ] || { echo "cells need root here (namespaces, cgroups)" >&2; exit 2; }
-rm -rf "$out/raw" "$out/commands.log"
-mkdir -p "$out/raw"
-bench_build
-tern=target/release/tern
+bench_prepare
 addr=127.0.0.1:7936
-commit=$(git rev-parse HEAD)
-dirty=$(tree_dirty)
-bench_settle
 
 trap cleanup_node EXIT
 data=$(mktemp -d)

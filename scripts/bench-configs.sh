@@ -29,17 +29,11 @@ for spec in "$@"; do
   [[ $name =~ ^[a-z0-9-]+$ && $assignments == *=* ]] || { echo "bad configuration: $spec" >&2; exit 2; }
   names+=("$name") envs+=("$assignments")
 done
-rm -rf "$out/raw" "$out/commands.log"
-mkdir -p "$out/raw"
-bench_build
-tern=target/release/tern
+bench_prepare
 addr=127.0.0.1:7935
 function=${BENCH_FUNCTION:-echo}
 body=${BENCH_DATA:-hello}
-commit=$(git rev-parse HEAD)
-dirty=$(tree_dirty)
 clk=$(getconf CLK_TCK)
-bench_settle
 
 trap cleanup_node EXIT
 # utime + stime of process $1 and of every process below it (a node's cells), in clock ticks.

@@ -32,14 +32,8 @@ rounds=${2:-4}
 [[ $rounds =~ ^[1-9][0-9]*$ ]] || { echo "usage: $0 [OUT_DIR] [ROUNDS]" >&2; exit 2; }
 attacker_quotas=${ATTACKER_QUOTAS:-"{}"}
 attacker_connections=${ATTACKER_CONNECTIONS:-300}
-rm -rf "$out/raw" "$out/commands.log"
-mkdir -p "$out/raw"
-bench_build
-tern=target/release/tern
+bench_prepare
 addr=127.0.0.1:7936
-commit=$(git rev-parse HEAD)
-dirty=$(tree_dirty)
-bench_settle
 
 attack=
 sampler=

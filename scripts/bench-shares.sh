@@ -17,14 +17,8 @@ cd "$(dirname "$0")/.."
 source scripts/lib/bench-node.sh
 source scripts/lib/auth-header.sh
 out=${1:-bench/reports/shares}
-rm -rf "$out/raw"
-mkdir -p "$out/raw"
-bench_build
-tern=target/release/tern
+bench_prepare
 addr=127.0.0.1:7934
-commit=$(git rev-parse HEAD)
-dirty=$(tree_dirty)
-bench_settle
 
 trap cleanup_node EXIT
 

@@ -41,6 +41,19 @@ tenant_token() {
   )
 }
 
+# bench_prepare: what every report run starts with. Empties "$out"'s raw/ and command log,
+# builds (bench_build), sets tern (the release binary) and the build's identity for the report
+# (commit, dirty), then waits for the build's load to settle (bench_settle, load_start).
+bench_prepare() {
+  rm -rf "$out/raw" "$out/commands.log"
+  mkdir -p "$out/raw"
+  bench_build
+  tern=target/release/tern
+  commit=$(git rev-parse HEAD)
+  dirty=$(tree_dirty)
+  bench_settle
+}
+
 # bench_settle: waits for the build's load to settle, then records the load average in
 # load_start.
 bench_settle() {
