@@ -1,32 +1,41 @@
-//! Isolator: owns how tenants are separated on this node. Neither mode needs per-MEU work
-//! from the actor — the RuntimePool asks the [`Sandbox`](tern_runtime::isolation::Sandbox)
-//! directly on the hot path, and with `lci` the runtime's `CellRunner` (tern-isolator's
-//! `Cells`) starts, feeds and replaces tenants' cells — so today the actor only announces the
-//! mode in force when it starts, and takes no messages. Health checks and reaping idle cells
-//! are to come here.
+//! Isolator: owns how tenants are separated on this node. No MEU passes through it — the
+//! RuntimePool asks the [`Sandbox`](tern_runtime::isolation::Sandbox) directly on the hot
+//! path, and with `lci` the runtime's `CellRunner` (tern-isolator's `Cells`) starts, feeds and
+//! replaces tenants' cells — so the actor announces the mode in force when it starts and runs
+//! the mode's periodic work ([`Upkeep`]): with cells, stopping idle ones, pinging the others
+//! and replacing those that hang, and each interval's tenant quotas. Each chore schedules its
+//! next run when it ends, so slow runs never pile up; a restarted Isolator schedules them
+//! afresh.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::Services;
-use tern_runtime::isolation::IsolationMode;
+use tern_runtime::isolation::{Chore, IsolationMode, Upkeep};
 
-/// No messages yet: in-process isolation has no per-MEU work for the actor (uninhabited, so
-/// nothing can be sent that would go unanswered).
-pub enum IsolatorMsg {}
+pub enum IsolatorMsg {
+    /// Time for a chore of the isolation mode's upkeep.
+    Run(Chore),
+}
 impl ractor::Message for IsolatorMsg {}
 
 pub struct Isolator;
 
+pub struct IsolatorState {
+    upkeep: Option<Arc<dyn Upkeep>>,
+    chores: Vec<(Chore, Duration)>,
+}
+
 impl Actor for Isolator {
     type Msg = IsolatorMsg;
-    type State = Arc<Services>;
+    type State = IsolatorState;
     type Arguments = Arc<Services>;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         services: Arc<Services>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mode = services.sandbox.mode();
@@ -40,15 +49,30 @@ impl Actor for Isolator {
                  WebAssembly SFI, store limits and deadlines)"
             ),
         }
-        Ok(services)
+        let upkeep = services.sandbox.upkeep();
+        let chores = upkeep.as_ref().map(|u| u.chores()).unwrap_or_default();
+        for &(chore, every) in &chores {
+            myself.send_after(every, move || IsolatorMsg::Run(chore));
+        }
+        Ok(IsolatorState { upkeep, chores })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        _services: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {}
+        match msg {
+            IsolatorMsg::Run(chore) => {
+                if let Some(upkeep) = &state.upkeep {
+                    upkeep.run(chore).await;
+                }
+                if let Some(&(_, every)) = state.chores.iter().find(|(c, _)| *c == chore) {
+                    myself.send_after(every, move || IsolatorMsg::Run(chore));
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -153,6 +153,11 @@ impl Hierarchy {
             };
             for entry in entries.flatten() {
                 let path = entry.path();
+                // Cells of a node still running on this host (or in this process) are its
+                // own, even between their cgroup's creation and their process's arrival.
+                if owner_alive(&entry.file_name().to_string_lossy()) {
+                    continue;
+                }
                 // A cell of an earlier run: empty, it goes; still busy, it stays.
                 if path.is_dir()
                     && std::fs::remove_dir(&path).is_ok()
@@ -341,9 +346,18 @@ fn enable_v2_controllers(own: &Path) -> Result<(), Error> {
     }
 }
 
+/// Whether the node that named cell `name` (`n<pid>_…`, as tern-isolator names cells) is a
+/// process still running here. Names of another form have no known owner.
+fn owner_alive(name: &str) -> bool {
+    name.strip_prefix('n')
+        .and_then(|rest| rest.split_once('_'))
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 fn check_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= 128
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -462,6 +476,20 @@ mod tests {
             h.dir(Controller::Pids).unwrap(),
             Path::new("/sys/fs/cgroup/pod1")
         );
+    }
+
+    #[test]
+    fn prepare_removes_empty_cells_of_earlier_runs_but_not_those_of_running_nodes() {
+        let tree = tempfile::tempdir().unwrap();
+        let h = Hierarchy::v2_at(tree.path().to_owned());
+        let cells = tree.path().join("tern-cells");
+        let own = format!("n{}_0_acme-0", std::process::id());
+        for name in [own.as_str(), "n4294967295_0_acme-0", "acme-0"] {
+            std::fs::create_dir_all(cells.join(name)).unwrap();
+        }
+        assert_eq!(h.prepare().unwrap(), 2);
+        assert!(cells.join(&own).is_dir(), "a running node's cell stays");
+        assert!(!cells.join("acme-0").exists());
     }
 
     /// cgroup v2 against a test tree: the machine this runs on has no cgroup2 controllers.

@@ -91,12 +91,43 @@ struct TenantCells {
     backoff: Backoff,
     /// No start before this (after young deaths).
     not_before: Option<Instant>,
+    /// From the tenant's spec: its weight and hard limits.
     limits: CellLimits,
+    /// The quota decided for the current interval, within `limits`.
+    quota: CellQuota,
+}
+
+impl TenantCells {
+    /// The limits in force: the spec's, with the interval's CPU cap and `memory_high` (never
+    /// above the hard `memory_max`).
+    fn in_force(&self) -> CellLimits {
+        let memory_high = match (self.quota.memory_high, self.limits.memory_max) {
+            (Some(high), Some(max)) => Some(high.min(max)),
+            (high, _) => high,
+        };
+        CellLimits {
+            cpu_max: self.quota.cpu_max.or(self.limits.cpu_max),
+            memory_high: memory_high.or(self.limits.memory_high),
+            ..self.limits
+        }
+    }
+}
+
+/// What a tenant's quota decision sets on its cell for an interval, within the limits of its
+/// spec (`None`: the spec's value, or the node's keep-warm time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellQuota {
+    pub cpu_max: Option<tern_cell::CpuMax>,
+    pub memory_high: Option<u64>,
+    pub keep_warm: Option<Duration>,
 }
 
 /// The cells of one node.
 pub struct Cells {
     this: Weak<Cells>,
+    /// Makes this node's cell names (and so their cgroups) its own: nodes on one host share
+    /// the cgroup hierarchy, and several nodes may even share a process (tests).
+    prefix: String,
     hierarchy: Hierarchy,
     config: CellsConfig,
     tenants: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>>,
@@ -119,8 +150,11 @@ pub struct CellStats {
 
 impl Cells {
     pub fn new(hierarchy: Hierarchy, config: CellsConfig) -> Arc<Self> {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
+        let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
+            prefix: format!("n{}_{instance}_", std::process::id()),
             hierarchy,
             config,
             tenants: Mutex::default(),
@@ -133,15 +167,68 @@ impl Cells {
         })
     }
 
-    /// Sets a tenant's cell limits (applied to its running cell at once, and to later ones).
+    /// Sets a tenant's cell limits from its spec (applied to its running cell at once, and to
+    /// later ones).
     pub async fn set_limits(&self, tenant: &TenantName, limits: CellLimits) -> Result<(), Error> {
         let slot = self.slot(tenant);
         let mut cells = slot.lock().await;
         cells.limits = limits;
-        if let Some(running) = &cells.current {
-            running.process.cgroup().apply(&limits)?;
+        Self::apply(&cells)
+    }
+
+    /// Sets a tenant's quota for the interval (applied like [`Cells::set_limits`]). A tenant
+    /// the node does not know yet is left alone.
+    pub async fn set_quota(&self, tenant: &TenantName, quota: CellQuota) -> Result<(), Error> {
+        let Some(slot) = self.lock_tenants().get(tenant).cloned() else {
+            return Ok(());
+        };
+        let mut cells = slot.lock().await;
+        if cells.quota == quota {
+            return Ok(());
         }
-        Ok(())
+        cells.quota = quota;
+        Self::apply(&cells)
+    }
+
+    fn apply(cells: &TenantCells) -> Result<(), Error> {
+        match &cells.current {
+            Some(running) if !running.process.has_ended() => {
+                Ok(running.process.cgroup().apply(&cells.in_force())?)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every tenant the node has cells settings for, with the limits of its spec.
+    pub fn tenants(&self) -> Vec<(TenantName, CellLimits)> {
+        let slots: Vec<_> = self
+            .lock_tenants()
+            .iter()
+            .map(|(t, s)| (t.clone(), s.clone()))
+            .collect();
+        slots
+            .into_iter()
+            .filter_map(|(t, s)| Some((t, s.try_lock().ok()?.limits)))
+            .collect()
+    }
+
+    /// The directory of `tenant`'s running cell's cgroup for `controller` (where its limits
+    /// can be read back), if it has a running cell.
+    pub async fn cgroup_dir(
+        &self,
+        tenant: &TenantName,
+        controller: tern_cell::Controller,
+    ) -> Option<PathBuf> {
+        self.current(tenant)
+            .await
+            .filter(|r| !r.process.has_ended())
+            .map(|r| r.process.cgroup().dir(controller).to_path_buf())
+    }
+
+    /// The limits in force on `tenant`'s cells (spec and quota), if the node knows it.
+    pub async fn limits_in_force(&self, tenant: &TenantName) -> Option<CellLimits> {
+        let slot = self.lock_tenants().get(tenant).cloned()?;
+        Some(slot.lock().await.in_force())
     }
 
     /// Stops a tenant's cell (the tenant was removed).
@@ -169,9 +256,9 @@ impl Cells {
             .unwrap_or_default()
     }
 
-    /// Stops the cells that have had no call for `keep_warm` (a tenant's next call starts a
-    /// new one); how many. A cell busy with a call, or whose tenant is being served right
-    /// now, is left alone.
+    /// Stops the cells that have had no call for their tenant's keep-warm time (`keep_warm`
+    /// unless its quota says otherwise; a tenant's next call starts a new one); how many. A
+    /// cell busy with a call, or whose tenant is being served right now, is left alone.
     pub fn reap_idle(&self, keep_warm: Duration) -> usize {
         let slots: Vec<_> = self.lock_tenants().values().cloned().collect();
         let mut reaped = 0;
@@ -179,6 +266,7 @@ impl Cells {
             let Ok(mut cells) = slot.try_lock() else {
                 continue;
             };
+            let keep_warm = cells.quota.keep_warm.unwrap_or(keep_warm);
             let idle = cells.current.as_ref().is_some_and(|r| {
                 r.calls.load(Ordering::Acquire) == 0
                     && !r.process.has_ended()
@@ -389,11 +477,11 @@ impl Cells {
         let mut args = self.config.args.clone();
         args.root = root;
         let spec = CellSpec {
-            name: format!("{tenant}-{generation}"),
+            name: format!("{}{tenant}-{generation}", self.prefix),
             program: self.config.program.clone(),
             program_args: self.config.program_args.clone(),
             args,
-            limits: cells.limits,
+            limits: cells.in_force(),
             max_in_flight: self.config.max_in_flight,
             start_timeout: self.config.start_timeout,
         };

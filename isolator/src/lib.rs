@@ -15,7 +15,7 @@ pub mod inside;
 pub mod process;
 pub mod proto;
 
-pub use cells::{Cells, CellsConfig};
+pub use cells::{CellQuota, Cells, CellsConfig};
 pub use error::Error;
 pub use inside::CellArgs;
 pub use process::{CellProcess, CellSpec};

@@ -57,6 +57,8 @@ pub struct App {
     pub cluster_quotas: crate::cluster_quotas::ClusterQuotas,
     /// Tenants' cells, with `isolation = "lci"` (set once at start).
     pub cells: std::sync::OnceLock<Arc<tern_isolator::Cells>>,
+    /// Their quota decisions (set with `cells`).
+    pub cell_quotas: std::sync::OnceLock<Arc<crate::cells::CellQuotas>>,
     /// Wakes the janitor early: a tenant was removed, or a function of a removed tenant
     /// arrived, so there may be functions to remove with their tenant.
     pub janitor_wake: tokio::sync::Notify,
@@ -307,6 +309,7 @@ impl App {
             cluster_quotas: crate::cluster_quotas::ClusterQuotas::new(),
             janitor_wake: tokio::sync::Notify::new(),
             cells: std::sync::OnceLock::new(),
+            cell_quotas: std::sync::OnceLock::new(),
         })
     }
 
@@ -1079,7 +1082,7 @@ pub struct Garbage {
 }
 
 /// Memory a cell needs beyond its guests' (its runtime, thread stacks, page tables).
-const CELL_OVERHEAD_BYTES: u64 = 256 << 20;
+pub const CELL_OVERHEAD_BYTES: u64 = 256 << 20;
 /// Tasks (processes and threads) one cell may have: its runtime needs about 15.
 const CELL_MAX_TASKS: u64 = 128;
 

@@ -83,6 +83,21 @@ pub enum Isolation {
     Auto,
 }
 
+/// Who sets each tenant's cell quota (CPU cap, `memory_high`, keep-warm) every
+/// `quota_interval_ms`, with `isolation = "lci"`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CellQuota {
+    /// `learned` when `policy_checkpoint` is set, `eq6` otherwise.
+    #[default]
+    Auto,
+    /// The quota network of `policy_checkpoint`, guarded by the static Eq. 6 shares.
+    Learned,
+    /// The static Eq. 6 shares only: CPU by tenant weight, the hard memory quota, the node's
+    /// keep-warm time.
+    Eq6,
+}
+
 /// The weight of each resource dimension in the paper's Eq. 4 (`tern_isolation_strength`).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -181,6 +196,10 @@ pub struct Config {
     pub cell_keep_warm_secs: u64,
     /// Eq. 4's weight of each resource dimension.
     pub isolation_weights: IsolationWeights,
+    /// Who decides each tenant's cell quota: `auto`, `learned` or `eq6`.
+    pub cell_quota: CellQuota,
+    /// How often each tenant's cell quota is decided, ms.
+    pub quota_interval_ms: u64,
     pub max_loaded_modules: usize,
     pub epoch_tick_us: u64,
     /// Workers a `map` is spread over; 0 = number of CPUs.
@@ -319,6 +338,8 @@ impl Default for Config {
             cell_program: None,
             cell_keep_warm_secs: 600,
             isolation_weights: IsolationWeights::default(),
+            cell_quota: CellQuota::Auto,
+            quota_interval_ms: 1000,
             max_loaded_modules: 1024,
             epoch_tick_us: 1000,
             map_parallelism: 0,
@@ -433,6 +454,14 @@ impl Config {
         }
         if self.max_instances == 0 {
             return bad("max_instances must be at least 1");
+        }
+        if !(100..=600_000).contains(&self.quota_interval_ms) {
+            return bad("quota_interval_ms must be in 100..=600000");
+        }
+        if self.cell_quota == CellQuota::Learned && self.policy_checkpoint.is_none() {
+            return bad(
+                "cell_quota = \"learned\" needs policy_checkpoint (exported policy weights)",
+            );
         }
         if !(1..=100).contains(&self.tenant_memory_percent) {
             return bad("tenant_memory_percent must be in 1..=100");
@@ -795,6 +824,25 @@ mod tests {
             std::fs::write(&file, format!("[isolation_weights]\n{bad}")).unwrap();
             assert!(Config::load(Some(&file), Vec::new()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cell_quota_defaults_to_auto_and_learned_needs_a_checkpoint() {
+        let env = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!((c.cell_quota, c.quota_interval_ms), (CellQuota::Auto, 1000));
+        assert!(matches!(
+            Config::load(None, env(&[("TERN_CELL_QUOTA", "learned")])),
+            Err(ConfigError::Invalid(m)) if m.contains("policy_checkpoint")
+        ));
+        let c = Config::load(None, env(&[("TERN_CELL_QUOTA", "eq6")])).unwrap();
+        assert_eq!(c.cell_quota, CellQuota::Eq6);
+        assert!(Config::load(None, env(&[("TERN_QUOTA_INTERVAL_MS", "50")])).is_err());
     }
 
     #[test]

@@ -694,6 +694,11 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
             .cells
             .get()
             .map(|c| c.render_metrics())
+            .unwrap_or_default()
+        + &app
+            .cell_quotas
+            .get()
+            .map(|q| q.render_metrics())
             .unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(

@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod cells;
 pub mod client_api;
 pub mod cluster_quotas;
 pub mod config;

@@ -167,12 +167,30 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
             }
         },
     };
-    let sandbox: Arc<dyn tern_runtime::isolation::Sandbox> = match cells {
+    let cells = match cells {
+        None => None,
+        Some(cells) => {
+            let quotas = Arc::new(crate::cells::CellQuotas::new(
+                &config,
+                runtime.config(),
+                crate::app::CELL_OVERHEAD_BYTES,
+            )?);
+            Some((cells, quotas))
+        }
+    };
+    let sandbox: Arc<dyn tern_runtime::isolation::Sandbox> = match &cells {
         None => Arc::new(InProcess {
             max_output_bytes: config.max_output_bytes,
         }),
-        Some(_) => Arc::new(tern_runtime::isolation::InCells {
+        Some((cells, quotas)) => Arc::new(tern_runtime::isolation::InCells {
             max_output_bytes: config.max_output_bytes,
+            upkeep: Arc::new(crate::cells::CellUpkeep {
+                cells: cells.clone(),
+                quotas: quotas.clone(),
+                runtime: runtime.clone(),
+                metrics: metrics.clone(),
+                keep_warm: Duration::from_secs(config.cell_keep_warm_secs),
+            }),
         }),
     };
     let parallelism = match config.map_parallelism {
@@ -205,8 +223,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
     let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
     let app = App::new(config, store, pipeline, auth, tenants);
-    if let Some(cells) = cells {
+    if let Some((cells, quotas)) = cells {
         let _ = app.cells.set(cells);
+        let _ = app.cell_quotas.set(quotas);
     }
     app.tenants_changed(&app.tenants.entries());
 
@@ -300,29 +319,8 @@ fn start_cells(
         },
     );
     runtime.set_cell_runner(cells.clone());
-    let keep_warm = Duration::from_secs(config.cell_keep_warm_secs);
-    let weak = Arc::downgrade(&cells);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(CELL_UPKEEP_EVERY);
-        loop {
-            tick.tick().await;
-            let Some(cells) = weak.upgrade() else { return };
-            let reaped = cells.reap_idle(keep_warm);
-            if reaped > 0 {
-                tracing::info!(reaped, "stopped cells idle past cell_keep_warm_secs");
-            }
-            cells.check_health(CELL_HEALTH_TIMEOUT).await;
-        }
-    });
     Ok(cells)
 }
-
-/// How often idle cells are looked for and every cell is pinged.
-const CELL_UPKEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// How long a cell has to answer a health check (it answers from its reader, apart from the
-/// guests, in well under a millisecond).
-const CELL_HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// From spawning a cell to its `Ready` (it takes about 10–20 ms).
 const CELL_START_TIMEOUT: Duration = Duration::from_secs(5);

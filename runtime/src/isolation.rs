@@ -3,6 +3,9 @@
 //! cap), and, with `isolation = "lci"`, OS isolation of tenants in cells (worker processes
 //! with namespaces, a cgroup and seccomp; `tern-cell`, run through [`crate::CellRunner`]).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::Deployed;
@@ -39,18 +42,46 @@ pub struct SandboxSpec {
 pub trait Sandbox: Send + Sync + 'static {
     fn mode(&self) -> IsolationMode;
     fn spec_for(&self, function: &Deployed) -> SandboxSpec;
+    /// The mode's periodic work, which the Isolator actor runs (none in-process).
+    fn upkeep(&self) -> Option<Arc<dyn Upkeep>> {
+        None
+    }
+}
+
+/// One kind of an isolation mode's periodic work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Chore {
+    /// Looking after the cells: stopping those idle past their keep-warm time, pinging the
+    /// others and replacing those that do not answer.
+    Housekeeping,
+    /// Deciding each tenant's quota for the next interval and applying it.
+    Quotas,
+}
+
+/// An isolation mode's periodic work. The Isolator actor runs each chore, then schedules its
+/// next run `every` later (a slow run delays the next one; runs never pile up).
+pub trait Upkeep: Send + Sync + 'static {
+    /// The chores, and how long after one run ends the next begins.
+    fn chores(&self) -> Vec<(Chore, Duration)>;
+    fn run(&self, chore: Chore) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
 }
 
 /// Light-container isolation: the same limits as in-process, applied by the cell's runtime
 /// (the node's runtime sends MEUs to cells through its `CellRunner`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct InCells {
     pub max_output_bytes: usize,
+    /// Looking after the cells and their quotas.
+    pub upkeep: Arc<dyn Upkeep>,
 }
 
 impl Sandbox for InCells {
     fn mode(&self) -> IsolationMode {
         IsolationMode::Lci
+    }
+
+    fn upkeep(&self) -> Option<Arc<dyn Upkeep>> {
+        Some(self.upkeep.clone())
     }
 
     fn spec_for(&self, function: &Deployed) -> SandboxSpec {

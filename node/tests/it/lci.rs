@@ -276,3 +276,86 @@ async fn a_cell_that_stops_answering_is_killed_by_its_health_check_and_replaced(
     assert!(!now.is_empty() && now.iter().all(|p| !stopped.contains(p)));
     node.shutdown().await.unwrap();
 }
+
+/// Quota network weights that always choose 0.5 cores and 256 MiB per guest and one guest
+/// kept warm (the last layer's biases decide), as a checkpoint file in `dir`.
+fn quota_network_choosing_half_a_core(dir: &std::path::Path) -> std::path::PathBuf {
+    use tern_policy::policy::{PolicyWeights, quota_head_ranges};
+    let mut w = PolicyWeights::init(9).unwrap();
+    let last = w.quota.layers.last_mut().unwrap();
+    last.weight.iter_mut().for_each(|x| *x = 0.0);
+    last.bias.iter_mut().for_each(|x| *x = 0.0);
+    let [cpu, mem, keep] = quota_head_ranges();
+    last.bias[cpu.start] = 5.0;
+    last.bias[mem.start + 1] = 5.0;
+    last.bias[keep.start + 1] = 5.0;
+    let path = dir.join("quota.safetensors");
+    std::fs::write(&path, w.to_safetensors(Default::default()).unwrap()).unwrap();
+    path
+}
+
+/// With a quota network (`cell_quota = "learned"`), its decision for a busy tenant reaches the
+/// tenant's cell cgroup: a CPU cap of half a core and a `memory_high` of one 256 MiB guest plus
+/// the cell's overhead, where the tenant's spec sets neither. The guard's probes hand some
+/// intervals to the static shares, which lift the cap again: both are seen in the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_networks_decision_reaches_the_cells_cgroup_and_the_static_shares_lift_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    cfg.cell_quota = tern_node::config::CellQuota::Learned;
+    cfg.policy_checkpoint = Some(quota_network_choosing_half_a_core(dir.path()));
+    cfg.quota_interval_ms = 100;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let cells = node.app().cells.get().unwrap().clone();
+    let default = tern_tenancy::TenantName::default_tenant();
+    let (mut capped, mut lifted, mut soft) = (false, false, None);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(capped && lifted && soft.is_some()) && Instant::now() < until {
+        let r = invoke(addr, "echo", "busy").await;
+        assert_eq!((r.status, body(&r).as_str()), (200, "busy"));
+        let (Some(cpu), Some(memory)) = (
+            cells.cgroup_dir(&default, tern_cell::Controller::Cpu).await,
+            cells
+                .cgroup_dir(&default, tern_cell::Controller::Memory)
+                .await,
+        ) else {
+            continue;
+        };
+        // v1 here; v2 hosts keep both numbers in `cpu.max`.
+        let quota = match std::fs::read_to_string(cpu.join("cpu.cfs_quota_us")) {
+            Ok(v1) => v1.trim().to_owned(),
+            Err(_) => std::fs::read_to_string(cpu.join("cpu.max"))
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned(),
+        };
+        match quota.as_str() {
+            "50000" => capped = true,
+            "-1" | "max" => lifted = true,
+            other => panic!("a CPU cap nobody decided: {other}"),
+        }
+        let high = std::fs::read_to_string(memory.join("memory.soft_limit_in_bytes"))
+            .or_else(|_| std::fs::read_to_string(memory.join("memory.high")))
+            .unwrap();
+        if capped && high.trim() != "max" && high.trim() != "9223372036854771712" {
+            soft = Some(high.trim().parse::<u64>().unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(capped, "the network's cap never reached the cgroup");
+    assert!(lifted, "the static shares never lifted the cap");
+    assert_eq!(
+        soft,
+        Some((256 << 20) + tern_node::app::CELL_OVERHEAD_BYTES)
+    );
+    let text = metrics_text(addr, None).await;
+    let learned = metric_labelled(addr, "tern_quota_decisions_total", "policy=\"learned\"").await;
+    let eq6 = metric_labelled(addr, "tern_quota_decisions_total", "policy=\"eq6\"").await;
+    assert!(learned >= 1.0 && eq6 >= 1.0, "{text}");
+    node.shutdown().await.unwrap();
+}

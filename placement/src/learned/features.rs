@@ -74,6 +74,12 @@ pub fn class_index(class: NodeClass) -> u8 {
     }
 }
 
+/// Power of one busy core of a node of `class`, W (the simulator's class figures, which the
+/// rewards of both policy networks use).
+pub fn busy_watts_per_core(class: NodeClass) -> f32 {
+    sim_class(class_index(class)).busy_w_per_core
+}
+
 pub(super) fn sim_class(class: u8) -> SimClass {
     match class {
         0 => SimClass::edge(),

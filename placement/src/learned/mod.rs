@@ -47,8 +47,8 @@ use tern_policy::sim::RewardConfig;
 use tern_sync::poison::{lock, read};
 
 pub use self::checkpoint::{CheckpointError, read_checkpoint};
-pub use self::features::class_index;
 use self::features::system_memory_bytes;
+pub use self::features::{busy_watts_per_core, class_index};
 pub use self::guard::GuardSettings;
 use crate::{Decision, Fate, MeuView, NoNodeFits, NodeView, Observed, Placement, WarmAffinity};
 
