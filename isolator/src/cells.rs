@@ -95,6 +95,8 @@ struct TenantCells {
     limits: CellLimits,
     /// The quota decided for the current interval, within `limits`.
     quota: CellQuota,
+    /// Cells of the tenant found dead (killed, out of memory, seccomp, hung) and replaced.
+    restarts: u64,
 }
 
 impl TenantCells {
@@ -359,7 +361,8 @@ impl Cells {
         out
     }
 
-    /// Eq. 4 for each tenant with a running cell, and the sharing ratios it is computed from.
+    /// Eq. 4 for each tenant with a running cell, and the sharing ratios it is computed from;
+    /// each tenant's cell restarts.
     fn render_strength(&self) -> String {
         use std::fmt::Write as _;
         use tern_cell::strength::{Resource, Sharing};
@@ -369,6 +372,7 @@ impl Cells {
             .map(|(t, s)| (t.clone(), s.clone()))
             .collect();
         let mut weights = Vec::new();
+        let mut restarts = Vec::new();
         for (tenant, slot) in slots {
             // A tenant being started or served right now shows at the next scrape.
             let Ok(cells) = slot.try_lock() else { continue };
@@ -377,8 +381,20 @@ impl Cells {
                 .as_ref()
                 .is_some_and(|r| !r.process.has_ended())
             {
-                weights.push((tenant, cells.limits.cpu_weight));
+                weights.push((tenant.clone(), cells.limits.cpu_weight));
             }
+            restarts.push((tenant, cells.restarts));
+        }
+        restarts.sort();
+        let mut out_restarts = String::from(
+            "# HELP tern_cell_restarts_total The tenant's cells found dead (killed, out of \
+             memory, seccomp, hung) and replaced.\n# TYPE tern_cell_restarts_total counter\n",
+        );
+        for (tenant, n) in &restarts {
+            let _ = writeln!(
+                out_restarts,
+                "tern_cell_restarts_total{{tenant=\"{tenant}\"}} {n}"
+            );
         }
         let total: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
         let mut out = String::from(
@@ -405,7 +421,7 @@ impl Cells {
                 );
             }
         }
-        out + &ratios
+        out + &ratios + &out_restarts
     }
 
     pub fn stats(&self) -> CellStats {
@@ -459,6 +475,7 @@ impl Cells {
             self.deaths.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%tenant, lived_ms = lived.as_millis() as u64, "a cell died; starting another");
             cells.backoff.died(lived);
+            cells.restarts += 1;
             cells.current = None;
             let delay = cells.backoff.delay();
             cells.not_before = (!delay.is_zero()).then(|| Instant::now() + delay);

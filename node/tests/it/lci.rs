@@ -169,6 +169,13 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     );
     let stats = cells.stats();
     assert!(stats.starts >= 3 && stats.deaths >= 1, "{stats:?}");
+    // Restarts are counted per tenant: acme's two kills, none for the other tenant.
+    let text = metrics_text(addr, Some(admin)).await;
+    assert!(
+        text.contains("tern_cell_restarts_total{tenant=\"acme\"} 2\n")
+            && text.contains("tern_cell_restarts_total{tenant=\"default\"} 0\n"),
+        "{text}"
+    );
     node.shutdown().await.unwrap();
 }
 
@@ -357,5 +364,129 @@ async fn the_quota_networks_decision_reaches_the_cells_cgroup_and_the_static_sha
     let learned = metric_labelled(addr, "tern_quota_decisions_total", "policy=\"learned\"").await;
     let eq6 = metric_labelled(addr, "tern_quota_decisions_total", "policy=\"eq6\"").await;
     assert!(learned >= 1.0 && eq6 >= 1.0, "{text}");
+    node.shutdown().await.unwrap();
+}
+
+/// A tenant whose guests together use more memory than its cell's cgroup allows (each within
+/// its own `memory_mb`) gets its cell OOM-killed: its callers get typed answers, its next call
+/// a new cell; another tenant's calls all succeed meanwhile and the node's memory does not grow
+/// by the guests' memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_memory_bomb_across_instances_kills_only_its_own_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    cfg.examples = vec!["echo".into()];
+    cfg.auth = AuthMode::Tokens;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    use_admin_token(addr, admin.clone());
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/tenants",
+        Some(&admin),
+        r#"{"name":"acme"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let (dev, _) = new_token_for(addr, &admin, "developer", "acme").await;
+    let path = "/v1/functions/bomb?memory_mb=128&timeout_ms=20000";
+    let r = with_token(addr, Method::PUT, path, Some(&dev), wasm("membomb")).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    // The cell's hard limit, smaller than what its guests may hold together (8 × 128 MiB):
+    // the cgroup, not the runtime's accounting, is what stops them.
+    let cells = node.app().cells.get().unwrap().clone();
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    let small = tern_cell::CellLimits {
+        memory_max: Some(300 << 20),
+        ..tern_cell::CellLimits::default()
+    };
+    cells.set_limits(&acme, small).await.unwrap();
+    let rss_before = rss_bytes();
+    let bombs: Vec<_> = (0..8)
+        .map(|_| {
+            let dev = dev.clone();
+            tokio::spawn(async move {
+                with_token(
+                    addr,
+                    Method::POST,
+                    "/v1/functions/bomb/invoke",
+                    Some(&dev),
+                    "alloc",
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut echoes = 0;
+    let t0 = Instant::now();
+    while !bombs.iter().all(|b| b.is_finished()) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the bombs never ended"
+        );
+        let r = with_token(
+            addr,
+            Method::POST,
+            "/v1/functions/echo/invoke",
+            Some(&admin),
+            "fine",
+        )
+        .await;
+        assert_eq!(
+            (r.status, body(&r).as_str()),
+            (200, "fine"),
+            "the other tenant saw an error"
+        );
+        echoes += 1;
+    }
+    let mut codes = Vec::new();
+    for b in bombs {
+        codes.push(code(&b.await.unwrap()));
+    }
+    // Each bomb ends with its cell (an isolation fault) or, in a replacing cell, trapping at
+    // its own 128 MiB; never anything untyped.
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "isolation_fault" || c == "guest_trap"),
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().any(|c| c == "isolation_fault"),
+        "no cell was OOM-killed: {codes:?}"
+    );
+    assert!(echoes > 0);
+    let grown = rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 64 << 20, "the node grew by {} MiB", grown >> 20);
+    // The tenant's next call gets a new cell; the restart is counted for it alone.
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/hello",
+        Some(&dev),
+        wasm("echo"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/functions/hello/invoke",
+        Some(&dev),
+        "back",
+    )
+    .await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "back"));
+    let text = metrics_text(addr, Some(&admin)).await;
+    assert!(
+        text.contains("tern_cell_restarts_total{tenant=\"default\"} 0\n")
+            && !text.contains("tern_cell_restarts_total{tenant=\"acme\"} 0\n"),
+        "{text}"
+    );
     node.shutdown().await.unwrap();
 }

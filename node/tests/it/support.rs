@@ -250,3 +250,10 @@ pub async fn put_when_synced(addr: SocketAddr, path: &str, body: impl Into<Bytes
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The test process's resident memory (the nodes it runs), from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}

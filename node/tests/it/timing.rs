@@ -126,12 +126,6 @@ async fn wait_for_parked_ticker(addr: std::net::SocketAddr) {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_bombs_are_capped_and_do_not_leak() {
     let dir = tempfile::tempdir().unwrap();
