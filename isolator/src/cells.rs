@@ -19,6 +19,7 @@ use tern_tenancy::TenantName;
 use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
 use tokio::time::Instant;
 
+use crate::artifacts::ArtifactView;
 use crate::error::Error;
 use crate::inside::CellArgs;
 use crate::process::{CellProcess, CellSpec};
@@ -37,8 +38,11 @@ pub struct CellsConfig {
     /// `cell`).
     pub program: PathBuf,
     pub program_args: Vec<String>,
-    /// Each tenant's cell builds its root in `<roots>/<tenant>` (an empty directory).
+    /// Each tenant's cell builds its root in `<roots>/<tenant>` (an empty directory) and sees
+    /// its artifacts in `<roots>/.artifacts/<tenant>` (tenant names never start with a dot).
     pub roots: PathBuf,
+    /// The node's engines' compatibility (`Runtime::compatibility`): part of artifact names.
+    pub compatibility: String,
     /// The cell's arguments; `root` is replaced per tenant.
     pub args: CellArgs,
     pub max_in_flight: usize,
@@ -83,6 +87,8 @@ struct Running {
     calls: AtomicU64,
     /// The version of each function the cell has.
     installed: Mutex<HashMap<FunctionName, ModuleHash>>,
+    /// The artifacts the cell can open: those of the versions it has.
+    artifacts: ArtifactView,
 }
 
 #[derive(Default)]
@@ -233,7 +239,7 @@ impl Cells {
         Some(slot.lock().await.in_force())
     }
 
-    /// Stops a tenant's cell (the tenant was removed).
+    /// Stops a tenant's cell (the tenant was removed) and removes its artifact view.
     pub async fn stop(&self, tenant: &TenantName) {
         let slot = self.lock_tenants().remove(tenant);
         if let Some(slot) = slot
@@ -241,6 +247,7 @@ impl Cells {
         {
             running.process.kill();
         }
+        let _ = std::fs::remove_dir_all(self.artifact_view(tenant));
     }
 
     /// `tenant`'s current cell, if it has one (it may have died since; the next call finds
@@ -491,8 +498,15 @@ impl Cells {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let root = self.config.roots.join(tenant.as_str());
         std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
+        let artifacts = ArtifactView::fresh(
+            &self.config.args.artifacts,
+            self.artifact_view(tenant),
+            &self.config.compatibility,
+        )
+        .map_err(Error::Artifact)?;
         let mut args = self.config.args.clone();
         args.root = root;
+        args.artifacts = artifacts.dir().to_owned();
         let spec = CellSpec {
             name: format!("{}{tenant}-{generation}", self.prefix),
             program: self.config.program.clone(),
@@ -527,9 +541,15 @@ impl Cells {
             last_used: Mutex::new(Instant::now()),
             calls: AtomicU64::new(0),
             installed: Mutex::default(),
+            artifacts,
         });
         cells.current = Some(running.clone());
         Ok(InCall::new(running))
+    }
+
+    /// Where `tenant`'s cells find their artifacts.
+    fn artifact_view(&self, tenant: &TenantName) -> PathBuf {
+        self.config.roots.join(".artifacts").join(tenant.as_str())
     }
 
     fn slot(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<TenantCells>> {
@@ -675,13 +695,24 @@ async fn install_if_missing(running: &Running, info: &FunctionInfo) -> Result<()
     if has {
         return Ok(());
     }
+    running.artifacts.add(&info.hash).map_err(Error::Artifact)?;
     running.process.install(info.clone()).await?;
-    running
-        .installed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(info.name.clone(), info.hash);
+    let mut installed = running.installed.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(old) = installed.insert(info.name.clone(), info.hash) {
+        forget_unused(running, &installed, old);
+    }
     Ok(())
+}
+
+/// Takes `hash` out of the cell's artifact view unless one of its functions still uses it.
+fn forget_unused(
+    running: &Running,
+    installed: &HashMap<FunctionName, ModuleHash>,
+    hash: ModuleHash,
+) {
+    if !installed.values().any(|h| *h == hash) {
+        running.artifacts.remove(&hash);
+    }
 }
 
 impl CellRunner for Cells {
@@ -725,11 +756,12 @@ impl CellRunner for Cells {
         let name = name.clone();
         tokio::spawn(async move {
             if let Some(running) = cells.current(&name.tenant()).await {
-                running
-                    .installed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&name);
+                {
+                    let mut installed = running.installed.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(old) = installed.remove(&name) {
+                        forget_unused(&running, &installed, old);
+                    }
+                }
                 let _ = running.process.remove(name).await;
             }
         });

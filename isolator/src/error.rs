@@ -7,6 +7,9 @@ use tern_wire::ApiError;
 pub enum Error {
     #[error("starting a cell: {0}")]
     Spawn(#[source] std::io::Error),
+    /// A compiled artifact could not be put in the tenant's artifact view.
+    #[error("giving the cell its artifact: {0}")]
+    Artifact(#[source] std::io::Error),
     /// Its cgroup could not be made or joined.
     #[error("cell: {0}")]
     Cell(#[from] tern_cell::Error),

@@ -312,6 +312,7 @@ fn start_cells(
             program,
             program_args: vec!["cell".into()],
             roots: config.data_dir.join("cells"),
+            compatibility: runtime.compatibility().to_owned(),
             args,
             max_in_flight: config.max_instances as usize,
             start_timeout: CELL_START_TIMEOUT,

@@ -321,6 +321,13 @@ fn engine(cfg: &RuntimeConfig) -> Result<Engine, Error> {
 /// Most units waiting for an instance slot over all tenants (see `Runtime::new`).
 const MAX_WAITING_FOR_SLOTS: usize = 1 << 20;
 
+/// The file name of `hash`'s compiled artifact for engines of `compatibility`
+/// ([`Runtime::compatibility`]): the same module compiled by differently configured engines
+/// gets different files.
+pub fn artifact_file_name(hash: &ModuleHash, compatibility: &str) -> String {
+    format!("{}-{compatibility}.cwasm", hash.to_hex())
+}
+
 impl Runtime {
     pub fn new(cfg: RuntimeConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, Error> {
         std::fs::create_dir_all(&cfg.artifact_dir)?;
@@ -409,7 +416,7 @@ impl Runtime {
     fn artifact_path(&self, hash: &ModuleHash) -> PathBuf {
         self.cfg
             .artifact_dir
-            .join(format!("{}-{}.cwasm", hash.to_hex(), self.compat))
+            .join(artifact_file_name(hash, &self.compat))
     }
 
     /// Validates, compiles (on the bounded compile pool, unless an artifact already exists)

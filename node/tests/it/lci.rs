@@ -112,6 +112,31 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         !acme_cell.contains(&std::process::id()),
         "guests do not run in the node process"
     );
+    // Each cell sees only its tenant's artifacts: acme's has `loop` (deployed by acme alone),
+    // default's has not; the module both deployed (echo) is the node's one file in both.
+    let views = dir.path().join("cells/.artifacts");
+    let listing = |tenant: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(views.join(tenant))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let (acme_sees, default_sees) = (listing("acme"), listing("default"));
+    let hash_of = |module: &str| tern_runtime::Runtime::module_hash(&wasm(module)).to_hex();
+    assert!(
+        acme_sees.iter().any(|n| n.starts_with(&hash_of("loop"))),
+        "{acme_sees:?}"
+    );
+    assert!(
+        !default_sees.iter().any(|n| n.starts_with(&hash_of("loop"))),
+        "{default_sees:?}"
+    );
+    assert!(
+        default_sees.iter().any(|n| n.starts_with(&hash_of("echo"))),
+        "{default_sees:?}"
+    );
 
     // A long call in acme's cell, killed once the guest is surely running in it (the cell
     // has burnt CPU for it; before that, the call would rightly run again in a new cell).
