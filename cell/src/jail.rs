@@ -15,7 +15,8 @@
 //!
 //! Then the caller starts what must run before the gates close (the wasmtime runtime, which
 //! opens and maps artifacts), and calls [`drop_privileges`] (every capability, in every set,
-//! including the bounding set) and installs the seccomp policy ([`crate::seccomp`]).
+//! including the bounding set; an unprivileged user and group of its own where the node is
+//! root) and installs the seccomp policy ([`crate::seccomp`]).
 //!
 //! Artifacts stay executable: wasmtime maps compiled code from the artifact file with
 //! execute permission, which a `noexec` mount forbids. The mount is still read-only,
@@ -83,7 +84,7 @@ pub fn enter(spec: &JailSpec) -> Result<(), Error> {
     if let ForkResult::Parent { child } = forked {
         // It only waits from here on: it needs no capability, and keeps none a process that
         // reached it could use. (Best effort: it is not the cell, and must still report.)
-        let _ = drop_privileges();
+        let _ = drop_privileges(None);
         let code = loop {
             match waitpid(child, None) {
                 Ok(WaitStatus::Exited(_, code)) => break code,
@@ -113,9 +114,20 @@ pub fn is_root() -> bool {
     Uid::effective().is_root()
 }
 
+/// The unprivileged user and group a cell runs as, as Firecracker's jailer does (`--uid`,
+/// `--gid`): a cell that got past its namespaces would be neither root nor any user of the
+/// host, and owns no file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+}
+
 /// Drops every capability from every set (bounding first, while `CAP_SETPCAP` is still
-/// held) and sets `no_new_privs`, so nothing the cell runs can gain one back.
-pub fn drop_privileges() -> Result<(), Error> {
+/// held), becomes `run_as` if given (no supplementary groups; the parent-death signal, which
+/// the kernel clears on a change of credentials, is set again), and sets `no_new_privs`, so
+/// nothing the cell runs can gain a privilege back.
+pub fn drop_privileges(run_as: Option<RunAs>) -> Result<(), Error> {
     use caps::CapSet;
     let err = |e: caps::errors::CapsError| Error::Capabilities(e.to_string());
     for cap in caps::all() {
@@ -123,6 +135,13 @@ pub fn drop_privileges() -> Result<(), Error> {
         if caps::has_cap(None, CapSet::Bounding, cap).unwrap_or(false) {
             caps::drop(None, CapSet::Bounding, cap).map_err(err)?;
         }
+    }
+    if let Some(who) = run_as {
+        let (uid, gid) = (Uid::from_raw(who.uid), Gid::from_raw(who.gid));
+        nix::unistd::setgroups(&[]).map_err(Error::jail("setgroups"))?;
+        nix::unistd::setresgid(gid, gid, gid).map_err(Error::jail("setresgid"))?;
+        nix::unistd::setresuid(uid, uid, uid).map_err(Error::jail("setresuid"))?;
+        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(Error::jail("pdeathsig"))?;
     }
     for set in [
         CapSet::Ambient,

@@ -22,7 +22,7 @@ pub mod strength;
 
 pub use cgroup::{CellCgroup, Hierarchy};
 pub use error::Error;
-pub use jail::{ARTIFACTS, JailSpec, drop_privileges, enter};
+pub use jail::{ARTIFACTS, JailSpec, RunAs, drop_privileges, enter};
 pub use limits::{CellLimits, CgroupVersion, Controller, CpuMax};
 pub use seccomp::Policy;
 

@@ -29,7 +29,16 @@ enum Layers {
     UserJail,
     /// The same plus the seccomp policy.
     Seccomp,
+    /// Namespaces, root, rlimits, capabilities dropped, and an unprivileged user and group
+    /// (how a root node runs cells).
+    Unprivileged,
 }
+
+/// The user and group the unprivileged probes run as.
+const PROBE_USER: tern_cell::RunAs = tern_cell::RunAs {
+    uid: 3_000_000_007,
+    gid: 3_000_000_000,
+};
 
 impl Layers {
     fn arg(self) -> &'static str {
@@ -37,6 +46,7 @@ impl Layers {
             Layers::Jail => "jail",
             Layers::UserJail => "userjail",
             Layers::Seccomp => "seccomp",
+            Layers::Unprivileged => "unprivileged",
         }
     }
 }
@@ -95,6 +105,8 @@ fn cases() -> Vec<Case> {
             },
             expect: Expect::Killed(libc::SIGKILL),
         },
+        case("identity", Layers::Unprivileged, Expect::Blocked),
+        case("writes", Layers::Unprivileged, Expect::Blocked),
         case("allowed", Layers::Seccomp, Expect::Allowed),
         case("socket", Layers::Seccomp, Expect::Killed(libc::SIGSYS)),
         case("ptrace", Layers::Seccomp, Expect::Killed(libc::SIGSYS)),
@@ -155,6 +167,19 @@ fn main() {
 fn run_case(hierarchy: &Hierarchy, index: usize, case: &Case, port: u16) -> Result<String, String> {
     let artifacts = tempfile::tempdir().map_err(|e| e.to_string())?;
     std::fs::write(artifacts.path().join("echo.cwasm"), b"compiled").map_err(|e| e.to_string())?;
+    let owner_only = artifacts.path().join("owner-only");
+    std::fs::write(&owner_only, b"root's").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        &owner_only,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
+    // The artifact directory must let the cell in (a tempdir is 0700).
+    std::fs::set_permissions(
+        artifacts.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .map_err(|e| e.to_string())?;
     let root = tempfile::tempdir().map_err(|e| e.to_string())?;
     let cgroup = hierarchy
         .create(
@@ -263,7 +288,8 @@ fn child(args: &[String]) -> ! {
     // Built before privileges go (nothing needs a capability for it, but the real cell
     // prepares its runtime at this point too).
     let policy = Policy::cell();
-    if let Err(e) = tern_cell::drop_privileges() {
+    let run_as = (layers == "unprivileged").then_some(PROBE_USER);
+    if let Err(e) = tern_cell::drop_privileges(run_as) {
         eprintln!("drop privileges: {e}");
         std::process::exit(3);
     }
@@ -312,6 +338,35 @@ fn probe_once(probe: &str, host_pid: i32, port: u16) -> Result<String, String> {
                 return Err(format!("/ holds {names:?}"));
             }
             Ok("BLOCKED: only /artifacts exists".into())
+        }
+        "identity" => {
+            use nix::unistd::{Gid, Uid, getgroups};
+            let ids = (
+                Uid::current(),
+                Uid::effective(),
+                Gid::current(),
+                Gid::effective(),
+            );
+            let expected = (
+                Uid::from_raw(PROBE_USER.uid),
+                Uid::from_raw(PROBE_USER.uid),
+                Gid::from_raw(PROBE_USER.gid),
+                Gid::from_raw(PROBE_USER.gid),
+            );
+            if ids != expected {
+                return Err(format!("runs as {ids:?}"));
+            }
+            if !getgroups().map_err(|e| e.to_string())?.is_empty() {
+                return Err("kept supplementary groups".into());
+            }
+            // Root's files in reach are root's: a root-owned 0600 file stays closed.
+            if std::fs::read("/artifacts/owner-only").is_ok() {
+                return Err("read a root-only file".into());
+            }
+            if nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+                return Err("became root again".into());
+            }
+            Ok("BLOCKED: its own user and group, no way back to root".into())
         }
         "writes" => {
             let artifact = std::fs::read("/artifacts/echo.cwasm")

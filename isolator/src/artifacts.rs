@@ -18,21 +18,43 @@ pub struct ArtifactView {
     view: PathBuf,
     /// The engines' compatibility (part of artifact file names).
     compatibility: String,
+    /// The group of unprivileged cells: the view and its files are made readable by it (and
+    /// by no one else but their owner).
+    group: Option<u32>,
 }
 
 impl ArtifactView {
-    /// An empty view at `view` (whatever an earlier cell of the tenant left there goes).
-    pub fn fresh(source: &Path, view: PathBuf, compatibility: &str) -> std::io::Result<Self> {
+    /// An empty view at `view` (whatever an earlier cell of the tenant left there goes),
+    /// readable by `group` if given.
+    pub fn fresh(
+        source: &Path,
+        view: PathBuf,
+        compatibility: &str,
+        group: Option<u32>,
+    ) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&view) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e),
             _ => {}
         }
         std::fs::create_dir_all(&view)?;
-        Ok(Self {
+        let this = Self {
             source: source.to_owned(),
             view,
             compatibility: compatibility.to_owned(),
-        })
+            group,
+        };
+        this.share(&this.view, 0o750)?;
+        Ok(this)
+    }
+
+    /// Gives `path` to the cells' group with `mode` (nothing without a group).
+    fn share(&self, path: &Path, mode: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(group) = self.group {
+            std::os::unix::fs::chown(path, None, Some(group))?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+        }
+        Ok(())
     }
 
     /// The directory the cell gets.
@@ -65,6 +87,8 @@ impl ArtifactView {
                 }
                 Err(e) => return Err(e),
             }
+            // A link is the node's file itself: the node (its owner) still reads it.
+            self.share(&to, 0o640)?;
         }
         Ok(())
     }
@@ -107,7 +131,7 @@ mod tests {
         let view_dir = dir.path().join("views/acme");
         std::fs::create_dir_all(&view_dir).unwrap();
         std::fs::write(view_dir.join("left-over"), "x").unwrap();
-        let view = ArtifactView::fresh(&source, view_dir.clone(), "c1").unwrap();
+        let view = ArtifactView::fresh(&source, view_dir.clone(), "c1", None).unwrap();
         assert_eq!(std::fs::read_dir(&view_dir).unwrap().count(), 0);
         view.add(&a).unwrap();
         view.add(&a).unwrap();

@@ -24,6 +24,11 @@ use crate::error::Error;
 use crate::inside::CellArgs;
 use crate::process::{CellProcess, CellSpec};
 
+/// Where a root node's cells get their users: tenant n's cells (in the order the node first
+/// saw them) run as user `CELL_USERS + n` and group `CELL_USERS`, far above any distribution's
+/// ranges of system, regular and container users.
+pub const CELL_USERS: u32 = 3_000_000_000;
+
 /// A cell that dies within this long of its start died young.
 const YOUNG: Duration = Duration::from_secs(1);
 /// Young deaths in a row before starts are spaced out.
@@ -103,6 +108,8 @@ struct TenantCells {
     quota: CellQuota,
     /// Cells of the tenant found dead (killed, out of memory, seccomp, hung) and replaced.
     restarts: u64,
+    /// The tenant's number on this node: its cells' user is [`CELL_USERS`] + this.
+    user: u32,
 }
 
 impl TenantCells {
@@ -140,6 +147,8 @@ pub struct Cells {
     config: CellsConfig,
     tenants: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>>,
     generation: AtomicU64,
+    /// Tenants given a user so far.
+    users: std::sync::atomic::AtomicU32,
     starts: AtomicU64,
     deaths: AtomicU64,
     reaped: AtomicU64,
@@ -167,6 +176,7 @@ impl Cells {
             config,
             tenants: Mutex::default(),
             generation: AtomicU64::new(0),
+            users: std::sync::atomic::AtomicU32::new(1),
             starts: AtomicU64::new(0),
             deaths: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
@@ -498,15 +508,23 @@ impl Cells {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let root = self.config.roots.join(tenant.as_str());
         std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
+        // A root node gives the tenant's cells an unprivileged user of their own; a node that
+        // is not root maps only itself into its cells' user namespace, so they stay its user.
+        let run_as = (!self.config.args.user_namespace).then(|| tern_cell::RunAs {
+            uid: CELL_USERS.saturating_add(cells.user),
+            gid: CELL_USERS,
+        });
         let artifacts = ArtifactView::fresh(
             &self.config.args.artifacts,
             self.artifact_view(tenant),
             &self.config.compatibility,
+            run_as.map(|r| r.gid),
         )
         .map_err(Error::Artifact)?;
         let mut args = self.config.args.clone();
         args.root = root;
         args.artifacts = artifacts.dir().to_owned();
+        args.run_as = run_as;
         let spec = CellSpec {
             name: format!("{}{tenant}-{generation}", self.prefix),
             program: self.config.program.clone(),
@@ -555,7 +573,14 @@ impl Cells {
     fn slot(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<TenantCells>> {
         self.lock_tenants()
             .entry(tenant.clone())
-            .or_default()
+            .or_insert_with(|| {
+                // Wraps after 1.29 billion tenants seen by one node run.
+                let user = self.users.fetch_add(1, Ordering::Relaxed) % (u32::MAX - CELL_USERS);
+                Arc::new(tokio::sync::Mutex::new(TenantCells {
+                    user,
+                    ..TenantCells::default()
+                }))
+            })
             .clone()
     }
 

@@ -36,6 +36,9 @@ pub struct CellArgs {
     pub root: PathBuf,
     pub hostname: String,
     pub user_namespace: bool,
+    /// The unprivileged user and group the cell becomes (a root node gives each tenant's
+    /// cells a user of their own); `None`: root inside, without capabilities.
+    pub run_as: Option<tern_cell::RunAs>,
     /// Given to guests as `TERN_NODE`.
     pub node_name: String,
     pub max_instances: u32,
@@ -59,6 +62,7 @@ impl CellArgs {
             root,
             hostname: "cell".into(),
             user_namespace: !tern_cell::jail::is_root(),
+            run_as: None,
             node_name: cfg.node_name.clone(),
             max_instances: cfg.max_instances,
             memory_budget_mb: cfg.memory_budget_mb,
@@ -95,6 +99,14 @@ impl CellArgs {
         if self.user_namespace {
             a.push("--user-namespace".into());
         }
+        if let Some(who) = self.run_as {
+            a.extend([
+                "--uid".into(),
+                who.uid.to_string(),
+                "--gid".into(),
+                who.gid.to_string(),
+            ]);
+        }
         a
     }
 
@@ -128,11 +140,20 @@ impl CellArgs {
             "explicit-bounds" => MemoryProfile::ExplicitBounds,
             other => return Err(format!("--memory-profile {other:?} is unknown")),
         };
+        let run_as = match (values.get("uid"), values.get("gid")) {
+            (None, None) => None,
+            (Some(uid), Some(gid)) => Some(tern_cell::RunAs {
+                uid: num("uid", (*uid).to_owned())?,
+                gid: num("gid", (*gid).to_owned())?,
+            }),
+            _ => return Err("--uid and --gid go together".into()),
+        };
         Ok(Self {
             artifacts: text("artifacts")?.into(),
             root: text("root")?.into(),
             hostname: text("hostname")?,
             user_namespace,
+            run_as,
             node_name: text("node-name")?,
             max_instances: num("max-instances", text("max-instances")?)?,
             memory_budget_mb: num("memory-budget-mb", text("memory-budget-mb")?)?,
@@ -191,7 +212,7 @@ pub fn main(args: &[String]) -> i32 {
     }
     // Capabilities belong to each thread: dropped while this is still the only one, so no
     // thread started later (tokio's, the runtime's) ever has one.
-    if let Err(e) = tern_cell::drop_privileges() {
+    if let Err(e) = tern_cell::drop_privileges(args.run_as) {
         eprintln!("tern cell: {e}");
         return 3;
     }
@@ -412,8 +433,17 @@ mod tests {
         let mut cfg = RuntimeConfig::new("n1", "/data/artifacts");
         cfg.memory_profile = MemoryProfile::ExplicitBounds;
         cfg.max_instances = 7;
-        let args = CellArgs::for_node(&cfg, "/data/cells/acme".into(), 1 << 20);
+        let mut args = CellArgs::for_node(&cfg, "/data/cells/acme".into(), 1 << 20);
         assert_eq!(CellArgs::parse(&args.to_args()).unwrap(), args);
+        args.run_as = Some(tern_cell::RunAs { uid: 7, gid: 8 });
+        assert_eq!(CellArgs::parse(&args.to_args()).unwrap(), args);
+        let mut half = args.to_args();
+        let at = half.iter().position(|a| a == "--gid").unwrap();
+        half.drain(at..at + 2);
+        assert_eq!(
+            CellArgs::parse(&half).unwrap_err(),
+            "--uid and --gid go together"
+        );
         let mut bad = args.to_args();
         let at = bad.iter().position(|a| a == "--max-instances").unwrap();
         bad[at + 1] = "many".into();

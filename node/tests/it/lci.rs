@@ -112,6 +112,25 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
         !acme_cell.contains(&std::process::id()),
         "guests do not run in the node process"
     );
+    // A root node's cells run as unprivileged users, one per tenant (the jail's waiting
+    // first process, which holds no capability, stays root).
+    let users = |pids: &[u32]| -> Vec<u32> {
+        let mut uids: Vec<u32> = pids
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+            .filter_map(|s| {
+                let line = s.lines().find(|l| l.starts_with("Uid:"))?;
+                line.split_whitespace().nth(1)?.parse().ok()
+            })
+            .filter(|uid| *uid != 0)
+            .collect();
+        uids.dedup();
+        uids
+    };
+    let (acme_users, default_users) = (users(&acme_cell), users(&default_cell));
+    assert_eq!(acme_users.len(), 1, "{acme_users:?}");
+    assert_eq!(default_users.len(), 1, "{default_users:?}");
+    assert!(acme_users[0] > tern_isolator::cells::CELL_USERS && acme_users != default_users);
     // Each cell sees only its tenant's artifacts: acme's has `loop` (deployed by acme alone),
     // default's has not; the module both deployed (echo) is the node's one file in both.
     let views = dir.path().join("cells/.artifacts");
