@@ -33,6 +33,9 @@ for _ in $(seq 100); do curl -sf "http://$addr/healthz" >/dev/null && break; sle
 export TERN_TOKEN=$(cat "$data/admin.token")
 source scripts/lib/auth-header.sh
 header=$(auth_header_file "$data/admin.token" "$data/auth.header")
+# What the node says it runs (isolation mode, memory profile), for the summary.
+curl -s -H @"$header" "http://$addr/metrics" \
+  | grep -E '^(tern_isolation_mode|tern_memory_profile)\{' > "$out/node-reported.txt" || true
 
 echo "== echo, closed loop, 64 connections"
 $tern bench --server $addr --function echo --connections 64 --duration 15s --warmup 3s \
@@ -66,6 +69,8 @@ print(f"commit: {commit}" + (f" plus uncommitted changes to {dirty}" if dirty !=
 print(f"machine: nproc {nproc}; load average at start {load_start}, at end {load_end}")
 print("node: release build, default configuration (auth = tokens, the load sends the admin "
       "token) except max_connections_per_ip = 16384 (every connection comes from 127.0.0.1)")
+reported = open(os.path.join(out, "node-reported.txt")).read().split()
+print("node reported: " + (", ".join(x for x in reported if "{" in x) or "nothing (no /metrics)"))
 for name, what in [("echo-64", "echo, 64 connections, 15 s after 3 s warm-up"),
                    ("echo-3000", "echo, 3,000 connections, 10 s after 3 s warm-up"),
                    ("echo-10000", "echo, 10,000 connections, 10 s after 3 s warm-up"),

@@ -233,9 +233,9 @@ impl CellQuotas {
         let controller = lock(&self.controller);
         let decisions = controller.decisions();
         let mut out = String::from(
-            "# HELP tern_quota_decisions_total Tenants' cell quota decisions, by who took them \
-             (learned: the quota network; eq6: the static shares; fallback: the network gave no \
-             usable answer).\n# TYPE tern_quota_decisions_total counter\n",
+            "# HELP tern_quota_decisions_total Cell quota decisions for active tenants, by who \
+             took them (learned: the quota network; eq6: the static shares; fallback: the \
+             network gave no usable answer).\n# TYPE tern_quota_decisions_total counter\n",
         );
         for source in Source::ALL {
             let _ = writeln!(

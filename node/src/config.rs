@@ -72,14 +72,14 @@ impl From<MemoryProfile> for tern_runtime::MemoryProfile {
 #[serde(rename_all = "kebab-case")]
 pub enum Isolation {
     /// In the node process: WebAssembly SFI, store limits, deadlines.
-    #[default]
     InProcess,
     /// Light-container isolation: each tenant's guests in a cell of its own (namespaces, a
     /// cgroup, capabilities dropped, seccomp). The node refuses to start where the host cannot
     /// give cells, naming what is missing.
     Lci,
     /// `lci` where the host can give cells, else `in-process` with a warning at start naming
-    /// what is missing.
+    /// what is missing. The default: tenants are separated as far as the host allows.
+    #[default]
     Auto,
 }
 
@@ -187,8 +187,8 @@ pub struct Config {
     /// price of bounds checks in guest code and of Cranelift's Spectre mitigations for heap
     /// and table accesses (see the README before turning it on where tenants share a node).
     pub memory_profile: MemoryProfile,
-    /// `in-process` (the default), `lci` (each tenant's guests in a cell of its own) or
-    /// `auto` (`lci` where the host allows it).
+    /// `auto` (the default: `lci` where the host allows it), `lci` (each tenant's guests in a
+    /// cell of its own) or `in-process`.
     pub isolation: Isolation,
     /// The executable cells run (with `cell` as its first argument); unset: this node's own.
     pub cell_program: Option<PathBuf>,
@@ -334,7 +334,7 @@ impl Default for Config {
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
             memory_profile: MemoryProfile::GuardPages,
-            isolation: Isolation::InProcess,
+            isolation: Isolation::Auto,
             cell_program: None,
             cell_keep_warm_secs: 600,
             isolation_weights: IsolationWeights::default(),
@@ -704,12 +704,12 @@ mod tests {
         let c = Config::load(None, env("TERN_MEMORY_PROFILE", "explicit-bounds")).unwrap();
         assert_eq!(c.memory_profile, MemoryProfile::ExplicitBounds);
         assert!(Config::load(None, env("TERN_MEMORY_PROFILE", "no-checks")).is_err());
-        assert_eq!(Config::default().isolation, Isolation::InProcess);
+        assert_eq!(Config::default().isolation, Isolation::Auto);
         let c = Config::load(None, env("TERN_ISOLATION", "lci")).unwrap();
         assert_eq!(c.isolation, Isolation::Lci);
         assert!(Config::load(None, env("TERN_ISOLATION", "vm")).is_err());
-        let c = Config::load(None, env("TERN_ISOLATION", "auto")).unwrap();
-        assert_eq!(c.isolation, Isolation::Auto);
+        let c = Config::load(None, env("TERN_ISOLATION", "in-process")).unwrap();
+        assert_eq!(c.isolation, Isolation::InProcess);
         let c = Config::load(None, env("TERN_CELL_PROGRAM", "/opt/tern/bin/tern")).unwrap();
         assert_eq!(c.cell_program, Some(PathBuf::from("/opt/tern/bin/tern")));
         let c = Config::load(None, env("TERN_AUTH", "off")).unwrap();

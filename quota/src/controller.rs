@@ -81,7 +81,7 @@ pub struct TenantQuota {
     pub keep_warm: Duration,
 }
 
-/// Decisions taken, by source.
+/// Decisions taken for active tenants, by source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Decisions {
     pub learned: u64,
@@ -171,16 +171,15 @@ impl<K: Ord + Clone> QuotaController<K> {
         }
         let mut out = Vec::with_capacity(tenants.len());
         for (tenant, window) in tenants {
-            let quota = if !window.active() {
-                self.static_quota()
-            } else {
-                let quota = match self.network.is_some().then(|| self.guard.next_arm()) {
-                    Some(Arm::Learned) => self.learned_quota(window),
-                    _ => self.static_quota(),
-                };
-                self.pending.insert(tenant.clone(), quota.source);
-                quota
+            if !window.active() {
+                out.push((tenant.clone(), self.static_quota()));
+                continue;
+            }
+            let quota = match self.network.is_some().then(|| self.guard.next_arm()) {
+                Some(Arm::Learned) => self.learned_quota(window),
+                _ => self.static_quota(),
             };
+            self.pending.insert(tenant.clone(), quota.source);
             match quota.source {
                 Source::Learned => self.decisions.learned += 1,
                 Source::Eq6 => self.decisions.eq6 += 1,

@@ -112,6 +112,12 @@ fn an_idle_tenant_gets_the_static_shares_and_no_decision_to_judge() {
     let q = c.decide(&[("idle", idle)])[0].1;
     assert_eq!(q.source, Source::Eq6);
     assert_eq!(q.cpu_max_cores, None);
+    assert_eq!(
+        c.decisions(),
+        Decisions::default(),
+        "nothing decided for an idle tenant"
+    );
+    assert!(c.pending.is_empty());
 }
 
 #[test]

@@ -57,6 +57,10 @@ pub fn config(data: &Path) -> Config {
         // Open on loopback, so tests of other things need no token; the auth and tenant
         // tests turn tokens on.
         auth: tern_node::config::AuthMode::Off,
+        // Guests in the test's own process, whatever the host allows: these tests are about
+        // everything but the isolation between tenants (`lci.rs` runs cells, and so do the
+        // nodes of `cluster_process.rs`, on the default `auto` as root).
+        isolation: tern_node::config::Isolation::InProcess,
         ..Config::default()
     }
 }
