@@ -7,7 +7,7 @@ set -euo pipefail
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 FUNCS_DIR="$(cd "$SCRIPT_DIR/../functions" && pwd)"
 TARGET=wasm32-wasip1
-FUNCTIONS=(echo matmul-json loop membomb recurse trap bigoutput sandbox-probe exit-code)
+FUNCTIONS=(echo matmul-json loop membomb recurse trap bigoutput sandbox-probe exit-code logger)
 
 rustup target add "$TARGET" >/dev/null 2>&1 || rustup target add "$TARGET"
 

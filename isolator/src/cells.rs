@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::artifacts::ArtifactView;
 use crate::error::Error;
 use crate::inside::CellArgs;
-use crate::process::{CellProcess, CellSpec};
+use crate::process::{CellProcess, CellSpec, LogTo};
 
 /// Where a root node's cells get their users: tenant n's cells (in the order the node first
 /// saw them) run as user `CELL_USERS + n` and group `CELL_USERS`, far above any distribution's
@@ -37,7 +37,7 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How this node's cells are started.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CellsConfig {
     /// The cell executable and the arguments before the cell's own (the node's binary and
     /// `cell`).
@@ -54,6 +54,8 @@ pub struct CellsConfig {
     pub start_timeout: Duration,
     /// Eq. 4's weight of each resource dimension.
     pub strength_weights: tern_cell::strength::Weights,
+    /// Where guests' stderr goes (the node runtime's guest logs); `None`: discarded.
+    pub log_sink: Option<Arc<dyn tern_runtime::guest_logs::LogSink>>,
 }
 
 /// When a tenant's next cell may start, given how its last ones ended. Pure.
@@ -614,13 +616,19 @@ impl Cells {
             let call = self.running(&tenant).await.map_err(fault)?;
             let ran = match install_if_missing(&call.0, &info).await {
                 Ok(()) => {
+                    let log = self.config.log_sink.clone().map(|sink| LogTo {
+                        sink,
+                        request_id: meu.request_id.clone(),
+                        cap: self.config.args.guest_log_bytes,
+                    });
                     call.0
                         .process
-                        .run(
+                        .run_logged(
                             info.name.clone(),
                             info.hash,
                             meu.input.to_vec(),
                             meu.items as u32,
+                            log,
                         )
                         .await
                 }

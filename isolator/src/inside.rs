@@ -46,6 +46,8 @@ pub struct CellArgs {
     pub max_memory_mb: u32,
     pub keep_resident_bytes: usize,
     pub max_output_bytes: usize,
+    /// A guest's stderr kept per MEU, bytes (0: discarded), sent to the node with its answer.
+    pub guest_log_bytes: usize,
     pub memory_profile: MemoryProfile,
     pub epoch_tick: Duration,
     /// Largest frame either side accepts.
@@ -69,6 +71,7 @@ impl CellArgs {
             max_memory_mb: cfg.max_memory_mb,
             keep_resident_bytes: cfg.keep_resident_bytes,
             max_output_bytes: cfg.max_output_bytes,
+            guest_log_bytes: cfg.guest_log_bytes,
             memory_profile: cfg.memory_profile,
             epoch_tick: cfg.epoch_tick,
             max_frame,
@@ -87,6 +90,7 @@ impl CellArgs {
             ("max-memory-mb", self.max_memory_mb.to_string()),
             ("keep-resident-bytes", self.keep_resident_bytes.to_string()),
             ("max-output-bytes", self.max_output_bytes.to_string()),
+            ("guest-log-bytes", self.guest_log_bytes.to_string()),
             ("memory-profile", self.memory_profile.as_str().to_owned()),
             ("epoch-tick-us", self.epoch_tick.as_micros().to_string()),
             ("max-frame", self.max_frame.to_string()),
@@ -160,6 +164,7 @@ impl CellArgs {
             max_memory_mb: num("max-memory-mb", text("max-memory-mb")?)?,
             keep_resident_bytes: num("keep-resident-bytes", text("keep-resident-bytes")?)?,
             max_output_bytes: num("max-output-bytes", text("max-output-bytes")?)?,
+            guest_log_bytes: num("guest-log-bytes", text("guest-log-bytes")?)?,
             memory_profile,
             epoch_tick: Duration::from_micros(num("epoch-tick-us", text("epoch-tick-us")?)?),
             max_frame: num("max-frame", text("max-frame")?)?,
@@ -174,6 +179,7 @@ impl CellArgs {
         cfg.max_memory_mb = self.max_memory_mb;
         cfg.keep_resident_bytes = self.keep_resident_bytes;
         cfg.max_output_bytes = self.max_output_bytes;
+        cfg.guest_log_bytes = self.guest_log_bytes;
         cfg.memory_profile = self.memory_profile;
         cfg.epoch_tick = self.epoch_tick;
         cfg
@@ -242,6 +248,8 @@ async fn serve(args: CellArgs) -> i32 {
             return 3;
         }
     };
+    let tap = Arc::new(StderrTap::default());
+    runtime.set_log_sink(tap.clone());
     // Last: on every thread (the filter is synchronised to all of them), after the runtime
     // has mapped what it needs.
     let gates = tern_cell::Policy::cell().and_then(|p| p.install());
@@ -348,6 +356,8 @@ async fn serve(args: CellArgs) -> i32 {
                     let answer = FromCell::Ran {
                         id,
                         result: Err(missing),
+                        stderr: Vec::new(),
+                        stderr_cut: 0,
                     };
                     if tx.send(answer).await.is_err() {
                         break;
@@ -355,6 +365,7 @@ async fn serve(args: CellArgs) -> i32 {
                     continue;
                 }
                 let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
+                let tap = tap.clone();
                 let sandbox = sandbox.clone();
                 // Spawned and registered under the map's lock, which the task takes to remove
                 // itself: a task that ends at once cannot leave its entry behind.
@@ -378,7 +389,14 @@ async fn serve(args: CellArgs) -> i32 {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
-                    let _ = tx.send(FromCell::Ran { id, result }).await;
+                    let (stderr, stderr_cut) = tap.take(id);
+                    let answer = FromCell::Ran {
+                        id,
+                        result,
+                        stderr,
+                        stderr_cut,
+                    };
+                    let _ = tx.send(answer).await;
                 });
                 map.insert(id, task.abort_handle());
             }
@@ -395,6 +413,7 @@ async fn serve(args: CellArgs) -> i32 {
                 {
                     task.abort();
                 }
+                tap.take(id);
             }
         }
     }
@@ -402,6 +421,45 @@ async fn serve(args: CellArgs) -> i32 {
     drop(tx);
     writing.abort();
     0
+}
+
+/// Runs' guest stderr inside a cell, by run id (the cell's runtime records it under the
+/// MEU's request id, which is the run id), until the run's answer takes it. Bounded: past
+/// [`TAP_RUNS`] waiting entries (runs cancelled at the wrong moment leave theirs) new ones are
+/// not kept.
+#[derive(Default)]
+struct StderrTap {
+    pending: Mutex<HashMap<u64, (Bytes, u64)>>,
+}
+
+const TAP_RUNS: usize = 4096;
+
+impl StderrTap {
+    fn take(&self, id: u64) -> (Vec<u8>, u64) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .map_or((Vec::new(), 0), |(b, cut)| (b.to_vec(), cut))
+    }
+}
+
+impl tern_runtime::guest_logs::LogSink for StderrTap {
+    fn record(
+        &self,
+        _function: &tern_wire::FunctionName,
+        request_id: &str,
+        stderr: Bytes,
+        cut: u64,
+    ) {
+        let Ok(id) = request_id.parse::<u64>() else {
+            return;
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < TAP_RUNS {
+            pending.insert(id, (stderr, cut));
+        }
+    }
 }
 
 /// The error answer for an answer that cannot be sent as it is.
@@ -414,6 +472,8 @@ fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
         FromCell::Ran { id, .. } => Some(FromCell::Ran {
             id,
             result: Err(error),
+            stderr: Vec::new(),
+            stderr_cut: 0,
         }),
         FromCell::Installed { id, .. } => Some(FromCell::Installed {
             id,

@@ -54,7 +54,18 @@ enum Waiting {
         answer: oneshot::Sender<Result<Outcome, ApiError>>,
         /// The cell said it started the MEU.
         started: Arc<std::sync::atomic::AtomicBool>,
+        /// Where the guest's stderr goes, for which function.
+        log: Option<(FunctionName, LogTo)>,
     },
+}
+
+/// Where a run's guest stderr goes on the node: `sink`, under `request_id`, at most `cap`
+/// bytes of it (a cell may send more; the node keeps no more than it would itself).
+#[derive(Clone)]
+pub struct LogTo {
+    pub sink: Arc<dyn tern_runtime::guest_logs::LogSink>,
+    pub request_id: Arc<str>,
+    pub cap: usize,
 }
 
 struct Shared {
@@ -296,6 +307,18 @@ impl CellProcess {
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
+        self.run_logged(function, hash, input, items, None).await
+    }
+
+    /// [`CellProcess::run`], with the guest's stderr recorded in `log` when the cell answers.
+    pub async fn run_logged(
+        &self,
+        function: FunctionName,
+        hash: tern_wire::ModuleHash,
+        input: Vec<u8>,
+        items: u32,
+        log: Option<LogTo>,
+    ) -> Result<Outcome, Error> {
         let not_started = |e: Error| match e {
             Error::CellExited(why) => Error::EndedBeforeStart(why),
             other => other,
@@ -311,6 +334,7 @@ impl CellProcess {
         let waiting = Waiting::Run {
             answer: tx,
             started: started.clone(),
+            log: log.map(|to| (function.clone(), to)),
         };
         let request = ToCell::Run {
             id,
@@ -510,8 +534,27 @@ async fn read_answers(
                     }
                 }
             },
-            FromCell::Ran { id, result } => match shared.lock().remove(&id) {
-                Some(Waiting::Run { answer, .. }) => drop(answer.send(result)),
+            FromCell::Ran {
+                id,
+                result,
+                mut stderr,
+                stderr_cut,
+            } => match shared.lock().remove(&id) {
+                Some(Waiting::Run { answer, log, .. }) => {
+                    if let Some((function, to)) = log
+                        && (!stderr.is_empty() || stderr_cut > 0)
+                    {
+                        let over = stderr.len().saturating_sub(to.cap) as u64;
+                        stderr.truncate(to.cap);
+                        to.sink.record(
+                            &function,
+                            &to.request_id,
+                            bytes::Bytes::from(stderr),
+                            stderr_cut.saturating_add(over),
+                        );
+                    }
+                    drop(answer.send(result))
+                }
                 Some(_) => return format!("the cell answered {id} as a run"),
                 // A cancelled run whose answer crossed the cancel: nobody waits for it.
                 None => {

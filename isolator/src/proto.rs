@@ -57,6 +57,9 @@ pub enum FromCell {
     Ran {
         id: u64,
         result: Result<Outcome, ApiError>,
+        /// What the guest wrote to stderr (the first bytes), and how many more it wrote.
+        stderr: Vec<u8>,
+        stderr_cut: u64,
     },
 }
 

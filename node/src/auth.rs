@@ -54,6 +54,8 @@ pub fn need(method: &Method, segments: &[&str]) -> Need {
         (&Method::DELETE, ["v1", "functions", _]) => Need::Tenant(Remove),
         (&Method::POST, ["v1", "functions", _, "invoke"]) => Need::Tenant(Invoke),
         (_, ["v1", "invocations", ..]) => Need::Tenant(ReadResult),
+        // What guests wrote is read like what they returned.
+        (&Method::GET, ["v1", "functions", _, "logs"]) => Need::Tenant(ReadResult),
         (_, ["v1", "functions", ..]) => Need::Tenant(ListFunctions),
         // The least any role may do: a caller with any valid token learns the route is
         // unknown; one without learns nothing.

@@ -169,6 +169,8 @@ pub struct Config {
     pub max_memory_mb: u32,
     /// Cap on a guest's stdout.
     pub max_output_bytes: usize,
+    /// Each function's guest stderr lines kept on this node, bytes (0: discarded).
+    pub guest_log_bytes: usize,
     /// Guests running at once (pooling allocator slots); more wait for a slot.
     pub max_instances: u32,
     /// MiB that running guests may claim together (each its function's `memory_mb`); more
@@ -299,6 +301,8 @@ pub struct Config {
 }
 
 const MAX_GUARD_WINDOW: usize = 1 << 16;
+/// A function's stderr ring: the node holds up to `max_functions` of them.
+const MAX_GUEST_LOG_BYTES: usize = 1 << 20;
 const MAX_GUARD_MARGIN_MS: f64 = 60_000.0;
 const MAX_ONLINE_BATCH: usize = 1 << 16;
 
@@ -327,6 +331,7 @@ impl Default for Config {
             default_memory_mb: 128,
             max_memory_mb: 512,
             max_output_bytes: 16 << 20,
+            guest_log_bytes: 16 << 10,
             max_instances: 1000,
             memory_budget_mb: 0,
             tenant_memory_percent: 25,
@@ -454,6 +459,9 @@ impl Config {
         }
         if self.max_instances == 0 {
             return bad("max_instances must be at least 1");
+        }
+        if self.guest_log_bytes > MAX_GUEST_LOG_BYTES {
+            return bad("guest_log_bytes must be at most 1048576");
         }
         if !(100..=600_000).contains(&self.quota_interval_ms) {
             return bad("quota_interval_ms must be in 100..=600000");

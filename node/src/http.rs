@@ -136,6 +136,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, ["v1", "functions"]) => Ok(list_functions(&app, &caller)),
         (&Method::PUT, ["v1", "functions", name]) => deploy(&app, &caller, name, req).await,
         (&Method::GET, ["v1", "functions", name]) => get_function(&app, &caller, name),
+        (&Method::GET, ["v1", "functions", name, "logs"]) => logs(&app, &caller, name, &req),
         (&Method::DELETE, ["v1", "functions", name]) => remove(&app, &caller, name).await,
         (&Method::POST, ["v1", "functions", name, "invoke"]) => {
             // Server-side time on every answer, errors included, so clients can tell queueing
@@ -547,6 +548,34 @@ fn get_function(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<
     Ok(json(StatusCode::OK, &service::describe(app, caller, name)?))
 }
 
+/// `GET /v1/functions/{name}/logs?after=SEQ&limit=N`: the function's guest stderr lines on
+/// this node.
+fn logs(
+    app: &Arc<App>,
+    caller: &Caller,
+    name: &str,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let q = query(req);
+    let number = |key: &str, default: u64| -> Result<u64, NodeError> {
+        q.get(key).map_or(Ok(default), |v| {
+            v.parse().map_err(|_| {
+                NodeError::BadRequest(format!("{key} must be a whole number, not {v:?}"))
+            })
+        })
+    };
+    let after = number("after", 0)?;
+    let limit = number("limit", 1000)?;
+    let page = service::logs(
+        app,
+        caller,
+        name,
+        after,
+        usize::try_from(limit).unwrap_or(usize::MAX),
+    )?;
+    Ok(json(StatusCode::OK, &page))
+}
+
 async fn remove(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {
     Ok(json(
         StatusCode::OK,
@@ -686,20 +715,26 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         // While the collector restarts, render directly: metrics must stay scrapeable.
         false => tern_actors::metrics_collector::render(services),
     };
-    let body = body
-        + &tenant_slot_metrics(&services.runtime.tenants_slots())
-        + &tenant_stored_metrics(app)
-        + &tenant_quota_metrics(app)
-        + &app
-            .cells
-            .get()
-            .map(|c| c.render_metrics())
-            .unwrap_or_default()
-        + &app
-            .cell_quotas
-            .get()
-            .map(|q| q.render_metrics())
-            .unwrap_or_default();
+    let (log_functions, log_bytes) = services.runtime.logs().usage();
+    let body =
+        body + &format!(
+            "# HELP tern_guest_log_functions Functions with guest stderr lines kept on this node.\n\
+             # TYPE tern_guest_log_functions gauge\ntern_guest_log_functions {log_functions}\n\
+             # HELP tern_guest_log_bytes Bytes of guest stderr lines kept on this node.\n\
+             # TYPE tern_guest_log_bytes gauge\ntern_guest_log_bytes {log_bytes}\n"
+        ) + &tenant_slot_metrics(&services.runtime.tenants_slots())
+            + &tenant_stored_metrics(app)
+            + &tenant_quota_metrics(app)
+            + &app
+                .cells
+                .get()
+                .map(|c| c.render_metrics())
+                .unwrap_or_default()
+            + &app
+                .cell_quotas
+                .get()
+                .map(|q| q.render_metrics())
+                .unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

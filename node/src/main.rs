@@ -131,6 +131,18 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Show what a function's guests wrote to stderr on this node (its last lines).
+    Logs {
+        name: String,
+        /// Keep printing new lines as they come (every 500 ms), until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print the lines as JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Remove a function.
     Remove {
         name: String,
@@ -423,6 +435,65 @@ async fn call_retrying(
 }
 
 /// Prints a successful body, or turns an API error into a non-zero exit.
+/// `tern logs`: prints the function's lines, then (with `follow`) new ones as they come.
+async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<()> {
+    use std::io::Write;
+    let mut after = 0u64;
+    let mut dropped_seen = 0u64;
+    loop {
+        let path = format!("/v1/functions/{name}/logs?after={after}");
+        let resp = call(server, Method::GET, &path, Bytes::new()).await?;
+        if !(200..300).contains(&resp.status) {
+            return finish(resp);
+        }
+        let page: tern_wire::LogPage =
+            serde_json::from_slice(&resp.body).context("the node's answer is not a log page")?;
+        let mut out = std::io::stdout().lock();
+        if page.dropped > dropped_seen && after > 0 {
+            writeln!(
+                out,
+                "[{} older lines were pushed out before they could be read]",
+                page.dropped - dropped_seen
+            )?;
+        }
+        dropped_seen = page.dropped;
+        for line in &page.lines {
+            if json {
+                writeln!(out, "{}", serde_json::to_string(line)?)?;
+            } else {
+                writeln!(
+                    out,
+                    "{} {} {}",
+                    format_ms(line.at_ms),
+                    line.request_id,
+                    line.text
+                )?;
+            }
+        }
+        out.flush()?;
+        after = page.next;
+        // A full page may have more behind it: read on at once.
+        if page.lines.len() >= 1000 {
+            continue;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// `at_ms` (ms since the Unix epoch) as UTC `HH:MM:SS.mmm`.
+fn format_ms(at_ms: u64) -> String {
+    let (s, ms) = (at_ms / 1000, at_ms % 1000);
+    format!(
+        "{:02}:{:02}:{:02}.{ms:03}",
+        s / 3600 % 24,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
 fn finish(resp: tern_bench::Response) -> Result<()> {
     if (200..300).contains(&resp.status) {
         use std::io::Write;
@@ -710,6 +781,12 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
         Command::List { server } => {
             finish(call(&server, Method::GET, "/v1/functions", Bytes::new()).await?)
         }
+        Command::Logs {
+            name,
+            follow,
+            json,
+            server,
+        } => logs(&server, &name, follow, json).await,
         Command::Remove { name, server } => finish(
             call(
                 &server,

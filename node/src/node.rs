@@ -150,6 +150,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     }
     rt.max_loaded_modules = config.max_loaded_modules;
     rt.max_output_bytes = config.max_output_bytes;
+    rt.guest_log_bytes = config.guest_log_bytes;
     rt.epoch_tick = config.epoch_tick();
     rt.share = config.share_params()?;
     let runtime = Runtime::new(rt, metrics.clone())?;
@@ -302,8 +303,9 @@ fn start_cells(
         Some(p) => p.clone(),
         None => std::env::current_exe()?,
     };
-    // A frame carries one MEU's input or output, whichever is larger, and its envelope.
-    let max_frame = config.max_body_bytes.max(config.max_output_bytes) + (64 << 10);
+    // A frame carries one MEU's input, or its output and stderr, and its envelope.
+    let max_frame =
+        config.max_body_bytes.max(config.max_output_bytes) + config.guest_log_bytes + (64 << 10);
     let args =
         tern_isolator::CellArgs::for_node(runtime.config(), std::path::PathBuf::new(), max_frame);
     let cells = tern_isolator::Cells::new(
@@ -317,6 +319,7 @@ fn start_cells(
             max_in_flight: config.max_instances as usize,
             start_timeout: CELL_START_TIMEOUT,
             strength_weights: config.isolation_weights.into(),
+            log_sink: Some(runtime.logs().clone()),
         },
     );
     runtime.set_cell_runner(cells.clone());

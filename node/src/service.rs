@@ -126,6 +126,27 @@ pub fn describe(app: &App, caller: &Caller, name: &str) -> Result<FunctionInfo, 
     }
 }
 
+/// The most log lines one read returns.
+pub const MAX_LOG_LINES: usize = 10_000;
+
+/// `name`'s guest stderr lines on this node after `after` (0: all it keeps), at most
+/// `limit` (capped at [`MAX_LOG_LINES`]).
+pub fn logs(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    after: u64,
+    limit: usize,
+) -> Result<tern_wire::LogPage, NodeError> {
+    let name = resolve(app, caller, name, Action::ReadResult)?;
+    let synced = app.pipeline.registry_synced();
+    let runtime = &app.services().runtime;
+    if runtime.get(&name).is_none() {
+        return Err(Pipeline::missing_function(name, synced).into());
+    }
+    Ok(runtime.logs().read(&name, after, limit.min(MAX_LOG_LINES)))
+}
+
 /// Removes `name`; what was removed. Runs to completion even if the caller goes away.
 pub async fn remove(
     app: &Arc<App>,

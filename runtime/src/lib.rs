@@ -20,6 +20,7 @@ mod capped_pipe;
 pub mod epoch;
 mod error;
 pub mod fair_slots;
+pub mod guest_logs;
 pub mod isolation;
 mod lanes;
 
@@ -32,6 +33,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::guest_logs::{GuestLogs, LogSink, RecordOnDrop, StderrCapture};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
@@ -86,6 +88,8 @@ pub struct RuntimeConfig {
     pub max_loaded_modules: usize,
     /// Cap on a guest's stdout.
     pub max_output_bytes: usize,
+    /// A function's stderr lines kept on this node, bytes (0: guests' stderr is discarded).
+    pub guest_log_bytes: usize,
     /// Epoch tick: the granularity of deadlines and of the fast-lane time slice.
     pub epoch_tick: Duration,
     /// Threads of the low-priority lane for guests that outlive one time slice.
@@ -152,6 +156,7 @@ impl RuntimeConfig {
             keep_resident_bytes: 4 << 20,
             max_loaded_modules: 1024,
             max_output_bytes: 16 << 20,
+            guest_log_bytes: 16 << 10,
             epoch_tick: Duration::from_millis(1),
             slow_lane_threads: 1,
             share: tern_tenancy::ShareParams::default(),
@@ -265,6 +270,10 @@ pub struct Runtime {
     ticker: EpochTicker,
     /// Where guests run when tenants are isolated in cells (`None`: in this process).
     cells: std::sync::OnceLock<Arc<dyn CellRunner>>,
+    /// Guests' stderr lines, per function.
+    logs: Arc<GuestLogs>,
+    /// Where captured stderr goes: `logs`, unless set otherwise (a cell sends it to its node).
+    log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
 }
 
 /// Runs MEUs in tenants' cells (isolated worker processes) instead of this process. The
@@ -345,6 +354,7 @@ impl Runtime {
             IDLE_BEFORE_PARK,
             metrics.epoch_ticks.clone(),
         )?;
+        let cfg_log_bytes = cfg.guest_log_bytes;
         Ok(Arc::new(Self {
             compile_slots: Arc::new(Semaphore::new(cfg.compile_concurrency.max(1))),
             // Waiting units are bounded by the node's admission (`queue_cap`) already; this
@@ -366,7 +376,34 @@ impl Runtime {
             metrics,
             ticker,
             cells: std::sync::OnceLock::new(),
+            logs: Arc::new(GuestLogs::new(
+                cfg_log_bytes,
+                Box::new(|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64)
+                }),
+            )),
+            log_sink: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Guests' stderr lines kept on this node.
+    pub fn logs(&self) -> &Arc<GuestLogs> {
+        &self.logs
+    }
+
+    /// Sends guests' captured stderr to `sink` instead of this runtime's [`GuestLogs`] (set
+    /// once, before any MEU: a cell's runtime sends it to the node).
+    pub fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
+        let _ = self.log_sink.set(sink);
+    }
+
+    fn log_sink(&self) -> Arc<dyn LogSink> {
+        match self.log_sink.get() {
+            Some(sink) => sink.clone(),
+            None => self.logs.clone(),
+        }
     }
 
     /// Runs guests in cells from now on (set once, at start, before any MEU).
@@ -616,6 +653,7 @@ impl Runtime {
             .remove(name);
         if removed.is_some() {
             self.metrics.retire(name.as_str());
+            self.logs.remove(name);
             if let Some(cells) = self.cells.get() {
                 cells.removed(name);
             }
@@ -878,9 +916,26 @@ impl Runtime {
         let stdout = CappedPipe::new(sandbox.max_output_bytes);
         let mut wasi = WasiCtxBuilder::new();
         wasi.stdin(MemoryInputPipe::new(meu.input.clone()))
-            .stdout(stdout.clone())
-            .stderr(SinkOutputStream)
-            .env("TERN_FUNCTION", meu.function.as_str())
+            .stdout(stdout.clone());
+        // Whatever the guest writes to stderr is recorded when this goes, however the MEU
+        // ends.
+        let _stderr = match self.cfg.guest_log_bytes {
+            0 => {
+                wasi.stderr(SinkOutputStream);
+                None
+            }
+            cap => {
+                let capture = StderrCapture::new(cap);
+                wasi.stderr(capture.clone());
+                Some(RecordOnDrop {
+                    capture,
+                    sink: self.log_sink(),
+                    function: meu.function.clone(),
+                    request_id: meu.request_id.clone(),
+                })
+            }
+        };
+        wasi.env("TERN_FUNCTION", meu.function.as_str())
             .env("TERN_REQUEST_ID", &*meu.request_id)
             .env("TERN_NODE", &self.cfg.node_name);
         let limits = StoreLimitsBuilder::new()

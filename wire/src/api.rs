@@ -516,6 +516,27 @@ impl InvocationRecord {
     }
 }
 
+/// One line a guest wrote to stderr.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Numbers the function's lines on this node, from 1, in the order they were kept.
+    pub seq: u64,
+    /// When the MEU that wrote it ended, ms since the Unix epoch.
+    pub at_ms: u64,
+    pub request_id: String,
+    pub text: String,
+}
+
+/// Lines of a function from a cursor on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to get only newer lines.
+    pub next: u64,
+    /// Lines of the function this node no longer keeps (pushed out by newer ones).
+    pub dropped: u64,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

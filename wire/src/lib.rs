@@ -13,7 +13,7 @@ pub mod peer;
 
 pub use api::{
     ApiError, ErrorCode, FunctionInfo, FunctionName, FunctionRef, InvocationId, InvocationRecord,
-    InvocationStatus, ModuleHash,
+    InvocationStatus, LogLine, LogPage, ModuleHash,
 };
 pub use client_proto::{
     CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, InvokeReply,

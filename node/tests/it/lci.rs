@@ -534,3 +534,70 @@ async fn a_tenants_memory_bomb_across_instances_kills_only_its_own_cell() {
     );
     node.shutdown().await.unwrap();
 }
+
+/// What a guest in a cell writes to stderr reaches the node's guest logs with its answer, a
+/// trapping guest's panic message included, and a flood stays within the ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stderr_in_a_cell_reaches_the_nodes_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = deploy(addr, "logger", "").await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = invoke(addr, "logger", "from a cell").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "from a cell"));
+    let r = invoke(addr, "logger", "panic").await;
+    assert_eq!(r.status, 500, "{}", body(&r));
+    let r = invoke(addr, "logger", "flood").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "flooded"));
+    let r = request(
+        addr,
+        Method::GET,
+        "/v1/functions/logger/logs?limit=10000",
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let page: tern_wire::LogPage = serde_json::from_slice(&r.body).unwrap();
+    let texts: Vec<&str> = page.lines.iter().map(|l| l.text.as_str()).collect();
+    let kept: usize = texts.iter().map(|t| t.len()).sum();
+    assert!(kept <= 16 << 10, "{kept}");
+    assert!(page.dropped > 0, "the flood pushed older lines out");
+    assert!(
+        texts
+            .last()
+            .unwrap()
+            .contains("more bytes of stderr not kept"),
+        "{texts:?}"
+    );
+    // Before the flood pushed them out, the first lines were there: read them again from a
+    // fresh function.
+    let r = request(addr, Method::PUT, "/v1/functions/again", wasm("logger")).await;
+    assert_eq!(r.status, 201);
+    invoke(addr, "again", "one line").await;
+    invoke(addr, "again", "panic").await;
+    let r = request(
+        addr,
+        Method::GET,
+        "/v1/functions/again/logs",
+        bytes::Bytes::new(),
+    )
+    .await;
+    let page: tern_wire::LogPage = serde_json::from_slice(&r.body).unwrap();
+    let texts: Vec<&str> = page.lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(texts[0], "log: one line");
+    assert!(
+        texts.iter().any(|t| t.contains("asked to panic")),
+        "{texts:?}"
+    );
+    // The node's request ids, not the cell's run numbers.
+    assert!(
+        page.lines.iter().all(|l| l.request_id.len() > 8),
+        "{:?}",
+        page.lines
+    );
+    node.shutdown().await.unwrap();
+}

@@ -14,6 +14,7 @@ mod cluster_wire;
 mod dashboard;
 mod hostile;
 mod lci;
+mod logs;
 mod persistence;
 mod supervision;
 mod support;

@@ -1,0 +1,117 @@
+//! Guest logs: what guests write to stderr is kept per function on the node that ran them,
+//! read with `GET /v1/functions/{name}/logs` and `tern logs`.
+
+use hyper::Method;
+use tern_wire::LogPage;
+
+use crate::support::*;
+
+async fn logs(addr: std::net::SocketAddr, name: &str, query: &str) -> tern_bench::Response {
+    request(
+        addr,
+        Method::GET,
+        &format!("/v1/functions/{name}/logs{query}"),
+        bytes::Bytes::new(),
+    )
+    .await
+}
+
+fn page(r: &tern_bench::Response) -> LogPage {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn texts(p: &LogPage) -> Vec<&str> {
+    p.lines.iter().map(|l| l.text.as_str()).collect()
+}
+
+/// Lines are kept in order, read from a cursor, include a panicking guest's message, and a
+/// flooding function pushes out only its own lines; bad reads get typed errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_stderr_is_kept_on_the_node_and_read_from_a_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    for name in ["logger", "quiet"] {
+        let r = request(
+            addr,
+            Method::PUT,
+            &format!("/v1/functions/{name}"),
+            wasm("logger"),
+        )
+        .await;
+        assert_eq!(r.status, 201);
+    }
+    let r = invoke(addr, "logger", "first\nsecond").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"first\nsecond"[..]));
+    let r = invoke(addr, "logger", "panic").await;
+    assert_eq!(r.status, 500, "{}", code(&r));
+    let all = page(&logs(addr, "logger", "").await);
+    let t = texts(&all);
+    assert_eq!(&t[..2], ["log: first", "log: second"]);
+    assert!(t[2..].iter().any(|l| l.contains("asked to panic")), "{t:?}");
+    assert_ne!(all.lines[0].request_id, all.lines[2].request_id);
+    assert!(all.lines.iter().all(|l| l.at_ms > 1_700_000_000_000));
+    // From the cursor on: nothing new yet, then only the new line.
+    assert_eq!(
+        page(&logs(addr, "logger", &format!("?after={}", all.next)).await).lines,
+        vec![]
+    );
+    invoke(addr, "logger", "third").await;
+    let newer = page(&logs(addr, "logger", &format!("?after={}", all.next)).await);
+    assert_eq!(texts(&newer), ["log: third"]);
+    // The CLI prints them.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["logs", "logger", "--server", &addr.to_string()])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("log: first") && printed.contains("log: third"),
+        "{printed}"
+    );
+
+    // A flood keeps the ring within its 16 KiB and leaves another function's lines alone.
+    invoke(addr, "quiet", "still here").await;
+    let r = invoke(addr, "logger", "flood").await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"flooded"[..]));
+    let flooded = page(&logs(addr, "logger", "?limit=10000").await);
+    let kept: usize = flooded.lines.iter().map(|l| l.text.len()).sum();
+    assert!(kept <= 16 << 10, "{kept}");
+    assert!(flooded.dropped > 0);
+    let last = flooded.lines.last().unwrap();
+    assert!(
+        last.text.contains("more bytes of stderr not kept"),
+        "{}",
+        last.text
+    );
+    assert_eq!(
+        texts(&page(&logs(addr, "quiet", "").await)),
+        ["log: still here"]
+    );
+    assert_eq!(metric(addr, "tern_guest_log_functions").await, 2.0);
+    let held = metric(addr, "tern_guest_log_bytes").await;
+    assert!(held > 0.0 && held <= f64::from((16 << 10) + 64), "{held}");
+
+    // Typed errors: a bad cursor, a function that does not exist, one that was removed.
+    let r = logs(addr, "logger", "?after=soon").await;
+    assert_eq!((r.status, code(&r).as_str()), (400, "invalid_request"));
+    let r = logs(addr, "nobody", "").await;
+    assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    let r = request(
+        addr,
+        Method::DELETE,
+        "/v1/functions/logger",
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = logs(addr, "logger", "").await;
+    assert_eq!(r.status, 404);
+    node.shutdown().await.unwrap();
+}

@@ -1,0 +1,322 @@
+//! Guests' stderr: captured per MEU ([`StderrCapture`], the first bytes kept and the rest
+//! counted, never an error for the guest) and kept per function in a ring of its last lines
+//! ([`GuestLogs`]), which `GET /v1/functions/{name}/logs` and `tern logs` read.
+//!
+//! A function's ring holds at most `ring_bytes` of text; a guest that floods stderr pushes
+//! out only its own function's older lines. Memory is bounded by the number of functions
+//! that have logged × `ring_bytes` (functions are bounded by `max_functions`), and a removed
+//! function's ring goes with it.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tern_wire::{FunctionName, LogLine, LogPage};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// The longest line kept; longer ones are cut (and say so).
+pub const MAX_LINE_BYTES: usize = 1024;
+
+/// Where captured stderr goes: the node's [`GuestLogs`], or (inside a cell) a tap that sends
+/// it back to the node with the MEU's answer.
+pub trait LogSink: Send + Sync + 'static {
+    /// `stderr` of one MEU of `function` (`request_id`), of which `cut` more bytes were not
+    /// kept.
+    fn record(&self, function: &FunctionName, request_id: &str, stderr: Bytes, cut: u64);
+}
+
+#[derive(Default)]
+struct Captured {
+    buf: BytesMut,
+    cut: u64,
+}
+
+/// One MEU's stderr: keeps the first `cap` bytes, counts the rest; writes never fail.
+#[derive(Clone)]
+pub(crate) struct StderrCapture {
+    cap: usize,
+    state: Arc<Mutex<Captured>>,
+}
+
+impl StderrCapture {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            state: Arc::default(),
+        }
+    }
+
+    fn append(&self, bytes: &[u8]) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let room = self.cap.saturating_sub(s.buf.len()).min(bytes.len());
+        s.buf.extend_from_slice(&bytes[..room]);
+        s.cut = s.cut.saturating_add((bytes.len() - room) as u64);
+    }
+
+    /// What was kept, and how many bytes were not.
+    pub(crate) fn take(&self) -> (Bytes, u64) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = std::mem::take(&mut s.cut);
+        (std::mem::take(&mut s.buf).freeze(), cut)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for StderrCapture {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for StderrCapture {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(1 << 20)
+    }
+}
+
+impl tokio::io::AsyncWrite for StderrCapture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.append(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl IsTerminal for StderrCapture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for StderrCapture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+/// Records an MEU's captured stderr in its sink when dropped: whichever way the MEU ends
+/// (answer, trap, timeout, the caller going away), what the guest wrote is kept.
+pub(crate) struct RecordOnDrop {
+    pub(crate) capture: StderrCapture,
+    pub(crate) sink: Arc<dyn LogSink>,
+    pub(crate) function: FunctionName,
+    pub(crate) request_id: Arc<str>,
+}
+
+impl Drop for RecordOnDrop {
+    fn drop(&mut self) {
+        let (stderr, cut) = self.capture.take();
+        if !stderr.is_empty() || cut > 0 {
+            self.sink
+                .record(&self.function, &self.request_id, stderr, cut);
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ring {
+    lines: VecDeque<LogLine>,
+    bytes: usize,
+    next_seq: u64,
+    /// Lines pushed out by newer ones.
+    dropped: u64,
+}
+
+/// Every function's last stderr lines on this node. `clock_ms` gives the time stamped on
+/// lines (passed in, so tests choose it).
+pub struct GuestLogs {
+    ring_bytes: usize,
+    rings: Mutex<HashMap<FunctionName, Ring>>,
+    clock_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl GuestLogs {
+    pub fn new(ring_bytes: usize, clock_ms: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        Self {
+            ring_bytes,
+            rings: Mutex::default(),
+            clock_ms,
+        }
+    }
+
+    /// Bytes kept per function (0: guests' stderr is discarded).
+    pub fn ring_bytes(&self) -> usize {
+        self.ring_bytes
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionName, Ring>> {
+        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `function`'s lines after `after` (0: all it keeps), at most `limit`.
+    pub fn read(&self, function: &FunctionName, after: u64, limit: usize) -> LogPage {
+        let rings = self.lock();
+        let Some(ring) = rings.get(function) else {
+            return LogPage::default();
+        };
+        let lines: Vec<LogLine> = ring
+            .lines
+            .iter()
+            .filter(|l| l.seq > after)
+            .take(limit)
+            .cloned()
+            .collect();
+        LogPage {
+            next: lines.last().map_or(after.max(ring.next_seq), |l| l.seq),
+            lines,
+            dropped: ring.dropped,
+        }
+    }
+
+    /// Forgets a removed function's lines.
+    pub fn remove(&self, function: &FunctionName) {
+        self.lock().remove(function);
+    }
+
+    /// Functions with a ring, and the bytes they hold together.
+    pub fn usage(&self) -> (usize, usize) {
+        let rings = self.lock();
+        (rings.len(), rings.values().map(|r| r.bytes).sum())
+    }
+}
+
+impl LogSink for GuestLogs {
+    fn record(&self, function: &FunctionName, request_id: &str, stderr: Bytes, cut: u64) {
+        if self.ring_bytes == 0 {
+            return;
+        }
+        let at_ms = (self.clock_ms)();
+        let text = String::from_utf8_lossy(&stderr);
+        let mut lines: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.len() <= MAX_LINE_BYTES {
+                    return l.to_owned();
+                }
+                let mut end = MAX_LINE_BYTES;
+                while !l.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{} [line cut at {MAX_LINE_BYTES} bytes]", &l[..end])
+            })
+            .collect();
+        if cut > 0 {
+            lines.push(format!("[{cut} more bytes of stderr not kept]"));
+        }
+        let mut rings = self.lock();
+        let ring = rings.entry(function.clone()).or_default();
+        for text in lines {
+            ring.next_seq += 1;
+            ring.bytes += text.len();
+            ring.lines.push_back(LogLine {
+                seq: ring.next_seq,
+                at_ms,
+                request_id: request_id.to_owned(),
+                text,
+            });
+            while ring.bytes > self.ring_bytes
+                && let Some(old) = ring.lines.pop_front()
+            {
+                ring.bytes -= old.text.len();
+                ring.dropped += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn logs(ring_bytes: usize) -> GuestLogs {
+        GuestLogs::new(ring_bytes, Box::new(|| 42))
+    }
+
+    fn name(s: &str) -> FunctionName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn lines_are_numbered_read_from_a_cursor_and_stamped() {
+        let l = logs(1024);
+        l.record(&name("f"), "r1", Bytes::from("one\ntwo\n"), 0);
+        l.record(&name("f"), "r2", Bytes::from("three"), 0);
+        let all = l.read(&name("f"), 0, 100);
+        let texts: Vec<_> = all.lines.iter().map(|x| x.text.as_str()).collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+        assert_eq!(all.next, 3);
+        assert_eq!(all.lines[2].request_id, "r2");
+        assert_eq!(all.lines[0].at_ms, 42);
+        let newer = l.read(&name("f"), 2, 100);
+        assert_eq!(newer.lines.len(), 1);
+        assert_eq!(l.read(&name("f"), 3, 100).lines, vec![]);
+        assert_eq!(l.read(&name("f"), 3, 100).next, 3);
+        assert_eq!(l.read(&name("other"), 0, 100), LogPage::default());
+    }
+
+    #[test]
+    fn a_flooding_function_pushes_out_only_its_own_lines() {
+        let l = logs(100);
+        l.record(&name("quiet"), "q", Bytes::from("kept"), 0);
+        for i in 0..100 {
+            l.record(&name("loud"), "l", Bytes::from(format!("line {i:04}\n")), 0);
+        }
+        let loud = l.read(&name("loud"), 0, 1000);
+        assert!(loud.lines.iter().map(|x| x.text.len()).sum::<usize>() <= 100);
+        assert_eq!(loud.lines.last().unwrap().text, "line 0099");
+        assert_eq!(loud.dropped, 100 - loud.lines.len() as u64);
+        assert_eq!(l.read(&name("quiet"), 0, 10).lines[0].text, "kept");
+        l.remove(&name("loud"));
+        assert_eq!(l.usage(), (1, 4));
+    }
+
+    #[test]
+    fn long_lines_and_cut_bytes_are_marked_and_nothing_is_kept_with_a_zero_ring() {
+        let l = logs(10_000);
+        let long = "é".repeat(MAX_LINE_BYTES);
+        l.record(&name("f"), "r", Bytes::from(long), 7);
+        let page = l.read(&name("f"), 0, 10);
+        assert!(page.lines[0].text.ends_with("[line cut at 1024 bytes]"));
+        assert!(page.lines[0].text.len() <= MAX_LINE_BYTES + 30);
+        assert_eq!(page.lines[1].text, "[7 more bytes of stderr not kept]");
+        let off = logs(0);
+        off.record(&name("f"), "r", Bytes::from("x"), 0);
+        assert_eq!(off.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_capture_keeps_its_first_bytes_and_counts_the_rest() {
+        let c = StderrCapture::new(4);
+        c.append(b"abc");
+        c.append(b"def");
+        assert_eq!(c.take(), (Bytes::from("abcd"), 2));
+        assert_eq!(c.take(), (Bytes::new(), 0));
+    }
+}
