@@ -24,8 +24,8 @@ pub struct ArtifactView {
 }
 
 impl ArtifactView {
-    /// An empty view at `view` (whatever an earlier cell of the tenant left there goes),
-    /// readable by `group` if given.
+    /// An empty view at `view` (whatever was there goes), readable by `group` if given;
+    /// removed when dropped.
     pub fn fresh(
         source: &Path,
         view: PathBuf,
@@ -81,7 +81,11 @@ impl ArtifactView {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) if e.kind() == ErrorKind::CrossesDevices => {
-                    let partial = self.view.join(format!("{name}.partial"));
+                    // Unique: two installs of the same version may copy at once.
+                    static COPIES: std::sync::atomic::AtomicU64 =
+                        std::sync::atomic::AtomicU64::new(0);
+                    let n = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let partial = self.view.join(format!("{name}.{n}.partial"));
                     std::fs::copy(&from, &partial)?;
                     std::fs::rename(&partial, &to)?;
                 }
@@ -99,9 +103,11 @@ impl ArtifactView {
             let _ = std::fs::remove_file(self.view.join(name));
         }
     }
+}
 
-    /// Removes the whole view (the tenant's cell is gone for good).
-    pub fn delete(self) {
+/// The view goes with its cell.
+impl Drop for ArtifactView {
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.view);
     }
 }
@@ -150,7 +156,7 @@ mod tests {
         assert!(view.add(&ModuleHash([3; 32])).is_err());
         view.remove(&a);
         assert_eq!(std::fs::read_dir(&view_dir).unwrap().count(), 0);
-        view.delete();
-        assert!(!view_dir.exists());
+        drop(view);
+        assert!(!view_dir.exists(), "the view goes with its cell");
     }
 }

@@ -96,6 +96,8 @@ struct Running {
     installed: Mutex<HashMap<FunctionName, ModuleHash>>,
     /// The artifacts the cell can open: those of the versions it has.
     artifacts: ArtifactView,
+    /// Installs under way, by version: their artifacts stay in the view meanwhile.
+    installing: Mutex<HashMap<ModuleHash, usize>>,
 }
 
 #[derive(Default)]
@@ -108,8 +110,6 @@ struct TenantCells {
     limits: CellLimits,
     /// The quota decided for the current interval, within `limits`.
     quota: CellQuota,
-    /// Cells of the tenant found dead (killed, out of memory, seccomp, hung) and replaced.
-    restarts: u64,
     /// The tenant's number on this node: its cells' user is [`CELL_USERS`] + this.
     user: u32,
 }
@@ -122,8 +122,18 @@ impl TenantCells {
             (Some(high), Some(max)) => Some(high.min(max)),
             (high, _) => high,
         };
+        // The tighter CPU cap of the two, compared as CPU time per wall time.
+        let cpu_max = match (self.quota.cpu_max, self.limits.cpu_max) {
+            (Some(q), Some(s))
+                if u128::from(q.quota_us) * u128::from(s.period_us)
+                    > u128::from(s.quota_us) * u128::from(q.period_us) =>
+            {
+                Some(s)
+            }
+            (q, s) => q.or(s),
+        };
         CellLimits {
-            cpu_max: self.quota.cpu_max.or(self.limits.cpu_max),
+            cpu_max,
             memory_high: memory_high.or(self.limits.memory_high),
             ..self.limits
         }
@@ -149,6 +159,10 @@ pub struct Cells {
     config: CellsConfig,
     tenants: Mutex<HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>>,
     generation: AtomicU64,
+    /// Each tenant's limits from its spec, readable without waiting for a starting cell.
+    spec_limits: Mutex<HashMap<TenantName, CellLimits>>,
+    /// Each tenant's cells found dead (killed, out of memory, seccomp, hung) and replaced.
+    restarts: Mutex<HashMap<TenantName, u64>>,
     /// Tenants given a user so far.
     users: std::sync::atomic::AtomicU32,
     starts: AtomicU64,
@@ -171,6 +185,9 @@ impl Cells {
     pub fn new(hierarchy: Hierarchy, config: CellsConfig) -> Arc<Self> {
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let instance = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        // Views of cells of an earlier run of this node (each cell's goes with it, unless the
+        // node died first).
+        let _ = std::fs::remove_dir_all(config.roots.join(".artifacts"));
         Arc::new_cyclic(|this| Self {
             this: this.clone(),
             prefix: format!("n{}_{instance}_", std::process::id()),
@@ -178,6 +195,8 @@ impl Cells {
             config,
             tenants: Mutex::default(),
             generation: AtomicU64::new(0),
+            spec_limits: Mutex::default(),
+            restarts: Mutex::default(),
             users: std::sync::atomic::AtomicU32::new(1),
             starts: AtomicU64::new(0),
             deaths: AtomicU64::new(0),
@@ -187,9 +206,56 @@ impl Cells {
         })
     }
 
+    /// Starts a cell for no tenant, checks it answers, and stops it: whether this host can
+    /// really run cells (the checks of `tern_cell::host_support` cannot see everything: a
+    /// container's seccomp profile or an LSM may still refuse a namespace or a mount).
+    pub async fn probe(&self) -> Result<(), Error> {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed);
+        let root = self.config.roots.join(".probe");
+        std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
+        let run_as = (!self.config.args.user_namespace).then_some(tern_cell::RunAs {
+            uid: CELL_USERS,
+            gid: CELL_USERS,
+        });
+        let view = ArtifactView::fresh(
+            &self.config.args.artifacts,
+            self.config
+                .roots
+                .join(".artifacts")
+                .join(format!(".probe-{generation}")),
+            &self.config.compatibility,
+            run_as.map(|r| r.gid),
+        )
+        .map_err(Error::Artifact)?;
+        let mut args = self.config.args.clone();
+        args.root = root;
+        args.artifacts = view.dir().to_owned();
+        args.run_as = run_as;
+        let spec = CellSpec {
+            name: format!("{}probe-{generation}", self.prefix),
+            program: self.config.program.clone(),
+            program_args: self.config.program_args.clone(),
+            args,
+            limits: CellLimits::default(),
+            max_in_flight: 1,
+            start_timeout: self.config.start_timeout,
+        };
+        let process = CellProcess::start(&self.hierarchy, spec).await?;
+        let answered = process.ping(self.config.start_timeout).await;
+        process.kill();
+        if answered {
+            Ok(())
+        } else {
+            Err(Error::Unavailable(
+                "a probe cell started but did not answer".into(),
+            ))
+        }
+    }
+
     /// Sets a tenant's cell limits from its spec (applied to its running cell at once, and to
     /// later ones).
     pub async fn set_limits(&self, tenant: &TenantName, limits: CellLimits) -> Result<(), Error> {
+        self.lock_spec_limits().insert(tenant.clone(), limits);
         let slot = self.slot(tenant);
         let mut cells = slot.lock().await;
         cells.limits = limits;
@@ -202,7 +268,11 @@ impl Cells {
         let Some(slot) = self.lock_tenants().get(tenant).cloned() else {
             return Ok(());
         };
-        let mut cells = slot.lock().await;
+        // A tenant whose cell is starting right now (its lock held for up to the start
+        // timeout) gets its quota at the next interval: the upkeep does not wait on it.
+        let Ok(mut cells) = slot.try_lock() else {
+            return Ok(());
+        };
         if cells.quota == quota {
             return Ok(());
         }
@@ -221,15 +291,14 @@ impl Cells {
 
     /// Every tenant the node has cells settings for, with the limits of its spec.
     pub fn tenants(&self) -> Vec<(TenantName, CellLimits)> {
-        let slots: Vec<_> = self
-            .lock_tenants()
+        self.lock_spec_limits()
             .iter()
-            .map(|(t, s)| (t.clone(), s.clone()))
-            .collect();
-        slots
-            .into_iter()
-            .filter_map(|(t, s)| Some((t, s.try_lock().ok()?.limits)))
+            .map(|(t, l)| (t.clone(), *l))
             .collect()
+    }
+
+    fn lock_spec_limits(&self) -> std::sync::MutexGuard<'_, HashMap<TenantName, CellLimits>> {
+        lock(&self.spec_limits)
     }
 
     /// The directory of `tenant`'s running cell's cgroup for `controller` (where its limits
@@ -251,21 +320,32 @@ impl Cells {
         Some(slot.lock().await.in_force())
     }
 
-    /// Stops a tenant's cell (the tenant was removed) and removes its artifact view.
+    /// Stops a tenant's cell (the tenant was removed); its artifact view goes with the cell.
     pub async fn stop(&self, tenant: &TenantName) {
+        self.lock_spec_limits().remove(tenant);
+        lock(&self.restarts).remove(tenant);
         let slot = self.lock_tenants().remove(tenant);
         if let Some(slot) = slot
             && let Some(running) = slot.lock().await.current.take()
         {
             running.process.kill();
         }
-        let _ = std::fs::remove_dir_all(self.artifact_view(tenant));
     }
 
     /// `tenant`'s current cell, if it has one (it may have died since; the next call finds
     /// out).
     async fn current(&self, tenant: &TenantName) -> Option<Arc<Running>> {
-        self.slot(tenant).lock().await.current.clone()
+        // Looked up, never created: asking about a tenant (a removed one included) must not
+        // bring it back.
+        let slot = self.lock_tenants().get(tenant).cloned()?;
+        slot.lock().await.current.clone()
+    }
+
+    /// The artifact directory `tenant`'s running cell sees, if it has one.
+    pub async fn artifact_dir(&self, tenant: &TenantName) -> Option<PathBuf> {
+        self.current(tenant)
+            .await
+            .map(|r| r.artifacts.dir().to_owned())
     }
 
     /// The processes in `tenant`'s running cell (empty if it has none).
@@ -391,7 +471,6 @@ impl Cells {
             .map(|(t, s)| (t.clone(), s.clone()))
             .collect();
         let mut weights = Vec::new();
-        let mut restarts = Vec::new();
         for (tenant, slot) in slots {
             // A tenant being started or served right now shows at the next scrape.
             let Ok(cells) = slot.try_lock() else { continue };
@@ -400,10 +479,14 @@ impl Cells {
                 .as_ref()
                 .is_some_and(|r| !r.process.has_ended())
             {
-                weights.push((tenant.clone(), cells.limits.cpu_weight));
+                weights.push((tenant, cells.limits.cpu_weight));
             }
-            restarts.push((tenant, cells.restarts));
         }
+        let mut restarts: Vec<(TenantName, u64)> = self
+            .lock_spec_limits()
+            .keys()
+            .map(|t| (t.clone(), lock(&self.restarts).get(t).copied().unwrap_or(0)))
+            .collect();
         restarts.sort();
         let mut out_restarts = String::from(
             "# HELP tern_cell_restarts_total The tenant's cells found dead (killed, out of \
@@ -494,7 +577,7 @@ impl Cells {
             self.deaths.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%tenant, lived_ms = lived.as_millis() as u64, "a cell died; starting another");
             cells.backoff.died(lived);
-            cells.restarts += 1;
+            *lock(&self.restarts).entry(tenant.clone()).or_default() += 1;
             cells.current = None;
             let delay = cells.backoff.delay();
             cells.not_before = (!delay.is_zero()).then(|| Instant::now() + delay);
@@ -518,7 +601,7 @@ impl Cells {
         });
         let artifacts = ArtifactView::fresh(
             &self.config.args.artifacts,
-            self.artifact_view(tenant),
+            self.artifact_view(tenant, generation),
             &self.config.compatibility,
             run_as.map(|r| r.gid),
         )
@@ -562,14 +645,20 @@ impl Cells {
             calls: AtomicU64::new(0),
             installed: Mutex::default(),
             artifacts,
+            installing: Mutex::default(),
         });
         cells.current = Some(running.clone());
         Ok(InCall::new(running))
     }
 
-    /// Where `tenant`'s cells find their artifacts.
-    fn artifact_view(&self, tenant: &TenantName) -> PathBuf {
-        self.config.roots.join(".artifacts").join(tenant.as_str())
+    /// Where `tenant`'s cell of `generation` finds its artifacts: a directory of its own,
+    /// removed when the cell is gone ([`ArtifactView`]'s drop), so no other cell's start or
+    /// stop can touch it.
+    fn artifact_view(&self, tenant: &TenantName, generation: u64) -> PathBuf {
+        self.config
+            .roots
+            .join(".artifacts")
+            .join(format!("{tenant}-{generation}"))
     }
 
     fn slot(&self, tenant: &TenantName) -> Arc<tokio::sync::Mutex<TenantCells>> {
@@ -728,22 +817,41 @@ async fn install_if_missing(running: &Running, info: &FunctionInfo) -> Result<()
     if has {
         return Ok(());
     }
-    running.artifacts.add(&info.hash).map_err(Error::Artifact)?;
-    running.process.install(info.clone()).await?;
-    let mut installed = running.installed.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(old) = installed.insert(info.name.clone(), info.hash) {
-        forget_unused(running, &installed, old);
+    *lock(&running.installing).entry(info.hash).or_default() += 1;
+    let installed = match running.artifacts.add(&info.hash) {
+        Ok(()) => running.process.install(info.clone()).await,
+        Err(e) => Err(Error::Artifact(e)),
+    };
+    let mut has = lock(&running.installed);
+    if installed.is_ok()
+        && let Some(old) = has.insert(info.name.clone(), info.hash)
+        && old != info.hash
+    {
+        forget_unused(running, &has, old);
     }
-    Ok(())
+    drop(has);
+    let mut installing = lock(&running.installing);
+    if let Some(n) = installing.get_mut(&info.hash) {
+        *n -= 1;
+        if *n == 0 {
+            installing.remove(&info.hash);
+        }
+    }
+    installed
 }
 
-/// Takes `hash` out of the cell's artifact view unless one of its functions still uses it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Takes `hash` out of the cell's artifact view unless one of its functions uses it or is
+/// being given it.
 fn forget_unused(
     running: &Running,
     installed: &HashMap<FunctionName, ModuleHash>,
     hash: ModuleHash,
 ) {
-    if !installed.values().any(|h| *h == hash) {
+    if !installed.values().any(|h| *h == hash) && !lock(&running.installing).contains_key(&hash) {
         running.artifacts.remove(&hash);
     }
 }

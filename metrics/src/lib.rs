@@ -282,6 +282,12 @@ impl Metrics {
             .clone()
     }
 
+    /// The metrics of `function` if it has any (a reader that must not bring back a removed
+    /// function's series).
+    pub fn existing_function(&self, function: &str) -> Option<Arc<FunctionMetrics>> {
+        self.read_functions().get(function).cloned()
+    }
+
     /// The counters of `tenant`, created on first use.
     pub fn tenant(&self, tenant: &str) -> Arc<TenantMetrics> {
         if let Some(m) = self

@@ -183,14 +183,22 @@ impl CellQuotas {
                 (tenant, window)
             })
             .collect();
-        let mut now = HashMap::new();
+        let functions = runtime.list();
         {
-            let last = lock(&self.last);
-            for info in runtime.list() {
+            let mut last = lock(&self.last);
+            // Baselines of removed functions go; every other one stays until it is updated
+            // (a function skipped this time keeps its baseline, so its next window is one
+            // interval, not its whole life).
+            let live: std::collections::HashSet<&FunctionName> =
+                functions.iter().map(|f| &f.name).collect();
+            last.retain(|name, _| live.contains(name));
+            for info in &functions {
                 let Some(window) = tenants.get_mut(&info.name.tenant()) else {
                     continue;
                 };
-                let m = metrics.function(info.name.as_str());
+                let Some(m) = metrics.existing_function(info.name.as_str()) else {
+                    continue;
+                };
                 let counters = Counters {
                     calls: m.latency.count(),
                     cold_starts: m.cold_starts.load(Relaxed),
@@ -209,10 +217,9 @@ impl CellQuotas {
                     running: 0.0,
                     guest_memory_bytes: u64::from(info.memory_mb) << 20,
                 });
-                now.insert(info.name.clone(), counters);
+                last.insert(info.name.clone(), counters);
             }
         }
-        *lock(&self.last) = now;
         for (tenant, running, waiting) in runtime.tenants_slots() {
             if let Some(window) = tenants.get_mut(&tenant) {
                 share(

@@ -156,8 +156,8 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let runtime = Runtime::new(rt, metrics.clone())?;
     let cells = match config.isolation {
         crate::config::Isolation::InProcess => None,
-        crate::config::Isolation::Lci => Some(start_cells(&config, &runtime)?),
-        crate::config::Isolation::Auto => match start_cells(&config, &runtime) {
+        crate::config::Isolation::Lci => Some(start_cells(&config, &runtime).await?),
+        crate::config::Isolation::Auto => match start_cells(&config, &runtime).await {
             Ok(cells) => Some(cells),
             Err(e) => {
                 tracing::warn!(
@@ -282,7 +282,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
 
 /// Checks that this host can run cells (refusing to start, naming what is missing, if not)
 /// and makes the runtime run guests in them.
-fn start_cells(
+async fn start_cells(
     config: &Config,
     runtime: &Arc<Runtime>,
 ) -> Result<Arc<tern_isolator::Cells>, NodeError> {
@@ -322,6 +322,12 @@ fn start_cells(
             log_sink: Some(runtime.logs().clone()),
         },
     );
+    // The host's checks passed; a real cell must start and answer too before guests go there.
+    cells.probe().await.map_err(|e| {
+        NodeError::Config(crate::config::ConfigError::Invalid(format!(
+            "isolation = \"lci\": a probe cell failed: {e}"
+        )))
+    })?;
     runtime.set_cell_runner(cells.clone());
     Ok(cells)
 }

@@ -109,6 +109,9 @@ pub struct QuotaController<K> {
     guard: Guard,
     /// Who decided each tenant's current interval: judged by its reward at the next call.
     pub(crate) pending: BTreeMap<K, Source>,
+    /// The keep-warm time of each tenant's last active decision: it holds while the tenant is
+    /// idle, which is when keep-warm matters.
+    keep_warm: BTreeMap<K, Duration>,
     decisions: Decisions,
 }
 
@@ -121,6 +124,7 @@ impl<K: Ord + Clone> QuotaController<K> {
             network: None,
             guard: Guard::new(GUARD_WINDOW, GUARD_MARGIN, GUARD_PROBE_EVERY),
             pending: BTreeMap::new(),
+            keep_warm: BTreeMap::new(),
             decisions: Decisions::default(),
         })
     }
@@ -151,8 +155,9 @@ impl<K: Ord + Clone> QuotaController<K> {
     ///
     /// First the decision each tenant had for that interval is judged by the interval's
     /// reward (a tenant without calls gives none). Then each active tenant gets a decision
-    /// from the arm the guard picks; an idle tenant gets the static shares, and nothing to
-    /// judge. Tenants not passed are forgotten.
+    /// from the arm the guard picks; an idle tenant gets the static shares with the keep-warm
+    /// time of its last decision (that is when keep-warm matters), and nothing to judge.
+    /// Tenants not passed are forgotten.
     pub fn decide(&mut self, tenants: &[(K, TenantWindow)]) -> Vec<(K, TenantQuota)> {
         let mut pending = std::mem::take(&mut self.pending);
         for (tenant, window) in tenants {
@@ -169,10 +174,21 @@ impl<K: Ord + Clone> QuotaController<K> {
                 self.guard.record(arm, r);
             }
         }
+        let passed: std::collections::BTreeSet<&K> = tenants.iter().map(|(k, _)| k).collect();
+        self.keep_warm.retain(|k, _| passed.contains(k));
         let mut out = Vec::with_capacity(tenants.len());
         for (tenant, window) in tenants {
             if !window.active() {
-                out.push((tenant.clone(), self.static_quota()));
+                let keep_warm = self
+                    .keep_warm
+                    .get(tenant)
+                    .copied()
+                    .unwrap_or(self.settings.keep_warm);
+                let quota = TenantQuota {
+                    keep_warm,
+                    ..self.static_quota()
+                };
+                out.push((tenant.clone(), quota));
                 continue;
             }
             let quota = match self.network.is_some().then(|| self.guard.next_arm()) {
@@ -180,6 +196,7 @@ impl<K: Ord + Clone> QuotaController<K> {
                 _ => self.static_quota(),
             };
             self.pending.insert(tenant.clone(), quota.source);
+            self.keep_warm.insert(tenant.clone(), quota.keep_warm);
             match quota.source {
                 Source::Learned => self.decisions.learned += 1,
                 Source::Eq6 => self.decisions.eq6 += 1,

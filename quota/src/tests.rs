@@ -121,6 +121,34 @@ fn an_idle_tenant_gets_the_static_shares_and_no_decision_to_judge() {
 }
 
 #[test]
+fn an_idle_tenant_keeps_the_keep_warm_time_of_its_last_decision_until_forgotten() {
+    // The network keeps nothing warm: two intervals.
+    let mut c = QuotaController::learned(settings(), network_choosing(0, 0, 0)).unwrap();
+    let busy = tenant(vec![function(10, 1, 2)]);
+    let idle = tenant(vec![FunctionWindow::default()]);
+    // Until a learned decision comes (the guard probes the static shares now and then).
+    let mut last = None;
+    for _ in 0..GUARD_PROBE_EVERY {
+        last = Some(c.decide(&[("a", busy.clone())])[0].1);
+        if last.is_some_and(|q| q.source == Source::Learned) {
+            break;
+        }
+    }
+    assert_eq!(last.map(|q| q.source), Some(Source::Learned));
+    let q = c.decide(&[("a", idle.clone())])[0].1;
+    assert_eq!(q.source, Source::Eq6);
+    assert_eq!(
+        q.keep_warm,
+        Duration::from_secs(2),
+        "the network's, while idle"
+    );
+    // Forgotten once not passed: back to the node's keep-warm.
+    c.decide(&[]);
+    let q = c.decide(&[("a", idle)])[0].1;
+    assert_eq!(q.keep_warm, Duration::from_secs(600));
+}
+
+#[test]
 fn non_finite_features_fall_back_to_the_static_shares() {
     let mut c = QuotaController::learned(settings(), network_choosing(0, 0, 0)).unwrap();
     let mut t = tenant(vec![function(10, 1, 2)]);

@@ -133,16 +133,16 @@ async fn with_lci_each_tenant_runs_in_its_own_cell_and_a_killed_cell_costs_only_
     assert!(acme_users[0] > tern_isolator::cells::CELL_USERS && acme_users != default_users);
     // Each cell sees only its tenant's artifacts: acme's has `loop` (deployed by acme alone),
     // default's has not; the module both deployed (echo) is the node's one file in both.
-    let views = dir.path().join("cells/.artifacts");
-    let listing = |tenant: &str| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(views.join(tenant))
+    let listing = |view: Option<std::path::PathBuf>| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(view.expect("a running cell"))
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         names.sort();
         names
     };
-    let (acme_sees, default_sees) = (listing("acme"), listing("default"));
+    let acme_sees = listing(cells.artifact_dir(&acme).await);
+    let default_sees = listing(cells.artifact_dir(&default).await);
     let hash_of = |module: &str| tern_runtime::Runtime::module_hash(&wasm(module)).to_hex();
     assert!(
         acme_sees.iter().any(|n| n.starts_with(&hash_of("loop"))),
@@ -387,7 +387,8 @@ async fn the_quota_networks_decision_reaches_the_cells_cgroup_and_the_static_sha
         };
         match quota.as_str() {
             "50000" => capped = true,
-            "-1" | "max" => lifted = true,
+            // Only a cap lifted after one was set counts: the cell starts uncapped.
+            "-1" | "max" => lifted |= capped,
             other => panic!("a CPU cap nobody decided: {other}"),
         }
         let high = std::fs::read_to_string(memory.join("memory.soft_limit_in_bytes"))
@@ -529,6 +530,7 @@ async fn a_tenants_memory_bomb_across_instances_kills_only_its_own_cell() {
     let text = metrics_text(addr, Some(&admin)).await;
     assert!(
         text.contains("tern_cell_restarts_total{tenant=\"default\"} 0\n")
+            && text.contains("tern_cell_restarts_total{tenant=\"acme\"} ")
             && !text.contains("tern_cell_restarts_total{tenant=\"acme\"} 0\n"),
         "{text}"
     );
@@ -600,4 +602,28 @@ async fn guest_stderr_in_a_cell_reaches_the_nodes_logs() {
         page.lines
     );
     node.shutdown().await.unwrap();
+}
+
+/// Where a cell cannot actually start (here its program is not a cell at all, as when a
+/// container's seccomp profile or an LSM refuses what a cell needs), `auto` runs guests
+/// in-process and `lci` refuses to start, naming the failed probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_a_probe_cell_fails_auto_runs_in_process_and_lci_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Auto) else {
+        return;
+    };
+    cfg.cell_program = Some("/bin/false".into());
+    let node = start(cfg.clone()).await;
+    let r = invoke(node.addr(), "echo", "in process").await;
+    assert_eq!((r.status, body(&r).as_str()), (200, "in process"));
+    let text = metrics_text(node.addr(), None).await;
+    assert!(
+        text.contains("tern_isolation_mode{mode=\"in-process\"} 1"),
+        "{text}"
+    );
+    node.shutdown().await.unwrap();
+    cfg.isolation = Isolation::Lci;
+    let refused = tern_node::start(cfg).await.err().expect("refused to start");
+    assert!(refused.to_string().contains("probe cell"), "{refused}");
 }
