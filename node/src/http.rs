@@ -905,11 +905,18 @@ fn cluster(app: &App) -> Response<Body> {
     struct View {
         node: String,
         class: &'static str,
+        version: &'static str,
+        isolation: &'static str,
+        functions: usize,
         members: Vec<tern_link::MemberView>,
     }
+    let services = app.services();
     let view = View {
         node: app.config.node_name.clone(),
         class: app.config.node_class.name(),
+        version: env!("CARGO_PKG_VERSION"),
+        isolation: services.sandbox.mode().as_str(),
+        functions: services.runtime.function_count(),
         members: app.cluster.get().map(|c| c.members()).unwrap_or_default(),
     };
     json(StatusCode::OK, &view)

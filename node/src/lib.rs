@@ -14,6 +14,7 @@ mod error;
 pub mod http;
 pub mod idempotency;
 pub mod node;
+pub mod present;
 pub mod service;
 pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.

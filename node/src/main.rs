@@ -21,8 +21,27 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. `info` or `tern=debug`.
     #[arg(long, env = "TERN_LOG", default_value = "info", global = true)]
     log: String,
+    /// Log lines as `text` (for people) or `json` (one object per line, for log pipelines).
+    #[arg(long, env = "TERN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// How `list`, `result`, `status`, `logs` and the tenant and token lists print: `table`
+    /// (for people) or `json` (the node's answer, for scripts).
+    #[arg(long, short, value_enum, default_value_t = Output::Table, global = true)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -137,11 +156,21 @@ enum Command {
         /// Keep printing new lines as they come (every 500 ms), until interrupted.
         #[arg(long, short)]
         follow: bool,
-        /// Print the lines as JSON, one object per line.
+        /// Print the lines as JSON, one object per line (the same as `-o json`).
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         server: Server,
+    },
+    /// Show this node and the cluster members it sees (state, class, queue, session).
+    Status {
+        #[command(flatten)]
+        server: Server,
+    },
+    /// Print a shell completion script, e.g. `tern completions bash > /etc/bash_completion.d/tern`.
+    Completions {
+        /// `bash`, `zsh`, `fish`, `elvish` or `powershell`.
+        shell: clap_complete::Shell,
     },
     /// Remove a function.
     Remove {
@@ -494,6 +523,29 @@ fn format_ms(at_ms: u64) -> String {
     )
 }
 
+/// A successful answer shown for a person (`table`) or as the node's JSON; an error as
+/// [`finish`] prints it.
+fn show(
+    resp: tern_bench::Response,
+    output: Output,
+    present: impl Fn(&serde_json::Value) -> String,
+) -> Result<()> {
+    if output == Output::Json || !(200..300).contains(&resp.status) {
+        return finish(resp);
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&resp.body).context("the node's answer is not JSON")?;
+    print!("{}", present(&value));
+    Ok(())
+}
+
+/// Now, in ms since the Unix epoch (for ages).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn finish(resp: tern_bench::Response) -> Result<()> {
     if (200..300).contains(&resp.status) {
         use std::io::Write;
@@ -505,7 +557,10 @@ fn finish(resp: tern_bench::Response) -> Result<()> {
         return Ok(());
     }
     match tern_wire::ApiError::from_json(&resp.body) {
-        Some(e) => bail!("{} ({}): {}", e.code, resp.status, e.message),
+        Some(e) => bail!(
+            "{}",
+            tern_node::present::error_line(e.code.as_str(), resp.status, &e.message)
+        ),
         None => bail!(
             "HTTP {}: {}",
             resp.status,
@@ -555,10 +610,15 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => subscriber.init(),
+        LogFormat::Json => subscriber.json().init(),
+    }
+    let output = cli.output;
     // Thousands of concurrent connections need thousands of descriptors.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
@@ -676,7 +736,9 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            break finish(resp);
+            break show(resp, output, |v| {
+                tern_node::present::invocation(v, now_ms())
+            });
         },
         Command::Cluster(ClusterCommand::Init { out, nodes, ca_key }) => {
             let names = nodes
@@ -730,7 +792,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 Some(t) => format!("/v1/tokens?tenant={t}"),
                 None => "/v1/tokens".to_owned(),
             };
-            finish(call(&server, Method::GET, &path, Bytes::new()).await?)
+            show(
+                call(&server, Method::GET, &path, Bytes::new()).await?,
+                output,
+                |v| tern_node::present::tokens(v, now_ms()),
+            )
         }
         Command::Tenant(TenantCommand::Create {
             name,
@@ -740,9 +806,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             let body = Bytes::from(settings.body(Some(&name)));
             finish(call(&server, Method::POST, "/v1/tenants", body).await?)
         }
-        Command::Tenant(TenantCommand::List { server }) => {
-            finish(call(&server, Method::GET, "/v1/tenants", Bytes::new()).await?)
-        }
+        Command::Tenant(TenantCommand::List { server }) => show(
+            call(&server, Method::GET, "/v1/tenants", Bytes::new()).await?,
+            output,
+            tern_node::present::tenants,
+        ),
         Command::Tenant(TenantCommand::Show { name, server }) => finish(
             call(
                 &server,
@@ -778,15 +846,27 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             )
             .await?,
         ),
-        Command::List { server } => {
-            finish(call(&server, Method::GET, "/v1/functions", Bytes::new()).await?)
-        }
+        Command::List { server } => show(
+            call(&server, Method::GET, "/v1/functions", Bytes::new()).await?,
+            output,
+            |v| tern_node::present::functions(v, now_ms()),
+        ),
         Command::Logs {
             name,
             follow,
             json,
             server,
-        } => logs(&server, &name, follow, json).await,
+        } => logs(&server, &name, follow, json || output == Output::Json).await,
+        Command::Status { server } => show(
+            call(&server, Method::GET, "/v1/cluster", Bytes::new()).await?,
+            output,
+            tern_node::present::status,
+        ),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "tern", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Remove { name, server } => finish(
             call(
                 &server,

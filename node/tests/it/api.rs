@@ -382,3 +382,61 @@ async fn evicted_module_is_a_cold_start_then_warm_again() {
     assert!(metric(addr, "tern_meu_load_seconds_count").await >= 3.0);
     node.shutdown().await.unwrap();
 }
+
+/// The CLI reads like its peers: tables by default, the node's JSON with `-o json`, `tern
+/// status`, completion scripts, and one-line errors with a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_tables_json_status_completions_and_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let server = node.addr().to_string();
+    let tern = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+            .args(args)
+            .args(["--server", &server])
+            .env_remove("TERN_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, table, err) = tern(&["list"]);
+    assert!(ok, "{err}");
+    assert!(table.starts_with("NAME "), "{table}");
+    let echo: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("echo "))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&echo[..5], ["echo", "1", "128", "MiB", "10000"], "{table}");
+    let (ok, json, _) = tern(&["list", "-o", "json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(list.as_array().unwrap().iter().any(|f| f["name"] == "echo"));
+    let (ok, status, err) = tern(&["status"]);
+    assert!(ok, "{err}");
+    assert!(
+        status.starts_with("node test-node (standard), tern ")
+            && status.contains("isolation in-process, 2 functions")
+            && status.ends_with("not in a cluster\n"),
+        "{status}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_tern()"));
+    let (ok, _, err) = tern(&["invoke", "nope", "--data", "x"]);
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: not_found (404): ") && err.contains("; hint: `tern list`"),
+        "{err}"
+    );
+    node.shutdown().await.unwrap();
+}

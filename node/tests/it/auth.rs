@@ -539,10 +539,18 @@ async fn the_cli_carries_tern_token_and_manages_tokens() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("forbidden (403)"));
 
-    let out = tern(Some(&admin), &["token", "list"]);
+    let out = tern(Some(&admin), &["token", "list", "-o", "json"]);
     assert!(out.status.success());
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 2);
+    // For people, a table: a header and a row per token.
+    let out = tern(Some(&admin), &["token", "list"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("ID ") && table.contains(" invoker "),
+        "{table}"
+    );
+    assert_eq!(table.lines().count(), 3, "{table}");
 
     let id = created["id"].as_str().unwrap();
     let out = tern(Some(&admin), &["token", "revoke", id]);

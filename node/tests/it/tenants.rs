@@ -609,7 +609,7 @@ async fn the_cli_manages_tenants_and_their_tokens() {
         ),
         (&7.into(), &3.into())
     );
-    let (ok, out, err) = tern(admin, &["tenant", "list"]);
+    let (ok, out, err) = tern(admin, &["tenant", "list", "-o", "json"]);
     assert!(ok, "{err}");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&out)
@@ -619,6 +619,17 @@ async fn the_cli_manages_tenants_and_their_tokens() {
             .len(),
         2
     );
+    let (ok, out, err) = tern(admin, &["tenant", "list"]);
+    assert!(ok, "{err}");
+    let acme = out
+        .lines()
+        .find(|l| l.starts_with("acme"))
+        .unwrap_or_default();
+    assert_eq!(
+        acme.split_whitespace().take(6).collect::<Vec<_>>(),
+        ["acme", "7", "latency-critical", "3", "250", "2000"],
+        "{out}"
+    );
     let (ok, _, err) = tern(admin, &["tenant", "remove", "acme"]);
     assert!(!ok);
     assert!(err.contains("conflict (409)"), "{err}");
@@ -626,7 +637,7 @@ async fn the_cli_manages_tenants_and_their_tokens() {
     assert!(ok, "{err}");
     let (ok, _, err) = tern(admin, &["tenant", "remove", "acme"]);
     assert!(ok, "{err}");
-    let (ok, out, err) = tern(admin, &["token", "list", "--tenant", "acme"]);
+    let (ok, out, err) = tern(admin, &["token", "list", "--tenant", "acme", "-o", "json"]);
     assert!(ok, "{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(listed[0]["revoked_at_ms"].is_u64(), "{out}");

@@ -1,0 +1,375 @@
+//! How the `tern` CLI shows the node's answers to a person: aligned tables, ages and sizes in
+//! words, one-line errors with a hint. Pure (answers and the time in, text out); `--output
+//! json` prints the node's JSON instead, for scripts.
+
+use serde_json::Value;
+
+/// Left-aligned columns two spaces apart, a header row first.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = &str>| -> String {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i + 1 == widths.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out.trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&mut headers.iter().copied());
+    for row in rows {
+        out.push_str(&line(&mut row.iter().map(String::as_str)));
+    }
+    out
+}
+
+/// How long ago `then_ms` was at `now_ms`, roughly: `12s`, `5m`, `3h`, `2d`.
+pub fn age(then_ms: u64, now_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Bytes as `512 B`, `33 KiB`, `1.2 MiB`.
+pub fn size(bytes: u64) -> String {
+    match bytes {
+        0..1024 => format!("{bytes} B"),
+        1024..1_048_576 => format!("{} KiB", bytes / 1024),
+        _ => format!("{:.1} MiB", bytes as f64 / 1_048_576.0),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `GET /v1/functions`.
+pub fn functions(list: &Value, now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|f| {
+            vec![
+                text(&f["name"]),
+                text(&f["version"]),
+                format!("{} MiB", text(&f["memory_mb"])),
+                format!("{} ms", text(&f["timeout_ms"])),
+                f["size_bytes"].as_u64().map_or("-".into(), size),
+                text(&f["max_instances"]),
+                f["deployed_at_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |t| age(t, now_ms)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "VERSION",
+            "MEMORY",
+            "TIMEOUT",
+            "SIZE",
+            "MAX INSTANCES",
+            "DEPLOYED",
+        ],
+        &rows,
+    )
+}
+
+/// `GET /v1/tenants`: the quotas people look at first (`tern tenant show` has them all);
+/// `-` for no limit.
+pub fn tenants(list: &Value) -> String {
+    let limit = |v: &Value, show: &dyn Fn(u64) -> String| match v.as_u64() {
+        None | Some(u64::MAX) | Some(4_294_967_295) => "-".to_owned(),
+        Some(n) => show(n),
+    };
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            let q = &t["spec"]["quotas"];
+            vec![
+                text(&t["name"]),
+                text(&t["spec"]["weight"]),
+                text(&t["spec"]["sla"]),
+                limit(&q["max_functions"], &|n| n.to_string()),
+                limit(&q["max_concurrent"], &|n| n.to_string()),
+                limit(&q["max_rate_per_s"], &|n| n.to_string()),
+                limit(&q["memory_budget_bytes"], &size),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "WEIGHT",
+            "SLA",
+            "FUNCTIONS",
+            "CONCURRENT",
+            "RATE/S",
+            "MEMORY",
+        ],
+        &rows,
+    )
+}
+
+/// `GET /v1/tokens`.
+pub fn tokens(list: &Value, now_ms: u64) -> String {
+    let rows: Vec<Vec<String>> = list
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            vec![
+                text(&t["id"]),
+                text(&t["tenant"]),
+                text(&t["role"]),
+                t["created_at_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |c| age(c, now_ms)),
+                t["revoked_at_ms"]
+                    .as_u64()
+                    .map_or("-".into(), |r| format!("revoked {} ago", age(r, now_ms))),
+            ]
+        })
+        .collect();
+    table(&["ID", "TENANT", "ROLE", "CREATED", "REVOKED"], &rows)
+}
+
+/// `GET /v1/invocations/{id}`: the record's fields, then its output (or error).
+pub fn invocation(record: &Value, now_ms: u64) -> String {
+    let mut out = String::new();
+    let took = match (
+        record["accepted_at_ms"].as_u64(),
+        record["finished_at_ms"].as_u64(),
+    ) {
+        (Some(a), Some(f)) => format!("{} ms", f.saturating_sub(a)),
+        (Some(a), None) => format!("running for {}", age(a, now_ms)),
+        _ => "-".into(),
+    };
+    for (k, v) in [
+        ("id", text(&record["id"])),
+        ("function", text(&record["function"])),
+        ("status", text(&record["status"])),
+        ("took", took),
+        ("attempts", text(&record["attempts"])),
+    ] {
+        out.push_str(&format!("{k:<9} {v}\n"));
+    }
+    if let Some(e) = record["error"].as_object() {
+        out.push_str(&format!(
+            "{:<9} {} ({})\n",
+            "error",
+            text(&e.get("message").cloned().unwrap_or_default()),
+            text(&e.get("code").cloned().unwrap_or_default())
+        ));
+    }
+    match (&record["result"], &record["result_base64"]) {
+        (Value::String(s), _) => out.push_str(&format!("{:<9} {s}\n", "output")),
+        (_, Value::String(b)) => out.push_str(&format!("{:<9} (binary, base64) {b}\n", "output")),
+        _ => {}
+    }
+    out
+}
+
+/// `GET /v1/cluster`: this node, then a row per member as this node sees it.
+pub fn status(view: &Value) -> String {
+    let mut out = format!(
+        "node {} ({}), tern {}, isolation {}, {} functions\n",
+        text(&view["node"]),
+        text(&view["class"]),
+        text(&view["version"]),
+        text(&view["isolation"]),
+        text(&view["functions"]),
+    );
+    let members = view["members"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    if members.is_empty() {
+        out.push_str("not in a cluster\n");
+        return out;
+    }
+    let ms = |v: &Value| v.as_u64().map_or("-".into(), |ms| age(0, ms));
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|m| {
+            vec![
+                text(&m["node"]),
+                text(&m["state"]),
+                ms(&m["state_age_ms"]),
+                text(&m["class"]),
+                text(&m["queue_depth"]),
+                ms(&m["status_age_ms"]),
+                match m["session"].as_bool() {
+                    Some(true) => "ready".into(),
+                    Some(false) => "down".into(),
+                    None => "-".into(),
+                },
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "MEMBER",
+            "STATE",
+            "FOR",
+            "CLASS",
+            "QUEUED",
+            "LAST STATUS",
+            "SESSION",
+        ],
+        &rows,
+    ));
+    out
+}
+
+/// What to try after an error with `code`, for the one-line message the CLI prints.
+pub fn hint(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "unauthorized" => {
+            "pass --token or set TERN_TOKEN (a node writes its admin token to <data dir>/admin.token)"
+        }
+        "forbidden" => "this token's role or tenant may not do that: ask an admin for one that may",
+        "not_found" => "`tern list` shows the functions this token can see",
+        "invalid_module" => {
+            "deploy a WASI preview 1 command (.wasm exporting _start), built for wasm32-wasip1"
+        }
+        "quota_exceeded" => "`tern tenant show <tenant>` shows the tenant's quotas and usage",
+        "overloaded" | "unavailable" => "try again shortly (a Retry-After header says when)",
+        "timeout" => "raise the function's --timeout-ms when deploying, or send less work",
+        "output_too_large" => "the node caps a call's output (max_output_bytes)",
+        "payload_too_large" => "the node caps request bodies (max_body_bytes)",
+        "isolation_fault" => "the tenant's cell died under the call; the next call gets a new cell",
+        _ => return None,
+    })
+}
+
+/// An API error as one line: `code (status): message; hint: ...`.
+pub fn error_line(code: &str, status: u16, message: &str) -> String {
+    match hint(code) {
+        Some(h) => format!("{code} ({status}): {message}; hint: {h}"),
+        None => format!("{code} ({status}): {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_table_aligns_its_columns_under_the_headers() {
+        let t = table(
+            &["NAME", "N"],
+            &[
+                vec!["echo".into(), "1".into()],
+                vec!["x".into(), "22".into()],
+            ],
+        );
+        assert_eq!(t, "NAME  N\necho  1\nx     22\n");
+    }
+
+    #[test]
+    fn ages_and_sizes_read_like_words() {
+        assert_eq!(age(0, 59_000), "59s");
+        assert_eq!(age(0, 61_000), "1m");
+        assert_eq!(age(0, 7_200_000), "2h");
+        assert_eq!(age(0, 3 * 86_400_000), "3d");
+        assert_eq!(age(10, 5), "0s");
+        assert_eq!(size(512), "512 B");
+        assert_eq!(size(33_637), "32 KiB");
+        assert_eq!(size(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn functions_tenants_and_tokens_become_tables() {
+        let now = 1_000_000;
+        let f = json!([{"name":"echo","version":2,"memory_mb":128,"timeout_ms":10000,
+            "size_bytes":33637,"deployed_at_ms":now - 120_000,"max_instances":null}]);
+        let t = functions(&f, now);
+        assert!(
+            t.starts_with("NAME  VERSION  MEMORY   TIMEOUT   SIZE    MAX INSTANCES  DEPLOYED\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains("echo  2        128 MiB  10000 ms  32 KiB  -              2m"),
+            "{t}"
+        );
+        let tenants_list = json!([{"name":"acme","spec":{"weight":3,"sla":"batch",
+            "quotas":{"max_functions":20,"max_concurrent":4_294_967_295_u64,
+            "max_rate_per_s":50,"memory_budget_bytes":1_073_741_824}}}]);
+        let t = tenants(&tenants_list);
+        assert!(
+            t.contains("acme  3       batch  20         -           50      1024.0 MiB"),
+            "{t}"
+        );
+        let tok = json!([{"id":"ab","tenant":"acme","role":"developer","created_at_ms":now - 5000,
+            "revoked_at_ms":null}]);
+        assert!(tokens(&tok, now).contains("ab  acme    developer  5s       -"));
+    }
+
+    #[test]
+    fn an_invocation_shows_its_status_time_and_output_or_error() {
+        let ok = json!({"id":"i1","function":"echo","status":"succeeded","result":"hi",
+            "result_base64":null,"error":null,"accepted_at_ms":10,"finished_at_ms":13,"attempts":1});
+        let text = invocation(&ok, 20);
+        assert!(text.contains("status    succeeded\n") && text.contains("took      3 ms\n"));
+        assert!(text.ends_with("output    hi\n"), "{text}");
+        let failed = json!({"id":"i2","function":"trap","status":"failed","result":null,
+            "error":{"code":"guest_trap","message":"unreachable"},"accepted_at_ms":10,
+            "finished_at_ms":null,"attempts":2});
+        let text = invocation(&failed, 70_010);
+        assert!(
+            text.contains("running for 1m") && text.contains("error     unreachable (guest_trap)")
+        );
+    }
+
+    #[test]
+    fn status_lists_the_members_or_says_the_node_is_alone() {
+        let alone = json!({"node":"local","class":"standard","version":"0.1.0",
+            "isolation":"lci","functions":2,"members":[]});
+        assert_eq!(
+            status(&alone),
+            "node local (standard), tern 0.1.0, isolation lci, 2 functions\nnot in a cluster\n"
+        );
+        let three = json!({"node":"a","class":"standard","version":"0.1.0","isolation":"lci",
+            "functions":2,"members":[{"node":"b","state":"up","state_age_ms":65000,
+            "status_age_ms":300,"queue_depth":4,"class":"edge-small","session":true}]});
+        let s = status(&three);
+        assert!(
+            s.contains("b       up     1m   edge-small  4       0s           ready"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn errors_are_one_line_with_a_hint_where_one_helps() {
+        assert_eq!(
+            error_line("not_found", 404, "no function nope"),
+            "not_found (404): no function nope; hint: `tern list` shows the functions this token can see"
+        );
+        assert_eq!(error_line("internal", 500, "boom"), "internal (500): boom");
+        assert!(!error_line("unauthorized", 401, "no token").contains('\n'));
+    }
+}
