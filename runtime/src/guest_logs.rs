@@ -2,8 +2,9 @@
 //! counted, never an error for the guest) and kept per function in a ring of its last lines
 //! ([`GuestLogs`]), which `GET /v1/functions/{name}/logs` and `tern logs` read.
 //!
-//! A function's ring holds at most `ring_bytes` of text; a guest that floods stderr pushes
-//! out only its own function's older lines. Memory is bounded by the number of functions
+//! A function's ring holds at most `ring_bytes` (each line counted as its text plus
+//! [`LINE_OVERHEAD_BYTES`], so lines are capped too); a guest that floods stderr pushes out
+//! only its own function's older lines. Memory is bounded by the number of functions
 //! that have logged × `ring_bytes` (functions are bounded by `max_functions`), and a removed
 //! function's ring goes with it.
 
@@ -20,6 +21,10 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 /// The longest line kept; longer ones are cut (and say so).
 pub const MAX_LINE_BYTES: usize = 1024;
+
+/// What a line costs its ring besides its text (its number, time and request id): a guest
+/// writing empty lines fills its ring too, so lines are capped as well as bytes.
+pub const LINE_OVERHEAD_BYTES: usize = 64;
 
 /// Where captured stderr goes: the node's [`GuestLogs`], or (inside a cell) a tap that sends
 /// it back to the node with the MEU's answer.
@@ -233,7 +238,7 @@ impl LogSink for GuestLogs {
         let ring = rings.entry(function.clone()).or_default();
         for text in lines {
             ring.next_seq += 1;
-            ring.bytes += text.len();
+            ring.bytes += text.len() + LINE_OVERHEAD_BYTES;
             ring.lines.push_back(LogLine {
                 seq: ring.next_seq,
                 at_ms,
@@ -243,7 +248,7 @@ impl LogSink for GuestLogs {
             while ring.bytes > self.ring_bytes
                 && let Some(old) = ring.lines.pop_front()
             {
-                ring.bytes -= old.text.len();
+                ring.bytes -= old.text.len() + LINE_OVERHEAD_BYTES;
                 ring.dropped += 1;
             }
         }
@@ -289,12 +294,18 @@ mod tests {
             l.record(&name("loud"), "l", Bytes::from(format!("line {i:04}\n")), 0);
         }
         let loud = l.read(&name("loud"), 0, 1000);
-        assert!(loud.lines.iter().map(|x| x.text.len()).sum::<usize>() <= 100);
+        let held: usize = loud.lines.iter().map(|x| x.text.len() + LINE_OVERHEAD_BYTES).sum();
+        assert!(held <= 100, "{held}");
+        assert_eq!(loud.lines.len(), 1);
         assert_eq!(loud.lines.last().unwrap().text, "line 0099");
         assert_eq!(loud.dropped, 100 - loud.lines.len() as u64);
         assert_eq!(l.read(&name("quiet"), 0, 10).lines[0].text, "kept");
         l.remove(&name("loud"));
-        assert_eq!(l.usage(), (1, 4));
+        assert_eq!(l.usage(), (1, 4 + LINE_OVERHEAD_BYTES));
+        // Empty lines cost their overhead: a ring of them stays bounded.
+        let empty = logs(640);
+        empty.record(&name("e"), "r", Bytes::from("\n".repeat(100_000)), 0);
+        assert_eq!(empty.read(&name("e"), 0, usize::MAX).lines.len(), 10);
     }
 
     #[test]
