@@ -21,6 +21,10 @@ pub enum IsolatorMsg {
 }
 impl ractor::Message for IsolatorMsg {}
 
+/// The longest one run of a chore may take (health checks and quota decisions take
+/// milliseconds; a chore stuck on a wedged cell must not stop the others).
+const CHORE_LIMIT: Duration = Duration::from_secs(30);
+
 pub struct Isolator;
 
 pub struct IsolatorState {
@@ -65,8 +69,16 @@ impl Actor for Isolator {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             IsolatorMsg::Run(chore) => {
-                if let Some(upkeep) = &state.upkeep {
-                    upkeep.run(chore).await;
+                if let Some(upkeep) = &state.upkeep
+                    && tokio::time::timeout(CHORE_LIMIT, upkeep.run(chore))
+                        .await
+                        .is_err()
+                {
+                    // Its next run starts afresh; the other chores are not held up for good.
+                    tracing::warn!(
+                        ?chore,
+                        "an isolation chore ran past its time limit and was stopped"
+                    );
                 }
                 if let Some(&(_, every)) = state.chores.iter().find(|(c, _)| *c == chore) {
                     myself.send_after(every, move || IsolatorMsg::Run(chore));

@@ -259,7 +259,7 @@ impl Cells {
         let slot = self.slot(tenant);
         let mut cells = slot.lock().await;
         cells.limits = limits;
-        Self::apply(&cells)
+        Self::apply(&cells).await
     }
 
     /// Sets a tenant's quota for the interval (applied like [`Cells::set_limits`]). A tenant
@@ -277,16 +277,20 @@ impl Cells {
             return Ok(());
         }
         cells.quota = quota;
-        Self::apply(&cells)
+        Self::apply(&cells).await
     }
 
-    fn apply(cells: &TenantCells) -> Result<(), Error> {
-        match &cells.current {
-            Some(running) if !running.process.has_ended() => {
-                Ok(running.process.cgroup().apply(&cells.in_force())?)
-            }
-            _ => Ok(()),
-        }
+    async fn apply(cells: &TenantCells) -> Result<(), Error> {
+        let Some(running) = cells.current.as_ref().filter(|r| !r.process.has_ended()) else {
+            return Ok(());
+        };
+        let (cgroup, limits) = (running.process.cgroup().clone(), cells.in_force());
+        // A lower memory limit makes the kernel reclaim before the write returns: off the
+        // async workers.
+        tokio::task::spawn_blocking(move || cgroup.apply(&limits))
+            .await
+            .map_err(|e| Error::Unavailable(format!("applying a cell's limits: {e}")))??;
+        Ok(())
     }
 
     /// Every tenant the node has cells settings for, with the limits of its spec.

@@ -294,7 +294,11 @@ mod tests {
             l.record(&name("loud"), "l", Bytes::from(format!("line {i:04}\n")), 0);
         }
         let loud = l.read(&name("loud"), 0, 1000);
-        let held: usize = loud.lines.iter().map(|x| x.text.len() + LINE_OVERHEAD_BYTES).sum();
+        let held: usize = loud
+            .lines
+            .iter()
+            .map(|x| x.text.len() + LINE_OVERHEAD_BYTES)
+            .sum();
         assert!(held <= 100, "{held}");
         assert_eq!(loud.lines.len(), 1);
         assert_eq!(loud.lines.last().unwrap().text, "line 0099");
