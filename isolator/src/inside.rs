@@ -248,8 +248,6 @@ async fn serve(args: CellArgs) -> i32 {
             return 3;
         }
     };
-    let tap = Arc::new(StderrTap::default());
-    runtime.set_log_sink(tap.clone());
     // Last: on every thread (the filter is synchronised to all of them), after the runtime
     // has mapped what it needs.
     let gates = tern_cell::Policy::cell().and_then(|p| p.install());
@@ -365,7 +363,6 @@ async fn serve(args: CellArgs) -> i32 {
                     continue;
                 }
                 let (runtime, tx, running_map) = (runtime.clone(), tx.clone(), running.clone());
-                let tap = tap.clone();
                 let sandbox = sandbox.clone();
                 // Spawned and registered under the map's lock, which the task takes to remove
                 // itself: a task that ends at once cannot leave its entry behind.
@@ -376,8 +373,10 @@ async fn serve(args: CellArgs) -> i32 {
                     }
                     let meu =
                         Meu::new(id.to_string(), function, Bytes::from(input), items as usize);
+                    // This run's own stderr: it goes with the run (a cancelled run's with it).
+                    let stderr = Arc::new(RunStderr::default());
                     let result = runtime
-                        .execute(meu, &sandbox)
+                        .execute_logging_to(meu, &sandbox, Some(stderr.clone()))
                         .await
                         .map(|o| Outcome {
                             output: o.output.to_vec(),
@@ -389,7 +388,7 @@ async fn serve(args: CellArgs) -> i32 {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&id);
-                    let (stderr, stderr_cut) = tap.take(id);
+                    let (stderr, stderr_cut) = stderr.take();
                     let answer = FromCell::Ran {
                         id,
                         result,
@@ -413,7 +412,6 @@ async fn serve(args: CellArgs) -> i32 {
                 {
                     task.abort();
                 }
-                tap.take(id);
             }
         }
     }
@@ -423,42 +421,26 @@ async fn serve(args: CellArgs) -> i32 {
     0
 }
 
-/// Runs' guest stderr inside a cell, by run id (the cell's runtime records it under the
-/// MEU's request id, which is the run id), until the run's answer takes it. Bounded: past
-/// [`TAP_RUNS`] waiting entries (runs cancelled at the wrong moment leave theirs) new ones are
-/// not kept.
+/// One run's guest stderr inside a cell, sent back with the run's answer.
 #[derive(Default)]
-struct StderrTap {
-    pending: Mutex<HashMap<u64, (Bytes, u64)>>,
-}
+struct RunStderr(Mutex<(Bytes, u64)>);
 
-const TAP_RUNS: usize = 4096;
-
-impl StderrTap {
-    fn take(&self, id: u64) -> (Vec<u8>, u64) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-            .map_or((Vec::new(), 0), |(b, cut)| (b.to_vec(), cut))
+impl RunStderr {
+    fn take(&self) -> (Vec<u8>, u64) {
+        let (bytes, cut) = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        (bytes.to_vec(), cut)
     }
 }
 
-impl tern_runtime::guest_logs::LogSink for StderrTap {
+impl tern_runtime::guest_logs::LogSink for RunStderr {
     fn record(
         &self,
         _function: &tern_wire::FunctionName,
-        request_id: &str,
+        _request_id: &str,
         stderr: Bytes,
         cut: u64,
     ) {
-        let Ok(id) = request_id.parse::<u64>() else {
-            return;
-        };
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.len() < TAP_RUNS {
-            pending.insert(id, (stderr, cut));
-        }
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = (stderr, cut);
     }
 }
 

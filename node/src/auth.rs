@@ -54,8 +54,6 @@ pub fn need(method: &Method, segments: &[&str]) -> Need {
         (&Method::DELETE, ["v1", "functions", _]) => Need::Tenant(Remove),
         (&Method::POST, ["v1", "functions", _, "invoke"]) => Need::Tenant(Invoke),
         (_, ["v1", "invocations", ..]) => Need::Tenant(ReadResult),
-        // What guests wrote is read like what they returned.
-        (&Method::GET, ["v1", "functions", _, "logs"]) => Need::Tenant(ReadResult),
         (_, ["v1", "functions", ..]) => Need::Tenant(ListFunctions),
         // The least any role may do: a caller with any valid token learns the route is
         // unknown; one without learns nothing.
@@ -645,6 +643,12 @@ mod tests {
             (Method::DELETE, "v1/tenants/acme", Need::Node(ManageTenants)),
             (Method::GET, "v1/functions", Need::Tenant(ListFunctions)),
             (Method::GET, "v1/functions/f", Need::Tenant(ListFunctions)),
+            // Guests' stderr: for those who deploy and inspect functions, not their callers.
+            (
+                Method::GET,
+                "v1/functions/f/logs",
+                Need::Tenant(ListFunctions),
+            ),
             (Method::PUT, "v1/functions/f", Need::Tenant(Deploy)),
             (Method::DELETE, "v1/functions/f", Need::Tenant(Remove)),
             (Method::POST, "v1/functions/f/invoke", Need::Tenant(Invoke)),

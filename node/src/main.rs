@@ -468,7 +468,6 @@ async fn call_retrying(
 async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<()> {
     use std::io::Write;
     let mut after = 0u64;
-    let mut dropped_seen = 0u64;
     loop {
         let path = format!("/v1/functions/{name}/logs?after={after}");
         let resp = call(server, Method::GET, &path, Bytes::new()).await?;
@@ -478,14 +477,17 @@ async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<(
         let page: tern_wire::LogPage =
             serde_json::from_slice(&resp.body).context("the node's answer is not a log page")?;
         let mut out = std::io::stdout().lock();
-        if page.dropped > dropped_seen && after > 0 {
-            writeln!(
-                out,
-                "[{} older lines were pushed out before they could be read]",
-                page.dropped - dropped_seen
-            )?;
+        // Lines numbered between the last one read and the first one here were pushed out
+        // before this read: said on stderr, so stdout stays the lines alone.
+        if let Some(first) = page.lines.first()
+            && after > 0
+            && first.seq > after + 1
+        {
+            eprintln!(
+                "[{} lines were pushed out before they could be read]",
+                first.seq - after - 1
+            );
         }
-        dropped_seen = page.dropped;
         for line in &page.lines {
             if json {
                 writeln!(out, "{}", serde_json::to_string(line)?)?;
@@ -495,7 +497,7 @@ async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<(
                     "{} {} {}",
                     format_ms(line.at_ms),
                     line.request_id,
-                    line.text
+                    printable(&line.text)
                 )?;
             }
         }
@@ -510,6 +512,20 @@ async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// A guest's text with control characters shown escaped (`\u{1b}`), so a guest cannot drive
+/// the reader's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// `at_ms` (ms since the Unix epoch) as UTC `HH:MM:SS.mmm`.

@@ -265,8 +265,10 @@ pub fn hint(code: &str) -> Option<&'static str> {
     })
 }
 
-/// An API error as one line: `code (status): message; hint: ...`.
+/// An API error as one line: `code (status): message; hint: ...` (line breaks in the
+/// message, such as a trap's backtrace, become spaces).
 pub fn error_line(code: &str, status: u16, message: &str) -> String {
+    let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
     match hint(code) {
         Some(h) => format!("{code} ({status}): {message}; hint: {h}"),
         None => format!("{code} ({status}): {message}"),
@@ -371,5 +373,9 @@ mod tests {
         );
         assert_eq!(error_line("internal", 500, "boom"), "internal (500): boom");
         assert!(!error_line("unauthorized", 401, "no token").contains('\n'));
+        assert_eq!(
+            error_line("guest_trap", 500, "wasm trap:\n  0: f\n  1: g"),
+            "guest_trap (500): wasm trap: 0: f 1: g"
+        );
     }
 }

@@ -138,7 +138,11 @@ pub fn logs(
     after: u64,
     limit: usize,
 ) -> Result<tern_wire::LogPage, NodeError> {
-    let name = resolve(app, caller, name, Action::ReadResult)?;
+    // Guests' stderr is for those who deploy and inspect functions, not for their callers.
+    let name = resolve(app, caller, name, Action::ListFunctions)?;
+    if limit == 0 {
+        return Err(NodeError::BadRequest("limit must be at least 1".into()));
+    }
     let synced = app.pipeline.registry_synced();
     let runtime = &app.services().runtime;
     if runtime.get(&name).is_none() {

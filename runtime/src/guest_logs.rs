@@ -144,17 +144,33 @@ impl Drop for RecordOnDrop {
     }
 }
 
+/// A kept line; the request id is shared by the lines of one MEU.
+struct Line {
+    seq: u64,
+    at_ms: u64,
+    request_id: Arc<str>,
+    text: String,
+}
+
+impl Line {
+    fn cost(&self) -> usize {
+        self.text.len() + LINE_OVERHEAD_BYTES
+    }
+}
+
 #[derive(Default)]
 struct Ring {
-    lines: VecDeque<LogLine>,
+    lines: VecDeque<Line>,
     bytes: usize,
     next_seq: u64,
-    /// Lines pushed out by newer ones.
+    /// Lines pushed out by newer ones (or too many at once to keep).
     dropped: u64,
 }
 
 /// Every function's last stderr lines on this node. `clock_ms` gives the time stamped on
-/// lines (passed in, so tests choose it).
+/// lines (passed in, so tests choose it). A function has a ring from its install to its
+/// removal; what an MEU of a function without one writes (it ended after the removal) is not
+/// kept.
 pub struct GuestLogs {
     ring_bytes: usize,
     rings: Mutex<HashMap<FunctionName, Ring>>,
@@ -179,21 +195,36 @@ impl GuestLogs {
         self.rings.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `function`'s lines after `after` (0: all it keeps), at most `limit`.
+    /// Gives `function` a ring (kept if it has one: a new version goes on with its lines).
+    pub fn open(&self, function: &FunctionName) {
+        if self.ring_bytes > 0 {
+            self.lock().entry(function.clone()).or_default();
+        }
+    }
+
+    /// `function`'s lines after `after` (0: all it keeps), at most `limit`. A cursor past
+    /// the function's last line (it was removed and deployed again since, or the cursor is
+    /// another node's) reads from the start.
     pub fn read(&self, function: &FunctionName, after: u64, limit: usize) -> LogPage {
         let rings = self.lock();
         let Some(ring) = rings.get(function) else {
             return LogPage::default();
         };
+        let after = if after > ring.next_seq { 0 } else { after };
         let lines: Vec<LogLine> = ring
             .lines
             .iter()
             .filter(|l| l.seq > after)
             .take(limit)
-            .cloned()
+            .map(|l| LogLine {
+                seq: l.seq,
+                at_ms: l.at_ms,
+                request_id: l.request_id.to_string(),
+                text: l.text.clone(),
+            })
             .collect();
         LogPage {
-            next: lines.last().map_or(after.max(ring.next_seq), |l| l.seq),
+            next: lines.last().map_or(ring.next_seq.max(after), |l| l.seq),
             lines,
             dropped: ring.dropped,
         }
@@ -204,11 +235,34 @@ impl GuestLogs {
         self.lock().remove(function);
     }
 
-    /// Functions with a ring, and the bytes they hold together.
+    /// Functions with lines kept, and the bytes their rings hold together.
     pub fn usage(&self) -> (usize, usize) {
         let rings = self.lock();
-        (rings.len(), rings.values().map(|r| r.bytes).sum())
+        let holding = rings.values().filter(|r| !r.lines.is_empty()).count();
+        (holding, rings.values().map(|r| r.bytes).sum())
     }
+}
+
+/// `stderr` as lines (long ones cut), with a last line counting what was not kept.
+fn split_lines(stderr: &[u8], cut: u64) -> Vec<String> {
+    let text = String::from_utf8_lossy(stderr);
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.len() <= MAX_LINE_BYTES {
+                return l.to_owned();
+            }
+            let mut end = MAX_LINE_BYTES;
+            while !l.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{} [line cut at {MAX_LINE_BYTES} bytes]", &l[..end])
+        })
+        .collect();
+    if cut > 0 {
+        lines.push(format!("[{cut} more bytes of stderr not kept]"));
+    }
+    lines
 }
 
 impl LogSink for GuestLogs {
@@ -216,39 +270,44 @@ impl LogSink for GuestLogs {
         if self.ring_bytes == 0 {
             return;
         }
-        let at_ms = (self.clock_ms)();
-        let text = String::from_utf8_lossy(&stderr);
-        let mut lines: Vec<String> = text
-            .lines()
-            .map(|l| {
-                if l.len() <= MAX_LINE_BYTES {
-                    return l.to_owned();
+        // Everything but the ring's own bookkeeping before the lock: only the lines that can
+        // fit are kept (the newest), the rest counted as dropped.
+        let mut lines = split_lines(&stderr, cut);
+        let mut room = self.ring_bytes;
+        let keep_from = lines
+            .iter()
+            .rposition(|l| match room.checked_sub(l.len() + LINE_OVERHEAD_BYTES) {
+                Some(left) => {
+                    room = left;
+                    false
                 }
-                let mut end = MAX_LINE_BYTES;
-                while !l.is_char_boundary(end) {
-                    end -= 1;
-                }
-                format!("{} [line cut at {MAX_LINE_BYTES} bytes]", &l[..end])
+                None => true,
             })
-            .collect();
-        if cut > 0 {
-            lines.push(format!("[{cut} more bytes of stderr not kept]"));
-        }
+            .map_or(0, |i| i + 1);
+        let never_kept = keep_from as u64;
+        lines.drain(..keep_from);
+        let at_ms = (self.clock_ms)();
+        let request_id: Arc<str> = Arc::from(request_id);
         let mut rings = self.lock();
-        let ring = rings.entry(function.clone()).or_default();
+        let Some(ring) = rings.get_mut(function) else {
+            return;
+        };
+        ring.next_seq += never_kept;
+        ring.dropped += never_kept;
         for text in lines {
             ring.next_seq += 1;
-            ring.bytes += text.len() + LINE_OVERHEAD_BYTES;
-            ring.lines.push_back(LogLine {
+            let line = Line {
                 seq: ring.next_seq,
                 at_ms,
-                request_id: request_id.to_owned(),
+                request_id: request_id.clone(),
                 text,
-            });
+            };
+            ring.bytes += line.cost();
+            ring.lines.push_back(line);
             while ring.bytes > self.ring_bytes
                 && let Some(old) = ring.lines.pop_front()
             {
-                ring.bytes -= old.text.len() + LINE_OVERHEAD_BYTES;
+                ring.bytes -= old.cost();
                 ring.dropped += 1;
             }
         }
@@ -260,8 +319,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// Logs with rings for f, quiet, loud and e.
     fn logs(ring_bytes: usize) -> GuestLogs {
-        GuestLogs::new(ring_bytes, Box::new(|| 42))
+        let l = GuestLogs::new(ring_bytes, Box::new(|| 42));
+        for f in ["f", "quiet", "loud", "e"] {
+            l.open(&name(f));
+        }
+        l
     }
 
     fn name(s: &str) -> FunctionName {
@@ -284,6 +348,7 @@ mod tests {
         assert_eq!(l.read(&name("f"), 3, 100).lines, vec![]);
         assert_eq!(l.read(&name("f"), 3, 100).next, 3);
         assert_eq!(l.read(&name("other"), 0, 100), LogPage::default());
+        assert_eq!(l.read(&name("f"), 0, 100).lines.len(), 3);
     }
 
     #[test]
@@ -324,6 +389,24 @@ mod tests {
         let off = logs(0);
         off.record(&name("f"), "r", Bytes::from("x"), 0);
         assert_eq!(off.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_function_without_a_ring_keeps_nothing_and_a_stale_cursor_reads_from_the_start() {
+        let l = logs(1024);
+        // Removed while its MEU ran: what the MEU wrote afterwards is not kept.
+        l.remove(&name("f"));
+        l.record(&name("f"), "r", Bytes::from("late"), 0);
+        assert_eq!(l.read(&name("f"), 0, 10), LogPage::default());
+        // Deployed again: a new ring; a cursor from before reads it from the start.
+        l.open(&name("f"));
+        l.record(&name("f"), "r", Bytes::from("one\ntwo"), 0);
+        let page = l.read(&name("f"), 50, 10);
+        assert_eq!(page.lines.len(), 2);
+        assert_eq!(page.next, 2);
+        // Opening again (a new version) keeps the lines.
+        l.open(&name("f"));
+        assert_eq!(l.read(&name("f"), 0, 10).lines.len(), 2);
     }
 
     #[test]

@@ -272,8 +272,6 @@ pub struct Runtime {
     cells: std::sync::OnceLock<Arc<dyn CellRunner>>,
     /// Guests' stderr lines, per function.
     logs: Arc<GuestLogs>,
-    /// Where captured stderr goes: `logs`, unless set otherwise (a cell sends it to its node).
-    log_sink: std::sync::OnceLock<Arc<dyn LogSink>>,
 }
 
 /// Runs MEUs in tenants' cells (isolated worker processes) instead of this process. The
@@ -384,26 +382,12 @@ impl Runtime {
                         .map_or(0, |d| d.as_millis() as u64)
                 }),
             )),
-            log_sink: std::sync::OnceLock::new(),
         }))
     }
 
     /// Guests' stderr lines kept on this node.
     pub fn logs(&self) -> &Arc<GuestLogs> {
         &self.logs
-    }
-
-    /// Sends guests' captured stderr to `sink` instead of this runtime's [`GuestLogs`] (set
-    /// once, before any MEU: a cell's runtime sends it to the node).
-    pub fn set_log_sink(&self, sink: Arc<dyn LogSink>) {
-        let _ = self.log_sink.set(sink);
-    }
-
-    fn log_sink(&self) -> Arc<dyn LogSink> {
-        match self.log_sink.get() {
-            Some(sink) => sink.clone(),
-            None => self.logs.clone(),
-        }
     }
 
     /// Runs guests in cells from now on (set once, at start, before any MEU).
@@ -589,6 +573,7 @@ impl Runtime {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(deployed.info.name.clone(), deployed.clone());
+        self.logs.open(&deployed.info.name);
         if let Some(cells) = self.cells.get() {
             cells.installed(&deployed.info);
         }
@@ -862,6 +847,17 @@ impl Runtime {
 
     /// Runs one MEU to completion under the limits `sandbox` gives its function.
     pub async fn execute(&self, meu: Meu, sandbox: &dyn Sandbox) -> Result<MeuOutcome, Error> {
+        self.execute_logging_to(meu, sandbox, None).await
+    }
+
+    /// [`Runtime::execute`], with the guest's stderr going to `log` instead of this runtime's
+    /// [`GuestLogs`] (a cell gives each run its own, to send back with its answer).
+    pub async fn execute_logging_to(
+        &self,
+        meu: Meu,
+        sandbox: &dyn Sandbox,
+        log: Option<Arc<dyn LogSink>>,
+    ) -> Result<MeuOutcome, Error> {
         let deployed = self
             .get(&meu.function)
             .ok_or_else(|| Error::FunctionNotFound(meu.function.clone()))?;
@@ -929,7 +925,7 @@ impl Runtime {
                 wasi.stderr(capture.clone());
                 Some(RecordOnDrop {
                     capture,
-                    sink: self.log_sink(),
+                    sink: log.unwrap_or_else(|| self.logs.clone()),
                     function: meu.function.clone(),
                     request_id: meu.request_id.clone(),
                 })

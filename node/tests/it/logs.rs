@@ -115,3 +115,58 @@ async fn a_functions_stderr_is_kept_on_the_node_and_read_from_a_cursor() {
     assert_eq!(r.status, 404);
     node.shutdown().await.unwrap();
 }
+
+/// Logs are read by those who deploy and inspect functions: a developer of the tenant (and
+/// admins), not its invokers, and another tenant's developer learns nothing of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_functions_logs_are_read_by_its_developers_not_its_invokers_or_other_tenants() {
+    use crate::auth::{new_token_for, with_token};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.auth = tern_node::config::AuthMode::Tokens;
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let admin = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
+    let admin = admin.trim().to_owned();
+    use_admin_token(addr, admin.clone());
+    for tenant in ["acme", "other"] {
+        let body = format!(r#"{{"name":"{tenant}"}}"#);
+        let r = with_token(addr, Method::POST, "/v1/tenants", Some(&admin), body).await;
+        assert_eq!(r.status, 201);
+    }
+    let (dev, _) = new_token_for(addr, &admin, "developer", "acme").await;
+    let (invoker, _) = new_token_for(addr, &admin, "invoker", "acme").await;
+    let (stranger, _) = new_token_for(addr, &admin, "developer", "other").await;
+    let r = with_token(
+        addr,
+        Method::PUT,
+        "/v1/functions/talk",
+        Some(&dev),
+        wasm("logger"),
+    )
+    .await;
+    assert_eq!(r.status, 201);
+    let r = with_token(
+        addr,
+        Method::POST,
+        "/v1/functions/talk/invoke",
+        Some(&invoker),
+        "secret",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let read = |token: String, path: &'static str| async move {
+        with_token(addr, Method::GET, path, Some(&token), bytes::Bytes::new()).await
+    };
+    let r = read(dev.clone(), "/v1/functions/talk/logs").await;
+    assert_eq!(texts(&page(&r)), ["log: secret"]);
+    let r = read(admin.clone(), "/v1/functions/acme.talk/logs").await;
+    assert_eq!(texts(&page(&r)), ["log: secret"]);
+    let r = read(invoker, "/v1/functions/talk/logs").await;
+    assert_eq!((r.status, code(&r).as_str()), (403, "forbidden"));
+    let r = read(stranger, "/v1/functions/acme.talk/logs").await;
+    assert_eq!((r.status, code(&r).as_str()), (404, "not_found"));
+    let r = read(dev, "/v1/functions/talk/logs?limit=0").await;
+    assert_eq!((r.status, code(&r).as_str()), (400, "invalid_request"));
+    node.shutdown().await.unwrap();
+}
