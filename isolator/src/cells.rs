@@ -721,6 +721,7 @@ impl Cells {
                             info.hash,
                             meu.input.to_vec(),
                             meu.items as u32,
+                            &meu.request_id,
                             log,
                         )
                         .await

@@ -343,6 +343,7 @@ async fn serve(args: CellArgs) -> i32 {
                 hash,
                 input,
                 items,
+                request_id,
             } => {
                 // Only the version the node asked for runs (two installs racing may have left
                 // another one here); the node installs it and asks again.
@@ -371,8 +372,11 @@ async fn serve(args: CellArgs) -> i32 {
                     if tx.send(FromCell::Started { id }).await.is_err() {
                         return;
                     }
-                    let meu =
-                        Meu::new(id.to_string(), function, Bytes::from(input), items as usize);
+                    let request_id = match request_id.is_empty() {
+                        true => id.to_string(),
+                        false => request_id,
+                    };
+                    let meu = Meu::new(request_id, function, Bytes::from(input), items as usize);
                     // This run's own stderr: it goes with the run (a cancelled run's with it).
                     let stderr = Arc::new(RunStderr::default());
                     let result = runtime

@@ -307,16 +307,19 @@ impl CellProcess {
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
-        self.run_logged(function, hash, input, items, None).await
+        self.run_logged(function, hash, input, items, "", None)
+            .await
     }
 
-    /// [`CellProcess::run`], with the guest's stderr recorded in `log` when the cell answers.
+    /// [`CellProcess::run`] of the node's request `request_id` (what the guest sees as
+    /// `TERN_REQUEST_ID`), with the guest's stderr recorded in `log` when the cell answers.
     pub async fn run_logged(
         &self,
         function: FunctionName,
         hash: tern_wire::ModuleHash,
         input: Vec<u8>,
         items: u32,
+        request_id: &str,
         log: Option<LogTo>,
     ) -> Result<Outcome, Error> {
         let not_started = |e: Error| match e {
@@ -342,6 +345,7 @@ impl CellProcess {
             hash,
             input,
             items,
+            request_id: request_id.to_owned(),
         };
         self.send(id, waiting, request).await.map_err(not_started)?;
         let mut cancel = CancelOnDrop {

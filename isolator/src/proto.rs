@@ -30,6 +30,9 @@ pub enum ToCell {
         hash: ModuleHash,
         input: Vec<u8>,
         items: u32,
+        /// The node's request id, which the guest sees as `TERN_REQUEST_ID` (empty: the
+        /// run's id).
+        request_id: String,
     },
     /// The caller went away: stop MEU `id`, waiting or running (no answer).
     Cancel { id: u64 },

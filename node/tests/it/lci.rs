@@ -595,11 +595,21 @@ async fn guest_stderr_in_a_cell_reaches_the_nodes_logs() {
         texts.iter().any(|t| t.contains("asked to panic")),
         "{texts:?}"
     );
-    // The node's request ids, not the cell's run numbers.
+    // The node's request ids, not the cell's run numbers, in the logs and for the guest.
     assert!(
         page.lines.iter().all(|l| l.request_id.len() > 8),
         "{:?}",
         page.lines
+    );
+    let r = deploy(addr, "sandbox-probe", "").await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = invoke(addr, "sandbox-probe", "").await;
+    assert_eq!(r.status, 200, "{}", body(&r));
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        seen["env"]["TERN_REQUEST_ID"].as_str(),
+        r.header("x-tern-request-id"),
+        "{seen}"
     );
     node.shutdown().await.unwrap();
 }
