@@ -19,6 +19,8 @@ use tern_tenancy::TenantName;
 use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
 use tokio::time::Instant;
 
+use tern_sync::poison::lock;
+
 use crate::artifacts::ArtifactView;
 use crate::error::Error;
 use crate::inside::CellArgs;
@@ -211,35 +213,17 @@ impl Cells {
     /// container's seccomp profile or an LSM may still refuse a namespace or a mount).
     pub async fn probe(&self) -> Result<(), Error> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let root = self.config.roots.join(".probe");
-        std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
-        let run_as = (!self.config.args.user_namespace).then_some(tern_cell::RunAs {
-            uid: CELL_USERS,
-            gid: CELL_USERS,
-        });
-        let view = ArtifactView::fresh(
-            &self.config.args.artifacts,
+        let (spec, _view) = self.cell_spec(
+            format!("{}probe-{generation}", self.prefix),
+            self.config.roots.join(".probe"),
             self.config
                 .roots
                 .join(".artifacts")
                 .join(format!(".probe-{generation}")),
-            &self.config.compatibility,
-            run_as.map(|r| r.gid),
-        )
-        .map_err(Error::Artifact)?;
-        let mut args = self.config.args.clone();
-        args.root = root;
-        args.artifacts = view.dir().to_owned();
-        args.run_as = run_as;
-        let spec = CellSpec {
-            name: format!("{}probe-{generation}", self.prefix),
-            program: self.config.program.clone(),
-            program_args: self.config.program_args.clone(),
-            args,
-            limits: CellLimits::default(),
-            max_in_flight: 1,
-            start_timeout: self.config.start_timeout,
-        };
+            0,
+            CellLimits::default(),
+            1,
+        )?;
         let process = CellProcess::start(&self.hierarchy, spec).await?;
         let answered = process.ping(self.config.start_timeout).await;
         process.kill();
@@ -375,11 +359,7 @@ impl Cells {
             let idle = cells.current.as_ref().is_some_and(|r| {
                 r.calls.load(Ordering::Acquire) == 0
                     && !r.process.has_ended()
-                    && r.last_used
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .elapsed()
-                        >= keep_warm
+                    && lock(&r.last_used).elapsed() >= keep_warm
             });
             if idle && let Some(running) = cells.current.take() {
                 running.process.kill();
@@ -595,34 +575,14 @@ impl Cells {
             )));
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        let root = self.config.roots.join(tenant.as_str());
-        std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
-        // A root node gives the tenant's cells an unprivileged user of their own; a node that
-        // is not root maps only itself into its cells' user namespace, so they stay its user.
-        let run_as = (!self.config.args.user_namespace).then(|| tern_cell::RunAs {
-            uid: CELL_USERS.saturating_add(cells.user),
-            gid: CELL_USERS,
-        });
-        let artifacts = ArtifactView::fresh(
-            &self.config.args.artifacts,
+        let (spec, artifacts) = self.cell_spec(
+            format!("{}{tenant}-{generation}", self.prefix),
+            self.config.roots.join(tenant.as_str()),
             self.artifact_view(tenant, generation),
-            &self.config.compatibility,
-            run_as.map(|r| r.gid),
-        )
-        .map_err(Error::Artifact)?;
-        let mut args = self.config.args.clone();
-        args.root = root;
-        args.artifacts = artifacts.dir().to_owned();
-        args.run_as = run_as;
-        let spec = CellSpec {
-            name: format!("{}{tenant}-{generation}", self.prefix),
-            program: self.config.program.clone(),
-            program_args: self.config.program_args.clone(),
-            args,
-            limits: cells.in_force(),
-            max_in_flight: self.config.max_in_flight,
-            start_timeout: self.config.start_timeout,
-        };
+            cells.user,
+            cells.in_force(),
+            self.config.max_in_flight,
+        )?;
         let spawned = Instant::now();
         let process = match CellProcess::start(&self.hierarchy, spec).await {
             Ok(p) => p,
@@ -655,6 +615,48 @@ impl Cells {
         Ok(InCall::new(running))
     }
 
+    /// How cell `name` is started: its root built in `root`, a fresh artifact view at `view`
+    /// (returned: it lives as long as the cell), user [`CELL_USERS`] + `user` where the node
+    /// is root, `limits`, at most `max_in_flight` runs waiting on it.
+    fn cell_spec(
+        &self,
+        name: String,
+        root: PathBuf,
+        view: PathBuf,
+        user: u32,
+        limits: CellLimits,
+        max_in_flight: usize,
+    ) -> Result<(CellSpec, ArtifactView), Error> {
+        std::fs::create_dir_all(&root).map_err(Error::Spawn)?;
+        // A root node gives each tenant's cells an unprivileged user of their own; a node that
+        // is not root maps only itself into its cells' user namespace, so they stay its user.
+        let run_as = (!self.config.args.user_namespace).then(|| tern_cell::RunAs {
+            uid: CELL_USERS.saturating_add(user),
+            gid: CELL_USERS,
+        });
+        let view = ArtifactView::fresh(
+            &self.config.args.artifacts,
+            view,
+            &self.config.compatibility,
+            run_as.map(|r| r.gid),
+        )
+        .map_err(Error::Artifact)?;
+        let mut args = self.config.args.clone();
+        args.root = root;
+        args.artifacts = view.dir().to_owned();
+        args.run_as = run_as;
+        let spec = CellSpec {
+            name,
+            program: self.config.program.clone(),
+            program_args: self.config.program_args.clone(),
+            args,
+            limits,
+            max_in_flight,
+            start_timeout: self.config.start_timeout,
+        };
+        Ok((spec, view))
+    }
+
     /// Where `tenant`'s cell of `generation` finds its artifacts: a directory of its own,
     /// removed when the cell is gone ([`ArtifactView`]'s drop), so no other cell's start or
     /// stop can touch it.
@@ -682,7 +684,7 @@ impl Cells {
     fn lock_tenants(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<TenantName, Arc<tokio::sync::Mutex<TenantCells>>>> {
-        self.tenants.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tenants)
     }
 
     async fn run_in_cell(
@@ -738,11 +740,7 @@ impl Cells {
                 Err(Error::Guest(api))
                     if attempts < 2 && api.code == tern_wire::ErrorCode::NotFound =>
                 {
-                    call.0
-                        .installed
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&info.name);
+                    lock(&call.0.installed).remove(&info.name);
                 }
                 other => break (call, other.map_err(fault)?),
             }
@@ -806,19 +804,14 @@ impl InCall {
 
 impl Drop for InCall {
     fn drop(&mut self) {
-        *self.0.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        *lock(&self.0.last_used) = Instant::now();
         self.0.calls.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// Installs `info` in the cell unless it has that version already.
 async fn install_if_missing(running: &Running, info: &FunctionInfo) -> Result<(), Error> {
-    let has = running
-        .installed
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&info.name)
-        == Some(&info.hash);
+    let has = lock(&running.installed).get(&info.name) == Some(&info.hash);
     if has {
         return Ok(());
     }
@@ -843,10 +836,6 @@ async fn install_if_missing(running: &Running, info: &FunctionInfo) -> Result<()
         }
     }
     installed
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Takes `hash` out of the cell's artifact view unless one of its functions uses it or is
@@ -903,7 +892,7 @@ impl CellRunner for Cells {
         tokio::spawn(async move {
             if let Some(running) = cells.current(&name.tenant()).await {
                 {
-                    let mut installed = running.installed.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut installed = lock(&running.installed);
                     if let Some(old) = installed.remove(&name) {
                         forget_unused(&running, &installed, old);
                     }

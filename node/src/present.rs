@@ -50,6 +50,11 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// The elements of a JSON array (none for anything else).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
@@ -60,10 +65,7 @@ fn text(v: &Value) -> String {
 
 /// `GET /v1/functions`.
 pub fn functions(list: &Value, now_ms: u64) -> String {
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(list)
         .iter()
         .map(|f| {
             vec![
@@ -100,10 +102,7 @@ pub fn tenants(list: &Value) -> String {
         None | Some(u64::MAX) | Some(4_294_967_295) => "-".to_owned(),
         Some(n) => show(n),
     };
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(list)
         .iter()
         .map(|t| {
             let q = &t["spec"]["quotas"];
@@ -134,10 +133,7 @@ pub fn tenants(list: &Value) -> String {
 
 /// `GET /v1/tokens`.
 pub fn tokens(list: &Value, now_ms: u64) -> String {
-    let rows: Vec<Vec<String>> = list
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(list)
         .iter()
         .map(|t| {
             vec![
@@ -202,10 +198,7 @@ pub fn status(view: &Value) -> String {
         text(&view["isolation"]),
         text(&view["functions"]),
     );
-    let members = view["members"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let members = items(&view["members"]);
     if members.is_empty() {
         out.push_str("not in a cluster\n");
         return out;

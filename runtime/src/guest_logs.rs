@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
+use tern_sync::poison::lock;
 use tern_wire::{FunctionName, LogLine, LogPage};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -56,7 +57,7 @@ impl StderrCapture {
     }
 
     fn append(&self, bytes: &[u8]) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         let room = self.cap.saturating_sub(s.buf.len()).min(bytes.len());
         s.buf.extend_from_slice(&bytes[..room]);
         s.cut = s.cut.saturating_add((bytes.len() - room) as u64);
@@ -64,7 +65,7 @@ impl StderrCapture {
 
     /// What was kept, and how many bytes were not.
     pub(crate) fn take(&self) -> (Bytes, u64) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = lock(&self.state);
         let cut = std::mem::take(&mut s.cut);
         (std::mem::take(&mut s.buf).freeze(), cut)
     }
@@ -192,7 +193,7 @@ impl GuestLogs {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionName, Ring>> {
-        self.rings.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.rings)
     }
 
     /// Gives `function` a ring (kept if it has one: a new version goes on with its lines).
