@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
         function: name,
         input: Bytes::from_static(b"hello"),
         map: false,
+        trace: tracing::Span::none(),
     };
 
     // Side by side in one run: how much of each linear memory stays resident between

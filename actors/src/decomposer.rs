@@ -76,6 +76,7 @@ async fn run_map(
         .map(|(i, chunk)| {
             let meu = Meu {
                 lease: Some(lease.clone()),
+                trace: inv.trace.clone(),
                 ..Meu::new(
                     format!("{}.{i}", inv.request_id),
                     inv.function.clone(),

@@ -20,6 +20,8 @@ pub struct Invocation {
     pub input: Bytes,
     /// Split a JSON array input into MEUs and join the results (`?map=1`).
     pub map: bool,
+    /// The invocation's root span when it is traced, else `Span::none()` (see [`Meu::trace`]).
+    pub trace: tracing::Span,
 }
 
 /// The one MEU of a plain (not `map`) invocation accepted at `accepted_at`, holding `lease`.
@@ -31,6 +33,7 @@ pub(crate) fn single_meu(inv: Invocation, accepted_at: Instant, lease: Lease) ->
         items: 1,
         accepted_at,
         lease: Some(lease),
+        trace: inv.trace,
     }
 }
 

@@ -75,13 +75,17 @@ impl Actor for SchedulerAgent {
                 .checked_div(deployed.metrics.t_exec.count())
                 .unwrap_or(0),
         };
-        let decision = match services.placement.decide(&meu_view, &nodes) {
+        let span = placement_span(&meu.trace, services.placement.name(), nodes.len());
+        let decision = match span.in_scope(|| services.placement.decide(&meu_view, &nodes)) {
             Ok(d) => d,
             Err(e) => {
+                span.record("otel.status_code", "ERROR");
                 let _ = reply.send(Err(e.into()));
                 return Ok(());
             }
         };
+        span.record("chosen", nodes[decision.node].name.as_str());
+        drop(span);
         let reply = if services.placement.observes() {
             observed_reply(services, &meu_view, nodes.clone(), decision, reply)
         } else {
@@ -109,6 +113,40 @@ impl Actor for SchedulerAgent {
 /// A reply channel that measures what becomes of `decision`: the answer goes on to `reply`
 /// first, then the placement observes it. If the chain drops the channel (an actor was
 /// restarting), `reply` is dropped with it and the caller re-submits, as without observing.
+/// The span of a placement decision among `candidates` nodes, a child of `parent` when the
+/// invocation is traced; `Span::none()` otherwise, at no cost.
+fn placement_span(parent: &tracing::Span, policy: &str, candidates: usize) -> tracing::Span {
+    if parent.is_disabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "tern::trace",
+        parent: parent,
+        "placement",
+        policy,
+        candidates,
+        chosen = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
+/// The span of one attempt to run an MEU on `peer`, as [`placement_span`].
+fn forward_span(parent: &tracing::Span, peer: &str, attempt: u32) -> tracing::Span {
+    if parent.is_disabled() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        target: "tern::trace",
+        parent: parent,
+        "forward",
+        otel.kind = "client",
+        peer,
+        attempt,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
 fn observed_reply(
     services: &Arc<Services>,
     meu: &MeuView<'_>,
@@ -271,7 +309,25 @@ pub async fn run_on_peers(
         };
         let node = failover.nodes()[chosen].name.clone();
         metrics.forwarded.fetch_add(1, Relaxed);
-        let failure = match remote.execute(&node, meu.clone(), info, attempt).await {
+        // Each attempt is a span of its own; the peer's spans are its children.
+        let span = forward_span(&meu.trace, node.as_str(), attempt);
+        let mut sent = meu.clone();
+        if !span.is_disabled() {
+            sent.trace = span.clone();
+        }
+        let answer = tracing::Instrument::instrument(
+            remote.execute(&node, sent, info, attempt),
+            span.clone(),
+        )
+        .await;
+        if let Err(RemoteFailure::Failed(e) | RemoteFailure::Lost(e) | RemoteFailure::Refused(e)) =
+            &answer
+        {
+            span.record("error", tracing::field::display(e));
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
+        let failure = match answer {
             Ok(outcome) => return Placed::Answered(Ok(outcome)),
             Err(RemoteFailure::Failed(e)) => return Placed::Answered(Err(e)),
             Err(RemoteFailure::Lost(e) | RemoteFailure::Refused(e)) => e,

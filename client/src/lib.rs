@@ -61,7 +61,7 @@ pub use config::{ClientConfig, Pem, parse_seed};
 pub use error::{ClientError, NodeFailure};
 pub use tern_wire::{
     ApiError, ErrorCode, FunctionInfo, FunctionName, InvocationId, InvocationRecord,
-    InvocationStatus,
+    InvocationStatus, TraceParent,
 };
 
 use transport::{AttemptError, Transport};
@@ -94,6 +94,10 @@ pub struct InvokeOptions {
     /// How long to wait for a synchronous result, on the node and here, instead of
     /// `request_timeout`. Ignored by `invoke_async_with`.
     pub timeout: Option<Duration>,
+    /// The span this call continues (W3C Trace Context): your own span's, or a new trace
+    /// from [`Client::start_trace`]. The node's spans of the invocation join that trace
+    /// when the node exports traces; `None` leaves it to the node's sampler.
+    pub trace: Option<TraceParent>,
 }
 
 /// The result of a synchronous invocation.
@@ -254,7 +258,7 @@ impl Client {
             memory_mb: options.memory_mb,
             max_instances: options.max_instances,
         };
-        match self.call(op, None, None).await? {
+        match self.call(op, None, None, None).await? {
             (ClientReply::Deployed(info), _) => Ok(info),
             (other, node) => Err(self.unexpected(node, &other)),
         }
@@ -288,7 +292,7 @@ impl Client {
             timeout_ms,
         };
         let timeout = options.timeout.map(|t| t + TIMEOUT_MARGIN);
-        match self.call(op, timeout, None).await? {
+        match self.call(op, timeout, None, options.trace).await? {
             (ClientReply::Output(r), _) => Ok(InvokeOutput {
                 output: Bytes::from(r.output),
                 node: r.node,
@@ -326,7 +330,7 @@ impl Client {
             map: options.map,
             idempotency_key: Some(self.key(options.idempotency_key)?),
         };
-        match self.call(op, None, None).await? {
+        match self.call(op, None, None, options.trace).await? {
             (ClientReply::Accepted { id, .. }, node) => {
                 if let Ok(mut routes) = self.inner.routes.lock() {
                     routes.insert(id.clone(), node);
@@ -347,7 +351,7 @@ impl Client {
             .ok()
             .and_then(|r| r.by_id.get(id).copied());
         let op = ClientOp::Result { id: id.clone() };
-        match self.call(op, None, prefer).await? {
+        match self.call(op, None, prefer, None).await? {
             (ClientReply::Invocation(record), _) => Ok(record),
             (other, node) => Err(self.unexpected(node, &other)),
         }
@@ -376,7 +380,7 @@ impl Client {
 
     /// The deployed functions.
     pub async fn list(&self) -> Result<Vec<FunctionInfo>, ClientError> {
-        match self.call(ClientOp::List, None, None).await? {
+        match self.call(ClientOp::List, None, None, None).await? {
             (ClientReply::Functions(list), _) => Ok(list),
             (other, node) => Err(self.unexpected(node, &other)),
         }
@@ -388,7 +392,7 @@ impl Client {
         let op = ClientOp::Remove {
             name: name.parse()?,
         };
-        match self.call(op, None, None).await? {
+        match self.call(op, None, None, None).await? {
             (ClientReply::Removed(info), _) => Ok(info),
             (other, node) => Err(self.unexpected(node, &other)),
         }
@@ -429,6 +433,34 @@ impl Client {
     }
 
     /// The caller's key, checked, or a fresh random one.
+    /// A new sampled trace to pass in [`InvokeOptions::trace`]: the nodes record the
+    /// invocation under its trace id (`TraceParent::trace_id`), whatever their sampling ratio.
+    pub fn start_trace(&self) -> TraceParent {
+        let mut bytes = [0u8; 24];
+        if !self.inner.transport.random(&mut bytes) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+            bytes[..16].copy_from_slice(&now.to_le_bytes());
+            bytes[16..20].copy_from_slice(&std::process::id().to_le_bytes());
+            bytes[20..].copy_from_slice(&(n as u32).to_le_bytes());
+        }
+        let mut trace_id = [0u8; 16];
+        let mut parent_id = [0u8; 8];
+        trace_id.copy_from_slice(&bytes[..16]);
+        parent_id.copy_from_slice(&bytes[16..]);
+        // All-zero ids are invalid; make sure neither is.
+        trace_id[15] |= 1;
+        parent_id[7] |= 1;
+        TraceParent {
+            trace_id,
+            parent_id,
+            flags: 1,
+        }
+    }
+
     fn key(&self, given: Option<String>) -> Result<String, ClientError> {
         if let Some(key) = given {
             tern_wire::check_idempotency_key(&key)?;
@@ -570,10 +602,12 @@ impl Client {
         op: ClientOp,
         timeout: Option<Duration>,
         prefer: Option<usize>,
+        trace: Option<TraceParent>,
     ) -> Result<(ClientReply, usize), ClientError> {
         let request = ClientRequest {
             token: self.inner.config.token.clone(),
             op,
+            trace,
         };
         let limit = tern_wire::codec::MAX_MESSAGE - HEADER_LEN;
         let payload = tern_wire::encode(&request, limit).map_err(|e| match e {

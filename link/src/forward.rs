@@ -30,6 +30,7 @@ pub fn remote_meu(meu: &Meu, info: &FunctionInfo, attempt: u32) -> RemoteMeu {
         input: meu.input.to_vec(),
         items: meu.items.min(u32::MAX as usize) as u32,
         attempt,
+        trace: tern_telemetry::traceparent(&meu.trace),
     }
 }
 

@@ -19,10 +19,10 @@ use crate::store::Store;
 use tern_link::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use tern_metrics::Metrics;
 use tern_runtime::Meu;
-use tern_wire::ModuleHash;
 use tern_wire::peer::{
     NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
 };
+use tern_wire::{ModuleHash, TraceParent};
 
 pub struct App {
     pub config: Config,
@@ -206,13 +206,26 @@ impl App {
         if meu.attempt > 1 {
             tracing::info!(request_id = %meu.request_id, attempt = meu.attempt, "running a re-placed MEU");
         }
-        let local = Meu::new(
-            meu.request_id,
-            meu.function,
-            Bytes::from(meu.input),
-            meu.items as usize,
+        let trace = crate::traces::peer_meu(
+            meu.trace.as_ref(),
+            &meu.function,
+            &meu.request_id,
+            meu.attempt,
         );
-        match self.pipeline.execute_for_peer(local, permit).await {
+        let local = Meu {
+            trace: trace.clone(),
+            ..Meu::new(
+                meu.request_id,
+                meu.function,
+                Bytes::from(meu.input),
+                meu.items as usize,
+            )
+        };
+        let result = self.pipeline.execute_for_peer(local, permit).await;
+        if let Err(e) = &result {
+            crate::traces::failed(&trace, e);
+        }
+        match result {
             Ok(o) => PeerResponse::Executed(RemoteOutcome {
                 output: o.output.to_vec(),
                 cold_start: o.cold_start,
@@ -563,9 +576,10 @@ impl App {
         function: FunctionName,
         input: Bytes,
         map: bool,
+        trace: Option<TraceParent>,
     ) -> Result<InvocationId, NodeError> {
         let permit = self.pipeline.admit()?;
-        self.accept_async_admitted(function, input, map, permit)
+        self.accept_async_admitted(function, input, map, permit, trace)
             .await
     }
 
@@ -577,6 +591,7 @@ impl App {
         input: Bytes,
         map: bool,
         permit: Permit,
+        trace: Option<TraceParent>,
     ) -> Result<InvocationId, NodeError> {
         let synced = self.pipeline.registry_synced();
         if self.services().runtime.get(&function).is_none() {
@@ -602,20 +617,33 @@ impl App {
         };
         self.store.flush().await?;
         let id = record.id.clone();
-        self.spawn_async(record, permit);
+        self.spawn_async(record, permit, trace);
         Ok(id)
     }
 
-    fn spawn_async(self: &Arc<Self>, record: InvocationRecord, permit: Permit) {
+    /// Runs an accepted async invocation in the background; `trace` is the span of the
+    /// request that accepted it, when that was traced (none for a replay after a restart).
+    fn spawn_async(
+        self: &Arc<Self>,
+        record: InvocationRecord,
+        permit: Permit,
+        trace: Option<TraceParent>,
+    ) {
         let task = BackgroundTask::new(&self.background);
         let app = self.clone();
+        let span = crate::traces::async_run(trace.as_ref(), &record.function, record.id.as_str());
         tokio::spawn(async move {
-            app.run_async(record, permit).await;
+            app.run_async(record, permit, span).await;
             drop(task);
         });
     }
 
-    async fn run_async(self: Arc<Self>, mut record: InvocationRecord, permit: Permit) {
+    async fn run_async(
+        self: Arc<Self>,
+        mut record: InvocationRecord,
+        permit: Permit,
+        trace: tracing::Span,
+    ) {
         record.attempts += 1;
         if let Err(e) = self.store.put_invocation(&record) {
             tracing::warn!(id = %record.id, error = %e, "cannot record attempt");
@@ -625,9 +653,11 @@ impl App {
             function: record.function.clone(),
             input: Bytes::from(std::mem::take(&mut record.input)),
             map: record.map,
+            trace: trace.clone(),
         };
         let input = inv.input.clone();
         let result = self.pipeline.invoke_admitted(inv, permit).await;
+        crate::traces::outcome(&trace, &result);
         record.finished_at_ms = Some(now_ms());
         let _room = tern_sync::poison::lock(&self.journal_room);
         match result {
@@ -963,7 +993,7 @@ impl App {
                 self.store.put_invocation(&record)?;
                 continue;
             }
-            self.spawn_async(record, permit);
+            self.spawn_async(record, permit, None);
             replayed += 1;
         }
         Ok(replayed)

@@ -39,7 +39,7 @@ use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
     ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
-    FunctionName, InvokeReply, encode_frame,
+    FunctionName, InvokeReply, TraceParent, encode_frame,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -51,6 +51,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::{ClientApiError, NodeError};
 use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
 use crate::service;
+use crate::traces;
 use tern_tenancy::{Action, Actor};
 
 /// Requests a connection may have open at once (QUIC stream limit).
@@ -645,7 +646,7 @@ async fn handle(ctx: &Arc<Ctx>, caller: &Caller, bytes: &[u8]) -> ClientResponse
         return ClientResponse::Err(e);
     }
     let kind = request.op.kind();
-    match dispatch(ctx, caller, request.op).await {
+    match dispatch(ctx, caller, request.op, request.trace).await {
         Ok(reply) => ClientResponse::Ok(reply),
         Err(e) => {
             tracing::debug!(op = kind, error = %e, "client API request failed");
@@ -665,7 +666,12 @@ fn check_key(key: Option<&str>) -> Result<(), ApiError> {
     }
 }
 
-async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<ClientReply, ApiError> {
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    op: ClientOp,
+    parent: Option<TraceParent>,
+) -> Result<ClientReply, ApiError> {
     let app = &ctx.app;
     let node_err = |e: NodeError| e.to_api();
     match op {
@@ -707,9 +713,18 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
             let name = service::Invoke::admit(app, caller, name.as_str())
                 .and_then(|call| call.with_input(app, &input))
                 .map_err(node_err)?;
-            invoke(ctx, name, Bytes::from(input), map, idempotency_key, wait)
-                .await
-                .map(ClientReply::Output)
+            let trace = traces::invoke("client", parent.as_ref(), &name, "sync");
+            let call = Call {
+                function: name,
+                input: Bytes::from(input),
+                map,
+                trace: trace.clone(),
+            };
+            let reply = invoke(ctx, call, idempotency_key, wait).await;
+            if let Err(e) = &reply {
+                traces::failed(&trace, &e.message);
+            }
+            reply.map(ClientReply::Output)
         }
         ClientOp::InvokeAsync {
             name,
@@ -722,11 +737,18 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
                 .and_then(|call| call.with_input(app, &input))
                 .map_err(node_err)?;
             let input = Bytes::from(input);
+            let trace = traces::invoke("client", parent.as_ref(), &name, "async");
+            let under = tern_telemetry::traceparent(&trace);
             let id = match idempotency_key {
-                Some(key) => ctx.async_keys.accept(app, &key, name, input, map).await,
-                None => app.accept_async(name, input, map).await,
+                Some(key) => {
+                    ctx.async_keys
+                        .accept(app, &key, name, input, map, under)
+                        .await
+                }
+                None => app.accept_async(name, input, map, under).await,
             }
             .map_err(node_err)?;
+            trace.record("request_id", id.as_str());
             Ok(ClientReply::Accepted {
                 id,
                 node: app.config.node_name.clone(),
@@ -745,25 +767,32 @@ async fn dispatch(ctx: &Arc<Ctx>, caller: &Caller, op: ClientOp) -> Result<Clien
     }
 }
 
-/// Runs one invocation through the pipeline (what `POST /v1/functions/{name}/invoke` does).
-async fn run(
-    app: &Arc<App>,
+/// One synchronous invocation through the client API.
+struct Call {
     function: FunctionName,
     input: Bytes,
     map: bool,
-) -> Result<InvokeReply, ApiError> {
+    /// Its root span (`Span::none()` when not traced).
+    trace: tracing::Span,
+}
+
+/// Runs one invocation through the pipeline (what `POST /v1/functions/{name}/invoke` does).
+async fn run(app: &Arc<App>, call: Call) -> Result<InvokeReply, ApiError> {
     let started = Instant::now();
     let request_id = app.ids.next();
-    let outcome = app
+    call.trace.record("request_id", request_id.as_str());
+    let result = app
         .pipeline
         .invoke(Invocation {
             request_id: request_id.as_str().into(),
-            function,
-            input,
-            map,
+            function: call.function,
+            input: call.input,
+            map: call.map,
+            trace: call.trace.clone(),
         })
-        .await
-        .map_err(|e| e.to_api())?;
+        .await;
+    traces::outcome(&call.trace, &result);
+    let outcome = result.map_err(|e| e.to_api())?;
     Ok(InvokeReply {
         output: outcome.output.to_vec(),
         node: outcome.node.to_string(),
@@ -795,17 +824,15 @@ where
 
 async fn invoke(
     ctx: &Arc<Ctx>,
-    function: FunctionName,
-    input: Bytes,
-    map: bool,
+    call: Call,
     key: Option<String>,
     wait: Option<Duration>,
 ) -> Result<InvokeReply, ApiError> {
     let app = ctx.app.clone();
     let Some(key) = key else {
-        return within(wait, run(&app, function, input, map)).await;
+        return within(wait, run(&app, call)).await;
     };
-    match ctx.sync_cache.begin(&function, &key) {
+    match ctx.sync_cache.begin(&call.function, &key) {
         Begin::Done(result) => {
             let mut reply = result.as_ref().clone()?;
             reply.replayed = true;
@@ -826,12 +853,12 @@ async fn invoke(
             // Its own task, so the invocation finishes (and is remembered for retries) even if
             // this caller goes away.
             tokio::spawn(async move {
-                let result = run(&app, function, input, map).await;
+                let result = run(&app, call).await;
                 guard.finish(result);
             });
             within(wait, idempotency::wait(rx)).await
         }
-        Begin::Uncached => within(wait, run(&app, function, input, map)).await,
+        Begin::Uncached => within(wait, run(&app, call)).await,
     }
 }
 

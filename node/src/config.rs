@@ -171,6 +171,13 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// Each function's guest stderr lines kept on this node, bytes (0: discarded).
     pub guest_log_bytes: usize,
+    /// Base URL of an OTLP/HTTP receiver (`http://collector:4318`; `/v1/traces` is appended)
+    /// that invocation traces are sent to. Unset: the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` if set, else no export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of new invocations traced (0 to 1); a caller's sampled `traceparent` is always
+    /// followed. Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.
+    pub trace_sample_ratio: Option<f64>,
     /// Guests running at once (pooling allocator slots); more wait for a slot.
     pub max_instances: u32,
     /// MiB that running guests may claim together (each its function's `memory_mb`); more
@@ -309,6 +316,8 @@ const MAX_ONLINE_BATCH: usize = 1 << 16;
 /// Keys whose default is "unset", so they are absent from the defaults table but may still be
 /// set from the environment.
 const OPTIONAL_KEYS: &[&str] = &[
+    "otlp_endpoint",
+    "trace_sample_ratio",
     "cluster_dir",
     "client_listen",
     "policy_checkpoint",
@@ -332,6 +341,8 @@ impl Default for Config {
             max_memory_mb: 512,
             max_output_bytes: 16 << 20,
             guest_log_bytes: 16 << 10,
+            otlp_endpoint: None,
+            trace_sample_ratio: None,
             max_instances: 1000,
             memory_budget_mb: 0,
             tenant_memory_percent: 25,
@@ -444,6 +455,21 @@ impl Config {
         Ok((claimed > budget_mb).then(|| budget_mb / u64::from(self.max_memory_mb)))
     }
 
+    /// Where and how much to export traces: this config's `otlp_endpoint` and
+    /// `trace_sample_ratio` over the standard `OTEL_*` variables in `env`; `None`: off.
+    pub fn trace_export(
+        &self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Option<tern_telemetry::ExportSettings>, ConfigError> {
+        tern_telemetry::ExportSettings::resolve(
+            self.otlp_endpoint.as_deref(),
+            self.trace_sample_ratio,
+            &self.node_name,
+            env,
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.queue_cap == 0 {
@@ -498,6 +524,15 @@ impl Config {
         if self.node_name.is_empty() {
             return bad("node_name must not be empty");
         }
+        if self
+            .trace_sample_ratio
+            .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        {
+            return bad("trace_sample_ratio must be between 0 and 1");
+        }
+        // The trace export settings the node can check alone (the `OTEL_*` variables are
+        // checked when export starts).
+        self.trace_export(&std::collections::HashMap::new())?;
         if !["warm-affinity", "local-first", "learned"].contains(&self.placement.as_str()) {
             return bad("placement must be warm-affinity, local-first or learned");
         }
@@ -791,6 +826,32 @@ mod tests {
         );
         let c = Config::load(None, vec![listen, dir]).unwrap();
         assert_eq!(c.client_listen, Some("127.0.0.1:7901".parse().unwrap()));
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_set_by_endpoint_and_ratio() {
+        let none = std::collections::HashMap::new();
+        assert_eq!(Config::default().trace_export(&none).unwrap(), None);
+        let c = Config::load(
+            None,
+            vec![
+                (
+                    "TERN_OTLP_ENDPOINT".to_string(),
+                    "http://collector:4318".to_string(),
+                ),
+                ("TERN_TRACE_SAMPLE_RATIO".to_string(), "0.01".to_string()),
+            ],
+        )
+        .unwrap();
+        let export = c.trace_export(&none).unwrap().unwrap();
+        assert_eq!(
+            export.endpoint.as_deref(),
+            Some("http://collector:4318/v1/traces")
+        );
+        assert_eq!(export.ratio, 0.01);
+        let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert!(Config::load(None, env("TERN_TRACE_SAMPLE_RATIO", "2")).is_err());
+        assert!(Config::load(None, env("TERN_OTLP_ENDPOINT", "https://c:4318")).is_err());
     }
 
     #[test]

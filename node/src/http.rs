@@ -22,7 +22,9 @@ use serde::Serialize;
 use tern_actors::{ActorKind, Invocation};
 use tern_tenancy::{Action, TenantName, TenantSpec};
 use tern_wire::peer::TenancyRecords;
-use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId};
+use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, TraceParent};
+
+use crate::traces;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
@@ -607,20 +609,48 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<InvocationId>().ok())
         .unwrap_or_else(|| app.ids.next());
+    // W3C Trace Context; a malformed header is ignored, as the specification asks.
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TraceParent::parse(v).ok());
+    let mode = if asynchronous { "async" } else { "sync" };
+    let trace = traces::invoke("http", parent.as_ref(), call.name(), mode);
+    trace.record("request_id", request_id.as_str());
+    let result = invoke_traced(app, call, request_id, map, asynchronous, req, &trace).await;
+    if let Err(e) = &result {
+        traces::failed(&trace, e);
+    }
+    result
+}
+
+async fn invoke_traced(
+    app: &Arc<App>,
+    call: service::Invoke,
+    request_id: InvocationId,
+    map: bool,
+    asynchronous: bool,
+    req: Request<Incoming>,
+    trace: &tracing::Span,
+) -> Result<Response<Body>, NodeError> {
     // Admitted before the body is read: a full node refuses at once instead of taking in
     // megabytes it would then refuse.
-    let permit = app.pipeline.admit()?;
+    let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
     let input = read_body(app, req, app.config.max_body_bytes).await?;
     let name = call.with_input(app, &input)?;
     if asynchronous {
-        let id = app.accept_async_admitted(name, input, map, permit).await?;
+        let under = tern_telemetry::traceparent(trace);
+        let id = app
+            .accept_async_admitted(name, input, map, permit, under)
+            .await?;
         let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
         if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
             resp.headers_mut().insert(LOCATION, v);
         }
         return Ok(resp);
     }
-    let outcome = app
+    let result = app
         .pipeline
         .invoke_admitted(
             Invocation {
@@ -628,10 +658,13 @@ async fn invoke(
                 function: name,
                 input,
                 map,
+                trace: trace.clone(),
             },
             permit,
         )
-        .await?;
+        .await;
+    traces::outcome(trace, &result);
+    let outcome = result?;
     let mut resp = Response::new(Full::new(outcome.output));
     let h = resp.headers_mut();
     h.insert(
@@ -696,6 +729,35 @@ fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<
     ))
 }
 
+/// The trace exporter's counters (zero while export is off).
+fn trace_export_metrics(stats: &tern_telemetry::ExportStats) -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    for (name, help, value) in [
+        (
+            "tern_trace_spans_exported_total",
+            "Trace spans accepted by the OTLP receiver.",
+            &stats.exported,
+        ),
+        (
+            "tern_trace_spans_dropped_total",
+            "Trace spans dropped because the export queue was full.",
+            &stats.dropped,
+        ),
+        (
+            "tern_trace_spans_failed_total",
+            "Trace spans sent but not accepted (receiver down, refused, timed out).",
+            &stats.failed,
+        ),
+    ] {
+        out += &format!(
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
+            value.load(Relaxed)
+        );
+    }
+    out
+}
+
 async fn metrics(app: &Arc<App>) -> Response<Body> {
     app.publish_store_gauges();
     let services = app.services();
@@ -734,7 +796,8 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
                 .cell_quotas
                 .get()
                 .map(|q| q.render_metrics())
-                .unwrap_or_default();
+                .unwrap_or_default()
+            + &trace_export_metrics(tern_telemetry::export::stats());
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

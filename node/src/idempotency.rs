@@ -84,6 +84,7 @@ impl AsyncKeys {
         function: FunctionName,
         input: Bytes,
         map: bool,
+        trace: Option<tern_wire::TraceParent>,
     ) -> Result<InvocationId, NodeError> {
         let key = scoped(&function, key);
         let stripe = self.hasher.hash_one(&key) as usize % STRIPES;
@@ -91,7 +92,7 @@ impl AsyncKeys {
         if let Some(entry) = self.get(&key)? {
             return Ok(entry.id);
         }
-        let id = app.accept_async(function, input, map).await?;
+        let id = app.accept_async(function, input, map, trace).await?;
         let entry = AsyncEntry {
             id: id.clone(),
             created_ms: now_ms(),

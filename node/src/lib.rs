@@ -21,6 +21,7 @@ pub mod sockets;
 pub use tern_sync::self_wake;
 pub mod store;
 pub mod tenants;
+pub mod traces;
 
 pub use config::Config;
 pub use error::NodeError;

@@ -625,19 +625,43 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Sets the process's subscriber: log lines on stderr as `filter` and `format` say (never
+/// the exported trace spans), and the trace exporter's layer when export is on.
+fn init_logging(filter: &str, format: LogFormat, export: Option<&tern_telemetry::Export>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_default()
+        .add_directive(
+            format!("{}=off", tern_telemetry::TARGET)
+                .parse()
+                .expect("a static directive"),
+        );
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(export.map(|e| e.layer()))
+        .init();
+}
+
 async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => subscriber.init(),
-        LogFormat::Json => subscriber.json().init(),
-    }
-    let output = cli.output;
     // Thousands of concurrent connections need thousands of descriptors.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    let nofile = rlimit::increase_nofile_limit(u64::MAX);
+    let warn_nofile = || {
+        if let Err(e) = &nofile {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        }
+    };
+    let output = cli.output;
+    // `up` sets up logging once its configuration (which may turn trace export on) is read.
+    if !matches!(cli.command, Command::Up { .. }) {
+        init_logging(&cli.log, cli.log_format, None);
+        warn_nofile();
     }
     match cli.command {
         Command::Up {
@@ -681,6 +705,13 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 cfg.client_listen = client_listen;
             }
             cfg.validate()?;
+            let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+            let export = match cfg.trace_export(&env)? {
+                Some(settings) => Some(tern_telemetry::Export::install(&settings)?),
+                None => None,
+            };
+            init_logging(&cli.log, cli.log_format, export.as_ref());
+            warn_nofile();
             let token_file = (cfg.auth == tern_node::config::AuthMode::Tokens)
                 .then(|| cfg.data_dir.join(tern_node::auth::ADMIN_TOKEN_FILE));
             let node = tern_node::start_with(cfg, inherited).await?;
@@ -695,6 +726,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             shutdown_signal().await;
             eprintln!("shutting down");
             node.shutdown().await?;
+            if let Some(export) = export
+                && let Err(e) = export.shutdown(Duration::from_secs(5))
+            {
+                eprintln!("warning: traces not all sent: {e}");
+            }
             Ok(())
         }
         Command::Deploy {

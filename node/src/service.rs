@@ -106,6 +106,11 @@ impl Invoke {
         Ok(Self { name })
     }
 
+    /// The function the call resolved to.
+    pub fn name(&self) -> &FunctionName {
+        &self.name
+    }
+
     /// The function to run, once the input fits the node's `max_body_bytes`.
     pub fn with_input(self, app: &App, input: &[u8]) -> Result<FunctionName, NodeError> {
         let limit = app.config.max_body_bytes;

@@ -196,6 +196,9 @@ pub struct Meu {
     pub accepted_at: Instant,
     /// Held until the guest ends (see [`Lease`]).
     pub lease: Option<Lease>,
+    /// The span this unit's spans are children of when its invocation is traced (exported
+    /// spans have target `tern::trace`); `Span::none()` otherwise, and then no span is made.
+    pub trace: tracing::Span,
 }
 
 impl Meu {
@@ -214,6 +217,7 @@ impl Meu {
             // tokio's clock: the real one in a node, the paused one in tests that pause it.
             accepted_at: tokio::time::Instant::now().into_std(),
             lease: None,
+            trace: tracing::Span::none(),
         }
     }
 }
@@ -853,6 +857,51 @@ impl Runtime {
     /// [`Runtime::execute`], with the guest's stderr going to `log` instead of this runtime's
     /// [`GuestLogs`] (a cell gives each run its own, to send back with its answer).
     pub async fn execute_logging_to(
+        &self,
+        meu: Meu,
+        sandbox: &dyn Sandbox,
+        log: Option<Arc<dyn LogSink>>,
+    ) -> Result<MeuOutcome, Error> {
+        if meu.trace.is_disabled() {
+            return self.run_meu(meu, sandbox, log).await;
+        }
+        // The guest's span: in a cell the guest runs in another process, which exports
+        // nothing (it has no network), so the span covers the round trip and is named `cell`.
+        let span = tracing::info_span!(
+            target: "tern::trace",
+            parent: &meu.trace,
+            "guest",
+            otel.name = if self.cells.get().is_some() { "cell" } else { "guest" },
+            function = %meu.function,
+            items = meu.items,
+            cold_start = tracing::field::Empty,
+            load_us = tracing::field::Empty,
+            reuse_us = tracing::field::Empty,
+            inst_us = tracing::field::Empty,
+            exec_us = tracing::field::Empty,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result =
+            tracing::Instrument::instrument(self.run_meu(meu, sandbox, log), span.clone()).await;
+        match &result {
+            Ok(o) => {
+                let t = &o.timings;
+                span.record("cold_start", o.cold_start);
+                span.record("load_us", t.load_us);
+                span.record("reuse_us", t.reuse_us);
+                span.record("inst_us", t.inst_us);
+                span.record("exec_us", t.exec_us);
+            }
+            Err(e) => {
+                span.record("error", tracing::field::display(e));
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        result
+    }
+
+    async fn run_meu(
         &self,
         meu: Meu,
         sandbox: &dyn Sandbox,

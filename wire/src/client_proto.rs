@@ -17,7 +17,7 @@ use crate::api::{ApiError, FunctionInfo, FunctionRef, InvocationId, InvocationRe
 /// ALPN protocol id of the client API; a peer speaking anything else fails the handshake.
 // Its number is `PROTOCOL_VERSION` (a test holds them together): a client and a node whose
 // messages would not decode at each other fail the handshake instead.
-pub const CLIENT_ALPN: &[u8] = b"tern-client/5";
+pub const CLIENT_ALPN: &[u8] = b"tern-client/6";
 
 /// Bytes a request or response frame may carry beyond its payload bytes (module, input or
 /// output): names, keys, the token, the frame header and bincode length prefixes.
@@ -37,6 +37,9 @@ pub struct ClientRequest {
     /// node can authenticate a request on its leading bytes.
     pub token: Option<String>,
     pub op: ClientOp,
+    /// The caller's span, continued by the node's (W3C Trace Context); `None` starts a trace
+    /// at the node if its sampler says so.
+    pub trace: Option<crate::TraceParent>,
 }
 
 /// The operations of the client API. They map one to one onto the HTTP API. Names are as the
@@ -231,6 +234,11 @@ mod tests {
         .map(|(i, op)| ClientRequest {
             token: (i % 2 == 0).then(|| "tenant-token".to_owned()),
             op,
+            trace: (i % 3 == 0).then_some(crate::TraceParent {
+                trace_id: [7; 16],
+                parent_id: [9; 8],
+                flags: 1,
+            }),
         })
         .collect()
     }
@@ -307,6 +315,7 @@ mod tests {
         struct Raw {
             token: Option<String>,
             op: RawOp,
+            trace: Option<crate::TraceParent>,
         }
         let ok = encode(
             &Raw {
@@ -314,6 +323,7 @@ mod tests {
                 op: RawOp::Remove {
                     name: "echo".into(),
                 },
+                trace: None,
             },
             LIMIT,
         )
@@ -324,6 +334,7 @@ mod tests {
                 &Raw {
                     token: None,
                     op: RawOp::Remove { name: bad.into() },
+                    trace: None,
                 },
                 LIMIT,
             )

@@ -10,6 +10,7 @@ pub mod client_proto;
 pub mod codec;
 pub mod frame;
 pub mod peer;
+pub mod trace;
 
 pub use api::{
     ApiError, ErrorCode, FunctionInfo, FunctionName, FunctionRef, InvocationId, InvocationRecord,
@@ -22,12 +23,13 @@ pub use client_proto::{
 pub use codec::{decode, encode};
 pub use frame::{FrameDecoder, encode_frame};
 pub use peer::{NodeClass, Timings};
+pub use trace::TraceParent;
 
 /// Version of the wire protocol spoken between Tern processes. Bumped on any incompatible change
 /// to a type in this crate that is persisted or sent between nodes. The mesh and client-API
 /// handshakes carry it in their ALPN ids (`tern-mesh/N`, [`CLIENT_ALPN`]), so processes of
 /// different versions refuse each other at connect time.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// Everything that can go wrong turning bytes into Tern types, or back.
 #[derive(Debug, thiserror::Error)]

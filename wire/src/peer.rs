@@ -142,6 +142,9 @@ pub struct RemoteMeu {
     pub items: u32,
     /// 1 for the first try, then counts reruns after a lost node.
     pub attempt: u32,
+    /// The sender's forwarding span, when the invocation is traced: the receiver's spans join
+    /// the sender's trace.
+    pub trace: Option<crate::TraceParent>,
 }
 
 /// What running a [`RemoteMeu`] produced.
@@ -304,6 +307,11 @@ mod tests {
                 input: b"hi".to_vec(),
                 items: 1,
                 attempt: 1,
+                trace: Some(crate::TraceParent {
+                    trace_id: [5; 16],
+                    parent_id: [6; 8],
+                    flags: 1,
+                }),
             }),
         ];
         for m in &msgs {

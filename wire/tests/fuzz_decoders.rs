@@ -252,6 +252,7 @@ fn length_sites() -> Vec<LengthSite> {
     let request = |token: Option<&str>, op| tern_wire::ClientRequest {
         token: token.map(str::to_owned),
         op,
+        trace: None,
     };
     let echo: FunctionName = "echo".parse().unwrap();
     vec![

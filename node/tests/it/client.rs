@@ -211,6 +211,7 @@ async fn tokens_authenticate_and_node_certificates_do_not() {
         &ClientRequest {
             token: Some("s3cre".into()),
             op,
+            trace: None,
         },
         8 << 20,
     )
@@ -226,6 +227,7 @@ async fn tokens_authenticate_and_node_certificates_do_not() {
         &ClientRequest {
             token: Some("t".repeat(4096)),
             op: ClientOp::List,
+            trace: None,
         },
         1 << 20,
     )
@@ -429,7 +431,17 @@ async fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
         }
     };
     let limit = 1 << 20;
-    let request = |op: ClientOp| encode(&ClientRequest { token: None, op }, limit).unwrap();
+    let request = |op: ClientOp| {
+        encode(
+            &ClientRequest {
+                token: None,
+                op,
+                trace: None,
+            },
+            limit,
+        )
+        .unwrap()
+    };
 
     // Not bincode of a request.
     let e = answer(encode_frame(b"\xff\xfe\xfd garbage", limit).unwrap()).await;
@@ -469,7 +481,15 @@ async fn hostile_frames_get_typed_errors_and_the_node_keeps_serving() {
         idempotency_key: None,
         timeout_ms: None,
     };
-    let big = encode(&ClientRequest { token: None, op }, 8 << 20).unwrap();
+    let big = encode(
+        &ClientRequest {
+            token: None,
+            op,
+            trace: None,
+        },
+        8 << 20,
+    )
+    .unwrap();
     let e = answer(encode_frame(&big, 8 << 20).unwrap()).await;
     assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{e}");
 

@@ -18,7 +18,7 @@ use crate::cluster::{MeshSockets, NAMES, eventually, init_pki, name_owned_by};
 use crate::support::*;
 
 /// A `tern up` child process, killed when dropped (also when a test panics).
-struct Proc {
+pub(crate) struct Proc {
     child: Child,
     http: SocketAddr,
 }
@@ -33,13 +33,13 @@ impl Drop for Proc {
 /// The HTTP listeners and mesh sockets of the three nodes, bound once by the test and passed
 /// to every `tern up` (a restarted one too) by socket activation, so no other process can
 /// take a port between the test choosing it and the node using it.
-struct Listeners {
+pub(crate) struct Listeners {
     http: Vec<std::net::TcpListener>,
     mesh: MeshSockets,
 }
 
 impl Listeners {
-    fn bind() -> Self {
+    pub(crate) fn bind() -> Self {
         Self {
             http: (0..3)
                 .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -48,14 +48,14 @@ impl Listeners {
         }
     }
 
-    fn http_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn http_addrs(&self) -> Vec<SocketAddr> {
         self.http.iter().map(|l| l.local_addr().unwrap()).collect()
     }
 }
 
 /// Where node `i` gets its sockets.
 #[derive(Clone, Copy)]
-enum Listen<'a> {
+pub(crate) enum Listen<'a> {
     /// Inherited from the test (`LISTEN_FDS`, named `http` and `mesh`).
     Inherited(&'a Listeners),
     /// Bound by the node on these addresses (HTTP, mesh): each node in a network namespace
@@ -87,11 +87,18 @@ fn log_path(root: &Path, i: usize) -> PathBuf {
 }
 
 async fn spawn_node(root: &Path, i: usize, listeners: &Listeners) -> Proc {
-    spawn_node_in(None, root, i, Listen::Inherited(listeners)).await
+    spawn_node_in(None, root, i, Listen::Inherited(listeners), &[]).await
 }
 
-/// Starts node `i`, inside network namespace `netns` if given.
-async fn spawn_node_in(netns: Option<&str>, root: &Path, i: usize, listen: Listen<'_>) -> Proc {
+/// Starts node `i`, inside network namespace `netns` if given, with `env` added to its
+/// environment.
+pub(crate) async fn spawn_node_in(
+    netns: Option<&str>,
+    root: &Path,
+    i: usize,
+    listen: Listen<'_>,
+    env: &[(&str, &str)],
+) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -146,6 +153,7 @@ async fn spawn_node_in(netns: Option<&str>, root: &Path, i: usize, listen: Liste
     for j in (0..3).filter(|&j| j != i) {
         cmd.arg("--peer").arg(format!("{}={}", NAMES[j], mesh[j]));
     }
+    cmd.envs(env.iter().copied());
     let child = cmd
         .env("TERN_EXAMPLES", "[]")
         .env("RUST_LOG", "info")
@@ -197,7 +205,7 @@ async fn member(addr: SocketAddr, peer: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-async fn member_state(addr: SocketAddr, peer: &str) -> String {
+pub(crate) async fn member_state(addr: SocketAddr, peer: &str) -> String {
     member(addr, peer).await["state"]
         .as_str()
         .unwrap_or("")
@@ -241,7 +249,7 @@ async fn load(entry: SocketAddr, f: String, stop: Arc<AtomicBool>) -> (u64, Vec<
 
 /// Deploys an echo function owned by b through `a`, and waits until `a` and `c` forward it
 /// to b.
-async fn deploy_owned_by_b(a: SocketAddr, c: SocketAddr) -> String {
+pub(crate) async fn deploy_owned_by_b(a: SocketAddr, c: SocketAddr) -> String {
     let f = name_owned_by("b");
     let r = put_when_synced(a, &format!("/v1/functions/{f}"), wasm("echo")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
@@ -626,7 +634,7 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
             http: &http,
             mesh: &mesh,
         };
-        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, listen).await);
+        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, listen, &[]).await);
     }
     let all_up = |i: usize| {
         let addr = http[i];

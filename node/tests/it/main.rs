@@ -20,3 +20,4 @@ mod supervision;
 mod support;
 mod tenants;
 mod timing;
+mod traces;

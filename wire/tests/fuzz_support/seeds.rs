@@ -137,6 +137,11 @@ fn meu(input: Vec<u8>) -> RemoteMeu {
         input,
         items: 1,
         attempt: 2,
+        trace: Some(tern_wire::TraceParent {
+            trace_id: [0xab; 16],
+            parent_id: [0xcd; 8],
+            flags: 1,
+        }),
     }
 }
 
@@ -313,7 +318,12 @@ pub fn client_requests() -> Vec<(&'static str, ClientRequest)> {
                 1 => Some("tenant-token".to_owned()),
                 _ => Some("t\u{e9}\u{1f980}\"\\\n".to_owned()),
             };
-            (label, ClientRequest { token, op })
+            let trace = (i % 2 == 1).then_some(tern_wire::TraceParent {
+                trace_id: [0x4b; 16],
+                parent_id: [0x0f; 8],
+                flags: 1,
+            });
+            (label, ClientRequest { token, op, trace })
         })
         .collect()
 }

@@ -192,15 +192,17 @@ pub fn remote_meu() -> impl Strategy<Value = RemoteMeu> {
         payload(),
         num32(),
         num32(),
+        proptest::option::of(trace_parent()),
     )
         .prop_map(
-            |(request_id, function, hash, input, items, attempt)| RemoteMeu {
+            |(request_id, function, hash, input, items, attempt, trace)| RemoteMeu {
                 request_id,
                 function,
                 hash,
                 input,
                 items,
                 attempt,
+                trace,
             },
         )
 }
@@ -390,7 +392,22 @@ pub fn client_op() -> impl Strategy<Value = ClientOp> {
 }
 
 pub fn client_request() -> impl Strategy<Value = ClientRequest> {
-    (proptest::option::of(text()), client_op()).prop_map(|(token, op)| ClientRequest { token, op })
+    (
+        proptest::option::of(text()),
+        client_op(),
+        proptest::option::of(trace_parent()),
+    )
+        .prop_map(|(token, op, trace)| ClientRequest { token, op, trace })
+}
+
+pub fn trace_parent() -> impl Strategy<Value = tern_wire::TraceParent> {
+    (any::<[u8; 16]>(), any::<[u8; 8]>(), any::<u8>()).prop_map(|(trace_id, parent_id, flags)| {
+        tern_wire::TraceParent {
+            trace_id,
+            parent_id,
+            flags,
+        }
+    })
 }
 
 pub fn client_reply() -> impl Strategy<Value = ClientReply> {

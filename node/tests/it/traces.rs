@@ -1,0 +1,284 @@
+//! OpenTelemetry traces across a cluster of `tern` processes, checked against an OTLP/HTTP
+//! receiver run by the test: it decodes what the nodes send with the protocol's generated
+//! types, as a collector would.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+
+use crate::cluster::{NAMES, eventually, init_pki};
+use crate::cluster_process::{Listen, Listeners, deploy_owned_by_b, member_state, spawn_node_in};
+use crate::support::*;
+
+/// One span as the receiver got it, with the node (`service.instance.id`) that sent it.
+#[derive(Clone, Debug)]
+struct Got {
+    node: String,
+    name: String,
+    trace_id: Vec<u8>,
+    span_id: Vec<u8>,
+    parent_id: Vec<u8>,
+    kind: i32,
+    attributes: HashMap<String, String>,
+}
+
+/// An OTLP/HTTP traces receiver on a local port.
+struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Got>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let store = spans.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let store = store.clone();
+                        async move { receive(req, &store).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, spans }
+    }
+
+    fn of_trace(&self, trace_id: &[u8]) -> Vec<Got> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn receive(
+    req: hyper::Request<hyper::body::Incoming>,
+    store: &Mutex<Vec<Got>>,
+) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    let path_ok = req.uri().path() == "/v1/traces";
+    let protobuf = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/x-protobuf");
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let status = match (path_ok, protobuf, body) {
+        (true, true, Ok(body)) => match ExportTraceServiceRequest::decode(body) {
+            Ok(export) => {
+                store.lock().unwrap().extend(flatten(export));
+                200
+            }
+            Err(_) => 400,
+        },
+        _ => 400,
+    };
+    let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("application/x-protobuf"),
+    );
+    Ok(resp)
+}
+
+fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn flatten(export: ExportTraceServiceRequest) -> Vec<Got> {
+    let mut out = Vec::new();
+    for rs in export.resource_spans {
+        let node = rs
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.instance.id")
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for ss in rs.scope_spans {
+            for s in ss.spans {
+                out.push(Got {
+                    node: node.clone(),
+                    name: s.name,
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent_id: s.parent_span_id,
+                    kind: s.kind,
+                    attributes: s
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(&kv.value)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn one<'a>(spans: &'a [Got], name: &str) -> &'a Got {
+    let found: Vec<_> = spans.iter().filter(|s| s.name == name).collect();
+    assert_eq!(found.len(), 1, "one {name} span expected in {spans:#?}");
+    found[0]
+}
+
+async fn invoke_with_traceparent(
+    addr: SocketAddr,
+    f: &str,
+    traceparent: &str,
+) -> tern_bench::Response {
+    let bearer = bearer_for(addr);
+    let mut headers = authorization(&bearer);
+    headers.push(("traceparent", traceparent));
+    tern_bench::request_once(
+        addr,
+        Method::POST,
+        &format!("/v1/functions/{f}/invoke"),
+        &headers,
+        Bytes::from_static(b"traced"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_parentage() {
+    let receiver = Receiver::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    init_pki(&root.join("pki"));
+    let listeners = Listeners::bind();
+    let http = listeners.http_addrs();
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [("TERN_OTLP_ENDPOINT", endpoint.as_str())];
+    let mut procs = Vec::new();
+    for i in 0..3 {
+        procs.push(spawn_node_in(None, root, i, Listen::Inherited(&listeners), &env).await);
+    }
+    for (i, addr) in http.iter().enumerate() {
+        for peer in NAMES.iter().filter(|p| **p != NAMES[i]) {
+            eventually("mesh up", Duration::from_secs(30), || async {
+                (member_state(*addr, peer).await == "up").then_some(())
+            })
+            .await;
+        }
+    }
+    let (a, c) = (http[0], http[2]);
+    let f = deploy_owned_by_b(a, c).await;
+
+    // A caller that did not sample its span: the node follows it and records nothing.
+    let unsampled_id = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+    let r = invoke_with_traceparent(a, &f, &format!("00-{unsampled_id}-1111111111111111-00")).await;
+    assert_eq!(r.status, 200);
+    let trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let r = invoke_with_traceparent(a, &f, &format!("00-{trace_hex}-{caller_span}-01")).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("x-tern-node"), Some("b"));
+
+    let trace_id = hex(trace_hex);
+    let spans = eventually(
+        "the trace's spans from a and b",
+        Duration::from_secs(20),
+        || async {
+            let spans = receiver.of_trace(&trace_id);
+            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+            let complete = ["invoke", "admission", "placement", "forward", "meu"]
+                .iter()
+                .all(|n| names.contains(n))
+                && names.iter().any(|n| *n == "guest" || *n == "cell");
+            complete.then_some(spans)
+        },
+    )
+    .await;
+
+    // On the entry node: the request continues the caller's span; admission, placement and
+    // forwarding are its children.
+    let invoke = one(&spans, "invoke");
+    assert_eq!(invoke.node, "a");
+    assert_eq!(invoke.parent_id, hex(caller_span));
+    assert_eq!(invoke.kind, SpanKind::Server as i32);
+    assert_eq!(invoke.attributes["function"], f);
+    assert_eq!(invoke.attributes["node"], "b");
+    assert_eq!(invoke.attributes["cold_start"], "false");
+    assert!(invoke.attributes.contains_key("exec_us"), "{invoke:?}");
+    for name in ["admission", "placement", "forward"] {
+        let s = one(&spans, name);
+        assert_eq!(
+            (s.node.as_str(), &s.parent_id),
+            ("a", &invoke.span_id),
+            "{name}"
+        );
+    }
+    let placement = one(&spans, "placement");
+    assert_eq!(placement.attributes["chosen"], "b");
+    let forward = one(&spans, "forward");
+    assert_eq!(forward.kind, SpanKind::Client as i32);
+    assert_eq!(forward.attributes["peer"], "b");
+    // Across the mesh: the peer's MEU span is the forwarding span's child, and the guest's
+    // (or the cell's) is the MEU's.
+    let meu = one(&spans, "meu");
+    assert_eq!((meu.node.as_str(), &meu.parent_id), ("b", &forward.span_id));
+    assert_eq!(meu.kind, SpanKind::Server as i32);
+    let guest = spans
+        .iter()
+        .find(|s| s.name == "guest" || s.name == "cell")
+        .unwrap();
+    assert_eq!((guest.node.as_str(), &guest.parent_id), ("b", &meu.span_id));
+    assert!(guest.attributes.contains_key("inst_us"), "{guest:?}");
+    let nodes: std::collections::HashSet<_> = spans.iter().map(|s| s.node.as_str()).collect();
+    assert!(spans.len() >= 6 && nodes.len() == 2, "{spans:#?}");
+
+    // The unsampled call was sent before the sampled one, through the same queues.
+    assert!(receiver.of_trace(&hex(unsampled_id)).is_empty());
+    // The node counts a batch once the receiver has answered for it.
+    eventually(
+        "a's exported spans counted",
+        Duration::from_secs(10),
+        || async {
+            let body = request(a, Method::GET, "/metrics", Bytes::new()).await.body;
+            let exported = String::from_utf8_lossy(&body)
+                .lines()
+                .find_map(|l| l.strip_prefix("tern_trace_spans_exported_total "))
+                .and_then(|v| v.parse::<u64>().ok())?;
+            (exported >= 4).then_some(())
+        },
+    )
+    .await;
+    drop(procs);
+}
+
+fn hex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}

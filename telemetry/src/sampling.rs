@@ -1,0 +1,106 @@
+//! Head sampling: whether an invocation is traced is decided once, where it enters the
+//! cluster, and every later span follows that decision (OpenTelemetry's
+//! `parentbased_traceidratio`). Deciding before any span exists is what makes an untraced
+//! request free: no span is created for it anywhere.
+
+use std::cell::Cell;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+use tern_wire::TraceParent;
+
+/// Whether export is on (set once by [`crate::Export::install`]).
+static ON: AtomicBool = AtomicBool::new(false);
+/// A root is traced when a uniform 64-bit draw is below this.
+static THRESHOLD: AtomicU64 = AtomicU64::new(0);
+
+/// Turns sampling on with `ratio` (0 to 1) of new traces kept.
+pub(crate) fn enable(ratio: f64) {
+    THRESHOLD.store(threshold(ratio), Relaxed);
+    ON.store(true, Relaxed);
+}
+
+fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else if ratio > 0.0 {
+        (ratio * u64::MAX as f64) as u64
+    } else {
+        0
+    }
+}
+
+/// Whether an invocation arriving with `parent` (its caller's span, if it sent one) is traced
+/// here: never while export is off; as the caller decided when it sent a valid parent; else by
+/// the configured ratio.
+pub fn sample(parent: Option<&TraceParent>) -> bool {
+    if !ON.load(Relaxed) {
+        return false;
+    }
+    decide(parent, THRESHOLD.load(Relaxed), draw)
+}
+
+fn decide(parent: Option<&TraceParent>, threshold: u64, draw: impl FnOnce() -> u64) -> bool {
+    match parent {
+        Some(p) if p.is_valid() => p.sampled(),
+        _ => threshold == u64::MAX || (threshold > 0 && draw() < threshold),
+    }
+}
+
+/// A uniform 64-bit number from a per-thread xorshift generator, seeded from the standard
+/// library's per-process random keys: sampling needs spread, not secrecy, and must not take a
+/// lock or a system call per request.
+fn draw() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        s.set(x);
+        x
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parent(flags: u8) -> TraceParent {
+        TraceParent {
+            trace_id: [1; 16],
+            parent_id: [2; 8],
+            flags,
+        }
+    }
+
+    #[test]
+    fn a_valid_callers_decision_is_followed_whatever_the_ratio() {
+        assert!(decide(Some(&parent(1)), 0, || unreachable!()));
+        assert!(!decide(Some(&parent(0)), u64::MAX, || unreachable!()));
+        // An invalid parent is no parent: the ratio decides.
+        let invalid = TraceParent {
+            trace_id: [0; 16],
+            ..parent(1)
+        };
+        assert!(!decide(Some(&invalid), 0, || 0));
+        assert!(decide(Some(&invalid), u64::MAX, || u64::MAX));
+    }
+
+    #[test]
+    fn ratio_zero_never_and_one_always_traces_a_new_invocation() {
+        assert!(!decide(None, threshold(0.0), || 0));
+        assert!(decide(None, threshold(1.0), || u64::MAX));
+        assert_eq!(threshold(-3.0), 0);
+        assert_eq!(threshold(f64::NAN), 0);
+    }
+
+    #[test]
+    fn a_one_percent_ratio_keeps_about_one_invocation_in_a_hundred() {
+        let t = threshold(0.01);
+        let kept = (0..100_000).filter(|_| decide(None, t, draw)).count();
+        assert!((700..=1300).contains(&kept), "kept {kept} of 100000");
+    }
+}
