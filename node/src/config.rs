@@ -393,8 +393,20 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Defaults ← `file` (if any) ← `TERN_*` variables from `env`.
+    /// Defaults ← `file` (if any) ← `TERN_*` variables from `env`, validated.
     pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config = Self::load_unvalidated(file, env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::load`] without [`Config::validate`], for a caller that overrides settings
+    /// (command-line flags) and validates the result: a setting valid only with a flag's
+    /// value (`client_listen` with `--cluster-dir`) must not be refused before the flag.
+    pub fn load_unvalidated(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
@@ -419,11 +431,9 @@ impl Config {
             }
             table.insert(field, env_value(&value));
         }
-        let config: Config = table
+        table
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
-        config.validate()?;
-        Ok(config)
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
     }
 
     /// The memory budget in force: `memory_budget_mb` if set, else three quarters of

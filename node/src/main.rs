@@ -463,6 +463,39 @@ async fn call_retrying(
     }
 }
 
+/// Runs `work`, and while it takes longer than half a second shows `what` and the time
+/// elapsed on stderr, when stderr is a terminal (never in a pipe or a log).
+async fn with_progress<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    use std::io::{IsTerminal, Write};
+    if !std::io::stderr().is_terminal() {
+        return work.await;
+    }
+    let started = std::time::Instant::now();
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_millis(500),
+        Duration::from_millis(250),
+    );
+    let mut drawn = false;
+    let out = loop {
+        tokio::select! {
+            out = &mut work => break out,
+            _ = tick.tick() => {
+                let line = tern_node::present::waiting_line(what, started.elapsed());
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "\r{line}");
+                let _ = err.flush();
+                drawn = true;
+            }
+        }
+    };
+    if drawn {
+        // Clear the line: the answer (or error) prints next.
+        eprint!("\r\x1b[2K");
+    }
+    out
+}
+
 /// Prints a successful body, or turns an API error into a non-zero exit.
 /// `tern logs`: prints the function's lines, then (with `follow`) new ones as they come.
 async fn logs(server: &Server, name: &str, follow: bool, json: bool) -> Result<()> {
@@ -676,7 +709,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             node_class,
             client_listen,
         } => {
-            let mut cfg = Config::load(config.as_deref(), std::env::vars())?;
+            // Validated once the flags below are applied.
+            let mut cfg = Config::load_unvalidated(config.as_deref(), std::env::vars())?;
             if let Some(v) = listen {
                 cfg.listen = v;
             }
@@ -743,6 +777,10 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
         } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let what = format!(
+                "deploying {name} ({}: upload, validation, compilation at the node)",
+                tern_node::present::size(bytes.len() as u64)
+            );
             let mut path = format!("/v1/functions/{name}");
             let mut sep = '?';
             for (k, v) in [
@@ -755,7 +793,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     sep = '&';
                 }
             }
-            finish(call_retrying(&server, Method::PUT, &path, Bytes::from(bytes)).await?)
+            let put = call_retrying(&server, Method::PUT, &path, Bytes::from(bytes));
+            finish(with_progress(&what, put).await?)
         }
         Command::Invoke {
             name,

@@ -50,6 +50,17 @@ pub fn size(bytes: u64) -> String {
     }
 }
 
+/// The line shown while a long operation runs: what, a spinner and the seconds elapsed.
+pub fn waiting_line(what: &str, elapsed: std::time::Duration) -> String {
+    const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+    let quarter = (elapsed.as_millis() / 250) as usize;
+    format!(
+        "{} {what} {:.1} s ",
+        SPIN[quarter % SPIN.len()],
+        elapsed.as_secs_f64()
+    )
+}
+
 /// The elements of a JSON array (none for anything else).
 fn items(v: &Value) -> &[Value] {
     v.as_array().map(Vec::as_slice).unwrap_or_default()
@@ -295,6 +306,14 @@ mod tests {
         assert_eq!(size(512), "512 B");
         assert_eq!(size(33_637), "32 KiB");
         assert_eq!(size(3 << 20), "3.0 MiB");
+    }
+
+    #[test]
+    fn the_waiting_line_names_the_operation_and_turns_its_spinner_each_quarter_second() {
+        let at = |ms| waiting_line("deploying big", std::time::Duration::from_millis(ms));
+        assert_eq!(at(500), "- deploying big 0.5 s ");
+        assert_eq!(at(750), "\\ deploying big 0.8 s ");
+        assert_ne!(at(1000).chars().next(), at(1250).chars().next());
     }
 
     #[test]

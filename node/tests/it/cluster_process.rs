@@ -162,7 +162,7 @@ pub(crate) async fn spawn_node_in(
         .stderr(log)
         .spawn()
         .expect("spawn tern");
-    let proc = Proc {
+    let mut proc = Proc {
         child,
         http: listen.http(i),
     };
@@ -184,9 +184,10 @@ pub(crate) async fn spawn_node_in(
             use_admin_token(addr, token.trim().to_owned());
             return proc;
         }
+        let exited = proc.child.try_wait().ok().flatten();
         assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "node {} did not start; log:\n{}",
+            t0.elapsed() < Duration::from_secs(120) && exited.is_none(),
+            "node {} did not start ({exited:?}); log:\n{}",
             NAMES[i],
             std::fs::read_to_string(log_path(root, i)).unwrap_or_default()
         );

@@ -178,9 +178,18 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     let listeners = Listeners::bind();
     let http = listeners.http_addrs();
     let endpoint = format!("http://{}", receiver.addr);
-    let env = [("TERN_OTLP_ENDPOINT", endpoint.as_str())];
+    // Node a also serves the client API, on a port free a moment ago.
+    let client_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let client_listen = client_port.to_string();
     let mut procs = Vec::new();
     for i in 0..3 {
+        let mut env = vec![("TERN_OTLP_ENDPOINT", endpoint.as_str())];
+        if i == 0 {
+            env.push(("TERN_CLIENT_LISTEN", client_listen.as_str()));
+        }
         procs.push(spawn_node_in(None, root, i, Listen::Inherited(&listeners), &env).await);
     }
     for (i, addr) in http.iter().enumerate() {
@@ -273,6 +282,46 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
         },
     )
     .await;
+
+    // tern-client starts a trace; the node continues it, and the peer's spans join it.
+    let mut config = tern_client::ClientConfig::new(
+        vec![("a".to_owned(), client_port)],
+        root.join("pki").join("ca.pem"),
+    );
+    config.token = bearer_for(a).map(|b| b.trim_start_matches("Bearer ").to_owned());
+    config.request_timeout = Duration::from_secs(20);
+    let client = tokio::time::timeout(
+        Duration::from_secs(30),
+        tern_client::Client::connect(config),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("client connects");
+    let trace = client.start_trace();
+    let out = client
+        .invoke_with(
+            &f,
+            "via client",
+            tern_client::InvokeOptions {
+                trace: Some(trace),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(&out.output[..], b"via client");
+    let spans = eventually("the client's trace", Duration::from_secs(20), || async {
+        let spans = receiver.of_trace(&trace.trace_id);
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        (names.contains(&"invoke") && names.contains(&"meu")).then_some(spans)
+    })
+    .await;
+    let invoke = one(&spans, "invoke");
+    assert_eq!(invoke.node, "a");
+    assert_eq!(invoke.parent_id, trace.parent_id.to_vec());
+    assert_eq!(invoke.attributes["via"], "client");
+    let forward = one(&spans, "forward");
+    assert_eq!(one(&spans, "meu").parent_id, forward.span_id);
     drop(procs);
 }
 
