@@ -432,9 +432,10 @@ impl Client {
         }
     }
 
-    /// The caller's key, checked, or a fresh random one.
     /// A new sampled trace to pass in [`InvokeOptions::trace`]: the nodes record the
-    /// invocation under its trace id (`TraceParent::trace_id`), whatever their sampling ratio.
+    /// invocation under its trace id (`TraceParent::trace_id`), whatever their sampling ratio
+    /// (unless they are set not to follow callers). Its parent id stands for this call; it is
+    /// not exported, so a trace viewer shows the node's `invoke` span under a missing parent.
     pub fn start_trace(&self) -> TraceParent {
         let mut bytes = [0u8; 24];
         if !self.inner.transport.random(&mut bytes) {
@@ -461,6 +462,7 @@ impl Client {
         }
     }
 
+    /// The caller's key, checked, or a fresh random one.
     fn key(&self, given: Option<String>) -> Result<String, ClientError> {
         if let Some(key) = given {
             tern_wire::check_idempotency_key(&key)?;

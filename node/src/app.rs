@@ -644,8 +644,14 @@ impl App {
         permit: Permit,
         trace: tracing::Span,
     ) {
+        // Durable before the guest runs: were the node to die during the run, the replay
+        // after its restart counts as the next attempt, so a duplicate is never under-counted.
         record.attempts += 1;
-        if let Err(e) = self.store.put_invocation(&record) {
+        let recorded = match self.store.put_invocation(&record) {
+            Ok(()) => self.store.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
             tracing::warn!(id = %record.id, error = %e, "cannot record attempt");
         }
         let inv = Invocation {

@@ -781,15 +781,24 @@ async fn run(app: &Arc<App>, call: Call) -> Result<InvokeReply, ApiError> {
     let started = Instant::now();
     let request_id = app.ids.next();
     call.trace.record("request_id", request_id.as_str());
+    let permit = traces::admission(&call.trace)
+        .in_scope(|| app.pipeline.admit())
+        .map_err(|e| {
+            traces::failed(&call.trace, &e);
+            e.to_api()
+        })?;
     let result = app
         .pipeline
-        .invoke(Invocation {
-            request_id: request_id.as_str().into(),
-            function: call.function,
-            input: call.input,
-            map: call.map,
-            trace: call.trace.clone(),
-        })
+        .invoke_admitted(
+            Invocation {
+                request_id: request_id.as_str().into(),
+                function: call.function,
+                input: call.input,
+                map: call.map,
+                trace: call.trace.clone(),
+            },
+            permit,
+        )
         .await;
     traces::outcome(&call.trace, &result);
     let outcome = result.map_err(|e| e.to_api())?;

@@ -178,6 +178,11 @@ pub struct Config {
     /// Share of new invocations traced (0 to 1); a caller's sampled `traceparent` is always
     /// followed. Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.
     pub trace_sample_ratio: Option<f64>,
+    /// Whether a caller's sampled `traceparent` decides (parent-based sampling, the
+    /// OpenTelemetry default). `false`: only `trace_sample_ratio` decides, so no caller can
+    /// make the node trace more. Unset: `OTEL_TRACES_SAMPLER` (its `parentbased_` forms
+    /// follow callers), else `true`.
+    pub trace_follow_caller: Option<bool>,
     /// Guests running at once (pooling allocator slots); more wait for a slot.
     pub max_instances: u32,
     /// MiB that running guests may claim together (each its function's `memory_mb`); more
@@ -318,6 +323,7 @@ const MAX_ONLINE_BATCH: usize = 1 << 16;
 const OPTIONAL_KEYS: &[&str] = &[
     "otlp_endpoint",
     "trace_sample_ratio",
+    "trace_follow_caller",
     "cluster_dir",
     "client_listen",
     "policy_checkpoint",
@@ -343,6 +349,7 @@ impl Default for Config {
             guest_log_bytes: 16 << 10,
             otlp_endpoint: None,
             trace_sample_ratio: None,
+            trace_follow_caller: None,
             max_instances: 1000,
             memory_budget_mb: 0,
             tenant_memory_percent: 25,
@@ -472,8 +479,11 @@ impl Config {
         env: &std::collections::HashMap<String, String>,
     ) -> Result<Option<tern_telemetry::ExportSettings>, ConfigError> {
         tern_telemetry::ExportSettings::resolve(
-            self.otlp_endpoint.as_deref(),
-            self.trace_sample_ratio,
+            tern_telemetry::NodeTraceConfig {
+                otlp_endpoint: self.otlp_endpoint.as_deref(),
+                sample_ratio: self.trace_sample_ratio,
+                follow_caller: self.trace_follow_caller,
+            },
             &self.node_name,
             env,
         )

@@ -54,7 +54,7 @@ pub fn admission(root: &Span) -> Span {
 /// The background run of an async invocation accepted under `parent` (the accepting
 /// request's root span, which has ended by then): traced when that request was.
 pub fn async_run(parent: Option<&TraceParent>, function: &FunctionName, id: &str) -> Span {
-    let Some(parent) = parent.filter(|p| p.sampled() && tern_telemetry::sample(Some(p))) else {
+    let Some(parent) = parent.filter(|p| tern_telemetry::sample_hop(p)) else {
         return Span::none();
     };
     let span = tracing::info_span!(
@@ -85,7 +85,7 @@ pub fn peer_meu(
     request_id: &str,
     attempt: u32,
 ) -> Span {
-    let Some(parent) = parent.filter(|p| tern_telemetry::sample(Some(p))) else {
+    let Some(parent) = parent.filter(|p| tern_telemetry::sample_hop(p)) else {
         return Span::none();
     };
     let span = tracing::info_span!(

@@ -8,7 +8,7 @@
 //! a slow or absent collector never blocks a request.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
@@ -41,8 +41,18 @@ pub struct ExportSettings {
     /// The OTLP/HTTP traces URL; `None`: the exporter reads `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
     /// or `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/traces`) itself.
     pub endpoint: Option<String>,
-    /// Share of new traces kept (0 to 1); a caller's sampled flag always wins.
+    /// Share of new traces kept (0 to 1).
     pub ratio: f64,
+    /// Whether a caller's sampled flag decides (parent-based sampling, the OpenTelemetry
+    /// default); otherwise the ratio decides for every invocation, and a caller's trace is
+    /// continued only when the ratio keeps it.
+    pub follow_caller: bool,
+    /// How long one export may take; `None`: `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`, which the
+    /// exporter reads itself.
+    pub timeout: Option<Duration>,
+    /// Whether to name the service `tern` (not when `OTEL_SERVICE_NAME` or a `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES` names it).
+    pub name_service: bool,
     /// Ended spans waiting for export at most; more are dropped and counted.
     pub queue: usize,
     /// Spans per export request at most.
@@ -53,19 +63,36 @@ pub struct ExportSettings {
     pub node: String,
 }
 
+/// What the node's configuration says about trace export (each `None` leaves it to the
+/// standard variables).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeTraceConfig<'a> {
+    /// A base URL; `/v1/traces` is appended.
+    pub otlp_endpoint: Option<&'a str>,
+    pub sample_ratio: Option<f64>,
+    pub follow_caller: Option<bool>,
+}
+
 impl ExportSettings {
-    /// Resolves the settings: `otlp_endpoint` (a base URL, `/v1/traces` is appended) and
-    /// `sample_ratio` from the node's configuration win over the standard variables in `env`
-    /// (`OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`,
-    /// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`, `OTEL_TRACES_SAMPLER[_ARG]`). `Ok(None)`:
-    /// export is off (no endpoint anywhere, or turned off by a variable).
+    /// Resolves the settings: the node's configuration wins over the standard variables in
+    /// `env` (`OTEL_SDK_DISABLED`, `OTEL_TRACES_EXPORTER`, `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_[TRACES_]PROTOCOL`, `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT`,
+    /// `OTEL_TRACES_SAMPLER[_ARG]`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`); a signal's
+    /// own variable wins over the general one. `Ok(None)`: export is off (no endpoint
+    /// anywhere, or turned off by a variable). What the exporter could not honour is refused
+    /// here, so the node refuses to start rather than fail every export.
     pub fn resolve(
-        otlp_endpoint: Option<&str>,
-        sample_ratio: Option<f64>,
+        node_config: NodeTraceConfig<'_>,
         node: &str,
         env: &HashMap<String, String>,
     ) -> Result<Option<Self>, Error> {
         let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        // The per-signal variable if set, else the general one; with the name found.
+        let either = |signal: &'static str, general: &'static str| {
+            var(signal)
+                .map(|v| (signal, v))
+                .or_else(|| var(general).map(|v| (general, v)))
+        };
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
             return Ok(None);
         }
@@ -79,53 +106,71 @@ impl ExportSettings {
                 });
             }
         }
-        let endpoint = match otlp_endpoint.map(str::trim).filter(|e| !e.is_empty()) {
-            Some(base) => Some(format!("{}/v1/traces", base.trim_end_matches('/'))),
-            None if var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-                || var("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() =>
-            {
-                None
-            }
-            None => return Ok(None),
-        };
-        if let Some(e) = &endpoint
-            && !e.starts_with("http://")
+        let (endpoint, named, url) = match node_config
+            .otlp_endpoint
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
         {
+            Some(base) => {
+                let url = format!("{}/v1/traces", base.trim_end_matches('/'));
+                (Some(url.clone()), "otlp_endpoint", url)
+            }
+            None => match either(
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ) {
+                Some((name, url)) => (None, name, url.to_owned()),
+                None => return Ok(None),
+            },
+        };
+        if !url.starts_with("http://") {
             return Err(Error::Setting {
-                name: "otlp_endpoint",
+                name: named,
                 reason: format!(
-                    "{e:?}: an http:// URL is needed (for TLS, send to a local collector)"
+                    "{url:?}: an http:// URL is needed (for TLS, send to a local collector)"
                 ),
             });
         }
-        for name in [
+        if let Some((name, p)) = either(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ] {
-            if let Some(p) = var(name).filter(|p| *p != "http/protobuf") {
-                return Err(Error::Setting {
-                    name: if name.contains("TRACES") {
-                        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
-                    } else {
-                        "OTEL_EXPORTER_OTLP_PROTOCOL"
-                    },
-                    reason: format!("{p:?}: only http/protobuf is supported"),
-                });
-            }
+        ) && p != "http/protobuf"
+        {
+            return Err(Error::Setting {
+                name,
+                reason: format!("{p:?}: only http/protobuf is supported"),
+            });
         }
-        let ratio = match sample_ratio {
-            Some(r) => r,
-            None => ratio_from_env(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?,
+        let (env_ratio, env_follow) =
+            sampler_from_env(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?;
+        let (ratio, ratio_named) = match node_config.sample_ratio {
+            Some(r) => (r, "trace_sample_ratio"),
+            None => (env_ratio, "OTEL_TRACES_SAMPLER_ARG"),
         };
         if !(0.0..=1.0).contains(&ratio) {
             return Err(Error::Setting {
-                name: "trace_sample_ratio",
+                name: ratio_named,
                 reason: format!("{ratio} is not between 0 and 1"),
             });
         }
+        let timeout = either(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        )
+        .is_none()
+        .then_some(Duration::from_secs(10));
+        let name_service = var("OTEL_SERVICE_NAME").is_none()
+            && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+                attrs
+                    .split(',')
+                    .any(|kv| kv.trim_start().starts_with("service.name="))
+            });
         Ok(Some(Self {
             endpoint,
             ratio,
+            follow_caller: node_config.follow_caller.unwrap_or(env_follow),
+            timeout,
+            name_service,
             queue: 4096,
             batch: 512,
             delay: Duration::from_secs(1),
@@ -134,19 +179,23 @@ impl ExportSettings {
     }
 }
 
-/// The ratio the standard sampler variables ask for (the default, `parentbased_always_on`,
-/// keeps every trace). Only parent-based samplers exist here: a caller's decision is followed.
-fn ratio_from_env(sampler: Option<&str>, arg: Option<&str>) -> Result<f64, Error> {
+/// The ratio, and whether a caller's decision is followed, that the standard sampler
+/// variables ask for (the default, `parentbased_always_on`: every trace, callers followed).
+fn sampler_from_env(sampler: Option<&str>, arg: Option<&str>) -> Result<(f64, bool), Error> {
+    let ratio = || match arg {
+        None => Ok(1.0),
+        Some(a) => a.parse().map_err(|_| Error::Setting {
+            name: "OTEL_TRACES_SAMPLER_ARG",
+            reason: format!("{a:?} is not a number"),
+        }),
+    };
     match sampler {
-        None | Some("always_on" | "parentbased_always_on") => Ok(1.0),
-        Some("always_off" | "parentbased_always_off") => Ok(0.0),
-        Some("traceidratio" | "parentbased_traceidratio") => match arg {
-            None => Ok(1.0),
-            Some(a) => a.parse().map_err(|_| Error::Setting {
-                name: "OTEL_TRACES_SAMPLER_ARG",
-                reason: format!("{a:?} is not a number"),
-            }),
-        },
+        None | Some("parentbased_always_on") => Ok((1.0, true)),
+        Some("always_on") => Ok((1.0, false)),
+        Some("parentbased_always_off") => Ok((0.0, true)),
+        Some("always_off") => Ok((0.0, false)),
+        Some("parentbased_traceidratio") => Ok((ratio()?, true)),
+        Some("traceidratio") => Ok((ratio()?, false)),
         Some(other) => Err(Error::Setting {
             name: "OTEL_TRACES_SAMPLER",
             reason: format!("{other:?} is not supported"),
@@ -186,9 +235,10 @@ impl Export {
     /// Starts the OTLP/HTTP exporter and the export thread, and turns sampling on. Add
     /// [`Export::layer`] to the process's subscriber.
     pub fn install(settings: &ExportSettings) -> Result<Self, Error> {
-        let mut builder = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_timeout(Duration::from_secs(10));
+        let mut builder = opentelemetry_otlp::SpanExporter::builder().with_http();
+        if let Some(t) = settings.timeout {
+            builder = builder.with_timeout(t);
+        }
         if let Some(e) = &settings.endpoint {
             builder = builder.with_endpoint(e.clone());
         }
@@ -196,7 +246,7 @@ impl Export {
             .build()
             .map_err(|e| Error::Exporter(e.to_string()))?;
         let export = Self::with_exporter(exporter, settings, &STATS)?;
-        crate::sampling::enable(settings.ratio);
+        crate::sampling::enable(settings.ratio, settings.follow_caller);
         Ok(export)
     }
 
@@ -210,7 +260,7 @@ impl Export {
             "service.instance.id",
             settings.node.clone(),
         ));
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        if settings.name_service {
             resource = resource.with_service_name("tern");
         }
         let resource = resource
@@ -269,6 +319,8 @@ enum Msg {
 #[derive(Debug)]
 struct BoundedBatch {
     queue: SyncSender<Msg>,
+    /// Set when shutdown begins: a span ending later is dropped (and counted) at once.
+    closed: AtomicBool,
     stats: &'static ExportStats,
 }
 
@@ -286,16 +338,33 @@ impl BoundedBatch {
             .name("tern-otlp".into())
             .spawn(move || export_loop(exporter, rx, batch, delay, stats))
             .map_err(Error::Thread)?;
-        Ok(Self { queue, stats })
+        Ok(Self {
+            queue,
+            closed: AtomicBool::new(false),
+            stats,
+        })
     }
 
+    /// Queues a flush or shutdown request and waits for its answer, `timeout` in all: a full
+    /// queue in front of an unreachable receiver must not hold a shutting-down node longer.
     fn ask(&self, make: fn(mpsc::Sender<()>) -> Msg, timeout: Duration) -> OTelSdkResult {
+        let deadline = Instant::now() + timeout;
         let (tx, rx) = mpsc::channel();
-        // A full queue waits here: flush and shutdown are rare and may block their caller.
-        self.queue
-            .send(make(tx))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
-        rx.recv_timeout(timeout)
+        let mut msg = make(tx);
+        loop {
+            match self.queue.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
+                Err(TrySendError::Full(back)) => {
+                    if Instant::now() >= deadline {
+                        return Err(OTelSdkError::Timeout(timeout));
+                    }
+                    msg = back;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 }
@@ -304,6 +373,10 @@ impl SpanProcessor for BoundedBatch {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
+        if self.closed.load(Relaxed) {
+            self.stats.dropped.fetch_add(1, Relaxed);
+            return;
+        }
         match self.queue.try_send(Msg::Span(Box::new(span))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -317,6 +390,7 @@ impl SpanProcessor for BoundedBatch {
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.closed.store(true, Relaxed);
         self.ask(Msg::Shutdown, timeout)
     }
 }
@@ -384,17 +458,26 @@ fn export_loop<E: SpanExporter>(
                 let _ = done.send(());
             }
             Ok(Msg::Shutdown(done)) => {
-                // What was queued behind the request goes too; then the queue closes, so a
-                // span ending later is counted as dropped instead of waiting in a dead queue.
+                // What was queued behind the request goes too (in batches), and flushes
+                // asked for meanwhile are answered after it; then the queue closes.
+                let mut waiting = vec![done];
                 while let Ok(msg) = rx.try_recv() {
-                    if let Msg::Span(span) = msg {
-                        spans.push(*span);
+                    match msg {
+                        Msg::Span(span) => {
+                            spans.push(*span);
+                            if spans.len() >= batch {
+                                send(&mut spans);
+                            }
+                        }
+                        Msg::Flush(done) | Msg::Shutdown(done) => waiting.push(done),
                     }
                 }
                 drop(rx);
                 send(&mut spans);
                 let _ = exporter.shutdown();
-                let _ = done.send(());
+                for done in waiting {
+                    let _ = done.send(());
+                }
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
@@ -422,17 +505,31 @@ pub(crate) mod tests {
             .collect()
     }
 
+    fn config<'a>(
+        endpoint: Option<&'a str>,
+        ratio: Option<f64>,
+        follow_caller: Option<bool>,
+    ) -> NodeTraceConfig<'a> {
+        NodeTraceConfig {
+            otlp_endpoint: endpoint,
+            sample_ratio: ratio,
+            follow_caller,
+        }
+    }
+
+    fn resolve(
+        node: NodeTraceConfig<'_>,
+        vars: &[(&str, &str)],
+    ) -> Result<Option<ExportSettings>, Error> {
+        ExportSettings::resolve(node, "a", &env(vars))
+    }
+
     #[test]
     fn export_is_off_without_an_endpoint_and_the_configured_one_wins_over_the_variables() {
-        assert_eq!(
-            ExportSettings::resolve(None, None, "a", &env(&[])).unwrap(),
-            None
-        );
-        let s = ExportSettings::resolve(
-            Some("http://collector:4318/"),
-            None,
-            "a",
-            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")]),
+        assert_eq!(resolve(config(None, None, None), &[]).unwrap(), None);
+        let s = resolve(
+            config(Some("http://collector:4318/"), None, None),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")],
         )
         .unwrap()
         .unwrap();
@@ -440,16 +537,19 @@ pub(crate) mod tests {
             s.endpoint.as_deref(),
             Some("http://collector:4318/v1/traces")
         );
-        assert_eq!((s.ratio, s.node.as_str()), (1.0, "a"));
+        assert_eq!(
+            (s.ratio, s.follow_caller, s.node.as_str()),
+            (1.0, true, "a")
+        );
+        assert_eq!(s.timeout, Some(Duration::from_secs(10)));
+        assert!(s.name_service);
         // The standard variable alone turns export on; the exporter reads it.
-        let s = ExportSettings::resolve(
-            None,
-            None,
-            "a",
-            &env(&[(
+        let s = resolve(
+            config(None, None, None),
+            &[(
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 "http://c:4318/v1/traces",
-            )]),
+            )],
         )
         .unwrap()
         .unwrap();
@@ -459,56 +559,132 @@ pub(crate) mod tests {
             ("OTEL_TRACES_EXPORTER", "none"),
         ] {
             assert_eq!(
-                ExportSettings::resolve(Some("http://c:4318"), None, "a", &env(&[off])).unwrap(),
+                resolve(config(Some("http://c:4318"), None, None), &[off]).unwrap(),
                 None
             );
         }
     }
 
     #[test]
-    fn the_sampler_variables_set_the_ratio_unless_the_node_config_does() {
-        let ratio = |config: Option<f64>, vars: &[(&str, &str)]| {
-            ExportSettings::resolve(Some("http://c:4318"), config, "a", &env(vars))
-                .map(|s| s.unwrap().ratio)
+    fn the_exporters_own_variables_are_left_to_it_and_name_the_service_when_set() {
+        let on = |vars: &[(&str, &str)]| {
+            resolve(config(Some("http://c:4318"), None, None), vars)
+                .unwrap()
+                .unwrap()
         };
-        assert_eq!(ratio(None, &[]).unwrap(), 1.0);
+        assert_eq!(on(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")]).timeout, None);
+        assert_eq!(
+            on(&[("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2000")]).timeout,
+            None
+        );
+        assert!(!on(&[("OTEL_SERVICE_NAME", "edge")]).name_service);
+        assert!(
+            !on(&[(
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment=prod, service.name=edge"
+            )])
+            .name_service
+        );
+        assert!(on(&[("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod")]).name_service);
+        // The signal's own protocol wins over the general one.
+        on(&[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+        ]);
+    }
+
+    #[test]
+    fn the_sampler_variables_set_ratio_and_parent_following_unless_the_node_config_does() {
+        let sampling = |ratio: Option<f64>, follow: Option<bool>, vars: &[(&str, &str)]| {
+            resolve(config(Some("http://c:4318"), ratio, follow), vars)
+                .map(|s| s.map(|s| (s.ratio, s.follow_caller)).unwrap())
+        };
+        assert_eq!(sampling(None, None, &[]).unwrap(), (1.0, true));
         let sampler = [
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
         ];
-        assert_eq!(ratio(None, &sampler).unwrap(), 0.01);
-        assert_eq!(ratio(Some(0.5), &sampler).unwrap(), 0.5);
+        assert_eq!(sampling(None, None, &sampler).unwrap(), (0.01, true));
         assert_eq!(
-            ratio(None, &[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap(),
-            0.0
+            sampling(Some(0.5), Some(false), &sampler).unwrap(),
+            (0.5, false)
         );
+        for (name, expected) in [
+            ("always_off", (0.0, false)),
+            ("parentbased_always_off", (0.0, true)),
+            ("always_on", (1.0, false)),
+            ("traceidratio", (1.0, false)),
+        ] {
+            assert_eq!(
+                sampling(None, None, &[("OTEL_TRACES_SAMPLER", name)]).unwrap(),
+                expected,
+                "{name}"
+            );
+        }
     }
 
     #[test]
     fn settings_tern_cannot_honour_are_refused_by_name() {
-        let refused = |endpoint: &str, ratio: Option<f64>, vars: &[(&str, &str)]| {
-            match ExportSettings::resolve(Some(endpoint), ratio, "a", &env(vars)) {
+        let refused =
+            |endpoint: Option<&str>, ratio: Option<f64>, vars: &[(&str, &str)]| match resolve(
+                config(endpoint, ratio, None),
+                vars,
+            ) {
                 Err(Error::Setting { name, .. }) => name,
                 other => panic!("{other:?}"),
-            }
-        };
-        assert_eq!(refused("https://c:4318", None, &[]), "otlp_endpoint");
-        assert_eq!(refused("http://c", Some(1.5), &[]), "trace_sample_ratio");
+            };
+        let c = Some("http://c");
+        assert_eq!(refused(Some("https://c:4318"), None, &[]), "otlp_endpoint");
         assert_eq!(
-            refused("http://c", None, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
+            refused(
+                None,
+                None,
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "https://c:4318")]
+            ),
+            "OTEL_EXPORTER_OTLP_ENDPOINT"
+        );
+        assert_eq!(
+            refused(
+                None,
+                None,
+                &[(
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "https://c:4318/v1/traces"
+                )]
+            ),
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+        );
+        assert_eq!(refused(c, Some(1.5), &[]), "trace_sample_ratio");
+        assert_eq!(
+            refused(
+                c,
+                None,
+                &[
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "7")
+                ]
+            ),
+            "OTEL_TRACES_SAMPLER_ARG"
+        );
+        assert_eq!(
+            refused(c, None, &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]),
             "OTEL_EXPORTER_OTLP_PROTOCOL"
         );
         assert_eq!(
             refused(
-                "http://c",
+                c,
                 None,
-                &[("OTEL_TRACES_SAMPLER", "jaeger_remote")]
+                &[("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/json")]
             ),
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"
+        );
+        assert_eq!(
+            refused(c, None, &[("OTEL_TRACES_SAMPLER", "jaeger_remote")]),
             "OTEL_TRACES_SAMPLER"
         );
         assert_eq!(
             refused(
-                "http://c",
+                c,
                 None,
                 &[
                     ("OTEL_TRACES_SAMPLER", "traceidratio"),
@@ -518,7 +694,7 @@ pub(crate) mod tests {
             "OTEL_TRACES_SAMPLER_ARG"
         );
         assert_eq!(
-            refused("http://c", None, &[("OTEL_TRACES_EXPORTER", "zipkin")]),
+            refused(c, None, &[("OTEL_TRACES_EXPORTER", "zipkin")]),
             "OTEL_TRACES_EXPORTER"
         );
     }
@@ -547,6 +723,9 @@ pub(crate) mod tests {
         ExportSettings {
             endpoint: None,
             ratio: 1.0,
+            follow_caller: true,
+            timeout: None,
+            name_service: true,
             queue,
             batch: 4,
             delay: Duration::from_millis(20),
@@ -609,6 +788,38 @@ pub(crate) mod tests {
         p.shutdown().unwrap();
         p.on_end(span("late"));
         assert_eq!(STATS.dropped.load(Relaxed), dropped + 1);
+    }
+
+    #[test]
+    fn shutdown_behind_a_full_queue_and_a_stuck_receiver_returns_within_its_timeout() {
+        static STATS: ExportStats = ExportStats {
+            exported: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        };
+        let exporter = Recording::default();
+        let held = exporter.gate.lock().unwrap();
+        let p = BoundedBatch::start(
+            exporter.clone(),
+            &Resource::builder_empty().build(),
+            &settings(8),
+            &STATS,
+        )
+        .unwrap();
+        for _ in 0..50 {
+            p.on_end(span("s"));
+        }
+        let t0 = Instant::now();
+        assert!(matches!(
+            p.shutdown_with_timeout(Duration::from_millis(200)),
+            Err(OTelSdkError::Timeout(_))
+        ));
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+        // Once shutdown has begun, a span ending is dropped (and counted) at once.
+        let before = STATS.dropped.load(Relaxed);
+        p.on_end(span("late"));
+        assert_eq!(STATS.dropped.load(Relaxed), before + 1);
+        drop(held);
     }
 
     #[test]

@@ -21,8 +21,8 @@ use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, Tra
 use tern_wire::TraceParent;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub use export::{Error, Export, ExportSettings, ExportStats};
-pub use sampling::sample;
+pub use export::{Error, Export, ExportSettings, ExportStats, NodeTraceConfig};
+pub use sampling::{sample, sample_hop};
 
 /// The `tracing` target of every span Tern exports. The node's log output leaves it out, and
 /// only it reaches the exporter.

@@ -13,10 +13,14 @@ use tern_wire::TraceParent;
 static ON: AtomicBool = AtomicBool::new(false);
 /// A root is traced when a uniform 64-bit draw is below this.
 static THRESHOLD: AtomicU64 = AtomicU64::new(0);
+/// Whether a caller's sampled flag decides (parent-based sampling).
+static FOLLOW_CALLER: AtomicBool = AtomicBool::new(true);
 
-/// Turns sampling on with `ratio` (0 to 1) of new traces kept.
-pub(crate) fn enable(ratio: f64) {
+/// Turns sampling on with `ratio` (0 to 1) of new traces kept, following callers' decisions
+/// or not.
+pub(crate) fn enable(ratio: f64, follow_caller: bool) {
     THRESHOLD.store(threshold(ratio), Relaxed);
+    FOLLOW_CALLER.store(follow_caller, Relaxed);
     ON.store(true, Relaxed);
 }
 
@@ -31,18 +35,34 @@ fn threshold(ratio: f64) -> u64 {
 }
 
 /// Whether an invocation arriving with `parent` (its caller's span, if it sent one) is traced
-/// here: never while export is off; as the caller decided when it sent a valid parent; else by
-/// the configured ratio.
+/// here: never while export is off; as the caller decided when it sent a valid parent and
+/// callers are followed; else by the configured ratio.
 pub fn sample(parent: Option<&TraceParent>) -> bool {
     if !ON.load(Relaxed) {
         return false;
     }
-    decide(parent, THRESHOLD.load(Relaxed), draw)
+    decide(
+        parent,
+        FOLLOW_CALLER.load(Relaxed),
+        THRESHOLD.load(Relaxed),
+        draw,
+    )
 }
 
-fn decide(parent: Option<&TraceParent>, threshold: u64, draw: impl FnOnce() -> u64) -> bool {
+/// Whether a hop inside the cluster (a peer's MEU, an async invocation's run) continues
+/// `parent`: always when it is sampled and export is on, since the entry node decided.
+pub fn sample_hop(parent: &TraceParent) -> bool {
+    ON.load(Relaxed) && parent.is_valid() && parent.sampled()
+}
+
+fn decide(
+    parent: Option<&TraceParent>,
+    follow_caller: bool,
+    threshold: u64,
+    draw: impl FnOnce() -> u64,
+) -> bool {
     match parent {
-        Some(p) if p.is_valid() => p.sampled(),
+        Some(p) if follow_caller && p.is_valid() => p.sampled(),
         _ => threshold == u64::MAX || (threshold > 0 && draw() < threshold),
     }
 }
@@ -78,21 +98,30 @@ mod tests {
 
     #[test]
     fn a_valid_callers_decision_is_followed_whatever_the_ratio() {
-        assert!(decide(Some(&parent(1)), 0, || unreachable!()));
-        assert!(!decide(Some(&parent(0)), u64::MAX, || unreachable!()));
+        assert!(decide(Some(&parent(1)), true, 0, || unreachable!()));
+        assert!(!decide(Some(&parent(0)), true, u64::MAX, || unreachable!()));
         // An invalid parent is no parent: the ratio decides.
         let invalid = TraceParent {
             trace_id: [0; 16],
             ..parent(1)
         };
-        assert!(!decide(Some(&invalid), 0, || 0));
-        assert!(decide(Some(&invalid), u64::MAX, || u64::MAX));
+        assert!(!decide(Some(&invalid), true, 0, || 0));
+        assert!(decide(Some(&invalid), true, u64::MAX, || u64::MAX));
+    }
+
+    #[test]
+    fn where_callers_are_not_followed_only_the_ratio_decides() {
+        assert!(!decide(Some(&parent(1)), false, 0, || 0));
+        assert!(decide(Some(&parent(0)), false, u64::MAX, || 0));
+        let half = threshold(0.5);
+        assert!(decide(Some(&parent(0)), false, half, || half - 1));
+        assert!(!decide(Some(&parent(1)), false, half, || half));
     }
 
     #[test]
     fn ratio_zero_never_and_one_always_traces_a_new_invocation() {
-        assert!(!decide(None, threshold(0.0), || 0));
-        assert!(decide(None, threshold(1.0), || u64::MAX));
+        assert!(!decide(None, true, threshold(0.0), || 0));
+        assert!(decide(None, true, threshold(1.0), || u64::MAX));
         assert_eq!(threshold(-3.0), 0);
         assert_eq!(threshold(f64::NAN), 0);
     }
@@ -100,7 +129,7 @@ mod tests {
     #[test]
     fn a_one_percent_ratio_keeps_about_one_invocation_in_a_hundred() {
         let t = threshold(0.01);
-        let kept = (0..100_000).filter(|_| decide(None, t, draw)).count();
+        let kept = (0..100_000).filter(|_| decide(None, true, t, draw)).count();
         assert!((700..=1300).contains(&kept), "kept {kept} of 100000");
     }
 }

@@ -1,11 +1,115 @@
 //! Deployments, artifacts and accepted async work survive a restart.
 
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
+use command_fds::{CommandFdExt, FdMapping};
 use hyper::Method;
 use tern_node::store::Store;
 use tern_wire::{InvocationRecord, InvocationStatus};
 
 use crate::support::*;
+
+/// A `tern up` process, `SIGKILL`ed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `tern up` alone (no cluster) with `data`, on `listener` (socket activation, so a restart
+/// gets the same address), once it answers; its admin token is the one requests use.
+async fn spawn_tern(data: &Path, listener: &std::net::TcpListener) -> KillOnDrop {
+    let addr = listener.local_addr().unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tern"));
+    cmd.arg("up")
+        .arg("--data")
+        .arg(data)
+        .arg("--examples-dir")
+        .arg(functions_dir())
+        .fd_mappings(vec![FdMapping {
+            parent_fd: listener.try_clone().unwrap().into(),
+            child_fd: 3,
+        }])
+        .unwrap()
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", "http")
+        .env_remove("LISTEN_PID")
+        .env("TERN_EXAMPLES", "[]")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let mut node = KillOnDrop(cmd.spawn().expect("spawn tern"));
+    let t0 = Instant::now();
+    loop {
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
+        )
+        .await
+            && r.status == 200
+        {
+            let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
+            use_admin_token(addr, token.trim().to_owned());
+            return node;
+        }
+        let exited = node.0.try_wait().ok().flatten();
+        assert!(
+            t0.elapsed() < Duration::from_secs(60) && exited.is_none(),
+            "tern up did not start ({exited:?}); log:\n{}",
+            std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_async_run_cut_short_by_kill_9_counts_as_an_attempt_when_it_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("node");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let node = spawn_tern(&data, &listener).await;
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/loop?timeout_ms=1000",
+        wasm("loop"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = request(
+        addr,
+        Method::POST,
+        "/v1/functions/loop/invoke?mode=async",
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id = json(&r)["id"].as_str().unwrap().to_owned();
+    // Well inside the guest's second (it loops), and before the store's own periodic flush
+    // (every 500 ms) would have saved the attempt anyway.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(node);
+    let _node = spawn_tern(&data, &listener).await;
+    let status = wait_finished(addr, &id).await;
+    assert_eq!(status["status"], "failed", "{status}");
+    assert_eq!(status["error"]["code"], "timeout", "{status}");
+    assert_eq!(
+        status["attempts"], 2,
+        "the run the crash cut short and the replay: {status}"
+    );
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_functions_and_the_first_call_does_not_compile() {

@@ -207,6 +207,7 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     let unsampled_id = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
     let r = invoke_with_traceparent(a, &f, &format!("00-{unsampled_id}-1111111111111111-00")).await;
     assert_eq!(r.status, 200);
+    let unsampled_request = r.header("x-tern-request-id").unwrap().to_owned();
     let trace_hex = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
     let r = invoke_with_traceparent(a, &f, &format!("00-{trace_hex}-{caller_span}-01")).await;
@@ -266,8 +267,18 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     let nodes: std::collections::HashSet<_> = spans.iter().map(|s| s.node.as_str()).collect();
     assert!(spans.len() >= 6 && nodes.len() == 2, "{spans:#?}");
 
-    // The unsampled call was sent before the sampled one, through the same queues.
+    // The unsampled call was sent before the sampled one, through the same queues: no span
+    // of its trace, and no span that made it the root of a trace of its own either.
     assert!(receiver.of_trace(&hex(unsampled_id)).is_empty());
+    assert!(
+        !receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s.attributes.get("request_id") == Some(&unsampled_request)),
+        "the unsampled call was traced under a trace of its own"
+    );
     // The node counts a batch once the receiver has answered for it.
     eventually(
         "a's exported spans counted",
