@@ -1,0 +1,142 @@
+//! The history of a run: every client operation when it was sent, to which node, and how it
+//! ended, plus what the runner learnt afterwards (an async invocation's final record, the
+//! node processes that ended). Written as JSON lines next to the report, so a failed run can
+//! be read by hand and checked again.
+
+use serde::{Deserialize, Serialize};
+
+/// How an invocation was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Sync,
+    Async,
+    Map,
+}
+
+/// How an operation ended, as its client saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// An answer with output (sync and map), from the node that ran it.
+    Ok { output: String, ran_on: String },
+    /// An async invocation accepted with this id (202).
+    Accepted { id: String },
+    /// A typed error: the API's error code and the HTTP status.
+    Failed { code: String, status: u16 },
+    /// No answer: the connection broke or the client gave up. The operation may or may not
+    /// have run (Jepsen's "info").
+    Unknown { reason: String },
+}
+
+/// One line of the history. Times are microseconds since the run started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// An operation sent to `node`.
+    Invoke {
+        op: u64,
+        at_us: u64,
+        node: String,
+        mode: Mode,
+        input: String,
+    },
+    /// How operation `op` ended.
+    Complete {
+        op: u64,
+        at_us: u64,
+        outcome: Outcome,
+    },
+    /// The final record of the async invocation accepted by `op`, read after the run:
+    /// `status` as the API says (`succeeded`, `failed`, `pending`), `attempts` runs.
+    Finished {
+        op: u64,
+        at_us: u64,
+        status: String,
+        attempts: u32,
+        output: Option<String>,
+    },
+    /// A node process ended; `scheduled` when the fault schedule killed it.
+    NodeExit {
+        node: String,
+        at_us: u64,
+        scheduled: bool,
+    },
+}
+
+/// A run's events in the order the runner recorded them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    pub events: Vec<Event>,
+}
+
+impl History {
+    pub fn push(&mut self, e: Event) {
+        self.events.push(e);
+    }
+
+    /// One JSON object per line.
+    pub fn to_json_lines(&self) -> String {
+        let mut out = String::new();
+        for e in &self.events {
+            // Serialising these plain types cannot fail.
+            if let Ok(line) = serde_json::to_string(e) {
+                out.push_str(&line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Reads [`History::to_json_lines`] back; the error names the line.
+    pub fn from_json_lines(text: &str) -> Result<Self, String> {
+        let mut events = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            events.push(
+                serde_json::from_str(line).map_err(|e| format!("history line {}: {e}", i + 1))?,
+            );
+        }
+        Ok(Self { events })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_history_survives_its_json_lines_and_a_bad_line_is_named() {
+        let mut h = History::default();
+        h.push(Event::Invoke {
+            op: 1,
+            at_us: 10,
+            node: "a".into(),
+            mode: Mode::Sync,
+            input: "x".into(),
+        });
+        h.push(Event::Complete {
+            op: 1,
+            at_us: 900,
+            outcome: Outcome::Failed {
+                code: "unavailable".into(),
+                status: 503,
+            },
+        });
+        h.push(Event::NodeExit {
+            node: "b".into(),
+            at_us: 5,
+            scheduled: true,
+        });
+        let text = h.to_json_lines();
+        assert_eq!(text.lines().count(), 3);
+        assert!(text.contains(r#""event":"complete""#), "{text}");
+        assert_eq!(History::from_json_lines(&text).unwrap(), h);
+        let err = History::from_json_lines(&format!("{text}{{\"event\":\"nope\"}}\n")).unwrap_err();
+        assert!(err.starts_with("history line 4"), "{err}");
+    }
+}

@@ -1,0 +1,51 @@
+//! The pure core of `tern chaos`, the fault-injection tool for people who test Tern clusters,
+//! in the manner of Jepsen: a **scenario** says what cluster to run, what load to send and
+//! which faults to inject when ([`scenario`]); every client operation is written to a
+//! **history** with its times and the node it went to ([`history`]); **checkers** read the
+//! history (and what the nodes report after the faults heal) and name each broken promise
+//! with the operations that broke it ([`check`]).
+//!
+//! No I/O and no clock here: times are microseconds since the run started, given by the
+//! runner, so every checker is tested on hand-written histories.
+
+pub mod check;
+pub mod history;
+pub mod scenario;
+
+pub use check::{Report, Violation};
+pub use history::{Event, History, Mode, Outcome};
+pub use scenario::{Fault, Scenario, ScenarioError};
+
+/// The scenarios shipped with Tern (`chaos/scenarios/`), by name: together they cover
+/// partitions, crashes, pauses, clock jumps, a bad network, storage faults and bad peer
+/// identities.
+pub const SHIPPED: &[(&str, &str)] = &[
+    ("clock-jumps", include_str!("../scenarios/clock-jumps.toml")),
+    (
+        "corrupt-sled-at-restart",
+        include_str!("../scenarios/corrupt-sled-at-restart.toml"),
+    ),
+    ("disk-full", include_str!("../scenarios/disk-full.toml")),
+    ("impostors", include_str!("../scenarios/impostors.toml")),
+    (
+        "kill-one-under-load",
+        include_str!("../scenarios/kill-one-under-load.toml"),
+    ),
+    ("lossy-link", include_str!("../scenarios/lossy-link.toml")),
+    (
+        "partition-minority",
+        include_str!("../scenarios/partition-minority.toml"),
+    ),
+    (
+        "partition-one-way",
+        include_str!("../scenarios/partition-one-way.toml"),
+    ),
+    (
+        "pause-one-under-load",
+        include_str!("../scenarios/pause-one-under-load.toml"),
+    ),
+    (
+        "rolling-restart",
+        include_str!("../scenarios/rolling-restart.toml"),
+    ),
+];

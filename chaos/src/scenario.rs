@@ -1,0 +1,641 @@
+//! A scenario, as data (TOML): the cluster, the workload and the fault schedule, checked
+//! before anything starts so a typo fails in a second, not after a ten-minute run.
+//!
+//! ```toml
+//! name = "kill-one-under-load"
+//! description = "kill -9 of one node of three under steady load, then a restart"
+//! [cluster]
+//! nodes = 3
+//! [workload]
+//! function = "echo"
+//! rate_per_s = 200
+//! duration_s = 30
+//! [[fault]]
+//! at_s = 10
+//! kind = "kill"
+//! node = "b"
+//! restart_after_s = 5
+//! ```
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Node names, in order: a cluster of `n` nodes is `a`, `b`, … (as the tests and
+/// `tern cluster init` name them).
+pub const NODE_NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
+
+/// Most requests per second a scenario may ask for: one load generator on the test machine.
+pub const MAX_RATE: u32 = 100_000;
+
+/// Longest run: soaks are hours, not days.
+pub const MAX_DURATION_S: u32 = 24 * 3600;
+
+/// What is wrong with a scenario, with the field that is wrong.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ScenarioError {
+    #[error("not a scenario: {0}")]
+    Parse(String),
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
+    ScenarioError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// The seed of the workload's randomness unless `--seed` gives another.
+    #[serde(default = "one")]
+    pub seed: u64,
+    pub cluster: ClusterSpec,
+    pub workload: Workload,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Fault>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// 1 to 9 nodes, named `a`, `b`, …
+    pub nodes: usize,
+    /// Each node's class (`standard`, `edge-small`, `cpu-burst`); missing ones are standard.
+    #[serde(default)]
+    pub classes: Vec<String>,
+    /// Node settings for every node, as in a node's TOML file.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+/// How invocations are sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    #[default]
+    Http,
+    Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// An example function (`functions/dist/<name>.wasm`), deployed before the load starts.
+    pub function: String,
+    /// Open-loop arrivals per second (no coordinated omission: a slow answer does not delay
+    /// the next request).
+    pub rate_per_s: u32,
+    pub duration_s: u32,
+    #[serde(default)]
+    pub mix: Mix,
+    #[serde(default)]
+    pub via: Via,
+}
+
+/// Relative weights of the invocation modes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mix {
+    #[serde(default)]
+    pub sync: u32,
+    #[serde(default, rename = "async")]
+    pub asynchronous: u32,
+    #[serde(default)]
+    pub map: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Self {
+        Self {
+            sync: 1,
+            asynchronous: 0,
+            map: 0,
+        }
+    }
+}
+
+/// One fault at `at_s` seconds into the run. (Unknown fields are refused by the kind's
+/// variant: serde cannot deny them on a struct with a flattened field.)
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub at_s: f64,
+    #[serde(flatten)]
+    pub kind: FaultKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultKind {
+    /// `kill -9`; restarted with its data after `restart_after_s` if given.
+    Kill {
+        node: String,
+        restart_after_s: Option<f64>,
+    },
+    /// `SIGSTOP` for `for_s`, then `SIGCONT`.
+    Pause { node: String, for_s: f64 },
+    /// No traffic between the groups for `for_s` (`one_way`: only from the first group to
+    /// the others). Every node is in exactly one group.
+    Partition {
+        groups: Vec<Vec<String>>,
+        #[serde(default)]
+        one_way: bool,
+        for_s: f64,
+    },
+    /// Loss, delay, reorder and duplication on the link from `from` to `to` for `for_s`.
+    Link {
+        from: String,
+        to: String,
+        #[serde(default)]
+        loss_percent: f64,
+        #[serde(default)]
+        delay_ms: u32,
+        #[serde(default)]
+        reorder_percent: f64,
+        #[serde(default)]
+        duplicate_percent: f64,
+        for_s: f64,
+    },
+    /// The node's wall clock moves by `by_s` (negative: back) for the rest of the run.
+    ClockJump { node: String, by_s: f64 },
+    /// The node's data directory is full for `for_s`.
+    DiskFull { node: String, for_s: f64 },
+    /// The node is killed, `what` (an artifact or the sled log) is damaged, and it restarts.
+    Corrupt { node: String, what: Corruption },
+    /// Every node restarted in turn, `gap_s` apart.
+    RollingRestart { gap_s: f64 },
+    /// A new node of `class` joins.
+    AddNode {
+        #[serde(default = "standard")]
+        class: String,
+    },
+    /// A process with a bad identity tries to join the mesh (it must be refused, counted, and
+    /// change no membership).
+    Impostor { credential: BadCredential },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BadCredential {
+    /// A certificate from another cluster's CA.
+    WrongCa,
+    /// A certificate of this CA past its validity.
+    Expired,
+    /// A certificate of this CA for a name that is not in the cluster.
+    UnknownName,
+}
+
+fn standard() -> String {
+    "standard".to_owned()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Corruption {
+    /// A compiled artifact truncated.
+    Artifact,
+    /// A bit flipped in the sled log.
+    Sled,
+}
+
+/// The bounds the checkers hold the run to.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Expect {
+    /// A dead or paused node is declared down by every other node within this.
+    pub detection_ms: u64,
+    /// After a fault heals, requests succeed again within this.
+    pub recovery_ms: u64,
+    /// After the last fault heals, every node's registry is the same within this.
+    pub convergence_ms: u64,
+}
+
+impl Default for Expect {
+    fn default() -> Self {
+        Self {
+            detection_ms: 1500,
+            recovery_ms: 2000,
+            convergence_ms: 5000,
+        }
+    }
+}
+
+/// When faults are in force on a node, from the schedule: `[start, end)` in microseconds
+/// since the run started (`u64::MAX`: to the end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub node: usize,
+    pub start_us: u64,
+    pub end_us: u64,
+}
+
+fn us(s: f64) -> u64 {
+    (s * 1e6).round() as u64
+}
+
+impl Scenario {
+    /// Reads and checks a scenario.
+    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// The node names of the cluster.
+    pub fn nodes(&self) -> &[&'static str] {
+        &NODE_NAMES[..self.cluster.nodes.min(NODE_NAMES.len())]
+    }
+
+    fn node_index(&self, field: &str, name: &str) -> Result<usize, ScenarioError> {
+        self.nodes().iter().position(|n| *n == name).ok_or_else(|| {
+            invalid(
+                field,
+                format!("no node {name:?} in a cluster of {}", self.cluster.nodes),
+            )
+        })
+    }
+
+    /// Whether a fault needs root (network namespaces, tmpfs, clock interposition).
+    pub fn needs_root(&self) -> bool {
+        self.faults.iter().any(|f| {
+            matches!(
+                f.kind,
+                FaultKind::Partition { .. } | FaultKind::Link { .. } | FaultKind::DiskFull { .. }
+            )
+        })
+    }
+
+    /// Checks every field against the others.
+    pub fn check(&self) -> Result<(), ScenarioError> {
+        if self.name.is_empty()
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(invalid(
+                "name",
+                "lower-case letters, digits and '-', not empty",
+            ));
+        }
+        let n = self.cluster.nodes;
+        if !(1..=NODE_NAMES.len()).contains(&n) {
+            return Err(invalid("cluster.nodes", "1 to 9"));
+        }
+        if self.cluster.classes.len() > n {
+            return Err(invalid("cluster.classes", "more classes than nodes"));
+        }
+        for c in &self.cluster.classes {
+            if !["standard", "edge-small", "cpu-burst"].contains(&c.as_str()) {
+                return Err(invalid(
+                    "cluster.classes",
+                    format!("{c:?} is not standard, edge-small or cpu-burst"),
+                ));
+            }
+        }
+        let w = &self.workload;
+        if w.function.is_empty() {
+            return Err(invalid("workload.function", "empty"));
+        }
+        if !(1..=MAX_RATE).contains(&w.rate_per_s) {
+            return Err(invalid("workload.rate_per_s", format!("1 to {MAX_RATE}")));
+        }
+        if !(1..=MAX_DURATION_S).contains(&w.duration_s) {
+            return Err(invalid(
+                "workload.duration_s",
+                format!("1 to {MAX_DURATION_S}"),
+            ));
+        }
+        if w.mix.sync == 0 && w.mix.asynchronous == 0 && w.mix.map == 0 {
+            return Err(invalid("workload.mix", "every weight is 0"));
+        }
+        let duration = f64::from(w.duration_s);
+        for (i, f) in self.faults.iter().enumerate() {
+            let field = |name: &str| format!("fault[{i}].{name}");
+            if !(f.at_s.is_finite() && f.at_s >= 0.0 && f.at_s < duration) {
+                return Err(invalid(field("at_s"), "within the run's duration"));
+            }
+            let positive = |name: &str, v: f64| {
+                if v.is_finite() && v > 0.0 {
+                    Ok(())
+                } else {
+                    Err(invalid(field(name), "a positive number of seconds"))
+                }
+            };
+            let percent = |name: &str, v: f64| {
+                if (0.0..=100.0).contains(&v) {
+                    Ok(())
+                } else {
+                    Err(invalid(field(name), "0 to 100"))
+                }
+            };
+            match &f.kind {
+                FaultKind::Kill {
+                    node,
+                    restart_after_s,
+                } => {
+                    self.node_index(&field("node"), node)?;
+                    if let Some(r) = restart_after_s {
+                        positive("restart_after_s", *r)?;
+                    }
+                }
+                FaultKind::Pause { node, for_s } | FaultKind::DiskFull { node, for_s } => {
+                    self.node_index(&field("node"), node)?;
+                    positive("for_s", *for_s)?;
+                }
+                FaultKind::Partition { groups, for_s, .. } => {
+                    positive("for_s", *for_s)?;
+                    if groups.len() < 2 {
+                        return Err(invalid(field("groups"), "at least two groups"));
+                    }
+                    let mut seen = BTreeSet::new();
+                    for name in groups.iter().flatten() {
+                        let i = self.node_index(&field("groups"), name)?;
+                        if !seen.insert(i) {
+                            return Err(invalid(
+                                field("groups"),
+                                format!("{name:?} is in two groups"),
+                            ));
+                        }
+                    }
+                    if seen.len() != n {
+                        return Err(invalid(field("groups"), "every node in exactly one group"));
+                    }
+                }
+                FaultKind::Link {
+                    from,
+                    to,
+                    loss_percent,
+                    reorder_percent,
+                    duplicate_percent,
+                    for_s,
+                    ..
+                } => {
+                    let (a, b) = (
+                        self.node_index(&field("from"), from)?,
+                        self.node_index(&field("to"), to)?,
+                    );
+                    if a == b {
+                        return Err(invalid(field("to"), "a link joins two different nodes"));
+                    }
+                    percent("loss_percent", *loss_percent)?;
+                    percent("reorder_percent", *reorder_percent)?;
+                    percent("duplicate_percent", *duplicate_percent)?;
+                    positive("for_s", *for_s)?;
+                }
+                FaultKind::ClockJump { node, by_s } => {
+                    self.node_index(&field("node"), node)?;
+                    if !by_s.is_finite() || *by_s == 0.0 {
+                        return Err(invalid(field("by_s"), "a non-zero number of seconds"));
+                    }
+                }
+                FaultKind::Corrupt { node, .. } => {
+                    self.node_index(&field("node"), node)?;
+                }
+                FaultKind::RollingRestart { gap_s } => positive("gap_s", *gap_s)?,
+                FaultKind::Impostor { .. } => {}
+                FaultKind::AddNode { class } => {
+                    if n == NODE_NAMES.len() {
+                        return Err(invalid(field("kind"), "the cluster already has 9 nodes"));
+                    }
+                    if !["standard", "edge-small", "cpu-burst"].contains(&class.as_str()) {
+                        return Err(invalid(field("class"), format!("{class:?} is not a class")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// When each node is under a fault (killed and not yet back, paused, cut off, on a bad
+    /// link, out of disk, restarting): errors and unknown outcomes from a node are excused
+    /// only inside its windows (plus the recovery bound, which the checkers add).
+    pub fn fault_windows(&self) -> Vec<Window> {
+        let end = u64::MAX;
+        let mut out = Vec::new();
+        let index = |name: &str| self.nodes().iter().position(|n| *n == name);
+        for f in &self.faults {
+            let start = us(f.at_s);
+            let mut push = |node: usize, end_us: u64| {
+                out.push(Window {
+                    node,
+                    start_us: start,
+                    end_us,
+                })
+            };
+            match &f.kind {
+                FaultKind::Kill {
+                    node,
+                    restart_after_s,
+                } => {
+                    if let Some(i) = index(node) {
+                        push(i, restart_after_s.map_or(end, |r| start + us(r)));
+                    }
+                }
+                FaultKind::Pause { node, for_s } | FaultKind::DiskFull { node, for_s } => {
+                    if let Some(i) = index(node) {
+                        push(i, start + us(*for_s));
+                    }
+                }
+                FaultKind::Partition { groups, for_s, .. } => {
+                    // Every node is cut off from some other: all are under the fault.
+                    for i in groups.iter().flatten().filter_map(|n| index(n)) {
+                        push(i, start + us(*for_s));
+                    }
+                }
+                FaultKind::Link {
+                    from, to, for_s, ..
+                } => {
+                    for i in [from, to].into_iter().filter_map(|n| index(n)) {
+                        push(i, start + us(*for_s));
+                    }
+                }
+                // A restart after a corruption takes as long as a start: until the end of
+                // the recovery bound, which the checkers add.
+                FaultKind::Corrupt { node, .. } | FaultKind::ClockJump { node, .. } => {
+                    if let Some(i) = index(node) {
+                        push(i, start);
+                    }
+                }
+                FaultKind::RollingRestart { gap_s } => {
+                    for (k, i) in (0..self.cluster.nodes).enumerate() {
+                        out.push(Window {
+                            node: i,
+                            start_us: start + us(gap_s * k as f64),
+                            end_us: start + us(gap_s * (k + 1) as f64),
+                        });
+                    }
+                }
+                FaultKind::AddNode { .. } | FaultKind::Impostor { .. } => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const KILL: &str = r#"
+        name = "kill-one-under-load"
+        [cluster]
+        nodes = 3
+        [workload]
+        function = "echo"
+        rate_per_s = 200
+        duration_s = 30
+        [[fault]]
+        at_s = 10
+        kind = "kill"
+        node = "b"
+        restart_after_s = 5
+    "#;
+
+    #[test]
+    fn a_scenario_reads_with_defaults_and_its_fault_windows_follow_the_schedule() {
+        let s = Scenario::parse(KILL).unwrap();
+        assert_eq!(s.nodes(), ["a", "b", "c"]);
+        assert_eq!(s.seed, 1);
+        assert_eq!(s.workload.mix, Mix::default());
+        assert_eq!(s.workload.via, Via::Http);
+        assert_eq!(s.expect.detection_ms, 1500);
+        assert!(!s.needs_root());
+        assert_eq!(
+            s.fault_windows(),
+            [Window {
+                node: 1,
+                start_us: 10_000_000,
+                end_us: 15_000_000
+            }]
+        );
+    }
+
+    #[test]
+    fn every_fault_kind_reads_and_root_is_needed_only_for_namespaces_and_disks() {
+        let text = format!(
+            "{KILL}{}",
+            r#"
+            [[fault]]
+            at_s = 1
+            kind = "pause"
+            node = "a"
+            for_s = 2
+            [[fault]]
+            at_s = 2
+            kind = "partition"
+            groups = [["a"], ["b", "c"]]
+            one_way = true
+            for_s = 3
+            [[fault]]
+            at_s = 3
+            kind = "link"
+            from = "a"
+            to = "c"
+            loss_percent = 5
+            delay_ms = 20
+            for_s = 1
+            [[fault]]
+            at_s = 4
+            kind = "clock_jump"
+            node = "c"
+            by_s = -3600
+            [[fault]]
+            at_s = 5
+            kind = "disk_full"
+            node = "c"
+            for_s = 1
+            [[fault]]
+            at_s = 6
+            kind = "corrupt"
+            node = "a"
+            what = "sled"
+            [[fault]]
+            at_s = 7
+            kind = "rolling_restart"
+            gap_s = 2
+            [[fault]]
+            at_s = 8
+            kind = "add_node"
+            class = "edge-small"
+            "#
+        );
+        let s = Scenario::parse(&text).unwrap();
+        assert_eq!(s.faults.len(), 9);
+        assert!(s.needs_root());
+        let rolling: Vec<_> = s
+            .fault_windows()
+            .into_iter()
+            .filter(|w| w.start_us >= 7_000_000 && w.end_us != w.start_us)
+            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
+            .collect();
+        assert!(
+            rolling.contains(&(0, 7, 9)) && rolling.contains(&(2, 11, 13)),
+            "{rolling:?}"
+        );
+    }
+
+    #[test]
+    fn mistakes_are_refused_naming_the_field() {
+        let refused = |from: &str, to: &str| match Scenario::parse(&KILL.replace(from, to)) {
+            Err(ScenarioError::Invalid { field, .. }) => field,
+            other => panic!("{to}: {other:?}"),
+        };
+        assert_eq!(refused("nodes = 3", "nodes = 0"), "cluster.nodes");
+        assert_eq!(refused("nodes = 3", "nodes = 10"), "cluster.nodes");
+        assert_eq!(refused("node = \"b\"", "node = \"z\""), "fault[0].node");
+        assert_eq!(refused("at_s = 10", "at_s = 30"), "fault[0].at_s");
+        assert_eq!(
+            refused("restart_after_s = 5", "restart_after_s = -1"),
+            "fault[0].restart_after_s"
+        );
+        assert_eq!(
+            refused("rate_per_s = 200", "rate_per_s = 0"),
+            "workload.rate_per_s"
+        );
+        assert_eq!(refused("kill-one-under-load", "Kill One"), "name");
+        let partition = KILL.replace(
+            "kind = \"kill\"\n        node = \"b\"\n        restart_after_s = 5",
+            "kind = \"partition\"\n        groups = [[\"a\"], [\"b\", \"a\"], [\"c\"]]\n        for_s = 1",
+        );
+        assert!(matches!(
+            Scenario::parse(&partition),
+            Err(ScenarioError::Invalid { field, reason }) if field == "fault[0].groups" && reason.contains("two groups")
+        ));
+        assert!(matches!(
+            Scenario::parse(&KILL.replace("kind = \"kill\"", "kind = \"meteor\"")),
+            Err(ScenarioError::Parse(_))
+        ));
+        assert!(matches!(
+            Scenario::parse(&format!("{KILL}\nsurprise = 1")),
+            Err(ScenarioError::Parse(_))
+        ));
+        // A misspelt field of a fault is refused too, not ignored.
+        assert!(matches!(
+            Scenario::parse(&KILL.replace("restart_after_s", "restart_afer_s")),
+            Err(ScenarioError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn the_shipped_scenarios_all_read() {
+        for (name, text) in crate::SHIPPED {
+            let s = Scenario::parse(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(&s.name, name);
+        }
+        assert!(crate::SHIPPED.len() >= 8);
+    }
+}
