@@ -205,8 +205,13 @@ pub fn check(
             }
             Outcome::Accepted { .. } => {
                 stats.async_accepted += 1;
+                // Finished means a final status the API gives (`succeeded`, `failed`); still
+                // pending, unreadable (its node is gone) or never read is not finished.
                 match finished.get(&op) {
-                    None | Some(("pending", _)) => unfinished.push(op),
+                    Some((status, _)) if !matches!(*status, "succeeded" | "failed") => {
+                        unfinished.push(op)
+                    }
+                    None => unfinished.push(op),
                     Some((_, 0)) => uncounted.push(op),
                     Some((_, attempts)) if *attempts > 1 => {
                         stats.async_rerun += 1;
@@ -438,7 +443,7 @@ mod tests {
     #[test]
     fn unfinished_or_uncounted_async_work_and_an_unscheduled_death_fail_the_run() {
         let mut h = History::default();
-        for op in 1..=3 {
+        for op in 1..=4 {
             sent(&mut h, op, 1.0, Mode::Async);
             done(
                 &mut h,
@@ -463,6 +468,13 @@ mod tests {
             attempts: 0,
             output: Some("in-2".into()),
         });
+        h.push(Event::Finished {
+            op: 4,
+            at_us: 59_000_000,
+            status: "unreadable".into(),
+            attempts: 0,
+            output: None,
+        });
         h.push(Event::NodeExit {
             node: "c".into(),
             at_us: 20_000_000,
@@ -470,7 +482,10 @@ mod tests {
         });
         let r = check(&h, &scenario(), echo);
         let found = invariants(&r);
-        assert!(found.contains(&("async_finished", vec![1, 3])), "{found:?}");
+        assert!(
+            found.contains(&("async_finished", vec![1, 3, 4])),
+            "{found:?}"
+        );
         assert!(found.contains(&("async_finished", vec![2])), "{found:?}");
         assert!(
             r.violations

@@ -5,11 +5,13 @@
 //! history (and what the nodes report after the faults heal) and name each broken promise
 //! with the operations that broke it ([`check`]).
 //!
-//! No I/O and no clock here: times are microseconds since the run started, given by the
-//! runner, so every checker is tested on hand-written histories.
+//! No I/O and no clock outside [`runner`] (the shell that starts the cluster, sends the load and
+//! injects the faults): times are microseconds since the run started, given by the runner, so
+//! every checker is tested on hand-written histories.
 
 pub mod check;
 pub mod history;
+pub mod runner;
 pub mod scenario;
 
 pub use check::{Report, Violation};

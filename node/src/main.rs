@@ -181,6 +181,10 @@ enum Command {
     /// Cluster administration.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Fault injection for testers: run a scenario against a cluster started on this machine
+    /// and check what held.
+    #[command(subcommand)]
+    Chaos(ChaosCommand),
     /// Bearer tokens of a node with `auth = "tokens"` (admin token needed).
     #[command(subcommand)]
     Token(TokenCommand),
@@ -334,6 +338,27 @@ enum TenantCommand {
         name: String,
         #[command(flatten)]
         server: Server,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// The scenarios shipped with Tern (`chaos/scenarios/`).
+    List,
+    /// Run a scenario (a file, or the name of a shipped one): start its cluster as `tern up`
+    /// processes here, send its load, inject its faults, check the history. Exits non-zero
+    /// when an invariant broke; the report, verdict and history are in `--out`.
+    Run {
+        scenario: String,
+        /// The workload's seed (default: the scenario's).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Where the run writes everything (default: chaos-runs/<scenario>-<unix time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Where the workload's function is.
+        #[arg(long, default_value = "functions/dist")]
+        examples_dir: PathBuf,
     },
 }
 
@@ -831,6 +856,52 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 tern_node::present::invocation(v, now_ms())
             });
         },
+        Command::Chaos(ChaosCommand::List) => {
+            for (name, text) in tern_chaos::SHIPPED {
+                let description = tern_chaos::Scenario::parse(text)
+                    .map(|s| s.description)
+                    .unwrap_or_default();
+                println!("{name:<26} {description}");
+            }
+            Ok(())
+        }
+        Command::Chaos(ChaosCommand::Run {
+            scenario,
+            seed,
+            out,
+            examples_dir,
+        }) => {
+            let text = match tern_chaos::SHIPPED.iter().find(|(n, _)| *n == scenario) {
+                Some((_, text)) => (*text).to_owned(),
+                None => std::fs::read_to_string(&scenario).with_context(|| {
+                    format!(
+                        "reading {scenario} (not a shipped scenario either; see `tern chaos list`)"
+                    )
+                })?,
+            };
+            let parsed = tern_chaos::Scenario::parse(&text)
+                .with_context(|| format!("scenario {scenario}"))?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from("chaos-runs").join(format!("{}-{}", parsed.name, now_ms() / 1000))
+            });
+            let options = tern_chaos::runner::RunOptions {
+                tern: std::env::current_exe().context("finding this executable")?,
+                examples_dir,
+                out: out.clone(),
+                seed,
+            };
+            let report = tern_chaos::runner::run(&parsed, &options).await?;
+            print!("{}", tern_chaos::runner::markdown(&parsed, &report));
+            if report.passed() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} invariant(s) broke; see {}",
+                    report.violations.len(),
+                    out.join("report.md").display()
+                )
+            }
+        }
         Command::Cluster(ClusterCommand::Init { out, nodes, ca_key }) => {
             let names = nodes
                 .iter()

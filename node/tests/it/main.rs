@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod chaos;
 mod client;
 mod cluster;
 mod cluster_process;

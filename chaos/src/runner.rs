@@ -1,0 +1,723 @@
+//! The shell of `tern chaos run`: starts the scenario's cluster as `tern up` processes on this
+//! machine, deploys the function, sends the open-loop workload over HTTP while the fault
+//! schedule runs, reads every accepted async invocation's final record after the faults heal,
+//! stops the cluster, and hands the history to the checkers. The only module of this crate
+//! that does I/O.
+//!
+//! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`); a
+//! scenario with any other fault kind is refused before anything starts
+//! ([`RunError::Unsupported`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+
+use crate::check::{Report, check};
+use crate::history::{Event, History, Mode, Outcome};
+use crate::scenario::{FaultKind, Scenario, Via};
+
+/// What stops a run before its verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("this runner cannot inject {0} faults yet (it runs kill, pause and rolling_restart)")]
+    Unsupported(&'static str),
+    #[error("this runner sends its load over HTTP; workload.via = \"client\" is not supported yet")]
+    ViaClient,
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the cluster's certificates: {0}")]
+    Pki(String),
+    #[error("node {node} did not become ready within {secs} s (log: {log})")]
+    NotReady {
+        node: String,
+        secs: u64,
+        log: String,
+    },
+    #[error("cannot deploy {function}: {detail}")]
+    Deploy { function: String, detail: String },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The `tern` executable the nodes run.
+    pub tern: PathBuf,
+    /// Where the workload's function is (`<dir>/<function>.wasm`).
+    pub examples_dir: PathBuf,
+    /// Where the run writes its nodes' data and logs, the history and the report.
+    pub out: PathBuf,
+    /// The workload's seed (the scenario's unless given).
+    pub seed: Option<u64>,
+}
+
+/// A node process and how to start it again.
+struct NodeProc {
+    name: String,
+    http: SocketAddr,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    child: Option<Child>,
+    /// Set while the schedule has it killed or paused (an exit then is not a failure).
+    faulted: bool,
+    token: String,
+}
+
+impl NodeProc {
+    fn spawn(&mut self, tern: &Path) -> Result<(), RunError> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(io(format!("opening {}", self.log.display())))?;
+        let err = log.try_clone().map_err(io("duplicating the log"))?;
+        let child = Command::new(tern)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .map_err(io(format!("starting {}", tern.display())))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status();
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free local port for `tcp` or UDP (bound and released: a small race with other
+/// processes, acceptable for a test tool on its own machine).
+fn free_port(tcp: bool) -> Result<u16, RunError> {
+    let addr = "127.0.0.1:0";
+    let port = if tcp {
+        std::net::TcpListener::bind(addr).and_then(|l| l.local_addr())
+    } else {
+        std::net::UdpSocket::bind(addr).and_then(|s| s.local_addr())
+    }
+    .map_err(io("finding a free port"))?
+    .port();
+    Ok(port)
+}
+
+fn setting(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Runs `scenario` and returns the checkers' verdict; the history (`history.jsonl`), the
+/// verdict (`verdict.json`) and `report.md` are in `options.out`.
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, RunError> {
+    for f in &scenario.faults {
+        let unsupported = match f.kind {
+            FaultKind::Kill { .. } | FaultKind::Pause { .. } | FaultKind::RollingRestart { .. } => {
+                None
+            }
+            FaultKind::Partition { .. } => Some("partition"),
+            FaultKind::Link { .. } => Some("link"),
+            FaultKind::ClockJump { .. } => Some("clock_jump"),
+            FaultKind::DiskFull { .. } => Some("disk_full"),
+            FaultKind::Corrupt { .. } => Some("corrupt"),
+            FaultKind::AddNode { .. } => Some("add_node"),
+            FaultKind::Impostor { .. } => Some("impostor"),
+        };
+        if let Some(kind) = unsupported {
+            return Err(RunError::Unsupported(kind));
+        }
+    }
+    if scenario.workload.via == Via::Client {
+        return Err(RunError::ViaClient);
+    }
+    let out = &options.out;
+    std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
+    let pki = out.join("pki");
+    let names = scenario.nodes();
+    let node_names: Vec<_> = names
+        .iter()
+        .map(|n| n.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: tern_cluster::ClusterError| RunError::Pki(e.to_string()))?;
+    if !pki.join("ca.pem").exists() {
+        tern_cluster::pki::init(&pki, &node_names).map_err(|e| RunError::Pki(e.to_string()))?;
+    }
+    let mut nodes = Vec::new();
+    let mut mesh = Vec::new();
+    for _ in names {
+        mesh.push(free_port(false)?);
+    }
+    for (i, name) in names.iter().enumerate() {
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port(true)?));
+        let mut args: Vec<String> = vec![
+            "up".into(),
+            "--data".into(),
+            out.join("data").join(name).display().to_string(),
+            "--node-name".into(),
+            (*name).into(),
+            "--listen".into(),
+            http.to_string(),
+            "--cluster-dir".into(),
+            pki.display().to_string(),
+            "--cluster-listen".into(),
+            format!("127.0.0.1:{}", mesh[i]),
+            "--examples-dir".into(),
+            options.examples_dir.display().to_string(),
+        ];
+        for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+            args.push("--peer".into());
+            args.push(format!("{peer}=127.0.0.1:{}", mesh[j]));
+        }
+        let mut env = vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())];
+        if let Some(class) = scenario.cluster.classes.get(i) {
+            env.push(("TERN_NODE_CLASS".into(), class.clone()));
+        }
+        for (k, v) in &scenario.cluster.config {
+            env.push((format!("TERN_{}", k.to_ascii_uppercase()), setting(v)));
+        }
+        nodes.push(NodeProc {
+            name: (*name).into(),
+            http,
+            args,
+            env,
+            log: out.join(format!("{name}.log")),
+            child: None,
+            faulted: false,
+            token: String::new(),
+        });
+    }
+    let nodes = Arc::new(Mutex::new(nodes));
+    let result = drive(scenario, options, &nodes).await;
+    // Whatever happened, no node outlives the run.
+    for n in lock(&nodes).iter_mut() {
+        n.signal("CONT");
+        n.kill();
+    }
+    let history = result?;
+    std::fs::write(out.join("history.jsonl"), history.to_json_lines())
+        .map_err(io("writing the history"))?;
+    let expected = |mode: Mode, input: &str| match mode {
+        Mode::Sync => Some(input.to_owned()),
+        _ => None,
+    };
+    let report = if scenario.workload.function == "echo" {
+        check(&history, scenario, expected)
+    } else {
+        check(&history, scenario, |_, _| None)
+    };
+    let verdict = serde_json::to_string_pretty(&report).unwrap_or_default();
+    std::fs::write(out.join("verdict.json"), verdict).map_err(io("writing the verdict"))?;
+    std::fs::write(out.join("report.md"), markdown(scenario, &report))
+        .map_err(io("writing the report"))?;
+    Ok(report)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn get(addr: SocketAddr, token: &str, path: &str) -> Option<tern_bench::Response> {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        tern_bench::request_once(addr, Method::GET, path, &headers, Bytes::new()),
+    )
+    .await
+    .ok()?
+    .ok()
+}
+
+/// Starts every node and waits until each answers and sees every other one up.
+async fn start_all(nodes: &Mutex<Vec<NodeProc>>, tern: &Path) -> Result<(), RunError> {
+    for n in lock(nodes).iter_mut() {
+        n.spawn(tern)?;
+    }
+    let count = lock(nodes).len();
+    for i in 0..count {
+        wait_ready(nodes, i, count).await?;
+    }
+    Ok(())
+}
+
+async fn wait_ready(nodes: &Mutex<Vec<NodeProc>>, i: usize, count: usize) -> Result<(), RunError> {
+    let (name, addr, log, data) = {
+        let n = &lock(nodes)[i];
+        let data = PathBuf::from(&n.args[2]);
+        (n.name.clone(), n.http, n.log.clone(), data)
+    };
+    let t0 = Instant::now();
+    loop {
+        if let Ok(token) = std::fs::read_to_string(data.join("admin.token")) {
+            let token = token.trim().to_owned();
+            if let Some(r) = get(addr, &token, "/v1/cluster").await
+                && r.status == 200
+            {
+                let view: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                let up = view["members"]
+                    .as_array()
+                    .map_or(0, |m| m.iter().filter(|m| m["state"] == "up").count());
+                if up + 1 >= count {
+                    lock(nodes)[i].token = token;
+                    return Ok(());
+                }
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(RunError::NotReady {
+                node: name,
+                secs: 60,
+                log: log.display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A tiny seeded generator (xorshift): the mode of each request.
+struct Draw(u64);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+}
+
+async fn drive(
+    scenario: &Scenario,
+    options: &RunOptions,
+    nodes: &Arc<Mutex<Vec<NodeProc>>>,
+) -> Result<History, RunError> {
+    let tern = options.tern.clone();
+    start_all(nodes, &tern).await?;
+    deploy(scenario, options, nodes).await?;
+    let history = Arc::new(Mutex::new(History::default()));
+    let t0 = Instant::now();
+    let now_us = move || t0.elapsed().as_micros() as u64;
+    let faults = tokio::spawn(run_faults(
+        scenario.clone(),
+        nodes.clone(),
+        history.clone(),
+        tern.clone(),
+        t0,
+    ));
+    let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), t0));
+    // The open-loop workload: arrivals at the rate whatever the answers do.
+    let w = &scenario.workload;
+    let mix = w.mix;
+    let total = u64::from(mix.sync + mix.asynchronous + mix.map);
+    let mut draw = Draw(options.seed.unwrap_or(scenario.seed) | 1);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(w.rate_per_s));
+    let end = t0 + Duration::from_secs(u64::from(w.duration_s));
+    let mut next = t0;
+    let mut requests = tokio::task::JoinSet::new();
+    let mut op = 0u64;
+    let path = format!("/v1/functions/{}/invoke", w.function);
+    while next < end {
+        tokio::time::sleep_until(next.into()).await;
+        next += interval;
+        op += 1;
+        let pick = draw.next() % total;
+        let mode = if pick < u64::from(mix.sync) {
+            Mode::Sync
+        } else if pick < u64::from(mix.sync + mix.asynchronous) {
+            Mode::Async
+        } else {
+            Mode::Map
+        };
+        let (node, addr, token) = {
+            let n = lock(nodes);
+            let k = (op as usize) % n.len();
+            (n[k].name.clone(), n[k].http, n[k].token.clone())
+        };
+        let input = match mode {
+            Mode::Map => format!("[\"{op}-a\",\"{op}-b\"]"),
+            _ => format!("op-{op}"),
+        };
+        let query = match mode {
+            Mode::Sync => "",
+            Mode::Async => "?mode=async",
+            Mode::Map => "?map=1",
+        };
+        lock(&history).push(Event::Invoke {
+            op,
+            at_us: now_us(),
+            node: node.clone(),
+            mode,
+            input: input.clone(),
+        });
+        let history = history.clone();
+        let url = format!("{path}{query}");
+        requests.spawn(async move {
+            let auth = format!("Bearer {token}");
+            let headers = [("authorization", auth.as_str())];
+            let sent = tokio::time::timeout(
+                Duration::from_secs(15),
+                tern_bench::request_once(addr, Method::POST, &url, &headers, Bytes::from(input)),
+            )
+            .await;
+            let outcome = match sent {
+                Err(_) => Outcome::Unknown {
+                    reason: "no answer within 15 s".into(),
+                },
+                Ok(Err(e)) => Outcome::Unknown {
+                    reason: e.to_string(),
+                },
+                Ok(Ok(r)) => outcome_of(mode, &r),
+            };
+            lock(&history).push(Event::Complete {
+                op,
+                at_us: now_us(),
+                outcome,
+            });
+        });
+    }
+    while requests.join_next().await.is_some() {}
+    let _ = faults.await;
+    // Let the last fault heal, then read every accepted async invocation's record.
+    tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)).await;
+    let accepted: Vec<(u64, String, String)> = {
+        let h = lock(&history);
+        let sent_to: HashMap<u64, &str> = h
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Invoke { op, node, .. } => Some((*op, node.as_str())),
+                _ => None,
+            })
+            .collect();
+        h.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Complete {
+                    op,
+                    outcome: Outcome::Accepted { id },
+                    ..
+                } => Some((*op, id.clone(), sent_to.get(op)?.to_string())),
+                _ => None,
+            })
+            .collect()
+    };
+    // Time for the replays of a restarted node; past it, what is still pending stays so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (op, id, node) in accepted {
+        let (addr, token) = {
+            let n = lock(nodes);
+            let Some(p) = n.iter().find(|p| p.name == node) else {
+                continue;
+            };
+            (p.http, p.token.clone())
+        };
+        loop {
+            let record = get(addr, &token, &format!("/v1/invocations/{id}"))
+                .await
+                .filter(|r| r.status == 200)
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok());
+            let status = record
+                .as_ref()
+                .and_then(|v| v["status"].as_str())
+                .unwrap_or("unreadable")
+                .to_owned();
+            if status == "pending" && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            let v = record.unwrap_or_default();
+            lock(&history).push(Event::Finished {
+                op,
+                at_us: now_us(),
+                status,
+                attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
+                output: v["result"].as_str().map(str::to_owned),
+            });
+            break;
+        }
+    }
+    watchdog.abort();
+    let h = lock(&history).clone();
+    Ok(h)
+}
+
+fn outcome_of(mode: Mode, r: &tern_bench::Response) -> Outcome {
+    match (mode, r.status) {
+        (Mode::Async, 202) => {
+            let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            Outcome::Accepted {
+                id: v["id"].as_str().unwrap_or_default().to_owned(),
+            }
+        }
+        (_, 200) => Outcome::Ok {
+            output: String::from_utf8_lossy(&r.body).into_owned(),
+            ran_on: r.header("x-tern-node").unwrap_or_default().to_owned(),
+        },
+        (_, status) => Outcome::Failed {
+            code: tern_wire::ApiError::from_json(&r.body)
+                .map_or_else(|| format!("http_{status}"), |e| e.code.as_str().to_owned()),
+            status,
+        },
+    }
+}
+
+/// Deploys the workload's function through the first node and waits until every node runs it.
+async fn deploy(
+    scenario: &Scenario,
+    options: &RunOptions,
+    nodes: &Mutex<Vec<NodeProc>>,
+) -> Result<(), RunError> {
+    let f = &scenario.workload.function;
+    let wasm = options.examples_dir.join(format!("{f}.wasm"));
+    let module = std::fs::read(&wasm).map_err(io(format!("reading {}", wasm.display())))?;
+    let targets: Vec<(SocketAddr, String)> = lock(nodes)
+        .iter()
+        .map(|n| (n.http, n.token.clone()))
+        .collect();
+    let (a, token) = targets[0].clone();
+    let auth = format!("Bearer {token}");
+    let t0 = Instant::now();
+    loop {
+        let r = tern_bench::request_once(
+            a,
+            Method::PUT,
+            &format!("/v1/functions/{f}"),
+            &[("authorization", auth.as_str())],
+            Bytes::from(module.clone()),
+        )
+        .await;
+        match r {
+            Ok(r) if r.status == 201 => break,
+            Ok(r) if t0.elapsed() > Duration::from_secs(30) || r.status < 500 => {
+                return Err(RunError::Deploy {
+                    function: f.clone(),
+                    detail: format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+                });
+            }
+            Err(e) if t0.elapsed() > Duration::from_secs(30) => {
+                return Err(RunError::Deploy {
+                    function: f.clone(),
+                    detail: e.to_string(),
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    for (addr, token) in targets {
+        let auth = format!("Bearer {token}");
+        loop {
+            let r = tern_bench::request_once(
+                addr,
+                Method::GET,
+                &format!("/v1/functions/{f}"),
+                &[("authorization", auth.as_str())],
+                Bytes::new(),
+            )
+            .await;
+            if matches!(r, Ok(ref r) if r.status == 200) {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(RunError::Deploy {
+                    function: f.clone(),
+                    detail: format!("not on the node at {addr} within 60 s"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The fault schedule, in order of time.
+async fn run_faults(
+    scenario: Scenario,
+    nodes: Arc<Mutex<Vec<NodeProc>>>,
+    history: Arc<Mutex<History>>,
+    tern: PathBuf,
+    t0: Instant,
+) {
+    let mut faults = scenario.faults.clone();
+    faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    let index = |name: &str| scenario.nodes().iter().position(|n| *n == name);
+    let mut later = tokio::task::JoinSet::new();
+    for f in faults {
+        tokio::time::sleep_until((t0 + Duration::from_secs_f64(f.at_s)).into()).await;
+        let at_us = t0.elapsed().as_micros() as u64;
+        match f.kind {
+            FaultKind::Kill {
+                node,
+                restart_after_s,
+            } => {
+                let Some(i) = index(&node) else { continue };
+                {
+                    let mut n = lock(&nodes);
+                    n[i].faulted = true;
+                    n[i].kill();
+                }
+                lock(&history).push(Event::NodeExit {
+                    node: node.clone(),
+                    at_us,
+                    scheduled: true,
+                });
+                if let Some(r) = restart_after_s {
+                    let (nodes, tern) = (nodes.clone(), tern.clone());
+                    later.spawn(async move {
+                        tokio::time::sleep(Duration::from_secs_f64(r)).await;
+                        restart(&nodes, i, &tern).await;
+                    });
+                }
+            }
+            FaultKind::Pause { node, for_s } => {
+                let Some(i) = index(&node) else { continue };
+                {
+                    let mut n = lock(&nodes);
+                    n[i].faulted = true;
+                    n[i].signal("STOP");
+                }
+                let nodes = nodes.clone();
+                later.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(for_s)).await;
+                    let mut n = lock(&nodes);
+                    n[i].signal("CONT");
+                    n[i].faulted = false;
+                });
+            }
+            FaultKind::RollingRestart { gap_s } => {
+                let count = lock(&nodes).len();
+                for i in 0..count {
+                    let name = {
+                        let mut n = lock(&nodes);
+                        n[i].faulted = true;
+                        n[i].signal("TERM");
+                        n[i].name.clone()
+                    };
+                    lock(&history).push(Event::NodeExit {
+                        node: name,
+                        at_us: t0.elapsed().as_micros() as u64,
+                        scheduled: true,
+                    });
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    lock(&nodes)[i].kill();
+                    restart(&nodes, i, &tern).await;
+                    tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
+                }
+            }
+            // Refused before the run started.
+            _ => {}
+        }
+    }
+    while later.join_next().await.is_some() {}
+}
+
+async fn restart(nodes: &Mutex<Vec<NodeProc>>, i: usize, tern: &Path) {
+    let spawned = lock(nodes)[i].spawn(tern);
+    if spawned.is_ok() {
+        let count = lock(nodes).len();
+        let _ = wait_ready(nodes, i, count).await;
+    }
+    lock(nodes)[i].faulted = false;
+}
+
+/// Notices node processes that end when the schedule did not end them.
+async fn watch(nodes: Arc<Mutex<Vec<NodeProc>>>, history: Arc<Mutex<History>>, t0: Instant) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut n = lock(&nodes);
+        for p in n.iter_mut().filter(|p| !p.faulted) {
+            let exited = p
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+                .is_some();
+            if exited {
+                p.child = None;
+                lock(&history).push(Event::NodeExit {
+                    node: p.name.clone(),
+                    at_us: t0.elapsed().as_micros() as u64,
+                    scheduled: false,
+                });
+            }
+        }
+    }
+}
+
+/// The run's report for people: what ran, what held, what broke.
+pub fn markdown(scenario: &Scenario, report: &Report) -> String {
+    let s = &report.stats;
+    let mut out = format!(
+        "# Chaos run: {}\n\n{}\n\nGenerated by `tern chaos run`; the history is `history.jsonl`, the \
+         verdict `verdict.json`.\n\n**Verdict: {}**\n\n",
+        scenario.name,
+        scenario.description,
+        if report.passed() { "passed" } else { "FAILED" }
+    );
+    out += &format!(
+        "| operations | ok | failed (typed) | unknown | async accepted | async rerun (duplicate runs) | p99 under faults | p99 otherwise |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n\
+         | {} | {} | {} | {} | {} | {} ({}) | {} | {} |\n\n",
+        s.operations,
+        s.ok,
+        s.failed.values().sum::<u64>(),
+        s.unknown,
+        s.async_accepted,
+        s.async_rerun,
+        s.duplicate_runs,
+        s.p99_us_under_faults
+            .map_or("-".into(), |v| format!("{:.1} ms", v as f64 / 1000.0)),
+        s.p99_us_otherwise
+            .map_or("-".into(), |v| format!("{:.1} ms", v as f64 / 1000.0)),
+    );
+    if !s.failed.is_empty() {
+        out += "Typed errors by code: ";
+        out += &s
+            .failed
+            .iter()
+            .map(|(c, n)| format!("`{c}` {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        out += "\n\n";
+    }
+    for v in &report.violations {
+        let ops: Vec<String> = v.ops.iter().take(20).map(u64::to_string).collect();
+        out += &format!(
+            "- **{}**: {} (operations {}{})\n",
+            v.invariant,
+            v.detail,
+            ops.join(", "),
+            if v.ops.len() > 20 { ", …" } else { "" }
+        );
+    }
+    out
+}
