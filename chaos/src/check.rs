@@ -5,19 +5,30 @@
 //! The invariants (the README's guarantees, as a tester reads them):
 //! - `answered_once`: every operation sent has exactly one outcome, and no outcome belongs to
 //!   an operation never sent;
-//! - `right_output`: every answer carries the output the function gives for that input;
-//! - `errors_only_under_faults`: errors (429, 5xx) and unknown outcomes happen only while a
-//!   fault is in force, or within the recovery bound after it heals; any other 4xx never;
-//! - `async_finished`: every accepted async invocation has finished (not pending) by the end,
-//!   and ran at least once; reruns are counted as duplicates (at-least-once allows them);
-//! - `no_unscheduled_deaths`: no node process ended except by the schedule.
+//! - `right_output`: every answer, and every finished async invocation's result, carries the
+//!   output the function gives for that input;
+//! - `errors_only_under_faults`: errors (429, 5xx) and unknown outcomes are excused only when
+//!   the operation was sent or ended while its own node was under a fault (or within the
+//!   recovery bound after it healed), or within the detection and recovery bounds after
+//!   another node's fault began or healed; any other 4xx never;
+//! - `async_finished`: every accepted async invocation has succeeded by the end and was
+//!   counted as run at least once; reruns are counted as duplicates (at-least-once allows them);
+//! - `no_unscheduled_deaths`: no node process ended except by the schedule;
+//! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
+//!   none more than 100 ms late (otherwise the run measured the generator, not the cluster).
+//!
+//! Fault windows come from the runner's `Fault` events (what it did, when), not from the
+//! schedule: a restart that takes longer than planned stretches its window.
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::history::{Event, History, Mode, Outcome};
+use crate::history::{Event, History, Mode, Outcome, Phase};
 use crate::scenario::Scenario;
+
+/// Longest a send may trail its open-loop schedule.
+pub const MAX_LAG_US: u64 = 100_000;
 
 /// A broken promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,10 +51,12 @@ pub struct Stats {
     /// Async invocations that ran more than once (at-least-once), and the extra runs.
     pub async_rerun: u64,
     pub duplicate_runs: u64,
-    /// p99 latency of answered operations sent while a fault was in force (or recovering),
-    /// and of the others, µs.
+    /// p99 latency of every completed operation (answered, failed or given up on) sent or
+    /// ended while a fault excused errors, and of the others, µs.
     pub p99_us_under_faults: Option<u64>,
     pub p99_us_otherwise: Option<u64>,
+    /// The longest a send trailed its schedule, µs.
+    pub max_send_lag_us: u64,
 }
 
 /// The checkers' verdict.
@@ -59,20 +72,60 @@ impl Report {
     }
 }
 
-/// The cluster-wide periods under a fault, each extended by the recovery bound: `[start,
-/// end + recovery)`. A fault anywhere may slow or fail calls everywhere (a forwarded call, a
-/// registry not yet synced), so an error is excused by any node's fault.
-fn excused_periods(scenario: &Scenario) -> Vec<(u64, u64)> {
-    let recovery = scenario.expect.recovery_ms.saturating_mul(1000);
-    scenario
-        .fault_windows()
-        .into_iter()
-        .map(|w| (w.start_us, w.end_us.saturating_add(recovery)))
-        .collect()
+/// When errors are excused, from the runner's fault events.
+struct Excuses {
+    /// Per node: `[start, heal + recovery)`; a fault never healed lasts to the end.
+    own: HashMap<String, Vec<(u64, u64)>>,
+    /// For every node: `[start, start + detection + recovery)` and `[heal, heal + recovery)`
+    /// of any node's fault (a forwarded call, a registry sync, a membership change).
+    everyone: Vec<(u64, u64)>,
 }
 
-fn overlaps(periods: &[(u64, u64)], from: u64, to: u64) -> bool {
-    periods.iter().any(|&(s, e)| from < e && to >= s)
+impl Excuses {
+    fn from(history: &History, scenario: &Scenario) -> Self {
+        let recovery = scenario.expect.recovery_ms.saturating_mul(1000);
+        let detection = scenario.expect.detection_ms.saturating_mul(1000);
+        let mut open: HashMap<&str, u64> = HashMap::new();
+        let mut own: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+        let mut everyone = Vec::new();
+        for e in &history.events {
+            let Event::Fault {
+                node, at_us, phase, ..
+            } = e
+            else {
+                continue;
+            };
+            match phase {
+                Phase::Start => {
+                    open.entry(node).or_insert(*at_us);
+                    everyone.push((*at_us, at_us.saturating_add(detection + recovery)));
+                }
+                Phase::End => {
+                    let start = open.remove(node.as_str()).unwrap_or(*at_us);
+                    own.entry(node.clone())
+                        .or_default()
+                        .push((start, at_us.saturating_add(recovery)));
+                    everyone.push((*at_us, at_us.saturating_add(recovery)));
+                }
+            }
+        }
+        for (node, start) in open {
+            own.entry(node.to_owned())
+                .or_default()
+                .push((start, u64::MAX));
+        }
+        Self { own, everyone }
+    }
+
+    /// Whether an operation for `node`, sent at `sent` and ended at `ended`, may have failed.
+    fn excuse(&self, node: &str, sent: u64, ended: u64) -> bool {
+        let inside = |periods: &[(u64, u64)]| {
+            periods
+                .iter()
+                .any(|&(s, e)| (s..e).contains(&sent) || (s..e).contains(&ended))
+        };
+        self.own.get(node).is_some_and(|p| inside(p)) || inside(&self.everyone)
+    }
 }
 
 fn p99(mut v: Vec<u64>) -> Option<u64> {
@@ -103,32 +156,30 @@ pub fn check(
         at_us: u64,
         mode: Mode,
         input: &'a str,
+        node: &'a str,
         outcomes: Vec<(u64, &'a Outcome)>,
     }
     let mut sent: BTreeMap<u64, Sent<'_>> = BTreeMap::new();
-    let mut finished: HashMap<u64, (&str, u32)> = HashMap::new();
+    let mut finished: HashMap<u64, (&str, u32, Option<&str>)> = HashMap::new();
     let mut orphans = Vec::new();
+    let mut load = None;
     for e in &history.events {
         match e {
             Event::Invoke {
                 op,
                 at_us,
+                node,
                 mode,
                 input,
-                ..
             } => {
-                if sent
-                    .insert(
-                        *op,
-                        Sent {
-                            at_us: *at_us,
-                            mode: *mode,
-                            input,
-                            outcomes: Vec::new(),
-                        },
-                    )
-                    .is_some()
-                {
+                let first = Sent {
+                    at_us: *at_us,
+                    mode: *mode,
+                    input,
+                    node,
+                    outcomes: Vec::new(),
+                };
+                if sent.insert(*op, first).is_some() {
                     v(
                         "answered_once",
                         format!("operation {op} sent twice"),
@@ -144,9 +195,10 @@ pub fn check(
                 op,
                 status,
                 attempts,
+                output,
                 ..
             } => {
-                finished.insert(*op, (status.as_str(), *attempts));
+                finished.insert(*op, (status.as_str(), *attempts, output.as_deref()));
             }
             Event::NodeExit {
                 node,
@@ -155,12 +207,16 @@ pub fn check(
             } => v(
                 "no_unscheduled_deaths",
                 format!(
-                    "node {node} ended at {} ms, not by the schedule",
+                    "node {node} ended (or did not come back) at {} ms, not by the schedule",
                     at_us / 1000
                 ),
                 Vec::new(),
             ),
-            Event::NodeExit { .. } => {}
+            Event::Load {
+                scheduled_ops,
+                max_lag_us,
+            } => load = Some((*scheduled_ops, *max_lag_us)),
+            Event::NodeExit { .. } | Event::Fault { .. } => {}
         }
     }
     if !orphans.is_empty() {
@@ -170,13 +226,42 @@ pub fn check(
             orphans,
         );
     }
-    let excused = excused_periods(scenario);
+    match load {
+        None => v(
+            "load_kept_its_rate",
+            "the history has no account of the load generator".into(),
+            Vec::new(),
+        ),
+        Some((scheduled, lag)) => {
+            report.stats.max_send_lag_us = lag;
+            if scheduled != sent.len() as u64 {
+                v(
+                    "load_kept_its_rate",
+                    format!("{scheduled} operations scheduled, {} sent", sent.len()),
+                    Vec::new(),
+                );
+            }
+            if lag > MAX_LAG_US {
+                v(
+                    "load_kept_its_rate",
+                    format!(
+                        "a send trailed its schedule by {} ms (at most {} ms)",
+                        lag / 1000,
+                        MAX_LAG_US / 1000
+                    ),
+                    Vec::new(),
+                );
+            }
+        }
+    }
+    let excuses = Excuses::from(history, scenario);
     let mut lost = Vec::new();
     let mut twice = Vec::new();
     let mut wrong = Vec::new();
     let mut unexcused = Vec::new();
     let mut client_errors = Vec::new();
     let mut unfinished = Vec::new();
+    let mut failed_async = Vec::new();
     let mut uncounted = Vec::new();
     let (mut under, mut otherwise) = (Vec::new(), Vec::new());
     let stats = &mut report.stats;
@@ -193,31 +278,40 @@ pub fn check(
                 *first
             }
         };
-        let in_fault = overlaps(&excused, s.at_us, done_at);
+        let excused = excuses.excuse(s.node, s.at_us, done_at);
+        let latency = done_at.saturating_sub(s.at_us);
+        if excused { &mut under } else { &mut otherwise }.push(latency);
         match outcome {
             Outcome::Ok { output, .. } => {
                 stats.ok += 1;
-                let latency = done_at.saturating_sub(s.at_us);
-                if in_fault { &mut under } else { &mut otherwise }.push(latency);
                 if expected(s.mode, s.input).is_some_and(|want| want != *output) {
                     wrong.push(op);
                 }
             }
             Outcome::Accepted { .. } => {
                 stats.async_accepted += 1;
-                // Finished means a final status the API gives (`succeeded`, `failed`); still
-                // pending, unreadable (its node is gone) or never read is not finished.
+                // Finished means succeeded here: a workload function that fails is a wrong
+                // answer; still pending, unreadable (its node is gone) or never read is not
+                // finished.
                 match finished.get(&op) {
-                    Some((status, _)) if !matches!(*status, "succeeded" | "failed") => {
-                        unfinished.push(op)
-                    }
                     None => unfinished.push(op),
-                    Some((_, 0)) => uncounted.push(op),
-                    Some((_, attempts)) if *attempts > 1 => {
-                        stats.async_rerun += 1;
-                        stats.duplicate_runs += u64::from(attempts - 1);
-                    }
-                    Some(_) => {}
+                    Some((status, attempts, output)) => match *status {
+                        "succeeded" => {
+                            if *attempts == 0 {
+                                uncounted.push(op);
+                            } else if *attempts > 1 {
+                                stats.async_rerun += 1;
+                                stats.duplicate_runs += u64::from(attempts - 1);
+                            }
+                            if expected(Mode::Async, s.input)
+                                .is_some_and(|want| Some(want.as_str()) != *output)
+                            {
+                                wrong.push(op);
+                            }
+                        }
+                        "failed" => failed_async.push(op),
+                        _ => unfinished.push(op),
+                    },
                 }
             }
             Outcome::Failed { code, status } => {
@@ -225,13 +319,13 @@ pub fn check(
                 let server_side = *status == 429 || *status >= 500;
                 if !server_side {
                     client_errors.push(op);
-                } else if !in_fault {
+                } else if !excused {
                     unexcused.push(op);
                 }
             }
             Outcome::Unknown { .. } => {
                 stats.unknown += 1;
-                if !in_fault {
+                if !excused {
                     unexcused.push(op);
                 }
             }
@@ -245,7 +339,7 @@ pub fn check(
         ("right_output", "answers with the wrong output", wrong),
         (
             "errors_only_under_faults",
-            "errors or unknown outcomes while no fault was in force",
+            "errors or unknown outcomes while no fault excused them",
             unexcused,
         ),
         (
@@ -257,6 +351,11 @@ pub fn check(
             "async_finished",
             "accepted async invocations not finished by the end",
             unfinished,
+        ),
+        (
+            "async_finished",
+            "accepted async invocations that finished failed",
+            failed_async,
         ),
         (
             "async_finished",
@@ -292,6 +391,7 @@ mod tests {
             node = "b"
             restart_after_s = 5
             [expect]
+            detection_ms = 1500
             recovery_ms = 2000
             "#,
         )
@@ -302,21 +402,63 @@ mod tests {
         Some(input.to_owned())
     }
 
-    fn sent(h: &mut History, op: u64, at_s: f64, mode: Mode) {
+    fn us(s: f64) -> u64 {
+        (s * 1e6).round() as u64
+    }
+
+    /// b killed at 10 s and back at 15 s, as the runner records it.
+    fn with_kill_of_b(healed: bool) -> History {
+        let mut h = History::default();
+        let fault = |at: f64, phase| Event::Fault {
+            node: "b".into(),
+            at_us: us(at),
+            phase,
+            what: "kill".into(),
+        };
+        h.push(fault(10.0, Phase::Start));
+        h.push(Event::NodeExit {
+            node: "b".into(),
+            at_us: us(10.0),
+            scheduled: true,
+        });
+        if healed {
+            h.push(fault(15.0, Phase::End));
+        }
+        h
+    }
+
+    fn sent_to(h: &mut History, op: u64, node: &str, at_s: f64, mode: Mode) {
         h.push(Event::Invoke {
             op,
-            at_us: (at_s * 1e6).round() as u64,
-            node: "a".into(),
+            at_us: us(at_s),
+            node: node.into(),
             mode,
             input: format!("in-{op}"),
         });
     }
 
+    fn sent(h: &mut History, op: u64, at_s: f64, mode: Mode) {
+        sent_to(h, op, "a", at_s, mode);
+    }
+
     fn done(h: &mut History, op: u64, at_s: f64, outcome: Outcome) {
         h.push(Event::Complete {
             op,
-            at_us: (at_s * 1e6).round() as u64,
+            at_us: us(at_s),
             outcome,
+        });
+    }
+
+    /// The load generator's account: every operation sent, on time.
+    fn load_ok(h: &mut History) {
+        let n = h
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::Invoke { .. }))
+            .count() as u64;
+        h.push(Event::Load {
+            scheduled_ops: n,
+            max_lag_us: 3000,
         });
     }
 
@@ -334,6 +476,16 @@ mod tests {
         }
     }
 
+    fn finished(h: &mut History, op: u64, status: &str, attempts: u32, output: Option<&str>) {
+        h.push(Event::Finished {
+            op,
+            at_us: us(59.0),
+            status: status.into(),
+            attempts,
+            output: output.map(str::to_owned),
+        });
+    }
+
     fn invariants(r: &Report) -> Vec<(&'static str, Vec<u64>)> {
         r.violations
             .iter()
@@ -343,10 +495,11 @@ mod tests {
 
     #[test]
     fn a_run_whose_errors_all_fall_in_the_fault_and_its_recovery_passes() {
-        let mut h = History::default();
+        let mut h = with_kill_of_b(true);
         sent(&mut h, 1, 1.0, Mode::Sync);
         done(&mut h, 1, 1.001, ok(1));
-        // During the kill (10-15 s) and its recovery (to 17 s): excused.
+        // On a, within detection + recovery of b's kill (10-13.5 s) and recovery of its
+        // return (15-17 s): excused.
         sent(&mut h, 2, 11.0, Mode::Sync);
         done(&mut h, 2, 11.5, failed("unavailable", 503));
         sent(&mut h, 3, 16.5, Mode::Sync);
@@ -358,31 +511,51 @@ mod tests {
                 reason: "reset".into(),
             },
         );
+        // On b while it was down: excused.
+        sent_to(&mut h, 5, "b", 14.0, Mode::Sync);
+        done(
+            &mut h,
+            5,
+            14.0,
+            Outcome::Unknown {
+                reason: "refused".into(),
+            },
+        );
         sent(&mut h, 4, 12.0, Mode::Async);
         done(&mut h, 4, 12.1, Outcome::Accepted { id: "x".into() });
-        h.push(Event::Finished {
-            op: 4,
-            at_us: 60_000_000,
-            status: "succeeded".into(),
-            attempts: 2,
-            output: Some("in-4".into()),
-        });
-        h.push(Event::NodeExit {
-            node: "b".into(),
-            at_us: 10_000_000,
-            scheduled: true,
-        });
+        finished(&mut h, 4, "succeeded", 2, Some("in-4"));
+        load_ok(&mut h);
         let r = check(&h, &scenario(), echo);
         assert!(r.passed(), "{:?}", r.violations);
         let s = &r.stats;
         assert_eq!(
             (s.operations, s.ok, s.unknown, s.async_accepted),
-            (4, 1, 1, 1)
+            (5, 1, 2, 1)
         );
         assert_eq!((s.async_rerun, s.duplicate_runs), (1, 1));
         assert_eq!(s.failed["unavailable"], 1);
         assert_eq!(s.p99_us_otherwise, Some(1000));
-        assert_eq!(s.p99_us_under_faults, None);
+        assert_eq!(s.p99_us_under_faults, Some(1_500_000));
+        assert_eq!(s.max_send_lag_us, 3000);
+    }
+
+    #[test]
+    fn a_node_that_never_returns_excuses_its_own_errors_only() {
+        let mut h = with_kill_of_b(false);
+        sent_to(&mut h, 1, "b", 40.0, Mode::Sync);
+        done(
+            &mut h,
+            1,
+            40.0,
+            Outcome::Unknown {
+                reason: "refused".into(),
+            },
+        );
+        sent_to(&mut h, 2, "a", 40.0, Mode::Sync);
+        done(&mut h, 2, 40.1, failed("unavailable", 503));
+        load_ok(&mut h);
+        let found = invariants(&check(&h, &scenario(), echo));
+        assert_eq!(found, [("errors_only_under_faults", vec![2])]);
     }
 
     #[test]
@@ -393,6 +566,7 @@ mod tests {
         done(&mut h, 2, 1.1, ok(2));
         done(&mut h, 2, 1.2, ok(2));
         done(&mut h, 9, 1.3, ok(9));
+        load_ok(&mut h);
         let r = check(&h, &scenario(), echo);
         let found = invariants(&r);
         assert!(found.contains(&("answered_once", vec![9])), "{found:?}");
@@ -402,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_wrong_output_an_error_outside_faults_and_a_client_error_are_each_named() {
-        let mut h = History::default();
+        let mut h = with_kill_of_b(true);
         sent(&mut h, 1, 1.0, Mode::Sync);
         done(
             &mut h,
@@ -428,8 +602,13 @@ mod tests {
         // A 4xx is never excused, even during the fault.
         sent(&mut h, 4, 11.0, Mode::Sync);
         done(&mut h, 4, 11.1, failed("not_found", 404));
+        // An async result that is not what was sent.
+        sent(&mut h, 5, 2.0, Mode::Async);
+        done(&mut h, 5, 2.1, Outcome::Accepted { id: "5".into() });
+        finished(&mut h, 5, "succeeded", 1, Some("in-6"));
+        load_ok(&mut h);
         let found = invariants(&check(&h, &scenario(), echo));
-        assert!(found.contains(&("right_output", vec![1])), "{found:?}");
+        assert!(found.contains(&("right_output", vec![1, 5])), "{found:?}");
         assert!(
             found.contains(&("errors_only_under_faults", vec![2, 3])),
             "{found:?}"
@@ -441,9 +620,9 @@ mod tests {
     }
 
     #[test]
-    fn unfinished_or_uncounted_async_work_and_an_unscheduled_death_fail_the_run() {
+    fn unfinished_failed_or_uncounted_async_work_and_an_unscheduled_death_fail_the_run() {
         let mut h = History::default();
-        for op in 1..=4 {
+        for op in 1..=5 {
             sent(&mut h, op, 1.0, Mode::Async);
             done(
                 &mut h,
@@ -454,32 +633,16 @@ mod tests {
                 },
             );
         }
-        h.push(Event::Finished {
-            op: 1,
-            at_us: 59_000_000,
-            status: "pending".into(),
-            attempts: 1,
-            output: None,
-        });
-        h.push(Event::Finished {
-            op: 2,
-            at_us: 59_000_000,
-            status: "succeeded".into(),
-            attempts: 0,
-            output: Some("in-2".into()),
-        });
-        h.push(Event::Finished {
-            op: 4,
-            at_us: 59_000_000,
-            status: "unreadable".into(),
-            attempts: 0,
-            output: None,
-        });
+        finished(&mut h, 1, "pending", 1, None);
+        finished(&mut h, 2, "succeeded", 0, Some("in-2"));
+        finished(&mut h, 4, "unreadable", 0, None);
+        finished(&mut h, 5, "failed", 1, None);
         h.push(Event::NodeExit {
             node: "c".into(),
-            at_us: 20_000_000,
+            at_us: us(20.0),
             scheduled: false,
         });
+        load_ok(&mut h);
         let r = check(&h, &scenario(), echo);
         let found = invariants(&r);
         assert!(
@@ -487,6 +650,7 @@ mod tests {
             "{found:?}"
         );
         assert!(found.contains(&("async_finished", vec![2])), "{found:?}");
+        assert!(found.contains(&("async_finished", vec![5])), "{found:?}");
         assert!(
             r.violations
                 .iter()
@@ -497,15 +661,43 @@ mod tests {
     }
 
     #[test]
+    fn a_load_generator_that_fell_behind_or_skipped_operations_invalidates_the_run() {
+        let mut h = History::default();
+        sent(&mut h, 1, 1.0, Mode::Sync);
+        done(&mut h, 1, 1.1, ok(1));
+        h.push(Event::Load {
+            scheduled_ops: 2,
+            max_lag_us: 250_000,
+        });
+        let r = check(&h, &scenario(), echo);
+        let details: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.invariant == "load_kept_its_rate")
+            .map(|v| v.detail.as_str())
+            .collect();
+        assert_eq!(details.len(), 2, "{details:?}");
+        let mut silent = History::default();
+        sent(&mut silent, 1, 1.0, Mode::Sync);
+        done(&mut silent, 1, 1.1, ok(1));
+        assert!(
+            invariants(&check(&silent, &scenario(), echo))
+                .iter()
+                .any(|(i, _)| *i == "load_kept_its_rate")
+        );
+    }
+
+    #[test]
     fn p99_is_the_rank_99_value_split_by_fault_periods() {
         assert_eq!(p99(Vec::new()), None);
         assert_eq!(p99((1..=100).collect()), Some(99));
         assert_eq!(p99(vec![5]), Some(5));
-        let mut h = History::default();
+        let mut h = with_kill_of_b(true);
         for op in 0..10u64 {
             sent(&mut h, op, 12.0, Mode::Sync);
             done(&mut h, op, 12.0 + op as f64 / 1000.0, ok(op));
         }
+        load_ok(&mut h);
         let r = check(&h, &scenario(), echo);
         assert_eq!(r.stats.p99_us_under_faults, Some(9000));
         assert_eq!(r.stats.p99_us_otherwise, None);

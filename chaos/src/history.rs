@@ -29,11 +29,20 @@ pub enum Outcome {
     Unknown { reason: String },
 }
 
+/// Whether a fault began or healed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Start,
+    End,
+}
+
 /// One line of the history. Times are microseconds since the run started.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    /// An operation sent to `node`.
+    /// An operation for `node`, at the time the open-loop schedule gave it (a late send does
+    /// not hide its delay from the latency).
     Invoke {
         op: u64,
         at_us: u64,
@@ -56,12 +65,24 @@ pub enum Event {
         attempts: u32,
         output: Option<String>,
     },
-    /// A node process ended; `scheduled` when the fault schedule killed it.
+    /// A node process ended; `scheduled` when the fault schedule killed it (a restart that
+    /// failed is an unscheduled end).
     NodeExit {
         node: String,
         at_us: u64,
         scheduled: bool,
     },
+    /// A fault on `node` began or healed, when the runner did it (`what`: the fault's kind).
+    /// Errors are judged against these, not against the schedule.
+    Fault {
+        node: String,
+        at_us: u64,
+        phase: Phase,
+        what: String,
+    },
+    /// The load generator's account, once the load ended: operations the schedule asked for
+    /// and the longest delay of a send behind its time.
+    Load { scheduled_ops: u64, max_lag_us: u64 },
 }
 
 /// A run's events in the order the runner recorded them.

@@ -15,7 +15,7 @@ pub mod runner;
 pub mod scenario;
 
 pub use check::{Report, Violation};
-pub use history::{Event, History, Mode, Outcome};
+pub use history::{Event, History, Mode, Outcome, Phase};
 pub use scenario::{Fault, Scenario, ScenarioError};
 
 /// The scenarios shipped with Tern (`chaos/scenarios/`), by name: together they cover

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use crate::check::{Report, check};
-use crate::history::{Event, History, Mode, Outcome};
+use crate::history::{Event, History, Mode, Outcome, Phase};
 use crate::scenario::{FaultKind, Scenario, Via};
 
 /// What stops a run before its verdict.
@@ -45,6 +45,8 @@ pub enum RunError {
     },
     #[error("cannot deploy {function}: {detail}")]
     Deploy { function: String, detail: String },
+    #[error("{0} holds an earlier run (its data directory); give another --out")]
+    OutInUse(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -80,6 +82,15 @@ struct NodeProc {
 
 impl NodeProc {
     fn spawn(&mut self, tern: &Path) -> Result<(), RunError> {
+        if let Some(c) = self.child.as_mut()
+            && c.try_wait().ok().flatten().is_none()
+        {
+            // Scenario checks refuse overlapping faults; this would orphan a live node.
+            return Err(RunError::Io {
+                what: format!("starting node {}", self.name),
+                source: std::io::Error::other("its previous process is still running"),
+            });
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -98,12 +109,15 @@ impl NodeProc {
         Ok(())
     }
 
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(c.id().to_string())
-                .status();
+    /// Sends `sig` to the node process (a system call, no helper process: the load runs on
+    /// the same runtime).
+    fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| rustix::process::Pid::from_raw(c.id() as i32))
+        {
+            let _ = rustix::process::kill_process(pid, sig);
         }
     }
 
@@ -112,6 +126,15 @@ impl NodeProc {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+impl Drop for NodeProc {
+    /// No node outlives the run, whatever ends it (an error, a panic): a paused one is
+    /// continued first so it can die.
+    fn drop(&mut self) {
+        self.signal(rustix::process::Signal::CONT);
+        self.kill();
     }
 }
 
@@ -160,6 +183,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         return Err(RunError::ViaClient);
     }
     let out = &options.out;
+    if out.join("data").exists() {
+        return Err(RunError::OutInUse(out.display().to_string()));
+    }
     std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
     let pki = out.join("pki");
     let names = scenario.nodes();
@@ -219,15 +245,16 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     let result = drive(scenario, options, &nodes).await;
     // Whatever happened, no node outlives the run.
     for n in lock(&nodes).iter_mut() {
-        n.signal("CONT");
+        n.signal(rustix::process::Signal::CONT);
         n.kill();
     }
     let history = result?;
     std::fs::write(out.join("history.jsonl"), history.to_json_lines())
         .map_err(io("writing the history"))?;
+    // echo's answer is its input; a map's joined array is not compared.
     let expected = |mode: Mode, input: &str| match mode {
-        Mode::Sync => Some(input.to_owned()),
-        _ => None,
+        Mode::Sync | Mode::Async => Some(input.to_owned()),
+        Mode::Map => None,
     };
     let report = if scenario.workload.function == "echo" {
         check(&history, scenario, expected)
@@ -264,12 +291,18 @@ async fn start_all(nodes: &Mutex<Vec<NodeProc>>, tern: &Path) -> Result<(), RunE
     }
     let count = lock(nodes).len();
     for i in 0..count {
-        wait_ready(nodes, i, count).await?;
+        wait_ready(nodes, i, count - 1).await?;
     }
     Ok(())
 }
 
-async fn wait_ready(nodes: &Mutex<Vec<NodeProc>>, i: usize, count: usize) -> Result<(), RunError> {
+/// Waits until node `i` answers its cluster view with at least `peers_up` peers up (every
+/// other node at the start; none after a restart, when another node may be under a fault).
+async fn wait_ready(
+    nodes: &Mutex<Vec<NodeProc>>,
+    i: usize,
+    peers_up: usize,
+) -> Result<(), RunError> {
     let (name, addr, log, data) = {
         let n = &lock(nodes)[i];
         let data = PathBuf::from(&n.args[2]);
@@ -286,7 +319,7 @@ async fn wait_ready(nodes: &Mutex<Vec<NodeProc>>, i: usize, count: usize) -> Res
                 let up = view["members"]
                     .as_array()
                     .map_or(0, |m| m.iter().filter(|m| m["state"] == "up").count());
-                if up + 1 >= count {
+                if up >= peers_up {
                     lock(nodes)[i].token = token;
                     return Ok(());
                 }
@@ -307,6 +340,14 @@ async fn wait_ready(nodes: &Mutex<Vec<NodeProc>>, i: usize, count: usize) -> Res
 struct Draw(u64);
 
 impl Draw {
+    /// Every seed its own sequence (splitmix64 of it; xorshift needs a non-zero state).
+    fn seeded(seed: u64) -> Self {
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
+
     fn next(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
@@ -340,17 +381,19 @@ async fn drive(
     let w = &scenario.workload;
     let mix = w.mix;
     let total = u64::from(mix.sync + mix.asynchronous + mix.map);
-    let mut draw = Draw(options.seed.unwrap_or(scenario.seed) | 1);
-    let interval = Duration::from_secs_f64(1.0 / f64::from(w.rate_per_s));
-    let end = t0 + Duration::from_secs(u64::from(w.duration_s));
-    let mut next = t0;
+    let mut draw = Draw::seeded(options.seed.unwrap_or(scenario.seed));
+    let scheduled_ops = u64::from(w.rate_per_s) * u64::from(w.duration_s);
     let mut requests = tokio::task::JoinSet::new();
-    let mut op = 0u64;
+    let mut max_lag_us = 0u64;
     let path = format!("/v1/functions/{}/invoke", w.function);
-    while next < end {
+    for op in 1..=scheduled_ops {
+        let next = t0 + Duration::from_secs_f64((op - 1) as f64 / f64::from(w.rate_per_s));
         tokio::time::sleep_until(next.into()).await;
-        next += interval;
-        op += 1;
+        // Open loop: the operation's time is its scheduled one, and how late the send is,
+        // is measured (a generator that falls behind invalidates the run).
+        let scheduled_us = next.duration_since(t0).as_micros() as u64;
+        max_lag_us = max_lag_us.max(now_us().saturating_sub(scheduled_us));
+        while requests.try_join_next().is_some() {}
         let pick = draw.next() % total;
         let mode = if pick < u64::from(mix.sync) {
             Mode::Sync
@@ -375,7 +418,7 @@ async fn drive(
         };
         lock(&history).push(Event::Invoke {
             op,
-            at_us: now_us(),
+            at_us: scheduled_us,
             node: node.clone(),
             mode,
             input: input.clone(),
@@ -406,6 +449,10 @@ async fn drive(
             });
         });
     }
+    lock(&history).push(Event::Load {
+        scheduled_ops,
+        max_lag_us,
+    });
     while requests.join_next().await.is_some() {}
     let _ = faults.await;
     // Let the last fault heal, then read every accepted async invocation's record.
@@ -560,7 +607,8 @@ async fn deploy(
     Ok(())
 }
 
-/// The fault schedule, in order of time.
+/// The fault schedule, in order of time. Each fault's start and heal go into the history when
+/// they happen (the checkers judge errors against these, not against the schedule).
 async fn run_faults(
     scenario: Scenario,
     nodes: Arc<Mutex<Vec<NodeProc>>>,
@@ -568,19 +616,21 @@ async fn run_faults(
     tern: PathBuf,
     t0: Instant,
 ) {
+    use rustix::process::Signal;
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let index = |name: &str| scenario.nodes().iter().position(|n| *n == name);
     let mut later = tokio::task::JoinSet::new();
     for f in faults {
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(f.at_s)).into()).await;
-        let at_us = t0.elapsed().as_micros() as u64;
         match f.kind {
             FaultKind::Kill {
                 node,
                 restart_after_s,
             } => {
                 let Some(i) = index(&node) else { continue };
+                // Recorded before it is done: an answer cut by the kill ends after it starts.
+                record_fault(&history, t0, &node, Phase::Start, "kill");
                 {
                     let mut n = lock(&nodes);
                     n[i].faulted = true;
@@ -588,49 +638,66 @@ async fn run_faults(
                 }
                 lock(&history).push(Event::NodeExit {
                     node: node.clone(),
-                    at_us,
+                    at_us: t0.elapsed().as_micros() as u64,
                     scheduled: true,
                 });
                 if let Some(r) = restart_after_s {
-                    let (nodes, tern) = (nodes.clone(), tern.clone());
+                    let (nodes, history, tern) = (nodes.clone(), history.clone(), tern.clone());
                     later.spawn(async move {
                         tokio::time::sleep(Duration::from_secs_f64(r)).await;
-                        restart(&nodes, i, &tern).await;
+                        restart(&nodes, &history, t0, i, &tern, "kill").await;
                     });
                 }
             }
             FaultKind::Pause { node, for_s } => {
                 let Some(i) = index(&node) else { continue };
+                record_fault(&history, t0, &node, Phase::Start, "pause");
                 {
                     let mut n = lock(&nodes);
                     n[i].faulted = true;
-                    n[i].signal("STOP");
+                    n[i].signal(Signal::STOP);
                 }
-                let nodes = nodes.clone();
+                let (nodes, history) = (nodes.clone(), history.clone());
                 later.spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(for_s)).await;
-                    let mut n = lock(&nodes);
-                    n[i].signal("CONT");
-                    n[i].faulted = false;
+                    {
+                        let mut n = lock(&nodes);
+                        n[i].signal(Signal::CONT);
+                        n[i].faulted = false;
+                    }
+                    record_fault(&history, t0, &node, Phase::End, "pause");
                 });
             }
             FaultKind::RollingRestart { gap_s } => {
                 let count = lock(&nodes).len();
                 for i in 0..count {
-                    let name = {
+                    let name = lock(&nodes)[i].name.clone();
+                    record_fault(&history, t0, &name, Phase::Start, "rolling_restart");
+                    {
                         let mut n = lock(&nodes);
                         n[i].faulted = true;
-                        n[i].signal("TERM");
-                        n[i].name.clone()
-                    };
+                        n[i].signal(Signal::TERM);
+                    }
+                    // A graceful stop: the node drains its connections (up to 10 s), then
+                    // exits; past 15 s it is killed.
+                    let stop_by = Instant::now() + Duration::from_secs(15);
+                    loop {
+                        let exited = lock(&nodes)[i]
+                            .child
+                            .as_mut()
+                            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+                        if exited || Instant::now() >= stop_by {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    lock(&nodes)[i].kill();
                     lock(&history).push(Event::NodeExit {
                         node: name,
                         at_us: t0.elapsed().as_micros() as u64,
                         scheduled: true,
                     });
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    lock(&nodes)[i].kill();
-                    restart(&nodes, i, &tern).await;
+                    restart(&nodes, &history, t0, i, &tern, "rolling_restart").await;
                     tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
                 }
             }
@@ -641,13 +708,41 @@ async fn run_faults(
     while later.join_next().await.is_some() {}
 }
 
-async fn restart(nodes: &Mutex<Vec<NodeProc>>, i: usize, tern: &Path) {
+fn record_fault(history: &Mutex<History>, t0: Instant, node: &str, phase: Phase, what: &str) {
+    lock(history).push(Event::Fault {
+        node: node.to_owned(),
+        at_us: t0.elapsed().as_micros() as u64,
+        phase,
+        what: what.to_owned(),
+    });
+}
+
+/// Starts node `i` again and waits until it is ready, which heals its fault; a restart that
+/// fails is an unscheduled end of the node (the fault then never heals).
+async fn restart(
+    nodes: &Mutex<Vec<NodeProc>>,
+    history: &Mutex<History>,
+    t0: Instant,
+    i: usize,
+    tern: &Path,
+    what: &str,
+) {
     let spawned = lock(nodes)[i].spawn(tern);
-    if spawned.is_ok() {
-        let count = lock(nodes).len();
-        let _ = wait_ready(nodes, i, count).await;
+    let ready = match spawned {
+        Ok(()) => wait_ready(nodes, i, 0).await.is_ok(),
+        Err(_) => false,
+    };
+    let name = lock(nodes)[i].name.clone();
+    if ready {
+        lock(nodes)[i].faulted = false;
+        record_fault(history, t0, &name, Phase::End, what);
+    } else {
+        lock(history).push(Event::NodeExit {
+            node: name,
+            at_us: t0.elapsed().as_micros() as u64,
+            scheduled: false,
+        });
     }
-    lock(nodes)[i].faulted = false;
 }
 
 /// Notices node processes that end when the schedule did not end them.

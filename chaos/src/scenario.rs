@@ -31,6 +31,28 @@ pub const MAX_RATE: u32 = 100_000;
 /// Longest run: soaks are hours, not days.
 pub const MAX_DURATION_S: u32 = 24 * 3600;
 
+/// Most operations in one run (`rate_per_s` × `duration_s`): the history is kept in memory.
+pub const MAX_OPERATIONS: u64 = 2_000_000;
+
+/// Largest weight of one mode in the workload's mix.
+pub const MAX_MIX_WEIGHT: u32 = 1000;
+
+/// Node settings the runner sets for each node itself.
+pub const RUNNER_KEYS: [&str; 9] = [
+    "listen",
+    "data_dir",
+    "node_name",
+    "examples_dir",
+    "examples",
+    "cluster_dir",
+    "cluster_listen",
+    "peers",
+    "node_class",
+];
+
+/// Largest bound in `[expect]`, ms.
+pub const MAX_EXPECT_MS: u64 = 3_600_000;
+
 /// What is wrong with a scenario, with the field that is wrong.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ScenarioError {
@@ -305,6 +327,14 @@ impl Scenario {
                 ));
             }
         }
+        for key in self.cluster.config.keys() {
+            if RUNNER_KEYS.contains(&key.as_str()) {
+                return Err(invalid(
+                    format!("cluster.config.{key}"),
+                    "set by the runner for each node",
+                ));
+            }
+        }
         let w = &self.workload;
         if w.function.is_empty() {
             return Err(invalid("workload.function", "empty"));
@@ -318,8 +348,36 @@ impl Scenario {
                 format!("1 to {MAX_DURATION_S}"),
             ));
         }
-        if w.mix.sync == 0 && w.mix.asynchronous == 0 && w.mix.map == 0 {
-            return Err(invalid("workload.mix", "every weight is 0"));
+        if u64::from(w.rate_per_s) * u64::from(w.duration_s) > MAX_OPERATIONS {
+            return Err(invalid(
+                "workload",
+                format!("rate_per_s x duration_s is more than {MAX_OPERATIONS} operations"),
+            ));
+        }
+        let weights = [w.mix.sync, w.mix.asynchronous, w.mix.map];
+        if weights.iter().all(|&x| x == 0) || weights.iter().any(|&x| x > MAX_MIX_WEIGHT) {
+            return Err(invalid(
+                "workload.mix",
+                format!("weights of 0 to {MAX_MIX_WEIGHT}, not all 0"),
+            ));
+        }
+        let e = &self.expect;
+        if [e.detection_ms, e.recovery_ms, e.convergence_ms]
+            .iter()
+            .any(|&ms| ms > MAX_EXPECT_MS)
+        {
+            return Err(invalid(
+                "expect",
+                format!("bounds of at most {MAX_EXPECT_MS} ms"),
+            ));
+        }
+        let added = self
+            .faults
+            .iter()
+            .filter(|f| matches!(f.kind, FaultKind::AddNode { .. }))
+            .count();
+        if n + added > NODE_NAMES.len() {
+            return Err(invalid("fault", "adding nodes past 9"));
         }
         let duration = f64::from(w.duration_s);
         for (i, f) in self.faults.iter().enumerate() {
@@ -328,10 +386,13 @@ impl Scenario {
                 return Err(invalid(field("at_s"), "within the run's duration"));
             }
             let positive = |name: &str, v: f64| {
-                if v.is_finite() && v > 0.0 {
+                if v.is_finite() && v > 0.0 && v <= f64::from(MAX_DURATION_S) {
                     Ok(())
                 } else {
-                    Err(invalid(field(name), "a positive number of seconds"))
+                    Err(invalid(
+                        field(name),
+                        format!("a positive number of seconds, at most {MAX_DURATION_S}"),
+                    ))
                 }
             };
             let percent = |name: &str, v: f64| {
@@ -397,7 +458,7 @@ impl Scenario {
                 }
                 FaultKind::ClockJump { node, by_s } => {
                     self.node_index(&field("node"), node)?;
-                    if !by_s.is_finite() || *by_s == 0.0 {
+                    if !by_s.is_finite() || *by_s == 0.0 || by_s.abs() > 10.0 * 365.0 * 86400.0 {
                         return Err(invalid(field("by_s"), "a non-zero number of seconds"));
                     }
                 }
@@ -407,12 +468,29 @@ impl Scenario {
                 FaultKind::RollingRestart { gap_s } => positive("gap_s", *gap_s)?,
                 FaultKind::Impostor { .. } => {}
                 FaultKind::AddNode { class } => {
-                    if n == NODE_NAMES.len() {
-                        return Err(invalid(field("kind"), "the cluster already has 9 nodes"));
-                    }
                     if !["standard", "edge-small", "cpu-burst"].contains(&class.as_str()) {
                         return Err(invalid(field("class"), format!("{class:?} is not a class")));
                     }
+                }
+            }
+        }
+        // Two faults on one node at once (a pause of a killed node, a kill during a rolling
+        // restart) have no defined meaning: refused.
+        let windows = self.fault_windows();
+        for (i, a) in windows.iter().enumerate() {
+            for b in &windows[i + 1..] {
+                let meets = |x: &Window, y: &Window| {
+                    x.start_us >= y.start_us && (x.start_us < y.end_us || x.start_us == y.start_us)
+                };
+                if a.node == b.node && (meets(a, b) || meets(b, a)) {
+                    return Err(invalid(
+                        "fault",
+                        format!(
+                            "two faults on node {} at once (from {} s)",
+                            NODE_NAMES[a.node],
+                            a.start_us.max(b.start_us) / 1_000_000
+                        ),
+                    ));
                 }
             }
         }
@@ -441,25 +519,28 @@ impl Scenario {
                     restart_after_s,
                 } => {
                     if let Some(i) = index(node) {
-                        push(i, restart_after_s.map_or(end, |r| start + us(r)));
+                        push(
+                            i,
+                            restart_after_s.map_or(end, |r| start.saturating_add(us(r))),
+                        );
                     }
                 }
                 FaultKind::Pause { node, for_s } | FaultKind::DiskFull { node, for_s } => {
                     if let Some(i) = index(node) {
-                        push(i, start + us(*for_s));
+                        push(i, start.saturating_add(us(*for_s)));
                     }
                 }
                 FaultKind::Partition { groups, for_s, .. } => {
                     // Every node is cut off from some other: all are under the fault.
                     for i in groups.iter().flatten().filter_map(|n| index(n)) {
-                        push(i, start + us(*for_s));
+                        push(i, start.saturating_add(us(*for_s)));
                     }
                 }
                 FaultKind::Link {
                     from, to, for_s, ..
                 } => {
                     for i in [from, to].into_iter().filter_map(|n| index(n)) {
-                        push(i, start + us(*for_s));
+                        push(i, start.saturating_add(us(*for_s)));
                     }
                 }
                 // A restart after a corruption takes as long as a start: until the end of
@@ -473,8 +554,8 @@ impl Scenario {
                     for (k, i) in (0..self.cluster.nodes).enumerate() {
                         out.push(Window {
                             node: i,
-                            start_us: start + us(gap_s * k as f64),
-                            end_us: start + us(gap_s * (k + 1) as f64),
+                            start_us: start.saturating_add(us(gap_s * k as f64)),
+                            end_us: start.saturating_add(us(gap_s * (k + 1) as f64)),
                         });
                     }
                 }
@@ -533,21 +614,21 @@ mod tests {
             at_s = 1
             kind = "pause"
             node = "a"
-            for_s = 2
+            for_s = 1
             [[fault]]
             at_s = 2
             kind = "partition"
             groups = [["a"], ["b", "c"]]
             one_way = true
-            for_s = 3
+            for_s = 1
             [[fault]]
-            at_s = 3
+            at_s = 3.5
             kind = "link"
             from = "a"
             to = "c"
             loss_percent = 5
             delay_ms = 20
-            for_s = 1
+            for_s = 0.4
             [[fault]]
             at_s = 4
             kind = "clock_jump"
@@ -557,14 +638,14 @@ mod tests {
             at_s = 5
             kind = "disk_full"
             node = "c"
-            for_s = 1
+            for_s = 0.5
             [[fault]]
             at_s = 6
             kind = "corrupt"
             node = "a"
             what = "sled"
             [[fault]]
-            at_s = 7
+            at_s = 16
             kind = "rolling_restart"
             gap_s = 2
             [[fault]]
@@ -579,13 +660,10 @@ mod tests {
         let rolling: Vec<_> = s
             .fault_windows()
             .into_iter()
-            .filter(|w| w.start_us >= 7_000_000 && w.end_us != w.start_us)
+            .filter(|w| w.start_us >= 16_000_000)
             .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
             .collect();
-        assert!(
-            rolling.contains(&(0, 7, 9)) && rolling.contains(&(2, 11, 13)),
-            "{rolling:?}"
-        );
+        assert_eq!(rolling, [(0, 16, 18), (1, 18, 20), (2, 20, 22)]);
     }
 
     #[test]
@@ -622,6 +700,24 @@ mod tests {
         assert!(matches!(
             Scenario::parse(&format!("{KILL}\nsurprise = 1")),
             Err(ScenarioError::Parse(_))
+        ));
+        assert_eq!(
+            refused("restart_after_s = 5", "restart_after_s = 1e300"),
+            "fault[0].restart_after_s"
+        );
+        assert_eq!(
+            refused(
+                "duration_s = 30",
+                "duration_s = 86400\nmix = { sync = 1 }\n"
+            ),
+            "workload"
+        );
+        // Two faults on one node at once: a pause of the killed node.
+        let both =
+            format!("{KILL}\n[[fault]]\nat_s = 12\nkind = \"pause\"\nnode = \"b\"\nfor_s = 1\n");
+        assert!(matches!(
+            Scenario::parse(&both),
+            Err(ScenarioError::Invalid { field, reason }) if field == "fault" && reason.contains("node b")
         ));
         // A misspelt field of a fault is refused too, not ignored.
         assert!(matches!(

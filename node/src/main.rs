@@ -881,6 +881,13 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             };
             let parsed = tern_chaos::Scenario::parse(&text)
                 .with_context(|| format!("scenario {scenario}"))?;
+            // Its node settings must be settings a node has, with values of the right type.
+            let mut table = toml::Table::try_from(Config::default())
+                .context("rendering the default configuration")?;
+            table.extend(parsed.cluster.config.clone());
+            table
+                .try_into::<Config>()
+                .with_context(|| format!("scenario {scenario}: cluster.config"))?;
             let out = out.unwrap_or_else(|| {
                 PathBuf::from("chaos-runs").join(format!("{}-{}", parsed.name, now_ms() / 1000))
             });

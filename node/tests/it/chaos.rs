@@ -109,3 +109,20 @@ fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
     assert!(!out.join("data").exists(), "no node was started");
 }
+
+#[test]
+fn a_node_setting_that_does_not_exist_is_refused_before_anything_starts() {
+    let scenario = KILL_AND_RESTART.replace(
+        "[workload]",
+        "[cluster.config]\nqueue_capp = 10\n[workload]",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, _) = chaos_run(&scenario, &out);
+    assert!(!ok);
+    assert!(
+        text.contains("cluster.config") && text.contains("queue_capp"),
+        "{text}"
+    );
+    assert!(!out.join("data").exists(), "no node was started");
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs the shipped chaos scenarios that the runner can inject (`tern chaos run NAME`, release
+# build, this tree) and keeps each run's report, verdict and history (gzipped) in
+# OUT_DIR/<scenario>/, plus summary.txt (generated here from the verdicts; never edit it).
+# The nodes' data, logs and certificates stay in a temporary directory, removed at the end.
+#
+# Usage: scripts/chaos-shipped.sh [OUT_DIR] [SEED]   (default bench/reports/chaos/<date>, 1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/reports/chaos/$(date -u +%Y-%m-%d)}
+seed=${2:-1}
+scenarios=(kill-one-under-load pause-one-under-load rolling-restart)
+bash scripts/build-functions.sh >/dev/null
+cargo build --release -p tern-node
+tern=target/release/tern
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+mkdir -p "$out"
+commit=$(git rev-parse --short HEAD)
+dirty=$(git --no-optional-locks status --short --untracked-files=no -- . ':!bench/reports' | wc -l)
+status=0
+for s in "${scenarios[@]}"; do
+  echo "== $s"
+  rm -rf "${out:?}/$s"
+  mkdir -p "$out/$s"
+  if "$tern" chaos run "$s" --seed "$seed" --out "$work/$s" --examples-dir functions/dist >"$out/$s/stdout.txt" 2>&1; then
+    echo "$s: passed"
+  else
+    echo "$s: FAILED (see $out/$s/report.md)"
+    status=1
+  fi
+  cp "$work/$s/report.md" "$work/$s/verdict.json" "$out/$s/" 2>/dev/null || true
+  gzip -c "$work/$s/history.jsonl" >"$out/$s/history.jsonl.gz" 2>/dev/null || true
+done
+python3 - "$out" "$commit" "$dirty" "$seed" "${scenarios[@]}" <<'PY' | tee "$out/summary.txt"
+import json, os, sys
+from datetime import datetime, timezone
+out, commit, dirty, seed, *names = sys.argv[1:]
+print("# Shipped chaos scenarios, run by scripts/chaos-shipped.sh on this machine (real tern up")
+print("# processes, release build, 3 nodes each). Generated from each run's verdict.json.")
+print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}; commit {commit}"
+      + ("" if dirty == "0" else f" plus {dirty} uncommitted files") + f"; seed {seed}")
+for n in names:
+    try:
+        v = json.load(open(os.path.join(out, n, "verdict.json")))
+    except OSError:
+        print(f"{n}: no verdict (the run did not finish; see {n}/stdout.txt)")
+        continue
+    s = v["stats"]
+    fmt = lambda us: "-" if us is None else f"{us / 1000:.1f} ms"
+    failed = sum(s["failed"].values())
+    print(f"{n}: {'passed' if not v['violations'] else 'FAILED'}; {s['operations']} operations, "
+          f"{s['ok']} ok, {failed} typed errors {dict(s['failed'])}, {s['unknown']} unknown, "
+          f"{s['async_accepted']} async accepted ({s['async_rerun']} rerun, {s['duplicate_runs']} duplicate runs); "
+          f"p99 under faults {fmt(s['p99_us_under_faults'])}, otherwise {fmt(s['p99_us_otherwise'])}")
+    for x in v["violations"]:
+        print(f"  violation {x['invariant']}: {x['detail']}")
+PY
+exit $status
