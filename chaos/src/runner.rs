@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 
+use tern_sync::poison::lock;
+
 use crate::check::{Report, check};
 use crate::history::{Event, History, Mode, Outcome, Phase};
 use crate::scenario::{FaultKind, Scenario, Via};
@@ -266,10 +268,6 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     std::fs::write(out.join("report.md"), markdown(scenario, &report))
         .map_err(io("writing the report"))?;
     Ok(report)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn get(addr: SocketAddr, token: &str, path: &str) -> Option<tern_bench::Response> {
@@ -582,17 +580,9 @@ async fn deploy(
         }
     }
     for (addr, token) in targets {
-        let auth = format!("Bearer {token}");
         loop {
-            let r = tern_bench::request_once(
-                addr,
-                Method::GET,
-                &format!("/v1/functions/{f}"),
-                &[("authorization", auth.as_str())],
-                Bytes::new(),
-            )
-            .await;
-            if matches!(r, Ok(ref r) if r.status == 200) {
+            let r = get(addr, &token, &format!("/v1/functions/{f}")).await;
+            if r.is_some_and(|r| r.status == 200) {
                 break;
             }
             if t0.elapsed() > Duration::from_secs(60) {

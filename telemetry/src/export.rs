@@ -214,11 +214,18 @@ pub struct ExportStats {
     pub failed: AtomicU64,
 }
 
-static STATS: ExportStats = ExportStats {
-    exported: AtomicU64::new(0),
-    dropped: AtomicU64::new(0),
-    failed: AtomicU64::new(0),
-};
+impl ExportStats {
+    /// All zero (`const`, for statics).
+    pub const fn new() -> Self {
+        Self {
+            exported: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+}
+
+static STATS: ExportStats = ExportStats::new();
 
 /// The process's export counters (all zero while export is off).
 pub fn stats() -> &'static ExportStats {
@@ -754,11 +761,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_full_queue_drops_spans_without_blocking_and_counts_every_one() {
-        static STATS: ExportStats = ExportStats {
-            exported: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        };
+        static STATS: ExportStats = ExportStats::new();
         let exporter = Recording::default();
         let held = exporter.gate.lock().unwrap();
         let p = BoundedBatch::start(
@@ -792,11 +795,7 @@ pub(crate) mod tests {
 
     #[test]
     fn shutdown_behind_a_full_queue_and_a_stuck_receiver_returns_within_its_timeout() {
-        static STATS: ExportStats = ExportStats {
-            exported: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        };
+        static STATS: ExportStats = ExportStats::new();
         let exporter = Recording::default();
         let held = exporter.gate.lock().unwrap();
         let p = BoundedBatch::start(
@@ -824,11 +823,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_partial_batch_is_sent_after_the_delay_and_shutdown_sends_the_rest() {
-        static STATS: ExportStats = ExportStats {
-            exported: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-        };
+        static STATS: ExportStats = ExportStats::new();
         let exporter = Recording::default();
         let p = BoundedBatch::start(
             exporter.clone(),

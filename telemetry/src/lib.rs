@@ -79,14 +79,9 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::export::tests::{Recording, settings};
-    use std::sync::atomic::AtomicU64;
     use tracing_subscriber::layer::SubscriberExt;
 
-    static STATS: ExportStats = ExportStats {
-        exported: AtomicU64::new(0),
-        dropped: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-    };
+    static STATS: ExportStats = ExportStats::new();
 
     #[test]
     fn a_span_continues_its_remote_parent_and_hands_its_own_id_to_the_next_hop() {

@@ -166,33 +166,15 @@ pub(crate) async fn spawn_node_in(
         child,
         http: listen.http(i),
     };
-    let addr = proc.http;
-    let t0 = Instant::now();
-    loop {
-        // With an inherited listener the kernel accepts the connection before the node runs;
-        // the node answers once it is ready, as with a listener it binds when ready.
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
-        )
-        .await
-            && r.status == 200
-        {
-            // Bearer tokens are on, as by default; the first start wrote the admin token.
-            let token = std::fs::read_to_string(root.join(NAMES[i]).join("admin.token"))
-                .expect("the node wrote its admin token");
-            use_admin_token(addr, token.trim().to_owned());
-            return proc;
-        }
-        let exited = proc.child.try_wait().ok().flatten();
-        assert!(
-            t0.elapsed() < Duration::from_secs(120) && exited.is_none(),
-            "node {} did not start ({exited:?}); log:\n{}",
-            NAMES[i],
-            std::fs::read_to_string(log_path(root, i)).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_tern(
+        &mut proc.child,
+        proc.http,
+        &root.join(NAMES[i]),
+        &log_path(root, i),
+        Duration::from_secs(120),
+    )
+    .await;
+    proc
 }
 
 async fn member(addr: SocketAddr, peer: &str) -> serde_json::Value {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use command_fds::{CommandFdExt, FdMapping};
@@ -50,27 +50,15 @@ async fn spawn_tern(data: &Path, listener: &std::net::TcpListener) -> KillOnDrop
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let mut node = KillOnDrop(cmd.spawn().expect("spawn tern"));
-    let t0 = Instant::now();
-    loop {
-        if let Ok(Ok(r)) = tokio::time::timeout(
-            Duration::from_secs(2),
-            tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
-        )
-        .await
-            && r.status == 200
-        {
-            let token = std::fs::read_to_string(data.join("admin.token")).unwrap();
-            use_admin_token(addr, token.trim().to_owned());
-            return node;
-        }
-        let exited = node.0.try_wait().ok().flatten();
-        assert!(
-            t0.elapsed() < Duration::from_secs(60) && exited.is_none(),
-            "tern up did not start ({exited:?}); log:\n{}",
-            std::fs::read_to_string(data.with_extension("log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_tern(
+        &mut node.0,
+        addr,
+        data,
+        &data.with_extension("log"),
+        Duration::from_secs(60),
+    )
+    .await;
+    node
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,13 +68,7 @@ async fn an_async_run_cut_short_by_kill_9_counts_as_an_attempt_when_it_runs_agai
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let node = spawn_tern(&data, &listener).await;
-    let r = request(
-        addr,
-        Method::PUT,
-        "/v1/functions/loop?timeout_ms=1000",
-        wasm("loop"),
-    )
-    .await;
+    let r = deploy(addr, "loop", "?timeout_ms=1000").await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
     let r = request(
         addr,

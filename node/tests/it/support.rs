@@ -261,3 +261,40 @@ pub fn rss_bytes() -> u64 {
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
+
+/// Waits until the `tern up` process `child`, listening at `addr` with its data in `data`,
+/// answers `/healthz`, then makes its admin token the one requests to `addr` send. Fails at
+/// once if the process exits, and after `within`, showing the node's `log`.
+pub async fn wait_for_tern(
+    child: &mut std::process::Child,
+    addr: SocketAddr,
+    data: &Path,
+    log: &Path,
+    within: Duration,
+) {
+    let t0 = std::time::Instant::now();
+    loop {
+        // With an inherited listener the kernel accepts the connection before the node runs;
+        // the node answers once it is ready, as with a listener it binds when ready.
+        if let Ok(Ok(r)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tern_bench::request_once(addr, Method::GET, "/healthz", &[], Bytes::new()),
+        )
+        .await
+            && r.status == 200
+        {
+            // Bearer tokens are on, as by default; the first start wrote the admin token.
+            let token = std::fs::read_to_string(data.join("admin.token"))
+                .expect("the node wrote its admin token");
+            use_admin_token(addr, token.trim().to_owned());
+            return;
+        }
+        let exited = child.try_wait().ok().flatten();
+        assert!(
+            t0.elapsed() < within && exited.is_none(),
+            "tern up at {addr} did not start ({exited:?}); log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
