@@ -767,10 +767,14 @@ impl Cells {
         ] {
             *t = (*t).min(took);
         }
+        // A cell cannot have grown its memory by more pages than the function may have: the
+        // count is the cell's word, so a lying cell moves one counter only so far.
+        let max_grows = u64::from(info.memory_mb) * 16;
         Ok(MeuOutcome {
             output: Bytes::from(outcome.output),
             cold_start: outcome.cold_start,
             timings,
+            memory_grows: outcome.memory_grows.min(max_grows),
         })
     }
 }

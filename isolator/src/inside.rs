@@ -386,6 +386,7 @@ async fn serve(args: CellArgs) -> i32 {
                             output: o.output.to_vec(),
                             cold_start: o.cold_start,
                             timings: o.timings,
+                            memory_grows: o.memory_grows,
                         })
                         .map_err(|e| e.to_api());
                     running_map

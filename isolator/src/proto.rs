@@ -72,4 +72,6 @@ pub struct Outcome {
     pub output: Vec<u8>,
     pub cold_start: bool,
     pub timings: Timings,
+    /// The guest's own `memory.grow`s that added pages.
+    pub memory_grows: u64,
 }

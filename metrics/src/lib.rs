@@ -99,6 +99,8 @@ pub struct FunctionMetrics {
     pub cold_starts: AtomicU64,
     /// MEUs served without compiling or loading the module.
     pub reuse_hits: AtomicU64,
+    /// The guests' own `memory.grow`s that added pages (not the initial allocation).
+    pub memory_grows: AtomicU64,
     pub ok: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
     /// The owner's counters, counted with this function's outcomes.
@@ -465,6 +467,12 @@ impl Metrics {
                 "tern_module_reuse_total",
                 "MEUs served without compiling or loading (reuse hits).",
                 |m| &m.reuse_hits,
+            ),
+            (
+                "tern_guest_memory_grows_total",
+                "Guests' own memory.grow calls that added pages: with guard pages, each costs \
+                 page-protection changes now and when the next instance reuses the slot.",
+                |m| &m.memory_grows,
             ),
         ] {
             counter(&mut out, name, help);

@@ -20,6 +20,7 @@ mod capped_pipe;
 pub mod epoch;
 mod error;
 pub mod fair_slots;
+pub(crate) mod guest_limits;
 pub mod guest_logs;
 pub mod isolation;
 mod lanes;
@@ -40,7 +41,7 @@ use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
 use tokio::sync::Semaphore;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline,
+    PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -49,6 +50,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use self::capped_pipe::CappedPipe;
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
 use self::fair_slots::{FairSlots, HeldBy, Refused, SlotGuard};
+use self::guest_limits::GuestLimits;
 use self::lanes::Lanes;
 use crate::isolation::{Sandbox, SandboxSpec};
 use tern_metrics::{FunctionMetrics, Metrics};
@@ -230,6 +232,8 @@ pub struct MeuOutcome {
     pub output: Bytes,
     pub cold_start: bool,
     pub timings: Timings,
+    /// The guest's own `memory.grow`s that added pages (see `guest_limits`).
+    pub memory_grows: u64,
 }
 
 /// A module compiled (or found compiled) and ready to install.
@@ -243,7 +247,7 @@ pub struct Prepared {
 
 struct HostState {
     wasi: WasiP1Ctx,
-    limits: StoreLimits,
+    limits: GuestLimits,
 }
 
 struct LoadedModule {
@@ -841,11 +845,18 @@ impl Runtime {
         timings.exec_us = outcome.timings.exec_us;
         deployed.metrics.t_inst.observe_us(timings.inst_us);
         deployed.metrics.t_exec.observe_us(timings.exec_us);
+        if outcome.memory_grows > 0 {
+            deployed
+                .metrics
+                .memory_grows
+                .fetch_add(outcome.memory_grows, Relaxed);
+        }
         Ok(MeuOutcome {
             output: outcome.output,
             // A cold start here (the node loading the module) or in the cell.
             cold_start: cold_start || outcome.cold_start,
             timings,
+            memory_grows: outcome.memory_grows,
         })
     }
 
@@ -994,7 +1005,7 @@ impl Runtime {
             &self.engine,
             HostState {
                 wasi: wasi.build_p1(),
-                limits,
+                limits: GuestLimits::new(limits),
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -1045,12 +1056,14 @@ impl Runtime {
                 .await
                 .map_err(instantiation_error)?;
             let inst_us = inst_start.elapsed().as_micros() as u64;
+            held.store.data_mut().limits.instantiated();
             let start = instance
                 .get_typed_func::<(), ()>(&mut held.store, "_start")
                 .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
             let exec_start = Instant::now();
             let result = start.call_async(&mut held.store, ()).await;
-            Ok((result, inst_us, exec_start.elapsed().as_micros() as u64))
+            let exec_us = exec_start.elapsed().as_micros() as u64;
+            Ok((result, inst_us, exec_us, held.store.data().limits.grows()))
         };
         let moved_metrics = self.metrics.clone();
         let moved = std::sync::atomic::AtomicBool::new(false);
@@ -1066,20 +1079,20 @@ impl Runtime {
             moved.store(true, Relaxed);
             deployed.lane_history.ran(start, true);
         });
-        let (result, inst_us, exec_us) = match tokio::time::timeout_at(answer_by.into(), run).await
-        {
-            Ok(r) => {
-                if !start_slow && !moved.load(Relaxed) {
-                    deployed.lane_history.ran(start, false);
+        let (result, inst_us, exec_us, memory_grows) =
+            match tokio::time::timeout_at(answer_by.into(), run).await {
+                Ok(r) => {
+                    if !start_slow && !moved.load(Relaxed) {
+                        deployed.lane_history.ran(start, false);
+                    }
+                    r?
                 }
-                r?
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    timeout_ms: sandbox.timeout.as_millis() as u32,
-                });
-            }
-        };
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        timeout_ms: sandbox.timeout.as_millis() as u32,
+                    });
+                }
+            };
         timings.inst_us = inst_us;
         timings.exec_us = exec_us;
         tracing::debug!(
@@ -1092,6 +1105,9 @@ impl Runtime {
         );
         metrics.t_inst.observe_us(inst_us);
         metrics.t_exec.observe_us(exec_us);
+        if memory_grows > 0 {
+            metrics.memory_grows.fetch_add(memory_grows, Relaxed);
+        }
         if stdout.overflowed() {
             return Err(Error::OutputTooLarge {
                 limit: sandbox.max_output_bytes,
@@ -1103,6 +1119,7 @@ impl Runtime {
             output,
             cold_start,
             timings,
+            memory_grows,
         })
     }
 }

@@ -356,6 +356,27 @@ async fn metrics_report_invocations_reuse_and_eq3_terms() {
     node.shutdown().await.unwrap();
 }
 
+/// The example echo's initial memory covers what it uses, so it stays on the fast path (no
+/// page-protection changes per call); matmul-json allocates matrices beyond its initial memory
+/// and is counted growing on every call: each call is a fresh instance at the module's initial
+/// size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_memory_grows_are_counted_per_function_and_echo_never_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    for _ in 0..3 {
+        assert_eq!(invoke(addr, "echo", vec![b'x'; 1024]).await.status, 200);
+        let r = invoke(addr, "matmul-json", r#"{"n":64,"seed":1}"#).await;
+        assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    }
+    let name = "tern_guest_memory_grows_total";
+    assert_eq!(metric_labelled(addr, name, r#"function="echo""#).await, 0.0);
+    let matmul = metric_labelled(addr, name, r#"function="matmul-json""#).await;
+    assert!(matmul >= 3.0, "matmul-json grew {matmul} times in 3 calls");
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evicted_module_is_a_cold_start_then_warm_again() {
     let dir = tempfile::tempdir().unwrap();

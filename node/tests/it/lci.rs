@@ -614,6 +614,37 @@ async fn guest_stderr_in_a_cell_reaches_the_nodes_logs() {
     node.shutdown().await.unwrap();
 }
 
+/// A guest's own memory growths in a cell are counted by the node as in-process ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_grows_of_guests_in_cells_reach_the_nodes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    let node = start(cfg).await;
+    let addr = node.addr();
+    for name in ["echo", "matmul-json"] {
+        let r = deploy(addr, name, "").await;
+        assert_eq!(r.status, 201, "{}", body(&r));
+    }
+    for _ in 0..2 {
+        let r = invoke(addr, "echo", "x").await;
+        assert_eq!((r.status, body(&r).as_str()), (200, "x"));
+        let r = invoke(addr, "matmul-json", r#"{"n":64,"seed":1}"#).await;
+        assert_eq!(r.status, 200, "{}", body(&r));
+    }
+    assert_eq!(
+        metric(addr, "tern_cells_running").await,
+        1.0,
+        "the guests ran in a cell"
+    );
+    let name = "tern_guest_memory_grows_total";
+    assert_eq!(metric_labelled(addr, name, r#"function="echo""#).await, 0.0);
+    let matmul = metric_labelled(addr, name, r#"function="matmul-json""#).await;
+    assert!(matmul >= 2.0, "matmul-json grew {matmul} times in 2 calls");
+    node.shutdown().await.unwrap();
+}
+
 /// Where a cell cannot actually start (here its program is not a cell at all, as when a
 /// container's seccomp profile or an LSM refuses what a cell needs), `auto` runs guests
 /// in-process and `lci` refuses to start, naming the failed probe.
