@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_runtime::isolation::InProcess;
 use tern_runtime::{MemoryProfile, Meu, Runtime, RuntimeConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use crate::proto::{FromCell, GO, Outcome, ToCell};
@@ -229,7 +229,16 @@ pub fn main(args: &[String]) -> i32 {
         .enable_all()
         .build();
     match threads {
-        Ok(rt) => rt.block_on(serve(args)),
+        // On a worker, not on this thread: `block_on` polls its future on the calling thread,
+        // so every request read would wake this thread and then hand the spawned run over to
+        // a worker (a cross-thread wake-up per call). From a worker, a spawned run goes to that
+        // worker's own queue.
+        Ok(rt) => rt.block_on(async {
+            tokio::spawn(serve(args)).await.unwrap_or_else(|e| {
+                eprintln!("tern cell: {e}");
+                3
+            })
+        }),
         Err(e) => {
             eprintln!("tern cell: tokio: {e}");
             3
@@ -273,25 +282,19 @@ async fn serve(args: CellArgs) -> i32 {
     let (tx, mut rx) = mpsc::channel::<FromCell>(ANSWER_QUEUE);
     let max_frame = args.max_frame;
     let writing = tokio::spawn(async move {
-        while let Some(answer) = rx.recv().await {
+        crate::outbox::write_batched(&mut rx, &mut writer, |answer: FromCell| {
             let frame = tern_wire::encode(&answer, max_frame)
                 .and_then(|b| tern_wire::encode_frame(&b, max_frame));
-            let frame = match frame {
-                Ok(f) => f,
+            match frame {
+                Ok(f) => Some(f),
                 // An answer too large to send (an output over the frame limit) becomes an
                 // error answer with the same id, so the node is never left waiting.
-                Err(e) => match too_large(answer, &e.to_string())
+                Err(e) => too_large(answer, &e.to_string())
                     .and_then(|a| tern_wire::encode(&a, max_frame).ok())
-                    .and_then(|b| tern_wire::encode_frame(&b, max_frame).ok())
-                {
-                    Some(f) => f,
-                    None => continue,
-                },
-            };
-            if writer.write_all(&frame).await.is_err() {
-                return;
+                    .and_then(|b| tern_wire::encode_frame(&b, max_frame).ok()),
             }
-        }
+        })
+        .await;
     });
     if tx.send(FromCell::Ready).await.is_err() {
         return 0;

@@ -4,7 +4,7 @@
 //!   functions, runs MEUs with a bound on those in flight, cancels what callers abandon, and
 //!   answers every waiting caller with [`Error::CellExited`] when the cell dies;
 //! - [`inside`]: the cell's own main: go, jail, runtime, privileges dropped, seccomp, serve;
-//! - [`proto`]: the frames between them;
+//! - [`proto`]: the frames between them, and [`outbox`]: how each side writes them;
 //! - [`cells`]: every tenant's cell on a node, as the runtime's `CellRunner`; [`artifacts`]:
 //!   each tenant's view of the node's artifacts (only its own).
 //!
@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod cells;
 pub mod error;
 pub mod inside;
+pub mod outbox;
 pub mod process;
 pub mod proto;
 

@@ -184,16 +184,14 @@ impl CellProcess {
         let (requests, mut outgoing) = mpsc::channel::<ToCell>(REQUEST_QUEUE);
         let max_frame = spec.args.max_frame;
         tokio::spawn(async move {
-            while let Some(request) = outgoing.recv().await {
-                let frame = tern_wire::encode(&request, max_frame)
-                    .and_then(|b| tern_wire::encode_frame(&b, max_frame));
-                // Callers check sizes before queueing; a request that still does not fit is
-                // dropped here and its caller answered by the reader's end of the cell.
-                let Ok(frame) = frame else { continue };
-                if writer.write_all(&frame).await.is_err() {
-                    return;
-                }
-            }
+            // Callers check sizes before queueing; a request that still does not fit is
+            // dropped here and its caller answered by the reader's end of the cell.
+            crate::outbox::write_batched(&mut outgoing, &mut writer, |request: ToCell| {
+                tern_wire::encode(&request, max_frame)
+                    .and_then(|b| tern_wire::encode_frame(&b, max_frame))
+                    .ok()
+            })
+            .await;
         });
         // The child is owned by one task: it kills on request, reaps, and reports.
         let (kill, mut kills) = mpsc::channel::<()>(1);
