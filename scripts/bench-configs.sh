@@ -36,19 +36,6 @@ body=${BENCH_DATA:-hello}
 clk=$(getconf CLK_TCK)
 
 trap cleanup_node EXIT
-# utime + stime of process $1 and of every process below it (a node's cells), in clock ticks.
-# A process that ends between the listing and the read is counted as 0.
-cpu_ticks() {
-  local pid total=0 queue=("$1") t
-  while [ ${#queue[@]} -gt 0 ]; do
-    pid=${queue[0]} queue=("${queue[@]:1}")
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-    queue+=($(cat /proc/"$pid"/task/*/children 2>/dev/null || true))
-  done
-  echo "$total"
-}
-
 # one INDEX ROUND: a fresh node in configuration INDEX, echo at 1 then 64 connections.
 one() {
   local i=$1 r=$2 name=${names[$1]} token c before after

@@ -42,7 +42,7 @@ shift 2
 names=(wasmtime-serve) envs=(-)
 for spec in "$@"; do
   name=${spec%%=*} assignments=${spec#*=}
-  [[ $spec == *=* && $name =~ ^[a-z0-9-]+$ && $name != wasmtime-serve ]] ||
+  [[ $spec == *=* && $name =~ ^[a-z0-9][a-z0-9-]*$ && $name != wasmtime-serve ]] ||
     { echo "bad configuration: $spec (NAME=[VAR=VALUE,...])" >&2; exit 2; }
   names+=("$name") envs+=("$assignments")
 done
@@ -81,19 +81,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# utime + stime of process $1 and of every process below it, in clock ticks. A process that
-# ends between the listing and the read is counted as 0.
-cpu_ticks() {
-  local pid total=0 queue=("$1") t
-  while [ ${#queue[@]} -gt 0 ]; do
-    pid=${queue[0]} queue=("${queue[@]:1}")
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
-    total=$((total + t))
-    queue+=($(cat /proc/"$pid"/task/*/children 2>/dev/null || true))
-  done
-  echo "$total"
-}
-
 # wait_answers URL HEADER_FILE: waits up to 30 s for a POST to URL to answer 200 with the body
 # echoed.
 wait_answers() {
@@ -126,8 +113,8 @@ load() {
 }
 
 one_wasmtime() {
-  local r=$1 header
-  header=$(mktemp)
+  local r=$1 header="$out/raw/wasmtime-serve.header"
+  # No token: wasmtime serve has no authentication. The header keeps wrk's requests alike.
   echo 'X-Bench: 1' >"$header"
   log "$wasmtime serve -S cli --addr $wasmtime_addr $component"
   "$wasmtime" serve -S cli --addr "$wasmtime_addr" "$component" >"$out/raw/r$r-wasmtime-serve-server.log" 2>&1 &
@@ -137,7 +124,6 @@ one_wasmtime() {
   kill "$server"
   wait "$server" 2>/dev/null || true
   server=
-  rm -f "$header"
 }
 
 # one_tern INDEX ROUND: a fresh node in configuration INDEX, echo deployed by tenant bench.

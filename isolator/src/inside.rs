@@ -233,12 +233,15 @@ pub fn main(args: &[String]) -> i32 {
         // so every request read would wake this thread and then hand the spawned run over to
         // a worker (a cross-thread wake-up per call). From a worker, a spawned run goes to that
         // worker's own queue.
-        Ok(rt) => rt.block_on(async {
-            tokio::spawn(serve(args)).await.unwrap_or_else(|e| {
+        Ok(rt) => match rt.block_on(rt.spawn(serve(args))) {
+            Ok(code) => code,
+            // A panic ends the cell as a panic would have on this thread.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => {
                 eprintln!("tern cell: {e}");
                 3
-            })
-        }),
+            }
+        },
         Err(e) => {
             eprintln!("tern cell: tokio: {e}");
             3

@@ -7,7 +7,8 @@
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
-/// Frames gathered into one write, at most (a single larger frame is written alone, uncopied).
+/// Frames gathered into one write, at most; a frame that would take a batch past it waits for
+/// the next write, and a frame of this size or more is written alone, uncopied.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Writes every message `queue` gives, framed by `frame_of` (`None`: nothing to send for it),
@@ -20,10 +21,19 @@ pub async fn write_batched<T, W>(
 ) where
     W: AsyncWrite + Unpin,
 {
-    let mut batch = Vec::new();
-    while let Some(first) = queue.recv().await {
-        let Some(first) = frame_of(first) else {
-            continue;
+    let mut batch = Vec::with_capacity(BATCH_BYTES);
+    // A frame taken from the queue that did not fit in the previous batch: it goes first.
+    let mut held: Option<Vec<u8>> = None;
+    loop {
+        let first = match held.take() {
+            Some(frame) => frame,
+            None => match queue.recv().await {
+                Some(message) => match frame_of(message) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
+                None => return,
+            },
         };
         if first.len() >= BATCH_BYTES {
             if writer.write_all(&first).await.is_err() {
@@ -33,11 +43,15 @@ pub async fn write_batched<T, W>(
         }
         batch.clear();
         batch.extend_from_slice(&first);
-        while batch.len() < BATCH_BYTES {
-            let Ok(next) = queue.try_recv() else { break };
-            if let Some(frame) = frame_of(next) {
-                batch.extend_from_slice(&frame);
+        while let Ok(next) = queue.try_recv() {
+            let Some(frame) = frame_of(next) else {
+                continue;
+            };
+            if batch.len() + frame.len() > BATCH_BYTES {
+                held = Some(frame);
+                break;
             }
+            batch.extend_from_slice(&frame);
         }
         if writer.write_all(&batch).await.is_err() {
             return;
@@ -100,17 +114,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_frame_over_the_batch_size_is_written_alone_and_a_batch_stops_at_the_size() {
+    async fn a_batch_never_passes_the_size_and_a_large_frame_is_written_alone() {
         let (tx, mut rx) = mpsc::channel(16);
         tx.send(vec![1u8; BATCH_BYTES + 1]).await.unwrap();
         tx.send(vec![2u8; BATCH_BYTES - 10]).await.unwrap();
         tx.send(vec![3u8; 20]).await.unwrap();
         tx.send(vec![4u8; 5]).await.unwrap();
+        tx.send(vec![5u8; 3 * BATCH_BYTES]).await.unwrap();
+        tx.send(vec![6u8; 7]).await.unwrap();
         drop(tx);
         let mut out = Writes::default();
         write_batched(&mut rx, &mut out, frame).await;
-        assert_eq!(out.sizes, [BATCH_BYTES + 1, BATCH_BYTES + 10, 5]);
-        assert_eq!(out.bytes.len(), 2 * BATCH_BYTES + 16);
+        assert_eq!(
+            out.sizes,
+            [BATCH_BYTES + 1, BATCH_BYTES - 10, 25, 3 * BATCH_BYTES, 7]
+        );
         assert!(out.bytes.windows(2).all(|w| w[0] <= w[1]), "in order");
     }
 }

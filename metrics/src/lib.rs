@@ -99,7 +99,8 @@ pub struct FunctionMetrics {
     pub cold_starts: AtomicU64,
     /// MEUs served without compiling or loading the module.
     pub reuse_hits: AtomicU64,
-    /// The guests' own `memory.grow`s that added pages (not the initial allocation).
+    /// The guests' own `memory.grow`s that added pages (not the initial allocation), in MEUs
+    /// that succeeded.
     pub memory_grows: AtomicU64,
     pub ok: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
@@ -470,8 +471,9 @@ impl Metrics {
             ),
             (
                 "tern_guest_memory_grows_total",
-                "Guests' own memory.grow calls that added pages: with guard pages, each costs \
-                 page-protection changes now and when the next instance reuses the slot.",
+                "Guests' own memory.grow calls that added pages, in MEUs that succeeded: with \
+                 guard pages, each costs page-protection changes then and when the next \
+                 instance reuses the slot.",
                 |m| &m.memory_grows,
             ),
         ] {

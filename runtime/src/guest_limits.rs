@@ -16,6 +16,9 @@ pub(crate) struct GuestLimits {
     /// Set once the instance exists: the memory's initial allocation is not a growth.
     running: bool,
     grows: u64,
+    /// Whether the last growth allowed was counted, so that only its failure uncounts it
+    /// (wasmtime also reports failures of growths it never asked about).
+    counted_last: bool,
 }
 
 impl GuestLimits {
@@ -24,6 +27,7 @@ impl GuestLimits {
             limits,
             running: false,
             grows: 0,
+            counted_last: false,
         }
     }
 
@@ -46,16 +50,17 @@ impl ResourceLimiter for GuestLimits {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
-        if allowed && self.running && desired > current {
+        self.counted_last = allowed && self.running && desired > current;
+        if self.counted_last {
             self.grows += 1;
         }
         Ok(allowed)
     }
 
     fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        // Allowed above, then refused by the allocator or the module's maximum: not a growth.
-        if self.running {
-            self.grows = self.grows.saturating_sub(1);
+        // Counted above, then refused by the allocator or the module's maximum: not a growth.
+        if std::mem::take(&mut self.counted_last) {
+            self.grows -= 1;
         }
         self.limits.memory_grow_failed(error)
     }
@@ -83,5 +88,36 @@ impl ResourceLimiter for GuestLimits {
 
     fn memories(&self) -> usize {
         self.limits.memories()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use wasmtime::StoreLimitsBuilder;
+
+    const PAGE: usize = 65_536;
+
+    #[test]
+    fn only_the_guests_own_successful_growths_are_counted() {
+        let mut l = GuestLimits::new(StoreLimitsBuilder::new().memory_size(4 * PAGE).build());
+        // The initial allocation, before the instance exists.
+        assert!(l.memory_growing(0, PAGE, None).unwrap());
+        l.instantiated();
+        assert!(l.memory_growing(PAGE, 2 * PAGE, None).unwrap());
+        // `memory.grow 0` adds nothing.
+        assert!(l.memory_growing(2 * PAGE, 2 * PAGE, None).unwrap());
+        assert_eq!(l.grows(), 1);
+        // Allowed, then failed: not a growth.
+        assert!(l.memory_growing(2 * PAGE, 3 * PAGE, None).unwrap());
+        l.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
+        assert_eq!(l.grows(), 1);
+        // A failure wasmtime reports without having asked: the earlier growth stays counted.
+        l.memory_grow_failed(wasmtime::Error::msg("no")).unwrap();
+        assert_eq!(l.grows(), 1);
+        // Refused by the memory limit: not counted, and nothing to uncount.
+        assert!(!l.memory_growing(2 * PAGE, 8 * PAGE, None).unwrap());
+        assert_eq!(l.grows(), 1);
     }
 }

@@ -1105,15 +1105,16 @@ impl Runtime {
         );
         metrics.t_inst.observe_us(inst_us);
         metrics.t_exec.observe_us(exec_us);
-        if memory_grows > 0 {
-            metrics.memory_grows.fetch_add(memory_grows, Relaxed);
-        }
         if stdout.overflowed() {
             return Err(Error::OutputTooLarge {
                 limit: sandbox.max_output_bytes,
             });
         }
         classify(result, &sandbox)?;
+        // Counted for MEUs that succeed, as a cell reports them (only with its answer).
+        if memory_grows > 0 {
+            metrics.memory_grows.fetch_add(memory_grows, Relaxed);
+        }
         let output = stdout.take();
         Ok(MeuOutcome {
             output,
