@@ -9,7 +9,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/reports/chaos/$(date -u +%Y-%m-%d)}
 seed=${2:-1}
-scenarios=(kill-one-under-load pause-one-under-load rolling-restart)
+# disk-full needs root (a tmpfs for the node whose disk fills).
+scenarios=(kill-one-under-load pause-one-under-load rolling-restart disk-full)
 bash scripts/build-functions.sh >/dev/null
 cargo build --release -p tern-node
 tern=target/release/tern

@@ -4,9 +4,10 @@
 //! stops the cluster, and hands the history to the checkers. The only module of this crate
 //! that does I/O.
 //!
-//! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`); a
-//! scenario with any other fault kind is refused before anything starts
-//! ([`RunError::Unsupported`]).
+//! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`) and a
+//! full disk (`disk_full`: the node's data directory is a small tmpfs of its own, filled to the
+//! last byte for the fault and emptied at its heal; root only); a scenario with any other
+//! fault kind is refused before anything starts ([`RunError::Unsupported`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,8 +28,15 @@ use crate::scenario::{FaultKind, Scenario, Via};
 /// What stops a run before its verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("this runner cannot inject {0} faults yet (it runs kill, pause and rolling_restart)")]
+    #[error(
+        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart and disk_full)"
+    )]
     Unsupported(&'static str),
+    #[error("{kind} faults need root ({why}); run tern chaos as root")]
+    NeedsRoot {
+        kind: &'static str,
+        why: &'static str,
+    },
     #[error("this runner sends its load over HTTP; workload.via = \"client\" is not supported yet")]
     ViaClient,
     #[error("{what}: {source}")]
@@ -166,19 +174,25 @@ fn setting(v: &toml::Value) -> String {
 pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, RunError> {
     for f in &scenario.faults {
         let unsupported = match f.kind {
-            FaultKind::Kill { .. } | FaultKind::Pause { .. } | FaultKind::RollingRestart { .. } => {
-                None
-            }
+            FaultKind::Kill { .. }
+            | FaultKind::Pause { .. }
+            | FaultKind::RollingRestart { .. }
+            | FaultKind::DiskFull { .. } => None,
             FaultKind::Partition { .. } => Some("partition"),
             FaultKind::Link { .. } => Some("link"),
             FaultKind::ClockJump { .. } => Some("clock_jump"),
-            FaultKind::DiskFull { .. } => Some("disk_full"),
             FaultKind::Corrupt { .. } => Some("corrupt"),
             FaultKind::AddNode { .. } => Some("add_node"),
             FaultKind::Impostor { .. } => Some("impostor"),
         };
         if let Some(kind) = unsupported {
             return Err(RunError::Unsupported(kind));
+        }
+        if matches!(f.kind, FaultKind::DiskFull { .. }) && !rustix::process::geteuid().is_root() {
+            return Err(RunError::NeedsRoot {
+                kind: "disk_full",
+                why: "the node's data directory becomes a tmpfs of its own",
+            });
         }
     }
     if scenario.workload.via == Via::Client {
@@ -243,13 +257,23 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             token: String::new(),
         });
     }
+    // A node whose disk fills gets a data directory that can fill without filling the host's.
+    let mut small_disks = SmallDisks::default();
+    for f in &scenario.faults {
+        if let FaultKind::DiskFull { node, .. } = &f.kind
+            && !small_disks.0.iter().any(|d| d.ends_with(node))
+        {
+            small_disks.mount(&out.join("data").join(node))?;
+        }
+    }
     let nodes = Arc::new(Mutex::new(nodes));
     let result = drive(scenario, options, &nodes).await;
-    // Whatever happened, no node outlives the run.
+    // Whatever happened, no node outlives the run (and then its small disk can go).
     for n in lock(&nodes).iter_mut() {
         n.signal(rustix::process::Signal::CONT);
         n.kill();
     }
+    drop(small_disks);
     let history = result?;
     std::fs::write(out.join("history.jsonl"), history.to_json_lines())
         .map_err(io("writing the history"))?;
@@ -269,6 +293,68 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         .map_err(io("writing the report"))?;
     Ok(report)
 }
+
+/// The size of a node's data directory when a scenario fills its disk: room for the store of a
+/// run (a few MiB), and little to fill.
+const SMALL_DISK_MB: u64 = 64;
+
+/// The tmpfs data directories of a run, unmounted when dropped (whatever ends the run; the
+/// nodes on them are stopped first).
+#[derive(Default)]
+struct SmallDisks(Vec<PathBuf>);
+
+impl SmallDisks {
+    fn mount(&mut self, dir: &Path) -> Result<(), RunError> {
+        use rustix::mount::{MountFlags, mount};
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let options = std::ffi::CString::new(format!("size={SMALL_DISK_MB}m,mode=0700"))
+            .map_err(|e| io("the tmpfs options")(std::io::Error::other(e)))?;
+        mount(
+            "tern-chaos",
+            dir,
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            options.as_c_str(),
+        )
+        .map_err(|e| io(format!("mounting a tmpfs on {}", dir.display()))(e.into()))?;
+        self.0.push(dir.to_owned());
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisks {
+    fn drop(&mut self) {
+        for dir in self.0.drain(..) {
+            // Lazily: a process that still has a file open there cannot keep it mounted.
+            if let Err(e) = rustix::mount::unmount(&dir, rustix::mount::UnmountFlags::DETACH) {
+                eprintln!("tern chaos: cannot unmount {}: {e}", dir.display());
+            }
+        }
+    }
+}
+
+/// Fills the file system of `dir` to its last byte with a file `FILLER` there, and returns
+/// how many bytes it took.
+fn fill_disk(dir: &Path) -> std::io::Result<u64> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(dir.join(FILLER))?;
+    let chunk = vec![0xA5u8; 1 << 20];
+    let mut written = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => return Ok(written),
+            Ok(n) => written += n as u64,
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) => {
+                return Ok(written);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The file that fills a node's disk for a `disk_full` fault.
+const FILLER: &str = "chaos-disk-filler";
 
 async fn get(addr: SocketAddr, token: &str, path: &str) -> Option<tern_bench::Response> {
     let auth = format!("Bearer {token}");
@@ -452,7 +538,11 @@ async fn drive(
         max_lag_us,
     });
     while requests.join_next().await.is_some() {}
-    let _ = faults.await;
+    match faults.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => return Err(io("the fault schedule")(std::io::Error::other(e))),
+    }
     // Let the last fault heal, then read every accepted async invocation's record.
     tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)).await;
     let accepted: Vec<(u64, String, String)> = {
@@ -605,7 +695,7 @@ async fn run_faults(
     history: Arc<Mutex<History>>,
     tern: PathBuf,
     t0: Instant,
-) {
+) -> Result<(), RunError> {
     use rustix::process::Signal;
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
@@ -691,11 +781,31 @@ async fn run_faults(
                     tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
                 }
             }
+            FaultKind::DiskFull { node, for_s } => {
+                let Some(i) = index(&node) else { continue };
+                let data = PathBuf::from(&lock(&nodes)[i].args[2]);
+                record_fault(&history, t0, &node, Phase::Start, "disk_full");
+                let dir = data.clone();
+                // A fault that did not happen would make a run pass for nothing.
+                tokio::task::spawn_blocking(move || fill_disk(&dir))
+                    .await
+                    .map_err(|e| io("filling a disk")(std::io::Error::other(e)))?
+                    .map_err(io(format!("filling {}", data.display())))?;
+                let history = history.clone();
+                later.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(for_s)).await;
+                    if let Err(e) = std::fs::remove_file(data.join(FILLER)) {
+                        eprintln!("tern chaos: could not empty {}: {e}", data.display());
+                    }
+                    record_fault(&history, t0, &node, Phase::End, "disk_full");
+                });
+            }
             // Refused before the run started.
             _ => {}
         }
     }
     while later.join_next().await.is_some() {}
+    Ok(())
 }
 
 fn record_fault(history: &Mutex<History>, t0: Instant, node: &str, phase: Phase, what: &str) {

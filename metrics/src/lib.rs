@@ -176,6 +176,8 @@ pub struct Metrics {
     pub journal_full_refusals: AtomicU64,
     /// Corrupt store records moved to the quarantine tree.
     pub store_quarantined: AtomicU64,
+    /// Store flushes that failed (disk full or failing): the write was not acknowledged.
+    pub store_write_failures: AtomicU64,
     /// Stored modules deleted because no live function uses them.
     pub gc_modules_removed: AtomicU64,
     /// Compiled artifacts deleted because no live function uses their module.
@@ -644,6 +646,12 @@ impl Metrics {
                 "tern_store_quarantined_total",
                 "Corrupt store records moved to the quarantine tree (the node goes on without them).",
                 self.store_quarantined.load(Relaxed),
+            ),
+            (
+                "tern_store_write_failures_total",
+                "Store writes that did not reach the disk (full or failing); nothing was \
+                 acknowledged. After the first, the store takes writes only once the node restarts.",
+                self.store_write_failures.load(Relaxed),
             ),
             (
                 "tern_gc_modules_removed_total",

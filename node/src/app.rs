@@ -857,7 +857,8 @@ impl App {
         })
     }
 
-    /// Copies the store's sizes and quarantine count into the metrics (before a scrape).
+    /// Copies the store's sizes, quarantine and write-failure counts into the metrics (before
+    /// a scrape).
     pub fn publish_store_gauges(&self) {
         let m = &self.services().metrics;
         let usage = self.store.results();
@@ -871,6 +872,8 @@ impl App {
         );
         m.store_quarantined
             .store(self.store.quarantined(), Ordering::Relaxed);
+        m.store_write_failures
+            .store(self.store.write_failures(), Ordering::Relaxed);
     }
 
     /// Refuses a new asynchronous invocation of `function` whose `input_len` bytes would take

@@ -187,6 +187,15 @@ impl NodeError {
             NodeError::MethodNotAllowed => {
                 ApiError::new(ErrorCode::MethodNotAllowed, self.to_string())
             }
+            // The disk is full or failing: nothing was acknowledged, and another node may
+            // take the request (a retryable code; tern-client fails over on it).
+            NodeError::Store(StoreError::Sled(sled::Error::Io(e))) => ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node cannot write to its store ({e}); nothing was stored, another node \
+                     may take the request"
+                ),
+            ),
             NodeError::Config(_)
             | NodeError::Store(_)
             | NodeError::Bind { .. }
@@ -222,4 +231,30 @@ pub enum ClientApiError {
         #[source]
         source: std::io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_cannot_write_is_a_retryable_unavailable_naming_the_cause() {
+        let full = std::io::Error::from_raw_os_error(28);
+        let e = NodeError::Store(StoreError::Sled(sled::Error::Io(full)));
+        let api = e.to_api();
+        assert_eq!(api.code, ErrorCode::Unavailable);
+        assert!(api.code.is_retryable());
+        assert!(
+            api.message.contains("No space left on device"),
+            "{}",
+            api.message
+        );
+        // Damage is not the disk's state: it stays an internal error.
+        let damaged = NodeError::Store(StoreError::Corrupt {
+            what: "function",
+            key: "f".into(),
+            detail: "bad".into(),
+        });
+        assert_eq!(damaged.to_api().code, ErrorCode::Internal);
+    }
 }

@@ -12,7 +12,11 @@
 //! - a record that does not decode is moved, bytes intact, to the `quarantine` tree and
 //!   reported (log and [`Store::quarantined`]); the node keeps serving everything else. The
 //!   quarantine only ever receives bytes that were already in the store, so it cannot grow the
-//!   store.
+//!   store;
+//! - a write that cannot reach the disk (full, failing) is a typed error and counted
+//!   ([`Store::write_failures`]). sled keeps the first such error and refuses every later write
+//!   until the store is opened again: after the disk has room, the node takes writes again
+//!   only once it restarts (what it acknowledged before is on disk and replays then).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -110,6 +114,7 @@ struct Counters {
     results: AtomicU64,
     result_bytes: AtomicU64,
     quarantined: AtomicU64,
+    write_failures: AtomicU64,
     /// The journal by owner. A tenant with nothing stored has no entry, so the map is bounded
     /// by the tenants that have results, not by every tenant that ever had one.
     by_tenant: Mutex<HashMap<TenantName, ResultUsage>>,
@@ -247,8 +252,16 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        if let Err(e) = self.db.flush_async().await {
+            self.counters.write_failures.fetch_add(1, Relaxed);
+            return Err(e.into());
+        }
         Ok(())
+    }
+
+    /// Flushes that failed: what the caller wrote did not reach the disk.
+    pub fn write_failures(&self) -> u64 {
+        self.counters.write_failures.load(Relaxed)
     }
 
     pub fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<(), StoreError> {
