@@ -652,7 +652,15 @@ impl App {
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {
-            tracing::warn!(id = %record.id, error = %e, "cannot record attempt");
+            // Run now, and a duplicate after a restart would go uncounted. The record stays
+            // pending in the journal: the replay at the node's next start runs it (a store that
+            // cannot write makes the node restart once its disk takes writes again).
+            tracing::warn!(
+                id = %record.id,
+                error = %e,
+                "cannot record the attempt: left pending for the replay at the next start"
+            );
+            return;
         }
         let inv = Invocation {
             request_id: record.id.as_str().into(),

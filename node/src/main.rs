@@ -673,7 +673,13 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let socket_activated =
+        inherited.http.is_some() || inherited.mesh.is_some() || inherited.client.is_some();
     match runtime.block_on(run(cli, inherited)) {
+        Ok(()) if RESTART.load(std::sync::atomic::Ordering::SeqCst) => {
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            restart(socket_activated)
+        }
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable line with its causes, not a backtrace: these are user errors.
@@ -681,6 +687,42 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Set when `tern up` stopped to restart itself (its store needs opening again).
+static RESTART: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Marks a process that a restart of its own started: it waits [`SELF_RESTART_GAP`] before
+/// restarting again, so a disk that keeps failing costs a restart a minute, not a loop.
+const SELF_RESTART_ENV: &str = "TERN_SELF_RESTARTED";
+const SELF_RESTART_GAP: Duration = Duration::from_secs(60);
+
+/// Re-executes this binary with the same arguments (same process id: a supervisor, a chaos
+/// runner or a shell job sees one process). Sockets inherited through socket activation were
+/// closed by the stop, so such a node exits instead, for its service manager to start again.
+fn restart(socket_activated: bool) -> std::process::ExitCode {
+    use std::os::unix::process::CommandExt;
+    if socket_activated {
+        eprintln!(
+            "error: the store needs opening again and the node's sockets came from socket \
+             activation: exiting for the service manager to start it again"
+        );
+        return std::process::ExitCode::from(75); // EX_TEMPFAIL
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: cannot restart: where is this binary? {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    eprintln!("restarting: {}", exe.display());
+    let e = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(SELF_RESTART_ENV, "1")
+        .exec();
+    eprintln!("error: cannot restart {}: {e}", exe.display());
+    std::process::ExitCode::FAILURE
 }
 
 /// Sets the process's subscriber: log lines on stderr as `filter` and `format` say (never
@@ -782,9 +824,51 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 ),
                 None => eprintln!("tern node listening on http://{}", node.addr()),
             }
-            shutdown_signal().await;
-            eprintln!("shutting down");
-            node.shutdown().await?;
+            let started = std::time::Instant::now();
+            let mut restart_wanted = node.restart_wanted();
+            let wanted = async {
+                if restart_wanted.wait_for(|w| *w).await.is_err() {
+                    // The store's watch has ended without asking: nothing more to wait for.
+                    std::future::pending::<()>().await;
+                }
+            };
+            let mut restart = tokio::select! {
+                () = shutdown_signal() => false,
+                () = wanted => true,
+            };
+            if restart && std::env::var_os(SELF_RESTART_ENV).is_some() {
+                let wait = SELF_RESTART_GAP.saturating_sub(started.elapsed());
+                if !wait.is_zero() {
+                    eprintln!(
+                        "restarted less than {} s ago: restarting again in {} s",
+                        SELF_RESTART_GAP.as_secs(),
+                        wait.as_secs()
+                    );
+                    restart = tokio::select! {
+                        () = shutdown_signal() => false,
+                        () = tokio::time::sleep(wait) => true,
+                    };
+                }
+            }
+            eprintln!(
+                "{}",
+                if restart {
+                    "stopping to restart (the store needs opening again)"
+                } else {
+                    "shutting down"
+                }
+            );
+            let stopped = node.shutdown().await;
+            if restart {
+                // The store's final flush fails as every write since the first error did;
+                // what was acknowledged is on disk.
+                if let Err(e) = stopped {
+                    eprintln!("stopped: {e}");
+                }
+                RESTART.store(true, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                stopped?;
+            }
             if let Some(export) = export
                 && let Err(e) = export.shutdown(Duration::from_secs(5))
             {

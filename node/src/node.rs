@@ -32,11 +32,20 @@ pub struct NodeHandle {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
     janitor: JoinHandle<()>,
+    store_watch: JoinHandle<()>,
+    restart_wanted: watch::Receiver<bool>,
     supervisor: ActorRef<SupervisorMsg>,
     client_api: Option<crate::client_api::ClientApi>,
 }
 
 impl NodeHandle {
+    /// Turns `true` when the node needs a restart to serve fully again: its store failed a
+    /// write (sled then refuses every later one until it is opened again) and the data
+    /// directory takes writes again. `tern up` then drains and re-executes itself.
+    pub fn restart_wanted(&self) -> watch::Receiver<bool> {
+        self.restart_wanted.clone()
+    }
+
     /// The address the HTTP API listens on (useful with port 0).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -70,6 +79,8 @@ impl NodeHandle {
         let _ = self.server.await;
         self.janitor.abort();
         let _ = self.janitor.await;
+        self.store_watch.abort();
+        let _ = self.store_watch.await;
         // Async invocations finish (their results are journaled) or, past 10 s, are left
         // pending in the journal to run again at the next start.
         for _ in 0..1000 {
@@ -269,15 +280,72 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
             }
         }
     });
+    let (wanted, restart_wanted) = watch::channel(false);
+    let store_watch = tokio::spawn(watch_store(
+        app.store.clone(),
+        app.config.data_dir.clone(),
+        wanted,
+    ));
     Ok(NodeHandle {
         addr,
         app,
         shutdown,
         server,
         janitor,
+        store_watch,
+        restart_wanted,
         supervisor,
         client_api,
     })
+}
+
+/// How often the node checks that its store takes writes.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Bytes a probe writes (and syncs) to see that the data directory takes writes again: room
+/// for the store to write its next segment, not just a few bytes.
+const PROBE_BYTES: usize = 1 << 20;
+
+/// Watches the store. sled keeps the first write error that reached it (a full or failing
+/// disk) and refuses every write after it until it is opened again; the node meanwhile
+/// answers sync calls and refuses writes with a retryable `unavailable`. Once the data
+/// directory takes a probe write again, this asks for a restart, which opens the store again
+/// (and replays what was left pending).
+async fn watch_store(store: Store, data_dir: std::path::PathBuf, wanted: watch::Sender<bool>) {
+    let mut tick = tokio::time::interval(STORE_CHECK_INTERVAL);
+    let mut told = false;
+    loop {
+        tick.tick().await;
+        if store.takes_writes().await {
+            continue;
+        }
+        if !told {
+            tracing::error!(
+                "the store failed a write and takes none until it is opened again; the node \
+                 restarts once its data directory takes writes again"
+            );
+            told = true;
+        }
+        let dir = data_dir.clone();
+        if let Ok(Ok(())) = tokio::task::spawn_blocking(move || probe_write(&dir)).await {
+            tracing::error!("the data directory takes writes again: restarting the node");
+            let _ = wanted.send(true);
+            return;
+        }
+    }
+}
+
+/// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`.
+fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = dir.join(".write-probe");
+    let written = (|| {
+        let mut f = std::fs::File::create(&path)?;
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_all()
+    })();
+    let removed = std::fs::remove_file(&path);
+    written.and(removed)
 }
 
 /// Checks that this host can run cells (refusing to start, naming what is missing, if not)

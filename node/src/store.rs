@@ -15,8 +15,9 @@
 //!   store;
 //! - a write that cannot reach the disk (full, failing) is a typed error and counted
 //!   ([`Store::write_failures`]). sled keeps the first such error and refuses every later write
-//!   until the store is opened again: after the disk has room, the node takes writes again
-//!   only once it restarts (what it acknowledged before is on disk and replays then).
+//!   until the store is opened again, which the node does by restarting once its data
+//!   directory takes writes again (`node::watch_store`; what it acknowledged is on disk and
+//!   replays then).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -257,6 +258,13 @@ impl Store {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// Whether the store still takes writes. sled keeps the first write error that reached
+    /// it and refuses every write after it; a flush reports that error (and is cheap when
+    /// nothing is waiting to be written). Not counted in [`Store::write_failures`].
+    pub async fn takes_writes(&self) -> bool {
+        self.db.flush_async().await.is_ok()
     }
 
     /// Flushes that failed: what the caller wrote did not reach the disk.

@@ -135,7 +135,7 @@ nodes = 3
 [workload]
 function = "echo"
 rate_per_s = 60
-duration_s = 10
+duration_s = 12
 mix = { sync = 1, async = 1 }
 [[fault]]
 at_s = 3
@@ -145,14 +145,15 @@ for_s = 3
 "#;
 
 #[test]
-fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_loses_nothing() {
+fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_itself_once_it_has_room()
+ {
     if !tern_cell::jail::is_root() {
         crate::support::skip_or_fail("disk_full mounts a tmpfs: needs root");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let (_, text, verdict) = chaos_run(DISK_FULL, &out);
+    let (ok, text, verdict) = chaos_run(DISK_FULL, &out);
     let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
         .unwrap()
         .lines()
@@ -167,19 +168,20 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_loses_nothing() {
     };
     let (start, end) = (fault("start"), fault("end"));
     assert!(end > start);
-    // Every operation sent to the full node while the disk was full (after the runner had
-    // filled it: allow the fill itself half a second): sync calls answered, async accepts
-    // refused with the retryable `unavailable`, nothing else.
+    // Every operation sent to the full node while the disk was full: sync calls answered;
+    // async accepts refused with the retryable `unavailable` from the first write that found
+    // the disk full (the store may still have had room in a file it had grown) to the end.
     let invokes: std::collections::HashMap<u64, &serde_json::Value> = history
         .iter()
         .filter(|e| e["event"] == "invoke")
         .map(|e| (e["op"].as_u64().unwrap(), e))
         .collect();
-    let (mut sync_ok, mut async_refused) = (0, 0);
+    let mut sync_ok = 0;
+    let mut asyncs = Vec::new();
     for c in history.iter().filter(|e| e["event"] == "complete") {
         let inv = invokes[&c["op"].as_u64().unwrap()];
         let at = inv["at_us"].as_u64().unwrap();
-        if inv["node"] != "a" || at < start + 500_000 || at > end {
+        if inv["node"] != "a" || at < start || at > end {
             continue;
         }
         let outcome = &c["outcome"];
@@ -189,33 +191,49 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_loses_nothing() {
                 sync_ok += 1;
             }
             "async" => {
-                assert_eq!(outcome["outcome"], "failed", "{c}");
-                assert_eq!(outcome["code"], "unavailable", "{c}");
-                async_refused += 1;
+                let refused = outcome["outcome"] == "failed";
+                if refused {
+                    assert_eq!(outcome["code"], "unavailable", "{c}");
+                }
+                asyncs.push((at, refused));
             }
             other => panic!("unexpected mode {other}"),
         }
     }
+    asyncs.sort_unstable();
+    let first = asyncs
+        .iter()
+        .position(|(_, refused)| *refused)
+        .unwrap_or_else(|| panic!("no async accept refused while the disk was full: {text}"));
+    assert!(asyncs[first].0 - start < 1_500_000, "{asyncs:?}");
     assert!(
-        sync_ok >= 20 && async_refused >= 20,
-        "{sync_ok} {async_refused}"
+        asyncs[first..].iter().all(|(_, refused)| *refused),
+        "an async accept after the first refusal: {asyncs:?}"
     );
-    // The other promises hold: every operation answered once with the right output, no
-    // node died. What a full disk still breaks until the node restarts (its store takes no
-    // write after the first that failed, so async work on it is refused after the heal too,
-    // and a result it could not record stays pending) is all the checkers may report.
-    let stats = &verdict["stats"];
-    assert_eq!(stats["unknown"], 0, "{text}");
-    for v in verdict["violations"].as_array().unwrap() {
-        assert!(
-            ["errors_only_under_faults", "async_finished"]
-                .contains(&v["invariant"].as_str().unwrap()),
-            "{text}"
-        );
-        for op in v["ops"].as_array().unwrap() {
-            let inv = invokes[&op.as_u64().unwrap()];
-            assert_eq!(inv["node"], "a", "only the full node's operations: {text}");
-            assert!(inv["at_us"].as_u64().unwrap() >= start, "{text}");
+    assert!(
+        sync_ok >= 10 && asyncs.len() - first >= 10,
+        "{sync_ok} {asyncs:?}"
+    );
+    // Once the disk has room, the node restarts itself (its store takes writes only once
+    // opened again) and every promise holds: each operation answered once with the right
+    // output, errors only under the fault and its recovery bound, every accepted async
+    // invocation finished, no node dead but by the schedule.
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let log = std::fs::read_to_string(out.join("a.log")).unwrap();
+    assert!(
+        log.contains("the data directory takes writes again: restarting the node")
+            && log.contains("restarting: "),
+        "node a restarted itself: {log}"
+    );
+    let accepted_after_heal = history.iter().filter(|c| {
+        c["event"] == "complete" && c["outcome"]["outcome"] == "accepted" && {
+            let inv = invokes[&c["op"].as_u64().unwrap()];
+            inv["node"] == "a" && inv["at_us"].as_u64().unwrap() > end + 2_000_000
         }
-    }
+    });
+    assert!(
+        accepted_after_heal.count() >= 5,
+        "async work on a after the heal: {text}"
+    );
 }
