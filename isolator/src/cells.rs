@@ -320,6 +320,32 @@ impl Cells {
         }
     }
 
+    /// Stops every cell and waits, up to `within`, until each has exited and its cgroup is
+    /// gone: before the node's process ends or replaces itself, so no cell outlives it.
+    pub async fn stop_all(&self, within: Duration) {
+        let slots: Vec<_> = self.lock_tenants().drain().map(|(_, slot)| slot).collect();
+        let mut stopping = Vec::new();
+        for slot in slots {
+            if let Some(running) = slot.lock().await.current.take() {
+                running.process.kill();
+                stopping.push(running);
+            }
+        }
+        let waited = tokio::time::timeout(within, async {
+            for running in &stopping {
+                running.process.wait_exit().await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(
+                cells = stopping.len(),
+                "cells not all gone within {} ms of being killed",
+                within.as_millis()
+            );
+        }
+    }
+
     /// `tenant`'s current cell, if it has one (it may have died since; the next call finds
     /// out).
     async fn current(&self, tenant: &TenantName) -> Option<Arc<Running>> {

@@ -611,13 +611,21 @@ async fn forward_stderr(cell: String, stderr: tokio::process::ChildStderr) {
     }
 }
 
-/// Removes a dead cell's cgroup once the kernel has taken its last process out (the cell's
-/// PID 1 dies with its parent, a moment after it); left in place, and logged, if that takes
+/// Removes a dead cell's cgroup once the kernel has taken its last process out: the cell's
+/// PID 1 is meant to die with its parent, and whatever is still in the cell is killed (a
+/// stopped or stuck PID 1 survives its parent); left in place, and logged, if that takes
 /// longer than a second.
 async fn remove_when_empty(cgroup: CellCgroup) {
-    for _ in 0..100 {
+    for attempt in 0..100 {
         if cgroup.processes().is_ok_and(|p| p.is_empty()) {
             break;
+        }
+        // The cell's process in the node's namespace has ended: whatever it left in the
+        // cell (its init inside, which a kill of the outer process does not reach) goes too.
+        if attempt % 10 == 0
+            && let Err(e) = cgroup.kill_all()
+        {
+            tracing::warn!(error = %e, "cannot kill what is left of a dead cell");
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -189,11 +189,18 @@ impl NodeError {
             }
             // The disk is full or failing: nothing was acknowledged, and another node may
             // take the request (a retryable code; tern-client fails over on it).
+            // (sled's copy of the error has lost its OS code: its kind names the cause.)
             NodeError::Store(StoreError::Sled(sled::Error::Io(e))) => ApiError::new(
                 ErrorCode::Unavailable,
                 format!(
-                    "this node cannot write to its store ({e}); nothing was stored, another node \
-                     may take the request"
+                    "this node's store is failing ({}); retry, another node may take the request",
+                    e.kind()
+                ),
+            ),
+            NodeError::Store(StoreError::FlushTimedOut) => ApiError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "this node's store is failing ({self}); retry, another node may take the request"
                 ),
             ),
             NodeError::Config(_)
@@ -239,15 +246,23 @@ mod tests {
 
     #[test]
     fn a_store_that_cannot_write_is_a_retryable_unavailable_naming_the_cause() {
-        let full = std::io::Error::from_raw_os_error(28);
+        // As sled hands it over: a copy that keeps the kind, not the OS code.
+        let full = std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            format!("{:?}", std::io::Error::from_raw_os_error(28)),
+        );
         let e = NodeError::Store(StoreError::Sled(sled::Error::Io(full)));
         let api = e.to_api();
         assert_eq!(api.code, ErrorCode::Unavailable);
         assert!(api.code.is_retryable());
+        assert!(api.message.contains("no storage space"), "{}", api.message);
+        assert!(!api.message.contains("Os {"), "{}", api.message);
+        let hung = NodeError::Store(StoreError::FlushTimedOut).to_api();
+        assert_eq!(hung.code, ErrorCode::Unavailable);
         assert!(
-            api.message.contains("No space left on device"),
+            hung.message.contains("did not finish writing"),
             "{}",
-            api.message
+            hung.message
         );
         // Damage is not the disk's state: it stays an internal error.
         let damaged = NodeError::Store(StoreError::Corrupt {

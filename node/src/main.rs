@@ -673,13 +673,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let socket_activated =
-        inherited.http.is_some() || inherited.mesh.is_some() || inherited.client.is_some();
     match runtime.block_on(run(cli, inherited)) {
-        Ok(()) if RESTART.load(std::sync::atomic::Ordering::SeqCst) => {
-            runtime.shutdown_timeout(Duration::from_secs(5));
-            restart(socket_activated)
-        }
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One readable line with its causes, not a backtrace: these are user errors.
@@ -689,40 +683,81 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Set when `tern up` stopped to restart itself (its store needs opening again).
-static RESTART: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
 /// Marks a process that a restart of its own started: it waits [`SELF_RESTART_GAP`] before
 /// restarting again, so a disk that keeps failing costs a restart a minute, not a loop.
 const SELF_RESTART_ENV: &str = "TERN_SELF_RESTARTED";
 const SELF_RESTART_GAP: Duration = Duration::from_secs(60);
 
-/// Re-executes this binary with the same arguments (same process id: a supervisor, a chaos
-/// runner or a shell job sees one process). Sockets inherited through socket activation were
-/// closed by the stop, so such a node exits instead, for its service manager to start again.
-fn restart(socket_activated: bool) -> std::process::ExitCode {
+/// Re-executes the running binary (`/proc/self/exe`: the same file even if its path was
+/// replaced since) with the same arguments, as the same process (a supervisor, a chaos runner
+/// or a shell job sees one process). Sockets inherited through socket activation were closed
+/// by the stop, so such a node exits instead (75, EX_TEMPFAIL) for its service manager to
+/// start it again. Never returns; no destructors run (see `tern up`'s `store`).
+fn restart_process(socket_activated: bool) -> ! {
     use std::os::unix::process::CommandExt;
     if socket_activated {
         eprintln!(
             "error: the store needs opening again and the node's sockets came from socket \
              activation: exiting for the service manager to start it again"
         );
-        return std::process::ExitCode::from(75); // EX_TEMPFAIL
+        std::process::exit(75);
     }
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(e) => {
-            eprintln!("error: cannot restart: where is this binary? {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    eprintln!("restarting: {}", exe.display());
-    let e = std::process::Command::new(&exe)
-        .args(std::env::args_os().skip(1))
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| "tern".into());
+    eprintln!("restarting: {}", arg0.to_string_lossy());
+    let e = std::process::Command::new("/proc/self/exe")
+        .arg0(&arg0)
+        .args(args)
         .env(SELF_RESTART_ENV, "1")
         .exec();
-    eprintln!("error: cannot restart {}: {e}", exe.display());
-    std::process::ExitCode::FAILURE
+    eprintln!("error: cannot restart: {e}");
+    std::process::exit(1);
+}
+
+/// SIGTERM and SIGINT, listened for from when this is made, so one that arrives between two
+/// waits is not lost.
+struct StopSignals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+        }
+    }
+
+    /// Waits for either (for ever if neither could be listened for).
+    async fn recv(&mut self) {
+        async fn one(s: &mut Option<tokio::signal::unix::Signal>) {
+            let got = match s {
+                Some(s) => s.recv().await.is_some(),
+                None => false,
+            };
+            if !got {
+                std::future::pending::<()>().await;
+            }
+        }
+        tokio::select! {
+            () = one(&mut self.term) => {}
+            () = one(&mut self.int) => {}
+        }
+    }
+
+    /// Whether one has arrived and not been waited for.
+    fn fired(&mut self) -> bool {
+        futures_now(self.recv())
+    }
+}
+
+/// Polls `f` once: whether it is ready now.
+fn futures_now(f: impl std::future::Future<Output = ()>) -> bool {
+    let mut f = std::pin::pin!(f);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    f.as_mut().poll(&mut cx).is_ready()
 }
 
 /// Sets the process's subscriber: log lines on stderr as `filter` and `format` say (never
@@ -815,6 +850,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             warn_nofile();
             let token_file = (cfg.auth == tern_node::config::AuthMode::Tokens)
                 .then(|| cfg.data_dir.join(tern_node::auth::ADMIN_TOKEN_FILE));
+            let socket_activated =
+                inherited.http.is_some() || inherited.mesh.is_some() || inherited.client.is_some();
             let node = tern_node::start_with(cfg, inherited).await?;
             match token_file.filter(|f| f.exists()) {
                 Some(f) => eprintln!(
@@ -825,6 +862,12 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 None => eprintln!("tern node listening on http://{}", node.addr()),
             }
             let started = std::time::Instant::now();
+            // Listened for from here on: a stop asked for while the node drains to restart
+            // must not be lost.
+            let mut stop = StopSignals::new();
+            // Kept to the end: dropping a failing store's last handle flushes it, and that
+            // flush may never end.
+            let store = node.app().store.clone();
             let mut restart_wanted = node.restart_wanted();
             let wanted = async {
                 if restart_wanted.wait_for(|w| *w).await.is_err() {
@@ -833,7 +876,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 }
             };
             let mut restart = tokio::select! {
-                () = shutdown_signal() => false,
+                () = stop.recv() => false,
                 () = wanted => true,
             };
             if restart && std::env::var_os(SELF_RESTART_ENV).is_some() {
@@ -845,7 +888,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                         wait.as_secs()
                     );
                     restart = tokio::select! {
-                        () = shutdown_signal() => false,
+                        () = stop.recv() => false,
                         () = tokio::time::sleep(wait) => true,
                     };
                 }
@@ -859,20 +902,32 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 }
             );
             let stopped = node.shutdown().await;
-            if restart {
-                // The store's final flush fails as every write since the first error did;
-                // what was acknowledged is on disk.
-                if let Err(e) = stopped {
-                    eprintln!("stopped: {e}");
+            let stopped = match stopped {
+                Ok(()) => Ok(()),
+                // Its final flush fails as every write since the first error did; what was
+                // acknowledged is on disk.
+                Err(e) if store.failed() => {
+                    eprintln!("stopped with the store failing: {e}");
+                    Ok(())
                 }
-                RESTART.store(true, std::sync::atomic::Ordering::SeqCst);
-            } else {
-                stopped?;
-            }
+                Err(e) => Err(e),
+            };
             if let Some(export) = export
                 && let Err(e) = export.shutdown(Duration::from_secs(5))
             {
                 eprintln!("warning: traces not all sent: {e}");
+            }
+            stopped?;
+            if restart && stop.fired() {
+                eprintln!("asked to stop while stopping to restart: not restarting");
+                restart = false;
+            }
+            if restart {
+                restart_process(socket_activated);
+            }
+            if store.failed() {
+                // Without destructors: see `store` above.
+                std::process::exit(0);
             }
             Ok(())
         }
@@ -1176,25 +1231,4 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             Ok(())
         }
     }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

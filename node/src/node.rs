@@ -98,6 +98,10 @@ impl NodeHandle {
         if self.supervisor.cast(SupervisorMsg::Shutdown(tx)).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
         }
+        // No cell outlives the node (nor a process that replaces it).
+        if let Some(cells) = self.app.cells.get() {
+            cells.stop_all(Duration::from_secs(5)).await;
+        }
         self.app.store.flush().await?;
         Ok(())
     }
@@ -299,12 +303,15 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     })
 }
 
-/// How often the node checks that its store takes writes.
+/// How often the node checks that its store takes writes, and, once it does not, whether the
+/// data directory takes writes again.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Bytes a probe writes (and syncs) to see that the data directory takes writes again: room
-/// for the store to write its next segment, not just a few bytes.
-const PROBE_BYTES: usize = 1 << 20;
+/// for the store to write several segments (512 KiB each) and a large record, not just a few
+/// bytes, so the restart that follows can open the store and replay.
+const PROBE_BYTES: usize = 8 << 20;
 
 /// Watches the store. sled keeps the first write error that reached it (a full or failing
 /// disk) and refuses every write after it until it is opened again; the node meanwhile
@@ -313,19 +320,24 @@ const PROBE_BYTES: usize = 1 << 20;
 /// (and replays what was left pending).
 async fn watch_store(store: Store, data_dir: std::path::PathBuf, wanted: watch::Sender<bool>) {
     let mut tick = tokio::time::interval(STORE_CHECK_INTERVAL);
-    let mut told = false;
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // Once the store has failed, it is not asked again (a flush that hangs would hold a
+        // sled thread each time).
         if store.takes_writes().await {
             continue;
         }
-        if !told {
-            tracing::error!(
-                "the store failed a write and takes none until it is opened again; the node \
-                 restarts once its data directory takes writes again"
-            );
-            told = true;
-        }
+        tracing::error!(
+            "the store failed a write and takes none until it is opened again; the node \
+             restarts once its data directory takes writes again"
+        );
+        break;
+    }
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
         let dir = data_dir.clone();
         if let Ok(Ok(())) = tokio::task::spawn_blocking(move || probe_write(&dir)).await {
             tracing::error!("the data directory takes writes again: restarting the node");
@@ -335,9 +347,14 @@ async fn watch_store(store: Store, data_dir: std::path::PathBuf, wanted: watch::
     }
 }
 
-/// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`.
+/// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`, if its file system says it
+/// has room for twice that (no writes while it is full).
 fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
+    let fs = rustix::fs::statvfs(dir)?;
+    if fs.f_bavail.saturating_mul(fs.f_frsize) < 2 * PROBE_BYTES as u64 {
+        return Err(std::io::ErrorKind::StorageFull.into());
+    }
     let path = dir.join(".write-probe");
     let written = (|| {
         let mut f = std::fs::File::create(&path)?;

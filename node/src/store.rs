@@ -101,7 +101,15 @@ pub enum StoreError {
     },
     #[error("cannot encode a {what} record: {detail}")]
     Encode { what: &'static str, detail: String },
+    /// A flush did not finish in time: sled wedges (every later flush waits for ever) when a
+    /// large record, written as a file of its own, fails to reach a full disk.
+    #[error("the store did not finish writing within {} s", FLUSH_TIMEOUT.as_secs())]
+    FlushTimedOut,
 }
+
+/// The longest a flush may take before the store counts as failing. Far above a healthy
+/// flush (milliseconds); a store that takes this long is not taking writes.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many invocation records the journal holds, and their encoded bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -253,23 +261,32 @@ impl Store {
 
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        if let Err(e) = self.db.flush_async().await {
-            self.counters.write_failures.fetch_add(1, Relaxed);
-            return Err(e.into());
-        }
-        Ok(())
+        let failed = match tokio::time::timeout(FLUSH_TIMEOUT, self.db.flush_async()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.into(),
+            Err(_) => StoreError::FlushTimedOut,
+        };
+        self.counters.write_failures.fetch_add(1, Relaxed);
+        Err(failed)
     }
 
     /// Whether the store still takes writes. sled keeps the first write error that reached
     /// it and refuses every write after it; a flush reports that error (and is cheap when
-    /// nothing is waiting to be written). Not counted in [`Store::write_failures`].
+    /// nothing is waiting to be written), or never ends (see [`StoreError::FlushTimedOut`]).
+    /// Counted in [`Store::write_failures`] when it finds the store failing.
     pub async fn takes_writes(&self) -> bool {
-        self.db.flush_async().await.is_ok()
+        self.flush().await.is_ok()
     }
 
-    /// Flushes that failed: what the caller wrote did not reach the disk.
+    /// Flushes that failed or timed out: what their callers wrote did not reach the disk.
     pub fn write_failures(&self) -> u64 {
         self.counters.write_failures.load(Relaxed)
+    }
+
+    /// Whether a flush has failed since the store was opened: it may take no writes (and
+    /// dropping the last handle may wait on a flush that never ends).
+    pub fn failed(&self) -> bool {
+        self.write_failures() > 0
     }
 
     pub fn put_module(&self, hash: &ModuleHash, bytes: &[u8]) -> Result<(), StoreError> {

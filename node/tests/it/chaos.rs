@@ -135,13 +135,16 @@ nodes = 3
 [workload]
 function = "echo"
 rate_per_s = 60
-duration_s = 12
+duration_s = 14
 mix = { sync = 1, async = 1 }
 [[fault]]
 at_s = 3
 kind = "disk_full"
 node = "a"
 for_s = 3
+# Recovery is a restart: noticing the room (within half a second), draining, starting again.
+[expect]
+recovery_ms = 5000
 "#;
 
 #[test]
@@ -155,7 +158,7 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
     let out = dir.path().join("run");
     let (ok, text, verdict) = chaos_run(DISK_FULL, &out);
     let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap()
+        .unwrap_or_else(|e| panic!("no history ({e}): {text}"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
@@ -205,7 +208,7 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
         .iter()
         .position(|(_, refused)| *refused)
         .unwrap_or_else(|| panic!("no async accept refused while the disk was full: {text}"));
-    assert!(asyncs[first].0 - start < 1_500_000, "{asyncs:?}");
+    assert!(asyncs[first].0 - start < 3_000_000, "{asyncs:?}");
     assert!(
         asyncs[first..].iter().all(|(_, refused)| *refused),
         "an async accept after the first refusal: {asyncs:?}"
@@ -229,7 +232,7 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
     let accepted_after_heal = history.iter().filter(|c| {
         c["event"] == "complete" && c["outcome"]["outcome"] == "accepted" && {
             let inv = invokes[&c["op"].as_u64().unwrap()];
-            inv["node"] == "a" && inv["at_us"].as_u64().unwrap() > end + 2_000_000
+            inv["node"] == "a" && inv["at_us"].as_u64().unwrap() > end + 5_000_000
         }
     });
     assert!(

@@ -325,7 +325,28 @@ async fn a_cell_that_stops_answering_is_killed_by_its_health_check_and_replaced(
     assert_eq!((r.status, body(&r).as_str()), (200, "after"));
     let now = cells.processes(&default).await;
     assert!(!now.is_empty() && now.iter().all(|p| !stopped.contains(p)));
+    let cgroup = cells
+        .cgroup_dir(&default, tern_cell::Controller::Pids)
+        .await
+        .expect("the running cell's cgroup");
+    assert!(cgroup.exists());
+    // No cell outlives its node: stopped, reaped, its cgroup removed.
     node.shutdown().await.unwrap();
+    for pid in &now {
+        // Gone, or dead and waiting for init to reap it (the cell's PID 1 was reparented).
+        let state = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("State:"))
+                    .map(str::to_owned)
+            });
+        assert!(
+            state.as_deref().is_none_or(|s| s.contains("zombie")),
+            "cell {pid} outlived its node: {state:?}"
+        );
+    }
+    assert!(!cgroup.exists(), "{} left behind", cgroup.display());
 }
 
 /// Quota network weights that always choose 0.5 cores and 256 MiB per guest and one guest

@@ -478,3 +478,167 @@ async fn removed_functions_leave_no_metric_series_and_totals_keep_their_counts()
     assert_eq!(node.services().metrics.finished_invocations(), 5);
     node.shutdown().await.unwrap();
 }
+
+/// A tmpfs mounted for a test, lazily unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size_mb: u32) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size_mb}m"),
+                "tern-test",
+            ])
+            .arg(dir)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs on {}", dir.display());
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system of `dir` to its last byte with the file `dir/filler`.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).unwrap();
+    let chunk = vec![0x5Au8; 1 << 20];
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
+            Err(e) => panic!("filling {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// In a process of its own: sled's I/O thread pool is shared by every store in a process, and
+/// the flushes a wedged store leaves waiting hold its threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_record_on_a_full_disk_is_a_prompt_unavailable_and_the_node_restarts_itself_once_there_is_room()
+ {
+    if !tern_cell::jail::is_root() {
+        skip_or_fail("mounts a tmpfs: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _disk = Tmpfs::mount(&data, 32);
+    // Its own address (no socket activation, so the restart re-executes `tern up`).
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log_path = dir.path().join("node.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut node = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_tern"))
+            .arg("up")
+            .arg("--data")
+            .arg(&data)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .arg("--examples-dir")
+            .arg(functions_dir())
+            .env("TERN_EXAMPLES", "[]")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tern"),
+    );
+    wait_for_tern(&mut node.0, addr, &data, &log_path, Duration::from_secs(60)).await;
+    let pid = node.0.id();
+    let r = deploy(addr, "echo", "").await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    fill(&data);
+    // sled writes a record over a quarter of a segment (128 KiB) as a file of its own; when
+    // that write fails, every later flush waits for ever (no error is kept). Callers get a
+    // retryable error within the flush bound, not a hang.
+    let t0 = std::time::Instant::now();
+    let big = vec![b'x'; 300_000];
+    let r = request(
+        addr,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        big,
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(code(&r), "unavailable");
+    let small = request(
+        addr,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        "x",
+    )
+    .await;
+    assert_eq!(
+        small.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&small.body)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    // Sync calls go on, and the node stays up while the disk is full.
+    assert_eq!(
+        invoke(addr, "echo", "during").await.body,
+        Bytes::from("during")
+    );
+    assert!(metric(addr, "tern_store_write_failures_total").await >= 1.0);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let logged = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!logged().contains("restarting: "), "{}", logged());
+    // Room again: the node restarts itself (the same process), opens its store again and
+    // takes async work.
+    std::fs::remove_file(data.join("filler")).unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            tern_bench::request_once(
+                addr,
+                Method::POST,
+                "/v1/functions/echo/invoke?mode=async",
+                &authorization(&bearer_for(addr)),
+                Bytes::from("after"),
+            ),
+        )
+        .await;
+        if let Ok(Ok(r)) = r
+            && r.status == 202
+        {
+            let id = json(&r)["id"].as_str().unwrap().to_owned();
+            let done = wait_finished(addr, &id).await;
+            assert_eq!(done["result"], "after", "{done}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no async work taken within 30 s of the room; log:\n{}",
+            logged()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        logged().contains("the data directory takes writes again: restarting the node")
+            && logged().contains("restarting: "),
+        "{}",
+        logged()
+    );
+    assert_eq!(node.0.id(), pid);
+    assert!(
+        node.0.try_wait().unwrap().is_none(),
+        "the same process, still running"
+    );
+}
