@@ -277,7 +277,21 @@ impl CellCgroup {
                 return write(&kill, "1");
             }
         }
-        for pid in self.processes()? {
+        let own = std::process::id();
+        let listed = match self.processes() {
+            Ok(listed) => listed,
+            // Never created, or removed already: nothing to kill.
+            Err(Error::Cgroup { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        for pid in listed {
+            // 0 (a task reaped while the list was printed) would mean this process group,
+            // 1 the host's init: neither is a cell's.
+            if pid <= 1 || pid == own {
+                continue;
+            }
             let Ok(pid) = i32::try_from(pid) else {
                 continue;
             };

@@ -171,6 +171,8 @@ pub struct Cells {
     deaths: AtomicU64,
     reaped: AtomicU64,
     hangs: AtomicU64,
+    /// Set by [`Cells::stop_all`]: no cell starts after it.
+    stopping: std::sync::atomic::AtomicBool,
     /// From spawning a cell to its `Ready`.
     start_time: tern_metrics::Histogram,
 }
@@ -204,6 +206,7 @@ impl Cells {
             deaths: AtomicU64::new(0),
             reaped: AtomicU64::new(0),
             hangs: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             start_time: tern_metrics::Histogram::default(),
         })
     }
@@ -320,9 +323,14 @@ impl Cells {
         }
     }
 
-    /// Stops every cell and waits, up to `within`, until each has exited and its cgroup is
-    /// gone: before the node's process ends or replaces itself, so no cell outlives it.
+    /// Stops every cell and waits, up to `within`, until each has exited: before the node's
+    /// process ends or replaces itself, so no cell outlives it. Their cgroups go in the
+    /// background once empty (a dead cell's init may wait a moment for the host's init to
+    /// reap it; a stop does not wait for that).
     pub async fn stop_all(&self, within: Duration) {
+        // Before the slots go: a call that would start a cell after this finds it set (it
+        // checks under its tenant's lock, which this takes below).
+        self.stopping.store(true, Ordering::SeqCst);
         let slots: Vec<_> = self.lock_tenants().drain().map(|(_, slot)| slot).collect();
         let mut stopping = Vec::new();
         for slot in slots {
@@ -333,7 +341,7 @@ impl Cells {
         }
         let waited = tokio::time::timeout(within, async {
             for running in &stopping {
-                running.process.wait_exit().await;
+                running.process.wait_exited().await;
             }
         })
         .await;
@@ -579,6 +587,9 @@ impl Cells {
     async fn start_or_join(&self, tenant: &TenantName) -> Result<InCall, Error> {
         let slot = self.slot(tenant);
         let mut cells = slot.lock().await;
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("the node is stopping".into()));
+        }
         if let Some(running) = &cells.current {
             if !running.process.has_ended() {
                 return Ok(InCall::new(running.clone()));

@@ -384,6 +384,12 @@ impl CellProcess {
         let _ = self.kill.try_send(());
     }
 
+    /// Waits until the cell's process has exited (its cgroup may still be going: see
+    /// `remove_when_empty`).
+    pub async fn wait_exited(&self) {
+        let _ = self.exit.clone().wait_for(Option::is_some).await;
+    }
+
     /// Waits until the cell process has exited and its cgroup is gone; how it ended.
     pub async fn wait_exit(&self) -> String {
         let _ = self.cleaned_up.clone().wait_for(|done| *done).await;

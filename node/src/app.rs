@@ -615,7 +615,13 @@ impl App {
             self.store.put_invocation(&record)?;
             record
         };
-        self.store.flush().await?;
+        if let Err(e) = self.store.flush().await {
+            // Refused: taken back, so it does not run at the next start after the caller was
+            // told otherwise (best effort: a timed-out flush may still land, and then the
+            // record replays, at least once).
+            let _ = self.store.remove_invocation(&record.id);
+            return Err(e.into());
+        }
         let id = record.id.clone();
         self.spawn_async(record, permit, trace);
         Ok(id)

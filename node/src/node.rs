@@ -323,9 +323,10 @@ async fn watch_store(store: Store, data_dir: std::path::PathBuf, wanted: watch::
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        // Once the store has failed, it is not asked again (a flush that hangs would hold a
-        // sled thread each time).
-        if store.takes_writes().await {
+        // Any failed or timed-out flush counts, the callers' included: a write they could
+        // not make (an attempt record, say) waits for the restart's replay. Once the store
+        // has failed, it is not asked again (a flush that hangs holds a sled thread).
+        if !store.failed() && store.takes_writes().await {
             continue;
         }
         tracing::error!(
@@ -348,11 +349,13 @@ async fn watch_store(store: Store, data_dir: std::path::PathBuf, wanted: watch::
 }
 
 /// Writes, syncs and removes a file of [`PROBE_BYTES`] in `dir`, if its file system says it
-/// has room for twice that (no writes while it is full).
+/// has room for twice that (no writes while it is full). Free blocks, not available ones: a
+/// node running as root may write into the blocks reserved for root, and the write itself
+/// says whether it can.
 fn probe_write(dir: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
     let fs = rustix::fs::statvfs(dir)?;
-    if fs.f_bavail.saturating_mul(fs.f_frsize) < 2 * PROBE_BYTES as u64 {
+    if fs.f_bfree.saturating_mul(fs.f_frsize) < 2 * PROBE_BYTES as u64 {
         return Err(std::io::ErrorKind::StorageFull.into());
     }
     let path = dir.join(".write-probe");
