@@ -18,6 +18,9 @@ for arg in "$@"; do
 done
 
 run bash scripts/build-functions.sh
+# A wasi:http component from a toolchain nobody here wrote (componentize-py from PyPI, cached
+# in ~/.cache/tern; ~17 MB download the first time), for the component tests.
+run bash scripts/build-python-component.sh
 # tern-client must stay light: no wasmtime, tch or candle (nor ring) in its dependency graph.
 echo "+ cargo tree -p tern-client -e normal,build  # must not contain wasmtime, tch, candle or ring"
 client_deps=$(cargo tree -p tern-client -e normal,build --prefix none)

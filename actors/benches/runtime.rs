@@ -1,12 +1,16 @@
 //! Micro-benchmarks of the invocation path, in process (no HTTP):
 //! - `execute/echo`: one MEU — fresh Store, instantiate from the preheated `InstancePre`, run
 //!   echo to completion (our "instantiate + run echo" target: p50 ≤ 30 µs);
+//! - `execute/echo-component`: the same for the `wasi:http/proxy` echo component invoked with
+//!   plain input (a `POST /`), and `execute/echo-component-http` with an `HttpCall` as the
+//!   `/fn/` route sends it (target: instantiate + run ≤ 50 µs);
 //! - `pipeline/echo`: the same through `Pipeline::invoke` and the supervised actors (a plain
 //!   call: SchedulerAgent → RuntimePool), to show what the actors cost per request;
 //! - `*_x64`: 64 concurrent requests per iteration, the throughput view (no single mailbox
 //!   may cap throughput: compare pipeline_x64 with execute_x64).
 //!
-//! Needs `functions/dist/echo.wasm` (scripts/build-functions.sh).
+//! Needs `functions/dist/echo.wasm` and `functions/dist/components/echo.wasm`
+//! (scripts/build-functions.sh).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +27,14 @@ use tern_wire::{FunctionInfo, FunctionName};
 
 fn echo_wasm() -> Bytes {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../functions/dist/echo.wasm");
+    Bytes::from(std::fs::read(path).expect("build the functions first: scripts/build-functions.sh"))
+}
+
+fn echo_component() -> Bytes {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../functions/dist/components/echo.wasm"
+    );
     Bytes::from(std::fs::read(path).expect("build the functions first: scripts/build-functions.sh"))
 }
 
@@ -47,12 +59,16 @@ fn bench(c: &mut Criterion) {
         .expect("tokio runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let name: FunctionName = "echo".parse().expect("name");
+    let metrics = Arc::new(Metrics::default());
     let (runtime, pipeline) = rt.block_on(async {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = metrics.clone();
         let runtime = Runtime::new(RuntimeConfig::new("bench", dir.path()), metrics.clone())
             .expect("runtime");
         let prepared = runtime.prepare(echo_wasm()).await.expect("prepare");
         runtime.install(info_for(&name, &prepared), prepared);
+        let component: FunctionName = "echo-component".parse().expect("name");
+        let prepared = runtime.prepare(echo_component()).await.expect("prepare");
+        runtime.install(info_for(&component, &prepared), prepared);
         let services = Services::new(
             ServicesConfig {
                 node_name: "bench".into(),
@@ -117,6 +133,67 @@ fn bench(c: &mut Criterion) {
             assert_eq!(&out.output[..], b"hello");
         })
     });
+    let plain = Meu::new(
+        "bench",
+        "echo-component".parse().expect("name"),
+        Bytes::from_static(b"hello"),
+        1,
+    );
+    g.bench_function("execute/echo-component", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = runtime
+                .execute(fresh(&plain), &sandbox)
+                .await
+                .expect("echo");
+            assert_eq!(&out.output[..], b"hello");
+        })
+    });
+    let call = tern_wire::HttpCall {
+        method: "POST".into(),
+        path_and_query: "/".into(),
+        headers: vec![("host".into(), b"bench".to_vec())],
+        body: b"hello".to_vec(),
+    };
+    let routed = Meu {
+        input: Bytes::from(call.encode().expect("encode")),
+        ..plain.clone()
+    };
+    g.bench_function("execute/echo-component-http", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = runtime
+                .execute(fresh(&routed), &sandbox)
+                .await
+                .expect("echo");
+            let answer = tern_wire::HttpAnswer::decode(&out.output).expect("answer");
+            assert_eq!((answer.status, &answer.body[..]), (200, &b"hello"[..]));
+        })
+    });
+    // 256 KiB each way: 64 writes of 4 KiB by the guest, each handed to the reader as the
+    // guest writes it. None of them should cost the guest its place on the fast lane.
+    let big: Bytes = (0..256u32 << 10).map(|i| (i % 251) as u8).collect();
+    let large = Meu {
+        input: big.clone(),
+        ..plain.clone()
+    };
+    let moves_before = metrics
+        .slow_lane_moves
+        .load(std::sync::atomic::Ordering::Relaxed);
+    g.bench_function("execute/echo-component-256KiB", |b| {
+        b.to_async(&rt).iter(|| async {
+            let out = runtime
+                .execute(fresh(&large), &sandbox)
+                .await
+                .expect("echo");
+            assert_eq!(out.output.len(), big.len());
+        })
+    });
+    println!(
+        "execute/echo-component-256KiB: {} guests moved to the slow lane",
+        metrics
+            .slow_lane_moves
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - moves_before
+    );
     g.bench_function("pipeline/echo", |b| {
         b.to_async(&rt).iter(|| async {
             let out = pipeline.invoke(inv.clone()).await.expect("echo");

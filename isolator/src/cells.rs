@@ -339,9 +339,24 @@ impl Cells {
                 stopping.push(running);
             }
         }
-        let waited = tokio::time::timeout(within, async {
+        let deadline = tokio::time::Instant::now() + within;
+        let waited = tokio::time::timeout_at(deadline, async {
             for running in &stopping {
                 running.process.wait_exited().await;
+            }
+            // The cell's own process (its PID namespace's init) dies with the process the
+            // node started through its parent-death signal, which a cell whose parent died
+            // while it was starting may not have set yet: whatever is left in its cgroup is
+            // killed from here, and waited for.
+            for running in &stopping {
+                let cgroup = running.process.cgroup();
+                if let Err(e) = cgroup.kill_all() {
+                    tracing::warn!(error = %e, "cannot kill what is left of a cell");
+                    continue;
+                }
+                while cgroup.processes().is_ok_and(|left| !left.is_empty()) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
         })
         .await;

@@ -24,6 +24,9 @@ pub enum NodeError {
     ChangeFailed(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A component's answer that cannot be sent as an HTTP response.
+    #[error("{0}")]
+    BadComponentAnswer(String),
     #[error("request body over the {limit}-byte limit")]
     BodyTooLarge { limit: usize },
     #[error("module over the {limit}-byte limit (max_module_bytes)")]
@@ -214,7 +217,10 @@ impl NodeError {
             | NodeError::Cluster(_)
             | NodeError::Link(_)
             | NodeError::Replication(_)
-            | NodeError::ClientApi(_) => ApiError::new(ErrorCode::Internal, self.to_string()),
+            | NodeError::ClientApi(_)
+            | NodeError::BadComponentAnswer(_) => {
+                ApiError::new(ErrorCode::Internal, self.to_string())
+            }
         }
     }
 }

@@ -153,6 +153,17 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             );
             Ok(resp)
         }
+        (_, ["fn", name, ..]) => {
+            let started = Instant::now();
+            let mut resp = call_component(&app, &caller, name, req)
+                .await
+                .unwrap_or_else(|e| node_error_response(&e));
+            resp.headers_mut().insert(
+                "x-tern-duration-us",
+                HeaderValue::from(started.elapsed().as_micros() as u64),
+            );
+            Ok(resp)
+        }
         (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, &caller, id),
         (&Method::GET, ["v1", "cluster"]) => Ok(cluster(&app)),
         (
@@ -679,6 +690,156 @@ async fn invoke_traced(
         h.insert("x-tern-node", v);
     }
     h.insert("x-tern-meus", HeaderValue::from(outcome.meus as u64));
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        h.insert("x-tern-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// Request headers a component does not see: the caller's Tern token, and the hop-by-hop
+/// headers of the connection to this node.
+const HIDDEN_FROM_COMPONENTS: [&str; 9] = [
+    "authorization",
+    "connection",
+    "keep-alive",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Response headers of a component the node does not pass on: hop-by-hop ones, and those the
+/// node sets itself from the body it sends.
+const NOT_PASSED_ON: [&str; 7] = [
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// `{ANY} /fn/{name}/{path…}`: an HTTP request for a `wasi:http/proxy` component. The
+/// component sees the method, `/{path…}` with the query, the headers (less the caller's token
+/// and hop-by-hop ones) and the body; its status, headers and body are the answer. It is
+/// placed, forwarded and failed over like any invocation; errors before or around the guest
+/// are the API's typed errors.
+async fn call_component(
+    app: &Arc<App>,
+    caller: &Caller,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
+    let call = service::Invoke::admit(app, caller, name)?;
+    let request_id = req
+        .headers()
+        .get("x-tern-request-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<InvocationId>().ok())
+        .unwrap_or_else(|| app.ids.next());
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| TraceParent::parse(v).ok());
+    let trace = traces::invoke("http", parent.as_ref(), call.name(), "sync");
+    trace.record("request_id", request_id.as_str());
+    let result = call_component_traced(app, call, request_id, req, &trace).await;
+    if let Err(e) = &result {
+        traces::failed(&trace, e);
+    }
+    result
+}
+
+async fn call_component_traced(
+    app: &Arc<App>,
+    call: service::Invoke,
+    request_id: InvocationId,
+    req: Request<Incoming>,
+    trace: &tracing::Span,
+) -> Result<Response<Body>, NodeError> {
+    // What follows `/fn/{name}`, as the caller sent it: the path the component sees.
+    let mut path_and_query = match req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .splitn(3, '/')
+        .nth(2)
+    {
+        Some(rest) => format!("/{rest}"),
+        None => "/".to_owned(),
+    };
+    if let Some(q) = req.uri().query() {
+        path_and_query.push('?');
+        path_and_query.push_str(q);
+    }
+    let method = req.method().as_str().to_owned();
+    let headers: Vec<(String, Vec<u8>)> = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
+    let body = read_body(app, req, app.config.max_body_bytes).await?;
+    let name = call.with_input(app, &body)?;
+    let input = tern_wire::HttpCall {
+        method,
+        path_and_query,
+        headers,
+        body: body.to_vec(),
+    }
+    .encode()
+    .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
+    let result = app
+        .pipeline
+        .invoke_admitted(
+            Invocation {
+                request_id: request_id.as_str().into(),
+                function: name,
+                input: Bytes::from(input),
+                map: false,
+                trace: trace.clone(),
+            },
+            permit,
+        )
+        .await;
+    traces::outcome(trace, &result);
+    let outcome = result?;
+    let answer = tern_wire::HttpAnswer::decode(&outcome.output).map_err(|e| {
+        NodeError::BadComponentAnswer(format!("the component's answer did not decode: {e}"))
+    })?;
+    let status = StatusCode::from_u16(answer.status).map_err(|_| {
+        NodeError::BadComponentAnswer(format!(
+            "the component answered with status {}",
+            answer.status
+        ))
+    })?;
+    let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    for (name, value) in &answer.headers {
+        if NOT_PASSED_ON.contains(&name.as_str()) {
+            continue;
+        }
+        // wasi:http checked them when the guest set them; anything else is skipped, not sent.
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            h.append(name, value);
+        }
+    }
+    h.insert(
+        "x-tern-cold-start",
+        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
+        h.insert("x-tern-node", v);
+    }
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         h.insert("x-tern-request-id", v);
     }

@@ -18,7 +18,21 @@ pub enum Error {
     GuestTrap(String),
     #[error("guest exited with status {code}")]
     GuestExit { code: i32 },
-    #[error("guest wrote more than {limit} bytes to stdout")]
+    /// A component, invoked with plain input, answered with an error status.
+    #[error("the component answered HTTP {status}: {body}")]
+    GuestStatus { status: u16, body: String },
+    /// A component ended without a usable response (it set none, or set an error).
+    #[error("{0}")]
+    NoAnswer(String),
+    /// An HTTP call for a component that is not one (method, path or a header not valid HTTP).
+    #[error("invalid HTTP request for the component: {0}")]
+    BadHttpCall(String),
+    /// An HTTP call for a function that is a WASI command, not a component.
+    #[error(
+        "function {0} is a WASI command, not a wasi:http component: invoke it with POST /v1/functions/{0}/invoke"
+    )]
+    NotAComponent(FunctionName),
+    #[error("guest wrote more than {limit} bytes of output")]
     OutputTooLarge { limit: usize },
     #[error("invocation exceeded its time limit of {timeout_ms} ms")]
     Timeout { timeout_ms: u32 },
@@ -96,7 +110,10 @@ impl Error {
             Error::CompileTimeout(_) => ErrorCode::CompileTimeout,
             Error::FunctionNotFound(_) => ErrorCode::NotFound,
             Error::GuestTrap(_) => ErrorCode::GuestTrap,
-            Error::GuestExit { .. } => ErrorCode::GuestError,
+            Error::GuestExit { .. } | Error::GuestStatus { .. } | Error::NoAnswer(_) => {
+                ErrorCode::GuestError
+            }
+            Error::BadHttpCall(_) | Error::NotAComponent(_) => ErrorCode::InvalidRequest,
             Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::NoInstanceSlot { .. }

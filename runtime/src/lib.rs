@@ -22,6 +22,7 @@ mod error;
 pub mod fair_slots;
 pub(crate) mod guest_limits;
 pub mod guest_logs;
+mod http_component;
 pub mod isolation;
 mod lanes;
 
@@ -39,13 +40,16 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tern_wire::{FunctionInfo, FunctionName, ModuleHash};
 use tokio::sync::Semaphore;
+use wasmtime::component::Component;
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module,
-    PoolingAllocationConfig, Store, StoreLimitsBuilder, Trap, UpdateDeadline,
+    PoolingAllocationConfig, Precompiled, Store, StoreLimits, StoreLimitsBuilder, Trap,
+    UpdateDeadline,
 };
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use self::capped_pipe::CappedPipe;
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
@@ -242,7 +246,22 @@ pub struct Prepared {
     pub size_bytes: u64,
     /// Whether this call compiled it (false when the artifact already existed).
     pub compiled: bool,
-    pre: InstancePre<HostState>,
+    pre: Loaded,
+}
+
+/// A function linked against the host, ready to instantiate.
+#[derive(Clone)]
+enum Loaded {
+    /// A WASI preview-1 command: stdin in, stdout out.
+    Command(InstancePre<HostState>),
+    /// A `wasi:http/proxy` component: an HTTP request in, its response out.
+    Http(ProxyPre<http_component::State>),
+}
+
+/// A compiled artifact as loaded from disk.
+enum Artifact {
+    Module(Module),
+    Component(Component),
 }
 
 struct HostState {
@@ -251,7 +270,7 @@ struct HostState {
 }
 
 struct LoadedModule {
-    pre: InstancePre<HostState>,
+    pre: Loaded,
     last_used: u64,
 }
 
@@ -266,6 +285,7 @@ pub struct Runtime {
     cfg: RuntimeConfig,
     engine: Engine,
     linker: Linker<HostState>,
+    component_linker: wasmtime::component::Linker<http_component::State>,
     compat: String,
     functions: RwLock<HashMap<FunctionName, Arc<Deployed>>>,
     modules: Mutex<ModuleCache>,
@@ -302,13 +322,21 @@ pub trait CellRunner: Send + Sync + 'static {
 fn engine(cfg: &RuntimeConfig) -> Result<Engine, Error> {
     let max_memory = cfg.max_memory_mb as usize * (1 << 20);
     let mut pool = PoolingAllocationConfig::default();
-    pool.total_core_instances(cfg.max_instances)
-        .total_memories(cfg.max_instances)
-        .total_tables(cfg.max_instances)
-        .total_stacks(cfg.max_instances)
-        .max_memory_size(max_memory)
-        .linear_memory_keep_resident(cfg.keep_resident_bytes)
-        .table_keep_resident(64 << 10);
+    // A component is several core instances (its code, the shims toolchains add) sharing one
+    // linear memory: room for every instance slot to run one.
+    pool.total_core_instances(
+        cfg.max_instances
+            .saturating_mul(CORE_INSTANCES_PER_COMPONENT),
+    )
+    .total_component_instances(cfg.max_instances)
+    .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+    .total_memories(cfg.max_instances)
+    .max_memories_per_component(1)
+    .total_tables(cfg.max_instances.saturating_mul(TABLES_PER_SLOT))
+    .total_stacks(cfg.max_instances)
+    .max_memory_size(max_memory)
+    .linear_memory_keep_resident(cfg.keep_resident_bytes)
+    .table_keep_resident(64 << 10);
     let mut config = Config::new();
     config.epoch_interruption(true);
     match cfg.memory_profile {
@@ -333,6 +361,14 @@ fn engine(cfg: &RuntimeConfig) -> Result<Engine, Error> {
     Engine::new(&config).map_err(|e| Error::EngineSetup(format!("engine: {e}")))
 }
 
+/// The most core instances (and tables) one component may instantiate: a Rust component has
+/// a handful, componentize-py's CPython 14.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+
+/// Tables in the pool per instance slot: components define a few (two for those measured),
+/// modules one; a burst of components with more waits like one over the instance slots.
+const TABLES_PER_SLOT: u32 = 4;
+
 /// Most units waiting for an instance slot over all tenants (see `Runtime::new`).
 const MAX_WAITING_FOR_SLOTS: usize = 1 << 20;
 
@@ -350,6 +386,7 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut HostState| &mut s.wasi)
             .map_err(|e| Error::EngineSetup(format!("linker: {e}")))?;
+        let component_linker = http_component::linker(&engine)?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
@@ -376,6 +413,7 @@ impl Runtime {
             cfg,
             engine,
             linker,
+            component_linker,
             compat,
             functions: RwLock::default(),
             modules: Mutex::default(),
@@ -460,15 +498,24 @@ impl Runtime {
         let hash = Self::module_hash(&bytes);
         let path = self.artifact_path(&hash);
         let mut compiled = false;
-        let module = match self.load_artifact(&path).await {
+        let artifact = match self.load_artifact(&path).await {
             Ok(m) => m,
             Err(_) => {
                 self.compile_to(&bytes, &path).await?;
                 compiled = true;
-                self.load_artifact(&path).await?
+                match self.load_artifact(&path).await {
+                    Ok(artifact) => artifact,
+                    // What compiles but does not load is the module's fault (a component over
+                    // the pool's limits, say), and leaves nothing on disk.
+                    Err(Error::BadArtifact { reason, .. }) => {
+                        remove_artifact_files(&path);
+                        return Err(Error::InvalidModule(reason));
+                    }
+                    Err(e) => return Err(e),
+                }
             }
         };
-        let pre = match self.command_pre(&module) {
+        let pre = match self.link(&artifact) {
             Ok(pre) => pre,
             Err(e) => {
                 // A module refused after compiling leaves nothing on disk: a caller sending
@@ -493,13 +540,23 @@ impl Runtime {
         hash: ModuleHash,
         size_bytes: u64,
     ) -> Result<Prepared, Error> {
-        let module = self.load_artifact(&self.artifact_path(&hash)).await?;
+        let artifact = self.load_artifact(&self.artifact_path(&hash)).await?;
         Ok(Prepared {
             hash,
             size_bytes,
             compiled: false,
-            pre: self.command_pre(&module)?,
+            pre: self.link(&artifact)?,
         })
+    }
+
+    /// `artifact` linked against the host: a WASI command, or a `wasi:http/proxy` component.
+    fn link(&self, artifact: &Artifact) -> Result<Loaded, Error> {
+        match artifact {
+            Artifact::Module(module) => self.command_pre(module).map(Loaded::Command),
+            Artifact::Component(component) => {
+                http_component::proxy_pre(&self.component_linker, component).map(Loaded::Http)
+            }
+        }
     }
 
     /// `module` linked against the host, if it is a WASI command.
@@ -532,9 +589,12 @@ impl Runtime {
         let job = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let start = Instant::now();
-            let artifact = engine
-                .precompile_module(&bytes)
-                .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+            let artifact = if wasmparser::Parser::is_component(&bytes) {
+                engine.precompile_component(&bytes)
+            } else {
+                engine.precompile_module(&bytes)
+            }
+            .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
             metrics.compiles.fetch_add(1, Relaxed);
             metrics
                 .compile_time
@@ -551,7 +611,7 @@ impl Runtime {
         }
     }
 
-    async fn load_artifact(&self, path: &Path) -> Result<Module, Error> {
+    async fn load_artifact(&self, path: &Path) -> Result<Artifact, Error> {
         let engine = self.engine.clone();
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || load_verified_artifact(&engine, &path))
@@ -698,7 +758,7 @@ impl Runtime {
         out
     }
 
-    fn cache_module(&self, hash: ModuleHash, pre: InstancePre<HostState>) {
+    fn cache_module(&self, hash: ModuleHash, pre: Loaded) {
         let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         cache.clock += 1;
         let clock = cache.clock;
@@ -725,7 +785,7 @@ impl Runtime {
             .store(cache.modules.len() as i64, Relaxed);
     }
 
-    fn cached_module(&self, hash: &ModuleHash) -> Option<InstancePre<HostState>> {
+    fn cached_module(&self, hash: &ModuleHash) -> Option<Loaded> {
         let mut cache = self.modules.lock().unwrap_or_else(|p| p.into_inner());
         cache.clock += 1;
         let clock = cache.clock;
@@ -937,18 +997,23 @@ impl Runtime {
             None => {
                 metrics.cold_starts.fetch_add(1, Relaxed);
                 let path = self.artifact_path(&deployed.info.hash);
-                let module = self.load_artifact(&path).await?;
+                let artifact = self.load_artifact(&path).await?;
                 timings.load_us = lookup.elapsed().as_micros() as u64;
                 metrics.t_load.observe_us(timings.load_us);
-                let pre = self
-                    .linker
-                    .instantiate_pre(&module)
-                    .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+                let pre = self.link(&artifact)?;
                 self.cache_module(deployed.info.hash, pre.clone());
                 (pre, true)
             }
         };
 
+        // A request a component cannot be given is refused before it takes a slot.
+        let mut request = match &pre {
+            Loaded::Command(_) if tern_wire::HttpCall::is_call(&meu.input) => {
+                return Err(Error::NotAComponent(meu.function.clone()));
+            }
+            Loaded::Command(_) => None,
+            Loaded::Http(_) => Some(http_component::Request::from_input(&meu.input)?),
+        };
         // The time limit runs from acceptance: waiting for a slot is part of it, and a unit
         // that finds none in time is refused as overload, not run late.
         let deadline = meu.accepted_at + sandbox.timeout;
@@ -969,102 +1034,125 @@ impl Runtime {
                 .await;
         }
 
-        let stdout = CappedPipe::new(sandbox.max_output_bytes);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdin(MemoryInputPipe::new(meu.input.clone()))
-            .stdout(stdout.clone());
-        // Whatever the guest writes to stderr is recorded when this goes, however the MEU
-        // ends.
-        let _stderr = match self.cfg.guest_log_bytes {
-            0 => {
-                wasi.stderr(SinkOutputStream);
-                None
-            }
-            cap => {
-                let capture = StderrCapture::new(cap);
-                wasi.stderr(capture.clone());
-                Some(RecordOnDrop {
-                    capture,
-                    sink: log.unwrap_or_else(|| self.logs.clone()),
-                    function: meu.function.clone(),
-                    request_id: meu.request_id.clone(),
-                })
-            }
-        };
-        wasi.env("TERN_FUNCTION", meu.function.as_str())
-            .env("TERN_REQUEST_ID", &*meu.request_id)
-            .env("TERN_NODE", &self.cfg.node_name);
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(sandbox.memory_bytes)
-            .instances(1)
-            .memories(1)
-            .tables(4)
-            .trap_on_grow_failure(false)
-            .build();
-        let mut store = Store::new(
-            &self.engine,
-            HostState {
-                wasi: wasi.build_p1(),
-                limits: GuestLimits::new(limits),
-            },
-        );
-        store.limiter(|s| &mut s.limits);
-        // Ticks are wall-clock, so a tick passing does not mean the guest used the CPU: on a
-        // busy machine the OS may simply have preempted it. A guest yields (and so moves to the
-        // slow lane) only once it has itself burnt a full slice of CPU time; until then it
-        // keeps running on the fast lane. Thread CPU time is a valid measure here because,
-        // until its first yield, the guest runs without interruption on the thread that
-        // created the store. The first check comes after two ticks so a short guest that
-        // started just before a tick is never checked at all.
-        // A known CPU hog starts on the slow lane, yielding every tick from the start (its
-        // thread is not the one measured here).
         let start = deployed.lane_history.start();
         let start_slow = start == lanes::Start::Slow;
-        let slice = self.cfg.epoch_tick;
-        let cpu_start = thread_cpu_time();
-        let mut yielded = start_slow;
-        store.set_epoch_deadline(2);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            if !yielded && thread_cpu_time().saturating_sub(cpu_start) < slice {
-                return Ok(UpdateDeadline::Continue(1));
-            }
-            yielded = true;
-            Ok(UpdateDeadline::Yield(1))
-        });
-
+        // Whatever the guest writes to stderr is recorded when this goes, however the MEU
+        // ends.
+        let (mut wasi, _stderr) = self.guest_wasi(&meu, log, matches!(pre, Loaded::Http(_)));
         let host_metrics = self.metrics.clone();
         // Epochs advance only while some guest holds one of these (an idle ticker parks).
         let ticking = self.ticker.guest_running();
         let lease = meu.lease;
-        let guest = async move {
-            // The store goes back to the pool before the slot is released (field order), so
-            // the next unit to get the slot finds a pooled instance free.
-            let mut held = Held {
-                store,
-                _slot: slot,
-                _lease: lease,
-            };
-            let _ticking = ticking;
-            host_metrics.executing.fetch_add(1, Relaxed);
-            let _executing = DecrementOnDrop(&host_metrics.executing);
-            let inst_start = Instant::now();
-            let instance = pre
-                .instantiate_async(&mut held.store)
-                .await
-                .map_err(instantiation_error)?;
-            let inst_us = inst_start.elapsed().as_micros() as u64;
-            held.store.data_mut().limits.instantiated();
-            let start = instance
-                .get_typed_func::<(), ()>(&mut held.store, "_start")
-                .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
-            let exec_start = Instant::now();
-            let result = start.call_async(&mut held.store, ()).await;
-            let exec_us = exec_start.elapsed().as_micros() as u64;
-            Ok((result, inst_us, exec_us, held.store.data().limits.grows()))
+        let tick = self.cfg.epoch_tick;
+        type Guest =
+            std::pin::Pin<Box<dyn std::future::Future<Output = Result<GuestRun, Error>> + Send>>;
+        let (guest, stdout, plain): (Guest, Option<CappedPipe>, bool) = match pre {
+            Loaded::Command(pre) => {
+                let stdout = CappedPipe::new(sandbox.max_output_bytes);
+                wasi.stdin(MemoryInputPipe::new(meu.input.clone()))
+                    .stdout(stdout.clone());
+                let limits = guest_store_limits(sandbox.memory_bytes, 1, 4);
+                let mut store = Store::new(
+                    &self.engine,
+                    HostState {
+                        wasi: wasi.build_p1(),
+                        limits: GuestLimits::new(limits),
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                arm_deadline(&mut store, deadline, tick, start_slow);
+                let guest = async move {
+                    // The store goes back to the pool before the slot is released (field
+                    // order), so the next unit to get the slot finds a pooled instance free.
+                    let mut held = Held {
+                        store,
+                        _slot: slot,
+                        _lease: lease,
+                    };
+                    let _ticking = ticking;
+                    host_metrics.executing.fetch_add(1, Relaxed);
+                    let _executing = DecrementOnDrop(&host_metrics.executing);
+                    let inst_start = Instant::now();
+                    let instance = pre
+                        .instantiate_async(&mut held.store)
+                        .await
+                        .map_err(instantiation_error)?;
+                    let inst_us = inst_start.elapsed().as_micros() as u64;
+                    held.store.data_mut().limits.instantiated();
+                    let start = instance
+                        .get_typed_func::<(), ()>(&mut held.store, "_start")
+                        .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+                    let exec_start = Instant::now();
+                    let result = start.call_async(&mut held.store, ()).await;
+                    Ok(GuestRun {
+                        result,
+                        inst_us,
+                        exec_us: exec_start.elapsed().as_micros() as u64,
+                        memory_grows: held.store.data().limits.grows(),
+                        answer: None,
+                    })
+                };
+                (Box::pin(guest), Some(stdout), false)
+            }
+            Loaded::Http(pre) => {
+                let request = request.take().ok_or_else(|| Error::TaskFailed {
+                    task: "guest",
+                    detail: "a component's request went missing".into(),
+                })?;
+                let limits = guest_store_limits(
+                    sandbox.memory_bytes,
+                    CORE_INSTANCES_PER_COMPONENT as usize,
+                    CORE_INSTANCES_PER_COMPONENT as usize,
+                );
+                let mut store = Store::new(
+                    &self.engine,
+                    http_component::State::new(wasi.build(), GuestLimits::new(limits)),
+                );
+                store.limiter(|s| &mut s.limits);
+                arm_deadline(&mut store, deadline, tick, start_slow);
+                let (incoming, out, response) =
+                    http_component::hand_over(store.data_mut(), request.http)?;
+                let cap = sandbox.max_output_bytes;
+                // Not held to tokio's cooperative budget: every chunk handed from the guest to
+                // the reader costs budget, and running out would look like a yield (a move to
+                // the slow lane). The guest still yields at its epoch deadline.
+                let guest = tokio::task::coop::unconstrained(async move {
+                    let mut held = Held {
+                        store,
+                        _slot: slot,
+                        _lease: lease,
+                    };
+                    let _ticking = ticking;
+                    host_metrics.executing.fetch_add(1, Relaxed);
+                    let _executing = DecrementOnDrop(&host_metrics.executing);
+                    let inst_start = Instant::now();
+                    let proxy = pre
+                        .instantiate_async(&mut held.store)
+                        .await
+                        .map_err(instantiation_error)?;
+                    let inst_us = inst_start.elapsed().as_micros() as u64;
+                    held.store.data_mut().limits.instantiated();
+                    let exec_start = Instant::now();
+                    let call = proxy.wasi_http_incoming_handler().call_handle(
+                        &mut held.store,
+                        incoming,
+                        out,
+                    );
+                    let progress = std::sync::atomic::AtomicU64::new(0);
+                    let answer = http_component::collect_answer(&progress, response, cap);
+                    let (result, answer) = answer_while_running(call, answer, &progress).await;
+                    Ok(GuestRun {
+                        result,
+                        inst_us,
+                        exec_us: exec_start.elapsed().as_micros() as u64,
+                        memory_grows: held.store.data().limits.grows(),
+                        answer,
+                    })
+                });
+                (Box::pin(guest), None, request.plain)
+            }
         };
+
         let moved_metrics = self.metrics.clone();
         let moved = std::sync::atomic::AtomicBool::new(false);
         // A guest's own epoch check traps it within a tick of the deadline while it runs; one
@@ -1079,58 +1167,212 @@ impl Runtime {
             moved.store(true, Relaxed);
             deployed.lane_history.ran(start, true);
         });
-        let (result, inst_us, exec_us, memory_grows) =
-            match tokio::time::timeout_at(answer_by.into(), run).await {
-                Ok(r) => {
-                    if !start_slow && !moved.load(Relaxed) {
-                        deployed.lane_history.ran(start, false);
-                    }
-                    r?
+        let ran = match tokio::time::timeout_at(answer_by.into(), run).await {
+            Ok(r) => {
+                if !start_slow && !moved.load(Relaxed) {
+                    deployed.lane_history.ran(start, false);
                 }
-                Err(_) => {
-                    return Err(Error::Timeout {
-                        timeout_ms: sandbox.timeout.as_millis() as u32,
-                    });
-                }
-            };
-        timings.inst_us = inst_us;
-        timings.exec_us = exec_us;
+                r?
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    timeout_ms: sandbox.timeout.as_millis() as u32,
+                });
+            }
+        };
+        timings.inst_us = ran.inst_us;
+        timings.exec_us = ran.exec_us;
         tracing::debug!(
             cold_start,
             load_us = timings.load_us,
             reuse_us = timings.reuse_us,
-            inst_us,
-            exec_us,
+            inst_us = ran.inst_us,
+            exec_us = ran.exec_us,
             "guest finished"
         );
-        metrics.t_inst.observe_us(inst_us);
-        metrics.t_exec.observe_us(exec_us);
-        if stdout.overflowed() {
+        metrics.t_inst.observe_us(ran.inst_us);
+        metrics.t_exec.observe_us(ran.exec_us);
+        if stdout.as_ref().is_some_and(CappedPipe::overflowed) {
             return Err(Error::OutputTooLarge {
                 limit: sandbox.max_output_bytes,
             });
         }
-        classify(result, &sandbox)?;
+        classify(ran.result, &sandbox)?;
+        let output = match (stdout, ran.answer) {
+            (Some(stdout), _) => stdout.take(),
+            (None, Some(answer)) => http_component::output(answer?, plain)?,
+            (None, None) => {
+                return Err(Error::NoAnswer(
+                    "the component ended without setting its response".into(),
+                ));
+            }
+        };
         // Counted for MEUs that succeed, as a cell reports them (only with its answer).
-        if memory_grows > 0 {
-            metrics.memory_grows.fetch_add(memory_grows, Relaxed);
+        if ran.memory_grows > 0 {
+            metrics.memory_grows.fetch_add(ran.memory_grows, Relaxed);
         }
-        let output = stdout.take();
         Ok(MeuOutcome {
             output,
             cold_start,
             timings,
-            memory_grows,
+            memory_grows: ran.memory_grows,
         })
     }
+
+    /// The WASI context of one guest: stderr (and, for a component, stdout: it has no other
+    /// use) captured for the function's logs, and `TERN_FUNCTION`, `TERN_REQUEST_ID` and
+    /// `TERN_NODE` in its environment. Returns the capture's recorder, which records what was
+    /// written when it is dropped.
+    fn guest_wasi(
+        &self,
+        meu: &Meu,
+        log: Option<Arc<dyn LogSink>>,
+        stdout_too: bool,
+    ) -> (WasiCtxBuilder, Option<RecordOnDrop>) {
+        let mut wasi = WasiCtxBuilder::new();
+        let recorder = match self.cfg.guest_log_bytes {
+            0 => {
+                wasi.stderr(SinkOutputStream);
+                if stdout_too {
+                    wasi.stdout(SinkOutputStream);
+                }
+                None
+            }
+            cap => {
+                let capture = StderrCapture::new(cap);
+                wasi.stderr(capture.clone());
+                if stdout_too {
+                    wasi.stdout(capture.clone());
+                }
+                Some(RecordOnDrop {
+                    capture,
+                    sink: log.unwrap_or_else(|| self.logs.clone()),
+                    function: meu.function.clone(),
+                    request_id: meu.request_id.clone(),
+                })
+            }
+        };
+        wasi.env("TERN_FUNCTION", meu.function.as_str())
+            .env("TERN_REQUEST_ID", &*meu.request_id)
+            .env("TERN_NODE", &self.cfg.node_name);
+        (wasi, recorder)
+    }
+}
+
+/// How one guest ran, whatever its kind.
+struct GuestRun {
+    result: wasmtime::Result<()>,
+    inst_us: u64,
+    exec_us: u64,
+    memory_grows: u64,
+    /// A component's response (`None` for a command, which answers on stdout, or when the
+    /// component failed before answering).
+    answer: Option<Result<tern_wire::HttpAnswer, Error>>,
+}
+
+/// The most chunks handed from a guest to the reader in one poll before its task lets others
+/// run (a guest writing a large body goes on where it was, on the same lane).
+const HANDOFFS_PER_POLL: usize = 256;
+
+/// Runs a component's `handle` while reading its response as it is written, in one task and,
+/// where it can, in one poll: when the guest waits for room in its body's channel, the reader
+/// makes room and the guest is polled again at once (`progress` counts what the reader took),
+/// so a guest leaves the fast lane only when it yields at its epoch deadline. Ends when both
+/// are done; when reading the answer fails (over the output cap, say), cancelling the guest; or
+/// once the guest has returned and the reader can take nothing more (an answer left unfinished
+/// is then `None`).
+async fn answer_while_running(
+    call: impl std::future::Future<Output = wasmtime::Result<()>>,
+    answer: impl std::future::Future<Output = Result<tern_wire::HttpAnswer, Error>>,
+    progress: &std::sync::atomic::AtomicU64,
+) -> (
+    wasmtime::Result<()>,
+    Option<Result<tern_wire::HttpAnswer, Error>>,
+) {
+    use std::task::Poll;
+    let mut call = std::pin::pin!(call);
+    let mut answer = std::pin::pin!(answer);
+    let mut called = None;
+    let mut answered = None;
+    std::future::poll_fn(|cx| {
+        for _ in 0..HANDOFFS_PER_POLL {
+            let before = progress.load(Relaxed);
+            if called.is_none()
+                && let Poll::Ready(c) = call.as_mut().poll(cx)
+            {
+                called = Some(c);
+            }
+            if answered.is_none()
+                && let Poll::Ready(a) = answer.as_mut().poll(cx)
+            {
+                answered = Some(a);
+            }
+            if matches!(answered, Some(Err(_))) || (called.is_some() && answered.is_some()) {
+                return Poll::Ready(());
+            }
+            if progress.load(Relaxed) == before {
+                // Nothing moved: the guest waits for its deadline's yield (or has returned,
+                // and what it left unfinished will never finish).
+                return if called.is_some() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+        // The guest's last wait was woken by the reader: this task runs again soon.
+        Poll::Pending
+    })
+    .await;
+    let called = called.unwrap_or(Ok(()));
+    (called, answered)
+}
+
+/// A guest's `StoreLimits`: its function's memory in one linear memory, and room for the
+/// core instances and tables its kind needs.
+fn guest_store_limits(memory_bytes: usize, instances: usize, tables: usize) -> StoreLimits {
+    StoreLimitsBuilder::new()
+        .memory_size(memory_bytes)
+        .instances(instances)
+        .memories(1)
+        .tables(tables)
+        .trap_on_grow_failure(false)
+        .build()
+}
+
+/// Interrupts the guest at `deadline` and moves it to the slow lane once it has burnt a time
+/// slice (`tick`) of CPU.
+///
+/// Ticks are wall-clock, so a tick passing does not mean the guest used the CPU: on a busy
+/// machine the OS may simply have preempted it. A guest yields (and so moves to the slow lane)
+/// only once it has itself burnt a full slice of CPU time; until then it keeps running on the
+/// fast lane. Thread CPU time is a valid measure here because, until its first yield, the
+/// guest runs without interruption on the thread that created the store. The first check comes
+/// after two ticks so a short guest that started just before a tick is never checked at all.
+/// A known CPU hog starts on the slow lane, yielding every tick from the start (its thread is
+/// not the one measured here).
+fn arm_deadline<T>(store: &mut Store<T>, deadline: Instant, tick: Duration, start_slow: bool) {
+    let cpu_start = thread_cpu_time();
+    let mut yielded = start_slow;
+    store.set_epoch_deadline(2);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        if !yielded && thread_cpu_time().saturating_sub(cpu_start) < tick {
+            return Ok(UpdateDeadline::Continue(1));
+        }
+        yielded = true;
+        Ok(UpdateDeadline::Yield(1))
+    });
 }
 
 /// What a running guest holds, dropped in this order: its store (the pooled instance goes
 /// back to wasmtime's pool), then its instance slot with its memory reservation, then its
 /// lease. Released the other way round, a unit woken by the free slot could find the pool
 /// still full.
-struct Held {
-    store: Store<HostState>,
+struct Held<T: 'static> {
+    store: Store<T>,
     _slot: SlotGuard,
     _lease: Option<Lease>,
 }
@@ -1213,7 +1455,7 @@ fn write_artifact(path: &Path, artifact: &[u8]) -> Result<(), Error> {
 
 /// Loads an artifact only if its bytes still match the digest written beside it: a truncated
 /// or bit-flipped file on disk must be recompiled, never executed.
-fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Module, Error> {
+fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Artifact, Error> {
     let bytes = std::fs::read(path)?;
     let expected = std::fs::read_to_string(path.with_extension("sha256"))?;
     let actual = ModuleHash(Sha256::digest(&bytes).into()).to_hex();
@@ -1223,17 +1465,27 @@ fn load_verified_artifact(engine: &Engine, path: &Path) -> Result<Module, Error>
             reason: "does not match its digest".into(),
         });
     }
-    #[allow(unsafe_code)]
-    // SAFETY: `path` is in the node's own artifact directory, was written by
-    // `Engine::precompile_module` of an engine with this compatibility hash (it is part of the
-    // file name), and its bytes were just checked against the digest written with it.
-    // wasmtime additionally refuses artifacts from an incompatible engine.
-    let module =
-        unsafe { Module::deserialize_file(engine, path) }.map_err(|e| Error::BadArtifact {
-            path: path.display().to_string(),
-            reason: format!("{e:#}"),
-        })?;
-    Ok(module)
+    let bad = |e: wasmtime::Error| Error::BadArtifact {
+        path: path.display().to_string(),
+        reason: format!("{e:#}"),
+    };
+    // SAFETY (both arms): `path` is in the node's own artifact directory, was written by
+    // `Engine::precompile_module` or `Engine::precompile_component` of an engine with this
+    // compatibility hash (it is part of the file name), and its bytes were just checked
+    // against the digest written with it. wasmtime additionally refuses artifacts from an
+    // incompatible engine, and a component's artifact where a module's is expected.
+    match Engine::detect_precompiled(&bytes) {
+        Some(Precompiled::Component) => {
+            #[allow(unsafe_code)]
+            let component = unsafe { Component::deserialize_file(engine, path) }.map_err(bad)?;
+            Ok(Artifact::Component(component))
+        }
+        _ => {
+            #[allow(unsafe_code)]
+            let module = unsafe { Module::deserialize_file(engine, path) }.map_err(bad)?;
+            Ok(Artifact::Module(module))
+        }
+    }
 }
 
 #[cfg(test)]

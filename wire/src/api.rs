@@ -493,7 +493,9 @@ pub struct InvocationRecord {
     pub map: bool,
     pub status: InvocationStatus,
     /// Kept until the invocation finishes so that a restart can run it again.
+    #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub output: Option<Vec<u8>>,
     pub error: Option<ApiError>,
     pub accepted_at_ms: u64,

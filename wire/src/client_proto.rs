@@ -142,6 +142,7 @@ pub enum ClientReply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvokeReply {
     /// The guest's stdout.
+    #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,
     /// Node that ran the (last) unit of work.
     pub node: String,

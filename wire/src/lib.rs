@@ -9,6 +9,7 @@ pub mod api;
 pub mod client_proto;
 pub mod codec;
 pub mod frame;
+pub mod http_call;
 pub mod peer;
 pub mod trace;
 
@@ -22,6 +23,7 @@ pub use client_proto::{
 };
 pub use codec::{decode, encode};
 pub use frame::{FrameDecoder, encode_frame};
+pub use http_call::{HTTP_CALL_MAGIC, HttpAnswer, HttpCall};
 pub use peer::{NodeClass, Timings};
 pub use trace::TraceParent;
 

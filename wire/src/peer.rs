@@ -138,6 +138,7 @@ pub struct RemoteMeu {
     pub function: FunctionName,
     /// The version the sender resolved; the receiver refuses to run a different one.
     pub hash: ModuleHash,
+    #[serde(with = "serde_bytes")]
     pub input: Vec<u8>,
     pub items: u32,
     /// 1 for the first try, then counts reruns after a lost node.
@@ -150,6 +151,7 @@ pub struct RemoteMeu {
 /// What running a [`RemoteMeu`] produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RemoteOutcome {
+    #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,
     pub cold_start: bool,
     pub timings: Timings,

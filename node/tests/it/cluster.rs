@@ -251,6 +251,58 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
     }
 }
 
+/// A component deployed on a runs on its owner b when called at its HTTP route on c: the
+/// request (method, path, headers, body) and the component's answer (status, headers) cross
+/// the mesh intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_component_called_on_one_node_runs_on_its_owner_and_answers_through_the_entry() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let (a, c) = (nodes[0].addr(), nodes[2].addr());
+    let f = name_owned_by("b");
+    let resp = put_when_synced(a, &format!("/v1/functions/{f}"), component("inspect")).await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    eventually(
+        "c forwards the call to b",
+        Duration::from_secs(20),
+        || async {
+            let r = tern_bench::request_once(
+                c,
+                Method::DELETE,
+                &format!("/fn/{f}/items/7?soft=1"),
+                &[("x-status", "202"), ("x-trail", "mesh")],
+                Bytes::from_static(b"gone"),
+            )
+            .await
+            .unwrap();
+            if r.status == 404 || r.status == 503 {
+                return None; // not replicated or not placed yet
+            }
+            assert_eq!(r.status, 202, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.header("x-inspected"), Some("yes"));
+            let seen = json(&r);
+            assert_eq!(seen["method"], "DELETE");
+            assert_eq!(seen["path"], "/items/7");
+            assert_eq!(seen["query"], "soft=1");
+            assert_eq!(seen["body_bytes"], 4);
+            assert!(
+                seen["headers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h[0] == "x-trail" && h[1] == "mesh"),
+                "{seen}"
+            );
+            (r.header("x-tern-node") == Some("b")).then_some(())
+        },
+    )
+    .await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// A node that was down while a function was deployed catches up when it comes back
 /// (anti-entropy), and placement fails over to a live node while the owner is down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -694,3 +694,55 @@ async fn where_a_probe_cell_fails_auto_runs_in_process_and_lci_refuses_to_start(
     let refused = tern_node::start(cfg).await.err().expect("refused to start");
     assert!(refused.to_string().contains("probe cell"), "{refused}");
 }
+
+/// A `wasi:http/proxy` component runs in its tenant's cell like a command: its status, headers
+/// and body come back through the cell, and its stderr reaches the node's logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_runs_in_a_cell_with_its_own_status_headers_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/inspect",
+        component("inspect"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    let r = tern_bench::request_once(
+        addr,
+        Method::PUT,
+        "/fn/inspect/in/a/cell?q=1",
+        &[("x-status", "201")],
+        bytes::Bytes::from_static(b"four"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", body(&r));
+    assert_eq!(r.header("x-inspected"), Some("yes"));
+    let seen: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(seen["path"], "/in/a/cell");
+    assert_eq!(seen["body_bytes"], 4);
+    let r = request(
+        addr,
+        Method::GET,
+        "/v1/functions/inspect/logs",
+        bytes::Bytes::new(),
+    )
+    .await;
+    let page: tern_wire::LogPage = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        page.lines
+            .iter()
+            .any(|l| l.text == "inspect: PUT /in/a/cell"),
+        "{:?}",
+        page.lines
+    );
+    let text = metrics_text(addr, None).await;
+    assert!(text.contains("tern_cells_running 1\n"), "{text}");
+    node.shutdown().await.unwrap();
+}

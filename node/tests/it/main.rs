@@ -12,6 +12,7 @@ mod client;
 mod cluster;
 mod cluster_process;
 mod cluster_wire;
+mod components;
 mod dashboard;
 mod hostile;
 mod lci;

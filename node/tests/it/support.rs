@@ -30,7 +30,8 @@ pub fn functions_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dist = root.join("functions/dist");
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !*built && !dist.join("echo.wasm").exists() {
+    let complete = dist.join("echo.wasm").exists() && dist.join("components/echo.wasm").exists();
+    if !*built && !complete {
         let status = std::process::Command::new("bash")
             .arg(root.join("scripts/build-functions.sh"))
             .status()
@@ -43,6 +44,12 @@ pub fn functions_dir() -> PathBuf {
 
 pub fn wasm(name: &str) -> Bytes {
     let path = functions_dir().join(format!("{name}.wasm"));
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// A `wasi:http/proxy` component from `functions/dist/components`.
+pub fn component(name: &str) -> Bytes {
+    let path = functions_dir().join(format!("components/{name}.wasm"));
     Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 

@@ -1,0 +1,313 @@
+//! `wasi:http/proxy` components (WASI 0.2): how they are linked, and how one request runs in a
+//! fresh instance.
+//!
+//! A component is deployed, stored, replicated and placed like a core module; only the engine
+//! room differs. It is linked against the `wasi:http/proxy` world plus the rest of WASI 0.2
+//! (`wasi:cli`, `wasi:filesystem`, `wasi:sockets`), as `wasmtime serve -S cli` does: toolchains
+//! link their standard library's startup against those even in a proxy. They grant nothing
+//! here: no directory is preopened, no socket address is allowed, and outgoing HTTP is refused
+//! (`HttpRequestDenied`) — there is no allow-list yet. An import outside WASI 0.2 is refused at
+//! deploy, named in the error.
+//!
+//! What the host holds for a guest is bounded: every body a guest writes (its response's, or
+//! any other it makes) buffers at most one [`BODY_CHUNK`] besides the one being handed over,
+//! its resources are at most [`MAX_RESOURCES`], and the response is read as it is written and
+//! refused past the output cap (headers included).
+//!
+//! The request reaches the guest as a `wasi:http` incoming request, from an [`HttpCall`] when
+//! the caller came in through the HTTP route for components, or as `POST /` with the input as
+//! its body for a plain invocation. The guest's response body is read while the guest writes it
+//! (in the same task), capped at the function's output limit.
+
+use std::future::Future;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tern_wire::{HttpAnswer, HttpCall};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::HostIncomingRequest;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::Error;
+use crate::guest_limits::GuestLimits;
+
+/// The most bytes a guest hands over per write to a body; one such chunk waits in a body's
+/// channel while the host reads the one before.
+const BODY_CHUNK: usize = 16 << 10;
+
+/// The most resources (streams, bodies, fields, pollables…) a guest holds at once: with the
+/// body buffer, this bounds what a guest making bodies it never sends can hold of the host's
+/// memory (about 2,048 × 2 × 16 KiB = 64 MiB).
+pub(crate) const MAX_RESOURCES: usize = 2048;
+
+/// The store data of one component instance.
+pub(crate) struct State {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    pub(crate) limits: GuestLimits,
+    hooks: Hooks,
+}
+
+impl State {
+    pub(crate) fn new(wasi: WasiCtx, limits: GuestLimits) -> Self {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table,
+            limits,
+            hooks: Hooks,
+        }
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for State {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// How `wasi:http` behaves for Tern's guests.
+struct Hooks;
+
+impl WasiHttpHooks for Hooks {
+    /// Outgoing HTTP is off: every request a guest sends is denied.
+    fn send_request(
+        &mut self,
+        _request: hyper::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    hyper::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        1
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        BODY_CHUNK
+    }
+}
+
+/// The linker every component is linked with (see the module comment).
+pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<State>, Error> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| Error::EngineSetup(format!("component linker: {e}")))?;
+    Ok(linker)
+}
+
+/// `component` linked and checked to export `wasi:http/incoming-handler`.
+pub(crate) fn proxy_pre(
+    linker: &Linker<State>,
+    component: &Component,
+) -> Result<ProxyPre<State>, Error> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
+    ProxyPre::new(pre).map_err(|e| {
+        Error::InvalidModule(format!(
+            "not a wasi:http/proxy component: it exports no wasi:http/incoming-handler \
+             ({e:#})"
+        ))
+    })
+}
+
+/// What a component is asked to do: the HTTP request, and whether the caller wants the whole
+/// answer (an [`HttpCall`]) or only its body (plain input).
+pub(crate) struct Request {
+    pub(crate) http: hyper::Request<Full<Bytes>>,
+    pub(crate) plain: bool,
+}
+
+impl Request {
+    /// The request `input` carries.
+    pub(crate) fn from_input(input: &Bytes) -> Result<Self, Error> {
+        let Some(call) = HttpCall::decode(input) else {
+            let http = hyper::Request::post("/")
+                .header(hyper::header::HOST, "localhost")
+                .header(hyper::header::CONTENT_LENGTH, input.len())
+                .body(Full::new(input.clone()))
+                .map_err(|e| Error::BadHttpCall(e.to_string()))?;
+            return Ok(Self { http, plain: true });
+        };
+        let call = call.map_err(|e| Error::BadHttpCall(e.to_string()))?;
+        let mut builder = hyper::Request::builder()
+            .method(call.method.as_str())
+            .uri(call.path_and_query.as_str());
+        let mut has_host = false;
+        for (name, value) in &call.headers {
+            has_host |= name.eq_ignore_ascii_case("host");
+            builder = builder.header(name.as_str(), value.as_slice());
+        }
+        if !has_host {
+            // `wasi:http` needs an authority; a caller that sent none gets a neutral one.
+            builder = builder.header(hyper::header::HOST, "localhost");
+        }
+        let http = builder
+            .body(Full::new(Bytes::from(call.body)))
+            .map_err(|e| Error::BadHttpCall(e.to_string()))?;
+        Ok(Self { http, plain: false })
+    }
+}
+
+/// Gives `request` to the guest as its incoming request, and the way its response comes back.
+#[allow(clippy::type_complexity)]
+pub(crate) fn hand_over(
+    state: &mut State,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<
+    (
+        wasmtime::component::Resource<HostIncomingRequest>,
+        wasmtime::component::Resource<wasmtime_wasi_http::p2::types::HostResponseOutparam>,
+        tokio::sync::oneshot::Receiver<
+            Result<
+                hyper::Response<HyperOutgoingBody>,
+                wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+            >,
+        >,
+    ),
+    Error,
+> {
+    let mut http = state.http();
+    let request = request.map(|body| {
+        body.map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        )
+    });
+    let incoming = http
+        .new_incoming_request(
+            wasmtime_wasi_http::p2::bindings::http::types::Scheme::Http,
+            request,
+        )
+        .map_err(|e| Error::BadHttpCall(format!("{e:#}")))?;
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let out = http
+        .new_response_outparam(sender)
+        .map_err(|e| Error::TaskFailed {
+            task: "guest",
+            detail: format!("{e:#}"),
+        })?;
+    Ok((incoming, out, receiver))
+}
+
+/// The guest's response, its body read to the end (at most `cap` bytes, headers included).
+/// Counts every frame read, and the end, in `progress` (see `answer_while_running`).
+pub(crate) async fn collect_answer(
+    progress: &std::sync::atomic::AtomicU64,
+    response: tokio::sync::oneshot::Receiver<
+        Result<
+            hyper::Response<HyperOutgoingBody>,
+            wasmtime_wasi_http::p2::bindings::http::types::ErrorCode,
+        >,
+    >,
+    cap: usize,
+) -> Result<HttpAnswer, Error> {
+    let response = match response.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => {
+            return Err(Error::NoAnswer(format!(
+                "the component answered with an error: {code:?}"
+            )));
+        }
+        Err(_) => {
+            return Err(Error::NoAnswer(
+                "the component ended without setting its response".into(),
+            ));
+        }
+    };
+    use std::sync::atomic::Ordering::Relaxed;
+    progress.fetch_add(1, Relaxed);
+    let (parts, mut body) = response.into_parts();
+    let headers: Vec<(String, Vec<u8>)> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect();
+    let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    if header_bytes > cap {
+        return Err(Error::OutputTooLarge { limit: cap });
+    }
+    let room = cap - header_bytes;
+    // Sized from the declared length when it fits (one allocation), grown otherwise.
+    let declared = parts
+        .headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n <= room)
+        .unwrap_or(0);
+    let mut collected = Vec::with_capacity(declared);
+    while let Some(frame) = body.frame().await {
+        progress.fetch_add(1, Relaxed);
+        let frame = frame
+            .map_err(|e| Error::NoAnswer(format!("the component's response body failed: {e:?}")))?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > room {
+                return Err(Error::OutputTooLarge { limit: cap });
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    progress.fetch_add(1, Relaxed);
+    Ok(HttpAnswer {
+        status: parts.status.as_u16(),
+        headers,
+        body: collected,
+    })
+}
+
+/// What the invocation returns for `answer`: the encoded answer for an [`HttpCall`]; for plain
+/// input the body, unless the status says the guest refused or failed.
+pub(crate) fn output(answer: HttpAnswer, plain: bool) -> Result<Bytes, Error> {
+    if answer.status < 200 {
+        return Err(Error::NoAnswer(format!(
+            "the component answered with status {}, which cannot end a request",
+            answer.status
+        )));
+    }
+    if !plain {
+        return answer
+            .encode()
+            .map(Bytes::from)
+            .map_err(|e| Error::TaskFailed {
+                task: "guest",
+                detail: format!("cannot encode the component's answer: {e}"),
+            });
+    }
+    if answer.status >= 400 {
+        let shown = &answer.body[..answer.body.len().min(200)];
+        return Err(Error::GuestStatus {
+            status: answer.status,
+            body: String::from_utf8_lossy(shown).into_owned(),
+        });
+    }
+    Ok(Bytes::from(answer.body))
+}
