@@ -18,7 +18,10 @@
 # Those two Tern servers are the default; configurations given on the command line replace them:
 # NAME=VAR=VALUE[,VAR=VALUE...] sets node environment variables, and the variable MODULE (read by
 # this script, not the node) names the .wasm deployed as echo (default functions/dist/echo.wasm),
-# e.g. tern-old-echo=MODULE=/tmp/echo-old.wasm. `NAME=` alone is the defaults.
+# e.g. tern-old-echo=MODULE=/tmp/echo-old.wasm, and ROUTE the path the load goes to (default
+# /v1/functions/echo/invoke), e.g. the echo component wasmtime serve runs, at its HTTP route:
+# tern-component=MODULE=functions/dist/components/echo.wasm,ROUTE=/fn/echo. `NAME=` alone is
+# the defaults.
 #
 # Load: wrk (Debian's package, installed if missing) POSTing a 10-byte body ("hello echo"),
 # 10 s after a 2 s warm-up, at 1 connection (1 thread) then 64 connections (2 threads). The load
@@ -129,6 +132,7 @@ one_wasmtime() {
 # one_tern INDEX ROUND: a fresh node in configuration INDEX, echo deployed by tenant bench.
 one_tern() {
   local i=$1 r=$2 name=${names[$1]} admin token module=functions/dist/echo.wasm assignment
+  local route=/v1/functions/echo/invoke
   local -a assignments=()
   local -a vars=()
   if [ -n "${envs[$i]}" ]; then
@@ -136,6 +140,7 @@ one_tern() {
     for assignment in "${assignments[@]}"; do
       case $assignment in
         MODULE=*) module=${assignment#MODULE=} ;;
+        ROUTE=*) route=${assignment#ROUTE=} ;;
         *) vars+=("$assignment") ;;
       esac
     done
@@ -160,8 +165,8 @@ one_tern() {
   log "TERN_TOKEN=<developer token of bench> $tern deploy echo $module --server $tern_addr"
   TERN_TOKEN=$token $tern deploy echo "$module" --server "$tern_addr" --log warn >/dev/null
   auth_header_file "$data/bench.token" "$data/bench.header" >/dev/null
-  wait_answers "http://$tern_addr/v1/functions/echo/invoke" "$data/bench.header"
-  load "$name" "$r" "http://$tern_addr/v1/functions/echo/invoke" "$data/bench.header" "$node"
+  wait_answers "http://$tern_addr$route" "$data/bench.header"
+  load "$name" "$r" "http://$tern_addr$route" "$data/bench.header" "$node"
   # What the node says it ran (isolation mode, memory profile), for the summary.
   curl -sf -m 2 -H @"$(auth_header_file "$data/admin.token" "$data/admin.header")" \
     "http://$tern_addr/metrics" >"$out/raw/r$r-$name-metrics.txt" || true
