@@ -53,6 +53,8 @@ pub fn need(method: &Method, segments: &[&str]) -> Need {
         (&Method::PUT, ["v1", "functions", _]) => Need::Tenant(Deploy),
         (&Method::DELETE, ["v1", "functions", _]) => Need::Tenant(Remove),
         (&Method::POST, ["v1", "functions", _, "invoke"]) => Need::Tenant(Invoke),
+        // A component's own HTTP route, whatever the method.
+        (_, ["fn", ..]) => Need::Tenant(Invoke),
         (_, ["v1", "invocations", ..]) => Need::Tenant(ReadResult),
         (_, ["v1", "functions", ..]) => Need::Tenant(ListFunctions),
         // The least any role may do: a caller with any valid token learns the route is

@@ -173,6 +173,14 @@ async fn every_route_answers_each_caller_as_its_role_allows() {
             "hi",
             [401, 401, 401, 200, 200, 200],
         ),
+        // A component's route needs the permission to invoke, whatever the method (`echo` is
+        // a command: past authentication, the typed 400).
+        (
+            Method::DELETE,
+            "/fn/echo/x".into(),
+            "",
+            [401, 401, 401, 400, 400, 400],
+        ),
         (
             Method::GET,
             format!("/v1/invocations/{invocation}"),
