@@ -164,7 +164,9 @@ fn bench(c: &mut Criterion) {
                 .execute(fresh(&routed), &sandbox)
                 .await
                 .expect("echo");
-            let answer = tern_wire::HttpAnswer::decode(&out.output).expect("answer");
+            let answer = tern_wire::HttpAnswer::decode(&out.output)
+                .expect("an answer")
+                .expect("a whole answer");
             assert_eq!((answer.status, &answer.body[..]), (200, &b"hello"[..]));
         })
     });

@@ -726,7 +726,8 @@ const NOT_PASSED_ON: [&str; 7] = [
 /// component sees the method, `/{path…}` with the query, the headers (less the caller's token
 /// and hop-by-hop ones) and the body; its status, headers and body are the answer. It is
 /// placed, forwarded and failed over like any invocation; errors before or around the guest
-/// are the API's typed errors.
+/// are the API's typed errors. With `x-tern-mode: async` (the query is the component's) the
+/// call is journaled and answered 202 like `?mode=async`, and its result is the response.
 async fn call_component(
     app: &Arc<App>,
     caller: &Caller,
@@ -734,6 +735,16 @@ async fn call_component(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, NodeError> {
     let call = service::Invoke::admit(app, caller, name)?;
+    let asynchronous = match req.headers().get("x-tern-mode").map(HeaderValue::as_bytes) {
+        None | Some(b"sync") => false,
+        Some(b"async") => true,
+        Some(other) => {
+            return Err(NodeError::BadRequest(format!(
+                "x-tern-mode must be sync or async, not {:?}",
+                String::from_utf8_lossy(other)
+            )));
+        }
+    };
     let request_id = req
         .headers()
         .get("x-tern-request-id")
@@ -745,9 +756,10 @@ async fn call_component(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| TraceParent::parse(v).ok());
-    let trace = traces::invoke("http", parent.as_ref(), call.name(), "sync");
+    let mode = if asynchronous { "async" } else { "sync" };
+    let trace = traces::invoke("http", parent.as_ref(), call.name(), mode);
     trace.record("request_id", request_id.as_str());
-    let result = call_component_traced(app, call, request_id, req, &trace).await;
+    let result = call_component_traced(app, call, request_id, asynchronous, req, &trace).await;
     if let Err(e) = &result {
         traces::failed(&trace, e);
     }
@@ -758,6 +770,7 @@ async fn call_component_traced(
     app: &Arc<App>,
     call: service::Invoke,
     request_id: InvocationId,
+    asynchronous: bool,
     req: Request<Incoming>,
     trace: &tracing::Span,
 ) -> Result<Response<Body>, NodeError> {
@@ -794,6 +807,17 @@ async fn call_component_traced(
     }
     .encode()
     .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
+    if asynchronous {
+        let under = tern_telemetry::traceparent(trace);
+        let id = app
+            .accept_async_admitted(name, Bytes::from(input), false, permit, under)
+            .await?;
+        let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
+        if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
+            resp.headers_mut().insert(LOCATION, v);
+        }
+        return Ok(resp);
+    }
     let result = app
         .pipeline
         .invoke_admitted(
@@ -809,9 +833,19 @@ async fn call_component_traced(
         .await;
     traces::outcome(trace, &result);
     let outcome = result?;
-    let answer = tern_wire::HttpAnswer::decode(&outcome.output).map_err(|e| {
-        NodeError::BadComponentAnswer(format!("the component's answer did not decode: {e}"))
-    })?;
+    let answer = match tern_wire::HttpAnswer::decode(&outcome.output) {
+        Some(Ok(answer)) => answer,
+        Some(Err(e)) => {
+            return Err(NodeError::BadComponentAnswer(format!(
+                "the component's answer did not decode: {e}"
+            )));
+        }
+        None => {
+            return Err(NodeError::BadComponentAnswer(
+                "the function answered with something other than an HTTP response".into(),
+            ));
+        }
+    };
     let status = StatusCode::from_u16(answer.status).map_err(|_| {
         NodeError::BadComponentAnswer(format!(
             "the component answered with status {}",
@@ -856,10 +890,33 @@ struct InvocationView<'a> {
     result: Option<String>,
     /// The guest's stdout, base64, if it is not UTF-8.
     result_base64: Option<String>,
+    /// A component's response to a call at its `/fn/` route (then `result` is absent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<ResponseView>,
     error: Option<&'a ApiError>,
     accepted_at_ms: u64,
     finished_at_ms: Option<u64>,
     attempts: u32,
+}
+
+/// A component's stored response.
+#[derive(Serialize)]
+struct ResponseView {
+    status: u16,
+    /// Values decoded as UTF-8, invalid bytes replaced.
+    headers: Vec<(String, String)>,
+    /// The body if it is UTF-8.
+    body: Option<String>,
+    /// The body, base64, if it is not UTF-8.
+    body_base64: Option<String>,
+}
+
+/// `bytes` as UTF-8 text, or else as base64.
+fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (Some(s.to_owned()), None),
+        Err(_) => (None, Some(base64(bytes))),
+    }
 }
 
 fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<Body>, NodeError> {
@@ -867,13 +924,28 @@ fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<
         .parse()
         .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
     let record = service::invocation(app, caller, &id)?;
-    let (result, result_base64) = match &record.output {
-        None => (None, None),
-        Some(bytes) => match std::str::from_utf8(bytes) {
-            Ok(s) => (Some(s.to_owned()), None),
-            Err(_) => (None, Some(base64(bytes))),
-        },
+    let answer = record
+        .output
+        .as_deref()
+        .and_then(tern_wire::HttpAnswer::decode)
+        .and_then(Result::ok);
+    let (result, result_base64) = match (&record.output, &answer) {
+        (Some(bytes), None) => text_or_base64(bytes),
+        _ => (None, None),
     };
+    let response = answer.map(|a| {
+        let (body, body_base64) = text_or_base64(&a.body);
+        ResponseView {
+            status: a.status,
+            headers: a
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+            body,
+            body_base64,
+        }
+    });
     Ok(json(
         StatusCode::OK,
         &InvocationView {
@@ -882,6 +954,7 @@ fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<
             status: record.status,
             result,
             result_base64,
+            response,
             error: record.error.as_ref(),
             accepted_at_ms: record.accepted_at_ms,
             finished_at_ms: record.finished_at_ms,

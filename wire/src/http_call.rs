@@ -6,7 +6,8 @@
 //! through the HTTP route for components, the input is an [`HttpCall`]: [`HTTP_CALL_MAGIC`]
 //! and then the encoded request, so the node that runs the guest can tell it from a plain
 //! input (which a component receives as the body of a `POST /`). The guest's answer then goes
-//! back as an encoded [`HttpAnswer`] for the entry node to turn into the HTTP response.
+//! back as an encoded [`HttpAnswer`] (led by [`HTTP_ANSWER_MAGIC`]) for the entry node to turn
+//! into the HTTP response, or to keep as an asynchronous call's result.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +16,9 @@ use crate::{WireError, codec};
 /// The first bytes of an encoded [`HttpCall`]: a NUL (no text input starts with one) and a
 /// versioned tag.
 pub const HTTP_CALL_MAGIC: &[u8] = b"\0tern-http-call/1\0";
+
+/// The first bytes of an encoded [`HttpAnswer`], so a stored result says what it is.
+pub const HTTP_ANSWER_MAGIC: &[u8] = b"\0tern-http-answer/1\0";
 
 /// One HTTP request for a component.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +66,18 @@ impl HttpCall {
 impl HttpAnswer {
     /// The output bytes of an invocation answered with this.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        codec::encode(self, codec::MAX_MESSAGE)
+        let encoded = codec::encode(self, codec::MAX_MESSAGE)?;
+        let mut out = Vec::with_capacity(HTTP_ANSWER_MAGIC.len() + encoded.len());
+        out.extend_from_slice(HTTP_ANSWER_MAGIC);
+        out.extend_from_slice(&encoded);
+        Ok(out)
     }
 
-    pub fn decode(output: &[u8]) -> Result<Self, WireError> {
-        codec::decode(output, codec::MAX_MESSAGE)
+    /// The answer `output` carries: `None` when it is not a component's answer (a command's
+    /// stdout, a plain invocation's body), an error for a damaged one.
+    pub fn decode(output: &[u8]) -> Option<Result<Self, WireError>> {
+        let rest = output.strip_prefix(HTTP_ANSWER_MAGIC)?;
+        Some(codec::decode(rest, codec::MAX_MESSAGE))
     }
 }
 
@@ -135,7 +146,12 @@ mod tests {
             body: b"short and stout".to_vec(),
         };
         let bytes = answer.encode().unwrap();
-        assert_eq!(HttpAnswer::decode(&bytes).unwrap(), answer);
-        assert!(HttpAnswer::decode(&bytes[..2]).is_err());
+        assert_eq!(HttpAnswer::decode(&bytes).unwrap().unwrap(), answer);
+        assert!(
+            HttpAnswer::decode(&bytes[..bytes.len() - 2])
+                .unwrap()
+                .is_err()
+        );
+        assert!(HttpAnswer::decode(b"short and stout").is_none());
     }
 }

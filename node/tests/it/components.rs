@@ -81,6 +81,48 @@ async fn a_component_sees_method_path_query_and_headers_and_sets_status_headers_
         "{headers:?}"
     );
 
+    // Asynchronously (the query is the component's, so the mode is a header): 202, and the
+    // stored result is the response.
+    let resp = call(
+        addr,
+        Method::POST,
+        "/fn/inspect/later?z=9",
+        &[("x-tern-mode", "async"), ("x-status", "202")],
+        b"queued",
+    )
+    .await;
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    let id = json(&resp)["id"].as_str().unwrap().to_owned();
+    let done = wait_finished(addr, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["response"]["status"], 202, "{done}");
+    assert!(done["result"].is_null(), "{done}");
+    assert!(
+        done["response"]["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-inspected" && h[1] == "yes"),
+        "{done}"
+    );
+    let stored: serde_json::Value =
+        serde_json::from_str(done["response"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(stored["path"], "/later");
+    assert_eq!(stored["query"], "z=9");
+    assert_eq!(stored["body_bytes"], 6);
+    let resp = call(
+        addr,
+        Method::GET,
+        "/fn/inspect",
+        &[("x-tern-mode", "later")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (resp.status, code(&resp).as_str()),
+        (400, "invalid_request")
+    );
+
     // The bare route is the component's `/`.
     let resp = call(addr, Method::GET, "/fn/inspect", &[], b"").await;
     assert_eq!(resp.status, 200);
