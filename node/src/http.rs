@@ -614,86 +614,7 @@ async fn invoke(
             )));
         }
     };
-    let request_id = req
-        .headers()
-        .get("x-tern-request-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<InvocationId>().ok())
-        .unwrap_or_else(|| app.ids.next());
-    // W3C Trace Context; a malformed header is ignored, as the specification asks.
-    let parent = req
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| TraceParent::parse(v).ok());
-    let mode = if asynchronous { "async" } else { "sync" };
-    let trace = traces::invoke("http", parent.as_ref(), call.name(), mode);
-    trace.record("request_id", request_id.as_str());
-    let result = invoke_traced(app, call, request_id, map, asynchronous, req, &trace).await;
-    if let Err(e) = &result {
-        traces::failed(&trace, e);
-    }
-    result
-}
-
-async fn invoke_traced(
-    app: &Arc<App>,
-    call: service::Invoke,
-    request_id: InvocationId,
-    map: bool,
-    asynchronous: bool,
-    req: Request<Incoming>,
-    trace: &tracing::Span,
-) -> Result<Response<Body>, NodeError> {
-    // Admitted before the body is read: a full node refuses at once instead of taking in
-    // megabytes it would then refuse.
-    let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
-    let input = read_body(app, req, app.config.max_body_bytes).await?;
-    let name = call.with_input(app, &input)?;
-    if asynchronous {
-        let under = tern_telemetry::traceparent(trace);
-        let id = app
-            .accept_async_admitted(name, input, map, permit, under)
-            .await?;
-        let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
-        if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
-            resp.headers_mut().insert(LOCATION, v);
-        }
-        return Ok(resp);
-    }
-    let result = app
-        .pipeline
-        .invoke_admitted(
-            Invocation {
-                request_id: request_id.as_str().into(),
-                function: name,
-                input,
-                map,
-                trace: trace.clone(),
-            },
-            permit,
-        )
-        .await;
-    traces::outcome(trace, &result);
-    let outcome = result?;
-    let mut resp = Response::new(Full::new(outcome.output));
-    let h = resp.headers_mut();
-    h.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    h.insert(
-        "x-tern-cold-start",
-        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
-    );
-    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
-        h.insert("x-tern-node", v);
-    }
-    h.insert("x-tern-meus", HeaderValue::from(outcome.meus as u64));
-    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-        h.insert("x-tern-request-id", v);
-    }
-    Ok(resp)
+    run_call(app, call, asynchronous, CallShape::Plain { map }, req).await
 }
 
 /// Request headers a component does not see: the caller's Tern token, and the hop-by-hop
@@ -745,12 +666,69 @@ async fn call_component(
             )));
         }
     };
+    let shape = CallShape::component(&req);
+    run_call(app, call, asynchronous, shape, req).await
+}
+
+/// How a call's input is made from the request and its answer sent back.
+enum CallShape {
+    /// `POST /v1/functions/{name}/invoke`: the body is the input, the output the body.
+    Plain { map: bool },
+    /// The `/fn/` route: the request is a component's `HttpCall` (its body read later), the
+    /// output the component's `HttpAnswer`.
+    Component {
+        method: String,
+        path_and_query: String,
+        headers: Vec<(String, Vec<u8>)>,
+    },
+}
+
+impl CallShape {
+    fn component(req: &Request<Incoming>) -> Self {
+        // What follows `/fn/{name}`, as the caller sent it: the path the component sees.
+        let mut path_and_query = match req
+            .uri()
+            .path()
+            .trim_start_matches('/')
+            .splitn(3, '/')
+            .nth(2)
+        {
+            Some(rest) => format!("/{rest}"),
+            None => "/".to_owned(),
+        };
+        if let Some(q) = req.uri().query() {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        CallShape::Component {
+            method: req.method().as_str().to_owned(),
+            path_and_query,
+            headers: req
+                .headers()
+                .iter()
+                .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
+                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+}
+
+/// One invocation over HTTP, whatever its shape: the request id (a valid `x-tern-request-id`
+/// is passed through), the trace (a valid W3C `traceparent` is continued), then the call.
+async fn run_call(
+    app: &Arc<App>,
+    call: service::Invoke,
+    asynchronous: bool,
+    shape: CallShape,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, NodeError> {
     let request_id = req
         .headers()
         .get("x-tern-request-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<InvocationId>().ok())
         .unwrap_or_else(|| app.ids.next());
+    // W3C Trace Context; a malformed header is ignored, as the specification asks.
     let parent = req
         .headers()
         .get("traceparent")
@@ -759,58 +737,49 @@ async fn call_component(
     let mode = if asynchronous { "async" } else { "sync" };
     let trace = traces::invoke("http", parent.as_ref(), call.name(), mode);
     trace.record("request_id", request_id.as_str());
-    let result = call_component_traced(app, call, request_id, asynchronous, req, &trace).await;
+    let result = run_call_traced(app, call, request_id, asynchronous, shape, req, &trace).await;
     if let Err(e) = &result {
         traces::failed(&trace, e);
     }
     result
 }
 
-async fn call_component_traced(
+async fn run_call_traced(
     app: &Arc<App>,
     call: service::Invoke,
     request_id: InvocationId,
     asynchronous: bool,
+    shape: CallShape,
     req: Request<Incoming>,
     trace: &tracing::Span,
 ) -> Result<Response<Body>, NodeError> {
-    // What follows `/fn/{name}`, as the caller sent it: the path the component sees.
-    let mut path_and_query = match req
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .splitn(3, '/')
-        .nth(2)
-    {
-        Some(rest) => format!("/{rest}"),
-        None => "/".to_owned(),
-    };
-    if let Some(q) = req.uri().query() {
-        path_and_query.push('?');
-        path_and_query.push_str(q);
-    }
-    let method = req.method().as_str().to_owned();
-    let headers: Vec<(String, Vec<u8>)> = req
-        .headers()
-        .iter()
-        .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
-        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-        .collect();
+    // Admitted before the body is read: a full node refuses at once instead of taking in
+    // megabytes it would then refuse.
     let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
     let body = read_body(app, req, app.config.max_body_bytes).await?;
     let name = call.with_input(app, &body)?;
-    let input = tern_wire::HttpCall {
-        method,
-        path_and_query,
-        headers,
-        body: body.to_vec(),
-    }
-    .encode()
-    .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
+    let (input, map, component) = match shape {
+        CallShape::Plain { map } => (body, map, false),
+        CallShape::Component {
+            method,
+            path_and_query,
+            headers,
+        } => {
+            let input = tern_wire::HttpCall {
+                method,
+                path_and_query,
+                headers,
+                body: body.to_vec(),
+            }
+            .encode()
+            .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
+            (Bytes::from(input), false, true)
+        }
+    };
     if asynchronous {
         let under = tern_telemetry::traceparent(trace);
         let id = app
-            .accept_async_admitted(name, Bytes::from(input), false, permit, under)
+            .accept_async_admitted(name, input, map, permit, under)
             .await?;
         let mut resp = json(StatusCode::ACCEPTED, &serde_json::json!({ "id": id }));
         if let Ok(v) = HeaderValue::from_str(&format!("/v1/invocations/{id}")) {
@@ -824,8 +793,8 @@ async fn call_component_traced(
             Invocation {
                 request_id: request_id.as_str().into(),
                 function: name,
-                input: Bytes::from(input),
-                map: false,
+                input,
+                map,
                 trace: trace.clone(),
             },
             permit,
@@ -833,7 +802,36 @@ async fn call_component_traced(
         .await;
     traces::outcome(trace, &result);
     let outcome = result?;
-    let answer = match tern_wire::HttpAnswer::decode(&outcome.output) {
+    let mut resp = if component {
+        component_response(&outcome.output)?
+    } else {
+        let mut resp = Response::new(Full::new(outcome.output));
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert("x-tern-meus", HeaderValue::from(outcome.meus as u64));
+        resp
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        "x-tern-cold-start",
+        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
+        h.insert("x-tern-node", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        h.insert("x-tern-request-id", v);
+    }
+    Ok(resp)
+}
+
+/// The HTTP response a component's answer (`output`) stands for: its status, headers (less
+/// those the node sets itself) and body.
+fn component_response(output: &[u8]) -> Result<Response<Body>, NodeError> {
+    let answer = match tern_wire::HttpAnswer::decode(output) {
         Some(Ok(answer)) => answer,
         Some(Err(e)) => {
             return Err(NodeError::BadComponentAnswer(format!(
@@ -866,16 +864,6 @@ async fn call_component_traced(
         ) {
             h.append(name, value);
         }
-    }
-    h.insert(
-        "x-tern-cold-start",
-        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
-    );
-    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
-        h.insert("x-tern-node", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-        h.insert("x-tern-request-id", v);
     }
     Ok(resp)
 }

@@ -52,7 +52,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use self::capped_pipe::CappedPipe;
-use self::epoch::{EpochTicker, IDLE_BEFORE_PARK};
+use self::epoch::{EpochTicker, IDLE_BEFORE_PARK, RunningGuest};
 use self::fair_slots::{FairSlots, HeldBy, Refused, SlotGuard};
 use self::guest_limits::GuestLimits;
 use self::lanes::Lanes;
@@ -1043,7 +1043,6 @@ impl Runtime {
         // Epochs advance only while some guest holds one of these (an idle ticker parks).
         let ticking = self.ticker.guest_running();
         let lease = meu.lease;
-        let tick = self.cfg.epoch_tick;
         type Guest =
             std::pin::Pin<Box<dyn std::future::Future<Output = Result<GuestRun, Error>> + Send>>;
         let (guest, stdout, plain): (Guest, Option<CappedPipe>, bool) = match pre {
@@ -1052,45 +1051,28 @@ impl Runtime {
                 wasi.stdin(MemoryInputPipe::new(meu.input.clone()))
                     .stdout(stdout.clone());
                 let limits = guest_store_limits(sandbox.memory_bytes, 1, 4);
-                let mut store = Store::new(
-                    &self.engine,
+                let store = self.guest_store(
                     HostState {
                         wasi: wasi.build_p1(),
                         limits: GuestLimits::new(limits),
                     },
+                    deadline,
+                    start_slow,
                 );
-                store.limiter(|s| &mut s.limits);
-                arm_deadline(&mut store, deadline, tick, start_slow);
                 let guest = async move {
-                    // The store goes back to the pool before the slot is released (field
-                    // order), so the next unit to get the slot finds a pooled instance free.
-                    let mut held = Held {
-                        store,
-                        _slot: slot,
-                        _lease: lease,
-                    };
-                    let _ticking = ticking;
-                    host_metrics.executing.fetch_add(1, Relaxed);
-                    let _executing = DecrementOnDrop(&host_metrics.executing);
+                    let mut held = Held::new(store, slot, lease, ticking, host_metrics);
                     let inst_start = Instant::now();
                     let instance = pre
                         .instantiate_async(&mut held.store)
                         .await
                         .map_err(instantiation_error)?;
-                    let inst_us = inst_start.elapsed().as_micros() as u64;
-                    held.store.data_mut().limits.instantiated();
+                    let inst_us = held.instantiated(inst_start);
                     let start = instance
                         .get_typed_func::<(), ()>(&mut held.store, "_start")
                         .map_err(|e| Error::InvalidModule(format!("{e:#}")))?;
                     let exec_start = Instant::now();
                     let result = start.call_async(&mut held.store, ()).await;
-                    Ok(GuestRun {
-                        result,
-                        inst_us,
-                        exec_us: exec_start.elapsed().as_micros() as u64,
-                        memory_grows: held.store.data().limits.grows(),
-                        answer: None,
-                    })
+                    Ok(held.ran(result, inst_us, exec_start, None))
                 };
                 (Box::pin(guest), Some(stdout), false)
             }
@@ -1104,12 +1086,11 @@ impl Runtime {
                     CORE_INSTANCES_PER_COMPONENT as usize,
                     CORE_INSTANCES_PER_COMPONENT as usize,
                 );
-                let mut store = Store::new(
-                    &self.engine,
+                let mut store = self.guest_store(
                     http_component::State::new(wasi.build(), GuestLimits::new(limits)),
+                    deadline,
+                    start_slow,
                 );
-                store.limiter(|s| &mut s.limits);
-                arm_deadline(&mut store, deadline, tick, start_slow);
                 let (incoming, out, response) =
                     http_component::hand_over(store.data_mut(), request.http)?;
                 let cap = sandbox.max_output_bytes;
@@ -1117,21 +1098,13 @@ impl Runtime {
                 // the reader costs budget, and running out would look like a yield (a move to
                 // the slow lane). The guest still yields at its epoch deadline.
                 let guest = tokio::task::coop::unconstrained(async move {
-                    let mut held = Held {
-                        store,
-                        _slot: slot,
-                        _lease: lease,
-                    };
-                    let _ticking = ticking;
-                    host_metrics.executing.fetch_add(1, Relaxed);
-                    let _executing = DecrementOnDrop(&host_metrics.executing);
+                    let mut held = Held::new(store, slot, lease, ticking, host_metrics);
                     let inst_start = Instant::now();
                     let proxy = pre
                         .instantiate_async(&mut held.store)
                         .await
                         .map_err(instantiation_error)?;
-                    let inst_us = inst_start.elapsed().as_micros() as u64;
-                    held.store.data_mut().limits.instantiated();
+                    let inst_us = held.instantiated(inst_start);
                     let exec_start = Instant::now();
                     let call = proxy.wasi_http_incoming_handler().call_handle(
                         &mut held.store,
@@ -1141,13 +1114,7 @@ impl Runtime {
                     let progress = std::sync::atomic::AtomicU64::new(0);
                     let answer = http_component::collect_answer(&progress, response, cap);
                     let (result, answer) = answer_while_running(call, answer, &progress).await;
-                    Ok(GuestRun {
-                        result,
-                        inst_us,
-                        exec_us: exec_start.elapsed().as_micros() as u64,
-                        memory_grows: held.store.data().limits.grows(),
-                        answer,
-                    })
+                    Ok(held.ran(result, inst_us, exec_start, answer))
                 });
                 (Box::pin(guest), None, request.plain)
             }
@@ -1217,6 +1184,15 @@ impl Runtime {
             timings,
             memory_grows: ran.memory_grows,
         })
+    }
+
+    /// A store for one guest: its limits in force and its deadline armed (see
+    /// [`arm_deadline`]).
+    fn guest_store<T: Limited>(&self, data: T, deadline: Instant, start_slow: bool) -> Store<T> {
+        let mut store = Store::new(&self.engine, data);
+        store.limiter(|s| s.limits());
+        arm_deadline(&mut store, deadline, self.cfg.epoch_tick, start_slow);
+        store
     }
 
     /// The WASI context of one guest: stderr (and, for a component, stdout: it has no other
@@ -1367,14 +1343,92 @@ fn arm_deadline<T>(store: &mut Store<T>, deadline: Instant, tick: Duration, star
     });
 }
 
-/// What a running guest holds, dropped in this order: its store (the pooled instance goes
-/// back to wasmtime's pool), then its instance slot with its memory reservation, then its
-/// lease. Released the other way round, a unit woken by the free slot could find the pool
-/// still full.
+/// The data of a guest's store, whatever its kind: it runs under [`GuestLimits`].
+trait Limited: Send + 'static {
+    fn limits(&mut self) -> &mut GuestLimits;
+}
+
+impl Limited for HostState {
+    fn limits(&mut self) -> &mut GuestLimits {
+        &mut self.limits
+    }
+}
+
+impl Limited for http_component::State {
+    fn limits(&mut self) -> &mut GuestLimits {
+        &mut self.limits
+    }
+}
+
+/// What a running guest holds, dropped in this order: its count in `executing` and its hold
+/// on the epoch ticker; its store (the pooled instance goes back to wasmtime's pool); then its
+/// instance slot with its memory reservation, then its lease. Released the other way round, a
+/// unit woken by the free slot could find the pool still full.
 struct Held<T: 'static> {
+    _executing: Executing,
+    _ticking: RunningGuest,
     store: Store<T>,
     _slot: SlotGuard,
     _lease: Option<Lease>,
+}
+
+impl<T: Limited> Held<T> {
+    fn new(
+        store: Store<T>,
+        slot: SlotGuard,
+        lease: Option<Lease>,
+        ticking: RunningGuest,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            _executing: Executing::new(metrics),
+            _ticking: ticking,
+            store,
+            _slot: slot,
+            _lease: lease,
+        }
+    }
+
+    /// The instantiation that began at `since` is done: its time (T_inst, µs); the guest's own
+    /// memory growths count from here.
+    fn instantiated(&mut self, since: Instant) -> u64 {
+        let inst_us = since.elapsed().as_micros() as u64;
+        self.store.data_mut().limits().instantiated();
+        inst_us
+    }
+
+    /// How the guest that began executing at `exec_start` ran.
+    fn ran(
+        &mut self,
+        result: wasmtime::Result<()>,
+        inst_us: u64,
+        exec_start: Instant,
+        answer: Option<Result<tern_wire::HttpAnswer, Error>>,
+    ) -> GuestRun {
+        GuestRun {
+            result,
+            inst_us,
+            exec_us: exec_start.elapsed().as_micros() as u64,
+            memory_grows: self.store.data_mut().limits().grows(),
+            answer,
+        }
+    }
+}
+
+/// Counts a guest in the node's `executing` gauge for as long as it lives.
+struct Executing(Arc<Metrics>);
+
+impl Executing {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.executing.fetch_add(1, Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for Executing {
+    fn drop(&mut self) {
+        self.0.executing.fetch_sub(1, Relaxed);
+    }
 }
 
 /// An instantiation failure: the pool being full is overload (a slot was granted, so this
