@@ -9,17 +9,11 @@
 //!   `TERN_NODE` / `TERN_REQUEST_ID` environment (empty strings if unset) — but for
 //!   `timestamp_ms`, the time of the call;
 //! * 400 with `{"error":"..."}` (one line, as the command writes it before exiting 2) for a bad
-//!   input: malformed JSON (the message then follows serde_json's wording, not necessarily to
-//!   the byte), a bad field, `n` out of range, an unknown `op`;
+//!   input: malformed JSON, a bad field, `n` out of range, an unknown `op`;
 //! * 413 with `{"error":"..."}` for a body over [`MAX_BODY`] bytes (the node's default request
 //!   limit), 400 with `{"error":"..."}` for a body the host cannot deliver.
 //!
-//! It has no dependency but the WASI bindings: the command's small core is copied into
-//! [`task`], and serde_json's part in it is played by [`json`], which reads and prints JSON as
-//! serde_json does.
-
-mod json;
-mod task;
+//! The workload is the command's own code (`functions/matmul-core`).
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
@@ -42,27 +36,19 @@ impl Guest for MatmulJson {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let (status, body) = match read_body(&request) {
             Ok(input) => {
-                let meta = task::Meta {
+                let meta = matmul_core::Meta {
                     node: std::env::var("TERN_NODE").unwrap_or_default(),
                     request_id: std::env::var("TERN_REQUEST_ID").unwrap_or_default(),
                 };
-                match task::process(&input, &meta) {
+                match matmul_core::process(&input, &meta) {
                     Ok(body) => (200, body),
-                    Err(message) => (400, error_body(&message)),
+                    Err(message) => (400, matmul_core::error_body(&message)),
                 }
             }
-            Err((status, message)) => (status, error_body(&message)),
+            Err((status, message)) => (status, matmul_core::error_body(&message)),
         };
         respond(response_out, status, body.as_bytes());
     }
-}
-
-/// `{"error":MESSAGE}`, as the command writes it.
-fn error_body(message: &str) -> String {
-    let mut body = String::from("{\"error\":");
-    json::push_str(&mut body, message);
-    body.push('}');
-    body
 }
 
 /// The whole request body, or the status and message to answer with instead.

@@ -1,12 +1,35 @@
-//! The core of `matmul-json`, copied from the preview-1 command
-//! (`functions/src/bin/matmul-json.rs`) with serde_json swapped for [`crate::json`]: the same
-//! parsing, the same arithmetic in the same order and the same printing, hence the same bytes.
-//! A change to one copy must be made to the other.
+//! The core of `matmul-json`, the paper's workload, shared by the preview-1 command
+//! (`src/bin/matmul-json.rs`: stdin in, stdout out) and the `wasi:http/proxy` component
+//! (`components/matmul-json`: request body in, response body out), so both answer the same
+//! bytes.
+//!
+//! Input (stdin, or the request body): a JSON object such as
+//! `{"task_id":"t1","n":64,"seed":7,"op":"matmul","scale":1.0,"pad":"..."}`
+//! (every field optional; unknown fields such as `pad` are ignored), or a
+//! JSON array of such objects (map mode).
+//!
+//! * `n`: matrix size, integer in 1..=1024, default 64.
+//! * `seed`: integer, default 0; A then B are filled from a xorshift64
+//!   stream seeded from it, with values in [-1, 1).
+//! * `op`: `matmul` (A·B, default), `matmul_t` (A·Bᵀ) or `square` (A·A).
+//! * `scale`: finite number, default 1.0; every element of A is multiplied
+//!   by it before the product.
+//! * `task_id`: any JSON value, echoed back (default `null`).
+//!
+//! Output (stdout, or the response body), one object per input object, keys in this order:
+//! `{"task_id":..,"op":..,"n":..,"checksum":..,"c00":..,"node":..,"request_id":..,"timestamp_ms":..}`
+//! where `checksum` is the f64 sum of C rounded to 6 decimals, `c00` is
+//! C\[0\]\[0\] (f32), `node`/`request_id` come from `TERN_NODE` /
+//! `TERN_REQUEST_ID` (empty string if unset) and `timestamp_ms` is Unix time
+//! in milliseconds. In map mode the output is a JSON array of those objects,
+//! one per input item, in order.
+//!
+//! Errors (malformed JSON, wrong field types, `n` out of range, unknown `op`;
+//! in map mode any bad item fails the whole call): `{"error":"..."}` on
+//! stdout and exit code 2.
 
-use std::collections::BTreeMap;
+use serde_json::{Map, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use crate::json::{self, Value};
 
 const DEFAULT_N: u64 = 64;
 const MAX_N: u64 = 1024;
@@ -41,7 +64,7 @@ pub struct Meta {
     pub request_id: String,
 }
 
-fn parse_task(obj: &BTreeMap<String, Value>) -> Result<Task, String> {
+fn parse_task(obj: &Map<String, Value>) -> Result<Task, String> {
     let n = match obj.get("n") {
         None | Some(Value::Null) => DEFAULT_N,
         Some(v) => v
@@ -117,9 +140,8 @@ impl Rng {
 /// C = A·B for row-major n×n matrices, in i-k-j order: the innermost loop is
 /// `c_row += a_ik * b_row` over contiguous rows, which LLVM vectorises to
 /// f32x4 with `+simd128` (no reduction, so no reassociation is needed).
-/// The preview-1 build enables simd128 for the whole module; here only this function has it, so
-/// the other components of the workspace stay free of SIMD. Either way the result is the same:
-/// each element sees the same multiplications and additions in the same order.
+/// The preview-1 build enables simd128 for the whole module; the component build only for
+/// this function. Either way each element sees the same operations in the same order.
 #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
 fn matmul(a: &[f32], b: &[f32], n: usize) -> Vec<f32> {
     let mut c = vec![0.0f32; n * n];
@@ -160,26 +182,34 @@ fn run(task: &Task, meta: &Meta, out: &mut String) {
         .unwrap_or(0);
 
     out.push_str("{\"task_id\":");
-    json::push_value(out, &task.task_id);
+    out.push_str(&json(&task.task_id));
     out.push_str(",\"op\":");
-    json::push_str(out, task.op.name());
+    out.push_str(&json(task.op.name()));
     out.push_str(",\"n\":");
     out.push_str(&n.to_string());
     out.push_str(",\"checksum\":");
-    json::push_f64(out, checksum);
+    out.push_str(&json(&checksum));
     out.push_str(",\"c00\":");
-    json::push_f32(out, c[0]);
+    out.push_str(&json(&c[0]));
     out.push_str(",\"node\":");
-    json::push_str(out, &meta.node);
+    out.push_str(&json(&meta.node));
     out.push_str(",\"request_id\":");
-    json::push_str(out, &meta.request_id);
+    out.push_str(&json(&meta.request_id));
     out.push_str(",\"timestamp_ms\":");
     out.push_str(&timestamp_ms.to_string());
     out.push('}');
 }
 
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    // Serialising strings, numbers and `Value`s cannot fail; non-finite
+    // floats become `null`.
+    serde_json::to_string(v).unwrap_or_else(|_| "null".to_string())
+}
+
+/// The output for `input`, or the message of the error that refuses it.
 pub fn process(input: &[u8], meta: &Meta) -> Result<String, String> {
-    let value: Value = json::from_slice(input).map_err(|e| format!("malformed JSON input: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(input).map_err(|e| format!("malformed JSON input: {e}"))?;
     let mut out = String::new();
     match value {
         Value::Object(obj) => {
@@ -208,4 +238,9 @@ pub fn process(input: &[u8], meta: &Meta) -> Result<String, String> {
         _ => return Err("input must be a JSON object or an array of objects".to_string()),
     }
     Ok(out)
+}
+
+/// `{"error":MESSAGE}`: what a refused input is answered with.
+pub fn error_body(message: &str) -> String {
+    format!("{{\"error\":{}}}", json(message))
 }
