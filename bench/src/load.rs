@@ -1,6 +1,7 @@
 //! The load generator: closed loop (N connections, each send → wait → repeat) or open
-//! loop (requests scheduled at a fixed rate over a pool of N connections, latency
-//! measured from the *intended* send time, so there is no coordinated omission).
+//! loop (requests scheduled at a fixed rate, or at the times of a [`ReplayPlan`], over a pool
+//! of N connections, latency measured from the *intended* send time, so there is no
+//! coordinated omission).
 //!
 //! # Design
 //!
@@ -31,6 +32,8 @@ use tokio::time::{Instant, sleep, sleep_until, timeout, timeout_at};
 use crate::BenchError;
 use crate::http::{HttpConn, Prepared, request_once};
 use crate::prom;
+use crate::record::RequestRecord;
+use crate::replay::ReplayPlan;
 use crate::report::{ConfigEcho, LatencySummary, ModeName, Report, ServerStats};
 
 /// At most this many connection attempts are in flight while opening the pool.
@@ -52,7 +55,7 @@ pub const CODE_IO: &str = "io";
 pub const CODE_CLIENT_TIMEOUT: &str = "client_timeout";
 
 /// How requests are issued.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LoadMode {
     /// Each of `connections` sends a request, waits for the response, and repeats.
     Closed { connections: usize },
@@ -63,17 +66,26 @@ pub enum LoadMode {
         rate_per_sec: f64,
         connections: usize,
     },
+    /// Open loop at the planned times of a trace replay, each request to its own target
+    /// with its own body (the config's path and body are not used). The run lasts the
+    /// plan's length; its first `warmup` is sent but not recorded.
+    Replay {
+        plan: Arc<ReplayPlan>,
+        connections: usize,
+    },
 }
 
 impl LoadMode {
     pub fn connections(&self) -> usize {
         match *self {
-            LoadMode::Closed { connections } | LoadMode::Open { connections, .. } => connections,
+            LoadMode::Closed { connections }
+            | LoadMode::Open { connections, .. }
+            | LoadMode::Replay { connections, .. } => connections,
         }
     }
 }
 
-/// What to run. Every request of a run is identical.
+/// What to run. Every request of a run is identical, except in [`LoadMode::Replay`].
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
     pub addr: SocketAddr,
@@ -84,7 +96,8 @@ pub struct LoadConfig {
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
     pub mode: LoadMode,
-    /// Length of the measured window (after warm-up).
+    /// Length of the measured window (after warm-up). Replay: not used (the window is the
+    /// plan's length minus the warm-up).
     pub duration: Duration,
     /// Requests scheduled during warm-up are sent but not recorded.
     pub warmup: Duration,
@@ -103,13 +116,47 @@ pub struct LoadConfig {
 /// counted in the report; a missing `/metrics` endpoint only leaves
 /// [`Report::server`] unavailable.
 pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
+    Ok(run_inner(cfg, false).await?.0)
+}
+
+/// [`run`], also returning a [`RequestRecord`] per request of the measured window, sorted by
+/// planned send time.
+pub async fn run_with_records(
+    cfg: &LoadConfig,
+) -> Result<(Report, Vec<RequestRecord>), BenchError> {
+    run_inner(cfg, true).await
+}
+
+async fn run_inner(
+    cfg: &LoadConfig,
+    keep_records: bool,
+) -> Result<(Report, Vec<RequestRecord>), BenchError> {
     validate(cfg)?;
     let header_refs: Vec<(&str, &str)> = cfg
         .headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    let prepared = Prepared::new(cfg.method.clone(), &cfg.path_and_query, &header_refs)?;
+    let targets = match &cfg.mode {
+        LoadMode::Replay { plan, .. } => plan
+            .targets
+            .iter()
+            .map(|t| {
+                Ok((
+                    Prepared::new(cfg.method.clone(), &t.path_and_query, &header_refs)?,
+                    t.body.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>, BenchError>>()?,
+        _ => vec![(
+            Prepared::new(cfg.method.clone(), &cfg.path_and_query, &header_refs)?,
+            cfg.body.clone(),
+        )],
+    };
+    let window = match &cfg.mode {
+        LoadMode::Replay { plan, .. } => plan.length.saturating_sub(cfg.warmup),
+        _ => cfg.duration,
+    };
     let connections = cfg.mode.connections();
     let conns = connect_all(
         cfg.addr,
@@ -136,7 +183,7 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
 
     let t0 = Instant::now();
     let warmup_end = t0 + cfg.warmup;
-    let end = warmup_end + cfg.duration;
+    let end = warmup_end + window;
     let before = match before_now {
         Some(snapshot) => tokio::spawn(std::future::ready(snapshot)),
         None => {
@@ -150,16 +197,17 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
 
     let ctx = Arc::new(Ctx {
         addr,
-        prepared,
-        body: cfg.body.clone(),
+        targets,
         request_timeout: cfg.request_timeout,
         t0,
         warmup_end,
         end,
-        rate: match cfg.mode {
-            LoadMode::Closed { .. } => None,
-            LoadMode::Open { rate_per_sec, .. } => Some(rate_per_sec),
+        schedule: match &cfg.mode {
+            LoadMode::Closed { .. } => Schedule::Closed,
+            LoadMode::Open { rate_per_sec, .. } => Schedule::Rate(*rate_per_sec),
+            LoadMode::Replay { plan, .. } => Schedule::Plan(plan.clone()),
         },
+        keep_records,
         next_slot: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -203,27 +251,43 @@ pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
 
     let errors: u64 = total.errors.values().sum();
     let requests = total.ok + errors;
-    Ok(Report {
+    let (mode, rate_per_sec, replay, path) = match &cfg.mode {
+        LoadMode::Closed { .. } => (ModeName::Closed, None, None, cfg.path_and_query.clone()),
+        LoadMode::Open { rate_per_sec, .. } => (
+            ModeName::Open,
+            Some(*rate_per_sec),
+            None,
+            cfg.path_and_query.clone(),
+        ),
+        LoadMode::Replay { plan, .. } => (
+            ModeName::Replay,
+            None,
+            Some(plan.echo.clone()),
+            format!("/v1/functions/{}/invoke", plan.echo.function_template),
+        ),
+    };
+    let mut records = total.records;
+    records.sort_by_key(|r| r.at_us);
+    let report = Report {
         config: ConfigEcho {
-            mode: match cfg.mode {
-                LoadMode::Closed { .. } => ModeName::Closed,
-                LoadMode::Open { .. } => ModeName::Open,
-            },
+            mode,
             connections,
-            rate_per_sec: ctx.rate,
-            duration_secs: cfg.duration.as_secs_f64(),
+            rate_per_sec,
+            duration_secs: window.as_secs_f64(),
             warmup_secs: cfg.warmup.as_secs_f64(),
             method: cfg.method.to_string(),
-            path: cfg.path_and_query.clone(),
+            path,
+            replay,
         },
         requests,
         ok: total.ok,
         errors_by_code: total.errors,
-        throughput_rps: requests as f64 / cfg.duration.as_secs_f64(),
+        throughput_rps: requests as f64 / window.as_secs_f64(),
         latency_us: LatencySummary::from_histogram(&total.hist),
         cold_start_responses: total.cold,
         server: server_stats(before, after),
-    })
+    };
+    Ok((report, records))
 }
 
 fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
@@ -237,8 +301,29 @@ fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
             "rate must be a positive number of requests per second, got {rate_per_sec}"
         )));
     }
-    if cfg.duration.is_zero() {
-        return Err(BenchError::Config("duration must be positive".into()));
+    match &cfg.mode {
+        LoadMode::Replay { plan, .. } => {
+            if cfg.warmup >= plan.length {
+                return Err(BenchError::Config(format!(
+                    "the warm-up ({:?}) leaves nothing of the {:?} replay to measure",
+                    cfg.warmup, plan.length
+                )));
+            }
+            if plan.targets.len() > u32::MAX as usize
+                || plan
+                    .requests
+                    .iter()
+                    .any(|r| r.target as usize >= plan.targets.len() || r.at >= plan.length)
+            {
+                return Err(BenchError::Config(
+                    "the replay plan names a target it does not have or a time past its end".into(),
+                ));
+            }
+        }
+        _ if cfg.duration.is_zero() => {
+            return Err(BenchError::Config("duration must be positive".into()));
+        }
+        _ => {}
     }
     if cfg.request_timeout.is_zero() {
         return Err(BenchError::Config(
@@ -308,17 +393,28 @@ async fn connect_all(
     Ok(conns)
 }
 
+/// When requests are sent.
+enum Schedule {
+    /// As soon as a connection is free, until the end of the window.
+    Closed,
+    /// Slot `i` at `t0 + i / rate`.
+    Rate(f64),
+    /// Slot `i` at `t0 + plan.requests[i].at`, to its own target.
+    Plan(Arc<ReplayPlan>),
+}
+
 /// State shared by all lanes (read-only apart from the atomics).
 struct Ctx {
     addr: SocketAddr,
-    prepared: Prepared,
-    body: Bytes,
+    /// What to send, with its body: one, or one per replay target.
+    targets: Vec<(Prepared, Bytes)>,
     request_timeout: Duration,
     t0: Instant,
     warmup_end: Instant,
     end: Instant,
-    /// `Some` in open-loop mode.
-    rate: Option<f64>,
+    schedule: Schedule,
+    /// Keep a [`RequestRecord`] per measured request.
+    keep_records: bool,
     /// Open loop: index of the next request slot to be claimed.
     next_slot: AtomicU64,
     /// Progress only: all completed requests (incl. warm-up) and the failed ones.
@@ -330,9 +426,18 @@ struct Ctx {
 struct Outcome {
     /// Scheduled inside the measured window?
     recorded: bool,
-    latency_us: u64,
+    /// Scheduled send time, from `t0`.
+    scheduled_us: u64,
+    /// Index into [`Ctx::targets`].
+    target: u32,
+    /// From the scheduled send time to the end of the response; `None` without a response.
+    latency_us: Option<u64>,
+    status: Option<u16>,
     result: Result<(), Cow<'static, str>>,
     cold: bool,
+    /// `x-tern-node` and `x-tern-duration-us`, read only when records are kept.
+    node: Option<String>,
+    server_us: Option<u64>,
 }
 
 /// Per-lane (and finally merged) measurements.
@@ -341,6 +446,7 @@ struct LaneStats {
     ok: u64,
     errors: BTreeMap<String, u64>,
     cold: u64,
+    records: Vec<RequestRecord>,
 }
 
 impl LaneStats {
@@ -351,27 +457,41 @@ impl LaneStats {
             ok: 0,
             errors: BTreeMap::new(),
             cold: 0,
+            records: Vec::new(),
         }
     }
 
-    fn record(&mut self, o: Outcome) {
+    fn record(&mut self, o: Outcome, keep: bool) {
         if !o.recorded {
             return;
         }
         if o.cold {
             self.cold += 1;
         }
-        match o.result {
+        match &o.result {
             Ok(()) => {
                 self.ok += 1;
-                self.hist.saturating_record(o.latency_us.max(1));
+                self.hist
+                    .saturating_record(o.latency_us.unwrap_or_default().max(1));
             }
             Err(code) => match self.errors.get_mut(code.as_ref()) {
                 Some(n) => *n += 1,
                 None => {
-                    self.errors.insert(code.into_owned(), 1);
+                    self.errors.insert(code.clone().into_owned(), 1);
                 }
             },
+        }
+        if keep {
+            self.records.push(RequestRecord {
+                at_us: o.scheduled_us,
+                target: o.target,
+                latency_us: o.latency_us,
+                status: o.status,
+                code: o.result.err().map(Cow::into_owned),
+                node: o.node,
+                cold: o.cold,
+                server_us: o.server_us,
+            });
         }
     }
 
@@ -384,6 +504,7 @@ impl LaneStats {
             *self.errors.entry(code).or_default() += n;
         }
         self.cold += other.cold;
+        self.records.extend(other.records);
     }
 }
 
@@ -401,25 +522,25 @@ async fn lane(conns: Vec<HttpConn>, ctx: Arc<Ctx>) -> LaneStats {
         if outcome.result.is_err() {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
         }
-        stats.record(outcome);
+        stats.record(outcome, ctx.keep_records);
         in_flight.push(one_request(conn, ctx.clone()));
     }
     stats
 }
 
-/// Claim the next request (closed loop: now; open loop: the next rate slot), send it on
-/// `conn` (re-opening it if needed) and hand the connection back with the outcome.
-/// Returns `None` as outcome once the schedule is over.
+/// Claim the next request (closed loop: now; open loop: the next rate slot; replay: the
+/// next planned request), send it on `conn` (re-opening it if needed) and hand the
+/// connection back with the outcome. Returns `None` as outcome once the schedule is over.
 async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>, Option<Outcome>) {
-    let scheduled = match ctx.rate {
-        None => {
+    let (scheduled, target) = match &ctx.schedule {
+        Schedule::Closed => {
             let now = Instant::now();
             if now >= ctx.end {
                 return (conn, None);
             }
-            now
+            (now, 0)
         }
-        Some(rate) => {
+        Schedule::Rate(rate) => {
             let slot = ctx.next_slot.fetch_add(1, Ordering::Relaxed);
             let Ok(offset) = Duration::try_from_secs_f64(slot as f64 / rate) else {
                 return (conn, None);
@@ -429,17 +550,37 @@ async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>
                 return (conn, None);
             }
             sleep_until(intended).await;
-            intended
+            (intended, 0)
+        }
+        Schedule::Plan(plan) => {
+            let slot = ctx.next_slot.fetch_add(1, Ordering::Relaxed);
+            let Some(planned) = usize::try_from(slot)
+                .ok()
+                .and_then(|i| plan.requests.get(i))
+            else {
+                return (conn, None);
+            };
+            let intended = ctx.t0 + planned.at;
+            sleep_until(intended).await;
+            (intended, planned.target)
         }
     };
     let recorded = scheduled >= ctx.warmup_end;
+    let scheduled_us =
+        u64::try_from(scheduled.saturating_duration_since(ctx.t0).as_micros()).unwrap_or(u64::MAX);
     let deadline = scheduled + ctx.request_timeout;
     let failure = |code: &'static str| Outcome {
         recorded,
-        latency_us: 0,
+        scheduled_us,
+        target,
+        latency_us: None,
+        status: None,
         result: Err(Cow::Borrowed(code)),
         cold: false,
+        node: None,
+        server_us: None,
     };
+    let (prepared, body) = &ctx.targets[target as usize];
 
     let mut conn = match conn.filter(|c| !c.is_closed()) {
         Some(c) => c,
@@ -456,7 +597,7 @@ async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>
         // Open loop, queued behind busy connections for longer than the timeout.
         return (Some(conn), Some(failure(CODE_CLIENT_TIMEOUT)));
     }
-    match timeout_at(deadline, conn.send(&ctx.prepared, ctx.body.clone())).await {
+    match timeout_at(deadline, conn.send(prepared, body.clone())).await {
         // The connection is mid-exchange: it cannot be reused.
         Err(_) => (None, Some(failure(CODE_CLIENT_TIMEOUT))),
         Ok(Err(_)) => {
@@ -475,11 +616,30 @@ async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>
             } else {
                 Err(Cow::Owned(error_code(status, resp.body())))
             };
+            let (node, server_us) = if ctx.keep_records {
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                (
+                    header("x-tern-node"),
+                    header("x-tern-duration-us").and_then(|v| v.parse().ok()),
+                )
+            } else {
+                (None, None)
+            };
             let outcome = Outcome {
                 recorded,
-                latency_us: u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                scheduled_us,
+                target,
+                latency_us: Some(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX)),
+                status: Some(status),
                 result,
                 cold,
+                node,
+                server_us,
             };
             (Some(conn), Some(outcome))
         }

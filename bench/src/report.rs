@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use crate::BenchError;
+use crate::replay::ReplayEcho;
 
 /// Everything measured by one [`crate::load::run`].
 ///
@@ -47,7 +48,11 @@ pub struct ConfigEcho {
     pub duration_secs: f64,
     pub warmup_secs: f64,
     pub method: String,
+    /// Replay: the path with the function name template.
     pub path: String,
+    /// What a trace replay replayed (absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<ReplayEcho>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +60,7 @@ pub struct ConfigEcho {
 pub enum ModeName {
     Closed,
     Open,
+    Replay,
 }
 
 /// Latency percentiles in microseconds (all 0 when there was no successful request).
@@ -129,9 +135,29 @@ impl Report {
             ),
             (ModeName::Open, None) => format!("open loop, {} connection(s)", c.connections),
             (ModeName::Closed, _) => format!("closed loop, {} connection(s)", c.connections),
+            (ModeName::Replay, _) => match &c.replay {
+                Some(r) => format!(
+                    "trace replay, minutes {}-{} x{} at {}x speed, {} request(s) planned over {} \
+                     connection(s)",
+                    r.minute_start,
+                    r.minute_end,
+                    r.scale,
+                    r.speedup,
+                    r.planned_requests,
+                    c.connections
+                ),
+                None => format!("trace replay, {} connection(s)", c.connections),
+            },
         };
         let _ = writeln!(out, "{:<14}{mode}", "mode");
         let _ = writeln!(out, "{:<14}{} {}", "target", c.method, c.path);
+        if let Some(r) = &c.replay {
+            let _ = writeln!(
+                out,
+                "{:<14}{} trace function(s) onto {} deployed, work {}, seed {}",
+                "functions", r.trace_functions, r.deployed_functions, r.work, r.seed
+            );
+        }
         let _ = writeln!(
             out,
             "{:<14}{:.1} s measured after {:.1} s warm-up",
@@ -217,6 +243,7 @@ fn fmt_us(us: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     pub(crate) fn sample() -> Report {
@@ -229,6 +256,7 @@ mod tests {
                 warmup_secs: 1.5,
                 method: "POST".into(),
                 path: "/invoke/echo?x=1".into(),
+                replay: None,
             },
             requests: 2505,
             ok: 2500,
@@ -290,5 +318,40 @@ mod tests {
         let mut u = r;
         u.server = ServerStats::default();
         assert!(u.render_text().contains("/metrics unavailable"));
+    }
+
+    #[test]
+    fn a_replay_report_says_what_was_replayed_and_round_trips() {
+        let mut r = sample();
+        r.config.mode = ModeName::Replay;
+        r.config.rate_per_sec = None;
+        r.config.path = "/v1/functions/mm-{i}/invoke".into();
+        r.config.replay = Some(ReplayEcho {
+            minute_start: 60,
+            minute_end: 70,
+            scale: 2,
+            speedup: 6.0,
+            seed: 3,
+            function_template: "mm-{i}".into(),
+            trace_functions: 40,
+            deployed_functions: 40,
+            work: "matmul n=16..256, 1024-byte bodies".into(),
+            planned_requests: 2505,
+        });
+        let t = r.render_text();
+        for needle in [
+            "trace replay, minutes 60-70 x2 at 6x speed, 2505 request(s) planned over 16",
+            "POST /v1/functions/mm-{i}/invoke",
+            "40 trace function(s) onto 40 deployed, work matmul n=16..256, 1024-byte bodies, seed 3",
+        ] {
+            assert!(t.contains(needle), "missing {needle:?} in\n{t}");
+        }
+        let json = r.to_json_pretty();
+        assert!(json.contains("\"mode\": \"replay\""), "{json}");
+        assert_eq!(Report::from_json(&json).unwrap(), r);
+        // Reports written before replays existed (no `replay` key) still parse.
+        let old = sample().to_json_pretty();
+        assert!(!old.contains("replay"));
+        assert_eq!(Report::from_json(&old).unwrap(), sample());
     }
 }

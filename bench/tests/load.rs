@@ -1,10 +1,11 @@
 //! End-to-end tests of the load generator against an in-process hyper server.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +32,8 @@ struct Counts {
     /// `/metrics` answers 401 without `authorization: Bearer t0ken`, as a node with
     /// authentication does.
     metrics_need_token: AtomicBool,
+    /// `POST /t/{name}`: requests and the last body seen, per name.
+    per_target: Mutex<BTreeMap<String, (u64, Bytes)>>,
 }
 
 struct TestServer {
@@ -121,6 +124,22 @@ async fn handle(
             } else {
                 Response::new(Full::new(Bytes::from_static(b"ok")))
             }
+        }
+        (Method::POST, p) if p.starts_with("/t/") => {
+            let name = p["/t/".len()..].to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let node = format!("node-{}", name.len());
+            {
+                let mut seen = c.per_target.lock().unwrap();
+                let entry = seen.entry(name).or_default();
+                entry.0 += 1;
+                entry.1 = body;
+            }
+            let mut r = Response::new(Full::new(Bytes::from_static(b"ok")));
+            r.headers_mut().insert("x-tern-node", node.parse().unwrap());
+            r.headers_mut()
+                .insert("x-tern-duration-us", "17".parse().unwrap());
+            r
         }
         (Method::GET, "/slow") => {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -524,4 +543,167 @@ async fn many_connections() {
     assert_eq!(r.requests, s.get(|c| &c.echo));
     assert_eq!(s.get(|c| &c.accepted), n as u64 + 2);
     assert_percentiles_ordered(&r);
+}
+
+/// A replay plan's requests reach their own targets with their own bodies, at their planned
+/// times, and every measured one comes back as a record in send order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_each_planned_request_to_its_target_and_records_it() {
+    use tern_bench::replay::{PlannedRequest, ReplayEcho, ReplayPlan, ReplayTarget};
+    let s = start_server().await;
+    let target = |name: &str, body: &'static str| ReplayTarget {
+        trace_function: name.len(),
+        function: name.to_owned(),
+        path_and_query: format!("/t/{name}"),
+        body: Bytes::from_static(body.as_bytes()),
+        n: Some(name.len() as u32),
+    };
+    // 30 requests over 600 ms: a to "a", b to "bb", every third to the missing target
+    // "/nope" (404), the first 100 ms as warm-up.
+    let mut targets = vec![target("a", "body-a"), target("bb", "body-b")];
+    targets.push(ReplayTarget {
+        path_and_query: "/nope".into(),
+        ..target("ccc", "")
+    });
+    let requests: Vec<PlannedRequest> = (0..30u32)
+        .map(|i| PlannedRequest {
+            at: Duration::from_millis(20 * u64::from(i)),
+            target: if i % 3 == 2 { 2 } else { i % 2 },
+        })
+        .collect();
+    let plan = ReplayPlan {
+        targets,
+        requests: requests.clone(),
+        length: Duration::from_millis(600),
+        echo: ReplayEcho {
+            minute_start: 0,
+            minute_end: 1,
+            scale: 1,
+            speedup: 100.0,
+            seed: 1,
+            function_template: "{i}".into(),
+            trace_functions: 3,
+            deployed_functions: 3,
+            work: "fixed".into(),
+            planned_requests: 30,
+        },
+    };
+    let mut cfg = config(
+        s.addr,
+        Method::POST,
+        "/unused",
+        LoadMode::Replay {
+            plan: Arc::new(plan.clone()),
+            connections: 3,
+        },
+        // Not used by a replay: the plan says how long it lasts.
+        60_000,
+    );
+    cfg.warmup = Duration::from_millis(100);
+    let started = std::time::Instant::now();
+    let (r, records) = tern_bench::run_with_records(&cfg).await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(580));
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let seen = s.counts.per_target.lock().unwrap().clone();
+    let sent_to = |t: u32| requests.iter().filter(|p| p.target == t).count() as u64;
+    assert_eq!(seen["a"], (sent_to(0), Bytes::from_static(b"body-a")));
+    assert_eq!(seen["bb"], (sent_to(1), Bytes::from_static(b"body-b")));
+    assert_eq!(seen.len(), 2);
+    // Requests planned at 100 ms or later are measured: 25 of the 30.
+    assert_eq!(r.requests, 25);
+    assert_eq!(r.errors_by_code.get("http_404"), Some(&9));
+    assert_eq!(r.ok, 16);
+    assert_eq!(r.config.mode, ModeName::Replay);
+    assert!((r.config.duration_secs - 0.5).abs() < 1e-9);
+    assert_eq!(r.config.replay, Some(plan.echo.clone()));
+    assert!(r.render_text().contains("trace replay, minutes 0-1"));
+
+    assert_eq!(records.len(), 25);
+    for (rec, planned) in records.iter().zip(&requests[5..]) {
+        assert_eq!(rec.at_us, planned.at.as_micros() as u64);
+        assert_eq!(rec.target, planned.target);
+        if planned.target == 2 {
+            assert_eq!(
+                (rec.status, rec.code.as_deref(), rec.node.as_deref()),
+                (Some(404), Some("http_404"), None)
+            );
+        } else {
+            let name = &plan.targets[planned.target as usize].function;
+            assert_eq!(rec.status, Some(200));
+            assert_eq!(rec.code, None);
+            assert_eq!(
+                rec.node.as_deref(),
+                Some(format!("node-{}", name.len()).as_str())
+            );
+            assert_eq!(rec.server_us, Some(17));
+        }
+        assert!(rec.latency_us.is_some_and(|l| l > 0));
+    }
+    // As JSON Lines, with each target's function, trace row and size.
+    let mut out = Vec::new();
+    tern_bench::record::write_jsonl(&mut out, &records, Some(&plan)).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 25);
+    // Planned request 5 (100 ms) went to the missing target, 7 to "bb".
+    assert_eq!(lines[0]["at_ms"], 100.0);
+    assert_eq!(lines[0]["code"], "http_404");
+    assert_eq!(lines[0]["node"], serde_json::Value::Null);
+    assert_eq!(lines[2]["at_ms"], 140.0);
+    assert_eq!(lines[2]["function"], "bb");
+    assert_eq!(lines[2]["trace_function"], 2);
+    assert_eq!(lines[2]["n"], 2);
+    assert_eq!(lines[2]["status"], 200);
+    assert_eq!(lines[2]["node"], "node-2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_refuses_a_warmup_as_long_as_the_plan_and_a_plan_naming_a_missing_target() {
+    use tern_bench::replay::{PlannedRequest, ReplayEcho, ReplayPlan};
+    let plan = |target: u32| ReplayPlan {
+        targets: Vec::new(),
+        requests: vec![PlannedRequest {
+            at: Duration::ZERO,
+            target,
+        }],
+        length: Duration::from_secs(1),
+        echo: ReplayEcho {
+            minute_start: 0,
+            minute_end: 1,
+            scale: 1,
+            speedup: 60.0,
+            seed: 1,
+            function_template: "f".into(),
+            trace_functions: 0,
+            deployed_functions: 0,
+            work: "fixed".into(),
+            planned_requests: 1,
+        },
+    };
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let mut cfg = config(
+        addr,
+        Method::POST,
+        "/x",
+        LoadMode::Replay {
+            plan: Arc::new(plan(0)),
+            connections: 1,
+        },
+        1,
+    );
+    let err = tern_bench::run(&cfg).await.unwrap_err();
+    assert!(
+        matches!(&err, BenchError::Config(m) if m.contains("does not have")),
+        "{err:?}"
+    );
+    cfg.warmup = Duration::from_secs(1);
+    let err = tern_bench::run(&cfg).await.unwrap_err();
+    assert!(
+        matches!(&err, BenchError::Config(m) if m.contains("nothing of the")),
+        "{err:?}"
+    );
 }

@@ -191,28 +191,66 @@ enum Command {
     /// Tenants: who owns functions and tokens, with weights and quotas (admin token needed).
     #[command(subcommand)]
     Tenant(TenantCommand),
-    /// Load-test a function over HTTP and report latency percentiles and throughput.
+    /// Load-test a function over HTTP and report latency percentiles and throughput; or
+    /// replay a per-minute invocation trace (`--trace`) open loop.
     Bench {
+        /// The function called. With `--trace`, a template: `{i}` becomes the trace
+        /// function's row as three digits (`mm-{i}` → `mm-007`); without `{i}` every trace
+        /// function calls this one function.
         #[arg(long, default_value = "echo")]
         function: String,
-        /// Request body: literal text, or `@FILE`.
+        /// Request body: literal text, or `@FILE` (with `--trace`, unless `--work-n`).
         #[arg(long, default_value = "hello")]
         data: String,
-        /// Connections (closed loop: each sends, waits, repeats).
+        /// Connections (closed loop: each sends, waits, repeats; open loop and replay: the
+        /// pool requests are sent on).
         #[arg(long, default_value_t = 64)]
         connections: usize,
         /// Open loop at this many requests per second instead of a closed loop.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "trace")]
         rate: Option<f64>,
-        /// Measured duration, e.g. `10s`, `500ms`, `1m`.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        /// Measured duration, e.g. `10s`, `500ms`, `1m` (a replay lasts its minutes).
+        #[arg(long, default_value = "10s", value_parser = parse_duration, conflicts_with = "trace")]
         duration: Duration,
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
-        warmup: Duration,
+        /// Sent but not measured [default: 2s; 0 with `--trace`].
+        #[arg(long, value_parser = parse_duration)]
+        warmup: Option<Duration>,
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "trace")]
         map: bool,
+        /// Replay this per-minute trace (Azure Functions 2019 layout: owner, app, function,
+        /// trigger, then one count per minute) open loop: each invocation at a seeded random
+        /// time within its minute.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+        /// Trace minutes replayed, START-END with END exclusive (`60-70` is ten minutes).
+        #[arg(long, default_value = "0-1", requires = "trace")]
+        minutes: String,
+        /// Send each traced invocation this many times.
+        #[arg(long, default_value_t = 1, requires = "trace")]
+        scale: u32,
+        /// Compress time: a trace minute lasts 60/SPEEDUP seconds.
+        #[arg(long, default_value_t = 1.0, requires = "trace")]
+        speedup: f64,
+        /// Seed of the arrival times and work sizes.
+        #[arg(long, default_value_t = 1, requires = "trace")]
+        seed: u64,
+        /// `matmul-json` requests instead of `--data`: each trace function gets a matrix
+        /// size drawn log-uniformly from LO-HI (fixed per function, seeded).
+        #[arg(long, value_name = "LO-HI", requires = "trace")]
+        work_n: Option<String>,
+        /// Pad `matmul-json` requests to this many bytes (the paper's are ~1 KB).
+        #[arg(long, default_value_t = 1024, requires = "work_n")]
+        body_bytes: usize,
+        /// Before the run, deploy this module (or component) under every function name the
+        /// run calls that the node does not have yet.
+        #[arg(long, value_name = "WASM")]
+        deploy: Option<PathBuf>,
+        /// Write one JSON line per measured request (planned time, function, status, error
+        /// code, latency, server time, node, cold start) to this file.
+        #[arg(long)]
+        records: Option<PathBuf>,
         /// Also write the report as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -486,6 +524,47 @@ async fn call_retrying(
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
     }
+}
+
+/// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
+/// left as they are: a new version would cost every one a cold start).
+async fn deploy_missing(server: &Server, names: &[&str], wasm: &std::path::Path) -> Result<()> {
+    let listed = call(server, Method::GET, "/v1/functions", Bytes::new()).await?;
+    if !(200..300).contains(&listed.status) {
+        return finish(listed);
+    }
+    let listed: serde_json::Value =
+        serde_json::from_slice(&listed.body).context("the node's function list is not JSON")?;
+    let have: std::collections::HashSet<&str> = listed
+        .as_array()
+        .map(|fs| fs.iter().filter_map(|f| f["name"].as_str()).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !have.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let bytes =
+        Bytes::from(std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?);
+    for (i, name) in missing.iter().enumerate() {
+        let what = format!("deploying {name} ({} of {})", i + 1, missing.len());
+        let path = format!("/v1/functions/{name}");
+        let put = call_retrying(server, Method::PUT, &path, bytes.clone());
+        let resp = with_progress(&what, put).await?;
+        if !(200..300).contains(&resp.status) {
+            return finish(resp).with_context(|| format!("deploying {name}"));
+        }
+    }
+    eprintln!(
+        "deployed {} as {} function(s) ({} already there)",
+        wasm.display(),
+        missing.len(),
+        names.len() - missing.len()
+    );
+    Ok(())
 }
 
 /// Runs `work`, and while it takes longer than half a second shows `what` and the time
@@ -1193,17 +1272,73 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             warmup,
             timeout,
             map,
+            trace,
+            minutes,
+            scale,
+            speedup,
+            seed,
+            work_n,
+            body_bytes,
+            deploy,
+            records,
             json,
             no_progress,
             server,
         } => {
-            let mode = match rate {
-                Some(rate_per_sec) => LoadMode::Open {
+            let plan = match &trace {
+                None => None,
+                Some(file) => {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    let parsed = tern_bench::replay::Trace::parse(&text)
+                        .with_context(|| format!("parsing the trace {}", file.display()))?;
+                    let work = match &work_n {
+                        Some(sizes) => {
+                            let (n_lo, n_hi) = tern_bench::replay::parse_sizes(sizes)?;
+                            tern_bench::replay::Work::Matmul {
+                                n_lo,
+                                n_hi,
+                                body_bytes,
+                            }
+                        }
+                        None => tern_bench::replay::Work::Fixed(body_arg(&data)?),
+                    };
+                    let spec = tern_bench::replay::ReplaySpec {
+                        minutes: tern_bench::replay::parse_minutes(&minutes)?,
+                        scale,
+                        speedup,
+                        seed,
+                        function_template: function.clone(),
+                        work,
+                    };
+                    Some(std::sync::Arc::new(tern_bench::replay::ReplayPlan::new(
+                        &parsed, &spec,
+                    )?))
+                }
+            };
+            if let Some(wasm) = &deploy {
+                let names: Vec<&str> = match &plan {
+                    Some(plan) => plan.functions(),
+                    None => vec![function.as_str()],
+                };
+                deploy_missing(&server, &names, wasm).await?;
+            }
+            let mode = match (&plan, rate) {
+                (Some(plan), _) => LoadMode::Replay {
+                    plan: plan.clone(),
+                    connections,
+                },
+                (None, Some(rate_per_sec)) => LoadMode::Open {
                     rate_per_sec,
                     connections,
                 },
-                None => LoadMode::Closed { connections },
+                (None, None) => LoadMode::Closed { connections },
             };
+            let warmup = warmup.unwrap_or(if plan.is_some() {
+                Duration::ZERO
+            } else {
+                Duration::from_secs(2)
+            });
             let cfg = LoadConfig {
                 addr: server.server,
                 method: Method::POST,
@@ -1222,8 +1357,20 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 progress: !no_progress,
                 request_timeout: timeout,
             };
-            let report = tern_bench::run(&cfg).await?;
+            let (report, kept) = if records.is_some() {
+                tern_bench::run_with_records(&cfg).await?
+            } else {
+                (tern_bench::run(&cfg).await?, Vec::new())
+            };
             println!("{}", report.render_text());
+            if let Some(path) = records {
+                let file = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                let mut out = std::io::BufWriter::new(file);
+                tern_bench::record::write_jsonl(&mut out, &kept, plan.as_deref())
+                    .and_then(|()| std::io::Write::flush(&mut out))
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             if let Some(path) = json {
                 std::fs::write(&path, report.to_json_pretty())
                     .with_context(|| format!("writing {}", path.display()))?;

@@ -18,6 +18,7 @@ mod hostile;
 mod lci;
 mod logs;
 mod persistence;
+mod replay;
 mod supervision;
 mod support;
 mod tenants;
