@@ -68,7 +68,8 @@ pub enum LoadMode {
     },
     /// Open loop at the planned times of a trace replay, each request to its own target
     /// with its own body (the config's path and body are not used). The run lasts the
-    /// plan's length; its first `warmup` is sent but not recorded.
+    /// plan's length (and until the last request is answered); its first `warmup` is sent
+    /// but not recorded.
     Replay {
         plan: Arc<ReplayPlan>,
         connections: usize,
@@ -116,21 +117,62 @@ pub struct LoadConfig {
 /// counted in the report; a missing `/metrics` endpoint only leaves
 /// [`Report::server`] unavailable.
 pub async fn run(cfg: &LoadConfig) -> Result<Report, BenchError> {
-    Ok(run_inner(cfg, false).await?.0)
+    run_inner(cfg, None).await
 }
 
-/// [`run`], also returning a [`RequestRecord`] per request of the measured window, sorted by
-/// planned send time.
-pub async fn run_with_records(
+/// [`run`], also writing a JSON line per request of the measured window to `out` (see
+/// [`record::write_jsonl`](crate::record::write_jsonl)), in the order the requests end.
+/// Lines are written while the load runs, by a thread of their own (held in memory: at most
+/// [`RECORDS_QUEUED`] records), so a long run does not keep its records. A failure to write
+/// does not stop the load: the report comes back with the error, and what was written.
+pub async fn run_with_records<W: std::io::Write + Send + 'static>(
     cfg: &LoadConfig,
-) -> Result<(Report, Vec<RequestRecord>), BenchError> {
-    run_inner(cfg, true).await
+    out: W,
+) -> Result<(Report, std::io::Result<u64>), BenchError> {
+    let plan = match &cfg.mode {
+        LoadMode::Replay { plan, .. } => Some(plan.clone()),
+        _ => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(RECORDS_QUEUED);
+    let writer = tokio::task::spawn_blocking(move || write_records(rx, out, plan.as_deref()));
+    let report = run_inner(cfg, Some(tx)).await;
+    // The run's sender is gone (dropped with its context): the writer drains and ends.
+    let written = writer.await.unwrap_or_else(propagate_panic);
+    Ok((report?, written))
+}
+
+/// Records waiting for the writer thread; lanes wait when it falls this far behind.
+pub const RECORDS_QUEUED: usize = 65_536;
+
+fn write_records<W: std::io::Write>(
+    mut rx: tokio::sync::mpsc::Receiver<RequestRecord>,
+    out: W,
+    plan: Option<&ReplayPlan>,
+) -> std::io::Result<u64> {
+    let mut out = std::io::BufWriter::new(out);
+    let mut written = 0u64;
+    let mut failed = None;
+    while let Some(record) = rx.blocking_recv() {
+        // After a failure, keep receiving so the load is never held up by a dead writer.
+        if failed.is_some() {
+            continue;
+        }
+        match crate::record::write_jsonl(&mut out, std::slice::from_ref(&record), plan) {
+            Ok(()) => written += 1,
+            Err(e) => failed = Some(e),
+        }
+    }
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    std::io::Write::flush(&mut out)?;
+    Ok(written)
 }
 
 async fn run_inner(
     cfg: &LoadConfig,
-    keep_records: bool,
-) -> Result<(Report, Vec<RequestRecord>), BenchError> {
+    records: Option<tokio::sync::mpsc::Sender<RequestRecord>>,
+) -> Result<Report, BenchError> {
     validate(cfg)?;
     let header_refs: Vec<(&str, &str)> = cfg
         .headers
@@ -207,7 +249,7 @@ async fn run_inner(
             LoadMode::Open { rate_per_sec, .. } => Schedule::Rate(*rate_per_sec),
             LoadMode::Replay { plan, .. } => Schedule::Plan(plan.clone()),
         },
-        keep_records,
+        records,
         next_slot: AtomicU64::new(0),
         done: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -229,6 +271,11 @@ async fn run_inner(
     let mut total = LaneStats::new();
     while let Some(res) = set.join_next().await {
         total.merge(res.unwrap_or_else(propagate_panic));
+    }
+    // A replay's window is the plan's length even when its last minutes are quiet, so the
+    // closing `/metrics` read sees what the node did in them (evictions, idle timeouts).
+    if matches!(cfg.mode, LoadMode::Replay { .. }) {
+        sleep_until(ctx.end).await;
     }
 
     if let Some(p) = progress {
@@ -266,8 +313,6 @@ async fn run_inner(
             format!("/v1/functions/{}/invoke", plan.echo.function_template),
         ),
     };
-    let mut records = total.records;
-    records.sort_by_key(|r| r.at_us);
     let report = Report {
         config: ConfigEcho {
             mode,
@@ -287,7 +332,7 @@ async fn run_inner(
         cold_start_responses: total.cold,
         server: server_stats(before, after),
     };
-    Ok((report, records))
+    Ok(report)
 }
 
 fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
@@ -317,6 +362,11 @@ fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
             {
                 return Err(BenchError::Config(
                     "the replay plan names a target it does not have or a time past its end".into(),
+                ));
+            }
+            if plan.requests.windows(2).any(|w| w[0].at > w[1].at) {
+                return Err(BenchError::Config(
+                    "the replay plan's requests are not in time order".into(),
                 ));
             }
         }
@@ -413,8 +463,8 @@ struct Ctx {
     warmup_end: Instant,
     end: Instant,
     schedule: Schedule,
-    /// Keep a [`RequestRecord`] per measured request.
-    keep_records: bool,
+    /// Where a [`RequestRecord`] per measured request goes, if anywhere.
+    records: Option<tokio::sync::mpsc::Sender<RequestRecord>>,
     /// Open loop: index of the next request slot to be claimed.
     next_slot: AtomicU64,
     /// Progress only: all completed requests (incl. warm-up) and the failed ones.
@@ -446,7 +496,6 @@ struct LaneStats {
     ok: u64,
     errors: BTreeMap<String, u64>,
     cold: u64,
-    records: Vec<RequestRecord>,
 }
 
 impl LaneStats {
@@ -457,13 +506,13 @@ impl LaneStats {
             ok: 0,
             errors: BTreeMap::new(),
             cold: 0,
-            records: Vec::new(),
         }
     }
 
-    fn record(&mut self, o: Outcome, keep: bool) {
+    /// Counts `o`, and gives back its record (`keep`) if it was measured.
+    fn record(&mut self, o: Outcome, keep: bool) -> Option<RequestRecord> {
         if !o.recorded {
-            return;
+            return None;
         }
         if o.cold {
             self.cold += 1;
@@ -481,18 +530,16 @@ impl LaneStats {
                 }
             },
         }
-        if keep {
-            self.records.push(RequestRecord {
-                at_us: o.scheduled_us,
-                target: o.target,
-                latency_us: o.latency_us,
-                status: o.status,
-                code: o.result.err().map(Cow::into_owned),
-                node: o.node,
-                cold: o.cold,
-                server_us: o.server_us,
-            });
-        }
+        keep.then(|| RequestRecord {
+            at_us: o.scheduled_us,
+            target: o.target,
+            latency_us: o.latency_us,
+            status: o.status,
+            code: o.result.err().map(Cow::into_owned),
+            node: o.node,
+            cold: o.cold,
+            server_us: o.server_us,
+        })
     }
 
     fn merge(&mut self, other: LaneStats) {
@@ -504,7 +551,6 @@ impl LaneStats {
             *self.errors.entry(code).or_default() += n;
         }
         self.cold += other.cold;
-        self.records.extend(other.records);
     }
 }
 
@@ -522,8 +568,14 @@ async fn lane(conns: Vec<HttpConn>, ctx: Arc<Ctx>) -> LaneStats {
         if outcome.result.is_err() {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
         }
-        stats.record(outcome, ctx.keep_records);
         in_flight.push(one_request(conn, ctx.clone()));
+        if let Some(record) = stats.record(outcome, ctx.records.is_some())
+            && let Some(tx) = &ctx.records
+        {
+            // Waits only while the writer is [`RECORDS_QUEUED`] behind; a writer that
+            // failed keeps draining, so this never blocks for good.
+            let _ = tx.send(record).await;
+        }
     }
     stats
 }
@@ -616,7 +668,7 @@ async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>
             } else {
                 Err(Cow::Owned(error_code(status, resp.body())))
             };
-            let (node, server_us) = if ctx.keep_records {
+            let (node, server_us) = if ctx.records.is_some() {
                 let header = |name: &str| {
                     resp.headers()
                         .get(name)

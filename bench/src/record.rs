@@ -1,5 +1,5 @@
-//! One line per request: what a run's [`crate::load::run_with_records`] keeps for later
-//! analysis (per function, per node, cold starts over time), written as JSON Lines.
+//! One line per request: what [`crate::load::run_with_records`] writes for later analysis
+//! (per function, per node, cold starts over time), as JSON Lines.
 
 use std::io::{self, Write};
 
@@ -10,7 +10,8 @@ use crate::replay::ReplayPlan;
 /// One request of the measured window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
-    /// Planned send time, µs from the start of the run (warm-up included).
+    /// When the request was due, µs from the start of the run (warm-up included): its
+    /// planned time in an open loop or a replay, its send time in a closed loop.
     pub at_us: u64,
     /// The replay target it went to (index into [`ReplayPlan::targets`]); 0 outside a replay.
     pub target: u32,
@@ -42,7 +43,7 @@ struct Line<'a> {
     cold: bool,
 }
 
-/// Write `records` as JSON Lines: `at_ms`, and with a plan the `function`, `trace_function`
+/// Write `records` as JSON Lines: `at_ms` (see [`RequestRecord::at_us`]), and with a plan the `function`, `trace_function`
 /// row and matrix size `n` of its target, then `status`, `code`, `latency_us`, `server_us`,
 /// `node` and `cold` (absent values are `null`).
 pub fn write_jsonl(

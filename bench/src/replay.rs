@@ -11,7 +11,8 @@
 //!   minute lasts `60 / speedup` seconds (the rate rises by the same factor; idle gaps shrink
 //!   with it, which matters against keep-resident and idle timeouts).
 //! * **Functions.** Trace function `f` (its row in the file, from 0) calls the deployed function
-//!   named by the template with `{i}` replaced by `f` as three digits (`mm-{i}` → `mm-007`); a
+//!   named by the template with `{i}` replaced by `f` as (at least) three digits (`mm-{i}` →
+//!   `mm-007`); a
 //!   template without `{i}` sends every trace function to one deployed function.
 //! * **Work.** Either every request carries the same body ([`Work::Fixed`]), or it is a
 //!   `matmul-json` request ([`Work::Matmul`]) whose matrix size `n` is fixed per trace function
@@ -36,9 +37,14 @@ pub use tern_policy::trace::Trace;
 
 use crate::BenchError;
 
-/// Most requests a plan may hold (each costs ~16 bytes planned plus its record): a bound on
-/// what a mistyped `--scale` can allocate.
+/// Most requests a plan may hold (each costs ~40 bytes while it is planned): a bound on what
+/// a mistyped `--scale` can allocate.
 pub const MAX_PLANNED_REQUESTS: u64 = 20_000_000;
+/// Longest replay: a mistyped `--speedup` must not plan a run of years.
+pub const MAX_LENGTH: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Largest `matmul-json` body (each trace function has its own): the node's default limit on
+/// a request body is far below it.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
 /// Largest matrix size `matmul-json` accepts.
 pub const MAX_N: u32 = 1024;
 /// Where `{i}` goes in a function name template.
@@ -165,14 +171,17 @@ impl ReplayPlan {
                 n,
             });
         }
+        let length = Duration::from_secs_f64((end - start) as f64 * 60.0 / spec.speedup);
+        // Truncated to whole nanoseconds and kept inside the plan: an arrival at the very end
+        // of the last minute must not round up to the plan's end.
+        let last = length.saturating_sub(Duration::from_nanos(1));
         let requests: Vec<PlannedRequest> = arrivals
             .iter()
             .map(|a| PlannedRequest {
-                at: Duration::from_secs_f64(a.t_ms / 1_000.0 / spec.speedup),
+                at: Duration::from_nanos((a.t_ms * 1e6 / spec.speedup) as u64).min(last),
                 target: target_of[a.function].unwrap_or_default(),
             })
             .collect();
-        let length = Duration::from_secs_f64((end - start) as f64 * 60.0 / spec.speedup);
         let mut deployed: Vec<&str> = targets.iter().map(|t| t.function.as_str()).collect();
         deployed.sort_unstable();
         deployed.dedup();
@@ -266,15 +275,35 @@ fn validate(trace: &Trace, spec: &ReplaySpec) -> Result<(), BenchError> {
             spec.speedup
         )));
     }
+    let length_s = (end - start) as f64 * 60.0 / spec.speedup;
+    if length_s > MAX_LENGTH.as_secs_f64() {
+        return Err(BenchError::Config(format!(
+            "minutes {start}-{end} at speedup {} would last {:.0} hours, more than the {} a \
+             replay may",
+            spec.speedup,
+            length_s / 3600.0,
+            "week"
+        )));
+    }
     if spec.function_template.is_empty() {
         return Err(BenchError::Config("function name must not be empty".into()));
     }
-    if let Work::Matmul { n_lo, n_hi, .. } = spec.work
-        && !(1 <= n_lo && n_lo <= n_hi && n_hi <= MAX_N)
+    if let Work::Matmul {
+        n_lo,
+        n_hi,
+        body_bytes,
+    } = spec.work
     {
-        return Err(BenchError::Config(format!(
-            "matrix sizes {n_lo}-{n_hi}: need 1 <= LO <= HI <= {MAX_N}"
-        )));
+        if !(1 <= n_lo && n_lo <= n_hi && n_hi <= MAX_N) {
+            return Err(BenchError::Config(format!(
+                "matrix sizes {n_lo}-{n_hi}: need 1 <= LO <= HI <= {MAX_N}"
+            )));
+        }
+        if body_bytes > MAX_BODY_BYTES {
+            return Err(BenchError::Config(format!(
+                "bodies of {body_bytes} bytes: at most {MAX_BODY_BYTES}"
+            )));
+        }
     }
     let planned: u64 = trace
         .functions
@@ -458,6 +487,26 @@ mod tests {
     }
 
     #[test]
+    fn at_the_highest_speedup_every_request_stays_inside_the_plan() {
+        // 3,000 arrivals in one minute squeezed into ~1 µs: times within a nanosecond of the
+        // end must not round up to it.
+        let t = Trace::parse("o,a,f,http,3000\n").unwrap();
+        let plan = ReplayPlan::new(
+            &t,
+            &ReplaySpec {
+                minutes: 0..1,
+                speedup: 60e6,
+                ..spec()
+            },
+        )
+        .unwrap();
+        assert_eq!(plan.length, Duration::from_micros(1));
+        assert_eq!(plan.requests.len(), 3000);
+        assert!(plan.requests.iter().all(|r| r.at < plan.length));
+        assert!(plan.requests.windows(2).all(|w| w[0].at <= w[1].at));
+    }
+
+    #[test]
     fn the_same_seed_plans_the_same_replay_and_another_seed_does_not() {
         let t = trace();
         let a = ReplayPlan::new(&t, &spec()).unwrap();
@@ -547,6 +596,24 @@ mod tests {
                 ..spec()
             })
             .contains("microsecond")
+        );
+        assert!(
+            refused(ReplaySpec {
+                speedup: 1e-18,
+                ..spec()
+            })
+            .contains("more than the week")
+        );
+        assert!(
+            refused(ReplaySpec {
+                work: Work::Matmul {
+                    n_lo: 1,
+                    n_hi: 2,
+                    body_bytes: MAX_BODY_BYTES + 1
+                },
+                ..spec()
+            })
+            .contains("at most")
         );
         assert!(
             refused(ReplaySpec {

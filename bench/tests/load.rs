@@ -601,9 +601,14 @@ async fn a_replay_sends_each_planned_request_to_its_target_and_records_it() {
     );
     cfg.warmup = Duration::from_millis(100);
     let started = std::time::Instant::now();
-    let (r, records) = tern_bench::run_with_records(&cfg).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(580));
+    let buf = SharedBuf::default();
+    let (r, written) = tern_bench::run_with_records(&cfg, buf.clone())
+        .await
+        .unwrap();
+    // The run lasts the plan's length, however early its last request was answered.
+    assert!(started.elapsed() >= Duration::from_millis(600));
     assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(written.unwrap(), 25);
 
     let seen = s.counts.per_target.lock().unwrap().clone();
     let sent_to = |t: u32| requests.iter().filter(|p| p.target == t).count() as u64;
@@ -619,57 +624,101 @@ async fn a_replay_sends_each_planned_request_to_its_target_and_records_it() {
     assert_eq!(r.config.replay, Some(plan.echo.clone()));
     assert!(r.render_text().contains("trace replay, minutes 0-1"));
 
-    assert_eq!(records.len(), 25);
-    for (rec, planned) in records.iter().zip(&requests[5..]) {
-        assert_eq!(rec.at_us, planned.at.as_micros() as u64);
-        assert_eq!(rec.target, planned.target);
-        if planned.target == 2 {
-            assert_eq!(
-                (rec.status, rec.code.as_deref(), rec.node.as_deref()),
-                (Some(404), Some("http_404"), None)
-            );
-        } else {
-            let name = &plan.targets[planned.target as usize].function;
-            assert_eq!(rec.status, Some(200));
-            assert_eq!(rec.code, None);
-            assert_eq!(
-                rec.node.as_deref(),
-                Some(format!("node-{}", name.len()).as_str())
-            );
-            assert_eq!(rec.server_us, Some(17));
-        }
-        assert!(rec.latency_us.is_some_and(|l| l > 0));
-    }
-    // As JSON Lines, with each target's function, trace row and size.
-    let mut out = Vec::new();
-    tern_bench::record::write_jsonl(&mut out, &records, Some(&plan)).unwrap();
-    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+    // A JSON line per measured request (in the order they ended), with each target's
+    // function, trace row and size.
+    let mut lines: Vec<serde_json::Value> = String::from_utf8(buf.0.lock().unwrap().clone())
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    lines.sort_by(|a, b| {
+        a["at_ms"]
+            .as_f64()
+            .unwrap()
+            .total_cmp(&b["at_ms"].as_f64().unwrap())
+    });
     assert_eq!(lines.len(), 25);
-    // Planned request 5 (100 ms) went to the missing target, 7 to "bb".
-    assert_eq!(lines[0]["at_ms"], 100.0);
-    assert_eq!(lines[0]["code"], "http_404");
-    assert_eq!(lines[0]["node"], serde_json::Value::Null);
-    assert_eq!(lines[2]["at_ms"], 140.0);
-    assert_eq!(lines[2]["function"], "bb");
-    assert_eq!(lines[2]["trace_function"], 2);
-    assert_eq!(lines[2]["n"], 2);
-    assert_eq!(lines[2]["status"], 200);
-    assert_eq!(lines[2]["node"], "node-2");
+    for (line, planned) in lines.iter().zip(&requests[5..]) {
+        assert_eq!(line["at_ms"], planned.at.as_secs_f64() * 1e3, "{line}");
+        let target = &plan.targets[planned.target as usize];
+        assert_eq!(line["function"], target.function.as_str(), "{line}");
+        assert_eq!(line["trace_function"], target.trace_function, "{line}");
+        assert_eq!(line["n"], target.n.unwrap(), "{line}");
+        assert!(line["latency_us"].as_u64().unwrap() > 0, "{line}");
+        if planned.target == 2 {
+            assert_eq!(line["status"], 404, "{line}");
+            assert_eq!(line["code"], "http_404", "{line}");
+            assert_eq!(line["node"], serde_json::Value::Null, "{line}");
+            assert_eq!(line["server_us"], serde_json::Value::Null, "{line}");
+        } else {
+            assert_eq!(line["status"], 200, "{line}");
+            assert_eq!(line["code"], serde_json::Value::Null, "{line}");
+            assert_eq!(line["node"], format!("node-{}", target.function.len()));
+            assert_eq!(line["server_us"], 17, "{line}");
+        }
+        assert_eq!(line["cold"], false, "{line}");
+    }
+}
+
+/// A `Write` the test can read after the run.
+#[derive(Clone, Default)]
+struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A writer that fails does not stop the load: the report comes back with the error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_writer_leaves_the_load_and_its_report_intact() {
+    struct Broken;
+    impl std::io::Write for Broken {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::Error::other("disk full"))
+        }
+    }
+    let s = start_server().await;
+    let cfg = config(
+        s.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 2 },
+        300,
+    );
+    let (r, written) = tern_bench::run_with_records(&cfg, Broken).await.unwrap();
+    assert!(r.requests > 10, "{r:?}");
+    assert_eq!(r.ok, r.requests);
+    assert_eq!(written.unwrap_err().to_string(), "disk full");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_refuses_a_warmup_as_long_as_the_plan_and_a_plan_naming_a_missing_target() {
-    use tern_bench::replay::{PlannedRequest, ReplayEcho, ReplayPlan};
-    let plan = |target: u32| ReplayPlan {
-        targets: Vec::new(),
-        requests: vec![PlannedRequest {
-            at: Duration::ZERO,
-            target,
+async fn a_replay_refuses_a_plan_naming_a_missing_target_out_of_order_or_all_warmup() {
+    use tern_bench::replay::{PlannedRequest, ReplayEcho, ReplayPlan, ReplayTarget};
+    // One target; requests at the given (ms, target).
+    let plan = |requests: &[(u64, u32)]| ReplayPlan {
+        targets: vec![ReplayTarget {
+            trace_function: 0,
+            function: "f".into(),
+            path_and_query: "/t/f".into(),
+            body: Bytes::new(),
+            n: None,
         }],
+        requests: requests
+            .iter()
+            .map(|&(ms, target)| PlannedRequest {
+                at: Duration::from_millis(ms),
+                target,
+            })
+            .collect(),
         length: Duration::from_secs(1),
         echo: ReplayEcho {
             minute_start: 0,
@@ -678,32 +727,47 @@ async fn a_replay_refuses_a_warmup_as_long_as_the_plan_and_a_plan_naming_a_missi
             speedup: 60.0,
             seed: 1,
             function_template: "f".into(),
-            trace_functions: 0,
-            deployed_functions: 0,
+            trace_functions: 1,
+            deployed_functions: 1,
             work: "fixed".into(),
-            planned_requests: 1,
+            planned_requests: requests.len() as u64,
         },
     };
+    // Nothing listens on the discard port: every case must be refused before connecting.
     let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let mut cfg = config(
-        addr,
-        Method::POST,
-        "/x",
-        LoadMode::Replay {
-            plan: Arc::new(plan(0)),
-            connections: 1,
-        },
-        1,
-    );
-    let err = tern_bench::run(&cfg).await.unwrap_err();
+    let refused = |plan: ReplayPlan, warmup_ms: u64| {
+        let mut cfg = config(
+            addr,
+            Method::POST,
+            "/x",
+            LoadMode::Replay {
+                plan: Arc::new(plan),
+                connections: 1,
+            },
+            1,
+        );
+        cfg.warmup = Duration::from_millis(warmup_ms);
+        async move {
+            match tern_bench::run(&cfg).await {
+                Err(BenchError::Config(m)) => m,
+                other => panic!("expected a config error, got {other:?}"),
+            }
+        }
+    };
+    assert!(refused(plan(&[(0, 1)]), 0).await.contains("does not have"));
     assert!(
-        matches!(&err, BenchError::Config(m) if m.contains("does not have")),
-        "{err:?}"
+        refused(plan(&[(1000, 0)]), 0)
+            .await
+            .contains("past its end")
     );
-    cfg.warmup = Duration::from_secs(1);
-    let err = tern_bench::run(&cfg).await.unwrap_err();
     assert!(
-        matches!(&err, BenchError::Config(m) if m.contains("nothing of the")),
-        "{err:?}"
+        refused(plan(&[(5, 0), (4, 0)]), 0)
+            .await
+            .contains("time order")
+    );
+    assert!(
+        refused(plan(&[(0, 0)]), 1000)
+            .await
+            .contains("nothing of the")
     );
 }

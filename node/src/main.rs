@@ -199,8 +199,8 @@ enum Command {
         /// function calls this one function.
         #[arg(long, default_value = "echo")]
         function: String,
-        /// Request body: literal text, or `@FILE` (with `--trace`, unless `--work-n`).
-        #[arg(long, default_value = "hello")]
+        /// Request body: literal text, or `@FILE`.
+        #[arg(long, default_value = "hello", conflicts_with = "work_n")]
         data: String,
         /// Connections (closed loop: each sends, waits, repeats; open loop and replay: the
         /// pool requests are sent on).
@@ -1357,23 +1357,28 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 progress: !no_progress,
                 request_timeout: timeout,
             };
-            let (report, kept) = if records.is_some() {
-                tern_bench::run_with_records(&cfg).await?
-            } else {
-                (tern_bench::run(&cfg).await?, Vec::new())
+            // Created before the run: a path that cannot be written fails now, not after it.
+            let records_file = match &records {
+                Some(path) => Some(
+                    std::fs::File::create(path)
+                        .with_context(|| format!("creating {}", path.display()))?,
+                ),
+                None => None,
+            };
+            let (report, written) = match records_file {
+                Some(file) => {
+                    let (report, written) = tern_bench::run_with_records(&cfg, file).await?;
+                    (report, Some(written))
+                }
+                None => (tern_bench::run(&cfg).await?, None),
             };
             println!("{}", report.render_text());
-            if let Some(path) = records {
-                let file = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
-                let mut out = std::io::BufWriter::new(file);
-                tern_bench::record::write_jsonl(&mut out, &kept, plan.as_deref())
-                    .and_then(|()| std::io::Write::flush(&mut out))
+            if let Some(path) = &json {
+                std::fs::write(path, report.to_json_pretty())
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            if let Some(path) = json {
-                std::fs::write(&path, report.to_json_pretty())
-                    .with_context(|| format!("writing {}", path.display()))?;
+            if let (Some(path), Some(written)) = (&records, written) {
+                written.with_context(|| format!("writing {}", path.display()))?;
             }
             Ok(())
         }

@@ -27,13 +27,15 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// Parse the Azure 2019 layout: `owner,app,function,trigger,count,count,…`, no header.
+    /// Parse the Azure 2019 layout: `owner,app,function,trigger,count,count,…`. The dataset's
+    /// header row (`HashOwner,HashApp,HashFunction,Trigger,1,2,…`) is skipped if it is the
+    /// first line: its minute labels would otherwise parse as counts.
     pub fn parse(text: &str) -> Result<Self> {
         let mut functions = Vec::new();
         let mut minutes = usize::MAX;
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
-            if line.is_empty() {
+            if line.is_empty() || (i == 0 && line.starts_with("HashOwner,")) {
                 continue;
             }
             let mut it = line.split(',');
@@ -271,6 +273,17 @@ mod tests {
         assert!(Trace::parse("").is_err());
         assert!(Trace::parse("o,a,f,http,1,x").is_err());
         assert!(Trace::parse("o,a").is_err());
+    }
+
+    #[test]
+    fn the_datasets_header_row_is_skipped_not_read_as_a_function() {
+        let t =
+            Trace::parse("HashOwner,HashApp,HashFunction,Trigger,1,2\no,a,f,http,3,4\n").unwrap();
+        assert_eq!(t.functions.len(), 1);
+        assert_eq!(t.functions[0].per_minute, [3, 4]);
+        // Only as the first line: later it is a malformed row... that happens to parse.
+        let t = Trace::parse("o,a,f,http,3,4\nHashOwner,x,y,z,1,2\n").unwrap();
+        assert_eq!(t.functions.len(), 2);
     }
 
     #[test]

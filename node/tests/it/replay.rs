@@ -61,7 +61,8 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
         report.to_str().unwrap(),
     ]);
     assert!(ok, "{out}\n{err}");
-    let elapsed = started.elapsed();
+    // Two trace minutes at 60x speed last two seconds, however early the last call ends.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(2));
     assert!(err.contains("as 3 function(s) (0 already there)"), "{err}");
     assert!(
         out.contains("trace replay, minutes 0-2 x2 at 60x speed, 20 request(s) planned"),
@@ -111,24 +112,12 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
         assert!((4..=16).contains(&n), "{line}");
         // One size per function.
         assert_eq!(*sizes.entry(function).or_insert(n), n, "{line}");
-        // Two trace minutes at 60x speed last two seconds.
         let at_s = line["at_ms"].as_f64().unwrap() / 1_000.0;
         assert!((0.0..2.0).contains(&at_s), "{line}");
     }
     assert_eq!(
         per_function,
         BTreeMap::from([("mm-000", 12), ("mm-001", 6), ("mm-002", 2)])
-    );
-    assert!(
-        lines
-            .windows(2)
-            .all(|w| w[0]["at_ms"].as_f64() <= w[1]["at_ms"].as_f64())
-    );
-    // Open loop at the planned times: the run lasted at least until the last one.
-    let last_ms = lines.last().unwrap()["at_ms"].as_f64().unwrap();
-    assert!(
-        elapsed.as_secs_f64() * 1_000.0 >= last_ms,
-        "{elapsed:?} {last_ms}"
     );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
