@@ -48,6 +48,7 @@ pub mod control;
 pub mod forward;
 pub mod memory;
 pub mod net;
+pub mod outstanding;
 pub mod peers;
 mod registry_sync;
 
@@ -196,6 +197,8 @@ pub struct ClusterLink {
     control: OnceLock<ControlPlane>,
     /// Whether this node knows the cluster registry yet.
     sync: Arc<RegistrySync>,
+    /// MEUs forwarded to each peer and not answered yet: a floor under its stale queue depth.
+    outstanding: outstanding::Outstanding,
 }
 
 impl ClusterLink {
@@ -307,6 +310,7 @@ impl ClusterLink {
             });
             ClusterLink {
                 sync: Arc::new(RegistrySync::new(!options.has_peers, sync_deadline)),
+                outstanding: outstanding::Outstanding::default(),
                 net: net(handler),
                 node,
                 peers: RwLock::new(PeerTable::new(STATUS_STALE)),
@@ -610,7 +614,9 @@ impl Remote for ClusterLink {
     fn candidates(&self, info: &FunctionInfo, out: &mut Vec<NodeView>) {
         // On the hot path (once per MEU): the mesh holds a connection to a peer exactly
         // while it is up, so one lookup gives both liveness and the RTT.
+        let first = out.len();
         read(&self.peers).candidates(info, now(), |peer| self.net.rtt(peer), out);
+        self.outstanding.apply(&mut out[first..]);
     }
 
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
@@ -624,10 +630,13 @@ impl Remote for ClusterLink {
             (_, Err(e)) => Err(e),
         };
         let limit = self.frame_limit;
+        let in_flight = self.outstanding.begin(node);
         let node = node.to_owned();
         let timeout_ms = info.timeout_ms;
         let answer_by = meu.accepted_at + Duration::from_millis(timeout_ms.into()) + FORWARD_GRACE;
         Box::pin(async move {
+            // Counted until the answer, a failure or the caller dropping this future.
+            let _in_flight = in_flight;
             let answer = match exchange {
                 Ok(exchange) => match tokio::time::timeout_at(answer_by.into(), exchange).await {
                     Ok(answer) => answer,

@@ -265,7 +265,8 @@ pub struct Config {
     /// bounds a function's needs by its platform).
     pub node_class: NodeClass,
     /// `warm-affinity` (consistent hashing by function, spill to least loaded),
-    /// `local-first`, or `learned`: the PPO dispatch network of tern-policy scores every
+    /// `local-first`, `least-loaded` (the shortest queue, warm or not: a baseline for the
+    /// learned policy), or `learned`: the PPO dispatch network of tern-policy scores every
     /// candidate node from its load features and picks the argmax of score − λ · expected
     /// cold-start ms (Eq. 1); dead, full and unfit nodes are masked, and an unusable policy
     /// output falls back to warm affinity (`tern_placement_decisions_total{policy=…}`).
@@ -553,8 +554,10 @@ impl Config {
         // The trace export settings the node can check alone (the `OTEL_*` variables are
         // checked when export starts).
         self.trace_export(&std::collections::HashMap::new())?;
-        if !["warm-affinity", "local-first", "learned"].contains(&self.placement.as_str()) {
-            return bad("placement must be warm-affinity, local-first or learned");
+        if !["warm-affinity", "local-first", "least-loaded", "learned"]
+            .contains(&self.placement.as_str())
+        {
+            return bad("placement must be warm-affinity, local-first, least-loaded or learned");
         }
         if self.placement == "learned" && self.policy_checkpoint.is_none() {
             return bad(

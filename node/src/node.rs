@@ -10,7 +10,7 @@ use ractor::{Actor, ActorRef};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
 use tern_metrics::Metrics;
 use tern_placement::learned::{CheckpointError, GuardSettings, LearnedPlacement, read_checkpoint};
-use tern_placement::{LocalFirst, Placement, WarmAffinity};
+use tern_placement::{LeastLoaded, LocalFirst, Placement, WarmAffinity};
 use tern_runtime::isolation::InProcess;
 use tern_runtime::{Runtime, RuntimeConfig};
 use tern_wire::FunctionName;
@@ -461,6 +461,7 @@ fn placement(
 ) -> Result<Arc<dyn Placement>, NodeError> {
     Ok(match config.placement.as_str() {
         "local-first" => Arc::new(LocalFirst),
+        "least-loaded" => Arc::new(LeastLoaded),
         "learned" => {
             let path = config.policy_checkpoint.as_deref().ok_or_else(|| {
                 ConfigError::Invalid("placement = \"learned\" needs policy_checkpoint".into())

@@ -1,6 +1,6 @@
 //! `tern-placement`: which node runs each minimum execution unit (MEU). The SchedulerAgent
 //! asks a [`Placement`] over this node and its live peers ([`NodeView`]s); the cluster's
-//! heuristics ([`LocalFirst`], [`WarmAffinity`]) and the learned PPO dispatch policy
+//! heuristics ([`LocalFirst`], [`WarmAffinity`], [`LeastLoaded`]) and the learned PPO dispatch policy
 //! ([`learned::LearnedPlacement`], tern-policy's network behind a rolling-reward guard) plug in
 //! here, and [`failover::Failover`] decides where an MEU goes when its node is lost.
 //!
@@ -225,6 +225,37 @@ impl Placement for WarmAffinity {
     }
 }
 
+/// Least loaded (the paper's load-balancing baseline): the usable node with the fewest
+/// invocations admitted and unanswered, whether or not it holds the function warm. Peers'
+/// queues are as of their last published status, so between two statuses a burst can pile
+/// onto the peer that looked idlest; that is the baseline as such schedulers run it. Ties go
+/// to a warm node, then in the function's rendezvous order, so equally loaded nodes do not
+/// all pick the first candidate.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeastLoaded;
+
+impl Placement for LeastLoaded {
+    fn name(&self) -> &'static str {
+        "least-loaded"
+    }
+
+    fn place(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Result<usize, NoNodeFits> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.usable())
+            .min_by_key(|(_, n)| {
+                (
+                    n.queue_depth,
+                    !n.warm,
+                    std::cmp::Reverse(WarmAffinity::weight(meu.function, &n.name)),
+                )
+            })
+            .map(|(i, _)| i)
+            .ok_or_else(no_node)
+    }
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
@@ -330,6 +361,48 @@ mod tests {
         assert_eq!(p.place(&meu("f"), &nodes).unwrap(), owner);
         nodes[owner].alive = false;
         assert!(matches!(p.place(&meu("f"), &nodes), Err(NoNodeFits)));
+    }
+
+    #[test]
+    fn least_loaded_takes_the_shortest_queue_even_when_cold_and_breaks_ties_by_warmth() {
+        let mut nodes: Vec<NodeView> = ["a", "b", "c"]
+            .iter()
+            .map(|n| node(n, true, false))
+            .collect();
+        let p = LeastLoaded;
+        nodes[0].queue_depth = 3;
+        nodes[0].warm = true;
+        nodes[1].queue_depth = 2;
+        nodes[2].queue_depth = 5;
+        // Cold b beats warm a: load first.
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), 1);
+        // Equal queues: the warm one.
+        nodes[0].queue_depth = 2;
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), 0);
+        // Equal and all cold: the function's rendezvous order, so functions spread and the
+        // candidate order does not matter.
+        for n in &mut nodes {
+            n.queue_depth = 0;
+            n.warm = false;
+        }
+        let mut chosen = std::collections::BTreeSet::new();
+        for i in 0..30 {
+            let f = format!("fn-{i}");
+            let at = p.place(&meu(&f), &nodes).unwrap();
+            let mut reversed = nodes.clone();
+            reversed.reverse();
+            let again = p.place(&meu(&f), &reversed).unwrap();
+            assert_eq!(reversed[again].name, nodes[at].name);
+            chosen.insert(at);
+        }
+        assert_eq!(chosen.len(), 3, "ties spread over the nodes");
+        // Full, unfit and dead nodes are masked; none usable is the typed error.
+        nodes[0].queue_depth = 100;
+        nodes[1].fits = false;
+        assert_eq!(p.place(&meu("f"), &nodes).unwrap(), 2);
+        nodes[2].alive = false;
+        assert!(matches!(p.place(&meu("f"), &nodes), Err(NoNodeFits)));
+        assert_eq!(p.name(), "least-loaded");
     }
 
     #[test]

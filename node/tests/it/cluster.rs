@@ -1427,3 +1427,73 @@ async fn a_tenants_rate_quota_holds_across_the_cluster_and_follows_its_demand() 
         n.shutdown().await.unwrap();
     }
 }
+
+/// `placement = "least-loaded"`: a burst of long calls through one node spreads over the
+/// cluster instead of piling onto the peer whose last status looked idlest. Peers publish
+/// their queues every 200 ms; the six calls are placed within ~60 ms, so only the entry
+/// node's count of its own outstanding forwards keeps them apart (without it, 4 and 2 were
+/// seen; warm affinity would keep all six on the function's owner). The entry node's own queue
+/// counts every call it admitted, forwarded ones too, so it takes none of the burst here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let (nodes, addrs) = three_with_acme_function_and(
+        root.path(),
+        r#"{"max_concurrent":100,"max_queued":100}"#,
+        "loop",
+        "timeout_ms=1500",
+        |_, c| Config {
+            placement: "least-loaded".into(),
+            ..c
+        },
+    )
+    .await;
+    // Statuses saying the function is ready on every node.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let acme: tern_tenancy::TenantName = "acme".parse().unwrap();
+    let entry = addrs[0];
+    let mut calls = Vec::new();
+    for _ in 0..6 {
+        calls.push(tokio::spawn(
+            async move { invoke(entry, "acme.loop", "").await },
+        ));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut peak = vec![0u32; 3];
+    let mut most_at_once = 0;
+    for _ in 0..40 {
+        let running: Vec<u32> = nodes
+            .iter()
+            .map(|n| {
+                n.app()
+                    .services()
+                    .runtime
+                    .tenant_slots(&acme)
+                    .map_or(0, |(running, _)| running)
+            })
+            .collect();
+        for (p, r) in peak.iter_mut().zip(&running) {
+            *p = (*p).max(*r);
+        }
+        most_at_once = most_at_once.max(running.iter().sum::<u32>());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for c in calls {
+        let r = c.await.unwrap();
+        assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    }
+    eprintln!("peak guests per node: {peak:?}, at once: {most_at_once}");
+    assert_eq!(most_at_once, 6, "all six ran at once: {peak:?}");
+    assert!(
+        peak.iter().all(|&p| p <= 3),
+        "no node took more than half of the burst: {peak:?}"
+    );
+    assert!(
+        peak.iter().filter(|&&p| p > 0).count() >= 2,
+        "the burst was spread: {peak:?}"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
