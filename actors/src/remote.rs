@@ -38,4 +38,10 @@ pub trait Remote: Send + Sync + 'static {
     fn registry_synced(&self) -> bool {
         true
     }
+    /// MEUs this node has forwarded to peers and not had answered. Each still holds its
+    /// admission permit here, so the scheduler takes them off this node's own queue depth:
+    /// they run elsewhere.
+    fn forwarding(&self) -> usize {
+        0
+    }
 }

@@ -61,7 +61,14 @@ impl Actor for SchedulerAgent {
             run_here(services, meu, reply);
             return Ok(());
         };
-        let mut nodes = vec![local_view(services, &deployed.info)];
+        // This node's queue: what it admitted, less what it forwarded (that runs elsewhere)
+        // and less this MEU's own permit (it is being placed, not waiting here yet).
+        let mut here = local_view(services, &deployed.info);
+        here.queue_depth = here
+            .queue_depth
+            .saturating_sub(remote.forwarding())
+            .saturating_sub(1);
+        let mut nodes = vec![here];
         remote.candidates(&deployed.info, &mut nodes);
         let meu_view = MeuView {
             function: meu.function.as_str(),

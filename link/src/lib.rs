@@ -619,6 +619,10 @@ impl Remote for ClusterLink {
         self.outstanding.apply(&mut out[first..]);
     }
 
+    fn forwarding(&self) -> usize {
+        self.outstanding.total()
+    }
+
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
         let request = PeerRequest::Execute(forward::remote_meu(&meu, info, attempt));
         let exchange = match (node.parse::<NodeName>(), self.encode(&request)) {
@@ -680,7 +684,11 @@ async fn publish_status(link: Weak<ClusterLink>) {
             now(),
             node.metrics().latency_totals(),
         );
-        let status = node.status(seq, load.cpu_percent, load.recent_mean_us);
+        let mut status = node.status(seq, load.cpu_percent, load.recent_mean_us);
+        // What runs or waits here: MEUs forwarded to peers hold their permits here too.
+        status.queue_depth = status
+            .queue_depth
+            .saturating_sub(u32::try_from(link.outstanding.total()).unwrap_or(u32::MAX));
         let others = read(&link.peers).tenant_demand(now());
         node.cluster_demand(others, up_count(&link) + 1);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).

@@ -1,5 +1,10 @@
 //! MEUs this node has forwarded to each peer and not yet had answered.
 //!
+//! Two uses. A forwarded MEU holds its admission permit on this node (the caller waits here),
+//! so this node's admitted count includes work running elsewhere: the total is taken off this
+//! node's own queue depth, in its status and in its own placement view, so a queue depth says
+//! what runs or waits on that node.
+//!
 //! A peer's published queue depth is up to one status interval old, so during a burst every
 //! placement that reads it (warm affinity's spill, least loaded, the learned policy's features)
 //! would keep choosing the peer that looked idlest at its last status. Counting this node's own
@@ -20,15 +25,20 @@ use tern_sync::poison::{read, write};
 #[derive(Debug, Default)]
 pub struct Outstanding {
     counts: RwLock<HashMap<String, Arc<AtomicUsize>>>,
+    total: Arc<AtomicUsize>,
 }
 
 /// One forward in flight; dropping it (answered, failed or cancelled) ends it.
 #[derive(Debug)]
-pub struct InFlight(Arc<AtomicUsize>);
+pub struct InFlight {
+    peer: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        self.peer.fetch_sub(1, Relaxed);
+        self.total.fetch_sub(1, Relaxed);
     }
 }
 
@@ -44,7 +54,16 @@ impl Outstanding {
                 .clone(),
         };
         counter.fetch_add(1, Relaxed);
-        InFlight(counter)
+        self.total.fetch_add(1, Relaxed);
+        InFlight {
+            peer: counter,
+            total: self.total.clone(),
+        }
+    }
+
+    /// Forwards to any peer in flight now.
+    pub fn total(&self) -> usize {
+        self.total.load(Relaxed)
     }
 
     /// Forwards to `peer` in flight now.
@@ -85,15 +104,16 @@ mod tests {
         let first = o.begin("b");
         let second = o.begin("b");
         let other = o.begin("c");
-        assert_eq!((o.count("b"), o.count("c")), (2, 1));
+        assert_eq!((o.count("b"), o.count("c"), o.total()), (2, 1, 3));
         let mut views = vec![view("b", 0), view("c", 5), view("d", 1)];
         o.apply(&mut views);
         let depths: Vec<usize> = views.iter().map(|v| v.queue_depth).collect();
         assert_eq!(depths, [2, 5, 1], "b raised to 2, c kept at 5, d untouched");
         drop(first);
         drop(other);
-        assert_eq!((o.count("b"), o.count("c")), (1, 0));
+        assert_eq!((o.count("b"), o.count("c"), o.total()), (1, 0, 1));
         drop(second);
+        assert_eq!(o.total(), 0);
         let mut views = vec![view("b", 0)];
         o.apply(&mut views);
         assert_eq!(views[0].queue_depth, 0);

@@ -1432,8 +1432,9 @@ async fn a_tenants_rate_quota_holds_across_the_cluster_and_follows_its_demand() 
 /// cluster instead of piling onto the peer whose last status looked idlest. Peers publish
 /// their queues every 200 ms; the six calls are placed within ~60 ms, so only the entry
 /// node's count of its own outstanding forwards keeps them apart (without it, 4 and 2 were
-/// seen; warm affinity would keep all six on the function's owner). The entry node's own queue
-/// counts every call it admitted, forwarded ones too, so it takes none of the burst here.
+/// seen; warm affinity would keep all six on the function's owner). The entry node counts as
+/// its own queue only what runs or waits there, not the calls it forwarded (which hold their
+/// permits there too), so it takes its share (before, it took none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
     let _one = one_cluster_at_a_time().await;
@@ -1490,8 +1491,8 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
         "no node took more than half of the burst: {peak:?}"
     );
     assert!(
-        peak.iter().filter(|&&p| p > 0).count() >= 2,
-        "the burst was spread: {peak:?}"
+        peak.iter().all(|&p| p > 0),
+        "every node, the entry too, took part of the burst: {peak:?}"
     );
     for n in nodes {
         n.shutdown().await.unwrap();
