@@ -48,6 +48,10 @@ fi
 # in a couple of seconds. `--cfg loom` in its own target dir, so the main one is not rebuilt.
 run env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target-loom" cargo test -p tern-sync --release --test loom
 # Benchmarks are not tests, but their harnesses must keep working: each criterion benchmark
-# runs once, and the policy benchmark on a short slice of the trace.
-run cargo test -p tern-actors -p tern-link --benches
+# runs once (with the workspace's features, so only the benchmarks are built), and the policy
+# benchmark on a short slice of the trace.
+run cargo test --workspace --features tern-node/online-learning --benches
 run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-bench-smoke
+# The placement experiment's runner and report on a one-minute window (three nodes of the
+# binary the tests built; about a minute).
+run env TERN_BIN=target/debug/tern bash bench/experiments/placement.sh --smoke

@@ -247,6 +247,12 @@ enum Command {
         /// run calls that the node does not have yet.
         #[arg(long, value_name = "WASM")]
         deploy: Option<PathBuf>,
+        /// Time limit of the functions `--deploy` deploys (the node's default otherwise).
+        #[arg(long, requires = "deploy")]
+        deploy_timeout_ms: Option<u32>,
+        /// Memory limit of the functions `--deploy` deploys (the node's default otherwise).
+        #[arg(long, requires = "deploy")]
+        deploy_memory_mb: Option<u32>,
         /// Write one JSON line per measured request (planned time, function, status, error
         /// code, latency, server time, node, cold start) to this file.
         #[arg(long)]
@@ -526,9 +532,21 @@ async fn call_retrying(
     }
 }
 
+/// Limits `tern bench --deploy` deploys with; unset ones are the node's defaults.
+#[derive(Clone, Copy)]
+struct DeployLimits {
+    timeout_ms: Option<u32>,
+    memory_mb: Option<u32>,
+}
+
 /// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
 /// left as they are: a new version would cost every one a cold start).
-async fn deploy_missing(server: &Server, names: &[&str], wasm: &std::path::Path) -> Result<()> {
+async fn deploy_missing(
+    server: &Server,
+    names: &[&str],
+    wasm: &std::path::Path,
+    limits: DeployLimits,
+) -> Result<()> {
     let listed = call(server, Method::GET, "/v1/functions", Bytes::new()).await?;
     if !(200..300).contains(&listed.status) {
         return finish(listed);
@@ -551,7 +569,17 @@ async fn deploy_missing(server: &Server, names: &[&str], wasm: &std::path::Path)
         Bytes::from(std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?);
     for (i, name) in missing.iter().enumerate() {
         let what = format!("deploying {name} ({} of {})", i + 1, missing.len());
-        let path = format!("/v1/functions/{name}");
+        let mut path = format!("/v1/functions/{name}");
+        let mut sep = '?';
+        for (k, v) in [
+            ("timeout_ms", limits.timeout_ms),
+            ("memory_mb", limits.memory_mb),
+        ] {
+            if let Some(v) = v {
+                path.push_str(&format!("{sep}{k}={v}"));
+                sep = '&';
+            }
+        }
         let put = call_retrying(server, Method::PUT, &path, bytes.clone());
         let resp = with_progress(&what, put).await?;
         if !(200..300).contains(&resp.status) {
@@ -1280,6 +1308,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             work_n,
             body_bytes,
             deploy,
+            deploy_timeout_ms,
+            deploy_memory_mb,
             records,
             json,
             no_progress,
@@ -1321,7 +1351,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     Some(plan) => plan.functions(),
                     None => vec![function.as_str()],
                 };
-                deploy_missing(&server, &names, wasm).await?;
+                let limits = DeployLimits {
+                    timeout_ms: deploy_timeout_ms,
+                    memory_mb: deploy_memory_mb,
+                };
+                deploy_missing(&server, &names, wasm, limits).await?;
             }
             let mode = match (&plan, rate) {
                 (Some(plan), _) => LoadMode::Replay {

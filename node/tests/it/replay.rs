@@ -36,6 +36,7 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
             ])
             .args(["--connections", "4", "--no-progress", "--deploy"])
             .arg(&matmul)
+            .args(["--deploy-timeout-ms", "700", "--deploy-memory-mb", "64"])
             .args(extra)
             .args(["--server", &server])
             .env_remove("TERN_TOKEN")
@@ -71,14 +72,19 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
 
     // Every trace function that occurs was deployed under its own name, once.
     let list = json(&request(addr, Method::GET, "/v1/functions", Bytes::new()).await);
-    let versions: BTreeMap<String, u64> = list
+    let versions: BTreeMap<String, (u64, u64, u64)> = list
         .as_array()
         .unwrap()
         .iter()
         .map(|f| {
+            // Deployed with the limits asked for.
             (
                 f["name"].as_str().unwrap().to_owned(),
-                f["version"].as_u64().unwrap(),
+                (
+                    f["version"].as_u64().unwrap(),
+                    f["timeout_ms"].as_u64().unwrap(),
+                    f["memory_mb"].as_u64().unwrap(),
+                ),
             )
         })
         .filter(|(name, _)| name.starts_with("mm-"))
@@ -86,9 +92,9 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
     assert_eq!(
         versions,
         BTreeMap::from([
-            ("mm-000".to_owned(), 1),
-            ("mm-001".to_owned(), 1),
-            ("mm-002".to_owned(), 1)
+            ("mm-000".to_owned(), (1, 700, 64)),
+            ("mm-001".to_owned(), (1, 700, 64)),
+            ("mm-002".to_owned(), (1, 700, 64))
         ])
     );
 

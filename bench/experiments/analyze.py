@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""Report of a placement experiment (bench/experiments/placement.sh) from its raw files.
+
+Usage: analyze.py OUT_DIR   (reads OUT_DIR/raw, writes OUT_DIR/summary.md and summary.json)
+
+Per run: the requests `tern bench` recorded (one JSON line each: status, latency from the
+planned send time, node that answered, cold start), and every node's /metrics and CPU ticks
+before and after. Per policy: the median over rounds; against warm affinity (the default) and
+least loaded: the ratio in each round (same round, same seed, same machine state as near as
+rotation gets), its median, and a 95 % t-interval of its mean over rounds. Nothing here is
+edited by hand; rerun the script to regenerate.
+"""
+import json
+import math
+import os
+import re
+import statistics
+import sys
+from collections import Counter, defaultdict
+
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+       10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
+NODES = ("a", "b", "c")
+SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
+
+
+def prom(path):
+    """{(name, labels): value} of a Prometheus text file; {} if missing."""
+    out = {}
+    if not os.path.exists(path):
+        return out
+    for line in open(path):
+        if line.startswith("#"):
+            continue
+        m = SAMPLE.match(line)
+        if m:
+            try:
+                out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+            except ValueError:
+                pass
+    return out
+
+
+def delta(before, after, name, labels=None):
+    total = 0.0
+    for (n, l), v in after.items():
+        if n == name and (labels is None or l == labels):
+            total += v - before.get((n, l), 0.0)
+    return total
+
+
+def percentile(sorted_values, q):
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def t95(n):
+    if n in T95:
+        return T95[n]
+    return T95[max(k for k in T95 if k <= n)]
+
+
+def run_metrics(raw, tag, clk_tck):
+    report = json.load(open(os.path.join(raw, f"{tag}.json")))
+    records = [json.loads(l) for l in open(os.path.join(raw, f"{tag}.jsonl")) if l.strip()]
+    ok = sorted(r["latency_us"] for r in records if r["status"] is not None and 200 <= r["status"] < 300)
+    codes = Counter(r["code"] for r in records if r["code"] is not None)
+    by_node = Counter(r["node"] for r in records if r["node"])
+    m = {
+        "planned": report["config"]["replay"]["planned_requests"],
+        "requests": len(records),
+        "ok": len(ok),
+        "errors": sum(codes.values()),
+        "errors_by_code": dict(sorted(codes.items())),
+        "mean_ms": statistics.fmean(ok) / 1e3 if ok else None,
+        "p50_ms": percentile(ok, 0.50) / 1e3 if ok else None,
+        "p99_ms": percentile(ok, 0.99) / 1e3 if ok else None,
+        "cold_responses": sum(1 for r in records if r["cold"]),
+        "answered_by": {n: by_node.get(n, 0) for n in NODES},
+    }
+    meus = reuse = cold = forwarded = 0.0
+    cpu_ticks = 0
+    decisions = Counter()
+    for n in NODES:
+        b = prom(os.path.join(raw, f"{tag}-{n}-before.prom"))
+        a = prom(os.path.join(raw, f"{tag}-{n}-after.prom"))
+        meus += delta(b, a, "tern_meus_total")
+        reuse += delta(b, a, "tern_module_reuse_total")
+        cold += delta(b, a, "tern_cold_starts_total")
+        forwarded += delta(b, a, "tern_forwarded_meus_total")
+        for policy in ("learned", "fallback", "heuristic"):
+            decisions[policy] += delta(b, a, "tern_placement_decisions_total", f'{{policy="{policy}"}}')
+        cpu_ticks += int(open(os.path.join(raw, f"{tag}-{n}-cpu-after")).read()) - int(
+            open(os.path.join(raw, f"{tag}-{n}-cpu-before")).read())
+    m["server_meus"] = int(round(meus))
+    m["server_cold_starts"] = int(round(cold))
+    m["reuse_hit_rate"] = reuse / meus if meus else None
+    m["forwarded_meus"] = int(round(forwarded))
+    m["learned_decisions"] = {k: int(round(v)) for k, v in decisions.items()}
+    m["node_cpu_ms_per_request"] = (cpu_ticks * 1000.0 / clk_tck / len(records)) if records else None
+    return m
+
+
+def fmt(v, digits=2):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def main():
+    out = sys.argv[1]
+    raw = os.path.join(out, "raw")
+    setup = dict(kv.split("=", 1) for line in open(os.path.join(raw, "setup.txt")) for kv in line.split())
+    clk_tck = os.sysconf("SC_CLK_TCK")
+    tags = sorted(f[:-6] for f in os.listdir(raw) if f.endswith(".jsonl"))
+    runs = defaultdict(dict)  # policy -> round -> metrics
+    for tag in tags:
+        policy, rnd = tag.rsplit("-r", 1)
+        runs[policy][int(rnd)] = run_metrics(raw, tag, clk_tck)
+    policies = setup["policies"].split(",") if "," in setup["policies"] else [
+        p for p in ("learned", "warm-affinity", "least-loaded") if p in runs] + sorted(
+        p for p in runs if p not in ("learned", "warm-affinity", "least-loaded"))
+    policies = [p for p in policies if p in runs]
+    rounds = sorted({r for p in runs.values() for r in p})
+
+    def med(policy, key):
+        vals = [runs[policy][r][key] for r in rounds if r in runs[policy] and runs[policy][r][key] is not None]
+        return statistics.median(vals) if vals else None
+
+    def ratios(num, den, key):
+        vals = []
+        for r in rounds:
+            a = runs.get(num, {}).get(r, {}).get(key)
+            b = runs.get(den, {}).get(r, {}).get(key)
+            if a is not None and b:
+                vals.append(a / b)
+        return vals
+
+    def ratio_text(vals):
+        if not vals:
+            return "n/a"
+        text = f"{statistics.median(vals):.3f} (rounds {', '.join(f'{v:.3f}' for v in vals)})"
+        if len(vals) >= 2:
+            mean, sd = statistics.fmean(vals), statistics.stdev(vals)
+            half = t95(len(vals) - 1) * sd / math.sqrt(len(vals))
+            text += f"; mean {mean:.3f}, 95 % CI {mean - half:.3f}–{mean + half:.3f}"
+        return text
+
+    summary = {"setup": setup, "runs": {p: {str(r): runs[p][r] for r in sorted(runs[p])} for p in policies}}
+    lines = []
+    w = lines.append
+    w("# Placement on real nodes: learned vs warm affinity vs least loaded")
+    w("")
+    w("Generated by `bench/experiments/analyze.py` from `raw/` (written by "
+      "`bench/experiments/placement.sh`" + (" --smoke" if setup.get("smoke") == "1" else "") + "); not edited by hand.")
+    w("")
+    w("## What ran")
+    w("")
+    w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
+    w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback (no added "
+      "link delay): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
+      + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
+          f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].split(',') if ',' in setup['quotas_us'] else setup['quotas_us'].split()))
+         + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")
+      + " The load generator runs on the same CPUs.")
+    w(f"- Product defaults otherwise: bearer tokens on, isolation as the node chooses (cells as root), "
+      "a fresh cluster (empty data directories) for every run.")
+    w(f"- Workload: `tern bench --trace traces/azure2019-http-12h.csv --minutes {setup['minutes']} "
+      f"--speedup {setup['speedup']} --scale {setup['scale']} --seed {setup['seed']} --function 'mm-{{i}}' "
+      f"--work-n {setup['work_n']} --connections {setup['connections']}`: each trace function its own copy of "
+      "matmul-json (deployed with timeout_ms=50, memory_mb=64, so every class admits it), n fixed per function, "
+      "~1 KB requests, open loop from the planned times.")
+    w(f"- Placements: {', '.join(policies)}; `learned` is the committed checkpoint "
+      "`policy/reports/ppo-weights.safetensors` behind its rolling-reward guard. "
+      f"{len(rounds)} round(s), the order rotated each round, the same seed every run.")
+    w(f"- Load average at the start: {setup['load_start']}.")
+    w("")
+    w("## Results (median over rounds)")
+    w("")
+    w("| placement | requests (planned) | errors | mean ms | p50 ms | p99 ms | cold starts (server) | reuse hit rate | answered by a / b / c | forwarded | node CPU ms / request |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in policies:
+        by = [statistics.median([runs[p][r]["answered_by"][n] for r in runs[p]]) for n in NODES]
+        rate = med(p, "reuse_hit_rate")
+        w(f"| {p} | {fmt(med(p, 'requests'), 0)} ({fmt(med(p, 'planned'), 0)}) | {fmt(med(p, 'errors'), 0)} | "
+          f"{fmt(med(p, 'mean_ms'))} | {fmt(med(p, 'p50_ms'))} | {fmt(med(p, 'p99_ms'))} | "
+          f"{fmt(med(p, 'server_cold_starts'), 0)} | {fmt(100 * rate if rate is not None else None)} % | "
+          f"{' / '.join(fmt(v, 0) for v in by)} | {fmt(med(p, 'forwarded_meus'), 0)} | "
+          f"{fmt(med(p, 'node_cpu_ms_per_request'), 3)} |")
+    w("")
+    w("Latency is of the 2xx answers, from each request's planned send time (queueing in the client "
+      "included). Errors by code, per run:")
+    w("")
+    for p in policies:
+        for r in sorted(runs[p]):
+            e = runs[p][r]["errors_by_code"]
+            w(f"- {p}, round {r}: {', '.join(f'{k} {v}' for k, v in e.items()) if e else 'none'}"
+              + (f"; learned decisions {runs[p][r]['learned_decisions']}" if p == "learned" else ""))
+    w("")
+    w("## Ratios, same round")
+    w("")
+    w("| ratio | mean latency | p99 |")
+    w("| --- | --- | --- |")
+    for num, den in (("learned", "warm-affinity"), ("learned", "least-loaded"), ("least-loaded", "warm-affinity")):
+        if num in runs and den in runs:
+            w(f"| {num} / {den} | {ratio_text(ratios(num, den, 'mean_ms'))} | {ratio_text(ratios(num, den, 'p99_ms'))} |")
+    w("")
+    w("## The issue's target for this experiment")
+    w("")
+    if "learned" in runs and "warm-affinity" in runs:
+        p99 = ratios("learned", "warm-affinity", "p99_ms")
+        held = sum(1 for v in p99 if v <= 1.0)
+        verdict = ("met" if p99 and statistics.median(p99) <= 1.0 else "not met")
+        w(f"- Learned placement's p99 no worse than warm affinity's: **{verdict}** on the median "
+          f"({fmt(statistics.median(p99) if p99 else None, 3)}×; no worse in {held} of {len(p99)} round(s)).")
+    if "learned" in runs and "least-loaded" in runs:
+        w(f"- Gap to least loaded (p99): {ratio_text(ratios('learned', 'least-loaded', 'p99_ms'))}.")
+    w("- Energy: not measured (this machine has no RAPL); node CPU time per request is reported instead, "
+      "measured from /proc for each node process and its cells.")
+    if setup.get("smoke") == "1":
+        w("")
+        w("**Smoke run**: one short round to check the runner and this analysis; not a result.")
+    w("")
+    open(os.path.join(out, "summary.md"), "w").write("\n".join(lines))
+    json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1, sort_keys=True)
+    print("\n".join(lines))
+    # A run that lost requests is not a result: the recorded requests must be the planned ones.
+    lost = [(p, r) for p in runs for r in runs[p] if runs[p][r]["requests"] != runs[p][r]["planned"]]
+    if lost:
+        print(f"runs with requests not recorded: {lost}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
