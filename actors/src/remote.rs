@@ -25,6 +25,9 @@ pub enum RemoteFailure {
 
 pub type RemoteFuture = Pin<Box<dyn Future<Output = Result<Outcome, RemoteFailure>> + Send>>;
 
+/// What [`Remote::reserve`] holds: dropping it ends the reservation.
+pub type Reservation = Box<dyn Send>;
+
 /// Other nodes of the cluster, as the SchedulerAgent uses them.
 pub trait Remote: Send + Sync + 'static {
     /// Appends the live peers that have `info`'s version ready, as placement candidates.
@@ -43,5 +46,11 @@ pub trait Remote: Send + Sync + 'static {
     /// they run elsewhere.
     fn forwarding(&self) -> usize {
         0
+    }
+    /// Counts an MEU as forwarded to `node` from the moment it is placed there: the attempt
+    /// is sent from a task of its own, and decisions taken before that task runs must see it.
+    /// Held until the first attempt's [`Remote::execute`] has started counting it.
+    fn reserve(&self, _node: &str) -> Option<Reservation> {
+        None
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use crate::delivery::forward;
 use crate::message::Outcome;
-use crate::remote::{Remote, RemoteFailure};
+use crate::remote::{Remote, RemoteFailure, Reservation};
 use crate::runtime_pool::RuntimePoolMsg;
 use crate::{ActorKind, Reply, Services};
 use tern_metrics::Metrics;
@@ -102,6 +102,7 @@ impl Actor for SchedulerAgent {
             0 => run_here(services, meu, reply),
             chosen => {
                 let exec_us = meu_view.mean_exec_us;
+                let reserved = remote.reserve(&nodes[chosen].name);
                 tokio::spawn(run_remote(
                     services.clone(),
                     meu,
@@ -110,6 +111,7 @@ impl Actor for SchedulerAgent {
                     nodes,
                     chosen,
                     reply,
+                    reserved,
                 ));
             }
         }
@@ -240,6 +242,7 @@ fn run_here(services: &Services, meu: Meu, reply: Reply) {
 
 /// Runs `meu` on `nodes[chosen]`; when that node is lost or refuses, [`Failover`] marks it
 /// dead and places the MEU again among the rest (this node included), until it is answered.
+#[allow(clippy::too_many_arguments)]
 async fn run_remote(
     services: Arc<Services>,
     meu: Meu,
@@ -248,6 +251,7 @@ async fn run_remote(
     nodes: Vec<NodeView>,
     chosen: usize,
     reply: Reply,
+    reserved: Option<Reservation>,
 ) {
     let Some(remote) = services.remote.get() else {
         run_here(&services, meu, reply);
@@ -267,6 +271,7 @@ async fn run_remote(
             mean_exec_us,
             nodes,
             chosen,
+            reserved,
         ) => placed,
         () = reply.closed() => {
             services.metrics.abandoned_meus.fetch_add(1, Relaxed);
@@ -305,7 +310,9 @@ pub async fn run_on_peers(
     mean_exec_us: u64,
     nodes: Vec<NodeView>,
     chosen: usize,
+    reserved: Option<Reservation>,
 ) -> Placed {
+    let mut reserved = reserved;
     let mut failover = Failover::new(nodes, chosen);
     let mut next = failover.next();
     loop {
@@ -322,11 +329,10 @@ pub async fn run_on_peers(
         if !span.is_disabled() {
             sent.trace = span.clone();
         }
-        let answer = tracing::Instrument::instrument(
-            remote.execute(&node, sent, info, attempt),
-            span.clone(),
-        )
-        .await;
+        let exchange = remote.execute(&node, sent, info, attempt);
+        // The attempt counts itself from here on (`reserve`).
+        drop(reserved.take());
+        let answer = tracing::Instrument::instrument(exchange, span.clone()).await;
         if let Err(RemoteFailure::Failed(e) | RemoteFailure::Lost(e) | RemoteFailure::Refused(e)) =
             &answer
         {

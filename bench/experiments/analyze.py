@@ -233,6 +233,14 @@ def main():
     if lost:
         print(f"runs with requests not recorded: {lost}", file=sys.stderr)
         sys.exit(1)
+    # A smoke run checks that the functions were there and answered: at least one success per
+    # run, and never not_found (functions missing on the entry).
+    if setup.get("smoke") == "1":
+        broken = [(p, r) for p in runs for r in runs[p]
+                  if runs[p][r]["ok"] == 0 or "not_found" in runs[p][r]["errors_by_code"]]
+        if broken:
+            print(f"smoke runs without answers or with missing functions: {broken}", file=sys.stderr)
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -87,11 +87,17 @@ stop_cluster() {
     for n in "${names[@]}"; do
       local dir="$cg_root/tern-experiment-$n"
       [ -d "$dir" ] || continue
-      # What is left (cells) is killed, then the group removed.
-      for p in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
-      for _ in $(seq 50); do rmdir "$dir"/*/ "$dir" 2>/dev/null && break; sleep 0.1; done
+      # What is left anywhere below (the node's cells live in groups of their own under it)
+      # is killed, then the groups are removed, deepest first.
+      for _ in $(seq 50); do
+        find "$dir" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+        find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null && break
+        sleep 0.1
+      done
+      [ -d "$dir" ] && echo "warning: could not remove $dir" >&2
     done
   fi
+  return 0
 }
 cleanup() {
   stop_cluster
@@ -100,9 +106,16 @@ cleanup() {
 trap cleanup EXIT
 
 # start_cluster PLACEMENT RUN_DIR: three fresh nodes, each in its CPU group, with PLACEMENT.
+# Fails if a port is taken, a node does not come up or the members do not see each other.
 start_cluster() {
   local placement=$1 dir=$2 i j
-  $tern cluster init --out "$dir/pki" --nodes a,b,c >/dev/null
+  for i in 0 1 2; do
+    if curl -s -m 1 -o /dev/null "http://${http[$i]}/healthz"; then
+      echo "something already answers on ${http[$i]}: stop it first" >&2
+      return 1
+    fi
+  done
+  "$tern" cluster init --out "$dir/pki" --nodes a,b,c >/dev/null
   for i in 0 1 2; do
     local peers=()
     for j in 0 1 2; do
@@ -131,10 +144,15 @@ start_cluster() {
   for i in 0 1 2; do
     local hdr
     hdr=$(auth_header_file "$dir/${names[$i]}/admin.token" "$dir/${names[$i]}.auth")
+    local up=0
     for _ in $(seq 300); do
-      [ "$(curl -sf -H @"$hdr" "http://${http[$i]}/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ] && break
+      if [ "$(curl -sf -H @"$hdr" "http://${http[$i]}/v1/cluster" | grep -o '"state":"up"' | wc -l)" = 2 ]; then
+        up=1
+        break
+      fi
       sleep 0.1
     done
+    [ $up = 1 ] || { echo "node ${names[$i]} does not see both peers up after 30 s" >&2; return 1; }
   done
 }
 
@@ -142,13 +160,14 @@ start_cluster() {
 functions_everywhere() {
   local dir=$1 want=$2 i
   for i in 0 1 2; do
+    local have=0
     for _ in $(seq 600); do
-      local have
       have=$(curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/v1/functions" |
         python3 -c 'import json,sys; print(sum(1 for f in json.load(sys.stdin) if f["name"].startswith("mm-")))' || echo 0)
       [ "$have" = "$want" ] && break
       sleep 0.1
     done
+    [ "$have" = "$want" ] || { echo "node ${names[$i]} has $have of $want functions after 60 s" >&2; return 1; }
   done
 }
 
@@ -166,7 +185,11 @@ bench_args=(--trace "$trace" --minutes "$minutes" --speedup "$speedup" --scale "
 functions=($(python3 - "$trace" "$minutes" <<'PY'
 import sys
 a, b = map(int, sys.argv[2].split("-"))
-rows = [line.split(",") for line in open(sys.argv[1]) if line.strip()]
+lines = [line for line in open(sys.argv[1]) if line.strip()]
+# `tern bench` skips the dataset's header row, if there is one, before numbering the rows.
+if lines and lines[0].startswith("HashOwner,"):
+    lines = lines[1:]
+rows = [line.split(",") for line in lines]
 print(" ".join(f"mm-{i:03}" for i, r in enumerate(rows) if sum(map(int, r[4 + a:4 + b])) > 0))
 PY
 ))
@@ -188,7 +211,7 @@ for round in $(seq 1 "$rounds"); do
     # Deploy every function the window calls (on a; replicated to b and c), then wait until
     # every node has them, so no run starts with functions still on their way.
     for name in "${functions[@]}"; do
-      TERN_TOKEN=$(cat "$dir/a/admin.token") $tern deploy "$name" functions/dist/matmul-json.wasm \
+      TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" deploy "$name" functions/dist/matmul-json.wasm \
         --timeout-ms 50 --memory-mb 64 --server "${http[0]}" >/dev/null
     done
     functions_everywhere "$dir" "${#functions[@]}"
@@ -197,7 +220,7 @@ for round in $(seq 1 "$rounds"); do
       curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-before.prom"
       echo "$(cpu_ticks "${pids[$i]}")" >"$out/raw/$tag-${names[$i]}-cpu-before"
     done
-    TERN_TOKEN=$(cat "$dir/a/admin.token") $tern bench "${bench_args[@]}" --server "${http[0]}" \
+    TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" bench "${bench_args[@]}" --server "${http[0]}" \
       --records "$out/raw/$tag.jsonl" --json "$out/raw/$tag.json" >"$out/raw/$tag.txt"
     for i in 0 1 2; do
       curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-after.prom"

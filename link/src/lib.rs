@@ -623,6 +623,10 @@ impl Remote for ClusterLink {
         self.outstanding.total()
     }
 
+    fn reserve(&self, node: &str) -> Option<tern_actors::remote::Reservation> {
+        Some(Box::new(self.outstanding.begin(node)))
+    }
+
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
         let request = PeerRequest::Execute(forward::remote_meu(&meu, info, attempt));
         let exchange = match (node.parse::<NodeName>(), self.encode(&request)) {
@@ -685,10 +689,12 @@ async fn publish_status(link: Weak<ClusterLink>) {
             node.metrics().latency_totals(),
         );
         let mut status = node.status(seq, load.cpu_percent, load.recent_mean_us);
-        // What runs or waits here: MEUs forwarded to peers hold their permits here too.
-        status.queue_depth = status
-            .queue_depth
-            .saturating_sub(u32::try_from(link.outstanding.total()).unwrap_or(u32::MAX));
+        // What runs or waits here: MEUs forwarded to peers hold their permits here too. The
+        // capacity shrinks by as much, so the headroom peers see (cap − depth) is still this
+        // node's free admission permits.
+        let forwarding = u32::try_from(link.outstanding.total()).unwrap_or(u32::MAX);
+        status.queue_depth = status.queue_depth.saturating_sub(forwarding);
+        status.queue_cap = status.queue_cap.saturating_sub(forwarding);
         let others = read(&link.peers).tenant_demand(now());
         node.cluster_demand(others, up_count(&link) + 1);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).

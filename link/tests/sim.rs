@@ -344,6 +344,7 @@ async fn forward(
     let chosen = names.iter().position(|x| x == chosen).unwrap();
     let placement = WarmAffinity { spill_at: 8 };
     let link: &dyn Remote = c.link(from).as_ref();
+    let reserved = link.reserve(&names[chosen]);
     let placed = run_on_peers(
         link,
         &placement,
@@ -353,6 +354,7 @@ async fn forward(
         0,
         nodes,
         chosen,
+        reserved,
     )
     .await;
     (placed, names)
@@ -604,6 +606,34 @@ async fn an_entry_refused_for_good_is_tried_once_and_a_passing_failure_again() {
     }
 }
 
+/// A peer's queue depth as placement sees it from `a` counts the MEUs `a` has placed there
+/// and not had back: from the decision (`reserve`), before the peer's next status.
+#[tokio::test(start_paused = true)]
+async fn a_reserved_forward_raises_the_peers_queue_depth_at_once_and_its_end_lowers_it() {
+    let c = Cluster::start(0, &["a", "b", "c"], &["a", "b", "c"]);
+    let f = info("f", 1, 1, 10);
+    c.deploy_everywhere(&entry(f.clone(), false, "a"));
+    sleep(Duration::from_secs(1)).await;
+    let link: &dyn Remote = c.link("a").as_ref();
+    let depths = || {
+        let mut out = Vec::new();
+        link.candidates(&f, &mut out);
+        out.iter()
+            .map(|v| (v.name.clone(), v.queue_depth))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(depths(), [("b".into(), 0), ("c".into(), 0)]);
+    let first = link.reserve("b");
+    let second = link.reserve("b");
+    assert_eq!(depths(), [("b".into(), 2), ("c".into(), 0)]);
+    assert_eq!(link.forwarding(), 2);
+    drop(first);
+    drop(second);
+    assert_eq!(depths(), [("b".into(), 0), ("c".into(), 0)]);
+    assert_eq!(link.forwarding(), 0);
+    c.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_forwarded_meu_is_answered_by_the_peer_it_was_placed_on() {
     for seed in 0..SEEDS {
@@ -743,6 +773,7 @@ async fn random_crashes_and_partitions_never_lose_or_duplicate_an_answer() {
                     return (id, "here".to_owned());
                 }
                 let link: &dyn Remote = c.link("a").as_ref();
+                let reserved = link.reserve(&nodes[chosen].name);
                 let placed = run_on_peers(
                     link,
                     &placement,
@@ -752,6 +783,7 @@ async fn random_crashes_and_partitions_never_lose_or_duplicate_an_answer() {
                     0,
                     nodes,
                     chosen,
+                    reserved,
                 )
                 .await;
                 (id, answered_by(&placed))

@@ -27,7 +27,9 @@ pub struct NodeView {
     pub alive: bool,
     /// Whether the node's class admits the function's memory and time limits (the paper's Eq. 2: one executable per platform, here a node class).
     pub fits: bool,
-    /// Invocations admitted and unanswered on that node.
+    /// Invocations running or waiting on that node: admitted there and not forwarded to a
+    /// peer (this node's own view leaves out the MEU being placed). A peer's is as of its last
+    /// status, raised to at least what this node has forwarded to it and not had back.
     pub queue_depth: usize,
     /// Its admission capacity: a node at capacity is full and masked.
     pub queue_cap: usize,
@@ -225,12 +227,12 @@ impl Placement for WarmAffinity {
     }
 }
 
-/// Least loaded (the paper's load-balancing baseline): the usable node with the fewest
-/// invocations admitted and unanswered, whether or not it holds the function warm. Peers'
-/// queues are as of their last published status, so between two statuses a burst can pile
-/// onto the peer that looked idlest; that is the baseline as such schedulers run it. Ties go
-/// to a warm node, then in the function's rendezvous order, so equally loaded nodes do not
-/// all pick the first candidate.
+/// Least loaded, a load-balancing baseline: the usable node with the shortest queue
+/// ([`NodeView::queue_depth`]), whether or not it holds the function warm. Raw queue length,
+/// not normalised by the node's speed (the policy simulator's least-loaded baseline scores
+/// CPU use plus queue per unit of concurrency; on nodes of different speeds the two differ).
+/// Ties go to a warm node, then in the function's rendezvous order, so equally loaded nodes do
+/// not all pick the first candidate.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastLoaded;
 

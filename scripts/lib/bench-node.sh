@@ -75,12 +75,14 @@ cleanup_node() {
 log() { echo "[$(date -u +%T) load $(cut -d' ' -f1 /proc/loadavg)] $*" >>"$out/commands.log"; }
 
 # cpu_ticks PID: utime + stime of process PID and of every process below it (a node's cells),
-# in clock ticks. A process that ends between the listing and the read is counted as 0.
+# with what their children that ended and were waited for used (cutime + cstime: a cell that
+# exits during a run is not lost), in clock ticks. A process that ends between the listing and
+# the read is counted as 0 (its parent's cutime then has it, once it is waited for).
 cpu_ticks() {
   local pid total=0 queue=("$1") t
   while [ ${#queue[@]} -gt 0 ]; do
     pid=${queue[0]} queue=("${queue[@]:1}")
-    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pid/stat" 2>/dev/null || echo 0)
     total=$((total + t))
     queue+=($(cat /proc/"$pid"/task/*/children 2>/dev/null || true))
   done

@@ -92,9 +92,11 @@ pub struct NodeStatus {
     pub class: NodeClass,
     pub max_memory_mb: u32,
     pub max_timeout_ms: u32,
-    /// Invocations admitted and unanswered.
+    /// Invocations running or waiting on the node: admitted there, less the MEUs it forwarded
+    /// to peers and has not had back (they hold their permits at the entry).
     pub queue_depth: u32,
-    /// Admission capacity (queue_cap).
+    /// Admission capacity (queue_cap), less the same forwarded MEUs: `queue_cap − queue_depth`
+    /// is the node's free admission permits.
     pub queue_cap: u32,
     /// Modules of the functions installed (callable) on the node.
     pub ready: Vec<ModuleHash>,

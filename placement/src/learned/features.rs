@@ -40,20 +40,15 @@ impl LearnedPlacement {
         }
     }
 
-    /// Features of candidate `i`. The SchedulerAgent lists this node first, and its queue
-    /// depth counts the invocation being placed (it holds an admission permit) where a peer's
-    /// does not: that one is left out so that this node is not penalised for it.
+    /// Features of candidate `i` (the same for every position: the SchedulerAgent already
+    /// leaves the MEU being placed out of this node's queue depth).
     pub(super) fn candidate_features(
         &self,
         meu: &MeuView<'_>,
-        i: usize,
+        _i: usize,
         n: &NodeView,
     ) -> NodeFeatures {
-        let mut f = self.features(meu, n);
-        if i == 0 && n.rtt_us == 0 {
-            f.queue_depth = (f.queue_depth - 1.0).max(0.0);
-        }
-        f
+        self.features(meu, n)
     }
 
     pub(super) fn all_features(&self, meu: &MeuView<'_>, nodes: &[NodeView]) -> Vec<NodeFeatures> {

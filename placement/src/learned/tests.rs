@@ -190,11 +190,12 @@ fn eq1_penalises_the_expected_cold_start() {
 }
 
 #[test]
-fn this_nodes_queue_does_not_count_the_invocation_being_placed() {
-    // Logit = −10 · queue feature: the shorter queue wins, ties go to the first node.
+fn this_nodes_queue_is_scored_as_given_like_a_peers() {
+    // Logit = −10 · queue feature: the shorter queue wins, ties go to the first node. The
+    // SchedulerAgent has already left the MEU being placed out of this node's depth.
     let (p, _) = placement(&weights_scoring_feature(1, -10.0));
     let local = NodeView {
-        queue_depth: 1, // the invocation being placed holds this node's admission permit
+        queue_depth: 0,
         queue_cap: usize::MAX,
         ..node("self")
     };
@@ -204,7 +205,7 @@ fn this_nodes_queue_does_not_count_the_invocation_being_placed() {
     };
     assert_eq!(p.place(&meu(), &[local.clone(), peer.clone()]).unwrap(), 0);
     let busier = NodeView {
-        queue_depth: 2,
+        queue_depth: 1,
         ..local
     };
     assert_eq!(p.place(&meu(), &[busier, peer]).unwrap(), 1);
