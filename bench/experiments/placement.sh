@@ -19,7 +19,7 @@
 #   --smoke: one round of a one-minute window at 12x (5 s per run), no settling, the binary
 #            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI.
 # Environment (full run defaults): ROUNDS=3 MINUTES=600-610 SPEEDUP=5 SCALE=20 SEED=1
-#   WORK_N=16-128 CONNECTIONS=256 POLICIES="learned warm-affinity least-loaded"
+#   WORK_N=32-256 CONNECTIONS=256 POLICIES="learned warm-affinity least-loaded"
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -36,7 +36,7 @@ else
   out=${1:-bench/reports/paper/placement/$(date -u +%F)}
   rounds=${ROUNDS:-3} minutes=${MINUTES:-600-610} speedup=${SPEEDUP:-5} scale=${SCALE:-20}
 fi
-seed=${SEED:-1} work_n=${WORK_N:-16-128} connections=${CONNECTIONS:-256}
+seed=${SEED:-1} work_n=${WORK_N:-32-256} connections=${CONNECTIONS:-256}
 policies=(${POLICIES:-learned warm-affinity least-loaded})
 trace=traces/azure2019-http-12h.csv
 checkpoint=policy/reports/ppo-weights.safetensors
