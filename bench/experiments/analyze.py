@@ -10,6 +10,7 @@ least loaded: the ratio in each round (same round, same seed, same machine state
 rotation gets), its median, and a 95 % t-interval of its mean over rounds. Nothing here is
 edited by hand; rerun the script to regenerate.
 """
+import gzip
 import json
 import math
 import os
@@ -24,12 +25,22 @@ NODES = ("a", "b", "c")
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
+def text(path):
+    """Lines of `path`, or of `path`.gz (the runner compresses raw files); None if neither."""
+    if os.path.exists(path):
+        return open(path)
+    if os.path.exists(path + ".gz"):
+        return gzip.open(path + ".gz", "rt")
+    return None
+
+
 def prom(path):
     """{(name, labels): value} of a Prometheus text file; {} if missing."""
     out = {}
-    if not os.path.exists(path):
+    lines = text(path)
+    if lines is None:
         return out
-    for line in open(path):
+    for line in lines:
         if line.startswith("#"):
             continue
         m = SAMPLE.match(line)
@@ -64,7 +75,7 @@ def t95(n):
 
 def run_metrics(raw, tag, clk_tck):
     report = json.load(open(os.path.join(raw, f"{tag}.json")))
-    records = [json.loads(l) for l in open(os.path.join(raw, f"{tag}.jsonl")) if l.strip()]
+    records = [json.loads(l) for l in text(os.path.join(raw, f"{tag}.jsonl")) if l.strip()]
     ok = sorted(r["latency_us"] for r in records if r["status"] is not None and 200 <= r["status"] < 300)
     codes = Counter(r["code"] for r in records if r["code"] is not None)
     by_node = Counter(r["node"] for r in records if r["node"])
@@ -116,7 +127,7 @@ def main():
     raw = os.path.join(out, "raw")
     setup = dict(kv.split("=", 1) for line in open(os.path.join(raw, "setup.txt")) for kv in line.split())
     clk_tck = os.sysconf("SC_CLK_TCK")
-    tags = sorted(f[:-6] for f in os.listdir(raw) if f.endswith(".jsonl"))
+    tags = sorted({f.split(".jsonl")[0] for f in os.listdir(raw) if f.endswith((".jsonl", ".jsonl.gz"))})
     runs = defaultdict(dict)  # policy -> round -> metrics
     for tag in tags:
         policy, rnd = tag.rsplit("-r", 1)
