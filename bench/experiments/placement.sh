@@ -41,6 +41,15 @@ policies=(${POLICIES:-learned warm-affinity least-loaded})
 trace=traces/azure2019-http-12h.csv
 checkpoint=policy/reports/ppo-weights.safetensors
 
+# curl talks to the nodes; a fresh Debian machine may not have it.
+if ! command -v curl >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq curl >/dev/null
+  else
+    echo "the runner needs curl" >&2
+    exit 1
+  fi
+fi
 mkdir -p "$out"
 rm -rf "$out/raw" "$out/commands.log"
 mkdir -p "$out/raw"
