@@ -38,6 +38,17 @@ enum LogFormat {
     Json,
 }
 
+/// A line of `tern up`'s own about its life (listening, stopping, restarting): plain on stderr
+/// for people; with `--log-format json` an event like every other log line, so that a log
+/// pipeline can parse every line the node writes.
+fn announce(format: LogFormat, warning: bool, message: &str) {
+    match (format, warning) {
+        (LogFormat::Text, _) => eprintln!("{message}"),
+        (LogFormat::Json, false) => tracing::info!(target: "tern", "{message}"),
+        (LogFormat::Json, true) => tracing::warn!(target: "tern", "{message}"),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Table,
@@ -800,18 +811,24 @@ const SELF_RESTART_GAP: Duration = Duration::from_secs(60);
 /// or a shell job sees one process). Sockets inherited through socket activation were closed
 /// by the stop, so such a node exits instead (75, EX_TEMPFAIL) for its service manager to
 /// start it again. Never returns; no destructors run (see `tern up`'s `store`).
-fn restart_process(socket_activated: bool) -> ! {
+fn restart_process(socket_activated: bool, format: LogFormat) -> ! {
     use std::os::unix::process::CommandExt;
     if socket_activated {
-        eprintln!(
+        announce(
+            format,
+            true,
             "error: the store needs opening again and the node's sockets came from socket \
-             activation: exiting for the service manager to start it again"
+             activation: exiting for the service manager to start it again",
         );
         std::process::exit(75);
     }
     let mut args = std::env::args_os();
     let arg0 = args.next().unwrap_or_else(|| "tern".into());
-    eprintln!("restarting: {}", arg0.to_string_lossy());
+    announce(
+        format,
+        false,
+        &format!("restarting: {}", arg0.to_string_lossy()),
+    );
     let e = std::process::Command::new("/proc/self/exe")
         .arg0(&arg0)
         .args(args)
@@ -960,13 +977,20 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             let socket_activated =
                 inherited.http.is_some() || inherited.mesh.is_some() || inherited.client.is_some();
             let node = tern_node::start_with(cfg, inherited).await?;
+            let say = |warning: bool, message: &str| announce(cli.log_format, warning, message);
             match token_file.filter(|f| f.exists()) {
-                Some(f) => eprintln!(
-                    "tern node listening on http://{} (bearer tokens on; admin token in {})",
-                    node.addr(),
-                    f.display()
+                Some(f) => say(
+                    false,
+                    &format!(
+                        "tern node listening on http://{} (bearer tokens on; admin token in {})",
+                        node.addr(),
+                        f.display()
+                    ),
                 ),
-                None => eprintln!("tern node listening on http://{}", node.addr()),
+                None => say(
+                    false,
+                    &format!("tern node listening on http://{}", node.addr()),
+                ),
             }
             let started = std::time::Instant::now();
             // Listened for from here on: a stop asked for while the node drains to restart
@@ -989,10 +1013,13 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             if restart && std::env::var_os(SELF_RESTART_ENV).is_some() {
                 let wait = SELF_RESTART_GAP.saturating_sub(started.elapsed());
                 if !wait.is_zero() {
-                    eprintln!(
-                        "restarted less than {} s ago: restarting again in {} s",
-                        SELF_RESTART_GAP.as_secs(),
-                        wait.as_secs()
+                    say(
+                        true,
+                        &format!(
+                            "restarted less than {} s ago: restarting again in {} s",
+                            SELF_RESTART_GAP.as_secs(),
+                            wait.as_secs()
+                        ),
                     );
                     restart = tokio::select! {
                         () = stop.recv() => false,
@@ -1000,13 +1027,13 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     };
                 }
             }
-            eprintln!(
-                "{}",
+            say(
+                restart,
                 if restart {
                     "stopping to restart (the store needs opening again)"
                 } else {
                     "shutting down"
-                }
+                },
             );
             let stopped = node.shutdown().await;
             let stopped = match stopped {
@@ -1014,7 +1041,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 // Its final flush fails as every write since the first error did; what was
                 // acknowledged is on disk.
                 Err(e) if store.failed() => {
-                    eprintln!("stopped with the store failing: {e}");
+                    say(true, &format!("stopped with the store failing: {e}"));
                     Ok(())
                 }
                 Err(e) => Err(e),
@@ -1022,15 +1049,18 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             if let Some(export) = export
                 && let Err(e) = export.shutdown(Duration::from_secs(5))
             {
-                eprintln!("warning: traces not all sent: {e}");
+                say(true, &format!("warning: traces not all sent: {e}"));
             }
             stopped?;
             if restart && stop.fired() {
-                eprintln!("asked to stop while stopping to restart: not restarting");
+                say(
+                    false,
+                    "asked to stop while stopping to restart: not restarting",
+                );
                 restart = false;
             }
             if restart {
-                restart_process(socket_activated);
+                restart_process(socket_activated, cli.log_format);
             }
             if store.failed() {
                 // Without destructors: see `store` above.

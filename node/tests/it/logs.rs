@@ -170,3 +170,101 @@ async fn a_functions_logs_are_read_by_its_developers_not_its_invokers_or_other_t
     assert_eq!((r.status, code(&r).as_str()), (400, "invalid_request"));
     node.shutdown().await.unwrap();
 }
+
+/// `tern logs NAME --follow` prints what the function's guests write as they write it: lines
+/// written after it started come out on its stdout, in order, without a second command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_logs_follow_prints_new_lines_as_the_guests_write_them() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let r = request(addr, Method::PUT, "/v1/functions/logger", wasm("logger")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(invoke(addr, "logger", "before").await.status, 200);
+    let mut follow = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["logs", "logger", "--follow", "--server", &addr.to_string()])
+        .env_remove("TERN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(follow.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("a line within 10 s")
+            .unwrap()
+            .expect("tern logs --follow is still running")
+    };
+    // What was there when it started, then what comes after.
+    assert!(next_line().await.ends_with(" log: before"));
+    for word in ["one", "two"] {
+        assert_eq!(invoke(addr, "logger", word).await.status, 200);
+        let line = next_line().await;
+        assert!(line.ends_with(&format!(" log: {word}")), "{line}");
+    }
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "--follow keeps running"
+    );
+    follow.kill().await.unwrap();
+    node.shutdown().await.unwrap();
+}
+
+/// `tern up --log-format json`: every line the node logs is one JSON object with its level,
+/// time, target and message, for log pipelines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_up_with_log_format_json_logs_one_json_object_per_line() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = tokio::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "info",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data")
+        .arg(dir.path())
+        .env("TERN_EXAMPLES", "[]")
+        .env("TERN_ISOLATION", "in-process")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(node.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // Up to its "listening" line: start-up logs at info level.
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await
+    {
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        for key in ["timestamp", "level", "target", "fields"] {
+            assert!(v.get(key).is_some(), "no {key}: {line}");
+        }
+        assert!(v["fields"]["message"].is_string(), "{line}");
+        let listening = line.contains("listening");
+        seen.push(v);
+        if listening {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("listening")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|v| v["level"] == "INFO" || v["level"] == "WARN")
+    );
+    node.kill().await.unwrap();
+}
