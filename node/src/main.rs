@@ -1095,7 +1095,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 }
             }
             let put = call_retrying(&server, Method::PUT, &path, Bytes::from(bytes));
-            finish(with_progress(&what, put).await?)
+            show(
+                with_progress(&what, put).await?,
+                output,
+                tern_node::present::deployed,
+            )
         }
         Command::Invoke {
             name,
@@ -1111,7 +1115,13 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 (false, true) => path.push_str("?map=1"),
                 (false, false) => {}
             }
-            finish(call(&server, Method::POST, &path, body_arg(&data)?).await?)
+            let resp = call(&server, Method::POST, &path, body_arg(&data)?).await?;
+            if asynchronous {
+                show(resp, output, tern_node::present::accepted)
+            } else {
+                // The function's own output, as it wrote it.
+                finish(resp)
+            }
         }
         Command::Result { id, wait, server } => loop {
             let resp = call(
@@ -1249,14 +1259,18 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             server,
         }) => {
             let body = Bytes::from(settings.body(Some(&name)));
-            finish(call(&server, Method::POST, "/v1/tenants", body).await?)
+            show(
+                call(&server, Method::POST, "/v1/tenants", body).await?,
+                output,
+                tern_node::present::tenant,
+            )
         }
         Command::Tenant(TenantCommand::List { server }) => show(
             call(&server, Method::GET, "/v1/tenants", Bytes::new()).await?,
             output,
             tern_node::present::tenants,
         ),
-        Command::Tenant(TenantCommand::Show { name, server }) => finish(
+        Command::Tenant(TenantCommand::Show { name, server }) => show(
             call(
                 &server,
                 Method::GET,
@@ -1264,6 +1278,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 Bytes::new(),
             )
             .await?,
+            output,
+            tern_node::present::tenant,
         ),
         Command::Tenant(TenantCommand::Update {
             name,
@@ -1271,7 +1287,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             server,
         }) => {
             let body = Bytes::from(settings.body(None));
-            finish(call(&server, Method::PUT, &format!("/v1/tenants/{name}"), body).await?)
+            show(
+                call(&server, Method::PUT, &format!("/v1/tenants/{name}"), body).await?,
+                output,
+                tern_node::present::tenant,
+            )
         }
         Command::Tenant(TenantCommand::Remove { name, server }) => finish(
             call(

@@ -142,6 +142,76 @@ pub fn tenants(list: &Value) -> String {
     )
 }
 
+/// `PUT /v1/functions/{name}`: one line, what was deployed and with which limits.
+pub fn deployed(info: &Value) -> String {
+    let hash = info["hash"].as_str().unwrap_or("-");
+    format!(
+        "deployed {} version {}: {}, {} MiB, {} ms, max instances {}, sha256 {}\n",
+        text(&info["name"]),
+        text(&info["version"]),
+        info["size_bytes"].as_u64().map_or("-".into(), size),
+        text(&info["memory_mb"]),
+        text(&info["timeout_ms"]),
+        text(&info["max_instances"]),
+        hash.get(..12).unwrap_or(hash),
+    )
+}
+
+/// `POST /v1/functions/{name}/invoke?mode=async` (202): the id, and how to read the result.
+pub fn accepted(answer: &Value) -> String {
+    let id = text(&answer["id"]);
+    format!("accepted: {id}\n(`tern result {id} --wait` waits for its result)\n")
+}
+
+/// `GET /v1/tenants/{name}` (and what create and update answer): its settings, then each
+/// quota with what the tenant uses of it (`-`: no limit, or not counted).
+pub fn tenant(t: &Value) -> String {
+    let spec = &t["spec"];
+    let mut out = format!(
+        "tenant {} (version {}), weight {}, sla {}\n",
+        text(&t["name"]),
+        text(&t["version"]),
+        text(&spec["weight"]),
+        text(&spec["sla"]),
+    );
+    let no_limit = |v: &Value| matches!(v.as_u64(), None | Some(u64::MAX) | Some(4_294_967_295));
+    // Quota, whether it counts bytes, and the usage field it limits.
+    const QUOTAS: [(&str, bool, Option<&str>); 10] = [
+        ("max_functions", false, Some("functions")),
+        ("max_module_bytes", true, Some("module_bytes")),
+        ("max_concurrent", false, None),
+        ("max_queued", false, None),
+        ("max_rate_per_s", false, None),
+        ("rate_burst", false, None),
+        ("max_timeout_ms", false, None),
+        ("memory_budget_bytes", true, None),
+        ("max_stored_results", false, Some("stored_results")),
+        ("max_stored_result_bytes", true, Some("stored_result_bytes")),
+    ];
+    let show = |v: &Value, bytes: bool| match v.as_u64() {
+        Some(n) if bytes => size(n),
+        Some(n) => n.to_string(),
+        None => "-".into(),
+    };
+    let rows: Vec<Vec<String>> = QUOTAS
+        .iter()
+        .map(|&(quota, bytes, used)| {
+            let limit = &spec["quotas"][quota];
+            vec![
+                quota.to_owned(),
+                if no_limit(limit) {
+                    "-".into()
+                } else {
+                    show(limit, bytes)
+                },
+                used.map_or("-".into(), |u| show(&t["usage"][u], bytes)),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["QUOTA", "LIMIT", "USED"], &rows));
+    out
+}
+
 /// `GET /v1/tokens`.
 pub fn tokens(list: &Value, now_ms: u64) -> String {
     let rows: Vec<Vec<String>> = items(list)
@@ -283,6 +353,42 @@ pub fn error_line(code: &str, status: u16, message: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_deploy_an_async_accept_and_a_tenant_read_as_lines_and_a_table() {
+        let info = json!({"name":"e2","hash":"aa19818a9ebe898c04bdae968e8bca45","version":3,
+            "timeout_ms":500,"memory_mb":64,"size_bytes":33637,"max_instances":null});
+        assert_eq!(
+            deployed(&info),
+            "deployed e2 version 3: 32 KiB, 64 MiB, 500 ms, max instances -, sha256 aa19818a9ebe\n"
+        );
+        assert_eq!(
+            accepted(&json!({"id":"e75d"})),
+            "accepted: e75d\n(`tern result e75d --wait` waits for its result)\n"
+        );
+        let t = json!({"name":"acme","version":2,"spec":{"weight":3,"sla":"premium","quotas":{
+            "max_functions":10,"max_module_bytes":18446744073709551615u64,"max_concurrent":7,
+            "max_queued":4294967295u64,"max_rate_per_s":4294967295u64,"rate_burst":4294967295u64,
+            "max_timeout_ms":4294967295u64,"memory_budget_bytes":268435456,
+            "max_stored_results":4294967295u64,"max_stored_result_bytes":18446744073709551615u64}},
+            "usage":{"functions":4,"module_bytes":2097152,"stored_results":0,"stored_result_bytes":0}});
+        let shown = tenant(&t);
+        let lines: Vec<Vec<&str>> = shown
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            shown.lines().next(),
+            Some("tenant acme (version 2), weight 3, sla premium")
+        );
+        assert_eq!(lines[1], ["QUOTA", "LIMIT", "USED"]);
+        assert_eq!(lines[2], ["max_functions", "10", "4"]);
+        assert_eq!(lines[3], ["max_module_bytes", "-", "2.0", "MiB"]);
+        assert_eq!(lines[4], ["max_concurrent", "7", "-"]);
+        assert_eq!(lines[9], ["memory_budget_bytes", "256.0", "MiB", "-"]);
+        assert_eq!(lines[11], ["max_stored_result_bytes", "-", "0", "B"]);
+        assert_eq!(lines.len(), 12);
+    }
 
     #[test]
     fn a_table_aligns_its_columns_under_the_headers() {

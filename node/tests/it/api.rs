@@ -452,6 +452,30 @@ async fn the_cli_prints_tables_json_status_completions_and_one_line_errors() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("_tern()"));
+    // An asynchronous call prints its id and how to wait for it; the id reads the result.
+    let (ok, accepted, err) = tern(&["invoke", "echo", "--async", "--data", "later"]);
+    assert!(ok, "{err}");
+    let id = accepted
+        .strip_prefix("accepted: ")
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or_else(|| panic!("{accepted}"))
+        .to_owned();
+    assert!(
+        accepted.contains(&format!("tern result {id} --wait")),
+        "{accepted}"
+    );
+    let (ok, result, err) = tern(&["result", &id, "--wait"]);
+    assert!(ok, "{err}");
+    assert!(
+        result
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["output", "later"]),
+        "{result}"
+    );
+    let (ok, json_accept, err) = tern(&["invoke", "echo", "--async", "--data", "x", "-o", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json_accept).unwrap();
+    assert!(v["id"].is_string(), "{json_accept}");
     let (ok, _, err) = tern(&["invoke", "nope", "--data", "x"]);
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");

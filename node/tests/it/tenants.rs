@@ -564,6 +564,8 @@ async fn the_cli_manages_tenants_and_their_tokens() {
             "latency-critical",
             "--quota",
             "max_functions=3",
+            "-o",
+            "json",
         ],
     );
     assert!(ok, "{err}");
@@ -590,16 +592,36 @@ async fn the_cli_manages_tenants_and_their_tokens() {
     let wasm_path = functions_dir().join("echo.wasm");
     let (ok, out, err) = tern(&dev, &["deploy", "work", wasm_path.to_str().unwrap()]);
     assert!(ok, "{err}");
-    assert!(out.contains("acme.work"), "{out}");
+    assert!(
+        out.starts_with("deployed acme.work version 1: 32 KiB, 128 MiB, 10000 ms, ")
+            && out.lines().count() == 1,
+        "{out}"
+    );
     let (ok, out, err) = tern(&dev, &["invoke", "work", "--data", "hello acme"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "hello acme");
 
     let (ok, out, err) = tern(&dev, &["tenant", "show", "acme"]);
     assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().next(),
+        Some("tenant acme (version 1), weight 2, sla latency-critical"),
+        "{out}"
+    );
+    let functions_row = out.lines().find(|l| l.starts_with("max_functions "));
+    assert_eq!(
+        functions_row.map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["max_functions", "3", "1"]),
+        "limit 3, one used: {out}"
+    );
+    let (ok, out, err) = tern(&dev, &["tenant", "show", "acme", "-o", "json"]);
+    assert!(ok, "{err}");
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["usage"]["functions"], 1);
-    let (ok, out, err) = tern(admin, &["tenant", "update", "acme", "--weight", "7"]);
+    let (ok, out, err) = tern(
+        admin,
+        &["tenant", "update", "acme", "--weight", "7", "-o", "json"],
+    );
     assert!(ok, "{err}");
     let updated: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
