@@ -47,6 +47,11 @@ pub struct MemberView {
     /// Milliseconds since its last status (absent before the first).
     pub status_age_ms: Option<u64>,
     pub queue_depth: Option<u32>,
+    /// CPU use of its process over its last status interval, percent of one core.
+    pub cpu_percent: Option<u32>,
+    /// Function versions it has compiled and can run (a member missing some is still
+    /// catching up with the registry).
+    pub ready: Option<usize>,
     pub class: Option<tern_wire::NodeClass>,
     /// Whether the ractor_cluster session with the peer is ready (absent when sessions are
     /// off).
@@ -174,6 +179,8 @@ impl PeerTable {
                     state_age_ms: self.state_since.get(&node).map(age_ms),
                     status_age_ms: status.map(|(_, at)| age_ms(at)),
                     queue_depth: status.map(|(s, _)| s.queue_depth),
+                    cpu_percent: status.map(|(s, _)| s.cpu_percent),
+                    ready: status.map(|(s, _)| s.ready.len()),
                     class: status.map(|(s, _)| s.class),
                     session: session(&node),
                 }
@@ -381,7 +388,11 @@ mod tests {
         let t0 = Instant::now();
         let mut table = PeerTable::new(STALE);
         table.on_membership(n("b"), PeerState::Up, t0);
-        table.on_status(n("b"), status(&[H1], &[]), t0 + Duration::from_millis(100));
+        let s = NodeStatus {
+            cpu_percent: 37,
+            ..status(&[H1], &[])
+        };
+        table.on_status(n("b"), s, t0 + Duration::from_millis(100));
         let states = BTreeMap::from([(n("b"), PeerState::Up), (n("c"), PeerState::Joining)]);
         let view = table.members(states, t0 + Duration::from_millis(350), |p| {
             Some(p.as_str() == "b")
@@ -395,6 +406,8 @@ mod tests {
                     state_age_ms: Some(350),
                     status_age_ms: Some(250),
                     queue_depth: Some(3),
+                    cpu_percent: Some(37),
+                    ready: Some(1),
                     class: Some(NodeClass::EdgeSmall),
                     session: Some(true),
                 },
@@ -404,6 +417,8 @@ mod tests {
                     state_age_ms: None,
                     status_age_ms: None,
                     queue_depth: None,
+                    cpu_percent: None,
+                    ready: None,
                     class: None,
                     session: Some(false),
                 },

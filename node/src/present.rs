@@ -294,6 +294,10 @@ pub fn status(view: &Value) -> String {
                 ms(&m["state_age_ms"]),
                 text(&m["class"]),
                 text(&m["queue_depth"]),
+                m["cpu_percent"]
+                    .as_u64()
+                    .map_or("-".into(), |p| format!("{p}%")),
+                text(&m["ready"]),
                 ms(&m["status_age_ms"]),
                 match m["session"].as_bool() {
                     Some(true) => "ready".into(),
@@ -310,6 +314,8 @@ pub fn status(view: &Value) -> String {
             "FOR",
             "CLASS",
             "QUEUED",
+            "CPU",
+            "READY",
             "LAST STATUS",
             "SESSION",
         ],
@@ -475,10 +481,30 @@ mod tests {
         );
         let three = json!({"node":"a","class":"standard","version":"0.1.0","isolation":"lci",
             "functions":2,"members":[{"node":"b","state":"up","state_age_ms":65000,
-            "status_age_ms":300,"queue_depth":4,"class":"edge-small","session":true}]});
+            "status_age_ms":300,"queue_depth":4,"cpu_percent":37,"ready":2,
+            "class":"edge-small","session":true}]});
         let s = status(&three);
+        let row: Vec<&str> = s.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "b",
+                "up",
+                "1m",
+                "edge-small",
+                "4",
+                "37%",
+                "2",
+                "0s",
+                "ready"
+            ],
+            "{s}"
+        );
         assert!(
-            s.contains("b       up     1m   edge-small  4       0s           ready"),
+            s.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("MEMBER  STATE  FOR  CLASS"),
             "{s}"
         );
     }

@@ -212,6 +212,33 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
     assert_eq!(metric(c, "tern_cluster_peers_up").await, 2.0);
     assert_eq!(metric(c, "tern_rejected_handshakes_total").await, 0.0);
 
+    // `tern status` on c: both peers up, with their class, load and the versions they have
+    // ready (the examples and f).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["status", "--server", &c.to_string()])
+        .env_remove("TERN_TOKEN")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    let ready = nodes[0]
+        .app()
+        .services()
+        .runtime
+        .function_count()
+        .to_string();
+    for peer in ["a", "b"] {
+        let row: Vec<&str> = status
+            .lines()
+            .find(|l| l.starts_with(&format!("{peer} ")))
+            .unwrap_or_else(|| panic!("no row for {peer}: {status}"))
+            .split_whitespace()
+            .collect();
+        assert_eq!((row[1], row[3]), ("up", "standard"), "{status}");
+        assert!(row[5].ends_with('%'), "CPU: {status}");
+        assert_eq!(row[6], ready, "versions ready: {status}");
+    }
+
     // A map spreads its MEUs through the scheduler too; every item comes back in order.
     let items: Vec<u32> = (0..40).collect();
     let r = request(
