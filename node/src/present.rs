@@ -484,7 +484,12 @@ mod tests {
             "status_age_ms":300,"queue_depth":4,"cpu_percent":37,"ready":2,
             "class":"edge-small","session":true}]});
         let s = status(&three);
-        let row: Vec<&str> = s.lines().nth(2).unwrap().split_whitespace().collect();
+        let row: Vec<&str> = s
+            .lines()
+            .nth(2)
+            .expect("a row for b")
+            .split_whitespace()
+            .collect();
         assert_eq!(
             row,
             [
@@ -503,8 +508,7 @@ mod tests {
         assert!(
             s.lines()
                 .nth(1)
-                .unwrap()
-                .starts_with("MEMBER  STATE  FOR  CLASS"),
+                .is_some_and(|h| h.starts_with("MEMBER  STATE  FOR  CLASS")),
             "{s}"
         );
     }
