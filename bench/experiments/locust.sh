@@ -107,24 +107,17 @@ kill -0 "$node" 2>/dev/null || { echo "the node died during the run" >&2; exit 1
 log done
 
 python3 - "$out" <<'PY'
-import csv, json, os, re, statistics, sys
+import csv, json, os, statistics, sys
+sys.path.insert(0, "bench/experiments")
+from analyze import delta, prom  # the placement report's Prometheus text reader
 out = sys.argv[1]
 raw = os.path.join(out, "raw")
 setup = dict(kv.split("=", 1) for line in open(os.path.join(raw, "setup.txt")) for kv in line.split())
-sample = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-
-def prom_sum(path, name):
-    total = 0.0
-    for line in open(path):
-        m = sample.match(line)
-        if m and m.group(1) == name:
-            total += float(m.group(3))
-    return total
 
 def server(tag):
-    b, a = (os.path.join(raw, f"{tag}-{w}.prom") for w in ("before", "after"))
-    count = prom_sum(a, "tern_invocation_duration_seconds_count") - prom_sum(b, "tern_invocation_duration_seconds_count")
-    total = prom_sum(a, "tern_invocation_duration_seconds_sum") - prom_sum(b, "tern_invocation_duration_seconds_sum")
+    b, a = (prom(os.path.join(raw, f"{tag}-{w}.prom")) for w in ("before", "after"))
+    count = delta(b, a, "tern_invocation_duration_seconds_count")
+    total = delta(b, a, "tern_invocation_duration_seconds_sum")
     return int(round(count)), (1e3 * total / count if count else None)
 
 rows = []

@@ -182,9 +182,7 @@ impl ReplayPlan {
                 target: target_of[a.function].unwrap_or_default(),
             })
             .collect();
-        let mut deployed: Vec<&str> = targets.iter().map(|t| t.function.as_str()).collect();
-        deployed.sort_unstable();
-        deployed.dedup();
+        let deployed = distinct_functions(&targets).len();
         let echo = ReplayEcho {
             minute_start: start,
             minute_end: end,
@@ -193,7 +191,7 @@ impl ReplayPlan {
             seed: spec.seed,
             function_template: spec.function_template.clone(),
             trace_functions: targets.len(),
-            deployed_functions: deployed.len(),
+            deployed_functions: deployed,
             work: match &spec.work {
                 Work::Fixed(_) => "fixed".to_owned(),
                 Work::Matmul {
@@ -214,11 +212,16 @@ impl ReplayPlan {
 
     /// The distinct deployed functions the plan calls, sorted.
     pub fn functions(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.targets.iter().map(|t| t.function.as_str()).collect();
-        names.sort_unstable();
-        names.dedup();
-        names
+        distinct_functions(&self.targets)
     }
+}
+
+/// The distinct deployed functions `targets` call, sorted.
+fn distinct_functions(targets: &[ReplayTarget]) -> Vec<&str> {
+    let mut names: Vec<&str> = targets.iter().map(|t| t.function.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 /// Parse `A-B` (minutes `[A, B)`) or a single minute `A`.

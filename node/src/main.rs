@@ -543,11 +543,32 @@ async fn call_retrying(
     }
 }
 
-/// Limits `tern bench --deploy` deploys with; unset ones are the node's defaults.
+/// Limits a deploy asks for (`tern deploy`, `tern bench --deploy`); unset ones are the
+/// node's defaults.
 #[derive(Clone, Copy)]
 struct DeployLimits {
     timeout_ms: Option<u32>,
     memory_mb: Option<u32>,
+    max_instances: Option<u32>,
+}
+
+impl DeployLimits {
+    /// `PUT` target deploying `name` with these limits.
+    fn path(&self, name: &str) -> String {
+        let mut path = format!("/v1/functions/{name}");
+        let mut sep = '?';
+        for (k, v) in [
+            ("timeout_ms", self.timeout_ms),
+            ("memory_mb", self.memory_mb),
+            ("max_instances", self.max_instances),
+        ] {
+            if let Some(v) = v {
+                path.push_str(&format!("{sep}{k}={v}"));
+                sep = '&';
+            }
+        }
+        path
+    }
 }
 
 /// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
@@ -580,17 +601,7 @@ async fn deploy_missing(
         Bytes::from(std::fs::read(wasm).with_context(|| format!("reading {}", wasm.display()))?);
     for (i, name) in missing.iter().enumerate() {
         let what = format!("deploying {name} ({} of {})", i + 1, missing.len());
-        let mut path = format!("/v1/functions/{name}");
-        let mut sep = '?';
-        for (k, v) in [
-            ("timeout_ms", limits.timeout_ms),
-            ("memory_mb", limits.memory_mb),
-        ] {
-            if let Some(v) = v {
-                path.push_str(&format!("{sep}{k}={v}"));
-                sep = '&';
-            }
-        }
+        let path = limits.path(name);
         let put = call_retrying(server, Method::PUT, &path, bytes.clone());
         let resp = with_progress(&what, put).await?;
         if !(200..300).contains(&resp.status) {
@@ -1082,18 +1093,12 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 "deploying {name} ({}: upload, validation, compilation at the node)",
                 tern_node::present::size(bytes.len() as u64)
             );
-            let mut path = format!("/v1/functions/{name}");
-            let mut sep = '?';
-            for (k, v) in [
-                ("timeout_ms", timeout_ms),
-                ("memory_mb", memory_mb),
-                ("max_instances", max_instances),
-            ] {
-                if let Some(v) = v {
-                    path.push_str(&format!("{sep}{k}={v}"));
-                    sep = '&';
-                }
+            let path = DeployLimits {
+                timeout_ms,
+                memory_mb,
+                max_instances,
             }
+            .path(&name);
             let put = call_retrying(&server, Method::PUT, &path, Bytes::from(bytes));
             show(
                 with_progress(&what, put).await?,
@@ -1404,6 +1409,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 let limits = DeployLimits {
                     timeout_ms: deploy_timeout_ms,
                     memory_mb: deploy_memory_mb,
+                    max_instances: None,
                 };
                 deploy_missing(&server, &names, wasm, limits).await?;
             }

@@ -106,12 +106,17 @@ pub fn functions(list: &Value, now_ms: u64) -> String {
     )
 }
 
+/// Whether a quota value means no limit: absent, or the largest value of its width.
+fn unlimited(v: &Value) -> bool {
+    matches!(v.as_u64(), None | Some(u64::MAX) | Some(4_294_967_295))
+}
+
 /// `GET /v1/tenants`: the quotas people look at first (`tern tenant show` has them all);
 /// `-` for no limit.
 pub fn tenants(list: &Value) -> String {
     let limit = |v: &Value, show: &dyn Fn(u64) -> String| match v.as_u64() {
-        None | Some(u64::MAX) | Some(4_294_967_295) => "-".to_owned(),
-        Some(n) => show(n),
+        Some(n) if !unlimited(v) => show(n),
+        _ => "-".to_owned(),
     };
     let rows: Vec<Vec<String>> = items(list)
         .iter()
@@ -174,7 +179,6 @@ pub fn tenant(t: &Value) -> String {
         text(&spec["weight"]),
         text(&spec["sla"]),
     );
-    let no_limit = |v: &Value| matches!(v.as_u64(), None | Some(u64::MAX) | Some(4_294_967_295));
     // Quota, whether it counts bytes, and the usage field it limits.
     const QUOTAS: [(&str, bool, Option<&str>); 10] = [
         ("max_functions", false, Some("functions")),
@@ -199,7 +203,7 @@ pub fn tenant(t: &Value) -> String {
             let limit = &spec["quotas"][quota];
             vec![
                 quota.to_owned(),
-                if no_limit(limit) {
+                if unlimited(limit) {
                     "-".into()
                 } else {
                     show(limit, bytes)

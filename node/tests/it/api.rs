@@ -412,16 +412,11 @@ async fn the_cli_prints_tables_json_status_completions_and_one_line_errors() {
     let node = start(config(dir.path())).await;
     let server = node.addr().to_string();
     let tern = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-            .args(args)
-            .args(["--server", &server])
-            .env_remove("TERN_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        run_tern(
+            tern_command()
+                .args(args)
+                .args(["--server", &server])
+                .env_remove("TERN_TOKEN"),
         )
     };
     let (ok, table, err) = tern(&["list"]);
@@ -452,6 +447,25 @@ async fn the_cli_prints_tables_json_status_completions_and_one_line_errors() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("_tern()"));
+    // A deploy with limits asks for each of them and prints what the node set.
+    let echo_wasm = functions_dir().join("echo.wasm");
+    let (ok, deployed, err) = tern(&[
+        "deploy",
+        "capped",
+        echo_wasm.to_str().unwrap(),
+        "--timeout-ms",
+        "500",
+        "--memory-mb",
+        "64",
+        "--max-instances",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        deployed
+            .starts_with("deployed capped version 1: 32 KiB, 64 MiB, 500 ms, max instances 3, "),
+        "{deployed}"
+    );
     // An asynchronous call prints its id and how to wait for it; the id reads the result.
     let (ok, accepted, err) = tern(&["invoke", "echo", "--async", "--data", "later"]);
     assert!(ok, "{err}");

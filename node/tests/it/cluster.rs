@@ -1296,6 +1296,20 @@ async fn a_tenant_capped_at_50_concurrent_runs_at_most_50_plus_rounding_across_t
     }
 }
 
+/// Guests of `tenant` running on each of `nodes` now.
+fn running_per_node(nodes: &[NodeHandle], tenant: &tern_tenancy::TenantName) -> Vec<u32> {
+    nodes
+        .iter()
+        .map(|n| {
+            n.app()
+                .services()
+                .runtime
+                .tenant_slots(tenant)
+                .map_or(0, |(running, _)| running)
+        })
+        .collect()
+}
+
 /// `per_address` calls of `acme.loop` through each of `first`, and 500 ms later through each
 /// of `then`; the guests `acme` runs on each node sampled every 25 ms, `samples` times,
 /// meanwhile. Every call must end in a timeout or a refusal. Returns the most seen running
@@ -1324,16 +1338,7 @@ async fn acme_loop_flood(
         {
             calls.extend(start(then));
         }
-        let running: Vec<u32> = nodes
-            .iter()
-            .map(|n| {
-                n.app()
-                    .services()
-                    .runtime
-                    .tenant_slots(acme)
-                    .map_or(0, |(running, _)| running)
-            })
-            .collect();
+        let running = running_per_node(nodes, acme);
         most_in_cluster = most_in_cluster.max(running.iter().sum::<u32>());
         most_on_a_node = most_on_a_node.max(running.iter().copied().max().unwrap_or(0));
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -1491,16 +1496,7 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
     let mut peak = vec![0u32; 3];
     let mut most_at_once = 0;
     for _ in 0..40 {
-        let running: Vec<u32> = nodes
-            .iter()
-            .map(|n| {
-                n.app()
-                    .services()
-                    .runtime
-                    .tenant_slots(&acme)
-                    .map_or(0, |(running, _)| running)
-            })
-            .collect();
+        let running = running_per_node(&nodes, &acme);
         for (p, r) in peak.iter_mut().zip(&running) {
             *p = (*p).max(*r);
         }

@@ -22,30 +22,25 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
     std::fs::write(&trace, TRACE).unwrap();
     let matmul = functions_dir().join("matmul-json.wasm");
     let bench = |extra: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-            .arg("bench")
-            .arg("--trace")
-            .arg(&trace)
-            .args([
-                "--speedup",
-                "60",
-                "--function",
-                "mm-{i}",
-                "--work-n",
-                "4-16",
-            ])
-            .args(["--connections", "4", "--no-progress", "--deploy"])
-            .arg(&matmul)
-            .args(["--deploy-timeout-ms", "700", "--deploy-memory-mb", "64"])
-            .args(extra)
-            .args(["--server", &server])
-            .env_remove("TERN_TOKEN")
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        run_tern(
+            tern_command()
+                .arg("bench")
+                .arg("--trace")
+                .arg(&trace)
+                .args([
+                    "--speedup",
+                    "60",
+                    "--function",
+                    "mm-{i}",
+                    "--work-n",
+                    "4-16",
+                ])
+                .args(["--connections", "4", "--no-progress", "--deploy"])
+                .arg(&matmul)
+                .args(["--deploy-timeout-ms", "700", "--deploy-memory-mb", "64"])
+                .args(extra)
+                .args(["--server", &server])
+                .env_remove("TERN_TOKEN"),
         )
     };
     let records = work.path().join("records.jsonl");

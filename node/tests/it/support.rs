@@ -305,3 +305,18 @@ pub async fn wait_for_tern(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The `tern` binary of this build, to be given its arguments and run with [`run_tern`].
+pub fn tern_command() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
+}
+
+/// Runs a `tern` command to its end: whether it succeeded, its stdout and its stderr.
+pub fn run_tern(cmd: &mut std::process::Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -538,17 +538,12 @@ async fn the_cli_manages_tenants_and_their_tokens() {
     // Run from an empty directory, so no ./tern-data/admin.token is picked up.
     let cwd = tempfile::tempdir().unwrap();
     let tern = |token: &str, args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
-            .current_dir(cwd.path())
-            .env("TERN_TOKEN", token)
-            .env("TERN_SERVER", &server)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        run_tern(
+            tern_command()
+                .current_dir(cwd.path())
+                .env("TERN_TOKEN", token)
+                .env("TERN_SERVER", &server)
+                .args(args),
         )
     };
     let admin = n.admin.as_str();
