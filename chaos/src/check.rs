@@ -216,7 +216,7 @@ pub fn check(
                 scheduled_ops,
                 max_lag_us,
             } => load = Some((*scheduled_ops, *max_lag_us)),
-            Event::NodeExit { .. } | Event::Fault { .. } => {}
+            Event::NodeExit { .. } | Event::Fault { .. } | Event::Restarted { .. } => {}
         }
     }
     if !orphans.is_empty() {

@@ -72,6 +72,10 @@ pub enum Event {
         at_us: u64,
         scheduled: bool,
     },
+    /// `node` asked its supervisor for a restart (it exited with 75, as `tern up` does when
+    /// its store must be opened again and its sockets came from socket activation), and the
+    /// runner, its supervisor, started it again.
+    Restarted { node: String, at_us: u64 },
     /// A fault on `node` began or healed, when the runner did it (`what`: the fault's kind).
     /// Errors are judged against these, not against the schedule.
     Fault {

@@ -8,6 +8,11 @@
 //! full disk (`disk_full`: the node's data directory is a small tmpfs of its own, filled to the
 //! last byte for the fault and emptied at its heal; root only); a scenario with any other
 //! fault kind is refused before anything starts ([`RunError::Unsupported`]).
+//!
+//! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
+//! node (socket activation). A killed node's port stays the run's: nothing else on the machine
+//! can take it and then answer requests meant for the node, and the restart finds it free.
+//! While the node is down the runner closes each connection at once, as a dead port would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use command_fds::{CommandFdExt, FdMapping};
 use hyper::Method;
 
 use tern_sync::poison::lock;
@@ -88,6 +94,14 @@ struct NodeProc {
     /// Set while the schedule has it killed or paused (an exit then is not a failure).
     faulted: bool,
     token: String,
+    /// The node's HTTP listener and mesh socket, bound once for the whole run and handed to
+    /// every start of the node (socket activation): no other process on the machine can take
+    /// its ports while it is down (and then get the workload's requests), and a restart never
+    /// finds them taken.
+    sockets: (std::net::TcpListener, std::net::UdpSocket),
+    /// While the node is down: closes every connection the held listener accepts, as a
+    /// crashed node's port would refuse them (instead of letting them wait for a restart).
+    refuser: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl NodeProc {
@@ -107,7 +121,31 @@ impl NodeProc {
             .open(&self.log)
             .map_err(io(format!("opening {}", self.log.display())))?;
         let err = log.try_clone().map_err(io("duplicating the log"))?;
-        let child = Command::new(tern)
+        let dup = |what: &str| io(format!("passing node {}'s {what} socket", self.name));
+        let http = self.sockets.0.try_clone().map_err(dup("HTTP"))?;
+        let mesh = self.sockets.1.try_clone().map_err(dup("mesh"))?;
+        if let Some(refuser) = self.refuser.take() {
+            refuser.abort();
+        }
+        let mut command = Command::new(tern);
+        // systemd's socket activation, as `tern up` documents it: fds 3 and 4, named in order;
+        // no LISTEN_PID (unknown before the child runs), which the node takes as "for me".
+        command
+            .fd_mappings(vec![
+                FdMapping {
+                    parent_fd: http.into(),
+                    child_fd: 3,
+                },
+                FdMapping {
+                    parent_fd: mesh.into(),
+                    child_fd: 4,
+                },
+            ])
+            .map_err(|e| dup("HTTP and mesh")(std::io::Error::other(e)))?;
+        let child = command
+            .env("LISTEN_FDS", "2")
+            .env("LISTEN_FDNAMES", "http:mesh")
+            .env_remove("LISTEN_PID")
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -117,6 +155,39 @@ impl NodeProc {
             .map_err(io(format!("starting {}", tern.display())))?;
         self.child = Some(child);
         Ok(())
+    }
+
+    /// From now until the node's next start, connections to its port are accepted and closed
+    /// at once: callers see a dead node, promptly. Needs the run's runtime (a no-op without
+    /// one, as when the run is torn down).
+    fn refuse(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let listener = self
+            .sockets
+            .0
+            .try_clone()
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                Ok(l)
+            })
+            .and_then(|l| {
+                let _guard = runtime.enter();
+                tokio::net::TcpListener::from_std(l)
+            });
+        let Ok(listener) = listener else {
+            // Connections then wait for the restart instead: slower answers, nothing wrong.
+            return;
+        };
+        if let Some(old) = self.refuser.take() {
+            old.abort();
+        }
+        self.refuser = Some(runtime.spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                drop(connection);
+            }
+        }));
     }
 
     /// Sends `sig` to the node process (a system call, no helper process: the load runs on
@@ -145,21 +216,18 @@ impl Drop for NodeProc {
     fn drop(&mut self) {
         self.signal(rustix::process::Signal::CONT);
         self.kill();
+        if let Some(refuser) = self.refuser.take() {
+            refuser.abort();
+        }
     }
 }
 
-/// A free local port for `tcp` or UDP (bound and released: a small race with other
-/// processes, acceptable for a test tool on its own machine).
-fn free_port(tcp: bool) -> Result<u16, RunError> {
+/// A node's HTTP listener and mesh socket on free loopback ports, with their addresses.
+fn bind_node_sockets() -> Result<(std::net::TcpListener, std::net::UdpSocket), RunError> {
     let addr = "127.0.0.1:0";
-    let port = if tcp {
-        std::net::TcpListener::bind(addr).and_then(|l| l.local_addr())
-    } else {
-        std::net::UdpSocket::bind(addr).and_then(|s| s.local_addr())
-    }
-    .map_err(io("finding a free port"))?
-    .port();
-    Ok(port)
+    let http = std::net::TcpListener::bind(addr).map_err(io("binding a node's HTTP port"))?;
+    let mesh = std::net::UdpSocket::bind(addr).map_err(io("binding a node's mesh port"))?;
+    Ok((http, mesh))
 }
 
 fn setting(v: &toml::Value) -> String {
@@ -214,30 +282,31 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         tern_cluster::pki::init(&pki, &node_names).map_err(|e| RunError::Pki(e.to_string()))?;
     }
     let mut nodes = Vec::new();
+    let mut sockets = Vec::new();
     let mut mesh = Vec::new();
     for _ in names {
-        mesh.push(free_port(false)?);
+        let (http, udp) = bind_node_sockets()?;
+        mesh.push(udp.local_addr().map_err(io("reading a mesh address"))?);
+        sockets.push((http, udp));
     }
-    for (i, name) in names.iter().enumerate() {
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port(true)?));
+    for ((i, name), (listener, udp)) in names.iter().enumerate().zip(sockets) {
+        let http = listener
+            .local_addr()
+            .map_err(io("reading an HTTP address"))?;
         let mut args: Vec<String> = vec![
             "up".into(),
             "--data".into(),
             out.join("data").join(name).display().to_string(),
             "--node-name".into(),
             (*name).into(),
-            "--listen".into(),
-            http.to_string(),
             "--cluster-dir".into(),
             pki.display().to_string(),
-            "--cluster-listen".into(),
-            format!("127.0.0.1:{}", mesh[i]),
             "--examples-dir".into(),
             options.examples_dir.display().to_string(),
         ];
         for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
             args.push("--peer".into());
-            args.push(format!("{peer}=127.0.0.1:{}", mesh[j]));
+            args.push(format!("{peer}={}", mesh[j]));
         }
         let mut env = vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())];
         if let Some(class) = scenario.cluster.classes.get(i) {
@@ -255,6 +324,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             child: None,
             faulted: false,
             token: String::new(),
+            sockets: (listener, udp),
+            refuser: None,
         });
     }
     // A node whose disk fills gets a data directory that can fill without filling the host's.
@@ -460,7 +531,7 @@ async fn drive(
         tern.clone(),
         t0,
     ));
-    let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), t0));
+    let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), tern.clone(), t0));
     // The open-loop workload: arrivals at the rate whatever the answers do.
     let w = &scenario.workload;
     let mix = w.mix;
@@ -715,6 +786,7 @@ async fn run_faults(
                     let mut n = lock(&nodes);
                     n[i].faulted = true;
                     n[i].kill();
+                    n[i].refuse();
                 }
                 lock(&history).push(Event::NodeExit {
                     node: node.clone(),
@@ -845,25 +917,47 @@ async fn restart(
     }
 }
 
-/// Notices node processes that end when the schedule did not end them.
-async fn watch(nodes: Arc<Mutex<Vec<NodeProc>>>, history: Arc<Mutex<History>>, t0: Instant) {
+/// The exit status with which `tern up` asks its service manager to start it again.
+const EXIT_RESTART_ME: i32 = 75;
+
+/// How many such restarts of one node a run grants; a node that keeps asking has ended.
+const MAX_SELF_RESTARTS: u32 = 3;
+
+/// Notices node processes that end when the schedule did not end them, and, as the nodes'
+/// service manager, starts again one that exits asking for it.
+async fn watch(
+    nodes: Arc<Mutex<Vec<NodeProc>>>,
+    history: Arc<Mutex<History>>,
+    tern: PathBuf,
+    t0: Instant,
+) {
+    let mut self_restarts: HashMap<String, u32> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut n = lock(&nodes);
         for p in n.iter_mut().filter(|p| !p.faulted) {
-            let exited = p
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-                .is_some();
-            if exited {
-                p.child = None;
-                lock(&history).push(Event::NodeExit {
-                    node: p.name.clone(),
-                    at_us: t0.elapsed().as_micros() as u64,
-                    scheduled: false,
-                });
+            let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) else {
+                continue;
+            };
+            let count = self_restarts.entry(p.name.clone()).or_default();
+            if status.code() == Some(EXIT_RESTART_ME) && *count < MAX_SELF_RESTARTS {
+                *count += 1;
+                // Its connections wait on the held listener for the new process.
+                if p.spawn(&tern).is_ok() {
+                    lock(&history).push(Event::Restarted {
+                        node: p.name.clone(),
+                        at_us: t0.elapsed().as_micros() as u64,
+                    });
+                    continue;
+                }
             }
+            p.child = None;
+            p.refuse();
+            lock(&history).push(Event::NodeExit {
+                node: p.name.clone(),
+                at_us: t0.elapsed().as_micros() as u64,
+                scheduled: false,
+            });
         }
     }
 }

@@ -89,6 +89,48 @@ fn async_work_accepted_by_a_node_that_never_comes_back_is_reported_unfinished() 
         "{text}"
     );
     assert!(text.contains("invariant(s) broke"), "{text}");
+    // The dead node's port stays the runner's: every call sent there after the kill ends
+    // promptly without an answer (connection closed), as at a dead port; none waits out the
+    // client's 15 s, and nothing else on the machine could have answered it.
+    let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let killed = history
+        .iter()
+        .find(|e| e["event"] == "node_exit" && e["node"] == "b")
+        .and_then(|e| e["at_us"].as_u64())
+        .unwrap_or_else(|| panic!("no kill in the history: {text}"));
+    let sent: std::collections::HashMap<u64, (u64, &serde_json::Value)> = history
+        .iter()
+        .filter(|e| e["event"] == "invoke")
+        .map(|e| {
+            (
+                e["op"].as_u64().unwrap(),
+                (e["at_us"].as_u64().unwrap(), &e["node"]),
+            )
+        })
+        .collect();
+    let mut after_kill = 0;
+    for c in history.iter().filter(|e| e["event"] == "complete") {
+        let (at, node) = sent[&c["op"].as_u64().unwrap()];
+        // A moment after the kill: the runner's listener takes over once the node is reaped.
+        if node != "b" || at < killed + 100_000 {
+            continue;
+        }
+        after_kill += 1;
+        assert_eq!(c["outcome"]["outcome"], "unknown", "{c}");
+        let took = c["at_us"].as_u64().unwrap() - at;
+        assert!(
+            took < 2_000_000,
+            "a call to the dead node took {took} µs: {c}"
+        );
+    }
+    assert!(
+        after_kill >= 20,
+        "{after_kill} calls to the dead node: {text}"
+    );
 }
 
 #[test]
@@ -217,17 +259,24 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
         sync_ok >= 10 && asyncs.len() - first >= 10,
         "{sync_ok} {asyncs:?}"
     );
-    // Once the disk has room, the node restarts itself (its store takes writes only once
-    // opened again) and every promise holds: each operation answered once with the right
-    // output, errors only under the fault and its recovery bound, every accepted async
-    // invocation finished, no node dead but by the schedule.
+    // Once the disk has room, the node asks for a restart (its store takes writes only once
+    // opened again; its sockets are the runner's, so it exits 75 for its service manager, the
+    // runner, to start it again) and every promise holds: each operation answered once with
+    // the right output, errors only under the fault and its recovery bound, every accepted
+    // async invocation finished, no node dead but by the schedule.
     assert!(ok, "{text}");
     assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
     let log = std::fs::read_to_string(out.join("a.log")).unwrap();
     assert!(
         log.contains("the data directory takes writes again: restarting the node")
-            && log.contains("restarting: "),
-        "node a restarted itself: {log}"
+            && log.contains("exiting for the service manager to start it again"),
+        "node a asked for a restart: {log}"
+    );
+    assert!(
+        history.iter().any(|e| e["event"] == "restarted"
+            && e["node"] == "a"
+            && e["at_us"].as_u64() > Some(end)),
+        "the runner started node a again after the heal: {text}"
     );
     let accepted_after_heal = history.iter().filter(|c| {
         c["event"] == "complete" && c["outcome"]["outcome"] == "accepted" && {
