@@ -16,6 +16,12 @@ if [[ $(id -u) == 0 ]]; then
 else
   echo "(disk-full not run: it needs root)"
 fi
+# clock-jumps needs libfaketime (Debian's faketime package).
+if ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || [[ -n ${TERN_CHAOS_LIBFAKETIME:-} ]]; then
+  scenarios+=(clock-jumps)
+else
+  echo "(clock-jumps not run: it needs libfaketime; apt-get install faketime)"
+fi
 bash scripts/build-functions.sh >/dev/null
 cargo build --release -p tern-node
 tern=target/release/tern

@@ -4,9 +4,11 @@
 //! stops the cluster, and hands the history to the checkers. The only module of this crate
 //! that does I/O.
 //!
-//! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`) and a
+//! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`), a
 //! full disk (`disk_full`: the node's data directory is a small tmpfs of its own, filled to the
-//! last byte for the fault and emptied at its heal; root only); a scenario with any other
+//! last byte for the fault and emptied at its heal; root only) and clock jumps (`clock_jump`:
+//! the node runs under libfaketime, its wall clock offset by what the runner writes to its
+//! clock file, its monotonic clock untouched); a scenario with any other
 //! fault kind is refused before anything starts ([`RunError::Unsupported`]).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
@@ -35,13 +37,21 @@ use crate::scenario::{FaultKind, Scenario, Via};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart and disk_full)"
+        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, disk_full and clock_jump)"
     )]
     Unsupported(&'static str),
     #[error("{kind} faults need root ({why}); run tern chaos as root")]
     NeedsRoot {
         kind: &'static str,
         why: &'static str,
+    },
+    #[error(
+        "{kind} faults need {tool} ({hint}); set TERN_CHAOS_LIBFAKETIME to its libfaketimeMT.so.1 if it is installed elsewhere"
+    )]
+    NeedsTool {
+        kind: &'static str,
+        tool: &'static str,
+        hint: &'static str,
     },
     #[error("this runner sends its load over HTTP; workload.via = \"client\" is not supported yet")]
     ViaClient,
@@ -102,6 +112,10 @@ struct NodeProc {
     /// While the node is down: closes every connection the held listener accepts, as a
     /// crashed node's port would refuse them (instead of letting them wait for a restart).
     refuser: Option<tokio::task::JoinHandle<()>>,
+    /// libfaketime's offset file of a node whose clock the scenario jumps, and the offset in
+    /// it (the sum of the jumps so far).
+    clock: Option<PathBuf>,
+    clock_offset_s: f64,
 }
 
 impl NodeProc {
@@ -222,6 +236,26 @@ impl Drop for NodeProc {
     }
 }
 
+/// libfaketime's multi-threaded library: `TERN_CHAOS_LIBFAKETIME`, else where Debian and
+/// a source install put it.
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TERN_CHAOS_LIBFAKETIME") {
+        return Some(PathBuf::from(path)).filter(|p| p.is_file());
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.is_file())
+}
+
+/// How long a node under libfaketime may take to see a new offset (its cache lasts 1 s).
+const CLOCK_FILE_REREAD: Duration = Duration::from_millis(1200);
+
 /// A node's HTTP listener and mesh socket on free loopback ports, with their addresses.
 fn bind_node_sockets() -> Result<(std::net::TcpListener, std::net::UdpSocket), RunError> {
     let addr = "127.0.0.1:0";
@@ -245,10 +279,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             FaultKind::Kill { .. }
             | FaultKind::Pause { .. }
             | FaultKind::RollingRestart { .. }
-            | FaultKind::DiskFull { .. } => None,
+            | FaultKind::DiskFull { .. }
+            | FaultKind::ClockJump { .. } => None,
             FaultKind::Partition { .. } => Some("partition"),
             FaultKind::Link { .. } => Some("link"),
-            FaultKind::ClockJump { .. } => Some("clock_jump"),
             FaultKind::Corrupt { .. } => Some("corrupt"),
             FaultKind::AddNode { .. } => Some("add_node"),
             FaultKind::Impostor { .. } => Some("impostor"),
@@ -266,6 +300,21 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     if scenario.workload.via == Via::Client {
         return Err(RunError::ViaClient);
     }
+    let clock_jumps = |name: &str| {
+        scenario
+            .faults
+            .iter()
+            .any(|f| matches!(&f.kind, FaultKind::ClockJump { node, .. } if node == name))
+    };
+    let faketime = if scenario.nodes().iter().any(|n| clock_jumps(n)) {
+        Some(libfaketime().ok_or(RunError::NeedsTool {
+            kind: "clock_jump",
+            tool: "libfaketime",
+            hint: "Debian: apt-get install faketime",
+        })?)
+    } else {
+        None
+    };
     let out = &options.out;
     if out.join("data").exists() {
         return Err(RunError::OutInUse(out.display().to_string()));
@@ -315,6 +364,25 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         for (k, v) in &scenario.cluster.config {
             env.push((format!("TERN_{}", k.to_ascii_uppercase()), setting(v)));
         }
+        // A node whose clock jumps runs under libfaketime: its wall clock is the system's plus
+        // the offset in its clock file (re-read at most once a second); its monotonic clock
+        // is left alone, as a real clock jump leaves it.
+        let clock = match &faketime {
+            Some(lib) if clock_jumps(name) => {
+                let file = out.join(format!("{name}.clock"));
+                std::fs::write(&file, "+0\n").map_err(io(format!("writing {}", file.display())))?;
+                for (k, v) in [
+                    ("LD_PRELOAD", lib.display().to_string()),
+                    ("FAKETIME_TIMESTAMP_FILE", file.display().to_string()),
+                    ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
+                    ("FAKETIME_CACHE_DURATION", "1".into()),
+                ] {
+                    env.push((k.to_owned(), v));
+                }
+                Some(file)
+            }
+            _ => None,
+        };
         nodes.push(NodeProc {
             name: (*name).into(),
             http,
@@ -326,6 +394,8 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             token: String::new(),
             sockets: (listener, udp),
             refuser: None,
+            clock,
+            clock_offset_s: 0.0,
         });
     }
     // A node whose disk fills gets a data directory that can fill without filling the host's.
@@ -852,6 +922,28 @@ async fn run_faults(
                     restart(&nodes, &history, t0, i, &tern, "rolling_restart").await;
                     tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
                 }
+            }
+            FaultKind::ClockJump { node, by_s } => {
+                let Some(i) = index(&node) else { continue };
+                record_fault(&history, t0, &node, Phase::Start, "clock_jump");
+                let (file, offset) = {
+                    let mut n = lock(&nodes);
+                    n[i].clock_offset_s += by_s;
+                    (n[i].clock.clone(), n[i].clock_offset_s)
+                };
+                // Checked before the run: every node a jump names has a clock file.
+                let Some(file) = file else { continue };
+                // Written whole, then renamed: the node never reads half an offset.
+                let tmp = file.with_extension("clock.new");
+                std::fs::write(&tmp, format!("{offset:+.0}\n"))
+                    .and_then(|()| std::fs::rename(&tmp, &file))
+                    .map_err(io(format!("jumping {}", file.display())))?;
+                // The jump is for good; the fault ends once the node reads its new clock.
+                let history = history.clone();
+                later.spawn(async move {
+                    tokio::time::sleep(CLOCK_FILE_REREAD).await;
+                    record_fault(&history, t0, &node, Phase::End, "clock_jump");
+                });
             }
             FaultKind::DiskFull { node, for_s } => {
                 let Some(i) = index(&node) else { continue };

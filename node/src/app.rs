@@ -4,7 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::now_ms;
 
 use bytes::Bytes;
 use tern_actors::admission::Permit;
@@ -288,13 +290,6 @@ impl Default for IdGen {
     fn default() -> Self {
         Self::new()
     }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl App {
@@ -1022,17 +1017,25 @@ impl App {
         Ok(replayed)
     }
 
+    /// Whether `record` finished longer than the retention period ago (on the node's clock):
+    /// it is gone for callers at once, and the next sweep deletes it.
+    pub fn result_expired(&self, record: &InvocationRecord) -> bool {
+        let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
+        record
+            .finished_at_ms
+            .is_some_and(|t| t < now_ms().saturating_sub(ttl_ms))
+    }
+
     /// Deletes finished async results older than the retention period, reading the journal
     /// one record at a time.
     pub fn expire_results(&self) -> Result<usize, NodeError> {
         let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
-        let cutoff = now_ms().saturating_sub(ttl_ms);
         let mut removed = 0;
         let mut expiry: HashMap<tern_tenancy::TenantName, u64> = HashMap::new();
         for record in self.store.invocations() {
             let record = record?;
             match record.finished_at_ms {
-                Some(t) if t < cutoff => {
+                Some(_) if self.result_expired(&record) => {
                     self.store.remove_invocation(&record.id)?;
                     removed += 1;
                 }

@@ -22,7 +22,8 @@ use tokio::sync::watch;
 // tokio's clock, so tests can pause and advance time instead of sleeping.
 use tokio::time::Instant;
 
-use crate::app::{App, now_ms};
+use crate::app::App;
+use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::store::{Store, StoreError};
 

@@ -8,6 +8,7 @@ pub mod app;
 pub mod auth;
 pub mod cells;
 pub mod client_api;
+pub mod clock;
 pub mod cluster_quotas;
 pub mod config;
 mod error;

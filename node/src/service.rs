@@ -184,7 +184,12 @@ pub fn invocation(
     id: &InvocationId,
 ) -> Result<InvocationRecord, NodeError> {
     let missing = || NodeError::NotFound(format!("no invocation {id}"));
-    let record = app.store.invocation(id)?.ok_or_else(missing)?;
+    let record = app
+        .store
+        .invocation(id)?
+        // Past its retention period a result is gone, whether or not a sweep deleted it yet.
+        .filter(|r| !app.result_expired(r))
+        .ok_or_else(missing)?;
     // Another tenant's invocation is answered exactly as one that does not exist.
     caller.may_or(Action::ReadResult, Some(&record.function.tenant()), missing)?;
     Ok(record)

@@ -133,11 +133,89 @@ fn async_work_accepted_by_a_node_that_never_comes_back_is_reported_unfinished() 
     );
 }
 
+/// c's clock jumps forward a day (past the results' one-hour retention) while it holds async
+/// results, and b's back an hour.
+const CLOCK_JUMPS: &str = r#"
+name = "smoke-clock-jumps"
+description = "c's clock a day forward, b's an hour back, under sync and async load"
+[cluster]
+nodes = 3
+[workload]
+function = "echo"
+rate_per_s = 60
+duration_s = 10
+mix = { sync = 1, async = 1 }
+[[fault]]
+at_s = 4
+kind = "clock_jump"
+node = "c"
+by_s = 86400
+[[fault]]
+at_s = 5
+kind = "clock_jump"
+node = "b"
+by_s = -3600
+"#;
+
+#[test]
+fn wall_clock_jumps_expire_no_stored_result_and_break_no_promise() {
+    if tern_chaos::runner::libfaketime().is_none() {
+        crate::support::skip_or_fail("clock_jump needs libfaketime (apt-get install faketime)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(CLOCK_JUMPS, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    // The jump happened: c ran under the offset file the runner wrote.
+    assert_eq!(
+        std::fs::read_to_string(out.join("c.clock")).unwrap().trim(),
+        "+86400"
+    );
+    let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let jumped = history
+        .iter()
+        .find(|e| e["event"] == "fault" && e["node"] == "c" && e["phase"] == "end")
+        .and_then(|e| e["at_us"].as_u64())
+        .unwrap_or_else(|| panic!("no clock jump on c in the history: {text}"));
+    // Results c stored before its clock moved a day on were read back after it, succeeded: a
+    // day on the wall clock is not a day of retention.
+    let before: std::collections::HashSet<u64> = history
+        .iter()
+        .filter(|e| {
+            e["event"] == "invoke"
+                && e["node"] == "c"
+                && e["mode"] == "async"
+                && e["at_us"].as_u64().unwrap() < jumped - 1_500_000
+        })
+        .map(|e| e["op"].as_u64().unwrap())
+        .collect();
+    let read_back = history
+        .iter()
+        .filter(|e| {
+            e["event"] == "finished"
+                && before.contains(&e["op"].as_u64().unwrap())
+                && e["status"] == "succeeded"
+        })
+        .count();
+    assert!(
+        before.len() >= 20,
+        "{} async calls to c before the jump",
+        before.len()
+    );
+    assert_eq!(read_back, before.len(), "{text}");
+}
+
 #[test]
 fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let scenario = KILL_AND_RESTART.replace(
         "kind = \"kill\"\nnode = \"b\"\nrestart_after_s = 3",
-        "kind = \"clock_jump\"\nnode = \"b\"\nby_s = -60",
+        "kind = \"partition\"\ngroups = [[\"a\", \"c\"], [\"b\"]]\nfor_s = 3",
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -145,7 +223,7 @@ fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let (ok, text, _) = chaos_run(&scenario, &out);
     assert!(!ok);
     assert!(
-        text.contains("cannot inject clock_jump faults yet"),
+        text.contains("cannot inject partition faults yet"),
         "{text}"
     );
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));
