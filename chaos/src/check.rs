@@ -14,6 +14,8 @@
 //! - `async_finished`: every accepted async invocation has succeeded by the end and was
 //!   counted as run at least once; reruns are counted as duplicates (at-least-once allows them);
 //! - `no_unscheduled_deaths`: no node process ended except by the schedule;
+//! - `impostors_refused`: every impostor ran, no member let it in (its own view never had a
+//!   member up), and the members counted its refused handshakes;
 //! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
 //!   none more than 100 ms late (otherwise the run measured the generator, not the cluster).
 //!
@@ -57,6 +59,8 @@ pub struct Stats {
     pub p99_us_otherwise: Option<u64>,
     /// The longest a send trailed its schedule, µs.
     pub max_send_lag_us: u64,
+    /// Each impostor's attempt, in a line.
+    pub impostors: Vec<String>,
 }
 
 /// The checkers' verdict.
@@ -216,6 +220,40 @@ pub fn check(
                 scheduled_ops,
                 max_lag_us,
             } => load = Some((*scheduled_ops, *max_lag_us)),
+            Event::Impostor {
+                credential,
+                claimed,
+                answered,
+                max_peers_up,
+                rejected_handshakes,
+                ..
+            } => {
+                let who = format!("the {credential} impostor claiming to be {claimed}");
+                report.stats.impostors.push(format!(
+                    "{credential} claiming to be {claimed}: {}, {max_peers_up} member(s) up in \
+                     its view, {rejected_handshakes} refused handshake(s) counted",
+                    if *answered { "ran" } else { "never answered" }
+                ));
+                if !answered {
+                    v(
+                        "impostors_refused",
+                        format!("{who} never answered: nothing was tested"),
+                        Vec::new(),
+                    );
+                } else if *max_peers_up > 0 {
+                    v(
+                        "impostors_refused",
+                        format!("{who} saw {max_peers_up} member(s) up: it was let in"),
+                        Vec::new(),
+                    );
+                } else if *rejected_handshakes == 0 {
+                    v(
+                        "impostors_refused",
+                        format!("no member counted a refused handshake from {who}"),
+                        Vec::new(),
+                    );
+                }
+            }
             Event::NodeExit { .. } | Event::Fault { .. } | Event::Restarted { .. } => {}
         }
     }
@@ -658,6 +696,41 @@ mod tests {
             "{found:?}"
         );
         assert!(!r.passed());
+    }
+
+    #[test]
+    fn an_impostor_let_in_uncounted_or_never_started_fails_the_run_and_a_refused_one_passes() {
+        let impostor = |credential: &str, answered: bool, up: u32, rejected: u64| Event::Impostor {
+            at_us: us(5.0),
+            credential: credential.into(),
+            claimed: "b".into(),
+            answered,
+            max_peers_up: up,
+            rejected_handshakes: rejected,
+        };
+        let mut refused = History::default();
+        sent(&mut refused, 1, 1.0, Mode::Sync);
+        done(&mut refused, 1, 1.1, ok(1));
+        refused.push(impostor("wrong_ca", true, 0, 4));
+        load_ok(&mut refused);
+        assert!(check(&refused, &scenario(), echo).passed());
+
+        let mut h = History::default();
+        h.push(impostor("wrong_ca", true, 1, 4));
+        h.push(impostor("expired", true, 0, 0));
+        h.push(impostor("unknown_name", false, 0, 0));
+        load_ok(&mut h);
+        let r = check(&h, &scenario(), echo);
+        let details: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| v.invariant == "impostors_refused")
+            .map(|v| v.detail.as_str())
+            .collect();
+        assert_eq!(details.len(), 3, "{details:?}");
+        assert!(details[0].contains("wrong_ca") && details[0].contains("let in"));
+        assert!(details[1].contains("expired") && details[1].contains("no member counted"));
+        assert!(details[2].contains("unknown_name") && details[2].contains("never answered"));
     }
 
     #[test]

@@ -76,6 +76,20 @@ pub enum Event {
     /// its store must be opened again and its sockets came from socket activation), and the
     /// runner, its supervisor, started it again.
     Restarted { node: String, at_us: u64 },
+    /// An impostor (a `tern up` process with a bad identity: `credential`, claiming to be node
+    /// `claimed`) dialled every member for a while from `at_us`, then was stopped (not a fault
+    /// window: it excuses no error of the cluster). `answered`: its HTTP API
+    /// answered, so it really ran; `max_peers_up`: the most members its own view ever had up
+    /// (any is admission); `rejected_handshakes`: the members' refused mesh handshakes, summed,
+    /// over its life.
+    Impostor {
+        at_us: u64,
+        credential: String,
+        claimed: String,
+        answered: bool,
+        max_peers_up: u32,
+        rejected_handshakes: u64,
+    },
     /// A fault on `node` began or healed, when the runner did it (`what`: the fault's kind).
     /// Errors are judged against these, not against the schedule.
     Fault {

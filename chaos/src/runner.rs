@@ -31,7 +31,7 @@ use tern_sync::poison::lock;
 
 use crate::check::{Report, check};
 use crate::history::{Event, History, Mode, Outcome, Phase};
-use crate::scenario::{FaultKind, Scenario, Via};
+use crate::scenario::{BadCredential, FaultKind, Scenario, Via};
 
 /// What stops a run before its verdict.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +97,8 @@ pub struct RunOptions {
 struct NodeProc {
     name: String,
     http: SocketAddr,
+    /// Its mesh address (what its peers dial).
+    mesh: SocketAddr,
     args: Vec<String>,
     env: Vec<(String, String)>,
     log: PathBuf,
@@ -236,6 +238,187 @@ impl Drop for NodeProc {
     }
 }
 
+/// Where a run keeps its cluster CA's key when impostors need certificates of that CA.
+const CA_KEY: &str = "ca.key";
+
+/// How long an impostor keeps dialling the members (the mesh redials within a second).
+const IMPOSTOR_LIFE: Duration = Duration::from_secs(5);
+
+/// The name an `unknown_name` impostor's certificate is for: not a node name the runner gives
+/// (those are single letters).
+const UNKNOWN_NAME: &str = "impostor";
+
+/// Runs impostor `k`: a `tern up` process with a bad identity (`credential`) and every member
+/// as its peer, for [`IMPOSTOR_LIFE`], watching its own cluster view and the members' refused
+/// handshakes; then stops it and records what happened (an [`Event::Impostor`], judged by the
+/// `impostors_refused` checker, which also fails a run whose impostor never started).
+async fn impostor(
+    credential: BadCredential,
+    k: usize,
+    options: &RunOptions,
+    nodes: &Mutex<Vec<NodeProc>>,
+    history: &Mutex<History>,
+    t0: Instant,
+) {
+    let label = format!("impostor-{k}");
+    let what = match credential {
+        BadCredential::WrongCa => "wrong_ca",
+        BadCredential::Expired => "expired",
+        BadCredential::UnknownName => "unknown_name",
+    };
+    // Not a fault window: an impostor excuses no error of the cluster it tries to join.
+    let at_us = t0.elapsed().as_micros() as u64;
+    let members: Vec<(String, SocketAddr, SocketAddr, String)> = lock(nodes)
+        .iter()
+        .map(|n| (n.name.clone(), n.http, n.mesh, n.token.clone()))
+        .collect();
+    // A member's name for a foreign or expired certificate (the strongest claim: a stolen or
+    // outdated identity of a real member), a name outside the cluster for a valid one.
+    let claimed = match credential {
+        BadCredential::UnknownName => UNKNOWN_NAME.to_owned(),
+        _ => members
+            .get(1)
+            .or(members.first())
+            .map_or_else(|| "a".to_owned(), |m| m.0.clone()),
+    };
+    let rejected = || async {
+        let mut sum = 0u64;
+        for (_, http, _, token) in &members {
+            sum += metric(*http, token, "tern_rejected_handshakes_total")
+                .await
+                .unwrap_or(0.0) as u64;
+        }
+        sum
+    };
+    let before = rejected().await;
+    let dir = options.out.join("impostors").join(&label);
+    let started = start_impostor(credential, &claimed, &dir, options, &members);
+    let (mut answered, mut max_peers_up) = (false, 0u32);
+    match started {
+        Ok(mut proc) => {
+            let token_file = dir.join("data").join("admin.token");
+            let until = Instant::now() + IMPOSTOR_LIFE;
+            while Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Ok(token) = std::fs::read_to_string(&token_file) else {
+                    continue;
+                };
+                if let Some(r) = get(proc.http, token.trim(), "/v1/cluster").await
+                    && r.status == 200
+                {
+                    answered = true;
+                    let view: serde_json::Value =
+                        serde_json::from_slice(&r.body).unwrap_or_default();
+                    let up = view["members"].as_array().map_or(0, |m| {
+                        m.iter()
+                            .filter(|m| m["state"] == "up" && m["name"] != claimed.as_str())
+                            .count()
+                    });
+                    max_peers_up = max_peers_up.max(u32::try_from(up).unwrap_or(u32::MAX));
+                }
+            }
+            proc.kill();
+        }
+        Err(e) => eprintln!("tern chaos: the {what} impostor did not start: {e}"),
+    }
+    let after = rejected().await;
+    lock(history).push(Event::Impostor {
+        at_us,
+        credential: what.to_owned(),
+        claimed,
+        answered,
+        max_peers_up,
+        rejected_handshakes: after.saturating_sub(before),
+    });
+}
+
+/// The impostor's certificates in `dir/pki` and its process, started.
+fn start_impostor(
+    credential: BadCredential,
+    claimed: &str,
+    dir: &Path,
+    options: &RunOptions,
+    members: &[(String, SocketAddr, SocketAddr, String)],
+) -> Result<NodeProc, RunError> {
+    use tern_cluster::pki;
+    let pki_dir = dir.join("pki");
+    let name: tern_cluster::NodeName = claimed
+        .parse()
+        .map_err(|e: tern_cluster::ClusterError| RunError::Pki(e.to_string()))?;
+    let pki_err = |e: tern_cluster::ClusterError| RunError::Pki(e.to_string());
+    std::fs::create_dir_all(&pki_dir).map_err(io(format!("creating {}", pki_dir.display())))?;
+    let ca_key = options.out.join(CA_KEY);
+    let copy_ca = || {
+        std::fs::copy(
+            options.out.join("pki").join("ca.pem"),
+            pki_dir.join("ca.pem"),
+        )
+        .map(drop)
+        .map_err(io("copying the cluster's CA certificate"))
+    };
+    match credential {
+        // Another cluster's CA, which the members do not trust (nor it them).
+        BadCredential::WrongCa => pki::init(&pki_dir, &[name]).map(drop).map_err(pki_err)?,
+        BadCredential::Expired => {
+            copy_ca()?;
+            pki::add_expired_node(&pki_dir, &ca_key, &name)
+                .map(drop)
+                .map_err(pki_err)?;
+        }
+        BadCredential::UnknownName => {
+            copy_ca()?;
+            pki::add_node(&pki_dir, &ca_key, &name)
+                .map(drop)
+                .map_err(pki_err)?;
+        }
+    }
+    let (listener, udp) = bind_node_sockets()?;
+    let http = listener
+        .local_addr()
+        .map_err(io("reading an HTTP address"))?;
+    let mesh = udp.local_addr().map_err(io("reading a mesh address"))?;
+    let mut args: Vec<String> = vec![
+        "up".into(),
+        "--data".into(),
+        dir.join("data").display().to_string(),
+        "--node-name".into(),
+        claimed.into(),
+        "--cluster-dir".into(),
+        pki_dir.display().to_string(),
+        "--examples-dir".into(),
+        options.examples_dir.display().to_string(),
+    ];
+    for (member, _, member_mesh, _) in members.iter().filter(|m| m.0 != claimed) {
+        args.push("--peer".into());
+        args.push(format!("{member}={member_mesh}"));
+    }
+    let mut proc = NodeProc {
+        name: claimed.into(),
+        http,
+        mesh,
+        args,
+        env: vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())],
+        log: dir.join("impostor.log"),
+        child: None,
+        faulted: true,
+        token: String::new(),
+        sockets: (listener, udp),
+        refuser: None,
+        clock: None,
+        clock_offset_s: 0.0,
+    };
+    proc.spawn(&options.tern)?;
+    Ok(proc)
+}
+
+/// Metric `name` (unlabelled) from the node at `addr`, if it answers and exports it.
+async fn metric(addr: SocketAddr, token: &str, name: &str) -> Option<f64> {
+    let r = get(addr, token, "/metrics").await?;
+    let text = String::from_utf8_lossy(&r.body);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// libfaketime's multi-threaded library: `TERN_CHAOS_LIBFAKETIME`, else where Debian and
 /// a source install put it.
 pub fn libfaketime() -> Option<PathBuf> {
@@ -285,7 +468,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             FaultKind::Link { .. } => Some("link"),
             FaultKind::Corrupt { .. } => Some("corrupt"),
             FaultKind::AddNode { .. } => Some("add_node"),
-            FaultKind::Impostor { .. } => Some("impostor"),
+            FaultKind::Impostor { .. } => None,
         };
         if let Some(kind) = unsupported {
             return Err(RunError::Unsupported(kind));
@@ -328,7 +511,15 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         .collect::<Result<_, _>>()
         .map_err(|e: tern_cluster::ClusterError| RunError::Pki(e.to_string()))?;
     if !pki.join("ca.pem").exists() {
-        tern_cluster::pki::init(&pki, &node_names).map_err(|e| RunError::Pki(e.to_string()))?;
+        // Impostors with this CA's certificates (expired, or for a name not in the cluster)
+        // need its key; it stays in the run's directory, outside the nodes' `pki`.
+        let keep = scenario
+            .faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::Impostor { .. }))
+            .then(|| out.join(CA_KEY));
+        tern_cluster::pki::init_keeping_ca_key(&pki, &node_names, keep.as_deref())
+            .map_err(|e| RunError::Pki(e.to_string()))?;
     }
     let mut nodes = Vec::new();
     let mut sockets = Vec::new();
@@ -386,6 +577,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         nodes.push(NodeProc {
             name: (*name).into(),
             http,
+            mesh: mesh[i],
             args,
             env,
             log: out.join(format!("{name}.log")),
@@ -596,9 +788,9 @@ async fn drive(
     let now_us = move || t0.elapsed().as_micros() as u64;
     let faults = tokio::spawn(run_faults(
         scenario.clone(),
+        options.clone(),
         nodes.clone(),
         history.clone(),
-        tern.clone(),
         t0,
     ));
     let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), tern.clone(), t0));
@@ -832,12 +1024,14 @@ async fn deploy(
 /// they happen (the checkers judge errors against these, not against the schedule).
 async fn run_faults(
     scenario: Scenario,
+    options: RunOptions,
     nodes: Arc<Mutex<Vec<NodeProc>>>,
     history: Arc<Mutex<History>>,
-    tern: PathBuf,
     t0: Instant,
 ) -> Result<(), RunError> {
     use rustix::process::Signal;
+    let tern = options.tern.clone();
+    let mut impostors = 0usize;
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let index = |name: &str| scenario.nodes().iter().position(|n| *n == name);
@@ -943,6 +1137,13 @@ async fn run_faults(
                 later.spawn(async move {
                     tokio::time::sleep(CLOCK_FILE_REREAD).await;
                     record_fault(&history, t0, &node, Phase::End, "clock_jump");
+                });
+            }
+            FaultKind::Impostor { credential } => {
+                impostors += 1;
+                let (nodes, history, options) = (nodes.clone(), history.clone(), options.clone());
+                later.spawn(async move {
+                    impostor(credential, impostors, &options, &nodes, &history, t0).await
                 });
             }
             FaultKind::DiskFull { node, for_s } => {
@@ -1089,6 +1290,9 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         out += "\n\n";
+    }
+    for line in &s.impostors {
+        out += &format!("Impostor: {line}.\n\n");
     }
     for v in &report.violations {
         let ops: Vec<String> = v.ops.iter().take(20).map(u64::to_string).collect();

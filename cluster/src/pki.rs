@@ -125,7 +125,7 @@ pub fn init_keeping_ca_key(
         &mut written,
     )?;
     for n in nodes {
-        issue(dir, &issuer, n, &mut written)?;
+        issue(dir, &issuer, n, Validity::Current, &mut written)?;
     }
     Ok(written)
 }
@@ -142,8 +142,36 @@ pub fn add_node(dir: &Path, ca_key: &Path, node: &NodeName) -> Result<Vec<PathBu
     }
     let issuer = issuer_from_key(&dir.join(CA_FILE), ca_key, CLUSTER_CA)?;
     let mut written = Vec::new();
-    issue(dir, &issuer, node, &mut written)?;
+    issue(dir, &issuer, node, Validity::Current, &mut written)?;
     Ok(written)
+}
+
+/// [`add_node`], but the certificate expired long ago (valid in the year 2000 only): what a
+/// node that kept an old identity presents. Members must refuse it; the chaos tool's
+/// impostors use it to check that they do.
+pub fn add_expired_node(
+    dir: &Path,
+    ca_key: &Path,
+    node: &NodeName,
+) -> Result<Vec<PathBuf>, ClusterError> {
+    for path in [cert_file(dir, node), key_file(dir, node)] {
+        if path.exists() {
+            return Err(ClusterError::AlreadyExists(path));
+        }
+    }
+    let issuer = issuer_from_key(&dir.join(CA_FILE), ca_key, CLUSTER_CA)?;
+    let mut written = Vec::new();
+    issue(dir, &issuer, node, Validity::Expired, &mut written)?;
+    Ok(written)
+}
+
+/// How long a node certificate is valid.
+#[derive(Clone, Copy)]
+enum Validity {
+    /// rcgen's default: 1975 to 4096, so no clock, however wrong, finds it out of date.
+    Current,
+    /// The year 2000 only.
+    Expired,
 }
 
 /// One of the two CAs: its common name and the DNS subtree its leaves are confined to.
@@ -328,11 +356,16 @@ fn issue(
     dir: &Path,
     issuer: &Issuer<'_, KeyPair>,
     n: &NodeName,
+    validity: Validity,
     written: &mut Vec<PathBuf>,
 ) -> Result<(), ClusterError> {
     {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
         let mut params = CertificateParams::new(vec![n.dns_name()])?;
+        if let Validity::Expired = validity {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 12, 31);
+        }
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, n.as_str());
         params.distinguished_name = dn;

@@ -181,6 +181,46 @@ async fn a_peer_from_another_ca_is_rejected_both_ways() {
     wait_for(|| b.rejected_handshakes() >= 1).await;
 }
 
+/// A certificate of the cluster's own CA for a member's name, but expired (a node that kept
+/// an old identity): the member it dials refuses it and counts the refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_of_the_clusters_own_ca_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pki_dir, ca_key) = (dir.path().join("pki"), dir.path().join("ca.key"));
+    pki::init_keeping_ca_key(&pki_dir, &[n("a"), n("b")], Some(&ca_key)).unwrap();
+    let old = dir.path().join("old");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::copy(pki_dir.join("ca.pem"), old.join("ca.pem")).unwrap();
+    pki::add_expired_node(&old, &ca_key, &n("b")).unwrap();
+    assert!(matches!(
+        pki::add_expired_node(&old, &ca_key, &n("b")),
+        Err(ClusterError::AlreadyExists(_))
+    ));
+    let a = std::sync::Arc::new(bind(&pki_dir, "a", TransportConfig::default()));
+    let expired = bind(&old, "b", TransportConfig::default());
+    let accepted = {
+        let a = a.clone();
+        tokio::spawn(
+            async move { tokio::time::timeout(Duration::from_millis(500), a.accept()).await },
+        )
+    };
+    let err = expired
+        .connect(&n("a"), a.local_addr().unwrap())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    println!("expired certificate dialling: {err}");
+    assert!(
+        !matches!(accepted.await.unwrap(), Ok(Ok(_))),
+        "a accepted a connection from an expired certificate"
+    );
+    wait_for(|| a.rejected_handshakes() >= 1).await;
+    // The same name with a current certificate is let in: the refusal was the date.
+    let b = bind(&pki_dir, "b", TransportConfig::default());
+    let _served = serve_one(&a);
+    b.connect(&n("a"), a.local_addr().unwrap()).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_with_a_valid_cert_is_rejected_and_changes_no_membership() {
     let dir = tempfile::tempdir().unwrap();

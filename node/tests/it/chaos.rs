@@ -211,6 +211,70 @@ fn wall_clock_jumps_expire_no_stored_result_and_break_no_promise() {
     assert_eq!(read_back, before.len(), "{text}");
 }
 
+/// Three impostors at once, each dialling every member for 5 s.
+const IMPOSTORS: &str = r#"
+name = "smoke-impostors"
+description = "a foreign CA, an expired certificate and an unknown name try to join under load"
+[cluster]
+nodes = 3
+[workload]
+function = "echo"
+rate_per_s = 40
+duration_s = 8
+[[fault]]
+at_s = 1
+kind = "impostor"
+credential = "wrong_ca"
+[[fault]]
+at_s = 1.5
+kind = "impostor"
+credential = "expired"
+[[fault]]
+at_s = 2
+kind = "impostor"
+credential = "unknown_name"
+"#;
+
+#[test]
+fn impostors_with_a_foreign_ca_an_expired_certificate_or_an_unknown_name_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(IMPOSTORS, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    let impostors: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["event"] == "impostor")
+        .collect();
+    let mut credentials: Vec<&str> = impostors
+        .iter()
+        .map(|e| e["credential"].as_str().unwrap())
+        .collect();
+    credentials.sort_unstable();
+    assert_eq!(
+        credentials,
+        ["expired", "unknown_name", "wrong_ca"],
+        "{history}"
+    );
+    for e in &impostors {
+        // It ran, never saw a member up, and the members counted its refused handshakes;
+        // and no call of the workload failed meanwhile (the verdict above).
+        assert_eq!(e["answered"], true, "{e}");
+        assert_eq!(e["max_peers_up"], 0, "{e}");
+        assert!(e["rejected_handshakes"].as_u64().unwrap() >= 1, "{e}");
+    }
+    assert_eq!(
+        verdict["stats"]["ok"], verdict["stats"]["operations"],
+        "{text}"
+    );
+    assert!(
+        text.contains("Impostor: wrong_ca claiming to be b: ran"),
+        "{text}"
+    );
+}
+
 #[test]
 fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let scenario = KILL_AND_RESTART.replace(
