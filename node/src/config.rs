@@ -175,6 +175,11 @@ pub struct Config {
     /// that invocation traces are sent to. Unset: the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` if set, else no export.
     pub otlp_endpoint: Option<String>,
+    /// Also send the guest stderr lines this node keeps (`guest_log_bytes`) as OTLP log
+    /// records, to `otlp_endpoint` (+ `/v1/logs`) or the standard
+    /// `OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT`. Off by default: guests' output may hold their
+    /// tenants' data.
+    pub guest_logs_otlp: bool,
     /// Share of new invocations traced (0 to 1); a caller's sampled `traceparent` is always
     /// followed. Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.
     pub trace_sample_ratio: Option<f64>,
@@ -349,6 +354,7 @@ impl Default for Config {
             max_output_bytes: 16 << 20,
             guest_log_bytes: 16 << 10,
             otlp_endpoint: None,
+            guest_logs_otlp: false,
             trace_sample_ratio: None,
             trace_follow_caller: None,
             max_instances: 1000,
@@ -491,8 +497,29 @@ impl Config {
         .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
+    /// Where guests' stderr lines go as OTLP log records (`guest_logs_otlp`), over the
+    /// standard `OTEL_*` variables in `env`; `None`: not forwarded.
+    pub fn guest_log_export(
+        &self,
+        env: &std::collections::HashMap<String, String>,
+    ) -> Result<Option<tern_telemetry::LogExportSettings>, ConfigError> {
+        tern_telemetry::LogExportSettings::resolve(
+            self.guest_logs_otlp,
+            self.otlp_endpoint.as_deref(),
+            &self.node_name,
+            env,
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.guest_logs_otlp && self.guest_log_bytes == 0 {
+            return bad(
+                "guest_logs_otlp forwards the stderr lines the node keeps, and guest_log_bytes \
+                 = 0 keeps none",
+            );
+        }
         if self.queue_cap == 0 {
             return bad("queue_cap must be at least 1");
         }
@@ -891,6 +918,31 @@ mod tests {
         }
         let c = Config::load(None, env("TERN_TENANT_MEMORY_PERCENT", "60")).unwrap();
         assert_eq!(c.tenant_memory_percent, 60);
+        // Forwarding guests' stderr needs lines kept, and a receiver.
+        let both = |a: (&str, &str), b: (&str, &str)| {
+            vec![
+                (a.0.to_string(), a.1.to_string()),
+                (b.0.to_string(), b.1.to_string()),
+            ]
+        };
+        let err = Config::load(
+            None,
+            both(
+                ("TERN_GUEST_LOGS_OTLP", "true"),
+                ("TERN_GUEST_LOG_BYTES", "0"),
+            ),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("guest_log_bytes"), "{err}");
+        let c = Config::load(None, env("TERN_GUEST_LOGS_OTLP", "true")).unwrap();
+        let err = c.guest_log_export(&Default::default()).unwrap_err();
+        assert!(err.to_string().contains("no receiver"), "{err}");
+        assert_eq!(
+            Config::default()
+                .guest_log_export(&Default::default())
+                .unwrap(),
+            None
+        );
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("t.toml");
         std::fs::write(&file, "no_such_key = 1\n").unwrap();

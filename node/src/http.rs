@@ -952,26 +952,30 @@ fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<
 }
 
 /// The trace exporter's counters (zero while export is off).
-fn trace_export_metrics(stats: &tern_telemetry::ExportStats) -> String {
+/// The OTLP export counters of one signal: `prefix` (`tern_trace_spans`) and what it counts
+/// (`Trace spans`).
+fn otlp_export_metrics(prefix: &str, what: &str, stats: &tern_telemetry::ExportStats) -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let mut out = String::new();
-    for (name, help, value) in [
+    for (outcome, help, value) in [
         (
-            "tern_trace_spans_exported_total",
-            "Trace spans accepted by the OTLP receiver.",
+            "exported",
+            "accepted by the OTLP receiver.",
             &stats.exported,
         ),
         (
-            "tern_trace_spans_dropped_total",
-            "Trace spans dropped because the export queue was full.",
+            "dropped",
+            "dropped because the export queue was full.",
             &stats.dropped,
         ),
         (
-            "tern_trace_spans_failed_total",
-            "Trace spans sent but not accepted (receiver down, refused, timed out).",
+            "failed",
+            "sent but not accepted (receiver down, refused, timed out).",
             &stats.failed,
         ),
     ] {
+        let name = format!("{prefix}_{outcome}_total");
+        let help = format!("{what} {help}");
         out += &format!(
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}\n",
             value.load(Relaxed)
@@ -1019,7 +1023,16 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
                 .get()
                 .map(|q| q.render_metrics())
                 .unwrap_or_default()
-            + &trace_export_metrics(tern_telemetry::export::stats());
+            + &otlp_export_metrics(
+                "tern_trace_spans",
+                "Trace spans",
+                tern_telemetry::export::stats(),
+            )
+            + &otlp_export_metrics(
+                "tern_guest_log_records",
+                "Guest stderr lines (guest_logs_otlp)",
+                tern_telemetry::logs::stats(),
+            );
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -981,6 +981,12 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 Some(settings) => Some(tern_telemetry::Export::install(&settings)?),
                 None => None,
             };
+            let guest_logs = match cfg.guest_log_export(&env)? {
+                Some(settings) => Some(std::sync::Arc::new(
+                    tern_telemetry::GuestLogExport::install(&settings)?,
+                )),
+                None => None,
+            };
             init_logging(&cli.log, cli.log_format, export.as_ref());
             warn_nofile();
             let token_file = (cfg.auth == tern_node::config::AuthMode::Tokens)
@@ -988,6 +994,20 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             let socket_activated =
                 inherited.http.is_some() || inherited.mesh.is_some() || inherited.client.is_some();
             let node = tern_node::start_with(cfg, inherited).await?;
+            if let Some(guest_logs) = &guest_logs {
+                let guest_logs = guest_logs.clone();
+                node.services().runtime.logs().forward_to(Box::new(
+                    move |function, request_id, at_ms, lines| {
+                        guest_logs.emit(
+                            &function.to_string(),
+                            function.tenant().as_str(),
+                            request_id,
+                            at_ms,
+                            lines,
+                        );
+                    },
+                ));
+            }
             let say = |warning: bool, message: &str| announce(cli.log_format, warning, message);
             match token_file.filter(|f| f.exists()) {
                 Some(f) => say(
@@ -1061,6 +1081,14 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 && let Err(e) = export.shutdown(Duration::from_secs(5))
             {
                 say(true, &format!("warning: traces not all sent: {e}"));
+            }
+            if let Some(guest_logs) = guest_logs
+                && let Err(e) = guest_logs.shutdown(Duration::from_secs(5))
+            {
+                say(
+                    true,
+                    &format!("warning: guest log records not all sent: {e}"),
+                );
             }
             stopped?;
             if restart && stop.fired() {

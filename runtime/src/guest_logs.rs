@@ -176,7 +176,12 @@ pub struct GuestLogs {
     ring_bytes: usize,
     rings: Mutex<HashMap<FunctionName, Ring>>,
     clock_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+    forward: std::sync::OnceLock<Forward>,
 }
+
+/// Where the lines a ring keeps are also sent (the node's OTLP log export): the function, the
+/// MEU's request id, the lines' time and the lines. Must not wait.
+pub type Forward = Box<dyn Fn(&FunctionName, &str, u64, &[String]) + Send + Sync>;
 
 impl GuestLogs {
     pub fn new(ring_bytes: usize, clock_ms: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
@@ -184,7 +189,14 @@ impl GuestLogs {
             ring_bytes,
             rings: Mutex::default(),
             clock_ms,
+            forward: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Also sends every line a ring keeps to `forward`, from now on; once per node (a second
+    /// call changes nothing and says so).
+    pub fn forward_to(&self, forward: Forward) -> bool {
+        self.forward.set(forward).is_ok()
     }
 
     /// Bytes kept per function (0: guests' stderr is discarded).
@@ -293,6 +305,9 @@ impl LogSink for GuestLogs {
         let Some(ring) = rings.get_mut(function) else {
             return;
         };
+        if let Some(forward) = self.forward.get() {
+            forward(function, &request_id, at_ms, &lines);
+        }
         ring.next_seq += never_kept;
         ring.dropped += never_kept;
         for text in lines {
@@ -350,6 +365,31 @@ mod tests {
         assert_eq!(l.read(&name("f"), 3, 100).next, 3);
         assert_eq!(l.read(&name("other"), 0, 100), LogPage::default());
         assert_eq!(l.read(&name("f"), 0, 100).lines.len(), 3);
+    }
+
+    #[test]
+    fn kept_lines_are_also_forwarded_with_their_function_request_and_time_once_set() {
+        type Seen = Vec<(String, String, u64, Vec<String>)>;
+        let l = logs(1024);
+        l.record(&name("f"), "before", Bytes::from("not forwarded"), 0);
+        let seen: Arc<Mutex<Seen>> = Arc::default();
+        let sink = seen.clone();
+        assert!(l.forward_to(Box::new(move |f, r, at, lines| {
+            lock(&sink).push((f.to_string(), r.to_owned(), at, lines.to_vec()));
+        })));
+        assert!(!l.forward_to(Box::new(|_, _, _, _| {})), "set once");
+        l.record(&name("f"), "r1", Bytes::from("one\ntwo\n"), 0);
+        // A function without a ring (removed) keeps nothing and forwards nothing.
+        l.record(&name("gone"), "r2", Bytes::from("lost"), 0);
+        assert_eq!(
+            *lock(&seen),
+            vec![(
+                "f".to_owned(),
+                "r1".to_owned(),
+                42,
+                vec!["one".to_owned(), "two".to_owned()]
+            )]
+        );
     }
 
     #[test]

@@ -1,25 +1,22 @@
-//! The OTLP/HTTP export pipeline: settings from the node's configuration and the standard
-//! `OTEL_*` variables, a tracer provider, and a bounded batch processor.
-//!
-//! The processor is ours rather than the SDK's `BatchSpanProcessor`: that one counts the spans
-//! it drops when its queue is full but only logs the number at shutdown, and an operator needs
-//! it as a metric while the node runs. Ours hands each ended span to a bounded queue without
-//! waiting (a full queue drops the span and counts it), and one thread batches and exports, so
-//! a slow or absent collector never blocks a request.
+//! The OTLP/HTTP trace export pipeline: settings from the node's configuration and the
+//! standard `OTEL_*` variables, a tracer provider, and a processor that hands ended spans to
+//! the bounded export queue ([`crate::queue`]), so a slow or absent collector never blocks a
+//! request and every dropped span is counted.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::registry::LookupSpan;
+
+use crate::queue::{BatchExport, Batching, Bounded};
 
 /// What can stop the export pipeline from starting.
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +120,7 @@ impl ExportSettings {
                 None => return Ok(None),
             },
         };
-        if !url.starts_with("http://") {
-            return Err(Error::Setting {
-                name: named,
-                reason: format!(
-                    "{url:?}: an http:// URL is needed (for TLS, send to a local collector)"
-                ),
-            });
-        }
+        check_http(named, &url)?;
         if let Some((name, p)) = either(
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -159,24 +149,59 @@ impl ExportSettings {
         )
         .is_none()
         .then_some(Duration::from_secs(10));
-        let name_service = var("OTEL_SERVICE_NAME").is_none()
-            && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
-                attrs
-                    .split(',')
-                    .any(|kv| kv.trim_start().starts_with("service.name="))
-            });
         Ok(Some(Self {
             endpoint,
             ratio,
             follow_caller: node_config.follow_caller.unwrap_or(env_follow),
             timeout,
-            name_service,
+            name_service: names_no_service(env),
             queue: 4096,
             batch: 512,
             delay: Duration::from_secs(1),
             node: node.to_owned(),
         }))
     }
+}
+
+/// Refuses an endpoint (from setting `name`) that is not plain HTTP.
+pub(crate) fn check_http(name: &'static str, url: &str) -> Result<(), Error> {
+    if url.starts_with("http://") {
+        return Ok(());
+    }
+    Err(Error::Setting {
+        name,
+        reason: format!("{url:?}: an http:// URL is needed (for TLS, send to a local collector)"),
+    })
+}
+
+/// Whether `env` leaves the service unnamed (no `OTEL_SERVICE_NAME`, no `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`), so Tern names it.
+pub(crate) fn names_no_service(env: &HashMap<String, String>) -> bool {
+    let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    var("OTEL_SERVICE_NAME").is_none()
+        && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {
+            attrs
+                .split(',')
+                .any(|kv| kv.trim_start().starts_with("service.name="))
+        })
+}
+
+/// What every signal says of its sender: the node (`service.instance.id`), the version, and
+/// the service `tern` unless the environment names it (`name_service` false).
+pub(crate) fn resource(node: &str, name_service: bool) -> Resource {
+    let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
+        "service.instance.id",
+        node.to_owned(),
+    ));
+    if name_service {
+        resource = resource.with_service_name("tern");
+    }
+    resource
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build()
 }
 
 /// The ratio, and whether a caller's decision is followed, that the standard sampler
@@ -263,19 +288,7 @@ impl Export {
         settings: &ExportSettings,
         stats: &'static ExportStats,
     ) -> Result<Self, Error> {
-        let mut resource = Resource::builder().with_attribute(opentelemetry::KeyValue::new(
-            "service.instance.id",
-            settings.node.clone(),
-        ));
-        if settings.name_service {
-            resource = resource.with_service_name("tern");
-        }
-        let resource = resource
-            .with_attribute(opentelemetry::KeyValue::new(
-                "service.version",
-                env!("CARGO_PKG_VERSION"),
-            ))
-            .build();
+        let resource = resource(&settings.node, settings.name_service);
         let processor = BoundedBatch::start(exporter, &resource, settings, stats)?;
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
@@ -314,21 +327,23 @@ impl Export {
     }
 }
 
-enum Msg {
-    Span(Box<SpanData>),
-    /// Export what is queued, then answer.
-    Flush(mpsc::Sender<()>),
-    /// Export what is queued, answer, and end the thread.
-    Shutdown(mpsc::Sender<()>),
-}
-
-/// The bounded batch processor (see the module's documentation).
+/// Ended spans to the OTLP exporter, through the bounded queue ([`crate::queue`]).
 #[derive(Debug)]
 struct BoundedBatch {
-    queue: SyncSender<Msg>,
-    /// Set when shutdown begins: a span ending later is dropped (and counted) at once.
-    closed: AtomicBool,
-    stats: &'static ExportStats,
+    queue: Bounded<SpanData>,
+}
+
+/// A span exporter as the queue's export end.
+struct Spans<E>(E);
+
+impl<E: SpanExporter + 'static> BatchExport<SpanData> for Spans<E> {
+    fn export(&self, rt: &tokio::runtime::Runtime, items: Vec<SpanData>) -> bool {
+        rt.block_on(self.0.export(items)).is_ok()
+    }
+
+    fn shutdown(&self) {
+        let _ = self.0.shutdown();
+    }
 }
 
 impl BoundedBatch {
@@ -339,40 +354,14 @@ impl BoundedBatch {
         stats: &'static ExportStats,
     ) -> Result<Self, Error> {
         exporter.set_resource(resource);
-        let (queue, rx) = mpsc::sync_channel(settings.queue);
-        let (batch, delay) = (settings.batch.max(1), settings.delay);
-        std::thread::Builder::new()
-            .name("tern-otlp".into())
-            .spawn(move || export_loop(exporter, rx, batch, delay, stats))
-            .map_err(Error::Thread)?;
+        let batching = Batching {
+            queue: settings.queue,
+            batch: settings.batch,
+            delay: settings.delay,
+        };
         Ok(Self {
-            queue,
-            closed: AtomicBool::new(false),
-            stats,
+            queue: Bounded::start("tern-otlp", Spans(exporter), batching, stats)?,
         })
-    }
-
-    /// Queues a flush or shutdown request and waits for its answer, `timeout` in all: a full
-    /// queue in front of an unreachable receiver must not hold a shutting-down node longer.
-    fn ask(&self, make: fn(mpsc::Sender<()>) -> Msg, timeout: Duration) -> OTelSdkResult {
-        let deadline = Instant::now() + timeout;
-        let (tx, rx) = mpsc::channel();
-        let mut msg = make(tx);
-        loop {
-            match self.queue.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Disconnected(_)) => return Err(OTelSdkError::AlreadyShutdown),
-                Err(TrySendError::Full(back)) => {
-                    if Instant::now() >= deadline {
-                        return Err(OTelSdkError::Timeout(timeout));
-                    }
-                    msg = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
-        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .map_err(|_| OTelSdkError::Timeout(timeout))
     }
 }
 
@@ -380,122 +369,15 @@ impl SpanProcessor for BoundedBatch {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if self.closed.load(Relaxed) {
-            self.stats.dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        match self.queue.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Relaxed);
-            }
-        }
+        self.queue.offer(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.ask(Msg::Flush, Duration::from_secs(30))
+        self.queue.flush()
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.closed.store(true, Relaxed);
-        self.ask(Msg::Shutdown, timeout)
-    }
-}
-
-/// The export thread: batches of at most `batch` spans, sent when full or `delay` after the
-/// first span of the batch arrived. The OTLP client is async (hyper), so the thread runs a
-/// small current-thread runtime of its own, apart from the node's workers.
-fn export_loop<E: SpanExporter>(
-    exporter: E,
-    rx: Receiver<Msg>,
-    batch: usize,
-    delay: Duration,
-    stats: &'static ExportStats,
-) {
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        // Without a runtime nothing can be sent: every span is dropped (and counted).
-        while let Ok(msg) = rx.recv() {
-            match msg {
-                Msg::Span(_) => {
-                    stats.dropped.fetch_add(1, Relaxed);
-                }
-                Msg::Flush(done) => {
-                    let _ = done.send(());
-                }
-                Msg::Shutdown(done) => {
-                    let _ = done.send(());
-                    return;
-                }
-            }
-        }
-        return;
-    };
-    let send = |spans: &mut Vec<SpanData>| {
-        if spans.is_empty() {
-            return;
-        }
-        let n = spans.len() as u64;
-        match rt.block_on(exporter.export(std::mem::take(spans))) {
-            Ok(()) => stats.exported.fetch_add(n, Relaxed),
-            Err(_) => stats.failed.fetch_add(n, Relaxed),
-        };
-    };
-    let mut spans: Vec<SpanData> = Vec::with_capacity(batch);
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let msg = match deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        match msg {
-            Ok(Msg::Span(span)) => {
-                spans.push(*span);
-                deadline.get_or_insert_with(|| Instant::now() + delay);
-                if spans.len() >= batch {
-                    send(&mut spans);
-                    deadline = None;
-                }
-            }
-            Ok(Msg::Flush(done)) => {
-                send(&mut spans);
-                deadline = None;
-                let _ = done.send(());
-            }
-            Ok(Msg::Shutdown(done)) => {
-                // What was queued behind the request goes too (in batches), and flushes
-                // asked for meanwhile are answered after it; then the queue closes.
-                let mut waiting = vec![done];
-                while let Ok(msg) = rx.try_recv() {
-                    match msg {
-                        Msg::Span(span) => {
-                            spans.push(*span);
-                            if spans.len() >= batch {
-                                send(&mut spans);
-                            }
-                        }
-                        Msg::Flush(done) | Msg::Shutdown(done) => waiting.push(done),
-                    }
-                }
-                drop(rx);
-                send(&mut spans);
-                let _ = exporter.shutdown();
-                for done in waiting {
-                    let _ = done.send(());
-                }
-                return;
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                send(&mut spans);
-                deadline = None;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                send(&mut spans);
-                return;
-            }
-        }
+        self.queue.shutdown(timeout)
     }
 }
 
@@ -503,7 +385,10 @@ fn export_loop<E: SpanExporter>(
 pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use opentelemetry_sdk::error::OTelSdkError;
+    use std::sync::atomic::Ordering::Relaxed;
     use std::sync::{Arc, Mutex};
+    use std::time::Instant;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

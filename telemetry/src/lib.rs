@@ -1,6 +1,7 @@
 //! Traces that leave the process: which invocations are traced (head sampling, decided once at
 //! the node that accepts the invocation), W3C Trace Context in and out of a span, and the
-//! OTLP/HTTP export pipeline ([`export`]) with a bounded queue whose drops are counted.
+//! OTLP/HTTP export pipeline ([`export`]) with a bounded queue whose drops are counted; and
+//! guests' stderr forwarded as OTLP log records ([`logs`]) through the same kind of queue.
 //!
 //! Tern's spans are ordinary `tracing` spans at target [`TARGET`]. They exist only for a traced
 //! invocation: the root is created only when [`sample`] says so, and every other span only
@@ -15,6 +16,8 @@
 //! ```
 
 pub mod export;
+pub mod logs;
+mod queue;
 mod sampling;
 
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -22,6 +25,7 @@ use tern_wire::TraceParent;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use export::{Error, Export, ExportSettings, ExportStats, NodeTraceConfig};
+pub use logs::{GuestLogExport, LogExportSettings};
 pub use sampling::{sample, sample_hop};
 
 /// The `tracing` target of every span Tern exports. The node's log output leaves it out, and

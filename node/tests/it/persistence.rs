@@ -13,7 +13,7 @@ use tern_wire::{InvocationRecord, InvocationStatus};
 use crate::support::*;
 
 /// A `tern up` process, `SIGKILL`ed when dropped.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -25,6 +25,15 @@ impl Drop for KillOnDrop {
 /// `tern up` alone (no cluster) with `data`, on `listener` (socket activation, so a restart
 /// gets the same address), once it answers; its admin token is the one requests use.
 async fn spawn_tern(data: &Path, listener: &std::net::TcpListener) -> KillOnDrop {
+    spawn_tern_with(data, listener, &[]).await
+}
+
+/// [`spawn_tern`] with `env` added to the node's environment.
+pub(crate) async fn spawn_tern_with(
+    data: &Path,
+    listener: &std::net::TcpListener,
+    env: &[(&str, &str)],
+) -> KillOnDrop {
     let addr = listener.local_addr().unwrap();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -46,6 +55,7 @@ async fn spawn_tern(data: &Path, listener: &std::net::TcpListener) -> KillOnDrop
         .env("LISTEN_FDNAMES", "http")
         .env_remove("LISTEN_PID")
         .env("TERN_EXAMPLES", "[]")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log);

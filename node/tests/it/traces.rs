@@ -1,6 +1,6 @@
-//! OpenTelemetry traces across a cluster of `tern` processes, checked against an OTLP/HTTP
-//! receiver run by the test: it decodes what the nodes send with the protocol's generated
-//! types, as a collector would.
+//! OpenTelemetry traces across a cluster of `tern` processes, and guests' stderr forwarded as
+//! OTLP log records, checked against an OTLP/HTTP receiver run by the test: it decodes what
+//! the nodes send with the protocol's generated types, as a collector would.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Method;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
@@ -31,18 +32,32 @@ struct Got {
     attributes: HashMap<String, String>,
 }
 
-/// An OTLP/HTTP traces receiver on a local port.
+/// One log record as the receiver got it: its node, body and attributes.
+#[derive(Clone, Debug)]
+struct GotLog {
+    node: String,
+    body: String,
+    attributes: HashMap<String, String>,
+}
+
+#[derive(Default)]
+struct Received {
+    spans: Vec<Got>,
+    logs: Vec<GotLog>,
+}
+
+/// An OTLP/HTTP traces and logs receiver on a local port.
 struct Receiver {
     addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Got>>>,
+    got: Arc<Mutex<Received>>,
 }
 
 impl Receiver {
     async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let store = spans.clone();
+        let got = Arc::new(Mutex::new(Received::default()));
+        let store = got.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -60,13 +75,18 @@ impl Receiver {
                 });
             }
         });
-        Self { addr, spans }
+        Self { addr, got }
+    }
+
+    fn logs(&self) -> Vec<GotLog> {
+        self.got.lock().unwrap().logs.clone()
     }
 
     fn of_trace(&self, trace_id: &[u8]) -> Vec<Got> {
-        self.spans
+        self.got
             .lock()
             .unwrap()
+            .spans
             .iter()
             .filter(|s| s.trace_id == trace_id)
             .cloned()
@@ -76,18 +96,25 @@ impl Receiver {
 
 async fn receive(
     req: hyper::Request<hyper::body::Incoming>,
-    store: &Mutex<Vec<Got>>,
+    store: &Mutex<Received>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
-    let path_ok = req.uri().path() == "/v1/traces";
+    let path = req.uri().path().to_owned();
     let protobuf = req
         .headers()
         .get("content-type")
         .is_some_and(|v| v == "application/x-protobuf");
     let body = req.into_body().collect().await.map(|b| b.to_bytes());
-    let status = match (path_ok, protobuf, body) {
-        (true, true, Ok(body)) => match ExportTraceServiceRequest::decode(body) {
+    let status = match (path.as_str(), protobuf, body) {
+        ("/v1/traces", true, Ok(body)) => match ExportTraceServiceRequest::decode(body) {
             Ok(export) => {
-                store.lock().unwrap().extend(flatten(export));
+                store.lock().unwrap().spans.extend(flatten(export));
+                200
+            }
+            Err(_) => 400,
+        },
+        ("/v1/logs", true, Ok(body)) => match ExportLogsServiceRequest::decode(body) {
+            Ok(export) => {
+                store.lock().unwrap().logs.extend(flatten_logs(export));
                 200
             }
             Err(_) => 400,
@@ -111,6 +138,33 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
         Some(Value::DoubleValue(d)) => d.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+fn flatten_logs(export: ExportLogsServiceRequest) -> Vec<GotLog> {
+    let mut out = Vec::new();
+    for rl in export.resource_logs {
+        let node = rl
+            .resource
+            .iter()
+            .flat_map(|r| &r.attributes)
+            .find(|kv| kv.key == "service.instance.id")
+            .map(|kv| text(&kv.value))
+            .unwrap_or_default();
+        for sl in rl.scope_logs {
+            for r in sl.log_records {
+                out.push(GotLog {
+                    node: node.clone(),
+                    body: text(&r.body),
+                    attributes: r
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), text(&kv.value)))
+                        .collect(),
+                });
+            }
+        }
+    }
+    out
 }
 
 fn flatten(export: ExportTraceServiceRequest) -> Vec<Got> {
@@ -272,9 +326,10 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     assert!(receiver.of_trace(&hex(unsampled_id)).is_empty());
     assert!(
         !receiver
-            .spans
+            .got
             .lock()
             .unwrap()
+            .spans
             .iter()
             .any(|s| s.attributes.get("request_id") == Some(&unsampled_request)),
         "the unsampled call was traced under a trace of its own"
@@ -341,4 +396,53 @@ fn hex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+/// With `guest_logs_otlp`, the stderr lines a node keeps also reach the OTLP receiver as log
+/// records: one per line, with the function, its tenant, the request that wrote it and the
+/// node; the export counters say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_function_and_request() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [
+        ("TERN_OTLP_ENDPOINT", endpoint.as_str()),
+        ("TERN_GUEST_LOGS_OTLP", "true"),
+        ("TERN_NODE_NAME", "a"),
+    ];
+    let node = crate::persistence::spawn_tern_with(&dir.path().join("node"), &listener, &env).await;
+    let r = request(addr, Method::PUT, "/v1/functions/logger", wasm("logger")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = invoke(addr, "logger", "first\nsecond").await;
+    assert_eq!(r.status, 200);
+    let request_id = r.header("x-tern-request-id").unwrap().to_owned();
+    let logs = eventually("two log records", Duration::from_secs(20), || async {
+        let logs = receiver.logs();
+        (logs.len() >= 2).then_some(logs)
+    })
+    .await;
+    let bodies: Vec<&str> = logs.iter().map(|l| l.body.as_str()).collect();
+    assert_eq!(bodies, ["log: first", "log: second"], "{logs:#?}");
+    for l in &logs {
+        assert_eq!(l.node, "a");
+        assert_eq!(l.attributes["tern.function"], "logger");
+        assert_eq!(l.attributes["tern.tenant"], "default");
+        assert_eq!(l.attributes["tern.request_id"], request_id);
+        assert_eq!(l.attributes["log.iostream"], "stderr");
+    }
+    assert_eq!(
+        metric(addr, "tern_guest_log_records_exported_total").await,
+        2.0
+    );
+    assert_eq!(
+        metric(addr, "tern_guest_log_records_dropped_total").await,
+        0.0
+    );
+    // The lines are still kept on the node as well.
+    let kept = request(addr, Method::GET, "/v1/functions/logger/logs", Bytes::new()).await;
+    assert!(String::from_utf8_lossy(&kept.body).contains("log: second"));
+    drop(node);
 }

@@ -1,0 +1,411 @@
+//! Guests' stderr as OpenTelemetry log records, sent to an OTLP/HTTP receiver through the
+//! bounded export queue ([`crate::queue`]): a guest that floods stderr, or a receiver that is
+//! slow or down, costs dropped (and counted) records, never a request or a guest's time.
+//!
+//! One record per line the node keeps (see the node's guest logs): the line as the body, its
+//! time, and `tern.function`, `tern.tenant`, `tern.request_id` and `log.iostream = stderr` as
+//! attributes; the resource names the service (`tern`) and the node (`service.instance.id`).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use opentelemetry::InstrumentationScope;
+use opentelemetry::logs::{AnyValue, LogRecord as _, Logger as _, LoggerProvider as _, Severity};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::logs::{
+    LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
+};
+
+use crate::export::{Error, ExportStats};
+use crate::queue::{BatchExport, Batching, Bounded};
+
+/// Where guests' log records go, resolved from the node's settings and the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogExportSettings {
+    /// The OTLP/HTTP logs URL; `None`: the exporter reads `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`
+    /// or `OTEL_EXPORTER_OTLP_ENDPOINT` (+ `/v1/logs`) itself.
+    pub endpoint: Option<String>,
+    /// How long one export may take; `None`: `OTEL_EXPORTER_OTLP_[LOGS_]TIMEOUT`, which the
+    /// exporter reads itself.
+    pub timeout: Option<Duration>,
+    /// Whether to name the service `tern` (not when the environment names it).
+    pub name_service: bool,
+    /// `service.instance.id`: the node's name.
+    pub node: String,
+    /// Records waiting at most (more are dropped and counted), per request, and the longest
+    /// wait of a partial batch.
+    pub queue: usize,
+    pub batch: usize,
+    pub delay: Duration,
+}
+
+impl LogExportSettings {
+    /// Resolves where guests' stderr goes when the node forwards it (`forward`): the node's
+    /// `otlp_endpoint` (a base URL; `/v1/logs` is appended) over the standard variables in
+    /// `env` (`OTEL_SDK_DISABLED`, `OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT`,
+    /// `OTEL_EXPORTER_OTLP_[LOGS_]PROTOCOL`, `OTEL_EXPORTER_OTLP_[LOGS_]TIMEOUT`,
+    /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). `Ok(None)`: not forwarded (not asked
+    /// for, or turned off by a variable). Forwarding asked for with no receiver anywhere is an
+    /// error, not a silent nothing.
+    pub fn resolve(
+        forward: bool,
+        otlp_endpoint: Option<&str>,
+        node: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Option<Self>, Error> {
+        if !forward {
+            return Ok(None);
+        }
+        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let either = |signal: &'static str, general: &'static str| {
+            var(signal)
+                .map(|v| (signal, v))
+                .or_else(|| var(general).map(|v| (general, v)))
+        };
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        match var("OTEL_LOGS_EXPORTER") {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(None),
+            Some(other) => {
+                return Err(Error::Setting {
+                    name: "OTEL_LOGS_EXPORTER",
+                    reason: format!("{other:?}: only otlp (or none) is supported"),
+                });
+            }
+        }
+        let (endpoint, named, url) = match otlp_endpoint.map(str::trim).filter(|e| !e.is_empty()) {
+            Some(base) => {
+                let url = format!("{}/v1/logs", base.trim_end_matches('/'));
+                (Some(url.clone()), "otlp_endpoint", url)
+            }
+            None => match either(
+                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ) {
+                Some((name, url)) => (None, name, url.to_owned()),
+                None => {
+                    return Err(Error::Setting {
+                        name: "guest_logs_otlp",
+                        reason: "no receiver: set otlp_endpoint or \
+                                 OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT"
+                            .into(),
+                    });
+                }
+            },
+        };
+        crate::export::check_http(named, &url)?;
+        if let Some((name, p)) = either(
+            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ) && p != "http/protobuf"
+        {
+            return Err(Error::Setting {
+                name,
+                reason: format!("{p:?}: only http/protobuf is supported"),
+            });
+        }
+        let timeout = either(
+            "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        )
+        .is_none()
+        .then_some(Duration::from_secs(10));
+        Ok(Some(Self {
+            endpoint,
+            timeout,
+            name_service: crate::export::names_no_service(env),
+            node: node.to_owned(),
+            queue: 4096,
+            batch: 512,
+            delay: Duration::from_secs(1),
+        }))
+    }
+}
+
+static STATS: ExportStats = ExportStats::new();
+
+/// The process's guest log record counters (all zero while forwarding is off).
+pub fn stats() -> &'static ExportStats {
+    &STATS
+}
+
+type Item = (SdkLogRecord, InstrumentationScope);
+
+/// The logger provider's only processor: each emitted record to the bounded queue.
+#[derive(Debug)]
+struct ToQueue(Bounded<Item>);
+
+impl LogProcessor for ToQueue {
+    fn emit(&self, record: &mut SdkLogRecord, scope: &InstrumentationScope) {
+        self.0.offer((record.clone(), scope.clone()));
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown(timeout)
+    }
+}
+
+/// A log exporter as the queue's export end.
+struct Records<E>(E);
+
+impl<E: LogExporter + 'static> BatchExport<Item> for Records<E> {
+    fn export(&self, rt: &tokio::runtime::Runtime, items: Vec<Item>) -> bool {
+        let refs: Vec<(&SdkLogRecord, &InstrumentationScope)> =
+            items.iter().map(|(r, s)| (r, s)).collect();
+        rt.block_on(self.0.export(LogBatch::new(&refs))).is_ok()
+    }
+
+    fn shutdown(&self) {
+        let _ = self.0.shutdown();
+    }
+}
+
+/// The running guest log export. Keep it while the node runs; [`GuestLogExport::shutdown`]
+/// sends what is queued.
+pub struct GuestLogExport {
+    provider: SdkLoggerProvider,
+    logger: SdkLogger,
+}
+
+impl GuestLogExport {
+    /// Starts the OTLP/HTTP log exporter and its export thread.
+    pub fn install(settings: &LogExportSettings) -> Result<Self, Error> {
+        let mut builder = opentelemetry_otlp::LogExporter::builder().with_http();
+        if let Some(t) = settings.timeout {
+            builder = builder.with_timeout(t);
+        }
+        if let Some(e) = &settings.endpoint {
+            builder = builder.with_endpoint(e.clone());
+        }
+        let exporter = builder
+            .build()
+            .map_err(|e| Error::Exporter(e.to_string()))?;
+        Self::with_exporter(exporter, settings, &STATS)
+    }
+
+    /// The pipeline around any exporter (tests keep records in memory).
+    pub(crate) fn with_exporter<E: LogExporter + 'static>(
+        mut exporter: E,
+        settings: &LogExportSettings,
+        stats: &'static ExportStats,
+    ) -> Result<Self, Error> {
+        let resource = crate::export::resource(&settings.node, settings.name_service);
+        exporter.set_resource(&resource);
+        let batching = Batching {
+            queue: settings.queue,
+            batch: settings.batch,
+            delay: settings.delay,
+        };
+        let queue = Bounded::start("tern-otlp-logs", Records(exporter), batching, stats)?;
+        let provider = SdkLoggerProvider::builder()
+            .with_log_processor(ToQueue(queue))
+            .with_resource(resource)
+            .build();
+        let logger = provider.logger("tern");
+        Ok(Self { provider, logger })
+    }
+
+    /// Sends `lines` that an MEU of `function` (owned by `tenant`) wrote to stderr, stamped
+    /// `at_ms` (ms since the Unix epoch). Never waits: a full queue drops records and counts
+    /// them.
+    pub fn emit(
+        &self,
+        function: &str,
+        tenant: &str,
+        request_id: &str,
+        at_ms: u64,
+        lines: &[String],
+    ) {
+        let at = UNIX_EPOCH + Duration::from_millis(at_ms);
+        for line in lines {
+            let mut record = self.logger.create_log_record();
+            record.set_timestamp(at);
+            record.set_observed_timestamp(SystemTime::now());
+            // stderr says nothing about severity; the protocol's "unspecified" would hide the
+            // lines from viewers that filter by it, so: info, named as the stream.
+            record.set_severity_number(Severity::Info);
+            record.set_severity_text("stderr");
+            record.set_body(AnyValue::from(line.clone()));
+            record.add_attributes([
+                ("tern.function", AnyValue::from(function.to_owned())),
+                ("tern.tenant", AnyValue::from(tenant.to_owned())),
+                ("tern.request_id", AnyValue::from(request_id.to_owned())),
+                ("log.iostream", AnyValue::from("stderr")),
+            ]);
+            self.logger.emit(record);
+        }
+    }
+
+    /// Sends what is queued (waiting at most `timeout`) and stops the export thread.
+    pub fn shutdown(&self, timeout: Duration) -> Result<(), String> {
+        self.provider
+            .shutdown_with_timeout(timeout)
+            .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::sync::{Arc, Mutex};
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn forwarding_is_asked_for_and_needs_a_receiver_and_the_node_setting_wins() {
+        assert_eq!(
+            LogExportSettings::resolve(false, Some("http://c:4318"), "a", &env(&[])).unwrap(),
+            None
+        );
+        let s = LogExportSettings::resolve(
+            true,
+            Some("http://c:4318/"),
+            "a",
+            &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.endpoint.as_deref(), Some("http://c:4318/v1/logs"));
+        assert!(s.name_service);
+        // The logs variable alone: the exporter reads it.
+        let s = LogExportSettings::resolve(
+            true,
+            None,
+            "a",
+            &env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/v1/logs")]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.endpoint, None);
+        let err = LogExportSettings::resolve(true, None, "a", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("no receiver"), "{err}");
+        for (k, v, what) in [
+            ("OTEL_LOGS_EXPORTER", "console", "OTEL_LOGS_EXPORTER"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc", "PROTOCOL"),
+        ] {
+            let err = LogExportSettings::resolve(true, Some("http://c:4318"), "a", &env(&[(k, v)]))
+                .unwrap_err();
+            assert!(err.to_string().contains(what), "{err}");
+        }
+        let err =
+            LogExportSettings::resolve(true, Some("https://c:4318"), "a", &env(&[])).unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+        for off in [
+            ("OTEL_LOGS_EXPORTER", "none"),
+            ("OTEL_SDK_DISABLED", "true"),
+        ] {
+            assert_eq!(
+                LogExportSettings::resolve(true, Some("http://c:4318"), "a", &env(&[off])).unwrap(),
+                None
+            );
+        }
+    }
+
+    /// A record as kept: its body and attributes.
+    type Kept = (String, Vec<(String, String)>);
+
+    /// Keeps what it is sent, or refuses everything.
+    #[derive(Debug, Default, Clone)]
+    struct Memory {
+        got: Arc<Mutex<Vec<Kept>>>,
+        refuse: bool,
+    }
+
+    impl LogExporter for Memory {
+        async fn export(&self, batch: LogBatch<'_>) -> OTelSdkResult {
+            if self.refuse {
+                return Err(opentelemetry_sdk::error::OTelSdkError::InternalFailure(
+                    "refused".into(),
+                ));
+            }
+            let mut got = self.got.lock().unwrap();
+            for (record, _) in batch.iter() {
+                let body = match record.body() {
+                    Some(AnyValue::String(s)) => s.to_string(),
+                    other => format!("{other:?}"),
+                };
+                let attrs = record
+                    .attributes_iter()
+                    .map(|(k, v)| (k.to_string(), format!("{v:?}")))
+                    .collect();
+                got.push((body, attrs));
+            }
+            Ok(())
+        }
+    }
+
+    fn settings(queue: usize) -> LogExportSettings {
+        LogExportSettings {
+            endpoint: None,
+            timeout: None,
+            name_service: true,
+            node: "a".into(),
+            queue,
+            batch: 2,
+            delay: Duration::from_millis(20),
+        }
+    }
+
+    #[test]
+    fn each_line_is_a_record_with_its_function_tenant_and_request_and_a_full_queue_counts_drops() {
+        static STATS: ExportStats = ExportStats::new();
+        let memory = Memory::default();
+        let export = GuestLogExport::with_exporter(memory.clone(), &settings(64), &STATS).unwrap();
+        let lines = vec!["first".to_owned(), "second".to_owned(), "third".to_owned()];
+        export.emit("acme/echo", "acme", "r-1", 1_700_000_000_000, &lines);
+        export.shutdown(Duration::from_secs(5)).unwrap();
+        let got = memory.got.lock().unwrap().clone();
+        let bodies: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+        assert_eq!(bodies, ["first", "second", "third"]);
+        let attrs: HashMap<&str, &str> = got[0]
+            .1
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for (k, v) in [
+            ("tern.function", "acme/echo"),
+            ("tern.tenant", "acme"),
+            ("tern.request_id", "r-1"),
+            ("log.iostream", "stderr"),
+        ] {
+            assert!(
+                attrs.get(k).is_some_and(|got| got.contains(v)),
+                "{k}: {attrs:?}"
+            );
+        }
+        assert_eq!(STATS.exported.load(Relaxed), 3);
+        // After shutdown every record is dropped and counted, never queued.
+        export.emit("acme/echo", "acme", "r-2", 0, &lines[..1]);
+        assert_eq!(STATS.dropped.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn a_refusing_receiver_counts_failures_not_exports() {
+        static STATS: ExportStats = ExportStats::new();
+        let memory = Memory {
+            refuse: true,
+            ..Memory::default()
+        };
+        let export = GuestLogExport::with_exporter(memory, &settings(64), &STATS).unwrap();
+        export.emit("f", "default", "r", 0, &["x".to_owned(), "y".to_owned()]);
+        export.shutdown(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            (STATS.exported.load(Relaxed), STATS.failed.load(Relaxed)),
+            (0, 2)
+        );
+    }
+}
