@@ -200,8 +200,13 @@ impl NodeProc {
             old.abort();
         }
         self.refuser = Some(runtime.spawn(async move {
-            while let Ok((connection, _)) = listener.accept().await {
-                drop(connection);
+            loop {
+                match listener.accept().await {
+                    Ok((connection, _)) => drop(connection),
+                    // Out of descriptors, or a connection reset before it was taken: the
+                    // listener is still the run's, so go on after a breath.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
             }
         }));
     }
@@ -245,8 +250,9 @@ const CA_KEY: &str = "ca.key";
 const IMPOSTOR_LIFE: Duration = Duration::from_secs(5);
 
 /// The name an `unknown_name` impostor's certificate is for: not a node name the runner gives
-/// (those are single letters).
-const UNKNOWN_NAME: &str = "impostor";
+/// (those are single letters), and sorting before them, so it dials every member (of two
+/// nodes, the one whose name sorts first dials).
+const UNKNOWN_NAME: &str = "0-outsider";
 
 /// Runs impostor `k`: a `tern up` process with a bad identity (`credential`) and every member
 /// as its peer, for [`IMPOSTOR_LIFE`], watching its own cluster view and the members' refused
@@ -255,6 +261,7 @@ const UNKNOWN_NAME: &str = "impostor";
 async fn impostor(
     credential: BadCredential,
     k: usize,
+    env: Vec<(String, String)>,
     options: &RunOptions,
     nodes: &Mutex<Vec<NodeProc>>,
     history: &Mutex<History>,
@@ -273,12 +280,12 @@ async fn impostor(
         .map(|n| (n.name.clone(), n.http, n.mesh, n.token.clone()))
         .collect();
     // A member's name for a foreign or expired certificate (the strongest claim: a stolen or
-    // outdated identity of a real member), a name outside the cluster for a valid one.
+    // outdated identity of a real member), a name outside the cluster for a valid one. The
+    // first member's name, so it dials every other member (the name that sorts first dials).
     let claimed = match credential {
         BadCredential::UnknownName => UNKNOWN_NAME.to_owned(),
         _ => members
-            .get(1)
-            .or(members.first())
+            .first()
             .map_or_else(|| "a".to_owned(), |m| m.0.clone()),
     };
     let rejected = || async {
@@ -292,13 +299,16 @@ async fn impostor(
     };
     let before = rejected().await;
     let dir = options.out.join("impostors").join(&label);
-    let started = start_impostor(credential, &claimed, &dir, options, &members);
+    let started = start_impostor(credential, &claimed, &dir, options, &members, env);
     let (mut answered, mut max_peers_up) = (false, 0u32);
     match started {
         Ok(mut proc) => {
             let token_file = dir.join("data").join("admin.token");
-            let until = Instant::now() + IMPOSTOR_LIFE;
-            while Instant::now() < until {
+            // Its life counts from its first answer (a loaded machine starts it late), and a
+            // start that takes a minute ends the attempt (never answered).
+            let start_by = Instant::now() + Duration::from_secs(60);
+            let mut until: Option<Instant> = None;
+            while Instant::now() < until.unwrap_or(start_by) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 let Ok(token) = std::fs::read_to_string(&token_file) else {
                     continue;
@@ -307,6 +317,7 @@ async fn impostor(
                     && r.status == 200
                 {
                     answered = true;
+                    until.get_or_insert_with(|| Instant::now() + IMPOSTOR_LIFE);
                     let view: serde_json::Value =
                         serde_json::from_slice(&r.body).unwrap_or_default();
                     let up = view["members"].as_array().map_or(0, |m| {
@@ -339,6 +350,7 @@ fn start_impostor(
     dir: &Path,
     options: &RunOptions,
     members: &[(String, SocketAddr, SocketAddr, String)],
+    config_env: Vec<(String, String)>,
 ) -> Result<NodeProc, RunError> {
     use tern_cluster::pki;
     let pki_dir = dir.join("pki");
@@ -397,7 +409,10 @@ fn start_impostor(
         http,
         mesh,
         args,
-        env: vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())],
+        env: [("TERN_EXAMPLES".to_owned(), "[]".to_owned())]
+            .into_iter()
+            .chain(config_env)
+            .collect(),
         log: dir.join("impostor.log"),
         child: None,
         faulted: true,
@@ -445,6 +460,16 @@ fn bind_node_sockets() -> Result<(std::net::TcpListener, std::net::UdpSocket), R
     let http = std::net::TcpListener::bind(addr).map_err(io("binding a node's HTTP port"))?;
     let mesh = std::net::UdpSocket::bind(addr).map_err(io("binding a node's mesh port"))?;
     Ok((http, mesh))
+}
+
+/// The scenario's node settings as the `TERN_*` variables every node gets.
+fn config_env(scenario: &Scenario) -> Vec<(String, String)> {
+    scenario
+        .cluster
+        .config
+        .iter()
+        .map(|(k, v)| (format!("TERN_{}", k.to_ascii_uppercase()), setting(v)))
+        .collect()
 }
 
 fn setting(v: &toml::Value) -> String {
@@ -552,9 +577,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         if let Some(class) = scenario.cluster.classes.get(i) {
             env.push(("TERN_NODE_CLASS".into(), class.clone()));
         }
-        for (k, v) in &scenario.cluster.config {
-            env.push((format!("TERN_{}", k.to_ascii_uppercase()), setting(v)));
-        }
+        env.extend(config_env(scenario));
         // A node whose clock jumps runs under libfaketime: its wall clock is the system's plus
         // the offset in its clock file (re-read at most once a second); its monotonic clock
         // is left alone, as a real clock jump leaves it.
@@ -1142,8 +1165,10 @@ async fn run_faults(
             FaultKind::Impostor { credential } => {
                 impostors += 1;
                 let (nodes, history, options) = (nodes.clone(), history.clone(), options.clone());
+                // The members' settings, so it runs as they do but for its identity.
+                let env = config_env(&scenario);
                 later.spawn(async move {
-                    impostor(credential, impostors, &options, &nodes, &history, t0).await
+                    impostor(credential, impostors, env, &options, &nodes, &history, t0).await
                 });
             }
             FaultKind::DiskFull { node, for_s } => {
@@ -1202,6 +1227,13 @@ async fn restart(
         lock(nodes)[i].faulted = false;
         record_fault(history, t0, &name, Phase::End, what);
     } else {
+        // A node that never became ready is not left running; its port is refused as a dead
+        // node's.
+        {
+            let mut n = lock(nodes);
+            n[i].kill();
+            n[i].refuse();
+        }
         lock(history).push(Event::NodeExit {
             node: name,
             at_us: t0.elapsed().as_micros() as u64,

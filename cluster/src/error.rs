@@ -50,6 +50,8 @@ pub enum ClusterError {
     BadPeerCertificate(String),
     #[error("peer identity mismatch: expected {expected}, the peer's certificate is not for it")]
     IdentityMismatch { expected: String },
+    #[error("{0} proved its name but is not a member of this cluster")]
+    NotAMember(String),
     #[error("peer claims to be {claimed} but answered as {answered}")]
     WrongPeer { claimed: String, answered: String },
     #[error("peer closed the connection with code {code}: {reason}")]

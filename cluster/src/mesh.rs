@@ -70,6 +70,7 @@ impl Mesh {
         sessions: Option<Sessions>,
     ) -> Self {
         let now = Instant::now();
+        endpoint.accept_only(cfg.peers.iter().map(|(n, _)| n.clone()));
         let membership = Membership::new(
             endpoint.name().clone(),
             cfg.peers.iter().map(|(n, _)| n.clone()),

@@ -221,6 +221,32 @@ async fn an_expired_certificate_of_the_clusters_own_ca_is_refused_and_counted() 
     b.connect(&n("a"), a.local_addr().unwrap()).await.unwrap();
 }
 
+/// A node with a valid certificate of the cluster's CA but a name outside the members an
+/// endpoint accepts is refused in the handshake (its connect fails, the refusal is counted);
+/// a member still gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_certificate_for_a_name_outside_the_members_is_refused_in_the_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b", "x"]);
+    let a = std::sync::Arc::new(bind(dir.path(), "a", TransportConfig::default()));
+    a.accept_only([n("a"), n("b")]);
+    let x = bind(dir.path(), "x", TransportConfig::default());
+    let err = x
+        .connect(&n("a"), a.local_addr().unwrap())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, ClusterError::Rejected { code, .. } if code == u64::from(codes::IDENTITY)),
+        "{err:?}"
+    );
+    wait_for(|| a.rejected_handshakes() == 1).await;
+    let b = bind(dir.path(), "b", TransportConfig::default());
+    let _served = serve_one(&a);
+    b.connect(&n("a"), a.local_addr().unwrap()).await.unwrap();
+    assert_eq!(a.rejected_handshakes(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_impostor_with_a_valid_cert_is_rejected_and_changes_no_membership() {
     let dir = tempfile::tempdir().unwrap();

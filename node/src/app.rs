@@ -400,7 +400,7 @@ impl App {
             timeout_ms,
             memory_mb,
             size_bytes: prepared.size_bytes,
-            deployed_at_ms: now_ms(),
+            deployed_at_ms: crate::clock::wall_ms(),
             max_instances,
         };
         let entry = RegistryEntry {
@@ -433,7 +433,7 @@ impl App {
         let mut tombstone = record.clone();
         tombstone.removed = true;
         tombstone.info.version += 1;
-        tombstone.info.deployed_at_ms = now_ms();
+        tombstone.info.deployed_at_ms = crate::clock::wall_ms();
         tombstone.origin = self.config.node_name.clone();
         self.store.put_function(&tombstone)?;
         self.store.flush().await?;
@@ -756,7 +756,7 @@ impl App {
                 "tenant {name} still owns {owned} function(s); remove them first"
             )));
         }
-        let tombstone = self.tenants.remove(name, now_ms())?;
+        let tombstone = self.tenants.remove(name, crate::clock::wall_ms())?;
         let tokens = self.auth.revoke_tenant(name)?;
         self.tenancy_changed_here(TenancyRecords {
             tenants: vec![tombstone.clone()],

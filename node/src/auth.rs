@@ -93,7 +93,7 @@ impl Auth {
                 .strip_prefix("token/")
                 .and_then(|id| id.parse::<TokenId>().ok())
             {
-                book.deny(id, crate::clock::now_ms());
+                book.deny(id, crate::clock::wall_ms());
             }
         }
         let auth = Self {
@@ -190,7 +190,7 @@ impl Auth {
             return Err(crate::tenants::no_such_tenant(&tenant));
         }
         let (secret, record) =
-            Token::generate(tenant, role, crate::clock::now_ms()).map_err(NodeError::Tenancy)?;
+            Token::generate(tenant, role, crate::clock::wall_ms()).map_err(NodeError::Tenancy)?;
         self.persist(&record)?;
         self.write()
             .insert(record.clone())
@@ -203,7 +203,7 @@ impl Auth {
     pub fn revoke(&self, id: &TokenId) -> Result<TokenRecord, NodeError> {
         let record = {
             let mut book = self.write();
-            book.revoke(id, crate::clock::now_ms())
+            book.revoke(id, crate::clock::wall_ms())
                 .map_err(|_| NodeError::NotFound(format!("no token {id}")))?
                 .clone()
         };
@@ -213,7 +213,7 @@ impl Auth {
 
     /// Revokes every token of `tenant` (when it is removed); the records to announce.
     pub fn revoke_tenant(&self, tenant: &TenantName) -> Result<Vec<TokenRecord>, NodeError> {
-        let records = self.write().revoke_tenant(tenant, crate::clock::now_ms());
+        let records = self.write().revoke_tenant(tenant, crate::clock::wall_ms());
         for record in &records {
             self.persist(record)?;
         }

@@ -1,14 +1,20 @@
-//! The node's clock for the times it stamps, stores and expires by: the system's wall-clock
-//! time read once, when the process first asks, plus monotonic time since.
+//! The node's two clocks.
 //!
-//! A jump of the system clock while the node runs (an operator's `date -s`, NTP stepping, a
-//! VM resumed from a snapshot) moves nothing the node times by this clock: stored async
-//! results and idempotency keys expire after their retention period of time that actually
-//! passed, not at once when the clock jumps forward a day nor an hour late when it jumps back.
-//! Across a restart the wall clock is read again, so time that passed while the node was down
-//! counts (and a jump made while it was down looks like downtime). Stamps a node shows (an
-//! invocation's `accepted_at_ms`, a deploy's `deployed_at_ms`) are on this clock too: after a
-//! jump they differ from the system's clock by the jump until the node restarts.
+//! [`now_ms`], for what a node stores and expires by itself (async invocation records and
+//! their results, idempotency keys, invocation ids): the system's wall-clock time read once,
+//! when the process first asks, plus monotonic time since. A jump of the system clock while
+//! the node runs (an operator's `date -s`, NTP stepping) moves none of it: stored results and
+//! keys expire after their retention period of time that actually passed, not at once when
+//! the clock jumps forward a day nor an hour late when it jumps back. Across a restart the
+//! wall clock is read again, so time that passed while the node was down counts (and a jump
+//! made while it was down looks like downtime); time the machine spends suspended does not
+//! (the results live that much longer). An invocation's `accepted_at_ms` and `finished_at_ms`
+//! are on this clock: after a jump they differ from the system's by the jump until the node
+//! restarts.
+//!
+//! [`wall_ms`], for stamps that other nodes compare (a deploy's or tenant change's time, which
+//! breaks ties between concurrent changes of one version; token records): the system clock,
+//! which NTP keeps in step across the cluster and corrects on a node that started wrong.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,8 +33,9 @@ fn since(origin_ms: u64, elapsed: Duration) -> u64 {
     origin_ms.saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The system's wall clock now (0 before 1970, which no real clock reads).
-fn wall_ms() -> u64 {
+/// The system's wall clock now, ms since the Unix epoch (0 before 1970, which no real clock
+/// reads).
+pub fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -333,7 +333,7 @@ async fn create_tenant(
             .ok_or_else(|| NodeError::BadRequest("a new tenant needs a \"name\"".into()))?,
     )?;
     let spec = body.apply(TenantSpec::default())?;
-    let entry = app.tenants.create(name, spec, crate::clock::now_ms())?;
+    let entry = app.tenants.create(name, spec, crate::clock::wall_ms())?;
     app.tenancy_changed_here(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),
@@ -380,7 +380,7 @@ async fn update_tenant(
         .get(&name)
         .ok_or_else(|| crate::tenants::no_such_tenant(&name))?;
     let spec = body.apply(current.spec)?;
-    let entry = app.tenants.update(&name, spec, crate::clock::now_ms())?;
+    let entry = app.tenants.update(&name, spec, crate::clock::wall_ms())?;
     app.tenancy_changed_here(TenancyRecords {
         tenants: vec![entry.clone()],
         tokens: Vec::new(),

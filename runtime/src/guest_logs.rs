@@ -301,13 +301,17 @@ impl LogSink for GuestLogs {
         lines.drain(..keep_from);
         let at_ms = (self.clock_ms)();
         let request_id: Arc<str> = Arc::from(request_id);
+        if let Some(forward) = self.forward.get() {
+            // Outside the lock every function's stderr shares: making records costs time.
+            if !self.lock().contains_key(function) {
+                return;
+            }
+            forward(function, &request_id, at_ms, &lines);
+        }
         let mut rings = self.lock();
         let Some(ring) = rings.get_mut(function) else {
             return;
         };
-        if let Some(forward) = self.forward.get() {
-            forward(function, &request_id, at_ms, &lines);
-        }
         ring.next_seq += never_kept;
         ring.dropped += never_kept;
         for text in lines {

@@ -361,7 +361,8 @@ mod tests {
     }
 
     #[test]
-    fn each_line_is_a_record_with_its_function_tenant_and_request_and_a_full_queue_counts_drops() {
+    fn each_line_is_a_record_with_its_function_tenant_and_request_and_later_ones_are_counted_drops()
+    {
         static STATS: ExportStats = ExportStats::new();
         let memory = Memory::default();
         let export = GuestLogExport::with_exporter(memory.clone(), &settings(64), &STATS).unwrap();

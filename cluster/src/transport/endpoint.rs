@@ -27,8 +27,13 @@ pub struct Endpoint {
     cfg: Arc<TransportConfig>,
     incoming: Mutex<mpsc::Receiver<Connection>>,
     rejected: Arc<AtomicU64>,
+    members: Members,
     accept_task: JoinHandle<()>,
 }
+
+/// The names diallers may have (see [`Endpoint::accept_only`]); `None`: any the certificate
+/// proves.
+pub(super) type Members = Arc<std::sync::RwLock<Option<std::collections::BTreeSet<NodeName>>>>;
 
 impl Endpoint {
     /// Binds a UDP socket on `addr` and starts accepting connections in the background.
@@ -90,12 +95,14 @@ impl Endpoint {
         let cfg = Arc::new(cfg);
         let (tx, rx) = mpsc::channel(cfg.accept_backlog);
         let rejected = Arc::new(AtomicU64::new(0));
+        let members = Members::default();
         let accept_task = tokio::spawn(accept_loop(
             inner.clone(),
             identity.name.clone(),
             cfg.clone(),
             tx,
             rejected.clone(),
+            members.clone(),
         ));
         Ok(Self {
             inner,
@@ -104,8 +111,21 @@ impl Endpoint {
             cfg,
             incoming: Mutex::new(rx),
             rejected,
+            members,
             accept_task,
         })
+    }
+
+    /// From now on, refuses diallers whose (proven) name is not one of `names`, the cluster's
+    /// members, in the handshake: the dialler's connect fails (`Rejected` with the identity
+    /// code) and the refusal is counted, so a node with a valid certificate for a name outside
+    /// the cluster never holds a connection, even for a moment.
+    pub fn accept_only(&self, names: impl IntoIterator<Item = NodeName>) {
+        let names = names.into_iter().collect();
+        *self
+            .members
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(names);
     }
 
     pub fn name(&self) -> &NodeName {
@@ -179,6 +199,7 @@ async fn accept_loop(
     cfg: Arc<TransportConfig>,
     tx: mpsc::Sender<Connection>,
     rejected: Arc<AtomicU64>,
+    members: Members,
 ) {
     let handshakes = Arc::new(tokio::sync::Semaphore::new(cfg.max_handshakes));
     while let Some(incoming) = endpoint.accept().await {
@@ -188,15 +209,23 @@ async fn accept_loop(
             incoming.refuse();
             continue;
         };
-        let (me, cfg, tx, rejected) = (me.clone(), cfg.clone(), tx.clone(), rejected.clone());
+        let (me, cfg, tx, rejected, members) = (
+            me.clone(),
+            cfg.clone(),
+            tx.clone(),
+            rejected.clone(),
+            members.clone(),
+        );
         // One task per handshake: a slow dialler must not hold up the others.
         tokio::spawn(async move {
             let _permit = permit;
             let remote = incoming.remote_address();
-            let result =
-                tokio::time::timeout(cfg.handshake_timeout, server_handshake(incoming, &me, &cfg))
-                    .await
-                    .unwrap_or(Err(ClusterError::Timeout("handshake")));
+            let result = tokio::time::timeout(
+                cfg.handshake_timeout,
+                server_handshake(incoming, &me, &cfg, &members),
+            )
+            .await
+            .unwrap_or(Err(ClusterError::Timeout("handshake")));
             match result {
                 Ok(conn) => {
                     // If nobody accepts any more, dropping the connection closes it.

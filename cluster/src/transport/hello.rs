@@ -24,6 +24,7 @@ pub(super) async fn server_handshake(
     incoming: quinn::Incoming,
     me: &NodeName,
     cfg: &Arc<TransportConfig>,
+    members: &super::endpoint::Members,
 ) -> Result<Connection, ClusterError> {
     let conn = incoming.await?;
     let hello = async {
@@ -36,6 +37,14 @@ pub(super) async fn server_handshake(
         let claimed = parse_name(&read_frame(&mut recv, MAX_HELLO).await?)?;
         // The binding of name to certificate: rustls proved the chain, this proves the name.
         check_cert_name(&leaf, &claimed)?;
+        let outsider = members
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|names| !names.contains(&claimed));
+        if outsider {
+            return Err(ClusterError::NotAMember(claimed.to_string()));
+        }
         send.write_all(&encode_frame(me.as_str().as_bytes(), MAX_HELLO)?)
             .await?;
         send.finish()?;

@@ -433,10 +433,14 @@ async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_func
         assert_eq!(l.attributes["tern.request_id"], request_id);
         assert_eq!(l.attributes["log.iostream"], "stderr");
     }
-    assert_eq!(
-        metric(addr, "tern_guest_log_records_exported_total").await,
-        2.0
-    );
+    // Counted once the node has read the receiver's answer, a moment after it stored them.
+    metric_until(
+        addr,
+        "tern_guest_log_records_exported_total",
+        Duration::from_secs(10),
+        |v| v == 2.0,
+    )
+    .await;
     assert_eq!(
         metric(addr, "tern_guest_log_records_dropped_total").await,
         0.0
