@@ -24,6 +24,10 @@ pub use scenario::{Fault, Scenario, ScenarioError};
 pub const SHIPPED: &[(&str, &str)] = &[
     ("clock-jumps", include_str!("../scenarios/clock-jumps.toml")),
     (
+        "corrupt-artifact-at-restart",
+        include_str!("../scenarios/corrupt-artifact-at-restart.toml"),
+    ),
+    (
         "corrupt-sled-at-restart",
         include_str!("../scenarios/corrupt-sled-at-restart.toml"),
     ),

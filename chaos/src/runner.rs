@@ -6,10 +6,12 @@
 //!
 //! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`), a
 //! full disk (`disk_full`: the node's data directory is a small tmpfs of its own, filled to the
-//! last byte for the fault and emptied at its heal; root only) and clock jumps (`clock_jump`:
-//! the node runs under libfaketime, its wall clock offset by what the runner writes to its
-//! clock file, its monotonic clock untouched); a scenario with any other
-//! fault kind is refused before anything starts ([`RunError::Unsupported`]).
+//! last byte for the fault and emptied at its heal; root only), clock jumps (`clock_jump`: the
+//! node runs under libfaketime, its wall clock offset by what the runner writes to its clock
+//! file, its monotonic clock untouched), damaged artifacts (`corrupt` with `what =
+//! "artifact"`: the node killed, its compiled artifacts cut in half, and started again) and
+//! impostors (`impostor`: a `tern up` with a bad identity dialling every member); a scenario
+//! with any other fault kind is refused before anything starts ([`RunError::Unsupported`]).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
 //! node (socket activation). A killed node's port stays the run's: nothing else on the machine
@@ -31,7 +33,7 @@ use tern_sync::poison::lock;
 
 use crate::check::{Report, check};
 use crate::history::{Event, History, Mode, Outcome, Phase};
-use crate::scenario::{BadCredential, FaultKind, Scenario, Via};
+use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, Via};
 
 /// What stops a run before its verdict.
 #[derive(Debug, thiserror::Error)]
@@ -491,7 +493,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             | FaultKind::ClockJump { .. } => None,
             FaultKind::Partition { .. } => Some("partition"),
             FaultKind::Link { .. } => Some("link"),
-            FaultKind::Corrupt { .. } => Some("corrupt"),
+            FaultKind::Corrupt {
+                what: Corruption::Artifact,
+                ..
+            } => None,
+            FaultKind::Corrupt {
+                what: Corruption::Sled,
+                ..
+            } => Some("corrupt (sled)"),
             FaultKind::AddNode { .. } => Some("add_node"),
             FaultKind::Impostor { .. } => None,
         };
@@ -707,6 +716,22 @@ fn fill_disk(dir: &Path) -> std::io::Result<u64> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Cuts every compiled artifact (`*.cwasm`) in `dir` to half its length, as a crash in the
+/// middle of a write or a bad disk would leave it; returns how many.
+fn truncate_artifacts(dir: &Path) -> std::io::Result<usize> {
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cwasm") {
+            let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+            let len = file.metadata()?.len();
+            file.set_len(len / 2)?;
+            damaged += 1;
+        }
+    }
+    Ok(damaged)
 }
 
 /// The file that fills a node's disk for a `disk_full` fault.
@@ -1161,6 +1186,41 @@ async fn run_faults(
                     tokio::time::sleep(CLOCK_FILE_REREAD).await;
                     record_fault(&history, t0, &node, Phase::End, "clock_jump");
                 });
+            }
+            FaultKind::Corrupt { node, what } => {
+                let Some(i) = index(&node) else { continue };
+                record_fault(&history, t0, &node, Phase::Start, "corrupt");
+                let data = {
+                    let mut n = lock(&nodes);
+                    n[i].faulted = true;
+                    n[i].kill();
+                    n[i].refuse();
+                    PathBuf::from(&n[i].args[2])
+                };
+                lock(&history).push(Event::NodeExit {
+                    node: node.clone(),
+                    at_us: t0.elapsed().as_micros() as u64,
+                    scheduled: true,
+                });
+                match what {
+                    Corruption::Artifact => {
+                        let dir = data.join("artifacts");
+                        // A fault that did not happen would make a run pass for nothing.
+                        let damaged = truncate_artifacts(&dir)
+                            .map_err(io(format!("damaging the artifacts in {}", dir.display())))?;
+                        if damaged == 0 {
+                            return Err(
+                                io(format!("damaging the artifacts in {}", dir.display()))(
+                                    std::io::Error::other("the node has no compiled artifact"),
+                                ),
+                            );
+                        }
+                    }
+                    // Refused before the run started.
+                    Corruption::Sled => {}
+                }
+                // At once, as after a crash: the node starts on what it finds.
+                restart(&nodes, &history, t0, i, &tern, "corrupt").await;
             }
             FaultKind::Impostor { credential } => {
                 impostors += 1;

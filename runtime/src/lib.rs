@@ -500,7 +500,11 @@ impl Runtime {
         let mut compiled = false;
         let artifact = match self.load_artifact(&path).await {
             Ok(m) => m,
-            Err(_) => {
+            Err(e) => {
+                if let Error::BadArtifact { reason, .. } = &e {
+                    // Truncated or bit-flipped on disk: never executed, compiled again.
+                    tracing::warn!(module = %hash, %reason, "compiled artifact damaged; compiling it again");
+                }
                 self.compile_to(&bytes, &path).await?;
                 compiled = true;
                 match self.load_artifact(&path).await {

@@ -276,6 +276,44 @@ fn impostors_with_a_foreign_ca_an_expired_certificate_or_an_unknown_name_are_ref
     );
 }
 
+/// c's compiled artifacts cut in half while it is down.
+const CORRUPT_ARTIFACT: &str = r#"
+name = "smoke-corrupt-artifact"
+description = "c killed, its artifacts truncated, and restarted under sync and async load"
+[cluster]
+nodes = 3
+[workload]
+function = "echo"
+rate_per_s = 50
+duration_s = 10
+mix = { sync = 8, async = 2 }
+[[fault]]
+at_s = 3
+kind = "corrupt"
+node = "c"
+what = "artifact"
+"#;
+
+#[test]
+fn a_truncated_artifact_is_compiled_again_at_restart_and_every_promise_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(CORRUPT_ARTIFACT, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    // The damaged file was found and never run: compiled again at the restart.
+    let log = std::fs::read_to_string(out.join("c.log")).unwrap();
+    assert!(
+        log.contains("compiled artifact damaged; compiling it again"),
+        "{log}"
+    );
+    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
+    assert!(
+        history.contains(r#""what":"corrupt""#) && history.contains(r#""phase":"end""#),
+        "the corruption healed: {history}"
+    );
+}
+
 #[test]
 fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let scenario = KILL_AND_RESTART.replace(

@@ -208,8 +208,8 @@ async fn three_thousand_concurrent_connections_get_no_errors() {
 
 /// Two tenants with weights 1 and 3 whose cells compete for one CPU (both pinned to CPU 0)
 /// with CPU-bound guests get CPU time, as their cells' cgroups measure it, in a ratio within
-/// ±10 % of 1:3: the weight in the tenant record reaches the cell's cgroup and the kernel
-/// applies it.
+/// ±10 % of 1:3 (the median of three windows): the weight in the tenant record reaches the
+/// cell's cgroup and the kernel applies it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cells_share_a_cpu_by_their_tenants_weights() {
     use crate::auth::{new_token_for, with_token};
@@ -289,16 +289,21 @@ async fn cells_share_a_cpu_by_their_tenants_weights() {
             cells.cpu_usage_us(&heavy).await.unwrap(),
         )
     };
-    let (l0, h0) = usage().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (l1, h1) = usage().await;
-    let ratio = (h1 - h0) as f64 / (l1 - l0) as f64;
-    eprintln!("heavy/light CPU on one core: {ratio:.3}");
+    // Three windows, judged by their median: a burst of other work on this shared machine
+    // (another VM's steal, a daemon) skews one window, not the kernel's long-run split.
+    let mut windows = Vec::new();
+    for _ in 0..3 {
+        let (l0, h0) = usage().await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let (l1, h1) = usage().await;
+        windows.push(((h1 - h0) as f64 / (l1 - l0) as f64, l1 - l0, h1 - h0));
+    }
+    windows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (ratio, light_us, heavy_us) = windows[1];
+    eprintln!("heavy/light CPU on one core, median of {windows:?}: {ratio:.3}");
     assert!(
         (2.7..=3.3).contains(&ratio),
-        "heavy/light CPU {ratio:.2} (light {} us, heavy {} us)",
-        l1 - l0,
-        h1 - h0
+        "heavy/light CPU {ratio:.2} (light {light_us} us, heavy {heavy_us} us; windows {windows:?})"
     );
     for c in calls {
         let r = c.await.unwrap();
