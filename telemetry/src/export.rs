@@ -83,54 +83,11 @@ impl ExportSettings {
         node: &str,
         env: &HashMap<String, String>,
     ) -> Result<Option<Self>, Error> {
-        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        // The per-signal variable if set, else the general one; with the name found.
-        let either = |signal: &'static str, general: &'static str| {
-            var(signal)
-                .map(|v| (signal, v))
-                .or_else(|| var(general).map(|v| (general, v)))
-        };
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        let Destination::Found(to) = Destination::resolve(&TRACES, node_config.otlp_endpoint, env)?
+        else {
             return Ok(None);
-        }
-        match var("OTEL_TRACES_EXPORTER") {
-            None | Some("otlp") => {}
-            Some("none") => return Ok(None),
-            Some(other) => {
-                return Err(Error::Setting {
-                    name: "OTEL_TRACES_EXPORTER",
-                    reason: format!("{other:?}: only otlp (or none) is supported"),
-                });
-            }
-        }
-        let (endpoint, named, url) = match node_config
-            .otlp_endpoint
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-        {
-            Some(base) => {
-                let url = format!("{}/v1/traces", base.trim_end_matches('/'));
-                (Some(url.clone()), "otlp_endpoint", url)
-            }
-            None => match either(
-                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-            ) {
-                Some((name, url)) => (None, name, url.to_owned()),
-                None => return Ok(None),
-            },
         };
-        check_http(named, &url)?;
-        if let Some((name, p)) = either(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ) && p != "http/protobuf"
-        {
-            return Err(Error::Setting {
-                name,
-                reason: format!("{p:?}: only http/protobuf is supported"),
-            });
-        }
+        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
         let (env_ratio, env_follow) =
             sampler_from_env(var("OTEL_TRACES_SAMPLER"), var("OTEL_TRACES_SAMPLER_ARG"))?;
         let (ratio, ratio_named) = match node_config.sample_ratio {
@@ -143,18 +100,12 @@ impl ExportSettings {
                 reason: format!("{ratio} is not between 0 and 1"),
             });
         }
-        let timeout = either(
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        )
-        .is_none()
-        .then_some(Duration::from_secs(10));
         Ok(Some(Self {
-            endpoint,
+            endpoint: to.endpoint,
             ratio,
             follow_caller: node_config.follow_caller.unwrap_or(env_follow),
-            timeout,
-            name_service: names_no_service(env),
+            timeout: to.timeout,
+            name_service: to.name_service,
             queue: 4096,
             batch: 512,
             delay: Duration::from_secs(1),
@@ -163,20 +114,115 @@ impl ExportSettings {
     }
 }
 
-/// Refuses an endpoint (from setting `name`) that is not plain HTTP.
-pub(crate) fn check_http(name: &'static str, url: &str) -> Result<(), Error> {
-    if url.starts_with("http://") {
-        return Ok(());
+/// One signal's standard variables and its path under a base URL.
+pub(crate) struct Signal {
+    pub exporter: &'static str,
+    pub endpoint: &'static str,
+    pub protocol: &'static str,
+    pub timeout: &'static str,
+    pub path: &'static str,
+}
+
+pub(crate) const TRACES: Signal = Signal {
+    exporter: "OTEL_TRACES_EXPORTER",
+    endpoint: "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    timeout: "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    path: "/v1/traces",
+};
+
+/// Where one signal goes, as far as the node's base URL and the standard variables say.
+pub(crate) enum Destination {
+    /// Turned off by a variable (`OTEL_SDK_DISABLED`, the signal's exporter `none`).
+    Off,
+    /// No endpoint in the configuration or the environment.
+    NoEndpoint,
+    Found(Endpoint),
+}
+
+/// A signal's receiver.
+pub(crate) struct Endpoint {
+    /// The full URL when the node's configuration gave the base; `None`: the exporter reads
+    /// the standard variable itself.
+    pub endpoint: Option<String>,
+    /// How long one export may take; `None`: the standard timeout variable, which the
+    /// exporter reads itself.
+    pub timeout: Option<Duration>,
+    /// Whether to name the service `tern` (not when the environment names it).
+    pub name_service: bool,
+}
+
+impl Destination {
+    /// `otlp_endpoint` (a base URL; the signal's path is appended) over `OTEL_SDK_DISABLED`,
+    /// the signal's exporter, endpoint, protocol and timeout variables (each over its general
+    /// `OTEL_EXPORTER_OTLP_*` form), `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`. What
+    /// the exporter could not honour (another exporter or protocol, a URL that is not plain
+    /// HTTP) is an error naming the setting.
+    pub(crate) fn resolve(
+        signal: &Signal,
+        otlp_endpoint: Option<&str>,
+        env: &HashMap<String, String>,
+    ) -> Result<Self, Error> {
+        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+        // The per-signal variable if set, else the general one; with the name found.
+        let either = |signal: &'static str, general: &'static str| {
+            var(signal)
+                .map(|v| (signal, v))
+                .or_else(|| var(general).map(|v| (general, v)))
+        };
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(Self::Off);
+        }
+        match var(signal.exporter) {
+            None | Some("otlp") => {}
+            Some("none") => return Ok(Self::Off),
+            Some(other) => {
+                return Err(Error::Setting {
+                    name: signal.exporter,
+                    reason: format!("{other:?}: only otlp (or none) is supported"),
+                });
+            }
+        }
+        let (endpoint, named, url) = match otlp_endpoint.map(str::trim).filter(|e| !e.is_empty()) {
+            Some(base) => {
+                let url = format!("{}{}", base.trim_end_matches('/'), signal.path);
+                (Some(url.clone()), "otlp_endpoint", url)
+            }
+            None => match either(signal.endpoint, "OTEL_EXPORTER_OTLP_ENDPOINT") {
+                Some((name, url)) => (None, name, url.to_owned()),
+                None => return Ok(Self::NoEndpoint),
+            },
+        };
+        if !url.starts_with("http://") {
+            return Err(Error::Setting {
+                name: named,
+                reason: format!(
+                    "{url:?}: an http:// URL is needed (for TLS, send to a local collector)"
+                ),
+            });
+        }
+        if let Some((name, p)) = either(signal.protocol, "OTEL_EXPORTER_OTLP_PROTOCOL")
+            && p != "http/protobuf"
+        {
+            return Err(Error::Setting {
+                name,
+                reason: format!("{p:?}: only http/protobuf is supported"),
+            });
+        }
+        let timeout = either(signal.timeout, "OTEL_EXPORTER_OTLP_TIMEOUT")
+            .is_none()
+            .then_some(Duration::from_secs(10));
+        Ok(Self::Found(Endpoint {
+            endpoint,
+            timeout,
+            name_service: names_no_service(env),
+        }))
     }
-    Err(Error::Setting {
-        name,
-        reason: format!("{url:?}: an http:// URL is needed (for TLS, send to a local collector)"),
-    })
 }
 
 /// Whether `env` leaves the service unnamed (no `OTEL_SERVICE_NAME`, no `service.name` in
 /// `OTEL_RESOURCE_ATTRIBUTES`), so Tern names it.
-pub(crate) fn names_no_service(env: &HashMap<String, String>) -> bool {
+fn names_no_service(env: &HashMap<String, String>) -> bool {
     let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
     var("OTEL_SERVICE_NAME").is_none()
         && !var("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attrs| {

@@ -17,7 +17,15 @@ use opentelemetry_sdk::logs::{
     LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
 };
 
-use crate::export::{Error, ExportStats};
+use crate::export::{Destination, Error, ExportStats, Signal};
+
+const LOGS: Signal = Signal {
+    exporter: "OTEL_LOGS_EXPORTER",
+    endpoint: "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    protocol: "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    timeout: "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
+    path: "/v1/logs",
+};
 use crate::queue::{BatchExport, Batching, Bounded};
 
 /// Where guests' log records go, resolved from the node's settings and the environment.
@@ -57,66 +65,21 @@ impl LogExportSettings {
         if !forward {
             return Ok(None);
         }
-        let var = |k: &str| env.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-        let either = |signal: &'static str, general: &'static str| {
-            var(signal)
-                .map(|v| (signal, v))
-                .or_else(|| var(general).map(|v| (general, v)))
-        };
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-            return Ok(None);
-        }
-        match var("OTEL_LOGS_EXPORTER") {
-            None | Some("otlp") => {}
-            Some("none") => return Ok(None),
-            Some(other) => {
+        let to = match Destination::resolve(&LOGS, otlp_endpoint, env)? {
+            Destination::Off => return Ok(None),
+            Destination::NoEndpoint => {
                 return Err(Error::Setting {
-                    name: "OTEL_LOGS_EXPORTER",
-                    reason: format!("{other:?}: only otlp (or none) is supported"),
+                    name: "guest_logs_otlp",
+                    reason: "no receiver: set otlp_endpoint or OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT"
+                        .into(),
                 });
             }
-        }
-        let (endpoint, named, url) = match otlp_endpoint.map(str::trim).filter(|e| !e.is_empty()) {
-            Some(base) => {
-                let url = format!("{}/v1/logs", base.trim_end_matches('/'));
-                (Some(url.clone()), "otlp_endpoint", url)
-            }
-            None => match either(
-                "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-            ) {
-                Some((name, url)) => (None, name, url.to_owned()),
-                None => {
-                    return Err(Error::Setting {
-                        name: "guest_logs_otlp",
-                        reason: "no receiver: set otlp_endpoint or \
-                                 OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT"
-                            .into(),
-                    });
-                }
-            },
+            Destination::Found(to) => to,
         };
-        crate::export::check_http(named, &url)?;
-        if let Some((name, p)) = either(
-            "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
-            "OTEL_EXPORTER_OTLP_PROTOCOL",
-        ) && p != "http/protobuf"
-        {
-            return Err(Error::Setting {
-                name,
-                reason: format!("{p:?}: only http/protobuf is supported"),
-            });
-        }
-        let timeout = either(
-            "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
-            "OTEL_EXPORTER_OTLP_TIMEOUT",
-        )
-        .is_none()
-        .then_some(Duration::from_secs(10));
         Ok(Some(Self {
-            endpoint,
-            timeout,
-            name_service: crate::export::names_no_service(env),
+            endpoint: to.endpoint,
+            timeout: to.timeout,
+            name_service: to.name_service,
             node: node.to_owned(),
             queue: 4096,
             batch: 512,

@@ -30,6 +30,16 @@ fn chaos_run(scenario: &str, out: &Path) -> (bool, String, serde_json::Value) {
     (run.status.success(), text, verdict)
 }
 
+/// The run's history (`history.jsonl` in `out`), one JSON value per event; `text` is the
+/// run's output, shown if there is none.
+fn history(out: &Path, text: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("history.jsonl"))
+        .unwrap_or_else(|e| panic!("no history ({e}): {text}"))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 const KILL_AND_RESTART: &str = r#"
 name = "smoke-kill-restart"
 description = "kill -9 of b for 3 s under sync, async and map load"
@@ -92,11 +102,7 @@ fn async_work_accepted_by_a_node_that_never_comes_back_is_reported_unfinished() 
     // The dead node's port stays the runner's: every call sent there after the kill ends
     // promptly without an answer (connection closed), as at a dead port; none waits out the
     // client's 15 s, and nothing else on the machine could have answered it.
-    let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let history = history(&out, &text);
     let killed = history
         .iter()
         .find(|e| e["event"] == "node_exit" && e["node"] == "b")
@@ -173,11 +179,7 @@ fn wall_clock_jumps_expire_no_stored_result_and_break_no_promise() {
         std::fs::read_to_string(out.join("c.clock")).unwrap().trim(),
         "+86400"
     );
-    let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let history = history(&out, &text);
     let jumped = history
         .iter()
         .find(|e| e["event"] == "fault" && e["node"] == "c" && e["phase"] == "end")
@@ -243,10 +245,8 @@ fn impostors_with_a_foreign_ca_an_expired_certificate_or_an_unknown_name_are_ref
     let (ok, text, verdict) = chaos_run(IMPOSTORS, &out);
     assert!(ok, "{text}");
     assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
-    let history = std::fs::read_to_string(out.join("history.jsonl")).unwrap();
-    let impostors: Vec<serde_json::Value> = history
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let impostors: Vec<serde_json::Value> = history(&out, &text)
+        .into_iter()
         .filter(|e| e["event"] == "impostor")
         .collect();
     let mut credentials: Vec<&str> = impostors
@@ -257,7 +257,7 @@ fn impostors_with_a_foreign_ca_an_expired_certificate_or_an_unknown_name_are_ref
     assert_eq!(
         credentials,
         ["expired", "unknown_name", "wrong_ca"],
-        "{history}"
+        "{impostors:?}"
     );
     for e in &impostors {
         // It ran, never saw a member up, and the members counted its refused handshakes;
@@ -380,11 +380,7 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let (ok, text, verdict) = chaos_run(DISK_FULL, &out);
-    let history: Vec<serde_json::Value> = std::fs::read_to_string(out.join("history.jsonl"))
-        .unwrap_or_else(|e| panic!("no history ({e}): {text}"))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let history = history(&out, &text);
     let fault = |phase: &str| {
         history
             .iter()

@@ -140,16 +140,20 @@ fn text(v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> String 
     }
 }
 
+/// The sending node: the resource's `service.instance.id`.
+fn instance_id(resource: &Option<opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.instance.id")
+        .map(|kv| text(&kv.value))
+        .unwrap_or_default()
+}
+
 fn flatten_logs(export: ExportLogsServiceRequest) -> Vec<GotLog> {
     let mut out = Vec::new();
     for rl in export.resource_logs {
-        let node = rl
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|kv| kv.key == "service.instance.id")
-            .map(|kv| text(&kv.value))
-            .unwrap_or_default();
+        let node = instance_id(&rl.resource);
         for sl in rl.scope_logs {
             for r in sl.log_records {
                 out.push(GotLog {
@@ -170,13 +174,7 @@ fn flatten_logs(export: ExportLogsServiceRequest) -> Vec<GotLog> {
 fn flatten(export: ExportTraceServiceRequest) -> Vec<Got> {
     let mut out = Vec::new();
     for rs in export.resource_spans {
-        let node = rs
-            .resource
-            .iter()
-            .flat_map(|r| &r.attributes)
-            .find(|kv| kv.key == "service.instance.id")
-            .map(|kv| text(&kv.value))
-            .unwrap_or_default();
+        let node = instance_id(&rs.resource);
         for ss in rs.scope_spans {
             for s in ss.spans {
                 out.push(Got {
