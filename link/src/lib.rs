@@ -36,7 +36,7 @@ use tern_metrics::Metrics;
 use tern_placement::NodeView;
 use tern_runtime::Meu;
 use tern_sync::poison::{lock, read, write};
-use tern_tenancy::{Demand, TenantName};
+use tern_tenancy::{Demand, Reading, TenantName};
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
@@ -161,9 +161,16 @@ pub trait LocalNode: Send + Sync + 'static {
     /// the number changed): cluster-wide limits are split over the members that are up.
     fn peers_up(&self, _up: usize) {}
     /// After each status this node publishes: every tenant's demand at the other members
-    /// with a fresh status (summed), and how many members are up with this one. Tenants'
-    /// cluster-wide quotas are split by these.
-    fn cluster_demand(&self, _others: HashMap<TenantName, Demand>, _members_up: usize) {}
+    /// with a fresh status (summed), whether every other member up has published since the
+    /// last call, and how many members are up with this one. Tenants' cluster-wide quotas
+    /// are split by these.
+    fn cluster_demand(
+        &self,
+        _others: HashMap<TenantName, Demand>,
+        _reading: Reading,
+        _members_up: usize,
+    ) {
+    }
 }
 
 /// How a link behaves, whatever mesh it runs over.
@@ -673,6 +680,7 @@ async fn publish_status(link: Weak<ClusterLink>) {
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
+    let mut last_reading = None;
     let mut meter = LoadMeter::new(tern_actors::energy::process_cpu_time(), now(), (0, 0));
     loop {
         tick.tick().await;
@@ -695,8 +703,19 @@ async fn publish_status(link: Weak<ClusterLink>) {
         let forwarding = u32::try_from(link.outstanding.total()).unwrap_or(u32::MAX);
         status.queue_depth = status.queue_depth.saturating_sub(forwarding);
         status.queue_cap = status.queue_cap.saturating_sub(forwarding);
-        let others = read(&link.peers).tenant_demand(now());
-        node.cluster_demand(others, up_count(&link) + 1);
+        let at = now();
+        let (others, heard) = {
+            let peers = read(&link.peers);
+            (peers.tenant_demand(at), peers.heard_since(last_reading, at))
+        };
+        let up = up_count(&link);
+        let reading = if heard >= up {
+            Reading::Complete
+        } else {
+            Reading::Partial
+        };
+        last_reading = Some(at);
+        node.cluster_demand(others, reading, up + 1);
         // The SchedulerAgent describes this node with the same numbers (`local_view`).
         let m = node.metrics();
         m.status_cpu_percent

@@ -117,6 +117,16 @@ impl PeerTable {
         sum
     }
 
+    /// How many peers have a fresh status received after `since` (every fresh status when
+    /// `None`).
+    pub fn heard_since(&self, since: Option<Instant>, now: Instant) -> usize {
+        self.statuses
+            .values()
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= self.stale_after)
+            .filter(|(_, at)| since.is_none_or(|since| *at > since))
+            .count()
+    }
+
     /// Appends to `out` the peers that can run `info` now: fresh status with that version
     /// ready, and connected (`rtt` answers `None` for a peer the transport has no connection
     /// to). Sorted by name, so order-sensitive placements are deterministic.
@@ -469,6 +479,27 @@ mod tests {
                 recent_mean_us: 0
             }
         );
+    }
+
+    #[test]
+    fn heard_since_counts_fresh_statuses_received_after_the_last_reading() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut table = PeerTable::new(Duration::from_secs(1));
+        assert_eq!(table.heard_since(None, t0), 0, "nobody yet");
+        table.on_status(n("b"), NodeStatus::default(), ms(10));
+        table.on_status(n("c"), NodeStatus::default(), ms(20));
+        assert_eq!(table.heard_since(None, ms(30)), 2);
+        // A reading at 30: b publishes again, c stays silent.
+        table.on_status(n("b"), NodeStatus::default(), ms(210));
+        assert_eq!(table.heard_since(Some(ms(30)), ms(230)), 1);
+        table.on_status(n("c"), NodeStatus::default(), ms(220));
+        assert_eq!(table.heard_since(Some(ms(30)), ms(230)), 2);
+        // A status received exactly at the reading came before it.
+        assert_eq!(table.heard_since(Some(ms(220)), ms(230)), 0);
+        // b's status goes stale: it is not heard, whenever it came.
+        table.on_status(n("c"), NodeStatus::default(), ms(1300));
+        assert_eq!(table.heard_since(None, ms(1300)), 1);
     }
 
     #[test]

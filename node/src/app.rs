@@ -156,13 +156,16 @@ impl LocalNode for App {
     fn cluster_demand(
         &self,
         others: std::collections::HashMap<tern_tenancy::TenantName, tern_tenancy::Demand>,
+        reading: tern_tenancy::Reading,
         members_up: usize,
     ) {
         let runtime = &self.services().runtime;
         let _one_at_a_time = tern_sync::poison::lock(&self.tenants_to_runtime);
-        let changed = self
-            .cluster_quotas
-            .share(&others, u32::try_from(members_up).unwrap_or(u32::MAX));
+        let changed = self.cluster_quotas.share(
+            &others,
+            reading,
+            u32::try_from(members_up).unwrap_or(u32::MAX),
+        );
         for (tenant, max_concurrent) in changed {
             // A live tenant only (`get` answers no other).
             if let Some(live) = self.tenants.get(&tenant) {

@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 
-use tern_tenancy::{ClusterQuota, Demand, DemandBook, Parts, RateLimit, TenantName};
+use tern_tenancy::{ClusterQuota, Demand, DemandBook, Parts, RateLimit, Reading, TenantName};
 use tern_wire::peer::{MAX_TENANT_DEMANDS, TenantDemand};
 use tokio::time::Instant;
 
@@ -124,10 +124,12 @@ impl ClusterQuotas {
     pub fn share(
         &self,
         others: &HashMap<TenantName, Demand>,
+        reading: Reading,
         members_up: u32,
     ) -> Vec<(TenantName, u32)> {
         let now = self.now_ms();
-        self.book().share_by_demand(others, members_up, now)
+        self.book()
+            .share_by_demand(others, reading, members_up, now)
     }
 
     /// This node's parts of `tenant`'s cluster-wide quotas (`None`: it has none).

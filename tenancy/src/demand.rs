@@ -144,6 +144,16 @@ impl Parts {
     }
 }
 
+/// What the other members' demand passed to [`DemandBook::share_by_demand`] is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Every other member up has published a status since the previous reading.
+    Complete,
+    /// Some member up has not (a status late or lost, a member starved of CPU): its demand
+    /// in the reading is old or missing.
+    Partial,
+}
+
 /// One node's view of every tenant with a cluster-wide quota: its rate bucket, the demand
 /// seen here since the last [`DemandBook::take_demand`], and this node's parts.
 #[derive(Debug, Default)]
@@ -278,23 +288,35 @@ impl DemandBook {
     /// Sets every tenant's parts on this node from its own last demand and the other
     /// members' (`others`, summed per tenant; a tenant not in it has none elsewhere). Returns
     /// the tenants whose `max_concurrent` part changed, with the new part, for the runtime.
+    ///
+    /// A [`Reading::Partial`] (some member up has not published since the last reading)
+    /// may shrink a `max_concurrent` part but never grows one, and does not count as the
+    /// first of the two readings a part grows by: what a silent member runs is unknown.
     pub fn share_by_demand(
         &mut self,
         others: &HashMap<TenantName, Demand>,
+        reading: Reading,
         members_up: u32,
         now_ms: u64,
     ) -> Vec<(TenantName, u32)> {
         let mut changed = Vec::new();
         for (tenant, lane) in &mut self.lanes {
             lane.elsewhere = others.get(tenant).copied().unwrap_or_default();
+            let previous = match reading {
+                Reading::Complete => lane.target,
+                Reading::Partial => lane.target.min(lane.parts.max_concurrent),
+            };
             let (parts, target) = Parts::of(
                 lane.quota,
                 lane.demand,
                 lane.elsewhere,
                 members_up,
-                lane.target,
+                previous,
             );
-            lane.target = target;
+            lane.target = match reading {
+                Reading::Complete => target,
+                Reading::Partial => target.min(lane.target),
+            };
             if parts.rate != lane.parts.rate {
                 // Bring the bucket up to date at the old rate, then hold it to the new burst.
                 lane.bucket.refill(lane.parts.rate, now_ms);
@@ -454,14 +476,24 @@ mod tests {
         let demand = book.take_demand(200, &HashMap::new(), 16);
         assert_eq!(demand, vec![(t.clone(), calls(1000))]);
         // Nobody else sees this tenant: this node gets the whole quota.
-        book.share_by_demand(&HashMap::new(), 3, 200);
+        book.share_by_demand(&HashMap::new(), Reading::Complete, 3, 200);
         assert_eq!(rate_part(&book, &t), Some(limit(100, 100)));
         // Another member reports three times our demand: a quarter.
-        book.share_by_demand(&HashMap::from([(t.clone(), calls(3000))]), 3, 200);
+        book.share_by_demand(
+            &HashMap::from([(t.clone(), calls(3000))]),
+            Reading::Complete,
+            3,
+            200,
+        );
         assert_eq!(rate_part(&book, &t), Some(limit(25, 25)));
         // An empty window: no demand to report, and the part falls back to the floor.
         assert!(book.take_demand(200, &HashMap::new(), 16).is_empty());
-        book.share_by_demand(&HashMap::from([(t.clone(), calls(3000))]), 3, 400);
+        book.share_by_demand(
+            &HashMap::from([(t.clone(), calls(3000))]),
+            Reading::Complete,
+            3,
+            400,
+        );
         assert_eq!(rate_part(&book, &t), Some(limit(3, 3)));
     }
 
@@ -483,7 +515,7 @@ mod tests {
         let demand = book.take_demand(1000, &HashMap::new(), 16);
         assert_eq!(demand, vec![(t.clone(), calls(50))]);
         let elsewhere = HashMap::from([(t.clone(), guests(4, 26))]);
-        let changed = book.share_by_demand(&elsewhere, 3, 0);
+        let changed = book.share_by_demand(&elsewhere, Reading::Complete, 3, 0);
         assert_eq!(
             changed,
             vec![(t.clone(), 1)],
@@ -494,12 +526,64 @@ mod tests {
         let here = HashMap::from([(t.clone(), (1, 8))]);
         let elsewhere = HashMap::from([(t.clone(), guests(3, 0))]);
         book.take_demand(1000, &here, 16);
-        assert!(book.share_by_demand(&elsewhere, 3, 0).is_empty(), "still 1");
+        assert!(
+            book.share_by_demand(&elsewhere, Reading::Complete, 3, 0)
+                .is_empty(),
+            "still 1"
+        );
         book.take_demand(1000, &here, 16);
-        assert_eq!(book.share_by_demand(&elsewhere, 3, 0), vec![(t.clone(), 9)]);
+        assert_eq!(
+            book.share_by_demand(&elsewhere, Reading::Complete, 3, 0),
+            vec![(t.clone(), 9)]
+        );
         // Nothing changed: nothing to tell the runtime.
         book.take_demand(1000, &here, 16);
-        assert!(book.share_by_demand(&elsewhere, 3, 0).is_empty());
+        assert!(
+            book.share_by_demand(&elsewhere, Reading::Complete, 3, 0)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_part_grows_only_after_two_complete_readings_and_a_partial_one_only_shrinks_it() {
+        let mut book = DemandBook::new();
+        let t = name("t");
+        let quota = ClusterQuota {
+            rate: RateLimit::UNLIMITED,
+            max_concurrent: 50,
+        };
+        book.set(t.clone(), quota, 3, 0);
+        let part = |book: &DemandBook| book.parts(&t).unwrap().max_concurrent;
+        assert_eq!(part(&book), 17, "an even third");
+        // A flood here; the other members' statuses still predate theirs (no demand).
+        let here = HashMap::from([(t.clone(), (17, 13))]);
+        let silent = HashMap::new();
+        book.take_demand(200, &here, 16);
+        book.share_by_demand(&silent, Reading::Complete, 3, 0);
+        assert_eq!(part(&book), 17, "one reading: no growth yet");
+        // The other members have not published since: their old demand does not count as
+        // a second reading, however long they stay silent.
+        for _ in 0..5 {
+            book.take_demand(200, &here, 16);
+            book.share_by_demand(&silent, Reading::Partial, 3, 0);
+            assert_eq!(part(&book), 17, "a partial reading never grows a part");
+        }
+        // Their flood shows: the part stays at its share of the demand.
+        let flooded = HashMap::from([(t.clone(), guests(34, 26))]);
+        book.take_demand(200, &here, 16);
+        book.share_by_demand(&flooded, Reading::Complete, 3, 0);
+        assert_eq!(part(&book), 17);
+        // A partial reading shrinks at once: the others now run 45.
+        let busy = HashMap::from([(t.clone(), guests(45, 15))]);
+        book.take_demand(200, &here, 16);
+        book.share_by_demand(&busy, Reading::Partial, 3, 0);
+        assert_eq!(part(&book), 50 + 2 - 45, "only the room the others leave");
+        // Alone at last (the others' work ended) and heard from everyone twice: the whole.
+        for _ in 0..2 {
+            book.take_demand(200, &here, 16);
+            book.share_by_demand(&silent, Reading::Complete, 3, 0);
+        }
+        assert_eq!(part(&book), 50);
     }
 
     #[test]
@@ -516,14 +600,14 @@ mod tests {
         let elsewhere = HashMap::from([(t.clone(), guests(7, 5))]);
         for _ in 0..3 {
             book.take_demand(200, &here, 16);
-            book.share_by_demand(&elsewhere, 3, 0);
+            book.share_by_demand(&elsewhere, Reading::Complete, 3, 0);
         }
         // Half the demand is here (4 of 7), but only the rounding slack (2) is free.
         assert_eq!(book.parts(&t).unwrap().max_concurrent, 2);
         // As the other member's guests end, the room comes back.
         let elsewhere = HashMap::from([(t.clone(), guests(3, 9))]);
         book.take_demand(200, &here, 16);
-        book.share_by_demand(&elsewhere, 3, 0);
+        book.share_by_demand(&elsewhere, Reading::Complete, 3, 0);
         assert_eq!(book.parts(&t).unwrap().max_concurrent, 4);
     }
 
@@ -544,7 +628,12 @@ mod tests {
         let seen = [guests(0, 0), guests(0, 12), guests(0, 24)];
         for (b, others) in books.iter_mut().zip(seen) {
             b.take_demand(200, &here, 16);
-            b.share_by_demand(&HashMap::from([(t.clone(), others)]), 3, 0);
+            b.share_by_demand(
+                &HashMap::from([(t.clone(), others)]),
+                Reading::Complete,
+                3,
+                0,
+            );
         }
         let total: u32 = books
             .iter()
@@ -554,7 +643,12 @@ mod tests {
         // Reading 2: everyone knows everyone.
         for b in &mut books {
             b.take_demand(200, &here, 16);
-            b.share_by_demand(&HashMap::from([(t.clone(), guests(6, 18))]), 3, 0);
+            b.share_by_demand(
+                &HashMap::from([(t.clone(), guests(6, 18))]),
+                Reading::Complete,
+                3,
+                0,
+            );
         }
         let parts: Vec<u32> = books
             .iter()
@@ -568,7 +662,12 @@ mod tests {
         let mut book = DemandBook::new();
         let t = name("t");
         book.set(t.clone(), rate_only(100, 100), 1, 0);
-        book.share_by_demand(&HashMap::from([(t.clone(), calls(1))]), 2, 0);
+        book.share_by_demand(
+            &HashMap::from([(t.clone(), calls(1))]),
+            Reading::Complete,
+            2,
+            0,
+        );
         // Our demand is 0, the other member's is 1: the floor, 100 / 20 = 5.
         assert_eq!(rate_part(&book, &t), Some(limit(5, 5)));
         let admitted = (0..100).filter(|_| book.admit(&t, 0).is_ok()).count();
@@ -597,7 +696,12 @@ mod tests {
             let _ = book.admit(&t, 5000);
         }
         book.take_demand(1000, &HashMap::new(), 16);
-        book.share_by_demand(&HashMap::from([(t.clone(), calls(30))]), 2, 5000);
+        book.share_by_demand(
+            &HashMap::from([(t.clone(), calls(30))]),
+            Reading::Complete,
+            2,
+            5000,
+        );
         assert_eq!(rate_part(&book, &t), Some(limit(25, 25)));
         book.set(t.clone(), rate_only(100, 100), 3, 5000);
         assert_eq!(rate_part(&book, &t), Some(limit(25, 25)));

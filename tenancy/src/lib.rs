@@ -34,7 +34,7 @@ pub mod tenant;
 pub mod token;
 
 pub use authz::{Action, Actor, authorize};
-pub use demand::{ClusterQuota, Demand, DemandBook, Parts, demand_part};
+pub use demand::{ClusterQuota, Demand, DemandBook, Parts, Reading, demand_part};
 pub use error::{AuthError, Denied, Error, QuotaKind};
 pub use fair::{FairQueue, Grant, GroupCap, LaneConfig, LaneStats, Rejected, Slot};
 pub use quota::{Deploy, Quotas, Usage};
