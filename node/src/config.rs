@@ -180,6 +180,9 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT`. Off by default: guests' output may hold their
     /// tenants' data.
     pub guest_logs_otlp: bool,
+    /// Also send the node's own log lines (what `--log` lets through) as OTLP log records,
+    /// to the same receiver as `guest_logs_otlp`. Off by default.
+    pub node_logs_otlp: bool,
     /// Share of new invocations traced (0 to 1); a caller's sampled `traceparent` is always
     /// followed. Unset: `OTEL_TRACES_SAMPLER`/`OTEL_TRACES_SAMPLER_ARG`, else 1.
     pub trace_sample_ratio: Option<f64>,
@@ -355,6 +358,7 @@ impl Default for Config {
             guest_log_bytes: 16 << 10,
             otlp_endpoint: None,
             guest_logs_otlp: false,
+            node_logs_otlp: false,
             trace_sample_ratio: None,
             trace_follow_caller: None,
             max_instances: 1000,
@@ -497,14 +501,22 @@ impl Config {
         .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
-    /// Where guests' stderr lines go as OTLP log records (`guest_logs_otlp`), over the
-    /// standard `OTEL_*` variables in `env`; `None`: not forwarded.
-    pub fn guest_log_export(
+    /// Where log records go (guests' stderr lines with `guest_logs_otlp`, the node's own
+    /// lines with `node_logs_otlp`), over the standard `OTEL_*` variables in `env`; `None`:
+    /// nothing forwarded.
+    pub fn log_export(
         &self,
         env: &std::collections::HashMap<String, String>,
     ) -> Result<Option<tern_telemetry::LogExportSettings>, ConfigError> {
+        let asked_by = if self.guest_logs_otlp {
+            Some("guest_logs_otlp")
+        } else if self.node_logs_otlp {
+            Some("node_logs_otlp")
+        } else {
+            None
+        };
         tern_telemetry::LogExportSettings::resolve(
-            self.guest_logs_otlp,
+            asked_by,
             self.otlp_endpoint.as_deref(),
             &self.node_name,
             env,
@@ -934,13 +946,18 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("guest_log_bytes"), "{err}");
-        let c = Config::load(None, env("TERN_GUEST_LOGS_OTLP", "true")).unwrap();
-        let err = c.guest_log_export(&Default::default()).unwrap_err();
-        assert!(err.to_string().contains("no receiver"), "{err}");
+        for setting in ["guest_logs_otlp", "node_logs_otlp"] {
+            let c = Config::load(
+                None,
+                env(&format!("TERN_{}", setting.to_uppercase()), "true"),
+            )
+            .unwrap();
+            let err = c.log_export(&Default::default()).unwrap_err();
+            assert!(err.to_string().contains("no receiver"), "{err}");
+            assert!(err.to_string().contains(setting), "{err}");
+        }
         assert_eq!(
-            Config::default()
-                .guest_log_export(&Default::default())
-                .unwrap(),
+            Config::default().log_export(&Default::default()).unwrap(),
             None
         );
         let dir = tempfile::tempdir().unwrap();

@@ -1004,35 +1004,36 @@ async fn metrics(app: &Arc<App>) -> Response<Body> {
         false => tern_actors::metrics_collector::render(services),
     };
     let (log_functions, log_bytes) = services.runtime.logs().usage();
-    let body =
-        body + &format!(
+    let body = body
+        + &format!(
             "# HELP tern_guest_log_functions Functions with guest stderr lines kept on this node.\n\
              # TYPE tern_guest_log_functions gauge\ntern_guest_log_functions {log_functions}\n\
              # HELP tern_guest_log_bytes Bytes of guest stderr lines kept on this node.\n\
              # TYPE tern_guest_log_bytes gauge\ntern_guest_log_bytes {log_bytes}\n"
-        ) + &tenant_slot_metrics(&services.runtime.tenants_slots())
-            + &tenant_stored_metrics(app)
-            + &tenant_quota_metrics(app)
-            + &app
-                .cells
-                .get()
-                .map(|c| c.render_metrics())
-                .unwrap_or_default()
-            + &app
-                .cell_quotas
-                .get()
-                .map(|q| q.render_metrics())
-                .unwrap_or_default()
-            + &otlp_export_metrics(
-                "tern_trace_spans",
-                "Trace spans",
-                tern_telemetry::export::stats(),
-            )
-            + &otlp_export_metrics(
-                "tern_guest_log_records",
-                "Guest stderr lines (guest_logs_otlp)",
-                tern_telemetry::logs::stats(),
-            );
+        )
+        + &tenant_slot_metrics(&services.runtime.tenants_slots())
+        + &tenant_stored_metrics(app)
+        + &tenant_quota_metrics(app)
+        + &app
+            .cells
+            .get()
+            .map(|c| c.render_metrics())
+            .unwrap_or_default()
+        + &app
+            .cell_quotas
+            .get()
+            .map(|q| q.render_metrics())
+            .unwrap_or_default()
+        + &otlp_export_metrics(
+            "tern_trace_spans",
+            "Trace spans",
+            tern_telemetry::export::stats(),
+        )
+        + &otlp_export_metrics(
+            "tern_log_records",
+            "OTLP log records: guest stderr lines (guest_logs_otlp) and the node's log lines (node_logs_otlp)",
+            tern_telemetry::logs::stats(),
+        );
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -896,26 +896,35 @@ fn futures_now(f: impl std::future::Future<Output = ()>) -> bool {
 }
 
 /// Sets the process's subscriber: log lines on stderr as `filter` and `format` say (never
-/// the exported trace spans), and the trace exporter's layer when export is on.
-fn init_logging(filter: &str, format: LogFormat, export: Option<&tern_telemetry::Export>) {
+/// the exported trace spans), the trace exporter's layer when export is on, and the same
+/// lines as OTLP log records when `node_logs` is given.
+fn init_logging(
+    filter: &str,
+    format: LogFormat,
+    export: Option<&tern_telemetry::Export>,
+    node_logs: Option<tern_telemetry::NodeLogs>,
+) {
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_default()
-        .add_directive(
-            format!("{}=off", tern_telemetry::TARGET)
-                .parse()
-                .expect("a static directive"),
-        );
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_new(filter)
+            .unwrap_or_default()
+            .add_directive(
+                format!("{}=off", tern_telemetry::TARGET)
+                    .parse()
+                    .expect("a static directive"),
+            )
+    };
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
-        LogFormat::Text => fmt.with_filter(filter).boxed(),
-        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+        LogFormat::Text => fmt.with_filter(filter()).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter()).boxed(),
     };
     tracing_subscriber::registry()
         .with(fmt)
         .with(export.map(|e| e.layer()))
+        .with(node_logs.map(|l| l.with_filter(filter())))
         .init();
 }
 
@@ -930,7 +939,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
     let output = cli.output;
     // `up` sets up logging once its configuration (which may turn trace export on) is read.
     if !matches!(cli.command, Command::Up { .. }) {
-        init_logging(&cli.log, cli.log_format, None);
+        init_logging(&cli.log, cli.log_format, None, None);
         warn_nofile();
     }
     match cli.command {
@@ -981,13 +990,18 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 Some(settings) => Some(tern_telemetry::Export::install(&settings)?),
                 None => None,
             };
-            let guest_logs = match cfg.guest_log_export(&env)? {
-                Some(settings) => Some(std::sync::Arc::new(
-                    tern_telemetry::GuestLogExport::install(&settings)?,
-                )),
+            let log_export = match cfg.log_export(&env)? {
+                Some(settings) => Some(std::sync::Arc::new(tern_telemetry::LogExport::install(
+                    &settings,
+                )?)),
                 None => None,
             };
-            init_logging(&cli.log, cli.log_format, export.as_ref());
+            let node_logs = log_export
+                .as_ref()
+                .filter(|_| cfg.node_logs_otlp)
+                .map(|l| l.node_layer());
+            init_logging(&cli.log, cli.log_format, export.as_ref(), node_logs);
+            let guest_logs = log_export.clone().filter(|_| cfg.guest_logs_otlp);
             warn_nofile();
             let token_file = (cfg.auth == tern_node::config::AuthMode::Tokens)
                 .then(|| cfg.data_dir.join(tern_node::auth::ADMIN_TOKEN_FILE));
@@ -998,7 +1012,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 let guest_logs = guest_logs.clone();
                 node.services().runtime.logs().forward_to(Box::new(
                     move |function, request_id, at_ms, lines| {
-                        guest_logs.emit(
+                        guest_logs.emit_guest_lines(
                             &function.to_string(),
                             function.tenant().as_str(),
                             request_id,
@@ -1082,13 +1096,11 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             {
                 say(true, &format!("warning: traces not all sent: {e}"));
             }
-            if let Some(guest_logs) = guest_logs
-                && let Err(e) = guest_logs.shutdown(Duration::from_secs(5))
+            drop(guest_logs);
+            if let Some(log_export) = log_export
+                && let Err(e) = log_export.shutdown(Duration::from_secs(5))
             {
-                say(
-                    true,
-                    &format!("warning: guest log records not all sent: {e}"),
-                );
+                say(true, &format!("warning: log records not all sent: {e}"));
             }
             stopped?;
             if restart && stop.fired() {

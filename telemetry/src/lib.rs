@@ -1,7 +1,8 @@
 //! Traces that leave the process: which invocations are traced (head sampling, decided once at
 //! the node that accepts the invocation), W3C Trace Context in and out of a span, and the
 //! OTLP/HTTP export pipeline ([`export`]) with a bounded queue whose drops are counted; and
-//! guests' stderr forwarded as OTLP log records ([`logs`]) through the same kind of queue.
+//! guests' stderr and the node's own log lines forwarded as OTLP log records ([`logs`])
+//! through the same kind of queue.
 //!
 //! Tern's spans are ordinary `tracing` spans at target [`TARGET`]. They exist only for a traced
 //! invocation: the root is created only when [`sample`] says so, and every other span only
@@ -25,7 +26,7 @@ use tern_wire::TraceParent;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub use export::{Error, Export, ExportSettings, ExportStats, NodeTraceConfig};
-pub use logs::{GuestLogExport, LogExportSettings};
+pub use logs::{LogExport, LogExportSettings, NodeLogs};
 pub use sampling::{sample, sample_hop};
 
 /// The `tracing` target of every span Tern exports. The node's log output leaves it out, and

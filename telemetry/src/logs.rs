@@ -1,10 +1,18 @@
-//! Guests' stderr as OpenTelemetry log records, sent to an OTLP/HTTP receiver through the
-//! bounded export queue ([`crate::queue`]): a guest that floods stderr, or a receiver that is
-//! slow or down, costs dropped (and counted) records, never a request or a guest's time.
+//! Guests' stderr and the node's own log lines as OpenTelemetry log records, sent to an
+//! OTLP/HTTP receiver through one bounded export queue ([`crate::queue`]): a guest that floods
+//! stderr, a chatty node, or a receiver that is slow or down, costs dropped (and counted)
+//! records, never a request or a guest's time.
 //!
-//! One record per line the node keeps (see the node's guest logs): the line as the body, its
-//! time, and `tern.function`, `tern.tenant`, `tern.request_id` and `log.iostream = stderr` as
-//! attributes; the resource names the service (`tern`) and the node (`service.instance.id`).
+//! - Guests ([`LogExport::emit_guest_lines`]): one record per line the node keeps (see the
+//!   node's guest logs): the line as the body, its time, and `tern.function`, `tern.tenant`,
+//!   `tern.request_id` and `log.iostream = stderr` as attributes.
+//! - The node ([`LogExport::node_layer`], a `tracing` layer): one record per event its
+//!   filter lets through: the message as the body, the level as the severity, the event's
+//!   target as the instrumentation scope, its other fields as attributes. Events of the
+//!   export path itself (the OpenTelemetry crates, hyper, this crate) are never exported, so a
+//!   failing export cannot feed itself.
+//!
+//! The resource names the service (`tern`) and the node (`service.instance.id`).
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,6 +24,8 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::logs::{
     LogBatch, LogExporter, LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider,
 };
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::Context;
 
 use crate::export::{Destination, Error, ExportStats, Signal};
 
@@ -28,7 +38,7 @@ const LOGS: Signal = Signal {
 };
 use crate::queue::{BatchExport, Batching, Bounded};
 
-/// Where guests' log records go, resolved from the node's settings and the environment.
+/// Where log records go, resolved from the node's settings and the environment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogExportSettings {
     /// The OTLP/HTTP logs URL; `None`: the exporter reads `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`
@@ -49,27 +59,28 @@ pub struct LogExportSettings {
 }
 
 impl LogExportSettings {
-    /// Resolves where guests' stderr goes when the node forwards it (`forward`): the node's
-    /// `otlp_endpoint` (a base URL; `/v1/logs` is appended) over the standard variables in
-    /// `env` (`OTEL_SDK_DISABLED`, `OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT`,
+    /// Resolves where log records go when a setting asks for them (`asked_by`, named in
+    /// errors; `None`: nothing is forwarded): the node's `otlp_endpoint` (a base URL;
+    /// `/v1/logs` is appended) over the standard variables in `env` (`OTEL_SDK_DISABLED`,
+    /// `OTEL_LOGS_EXPORTER`, `OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT`,
     /// `OTEL_EXPORTER_OTLP_[LOGS_]PROTOCOL`, `OTEL_EXPORTER_OTLP_[LOGS_]TIMEOUT`,
     /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`). `Ok(None)`: not forwarded (not asked
     /// for, or turned off by a variable). Forwarding asked for with no receiver anywhere is an
     /// error, not a silent nothing.
     pub fn resolve(
-        forward: bool,
+        asked_by: Option<&'static str>,
         otlp_endpoint: Option<&str>,
         node: &str,
         env: &HashMap<String, String>,
     ) -> Result<Option<Self>, Error> {
-        if !forward {
+        let Some(setting) = asked_by else {
             return Ok(None);
-        }
+        };
         let to = match Destination::resolve(&LOGS, otlp_endpoint, env)? {
             Destination::Off => return Ok(None),
             Destination::NoEndpoint => {
                 return Err(Error::Setting {
-                    name: "guest_logs_otlp",
+                    name: setting,
                     reason: "no receiver: set otlp_endpoint or OTEL_EXPORTER_OTLP_[LOGS_]ENDPOINT"
                         .into(),
                 });
@@ -90,7 +101,8 @@ impl LogExportSettings {
 
 static STATS: ExportStats = ExportStats::new();
 
-/// The process's guest log record counters (all zero while forwarding is off).
+/// The process's log record counters, guests' and the node's together (all zero while
+/// forwarding is off).
 pub fn stats() -> &'static ExportStats {
     &STATS
 }
@@ -130,14 +142,14 @@ impl<E: LogExporter + 'static> BatchExport<Item> for Records<E> {
     }
 }
 
-/// The running guest log export. Keep it while the node runs; [`GuestLogExport::shutdown`]
-/// sends what is queued.
-pub struct GuestLogExport {
+/// The running log export. Keep it while the node runs; [`LogExport::shutdown`] sends what
+/// is queued.
+pub struct LogExport {
     provider: SdkLoggerProvider,
     logger: SdkLogger,
 }
 
-impl GuestLogExport {
+impl LogExport {
     /// Starts the OTLP/HTTP log exporter and its export thread.
     pub fn install(settings: &LogExportSettings) -> Result<Self, Error> {
         let mut builder = opentelemetry_otlp::LogExporter::builder().with_http();
@@ -178,7 +190,7 @@ impl GuestLogExport {
     /// Sends `lines` that an MEU of `function` (owned by `tenant`) wrote to stderr, stamped
     /// `at_ms` (ms since the Unix epoch). Never waits: a full queue drops records and counts
     /// them.
-    pub fn emit(
+    pub fn emit_guest_lines(
         &self,
         function: &str,
         tenant: &str,
@@ -206,11 +218,103 @@ impl GuestLogExport {
         }
     }
 
+    /// A `tracing` layer that sends the node's own events as records (filter it as the
+    /// node's log output is filtered). Never waits: a full queue drops records and counts
+    /// them.
+    pub fn node_layer(&self) -> NodeLogs {
+        NodeLogs {
+            logger: self.logger.clone(),
+        }
+    }
+
     /// Sends what is queued (waiting at most `timeout`) and stops the export thread.
     pub fn shutdown(&self, timeout: Duration) -> Result<(), String> {
         self.provider
             .shutdown_with_timeout(timeout)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The node's `tracing` events as log records ([`LogExport::node_layer`]).
+pub struct NodeLogs {
+    logger: SdkLogger,
+}
+
+/// Targets whose events are never exported: the export path's own (a failing export must not
+/// feed itself) and the exported spans' target.
+const NOT_EXPORTED: [&str; 5] = [
+    "opentelemetry",
+    "hyper",
+    "h2",
+    "tern_telemetry",
+    crate::TARGET,
+];
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for NodeLogs {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        let target = meta.target();
+        if NOT_EXPORTED.iter().any(|t| target.starts_with(t)) {
+            return;
+        }
+        let mut record = self.logger.create_log_record();
+        record.set_timestamp(SystemTime::now());
+        record.set_observed_timestamp(SystemTime::now());
+        let level = *meta.level();
+        record.set_severity_number(match level {
+            tracing::Level::TRACE => Severity::Trace,
+            tracing::Level::DEBUG => Severity::Debug,
+            tracing::Level::INFO => Severity::Info,
+            tracing::Level::WARN => Severity::Warn,
+            tracing::Level::ERROR => Severity::Error,
+        });
+        record.set_severity_text(level.as_str());
+        record.set_target(target.to_owned());
+        event.record(&mut Fields(&mut record));
+        self.logger.emit(record);
+    }
+}
+
+/// Copies an event's fields into a record: `message` as the body, the rest as attributes.
+struct Fields<'a>(&'a mut SdkLogRecord);
+
+impl Fields<'_> {
+    fn put(&mut self, field: &Field, value: AnyValue) {
+        if field.name() == "message" {
+            self.0.set_body(value);
+        } else {
+            self.0.add_attribute(field.name(), value);
+        }
+    }
+}
+
+impl Visit for Fields<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, AnyValue::from(value.to_owned()));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, AnyValue::from(value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        // OTLP integers are signed; a larger value keeps its digits as text.
+        match i64::try_from(value) {
+            Ok(v) => self.put(field, AnyValue::from(v)),
+            Err(_) => self.put(field, AnyValue::from(value.to_string())),
+        }
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, AnyValue::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, AnyValue::from(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, AnyValue::from(format!("{value:?}")));
     }
 }
 
@@ -231,11 +335,11 @@ mod tests {
     #[test]
     fn forwarding_is_asked_for_and_needs_a_receiver_and_the_node_setting_wins() {
         assert_eq!(
-            LogExportSettings::resolve(false, Some("http://c:4318"), "a", &env(&[])).unwrap(),
+            LogExportSettings::resolve(None, Some("http://c:4318"), "a", &env(&[])).unwrap(),
             None
         );
         let s = LogExportSettings::resolve(
-            true,
+            Some("guest_logs_otlp"),
             Some("http://c:4318/"),
             "a",
             &env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://other:4318")]),
@@ -246,7 +350,7 @@ mod tests {
         assert!(s.name_service);
         // The logs variable alone: the exporter reads it.
         let s = LogExportSettings::resolve(
-            true,
+            Some("guest_logs_otlp"),
             None,
             "a",
             &env(&[("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://c:4318/v1/logs")]),
@@ -254,25 +358,42 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.endpoint, None);
-        let err = LogExportSettings::resolve(true, None, "a", &env(&[])).unwrap_err();
+        let err =
+            LogExportSettings::resolve(Some("guest_logs_otlp"), None, "a", &env(&[])).unwrap_err();
         assert!(err.to_string().contains("no receiver"), "{err}");
         for (k, v, what) in [
             ("OTEL_LOGS_EXPORTER", "console", "OTEL_LOGS_EXPORTER"),
             ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "grpc", "PROTOCOL"),
         ] {
-            let err = LogExportSettings::resolve(true, Some("http://c:4318"), "a", &env(&[(k, v)]))
-                .unwrap_err();
+            let err = LogExportSettings::resolve(
+                Some("guest_logs_otlp"),
+                Some("http://c:4318"),
+                "a",
+                &env(&[(k, v)]),
+            )
+            .unwrap_err();
             assert!(err.to_string().contains(what), "{err}");
         }
-        let err =
-            LogExportSettings::resolve(true, Some("https://c:4318"), "a", &env(&[])).unwrap_err();
+        let err = LogExportSettings::resolve(
+            Some("guest_logs_otlp"),
+            Some("https://c:4318"),
+            "a",
+            &env(&[]),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("http://"), "{err}");
         for off in [
             ("OTEL_LOGS_EXPORTER", "none"),
             ("OTEL_SDK_DISABLED", "true"),
         ] {
             assert_eq!(
-                LogExportSettings::resolve(true, Some("http://c:4318"), "a", &env(&[off])).unwrap(),
+                LogExportSettings::resolve(
+                    Some("guest_logs_otlp"),
+                    Some("http://c:4318"),
+                    "a",
+                    &env(&[off])
+                )
+                .unwrap(),
                 None
             );
         }
@@ -280,11 +401,15 @@ mod tests {
 
     /// A record as kept: its body and attributes.
     type Kept = (String, Vec<(String, String)>);
+    /// A record's severity and target.
+    type Meta = (Option<Severity>, Option<String>);
 
     /// Keeps what it is sent, or refuses everything.
     #[derive(Debug, Default, Clone)]
     struct Memory {
         got: Arc<Mutex<Vec<Kept>>>,
+        /// Each kept record's severity and target.
+        meta: Arc<Mutex<Vec<Meta>>>,
         refuse: bool,
     }
 
@@ -306,6 +431,10 @@ mod tests {
                     .map(|(k, v)| (k.to_string(), format!("{v:?}")))
                     .collect();
                 got.push((body, attrs));
+                self.meta.lock().unwrap().push((
+                    record.severity_number(),
+                    record.target().map(|t| t.to_string()),
+                ));
             }
             Ok(())
         }
@@ -328,9 +457,9 @@ mod tests {
     {
         static STATS: ExportStats = ExportStats::new();
         let memory = Memory::default();
-        let export = GuestLogExport::with_exporter(memory.clone(), &settings(64), &STATS).unwrap();
+        let export = LogExport::with_exporter(memory.clone(), &settings(64), &STATS).unwrap();
         let lines = vec!["first".to_owned(), "second".to_owned(), "third".to_owned()];
-        export.emit("acme/echo", "acme", "r-1", 1_700_000_000_000, &lines);
+        export.emit_guest_lines("acme/echo", "acme", "r-1", 1_700_000_000_000, &lines);
         export.shutdown(Duration::from_secs(5)).unwrap();
         let got = memory.got.lock().unwrap().clone();
         let bodies: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
@@ -353,8 +482,52 @@ mod tests {
         }
         assert_eq!(STATS.exported.load(Relaxed), 3);
         // After shutdown every record is dropped and counted, never queued.
-        export.emit("acme/echo", "acme", "r-2", 0, &lines[..1]);
+        export.emit_guest_lines("acme/echo", "acme", "r-2", 0, &lines[..1]);
         assert_eq!(STATS.dropped.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn node_events_are_records_with_their_level_target_and_fields_and_the_export_path_is_left_out()
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        static STATS: ExportStats = ExportStats::new();
+        let memory = Memory::default();
+        let export = LogExport::with_exporter(memory.clone(), &settings(64), &STATS).unwrap();
+        let subscriber = tracing_subscriber::registry().with(export.node_layer());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(target: "tern_link::mesh", peer = "b", attempt = 3u64, ok = false, "link down");
+            tracing::info!(target: "opentelemetry_sdk::logs", "export failed");
+            tracing::info!(target: "hyper_util::client", "connecting");
+            tracing::warn!(target: "tern_telemetry::queue", "dropped");
+            tracing::info!(target: crate::TARGET, "a span's event");
+            tracing::error!(target: "tern_node::app", big = u64::MAX, share = 0.5, "boom");
+        });
+        export.shutdown(Duration::from_secs(5)).unwrap();
+        let got = memory.got.lock().unwrap().clone();
+        let bodies: Vec<&str> = got.iter().map(|(b, _)| b.as_str()).collect();
+        assert_eq!(bodies, ["link down", "boom"]);
+        let attrs = |i: usize| -> HashMap<String, String> { got[i].1.iter().cloned().collect() };
+        assert_eq!(
+            attrs(0)["peer"],
+            format!("{:?}", AnyValue::from("b".to_owned()))
+        );
+        assert_eq!(attrs(0)["attempt"], format!("{:?}", AnyValue::from(3i64)));
+        assert_eq!(attrs(0)["ok"], format!("{:?}", AnyValue::from(false)));
+        assert_eq!(
+            attrs(1)["big"],
+            format!("{:?}", AnyValue::from(u64::MAX.to_string())),
+            "too large for an OTLP integer: kept as text"
+        );
+        assert_eq!(attrs(1)["share"], format!("{:?}", AnyValue::from(0.5)));
+        let meta = memory.meta.lock().unwrap().clone();
+        assert_eq!(
+            meta,
+            [
+                (Some(Severity::Warn), Some("tern_link::mesh".to_owned())),
+                (Some(Severity::Error), Some("tern_node::app".to_owned())),
+            ]
+        );
+        assert_eq!(STATS.exported.load(Relaxed), 2);
     }
 
     #[test]
@@ -364,8 +537,8 @@ mod tests {
             refuse: true,
             ..Memory::default()
         };
-        let export = GuestLogExport::with_exporter(memory, &settings(64), &STATS).unwrap();
-        export.emit("f", "default", "r", 0, &["x".to_owned(), "y".to_owned()]);
+        let export = LogExport::with_exporter(memory, &settings(64), &STATS).unwrap();
+        export.emit_guest_lines("f", "default", "r", 0, &["x".to_owned(), "y".to_owned()]);
         export.shutdown(Duration::from_secs(5)).unwrap();
         assert_eq!(
             (STATS.exported.load(Relaxed), STATS.failed.load(Relaxed)),

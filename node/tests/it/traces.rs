@@ -32,10 +32,13 @@ struct Got {
     attributes: HashMap<String, String>,
 }
 
-/// One log record as the receiver got it: its node, body and attributes.
+/// One log record as the receiver got it: its node, scope, severity, body and attributes.
 #[derive(Clone, Debug)]
 struct GotLog {
     node: String,
+    scope: String,
+    severity: i32,
+    severity_text: String,
     body: String,
     attributes: HashMap<String, String>,
 }
@@ -155,9 +158,13 @@ fn flatten_logs(export: ExportLogsServiceRequest) -> Vec<GotLog> {
     for rl in export.resource_logs {
         let node = instance_id(&rl.resource);
         for sl in rl.scope_logs {
+            let scope = sl.scope.map(|s| s.name).unwrap_or_default();
             for r in sl.log_records {
                 out.push(GotLog {
                     node: node.clone(),
+                    scope: scope.clone(),
+                    severity: r.severity_number,
+                    severity_text: r.severity_text.clone(),
                     body: text(&r.body),
                     attributes: r
                         .attributes
@@ -434,17 +441,71 @@ async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_func
     // Counted once the node has read the receiver's answer, a moment after it stored them.
     metric_until(
         addr,
-        "tern_guest_log_records_exported_total",
+        "tern_log_records_exported_total",
         Duration::from_secs(10),
         |v| v == 2.0,
     )
     .await;
-    assert_eq!(
-        metric(addr, "tern_guest_log_records_dropped_total").await,
-        0.0
-    );
+    assert_eq!(metric(addr, "tern_log_records_dropped_total").await, 0.0);
     // The lines are still kept on the node as well.
     let kept = request(addr, Method::GET, "/v1/functions/logger/logs", Bytes::new()).await;
     assert!(String::from_utf8_lossy(&kept.body).contains("log: second"));
+    drop(node);
+}
+
+/// With `node_logs_otlp`, the node's own log lines reach the OTLP receiver as log records:
+/// the message as the body, the level as the severity, the module as the scope, the fields as
+/// attributes; guests' stderr stays on the node while `guest_logs_otlp` is off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nodes_own_log_lines_reach_the_otlp_receiver_with_their_level_and_fields() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let endpoint = format!("http://{}", receiver.addr);
+    let env = [
+        ("TERN_OTLP_ENDPOINT", endpoint.as_str()),
+        ("TERN_NODE_LOGS_OTLP", "true"),
+        ("TERN_NODE_NAME", "a"),
+        ("TERN_LOG", "info"),
+    ];
+    let node = crate::persistence::spawn_tern_with(&dir.path().join("node"), &listener, &env).await;
+    let r = request(addr, Method::PUT, "/v1/functions/logger", wasm("logger")).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let hash = json(&r)["hash"].as_str().unwrap().to_owned();
+    let r = invoke(addr, "logger", "first").await;
+    assert_eq!(r.status, 200);
+    let deployed = eventually(
+        "the deploy's log record",
+        Duration::from_secs(20),
+        || async {
+            receiver.logs().into_iter().find(|l| {
+                l.body == "deployed"
+                    && l.attributes.get("function").map(String::as_str) == Some("logger")
+            })
+        },
+    )
+    .await;
+    assert_eq!(deployed.node, "a");
+    assert_eq!(deployed.scope, "tern_node::app");
+    assert_eq!(
+        (deployed.severity, deployed.severity_text.as_str()),
+        (9, "INFO")
+    );
+    assert_eq!(deployed.attributes["hash"], hash);
+    metric_until(
+        addr,
+        "tern_log_records_exported_total",
+        Duration::from_secs(10),
+        |v| v >= 1.0,
+    )
+    .await;
+    // Guests' lines are not forwarded, and nothing below the node's level is.
+    let logs = receiver.logs();
+    assert!(
+        logs.iter()
+            .all(|l| !l.body.contains("log: first") && l.severity >= 9),
+        "{logs:#?}"
+    );
     drop(node);
 }
