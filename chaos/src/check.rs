@@ -254,7 +254,10 @@ pub fn check(
                     );
                 }
             }
-            Event::NodeExit { .. } | Event::Fault { .. } | Event::Restarted { .. } => {}
+            Event::NodeExit { .. }
+            | Event::Fault { .. }
+            | Event::Restarted { .. }
+            | Event::Link { .. } => {}
         }
     }
     if !orphans.is_empty() {

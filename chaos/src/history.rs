@@ -72,6 +72,18 @@ pub enum Event {
         at_us: u64,
         scheduled: bool,
     },
+    /// What a `partition` or `link` fault did to the datagrams from `from` to `to` while it
+    /// held, recorded as it healed: passed on (of which `held` back for others to overtake and
+    /// `duplicated`), and dropped.
+    Link {
+        from: String,
+        to: String,
+        at_us: u64,
+        passed: u64,
+        dropped: u64,
+        held: u64,
+        duplicated: u64,
+    },
     /// `node` asked its supervisor for a restart (it exited with 75, as `tern up` does when
     /// its store must be opened again and its sockets came from socket activation), and the
     /// runner, its supervisor, started it again.

@@ -6,11 +6,14 @@
 //! with the operations that broke it ([`check`]).
 //!
 //! No I/O and no clock outside [`runner`] (the shell that starts the cluster, sends the load and
-//! injects the faults): times are microseconds since the run started, given by the runner, so
-//! every checker is tested on hand-written histories.
+//! injects the faults) and its link relays (`relay`): times are microseconds since the run
+//! started, given by the runner, so every checker is tested on hand-written histories, and
+//! what a bad link does to each datagram ([`links`]) is decided from seeded draws.
 
 pub mod check;
 pub mod history;
+pub mod links;
+mod relay;
 pub mod runner;
 pub mod scenario;
 

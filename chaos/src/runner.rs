@@ -9,9 +9,12 @@
 //! last byte for the fault and emptied at its heal; root only), clock jumps (`clock_jump`: the
 //! node runs under libfaketime, its wall clock offset by what the runner writes to its clock
 //! file, its monotonic clock untouched), damaged artifacts (`corrupt` with `what =
-//! "artifact"`: the node killed, its compiled artifacts cut in half, and started again) and
-//! impostors (`impostor`: a `tern up` with a bad identity dialling every member); a scenario
-//! with any other fault kind is refused before anything starts ([`RunError::Unsupported`]).
+//! "artifact"`: the node killed, its compiled artifacts cut in half, and started again),
+//! impostors (`impostor`: a `tern up` with a bad identity dialling every member), and
+//! partitions and bad links (`partition`, `link`: the nodes dial each other through the
+//! runner's UDP relays, [`crate::relay`], which drop, delay, reorder or duplicate datagrams
+//! while the fault holds); a scenario with any other fault kind is refused before anything
+//! starts ([`RunError::Unsupported`]).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
 //! node (socket activation). A killed node's port stays the run's: nothing else on the machine
@@ -33,13 +36,15 @@ use tern_sync::poison::lock;
 
 use crate::check::{Report, check};
 use crate::history::{Event, History, Mode, Outcome, Phase};
+use crate::links::{self, Impairment};
+use crate::relay::{Counts, Relays};
 use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, Via};
 
 /// What stops a run before its verdict.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(
-        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, disk_full and clock_jump)"
+        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, partition, link, disk_full, clock_jump, corrupt with what = \"artifact\" and impostor)"
     )]
     Unsupported(&'static str),
     #[error("{kind} faults need root ({why}); run tern chaos as root")]
@@ -490,9 +495,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             | FaultKind::Pause { .. }
             | FaultKind::RollingRestart { .. }
             | FaultKind::DiskFull { .. }
-            | FaultKind::ClockJump { .. } => None,
-            FaultKind::Partition { .. } => Some("partition"),
-            FaultKind::Link { .. } => Some("link"),
+            | FaultKind::ClockJump { .. }
+            | FaultKind::Partition { .. }
+            | FaultKind::Link { .. } => None,
             FaultKind::Corrupt {
                 what: Corruption::Artifact,
                 ..
@@ -563,6 +568,22 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         mesh.push(udp.local_addr().map_err(io("reading a mesh address"))?);
         sockets.push((http, udp));
     }
+    // Links that a fault will cut or spoil run through relays; otherwise the nodes dial each
+    // other directly, as in production.
+    let relays = if scenario
+        .faults
+        .iter()
+        .any(|f| matches!(f.kind, FaultKind::Partition { .. } | FaultKind::Link { .. }))
+    {
+        let seed = options.seed.unwrap_or(scenario.seed);
+        Some(Arc::new(
+            Relays::start(&mesh, seed)
+                .await
+                .map_err(io("starting the link relays"))?,
+        ))
+    } else {
+        None
+    };
     for ((i, name), (listener, udp)) in names.iter().enumerate().zip(sockets) {
         let http = listener
             .local_addr()
@@ -579,8 +600,12 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             options.examples_dir.display().to_string(),
         ];
         for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+            let at = relays
+                .as_ref()
+                .and_then(|r| r.address(i, j))
+                .unwrap_or(mesh[j]);
             args.push("--peer".into());
-            args.push(format!("{peer}={}", mesh[j]));
+            args.push(format!("{peer}={at}"));
         }
         let mut env = vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())];
         if let Some(class) = scenario.cluster.classes.get(i) {
@@ -632,13 +657,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         }
     }
     let nodes = Arc::new(Mutex::new(nodes));
-    let result = drive(scenario, options, &nodes).await;
+    let result = drive(scenario, options, &nodes, relays.clone()).await;
     // Whatever happened, no node outlives the run (and then its small disk can go).
     for n in lock(&nodes).iter_mut() {
         n.signal(rustix::process::Signal::CONT);
         n.kill();
     }
     drop(small_disks);
+    drop(relays);
     let history = result?;
     std::fs::write(out.join("history.jsonl"), history.to_json_lines())
         .map_err(io("writing the history"))?;
@@ -827,6 +853,7 @@ async fn drive(
     scenario: &Scenario,
     options: &RunOptions,
     nodes: &Arc<Mutex<Vec<NodeProc>>>,
+    relays: Option<Arc<Relays>>,
 ) -> Result<History, RunError> {
     let tern = options.tern.clone();
     start_all(nodes, &tern).await?;
@@ -838,6 +865,7 @@ async fn drive(
         scenario.clone(),
         options.clone(),
         nodes.clone(),
+        relays,
         history.clone(),
         t0,
     ));
@@ -1074,6 +1102,7 @@ async fn run_faults(
     scenario: Scenario,
     options: RunOptions,
     nodes: Arc<Mutex<Vec<NodeProc>>>,
+    relays: Option<Arc<Relays>>,
     history: Arc<Mutex<History>>,
     t0: Instant,
 ) -> Result<(), RunError> {
@@ -1250,12 +1279,88 @@ async fn run_faults(
                     record_fault(&history, t0, &node, Phase::End, "disk_full");
                 });
             }
+            FaultKind::Partition {
+                groups,
+                one_way,
+                for_s,
+            } => {
+                // Present whenever the scenario has a partition.
+                let Some(relays) = relays.clone() else {
+                    continue;
+                };
+                let members: Vec<String> = groups.iter().flatten().cloned().collect();
+                let groups: Vec<Vec<usize>> = groups
+                    .iter()
+                    .map(|g| g.iter().filter_map(|n| index(n)).collect())
+                    .collect();
+                let cut = links::cuts(&groups, one_way);
+                for n in &members {
+                    record_fault(&history, t0, n, Phase::Start, "partition");
+                }
+                for &(from, to) in &cut {
+                    relays.impair(from, to, Impairment::CUT);
+                }
+                let (history, names) = (history.clone(), scenario.nodes().to_vec());
+                later.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(for_s)).await;
+                    for &(from, to) in &cut {
+                        let counts = relays.impair(from, to, Impairment::default());
+                        record_link(&history, t0, names[from], names[to], counts);
+                    }
+                    for n in &members {
+                        record_fault(&history, t0, n, Phase::End, "partition");
+                    }
+                });
+            }
+            FaultKind::Link {
+                from,
+                to,
+                loss_percent,
+                delay_ms,
+                reorder_percent,
+                duplicate_percent,
+                for_s,
+            } => {
+                let (Some(relays), Some(f), Some(t)) = (relays.clone(), index(&from), index(&to))
+                else {
+                    continue;
+                };
+                for n in [&from, &to] {
+                    record_fault(&history, t0, n, Phase::Start, "link");
+                }
+                relays.impair(
+                    f,
+                    t,
+                    Impairment::link(loss_percent, delay_ms, reorder_percent, duplicate_percent),
+                );
+                let history = history.clone();
+                later.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(for_s)).await;
+                    let counts = relays.impair(f, t, Impairment::default());
+                    record_link(&history, t0, &from, &to, counts);
+                    for n in [&from, &to] {
+                        record_fault(&history, t0, n, Phase::End, "link");
+                    }
+                });
+            }
             // Refused before the run started.
             _ => {}
         }
     }
     while later.join_next().await.is_some() {}
     Ok(())
+}
+
+fn record_link(history: &Mutex<History>, t0: Instant, from: &str, to: &str, c: Counts) {
+    lock(history).push(Event::Link {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        at_us: t0.elapsed().as_micros() as u64,
+        passed: c.passed,
+        dropped: c.dropped,
+        held: c.held,
+        duplicated: c.duplicated,
+    });
 }
 
 fn record_fault(history: &Mutex<History>, t0: Instant, node: &str, phase: Phase, what: &str) {

@@ -289,14 +289,12 @@ impl Scenario {
         })
     }
 
-    /// Whether a fault needs root (network namespaces, tmpfs, clock interposition).
+    /// Whether a fault needs root (a tmpfs for a disk that fills; partitions and bad links go
+    /// through the runner's relays, clock jumps through libfaketime).
     pub fn needs_root(&self) -> bool {
-        self.faults.iter().any(|f| {
-            matches!(
-                f.kind,
-                FaultKind::Partition { .. } | FaultKind::Link { .. } | FaultKind::DiskFull { .. }
-            )
-        })
+        self.faults
+            .iter()
+            .any(|f| matches!(f.kind, FaultKind::DiskFull { .. }))
     }
 
     /// Checks every field against the others.

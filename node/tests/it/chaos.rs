@@ -314,11 +314,138 @@ fn a_truncated_artifact_is_compiled_again_at_restart_and_every_promise_holds() {
     );
 }
 
+const PARTITION: &str = r#"
+name = "smoke-partition"
+description = "a cut off from b and c for 4 s under sync, async and map load"
+[cluster]
+nodes = 3
+[workload]
+function = "echo"
+rate_per_s = 50
+duration_s = 12
+mix = { sync = 6, async = 3, map = 1 }
+[[fault]]
+at_s = 3
+kind = "partition"
+groups = [["a"], ["b", "c"]]
+for_s = 4
+"#;
+
+/// What the runner's relays did to the datagrams of each direction a fault spoiled:
+/// `(from, to, passed, dropped, held, duplicated)`, from the history's `link` events.
+fn link_events(history: &[serde_json::Value]) -> Vec<(String, String, u64, u64, u64, u64)> {
+    history
+        .iter()
+        .filter(|e| e["event"] == "link")
+        .map(|e| {
+            let n = |k: &str| e[k].as_u64().unwrap();
+            (
+                e["from"].as_str().unwrap().to_owned(),
+                e["to"].as_str().unwrap().to_owned(),
+                n("passed"),
+                n("dropped"),
+                n("held"),
+                n("duplicated"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_partition_cuts_the_mesh_links_the_nodes_notice_and_every_promise_holds_after_the_heal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(PARTITION, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let history = history(&out, &text);
+    // Every direction between a and the others was cut, and only those: nothing passed.
+    let mut cut: Vec<(String, String)> = link_events(&history)
+        .into_iter()
+        .map(|(from, to, passed, dropped, _, _)| {
+            assert_eq!(passed, 0, "{from} to {to}: a cut link passes nothing");
+            assert!(dropped > 0, "{from} to {to}: the nodes kept trying");
+            (from, to)
+        })
+        .collect();
+    cut.sort();
+    let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
+    assert_eq!(
+        cut,
+        [
+            pair("a", "b"),
+            pair("a", "c"),
+            pair("b", "a"),
+            pair("c", "a")
+        ]
+    );
+    // a saw its peers go and come back (the partition outlasted the detection bound).
+    let log = without_colours(&std::fs::read_to_string(out.join("a.log")).unwrap());
+    let down = log.find("state=Down").expect("a declared a peer down");
+    assert!(log[down..].contains("state=Up"), "and up again: {log}");
+}
+
+/// `text` without its ANSI colour codes (a node's log colours its fields).
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('\x1b') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        rest = rest.find('m').map_or("", |m| &rest[m + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
+const LOSSY_LINK: &str = r#"
+name = "smoke-lossy-link"
+description = "20 % loss, 20 ms delay, 10 % reorder and 10 % duplication from a to b for 4 s"
+[cluster]
+nodes = 3
+[cluster.config]
+placement = "least-loaded"
+[workload]
+function = "echo"
+rate_per_s = 50
+duration_s = 10
+[[fault]]
+at_s = 3
+kind = "link"
+from = "a"
+to = "b"
+loss_percent = 20
+delay_ms = 20
+reorder_percent = 10
+duplicate_percent = 10
+for_s = 4
+"#;
+
+#[test]
+fn a_lossy_slow_reordering_link_loses_no_call_and_breaks_no_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(LOSSY_LINK, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let history = history(&out, &text);
+    let links = link_events(&history);
+    assert_eq!(links.len(), 1, "{links:?}");
+    let (from, to, passed, dropped, held, duplicated) = links[0].clone();
+    assert_eq!((from.as_str(), to.as_str()), ("a", "b"));
+    // The impairment happened, near its rates: statuses, session traffic and calls placed
+    // on b (least-loaded) make a hundred datagrams or more in 4 s.
+    assert!(passed + dropped > 50, "{links:?}");
+    assert!(dropped > 0 && held > 0 && duplicated > 0, "{links:?}");
+    let loss = dropped as f64 / (passed + dropped) as f64;
+    assert!((0.08..0.35).contains(&loss), "loss {loss}: {links:?}");
+}
+
 #[test]
 fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let scenario = KILL_AND_RESTART.replace(
         "kind = \"kill\"\nnode = \"b\"\nrestart_after_s = 3",
-        "kind = \"partition\"\ngroups = [[\"a\", \"c\"], [\"b\"]]\nfor_s = 3",
+        "kind = \"corrupt\"\nnode = \"b\"\nwhat = \"sled\"",
     );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -326,7 +453,7 @@ fn a_fault_this_runner_cannot_inject_is_refused_before_anything_starts() {
     let (ok, text, _) = chaos_run(&scenario, &out);
     assert!(!ok);
     assert!(
-        text.contains("cannot inject partition faults yet"),
+        text.contains("cannot inject corrupt (sled) faults yet"),
         "{text}"
     );
     assert!(t0.elapsed() < std::time::Duration::from_secs(10));

@@ -1,0 +1,236 @@
+//! What the network between two nodes does to their datagrams while a `partition` or `link`
+//! fault holds. The runner puts a UDP relay on every mesh link (each node dials its peers at
+//! a relay's address, and the relay sends on to the peer); each relay asks
+//! [`Impairment::fate`] what becomes of each datagram, with draws from its own seeded
+//! generator, so a scenario and a seed give the same decisions on every run.
+//!
+//! Pure: no sockets, no clock. Delays are milliseconds the relay waits.
+
+/// A reordered datagram is held back by one more delay, and by at least this much when the
+/// link has no delay of its own, so the datagrams behind it overtake it.
+pub const REORDER_HOLD_MS: u32 = 5;
+
+/// The draws are uniform in `0..PPM` (parts per million).
+pub const PPM: u32 = 1_000_000;
+
+/// What happens to the datagrams from one node to another.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Impairment {
+    /// Every datagram dropped (a partition).
+    pub cut: bool,
+    /// Datagrams dropped, parts per million.
+    pub loss_ppm: u32,
+    /// Every datagram sent on this much later.
+    pub delay_ms: u32,
+    /// Datagrams held back for the ones behind them to overtake, parts per million.
+    pub reorder_ppm: u32,
+    /// Datagrams sent twice, parts per million.
+    pub duplicate_ppm: u32,
+}
+
+/// What becomes of one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    Dropped,
+    /// Sent `copies` times, `delay_ms` from now.
+    Sent {
+        delay_ms: u32,
+        copies: u8,
+    },
+}
+
+impl Impairment {
+    /// A link cut (every datagram dropped).
+    pub const CUT: Impairment = Impairment {
+        cut: true,
+        loss_ppm: 0,
+        delay_ms: 0,
+        reorder_ppm: 0,
+        duplicate_ppm: 0,
+    };
+
+    /// A `link` fault's impairment from its percentages (clamped to 0–100).
+    pub fn link(
+        loss_percent: f64,
+        delay_ms: u32,
+        reorder_percent: f64,
+        duplicate_percent: f64,
+    ) -> Self {
+        let ppm = |percent: f64| (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32;
+        Impairment {
+            cut: false,
+            loss_ppm: ppm(loss_percent),
+            delay_ms,
+            reorder_ppm: ppm(reorder_percent),
+            duplicate_ppm: ppm(duplicate_percent),
+        }
+    }
+
+    /// Whether datagrams pass untouched.
+    pub fn is_clear(&self) -> bool {
+        *self == Impairment::default()
+    }
+
+    /// The fate of the next datagram. `draw` gives uniform numbers in `0..PPM`; exactly three
+    /// are taken per datagram whatever the fate, so one fault's decisions do not shift the
+    /// sequence of the next.
+    pub fn fate(&self, mut draw: impl FnMut() -> u32) -> Fate {
+        let (lost, reordered, doubled) = (draw(), draw(), draw());
+        if self.cut || lost < self.loss_ppm {
+            return Fate::Dropped;
+        }
+        let held = if reordered < self.reorder_ppm {
+            self.delay_ms.max(REORDER_HOLD_MS)
+        } else {
+            0
+        };
+        Fate::Sent {
+            delay_ms: self.delay_ms.saturating_add(held),
+            copies: if doubled < self.duplicate_ppm { 2 } else { 1 },
+        }
+    }
+}
+
+/// The directions `(from, to)` a partition into `groups` (node indices) cuts: between every
+/// two nodes of different groups both ways, or with `one_way` only from the first group to
+/// the others (their datagrams still reach it).
+pub fn cuts(groups: &[Vec<usize>], one_way: bool) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    for (g, group) in groups.iter().enumerate() {
+        if one_way && g > 0 {
+            break;
+        }
+        for (h, other) in groups.iter().enumerate() {
+            if h == g {
+                continue;
+            }
+            for &from in group {
+                for &to in other {
+                    out.push((from, to));
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// A seeded generator of draws in `0..PPM` (splitmix64), one per relay direction.
+#[derive(Clone, Debug)]
+pub struct Draws(u64);
+
+impl Draws {
+    pub fn seeded(seed: u64) -> Self {
+        Draws(seed)
+    }
+
+    pub fn next_ppm(&mut self) -> u32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) % u64::from(PPM)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fates(imp: Impairment, n: usize, seed: u64) -> Vec<Fate> {
+        let mut d = Draws::seeded(seed);
+        (0..n).map(|_| imp.fate(|| d.next_ppm())).collect()
+    }
+
+    #[test]
+    fn a_clear_link_sends_everything_once_at_once_and_a_cut_one_nothing() {
+        let sent = Fate::Sent {
+            delay_ms: 0,
+            copies: 1,
+        };
+        assert!(Impairment::default().is_clear());
+        assert!(
+            fates(Impairment::default(), 1000, 1)
+                .iter()
+                .all(|f| *f == sent)
+        );
+        assert!(!Impairment::CUT.is_clear());
+        assert!(
+            fates(Impairment::CUT, 1000, 1)
+                .iter()
+                .all(|f| *f == Fate::Dropped)
+        );
+    }
+
+    #[test]
+    fn loss_delay_reorder_and_duplication_happen_at_their_rates_and_the_same_seed_repeats_them() {
+        let imp = Impairment::link(5.0, 30, 5.0, 1.0);
+        assert_eq!(
+            (imp.loss_ppm, imp.reorder_ppm, imp.duplicate_ppm),
+            (50_000, 50_000, 10_000)
+        );
+        let n = 100_000;
+        let got = fates(imp, n, 7);
+        assert_eq!(got, fates(imp, n, 7), "seeded");
+        assert_ne!(got, fates(imp, n, 8), "another seed, other decisions");
+        let dropped = got.iter().filter(|f| **f == Fate::Dropped).count();
+        let held = got
+            .iter()
+            .filter(|f| matches!(f, Fate::Sent { delay_ms: 60, .. }))
+            .count();
+        let on_time = got
+            .iter()
+            .filter(|f| matches!(f, Fate::Sent { delay_ms: 30, .. }))
+            .count();
+        let doubled = got
+            .iter()
+            .filter(|f| matches!(f, Fate::Sent { copies: 2, .. }))
+            .count();
+        assert_eq!(
+            dropped + held + on_time,
+            n,
+            "every datagram delayed or dropped"
+        );
+        // Within 10 % of the expected counts (5,000; 4,750; 950).
+        let near = |got: usize, want: f64| (got as f64 - want).abs() < want * 0.1;
+        assert!(near(dropped, 5_000.0), "{dropped}");
+        assert!(near(held, 4_750.0), "{held}");
+        assert!(near(doubled, 950.0), "{doubled}");
+    }
+
+    #[test]
+    fn reordering_without_a_delay_still_holds_a_datagram_back() {
+        let imp = Impairment::link(0.0, 0, 100.0, 0.0);
+        assert!(fates(imp, 100, 3).iter().all(|f| *f
+            == Fate::Sent {
+                delay_ms: REORDER_HOLD_MS,
+                copies: 1
+            }));
+    }
+
+    #[test]
+    fn percentages_outside_0_to_100_are_clamped() {
+        let imp = Impairment::link(150.0, 0, -3.0, f64::NAN);
+        assert_eq!((imp.loss_ppm, imp.reorder_ppm), (PPM, 0));
+        assert!(fates(imp, 100, 1).iter().all(|f| *f == Fate::Dropped));
+    }
+
+    #[test]
+    fn a_partition_cuts_every_direction_between_groups_or_only_those_from_the_first() {
+        let groups = vec![vec![0], vec![1, 2]];
+        assert_eq!(
+            cuts(&groups, false),
+            [(0, 1), (0, 2), (1, 0), (2, 0)],
+            "both ways, never within a group"
+        );
+        assert_eq!(cuts(&groups, true), [(0, 1), (0, 2)]);
+        let three = vec![vec![0], vec![1], vec![2, 3]];
+        assert_eq!(
+            cuts(&three, false).len(),
+            4 * 3 - 2,
+            "every ordered pair but the two within the last group"
+        );
+        assert_eq!(cuts(&three, true), [(0, 1), (0, 2), (0, 3)]);
+    }
+}
