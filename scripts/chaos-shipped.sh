@@ -64,7 +64,10 @@ for n in names:
     print(f"{n}: {'passed' if not v['violations'] else 'FAILED'}; {s['operations']} operations, "
           f"{s['ok']} ok, {failed} typed errors {dict(s['failed'])}, {s['unknown']} unknown, "
           f"{s['async_accepted']} async accepted ({s['async_rerun']} rerun, {s['duplicate_runs']} duplicate runs); "
-          f"p99 under faults {fmt(s['p99_us_under_faults'])}, otherwise {fmt(s['p99_us_otherwise'])}")
+          f"p99 under faults {fmt(s['p99_us_under_faults'])}, otherwise {fmt(s['p99_us_otherwise'])}"
+          + ("" if s.get("detection_ms_max") is None else
+             f"; nodes seen going within {s['detection_ms_max']} ms"
+             + ("" if s.get("recovery_ms_max") is None else f", back within {s['recovery_ms_max']} ms of the heal")))
     for x in v["violations"]:
         print(f"  violation {x['invariant']}: {x['detail']}")
 PY

@@ -17,7 +17,13 @@
 //! - `impostors_refused`: every impostor ran, no member let it in (its own view never had a
 //!   member up), and the members counted its refused handshakes;
 //! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
-//!   none more than 100 ms late (otherwise the run measured the generator, not the cluster).
+//!   none more than 100 ms late (otherwise the run measured the generator, not the cluster);
+//! - `membership_followed_faults`: every node saw a killed or paused node, and the nodes on
+//!   the other side of a (two-way) partition, go within the detection bound, and come back
+//!   within the recovery bound after the fault healed, as the runner's polls of the nodes'
+//!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
+//!   fault shorter than the detection bound, an observer under a fault of its own, what the
+//!   polls did not watch.
 //!
 //! Fault windows come from the runner's `Fault` events (what it did, when), not from the
 //! schedule: a restart that takes longer than planned stretches its window.
@@ -31,6 +37,10 @@ use crate::scenario::Scenario;
 
 /// Longest a send may trail its open-loop schedule.
 pub const MAX_LAG_US: u64 = 100_000;
+
+/// How much later than a change of a node's cluster view the runner's polls may see it: a
+/// poll every 100 ms, and its answer.
+pub const VIEW_POLL_SLACK_US: u64 = 200_000;
 
 /// A broken promise.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -61,6 +71,12 @@ pub struct Stats {
     pub max_send_lag_us: u64,
     /// Each impostor's attempt, in a line.
     pub impostors: Vec<String>,
+    /// How long each node took to see a node go after a fault began and come back after it
+    /// healed, in a line per observer and fault.
+    pub membership: Vec<String>,
+    /// The longest of those, ms.
+    pub detection_ms_max: Option<u64>,
+    pub recovery_ms_max: Option<u64>,
 }
 
 /// The checkers' verdict.
@@ -129,6 +145,199 @@ impl Excuses {
                 .any(|&(s, e)| (s..e).contains(&sent) || (s..e).contains(&ended))
         };
         self.own.get(node).is_some_and(|p| inside(p)) || inside(&self.everyone)
+    }
+}
+
+/// A node that should see another go, and come back.
+struct Separation<'a> {
+    observer: &'a str,
+    peer: &'a str,
+    what: &'a str,
+    start_us: u64,
+    end_us: Option<u64>,
+}
+
+/// The `membership_followed_faults` checker (see the module's doc).
+fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
+    let Some(until_us) = history.events.iter().find_map(|e| match e {
+        Event::ViewsWatched { until_us } => Some(*until_us),
+        _ => None,
+    }) else {
+        return;
+    };
+    let detection = scenario.expect.detection_ms.saturating_mul(1000);
+    let recovery = scenario.expect.recovery_ms.saturating_mul(1000);
+    // Every kill, pause and partition as the runner did it: (node, what, start, heal).
+    let mut open: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut spans: Vec<(&str, &str, u64, Option<u64>)> = Vec::new();
+    for e in &history.events {
+        let Event::Fault {
+            node,
+            at_us,
+            phase,
+            what,
+        } = e
+        else {
+            continue;
+        };
+        if !matches!(what.as_str(), "kill" | "pause" | "partition") {
+            continue;
+        }
+        match phase {
+            Phase::Start => {
+                open.insert((node, what), *at_us);
+            }
+            Phase::End => {
+                if let Some(start) = open.remove(&(node.as_str(), what.as_str())) {
+                    spans.push((node, what, start, Some(*at_us)));
+                }
+            }
+        }
+    }
+    spans.extend(open.into_iter().map(|((n, w), s)| (n, w, s, None)));
+    spans.sort_by_key(|s| s.2);
+    let names = scenario.nodes();
+    let mut expected = Vec::new();
+    for &(node, what, start_us, end_us) in &spans {
+        if what == "partition" {
+            continue;
+        }
+        for &observer in names.iter().filter(|o| **o != node) {
+            expected.push(Separation {
+                observer,
+                peer: node,
+                what,
+                start_us,
+                end_us,
+            });
+        }
+    }
+    // Two-way partitions: each side should see the other go (a one-way cut is not judged).
+    for f in &scenario.faults {
+        let crate::scenario::FaultKind::Partition {
+            groups,
+            one_way: false,
+            ..
+        } = &f.kind
+        else {
+            continue;
+        };
+        let Some(first) = groups.first().and_then(|g| g.first()) else {
+            continue;
+        };
+        let scheduled = (f.at_s * 1e6) as u64;
+        let Some(&(_, _, start_us, end_us)) = spans
+            .iter()
+            .find(|s| s.0 == first.as_str() && s.1 == "partition" && s.2 >= scheduled)
+        else {
+            continue;
+        };
+        for (g, group) in groups.iter().enumerate() {
+            for (h, other) in groups.iter().enumerate() {
+                if g == h {
+                    continue;
+                }
+                for observer in group {
+                    for peer in other {
+                        expected.push(Separation {
+                            observer,
+                            peer,
+                            what: "partition",
+                            start_us,
+                            end_us,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    // Whether `node` was killed or paused at some time in `[from, to)`.
+    let away = |node: &str, from: u64, to: u64| {
+        spans.iter().any(|&(n, w, s, e)| {
+            n == node && w != "partition" && s < to && e.is_none_or(|e| e > from)
+        })
+    };
+    for sep in expected {
+        let detect_by = sep.start_us + detection + VIEW_POLL_SLACK_US;
+        let long_enough = sep.end_us.is_none_or(|e| e >= sep.start_us + detection);
+        if !long_enough || detect_by > until_us || away(sep.observer, sep.start_us, detect_by) {
+            continue;
+        }
+        let views: Vec<(u64, bool)> = history
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::View {
+                    observer,
+                    peer,
+                    up,
+                    at_us,
+                } if observer == sep.observer && peer == sep.peer => Some((*at_us, *up)),
+                _ => None,
+            })
+            .collect();
+        let up_at = |t: u64| views.iter().rev().find(|v| v.0 <= t).map(|v| v.1);
+        let gone = if up_at(sep.start_us) == Some(false) {
+            Some(sep.start_us)
+        } else {
+            views
+                .iter()
+                .find(|v| v.0 >= sep.start_us && !v.1)
+                .map(|v| v.0)
+        };
+        let who = format!(
+            "{} and {} ({} at {} ms)",
+            sep.observer,
+            sep.peer,
+            sep.what,
+            sep.start_us / 1000
+        );
+        let Some(gone) = gone.filter(|g| *g <= detect_by) else {
+            report.violations.push(Violation {
+                invariant: "membership_followed_faults",
+                detail: format!(
+                    "{who}: {} did not see {} go within {} ms",
+                    sep.observer,
+                    sep.peer,
+                    detection / 1000
+                ),
+                ops: Vec::new(),
+            });
+            continue;
+        };
+        let detected_ms = gone.saturating_sub(sep.start_us) / 1000;
+        let stats = &mut report.stats;
+        stats.detection_ms_max = Some(stats.detection_ms_max.unwrap_or(0).max(detected_ms));
+        let mut line = format!(
+            "{} saw {} go {detected_ms} ms after the {} began",
+            sep.observer, sep.peer, sep.what
+        );
+        if let Some(end) = sep.end_us {
+            let back_by = end + recovery + VIEW_POLL_SLACK_US;
+            let back = views.iter().find(|v| v.0 >= gone && v.1).map(|v| v.0);
+            match back {
+                Some(back) if back <= back_by => {
+                    let recovered_ms = back.saturating_sub(end) / 1000;
+                    stats.recovery_ms_max =
+                        Some(stats.recovery_ms_max.unwrap_or(0).max(recovered_ms));
+                    line += &format!(", back {recovered_ms} ms after it healed");
+                }
+                _ if back_by > until_us || away(sep.observer, end, back_by) => {}
+                _ => {
+                    report.violations.push(Violation {
+                        invariant: "membership_followed_faults",
+                        detail: format!(
+                            "{who}: {} did not see {} back within {} ms of the heal",
+                            sep.observer,
+                            sep.peer,
+                            recovery / 1000
+                        ),
+                        ops: Vec::new(),
+                    });
+                }
+            }
+        }
+        report.stats.membership.push(line);
     }
 }
 
@@ -257,7 +466,9 @@ pub fn check(
             Event::NodeExit { .. }
             | Event::Fault { .. }
             | Event::Restarted { .. }
-            | Event::Link { .. } => {}
+            | Event::Link { .. }
+            | Event::View { .. }
+            | Event::ViewsWatched { .. } => {}
         }
     }
     if !orphans.is_empty() {
@@ -408,6 +619,7 @@ pub fn check(
             v(invariant, format!("{} {what}", ops.len()), ops);
         }
     }
+    membership(history, scenario, &mut report);
     report
 }
 
@@ -532,6 +744,164 @@ mod tests {
             .iter()
             .map(|v| (v.invariant, v.ops.clone()))
             .collect()
+    }
+
+    fn view(h: &mut History, observer: &str, peer: &str, up: bool, at_s: f64) {
+        h.push(Event::View {
+            observer: observer.into(),
+            peer: peer.into(),
+            up,
+            at_us: us(at_s),
+        });
+    }
+
+    fn membership_of(h: &History, s: &Scenario) -> Report {
+        let mut r = Report::default();
+        membership(h, s, &mut r);
+        r
+    }
+
+    #[test]
+    fn a_killed_node_seen_going_and_coming_back_in_time_by_every_other_node_passes() {
+        let mut h = with_kill_of_b(true);
+        for o in ["a", "c"] {
+            view(&mut h, o, "b", true, 0.5);
+        }
+        // a sees b go 1.2 s after the kill, c 1.6 s after (within 1.5 s + the poll slack);
+        // both see it back within 2 s of the restart.
+        view(&mut h, "a", "b", false, 11.2);
+        view(&mut h, "c", "b", false, 11.6);
+        view(&mut h, "a", "b", true, 15.4);
+        view(&mut h, "c", "b", true, 16.9);
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&h, &scenario());
+        assert_eq!(r.violations, []);
+        assert_eq!(r.stats.detection_ms_max, Some(1600));
+        assert_eq!(r.stats.recovery_ms_max, Some(1900));
+        assert_eq!(
+            r.stats.membership,
+            [
+                "a saw b go 1200 ms after the kill began, back 400 ms after it healed",
+                "c saw b go 1600 ms after the kill began, back 1900 ms after it healed",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_node_seen_going_late_or_never_coming_back_breaks_membership_followed_faults() {
+        let mut h = with_kill_of_b(true);
+        view(&mut h, "a", "b", true, 0.5);
+        view(&mut h, "c", "b", true, 0.5);
+        view(&mut h, "a", "b", false, 12.0); // 2 s: past 1.5 s + 0.2 s
+        view(&mut h, "c", "b", false, 11.0);
+        view(&mut h, "a", "b", true, 15.5);
+        // c never sees b back, and its polls went on long enough to tell.
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&h, &scenario());
+        let details: Vec<&str> = r.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "a and b (kill at 10000 ms): a did not see b go within 1500 ms",
+                "c and b (kill at 10000 ms): c did not see b back within 2000 ms of the heal",
+            ]
+        );
+        assert!(
+            r.violations
+                .iter()
+                .all(|v| v.invariant == "membership_followed_faults")
+        );
+    }
+
+    #[test]
+    fn what_the_polls_did_not_watch_or_an_observer_under_its_own_fault_is_not_judged() {
+        // The polls stopped before the detection bound: nothing to judge.
+        let mut h = with_kill_of_b(true);
+        h.push(Event::ViewsWatched { until_us: us(11.0) });
+        assert_eq!(membership_of(&h, &scenario()).violations, []);
+        // No polls at all (an old history): not judged either.
+        assert_eq!(
+            membership_of(&with_kill_of_b(true), &scenario()).violations,
+            []
+        );
+        // a paused over the same time cannot see anything go.
+        let mut h = with_kill_of_b(false);
+        h.push(Event::Fault {
+            node: "a".into(),
+            at_us: us(9.0),
+            phase: Phase::Start,
+            what: "pause".into(),
+        });
+        view(&mut h, "c", "b", false, 11.0);
+        view(&mut h, "c", "a", false, 10.0);
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&h, &scenario());
+        assert_eq!(r.violations, [], "{:?}", r.stats.membership);
+        // c judges both; b, killed a second into a's pause, judges neither.
+        assert_eq!(
+            r.stats.membership,
+            [
+                "c saw a go 1000 ms after the pause began",
+                "c saw b go 1000 ms after the kill began",
+            ]
+        );
+    }
+
+    #[test]
+    fn both_sides_of_a_two_way_partition_must_see_each_other_go_and_a_one_way_cut_is_not_judged() {
+        let text = |one_way: bool| {
+            format!(
+                r#"
+                name = "p"
+                [cluster]
+                nodes = 3
+                [workload]
+                function = "echo"
+                rate_per_s = 10
+                duration_s = 60
+                [[fault]]
+                at_s = 10
+                kind = "partition"
+                groups = [["a"], ["b", "c"]]
+                one_way = {one_way}
+                for_s = 5
+                "#
+            )
+        };
+        let mut h = History::default();
+        for (node, phase, at) in [
+            ("a", Phase::Start, 10.0),
+            ("b", Phase::Start, 10.0),
+            ("c", Phase::Start, 10.0),
+            ("a", Phase::End, 15.0),
+            ("b", Phase::End, 15.0),
+            ("c", Phase::End, 15.0),
+        ] {
+            h.push(Event::Fault {
+                node: node.into(),
+                at_us: us(at),
+                phase,
+                what: "partition".into(),
+            });
+        }
+        // a sees both go and come back; b sees a go and come back; c never sees a go.
+        for (o, p) in [("a", "b"), ("a", "c"), ("b", "a")] {
+            view(&mut h, o, p, true, 1.0);
+            view(&mut h, o, p, false, 11.0);
+            view(&mut h, o, p, true, 15.5);
+        }
+        view(&mut h, "c", "a", true, 1.0);
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let two_way = Scenario::parse(&text(false)).unwrap();
+        let r = membership_of(&h, &two_way);
+        let details: Vec<&str> = r.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            ["c and a (partition at 10000 ms): c did not see a go within 1500 ms"]
+        );
+        assert_eq!(r.stats.membership.len(), 3);
+        let one_way = Scenario::parse(&text(true)).unwrap();
+        assert_eq!(membership_of(&h, &one_way).violations, []);
     }
 
     #[test]

@@ -84,6 +84,17 @@ pub enum Event {
         held: u64,
         duplicated: u64,
     },
+    /// What `observer`'s cluster view said of `peer` (whether it is up) at `at_us`, when the
+    /// runner's polls first saw it or saw it change (each poll is timed when it was sent).
+    View {
+        observer: String,
+        peer: String,
+        up: bool,
+        at_us: u64,
+    },
+    /// The runner stopped polling the nodes' cluster views at `at_us` (what happened after
+    /// it is not in the history).
+    ViewsWatched { until_us: u64 },
     /// `node` asked its supervisor for a restart (it exited with 75, as `tern up` does when
     /// its store must be opened again and its sockets came from socket activation), and the
     /// runner, its supervisor, started it again.

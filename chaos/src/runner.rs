@@ -870,6 +870,7 @@ async fn drive(
         t0,
     ));
     let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), tern.clone(), t0));
+    let views = tokio::spawn(watch_views(nodes.clone(), history.clone(), t0));
     // The open-loop workload: arrivals at the rate whatever the answers do.
     let w = &scenario.workload;
     let mix = w.mix;
@@ -954,6 +955,8 @@ async fn drive(
     }
     // Let the last fault heal, then read every accepted async invocation's record.
     tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)).await;
+    views.abort();
+    lock(&history).push(Event::ViewsWatched { until_us: now_us() });
     let accepted: Vec<(u64, String, String)> = {
         let h = lock(&history);
         let sent_to: HashMap<u64, &str> = h
@@ -1351,6 +1354,60 @@ async fn run_faults(
     Ok(())
 }
 
+/// How often the runner reads every node's cluster view, and how long it waits for one.
+const VIEW_POLL: Duration = Duration::from_millis(100);
+const VIEW_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Reads every node's cluster view every [`VIEW_POLL`] until aborted, and records what each
+/// node says of each other one (up or not) when first read and whenever it changes. A node
+/// that does not answer (killed, paused) records nothing meanwhile.
+async fn watch_views(nodes: Arc<Mutex<Vec<NodeProc>>>, history: Arc<Mutex<History>>, t0: Instant) {
+    let names: Vec<String> = lock(&nodes).iter().map(|n| n.name.clone()).collect();
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..names.len() {
+        let (nodes, history, names) = (nodes.clone(), history.clone(), names.clone());
+        polls.spawn(async move {
+            let mut seen: HashMap<String, bool> = HashMap::new();
+            let mut tick = tokio::time::interval(VIEW_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (addr, token) = {
+                    let n = &lock(&nodes)[i];
+                    (n.http, n.token.clone())
+                };
+                let at_us = t0.elapsed().as_micros() as u64;
+                let Ok(Some(r)) =
+                    tokio::time::timeout(VIEW_TIMEOUT, get(addr, &token, "/v1/cluster")).await
+                else {
+                    continue;
+                };
+                let Some(members) = (r.status == 200)
+                    .then(|| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+                    .flatten()
+                    .and_then(|v| v["members"].as_array().cloned())
+                else {
+                    continue;
+                };
+                for peer in names.iter().filter(|p| **p != names[i]) {
+                    let up = members
+                        .iter()
+                        .any(|m| m["node"] == peer.as_str() && m["state"] == "up");
+                    if seen.insert(peer.clone(), up) != Some(up) {
+                        lock(&history).push(Event::View {
+                            observer: names[i].clone(),
+                            peer: peer.clone(),
+                            up,
+                            at_us,
+                        });
+                    }
+                }
+            }
+        });
+    }
+    while polls.join_next().await.is_some() {}
+}
+
 fn record_link(history: &Mutex<History>, t0: Instant, from: &str, to: &str, c: Counts) {
     lock(history).push(Event::Link {
         from: from.to_owned(),
@@ -1490,6 +1547,13 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
     }
     for line in &s.impostors {
         out += &format!("Impostor: {line}.\n\n");
+    }
+    if !s.membership.is_empty() {
+        out += "Membership (as the runner's polls of each node's cluster view saw it):\n\n";
+        for line in &s.membership {
+            out += &format!("- {line}\n");
+        }
+        out += "\n";
     }
     for v in &report.violations {
         let ops: Vec<String> = v.ops.iter().take(20).map(u64::to_string).collect();

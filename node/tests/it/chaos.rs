@@ -74,6 +74,20 @@ fn a_kill_and_restart_under_load_keeps_every_promise_and_the_report_says_so() {
             && history.contains(r#""scheduled":true"#),
         "the kill is in the history"
     );
+    // Both other nodes were judged seeing b go and come back (the checker passed them).
+    let seen: Vec<&str> = stats["membership"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for (line, observer) in seen.iter().zip(["a saw b go", "c saw b go"]) {
+        assert!(
+            line.starts_with(observer) && line.contains("back"),
+            "{seen:?}"
+        );
+    }
     assert!(text.contains("**Verdict: passed**"), "{text}");
 }
 
@@ -379,7 +393,12 @@ fn a_partition_cuts_the_mesh_links_the_nodes_notice_and_every_promise_holds_afte
             pair("c", "a")
         ]
     );
-    // a saw its peers go and come back (the partition outlasted the detection bound).
+    // Each side was judged seeing the other go and come back, as polled and as logged.
+    assert_eq!(
+        verdict["stats"]["membership"].as_array().unwrap().len(),
+        4,
+        "{verdict}"
+    );
     let log = without_colours(&std::fs::read_to_string(out.join("a.log")).unwrap());
     let down = log.find("state=Down").expect("a declared a peer down");
     assert!(log[down..].contains("state=Up"), "and up again: {log}");
