@@ -147,6 +147,31 @@ enum Command {
         #[command(flatten)]
         server: Server,
     },
+    /// Call a component at its HTTP route (`/fn/NAME/PATH`), as curl would: print the
+    /// component's response body (`-i`: its status and headers first).
+    Call {
+        name: String,
+        /// The path (and query) the component sees, e.g. `/users/7?full=1`.
+        #[arg(default_value = "/")]
+        path: String,
+        /// The method (default: POST with `--data`, GET without).
+        #[arg(short = 'X', long)]
+        method: Option<String>,
+        /// A request header, `'Name: value'` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Request body: literal text, or `@FILE`.
+        #[arg(short, long)]
+        data: Option<String>,
+        /// Print the response's status line and headers before its body.
+        #[arg(short, long)]
+        include: bool,
+        /// Return an invocation id at once; the stored response is `tern result ID`'s.
+        #[arg(long = "async")]
+        asynchronous: bool,
+        #[command(flatten)]
+        server: Server,
+    },
     /// Show the status and result of an async invocation.
     Result {
         id: String,
@@ -1167,6 +1192,70 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 // The function's own output, as it wrote it.
                 finish(resp)
             }
+        }
+        Command::Call {
+            name,
+            path,
+            method,
+            headers,
+            data,
+            include,
+            asynchronous,
+            server,
+        } => {
+            let method = match method {
+                Some(m) => Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .with_context(|| format!("{m:?} is not an HTTP method"))?,
+                None if data.is_some() => Method::POST,
+                None => Method::GET,
+            };
+            let body = body_arg(data.as_deref().unwrap_or(""))?;
+            let path = if path.starts_with('/') {
+                path
+            } else {
+                format!("/{path}")
+            };
+            let mut sent: Vec<(String, String)> = Vec::new();
+            for h in &headers {
+                let (k, v) = h
+                    .split_once(':')
+                    .with_context(|| format!("-H {h:?}: expected 'Name: value'"))?;
+                sent.push((k.trim().to_owned(), v.trim().to_owned()));
+            }
+            if asynchronous {
+                sent.push(("x-tern-mode".into(), "async".into()));
+            }
+            if let Some(a) = server.authorization() {
+                sent.push(("authorization".into(), a));
+            }
+            let pairs: Vec<(&str, &str)> =
+                sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let url = format!("/fn/{name}{path}");
+            let req = tern_bench::request_once(server.server, method, &url, &pairs, body);
+            let resp = tokio::time::timeout(Duration::from_secs(120), req)
+                .await
+                .context("request timed out")?
+                .with_context(|| format!("cannot reach the node at {}", server.server))?;
+            if asynchronous {
+                return show(resp, output, tern_node::present::accepted);
+            }
+            // The component's own answer, whatever its status, says whether it was a cold
+            // start; without that the answer is the node's (an unknown function, a refused
+            // call, a trap): a one-line error.
+            if resp.header("x-tern-cold-start").is_none() {
+                return finish(resp);
+            }
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            if include {
+                writeln!(out, "HTTP {}", resp.status)?;
+                for (k, v) in &resp.headers {
+                    writeln!(out, "{k}: {v}")?;
+                }
+                writeln!(out)?;
+            }
+            out.write_all(&resp.body)?;
+            Ok(())
         }
         Command::Result { id, wait, server } => loop {
             let resp = call(

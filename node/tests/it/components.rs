@@ -377,3 +377,84 @@ async fn matmul_json_as_a_component_answers_as_the_module_does() {
     assert!(message.contains("HTTP 400"), "{message}");
     node.shutdown().await.unwrap();
 }
+
+/// `tern call` reaches a component's route as curl would: method, path with its query,
+/// headers and body in; with `-i` the status and headers, a blank line, then the body; GET
+/// without a body; `--async` prints the invocation id; a function that does not exist is the
+/// node's one-line error, and a header without a colon is refused before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tern_call_sends_method_path_headers_and_body_and_prints_the_components_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let resp = deploy_component(addr, "inspect", "inspect").await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    let server = addr.to_string();
+    let tern = |args: &[&str]| {
+        run_tern(
+            tern_command()
+                .args(args)
+                .args(["--server", &server])
+                .env_remove("TERN_TOKEN"),
+        )
+    };
+    let (ok, out, err) = tern(&[
+        "call",
+        "inspect",
+        "/a/b?x=1",
+        "-X",
+        "patch",
+        "-H",
+        "x-status: 418",
+        "-H",
+        "x-custom:teapot",
+        "-d",
+        "abc",
+        "-i",
+    ]);
+    assert!(ok, "{err}");
+    let (head, body) = out.split_once("\n\n").unwrap();
+    assert!(head.starts_with("HTTP 418\n"), "{head}");
+    assert!(head.contains("\nx-inspected: yes"), "{head}");
+    assert!(head.contains("\nx-tern-node: test-node"), "{head}");
+    let seen: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        (
+            &seen["method"],
+            &seen["path"],
+            &seen["query"],
+            &seen["body_bytes"]
+        ),
+        (
+            &serde_json::json!("PATCH"),
+            &serde_json::json!("/a/b"),
+            &serde_json::json!("x=1"),
+            &serde_json::json!(3)
+        ),
+        "{seen}"
+    );
+    assert!(
+        seen["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["x-custom", "teapot"])),
+        "{seen}"
+    );
+    // No -d: GET at /, and the body alone.
+    let (ok, out, err) = tern(&["call", "inspect"]);
+    assert!(ok, "{err}");
+    let seen: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&seen["method"], &seen["path"]),
+        (&serde_json::json!("GET"), &serde_json::json!("/"))
+    );
+    let (ok, out, err) = tern(&["call", "inspect", "later", "--async", "-d", "x"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("accepted: "), "{out}");
+    let (ok, _, err) = tern(&["call", "nope"]);
+    assert!(!ok);
+    assert!(err.contains("not_found"), "{err}");
+    let (ok, _, err) = tern(&["call", "inspect", "-H", "x-status"]);
+    assert!(!ok);
+    assert!(err.contains("expected 'Name: value'"), "{err}");
+}
