@@ -405,7 +405,7 @@ async fn remove_tenant(app: &Arc<App>, name: &str) -> Result<Response<Body>, Nod
 
 /// `GET /v1/functions`: the caller's tenant's functions (every tenant's for an admin).
 fn list_functions(app: &Arc<App>, caller: &Caller) -> Response<Body> {
-    json(StatusCode::OK, &service::list(app, caller))
+    json(StatusCode::OK, &service::list_views(app, caller))
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {

@@ -89,6 +89,7 @@ pub fn functions(list: &Value, now_ms: u64) -> String {
                 f["deployed_at_ms"]
                     .as_u64()
                     .map_or("-".into(), |t| age(t, now_ms)),
+                text(&f["kind"]),
             ]
         })
         .collect();
@@ -101,6 +102,7 @@ pub fn functions(list: &Value, now_ms: u64) -> String {
             "SIZE",
             "MAX INSTANCES",
             "DEPLOYED",
+            "KIND",
         ],
         &rows,
     )

@@ -122,13 +122,37 @@ impl Invoke {
 }
 
 /// The record of `name` as deployed on this node.
-pub fn describe(app: &App, caller: &Caller, name: &str) -> Result<FunctionInfo, NodeError> {
+pub fn describe(app: &App, caller: &Caller, name: &str) -> Result<FunctionView, NodeError> {
     let name = resolve(app, caller, name, Action::ListFunctions)?;
     let synced = app.pipeline.registry_synced();
     match app.services().runtime.get(&name) {
-        Some(deployed) => Ok(deployed.info.clone()),
+        Some(deployed) => Ok(FunctionView {
+            info: deployed.info.clone(),
+            kind: deployed.kind,
+        }),
         None => Err(Pipeline::missing_function(name, synced).into()),
     }
+}
+
+/// A function as the HTTP API shows it: its registry entry and what it is.
+#[derive(Debug, serde::Serialize)]
+pub struct FunctionView {
+    #[serde(flatten)]
+    pub info: FunctionInfo,
+    pub kind: tern_wire::FunctionKind,
+}
+
+/// [`list`] with what each function is.
+pub fn list_views(app: &App, caller: &Caller) -> Vec<FunctionView> {
+    let mut functions = app.services().runtime.list_with_kinds();
+    if !caller.sees_every_tenant() {
+        let own = caller.tenant();
+        functions.retain(|(f, _)| f.name.is_owned_by(&own));
+    }
+    functions
+        .into_iter()
+        .map(|(info, kind)| FunctionView { info, kind })
+        .collect()
 }
 
 /// The most log lines one read returns.

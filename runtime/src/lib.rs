@@ -175,6 +175,8 @@ impl RuntimeConfig {
 #[derive(Debug)]
 pub struct Deployed {
     pub info: FunctionInfo,
+    /// A command or a component (from the binary).
+    pub kind: tern_wire::FunctionKind,
     pub metrics: Arc<FunctionMetrics>,
     /// The owner, parsed once at install rather than from the name on every call.
     pub tenant: tern_tenancy::TenantName,
@@ -247,6 +249,16 @@ pub struct Prepared {
     /// Whether this call compiled it (false when the artifact already existed).
     pub compiled: bool,
     pre: Loaded,
+}
+
+impl Prepared {
+    /// A command or a component.
+    pub fn kind(&self) -> tern_wire::FunctionKind {
+        match self.pre {
+            Loaded::Http(_) => tern_wire::FunctionKind::Component,
+            _ => tern_wire::FunctionKind::Module,
+        }
+    }
 }
 
 /// A function linked against the host, ready to instantiate.
@@ -628,8 +640,10 @@ impl Runtime {
 
     /// Makes `prepared` the current version of `info.name` and keeps it loaded (preheating).
     pub fn install(&self, info: FunctionInfo, prepared: Prepared) -> Arc<Deployed> {
+        let kind = prepared.kind();
         self.cache_module(prepared.hash, prepared.pre);
         let deployed = Arc::new(Deployed {
+            kind,
             metrics: self.metrics.function(info.name.as_str()),
             tenant: info.name.tenant(),
             instance_cap: info
@@ -748,6 +762,19 @@ impl Runtime {
             usage.module_bytes = usage.module_bytes.saturating_add(d.info.size_bytes);
         }
         usage
+    }
+
+    /// Every function installed here with what it is, sorted by name.
+    pub fn list_with_kinds(&self) -> Vec<(FunctionInfo, tern_wire::FunctionKind)> {
+        let mut out: Vec<_> = self
+            .functions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|d| (d.info.clone(), d.kind))
+            .collect();
+        out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+        out
     }
 
     pub fn list(&self) -> Vec<FunctionInfo> {

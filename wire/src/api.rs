@@ -473,6 +473,16 @@ pub struct FunctionInfo {
     pub max_instances: Option<u32>,
 }
 
+/// What a deployed function is, told from its binary at deploy: a WASI preview-1 command (a
+/// core module: stdin in, stdout out) or a `wasi:http/proxy` component (an HTTP request in,
+/// its response out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FunctionKind {
+    Module,
+    Component,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvocationStatus {

@@ -14,8 +14,8 @@ pub mod peer;
 pub mod trace;
 
 pub use api::{
-    ApiError, ErrorCode, FunctionInfo, FunctionName, FunctionRef, InvocationId, InvocationRecord,
-    InvocationStatus, LogLine, LogPage, ModuleHash,
+    ApiError, ErrorCode, FunctionInfo, FunctionKind, FunctionName, FunctionRef, InvocationId,
+    InvocationRecord, InvocationStatus, LogLine, LogPage, ModuleHash,
 };
 pub use client_proto::{
     CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, InvokeReply,

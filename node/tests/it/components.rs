@@ -458,3 +458,47 @@ async fn tern_call_sends_method_path_headers_and_body_and_prints_the_components_
     assert!(!ok);
     assert!(err.contains("expected 'Name: value'"), "{err}");
 }
+
+/// What a function is shows in the API and the CLI: `kind` is `component` for a
+/// `wasi:http/proxy` component and `module` for a WASI command, in the list and for one
+/// function, and the last column of `tern list`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_tern_list_say_whether_a_function_is_a_module_or_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let resp = deploy_component(addr, "inspect", "inspect").await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    let list = json(&request(addr, Method::GET, "/v1/functions", Bytes::new()).await);
+    let kind = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["kind"].clone())
+    };
+    assert_eq!(
+        kind("inspect"),
+        Some(serde_json::json!("component")),
+        "{list}"
+    );
+    assert_eq!(kind("echo"), Some(serde_json::json!("module")), "{list}");
+    let one = json(&request(addr, Method::GET, "/v1/functions/inspect", Bytes::new()).await);
+    assert_eq!(one["kind"], "component", "{one}");
+    let (ok, table, err) = run_tern(
+        tern_command()
+            .args(["list", "--server", &addr.to_string()])
+            .env_remove("TERN_TOKEN"),
+    );
+    assert!(ok, "{err}");
+    assert!(table.lines().next().unwrap().ends_with("KIND"), "{table}");
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{table}"))
+            .to_owned()
+    };
+    assert!(row("inspect").ends_with("component"), "{table}");
+    assert!(row("echo").ends_with("module"), "{table}");
+}
