@@ -82,9 +82,11 @@ lines = ["# Instantiate + run, in process", "",
          f"- tree: {rev}" + (f" plus {dirty} uncommitted file(s) in actors/ runtime/ wire/ isolator/" if dirty else ""),
          f"- machine: nproc {sh('nproc')}, kernel {sh('uname -r')}, {model}; "
          "shared and noisy (load averages per round in raw/load.txt)",
-         "- what: the node's runtime with its production settings (pooling allocator, preheated "
-         "instances, keep-resident memory), in process, one call at a time on a 2-worker tokio "
-         "runtime; no HTTP, no isolation cell. Per round: criterion's point estimate of the mean "
+         "- what: the node's runtime with the defaults of `RuntimeConfig::new` (pooling allocator, "
+         "instances preheated at install, 4 MiB of each linear memory kept resident: as a node "
+         "with default settings), in process, one call at a time on a 2-worker tokio runtime; "
+         "no HTTP, no isolation cell, so the node's HTTP and admission costs are not in these "
+         "figures. Per round: criterion's point estimate of the mean "
          "time per call; below: the median over rounds (min–max over rounds).", "",
          "| benchmark | what | µs per call | range |", "| --- | --- | ---: | --- |"]
 for n in order:
