@@ -6,7 +6,9 @@
 # refused calls), then each `expr` of deploy/grafana/tern.json through Prometheus's HTTP API,
 # with `$instance` as `.*` and `$__rate_interval` as 30s.
 #
-# Fails (exit 1) if a node is not scraped, a query is not valid PromQL, or a metric the
+# Fails (exit 1) if a node was not scraped at all in the last 20 s (each node's share of
+# successful scrapes, 1 s apart with a 1 s timeout, and its last error are listed), a query is
+# not valid PromQL, or a metric the
 # dashboard names has no sample in Prometheus. Queries that are valid but empty (nothing of
 # that kind happened, e.g. no failover) are listed, not failures.
 #
@@ -65,6 +67,7 @@ done
 cat >"$work/prometheus.yml" <<EOF
 global:
   scrape_interval: 1s
+  scrape_timeout: 1s
   evaluation_interval: 1s
 scrape_configs:
   - job_name: tern
@@ -120,11 +123,18 @@ def walk(v):
             walk(x)
 walk(dash["panels"])
 failures, empty, results = [], [], []
-up = query('up{job="tern"}')
-scraped = sorted(r["metric"]["instance"] for r in up["data"]["result"] if r["value"][1] == "1")
+# Each target's share of successful scrapes over the work and after it (a scrape every
+# second, each given a second), and what its last scrape said.
+up = query('avg_over_time(up{job="tern"}[20s])')
+share = {r["metric"]["instance"]: float(r["value"][1]) for r in up["data"]["result"]}
+scraped = sorted(t for t, v in share.items() if v > 0)
+with urllib.request.urlopen(f"http://{prom}/api/v1/targets", timeout=10) as r:
+    active = json.load(r)["data"]["activeTargets"]
+last = {t["labels"]["instance"]: (t["health"], t.get("lastError", ""), t.get("lastScrapeDuration", 0))
+        for t in active}
 for t in targets:
     if t not in scraped:
-        failures.append(f"target {t} is not up in Prometheus")
+        failures.append(f"target {t} was never scraped in the last 20 s: {last.get(t)}")
 metrics = sorted(set(re.findall(r"\btern_[a-z0-9_]+", " ".join(exprs))))
 for m in metrics:
     r = query(f'count({{__name__="{m}",job="tern"}})')
@@ -148,7 +158,11 @@ print(f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
 print(f"commit: {commit}" + (f" plus uncommitted changes to {dirty}" if dirty != "0" else " (clean tree)"))
 with urllib.request.urlopen(f"http://{prom}/api/v1/status/buildinfo", timeout=10) as r:
     print(f"prometheus: {json.load(r)['data'].get('version', 'unknown')}")
-print(f"targets up: {len(scraped)} of {len(targets)} ({', '.join(scraped)})")
+print(f"targets scraped: {len(scraped)} of {len(targets)}")
+for t in targets:
+    health, error, took = last.get(t, ("unknown", "", 0))
+    print(f"  {t}: {share.get(t, 0):.0%} of scrapes in the last 20 s succeeded; last scrape "
+          f"{health} in {float(took) * 1000:.0f} ms" + (f" ({error})" if error else ""))
 print(f"metrics named by the dashboard: {len(metrics)}; with samples: {len(metrics) - sum(f.startswith('no samples') for f in failures)}")
 print(f"queries: {len(exprs)}; succeeded: {sum(r['status'] == 'success' for r in results)}; "
       f"with data: {sum(bool(r['series']) for r in results)}")
