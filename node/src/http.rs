@@ -553,8 +553,12 @@ async fn deploy(
         max_instances: query_u32(&q, "max_instances")?,
     };
     let bytes = read_body(app, req, app.config.max_module_bytes).await?;
+    let kind = tern_runtime::kind_of(&bytes);
     let info = deploy.run(app, bytes, limits).await?;
-    Ok(json(StatusCode::CREATED, &info))
+    Ok(json(
+        StatusCode::CREATED,
+        &service::FunctionView { info, kind },
+    ))
 }
 
 fn get_function(app: &Arc<App>, caller: &Caller, name: &str) -> Result<Response<Body>, NodeError> {

@@ -251,6 +251,15 @@ pub struct Prepared {
     pre: Loaded,
 }
 
+/// What a binary would deploy as, from its header: a component or (anything else) a module.
+pub fn kind_of(bytes: &[u8]) -> tern_wire::FunctionKind {
+    if wasmparser::Parser::is_component(bytes) {
+        tern_wire::FunctionKind::Component
+    } else {
+        tern_wire::FunctionKind::Module
+    }
+}
+
 impl Prepared {
     /// A command or a component.
     pub fn kind(&self) -> tern_wire::FunctionKind {
