@@ -438,14 +438,17 @@ mod tests {
     fn functions_tenants_and_tokens_become_tables() {
         let now = 1_000_000;
         let f = json!([{"name":"echo","version":2,"memory_mb":128,"timeout_ms":10000,
-            "size_bytes":33637,"deployed_at_ms":now - 120_000,"max_instances":null}]);
+            "size_bytes":33637,"deployed_at_ms":now - 120_000,"max_instances":null,
+            "kind":"module"}]);
         let t = functions(&f, now);
         assert!(
-            t.starts_with("NAME  VERSION  MEMORY   TIMEOUT   SIZE    MAX INSTANCES  DEPLOYED\n"),
+            t.starts_with(
+                "NAME  VERSION  MEMORY   TIMEOUT   SIZE    MAX INSTANCES  DEPLOYED  KIND\n"
+            ),
             "{t}"
         );
         assert!(
-            t.contains("echo  2        128 MiB  10000 ms  32 KiB  -              2m"),
+            t.contains("echo  2        128 MiB  10000 ms  32 KiB  -              2m        module"),
             "{t}"
         );
         let tenants_list = json!([{"name":"acme","spec":{"weight":3,"sla":"batch",
