@@ -193,12 +193,10 @@ pub async fn remove(
 
 /// The functions the caller may see: its tenant's, or every tenant's for an admin.
 pub fn list(app: &App, caller: &Caller) -> Vec<FunctionInfo> {
-    let mut functions = app.services().runtime.list();
-    if !caller.sees_every_tenant() {
-        let own = caller.tenant();
-        functions.retain(|f| f.name.is_owned_by(&own));
-    }
-    functions
+    list_views(app, caller)
+        .into_iter()
+        .map(|v| v.info)
+        .collect()
 }
 
 /// The record of asynchronous invocation `id`, if the caller may read it.

@@ -787,15 +787,7 @@ impl Runtime {
     }
 
     pub fn list(&self) -> Vec<FunctionInfo> {
-        let mut out: Vec<_> = self
-            .functions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|d| d.info.clone())
-            .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        out
+        self.list_with_kinds().into_iter().map(|(i, _)| i).collect()
     }
 
     fn cache_module(&self, hash: ModuleHash, pre: Loaded) {

@@ -411,14 +411,7 @@ async fn the_cli_prints_tables_json_status_completions_and_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(config(dir.path())).await;
     let server = node.addr().to_string();
-    let tern = |args: &[&str]| {
-        run_tern(
-            tern_command()
-                .args(args)
-                .args(["--server", &server])
-                .env_remove("TERN_TOKEN"),
-        )
-    };
+    let tern = |args: &[&str]| tern_at(&server, args);
     let (ok, table, err) = tern(&["list"]);
     assert!(ok, "{err}");
     assert!(table.starts_with("NAME "), "{table}");

@@ -390,14 +390,7 @@ async fn tern_call_sends_method_path_headers_and_body_and_prints_the_components_
     let resp = deploy_component(addr, "inspect", "inspect").await;
     assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
     let server = addr.to_string();
-    let tern = |args: &[&str]| {
-        run_tern(
-            tern_command()
-                .args(args)
-                .args(["--server", &server])
-                .env_remove("TERN_TOKEN"),
-        )
-    };
+    let tern = |args: &[&str]| tern_at(&server, args);
     let (ok, out, err) = tern(&[
         "call",
         "inspect",
@@ -485,11 +478,7 @@ async fn the_api_and_tern_list_say_whether_a_function_is_a_module_or_a_component
     assert_eq!(kind("echo"), Some(serde_json::json!("module")), "{list}");
     let one = json(&request(addr, Method::GET, "/v1/functions/inspect", Bytes::new()).await);
     assert_eq!(one["kind"], "component", "{one}");
-    let (ok, table, err) = run_tern(
-        tern_command()
-            .args(["list", "--server", &addr.to_string()])
-            .env_remove("TERN_TOKEN"),
-    );
+    let (ok, table, err) = tern_at(&addr.to_string(), &["list"]);
     assert!(ok, "{err}");
     assert!(table.lines().next().unwrap().ends_with("KIND"), "{table}");
     let row = |name: &str| {

@@ -311,6 +311,17 @@ pub fn tern_command() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_tern"))
 }
 
+/// Runs `tern ARGS --server SERVER` (no token from the environment) to its end: whether it
+/// succeeded, its stdout and its stderr.
+pub fn tern_at(server: &str, args: &[&str]) -> (bool, String, String) {
+    run_tern(
+        tern_command()
+            .args(args)
+            .args(["--server", server])
+            .env_remove("TERN_TOKEN"),
+    )
+}
+
 /// Runs a `tern` command to its end: whether it succeeded, its stdout and its stderr.
 pub fn run_tern(cmd: &mut std::process::Command) -> (bool, String, String) {
     let out = cmd.output().unwrap();

@@ -403,24 +403,41 @@ fn hex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// With `guest_logs_otlp`, the stderr lines a node keeps also reach the OTLP receiver as log
-/// records: one per line, with the function, its tenant, the request that wrote it and the
-/// node; the export counters say so.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_function_and_request() {
+/// A `tern up` process named `a` sending OTLP to a new receiver, with `env` added, and the
+/// `logger` function deployed on it: the receiver, the process, its HTTP address, its data
+/// directory (removed when dropped) and the deploy's answer.
+async fn logger_node_exporting_to_a_receiver(
+    env: &[(&str, &str)],
+) -> (
+    Receiver,
+    crate::persistence::KillOnDrop,
+    SocketAddr,
+    tempfile::TempDir,
+    tern_bench::Response,
+) {
     let receiver = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let endpoint = format!("http://{}", receiver.addr);
-    let env = [
+    let mut all = vec![
         ("TERN_OTLP_ENDPOINT", endpoint.as_str()),
-        ("TERN_GUEST_LOGS_OTLP", "true"),
         ("TERN_NODE_NAME", "a"),
     ];
-    let node = crate::persistence::spawn_tern_with(&dir.path().join("node"), &listener, &env).await;
+    all.extend_from_slice(env);
+    let node = crate::persistence::spawn_tern_with(&dir.path().join("node"), &listener, &all).await;
     let r = request(addr, Method::PUT, "/v1/functions/logger", wasm("logger")).await;
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    (receiver, node, addr, dir, r)
+}
+
+/// With `guest_logs_otlp`, the stderr lines a node keeps also reach the OTLP receiver as log
+/// records: one per line, with the function, its tenant, the request that wrote it and the
+/// node; the export counters say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_function_and_request() {
+    let (receiver, node, addr, _dir, _) =
+        logger_node_exporting_to_a_receiver(&[("TERN_GUEST_LOGS_OTLP", "true")]).await;
     let r = invoke(addr, "logger", "first\nsecond").await;
     assert_eq!(r.status, 200);
     let request_id = r.header("x-tern-request-id").unwrap().to_owned();
@@ -458,20 +475,11 @@ async fn guest_stderr_lines_reach_the_otlp_receiver_as_log_records_of_their_func
 /// attributes; guests' stderr stays on the node while `guest_logs_otlp` is off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_nodes_own_log_lines_reach_the_otlp_receiver_with_their_level_and_fields() {
-    let receiver = Receiver::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let endpoint = format!("http://{}", receiver.addr);
-    let env = [
-        ("TERN_OTLP_ENDPOINT", endpoint.as_str()),
+    let (receiver, node, addr, _dir, r) = logger_node_exporting_to_a_receiver(&[
         ("TERN_NODE_LOGS_OTLP", "true"),
-        ("TERN_NODE_NAME", "a"),
         ("TERN_LOG", "info"),
-    ];
-    let node = crate::persistence::spawn_tern_with(&dir.path().join("node"), &listener, &env).await;
-    let r = request(addr, Method::PUT, "/v1/functions/logger", wasm("logger")).await;
-    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    ])
+    .await;
     let hash = json(&r)["hash"].as_str().unwrap().to_owned();
     let r = invoke(addr, "logger", "first").await;
     assert_eq!(r.status, 200);
