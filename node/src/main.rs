@@ -797,6 +797,12 @@ fn finish(resp: tern_bench::Response) -> Result<()> {
     }
 }
 
+/// mimalloc instead of glibc's malloc, for the node and its cells (the same binary): per-thread
+/// free lists with no consolidation pass. Measured side by side under the echo load in
+/// `bench/reports/vs-wasmtime-serve/`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // `tern cell …` is how a node with `isolation = "lci"` starts a tenant's cell: not a user
     // command, and it must jail itself while still single-threaded, before any runtime.
