@@ -23,7 +23,10 @@
 //!   within the recovery bound after the fault healed, as the runner's polls of the nodes'
 //!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
 //!   fault shorter than the detection bound, an observer under a fault of its own, what the
-//!   polls did not watch.
+//!   polls did not watch;
+//! - `registries_converged` ([`crate::convergence`]): after the run, every live node shows
+//!   the same entry for the function redeployed during the load, within the convergence
+//!   bound, and no acknowledged deploy orders above it.
 //!
 //! Fault windows come from the runner's `Fault` events (what it did, when), not from the
 //! schedule: a restart that takes longer than planned stretches its window.
@@ -77,6 +80,8 @@ pub struct Stats {
     /// The longest of those, ms.
     pub detection_ms_max: Option<u64>,
     pub recovery_ms_max: Option<u64>,
+    /// The deploys during the run and what the registries converged on, in a line.
+    pub registry: Option<String>,
 }
 
 /// The checkers' verdict.
@@ -468,7 +473,10 @@ pub fn check(
             | Event::Restarted { .. }
             | Event::Link { .. }
             | Event::View { .. }
-            | Event::ViewsWatched { .. } => {}
+            | Event::ViewsWatched { .. }
+            | Event::Deploy { .. }
+            | Event::Registry { .. }
+            | Event::RegistriesWatched { .. } => {}
         }
     }
     if !orphans.is_empty() {
@@ -620,6 +628,7 @@ pub fn check(
         }
     }
     membership(history, scenario, &mut report);
+    crate::convergence::registries(history, scenario, &mut report);
     report
 }
 

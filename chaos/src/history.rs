@@ -29,6 +29,26 @@ pub enum Outcome {
     Unknown { reason: String },
 }
 
+/// How a deploy the runner sent during the load ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DeployOutcome {
+    /// 201: the node stored it as `version`, deployed at `deployed_at_ms` (its wall clock).
+    Acknowledged { version: u64, deployed_at_ms: u64 },
+    /// A typed error: the API's error code and the HTTP status.
+    Failed { code: String, status: u16 },
+    /// No answer: it may or may not have been stored.
+    Unknown { reason: String },
+}
+
+/// A function's registry entry as one node showed it (`GET /v1/functions/{name}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    pub hash: String,
+    pub version: u64,
+    pub deployed_at_ms: u64,
+}
+
 /// Whether a fault began or healed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,6 +144,32 @@ pub enum Event {
     /// The load generator's account, once the load ended: operations the schedule asked for
     /// and the longest delay of a send behind its time.
     Load { scheduled_ops: u64, max_lag_us: u64 },
+    /// The runner's `number`th deploy of a new version of the function it redeploys during
+    /// the load (`module` its SHA-256, hex), sent to `node` at `sent_us`, ended at `at_us`.
+    Deploy {
+        number: u64,
+        node: String,
+        sent_us: u64,
+        at_us: u64,
+        module: String,
+        outcome: DeployOutcome,
+    },
+    /// What `node` showed of that function's registry entry at `at_us` (`None`: not
+    /// deployed, or no answer), when the runner's polls after the run first saw it or saw it
+    /// change.
+    Registry {
+        node: String,
+        at_us: u64,
+        entry: Option<EntryView>,
+    },
+    /// The runner stopped polling the registries at `until_us`. `live`: the nodes it polled
+    /// (running, not under a fault); `settled_us`: when the last fault healed or the last
+    /// deploy ended, whichever was later (convergence is timed from it).
+    RegistriesWatched {
+        until_us: u64,
+        settled_us: u64,
+        live: Vec<String>,
+    },
 }
 
 /// A run's events in the order the runner recorded them.

@@ -11,6 +11,7 @@
 //! what a bad link does to each datagram ([`links`]) is decided from seeded draws.
 
 pub mod check;
+pub mod convergence;
 pub mod history;
 pub mod links;
 mod relay;

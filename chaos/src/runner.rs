@@ -35,10 +35,10 @@ use hyper::Method;
 use tern_sync::poison::lock;
 
 use crate::check::{Report, check};
-use crate::history::{Event, History, Mode, Outcome, Phase};
+use crate::history::{DeployOutcome, EntryView, Event, History, Mode, Outcome, Phase};
 use crate::links::{self, Impairment};
 use crate::relay::{Counts, Relays};
-use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, Via};
+use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, VERSIONS_FUNCTION, Via};
 
 /// What stops a run before its verdict.
 #[derive(Debug, thiserror::Error)]
@@ -871,6 +871,16 @@ async fn drive(
     ));
     let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), tern.clone(), t0));
     let views = tokio::spawn(watch_views(nodes.clone(), history.clone(), t0));
+    let deploys = scenario.workload.deploy_every_s.map(|every| {
+        tokio::spawn(deploy_versions(
+            scenario.clone(),
+            options.clone(),
+            every,
+            nodes.clone(),
+            history.clone(),
+            t0,
+        ))
+    });
     // The open-loop workload: arrivals at the rate whatever the answers do.
     let w = &scenario.workload;
     let mix = w.mix;
@@ -953,8 +963,23 @@ async fn drive(
         Ok(Err(e)) => return Err(e),
         Err(e) => return Err(io("the fault schedule")(std::io::Error::other(e))),
     }
-    // Let the last fault heal, then read every accepted async invocation's record.
-    tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)).await;
+    let deployed = match deploys {
+        Some(task) => task
+            .await
+            .map_err(|e| io("the deploys during the load")(std::io::Error::other(e)))??,
+        None => false,
+    };
+    // Let the last fault heal, then read every accepted async invocation's record; meanwhile
+    // (from now, so the time they took is seen) wait for the registries to agree.
+    let registries = async {
+        if deployed {
+            watch_registries(scenario, nodes, &history, t0).await;
+        }
+    };
+    tokio::join!(
+        tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)),
+        registries
+    );
     views.abort();
     lock(&history).push(Event::ViewsWatched { until_us: now_us() });
     let accepted: Vec<(u64, String, String)> = {
@@ -1097,6 +1122,208 @@ async fn deploy(
         }
     }
     Ok(())
+}
+
+/// `module` with a custom section `tern-chaos-deploy` holding `number`: a distinct module
+/// (its own hash) that runs exactly as the original.
+fn numbered(module: &[u8], number: u64) -> Vec<u8> {
+    fn leb(mut v: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    const NAME: &[u8] = b"tern-chaos-deploy";
+    let payload = number.to_string();
+    let mut body = Vec::new();
+    leb(NAME.len(), &mut body);
+    body.extend_from_slice(NAME);
+    body.extend_from_slice(payload.as_bytes());
+    let mut out = module.to_vec();
+    out.push(0); // custom section
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// SHA-256 of `bytes` in hex, as the API names modules.
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// During the load: every `every` seconds a new version of the workload's function as
+/// [`VERSIONS_FUNCTION`], through the nodes in turn (`a` first), one at a time, each given
+/// 15 s; each deploy's outcome goes into the history. Returns whether any was sent.
+async fn deploy_versions(
+    scenario: Scenario,
+    options: RunOptions,
+    every: f64,
+    nodes: Arc<Mutex<Vec<NodeProc>>>,
+    history: Arc<Mutex<History>>,
+    t0: Instant,
+) -> Result<bool, RunError> {
+    let f = &scenario.workload.function;
+    let wasm = options.examples_dir.join(format!("{f}.wasm"));
+    let module = std::fs::read(&wasm).map_err(io(format!("reading {}", wasm.display())))?;
+    let end = Duration::from_secs(u64::from(scenario.workload.duration_s));
+    let path = format!("/v1/functions/{VERSIONS_FUNCTION}");
+    let mut number = 0u64;
+    loop {
+        let at = Duration::from_secs_f64(every * (number + 1) as f64);
+        if at >= end {
+            return Ok(number > 0);
+        }
+        // One at a time: a slow deploy delays the next rather than overlapping it.
+        tokio::time::sleep_until((t0 + at).into()).await;
+        let (node, addr, token) = {
+            let n = lock(&nodes);
+            let k = (number as usize) % n.len();
+            (n[k].name.clone(), n[k].http, n[k].token.clone())
+        };
+        number += 1;
+        let bytes = numbered(&module, number);
+        let hash = sha256_hex(&bytes);
+        let sent_us = t0.elapsed().as_micros() as u64;
+        let auth = format!("Bearer {token}");
+        let answer = tokio::time::timeout(
+            Duration::from_secs(15),
+            tern_bench::request_once(
+                addr,
+                Method::PUT,
+                &path,
+                &[("authorization", auth.as_str())],
+                Bytes::from(bytes),
+            ),
+        )
+        .await;
+        let outcome = match answer {
+            Err(_) => DeployOutcome::Unknown {
+                reason: "no answer within 15 s".into(),
+            },
+            Ok(Err(e)) => DeployOutcome::Unknown {
+                reason: e.to_string(),
+            },
+            Ok(Ok(r)) if r.status == 201 => {
+                let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+                match (v["version"].as_u64(), v["deployed_at_ms"].as_u64()) {
+                    (Some(version), Some(deployed_at_ms)) => DeployOutcome::Acknowledged {
+                        version,
+                        deployed_at_ms,
+                    },
+                    _ => DeployOutcome::Failed {
+                        code: "unreadable_answer".into(),
+                        status: 201,
+                    },
+                }
+            }
+            Ok(Ok(r)) => DeployOutcome::Failed {
+                code: tern_wire::ApiError::from_json(&r.body).map_or_else(
+                    || format!("http_{}", r.status),
+                    |e| e.code.as_str().to_owned(),
+                ),
+                status: r.status,
+            },
+        };
+        lock(&history).push(Event::Deploy {
+            number,
+            node,
+            sent_us,
+            at_us: t0.elapsed().as_micros() as u64,
+            module: hash,
+            outcome,
+        });
+    }
+}
+
+/// After the run: polls every live node's entry for [`VERSIONS_FUNCTION`] every 100 ms,
+/// recording each change, until they all show the same entry or the convergence bound (from
+/// when the run settled: the last heal or the last deploy's end) and a second have passed.
+async fn watch_registries(
+    scenario: &Scenario,
+    nodes: &Mutex<Vec<NodeProc>>,
+    history: &Mutex<History>,
+    t0: Instant,
+) {
+    let settled_us = lock(history)
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault {
+                at_us,
+                phase: Phase::End,
+                ..
+            }
+            | Event::Deploy { at_us, .. } => Some(*at_us),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let live: Vec<(String, SocketAddr, String)> = lock(nodes)
+        .iter_mut()
+        .filter_map(|n| {
+            let running = n
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_none());
+            (running && !n.faulted).then(|| (n.name.clone(), n.http, n.token.clone()))
+        })
+        .collect();
+    let until = t0
+        + Duration::from_micros(settled_us)
+        + Duration::from_millis(scenario.expect.convergence_ms)
+        + Duration::from_secs(1);
+    let path = format!("/v1/functions/{VERSIONS_FUNCTION}");
+    let mut seen: HashMap<String, Option<EntryView>> = HashMap::new();
+    let mut tick = tokio::time::interval(VIEW_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for (name, addr, token) in &live {
+            let at_us = t0.elapsed().as_micros() as u64;
+            let entry = tokio::time::timeout(VIEW_TIMEOUT, get(*addr, token, &path))
+                .await
+                .ok()
+                .flatten()
+                .filter(|r| r.status == 200)
+                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
+                .and_then(|v| {
+                    Some(EntryView {
+                        hash: v["hash"].as_str()?.to_owned(),
+                        version: v["version"].as_u64()?,
+                        deployed_at_ms: v["deployed_at_ms"].as_u64()?,
+                    })
+                });
+            if seen.get(name) != Some(&entry) {
+                seen.insert(name.clone(), entry.clone());
+                lock(history).push(Event::Registry {
+                    node: name.clone(),
+                    at_us,
+                    entry,
+                });
+            }
+        }
+        let mut shown = seen.values();
+        let agreed = shown
+            .next()
+            .is_some_and(|first| first.is_some() && shown.all(|e| e == first));
+        if (agreed && seen.len() == live.len()) || Instant::now() >= until {
+            break;
+        }
+    }
+    lock(history).push(Event::RegistriesWatched {
+        until_us: t0.elapsed().as_micros() as u64,
+        settled_us,
+        live: live.into_iter().map(|(name, ..)| name).collect(),
+    });
 }
 
 /// The fault schedule, in order of time. Each fault's start and heal go into the history when
@@ -1555,15 +1782,21 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
         }
         out += "\n";
     }
+    if let Some(line) = &s.registry {
+        out += &format!("Registry: {line}.\n\n");
+    }
     for v in &report.violations {
         let ops: Vec<String> = v.ops.iter().take(20).map(u64::to_string).collect();
-        out += &format!(
-            "- **{}**: {} (operations {}{})\n",
-            v.invariant,
-            v.detail,
-            ops.join(", "),
-            if v.ops.len() > 20 { ", …" } else { "" }
-        );
+        let involved = if ops.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (operations {}{})",
+                ops.join(", "),
+                if v.ops.len() > 20 { ", …" } else { "" }
+            )
+        };
+        out += &format!("- **{}**: {}{involved}\n", v.invariant, v.detail);
     }
     out
 }

@@ -125,7 +125,19 @@ pub struct Workload {
     pub mix: Mix,
     #[serde(default)]
     pub via: Via,
+    /// Every this many seconds during the load, the runner deploys a new version of the
+    /// function (the same module with a numbered custom section) as
+    /// [`VERSIONS_FUNCTION`], through the nodes in turn; after the run every live node must
+    /// show the winning one (`registries_converged`). Off when absent.
+    #[serde(default)]
+    pub deploy_every_s: Option<f64>,
 }
+
+/// The function the runner redeploys during the load when `deploy_every_s` is set.
+pub const VERSIONS_FUNCTION: &str = "versions";
+
+/// The shortest gap between the runner's deploys during the load.
+pub const MIN_DEPLOY_EVERY_S: f64 = 0.5;
 
 /// Relative weights of the invocation modes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -350,6 +362,22 @@ impl Scenario {
             return Err(invalid(
                 "workload",
                 format!("rate_per_s x duration_s is more than {MAX_OPERATIONS} operations"),
+            ));
+        }
+        if let Some(every) = w.deploy_every_s
+            && !(every.is_finite()
+                && every >= MIN_DEPLOY_EVERY_S
+                && every < f64::from(w.duration_s))
+        {
+            return Err(invalid(
+                "workload.deploy_every_s",
+                format!("{MIN_DEPLOY_EVERY_S} s or more, and shorter than the run"),
+            ));
+        }
+        if w.function == VERSIONS_FUNCTION {
+            return Err(invalid(
+                "workload.function",
+                format!("{VERSIONS_FUNCTION:?} is the runner's, for its deploys during the load"),
             ));
         }
         let weights = [w.mix.sync, w.mix.asynchronous, w.mix.map];
@@ -683,6 +711,25 @@ mod tests {
             "workload.rate_per_s"
         );
         assert_eq!(refused("kill-one-under-load", "Kill One"), "name");
+        for every in ["0.1", "30", "nan"] {
+            assert_eq!(
+                refused(
+                    "duration_s = 30",
+                    &format!("duration_s = 30\ndeploy_every_s = {every}")
+                ),
+                "workload.deploy_every_s"
+            );
+        }
+        assert!(
+            Scenario::parse(
+                &KILL.replace("duration_s = 30", "duration_s = 30\ndeploy_every_s = 2")
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            refused("function = \"echo\"", "function = \"versions\""),
+            "workload.function"
+        );
         let partition = KILL.replace(
             "kind = \"kill\"\n        node = \"b\"\n        restart_after_s = 5",
             "kind = \"partition\"\n        groups = [[\"a\"], [\"b\", \"a\"], [\"c\"]]\n        for_s = 1",

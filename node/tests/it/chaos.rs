@@ -50,6 +50,7 @@ function = "echo"
 rate_per_s = 50
 duration_s = 10
 mix = { sync = 6, async = 3, map = 1 }
+deploy_every_s = 1
 [[fault]]
 at_s = 3
 kind = "kill"
@@ -89,6 +90,19 @@ fn a_kill_and_restart_under_load_keeps_every_promise_and_the_report_says_so() {
         );
     }
     assert!(text.contains("**Verdict: passed**"), "{text}");
+    // Deploys went on through every node, b's while it was down unanswered (or refused until
+    // its restart had synced), and b, back, showed the same entry as the others.
+    let registry = stats["registry"].as_str().unwrap_or_default();
+    assert!(
+        registry.starts_with("9 deploys during the run")
+            && registry.contains("every live node showed version"),
+        "{registry}"
+    );
+    assert!(
+        history.contains(r#""event":"registries_watched""#)
+            && history.contains(r#""live":["a","b","c"]"#),
+        "b was polled after its restart: {history}"
+    );
 }
 
 #[test]
@@ -338,6 +352,7 @@ function = "echo"
 rate_per_s = 50
 duration_s = 12
 mix = { sync = 6, async = 3, map = 1 }
+deploy_every_s = 1
 [[fault]]
 at_s = 3
 kind = "partition"
@@ -402,6 +417,37 @@ fn a_partition_cuts_the_mesh_links_the_nodes_notice_and_every_promise_holds_afte
     let log = without_colours(&std::fs::read_to_string(out.join("a.log")).unwrap());
     let down = log.find("state=Down").expect("a declared a peer down");
     assert!(log[down..].contains("state=Up"), "and up again: {log}");
+    // A new version was deployed every second through a, b and c in turn; a took the 4th
+    // while cut off, both sides went on numbering versions, and after the heal every node
+    // showed the one the registry's order puts first.
+    let deploys: Vec<&serde_json::Value> =
+        history.iter().filter(|e| e["event"] == "deploy").collect();
+    assert_eq!(deploys.len(), 11, "{text}");
+    let fourth = deploys.iter().find(|d| d["number"] == 4).unwrap();
+    assert_eq!(fourth["node"], "a");
+    assert_eq!(fourth["outcome"]["outcome"], "acknowledged", "{fourth}");
+    let partitioned = |d: &&&serde_json::Value| {
+        let sent = d["sent_us"].as_u64().unwrap();
+        (3_000_000..7_000_000).contains(&sent)
+    };
+    assert!(
+        deploys
+            .iter()
+            .filter(partitioned)
+            .all(|d| d["outcome"]["outcome"] == "acknowledged"),
+        "each side takes deploys while cut off: {deploys:?}"
+    );
+    let registry = verdict["stats"]["registry"].as_str().unwrap_or_default();
+    assert!(
+        registry.starts_with("11 deploys during the run: 11 acknowledged")
+            && registry.contains("every live node showed version"),
+        "{registry}"
+    );
+    let watched = history
+        .iter()
+        .find(|e| e["event"] == "registries_watched")
+        .expect("the registries were polled after the run");
+    assert_eq!(watched["live"], serde_json::json!(["a", "b", "c"]));
 }
 
 /// `text` without its ANSI colour codes (a node's log colours its fields).
