@@ -160,11 +160,19 @@ pub struct ModuleHash(pub [u8; 32]);
 
 impl ModuleHash {
     pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+        self.hex_str(&mut [0; 64]).to_owned()
+    }
+
+    /// The 64 lowercase hex digits, written into `buf` (no allocation: a hash is serialised
+    /// into every frame that runs a function).
+    fn hex_str<'a>(&self, buf: &'a mut [u8; 64]) -> &'a str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in self.0.iter().enumerate() {
+            buf[2 * i] = DIGITS[usize::from(b >> 4)];
+            buf[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
         }
-        s
+        // Every byte written is an ASCII hex digit.
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 }
 
@@ -176,7 +184,7 @@ impl fmt::Debug for ModuleHash {
 
 impl fmt::Display for ModuleHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex_str(&mut [0; 64]))
     }
 }
 
@@ -190,13 +198,20 @@ impl FromStr for ModuleHash {
         };
         // `u8::from_str_radix` alone would also take upper case and a leading '+': a hash
         // has exactly one spelling, the one `to_hex` writes.
-        if s.len() != 64 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        let nibble = |b: u8| match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            _ => None,
+        };
+        if s.len() != 64 {
             return Err(invalid());
         }
         let mut out = [0u8; 32];
-        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-            let hex = std::str::from_utf8(chunk).map_err(|_| invalid())?;
-            out[i] = u8::from_str_radix(hex, 16).map_err(|_| invalid())?;
+        for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
+                return Err(invalid());
+            };
+            *o = hi << 4 | lo;
         }
         Ok(Self(out))
     }
@@ -204,14 +219,24 @@ impl FromStr for ModuleHash {
 
 impl Serialize for ModuleHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        s.serialize_str(self.hex_str(&mut [0; 64]))
     }
 }
 
 impl<'de> Deserialize<'de> for ModuleHash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Parses the string where the format holds it, without copying it first.
+        struct Hex;
+        impl serde::de::Visitor<'_> for Hex {
+            type Value = ModuleHash;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("64 lowercase hex digits")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<ModuleHash, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Hex)
     }
 }
 
@@ -617,12 +642,26 @@ mod tests {
 
     #[test]
     fn module_hash_hex_round_trip_and_rejects_garbage() {
-        let h = ModuleHash([0xab; 32]);
-        assert_eq!(h.to_hex().parse::<ModuleHash>().unwrap(), h);
+        // Every nibble value, in both halves of a byte.
+        let h = ModuleHash(std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0x5a));
+        let spelled: String = h.0.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(h.to_hex(), spelled);
+        assert_eq!(h.to_string(), spelled);
+        assert_eq!(spelled.parse::<ModuleHash>().unwrap(), h);
         assert!("zz".repeat(32).parse::<ModuleHash>().is_err());
         assert!("ab".parse::<ModuleHash>().is_err());
+        assert!(spelled.to_uppercase().parse::<ModuleHash>().is_err());
+        assert!(format!("+{}", &spelled[1..]).parse::<ModuleHash>().is_err());
+        assert!(format!("{spelled}00").parse::<ModuleHash>().is_err());
         let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{spelled}\""));
         assert_eq!(serde_json::from_str::<ModuleHash>(&json).unwrap(), h);
+        let frame = crate::codec::encode(&h, 1 << 10).unwrap();
+        assert_eq!(
+            crate::codec::decode::<ModuleHash>(&frame, 1 << 10).unwrap(),
+            h
+        );
+        assert!(serde_json::from_str::<ModuleHash>("\"ab\"").is_err());
     }
 
     #[test]
