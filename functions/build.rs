@@ -18,9 +18,10 @@ fn main() {
     ] {
         println!("cargo:rustc-link-arg-bin={bin}=-zstack-size=65536");
     }
-    // echo's initial memory covers its 64 KiB shadow stack, its data and the heap it uses (the
-    // stdio buffers; `io::copy`'s buffer is on the stack), so it never grows: see README "Guests on the fast
+    // echo's initial memory (128 KiB) covers its 64 KiB shadow stack, its data and the heap it
+    // uses (the stdio buffers; `io::copy`'s buffer is on the stack), so it never grows, and no
+    // more, since the node resets all of it after every call: see README "Guests on the fast
     // path" (a growth costs the node page-protection changes on this call and the next).
-    println!("cargo:rustc-link-arg-bin=echo=--initial-memory=262144");
+    println!("cargo:rustc-link-arg-bin=echo=--initial-memory=131072");
     println!("cargo:rerun-if-changed=build.rs");
 }
