@@ -237,6 +237,13 @@ mod tests {
         });
     }
 
+    /// Every node of the three shows deploy `number` as `version`.
+    fn all_show(h: &mut History, at_ms: u64, number: u64, version: u64, when: u64) {
+        for n in ["a", "b", "c"] {
+            shows(h, n, at_ms, number, version, when);
+        }
+    }
+
     fn watched(h: &mut History, until_ms: u64, settled_ms: u64) {
         h.push(Event::RegistriesWatched {
             until_us: ms(until_ms),
@@ -264,9 +271,7 @@ mod tests {
         let mut h = History::default();
         acked(&mut h, 1, "a", 2_000, 1);
         acked(&mut h, 2, "b", 4_000, 2);
-        for n in ["a", "b", "c"] {
-            shows(&mut h, n, 6_000, 2, 2, 4_000);
-        }
+        all_show(&mut h, 6_000, 2, 2, 4_000);
         watched(&mut h, 6_100, 4_000);
         let r = judge(&h);
         assert_eq!(details(&r), Vec::<&str>::new());
@@ -289,9 +294,7 @@ mod tests {
         acked(&mut h, 2, "b", 2_000, 2);
         acked(&mut h, 3, "c", 3_000, 3);
         acked(&mut h, 4, "a", 4_000, 2);
-        for n in ["a", "b", "c"] {
-            shows(&mut h, n, 7_000, 3, 3, 3_000);
-        }
+        all_show(&mut h, 7_000, 3, 3, 3_000);
         watched(&mut h, 7_100, 6_000);
         assert_eq!(details(&judge(&h)), Vec::<&str>::new());
 
@@ -299,9 +302,7 @@ mod tests {
         let mut h = History::default();
         acked(&mut h, 3, "c", 3_000, 3);
         acked(&mut h, 4, "a", 4_000, 3);
-        for n in ["a", "b", "c"] {
-            shows(&mut h, n, 7_000, 3, 3, 3_000);
-        }
+        all_show(&mut h, 7_000, 3, 3, 3_000);
         watched(&mut h, 7_100, 6_000);
         assert_eq!(
             details(&judge(&h)),
@@ -317,9 +318,7 @@ mod tests {
         let mut h = History::default();
         acked(&mut h, 1, "a", 2_000, 1);
         acked(&mut h, 2, "b", 4_000, 2);
-        for n in ["a", "b", "c"] {
-            shows(&mut h, n, 6_000, 1, 1, 2_000);
-        }
+        all_show(&mut h, 6_000, 1, 1, 2_000);
         watched(&mut h, 6_100, 4_000);
         assert_eq!(
             details(&judge(&h)),

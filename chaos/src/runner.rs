@@ -930,22 +930,11 @@ async fn drive(
         let history = history.clone();
         let url = format!("{path}{query}");
         requests.spawn(async move {
-            let auth = format!("Bearer {token}");
-            let headers = [("authorization", auth.as_str())];
-            let sent = tokio::time::timeout(
-                Duration::from_secs(15),
-                tern_bench::request_once(addr, Method::POST, &url, &headers, Bytes::from(input)),
-            )
-            .await;
-            let outcome = match sent {
-                Err(_) => Outcome::Unknown {
-                    reason: "no answer within 15 s".into(),
-                },
-                Ok(Err(e)) => Outcome::Unknown {
-                    reason: e.to_string(),
-                },
-                Ok(Ok(r)) => outcome_of(mode, &r),
-            };
+            let outcome =
+                match request_within(addr, Method::POST, &url, &token, Bytes::from(input)).await {
+                    Err(reason) => Outcome::Unknown { reason },
+                    Ok(r) => outcome_of(mode, &r),
+                };
             lock(&history).push(Event::Complete {
                 op,
                 at_us: now_us(),
@@ -1044,6 +1033,40 @@ async fn drive(
     Ok(h)
 }
 
+/// How long the runner waits for any answer to one of its requests.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One request with `token`, given [`REQUEST_TIMEOUT`]: the answer, or why there was none
+/// (an operation's or a deploy's unknown outcome).
+async fn request_within(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Bytes,
+) -> Result<tern_bench::Response, String> {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        tern_bench::request_once(addr, method, path, &headers, body),
+    )
+    .await
+    {
+        Err(_) => Err(format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(r)) => Ok(r),
+    }
+}
+
+/// The API's error code in an error answer, or `http_<status>` when its body has none.
+fn error_code(r: &tern_bench::Response) -> String {
+    tern_wire::ApiError::from_json(&r.body).map_or_else(
+        || format!("http_{}", r.status),
+        |e| e.code.as_str().to_owned(),
+    )
+}
+
 fn outcome_of(mode: Mode, r: &tern_bench::Response) -> Outcome {
     match (mode, r.status) {
         (Mode::Async, 202) => {
@@ -1057,8 +1080,7 @@ fn outcome_of(mode: Mode, r: &tern_bench::Response) -> Outcome {
             ran_on: r.header("x-tern-node").unwrap_or_default().to_owned(),
         },
         (_, status) => Outcome::Failed {
-            code: tern_wire::ApiError::from_json(&r.body)
-                .map_or_else(|| format!("http_{status}"), |e| e.code.as_str().to_owned()),
+            code: error_code(r),
             status,
         },
     }
@@ -1151,13 +1173,10 @@ fn numbered(module: &[u8], number: u64) -> Vec<u8> {
     out
 }
 
-/// SHA-256 of `bytes` in hex, as the API names modules.
+/// SHA-256 of `bytes` in hex, as the API names modules (`ModuleHash`'s spelling).
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tern_wire::ModuleHash(sha2::Sha256::digest(bytes).into()).to_hex()
 }
 
 /// During the load: every `every` seconds a new version of the workload's function as
@@ -1193,26 +1212,10 @@ async fn deploy_versions(
         let bytes = numbered(&module, number);
         let hash = sha256_hex(&bytes);
         let sent_us = t0.elapsed().as_micros() as u64;
-        let auth = format!("Bearer {token}");
-        let answer = tokio::time::timeout(
-            Duration::from_secs(15),
-            tern_bench::request_once(
-                addr,
-                Method::PUT,
-                &path,
-                &[("authorization", auth.as_str())],
-                Bytes::from(bytes),
-            ),
-        )
-        .await;
+        let answer = request_within(addr, Method::PUT, &path, &token, Bytes::from(bytes)).await;
         let outcome = match answer {
-            Err(_) => DeployOutcome::Unknown {
-                reason: "no answer within 15 s".into(),
-            },
-            Ok(Err(e)) => DeployOutcome::Unknown {
-                reason: e.to_string(),
-            },
-            Ok(Ok(r)) if r.status == 201 => {
+            Err(reason) => DeployOutcome::Unknown { reason },
+            Ok(r) if r.status == 201 => {
                 let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
                 match (v["version"].as_u64(), v["deployed_at_ms"].as_u64()) {
                     (Some(version), Some(deployed_at_ms)) => DeployOutcome::Acknowledged {
@@ -1225,11 +1228,8 @@ async fn deploy_versions(
                     },
                 }
             }
-            Ok(Ok(r)) => DeployOutcome::Failed {
-                code: tern_wire::ApiError::from_json(&r.body).map_or_else(
-                    || format!("http_{}", r.status),
-                    |e| e.code.as_str().to_owned(),
-                ),
+            Ok(r) => DeployOutcome::Failed {
+                code: error_code(&r),
                 status: r.status,
             },
         };
