@@ -91,6 +91,12 @@ const ALLOWED_X86_64: &[libc::c_long] = &[];
 /// `prctl(PR_GET_AUXV)` (Linux 6.4; not in the libc crate yet).
 const PR_GET_AUXV: u64 = 0x4155_5856;
 
+/// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME, ..)` (Linux 5.17): names an anonymous mapping of
+/// the caller's own. The node's allocator (mimalloc) names every region it maps this way, so
+/// refusing it would kill a cell the first time its heap grows.
+const PR_SET_VMA: u64 = 0x5356_4d41;
+const PR_SET_VMA_ANON_NAME: u64 = 0;
+
 /// The compiled filters, in the order they are installed.
 pub struct Policy {
     filters: Vec<BpfProgram>,
@@ -137,14 +143,18 @@ impl Policy {
             libc::SYS_ioctl,
             vec![rule(vec![cond(1, SeccompCmpOp::Eq, libc::FIONBIO)?])?],
         );
-        // Thread names, and reading the process's own auxiliary vector (CPU feature
-        // detection asks for it), nothing else.
+        // Thread names, reading the process's own auxiliary vector (CPU feature detection
+        // asks for it) and naming its own anonymous memory (the allocator does), nothing else.
         rules.insert(
             libc::SYS_prctl,
             vec![
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)?])?,
                 rule(vec![cond(0, SeccompCmpOp::Eq, libc::PR_GET_NAME as u64)?])?,
                 rule(vec![cond(0, SeccompCmpOp::Eq, PR_GET_AUXV)?])?,
+                rule(vec![
+                    cond(0, SeccompCmpOp::Eq, PR_SET_VMA)?,
+                    cond(1, SeccompCmpOp::Eq, PR_SET_VMA_ANON_NAME)?,
+                ])?,
             ],
         );
         let allow_list = SeccompFilter::new(

@@ -746,3 +746,30 @@ async fn a_component_runs_in_a_cell_with_its_own_status_headers_and_logs() {
     assert!(text.contains("tern_cells_running 1\n"), "{text}");
     node.shutdown().await.unwrap();
 }
+
+/// Bodies of several MiB make the cell's heap grow (its allocator maps and names new
+/// regions): every one comes back whole, and no cell dies for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_grow_a_cells_heap_without_killing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    cfg.examples = vec!["echo".into()];
+    let node = start(cfg).await;
+    let addr = node.addr();
+    for round in 0..8u8 {
+        let input: Vec<u8> = (0..6_000_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8 ^ round)
+            .collect();
+        let r = invoke(addr, "echo", input.clone()).await;
+        assert_eq!(r.status, 200, "round {round}: {}", body(&r));
+        assert!(
+            r.body[..] == input[..],
+            "round {round}: the body came back changed"
+        );
+    }
+    assert_eq!(metric(addr, "tern_cell_deaths_total").await, 0.0);
+    assert_eq!(metric(addr, "tern_cell_starts_total").await, 1.0);
+    node.shutdown().await.unwrap();
+}
