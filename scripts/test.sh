@@ -60,6 +60,7 @@ run env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target-loom" cargo test -p
 # benchmark on a short slice of the trace.
 run cargo test --workspace --features tern-node/online-learning --benches
 run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-bench-smoke
-# The placement experiment's runner and report on a one-minute window (three nodes of the
-# binary the tests built; about a minute).
-run env TERN_BIN=target/debug/tern bash bench/experiments/placement.sh --smoke
+# The experiments' runner and reports on a one-minute window (three nodes of the binary the
+# tests built; about a minute each): placement, and three of the ablations.
+run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh placement --smoke
+run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh ablations --smoke

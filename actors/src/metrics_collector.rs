@@ -35,6 +35,14 @@ pub fn render(services: &Services) -> String {
         "tern_memory_profile{{profile=\"{}\"}} 1\n",
         services.runtime.config().memory_profile.as_str()
     ));
+    text.push_str(
+        "# HELP tern_runtime_profile How functions get from a deploy to an instance: optimised or baseline (label), always 1.\n\
+         # TYPE tern_runtime_profile gauge\n",
+    );
+    text.push_str(&format!(
+        "tern_runtime_profile{{profile=\"{}\"}} 1\n",
+        services.runtime.config().runtime_profile.as_str()
+    ));
     let joules = services.energy.joules();
     let source = services.energy.source().as_str();
     let finished = services.metrics.finished_invocations();

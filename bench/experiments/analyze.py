@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Report of a placement experiment (bench/experiments/placement.sh) from its raw files.
+"""Report of an experiment on real nodes (bench/experiments/real-nodes.sh) from its raw files.
 
 Usage: analyze.py OUT_DIR   (reads OUT_DIR/raw, writes OUT_DIR/summary.md and summary.json)
 
 Per run: the requests `tern bench` recorded (one JSON line each: status, latency from the
 planned send time, node that answered, cold start), and every node's /metrics and CPU ticks
-before and after. Per policy: the median over rounds; against warm affinity (the default) and
-least loaded: the ratio in each round (same round, same seed, same machine state as near as
+before and after. Per configuration: the median over rounds; against a reference
+configuration (warm affinity and least loaded for placement, everything off for the
+ablations): the ratio in each round (same round, same seed, same machine state as near as
 rotation gets), its median, and a 95 % t-interval of its mean over rounds. Nothing here is
 edited by hand; rerun the script to regenerate.
 """
@@ -22,6 +23,9 @@ from collections import Counter, defaultdict
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 NODES = ("a", "b", "c")
+# Watts per fully busy core of the node's CPU-time energy model (actors/src/energy.rs,
+# MODEL_WATTS_PER_CORE); this machine has no RAPL.
+MODEL_WATTS_PER_CORE = 10.0
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -91,7 +95,10 @@ def run_metrics(raw, tag, clk_tck):
         "cold_responses": sum(1 for r in records if r["cold"]),
         "answered_by": {n: by_node.get(n, 0) for n in NODES},
     }
-    meus = reuse = cold = forwarded = 0.0
+    cold_ok = [r["latency_us"] for r in records
+               if r["cold"] and r["status"] is not None and 200 <= r["status"] < 300]
+    m["cold_latency_ms"] = statistics.fmean(cold_ok) / 1e3 if cold_ok else None
+    meus = reuse = cold = forwarded = load_s = loads = 0.0
     cpu_ticks = 0
     decisions = Counter()
     for n in NODES:
@@ -101,6 +108,8 @@ def run_metrics(raw, tag, clk_tck):
         reuse += delta(b, a, "tern_module_reuse_total")
         cold += delta(b, a, "tern_cold_starts_total")
         forwarded += delta(b, a, "tern_forwarded_meus_total")
+        load_s += delta(b, a, "tern_meu_load_seconds_sum")
+        loads += delta(b, a, "tern_meu_load_seconds_count")
         for policy in ("learned", "fallback", "heuristic"):
             decisions[policy] += delta(b, a, "tern_placement_decisions_total", f'{{policy="{policy}"}}')
         cpu_ticks += int(open(os.path.join(raw, f"{tag}-{n}-cpu-after")).read()) - int(
@@ -111,6 +120,17 @@ def run_metrics(raw, tag, clk_tck):
     m["forwarded_meus"] = int(round(forwarded))
     m["learned_decisions"] = {k: int(round(v)) for k, v in decisions.items()}
     m["node_cpu_ms_per_request"] = (cpu_ticks * 1000.0 / clk_tck / len(records)) if records else None
+    m["energy_mj_per_request"] = (m["node_cpu_ms_per_request"] * MODEL_WATTS_PER_CORE
+                                  if m["node_cpu_ms_per_request"] is not None else None)
+    m["cold_load_ms"] = load_s * 1e3 / loads if loads else None
+    # What the nodes ran in, as they say on /metrics (not what the runner asked for).
+    entry = prom(os.path.join(raw, f"{tag}-a-after.prom"))
+    m["in_force"] = {
+        "isolation": next((l for (n, l), v in entry.items() if n == "tern_isolation_mode" and v == 1), ""),
+        "runtime": next((l for (n, l), v in entry.items() if n == "tern_runtime_profile" and v == 1),
+                        '{profile="optimised"}'),
+    }
+    m["in_force"] = {k: v.split('"')[1] if '"' in v else "?" for k, v in m["in_force"].items()}
     return m
 
 
@@ -132,10 +152,10 @@ def main():
     for tag in tags:
         policy, rnd = tag.rsplit("-r", 1)
         runs[policy][int(rnd)] = run_metrics(raw, tag, clk_tck)
-    policies = setup["policies"].split(",") if "," in setup["policies"] else [
-        p for p in ("learned", "warm-affinity", "least-loaded") if p in runs] + sorted(
-        p for p in runs if p not in ("learned", "warm-affinity", "least-loaded"))
-    policies = [p for p in policies if p in runs]
+    # Reports from before the runner had experiments named their configurations `policies`.
+    listed = setup.get("configs", setup.get("policies", ""))
+    policies = [p for p in listed.split(",") if p in runs] + sorted(
+        p for p in runs if p not in listed.split(","))
     rounds = sorted({r for p in runs.values() for r in p})
 
     def med(policy, key):
@@ -164,10 +184,14 @@ def main():
     summary = {"setup": setup, "runs": {p: {str(r): runs[p][r] for r in sorted(runs[p])} for p in policies}}
     lines = []
     w = lines.append
+    if setup.get("experiment") == "ablations":
+        ablations_report(w, setup, runs, policies, rounds, med, ratios, ratio_text)
+        finish(out, setup, runs, lines, summary)
+        return
     w("# Placement on real nodes: learned vs warm affinity vs least loaded")
     w("")
     w("Generated by `bench/experiments/analyze.py` from `raw/` (written by "
-      "`bench/experiments/placement.sh`" + (" --smoke" if setup.get("smoke") == "1" else "") + "); not edited by hand.")
+      "`bench/experiments/real-nodes.sh placement`" + (" --smoke" if setup.get("smoke") == "1" else "") + "); not edited by hand.")
     w("")
     w("## What ran")
     w("")
@@ -236,6 +260,112 @@ def main():
         w("")
         w("**Smoke run**: one short round to check the runner and this analysis; not a result.")
     w("")
+    finish(out, setup, runs, lines, summary)
+
+
+def what_ran(w, setup, script):
+    """The report's "What ran" bullets shared by every experiment."""
+    w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
+    w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback (no added "
+      "link delay): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
+      + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
+          f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].split(',')))
+         + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")
+      + " The load generator runs on the same CPUs.")
+    w(f"- Workload: `tern bench --trace traces/azure2019-http-12h.csv --minutes {setup['minutes']} "
+      f"--speedup {setup['speedup']} --scale {setup['scale']} --seed {setup['seed']} --function 'mm-{{i}}' "
+      f"--work-n {setup['work_n']} --connections {setup['connections']}`: each trace function its own copy of "
+      "matmul-json (deployed with timeout_ms=50, memory_mb=64, so every class admits it), n fixed per function, "
+      "~1 KB requests, open loop from the planned times; a fresh cluster (empty data directories) and the same "
+      "seed for every run, bearer tokens on.")
+    w(f"- Load average at the start: {setup['load_start']}.")
+
+
+def ablations_report(w, setup, runs, configs, rounds, med, ratios, ratio_text):
+    """The paper's §4.4 ablations: every configuration against everything off."""
+    w("# Ablations on real nodes: the learned scheduler, LCI and the runtime optimisation")
+    w("")
+    w("Generated by `bench/experiments/analyze.py` from `raw/` (written by "
+      "`bench/experiments/real-nodes.sh ablations`" + (" --smoke" if setup.get("smoke") == "1" else "")
+      + "); not edited by hand.")
+    w("")
+    w("## What ran")
+    w("")
+    what_ran(w, setup, "ablations")
+    w(f"- Configurations (placement / isolation / runtime profile, as asked): "
+      + "; ".join(f"`{c}` {setup.get('config.' + c, '?')}" for c in configs)
+      + f". {len(rounds)} round(s), the order rotated each round. `learned` is the committed checkpoint "
+      "`policy/reports/ppo-weights.safetensors` behind its rolling-reward guard; the scheduler 'off' is "
+      "least-loaded (no model, no warm-instance preference); isolation `auto` runs each tenant in a cell "
+      "(LCI) where the host allows it; runtime `baseline` compiles each function on first use per node and "
+      "cell, preheats nothing, keeps no compiled artifact and allocates instances on demand.")
+    w("- Energy is the node's CPU-time model (10 W per busy core; this machine has no RAPL) applied to the "
+      "CPU time of each node process and its cells from /proc: it moves with CPU time per request and "
+      "nothing else.")
+    w("")
+    w("## Results (median over rounds)")
+    w("")
+    w("| configuration | in force (isolation / runtime) | requests (planned) | errors | cold starts (server) | cold-start load ms | cold answers: mean ms | mean ms | p99 ms | reuse hit rate | energy mJ / request | node CPU ms / request |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for c in configs:
+        forced = sorted({f"{runs[c][r]['in_force']['isolation']} / {runs[c][r]['in_force']['runtime']}" for r in runs[c]})
+        rate = med(c, "reuse_hit_rate")
+        w(f"| {c} | {', '.join(forced)} | {fmt(med(c, 'requests'), 0)} ({fmt(med(c, 'planned'), 0)}) | "
+          f"{fmt(med(c, 'errors'), 0)} | {fmt(med(c, 'server_cold_starts'), 0)} | {fmt(med(c, 'cold_load_ms'))} | "
+          f"{fmt(med(c, 'cold_latency_ms'))} | {fmt(med(c, 'mean_ms'))} | {fmt(med(c, 'p99_ms'))} | "
+          f"{fmt(100 * rate if rate is not None else None, 3)} % | {fmt(med(c, 'energy_mj_per_request'))} | "
+          f"{fmt(med(c, 'node_cpu_ms_per_request'), 3)} |")
+    w("")
+    w("Latency is of the 2xx answers, from each request's planned send time (queueing in the client "
+      "included); 'cold-start load ms' is the server's mean T_load per cold start (Eq. 3: loading or, under "
+      "`baseline`, compiling the module on the request path); 'cold answers' are the 2xx answers the server "
+      "marked cold. Errors by code, per run:")
+    w("")
+    for c in configs:
+        for r in sorted(runs[c]):
+            e = runs[c][r]["errors_by_code"]
+            w(f"- {c}, round {r}: {', '.join(f'{k} {v}' for k, v in e.items()) if e else 'none'}")
+    w("")
+    if "all-off" in runs:
+        w("## Against everything off, same round")
+        w("")
+        w("| configuration / all-off | cold-start load time | mean latency | p99 | energy per request |")
+        w("| --- | --- | --- | --- | --- |")
+        for c in configs:
+            if c == "all-off":
+                continue
+            w(f"| {c} | {ratio_text(ratios(c, 'all-off', 'cold_load_ms'))} | "
+              f"{ratio_text(ratios(c, 'all-off', 'mean_ms'))} | {ratio_text(ratios(c, 'all-off', 'p99_ms'))} | "
+              f"{ratio_text(ratios(c, 'all-off', 'energy_mj_per_request'))} |")
+        w("")
+    w("## The issue's targets (full system against everything off)")
+    w("")
+
+    def target(label, key, most):
+        vals = ratios("full", "all-off", key)
+        if not vals:
+            w(f"- {label}: n/a (a configuration did not run or had no sample)")
+            return
+        m = statistics.median(vals)
+        w(f"- {label}: {fmt((1 - m) * 100, 1)} % lower on the median ({m:.3f}×; target ≥ {most} % lower): "
+          f"**{'met' if (1 - m) * 100 >= most else 'not met'}**.")
+
+    if "full" in runs and "all-off" in runs:
+        target("Cold-start time (server T_load per cold start)", "cold_load_ms", 52)
+        target("Mean latency", "mean_ms", 33)
+        target("Energy per request (CPU-time model)", "energy_mj_per_request", 21)
+    rate = med("full", "reuse_hit_rate") if "full" in runs else None
+    w(f"- Reuse hit rate of the full system: {fmt(100 * rate if rate is not None else None, 3)} % "
+      f"(target ≥ 99.9 %): **{'met' if rate is not None and rate >= 0.999 else 'not met'}**.")
+    w("- 3,000 concurrent tasks with 0 errors: not part of this experiment (the runner has no burst "
+      "profile yet).")
+    if setup.get("smoke") == "1":
+        w("")
+        w("**Smoke run**: one short round to check the runner and this analysis; not a result.")
+    w("")
+
+
+def finish(out, setup, runs, lines, summary):
     open(os.path.join(out, "summary.md"), "w").write("\n".join(lines))
     json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1, sort_keys=True)
     print("\n".join(lines))

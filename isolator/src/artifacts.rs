@@ -18,6 +18,8 @@ pub struct ArtifactView {
     view: PathBuf,
     /// The engines' compatibility (part of artifact file names).
     compatibility: String,
+    /// Which files a function has (compiled artifacts, or the baseline's module bytes).
+    profile: tern_runtime::RuntimeProfile,
     /// The group of unprivileged cells: the view and its files are made readable by it (and
     /// by no one else but their owner).
     group: Option<u32>,
@@ -30,6 +32,7 @@ impl ArtifactView {
         source: &Path,
         view: PathBuf,
         compatibility: &str,
+        profile: tern_runtime::RuntimeProfile,
         group: Option<u32>,
     ) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&view) {
@@ -41,6 +44,7 @@ impl ArtifactView {
             source: source.to_owned(),
             view,
             compatibility: compatibility.to_owned(),
+            profile,
             group,
         };
         this.share(&this.view, 0o750)?;
@@ -62,14 +66,10 @@ impl ArtifactView {
         &self.view
     }
 
-    /// The files of `hash`'s artifact: the compiled code and the digest written with it.
-    fn names(&self, hash: &ModuleHash) -> [String; 2] {
-        let code = tern_runtime::artifact_file_name(hash, &self.compatibility);
-        let digest = Path::new(&code)
-            .with_extension("sha256")
-            .to_string_lossy()
-            .into_owned();
-        [code, digest]
+    /// The files of `hash`'s artifact: the compiled code and the digest written with it (or,
+    /// under the baseline runtime profile, the module's bytes).
+    fn names(&self, hash: &ModuleHash) -> Vec<String> {
+        tern_runtime::function_files(hash, &self.compatibility, self.profile)
     }
 
     /// Puts `hash`'s artifact in the view: hard links to the node's files, or copies where
@@ -137,7 +137,14 @@ mod tests {
         let view_dir = dir.path().join("views/acme");
         std::fs::create_dir_all(&view_dir).unwrap();
         std::fs::write(view_dir.join("left-over"), "x").unwrap();
-        let view = ArtifactView::fresh(&source, view_dir.clone(), "c1", None).unwrap();
+        let view = ArtifactView::fresh(
+            &source,
+            view_dir.clone(),
+            "c1",
+            tern_runtime::RuntimeProfile::Optimised,
+            None,
+        )
+        .unwrap();
         assert_eq!(std::fs::read_dir(&view_dir).unwrap().count(), 0);
         view.add(&a).unwrap();
         view.add(&a).unwrap();

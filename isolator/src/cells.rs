@@ -690,6 +690,7 @@ impl Cells {
             &self.config.args.artifacts,
             view,
             &self.config.compatibility,
+            self.config.args.runtime_profile,
             run_as.map(|r| r.gid),
         )
         .map_err(Error::Artifact)?;

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tern_runtime::isolation::InProcess;
-use tern_runtime::{MemoryProfile, Meu, Runtime, RuntimeConfig};
+use tern_runtime::{MemoryProfile, Meu, Runtime, RuntimeConfig, RuntimeProfile};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -49,6 +49,8 @@ pub struct CellArgs {
     /// A guest's stderr kept per MEU, bytes (0: discarded), sent to the node with its answer.
     pub guest_log_bytes: usize,
     pub memory_profile: MemoryProfile,
+    /// The node's: a cell compiles on first use when its node does.
+    pub runtime_profile: RuntimeProfile,
     pub epoch_tick: Duration,
     /// Largest frame either side accepts.
     pub max_frame: usize,
@@ -73,6 +75,7 @@ impl CellArgs {
             max_output_bytes: cfg.max_output_bytes,
             guest_log_bytes: cfg.guest_log_bytes,
             memory_profile: cfg.memory_profile,
+            runtime_profile: cfg.runtime_profile,
             epoch_tick: cfg.epoch_tick,
             max_frame,
             max_open_files: 64,
@@ -92,6 +95,7 @@ impl CellArgs {
             ("max-output-bytes", self.max_output_bytes.to_string()),
             ("guest-log-bytes", self.guest_log_bytes.to_string()),
             ("memory-profile", self.memory_profile.as_str().to_owned()),
+            ("runtime-profile", self.runtime_profile.as_str().to_owned()),
             ("epoch-tick-us", self.epoch_tick.as_micros().to_string()),
             ("max-frame", self.max_frame.to_string()),
             ("max-open-files", self.max_open_files.to_string()),
@@ -144,6 +148,11 @@ impl CellArgs {
             "explicit-bounds" => MemoryProfile::ExplicitBounds,
             other => return Err(format!("--memory-profile {other:?} is unknown")),
         };
+        let runtime_profile = match text("runtime-profile")?.as_str() {
+            "optimised" => RuntimeProfile::Optimised,
+            "baseline" => RuntimeProfile::Baseline,
+            other => return Err(format!("--runtime-profile {other:?} is unknown")),
+        };
         let run_as = match (values.get("uid"), values.get("gid")) {
             (None, None) => None,
             (Some(uid), Some(gid)) => Some(tern_cell::RunAs {
@@ -166,6 +175,7 @@ impl CellArgs {
             max_output_bytes: num("max-output-bytes", text("max-output-bytes")?)?,
             guest_log_bytes: num("guest-log-bytes", text("guest-log-bytes")?)?,
             memory_profile,
+            runtime_profile,
             epoch_tick: Duration::from_micros(num("epoch-tick-us", text("epoch-tick-us")?)?),
             max_frame: num("max-frame", text("max-frame")?)?,
             max_open_files: num("max-open-files", text("max-open-files")?)?,
@@ -181,6 +191,7 @@ impl CellArgs {
         cfg.max_output_bytes = self.max_output_bytes;
         cfg.guest_log_bytes = self.guest_log_bytes;
         cfg.memory_profile = self.memory_profile;
+        cfg.runtime_profile = self.runtime_profile;
         cfg.epoch_tick = self.epoch_tick;
         cfg
     }
@@ -485,6 +496,7 @@ mod tests {
     fn cell_arguments_round_trip_and_bad_ones_are_named() {
         let mut cfg = RuntimeConfig::new("n1", "/data/artifacts");
         cfg.memory_profile = MemoryProfile::ExplicitBounds;
+        cfg.runtime_profile = RuntimeProfile::Baseline;
         cfg.max_instances = 7;
         let mut args = CellArgs::for_node(&cfg, "/data/cells/acme".into(), 1 << 20);
         assert_eq!(CellArgs::parse(&args.to_args()).unwrap(), args);

@@ -67,6 +67,28 @@ impl From<MemoryProfile> for tern_runtime::MemoryProfile {
     }
 }
 
+/// How functions get from a deploy to a running instance (the runtime's
+/// [`tern_runtime::RuntimeProfile`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeProfile {
+    /// Compiled at deploy, artifacts on disk, preheated, pooled instances.
+    #[default]
+    Optimised,
+    /// Compiled on first use per node, nothing preheated or written compiled, on-demand
+    /// instances: what the optimisation is measured against, not for production.
+    Baseline,
+}
+
+impl From<RuntimeProfile> for tern_runtime::RuntimeProfile {
+    fn from(p: RuntimeProfile) -> Self {
+        match p {
+            RuntimeProfile::Optimised => tern_runtime::RuntimeProfile::Optimised,
+            RuntimeProfile::Baseline => tern_runtime::RuntimeProfile::Baseline,
+        }
+    }
+}
+
 /// How tenants' guests are separated on a node.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -209,6 +231,10 @@ pub struct Config {
     /// price of bounds checks in guest code and of Cranelift's Spectre mitigations for heap
     /// and table accesses (see the README before turning it on where tenants share a node).
     pub memory_profile: MemoryProfile,
+    /// `optimised` (the default) or `baseline`: compile on first use, no preheating, no
+    /// compiled artifacts kept, on-demand instance allocation. For measuring what the
+    /// runtime optimisation is worth; slower in every way.
+    pub runtime_profile: RuntimeProfile,
     /// `auto` (the default: `lci` where the host allows it), `lci` (each tenant's guests in a
     /// cell of its own) or `in-process`.
     pub isolation: Isolation,
@@ -368,6 +394,7 @@ impl Default for Config {
             compile_concurrency: 1,
             keep_resident_bytes: 4 << 20,
             memory_profile: MemoryProfile::GuardPages,
+            runtime_profile: RuntimeProfile::Optimised,
             isolation: Isolation::Auto,
             cell_program: None,
             cell_keep_warm_secs: 600,
@@ -809,6 +836,10 @@ mod tests {
         let c = Config::load(None, env("TERN_MEMORY_PROFILE", "explicit-bounds")).unwrap();
         assert_eq!(c.memory_profile, MemoryProfile::ExplicitBounds);
         assert!(Config::load(None, env("TERN_MEMORY_PROFILE", "no-checks")).is_err());
+        assert_eq!(Config::default().runtime_profile, RuntimeProfile::Optimised);
+        let c = Config::load(None, env("TERN_RUNTIME_PROFILE", "baseline")).unwrap();
+        assert_eq!(c.runtime_profile, RuntimeProfile::Baseline);
+        assert!(Config::load(None, env("TERN_RUNTIME_PROFILE", "turbo")).is_err());
         assert_eq!(Config::default().isolation, Isolation::Auto);
         let c = Config::load(None, env("TERN_ISOLATION", "lci")).unwrap();
         assert_eq!(c.isolation, Isolation::Lci);

@@ -156,6 +156,13 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     rt.tenant_memory_percent = config.tenant_memory_percent;
     rt.keep_resident_bytes = config.keep_resident_bytes;
     rt.memory_profile = config.memory_profile.into();
+    rt.runtime_profile = config.runtime_profile.into();
+    if config.runtime_profile == crate::config::RuntimeProfile::Baseline {
+        tracing::warn!(
+            "runtime_profile = \"baseline\": functions are compiled on first use on this node, \
+             nothing is preheated, no compiled artifact is kept; for measurement only"
+        );
+    }
     if config.memory_profile == crate::config::MemoryProfile::ExplicitBounds {
         tracing::warn!(
             "memory_profile = \"explicit-bounds\": guests run without Spectre mitigations for \

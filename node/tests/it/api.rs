@@ -345,6 +345,7 @@ async fn metrics_report_invocations_reuse_and_eq3_terms() {
         "tern_invocation_duration_seconds_count{function=\"echo\"} 5",
         "tern_isolation_mode{mode=\"in-process\"} 1",
         "tern_memory_profile{profile=\"guard-pages\"} 1",
+        "tern_runtime_profile{profile=\"optimised\"} 1",
         "tern_queue_in_flight 0",
     ] {
         assert!(text.contains(needle), "missing {needle:?} in\n{text}");

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 use crate::support::*;
+use tern_node::config::RuntimeProfile;
 
 /// A module importing a host function that does not exist.
 const UNKNOWN_IMPORT: &[u8] = &[
@@ -77,21 +78,44 @@ async fn compile_time_bound_is_enforced_and_other_work_proceeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_get_typed_errors() {
-    hostile_guests_get_typed_errors_under(tern_node::config::MemoryProfile::GuardPages).await;
+    hostile_guests_get_typed_errors_under(
+        tern_node::config::MemoryProfile::GuardPages,
+        RuntimeProfile::Optimised,
+    )
+    .await;
+}
+
+/// The same guests under the baseline runtime profile (compiled on first use, on-demand
+/// instances): the same typed errors, the same caps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_get_the_same_typed_errors_under_the_baseline_runtime_profile() {
+    hostile_guests_get_typed_errors_under(
+        tern_node::config::MemoryProfile::GuardPages,
+        RuntimeProfile::Baseline,
+    )
+    .await;
 }
 
 /// The same guests under the memory profile without guard pages (explicit bounds checks):
 /// the same typed errors, the same caps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_get_the_same_typed_errors_with_explicit_bounds_checks() {
-    hostile_guests_get_typed_errors_under(tern_node::config::MemoryProfile::ExplicitBounds).await;
+    hostile_guests_get_typed_errors_under(
+        tern_node::config::MemoryProfile::ExplicitBounds,
+        RuntimeProfile::Optimised,
+    )
+    .await;
 }
 
-async fn hostile_guests_get_typed_errors_under(profile: tern_node::config::MemoryProfile) {
+async fn hostile_guests_get_typed_errors_under(
+    profile: tern_node::config::MemoryProfile,
+    runtime: RuntimeProfile,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
     cfg.max_output_bytes = 1 << 20;
     cfg.memory_profile = profile;
+    cfg.runtime_profile = runtime;
     let node = start(cfg).await;
     let addr = node.addr();
     let text = metrics_text(addr, None).await;

@@ -19,6 +19,7 @@ mod lci;
 mod logs;
 mod persistence;
 mod replay;
+mod runtime_profile;
 mod supervision;
 mod support;
 mod tenants;

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The learned scheduler on real nodes. Three `tern up` processes on this machine form a QUIC
+# The paper's experiment on real nodes. Three `tern up` processes on this machine form a QUIC
 # cluster of heterogeneous nodes; the Azure 2019 trace is replayed open loop through node a by
 # `tern bench --trace` (each trace function its own deployed copy of matmul-json, n drawn per
-# function); the cluster runs with `placement` = learned (the committed PPO checkpoint, behind
-# its guard), warm-affinity (the default) and least-loaded in turn, ROUNDS rounds with the
-# order rotated, a fresh cluster and the same seed for every run. bench/experiments/analyze.py
-# writes the report from the raw files.
+# function); the cluster runs in each configuration of the experiment in turn, ROUNDS rounds
+# with the order rotated, a fresh cluster and the same seed for every run.
+# bench/experiments/analyze.py writes the report from the raw files.
+#
+# Experiments (a configuration is placement / isolation / runtime profile):
+#   placement  the learned scheduler on real nodes: learned (the committed PPO checkpoint,
+#              behind its guard), warm-affinity (the default) and least-loaded, each with the
+#              product's isolation (`auto`: cells as root) and runtime (`optimised`).
+#   ablations  the paper's §4.4 ablations: the full system (learned / lci / optimised); each
+#              component switched off in turn (the scheduler by warm-affinity and by
+#              least-loaded, LCI by in-process, the runtime optimisation by the `baseline`
+#              runtime profile); everything off (least-loaded / in-process / baseline); and
+#              each component alone on top of everything off.
 #
 # Nodes (classes differ in the limits they admit; their speed differs by a cgroup v1 CPU
 # quota, when root and /sys/fs/cgroup/cpu allow it, else not at all, and the report says so):
@@ -14,12 +23,13 @@
 #   c  cpu-burst   no quota (both of the machine's CPUs)
 # Functions are deployed with timeout_ms=50 and memory_mb=64, so every class admits them.
 #
-# Usage: bench/experiments/placement.sh [--smoke] [OUT_DIR]
-#   default OUT_DIR bench/reports/paper/placement/<UTC date>
+# Usage: bench/experiments/real-nodes.sh placement|ablations [--smoke] [OUT_DIR]
+#   default OUT_DIR bench/reports/paper/<experiment>/<UTC date>
 #   --smoke: one round of a one-minute window at 12x (5 s per run), no settling, the binary
-#            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI.
-# Environment (full run defaults): ROUNDS=3 MINUTES=600-610 SPEEDUP=5 SCALE=20 SEED=1
-#   WORK_N=32-256 CONNECTIONS=256 POLICIES="learned warm-affinity least-loaded"
+#            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI
+#            (ablations: full, no-runtime-opt and all-off only).
+# Environment (full run defaults): ROUNDS=3 MINUTES=600-610 (ablations: 600-604) SPEEDUP=5
+#   SCALE=20 SEED=1 WORK_N=32-256 CONNECTIONS=256 CONFIGS="<the experiment's, by name>"
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -27,17 +37,48 @@ cd "$(dirname "$0")/../.."
 source scripts/lib/bench-node.sh
 source scripts/lib/auth-header.sh
 
+experiment=${1:-}
+shift || true
+# configuration NAME: its placement, isolation and runtime profile ("" if NAME is unknown).
+configuration() {
+  case $1 in
+    learned | full) echo "learned auto optimised" ;;
+    warm-affinity) echo "warm-affinity auto optimised" ;;
+    least-loaded) echo "least-loaded auto optimised" ;;
+    no-lci) echo "learned in-process optimised" ;;
+    no-runtime-opt) echo "learned auto baseline" ;;
+    all-off) echo "least-loaded in-process baseline" ;;
+    learned-alone) echo "learned in-process baseline" ;;
+    lci-alone) echo "least-loaded auto baseline" ;;
+    runtime-opt-alone) echo "least-loaded in-process optimised" ;;
+  esac
+}
+case $experiment in
+  placement)
+    default_configs="learned warm-affinity least-loaded" default_minutes=600-610 ;;
+  ablations)
+    default_configs="full warm-affinity least-loaded no-lci no-runtime-opt all-off learned-alone lci-alone runtime-opt-alone"
+    default_minutes=600-604 ;;
+  *)
+    echo "usage: bench/experiments/real-nodes.sh placement|ablations [--smoke] [OUT_DIR]" >&2
+    exit 2 ;;
+esac
 smoke=0
 if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
 if [ $smoke = 1 ]; then
-  out=${1:-target/experiments-smoke/placement}
+  # Three ablations cover every component on and off: cells compiling on first use included.
+  [ "$experiment" = ablations ] && default_configs="full no-runtime-opt all-off"
+  out=${1:-target/experiments-smoke/$experiment}
   rounds=${ROUNDS:-1} minutes=${MINUTES:-600-601} speedup=${SPEEDUP:-12} scale=${SCALE:-2}
 else
-  out=${1:-bench/reports/paper/placement/$(date -u +%F)}
-  rounds=${ROUNDS:-3} minutes=${MINUTES:-600-610} speedup=${SPEEDUP:-5} scale=${SCALE:-20}
+  out=${1:-bench/reports/paper/$experiment/$(date -u +%F)}
+  rounds=${ROUNDS:-3} minutes=${MINUTES:-$default_minutes} speedup=${SPEEDUP:-5} scale=${SCALE:-20}
 fi
 seed=${SEED:-1} work_n=${WORK_N:-32-256} connections=${CONNECTIONS:-256}
-policies=(${POLICIES:-learned warm-affinity least-loaded})
+configs=(${CONFIGS:-$default_configs})
+for c in "${configs[@]}"; do
+  [ -n "$(configuration "$c")" ] || { echo "unknown configuration $c" >&2; exit 2; }
+done
 trace=traces/azure2019-http-12h.csv
 checkpoint=policy/reports/ppo-weights.safetensors
 
@@ -114,10 +155,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# start_cluster PLACEMENT RUN_DIR: three fresh nodes, each in its CPU group, with PLACEMENT.
-# Fails if a port is taken, a node does not come up or the members do not see each other.
+# start_cluster CONFIGURATION RUN_DIR: three fresh nodes, each in its CPU group, in
+# CONFIGURATION. Fails if a port is taken, a node does not come up or the members do not see
+# each other.
 start_cluster() {
-  local placement=$1 dir=$2 i j
+  local dir=$2 i j placement isolation runtime
+  read -r placement isolation runtime <<<"$(configuration "$1")"
   for i in 0 1 2; do
     if curl -s -m 1 -o /dev/null "http://${http[$i]}/healthz"; then
       echo "something already answers on ${http[$i]}: stop it first" >&2
@@ -130,7 +173,8 @@ start_cluster() {
     for j in 0 1 2; do
       [ "$i" = "$j" ] || peers+=(--peer "${names[$j]}=${mesh[$j]}")
     done
-    local env=(TERN_EXAMPLES='[]' TERN_AUTH=tokens TERN_PLACEMENT="$placement")
+    local env=(TERN_EXAMPLES='[]' TERN_AUTH=tokens TERN_PLACEMENT="$placement"
+      TERN_ISOLATION="$isolation" TERN_RUNTIME_PROFILE="$runtime")
     [ "$placement" = learned ] && env+=(TERN_POLICY_CHECKPOINT="$checkpoint")
     local cmd=("$tern" up --node-name "${names[$i]}" --listen "${http[$i]}"
       --data "$dir/${names[$i]}" --cluster-dir "$dir/pki" --cluster-listen "${mesh[$i]}"
@@ -183,7 +227,12 @@ functions_everywhere() {
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
-  echo "policies=$(IFS=,; echo "${policies[*]}") cpu_limits=$cpu_limits quotas_us=$(IFS=,; echo "${quotas[*]}") classes=$(IFS=,; echo "${classes[*]}")"
+  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}")"
+  for c in "${configs[@]}"; do
+    read -r placement isolation runtime <<<"$(configuration "$c")"
+    echo "config.$c=$placement/$isolation/$runtime"
+  done
+  echo "cpu_limits=$cpu_limits quotas_us=$(IFS=,; echo "${quotas[*]}") classes=$(IFS=,; echo "${classes[*]}")"
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"
 } >"$out/raw/setup.txt"
 
@@ -205,18 +254,18 @@ PY
 
 run_no=0
 for round in $(seq 1 "$rounds"); do
-  # Rotate the order each round, so no policy always runs first (or last) on this machine.
+  # Rotate the order each round, so no configuration always runs first (or last) here.
   order=()
-  for k in "${!policies[@]}"; do
-    order+=("${policies[$(((k + round - 1) % ${#policies[@]}))]}")
+  for k in "${!configs[@]}"; do
+    order+=("${configs[$(((k + round - 1) % ${#configs[@]}))]}")
   done
-  for placement in "${order[@]}"; do
+  for config in "${order[@]}"; do
     run_no=$((run_no + 1))
-    tag="$placement-r$round"
+    tag="$config-r$round"
     dir="$work/run-$run_no"
     mkdir -p "$dir"
-    log "round $round: $placement"
-    start_cluster "$placement" "$dir"
+    log "round $round: $config ($(configuration "$config"))"
+    start_cluster "$config" "$dir"
     # Deploy every function the window calls (on a; replicated to b and c), then wait until
     # every node has them, so no run starts with functions still on their way.
     for name in "${functions[@]}"; do
