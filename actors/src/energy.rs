@@ -25,8 +25,7 @@ impl EnergySource {
     }
 }
 
-/// Watts charged per fully busy core by the CPU-time model.
-pub const MODEL_WATTS_PER_CORE: f64 = 10.0;
+pub use tern_metrics::MODEL_WATTS_PER_CORE;
 
 /// Joules between two RAPL readings, allowing for one counter wrap-around.
 pub fn rapl_delta_joules(start_uj: u64, now_uj: u64, max_range_uj: u64) -> f64 {

@@ -828,6 +828,8 @@ impl Cells {
             cold_start: outcome.cold_start,
             timings,
             memory_grows: outcome.memory_grows.min(max_grows),
+            // One guest runs on one thread at a time: no more CPU than the call's time here.
+            cpu_ns: outcome.cpu_ns.min(took.saturating_mul(1000)),
         })
     }
 }

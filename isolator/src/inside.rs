@@ -56,7 +56,13 @@ pub struct CellArgs {
     pub max_frame: usize,
     /// `RLIMIT_NOFILE` inside the cell.
     pub max_open_files: u64,
+    /// Most modules the cell keeps loaded (the node's setting).
+    pub max_loaded_modules: usize,
 }
+
+/// Files a cell needs open besides its loaded modules: its socket to the node, epoll, event
+/// and timer descriptors, the standard streams, an artifact being read.
+const CELL_OPEN_FILES: u64 = 64;
 
 impl CellArgs {
     /// A cell for a node running `cfg`, building its root in `root`.
@@ -78,7 +84,10 @@ impl CellArgs {
             runtime_profile: cfg.runtime_profile,
             epoch_tick: cfg.epoch_tick,
             max_frame,
-            max_open_files: 64,
+            // wasmtime keeps each loaded artifact's file open (it is mapped from it): one
+            // descriptor per module the cell may keep loaded, besides its own.
+            max_open_files: CELL_OPEN_FILES.saturating_add(cfg.max_loaded_modules as u64),
+            max_loaded_modules: cfg.max_loaded_modules,
         }
     }
 
@@ -99,6 +108,7 @@ impl CellArgs {
             ("epoch-tick-us", self.epoch_tick.as_micros().to_string()),
             ("max-frame", self.max_frame.to_string()),
             ("max-open-files", self.max_open_files.to_string()),
+            ("max-loaded-modules", self.max_loaded_modules.to_string()),
         ];
         let mut a: Vec<String> = values
             .into_iter()
@@ -179,6 +189,7 @@ impl CellArgs {
             epoch_tick: Duration::from_micros(num("epoch-tick-us", text("epoch-tick-us")?)?),
             max_frame: num("max-frame", text("max-frame")?)?,
             max_open_files: num("max-open-files", text("max-open-files")?)?,
+            max_loaded_modules: num("max-loaded-modules", text("max-loaded-modules")?)?,
         })
     }
 
@@ -192,6 +203,7 @@ impl CellArgs {
         cfg.guest_log_bytes = self.guest_log_bytes;
         cfg.memory_profile = self.memory_profile;
         cfg.runtime_profile = self.runtime_profile;
+        cfg.max_loaded_modules = self.max_loaded_modules;
         cfg.epoch_tick = self.epoch_tick;
         cfg
     }
@@ -404,6 +416,7 @@ async fn serve(args: CellArgs) -> i32 {
                             cold_start: o.cold_start,
                             timings: o.timings,
                             memory_grows: o.memory_grows,
+                            cpu_ns: o.cpu_ns,
                         })
                         .map_err(|e| e.to_api());
                     running_map

@@ -74,4 +74,6 @@ pub struct Outcome {
     pub timings: Timings,
     /// The guest's own `memory.grow`s that added pages.
     pub memory_grows: u64,
+    /// CPU time the guest used, nanoseconds.
+    pub cpu_ns: u64,
 }

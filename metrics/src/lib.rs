@@ -67,7 +67,14 @@ impl Histogram {
 pub struct TenantMetrics {
     pub ok: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// CPU time of the tenant's guests, nanoseconds (see [`FunctionMetrics::guest_cpu_ns`]).
+    pub guest_cpu_ns: AtomicU64,
 }
+
+/// Watts charged per fully busy core by the CPU-time energy model: a node's energy where it
+/// has no RAPL counter, and every guest's share of the energy (its CPU time times this)
+/// whether or not it has one.
+pub const MODEL_WATTS_PER_CORE: f64 = 10.0;
 
 impl TenantMetrics {
     pub fn record_error(&self, code: ErrorCode) {
@@ -102,6 +109,11 @@ pub struct FunctionMetrics {
     /// The guests' own `memory.grow`s that added pages (not the initial allocation), in MEUs
     /// that succeeded.
     pub memory_grows: AtomicU64,
+    /// CPU time the function's guests used, nanoseconds: instantiation and execution,
+    /// measured on whichever threads ran them (in-process, every MEU; in a cell, the MEUs
+    /// whose outcome the cell sent back). The node's own work for a call (HTTP, admission,
+    /// placement) is not in it.
+    pub guest_cpu_ns: AtomicU64,
     pub ok: AtomicU64,
     pub errors: [AtomicU64; ErrorCode::ALL.len()],
     /// The owner's counters, counted with this function's outcomes.
@@ -119,6 +131,12 @@ impl FunctionMetrics {
     pub fn record_error(&self, code: ErrorCode) {
         self.errors[code.index()].fetch_add(1, Relaxed);
         self.tenant.record_error(code);
+    }
+
+    /// `ns` of guest CPU time (counted for the function and its tenant).
+    pub fn record_guest_cpu(&self, ns: u64) {
+        self.guest_cpu_ns.fetch_add(ns, Relaxed);
+        self.tenant.guest_cpu_ns.fetch_add(ns, Relaxed);
     }
 
     /// Invocations answered, successfully or not.
@@ -443,6 +461,7 @@ impl Metrics {
                 &m.errors,
             );
         }
+        render_guest_cpu(&mut out, "tenant", &tenants, |m| &m.guest_cpu_ns);
         counter(
             &mut out,
             "tern_request_errors_total",
@@ -484,6 +503,7 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{function=\"{f}\"}} {}", pick(m).load(Relaxed));
             }
         }
+        render_guest_cpu(&mut out, "function", &functions, |m| &m.guest_cpu_ns);
         gauge(
             &mut out,
             "tern_reuse_hit_ratio",
@@ -777,6 +797,46 @@ impl Metrics {
 }
 
 /// One series of `name` per outcome: `ok` always, each error code once it has happened.
+/// `tern_guest_cpu_seconds_total` and `tern_guest_energy_joules_total` (prefixed
+/// `tern_tenant_` for tenants) for each of `series`, labelled `label`.
+fn render_guest_cpu<M>(
+    out: &mut String,
+    label: &str,
+    series: &[(String, Arc<M>)],
+    cpu_ns: impl Fn(&M) -> &AtomicU64,
+) {
+    let prefix = if label == "tenant" {
+        "tern_tenant_"
+    } else {
+        "tern_"
+    };
+    let _ = writeln!(
+        out,
+        "# HELP {prefix}guest_cpu_seconds_total CPU time of the {label}'s guests (instantiation \
+         and execution).\n# TYPE {prefix}guest_cpu_seconds_total counter"
+    );
+    for (name, m) in series {
+        let seconds = cpu_ns(m).load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(
+            out,
+            "{prefix}guest_cpu_seconds_total{{{label}=\"{name}\"}} {seconds}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {prefix}guest_energy_joules_total Energy of the {label}'s guests: their CPU \
+         time at {MODEL_WATTS_PER_CORE} W per busy core (the CPU-time model).\n\
+         # TYPE {prefix}guest_energy_joules_total counter"
+    );
+    for (name, m) in series {
+        let joules = cpu_ns(m).load(Relaxed) as f64 / 1e9 * MODEL_WATTS_PER_CORE;
+        let _ = writeln!(
+            out,
+            "{prefix}guest_energy_joules_total{{{label}=\"{name}\"}} {joules}"
+        );
+    }
+}
+
 fn render_outcomes(
     out: &mut String,
     name: &str,

@@ -117,6 +117,7 @@ pub async fn start(config: Config) -> Result<NodeHandle, NodeError> {
 /// each one given is used instead of binding the address the configuration names for it.
 pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, NodeError> {
     config.validate()?;
+    raise_open_files_limit(&config);
     let Sockets { http, mesh, client } = sockets;
     if mesh.is_some() && config.cluster_dir.is_none() {
         return Err(ConfigError::Invalid(
@@ -550,3 +551,36 @@ fn mem_total_kib() -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Raises this process's soft limit on open files to its hard limit, and warns if even that
+/// is short of what the configuration may need: a node holds a descriptor per connection and
+/// one per loaded module (wasmtime maps each artifact from its open file), far beyond the
+/// soft limit of 1024 that many systems start processes with.
+fn raise_open_files_limit(config: &Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum || (limit.maximum.is_none() && limit.current.is_some()) {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit to its maximum");
+        }
+    }
+    let want = (config.max_connections as u64)
+        .saturating_add(config.max_loaded_modules as u64)
+        .saturating_add(OWN_OPEN_FILES);
+    if let Some(have) = getrlimit(Resource::Nofile).current
+        && have < want
+    {
+        tracing::warn!(
+            limit = have,
+            max_connections = config.max_connections,
+            max_loaded_modules = config.max_loaded_modules,
+            "the open-files limit is below max_connections + max_loaded_modules: raise it \
+             (ulimit -n, LimitNOFILE=) or lower them, or connections and loads will fail"
+        );
+    }
+}
+
+/// Descriptors a node needs besides connections and loaded modules: its store, sockets to
+/// peers and cells, epoll and timers, logs.
+const OWN_OPEN_FILES: u64 = 256;

@@ -17,6 +17,7 @@
 #![deny(unsafe_code)]
 
 mod capped_pipe;
+mod cpu_time;
 pub mod epoch;
 mod error;
 pub mod fair_slots;
@@ -52,6 +53,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, SinkOutputStream};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use self::capped_pipe::CappedPipe;
+use self::cpu_time::{CpuMetered, thread_cpu_time};
 use self::epoch::{EpochTicker, IDLE_BEFORE_PARK, RunningGuest};
 use self::fair_slots::{FairSlots, HeldBy, Refused, SlotGuard};
 use self::guest_limits::GuestLimits;
@@ -274,6 +276,8 @@ pub struct MeuOutcome {
     pub timings: Timings,
     /// The guest's own `memory.grow`s that added pages (see `guest_limits`).
     pub memory_grows: u64,
+    /// CPU time the guest used (instantiation and execution), nanoseconds.
+    pub cpu_ns: u64,
 }
 
 /// A module compiled (or found compiled) and ready to install.
@@ -1193,11 +1197,13 @@ impl Runtime {
                 .memory_grows
                 .fetch_add(outcome.memory_grows, Relaxed);
         }
+        deployed.metrics.record_guest_cpu(outcome.cpu_ns);
         Ok(MeuOutcome {
             output: outcome.output,
             cold_start: outcome.cold_start,
             timings,
             memory_grows: outcome.memory_grows,
+            cpu_ns: outcome.cpu_ns,
         })
     }
 
@@ -1408,6 +1414,14 @@ impl Runtime {
         if start_slow {
             self.metrics.slow_lane_starts.fetch_add(1, Relaxed);
         }
+        // The guest's CPU time, counted for its function however the guest ends (at its
+        // deadline too: a guest that runs until it is stopped costs the most).
+        let cpu_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let _count_cpu = RecordCpuOnDrop {
+            used_ns: cpu_ns.clone(),
+            metrics: &metrics,
+        };
+        let guest = CpuMetered::new(guest, cpu_ns.clone());
         let run = self.lanes.run(guest, start_slow, || {
             moved_metrics.slow_lane_moves.fetch_add(1, Relaxed);
             moved.store(true, Relaxed);
@@ -1462,6 +1476,7 @@ impl Runtime {
             cold_start,
             timings,
             memory_grows: ran.memory_grows,
+            cpu_ns: cpu_ns.load(Relaxed),
         })
     }
 
@@ -1511,6 +1526,18 @@ impl Runtime {
             .env("TERN_REQUEST_ID", &*meu.request_id)
             .env("TERN_NODE", &self.cfg.node_name);
         (wasi, recorder)
+    }
+}
+
+/// Adds a guest's CPU time to its function's metrics when the MEU ends, however it ends.
+struct RecordCpuOnDrop<'a> {
+    used_ns: Arc<std::sync::atomic::AtomicU64>,
+    metrics: &'a FunctionMetrics,
+}
+
+impl Drop for RecordCpuOnDrop<'_> {
+    fn drop(&mut self) {
+        self.metrics.record_guest_cpu(self.used_ns.load(Relaxed));
     }
 }
 
@@ -1750,15 +1777,6 @@ fn classify(result: wasmtime::Result<()>, sandbox: &SandboxSpec) -> Result<(), E
         });
     }
     Err(Error::GuestTrap(format!("{err:#}")))
-}
-
-/// CPU time consumed by the calling thread.
-fn thread_cpu_time() -> Duration {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
-    Duration::new(
-        t.tv_sec.max(0) as u64,
-        t.tv_nsec.clamp(0, 999_999_999) as u32,
-    )
 }
 
 /// Deletes an artifact and its digest, if present (best effort: a leftover is collected

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hyper::Method;
 use tern_node::config::{AuthMode, Config, Isolation};
 
@@ -771,5 +772,39 @@ async fn large_bodies_grow_a_cells_heap_without_killing_it() {
     }
     assert_eq!(metric(addr, "tern_cell_deaths_total").await, 0.0);
     assert_eq!(metric(addr, "tern_cell_starts_total").await, 1.0);
+    node.shutdown().await.unwrap();
+}
+
+/// A tenant with more functions than a cell once had file descriptors (wasmtime keeps each
+/// loaded artifact's file open): every one is loaded in its cell and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_a_hundred_distinct_functions_runs_them_all_in_its_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    cfg.examples.clear();
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let echo = wasm("echo");
+    for i in 0..100 {
+        // The same code, a different module: a custom section (id 0) naming the copy.
+        let name = format!("copy-{i}");
+        let payload = [&[name.len() as u8][..], name.as_bytes()].concat();
+        let module = [&echo[..], &[0, payload.len() as u8], &payload].concat();
+        let r = request(
+            addr,
+            Method::PUT,
+            &format!("/v1/functions/{name}"),
+            Bytes::from(module),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{name}: {}", body(&r));
+    }
+    for i in 0..100 {
+        let r = invoke(addr, &format!("copy-{i}"), format!("{i}")).await;
+        assert_eq!((r.status, body(&r)), (200, format!("{i}")), "copy-{i}");
+    }
+    assert_eq!(metric(addr, "tern_cell_deaths_total").await, 0.0);
     node.shutdown().await.unwrap();
 }

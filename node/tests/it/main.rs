@@ -14,6 +14,7 @@ mod cluster_process;
 mod cluster_wire;
 mod components;
 mod dashboard;
+mod energy;
 mod hostile;
 mod lci;
 mod logs;
