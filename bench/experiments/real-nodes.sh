@@ -30,6 +30,9 @@
 #            (ablations: full, no-runtime-opt and all-off only).
 # Environment (full run defaults): ROUNDS=3 MINUTES=600-610 (ablations: 600-604) SPEEDUP=5
 #   SCALE=20 SEED=1 WORK_N=32-256 CONNECTIONS=256 CONFIGS="<the experiment's, by name>"
+#   MODULES=shared|distinct (placement: shared, every function deployed from matmul-json
+#   itself; ablations: distinct, each with a custom section naming it, so no two functions
+#   share a compiled module)
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -55,10 +58,14 @@ configuration() {
 }
 case $experiment in
   placement)
-    default_configs="learned warm-affinity least-loaded" default_minutes=600-610 ;;
+    default_configs="learned warm-affinity least-loaded" default_minutes=600-610
+    default_modules=shared ;;
   ablations)
     default_configs="full warm-affinity least-loaded no-lci no-runtime-opt all-off learned-alone lci-alone runtime-opt-alone"
-    default_minutes=600-604 ;;
+    default_minutes=600-604
+    # Each trace function is a different application: under the baseline runtime profile a
+    # node compiles each one on first use, not one module for all.
+    default_modules=distinct ;;
   *)
     echo "usage: bench/experiments/real-nodes.sh placement|ablations [--smoke] [OUT_DIR]" >&2
     exit 2 ;;
@@ -75,6 +82,8 @@ else
   rounds=${ROUNDS:-3} minutes=${MINUTES:-$default_minutes} speedup=${SPEEDUP:-5} scale=${SCALE:-20}
 fi
 seed=${SEED:-1} work_n=${WORK_N:-32-256} connections=${CONNECTIONS:-256}
+modules=${MODULES:-$default_modules}
+case $modules in shared | distinct) ;; *) echo "MODULES is shared or distinct" >&2; exit 2 ;; esac
 configs=(${CONFIGS:-$default_configs})
 for c in "${configs[@]}"; do
   [ -n "$(configuration "$c")" ] || { echo "unknown configuration $c" >&2; exit 2; }
@@ -227,7 +236,7 @@ functions_everywhere() {
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
-  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}")"
+  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules"
   for c in "${configs[@]}"; do
     read -r placement isolation runtime <<<"$(configuration "$c")"
     echo "config.$c=$placement/$isolation/$runtime"
@@ -252,6 +261,31 @@ print(" ".join(f"mm-{i:03}" for i, r in enumerate(rows) if sum(map(int, r[4 + a:
 PY
 ))
 
+# The module each function is deployed from: matmul-json itself (`shared`), or matmul-json
+# with a custom section naming the function (`distinct`: same code, a different module hash).
+mkdir -p "$work/modules"
+python3 - "$modules" functions/dist/matmul-json.wasm "$work/modules" "${functions[@]}" <<'PY'
+import os, sys
+modules, source, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+base = open(source, "rb").read()
+
+def leb128(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+for name in names:
+    module = base
+    if modules == "distinct":
+        label = b"tern-experiment"
+        payload = leb128(len(label)) + label + name.encode()
+        module = base + b"\x00" + leb128(len(payload)) + payload
+    open(os.path.join(out, name + ".wasm"), "wb").write(module)
+PY
+
 run_no=0
 for round in $(seq 1 "$rounds"); do
   # Rotate the order each round, so no configuration always runs first (or last) here.
@@ -269,7 +303,7 @@ for round in $(seq 1 "$rounds"); do
     # Deploy every function the window calls (on a; replicated to b and c), then wait until
     # every node has them, so no run starts with functions still on their way.
     for name in "${functions[@]}"; do
-      TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" deploy "$name" functions/dist/matmul-json.wasm \
+      TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" deploy "$name" "$work/modules/$name.wasm" \
         --timeout-ms 50 --memory-mb 64 --server "${http[0]}" >/dev/null
     done
     functions_everywhere "$dir" "${#functions[@]}"
