@@ -122,6 +122,10 @@ pub struct LinkConfig {
     pub frame_limit: usize,
     /// Bound on one forwarded MEU (the longest function time limit, plus headroom).
     pub request_timeout: Duration,
+    /// How long a peer may spend loading a module before it runs a forwarded MEU, on top of
+    /// the function's time limit (which a load does not count against): zero where modules
+    /// are preheated, the compile bound where nodes compile on first use.
+    pub load_allowance: Duration,
     /// Idle lanes kept per peer.
     pub idle_lanes: usize,
     /// How long a member with peers waits to pull a registry before answering "not found".
@@ -183,6 +187,8 @@ pub struct LinkOptions {
     pub sync_grace: Duration,
     /// Whether any peer is configured (a node alone knows the registry from the start).
     pub has_peers: bool,
+    /// See [`LinkConfig::load_allowance`].
+    pub load_allowance: Duration,
 }
 
 /// Now, on tokio's clock: the real time in a node, the paused clock in tests.
@@ -206,6 +212,8 @@ pub struct ClusterLink {
     sync: Arc<RegistrySync>,
     /// MEUs forwarded to each peer and not answered yet: a floor under its stale queue depth.
     outstanding: outstanding::Outstanding,
+    /// See [`LinkConfig::load_allowance`].
+    load_allowance: Duration,
 }
 
 impl ClusterLink {
@@ -241,6 +249,7 @@ impl ClusterLink {
             frame_limit: c.frame_limit,
             sync_grace: c.sync_grace,
             has_peers: !c.peers.is_empty(),
+            load_allowance: c.load_allowance,
         };
         let peers = c.peers;
         let peer_names = peers.iter().map(|(n, _)| n.clone()).collect();
@@ -322,6 +331,7 @@ impl ClusterLink {
                 node,
                 peers: RwLock::new(PeerTable::new(STATUS_STALE)),
                 frame_limit: options.frame_limit,
+                load_allowance: options.load_allowance,
                 tasks: Mutex::default(),
                 sessions,
                 control: OnceLock::new(),
@@ -648,7 +658,10 @@ impl Remote for ClusterLink {
         let in_flight = self.outstanding.begin(node);
         let node = node.to_owned();
         let timeout_ms = info.timeout_ms;
-        let answer_by = meu.accepted_at + Duration::from_millis(timeout_ms.into()) + FORWARD_GRACE;
+        let answer_by = meu.accepted_at
+            + Duration::from_millis(timeout_ms.into())
+            + FORWARD_GRACE
+            + self.load_allowance;
         Box::pin(async move {
             // Counted until the answer, a failure or the caller dropping this future.
             let _in_flight = in_flight;

@@ -70,6 +70,8 @@ enum Answer {
     Refuse,
     /// The guest traps (not retryable).
     Trap,
+    /// Runs after this long first (a peer compiling the module on first use).
+    Slow(Duration),
 }
 
 /// A node behind a link: a registry, and MEUs that take [`EXEC`] of virtual time.
@@ -201,7 +203,10 @@ impl LocalNode for FakeNode {
                     sleep(EXEC).await;
                     PeerResponse::Error(ApiError::new(ErrorCode::GuestTrap, "unreachable"))
                 }
-                Answer::Run => {
+                Answer::Run | Answer::Slow(_) => {
+                    if let Answer::Slow(first) = answer {
+                        sleep(first).await;
+                    }
                     sleep(EXEC).await;
                     PeerResponse::Executed(RemoteOutcome {
                         output: format!("{}:{}", self.name, String::from_utf8_lossy(&meu.input))
@@ -250,15 +255,28 @@ impl LocalNode for FakeNode {
 struct Cluster {
     net: MemoryNet,
     nodes: BTreeMap<String, (Arc<FakeNode>, Arc<ClusterLink>)>,
+    /// Every link's [`LinkOptions::load_allowance`].
+    load_allowance: Duration,
 }
 
 impl Cluster {
     /// `names` all declared as peers of each other; only `running` start now.
     fn start(seed: u64, names: &[&str], running: &[&str]) -> Self {
+        Self::start_allowing(seed, names, running, Duration::ZERO)
+    }
+
+    /// [`Cluster::start`] with links that allow peers `load_allowance` to load a module.
+    fn start_allowing(
+        seed: u64,
+        names: &[&str],
+        running: &[&str],
+        load_allowance: Duration,
+    ) -> Self {
         let all: Vec<NodeName> = names.iter().map(|s| n(s)).collect();
         let mut cluster = Self {
             net: MemoryNet::new(seed, &all, DELAY),
             nodes: BTreeMap::new(),
+            load_allowance,
         };
         for name in running {
             cluster.boot(name, FakeNode::new(name));
@@ -274,6 +292,7 @@ impl Cluster {
             frame_limit: 1 << 20,
             sync_grace: GRACE,
             has_peers: true,
+            load_allowance: self.load_allowance,
         };
         let net = self.net.clone();
         let link = ClusterLink::with_net(options, weak, None, |handler| {
@@ -648,6 +667,34 @@ async fn a_forwarded_meu_is_answered_by_the_peer_it_was_placed_on() {
         assert_eq!(&outcome.output[..], b"b:r1");
         assert_eq!(c.node("b").ran(), [("r1".to_owned(), 1)]);
         assert!(c.node("c").ran().is_empty());
+        c.stop().await;
+    }
+}
+
+/// A peer that compiles the module first (nodes on the baseline runtime profile) may answer
+/// after the function's limit plus the grace: within the link's load allowance the entry
+/// waits for it; without one it gives up with `timeout`.
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_meu_waits_for_a_peers_load_only_within_the_load_allowance() {
+    for (allowance, waits) in [(Duration::ZERO, false), (Duration::from_secs(60), true)] {
+        let c = Cluster::start_allowing(0, &["a", "b"], &["a", "b"], allowance);
+        let f = info("f", 1, 1, 10);
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        // Three seconds of compiling, against a 1 s limit and the 0.5 s grace.
+        *c.node("b").answer.lock().unwrap() = Answer::Slow(Duration::from_secs(3));
+        let (placed, _) = forward(&c, "a", meu("r", &f), &f, "b").await;
+        match placed {
+            Placed::Answered(Ok(o)) => {
+                assert!(waits, "answered without an allowance");
+                assert_eq!(&o.output[..], b"b:r");
+            }
+            Placed::Answered(Err(e)) => {
+                assert!(!waits, "gave up within the allowance: {e}");
+                assert_eq!(e.code(), ErrorCode::Timeout);
+            }
+            Placed::Here(_) => panic!("placed back here"),
+        }
         c.stop().await;
     }
 }

@@ -431,6 +431,15 @@ async fn start_cells(
 /// From spawning a cell to its `Ready` (it takes about 10–20 ms).
 const CELL_START_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a peer may load a module before running a forwarded MEU: its compile bound when
+/// nodes compile on first use (the baseline runtime profile), nothing when they preheat.
+fn load_allowance(c: &Config) -> Duration {
+    match c.runtime_profile {
+        crate::config::RuntimeProfile::Optimised => Duration::ZERO,
+        crate::config::RuntimeProfile::Baseline => Duration::from_millis(c.compile_timeout_ms),
+    }
+}
+
 /// How the cluster link joins the mesh, from the node's configuration and, if one was
 /// passed, the mesh socket.
 fn link_config(c: &Config, mesh: Option<std::net::UdpSocket>) -> Result<LinkConfig, NodeError> {
@@ -453,9 +462,12 @@ fn link_config(c: &Config, mesh: Option<std::net::UdpSocket>) -> Result<LinkConf
             .max(c.max_module_bytes)
             .max(c.max_output_bytes)
             .saturating_add(64 << 10),
-        // A forwarded MEU may legitimately run for the longest function time limit.
+        // A forwarded MEU may legitimately run for the longest function time limit, after
+        // the peer compiled its module where nodes compile on first use.
         request_timeout: Duration::from_millis(u64::from(c.max_timeout_ms))
-            + Duration::from_secs(10),
+            + Duration::from_secs(10)
+            + load_allowance(c),
+        load_allowance: load_allowance(c),
         idle_lanes: c.cluster_idle_lanes,
         sync_grace: Duration::from_millis(c.cluster_sync_grace_ms),
         ractor_sessions: c.ractor_sessions,
