@@ -127,7 +127,9 @@ def run_metrics(raw, tag, clk_tck):
             open(os.path.join(raw, f"{tag}-{n}-cpu-before")).read())
     m["server_meus"] = int(round(meus))
     m["server_cold_starts"] = int(round(cold))
-    m["reuse_hit_rate"] = reuse / meus if meus else None
+    # Of the MEUs that found their module loaded or had to load it: with cells, an MEU whose
+    # cell answered an error is neither (the node learns it only from the cell's outcome).
+    m["reuse_hit_rate"] = reuse / (reuse + cold) if reuse + cold else None
     m["forwarded_meus"] = int(round(forwarded))
     m["learned_decisions"] = {k: int(round(v)) for k, v in decisions.items()}
     m["node_cpu_ms_per_request"] = (cpu_ticks * 1000.0 / clk_tck / len(records)) if records else None
@@ -314,7 +316,9 @@ def ablations_report(w, setup, runs, configs, rounds, med, ratios, ratio_text):
       "`policy/reports/ppo-weights.safetensors` behind its rolling-reward guard; the scheduler 'off' is "
       "least-loaded (no model, no warm-instance preference); isolation `auto` runs each tenant in a cell "
       "(LCI) where the host allows it; runtime `baseline` compiles each function on first use per node and "
-      "cell, preheats nothing, keeps no compiled artifact and allocates instances on demand.")
+      "cell, preheats nothing, keeps no compiled artifact and allocates instances on demand; nodes compile "
+      "with the default `compile_concurrency` (1), so first calls on a node queue behind each other's "
+      "compiles.")
     w("- Energy is the node's CPU-time model (10 W per busy core; this machine has no RAPL) applied to the "
       "CPU time of each node process and its cells from /proc: it moves with CPU time per request and "
       "nothing else. 'Of it, guests'' is the part the nodes attribute to the guests themselves "
