@@ -1330,6 +1330,7 @@ impl Runtime {
         let lease = meu.lease;
         type Guest =
             std::pin::Pin<Box<dyn std::future::Future<Output = Result<GuestRun, Error>> + Send>>;
+        let timeout_ms = sandbox.timeout.as_millis() as u32;
         let (guest, stdout, plain): (Guest, Option<CappedPipe>, bool) = match pre {
             Loaded::Command(pre) => {
                 let stdout = CappedPipe::new(sandbox.max_output_bytes);
@@ -1350,7 +1351,7 @@ impl Runtime {
                     let instance = pre
                         .instantiate_async(&mut held.store)
                         .await
-                        .map_err(instantiation_error)?;
+                        .map_err(|e| instantiation_error(e, timeout_ms))?;
                     let inst_us = held.instantiated(inst_start);
                     let start = instance
                         .get_typed_func::<(), ()>(&mut held.store, "_start")
@@ -1388,7 +1389,7 @@ impl Runtime {
                     let proxy = pre
                         .instantiate_async(&mut held.store)
                         .await
-                        .map_err(instantiation_error)?;
+                        .map_err(|e| instantiation_error(e, timeout_ms))?;
                     let inst_us = held.instantiated(inst_start);
                     let exec_start = Instant::now();
                     let call = proxy.wasi_http_incoming_handler().call_handle(
@@ -1739,11 +1740,15 @@ impl Drop for Executing {
 
 /// An instantiation failure: the pool being full is overload (a slot was granted, so this
 /// should not happen), anything else is the guest's (its start section trapped, say).
-fn instantiation_error(e: wasmtime::Error) -> Error {
+/// Why instantiating a guest failed: a full pool, its deadline (a module's start function, or
+/// an instantiation slowed past the deadline, is interrupted like a running guest), or a trap.
+fn instantiation_error(e: wasmtime::Error, timeout_ms: u32) -> Error {
     if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
         .is_some()
     {
         Error::InstancePoolFull(format!("{e:#}"))
+    } else if matches!(e.downcast_ref::<Trap>(), Some(Trap::Interrupt)) {
+        Error::Timeout { timeout_ms }
     } else {
         Error::GuestTrap(format!("instantiation failed: {e:#}"))
     }

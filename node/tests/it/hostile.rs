@@ -816,3 +816,44 @@ async fn deploys_of_new_names_past_max_functions_get_quota_exceeded() {
     canary(addr).await;
     node.shutdown().await.unwrap();
 }
+
+/// A WASI command whose start function loops forever (it runs while the module is
+/// instantiated, before `_start`), encoded by hand: types `() -> ()`, a looping start
+/// function, and an empty exported `_start`.
+const LOOPING_START: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+    0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // types: () -> ()
+    0x03, 0x03, 0x02, 0x00, 0x00, // functions: two of type 0
+    0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x01, // export _start
+    0x08, 0x01, 0x00, // start: function 0
+    0x0a, 0x0c, 0x02, // code: two bodies
+    0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop { br 0 }
+    0x02, 0x00, 0x0b, // empty
+];
+
+/// A guest that never finishes instantiating is stopped at its deadline and answered as a
+/// timeout, as one that never finishes running is (not as a trap of the guest), and the node
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_stuck_in_its_start_function_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let r = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/stuck?timeout_ms=200",
+        Bytes::from_static(LOOPING_START),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let r = invoke(addr, "stuck", "").await;
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (504, "timeout"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    canary(addr).await;
+    node.shutdown().await.unwrap();
+}
