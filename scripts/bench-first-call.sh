@@ -2,7 +2,7 @@
 # The first call after deploy, server-side, for a preview-1 command and for a wasi:http
 # component: a release `tern up` with the product's defaults (cells where the host allows
 # them), tenant `bench`; N rounds, each deploying a fresh `echo` command and a fresh `echo`
-# component (each a distinct module: the example with a numbered custom section, so neither
+# component (each a distinct module: the example with a custom section naming it, so neither
 # the artifact cache nor a cell has seen it) and invoking each once right after its deploy
 # answered: the command at /v1/functions/NAME/invoke, the component at /fn/NAME. Which kind
 # goes first alternates round by round. Server-side time is the node's `x-tern-duration-us`
@@ -39,26 +39,6 @@ TERN_TOKEN=$admin $tern tenant create bench --server "$addr" --log warn >/dev/nu
 )
 header=$(auth_header_file "$data/bench.token" "$data/bench.header")
 
-# numbered SOURCE N OUT: SOURCE with a custom section `tern-bench-first-call` holding N.
-numbered() {
-  python3 - "$1" "$2" "$3" <<'PY'
-import sys
-src, n, dst = sys.argv[1], sys.argv[2].encode(), sys.argv[3]
-def leb(v):
-    out = bytearray()
-    while True:
-        b = v & 0x7f
-        v >>= 7
-        if v == 0:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
-name = b"tern-bench-first-call"
-body = leb(len(name)) + name + n
-open(dst, "wb").write(open(src, "rb").read() + b"\x00" + leb(len(body)) + body)
-PY
-}
-
 # one KIND ROUND: deploys a fresh module of KIND and calls it once; appends to calls.tsv.
 one() {
   local kind=$1 r=$2 name source route wasm
@@ -67,8 +47,9 @@ one() {
     component) name=first-c-$r source=functions/dist/components/echo.wasm route=/fn/first-c-$r ;;
   esac
   wasm="$data/$name.wasm"
-  numbered "$source" "$r" "$wasm"
-  log "TERN_TOKEN=<developer token of bench> $tern deploy $name <$source numbered $r> --server $addr"
+  # A fresh module: the example with a custom section naming it.
+  python3 scripts/lib/with-custom-section.py "$source" tern-bench-first-call "$data" "$name"
+  log "TERN_TOKEN=<developer token of bench> $tern deploy $name <$source with a section naming it> --server $addr"
   TERN_TOKEN=$(cat "$data/bench.token") $tern deploy "$name" "$wasm" --server "$addr" --log warn >/dev/null
   log "curl -H @<bench header> -X POST http://$addr$route -d hi"
   curl -s -o /dev/null -D - -H @"$header" -X POST "http://$addr$route" -d hi | tr -d '\r' |

@@ -64,3 +64,9 @@ run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-b
 # tests built; about a minute each): placement, and three of the ablations.
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh placement --smoke
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh ablations --smoke
+# The simulator's calibration on the same three nodes (~10 s), and the policy benchmark's
+# short slice in the cluster it measured.
+run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh calibration --smoke
+run cargo run -p tern-policy --bin policy-bench -- --quick \
+  --calibration target/experiments-smoke/calibration/calibration.json \
+  --out target/policy-bench-calibrated-smoke

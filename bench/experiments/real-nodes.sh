@@ -15,6 +15,13 @@
 #              least-loaded, LCI by in-process, the runtime optimisation by the `baseline`
 #              runtime profile); everything off (least-loaded / in-process / baseline); and
 #              each component alone on top of everything off.
+#   calibration  the constants the policy simulator assumes, measured on the same three nodes
+#              in the product's configuration (warm-affinity / auto / optimised): per class,
+#              the load paid by a cold start, the reuse lookup, the per-request overhead, the
+#              speed against the standard node, the energy model's power per busy core, and
+#              the hop of a forwarded request. No trace: calls one at a time with curl, each
+#              straight to a node. bench/experiments/calibration.py writes calibration.json
+#              (read by `policy-bench --calibration`) and summary.md.
 #
 # Nodes (classes differ in the limits they admit; their speed differs by a cgroup v1 CPU
 # quota, when root and /sys/fs/cgroup/cpu allow it, else not at all, and the report says so):
@@ -23,7 +30,7 @@
 #   c  cpu-burst   no quota (both of the machine's CPUs)
 # Functions are deployed with timeout_ms=50 and memory_mb=64, so every class admits them.
 #
-# Usage: bench/experiments/real-nodes.sh placement|ablations [--smoke] [OUT_DIR]
+# Usage: bench/experiments/real-nodes.sh placement|ablations|calibration [--smoke] [OUT_DIR]
 #   default OUT_DIR bench/reports/paper/<experiment>/<UTC date>
 #   --smoke: one round of a one-minute window at 12x (5 s per run), no settling, the binary
 #            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI
@@ -54,6 +61,7 @@ configuration() {
     learned-alone) echo "learned in-process baseline" ;;
     lci-alone) echo "least-loaded auto baseline" ;;
     runtime-opt-alone) echo "least-loaded in-process optimised" ;;
+    calibration) echo "warm-affinity auto optimised" ;;
   esac
 }
 case $experiment in
@@ -66,8 +74,10 @@ case $experiment in
     # Each trace function is a different application: under the baseline runtime profile a
     # node compiles each one on first use, not one module for all.
     default_modules=distinct ;;
+  calibration)
+    default_configs=calibration default_minutes=600-601 default_modules=distinct ;;
   *)
-    echo "usage: bench/experiments/real-nodes.sh placement|ablations [--smoke] [OUT_DIR]" >&2
+    echo "usage: bench/experiments/real-nodes.sh placement|ablations|calibration [--smoke] [OUT_DIR]" >&2
     exit 2 ;;
 esac
 smoke=0
@@ -135,6 +145,8 @@ fi
 
 work=$(mktemp -d)
 pids=()
+# Settings every node of the experiment gets on top of its configuration's.
+node_env=()
 stop_cluster() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do
@@ -183,7 +195,7 @@ start_cluster() {
       [ "$i" = "$j" ] || peers+=(--peer "${names[$j]}=${mesh[$j]}")
     done
     local env=(TERN_EXAMPLES='[]' TERN_AUTH=tokens TERN_PLACEMENT="$placement"
-      TERN_ISOLATION="$isolation" TERN_RUNTIME_PROFILE="$runtime")
+      TERN_ISOLATION="$isolation" TERN_RUNTIME_PROFILE="$runtime" "${node_env[@]}")
     [ "$placement" = learned ] && env+=(TERN_POLICY_CHECKPOINT="$checkpoint")
     local cmd=("$tern" up --node-name "${names[$i]}" --listen "${http[$i]}"
       --data "$dir/${names[$i]}" --cluster-dir "$dir/pki" --cluster-listen "${mesh[$i]}"
@@ -218,14 +230,15 @@ start_cluster() {
   done
 }
 
-# functions_everywhere RUN_DIR COUNT: waits until every node lists COUNT mm-* functions.
+# functions_everywhere RUN_DIR COUNT [PREFIX]: waits until every node lists COUNT functions
+# whose names start with PREFIX (default mm-).
 functions_everywhere() {
-  local dir=$1 want=$2 i
+  local dir=$1 want=$2 prefix=${3:-mm-} i
   for i in 0 1 2; do
     local have=0
     for _ in $(seq 600); do
       have=$(curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/v1/functions" |
-        python3 -c 'import json,sys; print(sum(1 for f in json.load(sys.stdin) if f["name"].startswith("mm-")))' || echo 0)
+        python3 -c 'import json,sys; print(sum(1 for f in json.load(sys.stdin) if f["name"].startswith(sys.argv[1])))' "$prefix" || echo 0)
       [ "$have" = "$want" ] && break
       sleep 0.1
     done
@@ -244,6 +257,14 @@ functions_everywhere() {
   echo "cpu_limits=$cpu_limits quotas_us=$(IFS=,; echo "${quotas[*]}") classes=$(IFS=,; echo "${classes[*]}")"
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"
 } >"$out/raw/setup.txt"
+
+if [ "$experiment" = calibration ]; then
+  source bench/experiments/calibration.sh
+  calibrate
+  log "done"
+  python3 bench/experiments/calibration.py "$out"
+  exit 0
+fi
 
 bench_args=(--trace "$trace" --minutes "$minutes" --speedup "$speedup" --scale "$scale"
   --seed "$seed" --function 'mm-{i}' --work-n "$work_n" --connections "$connections"
@@ -264,27 +285,12 @@ PY
 # The module each function is deployed from: matmul-json itself (`shared`), or matmul-json
 # with a custom section naming the function (`distinct`: same code, a different module hash).
 mkdir -p "$work/modules"
-python3 - "$modules" functions/dist/matmul-json.wasm "$work/modules" "${functions[@]}" <<'PY'
-import os, sys
-modules, source, out, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-base = open(source, "rb").read()
-
-def leb128(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-for name in names:
-    module = base
-    if modules == "distinct":
-        label = b"tern-experiment"
-        payload = leb128(len(label)) + label + name.encode()
-        module = base + b"\x00" + leb128(len(payload)) + payload
-    open(os.path.join(out, name + ".wasm"), "wb").write(module)
-PY
+if [ "$modules" = distinct ]; then
+  python3 scripts/lib/with-custom-section.py functions/dist/matmul-json.wasm tern-experiment \
+    "$work/modules" "${functions[@]}"
+else
+  for name in "${functions[@]}"; do cp functions/dist/matmul-json.wasm "$work/modules/$name.wasm"; done
+fi
 
 run_no=0
 for round in $(seq 1 "$rounds"); do

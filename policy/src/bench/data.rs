@@ -72,6 +72,9 @@ pub struct Cluster {
     pub hop_rtt_ms: f64,
     /// Queued requests per slot at which a node stops admitting.
     pub max_queue_per_slot: f32,
+    /// Where the classes' constants were measured (`None`: the assumed classes).
+    #[serde(default)]
+    pub calibrated_by: Option<String>,
 }
 
 /// `nodes` consecutive nodes of one class.
@@ -91,11 +94,20 @@ pub struct NodeGroup {
     pub access_rtt_ms: f32,
     /// Concurrency slots per node.
     pub slots_per_node: usize,
+    /// Cost of a request that finds the module compiled but no idle instance, ms.
+    #[serde(default)]
+    pub reuse_ms: f32,
+    /// Time every request costs on top of its execution, ms.
+    #[serde(default)]
+    pub overhead_ms: f32,
+    /// Power of one busy core, W.
+    #[serde(default)]
+    pub busy_w_per_core: f32,
 }
 
 impl Cluster {
     /// The cluster of a simulator configuration, grouping consecutive nodes of the same class.
-    pub fn of(sim: &SimConfig) -> Self {
+    pub fn of(sim: &SimConfig, calibrated_by: Option<String>) -> Self {
         let mut groups: Vec<NodeGroup> = Vec::new();
         for n in &sim.nodes {
             match groups.last_mut() {
@@ -108,6 +120,9 @@ impl Cluster {
                     speed: n.speed,
                     access_rtt_ms: n.rtt_ms,
                     slots_per_node: n.concurrency,
+                    reuse_ms: n.reuse_cost_ms(),
+                    overhead_ms: n.overhead_ms,
+                    busy_w_per_core: n.busy_w_per_core,
                 }),
             }
         }
@@ -115,6 +130,7 @@ impl Cluster {
             groups,
             hop_rtt_ms: sim.hop_rtt_ms,
             max_queue_per_slot: sim.max_queue_per_slot,
+            calibrated_by,
         }
     }
 

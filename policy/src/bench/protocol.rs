@@ -18,7 +18,7 @@ use crate::baselines::{
 use crate::candle_backend::CandleBackend;
 use crate::error::{PolicyError, Result};
 use crate::policy::{DispatchScorer, PolicyWeights, QuotaDecision};
-use crate::sim::{SimConfig, Simulator, make_functions};
+use crate::sim::{Calibration, SimConfig, Simulator, make_functions};
 use crate::trace::{Profile, Trace, synthetic};
 use crate::train::{Scenario, TrainConfig, evaluate_learned, train};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,7 @@ const SYNTHETIC_FUNCTIONS: usize = 100;
 
 /// What to run. `--quick` caps and the default seeds are applied by [`Options::resolved`]; the
 /// report records the resolved options.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Options {
     /// PPO iterations per seed.
     pub iterations: usize,
@@ -56,6 +56,10 @@ pub struct Options {
     pub seeds: Vec<u64>,
     /// Short windows and few iterations: a smoke run, not a result.
     pub quick: bool,
+    /// Constants measured on real nodes for the simulated cluster (`None`: the assumed
+    /// classes).
+    #[serde(default)]
+    pub calibration: Option<Calibration>,
 }
 
 impl Default for Options {
@@ -66,6 +70,7 @@ impl Default for Options {
             window: 20,
             seeds: Vec::new(),
             quick: false,
+            calibration: None,
         }
     }
 }
@@ -127,6 +132,10 @@ pub fn run(options: &Options, trace: &Trace, host: &mut dyn Host) -> Result<Outc
     sorted.dedup();
     if sorted.len() != options.seeds.len() {
         return Err(PolicyError::InvalidInput("seeds: duplicate seed".into()));
+    }
+    // A bad calibration is refused before anything is trained.
+    if let Some(cal) = &options.calibration {
+        cal.validate()?;
     }
     // Train on minutes [0, 420), validate on [420, 450), test on [480, 720).
     let windows = Windows {
@@ -261,7 +270,10 @@ pub fn run(options: &Options, trace: &Trace, host: &mut dyn Host) -> Result<Outc
         test: windows.test,
         eval_seed: EVAL_SEED,
         lambda_dispatch: lambda,
-        cluster: Cluster::of(&sel.scenario.sim),
+        cluster: Cluster::of(
+            &sel.scenario.sim,
+            options.calibration.as_ref().map(|c| c.source.clone()),
+        ),
         guard: GuardSetup {
             window: guard.window(),
             margin: guard.margin(),
@@ -315,13 +327,18 @@ struct SeedRun {
     chosen: PolicyWeights,
 }
 
-fn scenario_for(trace: &Trace, seed: u64) -> Scenario {
+/// Seed `seed`'s scenario: the heterogeneous cluster, with `calibration`'s measured constants
+/// when there is one.
+fn scenario_for(trace: &Trace, seed: u64, calibration: Option<&Calibration>) -> Result<Scenario> {
     let (_, tenant_of) = trace.tenants();
-    Scenario {
+    Ok(Scenario {
         functions: make_functions(trace.functions.len(), &tenant_of, seed),
         trace: trace.clone(),
-        sim: SimConfig::heterogeneous(seed),
-    }
+        sim: match calibration {
+            Some(cal) => SimConfig::calibrated(seed, cal)?,
+            None => SimConfig::heterogeneous(seed),
+        },
+    })
 }
 
 fn fixed(cpu: usize, mem: usize, keep_warm: usize) -> FixedQuota {
@@ -395,7 +412,7 @@ fn run_seed(
     w: Windows,
     host: &mut dyn Host,
 ) -> Result<SeedRun> {
-    let scenario = scenario_for(trace, seed);
+    let scenario = scenario_for(trace, seed, options.calibration.as_ref())?;
     let cfg = TrainConfig {
         iterations: options.iterations,
         window_minutes: options.window,

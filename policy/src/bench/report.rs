@@ -101,7 +101,7 @@ fn protocol(md: &mut String, d: &BenchData) {
     let c = &s.cluster;
     let _ = writeln!(
         md,
-        "Cluster (simulated): {}, each with its class's access RTT ({} ms) in every request's latency. Requests enter the cluster at nodes in turn (round-robin); one placed on another node than its entry node pays a hop of {:.1} ms (the `rtt_ms` feature: 0 for the entry node, the hop for the others). Arrivals uniform within their minute.\n",
+        "Cluster (simulated): {}, each with its class's access RTT ({} ms) in every request's latency. Requests enter the cluster at nodes in turn (round-robin); one placed on another node than its entry node pays a hop of {} ms (the `rtt_ms` feature: 0 for the entry node, the hop for the others). Arrivals uniform within their minute.\n",
         c.groups
             .iter()
             .map(node_group)
@@ -112,8 +112,38 @@ fn protocol(md: &mut String, d: &BenchData) {
             .map(|g| g.access_rtt_ms.to_string())
             .collect::<Vec<_>>()
             .join(" / "),
-        c.hop_rtt_ms
+        // A measured hop has more digits than the assumed 0.2 ms: four decimals keep them.
+        (c.hop_rtt_ms * 1e4).round() / 1e4
     );
+    match &c.calibrated_by {
+        Some(source) => {
+            let _ = writeln!(
+                md,
+                "**Calibrated** with constants measured on real Tern nodes ({source}): per class, cold start, reuse {}, per-request overhead {} ms, speed and power per busy core {} W replace the assumed ones. Memory, slots, time limits and the access RTTs stay as assumed: they are configuration and deployment, not something a node on this machine can measure.\n",
+                c.groups
+                    .iter()
+                    .map(|g| format!("{} ms", g.reuse_ms))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                c.groups
+                    .iter()
+                    .map(|g| g.overhead_ms.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                c.groups
+                    .iter()
+                    .map(|g| g.busy_w_per_core.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "Constants **assumed**, not measured: the classes' cold starts, speeds and powers (a third of the cold start when the module is still compiled; no per-request overhead).\n"
+            );
+        }
+    }
 }
 
 /// `4 edge (cold 4.2 ms, 50 ms limit, speed 0.7)`; the speed is left out at the reference 1.0.

@@ -119,13 +119,14 @@ fn fixture() -> BenchData {
                 window: 5,
                 seeds: vec![1, 2],
                 quick: false,
+                calibration: None,
             },
             train: Span { from: 0, to: 420 },
             validation: Span { from: 420, to: 450 },
             test: Span { from: 480, to: 720 },
             eval_seed: 0xE7A1,
             lambda_dispatch: 0.02,
-            cluster: Cluster::of(&SimConfig::heterogeneous(1)),
+            cluster: Cluster::of(&SimConfig::heterogeneous(1), None),
             guard: GuardSetup {
                 window: 1000,
                 margin: 0.02,
@@ -231,6 +232,7 @@ fn cluster_sentence_is_rendered_from_the_recorded_cluster() {
         "Cluster (simulated): 4 edge (cold 4.2 ms, 50 ms limit, speed 0.7), 3 standard (cold 25 ms, 300 ms limit), 1 burst (cold 63.5 ms, 900 ms limit, speed 1.6), each with its class's access RTT (2 / 6 / 15 ms) in every request's latency."
     ));
     assert!(md.contains("pays a hop of 0.2 ms"));
+    assert!(md.contains("Constants **assumed**, not measured"));
     assert!(md.contains("The cluster has 72 slots: a wave of 3,000 tasks within 200 ms"));
 
     let mut d = fixture();
@@ -243,11 +245,17 @@ fn cluster_sentence_is_rendered_from_the_recorded_cluster() {
             speed: 1.0,
             access_rtt_ms: 3.0,
             slots_per_node: 4,
+            reuse_ms: 0.25,
+            overhead_ms: 0.4,
+            busy_w_per_core: 10.0,
         }],
         hop_rtt_ms: 1.5,
         max_queue_per_slot: 2.0,
+        calibrated_by: Some("real-nodes.sh calibration at abc".into()),
     };
     let md = report::markdown(&d);
+    assert!(md.contains("**Calibrated** with constants measured on real Tern nodes (real-nodes.sh calibration at abc): per class, cold start, reuse 0.25 ms, per-request overhead 0.4 ms, speed and power per busy core 10 W"), "{md}");
+    assert!(!md.contains("Constants **assumed**"));
     assert!(md.contains(
         "Cluster (simulated): 2 edge (cold 5 ms, 60 ms limit), each with its class's access RTT (3 ms)"
     ));
@@ -428,7 +436,7 @@ fn quick_caps_iterations_and_window_and_runs_seed_1() {
 
 #[test]
 fn cluster_groups_consecutive_nodes_of_a_class() {
-    let c = Cluster::of(&SimConfig::heterogeneous(3));
+    let c = Cluster::of(&SimConfig::heterogeneous(3), None);
     let groups: Vec<(&str, usize)> = c
         .groups
         .iter()
@@ -489,6 +497,7 @@ fn protocol_on_a_tiny_trace_produces_complete_renderable_data() {
         window: 1,
         seeds: vec![4, 2],
         quick: true,
+        calibration: None,
     };
     let out = super::run(&o, &tiny_trace(), &mut host).unwrap();
     let d = &out.data;
@@ -528,4 +537,59 @@ fn protocol_on_a_tiny_trace_produces_complete_renderable_data() {
     assert!(md.contains("(2 seeds)"));
     assert!(md.contains("--seeds 4,2 --iterations 1 --scale 1 --window 1 --quick"));
     assert_eq!(BenchData::from_json(&d.to_json().unwrap()).unwrap(), *d);
+}
+
+#[test]
+fn protocol_with_a_calibration_simulates_the_measured_cluster_and_says_so() {
+    let class = |name: &str, cold: f32| crate::sim::ClassCalibration {
+        class: name.into(),
+        cold_start_ms: cold,
+        reuse_ms: 0.0,
+        overhead_ms: 0.3,
+        speed: 1.0,
+        busy_w_per_core: 10.0,
+    };
+    let cal = crate::sim::Calibration {
+        source: "a test calibration".into(),
+        hop_ms: 0.15,
+        classes: vec![
+            class("edge", 2.0),
+            class("standard", 1.0),
+            class("burst", 0.5),
+        ],
+    };
+    let o = Options {
+        iterations: 1,
+        scale: 1,
+        window: 1,
+        seeds: vec![1],
+        quick: true,
+        calibration: Some(cal.clone()),
+    };
+    let out = super::run(&o, &tiny_trace(), &mut Recorder::default()).unwrap();
+    let c = &out.data.setup.cluster;
+    assert_eq!(c.calibrated_by.as_deref(), Some("a test calibration"));
+    assert_eq!(c.hop_rtt_ms, 0.15);
+    let colds: Vec<f32> = c.groups.iter().map(|g| g.cold_start_ms).collect();
+    assert_eq!(colds, [2.0, 1.0, 0.5]);
+    assert!(
+        c.groups
+            .iter()
+            .all(|g| g.overhead_ms == 0.3 && g.reuse_ms == 0.0)
+    );
+    assert_eq!(out.data.setup.options.calibration, Some(cal.clone()));
+    // The data round-trips through its JSON with the calibration in it.
+    let back = BenchData::from_json(&out.data.to_json().unwrap()).unwrap();
+    assert_eq!(back.setup.cluster, *c);
+
+    let mut bad = cal;
+    bad.classes.pop();
+    let o = Options {
+        calibration: Some(bad),
+        ..o
+    };
+    assert!(matches!(
+        super::run(&o, &tiny_trace(), &mut Recorder::default()),
+        Err(PolicyError::InvalidInput(_))
+    ));
 }

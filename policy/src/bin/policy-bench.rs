@@ -3,7 +3,10 @@
 //! markdown report, an SVG learning curve and the committed weights.
 //!
 //! `cargo run --release -p tern-policy --bin policy-bench -- [--iterations N] [--scale S]
-//!  [--window MIN] [--seeds 1,2,3,4,5 | --seed S] [--out DIR] [--quick]`
+//!  [--window MIN] [--seeds 1,2,3,4,5 | --seed S] [--calibration FILE] [--out DIR] [--quick]`
+//!
+//! `--calibration FILE`: the simulated classes take the constants measured on real nodes
+//! (`bench/experiments/real-nodes.sh calibration` writes FILE, `calibration.json`).
 //!
 //! `cargo run -p tern-policy --bin policy-bench -- --render-only DIR/policy-bench.json [--out DIR]`
 //! re-renders the report and the chart from a run's JSON without running anything.
@@ -16,6 +19,7 @@ use std::error::Error;
 use std::path::Path;
 use std::time::Instant;
 use tern_policy::bench::{self, BenchData, Host, Options};
+use tern_policy::sim::Calibration;
 use tern_policy::trace::Trace;
 
 /// What the command line asks for.
@@ -66,6 +70,15 @@ fn parse_args() -> Result<Args, String> {
             "--window" => o.window = val()?.parse().map_err(|e| format!("{e}"))?,
             "--seed" | "--seeds" => o.seeds = parse_seeds(&val()?)?,
             "--quick" => o.quick = true,
+            "--calibration" => {
+                let path = val()?;
+                let text =
+                    std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+                let cal: Calibration =
+                    serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
+                cal.validate().map_err(|e| format!("{path}: {e}"))?;
+                o.calibration = Some(cal);
+            }
             "--out" => a.out = val()?,
             "--render-only" => a.render_only = Some(val()?),
             "--bench" => {} // passed by `cargo bench`; ignored

@@ -22,6 +22,12 @@ pub struct NodeClass {
     pub rtt_ms: f32,
     /// Dynamic power per busy core, W.
     pub busy_w_per_core: f32,
+    /// Cost of a request on a node that still holds the function's compiled module but no idle
+    /// instance of it, ms; `None`: a third of the cold start (the assumed classes).
+    pub reuse_ms: Option<f32>,
+    /// Time every request costs on top of its execution (routing, instantiation, the answer),
+    /// ms. 0 in the assumed classes; measured on real nodes by a calibration.
+    pub overhead_ms: f32,
 }
 
 impl NodeClass {
@@ -37,6 +43,8 @@ impl NodeClass {
             speed: 0.7,
             rtt_ms: 2.0,
             busy_w_per_core: 4.0,
+            reuse_ms: None,
+            overhead_ms: 0.0,
         }
     }
     /// General-purpose node.
@@ -51,6 +59,8 @@ impl NodeClass {
             speed: 1.0,
             rtt_ms: 6.0,
             busy_w_per_core: 6.0,
+            reuse_ms: None,
+            overhead_ms: 0.0,
         }
     }
     /// CPU-burst node (Lambda-like: 63.5 ms cold start, 900 ms limit, fast CPU).
@@ -65,6 +75,25 @@ impl NodeClass {
             speed: 1.6,
             rtt_ms: 15.0,
             busy_w_per_core: 9.0,
+            reuse_ms: None,
+            overhead_ms: 0.0,
+        }
+    }
+}
+
+impl NodeClass {
+    /// Cost of a request that finds the module compiled but no idle instance, ms, as a
+    /// feature (f32): [`NodeClass::reuse_ms`] or a third of the cold start.
+    pub fn reuse_cost_ms(&self) -> f32 {
+        self.reuse_ms.unwrap_or(self.cold_start_ms / 3.0)
+    }
+
+    /// The same, for the event engine's f64 arithmetic (computed in f64 when assumed, so runs
+    /// of the assumed classes are bit-identical to those before the field existed).
+    pub(super) fn reuse_cost_ms_f64(&self) -> f64 {
+        match self.reuse_ms {
+            Some(r) => f64::from(r),
+            None => f64::from(self.cold_start_ms) / 3.0,
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct Simulator {
     hist: Vec<IdleHistogram>,
     report: SimReport,
     candidates: Vec<NodeFeatures>,
+    /// The class a timed-out request is retried on: the cluster's first `standard` node's
+    /// (calibrated if the cluster is), or the assumed standard class.
+    reference: NodeClass,
 }
 
 fn default_action() -> QuotaAction {
@@ -114,7 +117,14 @@ impl Simulator {
             })
             .collect();
         let n = functions.len();
+        let reference = cfg
+            .nodes
+            .iter()
+            .find(|c| c.name == "standard")
+            .cloned()
+            .unwrap_or_else(NodeClass::standard);
         Simulator {
+            reference,
             rng: Rng::new(cfg.seed),
             cfg,
             functions,
@@ -177,7 +187,7 @@ impl Simulator {
         let cold = if warm > 0 {
             0.0
         } else if cached {
-            c.cold_start_ms / 3.0
+            c.reuse_cost_ms()
         } else {
             c.cold_start_ms
         };
@@ -461,17 +471,20 @@ impl Simulator {
         let cached = node.modules.contains(&f);
         let cold_ms = match warm_idx {
             Some(_) => 0.0,
-            None if cached => class.cold_start_ms as f64 / 3.0,
+            None if cached => class.reuse_cost_ms_f64(),
             None => class.cold_start_ms as f64,
         };
         let limit = class.time_limit_ms as f64;
         let timed_out = exec > limit;
-        let service = cold_ms + exec.min(limit);
+        let service = f64::from(class.overhead_ms) + cold_ms + exec.min(limit);
         let end = start + service;
         let mut latency = class.rtt_ms as f64 + hop_ms + (start - now) + service;
         if timed_out {
             // Retry once on the reference node: full cold start and reference-speed execution.
-            latency += NodeClass::standard().cold_start_ms as f64 + base * class.speed as f64;
+            let reference = &self.reference;
+            latency += f64::from(reference.overhead_ms)
+                + reference.cold_start_ms as f64
+                + base * class.speed as f64;
         }
         node.slots[slot] = end;
         if start > now {

@@ -6,8 +6,9 @@
 //! pushed through a heap: the outcome is identical and a run is ~10⁵–10⁶ decisions per second.
 //!
 //! Latency of one request = the class's access RTT + the hop RTT if it runs off its entry node +
-//! queueing wait + cold-start cost (0 on a warm hit; a third of the class's cold start if the
-//! node still holds the compiled module) + execution time. Requests enter the cluster at nodes in
+//! queueing wait + the class's per-request overhead (0 unless calibrated) + cold-start cost (0 on
+//! a warm hit; the class's reuse cost, a third of its cold start unless calibrated, if the node
+//! still holds the compiled module) + execution time. Requests enter the cluster at nodes in
 //! turn (round-robin over arrivals); the `rtt_ms` feature of a candidate is the hop from the entry
 //! node: 0 for the entry node itself, [`SimConfig::hop_rtt_ms`] for every other node. Requests
 //! that exceed the node class's time limit are killed at the limit and retried once on a
@@ -17,10 +18,11 @@
 //! change.
 
 //!
-//! The pieces: [`classes`] (node classes), [`workload`] (function specs), [`reward`] (the
+//! The pieces: [`classes`] (node classes), [`calibration`] (measured constants for them), [`workload`] (function specs), [`reward`] (the
 //! per-request reward), [`engine`] (the event engine, [`Simulator`]) and [`stats`] (reports
 //! and their summaries).
 
+mod calibration;
 mod classes;
 mod engine;
 mod reward;
@@ -29,6 +31,7 @@ mod stats;
 mod tests;
 mod workload;
 
+pub use calibration::{Calibration, ClassCalibration};
 pub use classes::NodeClass;
 pub use engine::Simulator;
 pub use reward::RewardConfig;

@@ -372,3 +372,112 @@ fn percentile_nearest_rank() {
     assert_eq!(percentile(&v, 0.5), 50.0);
     assert_eq!(percentile(&[], 0.5), 0.0);
 }
+
+/// A calibration with every class measured alike except where a test says otherwise.
+fn calibration() -> Calibration {
+    let class = |name: &str, cold: f32, speed: f32| ClassCalibration {
+        class: name.into(),
+        cold_start_ms: cold,
+        reuse_ms: 0.0,
+        overhead_ms: 0.5,
+        speed,
+        busy_w_per_core: 10.0,
+    };
+    Calibration {
+        source: "test".into(),
+        hop_ms: 0.3,
+        classes: vec![
+            class("edge", 1.5, 0.5),
+            class("standard", 1.0, 1.0),
+            class("burst", 0.8, 1.2),
+        ],
+    }
+}
+
+#[test]
+fn a_calibrated_cluster_takes_the_measured_constants_and_keeps_the_configured_ones() {
+    let assumed = SimConfig::heterogeneous(1);
+    let cal = SimConfig::calibrated(1, &calibration()).unwrap();
+    assert_eq!(cal.hop_rtt_ms, 0.3);
+    assert_eq!(cal.nodes.len(), assumed.nodes.len());
+    for (c, a) in cal.nodes.iter().zip(&assumed.nodes) {
+        let (cold, speed) = match a.name {
+            "edge" => (1.5, 0.5),
+            "standard" => (1.0, 1.0),
+            _ => (0.8, 1.2),
+        };
+        assert_eq!((c.cold_start_ms, c.speed), (cold, speed), "{}", a.name);
+        assert_eq!(
+            (c.reuse_ms, c.overhead_ms, c.busy_w_per_core),
+            (Some(0.0), 0.5, 10.0)
+        );
+        // Configuration and deployment stay as they were.
+        assert_eq!(
+            (c.mem_mb, c.time_limit_ms, c.concurrency, c.rtt_ms, c.index),
+            (a.mem_mb, a.time_limit_ms, a.concurrency, a.rtt_ms, a.index)
+        );
+    }
+}
+
+#[test]
+fn a_calibration_missing_a_class_or_with_a_bad_figure_is_refused() {
+    let mut missing = calibration();
+    missing.classes.retain(|c| c.class != "burst");
+    let mut twice = calibration();
+    twice.classes.push(twice.classes[0].clone());
+    let mut unknown = calibration();
+    unknown.classes[0].class = "lambda".into();
+    let mut negative = calibration();
+    negative.classes[1].overhead_ms = -0.1;
+    let mut nan = calibration();
+    nan.classes[2].cold_start_ms = f32::NAN;
+    let mut zero_speed = calibration();
+    zero_speed.classes[0].speed = 0.0;
+    let mut hop = calibration();
+    hop.hop_ms = f64::INFINITY;
+    for (what, c) in [
+        ("missing", missing),
+        ("twice", twice),
+        ("unknown", unknown),
+        ("negative", negative),
+        ("nan", nan),
+        ("zero speed", zero_speed),
+        ("hop", hop),
+    ] {
+        assert!(
+            matches!(
+                SimConfig::calibrated(1, &c),
+                Err(crate::error::PolicyError::InvalidInput(_))
+            ),
+            "{what} accepted"
+        );
+    }
+    assert!(calibration().validate().is_ok());
+}
+
+#[test]
+fn calibrated_overhead_and_reuse_cost_are_in_every_latency() {
+    let cal = calibration();
+    let standard = cal.apply(&NodeClass::standard());
+    let cfg = SimConfig {
+        nodes: vec![standard],
+        exec_noise: 0.0,
+        ..SimConfig::heterogeneous(1)
+    };
+    let f = vec![FunctionSpec {
+        key: 1,
+        tenant: 0,
+        mem_mb: 128.0,
+        exec_ms: 10.0,
+    }];
+    let mut sim = Simulator::new(cfg, f);
+    let arr = [0.0, 1_000.0, 11.0 * 60_000.0].map(|t_ms| Arrival { t_ms, function: 0 });
+    let rep = sim.run(&arr, &mut RoundRobin::default(), &mut FixedQuota::default());
+    // First: access rtt 6 + overhead 0.5 + cold 1.0 + exec 10. Warm: 6 + 0.5 + 10. After the
+    // keep-alive expired, the module is still compiled: reuse 0 instead of a third of the cold.
+    let want = [17.5, 16.5, 16.5];
+    for (got, want) in rep.latencies_ms.iter().zip(want) {
+        assert!((got - want).abs() < 1e-3, "{:?}", rep.latencies_ms);
+    }
+    assert_eq!((rep.cold_starts, rep.reuse_hits), (2, 2));
+}
