@@ -173,7 +173,7 @@ def main():
     source = (f"bench/experiments/real-nodes.sh calibration at {commit[:7]}"
               + ("" if dirty == "0" else f" (uncommitted changes to {dirty})")
               + (", smoke" if setup.get("smoke") == "1" else "")
-              + f", {os.path.basename(os.path.normpath(out))}")
+              + f", {os.path.normpath(out)}")
     calibration = None
     if not missing:
         calibration = {

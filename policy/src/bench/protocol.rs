@@ -60,6 +60,10 @@ pub struct Options {
     /// classes).
     #[serde(default)]
     pub calibration: Option<Calibration>,
+    /// The file the calibration was read from, as given on the command line (for the report's
+    /// command).
+    #[serde(default)]
+    pub calibration_file: Option<String>,
 }
 
 impl Default for Options {
@@ -71,6 +75,7 @@ impl Default for Options {
             seeds: Vec::new(),
             quick: false,
             calibration: None,
+            calibration_file: None,
         }
     }
 }

@@ -47,10 +47,15 @@ fn protocol(md: &mut String, d: &BenchData) {
     );
     let _ = writeln!(
         md,
-        "Command: `cargo run --release -p tern-policy --bin policy-bench -- --seeds {seeds} --iterations {} --scale {} --window {}{}`  ",
+        "Command: `cargo run --release -p tern-policy --bin policy-bench -- --seeds {seeds} --iterations {} --scale {} --window {}{}{}`  ",
         o.iterations,
         o.scale,
         o.window,
+        match (&o.calibration, &o.calibration_file) {
+            (Some(_), Some(file)) => format!(" --calibration {file}"),
+            (Some(_), None) => " --calibration <file>".to_string(),
+            _ => String::new(),
+        },
         if o.quick { " --quick" } else { "" }
     );
     let train_total: f64 = d.seeds.iter().map(|r| r.train_s).sum();

@@ -120,6 +120,7 @@ fn fixture() -> BenchData {
                 seeds: vec![1, 2],
                 quick: false,
                 calibration: None,
+                calibration_file: None,
             },
             train: Span { from: 0, to: 420 },
             validation: Span { from: 420, to: 450 },
@@ -498,6 +499,7 @@ fn protocol_on_a_tiny_trace_produces_complete_renderable_data() {
         seeds: vec![4, 2],
         quick: true,
         calibration: None,
+        calibration_file: None,
     };
     let out = super::run(&o, &tiny_trace(), &mut host).unwrap();
     let d = &out.data;
@@ -565,6 +567,7 @@ fn protocol_with_a_calibration_simulates_the_measured_cluster_and_says_so() {
         seeds: vec![1],
         quick: true,
         calibration: Some(cal.clone()),
+        calibration_file: Some("cal/calibration.json".into()),
     };
     let out = super::run(&o, &tiny_trace(), &mut Recorder::default()).unwrap();
     let c = &out.data.setup.cluster;
@@ -581,6 +584,14 @@ fn protocol_with_a_calibration_simulates_the_measured_cluster_and_says_so() {
     // The data round-trips through its JSON with the calibration in it.
     let back = BenchData::from_json(&out.data.to_json().unwrap()).unwrap();
     assert_eq!(back.setup.cluster, *c);
+    let md = report::markdown(&out.data);
+    assert!(
+        md.contains("--calibration cal/calibration.json --quick`"),
+        "{md}"
+    );
+    assert!(md.contains(
+        "**Calibrated** with constants measured on real Tern nodes (a test calibration)"
+    ));
 
     let mut bad = cal;
     bad.classes.pop();

@@ -78,6 +78,7 @@ fn parse_args() -> Result<Args, String> {
                     serde_json::from_str(&text).map_err(|e| format!("{path}: {e}"))?;
                 cal.validate().map_err(|e| format!("{path}: {e}"))?;
                 o.calibration = Some(cal);
+                o.calibration_file = Some(path);
             }
             "--out" => a.out = val()?,
             "--render-only" => a.render_only = Some(val()?),
