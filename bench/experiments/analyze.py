@@ -23,9 +23,10 @@ from collections import Counter, defaultdict
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
        10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
 NODES = ("a", "b", "c")
-# Watts per fully busy core of the node's CPU-time energy model (actors/src/energy.rs,
+# Watts per fully busy core of the node's CPU-time energy model (tern-metrics,
 # MODEL_WATTS_PER_CORE); this machine has no RAPL.
 MODEL_WATTS_PER_CORE = 10.0
+COMMITTED_CHECKPOINT = "policy/reports/ppo-weights.safetensors"
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
@@ -210,24 +211,10 @@ def main():
     w("")
     w("## What ran")
     w("")
-    w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
-    w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback (no added "
-      "link delay): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
-      + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
-          f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].split(',') if ',' in setup['quotas_us'] else setup['quotas_us'].split()))
-         + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")
-      + " The load generator runs on the same CPUs.")
-    w(f"- Product defaults otherwise: bearer tokens on, isolation as the node chooses (cells as root), "
-      "a fresh cluster (empty data directories) for every run.")
-    w(f"- Workload: `tern bench --trace traces/azure2019-http-12h.csv --minutes {setup['minutes']} "
-      f"--speedup {setup['speedup']} --scale {setup['scale']} --seed {setup['seed']} --function 'mm-{{i}}' "
-      f"--work-n {setup['work_n']} --connections {setup['connections']}`: each trace function its own copy of "
-      "matmul-json (deployed with timeout_ms=50, memory_mb=64, so every class admits it), n fixed per function, "
-      "~1 KB requests, open loop from the planned times.")
-    w(f"- Placements: {', '.join(policies)}; `learned` is the committed checkpoint "
-      "`policy/reports/ppo-weights.safetensors` behind its rolling-reward guard. "
-      f"{len(rounds)} round(s), the order rotated each round, the same seed every run.")
-    w(f"- Load average at the start: {setup['load_start']}.")
+    what_ran(w, setup)
+    w(f"- Placements: {', '.join(policies)}; `learned` is {learned_checkpoint(setup)} behind its "
+      "rolling-reward guard; isolation as the node chooses (cells as root). "
+      f"{len(rounds)} round(s), the order rotated each round.")
     w("")
     w("## Results (median over rounds)")
     w("")
@@ -278,13 +265,20 @@ def main():
     finish(out, setup, runs, lines, summary)
 
 
-def what_ran(w, setup, script):
+def learned_checkpoint(setup):
+    """What `learned` served: the checkpoint file, and whether it is the committed one."""
+    path = setup.get("checkpoint", COMMITTED_CHECKPOINT)
+    return (f"the committed checkpoint `{path}`" if path == COMMITTED_CHECKPOINT
+            else f"the checkpoint `{path}` (not the committed one)")
+
+
+def what_ran(w, setup):
     """The report's "What ran" bullets shared by every experiment."""
     w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
     w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback (no added "
       "link delay): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
       + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
-          f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].split(',')))
+          f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].replace(',', ' ').split()))
          + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")
       + " The load generator runs on the same CPUs.")
     w(f"- Workload: `tern bench --trace traces/azure2019-http-12h.csv --minutes {setup['minutes']} "
@@ -309,11 +303,11 @@ def ablations_report(w, setup, runs, configs, rounds, med, ratios, ratio_text):
     w("")
     w("## What ran")
     w("")
-    what_ran(w, setup, "ablations")
+    what_ran(w, setup)
     w(f"- Configurations (placement / isolation / runtime profile, as asked): "
       + "; ".join(f"`{c}` {setup.get('config.' + c, '?')}" for c in configs)
-      + f". {len(rounds)} round(s), the order rotated each round. `learned` is the committed checkpoint "
-      "`policy/reports/ppo-weights.safetensors` behind its rolling-reward guard; the scheduler 'off' is "
+      + f". {len(rounds)} round(s), the order rotated each round. `learned` is {learned_checkpoint(setup)} "
+      "behind its rolling-reward guard; the scheduler 'off' is "
       "least-loaded (no model, no warm-instance preference); isolation `auto` runs each tenant in a cell "
       "(LCI) where the host allows it; runtime `baseline` compiles each function on first use per node and "
       "cell, preheats nothing, keeps no compiled artifact and allocates instances on demand; nodes compile "

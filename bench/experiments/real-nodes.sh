@@ -37,6 +37,8 @@
 #            (ablations: full, no-runtime-opt and all-off only).
 # Environment (full run defaults): ROUNDS=3 MINUTES=600-610 (ablations: 600-604) SPEEDUP=5
 #   SCALE=20 SEED=1 WORK_N=32-256 CONNECTIONS=256 CONFIGS="<the experiment's, by name>"
+#   CHECKPOINT=policy/reports/ppo-weights.safetensors (what `learned` serves; a checkpoint
+#   trained in a calibrated simulator carries its constants, and the nodes use them)
 #   MODULES=shared|distinct (placement: shared, every function deployed from matmul-json
 #   itself; ablations: distinct, each with a custom section naming it, so no two functions
 #   share a compiled module)
@@ -99,7 +101,8 @@ for c in "${configs[@]}"; do
   [ -n "$(configuration "$c")" ] || { echo "unknown configuration $c" >&2; exit 2; }
 done
 trace=traces/azure2019-http-12h.csv
-checkpoint=policy/reports/ppo-weights.safetensors
+checkpoint=${CHECKPOINT:-policy/reports/ppo-weights.safetensors}
+[ -f "$checkpoint" ] || { echo "CHECKPOINT $checkpoint: no such file" >&2; exit 2; }
 
 # curl talks to the nodes; a fresh Debian machine may not have it.
 if ! command -v curl >/dev/null; then
@@ -249,7 +252,7 @@ functions_everywhere() {
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
-  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules"
+  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules checkpoint=$checkpoint"
   for c in "${configs[@]}"; do
     read -r placement isolation runtime <<<"$(configuration "$c")"
     echo "config.$c=$placement/$isolation/$runtime"

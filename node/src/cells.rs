@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tern_isolator::{CellQuota, Cells};
 use tern_metrics::Metrics;
+use tern_placement::learned::TrainedClasses;
 use tern_quota::{
     FunctionWindow, QuotaController, QuotaSettings, Source, TenantQuota, TenantWindow,
 };
@@ -105,31 +106,36 @@ impl CellQuotas {
         cell_overhead_bytes: u64,
     ) -> Result<Self, NodeError> {
         let interval = Duration::from_millis(config.quota_interval_ms);
+        let invalid_checkpoint = |e: tern_placement::learned::CheckpointError| {
+            NodeError::Config(crate::config::ConfigError::Invalid(e.to_string()))
+        };
+        let checkpoint = match config.cell_quota {
+            QuotaChoice::Eq6 => None,
+            QuotaChoice::Learned | QuotaChoice::Auto => config
+                .policy_checkpoint
+                .as_deref()
+                .map(tern_placement::learned::read_checkpoint)
+                .transpose()
+                .map_err(invalid_checkpoint)?,
+        };
+        // The quota network's reward prices energy as in the cluster it was trained in.
+        let classes = TrainedClasses::of(checkpoint.as_ref().and_then(|c| c.calibration.as_ref()));
         let settings = QuotaSettings {
             interval,
             node_cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             node_memory_bytes: runtime.memory_budget_mb.saturating_mul(1 << 20),
             cell_overhead_bytes,
             keep_warm: Duration::from_secs(config.cell_keep_warm_secs),
-            watts_per_core: f64::from(tern_placement::learned::busy_watts_per_core(
-                config.node_class,
-            )),
+            watts_per_core: f64::from(classes.busy_watts_per_core(config.node_class)),
             reward: tern_quota::RewardConfig::default(),
         };
         let invalid = |e: tern_quota::QuotaError| {
             NodeError::Config(crate::config::ConfigError::Invalid(e.to_string()))
         };
-        let checkpoint = match config.cell_quota {
-            QuotaChoice::Eq6 => None,
-            QuotaChoice::Learned | QuotaChoice::Auto => config.policy_checkpoint.as_deref(),
-        };
         let controller = match checkpoint {
             None => QuotaController::eq6(settings).map_err(invalid)?,
-            Some(path) => {
-                let weights = tern_placement::learned::read_checkpoint(path).map_err(|e| {
-                    NodeError::Config(crate::config::ConfigError::Invalid(e.to_string()))
-                })?;
-                QuotaController::learned(settings, weights).map_err(invalid)?
+            Some(checkpoint) => {
+                QuotaController::learned(settings, checkpoint.weights).map_err(invalid)?
             }
         };
         tracing::info!(

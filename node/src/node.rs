@@ -9,7 +9,9 @@ use bytes::Bytes;
 use ractor::{Actor, ActorRef};
 use tern_actors::{NodeSupervisor, Pipeline, Services, ServicesConfig, SupervisorMsg};
 use tern_metrics::Metrics;
-use tern_placement::learned::{CheckpointError, GuardSettings, LearnedPlacement, read_checkpoint};
+use tern_placement::learned::{
+    CheckpointError, GuardSettings, LearnedPlacement, TrainedClasses, read_checkpoint,
+};
 use tern_placement::{LeastLoaded, LocalFirst, Placement, WarmAffinity};
 use tern_runtime::isolation::InProcess;
 use tern_runtime::{Runtime, RuntimeConfig};
@@ -486,9 +488,11 @@ fn placement(
             let path = config.policy_checkpoint.as_deref().ok_or_else(|| {
                 ConfigError::Invalid("placement = \"learned\" needs policy_checkpoint".into())
             })?;
-            let weights = read_checkpoint(path).map_err(ConfigError::from)?;
-            let mut learned = LearnedPlacement::new(&weights, parallelism, metrics.clone())
-                .map_err(|e| ConfigError::from(CheckpointError::new(path, e.to_string())))?;
+            let checkpoint = read_checkpoint(path).map_err(ConfigError::from)?;
+            let mut learned =
+                LearnedPlacement::new(&checkpoint.weights, parallelism, metrics.clone())
+                    .map_err(|e| ConfigError::from(CheckpointError::new(path, e.to_string())))?
+                    .with_classes(TrainedClasses::of(checkpoint.calibration.as_ref()));
             if config.placement_guard {
                 learned = learned.with_guard(GuardSettings {
                     window: config.placement_guard_window,
@@ -498,7 +502,7 @@ fn placement(
             #[cfg(feature = "online-learning")]
             if config.online_learning {
                 learned = learned
-                    .with_online_learning(weights, config.online_batch)
+                    .with_online_learning(checkpoint.weights, config.online_batch)
                     .map_err(|e| ConfigError::Invalid(format!("online learning: {e}")))?;
             }
             tracing::info!(
@@ -596,3 +600,44 @@ fn raise_open_files_limit(config: &Config) {
 /// Descriptors a node needs besides connections and loaded modules: its store, sockets to
 /// peers and cells, epoll and timers, logs.
 const OWN_OPEN_FILES: u64 = 256;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::path::Path;
+
+    fn learned(checkpoint: &Path) -> Result<Arc<dyn Placement>, NodeError> {
+        let config = Config {
+            placement: "learned".into(),
+            policy_checkpoint: Some(checkpoint.to_path_buf()),
+            ..Config::default()
+        };
+        placement(&config, 2, &Arc::new(Metrics::default()))
+    }
+
+    #[test]
+    fn learned_placement_serves_a_calibrated_checkpoint_and_refuses_half_a_calibration() {
+        let calibrated = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../policy/reports/calibrated/ppo-weights.safetensors");
+        assert!(learned(&calibrated).is_ok());
+        // The same weights with one measured constant missing from the metadata.
+        let bytes = std::fs::read(&calibrated).unwrap();
+        let (weights, mut meta) =
+            tern_policy::policy::PolicyWeights::from_safetensors(&bytes).unwrap();
+        assert!(meta.remove("calibration.standard.cold_start_ms").is_some());
+        let dir = tempfile::tempdir().unwrap();
+        let half = dir.path().join("half.safetensors");
+        std::fs::write(&half, weights.to_safetensors(meta).unwrap()).unwrap();
+        match learned(&half) {
+            Err(NodeError::Config(ConfigError::PolicyCheckpoint { message, .. })) => {
+                assert!(
+                    message.contains("calibration.standard.cold_start_ms"),
+                    "{message}"
+                )
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a half-calibrated checkpoint was served"),
+        }
+    }
+}

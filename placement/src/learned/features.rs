@@ -2,7 +2,7 @@
 //! per-node [`NodeFeatures`], and a Tern node class mapped to the simulator's class.
 
 use tern_policy::features::NodeFeatures;
-use tern_policy::sim::NodeClass as SimClass;
+use tern_policy::sim::{Calibration, NodeClass as SimClass};
 use tern_wire::NodeClass;
 
 use super::LearnedPlacement;
@@ -22,11 +22,12 @@ impl LearnedPlacement {
             cpu_util: n.cpu_percent as f32 / (100.0 * self.slots),
             mem_util: (n.memory_bytes as f64 / self.memory_total_bytes) as f32,
             // A ready module is compiled on that node: a cold start there is a load and
-            // instantiation, costed like the class the network was trained on.
+            // instantiation, costed as in the cluster the network was trained in (measured
+            // if its checkpoint carries a calibration).
             expected_cold_ms: if n.warm {
                 0.0
             } else {
-                class_cold_start_ms(class)
+                self.classes.get(class).cold_start_ms
             },
             recent_latency_ms: n.recent_mean_us as f32 / 1000.0,
             rtt_ms: n.rtt_us as f32 / 1000.0,
@@ -69,22 +70,43 @@ pub fn class_index(class: NodeClass) -> u8 {
     }
 }
 
-/// Power of one busy core of a node of `class`, W (the simulator's class figures, which the
-/// rewards of both policy networks use).
-pub fn busy_watts_per_core(class: NodeClass) -> f32 {
-    sim_class(class_index(class)).busy_w_per_core
-}
+/// The simulator classes a checkpoint was trained in, by tern-policy class index: the
+/// assumed ones, or those with a calibration's measured constants. The node gives the networks
+/// the same cold starts and powers they learned with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainedClasses([SimClass; 3]);
 
-pub(super) fn sim_class(class: u8) -> SimClass {
-    match class {
-        0 => SimClass::edge(),
-        2 => SimClass::burst(),
-        _ => SimClass::standard(),
+impl TrainedClasses {
+    /// The simulator's assumed classes (a checkpoint without a calibration).
+    pub fn assumed() -> Self {
+        TrainedClasses([SimClass::edge(), SimClass::standard(), SimClass::burst()])
     }
-}
 
-fn class_cold_start_ms(class: u8) -> f32 {
-    sim_class(class).cold_start_ms
+    /// The classes of a checkpoint trained with `calibration` (assumed if `None`).
+    pub fn of(calibration: Option<&Calibration>) -> Self {
+        let mut classes = Self::assumed();
+        if let Some(cal) = calibration {
+            for c in &mut classes.0 {
+                *c = cal.apply(c);
+            }
+        }
+        classes
+    }
+
+    /// The class of tern-policy index `class` (0 edge, 1 standard, 2 CPU-burst; anything
+    /// else is taken as standard).
+    pub fn get(&self, class: u8) -> &SimClass {
+        match class {
+            0 => &self.0[0],
+            2 => &self.0[2],
+            _ => &self.0[1],
+        }
+    }
+
+    /// Power of one busy core of a node of `class`, W (the rewards of both networks use it).
+    pub fn busy_watts_per_core(&self, class: NodeClass) -> f32 {
+        self.get(class_index(class)).busy_w_per_core
+    }
 }
 
 /// `MemTotal` of `/proc/meminfo`, or 8 GiB when unknown.

@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering::Relaxed;
 use tern_policy::online::Arm;
 use tern_sync::poison::lock;
 
-use super::features::{class_index, sim_class};
 use super::{LearnedPlacement, TAG_BITS, TAG_FALLBACK, TAG_HEURISTIC, TAG_LEARNED};
 use crate::{Decision, Fate, MeuView, NoNodeFits, NodeView, Observed, Placement};
 
@@ -37,7 +36,7 @@ impl LearnedPlacement {
         } else {
             0.0
         };
-        let watts = sim_class(class_index(node.class)).busy_w_per_core as f64;
+        let watts = f64::from(self.classes.busy_watts_per_core(node.class));
         let energy_j = outcome.exec_us as f64 / 1e6 * watts;
         self.reward
             .reward(outcome.latency_us as f64 / 1000.0, cold_ms, energy_j)

@@ -46,9 +46,9 @@ use tern_policy::policy::{DEFAULT_LAMBDA_DISPATCH, DispatchScorer, PolicyWeights
 use tern_policy::sim::RewardConfig;
 use tern_sync::poison::{lock, read};
 
-pub use self::checkpoint::{CheckpointError, read_checkpoint};
+pub use self::checkpoint::{Checkpoint, CheckpointError, read_checkpoint};
 use self::features::system_memory_bytes;
-pub use self::features::{busy_watts_per_core, class_index};
+pub use self::features::{TrainedClasses, class_index};
 pub use self::guard::GuardSettings;
 use crate::{Decision, Fate, MeuView, NoNodeFits, NodeView, Observed, Placement, WarmAffinity};
 
@@ -77,6 +77,9 @@ pub struct LearnedPlacement {
     slots: f32,
     /// Memory assumed per node, for the memory-use fraction (same assumption).
     memory_total_bytes: f64,
+    /// The classes the weights were trained in: cold starts and powers as the network knows
+    /// them.
+    classes: TrainedClasses,
     reward: RewardConfig,
     guard: Option<Mutex<Guard>>,
     /// Online learning, when turned on ([`online`]).
@@ -116,6 +119,7 @@ impl LearnedPlacement {
             },
             slots: slots.max(1) as f32,
             memory_total_bytes: system_memory_bytes() as f64,
+            classes: TrainedClasses::assumed(),
             reward: RewardConfig::default(),
             guard: None,
             #[cfg(feature = "online-learning")]
@@ -137,12 +141,21 @@ impl LearnedPlacement {
         self
     }
 
-    /// From a safetensors checkpoint written by tern-policy (`policy_checkpoint`). Every
-    /// failure (unreadable, not safetensors, missing tensors, wrong widths, NaN) is a typed
-    /// [`CheckpointError`].
+    /// Serves the weights with the classes they were trained in (the assumed ones until this
+    /// is called).
+    pub fn with_classes(mut self, classes: TrainedClasses) -> Self {
+        self.classes = classes;
+        self
+    }
+
+    /// From a safetensors checkpoint written by tern-policy (`policy_checkpoint`), with the
+    /// classes it was trained in. Every failure (unreadable, not safetensors, missing tensors,
+    /// wrong widths, NaN, incomplete calibration) is a typed [`CheckpointError`].
     pub fn load(path: &Path, slots: usize, metrics: Arc<Metrics>) -> Result<Self, CheckpointError> {
-        Self::new(&read_checkpoint(path)?, slots, metrics)
-            .map_err(|e| CheckpointError::new(path, e.to_string()))
+        let checkpoint = read_checkpoint(path)?;
+        Ok(Self::new(&checkpoint.weights, slots, metrics)
+            .map_err(|e| CheckpointError::new(path, e.to_string()))?
+            .with_classes(TrainedClasses::of(checkpoint.calibration.as_ref())))
     }
 
     /// The policy's pick (Eq. 1 over the unmasked candidates), `None` when it has no usable

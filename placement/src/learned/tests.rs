@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use tern_policy::features::NODE_FEATURES;
 use tern_policy::mlp::{Dense, Mlp};
 use tern_policy::policy::DISPATCH_HIDDEN;
-use tern_policy::sim::NodeClass as SimClass;
+use tern_policy::sim::{Calibration, ClassCalibration, NodeClass as SimClass};
 use tern_wire::NodeClass;
 
 fn node(name: &str) -> NodeView {
@@ -278,6 +278,85 @@ fn bad_checkpoints_are_typed_errors() {
     )
     .unwrap();
     assert!(load("good").is_ok());
+    // Calibration metadata that is there but incomplete: the constants the networks were
+    // trained with are unknown, so the checkpoint is not served.
+    let mut meta = calibration().to_metadata();
+    meta.remove("calibration.edge.cold_start_ms");
+    std::fs::write(
+        dir.path().join("half-calibrated"),
+        good.to_safetensors(meta).unwrap(),
+    )
+    .unwrap();
+    assert!(matches!(
+        load("half-calibrated"),
+        Err(CheckpointError { message, .. }) if message.contains("calibration.edge.cold_start_ms")
+    ));
+}
+
+/// Measured constants unlike the assumed ones in every field the node uses.
+fn calibration() -> Calibration {
+    let class = |name: &str, cold: f32, watts: f32| ClassCalibration {
+        class: name.into(),
+        cold_start_ms: cold,
+        reuse_ms: 0.001,
+        overhead_ms: 0.2,
+        speed: 1.0,
+        busy_w_per_core: watts,
+    };
+    Calibration {
+        source: "test".into(),
+        hop_ms: 0.15,
+        classes: vec![
+            class("edge", 0.31, 11.0),
+            class("standard", 0.28, 10.0),
+            class("burst", 0.29, 12.0),
+        ],
+    }
+}
+
+#[test]
+fn a_calibrated_checkpoint_is_served_with_the_constants_it_was_trained_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("calibrated.safetensors");
+    let weights = PolicyWeights::init(3).unwrap();
+    std::fs::write(
+        &path,
+        weights.to_safetensors(calibration().to_metadata()).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = read_checkpoint(&path).unwrap();
+    assert_eq!(checkpoint.calibration, Some(calibration()));
+    let calibrated = LearnedPlacement::load(&path, 4, Arc::new(Metrics::default())).unwrap();
+    let (assumed, _) = placement(&weights);
+    let cold_edge = NodeView {
+        warm: false,
+        class: NodeClass::EdgeSmall,
+        ..node("b")
+    };
+    // Expected cold start of a node without the module: the measured one, not 4.2 ms.
+    assert_eq!(
+        calibrated.features(&meu(), &cold_edge).expected_cold_ms,
+        0.31
+    );
+    assert_eq!(
+        assumed.features(&meu(), &cold_edge).expected_cold_ms,
+        SimClass::edge().cold_start_ms
+    );
+    // Energy in the reward: the same guest time priced at the measured power (11 W on the
+    // edge class, 10 W on standard), so edge is now the costlier of the two.
+    let on =
+        |p: &LearnedPlacement, class| p.reward(&NodeView { class, ..node("a") }, &ran_in(10_000));
+    assert!(on(&calibrated, NodeClass::EdgeSmall) < on(&calibrated, NodeClass::Standard));
+    assert!(on(&assumed, NodeClass::EdgeSmall) > on(&assumed, NodeClass::Standard));
+    assert_eq!(
+        TrainedClasses::of(Some(&calibration())).busy_watts_per_core(NodeClass::CpuBurst),
+        12.0
+    );
+    assert_eq!(
+        TrainedClasses::of(None),
+        TrainedClasses::assumed(),
+        "no calibration: the assumed classes"
+    );
 }
 
 #[test]

@@ -341,6 +341,10 @@ impl BenchData {
                 v.from, v.to
             ),
         );
+        // The measured constants it was trained with, for whoever serves it.
+        if let Some(cal) = &o.calibration {
+            meta.extend(cal.to_metadata());
+        }
         meta
     }
 }

@@ -8,6 +8,8 @@
 //! assumed, and says so: memory, slots, time limits (configuration, not measurements) and the
 //! access RTT of a class (where a node stands, not what it is).
 
+use std::collections::BTreeMap;
+
 use super::{NodeClass, SimConfig};
 use crate::error::{PolicyError, Result};
 
@@ -62,11 +64,8 @@ impl Calibration {
                     c.class
                 ));
             }
-            for (what, v) in [
-                ("cold_start_ms", c.cold_start_ms),
-                ("reuse_ms", c.reuse_ms),
-                ("overhead_ms", c.overhead_ms),
-            ] {
+            for (what, v) in &c.fields()[..3] {
+                let (what, v) = (*what, *v);
                 if !v.is_finite() || v < 0.0 {
                     return bad(format!("{} {what} {v} is not a duration", c.class));
                 }
@@ -96,6 +95,80 @@ impl Calibration {
 
 /// The simulator classes a calibration covers.
 const CLASSES: [&str; 3] = ["edge", "standard", "burst"];
+
+/// Prefix of a calibration's entries in a checkpoint's metadata.
+const META: &str = "calibration.";
+
+impl Calibration {
+    /// The calibration as checkpoint metadata (`calibration.source`, `calibration.hop_ms`,
+    /// `calibration.<class>.<field>`): the constants a checkpoint was trained with travel with
+    /// it, so whoever serves it can give it the same ones.
+    pub fn to_metadata(&self) -> BTreeMap<String, String> {
+        let mut m = BTreeMap::new();
+        m.insert(format!("{META}source"), self.source.clone());
+        m.insert(format!("{META}hop_ms"), self.hop_ms.to_string());
+        for c in &self.classes {
+            for (field, v) in c.fields() {
+                m.insert(format!("{META}{}.{field}", c.class), v.to_string());
+            }
+        }
+        m
+    }
+
+    /// The calibration a checkpoint's metadata carries: `Ok(None)` if it has none (trained with
+    /// the assumed classes); an error if it is incomplete, unparsable or invalid.
+    pub fn from_metadata(meta: &BTreeMap<String, String>) -> Result<Option<Self>> {
+        if !meta.keys().any(|k| k.starts_with(META)) {
+            return Ok(None);
+        }
+        let get = |key: String| {
+            meta.get(&key).ok_or_else(|| {
+                PolicyError::Checkpoint(format!("calibration metadata: {key} is missing"))
+            })
+        };
+        let num = |key: String| -> Result<f64> {
+            let v = get(key.clone())?;
+            v.parse::<f64>().map_err(|_| {
+                PolicyError::Checkpoint(format!(
+                    "calibration metadata: {key} = {v:?} is not a number"
+                ))
+            })
+        };
+        let mut classes = Vec::new();
+        for name in CLASSES {
+            let f = |field: &str| num(format!("{META}{name}.{field}")).map(|v| v as f32);
+            classes.push(ClassCalibration {
+                class: name.to_string(),
+                cold_start_ms: f("cold_start_ms")?,
+                reuse_ms: f("reuse_ms")?,
+                overhead_ms: f("overhead_ms")?,
+                speed: f("speed")?,
+                busy_w_per_core: f("busy_w_per_core")?,
+            });
+        }
+        let cal = Calibration {
+            source: get(format!("{META}source"))?.clone(),
+            hop_ms: num(format!("{META}hop_ms"))?,
+            classes,
+        };
+        cal.validate()
+            .map_err(|e| PolicyError::Checkpoint(format!("calibration metadata: {e}")))?;
+        Ok(Some(cal))
+    }
+}
+
+impl ClassCalibration {
+    /// The measured figures by name.
+    fn fields(&self) -> [(&'static str, f32); 5] {
+        [
+            ("cold_start_ms", self.cold_start_ms),
+            ("reuse_ms", self.reuse_ms),
+            ("overhead_ms", self.overhead_ms),
+            ("speed", self.speed),
+            ("busy_w_per_core", self.busy_w_per_core),
+        ]
+    }
+}
 
 impl SimConfig {
     /// [`SimConfig::heterogeneous`] with `cal`'s measured constants in every node and its hop.

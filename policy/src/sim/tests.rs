@@ -481,3 +481,25 @@ fn calibrated_overhead_and_reuse_cost_are_in_every_latency() {
     }
     assert_eq!((rep.cold_starts, rep.reuse_hits), (2, 2));
 }
+
+#[test]
+fn a_calibration_travels_in_checkpoint_metadata_and_incomplete_metadata_is_refused() {
+    let cal = calibration();
+    let meta = cal.to_metadata();
+    assert_eq!(Calibration::from_metadata(&meta).unwrap(), Some(cal));
+    // A checkpoint trained with the assumed classes carries none.
+    let plain = std::collections::BTreeMap::from([("seed".to_string(), "3".to_string())]);
+    assert_eq!(Calibration::from_metadata(&plain).unwrap(), None);
+    let mut missing = meta.clone();
+    missing.remove("calibration.burst.speed");
+    let mut garbage = meta.clone();
+    garbage.insert("calibration.edge.cold_start_ms".into(), "fast".into());
+    let mut negative = meta;
+    negative.insert("calibration.hop_ms".into(), "-1".into());
+    for bad in [missing, garbage, negative] {
+        assert!(matches!(
+            Calibration::from_metadata(&bad),
+            Err(crate::error::PolicyError::Checkpoint(_))
+        ));
+    }
+}
