@@ -64,6 +64,8 @@ run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-b
 # tests built; about a minute each): placement, and three of the ablations.
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh placement --smoke
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh ablations --smoke
+# The paper's load profiles (steady, burst, 3,000 concurrent) at cut rates (~30 s).
+run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh profiles --smoke
 # The simulator's calibration on the same three nodes (~10 s), and the policy benchmark's
 # short slice in the cluster it measured.
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh calibration --smoke

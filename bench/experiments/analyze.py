@@ -109,6 +109,9 @@ def run_metrics(raw, tag, clk_tck):
             key = (r["function"], r["node"])
             if key not in first or r["at_ms"] < first[key]["at_ms"]:
                 first[key] = r
+    # After a warm-up (which is not recorded) the first recorded call is not a first call.
+    if report["config"].get("warmup_secs"):
+        first = {}
     m["first_calls"] = len(first)
     m["first_call_ms"] = statistics.fmean(r["latency_us"] for r in first.values()) / 1e3 if first else None
     meus = reuse = cold = forwarded = load_s = loads = guest_j = 0.0
@@ -435,7 +438,7 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
     w("")
     w("## Results (median over rounds)")
     w("")
-    w("| profile | configuration | requests | errors | req/s | first call on a node: mean ms | mean ms | p50 ms | p99 ms | in flight at a, halfway | reuse hit rate | energy mJ / request |")
+    w("| profile | configuration | requests | errors | req/s | first call on a node: mean ms (n/a after a warm-up) | mean ms | p50 ms | p99 ms | in flight at a, halfway | reuse hit rate | energy mJ / request |")
     w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in profiles:
         for c in configs:

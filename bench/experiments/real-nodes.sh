@@ -15,6 +15,9 @@
 #              least-loaded, LCI by in-process, the runtime optimisation by the `baseline`
 #              runtime profile); everything off (least-loaded / in-process / baseline); and
 #              each component alone on top of everything off.
+#   profiles   the paper's load profiles instead of the trace (bench/experiments/profiles.sh):
+#              steady 200 req/s, a 1,000 req/s burst, and 3,000 concurrent tasks, in the full
+#              system, warm-affinity (the product's default) and everything off.
 #   calibration  the constants the policy simulator assumes, measured on the same three nodes
 #              in the product's configuration (warm-affinity / auto / optimised): per class,
 #              the load paid by a cold start, the reuse lookup, the per-request overhead, the
@@ -30,7 +33,7 @@
 #   c  cpu-burst   no quota (both of the machine's CPUs)
 # Functions are deployed with timeout_ms=50 and memory_mb=64, so every class admits them.
 #
-# Usage: bench/experiments/real-nodes.sh placement|ablations|calibration [--smoke] [OUT_DIR]
+# Usage: bench/experiments/real-nodes.sh placement|ablations|profiles|calibration [--smoke] [OUT_DIR]
 #   default OUT_DIR bench/reports/paper/<experiment>/<UTC date>
 #   --smoke: one round of a one-minute window at 12x (5 s per run), no settling, the binary
 #            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI
@@ -76,10 +79,12 @@ case $experiment in
     # Each trace function is a different application: under the baseline runtime profile a
     # node compiles each one on first use, not one module for all.
     default_modules=distinct ;;
+  profiles)
+    default_configs="full warm-affinity all-off" default_minutes=600-601 default_modules=shared ;;
   calibration)
     default_configs=calibration default_minutes=600-601 default_modules=distinct ;;
   *)
-    echo "usage: bench/experiments/real-nodes.sh placement|ablations|calibration [--smoke] [OUT_DIR]" >&2
+    echo "usage: bench/experiments/real-nodes.sh placement|ablations|profiles|calibration [--smoke] [OUT_DIR]" >&2
     exit 2 ;;
 esac
 smoke=0
@@ -87,6 +92,7 @@ if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
 if [ $smoke = 1 ]; then
   # Three ablations cover every component on and off: cells compiling on first use included.
   [ "$experiment" = ablations ] && default_configs="full no-runtime-opt all-off"
+  [ "$experiment" = profiles ] && default_configs="full all-off"
   out=${1:-target/experiments-smoke/$experiment}
   rounds=${ROUNDS:-1} minutes=${MINUTES:-600-601} speedup=${SPEEDUP:-12} scale=${SCALE:-2}
 else
@@ -261,6 +267,13 @@ functions_everywhere() {
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"
 } >"$out/raw/setup.txt"
 
+if [ "$experiment" = profiles ]; then
+  source bench/experiments/profiles.sh
+  run_profiles
+  log "done"
+  python3 bench/experiments/analyze.py "$out"
+  exit 0
+fi
 if [ "$experiment" = calibration ]; then
   source bench/experiments/calibration.sh
   calibrate
