@@ -473,12 +473,20 @@ pub fn function_files(
     compatibility: &str,
     profile: RuntimeProfile,
 ) -> Vec<String> {
-    let code = artifact_file_name(hash, compatibility);
-    let stem = code.trim_end_matches(".cwasm");
     match profile {
-        RuntimeProfile::Optimised => vec![format!("{stem}.sha256"), code],
-        RuntimeProfile::Baseline => vec![format!("{stem}.wasm")],
+        RuntimeProfile::Optimised => {
+            let code = artifact_file_name(hash, compatibility);
+            vec![format!("{}.sha256", code.trim_end_matches(".cwasm")), code]
+        }
+        RuntimeProfile::Baseline => vec![source_file_name(hash, compatibility)],
     }
+}
+
+/// Name of the file the `baseline` profile keeps a module's bytes in: beside where its
+/// compiled artifact would be, `.wasm` instead of `.cwasm`.
+fn source_file_name(hash: &ModuleHash, compatibility: &str) -> String {
+    let code = artifact_file_name(hash, compatibility);
+    format!("{}.wasm", code.trim_end_matches(".cwasm"))
 }
 
 impl Runtime {
@@ -685,10 +693,9 @@ impl Runtime {
 
     /// Where the baseline profile keeps module `hash`'s bytes.
     fn source_path(&self, hash: &ModuleHash) -> PathBuf {
-        let [name] = &function_files(hash, &self.compat, RuntimeProfile::Baseline)[..] else {
-            unreachable!("the baseline keeps one file per module")
-        };
-        self.cfg.artifact_dir.join(name)
+        self.cfg
+            .artifact_dir
+            .join(source_file_name(hash, &self.compat))
     }
 
     /// Loads the artifact another runtime with the same engine settings compiled for module
@@ -701,11 +708,7 @@ impl Runtime {
     ) -> Result<Prepared, Error> {
         if self.cfg.runtime_profile == RuntimeProfile::Baseline {
             // Nothing is loaded before a call needs it; the bytes must be there for that call.
-            let path = self.source_path(&hash);
-            let source = read_source(&path, &hash)?.ok_or_else(|| Error::BadArtifact {
-                path: path.display().to_string(),
-                reason: "the module's bytes are not there".into(),
-            })?;
+            let source = required_source(&self.source_path(&hash), &hash)?;
             return Ok(Prepared {
                 hash,
                 size_bytes,
@@ -1048,17 +1051,12 @@ impl Runtime {
             }
             RuntimeProfile::Baseline => {
                 let path = self.source_path(&hash);
-                let source = tokio::task::spawn_blocking(move || {
-                    read_source(&path, &hash)?.ok_or_else(|| Error::BadArtifact {
-                        path: path.display().to_string(),
-                        reason: "the module's bytes are not there".into(),
-                    })
-                })
-                .await
-                .map_err(|e| Error::TaskFailed {
-                    task: "load",
-                    detail: e.to_string(),
-                })??;
+                let source = tokio::task::spawn_blocking(move || required_source(&path, &hash))
+                    .await
+                    .map_err(|e| Error::TaskFailed {
+                        task: "load",
+                        detail: e.to_string(),
+                    })??;
                 self.compile_source(Bytes::from(source)).await
             }
         }
@@ -1820,6 +1818,15 @@ fn write_source(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// A module's bytes kept by the baseline profile, if they are there (`None` if not), checked
 /// against the hash they are kept under.
+/// [`read_source`] where the bytes must be there: a module the `baseline` profile is about to
+/// compile or hand over.
+fn required_source(path: &Path, hash: &ModuleHash) -> Result<Vec<u8>, Error> {
+    read_source(path, hash)?.ok_or_else(|| Error::BadArtifact {
+        path: path.display().to_string(),
+        reason: "the module's bytes are not there".into(),
+    })
+}
+
 fn read_source(path: &Path, hash: &ModuleHash) -> Result<Option<Vec<u8>>, Error> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
