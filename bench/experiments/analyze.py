@@ -101,6 +101,16 @@ def run_metrics(raw, tag, clk_tck):
     cold_ok = [r["latency_us"] for r in records
                if r["cold"] and r["status"] is not None and 200 <= r["status"] < 300]
     m["cold_latency_ms"] = statistics.fmean(cold_ok) / 1e3 if cold_ok else None
+    # The node's own time for the answered requests (arrival at its route to its answer).
+    server = [r["server_us"] for r in records if r.get("server_us") is not None
+              and r["status"] is not None and 200 <= r["status"] < 300]
+    m["server_mean_ms"] = statistics.fmean(server) / 1e3 if server else None
+    # Per function: mean latency of its answered calls (for the per-function scatter plot).
+    per_fn = defaultdict(list)
+    for r in records:
+        if r["status"] is not None and 200 <= r["status"] < 300 and r.get("function"):
+            per_fn[r["function"]].append(r["latency_us"])
+    m["function_mean_ms"] = {f: round(statistics.fmean(v) / 1e3, 4) for f, v in sorted(per_fn.items())}
     # Cold-start time as a caller sees it, whatever the configuration: the latency of each
     # function's first answered call on each node (preheated or not, compiled or not).
     first = {}
@@ -392,8 +402,12 @@ def ablations_report(w, setup, runs, configs, rounds, med, ratios, ratio_text):
     rate = med("full", "reuse_hit_rate") if "full" in runs else None
     w(f"- Reuse hit rate of the full system: {fmt(100 * rate if rate is not None else None, 3)} % "
       f"(target ≥ 99.9 %): **{'met' if rate is not None and rate >= 0.999 else 'not met'}**.")
-    w("- 3,000 concurrent tasks with 0 errors: not part of this experiment (the runner has no burst "
-      "profile yet).")
+    w("- 3,000 concurrent tasks with 0 errors: not part of this experiment (`real-nodes.sh profiles` runs it).")
+    w("")
+    w("Figures (`bench/experiments/plots.py`, from `summary.json`; absent where Debian's matplotlib was "
+      "not available): `fig3-functions.svg`, each trace function's mean latency under everything off "
+      "against the full system (the paper's Fig. 3 style); `fig4-ablations.svg`, every configuration's "
+      "ratio to everything off per metric (Fig. 4 style).")
     if setup.get("smoke") == "1":
         w("")
         w("**Smoke run**: one short round to check the runner and this analysis; not a result.")
@@ -438,8 +452,8 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
     w("")
     w("## Results (median over rounds)")
     w("")
-    w("| profile | configuration | requests | errors | req/s | first call on a node: mean ms (n/a after a warm-up) | mean ms | p50 ms | p99 ms | in flight at a, halfway | reuse hit rate | energy mJ / request |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| profile | configuration | requests | errors | req/s | first call on a node: mean ms (n/a after a warm-up) | mean ms | p50 ms | p99 ms | server-side mean ms | in flight at a, halfway | reuse hit rate | energy mJ / request |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in profiles:
         for c in configs:
             k = f"{c}+{p}"
@@ -448,12 +462,16 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
             rate = med(k, "reuse_hit_rate")
             w(f"| {p} | {c} | {fmt(med(k, 'requests'), 0)} | {fmt(med(k, 'errors'), 0)} | "
               f"{fmt(med(k, 'throughput_rps'), 0)} | {fmt(med(k, 'first_call_ms'))} | {fmt(med(k, 'mean_ms'))} | "
-              f"{fmt(med(k, 'p50_ms'))} | {fmt(med(k, 'p99_ms'))} | {fmt(med(k, 'in_flight_mid'), 0)} | "
+              f"{fmt(med(k, 'p50_ms'))} | {fmt(med(k, 'p99_ms'))} | {fmt(med(k, 'server_mean_ms'))} | "
+              f"{fmt(med(k, 'in_flight_mid'), 0)} | "
               f"{fmt(100 * rate if rate is not None else None, 2)} % | {fmt(med(k, 'energy_mj_per_request'))} |")
     w("")
     w("Latency is of the 2xx answers: open loop from each request's planned send time, closed loop from "
-      "its send. Energy is the node's CPU-time model (10 W per busy core) over the node processes and "
-      "their cells. Errors by code, per run:")
+      "its send; server-side is the entry node's own time per answered request (`x-tern-duration-us`). "
+      "In the closed loop on a saturated machine, latency says where requests wait (in the node, or in "
+      "the client and the sockets between), not how fast they are served: compare requests per second "
+      "there. Energy is the node's CPU-time model (10 W per busy core) over the node processes and their "
+      "cells. Errors by code, per run:")
     w("")
     for p in profiles:
         for c in configs:
@@ -465,15 +483,16 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
     if "all-off" in configs:
         w("## Against everything off, same round")
         w("")
-        w("| profile | configuration / all-off | first call on a node | mean latency | p99 | energy per request |")
-        w("| --- | --- | --- | --- | --- | --- |")
+        w("| profile | configuration / all-off | first call on a node | mean latency | p99 | requests per second | energy per request |")
+        w("| --- | --- | --- | --- | --- | --- | --- |")
         for p in profiles:
             for c in configs:
                 if c == "all-off" or f"{c}+{p}" not in runs:
                     continue
                 a, b = f"{c}+{p}", f"all-off+{p}"
                 w(f"| {p} | {c} | {ratio_text(ratios(a, b, 'first_call_ms'))} | {ratio_text(ratios(a, b, 'mean_ms'))} | "
-                  f"{ratio_text(ratios(a, b, 'p99_ms'))} | {ratio_text(ratios(a, b, 'energy_mj_per_request'))} |")
+                  f"{ratio_text(ratios(a, b, 'p99_ms'))} | {ratio_text(ratios(a, b, 'throughput_rps'))} | "
+                  f"{ratio_text(ratios(a, b, 'energy_mj_per_request'))} |")
         w("")
     w("## The issue's target for this experiment")
     w("")
