@@ -349,3 +349,15 @@ for round in $(seq 1 "$rounds"); do
 done
 log "done"
 python3 bench/experiments/analyze.py "$out"
+# The paper's Fig. 3 and Fig. 4 for the ablations, drawn by Debian's matplotlib.
+if [ "$experiment" = ablations ]; then
+  if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && [ "$(id -u)" = 0 ] &&
+    command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq python3-matplotlib >/dev/null
+  fi
+  if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
+    /usr/bin/python3 bench/experiments/plots.py "$out"
+  else
+    echo "NO FIGURES: Debian's python3-matplotlib is not installed and cannot be (not root or no apt-get)" >&2
+  fi
+fi
