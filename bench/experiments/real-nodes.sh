@@ -353,11 +353,13 @@ python3 bench/experiments/analyze.py "$out"
 if [ "$experiment" = ablations ]; then
   if ! /usr/bin/python3 -c 'import matplotlib' 2>/dev/null && [ "$(id -u)" = 0 ] &&
     command -v apt-get >/dev/null; then
-    apt-get update -qq && apt-get install -y -qq python3-matplotlib >/dev/null
+    { apt-get update -qq && apt-get install -y -qq python3-matplotlib >/dev/null; } || true
   fi
   if /usr/bin/python3 -c 'import matplotlib' 2>/dev/null; then
     /usr/bin/python3 bench/experiments/plots.py "$out"
   else
-    echo "NO FIGURES: Debian's python3-matplotlib is not installed and cannot be (not root or no apt-get)" >&2
+    echo "SKIPPED: the ablations' figures: Debian's python3-matplotlib is not installed and could not be" >&2
+    # CI runs as root, where it can be installed: there a missing figure is a failure.
+    [ "${TERN_NO_SKIP:-0}" != 1 ] || exit 1
   fi
 fi
