@@ -744,6 +744,7 @@ impl Cells {
         self: Arc<Self>,
         info: FunctionInfo,
         meu: Meu,
+        cpu_ns: Arc<AtomicU64>,
     ) -> Result<MeuOutcome, tern_runtime::Error> {
         use tern_runtime::Error as RtError;
         let fault = |e: Error| match e {
@@ -754,6 +755,15 @@ impl Cells {
         };
         let tenant = info.name.tenant();
         let called = Instant::now();
+        // What the cell says the guest used, however the run ends; passed on when this
+        // returns, capped (a guest runs on one thread at a time: no more CPU than the call's
+        // time here).
+        let reported = Arc::new(AtomicU64::new(0));
+        let _pass_on = PassOnCpu {
+            reported: reported.clone(),
+            to: cpu_ns,
+            called,
+        };
         // A cell found dead before it started the MEU (it died since its last call, or while
         // the function was being installed): the MEU did not run, so it runs in the cell that
         // replaces it. Once: a cell that dies before starting anything twice in a row is not
@@ -778,6 +788,7 @@ impl Cells {
                             meu.items as u32,
                             &meu.request_id,
                             log,
+                            Some(reported.clone()),
                         )
                         .await
                 }
@@ -828,9 +839,26 @@ impl Cells {
             cold_start: outcome.cold_start,
             timings,
             memory_grows: outcome.memory_grows.min(max_grows),
-            // One guest runs on one thread at a time: no more CPU than the call's time here.
-            cpu_ns: outcome.cpu_ns.min(took.saturating_mul(1000)),
+            cpu_ns: reported
+                .load(Ordering::Relaxed)
+                .min(took.saturating_mul(1000)),
         })
+    }
+}
+
+/// Adds the guest CPU time a cell reported for one call to the caller's counter when the call
+/// ends, capped by the call's time.
+struct PassOnCpu {
+    reported: Arc<AtomicU64>,
+    to: Arc<AtomicU64>,
+    called: Instant,
+}
+
+impl Drop for PassOnCpu {
+    fn drop(&mut self) {
+        let took_ns = u64::try_from(self.called.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let used = self.reported.load(Ordering::Relaxed).min(took_ns);
+        self.to.fetch_add(used, Ordering::Relaxed);
     }
 }
 
@@ -914,12 +942,13 @@ impl CellRunner for Cells {
         &self,
         function: &FunctionInfo,
         meu: Meu,
+        cpu_ns: Arc<AtomicU64>,
     ) -> Pin<Box<dyn Future<Output = Result<MeuOutcome, tern_runtime::Error>> + Send>> {
         let this = self.this.upgrade();
         let info = function.clone();
         Box::pin(async move {
             match this {
-                Some(cells) => cells.run_in_cell(info, meu).await,
+                Some(cells) => cells.run_in_cell(info, meu, cpu_ns).await,
                 None => Err(tern_runtime::Error::PoolClosed("cell")),
             }
         })

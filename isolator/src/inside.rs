@@ -12,12 +12,13 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tern_runtime::isolation::InProcess;
-use tern_runtime::{MemoryProfile, Meu, Runtime, RuntimeConfig, RuntimeProfile};
+use tern_runtime::{MemoryProfile, Meu, RunSinks, Runtime, RuntimeConfig, RuntimeProfile};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -386,6 +387,7 @@ async fn serve(args: CellArgs) -> i32 {
                         result: Err(missing),
                         stderr: Vec::new(),
                         stderr_cut: 0,
+                        guest_cpu_ns: 0,
                     };
                     if tx.send(answer).await.is_err() {
                         break;
@@ -408,15 +410,19 @@ async fn serve(args: CellArgs) -> i32 {
                     let meu = Meu::new(request_id, function, Bytes::from(input), items as usize);
                     // This run's own stderr: it goes with the run (a cancelled run's with it).
                     let stderr = Arc::new(RunStderr::default());
+                    let cpu_ns = Arc::new(AtomicU64::new(0));
+                    let sinks = RunSinks {
+                        log: Some(stderr.clone()),
+                        cpu_ns: Some(cpu_ns.clone()),
+                    };
                     let result = runtime
-                        .execute_logging_to(meu, &sandbox, Some(stderr.clone()))
+                        .execute_with(meu, &sandbox, sinks)
                         .await
                         .map(|o| Outcome {
                             output: o.output.to_vec(),
                             cold_start: o.cold_start,
                             timings: o.timings,
                             memory_grows: o.memory_grows,
-                            cpu_ns: o.cpu_ns,
                         })
                         .map_err(|e| e.to_api());
                     running_map
@@ -429,6 +435,7 @@ async fn serve(args: CellArgs) -> i32 {
                         result,
                         stderr,
                         stderr_cut,
+                        guest_cpu_ns: cpu_ns.load(Ordering::Relaxed),
                     };
                     let _ = tx.send(answer).await;
                 });
@@ -486,11 +493,14 @@ fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
         format!("the answer does not fit the cell's frame limit: {why}"),
     );
     match answer {
-        FromCell::Ran { id, .. } => Some(FromCell::Ran {
+        FromCell::Ran {
+            id, guest_cpu_ns, ..
+        } => Some(FromCell::Ran {
             id,
             result: Err(error),
             stderr: Vec::new(),
             stderr_cut: 0,
+            guest_cpu_ns,
         }),
         FromCell::Installed { id, .. } => Some(FromCell::Installed {
             id,

@@ -56,6 +56,8 @@ enum Waiting {
         started: Arc<std::sync::atomic::AtomicBool>,
         /// Where the guest's stderr goes, for which function.
         log: Option<(FunctionName, LogTo)>,
+        /// Added to: the guest CPU time the cell reports, nanoseconds.
+        cpu_ns: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -305,12 +307,14 @@ impl CellProcess {
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
-        self.run_logged(function, hash, input, items, "", None)
+        self.run_logged(function, hash, input, items, "", None, None)
             .await
     }
 
     /// [`CellProcess::run`] of the node's request `request_id` (what the guest sees as
-    /// `TERN_REQUEST_ID`), with the guest's stderr recorded in `log` when the cell answers.
+    /// `TERN_REQUEST_ID`), with the guest's stderr recorded in `log` and the CPU time it used
+    /// added to `cpu_ns` when the cell answers, whatever the answer.
+    #[allow(clippy::too_many_arguments)] // one run's identity, input and the two sinks its answer fills
     pub async fn run_logged(
         &self,
         function: FunctionName,
@@ -319,6 +323,7 @@ impl CellProcess {
         items: u32,
         request_id: &str,
         log: Option<LogTo>,
+        cpu_ns: Option<Arc<AtomicU64>>,
     ) -> Result<Outcome, Error> {
         let not_started = |e: Error| match e {
             Error::CellExited(why) => Error::EndedBeforeStart(why),
@@ -336,6 +341,7 @@ impl CellProcess {
             answer: tx,
             started: started.clone(),
             log: log.map(|to| (function.clone(), to)),
+            cpu_ns,
         };
         let request = ToCell::Run {
             id,
@@ -547,8 +553,17 @@ async fn read_answers(
                 result,
                 mut stderr,
                 stderr_cut,
+                guest_cpu_ns,
             } => match shared.lock().remove(&id) {
-                Some(Waiting::Run { answer, log, .. }) => {
+                Some(Waiting::Run {
+                    answer,
+                    log,
+                    cpu_ns,
+                    ..
+                }) => {
+                    if let Some(cpu_ns) = cpu_ns {
+                        cpu_ns.fetch_add(guest_cpu_ns, Ordering::Relaxed);
+                    }
                     if let Some((function, to)) = log
                         && (!stderr.is_empty() || stderr_cut > 0)
                     {

@@ -63,6 +63,9 @@ pub enum FromCell {
         /// What the guest wrote to stderr (the first bytes), and how many more it wrote.
         stderr: Vec<u8>,
         stderr_cut: u64,
+        /// CPU time the guest used, nanoseconds, whatever the result (a guest that trapped or
+        /// ran out its time cost the machine too).
+        guest_cpu_ns: u64,
     },
 }
 
@@ -74,6 +77,4 @@ pub struct Outcome {
     pub timings: Timings,
     /// The guest's own `memory.grow`s that added pages.
     pub memory_grows: u64,
-    /// CPU time the guest used, nanoseconds.
-    pub cpu_ns: u64,
 }

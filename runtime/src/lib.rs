@@ -32,7 +32,7 @@ pub use error::Error;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -381,11 +381,13 @@ pub struct Runtime {
 /// runtime still admits each MEU here (an instance slot and its memory, in the tenants' fair
 /// order, within the deadline) and holds the slot while the cell runs it.
 pub trait CellRunner: Send + Sync + 'static {
-    /// Runs `meu` of `function` in its tenant's cell.
+    /// Runs `meu` of `function` in its tenant's cell, adding the CPU time the cell says the
+    /// guest used to `cpu_ns` (nanoseconds) whatever the run's result.
     fn run(
         &self,
         function: &FunctionInfo,
         meu: Meu,
+        cpu_ns: Arc<AtomicU64>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<MeuOutcome, Error>> + Send>>;
     /// `function` was installed (deployed, replicated or preheated) on this node.
     fn installed(&self, function: &FunctionInfo);
@@ -1164,7 +1166,14 @@ impl Runtime {
             RuntimeProfile::Baseline => self.cfg.compile_timeout,
         };
         let answer_by = deadline + self.cfg.epoch_tick * 2 + load_allowance;
-        let run = cells.run(&deployed.info, meu);
+        // The guest's CPU time in the cell, counted for its function however the run ends (a
+        // cell that does not answer in time has told nothing: 0).
+        let cpu_ns = Arc::new(AtomicU64::new(0));
+        let _count_cpu = RecordCpuOnDrop {
+            used_ns: cpu_ns.clone(),
+            metrics: &deployed.metrics,
+        };
+        let run = cells.run(&deployed.info, meu, cpu_ns);
         let outcome = match tokio::time::timeout_at(answer_by.into(), run).await {
             Ok(r) => r?,
             Err(_) => {
@@ -1195,7 +1204,6 @@ impl Runtime {
                 .memory_grows
                 .fetch_add(outcome.memory_grows, Relaxed);
         }
-        deployed.metrics.record_guest_cpu(outcome.cpu_ns);
         Ok(MeuOutcome {
             output: outcome.output,
             cold_start: outcome.cold_start,
@@ -1207,19 +1215,19 @@ impl Runtime {
 
     /// Runs one MEU to completion under the limits `sandbox` gives its function.
     pub async fn execute(&self, meu: Meu, sandbox: &dyn Sandbox) -> Result<MeuOutcome, Error> {
-        self.execute_logging_to(meu, sandbox, None).await
+        self.execute_with(meu, sandbox, RunSinks::default()).await
     }
 
-    /// [`Runtime::execute`], with the guest's stderr going to `log` instead of this runtime's
-    /// [`GuestLogs`] (a cell gives each run its own, to send back with its answer).
-    pub async fn execute_logging_to(
+    /// [`Runtime::execute`], with what the run leaves behind going where `sinks` says as well
+    /// (a cell gives each run its own, to send back with its answer).
+    pub async fn execute_with(
         &self,
         meu: Meu,
         sandbox: &dyn Sandbox,
-        log: Option<Arc<dyn LogSink>>,
+        sinks: RunSinks,
     ) -> Result<MeuOutcome, Error> {
         if meu.trace.is_disabled() {
-            return self.run_meu(meu, sandbox, log).await;
+            return self.run_meu(meu, sandbox, sinks).await;
         }
         // The guest's span: in a cell the guest runs in another process, which exports
         // nothing (it has no network), so the span covers the round trip and is named `cell`.
@@ -1239,7 +1247,7 @@ impl Runtime {
             otel.status_code = tracing::field::Empty,
         );
         let result =
-            tracing::Instrument::instrument(self.run_meu(meu, sandbox, log), span.clone()).await;
+            tracing::Instrument::instrument(self.run_meu(meu, sandbox, sinks), span.clone()).await;
         match &result {
             Ok(o) => {
                 let t = &o.timings;
@@ -1261,7 +1269,7 @@ impl Runtime {
         &self,
         meu: Meu,
         sandbox: &dyn Sandbox,
-        log: Option<Arc<dyn LogSink>>,
+        sinks: RunSinks,
     ) -> Result<MeuOutcome, Error> {
         let deployed = self
             .get(&meu.function)
@@ -1321,7 +1329,7 @@ impl Runtime {
         let start_slow = start == lanes::Start::Slow;
         // Whatever the guest writes to stderr is recorded when this goes, however the MEU
         // ends.
-        let (mut wasi, _stderr) = self.guest_wasi(&meu, log, matches!(pre, Loaded::Http(_)));
+        let (mut wasi, _stderr) = self.guest_wasi(&meu, sinks.log, matches!(pre, Loaded::Http(_)));
         let host_metrics = self.metrics.clone();
         // Epochs advance only while some guest holds one of these (an idle ticker parks).
         let ticking = self.ticker.guest_running();
@@ -1415,7 +1423,7 @@ impl Runtime {
         }
         // The guest's CPU time, counted for its function however the guest ends (at its
         // deadline too: a guest that runs until it is stopped costs the most).
-        let cpu_ns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cpu_ns = sinks.cpu_ns.unwrap_or_default();
         let _count_cpu = RecordCpuOnDrop {
             used_ns: cpu_ns.clone(),
             metrics: &metrics,
@@ -1538,6 +1546,16 @@ impl Drop for RecordCpuOnDrop<'_> {
     fn drop(&mut self) {
         self.metrics.record_guest_cpu(self.used_ns.load(Relaxed));
     }
+}
+
+/// Where a run's by-products go besides this runtime's own logs and metrics, when its caller
+/// wants them (a cell sends them back to the node with its answer).
+#[derive(Default)]
+pub struct RunSinks {
+    /// The guest's stderr, instead of this runtime's [`GuestLogs`].
+    pub log: Option<Arc<dyn LogSink>>,
+    /// Added to: the guest's CPU time, nanoseconds, however the run ends.
+    pub cpu_ns: Option<Arc<AtomicU64>>,
 }
 
 /// How one guest ran, whatever its kind.

@@ -56,3 +56,41 @@ async fn guest_cpu_and_energy_of_guests_in_cells_reach_the_nodes_metrics() {
     };
     guest_cpu_is_counted_for_function_and_tenant(cfg).await;
 }
+
+/// A guest that fails cost the machine too: its CPU time is counted like a finished one's.
+async fn a_failed_guests_cpu_is_counted(cfg: Config) {
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = deploy(addr, "membomb", "?timeout_ms=20000&memory_mb=64").await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    // Allocates 1 MiB chunks, touching each, until the 64 MiB cap makes the allocator abort.
+    let r = invoke(addr, "membomb", "alloc").await;
+    assert_eq!((r.status, code(&r).as_str()), (500, "guest_trap"));
+    let cpu = metric_labelled(
+        addr,
+        "tern_guest_cpu_seconds_total",
+        r#"function="membomb""#,
+    )
+    .await;
+    // Touching ~60 MiB takes well over half a millisecond of CPU.
+    assert!(
+        cpu > 0.0005,
+        "{cpu} s of CPU counted for a guest that trapped"
+    );
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_guests_cpu_is_counted_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    a_failed_guests_cpu_is_counted(config(dir.path())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_guests_cpu_in_a_cell_reaches_the_nodes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    a_failed_guests_cpu_is_counted(cfg).await;
+}
