@@ -60,7 +60,7 @@ use tern_wire::{ClientOp, ClientReply, ClientRequest, ClientResponse, encode_fra
 pub use config::{ClientConfig, Pem, parse_seed};
 pub use error::{ClientError, NodeFailure};
 pub use tern_wire::{
-    ApiError, ErrorCode, FunctionInfo, FunctionName, InvocationId, InvocationRecord,
+    ApiError, ErrorCode, FunctionInfo, FunctionName, HttpCall, InvocationId, InvocationRecord,
     InvocationStatus, TraceParent,
 };
 
@@ -116,6 +116,35 @@ pub struct InvokeOutput {
     /// Whether the node answered from its idempotency cache (a retry of a call that had
     /// already run) instead of running the function again.
     pub replayed: bool,
+}
+
+/// A `wasi:http/proxy` component's answer to [`Client::call_component`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentOutput {
+    /// The component's status code.
+    pub status: u16,
+    /// The component's headers, in its order; values are bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The component's body.
+    pub body: Bytes,
+    /// Node that ran the component.
+    pub node: String,
+    /// Whether the component had to be loaded for this call.
+    pub cold_start: bool,
+    /// Time spent on the node, microseconds.
+    pub duration_us: u64,
+    /// Whether the node answered from its idempotency cache.
+    pub replayed: bool,
+}
+
+impl ComponentOutput {
+    /// The first value of header `name` (case-insensitive), if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
 }
 
 /// A connection to a Tern cluster through its seed nodes. Cheap to clone; clones share the
@@ -303,6 +332,45 @@ impl Client {
             }),
             (other, node) => Err(self.unexpected(node, &other)),
         }
+    }
+
+    /// Calls component `name` with an HTTP request, as `/fn/{name}{path}` does over HTTP: the
+    /// component sees `call`'s method, path and query, headers and body, and its status,
+    /// headers and body come back. A core module (a command) is refused with
+    /// `invalid_request`; an answer that is not a component's is a [`ClientError::Protocol`].
+    pub async fn call_component(
+        &self,
+        name: &str,
+        call: &HttpCall,
+        options: InvokeOptions,
+    ) -> Result<ComponentOutput, ClientError> {
+        let input = call.encode()?;
+        let out = self.invoke_with(name, input, options).await?;
+        let answer = match tern_wire::HttpAnswer::decode(&out.output) {
+            Some(Ok(answer)) => answer,
+            Some(Err(e)) => {
+                return Err(ClientError::Protocol {
+                    node: out.node,
+                    reason: format!("the component's answer did not decode: {e}"),
+                });
+            }
+            None => {
+                return Err(ClientError::Protocol {
+                    node: out.node,
+                    reason: "the function answered with something other than an HTTP response"
+                        .into(),
+                });
+            }
+        };
+        Ok(ComponentOutput {
+            status: answer.status,
+            headers: answer.headers,
+            body: Bytes::from(answer.body),
+            node: out.node,
+            cold_start: out.cold_start,
+            duration_us: out.duration_us,
+            replayed: out.replayed,
+        })
     }
 
     /// Starts `name` with `input` in the background and returns its id once the node has

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::Method;
 use tern_client::{
-    Client, ClientConfig, ClientError, DeployOptions, ErrorCode, InvocationStatus, InvokeOptions,
+    Client, ClientConfig, ClientError, DeployOptions, ErrorCode, HttpCall, InvocationStatus,
+    InvokeOptions,
 };
 use tern_node::config::ConfigError;
 use tern_node::{Config, NodeError, NodeHandle};
@@ -1093,4 +1094,55 @@ async fn every_client_operation_answers_each_caller_as_its_role_and_tenant_allow
         assert!(text.contains(&line), "{line} in /metrics");
     }
     node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_calls_a_component_with_its_method_path_headers_and_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let node = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let client = connect(client_config(&pki, &[("a", client_addr(&node))])).await;
+    client
+        .deploy("inspect", component("inspect").to_vec())
+        .await
+        .unwrap();
+    let call = HttpCall {
+        method: "PATCH".into(),
+        path_and_query: "/a/b?x=1&y=2".into(),
+        headers: vec![
+            ("x-status".into(), b"418".to_vec()),
+            ("x-custom".into(), b"teapot".to_vec()),
+        ],
+        body: b"abc".to_vec(),
+    };
+    let out = client
+        .call_component("inspect", &call, InvokeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(out.status, 418, "{}", String::from_utf8_lossy(&out.body));
+    assert_eq!(out.header("x-inspected"), Some("yes"));
+    assert_eq!(out.header("Content-Type"), Some("application/json"));
+    assert_eq!(out.node, "a");
+    let seen: serde_json::Value = serde_json::from_slice(&out.body).unwrap();
+    assert_eq!(seen["method"], "PATCH");
+    assert_eq!(seen["path"], "/a/b");
+    assert_eq!(seen["query"], "x=1&y=2");
+    assert_eq!(seen["body_bytes"], 3);
+    assert!(
+        seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h[0] == "x-custom" && h[1] == "teapot"),
+        "{seen}"
+    );
+    // A command is not a component: refused, and the node keeps serving.
+    let refused = client
+        .call_component("echo", &call, InvokeOptions::default())
+        .await;
+    assert_eq!(api_code(refused), ErrorCode::InvalidRequest);
+    assert_eq!(
+        client.invoke("echo", "still here").await.unwrap().output,
+        Bytes::from_static(b"still here")
+    );
 }
