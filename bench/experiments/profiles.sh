@@ -11,8 +11,9 @@
 # Every request is the paper's workload at a size this machine can serve at these rates:
 # matmul-json at n = WORK_N (default 64; n = 512 takes ~70 ms of one core here, so 200 a
 # second would need 14 cores), padded to ~1 KB, to one function deployed from matmul-json with
-# a 10 s time limit (a request may wait that long for an instance slot before it is refused;
-# edge-small admits at most 50 ms, so only a and c run it). Each (configuration, profile) pair
+# a 10 s time limit (a request may wait that long for an instance slot before it is refused).
+# edge-small admits at most 50 ms and cpu-burst 900 ms, so only the standard node a runs it:
+# the entry, admission and placement are a cluster's, the work one node's. Each (configuration, profile) pair
 # gets a fresh cluster, so every profile starts cold. Records, /metrics and CPU ticks as for the
 # trace runs; analyze.py reads them.
 # Environment (full defaults): PROFILES="steady burst concurrent" WORK_N=64; smoke: rates and
