@@ -11,13 +11,15 @@
 # Every request is the paper's workload at a size this machine can serve at these rates:
 # matmul-json at n = WORK_N (default 64; n = 512 takes ~70 ms of one core here, so 200 a
 # second would need 14 cores), padded to ~1 KB, to one function deployed from matmul-json with
-# a 10 s time limit (a request may wait that long for an instance slot before it is refused).
-# edge-small admits at most 50 ms and cpu-burst 900 ms, so only the standard node a runs it:
-# the entry, admission and placement are a cluster's, the work one node's. Each (configuration, profile) pair
-# gets a fresh cluster, so every profile starts cold. Records, /metrics and CPU ticks as for the
-# trace runs; analyze.py reads them.
-# Environment (full defaults): PROFILES="steady burst concurrent" WORK_N=64; smoke: rates and
-# durations cut (50 req/s for 3 s, 200 req/s for 2 s, 300 connections for 3 s).
+# a time limit of LIMIT_MS (default 10 s; a request may wait that long for an instance slot
+# before it is refused as overloaded). A node runs only functions its class admits: edge-small
+# at most 50 ms, cpu-burst 900 ms, so with the default only the standard node a runs it (the
+# entry, admission and placement are a cluster's, the work one node's); LIMIT_MS=50 lets all
+# three run it, and refuses what waits longer. Each (configuration, profile) pair gets a fresh
+# cluster, so every profile starts cold. Records, /metrics and CPU ticks as for the trace runs;
+# analyze.py reads them.
+# Environment (full defaults): PROFILES="steady burst concurrent" WORK_N=64 LIMIT_MS=10000;
+# smoke: rates and durations cut (50 req/s for 3 s, 200 req/s for 2 s, 300 connections for 3 s).
 
 # profile_args PROFILE: the `tern bench` arguments of PROFILE (smoke-sized when smoke=1).
 profile_args() {
@@ -41,11 +43,12 @@ profile_midpoint() {
 }
 
 run_profiles() {
-  local profiles=(${PROFILES:-steady burst concurrent}) work_n=${WORK_N:-64} p
+  local profiles=(${PROFILES:-steady burst concurrent}) work_n=${WORK_N:-64} limit_ms=${LIMIT_MS:-10000} p
+  [[ $limit_ms =~ ^[1-9][0-9]*$ ]] || { echo "LIMIT_MS must be a positive integer" >&2; return 1; }
   for p in "${profiles[@]}"; do
     [ -n "$(profile_args "$p")" ] || { echo "unknown profile $p" >&2; return 1; }
   done
-  echo "profiles=$(IFS=,; echo "${profiles[*]}") profile_work_n=$work_n" >>"$out/raw/setup.txt"
+  echo "profiles=$(IFS=,; echo "${profiles[*]}") profile_work_n=$work_n profile_limit_ms=$limit_ms" >>"$out/raw/setup.txt"
   for p in "${profiles[@]}"; do echo "profile.$p=$(profile_args "$p" | tr ' ' ,)" >>"$out/raw/setup.txt"; done
   # The paper's request: a ~1 KB JSON object.
   python3 - "$work_n" >"$work/request.json" <<'PY'
@@ -68,7 +71,7 @@ PY
         log "round $round: $config ($(configuration "$config")), profile $profile"
         start_cluster "$config" "$dir"
         TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" deploy mm-000 functions/dist/matmul-json.wasm \
-          --timeout-ms 10000 --memory-mb 64 --server "${http[0]}" >/dev/null
+          --timeout-ms "$limit_ms" --memory-mb 64 --server "${http[0]}" >/dev/null
         functions_everywhere "$dir" 1
         sleep 1 # statuses: every node's ready versions reach its peers
         for i in 0 1 2; do
