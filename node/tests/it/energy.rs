@@ -19,9 +19,11 @@ async fn guest_cpu_is_counted_for_function_and_tenant(cfg: Config) {
     let joules = metric_labelled(addr, "tern_guest_energy_joules_total", function).await;
     let exec = metric_labelled(addr, "tern_meu_exec_seconds_sum", function).await;
     let inst = metric_labelled(addr, "tern_meu_instantiate_seconds_sum", function).await;
-    // A compute-bound guest: most of its run is its own CPU time, and never more than the
-    // time it ran (histogram sums are rounded to the microsecond).
-    assert!(cpu > 0.1 * exec, "{cpu} s of CPU in {exec} s of execution");
+    // A compute-bound guest's own CPU time: three 160×160 products are several milliseconds
+    // of work whatever else the machine is doing (thread CPU time does not count time spent
+    // descheduled, so no ratio to the wall-clock execution time is asserted), and never more
+    // than the time it ran (histogram sums are rounded to the microsecond).
+    assert!(cpu > 0.001, "{cpu} s of CPU in {exec} s of execution");
     assert!(
         cpu <= exec + inst + 0.001,
         "{cpu} s of CPU in {exec} + {inst} s"
