@@ -41,7 +41,7 @@ header=$(auth_header_file "$data/bench.token" "$data/bench.header")
 
 # one KIND ROUND: deploys a fresh module of KIND and calls it once; appends to calls.tsv.
 one() {
-  local kind=$1 r=$2 name source route wasm
+  local kind=$1 r=$2 name source route wasm status ran cold d
   case $kind in
     command) name=first-m-$r source=functions/dist/echo.wasm route=/v1/functions/first-m-$r/invoke ;;
     component) name=first-c-$r source=functions/dist/components/echo.wasm route=/fn/first-c-$r ;;
@@ -52,12 +52,9 @@ one() {
   log "TERN_TOKEN=<developer token of bench> $tern deploy $name <$source with a section naming it> --server $addr"
   TERN_TOKEN=$(cat "$data/bench.token") $tern deploy "$name" "$wasm" --server "$addr" --log warn >/dev/null
   log "curl -H @<bench header> -X POST http://$addr$route -d hi"
-  curl -s -o /dev/null -D - -H @"$header" -X POST "http://$addr$route" -d hi | tr -d '\r' |
-    awk -F': ' -v r="$r" -v k="$kind" -v n="$name" '
-      /^HTTP\// { split($0, s, " "); status = s[2] }
-      tolower($1) == "x-tern-duration-us" { d = $2 }
-      tolower($1) == "x-tern-cold-start" { c = $2 }
-      END { printf "%s\t%s\t%s\t%s\t%s\t%s\n", r, k, n, d, c, status }' >>"$out/raw/calls.tsv"
+  IFS='|' read -r status ran cold d < <(curl -s -o /dev/null -D - -H @"$header" -X POST \
+    "http://$addr$route" -d hi | answer_fields)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$kind" "$name" "$d" "$cold" "$status" >>"$out/raw/calls.tsv"
 }
 
 : >"$out/raw/calls.tsv"

@@ -87,7 +87,7 @@ impl Pipeline {
     /// the caller drops this future, its MEUs are cancelled (guests included) and the permit
     /// goes with the last of them.
     pub async fn invoke_admitted(&self, inv: Invocation, permit: Permit) -> Result<Outcome, Error> {
-        let accepted_at = Instant::now();
+        let accepted_at = tokio::time::Instant::now().into_std();
         let lease: Lease = Arc::new(permit);
         let synced = self.registry_synced();
         let Some(deployed) = self.services.runtime.get(&inv.function) else {

@@ -313,6 +313,7 @@ pub async fn run_on_peers(
     reserved: Option<Reservation>,
 ) -> Placed {
     let mut reserved = reserved;
+    let mut meu = meu;
     let mut failover = Failover::new(nodes, chosen);
     let mut next = failover.next();
     loop {
@@ -343,7 +344,13 @@ pub async fn run_on_peers(
         let failure = match answer {
             Ok(outcome) => return Placed::Answered(Ok(outcome)),
             Err(RemoteFailure::Failed(e)) => return Placed::Answered(Err(e)),
-            Err(RemoteFailure::Lost(e) | RemoteFailure::Refused(e)) => e,
+            // The lost run may have used any part of the time limit: the rerun gets all of
+            // it again (a refusal did not run, and its time stays spent).
+            Err(RemoteFailure::Lost(e)) => {
+                meu.accepted_at = tokio::time::Instant::now().into_std();
+                e
+            }
+            Err(RemoteFailure::Refused(e)) => e,
         };
         tracing::info!(
             request_id = %meu.request_id,

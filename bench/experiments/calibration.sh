@@ -62,15 +62,11 @@ calibrate() {
   printf 'phase\tround\tentry\tfunction\tn\tran\tcold\tduration_us\tstatus\n' >"$calls"
   # call PHASE ROUND ENTRY_INDEX FUNCTION N BODY: one invocation, one line of calls.tsv.
   call() {
-    curl -s -m 10 -o /dev/null -D - -H @"$dir/${names[$3]}.auth" -X POST \
-      "http://${http[$3]}/v1/functions/$4/invoke" --data-binary "$6" | tr -d '\r' |
-      awk -F': ' -v p="$1" -v r="$2" -v e="${names[$3]}" -v f="$4" -v n="$5" '
-        /^HTTP\// { split($0, s, " "); status = s[2] }
-        tolower($1) == "x-tern-node" { ran = $2 }
-        tolower($1) == "x-tern-cold-start" { cold = $2 }
-        tolower($1) == "x-tern-duration-us" { d = $2 }
-        END { printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p, r, e, f, n, ran, cold, d, status }' \
-      >>"$calls"
+    local status ran cold d
+    IFS='|' read -r status ran cold d < <(curl -s -m 10 -o /dev/null -D - -H @"$dir/${names[$3]}.auth" \
+      -X POST "http://${http[$3]}/v1/functions/$4/invoke" --data-binary "$6" | answer_fields)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "${names[$3]}" "$4" "$5" "$ran" "$cold" "$d" \
+      "$status" >>"$calls"
   }
   local matmul_body='{"task_id":"cal","n":NN,"seed":7,"op":"matmul"}'
   # scrape TAG: every node's /metrics as raw/TAG-NODE.prom.

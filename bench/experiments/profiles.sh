@@ -59,14 +59,10 @@ print(json.dumps(body), end="")
 PY
   local run_no=0 round config profile
   for round in $(seq 1 "$rounds"); do
-    local order=() k
-    for k in "${!configs[@]}"; do
-      order+=("${configs[$(((k + round - 1) % ${#configs[@]}))]}")
-    done
-    for config in "${order[@]}"; do
+    for config in $(rotated_configs "$round"); do
       for profile in "${profiles[@]}"; do
         run_no=$((run_no + 1))
-        local tag="$config+$profile-r$round" dir="$work/run-$run_no" i
+        local tag="$config+$profile-r$round" dir="$work/run-$run_no"
         mkdir -p "$dir"
         log "round $round: $config ($(configuration "$config")), profile $profile"
         start_cluster "$config" "$dir"
@@ -74,10 +70,7 @@ PY
           --timeout-ms "$limit_ms" --memory-mb 64 --server "${http[0]}" >/dev/null
         functions_everywhere "$dir" 1
         sleep 1 # statuses: every node's ready versions reach its peers
-        for i in 0 1 2; do
-          curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-before.prom"
-          echo "$(cpu_ticks "${pids[$i]}")" >"$out/raw/$tag-${names[$i]}-cpu-before"
-        done
+        snapshot_nodes "$tag" before "$dir"
         local mid sampler=
         mid=$(profile_midpoint "$profile")
         if [ -n "$mid" ]; then
@@ -90,11 +83,7 @@ PY
           --server "${http[0]}" --records "$out/raw/$tag.jsonl" --json "$out/raw/$tag.json" \
           >"$out/raw/$tag.txt"
         [ -n "$sampler" ] && wait "$sampler"
-        for i in 0 1 2; do
-          curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-after.prom"
-          echo "$(cpu_ticks "${pids[$i]}")" >"$out/raw/$tag-${names[$i]}-cpu-after"
-          kill -0 "${pids[$i]}" 2>/dev/null || { echo "node ${names[$i]} died in $tag" >&2; return 1; }
-        done
+        snapshot_nodes "$tag" after "$dir" || return 1
         gzip -9 "$out/raw/$tag.jsonl" "$out/raw/$tag"-*.prom
         stop_cluster
       done

@@ -255,6 +255,30 @@ functions_everywhere() {
   done
 }
 
+# rotated_configs ROUND: the configurations in ROUND's order, one per line, rotated each
+# round so that no configuration always runs first (or last) here.
+rotated_configs() {
+  local k
+  for k in "${!configs[@]}"; do
+    echo "${configs[$(((k + $1 - 1) % ${#configs[@]}))]}"
+  done
+}
+
+# snapshot_nodes TAG before|after RUN_DIR: every node's /metrics and CPU ticks as
+# raw/TAG-NODE-WHEN.prom and raw/TAG-NODE-cpu-WHEN. After a run, a node that died fails it:
+# a failed run is not a result.
+snapshot_nodes() {
+  local tag=$1 when=$2 dir=$3 i
+  for i in 0 1 2; do
+    curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-$when.prom"
+    cpu_ticks "${pids[$i]}" >"$out/raw/$tag-${names[$i]}-cpu-$when"
+    if [ "$when" = after ] && ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "node ${names[$i]} died in $tag" >&2
+      return 1
+    fi
+  done
+}
+
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
@@ -267,18 +291,18 @@ functions_everywhere() {
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"
 } >"$out/raw/setup.txt"
 
-if [ "$experiment" = profiles ]; then
-  source bench/experiments/profiles.sh
-  run_profiles
+# The load profiles and the calibration replace the trace: a script of their own runs them,
+# and their analysis writes the report.
+case $experiment in
+  profiles) run=run_profiles analysis=analyze.py ;;
+  calibration) run=calibrate analysis=calibration.py ;;
+  *) run= ;;
+esac
+if [ -n "$run" ]; then
+  source "bench/experiments/$experiment.sh"
+  "$run"
   log "done"
-  python3 bench/experiments/analyze.py "$out"
-  exit 0
-fi
-if [ "$experiment" = calibration ]; then
-  source bench/experiments/calibration.sh
-  calibrate
-  log "done"
-  python3 bench/experiments/calibration.py "$out"
+  python3 "bench/experiments/$analysis" "$out"
   exit 0
 fi
 
@@ -310,12 +334,7 @@ fi
 
 run_no=0
 for round in $(seq 1 "$rounds"); do
-  # Rotate the order each round, so no configuration always runs first (or last) here.
-  order=()
-  for k in "${!configs[@]}"; do
-    order+=("${configs[$(((k + round - 1) % ${#configs[@]}))]}")
-  done
-  for config in "${order[@]}"; do
+  for config in $(rotated_configs "$round"); do
     run_no=$((run_no + 1))
     tag="$config-r$round"
     dir="$work/run-$run_no"
@@ -330,18 +349,10 @@ for round in $(seq 1 "$rounds"); do
     done
     functions_everywhere "$dir" "${#functions[@]}"
     sleep 1 # statuses: every node's ready versions reach its peers
-    for i in 0 1 2; do
-      curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-before.prom"
-      echo "$(cpu_ticks "${pids[$i]}")" >"$out/raw/$tag-${names[$i]}-cpu-before"
-    done
+    snapshot_nodes "$tag" before "$dir"
     TERN_TOKEN=$(cat "$dir/a/admin.token") "$tern" bench "${bench_args[@]}" --server "${http[0]}" \
       --records "$out/raw/$tag.jsonl" --json "$out/raw/$tag.json" >"$out/raw/$tag.txt"
-    for i in 0 1 2; do
-      curl -sf -H @"$dir/${names[$i]}.auth" "http://${http[$i]}/metrics" >"$out/raw/$tag-${names[$i]}-after.prom"
-      echo "$(cpu_ticks "${pids[$i]}")" >"$out/raw/$tag-${names[$i]}-cpu-after"
-      # A node that died during the run is a failed run, not a result.
-      kill -0 "${pids[$i]}" 2>/dev/null || { echo "node ${names[$i]} died in $tag" >&2; exit 1; }
-    done
+    snapshot_nodes "$tag" after "$dir"
     # Kept, compressed: a scrape of a node with ~180 functions is ~1.3 MB of text.
     gzip -9 "$out/raw/$tag.jsonl" "$out/raw/$tag"-*.prom
     stop_cluster

@@ -89,6 +89,7 @@ fn blob() -> RemoteMeu {
         input: vec![0x42; 64 << 10],
         items: 1,
         attempt: 1,
+        waited_us: 0,
         trace: None,
     }
 }

@@ -23,6 +23,10 @@ use crate::LinkError;
 
 /// The request that runs `meu` (of version `info`) on a peer; `attempt` counts reruns.
 pub fn remote_meu(meu: &Meu, info: &FunctionInfo, attempt: u32) -> RemoteMeu {
+    // By tokio's clock, as the unit's acceptance (the paused one in tests that pause it).
+    let waited = tokio::time::Instant::from_std(meu.accepted_at)
+        .elapsed()
+        .as_micros();
     RemoteMeu {
         request_id: meu.request_id.to_string(),
         function: meu.function.clone(),
@@ -30,6 +34,7 @@ pub fn remote_meu(meu: &Meu, info: &FunctionInfo, attempt: u32) -> RemoteMeu {
         input: meu.input.to_vec(),
         items: meu.items.min(u32::MAX as usize) as u32,
         attempt,
+        waited_us: waited.min(u128::from(u64::MAX)) as u64,
         trace: tern_telemetry::traceparent(&meu.trace),
     }
 }

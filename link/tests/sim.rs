@@ -81,6 +81,8 @@ struct FakeNode {
     answer: Mutex<Answer>,
     /// (request id, attempt) of every MEU it was asked to run.
     ran: Mutex<Vec<(String, u32)>>,
+    /// What each of those MEUs said it had already waited on its sender, in µs.
+    waited_us: Mutex<Vec<u64>>,
     stopped: AtomicBool,
     metrics: Metrics,
     /// Bearer-token records, merged by the product's rule (`TokenBook::apply`).
@@ -101,6 +103,7 @@ impl FakeNode {
             registry: Mutex::default(),
             answer: Mutex::new(Answer::Run),
             ran: Mutex::default(),
+            waited_us: Mutex::default(),
             stopped: AtomicBool::new(false),
             metrics: Metrics::default(),
             tokens: Mutex::default(),
@@ -194,6 +197,7 @@ impl LocalNode for FakeNode {
                 .lock()
                 .unwrap()
                 .push((meu.request_id.clone(), meu.attempt));
+            self.waited_us.lock().unwrap().push(meu.waited_us);
             let answer = *self.answer.lock().unwrap();
             match answer {
                 Answer::Refuse => {
@@ -667,6 +671,68 @@ async fn a_forwarded_meu_is_answered_by_the_peer_it_was_placed_on() {
         assert_eq!(&outcome.output[..], b"b:r1");
         assert_eq!(c.node("b").ran(), [("r1".to_owned(), 1)]);
         assert!(c.node("c").ran().is_empty());
+        c.stop().await;
+    }
+}
+
+/// The function's time limit runs from acceptance: a forwarded MEU tells its peer how long it
+/// already waited; after its peer is lost mid-run, the rerun starts with the whole limit (the
+/// lost run may have used any part of it), on a peer or here.
+#[tokio::test(start_paused = true)]
+async fn a_forwarded_meu_carries_the_time_it_waited_and_its_rerun_after_a_lost_peer_starts_afresh()
+{
+    let age = Duration::from_secs(5);
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        // A limit the age leaves room in (the entry waits for the peer only within it).
+        let f = FunctionInfo {
+            timeout_ms: 9_000,
+            ..info("f", 1, 1, 10)
+        };
+        c.deploy_everywhere(&entry(f.clone(), false, "a"));
+        sleep(Duration::from_secs(1)).await;
+        let aged = |id: &str| Meu {
+            accepted_at: (tokio::time::Instant::now() - age).into_std(),
+            ..meu(id, &f)
+        };
+        let (placed, _) = forward(&c, "a", aged("r1"), &f, "b").await;
+        assert_eq!(answered_by(&placed), "b", "seed {seed}");
+        let waited = c.node("b").waited_us.lock().unwrap().clone();
+        assert_eq!(waited.len(), 1, "seed {seed}");
+        assert!(
+            (age.as_micros() as u64..age.as_micros() as u64 + 1_000_000).contains(&waited[0]),
+            "seed {seed}: waited {waited:?}"
+        );
+
+        let crash = {
+            let net = c.net.clone();
+            tokio::spawn(async move {
+                sleep(EXEC / 2).await;
+                net.crash(&n("b"));
+            })
+        };
+        let (placed, _) = forward(&c, "a", aged("r2"), &f, "b").await;
+        crash.await.unwrap();
+        assert_eq!(
+            c.node("b").waited_us.lock().unwrap().len(),
+            2,
+            "seed {seed}"
+        );
+        match placed {
+            Placed::Here(rerun) => assert!(
+                tokio::time::Instant::from_std(rerun.accepted_at).elapsed() < age,
+                "seed {seed}"
+            ),
+            Placed::Answered(Ok(o)) => {
+                assert_eq!(&*o.node, "c", "seed {seed}");
+                let rerun = c.node("c").waited_us.lock().unwrap().clone();
+                assert!(
+                    rerun.len() == 1 && rerun[0] < age.as_micros() as u64,
+                    "{rerun:?}"
+                );
+            }
+            Placed::Answered(Err(e)) => panic!("seed {seed}: {e}"),
+        }
         c.stop().await;
     }
 }

@@ -217,8 +217,19 @@ impl App {
             &meu.request_id,
             meu.attempt,
         );
+        // The time limit runs from the sender's acceptance: what it already waited there is
+        // spent. By tokio's clock, as every unit's acceptance.
+        let limit = self
+            .services()
+            .runtime
+            .get(&meu.function)
+            .map_or(Duration::ZERO, |d| {
+                Duration::from_millis(d.info.timeout_ms.into())
+            });
+        let accepted_at = meu.accepted_at(tokio::time::Instant::now().into_std(), limit);
         let local = Meu {
             trace: trace.clone(),
+            accepted_at,
             ..Meu::new(
                 meu.request_id,
                 meu.function,

@@ -42,6 +42,14 @@ pub enum Error {
         "no instance slot became free within the function's time limit ({waited_ms} ms waited; all {slots} slots busy)"
     )]
     NoInstanceSlot { waited_ms: u64, slots: u32 },
+    /// The function's time limit (which runs from acceptance) was spent before its guest
+    /// could start: the unit waited in the node (for the CPU, for a forward, for a slot that
+    /// came too late) and is refused as overload rather than run late. Nothing of the guest
+    /// ran.
+    #[error(
+        "the function's time limit of {timeout_ms} ms ran out before its guest could start ({waited_ms} ms waited in the node)"
+    )]
+    LateStart { waited_ms: u64, timeout_ms: u32 },
     /// Running guests had claimed the memory budget until the function's time limit was
     /// spent waiting: overload, 429.
     #[error(
@@ -117,6 +125,7 @@ impl Error {
             Error::OutputTooLarge { .. } => ErrorCode::OutputTooLarge,
             Error::Timeout { .. } => ErrorCode::Timeout,
             Error::NoInstanceSlot { .. }
+            | Error::LateStart { .. }
             | Error::NoMemoryBudget { .. }
             | Error::FunctionLimit { .. }
             | Error::InstancePoolFull(_) => ErrorCode::Overloaded,

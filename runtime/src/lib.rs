@@ -1299,6 +1299,7 @@ impl Runtime {
             let slot = self
                 .acquire_slot(&deployed, &meu, &sandbox, deadline)
                 .await?;
+            starts_in_time(&meu, deadline, &sandbox)?;
             return self
                 .execute_in_cell(cells.as_ref(), &deployed, meu, slot, deadline, timings)
                 .await;
@@ -1324,6 +1325,7 @@ impl Runtime {
         let slot = self
             .acquire_slot(&deployed, &meu, &sandbox, deadline)
             .await?;
+        starts_in_time(&meu, deadline, &sandbox)?;
 
         let start = deployed.lane_history.start();
         let start_slow = start == lanes::Start::Slow;
@@ -1637,6 +1639,24 @@ fn guest_store_limits(memory_bytes: usize, instances: usize, tables: usize) -> S
         .tables(tables)
         .trap_on_grow_failure(false)
         .build()
+}
+
+/// Refuses (as overload) a unit whose `deadline` passed before its guest could start.
+///
+/// A free slot is granted without waiting however late the unit asks, and a short guest ends
+/// before its first epoch check: on a node whose CPU is saturated, units that spent their
+/// whole time limit queued before the slot (for the CPU between stages, in a mailbox, on the
+/// way from another node) would otherwise still run and be answered long past the limit.
+fn starts_in_time(meu: &Meu, deadline: Instant, sandbox: &SandboxSpec) -> Result<(), Error> {
+    // By tokio's clock, as the unit's acceptance and its waits for a slot.
+    let now = tokio::time::Instant::now().into_std();
+    if now < deadline {
+        return Ok(());
+    }
+    Err(Error::LateStart {
+        waited_ms: now.saturating_duration_since(meu.accepted_at).as_millis() as u64,
+        timeout_ms: sandbox.timeout.as_millis().min(u32::MAX as u128) as u32,
+    })
 }
 
 /// Interrupts the guest at `deadline` and moves it to the slow lane once it has burnt a time
@@ -1972,5 +1992,80 @@ mod memory_profile_tests {
                 "{profile:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod late_start_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::isolation::InProcess;
+
+    /// A command whose `_start` does nothing and that imports nothing, encoded by hand.
+    const NOOP_COMMAND: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // one type: () -> ()
+        0x03, 0x02, 0x01, 0x00, // one function of that type
+        0x07, 0x0a, 0x01, 0x06, b'_', b's', b't', b'a', b'r', b't', 0x00, 0x00, // export
+        0x0a, 0x04, 0x01, 0x02, 0x00, 0x0b, // its empty body
+    ];
+
+    /// A unit whose time limit was spent before it reached the runtime (queued for the CPU,
+    /// in a mailbox, on the way from another node) is refused as overload with every slot
+    /// free, and its guest is never instantiated; the same unit accepted now runs.
+    #[tokio::test]
+    async fn a_unit_whose_time_limit_passed_before_its_guest_started_is_refused_as_overload() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = Runtime::new(
+            RuntimeConfig::new("test", dir.path()),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let prepared = runtime
+            .prepare(Bytes::from_static(NOOP_COMMAND))
+            .await
+            .unwrap();
+        let name: FunctionName = "noop".parse().unwrap();
+        let deployed = runtime.install(
+            FunctionInfo {
+                name: name.clone(),
+                hash: prepared.hash,
+                version: 1,
+                timeout_ms: 50,
+                memory_mb: 16,
+                size_bytes: prepared.size_bytes,
+                deployed_at_ms: 0,
+                max_instances: None,
+            },
+            prepared,
+        );
+        let sandbox = InProcess {
+            max_output_bytes: 1024,
+        };
+        let meu = |age: Duration| Meu {
+            accepted_at: Instant::now().checked_sub(age).unwrap(),
+            ..Meu::new("r", name.clone(), Bytes::new(), 1)
+        };
+
+        let late = runtime
+            .execute(meu(Duration::from_millis(60)), &sandbox)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(late, Error::LateStart { waited_ms, timeout_ms: 50 } if waited_ms >= 60),
+            "{late:?}"
+        );
+        assert_eq!(late.code(), tern_wire::ErrorCode::Overloaded);
+        assert_eq!(
+            deployed.metrics.t_inst.count(),
+            0,
+            "the guest never started"
+        );
+
+        runtime
+            .execute(meu(Duration::ZERO), &sandbox)
+            .await
+            .unwrap();
+        assert_eq!(deployed.metrics.t_inst.count(), 1);
     }
 }

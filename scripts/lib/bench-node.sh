@@ -88,3 +88,16 @@ cpu_ticks() {
   done
   echo "$total"
 }
+
+# answer_fields: reads an HTTP answer's header block (`curl -D -`) on stdin and prints what a
+# Tern answer says about itself, separated by `|` (an empty field stays a field when read
+# with IFS='|'): status, x-tern-node (where it ran), x-tern-cold-start, x-tern-duration-us
+# (the node's own time).
+answer_fields() {
+  tr -d '\r' | awk -F': ' '
+    /^HTTP\// { split($0, s, " "); status = s[2] }
+    tolower($1) == "x-tern-node" { node = $2 }
+    tolower($1) == "x-tern-cold-start" { cold = $2 }
+    tolower($1) == "x-tern-duration-us" { d = $2 }
+    END { printf "%s|%s|%s|%s\n", status, node, cold, d }'
+}

@@ -145,9 +145,27 @@ pub struct RemoteMeu {
     pub items: u32,
     /// 1 for the first try, then counts reruns after a lost node.
     pub attempt: u32,
+    /// Microseconds the unit had already waited on the sender since it was accepted: the
+    /// function's time limit runs from acceptance, so the receiver starts it with only the
+    /// rest (a duration, not a time: the nodes' clocks need not agree).
+    pub waited_us: u64,
     /// The sender's forwarding span, when the invocation is traced: the receiver's spans join
     /// the sender's trace.
     pub trace: Option<crate::TraceParent>,
+}
+
+impl RemoteMeu {
+    /// When the unit counts as accepted on a receiver whose clock reads `now`: what it
+    /// already waited on the sender is spent, but at most `limit` (the function's time
+    /// limit), so a peer's figure cannot reach back further than the limit needs.
+    pub fn accepted_at(
+        &self,
+        now: std::time::Instant,
+        limit: std::time::Duration,
+    ) -> std::time::Instant {
+        let waited = std::time::Duration::from_micros(self.waited_us).min(limit);
+        now.checked_sub(waited).unwrap_or(now)
+    }
 }
 
 /// What running a [`RemoteMeu`] produced.
@@ -292,6 +310,31 @@ mod tests {
         assert!(!b.supersedes(Some(&gone)));
     }
 
+    /// A receiver starts a forwarded unit with only what is left of its time limit, and no
+    /// figure from a peer takes more than the whole limit.
+    #[test]
+    fn a_forwarded_units_wait_on_its_sender_is_spent_up_to_the_whole_limit() {
+        use std::time::{Duration, Instant};
+        let now = Instant::now();
+        let limit = Duration::from_millis(50);
+        let meu = |waited_us| RemoteMeu {
+            request_id: "r".into(),
+            function: "f".parse().unwrap(),
+            hash: ModuleHash([1; 32]),
+            input: Vec::new(),
+            items: 1,
+            attempt: 1,
+            waited_us,
+            trace: None,
+        };
+        assert_eq!(meu(0).accepted_at(now, limit), now);
+        assert_eq!(
+            meu(20_000).accepted_at(now, limit),
+            now - Duration::from_millis(20)
+        );
+        assert_eq!(meu(u64::MAX).accepted_at(now, limit), now - limit);
+    }
+
     #[test]
     fn every_message_round_trips_and_garbage_is_a_typed_error() {
         let msgs = vec![
@@ -311,6 +354,7 @@ mod tests {
                 input: b"hi".to_vec(),
                 items: 1,
                 attempt: 1,
+                waited_us: 1_500,
                 trace: Some(crate::TraceParent {
                     trace_id: [5; 16],
                     parent_id: [6; 8],

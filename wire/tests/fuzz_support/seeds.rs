@@ -137,6 +137,7 @@ fn meu(input: Vec<u8>) -> RemoteMeu {
         input,
         items: 1,
         attempt: 2,
+        waited_us: 12_345,
         trace: Some(tern_wire::TraceParent {
             trace_id: [0xab; 16],
             parent_id: [0xcd; 8],

@@ -192,16 +192,18 @@ pub fn remote_meu() -> impl Strategy<Value = RemoteMeu> {
         payload(),
         num32(),
         num32(),
+        num64(),
         proptest::option::of(trace_parent()),
     )
         .prop_map(
-            |(request_id, function, hash, input, items, attempt, trace)| RemoteMeu {
+            |(request_id, function, hash, input, items, attempt, waited_us, trace)| RemoteMeu {
                 request_id,
                 function,
                 hash,
                 input,
                 items,
                 attempt,
+                waited_us,
                 trace,
             },
         )
