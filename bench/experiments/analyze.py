@@ -105,6 +105,12 @@ def run_metrics(raw, tag, clk_tck):
     server = [r["server_us"] for r in records if r.get("server_us") is not None
               and r["status"] is not None and 200 <= r["status"] < 300]
     m["server_mean_ms"] = statistics.fmean(server) / 1e3 if server else None
+    # The same by the node that ran the request: the entry's own, or forwarded to a peer.
+    m["server_mean_ms_by_node"] = {}
+    for n in NODES:
+        s = [r["server_us"] for r in records if r.get("server_us") is not None and r["node"] == n
+             and r["status"] is not None and 200 <= r["status"] < 300]
+        m["server_mean_ms_by_node"][n] = statistics.fmean(s) / 1e3 if s else None
     # Per function: mean latency of its answered calls (for the per-function scatter plot).
     per_fn = defaultdict(list)
     for r in records:
@@ -124,7 +130,7 @@ def run_metrics(raw, tag, clk_tck):
         first = {}
     m["first_calls"] = len(first)
     m["first_call_ms"] = statistics.fmean(r["latency_us"] for r in first.values()) / 1e3 if first else None
-    meus = reuse = cold = forwarded = load_s = loads = guest_j = 0.0
+    meus = reuse = cold = forwarded = load_s = loads = exec_s = execs = guest_j = 0.0
     cpu_ticks = 0
     decisions = Counter()
     for n in NODES:
@@ -136,6 +142,8 @@ def run_metrics(raw, tag, clk_tck):
         forwarded += delta(b, a, "tern_forwarded_meus_total")
         load_s += delta(b, a, "tern_meu_load_seconds_sum")
         loads += delta(b, a, "tern_meu_load_seconds_count")
+        exec_s += delta(b, a, "tern_meu_exec_seconds_sum")
+        execs += delta(b, a, "tern_meu_exec_seconds_count")
         guest_j += delta(b, a, "tern_guest_energy_joules_total")
         for policy in ("learned", "fallback", "heuristic"):
             decisions[policy] += delta(b, a, "tern_placement_decisions_total", f'{{policy="{policy}"}}')
@@ -152,6 +160,16 @@ def run_metrics(raw, tag, clk_tck):
     m["energy_mj_per_request"] = (m["node_cpu_ms_per_request"] * MODEL_WATTS_PER_CORE
                                   if m["node_cpu_ms_per_request"] is not None else None)
     m["cold_load_ms"] = load_s * 1e3 / loads if loads else None
+    m["loads"] = int(round(loads))
+    m["exec_ms"] = exec_s * 1e3 / execs if execs else None
+    # The entry's own account of its invocations, admission to answer (over the whole run,
+    # warm-up included, every outcome): where the server-side time went, beside the loads.
+    b = prom(os.path.join(raw, f"{tag}-a-before.prom"))
+    a = prom(os.path.join(raw, f"{tag}-a-after.prom"))
+    invocations = delta(b, a, "tern_invocation_duration_seconds_count")
+    m["entry_invocations"] = int(round(invocations))
+    m["entry_admitted_to_answer_ms"] = (delta(b, a, "tern_invocation_duration_seconds_sum") * 1e3 / invocations
+                                        if invocations else None)
     # The guests' own share (their CPU time under the same model), where the nodes export it.
     m["guest_energy_mj_per_request"] = guest_j * 1e3 / len(records) if records and guest_j else None
     # What the nodes ran in, as they say on /metrics (not what the runner asked for).
@@ -434,6 +452,11 @@ PROFILE_TEXT = {
 
 def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
     """The paper's load profiles (steady, burst, 3,000 concurrent) per configuration."""
+    def node_med(policy, node):
+        vals = [runs[policy][r]["server_mean_ms_by_node"][node] for r in rounds if r in runs[policy]
+                and runs[policy][r]["server_mean_ms_by_node"][node] is not None]
+        return statistics.median(vals) if vals else None
+
     configs = setup.get("configs", "").split(",")
     profiles = setup.get("profiles", "").split(",")
     smoke = setup.get("smoke") == "1"
@@ -452,8 +475,8 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
       "listed, a fresh cluster for each.")
     limit = int(setup.get("profile_limit_ms", "10000"))
     runs_it = [n for n, most in (("a", None), ("b", 50), ("c", 900)) if most is None or limit <= most]
-    w(f"- Workload: one function deployed from matmul-json with a {limit:,} ms time limit (a request waiting "
-      "longer for an instance slot is refused as overloaded) and 64 MiB, every request matmul-json at n = "
+    w(f"- Workload: one function deployed from matmul-json with a {limit:,} ms time limit (a request whose limit "
+      "is spent before its guest starts is refused as overloaded) and 64 MiB, every request matmul-json at n = "
       f"{setup.get('profile_work_n', '?')} padded to ~1 KB, all through node a. edge-small admits at most "
       "50 ms and cpu-burst 900 ms, so "
       + ("**only node a can run it**: the entry, admission and placement are a cluster's, the work one "
@@ -479,6 +502,24 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
               f"{fmt(med(k, 'p50_ms'))} | {fmt(med(k, 'p99_ms'))} | {fmt(med(k, 'server_mean_ms'))} | "
               f"{fmt(med(k, 'in_flight_mid'), 0)} | "
               f"{fmt(100 * rate if rate is not None else None, 2)} % | {fmt(med(k, 'energy_mj_per_request'))} |")
+    w("")
+    w("Where the time went, median over rounds (the nodes' /metrics over the whole run, warm-up included, "
+      "every outcome): the entry's invocations from admission to answer; module loads on all nodes and "
+      "their mean, which counts a call's wait behind another call's load of the same module (a load does "
+      "not count against the time limit: under `baseline` it is a compile); the guests' own execution; "
+      "and, of the recorded answers, the server-side mean by the node that ran them (a, the entry, ran "
+      "its own; b and c ran what a forwarded).")
+    w("")
+    w("| profile | configuration | invocations at a | admission to answer, mean ms | loads | load mean ms | guest execution mean ms | server-side mean ms, ran on a / b / c |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for p in profiles:
+        for c in configs:
+            k = f"{c}+{p}"
+            if k not in runs:
+                continue
+            w(f"| {p} | {c} | {fmt(med(k, 'entry_invocations'), 0)} | {fmt(med(k, 'entry_admitted_to_answer_ms'))} | "
+              f"{fmt(med(k, 'loads'), 0)} | {fmt(med(k, 'cold_load_ms'))} | {fmt(med(k, 'exec_ms'), 3)} | "
+              + " / ".join(fmt(node_med(k, n)) for n in NODES) + " |")
     w("")
     w("Latency is of the 2xx answers: open loop from each request's planned send time, closed loop from "
       "its send; server-side is the entry node's own time per answered request (`x-tern-duration-us`). "

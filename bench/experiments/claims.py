@@ -154,9 +154,10 @@ def main():
         errs = [r["errors"] for r in full_concurrent.values()]
         total = sum(r["requests"] for r in full_concurrent.values())
         where = "one node (only it admits that limit)" if limit > 900 else "the cluster"
-        texts.append(f"{limit:,} ms limit, {where}: {sum(errs):,} of {total:,} requests refused or timed out "
+        commit = run["setup"].get("commit", "?")[:7]
+        texts.append(f"{limit:,} ms limit, {where}, commit {commit}: {sum(errs):,} of {total:,} requests refused or timed out "
                      f"in {len(errs)} runs of 3,000 in flight, full system")
-        verdicts.append(("reproduced" if max(errs) == 0 else "refuted") + f" ({limit:,} ms, {where})")
+        verdicts.append(("reproduced" if max(errs) == 0 else "refuted") + f" ({limit:,} ms, {where}, {commit})")
     if texts:
         rows.append(("3,000 concurrent tasks", "served", "; ".join(texts), "n/a", "n/a", "; ".join(verdicts)))
     else:
