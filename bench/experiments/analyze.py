@@ -170,6 +170,11 @@ def run_metrics(raw, tag, clk_tck):
     m["entry_invocations"] = int(round(invocations))
     m["entry_admitted_to_answer_ms"] = (delta(b, a, "tern_invocation_duration_seconds_sum") * 1e3 / invocations
                                         if invocations else None)
+    # The entry's forwards a peer answered: the round trip, and the peer's own part of it
+    # (nodes from before these metrics existed have neither).
+    trips = delta(b, a, "tern_forward_seconds_count")
+    m["forward_round_trip_ms"] = delta(b, a, "tern_forward_seconds_sum") * 1e3 / trips if trips else None
+    m["forward_on_peer_ms"] = delta(b, a, "tern_forward_peer_seconds_sum") * 1e3 / trips if trips else None
     # The guests' own share (their CPU time under the same model), where the nodes export it.
     m["guest_energy_mj_per_request"] = guest_j * 1e3 / len(records) if records and guest_j else None
     # What the nodes ran in, as they say on /metrics (not what the runner asked for).
@@ -508,10 +513,11 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
       "their mean, which counts a call's wait behind another call's load of the same module (a load does "
       "not count against the time limit: under `baseline` it is a compile); the guests' own execution; "
       "and, of the recorded answers, the server-side mean by the node that ran them (a, the entry, ran "
-      "its own; b and c ran what a forwarded).")
+      "its own; b and c ran what a forwarded); of the entry's forwards a peer answered, the mean round trip "
+      "and the peers' own time in it (the rest is the way there and back, queues on both nodes included).")
     w("")
-    w("| profile | configuration | invocations at a | admission to answer, mean ms | loads | load mean ms | guest execution mean ms | server-side mean ms, ran on a / b / c |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    w("| profile | configuration | invocations at a | admission to answer, mean ms | loads | load mean ms | guest execution mean ms | server-side mean ms, ran on a / b / c | forward round trip mean ms | of which on the peer |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for p in profiles:
         for c in configs:
             k = f"{c}+{p}"
@@ -519,7 +525,8 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
                 continue
             w(f"| {p} | {c} | {fmt(med(k, 'entry_invocations'), 0)} | {fmt(med(k, 'entry_admitted_to_answer_ms'))} | "
               f"{fmt(med(k, 'loads'), 0)} | {fmt(med(k, 'cold_load_ms'))} | {fmt(med(k, 'exec_ms'), 3)} | "
-              + " / ".join(fmt(node_med(k, n)) for n in NODES) + " |")
+              + " / ".join(fmt(node_med(k, n)) for n in NODES)
+              + f" | {fmt(med(k, 'forward_round_trip_ms'))} | {fmt(med(k, 'forward_on_peer_ms'))} |")
     w("")
     w("Latency is of the 2xx answers: open loop from each request's planned send time, closed loop from "
       "its send; server-side is the entry node's own time per answered request (`x-tern-duration-us`). "

@@ -12,6 +12,8 @@
 //!
 //! [`ErrorCode::is_retryable`]: tern_wire::ErrorCode::is_retryable
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tern_actors::remote::RemoteFailure;
 use tern_actors::{Error as RuntimeError, Outcome};
@@ -40,12 +42,13 @@ pub fn remote_meu(meu: &Meu, info: &FunctionInfo, attempt: u32) -> RemoteMeu {
 }
 
 /// What `node`'s answer to a forwarded MEU means: `answer` is the raw answer frame, or how
-/// the exchange failed; frames larger than `frame_limit` are not decoded.
+/// the exchange failed; frames larger than `frame_limit` are not decoded. An outcome comes
+/// with the peer's own time on the MEU, as it reports it.
 pub fn classify(
     node: &str,
     answer: Result<Vec<u8>, LinkError>,
     frame_limit: usize,
-) -> Result<Outcome, RemoteFailure> {
+) -> Result<(Outcome, Duration), RemoteFailure> {
     let lost = |detail: String| {
         RemoteFailure::Lost(RuntimeError::PeerLost {
             node: node.to_owned(),
@@ -62,13 +65,16 @@ pub fn classify(
         Err(e) => return Err(lost(e.to_string())),
     };
     match tern_wire::decode::<PeerResponse>(&answer, frame_limit) {
-        Ok(PeerResponse::Executed(o)) => Ok(Outcome {
-            output: Bytes::from(o.output),
-            cold_start: o.cold_start,
-            meus: 1,
-            timings: o.timings,
-            node: o.node.into(),
-        }),
+        Ok(PeerResponse::Executed(o)) => Ok((
+            Outcome {
+                output: Bytes::from(o.output),
+                cold_start: o.cold_start,
+                meus: 1,
+                timings: o.timings,
+                node: o.node.into(),
+            },
+            Duration::from_micros(o.peer_us),
+        )),
         Ok(PeerResponse::Error(error)) => {
             let retry_elsewhere = error.code.is_retryable();
             let e = RuntimeError::Remote {
@@ -101,7 +107,7 @@ mod tests {
     }
 
     #[test]
-    fn an_executed_answer_is_the_outcome_with_the_peer_timings() {
+    fn an_executed_answer_is_the_outcome_with_the_peer_timings_and_its_own_time() {
         let answer = encode(&PeerResponse::Executed(RemoteOutcome {
             output: b"out".to_vec(),
             cold_start: true,
@@ -110,8 +116,10 @@ mod tests {
                 ..Timings::default()
             },
             node: "b".into(),
+            peer_us: 1_234,
         }));
-        let outcome = classify("b", Ok(answer), LIMIT).unwrap();
+        let (outcome, peer) = classify("b", Ok(answer), LIMIT).unwrap();
+        assert_eq!(peer, Duration::from_micros(1_234));
         assert_eq!(&outcome.output[..], b"out");
         assert!(outcome.cold_start);
         assert_eq!(outcome.timings.exec_us, 7);

@@ -655,6 +655,8 @@ impl Remote for ClusterLink {
             (_, Err(e)) => Err(e),
         };
         let limit = self.frame_limit;
+        let local = self.node.clone();
+        let sent = std::time::Instant::now();
         let in_flight = self.outstanding.begin(node);
         let node = node.to_owned();
         let timeout_ms = info.timeout_ms;
@@ -683,7 +685,13 @@ impl Remote for ClusterLink {
                 }
                 Err(e) => Err(e),
             };
-            forward::classify(&node, answer, limit)
+            let (outcome, peer) = forward::classify(&node, answer, limit)?;
+            if let Some(local) = local.upgrade() {
+                let m = local.metrics();
+                m.forward_time.observe_us(sent.elapsed().as_micros() as u64);
+                m.forward_peer_time.observe_us(peer.as_micros() as u64);
+            }
+            Ok(outcome)
         })
     }
 }

@@ -218,6 +218,7 @@ impl LocalNode for FakeNode {
                         cold_start: false,
                         timings: Default::default(),
                         node: self.name.to_string(),
+                        peer_us: 0,
                     })
                 }
             }

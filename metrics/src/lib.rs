@@ -180,6 +180,12 @@ pub struct Metrics {
     pub epoch_ticks: Arc<AtomicU64>,
     /// MEUs this node sent to another node to run.
     pub forwarded: AtomicU64,
+    /// Of those a peer ran: from the entry sending one to its answer here.
+    pub forward_time: Histogram,
+    /// The same MEUs, the peer's own time on each as it reports it (from its request
+    /// reaching the peer's handler to its answer): the rest of `forward_time` is the way
+    /// there and back, queues on both nodes included.
+    pub forward_peer_time: Histogram,
     /// The memory budget of running guests, MiB.
     pub memory_budget_mb: AtomicU64,
     /// HTTP connections answered 429 and closed because a connection cap was reached.
@@ -775,6 +781,20 @@ impl Metrics {
         hist(&mut out, "tern_compile_seconds", "Module compile time.");
         self.compile_time
             .render(&mut out, "tern_compile_seconds", "");
+        hist(
+            &mut out,
+            "tern_forward_seconds",
+            "MEUs a peer ran for this node: from sending each to its answer here.",
+        );
+        self.forward_time
+            .render(&mut out, "tern_forward_seconds", "");
+        hist(
+            &mut out,
+            "tern_forward_peer_seconds",
+            "The same MEUs: the peer's own time on each, as it reports it.",
+        );
+        self.forward_peer_time
+            .render(&mut out, "tern_forward_peer_seconds", "");
         counter(
             &mut out,
             "tern_actor_restarts_total",

@@ -190,6 +190,7 @@ impl LocalNode for App {
 impl App {
     /// Runs an MEU another node placed here, if this node has exactly that version ready.
     async fn run_for_peer(&self, meu: RemoteMeu) -> PeerResponse {
+        let arrived = std::time::Instant::now();
         let ready = self
             .services()
             .runtime
@@ -247,6 +248,7 @@ impl App {
                 cold_start: o.cold_start,
                 timings: o.timings,
                 node: o.node.to_string(),
+                peer_us: arrived.elapsed().as_micros() as u64,
             }),
             Err(e) => PeerResponse::Error(e.to_api()),
         }

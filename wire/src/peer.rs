@@ -176,6 +176,9 @@ pub struct RemoteOutcome {
     pub cold_start: bool,
     pub timings: Timings,
     pub node: String,
+    /// The peer's own time on the MEU, µs: from its request reaching the peer's handler to
+    /// the answer. The sender's round trip minus this is the way there and back.
+    pub peer_us: u64,
 }
 
 /// What a node can run: the paper's two platforms (edge devices and servers, Eq. 2 of the

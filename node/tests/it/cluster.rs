@@ -207,6 +207,18 @@ async fn deploy_anywhere_invoke_anywhere_run_on_the_owner() {
         assert_eq!(r.header("x-tern-node"), Some("b"), "owner is stable");
     }
     assert!(metric(c, "tern_forwarded_meus_total").await >= 20.0);
+    // Each answered forward is timed twice: its round trip on c, and b's own part of it.
+    let trips = metric(c, "tern_forward_seconds_count").await;
+    assert!(trips >= 20.0, "{trips}");
+    assert_eq!(metric(c, "tern_forward_peer_seconds_count").await, trips);
+    let (round_trip, on_peer) = (
+        metric(c, "tern_forward_seconds_sum").await,
+        metric(c, "tern_forward_peer_seconds_sum").await,
+    );
+    assert!(
+        on_peer > 0.0 && on_peer < round_trip,
+        "peer {on_peer} s of {round_trip} s"
+    );
     assert!(metric(b, "tern_served_for_peers_total").await >= 20.0);
     assert!(metric(b, "tern_replicated_entries_total").await >= 1.0);
     assert_eq!(metric(c, "tern_cluster_peers_up").await, 2.0);

@@ -152,6 +152,7 @@ fn outcome(timings: Timings) -> RemoteOutcome {
         cold_start: true,
         timings,
         node: "node-2".into(),
+        peer_us: 4_321,
     }
 }
 

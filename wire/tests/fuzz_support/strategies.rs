@@ -210,14 +210,15 @@ pub fn remote_meu() -> impl Strategy<Value = RemoteMeu> {
 }
 
 pub fn remote_outcome() -> impl Strategy<Value = RemoteOutcome> {
-    (payload(), any::<bool>(), timings(), text()).prop_map(|(output, cold_start, timings, node)| {
-        RemoteOutcome {
+    (payload(), any::<bool>(), timings(), text(), num64()).prop_map(
+        |(output, cold_start, timings, node, peer_us)| RemoteOutcome {
             output,
             cold_start,
             timings,
             node,
-        }
-    })
+            peer_us,
+        },
+    )
 }
 
 /// Any valid token record (built through its serialized form: its hash is private).
