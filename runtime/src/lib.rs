@@ -2031,7 +2031,8 @@ mod late_start_tests {
                 name: name.clone(),
                 hash: prepared.hash,
                 version: 1,
-                timeout_ms: 50,
+                // Long enough that the unit accepted now starts in time on a loaded machine.
+                timeout_ms: 2_000,
                 memory_mb: 16,
                 size_bytes: prepared.size_bytes,
                 deployed_at_ms: 0,
@@ -2048,11 +2049,11 @@ mod late_start_tests {
         };
 
         let late = runtime
-            .execute(meu(Duration::from_millis(60)), &sandbox)
+            .execute(meu(Duration::from_millis(2_100)), &sandbox)
             .await
             .unwrap_err();
         assert!(
-            matches!(late, Error::LateStart { waited_ms, timeout_ms: 50 } if waited_ms >= 60),
+            matches!(late, Error::LateStart { waited_ms, timeout_ms: 2_000 } if waited_ms >= 2_100),
             "{late:?}"
         );
         assert_eq!(late.code(), tern_wire::ErrorCode::Overloaded);
