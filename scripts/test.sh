@@ -42,9 +42,11 @@ run cargo test --workspace --features tern-node/online-learning -- --skip timing
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
 # Same features as above, so nothing is rebuilt.
 run cargo test -p tern-node --features online-learning --test it timing:: -- --test-threads=1
-# The node as `tern up` builds it (no training backend): its unit tests, config included, and
-# learned placement's without online learning.
-run cargo test -p tern-node -p tern-placement --lib
+# The node without its `online-learning` feature, as `tern up` builds it: the unit tests of
+# every crate, config's included, and learned placement's without online learning. With the
+# whole workspace selected, dependencies keep the features of the build above, so only the
+# crates that depend on tern-placement are built again (not wasmtime and the rest).
+run cargo test --workspace --lib
 # tern-policy with the tch backend: torch 2.13.0 from PyPI in a venv (~4.7 GB, cached in
 # ~/.cache/tern), then the crate's tests and clippy with `--features tch`.
 if [[ $with_tch == 1 ]]; then
@@ -59,7 +61,9 @@ run env RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR="$PWD/target-loom" cargo test -p
 # runs once (with the workspace's features, so only the benchmarks are built), and the policy
 # benchmark on a short slice of the trace.
 run cargo test --workspace --features tern-node/online-learning --benches
-run cargo run -p tern-policy --bin policy-bench -- --quick --out target/policy-bench-smoke
+# Built with the workspace's features (as the tests were), so nothing else is built again.
+run cargo build --workspace --features tern-node/online-learning --bin policy-bench
+run target/debug/policy-bench --quick --out target/policy-bench-smoke
 # The experiments' runner and reports on a one-minute window (three nodes of the binary the
 # tests built; about a minute each): placement, and three of the ablations.
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh placement --smoke
@@ -69,6 +73,6 @@ run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh profiles
 # The simulator's calibration on the same three nodes (~10 s), and the policy benchmark's
 # short slice in the cluster it measured.
 run env TERN_BIN=target/debug/tern bash bench/experiments/real-nodes.sh calibration --smoke
-run cargo run -p tern-policy --bin policy-bench -- --quick \
+run target/debug/policy-bench --quick \
   --calibration target/experiments-smoke/calibration/calibration.json \
   --out target/policy-bench-calibrated-smoke

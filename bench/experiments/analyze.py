@@ -317,11 +317,21 @@ def learned_checkpoint(setup):
             else f"the checkpoint `{path}` (not the committed one)")
 
 
+def link_delay(setup):
+    """What the mesh links added, as the runner's setup.txt says (`LINK_DELAY_MS`, `LINK_DELAYS`)."""
+    if "link_delay_ms" not in setup:
+        return "no added link delay"
+    links = [l for l in setup.get("link_delays", "").split(",") if l]
+    return (f"every mesh link through `tern chaos relay`, {setup['link_delay_ms']} ms each way"
+            + (f" but {', '.join(l.replace('=', ' ') + ' ms' for l in links)}" if links else "")
+            + "; the relay runs on the same CPUs, outside the nodes' quotas")
+
+
 def what_ran(w, setup):
     """The report's "What ran" bullets shared by every experiment."""
     w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
-    w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback (no added "
-      "link delay): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
+    w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback "
+      f"({link_delay(setup)}): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
       + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
           f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].replace(',', ' ').split()))
          + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")

@@ -45,6 +45,9 @@
 #   MODULES=shared|distinct (placement: shared, every function deployed from matmul-json
 #   itself; ablations: distinct, each with a custom section naming it, so no two functions
 #   share a compiled module)
+#   LINK_DELAY_MS=0 and LINK_DELAYS="A-B=MS ..." (per link): each mesh link's delay each way,
+#   added by `tern chaos relay` (UDP relays on loopback, started before each cluster; it runs
+#   on the same CPUs, outside the nodes' quotas). Both unset or 0: the nodes dial each other.
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -100,6 +103,7 @@ else
   rounds=${ROUNDS:-3} minutes=${MINUTES:-$default_minutes} speedup=${SPEEDUP:-5} scale=${SCALE:-20}
 fi
 seed=${SEED:-1} work_n=${WORK_N:-32-256} connections=${CONNECTIONS:-256}
+link_delay_ms=${LINK_DELAY_MS:-0} link_delays=(${LINK_DELAYS:-})
 modules=${MODULES:-$default_modules}
 case $modules in shared | distinct) ;; *) echo "MODULES is shared or distinct" >&2; exit 2 ;; esac
 configs=(${CONFIGS:-$default_configs})
@@ -154,15 +158,16 @@ fi
 
 work=$(mktemp -d)
 pids=()
+relay_pid=
 # Settings every node of the experiment gets on top of its configuration's.
 node_env=()
 stop_cluster() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
+  for p in "${pids[@]}" $relay_pid; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" $relay_pid; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$p" 2>/dev/null || true
   done
-  pids=()
+  pids=() relay_pid=
   if [ $cpu_limits = 1 ]; then
     for n in "${names[@]}"; do
       local dir="$cg_root/tern-experiment-$n"
@@ -198,10 +203,27 @@ start_cluster() {
     fi
   done
   "$tern" cluster init --out "$dir/pki" --nodes a,b,c >/dev/null
+  # With link delays, node x dials node y at the relay `tern chaos relay` prints as "x y ADDR".
+  if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then
+    local links=()
+    for j in "${link_delays[@]}"; do links+=(--link "$j"); done
+    "$tern" chaos relay --node "a=${mesh[0]}" --node "b=${mesh[1]}" --node "c=${mesh[2]}" \
+      --delay-ms "$link_delay_ms" "${links[@]}" >"$dir/relays" 2>>"$dir/relay.log" &
+    relay_pid=$!
+    for _ in $(seq 100); do
+      [ "$(wc -l <"$dir/relays")" = 6 ] && break
+      kill -0 $relay_pid 2>/dev/null || { cat "$dir/relay.log" >&2; return 1; }
+      sleep 0.1
+    done
+    [ "$(wc -l <"$dir/relays")" = 6 ] || { echo "the relays did not start in 10 s" >&2; return 1; }
+  fi
   for i in 0 1 2; do
-    local peers=()
+    local peers=() at
     for j in 0 1 2; do
-      [ "$i" = "$j" ] || peers+=(--peer "${names[$j]}=${mesh[$j]}")
+      [ "$i" = "$j" ] && continue
+      at=${mesh[$j]}
+      [ -z "$relay_pid" ] || at=$(awk -v f="${names[$i]}" -v t="${names[$j]}" '$1 == f && $2 == t { print $3 }' "$dir/relays")
+      peers+=(--peer "${names[$j]}=$at")
     done
     local env=(TERN_EXAMPLES='[]' TERN_AUTH=tokens TERN_PLACEMENT="$placement"
       TERN_ISOLATION="$isolation" TERN_RUNTIME_PROFILE="$runtime" "${node_env[@]}")
@@ -288,6 +310,9 @@ snapshot_nodes() {
     echo "config.$c=$placement/$isolation/$runtime"
   done
   echo "cpu_limits=$cpu_limits quotas_us=$(IFS=,; echo "${quotas[*]}") classes=$(IFS=,; echo "${classes[*]}")"
+  if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then
+    echo "link_delay_ms=$link_delay_ms link_delays=$(IFS=,; echo "${link_delays[*]}")"
+  fi
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"
 } >"$out/raw/setup.txt"
 

@@ -6,7 +6,8 @@
 //! with the operations that broke it ([`check`]).
 //!
 //! No I/O and no clock outside [`runner`] (the shell that starts the cluster, sends the load and
-//! injects the faults) and its link relays (`relay`): times are microseconds since the run
+//! injects the faults) and the link relays ([`relay`], which `tern chaos relay` also runs for
+//! experiments whose links need a delay): times are microseconds since the run
 //! started, given by the runner, so every checker is tested on hand-written histories, and
 //! what a bad link does to each datagram ([`links`]) is decided from seeded draws.
 
@@ -14,7 +15,7 @@ pub mod check;
 pub mod convergence;
 pub mod history;
 pub mod links;
-mod relay;
+pub mod relay;
 pub mod runner;
 pub mod scenario;
 

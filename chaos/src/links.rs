@@ -116,6 +116,98 @@ pub fn cuts(groups: &[Vec<usize>], one_way: bool) -> Vec<(usize, usize)> {
     out
 }
 
+/// The most a relay holds a datagram back for a link's delay: a minute (more is not a link
+/// any mesh keeps up on: its peers would be declared down long before).
+pub const MAX_LINK_DELAY_MS: u32 = 60_000;
+
+/// One link's delay as `tern chaos relay --link a-b=MS` gives it: every datagram between nodes
+/// `a` and `b`, both ways, held `delay_ms` before it is sent on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkDelay {
+    pub a: String,
+    pub b: String,
+    pub delay_ms: u32,
+}
+
+impl std::str::FromStr for LinkDelay {
+    type Err = crate::ScenarioError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| crate::ScenarioError::Invalid {
+            field: format!("--link {text}"),
+            reason: reason.into(),
+        };
+        let (pair, ms) = text
+            .split_once('=')
+            .ok_or_else(|| bad("not NODE-NODE=MS"))?;
+        let (a, b) = pair
+            .split_once('-')
+            .ok_or_else(|| bad("not NODE-NODE=MS"))?;
+        if a.is_empty() || b.is_empty() {
+            return Err(bad("a node name is empty"));
+        }
+        let delay_ms = ms
+            .parse()
+            .map_err(|_| bad("the delay is not a whole number of milliseconds"))?;
+        if delay_ms > MAX_LINK_DELAY_MS {
+            return Err(bad("the delay is over a minute"));
+        }
+        Ok(LinkDelay {
+            a: a.into(),
+            b: b.into(),
+            delay_ms,
+        })
+    }
+}
+
+/// A direction between two nodes: `(from, to)`, indices into the nodes' names.
+pub type Direction = (usize, usize);
+
+/// The delay of every direction `(from, to)` between the nodes `names`: `default_ms` unless
+/// one of `links` names the pair (in either order; a later one wins). Refuses a link that names
+/// a node not in `names`, or a node and itself.
+pub fn link_delays(
+    names: &[String],
+    default_ms: u32,
+    links: &[LinkDelay],
+) -> Result<Vec<(Direction, u32)>, crate::ScenarioError> {
+    if default_ms > MAX_LINK_DELAY_MS {
+        return Err(crate::ScenarioError::Invalid {
+            field: "--delay-ms".into(),
+            reason: "the delay is over a minute".into(),
+        });
+    }
+    let index = |name: &str, link: &LinkDelay| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .ok_or_else(|| crate::ScenarioError::Invalid {
+                field: format!("--link {}-{}={}", link.a, link.b, link.delay_ms),
+                reason: format!("{name} is not one of the nodes"),
+            })
+    };
+    let mut delays = std::collections::BTreeMap::new();
+    for from in 0..names.len() {
+        for to in 0..names.len() {
+            if from != to {
+                delays.insert((from, to), default_ms);
+            }
+        }
+    }
+    for link in links {
+        let (a, b) = (index(&link.a, link)?, index(&link.b, link)?);
+        if a == b {
+            return Err(crate::ScenarioError::Invalid {
+                field: format!("--link {}-{}={}", link.a, link.b, link.delay_ms),
+                reason: "a link joins two different nodes".into(),
+            });
+        }
+        delays.insert((a, b), link.delay_ms);
+        delays.insert((b, a), link.delay_ms);
+    }
+    Ok(delays.into_iter().collect())
+}
+
 /// A seeded generator of draws in `0..PPM` (splitmix64), one per relay direction.
 #[derive(Clone, Debug)]
 pub struct Draws(u64);
@@ -136,6 +228,7 @@ impl Draws {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn fates(imp: Impairment, n: usize, seed: u64) -> Vec<Fate> {
@@ -232,5 +325,58 @@ mod tests {
             "every ordered pair but the two within the last group"
         );
         assert_eq!(cuts(&three, true), [(0, 1), (0, 2), (0, 3)]);
+    }
+
+    #[test]
+    fn link_delays_default_every_direction_and_a_named_link_sets_both_of_its_ways() {
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let link: LinkDelay = "c-a=20".parse().unwrap();
+        assert_eq!(
+            link,
+            LinkDelay {
+                a: "c".into(),
+                b: "a".into(),
+                delay_ms: 20
+            }
+        );
+        let delays = link_delays(&names, 5, &[link]).unwrap();
+        assert_eq!(
+            delays,
+            vec![
+                ((0, 1), 5),
+                ((0, 2), 20),
+                ((1, 0), 5),
+                ((1, 2), 5),
+                ((2, 0), 20),
+                ((2, 1), 5),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_link_delay_that_is_malformed_too_long_or_names_an_unknown_node_is_refused() {
+        let names: Vec<String> = ["a", "b"].map(String::from).to_vec();
+        for text in [
+            "a-b",
+            "ab=5",
+            "-b=5",
+            "a-=5",
+            "a-b=-1",
+            "a-b=5ms",
+            "a-b=60001",
+        ] {
+            assert!(
+                matches!(text.parse::<LinkDelay>(), Err(crate::ScenarioError::Invalid { field, .. }) if field.contains(text)),
+                "{text}"
+            );
+        }
+        let unknown: LinkDelay = "a-x=5".parse().unwrap();
+        assert!(matches!(
+            link_delays(&names, 0, &[unknown]),
+            Err(crate::ScenarioError::Invalid { reason, .. }) if reason.contains("x is not one of the nodes")
+        ));
+        let itself: LinkDelay = "a-a=5".parse().unwrap();
+        assert!(link_delays(&names, 0, &[itself]).is_err());
+        assert!(link_delays(&names, MAX_LINK_DELAY_MS + 1, &[]).is_err());
     }
 }

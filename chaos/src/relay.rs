@@ -1,5 +1,6 @@
-//! The runner's UDP relays on the mesh links, through which `partition` and `link` faults
-//! act: no network namespace, no root. For every ordered pair of nodes (x, y) there is a relay
+//! UDP relays on the mesh links, through which the runner's `partition` and `link` faults
+//! act, and through which `tern chaos relay` gives an experiment's links a delay: no network
+//! namespace, no root. For every ordered pair of nodes (x, y) there is a relay
 //! that x dials as y (`--peer y=<relay>`): datagrams from x go on to y's mesh socket from a
 //! socket of the relay's own, and y's answers come back the same way. (Only the lower name of
 //! a pair dials; the other relay of the pair stays idle.) Each direction of each relay has its
@@ -19,7 +20,7 @@ use crate::links::{Draws, Fate, Impairment};
 
 /// What a direction of a link did with its datagrams since its impairment was last set.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Counts {
+pub struct Counts {
     pub passed: u64,
     pub dropped: u64,
     /// Of those passed, held back for others to overtake.
@@ -46,8 +47,8 @@ struct Relay {
     knobs: Knobs,
 }
 
-/// Every mesh link's relay, for the length of a run (its tasks end when it is dropped).
-pub(crate) struct Relays {
+/// Every mesh link's relay, for as long as it is kept (its tasks end when it is dropped).
+pub struct Relays {
     relays: HashMap<(usize, usize), Relay>,
     _tasks: JoinSet<()>,
 }
@@ -55,7 +56,7 @@ pub(crate) struct Relays {
 impl Relays {
     /// A relay for every ordered pair of the nodes whose mesh sockets are at `mesh`, with
     /// draws seeded from `seed`.
-    pub(crate) async fn start(mesh: &[SocketAddr], seed: u64) -> std::io::Result<Self> {
+    pub async fn start(mesh: &[SocketAddr], seed: u64) -> std::io::Result<Self> {
         let mut relays = HashMap::new();
         let mut tasks = JoinSet::new();
         for (x, _) in mesh.iter().enumerate() {
@@ -101,14 +102,14 @@ impl Relays {
     }
 
     /// The address node `from` dials to reach node `to`.
-    pub(crate) fn address(&self, from: usize, to: usize) -> Option<SocketAddr> {
+    pub fn address(&self, from: usize, to: usize) -> Option<SocketAddr> {
         self.relays.get(&(from, to)).map(|r| r.front)
     }
 
     /// Sets what happens to datagrams from node `from` to node `to`, whichever of the two
     /// dialled the other, and answers what happened to them since the last call. A later call
     /// replaces it: faults on one link do not stack.
-    pub(crate) fn impair(&self, from: usize, to: usize, impairment: Impairment) -> Counts {
+    pub fn impair(&self, from: usize, to: usize, impairment: Impairment) -> Counts {
         let mut counts = Counts::default();
         for (pair, dir) in [((from, to), 0), ((to, from), 1)] {
             if let Some(r) = self.relays.get(&pair) {
@@ -178,6 +179,63 @@ async fn forward(
                     let _ = to.send_to(&datagram, dest).await;
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Instant;
+
+    use super::*;
+
+    /// Receives one datagram on `socket` within 5 s: its bytes and sender.
+    async fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buf = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf))
+            .await
+            .expect("a datagram within 5 s")
+            .unwrap();
+        (buf[..n].to_vec(), from)
+    }
+
+    #[tokio::test]
+    async fn a_delayed_link_holds_each_datagram_its_delay_each_way_and_answers_reach_the_dialler() {
+        let x = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let y = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mesh = [x.local_addr().unwrap(), y.local_addr().unwrap()];
+        let relays = Relays::start(&mesh, 1).await.unwrap();
+        let delay = Impairment::link(0.0, 40, 0.0, 0.0);
+        relays.impair(0, 1, delay);
+        relays.impair(1, 0, delay);
+        let front = relays.address(0, 1).unwrap();
+        assert_ne!(front, mesh[1], "x dials y at the relay, not at y");
+
+        let sent = Instant::now();
+        x.send_to(b"ping", front).await.unwrap();
+        let (bytes, relay_back) = receive(&y).await;
+        let there = sent.elapsed();
+        assert_eq!(bytes, b"ping");
+        assert!(
+            there >= Duration::from_millis(40),
+            "arrived after {there:?}"
+        );
+
+        let answered = Instant::now();
+        y.send_to(b"pong", relay_back).await.unwrap();
+        let (bytes, from) = receive(&x).await;
+        let back = answered.elapsed();
+        assert_eq!((bytes.as_slice(), from), (&b"pong"[..], front));
+        assert!(
+            back >= Duration::from_millis(40),
+            "came back after {back:?}"
+        );
+
+        // Counted per direction: the ping from x to y, the pong from y to x.
+        for (from, to) in [(0, 1), (1, 0)] {
+            let counts = relays.impair(from, to, Impairment::default());
+            assert_eq!((counts.passed, counts.dropped), (1, 0), "{counts:?}");
         }
     }
 }

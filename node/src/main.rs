@@ -440,6 +440,35 @@ enum ChaosCommand {
         #[arg(long, default_value = "functions/dist")]
         examples_dir: PathBuf,
     },
+    /// UDP relays on every mesh link of a cluster about to start, holding each datagram a delay
+    /// each way (as a link between distant nodes would). Start it first: it prints one line per
+    /// direction, `FROM TO ADDRESS` (node FROM dials node TO at ADDRESS), then start each node
+    /// with those addresses as its `--peer`s. Runs until SIGTERM or SIGINT.
+    Relay {
+        /// A node and its mesh address (its `--cluster-listen`), `NAME=HOST:PORT`; two or more.
+        #[arg(long = "node", required = true, value_parser = node_address)]
+        nodes: Vec<(String, SocketAddr)>,
+        /// Every link's delay each way, in milliseconds (at most 60,000).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u32,
+        /// One link's delay each way in place of `--delay-ms`, `A-B=MS` (repeatable).
+        #[arg(long = "link")]
+        links: Vec<tern_chaos::links::LinkDelay>,
+    },
+}
+
+/// `NAME=HOST:PORT`, as `tern chaos relay --node` takes it.
+fn node_address(text: &str) -> Result<(String, SocketAddr), String> {
+    let (name, address) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=HOST:PORT"))?;
+    if name.is_empty() {
+        return Err(format!("{text:?}: the node's name is empty"));
+    }
+    let address = address
+        .parse()
+        .map_err(|_| format!("{text:?}: {address:?} is not HOST:PORT (an IP address and port)"))?;
+    Ok((name.to_owned(), address))
 }
 
 #[derive(Subcommand)]
@@ -1289,6 +1318,50 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     .unwrap_or_default();
                 println!("{name:<26} {description}");
             }
+            Ok(())
+        }
+        Command::Chaos(ChaosCommand::Relay {
+            nodes,
+            delay_ms,
+            links,
+        }) => {
+            let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
+            if nodes.len() < 2 {
+                bail!("a relay needs two nodes or more (--node NAME=HOST:PORT)");
+            }
+            if let Some(twice) = names
+                .iter()
+                .enumerate()
+                .find(|(i, n)| names[..*i].contains(n))
+            {
+                bail!("--node {} is given twice", twice.1);
+            }
+            let delays = tern_chaos::links::link_delays(&names, delay_ms, &links)?;
+            let mesh: Vec<SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
+            let mut stop = StopSignals::new();
+            let relays = tern_chaos::relay::Relays::start(&mesh, 1)
+                .await
+                .context("starting the relays")?;
+            let mut lines = String::new();
+            for &((from, to), ms) in &delays {
+                relays.impair(
+                    from,
+                    to,
+                    tern_chaos::links::Impairment::link(0.0, ms, 0.0, 0.0),
+                );
+                let at = relays
+                    .address(from, to)
+                    .context("a relay for every direction")?;
+                lines.push_str(&format!("{} {} {at}\n", names[from], names[to]));
+            }
+            {
+                use std::io::Write as _;
+                let mut out = std::io::stdout().lock();
+                out.write_all(lines.as_bytes())
+                    .and_then(|()| out.flush())
+                    .context("writing the relays' addresses")?;
+            }
+            stop.recv().await;
             Ok(())
         }
         Command::Chaos(ChaosCommand::Run {

@@ -658,3 +658,68 @@ fn a_full_disk_refuses_async_work_typed_keeps_sync_calls_and_the_node_restarts_i
         "async work on a after the heal: {text}"
     );
 }
+
+#[test]
+fn tern_chaos_relay_prints_each_directions_address_holds_datagrams_its_links_delay_and_stops_on_sigterm()
+ {
+    use std::io::{BufRead, BufReader};
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+
+    let x = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let y = UdpSocket::bind("127.0.0.1:0").unwrap();
+    y.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let node = |name: &str, s: &UdpSocket| format!("{name}={}", s.local_addr().unwrap());
+    let mut relay = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["chaos", "relay", "--delay-ms", "5", "--link", "x-y=60"])
+        .args(["--node", &node("x", &x), "--node", &node("y", &y)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run tern chaos relay");
+    let mut lines = BufReader::new(relay.stdout.take().unwrap()).lines();
+    let mut dials = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let line = lines.next().expect("a line per direction").unwrap();
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words.len(), 3, "{line}");
+        dials.insert(
+            (words[0].to_owned(), words[1].to_owned()),
+            words[2].to_owned(),
+        );
+    }
+    let x_to_y = &dials[&("x".to_owned(), "y".to_owned())];
+    assert!(
+        dials.contains_key(&("y".to_owned(), "x".to_owned())),
+        "{dials:?}"
+    );
+
+    let sent = Instant::now();
+    x.send_to(b"ping", x_to_y.as_str()).unwrap();
+    let mut buf = [0u8; 16];
+    let (n, _) = y
+        .recv_from(&mut buf)
+        .expect("the datagram through the relay");
+    let took = sent.elapsed();
+    assert_eq!(&buf[..n], b"ping");
+    // The link's own delay (60 ms), not the default (5 ms).
+    assert!(took >= Duration::from_millis(60), "arrived after {took:?}");
+
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&relay),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(
+        relay.wait().unwrap().success(),
+        "SIGTERM ends the relay cleanly"
+    );
+
+    let refused = Command::new(env!("CARGO_BIN_EXE_tern"))
+        .args(["chaos", "relay", "--link", "x-z=5"])
+        .args(["--node", &node("x", &x), "--node", &node("y", &y)])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("z is not one of the nodes"), "{said}");
+}
