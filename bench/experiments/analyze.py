@@ -502,21 +502,19 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
         w(f"- {PROFILE_TEXT.get(p, p)}" + (" — **cut for the smoke run**" if smoke else "")
           + f": `tern bench {args}`.")
     w("")
+    # The (profile, configuration) pairs that ran, in the report's order.
+    present = [(p, c, f"{c}+{p}") for p in profiles for c in configs if f"{c}+{p}" in runs]
     w("## Results (median over rounds)")
     w("")
     w("| profile | configuration | requests | errors | req/s | first call on a node: mean ms (n/a after a warm-up) | mean ms | p50 ms | p99 ms | server-side mean ms | in flight at a, halfway | reuse hit rate | energy mJ / request |")
     w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for p in profiles:
-        for c in configs:
-            k = f"{c}+{p}"
-            if k not in runs:
-                continue
-            rate = med(k, "reuse_hit_rate")
-            w(f"| {p} | {c} | {fmt(med(k, 'requests'), 0)} | {fmt(med(k, 'errors'), 0)} | "
-              f"{fmt(med(k, 'throughput_rps'), 0)} | {fmt(med(k, 'first_call_ms'))} | {fmt(med(k, 'mean_ms'))} | "
-              f"{fmt(med(k, 'p50_ms'))} | {fmt(med(k, 'p99_ms'))} | {fmt(med(k, 'server_mean_ms'))} | "
-              f"{fmt(med(k, 'in_flight_mid'), 0)} | "
-              f"{fmt(100 * rate if rate is not None else None, 2)} % | {fmt(med(k, 'energy_mj_per_request'))} |")
+    for p, c, k in present:
+        rate = med(k, "reuse_hit_rate")
+        w(f"| {p} | {c} | {fmt(med(k, 'requests'), 0)} | {fmt(med(k, 'errors'), 0)} | "
+          f"{fmt(med(k, 'throughput_rps'), 0)} | {fmt(med(k, 'first_call_ms'))} | {fmt(med(k, 'mean_ms'))} | "
+          f"{fmt(med(k, 'p50_ms'))} | {fmt(med(k, 'p99_ms'))} | {fmt(med(k, 'server_mean_ms'))} | "
+          f"{fmt(med(k, 'in_flight_mid'), 0)} | "
+          f"{fmt(100 * rate if rate is not None else None, 2)} % | {fmt(med(k, 'energy_mj_per_request'))} |")
     w("")
     w("Where the time went, median over rounds (the nodes' /metrics over the whole run, warm-up included, "
       "every outcome): the entry's invocations from admission to answer; module loads on all nodes and "
@@ -528,15 +526,11 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
     w("")
     w("| profile | configuration | invocations at a | admission to answer, mean ms | loads | load mean ms | guest execution mean ms | server-side mean ms, ran on a / b / c | forward round trip mean ms | of which on the peer |")
     w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for p in profiles:
-        for c in configs:
-            k = f"{c}+{p}"
-            if k not in runs:
-                continue
-            w(f"| {p} | {c} | {fmt(med(k, 'entry_invocations'), 0)} | {fmt(med(k, 'entry_admitted_to_answer_ms'))} | "
-              f"{fmt(med(k, 'loads'), 0)} | {fmt(med(k, 'cold_load_ms'))} | {fmt(med(k, 'exec_ms'), 3)} | "
-              + " / ".join(fmt(node_med(k, n)) for n in NODES)
-              + f" | {fmt(med(k, 'forward_round_trip_ms'))} | {fmt(med(k, 'forward_on_peer_ms'))} |")
+    for p, c, k in present:
+        w(f"| {p} | {c} | {fmt(med(k, 'entry_invocations'), 0)} | {fmt(med(k, 'entry_admitted_to_answer_ms'))} | "
+          f"{fmt(med(k, 'loads'), 0)} | {fmt(med(k, 'cold_load_ms'))} | {fmt(med(k, 'exec_ms'), 3)} | "
+          + " / ".join(fmt(node_med(k, n)) for n in NODES)
+          + f" | {fmt(med(k, 'forward_round_trip_ms'))} | {fmt(med(k, 'forward_on_peer_ms'))} |")
     w("")
     w("Latency is of the 2xx answers: open loop from each request's planned send time, closed loop from "
       "its send; server-side is the entry node's own time per answered request (`x-tern-duration-us`). "
@@ -545,16 +539,13 @@ def profiles_report(w, setup, runs, rounds, med, ratios, ratio_text):
       "there. Energy is the node's CPU-time model (10 W per busy core) over the node processes and their "
       "cells. Errors by code, per run:")
     w("")
-    for p in profiles:
-        for c in configs:
-            k = f"{c}+{p}"
-            for r in sorted(runs.get(k, {})):
-                e = runs[k][r]["errors_by_code"]
-                w(f"- {p}, {c}, round {r}: {', '.join(f'{code} {n}' for code, n in e.items()) if e else 'none'}")
+    for p, c, k in present:
+        for r in sorted(runs[k]):
+            e = runs[k][r]["errors_by_code"]
+            w(f"- {p}, {c}, round {r}: {', '.join(f'{code} {n}' for code, n in e.items()) if e else 'none'}")
     w("")
     if "all-off" in configs:
-        rows = [((p, c), f"{c}+{p}", f"all-off+{p}") for p in profiles for c in configs
-                if c != "all-off" and f"{c}+{p}" in runs]
+        rows = [((p, c), k, f"all-off+{p}") for p, c, k in present if c != "all-off"]
         # Under a fixed rate requests per second only show who kept up; in a closed loop they
         # are the measure.
         metrics = RATIO_METRICS[:3] + [("requests per second", "throughput_rps")] + RATIO_METRICS[3:]

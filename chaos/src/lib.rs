@@ -3,7 +3,8 @@
 //! which faults to inject when ([`scenario`]); every client operation is written to a
 //! **history** with its times and the node it went to ([`history`]); **checkers** read the
 //! history (and what the nodes report after the faults heal) and name each broken promise
-//! with the operations that broke it ([`check`]).
+//! with the operations that broke it ([`check`]). A **timeline** draws what the calls did
+//! second by second, the faults shaded ([`timeline`]).
 //!
 //! No I/O and no clock outside [`runner`] (the shell that starts the cluster, sends the load and
 //! injects the faults) and the link relays ([`relay`], which `tern chaos relay` also runs for
@@ -18,6 +19,7 @@ pub mod links;
 pub mod relay;
 pub mod runner;
 pub mod scenario;
+pub mod timeline;
 
 pub use check::{Report, Violation};
 pub use history::{Event, History, Mode, Outcome, Phase};

@@ -191,20 +191,20 @@ impl App {
     /// Runs an MEU another node placed here, if this node has exactly that version ready.
     async fn run_for_peer(&self, meu: RemoteMeu) -> PeerResponse {
         let arrived = std::time::Instant::now();
-        let ready = self
-            .services()
-            .runtime
-            .get(&meu.function)
-            .is_some_and(|d| d.info.hash == meu.hash);
-        if !ready {
-            return PeerResponse::Error(
-                tern_actors::Error::VersionNotReady {
-                    function: meu.function,
-                    hash: meu.hash,
-                }
-                .to_api(),
-            );
-        }
+        // The version the sender placed must be the one ready here; its time limit is the
+        // unit's.
+        let limit = match self.services().runtime.get(&meu.function) {
+            Some(d) if d.info.hash == meu.hash => Duration::from_millis(d.info.timeout_ms.into()),
+            _ => {
+                return PeerResponse::Error(
+                    tern_actors::Error::VersionNotReady {
+                        function: meu.function,
+                        hash: meu.hash,
+                    }
+                    .to_api(),
+                );
+            }
+        };
         let permit = match self.pipeline.admit() {
             Ok(p) => p,
             Err(e) => return PeerResponse::Error(e.to_api()),
@@ -220,13 +220,6 @@ impl App {
         );
         // The time limit runs from the sender's acceptance: what it already waited there is
         // spent. By tokio's clock, as every unit's acceptance.
-        let limit = self
-            .services()
-            .runtime
-            .get(&meu.function)
-            .map_or(Duration::ZERO, |d| {
-                Duration::from_millis(d.info.timeout_ms.into())
-            });
         let accepted_at = meu.accepted_at(tokio::time::Instant::now().into_std(), limit);
         let local = Meu {
             trace: trace.clone(),

@@ -90,6 +90,12 @@ fn a_kill_and_restart_under_load_keeps_every_promise_and_the_report_says_so() {
         );
     }
     assert!(text.contains("**Verdict: passed**"), "{text}");
+    // The timeline names the kill over its shaded window and draws the answers it saw.
+    let timeline = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(
+        timeline.contains("kill b") && timeline.contains("<polyline"),
+        "{timeline}"
+    );
     // Deploys went on through every node, b's while it was down unanswered (or refused until
     // its restart had synced), and b, back, showed the same entry as the others.
     let registry = stats["registry"].as_str().unwrap_or_default();
