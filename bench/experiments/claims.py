@@ -26,9 +26,17 @@ POLICY = os.path.join("policy", "reports", "policy-bench.md")
 CALIBRATED = os.path.join("policy", "reports", "calibrated", "policy-bench.md")
 
 
+def delayed_links(path):
+    """Whether the run's mesh links went through relays adding a delay (LINK_DELAY_MS): a
+    different cluster from the loopback one every claim here is checked on."""
+    setup = os.path.join(path, "raw", "setup.txt")
+    return os.path.exists(setup) and any(l.startswith("link_delay_ms=") for l in open(setup))
+
+
 def newest(kind):
     base = os.path.join(PAPER, kind)
-    dated = sorted(d for d in os.listdir(base) if re.match(r"\d{4}-\d\d-\d\d", d)) if os.path.isdir(base) else []
+    dated = sorted(d for d in os.listdir(base) if re.match(r"\d{4}-\d\d-\d\d", d)
+                   and not delayed_links(os.path.join(base, d))) if os.path.isdir(base) else []
     return os.path.join(base, dated[-1]) if dated else None
 
 
@@ -90,7 +98,8 @@ def main():
     placement_dir = sys.argv[2] if len(sys.argv) > 2 else newest("placement")
     base = os.path.join(PAPER, "profiles")
     profile_dirs = sorted(os.path.join(base, d) for d in os.listdir(base)
-                          if re.match(r"\d{4}-\d\d-\d\d", d)) if os.path.isdir(base) else []
+                          if re.match(r"\d{4}-\d\d-\d\d", d)
+                          and not delayed_links(os.path.join(base, d))) if os.path.isdir(base) else []
     profile_runs = [s for s in map(summary, profile_dirs) if s]
     ablations, placement = summary(ablations_dir), summary(placement_dir)
     sims = [simulator(POLICY), simulator(CALIBRATED)]
