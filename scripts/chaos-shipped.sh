@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the shipped chaos scenarios that the runner can inject (`tern chaos run NAME`, release
-# build, this tree) and keeps each run's report, verdict and history (gzipped) in
+# build, this tree) and keeps each run's report, verdict, timeline and history (gzipped) in
 # OUT_DIR/<scenario>/, plus summary.txt (generated here from the verdicts; never edit it).
 # The nodes' data, logs and certificates stay in a temporary directory, removed at the end.
 #
@@ -41,7 +41,7 @@ for s in "${scenarios[@]}"; do
     echo "$s: FAILED (see $out/$s/report.md)"
     status=1
   fi
-  cp "$work/$s/report.md" "$work/$s/verdict.json" "$out/$s/" 2>/dev/null || true
+  cp "$work/$s/report.md" "$work/$s/verdict.json" "$work/$s/timeline.svg" "$out/$s/" 2>/dev/null || true
   gzip -c "$work/$s/history.jsonl" >"$out/$s/history.jsonl.gz" 2>/dev/null || true
 done
 python3 scripts/lib/chaos-summary.py "$out" "$commit" "$dirty" "$seed" "${scenarios[@]}" | tee "$out/summary.txt"
