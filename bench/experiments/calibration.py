@@ -31,6 +31,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from analyze import link_delay
+
 NODES = {"a": "standard", "b": "edge-small", "c": "cpu-burst"}
 # The simulator's class for each Tern node class, and what it assumes for it
 # (policy/src/sim/classes.rs): cold start ms, reuse ms (a third of it), speed, W per core.
@@ -207,9 +209,7 @@ def main():
     w.append(f"- Nodes: three `tern up` processes on this machine ({setup.get('nproc', '?')} vCPUs), "
              "a = standard (1.0 CPU), b = edge-small (0.5 CPU), c = cpu-burst (no quota)"
              + ("" if setup.get("cpu_limits") == "1" else ": **CPU quotas not applied** (not root or no cgroup v1 cpu)")
-             + ("" if "link_delay_ms" not in setup else
-                f"; mesh links through `tern chaos relay`, {setup['link_delay_ms']} ms each way"
-                + (f" (per link: {setup.get('link_delays')})" if setup.get("link_delays") else ""))
+             + ("" if "link_delay_ms" not in setup else f"; {link_delay(setup)}")
              + "; warm-affinity placement, cells where the host allows, optimised runtime, "
              "`max_loaded_modules = 2` (so cold starts can be provoked).")
     w.append(f"- Calls: {len(ok)} answered 200, {len(failed)} not"

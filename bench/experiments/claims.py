@@ -33,11 +33,16 @@ def delayed_links(path):
     return os.path.exists(setup) and any(l.startswith("link_delay_ms=") for l in open(setup))
 
 
-def newest(kind):
+def dated(kind):
+    """The dated reports of an experiment on the loopback cluster, oldest first."""
     base = os.path.join(PAPER, kind)
-    dated = sorted(d for d in os.listdir(base) if re.match(r"\d{4}-\d\d-\d\d", d)
-                   and not delayed_links(os.path.join(base, d))) if os.path.isdir(base) else []
-    return os.path.join(base, dated[-1]) if dated else None
+    return sorted(os.path.join(base, d) for d in os.listdir(base) if re.match(r"\d{4}-\d\d-\d\d", d)
+                  and not delayed_links(os.path.join(base, d))) if os.path.isdir(base) else []
+
+
+def newest(kind):
+    reports = dated(kind)
+    return reports[-1] if reports else None
 
 
 def summary(path):
@@ -96,10 +101,7 @@ def fmt_ratio(vals):
 def main():
     ablations_dir = sys.argv[1] if len(sys.argv) > 1 else newest("ablations")
     placement_dir = sys.argv[2] if len(sys.argv) > 2 else newest("placement")
-    base = os.path.join(PAPER, "profiles")
-    profile_dirs = sorted(os.path.join(base, d) for d in os.listdir(base)
-                          if re.match(r"\d{4}-\d\d-\d\d", d)
-                          and not delayed_links(os.path.join(base, d))) if os.path.isdir(base) else []
+    profile_dirs = dated("profiles")
     profile_runs = [s for s in map(summary, profile_dirs) if s]
     ablations, placement = summary(ablations_dir), summary(placement_dir)
     sims = [simulator(POLICY), simulator(CALIBRATED)]

@@ -104,6 +104,8 @@ else
 fi
 seed=${SEED:-1} work_n=${WORK_N:-32-256} connections=${CONNECTIONS:-256}
 link_delay_ms=${LINK_DELAY_MS:-0} link_delays=(${LINK_DELAYS:-})
+relayed=0 # whether the mesh links go through `tern chaos relay`
+if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then relayed=1; fi
 modules=${MODULES:-$default_modules}
 case $modules in shared | distinct) ;; *) echo "MODULES is shared or distinct" >&2; exit 2 ;; esac
 configs=(${CONFIGS:-$default_configs})
@@ -204,7 +206,7 @@ start_cluster() {
   done
   "$tern" cluster init --out "$dir/pki" --nodes a,b,c >/dev/null
   # With link delays, node x dials node y at the relay `tern chaos relay` prints as "x y ADDR".
-  if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then
+  if [ $relayed = 1 ]; then
     local links=()
     for j in "${link_delays[@]}"; do links+=(--link "$j"); done
     "$tern" chaos relay --node "a=${mesh[0]}" --node "b=${mesh[1]}" --node "c=${mesh[2]}" \
@@ -310,7 +312,7 @@ snapshot_nodes() {
     echo "config.$c=$placement/$isolation/$runtime"
   done
   echo "cpu_limits=$cpu_limits quotas_us=$(IFS=,; echo "${quotas[*]}") classes=$(IFS=,; echo "${classes[*]}")"
-  if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then
+  if [ $relayed = 1 ]; then
     echo "link_delay_ms=$link_delay_ms link_delays=$(IFS=,; echo "${link_delays[*]}")"
   fi
   echo "load_start=$(echo $load_start | tr " " ,) nproc=$(nproc)"

@@ -164,18 +164,31 @@ impl std::str::FromStr for LinkDelay {
 pub type Direction = (usize, usize);
 
 /// The delay of every direction `(from, to)` between the nodes `names`: `default_ms` unless
-/// one of `links` names the pair (in either order; a later one wins). Refuses a link that names
-/// a node not in `names`, or a node and itself.
+/// one of `links` names the pair (in either order; a later one wins). Refuses fewer than two
+/// nodes, an empty or repeated name, and a link that names a node not in `names` or a node
+/// and itself.
 pub fn link_delays(
     names: &[String],
     default_ms: u32,
     links: &[LinkDelay],
 ) -> Result<Vec<(Direction, u32)>, crate::ScenarioError> {
+    let invalid = |field: String, reason: &str| crate::ScenarioError::Invalid {
+        field,
+        reason: reason.into(),
+    };
+    if names.len() < 2 {
+        return Err(invalid("--node".into(), "a relay needs two nodes or more"));
+    }
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            return Err(invalid(format!("--node {name}"), "a node's name is empty"));
+        }
+        if names[..i].contains(name) {
+            return Err(invalid(format!("--node {name}"), "given twice"));
+        }
+    }
     if default_ms > MAX_LINK_DELAY_MS {
-        return Err(crate::ScenarioError::Invalid {
-            field: "--delay-ms".into(),
-            reason: "the delay is over a minute".into(),
-        });
+        return Err(invalid("--delay-ms".into(), "the delay is over a minute"));
     }
     let index = |name: &str, link: &LinkDelay| {
         names
@@ -378,5 +391,13 @@ mod tests {
         let itself: LinkDelay = "a-a=5".parse().unwrap();
         assert!(link_delays(&names, 0, &[itself]).is_err());
         assert!(link_delays(&names, MAX_LINK_DELAY_MS + 1, &[]).is_err());
+        // The nodes themselves: two or more, each named once.
+        let refused = |names: &[&str], reason: &str| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            matches!(link_delays(&names, 0, &[]), Err(crate::ScenarioError::Invalid { reason: r, .. }) if r.contains(reason))
+        };
+        assert!(refused(&["a"], "two nodes or more"));
+        assert!(refused(&["a", ""], "name is empty"));
+        assert!(refused(&["a", "b", "a"], "given twice"));
     }
 }

@@ -437,6 +437,17 @@ impl Default for Config {
     }
 }
 
+/// A peer as `--peer` (and `tern chaos relay --node`) takes it: `name=host:port`.
+pub fn parse_peer(p: &str) -> Result<(String, SocketAddr), ConfigError> {
+    let (name, addr) = p
+        .split_once('=')
+        .ok_or_else(|| ConfigError::Invalid(format!("peer {p:?} is not name=host:port")))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| ConfigError::Invalid(format!("peer {p:?}: bad address: {e}")))?;
+    Ok((name.to_owned(), addr))
+}
+
 impl Config {
     /// Defaults ← `file` (if any) ← `TERN_*` variables from `env`, validated.
     pub fn load(
@@ -707,18 +718,7 @@ impl Config {
 
     /// `peers` parsed as `(name, address)`.
     pub fn parsed_peers(&self) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
-        self.peers
-            .iter()
-            .map(|p| {
-                let (name, addr) = p.split_once('=').ok_or_else(|| {
-                    ConfigError::Invalid(format!("peer {p:?} is not name=host:port"))
-                })?;
-                let addr = addr
-                    .parse()
-                    .map_err(|e| ConfigError::Invalid(format!("peer {p:?}: bad address: {e}")))?;
-                Ok((name.to_owned(), addr))
-            })
-            .collect()
+        self.peers.iter().map(|p| parse_peer(p)).collect()
     }
 
     /// The most memory and time a function may need to be placed on this node: its class's

@@ -446,7 +446,7 @@ enum ChaosCommand {
     /// with those addresses as its `--peer`s. Runs until SIGTERM or SIGINT.
     Relay {
         /// A node and its mesh address (its `--cluster-listen`), `NAME=HOST:PORT`; two or more.
-        #[arg(long = "node", required = true, value_parser = node_address)]
+        #[arg(long = "node", required = true, value_parser = tern_node::config::parse_peer)]
         nodes: Vec<(String, SocketAddr)>,
         /// Every link's delay each way, in milliseconds (at most 60,000).
         #[arg(long, default_value_t = 0)]
@@ -455,20 +455,6 @@ enum ChaosCommand {
         #[arg(long = "link")]
         links: Vec<tern_chaos::links::LinkDelay>,
     },
-}
-
-/// `NAME=HOST:PORT`, as `tern chaos relay --node` takes it.
-fn node_address(text: &str) -> Result<(String, SocketAddr), String> {
-    let (name, address) = text
-        .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not NAME=HOST:PORT"))?;
-    if name.is_empty() {
-        return Err(format!("{text:?}: the node's name is empty"));
-    }
-    let address = address
-        .parse()
-        .map_err(|_| format!("{text:?}: {address:?} is not HOST:PORT (an IP address and port)"))?;
-    Ok((name.to_owned(), address))
 }
 
 #[derive(Subcommand)]
@@ -1326,16 +1312,6 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             links,
         }) => {
             let names: Vec<String> = nodes.iter().map(|(n, _)| n.clone()).collect();
-            if nodes.len() < 2 {
-                bail!("a relay needs two nodes or more (--node NAME=HOST:PORT)");
-            }
-            if let Some(twice) = names
-                .iter()
-                .enumerate()
-                .find(|(i, n)| names[..*i].contains(n))
-            {
-                bail!("--node {} is given twice", twice.1);
-            }
             let delays = tern_chaos::links::link_delays(&names, delay_ms, &links)?;
             let mesh: Vec<SocketAddr> = nodes.iter().map(|(_, a)| *a).collect();
             let mut stop = StopSignals::new();
