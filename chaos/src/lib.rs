@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod convergence;
+pub mod error;
 pub mod history;
 pub mod links;
 pub mod relay;
@@ -22,12 +23,13 @@ pub mod scenario;
 pub mod timeline;
 
 pub use check::{Report, Violation};
+pub use error::ChaosError;
 pub use history::{Event, History, Mode, Outcome, Phase};
-pub use scenario::{Fault, Scenario, ScenarioError};
+pub use scenario::{Fault, Scenario};
 
 /// The scenarios shipped with Tern (`chaos/scenarios/`), by name: together they cover
-/// partitions, crashes, pauses, clock jumps, a bad network, storage faults and bad peer
-/// identities.
+/// partitions, crashes (under HTTP load and under `tern-client`'s), pauses, clock jumps, a bad
+/// network, storage faults and bad peer identities.
 pub const SHIPPED: &[(&str, &str)] = &[
     ("clock-jumps", include_str!("../scenarios/clock-jumps.toml")),
     (
@@ -40,6 +42,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ),
     ("disk-full", include_str!("../scenarios/disk-full.toml")),
     ("impostors", include_str!("../scenarios/impostors.toml")),
+    (
+        "kill-one-under-client-load",
+        include_str!("../scenarios/kill-one-under-client-load.toml"),
+    ),
     (
         "kill-one-under-load",
         include_str!("../scenarios/kill-one-under-load.toml"),

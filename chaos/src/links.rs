@@ -130,10 +130,10 @@ pub struct LinkDelay {
 }
 
 impl std::str::FromStr for LinkDelay {
-    type Err = crate::ScenarioError;
+    type Err = crate::ChaosError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = |reason: &str| crate::ScenarioError::Invalid {
+        let bad = |reason: &str| crate::ChaosError::Invalid {
             field: format!("--link {text}"),
             reason: reason.into(),
         };
@@ -171,8 +171,8 @@ pub fn link_delays(
     names: &[String],
     default_ms: u32,
     links: &[LinkDelay],
-) -> Result<Vec<(Direction, u32)>, crate::ScenarioError> {
-    let invalid = |field: String, reason: &str| crate::ScenarioError::Invalid {
+) -> Result<Vec<(Direction, u32)>, crate::ChaosError> {
+    let invalid = |field: String, reason: &str| crate::ChaosError::Invalid {
         field,
         reason: reason.into(),
     };
@@ -194,7 +194,7 @@ pub fn link_delays(
         names
             .iter()
             .position(|n| n == name)
-            .ok_or_else(|| crate::ScenarioError::Invalid {
+            .ok_or_else(|| crate::ChaosError::Invalid {
                 field: format!("--link {}-{}={}", link.a, link.b, link.delay_ms),
                 reason: format!("{name} is not one of the nodes"),
             })
@@ -210,7 +210,7 @@ pub fn link_delays(
     for link in links {
         let (a, b) = (index(&link.a, link)?, index(&link.b, link)?);
         if a == b {
-            return Err(crate::ScenarioError::Invalid {
+            return Err(crate::ChaosError::Invalid {
                 field: format!("--link {}-{}={}", link.a, link.b, link.delay_ms),
                 reason: "a link joins two different nodes".into(),
             });
@@ -379,14 +379,14 @@ mod tests {
             "a-b=60001",
         ] {
             assert!(
-                matches!(text.parse::<LinkDelay>(), Err(crate::ScenarioError::Invalid { field, .. }) if field.contains(text)),
+                matches!(text.parse::<LinkDelay>(), Err(crate::ChaosError::Invalid { field, .. }) if field.contains(text)),
                 "{text}"
             );
         }
         let unknown: LinkDelay = "a-x=5".parse().unwrap();
         assert!(matches!(
             link_delays(&names, 0, &[unknown]),
-            Err(crate::ScenarioError::Invalid { reason, .. }) if reason.contains("x is not one of the nodes")
+            Err(crate::ChaosError::Invalid { reason, .. }) if reason.contains("x is not one of the nodes")
         ));
         let itself: LinkDelay = "a-a=5".parse().unwrap();
         assert!(link_delays(&names, 0, &[itself]).is_err());
@@ -394,7 +394,7 @@ mod tests {
         // The nodes themselves: two or more, each named once.
         let refused = |names: &[&str], reason: &str| {
             let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            matches!(link_delays(&names, 0, &[]), Err(crate::ScenarioError::Invalid { reason: r, .. }) if r.contains(reason))
+            matches!(link_delays(&names, 0, &[]), Err(crate::ChaosError::Invalid { reason: r, .. }) if r.contains(reason))
         };
         assert!(refused(&["a"], "two nodes or more"));
         assert!(refused(&["a", ""], "name is empty"));

@@ -1,8 +1,9 @@
 //! The shell of `tern chaos run`: starts the scenario's cluster as `tern up` processes on this
-//! machine, deploys the function, sends the open-loop workload over HTTP while the fault
-//! schedule runs, reads every accepted async invocation's final record after the faults heal,
-//! stops the cluster, and hands the history to the checkers. The only module of this crate
-//! that does I/O.
+//! machine, deploys the function, sends the open-loop workload over HTTP (or through
+//! `tern-client`, one client per node failing over to the others) while the fault schedule
+//! runs, reads every accepted async invocation's final record after the faults heal, stops
+//! the cluster, and hands the history to the checkers. The only module of this crate that
+//! does I/O.
 //!
 //! This runner injects process faults (`kill` with restart, `pause`, `rolling_restart`), a
 //! full disk (`disk_full`: the node's data directory is a small tmpfs of its own, filled to the
@@ -14,7 +15,7 @@
 //! partitions and bad links (`partition`, `link`: the nodes dial each other through the
 //! runner's UDP relays, [`crate::relay`], which drop, delay, reorder or duplicate datagrams
 //! while the fault holds); a scenario with any other fault kind is refused before anything
-//! starts ([`RunError::Unsupported`]).
+//! starts ([`ChaosError::Unsupported`]).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
 //! node (socket activation). A killed node's port stays the run's: nothing else on the machine
@@ -34,59 +35,16 @@ use hyper::Method;
 
 use tern_sync::poison::lock;
 
+use crate::ChaosError;
 use crate::check::{Report, check};
 use crate::history::{DeployOutcome, EntryView, Event, History, Mode, Outcome, Phase};
 use crate::links::{self, Impairment};
 use crate::relay::{Counts, Relays};
 use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, VERSIONS_FUNCTION, Via};
 
-/// What stops a run before its verdict.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(
-        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, partition, link, disk_full, clock_jump, corrupt with what = \"artifact\" and impostor)"
-    )]
-    Unsupported(&'static str),
-    #[error("{kind} faults need root ({why}); run tern chaos as root")]
-    NeedsRoot {
-        kind: &'static str,
-        why: &'static str,
-    },
-    #[error(
-        "{kind} faults need {tool} ({hint}); set TERN_CHAOS_LIBFAKETIME to its libfaketimeMT.so.1 if it is installed elsewhere"
-    )]
-    NeedsTool {
-        kind: &'static str,
-        tool: &'static str,
-        hint: &'static str,
-    },
-    #[error("this runner sends its load over HTTP; workload.via = \"client\" is not supported yet")]
-    ViaClient,
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot create the cluster's certificates: {0}")]
-    Pki(String),
-    #[error("node {node} did not become ready within {secs} s (log: {log})")]
-    NotReady {
-        node: String,
-        secs: u64,
-        log: String,
-    },
-    #[error("cannot deploy {function}: {detail}")]
-    Deploy { function: String, detail: String },
-    #[error("{0} holds an earlier run (its data directory); give another --out")]
-    OutInUse(String),
-    #[error("cannot draw the run's timeline: {0}")]
-    Timeline(String),
-}
-
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ChaosError {
     let what = what.into();
-    move |source| RunError::Io { what, source }
+    move |source| ChaosError::Io { what, source }
 }
 
 /// How to run.
@@ -120,6 +78,9 @@ struct NodeProc {
     /// its ports while it is down (and then get the workload's requests), and a restart never
     /// finds them taken.
     sockets: (std::net::TcpListener, std::net::UdpSocket),
+    /// With `workload.via = "client"`: its client API's UDP socket (held and handed over the
+    /// same way) and address.
+    client_api: Option<(std::net::UdpSocket, SocketAddr)>,
     /// While the node is down: closes every connection the held listener accepts, as a
     /// crashed node's port would refuse them (instead of letting them wait for a restart).
     refuser: Option<tokio::task::JoinHandle<()>>,
@@ -130,12 +91,12 @@ struct NodeProc {
 }
 
 impl NodeProc {
-    fn spawn(&mut self, tern: &Path) -> Result<(), RunError> {
+    fn spawn(&mut self, tern: &Path) -> Result<(), ChaosError> {
         if let Some(c) = self.child.as_mut()
             && c.try_wait().ok().flatten().is_none()
         {
             // Scenario checks refuse overlapping faults; this would orphan a live node.
-            return Err(RunError::Io {
+            return Err(ChaosError::Io {
                 what: format!("starting node {}", self.name),
                 source: std::io::Error::other("its previous process is still running"),
             });
@@ -149,27 +110,36 @@ impl NodeProc {
         let dup = |what: &str| io(format!("passing node {}'s {what} socket", self.name));
         let http = self.sockets.0.try_clone().map_err(dup("HTTP"))?;
         let mesh = self.sockets.1.try_clone().map_err(dup("mesh"))?;
+        let mut fds = vec![
+            FdMapping {
+                parent_fd: http.into(),
+                child_fd: 3,
+            },
+            FdMapping {
+                parent_fd: mesh.into(),
+                child_fd: 4,
+            },
+        ];
+        let mut names = "http:mesh";
+        if let Some((client, _)) = &self.client_api {
+            fds.push(FdMapping {
+                parent_fd: client.try_clone().map_err(dup("client API"))?.into(),
+                child_fd: 5,
+            });
+            names = "http:mesh:client";
+        }
         if let Some(refuser) = self.refuser.take() {
             refuser.abort();
         }
         let mut command = Command::new(tern);
-        // systemd's socket activation, as `tern up` documents it: fds 3 and 4, named in order;
-        // no LISTEN_PID (unknown before the child runs), which the node takes as "for me".
+        // systemd's socket activation, as `tern up` documents it: fds 3, 4 (and 5), named in
+        // order; no LISTEN_PID (unknown before the child runs), which the node takes as "for me".
         command
-            .fd_mappings(vec![
-                FdMapping {
-                    parent_fd: http.into(),
-                    child_fd: 3,
-                },
-                FdMapping {
-                    parent_fd: mesh.into(),
-                    child_fd: 4,
-                },
-            ])
+            .fd_mappings(fds)
             .map_err(|e| dup("HTTP and mesh")(std::io::Error::other(e)))?;
         let child = command
-            .env("LISTEN_FDS", "2")
-            .env("LISTEN_FDNAMES", "http:mesh")
+            .env("LISTEN_FDS", (names.matches(':').count() + 1).to_string())
+            .env("LISTEN_FDNAMES", names)
             .env_remove("LISTEN_PID")
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -360,13 +330,13 @@ fn start_impostor(
     options: &RunOptions,
     members: &[(String, SocketAddr, SocketAddr, String)],
     config_env: Vec<(String, String)>,
-) -> Result<NodeProc, RunError> {
+) -> Result<NodeProc, ChaosError> {
     use tern_cluster::pki;
     let pki_dir = dir.join("pki");
     let name: tern_cluster::NodeName = claimed
         .parse()
-        .map_err(|e: tern_cluster::ClusterError| RunError::Pki(e.to_string()))?;
-    let pki_err = |e: tern_cluster::ClusterError| RunError::Pki(e.to_string());
+        .map_err(|e: tern_cluster::ClusterError| ChaosError::Pki(e.to_string()))?;
+    let pki_err = |e: tern_cluster::ClusterError| ChaosError::Pki(e.to_string());
     std::fs::create_dir_all(&pki_dir).map_err(io(format!("creating {}", pki_dir.display())))?;
     let ca_key = options.out.join(CA_KEY);
     let copy_ca = || {
@@ -427,6 +397,7 @@ fn start_impostor(
         faulted: true,
         token: String::new(),
         sockets: (listener, udp),
+        client_api: None,
         refuser: None,
         clock: None,
         clock_offset_s: 0.0,
@@ -464,7 +435,7 @@ pub fn libfaketime() -> Option<PathBuf> {
 const CLOCK_FILE_REREAD: Duration = Duration::from_millis(1200);
 
 /// A node's HTTP listener and mesh socket on free loopback ports, with their addresses.
-fn bind_node_sockets() -> Result<(std::net::TcpListener, std::net::UdpSocket), RunError> {
+fn bind_node_sockets() -> Result<(std::net::TcpListener, std::net::UdpSocket), ChaosError> {
     let addr = "127.0.0.1:0";
     let http = std::net::TcpListener::bind(addr).map_err(io("binding a node's HTTP port"))?;
     let mesh = std::net::UdpSocket::bind(addr).map_err(io("binding a node's mesh port"))?;
@@ -491,7 +462,7 @@ fn setting(v: &toml::Value) -> String {
 /// Runs `scenario` and returns the checkers' verdict; the history (`history.jsonl`), the
 /// verdict (`verdict.json`), the timeline (`timeline.svg`) and `report.md` are in
 /// `options.out`.
-pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, RunError> {
+pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, ChaosError> {
     for f in &scenario.faults {
         let unsupported = match f.kind {
             FaultKind::Kill { .. }
@@ -513,17 +484,14 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             FaultKind::Impostor { .. } => None,
         };
         if let Some(kind) = unsupported {
-            return Err(RunError::Unsupported(kind));
+            return Err(ChaosError::Unsupported(kind));
         }
         if matches!(f.kind, FaultKind::DiskFull { .. }) && !rustix::process::geteuid().is_root() {
-            return Err(RunError::NeedsRoot {
+            return Err(ChaosError::NeedsRoot {
                 kind: "disk_full",
                 why: "the node's data directory becomes a tmpfs of its own",
             });
         }
-    }
-    if scenario.workload.via == Via::Client {
-        return Err(RunError::ViaClient);
     }
     let clock_jumps = |name: &str| {
         scenario
@@ -532,7 +500,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             .any(|f| matches!(&f.kind, FaultKind::ClockJump { node, .. } if node == name))
     };
     let faketime = if scenario.nodes().iter().any(|n| clock_jumps(n)) {
-        Some(libfaketime().ok_or(RunError::NeedsTool {
+        Some(libfaketime().ok_or(ChaosError::NeedsTool {
             kind: "clock_jump",
             tool: "libfaketime",
             hint: "Debian: apt-get install faketime",
@@ -542,7 +510,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     };
     let out = &options.out;
     if out.join("data").exists() {
-        return Err(RunError::OutInUse(out.display().to_string()));
+        return Err(ChaosError::OutInUse(out.display().to_string()));
     }
     std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
     let pki = out.join("pki");
@@ -551,7 +519,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         .iter()
         .map(|n| n.parse())
         .collect::<Result<_, _>>()
-        .map_err(|e: tern_cluster::ClusterError| RunError::Pki(e.to_string()))?;
+        .map_err(|e: tern_cluster::ClusterError| ChaosError::Pki(e.to_string()))?;
     if !pki.join("ca.pem").exists() {
         // Impostors with this CA's certificates (expired, or for a name not in the cluster)
         // need its key; it stays in the run's directory, outside the nodes' `pki`.
@@ -561,7 +529,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             .any(|f| matches!(f.kind, FaultKind::Impostor { .. }))
             .then(|| out.join(CA_KEY));
         tern_cluster::pki::init_keeping_ca_key(&pki, &node_names, keep.as_deref())
-            .map_err(|e| RunError::Pki(e.to_string()))?;
+            .map_err(|e| ChaosError::Pki(e.to_string()))?;
     }
     let mut nodes = Vec::new();
     let mut sockets = Vec::new();
@@ -591,6 +559,17 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
         let http = listener
             .local_addr()
             .map_err(io("reading an HTTP address"))?;
+        let client_api = match scenario.workload.via {
+            Via::Client => {
+                let socket = std::net::UdpSocket::bind("127.0.0.1:0")
+                    .map_err(io("binding a node's client API port"))?;
+                let addr = socket
+                    .local_addr()
+                    .map_err(io("reading a client API address"))?;
+                Some((socket, addr))
+            }
+            Via::Http => None,
+        };
         let mut args: Vec<String> = vec![
             "up".into(),
             "--data".into(),
@@ -645,6 +624,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
             faulted: false,
             token: String::new(),
             sockets: (listener, udp),
+            client_api,
             refuser: None,
             clock,
             clock_offset_s: 0.0,
@@ -685,7 +665,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ru
     std::fs::write(out.join("verdict.json"), verdict).map_err(io("writing the verdict"))?;
     let timeline = crate::timeline::Timeline::of(&history)
         .svg()
-        .map_err(RunError::Timeline)?;
+        .map_err(ChaosError::Timeline)?;
     std::fs::write(out.join("timeline.svg"), timeline).map_err(io("writing the timeline"))?;
     std::fs::write(out.join("report.md"), markdown(scenario, &report))
         .map_err(io("writing the report"))?;
@@ -702,7 +682,7 @@ const SMALL_DISK_MB: u64 = 64;
 struct SmallDisks(Vec<PathBuf>);
 
 impl SmallDisks {
-    fn mount(&mut self, dir: &Path) -> Result<(), RunError> {
+    fn mount(&mut self, dir: &Path) -> Result<(), ChaosError> {
         use rustix::mount::{MountFlags, mount};
         std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
         let options = std::ffi::CString::new(format!("size={SMALL_DISK_MB}m,mode=0700"))
@@ -783,7 +763,7 @@ async fn get(addr: SocketAddr, token: &str, path: &str) -> Option<tern_bench::Re
 }
 
 /// Starts every node and waits until each answers and sees every other one up.
-async fn start_all(nodes: &Mutex<Vec<NodeProc>>, tern: &Path) -> Result<(), RunError> {
+async fn start_all(nodes: &Mutex<Vec<NodeProc>>, tern: &Path) -> Result<(), ChaosError> {
     for n in lock(nodes).iter_mut() {
         n.spawn(tern)?;
     }
@@ -800,7 +780,7 @@ async fn wait_ready(
     nodes: &Mutex<Vec<NodeProc>>,
     i: usize,
     peers_up: usize,
-) -> Result<(), RunError> {
+) -> Result<(), ChaosError> {
     let (name, addr, log, data) = {
         let n = &lock(nodes)[i];
         let data = PathBuf::from(&n.args[2]);
@@ -824,7 +804,7 @@ async fn wait_ready(
             }
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            return Err(RunError::NotReady {
+            return Err(ChaosError::NotReady {
                 node: name,
                 secs: 60,
                 log: log.display().to_string(),
@@ -861,10 +841,14 @@ async fn drive(
     options: &RunOptions,
     nodes: &Arc<Mutex<Vec<NodeProc>>>,
     relays: Option<Arc<Relays>>,
-) -> Result<History, RunError> {
+) -> Result<History, ChaosError> {
     let tern = options.tern.clone();
     start_all(nodes, &tern).await?;
     deploy(scenario, options, nodes).await?;
+    let clients = match scenario.workload.via {
+        Via::Client => Some(connect_clients(options, nodes).await?),
+        Via::Http => None,
+    };
     let history = Arc::new(Mutex::new(History::default()));
     let t0 = Instant::now();
     let now_us = move || t0.elapsed().as_micros() as u64;
@@ -913,10 +897,11 @@ async fn drive(
         } else {
             Mode::Map
         };
-        let (node, addr, token) = {
+        let (node, addr, token, client) = {
             let n = lock(nodes);
             let k = (op as usize) % n.len();
-            (n[k].name.clone(), n[k].http, n[k].token.clone())
+            let client = clients.as_ref().and_then(|c| c.get(k).cloned());
+            (n[k].name.clone(), n[k].http, n[k].token.clone(), client)
         };
         let input = match mode {
             Mode::Map => format!("[\"{op}-a\",\"{op}-b\"]"),
@@ -936,12 +921,18 @@ async fn drive(
         });
         let history = history.clone();
         let url = format!("{path}{query}");
+        let function = w.function.clone();
         requests.spawn(async move {
-            let outcome =
-                match request_within(addr, Method::POST, &url, &token, Bytes::from(input)).await {
-                    Err(reason) => Outcome::Unknown { reason },
-                    Ok(r) => outcome_of(mode, &r),
-                };
+            let outcome = match client {
+                Some(client) => call_through(&client, &function, mode, input).await,
+                None => {
+                    match request_within(addr, Method::POST, &url, &token, Bytes::from(input)).await
+                    {
+                        Err(reason) => Outcome::Unknown { reason },
+                        Ok(r) => outcome_of(mode, &r),
+                    }
+                }
+            };
             lock(&history).push(Event::Complete {
                 op,
                 at_us: now_us(),
@@ -1003,36 +994,38 @@ async fn drive(
     // Time for the replays of a restarted node; past it, what is still pending stays so.
     let deadline = Instant::now() + Duration::from_secs(20);
     for (op, id, node) in accepted {
-        let (addr, token) = {
+        // Read where it was sent: over HTTP from that node, or through the client that sent
+        // it (which asks the node that accepted it first).
+        let (addr, token, client) = {
             let n = lock(nodes);
-            let Some(p) = n.iter().find(|p| p.name == node) else {
+            let Some(k) = n.iter().position(|p| p.name == node) else {
                 continue;
             };
-            (p.http, p.token.clone())
+            let client = clients.as_ref().and_then(|c| c.get(k).cloned());
+            (n[k].http, n[k].token.clone(), client)
         };
         loop {
-            let record = get(addr, &token, &format!("/v1/invocations/{id}"))
-                .await
-                .filter(|r| r.status == 200)
-                .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok());
-            let status = record
-                .as_ref()
-                .and_then(|v| v["status"].as_str())
-                .unwrap_or("unreadable")
-                .to_owned();
+            let (status, attempts, output) = match &client {
+                Some(client) => read_through(client, &id).await,
+                None => read_over_http(addr, &token, &id).await,
+            };
             if status == "pending" && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let v = record.unwrap_or_default();
             lock(&history).push(Event::Finished {
                 op,
                 at_us: now_us(),
                 status,
-                attempts: v["attempts"].as_u64().unwrap_or(0) as u32,
-                output: v["result"].as_str().map(str::to_owned),
+                attempts,
+                output,
             });
             break;
+        }
+    }
+    if let Some(clients) = &clients {
+        for c in clients {
+            c.close();
         }
     }
     watchdog.abort();
@@ -1040,8 +1033,138 @@ async fn drive(
     Ok(h)
 }
 
-/// How long the runner waits for any answer to one of its requests.
+/// How long the runner waits for any answer to one of its requests (through `tern-client`:
+/// to one exchange with one node).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the runner waits for a call through `tern-client` to end, the client's own
+/// retries and failovers included (its default 3 retries of [`REQUEST_TIMEOUT`] each, with
+/// backoff, fit).
+const CLIENT_CALL_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// An async invocation's record as `GET /v1/invocations/{id}` on `addr` shows it: its status
+/// (`unreadable` without an answer), attempts and output.
+async fn read_over_http(addr: SocketAddr, token: &str, id: &str) -> (String, u32, Option<String>) {
+    let record = get(addr, token, &format!("/v1/invocations/{id}"))
+        .await
+        .filter(|r| r.status == 200)
+        .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok());
+    let status = record
+        .as_ref()
+        .and_then(|v| v["status"].as_str())
+        .unwrap_or("unreadable")
+        .to_owned();
+    let v = record.unwrap_or_default();
+    (
+        status,
+        v["attempts"].as_u64().unwrap_or(0) as u32,
+        v["result"].as_str().map(str::to_owned),
+    )
+}
+
+/// The same record read through `client` (which asks the node that accepted it first).
+async fn read_through(client: &tern_client::Client, id: &str) -> (String, u32, Option<String>) {
+    let unreadable = || ("unreadable".to_owned(), 0, None);
+    let Ok(id) = id.parse::<tern_client::InvocationId>() else {
+        return unreadable();
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, client.result(&id)).await {
+        Ok(Ok(record)) => {
+            let status = match record.status {
+                tern_client::InvocationStatus::Pending => "pending",
+                tern_client::InvocationStatus::Succeeded => "succeeded",
+                tern_client::InvocationStatus::Failed => "failed",
+            };
+            let output = record
+                .output
+                .map(|o| String::from_utf8_lossy(&o).into_owned());
+            (status.to_owned(), record.attempts, output)
+        }
+        _ => unreadable(),
+    }
+}
+
+/// One `tern-client` per node, connected: client `k`'s seeds are every node's client API,
+/// node `k`'s first, so the calls the runner sends to node `k` go there while it answers and
+/// fail over to the next nodes when it does not, as the client promises its users. Each
+/// carries its first node's admin token, which every node takes once the nodes have linked
+/// (tokens replicate).
+async fn connect_clients(
+    options: &RunOptions,
+    nodes: &Mutex<Vec<NodeProc>>,
+) -> Result<Vec<tern_client::Client>, ChaosError> {
+    let members: Vec<(String, SocketAddr, String)> = lock(nodes)
+        .iter()
+        .filter_map(|n| Some((n.name.clone(), n.client_api.as_ref()?.1, n.token.clone())))
+        .collect();
+    let ca = options.out.join("pki").join("ca.pem");
+    let mut clients = Vec::with_capacity(members.len());
+    for k in 0..members.len() {
+        let seeds = members[k..]
+            .iter()
+            .chain(&members[..k])
+            .map(|(name, addr, _)| (name.clone(), *addr))
+            .collect();
+        let (name, _, token) = &members[k];
+        let mut config = tern_client::ClientConfig::new(seeds, tern_client::Pem::Path(ca.clone()))
+            .with_token(token.clone());
+        config.request_timeout = REQUEST_TIMEOUT;
+        let client =
+            tern_client::Client::connect(config)
+                .await
+                .map_err(|e| ChaosError::Client {
+                    node: name.clone(),
+                    detail: e.to_string(),
+                })?;
+        clients.push(client);
+    }
+    Ok(clients)
+}
+
+/// One call of the workload through `client`, bounded by [`CLIENT_CALL_TIMEOUT`]: the API's
+/// typed errors are failures with their code (and the status the HTTP API gives that code);
+/// every other end (no answer, no node reachable, a broken exchange) is an unknown outcome.
+async fn call_through(
+    client: &tern_client::Client,
+    function: &str,
+    mode: Mode,
+    input: String,
+) -> Outcome {
+    let options = tern_client::InvokeOptions {
+        map: mode == Mode::Map,
+        ..Default::default()
+    };
+    let call = async {
+        match mode {
+            Mode::Async => client
+                .invoke_async_with(function, input, options)
+                .await
+                .map(|id| Outcome::Accepted { id: id.to_string() }),
+            Mode::Sync | Mode::Map => {
+                client
+                    .invoke_with(function, input, options)
+                    .await
+                    .map(|out| Outcome::Ok {
+                        output: String::from_utf8_lossy(&out.output).into_owned(),
+                        ran_on: out.node,
+                    })
+            }
+        }
+    };
+    match tokio::time::timeout(CLIENT_CALL_TIMEOUT, call).await {
+        Err(_) => Outcome::Unknown {
+            reason: format!("no answer within {} s", CLIENT_CALL_TIMEOUT.as_secs()),
+        },
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(tern_client::ClientError::Api(e))) => Outcome::Failed {
+            code: e.code.as_str().to_owned(),
+            status: e.code.http_status(),
+        },
+        Ok(Err(e)) => Outcome::Unknown {
+            reason: e.to_string(),
+        },
+    }
+}
 
 /// One request with `token`, given [`REQUEST_TIMEOUT`]: the answer, or why there was none
 /// (an operation's or a deploy's unknown outcome).
@@ -1098,7 +1221,7 @@ async fn deploy(
     scenario: &Scenario,
     options: &RunOptions,
     nodes: &Mutex<Vec<NodeProc>>,
-) -> Result<(), RunError> {
+) -> Result<(), ChaosError> {
     let f = &scenario.workload.function;
     let wasm = options.examples_dir.join(format!("{f}.wasm"));
     let module = std::fs::read(&wasm).map_err(io(format!("reading {}", wasm.display())))?;
@@ -1121,13 +1244,13 @@ async fn deploy(
         match r {
             Ok(r) if r.status == 201 => break,
             Ok(r) if t0.elapsed() > Duration::from_secs(30) || r.status < 500 => {
-                return Err(RunError::Deploy {
+                return Err(ChaosError::Deploy {
                     function: f.clone(),
                     detail: format!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
                 });
             }
             Err(e) if t0.elapsed() > Duration::from_secs(30) => {
-                return Err(RunError::Deploy {
+                return Err(ChaosError::Deploy {
                     function: f.clone(),
                     detail: e.to_string(),
                 });
@@ -1142,7 +1265,7 @@ async fn deploy(
                 break;
             }
             if t0.elapsed() > Duration::from_secs(60) {
-                return Err(RunError::Deploy {
+                return Err(ChaosError::Deploy {
                     function: f.clone(),
                     detail: format!("not on the node at {addr} within 60 s"),
                 });
@@ -1196,7 +1319,7 @@ async fn deploy_versions(
     nodes: Arc<Mutex<Vec<NodeProc>>>,
     history: Arc<Mutex<History>>,
     t0: Instant,
-) -> Result<bool, RunError> {
+) -> Result<bool, ChaosError> {
     let f = &scenario.workload.function;
     let wasm = options.examples_dir.join(format!("{f}.wasm"));
     let module = std::fs::read(&wasm).map_err(io(format!("reading {}", wasm.display())))?;
@@ -1342,7 +1465,7 @@ async fn run_faults(
     relays: Option<Arc<Relays>>,
     history: Arc<Mutex<History>>,
     t0: Instant,
-) -> Result<(), RunError> {
+) -> Result<(), ChaosError> {
     use rustix::process::Signal;
     let tern = options.tern.clone();
     let mut impostors = 0usize;
@@ -1746,12 +1869,22 @@ async fn watch(
 /// The run's report for people: what ran, what held, what broke.
 pub fn markdown(scenario: &Scenario, report: &Report) -> String {
     let s = &report.stats;
+    let w = &scenario.workload;
+    let via = match w.via {
+        Via::Http => "over HTTP to each node in turn",
+        Via::Client => "through tern-client, one client per node failing over to the others",
+    };
     let mut out = format!(
-        "# Chaos run: {}\n\n{}\n\nGenerated by `tern chaos run`; the history is `history.jsonl`, the \
-         verdict `verdict.json`.\n\n**Verdict: {}**\n\n![Calls answered, p99 and errors by code \
-         per second, the faults shaded](timeline.svg)\n\n",
+        "# Chaos run: {}\n\n{}\n\nThe workload: `{}` at {} calls a second for {} s, {}.\n\n\
+         Generated by `tern chaos run`; the history is `history.jsonl`, the verdict \
+         `verdict.json`.\n\n**Verdict: {}**\n\n![Calls answered, p99 and errors by code per \
+         second, the faults shaded](timeline.svg)\n\n",
         scenario.name,
         scenario.description,
+        w.function,
+        w.rate_per_s,
+        w.duration_s,
+        via,
         if report.passed() { "passed" } else { "FAILED" }
     );
     out += &format!(

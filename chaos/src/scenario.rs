@@ -21,6 +21,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ChaosError;
+
 /// Node names, in order: a cluster of `n` nodes is `a`, `b`, … (as the tests and
 /// `tern cluster init` name them).
 pub const NODE_NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
@@ -53,17 +55,8 @@ pub const RUNNER_KEYS: [&str; 9] = [
 /// Largest bound in `[expect]`, ms.
 pub const MAX_EXPECT_MS: u64 = 3_600_000;
 
-/// What is wrong with a scenario, with the field that is wrong.
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum ScenarioError {
-    #[error("not a scenario: {0}")]
-    Parse(String),
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
-}
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ScenarioError {
-    ScenarioError::Invalid {
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ChaosError {
+    ChaosError::Invalid {
         field: field.into(),
         reason: reason.into(),
     }
@@ -107,8 +100,13 @@ pub struct ClusterSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Via {
+    /// `POST /v1/functions/{name}/invoke` to each node in turn, one request per call, no
+    /// retry: a call to a down node has no answer.
     #[default]
     Http,
+    /// Through `tern-client` over each node's client API (QUIC): one client per node, its
+    /// seeds every node starting with that one, so a call for a down node is retried with
+    /// the same idempotency key and fails over to the next, as the client does for its users.
     Client,
 }
 
@@ -281,8 +279,8 @@ fn us(s: f64) -> u64 {
 
 impl Scenario {
     /// Reads and checks a scenario.
-    pub fn parse(text: &str) -> Result<Self, ScenarioError> {
-        let s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))?;
+    pub fn parse(text: &str) -> Result<Self, ChaosError> {
+        let s: Scenario = toml::from_str(text).map_err(|e| ChaosError::Parse(e.to_string()))?;
         s.check()?;
         Ok(s)
     }
@@ -292,7 +290,7 @@ impl Scenario {
         &NODE_NAMES[..self.cluster.nodes.min(NODE_NAMES.len())]
     }
 
-    fn node_index(&self, field: &str, name: &str) -> Result<usize, ScenarioError> {
+    fn node_index(&self, field: &str, name: &str) -> Result<usize, ChaosError> {
         self.nodes().iter().position(|n| *n == name).ok_or_else(|| {
             invalid(
                 field,
@@ -310,7 +308,7 @@ impl Scenario {
     }
 
     /// Checks every field against the others.
-    pub fn check(&self) -> Result<(), ScenarioError> {
+    pub fn check(&self) -> Result<(), ChaosError> {
         if self.name.is_empty()
             || !self
                 .name
@@ -695,7 +693,7 @@ mod tests {
     #[test]
     fn mistakes_are_refused_naming_the_field() {
         let refused = |from: &str, to: &str| match Scenario::parse(&KILL.replace(from, to)) {
-            Err(ScenarioError::Invalid { field, .. }) => field,
+            Err(ChaosError::Invalid { field, .. }) => field,
             other => panic!("{to}: {other:?}"),
         };
         assert_eq!(refused("nodes = 3", "nodes = 0"), "cluster.nodes");
@@ -736,15 +734,15 @@ mod tests {
         );
         assert!(matches!(
             Scenario::parse(&partition),
-            Err(ScenarioError::Invalid { field, reason }) if field == "fault[0].groups" && reason.contains("two groups")
+            Err(ChaosError::Invalid { field, reason }) if field == "fault[0].groups" && reason.contains("two groups")
         ));
         assert!(matches!(
             Scenario::parse(&KILL.replace("kind = \"kill\"", "kind = \"meteor\"")),
-            Err(ScenarioError::Parse(_))
+            Err(ChaosError::Parse(_))
         ));
         assert!(matches!(
             Scenario::parse(&format!("{KILL}\nsurprise = 1")),
-            Err(ScenarioError::Parse(_))
+            Err(ChaosError::Parse(_))
         ));
         assert_eq!(
             refused("restart_after_s = 5", "restart_after_s = 1e300"),
@@ -762,12 +760,12 @@ mod tests {
             format!("{KILL}\n[[fault]]\nat_s = 12\nkind = \"pause\"\nnode = \"b\"\nfor_s = 1\n");
         assert!(matches!(
             Scenario::parse(&both),
-            Err(ScenarioError::Invalid { field, reason }) if field == "fault" && reason.contains("node b")
+            Err(ChaosError::Invalid { field, reason }) if field == "fault" && reason.contains("node b")
         ));
         // A misspelt field of a fault is refused too, not ignored.
         assert!(matches!(
             Scenario::parse(&KILL.replace("restart_after_s", "restart_afer_s")),
-            Err(ScenarioError::Parse(_))
+            Err(ChaosError::Parse(_))
         ));
     }
 

@@ -47,6 +47,7 @@ struct AsyncEntry {
 
 /// Persistent `idempotency key → invocation id` of async invocations.
 pub struct AsyncKeys {
+    store: Store,
     tree: sled::Tree,
     ttl_ms: u64,
     stripes: Vec<tokio::sync::Mutex<()>>,
@@ -56,6 +57,7 @@ pub struct AsyncKeys {
 impl AsyncKeys {
     pub fn open(store: &Store, ttl_secs: u64) -> Result<Self, StoreError> {
         Ok(Self {
+            store: store.clone(),
             tree: store.tree(ASYNC_TREE)?,
             ttl_ms: ttl_secs.saturating_mul(1000),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -107,7 +109,7 @@ impl AsyncKeys {
             .map_err(StoreError::from)?;
         // A crash before this flush loses only the key: a retry then runs the function
         // again (at-least-once, as documented).
-        self.tree.flush_async().await.map_err(StoreError::from)?;
+        self.store.flush().await?;
         Ok(id)
     }
 

@@ -105,6 +105,10 @@ pub enum StoreError {
     /// large record, written as a file of its own, fails to reach a full disk.
     #[error("the store did not finish writing within {} s", FLUSH_TIMEOUT.as_secs())]
     FlushTimedOut,
+    /// The flush's thread ended without an answer (the runtime shutting down, or a panic in
+    /// sled).
+    #[error("the store's flush ended without an answer: {0}")]
+    FlushAbandoned(String),
 }
 
 /// The longest a flush may take before the store counts as failing. Far above a healthy
@@ -170,7 +174,14 @@ pub struct Store {
     invocations: sled::Tree,
     quarantine: sled::Tree,
     counters: Arc<Counters>,
+    /// Places for flushes running at once (see [`Store::flush`]).
+    flushes: Arc<tokio::sync::Semaphore>,
 }
+
+/// At most this many flushes wait on the disk at once, each on a thread of tokio's blocking
+/// pool; later callers wait for a place (and then find their writes mostly flushed already:
+/// a flush makes everything written before it durable, whoever wrote it).
+const CONCURRENT_FLUSHES: usize = 8;
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -213,6 +224,7 @@ impl Store {
             quarantine: db.open_tree("quarantine")?,
             invocations,
             counters: Arc::new(counters),
+            flushes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FLUSHES)),
             db,
         };
         store.migrate_functions()?;
@@ -260,10 +272,31 @@ impl Store {
     }
 
     /// Waits until everything written so far is on disk.
+    ///
+    /// sled's blocking flush on tokio's blocking pool, [`CONCURRENT_FLUSHES`] at most at once,
+    /// and never sled's `flush_async`: that runs each flush on sled's own small thread pool,
+    /// where flushes waiting for the log can take every thread while the log write they wait
+    /// for queues behind them, and then no flush ever ends (sled 0.34's issue 1241; seen here
+    /// as every async accept through the client API timing out under a few hundred calls a
+    /// second, and the node restarting itself for a store that would not write).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let failed = match tokio::time::timeout(FLUSH_TIMEOUT, self.db.flush_async()).await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => e.into(),
+        let db = self.db.clone();
+        let places = self.flushes.clone();
+        let flush = async move {
+            // The semaphore is never closed; were it, the flush would simply run unbounded.
+            let place = places.acquire_owned().await.ok();
+            // The place goes with the blocking flush: one abandoned at the timeout still holds
+            // it while it runs.
+            tokio::task::spawn_blocking(move || {
+                let _place = place;
+                db.flush()
+            })
+            .await
+        };
+        let failed = match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
+            Ok(Ok(Ok(_))) => return Ok(()),
+            Ok(Ok(Err(e))) => e.into(),
+            Ok(Err(e)) => StoreError::FlushAbandoned(e.to_string()),
             Err(_) => StoreError::FlushTimedOut,
         };
         self.counters.write_failures.fetch_add(1, Relaxed);
@@ -507,6 +540,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tern_wire::{FunctionInfo, InvocationStatus};
+
+    /// Many writers flushing at once (as async accepts and idempotency keys do under load)
+    /// all finish: sled's own `flush_async` runs each flush on sled's thread pool, where the
+    /// waiting flushes can hold every thread that the log write they wait for needs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hundreds_of_concurrent_flushes_all_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let tree = store.tree("t").unwrap();
+        for round in 0..20u32 {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..300u32 {
+                let store = store.clone();
+                let tree = tree.clone();
+                tasks.spawn(async move {
+                    tree.insert(format!("{round}-{i}"), vec![0u8; 64]).unwrap();
+                    store.flush().await
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                r.unwrap().unwrap();
+            }
+        }
+    }
 
     fn entry(name: &str) -> RegistryEntry {
         RegistryEntry {

@@ -729,3 +729,72 @@ fn tern_chaos_relay_prints_each_directions_address_holds_datagrams_its_links_del
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("z is not one of the nodes"), "{said}");
 }
+
+#[test]
+fn through_tern_client_calls_for_a_killed_node_fail_over_and_every_one_is_answered() {
+    // The kill-and-restart smoke with the load through tern-client: one client per node, its
+    // seeds every node starting with that one. Over HTTP, calls sent to the dead node have no
+    // answer; through the client they must be retried on the others and answered.
+    let scenario = KILL_AND_RESTART
+        .replace("smoke-kill-restart", "smoke-kill-via-client")
+        .replace("deploy_every_s = 1\n", "via = \"client\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, text, verdict) = chaos_run(&scenario, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let stats = &verdict["stats"];
+    assert!(stats["operations"].as_u64().unwrap() >= 450, "{stats}");
+    assert_eq!(stats["unknown"], 0, "every call answered: {stats}");
+    assert!(stats["async_accepted"].as_u64().unwrap() > 0, "{stats}");
+    assert!(
+        text.contains("through tern-client"),
+        "the report names how the load was sent: {text}"
+    );
+    let history = history(&out, &text);
+    let killed = history
+        .iter()
+        .find(|e| e["event"] == "node_exit" && e["node"] == "b")
+        .and_then(|e| e["at_us"].as_u64())
+        .unwrap_or_else(|| panic!("no kill in the history: {text}"));
+    let restarted = history
+        .iter()
+        .find(|e| e["event"] == "fault" && e["node"] == "b" && e["phase"] == "end")
+        .and_then(|e| e["at_us"].as_u64())
+        .unwrap_or(u64::MAX);
+    let sent: std::collections::HashMap<u64, (u64, &serde_json::Value)> = history
+        .iter()
+        .filter(|e| e["event"] == "invoke")
+        .map(|e| {
+            (
+                e["op"].as_u64().unwrap(),
+                (e["at_us"].as_u64().unwrap(), &e["node"]),
+            )
+        })
+        .collect();
+    // Every call for b sent while it was down was answered (the client waited for its
+    // connection to b to time out, then went on to the next node), and calls ran elsewhere.
+    let mut answered = 0;
+    let mut ran_elsewhere = 0;
+    for c in history.iter().filter(|e| e["event"] == "complete") {
+        let (at, node) = sent[&c["op"].as_u64().unwrap()];
+        if *node != "b" || at <= killed || at >= restarted {
+            continue;
+        }
+        let outcome = &c["outcome"];
+        assert!(
+            outcome["outcome"] == "ok" || outcome["outcome"] == "accepted",
+            "{c}"
+        );
+        answered += 1;
+        if outcome["outcome"] == "ok" && outcome["ran_on"] != "b" {
+            ran_elsewhere += 1;
+        }
+    }
+    // About a third of 50 calls a second, for the 3 s b was down.
+    assert!(
+        answered >= 40,
+        "{answered} calls for b while it was down: {text}"
+    );
+    assert!(ran_elsewhere >= 10, "{ran_elsewhere} ran on a or c: {text}");
+}
