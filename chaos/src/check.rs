@@ -10,7 +10,8 @@
 //! - `errors_only_under_faults`: errors (429, 5xx) and unknown outcomes are excused only when
 //!   the operation was sent or ended while its own node was under a fault (or within the
 //!   recovery bound after it healed), or within the detection and recovery bounds after
-//!   another node's fault began or healed; any other 4xx never;
+//!   another node's fault began or healed; any other 4xx never. Through `tern-client`
+//!   (`via = "client"`) a call can move to any node, so any node's fault window excuses it;
 //! - `async_finished`: every accepted async invocation has succeeded by the end and was
 //!   counted as run at least once; reruns are counted as duplicates (at-least-once allows them);
 //! - `no_unscheduled_deaths`: no node process ended except by the schedule;
@@ -36,7 +37,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::history::{Event, History, Mode, Outcome, Phase};
-use crate::scenario::Scenario;
+use crate::scenario::{Scenario, Via};
 
 /// Longest a send may trail its open-loop schedule.
 pub const MAX_LAG_US: u64 = 100_000;
@@ -113,6 +114,9 @@ impl Excuses {
         let mut open: HashMap<&str, u64> = HashMap::new();
         let mut own: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
         let mut everyone = Vec::new();
+        // Through tern-client a call may be on any node (the client fails over and stays
+        // where it went), so every node's own windows are everyone's.
+        let anywhere = scenario.workload.via == Via::Client;
         for e in &history.events {
             let Event::Fault {
                 node, at_us, phase, ..
@@ -127,9 +131,11 @@ impl Excuses {
                 }
                 Phase::End => {
                     let start = open.remove(node.as_str()).unwrap_or(*at_us);
-                    own.entry(node.clone())
-                        .or_default()
-                        .push((start, at_us.saturating_add(recovery)));
+                    let window = (start, at_us.saturating_add(recovery));
+                    own.entry(node.clone()).or_default().push(window);
+                    if anywhere {
+                        everyone.push(window);
+                    }
                     everyone.push((*at_us, at_us.saturating_add(recovery)));
                 }
             }
@@ -138,6 +144,9 @@ impl Excuses {
             own.entry(node.to_owned())
                 .or_default()
                 .push((start, u64::MAX));
+            if anywhere {
+                everyone.push((start, u64::MAX));
+            }
         }
         Self { own, everyone }
     }
@@ -1028,6 +1037,35 @@ mod tests {
         assert!(found.contains(&("answered_once", vec![9])), "{found:?}");
         assert!(found.contains(&("answered_once", vec![1])), "{found:?}");
         assert!(found.contains(&("answered_once", vec![2])), "{found:?}");
+    }
+
+    #[test]
+    fn through_tern_client_any_nodes_fault_excuses_an_error_but_never_a_client_error() {
+        let mut h = with_kill_of_b(true);
+        // For a, while b was down but past the bounds after the kill began (13.5 s).
+        sent_to(&mut h, 1, "a", 14.0, Mode::Sync);
+        done(
+            &mut h,
+            1,
+            14.1,
+            Outcome::Unknown {
+                reason: "no node could be reached".into(),
+            },
+        );
+        // The client refused to send: never excused.
+        sent_to(&mut h, 2, "a", 14.0, Mode::Sync);
+        done(&mut h, 2, 14.1, failed("client_rejected", 401));
+        load_ok(&mut h);
+        let over_http = scenario();
+        let found = invariants(&check(&h, &over_http, echo));
+        assert!(
+            found.contains(&("errors_only_under_faults", vec![1])),
+            "{found:?}"
+        );
+        let mut via_client = scenario();
+        via_client.workload.via = Via::Client;
+        let found = invariants(&check(&h, &via_client, echo));
+        assert_eq!(found, [("errors_only_under_faults", vec![2])]);
     }
 
     #[test]

@@ -136,7 +136,7 @@ impl NodeProc {
         // order; no LISTEN_PID (unknown before the child runs), which the node takes as "for me".
         command
             .fd_mappings(fds)
-            .map_err(|e| dup("HTTP and mesh")(std::io::Error::other(e)))?;
+            .map_err(|e| dup("inherited")(std::io::Error::other(e)))?;
         let child = command
             .env("LISTEN_FDS", (names.matches(':').count() + 1).to_string())
             .env("LISTEN_FDNAMES", names)
@@ -1156,13 +1156,35 @@ async fn call_through(
             reason: format!("no answer within {} s", CLIENT_CALL_TIMEOUT.as_secs()),
         },
         Ok(Ok(outcome)) => outcome,
-        Ok(Err(tern_client::ClientError::Api(e))) => Outcome::Failed {
+        Ok(Err(e)) => client_outcome(e),
+    }
+}
+
+/// How a call through `tern-client` that ended in `e` is judged: the API's typed errors are
+/// failures with their code and the status the HTTP API gives it; a call that may have run
+/// (no answer in time, no node reachable, a broken answer) is an unknown outcome; a call the
+/// client refused or could not send (credentials refused, a bad argument, its own setup) is
+/// a client error — a 4xx, never excused by a fault.
+fn client_outcome(e: tern_client::ClientError) -> Outcome {
+    use tern_client::ClientError as E;
+    let refused = |code: &str, status: u16| Outcome::Failed {
+        code: code.to_owned(),
+        status,
+    };
+    match e {
+        E::Api(e) => Outcome::Failed {
             code: e.code.as_str().to_owned(),
             status: e.code.http_status(),
         },
-        Ok(Err(e)) => Outcome::Unknown {
+        E::Timeout(_) | E::AllNodesUnreachable { .. } | E::Protocol { .. } => Outcome::Unknown {
             reason: e.to_string(),
         },
+        E::Rejected { .. } => refused("client_rejected", 401),
+        E::InvalidArgument(_) => refused("client_invalid_argument", 400),
+        E::RequestTooLarge { .. } => refused("client_request_too_large", 413),
+        E::Tls(_) | E::Config(_) | E::Io { .. } | E::Bind(_) | E::Closed => {
+            refused("client_setup", 400)
+        }
     }
 }
 

@@ -40,8 +40,9 @@ pub const MAX_OPERATIONS: u64 = 2_000_000;
 pub const MAX_MIX_WEIGHT: u32 = 1000;
 
 /// Node settings the runner sets for each node itself.
-pub const RUNNER_KEYS: [&str; 9] = [
+pub const RUNNER_KEYS: [&str; 10] = [
     "listen",
+    "client_listen",
     "data_dir",
     "node_name",
     "examples_dir",

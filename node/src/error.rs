@@ -200,6 +200,10 @@ impl NodeError {
                     e.kind()
                 ),
             ),
+            NodeError::Store(StoreError::FlushBusy) => ApiError::new(
+                ErrorCode::Unavailable,
+                format!("{self}; retry, another node may take the request"),
+            ),
             NodeError::Store(StoreError::FlushTimedOut) => ApiError::new(
                 ErrorCode::Unavailable,
                 format!(

