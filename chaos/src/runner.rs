@@ -131,6 +131,7 @@ impl NodeProc {
         if let Some(refuser) = self.refuser.take() {
             refuser.abort();
         }
+        let count = fds.len().to_string();
         let mut command = Command::new(tern);
         // systemd's socket activation, as `tern up` documents it: fds 3, 4 (and 5), named in
         // order; no LISTEN_PID (unknown before the child runs), which the node takes as "for me".
@@ -138,7 +139,7 @@ impl NodeProc {
             .fd_mappings(fds)
             .map_err(|e| dup("inherited")(std::io::Error::other(e)))?;
         let child = command
-            .env("LISTEN_FDS", (names.matches(':').count() + 1).to_string())
+            .env("LISTEN_FDS", count)
             .env("LISTEN_FDNAMES", names)
             .env_remove("LISTEN_PID")
             .args(&self.args)

@@ -1,6 +1,7 @@
 //! `tern chaos run` end to end: a real cluster of `tern up` processes, a real fault, the
 //! checkers' verdict (a smoke version of the shipped scenarios, short enough for CI).
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -37,6 +38,30 @@ fn history(out: &Path, text: &str) -> Vec<serde_json::Value> {
         .unwrap_or_else(|e| panic!("no history ({e}): {text}"))
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// When `node`'s process ended (the first `node_exit` of it in `history`); `text` is the run's
+/// output, shown if it never did.
+fn exit_of(history: &[serde_json::Value], node: &str, text: &str) -> u64 {
+    history
+        .iter()
+        .find(|e| e["event"] == "node_exit" && e["node"] == node)
+        .and_then(|e| e["at_us"].as_u64())
+        .unwrap_or_else(|| panic!("no exit of {node} in the history: {text}"))
+}
+
+/// Each operation's scheduled send time and the node it was sent to.
+fn sent_at(history: &[serde_json::Value]) -> HashMap<u64, (u64, &serde_json::Value)> {
+    history
+        .iter()
+        .filter(|e| e["event"] == "invoke")
+        .map(|e| {
+            (
+                e["op"].as_u64().unwrap(),
+                (e["at_us"].as_u64().unwrap(), &e["node"]),
+            )
+        })
         .collect()
 }
 
@@ -137,21 +162,8 @@ fn async_work_accepted_by_a_node_that_never_comes_back_is_reported_unfinished() 
     // promptly without an answer (connection closed), as at a dead port; none waits out the
     // client's 15 s, and nothing else on the machine could have answered it.
     let history = history(&out, &text);
-    let killed = history
-        .iter()
-        .find(|e| e["event"] == "node_exit" && e["node"] == "b")
-        .and_then(|e| e["at_us"].as_u64())
-        .unwrap_or_else(|| panic!("no kill in the history: {text}"));
-    let sent: std::collections::HashMap<u64, (u64, &serde_json::Value)> = history
-        .iter()
-        .filter(|e| e["event"] == "invoke")
-        .map(|e| {
-            (
-                e["op"].as_u64().unwrap(),
-                (e["at_us"].as_u64().unwrap(), &e["node"]),
-            )
-        })
-        .collect();
+    let killed = exit_of(&history, "b", &text);
+    let sent = sent_at(&history);
     let mut after_kill = 0;
     for c in history.iter().filter(|e| e["event"] == "complete") {
         let (at, node) = sent[&c["op"].as_u64().unwrap()];
@@ -752,26 +764,13 @@ fn through_tern_client_calls_for_a_killed_node_fail_over_and_every_one_is_answer
         "the report names how the load was sent: {text}"
     );
     let history = history(&out, &text);
-    let killed = history
-        .iter()
-        .find(|e| e["event"] == "node_exit" && e["node"] == "b")
-        .and_then(|e| e["at_us"].as_u64())
-        .unwrap_or_else(|| panic!("no kill in the history: {text}"));
+    let killed = exit_of(&history, "b", &text);
     let restarted = history
         .iter()
         .find(|e| e["event"] == "fault" && e["node"] == "b" && e["phase"] == "end")
         .and_then(|e| e["at_us"].as_u64())
         .unwrap_or(u64::MAX);
-    let sent: std::collections::HashMap<u64, (u64, &serde_json::Value)> = history
-        .iter()
-        .filter(|e| e["event"] == "invoke")
-        .map(|e| {
-            (
-                e["op"].as_u64().unwrap(),
-                (e["at_us"].as_u64().unwrap(), &e["node"]),
-            )
-        })
-        .collect();
+    let sent = sent_at(&history);
     // Every call for b sent while it was down was answered (the client waited for its
     // connection to b to time out, then went on to the next node); over HTTP these calls
     // have no answer.
