@@ -5,11 +5,12 @@
 # The nodes' data, logs and certificates stay in a temporary directory, removed at the end.
 #
 # Usage: scripts/chaos-shipped.sh [OUT_DIR] [SEED]   (default bench/reports/chaos/<date>, 1)
+# SCENARIOS="a b" runs only those (for more seeds of a few).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/reports/chaos/$(date -u +%Y-%m-%d)}
 seed=${2:-1}
-scenarios=(kill-one-under-load kill-one-under-client-load pause-one-under-load rolling-restart impostors corrupt-artifact-at-restart partition-minority partition-one-way lossy-link)
+scenarios=(kill-one-under-load kill-one-under-client-load pause-one-under-load rolling-restart impostors corrupt-artifact-at-restart corrupt-sled-at-restart partition-minority partition-one-way lossy-link)
 # disk-full needs root (a tmpfs for the node whose disk fills).
 if [[ $(id -u) == 0 ]]; then
   scenarios+=(disk-full)
@@ -21,6 +22,9 @@ if ls /usr/lib/*/faketime/libfaketimeMT.so.1 >/dev/null 2>&1 || [[ -n ${TERN_CHA
   scenarios+=(clock-jumps)
 else
   echo "(clock-jumps not run: it needs libfaketime; apt-get install faketime)"
+fi
+if [[ -n ${SCENARIOS:-} ]]; then
+  read -ra scenarios <<<"$SCENARIOS"
 fi
 bash scripts/build-functions.sh >/dev/null
 cargo build --release -p tern-node

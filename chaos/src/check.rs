@@ -13,8 +13,13 @@
 //!   another node's fault began or healed; any other 4xx never. Through `tern-client`
 //!   (`via = "client"`) a call can move to any node, so any node's fault window excuses it;
 //! - `async_finished`: every accepted async invocation has succeeded by the end and was
-//!   counted as run at least once; reruns are counted as duplicates (at-least-once allows them);
-//! - `no_unscheduled_deaths`: no node process ended except by the schedule;
+//!   counted as run at least once; reruns are counted as duplicates (at-least-once allows them).
+//!   The one exception: work accepted by a node that then refused to start on its damaged
+//!   store (a `corrupt` sled fault; the refusal names the loss) is counted as stranded, not
+//!   broken — refusing is what a node must do when its store lost acknowledged writes; a node
+//!   that starts anyway and has lost them breaks this invariant;
+//! - `no_unscheduled_deaths`: no node process ended except by the schedule (such a refusal
+//!   is not a death);
 //! - `impostors_refused`: every impostor ran, no member let it in (its own view never had a
 //!   member up), and the members counted its refused handshakes;
 //! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
@@ -32,7 +37,7 @@
 //! Fault windows come from the runner's `Fault` events (what it did, when), not from the
 //! schedule: a restart that takes longer than planned stretches its window.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -75,6 +80,13 @@ pub struct Stats {
     pub max_send_lag_us: u64,
     /// Each impostor's attempt, in a line.
     pub impostors: Vec<String>,
+    /// What each `corrupt` fault damaged, and each node that then refused to start on its
+    /// damaged store, in a line.
+    pub damage: Vec<String>,
+    /// Accepted async invocations held by a node that refused to start on its damaged
+    /// store: not run, and not lost without a word either (reported here, not as a
+    /// violation; the node names the loss and an operator restores or accepts it).
+    pub async_stranded: u64,
     /// How long each node took to see a node go after a fault began and come back after it
     /// healed, in a line per observer and fault.
     pub membership: Vec<String>,
@@ -392,6 +404,7 @@ pub fn check(
     let mut finished: HashMap<u64, (&str, u32, Option<&str>)> = HashMap::new();
     let mut orphans = Vec::new();
     let mut load = None;
+    let mut refused: HashSet<&str> = HashSet::new();
     for e in &history.events {
         match e {
             Event::Invoke {
@@ -479,6 +492,21 @@ pub fn check(
                     );
                 }
             }
+            Event::Damaged { node, at_us, what } => report
+                .stats
+                .damage
+                .push(format!("{node} at {} ms: {what}", at_us / 1000)),
+            Event::StoreRefused {
+                node,
+                at_us,
+                detail,
+            } => {
+                refused.insert(node);
+                report.stats.damage.push(format!(
+                    "{node} refused to start at {} ms: {detail}",
+                    at_us / 1000
+                ));
+            }
             Event::NodeExit { .. }
             | Event::Fault { .. }
             | Event::Restarted { .. }
@@ -565,6 +593,9 @@ pub fn check(
                 // answer; still pending, unreadable (its node is gone) or never read is not
                 // finished.
                 match finished.get(&op) {
+                    None | Some(("unreadable", _, _)) if refused.contains(s.node) => {
+                        stats.async_stranded += 1
+                    }
                     None => unfinished.push(op),
                     Some((status, attempts, output)) => match *status {
                         "succeeded" => {
@@ -1152,6 +1183,47 @@ mod tests {
             "{found:?}"
         );
         assert!(!r.passed());
+    }
+
+    /// A node that refused to start on its damaged store strands the async work it accepted:
+    /// counted, not a violation. The same work on a node that started (and lost it) fails,
+    /// and so does the other nodes' unfinished work.
+    #[test]
+    fn a_refusal_to_start_on_a_damaged_store_strands_that_nodes_async_work_and_nothing_else() {
+        let accepted = |h: &mut History, op: u64, node: &str| {
+            sent_to(h, op, node, 1.0, Mode::Async);
+            let id = format!("{op}");
+            done(h, op, 1.1, Outcome::Accepted { id });
+        };
+        let mut h = History::default();
+        accepted(&mut h, 1, "b");
+        accepted(&mut h, 2, "b");
+        accepted(&mut h, 3, "a");
+        finished(&mut h, 1, "unreadable", 0, None);
+        finished(&mut h, 3, "unreadable", 0, None);
+        h.push(Event::Damaged {
+            node: "b".into(),
+            at_us: us(5.0),
+            what: "bit 3 of byte 7 of db flipped".into(),
+        });
+        let refused = h.events.len();
+        h.push(Event::StoreRefused {
+            node: "b".into(),
+            at_us: us(6.0),
+            detail: "error: the store lost writes it had acknowledged".into(),
+        });
+        load_ok(&mut h);
+        let r = check(&h, &scenario(), echo);
+        assert_eq!(r.stats.async_stranded, 2);
+        assert_eq!(invariants(&r), vec![("async_finished", vec![3])]);
+        assert_eq!(r.stats.damage.len(), 2, "{:?}", r.stats.damage);
+        assert!(r.stats.damage[1].contains("b refused to start"));
+
+        // Without the refusal, b's records are simply gone.
+        h.events.remove(refused);
+        let r = check(&h, &scenario(), echo);
+        assert_eq!(r.stats.async_stranded, 0);
+        assert_eq!(invariants(&r), vec![("async_finished", vec![1, 2, 3])]);
     }
 
     #[test]

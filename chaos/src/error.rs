@@ -15,7 +15,7 @@ pub enum ChaosError {
     /// A fault kind the scenario format has and this runner does not inject yet; refused
     /// before anything starts.
     #[error(
-        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, partition, link, disk_full, clock_jump, corrupt with what = \"artifact\" and impostor)"
+        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, partition, link, disk_full, clock_jump, corrupt and impostor)"
     )]
     Unsupported(&'static str),
     #[error("{kind} faults need root ({why}); run tern chaos as root")]
@@ -43,6 +43,13 @@ pub enum ChaosError {
     NotReady {
         node: String,
         secs: u64,
+        log: String,
+    },
+    /// A node process ended while the runner waited for it to become ready.
+    #[error("node {node} exited ({}) before it was ready (log: {log})", code.map_or("by a signal".to_owned(), |c| format!("status {c}")))]
+    Exited {
+        node: String,
+        code: Option<i32>,
         log: String,
     },
     #[error("cannot deploy {function}: {detail}")]

@@ -141,6 +141,20 @@ pub enum Event {
         phase: Phase,
         what: String,
     },
+    /// What a `corrupt` fault damaged on `node` (for a sled log: which bit of which byte).
+    Damaged {
+        node: String,
+        at_us: u64,
+        what: String,
+    },
+    /// `node` refused to start on its damaged store (it exited with 65, as `tern up` does
+    /// when its store lost writes it had acknowledged); `detail` is its last error line. What
+    /// a node must do with a damaged store: refuse, never start silently without them.
+    StoreRefused {
+        node: String,
+        at_us: u64,
+        detail: String,
+    },
     /// The load generator's account, once the load ended: operations the schedule asked for
     /// and the longest delay of a send behind its time.
     Load { scheduled_ops: u64, max_lag_us: u64 },

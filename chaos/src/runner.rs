@@ -473,14 +473,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
             | FaultKind::ClockJump { .. }
             | FaultKind::Partition { .. }
             | FaultKind::Link { .. } => None,
-            FaultKind::Corrupt {
-                what: Corruption::Artifact,
-                ..
-            } => None,
-            FaultKind::Corrupt {
-                what: Corruption::Sled,
-                ..
-            } => Some("corrupt (sled)"),
+            FaultKind::Corrupt { .. } => None,
             FaultKind::AddNode { .. } => Some("add_node"),
             FaultKind::Impostor { .. } => None,
         };
@@ -748,6 +741,27 @@ fn truncate_artifacts(dir: &Path) -> std::io::Result<usize> {
     Ok(damaged)
 }
 
+/// Flips one bit of `file`, in a byte that is not zero (sled's log is mostly written data,
+/// with zeroed space at the ends of its segments, where a flip would damage nothing), chosen
+/// by `seed`. Says which, for the report.
+fn flip_a_bit(file: &Path, seed: u64) -> std::io::Result<String> {
+    let mut bytes = std::fs::read(file)?;
+    let written: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != 0).collect();
+    if written.is_empty() {
+        return Err(std::io::Error::other("the file holds no written byte"));
+    }
+    let mut draw = Draw::seeded(seed);
+    let at = written[(draw.next() % written.len() as u64) as usize];
+    let bit = draw.next() % 8;
+    bytes[at] ^= 1 << bit;
+    std::fs::write(file, &bytes)?;
+    Ok(format!(
+        "bit {bit} of byte {at} of {} ({} bytes) flipped",
+        file.display(),
+        bytes.len()
+    ))
+}
+
 /// The file that fills a node's disk for a `disk_full` fault.
 const FILLER: &str = "chaos-disk-filler";
 
@@ -789,9 +803,27 @@ async fn wait_ready(
     };
     let t0 = Instant::now();
     loop {
+        let exited = lock(nodes)[i]
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            return Err(ChaosError::Exited {
+                node: name,
+                code: status.code(),
+                log: log.display().to_string(),
+            });
+        }
         if let Ok(token) = std::fs::read_to_string(data.join("admin.token")) {
             let token = token.trim().to_owned();
-            if let Some(r) = get(addr, &token, "/v1/cluster").await
+            // Briefly: a node that is not up yet leaves the request waiting on the listener the
+            // runner holds, and one that exited meanwhile should be noticed soon.
+            let polled =
+                tokio::time::timeout(Duration::from_secs(1), get(addr, &token, "/v1/cluster"))
+                    .await
+                    .ok()
+                    .flatten();
+            if let Some(r) = polled
                 && r.status == 200
             {
                 let view: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
@@ -1628,8 +1660,17 @@ async fn run_faults(
                             );
                         }
                     }
-                    // Refused before the run started.
-                    Corruption::Sled => {}
+                    Corruption::Sled => {
+                        let log = data.join("db").join("db");
+                        let seed = options.seed.unwrap_or(scenario.seed) ^ i as u64;
+                        let what = flip_a_bit(&log, seed)
+                            .map_err(io(format!("damaging the sled log {}", log.display())))?;
+                        lock(&history).push(Event::Damaged {
+                            node: node.clone(),
+                            at_us: t0.elapsed().as_micros() as u64,
+                            what,
+                        });
+                    }
                 }
                 // At once, as after a crash: the node starts on what it finds.
                 restart(&nodes, &history, t0, i, &tern, "corrupt").await;
@@ -1821,13 +1862,29 @@ async fn restart(
 ) {
     let spawned = lock(nodes)[i].spawn(tern);
     let ready = match spawned {
-        Ok(()) => wait_ready(nodes, i, 0).await.is_ok(),
-        Err(_) => false,
+        Ok(()) => wait_ready(nodes, i, 0).await,
+        Err(e) => Err(e),
     };
     let name = lock(nodes)[i].name.clone();
-    if ready {
+    if ready.is_ok() {
         lock(nodes)[i].faulted = false;
         record_fault(history, t0, &name, Phase::End, what);
+    } else if let Err(ChaosError::Exited {
+        code: Some(EXIT_STORE_DAMAGED),
+        log,
+        ..
+    }) = ready
+    {
+        // Refused to start on a damaged store, as it must rather than start without what it
+        // acknowledged: the fault stays on (the node is down for the rest of the run).
+        lock(nodes)[i].refuse();
+        let detail = last_error_line(Path::new(&log))
+            .unwrap_or_else(|| format!("exit status {EXIT_STORE_DAMAGED}, no error line"));
+        lock(history).push(Event::StoreRefused {
+            node: name,
+            at_us: t0.elapsed().as_micros() as u64,
+            detail,
+        });
     } else {
         // A node that never became ready is not left running; its port is refused as a dead
         // node's.
@@ -1846,6 +1903,20 @@ async fn restart(
 
 /// The exit status with which `tern up` asks its service manager to start it again.
 const EXIT_RESTART_ME: i32 = 75;
+
+/// The exit status of `tern up` refusing to start on a damaged store (EX_DATAERR).
+const EXIT_STORE_DAMAGED: i32 = 65;
+
+/// The last line of a node's log that starts with `error:` (what `tern up` prints as it
+/// exits), cut to 400 characters.
+fn last_error_line(log: &Path) -> Option<String> {
+    let text = std::fs::read(log).ok()?;
+    String::from_utf8_lossy(&text)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("error:"))
+        .map(|l| l.chars().take(400).collect())
+}
 
 /// How many such restarts of one node a run grants; a node that keeps asking has ended.
 const MAX_SELF_RESTARTS: u32 = 3;
@@ -1938,6 +2009,16 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
     }
     for line in &s.impostors {
         out += &format!("Impostor: {line}.\n\n");
+    }
+    for line in &s.damage {
+        out += &format!("Damage: {line}.\n\n");
+    }
+    if s.async_stranded > 0 {
+        out += &format!(
+            "Stranded: {} accepted async invocations on a node that refused to start on its \
+             damaged store (not run; the node named the loss, as it must).\n\n",
+            s.async_stranded
+        );
     }
     if !s.membership.is_empty() {
         out += "Membership (as the runner's polls of each node's cluster view saw it):\n\n";

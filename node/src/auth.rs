@@ -68,6 +68,7 @@ pub struct Auth {
     mode: AuthMode,
     book: RwLock<TokenBook>,
     tree: sled::Tree,
+    store: Store,
 }
 
 impl Auth {
@@ -100,6 +101,7 @@ impl Auth {
             mode,
             book: RwLock::new(book),
             tree,
+            store: store.clone(),
         };
         if mode == AuthMode::Tokens && auth.read().is_empty() {
             let (secret, record) =
@@ -260,7 +262,7 @@ impl Auth {
         self.tree
             .insert(record.id.to_string().as_bytes(), bytes)
             .map_err(StoreError::from)?;
-        self.tree.flush().map_err(StoreError::from)?;
+        self.store.flush_blocking()?;
         Ok(())
     }
 

@@ -23,6 +23,7 @@ pub use tern_sync::self_wake;
 pub mod store;
 pub mod tenants;
 pub mod traces;
+pub mod watermark;
 
 pub use config::Config;
 pub use error::NodeError;

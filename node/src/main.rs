@@ -853,9 +853,28 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One readable line with its causes, not a backtrace: these are user errors.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            if store_damaged(&e) {
+                std::process::ExitCode::from(EXIT_STORE_DAMAGED)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The exit status of a node that refuses to start on a damaged store (EX_DATAERR), so a
+/// supervisor does not start it again in a loop and a tester can tell it from a crash.
+const EXIT_STORE_DAMAGED: u8 = 65;
+
+fn store_damaged(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let store = match cause.downcast_ref::<tern_node::NodeError>() {
+            Some(tern_node::NodeError::Store(store)) => Some(store),
+            Some(_) => None,
+            None => cause.downcast_ref::<tern_node::store::StoreError>(),
+        };
+        store.is_some_and(tern_node::store::StoreError::is_damage)
+    })
 }
 
 /// Marks a process that a restart of its own started: it waits [`SELF_RESTART_GAP`] before

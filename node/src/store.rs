@@ -18,6 +18,9 @@
 //!   until the store is opened again, which the node does by restarting once its data
 //!   directory takes writes again (`node::watch_store`; what it acknowledged is on disk and
 //!   replays then).
+//! - a store that lost writes it acknowledged (a damaged log, which sled cuts short at the
+//!   damage without an error) does not open: [`StoreError::LostWrites`], found by the
+//!   [`crate::watermark`] every flush advances.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +32,8 @@ use serde::Serialize;
 use tern_tenancy::TenantName;
 use tern_wire::peer::RegistryEntry;
 use tern_wire::{FunctionName, InvocationId, InvocationRecord, ModuleHash};
+
+use crate::watermark::Watermark;
 
 /// Largest record we ever decode from the store (a journaled input is at most the body cap).
 const RECORD_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
@@ -116,6 +121,44 @@ pub enum StoreError {
         FLUSH_TIMEOUT.as_secs()
     )]
     FlushBusy,
+    /// The store holds fewer flushed writes than it acknowledged (see [`crate::watermark`]):
+    /// its log was damaged, and sled recovered only what came before the damage.
+    #[error(
+        "the store lost writes it had acknowledged (it holds flush {found}, {path} records \
+         flush {acknowledged}): its log is damaged. Restore the data directory from a backup; \
+         or, to start with what the store still holds (losing the rest), remove {path}"
+    )]
+    LostWrites {
+        acknowledged: u64,
+        found: u64,
+        path: String,
+    },
+    /// The watermark file (or the store's number) is not one: damaged, or not ours.
+    #[error(
+        "the store's watermark {path} is damaged ({detail}); remove it to start with what the \
+         store holds, unchecked"
+    )]
+    WatermarkDamaged { path: String, detail: String },
+    #[error("cannot read or write the store's watermark {path}: {source}")]
+    Watermark {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether the store on disk is damaged: the node must not start on it as it is.
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::LostWrites { .. }
+                | StoreError::WatermarkDamaged { .. }
+                | StoreError::Open {
+                    source: sled::Error::Corruption { .. },
+                    ..
+                }
+        )
+    }
 }
 
 /// The longest a flush may take before the store counts as failing. Far above a healthy
@@ -183,6 +226,7 @@ pub struct Store {
     counters: Arc<Counters>,
     /// Places for flushes running at once (see [`Store::flush`]).
     flushes: Arc<tokio::sync::Semaphore>,
+    watermark: Arc<Watermark>,
 }
 
 /// At most this many flushes wait on the disk at once, each on a thread of tokio's blocking
@@ -211,6 +255,7 @@ impl Store {
                 }
             }
         };
+        let watermark = Watermark::open(&db, dir)?;
         let invocations = db.open_tree("invocations")?;
         let counters = Counters::default();
         // One pass over the journal, one record in memory at a time.
@@ -232,6 +277,7 @@ impl Store {
             invocations,
             counters: Arc::new(counters),
             flushes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FLUSHES)),
+            watermark: Arc::new(watermark),
             db,
         };
         store.migrate_functions()?;
@@ -263,7 +309,7 @@ impl Store {
             moved += 1;
         }
         if moved > 0 {
-            self.db.flush()?;
+            self.flush_blocking()?;
             tracing::info!(
                 functions = moved,
                 "registry entries moved to the current layout (no max_instances)"
@@ -299,21 +345,38 @@ impl Store {
                 Ok(Err(_)) => None,
                 Err(_) => return Err(StoreError::FlushBusy),
             };
-        let db = self.db.clone();
+        let seq = self.watermark.stamp()?;
+        let (db, watermark) = (self.db.clone(), self.watermark.clone());
         // The place goes with the blocking flush: one abandoned at the timeout still holds it
         // while it runs.
         let flush = tokio::task::spawn_blocking(move || {
             let _place = place;
-            db.flush()
+            db.flush()?;
+            watermark.seal(seq)
         });
         let failed = match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
-            Ok(Ok(Ok(_))) => return Ok(()),
-            Ok(Ok(Err(e))) => e.into(),
+            Ok(Ok(Ok(()))) => return Ok(()),
+            Ok(Ok(Err(e))) => e,
             Ok(Err(e)) => StoreError::FlushAbandoned(e.to_string()),
             Err(_) => StoreError::FlushTimedOut,
         };
         self.counters.write_failures.fetch_add(1, Relaxed);
         Err(failed)
+    }
+
+    /// [`Store::flush`] on the calling thread, for callers outside the async runtime or at
+    /// open (no place taken, no time bound).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let seq = self.watermark.stamp()?;
+        let flushed = self
+            .db
+            .flush()
+            .map_err(StoreError::from)
+            .and_then(|_| self.watermark.seal(seq));
+        if flushed.is_err() {
+            self.counters.write_failures.fetch_add(1, Relaxed);
+        }
+        flushed
     }
 
     /// Whether the store still takes writes. sled keeps the first write error that reached
@@ -595,6 +658,54 @@ mod tests {
                 r.unwrap().unwrap();
             }
         }
+    }
+
+    /// One bit flipped in sled's log makes sled recover only what came before it, without an
+    /// error; the store refuses to open instead of serving without acknowledged writes, until
+    /// the operator removes the watermark to accept what is left.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_that_lost_acknowledged_writes_to_a_damaged_log_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = 300;
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..written {
+                store.put_function(&entry(&format!("f{i}"))).unwrap();
+                store.flush().await.unwrap();
+            }
+        }
+        let log = dir.path().join("db").join("db");
+        let mut bytes = std::fs::read(&log).unwrap();
+        // A byte of written data two fifths in: the flushes after it are what sled drops.
+        let at = (bytes.len() * 2 / 5..bytes.len())
+            .find(|&i| bytes[i] != 0)
+            .unwrap();
+        bytes[at] ^= 0x04;
+        std::fs::write(&log, &bytes).unwrap();
+
+        let Err(e) = Store::open(dir.path()) else {
+            panic!("a store missing acknowledged writes opened");
+        };
+        let StoreError::LostWrites {
+            acknowledged,
+            found,
+            ..
+        } = e
+        else {
+            panic!("wrong error: {e}");
+        };
+        assert!(found < acknowledged, "{found} < {acknowledged}");
+        assert!(e.is_damage());
+        assert!(e.to_string().contains("remove"), "says what to do: {e}");
+
+        std::fs::remove_file(dir.path().join(crate::watermark::FILE)).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let left = store.functions().unwrap().len();
+        assert!(left < written, "sled kept {left} of {written}");
+        // Accepted: from now on the watermark follows this store.
+        store.flush().await.unwrap();
+        drop(store);
+        Store::open(dir.path()).unwrap();
     }
 
     fn entry(name: &str) -> RegistryEntry {

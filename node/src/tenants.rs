@@ -141,6 +141,7 @@ mod legacy {
 pub struct Tenants {
     entries: RwLock<BTreeMap<TenantName, TenantEntry>>,
     tree: sled::Tree,
+    store: Store,
     /// This node's name, recorded as the origin of the changes made here.
     origin: String,
 }
@@ -166,6 +167,7 @@ impl Tenants {
         let tenants = Self {
             entries: RwLock::new(entries),
             tree,
+            store: store.clone(),
             origin: origin.to_owned(),
         };
         // Rewritten in the current layout before the old copies go, so a crash in between
@@ -312,7 +314,7 @@ impl Tenants {
         self.tree
             .insert(entry.name().as_str().as_bytes(), bytes)
             .map_err(StoreError::from)?;
-        self.tree.flush().map_err(StoreError::from)?;
+        self.store.flush_blocking()?;
         Ok(())
     }
 
