@@ -743,8 +743,8 @@ fn truncate_artifacts(dir: &Path) -> std::io::Result<usize> {
 
 /// Flips one bit of `file`, in a byte that is not zero (sled's log is mostly written data,
 /// with zeroed space at the ends of its segments, where a flip would damage nothing), chosen
-/// by `seed`. Says which, for the report.
-fn flip_a_bit(file: &Path, seed: u64) -> std::io::Result<String> {
+/// by `seed`. Says which, for the report (naming the file `label`).
+fn flip_a_bit(file: &Path, label: &str, seed: u64) -> std::io::Result<String> {
     let mut bytes = std::fs::read(file)?;
     let written: Vec<usize> = (0..bytes.len()).filter(|&i| bytes[i] != 0).collect();
     if written.is_empty() {
@@ -756,8 +756,7 @@ fn flip_a_bit(file: &Path, seed: u64) -> std::io::Result<String> {
     bytes[at] ^= 1 << bit;
     std::fs::write(file, &bytes)?;
     Ok(format!(
-        "bit {bit} of byte {at} of {} ({} bytes) flipped",
-        file.display(),
+        "bit {bit} of byte {at} of {label} ({} bytes) flipped",
         bytes.len()
     ))
 }
@@ -1663,7 +1662,7 @@ async fn run_faults(
                     Corruption::Sled => {
                         let log = data.join("db").join("db");
                         let seed = options.seed.unwrap_or(scenario.seed) ^ i as u64;
-                        let what = flip_a_bit(&log, seed)
+                        let what = flip_a_bit(&log, "<data>/db/db", seed)
                             .map_err(io(format!("damaging the sled log {}", log.display())))?;
                         lock(&history).push(Event::Damaged {
                             node: node.clone(),

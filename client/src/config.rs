@@ -82,11 +82,16 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     /// Largest response accepted from a node.
     pub max_response_bytes: usize,
+    /// After failing over away from the first seed, the client tries the first seed again
+    /// this often, in the background (never on a call's path); once it answers, later calls
+    /// go there and calls in flight finish where they are. So a node that restarted gets its
+    /// clients back. `None`: stay on whichever node answered last.
+    pub failback_after: Option<Duration>,
 }
 
 impl ClientConfig {
     /// Defaults: 30 s requests, 3 s connects, 5 s idle timeout, 3 retries, backoff 50 ms
-    /// doubling up to 2 s, 64 MiB responses.
+    /// doubling up to 2 s, 64 MiB responses, back to the first seed every 5 s once it answers.
     pub fn new(seeds: Vec<(String, SocketAddr)>, ca: impl Into<Pem>) -> Self {
         Self {
             seeds,
@@ -100,6 +105,7 @@ impl ClientConfig {
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             max_response_bytes: tern_wire::codec::MAX_MESSAGE,
+            failback_after: Some(Duration::from_secs(5)),
         }
     }
 
@@ -142,6 +148,9 @@ impl ClientConfig {
         }
         if self.idle_timeout.as_millis() < 4 {
             return bad("idle_timeout must be at least 4 ms".into());
+        }
+        if self.failback_after.is_some_and(|d| d.is_zero()) {
+            return bad("failback_after must be more than zero (None turns it off)".into());
         }
         if self.backoff_base > self.backoff_max {
             return bad("backoff_base must not exceed backoff_max".into());

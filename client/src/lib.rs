@@ -68,6 +68,11 @@ use transport::{AttemptError, Transport};
 
 /// How many async invocation ids the client remembers the accepting node of.
 const MAX_ROUTES: usize = 10_000;
+
+/// The first seed: where the client goes back to after a failover (see
+/// [`ClientConfig::failback_after`]).
+const HOME: usize = 0;
+
 /// Extra time the client waits beyond a per-call `timeout` for the node's answer to arrive.
 const TIMEOUT_MARGIN: Duration = Duration::from_secs(2);
 
@@ -184,6 +189,10 @@ struct State {
     current: Option<Current>,
     /// Seed to try first when there is no current connection.
     next: usize,
+    /// Away from the first seed: when the client last tried it (or left it), and whether a
+    /// try is under way (see [`ClientConfig::failback_after`]).
+    home_tried_at: Option<std::time::Instant>,
+    probing_home: bool,
 }
 
 struct Current {
@@ -607,6 +616,9 @@ impl Client {
             state.current = None;
         }
         let live = state.current.as_ref().map(|c| c.index);
+        if live.is_some_and(|l| l != HOME) {
+            self.maybe_probe_home(&mut state);
+        }
         let mut order: Vec<usize> = Vec::with_capacity(seeds.len() + 2);
         if let Some(p) = prefer.filter(|p| *p < seeds.len()) {
             order.push(p);
@@ -633,6 +645,9 @@ impl Client {
             {
                 Ok(conn) => {
                     tracing::debug!(node = %name, %addr, "connected");
+                    if index != HOME && state.current.as_ref().is_none_or(|c| c.index == HOME) {
+                        state.home_tried_at = Some(std::time::Instant::now());
+                    }
                     // A replaced connection closes once the calls still using it are done.
                     state.current = Some(Current {
                         index,
@@ -649,6 +664,46 @@ impl Client {
             }
         }
         None
+    }
+
+    /// Away from the first seed for [`ClientConfig::failback_after`] since it was last tried:
+    /// tries it in the background, and makes it the current connection if it answers.
+    fn maybe_probe_home(&self, state: &mut State) {
+        let Some(every) = self.inner.config.failback_after else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        if state.probing_home || state.home_tried_at.is_some_and(|t| now - t < every) {
+            return;
+        }
+        state.probing_home = true;
+        state.home_tried_at = Some(now);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let (name, addr) = &inner.config.seeds[HOME];
+            let connected = inner
+                .transport
+                .connect(name, *addr, inner.config.connect_timeout)
+                .await;
+            let mut state = inner.state.lock().await;
+            state.probing_home = false;
+            state.home_tried_at = Some(std::time::Instant::now());
+            match connected {
+                Ok(conn)
+                    if !inner.closed.load(Ordering::Acquire)
+                        && state.current.as_ref().is_some_and(|c| c.index != HOME) =>
+                {
+                    tracing::debug!(node = %name, %addr, "back on the first seed");
+                    // The connection replaced closes once the calls still using it are done.
+                    state.current = Some(Current { index: HOME, conn });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let failure = failure(&inner.config.seeds, HOME, e);
+                    tracing::debug!(node = %name, %addr, reason = %failure.reason, "first seed still unreachable");
+                }
+            }
+        });
     }
 
     /// Forgets the current connection if it is still `conn` (another call may already have

@@ -157,6 +157,7 @@ impl StoreError {
                     source: sled::Error::Corruption { .. },
                     ..
                 }
+                | StoreError::Sled(sled::Error::Corruption { .. })
         )
     }
 }
@@ -706,6 +707,32 @@ mod tests {
         store.flush().await.unwrap();
         drop(store);
         Store::open(dir.path()).unwrap();
+    }
+
+    /// A log cut short (a torn write, a truncated copy of the data directory) loses the
+    /// flushes after the cut: refused the same way, never opened without them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_whose_log_was_truncated_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            for i in 0..300 {
+                store.put_function(&entry(&format!("f{i}"))).unwrap();
+                store.flush().await.unwrap();
+            }
+        }
+        let log = dir.path().join("db").join("db");
+        let len = std::fs::metadata(&log).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(len / 2)
+            .unwrap();
+        match Store::open(dir.path()) {
+            Ok(_) => panic!("a store cut in half opened"),
+            Err(e) => assert!(e.is_damage(), "not named as damage: {e}"),
+        }
     }
 
     fn entry(name: &str) -> RegistryEntry {

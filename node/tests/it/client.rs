@@ -692,6 +692,68 @@ async fn the_client_fails_over_when_its_node_goes_silent() {
     b.shutdown().await.unwrap();
 }
 
+/// After a failover the client tries its first seed again every `failback_after`, off the
+/// calls' path; once that node answers, calls go back to it. With `failback_after = None` a
+/// client stays where it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_goes_back_to_its_first_node_once_it_answers_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = init_pki(dir.path(), "pki");
+    let a = start(node_config(dir.path(), &pki, "a", &[])).await;
+    let b = start(node_config(dir.path(), &pki, "b", &[])).await;
+    let (to_a, to_a_too) = (relay(client_addr(&a)).await, relay(client_addr(&a)).await);
+    let config = |relay: &Relay, failback_after| {
+        let mut c = client_config(&pki, &[("a", relay.addr), ("b", client_addr(&b))]);
+        c.idle_timeout = Duration::from_secs(2);
+        c.failback_after = failback_after;
+        c
+    };
+    let client = connect(config(&to_a, Some(Duration::from_millis(300)))).await;
+    let stayer = connect(config(&to_a_too, None)).await;
+    let node_of = |c: &Client| {
+        let c = c.clone();
+        async move { c.invoke("echo", b"x".to_vec()).await.unwrap().node }
+    };
+    assert_eq!(node_of(&client).await, "a");
+    assert_eq!(node_of(&stayer).await, "a");
+
+    // a goes silent: both move to b (at their idle timeout).
+    to_a.silent.store(true, Ordering::Relaxed);
+    to_a_too.silent.store(true, Ordering::Relaxed);
+    assert_eq!(node_of(&client).await, "b");
+    assert_eq!(node_of(&stayer).await, "b");
+    // While a stays silent its tries fail in the background (each waits out the 3 s connect
+    // timeout), and calls are not held up by them.
+    for _ in 0..8 {
+        let t = Instant::now();
+        assert_eq!(node_of(&client).await, "b");
+        assert!(
+            t.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+
+    // a answers again: the client is back on it within a try or two; the other stays on b.
+    to_a.silent.store(false, Ordering::Relaxed);
+    to_a_too.silent.store(false, Ordering::Relaxed);
+    let t = Instant::now();
+    while node_of(&client).await != "a" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never went back to a"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(client.connected_node().await.as_deref(), Some("a"));
+    assert_eq!(node_of(&stayer).await, "b");
+    to_a.task.abort();
+    to_a_too.task.abort();
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_seeds_and_impostors_are_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
