@@ -66,6 +66,22 @@ for name, by_seed in sorted(scenarios.items()):
           f"| {span([s.get('detection_ms_max') for s in st])} | {span([s.get('recovery_ms_max') for s in st])} "
           f"| {span([ms(s['p99_us_under_faults']) for s in st])} "
           f"| {span([ms(s['p99_us_otherwise']) for s in st])} |")
+damaged = [(n, s, v["stats"]) for n, b in sorted(scenarios.items()) for s, v in sorted(b.items())
+           if v["stats"].get("damage")]
+if damaged:
+    print()
+    print("What the `corrupt` faults damaged, and what the node then did (`refused to start`: it")
+    print("exited naming the acknowledged writes its store lost; its accepted async work is")
+    print("counted as stranded, not run):")
+    print()
+    for n, s, st in damaged:
+        refused = any("refused to start" in line for line in st["damage"])
+        outcome = (f"refused to start, {st.get('async_stranded', 0)} async stranded" if refused
+                   else "came back with all it acknowledged")
+        # The run's temporary directory says nothing: the node's data directory does.
+        flipped = "; ".join(re.sub(r"/\S*/data/[^/]+/", "<data>/", line)
+                            for line in st["damage"] if "refused to start" not in line)
+        print(f"- {n}, seed {s}: {flipped}; {outcome}.")
 failed = [(n, s) for n, b in sorted(scenarios.items()) for s, v in sorted(b.items()) if v["violations"]]
 print()
 if failed:

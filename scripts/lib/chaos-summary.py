@@ -25,5 +25,9 @@ for n in names:
              + ("" if s.get("recovery_ms_max") is None else f", back within {s['recovery_ms_max']} ms of the heal")))
     if s.get("registry"):
         print(f"  registry: {s['registry']}")
+    for line in s.get("damage", []):
+        print(f"  damage: {line}")
+    if s.get("async_stranded"):
+        print(f"  async stranded on a node that refused to start on its damaged store: {s['async_stranded']}")
     for x in v["violations"]:
         print(f"  violation {x['invariant']}: {x['detail']}")
