@@ -1026,20 +1026,33 @@ async fn drive(
     // Time for the replays of a restarted node; past it, what is still pending stays so.
     let deadline = Instant::now() + Duration::from_secs(20);
     for (op, id, node) in accepted {
-        // Read where it was sent: over HTTP from that node, or through the client that sent
-        // it (which asks the node that accepted it first).
-        let (addr, token, client) = {
+        // Read where it was sent: over HTTP from that node — or, when it cannot answer, from
+        // the others (a node asks its peers for records it does not hold) — or through the
+        // client that sent it (which asks the node that accepted it first).
+        let (others, client) = {
             let n = lock(nodes);
             let Some(k) = n.iter().position(|p| p.name == node) else {
                 continue;
             };
             let client = clients.as_ref().and_then(|c| c.get(k).cloned());
-            (n[k].http, n[k].token.clone(), client)
+            let mut others: Vec<(SocketAddr, String)> =
+                n.iter().map(|p| (p.http, p.token.clone())).collect();
+            others.rotate_left(k);
+            (others, client)
         };
         loop {
             let (status, attempts, output) = match &client {
                 Some(client) => read_through(client, &id).await,
-                None => read_over_http(addr, &token, &id).await,
+                None => {
+                    let mut read = ("unreadable".to_owned(), 0, None);
+                    for (addr, token) in &others {
+                        read = read_over_http(*addr, token, &id).await;
+                        if read.0 != "unreadable" {
+                            break;
+                        }
+                    }
+                    read
+                }
             };
             if status == "pending" && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -41,7 +41,7 @@ use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
     NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
 };
-use tern_wire::{ApiError, ErrorCode, FunctionInfo, ModuleHash};
+use tern_wire::{ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash};
 use tokio::task::JoinHandle;
 
 pub mod control;
@@ -161,6 +161,28 @@ pub trait LocalNode: Send + Sync + 'static {
     /// Merges tenant entries (last writer wins) and token records (revocation wins) learnt
     /// from a peer; how many changed.
     fn apply_tenancy(&self, records: TenancyRecords) -> Result<usize, PeerError>;
+    /// Keeps `origin`'s copy of an async invocation it accepted, durably, until `origin`
+    /// releases it or it is taken over. A node that keeps none answers with an error.
+    fn hold_copy<'a>(
+        &'a self,
+        _origin: &'a NodeName,
+        _record: InvocationRecord,
+    ) -> LocalFuture<'a, Result<(), PeerError>> {
+        Box::pin(async {
+            Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node keeps no copies of async work",
+            ))
+        })
+    }
+    /// Drops the copies of these async invocations, if held.
+    fn release_copies(&self, _ids: Vec<InvocationId>) -> Result<(), PeerError> {
+        Ok(())
+    }
+    /// This node's record of an async invocation (its own, or a copy it holds).
+    fn find_invocation(&self, _id: &InvocationId) -> Result<Option<InvocationRecord>, PeerError> {
+        Ok(None)
+    }
     /// How many peers are up now (called whenever the link refreshes its view, whether or not
     /// the number changed): cluster-wide limits are split over the members that are up.
     fn peers_up(&self, _up: usize) {}
@@ -197,6 +219,7 @@ fn now() -> Instant {
 }
 
 pub struct ClusterLink {
+    name: NodeName,
     net: Box<dyn PeerNet>,
     node: Weak<dyn LocalNode>,
     /// Peers' statuses and membership ages: the pure core the shell feeds.
@@ -325,6 +348,7 @@ impl ClusterLink {
                 })
             });
             ClusterLink {
+                name: options.node_name.clone(),
                 sync: Arc::new(RegistrySync::new(!options.has_peers, sync_deadline)),
                 outstanding: outstanding::Outstanding::default(),
                 net: net(handler),
@@ -337,6 +361,9 @@ impl ClusterLink {
                 control: OnceLock::new(),
             }
         });
+        // Every configured peer is away until it comes up: a copy of a peer's async work is
+        // taken over only after the peer has been away long enough, seen here or not.
+        write(&link.peers).expect(link.net.members().into_keys(), now());
         let publisher = tokio::spawn(publish_status(Arc::downgrade(&link)));
         let watcher = tokio::spawn(watch_membership(Arc::downgrade(&link)));
         lock(&link.tasks).extend([publisher, watcher]);
@@ -432,6 +459,86 @@ impl ClusterLink {
                 }
             });
         }
+    }
+
+    /// The peer that keeps the copy of this node's async work: the first peer up after this
+    /// node in name order, wrapping around (each node's next neighbour, so copies spread).
+    pub fn keeper(&self) -> Option<NodeName> {
+        let members = self.net.members();
+        let up = members
+            .iter()
+            .filter(|(_, state)| **state == tern_cluster::PeerState::Up)
+            .map(|(name, _)| name);
+        let me = &self.name;
+        up.clone()
+            .find(|name| *name > me)
+            .or_else(|| up.min())
+            .cloned()
+    }
+
+    /// Sends a copy of an async invocation this node accepted to `keeper`, and waits until
+    /// the keeper has it on disk.
+    pub async fn replicate(
+        &self,
+        keeper: &NodeName,
+        record: InvocationRecord,
+    ) -> Result<(), LinkError> {
+        let answer = self
+            .small_exchange(keeper, PeerRequest::Replicate(Box::new(record)))
+            .await?;
+        expect(keeper, answer, "a copy", |answer| match answer {
+            PeerResponse::Ack => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// An async invocation this node accepted has finished: in the background, its keeper
+    /// gets the finished record (the result's copy) and every other peer up drops any copy
+    /// it holds (a keeper from before a membership change). A peer that misses it keeps its
+    /// copy until the copy expires.
+    pub fn settle(self: &Arc<Self>, finished: InvocationRecord) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            let keeper = link.keeper();
+            let id = finished.id.clone();
+            if let Some(keeper) = &keeper
+                && let Err(e) = link.replicate(keeper, finished).await
+            {
+                tracing::debug!(%keeper, %id, error = %e, "cannot copy a finished async result");
+            }
+            for (peer, state) in link.net.members() {
+                if state != tern_cluster::PeerState::Up || Some(&peer) == keeper.as_ref() {
+                    continue;
+                }
+                if let Err(e) = link
+                    .small_exchange(&peer, PeerRequest::Release(vec![id.clone()]))
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "cannot release copies of async work");
+                }
+            }
+        });
+    }
+
+    /// Asks every peer up for its record of an async invocation; the first found.
+    pub async fn lookup(&self, id: &InvocationId) -> Option<InvocationRecord> {
+        for (peer, state) in self.net.members() {
+            if state != tern_cluster::PeerState::Up {
+                continue;
+            }
+            let answer = self
+                .small_exchange(&peer, PeerRequest::Lookup(id.clone()))
+                .await;
+            if let Ok(PeerResponse::Invocation(Some(record))) = answer {
+                return Some(*record);
+            }
+        }
+        None
+    }
+
+    /// How long `peer` has been away (not up), or `None` while it is up.
+    pub fn away_for(&self, peer: &NodeName) -> Option<Duration> {
+        read(&self.peers).away_for(peer, now())
     }
 
     /// Pulls `peer`'s tenant and token records and merges them; how many changed here.
@@ -617,6 +724,27 @@ impl ClusterLink {
             },
             PeerRequest::Tenancy => match node.tenancy() {
                 Ok(records) => PeerResponse::Tenancy(records),
+                Err(e) => fail(e),
+            },
+            PeerRequest::Replicate(record) => {
+                // In a task of its own, like an announcement: a sender that gives up must not
+                // stop a copy between its write and its flush.
+                let holding = tokio::spawn(async move { node.hold_copy(&peer, *record).await });
+                match holding.await {
+                    Ok(Ok(())) => PeerResponse::Ack,
+                    Ok(Err(e)) => fail(e),
+                    Err(e) => fail(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("keeping a copy failed: {e}"),
+                    )),
+                }
+            }
+            PeerRequest::Release(ids) => match node.release_copies(ids) {
+                Ok(()) => PeerResponse::Ack,
+                Err(e) => fail(e),
+            },
+            PeerRequest::Lookup(id) => match node.find_invocation(&id) {
+                Ok(record) => PeerResponse::Invocation(record.map(Box::new)),
                 Err(e) => fail(e),
             },
         }

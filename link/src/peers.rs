@@ -34,6 +34,10 @@ pub enum MembershipAction {
 pub struct PeerTable {
     statuses: BTreeMap<NodeName, (NodeStatus, Instant)>,
     state_since: BTreeMap<NodeName, Instant>,
+    /// Since when each peer that is not up has been away: its last loss, or when this node
+    /// started watching it (redials flip a lost peer between down and joining; this does not
+    /// move with them).
+    away_since: BTreeMap<NodeName, Instant>,
     stale_after: Duration,
 }
 
@@ -64,8 +68,23 @@ impl PeerTable {
         Self {
             statuses: BTreeMap::new(),
             state_since: BTreeMap::new(),
+            away_since: BTreeMap::new(),
             stale_after,
         }
+    }
+
+    /// Starts watching `peers`, away until they come up.
+    pub fn expect(&mut self, peers: impl IntoIterator<Item = NodeName>, now: Instant) {
+        for peer in peers {
+            self.away_since.entry(peer).or_insert(now);
+        }
+    }
+
+    /// How long `peer` has been away at `now` (none while it is up, or for a peer not watched).
+    pub fn away_for(&self, peer: &NodeName, now: Instant) -> Option<Duration> {
+        self.away_since
+            .get(peer)
+            .map(|since| now.saturating_duration_since(*since))
     }
 
     /// A status from `peer` (the verified name of the sender, whatever the status claims),
@@ -87,6 +106,11 @@ impl PeerTable {
         at: Instant,
     ) -> MembershipAction {
         self.state_since.insert(peer.clone(), at);
+        if state == PeerState::Up {
+            self.away_since.remove(&peer);
+        } else {
+            self.away_since.entry(peer.clone()).or_insert(at);
+        }
         match state {
             PeerState::Up => MembershipAction::PullRegistry(peer),
             PeerState::Down => {
@@ -285,6 +309,30 @@ mod tests {
 
     fn connected(_: &NodeName) -> Option<Duration> {
         Some(Duration::from_micros(250))
+    }
+
+    /// Away time runs from a peer's loss (or from when watching began), does not restart as
+    /// redials flip it between down and joining, and ends when it is up.
+    #[test]
+    fn a_peer_is_away_from_its_loss_through_redials_until_it_is_up_again() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut table = PeerTable::new(STALE);
+        table.expect([n("b")], t0);
+        assert_eq!(
+            table.away_for(&n("b"), at(300)),
+            Some(Duration::from_millis(300))
+        );
+        table.on_membership(n("b"), PeerState::Up, at(500));
+        assert_eq!(table.away_for(&n("b"), at(900)), None);
+        table.on_membership(n("b"), PeerState::Down, at(1_000));
+        table.on_membership(n("b"), PeerState::Joining, at(1_100));
+        table.on_membership(n("b"), PeerState::Down, at(1_600));
+        assert_eq!(
+            table.away_for(&n("b"), at(11_000)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(table.away_for(&n("c"), at(11_000)), None, "not watched");
     }
 
     #[test]

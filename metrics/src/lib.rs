@@ -210,6 +210,11 @@ pub struct Metrics {
     pub served_for_peers: AtomicU64,
     /// MEUs run again elsewhere because the node running them was lost or refused them.
     pub failover_reruns: AtomicU64,
+    /// Async invocations of a peer that stayed away, run here from the copy this node kept.
+    pub async_taken_over: AtomicU64,
+    /// Async invocations accepted here whose copy no peer took (none up, or it refused or did
+    /// not answer): they wait for this node if it dies.
+    pub async_uncopied: AtomicU64,
     /// Peers currently connected (cluster mode).
     pub peers_up: AtomicI64,
     /// Incoming mesh connections refused by the handshake or identity check.
@@ -698,6 +703,16 @@ impl Metrics {
                 "tern_failover_reruns_total",
                 "MEUs run again elsewhere after the node running them was lost or refused them.",
                 self.failover_reruns.load(Relaxed),
+            ),
+            (
+                "tern_async_taken_over_total",
+                "Async invocations of a peer that stayed away, run here from the copy kept here.",
+                self.async_taken_over.load(Relaxed),
+            ),
+            (
+                "tern_async_uncopied_total",
+                "Async invocations accepted here that no peer kept a copy of.",
+                self.async_uncopied.load(Relaxed),
             ),
             (
                 "tern_rejected_handshakes_total",

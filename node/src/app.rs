@@ -38,6 +38,8 @@ pub struct App {
     background: Arc<std::sync::atomic::AtomicUsize>,
     /// The cluster link, when the node is a cluster member (set once at start).
     pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
+    /// Copies of peers' async work this node keeps, to take over if a peer dies.
+    pub copies: crate::takeover::Copies,
     /// Who may use the HTTP API.
     pub auth: crate::auth::Auth,
     /// The cluster's tenants.
@@ -185,6 +187,42 @@ impl LocalNode for App {
         let tokens = self.auth.apply(records.tokens).map_err(|e| e.to_api())?;
         Ok(tenants.len() + tokens)
     }
+
+    fn hold_copy<'a>(
+        &'a self,
+        origin: &'a tern_cluster::NodeName,
+        record: InvocationRecord,
+    ) -> LocalFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let cap = self.config.max_stored_results;
+            self.copies
+                .hold(origin.as_str(), record, cap)
+                .await
+                .map_err(|e| match e {
+                    crate::takeover::CopyError::Full(_) => {
+                        ApiError::new(tern_wire::ErrorCode::Overloaded, e.to_string())
+                    }
+                    crate::takeover::CopyError::Store(e) => NodeError::from(e).to_api(),
+                })
+        })
+    }
+
+    fn release_copies(&self, ids: Vec<InvocationId>) -> Result<(), ApiError> {
+        self.copies
+            .release(&ids)
+            .map_err(|e| NodeError::from(e).to_api())
+    }
+
+    fn find_invocation(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, ApiError> {
+        let own = self
+            .store
+            .invocation(id)
+            .map_err(|e| NodeError::from(e).to_api())?;
+        match own {
+            Some(record) => Ok(Some(record)),
+            None => self.copies.get(id).map_err(|e| NodeError::from(e).to_api()),
+        }
+    }
 }
 
 impl App {
@@ -308,8 +346,10 @@ impl App {
         pipeline: Pipeline,
         auth: crate::auth::Auth,
         tenants: crate::tenants::Tenants,
+        copies: crate::takeover::Copies,
     ) -> Arc<Self> {
         Arc::new(Self {
+            copies,
             auth,
             tenants,
             config,
@@ -627,8 +667,78 @@ impl App {
             return Err(e.into());
         }
         let id = record.id.clone();
+        self.replicate(&record).await;
         self.spawn_async(record, permit, trace);
         Ok(id)
+    }
+
+    /// Sends a copy of an async invocation just accepted to this node's keeper, so a live
+    /// node can run it if this one dies first (see [`crate::takeover`]). Without a keeper up,
+    /// or when the keeper refuses or does not answer, the invocation waits for this node as
+    /// before; said in the log.
+    async fn replicate(&self, record: &InvocationRecord) {
+        let Some(link) = self.cluster.get() else {
+            return;
+        };
+        if self.config.async_takeover_secs == 0 {
+            return;
+        }
+        let uncopied = &self.services().metrics.async_uncopied;
+        let Some(keeper) = link.keeper() else {
+            // No peer up: nothing to copy to.
+            uncopied.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if let Err(e) = link.replicate(&keeper, record.clone()).await {
+            uncopied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(id = %record.id, %keeper, error = %e, "no copy of an async invocation: it waits for this node if it dies");
+        }
+    }
+
+    /// Runs the copies of async work whose origin has been away for `async_takeover_secs`
+    /// here, as this node's own (see [`crate::takeover`]); how many.
+    pub async fn take_over(self: &Arc<Self>) -> Result<usize, NodeError> {
+        let after = Duration::from_secs(self.config.async_takeover_secs);
+        let Some(link) = self.cluster.get() else {
+            return Ok(0);
+        };
+        if after.is_zero() || self.copies.is_empty() {
+            return Ok(0);
+        }
+        let due = self.copies.due(
+            |origin| {
+                origin
+                    .parse::<tern_cluster::NodeName>()
+                    .ok()
+                    .and_then(|name| link.away_for(&name))
+            },
+            after,
+        )?;
+        let mut taken = 0;
+        for record in due {
+            let id = record.id.clone();
+            // Taken over already (a release that did not arrive), or accepted here: run once.
+            if self.store.invocation(&id)?.is_none() {
+                self.store
+                    .put_invocation(&crate::takeover::taken_over(record.clone()))?;
+                self.store.flush().await?;
+                let permit = loop {
+                    match self.pipeline.admit() {
+                        Ok(p) => break p,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                };
+                tracing::info!(%id, function = %record.function, attempts = record.attempts, "took over async work of a node that has been away");
+                self.services()
+                    .metrics
+                    .async_taken_over
+                    .fetch_add(1, Ordering::Relaxed);
+                self.spawn_async(crate::takeover::taken_over(record), permit, None);
+                taken += 1;
+            }
+            self.copies.release(std::slice::from_ref(&id))?;
+        }
+        Ok(taken)
     }
 
     /// Runs an accepted async invocation in the background; `trace` is the span of the
@@ -710,6 +820,13 @@ impl App {
             // Keep the input so the journal still holds a replayable record.
             record.input = input.to_vec();
             tracing::error!(id = %record.id, error = %e, "cannot record the result");
+            return;
+        }
+        // Finished here: the keeper keeps the result's copy, no one runs it again.
+        if let Some(link) = self.cluster.get()
+            && self.config.async_takeover_secs > 0
+        {
+            link.settle(record);
         }
     }
 
@@ -1039,6 +1156,13 @@ impl App {
     /// one record at a time.
     pub fn expire_results(&self) -> Result<usize, NodeError> {
         let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
+        let dropped = self.copies.expire(now_ms(), ttl_ms)?;
+        if dropped > 0 {
+            tracing::info!(
+                copies = dropped,
+                "dropped expired copies of peers' async work"
+            );
+        }
         let mut removed = 0;
         let mut expiry: HashMap<tern_tenancy::TenantName, u64> = HashMap::new();
         for record in self.store.invocations() {

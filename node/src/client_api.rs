@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/7`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/8`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
@@ -755,7 +755,9 @@ async fn dispatch(
             })
         }
         ClientOp::Result { id } => {
-            let mut record = service::invocation(app, caller, &id).map_err(node_err)?;
+            let mut record = service::invocation(app, caller, &id)
+                .await
+                .map_err(node_err)?;
             record.input = Vec::new();
             Ok(ClientReply::Invocation(record))
         }

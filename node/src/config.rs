@@ -254,6 +254,10 @@ pub struct Config {
     pub map_parallelism: usize,
     /// Finished async results are kept this long.
     pub result_ttl_secs: u64,
+    /// In a cluster, each async invocation a node accepts is copied to the next member up
+    /// (its keeper) before the 202; when the accepting node has been away this long, the
+    /// keeper runs it instead. 0 turns copies and takeover off.
+    pub async_takeover_secs: u64,
     /// Most functions deployed at once. A deploy of a new name past it is refused with 429
     /// `quota_exceeded`; new versions of deployed names are not. Replicated entries are
     /// applied regardless, so a cluster's registries still converge (set the same value on
@@ -405,6 +409,7 @@ impl Default for Config {
             epoch_tick_us: 1000,
             map_parallelism: 0,
             result_ttl_secs: 3600,
+            async_takeover_secs: 10,
             max_functions: 10_000,
             max_stored_results: 100_000,
             max_stored_result_mb: 4096,

@@ -164,7 +164,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
             );
             Ok(resp)
         }
-        (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, &caller, id),
+        (&Method::GET, ["v1", "invocations", id]) => get_invocation(&app, &caller, id).await,
         (&Method::GET, ["v1", "cluster"]) => Ok(cluster(&app)),
         (
             _,
@@ -911,11 +911,15 @@ fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
-fn get_invocation(app: &Arc<App>, caller: &Caller, id: &str) -> Result<Response<Body>, NodeError> {
+async fn get_invocation(
+    app: &Arc<App>,
+    caller: &Caller,
+    id: &str,
+) -> Result<Response<Body>, NodeError> {
     let id: InvocationId = id
         .parse()
         .map_err(|e: tern_wire::WireError| NodeError::BadRequest(e.to_string()))?;
-    let record = service::invocation(app, caller, &id)?;
+    let record = service::invocation(app, caller, &id).await?;
     let answer = record
         .output
         .as_deref()

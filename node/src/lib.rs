@@ -21,6 +21,7 @@ pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;
 pub mod store;
+pub mod takeover;
 pub mod tenants;
 pub mod traces;
 pub mod watermark;

@@ -35,6 +35,8 @@ pub struct NodeHandle {
     server: JoinHandle<()>,
     janitor: JoinHandle<()>,
     store_watch: JoinHandle<()>,
+    /// Takes over async work of peers that have been away (see `crate::takeover`).
+    takeover: JoinHandle<()>,
     restart_wanted: watch::Receiver<bool>,
     supervisor: ActorRef<SupervisorMsg>,
     client_api: Option<crate::client_api::ClientApi>,
@@ -83,6 +85,8 @@ impl NodeHandle {
         let _ = self.janitor.await;
         self.store_watch.abort();
         let _ = self.store_watch.await;
+        self.takeover.abort();
+        let _ = self.takeover.await;
         // Async invocations finish (their results are journaled) or, past 10 s, are left
         // pending in the journal to run again at the next start.
         for _ in 0..1000 {
@@ -248,7 +252,8 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let addr = listener.local_addr()?;
     let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
     let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
-    let app = App::new(config, store, pipeline, auth, tenants);
+    let copies = crate::takeover::Copies::open(&store)?;
+    let app = App::new(config, store, pipeline, auth, tenants, copies);
     if let Some((cells, quotas)) = cells {
         let _ = app.cells.set(cells);
         let _ = app.cell_quotas.set(quotas);
@@ -294,6 +299,18 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
             }
         }
     });
+    let takeover = tokio::spawn({
+        let app = app.clone();
+        async move {
+            let mut tick = tokio::time::interval(TAKEOVER_CHECK);
+            loop {
+                tick.tick().await;
+                if let Err(e) = app.take_over().await {
+                    tracing::warn!(error = %e, "cannot take over async work of a peer");
+                }
+            }
+        }
+    });
     let (wanted, restart_wanted) = watch::channel(false);
     let store_watch = tokio::spawn(watch_store(
         app.store.clone(),
@@ -307,6 +324,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
         server,
         janitor,
         store_watch,
+        takeover,
         restart_wanted,
         supervisor,
         client_api,
@@ -316,6 +334,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
 /// How often the node checks that its store takes writes, and, once it does not, whether the
 /// data directory takes writes again.
 const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the node looks for copies of peers' async work due for takeover.
+const TAKEOVER_CHECK: Duration = Duration::from_secs(1);
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Bytes a probe writes (and syncs) to see that the data directory takes writes again: room

@@ -200,15 +200,20 @@ pub fn list(app: &App, caller: &Caller) -> Vec<FunctionInfo> {
 }
 
 /// The record of asynchronous invocation `id`, if the caller may read it.
-pub fn invocation(
+pub async fn invocation(
     app: &App,
     caller: &Caller,
     id: &InvocationId,
 ) -> Result<InvocationRecord, NodeError> {
     let missing = || NodeError::NotFound(format!("no invocation {id}"));
-    let record = app
-        .store
-        .invocation(id)?
+    let mut record = app.store.invocation(id)?;
+    // Accepted elsewhere (its node down, or the caller moved): the peers are asked.
+    if record.is_none()
+        && let Some(link) = app.cluster.get()
+    {
+        record = link.lookup(id).await;
+    }
+    let record = record
         // Past its retention period a result is gone, whether or not a sweep deleted it yet.
         .filter(|r| !app.result_expired(r))
         .ok_or_else(missing)?;

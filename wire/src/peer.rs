@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use tern_tenancy::{TenantEntry, TenantName, TokenRecord};
 
-use crate::{ApiError, FunctionInfo, FunctionName, ModuleHash};
+use crate::{ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, ModuleHash};
 
 /// What one node asks of another.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,15 @@ pub enum PeerRequest {
     AnnounceTenancy(TenancyRecords),
     /// The receiver's tenant and token records (anti-entropy, with the registry pull).
     Tenancy,
+    /// Keep a copy of an async invocation the sender just accepted, so a live node can run it
+    /// if the sender dies before finishing it. Answered [`PeerResponse::Ack`] once durable.
+    Replicate(Box<InvocationRecord>),
+    /// These async invocations finished (or were taken over): drop their copies, if held.
+    /// Answered [`PeerResponse::Ack`].
+    Release(Vec<InvocationId>),
+    /// The receiver's record of an async invocation (its own, or a copy it holds), if any.
+    /// Answered [`PeerResponse::Invocation`].
+    Lookup(InvocationId),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -42,6 +51,7 @@ pub enum PeerResponse {
     Executed(RemoteOutcome),
     Error(ApiError),
     Tenancy(TenancyRecords),
+    Invocation(Option<Box<InvocationRecord>>),
 }
 
 /// Who may use the cluster: tenant entries (versioned, tombstoned, last writer wins) and
@@ -364,6 +374,8 @@ mod tests {
                     flags: 1,
                 }),
             }),
+            PeerRequest::Release(vec!["0123456789abcdef0123456789abcdef".parse().unwrap()]),
+            PeerRequest::Lookup("0123456789abcdef0123456789abcdef".parse().unwrap()),
         ];
         for m in &msgs {
             let bytes = encode(m, 1 << 20).unwrap();

@@ -399,6 +399,106 @@ async fn a_returning_node_catches_up_and_work_moves_off_a_stopped_owner() {
     }
 }
 
+/// An async invocation accepted by a node is copied to its keeper (the next member up) before
+/// the 202, and its finished record after the run; any node reads it through its peers. A copy
+/// still pending when its node has been away for `async_takeover_secs` runs on the keeper,
+/// counted as a possible duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_work_is_copied_to_its_keeper_read_anywhere_and_taken_over_when_its_node_stays_away()
+{
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_three_with(root.path(), |_, c| Config {
+        async_takeover_secs: 1,
+        ..c
+    })
+    .await;
+    let r = put_when_synced(nodes[0].addr(), "/v1/functions/echo", wasm("echo")).await;
+    assert_eq!(r.status, 201);
+    let (a, b) = (nodes[0].addr(), nodes[1].addr());
+    eventually("b has echo", Duration::from_secs(20), || async {
+        (invoke(b, "echo", "sync").await.status == 200).then_some(())
+    })
+    .await;
+    let r = request(
+        b,
+        Method::POST,
+        "/v1/functions/echo/invoke?mode=async",
+        Bytes::from_static(b"kept"),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let id: tern_wire::InvocationId = json(&r)["id"].as_str().unwrap().parse().unwrap();
+    // b's keeper is c, which had the copy before b answered.
+    let c_app = nodes[2].app().clone();
+    assert!(c_app.copies.get(&id).unwrap().is_some());
+    // a holds nothing of it and reads it through its peers; c ends with the finished record.
+    let path = format!("/v1/invocations/{id}");
+    let done = eventually("read through a", Duration::from_secs(10), || async {
+        let v = json(&request(a, Method::GET, &path, Bytes::new()).await);
+        (v["status"] == "succeeded").then_some(v)
+    })
+    .await;
+    assert_eq!(
+        (done["result"].as_str(), done["attempts"].as_u64()),
+        (Some("kept"), Some(1))
+    );
+    eventually("c keeps the result", Duration::from_secs(10), || async {
+        let copy = c_app.copies.get(&id).unwrap()?;
+        (copy.status == tern_wire::InvocationStatus::Succeeded).then_some(())
+    })
+    .await;
+
+    // A copy still pending (as if b had accepted it and died before running it), and b goes.
+    let left: tern_wire::InvocationId = "0123456789abcdef0123456789abcdef".parse().unwrap();
+    let pending = tern_wire::InvocationRecord {
+        id: left.clone(),
+        function: "echo".parse().unwrap(),
+        map: false,
+        status: tern_wire::InvocationStatus::Pending,
+        input: b"left behind".to_vec(),
+        output: None,
+        error: None,
+        accepted_at_ms: tern_node::clock::now_ms(),
+        finished_at_ms: None,
+        attempts: 0,
+    };
+    c_app.copies.hold("b", pending, 100).await.unwrap();
+    nodes.remove(1).shutdown().await.unwrap();
+    let path = format!("/v1/invocations/{left}");
+    let done = eventually("taken over", Duration::from_secs(20), || async {
+        let v = json(&request(a, Method::GET, &path, Bytes::new()).await);
+        (v["status"] == "succeeded").then_some(v)
+    })
+    .await;
+    // b may have started it before it went: counted as one attempt there and one on c.
+    assert_eq!(
+        (done["result"].as_str(), done["attempts"].as_u64()),
+        (Some("left behind"), Some(2))
+    );
+    assert!(
+        c_app.store.invocation(&left).unwrap().is_some(),
+        "c's own now"
+    );
+    assert_eq!(
+        c_app
+            .services()
+            .metrics
+            .async_taken_over
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let uncopied = &nodes[0].app().services().metrics.async_uncopied;
+    assert_eq!(uncopied.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert!(
+        c_app.copies.get(&left).unwrap().is_none(),
+        "no copy left to run again"
+    );
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Two pulls from two peers that carry the same new entry run concurrently on a member that
 /// is catching up. Whichever finishes first, the function must already be callable: the node
 /// counts itself synced after the first applied pull, and from then on answers "not found"

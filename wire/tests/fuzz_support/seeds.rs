@@ -206,6 +206,21 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
             }),
         ),
         ("tenancy", PeerRequest::Tenancy),
+        (
+            "replicate-pending",
+            PeerRequest::Replicate(Box::new(record(InvocationStatus::Pending))),
+        ),
+        (
+            "release-two",
+            PeerRequest::Release(vec![
+                InvocationId::from_parts(0x1234, 7),
+                InvocationId::from_parts(u64::MAX, 0),
+            ]),
+        ),
+        (
+            "lookup",
+            PeerRequest::Lookup(InvocationId::from_parts(0x1234, 7)),
+        ),
     ]
 }
 
@@ -258,6 +273,11 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
                 tenants: vec![tenant_entry("default", false)],
                 tokens: vec![token_record("00000000000000ff", "developer", None)],
             }),
+        ),
+        ("invocation-none", PeerResponse::Invocation(None)),
+        (
+            "invocation-succeeded",
+            PeerResponse::Invocation(Some(Box::new(record(InvocationStatus::Succeeded)))),
         ),
     ]
 }

@@ -1,0 +1,234 @@
+//! Async work of a node that died, taken over by a live node.
+//!
+//! A node that accepts an async invocation journals it, and before it answers 202 sends a
+//! copy to its keeper: the next member up after it in name order (`ClusterLink::keeper`). The
+//! keeper holds the copy durably ([`Copies`]); when the accepting node (its origin) finishes
+//! the invocation it sends the finished record to its keeper, which keeps it as the result's
+//! copy, and tells the other peers to drop theirs (`ClusterLink::settle`). When the origin has
+//! been away — not up in the keeper's view — for `async_takeover_secs`, the keeper takes over
+//! each copy still pending: into its own journal, pending, counted as one attempt more than
+//! the copy says (the origin may have started it), and run there. Any node finds a record,
+//! finished or taken over, by asking its peers (`ClusterLink::lookup`), so a result outlives
+//! its node being away.
+//!
+//! At least once, as everywhere else: an origin that comes back replays its own journal, so
+//! work taken over may run on both nodes (each record counts its own attempts); a copy whose
+//! release was lost may run again after its origin later goes away; an origin cut off by a
+//! partition for longer than the takeover delay runs its work while the keeper does. Copies
+//! are bounded by the keeper's `max_stored_results` (past it a copy is refused and the work
+//! waits for its origin, as before) and expire after `result_ttl_secs`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tern_wire::{InvocationId, InvocationRecord, InvocationStatus};
+
+use crate::store::{Store, StoreError};
+
+/// sled tree of the copies this node keeps for peers.
+const TREE: &str = "async_copies";
+/// Largest copy: a record with its input.
+const COPY_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Copy {
+    origin: String,
+    record: InvocationRecord,
+}
+
+/// Whether a copy whose origin has been away for `away` (`None`: up) is due for takeover.
+pub fn due(away: Option<Duration>, after: Duration) -> bool {
+    !after.is_zero() && away.is_some_and(|away| away >= after)
+}
+
+/// Why a copy was not kept.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("this node keeps {0} copies of peers' async work already")]
+    Full(u64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The copies of peers' async work this node keeps.
+pub struct Copies {
+    store: Store,
+    tree: sled::Tree,
+}
+
+impl Copies {
+    pub fn open(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            store: store.clone(),
+            tree: store.tree(TREE)?,
+        })
+    }
+
+    /// Keeps `origin`'s copy of `record`, durably, unless `cap` copies are kept already.
+    pub async fn hold(
+        &self,
+        origin: &str,
+        record: InvocationRecord,
+        cap: u64,
+    ) -> Result<(), CopyError> {
+        let key = record.id.as_str().as_bytes().to_vec();
+        let kept = self.tree.len() as u64;
+        // A finished record replaces its pending copy: never refused for room.
+        if kept >= cap && !self.tree.contains_key(&key).map_err(StoreError::from)? {
+            return Err(CopyError::Full(kept));
+        }
+        let copy = Copy {
+            origin: origin.to_owned(),
+            record,
+        };
+        let bytes = tern_wire::encode(&copy, COPY_LIMIT).map_err(|e| StoreError::Encode {
+            what: "copy of async work",
+            detail: e.to_string(),
+        })?;
+        self.tree.insert(key, bytes).map_err(StoreError::from)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// Drops the copies of `ids` that are kept here.
+    pub fn release(&self, ids: &[InvocationId]) -> Result<(), StoreError> {
+        for id in ids {
+            self.tree.remove(id.as_str().as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The copy of `id`, if kept here (a damaged one reads as none; the next sweep of the
+    /// copies quarantines it).
+    pub fn get(&self, id: &InvocationId) -> Result<Option<InvocationRecord>, StoreError> {
+        let Some(bytes) = self.tree.get(id.as_str().as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(tern_wire::decode::<Copy>(&bytes, COPY_LIMIT)
+            .ok()
+            .map(|c| c.record))
+    }
+
+    /// The copies whose origin `away` says has been away for `after` or longer, in the order
+    /// they are kept; `away(origin)` is `None` while the origin is up.
+    pub fn due(
+        &self,
+        away: impl Fn(&str) -> Option<Duration>,
+        after: Duration,
+    ) -> Result<Vec<InvocationRecord>, StoreError> {
+        let mut out = Vec::new();
+        for copy in self.store.decoded::<Copy>(&self.tree, "copy of async work") {
+            let copy = copy?;
+            if copy.record.status == InvocationStatus::Pending && due(away(&copy.origin), after) {
+                out.push(copy.record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops copies accepted more than `ttl_ms` before `now_ms` (their release was lost, or
+    /// their origin never came back and takeover is off); how many.
+    pub fn expire(&self, now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {
+        let mut dropped = 0;
+        for copy in self.store.decoded::<Copy>(&self.tree, "copy of async work") {
+            let copy = copy?;
+            if copy.record.accepted_at_ms.saturating_add(ttl_ms) < now_ms {
+                self.tree.remove(copy.record.id.as_str().as_bytes())?;
+                dropped += 1;
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// How many copies are kept here.
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+/// A record taken over: pending, with one more attempt than its copy says — the origin may
+/// have started it before it went away, and a duplicate must never go uncounted (the run
+/// here counts the next).
+pub fn taken_over(mut record: InvocationRecord) -> InvocationRecord {
+    record.status = InvocationStatus::Pending;
+    record.output = None;
+    record.error = None;
+    record.finished_at_ms = None;
+    record.attempts = record.attempts.saturating_add(1);
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_copy_is_due_once_its_origin_has_been_away_long_enough_and_never_when_off() {
+        let after = Duration::from_secs(10);
+        assert!(!due(None, after), "origin up");
+        assert!(!due(Some(Duration::from_secs(9)), after));
+        assert!(due(Some(Duration::from_secs(10)), after));
+        assert!(due(Some(Duration::from_secs(600)), after));
+        assert!(
+            !due(Some(Duration::from_secs(600)), Duration::ZERO),
+            "takeover off"
+        );
+    }
+
+    fn record(id: &str, accepted_at_ms: u64) -> InvocationRecord {
+        InvocationRecord {
+            id: id.parse().unwrap(),
+            function: "echo".parse().unwrap(),
+            map: false,
+            status: InvocationStatus::Pending,
+            input: b"in".to_vec(),
+            output: None,
+            error: None,
+            accepted_at_ms,
+            finished_at_ms: None,
+            attempts: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn copies_are_kept_to_their_cap_released_found_due_by_origin_and_expired() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let copies = Copies::open(&store).unwrap();
+        let (a, b, c) = (
+            "0123456789abcdef0123456789abcdea",
+            "0123456789abcdef0123456789abcdeb",
+            "0123456789abcdef0123456789abcdec",
+        );
+        copies.hold("x", record(a, 1_000), 2).await.unwrap();
+        copies.hold("y", record(b, 2_000), 2).await.unwrap();
+        assert!(matches!(
+            copies.hold("y", record(c, 3_000), 2).await,
+            Err(CopyError::Full(2))
+        ));
+        assert_eq!(
+            copies.get(&a.parse().unwrap()).unwrap().unwrap().attempts,
+            1
+        );
+
+        // x has been away 11 s, y is up.
+        let away = |origin: &str| (origin == "x").then(|| Duration::from_secs(11));
+        let due_now = copies.due(away, Duration::from_secs(10)).unwrap();
+        assert_eq!(due_now.len(), 1);
+        assert_eq!(due_now[0].id.as_str(), a);
+        assert!(copies.due(away, Duration::ZERO).unwrap().is_empty());
+
+        copies.release(&[a.parse().unwrap()]).unwrap();
+        assert!(copies.get(&a.parse().unwrap()).unwrap().is_none());
+        // b was accepted at 2 s; with a 5 s retention it is gone at 8 s.
+        assert_eq!(copies.expire(6_000, 5_000).unwrap(), 0);
+        assert_eq!(copies.expire(8_000, 5_000).unwrap(), 1);
+        assert!(copies.is_empty());
+    }
+}
