@@ -72,6 +72,10 @@ pub const FORWARD_GRACE: Duration = Duration::from_millis(500);
 /// Bound on a status or registry exchange (forwarded MEUs are bounded by the function's own
 /// time limit instead).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on a copy of async work reaching its keeper (the accept's 202 waits for it).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on asking the peers for an async invocation's record (a read waits for it).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A boxed future borrowing its receiver, for the object-safe [`LocalNode`].
 pub type LocalFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -483,8 +487,14 @@ impl ClusterLink {
         keeper: &NodeName,
         record: InvocationRecord,
     ) -> Result<(), LinkError> {
+        // Briefly: the caller's 202 waits for it, and a keeper that does not answer (paused,
+        // not yet declared down) must not hold every accept for long.
         let answer = self
-            .small_exchange(keeper, PeerRequest::Replicate(Box::new(record)))
+            .exchange(
+                keeper,
+                &PeerRequest::Replicate(Box::new(record)),
+                Some(REPLICATE_TIMEOUT),
+            )
             .await?;
         expect(keeper, answer, "a copy", |answer| match answer {
             PeerResponse::Ack => Ok(()),
@@ -520,25 +530,58 @@ impl ClusterLink {
         });
     }
 
-    /// Asks every peer up for its record of an async invocation; the first found.
-    pub async fn lookup(&self, id: &InvocationId) -> Option<InvocationRecord> {
+    /// Asks every peer up, at once and within one bound, for its record of an async
+    /// invocation. Of the records found, a finished one wins over a pending one (a keeper
+    /// whose finished copy never arrived still holds the pending one), then the one with
+    /// the most attempts.
+    pub async fn lookup(self: &Arc<Self>, id: &InvocationId) -> Option<InvocationRecord> {
+        let mut asks = tokio::task::JoinSet::new();
         for (peer, state) in self.net.members() {
             if state != tern_cluster::PeerState::Up {
                 continue;
             }
-            let answer = self
-                .small_exchange(&peer, PeerRequest::Lookup(id.clone()))
-                .await;
-            if let Ok(PeerResponse::Invocation(Some(record))) = answer {
-                return Some(*record);
-            }
+            let (link, id) = (self.clone(), id.clone());
+            asks.spawn(async move {
+                match link
+                    .small_exchange(&peer, PeerRequest::Lookup(id.clone()))
+                    .await
+                {
+                    Ok(PeerResponse::Invocation(Some(record))) if record.id == id => Some(*record),
+                    _ => None,
+                }
+            });
         }
-        None
+        let mut best: Option<InvocationRecord> = None;
+        let gather = async {
+            while let Some(found) = asks.join_next().await {
+                if let Ok(Some(record)) = found {
+                    let rank = |r: &InvocationRecord| {
+                        (r.status != tern_wire::InvocationStatus::Pending, r.attempts)
+                    };
+                    if best.as_ref().is_none_or(|b| rank(&record) > rank(b)) {
+                        best = Some(record);
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LOOKUP_TIMEOUT, gather).await;
+        best
     }
 
     /// How long `peer` has been away (not up), or `None` while it is up.
     pub fn away_for(&self, peer: &NodeName) -> Option<Duration> {
+        if self.net.members().get(peer) == Some(&tern_cluster::PeerState::Up) {
+            return None;
+        }
         read(&self.peers).away_for(peer, now())
+    }
+
+    /// Whether any peer has been away for `at_least`.
+    pub fn any_away_for(&self, at_least: Duration) -> bool {
+        self.net
+            .members()
+            .keys()
+            .any(|peer| self.away_for(peer).is_some_and(|away| away >= at_least))
     }
 
     /// Pulls `peer`'s tenant and token records and merges them; how many changed here.
@@ -928,7 +971,10 @@ async fn watch_membership(link: Weak<ClusterLink>) {
         // Refreshed before each wait, not after it: peers that came up before this task
         // subscribed send no event, and the gauge must not wait for the timeout to count them.
         match link.upgrade() {
-            Some(l) => refresh_link_gauges(&l),
+            Some(l) => {
+                refresh_link_gauges(&l);
+                write(&l.peers).reconcile(&l.net.members(), now());
+            }
             None => return,
         }
         let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;

@@ -80,6 +80,19 @@ impl PeerTable {
         }
     }
 
+    /// Brings the away times in line with the mesh's view: a peer up there is not away (it
+    /// may have come up before the watcher subscribed, or in events it lagged behind on); one
+    /// not up is away from now unless it already was.
+    pub fn reconcile(&mut self, members: &BTreeMap<NodeName, PeerState>, now: Instant) {
+        for (peer, state) in members {
+            if *state == PeerState::Up {
+                self.away_since.remove(peer);
+            } else {
+                self.away_since.entry(peer.clone()).or_insert(now);
+            }
+        }
+    }
+
     /// How long `peer` has been away at `now` (none while it is up, or for a peer not watched).
     pub fn away_for(&self, peer: &NodeName, now: Instant) -> Option<Duration> {
         self.away_since
@@ -333,6 +346,21 @@ mod tests {
             Some(Duration::from_secs(10))
         );
         assert_eq!(table.away_for(&n("c"), at(11_000)), None, "not watched");
+
+        // A peer up in the mesh's view is not away, whatever events were missed; one that is
+        // not up is away from when that was first seen.
+        let members = |b, c| BTreeMap::from([(n("b"), b), (n("c"), c)]);
+        table.reconcile(&members(PeerState::Up, PeerState::Down), at(12_000));
+        assert_eq!(table.away_for(&n("b"), at(13_000)), None);
+        assert_eq!(
+            table.away_for(&n("c"), at(13_000)),
+            Some(Duration::from_secs(1))
+        );
+        table.reconcile(&members(PeerState::Up, PeerState::Joining), at(13_000));
+        assert_eq!(
+            table.away_for(&n("c"), at(14_000)),
+            Some(Duration::from_secs(2))
+        );
     }
 
     #[test]

@@ -194,12 +194,22 @@ impl LocalNode for App {
         record: InvocationRecord,
     ) -> LocalFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
-            let cap = self.config.max_stored_results;
+            if self.config.async_takeover_secs == 0 {
+                // It would never run them: the sender should know its work is not covered.
+                return Err(ApiError::new(
+                    tern_wire::ErrorCode::Unavailable,
+                    "this node does not take over async work (async_takeover_secs = 0)",
+                ));
+            }
+            let caps = crate::takeover::CopyCaps {
+                count: self.config.max_stored_results,
+                bytes: self.config.max_stored_result_mb.saturating_mul(1 << 20),
+            };
             self.copies
-                .hold(origin.as_str(), record, cap)
+                .hold(origin.as_str(), record, caps)
                 .await
                 .map_err(|e| match e {
-                    crate::takeover::CopyError::Full(_) => {
+                    crate::takeover::CopyError::Full { .. } => {
                         ApiError::new(tern_wire::ErrorCode::Overloaded, e.to_string())
                     }
                     crate::takeover::CopyError::Store(e) => NodeError::from(e).to_api(),
@@ -702,26 +712,34 @@ impl App {
         let Some(link) = self.cluster.get() else {
             return Ok(0);
         };
-        if after.is_zero() || self.copies.is_empty() {
+        // The copies are read only while some peer has been away long enough.
+        if after.is_zero() || self.copies.is_empty() || !link.any_away_for(after) {
             return Ok(0);
         }
-        let due = self.copies.due(
-            |origin| {
-                origin
-                    .parse::<tern_cluster::NodeName>()
-                    .ok()
-                    .and_then(|name| link.away_for(&name))
-            },
-            after,
-        )?;
+        let away = |origin: &str| {
+            origin
+                .parse::<tern_cluster::NodeName>()
+                .ok()
+                .and_then(|name| link.away_for(&name))
+        };
+        let due = self.copies.due(away, after)?;
         let mut taken = 0;
-        for record in due {
+        for (origin, record) in due {
             let id = record.id.clone();
+            // Its origin may be back by now (this loop waits for admission): then it is the
+            // origin's to run.
+            if !crate::takeover::due(away(&origin), after) {
+                continue;
+            }
             // Taken over already (a release that did not arrive), or accepted here: run once.
             if self.store.invocation(&id)?.is_none() {
                 self.store
                     .put_invocation(&crate::takeover::taken_over(record.clone()))?;
-                self.store.flush().await?;
+                if let Err(e) = self.store.flush().await {
+                    // Not durable: taken back, and the copy stays for the next try.
+                    let _ = self.store.remove_invocation(&id);
+                    return Err(e.into());
+                }
                 let permit = loop {
                     match self.pipeline.admit() {
                         Ok(p) => break p,
@@ -793,7 +811,7 @@ impl App {
         let result = self.pipeline.invoke_admitted(inv, permit).await;
         crate::traces::outcome(&trace, &result);
         record.finished_at_ms = Some(now_ms());
-        let _room = tern_sync::poison::lock(&self.journal_room);
+        let room = tern_sync::poison::lock(&self.journal_room);
         match result {
             // The output takes the input's place in the record; one that would take the
             // tenant past its stored-result bytes is not kept, and the record says why.
@@ -822,11 +840,19 @@ impl App {
             tracing::error!(id = %record.id, error = %e, "cannot record the result");
             return;
         }
-        // Finished here: the keeper keeps the result's copy, no one runs it again.
+        drop(room);
+        // Finished here: once the result is durable, the keeper keeps its copy and no one
+        // runs it again (before that, a crash would replay it here while the keeper served
+        // it as finished).
         if let Some(link) = self.cluster.get()
             && self.config.async_takeover_secs > 0
         {
-            link.settle(record);
+            match self.store.flush().await {
+                Ok(()) => link.settle(record),
+                Err(e) => {
+                    tracing::warn!(id = %record.id, error = %e, "result not durable yet: its keeper keeps the pending copy");
+                }
+            }
         }
     }
 

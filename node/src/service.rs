@@ -207,10 +207,13 @@ pub async fn invocation(
 ) -> Result<InvocationRecord, NodeError> {
     let missing = || NodeError::NotFound(format!("no invocation {id}"));
     let mut record = app.store.invocation(id)?;
-    // Accepted elsewhere (its node down, or the caller moved): the peers are asked.
+    // Accepted elsewhere (its node down, or the caller moved): the peers are asked — but
+    // only for a caller that may read results in its own tenant at all, so no one else
+    // makes this node ask its peers.
     if record.is_none()
         && let Some(link) = app.cluster.get()
     {
+        caller.may_or(Action::ReadResult, Some(&caller.tenant()), missing)?;
         record = link.lookup(id).await;
     }
     let record = record

@@ -339,6 +339,12 @@ impl Store {
     /// write). A store that hangs is found by the flushes holding the places, each of which
     /// times out and counts.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flush_stamped(true).await
+    }
+
+    /// [`Store::flush`], advancing the watermark when `stamp` (every flush that
+    /// acknowledges writes does; a health check does not need to write).
+    async fn flush_stamped(&self, stamp: bool) -> Result<(), StoreError> {
         let place =
             match tokio::time::timeout(FLUSH_TIMEOUT, self.flushes.clone().acquire_owned()).await {
                 Ok(Ok(place)) => Some(place),
@@ -346,14 +352,22 @@ impl Store {
                 Ok(Err(_)) => None,
                 Err(_) => return Err(StoreError::FlushBusy),
             };
-        let seq = self.watermark.stamp()?;
         let (db, watermark) = (self.db.clone(), self.watermark.clone());
         // The place goes with the blocking flush: one abandoned at the timeout still holds it
-        // while it runs.
+        // while it runs. The stamp is a sled write too: on the blocking thread, under the
+        // time bound and counted with the flush (a store that refuses writes refuses it).
         let flush = tokio::task::spawn_blocking(move || {
             let _place = place;
+            let seq = if stamp {
+                Some(watermark.stamp()?)
+            } else {
+                None
+            };
             db.flush()?;
-            watermark.seal(seq)
+            match seq {
+                Some(seq) => watermark.seal(seq),
+                None => Ok(()),
+            }
         });
         let failed = match tokio::time::timeout(FLUSH_TIMEOUT, flush).await {
             Ok(Ok(Ok(()))) => return Ok(()),
@@ -365,15 +379,13 @@ impl Store {
         Err(failed)
     }
 
-    /// [`Store::flush`] on the calling thread, for callers outside the async runtime or at
-    /// open (no place taken, no time bound).
+    /// [`Store::flush`] on the calling thread, with no place taken and no time bound: at
+    /// open, and for the rare token and tenant writes (which block their worker meanwhile).
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let seq = self.watermark.stamp()?;
-        let flushed = self
-            .db
-            .flush()
-            .map_err(StoreError::from)
-            .and_then(|_| self.watermark.seal(seq));
+        let flushed = self.watermark.stamp().and_then(|seq| {
+            self.db.flush()?;
+            self.watermark.seal(seq)
+        });
         if flushed.is_err() {
             self.counters.write_failures.fetch_add(1, Relaxed);
         }
@@ -385,7 +397,11 @@ impl Store {
     /// nothing is waiting to be written), or never ends (see [`StoreError::FlushTimedOut`]).
     /// Counted in [`Store::write_failures`] when it finds the store failing.
     pub async fn takes_writes(&self) -> bool {
-        matches!(self.flush().await, Ok(()) | Err(StoreError::FlushBusy))
+        // Unstamped: it acknowledges nothing, so an idle node's check writes nothing.
+        matches!(
+            self.flush_stamped(false).await,
+            Ok(()) | Err(StoreError::FlushBusy)
+        )
     }
 
     /// Flushes that failed or timed out: what their callers wrote did not reach the disk.

@@ -18,6 +18,8 @@
 //! are bounded by the keeper's `max_stored_results` (past it a copy is refused and the work
 //! waits for its origin, as before) and expire after `result_ttl_secs`.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -44,39 +46,61 @@ pub fn due(away: Option<Duration>, after: Duration) -> bool {
 /// Why a copy was not kept.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("this node keeps {0} copies of peers' async work already")]
-    Full(u64),
+    #[error("this node keeps {count} copies ({bytes} bytes) of peers' async work already")]
+    Full { count: u64, bytes: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// How many copies a node keeps, and their bytes (`max_stored_results`,
+/// `max_stored_result_mb`: the same bounds as its own journal).
+#[derive(Clone, Copy, Debug)]
+pub struct CopyCaps {
+    pub count: u64,
+    pub bytes: u64,
 }
 
 /// The copies of peers' async work this node keeps.
 pub struct Copies {
     store: Store,
     tree: sled::Tree,
+    /// Copies kept and their encoded bytes: counted once at open, then on every change
+    /// (sled's `len` walks the whole tree).
+    count: AtomicU64,
+    bytes: AtomicU64,
+    /// Serialises "read the old copy, decide, write", so two writes of one copy cannot both
+    /// pass the checks, and the counts stay exact.
+    writing: std::sync::Mutex<()>,
 }
 
 impl Copies {
     pub fn open(store: &Store) -> Result<Self, StoreError> {
+        let tree = store.tree(TREE)?;
+        let (mut count, mut bytes) = (0, 0);
+        for kv in tree.iter() {
+            let (_, v) = kv?;
+            count += 1;
+            bytes += v.len() as u64;
+        }
         Ok(Self {
             store: store.clone(),
-            tree: store.tree(TREE)?,
+            tree,
+            count: AtomicU64::new(count),
+            bytes: AtomicU64::new(bytes),
+            writing: std::sync::Mutex::new(()),
         })
     }
 
-    /// Keeps `origin`'s copy of `record`, durably, unless `cap` copies are kept already.
+    /// Keeps `origin`'s copy of `record`, durably. A new copy past `caps` is refused; a
+    /// finished record replaces its pending copy whatever the caps, and a pending one never
+    /// replaces a finished copy (a late, retried copy must not bring finished work back).
     pub async fn hold(
         &self,
         origin: &str,
         record: InvocationRecord,
-        cap: u64,
+        caps: CopyCaps,
     ) -> Result<(), CopyError> {
         let key = record.id.as_str().as_bytes().to_vec();
-        let kept = self.tree.len() as u64;
-        // A finished record replaces its pending copy: never refused for room.
-        if kept >= cap && !self.tree.contains_key(&key).map_err(StoreError::from)? {
-            return Err(CopyError::Full(kept));
-        }
         let copy = Copy {
             origin: origin.to_owned(),
             record,
@@ -85,15 +109,49 @@ impl Copies {
             what: "copy of async work",
             detail: e.to_string(),
         })?;
-        self.tree.insert(key, bytes).map_err(StoreError::from)?;
+        {
+            let _one = tern_sync::poison::lock(&self.writing);
+            let old = self.tree.get(&key).map_err(StoreError::from)?;
+            match &old {
+                None => {
+                    let (count, kept) = (self.count.load(Relaxed), self.bytes.load(Relaxed));
+                    if count >= caps.count || kept + bytes.len() as u64 > caps.bytes {
+                        return Err(CopyError::Full { count, bytes: kept });
+                    }
+                }
+                Some(old) => {
+                    let finished = tern_wire::decode::<Copy>(old, COPY_LIMIT)
+                        .is_ok_and(|c| c.record.status != InvocationStatus::Pending);
+                    if finished && copy.record.status == InvocationStatus::Pending {
+                        return Ok(());
+                    }
+                }
+            }
+            let new_len = bytes.len() as u64;
+            self.tree.insert(key, bytes).map_err(StoreError::from)?;
+            match old {
+                None => {
+                    self.count.fetch_add(1, Relaxed);
+                    self.bytes.fetch_add(new_len, Relaxed);
+                }
+                Some(old) => {
+                    self.bytes.fetch_add(new_len, Relaxed);
+                    self.bytes.fetch_sub(old.len() as u64, Relaxed);
+                }
+            }
+        }
         self.store.flush().await?;
         Ok(())
     }
 
     /// Drops the copies of `ids` that are kept here.
     pub fn release(&self, ids: &[InvocationId]) -> Result<(), StoreError> {
+        let _one = tern_sync::poison::lock(&self.writing);
         for id in ids {
-            self.tree.remove(id.as_str().as_bytes())?;
+            if let Some(old) = self.tree.remove(id.as_str().as_bytes())? {
+                self.count.fetch_sub(1, Relaxed);
+                self.bytes.fetch_sub(old.len() as u64, Relaxed);
+            }
         }
         Ok(())
     }
@@ -109,44 +167,49 @@ impl Copies {
             .map(|c| c.record))
     }
 
-    /// The copies whose origin `away` says has been away for `after` or longer, in the order
-    /// they are kept; `away(origin)` is `None` while the origin is up.
+    /// The pending copies whose origin `away` says has been away for `after` or longer, with
+    /// their origin, in the order they are kept; `away(origin)` is `None` while it is up.
     pub fn due(
         &self,
         away: impl Fn(&str) -> Option<Duration>,
         after: Duration,
-    ) -> Result<Vec<InvocationRecord>, StoreError> {
+    ) -> Result<Vec<(String, InvocationRecord)>, StoreError> {
         let mut out = Vec::new();
         for copy in self.store.decoded::<Copy>(&self.tree, "copy of async work") {
             let copy = copy?;
             if copy.record.status == InvocationStatus::Pending && due(away(&copy.origin), after) {
-                out.push(copy.record);
+                out.push((copy.origin, copy.record));
             }
         }
         Ok(out)
     }
 
-    /// Drops copies accepted more than `ttl_ms` before `now_ms` (their release was lost, or
-    /// their origin never came back and takeover is off); how many.
+    /// Drops copies older than `ttl_ms` at `now_ms`, as results expire: a finished one
+    /// counted from when it finished, a pending one from when it was accepted (its release
+    /// was lost, or its origin never came back and takeover is off); how many.
     pub fn expire(&self, now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {
-        let mut dropped = 0;
+        let mut stale = Vec::new();
         for copy in self.store.decoded::<Copy>(&self.tree, "copy of async work") {
             let copy = copy?;
-            if copy.record.accepted_at_ms.saturating_add(ttl_ms) < now_ms {
-                self.tree.remove(copy.record.id.as_str().as_bytes())?;
-                dropped += 1;
+            let since = copy
+                .record
+                .finished_at_ms
+                .unwrap_or(copy.record.accepted_at_ms);
+            if since.saturating_add(ttl_ms) < now_ms {
+                stale.push(copy.record.id);
             }
         }
-        Ok(dropped)
+        self.release(&stale)?;
+        Ok(stale.len())
     }
 
     /// How many copies are kept here.
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    pub fn len(&self) -> u64 {
+        self.count.load(Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
     }
 }
 
@@ -196,6 +259,43 @@ mod tests {
         }
     }
 
+    const ROOMY: CopyCaps = CopyCaps {
+        count: 100,
+        bytes: u64::MAX,
+    };
+
+    /// A copy of finished work is never replaced by a pending one (a late, retried copy), and
+    /// the byte cap refuses a new copy as the count cap does.
+    #[tokio::test]
+    async fn a_finished_copy_stays_finished_and_new_copies_are_held_to_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let copies = Copies::open(&store).unwrap();
+        let a = "0123456789abcdef0123456789abcdea";
+        let mut done = record(a, 1_000);
+        done.status = InvocationStatus::Succeeded;
+        done.finished_at_ms = Some(2_000);
+        copies.hold("x", done, ROOMY).await.unwrap();
+        copies.hold("x", record(a, 1_000), ROOMY).await.unwrap();
+        let kept = copies.get(&a.parse().unwrap()).unwrap().unwrap();
+        assert_eq!(kept.status, InvocationStatus::Succeeded);
+        assert_eq!(copies.len(), 1);
+
+        let tight = CopyCaps {
+            count: 100,
+            bytes: 10,
+        };
+        let b = "0123456789abcdef0123456789abcdeb";
+        assert!(matches!(
+            copies.hold("x", record(b, 1_000), tight).await,
+            Err(CopyError::Full { count: 1, .. })
+        ));
+        // Counted at open as they were kept.
+        drop(copies);
+        let copies = Copies::open(&store).unwrap();
+        assert_eq!(copies.len(), 1);
+    }
+
     #[tokio::test]
     async fn copies_are_kept_to_their_cap_released_found_due_by_origin_and_expired() {
         let dir = tempfile::tempdir().unwrap();
@@ -206,11 +306,15 @@ mod tests {
             "0123456789abcdef0123456789abcdeb",
             "0123456789abcdef0123456789abcdec",
         );
-        copies.hold("x", record(a, 1_000), 2).await.unwrap();
-        copies.hold("y", record(b, 2_000), 2).await.unwrap();
+        let two = CopyCaps {
+            count: 2,
+            bytes: u64::MAX,
+        };
+        copies.hold("x", record(a, 1_000), two).await.unwrap();
+        copies.hold("y", record(b, 2_000), two).await.unwrap();
         assert!(matches!(
-            copies.hold("y", record(c, 3_000), 2).await,
-            Err(CopyError::Full(2))
+            copies.hold("y", record(c, 3_000), two).await,
+            Err(CopyError::Full { count: 2, .. })
         ));
         assert_eq!(
             copies.get(&a.parse().unwrap()).unwrap().unwrap().attempts,
@@ -221,7 +325,7 @@ mod tests {
         let away = |origin: &str| (origin == "x").then(|| Duration::from_secs(11));
         let due_now = copies.due(away, Duration::from_secs(10)).unwrap();
         assert_eq!(due_now.len(), 1);
-        assert_eq!(due_now[0].id.as_str(), a);
+        assert_eq!((due_now[0].0.as_str(), due_now[0].1.id.as_str()), ("x", a));
         assert!(copies.due(away, Duration::ZERO).unwrap().is_empty());
 
         copies.release(&[a.parse().unwrap()]).unwrap();

@@ -116,21 +116,26 @@ impl Watermark {
                 found,
                 path: path.display().to_string(),
             })?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
         if acknowledged != Some(now) {
-            file.write_all_at(&encode(now), 0).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            // The file's name must survive a crash too.
+            // The store's number may sit in the page cache only (the process died before
+            // sled synced it): durable first, or a power cut would leave the file ahead.
+            db.flush()?;
+            // Whole or not at all: a new file is written aside, synced, and renamed into
+            // place, so a crash meanwhile never leaves a short file that reads as damage.
+            let aside = data_dir.join(format!("{FILE}.new"));
+            let mut new = File::create(&aside).map_err(io)?;
+            std::io::Write::write_all(&mut new, &encode(now)).map_err(io)?;
+            new.sync_all().map_err(io)?;
+            std::fs::rename(&aside, &path).map_err(io)?;
             File::open(data_dir)
                 .and_then(|d| d.sync_all())
                 .map_err(io)?;
         }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
         Ok(Self {
             tree,
             stamped: Mutex::new(now),
@@ -149,8 +154,8 @@ impl Watermark {
         Ok(next)
     }
 
-    /// Records `seq` (stamped before a flush that has finished) in the file, unless a later
-    /// flush recorded a larger one already: concurrent flushes share one write.
+    /// Records `seq` (stamped before a flush that has finished) in the file, unless a flush
+    /// that finished earlier recorded a larger one already (it covered this one).
     pub fn seal(&self, seq: u64) -> Result<(), StoreError> {
         let mut file = tern_sync::poison::lock(&self.file);
         if file.1 >= seq {

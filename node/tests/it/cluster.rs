@@ -463,7 +463,11 @@ async fn async_work_is_copied_to_its_keeper_read_anywhere_and_taken_over_when_it
         finished_at_ms: None,
         attempts: 0,
     };
-    c_app.copies.hold("b", pending, 100).await.unwrap();
+    let caps = tern_node::takeover::CopyCaps {
+        count: 100,
+        bytes: u64::MAX,
+    };
+    c_app.copies.hold("b", pending, caps).await.unwrap();
     nodes.remove(1).shutdown().await.unwrap();
     let path = format!("/v1/invocations/{left}");
     let done = eventually("taken over", Duration::from_secs(20), || async {
