@@ -73,7 +73,8 @@ pub const FORWARD_GRACE: Duration = Duration::from_millis(500);
 /// time limit instead).
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on a copy of async work reaching its keeper (the accept's 202 waits for it).
-const REPLICATE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Short: while a dead keeper is not yet declared down, every accept waits this long.
+const REPLICATE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Bound on asking the peers for an async invocation's record (a read waits for it).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 

@@ -91,9 +91,11 @@ impl Copies {
         })
     }
 
-    /// Keeps `origin`'s copy of `record`, durably. A new copy past `caps` is refused; a
-    /// finished record replaces its pending copy whatever the caps, and a pending one never
-    /// replaces a finished copy (a late, retried copy must not bring finished work back).
+    /// Keeps `origin`'s copy of `record`: a pending one durably (its origin's 202 waits for
+    /// it), a finished one with the next flush (lost in a crash, the pending copy stays: at
+    /// worst run again, counted). A new copy past `caps` is refused; a finished record
+    /// replaces its pending copy whatever the caps, and a pending one never replaces a
+    /// finished copy (a late, retried copy must not bring finished work back).
     pub async fn hold(
         &self,
         origin: &str,
@@ -101,6 +103,7 @@ impl Copies {
         caps: CopyCaps,
     ) -> Result<(), CopyError> {
         let key = record.id.as_str().as_bytes().to_vec();
+        let pending = record.status == InvocationStatus::Pending;
         let copy = Copy {
             origin: origin.to_owned(),
             record,
@@ -140,7 +143,9 @@ impl Copies {
                 }
             }
         }
-        self.store.flush().await?;
+        if pending {
+            self.store.flush().await?;
+        }
         Ok(())
     }
 
