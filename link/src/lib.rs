@@ -571,18 +571,22 @@ impl ClusterLink {
 
     /// How long `peer` has been away (not up), or `None` while it is up.
     pub fn away_for(&self, peer: &NodeName) -> Option<Duration> {
-        if self.net.members().get(peer) == Some(&tern_cluster::PeerState::Up) {
+        let up = self.net.members().get(peer) == Some(&tern_cluster::PeerState::Up);
+        if up {
             return None;
         }
         read(&self.peers).away_for(peer, now())
     }
 
-    /// Whether any peer has been away for `at_least`.
+    /// Whether any peer has been away for `at_least` (one read of the mesh's view for all).
     pub fn any_away_for(&self, at_least: Duration) -> bool {
-        self.net
-            .members()
-            .keys()
-            .any(|peer| self.away_for(peer).is_some_and(|away| away >= at_least))
+        let (peers, now) = (read(&self.peers), now());
+        self.net.members().iter().any(|(peer, state)| {
+            *state != tern_cluster::PeerState::Up
+                && peers
+                    .away_for(peer, now)
+                    .is_some_and(|away| away >= at_least)
+        })
     }
 
     /// Pulls `peer`'s tenant and token records and merges them; how many changed here.
@@ -740,14 +744,7 @@ impl ClusterLink {
                     }
                     Ok::<(), PeerError>(())
                 });
-                match applying.await {
-                    Ok(Ok(())) => PeerResponse::Ack,
-                    Ok(Err(e)) => fail(e),
-                    Err(e) => fail(ApiError::new(
-                        ErrorCode::Internal,
-                        format!("applying an announcement failed: {e}"),
-                    )),
-                }
+                acked(applying.await, "applying an announcement")
             }
             PeerRequest::Registry => match node.registry() {
                 Ok(entries) => PeerResponse::Registry(entries),
@@ -774,14 +771,7 @@ impl ClusterLink {
                 // In a task of its own, like an announcement: a sender that gives up must not
                 // stop a copy between its write and its flush.
                 let holding = tokio::spawn(async move { node.hold_copy(&peer, *record).await });
-                match holding.await {
-                    Ok(Ok(())) => PeerResponse::Ack,
-                    Ok(Err(e)) => fail(e),
-                    Err(e) => fail(ApiError::new(
-                        ErrorCode::Internal,
-                        format!("keeping a copy failed: {e}"),
-                    )),
-                }
+                acked(holding.await, "keeping a copy")
             }
             PeerRequest::Release(ids) => match node.release_copies(ids) {
                 Ok(()) => PeerResponse::Ack,
@@ -1016,6 +1006,21 @@ const SYNC_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::
 /// What a peer answered, as the variant that was asked for (`pick` returns the answer back
 /// when it is another variant): a peer's `Error` becomes [`LinkError::Refused`], any other
 /// variant [`LinkError::BadAnswer`] naming what was `asked`.
+/// The answer to a request done in a task of its own (`what` it did, for a task that died).
+fn acked(
+    joined: Result<Result<(), PeerError>, tokio::task::JoinError>,
+    what: &str,
+) -> PeerResponse {
+    match joined {
+        Ok(Ok(())) => PeerResponse::Ack,
+        Ok(Err(e)) => PeerResponse::Error(e),
+        Err(e) => PeerResponse::Error(ApiError::new(
+            ErrorCode::Internal,
+            format!("{what} failed: {e}"),
+        )),
+    }
+}
+
 fn expect<T>(
     peer: &NodeName,
     answer: PeerResponse,

@@ -733,30 +733,36 @@ impl App {
             }
             // Taken over already (a release that did not arrive), or accepted here: run once.
             if self.store.invocation(&id)?.is_none() {
-                self.store
-                    .put_invocation(&crate::takeover::taken_over(record.clone()))?;
+                let record = crate::takeover::taken_over(record);
+                self.store.put_invocation(&record)?;
                 if let Err(e) = self.store.flush().await {
                     // Not durable: taken back, and the copy stays for the next try.
                     let _ = self.store.remove_invocation(&id);
                     return Err(e.into());
                 }
-                let permit = loop {
-                    match self.pipeline.admit() {
-                        Ok(p) => break p,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                };
+                let permit = self.admitted().await;
                 tracing::info!(%id, function = %record.function, attempts = record.attempts, "took over async work of a node that has been away");
                 self.services()
                     .metrics
                     .async_taken_over
                     .fetch_add(1, Ordering::Relaxed);
-                self.spawn_async(crate::takeover::taken_over(record), permit, None);
+                self.spawn_async(record, permit, None);
                 taken += 1;
             }
             self.copies.release(std::slice::from_ref(&id))?;
         }
         Ok(taken)
+    }
+
+    /// An admission permit for journaled work (a replay, a takeover), waiting for a place as
+    /// long as it takes: that work was accepted already and must not be refused now.
+    async fn admitted(&self) -> Permit {
+        loop {
+            match self.pipeline.admit() {
+                Ok(p) => break p,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
     }
 
     /// Runs an accepted async invocation in the background; `trace` is the span of the
@@ -1141,12 +1147,7 @@ impl App {
             if record.status != InvocationStatus::Pending {
                 continue;
             }
-            let permit = loop {
-                match self.pipeline.admit() {
-                    Ok(p) => break p,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                }
-            };
+            let permit = self.admitted().await;
             if self.services().runtime.get(&record.function).is_none() {
                 let mut record = record;
                 record.status = InvocationStatus::Failed;

@@ -432,13 +432,18 @@ async fn async_work_is_copied_to_its_keeper_read_anywhere_and_taken_over_when_it
     // b's keeper is c, which had the copy before b answered.
     let c_app = nodes[2].app().clone();
     assert!(c_app.copies.get(&id).unwrap().is_some());
-    // a holds nothing of it and reads it through its peers; c ends with the finished record.
-    let path = format!("/v1/invocations/{id}");
-    let done = eventually("read through a", Duration::from_secs(10), || async {
-        let v = json(&request(a, Method::GET, &path, Bytes::new()).await);
-        (v["status"] == "succeeded").then_some(v)
-    })
-    .await;
+    // The record of `id` as a (which holds none of them) reads it through its peers, once
+    // it has succeeded.
+    let succeeded_via_a = |id: tern_wire::InvocationId, within| async move {
+        let path = format!("/v1/invocations/{id}");
+        eventually("succeeded, read through a", within, || async {
+            let v = json(&request(a, Method::GET, &path, Bytes::new()).await);
+            (v["status"] == "succeeded").then_some(v)
+        })
+        .await
+    };
+    // c ends with the finished record.
+    let done = succeeded_via_a(id.clone(), Duration::from_secs(10)).await;
     assert_eq!(
         (done["result"].as_str(), done["attempts"].as_u64()),
         (Some("kept"), Some(1))
@@ -469,12 +474,7 @@ async fn async_work_is_copied_to_its_keeper_read_anywhere_and_taken_over_when_it
     };
     c_app.copies.hold("b", pending, caps).await.unwrap();
     nodes.remove(1).shutdown().await.unwrap();
-    let path = format!("/v1/invocations/{left}");
-    let done = eventually("taken over", Duration::from_secs(20), || async {
-        let v = json(&request(a, Method::GET, &path, Bytes::new()).await);
-        (v["status"] == "succeeded").then_some(v)
-    })
-    .await;
+    let done = succeeded_via_a(left.clone(), Duration::from_secs(20)).await;
     // b may have started it before it went: counted as one attempt there and one on c.
     assert_eq!(
         (done["result"].as_str(), done["attempts"].as_u64()),
