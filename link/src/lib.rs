@@ -39,13 +39,14 @@ use tern_sync::poison::{lock, read, write};
 use tern_tenancy::{Demand, Reading, TenantName};
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
-    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
+    KeyedCall, NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
 };
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash};
 use tokio::task::JoinHandle;
 
 pub mod control;
 pub mod forward;
+pub mod key_home;
 pub mod memory;
 pub mod net;
 pub mod outstanding;
@@ -187,6 +188,21 @@ pub trait LocalNode: Send + Sync + 'static {
     /// This node's record of an async invocation (its own, or a copy it holds).
     fn find_invocation(&self, _id: &InvocationId) -> Result<Option<InvocationRecord>, PeerError> {
         Ok(None)
+    }
+    /// Runs a keyed call sent by `peer` because this node is its key's home (see
+    /// [`key_home`]): once per key, answering retries with that run. A node that runs none
+    /// answers with an error.
+    fn keyed_call(
+        self: Arc<Self>,
+        _peer: NodeName,
+        _call: KeyedCall,
+    ) -> LocalFuture<'static, PeerResponse> {
+        Box::pin(async {
+            PeerResponse::Error(ApiError::new(
+                ErrorCode::Unavailable,
+                "this node runs no keyed calls",
+            ))
+        })
     }
     /// How many peers are up now (called whenever the link refreshes its view, whether or not
     /// the number changed): cluster-wide limits are split over the members that are up.
@@ -569,6 +585,35 @@ impl ClusterLink {
         best
     }
 
+    /// The home of the calls with idempotency key `scope` ([`key_home::scope`]) as this node
+    /// sees the members now; `None` when it is this node.
+    pub fn key_home(&self, scope: &str) -> Option<NodeName> {
+        let members = self.net.members();
+        let up = members
+            .iter()
+            .filter(|(_, state)| **state == tern_cluster::PeerState::Up)
+            .map(|(name, _)| name);
+        let home = key_home::home_among(scope, std::iter::once(&self.name).chain(up))?;
+        (*home != self.name).then(|| home.clone())
+    }
+
+    /// Sends a keyed call to its home and waits for the answer, up to `bound` if set: the
+    /// result, the id, or the home's error as [`LinkError::Refused`].
+    pub async fn keyed(
+        &self,
+        home: &NodeName,
+        call: KeyedCall,
+        bound: Option<Duration>,
+    ) -> Result<PeerResponse, LinkError> {
+        let answer = self
+            .exchange(home, &PeerRequest::Keyed(Box::new(call)), bound)
+            .await?;
+        expect(home, answer, "a keyed call", |answer| match answer {
+            PeerResponse::Output(_) | PeerResponse::Accepted(_) => Ok(answer),
+            other => Err(other),
+        })
+    }
+
     /// How long `peer` has been away (not up), or `None` while it is up.
     pub fn away_for(&self, peer: &NodeName) -> Option<Duration> {
         let up = self.net.members().get(peer) == Some(&tern_cluster::PeerState::Up);
@@ -781,6 +826,7 @@ impl ClusterLink {
                 Ok(record) => PeerResponse::Invocation(record.map(Box::new)),
                 Err(e) => fail(e),
             },
+            PeerRequest::Keyed(call) => node.keyed_call(peer, *call).await,
         }
     }
 }
@@ -1003,9 +1049,6 @@ fn may_pass(e: &PeerError) -> bool {
 /// without a retry).
 const SYNC_RETRY_PAUSES: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(400)];
 
-/// What a peer answered, as the variant that was asked for (`pick` returns the answer back
-/// when it is another variant): a peer's `Error` becomes [`LinkError::Refused`], any other
-/// variant [`LinkError::BadAnswer`] naming what was `asked`.
 /// The answer to a request done in a task of its own (`what` it did, for a task that died).
 fn acked(
     joined: Result<Result<(), PeerError>, tokio::task::JoinError>,
@@ -1021,6 +1064,9 @@ fn acked(
     }
 }
 
+/// What a peer answered, as the variant that was asked for (`pick` returns the answer back
+/// when it is another variant): a peer's `Error` becomes [`LinkError::Refused`], any other
+/// variant [`LinkError::BadAnswer`] naming what was `asked`.
 fn expect<T>(
     peer: &NodeName,
     answer: PeerResponse,

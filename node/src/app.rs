@@ -40,6 +40,8 @@ pub struct App {
     pub cluster: std::sync::OnceLock<Arc<ClusterLink>>,
     /// Copies of peers' async work this node keeps, to take over if a peer dies.
     pub copies: crate::takeover::Copies,
+    /// The idempotency keys of the client API this node is home of.
+    pub keys: crate::keyed::Keys,
     /// Who may use the HTTP API.
     pub auth: crate::auth::Auth,
     /// The cluster's tenants.
@@ -147,6 +149,14 @@ impl LocalNode for App {
             tenants: self.tenants.entries(),
             tokens: self.auth.records(),
         })
+    }
+
+    fn keyed_call(
+        self: Arc<Self>,
+        peer: tern_cluster::NodeName,
+        call: tern_wire::peer::KeyedCall,
+    ) -> LocalFuture<'static, PeerResponse> {
+        Box::pin(crate::keyed::serve(self, peer, call))
     }
 
     fn peers_up(&self, up: usize) {
@@ -357,9 +367,11 @@ impl App {
         auth: crate::auth::Auth,
         tenants: crate::tenants::Tenants,
         copies: crate::takeover::Copies,
+        keys: crate::keyed::Keys,
     ) -> Arc<Self> {
         Arc::new(Self {
             copies,
+            keys,
             auth,
             tenants,
             config,

@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/8`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/9`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from
@@ -25,7 +25,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::QuicServerConfig;
@@ -33,13 +33,12 @@ use quinn::{IdleTimeout, RecvStream, SendStream, VarInt};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use rustls::server::WebPkiClientVerifier;
-use tern_actors::Invocation;
 use tern_cluster::NodeName;
 use tern_wire::client_proto::FRAME_OVERHEAD;
 use tern_wire::frame::HEADER_LEN;
 use tern_wire::{
     ApiError, CLIENT_ALPN, ClientOp, ClientReply, ClientRequest, ClientResponse, ErrorCode,
-    FunctionName, InvokeReply, TraceParent, encode_frame,
+    TraceParent, encode_frame,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -49,7 +48,7 @@ use crate::auth::{Caller, Need};
 use crate::config::AuthMode;
 use crate::config::{Config, ConfigError};
 use crate::error::{ClientApiError, NodeError};
-use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
+use crate::keyed;
 use crate::service;
 use crate::traces;
 use tern_tenancy::{Action, Actor};
@@ -97,7 +96,6 @@ pub struct ClientApi {
     endpoint: quinn::Endpoint,
     shutdown: watch::Sender<bool>,
     accept: JoinHandle<()>,
-    janitor: JoinHandle<()>,
 }
 
 /// What every stream handler shares.
@@ -111,8 +109,6 @@ struct Ctx {
     read_timeout: Duration,
     /// Request bytes being read or handled, in KiB (see [`MIN_READ_BUDGET`]).
     read_budget: Arc<Semaphore>,
-    async_keys: AsyncKeys,
-    sync_cache: Arc<SyncCache>,
 }
 
 /// The client API's endpoint, bound (so misconfiguration fails before the node does any
@@ -196,27 +192,15 @@ impl ClientApiListener {
                     .div_ceil(1024)
                     .min(Semaphore::MAX_PERMITS),
             )),
-            async_keys: AsyncKeys::open(&app.store, config.result_ttl_secs)?,
-            sync_cache: SyncCache::new(SyncCacheLimits::default()),
         });
         let (shutdown, rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx.clone(), rx));
-        let janitor = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
-                if let Err(e) = ctx.async_keys.expire() {
-                    tracing::warn!(error = %e, "cannot expire idempotency keys");
-                }
-            }
-        });
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx, rx));
         tracing::info!(%addr, "client API listening (QUIC)");
         Ok(ClientApi {
             addr,
             endpoint,
             shutdown,
             accept,
-            janitor,
         })
     }
 }
@@ -232,8 +216,6 @@ impl ClientApi {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.accept.await;
-        self.janitor.abort();
-        let _ = self.janitor.await;
         self.endpoint
             .close(VarInt::from_u32(codes::SHUTDOWN), b"node shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
@@ -714,13 +696,13 @@ async fn dispatch(
                 .and_then(|call| call.with_input(app, &input))
                 .map_err(node_err)?;
             let trace = traces::invoke("client", parent.as_ref(), &name, "sync");
-            let call = Call {
+            let call = keyed::Call {
                 function: name,
                 input: Bytes::from(input),
                 map,
                 trace: trace.clone(),
             };
-            let reply = invoke(ctx, call, idempotency_key, wait).await;
+            let reply = keyed::invoke(app, call, idempotency_key, wait).await;
             if let Err(e) = &reply {
                 traces::failed(&trace, &e.message);
             }
@@ -739,20 +721,9 @@ async fn dispatch(
             let input = Bytes::from(input);
             let trace = traces::invoke("client", parent.as_ref(), &name, "async");
             let under = tern_telemetry::traceparent(&trace);
-            let id = match idempotency_key {
-                Some(key) => {
-                    ctx.async_keys
-                        .accept(app, &key, name, input, map, under)
-                        .await
-                }
-                None => app.accept_async(name, input, map, under).await,
-            }
-            .map_err(node_err)?;
+            let (id, node) = keyed::accept(app, idempotency_key, name, input, map, under).await?;
             trace.record("request_id", id.as_str());
-            Ok(ClientReply::Accepted {
-                id,
-                node: app.config.node_name.clone(),
-            })
+            Ok(ClientReply::Accepted { id, node })
         }
         ClientOp::Result { id } => {
             let mut record = service::invocation(app, caller, &id)
@@ -766,110 +737,6 @@ async fn dispatch(
             .await
             .map(ClientReply::Removed)
             .map_err(node_err),
-    }
-}
-
-/// One synchronous invocation through the client API.
-struct Call {
-    function: FunctionName,
-    input: Bytes,
-    map: bool,
-    /// Its root span (`Span::none()` when not traced).
-    trace: tracing::Span,
-}
-
-/// Runs one invocation through the pipeline (what `POST /v1/functions/{name}/invoke` does).
-async fn run(app: &Arc<App>, call: Call) -> Result<InvokeReply, ApiError> {
-    let started = Instant::now();
-    let request_id = app.ids.next();
-    call.trace.record("request_id", request_id.as_str());
-    let permit = traces::admission(&call.trace)
-        .in_scope(|| app.pipeline.admit())
-        .map_err(|e| {
-            traces::failed(&call.trace, &e);
-            e.to_api()
-        })?;
-    let result = app
-        .pipeline
-        .invoke_admitted(
-            Invocation {
-                request_id: request_id.as_str().into(),
-                function: call.function,
-                input: call.input,
-                map: call.map,
-                trace: call.trace.clone(),
-            },
-            permit,
-        )
-        .await;
-    traces::outcome(&call.trace, &result);
-    let outcome = result.map_err(|e| e.to_api())?;
-    Ok(InvokeReply {
-        output: outcome.output.to_vec(),
-        node: outcome.node.to_string(),
-        cold_start: outcome.cold_start,
-        meus: u32::try_from(outcome.meus).unwrap_or(u32::MAX),
-        duration_us: started.elapsed().as_micros() as u64,
-        replayed: false,
-    })
-}
-
-async fn within<F>(wait: Option<Duration>, fut: F) -> Result<InvokeReply, ApiError>
-where
-    F: Future<Output = Result<InvokeReply, ApiError>>,
-{
-    match wait {
-        None => fut.await,
-        Some(limit) => tokio::time::timeout(limit, fut).await.unwrap_or_else(|_| {
-            Err(ApiError::new(
-                ErrorCode::Timeout,
-                format!(
-                    "no result within {} ms; with an idempotency key the invocation carries on \
-                     and a retry with the same key returns its result",
-                    limit.as_millis()
-                ),
-            ))
-        }),
-    }
-}
-
-async fn invoke(
-    ctx: &Arc<Ctx>,
-    call: Call,
-    key: Option<String>,
-    wait: Option<Duration>,
-) -> Result<InvokeReply, ApiError> {
-    let app = ctx.app.clone();
-    let Some(key) = key else {
-        return within(wait, run(&app, call)).await;
-    };
-    match ctx.sync_cache.begin(&call.function, &key) {
-        Begin::Done(result) => {
-            let mut reply = result.as_ref().clone()?;
-            reply.replayed = true;
-            Ok(reply)
-        }
-        Begin::Wait(rx) => {
-            let mut reply = within(wait, idempotency::wait(rx)).await?;
-            reply.replayed = true;
-            Ok(reply)
-        }
-        Begin::Run(guard) => {
-            let Some(rx) = guard.subscribe() else {
-                return Err(ApiError::new(
-                    ErrorCode::Internal,
-                    "idempotency slot closed",
-                ));
-            };
-            // Its own task, so the invocation finishes (and is remembered for retries) even if
-            // this caller goes away.
-            tokio::spawn(async move {
-                let result = run(&app, call).await;
-                guard.finish(result);
-            });
-            within(wait, idempotency::wait(rx)).await
-        }
-        Begin::Uncached => within(wait, run(&app, call)).await,
     }
 }
 

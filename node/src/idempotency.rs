@@ -36,7 +36,7 @@ const STRIPES: usize = 64;
 
 /// The storage key of `key` used with `function`.
 fn scoped(function: &FunctionName, key: &str) -> String {
-    format!("{function}\0{key}")
+    tern_link::key_home::scope(function.as_str(), key)
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 pub mod http;
 pub mod idempotency;
+pub mod keyed;
 pub mod node;
 pub mod present;
 pub mod service;

@@ -253,7 +253,8 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     let tenants = crate::tenants::Tenants::open(&store, &config.node_name)?;
     let auth = crate::auth::Auth::open(config.auth, &store, &config.data_dir, &tenants)?;
     let copies = crate::takeover::Copies::open(&store)?;
-    let app = App::new(config, store, pipeline, auth, tenants, copies);
+    let keys = crate::keyed::Keys::open(&store, config.result_ttl_secs)?;
+    let app = App::new(config, store, pipeline, auth, tenants, copies, keys);
     if let Some((cells, quotas)) = cells {
         let _ = app.cells.set(cells);
         let _ = app.cell_quotas.set(quotas);
@@ -292,6 +293,9 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
                 }
                 if let Err(e) = app.expire_results() {
                     tracing::warn!(error = %e, "cannot expire old results");
+                }
+                if let Err(e) = app.keys.async_keys.expire() {
+                    tracing::warn!(error = %e, "cannot expire idempotency keys");
                 }
                 if let Err(e) = app.collect_garbage(crate::app::ARTIFACT_GRACE).await {
                     tracing::warn!(error = %e, "cannot collect unused modules and artifacts");

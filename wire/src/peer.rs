@@ -10,7 +10,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use tern_tenancy::{TenantEntry, TenantName, TokenRecord};
 
-use crate::{ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, ModuleHash};
+use crate::{
+    ApiError, FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvokeReply, ModuleHash,
+};
 
 /// What one node asks of another.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -40,6 +42,10 @@ pub enum PeerRequest {
     /// The receiver's record of an async invocation (its own, or a copy it holds), if any.
     /// Answered [`PeerResponse::Invocation`].
     Lookup(InvocationId),
+    /// A client call with an idempotency key, sent by the node the caller reached to the
+    /// key's home (see [`KeyedCall`]). Answered [`PeerResponse::Output`] for a sync call,
+    /// [`PeerResponse::Accepted`] for an async one, or an error.
+    Keyed(Box<KeyedCall>),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -52,6 +58,38 @@ pub enum PeerResponse {
     Error(ApiError),
     Tenancy(TenancyRecords),
     Invocation(Option<Box<InvocationRecord>>),
+    /// A sync keyed call's result (run or replayed at the key's home).
+    Output(InvokeReply),
+    /// The id of an async keyed call (accepted now, or earlier under the same key).
+    Accepted(InvocationId),
+}
+
+/// A call with an idempotency key. Every node sends the keyed calls it is given to one home
+/// per key (the same on every node that sees the same members up), which runs the call once
+/// and answers every retry with that run, so a caller that retries on another node never
+/// runs it twice. The entry node has already checked who is calling and what is sent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyedCall {
+    pub key: String,
+    /// The function as the entry node knows it: a home that has not learnt of it yet (a
+    /// deploy still spreading) applies it before the call.
+    pub entry: RegistryEntry,
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+    pub map: bool,
+    pub mode: KeyedMode,
+    /// The entry node's span of the call, so the home's spans join its trace.
+    pub trace: Option<crate::TraceParent>,
+}
+
+/// Whether a [`KeyedCall`] waits for its result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyedMode {
+    /// Answered with the result; `timeout_ms` is the caller's wait (the call carries on
+    /// past it, and a retry with the key gets its result).
+    Sync { timeout_ms: Option<u32> },
+    /// Answered with the invocation's id once it is accepted.
+    Async,
 }
 
 /// Who may use the cluster: tenant entries (versioned, tombstoned, last writer wins) and
@@ -376,6 +414,16 @@ mod tests {
             }),
             PeerRequest::Release(vec!["0123456789abcdef0123456789abcdef".parse().unwrap()]),
             PeerRequest::Lookup("0123456789abcdef0123456789abcdef".parse().unwrap()),
+            PeerRequest::Keyed(Box::new(KeyedCall {
+                key: "order-17".into(),
+                entry: entry(1, 2, "a", false),
+                input: b"hi".to_vec(),
+                map: true,
+                mode: KeyedMode::Sync {
+                    timeout_ms: Some(500),
+                },
+                trace: None,
+            })),
         ];
         for m in &msgs {
             let bytes = encode(m, 1 << 20).unwrap();

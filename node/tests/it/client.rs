@@ -3,8 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -41,12 +40,12 @@ fn node_config(dir: &Path, pki: &Path, name: &str, tokens: &[&str]) -> Config {
     }
 }
 
-fn client_addr(node: &NodeHandle) -> SocketAddr {
+pub fn client_addr(node: &NodeHandle) -> SocketAddr {
     node.client_addr().expect("client API is on")
 }
 
 /// Generous per-request bounds (slow VM), short backoff so tests stay fast.
-fn client_config(pki: &Path, seeds: &[(&str, SocketAddr)]) -> ClientConfig {
+pub fn client_config(pki: &Path, seeds: &[(&str, SocketAddr)]) -> ClientConfig {
     let mut c = ClientConfig::new(
         seeds.iter().map(|(n, a)| (n.to_string(), *a)).collect(),
         pki.join("ca.pem"),
@@ -59,7 +58,7 @@ fn client_config(pki: &Path, seeds: &[(&str, SocketAddr)]) -> ClientConfig {
     c
 }
 
-async fn connect(config: ClientConfig) -> Client {
+pub async fn connect(config: ClientConfig) -> Client {
     tokio::time::timeout(Duration::from_secs(30), Client::connect(config))
         .await
         .expect("connect timed out")
@@ -74,7 +73,7 @@ fn api_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
 }
 
 /// Times `echo` ran successfully on `node`.
-fn echo_runs(node: &NodeHandle) -> u64 {
+pub fn echo_runs(node: &NodeHandle) -> u64 {
     node.services()
         .runtime
         .get(&"echo".parse().unwrap())
@@ -608,50 +607,6 @@ async fn the_client_fails_over_when_its_node_is_lost() {
     let out = client.invoke("echo", b"again".to_vec()).await.unwrap();
     assert_eq!(out.node, "b");
     b.shutdown().await.unwrap();
-}
-
-/// A UDP relay in front of a node that can go silent: what a client sees when the node
-/// crashes or is cut off, without any QUIC close reaching it.
-struct Relay {
-    addr: SocketAddr,
-    silent: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-async fn relay(target: SocketAddr) -> Relay {
-    use tokio::net::UdpSocket;
-    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    back.connect(target).await.unwrap();
-    let addr = front.local_addr().unwrap();
-    let silent = Arc::new(AtomicBool::new(false));
-    let task = tokio::spawn({
-        let silent = silent.clone();
-        async move {
-            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
-            let mut client = None;
-            loop {
-                tokio::select! {
-                    r = front.recv_from(&mut up) => {
-                        let Ok((n, from)) = r else { continue };
-                        client = Some(from);
-                        if !silent.load(Ordering::Relaxed) {
-                            let _ = back.send(&up[..n]).await;
-                        }
-                    }
-                    r = back.recv(&mut down) => {
-                        let Ok(n) = r else { continue };
-                        if let Some(c) = client
-                            && !silent.load(Ordering::Relaxed)
-                        {
-                            let _ = front.send_to(&down[..n], c).await;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Relay { addr, silent, task }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

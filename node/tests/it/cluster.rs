@@ -1637,3 +1637,135 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A call with an idempotency key runs once in the cluster, whichever nodes it and its retries
+/// reach: every node sends it to the key's home. Through each node in turn, the same key gets
+/// the first run's result (sync) or id (async). A client whose node takes the call and loses
+/// the answer retries on the next node with the same key and gets that run's result, wherever
+/// the key's home is — the entry itself, the node retried on, or the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
+    use crate::client::{client_addr, client_config, connect, echo_runs};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tern_client::InvokeOptions;
+
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three_with(root.path(), |_, c| Config {
+        client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..c
+    })
+    .await;
+    let r = put_when_synced(nodes[0].addr(), "/v1/functions/echo", wasm("echo")).await;
+    assert_eq!(r.status, 201);
+    for n in &nodes {
+        let addr = n.addr();
+        eventually(
+            "every node has echo",
+            Duration::from_secs(20),
+            || async move { (invoke(addr, "echo", "warm").await.status == 200).then_some(()) },
+        )
+        .await;
+    }
+    let pki = root.path().join("pki");
+    let runs = || nodes.iter().map(echo_runs).sum::<u64>();
+    let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
+    let echo: tern_wire::FunctionName = "echo".parse().unwrap();
+    let home_of = |key: &str| {
+        let scope = tern_link::key_home::scope(echo.as_str(), key);
+        tern_link::key_home::home_among(&scope, &names)
+            .unwrap()
+            .to_string()
+    };
+    // A key whose home is `home`.
+    let key_homed_at = |home: &str, prefix: &str| {
+        (0..)
+            .map(|i| format!("{prefix}-{i}"))
+            .find(|k| home_of(k) == home)
+            .unwrap()
+    };
+    let keyed = |key: &str| InvokeOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        clients.push(connect(client_config(&pki, &[(NAMES[i], client_addr(n))])).await);
+    }
+
+    for home in NAMES {
+        // Sync, through a, b and c in turn: one run, the others replay it.
+        let key = key_homed_at(home, "sync");
+        let before = runs();
+        let mut replies = Vec::new();
+        for (i, client) in clients.iter().enumerate() {
+            let input = format!("from {}", NAMES[i]).into_bytes();
+            replies.push(
+                client
+                    .invoke_with("echo", input, keyed(&key))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert_eq!(runs(), before + 1, "key {key} (home {home}) ran once");
+        for (i, reply) in replies.iter().enumerate() {
+            assert_eq!(&reply.output[..], b"from a", "{key} through {}", NAMES[i]);
+            assert_eq!(reply.replayed, i > 0, "{key} through {}", NAMES[i]);
+        }
+
+        // Async: one id, accepted by the home.
+        let key = key_homed_at(home, "async");
+        let mut ids = Vec::new();
+        for client in &clients {
+            ids.push(
+                client
+                    .invoke_async_with("echo", b"job".to_vec(), keyed(&key))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(ids.iter().all(|id| *id == ids[0]), "{key}: {ids:?}");
+        let owner = &nodes[NAMES.iter().position(|n| *n == home).unwrap()];
+        assert!(
+            owner.app().store.invocation(&ids[0]).unwrap().is_some(),
+            "{key}: journaled at its home {home}"
+        );
+        let done = clients[2]
+            .wait_result(&ids[0], Duration::from_millis(10), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.attempts, done.output.as_deref()),
+            (1, Some(&b"job"[..]))
+        );
+    }
+
+    // a takes a keyed call and its answer is lost: the client retries on b with the same key
+    // and gets the one run's result, for a key homed at each node.
+    for home in NAMES {
+        let relay = relay(client_addr(&nodes[0])).await;
+        let mut config = client_config(&pki, &[("a", relay.addr), ("b", client_addr(&nodes[1]))]);
+        config.idle_timeout = Duration::from_secs(2);
+        config.request_timeout = Duration::from_secs(3);
+        let client = connect(config).await;
+        assert_eq!(client.connected_node().await.as_deref(), Some("a"));
+        let key = key_homed_at(home, "lost");
+        let before = runs();
+        relay.deaf.store(true, Relaxed);
+        let reply = client
+            .invoke_with("echo", b"once".to_vec(), keyed(&key))
+            .await
+            .unwrap();
+        assert_eq!(client.connected_node().await.as_deref(), Some("b"));
+        assert_eq!(&reply.output[..], b"once");
+        assert!(
+            reply.replayed,
+            "{key} (home {home}): the retry replayed a's run"
+        );
+        assert_eq!(runs(), before + 1, "{key} (home {home}) ran once");
+        relay.task.abort();
+    }
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

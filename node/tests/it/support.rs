@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -330,4 +331,58 @@ pub fn run_tern(cmd: &mut std::process::Command) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A UDP relay in front of a node that can go silent: what a client sees when the node
+/// crashes or is cut off, without any QUIC close reaching it.
+pub struct Relay {
+    pub addr: SocketAddr,
+    /// Nothing passes either way.
+    pub silent: Arc<AtomicBool>,
+    /// The node's packets are dropped: requests arrive, answers never do.
+    pub deaf: Arc<AtomicBool>,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn relay(target: SocketAddr) -> Relay {
+    use tokio::net::UdpSocket;
+    let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    back.connect(target).await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let silent = Arc::new(AtomicBool::new(false));
+    let deaf = Arc::new(AtomicBool::new(false));
+    let task = tokio::spawn({
+        let (silent, deaf) = (silent.clone(), deaf.clone());
+        async move {
+            let (mut up, mut down) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut client = None;
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => {
+                        let Ok((n, from)) = r else { continue };
+                        client = Some(from);
+                        if !silent.load(Ordering::Relaxed) {
+                            let _ = back.send(&up[..n]).await;
+                        }
+                    }
+                    r = back.recv(&mut down) => {
+                        let Ok(n) = r else { continue };
+                        if let Some(c) = client
+                            && !silent.load(Ordering::Relaxed)
+                            && !deaf.load(Ordering::Relaxed)
+                        {
+                            let _ = front.send_to(&down[..n], c).await;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Relay {
+        addr,
+        silent,
+        deaf,
+        task,
+    }
 }

@@ -3,8 +3,8 @@
 
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
-    NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
-    TenantDemand,
+    KeyedCall, KeyedMode, NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu,
+    RemoteOutcome, TenancyRecords, TenantDemand,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -221,6 +221,34 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
             "lookup",
             PeerRequest::Lookup(InvocationId::from_parts(0x1234, 7)),
         ),
+        (
+            "keyed-sync",
+            PeerRequest::Keyed(Box::new(KeyedCall {
+                key: "order-17".into(),
+                entry: entry("echo", false),
+                input: b"hi".to_vec(),
+                map: false,
+                mode: KeyedMode::Sync {
+                    timeout_ms: Some(1_500),
+                },
+                trace: None,
+            })),
+        ),
+        (
+            "keyed-async-map",
+            PeerRequest::Keyed(Box::new(KeyedCall {
+                key: "~".repeat(200),
+                entry: entry("echo", false),
+                input: big_bytes(),
+                map: true,
+                mode: KeyedMode::Async,
+                trace: Some(tern_wire::TraceParent {
+                    trace_id: [7; 16],
+                    parent_id: [9; 8],
+                    flags: 1,
+                }),
+            })),
+        ),
     ]
 }
 
@@ -278,6 +306,21 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
         (
             "invocation-succeeded",
             PeerResponse::Invocation(Some(Box::new(record(InvocationStatus::Succeeded)))),
+        ),
+        (
+            "output-replayed",
+            PeerResponse::Output(InvokeReply {
+                output: b"one".to_vec(),
+                node: "b".into(),
+                cold_start: false,
+                meus: 1,
+                duration_us: 120,
+                replayed: true,
+            }),
+        ),
+        (
+            "accepted",
+            PeerResponse::Accepted(InvocationId::from_parts(0x1234, 7)),
         ),
     ]
 }

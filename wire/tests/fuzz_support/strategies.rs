@@ -283,7 +283,55 @@ pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
         remote_meu().prop_map(PeerRequest::Execute),
         tenancy_records().prop_map(PeerRequest::AnnounceTenancy),
         Just(PeerRequest::Tenancy),
+        invocation_record().prop_map(|r| PeerRequest::Replicate(Box::new(r))),
+        vec(invocation_id(), 0..4).prop_map(PeerRequest::Release),
+        invocation_id().prop_map(PeerRequest::Lookup),
+        keyed_call().prop_map(|c| PeerRequest::Keyed(Box::new(c))),
     ]
+}
+
+pub fn keyed_call() -> impl Strategy<Value = tern_wire::peer::KeyedCall> {
+    use tern_wire::peer::{KeyedCall, KeyedMode};
+    (
+        text(),
+        registry_entry(),
+        payload(),
+        any::<bool>(),
+        prop_oneof![
+            proptest::option::of(num32()).prop_map(|timeout_ms| KeyedMode::Sync { timeout_ms }),
+            Just(KeyedMode::Async),
+        ],
+        proptest::option::of(trace_parent()),
+    )
+        .prop_map(|(key, entry, input, map, mode, trace)| KeyedCall {
+            key,
+            entry,
+            input,
+            map,
+            mode,
+            trace,
+        })
+}
+
+pub fn invoke_reply() -> impl Strategy<Value = InvokeReply> {
+    (
+        payload(),
+        text(),
+        any::<bool>(),
+        num32(),
+        num64(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(output, node, cold_start, meus, duration_us, replayed)| InvokeReply {
+                output,
+                node,
+                cold_start,
+                meus,
+                duration_us,
+                replayed,
+            },
+        )
 }
 
 pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
@@ -294,6 +342,10 @@ pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
         remote_outcome().prop_map(PeerResponse::Executed),
         api_error().prop_map(PeerResponse::Error),
         tenancy_records().prop_map(PeerResponse::Tenancy),
+        proptest::option::of(invocation_record())
+            .prop_map(|r| PeerResponse::Invocation(r.map(Box::new))),
+        invoke_reply().prop_map(PeerResponse::Output),
+        invocation_id().prop_map(PeerResponse::Accepted),
     ]
 }
 
@@ -416,24 +468,7 @@ pub fn trace_parent() -> impl Strategy<Value = tern_wire::TraceParent> {
 pub fn client_reply() -> impl Strategy<Value = ClientReply> {
     prop_oneof![
         function_info().prop_map(ClientReply::Deployed),
-        (
-            payload(),
-            text(),
-            any::<bool>(),
-            num32(),
-            num64(),
-            any::<bool>()
-        )
-            .prop_map(|(output, node, cold_start, meus, duration_us, replayed)| {
-                ClientReply::Output(InvokeReply {
-                    output,
-                    node,
-                    cold_start,
-                    meus,
-                    duration_us,
-                    replayed,
-                })
-            }),
+        invoke_reply().prop_map(ClientReply::Output),
         (invocation_id(), text()).prop_map(|(id, node)| ClientReply::Accepted { id, node }),
         invocation_record().prop_map(ClientReply::Invocation),
         vec(function_info(), 0..4).prop_map(ClientReply::Functions),

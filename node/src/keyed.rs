@@ -1,0 +1,354 @@
+//! Where a call with an idempotency key runs: at its key's home, once, whichever node the
+//! caller reached.
+//!
+//! A `tern-client` that loses its node retries the call on the next one with the same key.
+//! Deduplication on each node alone would run the call again there; instead each node sends
+//! a keyed call to the key's home ([`tern_link::key_home`]: the same member on every node that
+//! sees the same members up), which keeps the key ([`crate::idempotency`]) and runs the call
+//! once. A home that is this node runs it here. So a retry anywhere gets the first run's result
+//! (sync) or id (async) while the home stays up and reachable; if the home itself is lost, the
+//! next member takes its keys and a retry may run the call again (sync keys live in memory,
+//! async keys on the home's disk and come back with it).
+//!
+//! A home that cannot be reached answers `unavailable` (retryable, with the same key): the
+//! entry never runs the call itself in its place, since the home may have run it already.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tern_actors::Invocation;
+use tern_cluster::NodeName;
+use tern_link::ClusterLink;
+use tern_wire::peer::{KeyedCall, KeyedMode, PeerResponse};
+use tern_wire::{ApiError, ErrorCode, FunctionName, InvocationId, InvokeReply, TraceParent};
+
+use crate::app::App;
+use crate::error::NodeError;
+use crate::idempotency::{self, AsyncKeys, Begin, SyncCache, SyncCacheLimits};
+use crate::store::StoreError;
+use crate::traces;
+
+/// How long an entry waits for a key's home to accept an async call (a journal flush and a
+/// copy to the home's keeper).
+const ACCEPT_BOUND: Duration = Duration::from_secs(5);
+
+/// The idempotency keys this node is home of.
+pub struct Keys {
+    pub async_keys: AsyncKeys,
+    pub sync_cache: Arc<SyncCache>,
+}
+
+impl Keys {
+    pub fn open(store: &crate::store::Store, result_ttl_secs: u64) -> Result<Self, StoreError> {
+        Ok(Self {
+            async_keys: AsyncKeys::open(store, result_ttl_secs)?,
+            sync_cache: SyncCache::new(SyncCacheLimits::default()),
+        })
+    }
+}
+
+/// One synchronous invocation, admitted by a front door.
+pub struct Call {
+    pub function: FunctionName,
+    pub input: Bytes,
+    pub map: bool,
+    /// Its root span (`Span::none()` when not traced).
+    pub trace: tracing::Span,
+}
+
+/// The key's home when it is another node, with the link to reach it.
+fn remote_home(
+    app: &App,
+    function: &FunctionName,
+    key: &str,
+) -> Option<(Arc<ClusterLink>, NodeName)> {
+    let link = app.cluster.get()?;
+    let home = link.key_home(&tern_link::key_home::scope(function.as_str(), key))?;
+    Some((link.clone(), home))
+}
+
+/// The keyed call to send to a home: the function's registry entry goes with it, for a home
+/// that has not learnt of it yet.
+fn keyed_call(
+    app: &App,
+    function: &FunctionName,
+    key: String,
+    input: &Bytes,
+    map: bool,
+    mode: KeyedMode,
+    trace: Option<TraceParent>,
+) -> Result<KeyedCall, ApiError> {
+    let entry = app
+        .store
+        .function(function)
+        .map_err(|e| NodeError::from(e).to_api())?
+        .filter(|e| !e.removed)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("function {function} not found"),
+            )
+        })?;
+    Ok(KeyedCall {
+        key,
+        entry,
+        input: input.to_vec(),
+        map,
+        mode,
+        trace,
+    })
+}
+
+/// What an entry tells its caller when the key's home did not answer.
+fn home_unreachable(home: &NodeName, e: &tern_link::LinkError) -> ApiError {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "node {home}, which runs the calls of this idempotency key, did not answer ({e}); \
+             retry with the same key"
+        ),
+    )
+}
+
+/// A synchronous invocation, with or without an idempotency key, waiting at most `wait`.
+pub async fn invoke(
+    app: &Arc<App>,
+    call: Call,
+    key: Option<String>,
+    wait: Option<Duration>,
+) -> Result<InvokeReply, ApiError> {
+    let Some(key) = key else {
+        return within(wait, run(app, call)).await;
+    };
+    let Some((link, home)) = remote_home(app, &call.function, &key) else {
+        return invoke_here(app, call, key, wait).await;
+    };
+    let timeout_ms = wait.map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX));
+    let sent = keyed_call(
+        app,
+        &call.function,
+        key,
+        &call.input,
+        call.map,
+        KeyedMode::Sync { timeout_ms },
+        tern_telemetry::traceparent(&call.trace),
+    )?;
+    // Unbounded but for `wait`: the home bounds the run by the function's timeout, and a home
+    // that dies or goes silent closes the lane when the mesh gives up on it.
+    let bound = wait.map(|w| w.saturating_add(tern_link::FORWARD_GRACE));
+    match link.keyed(&home, sent, bound).await {
+        Ok(PeerResponse::Output(reply)) => Ok(reply),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("node {home} answered a keyed call with {other:?}"),
+        )),
+        Err(tern_link::LinkError::Refused { error, .. }) => Err(error),
+        Err(tern_link::LinkError::TimedOut(_)) if wait.is_some() => Err(waited_out(wait)),
+        Err(e) => Err(home_unreachable(&home, &e)),
+    }
+}
+
+/// Accepts an async invocation, with or without an idempotency key; its id and the node that
+/// accepted it.
+pub async fn accept(
+    app: &Arc<App>,
+    key: Option<String>,
+    function: FunctionName,
+    input: Bytes,
+    map: bool,
+    trace: Option<TraceParent>,
+) -> Result<(InvocationId, String), ApiError> {
+    let here = |id| (id, app.config.node_name.clone());
+    let Some(key) = key else {
+        return app
+            .accept_async(function, input, map, trace)
+            .await
+            .map(here)
+            .map_err(|e| e.to_api());
+    };
+    let Some((link, home)) = remote_home(app, &function, &key) else {
+        return app
+            .keys
+            .async_keys
+            .accept(app, &key, function, input, map, trace)
+            .await
+            .map(here)
+            .map_err(|e| e.to_api());
+    };
+    let sent = keyed_call(app, &function, key, &input, map, KeyedMode::Async, trace)?;
+    match link.keyed(&home, sent, Some(ACCEPT_BOUND)).await {
+        Ok(PeerResponse::Accepted(id)) => Ok((id, home.to_string())),
+        Ok(other) => Err(ApiError::new(
+            ErrorCode::Internal,
+            format!("node {home} answered a keyed call with {other:?}"),
+        )),
+        Err(tern_link::LinkError::Refused { error, .. }) => Err(error),
+        Err(e) => Err(home_unreachable(&home, &e)),
+    }
+}
+
+/// Runs a keyed call `peer` sent because this node is its key's home.
+pub async fn serve(app: Arc<App>, peer: NodeName, call: KeyedCall) -> PeerResponse {
+    match serve_call(app, peer, call).await {
+        Ok(answer) => answer,
+        Err(e) => PeerResponse::Error(e),
+    }
+}
+
+async fn serve_call(
+    app: Arc<App>,
+    peer: NodeName,
+    call: KeyedCall,
+) -> Result<PeerResponse, ApiError> {
+    tern_wire::check_idempotency_key(&call.key)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    if call.input.len() > app.config.max_body_bytes {
+        return Err(NodeError::BodyTooLarge {
+            limit: app.config.max_body_bytes,
+        }
+        .to_api());
+    }
+    let function = call.entry.info.name.clone();
+    if app.services().runtime.get(&function).is_none() && !call.entry.removed {
+        // A deploy the entry knows of and this node not yet: applied as an announcement
+        // would be (last writer wins, the module fetched from the entry by hash).
+        app.apply_entry(call.entry, &peer)
+            .await
+            .map_err(|e| e.to_api())?;
+    }
+    let input = Bytes::from(call.input);
+    match call.mode {
+        KeyedMode::Sync { timeout_ms } => {
+            let trace = traces::invoke("peer", call.trace.as_ref(), &function, "sync");
+            let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+            let run = Call {
+                function,
+                input,
+                map: call.map,
+                trace: trace.clone(),
+            };
+            let reply = invoke_here(&app, run, call.key, wait).await;
+            if let Err(e) = &reply {
+                traces::failed(&trace, &e.message);
+            }
+            reply.map(PeerResponse::Output)
+        }
+        KeyedMode::Async => {
+            // In a task of its own: an entry that gives up must not stop an accept between
+            // its journal write and the key's.
+            let accepting = tokio::spawn(async move {
+                app.keys
+                    .async_keys
+                    .accept(&app, &call.key, function, input, call.map, call.trace)
+                    .await
+            });
+            match accepting.await {
+                Ok(Ok(id)) => Ok(PeerResponse::Accepted(id)),
+                Ok(Err(e)) => Err(e.to_api()),
+                Err(e) => Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("accepting a keyed call failed: {e}"),
+                )),
+            }
+        }
+    }
+}
+
+/// Runs one invocation through the pipeline (what `POST /v1/functions/{name}/invoke` does).
+async fn run(app: &Arc<App>, call: Call) -> Result<InvokeReply, ApiError> {
+    let started = Instant::now();
+    let request_id = app.ids.next();
+    call.trace.record("request_id", request_id.as_str());
+    let permit = traces::admission(&call.trace)
+        .in_scope(|| app.pipeline.admit())
+        .map_err(|e| {
+            traces::failed(&call.trace, &e);
+            e.to_api()
+        })?;
+    let result = app
+        .pipeline
+        .invoke_admitted(
+            Invocation {
+                request_id: request_id.as_str().into(),
+                function: call.function,
+                input: call.input,
+                map: call.map,
+                trace: call.trace.clone(),
+            },
+            permit,
+        )
+        .await;
+    traces::outcome(&call.trace, &result);
+    let outcome = result.map_err(|e| e.to_api())?;
+    Ok(InvokeReply {
+        output: outcome.output.to_vec(),
+        node: outcome.node.to_string(),
+        cold_start: outcome.cold_start,
+        meus: u32::try_from(outcome.meus).unwrap_or(u32::MAX),
+        duration_us: started.elapsed().as_micros() as u64,
+        replayed: false,
+    })
+}
+
+fn waited_out(wait: Option<Duration>) -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        format!(
+            "no result within {} ms; with an idempotency key the invocation carries on and a \
+             retry with the same key returns its result",
+            wait.unwrap_or_default().as_millis()
+        ),
+    )
+}
+
+async fn within<F>(wait: Option<Duration>, fut: F) -> Result<InvokeReply, ApiError>
+where
+    F: Future<Output = Result<InvokeReply, ApiError>>,
+{
+    match wait {
+        None => fut.await,
+        Some(limit) => tokio::time::timeout(limit, fut)
+            .await
+            .unwrap_or_else(|_| Err(waited_out(wait))),
+    }
+}
+
+/// A keyed sync call at its home: run once, retries answered with that run.
+async fn invoke_here(
+    app: &Arc<App>,
+    call: Call,
+    key: String,
+    wait: Option<Duration>,
+) -> Result<InvokeReply, ApiError> {
+    match app.keys.sync_cache.begin(&call.function, &key) {
+        Begin::Done(result) => {
+            let mut reply = result.as_ref().clone()?;
+            reply.replayed = true;
+            Ok(reply)
+        }
+        Begin::Wait(rx) => {
+            let mut reply = within(wait, idempotency::wait(rx)).await?;
+            reply.replayed = true;
+            Ok(reply)
+        }
+        Begin::Run(guard) => {
+            let Some(rx) = guard.subscribe() else {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    "idempotency slot closed",
+                ));
+            };
+            // Its own task, so the invocation finishes (and is remembered for retries) even if
+            // this caller goes away.
+            let app = app.clone();
+            tokio::spawn(async move {
+                let result = run(&app, call).await;
+                guard.finish(result);
+            });
+            within(wait, idempotency::wait(rx)).await
+        }
+        Begin::Uncached => within(wait, run(app, call)).await,
+    }
+}
