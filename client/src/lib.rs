@@ -12,8 +12,9 @@
 //!   could be reached are retried up to `retries` times, with exponential backoff and full
 //!   jitter.
 //! - **Idempotency:** [`Client::invoke`] and [`Client::invoke_async`] attach an idempotency
-//!   key, generated once per call and reused by its retries, so a retry that reaches the same
-//!   node returns the first attempt's result (or id) instead of running the function again.
+//!   key, generated once per call and reused by its retries, so a retry that reaches any node
+//!   of the cluster returns the first attempt's result (or id) instead of running the function
+//!   again (every node sends keyed calls to the key's home node).
 //! - **Failover:** when the connection to a node is lost or a node cannot be reached, the
 //!   client moves to the next seed and carries on, without surfacing an error.
 //!
@@ -36,10 +37,9 @@
 //! # }
 //! ```
 //!
-//! Limits of this version: invocation ids and idempotency keys are known only to the node that
-//! accepted them (there is no replication yet), so a retry that fails over to another node may
-//! run the function a second time (at-least-once), and [`Client::result`] asks the node that
-//! accepted the invocation first.
+//! Limits of this version: an idempotency key lives on its home node only, so if that node is
+//! lost a retry runs the function again on the next (at-least-once); [`Client::result`] asks
+//! the node the client is connected to, which asks its peers for a record it does not hold.
 #![forbid(unsafe_code)]
 
 mod config;
@@ -393,8 +393,8 @@ impl Client {
             .await
     }
 
-    /// [`Client::invoke_async`] with options. The same idempotency key on the same node
-    /// returns the same id.
+    /// [`Client::invoke_async`] with options. The same idempotency key returns the same id,
+    /// through any node, while the key's home node lives.
     pub async fn invoke_async_with(
         &self,
         name: &str,

@@ -6,12 +6,15 @@
 //! a keyed call to the key's home ([`tern_link::key_home`]: the same member on every node that
 //! sees the same members up), which keeps the key ([`crate::idempotency`]) and runs the call
 //! once. A home that is this node runs it here. So a retry anywhere gets the first run's result
-//! (sync) or id (async) while the home stays up and reachable; if the home itself is lost, the
-//! next member takes its keys and a retry may run the call again (sync keys live in memory,
-//! async keys on the home's disk and come back with it).
+//! (sync) or id (async) while the home stays up and reachable.
 //!
-//! A home that cannot be reached answers `unavailable` (retryable, with the same key): the
-//! entry never runs the call itself in its place, since the home may have run it already.
+//! A home the entry still counts as up but that does not answer is `unavailable` to the caller
+//! (retried with the same key): the entry does not run the call in its place, since the home
+//! may have run it already. Once the home is counted down (about a second), its keys move to
+//! the next member, which has not seen them: a retry then runs the call again there, whether
+//! the lost home had run it or not (its async work is also taken over by its keeper), and keys
+//! that member took stay there when the home comes back. Nodes that disagree on who is up (a
+//! partition, or a link cut one way) may pick two homes for one key.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -85,11 +88,15 @@ fn keyed_call(
         .function(function)
         .map_err(|e| NodeError::from(e).to_api())?
         .filter(|e| !e.removed)
+        // As the pipeline says it: `unavailable` (retried) while this node has not pulled the
+        // registry, `not_found` once it has.
         .ok_or_else(|| {
-            ApiError::new(
-                ErrorCode::NotFound,
-                format!("function {function} not found"),
-            )
+            let synced = app.pipeline.registry_synced();
+            NodeError::from(tern_actors::Pipeline::missing_function(
+                function.clone(),
+                synced,
+            ))
+            .to_api()
         })?;
     Ok(KeyedCall {
         key,
@@ -135,8 +142,8 @@ pub async fn invoke(
         KeyedMode::Sync { timeout_ms },
         tern_telemetry::traceparent(&call.trace),
     )?;
-    // Unbounded but for `wait`: the home bounds the run by the function's timeout, and a home
-    // that dies or goes silent closes the lane when the mesh gives up on it.
+    // Bounded by `wait` if given; otherwise by the mesh's own request timeout (the longest
+    // function timeout a node admits, plus slack), past which the home is `unavailable`.
     let bound = wait.map(|w| w.saturating_add(tern_link::FORWARD_GRACE));
     match link.keyed(&home, sent, bound).await {
         Ok(PeerResponse::Output(reply)) => Ok(reply),
@@ -213,10 +220,19 @@ async fn serve_call(
     let function = call.entry.info.name.clone();
     if app.services().runtime.get(&function).is_none() && !call.entry.removed {
         // A deploy the entry knows of and this node not yet: applied as an announcement
-        // would be (last writer wins, the module fetched from the entry by hash).
-        app.apply_entry(call.entry, &peer)
+        // would be (last writer wins, the module fetched from the entry by hash), in a task
+        // of its own, so an entry that gives up cannot stop it between storing the entry and
+        // installing the function.
+        let (installer, entry) = (app.clone(), call.entry);
+        crate::app::to_completion(async move { installer.apply_entry(entry, &peer).await })
             .await
-            .map_err(|e| e.to_api())?;
+            .map_err(|e| {
+                // Fetching or compiling the module failed here: a retry may well succeed.
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    format!("cannot install {function} here yet ({e}); retry"),
+                )
+            })?;
     }
     let input = Bytes::from(call.input);
     match call.mode {
@@ -349,6 +365,20 @@ async fn invoke_here(
             });
             within(wait, idempotency::wait(rx)).await
         }
-        Begin::Uncached => within(wait, run(app, call)).await,
+        // Run without the cache, still in a task of its own: a keyed call runs to completion
+        // whoever stops waiting.
+        Begin::Uncached => {
+            let app = app.clone();
+            let running = tokio::spawn(async move { run(&app, call).await });
+            within(wait, async {
+                running.await.unwrap_or_else(|e| {
+                    Err(ApiError::new(
+                        ErrorCode::Internal,
+                        format!("a keyed call failed: {e}"),
+                    ))
+                })
+            })
+            .await
+        }
     }
 }

@@ -56,7 +56,8 @@ pub enum ClientOp {
         max_instances: Option<u32>,
     },
     /// Like `POST /v1/functions/{name}/invoke`. With an idempotency key, a retry of the same
-    /// call on the same node returns the first call's result instead of running it again.
+    /// call, through any node, returns the first call's result instead of running it again
+    /// (the key's home node runs it).
     /// `timeout_ms` bounds how long the node waits for the result (the guest's own deadline is
     /// the function's `timeout_ms`).
     Invoke {
@@ -67,7 +68,7 @@ pub enum ClientOp {
         timeout_ms: Option<u32>,
     },
     /// Like `POST /v1/functions/{name}/invoke?mode=async`. With an idempotency key, the same
-    /// key on the same node returns the same [`InvocationId`].
+    /// key through any node returns the same [`InvocationId`].
     InvokeAsync {
         name: FunctionRef,
         input: Vec<u8>,
