@@ -30,6 +30,10 @@
 //!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
 //!   fault shorter than the detection bound, an observer under a fault of its own, what the
 //!   polls did not watch;
+//! - `nodes_added`: every node an `add_node` fault adds joined (it started, every member was
+//!   restarted with it among its peers, and it saw every member up), every member whose
+//!   faults had all healed saw it up, and over HTTP it answered the workload's calls (at
+//!   least one, if any were sent to it);
 //! - `registries_converged` ([`crate::convergence`]): after the run, every live node shows
 //!   the same entry for the function redeployed during the load, within the convergence
 //!   bound, and no acknowledged deploy orders above it.
@@ -95,6 +99,8 @@ pub struct Stats {
     pub recovery_ms_max: Option<u64>,
     /// The deploys during the run and what the registries converged on, in a line.
     pub registry: Option<String>,
+    /// Each node added during the run: how long its join took, who saw it, what it served.
+    pub added: Vec<String>,
 }
 
 /// The checkers' verdict.
@@ -107,6 +113,111 @@ pub struct Report {
 impl Report {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
+    }
+}
+
+/// The `nodes_added` invariant (see the module's docs) and the report's line per added node.
+fn nodes_added(history: &History, scenario: &Scenario, report: &mut Report) {
+    let starting = scenario.nodes();
+    for &node in scenario.all_nodes().iter().skip(starting.len()) {
+        let fault = |phase: Phase| {
+            history.events.iter().find_map(|e| match e {
+                Event::Fault {
+                    node: n,
+                    at_us,
+                    phase: p,
+                    what,
+                } if n == node && *p == phase && what == "add_node" => Some(*at_us),
+                _ => None,
+            })
+        };
+        let (Some(start), end) = (fault(Phase::Start), fault(Phase::End)) else {
+            report.violations.push(Violation {
+                invariant: "nodes_added",
+                detail: format!("node {node} was never added (its fault did not run)"),
+                ops: Vec::new(),
+            });
+            continue;
+        };
+        let Some(end) = end else {
+            report.violations.push(Violation {
+                invariant: "nodes_added",
+                detail: format!(
+                    "node {node} did not join: it did not start, or never saw every member up \
+                     (its log says why)"
+                ),
+                ops: Vec::new(),
+            });
+            continue;
+        };
+        // A member whose last fault event is a start is still under it: not judged.
+        let healed = |member: &str| {
+            history
+                .events
+                .iter()
+                .rev()
+                .find_map(|e| match e {
+                    Event::Fault { node: n, phase, .. } if n == member => {
+                        Some(*phase == Phase::End)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(true)
+        };
+        let saw_it = |member: &str| {
+            history.events.iter().any(|e| {
+                matches!(e, Event::View { observer, peer, up: true, at_us }
+                    if observer == member && peer == node && *at_us >= start)
+            })
+        };
+        let blind: Vec<&str> = starting
+            .iter()
+            .copied()
+            .filter(|m| healed(m) && !saw_it(m))
+            .collect();
+        if !blind.is_empty() {
+            report.violations.push(Violation {
+                invariant: "nodes_added",
+                detail: format!("{} never saw node {node} up", blind.join(", ")),
+                ops: Vec::new(),
+            });
+        }
+        let ops: HashSet<u64> = history
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Invoke { op, node: n, .. } if n == node => Some(*op),
+                _ => None,
+            })
+            .collect();
+        let answered = history
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(e, Event::Complete { op, outcome: Outcome::Ok { .. } | Outcome::Accepted { .. }, .. }
+                    if ops.contains(op))
+            })
+            .count();
+        if !ops.is_empty() && answered == 0 {
+            let mut ops: Vec<u64> = ops.iter().copied().collect();
+            ops.sort_unstable();
+            report.violations.push(Violation {
+                invariant: "nodes_added",
+                detail: format!(
+                    "node {node} answered none of the {} calls sent to it",
+                    ops.len()
+                ),
+                ops,
+            });
+        }
+        let via = match scenario.workload.via {
+            Via::Http => format!("answered {answered} of {} calls sent to it", ops.len()),
+            Via::Client => "the clients' seeds are the starting nodes".to_owned(),
+        };
+        report.stats.added.push(format!(
+            "{node} joined {} ms after it started (every member restarted with it); {via}",
+            (end - start) / 1000,
+        ));
     }
 }
 
@@ -670,6 +781,7 @@ pub fn check(
         }
     }
     membership(history, scenario, &mut report);
+    nodes_added(history, scenario, &mut report);
     crate::convergence::registries(history, scenario, &mut report);
     report
 }
@@ -836,6 +948,107 @@ mod tests {
                 "c saw b go 1600 ms after the kill began, back 1900 ms after it healed",
             ]
         );
+    }
+
+    fn with_add_of_d() -> Scenario {
+        Scenario::parse(
+            r#"
+            name = "add-d"
+            [cluster]
+            nodes = 3
+            [workload]
+            function = "echo"
+            rate_per_s = 10
+            duration_s = 60
+            [[fault]]
+            at_s = 10
+            kind = "add_node"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn added_of(h: &History) -> Report {
+        let mut r = Report::default();
+        nodes_added(h, &with_add_of_d(), &mut r);
+        r
+    }
+
+    fn fault(h: &mut History, node: &str, what: &str, phase: Phase, at_s: f64) {
+        h.push(Event::Fault {
+            node: node.into(),
+            at_us: us(at_s),
+            phase,
+            what: what.into(),
+        });
+    }
+
+    #[test]
+    fn an_added_node_that_joined_was_seen_by_every_member_and_answered_passes() {
+        let mut h = History::default();
+        fault(&mut h, "d", "add_node", Phase::Start, 10.0);
+        for (k, m) in ["a", "b", "c"].into_iter().enumerate() {
+            let at = 11.0 + 2.0 * k as f64;
+            fault(&mut h, m, "add_node", Phase::Start, at);
+            fault(&mut h, m, "add_node", Phase::End, at + 1.0);
+            view(&mut h, m, "d", true, at + 1.2);
+        }
+        fault(&mut h, "d", "add_node", Phase::End, 17.0);
+        sent_to(&mut h, 1, "d", 18.0, Mode::Sync);
+        done(
+            &mut h,
+            1,
+            18.1,
+            Outcome::Ok {
+                output: "in-1".into(),
+                ran_on: "d".into(),
+            },
+        );
+        let r = added_of(&h);
+        assert_eq!(r.violations, []);
+        assert_eq!(
+            r.stats.added,
+            [
+                "d joined 7000 ms after it started (every member restarted with it); answered 1 of 1 calls sent to it"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_added_node_that_never_joined_was_not_seen_or_answered_nothing_breaks_nodes_added() {
+        // Never joined.
+        let mut h = History::default();
+        fault(&mut h, "d", "add_node", Phase::Start, 10.0);
+        let r = added_of(&h);
+        assert_eq!(r.violations.len(), 1);
+        assert!(r.violations[0].detail.starts_with("node d did not join"));
+        // Joined, but b never saw it, and it answered none of its calls.
+        fault(&mut h, "d", "add_node", Phase::End, 17.0);
+        view(&mut h, "a", "d", true, 16.0);
+        view(&mut h, "c", "d", true, 16.0);
+        view(&mut h, "b", "d", true, 5.0); // before the add: not the new node
+        sent_to(&mut h, 1, "d", 18.0, Mode::Sync);
+        done(
+            &mut h,
+            1,
+            33.0,
+            Outcome::Unknown {
+                reason: "timed out".into(),
+            },
+        );
+        let r = added_of(&h);
+        let details: Vec<&str> = r.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            [
+                "b never saw node d up",
+                "node d answered none of the 1 calls sent to it"
+            ]
+        );
+        assert!(r.violations.iter().all(|v| v.invariant == "nodes_added"));
+        // Never added at all (the fault did not run).
+        let r = added_of(&History::default());
+        assert!(r.violations[0].detail.contains("never added"));
     }
 
     #[test]

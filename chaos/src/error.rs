@@ -12,12 +12,6 @@ pub enum ChaosError {
     /// A value is out of bounds or contradicts another (the field path says which).
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    /// A fault kind the scenario format has and this runner does not inject yet; refused
-    /// before anything starts.
-    #[error(
-        "this runner cannot inject {0} faults yet (it runs kill, pause, rolling_restart, partition, link, disk_full, clock_jump, corrupt and impostor)"
-    )]
-    Unsupported(&'static str),
     #[error("{kind} faults need root ({why}); run tern chaos as root")]
     NeedsRoot {
         kind: &'static str,

@@ -29,8 +29,9 @@ pub use scenario::{Fault, Scenario};
 
 /// The scenarios shipped with Tern (`chaos/scenarios/`), by name: together they cover
 /// partitions, crashes (under HTTP load and under `tern-client`'s), pauses, clock jumps, a bad
-/// network, storage faults and bad peer identities.
+/// network, storage faults, bad peer identities and a node joining.
 pub const SHIPPED: &[(&str, &str)] = &[
+    ("add-node", include_str!("../scenarios/add-node.toml")),
     ("clock-jumps", include_str!("../scenarios/clock-jumps.toml")),
     (
         "corrupt-artifact-at-restart",

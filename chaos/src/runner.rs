@@ -14,8 +14,9 @@
 //! impostors (`impostor`: a `tern up` with a bad identity dialling every member), and
 //! partitions and bad links (`partition`, `link`: the nodes dial each other through the
 //! runner's UDP relays, [`crate::relay`], which drop, delay, reorder or duplicate datagrams
-//! while the fault holds); a scenario with any other fault kind is refused before anything
-//! starts ([`ChaosError::Unsupported`]).
+//! while the fault holds), and a node added to the running cluster (`add_node`: started with
+//! every member as its peer, then each member restarted with it among its peers, as an
+//! operator grows a Tern cluster; it takes load once every member sees it).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
 //! node (socket activation). A killed node's port stays the run's: nothing else on the machine
@@ -40,7 +41,9 @@ use crate::check::{Report, check};
 use crate::history::{DeployOutcome, EntryView, Event, History, Mode, Outcome, Phase};
 use crate::links::{self, Impairment};
 use crate::relay::{Counts, Relays};
-use crate::scenario::{BadCredential, Corruption, FaultKind, Scenario, VERSIONS_FUNCTION, Via};
+use crate::scenario::{
+    ADD_NODE_GAP_S, BadCredential, Corruption, FaultKind, Scenario, VERSIONS_FUNCTION, Via,
+};
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ChaosError {
     let what = what.into();
@@ -88,6 +91,9 @@ struct NodeProc {
     /// it (the sum of the jumps so far).
     clock: Option<PathBuf>,
     clock_offset_s: f64,
+    /// In the cluster: from the start, or once an `add_node` has joined it. The workload,
+    /// the deploys and the reads go only to joined nodes.
+    joined: bool,
 }
 
 impl NodeProc {
@@ -257,6 +263,7 @@ async fn impostor(
     let at_us = t0.elapsed().as_micros() as u64;
     let members: Vec<(String, SocketAddr, SocketAddr, String)> = lock(nodes)
         .iter()
+        .filter(|n| n.joined)
         .map(|n| (n.name.clone(), n.http, n.mesh, n.token.clone()))
         .collect();
     // A member's name for a foreign or expired certificate (the strongest claim: a stolen or
@@ -402,6 +409,7 @@ fn start_impostor(
         refuser: None,
         clock: None,
         clock_offset_s: 0.0,
+        joined: false,
     };
     proc.spawn(&options.tern)?;
     Ok(proc)
@@ -465,21 +473,6 @@ fn setting(v: &toml::Value) -> String {
 /// `options.out`.
 pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, ChaosError> {
     for f in &scenario.faults {
-        let unsupported = match f.kind {
-            FaultKind::Kill { .. }
-            | FaultKind::Pause { .. }
-            | FaultKind::RollingRestart { .. }
-            | FaultKind::DiskFull { .. }
-            | FaultKind::ClockJump { .. }
-            | FaultKind::Partition { .. }
-            | FaultKind::Link { .. } => None,
-            FaultKind::Corrupt { .. } => None,
-            FaultKind::AddNode { .. } => Some("add_node"),
-            FaultKind::Impostor { .. } => None,
-        };
-        if let Some(kind) = unsupported {
-            return Err(ChaosError::Unsupported(kind));
-        }
         if matches!(f.kind, FaultKind::DiskFull { .. }) && !rustix::process::geteuid().is_root() {
             return Err(ChaosError::NeedsRoot {
                 kind: "disk_full",
@@ -508,7 +501,10 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
     }
     std::fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
     let pki = out.join("pki");
-    let names = scenario.nodes();
+    // The nodes that start, then those added during the run.
+    let names = scenario.all_nodes();
+    let starting = scenario.nodes().len();
+    let added_classes = scenario.added();
     let node_names: Vec<_> = names
         .iter()
         .map(|n| n.parse())
@@ -541,8 +537,9 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
         .any(|f| matches!(f.kind, FaultKind::Partition { .. } | FaultKind::Link { .. }))
     {
         let seed = options.seed.unwrap_or(scenario.seed);
+        // Between the nodes that start: an added node dials and is dialled directly.
         Some(Arc::new(
-            Relays::start(&mesh, seed)
+            Relays::start(&mesh[..starting], seed)
                 .await
                 .map_err(io("starting the link relays"))?,
         ))
@@ -575,17 +572,28 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
             "--examples-dir".into(),
             options.examples_dir.display().to_string(),
         ];
+        // A starting node's peers are the other starting nodes (an added one becomes its peer
+        // when it is restarted for the add); an added node's are all the others.
+        let joined = i < starting;
         for (j, peer) in names.iter().enumerate().filter(|(j, _)| *j != i) {
+            if joined && j >= starting {
+                continue;
+            }
             let at = relays
                 .as_ref()
+                .filter(|_| joined && j < starting)
                 .and_then(|r| r.address(i, j))
                 .unwrap_or(mesh[j]);
             args.push("--peer".into());
             args.push(format!("{peer}={at}"));
         }
         let mut env = vec![("TERN_EXAMPLES".to_owned(), "[]".to_owned())];
-        if let Some(class) = scenario.cluster.classes.get(i) {
-            env.push(("TERN_NODE_CLASS".into(), class.clone()));
+        let class = match i.checked_sub(starting) {
+            None => scenario.cluster.classes.get(i).map(String::as_str),
+            Some(k) => added_classes.get(k).copied(),
+        };
+        if let Some(class) = class {
+            env.push(("TERN_NODE_CLASS".into(), class.to_owned()));
         }
         env.extend(config_env(scenario));
         // A node whose clock jumps runs under libfaketime: its wall clock is the system's plus
@@ -622,6 +630,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
             refuser: None,
             clock,
             clock_offset_s: 0.0,
+            joined,
         });
     }
     // A node whose disk fills gets a data directory that can fill without filling the host's.
@@ -778,14 +787,24 @@ async fn get(addr: SocketAddr, token: &str, path: &str) -> Option<tern_bench::Re
 
 /// Starts every node and waits until each answers and sees every other one up.
 async fn start_all(nodes: &Mutex<Vec<NodeProc>>, tern: &Path) -> Result<(), ChaosError> {
-    for n in lock(nodes).iter_mut() {
+    for n in lock(nodes).iter_mut().filter(|n| n.joined) {
         n.spawn(tern)?;
     }
-    let count = lock(nodes).len();
-    for i in 0..count {
+    let count = joined(nodes).len();
+    for i in joined(nodes) {
         wait_ready(nodes, i, count - 1).await?;
     }
     Ok(())
+}
+
+/// The indexes of the nodes in the cluster now.
+fn joined(nodes: &Mutex<Vec<NodeProc>>) -> Vec<usize> {
+    lock(nodes)
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.joined)
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Waits until node `i` answers its cluster view with at least `peers_up` peers up (every
@@ -931,7 +950,11 @@ async fn drive(
         };
         let (node, addr, token, client) = {
             let n = lock(nodes);
-            let k = (op as usize) % n.len();
+            // Through tern-client, to the nodes there are clients for (those that started).
+            let targets: Vec<usize> = (0..n.len())
+                .filter(|&k| n[k].joined && clients.as_ref().is_none_or(|c| k < c.len()))
+                .collect();
+            let k = targets[(op as usize) % targets.len()];
             let client = clients.as_ref().and_then(|c| c.get(k).cloned());
             (n[k].name.clone(), n[k].http, n[k].token.clone(), client)
         };
@@ -1038,6 +1061,10 @@ async fn drive(
             let mut others: Vec<(SocketAddr, String)> =
                 n.iter().map(|p| (p.http, p.token.clone())).collect();
             others.rotate_left(k);
+            // Only joined nodes answer (an add that failed leaves its node out).
+            let answering: Vec<SocketAddr> =
+                n.iter().filter(|p| p.joined).map(|p| p.http).collect();
+            others.retain(|(addr, _)| answering.contains(addr));
             (others, client)
         };
         loop {
@@ -1140,6 +1167,7 @@ async fn connect_clients(
 ) -> Result<Vec<tern_client::Client>, ChaosError> {
     let members: Vec<(String, SocketAddr, String)> = lock(nodes)
         .iter()
+        .filter(|n| n.joined)
         .filter_map(|n| Some((n.name.clone(), n.client_api.as_ref()?.1, n.token.clone())))
         .collect();
     let ca = options.out.join("pki").join("ca.pem");
@@ -1294,6 +1322,7 @@ async fn deploy(
     let module = std::fs::read(&wasm).map_err(io(format!("reading {}", wasm.display())))?;
     let targets: Vec<(SocketAddr, String)> = lock(nodes)
         .iter()
+        .filter(|n| n.joined)
         .map(|n| (n.http, n.token.clone()))
         .collect();
     let (a, token) = targets[0].clone();
@@ -1402,7 +1431,8 @@ async fn deploy_versions(
         tokio::time::sleep_until((t0 + at).into()).await;
         let (node, addr, token) = {
             let n = lock(&nodes);
-            let k = (number as usize) % n.len();
+            let targets: Vec<usize> = (0..n.len()).filter(|&k| n[k].joined).collect();
+            let k = targets[(number as usize) % targets.len()];
             (n[k].name.clone(), n[k].http, n[k].token.clone())
         };
         number += 1;
@@ -1536,6 +1566,7 @@ async fn run_faults(
     use rustix::process::Signal;
     let tern = options.tern.clone();
     let mut impostors = 0usize;
+    let mut next_added = scenario.nodes().len();
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     let index = |name: &str| scenario.nodes().iter().position(|n| *n == name);
@@ -1589,37 +1620,17 @@ async fn run_faults(
                 });
             }
             FaultKind::RollingRestart { gap_s } => {
-                let count = lock(&nodes).len();
-                for i in 0..count {
-                    let name = lock(&nodes)[i].name.clone();
-                    record_fault(&history, t0, &name, Phase::Start, "rolling_restart");
-                    {
-                        let mut n = lock(&nodes);
-                        n[i].faulted = true;
-                        n[i].signal(Signal::TERM);
-                    }
-                    // A graceful stop: the node drains its connections (up to 10 s), then
-                    // exits; past 15 s it is killed.
-                    let stop_by = Instant::now() + Duration::from_secs(15);
-                    loop {
-                        let exited = lock(&nodes)[i]
-                            .child
-                            .as_mut()
-                            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
-                        if exited || Instant::now() >= stop_by {
-                            break;
-                        }
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                    lock(&nodes)[i].kill();
-                    lock(&history).push(Event::NodeExit {
-                        node: name,
-                        at_us: t0.elapsed().as_micros() as u64,
-                        scheduled: true,
-                    });
+                for i in joined(&nodes) {
+                    stop_gracefully(&nodes, &history, t0, i, "rolling_restart").await;
                     restart(&nodes, &history, t0, i, &tern, "rolling_restart").await;
                     tokio::time::sleep(Duration::from_secs_f64(gap_s)).await;
                 }
+            }
+            FaultKind::AddNode { .. } => {
+                // Added nodes join in the order of their faults, named on from the cluster's.
+                let i = next_added;
+                next_added += 1;
+                add_node(&nodes, &history, t0, i, &tern).await;
             }
             FaultKind::ClockJump { node, by_s } => {
                 let Some(i) = index(&node) else { continue };
@@ -1779,8 +1790,6 @@ async fn run_faults(
                     }
                 });
             }
-            // Refused before the run started.
-            _ => {}
         }
     }
     while later.join_next().await.is_some() {}
@@ -1807,6 +1816,9 @@ async fn watch_views(nodes: Arc<Mutex<Vec<NodeProc>>>, history: Arc<Mutex<Histor
                 tick.tick().await;
                 let (addr, token) = {
                     let n = &lock(&nodes)[i];
+                    if !n.joined && n.child.is_none() {
+                        continue;
+                    }
                     (n.http, n.token.clone())
                 };
                 let at_us = t0.elapsed().as_micros() as u64;
@@ -1862,6 +1874,102 @@ fn record_fault(history: &Mutex<History>, t0: Instant, node: &str, phase: Phase,
     });
 }
 
+/// Stops node `i` as its service manager would (SIGTERM: it drains its connections for up to
+/// 10 s, then exits; past 15 s it is killed), recording the start of fault `what`.
+async fn stop_gracefully(
+    nodes: &Mutex<Vec<NodeProc>>,
+    history: &Mutex<History>,
+    t0: Instant,
+    i: usize,
+    what: &str,
+) {
+    let name = lock(nodes)[i].name.clone();
+    record_fault(history, t0, &name, Phase::Start, what);
+    {
+        let mut n = lock(nodes);
+        n[i].faulted = true;
+        n[i].signal(rustix::process::Signal::TERM);
+    }
+    let stop_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        let exited = lock(nodes)[i]
+            .child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        if exited || Instant::now() >= stop_by {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock(nodes)[i].kill();
+    lock(history).push(Event::NodeExit {
+        node: name,
+        at_us: t0.elapsed().as_micros() as u64,
+        scheduled: true,
+    });
+}
+
+/// Adds node `i` to the running cluster, as an operator grows one (membership is configured):
+/// starts it with every member as its peer, restarts each member in turn with it among its
+/// peers ([`ADD_NODE_GAP_S`] apart), and once it sees every member up, lets the workload use
+/// it. Its `add_node` fault spans all of it; each member's restart is an `add_node` fault of
+/// that member. A new node that does not start, or never sees every member, is an unscheduled
+/// end (the fault never heals, and the `nodes_added` checker says so).
+async fn add_node(
+    nodes: &Mutex<Vec<NodeProc>>,
+    history: &Mutex<History>,
+    t0: Instant,
+    i: usize,
+    tern: &Path,
+) {
+    let (name, mesh) = {
+        let n = lock(nodes);
+        (n[i].name.clone(), n[i].mesh)
+    };
+    record_fault(history, t0, &name, Phase::Start, "add_node");
+    let started = lock(nodes)[i].spawn(tern);
+    if started.is_err() || wait_ready(nodes, i, 0).await.is_err() {
+        gave_up(nodes, history, t0, i);
+        return;
+    }
+    for m in joined(nodes) {
+        lock(nodes)[m]
+            .args
+            .extend(["--peer".to_owned(), format!("{name}={mesh}")]);
+        stop_gracefully(nodes, history, t0, m, "add_node").await;
+        restart(nodes, history, t0, m, tern, "add_node").await;
+        tokio::time::sleep(Duration::from_secs_f64(ADD_NODE_GAP_S)).await;
+    }
+    // In: once it sees every member that is up (a member under another fault is not waited
+    // for), and so has pulled their registries.
+    let members = joined(nodes)
+        .into_iter()
+        .filter(|&m| !lock(nodes)[m].faulted)
+        .count();
+    if wait_ready(nodes, i, members).await.is_err() {
+        gave_up(nodes, history, t0, i);
+        return;
+    }
+    lock(nodes)[i].joined = true;
+    record_fault(history, t0, &name, Phase::End, "add_node");
+}
+
+/// Node `i` never became ready: not left running; its port is refused as a dead node's, and
+/// its end is recorded as unscheduled.
+fn gave_up(nodes: &Mutex<Vec<NodeProc>>, history: &Mutex<History>, t0: Instant, i: usize) {
+    let name = {
+        let mut n = lock(nodes);
+        n[i].kill();
+        n[i].refuse();
+        n[i].name.clone()
+    };
+    lock(history).push(Event::NodeExit {
+        node: name,
+        at_us: t0.elapsed().as_micros() as u64,
+        scheduled: false,
+    });
+}
+
 /// Starts node `i` again and waits until it is ready, which heals its fault; a restart that
 /// fails is an unscheduled end of the node (the fault then never heals).
 async fn restart(
@@ -1898,18 +2006,7 @@ async fn restart(
             detail,
         });
     } else {
-        // A node that never became ready is not left running; its port is refused as a dead
-        // node's.
-        {
-            let mut n = lock(nodes);
-            n[i].kill();
-            n[i].refuse();
-        }
-        lock(history).push(Event::NodeExit {
-            node: name,
-            at_us: t0.elapsed().as_micros() as u64,
-            scheduled: false,
-        });
+        gave_up(nodes, history, t0, i);
     }
 }
 
@@ -2024,6 +2121,9 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
     }
     for line in &s.damage {
         out += &format!("Damage: {line}.\n\n");
+    }
+    for line in &s.added {
+        out += &format!("Added: {line}.\n\n");
     }
     if s.async_stranded > 0 {
         out += &format!(

@@ -27,6 +27,10 @@ use crate::ChaosError;
 /// `tern cluster init` name them).
 pub const NODE_NAMES: [&str; 9] = ["a", "b", "c", "d", "e", "f", "g", "h", "i"];
 
+/// Seconds between the restarts of members that an `add_node` makes (each member learns of
+/// the new node when it starts again: membership is configured, not discovered).
+pub const ADD_NODE_GAP_S: f64 = 2.0;
+
 /// Most requests per second a scenario may ask for: one load generator on the test machine.
 pub const MAX_RATE: u32 = 100_000;
 
@@ -209,7 +213,9 @@ pub enum FaultKind {
     Corrupt { node: String, what: Corruption },
     /// Every node restarted in turn, `gap_s` apart.
     RollingRestart { gap_s: f64 },
-    /// A new node of `class` joins.
+    /// A new node of `class` joins: it starts with every member as its peer, then each member
+    /// is restarted in turn ([`ADD_NODE_GAP_S`] apart) with the new node among its peers,
+    /// which is how a Tern cluster grows. The new node takes the next free name.
     AddNode {
         #[serde(default = "standard")]
         class: String,
@@ -286,9 +292,30 @@ impl Scenario {
         Ok(s)
     }
 
-    /// The node names of the cluster.
+    /// The node names of the cluster as it starts. Faults name these.
     pub fn nodes(&self) -> &[&'static str] {
         &NODE_NAMES[..self.cluster.nodes.min(NODE_NAMES.len())]
+    }
+
+    /// The classes of the nodes `add_node` faults add, in the order they join.
+    pub fn added(&self) -> Vec<&str> {
+        let mut adds: Vec<_> = self
+            .faults
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FaultKind::AddNode { class } => Some((f.at_s, class.as_str())),
+                _ => None,
+            })
+            .collect();
+        adds.sort_by(|a, b| a.0.total_cmp(&b.0));
+        adds.into_iter().map(|(_, class)| class).collect()
+    }
+
+    /// Every node name of the run: the cluster's, then the nodes added during it (named on
+    /// from the last, in the order they join).
+    pub fn all_nodes(&self) -> &[&'static str] {
+        let all = self.cluster.nodes + self.added().len();
+        &NODE_NAMES[..all.min(NODE_NAMES.len())]
     }
 
     fn node_index(&self, field: &str, name: &str) -> Result<usize, ChaosError> {
@@ -584,7 +611,17 @@ impl Scenario {
                         });
                     }
                 }
-                FaultKind::AddNode { .. } | FaultKind::Impostor { .. } => {}
+                // Each member restarted with the new node among its peers, one after another.
+                FaultKind::AddNode { .. } => {
+                    for (k, i) in (0..self.cluster.nodes).enumerate() {
+                        out.push(Window {
+                            node: i,
+                            start_us: start.saturating_add(us(ADD_NODE_GAP_S * k as f64)),
+                            end_us: start.saturating_add(us(ADD_NODE_GAP_S * (k + 1) as f64)),
+                        });
+                    }
+                }
+                FaultKind::Impostor { .. } => {}
             }
         }
         out
@@ -674,7 +711,7 @@ mod tests {
             kind = "rolling_restart"
             gap_s = 2
             [[fault]]
-            at_s = 8
+            at_s = 23
             kind = "add_node"
             class = "edge-small"
             "#
@@ -688,7 +725,20 @@ mod tests {
             .filter(|w| w.start_us >= 16_000_000)
             .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
             .collect();
-        assert_eq!(rolling, [(0, 16, 18), (1, 18, 20), (2, 20, 22)]);
+        assert_eq!(
+            rolling,
+            [
+                (0, 16, 18),
+                (1, 18, 20),
+                (2, 20, 22),
+                // The add restarts each member in turn, `ADD_NODE_GAP_S` apart.
+                (0, 23, 25),
+                (1, 25, 27),
+                (2, 27, 29)
+            ]
+        );
+        assert_eq!(s.added(), ["edge-small"]);
+        assert_eq!(s.all_nodes(), ["a", "b", "c", "d"]);
     }
 
     #[test]

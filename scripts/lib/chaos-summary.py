@@ -27,6 +27,8 @@ for n in names:
         print(f"  registry: {s['registry']}")
     for line in s.get("damage", []):
         print(f"  damage: {line}")
+    for line in s.get("added", []):
+        print(f"  added: {line}")
     if s.get("async_stranded"):
         print(f"  async stranded on a node that refused to start on its damaged store: {s['async_stranded']}")
     for x in v["violations"]:
