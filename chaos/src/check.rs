@@ -30,10 +30,10 @@
 //!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
 //!   fault shorter than the detection bound, an observer under a fault of its own, what the
 //!   polls did not watch;
-//! - `nodes_added`: every node an `add_node` fault adds joined (it started, every member was
-//!   restarted with it among its peers, and it saw every member up), every member whose
-//!   faults had all healed saw it up, and over HTTP it answered the workload's calls (at
-//!   least one, if any were sent to it);
+//! - `nodes_added`: every node an `add_node` fault adds joined (it started, the members were
+//!   restarted with it among its peers, and it saw every member up that was not under a
+//!   fault), every starting member whose faults had all healed saw it up, and over HTTP it
+//!   answered the workload's calls (at least one, if any were sent to it);
 //! - `registries_converged` ([`crate::convergence`]): after the run, every live node shows
 //!   the same entry for the function redeployed during the load, within the convergence
 //!   bound, and no acknowledged deploy orders above it.
@@ -304,9 +304,11 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
     };
     let detection = scenario.expect.detection_ms.saturating_mul(1000);
     let recovery = scenario.expect.recovery_ms.saturating_mul(1000);
-    // Every kill, pause and partition as the runner did it: (node, what, start, heal).
+    // Every kill, pause and partition as the runner did it: (node, what, start, heal); and
+    // every stop for a restart (rolling, or to add a node), when a node sees nothing either.
     let mut open: HashMap<(&str, &str), u64> = HashMap::new();
     let mut spans: Vec<(&str, &str, u64, Option<u64>)> = Vec::new();
+    let mut restarts: Vec<(&str, u64, Option<u64>)> = Vec::new();
     for e in &history.events {
         let Event::Fault {
             node,
@@ -317,7 +319,10 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
         else {
             continue;
         };
-        if !matches!(what.as_str(), "kill" | "pause" | "partition") {
+        if !matches!(
+            what.as_str(),
+            "kill" | "pause" | "partition" | "rolling_restart" | "add_node"
+        ) {
             continue;
         }
         match phase {
@@ -326,12 +331,22 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
             }
             Phase::End => {
                 if let Some(start) = open.remove(&(node.as_str(), what.as_str())) {
-                    spans.push((node, what, start, Some(*at_us)));
+                    if matches!(what.as_str(), "rolling_restart" | "add_node") {
+                        restarts.push((node, start, Some(*at_us)));
+                    } else {
+                        spans.push((node, what, start, Some(*at_us)));
+                    }
                 }
             }
         }
     }
-    spans.extend(open.into_iter().map(|((n, w), s)| (n, w, s, None)));
+    for ((n, w), s) in open {
+        if matches!(w, "rolling_restart" | "add_node") {
+            restarts.push((n, s, None));
+        } else {
+            spans.push((n, w, s, None));
+        }
+    }
     spans.sort_by_key(|s| s.2);
     let names = scenario.nodes();
     let mut expected = Vec::new();
@@ -390,11 +405,13 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
             }
         }
     }
-    // Whether `node` was killed or paused at some time in `[from, to)`.
+    // Whether `node` was killed, paused or stopped for a restart at some time in `[from, to)`.
     let away = |node: &str, from: u64, to: u64| {
         spans.iter().any(|&(n, w, s, e)| {
             n == node && w != "partition" && s < to && e.is_none_or(|e| e > from)
-        })
+        }) || restarts
+            .iter()
+            .any(|&(n, s, e)| n == node && s < to && e.is_none_or(|e| e > from))
     };
     for sep in expected {
         let detect_by = sep.start_us + detection + VIEW_POLL_SLACK_US;
@@ -1107,6 +1124,24 @@ mod tests {
             [
                 "c saw a go 1000 ms after the pause began",
                 "c saw b go 1000 ms after the kill began",
+            ]
+        );
+        // a stopped to be restarted (for an added node) while b came back: a is not judged
+        // on seeing b back, c is.
+        let mut h = with_kill_of_b(true);
+        fault(&mut h, "a", "add_node", Phase::Start, 14.5);
+        fault(&mut h, "a", "add_node", Phase::End, 18.0);
+        view(&mut h, "a", "b", false, 11.0);
+        view(&mut h, "c", "b", false, 11.0);
+        view(&mut h, "c", "b", true, 15.5);
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&h, &scenario());
+        assert_eq!(r.violations, [], "{:?}", r.stats.membership);
+        assert_eq!(
+            r.stats.membership,
+            [
+                "a saw b go 1000 ms after the kill began",
+                "c saw b go 1000 ms after the kill began, back 500 ms after it healed",
             ]
         );
     }

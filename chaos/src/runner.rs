@@ -16,7 +16,8 @@
 //! runner's UDP relays, [`crate::relay`], which drop, delay, reorder or duplicate datagrams
 //! while the fault holds), and a node added to the running cluster (`add_node`: started with
 //! every member as its peer, then each member restarted with it among its peers, as an
-//! operator grows a Tern cluster; it takes load once every member sees it).
+//! operator grows a Tern cluster; it takes load once it sees every member up and serves the
+//! workload's function).
 //!
 //! The runner binds every node's HTTP and mesh ports once and passes them to each start of the
 //! node (socket activation). A killed node's port stays the run's: nothing else on the machine
@@ -1630,7 +1631,7 @@ async fn run_faults(
                 // Added nodes join in the order of their faults, named on from the cluster's.
                 let i = next_added;
                 next_added += 1;
-                add_node(&nodes, &history, t0, i, &tern).await;
+                add_node(&nodes, &history, t0, i, &tern, &scenario.workload.function).await;
             }
             FaultKind::ClockJump { node, by_s } => {
                 let Some(i) = index(&node) else { continue };
@@ -1911,8 +1912,8 @@ async fn stop_gracefully(
 
 /// Adds node `i` to the running cluster, as an operator grows one (membership is configured):
 /// starts it with every member as its peer, restarts each member in turn with it among its
-/// peers ([`ADD_NODE_GAP_S`] apart), and once it sees every member up, lets the workload use
-/// it. Its `add_node` fault spans all of it; each member's restart is an `add_node` fault of
+/// peers ([`ADD_NODE_GAP_S`] apart), and once it sees every member up and shows the workload's
+/// `function`, lets the workload use it. Its `add_node` fault spans all of it; each member's restart is an `add_node` fault of
 /// that member. A new node that does not start, or never sees every member, is an unscheduled
 /// end (the fault never heals, and the `nodes_added` checker says so).
 async fn add_node(
@@ -1921,18 +1922,33 @@ async fn add_node(
     t0: Instant,
     i: usize,
     tern: &Path,
+    function: &str,
 ) {
     let (name, mesh) = {
         let n = lock(nodes);
         (n[i].name.clone(), n[i].mesh)
     };
     record_fault(history, t0, &name, Phase::Start, "add_node");
+    // Under its fault until it joins: its exit meanwhile is this function's to notice (the
+    // watchdog leaves faulted nodes alone).
+    lock(nodes)[i].faulted = true;
     let started = lock(nodes)[i].spawn(tern);
     if started.is_err() || wait_ready(nodes, i, 0).await.is_err() {
         gave_up(nodes, history, t0, i);
         return;
     }
+    let exited = |nodes: &Mutex<Vec<NodeProc>>| {
+        lock(nodes)[i]
+            .child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    };
     for m in joined(nodes) {
+        if exited(nodes) {
+            // No member is restarted for a node that is gone.
+            gave_up(nodes, history, t0, i);
+            return;
+        }
         lock(nodes)[m]
             .args
             .extend(["--peer".to_owned(), format!("{name}={mesh}")]);
@@ -1941,17 +1957,38 @@ async fn add_node(
         tokio::time::sleep(Duration::from_secs_f64(ADD_NODE_GAP_S)).await;
     }
     // In: once it sees every member that is up (a member under another fault is not waited
-    // for), and so has pulled their registries.
+    // for), and serves the workload's function (pulled with their registries).
     let members = joined(nodes)
         .into_iter()
         .filter(|&m| !lock(nodes)[m].faulted)
         .count();
-    if wait_ready(nodes, i, members).await.is_err() {
+    if wait_ready(nodes, i, members).await.is_err() || !serves(nodes, i, function).await {
         gave_up(nodes, history, t0, i);
         return;
     }
-    lock(nodes)[i].joined = true;
+    {
+        let mut n = lock(nodes);
+        n[i].joined = true;
+        n[i].faulted = false;
+    }
     record_fault(history, t0, &name, Phase::End, "add_node");
+}
+
+/// Whether node `i` shows `function` within 60 s.
+async fn serves(nodes: &Mutex<Vec<NodeProc>>, i: usize, function: &str) -> bool {
+    let (addr, token) = {
+        let n = &lock(nodes)[i];
+        (n.http, n.token.clone())
+    };
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        let r = get(addr, &token, &format!("/v1/functions/{function}")).await;
+        if r.is_some_and(|r| r.status == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
 }
 
 /// Node `i` never became ready: not left running; its port is refused as a dead node's, and

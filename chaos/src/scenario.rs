@@ -431,6 +431,19 @@ impl Scenario {
         if n + added > NODE_NAMES.len() {
             return Err(invalid("fault", "adding nodes past 9"));
         }
+        // An added node dials its peers directly, so it would bridge a partition of the
+        // relays: the two are not run together.
+        if added > 0
+            && self
+                .faults
+                .iter()
+                .any(|f| matches!(f.kind, FaultKind::Partition { .. } | FaultKind::Link { .. }))
+        {
+            return Err(invalid(
+                "fault",
+                "add_node with partition or link faults (an added node is not behind the relays)",
+            ));
+        }
         let duration = f64::from(w.duration_s);
         for (i, f) in self.faults.iter().enumerate() {
             let field = |name: &str| format!("fault[{i}].{name}");
@@ -747,6 +760,14 @@ mod tests {
             Err(ChaosError::Invalid { field, .. }) => field,
             other => panic!("{to}: {other:?}"),
         };
+        assert_eq!(
+            refused(
+                "restart_after_s = 5",
+                "restart_after_s = 5\n[[fault]]\nat_s = 20\nkind = \"add_node\"\n\
+                 [[fault]]\nat_s = 25\nkind = \"link\"\nfrom = \"a\"\nto = \"c\"\nfor_s = 1"
+            ),
+            "fault"
+        );
         assert_eq!(refused("nodes = 3", "nodes = 0"), "cluster.nodes");
         assert_eq!(refused("nodes = 3", "nodes = 10"), "cluster.nodes");
         assert_eq!(refused("node = \"b\"", "node = \"z\""), "fault[0].node");

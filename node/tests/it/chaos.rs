@@ -592,7 +592,7 @@ fn a_lossy_slow_reordering_link_loses_no_call_and_breaks_no_promise() {
 #[test]
 fn a_node_added_under_load_joins_gets_the_registry_and_serves_with_every_promise_kept() {
     let scenario = KILL_AND_RESTART
-        .replace("duration_s = 10", "duration_s = 22")
+        .replace("duration_s = 10", "duration_s = 30")
         .replace(
             "kind = \"kill\"\nnode = \"b\"\nrestart_after_s = 3",
             "kind = \"add_node\"\nclass = \"edge-small\"",
