@@ -28,7 +28,7 @@
 #
 # Nodes (classes differ in the limits they admit; their speed differs by a cgroup v1 CPU
 # quota, when root and /sys/fs/cgroup/cpu allow it, else not at all, and the report says so):
-#   a  standard    1.0 CPU   the entry: every request arrives here
+#   a  standard    1.0 CPU   the entry: every request arrives here (ENTRIES=all: a third)
 #   b  edge-small  0.5 CPU
 #   c  cpu-burst   no quota (both of the machine's CPUs)
 # Functions are deployed with timeout_ms=50 and memory_mb=64, so every class admits them.
@@ -48,6 +48,9 @@
 #   LINK_DELAY_MS=0 and LINK_DELAYS="A-B=MS ..." (per link): each mesh link's delay each way,
 #   added by `tern chaos relay` (UDP relays on loopback, started before each cluster; it runs
 #   on the same CPUs, outside the nodes' quotas). Both unset or 0: the nodes dial each other.
+#   ENTRIES=a|all: the trace's requests all enter through a (the default, as the committed
+#   reports ran), or are spread over a, b and c (`tern bench --entry`: the connections
+#   round-robin over the three, each request placed by the node it reached).
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -336,6 +339,11 @@ fi
 bench_args=(--trace "$trace" --minutes "$minutes" --speedup "$speedup" --scale "$scale"
   --seed "$seed" --function 'mm-{i}' --work-n "$work_n" --connections "$connections"
   --timeout 10s --no-progress)
+case ${ENTRIES:-a} in
+  a) ;;
+  all) bench_args+=(--entry "${http[1]}" --entry "${http[2]}") ;;
+  *) echo "ENTRIES must be a or all, not ${ENTRIES}" >&2; exit 2 ;;
+esac
 # The functions the window calls: trace rows with an invocation in it, as `tern bench` names them.
 functions=($(python3 - "$trace" "$minutes" <<'PY'
 import sys

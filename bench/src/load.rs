@@ -89,7 +89,9 @@ impl LoadMode {
 /// What to run. Every request of a run is identical, except in [`LoadMode::Replay`].
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
-    pub addr: SocketAddr,
+    /// The entry nodes: connection `i` goes to `addrs[i % addrs.len()]` (and reconnects
+    /// there), and the node counters in the report are summed over all of them. At least one.
+    pub addrs: Vec<SocketAddr>,
     pub method: Method,
     /// Origin-form target, e.g. `/invoke/echo?x=1`.
     pub path_and_query: String,
@@ -201,13 +203,13 @@ async fn run_inner(
     };
     let connections = cfg.mode.connections();
     let conns = connect_all(
-        cfg.addr,
+        &cfg.addrs,
         connections,
         cfg.request_timeout.max(MIN_CONNECT_TIMEOUT),
     )
     .await?;
 
-    let addr = cfg.addr;
+    let addrs: Arc<[SocketAddr]> = cfg.addrs.clone().into();
     let scrape_timeout = cfg.request_timeout.max(MIN_SCRAPE_TIMEOUT);
     // `/metrics` needs a token on a node with authentication: the one the load sends (an
     // admin's, for the server's counters to show).
@@ -218,7 +220,7 @@ async fn run_inner(
         .map(|(_, v)| Arc::from(v.as_str()));
     // With no warm-up, scrape before the first request; otherwise when warm-up ends.
     let before_now = if cfg.warmup.is_zero() {
-        Some(scrape(addr, authorization.as_deref(), scrape_timeout).await)
+        Some(scrape_all(&addrs, authorization.as_deref(), scrape_timeout).await)
     } else {
         None
     };
@@ -229,16 +231,16 @@ async fn run_inner(
     let before = match before_now {
         Some(snapshot) => tokio::spawn(std::future::ready(snapshot)),
         None => {
-            let authorization = authorization.clone();
+            let (authorization, addrs) = (authorization.clone(), addrs.clone());
             tokio::spawn(async move {
                 sleep_until(warmup_end).await;
-                scrape(addr, authorization.as_deref(), scrape_timeout).await
+                scrape_all(&addrs, authorization.as_deref(), scrape_timeout).await
             })
         }
     };
 
     let ctx = Arc::new(Ctx {
-        addr,
+        addrs: addrs.clone(),
         targets,
         request_timeout: cfg.request_timeout,
         t0,
@@ -260,7 +262,7 @@ async fn run_inner(
         .then(|| tokio::spawn(progress_loop(ctx.clone())));
 
     let lanes = connections.min(MAX_LANES);
-    let mut groups: Vec<Vec<HttpConn>> = (0..lanes).map(|_| Vec::new()).collect();
+    let mut groups: Vec<Vec<(usize, HttpConn)>> = (0..lanes).map(|_| Vec::new()).collect();
     for (i, conn) in conns.into_iter().enumerate() {
         groups[i % lanes].push(conn);
     }
@@ -294,7 +296,7 @@ async fn run_inner(
     }
 
     let before = before.await.unwrap_or_else(propagate_panic);
-    let after = scrape(addr, authorization.as_deref(), scrape_timeout).await;
+    let after = scrape_all(&addrs, authorization.as_deref(), scrape_timeout).await;
 
     let errors: u64 = total.errors.values().sum();
     let requests = total.ok + errors;
@@ -323,6 +325,7 @@ async fn run_inner(
             method: cfg.method.to_string(),
             path,
             replay,
+            entries: cfg.addrs.iter().map(|a| a.to_string()).collect(),
         },
         requests,
         ok: total.ok,
@@ -336,6 +339,9 @@ async fn run_inner(
 }
 
 fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
+    if cfg.addrs.is_empty() {
+        return Err(BenchError::Config("no server to send to".into()));
+    }
     if cfg.mode.connections() == 0 {
         return Err(BenchError::Config("connections must be at least 1".into()));
     }
@@ -391,24 +397,27 @@ fn propagate_panic<T>(e: JoinError) -> T {
     }
 }
 
-/// Open `n` connections, at most [`CONNECT_CONCURRENCY`] attempts at a time; the first
-/// failure aborts the rest and is returned.
+/// Open `n` connections, connection `i` to `addrs[i % addrs.len()]` (returned with that
+/// index), at most [`CONNECT_CONCURRENCY`] attempts at a time; the first failure aborts the
+/// rest and is returned.
 async fn connect_all(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     n: usize,
     connect_timeout: Duration,
-) -> Result<Vec<HttpConn>, BenchError> {
+) -> Result<Vec<(usize, HttpConn)>, BenchError> {
     let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let mut set = JoinSet::new();
-    for _ in 0..n {
+    for i in 0..n {
         let permits = permits.clone();
+        let entry = i % addrs.len();
+        let addr = addrs[entry];
         set.spawn(async move {
             let _permit = permits
                 .acquire_owned()
                 .await
                 .expect("the connect semaphore is never closed");
             match timeout(connect_timeout, HttpConn::connect(addr)).await {
-                Ok(res) => res,
+                Ok(res) => res.map(|conn| (entry, conn)),
                 Err(_) => Err(BenchError::ConnectTimeout {
                     addr,
                     timeout: connect_timeout,
@@ -455,7 +464,8 @@ enum Schedule {
 
 /// State shared by all lanes (read-only apart from the atomics).
 struct Ctx {
-    addr: SocketAddr,
+    /// The entry nodes; each connection keeps to one.
+    addrs: Arc<[SocketAddr]>,
     /// What to send, with its body: one, or one per replay target.
     targets: Vec<(Prepared, Bytes)>,
     request_timeout: Duration,
@@ -555,20 +565,20 @@ impl LaneStats {
 }
 
 /// Drive a group of connections until the schedule is exhausted.
-async fn lane(conns: Vec<HttpConn>, ctx: Arc<Ctx>) -> LaneStats {
+async fn lane(conns: Vec<(usize, HttpConn)>, ctx: Arc<Ctx>) -> LaneStats {
     let mut stats = LaneStats::new();
     let mut in_flight = FuturesUnordered::new();
-    for conn in conns {
-        in_flight.push(one_request(Some(conn), ctx.clone()));
+    for (entry, conn) in conns {
+        in_flight.push(one_request(entry, Some(conn), ctx.clone()));
     }
-    while let Some((conn, outcome)) = in_flight.next().await {
+    while let Some((entry, conn, outcome)) = in_flight.next().await {
         // `None`: no more requests to schedule; this connection retires.
         let Some(outcome) = outcome else { continue };
         ctx.done.fetch_add(1, Ordering::Relaxed);
         if outcome.result.is_err() {
             ctx.failed.fetch_add(1, Ordering::Relaxed);
         }
-        in_flight.push(one_request(conn, ctx.clone()));
+        in_flight.push(one_request(entry, conn, ctx.clone()));
         if let Some(record) = stats.record(outcome, ctx.records.is_some())
             && let Some(tx) = &ctx.records
         {
@@ -583,7 +593,21 @@ async fn lane(conns: Vec<HttpConn>, ctx: Arc<Ctx>) -> LaneStats {
 /// Claim the next request (closed loop: now; open loop: the next rate slot; replay: the
 /// next planned request), send it on `conn` (re-opening it if needed) and hand the
 /// connection back with the outcome. Returns `None` as outcome once the schedule is over.
-async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>, Option<Outcome>) {
+/// `entry` is the index of the connection's node in [`Ctx::addrs`], given back with it.
+async fn one_request(
+    entry: usize,
+    conn: Option<HttpConn>,
+    ctx: Arc<Ctx>,
+) -> (usize, Option<HttpConn>, Option<Outcome>) {
+    let (conn, outcome) = request_on(entry, conn, &ctx).await;
+    (entry, conn, outcome)
+}
+
+async fn request_on(
+    entry: usize,
+    conn: Option<HttpConn>,
+    ctx: &Ctx,
+) -> (Option<HttpConn>, Option<Outcome>) {
     let (scheduled, target) = match &ctx.schedule {
         Schedule::Closed => {
             let now = Instant::now();
@@ -636,7 +660,7 @@ async fn one_request(conn: Option<HttpConn>, ctx: Arc<Ctx>) -> (Option<HttpConn>
 
     let mut conn = match conn.filter(|c| !c.is_closed()) {
         Some(c) => c,
-        None => match timeout_at(deadline, HttpConn::connect(ctx.addr)).await {
+        None => match timeout_at(deadline, HttpConn::connect(ctx.addrs[entry])).await {
             Ok(Ok(c)) => c,
             Ok(Err(_)) => {
                 sleep(ERROR_BACKOFF).await;
@@ -759,6 +783,35 @@ async fn scrape(
         meus: meus.unwrap_or(0.0),
         reuse: reuse.unwrap_or(0.0),
     })
+}
+
+/// [`scrape`] of every entry node, summed; `None` if any of them cannot be read (a sum over
+/// some of them would be mistaken for the whole).
+async fn scrape_all(
+    addrs: &[SocketAddr],
+    authorization: Option<&str>,
+    limit: Duration,
+) -> Option<Snapshot> {
+    let reads =
+        futures_util::future::join_all(addrs.iter().map(|a| scrape(*a, authorization, limit)))
+            .await;
+    reads.into_iter().try_fold(
+        Snapshot {
+            found: false,
+            cold_starts: 0.0,
+            meus: 0.0,
+            reuse: 0.0,
+        },
+        |sum, one| {
+            let one = one?;
+            Some(Snapshot {
+                found: sum.found || one.found,
+                cold_starts: sum.cold_starts + one.cold_starts,
+                meus: sum.meus + one.meus,
+                reuse: sum.reuse + one.reuse,
+            })
+        },
+    )
 }
 
 fn server_stats(before: Option<Snapshot>, after: Option<Snapshot>) -> ServerStats {

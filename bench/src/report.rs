@@ -53,6 +53,10 @@ pub struct ConfigEcho {
     /// What a trace replay replayed (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayEcho>,
+    /// The entry nodes' addresses, connections spread round-robin over them (reports from
+    /// before there could be several have none).
+    #[serde(default)]
+    pub entries: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,6 +155,15 @@ impl Report {
         };
         let _ = writeln!(out, "{:<14}{mode}", "mode");
         let _ = writeln!(out, "{:<14}{} {}", "target", c.method, c.path);
+        if c.entries.len() > 1 {
+            let _ = writeln!(
+                out,
+                "{:<14}{} ({} nodes; connections spread over them, node counters summed)",
+                "entries",
+                c.entries.join(", "),
+                c.entries.len()
+            );
+        }
         if let Some(r) = &c.replay {
             let _ = writeln!(
                 out,
@@ -257,6 +270,7 @@ mod tests {
                 method: "POST".into(),
                 path: "/invoke/echo?x=1".into(),
                 replay: None,
+                entries: vec!["127.0.0.1:7878".into()],
             },
             requests: 2505,
             ok: 2500,

@@ -164,7 +164,7 @@ async fn handle(
 
 fn config(addr: SocketAddr, method: Method, path: &str, mode: LoadMode, ms: u64) -> LoadConfig {
     LoadConfig {
-        addr,
+        addrs: vec![addr],
         method,
         path_and_query: path.to_owned(),
         headers: vec![("x-test".to_owned(), "1".to_owned())],
@@ -264,6 +264,47 @@ async fn closed_loop_counts_match_the_server() {
     assert_eq!(back.requests, r.requests);
     assert_eq!(back.latency_us.p99, r.latency_us.p99);
     assert_eq!(back.server.meus, r.server.meus);
+}
+
+/// With two entry nodes the connections are split between them, every request is counted by
+/// the node it went to, and the node counters are the sum of both nodes'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_spread_over_every_entry_node_and_their_counters_are_summed() {
+    let (s1, s2) = (start_server().await, start_server().await);
+    let mut cfg = config(
+        s1.addr,
+        Method::POST,
+        "/echo",
+        LoadMode::Closed { connections: 6 },
+        500,
+    );
+    cfg.addrs.push(s2.addr);
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    let (a, b) = (s1.get(|c| &c.echo), s2.get(|c| &c.echo));
+    assert!(a > 10 && b > 10, "both entries served: {a} and {b}");
+    assert_eq!(r.requests, a + b, "every request sent in the window");
+    assert_eq!(r.ok, r.requests);
+    // 3 pool connections on each, and each scraped twice.
+    assert_eq!((s1.get(|c| &c.accepted), s2.get(|c| &c.accepted)), (5, 5));
+    assert!(r.server.available);
+    assert_eq!(r.server.meus, r.requests, "summed over both nodes");
+    assert_eq!(r.server.cold_starts, 2, "one cold start on each node");
+    assert_eq!(
+        r.config.entries,
+        [s1.addr.to_string(), s2.addr.to_string()]
+    );
+    assert!(r.render_text().contains("2 nodes"), "{}", r.render_text());
+    // One entry that cannot be scraped leaves the counters unavailable, not half of them.
+    s2.counts.metrics_need_token.store(true, Ordering::SeqCst);
+    let r = tern_bench::load::run(&cfg).await.unwrap();
+    assert!(!r.server.available, "{:?}", r.server);
+    assert!(r.ok > 0);
+    // No entry at all is a configuration error.
+    cfg.addrs.clear();
+    assert!(matches!(
+        tern_bench::load::run(&cfg).await,
+        Err(BenchError::Config(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -298,6 +298,11 @@ enum Command {
         json: Option<PathBuf>,
         #[arg(long)]
         no_progress: bool,
+        /// Another entry node (repeatable): the connections are spread round-robin over
+        /// `--server` and these, and the node counters in the report are summed over all of
+        /// them. `--deploy` deploys through `--server` only (a cluster replicates it).
+        #[arg(long, value_name = "ADDR")]
+        entry: Vec<SocketAddr>,
         #[command(flatten)]
         server: Server,
     },
@@ -613,6 +618,36 @@ impl DeployLimits {
 
 /// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
 /// left as they are: a new version would cost every one a cold start).
+/// Waits (up to 60 s) until the node at `server` lists every function in `names`.
+async fn wait_until_listed(server: &Server, names: &[&str]) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let listed = call(server, Method::GET, "/v1/functions", Bytes::new()).await?;
+        let have: std::collections::HashSet<String> = serde_json::from_slice::<serde_json::Value>(
+            &listed.body,
+        )
+        .ok()
+        .and_then(|v| {
+            v.as_array().map(|fs| {
+                fs.iter()
+                    .filter_map(|f| f["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+        if names.iter().all(|n| have.contains(*n)) {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the entry node {} did not list the deployed functions within 60 s",
+                server.server
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn deploy_missing(
     server: &Server,
     names: &[&str],
@@ -1571,6 +1606,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             records,
             json,
             no_progress,
+            entry,
             server,
         } => {
             let plan = match &trace {
@@ -1615,6 +1651,14 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                     max_instances: None,
                 };
                 deploy_missing(&server, &names, wasm, limits).await?;
+                // The other entries get them by replication: the load waits for it.
+                for addr in &entry {
+                    let at = Server {
+                        server: *addr,
+                        token: server.token.clone(),
+                    };
+                    wait_until_listed(&at, &names).await?;
+                }
             }
             let mode = match (&plan, rate) {
                 (Some(plan), _) => LoadMode::Replay {
@@ -1633,7 +1677,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 Duration::from_secs(2)
             });
             let cfg = LoadConfig {
-                addr: server.server,
+                addrs: std::iter::once(server.server).chain(entry).collect(),
                 method: Method::POST,
                 path_and_query: format!(
                     "/v1/functions/{function}/invoke{}",

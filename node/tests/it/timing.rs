@@ -182,7 +182,7 @@ async fn three_thousand_concurrent_connections_get_no_errors() {
     let dir = tempfile::tempdir().unwrap();
     let node = start(config(dir.path())).await;
     let report = tern_bench::run(&LoadConfig {
-        addr: node.addr(),
+        addrs: vec![node.addr()],
         method: Method::POST,
         path_and_query: "/v1/functions/echo/invoke".into(),
         headers: Vec::new(),
