@@ -289,10 +289,7 @@ async fn connections_spread_over_every_entry_node_and_their_counters_are_summed(
     assert!(r.server.available);
     assert_eq!(r.server.meus, r.requests, "summed over both nodes");
     assert_eq!(r.server.cold_starts, 2, "one cold start on each node");
-    assert_eq!(
-        r.config.entries,
-        [s1.addr.to_string(), s2.addr.to_string()]
-    );
+    assert_eq!(r.config.entries, [s1.addr.to_string(), s2.addr.to_string()]);
     assert!(r.render_text().contains("2 nodes"), "{}", r.render_text());
     // One entry that cannot be scraped leaves the counters unavailable, not half of them.
     s2.counts.metrics_need_token.store(true, Ordering::SeqCst);

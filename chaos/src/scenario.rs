@@ -723,14 +723,10 @@ mod tests {
             at_s = 16
             kind = "rolling_restart"
             gap_s = 2
-            [[fault]]
-            at_s = 23
-            kind = "add_node"
-            class = "edge-small"
             "#
         );
         let s = Scenario::parse(&text).unwrap();
-        assert_eq!(s.faults.len(), 9);
+        assert_eq!(s.faults.len(), 8);
         assert!(s.needs_root());
         let rolling: Vec<_> = s
             .fault_windows()
@@ -738,20 +734,45 @@ mod tests {
             .filter(|w| w.start_us >= 16_000_000)
             .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
             .collect();
+        assert_eq!(rolling, [(0, 16, 18), (1, 18, 20), (2, 20, 22)]);
+    }
+
+    #[test]
+    fn added_nodes_take_the_next_names_in_the_order_they_join_and_restart_each_member() {
+        let text = format!(
+            "{KILL}{}",
+            r#"
+            [[fault]]
+            at_s = 25
+            kind = "add_node"
+            [[fault]]
+            at_s = 18
+            kind = "add_node"
+            class = "edge-small"
+            "#
+        );
+        let s = Scenario::parse(&text).unwrap();
+        assert_eq!(s.nodes(), ["a", "b", "c"]);
+        assert_eq!(s.all_nodes(), ["a", "b", "c", "d", "e"]);
+        assert_eq!(s.added(), ["edge-small", "standard"]);
+        let restarts: Vec<_> = s
+            .fault_windows()
+            .into_iter()
+            .filter(|w| w.start_us >= 18_000_000)
+            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
+            .collect();
+        // Each member in turn, `ADD_NODE_GAP_S` apart, for each add.
         assert_eq!(
-            rolling,
+            restarts,
             [
-                (0, 16, 18),
-                (1, 18, 20),
-                (2, 20, 22),
-                // The add restarts each member in turn, `ADD_NODE_GAP_S` apart.
-                (0, 23, 25),
-                (1, 25, 27),
-                (2, 27, 29)
+                (0, 25, 27),
+                (1, 27, 29),
+                (2, 29, 31),
+                (0, 18, 20),
+                (1, 20, 22),
+                (2, 22, 24)
             ]
         );
-        assert_eq!(s.added(), ["edge-small"]);
-        assert_eq!(s.all_nodes(), ["a", "b", "c", "d"]);
     }
 
     #[test]

@@ -623,18 +623,17 @@ async fn wait_until_listed(server: &Server, names: &[&str]) -> Result<()> {
     let started = std::time::Instant::now();
     loop {
         let listed = call(server, Method::GET, "/v1/functions", Bytes::new()).await?;
-        let have: std::collections::HashSet<String> = serde_json::from_slice::<serde_json::Value>(
-            &listed.body,
-        )
-        .ok()
-        .and_then(|v| {
-            v.as_array().map(|fs| {
-                fs.iter()
-                    .filter_map(|f| f["name"].as_str().map(str::to_owned))
-                    .collect()
-            })
-        })
-        .unwrap_or_default();
+        let have: std::collections::HashSet<String> =
+            serde_json::from_slice::<serde_json::Value>(&listed.body)
+                .ok()
+                .and_then(|v| {
+                    v.as_array().map(|fs| {
+                        fs.iter()
+                            .filter_map(|f| f["name"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                })
+                .unwrap_or_default();
         if names.iter().all(|n| have.contains(*n)) {
             return Ok(());
         }
