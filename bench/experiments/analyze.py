@@ -331,7 +331,11 @@ def what_ran(w, setup):
     """The report's "What ran" bullets shared by every experiment."""
     w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
     w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback "
-      f"({link_delay(setup)}): a `standard` (the entry: every request arrives there), b `edge-small`, c `cpu-burst`. "
+      f"({link_delay(setup)}): a `standard` ("
+      + ("the trace's requests entered through a, b and c in turn (`ENTRIES=all`: connections round-robin); "
+         "the rows below about \"the entry\" are node a's alone"
+         if setup.get("entries") == "all" else "the entry: every request arrives there")
+      + "), b `edge-small`, c `cpu-burst`. "
       + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
           f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].replace(',', ' ').split()))
          + "." if setup["cpu_limits"] == "1" else "No CPU quotas (not root or no cgroup v1 cpu controller): the nodes differ only in the limits their classes admit.")

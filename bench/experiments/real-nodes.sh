@@ -50,7 +50,8 @@
 #   on the same CPUs, outside the nodes' quotas). Both unset or 0: the nodes dial each other.
 #   ENTRIES=a|all: the trace's requests all enter through a (the default, as the committed
 #   reports ran), or are spread over a, b and c (`tern bench --entry`: the connections
-#   round-robin over the three, each request placed by the node it reached).
+#   round-robin over the three, each request placed by the node it reached). The trace
+#   replays only (placement, ablations); profiles and calibration send as they always did.
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -309,7 +310,7 @@ snapshot_nodes() {
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
-  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules checkpoint=$checkpoint"
+  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules checkpoint=$checkpoint entries=${ENTRIES:-a}"
   for c in "${configs[@]}"; do
     read -r placement isolation runtime <<<"$(configuration "$c")"
     echo "config.$c=$placement/$isolation/$runtime"
