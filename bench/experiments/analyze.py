@@ -332,9 +332,10 @@ def what_ran(w, setup):
     w(f"- Build: commit `{setup['commit'][:12]}`, uncommitted changes: {setup['dirty']}; binary `{setup['binary']}`.")
     w(f"- Three `tern up` processes on one {setup['nproc']}-CPU machine, a QUIC cluster on loopback "
       f"({link_delay(setup)}): a `standard` ("
-      + ("the trace's requests entered through a, b and c in turn (`ENTRIES=all`: connections round-robin); "
-         "the rows below about \"the entry\" are node a's alone"
-         if setup.get("entries") == "all" else "the entry: every request arrives there")
+      + ("the requests entered through a, b and c (`ENTRIES=all`: the load's connections round-robin "
+         "over them, each request sent on whichever connection was free, so a slower entry took fewer)"
+         if setup.get("entries") == "all" and setup.get("experiment") not in ("profiles", "calibration")
+         else "the entry: every request arrives there")
       + "), b `edge-small`, c `cpu-burst`. "
       + ("CPU quotas (cgroup v1 `cpu.cfs_quota_us` per 100 ms): " + ", ".join(
           f"{n} {'none' if q == '-1' else f'{int(q) / 100000:.1f} CPU'}" for n, q in zip(NODES, setup['quotas_us'].replace(',', ' ').split()))
@@ -346,7 +347,9 @@ def what_ran(w, setup):
         return
     w(f"- Workload: `tern bench --trace traces/azure2019-http-12h.csv --minutes {setup['minutes']} "
       f"--speedup {setup['speedup']} --scale {setup['scale']} --seed {setup['seed']} --function 'mm-{{i}}' "
-      f"--work-n {setup['work_n']} --connections {setup['connections']}`: each trace function "
+      f"--work-n {setup['work_n']} --connections {setup['connections']}"
+      + (" --entry <b> --entry <c>" if setup.get("entries") == "all" else "")
+      + "`: each trace function "
       + ("its own module (matmul-json plus a custom section naming the function: the same code, no two "
          "functions sharing a compiled module)" if setup.get("modules") == "distinct"
          else "its own copy of matmul-json (the same module)")

@@ -28,7 +28,7 @@
 #
 # Nodes (classes differ in the limits they admit; their speed differs by a cgroup v1 CPU
 # quota, when root and /sys/fs/cgroup/cpu allow it, else not at all, and the report says so):
-#   a  standard    1.0 CPU   the entry: every request arrives here (ENTRIES=all: a third)
+#   a  standard    1.0 CPU   the entry: every request arrives here (ENTRIES=all: a, b and c)
 #   b  edge-small  0.5 CPU
 #   c  cpu-burst   no quota (both of the machine's CPUs)
 # Functions are deployed with timeout_ms=50 and memory_mb=64, so every class admits them.
@@ -50,8 +50,9 @@
 #   on the same CPUs, outside the nodes' quotas). Both unset or 0: the nodes dial each other.
 #   ENTRIES=a|all: the trace's requests all enter through a (the default, as the committed
 #   reports ran), or are spread over a, b and c (`tern bench --entry`: the connections
-#   round-robin over the three, each request placed by the node it reached). The trace
-#   replays only (placement, ablations); profiles and calibration send as they always did.
+#   round-robin over the three, each request sent on whichever connection is free and placed
+#   by the node it reached). The trace replays only (placement, ablations); profiles and
+#   calibration send as they always did.
 # Minutes 600-610 lie in the policy benchmark's test window [480, 720): the checkpoint was
 # trained on [0, 420) and selected on [420, 450), never on these minutes.
 set -euo pipefail
@@ -112,6 +113,10 @@ relayed=0 # whether the mesh links go through `tern chaos relay`
 if [ "$link_delay_ms" != 0 ] || [ ${#link_delays[@]} -gt 0 ]; then relayed=1; fi
 modules=${MODULES:-$default_modules}
 case $modules in shared | distinct) ;; *) echo "MODULES is shared or distinct" >&2; exit 2 ;; esac
+entries=${ENTRIES:-a}
+case $entries in a | all) ;; *) echo "ENTRIES is a or all" >&2; exit 2 ;; esac
+# Only the trace replays send through several entries.
+case $experiment in placement | ablations) ;; *) entries=a ;; esac
 configs=(${CONFIGS:-$default_configs})
 for c in "${configs[@]}"; do
   [ -n "$(configuration "$c")" ] || { echo "unknown configuration $c" >&2; exit 2; }
@@ -310,7 +315,7 @@ snapshot_nodes() {
 {
   echo "commit=$commit dirty=$dirty binary=$tern smoke=$smoke"
   echo "rounds=$rounds minutes=$minutes speedup=$speedup scale=$scale seed=$seed work_n=$work_n connections=$connections"
-  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules checkpoint=$checkpoint entries=${ENTRIES:-a}"
+  echo "experiment=$experiment configs=$(IFS=,; echo "${configs[*]}") modules=$modules checkpoint=$checkpoint entries=$entries"
   for c in "${configs[@]}"; do
     read -r placement isolation runtime <<<"$(configuration "$c")"
     echo "config.$c=$placement/$isolation/$runtime"
@@ -340,11 +345,9 @@ fi
 bench_args=(--trace "$trace" --minutes "$minutes" --speedup "$speedup" --scale "$scale"
   --seed "$seed" --function 'mm-{i}' --work-n "$work_n" --connections "$connections"
   --timeout 10s --no-progress)
-case ${ENTRIES:-a} in
-  a) ;;
-  all) bench_args+=(--entry "${http[1]}" --entry "${http[2]}") ;;
-  *) echo "ENTRIES must be a or all, not ${ENTRIES}" >&2; exit 2 ;;
-esac
+if [ "$entries" = all ]; then
+  bench_args+=(--entry "${http[1]}" --entry "${http[2]}")
+fi
 # The functions the window calls: trace rows with an invocation in it, as `tern bench` names them.
 functions=($(python3 - "$trace" "$minutes" <<'PY'
 import sys

@@ -342,6 +342,23 @@ fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
     if cfg.addrs.is_empty() {
         return Err(BenchError::Config("no server to send to".into()));
     }
+    if let Some(twice) = cfg
+        .addrs
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| cfg.addrs[..i].contains(a).then_some(a))
+    {
+        return Err(BenchError::Config(format!(
+            "{twice} is given twice (its counters would be counted twice)"
+        )));
+    }
+    if cfg.mode.connections() < cfg.addrs.len() {
+        return Err(BenchError::Config(format!(
+            "{} connection(s) cannot reach {} entry nodes",
+            cfg.mode.connections(),
+            cfg.addrs.len()
+        )));
+    }
     if cfg.mode.connections() == 0 {
         return Err(BenchError::Config("connections must be at least 1".into()));
     }

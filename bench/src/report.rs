@@ -53,8 +53,9 @@ pub struct ConfigEcho {
     /// What a trace replay replayed (absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay: Option<ReplayEcho>,
-    /// The entry nodes' addresses, connections spread round-robin over them (reports from
-    /// before there could be several have none).
+    /// The entry nodes' addresses: connections round-robin over them, each request sent on
+    /// whichever connection is free (so a slower entry gets fewer). Reports from before there
+    /// could be several have none.
     #[serde(default)]
     pub entries: Vec<String>,
 }
@@ -158,7 +159,7 @@ impl Report {
         if c.entries.len() > 1 {
             let _ = writeln!(
                 out,
-                "{:<14}{} ({} nodes; connections spread over them, node counters summed)",
+                "{:<14}{} ({} nodes; connections round-robin over them, node counters summed)",
                 "entries",
                 c.entries.join(", "),
                 c.entries.len()

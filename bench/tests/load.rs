@@ -296,6 +296,18 @@ async fn connections_spread_over_every_entry_node_and_their_counters_are_summed(
     let r = tern_bench::load::run(&cfg).await.unwrap();
     assert!(!r.server.available, "{:?}", r.server);
     assert!(r.ok > 0);
+    // An entry given twice, or more entries than connections, is a configuration error.
+    cfg.addrs.push(s1.addr);
+    assert!(matches!(
+        tern_bench::load::run(&cfg).await,
+        Err(BenchError::Config(e)) if e.contains("twice")
+    ));
+    cfg.addrs.pop();
+    cfg.mode = LoadMode::Closed { connections: 1 };
+    assert!(matches!(
+        tern_bench::load::run(&cfg).await,
+        Err(BenchError::Config(_))
+    ));
     // No entry at all is a configuration error.
     cfg.addrs.clear();
     assert!(matches!(

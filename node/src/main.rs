@@ -616,37 +616,45 @@ impl DeployLimits {
     }
 }
 
-/// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
-/// left as they are: a new version would cost every one a cold start).
-/// Waits (up to 60 s) until the node at `server` lists every function in `names`.
+/// Waits (up to 60 s) until the node at `server` serves every function in `names`, asked
+/// by name (`GET /v1/functions/{name}`: the node resolves the name for the caller's tenant as
+/// the load's requests will). Retried while it answers `not_found`, `unavailable` or
+/// `unauthorized` (a replicated deploy or token not there yet); any other answer ends it.
 async fn wait_until_listed(server: &Server, names: &[&str]) -> Result<()> {
-    let started = std::time::Instant::now();
-    loop {
-        let listed = call(server, Method::GET, "/v1/functions", Bytes::new()).await?;
-        let have: std::collections::HashSet<String> =
-            serde_json::from_slice::<serde_json::Value>(&listed.body)
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for name in names {
+        let path = format!("/v1/functions/{name}");
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let answer = tokio::time::timeout(left, call(server, Method::GET, &path, Bytes::new()))
+                .await
                 .ok()
-                .and_then(|v| {
-                    v.as_array().map(|fs| {
-                        fs.iter()
-                            .filter_map(|f| f["name"].as_str().map(str::to_owned))
-                            .collect()
-                    })
-                })
-                .unwrap_or_default();
-        if names.iter().all(|n| have.contains(*n)) {
-            return Ok(());
+                .transpose()?;
+            match answer {
+                Some(r) if r.status == 200 => break,
+                Some(r) if ![401, 404, 503].contains(&r.status) => return finish(r),
+                last => {
+                    if std::time::Instant::now() >= deadline {
+                        bail!(
+                            "the entry node {} did not serve {name} within 60 s (last answer: {})",
+                            server.server,
+                            last.map_or("none".to_owned(), |r| format!(
+                                "{} {}",
+                                r.status,
+                                String::from_utf8_lossy(&r.body)
+                            ))
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "the entry node {} did not list the deployed functions within 60 s",
-                server.server
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok(())
 }
 
+/// Deploys `wasm` under each of `names` the node does not list yet (deployed functions are
+/// left as they are: a new version would cost every one a cold start).
 async fn deploy_missing(
     server: &Server,
     names: &[&str],

@@ -146,3 +146,50 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
     );
     node.shutdown().await.unwrap();
 }
+
+/// `tern bench --entry`: the load goes through both nodes, `--deploy` finds the function on
+/// the entry by name (as the caller's tenant sees it), and the report names both entries and
+/// sums their counters. An entry given twice is refused before any load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_spreads_its_connections_over_every_entry_node() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        start(config(d1.path())).await,
+        start(config(d2.path())).await,
+    );
+    let (sa, sb) = (a.addr().to_string(), b.addr().to_string());
+    let echo = functions_dir().join("echo.wasm");
+    let out_dir = tempfile::tempdir().unwrap();
+    let report = out_dir.path().join("report.json");
+    let bench = |entry: &str| {
+        run_tern(
+            tern_command()
+                .args(["bench", "--function", "echo", "--deploy"])
+                .arg(&echo)
+                .args(["--duration", "1s", "--warmup", "0s", "--connections", "4"])
+                .args(["--no-progress", "--json"])
+                .arg(&report)
+                .args(["--server", &sa, "--entry", entry])
+                .env_remove("TERN_TOKEN"),
+        )
+    };
+    let (ok, out, err) = bench(&sb);
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains("(2 nodes;"), "{out}");
+    let (on_a, on_b) = (
+        metric(a.addr(), "tern_meus_total").await,
+        metric(b.addr(), "tern_meus_total").await,
+    );
+    assert!(on_a > 0.0 && on_b > 0.0, "a ran {on_a}, b ran {on_b}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["config"]["entries"], serde_json::json!([sa, sb]));
+    assert_eq!(
+        r["server"]["meus"].as_f64().unwrap(),
+        r["requests"].as_f64().unwrap(),
+        "counted over both nodes: {r}"
+    );
+    let (ok, _, err) = bench(&sa);
+    assert!(!ok && err.contains("given twice"), "{err}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
