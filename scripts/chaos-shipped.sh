@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the shipped chaos scenarios that the runner can inject (`tern chaos run NAME`, release
+# Runs the shipped chaos scenarios (`tern chaos run NAME`, release
 # build, this tree) and keeps each run's report, verdict, timeline and history (gzipped) in
 # OUT_DIR/<scenario>/, plus summary.txt (generated here from the verdicts; never edit it).
 # The nodes' data, logs and certificates stay in a temporary directory, removed at the end.

@@ -352,15 +352,15 @@ fn validate(cfg: &LoadConfig) -> Result<(), BenchError> {
             "{twice} is given twice (its counters would be counted twice)"
         )));
     }
+    if cfg.mode.connections() == 0 {
+        return Err(BenchError::Config("connections must be at least 1".into()));
+    }
     if cfg.mode.connections() < cfg.addrs.len() {
         return Err(BenchError::Config(format!(
             "{} connection(s) cannot reach {} entry nodes",
             cfg.mode.connections(),
             cfg.addrs.len()
         )));
-    }
-    if cfg.mode.connections() == 0 {
-        return Err(BenchError::Config("connections must be at least 1".into()));
     }
     if let LoadMode::Open { rate_per_sec, .. } = cfg.mode
         && !(rate_per_sec.is_finite() && rate_per_sec > 0.0)

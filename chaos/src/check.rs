@@ -31,8 +31,8 @@
 //!   fault shorter than the detection bound, an observer under a fault of its own, what the
 //!   polls did not watch;
 //! - `nodes_added`: every node an `add_node` fault adds joined (it started, the members were
-//!   restarted with it among its peers, and it saw every member up that was not under a
-//!   fault), every starting member whose faults had all healed saw it up, and over HTTP it
+//!   restarted with it among its peers, it saw every member up that was not under a fault,
+//!   and it showed the workload's function), every starting member whose faults had all healed saw it up, and over HTTP it
 //!   answered the workload's calls (at least one, if any were sent to it);
 //! - `registries_converged` ([`crate::convergence`]): after the run, every live node shows
 //!   the same entry for the function redeployed during the load, within the convergence
@@ -143,7 +143,8 @@ fn nodes_added(history: &History, scenario: &Scenario, report: &mut Report) {
             report.violations.push(Violation {
                 invariant: "nodes_added",
                 detail: format!(
-                    "node {node} did not join: it did not start, or never saw every member up \
+                    "node {node} did not join: it did not start, died while the members \
+                     restarted, never saw every member up or never showed the function \
                      (its log says why)"
                 ),
                 ops: Vec::new(),
@@ -215,7 +216,7 @@ fn nodes_added(history: &History, scenario: &Scenario, report: &mut Report) {
             Via::Client => "the clients' seeds are the starting nodes".to_owned(),
         };
         report.stats.added.push(format!(
-            "{node} joined {} ms after it started (every member restarted with it); {via}",
+            "{node} joined {} ms after it started (the members restarted with it); {via}",
             (end - start) / 1000,
         ));
     }
@@ -1026,7 +1027,7 @@ mod tests {
         assert_eq!(
             r.stats.added,
             [
-                "d joined 7000 ms after it started (every member restarted with it); answered 1 of 1 calls sent to it"
+                "d joined 7000 ms after it started (the members restarted with it); answered 1 of 1 calls sent to it"
             ]
         );
     }

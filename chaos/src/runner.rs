@@ -1913,9 +1913,10 @@ async fn stop_gracefully(
 /// Adds node `i` to the running cluster, as an operator grows one (membership is configured):
 /// starts it with every member as its peer, restarts each member in turn with it among its
 /// peers ([`ADD_NODE_GAP_S`] apart), and once it sees every member up and shows the workload's
-/// `function`, lets the workload use it. Its `add_node` fault spans all of it; each member's restart is an `add_node` fault of
-/// that member. A new node that does not start, or never sees every member, is an unscheduled
-/// end (the fault never heals, and the `nodes_added` checker says so).
+/// `function`, lets the workload use it. Its `add_node` fault spans all of it; each member's
+/// restart is an `add_node` fault of that member. A new node that does not start, dies during
+/// the restarts, never sees every member or never shows the function is an unscheduled end
+/// (the fault never heals, and the `nodes_added` checker says so).
 async fn add_node(
     nodes: &Mutex<Vec<NodeProc>>,
     history: &Mutex<History>,
@@ -1974,7 +1975,7 @@ async fn add_node(
     record_fault(history, t0, &name, Phase::End, "add_node");
 }
 
-/// Whether node `i` shows `function` within 60 s.
+/// Whether node `i` shows `function` within 60 s (false at once if its process ended).
 async fn serves(nodes: &Mutex<Vec<NodeProc>>, i: usize, function: &str) -> bool {
     let (addr, token) = {
         let n = &lock(nodes)[i];
@@ -1982,6 +1983,13 @@ async fn serves(nodes: &Mutex<Vec<NodeProc>>, i: usize, function: &str) -> bool 
     };
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
+        let gone = lock(nodes)[i]
+            .child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        if gone {
+            return false;
+        }
         let r = get(addr, &token, &format!("/v1/functions/{function}")).await;
         if r.is_some_and(|r| r.status == 200) {
             return true;

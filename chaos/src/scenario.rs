@@ -624,7 +624,9 @@ impl Scenario {
                         });
                     }
                 }
-                // Each member restarted with the new node among its peers, one after another.
+                // Each starting member restarted with the new node among its peers, one after
+                // another (a node added earlier is restarted too, after them; faults cannot
+                // name it, so its window is not needed here).
                 FaultKind::AddNode { .. } => {
                     for (k, i) in (0..self.cluster.nodes).enumerate() {
                         out.push(Window {
@@ -738,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn added_nodes_take_the_next_names_in_the_order_they_join_and_restart_each_member() {
+    fn added_nodes_take_the_next_names_in_the_order_they_join_and_restart_each_starting_member() {
         let text = format!(
             "{KILL}{}",
             r#"

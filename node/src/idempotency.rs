@@ -1,7 +1,8 @@
-//! Idempotency keys of the client API.
+//! Idempotency keys of the client API, as the key's home node keeps them (which node that is,
+//! and how calls reach it: [`crate::keyed`]).
 //!
 //! - **Async invocations** ([`AsyncKeys`]): `key → invocation id` is persisted in its own sled
-//!   tree, so a retry with the same key on the same node (even after a restart) gets the same
+//!   tree, so a retry with the same key at its home (even after a restart) gets the same
 //!   id instead of a second invocation. Entries expire after `result_ttl_secs`, like results.
 //! - **Sync invocations** ([`SyncCache`]): a bounded in-memory cache of finished results (by
 //!   default 10,000 keys, 64 MiB of output, 5 minutes). A retry that arrives while the first

@@ -83,6 +83,9 @@ fn keyed_call(
     mode: KeyedMode,
     trace: Option<TraceParent>,
 ) -> Result<KeyedCall, ApiError> {
+    // Read before the lookup, as the pipeline does: a pull that completes in between must not
+    // turn a retryable miss into `not_found`.
+    let synced = app.pipeline.registry_synced();
     let entry = app
         .store
         .function(function)
@@ -91,7 +94,6 @@ fn keyed_call(
         // As the pipeline says it: `unavailable` (retried) while this node has not pulled the
         // registry, `not_found` once it has.
         .ok_or_else(|| {
-            let synced = app.pipeline.registry_synced();
             NodeError::from(tern_actors::Pipeline::missing_function(
                 function.clone(),
                 synced,
@@ -226,12 +228,13 @@ async fn serve_call(
         let (installer, entry) = (app.clone(), call.entry);
         crate::app::to_completion(async move { installer.apply_entry(entry, &peer).await })
             .await
-            .map_err(|e| {
-                // Fetching or compiling the module failed here: a retry may well succeed.
-                ApiError::new(
+            .map_err(|e| match e {
+                // The module could not be fetched from the entry: a retry may well succeed.
+                NodeError::Link(e) => ApiError::new(
                     ErrorCode::Unavailable,
-                    format!("cannot install {function} here yet ({e}); retry"),
-                )
+                    format!("cannot fetch {function}'s module here yet ({e}); retry"),
+                ),
+                other => other.to_api(),
             })?;
     }
     let input = Bytes::from(call.input);
@@ -313,7 +316,7 @@ fn waited_out(wait: Option<Duration>) -> ApiError {
         ErrorCode::Timeout,
         format!(
             "no result within {} ms; with an idempotency key the invocation carries on and a \
-             retry with the same key returns its result",
+             retry with the same key returns its result (unless the node's key cache was full)",
             wait.unwrap_or_default().as_millis()
         ),
     )

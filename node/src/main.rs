@@ -616,14 +616,18 @@ impl DeployLimits {
     }
 }
 
-/// Waits (up to 60 s) until the node at `server` serves every function in `names`, asked
-/// by name (`GET /v1/functions/{name}`: the node resolves the name for the caller's tenant as
-/// the load's requests will). Retried while it answers `not_found`, `unavailable` or
-/// `unauthorized` (a replicated deploy or token not there yet); any other answer ends it.
-async fn wait_until_listed(server: &Server, names: &[&str]) -> Result<()> {
+/// Waits (up to 60 s in all) until the node at `server` serves every function in `names`,
+/// asked by name (`GET /v1/functions/{name}`: the node resolves the name for the caller's
+/// tenant as the load's requests will). Asked again while it answers `not_found`,
+/// `unavailable` or `unauthorized` (a replicated deploy or token not there yet); any other
+/// answer ends it with an error naming the node, the function and the answer.
+async fn wait_until_served(server: &Server, names: &[&str]) -> Result<()> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let show =
+        |r: &tern_bench::Response| format!("{} {}", r.status, String::from_utf8_lossy(&r.body));
     for name in names {
         let path = format!("/v1/functions/{name}");
+        let mut last = None;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let answer = tokio::time::timeout(left, call(server, Method::GET, &path, Bytes::new()))
@@ -632,20 +636,20 @@ async fn wait_until_listed(server: &Server, names: &[&str]) -> Result<()> {
                 .transpose()?;
             match answer {
                 Some(r) if r.status == 200 => break,
-                Some(r) if ![401, 404, 503].contains(&r.status) => return finish(r),
-                last => {
-                    if std::time::Instant::now() >= deadline {
-                        bail!(
-                            "the entry node {} did not serve {name} within 60 s (last answer: {})",
-                            server.server,
-                            last.map_or("none".to_owned(), |r| format!(
-                                "{} {}",
-                                r.status,
-                                String::from_utf8_lossy(&r.body)
-                            ))
-                        );
-                    }
-                }
+                Some(r) if ![401, 404, 503].contains(&r.status) => bail!(
+                    "the entry node {} answered {} for {name}",
+                    server.server,
+                    show(&r)
+                ),
+                Some(r) => last = Some(r),
+                None => {}
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "the entry node {} did not serve {name} within 60 s (last answer: {})",
+                    server.server,
+                    last.as_ref().map_or("none".to_owned(), show)
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1664,7 +1668,7 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                         server: *addr,
                         token: server.token.clone(),
                     };
-                    wait_until_listed(&at, &names).await?;
+                    wait_until_served(&at, &names).await?;
                 }
             }
             let mode = match (&plan, rate) {

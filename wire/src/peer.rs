@@ -86,7 +86,8 @@ pub struct KeyedCall {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KeyedMode {
     /// Answered with the result; `timeout_ms` is the caller's wait (the call carries on
-    /// past it, and a retry with the key gets its result).
+    /// past it, and a retry with the key gets its result unless the home's key cache was
+    /// full).
     Sync { timeout_ms: Option<u32> },
     /// Answered with the invocation's id once it is accepted.
     Async,

@@ -147,9 +147,10 @@ async fn a_trace_replay_deploys_its_functions_sends_every_planned_request_and_re
     node.shutdown().await.unwrap();
 }
 
-/// `tern bench --entry`: the load goes through both nodes, `--deploy` finds the function on
-/// the entry by name (as the caller's tenant sees it), and the report names both entries and
-/// sums their counters. An entry given twice is refused before any load.
+/// `tern bench --entry`: the load goes through both nodes (standalone, each with the `echo`
+/// example, so `--deploy` has nothing to deploy and the entry serves it at once), and the
+/// report names both entries and sums their counters. An entry given twice is refused before
+/// any load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_spreads_its_connections_over_every_entry_node() {
     let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
