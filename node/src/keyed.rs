@@ -240,7 +240,7 @@ async fn serve_call(
     let input = Bytes::from(call.input);
     match call.mode {
         KeyedMode::Sync { timeout_ms } => {
-            let trace = traces::invoke("peer", call.trace.as_ref(), &function, "sync");
+            let trace = traces::home(call.trace.as_ref(), &function, "sync");
             let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
             let run = Call {
                 function,

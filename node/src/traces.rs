@@ -46,6 +46,40 @@ pub fn invoke(
     span
 }
 
+/// The root of a keyed client call on its key's home, which another node sent it: a child of
+/// the entry's `invoke` span (`parent`, carried in the call), with the same fields, so the
+/// home's admission, placement and forwards sit under it in the entry's trace.
+pub fn home(parent: Option<&TraceParent>, function: &FunctionName, mode: &'static str) -> Span {
+    if !tern_telemetry::sample(parent) {
+        return Span::none();
+    }
+    let span = tracing::info_span!(
+        target: "tern::trace",
+        parent: None,
+        "home",
+        otel.kind = "server",
+        via = "peer",
+        mode,
+        function = %function,
+        tenant = %function.tenant(),
+        request_id = Empty,
+        node = Empty,
+        cold_start = Empty,
+        meus = Empty,
+        pre_us = Empty,
+        load_us = Empty,
+        reuse_us = Empty,
+        inst_us = Empty,
+        exec_us = Empty,
+        error = Empty,
+        otel.status_code = Empty,
+    );
+    if let Some(p) = parent {
+        tern_telemetry::continue_remote(&span, p);
+    }
+    span
+}
+
 /// Admission of the invocation under `root`: the node's queue and the tenant's fair share.
 pub fn admission(root: &Span) -> Span {
     tern_telemetry::child_span!(root, "admission", otel.status_code = Empty)

@@ -391,6 +391,12 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     assert_eq!(invoke.node, "a");
     assert_eq!(invoke.parent_id, trace.parent_id.to_vec());
     assert_eq!(invoke.attributes["via"], "client");
+    // The client's call carries an idempotency key: if its home is another node, that node's
+    // `home` span is a child of a's `invoke`, and the placement and forward sit under it.
+    if let Some(home) = spans.iter().find(|s| s.name == "home") {
+        assert_eq!(home.parent_id, invoke.span_id);
+        assert_ne!(home.node, "a");
+    }
     let forward = one(&spans, "forward");
     assert_eq!(one(&spans, "meu").parent_id, forward.span_id);
     drop(procs);
