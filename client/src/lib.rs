@@ -1,7 +1,7 @@
 //! `tern-client`: a client library for Tern nodes.
 //!
 //! It talks to a node's QUIC client API (`client_listen` in the node's configuration, ALPN
-//! `tern-client/9`) with TLS 1.3, verifying the node's certificate against the cluster CA
+//! `tern-client/10`) with TLS 1.3, verifying the node's certificate against the cluster CA
 //! written by `tern cluster init`. It authenticates with a tenant token, a client
 //! certificate signed by the cluster CA, or both.
 //!
@@ -37,8 +37,9 @@
 //! # }
 //! ```
 //!
-//! Limits of this version: an idempotency key lives on its home node only, so if that node is
-//! lost a retry runs the function again on the next (at-least-once); [`Client::result`] asks
+//! Limits of this version: a sync call's key and result live on its home node only, so if
+//! that node is lost a retry runs the function again on the next (at-least-once; an async
+//! key goes with its invocation's copy to the home's keeper); [`Client::result`] asks
 //! the node the client is connected to, which asks its peers for a record it does not hold.
 #![forbid(unsafe_code)]
 
@@ -394,7 +395,8 @@ impl Client {
     }
 
     /// [`Client::invoke_async`] with options. The same idempotency key returns the same id,
-    /// through any node, while the key's home node lives.
+    /// through any node, and after the key's home node is lost if its copy of the invocation
+    /// reached its keeper (see the crate's README).
     pub async fn invoke_async_with(
         &self,
         name: &str,

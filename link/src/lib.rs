@@ -39,7 +39,8 @@ use tern_sync::poison::{lock, read, write};
 use tern_tenancy::{Demand, Reading, TenantName};
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
-    KeyedCall, NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu, TenancyRecords,
+    AcceptedKey, AsyncCopy, KeyedCall, NodeStatus, PeerRequest, PeerResponse, RegistryEntry,
+    RemoteMeu, TenancyRecords,
 };
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash};
 use tokio::task::JoinHandle;
@@ -172,7 +173,7 @@ pub trait LocalNode: Send + Sync + 'static {
     fn hold_copy<'a>(
         &'a self,
         _origin: &'a NodeName,
-        _record: InvocationRecord,
+        _copy: AsyncCopy,
     ) -> LocalFuture<'a, Result<(), PeerError>> {
         Box::pin(async {
             Err(ApiError::new(
@@ -187,6 +188,11 @@ pub trait LocalNode: Send + Sync + 'static {
     }
     /// This node's record of an async invocation (its own, or a copy it holds).
     fn find_invocation(&self, _id: &InvocationId) -> Result<Option<InvocationRecord>, PeerError> {
+        Ok(None)
+    }
+    /// The async invocation a peer accepted under idempotency key `scope` whose copy came
+    /// here, if the key is still kept.
+    fn find_keyed(&self, _scope: &str) -> Result<Option<AcceptedKey>, PeerError> {
         Ok(None)
     }
     /// Runs a keyed call sent by `peer` because this node is its key's home (see
@@ -499,17 +505,13 @@ impl ClusterLink {
 
     /// Sends a copy of an async invocation this node accepted to `keeper`, and waits until
     /// the keeper has it on disk.
-    pub async fn replicate(
-        &self,
-        keeper: &NodeName,
-        record: InvocationRecord,
-    ) -> Result<(), LinkError> {
+    pub async fn replicate(&self, keeper: &NodeName, copy: AsyncCopy) -> Result<(), LinkError> {
         // Briefly: the caller's 202 waits for it, and a keeper that does not answer (paused,
         // not yet declared down) must not hold every accept for long.
         let answer = self
             .exchange(
                 keeper,
-                &PeerRequest::Replicate(Box::new(record)),
+                &PeerRequest::Replicate(Box::new(copy)),
                 Some(REPLICATE_TIMEOUT),
             )
             .await?;
@@ -529,7 +531,15 @@ impl ClusterLink {
             let keeper = link.keeper();
             let id = finished.id.clone();
             if let Some(keeper) = &keeper
-                && let Err(e) = link.replicate(keeper, finished).await
+                && let Err(e) = link
+                    .replicate(
+                        keeper,
+                        AsyncCopy {
+                            record: finished,
+                            key: None,
+                        },
+                    )
+                    .await
             {
                 tracing::debug!(%keeper, %id, error = %e, "cannot copy a finished async result");
             }
@@ -585,6 +595,39 @@ impl ClusterLink {
         best
     }
 
+    /// Asks every peer up, at once and within the bound [`ClusterLink::lookup`] has, for the
+    /// async invocation accepted under idempotency key `scope` ([`key_home::scope`]) whose
+    /// copy it kept: what a node that stands in for the key's home (see
+    /// [`ClusterLink::stands_in_for_key_home`]) asks before it accepts the call as new. The
+    /// first peer that knows the key answers for all (normally only the home's keeper does).
+    pub async fn lookup_key(self: &Arc<Self>, scope: &str) -> Option<AcceptedKey> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (peer, state) in self.net.members() {
+            if state != tern_cluster::PeerState::Up {
+                continue;
+            }
+            let (link, request) = (self.clone(), PeerRequest::LookupKey(scope.to_owned()));
+            asks.spawn(async move {
+                match link.small_exchange(&peer, request).await {
+                    Ok(PeerResponse::KeyAccepted(found)) => found,
+                    _ => None,
+                }
+            });
+        }
+        let first = async {
+            while let Some(found) = asks.join_next().await {
+                if let Ok(Some(found)) = found {
+                    return Some(found);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(LOOKUP_TIMEOUT, first)
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// The home of the calls with idempotency key `scope` ([`key_home::scope`]) as this node
     /// sees the members now; `None` when it is this node.
     pub fn key_home(&self, scope: &str) -> Option<NodeName> {
@@ -595,6 +638,16 @@ impl ClusterLink {
             .map(|(name, _)| name);
         let home = key_home::home_among(scope, std::iter::once(&self.name).chain(up))?;
         (*home != self.name).then(|| home.clone())
+    }
+
+    /// Whether the home of `scope` among every member, up or not, is another node: then a
+    /// node that takes the key's calls stands in for a home that is away, and the home may
+    /// have accepted calls under the key already (their copies are with its keeper).
+    pub fn stands_in_for_key_home(&self, scope: &str) -> bool {
+        let members = self.net.members();
+        let every = members.keys();
+        key_home::home_among(scope, std::iter::once(&self.name).chain(every))
+            .is_some_and(|home| *home != self.name)
     }
 
     /// Sends a keyed call to its home and waits for the answer, up to `bound` if set: the
@@ -812,10 +865,10 @@ impl ClusterLink {
                 Ok(records) => PeerResponse::Tenancy(records),
                 Err(e) => fail(e),
             },
-            PeerRequest::Replicate(record) => {
+            PeerRequest::Replicate(copy) => {
                 // In a task of its own, like an announcement: a sender that gives up must not
                 // stop a copy between its write and its flush.
-                let holding = tokio::spawn(async move { node.hold_copy(&peer, *record).await });
+                let holding = tokio::spawn(async move { node.hold_copy(&peer, *copy).await });
                 acked(holding.await, "keeping a copy")
             }
             PeerRequest::Release(ids) => match node.release_copies(ids) {
@@ -824,6 +877,10 @@ impl ClusterLink {
             },
             PeerRequest::Lookup(id) => match node.find_invocation(&id) {
                 Ok(record) => PeerResponse::Invocation(record.map(Box::new)),
+                Err(e) => fail(e),
+            },
+            PeerRequest::LookupKey(scope) => match node.find_keyed(&scope) {
+                Ok(found) => PeerResponse::KeyAccepted(found),
                 Err(e) => fail(e),
             },
             PeerRequest::Keyed(call) => node.keyed_call(peer, *call).await,

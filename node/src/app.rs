@@ -22,7 +22,7 @@ use tern_link::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use tern_metrics::Metrics;
 use tern_runtime::Meu;
 use tern_wire::peer::{
-    NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+    AcceptedKey, NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
 };
 use tern_wire::{ModuleHash, TraceParent};
 
@@ -82,6 +82,14 @@ pub struct FunctionLimits {
     pub memory_mb: Option<u32>,
     pub max_instances: Option<u32>,
 }
+
+/// The longest idempotency key a copy of async work may carry, scoped to its function (a
+/// tenant-qualified function name, a separator and a key).
+const MAX_SCOPED_KEY: usize = tern_tenancy::TenantName::MAX_LEN
+    + 1
+    + FunctionName::MAX_LEN
+    + 1
+    + tern_wire::client_proto::MAX_IDEMPOTENCY_KEY;
 
 /// How often the janitor removes expired results (and collects unused modules).
 pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -201,9 +209,15 @@ impl LocalNode for App {
     fn hold_copy<'a>(
         &'a self,
         origin: &'a tern_cluster::NodeName,
-        record: InvocationRecord,
+        copy: tern_wire::peer::AsyncCopy,
     ) -> LocalFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
+            let mut copy = copy;
+            if copy.key.as_ref().is_some_and(|k| k.len() > MAX_SCOPED_KEY) {
+                // No scoped key is that long: the work is covered, its key not indexed.
+                tracing::warn!(%origin, id = %copy.record.id, "a copy's idempotency key is over {MAX_SCOPED_KEY} bytes: kept without it");
+                copy.key = None;
+            }
             if self.config.async_takeover_secs == 0 {
                 // It would never run them: the sender should know its work is not covered.
                 return Err(ApiError::new(
@@ -216,7 +230,13 @@ impl LocalNode for App {
                 bytes: self.config.max_stored_result_mb.saturating_mul(1 << 20),
             };
             self.copies
-                .hold(origin.as_str(), record, caps)
+                .hold(
+                    origin.as_str(),
+                    copy.record,
+                    copy.key.as_deref(),
+                    now_ms(),
+                    caps,
+                )
                 .await
                 .map_err(|e| match e {
                     crate::takeover::CopyError::Full { .. } => {
@@ -242,6 +262,10 @@ impl LocalNode for App {
             Some(record) => Ok(Some(record)),
             None => self.copies.get(id).map_err(|e| NodeError::from(e).to_api()),
         }
+    }
+
+    fn find_keyed(&self, scope: &str) -> Result<Option<AcceptedKey>, ApiError> {
+        self.kept_under_key(scope).map_err(|e| e.to_api())
     }
 }
 
@@ -649,6 +673,28 @@ impl App {
             .await
     }
 
+    /// The async invocation a peer accepted under idempotency key `scope` (scoped to its
+    /// function) whose copy came to this node, while the key lives (`result_ttl_secs`).
+    pub fn kept_under_key(&self, scope: &str) -> Result<Option<AcceptedKey>, NodeError> {
+        let ttl_ms = self.config.result_ttl_secs.saturating_mul(1000);
+        Ok(self.copies.keyed(scope, now_ms(), ttl_ms)?)
+    }
+
+    /// [`App::accept_async`] of a call under idempotency key `scope` (scoped to its
+    /// function): the key goes with the copy to the keeper.
+    pub async fn accept_async_keyed(
+        self: &Arc<Self>,
+        function: FunctionName,
+        input: Bytes,
+        map: bool,
+        trace: Option<TraceParent>,
+        scope: &str,
+    ) -> Result<InvocationId, NodeError> {
+        let permit = self.pipeline.admit()?;
+        self.accept(function, input, map, permit, trace, Some(scope))
+            .await
+    }
+
     /// [`App::accept_async`] for a caller that already holds an admission permit (the HTTP
     /// front door admits before it reads the body).
     pub async fn accept_async_admitted(
@@ -658,6 +704,18 @@ impl App {
         map: bool,
         permit: Permit,
         trace: Option<TraceParent>,
+    ) -> Result<InvocationId, NodeError> {
+        self.accept(function, input, map, permit, trace, None).await
+    }
+
+    async fn accept(
+        self: &Arc<Self>,
+        function: FunctionName,
+        input: Bytes,
+        map: bool,
+        permit: Permit,
+        trace: Option<TraceParent>,
+        scope: Option<&str>,
     ) -> Result<InvocationId, NodeError> {
         let synced = self.pipeline.registry_synced();
         if self.services().runtime.get(&function).is_none() {
@@ -689,7 +747,7 @@ impl App {
             return Err(e.into());
         }
         let id = record.id.clone();
-        self.replicate(&record).await;
+        self.replicate(&record, scope).await;
         self.spawn_async(record, permit, trace);
         Ok(id)
     }
@@ -698,7 +756,7 @@ impl App {
     /// node can run it if this one dies first (see [`crate::takeover`]). Without a keeper up,
     /// or when the keeper refuses or does not answer, the invocation waits for this node as
     /// before; said in the log.
-    async fn replicate(&self, record: &InvocationRecord) {
+    async fn replicate(&self, record: &InvocationRecord, scope: Option<&str>) {
         let Some(link) = self.cluster.get() else {
             return;
         };
@@ -711,7 +769,11 @@ impl App {
             uncopied.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if let Err(e) = link.replicate(&keeper, record.clone()).await {
+        let copy = tern_wire::peer::AsyncCopy {
+            record: record.clone(),
+            key: scope.map(str::to_owned),
+        };
+        if let Err(e) = link.replicate(&keeper, copy).await {
             uncopied.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(id = %record.id, %keeper, error = %e, "no copy of an async invocation: it waits for this node if it dies");
         }

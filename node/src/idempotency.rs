@@ -96,10 +96,38 @@ impl AsyncKeys {
         if let Some(entry) = self.get(&key)? {
             return Ok(entry.id);
         }
-        let id = app.accept_async(function, input, map, trace).await?;
+        // Standing in for a home that is away: it may have accepted the call already, and
+        // its keeper (this node, or a peer) knows the key — unless copies are off. The id is
+        // kept here as the home's key, from the same accept time (it expires as the home's
+        // would). The lookup holds this key's stripe for at most the peers' answer bound.
+        if let Some(link) = app.cluster.get()
+            && app.config.async_takeover_secs > 0
+            && link.stands_in_for_key_home(&key)
+            && let Some(found) = match app.kept_under_key(&key)? {
+                Some(found) => Some(found),
+                None => link.lookup_key(&key).await,
+            }
+        {
+            self.remember(&key, &found.id, found.accepted_at_ms).await?;
+            return Ok(found.id);
+        }
+        let id = app
+            .accept_async_keyed(function, input, map, trace, &key)
+            .await?;
+        self.remember(&key, &id, now_ms()).await?;
+        Ok(id)
+    }
+
+    /// Keeps `key → id`, durably.
+    async fn remember(
+        &self,
+        key: &str,
+        id: &InvocationId,
+        created_ms: u64,
+    ) -> Result<(), StoreError> {
         let entry = AsyncEntry {
             id: id.clone(),
-            created_ms: now_ms(),
+            created_ms,
         };
         let bytes = tern_wire::encode(&entry, ENTRY_LIMIT).map_err(|e| StoreError::Encode {
             what: "idempotency key",
@@ -111,7 +139,7 @@ impl AsyncKeys {
         // A crash before this flush loses only the key: a retry then runs the function
         // again (at-least-once, as documented).
         self.store.flush().await?;
-        Ok(id)
+        Ok(())
     }
 
     /// Deletes keys older than the retention period; returns how many.

@@ -11,9 +11,10 @@
 //! A home the entry still counts as up but that does not answer is `unavailable` to the caller
 //! (retried with the same key): the entry does not run the call in its place, since the home
 //! may have run it already. Once the home is counted down (about a second), its keys move to
-//! the next member, which has not seen them: a retry then runs the call again there, whether
-//! the lost home had run it or not (its async work is also taken over by its keeper), and keys
-//! that member took stay there when the home comes back. Nodes that disagree on who is up (a
+//! the next member. An async call's key went with its copy to the home's keeper
+//! ([`crate::takeover`]), and the member standing in asks for it before accepting the call as
+//! new, so a retry gets the home's id; a sync call's result was not copied, and a retry runs
+//! it again there. Keys the stand-in took stay there when the home comes back. Nodes that disagree on who is up (a
 //! partition, or a link cut one way) may pick two homes for one key.
 
 use std::future::Future;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tern_actors::Pipeline;
 use tern_tenancy::Action;
-use tern_wire::{FunctionInfo, FunctionName, InvocationId, InvocationRecord};
+use tern_wire::{FunctionInfo, FunctionName, InvocationId, InvocationRecord, InvocationStatus};
 
 use crate::app::App;
 use crate::auth::Caller;
@@ -207,14 +207,31 @@ pub async fn invocation(
 ) -> Result<InvocationRecord, NodeError> {
     let missing = || NodeError::NotFound(format!("no invocation {id}"));
     let mut record = app.store.invocation(id)?;
-    // Accepted elsewhere (its node down, or the caller moved): the peers are asked — but
-    // only for a caller that may read results in its own tenant at all, so no one else
-    // makes this node ask its peers.
+    // Accepted elsewhere (its node down, or the caller moved): the copy this node keeps, if
+    // it is its node's keeper, and the peers are asked — but only for a caller that may read
+    // results in its own tenant at all, so no one else makes this node ask its peers.
     if record.is_none()
         && let Some(link) = app.cluster.get()
     {
         caller.may_or(Action::ReadResult, Some(&caller.tenant()), missing)?;
-        record = link.lookup(id).await;
+        let kept = app.copies.get(id)?;
+        record = match kept {
+            // Finished: the result's copy, nothing to ask for.
+            Some(kept) if kept.status != InvocationStatus::Pending => Some(kept),
+            kept => {
+                // As the peers' records are weighed: finished first, then most attempts.
+                let rank =
+                    |r: &InvocationRecord| (r.status != InvocationStatus::Pending, r.attempts);
+                match (kept, link.lookup(id).await) {
+                    (Some(kept), Some(asked)) => Some(if rank(&asked) > rank(&kept) {
+                        asked
+                    } else {
+                        kept
+                    }),
+                    (kept, asked) => kept.or(asked),
+                }
+            }
+        };
     }
     let record = record
         // Past its retention period a result is gone, whether or not a sweep deleted it yet.

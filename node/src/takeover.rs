@@ -17,18 +17,30 @@
 //! partition for longer than the takeover delay runs its work while the keeper does. Copies
 //! are bounded by the keeper's `max_stored_results` (past it a copy is refused and the work
 //! waits for its origin, as before) and expire after `result_ttl_secs`.
+//!
+//! A copy of work accepted under an idempotency key carries the key, and the keeper indexes
+//! it (kept as long as the key would be, `result_ttl_secs` from the accept, whether the copy
+//! is released or taken over meanwhile): while the key's home is away, the node standing in
+//! for it asks its peers for the key before it accepts the call as new
+//! (`ClusterLink::lookup_key`), so a caller that retries after losing the 202 gets the id the
+//! home gave, not a second run.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tern_wire::peer::AcceptedKey;
 use tern_wire::{InvocationId, InvocationRecord, InvocationStatus};
 
 use crate::store::{Store, StoreError};
 
 /// sled tree of the copies this node keeps for peers.
 const TREE: &str = "async_copies";
+/// sled tree of the idempotency keys (scoped to their function) of those copies.
+const KEY_TREE: &str = "async_copy_keys";
+/// Largest entry of the key tree.
+const KEY_ENTRY_LIMIT: usize = 256;
 /// Largest copy: a record with its input.
 const COPY_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
 
@@ -36,6 +48,14 @@ const COPY_LIMIT: usize = tern_wire::codec::MAX_MESSAGE;
 struct Copy {
     origin: String,
     record: InvocationRecord,
+}
+
+/// The invocation a copy's key names, and when it was accepted (the key expires as the
+/// home's own would).
+#[derive(Debug, Serialize, Deserialize)]
+struct KeyEntry {
+    id: InvocationId,
+    accepted_at_ms: u64,
 }
 
 /// Whether a copy whose origin has been away for `away` (`None`: up) is due for takeover.
@@ -64,6 +84,7 @@ pub struct CopyCaps {
 pub struct Copies {
     store: Store,
     tree: sled::Tree,
+    keys: sled::Tree,
     /// Copies kept and their encoded bytes: counted once at open, then on every change
     /// (sled's `len` walks the whole tree).
     count: AtomicU64,
@@ -85,24 +106,44 @@ impl Copies {
         Ok(Self {
             store: store.clone(),
             tree,
+            keys: store.tree(KEY_TREE)?,
             count: AtomicU64::new(count),
             bytes: AtomicU64::new(bytes),
             writing: std::sync::Mutex::new(()),
         })
     }
 
-    /// Keeps `origin`'s copy of `record`: a pending one durably (its origin's 202 waits for
-    /// it), a finished one with the next flush (lost in a crash, the pending copy stays: at
-    /// worst run again, counted). A new copy past `caps` is refused; a finished record
-    /// replaces its pending copy whatever the caps, and a pending one never replaces a
-    /// finished copy (a late, retried copy must not bring finished work back).
+    /// Keeps `origin`'s copy of `record`, accepted under idempotency key `scope` if any: a
+    /// pending one durably (its origin's 202 waits for it), a finished one with the next
+    /// flush (lost in a crash, the pending copy stays: at worst run again, counted). A new
+    /// copy past `caps` is refused; a finished record replaces its pending copy whatever the
+    /// caps, and a pending one never replaces a finished copy (a late, retried copy must not
+    /// bring finished work back). A key is indexed with a new copy only (so the index is no
+    /// larger than the copies kept within a key's life), timed from the accept as the origin
+    /// says but never later than `now_ms` here.
     pub async fn hold(
         &self,
         origin: &str,
         record: InvocationRecord,
+        scope: Option<&str>,
+        now_ms: u64,
         caps: CopyCaps,
     ) -> Result<(), CopyError> {
         let key = record.id.as_str().as_bytes().to_vec();
+        let key_entry = scope
+            .map(|scope| {
+                let entry = KeyEntry {
+                    id: record.id.clone(),
+                    accepted_at_ms: record.accepted_at_ms.min(now_ms),
+                };
+                tern_wire::encode(&entry, KEY_ENTRY_LIMIT)
+                    .map(|bytes| (scope.as_bytes().to_vec(), bytes))
+                    .map_err(|e| StoreError::Encode {
+                        what: "idempotency key of a copy",
+                        detail: e.to_string(),
+                    })
+            })
+            .transpose()?;
         let pending = record.status == InvocationStatus::Pending;
         let copy = Copy {
             origin: origin.to_owned(),
@@ -131,6 +172,13 @@ impl Copies {
                 }
             }
             let new_len = bytes.len() as u64;
+            // The key first: a crash between the two leaves a key naming no copy (its id is
+            // then not found, as an expired result is not), never a copy whose key is lost.
+            if let Some((scope, entry)) = key_entry
+                && old.is_none()
+            {
+                self.keys.insert(scope, entry).map_err(StoreError::from)?;
+            }
             self.tree.insert(key, bytes).map_err(StoreError::from)?;
             match old {
                 None => {
@@ -172,6 +220,27 @@ impl Copies {
             .map(|c| c.record))
     }
 
+    /// The invocation a peer accepted under idempotency key `scope` whose copy came here (it
+    /// may since have been released, or taken over), unless the key is older than `ttl_ms`
+    /// at `now_ms` (as the origin's own key would be gone by then).
+    pub fn keyed(
+        &self,
+        scope: &str,
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<Option<AcceptedKey>, StoreError> {
+        let Some(bytes) = self.keys.get(scope.as_bytes())? else {
+            return Ok(None);
+        };
+        Ok(tern_wire::decode::<KeyEntry>(&bytes, KEY_ENTRY_LIMIT)
+            .ok()
+            .filter(|e| e.accepted_at_ms.saturating_add(ttl_ms) >= now_ms)
+            .map(|e| AcceptedKey {
+                id: e.id,
+                accepted_at_ms: e.accepted_at_ms,
+            }))
+    }
+
     /// The pending copies whose origin `away` says has been away for `after` or longer, with
     /// their origin, in the order they are kept; `away(origin)` is `None` while it is up.
     pub fn due(
@@ -191,8 +260,20 @@ impl Copies {
 
     /// Drops copies older than `ttl_ms` at `now_ms`, as results expire: a finished one
     /// counted from when it finished, a pending one from when it was accepted (its release
-    /// was lost, or its origin never came back and takeover is off); how many.
+    /// was lost, or its origin never came back and takeover is off); how many. Keys go
+    /// `ttl_ms` after their accept, as the home's own do (a damaged one at once).
     pub fn expire(&self, now_ms: u64, ttl_ms: u64) -> Result<usize, StoreError> {
+        for kv in self.keys.iter() {
+            let (scope, bytes) = kv?;
+            let stale = tern_wire::decode::<KeyEntry>(&bytes, KEY_ENTRY_LIMIT)
+                .map_or(true, |e| e.accepted_at_ms.saturating_add(ttl_ms) < now_ms);
+            if stale {
+                // Only if unchanged: a copy kept meanwhile may have renewed it.
+                let _ = self
+                    .keys
+                    .compare_and_swap(scope, Some(bytes), None::<&[u8]>)?;
+            }
+        }
         let mut stale = Vec::new();
         for copy in self.store.decoded::<Copy>(&self.tree, "copy of async work") {
             let copy = copy?;
@@ -264,6 +345,9 @@ mod tests {
         }
     }
 
+    /// The keeper's clock in these tests: after every accept.
+    const NOW: u64 = 10_000;
+
     const ROOMY: CopyCaps = CopyCaps {
         count: 100,
         bytes: u64::MAX,
@@ -280,8 +364,11 @@ mod tests {
         let mut done = record(a, 1_000);
         done.status = InvocationStatus::Succeeded;
         done.finished_at_ms = Some(2_000);
-        copies.hold("x", done, ROOMY).await.unwrap();
-        copies.hold("x", record(a, 1_000), ROOMY).await.unwrap();
+        copies.hold("x", done, None, NOW, ROOMY).await.unwrap();
+        copies
+            .hold("x", record(a, 1_000), None, NOW, ROOMY)
+            .await
+            .unwrap();
         let kept = copies.get(&a.parse().unwrap()).unwrap().unwrap();
         assert_eq!(kept.status, InvocationStatus::Succeeded);
         assert_eq!(copies.len(), 1);
@@ -292,7 +379,7 @@ mod tests {
         };
         let b = "0123456789abcdef0123456789abcdeb";
         assert!(matches!(
-            copies.hold("x", record(b, 1_000), tight).await,
+            copies.hold("x", record(b, 1_000), None, NOW, tight).await,
             Err(CopyError::Full { count: 1, .. })
         ));
         // Counted at open as they were kept.
@@ -315,10 +402,16 @@ mod tests {
             count: 2,
             bytes: u64::MAX,
         };
-        copies.hold("x", record(a, 1_000), two).await.unwrap();
-        copies.hold("y", record(b, 2_000), two).await.unwrap();
+        copies
+            .hold("x", record(a, 1_000), None, NOW, two)
+            .await
+            .unwrap();
+        copies
+            .hold("y", record(b, 2_000), None, NOW, two)
+            .await
+            .unwrap();
         assert!(matches!(
-            copies.hold("y", record(c, 3_000), two).await,
+            copies.hold("y", record(c, 3_000), None, NOW, two).await,
             Err(CopyError::Full { count: 2, .. })
         ));
         assert_eq!(
@@ -339,5 +432,69 @@ mod tests {
         assert_eq!(copies.expire(6_000, 5_000).unwrap(), 0);
         assert_eq!(copies.expire(8_000, 5_000).unwrap(), 1);
         assert!(copies.is_empty());
+    }
+
+    /// A keyed copy's key finds its invocation after the copy is released (a takeover
+    /// releases it too) until the key's retention ends; a refused copy leaves no key, a copy
+    /// already kept takes no new key, and a key is never dated after the keeper's clock.
+    #[tokio::test]
+    async fn a_copys_key_finds_its_invocation_until_the_key_expires_and_a_refused_copy_leaves_none()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let copies = Copies::open(&store).unwrap();
+        let a = "0123456789abcdef0123456789abcdea";
+        let one = CopyCaps {
+            count: 1,
+            bytes: u64::MAX,
+        };
+        let ttl = 5_000;
+        let found = |scope: &str, now: u64| {
+            copies
+                .keyed(scope, now, ttl)
+                .unwrap()
+                .map(|k| (k.id.as_str().to_owned(), k.accepted_at_ms))
+        };
+        copies
+            .hold("x", record(a, 1_000), Some("echo\0k1"), NOW, one)
+            .await
+            .unwrap();
+        assert_eq!(found("echo\0k1", 2_000), Some((a.to_owned(), 1_000)));
+        assert_eq!(found("echo\0k2", 2_000), None);
+        // Full: the copy is refused and its key not kept.
+        let b = "0123456789abcdef0123456789abcdeb";
+        assert!(
+            copies
+                .hold("x", record(b, 1_000), Some("echo\0k2"), NOW, one)
+                .await
+                .is_err()
+        );
+        assert_eq!(found("echo\0k2", 2_000), None);
+        // A copy already kept gets no second key.
+        copies
+            .hold("x", record(a, 1_000), Some("echo\0k3"), NOW, one)
+            .await
+            .unwrap();
+        assert_eq!(found("echo\0k3", 2_000), None);
+        // The finished record comes without its key, and the copy is then released: the key
+        // stays, until 5 s after the accept.
+        let mut done = record(a, 1_000);
+        done.status = InvocationStatus::Succeeded;
+        done.finished_at_ms = Some(1_500);
+        copies.hold("x", done, None, NOW, one).await.unwrap();
+        copies.release(&[a.parse().unwrap()]).unwrap();
+        assert_eq!(found("echo\0k1", 6_000), Some((a.to_owned(), 1_000)));
+        assert_eq!(found("echo\0k1", 6_001), None, "past its retention");
+        copies.expire(6_000, ttl).unwrap();
+        assert!(copies.keys.get("echo\0k1").unwrap().is_some());
+        copies.expire(6_001, ttl).unwrap();
+        assert!(copies.keys.get("echo\0k1").unwrap().is_none(), "swept");
+        // An accept time from the future is the keeper's now.
+        let c = "0123456789abcdef0123456789abcdec";
+        copies
+            .hold("x", record(c, u64::MAX), Some("echo\0k4"), NOW, one)
+            .await
+            .unwrap();
+        assert_eq!(found("echo\0k4", NOW), Some((c.to_owned(), NOW)));
     }
 }

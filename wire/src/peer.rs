@@ -35,13 +35,17 @@ pub enum PeerRequest {
     Tenancy,
     /// Keep a copy of an async invocation the sender just accepted, so a live node can run it
     /// if the sender dies before finishing it. Answered [`PeerResponse::Ack`] once durable.
-    Replicate(Box<InvocationRecord>),
+    Replicate(Box<AsyncCopy>),
     /// These async invocations finished (or were taken over): drop their copies, if held.
     /// Answered [`PeerResponse::Ack`].
     Release(Vec<InvocationId>),
     /// The receiver's record of an async invocation (its own, or a copy it holds), if any.
     /// Answered [`PeerResponse::Invocation`].
     Lookup(InvocationId),
+    /// The receiver's copy of an async invocation accepted under this idempotency key (as
+    /// scoped to its function), if it holds one: asked by a node standing in for the key's
+    /// home while the home is away. Answered [`PeerResponse::KeyAccepted`].
+    LookupKey(String),
     /// A client call with an idempotency key, sent by the node the caller reached to the
     /// key's home (see [`KeyedCall`]). Answered [`PeerResponse::Output`] for a sync call,
     /// [`PeerResponse::Accepted`] for an async one, or an error.
@@ -62,6 +66,28 @@ pub enum PeerResponse {
     Output(InvokeReply),
     /// The id of an async keyed call (accepted now, or earlier under the same key).
     Accepted(InvocationId),
+    /// The async invocation accepted under a key, as its keeper knows it (an answer to
+    /// [`PeerRequest::LookupKey`]).
+    KeyAccepted(Option<AcceptedKey>),
+}
+
+/// An async invocation accepted under an idempotency key, as the keeper of its copy indexed it
+/// (kept after the copy itself is released, for as long as the key lives).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcceptedKey {
+    pub id: InvocationId,
+    /// When it was accepted (the key expires `result_ttl_secs` after).
+    pub accepted_at_ms: u64,
+}
+
+/// A copy of an async invocation for the peer that keeps it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AsyncCopy {
+    pub record: InvocationRecord,
+    /// The idempotency key it was accepted under, scoped to its function: a node that stands
+    /// in for the key's home while the home is away finds the invocation by it. `None` for a
+    /// call without a key, and for the finished record (the keeper keeps the key it has).
+    pub key: Option<String>,
 }
 
 /// A call with an idempotency key. Every node sends the keyed calls it is given to one home

@@ -472,7 +472,11 @@ async fn async_work_is_copied_to_its_keeper_read_anywhere_and_taken_over_when_it
         count: 100,
         bytes: u64::MAX,
     };
-    c_app.copies.hold("b", pending, caps).await.unwrap();
+    c_app
+        .copies
+        .hold("b", pending, None, tern_node::clock::now_ms(), caps)
+        .await
+        .unwrap();
     nodes.remove(1).shutdown().await.unwrap();
     let done = succeeded_via_a(left.clone(), Duration::from_secs(20)).await;
     // b may have started it before it went: counted as one attempt there and one on c.
@@ -1638,20 +1642,9 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
     }
 }
 
-/// A call with an idempotency key runs once in the cluster, whichever nodes it and its retries
-/// reach: every node sends it to the key's home. Through each node in turn, the same key gets
-/// the first run's result (sync) or id (async). A client whose node takes the call and loses
-/// the answer retries on the next node with the same key and gets that run's result, wherever
-/// the key's home is — the entry itself, the node retried on, or the third.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
-    use crate::client::{client_addr, client_config, connect, echo_runs};
-    use std::sync::atomic::Ordering::Relaxed;
-    use tern_client::InvokeOptions;
-
-    let _one = one_cluster_at_a_time().await;
-    let root = tempfile::tempdir().unwrap();
-    let nodes = start_three_with(root.path(), |_, c| Config {
+/// Three nodes that also serve the client API, with `echo` deployed and served on each.
+async fn three_with_the_client_api_and_echo(root: &Path) -> Vec<NodeHandle> {
+    let nodes = start_three_with(root, |_, c| Config {
         client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..c
     })
@@ -1667,6 +1660,149 @@ async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
         )
         .await;
     }
+    nodes
+}
+
+/// An async call with an idempotency key keeps its one id when its key's home goes away after
+/// accepting it: the copy the home's keeper holds carries the key, and the node standing in
+/// for the home finds it there — being that keeper itself, or asking it — so a retry through
+/// any node (a caller that lost the 202) gets the home's id and its result, and nothing runs
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
+    use crate::client::{client_addr, client_config, connect};
+    use crate::cluster_process::member_state;
+    use tern_client::InvokeOptions;
+
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = three_with_the_client_api_and_echo(root.path()).await;
+    let pki = root.path().join("pki");
+    let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
+    let scope = |key: &str| tern_link::key_home::scope("echo", key);
+    let home_among = |key: &str, members: &[NodeName]| {
+        tern_link::key_home::home_among(&scope(key), members)
+            .unwrap()
+            .to_string()
+    };
+    // Keys homed at c whose home without c is a (c's keeper: the next member after it, in
+    // name order, wrapping around) or b (which asks a).
+    let homed_at_c_then = |next: &str| {
+        (0..)
+            .map(|i| format!("away-{i}"))
+            .find(|k| home_among(k, &names) == "c" && home_among(k, &names[..2]) == next)
+            .unwrap()
+    };
+    let keys = [homed_at_c_then("a"), homed_at_c_then("b")];
+    let keyed = |key: &str| InvokeOptions {
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    };
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().take(2).enumerate() {
+        clients.push(connect(client_config(&pki, &[(NAMES[i], client_addr(n))])).await);
+    }
+    let a_app = nodes[0].app().clone();
+    let mut ids = Vec::new();
+    for key in &keys {
+        let id = clients[0]
+            .invoke_async_with("echo", b"job".to_vec(), keyed(key))
+            .await
+            .unwrap();
+        assert!(
+            nodes[2].app().store.invocation(&id).unwrap().is_some(),
+            "{key}: accepted at its home c"
+        );
+        let done = clients[0]
+            .wait_result(&id, Duration::from_millis(10), Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.attempts, done.output.as_deref()),
+            (1, Some(&b"job"[..]))
+        );
+        // a, c's keeper, has the key (the copy is sent before the 202, but a slow one does
+        // not hold the 202 for long) and, once c settles it, the finished record (a pending
+        // one would be taken over, rightly run again, once c is away long enough).
+        eventually("a keeps the key", Duration::from_secs(10), || async {
+            let kept = a_app.copies.keyed(&scope(key), u64::MAX / 2, u64::MAX / 2);
+            (kept.unwrap()?.id == id).then_some(())
+        })
+        .await;
+        eventually("a keeps the result", Duration::from_secs(10), || async {
+            let copy = a_app.copies.get(&id).unwrap()?;
+            (copy.status == tern_wire::InvocationStatus::Succeeded).then_some(())
+        })
+        .await;
+        ids.push(id);
+    }
+
+    nodes.remove(2).shutdown().await.unwrap();
+    for n in &nodes {
+        let addr = n.addr();
+        eventually("c counted down", Duration::from_secs(20), || async move {
+            (member_state(addr, "c").await == "down").then_some(())
+        })
+        .await;
+    }
+    let runs = || nodes.iter().map(crate::client::echo_runs).sum::<u64>();
+    let before = runs();
+    for (key, id) in keys.iter().zip(&ids) {
+        for (i, client) in clients.iter().enumerate() {
+            let again = client
+                .invoke_async_with("echo", b"job".to_vec(), keyed(key))
+                .await
+                .unwrap();
+            assert_eq!(&again, id, "{key} retried through {}", NAMES[i]);
+            let done = client
+                .wait_result(&again, Duration::from_millis(10), Duration::from_secs(10))
+                .await
+                .unwrap();
+            assert_eq!(
+                (done.attempts, done.output.as_deref()),
+                (1, Some(&b"job"[..]))
+            );
+        }
+    }
+    assert_eq!(runs(), before, "no retry ran the call again");
+    // A key c never saw runs once, at the node standing in for c.
+    let fresh = (0..)
+        .map(|i| format!("new-{i}"))
+        .find(|k| home_among(k, &names) == "c")
+        .unwrap();
+    let id = clients[0]
+        .invoke_async_with("echo", b"new".to_vec(), keyed(&fresh))
+        .await
+        .unwrap();
+    assert!(!ids.contains(&id));
+    let done = clients[1]
+        .wait_result(&id, Duration::from_millis(10), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.attempts, done.output.as_deref()),
+        (1, Some(&b"new"[..]))
+    );
+    assert_eq!(runs(), before + 1);
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// A call with an idempotency key runs once in the cluster, whichever nodes it and its retries
+/// reach: every node sends it to the key's home. Through each node in turn, the same key gets
+/// the first run's result (sync) or id (async). A client whose node takes the call and loses
+/// the answer retries on the next node with the same key and gets that run's result, wherever
+/// the key's home is — the entry itself, the node retried on, or the third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
+    use crate::client::{client_addr, client_config, connect, echo_runs};
+    use std::sync::atomic::Ordering::Relaxed;
+    use tern_client::InvokeOptions;
+
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = three_with_the_client_api_and_echo(root.path()).await;
     let pki = root.path().join("pki");
     let runs = || nodes.iter().map(echo_runs).sum::<u64>();
     let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();

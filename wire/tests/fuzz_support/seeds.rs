@@ -3,8 +3,8 @@
 
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
-    KeyedCall, KeyedMode, NodeStatus, PeerRequest, PeerResponse, RegistryEntry, RemoteMeu,
-    RemoteOutcome, TenancyRecords, TenantDemand,
+    AcceptedKey, AsyncCopy, KeyedCall, KeyedMode, NodeStatus, PeerRequest, PeerResponse,
+    RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords, TenantDemand,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -208,7 +208,17 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
         ("tenancy", PeerRequest::Tenancy),
         (
             "replicate-pending",
-            PeerRequest::Replicate(Box::new(record(InvocationStatus::Pending))),
+            PeerRequest::Replicate(Box::new(AsyncCopy {
+                record: record(InvocationStatus::Pending),
+                key: None,
+            })),
+        ),
+        (
+            "replicate-keyed",
+            PeerRequest::Replicate(Box::new(AsyncCopy {
+                record: record(InvocationStatus::Pending),
+                key: Some("echo\0order-17".into()),
+            })),
         ),
         (
             "release-two",
@@ -220,6 +230,10 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
         (
             "lookup",
             PeerRequest::Lookup(InvocationId::from_parts(0x1234, 7)),
+        ),
+        (
+            "lookup-key",
+            PeerRequest::LookupKey("echo\0order-17".into()),
         ),
         (
             "keyed-sync",
@@ -303,6 +317,14 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
             }),
         ),
         ("invocation-none", PeerResponse::Invocation(None)),
+        ("key-accepted-none", PeerResponse::KeyAccepted(None)),
+        (
+            "key-accepted",
+            PeerResponse::KeyAccepted(Some(AcceptedKey {
+                id: InvocationId::from_parts(0x1234, 7),
+                accepted_at_ms: 1_700_000_000_000,
+            })),
+        ),
         (
             "invocation-succeeded",
             PeerResponse::Invocation(Some(Box::new(record(InvocationStatus::Succeeded)))),

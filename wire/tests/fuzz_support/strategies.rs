@@ -283,9 +283,12 @@ pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
         remote_meu().prop_map(PeerRequest::Execute),
         tenancy_records().prop_map(PeerRequest::AnnounceTenancy),
         Just(PeerRequest::Tenancy),
-        invocation_record().prop_map(|r| PeerRequest::Replicate(Box::new(r))),
+        (invocation_record(), proptest::option::of("[ -~]{1,40}")).prop_map(|(record, key)| {
+            PeerRequest::Replicate(Box::new(tern_wire::peer::AsyncCopy { record, key }))
+        }),
         vec(invocation_id(), 0..4).prop_map(PeerRequest::Release),
         invocation_id().prop_map(PeerRequest::Lookup),
+        "[ -~]{0,40}".prop_map(PeerRequest::LookupKey),
         keyed_call().prop_map(|c| PeerRequest::Keyed(Box::new(c))),
     ]
 }
@@ -346,6 +349,11 @@ pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
             .prop_map(|r| PeerResponse::Invocation(r.map(Box::new))),
         invoke_reply().prop_map(PeerResponse::Output),
         invocation_id().prop_map(PeerResponse::Accepted),
+        proptest::option::of((invocation_id(), any::<u64>())).prop_map(|k| {
+            PeerResponse::KeyAccepted(
+                k.map(|(id, accepted_at_ms)| tern_wire::peer::AcceptedKey { id, accepted_at_ms }),
+            )
+        }),
     ]
 }
 
