@@ -23,7 +23,8 @@
 //! - `impostors_refused`: every impostor ran, no member let it in (its own view never had a
 //!   member up), and the members counted its refused handshakes;
 //! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
-//!   none more than 100 ms late (otherwise the run measured the generator, not the cluster);
+//!   none later than `expect.send_lag_ms` (100 ms unless set; otherwise the run measured the
+//!   generator, not the cluster);
 //! - `membership_followed_faults`: every node saw a killed or paused node, and the nodes on
 //!   the other side of a (two-way) partition, go within the detection bound, and come back
 //!   within the recovery bound after the fault healed, as the runner's polls of the nodes'
@@ -47,9 +48,6 @@ use serde::Serialize;
 
 use crate::history::{Event, History, Mode, Outcome, Phase};
 use crate::scenario::{Scenario, Via};
-
-/// Longest a send may trail its open-loop schedule.
-pub const MAX_LAG_US: u64 = 100_000;
 
 /// How much later than a change of a node's cluster view the runner's polls may see it: a
 /// poll every 100 ms, and its answer.
@@ -669,13 +667,14 @@ pub fn check(
                     Vec::new(),
                 );
             }
-            if lag > MAX_LAG_US {
+            let bound_us = scenario.expect.send_lag_ms.saturating_mul(1000);
+            if lag > bound_us {
                 v(
                     "load_kept_its_rate",
                     format!(
-                        "a send trailed its schedule by {} ms (at most {} ms)",
+                        "a send trailed its schedule by {} ms (at most {} ms, expect.send_lag_ms)",
                         lag / 1000,
-                        MAX_LAG_US / 1000
+                        scenario.expect.send_lag_ms
                     ),
                     Vec::new(),
                 );
@@ -1535,6 +1534,28 @@ mod tests {
                 .iter()
                 .any(|(i, _)| *i == "load_kept_its_rate")
         );
+    }
+
+    #[test]
+    fn a_scenario_sets_how_far_behind_its_schedule_the_load_generator_may_send() {
+        let mut h = History::default();
+        sent(&mut h, 1, 1.0, Mode::Sync);
+        done(&mut h, 1, 1.1, ok(1));
+        h.push(Event::Load {
+            scheduled_ops: 1,
+            max_lag_us: 150_000,
+        });
+        let late = |r: &Report| {
+            invariants(r)
+                .iter()
+                .any(|(i, _)| *i == "load_kept_its_rate")
+        };
+        assert!(late(&check(&h, &scenario(), echo)), "100 ms by default");
+        let mut roomy = scenario();
+        roomy.expect.send_lag_ms = 200;
+        assert!(!late(&check(&h, &roomy, echo)));
+        roomy.expect.send_lag_ms = 149;
+        assert!(late(&check(&h, &roomy, echo)));
     }
 
     #[test]

@@ -259,6 +259,9 @@ pub struct Expect {
     pub recovery_ms: u64,
     /// After the last fault heals, every node's registry is the same within this.
     pub convergence_ms: u64,
+    /// The load generator sends every operation within this of its open-loop schedule
+    /// (later, and the run measured the generator rather than the cluster).
+    pub send_lag_ms: u64,
 }
 
 impl Default for Expect {
@@ -267,6 +270,7 @@ impl Default for Expect {
             detection_ms: 1500,
             recovery_ms: 2000,
             convergence_ms: 5000,
+            send_lag_ms: 100,
         }
     }
 }
@@ -414,9 +418,14 @@ impl Scenario {
             ));
         }
         let e = &self.expect;
-        if [e.detection_ms, e.recovery_ms, e.convergence_ms]
-            .iter()
-            .any(|&ms| ms > MAX_EXPECT_MS)
+        if [
+            e.detection_ms,
+            e.recovery_ms,
+            e.convergence_ms,
+            e.send_lag_ms,
+        ]
+        .iter()
+        .any(|&ms| ms > MAX_EXPECT_MS)
         {
             return Err(invalid(
                 "expect",
