@@ -363,10 +363,11 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
             });
         }
     }
-    // Partitions: across a two-way cut each side should see the other go. Across a one-way cut
-    // (the first group's datagrams to the others dropped) the nodes that stop hearing the first
-    // group should see it go; the first group's own view is not judged, since it still hears
-    // the others and learns of the cut only when they give up on it (1.9 s after the cut in a
+    // Partitions: across a two-way cut each side should see the other go (nodes that share a
+    // group — a bridge and each of its groups — stay in touch). Across a one-way cut (the first
+    // group's datagrams to the others dropped) the nodes that stop hearing the first group
+    // should see it go; the first group's own view is not judged, since it still hears the
+    // others and learns of the cut only when they give up on it (1.9 s after the cut in a
     // shipped run, past the detection bound).
     for f in &scenario.faults {
         let crate::scenario::FaultKind::Partition {
@@ -392,6 +393,18 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
                 }
                 for observer in group {
                     for peer in other {
+                        let share = groups
+                            .iter()
+                            .any(|g| g.contains(observer) && g.contains(peer));
+                        let listed = expected.iter().any(|e| {
+                            e.observer == observer.as_str()
+                                && e.peer == peer.as_str()
+                                && e.what == "partition"
+                                && e.start_us == start_us
+                        });
+                        if share || listed {
+                            continue;
+                        }
                         expected.push(Separation {
                             observer,
                             peer,
@@ -1234,6 +1247,66 @@ mod tests {
             r.stats.membership.iter().all(|l| !l.starts_with("a saw")),
             "{:?}",
             r.stats.membership
+        );
+    }
+
+    #[test]
+    fn across_a_bridged_partition_only_the_nodes_that_share_no_group_must_see_each_other_go() {
+        let text = r#"
+            name = "p"
+            [cluster]
+            nodes = 3
+            [workload]
+            function = "echo"
+            rate_per_s = 10
+            duration_s = 60
+            [[fault]]
+            at_s = 10
+            kind = "partition"
+            groups = [["a", "b"], ["b", "c"]]
+            for_s = 5
+            "#;
+        let mut h = History::default();
+        for node in ["a", "b", "c"] {
+            for (phase, at) in [(Phase::Start, 10.0), (Phase::End, 15.0)] {
+                h.push(Event::Fault {
+                    node: node.into(),
+                    at_us: us(at),
+                    phase,
+                    what: "partition".into(),
+                });
+            }
+        }
+        // a and c see each other go and come back; b, the bridge, sees no one go.
+        for (o, p) in [("a", "c"), ("c", "a")] {
+            view(&mut h, o, p, true, 1.0);
+            view(&mut h, o, p, false, 11.0);
+            view(&mut h, o, p, true, 15.5);
+        }
+        for (o, p) in [("b", "a"), ("b", "c"), ("a", "b"), ("c", "b")] {
+            view(&mut h, o, p, true, 1.0);
+        }
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let bridged = Scenario::parse(text).unwrap();
+        let r = membership_of(&h, &bridged);
+        assert_eq!(r.violations, [], "{:?}", r.violations);
+        assert_eq!(r.stats.membership.len(), 2, "{:?}", r.stats.membership);
+        // c that never sees a go breaks it.
+        let mut blind = History::default();
+        for e in &h.events {
+            match e {
+                Event::View { observer, .. } if observer == "c" => {}
+                Event::ViewsWatched { .. } => {}
+                other => blind.push(other.clone()),
+            }
+        }
+        view(&mut blind, "c", "a", true, 1.0);
+        blind.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&blind, &bridged);
+        let details: Vec<&str> = r.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            ["c and a (partition at 10000 ms): c did not see a go within 1500 ms"]
         );
     }
 

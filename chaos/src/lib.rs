@@ -53,6 +53,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
     ),
     ("lossy-link", include_str!("../scenarios/lossy-link.toml")),
     (
+        "partition-bridge",
+        include_str!("../scenarios/partition-bridge.toml"),
+    ),
+    (
         "partition-minority",
         include_str!("../scenarios/partition-minority.toml"),
     ),

@@ -92,9 +92,10 @@ impl Impairment {
 }
 
 /// The directions `(from, to)` a partition into `groups` (node indices) cuts: between every
-/// two nodes of different groups both ways, or with `one_way` only from the first group to
-/// the others (their datagrams still reach it).
+/// two nodes that share no group both ways (a node in two groups bridges them), or with
+/// `one_way` only from the first group to the others (their datagrams still reach it).
 pub fn cuts(groups: &[Vec<usize>], one_way: bool) -> Vec<(usize, usize)> {
+    let share = |a: usize, b: usize| groups.iter().any(|g| g.contains(&a) && g.contains(&b));
     let mut out = Vec::new();
     for (g, group) in groups.iter().enumerate() {
         if one_way && g > 0 {
@@ -106,7 +107,9 @@ pub fn cuts(groups: &[Vec<usize>], one_way: bool) -> Vec<(usize, usize)> {
             }
             for &from in group {
                 for &to in other {
-                    out.push((from, to));
+                    if !share(from, to) {
+                        out.push((from, to));
+                    }
                 }
             }
         }
@@ -338,6 +341,19 @@ mod tests {
             "every ordered pair but the two within the last group"
         );
         assert_eq!(cuts(&three, true), [(0, 1), (0, 2), (0, 3)]);
+    }
+
+    #[test]
+    fn a_bridge_in_two_groups_keeps_its_links_and_only_nodes_sharing_no_group_are_cut() {
+        // a and c cut off from each other; b, in both groups, reaches both.
+        assert_eq!(cuts(&[vec![0, 1], vec![1, 2]], false), [(0, 2), (2, 0)]);
+        // Two bridges between three groups.
+        let chain = vec![vec![0, 1], vec![1, 2], vec![2, 3]];
+        assert_eq!(
+            cuts(&chain, false),
+            [(0, 2), (0, 3), (1, 3), (2, 0), (3, 0), (3, 1)]
+        );
+        assert!(cuts(&[vec![0, 1], vec![0, 1]], false).is_empty());
     }
 
     #[test]

@@ -1736,7 +1736,9 @@ async fn run_faults(
                 let Some(relays) = relays.clone() else {
                     continue;
                 };
-                let members: Vec<String> = groups.iter().flatten().cloned().collect();
+                // Each node once, a bridge in two groups too.
+                let members: std::collections::BTreeSet<String> =
+                    groups.iter().flatten().cloned().collect();
                 let groups: Vec<Vec<usize>> = groups
                     .iter()
                     .map(|g| g.iter().filter_map(|n| index(n)).collect())

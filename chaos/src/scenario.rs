@@ -183,8 +183,10 @@ pub enum FaultKind {
     },
     /// `SIGSTOP` for `for_s`, then `SIGCONT`.
     Pause { node: String, for_s: f64 },
-    /// No traffic between the groups for `for_s` (`one_way`: only from the first group to
-    /// the others). Every node is in exactly one group.
+    /// No traffic between nodes that share no group, for `for_s` (`one_way`: only from the
+    /// first group to the others). Every node is in a group; a node in two or more groups is
+    /// a bridge, which reaches the nodes of each (two-way only: `groups = [["a", "b"], ["b",
+    /// "c"]]` cuts a from c, and b talks to both).
     Partition {
         groups: Vec<Vec<String>>,
         #[serde(default)]
@@ -490,23 +492,45 @@ impl Scenario {
                     self.node_index(&field("node"), node)?;
                     positive("for_s", *for_s)?;
                 }
-                FaultKind::Partition { groups, for_s, .. } => {
+                FaultKind::Partition {
+                    groups,
+                    one_way,
+                    for_s,
+                } => {
                     positive("for_s", *for_s)?;
                     if groups.len() < 2 {
                         return Err(invalid(field("groups"), "at least two groups"));
                     }
-                    let mut seen = BTreeSet::new();
-                    for name in groups.iter().flatten() {
-                        let i = self.node_index(&field("groups"), name)?;
-                        if !seen.insert(i) {
-                            return Err(invalid(
-                                field("groups"),
-                                format!("{name:?} is in two groups"),
-                            ));
+                    let mut indices = Vec::new();
+                    for group in groups {
+                        let mut members = BTreeSet::new();
+                        for name in group {
+                            let i = self.node_index(&field("groups"), name)?;
+                            if !members.insert(i) {
+                                return Err(invalid(
+                                    field("groups"),
+                                    format!("{name:?} twice in one group"),
+                                ));
+                            }
                         }
+                        indices.push(members.into_iter().collect::<Vec<_>>());
                     }
+                    let seen: BTreeSet<usize> = indices.iter().flatten().copied().collect();
                     if seen.len() != n {
-                        return Err(invalid(field("groups"), "every node in exactly one group"));
+                        return Err(invalid(field("groups"), "every node in a group"));
+                    }
+                    let bridged = seen.len() != indices.iter().map(Vec::len).sum::<usize>();
+                    if bridged && *one_way {
+                        return Err(invalid(
+                            field("groups"),
+                            "a node in two groups (a bridge) with one_way",
+                        ));
+                    }
+                    if crate::links::cuts(&indices, *one_way).is_empty() {
+                        return Err(invalid(
+                            field("groups"),
+                            "groups that cut no link (every two nodes share a group)",
+                        ));
                     }
                 }
                 FaultKind::Link {
@@ -605,8 +629,12 @@ impl Scenario {
                     }
                 }
                 FaultKind::Partition { groups, for_s, .. } => {
-                    // Every node is cut off from some other: all are under the fault.
-                    for i in groups.iter().flatten().filter_map(|n| index(n)) {
+                    // Every node is in a group, and every group is cut off from some node (a
+                    // bridge's calls too may go to a node that cannot answer its peers): all
+                    // are under the fault, once each.
+                    let members: BTreeSet<usize> =
+                        groups.iter().flatten().filter_map(|n| index(n)).collect();
+                    for i in members {
                         push(i, start.saturating_add(us(*for_s)));
                     }
                 }
@@ -832,14 +860,24 @@ mod tests {
             refused("function = \"echo\"", "function = \"versions\""),
             "workload.function"
         );
-        let partition = KILL.replace(
-            "kind = \"kill\"\n        node = \"b\"\n        restart_after_s = 5",
-            "kind = \"partition\"\n        groups = [[\"a\"], [\"b\", \"a\"], [\"c\"]]\n        for_s = 1",
-        );
-        assert!(matches!(
-            Scenario::parse(&partition),
-            Err(ChaosError::Invalid { field, reason }) if field == "fault[0].groups" && reason.contains("two groups")
-        ));
+        let partition = |groups: &str, one_way: bool| {
+            Scenario::parse(&KILL.replace(
+                "kind = \"kill\"\n        node = \"b\"\n        restart_after_s = 5",
+                &format!(
+                    "kind = \"partition\"\n        groups = {groups}\n        one_way = {one_way}\n        for_s = 1"
+                ),
+            ))
+        };
+        let refused_groups = |groups: &str, one_way: bool| match partition(groups, one_way) {
+            Err(ChaosError::Invalid { field, reason }) if field == "fault[0].groups" => reason,
+            other => panic!("{groups}: {other:?}"),
+        };
+        // a bridges the first two groups; c is cut off from both.
+        assert!(partition(r#"[["a"], ["b", "a"], ["c"]]"#, false).is_ok());
+        assert!(refused_groups(r#"[["a"], ["b", "a"], ["c"]]"#, true).contains("bridge"));
+        assert!(refused_groups(r#"[["a", "b", "c"], ["b", "a"]]"#, false).contains("cut no link"));
+        assert!(refused_groups(r#"[["a", "a"], ["b", "c"]]"#, false).contains("twice"));
+        assert!(refused_groups(r#"[["a"], ["b"]]"#, false).contains("every node"));
         assert!(matches!(
             Scenario::parse(&KILL.replace("kind = \"kill\"", "kind = \"meteor\"")),
             Err(ChaosError::Parse(_))

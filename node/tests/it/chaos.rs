@@ -549,6 +549,50 @@ fn a_partition_cuts_the_mesh_links_the_nodes_notice_and_every_promise_holds_afte
     assert_eq!(watched["live"], serde_json::json!(["a", "b", "c"]));
 }
 
+/// A bridged partition: b stays in touch with a and with c, which cannot reach each other.
+#[test]
+fn a_bridged_partition_cuts_only_the_nodes_that_share_no_group_and_every_promise_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let scenario = PARTITION
+        .replace("name = \"smoke-partition\"", "name = \"smoke-bridge\"")
+        .replace(
+            "groups = [[\"a\"], [\"b\", \"c\"]]",
+            "groups = [[\"a\", \"b\"], [\"b\", \"c\"]]",
+        );
+    let (ok, text, verdict) = chaos_run(&scenario, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let history = history(&out, &text);
+    // Only a to c and c to a were cut, and nothing passed them.
+    let mut cut: Vec<(String, String)> = link_events(&history)
+        .into_iter()
+        .map(|(from, to, passed, dropped, _, _)| {
+            assert_eq!(passed, 0, "{from} to {to}: a cut link passes nothing");
+            assert!(dropped > 0, "{from} to {to}: the nodes kept trying");
+            (from, to)
+        })
+        .collect();
+    cut.sort();
+    assert_eq!(
+        cut,
+        [
+            ("a".to_owned(), "c".to_owned()),
+            ("c".to_owned(), "a".to_owned())
+        ]
+    );
+    // a and c were judged seeing each other go and come back; b, the bridge, saw no one go.
+    let membership = verdict["stats"]["membership"].as_array().unwrap();
+    assert_eq!(membership.len(), 2, "{verdict}");
+    assert!(
+        !history.iter().any(|e| e["event"] == "view"
+            && e["observer"] == "b"
+            && e["up"] == false
+            && e["at_us"].as_u64().is_some_and(|t| t > 3_000_000)),
+        "b kept both in view: {verdict}"
+    );
+}
+
 /// `text` without its ANSI colour codes (a node's log colours its fields).
 fn without_colours(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
