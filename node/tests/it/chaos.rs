@@ -488,15 +488,7 @@ fn a_partition_cuts_the_mesh_links_the_nodes_notice_and_every_promise_holds_afte
     assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
     let history = history(&out, &text);
     // Every direction between a and the others was cut, and only those: nothing passed.
-    let mut cut: Vec<(String, String)> = link_events(&history)
-        .into_iter()
-        .map(|(from, to, passed, dropped, _, _)| {
-            assert_eq!(passed, 0, "{from} to {to}: a cut link passes nothing");
-            assert!(dropped > 0, "{from} to {to}: the nodes kept trying");
-            (from, to)
-        })
-        .collect();
-    cut.sort();
+    let cut = cut_links(&history);
     let pair = |a: &str, b: &str| (a.to_owned(), b.to_owned());
     assert_eq!(
         cut,
@@ -565,15 +557,7 @@ fn a_bridged_partition_cuts_only_the_nodes_that_share_no_group_and_every_promise
     assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
     let history = history(&out, &text);
     // Only a to c and c to a were cut, and nothing passed them.
-    let mut cut: Vec<(String, String)> = link_events(&history)
-        .into_iter()
-        .map(|(from, to, passed, dropped, _, _)| {
-            assert_eq!(passed, 0, "{from} to {to}: a cut link passes nothing");
-            assert!(dropped > 0, "{from} to {to}: the nodes kept trying");
-            (from, to)
-        })
-        .collect();
-    cut.sort();
+    let cut = cut_links(&history);
     assert_eq!(
         cut,
         [
@@ -591,6 +575,21 @@ fn a_bridged_partition_cuts_only_the_nodes_that_share_no_group_and_every_promise
             && e["at_us"].as_u64().is_some_and(|t| t > 3_000_000)),
         "b kept both in view: {verdict}"
     );
+}
+
+/// The directions a partition cut, sorted, from the history's `link` events: each passed
+/// nothing and dropped something (the nodes kept trying).
+fn cut_links(history: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut cut: Vec<(String, String)> = link_events(history)
+        .into_iter()
+        .map(|(from, to, passed, dropped, _, _)| {
+            assert_eq!(passed, 0, "{from} to {to}: a cut link passes nothing");
+            assert!(dropped > 0, "{from} to {to}: the nodes kept trying");
+            (from, to)
+        })
+        .collect();
+    cut.sort();
+    cut
 }
 
 /// `text` without its ANSI colour codes (a node's log colours its fields).
