@@ -46,6 +46,8 @@ pub enum ChaosError {
         code: Option<i32>,
         log: String,
     },
+    #[error("cannot set up tenant {tenant} for the workload: {detail}")]
+    Tenant { tenant: String, detail: String },
     #[error("cannot deploy {function}: {detail}")]
     Deploy { function: String, detail: String },
     /// `workload.via = "client"`: a `tern-client` could not be set up or connected.

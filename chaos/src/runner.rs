@@ -76,7 +76,12 @@ struct NodeProc {
     child: Option<Child>,
     /// Set while the schedule has it killed or paused (an exit then is not a failure).
     faulted: bool,
+    /// Its admin token (each node makes its own at first start): for the runner's own reads
+    /// of the node (cluster view, metrics).
     token: String,
+    /// With `workload.tenant`: the developer token of that tenant, which the workload's
+    /// calls, deploys and reads carry instead of the admin token.
+    workload_token: Option<String>,
     /// The node's HTTP listener and mesh socket, bound once for the whole run and handed to
     /// every start of the node (socket activation): no other process on the machine can take
     /// its ports while it is down (and then get the workload's requests), and a restart never
@@ -98,10 +103,29 @@ struct NodeProc {
 }
 
 impl NodeProc {
+    /// The token the workload's calls, deploys and reads carry on this node.
+    fn caller(&self) -> String {
+        self.workload_token
+            .clone()
+            .unwrap_or_else(|| self.token.clone())
+    }
+
+    /// Whether its process is running (started, and not ended).
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// How its process ended, if it was started and has ended.
+    fn ended(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     fn spawn(&mut self, tern: &Path) -> Result<(), ChaosError> {
-        if let Some(c) = self.child.as_mut()
-            && c.try_wait().ok().flatten().is_none()
-        {
+        if self.running() {
             // Scenario checks refuse overlapping faults; this would orphan a live node.
             return Err(ChaosError::Io {
                 what: format!("starting node {}", self.name),
@@ -405,6 +429,7 @@ fn start_impostor(
         child: None,
         faulted: true,
         token: String::new(),
+        workload_token: None,
         sockets: (listener, udp),
         client_api: None,
         refuser: None,
@@ -626,6 +651,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
             child: None,
             faulted: false,
             token: String::new(),
+            workload_token: None,
             sockets: (listener, udp),
             client_api,
             refuser: None,
@@ -822,10 +848,7 @@ async fn wait_ready(
     };
     let t0 = Instant::now();
     loop {
-        let exited = lock(nodes)[i]
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
+        let exited = lock(nodes)[i].ended();
         if let Some(status) = exited {
             return Err(ChaosError::Exited {
                 node: name,
@@ -896,6 +919,12 @@ async fn drive(
 ) -> Result<History, ChaosError> {
     let tern = options.tern.clone();
     start_all(nodes, &tern).await?;
+    if let Some(tenant) = &scenario.workload.tenant {
+        let token = tenant_token(nodes, tenant).await?;
+        for n in lock(nodes).iter_mut() {
+            n.workload_token = Some(token.clone());
+        }
+    }
     deploy(scenario, options, nodes).await?;
     let clients = match scenario.workload.via {
         Via::Client => Some(connect_clients(options, nodes).await?),
@@ -957,7 +986,7 @@ async fn drive(
                 .collect();
             let k = targets[(op as usize) % targets.len()];
             let client = clients.as_ref().and_then(|c| c.get(k).cloned());
-            (n[k].name.clone(), n[k].http, n[k].token.clone(), client)
+            (n[k].name.clone(), n[k].http, n[k].caller(), client)
         };
         let input = match mode {
             Mode::Map => format!("[\"{op}-a\",\"{op}-b\"]"),
@@ -1060,7 +1089,7 @@ async fn drive(
             };
             let client = clients.as_ref().and_then(|c| c.get(k).cloned());
             let mut others: Vec<(SocketAddr, String)> =
-                n.iter().map(|p| (p.http, p.token.clone())).collect();
+                n.iter().map(|p| (p.http, p.caller())).collect();
             others.rotate_left(k);
             // Only joined nodes answer (an add that failed leaves its node out).
             let answering: Vec<SocketAddr> =
@@ -1160,8 +1189,8 @@ async fn read_through(client: &tern_client::Client, id: &str) -> (String, u32, O
 /// One `tern-client` per node, connected: client `k`'s seeds are every node's client API,
 /// node `k`'s first, so the calls the runner sends to node `k` go there while it answers and
 /// fail over to the next nodes when it does not, as the client promises its users. Each
-/// carries its first node's admin token, which every node takes once the nodes have linked
-/// (tokens replicate).
+/// carries its first node's admin token (or the workload's tenant's token), which every node
+/// takes once the nodes have linked (tokens replicate).
 async fn connect_clients(
     options: &RunOptions,
     nodes: &Mutex<Vec<NodeProc>>,
@@ -1169,7 +1198,7 @@ async fn connect_clients(
     let members: Vec<(String, SocketAddr, String)> = lock(nodes)
         .iter()
         .filter(|n| n.joined)
-        .filter_map(|n| Some((n.name.clone(), n.client_api.as_ref()?.1, n.token.clone())))
+        .filter_map(|n| Some((n.name.clone(), n.client_api.as_ref()?.1, n.caller())))
         .collect();
     let ca = options.out.join("pki").join("ca.pem");
     let mut clients = Vec::with_capacity(members.len());
@@ -1313,6 +1342,62 @@ fn outcome_of(mode: Mode, r: &tern_bench::Response) -> Outcome {
 }
 
 /// Deploys the workload's function through the first node and waits until every node runs it.
+/// Creates `tenant` through the first node (its default quotas) and a developer token of it,
+/// and waits until every node takes that token (tenants and tokens replicate): the token.
+async fn tenant_token(nodes: &Mutex<Vec<NodeProc>>, tenant: &str) -> Result<String, ChaosError> {
+    let fail = |detail: String| ChaosError::Tenant {
+        tenant: tenant.to_owned(),
+        detail,
+    };
+    let targets: Vec<(SocketAddr, String)> = lock(nodes)
+        .iter()
+        .filter(|n| n.joined)
+        .map(|n| (n.http, n.token.clone()))
+        .collect();
+    let (a, admin) = targets[0].clone();
+    let body = serde_json::json!({ "name": tenant }).to_string();
+    let created = request_within(a, Method::POST, "/v1/tenants", &admin, Bytes::from(body))
+        .await
+        .map_err(fail)?;
+    if created.status != 201 {
+        return Err(fail(format!(
+            "creating it: {} {}",
+            created.status,
+            String::from_utf8_lossy(&created.body)
+        )));
+    }
+    let body = serde_json::json!({ "role": "developer", "tenant": tenant }).to_string();
+    let made = request_within(a, Method::POST, "/v1/tokens", &admin, Bytes::from(body))
+        .await
+        .map_err(fail)?;
+    let token = serde_json::from_slice::<serde_json::Value>(&made.body)
+        .ok()
+        .filter(|_| made.status == 201)
+        .and_then(|v| Some(v["token"].as_str()?.to_owned()))
+        .ok_or_else(|| {
+            fail(format!(
+                "making its developer token: {} {}",
+                made.status,
+                String::from_utf8_lossy(&made.body)
+            ))
+        })?;
+    let t0 = Instant::now();
+    for (addr, _) in targets {
+        while get(addr, &token, "/v1/functions")
+            .await
+            .is_none_or(|r| r.status != 200)
+        {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(fail(format!(
+                    "the node at {addr} did not take its token within 30 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(token)
+}
+
 async fn deploy(
     scenario: &Scenario,
     options: &RunOptions,
@@ -1324,7 +1409,7 @@ async fn deploy(
     let targets: Vec<(SocketAddr, String)> = lock(nodes)
         .iter()
         .filter(|n| n.joined)
-        .map(|n| (n.http, n.token.clone()))
+        .map(|n| (n.http, n.caller()))
         .collect();
     let (a, token) = targets[0].clone();
     let auth = format!("Bearer {token}");
@@ -1434,7 +1519,7 @@ async fn deploy_versions(
             let n = lock(&nodes);
             let targets: Vec<usize> = (0..n.len()).filter(|&k| n[k].joined).collect();
             let k = targets[(number as usize) % targets.len()];
-            (n[k].name.clone(), n[k].http, n[k].token.clone())
+            (n[k].name.clone(), n[k].http, n[k].caller())
         };
         number += 1;
         let bytes = numbered(&module, number);
@@ -1497,13 +1582,7 @@ async fn watch_registries(
         .unwrap_or(0);
     let live: Vec<(String, SocketAddr, String)> = lock(nodes)
         .iter_mut()
-        .filter_map(|n| {
-            let running = n
-                .child
-                .as_mut()
-                .is_some_and(|c| c.try_wait().ok().flatten().is_none());
-            (running && !n.faulted).then(|| (n.name.clone(), n.http, n.token.clone()))
-        })
+        .filter_map(|n| (n.running() && !n.faulted).then(|| (n.name.clone(), n.http, n.caller())))
         .collect();
     let until = t0
         + Duration::from_micros(settled_us)
@@ -1895,10 +1974,7 @@ async fn stop_gracefully(
     }
     let stop_by = Instant::now() + Duration::from_secs(15);
     loop {
-        let exited = lock(nodes)[i]
-            .child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        let exited = !lock(nodes)[i].running();
         if exited || Instant::now() >= stop_by {
             break;
         }
@@ -1940,12 +2016,7 @@ async fn add_node(
         gave_up(nodes, history, t0, i);
         return;
     }
-    let exited = |nodes: &Mutex<Vec<NodeProc>>| {
-        lock(nodes)[i]
-            .child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
-    };
+    let exited = |nodes: &Mutex<Vec<NodeProc>>| !lock(nodes)[i].running();
     for m in joined(nodes) {
         if exited(nodes) {
             // No member is restarted for a node that is gone.
@@ -1981,14 +2052,11 @@ async fn add_node(
 async fn serves(nodes: &Mutex<Vec<NodeProc>>, i: usize, function: &str) -> bool {
     let (addr, token) = {
         let n = &lock(nodes)[i];
-        (n.http, n.token.clone())
+        (n.http, n.caller())
     };
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(60) {
-        let gone = lock(nodes)[i]
-            .child
-            .as_mut()
-            .is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        let gone = !lock(nodes)[i].running();
         if gone {
             return false;
         }
@@ -2090,7 +2158,7 @@ async fn watch(
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut n = lock(&nodes);
         for p in n.iter_mut().filter(|p| !p.faulted) {
-            let Some(status) = p.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) else {
+            let Some(status) = p.ended() else {
                 continue;
             };
             let count = self_restarts.entry(p.name.clone()).or_default();
@@ -2124,8 +2192,11 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
         Via::Http => "over HTTP to each node in turn",
         Via::Client => "through tern-client, one client per node failing over to the others",
     };
+    let tenant = w.tenant.as_ref().map_or(String::new(), |t| {
+        format!(", as tenant `{t}` (a developer token)")
+    });
     let mut out = format!(
-        "# Chaos run: {}\n\n{}\n\nThe workload: `{}` at {} calls a second for {} s, {}.\n\n\
+        "# Chaos run: {}\n\n{}\n\nThe workload: `{}` at {} calls a second for {} s, {}{}.\n\n\
          Generated by `tern chaos run`; the history is `history.jsonl`, the verdict \
          `verdict.json`.\n\n**Verdict: {}**\n\n![Calls answered, p99 and errors by code per \
          second, the faults shaded](timeline.svg)\n\n",
@@ -2135,6 +2206,7 @@ pub fn markdown(scenario: &Scenario, report: &Report) -> String {
         w.rate_per_s,
         w.duration_s,
         via,
+        tenant,
         if report.passed() { "passed" } else { "FAILED" }
     );
     out += &format!(

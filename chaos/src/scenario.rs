@@ -134,6 +134,12 @@ pub struct Workload {
     /// show the winning one (`registries_converged`). Off when absent.
     #[serde(default)]
     pub deploy_every_s: Option<f64>,
+    /// The tenant the workload belongs to: the runner creates it (its default quotas) with a
+    /// developer token, and deploys, calls and reads results with that token, so tenant and
+    /// token replication, authentication and the tenant's cluster-wide quotas are under the
+    /// faults too. Without it, the workload uses each node's admin token (tenant `default`).
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// The function the runner redeploys during the load when `deploy_every_s` is set.
@@ -405,6 +411,18 @@ impl Scenario {
                 "workload.deploy_every_s",
                 format!("{MIN_DEPLOY_EVERY_S} s or more, and shorter than the run"),
             ));
+        }
+        if let Some(tenant) = &w.tenant {
+            match tenant.parse::<tern_tenancy::TenantName>() {
+                Err(e) => return Err(invalid("workload.tenant", e.to_string())),
+                Ok(t) if t.as_str() == tern_tenancy::TenantName::DEFAULT => {
+                    return Err(invalid(
+                        "workload.tenant",
+                        "a tenant the runner creates (leave it out for `default`)",
+                    ));
+                }
+                Ok(_) => {}
+            }
         }
         if w.function == VERSIONS_FUNCTION {
             return Err(invalid(
@@ -859,6 +877,23 @@ mod tests {
         assert_eq!(
             refused("function = \"echo\"", "function = \"versions\""),
             "workload.function"
+        );
+        for bad in ["Acme", "default", "-x", ""] {
+            assert_eq!(
+                refused(
+                    "function = \"echo\"",
+                    &format!("function = \"echo\"\ntenant = {bad:?}")
+                ),
+                "workload.tenant",
+                "{bad:?}"
+            );
+        }
+        assert!(
+            Scenario::parse(&KILL.replace(
+                "function = \"echo\"",
+                "function = \"echo\"\ntenant = \"acme\""
+            ))
+            .is_ok()
         );
         let partition = |groups: &str, one_way: bool| {
             Scenario::parse(&KILL.replace(

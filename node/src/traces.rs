@@ -8,6 +8,42 @@ use tern_wire::{FunctionName, TraceParent};
 use tracing::Span;
 use tracing::field::{Empty, display};
 
+/// A root span of an invocation on this node, `$name` (a span's name is fixed where it is
+/// made, so each root has its own call of this), with the fields every root records.
+macro_rules! root_span {
+    ($name:literal, $via:expr, $parent:expr, $function:expr, $mode:expr) => {{
+        let (parent, function): (Option<&TraceParent>, &FunctionName) = ($parent, $function);
+        if !tern_telemetry::sample(parent) {
+            return Span::none();
+        }
+        let span = tracing::info_span!(
+            target: "tern::trace",
+            parent: None,
+            $name,
+            otel.kind = "server",
+            via = $via,
+            mode = $mode,
+            function = %function,
+            tenant = %function.tenant(),
+            request_id = Empty,
+            node = Empty,
+            cold_start = Empty,
+            meus = Empty,
+            pre_us = Empty,
+            load_us = Empty,
+            reuse_us = Empty,
+            inst_us = Empty,
+            exec_us = Empty,
+            error = Empty,
+            otel.status_code = Empty,
+        );
+        if let Some(p) = parent {
+            tern_telemetry::continue_remote(&span, p);
+        }
+        span
+    }};
+}
+
 /// The root span of an invocation entering through `via` (`http` or `client`), continuing
 /// the caller's `parent` if it sent one; traced as [`tern_telemetry::sample`] decides.
 pub fn invoke(
@@ -16,68 +52,14 @@ pub fn invoke(
     function: &FunctionName,
     mode: &'static str,
 ) -> Span {
-    if !tern_telemetry::sample(parent) {
-        return Span::none();
-    }
-    let span = tracing::info_span!(
-        target: "tern::trace",
-        parent: None,
-        "invoke",
-        otel.kind = "server",
-        via,
-        mode,
-        function = %function,
-        tenant = %function.tenant(),
-        request_id = Empty,
-        node = Empty,
-        cold_start = Empty,
-        meus = Empty,
-        pre_us = Empty,
-        load_us = Empty,
-        reuse_us = Empty,
-        inst_us = Empty,
-        exec_us = Empty,
-        error = Empty,
-        otel.status_code = Empty,
-    );
-    if let Some(p) = parent {
-        tern_telemetry::continue_remote(&span, p);
-    }
-    span
+    root_span!("invoke", via, parent, function, mode)
 }
 
 /// The root of a keyed client call on its key's home, which another node sent it: a child of
 /// the entry's `invoke` span (`parent`, carried in the call), with the same fields, so the
 /// home's admission, placement and forwards sit under it in the entry's trace.
 pub fn home(parent: Option<&TraceParent>, function: &FunctionName, mode: &'static str) -> Span {
-    if !tern_telemetry::sample(parent) {
-        return Span::none();
-    }
-    let span = tracing::info_span!(
-        target: "tern::trace",
-        parent: None,
-        "home",
-        otel.kind = "server",
-        via = "peer",
-        mode,
-        function = %function,
-        tenant = %function.tenant(),
-        request_id = Empty,
-        node = Empty,
-        cold_start = Empty,
-        meus = Empty,
-        pre_us = Empty,
-        load_us = Empty,
-        reuse_us = Empty,
-        inst_us = Empty,
-        exec_us = Empty,
-        error = Empty,
-        otel.status_code = Empty,
-    );
-    if let Some(p) = parent {
-        tern_telemetry::continue_remote(&span, p);
-    }
-    span
+    root_span!("home", "peer", parent, function, mode)
 }
 
 /// Admission of the invocation under `root`: the node's queue and the tenant's fair share.

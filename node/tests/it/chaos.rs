@@ -155,6 +155,37 @@ fn a_kill_and_restart_under_load_keeps_every_promise_and_the_report_says_so() {
     );
 }
 
+/// The workload of a tenant, through tern-client: the runner creates the tenant and a
+/// developer token, and a node killed and restarted keeps taking that token; the calls, the
+/// deploys and the reads are the tenant's, and every promise holds.
+#[test]
+fn a_tenants_workload_through_tern_client_survives_a_kill_with_every_promise_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let scenario = KILL_AND_RESTART.replace(
+        "function = \"echo\"",
+        "function = \"echo\"\ntenant = \"acme\"\nvia = \"client\"",
+    );
+    let (ok, text, verdict) = chaos_run(&scenario, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    let stats = &verdict["stats"];
+    // Every call answered (the clients fail over from the killed node).
+    let n = |k: &str| stats[k].as_u64().unwrap();
+    assert_eq!(n("unknown"), 0, "{stats}");
+    assert!(n("ok") > 0 && n("async_accepted") > 0, "{stats}");
+    assert!(text.contains("as tenant `acme`"), "{text}");
+    // The functions deployed were the tenant's, on every node (b after its restart too).
+    for node in ["a", "b", "c"] {
+        let log =
+            without_colours(&std::fs::read_to_string(out.join(format!("{node}.log"))).unwrap());
+        assert!(
+            log.contains("function=acme.echo") && log.contains("function=acme.versions"),
+            "{node} deployed the tenant's functions: {log}"
+        );
+    }
+}
+
 /// Async work accepted by a node that never comes back: its results, and the work it had not
 /// finished, are read through the live nodes (its keeper holds the finished records and takes
 /// over the pending ones after `async_takeover_secs`, 10 s), so every promise holds.
