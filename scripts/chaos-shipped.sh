@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/reports/chaos/$(date -u +%Y-%m-%d)}
 seed=${2:-1}
-scenarios=(kill-one-under-load kill-one-under-client-load pause-one-under-load rolling-restart add-node impostors corrupt-artifact-at-restart corrupt-sled-at-restart partition-minority partition-one-way partition-bridge lossy-link)
+scenarios=(kill-one-under-load kill-one-under-client-load kill-one-under-trace pause-one-under-load rolling-restart add-node impostors corrupt-artifact-at-restart corrupt-sled-at-restart partition-minority partition-one-way partition-bridge lossy-link)
 # disk-full needs root (a tmpfs for the node whose disk fills).
 if [[ $(id -u) == 0 ]]; then
   scenarios+=(disk-full)

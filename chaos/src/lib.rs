@@ -51,6 +51,10 @@ pub const SHIPPED: &[(&str, &str)] = &[
         "kill-one-under-load",
         include_str!("../scenarios/kill-one-under-load.toml"),
     ),
+    (
+        "kill-one-under-trace",
+        include_str!("../scenarios/kill-one-under-trace.toml"),
+    ),
     ("lossy-link", include_str!("../scenarios/lossy-link.toml")),
     (
         "partition-bridge",

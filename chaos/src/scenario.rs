@@ -121,9 +121,14 @@ pub struct Workload {
     /// An example function (`functions/dist/<name>.wasm`), deployed before the load starts.
     pub function: String,
     /// Open-loop arrivals per second (no coordinated omission: a slow answer does not delay
-    /// the next request).
+    /// the next request). Leave it out with `trace`.
+    #[serde(default)]
     pub rate_per_s: u32,
+    /// The load's length (with `trace`, arrivals past it are not sent).
     pub duration_s: u32,
+    /// Open-loop arrivals replayed from a per-minute invocation trace instead of a rate.
+    #[serde(default)]
+    pub trace: Option<TraceReplay>,
     #[serde(default)]
     pub mix: Mix,
     #[serde(default)]
@@ -140,6 +145,96 @@ pub struct Workload {
     /// faults too. Without it, the workload uses each node's admin token (tenant `default`).
     #[serde(default)]
     pub tenant: Option<String>,
+}
+
+/// A workload's arrivals from a per-minute invocation trace (the Azure Functions 2019 layout,
+/// as `tern bench --trace` replays it): every traced invocation of the replayed minutes, of
+/// any trace function, becomes one call of the workload's function (`scale` calls), at a
+/// seeded random time within its minute, minutes compressed by `speedup`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceReplay {
+    /// The trace file, relative to the directory `tern chaos run` runs in (the repository
+    /// ships `traces/azure2019-http-12h.csv`).
+    pub file: String,
+    /// `A-B` (minutes A to B, B excluded) or one minute `A`.
+    pub minutes: String,
+    #[serde(default = "one_u32")]
+    pub scale: u32,
+    /// A trace minute lasts `60 / speedup` seconds.
+    #[serde(default = "one_f64")]
+    pub speedup: f64,
+}
+
+fn one_u32() -> u32 {
+    1
+}
+
+fn one_f64() -> f64 {
+    1.0
+}
+
+/// Most times a traced invocation is repeated, and most a trace minute is compressed.
+pub const MAX_TRACE_SCALE: u32 = 10_000;
+pub const MAX_TRACE_SPEEDUP: f64 = 3600.0;
+
+impl Workload {
+    /// When each operation is sent, from the start of the load, in order: `rate_per_s`
+    /// evenly for `duration_s`, or the trace's arrivals (`trace_text`: its file's contents)
+    /// that fall within `duration_s`, drawn with `seed`.
+    pub fn schedule(
+        &self,
+        trace_text: Option<&str>,
+        seed: u64,
+    ) -> Result<Vec<std::time::Duration>, ChaosError> {
+        use std::time::Duration;
+        let Some(t) = &self.trace else {
+            let ops = u64::from(self.rate_per_s) * u64::from(self.duration_s);
+            return Ok((0..ops)
+                .map(|op| Duration::from_secs_f64(op as f64 / f64::from(self.rate_per_s)))
+                .collect());
+        };
+        let bad = |reason: String| invalid("workload.trace", reason);
+        let text = trace_text.ok_or_else(|| bad("no trace text given".into()))?;
+        let trace =
+            tern_bench::replay::Trace::parse(text).map_err(|e| bad(format!("{}: {e}", t.file)))?;
+        let spec = tern_bench::replay::ReplaySpec {
+            minutes: tern_bench::replay::parse_minutes(&t.minutes)
+                .map_err(|e| bad(e.to_string()))?,
+            scale: t.scale,
+            speedup: t.speedup,
+            seed,
+            function_template: self.function.clone(),
+            work: tern_bench::replay::Work::Fixed(bytes::Bytes::new()),
+        };
+        let plan = tern_bench::replay::ReplayPlan::new(&trace, &spec)
+            .map_err(|e| bad(format!("{}: {e}", t.file)))?;
+        let end = Duration::from_secs(u64::from(self.duration_s));
+        let at: Vec<Duration> = plan
+            .requests
+            .iter()
+            .map(|r| r.at)
+            .take_while(|at| *at < end)
+            .collect();
+        if at.len() as u64 > MAX_OPERATIONS {
+            return Err(bad(format!(
+                "{} operations within duration_s, more than {MAX_OPERATIONS}",
+                at.len()
+            )));
+        }
+        Ok(at)
+    }
+
+    /// What the load is, in words: its rate or its trace.
+    pub fn load(&self) -> String {
+        match &self.trace {
+            None => format!("{} calls a second", self.rate_per_s),
+            Some(t) => format!(
+                "minutes {} of the trace `{}` (each invocation {} time(s), {}x faster)",
+                t.minutes, t.file, t.scale, t.speedup
+            ),
+        }
+    }
 }
 
 /// The function the runner redeploys during the load when `deploy_every_s` is set.
@@ -387,8 +482,36 @@ impl Scenario {
         if w.function.is_empty() {
             return Err(invalid("workload.function", "empty"));
         }
-        if !(1..=MAX_RATE).contains(&w.rate_per_s) {
-            return Err(invalid("workload.rate_per_s", format!("1 to {MAX_RATE}")));
+        match &w.trace {
+            None if !(1..=MAX_RATE).contains(&w.rate_per_s) => {
+                return Err(invalid("workload.rate_per_s", format!("1 to {MAX_RATE}")));
+            }
+            None => {}
+            Some(_) if w.rate_per_s != 0 => {
+                return Err(invalid(
+                    "workload.rate_per_s",
+                    "leave it out with workload.trace (the trace gives the arrivals)",
+                ));
+            }
+            Some(t) => {
+                if t.file.is_empty() {
+                    return Err(invalid("workload.trace.file", "empty"));
+                }
+                tern_bench::replay::parse_minutes(&t.minutes)
+                    .map_err(|e| invalid("workload.trace.minutes", e.to_string()))?;
+                if !(1..=MAX_TRACE_SCALE).contains(&t.scale) {
+                    return Err(invalid(
+                        "workload.trace.scale",
+                        format!("1 to {MAX_TRACE_SCALE}"),
+                    ));
+                }
+                if !(t.speedup.is_finite() && t.speedup > 0.0 && t.speedup <= MAX_TRACE_SPEEDUP) {
+                    return Err(invalid(
+                        "workload.trace.speedup",
+                        format!("above 0, at most {MAX_TRACE_SPEEDUP}"),
+                    ));
+                }
+            }
         }
         if !(1..=MAX_DURATION_S).contains(&w.duration_s) {
             return Err(invalid(
@@ -702,6 +825,7 @@ impl Scenario {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::time::Duration;
 
     const KILL: &str = r#"
         name = "kill-one-under-load"
@@ -944,6 +1068,98 @@ mod tests {
             Scenario::parse(&KILL.replace("restart_after_s", "restart_afer_s")),
             Err(ChaosError::Parse(_))
         ));
+    }
+
+    #[test]
+    fn a_rate_is_sent_evenly_and_a_trace_as_it_arrives_within_the_duration() {
+        let even = Scenario::parse(KILL).unwrap().workload;
+        let at = even.schedule(None, 1).unwrap();
+        assert_eq!(at.len() as u32, even.rate_per_s * even.duration_s);
+        assert_eq!(
+            at[1] - at[0],
+            Duration::from_secs_f64(1.0 / f64::from(even.rate_per_s))
+        );
+        // Two trace functions: 3 + 1 calls in minute 0, 2 + 0 in minute 1.
+        let text = "o,a,f,http,3,2\no,a,g,http,1,0\n";
+        let traced = |minutes: &str, scale: u32, speedup: f64, duration_s: u32| {
+            let mut w = even.clone();
+            w.rate_per_s = 0;
+            w.duration_s = duration_s;
+            w.trace = Some(TraceReplay {
+                file: "t.csv".into(),
+                minutes: minutes.into(),
+                scale,
+                speedup,
+            });
+            w
+        };
+        let both = traced("0-2", 1, 1.0, 120).schedule(Some(text), 7).unwrap();
+        assert_eq!(both.len(), 6);
+        assert!(both.windows(2).all(|p| p[0] <= p[1]), "in order");
+        assert_eq!(both.iter().filter(|t| t.as_secs() < 60).count(), 4);
+        // The same seed, the same times; scale repeats each call; speedup compresses time.
+        assert_eq!(
+            traced("0-2", 1, 1.0, 120).schedule(Some(text), 7).unwrap(),
+            both
+        );
+        let fast = traced("0-2", 2, 4.0, 120).schedule(Some(text), 7).unwrap();
+        assert_eq!(fast.len(), 12);
+        assert!(fast.iter().all(|t| t.as_secs() < 30));
+        // Cut at duration_s.
+        assert_eq!(
+            traced("0-2", 1, 1.0, 60)
+                .schedule(Some(text), 7)
+                .unwrap()
+                .len(),
+            4
+        );
+        // Past the trace's end, or unreadable: the field is named.
+        for (w, text) in [
+            (traced("0-3", 1, 1.0, 120), text),
+            (traced("0-2", 1, 1.0, 120), "o,a,f,http,x\n"),
+        ] {
+            assert!(matches!(
+                w.schedule(Some(text), 7),
+                Err(ChaosError::Invalid { field, .. }) if field == "workload.trace"
+            ));
+        }
+    }
+
+    #[test]
+    fn a_trace_workload_is_checked_before_anything_starts() {
+        let with = |trace: &str| {
+            KILL.replace("rate_per_s = 200\n", "").replace(
+                "function = \"echo\"",
+                &format!("function = \"echo\"\ntrace = {trace}"),
+            )
+        };
+        let good = r#"{ file = "traces/azure2019-http-12h.csv", minutes = "0-1", speedup = 4 }"#;
+        let s = Scenario::parse(&with(good)).unwrap();
+        assert_eq!(s.workload.trace.as_ref().unwrap().scale, 1);
+        let field = |text: &str| match Scenario::parse(text) {
+            Err(ChaosError::Invalid { field, .. }) => field,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            field(&with(good).replace("duration_s", "rate_per_s = 5\nduration_s")),
+            "workload.rate_per_s"
+        );
+        assert_eq!(
+            field(&with(&good.replace("0-1", "x"))),
+            "workload.trace.minutes"
+        );
+        assert_eq!(
+            field(&with(&good.replace("speedup = 4", "speedup = 0"))),
+            "workload.trace.speedup"
+        );
+        assert_eq!(
+            field(&with(&good.replace("speedup = 4", "scale = 0"))),
+            "workload.trace.scale"
+        );
+        assert_eq!(
+            field(&KILL.replace("rate_per_s = 200\n", "")),
+            "workload.rate_per_s"
+        );
     }
 
     #[test]

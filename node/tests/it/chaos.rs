@@ -155,6 +155,41 @@ fn a_kill_and_restart_under_load_keeps_every_promise_and_the_report_says_so() {
     );
 }
 
+/// A workload replayed from the repository's Azure trace instead of a rate: minute 0 (217
+/// invocations), each sent twice, six times faster, under the kill; every arrival is sent
+/// and every promise holds.
+#[test]
+fn a_trace_replayed_under_a_kill_sends_every_arrival_and_keeps_every_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../traces/azure2019-http-12h.csv"
+    );
+    let scenario = KILL_AND_RESTART.replace("rate_per_s = 50\n", "").replace(
+        "function = \"echo\"",
+        &format!(
+            "function = \"echo\"\ntrace = {{ file = {trace:?}, minutes = \"0\", scale = 2, speedup = 6 }}"
+        ),
+    );
+    let (ok, text, verdict) = chaos_run(&scenario, &out);
+    assert!(ok, "{text}");
+    assert_eq!(verdict["violations"], serde_json::json!([]), "{text}");
+    assert_eq!(verdict["stats"]["operations"], 434, "{verdict}");
+    assert!(text.contains("at minutes 0 of the trace"), "{text}");
+    // Arrivals as the trace has them: not evenly spaced.
+    let history = history(&out, &text);
+    let mut sent: Vec<u64> = history
+        .iter()
+        .filter(|e| e["event"] == "invoke")
+        .map(|e| e["at_us"].as_u64().unwrap())
+        .collect();
+    sent.sort_unstable();
+    let gaps: Vec<u64> = sent.windows(2).map(|w| w[1] - w[0]).collect();
+    let (min, max) = (gaps.iter().min().unwrap(), gaps.iter().max().unwrap());
+    assert!(max > &(10 * min.max(&1000)), "gaps {min}..{max} us");
+}
+
 /// The workload of a tenant, through tern-client: the runner creates the tenant and a
 /// developer token, and a node killed and restarted keeps taking that token; the calls, the
 /// deploys and the reads are the tenant's, and every promise holds.
