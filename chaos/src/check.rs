@@ -25,8 +25,9 @@
 //! - `load_kept_its_rate`: the load generator sent every operation its schedule asked for,
 //!   none later than `expect.send_lag_ms` (100 ms unless set; otherwise the run measured the
 //!   generator, not the cluster);
-//! - `membership_followed_faults`: every node saw a killed or paused node, and the nodes on
-//!   the other side of a (two-way) partition, go within the detection bound, and come back
+//! - `membership_followed_faults`: every node saw a killed or paused node, and the nodes a
+//!   (two-way) partition cut it off from (those sharing none of its groups), go within the
+//!   detection bound, and come back
 //!   within the recovery bound after the fault healed, as the runner's polls of the nodes'
 //!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
 //!   fault shorter than the detection bound, an observer under a fault of its own, what the

@@ -533,6 +533,7 @@ pub async fn run(scenario: &Scenario, options: &RunOptions) -> Result<Report, Ch
     let schedule = scenario
         .workload
         .schedule(trace_text.as_deref(), options.seed.unwrap_or(scenario.seed))?;
+    scenario.check_schedule(&schedule)?;
     drop(trace_text);
     let out = &options.out;
     if out.join("data").exists() {
@@ -1356,9 +1357,10 @@ fn outcome_of(mode: Mode, r: &tern_bench::Response) -> Outcome {
     }
 }
 
-/// Deploys the workload's function through the first node and waits until every node runs it.
-/// Creates `tenant` through the first node (its default quotas) and a developer token of it,
-/// and waits until every node takes that token (tenants and tokens replicate): the token.
+/// Creates `tenant` through the first node and a developer token of it, and waits until every
+/// node takes that token (tenants and tokens replicate): the token. Its request rate, burst
+/// and stored results are set past anything a scenario sends (a run judges faults, not the
+/// tenant's quotas); its other quotas are the defaults.
 async fn tenant_token(nodes: &Mutex<Vec<NodeProc>>, tenant: &str) -> Result<String, ChaosError> {
     let fail = |detail: String| ChaosError::Tenant {
         tenant: tenant.to_owned(),
@@ -1370,7 +1372,15 @@ async fn tenant_token(nodes: &Mutex<Vec<NodeProc>>, tenant: &str) -> Result<Stri
         .map(|n| (n.http, n.token.clone()))
         .collect();
     let (a, admin) = targets[0].clone();
-    let body = serde_json::json!({ "name": tenant }).to_string();
+    let body = serde_json::json!({
+        "name": tenant,
+        "quotas": {
+            "max_rate_per_s": u32::MAX,
+            "rate_burst": u32::MAX,
+            "max_stored_results": u32::MAX,
+        },
+    })
+    .to_string();
     let created = request_within(a, Method::POST, "/v1/tenants", &admin, Bytes::from(body))
         .await
         .map_err(fail)?;
@@ -1413,6 +1423,7 @@ async fn tenant_token(nodes: &Mutex<Vec<NodeProc>>, tenant: &str) -> Result<Stri
     Ok(token)
 }
 
+/// Deploys the workload's function through the first node and waits until every node runs it.
 async fn deploy(
     scenario: &Scenario,
     options: &RunOptions,

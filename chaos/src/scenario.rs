@@ -198,9 +198,29 @@ impl Workload {
         let text = trace_text.ok_or_else(|| bad("no trace text given".into()))?;
         let trace =
             tern_bench::replay::Trace::parse(text).map_err(|e| bad(format!("{}: {e}", t.file)))?;
+        let mut minutes =
+            tern_bench::replay::parse_minutes(&t.minutes).map_err(|e| bad(e.to_string()))?;
+        // Only the minutes `duration_s` reaches are planned, and no more arrivals than a run
+        // may send are drawn: a long trace at a large scale would otherwise be planned whole
+        // before it is cut.
+        let reached = (f64::from(self.duration_s) * t.speedup / 60.0).ceil() as usize;
+        minutes.end = minutes
+            .end
+            .min(minutes.start.saturating_add(reached.max(1)));
+        let drawn: u64 = trace
+            .functions
+            .iter()
+            .flat_map(|f| f.per_minute.get(minutes.clone()).unwrap_or_default())
+            .map(|&c| u64::from(c) * u64::from(t.scale))
+            .sum();
+        if drawn > 2 * MAX_OPERATIONS {
+            return Err(bad(format!(
+                "{drawn} arrivals in the minutes duration_s reaches, more than a run sends \
+                 ({MAX_OPERATIONS})"
+            )));
+        }
         let spec = tern_bench::replay::ReplaySpec {
-            minutes: tern_bench::replay::parse_minutes(&t.minutes)
-                .map_err(|e| bad(e.to_string()))?,
+            minutes,
             scale: t.scale,
             speedup: t.speedup,
             seed,
@@ -220,6 +240,12 @@ impl Workload {
             return Err(bad(format!(
                 "{} operations within duration_s, more than {MAX_OPERATIONS}",
                 at.len()
+            )));
+        }
+        if at.is_empty() {
+            return Err(bad(format!(
+                "no arrival in minutes {} within duration_s: nothing would be sent",
+                t.minutes
             )));
         }
         Ok(at)
@@ -425,6 +451,23 @@ impl Scenario {
         &NODE_NAMES[..all.min(NODE_NAMES.len())]
     }
 
+    /// Refuses a fault that comes after the load's last send (a trace that ends early): it
+    /// would be injected with nothing to judge it by.
+    pub fn check_schedule(&self, schedule: &[std::time::Duration]) -> Result<(), ChaosError> {
+        let last = schedule
+            .last()
+            .map_or(0.0, std::time::Duration::as_secs_f64);
+        for (i, f) in self.faults.iter().enumerate() {
+            if f.at_s > last {
+                return Err(invalid(
+                    format!("fault[{i}].at_s"),
+                    format!("after the load's last send at {last:.1} s"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn node_index(&self, field: &str, name: &str) -> Result<usize, ChaosError> {
         self.nodes().iter().position(|n| *n == name).ok_or_else(|| {
             invalid(
@@ -497,8 +540,14 @@ impl Scenario {
                 if t.file.is_empty() {
                     return Err(invalid("workload.trace.file", "empty"));
                 }
-                tern_bench::replay::parse_minutes(&t.minutes)
+                let minutes = tern_bench::replay::parse_minutes(&t.minutes)
                     .map_err(|e| invalid("workload.trace.minutes", e.to_string()))?;
+                if minutes.start >= minutes.end {
+                    return Err(invalid(
+                        "workload.trace.minutes",
+                        "A-B with B above A (B is excluded)",
+                    ));
+                }
                 if !(1..=MAX_TRACE_SCALE).contains(&t.scale) {
                     return Err(invalid(
                         "workload.trace.scale",
@@ -568,11 +617,11 @@ impl Scenario {
             e.send_lag_ms,
         ]
         .iter()
-        .any(|&ms| ms > MAX_EXPECT_MS)
+        .any(|&ms| ms == 0 || ms > MAX_EXPECT_MS)
         {
             return Err(invalid(
                 "expect",
-                format!("bounds of at most {MAX_EXPECT_MS} ms"),
+                format!("bounds of 1 to {MAX_EXPECT_MS} ms"),
             ));
         }
         let added = self
@@ -644,6 +693,9 @@ impl Scenario {
                     }
                     let mut indices = Vec::new();
                     for group in groups {
+                        if group.is_empty() {
+                            return Err(invalid(field("groups"), "an empty group"));
+                        }
                         let mut members = BTreeSet::new();
                         for name in group {
                             let i = self.node_index(&field("groups"), name)?;
@@ -1037,6 +1089,14 @@ mod tests {
         assert!(refused_groups(r#"[["a", "b", "c"], ["b", "a"]]"#, false).contains("cut no link"));
         assert!(refused_groups(r#"[["a", "a"], ["b", "c"]]"#, false).contains("twice"));
         assert!(refused_groups(r#"[["a"], ["b"]]"#, false).contains("every node"));
+        assert!(refused_groups(r#"[[], ["a"], ["b", "c"]]"#, false).contains("empty"));
+        assert_eq!(
+            refused(
+                "restart_after_s = 5",
+                "restart_after_s = 5\n[expect]\nsend_lag_ms = 0"
+            ),
+            "expect"
+        );
         assert!(matches!(
             Scenario::parse(&KILL.replace("kind = \"kill\"", "kind = \"meteor\"")),
             Err(ChaosError::Parse(_))
@@ -1113,9 +1173,36 @@ mod tests {
                 .len(),
             4
         );
+        // Only the minutes duration_s reaches are planned (here minute 0 of 0-2), drawn as
+        // they are when both are, and cut at 30 s.
+        let half = traced("0-2", 1, 1.0, 30).schedule(Some(text), 7).unwrap();
+        let before_30: Vec<Duration> = both.iter().copied().filter(|t| t.as_secs() < 30).collect();
+        assert_eq!(half, before_30);
+        // Nothing within duration_s: refused, not a run without load.
+        let quiet = "o,a,f,http,0,5\n";
+        assert!(matches!(
+            traced("0-2", 1, 1.0, 60).schedule(Some(quiet), 7),
+            Err(ChaosError::Invalid { field, .. }) if field == "workload.trace"
+        ));
+        // Arrivals bounded before they are drawn: 5 a minute at scale 10,000 over 100,000
+        // minutes of a long run would be 5 billion.
+        let long = format!("o,a,f,http{}\n", ",5".repeat(100_000));
+        let huge = traced("0-100000", 10_000, 1.0, 24 * 3600);
+        assert!(matches!(
+            huge.schedule(Some(&long), 7),
+            Err(ChaosError::Invalid { field, reason }) if field == "workload.trace" && reason.contains("more than a run sends")
+        ));
+        // A fault after the last send is refused.
+        let s = Scenario::parse(KILL).unwrap();
+        let short = [Duration::from_secs(1), Duration::from_secs(9)];
+        assert!(matches!(
+            s.check_schedule(&short),
+            Err(ChaosError::Invalid { field, .. }) if field == "fault[0].at_s"
+        ));
+        assert!(s.check_schedule(&[Duration::from_secs(29)]).is_ok());
         // Past the trace's end, or unreadable: the field is named.
         for (w, text) in [
-            (traced("0-3", 1, 1.0, 120), text),
+            (traced("0-3", 1, 1.0, 180), text),
             (traced("0-2", 1, 1.0, 120), "o,a,f,http,x\n"),
         ] {
             assert!(matches!(
@@ -1146,6 +1233,10 @@ mod tests {
         );
         assert_eq!(
             field(&with(&good.replace("0-1", "x"))),
+            "workload.trace.minutes"
+        );
+        assert_eq!(
+            field(&with(&good.replace("0-1", "5-3"))),
             "workload.trace.minutes"
         );
         assert_eq!(
