@@ -1,0 +1,175 @@
+//! What routing a keyed call to its key's home costs: `tern-client` calls through one node,
+//! their idempotency keys chosen so that the key's home is that node (no hop) or another
+//! member (one mesh hop there and back), alternated in rounds on one connection, closed loop.
+//! `scripts/bench-keyed-hop.sh` starts the cluster and runs this; its report is generated
+//! from what this prints.
+//!
+//! ```sh
+//! cargo run --release -p tern-node --example keyed-latency -- \
+//!     --ca DIR/ca.pem --entry a=127.0.0.1:7931 --members a,b,c --calls 2000 --rounds 5 echo
+//! ```
+//!
+//! The token comes from `TERN_TOKEN`. Prints one JSON object per round and group:
+//! `{"round", "group": "entry"|"other", "calls", "p50_us", "p90_us", "p99_us", "mean_us",
+//! "ran_on": {node: calls}}`; a call that fails stops the run.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use tern_client::{Client, ClientConfig, InvokeOptions, parse_seed};
+use tern_cluster::NodeName;
+
+struct Args {
+    config: ClientConfig,
+    entry: String,
+    members: Vec<NodeName>,
+    calls: usize,
+    rounds: usize,
+    function: String,
+}
+
+const USAGE: &str = "usage: keyed-latency --ca FILE --entry NAME=HOST:PORT --members a,b,c \
+[--calls N] [--rounds R] FUNCTION";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut ca, mut entry, mut members) = (None, None, Vec::new());
+    let (mut calls, mut rounds, mut function) = (2000, 5, None);
+    let number = |v: Option<String>, what: &str| {
+        v.and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{what} needs a positive number"))
+    };
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--ca" => ca = Some(args.next().ok_or("--ca needs a file")?),
+            "--entry" => {
+                let seed = args.next().ok_or("--entry needs NAME=HOST:PORT")?;
+                entry = Some(parse_seed(&seed).map_err(|e| e.to_string())?)
+            }
+            "--members" => {
+                members = args
+                    .next()
+                    .ok_or("--members needs a,b,c")?
+                    .split(',')
+                    .map(|n| n.parse::<NodeName>().map_err(|e| e.to_string()))
+                    .collect::<Result<_, _>>()?
+            }
+            "--calls" => calls = number(args.next(), "--calls")?,
+            "--rounds" => rounds = number(args.next(), "--rounds")?,
+            other if other.starts_with("--") => return Err(format!("unknown flag {other}")),
+            other => function = Some(other.to_owned()),
+        }
+    }
+    let (name, addr) = entry.ok_or("--entry is required")?;
+    if members.len() < 2 || !members.iter().any(|m| m.as_str() == name) {
+        return Err("--members must list the entry and at least one other node".into());
+    }
+    let mut config = ClientConfig::new(
+        vec![(name.clone(), addr)],
+        std::path::PathBuf::from(ca.ok_or("--ca is required")?),
+    );
+    if let Ok(token) = std::env::var("TERN_TOKEN") {
+        config = config.with_token(token);
+    }
+    config.request_timeout = Duration::from_secs(10);
+    Ok(Args {
+        config,
+        entry: name,
+        members,
+        calls,
+        rounds,
+        function: function.ok_or("the function is required")?,
+    })
+}
+
+/// The value at rank `q` (0..1) of sorted `v`.
+fn rank(v: &[u64], q: f64) -> u64 {
+    v[((v.len() as f64 * q).ceil() as usize)
+        .saturating_sub(1)
+        .min(v.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let client = match Client::connect(args.config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot connect: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let home_is_entry = |key: &str| {
+        let scope = tern_link::key_home::scope(&args.function, key);
+        tern_link::key_home::home_among(&scope, &args.members)
+            .is_some_and(|home| home.as_str() == args.entry)
+    };
+    // Fresh keys for every call (a repeated key would be a replay, not a run).
+    let mut counter = 0u64;
+    let mut next_key = |entry: bool| loop {
+        counter += 1;
+        let key = format!("hop-{counter}");
+        if home_is_entry(&key) == entry {
+            return key;
+        }
+    };
+    let input = b"hello echo".to_vec();
+    for round in 1..=args.rounds {
+        // Alternate which group goes first, round by round.
+        let order = if round % 2 == 1 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for entry in order {
+            let mut took = Vec::with_capacity(args.calls);
+            let mut ran_on: BTreeMap<String, u64> = BTreeMap::new();
+            for _ in 0..args.calls {
+                let options = InvokeOptions {
+                    idempotency_key: Some(next_key(entry)),
+                    ..Default::default()
+                };
+                let started = Instant::now();
+                match client
+                    .invoke_with(&args.function, input.clone(), options)
+                    .await
+                {
+                    Ok(out) if out.output[..] == input[..] => {
+                        took.push(started.elapsed().as_micros() as u64);
+                        *ran_on.entry(out.node).or_default() += 1;
+                    }
+                    Ok(out) => {
+                        eprintln!("wrong output: {:?}", String::from_utf8_lossy(&out.output));
+                        return ExitCode::FAILURE;
+                    }
+                    Err(e) => {
+                        eprintln!("a call failed: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+            took.sort_unstable();
+            let mean = took.iter().sum::<u64>() as f64 / took.len() as f64;
+            let line = serde_json::json!({
+                "round": round,
+                "group": if entry { "entry" } else { "other" },
+                "calls": took.len(),
+                "p50_us": rank(&took, 0.50),
+                "p90_us": rank(&took, 0.90),
+                "p99_us": rank(&took, 0.99),
+                "mean_us": (mean * 10.0).round() / 10.0,
+                "ran_on": ran_on,
+            });
+            println!("{line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
