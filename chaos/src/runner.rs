@@ -941,8 +941,8 @@ async fn drive(
         }
     }
     deploy(scenario, options, nodes).await?;
-    let clients = match scenario.workload.via {
-        Via::Client => Some(connect_clients(options, nodes).await?),
+    let clients: Option<Clients> = match scenario.workload.via {
+        Via::Client => Some(Arc::new(Mutex::new(connect_clients(options, nodes).await?))),
         Via::Http => None,
     };
     let history = Arc::new(Mutex::new(History::default()));
@@ -955,6 +955,7 @@ async fn drive(
         relays,
         history.clone(),
         t0,
+        clients.clone(),
     ));
     let watchdog = tokio::spawn(watch(nodes.clone(), history.clone(), tern.clone(), t0));
     let views = tokio::spawn(watch_views(nodes.clone(), history.clone(), t0));
@@ -996,12 +997,14 @@ async fn drive(
         };
         let (node, addr, token, client) = {
             let n = lock(nodes);
-            // Through tern-client, to the nodes there are clients for (those that started).
+            let c = clients.as_ref().map(|c| lock(c));
+            // Through tern-client, to the nodes there are clients for (those that started,
+            // and those added once they joined).
             let targets: Vec<usize> = (0..n.len())
-                .filter(|&k| n[k].joined && clients.as_ref().is_none_or(|c| k < c.len()))
+                .filter(|&k| n[k].joined && c.as_ref().is_none_or(|c| c.contains_key(&k)))
                 .collect();
             let k = targets[(op as usize) % targets.len()];
-            let client = clients.as_ref().and_then(|c| c.get(k).cloned());
+            let client = c.as_ref().and_then(|c| c.get(&k).cloned());
             (n[k].name.clone(), n[k].http, n[k].caller(), client)
         };
         let input = match mode {
@@ -1103,7 +1106,7 @@ async fn drive(
             let Some(k) = n.iter().position(|p| p.name == node) else {
                 continue;
             };
-            let client = clients.as_ref().and_then(|c| c.get(k).cloned());
+            let client = clients.as_ref().and_then(|c| lock(c).get(&k).cloned());
             let mut others: Vec<(SocketAddr, String)> =
                 n.iter().map(|p| (p.http, p.caller())).collect();
             others.rotate_left(k);
@@ -1142,7 +1145,7 @@ async fn drive(
         }
     }
     if let Some(clients) = &clients {
-        for c in clients {
+        for c in lock(clients).values() {
             c.close();
         }
     }
@@ -1202,42 +1205,53 @@ async fn read_through(client: &tern_client::Client, id: &str) -> (String, u32, O
     }
 }
 
-/// One `tern-client` per node, connected: client `k`'s seeds are every node's client API,
-/// node `k`'s first, so the calls the runner sends to node `k` go there while it answers and
-/// fail over to the next nodes when it does not, as the client promises its users. Each
-/// carries its first node's admin token (or the workload's tenant's token), which every node
-/// takes once the nodes have linked (tokens replicate).
+/// The workload's clients (with `via = "client"`) by node index: one per starting node, and
+/// one per added node once it has joined.
+type Clients = Arc<Mutex<HashMap<usize, tern_client::Client>>>;
+
+/// One `tern-client` per node, connected (see [`connect_client`]).
 async fn connect_clients(
     options: &RunOptions,
     nodes: &Mutex<Vec<NodeProc>>,
-) -> Result<Vec<tern_client::Client>, ChaosError> {
-    let members: Vec<(String, SocketAddr, String)> = lock(nodes)
-        .iter()
-        .filter(|n| n.joined)
-        .filter_map(|n| Some((n.name.clone(), n.client_api.as_ref()?.1, n.caller())))
-        .collect();
-    let ca = options.out.join("pki").join("ca.pem");
-    let mut clients = Vec::with_capacity(members.len());
-    for k in 0..members.len() {
-        let seeds = members[k..]
-            .iter()
-            .chain(&members[..k])
-            .map(|(name, addr, _)| (name.clone(), *addr))
-            .collect();
-        let (name, _, token) = &members[k];
-        let mut config = tern_client::ClientConfig::new(seeds, tern_client::Pem::Path(ca.clone()))
-            .with_token(token.clone());
-        config.request_timeout = REQUEST_TIMEOUT;
-        let client =
-            tern_client::Client::connect(config)
-                .await
-                .map_err(|e| ChaosError::Client {
-                    node: name.clone(),
-                    detail: e.to_string(),
-                })?;
-        clients.push(client);
+) -> Result<HashMap<usize, tern_client::Client>, ChaosError> {
+    let mut clients = HashMap::new();
+    for k in joined(nodes) {
+        clients.insert(k, connect_client(options, nodes, k).await?);
     }
     Ok(clients)
+}
+
+/// A `tern-client` for node `k`, connected: its seeds are every joined node's client API,
+/// node `k`'s first, so the calls the runner sends to node `k` go there while it answers and
+/// fail over to the next nodes when it does not, as the client promises its users. It carries
+/// node `k`'s admin token (or the workload's tenant's token), which every node takes once the
+/// nodes have linked (tokens replicate).
+async fn connect_client(
+    options: &RunOptions,
+    nodes: &Mutex<Vec<NodeProc>>,
+    k: usize,
+) -> Result<tern_client::Client, ChaosError> {
+    let (seeds, name, token) = {
+        let n = lock(nodes);
+        let mut order: Vec<usize> = (0..n.len()).filter(|&j| j == k || n[j].joined).collect();
+        let first = order.iter().position(|&j| j == k).unwrap_or(0);
+        order.rotate_left(first);
+        let seeds: Vec<(String, SocketAddr)> = order
+            .iter()
+            .filter_map(|&j| Some((n[j].name.clone(), n[j].client_api.as_ref()?.1)))
+            .collect();
+        (seeds, n[k].name.clone(), n[k].caller())
+    };
+    let ca = options.out.join("pki").join("ca.pem");
+    let mut config =
+        tern_client::ClientConfig::new(seeds, tern_client::Pem::Path(ca)).with_token(token);
+    config.request_timeout = REQUEST_TIMEOUT;
+    tern_client::Client::connect(config)
+        .await
+        .map_err(|e| ChaosError::Client {
+            node: name,
+            detail: e.to_string(),
+        })
 }
 
 /// One call of the workload through `client`, bounded by [`CLIENT_CALL_TIMEOUT`]: the API's
@@ -1668,6 +1682,7 @@ async fn run_faults(
     relays: Option<Arc<Relays>>,
     history: Arc<Mutex<History>>,
     t0: Instant,
+    clients: Option<Clients>,
 ) -> Result<(), ChaosError> {
     use rustix::process::Signal;
     let tern = options.tern.clone();
@@ -1736,7 +1751,12 @@ async fn run_faults(
                 // Added nodes join in the order of their faults, named on from the cluster's.
                 let i = next_added;
                 next_added += 1;
-                add_node(&nodes, &history, t0, i, &tern, &scenario.workload.function).await;
+                let workload = Serving {
+                    function: &scenario.workload.function,
+                    clients: clients.as_ref(),
+                    options: &options,
+                };
+                add_node(&nodes, &history, t0, i, &workload).await;
             }
             FaultKind::ClockJump { node, by_s } => {
                 let Some(i) = index(&node) else { continue };
@@ -2021,14 +2041,22 @@ async fn stop_gracefully(
 /// restart is an `add_node` fault of that member. A new node that does not start, dies during
 /// the restarts, never sees every member or never shows the function is an unscheduled end
 /// (the fault never heals, and the `nodes_added` checker says so).
+/// What an added node must serve before it is in: the workload's function, and with
+/// `via = "client"` a client of its own.
+struct Serving<'a> {
+    function: &'a str,
+    clients: Option<&'a Clients>,
+    options: &'a RunOptions,
+}
+
 async fn add_node(
     nodes: &Mutex<Vec<NodeProc>>,
     history: &Mutex<History>,
     t0: Instant,
     i: usize,
-    tern: &Path,
-    function: &str,
+    workload: &Serving<'_>,
 ) {
+    let tern = &workload.options.tern;
     let (name, mesh) = {
         let n = lock(nodes);
         (n[i].name.clone(), n[i].mesh)
@@ -2062,9 +2090,23 @@ async fn add_node(
         .into_iter()
         .filter(|&m| !lock(nodes)[m].faulted)
         .count();
-    if wait_ready(nodes, i, members).await.is_err() || !serves(nodes, i, function).await {
+    if wait_ready(nodes, i, members).await.is_err() || !serves(nodes, i, workload.function).await {
         gave_up(nodes, history, t0, i);
         return;
+    }
+    // Through tern-client, it takes its share once its own client is connected (a client API
+    // that cannot be reached is an add that failed).
+    if let Some(clients) = workload.clients {
+        match connect_client(workload.options, nodes, i).await {
+            Ok(client) => {
+                lock(clients).insert(i, client);
+            }
+            Err(e) => {
+                eprintln!("tern chaos: {e}");
+                gave_up(nodes, history, t0, i);
+                return;
+            }
+        }
     }
     {
         let mut n = lock(nodes);

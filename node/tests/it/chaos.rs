@@ -741,10 +741,26 @@ fn a_lossy_slow_reordering_link_loses_no_call_and_breaks_no_promise() {
 /// and every promise holds.
 #[test]
 fn a_node_added_under_load_joins_gets_the_registry_and_serves_with_every_promise_kept() {
+    a_node_added_under_load(false);
+}
+
+/// The same through tern-client: once d has joined, the runner connects a client for it (d
+/// first among its seeds) and d takes its share of the calls.
+#[test]
+fn a_node_added_under_client_load_gets_a_client_of_its_own_and_serves_its_share() {
+    a_node_added_under_load(true);
+}
+
+fn a_node_added_under_load(through_client: bool) {
     // 20 calls a second and a deploy every 3 s rather than 50 and every second: four nodes
     // compiling each version slowed the load generators of the tests beside this one past
     // their 100 ms bound (`load_kept_its_rate`).
+    let via = if through_client { "client" } else { "http" };
     let scenario = KILL_AND_RESTART
+        .replace(
+            "function = \"echo\"",
+            &format!("function = \"echo\"\nvia = \"{via}\""),
+        )
         .replace("rate_per_s = 50", "rate_per_s = 20")
         .replace("duration_s = 10", "duration_s = 25")
         .replace("deploy_every_s = 1", "deploy_every_s = 3")
