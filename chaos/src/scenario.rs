@@ -139,7 +139,8 @@ pub struct Workload {
     /// show the winning one (`registries_converged`). Off when absent.
     #[serde(default)]
     pub deploy_every_s: Option<f64>,
-    /// The tenant the workload belongs to: the runner creates it (its default quotas) with a
+    /// The tenant the workload belongs to: the runner creates it (its request rate, burst and
+    /// stored results past anything a scenario sends, its other quotas the defaults) with a
     /// developer token, and deploys, calls and reads results with that token, so tenant and
     /// token replication, authentication and the tenant's cluster-wide quotas are under the
     /// faults too. Without it, the workload uses each node's admin token (tenant `default`).
@@ -213,10 +214,12 @@ impl Workload {
             .flat_map(|f| f.per_minute.get(minutes.clone()).unwrap_or_default())
             .map(|&c| u64::from(c) * u64::from(t.scale))
             .sum();
-        if drawn > 2 * MAX_OPERATIONS {
+        // Twice a run's bound: the last minute planned may reach past duration_s.
+        let most = 2 * MAX_OPERATIONS;
+        if drawn > most {
             return Err(bad(format!(
                 "{drawn} arrivals in the minutes duration_s reaches, more than a run sends \
-                 ({MAX_OPERATIONS})"
+                 ({most} planned at most, {MAX_OPERATIONS} sent)"
             )));
         }
         let spec = tern_bench::replay::ReplaySpec {

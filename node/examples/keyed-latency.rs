@@ -1,12 +1,15 @@
 //! What routing a keyed call to its key's home costs: `tern-client` calls through one node,
 //! their idempotency keys chosen so that the key's home is that node (no hop) or another
-//! member (one mesh hop there and back), alternated in rounds on one connection, closed loop.
+//! member (the call goes over the mesh to the home, which then places it as any call),
+//! alternated in rounds on one connection, closed loop.
 //! `scripts/bench-keyed-hop.sh` starts the cluster and runs this; its report is generated
 //! from what this prints.
 //!
+//! `--entry` names the entry node's client API (its `client_listen`), not its HTTP port.
+//!
 //! ```sh
 //! cargo run --release -p tern-node --example keyed-latency -- \
-//!     --ca DIR/ca.pem --entry a=127.0.0.1:7931 --members a,b,c --calls 2000 --rounds 5 echo
+//!     --ca DIR/ca.pem --entry a=127.0.0.1:7951 --members a,b,c --calls 2000 --rounds 5 echo
 //! ```
 //!
 //! The token comes from `TERN_TOKEN`. Prints one JSON object per round and group:

@@ -35,7 +35,8 @@ use crate::store::StoreError;
 use crate::traces;
 
 /// How long an entry waits for a key's home to accept an async call (a journal flush and a
-/// copy to the home's keeper).
+/// copy to the home's keeper; at a node standing in for an away home, first a lookup of the
+/// key at its peers, 2 s at most).
 const ACCEPT_BOUND: Duration = Duration::from_secs(5);
 
 /// The idempotency keys this node is home of.

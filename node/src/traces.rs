@@ -9,7 +9,9 @@ use tracing::Span;
 use tracing::field::{Empty, display};
 
 /// A root span of an invocation on this node, `$name` (a span's name is fixed where it is
-/// made, so each root has its own call of this), with the fields every root records.
+/// made, so each root has its own call of this), with the fields every root records. Used as
+/// a function's whole body: when the invocation is not sampled it returns `Span::none()`
+/// from that function.
 macro_rules! root_span {
     ($name:literal, $via:expr, $parent:expr, $function:expr, $mode:expr) => {{
         let (parent, function): (Option<&TraceParent>, &FunctionName) = ($parent, $function);
