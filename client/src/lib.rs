@@ -1,7 +1,7 @@
 //! `tern-client`: a client library for Tern nodes.
 //!
 //! It talks to a node's QUIC client API (`client_listen` in the node's configuration, ALPN
-//! `tern-client/10`) with TLS 1.3, verifying the node's certificate against the cluster CA
+//! `tern-client/11`) with TLS 1.3, verifying the node's certificate against the cluster CA
 //! written by `tern cluster init`. It authenticates with a tenant token, a client
 //! certificate signed by the cluster CA, or both.
 //!

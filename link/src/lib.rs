@@ -39,8 +39,8 @@ use tern_sync::poison::{lock, read, write};
 use tern_tenancy::{Demand, Reading, TenantName};
 use tern_wire::ApiError as PeerError;
 use tern_wire::peer::{
-    AcceptedKey, AsyncCopy, KeyedCall, NodeStatus, PeerRequest, PeerResponse, RegistryEntry,
-    RemoteMeu, TenancyRecords,
+    AcceptedKey, AsyncCopy, KeyedCall, KeyedResult, NodeStatus, PeerRequest, PeerResponse,
+    RegistryEntry, RemoteMeu, TenancyRecords,
 };
 use tern_wire::{ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash};
 use tokio::task::JoinHandle;
@@ -194,6 +194,18 @@ pub trait LocalNode: Send + Sync + 'static {
     /// here, if the key is still kept.
     fn find_keyed(&self, _scope: &str) -> Result<Option<AcceptedKey>, PeerError> {
         Ok(None)
+    }
+    /// Keeps the result of a sync keyed call `origin` ran as the key's home, for as long as
+    /// this node keeps its own; a node that keeps none answers with an error.
+    fn keep_result(&self, _origin: &NodeName, _kept: KeyedResult) -> Result<(), PeerError> {
+        Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "this node keeps no results of keyed calls",
+        ))
+    }
+    /// The result of a sync keyed call a peer ran as the key's home, if kept here.
+    fn kept_result(&self, _scope: &str) -> Option<KeyedResult> {
+        None
     }
     /// Runs a keyed call sent by `peer` because this node is its key's home (see
     /// [`key_home`]): once per key, answering retries with that run. A node that runs none
@@ -640,6 +652,83 @@ impl ClusterLink {
         (*home != self.name).then(|| home.clone())
     }
 
+    /// The member that takes the calls of `scope` ([`key_home::scope`]) if this node, their
+    /// home, goes away: the key's home among the other members up. `None` when none is up.
+    pub fn key_successor(&self, scope: &str) -> Option<NodeName> {
+        let members = self.net.members();
+        let up = members
+            .iter()
+            .filter(|(name, state)| **state == tern_cluster::PeerState::Up && **name != self.name)
+            .map(|(name, _)| name);
+        key_home::home_among(scope, up).cloned()
+    }
+
+    /// Gives `successor` ([`ClusterLink::key_successor`]) the result of a sync keyed call this
+    /// node ran as the key's home, and waits until it is kept (briefly: the caller's answer
+    /// waits for it).
+    pub async fn keep_result(
+        &self,
+        successor: &NodeName,
+        kept: KeyedResult,
+    ) -> Result<(), LinkError> {
+        let answer = self
+            .exchange(
+                successor,
+                &PeerRequest::KeepResult(Box::new(kept)),
+                Some(REPLICATE_TIMEOUT),
+            )
+            .await?;
+        expect(successor, answer, "a kept result", |answer| match answer {
+            PeerResponse::Ack => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// A result of the sync keyed call `scope` ([`key_home::scope`]) that a peer keeps: every
+    /// peer up is asked at once, the first to hold one answers. `Ok(None)` when every peer up
+    /// answered that it holds none (or none is up); an error when none held one and some peer
+    /// did not answer within a short bound, so the caller cannot tell whether the call ran.
+    pub async fn lookup_result(
+        self: &Arc<Self>,
+        scope: &str,
+    ) -> Result<Option<KeyedResult>, LinkError> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (peer, state) in self.net.members() {
+            if state != tern_cluster::PeerState::Up {
+                continue;
+            }
+            let (link, scope) = (self.clone(), scope.to_owned());
+            asks.spawn(async move {
+                let request = PeerRequest::LookupResult(scope.clone());
+                let answer = link
+                    .exchange(&peer, &request, Some(REPLICATE_TIMEOUT))
+                    .await?;
+                expect(&peer, answer, "a result lookup", |answer| match answer {
+                    // Only the result asked for: an answer for another key is no answer.
+                    PeerResponse::KeptResult(found) => {
+                        Ok(found.filter(|kept| kept.scope == scope).map(|kept| *kept))
+                    }
+                    other => Err(other),
+                })
+            });
+        }
+        let mut failed = None;
+        while let Some(answer) = asks.join_next().await {
+            match answer {
+                Ok(Ok(Some(found))) => return Ok(Some(found)),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => failed = Some(e),
+                Err(e) => {
+                    failed = Some(LinkError::Lost {
+                        peer: self.name.clone(),
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
     /// Whether the home of `scope` among every member, up or not, is another node: then a
     /// node that takes the key's calls stands in for a home that is away, and the home may
     /// have accepted calls under the key already (their copies are with its keeper).
@@ -884,6 +973,13 @@ impl ClusterLink {
                 Err(e) => fail(e),
             },
             PeerRequest::Keyed(call) => node.keyed_call(peer, *call).await,
+            PeerRequest::KeepResult(kept) => match node.keep_result(&peer, *kept) {
+                Ok(()) => PeerResponse::Ack,
+                Err(e) => fail(e),
+            },
+            PeerRequest::LookupResult(scope) => {
+                PeerResponse::KeptResult(node.kept_result(&scope).map(Box::new))
+            }
         }
     }
 }

@@ -215,6 +215,9 @@ pub struct Metrics {
     /// Async invocations accepted here whose copy no peer took (none up, or it refused or did
     /// not answer): they wait for this node if it dies.
     pub async_uncopied: AtomicU64,
+    /// Sync keyed results run here as their key's home that no peer kept (none up, or it
+    /// refused or did not answer): a retry after this node's death runs the call again.
+    pub sync_unkept: AtomicU64,
     /// Peers currently connected (cluster mode).
     pub peers_up: AtomicI64,
     /// Incoming mesh connections refused by the handshake or identity check.
@@ -713,6 +716,11 @@ impl Metrics {
                 "tern_async_uncopied_total",
                 "Async invocations accepted here that no peer kept a copy of.",
                 self.async_uncopied.load(Relaxed),
+            ),
+            (
+                "tern_sync_unkept_total",
+                "Sync keyed results run here as their key's home that no peer kept.",
+                self.sync_unkept.load(Relaxed),
             ),
             (
                 "tern_rejected_handshakes_total",

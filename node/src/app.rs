@@ -22,7 +22,8 @@ use tern_link::{ClusterLink, LocalFuture, LocalNode, resident_bytes};
 use tern_metrics::Metrics;
 use tern_runtime::Meu;
 use tern_wire::peer::{
-    AcceptedKey, NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords,
+    AcceptedKey, KeyedResult, NodeStatus, PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome,
+    TenancyRecords,
 };
 use tern_wire::{ModuleHash, TraceParent};
 
@@ -266,6 +267,34 @@ impl LocalNode for App {
 
     fn find_keyed(&self, scope: &str) -> Result<Option<AcceptedKey>, ApiError> {
         self.kept_under_key(scope).map_err(|e| e.to_api())
+    }
+
+    fn keep_result(
+        &self,
+        origin: &tern_cluster::NodeName,
+        kept: KeyedResult,
+    ) -> Result<(), ApiError> {
+        if kept.scope.len() > MAX_SCOPED_KEY {
+            return Err(ApiError::new(
+                tern_wire::ErrorCode::InvalidRequest,
+                format!("{origin} sent a result whose key is over {MAX_SCOPED_KEY} bytes"),
+            ));
+        }
+        self.keys.kept.keep(kept.scope, Arc::new(kept.result));
+        Ok(())
+    }
+
+    fn kept_result(&self, scope: &str) -> Option<KeyedResult> {
+        // A result a peer gave this node, or one this node ran as the key's stand-in.
+        let result = self
+            .keys
+            .kept
+            .finished(scope)
+            .or_else(|| self.keys.sync_cache.finished(scope))?;
+        Some(KeyedResult {
+            scope: scope.to_owned(),
+            result: result.as_ref().clone(),
+        })
     }
 }
 

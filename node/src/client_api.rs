@@ -1,4 +1,4 @@
-//! The QUIC client API for `tern-client` (ALPN `tern-client/10`, protocol in
+//! The QUIC client API for `tern-client` (ALPN `tern-client/11`, protocol in
 //! `tern_wire::client_proto`), on `client_listen`.
 //!
 //! - **TLS:** the node presents its cluster certificate (`<node>.node.tern`, from

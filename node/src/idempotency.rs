@@ -260,6 +260,15 @@ impl Drop for RunGuard {
     }
 }
 
+/// Whether a result is kept for retries: refusals (`overloaded`, `unavailable`) ran nothing,
+/// and a retry must run the call.
+pub fn keepable(result: &Result<InvokeReply, ApiError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => !e.code.is_retryable(),
+    }
+}
+
 fn result_bytes(key: &str, result: &Result<InvokeReply, ApiError>) -> usize {
     key.len()
         + match result {
@@ -316,6 +325,7 @@ impl SyncCache {
             },
         );
         inner.order.push_back((key.clone(), generation));
+        inner.compact_order();
         Begin::Run(RunGuard {
             cache: self.clone(),
             key,
@@ -329,13 +339,8 @@ impl SyncCache {
         if inner.slots.get(key).map(|s| s.generation) != Some(generation) {
             return;
         }
-        let keep = match result.as_ref() {
-            Ok(_) => true,
-            // Refusals did not run the function: a retry must run it.
-            Err(e) => !e.code.is_retryable(),
-        };
         let bytes = result_bytes(key, &result);
-        if !keep || bytes > self.limits.max_bytes {
+        if !keepable(&result) || bytes > self.limits.max_bytes {
             inner.remove(key);
             return;
         }
@@ -358,6 +363,52 @@ impl SyncCache {
         }
     }
 
+    /// Keeps a result run elsewhere under `scope` (a key already scoped to its function), as a
+    /// finished entry within the same limits, replacing what the key held: a peer's result,
+    /// this node answers retries with while the peer is away. Refusals are not kept, nor a
+    /// result that fits only by evicting running calls.
+    pub fn keep(&self, scope: String, result: SharedResult) {
+        let bytes = result_bytes(&scope, &result);
+        if !keepable(&result) || bytes > self.limits.max_bytes {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.remove(&scope);
+        while inner.slots.len() >= self.limits.max_keys
+            || inner.bytes + bytes > self.limits.max_bytes
+        {
+            if !inner.evict_oldest_done() {
+                return;
+            }
+        }
+        let generation = inner.next_gen;
+        inner.next_gen += 1;
+        inner.bytes += bytes;
+        inner.slots.insert(
+            scope.clone(),
+            Slot {
+                generation,
+                state: SlotState::Done {
+                    at: Instant::now(),
+                    result,
+                    bytes,
+                },
+            },
+        );
+        inner.order.push_back((scope, generation));
+        inner.compact_order();
+    }
+
+    /// The finished result under `scope` (already scoped), if one is kept and fresh.
+    pub fn finished(&self, scope: &str) -> Option<SharedResult> {
+        match &self.lock().slots.get(scope)?.state {
+            SlotState::Done { at, result, .. } if at.elapsed() < self.limits.ttl => {
+                Some(result.clone())
+            }
+            _ => None,
+        }
+    }
+
     fn forget(&self, key: &str, generation: u64) {
         let mut inner = self.lock();
         if inner.slots.get(key).map(|s| s.generation) == Some(generation) {
@@ -376,6 +427,18 @@ impl SyncCache {
 }
 
 impl SyncInner {
+    /// Drops the stale entries of `order` (keys removed or replaced since) once they
+    /// outnumber the live ones: a key refused, forgotten or kept again over and over must not
+    /// grow it while the cache is never full enough to evict.
+    fn compact_order(&mut self) {
+        if self.order.len() > 2 * self.slots.len() + 64 {
+            let slots = &self.slots;
+            self.order.retain(|(key, generation)| {
+                slots.get(key).map(|s| s.generation) == Some(*generation)
+            });
+        }
+    }
+
     fn remove(&mut self, key: &str) {
         if let Some(Slot {
             state: SlotState::Done { bytes, .. },
@@ -575,5 +638,56 @@ mod tests {
         assert!(keys.get("garbage").is_err());
         assert_eq!(keys.expire().unwrap(), 2);
         assert_eq!(keys.tree.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_result_is_bounded_like_a_run_one_and_refusals_are_not_kept() {
+        let cache = SyncCache::new(SyncCacheLimits {
+            max_keys: 2,
+            max_bytes: 1_000,
+            ttl: Duration::from_millis(50),
+        });
+        let scope = |k: &str| scoped(&f(), k);
+        cache.keep(scope("a"), Arc::new(Ok(reply("one"))));
+        cache.keep(
+            scope("refused"),
+            Arc::new(Err(ApiError::new(ErrorCode::Overloaded, "busy"))),
+        );
+        assert!(cache.finished(&scope("refused")).is_none());
+        assert_eq!(
+            cache
+                .finished(&scope("a"))
+                .unwrap()
+                .as_ref()
+                .as_ref()
+                .unwrap()
+                .output,
+            b"one"
+        );
+        // A kept result answers a call begun here, as if it ran here.
+        let Begin::Done(r) = cache.begin(&f(), "a") else {
+            panic!("a kept result must replay")
+        };
+        assert_eq!(r.as_ref().as_ref().unwrap().output, b"one");
+        // Errors from running are kept; a third key evicts the oldest.
+        cache.keep(
+            scope("b"),
+            Arc::new(Err(ApiError::new(ErrorCode::GuestTrap, "trap"))),
+        );
+        cache.keep(scope("c"), Arc::new(Ok(reply("three"))));
+        assert_eq!(cache.len(), 2);
+        assert!(cache.finished(&scope("a")).is_none());
+        assert!(cache.finished(&scope("b")).unwrap().is_err());
+        // Too big for the byte bound: not kept, nothing evicted for it.
+        cache.keep(scope("d"), Arc::new(Ok(reply(&"x".repeat(1_000)))));
+        assert!(cache.finished(&scope("d")).is_none());
+        assert_eq!(cache.len(), 2);
+        // Kept again and again under one key, the cache's bookkeeping stays bounded.
+        for _ in 0..1_000 {
+            cache.keep(scope("c"), Arc::new(Ok(reply("three"))));
+        }
+        assert!(cache.lock().order.len() <= 2 * 2 + 64 + 1);
+        tokio::time::advance(Duration::from_millis(51)).await;
+        assert!(cache.finished(&scope("c")).is_none());
     }
 }

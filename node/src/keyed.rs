@@ -13,8 +13,14 @@
 //! may have run it already. Once the home is counted down (about a second), its keys move to
 //! the next member. An async call's key went with its copy to the home's keeper
 //! ([`crate::takeover`]), and the member standing in asks for it before accepting the call as
-//! new, so a retry gets the home's id; a sync call's result was not copied, and a retry runs
-//! it again there. Keys the stand-in took stay there when the home comes back. Nodes that disagree on who is up (a
+//! new, so a retry gets the home's id. A sync call's result goes to the key's successor (the
+//! member that stands in if the home goes away) before the caller sees it, best effort (a
+//! successor that does not take it within 0.5 s is counted, `tern_sync_unkept_total`), and a
+//! node standing in for an away home, or back from a restart on its store within the 5
+//! minutes results are kept (it forgot those it gave), asks its peers for a result before
+//! running a call, answering `unavailable` when it cannot tell; so a retry is answered with
+//! the run a caller could have seen. A call whose home died while running it runs again.
+//! Keys the stand-in took stay there when a home that did not restart comes back. Nodes that disagree on who is up (a
 //! partition, or a link cut one way) may pick two homes for one key.
 
 use std::future::Future;
@@ -43,6 +49,13 @@ const ACCEPT_BOUND: Duration = Duration::from_secs(5);
 pub struct Keys {
     pub async_keys: AsyncKeys,
     pub sync_cache: Arc<SyncCache>,
+    /// Results of sync keyed calls peers ran as the keys' homes, given to this node as the
+    /// member that takes those keys' calls while their home is away.
+    pub kept: Arc<SyncCache>,
+    /// When this node started on a store an earlier run left, which forgot the sync results
+    /// that run gave: until they would have expired, a keyed call new here is first looked
+    /// up at the key's successor.
+    restarted: Option<tokio::time::Instant>,
 }
 
 impl Keys {
@@ -50,7 +63,15 @@ impl Keys {
         Ok(Self {
             async_keys: AsyncKeys::open(store, result_ttl_secs)?,
             sync_cache: SyncCache::new(SyncCacheLimits::default()),
+            kept: SyncCache::new(SyncCacheLimits::default()),
+            restarted: store.recovered().then(tokio::time::Instant::now),
         })
+    }
+
+    /// Whether sync results given before this node's restart may still be asked for.
+    fn may_have_forgotten(&self) -> bool {
+        self.restarted
+            .is_some_and(|at| at.elapsed() < SyncCacheLimits::default().ttl)
     }
 }
 
@@ -361,11 +382,25 @@ async fn invoke_here(
                     "idempotency slot closed",
                 ));
             };
+            let scope = tern_link::key_home::scope(call.function.as_str(), &key);
             // Its own task, so the invocation finishes (and is remembered for retries) even if
             // this caller goes away.
             let app = app.clone();
             tokio::spawn(async move {
-                let result = run(&app, call).await;
+                let result = match run_elsewhere(&app, &scope).await {
+                    Some(Ok(mut earlier)) => {
+                        if let Ok(reply) = &mut earlier {
+                            reply.replayed = true;
+                        }
+                        earlier
+                    }
+                    Some(Err(unknown)) => Err(unknown),
+                    None => {
+                        let result = run(&app, call).await;
+                        keep_at_successor(&app, scope, &result).await;
+                        result
+                    }
+                };
                 guard.finish(result);
             });
             within(wait, idempotency::wait(rx)).await
@@ -385,5 +420,73 @@ async fn invoke_here(
             })
             .await
         }
+    }
+}
+
+/// A run of the sync keyed call `scope` that this node did not give as its home, if there
+/// is one: `Some(Ok(result))` to answer with, `None` to run the call. One its home gave this
+/// node as the key's successor; else, when this node stands in for an away home or restarted
+/// on its store within the time results are kept (and may have forgotten one it gave), one
+/// a peer keeps — every peer up asked at once. When that cannot be told (a peer did not
+/// answer, or a restarted node has not heard from its peers yet), `Some(Err(unavailable))`:
+/// the caller retries rather than the call running twice.
+async fn run_elsewhere(
+    app: &App,
+    scope: &str,
+) -> Option<Result<Result<InvokeReply, ApiError>, ApiError>> {
+    if let Some(kept) = app.keys.kept.finished(scope) {
+        return Some(Ok(kept.as_ref().clone()));
+    }
+    let link = app.cluster.get()?;
+    let restarted = app.keys.may_have_forgotten();
+    if !restarted && !link.stands_in_for_key_home(scope) {
+        return None;
+    }
+    let unknown = |why: String| {
+        Some(Err(ApiError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "cannot tell whether this keyed call ran already ({why}); retry with the same key"
+            ),
+        )))
+    };
+    if restarted && !app.pipeline.registry_synced() {
+        return unknown("this node restarted and has not heard from its peers yet".into());
+    }
+    match link.lookup_result(scope).await {
+        Ok(Some(kept)) => Some(Ok(kept.result)),
+        Ok(None) => None,
+        Err(e) => unknown(e.to_string()),
+    }
+}
+
+/// Gives the key's successor (the member that takes its calls if this node goes away) the
+/// result of a sync keyed call this node ran as home, before the caller sees it: a retry that
+/// reaches the successor after this node's death is answered with this run. A successor that
+/// cannot take it is logged, and the result stands (a retry there would run the call again).
+async fn keep_at_successor(app: &App, scope: String, result: &Result<InvokeReply, ApiError>) {
+    let Some(link) = app.cluster.get() else {
+        return;
+    };
+    if !idempotency::keepable(result) {
+        return;
+    }
+    let Some(successor) = link.key_successor(&scope) else {
+        app.services()
+            .metrics
+            .sync_unkept
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return;
+    };
+    let result = result.clone();
+    if let Err(e) = link
+        .keep_result(&successor, tern_wire::peer::KeyedResult { scope, result })
+        .await
+    {
+        app.services()
+            .metrics
+            .sync_unkept
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%successor, error = %e, "a keyed call's result was not kept by its successor");
     }
 }

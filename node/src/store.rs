@@ -285,6 +285,11 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether this store was opened on what an earlier run of the node left.
+    pub fn recovered(&self) -> bool {
+        self.db.was_recovered()
+    }
+
     /// Moves registry entries of the previous layout into the current tree: each is written
     /// in the new layout before its old copy goes, so a crash in between only means migrating
     /// it again. A damaged old record is quarantined like any other.

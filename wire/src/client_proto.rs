@@ -17,7 +17,7 @@ use crate::api::{ApiError, FunctionInfo, FunctionRef, InvocationId, InvocationRe
 /// ALPN protocol id of the client API; a peer speaking anything else fails the handshake.
 // Its number is `PROTOCOL_VERSION` (a test holds them together): a client and a node whose
 // messages would not decode at each other fail the handshake instead.
-pub const CLIENT_ALPN: &[u8] = b"tern-client/10";
+pub const CLIENT_ALPN: &[u8] = b"tern-client/11";
 
 /// Bytes a request or response frame may carry beyond its payload bytes (module, input or
 /// output): names, keys, the token, the frame header and bincode length prefixes.

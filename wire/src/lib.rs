@@ -31,7 +31,7 @@ pub use trace::TraceParent;
 /// to a type in this crate that is persisted or sent between nodes. The mesh and client-API
 /// handshakes carry it in their ALPN ids (`tern-mesh/N`, [`CLIENT_ALPN`]), so processes of
 /// different versions refuse each other at connect time.
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Everything that can go wrong turning bytes into Tern types, or back.
 #[derive(Debug, thiserror::Error)]

@@ -50,6 +50,15 @@ pub enum PeerRequest {
     /// key's home (see [`KeyedCall`]). Answered [`PeerResponse::Output`] for a sync call,
     /// [`PeerResponse::Accepted`] for an async one, or an error.
     Keyed(Box<KeyedCall>),
+    /// The result of a sync keyed call the sender ran as the key's home: kept by the
+    /// receiver, the member that takes the key's calls while the sender is away, so a retry
+    /// there (or at the sender after a restart) is answered with this run instead of a second
+    /// one. Answered [`PeerResponse::Ack`].
+    KeepResult(Box<KeyedResult>),
+    /// The result the receiver keeps of a sync call under this idempotency key (scoped to
+    /// its function), if any: asked by a home that restarted, and so forgot the results it
+    /// gave, before it runs a call again. Answered [`PeerResponse::KeptResult`].
+    LookupResult(String),
 }
 
 /// The answer to a [`PeerRequest`].
@@ -69,6 +78,18 @@ pub enum PeerResponse {
     /// The async invocation accepted under a key, as its keeper knows it (an answer to
     /// [`PeerRequest::LookupKey`]).
     KeyAccepted(Option<AcceptedKey>),
+    /// A sync keyed call's result as the receiver keeps it (an answer to
+    /// [`PeerRequest::LookupResult`]).
+    KeptResult(Option<Box<KeyedResult>>),
+}
+
+/// A sync call's result under an idempotency key, as its home answered it: the output, or an
+/// error from running it (never a refusal such as `overloaded`, which ran nothing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeyedResult {
+    /// The idempotency key scoped to its function (`tern_link::key_home::scope`).
+    pub scope: String,
+    pub result: Result<InvokeReply, ApiError>,
 }
 
 /// An async invocation accepted under an idempotency key, as the keeper of its copy indexed it

@@ -63,7 +63,7 @@ pub const KIND_DATA: u8 = 0x02;
 /// ALPN protocol id of the mesh; a peer speaking anything else fails the handshake. Its
 /// number is tern-wire's `PROTOCOL_VERSION` (a test holds them together), so nodes whose
 /// messages would not decode at each other refuse to connect instead.
-pub const ALPN: &[u8] = b"tern-mesh/10";
+pub const ALPN: &[u8] = b"tern-mesh/11";
 
 /// QUIC application error codes used when closing connections or refusing streams.
 pub mod codes {

@@ -145,6 +145,14 @@ async fn start_three_with(
     root: &Path,
     adjust: impl Fn(usize, Config) -> Config,
 ) -> Vec<NodeHandle> {
+    start_three_keeping_sockets(root, adjust).await.0
+}
+
+/// [`start_three_with`], keeping the mesh sockets so a member can be restarted on its own.
+async fn start_three_keeping_sockets(
+    root: &Path,
+    adjust: impl Fn(usize, Config) -> Config,
+) -> (Vec<NodeHandle>, MeshSockets) {
     init_pki(&root.join("pki"));
     let mesh = MeshSockets::bind(3);
     let mut nodes = Vec::new();
@@ -157,7 +165,7 @@ async fn start_three_with(
     for n in &nodes {
         wait_all_up(n.addr(), Duration::from_secs(20)).await;
     }
-    nodes
+    (nodes, mesh)
 }
 
 /// Deploy on a, invoke through c, run on b because placement says b owns the function; the
@@ -1643,12 +1651,8 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
 }
 
 /// Three nodes that also serve the client API, with `echo` deployed and served on each.
-async fn three_with_the_client_api_and_echo(root: &Path) -> Vec<NodeHandle> {
-    let nodes = start_three_with(root, |_, c| Config {
-        client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
-        ..c
-    })
-    .await;
+async fn three_with_the_client_api_and_echo(root: &Path) -> (Vec<NodeHandle>, MeshSockets) {
+    let (nodes, mesh) = start_three_keeping_sockets(root, |_, c| with_the_client_api(c)).await;
     let r = put_when_synced(nodes[0].addr(), "/v1/functions/echo", wasm("echo")).await;
     assert_eq!(r.status, 201);
     for n in &nodes {
@@ -1660,23 +1664,33 @@ async fn three_with_the_client_api_and_echo(root: &Path) -> Vec<NodeHandle> {
         )
         .await;
     }
-    nodes
+    (nodes, mesh)
 }
 
-/// An async call with an idempotency key keeps its one id when its key's home goes away after
-/// accepting it: the copy the home's keeper holds carries the key, and the node standing in
-/// for the home finds it there — being that keeper itself, or asking it — so a retry through
-/// any node (a caller that lost the 202) gets the home's id and its result, and nothing runs
-/// again.
+fn with_the_client_api(c: Config) -> Config {
+    Config {
+        client_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+        ..c
+    }
+}
+
+/// Keyed calls keep what their home gave when the home goes away and when it comes back. An
+/// async call keeps its one id: the copy the home's keeper holds carries the key, and the node
+/// standing in for the home finds it there — being that keeper itself, or asking it — so a
+/// retry through any node (a caller that lost the 202) gets the home's id and its result. A
+/// sync call's result went to the key's successor (the member standing in) before the caller
+/// had it, so a retry while the home is away is answered with that run; and the home, back
+/// after a restart that forgot its results, asks the successor before running a call again.
+/// Nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
+async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_restarts() {
     use crate::client::{client_addr, client_config, connect};
     use crate::cluster_process::member_state;
     use tern_client::InvokeOptions;
 
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let mut nodes = three_with_the_client_api_and_echo(root.path()).await;
+    let (mut nodes, mesh) = three_with_the_client_api_and_echo(root.path()).await;
     let pki = root.path().join("pki");
     let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
     let scope = |key: &str| tern_link::key_home::scope("echo", key);
@@ -1685,15 +1699,16 @@ async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
             .unwrap()
             .to_string()
     };
-    // Keys homed at c whose home without c is a (c's keeper: the next member after it, in
-    // name order, wrapping around) or b (which asks a).
-    let homed_at_c_then = |next: &str| {
+    // Keys homed at c whose home without c is `next`: a (c's keeper: the next member after
+    // it, in name order, wrapping around) or b (which asks a).
+    let homed_at_c_then = |prefix: &str, next: &str| {
         (0..)
-            .map(|i| format!("away-{i}"))
+            .map(|i| format!("{prefix}-{i}"))
             .find(|k| home_among(k, &names) == "c" && home_among(k, &names[..2]) == next)
             .unwrap()
     };
-    let keys = [homed_at_c_then("a"), homed_at_c_then("b")];
+    let keys = [homed_at_c_then("away", "a"), homed_at_c_then("away", "b")];
+    let sync_keys = [homed_at_c_then("sync", "a"), homed_at_c_then("sync", "b")];
     let keyed = |key: &str| InvokeOptions {
         idempotency_key: Some(key.into()),
         ..Default::default()
@@ -1736,6 +1751,22 @@ async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
         .await;
         ids.push(id);
     }
+    let mut firsts = Vec::new();
+    for key in &sync_keys {
+        let first = clients[0]
+            .invoke_with("echo", key.as_bytes().to_vec(), keyed(key))
+            .await
+            .unwrap();
+        assert!(!first.replayed, "{key}: run");
+        // Given to the successor before the answer.
+        let successor = home_among(key, &names[..2]);
+        let i = NAMES.iter().position(|n| *n == successor).unwrap();
+        assert!(
+            nodes[i].app().keys.kept.finished(&scope(key)).is_some(),
+            "{key}: kept by {successor}"
+        );
+        firsts.push(first);
+    }
 
     nodes.remove(2).shutdown().await.unwrap();
     for n in &nodes {
@@ -1745,8 +1776,8 @@ async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
         })
         .await;
     }
-    let runs = || nodes.iter().map(crate::client::echo_runs).sum::<u64>();
-    let before = runs();
+    let runs = |nodes: &[NodeHandle]| nodes.iter().map(crate::client::echo_runs).sum::<u64>();
+    let before = runs(&nodes);
     for (key, id) in keys.iter().zip(&ids) {
         for (i, client) in clients.iter().enumerate() {
             let again = client
@@ -1764,7 +1795,31 @@ async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
             );
         }
     }
-    assert_eq!(runs(), before, "no retry ran the call again");
+    let retry_sync = |during: &'static str| {
+        let (clients, sync_keys, firsts) = (&clients, &sync_keys, &firsts);
+        async move {
+            for (key, first) in sync_keys.iter().zip(firsts) {
+                for (i, client) in clients.iter().enumerate() {
+                    let again = client
+                        .invoke_with("echo", key.as_bytes().to_vec(), keyed(key))
+                        .await
+                        .unwrap();
+                    assert!(
+                        again.replayed,
+                        "{key} retried through {} {during}",
+                        NAMES[i]
+                    );
+                    assert_eq!(
+                        (&again.output, &again.node),
+                        (&first.output, &first.node),
+                        "{key} {during}"
+                    );
+                }
+            }
+        }
+    };
+    retry_sync("while c is away").await;
+    assert_eq!(runs(&nodes), before, "no retry ran the call again");
     // A key c never saw runs once, at the node standing in for c.
     let fresh = (0..)
         .map(|i| format!("new-{i}"))
@@ -1783,7 +1838,37 @@ async fn an_async_keyed_call_keeps_its_id_after_its_home_goes_away() {
         (done.attempts, done.output.as_deref()),
         (1, Some(&b"new"[..]))
     );
-    assert_eq!(runs(), before + 1);
+    assert_eq!(runs(&nodes), before + 1);
+    // So does a sync one.
+    let fresh_sync = (0..)
+        .map(|i| format!("new-sync-{i}"))
+        .find(|k| home_among(k, &names) == "c")
+        .unwrap();
+    let ran = clients[0]
+        .invoke_with("echo", b"new".to_vec(), keyed(&fresh_sync))
+        .await
+        .unwrap();
+    assert!(!ran.replayed);
+    assert_eq!(runs(&nodes), before + 2);
+
+    // c comes back on its store, home of the sync keys again, having forgotten their results.
+    nodes.push(
+        mesh.start(2, with_the_client_api(member_config(root.path(), 2, &mesh)))
+            .await,
+    );
+    for n in &nodes {
+        wait_all_up(n.addr(), Duration::from_secs(20)).await;
+    }
+    assert!(nodes[2].app().keys.sync_cache.is_empty());
+    retry_sync("after c restarted").await;
+    // What the stand-in ran while c was away, c asks its peers for too.
+    let again = clients[1]
+        .invoke_with("echo", b"new".to_vec(), keyed(&fresh_sync))
+        .await
+        .unwrap();
+    assert!(again.replayed, "{fresh_sync} after c restarted");
+    assert_eq!((&again.output, &again.node), (&ran.output, &ran.node));
+    assert_eq!(runs(&nodes), before + 2, "c ran nothing again");
     for n in nodes {
         n.shutdown().await.unwrap();
     }
@@ -1802,7 +1887,7 @@ async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
 
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let nodes = three_with_the_client_api_and_echo(root.path()).await;
+    let (nodes, _mesh) = three_with_the_client_api_and_echo(root.path()).await;
     let pki = root.path().join("pki");
     let runs = || nodes.iter().map(echo_runs).sum::<u64>();
     let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();

@@ -3,8 +3,8 @@
 
 use tern_wire::api::{ErrorCode, FunctionInfo, InvocationStatus};
 use tern_wire::peer::{
-    AcceptedKey, AsyncCopy, KeyedCall, KeyedMode, NodeStatus, PeerRequest, PeerResponse,
-    RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords, TenantDemand,
+    AcceptedKey, AsyncCopy, KeyedCall, KeyedMode, KeyedResult, NodeStatus, PeerRequest,
+    PeerResponse, RegistryEntry, RemoteMeu, RemoteOutcome, TenancyRecords, TenantDemand,
 };
 use tern_wire::{
     ApiError, ClientOp, ClientReply, ClientRequest, ClientResponse, FunctionName, InvocationId,
@@ -263,6 +263,31 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
                 }),
             })),
         ),
+        (
+            "keep-result-output",
+            PeerRequest::KeepResult(Box::new(KeyedResult {
+                scope: "echo\0order-17".into(),
+                result: Ok(InvokeReply {
+                    output: b"one".to_vec(),
+                    node: "b".into(),
+                    cold_start: true,
+                    meus: 1,
+                    duration_us: 120,
+                    replayed: false,
+                }),
+            })),
+        ),
+        (
+            "keep-result-error",
+            PeerRequest::KeepResult(Box::new(KeyedResult {
+                scope: "acme.echo\0~".into(),
+                result: Err(ApiError::new(ErrorCode::GuestTrap, "trap")),
+            })),
+        ),
+        (
+            "lookup-result",
+            PeerRequest::LookupResult("echo\0order-17".into()),
+        ),
     ]
 }
 
@@ -343,6 +368,17 @@ pub fn peer_responses() -> Vec<(&'static str, PeerResponse)> {
         (
             "accepted",
             PeerResponse::Accepted(InvocationId::from_parts(0x1234, 7)),
+        ),
+        ("kept-result-none", PeerResponse::KeptResult(None)),
+        (
+            "kept-result",
+            PeerResponse::KeptResult(Some(Box::new(KeyedResult {
+                scope: "echo\0order-17".into(),
+                result: Err(ApiError::new(
+                    ErrorCode::Timeout,
+                    "no result within 5000 ms",
+                )),
+            }))),
         ),
     ]
 }

@@ -290,7 +290,17 @@ pub fn peer_request() -> impl Strategy<Value = PeerRequest> {
         invocation_id().prop_map(PeerRequest::Lookup),
         "[ -~]{0,40}".prop_map(PeerRequest::LookupKey),
         keyed_call().prop_map(|c| PeerRequest::Keyed(Box::new(c))),
+        keyed_result().prop_map(|r| PeerRequest::KeepResult(Box::new(r))),
+        "[ -~]{0,40}".prop_map(PeerRequest::LookupResult),
     ]
+}
+
+pub fn keyed_result() -> impl Strategy<Value = tern_wire::peer::KeyedResult> {
+    (
+        "[ -~]{0,40}",
+        prop_oneof![invoke_reply().prop_map(Ok), api_error().prop_map(Err)],
+    )
+        .prop_map(|(scope, result)| tern_wire::peer::KeyedResult { scope, result })
 }
 
 pub fn keyed_call() -> impl Strategy<Value = tern_wire::peer::KeyedCall> {
@@ -354,6 +364,8 @@ pub fn peer_response() -> impl Strategy<Value = PeerResponse> {
                 k.map(|(id, accepted_at_ms)| tern_wire::peer::AcceptedKey { id, accepted_at_ms }),
             )
         }),
+        proptest::option::of(keyed_result())
+            .prop_map(|r| PeerResponse::KeptResult(r.map(Box::new))),
     ]
 }
 
