@@ -1,20 +1,24 @@
-//! What routing a keyed call to its key's home costs: `tern-client` calls through one node,
-//! their idempotency keys chosen so that the key's home is that node (no hop) or another
-//! member (the call goes over the mesh to the home, which then places it as any call),
-//! alternated in rounds on one connection, closed loop.
-//! `scripts/bench-keyed-hop.sh` starts the cluster and runs this; its report is generated
-//! from what this prints.
+//! What a keyed call costs when its function is owned by the node the caller reached and when
+//! it is owned by another: `tern-client` calls through one node, each with a fresh
+//! idempotency key, to a function whose keys' home (its warm-affinity owner) is that node
+//! ("entry": run there, its result copied to the key's successor) or another member ("other":
+//! the call goes over the mesh to the home, which runs it and copies the result), alternated
+//! in rounds on one connection, closed loop. `scripts/bench-keyed-hop.sh` starts the
+//! cluster and runs this; its report is generated from what this prints.
 //!
 //! `--entry` names the entry node's client API (its `client_listen`), not its HTTP port.
+//! `--pick PREFIX` prints two function names, `PREFIX-N`, one homed at the entry and one
+//! elsewhere, for the script to deploy, and exits.
 //!
 //! ```sh
 //! cargo run --release -p tern-node --example keyed-latency -- \
-//!     --ca DIR/ca.pem --entry a=127.0.0.1:7951 --members a,b,c --calls 2000 --rounds 5 echo
+//!     --ca DIR/ca.pem --entry a=127.0.0.1:7951 --members a,b,c --calls 2000 --rounds 5 \
+//!     echo-0 echo-1
 //! ```
 //!
 //! The token comes from `TERN_TOKEN`. Prints one JSON object per round and group:
-//! `{"round", "group": "entry"|"other", "calls", "p50_us", "p90_us", "p99_us", "mean_us",
-//! "ran_on": {node: calls}}`; a call that fails stops the run.
+//! `{"round", "group": "entry"|"other", "function", "calls", "p50_us", "p90_us", "p99_us",
+//! "mean_us", "ran_on": {node: calls}}`; a call that fails stops the run.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -29,16 +33,17 @@ struct Args {
     members: Vec<NodeName>,
     calls: usize,
     rounds: usize,
-    function: String,
+    functions: Vec<String>,
+    pick: Option<String>,
 }
 
 const USAGE: &str = "usage: keyed-latency --ca FILE --entry NAME=HOST:PORT --members a,b,c \
-[--calls N] [--rounds R] FUNCTION";
+[--calls N] [--rounds R] (--pick PREFIX | FUNCTION...)";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     let (mut ca, mut entry, mut members) = (None, None, Vec::new());
-    let (mut calls, mut rounds, mut function) = (2000, 5, None);
+    let (mut calls, mut rounds, mut functions, mut pick) = (2000, 5, Vec::new(), None);
     let number = |v: Option<String>, what: &str| {
         v.and_then(|v| v.parse::<usize>().ok())
             .filter(|n| *n > 0)
@@ -61,8 +66,9 @@ fn parse_args() -> Result<Args, String> {
             }
             "--calls" => calls = number(args.next(), "--calls")?,
             "--rounds" => rounds = number(args.next(), "--rounds")?,
+            "--pick" => pick = Some(args.next().ok_or("--pick needs a prefix")?),
             other if other.starts_with("--") => return Err(format!("unknown flag {other}")),
-            other => function = Some(other.to_owned()),
+            other => functions.push(other.to_owned()),
         }
     }
     let (name, addr) = entry.ok_or("--entry is required")?;
@@ -83,7 +89,8 @@ fn parse_args() -> Result<Args, String> {
         members,
         calls,
         rounds,
-        function: function.ok_or("the function is required")?,
+        functions,
+        pick,
     })
 }
 
@@ -103,6 +110,34 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let home_is_entry = |function: &str| {
+        let scope = tern_link::key_home::scope(function, "");
+        tern_link::key_home::home_among(&scope, &args.members)
+            .is_some_and(|home| home.as_str() == args.entry)
+    };
+    if let Some(prefix) = &args.pick {
+        let name = |entry: bool| {
+            (0..)
+                .map(|i| format!("{prefix}-{i}"))
+                .find(|f| home_is_entry(f) == entry)
+                .unwrap_or_default()
+        };
+        println!("{} {}", name(true), name(false));
+        return ExitCode::SUCCESS;
+    }
+    let pick = |entry: bool| {
+        args.functions
+            .iter()
+            .find(|f| home_is_entry(f) == entry)
+            .cloned()
+    };
+    let (Some(at_entry), Some(elsewhere)) = (pick(true), pick(false)) else {
+        eprintln!(
+            "the functions need one homed at {} and one elsewhere (see --pick)\n{USAGE}",
+            args.entry
+        );
+        return ExitCode::from(2);
+    };
     let client = match Client::connect(args.config).await {
         Ok(c) => c,
         Err(e) => {
@@ -110,19 +145,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let home_is_entry = |key: &str| {
-        let scope = tern_link::key_home::scope(&args.function, key);
-        tern_link::key_home::home_among(&scope, &args.members)
-            .is_some_and(|home| home.as_str() == args.entry)
-    };
     // Fresh keys for every call (a repeated key would be a replay, not a run).
     let mut counter = 0u64;
-    let mut next_key = |entry: bool| loop {
+    let mut next_key = || {
         counter += 1;
-        let key = format!("hop-{counter}");
-        if home_is_entry(&key) == entry {
-            return key;
-        }
+        format!("hop-{counter}")
     };
     let input = b"hello echo".to_vec();
     for round in 1..=args.rounds {
@@ -133,18 +160,16 @@ async fn main() -> ExitCode {
             [false, true]
         };
         for entry in order {
+            let function = if entry { &at_entry } else { &elsewhere };
             let mut took = Vec::with_capacity(args.calls);
             let mut ran_on: BTreeMap<String, u64> = BTreeMap::new();
             for _ in 0..args.calls {
                 let options = InvokeOptions {
-                    idempotency_key: Some(next_key(entry)),
+                    idempotency_key: Some(next_key()),
                     ..Default::default()
                 };
                 let started = Instant::now();
-                match client
-                    .invoke_with(&args.function, input.clone(), options)
-                    .await
-                {
+                match client.invoke_with(function, input.clone(), options).await {
                     Ok(out) if out.output[..] == input[..] => {
                         took.push(started.elapsed().as_micros() as u64);
                         *ran_on.entry(out.node).or_default() += 1;
@@ -164,6 +189,7 @@ async fn main() -> ExitCode {
             let line = serde_json::json!({
                 "round": round,
                 "group": if entry { "entry" } else { "other" },
+                "function": function,
                 "calls": took.len(),
                 "p50_us": rank(&took, 0.50),
                 "p90_us": rank(&took, 0.90),

@@ -3,9 +3,10 @@
 //!
 //! A `tern-client` that loses its node retries the call on the next one with the same key.
 //! Deduplication on each node alone would run the call again there; instead each node sends
-//! a keyed call to the key's home ([`tern_link::key_home`]: the same member on every node that
-//! sees the same members up), which keeps the key ([`crate::idempotency`]) and runs the call
-//! once. A home that is this node runs it here. So a retry anywhere gets the first run's result
+//! a keyed call to the key's home ([`tern_link::key_home`]: the function's warm-affinity owner,
+//! the same member on every node that sees the same members up), which keeps the key
+//! ([`crate::idempotency`]) and runs the call once, usually on itself, where the function is
+//! warm. A home that is this node runs it here. So a retry anywhere gets the first run's result
 //! (sync) or id (async) while the home stays up and reachable.
 //!
 //! A home the entry still counts as up but that does not answer is `unavailable` to the caller

@@ -1650,19 +1650,26 @@ async fn least_loaded_spreads_a_burst_counting_its_own_outstanding_forwards() {
     }
 }
 
-/// Three nodes that also serve the client API, with `echo` deployed and served on each.
-async fn three_with_the_client_api_and_echo(root: &Path) -> (Vec<NodeHandle>, MeshSockets) {
+/// Three nodes that also serve the client API, with echo's module deployed as each of
+/// `functions` and served on each node.
+async fn three_with_the_client_api_and(
+    root: &Path,
+    functions: &[&str],
+) -> (Vec<NodeHandle>, MeshSockets) {
     let (nodes, mesh) = start_three_keeping_sockets(root, |_, c| with_the_client_api(c)).await;
-    let r = put_when_synced(nodes[0].addr(), "/v1/functions/echo", wasm("echo")).await;
-    assert_eq!(r.status, 201);
-    for n in &nodes {
-        let addr = n.addr();
-        eventually(
-            "every node has echo",
-            Duration::from_secs(20),
-            || async move { (invoke(addr, "echo", "warm").await.status == 200).then_some(()) },
-        )
-        .await;
+    for function in functions {
+        let path = format!("/v1/functions/{function}");
+        let r = put_when_synced(nodes[0].addr(), &path, wasm("echo")).await;
+        assert_eq!(r.status, 201);
+        for n in &nodes {
+            let addr = n.addr();
+            eventually(
+                "every node has the function",
+                Duration::from_secs(20),
+                || async move { (invoke(addr, function, "warm").await.status == 200).then_some(()) },
+            )
+            .await;
+        }
     }
     (nodes, mesh)
 }
@@ -1674,13 +1681,34 @@ fn with_the_client_api(c: Config) -> Config {
     }
 }
 
+/// Successful runs of `functions` on `nodes`.
+fn runs_of(nodes: &[NodeHandle], functions: &[String]) -> u64 {
+    use std::sync::atomic::Ordering::Relaxed;
+    nodes
+        .iter()
+        .flat_map(|n| {
+            functions.iter().filter_map(|f| {
+                let deployed = n.services().runtime.get(&f.parse().unwrap())?;
+                Some(deployed.metrics.ok.load(Relaxed))
+            })
+        })
+        .sum()
+}
+
+/// The home of `function`'s idempotency keys among `members`: its warm-affinity owner.
+fn key_home_of(function: &str, members: &[NodeName]) -> String {
+    tern_link::key_home::home_among(&tern_link::key_home::scope(function, "any"), members)
+        .unwrap()
+        .to_string()
+}
+
 /// Keyed calls keep what their home gave when the home goes away and when it comes back. An
 /// async call keeps its one id: the copy the home's keeper holds carries the key, and the node
 /// standing in for the home finds it there — being that keeper itself, or asking it — so a
 /// retry through any node (a caller that lost the 202) gets the home's id and its result. A
 /// sync call's result went to the key's successor (the member standing in) before the caller
 /// had it, so a retry while the home is away is answered with that run; and the home, back
-/// after a restart that forgot its results, asks the successor before running a call again.
+/// after a restart that forgot its results, asks its peers before running a call again.
 /// Nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_restarts() {
@@ -1690,25 +1718,23 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
 
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let (mut nodes, mesh) = three_with_the_client_api_and_echo(root.path()).await;
-    let pki = root.path().join("pki");
     let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
-    let scope = |key: &str| tern_link::key_home::scope("echo", key);
-    let home_among = |key: &str, members: &[NodeName]| {
-        tern_link::key_home::home_among(&scope(key), members)
-            .unwrap()
-            .to_string()
-    };
-    // Keys homed at c whose home without c is `next`: a (c's keeper: the next member after
-    // it, in name order, wrapping around) or b (which asks a).
-    let homed_at_c_then = |prefix: &str, next: &str| {
+    // Functions whose keys are homed at c (their warm owner) and, without c, at `next`: a
+    // (c's keeper: the next member after it, in name order, wrapping around) or b (which
+    // asks a).
+    let owned_by_c_then = |next: &str| {
         (0..)
-            .map(|i| format!("{prefix}-{i}"))
-            .find(|k| home_among(k, &names) == "c" && home_among(k, &names[..2]) == next)
+            .map(|i| format!("echo-{i}"))
+            .find(|f| key_home_of(f, &names) == "c" && key_home_of(f, &names[..2]) == next)
             .unwrap()
     };
-    let keys = [homed_at_c_then("away", "a"), homed_at_c_then("away", "b")];
-    let sync_keys = [homed_at_c_then("sync", "a"), homed_at_c_then("sync", "b")];
+    let functions = [owned_by_c_then("a"), owned_by_c_then("b")];
+    let (mut nodes, mesh) = three_with_the_client_api_and(
+        root.path(),
+        &functions.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+    let pki = root.path().join("pki");
     let keyed = |key: &str| InvokeOptions {
         idempotency_key: Some(key.into()),
         ..Default::default()
@@ -1719,14 +1745,14 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
     }
     let a_app = nodes[0].app().clone();
     let mut ids = Vec::new();
-    for key in &keys {
+    for f in &functions {
         let id = clients[0]
-            .invoke_async_with("echo", b"job".to_vec(), keyed(key))
+            .invoke_async_with(f, b"job".to_vec(), keyed("job"))
             .await
             .unwrap();
         assert!(
             nodes[2].app().store.invocation(&id).unwrap().is_some(),
-            "{key}: accepted at its home c"
+            "{f}: accepted at its home c"
         );
         let done = clients[0]
             .wait_result(&id, Duration::from_millis(10), Duration::from_secs(10))
@@ -1739,8 +1765,9 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         // a, c's keeper, has the key (the copy is sent before the 202, but a slow one does
         // not hold the 202 for long) and, once c settles it, the finished record (a pending
         // one would be taken over, rightly run again, once c is away long enough).
+        let scope = tern_link::key_home::scope(f, "job");
         eventually("a keeps the key", Duration::from_secs(10), || async {
-            let kept = a_app.copies.keyed(&scope(key), u64::MAX / 2, u64::MAX / 2);
+            let kept = a_app.copies.keyed(&scope, u64::MAX / 2, u64::MAX / 2);
             (kept.unwrap()?.id == id).then_some(())
         })
         .await;
@@ -1752,18 +1779,27 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         ids.push(id);
     }
     let mut firsts = Vec::new();
-    for key in &sync_keys {
+    for f in &functions {
         let first = clients[0]
-            .invoke_with("echo", key.as_bytes().to_vec(), keyed(key))
+            .invoke_with(f, f.as_bytes().to_vec(), keyed("once"))
             .await
             .unwrap();
-        assert!(!first.replayed, "{key}: run");
+        assert!(!first.replayed, "{f}: run");
+        assert_eq!(
+            first.node, "c",
+            "{f}: run where its keys are homed, its warm owner"
+        );
         // Given to the successor before the answer.
-        let successor = home_among(key, &names[..2]);
+        let successor = key_home_of(f, &names[..2]);
         let i = NAMES.iter().position(|n| *n == successor).unwrap();
         assert!(
-            nodes[i].app().keys.kept.finished(&scope(key)).is_some(),
-            "{key}: kept by {successor}"
+            nodes[i]
+                .app()
+                .keys
+                .kept
+                .finished(&tern_link::key_home::scope(f, "once"))
+                .is_some(),
+            "{f}: kept by {successor}"
         );
         firsts.push(first);
     }
@@ -1776,15 +1812,15 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         })
         .await;
     }
-    let runs = |nodes: &[NodeHandle]| nodes.iter().map(crate::client::echo_runs).sum::<u64>();
+    let runs = |nodes: &[NodeHandle]| runs_of(nodes, &functions);
     let before = runs(&nodes);
-    for (key, id) in keys.iter().zip(&ids) {
+    for (f, id) in functions.iter().zip(&ids) {
         for (i, client) in clients.iter().enumerate() {
             let again = client
-                .invoke_async_with("echo", b"job".to_vec(), keyed(key))
+                .invoke_async_with(f, b"job".to_vec(), keyed("job"))
                 .await
                 .unwrap();
-            assert_eq!(&again, id, "{key} retried through {}", NAMES[i]);
+            assert_eq!(&again, id, "{f} retried through {}", NAMES[i]);
             let done = client
                 .wait_result(&again, Duration::from_millis(10), Duration::from_secs(10))
                 .await
@@ -1796,23 +1832,19 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         }
     }
     let retry_sync = |during: &'static str| {
-        let (clients, sync_keys, firsts) = (&clients, &sync_keys, &firsts);
+        let (clients, functions, firsts) = (&clients, &functions, &firsts);
         async move {
-            for (key, first) in sync_keys.iter().zip(firsts) {
+            for (f, first) in functions.iter().zip(firsts) {
                 for (i, client) in clients.iter().enumerate() {
                     let again = client
-                        .invoke_with("echo", key.as_bytes().to_vec(), keyed(key))
+                        .invoke_with(f, f.as_bytes().to_vec(), keyed("once"))
                         .await
                         .unwrap();
-                    assert!(
-                        again.replayed,
-                        "{key} retried through {} {during}",
-                        NAMES[i]
-                    );
+                    assert!(again.replayed, "{f} retried through {} {during}", NAMES[i]);
                     assert_eq!(
                         (&again.output, &again.node),
                         (&first.output, &first.node),
-                        "{key} {during}"
+                        "{f} {during}"
                     );
                 }
             }
@@ -1821,12 +1853,8 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
     retry_sync("while c is away").await;
     assert_eq!(runs(&nodes), before, "no retry ran the call again");
     // A key c never saw runs once, at the node standing in for c.
-    let fresh = (0..)
-        .map(|i| format!("new-{i}"))
-        .find(|k| home_among(k, &names) == "c")
-        .unwrap();
     let id = clients[0]
-        .invoke_async_with("echo", b"new".to_vec(), keyed(&fresh))
+        .invoke_async_with(&functions[0], b"new".to_vec(), keyed("new"))
         .await
         .unwrap();
     assert!(!ids.contains(&id));
@@ -1840,18 +1868,14 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
     );
     assert_eq!(runs(&nodes), before + 1);
     // So does a sync one.
-    let fresh_sync = (0..)
-        .map(|i| format!("new-sync-{i}"))
-        .find(|k| home_among(k, &names) == "c")
-        .unwrap();
     let ran = clients[0]
-        .invoke_with("echo", b"new".to_vec(), keyed(&fresh_sync))
+        .invoke_with(&functions[0], b"new".to_vec(), keyed("new-sync"))
         .await
         .unwrap();
     assert!(!ran.replayed);
     assert_eq!(runs(&nodes), before + 2);
 
-    // c comes back on its store, home of the sync keys again, having forgotten their results.
+    // c comes back on its store, home of the keys again, having forgotten their results.
     nodes.push(
         mesh.start(2, with_the_client_api(member_config(root.path(), 2, &mesh)))
             .await,
@@ -1863,10 +1887,10 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
     retry_sync("after c restarted").await;
     // What the stand-in ran while c was away, c asks its peers for too.
     let again = clients[1]
-        .invoke_with("echo", b"new".to_vec(), keyed(&fresh_sync))
+        .invoke_with(&functions[0], b"new".to_vec(), keyed("new-sync"))
         .await
         .unwrap();
-    assert!(again.replayed, "{fresh_sync} after c restarted");
+    assert!(again.replayed, "the stand-in's run, after c restarted");
     assert_eq!((&again.output, &again.node), (&ran.output, &ran.node));
     assert_eq!(runs(&nodes), before + 2, "c ran nothing again");
     for n in nodes {
@@ -1875,36 +1899,28 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
 }
 
 /// A call with an idempotency key runs once in the cluster, whichever nodes it and its retries
-/// reach: every node sends it to the key's home. Through each node in turn, the same key gets
-/// the first run's result (sync) or id (async). A client whose node takes the call and loses
-/// the answer retries on the next node with the same key and gets that run's result, wherever
-/// the key's home is — the entry itself, the node retried on, or the third.
+/// reach: every node sends it to the key's home, its function's warm owner, which runs it
+/// there. Through each node in turn, the same key gets the first run's result (sync) or id
+/// (async). A client whose node takes the call and loses the answer retries on the next node
+/// with the same key and gets that run's result, wherever the key's home is — the entry
+/// itself, the node retried on, or the third.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
-    use crate::client::{client_addr, client_config, connect, echo_runs};
+    use crate::client::{client_addr, client_config, connect};
     use std::sync::atomic::Ordering::Relaxed;
     use tern_client::InvokeOptions;
 
     let _one = one_cluster_at_a_time().await;
     let root = tempfile::tempdir().unwrap();
-    let (nodes, _mesh) = three_with_the_client_api_and_echo(root.path()).await;
+    let owned: Vec<String> = NAMES.iter().map(|n| name_owned_by(n)).collect();
+    let (nodes, _mesh) = three_with_the_client_api_and(
+        root.path(),
+        &owned.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
     let pki = root.path().join("pki");
-    let runs = || nodes.iter().map(echo_runs).sum::<u64>();
+    let runs = || runs_of(&nodes, &owned);
     let names: Vec<NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
-    let echo: tern_wire::FunctionName = "echo".parse().unwrap();
-    let home_of = |key: &str| {
-        let scope = tern_link::key_home::scope(echo.as_str(), key);
-        tern_link::key_home::home_among(&scope, &names)
-            .unwrap()
-            .to_string()
-    };
-    // A key whose home is `home`.
-    let key_homed_at = |home: &str, prefix: &str| {
-        (0..)
-            .map(|i| format!("{prefix}-{i}"))
-            .find(|k| home_of(k) == home)
-            .unwrap()
-    };
     let keyed = |key: &str| InvokeOptions {
         idempotency_key: Some(key.into()),
         ..Default::default()
@@ -1914,42 +1930,37 @@ async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
         clients.push(connect(client_config(&pki, &[(NAMES[i], client_addr(n))])).await);
     }
 
-    for home in NAMES {
-        // Sync, through a, b and c in turn: one run, the others replay it.
-        let key = key_homed_at(home, "sync");
+    for (home, f) in NAMES.iter().zip(&owned) {
+        assert_eq!(key_home_of(f, &names), *home);
+        // Sync, through a, b and c in turn: one run, at the home, the others replay it.
         let before = runs();
         let mut replies = Vec::new();
         for (i, client) in clients.iter().enumerate() {
             let input = format!("from {}", NAMES[i]).into_bytes();
-            replies.push(
-                client
-                    .invoke_with("echo", input, keyed(&key))
-                    .await
-                    .unwrap(),
-            );
+            replies.push(client.invoke_with(f, input, keyed("sync")).await.unwrap());
         }
-        assert_eq!(runs(), before + 1, "key {key} (home {home}) ran once");
+        assert_eq!(runs(), before + 1, "{f} (home {home}) ran once");
         for (i, reply) in replies.iter().enumerate() {
-            assert_eq!(&reply.output[..], b"from a", "{key} through {}", NAMES[i]);
-            assert_eq!(reply.replayed, i > 0, "{key} through {}", NAMES[i]);
+            assert_eq!(&reply.output[..], b"from a", "{f} through {}", NAMES[i]);
+            assert_eq!(reply.replayed, i > 0, "{f} through {}", NAMES[i]);
+            assert_eq!(reply.node, *home, "{f}: run at its home, its warm owner");
         }
 
         // Async: one id, accepted by the home.
-        let key = key_homed_at(home, "async");
         let mut ids = Vec::new();
         for client in &clients {
             ids.push(
                 client
-                    .invoke_async_with("echo", b"job".to_vec(), keyed(&key))
+                    .invoke_async_with(f, b"job".to_vec(), keyed("async"))
                     .await
                     .unwrap(),
             );
         }
-        assert!(ids.iter().all(|id| *id == ids[0]), "{key}: {ids:?}");
-        let owner = &nodes[NAMES.iter().position(|n| *n == home).unwrap()];
+        assert!(ids.iter().all(|id| *id == ids[0]), "{f}: {ids:?}");
+        let owner = &nodes[NAMES.iter().position(|n| n == home).unwrap()];
         assert!(
             owner.app().store.invocation(&ids[0]).unwrap().is_some(),
-            "{key}: journaled at its home {home}"
+            "{f}: journaled at its home {home}"
         );
         let done = clients[2]
             .wait_result(&ids[0], Duration::from_millis(10), Duration::from_secs(10))
@@ -1963,27 +1974,26 @@ async fn a_keyed_call_retried_through_any_node_runs_once_at_its_keys_home() {
 
     // a takes a keyed call and its answer is lost: the client retries on b with the same key
     // and gets the one run's result, for a key homed at each node.
-    for home in NAMES {
+    for (home, f) in NAMES.iter().zip(&owned) {
         let relay = relay(client_addr(&nodes[0])).await;
         let mut config = client_config(&pki, &[("a", relay.addr), ("b", client_addr(&nodes[1]))]);
         config.idle_timeout = Duration::from_secs(2);
         config.request_timeout = Duration::from_secs(3);
         let client = connect(config).await;
         assert_eq!(client.connected_node().await.as_deref(), Some("a"));
-        let key = key_homed_at(home, "lost");
         let before = runs();
         relay.deaf.store(true, Relaxed);
         let reply = client
-            .invoke_with("echo", b"once".to_vec(), keyed(&key))
+            .invoke_with(f, b"once".to_vec(), keyed("lost"))
             .await
             .unwrap();
         assert_eq!(client.connected_node().await.as_deref(), Some("b"));
         assert_eq!(&reply.output[..], b"once");
         assert!(
             reply.replayed,
-            "{key} (home {home}): the retry replayed a's run"
+            "{f} (home {home}): the retry replayed a's run"
         );
-        assert_eq!(runs(), before + 1, "{key} (home {home}) ran once");
+        assert_eq!(runs(), before + 1, "{f} (home {home}) ran once");
         relay.task.abort();
     }
     for n in nodes {

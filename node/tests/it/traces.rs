@@ -368,87 +368,57 @@ async fn a_forwarded_invocation_is_one_trace_across_two_nodes_with_correct_paren
     .await
     .expect("connect timed out")
     .expect("client connects");
-    // Every tern-client call carries an idempotency key and runs at the key's home: a key
-    // homed at each node in turn (a, the entry; b, which owns the function; c, neither).
-    let names: Vec<tern_cluster::NodeName> = NAMES.iter().map(|n| n.parse().unwrap()).collect();
-    let key_homed_at = |home: &str| {
-        (0..)
-            .map(|i| format!("traced-{i}"))
-            .find(|k| {
-                let scope = tern_link::key_home::scope(&f, k);
-                tern_link::key_home::home_among(&scope, &names)
-                    .unwrap()
-                    .as_str()
-                    == home
-            })
-            .unwrap()
-    };
-    for home in NAMES {
-        let trace = client.start_trace();
-        let out = client
-            .invoke_with(
-                &f,
-                "via client",
-                tern_client::InvokeOptions {
-                    trace: Some(trace),
-                    idempotency_key: Some(key_homed_at(home)),
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(&out.output[..], b"via client");
-        assert_eq!(out.node, "b", "key homed at {home}");
-        let spans = eventually("the client's trace", Duration::from_secs(20), || async {
-            let spans = receiver.of_trace(&trace.trace_id);
-            let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
-            let complete = names.contains(&"invoke")
-                && names.iter().any(|n| *n == "guest" || *n == "cell")
-                && (home == "a" || names.contains(&"home"))
-                && (home == "b" || names.contains(&"meu"));
-            complete.then_some(spans)
-        })
-        .await;
-        // tern-client starts the trace; the entry node continues it.
-        let invoke = one(&spans, "invoke");
-        assert_eq!(invoke.node, "a");
-        assert_eq!(invoke.parent_id, trace.parent_id.to_vec());
-        assert_eq!(invoke.attributes["via"], "client");
-        // A home that is another node roots its part in a `home` span, a child of a's
-        // `invoke`; placement sits under the call's root on its home.
-        let root = if home == "a" {
-            invoke
-        } else {
-            let h = one(&spans, "home");
-            assert_eq!((h.node.as_str(), &h.parent_id), (home, &invoke.span_id));
-            h
-        };
-        let placement = one(&spans, "placement");
-        assert_eq!(
-            (placement.node.as_str(), &placement.parent_id),
-            (home, &root.span_id)
-        );
-        let guest = spans
-            .iter()
-            .find(|s| s.name == "guest" || s.name == "cell")
-            .unwrap();
-        assert_eq!(guest.node, "b", "key homed at {home}");
-        if home == "b" {
-            // Run where it is homed: the guest is the home span's child, nothing forwarded.
-            assert_eq!(guest.parent_id, root.span_id);
-            assert!(spans.iter().all(|s| s.name != "forward" && s.name != "meu"));
-        } else {
-            // Forwarded from the home to b: the peer's MEU is the forward's child.
-            let forward = one(&spans, "forward");
-            assert_eq!(
-                (forward.node.as_str(), &forward.parent_id),
-                (home, &root.span_id)
-            );
-            let meu = one(&spans, "meu");
-            assert_eq!((meu.node.as_str(), &meu.parent_id), ("b", &forward.span_id));
-            assert_eq!(guest.parent_id, meu.span_id);
-        }
-    }
+    // Every tern-client call carries an idempotency key and runs at the key's home: the
+    // function's warm owner, b, which runs it there.
+    let trace = client.start_trace();
+    let out = client
+        .invoke_with(
+            &f,
+            "via client",
+            tern_client::InvokeOptions {
+                trace: Some(trace),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(&out.output[..], b"via client");
+    assert_eq!(out.node, "b");
+    let spans = eventually("the client's trace", Duration::from_secs(20), || async {
+        let spans = receiver.of_trace(&trace.trace_id);
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        let complete = names.contains(&"invoke")
+            && names.contains(&"home")
+            && names.iter().any(|n| *n == "guest" || *n == "cell");
+        complete.then_some(spans)
+    })
+    .await;
+    // tern-client starts the trace; the entry node continues it.
+    let invoke = one(&spans, "invoke");
+    assert_eq!(invoke.node, "a");
+    assert_eq!(invoke.parent_id, trace.parent_id.to_vec());
+    assert_eq!(invoke.attributes["via"], "client");
+    // The home roots its part in a `home` span, a child of a's `invoke`; placement sits
+    // under it, and the guest runs there as its child, nothing forwarded on.
+    let home = one(&spans, "home");
+    assert_eq!(
+        (home.node.as_str(), &home.parent_id),
+        ("b", &invoke.span_id)
+    );
+    let placement = one(&spans, "placement");
+    assert_eq!(
+        (placement.node.as_str(), &placement.parent_id),
+        ("b", &home.span_id)
+    );
+    let guest = spans
+        .iter()
+        .find(|s| s.name == "guest" || s.name == "cell")
+        .unwrap();
+    assert_eq!(
+        (guest.node.as_str(), &guest.parent_id),
+        ("b", &home.span_id)
+    );
+    assert!(spans.iter().all(|s| s.name != "forward" && s.name != "meu"));
     drop(procs);
 }
 
