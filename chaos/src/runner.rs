@@ -1690,7 +1690,9 @@ async fn run_faults(
     let mut next_added = scenario.nodes().len();
     let mut faults = scenario.faults.clone();
     faults.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
-    let index = |name: &str| scenario.nodes().iter().position(|n| *n == name);
+    // Added nodes too: a fault naming one comes after its add, which runs to its end before
+    // the next fault.
+    let index = |name: &str| scenario.all_nodes().iter().position(|n| *n == name);
     let mut later = tokio::task::JoinSet::new();
     for f in faults {
         tokio::time::sleep_until((t0 + Duration::from_secs_f64(f.at_s)).into()).await;

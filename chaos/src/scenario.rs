@@ -428,7 +428,8 @@ impl Scenario {
         Ok(s)
     }
 
-    /// The node names of the cluster as it starts. Faults name these.
+    /// The node names of the cluster as it starts. Faults name these, and kills, pauses and
+    /// corruptions the nodes added during the run too ([`Scenario::all_nodes`]).
     pub fn nodes(&self) -> &[&'static str] {
         &NODE_NAMES[..self.cluster.nodes.min(NODE_NAMES.len())]
     }
@@ -478,6 +479,64 @@ impl Scenario {
                 format!("no node {name:?} in a cluster of {}", self.cluster.nodes),
             )
         })
+    }
+
+    /// The index of `name` among every node of the run, for a fault at `at_s` that may name a
+    /// node added during the run: then only once its add is through (every member before it
+    /// restarted, [`ADD_NODE_GAP_S`] apart; the fault waits for the add anyway, as faults are
+    /// injected one after another).
+    fn member_index(&self, field: &str, name: &str, at_s: f64) -> Result<usize, ChaosError> {
+        let i = self
+            .all_nodes()
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    format!(
+                        "no node {name:?} in a cluster of {} with {} added",
+                        self.cluster.nodes,
+                        self.added().len()
+                    ),
+                )
+            })?;
+        if let Some(joined_s) = self.joined_at_s(i)
+            && at_s < joined_s
+        {
+            return Err(invalid(
+                field,
+                format!("{name:?} before its add is through (at {joined_s} s at the earliest)"),
+            ));
+        }
+        Ok(i)
+    }
+
+    /// The adds' times, in the order the nodes join (the `k`-th is node `cluster.nodes + k`).
+    fn add_times(&self) -> Vec<f64> {
+        let mut at: Vec<f64> = self
+            .faults
+            .iter()
+            .filter(|f| matches!(f.kind, FaultKind::AddNode { .. }))
+            .map(|f| f.at_s)
+            .collect();
+        at.sort_by(f64::total_cmp);
+        at
+    }
+
+    /// For a node added during the run, when its add is through at the earliest: its start
+    /// plus a restart gap for every node that was a member before it. `None` for a node the
+    /// cluster starts with.
+    fn joined_at_s(&self, i: usize) -> Option<f64> {
+        let k = i.checked_sub(self.cluster.nodes)?;
+        let at = *self.add_times().get(k)?;
+        Some(at + ADD_NODE_GAP_S * (self.cluster.nodes + k) as f64)
+    }
+
+    /// The members at `at_s` in the order they are restarted: the starting nodes, then those
+    /// added before it.
+    fn members_at(&self, at_s: f64) -> Vec<usize> {
+        let added = self.add_times().iter().filter(|&&t| t < at_s).count();
+        (0..self.cluster.nodes + added).collect()
     }
 
     /// Whether a fault needs root (a tmpfs for a disk that fills; partitions and bad links go
@@ -676,12 +735,18 @@ impl Scenario {
                     node,
                     restart_after_s,
                 } => {
-                    self.node_index(&field("node"), node)?;
+                    self.member_index(&field("node"), node, f.at_s)?;
                     if let Some(r) = restart_after_s {
                         positive("restart_after_s", *r)?;
                     }
                 }
-                FaultKind::Pause { node, for_s } | FaultKind::DiskFull { node, for_s } => {
+                FaultKind::Pause { node, for_s } => {
+                    self.member_index(&field("node"), node, f.at_s)?;
+                    positive("for_s", *for_s)?;
+                }
+                // The disk and the clock are set up when the run starts: a node the cluster
+                // starts with only.
+                FaultKind::DiskFull { node, for_s } => {
                     self.node_index(&field("node"), node)?;
                     positive("for_s", *for_s)?;
                 }
@@ -757,7 +822,7 @@ impl Scenario {
                     }
                 }
                 FaultKind::Corrupt { node, .. } => {
-                    self.node_index(&field("node"), node)?;
+                    self.member_index(&field("node"), node, f.at_s)?;
                 }
                 FaultKind::RollingRestart { gap_s } => positive("gap_s", *gap_s)?,
                 FaultKind::Impostor { .. } => {}
@@ -797,7 +862,7 @@ impl Scenario {
     pub fn fault_windows(&self) -> Vec<Window> {
         let end = u64::MAX;
         let mut out = Vec::new();
-        let index = |name: &str| self.nodes().iter().position(|n| *n == name);
+        let index = |name: &str| self.all_nodes().iter().position(|n| *n == name);
         for f in &self.faults {
             let start = us(f.at_s);
             let mut push = |node: usize, end_us: u64| {
@@ -849,7 +914,7 @@ impl Scenario {
                     }
                 }
                 FaultKind::RollingRestart { gap_s } => {
-                    for (k, i) in (0..self.cluster.nodes).enumerate() {
+                    for (k, i) in self.members_at(f.at_s).into_iter().enumerate() {
                         out.push(Window {
                             node: i,
                             start_us: start.saturating_add(us(gap_s * k as f64)),
@@ -857,11 +922,10 @@ impl Scenario {
                         });
                     }
                 }
-                // Each starting member restarted with the new node among its peers, one after
-                // another (a node added earlier is restarted too, after them; faults cannot
-                // name it, so its window is not needed here).
+                // Each member restarted with the new node among its peers, one after another
+                // (the starting nodes, then those added earlier).
                 FaultKind::AddNode { .. } => {
-                    for (k, i) in (0..self.cluster.nodes).enumerate() {
+                    for (k, i) in self.members_at(f.at_s).into_iter().enumerate() {
                         out.push(Window {
                             node: i,
                             start_us: start.saturating_add(us(ADD_NODE_GAP_S * k as f64)),
@@ -974,7 +1038,8 @@ mod tests {
     }
 
     #[test]
-    fn added_nodes_take_the_next_names_in_the_order_they_join_and_restart_each_starting_member() {
+    fn added_nodes_take_the_next_names_in_the_order_they_join_and_restart_each_member_before_them()
+    {
         let text = format!(
             "{KILL}{}",
             r#"
@@ -997,18 +1062,79 @@ mod tests {
             .filter(|w| w.start_us >= 18_000_000)
             .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
             .collect();
-        // Each member in turn, `ADD_NODE_GAP_S` apart, for each add.
+        // Each member in turn, `ADD_NODE_GAP_S` apart, for each add: d, added at 18 s, too
+        // when e is added.
         assert_eq!(
             restarts,
             [
                 (0, 25, 27),
                 (1, 27, 29),
                 (2, 29, 31),
+                (3, 31, 33),
                 (0, 18, 20),
                 (1, 20, 22),
                 (2, 22, 24)
             ]
         );
+    }
+
+    #[test]
+    fn faults_may_name_an_added_node_once_its_add_is_through_and_later_restarts_include_it() {
+        let with = |extra: &str| {
+            format!(
+                "{}{}{extra}",
+                KILL.replace("duration_s = 30", "duration_s = 60"),
+                r#"
+            [[fault]]
+            at_s = 16
+            kind = "add_node"
+            "#
+            )
+        };
+        // d starts at 16 s and each of a, b and c is restarted 2 s apart: through at 22 s.
+        let s = Scenario::parse(&with(
+            "[[fault]]\nat_s = 23\nkind = \"kill\"\nnode = \"d\"\nrestart_after_s = 2\n\
+             [[fault]]\nat_s = 26\nkind = \"pause\"\nnode = \"d\"\nfor_s = 1\n\
+             [[fault]]\nat_s = 30\nkind = \"rolling_restart\"\ngap_s = 1",
+        ))
+        .unwrap();
+        let windows: Vec<_> = s
+            .fault_windows()
+            .into_iter()
+            .filter(|w| w.start_us >= 23_000_000)
+            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
+            .collect();
+        assert_eq!(
+            windows,
+            [
+                (3, 23, 25),
+                (3, 26, 27),
+                (0, 30, 31),
+                (1, 31, 32),
+                (2, 32, 33),
+                (3, 33, 34)
+            ]
+        );
+        let refused = |extra: &str| match Scenario::parse(&with(extra)) {
+            Err(ChaosError::Invalid { field, reason }) => format!("{field}: {reason}"),
+            other => panic!("{extra}: {other:?}"),
+        };
+        let early = refused("[[fault]]\nat_s = 21\nkind = \"kill\"\nnode = \"d\"");
+        assert!(
+            early.starts_with("fault[2].node") && early.contains("22"),
+            "{early}"
+        );
+        let unknown = refused("[[fault]]\nat_s = 25\nkind = \"pause\"\nnode = \"e\"\nfor_s = 1");
+        assert!(unknown.starts_with("fault[2].node"), "{unknown}");
+        // The disk and the clock are set up at the start: not for an added node.
+        let disk = refused("[[fault]]\nat_s = 25\nkind = \"disk_full\"\nnode = \"d\"\nfor_s = 1");
+        assert!(disk.starts_with("fault[2].node"), "{disk}");
+        // Two faults on d at once are refused as on any node.
+        let both = refused(
+            "[[fault]]\nat_s = 23\nkind = \"kill\"\nnode = \"d\"\nrestart_after_s = 5\n\
+             [[fault]]\nat_s = 24\nkind = \"pause\"\nnode = \"d\"\nfor_s = 1",
+        );
+        assert!(both.contains("node d at once"), "{both}");
     }
 
     #[test]

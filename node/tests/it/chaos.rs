@@ -745,9 +745,10 @@ fn a_node_added_under_load_joins_gets_the_registry_and_serves_with_every_promise
 }
 
 /// The same through tern-client: once d has joined, the runner connects a client for it (d
-/// first among its seeds) and d takes its share of the calls.
+/// first among its seeds) and d takes its share of the calls. Then d, a node the cluster did
+/// not start with, is killed and restarted like any member, and every promise still holds.
 #[test]
-fn a_node_added_under_client_load_gets_a_client_of_its_own_and_serves_its_share() {
+fn a_node_added_under_client_load_gets_a_client_of_its_own_serves_its_share_and_survives_a_kill() {
     a_node_added_under_load(true);
 }
 
@@ -766,7 +767,14 @@ fn a_node_added_under_load(through_client: bool) {
         .replace("deploy_every_s = 1", "deploy_every_s = 3")
         .replace(
             "kind = \"kill\"\nnode = \"b\"\nrestart_after_s = 3",
-            "kind = \"add_node\"\nclass = \"edge-small\"",
+            &format!(
+                "kind = \"add_node\"\nclass = \"edge-small\"{}",
+                if through_client {
+                    "\n[[fault]]\nat_s = 15\nkind = \"kill\"\nnode = \"d\"\nrestart_after_s = 3"
+                } else {
+                    ""
+                }
+            ),
         );
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
@@ -788,10 +796,35 @@ fn a_node_added_under_load(through_client: bool) {
             "{member} restarted: {text}"
         );
     }
-    // d answered calls (the checker requires one; here most of its share).
+    // d answered calls (the checker requires one; here most of its share, before it was
+    // killed, if it was).
+    let d_killed_at = history
+        .iter()
+        .find(|e| {
+            e["event"] == "fault"
+                && e["node"] == "d"
+                && e["what"] == "kill"
+                && e["phase"] == "start"
+        })
+        .map(|e| e["at_us"].as_u64().unwrap());
+    if through_client {
+        let killed = d_killed_at.expect("d was killed");
+        assert!(
+            history.iter().any(|e| e["event"] == "fault"
+                && e["node"] == "d"
+                && e["what"] == "kill"
+                && e["phase"] == "end"
+                && e["at_us"].as_u64().unwrap() > killed),
+            "d was restarted: {text}"
+        );
+    }
     let to_d: std::collections::HashSet<u64> = history
         .iter()
-        .filter(|e| e["event"] == "invoke" && e["node"] == "d")
+        .filter(|e| {
+            e["event"] == "invoke"
+                && e["node"] == "d"
+                && e["at_us"].as_u64().unwrap() < d_killed_at.unwrap_or(u64::MAX)
+        })
         .map(|e| e["op"].as_u64().unwrap())
         .collect();
     let ok_at_d = history
