@@ -241,6 +241,12 @@ impl RunGuard {
         self.tx.as_ref().map(|tx| tx.subscribe())
     }
 
+    /// Whether a caller still waits for the result (the cache's own slot holds one receiver
+    /// of its own, so a caller is any receiver beyond it).
+    pub fn awaited(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.receiver_count() > 1)
+    }
+
     /// Publishes the result to every waiter and keeps it for later retries (unless it is a
     /// retryable refusal such as `overloaded`, or too big to keep).
     pub fn finish(mut self, result: Result<InvokeReply, ApiError>) {

@@ -14,13 +14,16 @@
 //! may have run it already. Once the home is counted down (about a second), its keys move to
 //! the next member. An async call's key went with its copy to the home's keeper
 //! ([`crate::takeover`]), and the member standing in asks for it before accepting the call as
-//! new, so a retry gets the home's id. A sync call's result goes to the key's successor (the
-//! member that stands in if the home goes away) before the caller sees it, best effort (a
-//! successor that does not take it within 0.5 s is counted, `tern_sync_unkept_total`), and a
-//! node standing in for an away home, or back from a restart on its store within the 5
-//! minutes results are kept (it forgot those it gave), asks its peers for a result before
-//! running a call, answering `unavailable` when it cannot tell; so a retry is answered with
-//! the run a caller could have seen. A call whose home died while running it runs again.
+//! new, so a retry gets the home's id. A sync call's output is kept by a second node: the entry,
+//! when it is another node than the home, keeps the output it relays; otherwise (the entry
+//! is the home, the run failed, or no caller was left to take the answer) the home sends
+//! the result to the key's successor (the member that stands in if it goes away) as the
+//! answer goes, not waited for (one that does not take it within 0.5 s is counted,
+//! `tern_sync_unkept_total`). A node standing in for an away home, or back from a restart on
+//! its store within the 5 minutes results are kept (it forgot those it gave), asks its
+//! peers for a result before running a call, answering `unavailable` when it cannot tell;
+//! so a retry is answered with the run a caller could have seen. A call whose home died
+//! while running it, or in the instant between answering and its copy arriving, runs again.
 //! Keys the stand-in took stay there when a home that did not restart comes back. Nodes that disagree on who is up (a
 //! partition, or a link cut one way) may pick two homes for one key.
 
@@ -156,23 +159,32 @@ pub async fn invoke(
         return within(wait, run(app, call)).await;
     };
     let Some((link, home)) = remote_home(app, &call.function, &key) else {
-        return invoke_here(app, call, key, wait).await;
+        return invoke_here(app, call, key, wait, false).await;
     };
     let timeout_ms = wait.map(|w| u32::try_from(w.as_millis()).unwrap_or(u32::MAX));
+    let scope = tern_link::key_home::scope(call.function.as_str(), &key);
     let sent = keyed_call(
         app,
         &call.function,
         key,
         &call.input,
         call.map,
-        KeyedMode::Sync { timeout_ms },
+        KeyedMode::Sync {
+            timeout_ms,
+            entry_keeps: true,
+        },
         tern_telemetry::traceparent(&call.trace),
     )?;
     // Bounded by `wait` if given; otherwise by the mesh's own request timeout (the longest
     // function timeout a node admits, plus slack), past which the home is `unavailable`.
     let bound = wait.map(|w| w.saturating_add(tern_link::FORWARD_GRACE));
     match link.keyed(&home, sent, bound).await {
-        Ok(PeerResponse::Output(reply)) => Ok(reply),
+        Ok(PeerResponse::Output(reply)) => {
+            // This node is not the home: kept here, the output outlives the home's death, and
+            // the home sends no copy of its own.
+            app.keys.kept.keep(scope, Arc::new(Ok(reply.clone())));
+            Ok(reply)
+        }
         Ok(other) => Err(ApiError::new(
             ErrorCode::Internal,
             format!("node {home} answered a keyed call with {other:?}"),
@@ -263,7 +275,10 @@ async fn serve_call(
     }
     let input = Bytes::from(call.input);
     match call.mode {
-        KeyedMode::Sync { timeout_ms } => {
+        KeyedMode::Sync {
+            timeout_ms,
+            entry_keeps,
+        } => {
             let trace = traces::home(call.trace.as_ref(), &function, "sync");
             let wait = timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)));
             let run = Call {
@@ -272,7 +287,7 @@ async fn serve_call(
                 map: call.map,
                 trace: trace.clone(),
             };
-            let reply = invoke_here(&app, run, call.key, wait).await;
+            let reply = invoke_here(&app, run, call.key, wait, entry_keeps).await;
             if let Err(e) = &reply {
                 traces::failed(&trace, &e.message);
             }
@@ -358,12 +373,14 @@ where
     }
 }
 
-/// A keyed sync call at its home: run once, retries answered with that run.
+/// A keyed sync call at its home: run once, retries answered with that run. `entry_keeps`:
+/// the entry, another node, keeps the output it is answered with.
 async fn invoke_here(
     app: &Arc<App>,
     call: Call,
     key: String,
     wait: Option<Duration>,
+    entry_keeps: bool,
 ) -> Result<InvokeReply, ApiError> {
     match app.keys.sync_cache.begin(&call.function, &key) {
         Begin::Done(result) => {
@@ -398,7 +415,16 @@ async fn invoke_here(
                     Some(Err(unknown)) => Err(unknown),
                     None => {
                         let result = run(&app, call).await;
-                        keep_at_successor(&app, scope, &result).await;
+                        // A second node keeps what a caller could have been answered: the
+                        // entry, if it is another node and still waits for an output; else
+                        // the key's successor, sent as the answer goes (not waited for).
+                        let entry_takes_it = entry_keeps && result.is_ok() && guard.awaited();
+                        if !entry_takes_it && idempotency::keepable(&result) {
+                            let (app, result) = (app.clone(), result.clone());
+                            tokio::spawn(async move {
+                                keep_at_successor(&app, scope, &result).await;
+                            });
+                        }
                         result
                     }
                 };
@@ -462,9 +488,9 @@ async fn run_elsewhere(
 }
 
 /// Gives the key's successor (the member that takes its calls if this node goes away) the
-/// result of a sync keyed call this node ran as home, before the caller sees it: a retry that
-/// reaches the successor after this node's death is answered with this run. A successor that
-/// cannot take it is logged, and the result stands (a retry there would run the call again).
+/// result of a sync keyed call this node ran as home: a retry that reaches a stand-in after
+/// this node's death is answered with this run. A successor that cannot take it is counted
+/// and logged, and the result stands (a retry there would run the call again).
 async fn keep_at_successor(app: &App, scope: String, result: &Result<InvokeReply, ApiError>) {
     let Some(link) = app.cluster.get() else {
         return;

@@ -134,8 +134,13 @@ pub struct KeyedCall {
 pub enum KeyedMode {
     /// Answered with the result; `timeout_ms` is the caller's wait (the call carries on
     /// past it, and a retry with the key gets its result unless the home's key cache was
-    /// full).
-    Sync { timeout_ms: Option<u32> },
+    /// full). With `entry_keeps`, the entry keeps the output it is answered with, so the
+    /// home need not copy it to another node (it still does if no caller is left to take
+    /// the answer, or the run failed).
+    Sync {
+        timeout_ms: Option<u32>,
+        entry_keeps: bool,
+    },
     /// Answered with the invocation's id once it is accepted.
     Async,
 }
@@ -469,6 +474,7 @@ mod tests {
                 map: true,
                 mode: KeyedMode::Sync {
                     timeout_ms: Some(500),
+                    entry_keeps: true,
                 },
                 trace: None,
             })),

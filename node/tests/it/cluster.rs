@@ -1778,9 +1778,13 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         .await;
         ids.push(id);
     }
+    // A second node keeps each sync output: through c, the home itself, c sends it to the
+    // key's successor a in the background; through a, a keeps what c answered it (and c's
+    // successor for that function, b, has nothing: standing in, it must ask).
+    let through_c = connect(client_config(&pki, &[("c", client_addr(&nodes[2]))])).await;
     let mut firsts = Vec::new();
-    for f in &functions {
-        let first = clients[0]
+    for (f, client) in functions.iter().zip([&through_c, &clients[0]]) {
+        let first = client
             .invoke_with(f, f.as_bytes().to_vec(), keyed("once"))
             .await
             .unwrap();
@@ -1789,20 +1793,22 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
             first.node, "c",
             "{f}: run where its keys are homed, its warm owner"
         );
-        // Given to the successor before the answer.
-        let successor = key_home_of(f, &names[..2]);
-        let i = NAMES.iter().position(|n| *n == successor).unwrap();
-        assert!(
-            nodes[i]
-                .app()
-                .keys
-                .kept
-                .finished(&tern_link::key_home::scope(f, "once"))
-                .is_some(),
-            "{f}: kept by {successor}"
-        );
+        let scope = tern_link::key_home::scope(f, "once");
+        eventually("a keeps the output", Duration::from_secs(10), || async {
+            a_app.keys.kept.finished(&scope).map(|_| ())
+        })
+        .await;
         firsts.push(first);
     }
+    assert!(
+        nodes[1]
+            .app()
+            .keys
+            .kept
+            .finished(&tern_link::key_home::scope(&functions[1], "once"))
+            .is_none()
+    );
+    drop(through_c);
 
     nodes.remove(2).shutdown().await.unwrap();
     for n in &nodes {

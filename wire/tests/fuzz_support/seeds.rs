@@ -244,6 +244,7 @@ pub fn peer_requests() -> Vec<(&'static str, PeerRequest)> {
                 map: false,
                 mode: KeyedMode::Sync {
                     timeout_ms: Some(1_500),
+                    entry_keeps: true,
                 },
                 trace: None,
             })),

@@ -311,7 +311,12 @@ pub fn keyed_call() -> impl Strategy<Value = tern_wire::peer::KeyedCall> {
         payload(),
         any::<bool>(),
         prop_oneof![
-            proptest::option::of(num32()).prop_map(|timeout_ms| KeyedMode::Sync { timeout_ms }),
+            (proptest::option::of(num32()), any::<bool>()).prop_map(|(timeout_ms, entry_keeps)| {
+                KeyedMode::Sync {
+                    timeout_ms,
+                    entry_keeps,
+                }
+            }),
             Just(KeyedMode::Async),
         ],
         proptest::option::of(trace_parent()),
