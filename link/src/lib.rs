@@ -203,9 +203,10 @@ pub trait LocalNode: Send + Sync + 'static {
             "this node keeps no results of keyed calls",
         ))
     }
-    /// The result of a sync keyed call a peer ran as the key's home, if kept here.
-    fn kept_result(&self, _scope: &str) -> Option<KeyedResult> {
-        None
+    /// The result of a sync keyed call kept here, if any; an error while this node is running
+    /// that call itself (the asker must not run it too).
+    fn kept_result(&self, _scope: &str) -> Result<Option<KeyedResult>, PeerError> {
+        Ok(None)
     }
     /// Runs a keyed call sent by `peer` because this node is its key's home (see
     /// [`key_home`]): once per key, answering retries with that run. A node that runs none
@@ -652,6 +653,14 @@ impl ClusterLink {
         (*home != self.name).then(|| home.clone())
     }
 
+    /// Whether every configured member is up.
+    pub fn all_members_up(&self) -> bool {
+        self.net
+            .members()
+            .values()
+            .all(|state| *state == tern_cluster::PeerState::Up)
+    }
+
     /// The member that takes the calls of `scope` ([`key_home::scope`]) if this node, their
     /// home, goes away: the key's home among the other members up. `None` when none is up.
     pub fn key_successor(&self, scope: &str) -> Option<NodeName> {
@@ -664,8 +673,7 @@ impl ClusterLink {
     }
 
     /// Gives `successor` ([`ClusterLink::key_successor`]) the result of a sync keyed call this
-    /// node ran as the key's home, and waits until it is kept (briefly: the caller's answer
-    /// waits for it).
+    /// node ran as the key's home, and waits until it is kept (briefly).
     pub async fn keep_result(
         &self,
         successor: &NodeName,
@@ -977,9 +985,10 @@ impl ClusterLink {
                 Ok(()) => PeerResponse::Ack,
                 Err(e) => fail(e),
             },
-            PeerRequest::LookupResult(scope) => {
-                PeerResponse::KeptResult(node.kept_result(&scope).map(Box::new))
-            }
+            PeerRequest::LookupResult(scope) => match node.kept_result(&scope) {
+                Ok(kept) => PeerResponse::KeptResult(kept.map(Box::new)),
+                Err(e) => fail(e),
+            },
         }
     }
 }

@@ -284,17 +284,27 @@ impl LocalNode for App {
         Ok(())
     }
 
-    fn kept_result(&self, scope: &str) -> Option<KeyedResult> {
-        // A result a peer gave this node, or one this node ran as the key's stand-in.
-        let result = self
+    fn kept_result(&self, scope: &str) -> Result<Option<KeyedResult>, ApiError> {
+        if self.keys.sync_cache.running(scope) {
+            return Err(ApiError::new(
+                tern_wire::ErrorCode::Unavailable,
+                "this node is running that call",
+            ));
+        }
+        // A result another node ran that this node keeps, or one this node ran as the key's
+        // stand-in.
+        let Some(result) = self
             .keys
             .kept
             .finished(scope)
-            .or_else(|| self.keys.sync_cache.finished(scope))?;
-        Some(KeyedResult {
+            .or_else(|| self.keys.sync_cache.finished(scope))
+        else {
+            return Ok(None);
+        };
+        Ok(Some(KeyedResult {
             scope: scope.to_owned(),
             result: result.as_ref().clone(),
-        })
+        }))
     }
 }
 

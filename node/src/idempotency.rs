@@ -405,6 +405,14 @@ impl SyncCache {
         inner.compact_order();
     }
 
+    /// Whether the call under `scope` (already scoped) is running here.
+    pub fn running(&self, scope: &str) -> bool {
+        matches!(
+            self.lock().slots.get(scope).map(|s| &s.state),
+            Some(SlotState::Running(_))
+        )
+    }
+
     /// The finished result under `scope` (already scoped), if one is kept and fresh.
     pub fn finished(&self, scope: &str) -> Option<SharedResult> {
         match &self.lock().slots.get(scope)?.state {
@@ -654,6 +662,13 @@ mod tests {
             ttl: Duration::from_millis(50),
         });
         let scope = |k: &str| scoped(&f(), k);
+        // A call running here is neither kept nor absent: a peer asking is told so.
+        let Begin::Run(guard) = cache.begin(&f(), "a") else {
+            panic!("first call must run")
+        };
+        assert!(cache.running(&scope("a")) && cache.finished(&scope("a")).is_none());
+        drop(guard);
+        assert!(!cache.running(&scope("a")));
         cache.keep(scope("a"), Arc::new(Ok(reply("one"))));
         cache.keep(
             scope("refused"),

@@ -49,16 +49,20 @@ use crate::traces;
 /// key at its peers, 2 s at most).
 const ACCEPT_BOUND: Duration = Duration::from_secs(5);
 
+/// How long after a restart a node waits for every member's link before it takes those not
+/// up to be away (until then, a keyed sync call it would look up is `unavailable`).
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
+
 /// The idempotency keys this node is home of.
 pub struct Keys {
     pub async_keys: AsyncKeys,
     pub sync_cache: Arc<SyncCache>,
-    /// Results of sync keyed calls peers ran as the keys' homes, given to this node as the
-    /// member that takes those keys' calls while their home is away.
+    /// Outputs of sync keyed calls another node ran as the keys' home: relayed by this node
+    /// as the entry, or sent by the home as this node is the key's successor.
     pub kept: Arc<SyncCache>,
     /// When this node started on a store an earlier run left, which forgot the sync results
     /// that run gave: until they would have expired, a keyed call new here is first looked
-    /// up at the key's successor.
+    /// up at every peer up.
     restarted: Option<tokio::time::Instant>,
 }
 
@@ -70,6 +74,12 @@ impl Keys {
             kept: SyncCache::new(SyncCacheLimits::default()),
             restarted: store.recovered().then(tokio::time::Instant::now),
         })
+    }
+
+    /// Whether this node restarted less than [`RECONNECT_GRACE`] ago.
+    fn reconnecting(&self) -> bool {
+        self.restarted
+            .is_some_and(|at| at.elapsed() < RECONNECT_GRACE)
     }
 
     /// Whether sync results given before this node's restart may still be asked for.
@@ -181,8 +191,11 @@ pub async fn invoke(
     match link.keyed(&home, sent, bound).await {
         Ok(PeerResponse::Output(reply)) => {
             // This node is not the home: kept here, the output outlives the home's death, and
-            // the home sends no copy of its own.
-            app.keys.kept.keep(scope, Arc::new(Ok(reply.clone())));
+            // the home sends no copy of its own. A replay was kept when it ran (kept again,
+            // it would outlive the time results are kept).
+            if !reply.replayed {
+                app.keys.kept.keep(scope, Arc::new(Ok(reply.clone())));
+            }
             Ok(reply)
         }
         Ok(other) => Err(ApiError::new(
@@ -389,7 +402,16 @@ async fn invoke_here(
             Ok(reply)
         }
         Begin::Wait(rx) => {
-            let mut reply = within(wait, idempotency::wait(rx)).await?;
+            let result = within(wait, idempotency::wait(rx)).await;
+            // The run this call joined may have been another entry's, which keeps its output
+            // only if it still waited for it: a caller answered here has a second node keep
+            // it too (kept twice at worst).
+            if !entry_keeps && result.is_ok() {
+                let scope = tern_link::key_home::scope(call.function.as_str(), &key);
+                let (app, kept) = (app.clone(), result.clone());
+                tokio::spawn(async move { keep_at_successor(&app, scope, &kept).await });
+            }
+            let mut reply = result?;
             reply.replayed = true;
             Ok(reply)
         }
@@ -477,8 +499,10 @@ async fn run_elsewhere(
             ),
         )))
     };
-    if restarted && !app.pipeline.registry_synced() {
-        return unknown("this node restarted and has not heard from its peers yet".into());
+    // A peer not up yet after a restart may be the one that kept the output: its calls wait
+    // (for a bound, past which a peer still not up is taken to be away).
+    if restarted && app.keys.reconnecting() && !link.all_members_up() {
+        return unknown("this node restarted and is not linked to every member yet".into());
     }
     match link.lookup_result(scope).await {
         Ok(Some(kept)) => Some(Ok(kept.result)),

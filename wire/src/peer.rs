@@ -56,8 +56,10 @@ pub enum PeerRequest {
     /// one. Answered [`PeerResponse::Ack`].
     KeepResult(Box<KeyedResult>),
     /// The result the receiver keeps of a sync call under this idempotency key (scoped to
-    /// its function), if any: asked by a home that restarted, and so forgot the results it
-    /// gave, before it runs a call again. Answered [`PeerResponse::KeptResult`].
+    /// its function), if any: asked, of every peer up, by a node standing in for an away home
+    /// and by a home that restarted (and so forgot the results it gave) before it runs a call.
+    /// Answered [`PeerResponse::KeptResult`], or `unavailable` while the receiver is running
+    /// the call itself.
     LookupResult(String),
 }
 
