@@ -2047,8 +2047,9 @@ struct Serving<'a> {
 /// Adds node `i` to the running cluster, as an operator grows one (membership is configured):
 /// starts it with every member as its peer, restarts each member in turn with it among its
 /// peers ([`ADD_NODE_GAP_S`] apart), and once it sees every member up, shows the workload's
-/// function and (through tern-client) has a client of its own, lets the workload use it. Its `add_node` fault spans all of it; each member's
-/// restart is an `add_node` fault of that member. A new node that does not start, dies during
+/// function and (through tern-client) has a client of its own, lets the workload use it. Its
+/// `add_node` fault spans all of it; each member's restart is an `add_node` fault of that
+/// member. A new node that does not start, dies during
 /// the restarts, never sees every member or never shows the function is an unscheduled end
 /// (the fault never heals, and the `nodes_added` checker says so).
 async fn add_node(

@@ -961,6 +961,15 @@ mod tests {
         restart_after_s = 5
     "#;
 
+    /// The fault windows starting at `from_s` or later, as (node, start, end) in whole seconds.
+    fn windows_from(s: &Scenario, from_s: u64) -> Vec<(usize, u64, u64)> {
+        s.fault_windows()
+            .into_iter()
+            .filter(|w| w.start_us >= from_s * 1_000_000)
+            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
+            .collect()
+    }
+
     #[test]
     fn a_scenario_reads_with_defaults_and_its_fault_windows_follow_the_schedule() {
         let s = Scenario::parse(KILL).unwrap();
@@ -1028,12 +1037,7 @@ mod tests {
         let s = Scenario::parse(&text).unwrap();
         assert_eq!(s.faults.len(), 8);
         assert!(s.needs_root());
-        let rolling: Vec<_> = s
-            .fault_windows()
-            .into_iter()
-            .filter(|w| w.start_us >= 16_000_000)
-            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
-            .collect();
+        let rolling = windows_from(&s, 16);
         assert_eq!(rolling, [(0, 16, 18), (1, 18, 20), (2, 20, 22)]);
     }
 
@@ -1056,12 +1060,7 @@ mod tests {
         assert_eq!(s.nodes(), ["a", "b", "c"]);
         assert_eq!(s.all_nodes(), ["a", "b", "c", "d", "e"]);
         assert_eq!(s.added(), ["edge-small", "standard"]);
-        let restarts: Vec<_> = s
-            .fault_windows()
-            .into_iter()
-            .filter(|w| w.start_us >= 18_000_000)
-            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
-            .collect();
+        let restarts = windows_from(&s, 18);
         // Each member in turn, `ADD_NODE_GAP_S` apart, for each add: d, added at 18 s, too
         // when e is added.
         assert_eq!(
@@ -1098,12 +1097,7 @@ mod tests {
              [[fault]]\nat_s = 30\nkind = \"rolling_restart\"\ngap_s = 1",
         ))
         .unwrap();
-        let windows: Vec<_> = s
-            .fault_windows()
-            .into_iter()
-            .filter(|w| w.start_us >= 23_000_000)
-            .map(|w| (w.node, w.start_us / 1_000_000, w.end_us / 1_000_000))
-            .collect();
+        let windows = windows_from(&s, 23);
         assert_eq!(
             windows,
             [

@@ -521,14 +521,21 @@ impl ClusterLink {
     pub async fn replicate(&self, keeper: &NodeName, copy: AsyncCopy) -> Result<(), LinkError> {
         // Briefly: the caller's 202 waits for it, and a keeper that does not answer (paused,
         // not yet declared down) must not hold every accept for long.
+        let copy = PeerRequest::Replicate(Box::new(copy));
+        self.briefly_acked(keeper, &copy, "a copy").await
+    }
+
+    /// `request` to `peer`, answered [`PeerResponse::Ack`] within [`REPLICATE_TIMEOUT`].
+    async fn briefly_acked(
+        &self,
+        peer: &NodeName,
+        request: &PeerRequest,
+        asked: &str,
+    ) -> Result<(), LinkError> {
         let answer = self
-            .exchange(
-                keeper,
-                &PeerRequest::Replicate(Box::new(copy)),
-                Some(REPLICATE_TIMEOUT),
-            )
+            .exchange(peer, request, Some(REPLICATE_TIMEOUT))
             .await?;
-        expect(keeper, answer, "a copy", |answer| match answer {
+        expect(peer, answer, asked, |answer| match answer {
             PeerResponse::Ack => Ok(()),
             other => Err(other),
         })
@@ -575,26 +582,14 @@ impl ClusterLink {
     /// whose finished copy never arrived still holds the pending one), then the one with
     /// the most attempts.
     pub async fn lookup(self: &Arc<Self>, id: &InvocationId) -> Option<InvocationRecord> {
-        let mut asks = tokio::task::JoinSet::new();
-        for (peer, state) in self.net.members() {
-            if state != tern_cluster::PeerState::Up {
-                continue;
-            }
-            let (link, id) = (self.clone(), id.clone());
-            asks.spawn(async move {
-                match link
-                    .small_exchange(&peer, PeerRequest::Lookup(id.clone()))
-                    .await
-                {
-                    Ok(PeerResponse::Invocation(Some(record))) if record.id == id => Some(*record),
-                    _ => None,
-                }
-            });
-        }
+        let mut asks = self.ask_peers_up(PeerRequest::Lookup(id.clone()), CONTROL_TIMEOUT);
         let mut best: Option<InvocationRecord> = None;
         let gather = async {
-            while let Some(found) = asks.join_next().await {
-                if let Ok(Some(record)) = found {
+            while let Some(answer) = asks.join_next().await {
+                if let Ok((_, Ok(PeerResponse::Invocation(Some(record))))) = answer
+                    && record.id == *id
+                {
+                    let record = *record;
                     let rank = |r: &InvocationRecord| {
                         (r.status != tern_wire::InvocationStatus::Pending, r.attempts)
                     };
@@ -614,22 +609,10 @@ impl ClusterLink {
     /// [`ClusterLink::stands_in_for_key_home`]) asks before it accepts the call as new. The
     /// first peer that knows the key answers for all (normally only the home's keeper does).
     pub async fn lookup_key(self: &Arc<Self>, scope: &str) -> Option<AcceptedKey> {
-        let mut asks = tokio::task::JoinSet::new();
-        for (peer, state) in self.net.members() {
-            if state != tern_cluster::PeerState::Up {
-                continue;
-            }
-            let (link, request) = (self.clone(), PeerRequest::LookupKey(scope.to_owned()));
-            asks.spawn(async move {
-                match link.small_exchange(&peer, request).await {
-                    Ok(PeerResponse::KeyAccepted(found)) => found,
-                    _ => None,
-                }
-            });
-        }
+        let mut asks = self.ask_peers_up(PeerRequest::LookupKey(scope.to_owned()), CONTROL_TIMEOUT);
         let first = async {
-            while let Some(found) = asks.join_next().await {
-                if let Ok(Some(found)) = found {
+            while let Some(answer) = asks.join_next().await {
+                if let Ok((_, Ok(PeerResponse::KeyAccepted(Some(found))))) = answer {
                     return Some(found);
                 }
             }
@@ -667,7 +650,7 @@ impl ClusterLink {
         let members = self.net.members();
         let up = members
             .iter()
-            .filter(|(name, state)| **state == tern_cluster::PeerState::Up && **name != self.name)
+            .filter(|(_, state)| **state == tern_cluster::PeerState::Up)
             .map(|(name, _)| name);
         key_home::home_among(scope, up).cloned()
     }
@@ -679,17 +662,8 @@ impl ClusterLink {
         successor: &NodeName,
         kept: KeyedResult,
     ) -> Result<(), LinkError> {
-        let answer = self
-            .exchange(
-                successor,
-                &PeerRequest::KeepResult(Box::new(kept)),
-                Some(REPLICATE_TIMEOUT),
-            )
-            .await?;
-        expect(successor, answer, "a kept result", |answer| match answer {
-            PeerResponse::Ack => Ok(()),
-            other => Err(other),
-        })
+        let kept = PeerRequest::KeepResult(Box::new(kept));
+        self.briefly_acked(successor, &kept, "a kept result").await
     }
 
     /// A result of the sync keyed call `scope` ([`key_home::scope`]) that a peer keeps: every
@@ -700,41 +674,53 @@ impl ClusterLink {
         self: &Arc<Self>,
         scope: &str,
     ) -> Result<Option<KeyedResult>, LinkError> {
+        let request = PeerRequest::LookupResult(scope.to_owned());
+        let mut asks = self.ask_peers_up(request, REPLICATE_TIMEOUT);
+        let mut failed = None;
+        while let Some(answer) = asks.join_next().await {
+            let found = match answer {
+                Ok((peer, answer)) => answer.and_then(|answer| {
+                    expect(&peer, answer, "a result lookup", |answer| match answer {
+                        // Only the result asked for: an answer for another key is no answer.
+                        PeerResponse::KeptResult(found) => {
+                            Ok(found.filter(|kept| kept.scope == scope).map(|kept| *kept))
+                        }
+                        other => Err(other),
+                    })
+                }),
+                Err(e) => Err(LinkError::Lost {
+                    peer: self.name.clone(),
+                    detail: e.to_string(),
+                }),
+            };
+            match found {
+                Ok(Some(found)) => return Ok(Some(found)),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
+    /// `request` to every peer up at once, each exchange within `bound`: the answers as they
+    /// come, with the peer that gave each.
+    fn ask_peers_up(
+        self: &Arc<Self>,
+        request: PeerRequest,
+        bound: Duration,
+    ) -> tokio::task::JoinSet<(NodeName, Result<PeerResponse, LinkError>)> {
         let mut asks = tokio::task::JoinSet::new();
         for (peer, state) in self.net.members() {
             if state != tern_cluster::PeerState::Up {
                 continue;
             }
-            let (link, scope) = (self.clone(), scope.to_owned());
+            let (link, request) = (self.clone(), request.clone());
             asks.spawn(async move {
-                let request = PeerRequest::LookupResult(scope.clone());
-                let answer = link
-                    .exchange(&peer, &request, Some(REPLICATE_TIMEOUT))
-                    .await?;
-                expect(&peer, answer, "a result lookup", |answer| match answer {
-                    // Only the result asked for: an answer for another key is no answer.
-                    PeerResponse::KeptResult(found) => {
-                        Ok(found.filter(|kept| kept.scope == scope).map(|kept| *kept))
-                    }
-                    other => Err(other),
-                })
+                let answer = link.exchange(&peer, &request, Some(bound)).await;
+                (peer, answer)
             });
         }
-        let mut failed = None;
-        while let Some(answer) = asks.join_next().await {
-            match answer {
-                Ok(Ok(Some(found))) => return Ok(Some(found)),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => failed = Some(e),
-                Err(e) => {
-                    failed = Some(LinkError::Lost {
-                        peer: self.name.clone(),
-                        detail: e.to_string(),
-                    })
-                }
-            }
-        }
-        failed.map_or(Ok(None), Err)
+        asks
     }
 
     /// Whether the home of `scope` among every member, up or not, is another node: then a

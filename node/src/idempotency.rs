@@ -320,18 +320,8 @@ impl SyncCache {
                 return Begin::Uncached;
             }
         }
-        let generation = inner.next_gen;
-        inner.next_gen += 1;
         let (tx, rx) = watch::channel(None);
-        inner.slots.insert(
-            key.clone(),
-            Slot {
-                generation,
-                state: SlotState::Running(rx),
-            },
-        );
-        inner.order.push_back((key.clone(), generation));
-        inner.compact_order();
+        let generation = inner.insert(key.clone(), SlotState::Running(rx));
         Begin::Run(RunGuard {
             cache: self.clone(),
             key,
@@ -387,22 +377,13 @@ impl SyncCache {
                 return;
             }
         }
-        let generation = inner.next_gen;
-        inner.next_gen += 1;
         inner.bytes += bytes;
-        inner.slots.insert(
-            scope.clone(),
-            Slot {
-                generation,
-                state: SlotState::Done {
-                    at: Instant::now(),
-                    result,
-                    bytes,
-                },
-            },
-        );
-        inner.order.push_back((scope, generation));
-        inner.compact_order();
+        let done = SlotState::Done {
+            at: Instant::now(),
+            result,
+            bytes,
+        };
+        inner.insert(scope, done);
     }
 
     /// Whether the call under `scope` (already scoped) is running here.
@@ -441,6 +422,17 @@ impl SyncCache {
 }
 
 impl SyncInner {
+    /// Puts `state` under `key` as a new generation, last in the eviction order; its
+    /// generation. The caller has made room and counted a finished entry's bytes.
+    fn insert(&mut self, key: String, state: SlotState) -> u64 {
+        let generation = self.next_gen;
+        self.next_gen += 1;
+        self.slots.insert(key.clone(), Slot { generation, state });
+        self.order.push_back((key, generation));
+        self.compact_order();
+        generation
+    }
+
     /// Drops the stale entries of `order` (keys removed or replaced since) once they
     /// outnumber the live ones: a key refused, forgotten or kept again over and over must not
     /// grow it while the cache is never full enough to evict.

@@ -408,8 +408,7 @@ async fn invoke_here(
             // it too (kept twice at worst).
             if !entry_keeps && result.is_ok() {
                 let scope = tern_link::key_home::scope(call.function.as_str(), &key);
-                let (app, kept) = (app.clone(), result.clone());
-                tokio::spawn(async move { keep_at_successor(&app, scope, &kept).await });
+                keep_at_successor_soon(app, scope, &result);
             }
             let mut reply = result?;
             reply.replayed = true;
@@ -428,24 +427,14 @@ async fn invoke_here(
             let app = app.clone();
             tokio::spawn(async move {
                 let result = match run_elsewhere(&app, &scope).await {
-                    Some(Ok(mut earlier)) => {
-                        if let Ok(reply) = &mut earlier {
-                            reply.replayed = true;
-                        }
-                        earlier
-                    }
-                    Some(Err(unknown)) => Err(unknown),
+                    Some(earlier) => earlier,
                     None => {
                         let result = run(&app, call).await;
                         // A second node keeps what a caller could have been answered: the
                         // entry, if it is another node and still waits for an output; else
                         // the key's successor, sent as the answer goes (not waited for).
-                        let entry_takes_it = entry_keeps && result.is_ok() && guard.awaited();
-                        if !entry_takes_it && idempotency::keepable(&result) {
-                            let (app, result) = (app.clone(), result.clone());
-                            tokio::spawn(async move {
-                                keep_at_successor(&app, scope, &result).await;
-                            });
+                        if !(entry_keeps && result.is_ok() && guard.awaited()) {
+                            keep_at_successor_soon(&app, scope, &result);
                         }
                         result
                     }
@@ -473,18 +462,24 @@ async fn invoke_here(
 }
 
 /// A run of the sync keyed call `scope` that this node did not give as its home, if there
-/// is one: `Some(Ok(result))` to answer with, `None` to run the call. One its home gave this
-/// node as the key's successor; else, when this node stands in for an away home or restarted
-/// on its store within the time results are kept (and may have forgotten one it gave), one
-/// a peer keeps — every peer up asked at once. When that cannot be told (a peer did not
-/// answer, or a restarted node has not heard from its peers yet), `Some(Err(unavailable))`:
-/// the caller retries rather than the call running twice.
-async fn run_elsewhere(
-    app: &App,
-    scope: &str,
-) -> Option<Result<Result<InvokeReply, ApiError>, ApiError>> {
+/// is one, as the answer to replay (`replayed` set); `None` to run the call. One another node
+/// ran that this node keeps; else, when this node stands in for an away home or restarted on
+/// its store within the time results are kept (and may have forgotten one it gave), one a
+/// peer keeps — every peer up asked at once. When that cannot be told (a peer did not answer
+/// or runs the call, or a restarted node is not linked to every member yet),
+/// `Some(Err(unavailable))`: not kept, so the caller's retry asks again rather than the call
+/// running twice.
+async fn run_elsewhere(app: &App, scope: &str) -> Option<Result<InvokeReply, ApiError>> {
+    let mut earlier = find_elsewhere(app, scope).await?;
+    if let Ok(reply) = &mut earlier {
+        reply.replayed = true;
+    }
+    Some(earlier)
+}
+
+async fn find_elsewhere(app: &App, scope: &str) -> Option<Result<InvokeReply, ApiError>> {
     if let Some(kept) = app.keys.kept.finished(scope) {
-        return Some(Ok(kept.as_ref().clone()));
+        return Some(kept.as_ref().clone());
     }
     let link = app.cluster.get()?;
     let restarted = app.keys.may_have_forgotten();
@@ -505,39 +500,40 @@ async fn run_elsewhere(
         return unknown("this node restarted and is not linked to every member yet".into());
     }
     match link.lookup_result(scope).await {
-        Ok(Some(kept)) => Some(Ok(kept.result)),
+        Ok(Some(kept)) => Some(kept.result),
         Ok(None) => None,
         Err(e) => unknown(e.to_string()),
     }
 }
 
 /// Gives the key's successor (the member that takes its calls if this node goes away) the
-/// result of a sync keyed call this node ran as home: a retry that reaches a stand-in after
-/// this node's death is answered with this run. A successor that cannot take it is counted
-/// and logged, and the result stands (a retry there would run the call again).
-async fn keep_at_successor(app: &App, scope: String, result: &Result<InvokeReply, ApiError>) {
-    let Some(link) = app.cluster.get() else {
+/// result of a sync keyed call this node ran as home, in a task of its own (the answer does
+/// not wait for it): a retry that reaches a stand-in after this node's death is answered with
+/// this run. A successor that cannot take it (or none up) is counted and logged, and the
+/// result stands (a retry there would run the call again). Refusals are not kept.
+fn keep_at_successor_soon(app: &Arc<App>, scope: String, result: &Result<InvokeReply, ApiError>) {
+    let Some(link) = app.cluster.get().cloned() else {
         return;
     };
     if !idempotency::keepable(result) {
         return;
     }
-    let Some(successor) = link.key_successor(&scope) else {
-        app.services()
-            .metrics
-            .sync_unkept
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return;
-    };
-    let result = result.clone();
-    if let Err(e) = link
-        .keep_result(&successor, tern_wire::peer::KeyedResult { scope, result })
-        .await
-    {
-        app.services()
-            .metrics
-            .sync_unkept
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::warn!(%successor, error = %e, "a keyed call's result was not kept by its successor");
-    }
+    let (app, result) = (app.clone(), result.clone());
+    tokio::spawn(async move {
+        let unkept = || {
+            app.services()
+                .metrics
+                .sync_unkept
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        };
+        let Some(successor) = link.key_successor(&scope) else {
+            unkept();
+            return;
+        };
+        let kept = tern_wire::peer::KeyedResult { scope, result };
+        if let Err(e) = link.keep_result(&successor, kept).await {
+            unkept();
+            tracing::warn!(%successor, error = %e, "a keyed call's result was not kept by its successor");
+        }
+    });
 }
