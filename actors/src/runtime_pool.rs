@@ -3,6 +3,7 @@
 //! never waits on WebAssembly.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -38,12 +39,7 @@ impl Actor for RuntimePool {
     ) -> Result<(), ActorProcessingErr> {
         let RuntimePoolMsg::Execute(meu, reply) = msg;
         let services = services.clone();
-        let span = tracing::debug_span!(
-            "meu",
-            function = %meu.function,
-            request_id = %meu.request_id,
-            items = meu.items
-        );
+        let span = meu_span(&meu);
         // The caller going away cancels the MEU, waiting or running.
         let task = async move {
             if !crate::message::answer_unless_abandoned(reply, run_meu(&services, meu)).await {
@@ -52,6 +48,44 @@ impl Actor for RuntimePool {
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
         Ok(())
+    }
+}
+
+fn meu_span(meu: &Meu) -> tracing::Span {
+    tracing::debug_span!(
+        "meu",
+        function = %meu.function,
+        request_id = %meu.request_id,
+        items = meu.items
+    )
+}
+
+/// Runs `meu` in the calling task, a plain call's own, and answers `reply`: what the
+/// RuntimePool's per-MEU task does, without the mailbox hop and the task hand-off. Dropped
+/// before it answers (the caller went away), the MEU goes with it, waiting or running, and is
+/// counted as abandoned.
+pub(crate) async fn run_in_caller(services: &Services, meu: Meu, reply: Reply) {
+    let span = meu_span(&meu);
+    let unanswered = AbandonedIfDropped(Some(&services.metrics.abandoned_meus));
+    let result = tracing::Instrument::instrument(run_meu(services, meu), span).await;
+    unanswered.answered();
+    let _ = reply.send(result);
+}
+
+/// Counts an MEU as abandoned if dropped before [`AbandonedIfDropped::answered`].
+struct AbandonedIfDropped<'a>(Option<&'a AtomicU64>);
+
+impl AbandonedIfDropped<'_> {
+    fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbandonedIfDropped<'_> {
+    fn drop(&mut self) {
+        if let Some(counter) = self.0 {
+            counter.fetch_add(1, Relaxed);
+        }
     }
 }
 

@@ -53,75 +53,83 @@ impl Actor for SchedulerAgent {
         services: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let SchedulerMsg::Dispatch(meu, reply) = msg;
-        // An unknown function is answered by the RuntimePool (typed NotFound), and a node
-        // without peers has nothing to decide: both take the direct path.
-        let (Some(deployed), Some(remote)) =
-            (services.runtime.get(&meu.function), services.remote.get())
-        else {
+        if let Some((meu, reply)) = place(services, meu, reply) {
             run_here(services, meu, reply);
-            return Ok(());
-        };
-        // This node's queue: what it admitted, less what it forwarded (that runs elsewhere)
-        // and less this MEU's own permit (it is being placed, not waiting here yet).
-        let mut here = local_view(services, &deployed.info);
-        here.queue_depth = here
-            .queue_depth
-            .saturating_sub(remote.forwarding())
-            .saturating_sub(1);
-        let mut nodes = vec![here];
-        remote.candidates(&deployed.info, &mut nodes);
-        let meu_view = MeuView {
-            function: meu.function.as_str(),
-            items: meu.items,
-            memory_mb: deployed.info.memory_mb,
-            timeout_ms: deployed.info.timeout_ms,
-            mean_exec_us: deployed
-                .metrics
-                .t_exec
-                .sum_us()
-                .checked_div(deployed.metrics.t_exec.count())
-                .unwrap_or(0),
-        };
-        let span = placement_span(&meu.trace, services.placement.name(), nodes.len());
-        let decision = match span.in_scope(|| services.placement.decide(&meu_view, &nodes)) {
-            Ok(d) => d,
-            Err(e) => {
-                span.record("otel.status_code", "ERROR");
-                let _ = reply.send(Err(e.into()));
-                return Ok(());
-            }
-        };
-        span.record("chosen", nodes[decision.node].name.as_str());
-        drop(span);
-        let reply = if services.placement.observes() {
-            observed_reply(services, &meu_view, nodes.clone(), decision, reply)
-        } else {
-            reply
-        };
-        match decision.node {
-            0 => run_here(services, meu, reply),
-            chosen => {
-                let exec_us = meu_view.mean_exec_us;
-                let reserved = remote.reserve(&nodes[chosen].name);
-                tokio::spawn(run_remote(
-                    services.clone(),
-                    meu,
-                    deployed.info.clone(),
-                    exec_us,
-                    nodes,
-                    chosen,
-                    reply,
-                    reserved,
-                ));
-            }
         }
         Ok(())
     }
 }
 
-/// A reply channel that measures what becomes of `decision`: the answer goes on to `reply`
-/// first, then the placement observes it. If the chain drops the channel (an actor was
-/// restarting), `reply` is dropped with it and the caller re-submits, as without observing.
+/// Places `meu` among this node and its live peers, in the calling task: the SchedulerAgent's
+/// handler, or a plain call's own task ([`crate::delivery::place_until_answered`]), which
+/// then runs it without a mailbox hop. `Some` gives the MEU back, with the reply to answer,
+/// when it runs on this node; `None` when a task now waits for the peer chosen or the reply
+/// was answered (a placement error).
+pub(crate) fn place(services: &Arc<Services>, meu: Meu, reply: Reply) -> Option<(Meu, Reply)> {
+    // An unknown function is answered by the RuntimePool (typed NotFound), and a node
+    // without peers has nothing to decide: both take the direct path.
+    let (Some(deployed), Some(remote)) =
+        (services.runtime.get(&meu.function), services.remote.get())
+    else {
+        return Some((meu, reply));
+    };
+    // This node's queue: what it admitted, less what it forwarded (that runs elsewhere)
+    // and less this MEU's own permit (it is being placed, not waiting here yet).
+    let mut here = local_view(services, &deployed.info);
+    here.queue_depth = here
+        .queue_depth
+        .saturating_sub(remote.forwarding())
+        .saturating_sub(1);
+    let mut nodes = vec![here];
+    remote.candidates(&deployed.info, &mut nodes);
+    let meu_view = MeuView {
+        function: meu.function.as_str(),
+        items: meu.items,
+        memory_mb: deployed.info.memory_mb,
+        timeout_ms: deployed.info.timeout_ms,
+        mean_exec_us: deployed
+            .metrics
+            .t_exec
+            .sum_us()
+            .checked_div(deployed.metrics.t_exec.count())
+            .unwrap_or(0),
+    };
+    let span = placement_span(&meu.trace, services.placement.name(), nodes.len());
+    let decision = match span.in_scope(|| services.placement.decide(&meu_view, &nodes)) {
+        Ok(d) => d,
+        Err(e) => {
+            span.record("otel.status_code", "ERROR");
+            let _ = reply.send(Err(e.into()));
+            return None;
+        }
+    };
+    span.record("chosen", nodes[decision.node].name.as_str());
+    drop(span);
+    let reply = if services.placement.observes() {
+        observed_reply(services, &meu_view, nodes.clone(), decision, reply)
+    } else {
+        reply
+    };
+    match decision.node {
+        0 => Some((meu, reply)),
+        chosen => {
+            let exec_us = meu_view.mean_exec_us;
+            let reserved = remote.reserve(&nodes[chosen].name);
+            tokio::spawn(run_remote(
+                services.clone(),
+                meu,
+                deployed.info.clone(),
+                exec_us,
+                nodes,
+                chosen,
+                reply,
+                reserved,
+            ));
+            None
+        }
+    }
+}
+
 /// The span of a placement decision among `candidates` nodes, a child of `parent` when the
 /// invocation is traced; `Span::none()` otherwise, at no cost.
 fn placement_span(parent: &tracing::Span, policy: &str, candidates: usize) -> tracing::Span {
@@ -156,6 +164,9 @@ fn forward_span(parent: &tracing::Span, peer: &str, attempt: u32) -> tracing::Sp
     )
 }
 
+/// A reply channel that measures what becomes of `decision`: the answer goes on to `reply`
+/// first, then the placement observes it. If the chain drops the channel (an actor was
+/// restarting), `reply` is dropped with it and the caller re-submits, as without observing.
 fn observed_reply(
     services: &Arc<Services>,
     meu: &MeuView<'_>,

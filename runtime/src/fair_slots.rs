@@ -79,6 +79,21 @@ pub struct SlotGuard {
     since: Instant,
 }
 
+/// A waiter's end of its grant. A caller that goes away between a grant and its next poll
+/// drops a slot with it: this gives it back (and to the next waiter) instead of losing it.
+struct Pending<'a> {
+    rx: oneshot::Receiver<Slot>,
+    slots: &'a Arc<FairSlots>,
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Ok(slot) = self.rx.try_recv() {
+            drop(self.slots.guard(slot));
+        }
+    }
+}
+
 impl Drop for SlotGuard {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
@@ -172,9 +187,10 @@ impl FairSlots {
             (id, rx)
         };
         // Dropped before the grant (the caller went away, or the deadline below), the
-        // receiver makes the grant's send fail and the slot goes straight to the next waiter.
-        let mut rx = rx;
-        match tokio::time::timeout_at(deadline.into(), &mut rx).await {
+        // receiver makes the grant's send fail and the slot goes straight to the next waiter;
+        // dropped after a grant it had not taken yet, it gives the slot back.
+        let mut pending = Pending { rx, slots: self };
+        match tokio::time::timeout_at(deadline.into(), &mut pending.rx).await {
             Ok(Ok(slot)) => Ok(self.guard(slot)),
             Ok(Err(_)) => Err(Refused::TenantRemoved),
             Err(_) => {
@@ -197,14 +213,10 @@ impl FairSlots {
                         .queue
                         .record_wait(tenant, millis(waiter.queued_at.elapsed()));
                 }
-                // The unit may have been what held its lane back: another may fit now.
+                // The unit may have been what held its lane back: another may fit now. A
+                // grant that raced the deadline goes back as `pending` is dropped.
                 dispatch(&mut state);
                 drop(state);
-                if cancelled.is_empty()
-                    && let Ok(slot) = rx.try_recv()
-                {
-                    drop(self.guard(slot));
-                }
                 Err(Refused::Deadline { held_by })
             }
         }
@@ -620,6 +632,36 @@ mod tests {
         );
         drop(next);
         assert_eq!(slots.counts(), (0, 0));
+    }
+
+    /// A caller that goes away after its slot was granted but before it took it (its future
+    /// dropped unpolled, as a connection that closed while another guest ended) gives the
+    /// slot back: the next caller gets it at once.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_dropped_between_its_grant_and_its_next_poll_gives_the_slot_back() {
+        let slots = FairSlots::new(1, u64::MAX, u64::MAX, 100, ShareParams::weights_only());
+        let t = name("t");
+        let held = slots.acquire(&t, 0, None, far()).await.unwrap();
+        let mut waiter = Box::pin(slots.acquire(&t, 0, None, far()));
+        assert!(futures_poll_once(waiter.as_mut()).is_none(), "queued");
+        assert_eq!(slots.counts(), (1, 1));
+        // The grant reaches the waiter's channel; the waiter is dropped before it looks.
+        drop(held);
+        assert_eq!(slots.counts(), (1, 0), "granted to the waiter");
+        drop(waiter);
+        assert_eq!(slots.counts(), (0, 0), "the granted slot came back");
+        let soon = Instant::now() + Duration::from_millis(50);
+        let next = slots.acquire(&t, 0, None, soon).await;
+        assert!(next.is_ok(), "the slot was lost to the dropped waiter");
+    }
+
+    /// Polls `f` once with a waker that does nothing.
+    fn futures_poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match f.poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -337,7 +337,23 @@ async fn slowloris_connections_are_cut_and_others_are_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_that_go_away_cancel_their_guests_and_free_their_places() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path());
+    callers_go_away(config(dir.path())).await;
+}
+
+/// The same with each tenant's guests in its cell, where a plain call is placed and waits
+/// for its cell in the caller's own task: dropping that task cancels the guest in the cell
+/// and counts the MEU as abandoned, as the RuntimePool's task does for guests in the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cells_callers_that_go_away_cancel_their_guests_and_free_their_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = crate::lci::cells_config(dir.path(), tern_node::config::Isolation::Lci) else {
+        return;
+    };
+    callers_go_away(cfg).await;
+}
+
+/// Twelve callers of a 30 s loop with four instance slots go away; see the tests above.
+async fn callers_go_away(mut cfg: tern_node::config::Config) {
     cfg.max_instances = 4;
     let node = start(cfg).await;
     let addr = node.addr();

@@ -15,6 +15,12 @@ use crate::support::*;
 /// A `tern up` process, `SIGKILL`ed when dropped.
 pub(crate) struct KillOnDrop(Child);
 
+impl KillOnDrop {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
