@@ -211,12 +211,14 @@ fn nodes_added(history: &History, scenario: &Scenario, report: &mut Report) {
             });
         }
         let via = match scenario.workload.via {
-            Via::Http => format!("answered {answered} of {} calls sent to it", ops.len()),
-            Via::Client => "the clients' seeds are the starting nodes".to_owned(),
+            Via::Http => "sent to it",
+            Via::Client => "sent through its own client",
         };
         report.stats.added.push(format!(
-            "{node} joined {} ms after it started (the members restarted with it); {via}",
+            "{node} joined {} ms after it started (the members restarted with it); answered \
+             {answered} of {} calls {via}",
             (end - start) / 1000,
+            ops.len(),
         ));
     }
 }
