@@ -63,7 +63,9 @@ fn meu_span(meu: &Meu) -> tracing::Span {
 /// Runs `meu` in the calling task, a plain call's own, and answers `reply`: what the
 /// RuntimePool's per-MEU task does, without the mailbox hop and the task hand-off. Dropped
 /// before it answers (the caller went away), the MEU goes with it, waiting or running, and is
-/// counted as abandoned.
+/// counted as abandoned. A panic here would end the caller's connection rather than a task of
+/// its own (whose dropped reply made the caller send again): nothing on this path unwraps
+/// input.
 pub(crate) async fn run_in_caller(services: &Services, meu: Meu, reply: Reply) {
     let span = meu_span(&meu);
     let unanswered = AbandonedIfDropped(Some(&services.metrics.abandoned_meus));

@@ -73,6 +73,10 @@ pub(crate) fn place(services: &Arc<Services>, meu: Meu, reply: Reply) -> Option<
     else {
         return Some((meu, reply));
     };
+    let placing = services
+        .placing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     // This node's queue: what it admitted, less what it forwarded (that runs elsewhere)
     // and less this MEU's own permit (it is being placed, not waiting here yet).
     let mut here = local_view(services, &deployed.info);
@@ -115,6 +119,7 @@ pub(crate) fn place(services: &Arc<Services>, meu: Meu, reply: Reply) -> Option<
         chosen => {
             let exec_us = meu_view.mean_exec_us;
             let reserved = remote.reserve(&nodes[chosen].name);
+            drop(placing);
             tokio::spawn(run_remote(
                 services.clone(),
                 meu,

@@ -71,6 +71,10 @@ pub struct Services {
     pub energy: EnergyMeter,
     names: HashMap<ActorKind, String>,
     costs: Mutex<HashMap<String, ItemCost>>,
+    /// Held while one MEU is placed among peers: reading their room, deciding and reserving
+    /// are one step, so two calls placed at once (each in its caller's task) cannot both take
+    /// a peer's last room.
+    pub(crate) placing: Mutex<()>,
 }
 
 impl Services {
@@ -102,6 +106,7 @@ impl Services {
             energy: EnergyMeter::start(),
             names,
             costs: Mutex::default(),
+            placing: Mutex::default(),
         })
     }
 

@@ -88,8 +88,13 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
+        // Closed first: a grant racing this drop then either fails to send (and `dispatch`
+        // keeps the slot) or is already here to take back.
+        self.rx.close();
         if let Ok(slot) = self.rx.try_recv() {
-            drop(self.slots.guard(slot));
+            let mut state = self.slots.lock();
+            return_unused(&mut state, slot);
+            dispatch(&mut state);
         }
     }
 }
@@ -279,11 +284,16 @@ fn dispatch(state: &mut State) {
         let waited = millis(grant.item.queued_at.elapsed());
         state.queue.record_wait(grant.slot.tenant(), waited);
         if let Err(slot) = grant.item.tx.send(grant.slot) {
-            state.free_memory += slot.memory_bytes();
-            state.queue.return_unused(slot);
-            state.free += 1;
+            return_unused(state, slot);
         }
     }
+}
+
+/// A slot granted but never used, back to the pool without a service time.
+fn return_unused(state: &mut State, slot: Slot) {
+    state.free_memory += slot.memory_bytes();
+    state.queue.return_unused(slot);
+    state.free += 1;
 }
 
 fn millis(d: std::time::Duration) -> u64 {
