@@ -20,8 +20,11 @@
 # this script, not the node) names the .wasm deployed as echo (default functions/dist/echo.wasm),
 # e.g. tern-old-echo=MODULE=/tmp/echo-old.wasm, and ROUTE the path the load goes to (default
 # /v1/functions/echo/invoke), e.g. the echo component wasmtime serve runs, at its HTTP route:
-# tern-component=MODULE=functions/dist/components/echo.wasm,ROUTE=/fn/echo. `NAME=` alone is
-# the defaults.
+# tern-component=MODULE=functions/dist/components/echo.wasm,ROUTE=/fn/echo, and BIN the tern
+# binary that serves (default: the release build of this tree, made by this run), e.g.
+# tern-before=BIN=/tmp/tern-before for a build kept from an earlier commit, to compare two builds
+# in the same rounds (the summary names such a binary by its sha256). `NAME=` alone is the
+# defaults.
 #
 # Load: wrk (Debian's package, installed if missing) POSTing a 10-byte body ("hello echo"),
 # 10 s after a 2 s warm-up, at 1 connection (1 thread) then 64 connections (2 threads). The load
@@ -132,7 +135,7 @@ one_wasmtime() {
 # one_tern INDEX ROUND: a fresh node in configuration INDEX, echo deployed by tenant bench.
 one_tern() {
   local i=$1 r=$2 name=${names[$1]} admin token module=functions/dist/echo.wasm assignment
-  local route=/v1/functions/echo/invoke
+  local route=/v1/functions/echo/invoke tern=$tern
   local -a assignments=()
   local -a vars=()
   if [ -n "${envs[$i]}" ]; then
@@ -141,12 +144,19 @@ one_tern() {
       case $assignment in
         MODULE=*) module=${assignment#MODULE=} ;;
         ROUTE=*) route=${assignment#ROUTE=} ;;
+        BIN=*) tern=${assignment#BIN=} ;;
         *) vars+=("$assignment") ;;
       esac
     done
   fi
   [ -f "$module" ] || { echo "$name: no module $module" >&2; exit 1; }
+  [ -x "$tern" ] || { echo "$name: no tern binary $tern" >&2; exit 1; }
   echo "$name $(sha256sum "$module" | cut -c1-16) $module" >"$out/raw/r$r-$name-module.txt"
+  if [ "$tern" = target/release/tern ]; then
+    echo "the release build of the commit above" >"$out/raw/r$r-$name-binary.txt"
+  else
+    echo "$tern sha256 $(sha256sum "$tern" | cut -c1-16)..., not built by this run" >"$out/raw/r$r-$name-binary.txt"
+  fi
   data=$(mktemp -d)
   log "env ${vars[*]} $tern up --data $data --listen $tern_addr --log warn"
   env "${vars[@]}" $tern up --data "$data" --listen "$tern_addr" --log warn >"$out/raw/r$r-$name-node.log" 2>&1 &
@@ -211,7 +221,9 @@ def in_force(name, env):
     if name == base:
         return wasmtime + ", serve -S cli, otherwise its defaults"
     module = open(os.path.join(out, "raw", f"r{rounds}-{name}-module.txt")).read().split()
-    asked = f"asked for: {env.replace(',', ' ') or 'defaults'}; echo module sha256 {module[1]}...; "
+    binary = open(os.path.join(out, "raw", f"r{rounds}-{name}-binary.txt")).read().strip()
+    asked = (f"asked for: {env.replace(',', ' ') or 'defaults'}; binary: {binary}; "
+             f"echo module sha256 {module[1]}...; ")
     path = os.path.join(out, "raw", f"r{rounds}-{name}-metrics.txt")
     keep = ("tern_isolation_mode{", "tern_memory_profile{")
     try:

@@ -61,7 +61,7 @@ pub struct CellArgs {
     pub max_loaded_modules: usize,
 }
 
-/// Files a cell needs open besides its loaded modules: its socket to the node, epoll, event
+/// Files a cell needs open besides its loaded modules: its pipes to the node, epoll, event
 /// and timer descriptors, the standard streams, an artifact being read.
 const CELL_OPEN_FILES: u64 = 64;
 
@@ -291,21 +291,24 @@ async fn serve(args: CellArgs) -> i32 {
         eprintln!("tern cell: {e}");
         return 3;
     }
-    let stream = match std::io::stdin()
+    // The node's requests come on standard input and answers go out on standard output,
+    // each a pipe (see `CellProcess::start` for why not a socket).
+    use tokio::net::unix::pipe;
+    let pipes = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
-        .map(std::os::unix::net::UnixStream::from)
-        .and_then(|s| {
-            s.set_nonblocking(true)?;
-            tokio::net::UnixStream::from_std(s)
-        }) {
-        Ok(s) => s,
+        .and_then(pipe::Receiver::from_owned_fd)
+        .and_then(|reader| {
+            let writer = std::io::stdout().as_fd().try_clone_to_owned()?;
+            Ok((reader, pipe::Sender::from_owned_fd(writer)?))
+        });
+    let (mut reader, mut writer) = match pipes {
+        Ok(ends) => ends,
         Err(e) => {
-            eprintln!("tern cell: the node's socket: {e}");
+            eprintln!("tern cell: the node's pipes: {e}");
             return 3;
         }
     };
-    let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<FromCell>(ANSWER_QUEUE);
     let max_frame = args.max_frame;
     let writing = tokio::spawn(async move {

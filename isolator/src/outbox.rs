@@ -1,4 +1,4 @@
-//! Writing frames to the other side of a cell's socket, for both sides.
+//! Writing frames to the other side of a cell's pipe, for both sides.
 //!
 //! Each side queues its messages for one writer task. When several are waiting (a busy node
 //! or cell), the writer sends them in one `write`: one system call, and one wake-up of the

@@ -18,13 +18,14 @@ use std::time::Duration;
 use tern_cell::{CellCgroup, CellLimits, Hierarchy};
 use tern_wire::{ApiError, FunctionInfo, FunctionName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::inside::CellArgs;
 use crate::proto::{FromCell, GO, Outcome, ToCell};
 
-/// Requests queued for the cell's socket.
+/// Requests queued for the cell's pipe.
 const REQUEST_QUEUE: usize = 256;
 /// How long the reader and the reaper of a dead cell wait for each other.
 const READ_OUT: Duration = Duration::from_secs(1);
@@ -126,9 +127,12 @@ impl CellProcess {
     /// Starts a cell: spawns it, puts it in its cgroup (created under `hierarchy` with the
     /// spec's limits), lets it jail itself and waits for its `Ready`.
     pub async fn start(hierarchy: &Hierarchy, spec: CellSpec) -> Result<Arc<Self>, Error> {
-        let (node_end, cell_end) = std::os::unix::net::UnixStream::pair().map_err(Error::Spawn)?;
-        let cell_in = OwnedFd::from(cell_end.try_clone().map_err(Error::Spawn)?);
-        let cell_out = OwnedFd::from(cell_end);
+        // Two pipes, one per direction, rather than a socket pair: a Unix socket wakes its
+        // writer's epoll (a fresh edge-triggered `EPOLLOUT`) each time the reader takes data,
+        // so every answer would also wake the cell, and every request the node, for nothing.
+        // A pipe wakes its writer only when it was full.
+        let (cell_in, node_out) = std::io::pipe().map_err(Error::Spawn)?;
+        let (node_in, cell_out) = std::io::pipe().map_err(Error::Spawn)?;
         let mut child = tokio::process::Command::new(&spec.program)
             .args(&spec.program_args)
             .args(spec.args.to_args())
@@ -161,9 +165,8 @@ impl CellProcess {
             }
         };
         let go = async {
-            node_end.set_nonblocking(true)?;
-            let stream = tokio::net::UnixStream::from_std(node_end)?;
-            let (reader, mut writer) = stream.into_split();
+            let reader = pipe::Receiver::from_owned_fd(OwnedFd::from(node_in))?;
+            let mut writer = pipe::Sender::from_owned_fd(OwnedFd::from(node_out))?;
             writer.write_all(&[GO]).await?;
             Ok::<_, std::io::Error>((reader, writer))
         };
@@ -233,7 +236,7 @@ impl CellProcess {
                 let why = read_answers(&mut reader, max_frame, &shared, ready_tx).await;
                 // Whatever ended the conversation, the cell is of no further use.
                 let _ = kill.try_send(());
-                // Say how the cell ended if it did (it closing its socket is how it ends).
+                // Say how the cell ended if it did (it closing its pipe is how it ends).
                 let status = tokio::time::timeout(READ_OUT, exit.wait_for(Option::is_some)).await;
                 let why = match status {
                     Ok(Ok(status)) => match status.as_ref() {
@@ -491,7 +494,7 @@ fn unsolicited(shared: &Shared, id: u64) -> Result<(), String> {
 /// Reads the cell's answers until the stream ends or the cell breaks the protocol; why it
 /// stopped.
 async fn read_answers(
-    reader: &mut tokio::net::unix::OwnedReadHalf,
+    reader: &mut pipe::Receiver,
     max_frame: usize,
     shared: &Shared,
     ready: oneshot::Sender<()>,
@@ -503,7 +506,7 @@ async fn read_answers(
         let frame = match decoder.next_frame() {
             Ok(Some(f)) => f,
             Ok(None) => match reader.read(&mut buf).await {
-                Ok(0) => return "the cell closed its socket".into(),
+                Ok(0) => return "the cell closed its end of the pipe".into(),
                 Err(e) => return format!("reading from the cell: {e}"),
                 Ok(n) => {
                     if let Err(e) = decoder.push(&buf[..n]) {

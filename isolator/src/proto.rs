@@ -1,5 +1,5 @@
-//! The node ↔ cell protocol: tern-wire frames (a `u32` length, then bincode) over the socket
-//! pair that is the cell's standard input and output.
+//! The node ↔ cell protocol: tern-wire frames (a `u32` length, then bincode) over two pipes,
+//! the cell's standard input (requests) and standard output (answers).
 //!
 //! Before any frame the node writes one byte, [`GO`], once the cell's process is in its
 //! cgroup; the cell jails itself only then, so everything it starts is limited. The cell's
