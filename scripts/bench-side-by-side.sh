@@ -16,6 +16,9 @@
 #   CLUSTER_ROUNDS local/forwarded pairs per cluster run (default 2)
 #   MAX_WAIT_LOAD  seconds to wait, after the builds, for the 1-minute load average to fall
 #                  below 1.5 before measuring (default 180; the run starts anyway after it)
+#   OLD_BIN        a release `tern` already built from OLD_REV: used instead of building one
+#                  (build.txt says so and gives its sha256; the script cannot check what it was
+#                  built from)
 # Writes to OUT_DIR: summary.txt (generated), commands.log (every command line, with the load
 # average before each measurement), build.txt, machine-start.txt / machine-end.txt, and raw/
 # (the JSON and text output of every bench run). The old revision is built in a git worktree
@@ -102,7 +105,13 @@ machine() {
 log "# bench-side-by-side.sh $*  (started $(date -u '+%Y-%m-%d %H:%M:%S UTC'))"
 
 # ---- builds ---------------------------------------------------------------------------------
-if [ -e "$worktree" ]; then
+if [ -n "${OLD_BIN:-}" ]; then
+  [ -x "$OLD_BIN" ] || { echo "OLD_BIN=$OLD_BIN is not an executable" >&2; exit 1; }
+  log "# the old binary is OLD_BIN=$OLD_BIN, given as built from $old_commit: not built here"
+  echo "(not built: OLD_BIN=$OLD_BIN)" >"$logs/old.log"
+  t_old_build=0
+  run cp "$OLD_BIN" "$old_bin"
+elif [ -e "$worktree" ]; then
   # Reuse a worktree left at the right commit; anything else is not ours to remove.
   [ "$(git -C "$worktree" rev-parse HEAD 2>/dev/null)" = "$old_commit" ] \
     || { echo "$worktree exists and is not a worktree at $old_commit; remove it first" >&2; exit 1; }
@@ -113,12 +122,14 @@ else
   run git worktree add --detach "$worktree" "$old_commit"
 fi
 
-t0=$(date +%s)
-run bash -c "cd $worktree && CARGO_TARGET_DIR=$old_target timeout 5400 cargo build --release --locked -p tern-node" \
-  >"$logs/old.log" 2>&1 \
-  || { tail -n 30 "$logs/old.log" >&2; exit 1; }
-t_old_build=$(($(date +%s) - t0))
-run cp "$old_target/release/tern" "$old_bin"
+if [ -z "${OLD_BIN:-}" ]; then
+  t0=$(date +%s)
+  run bash -c "cd $worktree && CARGO_TARGET_DIR=$old_target timeout 5400 cargo build --release --locked -p tern-node" \
+    >"$logs/old.log" 2>&1 \
+    || { tail -n 30 "$logs/old.log" >&2; exit 1; }
+  t_old_build=$(($(date +%s) - t0))
+  run cp "$old_target/release/tern" "$old_bin"
+fi
 
 new_commit=$(git rev-parse HEAD)
 # (bench/reports/ and this script cannot change the binary: left out.)
@@ -146,7 +157,11 @@ run timeout 900 bash scripts/build-functions.sh >"$out/raw/build-functions.txt" 
   echo "new tree, uncommitted changes at build time (git status --short):"
   if [ -n "$new_status" ]; then echo "$new_status" | sed 's/^/  /'; else echo "  (none)"; fi
   echo "load generator source (tern-bench crate, bench/src) changed between the two: $(git diff --quiet "$old_commit" HEAD -- bench/src && echo no || echo yes)"
-  echo "old build: cd $worktree && CARGO_TARGET_DIR=$old_target cargo build --release --locked -p tern-node: ${t_old_build} s"
+  if [ -n "${OLD_BIN:-}" ]; then
+    echo "old build: none; OLD_BIN=$OLD_BIN, given as a release build of $old_commit (not checked)"
+  else
+    echo "old build: cd $worktree && CARGO_TARGET_DIR=$old_target cargo build --release --locked -p tern-node: ${t_old_build} s"
+  fi
   tail -n 1 "$logs/old.log" | sed 's/^ */  /'
   echo "new build: cargo build --release --locked -p tern-node: ${t_new_build} s"
   tail -n 1 "$logs/new.log" | sed 's/^ */  /'
