@@ -3,7 +3,7 @@
 //!
 //! What a cell needs after start-up: memory management (wasmtime maps, protects and resets
 //! instance memory), threads (`clone` only with `CLONE_THREAD`: new threads, never new
-//! processes), futexes and timers, I/O on descriptors it already holds (the socket to the
+//! processes), futexes and timers, I/O on descriptors it already holds (the pipes to the
 //! node, artifacts opened read-only), signal handling (wasmtime turns faults into traps) and
 //! randomness. Anything else — opening a socket, `execve`, `ptrace`, `mount`, `kill`, a new
 //! process, changing credentials — kills the whole cell with `SIGSYS`

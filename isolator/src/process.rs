@@ -218,7 +218,7 @@ impl CellProcess {
                 };
                 exit_tx.send_replace(status.ok());
                 // The reader answers the waiters once it has read what the cell sent before
-                // it died (a result in the socket is still a result); if it does not within
+                // it died (a result in the pipe is still a result); if it does not within
                 // a second, the waiters are answered from here.
                 let mut ended = shared.ended.subscribe();
                 let read_out = tokio::time::timeout(READ_OUT, ended.wait_for(Option::is_some));

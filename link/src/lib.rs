@@ -750,6 +750,13 @@ impl ClusterLink {
         })
     }
 
+    /// Whether a peer came back less than `window` ago: up again after this node had seen it
+    /// up and then away. While apart (a partition, or the peer down), either side may have
+    /// stood in for the other's idempotency keys.
+    pub fn a_peer_returned_within(&self, window: Duration) -> bool {
+        read(&self.peers).returned_within(window, now())
+    }
+
     /// How long `peer` has been away (not up), or `None` while it is up.
     pub fn away_for(&self, peer: &NodeName) -> Option<Duration> {
         let up = self.net.members().get(peer) == Some(&tern_cluster::PeerState::Up);
@@ -1175,7 +1182,10 @@ async fn watch_membership(link: Weak<ClusterLink>) {
                     }
                 }
             }
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) | Err(_) => {}
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {
+                write(&l.peers).events_missed(now());
+            }
+            Err(_) => {}
             Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return,
         }
     }

@@ -10,7 +10,7 @@
 //!   again);
 //! - a peer coming up must have its registry pulled (anti-entropy), whatever it was before.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -38,6 +38,11 @@ pub struct PeerTable {
     /// started watching it (redials flip a lost peer between down and joining; this does not
     /// move with them).
     away_since: BTreeMap<NodeName, Instant>,
+    /// Peers seen up since this node started.
+    seen_up: BTreeSet<NodeName>,
+    /// When a peer last came back: up again after this node had seen it up and then away.
+    /// While they were apart, each side may have taken the other's idempotency keys.
+    last_return: Option<Instant>,
     stale_after: Duration,
 }
 
@@ -69,6 +74,8 @@ impl PeerTable {
             statuses: BTreeMap::new(),
             state_since: BTreeMap::new(),
             away_since: BTreeMap::new(),
+            seen_up: BTreeSet::new(),
+            last_return: None,
             stale_after,
         }
     }
@@ -86,11 +93,38 @@ impl PeerTable {
     pub fn reconcile(&mut self, members: &BTreeMap<NodeName, PeerState>, now: Instant) {
         for (peer, state) in members {
             if *state == PeerState::Up {
-                self.away_since.remove(peer);
+                self.came_up(peer, now);
             } else {
                 self.away_since.entry(peer.clone()).or_insert(now);
             }
         }
+    }
+
+    /// `peer` is up at `at`: no longer away, and back if it had been up before.
+    fn came_up(&mut self, peer: &NodeName, at: Instant) {
+        let was_away = self.away_since.remove(peer).is_some();
+        let seen_before = !self.seen_up.insert(peer.clone());
+        if was_away && seen_before {
+            self.returned(at);
+        }
+    }
+
+    /// Membership events were lost (the watcher lagged behind): a peer may have gone and come
+    /// back unseen, so that counts as a return now.
+    pub fn events_missed(&mut self, now: Instant) {
+        self.returned(now);
+    }
+
+    fn returned(&mut self, at: Instant) {
+        // Events may carry an older time than a reconcile already recorded.
+        self.last_return = Some(self.last_return.map_or(at, |last| last.max(at)));
+    }
+
+    /// Whether a peer came back less than `window` before `now` (see [`PeerTable::came_up`]):
+    /// a peer's first time up since this node started is not a return.
+    pub fn returned_within(&self, window: Duration, now: Instant) -> bool {
+        self.last_return
+            .is_some_and(|at| now.saturating_duration_since(at) < window)
     }
 
     /// How long `peer` has been away at `now` (none while it is up, or for a peer not watched).
@@ -120,7 +154,7 @@ impl PeerTable {
     ) -> MembershipAction {
         self.state_since.insert(peer.clone(), at);
         if state == PeerState::Up {
-            self.away_since.remove(&peer);
+            self.came_up(&peer, at);
         } else {
             self.away_since.entry(peer.clone()).or_insert(at);
         }
@@ -322,6 +356,51 @@ mod tests {
 
     fn connected(_: &NodeName) -> Option<Duration> {
         Some(Duration::from_micros(250))
+    }
+
+    /// Only a peer that was up, then away, then up again is a return, whether the mesh's
+    /// event or a reconcile saw it first; the return counts for the window given.
+    #[test]
+    fn a_peer_returns_only_when_up_again_after_being_up_and_away() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let window = Duration::from_secs(300);
+        let mut t = PeerTable::new(STALE);
+        t.expect([n("b"), n("c")], at(0));
+        t.on_membership(n("b"), PeerState::Up, at(10));
+        let mut members = BTreeMap::from([(n("b"), PeerState::Up), (n("c"), PeerState::Up)]);
+        t.reconcile(&members, at(20));
+        assert!(!t.returned_within(window, at(30)), "first time up");
+        // Up again while up (a repeated event) is no return either.
+        t.on_membership(n("b"), PeerState::Up, at(40));
+        assert!(!t.returned_within(window, at(50)));
+
+        t.on_membership(n("c"), PeerState::Down, at(1_000));
+        t.on_membership(n("c"), PeerState::Joining, at(1_500));
+        assert!(!t.returned_within(window, at(1_600)), "still away");
+        t.on_membership(n("c"), PeerState::Up, at(2_000));
+        assert!(t.returned_within(window, at(2_000)));
+        assert!(t.returned_within(window, at(301_999)));
+        assert!(
+            !t.returned_within(window, at(302_000)),
+            "the window is over"
+        );
+
+        // A loss and return the reconcile sees before the events do; the events, older,
+        // do not move the return back.
+        members.insert(n("b"), PeerState::Down);
+        t.reconcile(&members, at(400_000));
+        members.insert(n("b"), PeerState::Up);
+        t.reconcile(&members, at(401_000));
+        assert!(t.returned_within(window, at(401_000)));
+        t.on_membership(n("b"), PeerState::Down, at(399_000));
+        t.on_membership(n("b"), PeerState::Up, at(399_500));
+        assert!(t.returned_within(window, at(700_999)));
+        assert!(!t.returned_within(window, at(701_000)));
+
+        // Lost events count as a return.
+        t.events_missed(at(800_000));
+        assert!(t.returned_within(window, at(800_000)));
     }
 
     /// Away time runs from a peer's loss (or from when watching began), does not restart as

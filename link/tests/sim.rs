@@ -428,6 +428,49 @@ async fn a_partitioned_peer_stops_being_a_candidate_at_once_and_returns_after_th
     }
 }
 
+/// A member that sees a peer come back after a partition says so for the window asked (the
+/// keyed-call lookups depend on it), on both sides of the cut; peers coming up for the first
+/// time, and a member that saw nothing of the cut, do not count.
+#[tokio::test(start_paused = true)]
+async fn both_sides_of_a_healed_partition_see_a_peer_return_for_the_window_and_the_first_start_is_none()
+ {
+    const WINDOW: Duration = Duration::from_secs(5);
+    for seed in 0..SEEDS {
+        let c = Cluster::start(seed, &["a", "b", "c"], &["a", "b", "c"]);
+        sleep(Duration::from_secs(1)).await;
+        for node in ["a", "b", "c"] {
+            assert!(
+                !c.link(node).a_peer_returned_within(WINDOW),
+                "{node}, seed {seed}"
+            );
+        }
+        c.net.partition(&n("a"), &n("c"), true);
+        sleep(Duration::from_secs(2)).await;
+        assert!(
+            !c.link("a").a_peer_returned_within(WINDOW),
+            "seed {seed}: still cut"
+        );
+        c.net.partition(&n("a"), &n("c"), false);
+        sleep(Duration::from_millis(500)).await;
+        for node in ["a", "c"] {
+            assert!(
+                c.link(node).a_peer_returned_within(WINDOW),
+                "{node}, seed {seed}"
+            );
+        }
+        assert!(
+            !c.link("b").a_peer_returned_within(WINDOW),
+            "b saw no cut, seed {seed}"
+        );
+        sleep(WINDOW).await;
+        assert!(
+            !c.link("a").a_peer_returned_within(WINDOW),
+            "seed {seed}: window over"
+        );
+        c.stop().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_peer_whose_statuses_stop_arriving_drops_out_when_the_last_goes_stale() {
     for seed in 0..SEEDS {

@@ -19,13 +19,15 @@
 //! is the home, the run failed, or no caller was left to take the answer) the home sends
 //! the result to the key's successor (the member that stands in if it goes away) as the
 //! answer goes, not waited for (one that does not take it within 0.5 s is counted,
-//! `tern_sync_unkept_total`). A node standing in for an away home, or back from a restart on
-//! its store within the 5 minutes results are kept (it forgot those it gave), asks its
-//! peers for a result before running a call, answering `unavailable` when it cannot tell;
-//! so a retry is answered with the run a caller could have seen. A call whose home died
-//! while running it, or in the instant between answering and its copy arriving, runs again.
-//! Keys the stand-in took stay there when a home that did not restart comes back. Nodes that disagree on who is up (a
-//! partition, or a link cut one way) may pick two homes for one key.
+//! `tern_sync_unkept_total`). A node standing in for an away home, back from a restart on
+//! its store within the 5 minutes results are kept (it forgot those it gave), or that saw a
+//! peer come back within those 5 minutes (the peer may have stood in for it during a
+//! partition), asks its peers for a sync result before running a call, answering
+//! `unavailable` when it cannot tell; so a retry is answered with the run a caller could have
+//! seen. A call whose home died while running it, or in the instant between answering and
+//! its copy arriving, runs again. An async key a stand-in took is not looked up by a home
+//! that did not restart when it comes back. Nodes that disagree on who is up (a partition, or
+//! a link cut one way) may pick two homes for one key.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -463,9 +465,10 @@ async fn invoke_here(
 
 /// A run of the sync keyed call `scope` that this node did not give as its home, if there
 /// is one, as the answer to replay (`replayed` set); `None` to run the call. One another node
-/// ran that this node keeps; else, when this node stands in for an away home or restarted on
-/// its store within the time results are kept (and may have forgotten one it gave), one a
-/// peer keeps — every peer up asked at once. When that cannot be told (a peer did not answer
+/// ran that this node keeps; else, when this node stands in for an away home, restarted on
+/// its store within the time results are kept (and may have forgotten one it gave), or saw a
+/// peer come back within that time (it may have stood in for this node), one a peer keeps —
+/// every peer up asked at once. When that cannot be told (a peer did not answer
 /// or runs the call, or a restarted node is not linked to every member yet),
 /// `Some(Err(unavailable))`: not kept, so the caller's retry asks again rather than the call
 /// running twice.
@@ -483,7 +486,10 @@ async fn find_elsewhere(app: &App, scope: &str) -> Option<Result<InvokeReply, Ap
     }
     let link = app.cluster.get()?;
     let restarted = app.keys.may_have_forgotten();
-    if !restarted && !link.stands_in_for_key_home(scope) {
+    // A peer back from a partition may have stood in for this node's keys meanwhile, and kept
+    // the runs it gave as their home.
+    let rejoined = link.a_peer_returned_within(SyncCacheLimits::default().ttl);
+    if !restarted && !rejoined && !link.stands_in_for_key_home(scope) {
         return None;
     }
     let unknown = |why: String| {
