@@ -224,8 +224,14 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    // Read from the descriptor itself: `std::io::stdin()` buffers, and could take frames
+    // that came after the byte out of the pipe the runtime reads later.
     let mut go = [0u8; 1];
-    if std::io::stdin().read_exact(&mut go).is_err() || go[0] != GO {
+    let unbuffered = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from);
+    if !unbuffered.is_ok_and(|mut fd0| fd0.read_exact(&mut go).is_ok()) || go[0] != GO {
         eprintln!("tern cell: no go from the node");
         return 2;
     }
