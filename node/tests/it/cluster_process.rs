@@ -415,11 +415,16 @@ async fn fault_under_load(fault: Fault) {
 /// Three network namespaces, one per node. Their mesh interfaces hang off one bridge in a
 /// fourth namespace (the switch); each node also has a direct link from the test's namespace
 /// for HTTP, so the test reaches every node even while one is cut off from the others.
-/// Partitioning a node takes its bridge port down. Everything is removed on drop.
+/// Partitioning a node takes its bridge port down. Everything is removed on drop. One lab at a
+/// time: they share names and addresses, and two clusters at once on two cores would measure
+/// the machine, not the mesh.
 struct Lab {
     tag: String,
     subnet: u8,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Lab {
     /// `None` (after saying why) when this is not root or network namespaces are unavailable.
@@ -438,6 +443,8 @@ impl Lab {
         let lab = Lab {
             tag: format!("t{}", pid % 100_000),
             subnet: (pid % 200) as u8 + 20,
+            // A lab whose test failed leaves nothing behind (its drop ran): the next may go on.
+            _one: ONE_LAB.lock().unwrap_or_else(|p| p.into_inner()),
         };
         match lab.build() {
             Ok(()) => Some(lab),
@@ -468,6 +475,11 @@ impl Lab {
 
     fn http_addr(&self, i: usize) -> SocketAddr {
         SocketAddr::from(([10, 78, self.subnet, 4 * i as u8 + 2], 7878))
+    }
+
+    /// The client API's address (QUIC) of node `i`: its HTTP address's, another port.
+    fn client_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([10, 78, self.subnet, 4 * i as u8 + 2], 7879))
     }
 
     fn build(&self) -> Result<(), String> {
@@ -598,16 +610,9 @@ async fn entered(addr: SocketAddr, peer: &str, state: &str, since: Instant) -> D
     .await
 }
 
-/// Reliability row 1 with real processes and network namespaces: node b is cut off from a
-/// and c under load through all three. Both sides notice within 1.5 s; every invocation
-/// accepted by any node, minority included, is answered correctly (b runs its own work
-/// itself, a and c re-place what b held); after the heal the links are back within 2 s and
-/// work returns to b.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
-    let Some(lab) = Lab::new() else { return };
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path();
+/// Three nodes, each in its namespace of `lab` (with the client API on `lab.client_addr(i)`
+/// if `client_api`), once each sees both peers up; their HTTP addresses.
+async fn three_in(lab: &Lab, root: &Path, client_api: bool) -> (Vec<Proc>, Vec<SocketAddr>) {
     init_pki(&root.join("pki"));
     let http: Vec<SocketAddr> = (0..3).map(|i| lab.http_addr(i)).collect();
     let mesh: Vec<SocketAddr> = (0..3).map(|i| lab.mesh_addr(i)).collect();
@@ -617,7 +622,12 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
             http: &http,
             mesh: &mesh,
         };
-        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, listen, &[]).await);
+        let client = lab.client_addr(i).to_string();
+        let mut env = Vec::new();
+        if client_api {
+            env.push(("TERN_CLIENT_LISTEN", client.as_str()));
+        }
+        procs.push(spawn_node_in(Some(&lab.ns(i)), root, i, listen, &env).await);
     }
     let all_up = |i: usize| {
         let addr = http[i];
@@ -633,6 +643,80 @@ async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
     for i in 0..3 {
         eventually("mesh up", Duration::from_secs(30), || all_up(i)).await;
     }
+    (procs, http)
+}
+
+/// A keyed sync call that a stand-in ran while the key's home was cut off is not run again
+/// by the home after the heal: the home did not restart, but it saw its peers come back, so
+/// it asks them first, and a retry through it is answered with the stand-in's run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_call_a_stand_in_ran_during_a_partition_is_not_run_again_by_its_home_after_the_heal()
+ {
+    use crate::client::{client_config, connect};
+    use tern_client::InvokeOptions;
+
+    let Some(lab) = Lab::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let (procs, http) = three_in(&lab, root, true).await;
+    let (a, b, c) = (http[0], http[1], http[2]);
+    // Keys of f are homed at b, its warm owner.
+    let f = deploy_owned_by_b(a, c).await;
+    let through = |i: usize| {
+        let mut config = client_config(&root.join("pki"), &[(NAMES[i], lab.client_addr(i))]);
+        let token = bearer_for(http[i]).expect("the node's admin token");
+        config.token = Some(token.trim_start_matches("Bearer ").to_owned());
+        connect(config)
+    };
+    let keyed = || InvokeOptions {
+        idempotency_key: Some("once".into()),
+        ..Default::default()
+    };
+
+    lab.set_connected(1, false);
+    for (entry, peer) in [(a, "b"), (c, "b"), (b, "a"), (b, "c")] {
+        eventually("partition seen", Duration::from_secs(10), || async {
+            (member_state(entry, peer).await != "up").then_some(())
+        })
+        .await;
+    }
+    let first = through(0)
+        .await
+        .invoke_with(&f, b"run once".to_vec(), keyed())
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    assert_ne!(first.node, "b", "run by a stand-in on a and c's side");
+
+    lab.set_connected(1, true);
+    for peer in ["a", "c"] {
+        entered(b, peer, "up", Instant::now()).await;
+    }
+    let retry = through(1)
+        .await
+        .invoke_with(&f, b"run once".to_vec(), keyed())
+        .await
+        .unwrap();
+    assert!(
+        retry.replayed,
+        "b ran the call again (first run on {}, retry answered by {})",
+        first.node, retry.node
+    );
+    assert_eq!(retry.output, first.output);
+    drop(procs);
+}
+
+/// Reliability row 1 with real processes and network namespaces: node b is cut off from a
+/// and c under load through all three. Both sides notice within 1.5 s; every invocation
+/// accepted by any node, minority included, is answered correctly (b runs its own work
+/// itself, a and c re-place what b held); after the heal the links are back within 2 s and
+/// work returns to b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partitioned_node_keeps_serving_and_the_cluster_heals_within_2_s() {
+    let Some(lab) = Lab::new() else { return };
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path();
+    let (procs, http) = three_in(&lab, root, false).await;
     let (a, b, c) = (http[0], http[1], http[2]);
     let f = deploy_owned_by_b(a, c).await;
     eventually("b has the function", Duration::from_secs(30), || async {
