@@ -97,12 +97,15 @@ impl AsyncKeys {
             return Ok(entry.id);
         }
         // Standing in for a home that is away: it may have accepted the call already, and
-        // its keeper (this node, or a peer) knows the key — unless copies are off. The id is
-        // kept here as the home's key, from the same accept time (it expires as the home's
-        // would). The lookup holds this key's stripe for at most the peers' answer bound.
+        // its keeper (this node, or a peer) knows the key — unless copies are off. Likewise
+        // at a home that saw a peer come back within the time keys are kept: that peer may
+        // have stood in for it (a partition) and accepted the call. The id is kept here as
+        // the first accept's, from the same accept time (it expires as that one would). The
+        // lookup holds this key's stripe for at most the peers' answer bound.
+        let keys_kept = std::time::Duration::from_secs(app.config.result_ttl_secs);
         if let Some(link) = app.cluster.get()
             && app.config.async_takeover_secs > 0
-            && link.stands_in_for_key_home(&key)
+            && (link.stands_in_for_key_home(&key) || link.a_peer_returned_within(keys_kept))
             && let Some(found) = match app.kept_under_key(&key)? {
                 Some(found) => Some(found),
                 None => link.lookup_key(&key).await,

@@ -25,9 +25,9 @@
 //! partition), asks its peers for a sync result before running a call, answering
 //! `unavailable` when it cannot tell; so a retry is answered with the run a caller could have
 //! seen. A call whose home died while running it, or in the instant between answering and
-//! its copy arriving, runs again. An async key a stand-in took is not looked up by a home
-//! that did not restart when it comes back. Nodes that disagree on who is up (a partition, or
-//! a link cut one way) may pick two homes for one key.
+//! its copy arriving, runs again. (Async keys: see [`crate::idempotency::AsyncKeys::accept`].)
+//! Nodes that disagree on who is up (a partition, or a link cut one way) may pick two homes
+//! for one key.
 
 use std::future::Future;
 use std::sync::Arc;

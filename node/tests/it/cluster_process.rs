@@ -439,12 +439,17 @@ impl Lab {
             skip_or_fail("the partition test needs root (network namespaces)");
             return None;
         }
+        // A lab whose test failed leaves nothing behind (its drop ran): the next may go on.
+        let one = ONE_LAB.lock().unwrap_or_else(|p| p.into_inner());
+        // Names and addresses of their own for each lab of this process: the kernel removes
+        // a deleted namespace's links some time after `ip netns del` returns.
+        static LABS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = LABS.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
         let lab = Lab {
-            tag: format!("t{}", pid % 100_000),
-            subnet: (pid % 200) as u8 + 20,
-            // A lab whose test failed leaves nothing behind (its drop ran): the next may go on.
-            _one: ONE_LAB.lock().unwrap_or_else(|p| p.into_inner()),
+            tag: format!("t{}{}", pid % 100_000, n % 10),
+            subnet: ((pid + 37 * n) % 200) as u8 + 20,
+            _one: one,
         };
         match lab.build() {
             Ok(()) => Some(lab),
@@ -646,11 +651,12 @@ async fn three_in(lab: &Lab, root: &Path, client_api: bool) -> (Vec<Proc>, Vec<S
     (procs, http)
 }
 
-/// A keyed sync call that a stand-in ran while the key's home was cut off is not run again
-/// by the home after the heal: the home did not restart, but it saw its peers come back, so
-/// it asks them first, and a retry through it is answered with the stand-in's run.
+/// Keyed calls that a stand-in took while the key's home was cut off are not run again by
+/// the home after the heal: the home did not restart, but it saw its peers come back, so it
+/// asks them first. A sync retry through it is answered with the stand-in's run, an async one
+/// with the stand-in's id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_keyed_call_a_stand_in_ran_during_a_partition_is_not_run_again_by_its_home_after_the_heal()
+async fn keyed_calls_a_stand_in_took_during_a_partition_are_not_run_again_by_their_home_after_the_heal()
  {
     use crate::client::{client_config, connect};
     use tern_client::InvokeOptions;
@@ -680,13 +686,25 @@ async fn a_keyed_call_a_stand_in_ran_during_a_partition_is_not_run_again_by_its_
         })
         .await;
     }
-    let first = through(0)
-        .await
+    let via_a = through(0).await;
+    let first = via_a
         .invoke_with(&f, b"run once".to_vec(), keyed())
         .await
         .unwrap();
     assert!(!first.replayed);
     assert_ne!(first.node, "b", "run by a stand-in on a and c's side");
+    let job = via_a
+        .invoke_async_with(&f, b"job".to_vec(), keyed())
+        .await
+        .unwrap();
+    let done = via_a
+        .wait_result(&job, Duration::from_millis(10), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.attempts, done.output.as_deref()),
+        (1, Some(&b"job"[..]))
+    );
 
     lab.set_connected(1, true);
     for peer in ["a", "c"] {
@@ -703,6 +721,14 @@ async fn a_keyed_call_a_stand_in_ran_during_a_partition_is_not_run_again_by_its_
         first.node, retry.node
     );
     assert_eq!(retry.output, first.output);
+    // The async call under the same key: b finds the id the stand-in gave (its copy is with
+    // the stand-in's keeper) instead of accepting the call anew.
+    let again = through(1)
+        .await
+        .invoke_async_with(&f, b"job".to_vec(), keyed())
+        .await
+        .unwrap();
+    assert_eq!(again, job, "b accepted the async call again under its key");
     drop(procs);
 }
 
