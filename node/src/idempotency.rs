@@ -98,14 +98,18 @@ impl AsyncKeys {
         }
         // Standing in for a home that is away: it may have accepted the call already, and
         // its keeper (this node, or a peer) knows the key — unless copies are off. Likewise
-        // at a home that saw a peer come back within the time keys are kept: that peer may
-        // have stood in for it (a partition) and accepted the call. The id is kept here as
-        // the first accept's, from the same accept time (it expires as that one would). The
-        // lookup holds this key's stripe for at most the peers' answer bound.
+        // at a home back from a restart, or that saw a peer come back, within the time keys
+        // are kept: a stand-in may have accepted the call meanwhile (while this node was
+        // down, or cut off), and its keeper knows the key if the copy reached one. The id is
+        // kept here as the first accept's, from the same accept time (it expires as that one
+        // would). The lookup holds this key's stripe until every peer up answered or 2 s,
+        // and a peer that cannot answer counts as one that does not know the key.
         let keys_kept = std::time::Duration::from_secs(app.config.result_ttl_secs);
         if let Some(link) = app.cluster.get()
             && app.config.async_takeover_secs > 0
-            && (link.stands_in_for_key_home(&key) || link.a_peer_returned_within(keys_kept))
+            && (link.stands_in_for_key_home(&key)
+                || link.a_peer_returned_within(keys_kept)
+                || app.keys.restarted_within(keys_kept))
             && let Some(found) = match app.kept_under_key(&key)? {
                 Some(found) => Some(found),
                 None => link.lookup_key(&key).await,

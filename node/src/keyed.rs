@@ -84,6 +84,11 @@ impl Keys {
             .is_some_and(|at| at.elapsed() < RECONNECT_GRACE)
     }
 
+    /// Whether this node started on a store an earlier run left less than `window` ago.
+    pub fn restarted_within(&self, window: Duration) -> bool {
+        self.restarted.is_some_and(|at| at.elapsed() < window)
+    }
+
     /// Whether sync results given before this node's restart may still be asked for.
     fn may_have_forgotten(&self) -> bool {
         self.restarted
@@ -504,6 +509,10 @@ async fn find_elsewhere(app: &App, scope: &str) -> Option<Result<InvokeReply, Ap
     // (for a bound, past which a peer still not up is taken to be away).
     if restarted && app.keys.reconnecting() && !link.all_members_up() {
         return unknown("this node restarted and is not linked to every member yet".into());
+    }
+    // Peers come back one by one after a partition: one not back yet may hold the run.
+    if rejoined && link.a_peer_returned_within(RECONNECT_GRACE) && !link.all_members_up() {
+        return unknown("a peer came back and not every member is linked again yet".into());
     }
     match link.lookup_result(scope).await {
         Ok(Some(kept)) => Some(kept.result),

@@ -1708,8 +1708,8 @@ fn key_home_of(function: &str, members: &[NodeName]) -> String {
 /// retry through any node (a caller that lost the 202) gets the home's id and its result. A
 /// sync call's result went to the key's successor (the member standing in) before the caller
 /// had it, so a retry while the home is away is answered with that run; and the home, back
-/// after a restart that forgot its results, asks its peers before running a call again.
-/// Nothing runs twice.
+/// after a restart that forgot its results, asks its peers before running a call again, or
+/// accepting one the stand-in accepted. Nothing runs twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_restarts() {
     use crate::client::{client_addr, client_config, connect};
@@ -1899,6 +1899,12 @@ async fn keyed_calls_keep_their_id_and_result_after_their_home_goes_away_and_res
         .unwrap();
     assert!(again.replayed, "the stand-in's run, after c restarted");
     assert_eq!((&again.output, &again.node), (&ran.output, &ran.node));
+    // And the async call the stand-in accepted: c finds its id at the stand-in's keeper.
+    let again = clients[1]
+        .invoke_async_with(&functions[0], b"new".to_vec(), keyed("new"))
+        .await
+        .unwrap();
+    assert_eq!(again, id, "the stand-in's id, after c restarted");
     assert_eq!(runs(&nodes), before + 2, "c ran nothing again");
     for n in nodes {
         n.shutdown().await.unwrap();
