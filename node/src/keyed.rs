@@ -78,21 +78,19 @@ impl Keys {
         })
     }
 
-    /// Whether this node restarted less than [`RECONNECT_GRACE`] ago.
-    fn reconnecting(&self) -> bool {
-        self.restarted
-            .is_some_and(|at| at.elapsed() < RECONNECT_GRACE)
-    }
-
     /// Whether this node started on a store an earlier run left less than `window` ago.
     pub fn restarted_within(&self, window: Duration) -> bool {
         self.restarted.is_some_and(|at| at.elapsed() < window)
     }
 
+    /// Whether this node restarted less than [`RECONNECT_GRACE`] ago.
+    fn reconnecting(&self) -> bool {
+        self.restarted_within(RECONNECT_GRACE)
+    }
+
     /// Whether sync results given before this node's restart may still be asked for.
     fn may_have_forgotten(&self) -> bool {
-        self.restarted
-            .is_some_and(|at| at.elapsed() < SyncCacheLimits::default().ttl)
+        self.restarted_within(SyncCacheLimits::default().ttl)
     }
 }
 

@@ -484,7 +484,7 @@ impl Lab {
 
     /// The client API's address (QUIC) of node `i`: its HTTP address's, another port.
     fn client_addr(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([10, 78, self.subnet, 4 * i as u8 + 2], 7879))
+        SocketAddr::new(self.http_addr(i).ip(), 7879)
     }
 
     fn build(&self) -> Result<(), String> {
