@@ -153,6 +153,7 @@ fn bench(c: &mut Criterion) {
         path_and_query: "/".into(),
         headers: vec![("host".into(), b"bench".to_vec())],
         body: b"hello".to_vec(),
+        trailers: Vec::new(),
     };
     let routed = Meu {
         input: Bytes::from(call.encode().expect("encode")),

@@ -21,6 +21,24 @@ pub struct Response {
     /// Header names are lower case (as hyper gives them); values are decoded lossily as UTF-8.
     pub headers: Vec<(String, String)>,
     pub body: Bytes,
+    /// Fields sent after a chunked body (the server sends them to a request with
+    /// `TE: trailers`), like `headers`.
+    pub trailers: Vec<(String, String)>,
+}
+
+/// Trailers of a response whose body was read, kept in its extensions.
+#[derive(Clone)]
+struct ReceivedTrailers(HeaderMap);
+
+fn lossy(map: &HeaderMap) -> Vec<(String, String)> {
+    map.iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 impl Response {
@@ -32,22 +50,25 @@ impl Response {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The first trailer called `name` (ASCII case-insensitive).
+    pub fn trailer(&self, name: &str) -> Option<&str> {
+        self.trailers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     fn from_hyper(resp: hyper::Response<Bytes>) -> Self {
         let (parts, body) = resp.into_parts();
-        let headers = parts
-            .headers
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
         Response {
             status: parts.status.as_u16(),
-            headers,
+            headers: lossy(&parts.headers),
             body,
+            trailers: parts
+                .extensions
+                .get::<ReceivedTrailers>()
+                .map(|t| lossy(&t.0))
+                .unwrap_or_default(),
         }
     }
 }
@@ -181,9 +202,12 @@ impl HttpConn {
         }
         self.sender.ready().await?;
         let resp = self.sender.send_request(req).await?;
-        let (parts, incoming) = resp.into_parts();
-        let body = incoming.collect().await?.to_bytes();
-        Ok(hyper::Response::from_parts(parts, body))
+        let (mut parts, incoming) = resp.into_parts();
+        let collected = incoming.collect().await?;
+        if let Some(trailers) = collected.trailers() {
+            parts.extensions.insert(ReceivedTrailers(trailers.clone()));
+        }
+        Ok(hyper::Response::from_parts(parts, collected.to_bytes()))
     }
 }
 

@@ -133,6 +133,8 @@ pub struct ComponentOutput {
     pub headers: Vec<(String, Vec<u8>)>,
     /// The component's body.
     pub body: Bytes,
+    /// The fields the component set after its body, in its order (empty if none).
+    pub trailers: Vec<(String, Vec<u8>)>,
     /// Node that ran the component.
     pub node: String,
     /// Whether the component had to be loaded for this call.
@@ -345,8 +347,8 @@ impl Client {
     }
 
     /// Calls component `name` with an HTTP request, as `/fn/{name}{path}` does over HTTP: the
-    /// component sees `call`'s method, path and query, headers and body, and its status,
-    /// headers and body come back. A core module (a command) is refused with
+    /// component sees `call`'s method, path and query, headers, body and trailers, and its
+    /// status, headers, body and trailers come back. A core module (a command) is refused with
     /// `invalid_request`; an answer that is not a component's is a [`ClientError::Protocol`].
     pub async fn call_component(
         &self,
@@ -376,6 +378,7 @@ impl Client {
             status: answer.status,
             headers: answer.headers,
             body: Bytes::from(answer.body),
+            trailers: answer.trailers,
             node: out.node,
             cold_start: out.cold_start,
             duration_us: out.duration_us,

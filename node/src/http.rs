@@ -36,6 +36,86 @@ use crate::service;
 
 type Body = Full<Bytes>;
 
+/// Fields a component set after its body, carried on its response (as an extension) to
+/// [`Sent`], which sends them after the body.
+#[derive(Clone)]
+struct Trailers(hyper::HeaderMap);
+
+/// What a connection sends: a response's bytes at once, then a component's trailers if it set
+/// any. With trailers the length is left unknown, so hyper frames the body in chunks, the
+/// only HTTP/1.1 framing with room for trailers; hyper sends them to callers that asked with
+/// `TE: trailers` and leaves them out for the others, as HTTP allows.
+struct Sent {
+    body: Body,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl Sent {
+    fn new(resp: Response<Body>) -> Response<Self> {
+        let (mut parts, body) = resp.into_parts();
+        let trailers = parts.extensions.remove::<Trailers>().map(|t| t.0);
+        Response::from_parts(parts, Sent { body, trailers })
+    }
+}
+
+impl hyper::body::Body for Sent {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
+            std::task::Poll::Ready(None) => std::task::Poll::Ready(
+                this.trailers
+                    .take()
+                    .map(|t| Ok(hyper::body::Frame::trailers(t))),
+            ),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        if self.trailers.is_some() {
+            hyper::body::SizeHint::default()
+        } else {
+            self.body.size_hint()
+        }
+    }
+}
+
+/// The request trailers a component sees: as its headers, less those it never sees.
+fn trailers_for_component(map: &hyper::HeaderMap) -> tern_wire::HttpFields {
+    map.iter()
+        .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
+        .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// Whether the caller said it takes trailers: an HTTP/1.1 request with `TE: trailers`, and a
+/// method whose answer has a body.
+fn accepts_trailers<B>(req: &Request<B>) -> bool {
+    req.version() == hyper::Version::HTTP_11
+        && req.method() != Method::HEAD
+        && req.headers().get_all(hyper::header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',').any(|t| {
+                    t.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .eq_ignore_ascii_case("trailers")
+                })
+            })
+        })
+}
+
 /// Accepts connections until `shutdown` flips to true, then lets open connections finish their
 /// current request.
 pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Receiver<bool>) {
@@ -77,7 +157,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, mut shutdown: watch::Re
             let _counted = counted;
             let service = service_fn(move |req| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(route(app, req).await) }
+                async move { Ok::<_, Infallible>(Sent::new(route(app, req).await)) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -445,6 +525,18 @@ fn query_flag(q: &HashMap<String, String>, key: &str) -> Result<bool, NodeError>
 /// within its deadline: `body_read_timeout_ms` plus its declared length (else `limit`) at
 /// `min_body_bytes_per_sec`, so a stalled or trickling upload cannot hold the request.
 async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<Bytes, NodeError> {
+    read_body_and_trailers(app, req, limit)
+        .await
+        .map(|(body, _)| body)
+}
+
+/// [`read_body`], and the trailers the caller sent after a chunked body (hyper bounds them as
+/// it bounds headers: their count and 16 KiB).
+async fn read_body_and_trailers(
+    app: &App,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<(Bytes, Option<hyper::HeaderMap>), NodeError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -463,7 +555,10 @@ async fn read_body(app: &App, req: Request<Incoming>, limit: usize) -> Result<By
         .await
         .map_err(|_| NodeError::BodyTimeout { allowed_ms })?;
     match collected {
-        Ok(collected) => Ok(collected.to_bytes()),
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            Ok((collected.to_bytes(), trailers))
+        }
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(NodeError::BodyTooLarge { limit })
         }
@@ -647,6 +742,20 @@ const NOT_PASSED_ON: [&str; 7] = [
     "upgrade",
 ];
 
+/// Fields HTTP does not let a trailer carry (they frame, route, authenticate or describe the
+/// whole message; hyper refuses to send them after a body), besides [`NOT_PASSED_ON`].
+const NOT_SENT_AS_TRAILERS: [&str; 9] = [
+    "authorization",
+    "cache-control",
+    "content-encoding",
+    "content-range",
+    "content-type",
+    "host",
+    "max-forwards",
+    "set-cookie",
+    "te",
+];
+
 /// `{ANY} /fn/{name}/{path…}`: an HTTP request for a `wasi:http/proxy` component. The
 /// component sees the method, `/{path…}` with the query, the headers (less the caller's token
 /// and hop-by-hop ones) and the body; its status, headers and body are the answer. It is
@@ -684,6 +793,8 @@ enum CallShape {
         method: String,
         path_and_query: String,
         headers: Vec<(String, Vec<u8>)>,
+        /// Whether the component's trailers are sent back ([`accepts_trailers`]).
+        accepts_trailers: bool,
     },
 }
 
@@ -706,6 +817,7 @@ impl CallShape {
         }
         CallShape::Component {
             method: req.method().as_str().to_owned(),
+            accepts_trailers: accepts_trailers(req),
             path_and_query,
             headers: req
                 .headers()
@@ -760,24 +872,30 @@ async fn run_call_traced(
     // Admitted before the body is read: a full node refuses at once instead of taking in
     // megabytes it would then refuse.
     let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
-    let body = read_body(app, req, app.config.max_body_bytes).await?;
+    let (body, trailers) = read_body_and_trailers(app, req, app.config.max_body_bytes).await?;
     let name = call.with_input(app, &body)?;
+    // For a component, whether its trailers go back to the caller.
     let (input, map, component) = match shape {
-        CallShape::Plain { map } => (body, map, false),
+        CallShape::Plain { map } => (body, map, None),
         CallShape::Component {
             method,
             path_and_query,
             headers,
+            accepts_trailers,
         } => {
             let input = tern_wire::HttpCall {
                 method,
                 path_and_query,
                 headers,
                 body: body.to_vec(),
+                trailers: trailers
+                    .as_ref()
+                    .map(trailers_for_component)
+                    .unwrap_or_default(),
             }
             .encode()
             .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
-            (Bytes::from(input), false, true)
+            (Bytes::from(input), false, Some(accepts_trailers))
         }
     };
     if asynchronous {
@@ -806,8 +924,8 @@ async fn run_call_traced(
         .await;
     traces::outcome(trace, &result);
     let outcome = result?;
-    let mut resp = if component {
-        component_response(&outcome.output)?
+    let mut resp = if let Some(accepts_trailers) = component {
+        component_response(&outcome.output, accepts_trailers)?
     } else {
         let mut resp = Response::new(Full::new(outcome.output));
         let h = resp.headers_mut();
@@ -833,8 +951,9 @@ async fn run_call_traced(
 }
 
 /// The HTTP response a component's answer (`output`) stands for: its status, headers (less
-/// those the node sets itself) and body.
-fn component_response(output: &[u8]) -> Result<Response<Body>, NodeError> {
+/// those the node sets itself) and body, and its trailers for a caller that takes them (less
+/// those HTTP does not allow in trailers).
+fn component_response(output: &[u8], accepts_trailers: bool) -> Result<Response<Body>, NodeError> {
     let answer = match tern_wire::HttpAnswer::decode(output) {
         Some(Ok(answer)) => answer,
         Some(Err(e)) => {
@@ -869,6 +988,26 @@ fn component_response(output: &[u8]) -> Result<Response<Body>, NodeError> {
             h.append(name, value);
         }
     }
+    let mut trailers = hyper::HeaderMap::new();
+    for (name, value) in answer.trailers.iter().filter(|_| accepts_trailers) {
+        if NOT_PASSED_ON.contains(&name.as_str()) || NOT_SENT_AS_TRAILERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            trailers.append(name, value);
+        }
+    }
+    if !trailers.is_empty() {
+        // Announced, as HTTP asks of a sender of trailers.
+        let names: Vec<&str> = trailers.keys().map(|n| n.as_str()).collect();
+        if let Ok(v) = HeaderValue::from_str(&names.join(", ")) {
+            h.insert(hyper::header::TRAILER, v);
+        }
+        resp.extensions_mut().insert(Trailers(trailers));
+    }
     Ok(resp)
 }
 
@@ -901,6 +1040,9 @@ struct ResponseView {
     body: Option<String>,
     /// The body, base64, if it is not UTF-8.
     body_base64: Option<String>,
+    /// Fields the component set after the body, values as `headers`' (absent if none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    trailers: Vec<(String, String)>,
 }
 
 /// `bytes` as UTF-8 text, or else as base64.
@@ -940,6 +1082,11 @@ async fn get_invocation(
                 .collect(),
             body,
             body_base64,
+            trailers: a
+                .trailers
+                .iter()
+                .map(|(n, v)| (n.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
         }
     });
     Ok(json(

@@ -163,7 +163,8 @@ enum Command {
         /// Request body: literal text, or `@FILE`.
         #[arg(short, long)]
         data: Option<String>,
-        /// Print the response's status line and headers before its body.
+        /// Print the response's status line and headers before its body (and its trailers,
+        /// if any, after it).
         #[arg(short, long)]
         include: bool,
         /// Return an invocation id at once; the stored response is `tern result ID`'s.
@@ -1311,6 +1312,8 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
             if asynchronous {
                 sent.push(("x-tern-mode".into(), "async".into()));
             }
+            // So the node sends the component's trailers, if it sets any.
+            sent.push(("te".into(), "trailers".into()));
             if let Some(a) = server.authorization() {
                 sent.push(("authorization".into(), a));
             }
@@ -1341,6 +1344,14 @@ async fn run(cli: Cli, inherited: tern_node::Sockets) -> Result<()> {
                 writeln!(out)?;
             }
             out.write_all(&resp.body)?;
+            if include && !resp.trailers.is_empty() {
+                // After the body, as they came: a blank line, then one per line.
+                writeln!(out)?;
+                writeln!(out)?;
+                for (k, v) in &resp.trailers {
+                    writeln!(out, "{k}: {v}")?;
+                }
+            }
             Ok(())
         }
         Command::Result { id, wait, server } => loop {

@@ -22,7 +22,9 @@
 use std::future::Future;
 
 use bytes::Bytes;
+use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Full};
+use hyper::HeaderMap;
 use tern_wire::{HttpAnswer, HttpCall};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -140,10 +142,20 @@ pub(crate) fn proxy_pre(
     })
 }
 
+/// A request body as the guest reads it: the bytes, then the caller's trailers if it sent any.
+pub(crate) type RequestBody = WithTrailers<
+    Full<Bytes>,
+    std::future::Ready<Option<Result<HeaderMap, std::convert::Infallible>>>,
+>;
+
+fn request_body(body: Bytes, trailers: Option<HeaderMap>) -> RequestBody {
+    Full::new(body).with_trailers(std::future::ready(trailers.map(Ok)))
+}
+
 /// What a component is asked to do: the HTTP request, and whether the caller wants the whole
 /// answer (an [`HttpCall`]) or only its body (plain input).
 pub(crate) struct Request {
-    pub(crate) http: hyper::Request<Full<Bytes>>,
+    pub(crate) http: hyper::Request<RequestBody>,
     pub(crate) plain: bool,
 }
 
@@ -154,7 +166,7 @@ impl Request {
             let http = hyper::Request::post("/")
                 .header(hyper::header::HOST, "localhost")
                 .header(hyper::header::CONTENT_LENGTH, input.len())
-                .body(Full::new(input.clone()))
+                .body(request_body(input.clone(), None))
                 .map_err(|e| Error::BadHttpCall(e.to_string()))?;
             return Ok(Self { http, plain: true });
         };
@@ -171,8 +183,21 @@ impl Request {
             // `wasi:http` needs an authority; a caller that sent none gets a neutral one.
             builder = builder.header(hyper::header::HOST, "localhost");
         }
+        let trailers = if call.trailers.is_empty() {
+            None
+        } else {
+            let mut map = HeaderMap::with_capacity(call.trailers.len());
+            for (name, value) in &call.trailers {
+                let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| Error::BadHttpCall(format!("trailer {name:?}: {e}")))?;
+                let value = hyper::header::HeaderValue::from_bytes(value)
+                    .map_err(|e| Error::BadHttpCall(format!("trailer {name}: {e}")))?;
+                map.append(name, value);
+            }
+            Some(map)
+        };
         let http = builder
-            .body(Full::new(Bytes::from(call.body)))
+            .body(request_body(Bytes::from(call.body), trailers))
             .map_err(|e| Error::BadHttpCall(e.to_string()))?;
         Ok(Self { http, plain: false })
     }
@@ -182,7 +207,7 @@ impl Request {
 #[allow(clippy::type_complexity)]
 pub(crate) fn hand_over(
     state: &mut State,
-    request: hyper::Request<Full<Bytes>>,
+    request: hyper::Request<RequestBody>,
 ) -> Result<
     (
         wasmtime::component::Resource<HostIncomingRequest>,
@@ -218,7 +243,8 @@ pub(crate) fn hand_over(
     Ok((incoming, out, receiver))
 }
 
-/// The guest's response, its body read to the end (at most `cap` bytes, headers included).
+/// The guest's response, its body read to the end (at most `cap` bytes, headers and trailers
+/// included).
 /// Counts every frame read, and the end, in `progress` (see `answer_while_running`).
 pub(crate) async fn collect_answer(
     progress: &std::sync::atomic::AtomicU64,
@@ -265,15 +291,31 @@ pub(crate) async fn collect_answer(
         .filter(|&n| n <= room)
         .unwrap_or(0);
     let mut collected = Vec::with_capacity(declared);
+    let mut trailers = Vec::new();
+    // Bytes of trailers so far: they share the room with the body.
+    let mut trailer_bytes = 0usize;
     while let Some(frame) = body.frame().await {
         progress.fetch_add(1, Relaxed);
         let frame = frame
             .map_err(|e| Error::NoAnswer(format!("the component's response body failed: {e:?}")))?;
-        if let Some(data) = frame.data_ref() {
-            if collected.len() + data.len() > room {
-                return Err(Error::OutputTooLarge { limit: cap });
+        match frame.into_data() {
+            Ok(data) => {
+                if collected.len() + trailer_bytes + data.len() > room {
+                    return Err(Error::OutputTooLarge { limit: cap });
+                }
+                collected.extend_from_slice(&data);
             }
-            collected.extend_from_slice(data);
+            Err(frame) => {
+                if let Some(fields) = frame.trailers_ref() {
+                    for (name, value) in fields {
+                        trailer_bytes += name.as_str().len() + value.len();
+                        if collected.len() + trailer_bytes > room {
+                            return Err(Error::OutputTooLarge { limit: cap });
+                        }
+                        trailers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+                    }
+                }
+            }
         }
     }
     progress.fetch_add(1, Relaxed);
@@ -281,6 +323,7 @@ pub(crate) async fn collect_answer(
         status: parts.status.as_u16(),
         headers,
         body: collected,
+        trailers,
     })
 }
 

@@ -73,6 +73,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Wire
     Ok(value)
 }
 
+/// Decodes the `T` that `bytes` starts with, and how many bytes it took: for a record that
+/// may be followed by an optional part. Never panics; inputs longer than `limit` and a `T`
+/// that does not fit in `bytes` are typed errors.
+pub fn decode_leading<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(T, usize), WireError> {
+    let limit = limit.min(MAX_MESSAGE);
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    decode_bounded(bytes).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
 /// Decodes the `T` that `bytes` starts with and ignores the rest: for reading the leading
 /// fields of a large record (a journaled invocation's owner) without decoding its payload.
 /// Never panics; a `T` that does not fit in `bytes` is [`WireError::Malformed`].

@@ -8,6 +8,13 @@
 //! input (which a component receives as the body of a `POST /`). The guest's answer then goes
 //! back as an encoded [`HttpAnswer`] (led by [`HTTP_ANSWER_MAGIC`]) for the entry node to turn
 //! into the HTTP response, or to keep as an asynchronous call's result.
+//!
+//! Trailers came after the first nodes and journals: both records are encoded as they were
+//! (the magic, then the method, path, headers and body, or the status, headers and body) and,
+//! only when there are trailers, the trailers after them. So a call or answer without
+//! trailers is byte for byte what it always was (stored journals and results read back, and
+//! nodes of the previous version read it), and a node of the previous version refuses one with
+//! trailers as damaged (its decoder finds bytes after the record) instead of losing them.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,35 +27,116 @@ pub const HTTP_CALL_MAGIC: &[u8] = b"\0tern-http-call/1\0";
 /// The first bytes of an encoded [`HttpAnswer`], so a stored result says what it is.
 pub const HTTP_ANSWER_MAGIC: &[u8] = b"\0tern-http-answer/1\0";
 
+/// Header fields: names and values in the order received; values are bytes (HTTP allows
+/// non-UTF-8 values).
+pub type HttpFields = Vec<(String, Vec<u8>)>;
+
 /// One HTTP request for a component.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HttpCall {
     pub method: String,
     /// The path the component sees (always starting with `/`) and the query, if any.
     pub path_and_query: String,
-    /// In the order received; values are bytes (HTTP allows non-UTF-8 values).
-    pub headers: Vec<(String, Vec<u8>)>,
-    #[serde(with = "serde_bytes")]
+    pub headers: HttpFields,
     pub body: Vec<u8>,
+    /// The fields the caller sent after the body (chunked transfer), if any.
+    pub trailers: HttpFields,
 }
 
 /// A component's answer to an [`HttpCall`].
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HttpAnswer {
     pub status: u16,
-    pub headers: Vec<(String, Vec<u8>)>,
-    #[serde(with = "serde_bytes")]
+    pub headers: HttpFields,
     pub body: Vec<u8>,
+    /// The fields the component set after its body, if any.
+    pub trailers: HttpFields,
+}
+
+/// How an [`HttpCall`] is encoded before its trailers (see the module comment).
+#[derive(Serialize)]
+struct CallHead<'a> {
+    method: &'a str,
+    path_and_query: &'a str,
+    headers: &'a HttpFields,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct OwnedCallHead {
+    method: String,
+    path_and_query: String,
+    headers: HttpFields,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+/// How an [`HttpAnswer`] is encoded before its trailers.
+#[derive(Serialize)]
+struct AnswerHead<'a> {
+    status: u16,
+    headers: &'a HttpFields,
+    #[serde(with = "serde_bytes")]
+    body: &'a [u8],
+}
+
+#[derive(Deserialize)]
+struct OwnedAnswerHead {
+    status: u16,
+    headers: HttpFields,
+    #[serde(with = "serde_bytes")]
+    body: Vec<u8>,
+}
+
+/// `magic`, `head`, and the trailers if there are any.
+fn encode_with_trailers<H: Serialize>(
+    magic: &[u8],
+    head: &H,
+    trailers: &HttpFields,
+) -> Result<Vec<u8>, WireError> {
+    let mut out = magic.to_vec();
+    out.extend_from_slice(&codec::encode(head, codec::MAX_MESSAGE)?);
+    if !trailers.is_empty() {
+        out.extend_from_slice(&codec::encode(trailers, codec::MAX_MESSAGE)?);
+    }
+    if out.len() > codec::MAX_MESSAGE {
+        return Err(WireError::TooLarge {
+            size: out.len(),
+            limit: codec::MAX_MESSAGE,
+        });
+    }
+    Ok(out)
+}
+
+/// The head `bytes` start with, and the trailers after it (none if nothing follows; what
+/// follows must be exactly one non-empty list of fields).
+fn decode_with_trailers<H: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(H, HttpFields), WireError> {
+    let (head, used) = codec::decode_leading::<H>(bytes, codec::MAX_MESSAGE)?;
+    let rest = &bytes[used..];
+    if rest.is_empty() {
+        return Ok((head, HttpFields::new()));
+    }
+    let trailers: HttpFields = codec::decode(rest, codec::MAX_MESSAGE)?;
+    if trailers.is_empty() {
+        // An empty list is never written: these bytes were not made by `encode`.
+        return Err(WireError::TrailingBytes { len: rest.len() });
+    }
+    Ok((head, trailers))
 }
 
 impl HttpCall {
     /// The input bytes of an invocation carrying this call.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let encoded = codec::encode(self, codec::MAX_MESSAGE)?;
-        let mut out = Vec::with_capacity(HTTP_CALL_MAGIC.len() + encoded.len());
-        out.extend_from_slice(HTTP_CALL_MAGIC);
-        out.extend_from_slice(&encoded);
-        Ok(out)
+        let head = CallHead {
+            method: &self.method,
+            path_and_query: &self.path_and_query,
+            headers: &self.headers,
+            body: &self.body,
+        };
+        encode_with_trailers(HTTP_CALL_MAGIC, &head, &self.trailers)
     }
 
     /// Whether `input` carries an HTTP call (rather than plain input).
@@ -59,25 +147,41 @@ impl HttpCall {
     /// The call `input` carries: `None` for plain input, an error for a damaged call.
     pub fn decode(input: &[u8]) -> Option<Result<Self, WireError>> {
         let rest = input.strip_prefix(HTTP_CALL_MAGIC)?;
-        Some(codec::decode(rest, codec::MAX_MESSAGE))
+        Some(
+            decode_with_trailers::<OwnedCallHead>(rest).map(|(head, trailers)| Self {
+                method: head.method,
+                path_and_query: head.path_and_query,
+                headers: head.headers,
+                body: head.body,
+                trailers,
+            }),
+        )
     }
 }
 
 impl HttpAnswer {
     /// The output bytes of an invocation answered with this.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let encoded = codec::encode(self, codec::MAX_MESSAGE)?;
-        let mut out = Vec::with_capacity(HTTP_ANSWER_MAGIC.len() + encoded.len());
-        out.extend_from_slice(HTTP_ANSWER_MAGIC);
-        out.extend_from_slice(&encoded);
-        Ok(out)
+        let head = AnswerHead {
+            status: self.status,
+            headers: &self.headers,
+            body: &self.body,
+        };
+        encode_with_trailers(HTTP_ANSWER_MAGIC, &head, &self.trailers)
     }
 
     /// The answer `output` carries: `None` when it is not a component's answer (a command's
     /// stdout, a plain invocation's body), an error for a damaged one.
     pub fn decode(output: &[u8]) -> Option<Result<Self, WireError>> {
         let rest = output.strip_prefix(HTTP_ANSWER_MAGIC)?;
-        Some(codec::decode(rest, codec::MAX_MESSAGE))
+        Some(
+            decode_with_trailers::<OwnedAnswerHead>(rest).map(|(head, trailers)| Self {
+                status: head.status,
+                headers: head.headers,
+                body: head.body,
+                trailers,
+            }),
+        )
     }
 }
 
@@ -95,7 +199,102 @@ mod tests {
                 ("x-bin".into(), vec![0xff]),
             ],
             body: b"{\"n\": 4}".to_vec(),
+            trailers: Vec::new(),
         }
+    }
+
+    /// The records as they were encoded before trailers existed.
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct CallBeforeTrailers {
+        method: String,
+        path_and_query: String,
+        headers: Vec<(String, Vec<u8>)>,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    }
+
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct AnswerBeforeTrailers {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        #[serde(with = "serde_bytes")]
+        body: Vec<u8>,
+    }
+
+    fn before(call: &HttpCall) -> CallBeforeTrailers {
+        CallBeforeTrailers {
+            method: call.method.clone(),
+            path_and_query: call.path_and_query.clone(),
+            headers: call.headers.clone(),
+            body: call.body.clone(),
+        }
+    }
+
+    #[test]
+    fn without_trailers_a_call_and_an_answer_are_the_bytes_they_were_before_trailers() {
+        let old_call = [
+            HTTP_CALL_MAGIC,
+            &codec::encode(&before(&call()), codec::MAX_MESSAGE).unwrap(),
+        ]
+        .concat();
+        assert_eq!(call().encode().unwrap(), old_call);
+        assert_eq!(HttpCall::decode(&old_call).unwrap().unwrap(), call());
+        let answer = HttpAnswer {
+            status: 201,
+            headers: vec![("x-a".into(), b"1".to_vec())],
+            body: b"made".to_vec(),
+            trailers: Vec::new(),
+        };
+        let old_answer = AnswerBeforeTrailers {
+            status: 201,
+            headers: answer.headers.clone(),
+            body: answer.body.clone(),
+        };
+        let old_bytes = [
+            HTTP_ANSWER_MAGIC,
+            &codec::encode(&old_answer, codec::MAX_MESSAGE).unwrap(),
+        ]
+        .concat();
+        assert_eq!(answer.encode().unwrap(), old_bytes);
+        assert_eq!(HttpAnswer::decode(&old_bytes).unwrap().unwrap(), answer);
+    }
+
+    #[test]
+    fn trailers_round_trip_and_a_decoder_from_before_them_refuses_the_record() {
+        let mut with = call();
+        with.trailers = vec![
+            ("x-checksum".into(), b"abc".to_vec()),
+            ("x-bin".into(), vec![0xfe]),
+        ];
+        let bytes = with.encode().unwrap();
+        assert_eq!(HttpCall::decode(&bytes).unwrap().unwrap(), with);
+        // A node of the previous version finds bytes after the record: a typed error, not a
+        // call whose trailers it silently lost.
+        let rest = bytes.strip_prefix(HTTP_CALL_MAGIC).unwrap();
+        assert!(matches!(
+            codec::decode::<CallBeforeTrailers>(rest, codec::MAX_MESSAGE),
+            Err(WireError::TrailingBytes { .. })
+        ));
+        // Anything after the trailers, or trailers cut short, is damage.
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(HttpCall::decode(&longer).unwrap().is_err());
+        assert!(
+            HttpCall::decode(&bytes[..bytes.len() - 1])
+                .unwrap()
+                .is_err()
+        );
+
+        let answer = HttpAnswer {
+            status: 200,
+            headers: Vec::new(),
+            body: b"streamed".to_vec(),
+            trailers: vec![("grpc-status".into(), b"0".to_vec())],
+        };
+        let bytes = answer.encode().unwrap();
+        assert_eq!(HttpAnswer::decode(&bytes).unwrap().unwrap(), answer);
+        let rest = bytes.strip_prefix(HTTP_ANSWER_MAGIC).unwrap();
+        assert!(codec::decode::<AnswerBeforeTrailers>(rest, codec::MAX_MESSAGE).is_err());
     }
 
     #[test]
@@ -144,6 +343,7 @@ mod tests {
             status: 418,
             headers: vec![("content-type".into(), b"text/plain".to_vec())],
             body: b"short and stout".to_vec(),
+            trailers: Vec::new(),
         };
         let bytes = answer.encode().unwrap();
         assert_eq!(HttpAnswer::decode(&bytes).unwrap().unwrap(), answer);

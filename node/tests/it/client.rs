@@ -1129,8 +1129,10 @@ async fn client_calls_a_component_with_its_method_path_headers_and_body() {
         headers: vec![
             ("x-status".into(), b"418".to_vec()),
             ("x-custom".into(), b"teapot".to_vec()),
+            ("x-trailer".into(), b"x-sum=9".to_vec()),
         ],
         body: b"abc".to_vec(),
+        trailers: vec![("x-checksum".into(), b"123".to_vec())],
     };
     let out = client
         .call_component("inspect", &call, InvokeOptions::default())
@@ -1153,6 +1155,9 @@ async fn client_calls_a_component_with_its_method_path_headers_and_body() {
             .any(|h| h[0] == "x-custom" && h[1] == "teapot"),
         "{seen}"
     );
+    // Trailers both ways.
+    assert_eq!(seen["trailers"], serde_json::json!([["x-checksum", "123"]]));
+    assert_eq!(out.trailers, vec![("x-sum".to_owned(), b"9".to_vec())]);
     // A command is not a component: refused, and the node keeps serving.
     let refused = client
         .call_component("echo", &call, InvokeOptions::default())

@@ -30,6 +30,21 @@ async fn call(
         .unwrap()
 }
 
+/// POSTs `queued` asynchronously (`headers` must ask for it), expects 202, and returns the
+/// finished invocation once it succeeded.
+async fn call_async_and_wait(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
+    let resp = call(addr, Method::POST, path, headers, b"queued").await;
+    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
+    let id = json(&resp)["id"].as_str().unwrap().to_owned();
+    let done = wait_finished(addr, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    done
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_sees_method_path_query_and_headers_and_sets_status_headers_and_body() {
     let dir = tempfile::tempdir().unwrap();
@@ -83,18 +98,12 @@ async fn a_component_sees_method_path_query_and_headers_and_sets_status_headers_
 
     // Asynchronously (the query is the component's, so the mode is a header): 202, and the
     // stored result is the response.
-    let resp = call(
+    let done = call_async_and_wait(
         addr,
-        Method::POST,
         "/fn/inspect/later?z=9",
         &[("x-tern-mode", "async"), ("x-status", "202")],
-        b"queued",
     )
     .await;
-    assert_eq!(resp.status, 202, "{}", String::from_utf8_lossy(&resp.body));
-    let id = json(&resp)["id"].as_str().unwrap().to_owned();
-    let done = wait_finished(addr, &id).await;
-    assert_eq!(done["status"], "succeeded", "{done}");
     assert_eq!(done["response"]["status"], 202, "{done}");
     assert!(done["result"].is_null(), "{done}");
     assert!(
@@ -201,6 +210,35 @@ async fn an_answer_over_the_output_cap_is_output_too_large_and_the_node_keeps_se
     );
     let resp = call(addr, Method::POST, "/fn/echo-component", &[], b"small").await;
     assert_eq!((resp.status, &resp.body[..]), (200, &b"small"[..]));
+
+    // Trailers count too: `inspect` lists its headers in its body, so a 600-byte `x-trailer`
+    // fits once (in the body) but not twice (body and trailer).
+    let resp = deploy_component(addr, "inspect", "inspect").await;
+    assert_eq!(resp.status, 201);
+    let value = format!("x-big={}", "t".repeat(600));
+    let resp = call(
+        addr,
+        Method::POST,
+        "/fn/inspect",
+        &[("x-echo", value.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let resp = call(
+        addr,
+        Method::POST,
+        "/fn/inspect",
+        &[("x-trailer", value.as_str())],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        (resp.status, code(&resp).as_str()),
+        (502, "output_too_large"),
+        "{}",
+        String::from_utf8_lossy(&resp.body)
+    );
     node.shutdown().await.unwrap();
 }
 
@@ -379,7 +417,8 @@ async fn matmul_json_as_a_component_answers_as_the_module_does() {
 }
 
 /// `tern call` reaches a component's route as curl would: method, path with its query,
-/// headers and body in; with `-i` the status and headers, a blank line, then the body; GET
+/// headers and body in; with `-i` the status and headers, a blank line, then the body (and
+/// after another blank line the trailers); GET
 /// without a body; `--async` prints the invocation id; a function that does not exist is the
 /// node's one-line error, and a header without a colon is refused before anything is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,12 +440,17 @@ async fn tern_call_sends_method_path_headers_and_body_and_prints_the_components_
         "x-status: 418",
         "-H",
         "x-custom:teapot",
+        "-H",
+        "x-trailer: x-sum=9",
         "-d",
         "abc",
         "-i",
     ]);
     assert!(ok, "{err}");
-    let (head, body) = out.split_once("\n\n").unwrap();
+    let (head, rest) = out.split_once("\n\n").unwrap();
+    // The trailers come after the body, past a blank line.
+    let (body, trailers) = rest.split_once("\n\n").unwrap();
+    assert_eq!(trailers, "x-sum: 9\n", "{out}");
     assert!(head.starts_with("HTTP 418\n"), "{head}");
     assert!(head.contains("\nx-inspected: yes"), "{head}");
     assert!(head.contains("\nx-tern-node: test-node"), "{head}");
@@ -490,4 +534,123 @@ async fn the_api_and_tern_list_say_whether_a_function_is_a_module_or_a_component
     };
     assert!(row("inspect").ends_with("component"), "{table}");
     assert!(row("echo").ends_with("module"), "{table}");
+}
+
+/// A request over a raw connection (`Connection: close`), and the whole answer as sent.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    String::from_utf8(answer).unwrap()
+}
+
+/// A chunked HTTP/1.1 answer: its head, its body, and its trailer section.
+fn unchunk(answer: &str) -> (String, String, String) {
+    let (head, mut rest) = answer.split_once("\r\n\r\n").unwrap();
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return (head.to_owned(), body, after.to_owned());
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").unwrap();
+    }
+}
+
+/// Trailers both ways through the `/fn/` route: the fields a caller sends after a chunked body
+/// reach the component's incoming body, and the trailers the component sets come back after
+/// its body to a caller that asked with `TE: trailers` (announced in a `Trailer` header); a
+/// caller that did not ask gets the same answer without them. An asynchronous call keeps them
+/// with its stored response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_reach_the_component_and_its_trailers_reach_a_caller_that_accepts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let resp = deploy_component(addr, "inspect", "inspect").await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+
+    // Among the trailers asked for, one HTTP does not allow in trailers; among those sent, a
+    // token the component must not see.
+    let request = |te: &str| {
+        format!(
+            "POST /fn/inspect/t HTTP/1.1\r\nHost: tern\r\nConnection: close\r\n{te}\
+             Transfer-Encoding: chunked\r\nx-trailer: x-sum=9\r\nx-trailer: grpc-status=0\r\n\
+             x-trailer: content-type=text/evil\r\n\r\n\
+             3\r\nabc\r\n2\r\nde\r\n0\r\nx-checksum: 123\r\nauthorization: Bearer t\r\n\
+             x-other: two\r\n\r\n"
+        )
+    };
+    let answer = raw_exchange(addr, &request("TE: trailers\r\n")).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let (head, body, trailers) = unchunk(&answer);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(head.contains("\r\ntrailer: x-sum, grpc-status"), "{head}");
+    assert_eq!(trailers, "x-sum: 9\r\ngrpc-status: 0\r\n\r\n", "{answer}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen["body_bytes"], 5, "{seen}");
+    assert_eq!(
+        seen["trailers"],
+        serde_json::json!([["x-checksum", "123"], ["x-other", "two"]]),
+        "{seen}"
+    );
+
+    // Without `TE: trailers` the caller did not say it can take them: the same body with its
+    // length, and no trailers announced or sent.
+    let answer = raw_exchange(addr, &request("")).await;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("\r\ntrailer:"), "{head}");
+    assert!(!head.contains("\r\ntransfer-encoding:"), "{head}");
+    assert!(
+        head.contains(&format!("\r\ncontent-length: {}", body.len())),
+        "{answer}"
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(body).unwrap(),
+        seen
+    );
+
+    // A component that sets none: a plain answer with its length, no `Trailer` header.
+    let resp = call(
+        addr,
+        Method::POST,
+        "/fn/inspect",
+        &[("te", "trailers")],
+        b"x",
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("content-length")
+            .map(|l| l.parse::<usize>().unwrap()),
+        Some(resp.body.len())
+    );
+    assert!(resp.header("trailer").is_none());
+    assert!(resp.trailers.is_empty(), "{:?}", resp.trailers);
+
+    // Asynchronously: the stored response lists them.
+    let done = call_async_and_wait(
+        addr,
+        "/fn/inspect/later",
+        &[("x-tern-mode", "async"), ("x-trailer", "x-sum=10")],
+    )
+    .await;
+    assert_eq!(
+        done["response"]["trailers"],
+        serde_json::json!([["x-sum", "10"]]),
+        "{done}"
+    );
+    node.shutdown().await.unwrap();
 }

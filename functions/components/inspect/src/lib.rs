@@ -4,7 +4,7 @@
 //! The answer is `content-type: application/json` with one object, keys in this order:
 //!
 //! ```json
-//! {"method":"POST","path":"/a/b","query":"x=1&y=2","headers":[["x-one","1"],["x-two","2"]],"body_bytes":5}
+//! {"method":"POST","path":"/a/b","query":"x=1&y=2","headers":[["x-one","1"],["x-two","2"]],"body_bytes":5,"trailers":[["x-sum","9"]]}
 //! ```
 //!
 //! * `method`: as the host gave it (`GET`, `POST`, … or the extension method's own spelling).
@@ -13,6 +13,7 @@
 //! * `headers`: every `[name, value]` pair in the order the host lists them, values decoded as
 //!   UTF-8 lossily (an invalid sequence becomes U+FFFD).
 //! * `body_bytes`: the length of the request body, read in full.
+//! * `trailers`: the fields sent after the body, as `headers` (`[]` if none).
 //!
 //! Strings are escaped by hand: `"` and `\` with a backslash, control characters (U+0000 to
 //! U+001F and U+007F) as `\u00xx` (lowercase hex); everything else is written as is.
@@ -20,11 +21,13 @@
 //! The status is 200, or the value of the first `x-status` request header when that is a
 //! decimal number in 100..=599. A body over [`MAX_BODY`] bytes is answered with 413 and a body
 //! the host cannot deliver with 400, both without a body. Every answer carries `x-inspected: yes`,
-//! and every request writes one line to stderr: `inspect: METHOD PATH`.
+//! and every request writes one line to stderr: `inspect: METHOD PATH`. Each `x-trailer: NAME=VALUE`
+//! request header becomes a trailer of the answer (`NAME: VALUE`, after the body); if one of
+//! them is not a valid field, the answer has no trailers.
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 use wasip2::io::streams::StreamError;
 
@@ -52,17 +55,19 @@ impl Guest for Inspect {
             fields.entries()
         };
         let status = requested_status(&headers).unwrap_or(200);
-        match body_length(&request) {
-            Ok(body_bytes) => {
-                let json = describe(&method, path, query, &headers, body_bytes);
+        let trailers = requested_trailers(&headers);
+        match read_body(&request) {
+            Ok((body_bytes, received)) => {
+                let json = describe(&method, path, query, &headers, body_bytes, &received);
                 respond(
                     response_out,
                     status,
                     &[("content-type", b"application/json")],
                     json.as_bytes(),
+                    &trailers,
                 );
             }
-            Err(status) => respond(response_out, status, &[], b""),
+            Err(status) => respond(response_out, status, &[], b"", &[]),
         }
     }
 }
@@ -98,19 +103,50 @@ fn requested_status(headers: &[(String, Vec<u8>)]) -> Option<u16> {
     (100..=599).contains(&status).then_some(status)
 }
 
-/// The length of the whole request body, or the status to answer with instead.
-fn body_length(request: &IncomingRequest) -> Result<usize, u16> {
+/// Header or trailer fields: names and their values' bytes.
+type FieldList = Vec<(String, Vec<u8>)>;
+
+/// The trailers asked for by `x-trailer: NAME=VALUE` headers.
+fn requested_trailers(headers: &[(String, Vec<u8>)]) -> FieldList {
+    headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-trailer"))
+        .filter_map(|(_, value)| {
+            let eq = value.iter().position(|&b| b == b'=')?;
+            let name = std::str::from_utf8(&value[..eq])
+                .ok()?
+                .trim()
+                .to_ascii_lowercase();
+            Some((name, value[eq + 1..].to_vec()))
+        })
+        .collect()
+}
+
+/// The length of the whole request body and the trailers after it, or the status to answer
+/// with instead.
+fn read_body(request: &IncomingRequest) -> Result<(usize, FieldList), u16> {
     let incoming = request.consume().map_err(|()| 500u16)?;
-    let stream = incoming.stream().map_err(|()| 500u16)?;
-    let mut length = 0usize;
-    loop {
-        match stream.blocking_read(64 * 1024) {
-            Ok(chunk) if length + chunk.len() > MAX_BODY => return Err(413),
-            Ok(chunk) => length += chunk.len(),
-            Err(StreamError::Closed) => return Ok(length),
-            Err(StreamError::LastOperationFailed(_)) => return Err(400),
+    let length = {
+        // The stream is a child of the body: it goes before the body is finished.
+        let stream = incoming.stream().map_err(|()| 500u16)?;
+        let mut length = 0usize;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) if length + chunk.len() > MAX_BODY => return Err(413),
+                Ok(chunk) => length += chunk.len(),
+                Err(StreamError::Closed) => break length,
+                Err(StreamError::LastOperationFailed(_)) => return Err(400),
+            }
         }
-    }
+    };
+    let future = IncomingBody::finish(incoming);
+    future.subscribe().block();
+    let trailers = match future.get() {
+        Some(Ok(Ok(Some(fields)))) => fields.entries(),
+        Some(Ok(Ok(None))) => Vec::new(),
+        _ => return Err(400),
+    };
+    Ok((length, trailers))
 }
 
 /// The JSON object described in the crate documentation.
@@ -120,6 +156,7 @@ fn describe(
     query: &str,
     headers: &[(String, Vec<u8>)],
     body_bytes: usize,
+    trailers: &[(String, Vec<u8>)],
 ) -> String {
     let mut out = String::with_capacity(128);
     out.push_str("{\"method\":");
@@ -128,21 +165,30 @@ fn describe(
     push_json_str(&mut out, path);
     out.push_str(",\"query\":");
     push_json_str(&mut out, query);
-    out.push_str(",\"headers\":[");
-    for (i, (name, value)) in headers.iter().enumerate() {
+    out.push_str(",\"headers\":");
+    push_fields(&mut out, headers);
+    out.push_str(",\"body_bytes\":");
+    out.push_str(&body_bytes.to_string());
+    out.push_str(",\"trailers\":");
+    push_fields(&mut out, trailers);
+    out.push('}');
+    out
+}
+
+/// `fields` as a JSON array of `[name, value]` pairs, values decoded as UTF-8 lossily.
+fn push_fields(out: &mut String, fields: &[(String, Vec<u8>)]) {
+    out.push('[');
+    for (i, (name, value)) in fields.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('[');
-        push_json_str(&mut out, name);
+        push_json_str(out, name);
         out.push(',');
-        push_json_str(&mut out, &String::from_utf8_lossy(value));
+        push_json_str(out, &String::from_utf8_lossy(value));
         out.push(']');
     }
-    out.push_str("],\"body_bytes\":");
-    out.push_str(&body_bytes.to_string());
-    out.push('}');
-    out
+    out.push(']');
 }
 
 /// `s` as a JSON string literal: `"` and `\` escaped with a backslash, control characters as
@@ -166,7 +212,13 @@ fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn respond(out: ResponseOutparam, status: u16, extra: &[(&str, &[u8])], body: &[u8]) {
+fn respond(
+    out: ResponseOutparam,
+    status: u16,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+    trailers: &[(String, Vec<u8>)],
+) {
     let mut headers = vec![
         ("x-inspected".to_string(), b"yes".to_vec()),
         (
@@ -196,7 +248,10 @@ fn respond(out: ResponseOutparam, status: u16, extra: &[(&str, &[u8])], body: &[
             }
         }
     }
-    let _ = OutgoingBody::finish(outgoing, None);
+    let trailers = (!trailers.is_empty())
+        .then(|| Fields::from_list(trailers).ok())
+        .flatten();
+    let _ = OutgoingBody::finish(outgoing, trailers);
 }
 
 #[cfg(test)]
