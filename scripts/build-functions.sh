@@ -12,7 +12,7 @@ TARGET=wasm32-wasip1
 FUNCTIONS=(echo matmul-json loop membomb recurse trap bigoutput sandbox-probe exit-code logger)
 COMPONENTS_DIR="$FUNCS_DIR/components"
 COMPONENT_TARGET=wasm32-wasip2
-COMPONENTS=(echo hello inspect matmul-json)
+COMPONENTS=(drip echo hello inspect matmul-json)
 
 for target in "$TARGET" "$COMPONENT_TARGET"; do
     rustup target add "$target" >/dev/null 2>&1 || rustup target add "$target"

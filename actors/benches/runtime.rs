@@ -100,6 +100,7 @@ fn bench(c: &mut Criterion) {
         input: Bytes::from_static(b"hello"),
         map: false,
         trace: tracing::Span::none(),
+        stream: tern_runtime::AnswerStream::default(),
     };
 
     // Side by side in one run: how much of each linear memory stays resident between

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use std::time::Instant;
 
-use tern_runtime::{Lease, Meu, Timings};
+use tern_runtime::{AnswerStream, Lease, Meu, Timings};
 use tern_wire::FunctionName;
 use tokio::sync::oneshot;
 
@@ -22,6 +22,9 @@ pub struct Invocation {
     pub map: bool,
     /// The invocation's root span when it is traced, else `Span::none()` (see [`Meu::trace`]).
     pub trace: tracing::Span,
+    /// Where a component's answer goes as it is written ([`Meu::stream`]); empty for an
+    /// answer wanted whole. Only a plain invocation's one MEU carries it.
+    pub stream: AnswerStream,
 }
 
 /// The one MEU of a plain (not `map`) invocation accepted at `accepted_at`, holding `lease`.
@@ -34,6 +37,7 @@ pub(crate) fn single_meu(inv: Invocation, accepted_at: Instant, lease: Lease) ->
         accepted_at,
         lease: Some(lease),
         trace: inv.trace,
+        stream: inv.stream,
     }
 }
 

@@ -24,7 +24,7 @@ use tern_sync::poison::lock;
 use crate::artifacts::ArtifactView;
 use crate::error::Error;
 use crate::inside::CellArgs;
-use crate::process::{CellProcess, CellSpec, LogTo};
+use crate::process::{CellProcess, CellSpec, LogTo, StreamTo};
 
 /// Where a root node's cells get their users: tenant n's cells (in the order the node first
 /// saw them) run as user `CELL_USERS + n` and group `CELL_USERS`, far above any distribution's
@@ -769,6 +769,9 @@ impl Cells {
         // replaces it. Once: a cell that dies before starting anything twice in a row is not
         // tried a third time here.
         let mut attempts = 0;
+        // A component's answer the caller takes as it is written: only a started run sends
+        // parts, so an attempt that ended before starting leaves the stream unused.
+        let stream = meu.stream.take();
         let (call, outcome) = loop {
             attempts += 1;
             let call = self.running(&tenant).await.map_err(fault)?;
@@ -789,6 +792,9 @@ impl Cells {
                             &meu.request_id,
                             log,
                             Some(reported.clone()),
+                            stream.clone().map(|parts| {
+                                StreamTo::new(parts, self.config.args.max_output_bytes)
+                            }),
                         )
                         .await
                 }

@@ -383,6 +383,7 @@ async fn serve(args: CellArgs) -> i32 {
                 input,
                 items,
                 request_id,
+                stream,
             } => {
                 // Only the version the node asked for runs (two installs racing may have left
                 // another one here); the node installs it and asks again.
@@ -416,7 +417,26 @@ async fn serve(args: CellArgs) -> i32 {
                         true => id.to_string(),
                         false => request_id,
                     };
-                    let meu = Meu::new(request_id, function, Bytes::from(input), items as usize);
+                    let mut meu =
+                        Meu::new(request_id, function, Bytes::from(input), items as usize);
+                    // A streamed answer's parts go out as they come, all before `Ran`.
+                    let mut parts = None;
+                    if stream {
+                        let (slot, rx) = tern_runtime::AnswerStream::new();
+                        meu.stream = slot;
+                        parts = Some(rx);
+                    }
+                    let forward = {
+                        let tx = tx.clone();
+                        async move {
+                            let Some(mut parts) = parts else { return };
+                            while let Some(part) = parts.recv().await {
+                                if tx.send(FromCell::Part { id, part }).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    };
                     // This run's own stderr: it goes with the run (a cancelled run's with it).
                     let stderr = Arc::new(RunStderr::default());
                     let cpu_ns = Arc::new(AtomicU64::new(0));
@@ -424,9 +444,9 @@ async fn serve(args: CellArgs) -> i32 {
                         log: Some(stderr.clone()),
                         cpu_ns: Some(cpu_ns.clone()),
                     };
-                    let result = runtime
-                        .execute_with(meu, &sandbox, sinks)
-                        .await
+                    let (result, ()) =
+                        tokio::join!(runtime.execute_with(meu, &sandbox, sinks), forward);
+                    let result = result
                         .map(|o| Outcome {
                             output: o.output.to_vec(),
                             cold_start: o.cold_start,
@@ -515,7 +535,12 @@ fn too_large(answer: FromCell, why: &str) -> Option<FromCell> {
             id,
             result: Err(error),
         }),
-        FromCell::Ready | FromCell::Started { .. } | FromCell::Pong { .. } => None,
+        // A part is at most a body chunk or the head and trailers, which count against the
+        // output cap like the whole answer the frame limit is sized for.
+        FromCell::Ready
+        | FromCell::Started { .. }
+        | FromCell::Pong { .. }
+        | FromCell::Part { .. } => None,
     }
 }
 

@@ -23,4 +23,4 @@ pub use artifacts::ArtifactView;
 pub use cells::{CellQuota, Cells, CellsConfig};
 pub use error::Error;
 pub use inside::CellArgs;
-pub use process::{CellProcess, CellSpec};
+pub use process::{CellProcess, CellSpec, StreamTo};

@@ -59,7 +59,50 @@ enum Waiting {
         log: Option<(FunctionName, LogTo)>,
         /// Added to: the guest CPU time the cell reports, nanoseconds.
         cpu_ns: Option<Arc<AtomicU64>>,
+        /// Where the answer's parts go, for a run asked to stream.
+        stream: Option<StreamTo>,
     },
+}
+
+/// Where a streamed run's answer goes on the node, and how much of it the node still takes: a
+/// cell counts a streamed answer's parts against the output cap
+/// ([`tern_runtime::part_size`]), and one that sends more, or parts out of order (anything
+/// before the head, a second head, anything after the end), has broken the protocol.
+pub struct StreamTo {
+    parts: tern_runtime::AnswerSender,
+    budget: usize,
+    head_seen: bool,
+    end_seen: bool,
+}
+
+impl StreamTo {
+    /// Parts go to `parts`, at most `budget` of them by [`tern_runtime::part_size`].
+    pub fn new(parts: tern_runtime::AnswerSender, budget: usize) -> Self {
+        Self {
+            parts,
+            budget,
+            head_seen: false,
+            end_seen: false,
+        }
+    }
+
+    /// Takes `part` for the caller, or says how it breaks the protocol.
+    fn take(&mut self, part: tern_wire::AnswerPart) -> Result<(), &'static str> {
+        let is_head = matches!(part, tern_wire::AnswerPart::Head { .. });
+        if self.end_seen || is_head == self.head_seen {
+            return Err("out of order");
+        }
+        let size = tern_runtime::part_size(&part);
+        if size > self.budget {
+            return Err("more than its output cap");
+        }
+        self.budget -= size;
+        self.head_seen = true;
+        self.end_seen = matches!(part, tern_wire::AnswerPart::End);
+        // A caller that stopped reading: the rest is dropped, the run goes on.
+        let _ = self.parts.send(part);
+        Ok(())
+    }
 }
 
 /// Where a run's guest stderr goes on the node: `sink`, under `request_id`, at most `cap`
@@ -310,14 +353,15 @@ impl CellProcess {
         input: Vec<u8>,
         items: u32,
     ) -> Result<Outcome, Error> {
-        self.run_logged(function, hash, input, items, "", None, None)
+        self.run_logged(function, hash, input, items, "", None, None, None)
             .await
     }
 
     /// [`CellProcess::run`] of the node's request `request_id` (what the guest sees as
     /// `TERN_REQUEST_ID`), with the guest's stderr recorded in `log` and the CPU time it used
-    /// added to `cpu_ns` when the cell answers, whatever the answer.
-    #[allow(clippy::too_many_arguments)] // one run's identity, input and the two sinks its answer fills
+    /// added to `cpu_ns` when the cell answers, whatever the answer; with `stream`, a
+    /// component's answer is sent there as it is written (and the outcome has no body).
+    #[allow(clippy::too_many_arguments)] // one run's identity, input and the three sinks its answer fills
     pub async fn run_logged(
         &self,
         function: FunctionName,
@@ -327,6 +371,7 @@ impl CellProcess {
         request_id: &str,
         log: Option<LogTo>,
         cpu_ns: Option<Arc<AtomicU64>>,
+        stream: Option<StreamTo>,
     ) -> Result<Outcome, Error> {
         let not_started = |e: Error| match e {
             Error::CellExited(why) => Error::EndedBeforeStart(why),
@@ -340,19 +385,21 @@ impl CellProcess {
         let (tx, rx) = oneshot::channel();
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let waiting = Waiting::Run {
-            answer: tx,
-            started: started.clone(),
-            log: log.map(|to| (function.clone(), to)),
-            cpu_ns,
-        };
         let request = ToCell::Run {
             id,
-            function,
+            function: function.clone(),
             hash,
             input,
             items,
             request_id: request_id.to_owned(),
+            stream: stream.is_some(),
+        };
+        let waiting = Waiting::Run {
+            answer: tx,
+            started: started.clone(),
+            log: log.map(|to| (function, to)),
+            cpu_ns,
+            stream,
         };
         self.send(id, waiting, request).await.map_err(not_started)?;
         let mut cancel = CancelOnDrop {
@@ -551,6 +598,21 @@ async fn read_answers(
                     }
                 }
             },
+            FromCell::Part { id, part } => match shared.lock().get_mut(&id) {
+                Some(Waiting::Run {
+                    stream: Some(to),
+                    started,
+                    ..
+                }) if started.load(Ordering::Acquire) => {
+                    if let Err(how) = to.take(part) {
+                        return format!("the cell streamed {id} {how}");
+                    }
+                }
+                Some(_) => return format!("the cell streamed {id}, which is not a started stream"),
+                // A run the node stopped waiting for may have streamed any number of parts.
+                None if id < shared.next_id.load(Ordering::Relaxed) => {}
+                None => return format!("the cell streamed {id}, which was never asked"),
+            },
             FromCell::Ran {
                 id,
                 result,
@@ -671,6 +733,7 @@ fn describe(status: &std::process::ExitStatus) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -685,5 +748,129 @@ mod tests {
         assert!(unsolicited(&shared, 3).is_ok());
         assert!(unsolicited(&shared, 4).is_ok());
         assert!(unsolicited(&shared, 5).is_err(), "one more than abandoned");
+    }
+
+    /// `frames` written to a pipe as a cell would (after `Ready`), then read by `read_answers`
+    /// with run 1 waiting (streamed, with a budget of `budget` bytes) and ids up to 99 asked:
+    /// what it stopped with and the parts run 1's stream got.
+    async fn read_streamed(
+        frames: &[FromCell],
+        budget: usize,
+    ) -> (String, Vec<tern_wire::AnswerPart>) {
+        let (read, write) = std::io::pipe().unwrap();
+        let mut bytes = Vec::new();
+        for f in std::iter::once(&FromCell::Ready).chain(frames) {
+            let body = tern_wire::encode(f, 1 << 20).unwrap();
+            bytes.extend(tern_wire::encode_frame(&body, 1 << 20).unwrap());
+        }
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut write = write;
+            write.write_all(&bytes).unwrap();
+        });
+        let (parts, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let (answer, _answered) = oneshot::channel();
+        let shared = Shared {
+            waiting: Mutex::new(HashMap::from([(
+                1,
+                Waiting::Run {
+                    answer,
+                    started: Arc::default(),
+                    log: None,
+                    cpu_ns: None,
+                    stream: Some(StreamTo::new(parts, budget)),
+                },
+            )])),
+            ended: watch::channel(None).0,
+            next_id: AtomicU64::new(100),
+            tolerated: AtomicU64::new(0),
+        };
+        let mut reader = pipe::Receiver::from_owned_fd(OwnedFd::from(read)).unwrap();
+        let (ready, _) = oneshot::channel();
+        let why = read_answers(&mut reader, 1 << 20, &shared, ready).await;
+        writer.join().unwrap();
+        drop(shared);
+        let mut got = Vec::new();
+        while let Some(p) = received.recv().await {
+            got.push(p);
+        }
+        (why, got)
+    }
+
+    fn data(n: usize) -> tern_wire::AnswerPart {
+        tern_wire::AnswerPart::Data(vec![b'x'; n])
+    }
+
+    fn head() -> tern_wire::AnswerPart {
+        tern_wire::AnswerPart::Head {
+            status: 200,
+            headers: vec![("x".into(), b"y".to_vec())],
+            cold_start: false,
+        }
+    }
+
+    /// A budget for a head and parts of `bytes` in all.
+    fn budget(parts: usize, bytes: usize) -> usize {
+        tern_runtime::part_size(&head()) + parts * tern_runtime::PART_OVERHEAD + bytes
+    }
+
+    #[tokio::test]
+    async fn streamed_parts_reach_their_run_within_its_budget_and_one_past_it_ends_the_cell() {
+        let part = |id, part| FromCell::Part { id, part };
+        let (why, got) = read_streamed(
+            &[
+                FromCell::Started { id: 1 },
+                part(1, head()),
+                part(1, data(4)),
+                // A run the node stopped waiting for: dropped, however many come.
+                part(7, data(50)),
+                part(7, data(50)),
+                part(1, data(6)),
+                part(1, data(1)),
+            ],
+            budget(2, 10),
+        )
+        .await;
+        assert!(why.contains("streamed 1 more than its output cap"), "{why}");
+        assert_eq!(got, vec![head(), data(4), data(6)]);
+        // Each part counts its overhead: empty parts run the budget down too.
+        let empties: Vec<_> = std::iter::once(FromCell::Started { id: 1 })
+            .chain(std::iter::once(part(1, head())))
+            .chain((0..4).map(|_| part(1, data(0))))
+            .collect();
+        let (why, got) = read_streamed(&empties, budget(3, 0)).await;
+        assert!(why.contains("more than its output cap"), "{why}");
+        assert_eq!(got.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn parts_out_of_order_or_for_a_run_never_asked_or_not_started_end_the_cell() {
+        let part = |id, part| FromCell::Part { id, part };
+        let started = FromCell::Started { id: 1 };
+        let (why, got) = read_streamed(&[started.clone(), part(100, head())], 1 << 20).await;
+        assert!(why.contains("never asked"), "{why}");
+        assert!(got.is_empty());
+        // Parts come only between `Started` and `Ran`.
+        let (why, got) = read_streamed(&[part(1, head())], 1 << 20).await;
+        assert!(why.contains("not a started stream"), "{why}");
+        assert!(got.is_empty());
+        // The head first, once; nothing after the end.
+        for (frames, taken) in [
+            (vec![part(1, data(1))], 0),
+            (vec![part(1, head()), part(1, head())], 1),
+            (
+                vec![
+                    part(1, head()),
+                    part(1, tern_wire::AnswerPart::End),
+                    part(1, data(1)),
+                ],
+                2,
+            ),
+        ] {
+            let all: Vec<_> = std::iter::once(started.clone()).chain(frames).collect();
+            let (why, got) = read_streamed(&all, 1 << 20).await;
+            assert!(why.contains("streamed 1 out of order"), "{why}");
+            assert_eq!(got.len(), taken);
+        }
     }
 }

@@ -8,7 +8,7 @@
 //! frame over the limit or one that does not decode ends the cell).
 
 use serde::{Deserialize, Serialize};
-use tern_wire::{ApiError, FunctionInfo, FunctionName, ModuleHash, Timings};
+use tern_wire::{AnswerPart, ApiError, FunctionInfo, FunctionName, ModuleHash, Timings};
 
 /// The byte that lets a cell start jailing itself.
 pub const GO: u8 = b'!';
@@ -33,6 +33,9 @@ pub enum ToCell {
         /// The node's request id, which the guest sees as `TERN_REQUEST_ID` (empty: the
         /// run's id).
         request_id: String,
+        /// Send a component's answer as it is written ([`FromCell::Part`]s between `Started`
+        /// and `Ran`, whose output then has no body).
+        stream: bool,
     },
     /// The caller went away: stop MEU `id`, waiting or running (no answer).
     Cancel { id: u64 },
@@ -66,6 +69,11 @@ pub enum FromCell {
         /// CPU time the guest used, nanoseconds, whatever the result (a guest that trapped or
         /// ran out its time cost the machine too).
         guest_cpu_ns: u64,
+    },
+    /// A piece of MEU `id`'s answer, for a run asked to stream, in order.
+    Part {
+        id: u64,
+        part: AnswerPart,
     },
 }
 

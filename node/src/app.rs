@@ -925,6 +925,7 @@ impl App {
             input: Bytes::from(std::mem::take(&mut record.input)),
             map: record.map,
             trace: trace.clone(),
+            stream: tern_runtime::AnswerStream::default(),
         };
         let input = inv.input.clone();
         let result = self.pipeline.invoke_admitted(inv, permit).await;

@@ -33,6 +33,7 @@ use crate::auth::Caller;
 use crate::error::NodeError;
 use crate::self_wake::RepollOnSelfWake;
 use crate::service;
+use crate::streamed::{CutShort, Streamed, StreamedBody};
 
 type Body = Full<Bytes>;
 
@@ -42,50 +43,67 @@ type Body = Full<Bytes>;
 struct Trailers(hyper::HeaderMap);
 
 /// What a connection sends: a response's bytes at once, then a component's trailers if it set
-/// any. With trailers the length is left unknown, so hyper frames the body in chunks, the
-/// only HTTP/1.1 framing with room for trailers; hyper sends them to callers that asked with
-/// `TE: trailers` and leaves them out for the others, as HTTP allows.
-struct Sent {
-    body: Body,
-    trailers: Option<hyper::HeaderMap>,
+/// any, or a component's answer as it is written ([`Streamed`]). With trailers the length is
+/// left unknown, so hyper frames the body in chunks, the only HTTP/1.1 framing with room for
+/// trailers; the node adds them only for callers that asked with `TE: trailers`.
+enum Sent {
+    Whole {
+        body: Body,
+        trailers: Option<hyper::HeaderMap>,
+    },
+    Streamed(Box<Streamed>),
 }
 
 impl Sent {
     fn new(resp: Response<Body>) -> Response<Self> {
         let (mut parts, body) = resp.into_parts();
+        if let Some(streamed) = parts
+            .extensions
+            .remove::<StreamedBody>()
+            .and_then(|s| s.take())
+        {
+            return Response::from_parts(parts, Sent::Streamed(Box::new(streamed)));
+        }
         let trailers = parts.extensions.remove::<Trailers>().map(|t| t.0);
-        Response::from_parts(parts, Sent { body, trailers })
+        Response::from_parts(parts, Sent::Whole { body, trailers })
     }
 }
 
 impl hyper::body::Body for Sent {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = CutShort;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        let this = &mut *self;
-        match std::pin::Pin::new(&mut this.body).poll_frame(cx) {
-            std::task::Poll::Ready(None) => std::task::Poll::Ready(
-                this.trailers
-                    .take()
-                    .map(|t| Ok(hyper::body::Frame::trailers(t))),
-            ),
-            other => other,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, CutShort>>> {
+        match &mut *self {
+            Sent::Whole { body, trailers } => match std::pin::Pin::new(body).poll_frame(cx) {
+                std::task::Poll::Ready(None) => std::task::Poll::Ready(
+                    trailers.take().map(|t| Ok(hyper::body::Frame::trailers(t))),
+                ),
+                std::task::Poll::Ready(Some(Ok(frame))) => std::task::Poll::Ready(Some(Ok(frame))),
+                std::task::Poll::Ready(Some(Err(never))) => match never {},
+                std::task::Poll::Pending => std::task::Poll::Pending,
+            },
+            Sent::Streamed(streamed) => std::pin::Pin::new(&mut **streamed).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.trailers.is_none() && self.body.is_end_stream()
+        match self {
+            Sent::Whole { body, trailers } => trailers.is_none() && body.is_end_stream(),
+            Sent::Streamed(streamed) => streamed.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        if self.trailers.is_some() {
-            hyper::body::SizeHint::default()
-        } else {
-            self.body.size_hint()
+        match self {
+            Sent::Whole {
+                body,
+                trailers: None,
+            } => body.size_hint(),
+            _ => hyper::body::SizeHint::default(),
         }
     }
 }
@@ -795,6 +813,10 @@ enum CallShape {
         headers: Vec<(String, Vec<u8>)>,
         /// Whether the component's trailers are sent back ([`accepts_trailers`]).
         accepts_trailers: bool,
+        /// Whether the answer is sent as it is written, when it runs on this node (not for
+        /// `HEAD`, whose answer has no body to wait for, nor for HTTP/1.0, which could not
+        /// tell a body cut short from a whole one).
+        streams: bool,
     },
 }
 
@@ -818,6 +840,7 @@ impl CallShape {
         CallShape::Component {
             method: req.method().as_str().to_owned(),
             accepts_trailers: accepts_trailers(req),
+            streams: req.method() != Method::HEAD && req.version() == hyper::Version::HTTP_11,
             path_and_query,
             headers: req
                 .headers()
@@ -874,7 +897,8 @@ async fn run_call_traced(
     let permit = traces::admission(trace).in_scope(|| app.pipeline.admit())?;
     let (body, trailers) = read_body_and_trailers(app, req, app.config.max_body_bytes).await?;
     let name = call.with_input(app, &body)?;
-    // For a component, whether its trailers go back to the caller.
+    // For a component, whether its trailers go back to the caller and whether its answer is
+    // sent as it is written.
     let (input, map, component) = match shape {
         CallShape::Plain { map } => (body, map, None),
         CallShape::Component {
@@ -882,6 +906,7 @@ async fn run_call_traced(
             path_and_query,
             headers,
             accepts_trailers,
+            streams,
         } => {
             let input = tern_wire::HttpCall {
                 method,
@@ -895,7 +920,7 @@ async fn run_call_traced(
             }
             .encode()
             .map_err(|e| NodeError::BadRequest(format!("cannot pass the request on: {e}")))?;
-            (Bytes::from(input), false, Some(accepts_trailers))
+            (Bytes::from(input), false, Some((accepts_trailers, streams)))
         }
     };
     if asynchronous {
@@ -909,22 +934,53 @@ async fn run_call_traced(
         }
         return Ok(resp);
     }
-    let result = app
-        .pipeline
-        .invoke_admitted(
-            Invocation {
-                request_id: request_id.as_str().into(),
-                function: name,
-                input,
-                map,
-                trace: trace.clone(),
-            },
-            permit,
-        )
-        .await;
+    // A component's answer is taken as it is written when it runs here (see `streamed`).
+    let (stream, parts) = match component {
+        Some((_, true)) => {
+            let (stream, parts) = tern_runtime::AnswerStream::new();
+            (stream, Some(parts))
+        }
+        _ => (tern_runtime::AnswerStream::default(), None),
+    };
+    let invocation = Invocation {
+        request_id: request_id.as_str().into(),
+        function: name,
+        input,
+        map,
+        trace: trace.clone(),
+        stream,
+    };
+    let result = match (parts, component) {
+        (Some(parts), Some((accepts_trailers, _))) => {
+            let run_app = app.clone();
+            let run: crate::streamed::Run =
+                Box::pin(async move { run_app.pipeline.invoke_admitted(invocation, permit).await });
+            match first_part(parts, run).await {
+                Head::Streamed {
+                    parts,
+                    run,
+                    status,
+                    headers,
+                    cold_start,
+                } => {
+                    return streamed_response(
+                        app,
+                        &request_id,
+                        trace,
+                        parts,
+                        run,
+                        (status, headers, cold_start),
+                        accepts_trailers,
+                    );
+                }
+                Head::Whole(result) => result,
+            }
+        }
+        _ => app.pipeline.invoke_admitted(invocation, permit).await,
+    };
     traces::outcome(trace, &result);
     let outcome = result?;
-    let mut resp = if let Some(accepts_trailers) = component {
+    let mut resp = if let Some((accepts_trailers, _)) = component {
         component_response(&outcome.output, accepts_trailers)?
     } else {
         let mut resp = Response::new(Full::new(outcome.output));
@@ -948,6 +1004,147 @@ async fn run_call_traced(
         h.insert("x-tern-request-id", v);
     }
     Ok(resp)
+}
+
+/// How a component's call is answered: as it is written (the run sent its head), or whole.
+enum Head {
+    Streamed {
+        parts: tokio::sync::mpsc::UnboundedReceiver<tern_wire::AnswerPart>,
+        /// The run going on, or its result if it has ended.
+        run: Result<crate::streamed::Run, Result<tern_actors::Outcome, tern_actors::Error>>,
+        status: u16,
+        headers: tern_wire::HttpFields,
+        cold_start: bool,
+    },
+    Whole(Result<tern_actors::Outcome, tern_actors::Error>),
+}
+
+/// Waits for the run's head or its result, whichever comes first; a head already sent wins
+/// over a result that came with it (the result of a streamed run has no body).
+async fn first_part(
+    mut parts: tokio::sync::mpsc::UnboundedReceiver<tern_wire::AnswerPart>,
+    mut run: crate::streamed::Run,
+) -> Head {
+    // The run as it stands: going on, or ended with this result.
+    let (first, run) = tokio::select! {
+        biased;
+        part = parts.recv() => (part, Ok(run)),
+        result = &mut run => (parts.try_recv().ok(), Err(result)),
+    };
+    match (first, run) {
+        (
+            Some(tern_wire::AnswerPart::Head {
+                status,
+                headers,
+                cold_start,
+            }),
+            run,
+        ) => Head::Streamed {
+            parts,
+            run,
+            status,
+            headers,
+            cold_start,
+        },
+        // Closed before a head (the run answers whole, here or on another node, or failed
+        // before its head), or a part out of order: the run's own result is the answer.
+        (_, Ok(run)) => Head::Whole(run.await),
+        (_, Err(result)) => Head::Whole(result),
+    }
+}
+
+/// The response of a call whose run sent its head: the status and headers now, the body as it
+/// comes.
+fn streamed_response(
+    app: &Arc<App>,
+    request_id: &InvocationId,
+    trace: &tracing::Span,
+    parts: tokio::sync::mpsc::UnboundedReceiver<tern_wire::AnswerPart>,
+    run: Result<crate::streamed::Run, Result<tern_actors::Outcome, tern_actors::Error>>,
+    (status, headers, cold_start): (u16, tern_wire::HttpFields, bool),
+    accepts_trailers: bool,
+) -> Result<Response<Body>, NodeError> {
+    // A cell's head is checked as a whole answer from it would be (the run is cancelled).
+    let status = StatusCode::from_u16(status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| {
+            NodeError::BadComponentAnswer(format!("the component answered with status {status}"))
+        })?;
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = status;
+    // The trailers are not known yet: those the component announced in its own `Trailer`
+    // header are the ones hyper will send.
+    append_component_headers(resp.headers_mut(), &headers, accepts_trailers);
+    let h = resp.headers_mut();
+    h.insert(
+        "x-tern-cold-start",
+        HeaderValue::from_static(if cold_start { "true" } else { "false" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(&app.config.node_name) {
+        h.insert("x-tern-node", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        h.insert("x-tern-request-id", v);
+    }
+    let trace = trace.clone();
+    let body = Streamed::new(
+        parts,
+        run,
+        if accepts_trailers {
+            trailers_for_caller
+        } else {
+            |_| hyper::HeaderMap::new()
+        },
+        Box::new(move |result, complete| {
+            traces::outcome(&trace, result);
+            if result.is_ok() && !complete {
+                traces::failed(&trace, &"the run ended before its answer did");
+            }
+        }),
+    );
+    resp.extensions_mut().insert(StreamedBody::new(body));
+    Ok(resp)
+}
+
+/// A component's headers onto `h`, less those the node sets itself; its `Trailer` header too
+/// when `announced_trailers` (a streamed answer to a caller that takes trailers).
+fn append_component_headers(
+    h: &mut hyper::HeaderMap,
+    headers: &tern_wire::HttpFields,
+    announced_trailers: bool,
+) {
+    for (name, value) in headers {
+        let keep_trailer = announced_trailers && name == "trailer";
+        if NOT_PASSED_ON.contains(&name.as_str()) && !keep_trailer {
+            continue;
+        }
+        // wasi:http checked them when the guest set them; anything else is skipped, not sent.
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            h.append(name, value);
+        }
+    }
+}
+
+/// A component's trailers as a caller that takes trailers is sent them: less the names HTTP
+/// does not allow in trailers.
+fn trailers_for_caller(trailers: &tern_wire::HttpFields) -> hyper::HeaderMap {
+    let mut map = hyper::HeaderMap::new();
+    for (name, value) in trailers {
+        if NOT_PASSED_ON.contains(&name.as_str()) || NOT_SENT_AS_TRAILERS.contains(&name.as_str()) {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value),
+        ) {
+            map.append(name, value);
+        }
+    }
+    map
 }
 
 /// The HTTP response a component's answer (`output`) stands for: its status, headers (less
@@ -975,31 +1172,13 @@ fn component_response(output: &[u8], accepts_trailers: bool) -> Result<Response<
     })?;
     let mut resp = Response::new(Full::new(Bytes::from(answer.body)));
     *resp.status_mut() = status;
+    append_component_headers(resp.headers_mut(), &answer.headers, false);
     let h = resp.headers_mut();
-    for (name, value) in &answer.headers {
-        if NOT_PASSED_ON.contains(&name.as_str()) {
-            continue;
-        }
-        // wasi:http checked them when the guest set them; anything else is skipped, not sent.
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            h.append(name, value);
-        }
-    }
-    let mut trailers = hyper::HeaderMap::new();
-    for (name, value) in answer.trailers.iter().filter(|_| accepts_trailers) {
-        if NOT_PASSED_ON.contains(&name.as_str()) || NOT_SENT_AS_TRAILERS.contains(&name.as_str()) {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            trailers.append(name, value);
-        }
-    }
+    let trailers = if accepts_trailers {
+        trailers_for_caller(&answer.trailers)
+    } else {
+        hyper::HeaderMap::new()
+    };
     if !trailers.is_empty() {
         // Announced, as HTTP asks of a sender of trailers.
         let names: Vec<&str> = trailers.keys().map(|n| n.as_str()).collect();

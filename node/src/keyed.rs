@@ -352,6 +352,7 @@ async fn run(app: &Arc<App>, call: Call) -> Result<InvokeReply, ApiError> {
                 input: call.input,
                 map: call.map,
                 trace: call.trace.clone(),
+                stream: tern_runtime::AnswerStream::default(),
             },
             permit,
         )

@@ -22,6 +22,7 @@ pub mod sockets;
 // `RepollOnSelfWake` lives in tern-sync, where loom model-checks it.
 pub use tern_sync::self_wake;
 pub mod store;
+mod streamed;
 pub mod takeover;
 pub mod tenants;
 pub mod traces;

@@ -20,12 +20,13 @@
 //! (in the same task), capped at the function's output limit.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::combinators::WithTrailers;
 use http_body_util::{BodyExt, Full};
 use hyper::HeaderMap;
-use tern_wire::{HttpAnswer, HttpCall};
+use tern_wire::{AnswerPart, HttpAnswer, HttpCall};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
@@ -152,6 +153,45 @@ fn request_body(body: Bytes, trailers: Option<HeaderMap>) -> RequestBody {
     Full::new(body).with_trailers(std::future::ready(trailers.map(Ok)))
 }
 
+/// Where a component's answer goes as the guest writes it, for a caller that takes it as it
+/// comes. Empty unless the caller made one ([`AnswerStream::new`]); the first run of the unit
+/// that reaches its guest takes the sender, so a copy or a second attempt of the same unit
+/// answers whole. Unbounded: a run sends at most its output cap (its parts are counted like a
+/// whole answer), so a slow reader costs the node no more than a buffered answer would, and
+/// the guest does not wait for it.
+#[derive(Clone, Default)]
+pub struct AnswerStream(Option<Arc<Mutex<Option<AnswerSender>>>>);
+
+/// The sending end of an [`AnswerStream`].
+pub type AnswerSender = tokio::sync::mpsc::UnboundedSender<AnswerPart>;
+
+impl AnswerStream {
+    /// A stream and its receiving end.
+    pub fn new() -> (Self, tokio::sync::mpsc::UnboundedReceiver<AnswerPart>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (Self(Some(Arc::new(Mutex::new(Some(tx))))), rx)
+    }
+
+    /// The sender, for the one run that answers through it.
+    pub fn take(&self) -> Option<AnswerSender> {
+        self.0
+            .as_ref()?
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+impl std::fmt::Debug for AnswerStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let open = self
+            .0
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some());
+        f.debug_tuple("AnswerStream").field(&open).finish()
+    }
+}
+
 /// What a component is asked to do: the HTTP request, and whether the caller wants the whole
 /// answer (an [`HttpCall`]) or only its body (plain input).
 pub(crate) struct Request {
@@ -243,9 +283,27 @@ pub(crate) fn hand_over(
     Ok((incoming, out, receiver))
 }
 
+/// An answer still unfinished after this long since its head is sent as it is written (when
+/// its caller takes it that way): a slow answer's head and first bytes do not wait for its end.
+pub(crate) const STREAM_AFTER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// An answer whose body grows past this many bytes before it ends is sent as it is written.
+pub(crate) const STREAM_AFTER_BYTES: usize = 64 << 10;
+
+/// What each part of a streamed answer counts against the output cap besides the bytes it
+/// carries: what the node holds for it while the caller reads, so that an answer written a
+/// byte at a time cannot hold many times its cap in parts.
+pub const PART_OVERHEAD: usize = 64;
+
 /// The guest's response, its body read to the end (at most `cap` bytes, headers and trailers
-/// included).
-/// Counts every frame read, and the end, in `progress` (see `answer_while_running`).
+/// included). Counts every frame read, and the end, in `progress` (see `answer_while_running`).
+///
+/// With `stream`, an answer that is still unfinished [`STREAM_AFTER`] after its head, or whose
+/// body grows past [`STREAM_AFTER_BYTES`], goes there from then on, part by part (what was read
+/// so far first; a status under 200 is refused before anything is sent), and the answer
+/// returned has no body or trailers. One that ends sooner is returned whole, as without
+/// `stream`, so a small, quick answer keeps its length and any error stays an error response.
+/// A caller that stopped reading is sent nothing more; the guest runs on within its limits.
 pub(crate) async fn collect_answer(
     progress: &std::sync::atomic::AtomicU64,
     response: tokio::sync::oneshot::Receiver<
@@ -255,6 +313,8 @@ pub(crate) async fn collect_answer(
         >,
     >,
     cap: usize,
+    stream: Option<AnswerSender>,
+    cold_start: bool,
 ) -> Result<HttpAnswer, Error> {
     let response = match response.await {
         Ok(Ok(response)) => response,
@@ -282,6 +342,7 @@ pub(crate) async fn collect_answer(
         return Err(Error::OutputTooLarge { limit: cap });
     }
     let room = cap - header_bytes;
+    let status = parts.status.as_u16();
     // Sized from the declared length when it fits (one allocation), grown otherwise.
     let declared = parts
         .headers
@@ -290,51 +351,171 @@ pub(crate) async fn collect_answer(
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n <= room)
         .unwrap_or(0);
-    let mut collected = Vec::with_capacity(declared);
-    let mut trailers = Vec::new();
-    // Bytes of trailers so far: they share the room with the body.
-    let mut trailer_bytes = 0usize;
-    while let Some(frame) = body.frame().await {
+    let mut out = Answer {
+        stream,
+        streaming: false,
+        status,
+        headers,
+        cold_start,
+        collected: Vec::with_capacity(declared.min(STREAM_AFTER_BYTES)),
+        trailers: Vec::new(),
+        sent: header_bytes,
+        cap,
+    };
+    // Bytes of body and trailers so far: they share the room.
+    let (mut body_bytes, mut trailer_bytes) = (0usize, 0usize);
+    // Only an answer that may stream waits on the clock.
+    let mut timer = out
+        .stream
+        .is_some()
+        .then(|| Box::pin(tokio::time::sleep(STREAM_AFTER)));
+    loop {
+        let frame = match &mut timer {
+            Some(t) if out.stream.is_some() && !out.streaming => tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                () = t => {
+                    out.start_streaming()?;
+                    continue;
+                }
+            },
+            _ => body.frame().await,
+        };
+        let Some(frame) = frame else { break };
         progress.fetch_add(1, Relaxed);
         let frame = frame
             .map_err(|e| Error::NoAnswer(format!("the component's response body failed: {e:?}")))?;
         match frame.into_data() {
             Ok(data) => {
-                if collected.len() + trailer_bytes + data.len() > room {
+                body_bytes += data.len();
+                if body_bytes + trailer_bytes > room {
                     return Err(Error::OutputTooLarge { limit: cap });
                 }
-                collected.extend_from_slice(&data);
+                if data.is_empty() {
+                    continue;
+                }
+                if out.streaming {
+                    out.send(AnswerPart::Data(data.to_vec()))?;
+                } else {
+                    out.collected.extend_from_slice(&data);
+                    if out.stream.is_some() && out.collected.len() > STREAM_AFTER_BYTES {
+                        out.start_streaming()?;
+                    }
+                }
             }
             Err(frame) => {
                 if let Some(fields) = frame.trailers_ref() {
                     for (name, value) in fields {
                         trailer_bytes += name.as_str().len() + value.len();
-                        if collected.len() + trailer_bytes > room {
+                        if body_bytes + trailer_bytes > room {
                             return Err(Error::OutputTooLarge { limit: cap });
                         }
-                        trailers.push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+                        out.trailers
+                            .push((name.as_str().to_owned(), value.as_bytes().to_vec()));
+                    }
+                    if out.streaming {
+                        let trailers = std::mem::take(&mut out.trailers);
+                        out.send(AnswerPart::Trailers(trailers))?;
                     }
                 }
             }
         }
     }
     progress.fetch_add(1, Relaxed);
+    if out.streaming {
+        out.send(AnswerPart::End)?;
+    }
     Ok(HttpAnswer {
-        status: parts.status.as_u16(),
-        headers,
-        body: collected,
-        trailers,
+        status,
+        headers: out.headers,
+        body: out.collected,
+        trailers: out.trailers,
     })
+}
+
+/// An answer being read: collected, or sent on as it comes once it streams.
+struct Answer {
+    stream: Option<AnswerSender>,
+    /// The head has gone out: every part goes on from here.
+    streaming: bool,
+    status: u16,
+    headers: tern_wire::HttpFields,
+    cold_start: bool,
+    collected: Vec<u8>,
+    trailers: tern_wire::HttpFields,
+    /// What the parts sent so far count against `cap` ([`part_size`]), and the headers from
+    /// the start (the head will carry them).
+    sent: usize,
+    cap: usize,
+}
+
+/// What `part` counts against the output cap when it is streamed: what it carries and
+/// [`PART_OVERHEAD`]. The node checks a cell's parts by the same measure.
+pub fn part_size(part: &AnswerPart) -> usize {
+    let fields =
+        |f: &tern_wire::HttpFields| -> usize { f.iter().map(|(n, v)| n.len() + v.len()).sum() };
+    PART_OVERHEAD
+        + match part {
+            AnswerPart::Head { headers, .. } => fields(headers),
+            AnswerPart::Data(data) => data.len(),
+            AnswerPart::Trailers(trailers) => fields(trailers),
+            AnswerPart::End => 0,
+        }
+}
+
+impl Answer {
+    /// Sends the head and what was read so far, and streams from then on.
+    fn start_streaming(&mut self) -> Result<(), Error> {
+        if self.status < 200 {
+            return Err(status_cannot_end(self.status));
+        }
+        self.streaming = true;
+        // The head's headers are in `sent` already: it adds its overhead.
+        self.sent += PART_OVERHEAD;
+        let head = AnswerPart::Head {
+            status: self.status,
+            headers: self.headers.clone(),
+            cold_start: self.cold_start,
+        };
+        self.deliver(head);
+        if !self.collected.is_empty() {
+            let so_far = std::mem::take(&mut self.collected);
+            self.send(AnswerPart::Data(so_far))?;
+        }
+        Ok(())
+    }
+
+    /// Sends `part` on, unless that takes the parts past the cap.
+    fn send(&mut self, part: AnswerPart) -> Result<(), Error> {
+        self.sent += part_size(&part);
+        if self.sent > self.cap {
+            return Err(Error::OutputTooLarge { limit: self.cap });
+        }
+        self.deliver(part);
+        Ok(())
+    }
+
+    fn deliver(&mut self, part: AnswerPart) {
+        if let Some(tx) = &self.stream
+            && tx.send(part).is_err()
+        {
+            // The caller stopped reading.
+            self.stream = None;
+        }
+    }
+}
+
+fn status_cannot_end(status: u16) -> Error {
+    Error::NoAnswer(format!(
+        "the component answered with status {status}, which cannot end a request"
+    ))
 }
 
 /// What the invocation returns for `answer`: the encoded answer for an [`HttpCall`]; for plain
 /// input the body, unless the status says the guest refused or failed.
 pub(crate) fn output(answer: HttpAnswer, plain: bool) -> Result<Bytes, Error> {
     if answer.status < 200 {
-        return Err(Error::NoAnswer(format!(
-            "the component answered with status {}, which cannot end a request",
-            answer.status
-        )));
+        return Err(status_cannot_end(answer.status));
     }
     if !plain {
         return answer

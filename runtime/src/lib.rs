@@ -28,6 +28,7 @@ pub mod isolation;
 mod lanes;
 
 pub use error::Error;
+pub use http_component::{AnswerSender, AnswerStream, PART_OVERHEAD, part_size};
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -243,6 +244,9 @@ pub struct Meu {
     /// The span this unit's spans are children of when its invocation is traced (exported
     /// spans have target `tern::trace`); `Span::none()` otherwise, and then no span is made.
     pub trace: tracing::Span,
+    /// Where a component's answer goes as it is written, if its caller takes it that way
+    /// (empty otherwise; a command's output is always whole).
+    pub stream: AnswerStream,
 }
 
 impl Meu {
@@ -262,6 +266,7 @@ impl Meu {
             accepted_at: tokio::time::Instant::now().into_std(),
             lease: None,
             trace: tracing::Span::none(),
+            stream: AnswerStream::default(),
         }
     }
 }
@@ -1380,6 +1385,8 @@ impl Runtime {
                     CORE_INSTANCES_PER_COMPONENT as usize,
                     CORE_INSTANCES_PER_COMPONENT as usize,
                 );
+                // A plain invocation's output is the body, judged by its status: whole.
+                let stream = (!request.plain).then(|| meu.stream.take()).flatten();
                 let mut store = self.guest_store(
                     http_component::State::new(wasi.build(), GuestLimits::new(limits)),
                     deadline,
@@ -1406,7 +1413,9 @@ impl Runtime {
                         out,
                     );
                     let progress = std::sync::atomic::AtomicU64::new(0);
-                    let answer = http_component::collect_answer(&progress, response, cap);
+                    let answer = http_component::collect_answer(
+                        &progress, response, cap, stream, cold_start,
+                    );
                     let (result, answer) = answer_while_running(call, answer, &progress).await;
                     Ok(held.ran(result, inst_us, exec_start, answer))
                 });

@@ -53,6 +53,23 @@ pub struct HttpAnswer {
     pub trailers: HttpFields,
 }
 
+/// One piece of a component's answer, in the order the component writes it, for a caller
+/// that takes the answer as it comes (the `/fn/` route): the head, the body's bytes as the
+/// guest hands them over, the trailers, then [`AnswerPart::End`] once the body is complete.
+/// A stream that closes without `End` was cut short (the guest failed, or went past a limit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnswerPart {
+    Head {
+        status: u16,
+        headers: HttpFields,
+        /// Whether the call had to load the function first.
+        cold_start: bool,
+    },
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Trailers(HttpFields),
+    End,
+}
+
 /// How an [`HttpCall`] is encoded before its trailers (see the module comment).
 #[derive(Serialize)]
 struct CallHead<'a> {

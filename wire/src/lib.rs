@@ -23,7 +23,9 @@ pub use client_proto::{
 };
 pub use codec::{decode, encode};
 pub use frame::{FrameDecoder, encode_frame};
-pub use http_call::{HTTP_ANSWER_MAGIC, HTTP_CALL_MAGIC, HttpAnswer, HttpCall, HttpFields};
+pub use http_call::{
+    AnswerPart, HTTP_ANSWER_MAGIC, HTTP_CALL_MAGIC, HttpAnswer, HttpCall, HttpFields,
+};
 pub use peer::{NodeClass, Timings};
 pub use trace::TraceParent;
 

@@ -654,3 +654,153 @@ async fn trailers_reach_the_component_and_its_trailers_reach_a_caller_that_accep
     );
     node.shutdown().await.unwrap();
 }
+
+/// Reads from `stream` into `buf` until `want` is in it or `within` has passed; whether it is.
+pub(crate) async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    want: &[u8],
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let give_up = tokio::time::Instant::now() + within;
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(want.len()).any(|w| w == want) {
+        match tokio::time::timeout_at(give_up, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Checks, at the node at `addr` that has `drip` deployed, that an answer still being written
+/// reaches the caller as it is written: the head and the first chunk arrive while the guest
+/// pauses 3 s before its second, then the rest, then the trailer it announced.
+pub(crate) async fn check_a_slow_answer_arrives_as_it_is_written(addr: std::net::SocketAddr) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET /fn/drip HTTP/1.1\r\nHost: tern\r\nConnection: close\r\nTE: trailers\r\n\
+              x-drip-chunks: 2\r\nx-drip-ms: 3000\r\nx-drip-trailer: x-done=yes\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let first = read_until(
+        &mut stream,
+        &mut buf,
+        b"drip 0\n",
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    let so_far = String::from_utf8_lossy(&buf).into_owned();
+    assert!(
+        first,
+        "the head and first chunk did not come before the guest's pause ended: {so_far:?}"
+    );
+    assert!(so_far.starts_with("HTTP/1.1 200 OK\r\n"), "{so_far}");
+    assert!(!so_far.contains("drip 1"), "{so_far}");
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut buf),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let answer = String::from_utf8(buf).unwrap();
+    let (head, body, trailers) = unchunk(&answer);
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{head}");
+    assert!(head.contains("\r\ntrailer: x-done"), "{head}");
+    assert!(head.contains("\r\ncontent-type: text/plain"), "{head}");
+    assert!(head.contains("\r\nx-tern-cold-start: "), "{head}");
+    assert!(head.contains("\r\nx-tern-request-id: "), "{head}");
+    assert_eq!(body, "drip 0\ndrip 1\n", "{answer}");
+    assert_eq!(trailers, "x-done: yes\r\n\r\n", "{answer}");
+}
+
+/// A component's answer that is still being written after its head goes out as it is written
+/// (in the test's own process here; in a cell in the `lci` tests), while a quick one still
+/// comes whole with its length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_components_answer_reaches_the_caller_as_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let resp = deploy_component(addr, "drip", "drip").await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    check_a_slow_answer_arrives_as_it_is_written(addr).await;
+    let quick = call(addr, Method::GET, "/fn/drip", &[("x-drip-ms", "0")], b"").await;
+    assert_eq!(quick.status, 200);
+    assert_eq!(&quick.body[..], b"drip 0\ndrip 1\ndrip 2\n");
+    assert_eq!(quick.header("content-length"), Some("21"));
+
+    // An HTTP/1.0 caller could not tell a cut body from a whole one: it waits for the whole.
+    let old = raw_exchange(
+        addr,
+        "GET /fn/drip HTTP/1.0\r\nHost: tern\r\nx-drip-chunks: 2\r\nx-drip-ms: 300\r\n\r\n",
+    )
+    .await;
+    let (head, body) = old.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("\r\ncontent-length: 14"),
+        "{old}"
+    );
+    assert_eq!(body, "drip 0\ndrip 1\n");
+
+    // A quick answer past 64 KiB goes out as it is written too.
+    let resp = deploy_component(addr, "echo-component", "echo").await;
+    assert_eq!(resp.status, 201);
+    let big: &'static [u8] = Box::leak(vec![b'e'; 200_000].into_boxed_slice());
+    let resp = call(addr, Method::POST, "/fn/echo-component", &[], big).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(&resp.body[..], big);
+    assert_eq!(resp.header("content-length"), None);
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+    node.shutdown().await.unwrap();
+}
+
+/// Once its head has gone out, an answer whose guest then fails (here: it runs out of time
+/// between two chunks) cannot become an error response: the body is cut short, without the
+/// chunk that ends it, so the caller can tell. The node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_answer_whose_guest_runs_out_of_time_is_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = start(config(dir.path())).await;
+    let addr = node.addr();
+    let resp = request(
+        addr,
+        Method::PUT,
+        "/v1/functions/drip?timeout_ms=1000",
+        component("drip"),
+    )
+    .await;
+    assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
+    let answer = raw_exchange(
+        addr,
+        "GET /fn/drip HTTP/1.1\r\nHost: tern\r\nConnection: close\r\n\
+         x-drip-chunks: 2\r\nx-drip-ms: 5000\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\ntransfer-encoding: chunked\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("drip 0\n"), "{answer}");
+    assert!(!answer.contains("drip 1"), "{answer}");
+    assert!(
+        !answer.ends_with("\r\n0\r\n\r\n"),
+        "the body was not cut: {answer}"
+    );
+    let quick = call(addr, Method::GET, "/fn/drip", &[("x-drip-ms", "0")], b"").await;
+    assert_eq!(
+        (quick.status, &quick.body[..]),
+        (200, &b"drip 0\ndrip 1\ndrip 2\n"[..])
+    );
+    node.shutdown().await.unwrap();
+}

@@ -748,6 +748,74 @@ async fn a_component_runs_in_a_cell_with_its_own_status_headers_and_logs() {
     node.shutdown().await.unwrap();
 }
 
+/// A component's answer still being written after its head reaches the caller from the cell
+/// as it is written (see the components tests for the same in-process), and a caller that
+/// goes away mid-answer costs the cell nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_components_answer_streams_from_its_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(cfg) = cells_config(dir.path(), Isolation::Lci) else {
+        return;
+    };
+    let node = start(cfg).await;
+    let addr = node.addr();
+    let r = request(addr, Method::PUT, "/v1/functions/drip", component("drip")).await;
+    assert_eq!(r.status, 201, "{}", body(&r));
+    // The cell up and the function loaded before anything is timed.
+    let quick = || {
+        tern_bench::request_once(
+            addr,
+            Method::GET,
+            "/fn/drip",
+            &[("x-drip-ms", "0")],
+            bytes::Bytes::new(),
+        )
+    };
+    assert_eq!(quick().await.unwrap().status, 200);
+    crate::components::check_a_slow_answer_arrives_as_it_is_written(addr).await;
+
+    // A caller that goes away mid-answer: its run is cancelled, the cell's parts and answer
+    // for it that were already on their way are dropped, and the same cell serves on.
+    let starts = |text: &str| {
+        text.lines()
+            .find(|l| l.starts_with("tern_cell_starts_total "))
+            .map(str::to_owned)
+    };
+    let before = starts(&metrics_text(addr, None).await);
+    assert!(before.is_some());
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(
+                b"GET /fn/drip HTTP/1.1\r\nHost: tern\r\n\
+                  x-drip-chunks: 3\r\nx-drip-ms: 400\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        assert!(
+            crate::components::read_until(
+                &mut stream,
+                &mut buf,
+                b"drip 0\n",
+                std::time::Duration::from_secs(5)
+            )
+            .await
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let r = quick().await.unwrap();
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"drip 0\ndrip 1\ndrip 2\n"[..])
+    );
+    let text = metrics_text(addr, None).await;
+    assert!(text.contains("tern_cells_running 1\n"), "{text}");
+    assert_eq!(starts(&text), before, "the cell was replaced");
+    node.shutdown().await.unwrap();
+}
+
 /// Bodies of several MiB make the cell's heap grow (its allocator maps and names new
 /// regions): every one comes back whole, and no cell dies for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

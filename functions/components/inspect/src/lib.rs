@@ -22,8 +22,8 @@
 //! decimal number in 100..=599. A body over [`MAX_BODY`] bytes is answered with 413 and a body
 //! the host cannot deliver with 400, both without a body. Every answer carries `x-inspected: yes`,
 //! and every request writes one line to stderr: `inspect: METHOD PATH`. Each `x-trailer: NAME=VALUE`
-//! request header becomes a trailer of the answer (`NAME: VALUE`, after the body); if one of
-//! them is not a valid field, the answer has no trailers.
+//! request header becomes a trailer of the answer (`NAME: VALUE`, after the body, announced in a
+//! `trailer` header); if one of them is not a valid field, the answer has no trailers.
 
 use wasip2::exports::http::incoming_handler::Guest;
 use wasip2::http::types::{
@@ -231,6 +231,11 @@ fn respond(
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_vec())),
     );
+    if !trailers.is_empty() {
+        // Announced, as HTTP asks of a sender of trailers.
+        let names: Vec<&str> = trailers.iter().map(|(name, _)| name.as_str()).collect();
+        headers.push(("trailer".to_string(), names.join(", ").into_bytes()));
+    }
     let headers = Fields::from_list(&headers).unwrap_or_else(|_| Fields::new());
     let response = OutgoingResponse::new(headers);
     // Only 100..=599 reaches here, all valid status codes: this cannot fail.
