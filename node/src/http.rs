@@ -108,8 +108,8 @@ impl hyper::body::Body for Sent {
     }
 }
 
-/// The request trailers a component sees: as its headers, less those it never sees.
-fn trailers_for_component(map: &hyper::HeaderMap) -> tern_wire::HttpFields {
+/// The request headers or trailers a component sees: all but those it never sees.
+fn fields_for_component(map: &hyper::HeaderMap) -> tern_wire::HttpFields {
     map.iter()
         .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
@@ -119,8 +119,7 @@ fn trailers_for_component(map: &hyper::HeaderMap) -> tern_wire::HttpFields {
 /// Whether the caller said it takes trailers: an HTTP/1.1 request with `TE: trailers`, and a
 /// method whose answer has a body.
 fn accepts_trailers<B>(req: &Request<B>) -> bool {
-    req.version() == hyper::Version::HTTP_11
-        && req.method() != Method::HEAD
+    can_stream_answer(req)
         && req.headers().get_all(hyper::header::TE).iter().any(|v| {
             v.to_str().is_ok_and(|v| {
                 v.split(',').any(|t| {
@@ -132,6 +131,12 @@ fn accepts_trailers<B>(req: &Request<B>) -> bool {
                 })
             })
         })
+}
+
+/// Whether an answer to `req` can go out as it is written: an HTTP/1.1 request (chunked
+/// framing) whose answer has a body.
+fn can_stream_answer<B>(req: &Request<B>) -> bool {
+    req.version() == hyper::Version::HTTP_11 && req.method() != Method::HEAD
 }
 
 /// Accepts connections until `shutdown` flips to true, then lets open connections finish their
@@ -840,14 +845,9 @@ impl CallShape {
         CallShape::Component {
             method: req.method().as_str().to_owned(),
             accepts_trailers: accepts_trailers(req),
-            streams: req.method() != Method::HEAD && req.version() == hyper::Version::HTTP_11,
+            streams: can_stream_answer(req),
             path_and_query,
-            headers: req
-                .headers()
-                .iter()
-                .filter(|(name, _)| !HIDDEN_FROM_COMPONENTS.contains(&name.as_str()))
-                .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
-                .collect(),
+            headers: fields_for_component(req.headers()),
         }
     }
 }
@@ -915,7 +915,7 @@ async fn run_call_traced(
                 body: body.to_vec(),
                 trailers: trailers
                     .as_ref()
-                    .map(trailers_for_component)
+                    .map(fields_for_component)
                     .unwrap_or_default(),
             }
             .encode()
@@ -992,18 +992,33 @@ async fn run_call_traced(
         h.insert("x-tern-meus", HeaderValue::from(outcome.meus as u64));
         resp
     };
-    let h = resp.headers_mut();
+    insert_run_headers(
+        resp.headers_mut(),
+        outcome.cold_start,
+        &outcome.node,
+        &request_id,
+    );
+    Ok(resp)
+}
+
+/// The headers every answer to an invocation carries: whether it was a cold start, the node
+/// that ran it, and the request id.
+fn insert_run_headers(
+    h: &mut hyper::HeaderMap,
+    cold_start: bool,
+    node: &str,
+    request_id: &InvocationId,
+) {
     h.insert(
         "x-tern-cold-start",
-        HeaderValue::from_static(if outcome.cold_start { "true" } else { "false" }),
+        HeaderValue::from_static(if cold_start { "true" } else { "false" }),
     );
-    if let Ok(v) = HeaderValue::from_str(&outcome.node) {
+    if let Ok(v) = HeaderValue::from_str(node) {
         h.insert("x-tern-node", v);
     }
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         h.insert("x-tern-request-id", v);
     }
-    Ok(resp)
 }
 
 /// How a component's call is answered: as it is written (the run sent its head), or whole.
@@ -1076,17 +1091,12 @@ fn streamed_response(
     // The trailers are not known yet: those the component announced in its own `Trailer`
     // header are the ones hyper will send.
     append_component_headers(resp.headers_mut(), &headers, accepts_trailers);
-    let h = resp.headers_mut();
-    h.insert(
-        "x-tern-cold-start",
-        HeaderValue::from_static(if cold_start { "true" } else { "false" }),
+    insert_run_headers(
+        resp.headers_mut(),
+        cold_start,
+        &app.config.node_name,
+        request_id,
     );
-    if let Ok(v) = HeaderValue::from_str(&app.config.node_name) {
-        h.insert("x-tern-node", v);
-    }
-    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
-        h.insert("x-tern-request-id", v);
-    }
     let trace = trace.clone();
     let body = Streamed::new(
         parts,
@@ -1114,27 +1124,30 @@ fn append_component_headers(
     headers: &tern_wire::HttpFields,
     announced_trailers: bool,
 ) {
-    for (name, value) in headers {
-        let keep_trailer = announced_trailers && name == "trailer";
-        if NOT_PASSED_ON.contains(&name.as_str()) && !keep_trailer {
-            continue;
-        }
-        // wasi:http checked them when the guest set them; anything else is skipped, not sent.
-        if let (Ok(name), Ok(value)) = (
-            hyper::header::HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(value),
-        ) {
-            h.append(name, value);
-        }
-    }
+    fields_onto(h, headers, |name| {
+        NOT_PASSED_ON.contains(&name) && !(announced_trailers && name == "trailer")
+    });
 }
 
 /// A component's trailers as a caller that takes trailers is sent them: less the names HTTP
 /// does not allow in trailers.
 fn trailers_for_caller(trailers: &tern_wire::HttpFields) -> hyper::HeaderMap {
     let mut map = hyper::HeaderMap::new();
-    for (name, value) in trailers {
-        if NOT_PASSED_ON.contains(&name.as_str()) || NOT_SENT_AS_TRAILERS.contains(&name.as_str()) {
+    fields_onto(&mut map, trailers, |name| {
+        NOT_PASSED_ON.contains(&name) || NOT_SENT_AS_TRAILERS.contains(&name)
+    });
+    map
+}
+
+/// Appends a component's fields to `map`, less those `skip` names. wasi:http checked names and
+/// values when the guest set them; one that is still not valid HTTP is skipped, not sent.
+fn fields_onto(
+    map: &mut hyper::HeaderMap,
+    fields: &tern_wire::HttpFields,
+    skip: impl Fn(&str) -> bool,
+) {
+    for (name, value) in fields {
+        if skip(name) {
             continue;
         }
         if let (Ok(name), Ok(value)) = (
@@ -1144,7 +1157,6 @@ fn trailers_for_caller(trailers: &tern_wire::HttpFields) -> hyper::HeaderMap {
             map.append(name, value);
         }
     }
-    map
 }
 
 /// The HTTP response a component's answer (`output`) stands for: its status, headers (less

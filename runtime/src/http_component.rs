@@ -337,7 +337,7 @@ pub(crate) async fn collect_answer(
         .iter()
         .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
         .collect();
-    let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+    let header_bytes = fields_size(&headers);
     if header_bytes > cap {
         return Err(Error::OutputTooLarge { limit: cap });
     }
@@ -452,15 +452,18 @@ struct Answer {
 /// What `part` counts against the output cap when it is streamed: what it carries and
 /// [`PART_OVERHEAD`]. The node checks a cell's parts by the same measure.
 pub fn part_size(part: &AnswerPart) -> usize {
-    let fields =
-        |f: &tern_wire::HttpFields| -> usize { f.iter().map(|(n, v)| n.len() + v.len()).sum() };
     PART_OVERHEAD
         + match part {
-            AnswerPart::Head { headers, .. } => fields(headers),
+            AnswerPart::Head { headers, .. } => fields_size(headers),
             AnswerPart::Data(data) => data.len(),
-            AnswerPart::Trailers(trailers) => fields(trailers),
+            AnswerPart::Trailers(trailers) => fields_size(trailers),
             AnswerPart::End => 0,
         }
+}
+
+/// What header or trailer fields count against the output cap: their names and values.
+fn fields_size(fields: &tern_wire::HttpFields) -> usize {
+    fields.iter().map(|(n, v)| n.len() + v.len()).sum()
 }
 
 impl Answer {
