@@ -58,7 +58,7 @@ fn main() {
     let server = b.clone();
     hb.spawn(async move {
         let conn = server.accept().await.unwrap();
-        conn.serve(move |req: Vec<u8>| {
+        conn.serve(move |req: Vec<u8>, _parts| {
             let work = work.clone();
             // The handler's work runs on the main runtime, as a node's executions do.
             async move { work.spawn(async move { req }).await.unwrap() }

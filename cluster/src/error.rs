@@ -68,6 +68,9 @@ pub enum ClusterError {
     StreamRefused(u64),
     #[error("stream ended before a whole frame arrived")]
     Truncated,
+    /// The first byte of the frame (`None`: the frame was empty).
+    #[error("an answer frame on a streamed exchange is marked {0:?}, neither a part nor the last")]
+    UnmarkedAnswer(Option<u8>),
     #[error("stream already closed")]
     ClosedStream,
     #[error("wire: {0}")]

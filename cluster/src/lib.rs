@@ -20,4 +20,4 @@ pub use mesh::{Mesh, MeshConfig};
 pub use name::NodeName;
 pub use pki::NodeIdentity;
 pub use session::{SessionConfig, SessionEvent, SessionInfo, Sessions};
-pub use transport::{Connection, Endpoint, TransportConfig};
+pub use transport::{Connection, Endpoint, PartSender, TransportConfig};

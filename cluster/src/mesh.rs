@@ -18,12 +18,17 @@ use tokio::task::JoinHandle;
 
 use crate::membership::{BackoffConfig, LossReason};
 use crate::session::Sessions;
+use crate::transport::PartSender;
 use crate::{ClusterError, Connection, Endpoint, Membership, MembershipEvent, NodeName, PeerState};
 use tern_sync::poison::{read, write};
 
-/// Answers one data-plane request from `peer`.
-pub type Handler =
-    Arc<dyn Fn(NodeName, Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> + Send + Sync>;
+/// Answers one data-plane request from `peer`; with a [`PartSender`] for a request whose
+/// answer may come in parts ([`Connection::request_streamed`]).
+pub type Handler = Arc<
+    dyn Fn(NodeName, Vec<u8>, Option<PartSender>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Who is in the cluster and how to reach them.
 #[derive(Clone, Debug)]
@@ -243,7 +248,9 @@ async fn serve(conn: Connection, handler: Handler, tx: mpsc::UnboundedSender<Inp
     let peer = conn.peer().clone();
     let h = handler.clone();
     let p = peer.clone();
-    let ended = conn.serve(move |payload| h(p.clone(), payload)).await;
+    let ended = conn
+        .serve(move |payload, parts| h(p.clone(), payload, parts))
+        .await;
     let reason = match &ended {
         ClusterError::Connection(quinn::ConnectionError::TimedOut) => LossReason::TimedOut,
         ClusterError::Connection(

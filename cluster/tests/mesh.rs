@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tern_cluster::membership::{BackoffConfig, LossReason, Membership, PeerState};
-use tern_cluster::transport::{KIND_DATA, KIND_RACTOR, codes};
+
+use tern_cluster::transport::{KIND_DATA, KIND_RACTOR, KIND_STREAMED, codes};
 use tern_cluster::{
-    ClusterError, Connection, Endpoint, NodeIdentity, NodeName, TransportConfig, pki,
+    ClusterError, Connection, Endpoint, NodeIdentity, NodeName, PartSender, TransportConfig, pki,
 };
 
 fn n(s: &str) -> NodeName {
@@ -30,26 +33,54 @@ fn bind(dir: &Path, name: &str, cfg: TransportConfig) -> Endpoint {
 }
 
 /// Accepts one connection on `ep` and serves it with a handler that echoes with a prefix,
-/// sleeping first when asked to (to keep a stream open while others are refused).
+/// sleeping first when asked to (to keep a stream open while others are refused). Asked
+/// `parts` with a part sender, it first sends `part 0` and `part 1`, 300 ms apart.
 fn serve_one(ep: &std::sync::Arc<Endpoint>) -> tokio::task::JoinHandle<Connection> {
+    serve_one_with(ep, std::sync::Arc::new(AtomicBool::new(false)))
+}
+
+/// [`serve_one`], setting `dropped` when a `parts` request's work is dropped unfinished.
+fn serve_one_with(
+    ep: &std::sync::Arc<Endpoint>,
+    dropped: std::sync::Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Connection> {
     let ep = ep.clone();
     tokio::spawn(async move {
         let conn = ep.accept().await.unwrap();
         let server = conn.clone();
         tokio::spawn(async move {
             server
-                .serve(|req: Vec<u8>| async move {
-                    if req == b"slow" {
-                        tokio::time::sleep(Duration::from_millis(300)).await;
+                .serve(move |req: Vec<u8>, parts: Option<PartSender>| {
+                    let dropped = dropped.clone();
+                    async move {
+                        if req == b"slow" {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        if let (b"parts", Some(parts)) = (req.as_slice(), parts) {
+                            let unfinished = SetOnDrop(dropped);
+                            parts.send(b"part 0".to_vec()).unwrap();
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            parts.send(b"part 1".to_vec()).unwrap();
+                            std::mem::forget(unfinished);
+                        }
+                        let mut out = b"echo:".to_vec();
+                        out.extend(req);
+                        out
                     }
-                    let mut out = b"echo:".to_vec();
-                    out.extend(req);
-                    out
                 })
                 .await
         });
         conn
     })
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop(std::sync::Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// A node added later with the kept CA key (`tern cluster add-node`) is trusted by the
@@ -493,6 +524,118 @@ async fn an_abandoned_request_does_not_leak_its_answer_into_the_next() {
     );
 }
 
+/// a's connection to b, where b serves with [`serve_one_with`]`(dropped)`; the rest is kept
+/// so that both ends stay up.
+async fn a_connected_to_served_b(
+    dropped: Arc<AtomicBool>,
+) -> (Connection, (tempfile::TempDir, Endpoint, Arc<Endpoint>)) {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let _accepted = serve_one_with(&b, dropped);
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    (conn, (dir, a, b))
+}
+
+/// A streamed request's parts reach the requester as the server sends them, before its
+/// answer; a plain request to the same handler has no parts to send. Streamed requests reuse
+/// their stream as plain ones reuse lanes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_requests_parts_arrive_as_they_are_sent_then_its_answer() {
+    let (conn, _kept) = a_connected_to_served_b(Arc::new(AtomicBool::new(false))).await;
+    let (parts, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let requester = conn.clone();
+    let exchange = tokio::spawn(async move { requester.request_streamed(b"parts", &parts).await });
+    let first = tokio::time::timeout(Duration::from_millis(250), got.recv())
+        .await
+        .expect("the first part comes before the server's pause ends");
+    assert_eq!(first.unwrap(), b"part 0");
+    assert!(!exchange.is_finished(), "the answer is still to come");
+    assert_eq!(exchange.await.unwrap().unwrap(), b"echo:parts");
+    assert_eq!(got.recv().await.unwrap(), b"part 1");
+    assert!(got.recv().await.is_none(), "nothing after the answer");
+    // Whole answers on the same connection are unchanged, streamed or not.
+    let (parts, mut got) = tokio::sync::mpsc::unbounded_channel();
+    assert_eq!(
+        conn.request_streamed(b"plain", &parts).await.unwrap(),
+        b"echo:plain"
+    );
+    drop(parts);
+    assert!(got.recv().await.is_none());
+    assert_eq!(conn.request(b"parts").await.unwrap(), b"echo:parts");
+    // One streamed lane carried both streamed requests, one plain lane the plain one.
+    assert_eq!(conn.lanes_opened(), 2);
+}
+
+/// A requester that gives up on a streamed request resets its stream, and the server drops
+/// the work instead of finishing it for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_streamed_request_stops_the_servers_work() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (conn, _kept) = a_connected_to_served_b(dropped.clone()).await;
+    let (parts, mut got) = tokio::sync::mpsc::unbounded_channel();
+    let requester = conn.clone();
+    let exchange = tokio::spawn(async move { requester.request_streamed(b"parts", &parts).await });
+    assert_eq!(got.recv().await.unwrap(), b"part 0");
+    exchange.abort();
+    wait_for(|| dropped.load(Ordering::SeqCst)).await;
+    assert_eq!(conn.request(b"after").await.unwrap(), b"echo:after");
+}
+
+/// A node of the previous version refuses the streamed stream kind before reading it: the
+/// request goes again on a lane, and its answer comes whole; later ones go on lanes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_streamed_answers_is_asked_on_a_lane_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = std::sync::Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let server = b.clone();
+    let old_peer = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        let mut kinds = Vec::new();
+        while let Ok((mut send, mut recv)) = conn.accept_raw_stream().await {
+            let mut kind = [0u8; 1];
+            recv.read_exact(&mut kind).await.unwrap();
+            kinds.push(kind[0]);
+            if kind[0] != KIND_DATA {
+                let code = quinn::VarInt::from_u32(codes::UNSUPPORTED_KIND);
+                let _ = recv.stop(code);
+                let _ = send.reset(code);
+                continue;
+            }
+            let mut header = [0u8; 4];
+            recv.read_exact(&mut header).await.unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+            recv.read_exact(&mut body).await.unwrap();
+            let answer = [b"old:".as_slice(), &body].concat();
+            send.write_all(&tern_wire::encode_frame(&answer, 1024).unwrap())
+                .await
+                .unwrap();
+            send.finish().unwrap();
+        }
+        kinds
+    });
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    for x in [b"x", b"y"] {
+        let (parts, mut got) = tokio::sync::mpsc::unbounded_channel();
+        assert_eq!(
+            conn.request_streamed(x, &parts).await.unwrap(),
+            [b"old:".as_slice(), x].concat()
+        );
+        drop(parts);
+        assert!(got.recv().await.is_none(), "no parts from a whole answer");
+    }
+    conn.close();
+    // Asked once: after the refusal, straight to lanes (a new one each time, as this peer
+    // answers once per stream).
+    assert_eq!(
+        old_peer.await.unwrap(),
+        vec![KIND_STREAMED, KIND_DATA, KIND_DATA]
+    );
+}
+
 /// A node of the previous mesh version answers one request per stream, then finishes it.
 /// A lane kept after such an answer is refused or ended on its next use, before the request
 /// is read: it is sent again on a fresh stream, so every request is answered.
@@ -717,7 +860,7 @@ mod shell {
     use super::*;
 
     fn handler() -> Handler {
-        Arc::new(|peer: NodeName, req: Vec<u8>| {
+        Arc::new(|peer: NodeName, req: Vec<u8>, _parts: Option<PartSender>| {
             Box::pin(async move {
                 let mut out = format!("{peer}:").into_bytes();
                 out.extend(req);

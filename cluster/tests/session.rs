@@ -50,7 +50,7 @@ async fn node(dir: &Path, name: &str) -> Node {
 fn serve(conn: &Connection) {
     let c = conn.clone();
     tokio::spawn(async move {
-        c.serve(|req: Vec<u8>| async move { req }).await;
+        c.serve(|req: Vec<u8>, _parts| async move { req }).await;
     });
 }
 

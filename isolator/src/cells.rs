@@ -24,7 +24,8 @@ use tern_sync::poison::lock;
 use crate::artifacts::ArtifactView;
 use crate::error::Error;
 use crate::inside::CellArgs;
-use crate::process::{CellProcess, CellSpec, LogTo, StreamTo};
+use crate::process::{CellProcess, CellSpec, LogTo};
+use tern_runtime::StreamTo;
 
 /// Where a root node's cells get their users: tenant n's cells (in the order the node first
 /// saw them) run as user `CELL_USERS + n` and group `CELL_USERS`, far above any distribution's

@@ -23,4 +23,5 @@ pub use artifacts::ArtifactView;
 pub use cells::{CellQuota, Cells, CellsConfig};
 pub use error::Error;
 pub use inside::CellArgs;
-pub use process::{CellProcess, CellSpec, StreamTo};
+pub use process::{CellProcess, CellSpec};
+pub use tern_runtime::StreamTo;

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tern_cell::{CellCgroup, CellLimits, Hierarchy};
+use tern_runtime::StreamTo;
 use tern_wire::{ApiError, FunctionInfo, FunctionName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -62,47 +63,6 @@ enum Waiting {
         /// Where the answer's parts go, for a run asked to stream.
         stream: Option<StreamTo>,
     },
-}
-
-/// Where a streamed run's answer goes on the node, and how much of it the node still takes: a
-/// cell counts a streamed answer's parts against the output cap
-/// ([`tern_runtime::part_size`]), and one that sends more, or parts out of order (anything
-/// before the head, a second head, anything after the end), has broken the protocol.
-pub struct StreamTo {
-    parts: tern_runtime::AnswerSender,
-    budget: usize,
-    head_seen: bool,
-    end_seen: bool,
-}
-
-impl StreamTo {
-    /// Parts go to `parts`, at most `budget` of them by [`tern_runtime::part_size`].
-    pub fn new(parts: tern_runtime::AnswerSender, budget: usize) -> Self {
-        Self {
-            parts,
-            budget,
-            head_seen: false,
-            end_seen: false,
-        }
-    }
-
-    /// Takes `part` for the caller, or says how it breaks the protocol.
-    fn take(&mut self, part: tern_wire::AnswerPart) -> Result<(), &'static str> {
-        let is_head = matches!(part, tern_wire::AnswerPart::Head { .. });
-        if self.end_seen || is_head == self.head_seen {
-            return Err("out of order");
-        }
-        let size = tern_runtime::part_size(&part);
-        if size > self.budget {
-            return Err("more than its output cap");
-        }
-        self.budget -= size;
-        self.head_seen = true;
-        self.end_seen = matches!(part, tern_wire::AnswerPart::End);
-        // A caller that stopped reading: the rest is dropped, the run goes on.
-        let _ = self.parts.send(part);
-        Ok(())
-    }
 }
 
 /// Where a run's guest stderr goes on the node: `sink`, under `request_id`, at most `cap`
@@ -806,6 +766,7 @@ mod tests {
             status: 200,
             headers: vec![("x".into(), b"y".to_vec())],
             cold_start: false,
+            node: None,
         }
     }
 

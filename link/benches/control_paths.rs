@@ -375,7 +375,7 @@ async fn pair() -> Pair {
 fn serve(conn: &Connection) {
     let c = conn.clone();
     tokio::spawn(async move {
-        c.serve(answer).await;
+        c.serve(|req, _parts| answer(req)).await;
     });
 }
 

@@ -10,6 +10,10 @@
 //! - any other error (trap, timeout, bad input): **failed** — that is the caller's answer;
 //! - an `Executed` answer is the outcome.
 //!
+//! An MEU whose caller takes its answer as it is written is forwarded on a stream whose answer
+//! comes in parts; [`Relay`] passes them on, and once one has gone on a failure can only end
+//! the caller's answer, not re-place the MEU.
+//!
 //! [`ErrorCode::is_retryable`]: tern_wire::ErrorCode::is_retryable
 
 use std::time::Duration;
@@ -17,9 +21,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tern_actors::remote::RemoteFailure;
 use tern_actors::{Error as RuntimeError, Outcome};
-use tern_runtime::Meu;
-use tern_wire::FunctionInfo;
+use tern_runtime::{AnswerSender, AnswerStream, Meu, StreamTo};
 use tern_wire::peer::{PeerResponse, RemoteMeu};
+use tern_wire::{AnswerPart, FunctionInfo};
 
 use crate::LinkError;
 
@@ -89,6 +93,89 @@ pub fn classify(
         }
         Ok(other) => Err(lost(format!("unexpected answer {other:?}"))),
         Err(e) => Err(lost(format!("bad answer: {e}"))),
+    }
+}
+
+/// Passes a peer's streamed answer on to the caller as it arrives: decodes each part frame,
+/// checks it ([`StreamTo`]: head first, once, nothing after the end, within the budget) and
+/// sends it on. Once one part has gone on, the caller has the head: the run can no longer be
+/// run again elsewhere, so a lost or refused run becomes the caller's answer (the body is cut
+/// short) — [`Relay::settle`].
+pub struct Relay {
+    to: StreamTo,
+    /// The peer running the MEU, named in the head passed on.
+    node: String,
+    frame_limit: usize,
+    /// A part went on to the caller.
+    forwarded: bool,
+    /// How the peer broke the protocol, if it did; nothing more is passed on then.
+    broken: Option<String>,
+}
+
+impl Relay {
+    /// Parts of `node`'s answer go to `caller`, at most `budget` of them by
+    /// [`tern_runtime::part_size`].
+    pub fn new(node: &str, caller: AnswerSender, budget: usize, frame_limit: usize) -> Self {
+        Self {
+            to: StreamTo::new(caller, budget),
+            node: node.to_owned(),
+            frame_limit,
+            forwarded: false,
+            broken: None,
+        }
+    }
+
+    /// Passes on one part frame from the peer.
+    pub fn pass(&mut self, frame: &[u8]) {
+        if self.broken.is_some() {
+            return;
+        }
+        let taken = tern_wire::decode::<AnswerPart>(frame, self.frame_limit)
+            .map_err(|e| format!("a part did not decode: {e}"))
+            .and_then(|mut part| {
+                // Who ran it is the link's to say, not the peer's.
+                if let AnswerPart::Head { node, .. } = &mut part {
+                    *node = Some(self.node.clone());
+                }
+                self.to.take(part).map_err(|why| format!("parts {why}"))
+            });
+        match taken {
+            Ok(()) => self.forwarded = true,
+            Err(why) => self.broken = Some(why),
+        }
+    }
+
+    /// Whether the peer broke the protocol: nothing more is worth waiting for.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// What the forwarded run's `result` means for the caller, given the parts passed on. A
+    /// failure before any part went on gives the caller's end back to `stream`, so the run
+    /// placed next can still stream.
+    pub fn settle<T>(
+        self,
+        node: &str,
+        result: Result<T, RemoteFailure>,
+        stream: &AnswerStream,
+    ) -> Result<T, RemoteFailure> {
+        let result = match self.broken {
+            Some(why) => Err(RemoteFailure::Lost(RuntimeError::PeerLost {
+                node: node.to_owned(),
+                detail: format!("its streamed answer broke the protocol: {why}"),
+            })),
+            None => result,
+        };
+        if !self.forwarded {
+            if result.is_err() {
+                stream.restore(self.to.into_sender());
+            }
+            return result;
+        }
+        result.map_err(|failure| match failure {
+            RemoteFailure::Lost(e) | RemoteFailure::Refused(e) => RemoteFailure::Failed(e),
+            failed => failed,
+        })
     }
 }
 
@@ -169,6 +256,119 @@ mod tests {
         assert!(matches!(
             classify("b", Err(not_connected), LIMIT),
             Err(RemoteFailure::Refused(RuntimeError::PeerNotConnected(_)))
+        ));
+    }
+
+    fn part(p: &AnswerPart) -> Vec<u8> {
+        tern_wire::encode(p, LIMIT).unwrap()
+    }
+
+    fn head() -> AnswerPart {
+        AnswerPart::Head {
+            status: 200,
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
+            cold_start: false,
+            // What a peer claims is replaced by whom the link asked.
+            node: Some("mallory".into()),
+        }
+    }
+
+    fn lost() -> RemoteFailure {
+        RemoteFailure::Lost(RuntimeError::PeerLost {
+            node: "b".into(),
+            detail: "gone".into(),
+        })
+    }
+
+    #[test]
+    fn a_peers_parts_pass_on_in_order_naming_the_peer_asked_in_the_head() {
+        let (caller, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let mut relay = Relay::new("b", caller, LIMIT, LIMIT);
+        relay.pass(&part(&head()));
+        relay.pass(&part(&AnswerPart::Data(b"drip 0\n".to_vec())));
+        relay.pass(&part(&AnswerPart::End));
+        assert_eq!(
+            relay.settle("b", Ok(7), &AnswerStream::default()).unwrap(),
+            7
+        );
+        let AnswerPart::Head { node, status, .. } = got.try_recv().unwrap() else {
+            panic!("the head comes first");
+        };
+        assert_eq!((node.as_deref(), status), (Some("b"), 200));
+        assert_eq!(
+            got.try_recv().unwrap(),
+            AnswerPart::Data(b"drip 0\n".to_vec())
+        );
+        assert_eq!(got.try_recv().unwrap(), AnswerPart::End);
+        assert_eq!(
+            got.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected),
+            "the relay let go of the caller"
+        );
+    }
+
+    #[test]
+    fn once_a_part_passed_on_a_lost_or_refused_run_is_the_callers_failure() {
+        for failure in [
+            lost(),
+            RemoteFailure::Refused(RuntimeError::PeerNotConnected("b".into())),
+        ] {
+            let (caller, _got) = tokio::sync::mpsc::unbounded_channel();
+            let mut relay = Relay::new("b", caller, LIMIT, LIMIT);
+            relay.pass(&part(&head()));
+            assert!(matches!(
+                relay.settle::<()>("b", Err(failure), &AnswerStream::default()),
+                Err(RemoteFailure::Failed(_))
+            ));
+        }
+        // Before any part the run may still go elsewhere, and stream from there: the caller's
+        // end goes back to the unit's stream.
+        let (stream, mut got) = AnswerStream::new();
+        let relay = Relay::new("b", stream.take().unwrap(), LIMIT, LIMIT);
+        assert!(!stream.is_open());
+        assert!(matches!(
+            relay.settle::<()>("b", Err(lost()), &stream),
+            Err(RemoteFailure::Lost(_))
+        ));
+        assert!(stream.is_open(), "the next run can stream");
+        stream.take().unwrap().send(AnswerPart::End).unwrap();
+        assert_eq!(got.try_recv().unwrap(), AnswerPart::End);
+    }
+
+    #[test]
+    fn a_peer_that_breaks_the_part_protocol_passes_nothing_more_and_is_lost() {
+        let (caller, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let mut relay = Relay::new("b", caller, LIMIT, LIMIT);
+        relay.pass(&part(&AnswerPart::Data(b"x".to_vec())));
+        assert!(relay.is_broken());
+        relay.pass(&part(&head()));
+        assert!(
+            got.try_recv().is_err(),
+            "nothing before the head, nor after"
+        );
+        match relay.settle("b", Ok(()), &AnswerStream::default()) {
+            Err(RemoteFailure::Lost(e)) => assert!(e.to_string().contains("out of order"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        // Garbage, and more than the budget (the head's fields and overhead fit, the data
+        // does not): after the head has gone on, the caller's failure.
+        let (caller, mut got) = tokio::sync::mpsc::unbounded_channel();
+        let mut relay = Relay::new("b", caller, 200, LIMIT);
+        relay.pass(&part(&head()));
+        relay.pass(&part(&AnswerPart::Data(vec![b'x'; 200])));
+        relay.pass(&part(&AnswerPart::End));
+        assert!(matches!(got.try_recv(), Ok(AnswerPart::Head { .. })));
+        assert!(got.try_recv().is_err());
+        match relay.settle("b", Ok(()), &AnswerStream::default()) {
+            Err(RemoteFailure::Failed(e)) => assert!(e.to_string().contains("output cap"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        let (caller, _got) = tokio::sync::mpsc::unbounded_channel();
+        let mut relay = Relay::new("b", caller, LIMIT, LIMIT);
+        relay.pass(b"\xff\xff\xff");
+        assert!(matches!(
+            relay.settle("b", Ok(()), &AnswerStream::default()),
+            Err(RemoteFailure::Lost(_))
         ));
     }
 }

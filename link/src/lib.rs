@@ -30,11 +30,12 @@ use tern_actors::remote::{Remote, RemoteFuture};
 use tern_cluster::membership::BackoffConfig;
 use tern_cluster::mesh::Handler;
 use tern_cluster::{
-    Endpoint, Mesh, MeshConfig, NodeName, PeerState, SessionConfig, Sessions, TransportConfig, pki,
+    Endpoint, Mesh, MeshConfig, NodeName, PartSender, PeerState, SessionConfig, Sessions,
+    TransportConfig, pki,
 };
 use tern_metrics::Metrics;
 use tern_placement::NodeView;
-use tern_runtime::Meu;
+use tern_runtime::{AnswerStream, Meu};
 use tern_sync::poison::{lock, read, write};
 use tern_tenancy::{Demand, Reading, TenantName};
 use tern_wire::ApiError as PeerError;
@@ -42,7 +43,9 @@ use tern_wire::peer::{
     AcceptedKey, AsyncCopy, KeyedCall, KeyedResult, NodeStatus, PeerRequest, PeerResponse,
     RegistryEntry, RemoteMeu, TenancyRecords,
 };
-use tern_wire::{ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash};
+use tern_wire::{
+    AnswerPart, ApiError, ErrorCode, FunctionInfo, InvocationId, InvocationRecord, ModuleHash,
+};
 use tokio::task::JoinHandle;
 
 pub mod control;
@@ -159,7 +162,13 @@ pub trait LocalNode: Send + Sync + 'static {
     fn module(&self, hash: &ModuleHash) -> Result<Option<Vec<u8>>, PeerError>;
     /// Runs an MEU a peer placed here, if exactly that version is ready; every failure is an
     /// `Error` answer.
-    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse>;
+    /// `stream` takes the answer as it is written when the peer asked for it that way (else
+    /// it is empty).
+    fn execute_for_peer(
+        &self,
+        meu: RemoteMeu,
+        stream: AnswerStream,
+    ) -> LocalFuture<'_, PeerResponse>;
     /// This node's status as published to peers, with the measurements the link made.
     fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus;
     fn metrics(&self) -> &Metrics;
@@ -378,11 +387,11 @@ impl ClusterLink {
         let sync_deadline = now() + options.sync_grace;
         let link = Arc::new_cyclic(|weak: &Weak<ClusterLink>| {
             let handler_link = weak.clone();
-            let handler: Handler = Arc::new(move |peer, bytes| {
+            let handler: Handler = Arc::new(move |peer, bytes, parts| {
                 let link = handler_link.clone();
                 Box::pin(async move {
                     match link.upgrade() {
-                        Some(link) => link.handle(peer, bytes).await,
+                        Some(link) => link.handle(peer, bytes, parts).await,
                         None => Vec::new(),
                     }
                 })
@@ -896,11 +905,61 @@ impl ClusterLink {
         tern_wire::encode(value, self.frame_limit).map_err(LinkError::Encode)
     }
 
+    /// Runs a peer's MEU whose answer the peer takes as it is written: each part of it goes
+    /// to `parts`, encoded, as the run makes it, and all of them before the answer. A part
+    /// that cannot be encoded within the frame limit fails the run (the peer must not get an
+    /// answer with a hole in it).
+    async fn execute_streamed(
+        &self,
+        node: &dyn LocalNode,
+        meu: RemoteMeu,
+        parts: PartSender,
+    ) -> PeerResponse {
+        let (stream, mut written) = AnswerStream::new();
+        let run = node.execute_for_peer(meu, stream);
+        tokio::pin!(run);
+        let pass = |part: &AnswerPart| match tern_wire::encode(part, self.frame_limit) {
+            Ok(bytes) => {
+                // A peer that gave up takes nothing more; the run is dropped with the stream.
+                let _ = parts.send(bytes);
+                Ok(())
+            }
+            Err(e) => Err(PeerResponse::Error(ApiError::new(
+                ErrorCode::Internal,
+                format!("a part of the answer cannot be sent: {e}"),
+            ))),
+        };
+        // Whether the run still holds the sending end.
+        let mut open = true;
+        let response = loop {
+            tokio::select! {
+                biased;
+                part = written.recv(), if open => match part {
+                    Some(part) => {
+                        if let Err(failed) = pass(&part) {
+                            return failed;
+                        }
+                    }
+                    None => open = false,
+                },
+                response = &mut run => break response,
+            }
+        };
+        // The parts sent before the run ended go before its answer.
+        while let Ok(part) = written.try_recv() {
+            if let Err(failed) = pass(&part) {
+                return failed;
+            }
+        }
+        response
+    }
+
     /// Answers one data-plane request from `peer`. Never panics on what a peer sends; every
     /// failure is an `Error` answer.
-    async fn handle(&self, peer: NodeName, bytes: Vec<u8>) -> Vec<u8> {
+    /// `parts` is there when the peer takes the answer of an MEU as it is written.
+    async fn handle(&self, peer: NodeName, bytes: Vec<u8>, parts: Option<PartSender>) -> Vec<u8> {
         let response = match tern_wire::decode::<PeerRequest>(&bytes, self.frame_limit) {
-            Ok(req) => self.serve(peer, req).await,
+            Ok(req) => self.serve(peer, req, parts).await,
             Err(e) => PeerResponse::Error(ApiError::new(ErrorCode::InvalidRequest, e.to_string())),
         };
         tern_wire::encode(&response, self.frame_limit).unwrap_or_else(|e| {
@@ -909,7 +968,12 @@ impl ClusterLink {
         })
     }
 
-    async fn serve(&self, peer: NodeName, req: PeerRequest) -> PeerResponse {
+    async fn serve(
+        &self,
+        peer: NodeName,
+        req: PeerRequest,
+        parts: Option<PartSender>,
+    ) -> PeerResponse {
         let Some(node) = self.node.upgrade() else {
             return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "node stopping"));
         };
@@ -946,7 +1010,10 @@ impl ClusterLink {
                 )),
                 Err(e) => fail(e),
             },
-            PeerRequest::Execute(meu) => node.execute_for_peer(meu).await,
+            PeerRequest::Execute(meu) => match parts {
+                None => node.execute_for_peer(meu, AnswerStream::default()).await,
+                Some(parts) => self.execute_streamed(&*node, meu, parts).await,
+            },
             PeerRequest::AnnounceTenancy(records) => match node.apply_tenancy(records) {
                 Ok(_) => PeerResponse::Ack,
                 Err(e) => fail(e),
@@ -1009,15 +1076,32 @@ impl Remote for ClusterLink {
 
     fn execute(&self, node: &str, meu: Meu, info: &FunctionInfo, attempt: u32) -> RemoteFuture {
         let request = PeerRequest::Execute(forward::remote_meu(&meu, info, attempt));
+        let limit = self.frame_limit;
+        // A caller that takes the answer as it is written gets it so from the peer too: the
+        // parts arrive on `part_frames`, the relay passes them on. Taken only once the
+        // request is on its way, and given back if the peer fails before any part went on,
+        // so the run placed next can still stream.
+        let (part_frames, mut arriving) = tokio::sync::mpsc::unbounded_channel();
+        let mut relay = None;
         let exchange = match (node.parse::<NodeName>(), self.encode(&request)) {
-            (Ok(peer), Ok(frame)) => self
-                .net
-                .request(&peer, frame)
-                .ok_or(LinkError::NotConnected(peer)),
+            (Ok(peer), Ok(frame)) => match meu.stream.is_open() {
+                true => self
+                    .net
+                    .request_streamed(&peer, frame, part_frames)
+                    .inspect(|_| {
+                        // The whole answer would have had to fit one frame.
+                        relay = meu
+                            .stream
+                            .take()
+                            .map(|caller| forward::Relay::new(node, caller, limit, limit));
+                    }),
+                false => self.net.request(&peer, frame),
+            }
+            .ok_or(LinkError::NotConnected(peer)),
             (Err(e), _) => Err(LinkError::Cluster(e)),
             (_, Err(e)) => Err(e),
         };
-        let limit = self.frame_limit;
+        let stream = meu.stream.clone();
         let local = self.node.clone();
         let sent = std::time::Instant::now();
         let in_flight = self.outstanding.begin(node);
@@ -1031,7 +1115,12 @@ impl Remote for ClusterLink {
             // Counted until the answer, a failure or the caller dropping this future.
             let _in_flight = in_flight;
             let answer = match exchange {
-                Ok(exchange) => match tokio::time::timeout_at(answer_by.into(), exchange).await {
+                Ok(exchange) => match tokio::time::timeout_at(
+                    answer_by.into(),
+                    relayed(exchange, &mut arriving, relay.as_mut()),
+                )
+                .await
+                {
                     Ok(answer) => answer,
                     Err(_) => {
                         return Err(tern_actors::remote::RemoteFailure::Failed(
@@ -1048,7 +1137,11 @@ impl Remote for ClusterLink {
                 }
                 Err(e) => Err(e),
             };
-            let (outcome, peer) = forward::classify(&node, answer, limit)?;
+            let classified = forward::classify(&node, answer, limit);
+            let (outcome, peer) = match relay {
+                Some(relay) => relay.settle(&node, classified, &stream),
+                None => classified,
+            }?;
             if let Some(local) = local.upgrade() {
                 let m = local.metrics();
                 m.forward_time.observe_us(sent.elapsed().as_micros() as u64);
@@ -1057,6 +1150,38 @@ impl Remote for ClusterLink {
             Ok(outcome)
         })
     }
+}
+
+/// Waits for a forwarded MEU's answer, passing each part that arrives before it to `relay`
+/// (parts of a whole answer never come).
+async fn relayed(
+    exchange: net::NetFuture,
+    arriving: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    relay: Option<&mut forward::Relay>,
+) -> Result<Vec<u8>, LinkError> {
+    let Some(relay) = relay else {
+        return exchange.await;
+    };
+    tokio::pin!(exchange);
+    let answer = loop {
+        tokio::select! {
+            biased;
+            Some(frame) = arriving.recv() => {
+                relay.pass(&frame);
+                if relay.is_broken() {
+                    // The relay's verdict is the answer (`Relay::settle`); dropping the
+                    // exchange resets the stream, so the peer stops the run.
+                    return Ok(Vec::new());
+                }
+            }
+            answer = &mut exchange => break answer,
+        }
+    };
+    // The parts that came with the answer go on before it.
+    while let Ok(frame) = arriving.try_recv() {
+        relay.pass(&frame);
+    }
+    answer
 }
 
 /// Publishes this node's status to every connected peer every [`STATUS_INTERVAL`].

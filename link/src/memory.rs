@@ -26,7 +26,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tern_cluster::mesh::Handler;
-use tern_cluster::{MembershipEvent, NodeName, PeerState};
+use tern_cluster::{MembershipEvent, NodeName, PartSender, PeerState};
 use tern_sync::poison::lock;
 use tokio::sync::{broadcast, watch};
 
@@ -228,6 +228,65 @@ pub struct MemoryPeer {
     me: NodeName,
 }
 
+impl MemoryPeer {
+    /// One exchange with `peer`, its parts (if any) to `parts`.
+    fn exchange(
+        &self,
+        peer: &NodeName,
+        frame: Vec<u8>,
+        parts: Option<PartSender>,
+    ) -> Option<NetFuture> {
+        let mut state = lock(&self.net.state);
+        if !state.is_up(&self.me, peer) {
+            return None;
+        }
+        let handler = state.nodes.get(peer)?.handler.clone()?;
+        let mut epoch = state.links.get(&key(&self.me, peer))?.epoch.subscribe();
+        let (lo, hi) = state.delay;
+        let mut draw = || {
+            if hi > lo {
+                state.rng.random_range(lo..=hi)
+            } else {
+                lo
+            }
+        };
+        let (there, back) = (draw(), draw());
+        let drop_request = state.dropping.contains(&(self.me.clone(), peer.clone()));
+        let drop_answer = state.dropping.contains(&(peer.clone(), self.me.clone()));
+        drop(state);
+        let (me, peer) = (self.me.clone(), peer.clone());
+        Some(Box::pin(async move {
+            let exchange = async {
+                tokio::time::sleep(there).await;
+                if drop_request {
+                    std::future::pending::<()>().await;
+                }
+                // Parts go straight through (they are not delayed or dropped one by one);
+                // a requester whose answers are dropped gets none.
+                let parts = parts.filter(|_| !drop_answer);
+                // The peer runs the request in its own task: it finishes even if the link
+                // breaks meanwhile, as a real peer would.
+                let answer = tokio::spawn(handler(me, frame, parts)).await;
+                tokio::time::sleep(back).await;
+                if drop_answer {
+                    std::future::pending::<()>().await;
+                }
+                answer
+            };
+            tokio::select! {
+                answer = exchange => answer.map_err(|e| LinkError::Lost {
+                    peer: peer.clone(),
+                    detail: format!("the peer's handler failed: {e}"),
+                }),
+                _ = epoch.changed() => Err(LinkError::Lost {
+                    peer: peer.clone(),
+                    detail: "the link went down".to_owned(),
+                }),
+            }
+        }))
+    }
+}
+
 impl PeerNet for MemoryPeer {
     fn members(&self) -> BTreeMap<NodeName, PeerState> {
         let state = lock(&self.net.state);
@@ -254,51 +313,16 @@ impl PeerNet for MemoryPeer {
     }
 
     fn request(&self, peer: &NodeName, frame: Vec<u8>) -> Option<NetFuture> {
-        let mut state = lock(&self.net.state);
-        if !state.is_up(&self.me, peer) {
-            return None;
-        }
-        let handler = state.nodes.get(peer)?.handler.clone()?;
-        let mut epoch = state.links.get(&key(&self.me, peer))?.epoch.subscribe();
-        let (lo, hi) = state.delay;
-        let mut draw = || {
-            if hi > lo {
-                state.rng.random_range(lo..=hi)
-            } else {
-                lo
-            }
-        };
-        let (there, back) = (draw(), draw());
-        let drop_request = state.dropping.contains(&(self.me.clone(), peer.clone()));
-        let drop_answer = state.dropping.contains(&(peer.clone(), self.me.clone()));
-        drop(state);
-        let (me, peer) = (self.me.clone(), peer.clone());
-        Some(Box::pin(async move {
-            let exchange = async {
-                tokio::time::sleep(there).await;
-                if drop_request {
-                    std::future::pending::<()>().await;
-                }
-                // The peer runs the request in its own task: it finishes even if the link
-                // breaks meanwhile, as a real peer would.
-                let answer = tokio::spawn(handler(me, frame)).await;
-                tokio::time::sleep(back).await;
-                if drop_answer {
-                    std::future::pending::<()>().await;
-                }
-                answer
-            };
-            tokio::select! {
-                answer = exchange => answer.map_err(|e| LinkError::Lost {
-                    peer: peer.clone(),
-                    detail: format!("the peer's handler failed: {e}"),
-                }),
-                _ = epoch.changed() => Err(LinkError::Lost {
-                    peer: peer.clone(),
-                    detail: "the link went down".to_owned(),
-                }),
-            }
-        }))
+        self.exchange(peer, frame, None)
+    }
+
+    fn request_streamed(
+        &self,
+        peer: &NodeName,
+        frame: Vec<u8>,
+        parts: PartSender,
+    ) -> Option<NetFuture> {
+        self.exchange(peer, frame, Some(parts))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use tern_cluster::{MembershipEvent, Mesh, NodeName, PeerState};
+use tern_cluster::{MembershipEvent, Mesh, NodeName, PartSender, PeerState};
 use tokio::sync::broadcast;
 
 use crate::LinkError;
@@ -26,6 +26,14 @@ pub trait PeerNet: Send + Sync + 'static {
     /// Sends `frame` to `peer` and waits for its answer frame. `None` when `peer` is not
     /// connected (nothing was sent).
     fn request(&self, peer: &NodeName, frame: Vec<u8>) -> Option<NetFuture>;
+    /// Like [`PeerNet::request`], for a request whose answer may come in parts: each part
+    /// frame goes to `parts` as it arrives, before the answer frame.
+    fn request_streamed(
+        &self,
+        peer: &NodeName,
+        frame: Vec<u8>,
+        parts: PartSender,
+    ) -> Option<NetFuture>;
     /// Membership changes from now on.
     fn subscribe(&self) -> broadcast::Receiver<MembershipEvent>;
     /// Handshakes refused because the peer's identity did not check out.
@@ -48,6 +56,18 @@ impl PeerNet for Mesh {
     fn request(&self, peer: &NodeName, frame: Vec<u8>) -> Option<NetFuture> {
         let conn = self.connection(peer)?;
         Some(Box::pin(async move { Ok(conn.request(&frame).await?) }))
+    }
+
+    fn request_streamed(
+        &self,
+        peer: &NodeName,
+        frame: Vec<u8>,
+        parts: PartSender,
+    ) -> Option<NetFuture> {
+        let conn = self.connection(peer)?;
+        Some(Box::pin(async move {
+            Ok(conn.request_streamed(&frame, &parts).await?)
+        }))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<MembershipEvent> {

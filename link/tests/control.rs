@@ -128,7 +128,7 @@ async fn cluster(names: &[&str]) -> (tempfile::TempDir, Vec<Node>) {
 fn serve(conn: &Connection) {
     let c = conn.clone();
     tokio::spawn(async move {
-        c.serve(|req: Vec<u8>| async move { req }).await;
+        c.serve(|req: Vec<u8>, _parts| async move { req }).await;
     });
 }
 

@@ -188,7 +188,11 @@ impl LocalNode for FakeNode {
         Ok(None)
     }
 
-    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse> {
+    fn execute_for_peer(
+        &self,
+        meu: RemoteMeu,
+        _stream: tern_runtime::AnswerStream,
+    ) -> LocalFuture<'_, PeerResponse> {
         Box::pin(async move {
             if self.stopped.load(Ordering::SeqCst) {
                 return PeerResponse::Error(ApiError::new(ErrorCode::Unavailable, "stopped"));

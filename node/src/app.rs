@@ -119,8 +119,12 @@ impl LocalNode for App {
             .map_err(|e| NodeError::from(e).to_api())
     }
 
-    fn execute_for_peer(&self, meu: RemoteMeu) -> LocalFuture<'_, PeerResponse> {
-        Box::pin(self.run_for_peer(meu))
+    fn execute_for_peer(
+        &self,
+        meu: RemoteMeu,
+        stream: tern_runtime::AnswerStream,
+    ) -> LocalFuture<'_, PeerResponse> {
+        Box::pin(self.run_for_peer(meu, stream))
     }
 
     fn status(&self, seq: u64, cpu_percent: u32, recent_mean_us: u64) -> NodeStatus {
@@ -309,8 +313,13 @@ impl LocalNode for App {
 }
 
 impl App {
-    /// Runs an MEU another node placed here, if this node has exactly that version ready.
-    async fn run_for_peer(&self, meu: RemoteMeu) -> PeerResponse {
+    /// Runs an MEU another node placed here, if this node has exactly that version ready; its
+    /// answer goes to `stream` as it is written if the peer takes it that way.
+    async fn run_for_peer(
+        &self,
+        meu: RemoteMeu,
+        stream: tern_runtime::AnswerStream,
+    ) -> PeerResponse {
         let arrived = std::time::Instant::now();
         // The version the sender placed must be the one ready here; its time limit is the
         // unit's.
@@ -345,6 +354,7 @@ impl App {
         let local = Meu {
             trace: trace.clone(),
             accepted_at,
+            stream,
             ..Meu::new(
                 meu.request_id,
                 meu.function,

@@ -934,7 +934,7 @@ async fn run_call_traced(
         }
         return Ok(resp);
     }
-    // A component's answer is taken as it is written when it runs here (see `streamed`).
+    // A component's answer is taken as it is written, wherever it runs (see `streamed`).
     let (stream, parts) = match component {
         Some((_, true)) => {
             let (stream, parts) = tern_runtime::AnswerStream::new();
@@ -962,6 +962,7 @@ async fn run_call_traced(
                     status,
                     headers,
                     cold_start,
+                    node,
                 } => {
                     return streamed_response(
                         app,
@@ -969,7 +970,7 @@ async fn run_call_traced(
                         trace,
                         parts,
                         run,
-                        (status, headers, cold_start),
+                        (status, headers, cold_start, node),
                         accepts_trailers,
                     );
                 }
@@ -1030,6 +1031,8 @@ enum Head {
         status: u16,
         headers: tern_wire::HttpFields,
         cold_start: bool,
+        /// The node that ran it, if not this one.
+        node: Option<String>,
     },
     Whole(Result<tern_actors::Outcome, tern_actors::Error>),
 }
@@ -1052,6 +1055,7 @@ async fn first_part(
                 status,
                 headers,
                 cold_start,
+                node,
             }),
             run,
         ) => Head::Streamed {
@@ -1060,6 +1064,7 @@ async fn first_part(
             status,
             headers,
             cold_start,
+            node,
         },
         // Closed before a head (the run answers whole, here or on another node, or failed
         // before its head), or a part out of order: the run's own result is the answer.
@@ -1076,7 +1081,7 @@ fn streamed_response(
     trace: &tracing::Span,
     parts: tokio::sync::mpsc::UnboundedReceiver<tern_wire::AnswerPart>,
     run: Result<crate::streamed::Run, Result<tern_actors::Outcome, tern_actors::Error>>,
-    (status, headers, cold_start): (u16, tern_wire::HttpFields, bool),
+    (status, headers, cold_start, node): (u16, tern_wire::HttpFields, bool, Option<String>),
     accepts_trailers: bool,
 ) -> Result<Response<Body>, NodeError> {
     // A cell's head is checked as a whole answer from it would be (the run is cancelled).
@@ -1091,12 +1096,8 @@ fn streamed_response(
     // The trailers are not known yet: those the component announced in its own `Trailer`
     // header are the ones hyper will send.
     append_component_headers(resp.headers_mut(), &headers, accepts_trailers);
-    insert_run_headers(
-        resp.headers_mut(),
-        cold_start,
-        &app.config.node_name,
-        request_id,
-    );
+    let node = node.as_deref().unwrap_or(&app.config.node_name);
+    insert_run_headers(resp.headers_mut(), cold_start, node, request_id);
     let trace = trace.clone();
     let body = Streamed::new(
         parts,

@@ -1,11 +1,11 @@
 //! A component's answer sent to an HTTP caller as the guest writes it.
 //!
 //! A sync call at the `/fn/` route gives its invocation an [`AnswerStream`]; the run that
-//! reaches the guest on this node (in-process or in the tenant's cell) sends the answer's head,
+//! reaches the guest (in-process or in the tenant's cell, on this node or on the peer it was
+//! placed on, whose parts the link passes on as they cross the mesh) sends the answer's head,
 //! its body chunks, its trailers and its end there instead of collecting them, and the
-//! connection sends each chunk as it comes. A run placed on another node answers whole
-//! (nothing is streamed across the mesh), and so does a call that fails before its head: the
-//! caller then gets the answer, or the error, as before.
+//! connection sends each chunk as it comes. A call that fails before its head answers whole:
+//! the caller then gets the answer, or the error, as before.
 //!
 //! The status and headers go out before the run has ended, so a failure after them (a trap,
 //! the deadline, the output cap) cannot become an error response any more: the body is cut

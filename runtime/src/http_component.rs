@@ -155,8 +155,9 @@ fn request_body(body: Bytes, trailers: Option<HeaderMap>) -> RequestBody {
 
 /// Where a component's answer goes as the guest writes it, for a caller that takes it as it
 /// comes. Empty unless the caller made one ([`AnswerStream::new`]); the first run of the unit
-/// that reaches its guest takes the sender, so a copy or a second attempt of the same unit
-/// answers whole. Unbounded: a run sends at most its output cap (its parts are counted like a
+/// that reaches its guest takes the sender (or the link forwarding the unit, which gives it
+/// back if the peer ran nothing of it: [`AnswerStream::restore`]), so a copy or a second
+/// attempt of the same unit answers whole. Unbounded: a run sends at most its output cap (its parts are counted like a
 /// whole answer), so a slow reader costs the node no more than a buffered answer would, and
 /// the guest does not wait for it.
 #[derive(Clone, Default)]
@@ -172,6 +173,25 @@ impl AnswerStream {
         (Self(Some(Arc::new(Mutex::new(Some(tx))))), rx)
     }
 
+    /// Puts `sender` back for a later run of the unit, if no other run took the slot's
+    /// sender meanwhile (a forward that failed before any part of the answer went on).
+    pub fn restore(&self, sender: AnswerSender) {
+        if let Some(slot) = &self.0 {
+            let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if slot.is_none() {
+                *slot = Some(sender);
+            }
+        }
+    }
+
+    /// Whether the sender is still there: the caller takes the answer as it is written, and
+    /// no run has taken the sender yet.
+    pub fn is_open(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some())
+    }
+
     /// The sender, for the one run that answers through it.
     pub fn take(&self) -> Option<AnswerSender> {
         self.0
@@ -184,11 +204,9 @@ impl AnswerStream {
 
 impl std::fmt::Debug for AnswerStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let open = self
-            .0
-            .as_ref()
-            .is_some_and(|s| s.lock().unwrap_or_else(|p| p.into_inner()).is_some());
-        f.debug_tuple("AnswerStream").field(&open).finish()
+        f.debug_tuple("AnswerStream")
+            .field(&self.is_open())
+            .finish()
     }
 }
 
@@ -449,6 +467,52 @@ struct Answer {
     cap: usize,
 }
 
+/// Where a streamed answer made elsewhere (in a cell, on a peer) goes, and how much of it is
+/// still taken: its parts count against a budget by [`part_size`], and a sender that sends
+/// more, or parts out of order (anything before the head, a second head, anything after the
+/// end), has broken the protocol.
+pub struct StreamTo {
+    parts: AnswerSender,
+    budget: usize,
+    head_seen: bool,
+    end_seen: bool,
+}
+
+impl StreamTo {
+    /// Parts go to `parts`, at most `budget` of them by [`part_size`].
+    pub fn new(parts: AnswerSender, budget: usize) -> Self {
+        Self {
+            parts,
+            budget,
+            head_seen: false,
+            end_seen: false,
+        }
+    }
+
+    /// The caller's end, for a later run when nothing has been taken.
+    pub fn into_sender(self) -> AnswerSender {
+        self.parts
+    }
+
+    /// Takes `part` for the caller, or says how it breaks the protocol.
+    pub fn take(&mut self, part: tern_wire::AnswerPart) -> Result<(), &'static str> {
+        let is_head = matches!(part, tern_wire::AnswerPart::Head { .. });
+        if self.end_seen || is_head == self.head_seen {
+            return Err("out of order");
+        }
+        let size = part_size(&part);
+        if size > self.budget {
+            return Err("more than its output cap");
+        }
+        self.budget -= size;
+        self.head_seen = true;
+        self.end_seen = matches!(part, tern_wire::AnswerPart::End);
+        // A caller that stopped reading: the rest is dropped, the run goes on.
+        let _ = self.parts.send(part);
+        Ok(())
+    }
+}
+
 /// What `part` counts against the output cap when it is streamed: what it carries and
 /// [`PART_OVERHEAD`]. The node checks a cell's parts by the same measure.
 pub fn part_size(part: &AnswerPart) -> usize {
@@ -479,6 +543,7 @@ impl Answer {
             status: self.status,
             headers: self.headers.clone(),
             cold_start: self.cold_start,
+            node: None,
         };
         self.deliver(head);
         if !self.collected.is_empty() {

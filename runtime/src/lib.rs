@@ -28,7 +28,7 @@ pub mod isolation;
 mod lanes;
 
 pub use error::Error;
-pub use http_component::{AnswerSender, AnswerStream, PART_OVERHEAD, part_size};
+pub use http_component::{AnswerSender, AnswerStream, PART_OVERHEAD, StreamTo, part_size};
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};

@@ -64,6 +64,9 @@ pub enum AnswerPart {
         headers: HttpFields,
         /// Whether the call had to load the function first.
         cold_start: bool,
+        /// The node that ran the call, when it is not the one answering the caller (set by
+        /// the node that forwarded the call, as the parts pass through it).
+        node: Option<String>,
     },
     Data(#[serde(with = "serde_bytes")] Vec<u8>),
     Trailers(HttpFields),

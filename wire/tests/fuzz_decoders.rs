@@ -1286,3 +1286,49 @@ fn decode_either(bytes: &[u8]) -> Result<(), WireError> {
         .expect("the bytes start with one of the magics")
         .map(drop)
 }
+
+// ------------------------------------------------------------------------------------------
+// The parts of a streamed answer, as a peer sends them across the mesh
+// ------------------------------------------------------------------------------------------
+
+fn answer_part() -> impl Strategy<Value = tern_wire::AnswerPart> {
+    prop_oneof![
+        (
+            any::<u16>(),
+            http_fields(),
+            any::<bool>(),
+            proptest::option::of("[a-z0-9-]{1,12}"),
+        )
+            .prop_map(|(status, headers, cold_start, node)| {
+                tern_wire::AnswerPart::Head {
+                    status,
+                    headers,
+                    cold_start,
+                    node,
+                }
+            }),
+        vec(any::<u8>(), 0..256).prop_map(tern_wire::AnswerPart::Data),
+        http_fields().prop_map(tern_wire::AnswerPart::Trailers),
+        Just(tern_wire::AnswerPart::End),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config(ROUND_TRIP_CASES))]
+
+    #[test]
+    fn answer_parts_round_trip_and_refuse_limits_below_their_size(
+        v in answer_part(), below in any::<Index>(), extra in vec(any::<u8>(), 1..8),
+    ) {
+        assert_round_trip(&v, below, &extra);
+    }
+
+    /// What a peer sends as a part is a part or a typed error, never a panic.
+    #[test]
+    fn arbitrary_bytes_decode_to_an_answer_part_or_a_typed_error(
+        bytes in wire_bytes(1024),
+        limit in limit(),
+    ) {
+        let _ = decode::<tern_wire::AnswerPart>(&bytes, limit);
+    }
+}

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use super::frame::frame_error;
 use super::lanes::{Lane, LanePool, LentLane};
 use super::serve::serve_stream;
-use super::{KIND_DATA, KIND_RACTOR, TransportConfig, codes};
+use super::{KIND_DATA, KIND_RACTOR, KIND_STREAMED, PartSender, TransportConfig, codes};
 use crate::{ClusterError, NodeName};
 
 /// A ractor_cluster session stream accepted by [`Connection::serve`], the kind byte already read.
@@ -35,6 +35,10 @@ pub struct Connection {
     cfg: Arc<TransportConfig>,
     sessions: Arc<SessionSink>,
     lanes: Arc<LanePool>,
+    /// Idle [`KIND_STREAMED`] lanes, for [`Connection::request_streamed`].
+    streamed_lanes: Arc<LanePool>,
+    /// The peer refused a [`KIND_STREAMED`] stream (an older version): it is not asked again.
+    streamed_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Connection {
@@ -46,6 +50,8 @@ impl Connection {
             cfg,
             sessions: Arc::default(),
             lanes: Arc::default(),
+            streamed_lanes: Arc::default(),
+            streamed_refused: Arc::default(),
         }
     }
 
@@ -117,29 +123,19 @@ impl Connection {
         let frame =
             bytes::Bytes::from(encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?);
         let exchange = async {
-            let mut lent = self.lend().await?;
+            let mut lent = self.lend(&self.lanes, KIND_DATA).await?;
             let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
             let answer = match lane.exchange(&frame).await {
                 Err(e) if lane.ended_unread(&e) => {
                     // Not executed there: send it once more, on a stream of its own.
                     drop(lent);
-                    lent = self.lend_new().await?;
+                    lent = self.lend_new(&self.lanes, KIND_DATA).await?;
                     let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
                     lane.exchange(&frame).await
                 }
                 answer => answer,
             };
-            let clean = lent
-                .lane
-                .as_ref()
-                .is_some_and(|l| l.decoder.buffered() == 0);
-            if answer.is_ok() && clean {
-                let cap = self
-                    .cfg
-                    .max_idle_lanes
-                    .min(self.cfg.max_concurrent_streams as usize / 2);
-                lent.give_back(cap);
-            }
+            self.give_back_if_clean(lent, answer.is_ok());
             answer
         };
         tokio::time::timeout(self.cfg.request_timeout, exchange)
@@ -147,46 +143,127 @@ impl Connection {
             .map_err(|_| ClusterError::Timeout("request"))?
     }
 
+    /// Returns a lane to its pool after an exchange that ended well and left nothing unread
+    /// (else it is reset, as it drops).
+    fn give_back_if_clean(&self, lent: LentLane<'_>, ok: bool) {
+        let clean = lent
+            .lane
+            .as_ref()
+            .is_some_and(|l| l.decoder.buffered() == 0);
+        if ok && clean {
+            // Both pools together stay within the idle cap and half the stream credit.
+            let cap = self
+                .cfg
+                .max_idle_lanes
+                .min(self.cfg.max_concurrent_streams as usize / 2);
+            let other = if std::ptr::eq(lent.pool, &*self.lanes) {
+                self.streamed_lanes.idle()
+            } else {
+                self.lanes.idle()
+            };
+            lent.give_back(cap.saturating_sub(other));
+        }
+    }
+
+    /// Sends `payload` on a [`KIND_STREAMED`] lane, whose answer may come in parts: each part
+    /// goes to `parts` as it arrives, and the last answer frame is returned. Such lanes are
+    /// kept between requests as [`Connection::request`]'s are. A peer that does not know them
+    /// (an older version) refuses the first one before reading it; that request and every
+    /// later one on this connection are then sent on [`KIND_DATA`] lanes, and answered whole. Giving up (dropping the future) resets the
+    /// lane, so the peer stops the work.
+    pub async fn request_streamed(
+        &self,
+        payload: &[u8],
+        parts: &PartSender,
+    ) -> Result<Vec<u8>, ClusterError> {
+        if self.streamed_refused.load(Ordering::Relaxed) {
+            return self.request(payload).await;
+        }
+        let frame =
+            bytes::Bytes::from(encode_frame(payload, self.cfg.max_frame).map_err(frame_error)?);
+        let exchange = async {
+            let mut lent = self.lend(&self.streamed_lanes, KIND_STREAMED).await?;
+            let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
+            let answer = match lane.exchange_parts(&frame, parts).await {
+                Err(e) if lane.kind_refused(&e) => {
+                    self.streamed_refused.store(true, Ordering::Relaxed);
+                    drop(lent);
+                    return Err(e);
+                }
+                Err(e) if lane.ended_unread(&e) => {
+                    drop(lent);
+                    lent = self.lend_new(&self.streamed_lanes, KIND_STREAMED).await?;
+                    let lane = lent.lane.as_mut().ok_or(ClusterError::ClosedStream)?;
+                    lane.exchange_parts(&frame, parts).await
+                }
+                answer => answer,
+            };
+            self.give_back_if_clean(lent, answer.is_ok());
+            answer
+        };
+        match tokio::time::timeout(self.cfg.request_timeout, exchange).await {
+            Err(_) => Err(ClusterError::Timeout("request")),
+            Ok(Err(ClusterError::StreamRefused(code)))
+                if self.streamed_refused.load(Ordering::Relaxed)
+                    && code == u64::from(codes::UNSUPPORTED_KIND) =>
+            {
+                self.request(payload).await
+            }
+            Ok(answer) => answer,
+        }
+    }
+
     /// A lane for one exchange: an idle one, else a new stream. While the peer's stream
     /// credit is used up, whichever comes first: a lane given back, or new credit.
-    async fn lend(&self) -> Result<LentLane<'_>, ClusterError> {
+    async fn lend<'a>(&self, pool: &'a LanePool, kind: u8) -> Result<LentLane<'a>, ClusterError> {
         loop {
-            let returned = self.lanes.returned.notified();
+            let returned = pool.returned.notified();
             tokio::pin!(returned);
             // Registered before looking, so a lane given back after the look wakes us.
             returned.as_mut().enable();
-            if let Some(lane) = self.lanes.take() {
+            if let Some(lane) = pool.take() {
                 return Ok(LentLane {
                     lane: Some(lane),
-                    pool: &self.lanes,
+                    pool,
                 });
             }
             tokio::select! {
                 biased;
-                opened = self.inner.open_bi() => return Ok(self.new_lane(opened?)),
+                opened = self.inner.open_bi() => return Ok(self.new_lane(opened?, pool, kind)),
                 () = &mut returned => {}
             }
         }
     }
 
     /// A lane on a new stream.
-    async fn lend_new(&self) -> Result<LentLane<'_>, ClusterError> {
+    async fn lend_new<'a>(
+        &self,
+        pool: &'a LanePool,
+        kind: u8,
+    ) -> Result<LentLane<'a>, ClusterError> {
         let opened = self.inner.open_bi().await?;
-        Ok(self.new_lane(opened))
+        Ok(self.new_lane(opened, pool, kind))
     }
 
-    fn new_lane(&self, (send, recv): (SendStream, RecvStream)) -> LentLane<'_> {
-        self.lanes.opened.fetch_add(1, Ordering::Relaxed);
+    fn new_lane<'a>(
+        &self,
+        (send, recv): (SendStream, RecvStream),
+        pool: &'a LanePool,
+        kind: u8,
+    ) -> LentLane<'a> {
+        pool.opened.fetch_add(1, Ordering::Relaxed);
         LentLane {
-            lane: Some(Lane::new(send, recv, self.cfg.max_frame)),
-            pool: &self.lanes,
+            lane: Some(Lane::new(send, recv, self.cfg.max_frame, kind)),
+            pool,
         }
     }
 
-    /// Data-plane streams this side has opened for [`Connection::request`]; each carries
-    /// many requests, one at a time, so this grows with concurrency, not with requests.
+    /// Data-plane streams this side has opened for [`Connection::request`] and
+    /// [`Connection::request_streamed`]; each carries many requests, one at a time, so this
+    /// grows with concurrency, not with requests.
     pub fn lanes_opened(&self) -> u64 {
         self.lanes.opened.load(Ordering::Relaxed)
+            + self.streamed_lanes.opened.load(Ordering::Relaxed)
     }
 
     /// UDP datagrams this side has sent on the connection (quinn's statistics).
@@ -227,6 +304,7 @@ impl Connection {
             None => {
                 // The peer's stream credit is used up, perhaps by idle lanes: give theirs back.
                 self.lanes.release_idle();
+                self.streamed_lanes.release_idle();
                 self.inner.open_bi().await?
             }
         };
@@ -238,9 +316,12 @@ impl Connection {
     /// returns why it ended. Each stream runs in its own task; a bad stream is refused alone.
     /// [`KIND_RACTOR`] streams go to the receiver of [`Connection::claim_session_streams`], if
     /// any (else they are refused with [`codes::UNSUPPORTED_KIND`]).
+    ///
+    /// The handler is given a [`PartSender`] for a request on a [`KIND_STREAMED`] stream:
+    /// what it sends there goes out, in order, before its answer.
     pub async fn serve<F, Fut>(&self, handler: F) -> ClusterError
     where
-        F: Fn(Vec<u8>) -> Fut + Send + Sync + 'static,
+        F: Fn(Vec<u8>, Option<PartSender>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Vec<u8>> + Send + 'static,
     {
         let handler = Arc::new(handler);

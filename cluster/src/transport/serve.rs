@@ -1,6 +1,7 @@
 //! The serving side of one incoming stream, run by [`super::Connection::serve`] in a task of
 //! its own: reads the kind byte, then answers [`KIND_DATA`] requests one at a time until the
-//! requester finishes the stream, or hands a [`KIND_RACTOR`] stream to the session layer. A
+//! requester finishes the stream (on a [`KIND_STREAMED`] stream, each answer in parts), or
+//! hands a [`KIND_RACTOR`] stream to the session layer. A
 //! bad stream (oversized, late, unknown kind, garbage) is refused alone; the connection and
 //! its other streams carry on.
 
@@ -13,7 +14,9 @@ use tokio::sync::mpsc;
 
 use super::connection::SessionSink;
 use super::frame::{frame_error, read_frame_into, read_kind, refuse};
-use super::{KIND_DATA, KIND_RACTOR, TransportConfig, codes};
+use super::{
+    KIND_DATA, KIND_RACTOR, KIND_STREAMED, LAST, PART, PartSender, TransportConfig, codes,
+};
 use crate::ClusterError;
 
 pub(super) async fn serve_stream<F, Fut>(
@@ -24,7 +27,7 @@ pub(super) async fn serve_stream<F, Fut>(
     sessions: &SessionSink,
 ) -> Result<(), ClusterError>
 where
-    F: Fn(Vec<u8>) -> Fut,
+    F: Fn(Vec<u8>, Option<PartSender>) -> Fut,
     Fut: Future<Output = Vec<u8>>,
 {
     let mut decoder = FrameDecoder::new(cfg.max_frame);
@@ -32,15 +35,18 @@ where
     let first = tokio::time::timeout(cfg.request_timeout, async {
         match read_kind(&mut recv).await? {
             KIND_RACTOR => Ok(None),
-            KIND_DATA => read_frame_into(&mut recv, &mut decoder).await.map(Some),
+            kind @ (KIND_DATA | KIND_STREAMED) => read_frame_into(&mut recv, &mut decoder)
+                .await
+                .map(|request| Some((kind, request))),
             other => Err(ClusterError::UnsupportedStreamKind(other)),
         }
     })
     .await
     .unwrap_or(Err(ClusterError::Timeout("request")));
-    let mut first = match first {
+    let (streamed, mut first) = match first {
         Ok(None) => return deliver_session_stream(send, recv, sessions),
-        first => Some(first),
+        Ok(Some((kind, request))) => (kind == KIND_STREAMED, Some(Ok(Some(request)))),
+        Err(e) => (false, Some(Err(e))),
     };
     loop {
         let request = match first.take() {
@@ -65,12 +71,19 @@ where
                 return Err(e);
             }
         };
+        if streamed {
+            match answer_in_parts(&mut send, &mut recv, request, handler, cfg).await? {
+                Some(last) => write_marked(&mut send, &mut recv, LAST, &last, cfg).await?,
+                None => return Ok(()),
+            }
+            continue;
+        }
         // A requester that gives up resets the lane (STOP_SENDING reaches us): the work is
         // dropped, a running guest with it, rather than finished for nobody.
         let stopped = send.stopped();
         let response = tokio::select! {
             biased;
-            response = handler(request) => response,
+            response = handler(request, None) => response,
             _ = stopped => return Ok(()),
         };
         match encode_frame(&response, cfg.max_frame) {
@@ -79,6 +92,68 @@ where
                 refuse(&mut send, &mut recv, codes::FRAME_TOO_LARGE);
                 return Err(frame_error(e));
             }
+        }
+    }
+}
+
+/// Answers a request on a [`KIND_STREAMED`] stream up to its last frame: each part the
+/// handler sends goes out as it comes, marked [`PART`]; returns the handler's answer, which
+/// goes last. `None` when the requester gave up (the work is dropped, as on a lane).
+async fn answer_in_parts<F, Fut>(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    request: Vec<u8>,
+    handler: &F,
+    cfg: &TransportConfig,
+) -> Result<Option<Vec<u8>>, ClusterError>
+where
+    F: Fn(Vec<u8>, Option<PartSender>) -> Fut,
+    Fut: Future<Output = Vec<u8>>,
+{
+    let (parts, mut sent) = mpsc::unbounded_channel();
+    let handled = handler(request, Some(parts));
+    tokio::pin!(handled);
+    let stopped = send.stopped();
+    tokio::pin!(stopped);
+    // Whether the handler still holds its sender.
+    let mut open = true;
+    let last = loop {
+        tokio::select! {
+            biased;
+            _ = &mut stopped => return Ok(None),
+            part = sent.recv(), if open => match part {
+                Some(part) => write_marked(send, recv, PART, &part, cfg).await?,
+                None => open = false,
+            },
+            last = &mut handled => break last,
+        }
+    };
+    // Parts sent before the handler returned go out before its answer.
+    while let Ok(part) = sent.try_recv() {
+        write_marked(send, recv, PART, &part, cfg).await?;
+    }
+    Ok(Some(last))
+}
+
+/// Writes `payload` as one frame, after the byte `mark`; one too large for a frame refuses
+/// the stream.
+async fn write_marked(
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    mark: u8,
+    payload: &[u8],
+    cfg: &TransportConfig,
+) -> Result<(), ClusterError> {
+    let mut marked = Vec::with_capacity(payload.len() + 1);
+    marked.push(mark);
+    marked.extend_from_slice(payload);
+    // The mark does not count against the frame limit: a payload as large as a lane's answer
+    // fits.
+    match encode_frame(&marked, cfg.max_frame + 1) {
+        Ok(frame) => Ok(send.write_all(&frame).await?),
+        Err(e) => {
+            refuse(send, recv, codes::FRAME_TOO_LARGE);
+            Err(frame_error(e))
         }
     }
 }

@@ -1253,6 +1253,82 @@ async fn a_caller_that_goes_away_cancels_its_guest_on_the_peer_running_it() {
     }
 }
 
+/// A component's slow answer streams from the node running it (b) through the node the caller
+/// reached (c) as it is written: the head and first chunk come before the guest's pause ends,
+/// the trailer after the body, and the head names b. A caller that leaves mid-answer stops
+/// the guest on b.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_components_answer_streams_from_the_node_running_it_through_the_entry() {
+    use tokio::io::AsyncWriteExt;
+    let _one = one_cluster_at_a_time().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_three(root.path()).await;
+    let (a, b, c) = (nodes[0].addr(), nodes[1].addr(), nodes[2].addr());
+    let f = name_owned_among("b", &NAMES, "drip");
+    let r = put_when_synced(
+        a,
+        &format!("/v1/functions/{f}?timeout_ms=30000"),
+        component("drip"),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let route = format!("/fn/{f}");
+    eventually(
+        "c forwards the call to b",
+        Duration::from_secs(20),
+        || async {
+            let r = tern_bench::request_once(
+                c,
+                Method::GET,
+                &route,
+                &[("x-drip-ms", "0")],
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+            if r.status == 404 || r.status == 503 {
+                return None; // not replicated or not placed yet
+            }
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(&r.body[..], b"drip 0\ndrip 1\ndrip 2\n");
+            (r.header("x-tern-node") == Some("b")).then_some(())
+        },
+    )
+    .await;
+    let head = crate::components::check_a_slow_answer_arrives_as_it_is_written(c, &route).await;
+    assert!(head.contains("\r\nx-tern-node: b\r\n"), "{head}");
+
+    let mut caller = tokio::net::TcpStream::connect(c).await.unwrap();
+    caller
+        .write_all(
+            format!(
+                "GET {route} HTTP/1.1\r\nHost: tern\r\n\
+                 x-drip-chunks: 3\r\nx-drip-ms: 20000\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    assert!(
+        crate::components::read_until(&mut caller, &mut buf, b"drip 0\n", Duration::from_secs(5))
+            .await,
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    metric_until(b, "tern_executing", Duration::from_secs(5), |v| v == 1.0).await;
+    assert_eq!(
+        metric(c, "tern_executing").await,
+        0.0,
+        "running on b, not c"
+    );
+    drop(caller);
+    metric_until(b, "tern_executing", Duration::from_secs(5), |v| v == 0.0).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Three nodes where tenant `acme` has `quotas` (JSON) and the example `module` is deployed
 /// as `acme.{module}` (with `query` on the deploy), known to every node.
 async fn three_with_acme_function(

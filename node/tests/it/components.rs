@@ -674,16 +674,23 @@ pub(crate) async fn read_until(
     true
 }
 
-/// Checks, at the node at `addr` that has `drip` deployed, that an answer still being written
-/// reaches the caller as it is written: the head and the first chunk arrive while the guest
-/// pauses 3 s before its second, then the rest, then the trailer it announced.
-pub(crate) async fn check_a_slow_answer_arrives_as_it_is_written(addr: std::net::SocketAddr) {
+/// Checks, at the node at `addr` where `drip` answers at `route`, that an answer still being
+/// written reaches the caller as it is written: the head and the first chunk arrive while the
+/// guest pauses 3 s before its second, then the rest, then the trailer it announced. Returns
+/// the head, lower-cased.
+pub(crate) async fn check_a_slow_answer_arrives_as_it_is_written(
+    addr: std::net::SocketAddr,
+    route: &str,
+) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
-            b"GET /fn/drip HTTP/1.1\r\nHost: tern\r\nConnection: close\r\nTE: trailers\r\n\
-              x-drip-chunks: 2\r\nx-drip-ms: 3000\r\nx-drip-trailer: x-done=yes\r\n\r\n",
+            format!(
+                "GET {route} HTTP/1.1\r\nHost: tern\r\nConnection: close\r\nTE: trailers\r\n\
+                 x-drip-chunks: 2\r\nx-drip-ms: 3000\r\nx-drip-trailer: x-done=yes\r\n\r\n"
+            )
+            .as_bytes(),
         )
         .await
         .unwrap();
@@ -719,6 +726,7 @@ pub(crate) async fn check_a_slow_answer_arrives_as_it_is_written(addr: std::net:
     assert!(head.contains("\r\nx-tern-request-id: "), "{head}");
     assert_eq!(body, "drip 0\ndrip 1\n", "{answer}");
     assert_eq!(trailers, "x-done: yes\r\n\r\n", "{answer}");
+    head
 }
 
 /// A component's answer that is still being written after its head goes out as it is written
@@ -731,7 +739,7 @@ async fn a_slow_components_answer_reaches_the_caller_as_it_is_written() {
     let addr = node.addr();
     let resp = deploy_component(addr, "drip", "drip").await;
     assert_eq!(resp.status, 201, "{}", String::from_utf8_lossy(&resp.body));
-    check_a_slow_answer_arrives_as_it_is_written(addr).await;
+    check_a_slow_answer_arrives_as_it_is_written(addr, "/fn/drip").await;
     let quick = call(addr, Method::GET, "/fn/drip", &[("x-drip-ms", "0")], b"").await;
     assert_eq!(quick.status, 200);
     assert_eq!(&quick.body[..], b"drip 0\ndrip 1\ndrip 2\n");

@@ -772,7 +772,7 @@ async fn a_slow_components_answer_streams_from_its_cell() {
         )
     };
     assert_eq!(quick().await.unwrap().status, 200);
-    crate::components::check_a_slow_answer_arrives_as_it_is_written(addr).await;
+    crate::components::check_a_slow_answer_arrives_as_it_is_written(addr, "/fn/drip").await;
 
     // A caller that goes away mid-answer: its run is cancelled, the cell's parts and answer
     // for it that were already on their way are dropped, and the same cell serves on.
