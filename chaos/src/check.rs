@@ -30,8 +30,8 @@
 //!   detection bound, and come back
 //!   within the recovery bound after the fault healed, as the runner's polls of the nodes'
 //!   cluster views saw it (with [`VIEW_POLL_SLACK_US`] for the polls' period). Not judged: a
-//!   fault shorter than the detection bound, an observer under a fault of its own, what the
-//!   polls did not watch;
+//!   fault shorter than the detection bound, an observer under a fault of its own, a node
+//!   added after the fault began, what the polls did not watch;
 //! - `nodes_added`: every node an `add_node` fault adds joined (it started, the members were
 //!   restarted with it among its peers, it saw every member up that was not under a fault,
 //!   and it showed the workload's function), every starting member whose faults had all healed saw it up, and over HTTP it
@@ -351,12 +351,32 @@ fn membership(history: &History, scenario: &Scenario, report: &mut Report) {
     }
     spans.sort_by_key(|s| s.2);
     let names = scenario.nodes();
+    // A node an `add_node` fault added watches from when it joined (the end of its add).
+    let joined: Vec<(&str, u64)> = history
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Fault {
+                node,
+                at_us,
+                phase: Phase::End,
+                what,
+            } if what == "add_node" && !names.contains(&node.as_str()) => {
+                Some((node.as_str(), *at_us))
+            }
+            _ => None,
+        })
+        .collect();
     let mut expected = Vec::new();
     for &(node, what, start_us, end_us) in &spans {
         if what == "partition" {
             continue;
         }
-        for &observer in names.iter().filter(|o| **o != node) {
+        let added = joined
+            .iter()
+            .filter(|&&(_, at)| at <= start_us)
+            .map(|&(n, _)| n);
+        for observer in names.iter().copied().chain(added).filter(|o| *o != node) {
             expected.push(Separation {
                 observer,
                 peer: node,
@@ -1159,6 +1179,76 @@ mod tests {
                 "a saw b go 1000 ms after the kill began",
                 "c saw b go 1000 ms after the kill began, back 500 ms after it healed",
             ]
+        );
+    }
+
+    #[test]
+    fn an_added_node_is_judged_on_the_faults_after_it_joined_and_not_on_those_before() {
+        let s = Scenario::parse(
+            r#"
+            name = "add-then-kill"
+            [cluster]
+            nodes = 3
+            [workload]
+            function = "echo"
+            rate_per_s = 10
+            duration_s = 60
+            [[fault]]
+            at_s = 1
+            kind = "kill"
+            node = "c"
+            restart_after_s = 3
+            [[fault]]
+            at_s = 5
+            kind = "add_node"
+            [[fault]]
+            at_s = 20
+            kind = "kill"
+            node = "b"
+            restart_after_s = 5
+            [expect]
+            detection_ms = 1500
+            recovery_ms = 2000
+            "#,
+        )
+        .unwrap();
+        let mut h = History::default();
+        fault(&mut h, "c", "kill", Phase::Start, 1.0);
+        fault(&mut h, "c", "kill", Phase::End, 4.0);
+        for o in ["a", "b"] {
+            view(&mut h, o, "c", false, 2.0);
+            view(&mut h, o, "c", true, 5.0);
+        }
+        fault(&mut h, "d", "add_node", Phase::Start, 5.0);
+        fault(&mut h, "d", "add_node", Phase::End, 12.0);
+        fault(&mut h, "b", "kill", Phase::Start, 20.0);
+        fault(&mut h, "b", "kill", Phase::End, 25.0);
+        for o in ["a", "c", "d"] {
+            view(&mut h, o, "b", true, 12.5);
+            view(&mut h, o, "b", false, 21.0);
+        }
+        // a and c see b back; d, which joined before the kill, never does.
+        view(&mut h, "a", "b", true, 26.0);
+        view(&mut h, "c", "b", true, 26.0);
+        h.push(Event::ViewsWatched { until_us: us(40.0) });
+        let r = membership_of(&h, &s);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert_eq!(
+            r.violations[0].detail,
+            "d and b (kill at 20000 ms): d did not see b back within 2000 ms of the heal"
+        );
+        // Not judged on c's kill, which came before it joined.
+        assert!(
+            r.stats.membership.iter().all(|l| !l.starts_with("d saw c")),
+            "{:?}",
+            r.stats.membership
+        );
+        assert!(
+            r.stats
+                .membership
+                .contains(&"d saw b go 1000 ms after the kill began".to_owned()),
+            "{:?}",
+            r.stats.membership
         );
     }
 

@@ -169,8 +169,8 @@ impl Connection {
     /// goes to `parts` as it arrives, and the last answer frame is returned. Such lanes are
     /// kept between requests as [`Connection::request`]'s are. A peer that does not know them
     /// (an older version) refuses the first one before reading it; that request and every
-    /// later one on this connection are then sent on [`KIND_DATA`] lanes, and answered whole. Giving up (dropping the future) resets the
-    /// lane, so the peer stops the work.
+    /// later one on this connection are then sent on [`KIND_DATA`] lanes, and answered whole.
+    /// Giving up (dropping the future) resets the lane, so the peer stops the work.
     pub async fn request_streamed(
         &self,
         payload: &[u8],
@@ -271,8 +271,9 @@ impl Connection {
         self.inner.stats().udp_tx.datagrams
     }
 
-    /// Opens a stream of the given kind and writes the kind byte. Only [`KIND_DATA`] is
-    /// supported in this slice.
+    /// Opens a stream of the given kind and writes the kind byte. Only [`KIND_DATA`] is taken
+    /// here: a [`KIND_STREAMED`] stream is opened by `request_streamed`, which reads its
+    /// marked answers, and a [`KIND_RACTOR`] stream by the session layer.
     pub async fn open_stream(&self, kind: u8) -> Result<(SendStream, RecvStream), ClusterError> {
         if kind != KIND_DATA {
             return Err(ClusterError::UnsupportedStreamKind(kind));

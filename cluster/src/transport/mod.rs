@@ -33,11 +33,11 @@
 //! connection and its other streams carry on. [`KIND_RACTOR`] streams carry a ractor_cluster
 //! session (see `session/`): `serve` hands them, unread past the kind byte, to whoever
 //! claimed them with [`Connection::claim_session_streams`]; on a connection nobody claimed
-//! them on they are refused like an unknown kind. [`KIND_STREAMED`] streams carry one request
-//! whose answer comes in parts ([`Connection::request_streamed`]): each answer frame starts
-//! with [`PART`] or [`LAST`], and the stream ends after the last; a peer that does not know
-//! the kind refuses it with [`codes::UNSUPPORTED_KIND`], and the request is then sent again
-//! the usual way.
+//! them on they are refused like an unknown kind. [`KIND_STREAMED`] streams carry requests
+//! whose answers may come in parts ([`Connection::request_streamed`]), one at a time and kept
+//! between requests as data lanes are: each answer frame starts with [`PART`] or [`LAST`]; a
+//! peer that does not know the kind refuses it with [`codes::UNSUPPORTED_KIND`], and the
+//! request is then sent again the usual way.
 
 use std::time::Duration;
 
@@ -63,8 +63,8 @@ pub const KIND_RACTOR: u8 = 0x01;
 /// Data-plane request/response: a request frame, then its answer, repeated until the
 /// requester finishes the stream.
 pub const KIND_DATA: u8 = 0x02;
-/// One request whose answer may come in parts: a request frame, then answer frames each
-/// starting with [`PART`] or [`LAST`]; the server finishes the stream after the last.
+/// Requests whose answers may come in parts: a request frame, then answer frames each
+/// starting with [`PART`] or [`LAST`], repeated until the requester finishes the stream.
 pub const KIND_STREAMED: u8 = 0x03;
 /// First byte of an answer frame on a [`KIND_STREAMED`] stream that more frames follow.
 pub const PART: u8 = 1;
