@@ -9,6 +9,9 @@
 #   e.g. scripts/bench-forwarded-component.sh bench/reports/cluster/DATE-components 5 \
 #          tern=target/release/tern tern-old=/tmp/tern-old
 # Writes OUT_DIR/raw/ (wrk's JSON per run) and OUT_DIR/summary.txt, generated from raw/.
+# With `perf` on the machine (Debian's linux-perf), each measured run also counts the context
+# switches and futex calls of nodes b (which runs a forwarded call) and c (the entry node)
+# with `perf stat -p`, and the summary gives them per request (BENCH_PERF=0 leaves them out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: $0 OUT_DIR ROUNDS NAME=BIN [NAME=BIN ...]}
@@ -16,6 +19,8 @@ rounds=${2:?usage: $0 OUT_DIR ROUNDS NAME=BIN [NAME=BIN ...]}
 shift 2
 [ $# -ge 1 ] || { echo "name at least one NAME=BIN" >&2; exit 2; }
 duration=${BENCH_DURATION:-10}
+perf_on=${BENCH_PERF:-1}
+command -v perf >/dev/null || perf_on=0
 mkdir -p "$out/raw"
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 bash scripts/build-functions.sh >/dev/null
@@ -45,7 +50,7 @@ wait_http() {
 }
 
 names=()
-declare -A local_url forwarded_url header_of
+declare -A local_url forwarded_url header_of pid_b pid_c
 k=0
 for spec in "$@"; do
   name=${spec%%=*}
@@ -71,6 +76,8 @@ for spec in "$@"; do
       "${peers[@]}" --log warn >"$dir/${nodes[$i]}.log" 2>&1 &
     pids+=($!)
   done
+  pid_b[$name]=${pids[-2]}
+  pid_c[$name]=${pids[-1]}
   for h in "${http[@]}"; do wait_http "$h"; done
   header_a=$(auth_header_file "$dir/a/admin.token" "$dir/a.header")
   header_c=$(auth_header_file "$dir/c/admin.token" "$dir/c.header")
@@ -107,8 +114,19 @@ run() {
   log "WRK_HEADER_FILE=<$name c header> wrk -t1 -c1 -d${duration}s -s scripts/lib/wrk-report.lua $url  # $where"
   WRK_HEADER_FILE=${header_of[$name]} WRK_BODY=$body WRK_OUT=/dev/null \
     wrk -t1 -c1 -d2s -s scripts/lib/wrk-report.lua "$url" >/dev/null
+  local counting=()
+  if [ "$perf_on" = 1 ]; then
+    for node in b c; do
+      local pid
+      if [ $node = b ]; then pid=${pid_b[$name]}; else pid=${pid_c[$name]}; fi
+      perf stat -x, -e context-switches,syscalls:sys_enter_futex -p "$pid" \
+        -o "$out/raw/r$r-$name-$where.perf-$node.csv" &
+      counting+=($!)
+    done
+  fi
   WRK_HEADER_FILE=${header_of[$name]} WRK_BODY=$body WRK_OUT="$out/raw/r$r-$name-$where.json" \
     wrk -t1 -c1 -d"${duration}s" -s scripts/lib/wrk-report.lua "$url" >"$out/raw/r$r-$name-$where.wrk.txt"
+  for p in "${counting[@]}"; do kill -INT "$p"; wait "$p" || true; done
 }
 
 load_start=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -172,6 +190,35 @@ if len(names) > 1:
     for name in names[1:]:
         print(f"  {base} / {name}: forwarded p50 {med[base][1] / med[name][1]:.2f}x, "
               f"p99 {med[base][3] / med[name][3]:.2f}x; local p50 {med[base][0] / med[name][0]:.2f}x")
+import os
+def per_request(r, name, where, node):
+    # perf stat -x, lines: value,unit,event,...; counted while the measured run ran.
+    path = f"{out}/raw/r{r}-{name}-{where}.perf-{node}.csv"
+    if not os.path.exists(path):
+        return None
+    counts = {}
+    for line in open(path):
+        fields = line.strip().split(",")
+        if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+            counts[fields[2]] = float(fields[0])
+    requests = run(r, name, where)["requests"]
+    return {e: v / requests for e, v in counts.items()} if requests else None
+if os.path.exists(f"{out}/raw/r1-{names[0]}-local.perf-c.csv"):
+    print()
+    print("per request, median over the rounds (perf stat -p on the node's process while wrk ran;")
+    print("context switches and futex calls, all threads; b runs the forwarded calls, c is the entry):")
+    for name in names:
+        cells = []
+        for where in ("local", "forwarded"):
+            for node in ("c", "b"):
+                got = [per_request(r, name, where, node) for r in range(1, rounds + 1)]
+                got = [g for g in got if g]
+                if not got:
+                    continue
+                cs = statistics.median(g.get("context-switches", 0) for g in got)
+                fx = statistics.median(g.get("syscalls:sys_enter_futex", 0) for g in got)
+                cells.append(f"{where} on {node}: {cs:.2f} switches, {fx:.2f} futex")
+        print(f"  {name}: " + "; ".join(cells))
 print()
 print(f"errors (wrk: connect, read, write, non-2xx status, timeout) over all runs: {errors}")
 EOF
