@@ -568,6 +568,60 @@ async fn a_streamed_requests_parts_arrive_as_they_are_sent_then_its_answer() {
     assert_eq!(conn.lanes_opened(), 2);
 }
 
+/// A streamed lane that ends after passing a part on is not tried again on a new lane: the
+/// part has reached the caller, so the request fails instead of running twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_lane_ended_after_a_part_is_not_sent_again() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let b = Arc::new(bind(dir.path(), "b", TransportConfig::default()));
+    let server = b.clone();
+    let peer = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap();
+        let (mut streams, mut requests) = (0, 0);
+        let frame = |mark: u8, payload: &[u8]| {
+            tern_wire::encode_frame(&[&[mark], payload].concat(), 1024).unwrap()
+        };
+        while let Ok((mut send, mut recv)) = conn.accept_raw_stream().await {
+            streams += 1;
+            let mut kind = [0u8; 1];
+            recv.read_exact(&mut kind).await.unwrap();
+            loop {
+                let mut header = [0u8; 4];
+                if recv.read_exact(&mut header).await.is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u32::from_be_bytes(header) as usize];
+                recv.read_exact(&mut body).await.unwrap();
+                requests += 1;
+                if requests == 2 {
+                    // A part, then the stream ends without its last frame.
+                    send.write_all(&frame(1, b"part")).await.unwrap();
+                    send.finish().unwrap();
+                    break;
+                }
+                send.write_all(&frame(0, b"whole")).await.unwrap();
+            }
+        }
+        (streams, requests)
+    });
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    let (parts, mut got) = tokio::sync::mpsc::unbounded_channel();
+    assert_eq!(conn.request_streamed(b"1", &parts).await.unwrap(), b"whole");
+    let second = conn.request_streamed(b"2", &parts).await;
+    assert!(second.is_err(), "{second:?}");
+    drop(parts);
+    assert_eq!(got.recv().await.unwrap(), b"part");
+    assert!(got.recv().await.is_none());
+    conn.close();
+    assert_eq!(
+        peer.await.unwrap(),
+        (1, 2),
+        "one stream, each request sent once"
+    );
+}
+
 /// A requester that gives up on a streamed request resets its stream, and the server drops
 /// the work instead of finishing it for nobody.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,6 +769,59 @@ async fn idle_lanes_never_starve_other_streams_of_credit() {
     let answer = recv.read_to_end(64).await.unwrap();
     assert_eq!(&answer[4..], b"echo:raw");
     assert_eq!(conn.request(b"after").await.unwrap(), b"echo:after");
+}
+
+/// Idle lanes of one kind do not keep the other kind waiting: with every stream the peer
+/// grants held by idle data lanes, a streamed request finishes them and goes on a new stream
+/// (and the other way round).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_lanes_of_one_kind_give_their_credit_to_the_other() {
+    let dir = tempfile::tempdir().unwrap();
+    cluster(dir.path(), &["a", "b"]);
+    let a = bind(dir.path(), "a", TransportConfig::default());
+    let stingy = TransportConfig {
+        max_concurrent_streams: 4,
+        ..TransportConfig::default()
+    };
+    let b = Arc::new(bind(dir.path(), "b", stingy));
+    let _accepted = serve_one_with(&b, Arc::new(AtomicBool::new(false)));
+    let conn = a.connect(&n("b"), b.local_addr().unwrap()).await.unwrap();
+    let hold_all_credit = |streamed: bool| {
+        let slow: Vec<_> = (0..4)
+            .map(|_| {
+                let c = conn.clone();
+                tokio::spawn(async move {
+                    if streamed {
+                        let (parts, _got) = tokio::sync::mpsc::unbounded_channel();
+                        c.request_streamed(b"slow", &parts).await
+                    } else {
+                        c.request(b"slow").await
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            for s in slow {
+                assert_eq!(s.await.unwrap().unwrap(), b"echo:slow");
+            }
+        }
+    };
+    // Four data lanes, idle now, hold the four streams b grants.
+    hold_all_credit(false).await;
+    let (parts, _got) = tokio::sync::mpsc::unbounded_channel();
+    let streamed = tokio::time::timeout(
+        Duration::from_secs(2),
+        conn.request_streamed(b"after", &parts),
+    )
+    .await
+    .expect("a streamed request waited for credit idle data lanes held");
+    assert_eq!(streamed.unwrap(), b"echo:after");
+    // And the other way round.
+    hold_all_credit(true).await;
+    let plain = tokio::time::timeout(Duration::from_secs(2), conn.request(b"plain"))
+        .await
+        .expect("a request waited for credit idle streamed lanes held");
+    assert_eq!(plain.unwrap(), b"echo:plain");
 }
 
 /// The serving side answers every request on a stream in order, whether the requester keeps

@@ -558,21 +558,30 @@ async fn read_answers(
                     }
                 }
             },
-            FromCell::Part { id, part } => match shared.lock().get_mut(&id) {
-                Some(Waiting::Run {
-                    stream: Some(to),
-                    started,
-                    ..
-                }) if started.load(Ordering::Acquire) => {
-                    if let Err(how) = to.take(part) {
-                        return format!("the cell streamed {id} {how}");
-                    }
+            FromCell::Part { id, mut part } => {
+                // A cell does not say which node ran it: this one did (a peer's parts are
+                // named by the link, after the peer it heard them from).
+                if let tern_wire::AnswerPart::Head { node, .. } = &mut part {
+                    *node = None;
                 }
-                Some(_) => return format!("the cell streamed {id}, which is not a started stream"),
-                // A run the node stopped waiting for may have streamed any number of parts.
-                None if id < shared.next_id.load(Ordering::Relaxed) => {}
-                None => return format!("the cell streamed {id}, which was never asked"),
-            },
+                match shared.lock().get_mut(&id) {
+                    Some(Waiting::Run {
+                        stream: Some(to),
+                        started,
+                        ..
+                    }) if started.load(Ordering::Acquire) => {
+                        if let Err(how) = to.take(part) {
+                            return format!("the cell streamed {id} {how}");
+                        }
+                    }
+                    Some(_) => {
+                        return format!("the cell streamed {id}, which is not a started stream");
+                    }
+                    // A run the node stopped waiting for may have streamed any number of parts.
+                    None if id < shared.next_id.load(Ordering::Relaxed) => {}
+                    None => return format!("the cell streamed {id}, which was never asked"),
+                }
+            }
             FromCell::Ran {
                 id,
                 result,
@@ -802,6 +811,25 @@ mod tests {
         let (why, got) = read_streamed(&empties, budget(3, 0)).await;
         assert!(why.contains("more than its output cap"), "{why}");
         assert_eq!(got.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_cells_head_naming_a_node_reaches_the_run_naming_none() {
+        let named = tern_wire::AnswerPart::Head {
+            status: 200,
+            headers: vec![("x".into(), b"y".to_vec())],
+            cold_start: false,
+            node: Some("another-node".into()),
+        };
+        let (_, got) = read_streamed(
+            &[
+                FromCell::Started { id: 1 },
+                FromCell::Part { id: 1, part: named },
+            ],
+            1 << 20,
+        )
+        .await;
+        assert_eq!(got, vec![head()]);
     }
 
     #[tokio::test]

@@ -214,8 +214,14 @@ impl Connection {
     }
 
     /// A lane for one exchange: an idle one, else a new stream. While the peer's stream
-    /// credit is used up, whichever comes first: a lane given back, or new credit.
+    /// credit is used up, whichever comes first: a lane given back, or new credit; idle lanes
+    /// of the other kind are finished then, so the credit they hold comes back to this one.
     async fn lend<'a>(&self, pool: &'a LanePool, kind: u8) -> Result<LentLane<'a>, ClusterError> {
+        let other = if std::ptr::eq(pool, &*self.lanes) {
+            &*self.streamed_lanes
+        } else {
+            &*self.lanes
+        };
         loop {
             let returned = pool.returned.notified();
             tokio::pin!(returned);
@@ -231,6 +237,7 @@ impl Connection {
                 biased;
                 opened = self.inner.open_bi() => return Ok(self.new_lane(opened?, pool, kind)),
                 () = &mut returned => {}
+                () = std::future::ready(()), if other.idle() > 0 => other.release_idle(),
             }
         }
     }

@@ -26,6 +26,9 @@ pub(super) struct Lane {
     /// Exchanges started on this lane; the kind byte goes out with the first request.
     uses: u64,
     kind: u8,
+    /// Whether the current exchange passed a part on: its answer has begun reaching the
+    /// caller, so it is never sent again.
+    passed_parts: bool,
 }
 
 impl Lane {
@@ -43,6 +46,7 @@ impl Lane {
             decoder: FrameDecoder::new(limit),
             uses: 0,
             kind,
+            passed_parts: false,
         }
     }
 
@@ -59,12 +63,14 @@ impl Lane {
         frame: &bytes::Bytes,
         parts: &PartSender,
     ) -> Result<Vec<u8>, ClusterError> {
+        self.passed_parts = false;
         self.send_request(frame).await?;
         loop {
             let mut answer = self.read_answer().await?;
             let mark = (!answer.is_empty()).then(|| answer.remove(0));
             match mark {
                 Some(PART) => {
+                    self.passed_parts = true;
                     // A requester that stopped listening still reads to the last frame.
                     let _ = parts.send(answer);
                 }
@@ -108,10 +114,13 @@ impl Lane {
     /// After a failed exchange on a lane used before: the peer ended or refused the stream
     /// with code 0 before a byte of the answer came. That is how a node of the previous mesh
     /// version (one exchange per stream) treats a second request; it never read it. This
-    /// version never ends a lane in use nor refuses with code 0.
+    /// version ends a lane in use only if its serving task dies (a panic), and never refuses
+    /// with code 0; a streamed exchange that passed a part on is not "unread" whatever ended
+    /// it (sending it again would run it twice).
     pub(super) fn ended_unread(&self, e: &ClusterError) -> bool {
         // `uses` already counts the failed exchange.
         self.uses > 1
+            && !self.passed_parts
             && self.decoder.buffered() == 0
             && matches!(e, ClusterError::Truncated | ClusterError::StreamRefused(0))
     }

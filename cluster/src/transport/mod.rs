@@ -139,7 +139,9 @@ pub struct TransportConfig {
     pub max_concurrent_streams: u32,
     /// Idle data-plane streams ("lanes") kept open per connection for later requests. Idle
     /// lanes hold the peer's stream credit, so at most half of `max_concurrent_streams` are
-    /// kept whatever this says. 0 opens and finishes a stream per request.
+    /// kept whatever this says (data and streamed lanes together; a request that finds the
+    /// credit used up finishes the other kind's idle lanes). 0 opens and finishes a stream
+    /// per request.
     pub max_idle_lanes: usize,
     /// Verified connections waiting for `accept`.
     pub accept_backlog: usize,
