@@ -7,7 +7,13 @@
 # Usage: bash scripts/test.sh [--with-tch]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-run() { echo "+ $*"; "$@"; }
+# Each command's wall time follows it, so the slow stages of a run can be read from its log.
+run() {
+  local t0=$SECONDS
+  echo "+ $*"
+  "$@"
+  echo "  [$(( SECONDS - t0 )) s: $1 ${2:-}]"
+}
 
 with_tch=0
 for arg in "$@"; do
@@ -40,8 +46,9 @@ fi
 # workspace build has candle anyway, for tern-policy's own tests.
 run cargo test --workspace --features tern-node/online-learning -- --skip timing::
 # Latency, deadline and memory bounds: alone, so other tests do not disturb the measurement.
-# Same features as above, so nothing is rebuilt.
-run cargo test -p tern-node --features online-learning --test it timing:: -- --test-threads=1
+# The whole workspace selected, as above, so its dependencies resolve to the same features and
+# nothing is built again (`-p tern-node` would rebuild some of them and relink the suite).
+run cargo test --workspace --features tern-node/online-learning --test it timing:: -- --test-threads=1
 # The node without its `online-learning` feature, as `tern up` builds it: the unit tests of
 # every crate, config's included, and learned placement's without online learning. With the
 # whole workspace selected, dependencies keep the features of the build above, so only the

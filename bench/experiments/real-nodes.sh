@@ -37,7 +37,8 @@
 #   default OUT_DIR bench/reports/paper/<experiment>/<UTC date>
 #   --smoke: one round of a one-minute window at 12x (5 s per run), no settling, the binary
 #            TERN_BIN (default target/debug/tern): checks the runner and the analysis, in CI
-#            (ablations: full, no-runtime-opt and all-off only).
+#            (ablations: full, no-runtime-opt and all-off only, every function deployed
+#            from one module).
 # Environment (full run defaults): ROUNDS=3 MINUTES=600-610 (ablations: 600-604) SPEEDUP=5
 #   SCALE=20 SEED=1 WORK_N=32-256 CONNECTIONS=256 CONFIGS="<the experiment's, by name>"
 #   CHECKPOINT=policy/reports/ppo-weights.safetensors (what `learned` serves; a checkpoint
@@ -100,6 +101,9 @@ if [ "${1:-}" = "--smoke" ]; then smoke=1; shift; fi
 if [ $smoke = 1 ]; then
   # Three ablations cover every component on and off: cells compiling on first use included.
   [ "$experiment" = ablations ] && default_configs="full no-runtime-opt all-off"
+  # Every function deployed from one module: 92 distinct ones took ~50 s of each run to compile
+  # on three nodes, most of the smoke's time, and checked nothing the shared module does not.
+  [ "$experiment" = ablations ] && default_modules=shared
   [ "$experiment" = profiles ] && default_configs="full all-off"
   out=${1:-target/experiments-smoke/$experiment}
   rounds=${ROUNDS:-1} minutes=${MINUTES:-600-601} speedup=${SPEEDUP:-12} scale=${SCALE:-2}
