@@ -1048,7 +1048,6 @@ async fn drive(
         scheduled_ops,
         max_lag_us,
     });
-    while requests.join_next().await.is_some() {}
     match faults.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
@@ -1060,17 +1059,21 @@ async fn drive(
             .map_err(|e| io("the deploys during the load")(std::io::Error::other(e)))??,
         None => false,
     };
-    // Let the last fault heal, then read every accepted async invocation's record; meanwhile
-    // (from now, so the time they took is seen) wait for the registries to agree.
+    // The registries are watched from the moment the faults and deploys are over, while the
+    // last requests drain: a request may wait for its whole timeout, and a watch started
+    // after it would see the registries agree late however soon they did. Once the requests
+    // are in, the last fault is given time to heal before every accepted async invocation's
+    // record is read.
     let registries = async {
         if deployed {
             watch_registries(scenario, nodes, &history, t0).await;
         }
     };
-    tokio::join!(
-        tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)),
-        registries
-    );
+    let drained = async {
+        while requests.join_next().await.is_some() {}
+        tokio::time::sleep(Duration::from_millis(scenario.expect.recovery_ms)).await;
+    };
+    tokio::join!(drained, registries);
     views.abort();
     lock(&history).push(Event::ViewsWatched { until_us: now_us() });
     let accepted: Vec<(u64, String, String)> = {
