@@ -193,6 +193,9 @@ pub struct Config {
     pub max_output_bytes: usize,
     /// Each function's guest stderr lines kept on this node, bytes (0: discarded).
     pub guest_log_bytes: usize,
+    /// The guest stderr lines of one tenant's functions kept on this node together, bytes:
+    /// past it, the tenant's largest rings give up their oldest lines.
+    pub guest_log_tenant_bytes: usize,
     /// Base URL of an OTLP/HTTP receiver (`http://collector:4318`; `/v1/traces` is appended)
     /// that invocation traces are sent to. Unset: the standard `OTEL_EXPORTER_OTLP_ENDPOINT`
     /// or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` if set, else no export.
@@ -354,6 +357,8 @@ pub struct Config {
 const MAX_GUARD_WINDOW: usize = 1 << 16;
 /// A function's stderr ring: the node holds up to `max_functions` of them.
 const MAX_GUEST_LOG_BYTES: usize = 1 << 20;
+/// One tenant's stderr rings together: the node holds up to one such budget per tenant.
+const MAX_GUEST_LOG_TENANT_BYTES: usize = 64 << 20;
 const MAX_GUARD_MARGIN_MS: f64 = 60_000.0;
 const MAX_ONLINE_BATCH: usize = 1 << 16;
 
@@ -386,6 +391,7 @@ impl Default for Config {
             max_memory_mb: 512,
             max_output_bytes: 16 << 20,
             guest_log_bytes: 16 << 10,
+            guest_log_tenant_bytes: 1 << 20,
             otlp_endpoint: None,
             guest_logs_otlp: false,
             node_logs_otlp: false,
@@ -591,6 +597,14 @@ impl Config {
         }
         if self.guest_log_bytes > MAX_GUEST_LOG_BYTES {
             return bad("guest_log_bytes must be at most 1048576");
+        }
+        if !(self.guest_log_bytes..=MAX_GUEST_LOG_TENANT_BYTES)
+            .contains(&self.guest_log_tenant_bytes)
+        {
+            return bad(
+                "guest_log_tenant_bytes must be at least guest_log_bytes (one function can fill \
+                 its ring) and at most 67108864",
+            );
         }
         if !(100..=600_000).contains(&self.quota_interval_ms) {
             return bad("quota_interval_ms must be in 100..=600000");
@@ -982,6 +996,13 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("guest_log_bytes"), "{err}");
+        // A tenant's lines together hold at least one function's ring, and are bounded.
+        for bytes in ["1000", "1000000000"] {
+            let err = Config::load(None, env("TERN_GUEST_LOG_TENANT_BYTES", bytes)).unwrap_err();
+            assert!(err.to_string().contains("guest_log_tenant_bytes"), "{err}");
+        }
+        let c = Config::load(None, env("TERN_GUEST_LOG_TENANT_BYTES", "16384")).unwrap();
+        assert_eq!(c.guest_log_tenant_bytes, 16 << 10);
         for setting in ["guest_logs_otlp", "node_logs_otlp"] {
             let c = Config::load(
                 None,

@@ -180,6 +180,7 @@ pub async fn start_with(config: Config, sockets: Sockets) -> Result<NodeHandle, 
     rt.max_loaded_modules = config.max_loaded_modules;
     rt.max_output_bytes = config.max_output_bytes;
     rt.guest_log_bytes = config.guest_log_bytes;
+    rt.guest_log_tenant_bytes = config.guest_log_tenant_bytes;
     rt.epoch_tick = config.epoch_tick();
     rt.share = config.share_params()?;
     let runtime = Runtime::new(rt, metrics.clone())?;

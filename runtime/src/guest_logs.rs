@@ -4,9 +4,11 @@
 //!
 //! A function's ring holds at most `ring_bytes` (each line counted as its text plus
 //! [`LINE_OVERHEAD_BYTES`], so lines are capped too); a guest that floods stderr pushes out
-//! only its own function's older lines. Memory is bounded by the number of functions
-//! that have logged × `ring_bytes` (functions are bounded by `max_functions`), and a removed
-//! function's ring goes with it.
+//! only its own function's older lines. A tenant's rings together hold at most `tenant_bytes`:
+//! past it, the tenant's largest ring gives up its oldest lines, so a tenant with many
+//! logging functions shares its bytes between them and never takes another tenant's. Memory is
+//! bounded by the number of functions that have logged × `ring_bytes` and by the number of
+//! tenants × `tenant_bytes`, and a removed function's ring goes with it.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -16,6 +18,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use tern_sync::poison::lock;
+use tern_tenancy::TenantName;
 use tern_wire::{FunctionName, LogLine, LogPage};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -159,6 +162,53 @@ impl Line {
     }
 }
 
+/// One tenant's rings, and the bytes they hold together.
+#[derive(Default)]
+struct TenantRings {
+    bytes: usize,
+    rings: HashMap<FunctionName, Ring>,
+}
+
+impl TenantRings {
+    /// Pushes out the oldest lines of the largest rings until the rings hold at most `cap`
+    /// together: the largest gives up lines until it is smaller than the next largest, so
+    /// every function keeps an equal share and the quiet ones keep theirs untouched.
+    fn shed(&mut self, cap: usize) {
+        while self.bytes > cap {
+            let mut largest: Option<(&FunctionName, usize)> = None;
+            let mut next = 0;
+            for (name, ring) in &self.rings {
+                match largest {
+                    Some((_, most)) if ring.bytes <= most => next = next.max(ring.bytes),
+                    _ => {
+                        next = next.max(largest.map_or(0, |(_, most)| most));
+                        largest = Some((name, ring.bytes));
+                    }
+                }
+            }
+            let Some(ring) = largest
+                .map(|(name, _)| name.clone())
+                .and_then(|name| self.rings.get_mut(&name))
+            else {
+                return;
+            };
+            // At least one line goes, so rings of equal size take turns.
+            while let Some(old) = ring.lines.pop_front() {
+                ring.bytes -= old.cost();
+                ring.dropped += 1;
+                self.bytes -= old.cost();
+                if self.bytes <= cap || ring.bytes < next {
+                    break;
+                }
+            }
+            if ring.lines.is_empty() && self.bytes > cap {
+                // Bytes counted for no line: cannot happen; never loop on it.
+                return;
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     lines: VecDeque<Line>,
@@ -174,7 +224,8 @@ struct Ring {
 /// kept.
 pub struct GuestLogs {
     ring_bytes: usize,
-    rings: Mutex<HashMap<FunctionName, Ring>>,
+    tenant_bytes: usize,
+    tenants: Mutex<HashMap<TenantName, TenantRings>>,
     clock_ms: Box<dyn Fn() -> u64 + Send + Sync>,
     forward: std::sync::OnceLock<Forward>,
 }
@@ -184,10 +235,17 @@ pub struct GuestLogs {
 pub type Forward = Box<dyn Fn(&FunctionName, &str, u64, &[String]) + Send + Sync>;
 
 impl GuestLogs {
-    pub fn new(ring_bytes: usize, clock_ms: Box<dyn Fn() -> u64 + Send + Sync>) -> Self {
+    /// Each function keeps at most `ring_bytes` of lines, and a tenant's functions at most
+    /// `tenant_bytes` together.
+    pub fn new(
+        ring_bytes: usize,
+        tenant_bytes: usize,
+        clock_ms: Box<dyn Fn() -> u64 + Send + Sync>,
+    ) -> Self {
         Self {
             ring_bytes,
-            rings: Mutex::default(),
+            tenant_bytes,
+            tenants: Mutex::default(),
             clock_ms,
             forward: std::sync::OnceLock::new(),
         }
@@ -204,23 +262,37 @@ impl GuestLogs {
         self.ring_bytes
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FunctionName, Ring>> {
-        lock(&self.rings)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantName, TenantRings>> {
+        lock(&self.tenants)
     }
 
     /// Gives `function` a ring (kept if it has one: a new version goes on with its lines).
     pub fn open(&self, function: &FunctionName) {
         if self.ring_bytes > 0 {
-            self.lock().entry(function.clone()).or_default();
+            self.lock()
+                .entry(function.tenant())
+                .or_default()
+                .rings
+                .entry(function.clone())
+                .or_default();
         }
+    }
+
+    fn has_ring(&self, function: &FunctionName) -> bool {
+        self.lock()
+            .get(&function.tenant())
+            .is_some_and(|t| t.rings.contains_key(function))
     }
 
     /// `function`'s lines after `after` (0: all it keeps), at most `limit`. A cursor past
     /// the function's last line (it was removed and deployed again since, or the cursor is
     /// another node's) reads from the start.
     pub fn read(&self, function: &FunctionName, after: u64, limit: usize) -> LogPage {
-        let rings = self.lock();
-        let Some(ring) = rings.get(function) else {
+        let tenants = self.lock();
+        let Some(ring) = tenants
+            .get(&function.tenant())
+            .and_then(|t| t.rings.get(function))
+        else {
             return LogPage::default();
         };
         let after = if after > ring.next_seq { 0 } else { after };
@@ -245,14 +317,30 @@ impl GuestLogs {
 
     /// Forgets a removed function's lines.
     pub fn remove(&self, function: &FunctionName) {
-        self.lock().remove(function);
+        let tenant = function.tenant();
+        let mut tenants = self.lock();
+        let Some(rings) = tenants.get_mut(&tenant) else {
+            return;
+        };
+        if let Some(ring) = rings.rings.remove(function) {
+            rings.bytes -= ring.bytes;
+        }
+        if rings.rings.is_empty() {
+            tenants.remove(&tenant);
+        }
     }
 
     /// Functions with lines kept, and the bytes their rings hold together.
     pub fn usage(&self) -> (usize, usize) {
-        let rings = self.lock();
-        let holding = rings.values().filter(|r| !r.lines.is_empty()).count();
-        (holding, rings.values().map(|r| r.bytes).sum())
+        let tenants = self.lock();
+        let rings = || tenants.values().flat_map(|t| t.rings.values());
+        let holding = rings().filter(|r| !r.lines.is_empty()).count();
+        (holding, tenants.values().map(|t| t.bytes).sum())
+    }
+
+    /// The bytes `tenant`'s rings hold together.
+    pub fn tenant_usage(&self, tenant: &TenantName) -> usize {
+        self.lock().get(tenant).map_or(0, |t| t.bytes)
     }
 }
 
@@ -303,15 +391,19 @@ impl LogSink for GuestLogs {
         let request_id: Arc<str> = Arc::from(request_id);
         if let Some(forward) = self.forward.get() {
             // Outside the lock every function's stderr shares: making records costs time.
-            if !self.lock().contains_key(function) {
+            if !self.has_ring(function) {
                 return;
             }
             forward(function, &request_id, at_ms, &lines);
         }
-        let mut rings = self.lock();
-        let Some(ring) = rings.get_mut(function) else {
+        let mut tenants = self.lock();
+        let Some(tenant) = tenants.get_mut(&function.tenant()) else {
             return;
         };
+        let Some(ring) = tenant.rings.get_mut(function) else {
+            return;
+        };
+        let before = ring.bytes;
         ring.next_seq += never_kept;
         ring.dropped += never_kept;
         for text in lines {
@@ -331,6 +423,8 @@ impl LogSink for GuestLogs {
                 ring.dropped += 1;
             }
         }
+        tenant.bytes = tenant.bytes - before + ring.bytes;
+        tenant.shed(self.tenant_bytes);
     }
 }
 
@@ -341,7 +435,7 @@ mod tests {
 
     /// Logs with rings for f, quiet, loud and e.
     fn logs(ring_bytes: usize) -> GuestLogs {
-        let l = GuestLogs::new(ring_bytes, Box::new(|| 42));
+        let l = GuestLogs::new(ring_bytes, usize::MAX, Box::new(|| 42));
         for f in ["f", "quiet", "loud", "e"] {
             l.open(&name(f));
         }
@@ -420,6 +514,61 @@ mod tests {
         let empty = logs(640);
         empty.record(&name("e"), "r", Bytes::from("\n".repeat(100_000)), 0);
         assert_eq!(empty.read(&name("e"), 0, usize::MAX).lines.len(), 10);
+    }
+
+    #[test]
+    fn a_tenants_functions_share_its_bytes_and_never_push_out_another_tenants_lines() {
+        // Rings of 1,000 bytes; one tenant's rings hold 1,500 together.
+        let l = GuestLogs::new(1000, 1500, Box::new(|| 42));
+        for f in ["acme.quiet", "acme.loud", "acme.other", "zeta.f"] {
+            l.open(&name(f));
+        }
+        let (acme, zeta): (TenantName, TenantName) =
+            ("acme".parse().unwrap(), "zeta".parse().unwrap());
+        let texts = |f: &str| -> Vec<String> {
+            let page = l.read(&name(f), 0, usize::MAX);
+            page.lines.into_iter().map(|x| x.text).collect()
+        };
+        let held =
+            |f: &str| -> usize { texts(f).iter().map(|t| t.len() + LINE_OVERHEAD_BYTES).sum() };
+        l.record(&name("acme.quiet"), "q", Bytes::from("kept"), 0);
+        l.record(&name("zeta.f"), "z", Bytes::from("kept"), 0);
+        let flood = |f: &str| {
+            for i in 0..200 {
+                l.record(&name(f), "r", Bytes::from(format!("line {i:04}\n")), 0);
+            }
+        };
+        // One loud function fills its own ring, within the tenant's bytes.
+        flood("acme.loud");
+        assert_eq!(held("acme.loud"), 13 * (9 + LINE_OVERHEAD_BYTES));
+        assert_eq!(
+            l.tenant_usage(&acme),
+            held("acme.loud") + held("acme.quiet")
+        );
+        // A second one: the two largest rings share what the quiet one leaves.
+        flood("acme.other");
+        let (loud, other) = (held("acme.loud"), held("acme.other"));
+        assert!(l.tenant_usage(&acme) <= 1500, "{}", l.tenant_usage(&acme));
+        assert_eq!(l.tenant_usage(&acme), loud + other + held("acme.quiet"));
+        assert!(
+            loud.abs_diff(other) <= 9 + LINE_OVERHEAD_BYTES,
+            "{loud} {other}"
+        );
+        assert!(loud >= 8 * (9 + LINE_OVERHEAD_BYTES), "{loud}");
+        assert_eq!(texts("acme.other").last().unwrap(), "line 0199");
+        assert_eq!(texts("acme.loud").last().unwrap(), "line 0199");
+        let pushed_out = l.read(&name("acme.loud"), 0, 1).dropped;
+        assert_eq!(pushed_out, 200 - texts("acme.loud").len() as u64);
+        // The quiet function and the other tenant keep their lines.
+        assert_eq!(texts("acme.quiet"), ["kept"]);
+        assert_eq!(texts("zeta.f"), ["kept"]);
+        assert_eq!(l.tenant_usage(&zeta), 4 + LINE_OVERHEAD_BYTES);
+        assert_eq!(l.usage().1, l.tenant_usage(&acme) + l.tenant_usage(&zeta));
+        // A removed function's bytes leave its tenant's count.
+        l.remove(&name("acme.loud"));
+        assert_eq!(l.tenant_usage(&acme), other + held("acme.quiet"));
+        l.remove(&name("zeta.f"));
+        assert_eq!(l.tenant_usage(&zeta), 0);
     }
 
     #[test]

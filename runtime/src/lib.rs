@@ -99,6 +99,8 @@ pub struct RuntimeConfig {
     pub max_output_bytes: usize,
     /// A function's stderr lines kept on this node, bytes (0: guests' stderr is discarded).
     pub guest_log_bytes: usize,
+    /// The stderr lines of one tenant's functions kept on this node together, bytes.
+    pub guest_log_tenant_bytes: usize,
     /// Epoch tick: the granularity of deadlines and of the fast-lane time slice.
     pub epoch_tick: Duration,
     /// Threads of the low-priority lane for guests that outlive one time slice.
@@ -199,6 +201,7 @@ impl RuntimeConfig {
             max_loaded_modules: 1024,
             max_output_bytes: 16 << 20,
             guest_log_bytes: 16 << 10,
+            guest_log_tenant_bytes: 1 << 20,
             epoch_tick: Duration::from_millis(1),
             slow_lane_threads: 1,
             share: tern_tenancy::ShareParams::default(),
@@ -514,7 +517,8 @@ impl Runtime {
             IDLE_BEFORE_PARK,
             metrics.epoch_ticks.clone(),
         )?;
-        let cfg_log_bytes = cfg.guest_log_bytes;
+        let (cfg_log_bytes, cfg_tenant_log_bytes) =
+            (cfg.guest_log_bytes, cfg.guest_log_tenant_bytes);
         let lanes = Lanes::new(cfg.slow_lane_threads)?;
         Ok(Arc::new_cyclic(|this| Self {
             this: this.clone(),
@@ -541,6 +545,7 @@ impl Runtime {
             cells: std::sync::OnceLock::new(),
             logs: Arc::new(GuestLogs::new(
                 cfg_log_bytes,
+                cfg_tenant_log_bytes,
                 Box::new(|| {
                     std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
