@@ -12,7 +12,7 @@ run() {
   local t0=$SECONDS
   echo "+ $*"
   "$@"
-  echo "  [$(( SECONDS - t0 )) s: $1 ${2:-}]"
+  echo "  [$(( SECONDS - t0 )) s: $*]"
 }
 
 with_tch=0

@@ -1639,10 +1639,17 @@ async fn watch_registries(
         tick.tick().await;
         for (name, addr, token) in &live {
             let at_us = t0.elapsed().as_micros() as u64;
-            let entry = tokio::time::timeout(VIEW_TIMEOUT, get(*addr, token, &path))
+            // A poll the node did not answer in time (busy with the last requests) says
+            // nothing about its registry: recording it as "shows nothing" would make a node
+            // that agreed long ago seem to agree again at its next answer.
+            let Some(answer) = tokio::time::timeout(VIEW_TIMEOUT, get(*addr, token, &path))
                 .await
                 .ok()
                 .flatten()
+            else {
+                continue;
+            };
+            let entry = Some(answer)
                 .filter(|r| r.status == 200)
                 .and_then(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok())
                 .and_then(|v| {
