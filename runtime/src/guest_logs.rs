@@ -193,10 +193,8 @@ impl TenantRings {
                 return;
             };
             // At least one line goes, so rings of equal size take turns.
-            while let Some(old) = ring.lines.pop_front() {
-                ring.bytes -= old.cost();
-                ring.dropped += 1;
-                self.bytes -= old.cost();
+            while let Some(freed) = ring.push_out_oldest() {
+                self.bytes -= freed;
                 if self.bytes <= cap || ring.bytes < next {
                     break;
                 }
@@ -216,6 +214,16 @@ struct Ring {
     next_seq: u64,
     /// Lines pushed out by newer ones (or too many at once to keep).
     dropped: u64,
+}
+
+impl Ring {
+    /// Pushes out the oldest line, counting it as dropped; the bytes it held.
+    fn push_out_oldest(&mut self) -> Option<usize> {
+        let old = self.lines.pop_front()?;
+        self.bytes -= old.cost();
+        self.dropped += 1;
+        Some(old.cost())
+    }
 }
 
 /// Every function's last stderr lines on this node. `clock_ms` gives the time stamped on
@@ -278,9 +286,9 @@ impl GuestLogs {
         }
     }
 
-    fn has_ring(&self, function: &FunctionName) -> bool {
+    fn has_ring(&self, tenant: &TenantName, function: &FunctionName) -> bool {
         self.lock()
-            .get(&function.tenant())
+            .get(tenant)
             .is_some_and(|t| t.rings.contains_key(function))
     }
 
@@ -389,18 +397,19 @@ impl LogSink for GuestLogs {
         lines.drain(..keep_from);
         let at_ms = (self.clock_ms)();
         let request_id: Arc<str> = Arc::from(request_id);
+        let tenant = function.tenant();
         if let Some(forward) = self.forward.get() {
             // Outside the lock every function's stderr shares: making records costs time.
-            if !self.has_ring(function) {
+            if !self.has_ring(&tenant, function) {
                 return;
             }
             forward(function, &request_id, at_ms, &lines);
         }
         let mut tenants = self.lock();
-        let Some(tenant) = tenants.get_mut(&function.tenant()) else {
+        let Some(owner) = tenants.get_mut(&tenant) else {
             return;
         };
-        let Some(ring) = tenant.rings.get_mut(function) else {
+        let Some(ring) = owner.rings.get_mut(function) else {
             return;
         };
         let before = ring.bytes;
@@ -416,15 +425,10 @@ impl LogSink for GuestLogs {
             };
             ring.bytes += line.cost();
             ring.lines.push_back(line);
-            while ring.bytes > self.ring_bytes
-                && let Some(old) = ring.lines.pop_front()
-            {
-                ring.bytes -= old.cost();
-                ring.dropped += 1;
-            }
+            while ring.bytes > self.ring_bytes && ring.push_out_oldest().is_some() {}
         }
-        tenant.bytes = tenant.bytes - before + ring.bytes;
-        tenant.shed(self.tenant_bytes);
+        owner.bytes = owner.bytes - before + ring.bytes;
+        owner.shed(self.tenant_bytes);
     }
 }
 
